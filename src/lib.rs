@@ -1,0 +1,21 @@
+//! syncstore: the gRPC API and the domain types that the server
+//! (`sync-server`) and the client (`sync-client`) share.
+//!
+//! # Layout
+//! - [`pb`]: code generated from `proto/syncstore/v1` (messages, clients,
+//!   servers) and the descriptor set served by reflection.
+//! - [`path`]: [`RelPath`], the validated relative path every file is known by.
+//! - [`hash`]: [`ContentHash`], the BLAKE3 hash that names content.
+//! - [`entry`]: [`Entry`], one path's state in a manifest, and its conversion
+//!   from and to the wire type.
+//! - [`limits`]: sizes and limits both sides agree on.
+
+pub mod entry;
+pub mod hash;
+pub mod limits;
+pub mod path;
+pub mod pb;
+
+pub use entry::{Content, Entry, EntryError};
+pub use hash::{ContentHash, HashError};
+pub use path::{PathError, RelPath};

@@ -1,0 +1,205 @@
+//! [`RelPath`]: a validated relative path, the only form in which a file's
+//! name crosses the wire or reaches a disk.
+//!
+//! Rules: relative, `/`-separated, no empty, `.` or `..` component, no
+//! control character (NUL included), Unicode NFC, at most
+//! [`MAX_PATH_BYTES`] bytes with names of at most [`MAX_NAME_BYTES`], and not
+//! inside the client's state folder. Anything that passes can be joined
+//! onto a folder without escaping it.
+
+use std::{fmt, path::Path};
+
+use unicode_normalization::{UnicodeNormalization, is_nfc};
+
+use crate::limits::{MAX_NAME_BYTES, MAX_PATH_BYTES, STATE_DIR_NAME};
+
+/// A validated, relative, `/`-separated, NFC path.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelPath(String);
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path is empty")]
+    Empty,
+    #[error("path {0:?} is absolute; paths are relative to the synced folder")]
+    Absolute(String),
+    #[error("path {0:?} has an empty, `.` or `..` component")]
+    BadComponent(String),
+    #[error("path {0:?} contains a control character")]
+    ControlChar(String),
+    #[error("path {0:?} is not in Unicode NFC form")]
+    NotNfc(String),
+    #[error("path is {0} bytes long; the limit is {MAX_PATH_BYTES}")]
+    TooLong(usize),
+    #[error("a name in path {0:?} is longer than {MAX_NAME_BYTES} bytes")]
+    NameTooLong(String),
+    #[error("path {0:?} is inside the reserved folder {STATE_DIR_NAME:?}")]
+    Reserved(String),
+    #[error("path {0:?} is not valid UTF-8")]
+    NotUtf8(String),
+}
+
+impl RelPath {
+    /// Validates `s` as it arrived (from the wire): it must already be NFC.
+    pub fn new(s: impl Into<String>) -> Result<Self, PathError> {
+        let s = s.into();
+        validate(&s)?;
+        Ok(Self(s))
+    }
+
+    /// Builds the path of `path` relative to `root` on the local disk,
+    /// normalizing it to NFC. Fails for paths outside `root`, names that are
+    /// not UTF-8 and everything [`RelPath::new`] refuses.
+    pub fn from_local(root: &Path, path: &Path) -> Result<Self, PathError> {
+        let rel = path.strip_prefix(root).map_err(|_| PathError::Absolute(path.display().to_string()))?;
+        let mut out = String::new();
+        for comp in rel.components() {
+            let std::path::Component::Normal(name) = comp else {
+                return Err(PathError::BadComponent(rel.display().to_string()));
+            };
+            let name = name.to_str().ok_or_else(|| PathError::NotUtf8(rel.display().to_string()))?;
+            if !out.is_empty() {
+                out.push('/');
+            }
+            out.extend(name.nfc());
+        }
+        Self::new(out)
+    }
+
+    /// The path as a `/`-separated string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Where this path lives below `root` on the local disk.
+    pub fn to_local(&self, root: &Path) -> std::path::PathBuf {
+        let mut p = root.to_path_buf();
+        p.extend(self.0.split('/'));
+        p
+    }
+
+    /// The last component.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// The folder part, without a trailing slash ("" at the top).
+    pub fn parent(&self) -> &str {
+        self.0.rsplit_once('/').map_or("", |(dir, _)| dir)
+    }
+
+    /// Whether this path is `prefix` or lies below the folder `prefix`.
+    /// The empty prefix holds everything.
+    pub fn is_under(&self, prefix: &str) -> bool {
+        let prefix = prefix.trim_end_matches('/');
+        prefix.is_empty()
+            || self.0 == prefix
+            || (self.0.starts_with(prefix) && self.0.as_bytes().get(prefix.len()) == Some(&b'/'))
+    }
+}
+
+fn validate(s: &str) -> Result<(), PathError> {
+    if s.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if s.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong(s.len()));
+    }
+    if s.starts_with('/') {
+        return Err(PathError::Absolute(s.to_owned()));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(PathError::ControlChar(s.escape_debug().to_string()));
+    }
+    if !is_nfc(s) {
+        return Err(PathError::NotNfc(s.to_owned()));
+    }
+    for (i, comp) in s.split('/').enumerate() {
+        if comp.is_empty() || comp == "." || comp == ".." {
+            return Err(PathError::BadComponent(s.to_owned()));
+        }
+        if comp.len() > MAX_NAME_BYTES {
+            return Err(PathError::NameTooLong(s.to_owned()));
+        }
+        if i == 0 && comp == STATE_DIR_NAME {
+            return Err(PathError::Reserved(s.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl AsRef<str> for RelPath {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_paths() {
+        for ok in ["a", "a/b.txt", "dir/sub/ünïcödé ✓.md", ".hidden", "a/.syncstore", "..a"] {
+            RelPath::new(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn refuses_escapes_and_junk() {
+        let cases = [
+            ("", PathError::Empty),
+            ("/etc/passwd", PathError::Absolute("/etc/passwd".into())),
+            ("a/../b", PathError::BadComponent("a/../b".into())),
+            ("./a", PathError::BadComponent("./a".into())),
+            ("a//b", PathError::BadComponent("a//b".into())),
+            ("a/", PathError::BadComponent("a/".into())),
+            (".syncstore/state.db", PathError::Reserved(".syncstore/state.db".into())),
+        ];
+        for (input, want) in cases {
+            assert_eq!(RelPath::new(input).unwrap_err(), want, "{input:?}");
+        }
+        assert!(matches!(RelPath::new("a\0b"), Err(PathError::ControlChar(_))));
+        assert!(matches!(RelPath::new("a\nb"), Err(PathError::ControlChar(_))));
+        // "é" as e + combining acute accent (NFD).
+        assert!(matches!(RelPath::new("cafe\u{301}"), Err(PathError::NotNfc(_))));
+        assert!(matches!(RelPath::new("x".repeat(256)), Err(PathError::NameTooLong(_))));
+        let long = vec!["d".repeat(200); 30].join("/");
+        assert!(matches!(RelPath::new(long), Err(PathError::TooLong(_))));
+    }
+
+    #[test]
+    fn local_paths_are_normalized_to_nfc() {
+        let root = Path::new("/sync");
+        let p = RelPath::from_local(root, Path::new("/sync/docs/cafe\u{301}.txt")).unwrap();
+        assert_eq!(p.as_str(), "docs/caf\u{e9}.txt");
+        assert_eq!(p.to_local(root), Path::new("/sync/docs/caf\u{e9}.txt"));
+        assert!(RelPath::from_local(root, Path::new("/elsewhere/a")).is_err());
+    }
+
+    #[test]
+    fn prefixes_match_whole_components() {
+        let p = RelPath::new("docs/a.txt").unwrap();
+        assert!(p.is_under(""));
+        assert!(p.is_under("docs"));
+        assert!(p.is_under("docs/"));
+        assert!(p.is_under("docs/a.txt"));
+        assert!(!p.is_under("doc"));
+        assert!(!RelPath::new("docs2/a").unwrap().is_under("docs"));
+        assert_eq!(p.parent(), "docs");
+        assert_eq!(p.file_name(), "a.txt");
+    }
+}

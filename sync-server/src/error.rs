@@ -1,0 +1,94 @@
+//! The server's error type and its one mapping to gRPC status codes.
+
+use syncstore::{EntryError, HashError, PathError};
+use tonic::{Code, Status};
+
+/// Result alias for the server library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong serving a request or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed: bad path, hash or size, wrong message order.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The path (or version) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change was based on a version that is no longer current.
+    #[error("{path} is at version {current}{}, but the change was based on version {base}",
+        if *.deleted { " (deleted)" } else { "" })]
+    VersionConflict { path: String, current: u64, deleted: bool, base: u64 },
+    /// The request cannot be served in the server's current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Too big, or the disk is full.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The server is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        Self::InvalidArgument(msg.into())
+    }
+}
+
+impl From<PathError> for Error {
+    fn from(e: PathError) -> Self {
+        Self::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<HashError> for Error {
+    fn from(e: HashError) -> Self {
+        Self::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<EntryError> for Error {
+    fn from(e: EntryError) -> Self {
+        Self::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Internal(format!("background task failed: {e}"))
+    }
+}
+
+/// Out of disk space (ENOSPC) or over quota (EDQUOT).
+fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28 | 122))
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::VersionConflict { .. } => Code::Aborted,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Io(io) if is_disk_full(io) => {
+                return Status::resource_exhausted("the server's disk is full");
+            }
+            Error::Sqlite(_) | Error::Io(_) | Error::Internal(_) => {
+                // Internals go to the log, not to the caller.
+                tracing::error!(error = %e, "request failed");
+                return Status::internal("internal server error (see the server's log)");
+            }
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,393 @@
+//! `syncstore.v1.FileSync`: the gRPC face of the [`Store`].
+
+use std::{io::Read, pin::Pin};
+
+use syncstore::{
+    Content, ContentHash, Entry, RelPath,
+    limits::MAX_CHUNK,
+    pb::{self, download_response, file_sync_server::FileSync, upload_request},
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    error::{Error, Result},
+    storage::{Change, DEFAULT_NAMESPACE, PAGE_SIZE, Put, Store},
+};
+
+/// Messages buffered per server stream before the producer waits.
+const STREAM_BUFFER: usize = 16;
+/// Chunks buffered between the network and the blob writer of an upload.
+const UPLOAD_PIPELINE: usize = 4;
+
+/// The `FileSync` service of one server.
+#[derive(Debug, Clone)]
+pub struct FileSyncService {
+    store: Store,
+    role: &'static str,
+    max_file_size: u64,
+    shutdown: CancellationToken,
+}
+
+impl FileSyncService {
+    pub fn new(store: Store, max_file_size: u64, shutdown: CancellationToken) -> Self {
+        Self { store, role: "primary", max_file_size, shutdown }
+    }
+
+    /// Runs blocking store work off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store)).await?
+    }
+
+    async fn receive_upload(&self, mut stream: Streaming<pb::UploadRequest>) -> Result<Change> {
+        let header = match stream.message().await.map_err(aborted_by_client)? {
+            Some(pb::UploadRequest { msg: Some(upload_request::Msg::Header(h)) }) => h,
+            _ => return Err(Error::invalid("the first message of an upload must be a header")),
+        };
+        let path = RelPath::new(header.path)?;
+        let hash = ContentHash::try_from(&header.hash[..])?;
+        let size = header.size;
+        if size > self.max_file_size {
+            return Err(Error::ResourceExhausted(format!(
+                "{path} is {size} bytes; this server takes files up to {} bytes",
+                self.max_file_size
+            )));
+        }
+        let put = Put {
+            path: path.clone(),
+            content: Content { hash, size, mtime_ns: header.mtime_ns, executable: header.executable },
+            base_version: header.base_version,
+            client_id: header.client_id,
+        };
+
+        // Refuse a stale base before receiving any content; the commit checks
+        // again under the writer lock.
+        let p = path.clone();
+        let current = self.blocking(move |s| s.stat(DEFAULT_NAMESPACE, &p)).await?;
+        Store::check_base(&path, current.as_ref(), put.base_version)?;
+
+        // Receive into a temp file on a blocking thread, pipelined with the
+        // network. Dropping the writer (any early return) deletes the temp.
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(UPLOAD_PIPELINE);
+        let mut writer = self.store.blob_writer()?;
+        let write_task = tokio::task::spawn_blocking(move || -> Result<_> {
+            while let Some(chunk) = rx.blocking_recv() {
+                writer.write(&chunk)?;
+            }
+            Ok(writer)
+        });
+        let mut received = 0u64;
+        let mut chunks = 0u64;
+        while let Some(msg) = stream.message().await.map_err(aborted_by_client)? {
+            let chunk = match msg.msg {
+                Some(upload_request::Msg::Chunk(c)) => c,
+                _ => return Err(Error::invalid("only the first message of an upload is a header")),
+            };
+            if chunk.len() > MAX_CHUNK {
+                return Err(Error::invalid(format!(
+                    "a chunk of {} bytes is over the {MAX_CHUNK}-byte limit",
+                    chunk.len()
+                )));
+            }
+            received += chunk.len() as u64;
+            chunks += 1;
+            if received > size {
+                return Err(Error::invalid(format!(
+                    "received more than the {size} bytes the header announced"
+                )));
+            }
+            if tx.send(chunk).await.is_err() {
+                break; // The writer failed; its error is reported below.
+            }
+        }
+        drop(tx);
+        let writer = write_task.await??;
+
+        let staged = if chunks == 0 && size > 0 {
+            // Header only: reuse stored content (checked at commit).
+            drop(writer);
+            None
+        } else {
+            Some(tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??)
+        };
+        self.blocking(move |s| s.commit_put(DEFAULT_NAMESPACE, put, staged)).await
+    }
+}
+
+/// A client that cancels or breaks its stream mid-upload.
+fn aborted_by_client(status: Status) -> Error {
+    Error::Unavailable(format!("the upload stream broke: {}", status.message()))
+}
+
+type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FileSync for FileSyncService {
+    #[tracing::instrument(skip_all)]
+    async fn upload(
+        &self,
+        request: Request<Streaming<pb::UploadRequest>>,
+    ) -> Result<Response<pb::UploadResponse>, Status> {
+        let change = self.receive_upload(request.into_inner()).await.inspect_err(|e| {
+            tracing::info!(error = %e, "upload refused");
+        })?;
+        tracing::info!(path = %change.entry.path, seq = change.seq, client = %change.entry.client_id, "stored");
+        Ok(Response::new(pb::UploadResponse { entry: Some(change.entry.into()) }))
+    }
+
+    type DownloadStream = ServerStream<pb::DownloadResponse>;
+
+    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
+    async fn download(
+        &self,
+        request: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let req = request.into_inner();
+        let path = RelPath::new(req.path).map_err(Error::from)?;
+        let (entry, file) = self
+            .blocking(move |s| {
+                let current = s.stat(DEFAULT_NAMESPACE, &path)?;
+                let entry = match current {
+                    Some(e) if req.version == 0 || e.version == req.version => Some(e),
+                    _ if req.version != 0 => s.entry_at(DEFAULT_NAMESPACE, &path, req.version)?,
+                    other => other,
+                };
+                let Some(content) = entry.as_ref().and_then(|e| e.content) else {
+                    return Err(Error::NotFound(match req.version {
+                        0 => format!("{path} does not exist"),
+                        v => format!("{path} has no file at version {v}"),
+                    }));
+                };
+                let file = s.open_blob(&content.hash).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Error::NotFound(format!(
+                        "the content of {path} at version {} is no longer kept",
+                        entry.as_ref().map_or(0, |e| e.version)
+                    )),
+                    _ => Error::Io(e),
+                })?;
+                Ok((entry.expect("checked above"), file))
+            })
+            .await?;
+
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::task::spawn_blocking(move || stream_file(entry, file, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = request.into_inner();
+        let path = RelPath::new(req.path).map_err(Error::from)?;
+        let change = self
+            .blocking(move |s| s.commit_delete(DEFAULT_NAMESPACE, path, req.base_version, req.client_id))
+            .await
+            .inspect_err(|e| tracing::info!(error = %e, "delete refused"))?;
+        tracing::info!(path = %change.entry.path, seq = change.seq, client = %change.entry.client_id, "deleted");
+        Ok(Response::new(pb::DeleteResponse { entry: Some(change.entry.into()) }))
+    }
+
+    type ListStream = ServerStream<pb::FileEntry>;
+
+    #[tracing::instrument(skip_all)]
+    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<Self::ListStream>, Status> {
+        let req = request.into_inner();
+        let prefix = req.prefix.trim_end_matches('/').to_owned();
+        if !prefix.is_empty() {
+            RelPath::new(prefix.as_str()).map_err(Error::from)?;
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut after: Option<String> = None;
+            loop {
+                let (p, a) = (prefix.clone(), after.clone());
+                let page = this
+                    .blocking(move |s| {
+                        s.list_page(DEFAULT_NAMESPACE, &p, a.as_deref(), req.include_deleted, PAGE_SIZE)
+                    })
+                    .await;
+                let page = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let last = page.len() < PAGE_SIZE;
+                after = page.last().map(|e| e.path.as_str().to_owned());
+                for entry in page {
+                    if tx.send(Ok(entry.into())).await.is_err() {
+                        return; // The caller went away.
+                    }
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
+    async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::FileEntry>, Status> {
+        let path = RelPath::new(request.into_inner().path).map_err(Error::from)?;
+        let entry = self
+            .blocking(move |s| {
+                s.stat(DEFAULT_NAMESPACE, &path)?
+                    .ok_or_else(|| Error::NotFound(format!("{path} was never written")))
+            })
+            .await?;
+        Ok(Response::new(entry.into()))
+    }
+
+    type SubscribeStream = ServerStream<pb::ChangeEvent>;
+
+    #[tracing::instrument(skip_all, fields(client = %request.get_ref().client_id, after = request.get_ref().after_seq))]
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        // Subscribe to live changes before reading the log, so nothing
+        // committed in between is missed; duplicates are skipped by seq.
+        let live = self.store.subscribe();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            tracing::debug!("subscriber connected");
+            if let Err(e) = this.feed_subscriber(req.after_seq, live, &tx).await {
+                let _ = tx.send(Err(e.into())).await;
+            }
+            tracing::debug!("subscriber gone");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn server_info(
+        &self,
+        _request: Request<pb::ServerInfoRequest>,
+    ) -> Result<Response<pb::ServerInfoResponse>, Status> {
+        let (head, oldest) = self.blocking(|s| Ok((s.head(), s.oldest_seq()?))).await?;
+        Ok(Response::new(pb::ServerInfoResponse {
+            history_id: self.store.history_id().to_owned(),
+            head_seq: head,
+            oldest_seq: oldest,
+            role: self.role.to_owned(),
+            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+}
+
+type EventSender = mpsc::Sender<Result<pb::ChangeEvent, Status>>;
+
+impl FileSyncService {
+    /// Sends every change after `cursor` from the log, then live ones, until
+    /// the subscriber leaves or the server shuts down. Returns `Ok` when the
+    /// stream should simply end.
+    async fn feed_subscriber(
+        &self,
+        mut cursor: u64,
+        mut live: broadcast::Receiver<Change>,
+        tx: &EventSender,
+    ) -> Result<()> {
+        let ns = DEFAULT_NAMESPACE;
+        'replay: loop {
+            // Catch up from the log.
+            let (head, oldest) = self.blocking(|s| Ok((s.head(), s.oldest_seq()?))).await?;
+            if cursor > head || (cursor < head && oldest > cursor + 1) {
+                tracing::info!(cursor, oldest, head, "cursor outside the kept log: RESET");
+                let reset = pb::ChangeEvent {
+                    seq: head,
+                    kind: pb::change_event::Kind::Reset.into(),
+                    entry: None,
+                    client_id: String::new(),
+                };
+                if tx.send(Ok(reset)).await.is_err() {
+                    return Ok(());
+                }
+                cursor = head;
+            }
+            loop {
+                let page = self.blocking(move |s| s.changes_after(ns, cursor, PAGE_SIZE)).await?;
+                let done = page.len() < PAGE_SIZE;
+                for change in page {
+                    cursor = change.seq;
+                    if tx.send(Ok(event(change))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+            // Then follow live changes.
+            loop {
+                let received = tokio::select! {
+                    r = live.recv() => r,
+                    () = tx.closed() => return Ok(()),
+                    () = self.shutdown.cancelled() => return Ok(()),
+                };
+                match received {
+                    Ok(change) if change.seq > cursor && change.namespace == ns => {
+                        cursor = change.seq;
+                        if tx.send(Ok(event(change))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(skipped = n, "subscriber lagged; catching up from the log");
+                        continue 'replay;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn event(change: Change) -> pb::ChangeEvent {
+    let kind =
+        if change.entry.is_deleted() { pb::change_event::Kind::Delete } else { pb::change_event::Kind::Put };
+    pb::ChangeEvent {
+        seq: change.seq,
+        kind: kind.into(),
+        client_id: change.entry.client_id.clone(),
+        entry: Some(change.entry.into()),
+    }
+}
+
+/// Sends a download's entry and then its content, on a blocking thread.
+fn stream_file(
+    entry: Entry,
+    mut file: std::fs::File,
+    tx: mpsc::Sender<Result<pb::DownloadResponse, Status>>,
+) {
+    let size = entry.content.map_or(0, |c| c.size);
+    let first = pb::DownloadResponse { msg: Some(download_response::Msg::Entry(entry.into())) };
+    if tx.blocking_send(Ok(first)).is_err() {
+        return;
+    }
+    let mut left = size;
+    while left > 0 {
+        let mut buf = vec![0u8; left.min(MAX_CHUNK as u64) as usize];
+        if let Err(e) = file.read_exact(&mut buf) {
+            let _ = tx.blocking_send(Err(Error::Io(e).into()));
+            return;
+        }
+        left -= buf.len() as u64;
+        let msg = pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(buf)) };
+        if tx.blocking_send(Ok(msg)).is_err() {
+            return; // The caller went away.
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Content-addressed blob files: `blobs/ab/abcdef…` named by the BLAKE3 hash
+//! of what they hold, written through a temp file in `tmp/` that is hashed,
+//! checked, fsynced and only then renamed into place.
+
+use std::{
+    fs::{self, File},
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use syncstore::ContentHash;
+use tempfile::NamedTempFile;
+
+use crate::error::{Error, Result};
+
+/// The blob folder of a data directory.
+#[derive(Debug, Clone)]
+pub(crate) struct BlobStore {
+    blobs: PathBuf,
+    tmp: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the blob folders under `data`, and removes
+    /// temp files that an earlier run left behind when it crashed.
+    pub(crate) fn open(data: &Path) -> Result<Self> {
+        let store = Self { blobs: data.join("blobs"), tmp: data.join("tmp") };
+        fs::create_dir_all(&store.blobs)?;
+        fs::create_dir_all(&store.tmp)?;
+        let mut removed = 0usize;
+        for entry in fs::read_dir(&store.tmp)? {
+            let entry = entry?;
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed temp files of interrupted uploads");
+        }
+        Ok(store)
+    }
+
+    fn path_of(&self, hash: &ContentHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.blobs.join(&hex[..2]).join(&hex)
+    }
+
+    pub(crate) fn contains(&self, hash: &ContentHash) -> bool {
+        self.path_of(hash).is_file()
+    }
+
+    pub(crate) fn open_blob(&self, hash: &ContentHash) -> io::Result<File> {
+        File::open(self.path_of(hash))
+    }
+
+    /// Starts writing new content to a temp file.
+    pub(crate) fn writer(&self) -> Result<BlobWriter> {
+        Ok(BlobWriter { file: NamedTempFile::new_in(&self.tmp)?, hasher: blake3::Hasher::new(), size: 0 })
+    }
+
+    /// Moves a staged blob into place (a no-op when the same content is
+    /// already stored) and makes the rename durable.
+    pub(crate) fn persist(&self, staged: StagedBlob) -> Result<()> {
+        let target = self.path_of(&staged.hash);
+        if target.is_file() {
+            // Same hash, same content: keep the stored copy, drop the temp.
+            return Ok(());
+        }
+        let dir = target.parent().expect("blob paths have a parent");
+        if !dir.is_dir() {
+            fs::create_dir_all(dir)?;
+            sync_dir(&self.blobs)?;
+        }
+        staged.file.persist(&target).map_err(|e| Error::Io(e.error))?;
+        sync_dir(dir)?;
+        Ok(())
+    }
+
+    /// Removes a blob nothing refers to any more.
+    pub(crate) fn remove(&self, hash: &ContentHash) -> io::Result<()> {
+        match fs::remove_file(self.path_of(hash)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every stored blob's hash, for the start-up sweep of orphans.
+    pub(crate) fn all(&self) -> Result<Vec<ContentHash>> {
+        let mut out = Vec::new();
+        for dir in fs::read_dir(&self.blobs)? {
+            let dir = dir?;
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(dir.path())? {
+                let name = file?.file_name();
+                match name.to_str().map(ContentHash::from_hex) {
+                    Some(Ok(hash)) => out.push(hash),
+                    _ => tracing::warn!(?name, "ignoring a stray file in the blob folder"),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A blob being received: a temp file plus the running hash and size. It
+/// is deleted if dropped before [`BlobWriter::finish`].
+#[derive(Debug)]
+pub(crate) struct BlobWriter {
+    file: NamedTempFile,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl BlobWriter {
+    pub(crate) fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.hasher.update(chunk);
+        self.file.write_all(chunk)?;
+        self.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Checks the content against what the header promised and makes it
+    /// durable. The temp file is deleted on a mismatch.
+    pub(crate) fn finish(self, hash: ContentHash, size: u64) -> Result<StagedBlob> {
+        if self.size != size {
+            return Err(Error::invalid(format!(
+                "received {} bytes but the header announced {size}",
+                self.size
+            )));
+        }
+        let got = ContentHash::from(self.hasher.finalize());
+        if got != hash {
+            return Err(Error::invalid(format!(
+                "content hash mismatch: the header announced {hash}, the content hashes to {got}"
+            )));
+        }
+        self.file.as_file().sync_all()?;
+        Ok(StagedBlob { file: self.file, hash })
+    }
+}
+
+/// Verified, durable content waiting in `tmp/` to be moved into place.
+#[derive(Debug)]
+pub(crate) struct StagedBlob {
+    file: NamedTempFile,
+    hash: ContentHash,
+}
+
+impl StagedBlob {
+    pub(crate) fn hash(&self) -> ContentHash {
+        self.hash
+    }
+}
+
+/// fsyncs a directory so that a rename or create inside it is durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_verify_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut w = store.writer().unwrap();
+        w.write(b"hello ").unwrap();
+        w.write(b"world").unwrap();
+        let hash = ContentHash::of(b"hello world");
+        let staged = w.finish(hash, 11).unwrap();
+        store.persist(staged).unwrap();
+        assert!(store.contains(&hash));
+        assert_eq!(store.all().unwrap(), vec![hash]);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn mismatches_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut w = store.writer().unwrap();
+        w.write(b"abc").unwrap();
+        assert!(matches!(w.finish(ContentHash::of(b"abd"), 3), Err(Error::InvalidArgument(_))));
+        let mut w = store.writer().unwrap();
+        w.write(b"abc").unwrap();
+        assert!(matches!(w.finish(ContentHash::of(b"abc"), 4), Err(Error::InvalidArgument(_))));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(store.all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn leftover_temp_files_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        fs::write(dir.path().join("tmp/.tmpXYZ"), b"half an upload").unwrap();
+        BlobStore::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

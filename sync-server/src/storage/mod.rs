@@ -1,0 +1,492 @@
+//! Durable storage of one data folder: metadata in SQLite (`meta.db`, WAL),
+//! content in content-addressed blob files ([`blobs`]).
+//!
+//! Invariants:
+//! - A change is committed in one transaction that updates the manifest
+//!   (`files`) and appends to the change log (`changes`), and only after its
+//!   blob is durable and in place. A crash at any point leaves either the old
+//!   or the new state, never a half.
+//! - Sequence numbers are assigned under the writer lock, so they are
+//!   gap-free and the broadcast of committed changes is in sequence order.
+//! - A blob is removed only under the writer lock, once no manifest row
+//!   refers to it; a concurrent upload of the same content moves its blob in
+//!   under that same lock, so it can never lose a race with the removal.
+//!
+//! All methods block: call them from `spawn_blocking`.
+
+mod blobs;
+mod schema;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use syncstore::{Content, ContentHash, Entry, RelPath};
+use tokio::sync::broadcast;
+
+use blobs::BlobStore;
+pub(crate) use blobs::{BlobWriter, StagedBlob};
+
+use crate::error::{Error, Result};
+
+/// The only namespace until authentication brings one per token.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Committed changes buffered for live subscribers; a subscriber that falls
+/// further behind catches up from the change log.
+const BROADCAST_CAPACITY: usize = 4096;
+
+/// Rows read per page by `List` and by change-log replays.
+pub(crate) const PAGE_SIZE: usize = 1000;
+
+/// How often (in commits) the change log is trimmed to its retention.
+const PRUNE_EVERY: u64 = 1000;
+
+/// One committed change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub seq: u64,
+    pub namespace: String,
+    /// The path's state after the change (a tombstone for a deletion).
+    pub entry: Entry,
+}
+
+/// What an upload wants to become.
+#[derive(Debug, Clone)]
+pub(crate) struct Put {
+    pub(crate) path: RelPath,
+    pub(crate) content: Content,
+    pub(crate) base_version: u64,
+    pub(crate) client_id: String,
+}
+
+/// Settings of a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How many changes the log keeps; older ones are trimmed, and a
+    /// subscriber whose cursor is older gets a RESET.
+    pub log_retention: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { log_retention: 1_000_000 }
+    }
+}
+
+/// A handle to a data folder; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db_path: PathBuf,
+    blobs: BlobStore,
+    writer: Mutex<Writer>,
+    readers: Mutex<Vec<Connection>>,
+    events: broadcast::Sender<Change>,
+    history_id: String,
+    options: StoreOptions,
+}
+
+#[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    head: u64,
+    commits_since_prune: u64,
+}
+
+impl Store {
+    /// Opens the data folder at `dir`, initializing it (with a new history
+    /// id) if it is empty, and sweeps what a crash may have left behind.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let blobs = BlobStore::open(dir)?;
+        let db_path = dir.join("meta.db");
+        let mut conn = schema::connect(&db_path)?;
+        schema::init(&conn)?;
+        let history_id = init_meta(&mut conn)?;
+        let head: u64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| r.get(0))?;
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let store = Self {
+            inner: Arc::new(Inner {
+                db_path,
+                blobs,
+                writer: Mutex::new(Writer { conn, head, commits_since_prune: 0 }),
+                readers: Mutex::new(Vec::new()),
+                events,
+                history_id,
+                options,
+            }),
+        };
+        store.sweep_orphan_blobs()?;
+        tracing::info!(dir = %dir.display(), head, history_id = %store.history_id(), "store opened");
+        Ok(store)
+    }
+
+    /// The random id given to this data folder when it was initialized.
+    pub fn history_id(&self) -> &str {
+        &self.inner.history_id
+    }
+
+    /// The sequence number of the last committed change.
+    pub fn head(&self) -> u64 {
+        self.writer().head
+    }
+
+    /// The oldest sequence number still in the change log (0 if empty).
+    pub fn oldest_seq(&self) -> Result<u64> {
+        self.read(|c| Ok(c.query_row("SELECT COALESCE(MIN(seq), 0) FROM changes", [], |r| r.get(0))?))
+    }
+
+    /// A receiver of every change committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.events.subscribe()
+    }
+
+    /// The entry of `path` (live or tombstone), if it was ever written.
+    pub fn stat(&self, ns: &str, path: &RelPath) -> Result<Option<Entry>> {
+        self.read(|c| get_entry(c, ns, path))
+    }
+
+    /// Up to `limit` entries under `prefix`, in path order, after `after`.
+    pub fn list_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        include_deleted: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        let prefix = prefix.trim_end_matches('/');
+        // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
+        let (lo, hi) = (format!("{prefix}/"), format!("{prefix}0"));
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id
+                 FROM files
+                 WHERE namespace = ?1
+                   AND (?2 = '' OR path = ?2 OR (path >= ?3 AND path < ?4))
+                   AND (?5 IS NULL OR path > ?5)
+                   AND (?6 OR deleted = 0)
+                 ORDER BY path LIMIT ?7",
+            )?;
+            let rows = stmt
+                .query_map(params![ns, prefix, lo, hi, after, include_deleted, limit as i64], |r| {
+                    entry_from_row(r, 0)
+                })?;
+            rows.map(|r| r?).collect()
+        })
+    }
+
+    /// Up to `limit` changes of namespace `ns` after `after_seq`, in order.
+    pub fn changes_after(&self, ns: &str, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace
+                 FROM changes WHERE namespace = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![ns, after_seq as i64, limit as i64], |r| {
+                let entry = entry_from_row(r, 0)?;
+                let namespace: String = r.get(8)?;
+                Ok(entry.map(|entry| Change { seq: entry.version, namespace, entry }))
+            })?;
+            rows.map(|r| r?).collect()
+        })
+    }
+
+    /// The entry `path` had at `version` (kept in the change log), if any.
+    pub fn entry_at(&self, ns: &str, path: &RelPath, version: u64) -> Result<Option<Entry>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id
+                 FROM changes WHERE namespace = ?1 AND path = ?2 AND seq = ?3",
+                params![ns, path.as_str(), version as i64],
+                |r| entry_from_row(r, 0),
+            )
+            .optional()?
+            .transpose()
+        })
+    }
+
+    /// Whether content with this hash is stored.
+    pub fn has_blob(&self, hash: &ContentHash) -> bool {
+        self.inner.blobs.contains(hash)
+    }
+
+    /// Opens stored content for reading.
+    pub fn open_blob(&self, hash: &ContentHash) -> std::io::Result<File> {
+        self.inner.blobs.open_blob(hash)
+    }
+
+    /// Starts receiving new content into a temp file.
+    pub(crate) fn blob_writer(&self) -> Result<BlobWriter> {
+        self.inner.blobs.writer()
+    }
+
+    /// Checks `base_version` against the path's current entry: 0 means the
+    /// path must not exist (or only as a tombstone), anything else must be
+    /// the current version.
+    pub(crate) fn check_base(path: &RelPath, current: Option<&Entry>, base: u64) -> Result<()> {
+        let ok = match current {
+            None => base == 0,
+            Some(e) if e.is_deleted() => base == 0 || base == e.version,
+            Some(e) => base == e.version,
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(Error::VersionConflict {
+            path: path.to_string(),
+            current: current.map_or(0, |e| e.version),
+            deleted: current.is_none_or(Entry::is_deleted),
+            base,
+        })
+    }
+
+    /// Commits an upload. `staged` is the received content; `None` means the
+    /// content must already be stored (a header-only upload).
+    pub(crate) fn commit_put(&self, ns: &str, put: Put, staged: Option<StagedBlob>) -> Result<Change> {
+        let hash = put.content.hash;
+        if let Some(s) = &staged {
+            debug_assert_eq!(s.hash(), hash);
+        }
+        let mut w = self.writer();
+        let seq = w.head + 1;
+        let tx = w.conn.transaction()?;
+        let current = get_entry(&tx, ns, &put.path)?;
+        Self::check_base(&put.path, current.as_ref(), put.base_version)?;
+        match staged {
+            Some(staged) => self.inner.blobs.persist(staged)?,
+            None if self.inner.blobs.contains(&hash) => {}
+            None => {
+                return Err(Error::FailedPrecondition(format!(
+                    "the server holds no content with hash {hash}: send the content"
+                )));
+            }
+        }
+        let entry =
+            Entry { path: put.path, version: seq, content: Some(put.content), client_id: put.client_id };
+        write_change(&tx, ns, &entry)?;
+        tx.commit()?;
+        self.after_commit(w, ns, entry, current)
+    }
+
+    /// Commits a deletion, leaving a tombstone.
+    pub(crate) fn commit_delete(
+        &self,
+        ns: &str,
+        path: RelPath,
+        base_version: u64,
+        client_id: String,
+    ) -> Result<Change> {
+        let mut w = self.writer();
+        let seq = w.head + 1;
+        let tx = w.conn.transaction()?;
+        let current = get_entry(&tx, ns, &path)?;
+        if current.as_ref().is_none_or(Entry::is_deleted) {
+            return Err(Error::NotFound(format!("{path} does not exist")));
+        }
+        Self::check_base(&path, current.as_ref(), base_version)?;
+        let entry = Entry { path, version: seq, content: None, client_id };
+        write_change(&tx, ns, &entry)?;
+        tx.commit()?;
+        self.after_commit(w, ns, entry, current)
+    }
+
+    /// Bookkeeping once a change is durable, still under the writer lock:
+    /// advance the head, drop a blob nothing refers to any more, trim the
+    /// log, and tell subscribers.
+    fn after_commit(
+        &self,
+        mut w: MutexGuard<'_, Writer>,
+        ns: &str,
+        entry: Entry,
+        previous: Option<Entry>,
+    ) -> Result<Change> {
+        w.head = entry.version;
+        let old_hash = previous.and_then(|p| p.content).map(|c| c.hash);
+        let new_hash = entry.content.map(|c| c.hash);
+        if let Some(old) = old_hash.filter(|h| Some(*h) != new_hash) {
+            if !blob_referenced(&w.conn, &old)? {
+                if let Err(e) = self.inner.blobs.remove(&old) {
+                    // Harmless: the start-up sweep removes it next time.
+                    tracing::warn!(hash = %old, error = %e, "could not remove an unreferenced blob");
+                }
+            }
+        }
+        w.commits_since_prune += 1;
+        if w.commits_since_prune >= PRUNE_EVERY {
+            w.commits_since_prune = 0;
+            let keep_from = w.head.saturating_sub(self.inner.options.log_retention);
+            // The latest change is always kept, so MAX(seq) stays the head.
+            let removed = w.conn.execute(
+                "DELETE FROM changes WHERE seq <= ?1 AND seq < ?2",
+                params![keep_from as i64, w.head as i64],
+            )?;
+            if removed > 0 {
+                tracing::debug!(removed, keep_from, "trimmed the change log");
+            }
+        }
+        let change = Change { seq: entry.version, namespace: ns.to_owned(), entry };
+        // No receiver is fine: nobody is subscribed.
+        let _ = self.inner.events.send(change.clone());
+        Ok(change)
+    }
+
+    /// Removes blobs that no manifest row refers to: content of a crash
+    /// between the blob's rename and the metadata commit.
+    fn sweep_orphan_blobs(&self) -> Result<()> {
+        let w = self.writer();
+        let mut removed = 0usize;
+        for hash in self.inner.blobs.all()? {
+            if !blob_referenced(&w.conn, &hash)? {
+                self.inner.blobs.remove(&hash)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed unreferenced blobs");
+        }
+        Ok(())
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (the transaction rolls back), so a poisoned lock is still usable.
+        self.inner.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a pooled read-only connection.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => schema::connect(&self.inner.db_path)?,
+        };
+        let out = f(&conn);
+        self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        out
+    }
+}
+
+/// Reads the history id, creating it (and the schema version) on a new
+/// data folder; refuses a folder written by a newer schema.
+fn init_meta(conn: &mut Connection) -> Result<String> {
+    let tx = conn.transaction()?;
+    let version: Option<String> =
+        tx.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
+    match version.as_deref().map(str::parse::<i64>) {
+        None => {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                [schema::SCHEMA_VERSION.to_string()],
+            )?;
+        }
+        Some(Ok(v)) if v <= schema::SCHEMA_VERSION => {}
+        Some(v) => {
+            return Err(Error::FailedPrecondition(format!(
+                "the data folder has schema version {v:?}; this server understands up to {}",
+                schema::SCHEMA_VERSION
+            )));
+        }
+    }
+    let existing: Option<String> =
+        tx.query_row("SELECT value FROM meta WHERE key = 'history_id'", [], |r| r.get(0)).optional()?;
+    let id = match existing {
+        Some(id) => id,
+        None => {
+            let id = format!("{:032x}", rand::random::<u128>());
+            tx.execute("INSERT INTO meta (key, value) VALUES ('history_id', ?1)", [&id])?;
+            id
+        }
+    };
+    tx.commit()?;
+    Ok(id)
+}
+
+fn get_entry(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Entry>> {
+    c.prepare_cached(
+        "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id
+         FROM files WHERE namespace = ?1 AND path = ?2",
+    )?
+    .query_row(params![ns, path.as_str()], |r| entry_from_row(r, 0))
+    .optional()?
+    .transpose()
+}
+
+/// Appends the change to the log and makes it the path's current entry.
+fn write_change(c: &Connection, ns: &str, e: &Entry) -> Result<()> {
+    let (size, hash, mtime, exec) = match &e.content {
+        Some(c) => (c.size as i64, Some(c.hash.as_bytes().to_vec()), c.mtime_ns, c.executable),
+        None => (0, None, 0, false),
+    };
+    let deleted = e.content.is_none();
+    c.prepare_cached(
+        "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id, committed_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![e.version as i64, ns, e.path.as_str(), deleted, size, hash, mtime, exec, e.client_id, now_ms()])?;
+    c.prepare_cached(
+        "INSERT INTO files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (namespace, path) DO UPDATE SET
+           version = excluded.version, deleted = excluded.deleted, size = excluded.size,
+           hash = excluded.hash, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
+           client_id = excluded.client_id",
+    )?
+    .execute(params![
+        ns,
+        e.path.as_str(),
+        e.version as i64,
+        deleted,
+        size,
+        hash,
+        mtime,
+        exec,
+        e.client_id
+    ])?;
+    Ok(())
+}
+
+fn blob_referenced(c: &Connection, hash: &ContentHash) -> Result<bool> {
+    Ok(c.prepare_cached("SELECT EXISTS (SELECT 1 FROM files WHERE hash = ?1)")?
+        .query_row([&hash.as_bytes()[..]], |r| r.get(0))?)
+}
+
+/// Decodes the columns path, version, deleted, size, hash, mtime_ns,
+/// executable, client_id starting at `at`. The outer result is SQLite's,
+/// the inner one a row whose stored values no longer validate.
+fn entry_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Entry>> {
+    let path: String = r.get(at)?;
+    let version: i64 = r.get(at + 1)?;
+    let deleted: bool = r.get(at + 2)?;
+    let size: i64 = r.get(at + 3)?;
+    let hash: Option<Vec<u8>> = r.get(at + 4)?;
+    let mtime_ns: i64 = r.get(at + 5)?;
+    let executable: bool = r.get(at + 6)?;
+    let client_id: String = r.get(at + 7)?;
+    Ok((|| {
+        let content = match (deleted, hash) {
+            (true, _) => None,
+            (false, Some(h)) => Some(Content {
+                hash: ContentHash::try_from(&h[..])?,
+                size: size as u64,
+                mtime_ns,
+                executable,
+            }),
+            (false, None) => return Err(Error::Internal(format!("live entry {path:?} has no hash"))),
+        };
+        Ok(Entry { path: RelPath::new(path)?, version: version as u64, content, client_id })
+    })())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
