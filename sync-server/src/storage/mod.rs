@@ -313,13 +313,12 @@ impl Store {
         w.head = entry.version;
         let old_hash = previous.and_then(|p| p.content).map(|c| c.hash);
         let new_hash = entry.content.map(|c| c.hash);
-        if let Some(old) = old_hash.filter(|h| Some(*h) != new_hash) {
-            if !blob_referenced(&w.conn, &old)? {
-                if let Err(e) = self.inner.blobs.remove(&old) {
-                    // Harmless: the start-up sweep removes it next time.
-                    tracing::warn!(hash = %old, error = %e, "could not remove an unreferenced blob");
-                }
-            }
+        if let Some(old) = old_hash.filter(|h| Some(*h) != new_hash)
+            && !blob_referenced(&w.conn, &old)?
+            && let Err(e) = self.inner.blobs.remove(&old)
+        {
+            // Harmless: the start-up sweep removes it next time.
+            tracing::warn!(hash = %old, error = %e, "could not remove an unreferenced blob");
         }
         w.commits_since_prune += 1;
         if w.commits_since_prune >= PRUNE_EVERY {

@@ -1,0 +1,466 @@
+//! The sync engine: applies the planner's decisions to one path at a time,
+//! and runs full reconciliations, local rescans and remote change events
+//! through the same per-path step.
+//!
+//! Invariants:
+//! - A base is written only after the action it records is durable on both
+//!   sides (after the server acknowledged, or after the rename into place).
+//! - A local file is replaced or deleted only if it still has the size and
+//!   mtime the plan was made from; otherwise the path is planned again.
+//! - Work is done by one task, one path at a time, so a change event about
+//!   a path is never applied while that path is being uploaded.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use syncstore::{Entry, RelPath, pb};
+use tonic::Code;
+
+use crate::{
+    error::{Error, Result},
+    local::{self, IGNORE_FILE, Ignore, LocalView, Meta},
+    plan::{self, Action, Base, Local},
+    remote::Remote,
+    state::State,
+    transfer,
+};
+
+/// Times one path is planned again after a race (a version conflict, or a
+/// file that changed under our feet) before it is left for the next retry.
+const MAX_ATTEMPTS: usize = 4;
+
+/// What the engine knows of a path's server side.
+#[derive(Debug, Clone)]
+pub enum RemoteView {
+    /// Ask the server only if the local file changed (a local event: a
+    /// server-side change arrives by subscription).
+    IfLocalChanged,
+    /// Ask the server.
+    Fetch,
+    /// Already known (from a listing or a change event).
+    Known(Option<Entry>),
+}
+
+/// One path's plan, with what it was made from.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub path: RelPath,
+    pub action: Action,
+    pub local: Option<Local>,
+    pub base: Option<Base>,
+    pub remote: Option<Entry>,
+}
+
+/// Applies sync decisions to the folder and the server.
+#[derive(Debug)]
+pub struct Engine {
+    root: PathBuf,
+    state: State,
+    remote: Remote,
+    ignore: Ignore,
+    host: String,
+    /// Paths whose last attempt failed; retried later.
+    failed: BTreeSet<RelPath>,
+}
+
+impl Engine {
+    pub fn new(root: PathBuf, state: State, remote: Remote, host: String) -> Self {
+        let ignore = Ignore::load(&root);
+        Self { root, state, remote, ignore, host, failed: BTreeSet::new() }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn has_failures(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
+    /// Checks the server's history id. On a server whose history is not
+    /// the one the bases came from, forget the bases (and cursor): every
+    /// path is then met as for the first time, which deletes nothing.
+    pub async fn check_history(&mut self) -> Result<pb::ServerInfoResponse> {
+        let info = self.remote.info().await?;
+        let known = self.state.get_meta("history_id")?;
+        if known.as_deref() != Some(info.history_id.as_str()) {
+            if known.is_some() {
+                tracing::warn!(
+                    old = known.as_deref().unwrap_or(""),
+                    new = %info.history_id,
+                    "the server's history changed (data folder replaced?): re-comparing every file without deleting any"
+                );
+            }
+            self.state.reset_history(&info.history_id)?;
+        }
+        Ok(info)
+    }
+
+    /// The plan for every path known here, at the last sync or on the
+    /// server, without acting on it. Also returns the server's head at the
+    /// time of the listing.
+    pub async fn plan_all(&mut self) -> Result<(Vec<Planned>, u64)> {
+        let info = self.check_history().await?;
+        let mut remote = self.remote.manifest().await?;
+        let (root, ignore) = (self.root.clone(), self.ignore.clone());
+        let local = tokio::task::spawn_blocking(move || local::scan(&root, &root, &ignore)).await??;
+        let bases = self.state.all_bases()?;
+        let paths: BTreeSet<RelPath> =
+            local.keys().chain(bases.keys()).chain(remote.keys()).cloned().collect();
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            if let Some(p) = self.plan(&path, RemoteView::Known(remote.remove(&path))).await? {
+                out.push(p);
+            }
+        }
+        Ok((out, info.head_seq))
+    }
+
+    /// Reconciles everything: the whole folder against the whole manifest.
+    /// Returns how many paths needed an action.
+    pub async fn full_sync(&mut self) -> Result<usize> {
+        let (plans, head) = self.plan_all().await?;
+        let mut acted = 0;
+        for planned in plans {
+            if planned.action == Action::Nothing {
+                continue;
+            }
+            acted += 1;
+            let path = planned.path.clone();
+            if let Err(e) = self.execute_and_retry(planned).await {
+                self.note_failure(path, &e);
+            }
+        }
+        // Changes after `head` arrive by subscription (again, harmlessly,
+        // if the listing already showed them).
+        if head > self.state.cursor()? {
+            self.state.set_cursor(head)?;
+        }
+        Ok(acted)
+    }
+
+    /// Looks again at every local file and every base (the periodic check
+    /// that catches what the watcher missed), and retries failed paths.
+    pub async fn rescan(&mut self) -> Result<usize> {
+        let (root, ignore) = (self.root.clone(), self.ignore.clone());
+        let local = tokio::task::spawn_blocking(move || local::scan(&root, &root, &ignore)).await??;
+        let bases = self.state.all_bases()?;
+        let mut paths: BTreeSet<RelPath> = local.keys().chain(bases.keys()).cloned().collect();
+        let retry = std::mem::take(&mut self.failed);
+        paths.extend(retry.iter().cloned());
+        let mut acted = 0;
+        for path in paths {
+            let view = if retry.contains(&path) { RemoteView::Fetch } else { RemoteView::IfLocalChanged };
+            match self.sync_path(&path, view).await {
+                Ok(true) => acted += 1,
+                Ok(false) => {}
+                Err(e) => self.note_failure(path, &e),
+            }
+        }
+        Ok(acted)
+    }
+
+    /// Retries the paths that failed before.
+    pub async fn retry_failed(&mut self) {
+        for path in std::mem::take(&mut self.failed) {
+            if let Err(e) = self.sync_path(&path, RemoteView::Fetch).await {
+                self.note_failure(path, &e);
+            }
+        }
+    }
+
+    /// Handles a local event on `path`: a file, a folder (everything below
+    /// it), or something gone (itself and every synced path below it).
+    pub async fn local_event(&mut self, path: RelPath) {
+        if path.as_str() == IGNORE_FILE {
+            self.ignore = Ignore::load(&self.root);
+        }
+        let full = path.to_local(&self.root);
+        let mut paths = BTreeSet::from([path.clone()]);
+        match local::stat(&full) {
+            Ok(local::Kind::Dir) => {
+                let (root, ignore) = (self.root.clone(), self.ignore.clone());
+                match tokio::task::spawn_blocking(move || local::scan(&root, &full, &ignore)).await {
+                    Ok(Ok(found)) => paths.extend(found.into_keys()),
+                    Ok(Err(e)) => tracing::warn!(%path, error = %e, "cannot scan folder"),
+                    Err(e) => tracing::warn!(%path, error = %e, "cannot scan folder"),
+                }
+                paths.extend(self.bases_under(&path));
+            }
+            Ok(local::Kind::Missing) => paths.extend(self.bases_under(&path)),
+            _ => {}
+        }
+        for p in paths {
+            if let Err(e) = self.sync_path(&p, RemoteView::IfLocalChanged).await {
+                self.note_failure(p, &e);
+            }
+        }
+    }
+
+    /// Applies one change event from the server and advances the cursor.
+    pub async fn remote_event(&mut self, event: pb::ChangeEvent) -> Result<()> {
+        use pb::change_event::Kind;
+        match Kind::try_from(event.kind) {
+            Ok(Kind::Reset) => {
+                tracing::info!(seq = event.seq, "the server asked for a full re-sync");
+                self.full_sync().await?;
+            }
+            Ok(Kind::Put | Kind::Delete) => {
+                let entry = Entry::try_from(
+                    event.entry.ok_or_else(|| Error::Protocol("change event without entry".into()))?,
+                )?;
+                let path = entry.path.clone();
+                if let Err(e) = self.sync_path(&path, RemoteView::Known(Some(entry))).await {
+                    self.note_failure(path, &e);
+                }
+            }
+            _ => tracing::warn!(kind = event.kind, "ignoring an unknown change event"),
+        }
+        if event.seq > self.state.cursor()? {
+            self.state.set_cursor(event.seq)?;
+        }
+        Ok(())
+    }
+
+    fn bases_under(&self, dir: &RelPath) -> Vec<RelPath> {
+        match self.state.all_bases() {
+            Ok(b) => b.into_keys().filter(|p| p.is_under(dir.as_str()) && p != dir).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the state database");
+                Vec::new()
+            }
+        }
+    }
+
+    fn note_failure(&mut self, path: RelPath, e: &Error) {
+        if e.is_unavailable() {
+            tracing::debug!(%path, error = %e, "server unavailable; will retry");
+        } else {
+            tracing::warn!(%path, error = %e, "sync failed; will retry");
+        }
+        self.failed.insert(path);
+    }
+
+    /// Plans one path. `None` when the path is not for syncing (ignored, a
+    /// folder, a symlink) or not settled yet.
+    pub async fn plan(&self, path: &RelPath, remote: RemoteView) -> Result<Option<Planned>> {
+        if self.ignore.is_ignored(path, false) {
+            return Ok(None);
+        }
+        let base = self.state.base(path)?;
+        let (root, p) = (self.root.clone(), path.clone());
+        let view =
+            tokio::task::spawn_blocking(move || local::local_state(&root, &p, base.as_ref())).await??;
+        let local = match view {
+            LocalView::File(l) => Some(l),
+            LocalView::Missing => None,
+            LocalView::Unsettled => {
+                tracing::debug!(%path, "still being written; will look again");
+                return Err(Error::ChangedWhileReading);
+            }
+            LocalView::Dir | LocalView::Other => return Ok(None),
+        };
+        let remote = match remote {
+            RemoteView::Known(r) => r,
+            RemoteView::Fetch => self.remote.stat(path).await?,
+            RemoteView::IfLocalChanged => {
+                let changed = match &base {
+                    Some(b) => plan::local_changed(local.as_ref(), b),
+                    None => local.is_some(),
+                };
+                if !changed {
+                    return Ok(Some(Planned {
+                        path: path.clone(),
+                        action: Action::Nothing,
+                        local,
+                        base,
+                        remote: None,
+                    }));
+                }
+                self.remote.stat(path).await?
+            }
+        };
+        let action = plan::decide(local.as_ref(), base.as_ref(), remote.as_ref());
+        Ok(Some(Planned { path: path.clone(), action, local, base, remote }))
+    }
+
+    /// Plans and executes one path. Returns whether anything was done.
+    pub async fn sync_path(&mut self, path: &RelPath, remote: RemoteView) -> Result<bool> {
+        match self.plan(path, remote).await? {
+            Some(planned) if planned.action != Action::Nothing => {
+                self.execute_and_retry(planned).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Executes a plan; when it loses a race (the server moved on, or the
+    /// local file changed), plans again from fresh facts, a few times.
+    async fn execute_and_retry(&mut self, mut planned: Planned) -> Result<()> {
+        let path = planned.path.clone();
+        for attempt in 1.. {
+            match self.execute(&planned).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < MAX_ATTEMPTS && is_race(&e) => {
+                    tracing::debug!(%path, error = %e, attempt, "lost a race; planning again");
+                    match self.plan(&path, RemoteView::Fetch).await? {
+                        Some(p) if p.action != Action::Nothing => planned = p,
+                        _ => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn execute(&mut self, p: &Planned) -> Result<()> {
+        let path = &p.path;
+        let why = p.action.describe();
+        match &p.action {
+            Action::Nothing => {}
+            Action::Record { version } => {
+                let l = p.local.expect("Record is planned for a local file");
+                self.state.set_base(path, &base_of(*version, l))?;
+            }
+            Action::Forget => self.state.remove_base(path)?,
+            Action::Upload { base_version } => {
+                let l = p.local.expect("Upload is planned for a local file");
+                let reuse = self.state.knows_hash(&l.hash)?;
+                let entry = transfer::upload(&self.remote, &self.root, path, l, *base_version, reuse).await?;
+                self.state.set_base(path, &base_of(entry.version, l))?;
+                tracing::info!(%path, version = entry.version, size = l.size, why, "uploaded");
+            }
+            Action::Download => {
+                let remote = p.remote.as_ref().expect("Download is planned for a server file");
+                self.download(remote, p.local.map(meta_of)).await?;
+                tracing::info!(%path, version = remote.version, why, "downloaded");
+            }
+            Action::DeleteLocal => {
+                let l = p.local.expect("DeleteLocal is planned for a local file");
+                let (root, rel) = (self.root.clone(), path.clone());
+                tokio::task::spawn_blocking(move || delete_local(&root, &rel, meta_of(l))).await??;
+                self.state.remove_base(path)?;
+                tracing::info!(%path, why, "deleted locally");
+            }
+            Action::DeleteRemote { base_version } => {
+                match self.remote.delete(path, *base_version).await {
+                    Ok(tomb) => tracing::info!(%path, version = tomb.version, why, "deleted on the server"),
+                    Err(e) if e.code() == Some(Code::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+                self.state.remove_base(path)?;
+            }
+            Action::Conflict => {
+                let l = p.local.expect("Conflict is planned for a local file");
+                let remote = p.remote.as_ref().expect("Conflict is planned for a server file");
+                let copy = self.conflict_copy(path, meta_of(l)).await?;
+                tracing::warn!(%path, copy = %copy, "conflict: both sides changed; keeping the local version as a copy");
+                self.download(remote, None).await?;
+                // The copy is a new file: upload it like any other.
+                Box::pin(self.sync_path(&copy, RemoteView::Fetch)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn download(&self, remote: &Entry, expected: Option<Meta>) -> Result<()> {
+        let meta =
+            transfer::download(&self.remote, &self.root, &self.state.tmp_dir(), remote, expected).await?;
+        let hash = remote.content.expect("a downloaded entry is live").hash;
+        let local = Local { hash, size: meta.size, mtime_ns: meta.mtime_ns, executable: meta.executable };
+        self.state.set_base(&remote.path, &base_of(remote.version, local))
+    }
+
+    /// Renames the local file at `path` to a free conflict-copy name.
+    async fn conflict_copy(&self, path: &RelPath, expected: Meta) -> Result<RelPath> {
+        let (root, host, path) = (self.root.clone(), self.host.clone(), path.clone());
+        tokio::task::spawn_blocking(move || {
+            let stamp = chrono::Local::now().format("%Y-%m-%d %H%M%S").to_string();
+            let from = path.to_local(&root);
+            for n in 1..1000 {
+                let copy = conflict_name(&path, &host, &stamp, n)?;
+                let to = copy.to_local(&root);
+                if !matches!(local::stat(&to)?, local::Kind::Missing) {
+                    continue;
+                }
+                if local::stat(&from)? != local::Kind::File(expected) {
+                    return Err(Error::ChangedWhileReading);
+                }
+                std::fs::rename(&from, &to)?;
+                return Ok(copy);
+            }
+            Err(Error::Config(format!("no free conflict-copy name for {path}")))
+        })
+        .await?
+    }
+}
+
+/// `dir/name (conflict from HOST YYYY-MM-DD HHMMSS).ext`, with ` N` added
+/// inside the parentheses for the second and later copies of the second.
+pub fn conflict_name(path: &RelPath, host: &str, stamp: &str, n: usize) -> Result<RelPath> {
+    let name = path.file_name();
+    // The extension is the last dot's, unless the name only starts with one.
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
+    };
+    let host: String = host.chars().map(|c| if c == '/' || c.is_control() { '_' } else { c }).collect();
+    let counter = if n > 1 { format!(" {n}") } else { String::new() };
+    let file = format!("{stem} (conflict from {host} {stamp}{counter}){ext}");
+    let full = match path.parent() {
+        "" => file,
+        dir => format!("{dir}/{file}"),
+    };
+    RelPath::new(full).map_err(|e| Error::Config(format!("cannot name a conflict copy of {path}: {e}")))
+}
+
+fn is_race(e: &Error) -> bool {
+    matches!(e, Error::ChangedWhileReading)
+        || matches!(e.code(), Some(Code::Aborted | Code::NotFound | Code::FailedPrecondition))
+}
+
+fn base_of(version: u64, l: Local) -> Base {
+    Base { version, hash: l.hash, size: l.size, mtime_ns: l.mtime_ns, executable: l.executable }
+}
+
+fn meta_of(l: Local) -> Meta {
+    Meta { size: l.size, mtime_ns: l.mtime_ns, executable: l.executable }
+}
+
+/// Deletes a local file if it is still as planned, then its empty folders.
+fn delete_local(root: &Path, path: &RelPath, expected: Meta) -> Result<()> {
+    let full = path.to_local(root);
+    match local::stat(&full)? {
+        local::Kind::Missing => return Ok(()),
+        local::Kind::File(m) if m == expected => {}
+        _ => return Err(Error::ChangedWhileReading),
+    }
+    std::fs::remove_file(&full)?;
+    if let Some(parent) = full.parent() {
+        local::prune_empty_dirs(root, parent.to_path_buf());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_names_keep_the_extension() {
+        let p = RelPath::new("docs/report.final.txt").unwrap();
+        assert_eq!(
+            conflict_name(&p, "laptop", "2026-11-24 210600", 1).unwrap().as_str(),
+            "docs/report.final (conflict from laptop 2026-11-24 210600).txt"
+        );
+        let p = RelPath::new(".bashrc").unwrap();
+        assert_eq!(
+            conflict_name(&p, "a/b", "2026-11-24 210600", 2).unwrap().as_str(),
+            ".bashrc (conflict from a_b 2026-11-24 210600 2)"
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! The client's error type.
+
+use tonic::Code;
+
+/// Result alias for the client library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong while syncing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("server: {}: {}", .0.code(), .0.message())]
+    Rpc(#[from] tonic::Status),
+    #[error("cannot connect to the server: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("state database: {0}")]
+    State(#[from] rusqlite::Error),
+    #[error("another sync-client is already running on {0}")]
+    Busy(String),
+    #[error("the server sent something invalid: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("the local file changed while it was being read; will retry")]
+    ChangedWhileReading,
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    /// The gRPC code, if the server refused the call.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Rpc(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+
+    /// Whether the server could not be reached (retry once it is back).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Connect(_)) || self.code() == Some(Code::Unavailable)
+    }
+}
+
+impl From<syncstore::EntryError> for Error {
+    fn from(e: syncstore::EntryError) -> Self {
+        Error::Protocol(e.to_string())
+    }
+}

@@ -1,0 +1,274 @@
+//! The syncstore client: keeps a local folder and a server in two-way sync.
+//!
+//! # Layout
+//! - [`plan`]: the pure three-way planner (local, base, remote → action).
+//! - [`engine`]: executes plans one path at a time; full syncs, rescans,
+//!   local and remote events all go through it.
+//! - [`local`]: the folder on disk: stat, hashing, scanning, ignore rules.
+//! - [`transfer`]: streaming uploads and verified, atomic downloads.
+//! - [`remote`]: the gRPC client of the server.
+//! - [`state`]: the client's SQLite state in `DIR/.syncstore/`.
+//! - [`watch`]: the notify watcher and its settle timers.
+//! - [`watch()`](fn@crate::watch), [`sync_once`], [`status`], [`list`]:
+//!   what the `sync-client` commands run.
+
+pub mod engine;
+pub mod error;
+pub mod local;
+pub mod plan;
+pub mod remote;
+pub mod state;
+pub mod transfer;
+pub mod watch;
+
+use std::{path::PathBuf, time::Duration};
+
+use syncstore::{Entry, pb};
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use engine::Engine;
+pub use error::{Error, Result};
+pub use remote::Remote;
+pub use state::State;
+
+/// Default time between two full rescans of the folder.
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(300);
+/// How often paths that failed are retried.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// First and largest wait before reconnecting to the server.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Full passes `sync` makes before it gives up on converging.
+const MAX_SYNC_PASSES: usize = 5;
+/// Events buffered between the watcher or the subscription and the engine.
+const QUEUE: usize = 1024;
+
+/// What a client needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The server, as `http://host:port`.
+    pub server: String,
+    /// The synced folder.
+    pub dir: PathBuf,
+    /// Time between full rescans of the folder.
+    pub rescan_interval: Duration,
+}
+
+impl Config {
+    pub fn new(server: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        Self { server: server.into(), dir: dir.into(), rescan_interval: DEFAULT_RESCAN_INTERVAL }
+    }
+}
+
+/// Opens the folder and its state, and connects (lazily) to the server.
+fn open(config: &Config) -> Result<(Engine, State, Remote, PathBuf)> {
+    std::fs::create_dir_all(&config.dir)?;
+    let root = std::fs::canonicalize(&config.dir)?;
+    let state = State::open(&root)?;
+    let remote = Remote::new(&config.server, state.client_id()?)?;
+    let engine = Engine::new(root.clone(), state.clone(), remote.clone(), host_name());
+    Ok((engine, state, remote, root))
+}
+
+fn host_name() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// Keeps the folder in sync until `shutdown`: a full sync first, then local
+/// events from the watcher, server events from the subscription, and a
+/// full rescan every `rescan_interval`.
+pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let (mut engine, state, remote, root) = open(&config)?;
+    let tasks = TaskTracker::new();
+    let stop_tasks = shutdown.child_token();
+
+    // Watch before the first sync, so nothing saved meanwhile is missed.
+    let (local_tx, mut local_rx) = mpsc::channel(QUEUE);
+    tasks.spawn({
+        let stop = stop_tasks.clone();
+        async move {
+            if let Err(e) = watch::run(root, local_tx, stop).await {
+                tracing::error!(error = %e, "the folder watcher failed; relying on rescans");
+            }
+        }
+    });
+
+    let mut backoff = Backoff::default();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            r = engine.full_sync() => match r {
+                Ok(n) => {
+                    tracing::info!(actions = n, "initial sync done; watching");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "initial sync failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(backoff.next()) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    let (remote_tx, mut remote_rx) = mpsc::channel(QUEUE);
+    tasks.spawn(subscribe(remote, state, remote_tx, stop_tasks.clone()));
+
+    let mut rescan = tokio::time::interval(config.rescan_interval);
+    rescan.tick().await; // The first tick is immediate; the sync just ran.
+    let mut retry = tokio::time::interval(RETRY_INTERVAL);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(ev) = remote_rx.recv() => match ev {
+                Subscription::Event(event) => {
+                    if let Err(e) = engine.remote_event(event).await {
+                        tracing::warn!(error = %e, "could not apply a server change");
+                    }
+                }
+                Subscription::Reconnected => log_rescan(engine.rescan().await),
+            },
+            Some(change) = local_rx.recv() => match change {
+                watch::Change::Path(path) => engine.local_event(path).await,
+                watch::Change::Rescan => log_rescan(engine.rescan().await),
+            },
+            _ = rescan.tick() => log_rescan(engine.rescan().await),
+            _ = retry.tick(), if engine.has_failures() => engine.retry_failed().await,
+        }
+    }
+    stop_tasks.cancel();
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+fn log_rescan(r: Result<usize>) {
+    match r {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(actions = n, "rescan synced changes the watcher had not reported"),
+        Err(e) => tracing::warn!(error = %e, "rescan failed"),
+    }
+}
+
+/// What the subscription task tells the engine.
+#[derive(Debug)]
+enum Subscription {
+    Event(pb::ChangeEvent),
+    /// The subscription came back after a break: local changes made while
+    /// the server was away are waiting.
+    Reconnected,
+}
+
+/// Follows the server's change stream from the stored cursor, reconnecting
+/// with backoff, until `shutdown`.
+async fn subscribe(
+    remote: Remote,
+    state: State,
+    tx: mpsc::Sender<Subscription>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    let mut connected_before = false;
+    loop {
+        let attempt = async {
+            let info = remote.info().await?;
+            // A cursor from another history means nothing here: ask for a
+            // position past any head, which the server answers with RESET.
+            let cursor = match state.get_meta("history_id")? {
+                Some(h) if h == info.history_id => state.cursor()?,
+                _ => u64::MAX,
+            };
+            let mut stream = remote.subscribe(cursor).await?;
+            tracing::info!(cursor, "subscribed to server changes");
+            backoff = Backoff::default();
+            if connected_before && tx.send(Subscription::Reconnected).await.is_err() {
+                return Ok(());
+            }
+            connected_before = true;
+            while let Some(event) = stream.message().await? {
+                if tx.send(Subscription::Event(event)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Err(Error::Rpc(tonic::Status::unavailable("the server ended the subscription")))
+        };
+        let result: Result<()> = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = attempt => r,
+        };
+        match result {
+            Ok(()) => return,
+            Err(e) => tracing::info!(error = %e, "subscription lost; reconnecting"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff.next()) => {}
+        }
+    }
+}
+
+/// Doubling waits between reconnection attempts.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(BACKOFF_MIN)
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        now
+    }
+}
+
+/// Runs full reconciliations until the folder and the server agree.
+/// Returns whether they do.
+pub async fn sync_once(config: Config) -> Result<bool> {
+    let (mut engine, ..) = open(&config)?;
+    for pass in 1..=MAX_SYNC_PASSES {
+        let acted = engine.full_sync().await?;
+        tracing::debug!(pass, acted, "sync pass");
+        if acted == 0 && !engine.has_failures() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// One line of `status`: a path that differs and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub path: String,
+    pub what: &'static str,
+}
+
+/// What differs between the folder and the server, changing nothing on the
+/// server. (The folder's state database records the server it met.)
+pub async fn status(config: Config) -> Result<Vec<Difference>> {
+    let (mut engine, ..) = open(&config)?;
+    let (plans, _) = engine.plan_all().await?;
+    Ok(plans
+        .into_iter()
+        .filter(|p| {
+            !matches!(p.action, plan::Action::Nothing | plan::Action::Record { .. } | plan::Action::Forget)
+        })
+        .map(|p| Difference { path: p.path.to_string(), what: p.action.describe() })
+        .collect())
+}
+
+/// The server's files (live ones only), in path order.
+pub async fn list(server: &str) -> Result<Vec<Entry>> {
+    let remote = Remote::new(server, String::new())?;
+    let mut entries: Vec<Entry> =
+        remote.manifest().await?.into_values().filter(|e| !e.is_deleted()).collect();
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
+}

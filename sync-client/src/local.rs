@@ -1,0 +1,289 @@
+//! The local folder: what a path is on disk, hashing, walking the folder,
+//! and the ignore rules (`.syncignore` plus built-in patterns).
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{self, Read},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::UNIX_EPOCH,
+};
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use syncstore::{
+    ContentHash, RelPath,
+    limits::{MAX_CHUNK, STATE_DIR_NAME},
+};
+
+use crate::plan::{Base, Local};
+
+/// File name of the ignore file at the top of a synced folder.
+pub const IGNORE_FILE: &str = ".syncignore";
+
+/// Patterns never synced: editors' swap, backup and lock files, and
+/// desktop clutter. Gitignore syntax, like `.syncignore`.
+pub const BUILTIN_IGNORES: &[&str] = &[
+    "*.swp",
+    "*.swo",
+    "*.swx",
+    "*~",
+    ".#*",
+    "#*#",
+    "4913",
+    ".~lock.*#",
+    "~$*",
+    "~*.tmp",
+    ".goutputstream-*",
+    "*.crdownload",
+    ".DS_Store",
+    "Thumbs.db",
+    "desktop.ini",
+];
+
+/// Size, mtime and mode of a regular file, as `stat` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub executable: bool,
+}
+
+impl Meta {
+    fn of(md: &fs::Metadata) -> Self {
+        let mtime_ns = md
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64);
+        Meta { size: md.len(), mtime_ns, executable: md.permissions().mode() & 0o111 != 0 }
+    }
+
+    /// Whether the file still looks as it did when the base was recorded.
+    pub fn matches(&self, base: &Base) -> bool {
+        self.size == base.size && self.mtime_ns == base.mtime_ns && self.executable == base.executable
+    }
+}
+
+/// What a path is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Missing,
+    File(Meta),
+    Dir,
+    /// A symlink, socket, device…: not synced.
+    Other,
+}
+
+/// Looks at `path` without following symlinks.
+pub fn stat(path: &Path) -> io::Result<Kind> {
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.is_file() => Ok(Kind::File(Meta::of(&md))),
+        Ok(md) if md.is_dir() => Ok(Kind::Dir),
+        Ok(_) => Ok(Kind::Other),
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => Ok(Kind::Missing),
+        Err(e) => Err(e),
+    }
+}
+
+/// Hashes a file, streaming it. Fails with `None` if the file's size or
+/// mtime moved while it was read (it is still being written).
+pub fn hash_file(path: &Path, before: Meta) -> io::Result<Option<ContentHash>> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; MAX_CHUNK];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let after = Meta::of(&file.metadata()?);
+    Ok((after == before).then(|| hasher.finalize().into()))
+}
+
+/// Reads a path's local state, hashing only when size or mtime differ
+/// from the base. `Ok(None)` means "not a file now" (missing, or a file
+/// being written — the caller retries later).
+pub fn local_state(root: &Path, path: &RelPath, base: Option<&Base>) -> io::Result<LocalView> {
+    let full = path.to_local(root);
+    match stat(&full)? {
+        Kind::Missing => Ok(LocalView::Missing),
+        Kind::Dir => Ok(LocalView::Dir),
+        Kind::Other => Ok(LocalView::Other),
+        Kind::File(meta) => {
+            if let Some(b) = base.filter(|b| meta.matches(b)) {
+                return Ok(LocalView::File(Local {
+                    hash: b.hash,
+                    size: meta.size,
+                    mtime_ns: meta.mtime_ns,
+                    executable: meta.executable,
+                }));
+            }
+            match hash_file(&full, meta)? {
+                Some(hash) => Ok(LocalView::File(Local {
+                    hash,
+                    size: meta.size,
+                    mtime_ns: meta.mtime_ns,
+                    executable: meta.executable,
+                })),
+                None => Ok(LocalView::Unsettled),
+            }
+        }
+    }
+}
+
+/// A path's local state, ready for the planner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalView {
+    Missing,
+    File(Local),
+    Dir,
+    Other,
+    /// A file that changed while it was hashed.
+    Unsettled,
+}
+
+/// The ignore rules of a folder.
+#[derive(Debug, Clone)]
+pub struct Ignore {
+    rules: Arc<Gitignore>,
+}
+
+impl Ignore {
+    /// Built-in patterns plus `root/.syncignore` if present. A broken
+    /// pattern is logged and skipped, never fatal.
+    pub fn load(root: &Path) -> Self {
+        let mut b = GitignoreBuilder::new(root);
+        for pattern in BUILTIN_IGNORES {
+            b.add_line(None, pattern).expect("built-in ignore patterns are valid");
+        }
+        if let Some(e) = b.add(root.join(IGNORE_FILE))
+            && !matches!(&e, ignore::Error::Io(io) if io.kind() == io::ErrorKind::NotFound)
+        {
+            tracing::warn!(error = %e, "problem in {IGNORE_FILE}");
+        }
+        let rules = b.build().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot use {IGNORE_FILE}; using the built-in ignores only");
+            Gitignore::empty()
+        });
+        Self { rules: Arc::new(rules) }
+    }
+
+    /// Whether `path` (or a folder above it) is ignored.
+    pub fn is_ignored(&self, path: &RelPath, is_dir: bool) -> bool {
+        self.rules.matched_path_or_any_parents(path.as_str(), is_dir).is_ignore()
+    }
+}
+
+/// Every regular file under `dir` (a folder below `root`, or `root`
+/// itself) that is not ignored, with its metadata. Symlinks are not
+/// followed; names that are not valid paths are skipped with a warning.
+pub fn scan(root: &Path, dir: &Path, ignore: &Ignore) -> io::Result<HashMap<RelPath, Meta>> {
+    let mut out = HashMap::new();
+    let root_buf = root.to_path_buf();
+    let ign = ignore.clone();
+    let walker = ignore::WalkBuilder::new(dir)
+        .standard_filters(false)
+        .follow_links(false)
+        .filter_entry(move |e| {
+            keep_entry(&root_buf, e.path(), e.file_type().is_some_and(|t| t.is_dir()), &ign)
+        })
+        .build();
+    for entry in walker {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read part of the folder");
+                continue;
+            }
+        };
+        if !entry.file_type().is_some_and(|t| t.is_file()) {
+            continue;
+        }
+        let Ok(path) = RelPath::from_local(root, entry.path()) else { continue };
+        match entry.metadata() {
+            Ok(md) => {
+                out.insert(path, Meta::of(&md));
+            }
+            Err(e) => tracing::warn!(%path, error = %e, "cannot stat"),
+        }
+    }
+    Ok(out)
+}
+
+fn keep_entry(root: &Path, path: &Path, is_dir: bool, ignore: &Ignore) -> bool {
+    if path == root {
+        return true;
+    }
+    if path.parent() == Some(root) && path.file_name().is_some_and(|n| n == STATE_DIR_NAME) {
+        return false;
+    }
+    match RelPath::from_local(root, path) {
+        Ok(rel) => !ignore.is_ignored(&rel, is_dir),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "not synced: unusable name");
+            false
+        }
+    }
+}
+
+/// Removes empty folders from `dir` upwards, stopping at `root`.
+pub fn prune_empty_dirs(root: &Path, mut dir: PathBuf) {
+    while dir != root && dir.starts_with(root) {
+        if fs::remove_dir(&dir).is_err() {
+            break; // Not empty (or gone): stop.
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_skips_state_ignored_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::create_dir_all(root.join(".syncstore")).unwrap();
+        fs::create_dir_all(root.join("build")).unwrap();
+        fs::write(root.join("a/b/keep.txt"), "k").unwrap();
+        fs::write(root.join("a/.keep.txt.swp"), "swap").unwrap();
+        fs::write(root.join(".syncstore/state.db"), "x").unwrap();
+        fs::write(root.join("build/out.o"), "o").unwrap();
+        fs::write(root.join("notes.log"), "l").unwrap();
+        fs::write(root.join(IGNORE_FILE), "build/\n*.log\n").unwrap();
+        std::os::unix::fs::symlink(root.join("a"), root.join("link")).unwrap();
+        let found = scan(root, root, &Ignore::load(root)).unwrap();
+        let mut names: Vec<_> = found.keys().map(|p| p.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, vec![IGNORE_FILE, "a/b/keep.txt"]);
+    }
+
+    #[test]
+    fn hashing_matches_and_unchanged_files_are_not_rehashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(root.join("f"), "hello").unwrap();
+        let path = RelPath::new("f").unwrap();
+        let LocalView::File(l) = local_state(root, &path, None).unwrap() else { panic!() };
+        assert_eq!(l.hash, ContentHash::of(b"hello"));
+        // A base with the same size/mtime is trusted without reading.
+        let base = Base {
+            version: 1,
+            hash: ContentHash::of(b"other"),
+            size: l.size,
+            mtime_ns: l.mtime_ns,
+            executable: false,
+        };
+        let LocalView::File(l2) = local_state(root, &path, Some(&base)).unwrap() else { panic!() };
+        assert_eq!(l2.hash, base.hash);
+        assert_eq!(local_state(root, &RelPath::new("nope").unwrap(), None).unwrap(), LocalView::Missing);
+    }
+}

@@ -1,0 +1,120 @@
+//! `sync-client`: parses flags, sets up logging and signals, and runs one
+//! of the library's commands.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Keeps a local folder in two-way sync with a syncstore server.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The server to sync with.
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "SYNCSTORE_SERVER")]
+    server: String,
+    /// The folder to sync (created if missing).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Time between full rescans of the folder (catches what the watcher
+    /// missed), e.g. 30s, 5m.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    rescan_interval: Duration,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum Command {
+    /// Sync now and keep syncing until interrupted (the default).
+    Watch,
+    /// Reconcile both ways once; exit 0 once the folder and server agree.
+    Sync,
+    /// Show what differs between the folder and the server; change nothing.
+    /// Exit 0 when in sync, 1 when not.
+    Status,
+    /// List the server's files.
+    Ls,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let command = args.command.clone().unwrap_or(Command::Watch);
+    if let Command::Ls = command {
+        for e in sync_client::list(&args.server).await? {
+            let size = e.content.map_or(0, |c| c.size);
+            println!("{:>8} {:>12} {}", e.version, size, e.path);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = args.dir.clone().context("--dir is required for this command")?;
+    let mut config = sync_client::Config::new(args.server.clone(), dir);
+    config.rescan_interval = args.rescan_interval;
+    match command {
+        Command::Watch => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            sync_client::watch(config, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync => {
+            if sync_client::sync_once(config).await? {
+                tracing::info!("in sync");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                tracing::warn!("not in sync yet (changes kept arriving, or some paths failed)");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Status => {
+            let diffs = sync_client::status(config).await?;
+            for d in &diffs {
+                println!("{:<24} {}", d.what, d.path);
+            }
+            Ok(if diffs.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Ls => unreachable!("handled above"),
+    }
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("stopping");
+    shutdown.cancel();
+}

@@ -1,0 +1,238 @@
+//! The client's own state in `DIR/.syncstore/state.db` (SQLite): the base
+//! of every synced path, the subscription cursor, the server history it
+//! belongs to, and this client's id. A lock file keeps a second client off
+//! the same folder.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use syncstore::{ContentHash, RelPath, limits::STATE_DIR_NAME};
+
+use crate::{
+    error::{Error, Result},
+    plan::Base,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS base (
+    path       TEXT PRIMARY KEY,
+    version    INTEGER NOT NULL,
+    hash       BLOB    NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    executable INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS base_by_hash ON base (hash);
+";
+
+/// Handle to the state database; cheap to clone. Calls block briefly
+/// (single-row SQLite statements); bulk reads happen on blocking threads.
+#[derive(Debug, Clone)]
+pub struct State {
+    conn: Arc<Mutex<Connection>>,
+    dir: PathBuf,
+    /// Held open for the life of the client: the folder's lock.
+    _lock: Arc<File>,
+}
+
+impl State {
+    /// Opens (creating) `root/.syncstore/`, taking its lock.
+    pub fn open(root: &Path) -> Result<Self> {
+        let dir = root.join(STATE_DIR_NAME);
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let lock = File::create(dir.join("lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Busy(root.display().to_string()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        // Downloads that a crash interrupted.
+        for entry in std::fs::read_dir(dir.join("tmp"))? {
+            std::fs::remove_file(entry?.path())?;
+        }
+        let conn = Connection::open(dir.join("state.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), dir, _lock: Arc::new(lock) })
+    }
+
+    /// Where downloads are written before they are renamed into place.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f(&conn)?)
+    }
+
+    pub fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        self.with(|c| c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional())
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map(drop)
+        })
+    }
+
+    /// This client's id, created on first use.
+    pub fn client_id(&self) -> Result<String> {
+        if let Some(id) = self.get_meta("client_id")? {
+            return Ok(id);
+        }
+        let id = format!("{:016x}", rand::random::<u64>());
+        self.set_meta("client_id", &id)?;
+        Ok(id)
+    }
+
+    /// The last server sequence number whose change has been applied.
+    pub fn cursor(&self) -> Result<u64> {
+        Ok(self.get_meta("cursor")?.and_then(|s| s.parse().ok()).unwrap_or(0))
+    }
+
+    pub fn set_cursor(&self, seq: u64) -> Result<()> {
+        self.set_meta("cursor", &seq.to_string())
+    }
+
+    /// Forgets every base and the cursor: used when the server's history
+    /// changed, so that nothing is deleted on the strength of versions that
+    /// mean nothing to the new server.
+    pub fn reset_history(&self, history_id: &str) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM base", [])?;
+        tx.execute("DELETE FROM meta WHERE key = 'cursor'", [])?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('history_id', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [history_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn base(&self, path: &RelPath) -> Result<Option<Base>> {
+        self.with(|c| {
+            c.prepare_cached("SELECT version, hash, size, mtime_ns, executable FROM base WHERE path = ?1")?
+                .query_row([path.as_str()], base_from_row)
+                .optional()
+        })
+        .map(Option::flatten)
+    }
+
+    pub fn set_base(&self, path: &RelPath, b: &Base) -> Result<()> {
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO base (path, version, hash, size, mtime_ns, executable)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (path) DO UPDATE SET version = excluded.version, hash = excluded.hash,
+                   size = excluded.size, mtime_ns = excluded.mtime_ns, executable = excluded.executable",
+            )?
+            .execute(params![
+                path.as_str(),
+                b.version as i64,
+                &b.hash.as_bytes()[..],
+                b.size as i64,
+                b.mtime_ns,
+                b.executable
+            ])
+            .map(drop)
+        })
+    }
+
+    pub fn remove_base(&self, path: &RelPath) -> Result<()> {
+        self.with(|c| {
+            c.prepare_cached("DELETE FROM base WHERE path = ?1")?.execute([path.as_str()]).map(drop)
+        })
+    }
+
+    /// Every base, for a full reconciliation.
+    pub fn all_bases(&self) -> Result<HashMap<RelPath, Base>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT path, version, hash, size, mtime_ns, executable FROM base")?;
+            let rows = stmt.query_map([], |r| {
+                let path: String = r.get(0)?;
+                Ok((path, base_from_row_at(r, 1)?))
+            })?;
+            let mut out = HashMap::new();
+            for row in rows {
+                let (path, base) = row?;
+                if let (Ok(path), Some(base)) = (RelPath::new(path), base) {
+                    out.insert(path, base);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Whether some synced path holds this content, so the server has it.
+    pub fn knows_hash(&self, hash: &ContentHash) -> Result<bool> {
+        self.with(|c| {
+            c.prepare_cached("SELECT EXISTS (SELECT 1 FROM base WHERE hash = ?1)")?
+                .query_row([&hash.as_bytes()[..]], |r| r.get(0))
+        })
+    }
+}
+
+fn base_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Base>> {
+    base_from_row_at(r, 0)
+}
+
+/// Decodes version, hash, size, mtime_ns, executable from column `at`; a
+/// row with a malformed hash reads as no base (the path is then treated as
+/// met for the first time, which never deletes anything).
+fn base_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option<Base>> {
+    let hash: Vec<u8> = r.get(at + 1)?;
+    let Ok(hash) = ContentHash::try_from(&hash[..]) else { return Ok(None) };
+    Ok(Some(Base {
+        version: r.get::<_, i64>(at)? as u64,
+        hash,
+        size: r.get::<_, i64>(at + 2)? as u64,
+        mtime_ns: r.get(at + 3)?,
+        executable: r.get(at + 4)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bases_and_meta_persist_and_the_folder_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = RelPath::new("a/b").unwrap();
+        let base = Base { version: 3, hash: ContentHash::of(b"x"), size: 1, mtime_ns: 9, executable: true };
+        {
+            let state = State::open(dir.path()).unwrap();
+            assert!(matches!(State::open(dir.path()), Err(Error::Busy(_))));
+            state.set_base(&path, &base).unwrap();
+            state.set_cursor(42).unwrap();
+            assert!(state.knows_hash(&base.hash).unwrap());
+        }
+        let state = State::open(dir.path()).unwrap();
+        assert_eq!(state.base(&path).unwrap(), Some(base));
+        assert_eq!(state.cursor().unwrap(), 42);
+        state.reset_history("h2").unwrap();
+        assert_eq!(state.base(&path).unwrap(), None);
+        assert_eq!(state.cursor().unwrap(), 0);
+        assert_eq!(state.get_meta("history_id").unwrap().as_deref(), Some("h2"));
+    }
+}

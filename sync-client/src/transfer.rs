@@ -1,0 +1,214 @@
+//! Moving whole files: streaming a local file up (`Upload`) and a server
+//! file down (`Download`) into a temp file that is verified, fsynced and
+//! renamed into place. Neither side ever holds a whole file in memory.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use syncstore::{
+    ContentHash, Entry, RelPath,
+    limits::MAX_CHUNK,
+    pb::{self, download_response, upload_request},
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+use crate::{
+    error::{Error, Result},
+    local::{self, Kind, Meta},
+    plan::Local,
+    remote::Remote,
+};
+
+/// Chunks read ahead of the network.
+const PIPELINE: usize = 4;
+
+/// Uploads `path` as `expected` (what it hashed to), based on
+/// `base_version`. With `reuse` the server is first asked to reuse content
+/// it already holds under that hash (a rename or copy), without sending it.
+pub async fn upload(
+    remote: &Remote,
+    root: &Path,
+    path: &RelPath,
+    expected: Local,
+    base_version: u64,
+    reuse: bool,
+) -> Result<Entry> {
+    let header = pb::UploadRequest {
+        msg: Some(upload_request::Msg::Header(pb::UploadHeader {
+            path: path.to_string(),
+            size: expected.size,
+            hash: expected.hash.as_bytes().to_vec(),
+            mtime_ns: expected.mtime_ns,
+            executable: expected.executable,
+            base_version,
+            client_id: remote.client_id().to_owned(),
+        })),
+    };
+    if reuse && expected.size > 0 {
+        let only_header = tokio_stream::iter([header.clone()]);
+        match remote.raw().upload(only_header).await {
+            Ok(resp) => return entry_of(resp.into_inner().entry),
+            Err(s) if s.code() == Code::FailedPrecondition => {} // Not there: send it.
+            Err(s) => return Err(s.into()),
+        }
+    }
+
+    let (tx, rx) = mpsc::channel(PIPELINE);
+    tx.send(header).await.expect("the receiver is alive");
+    let full = path.to_local(root);
+    let reader = tokio::task::spawn_blocking(move || send_file(&full, expected, tx));
+    let response = remote.raw().upload(ReceiverStream::new(rx)).await;
+    // The reader's verdict comes first: a file that changed while it was
+    // sent was cut short on purpose, and the server refused it.
+    reader.await??;
+    entry_of(response?.into_inner().entry)
+}
+
+fn entry_of(e: Option<pb::FileEntry>) -> Result<Entry> {
+    Ok(Entry::try_from(e.ok_or_else(|| Error::Protocol("response without entry".into()))?)?)
+}
+
+/// Reads the file in chunks into `tx`, holding back the last chunk until
+/// the whole file hashed to what the header announced: if it did not, the
+/// stream ends short and the server discards the upload.
+fn send_file(path: &Path, expected: Local, tx: mpsc::Sender<pb::UploadRequest>) -> Result<()> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0u64;
+    let mut held: Option<Vec<u8>> = None;
+    loop {
+        let chunk = read_chunk(&mut file)?;
+        if chunk.is_empty() {
+            break;
+        }
+        hasher.update(&chunk);
+        total += chunk.len() as u64;
+        if total > expected.size {
+            return Err(Error::ChangedWhileReading);
+        }
+        if let Some(prev) = held.replace(chunk)
+            && tx.blocking_send(chunk_msg(prev)).is_err()
+        {
+            return Ok(()); // The call failed; its status says why.
+        }
+    }
+    if total != expected.size || ContentHash::from(hasher.finalize()) != expected.hash {
+        return Err(Error::ChangedWhileReading);
+    }
+    if let Some(last) = held {
+        let _ = tx.blocking_send(chunk_msg(last));
+    }
+    Ok(())
+}
+
+fn chunk_msg(data: Vec<u8>) -> pb::UploadRequest {
+    pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(data)) }
+}
+
+/// Reads up to one full chunk (short only at the end of the file).
+fn read_chunk(file: &mut fs::File) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(MAX_CHUNK);
+    file.take(MAX_CHUNK as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Downloads `entry` (that exact version) to its path under `root`,
+/// provided the local file still is `expected` (its size and mtime, or
+/// missing) when the download is ready to be renamed into place. Returns
+/// the new local file's metadata.
+pub async fn download(
+    remote: &Remote,
+    root: &Path,
+    tmp_dir: &Path,
+    entry: &Entry,
+    expected: Option<Meta>,
+) -> Result<Meta> {
+    let content = entry.content.ok_or_else(|| Error::Protocol("download of a tombstone".into()))?;
+    let mut stream = remote
+        .raw()
+        .download(pb::DownloadRequest { path: entry.path.to_string(), version: entry.version })
+        .await?
+        .into_inner();
+    match stream.message().await? {
+        Some(pb::DownloadResponse { msg: Some(download_response::Msg::Entry(e)) })
+            if e.version == entry.version && e.hash == content.hash.as_bytes() => {}
+        _ => return Err(Error::Protocol(format!("download of {} did not start with its entry", entry.path))),
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(PIPELINE);
+    let tmp_dir = tmp_dir.to_path_buf();
+    let writer = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            tmp.write_all(&chunk)?;
+        }
+        Ok((tmp, ContentHash::from(hasher.finalize()), size))
+    });
+    while let Some(msg) = stream.message().await? {
+        match msg.msg {
+            Some(download_response::Msg::Chunk(c)) => {
+                if tx.send(c).await.is_err() {
+                    break; // The writer failed; its error is reported below.
+                }
+            }
+            _ => return Err(Error::Protocol("unexpected message in a download".into())),
+        }
+    }
+    drop(tx);
+    let (tmp, hash, size) = writer.await??;
+    if hash != content.hash || size != content.size {
+        return Err(Error::Protocol(format!("the content of {} did not match its hash", entry.path)));
+    }
+
+    let target = entry.path.to_local(root);
+    let mtime_ns = content.mtime_ns;
+    let executable = content.executable;
+    tokio::task::spawn_blocking(move || install(tmp, &target, mtime_ns, executable, expected)).await?
+}
+
+/// Gives the temp file its mode and mtime, makes it durable, and renames
+/// it over `target` if `target` is still what the caller planned on.
+fn install(
+    tmp: tempfile::NamedTempFile,
+    target: &Path,
+    mtime_ns: i64,
+    executable: bool,
+    expected: Option<Meta>,
+) -> Result<Meta> {
+    let file = tmp.as_file();
+    let mode = if executable { 0o755 } else { 0o644 };
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    let mtime = filetime::FileTime::from_unix_time(
+        mtime_ns.div_euclid(1_000_000_000),
+        mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
+    filetime::set_file_handle_times(file, None, Some(mtime))?;
+    file.sync_all()?;
+
+    let now = match local::stat(target)? {
+        Kind::Missing => None,
+        Kind::File(m) => Some(m),
+        Kind::Dir | Kind::Other => return Err(Error::ChangedWhileReading),
+    };
+    if now != expected {
+        return Err(Error::ChangedWhileReading);
+    }
+    let parent: PathBuf = target.parent().expect("a synced path has a parent").to_path_buf();
+    fs::create_dir_all(&parent)?;
+    tmp.persist(target).map_err(|e| Error::Io(e.error))?;
+    fs::File::open(&parent)?.sync_all()?;
+    match local::stat(target)? {
+        Kind::File(m) => Ok(m),
+        _ => Err(Error::ChangedWhileReading),
+    }
+}

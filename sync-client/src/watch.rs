@@ -1,0 +1,205 @@
+//! The folder watcher: turns notify's raw events into "look at this path"
+//! signals. A file whose writer closed it, a rename or a deletion is
+//! signalled at once; a file still being written (modified, not closed) is
+//! signalled once it has been quiet for [`SETTLE`].
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use notify::{
+    EventKind, RecursiveMode, Watcher,
+    event::{AccessKind, AccessMode, CreateKind, ModifyKind},
+};
+use syncstore::{RelPath, limits::STATE_DIR_NAME};
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+
+/// Quiet time after the last write before a file that was not closed is
+/// looked at.
+pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// What the watcher asks of the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// Look at this path (a file, a folder, or something now gone).
+    Path(PathBuf),
+    /// Events were lost (queue overflow): rescan everything.
+    Rescan,
+}
+
+/// The pure event-to-signal step, with the settle timers.
+#[derive(Debug, Default)]
+pub struct Settler {
+    pending: HashMap<PathBuf, Instant>,
+}
+
+impl Settler {
+    /// Takes one raw event at time `now`; returns what is due at once.
+    pub fn on_event(&mut self, event: &notify::Event, now: Instant) -> Vec<Signal> {
+        if event.need_rescan() {
+            return vec![Signal::Rescan];
+        }
+        let immediate = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => return Vec::new(),
+            EventKind::Create(CreateKind::Folder) => true,
+            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => true,
+            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => false,
+        };
+        let mut out = Vec::new();
+        for path in &event.paths {
+            if immediate {
+                self.pending.remove(path);
+                out.push(Signal::Path(path.clone()));
+            } else {
+                self.pending.insert(path.clone(), now + SETTLE);
+            }
+        }
+        out
+    }
+
+    /// When the next settle timer runs out.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.pending.values().min().copied()
+    }
+
+    /// Paths whose settle time has passed at `now`.
+    pub fn take_due(&mut self, now: Instant) -> Vec<Signal> {
+        let due: Vec<PathBuf> =
+            self.pending.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
+        for p in &due {
+            self.pending.remove(p);
+        }
+        due.into_iter().map(Signal::Path).collect()
+    }
+}
+
+/// What the watcher sends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Path(RelPath),
+    Rescan,
+}
+
+/// Watches `root` recursively and sends changes until `shutdown`.
+pub async fn run(root: PathBuf, out: mpsc::Sender<Change>, shutdown: CancellationToken) -> Result<()> {
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |res| {
+        let _ = raw_tx.send(res);
+    })
+    .map_err(std::io::Error::other)?;
+    watcher.watch(&root, RecursiveMode::Recursive).map_err(std::io::Error::other)?;
+    tracing::debug!(root = %root.display(), "watching");
+
+    let mut settler = Settler::default();
+    loop {
+        let due = settler.next_due();
+        let signals = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            raw = raw_rx.recv() => match raw {
+                Some(Ok(event)) => settler.on_event(&event, Instant::now()),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watcher error; rescanning");
+                    vec![Signal::Rescan]
+                }
+                None => return Ok(()),
+            },
+            () = sleep_until(due) => settler.take_due(Instant::now()),
+        };
+        for signal in signals {
+            let change = match signal {
+                Signal::Rescan => Change::Rescan,
+                Signal::Path(p) => match to_rel(&root, &p) {
+                    Some(rel) => Change::Path(rel),
+                    None => continue,
+                },
+            };
+            if out.send(change).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The synced path of an event path; `None` for the root itself, the
+/// client's state folder and unusable names.
+fn to_rel(root: &Path, path: &Path) -> Option<RelPath> {
+    let rel = path.strip_prefix(root).ok()?;
+    if rel.components().next().is_some_and(|c| c.as_os_str() == STATE_DIR_NAME) {
+        return None;
+    }
+    RelPath::from_local(root, path).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{DataChange, RemoveKind, RenameMode};
+
+    use super::*;
+
+    fn ev(kind: EventKind, path: &str) -> notify::Event {
+        notify::Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_files_go_at_once_and_open_ones_settle() {
+        let mut s = Settler::default();
+        let t0 = Instant::now();
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Content));
+        assert!(s.on_event(&ev(write, "/r/a"), t0).is_empty());
+        assert_eq!(s.next_due(), Some(t0 + SETTLE));
+        // Still being written: the timer restarts.
+        let t1 = t0 + SETTLE / 2;
+        assert!(s.on_event(&ev(write, "/r/a"), t1).is_empty());
+        assert!(s.take_due(t0 + SETTLE).is_empty());
+        assert_eq!(s.take_due(t1 + SETTLE), vec![Signal::Path("/r/a".into())]);
+        assert_eq!(s.next_due(), None);
+
+        // Written and closed: at once, and the pending timer is dropped.
+        assert!(s.on_event(&ev(write, "/r/b"), t1).is_empty());
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert_eq!(s.on_event(&ev(close, "/r/b"), t1), vec![Signal::Path("/r/b".into())]);
+        assert_eq!(s.next_due(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renames_removals_and_overflows() {
+        let mut s = Settler::default();
+        let now = Instant::now();
+        let rename = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path("/r/old".into())
+            .add_path("/r/new".into());
+        assert_eq!(
+            s.on_event(&rename, now),
+            vec![Signal::Path("/r/old".into()), Signal::Path("/r/new".into())]
+        );
+        assert_eq!(
+            s.on_event(&ev(EventKind::Remove(RemoveKind::File), "/r/x"), now),
+            vec![Signal::Path("/r/x".into())]
+        );
+        let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert_eq!(s.on_event(&overflow, now), vec![Signal::Rescan]);
+        // Reads are not changes.
+        assert!(s.on_event(&ev(EventKind::Access(AccessKind::Read), "/r/a"), now).is_empty());
+    }
+
+    #[test]
+    fn state_folder_and_root_are_not_synced() {
+        let root = Path::new("/r");
+        assert_eq!(to_rel(root, Path::new("/r")), None);
+        assert_eq!(to_rel(root, Path::new("/r/.syncstore/state.db")), None);
+        assert_eq!(to_rel(root, Path::new("/r/a/b")).unwrap().as_str(), "a/b");
+    }
+}
