@@ -321,9 +321,10 @@ impl Store {
             tracing::warn!(hash = %old, error = %e, "could not remove an unreferenced blob");
         }
         w.commits_since_prune += 1;
-        if w.commits_since_prune >= PRUNE_EVERY {
+        let retention = self.inner.options.log_retention.max(1);
+        if w.commits_since_prune >= PRUNE_EVERY.min(retention) {
             w.commits_since_prune = 0;
-            let keep_from = w.head.saturating_sub(self.inner.options.log_retention);
+            let keep_from = w.head.saturating_sub(retention);
             // The latest change is always kept, so MAX(seq) stays the head.
             let removed = w.conn.execute(
                 "DELETE FROM changes WHERE seq <= ?1 AND seq < ?2",
