@@ -30,6 +30,10 @@ use crate::{
 /// Times one path is planned again after a race (a version conflict, or a
 /// file that changed under our feet) before it is left for the next retry.
 const MAX_ATTEMPTS: usize = 4;
+/// Files at least this big are first offered to the server by hash alone,
+/// in case it already holds their content (a move, a copy, another
+/// client's identical file): one round trip instead of the whole file.
+const REUSE_PROBE_MIN: u64 = 256 * 1024;
 
 /// What the engine knows of a path's server side.
 #[derive(Debug, Clone)]
@@ -329,7 +333,7 @@ impl Engine {
             Action::Forget => self.state.remove_base(path)?,
             Action::Upload { base_version } => {
                 let l = p.local.expect("Upload is planned for a local file");
-                let reuse = self.state.knows_hash(&l.hash)?;
+                let reuse = l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?;
                 let entry = transfer::upload(&self.remote, &self.root, path, l, *base_version, reuse).await?;
                 self.state.set_base(path, &base_of(entry.version, l))?;
                 tracing::info!(%path, version = entry.version, size = l.size, why, "uploaded");

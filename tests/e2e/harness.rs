@@ -1,0 +1,283 @@
+//! A cluster of real servers and clients for end-to-end tests: servers on
+//! `127.0.0.1:0` with temp data folders, clients watching temp folders, and
+//! `eventually`, which waits on a condition with a deadline.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use syncstore::{
+    ContentHash,
+    pb::{self, file_sync_client::FileSyncClient, upload_request},
+};
+use tempfile::TempDir;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// How long any condition may take to become true.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+/// How often conditions are checked.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `check` returns true, failing the test after [`DEADLINE`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Like [`eventually`], for an async check.
+pub async fn eventually_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub config: sync_server::Config,
+    data: Option<TempDir>,
+    shutdown: CancellationToken,
+    task: JoinHandle<sync_server::Result<()>>,
+}
+
+impl TestServer {
+    /// A fresh server on an ephemeral port.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A fresh server whose config `tweak` adjusts.
+    pub async fn start_with(tweak: impl FnOnce(&mut sync_server::Config)) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = sync_server::Config::new(data.path().join("data"));
+        tweak(&mut config);
+        Self::spawn(config, Some(data), "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn spawn(config: sync_server::Config, data: Option<TempDir>, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(sync_server::run(config.clone(), listener, shutdown.clone()));
+        Self { addr, config, data, shutdown, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Stops gracefully and waits until it has.
+    pub async fn stop(mut self) -> (sync_server::Config, Option<TempDir>, SocketAddr) {
+        self.shutdown.cancel();
+        (&mut self.task).await.unwrap().unwrap();
+        (self.config.clone(), self.data.take(), self.addr)
+    }
+
+    /// Stops and starts again on the same data folder and port.
+    pub async fn restart(self) -> Self {
+        let (config, data, addr) = self.stop().await;
+        Self::spawn(config, data, addr).await
+    }
+
+    /// A new server with an empty data folder on the same port (a replaced
+    /// or wiped server).
+    pub async fn replace_with_empty(self) -> Self {
+        let (_, _old_data, addr) = self.stop().await;
+        let data = tempfile::tempdir().unwrap();
+        let config = sync_server::Config::new(data.path().join("data"));
+        Self::spawn(config, Some(data), addr).await
+    }
+
+    pub async fn rpc(&self) -> FileSyncClient<Channel> {
+        FileSyncClient::connect(self.url()).await.unwrap()
+    }
+
+    /// The live files on the server: path → content.
+    pub async fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut rpc = self.rpc().await;
+        let mut list = rpc.list(pb::ListRequest::default()).await.unwrap().into_inner();
+        let mut out = BTreeMap::new();
+        while let Some(e) = list.message().await.unwrap() {
+            match download(&mut rpc, &e.path).await {
+                Ok(data) => {
+                    out.insert(e.path.clone(), data);
+                }
+                // Deleted between the listing and the download.
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => panic!("download of {}: {s:?}", e.path),
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Downloads the current version of `path`.
+pub async fn download(rpc: &mut FileSyncClient<Channel>, path: &str) -> Result<Vec<u8>, tonic::Status> {
+    let mut s = rpc.download(pb::DownloadRequest { path: path.into(), version: 0 }).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await? {
+        if let Some(pb::download_response::Msg::Chunk(c)) = m.msg {
+            out.extend_from_slice(&c);
+        }
+    }
+    Ok(out)
+}
+
+/// Uploads `data` to `path` in one chunk, based on `base_version`.
+pub async fn upload(
+    rpc: &mut FileSyncClient<Channel>,
+    path: &str,
+    data: &[u8],
+    base_version: u64,
+) -> Result<pb::FileEntry, tonic::Status> {
+    let header = upload_header(path, data, base_version);
+    let mut msgs = vec![header];
+    if !data.is_empty() {
+        msgs.push(pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(data.to_vec())) });
+    }
+    let resp = rpc.upload(tokio_stream::iter(msgs)).await?.into_inner();
+    Ok(resp.entry.expect("an upload answers with its entry"))
+}
+
+pub fn upload_header(path: &str, data: &[u8], base_version: u64) -> pb::UploadRequest {
+    pb::UploadRequest {
+        msg: Some(upload_request::Msg::Header(pb::UploadHeader {
+            path: path.into(),
+            size: data.len() as u64,
+            hash: ContentHash::of(data).as_bytes().to_vec(),
+            mtime_ns: 1_700_000_000_000_000_000,
+            executable: false,
+            base_version,
+            client_id: "test".into(),
+        })),
+    }
+}
+
+/// A client watching a temp folder, running in this process.
+pub struct TestClient {
+    pub dir: TempDir,
+    shutdown: CancellationToken,
+    task: JoinHandle<sync_client::Result<()>>,
+}
+
+impl TestClient {
+    pub fn start(server: &str) -> Self {
+        Self::start_in(server, tempfile::tempdir().unwrap())
+    }
+
+    /// Starts watching an existing folder.
+    pub fn start_in(server: &str, dir: TempDir) -> Self {
+        let shutdown = CancellationToken::new();
+        let mut config = sync_client::Config::new(server, dir.path());
+        // The rescan is the safety net; tests exercise the watcher.
+        config.rescan_interval = Duration::from_secs(3600);
+        let task = tokio::spawn(sync_client::watch(config, shutdown.clone()));
+        Self { dir, shutdown, task }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().canonicalize().unwrap()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, data: impl AsRef<[u8]>) {
+        write(&self.root(), rel, data);
+    }
+
+    pub fn read(&self, rel: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.path(rel)).ok()
+    }
+
+    pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        tree(&self.root())
+    }
+
+    /// Stops the client and hands back its folder.
+    pub async fn stop(mut self) -> TempDir {
+        self.shutdown.cancel();
+        (&mut self.task).await.unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn write(root: &Path, rel: &str, data: impl AsRef<[u8]>) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+/// Every file under `root` except the client's state: path → content.
+pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".syncstore" {
+                continue;
+            }
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                walk(root, &p, out);
+            } else if ft.is_file() {
+                if let Ok(data) = std::fs::read(&p) {
+                    out.insert(rel, data);
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Deterministic incompressible bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+/// Files under `dir` (recursively), for checking that no temp or blob
+/// file was left behind.
+pub fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.flatten().map(|e| if e.file_type().unwrap().is_dir() { count_files(&e.path()) } else { 1 }).sum()
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: real servers and real clients on loopback sockets and
+//! temp folders, waiting on conditions with deadlines.
+
+// A test binary exports nothing; its helpers are `pub` for its modules.
+#![allow(unreachable_pub)]
+
+mod api;
+mod harness;
+mod sync;
