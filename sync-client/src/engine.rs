@@ -67,12 +67,22 @@ pub struct Engine {
     host: String,
     /// Paths whose last attempt failed; retried later.
     failed: BTreeSet<RelPath>,
+    /// False when only planning (`status`): nothing may be written, and
+    /// bases from another server history are ignored rather than dropped.
+    acting: bool,
+    /// Whether the stored bases belong to the server's current history.
+    bases_valid: bool,
 }
 
 impl Engine {
     pub fn new(root: PathBuf, state: State, remote: Remote, host: String) -> Self {
         let ignore = Ignore::load(&root);
-        Self { root, state, remote, ignore, host, failed: BTreeSet::new() }
+        Self { root, state, remote, ignore, host, failed: BTreeSet::new(), acting: true, bases_valid: true }
+    }
+
+    /// An engine that only plans (for `status`): it never writes the state.
+    pub fn planner(root: PathBuf, state: State, remote: Remote, host: String) -> Self {
+        Self { acting: false, ..Self::new(root, state, remote, host) }
     }
 
     pub fn state(&self) -> &State {
@@ -90,6 +100,10 @@ impl Engine {
         let info = self.remote.info().await?;
         let known = self.state.get_meta("history_id")?;
         if known.as_deref() != Some(info.history_id.as_str()) {
+            if !self.acting {
+                self.bases_valid = known.is_none();
+                return Ok(info);
+            }
             if known.is_some() {
                 tracing::warn!(
                     old = known.as_deref().unwrap_or(""),
@@ -110,7 +124,7 @@ impl Engine {
         let mut remote = self.remote.manifest().await?;
         let (root, ignore) = (self.root.clone(), self.ignore.clone());
         let local = tokio::task::spawn_blocking(move || local::scan(&root, &root, &ignore)).await??;
-        let bases = self.state.all_bases()?;
+        let bases = if self.bases_valid { self.state.all_bases()? } else { Default::default() };
         let paths: BTreeSet<RelPath> =
             local.keys().chain(bases.keys()).chain(remote.keys()).cloned().collect();
         let mut out = Vec::with_capacity(paths.len());
@@ -253,7 +267,7 @@ impl Engine {
         if self.ignore.is_ignored(path, false) {
             return Ok(None);
         }
-        let base = self.state.base(path)?;
+        let base = if self.bases_valid { self.state.base(path)? } else { None };
         let (root, p) = (self.root.clone(), path.clone());
         let view =
             tokio::task::spawn_blocking(move || local::local_state(&root, &p, base.as_ref())).await??;

@@ -250,10 +250,13 @@ pub struct Difference {
     pub what: &'static str,
 }
 
-/// What differs between the folder and the server, changing nothing on the
-/// server. (The folder's state database records the server it met.)
+/// What differs between the folder and the server, changing nothing. It
+/// can run beside a `watch` of the same folder.
 pub async fn status(config: Config) -> Result<Vec<Difference>> {
-    let (mut engine, ..) = open(&config)?;
+    let root = std::fs::canonicalize(&config.dir)?;
+    let state = State::open_shared(&root)?;
+    let remote = Remote::new(&config.server, state.get_meta("client_id")?.unwrap_or_default())?;
+    let mut engine = Engine::planner(root, state, remote, host_name());
     let (plans, _) = engine.plan_all().await?;
     Ok(plans
         .into_iter()

@@ -45,7 +45,7 @@ pub struct State {
 }
 
 impl State {
-    /// Opens (creating) `root/.syncstore/`, taking its lock.
+    /// Opens (creating) `root/.syncstore/` for syncing, taking its lock.
     pub fn open(root: &Path) -> Result<Self> {
         let dir = root.join(STATE_DIR_NAME);
         std::fs::create_dir_all(dir.join("tmp"))?;
@@ -61,6 +61,19 @@ impl State {
         for entry in std::fs::read_dir(dir.join("tmp"))? {
             std::fs::remove_file(entry?.path())?;
         }
+        Self::connect(dir, lock)
+    }
+
+    /// Opens the state for reading beside a running client (`status`),
+    /// without its lock. The caller must not write through it.
+    pub fn open_shared(root: &Path) -> Result<Self> {
+        let dir = root.join(STATE_DIR_NAME);
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let lock = File::options().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        Self::connect(dir, lock)
+    }
+
+    fn connect(dir: PathBuf, lock: File) -> Result<Self> {
         let conn = Connection::open(dir.join("state.db"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -13,7 +13,7 @@ pub mod error;
 pub mod service;
 pub mod storage;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use syncstore::limits::MAX_MESSAGE;
 use syncstore::pb::{self, file_sync_server::FileSyncServer};
@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 pub use error::{Error, Result};
 pub use service::FileSyncService;
 pub use storage::{Store, StoreOptions};
+
+/// How long in-flight requests may take to finish once shutdown starts;
+/// connections still open after that are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Default largest file the server accepts: 1 TiB.
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 40;
@@ -84,7 +88,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             health_reporter.set_not_serving::<FileSyncServer<FileSyncService>>().await;
         }
     };
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(
             FileSyncServer::new(file_sync)
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -93,9 +97,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, stopping)
-        .await
-        .map_err(|e| Error::Internal(format!("transport: {e}")))?;
+        .serve_with_incoming_shutdown(incoming, stopping);
+    // A peer that never closes its connection must not hold the shutdown.
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = serve => r.map_err(|e| Error::Internal(format!("transport: {e}")))?,
+        () = grace_over => tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them"),
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -254,10 +254,10 @@ pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
                 walk(root, &p, out);
-            } else if ft.is_file() {
-                if let Ok(data) = std::fs::read(&p) {
-                    out.insert(rel, data);
-                }
+            } else if ft.is_file()
+                && let Ok(data) = std::fs::read(&p)
+            {
+                out.insert(rel, data);
             }
         }
     }

@@ -1,0 +1,130 @@
+//! The `sync-client` binary as a person or a script runs it: `sync` exits 0
+//! once in sync, `status` reports differences with `diff`-like exit codes
+//! and changes nothing, `ls` lists the server, `watch` stops on SIGTERM.
+
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Server {
+    url: String,
+    shutdown: CancellationToken,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn server() -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let config = sync_server::Config::new(data.path().join("data"));
+    tokio::spawn(sync_server::run(config, listener, shutdown.clone()));
+    Server { url, shutdown, _data: data }
+}
+
+/// Runs the client binary to completion (off the async workers, so the
+/// in-process server keeps serving).
+async fn client(server: &str, dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-client"));
+    cmd.args(["--server", server, "--dir"]).arg(dir).args(args);
+    cmd.stdin(Stdio::null());
+    tokio::time::timeout(DEADLINE, tokio::task::spawn_blocking(move || cmd.output().unwrap()))
+        .await
+        .expect("the client finishes in time")
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_status_and_ls_behave_like_a_script_expects() {
+    let server = server().await;
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(a.path().join("docs")).unwrap();
+    std::fs::write(a.path().join("docs/plan.txt"), "the plan").unwrap();
+    std::fs::write(a.path().join("todo.txt"), "things").unwrap();
+
+    // Before the first sync a's files are only here: status says so, exit 1.
+    let st = client(&server.url, a.path(), &["status"]).await;
+    assert_eq!(st.status.code(), Some(1), "{st:?}");
+    assert!(stdout(&st).contains("docs/plan.txt"), "{}", stdout(&st));
+
+    let out = client(&server.url, a.path(), &["sync"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let st = client(&server.url, a.path(), &["status"]).await;
+    assert_eq!(st.status.code(), Some(0), "in sync: {st:?}");
+    assert_eq!(stdout(&st), "");
+
+    let ls = client(&server.url, a.path(), &["ls"]).await;
+    assert!(ls.status.success());
+    let listed = stdout(&ls);
+    assert!(listed.contains("docs/plan.txt") && listed.contains("todo.txt"), "{listed}");
+
+    // b fetches everything with one sync.
+    let out = client(&server.url, b.path(), &["sync"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(b.path().join("docs/plan.txt")).unwrap(), b"the plan");
+
+    // A change in b: status shows it and changes nothing; sync sends it.
+    std::fs::write(b.path().join("todo.txt"), "more things").unwrap();
+    let st = client(&server.url, b.path(), &["status"]).await;
+    assert_eq!(st.status.code(), Some(1));
+    assert!(stdout(&st).contains("changed here") && stdout(&st).contains("todo.txt"), "{}", stdout(&st));
+    let st = client(&server.url, a.path(), &["status"]).await;
+    assert_eq!(st.status.code(), Some(0), "status in b must not have uploaded anything");
+    assert!(client(&server.url, b.path(), &["sync"]).await.status.success());
+    let st = client(&server.url, a.path(), &["status"]).await;
+    assert_eq!(st.status.code(), Some(1));
+    assert!(stdout(&st).contains("changed on the server"), "{}", stdout(&st));
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+    assert_eq!(std::fs::read(a.path().join("todo.txt")).unwrap(), b"more things");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_stops_on_sigterm_and_a_bad_server_is_an_error() {
+    let server = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sync-client"))
+        .args(["--server", &server.url, "--dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once the client has synced, its state folder exists: then stop it.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !dir.path().join(".syncstore/state.db").exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the client never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the client did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+
+    let out = client("not a url", dir.path(), &["sync"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad server address"), "{out:?}");
+}
