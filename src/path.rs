@@ -9,7 +9,7 @@
 
 use std::{fmt, path::Path};
 
-use unicode_normalization::{UnicodeNormalization, is_nfc};
+use unicode_normalization::is_nfc;
 
 use crate::limits::{MAX_NAME_BYTES, MAX_PATH_BYTES, STATE_DIR_NAME};
 
@@ -48,9 +48,10 @@ impl RelPath {
         Ok(Self(s))
     }
 
-    /// Builds the path of `path` relative to `root` on the local disk,
-    /// normalizing it to NFC. Fails for paths outside `root`, names that are
-    /// not UTF-8 and everything [`RelPath::new`] refuses.
+    /// Builds the path of `path` relative to `root` on the local disk. Fails
+    /// for paths outside `root`, names that are not UTF-8 and everything
+    /// [`RelPath::new`] refuses, names not in NFC included: a file is synced
+    /// under the exact name it has on disk, or not at all.
     pub fn from_local(root: &Path, path: &Path) -> Result<Self, PathError> {
         let rel = path.strip_prefix(root).map_err(|_| PathError::Absolute(path.display().to_string()))?;
         let mut out = String::new();
@@ -62,7 +63,7 @@ impl RelPath {
             if !out.is_empty() {
                 out.push('/');
             }
-            out.extend(name.nfc());
+            out.push_str(name);
         }
         Self::new(out)
     }
@@ -182,11 +183,17 @@ mod tests {
     }
 
     #[test]
-    fn local_paths_are_normalized_to_nfc() {
+    fn local_paths_keep_their_exact_name_or_are_refused() {
         let root = Path::new("/sync");
-        let p = RelPath::from_local(root, Path::new("/sync/docs/cafe\u{301}.txt")).unwrap();
+        let p = RelPath::from_local(root, Path::new("/sync/docs/caf\u{e9}.txt")).unwrap();
         assert_eq!(p.as_str(), "docs/caf\u{e9}.txt");
         assert_eq!(p.to_local(root), Path::new("/sync/docs/caf\u{e9}.txt"));
+        // NFD on disk: renaming it silently would sync a file that is not
+        // there under that name.
+        assert!(matches!(
+            RelPath::from_local(root, Path::new("/sync/docs/cafe\u{301}.txt")),
+            Err(PathError::NotNfc(_))
+        ));
         assert!(RelPath::from_local(root, Path::new("/elsewhere/a")).is_err());
     }
 

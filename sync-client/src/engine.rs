@@ -57,6 +57,16 @@ pub struct Planned {
     pub remote: Option<Entry>,
 }
 
+/// The plans of a whole reconciliation.
+#[derive(Debug)]
+pub struct PlanAll {
+    pub plans: Vec<Planned>,
+    /// Paths that could not be planned (unreadable, still being written).
+    pub failed: Vec<(RelPath, Error)>,
+    /// The server's head when the manifest was read.
+    pub head: u64,
+}
+
 /// Applies sync decisions to the folder and the server.
 #[derive(Debug)]
 pub struct Engine {
@@ -119,7 +129,7 @@ impl Engine {
     /// The plan for every path known here, at the last sync or on the
     /// server, without acting on it. Also returns the server's head at the
     /// time of the listing.
-    pub async fn plan_all(&mut self) -> Result<(Vec<Planned>, u64)> {
+    pub async fn plan_all(&mut self) -> Result<PlanAll> {
         let info = self.check_history().await?;
         let mut remote = self.remote.manifest().await?;
         let (root, ignore) = (self.root.clone(), self.ignore.clone());
@@ -127,21 +137,34 @@ impl Engine {
         let bases = if self.bases_valid { self.state.all_bases()? } else { Default::default() };
         let paths: BTreeSet<RelPath> =
             local.keys().chain(bases.keys()).chain(remote.keys()).cloned().collect();
-        let mut out = Vec::with_capacity(paths.len());
+        let mut all =
+            PlanAll { plans: Vec::with_capacity(paths.len()), failed: Vec::new(), head: info.head_seq };
         for path in paths {
-            if let Some(p) = self.plan(&path, RemoteView::Known(remote.remove(&path))).await? {
-                out.push(p);
+            // One unreadable or still-growing file must not hold up the rest.
+            match self.plan(&path, RemoteView::Known(remote.remove(&path))).await {
+                Ok(Some(p)) => all.plans.push(p),
+                Ok(None) => {}
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => all.failed.push((path, e)),
             }
         }
-        Ok((out, info.head_seq))
+        Ok(all)
     }
 
     /// Reconciles everything: the whole folder against the whole manifest.
     /// Returns how many paths needed an action.
     pub async fn full_sync(&mut self) -> Result<usize> {
-        let (plans, head) = self.plan_all().await?;
-        let mut acted = 0;
-        for planned in plans {
+        let PlanAll { plans, failed, head } = self.plan_all().await?;
+        let mut acted = failed.len();
+        for (path, e) in failed {
+            self.note_failure(path, &e);
+        }
+        // Deletions last, so content that moved is still on the server when
+        // its new name is uploaded.
+        let (deletes, others): (Vec<_>, Vec<_>) = plans
+            .into_iter()
+            .partition(|p| matches!(p.action, Action::DeleteRemote { .. } | Action::DeleteLocal));
+        for planned in others.into_iter().chain(deletes) {
             if planned.action == Action::Nothing {
                 continue;
             }
@@ -168,8 +191,12 @@ impl Engine {
         let mut paths: BTreeSet<RelPath> = local.keys().chain(bases.keys()).cloned().collect();
         let retry = std::mem::take(&mut self.failed);
         paths.extend(retry.iter().cloned());
+        // Files that are here first, then the ones that went: a moved file's
+        // new name is uploaded (reusing the content the server holds) before
+        // its old name is deleted there.
+        let (present, gone): (Vec<_>, Vec<_>) = paths.into_iter().partition(|p| local.contains_key(p));
         let mut acted = 0;
-        for path in paths {
+        for path in present.into_iter().chain(gone) {
             let view = if retry.contains(&path) { RemoteView::Fetch } else { RemoteView::IfLocalChanged };
             match self.sync_path(&path, view).await {
                 Ok(true) => acted += 1,
@@ -182,9 +209,17 @@ impl Engine {
 
     /// Retries the paths that failed before.
     pub async fn retry_failed(&mut self) {
-        for path in std::mem::take(&mut self.failed) {
+        let mut paths = std::mem::take(&mut self.failed).into_iter();
+        while let Some(path) = paths.next() {
             if let Err(e) = self.sync_path(&path, RemoteView::Fetch).await {
-                self.note_failure(path, &e);
+                let down = e.is_unavailable();
+                self.failed.insert(path);
+                if down {
+                    // The server is away: the rest waits for the next round.
+                    self.failed.extend(paths);
+                    return;
+                }
+                tracing::debug!(error = %e, "retry failed again");
             }
         }
     }
@@ -243,8 +278,8 @@ impl Engine {
     }
 
     fn bases_under(&self, dir: &RelPath) -> Vec<RelPath> {
-        match self.state.all_bases() {
-            Ok(b) => b.into_keys().filter(|p| p.is_under(dir.as_str()) && p != dir).collect(),
+        match self.state.paths_below(dir) {
+            Ok(paths) => paths,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the state database");
                 Vec::new()

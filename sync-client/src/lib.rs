@@ -34,6 +34,8 @@ pub use state::State;
 
 /// Default time between two full rescans of the folder.
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(300);
+/// Shortest accepted time between rescans.
+pub const MIN_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// How often paths that failed are retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// First and largest wait before reconnecting to the server.
@@ -117,7 +119,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     let (remote_tx, mut remote_rx) = mpsc::channel(QUEUE);
     tasks.spawn(subscribe(remote, state, remote_tx, stop_tasks.clone()));
 
-    let mut rescan = tokio::time::interval(config.rescan_interval);
+    let mut rescan = tokio::time::interval(config.rescan_interval.max(MIN_RESCAN_INTERVAL));
     rescan.tick().await; // The first tick is immediate; the sync just ran.
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     loop {
@@ -130,7 +132,14 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
                         tracing::warn!(error = %e, "could not apply a server change");
                     }
                 }
-                Subscription::Reconnected => log_rescan(engine.rescan().await),
+                Subscription::Reconnected => {
+                    // The server may have been replaced meanwhile: check its
+                    // history before comparing against the stored bases.
+                    match engine.check_history().await {
+                        Ok(_) => log_rescan(engine.rescan().await),
+                        Err(e) => tracing::warn!(error = %e, "cannot reach the server after reconnecting"),
+                    }
+                }
             },
             Some(change) = local_rx.recv() => match change {
                 watch::Change::Path(path) => engine.local_event(path).await,
@@ -257,14 +266,24 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
     let state = State::open_shared(&root)?;
     let remote = Remote::new(&config.server, state.get_meta("client_id")?.unwrap_or_default())?;
     let mut engine = Engine::planner(root, state, remote, host_name());
-    let (plans, _) = engine.plan_all().await?;
-    Ok(plans
+    let all = engine.plan_all().await?;
+    let mut out: Vec<Difference> = all
+        .plans
         .into_iter()
         .filter(|p| {
             !matches!(p.action, plan::Action::Nothing | plan::Action::Record { .. } | plan::Action::Forget)
         })
         .map(|p| Difference { path: p.path.to_string(), what: p.action.describe() })
-        .collect())
+        .collect();
+    out.extend(all.failed.into_iter().map(|(path, e)| Difference {
+        path: path.to_string(),
+        what: match e {
+            Error::ChangedWhileReading => "being written",
+            _ => "unreadable",
+        },
+    }));
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
 }
 
 /// The server's files (live ones only), in path order.

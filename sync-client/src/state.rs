@@ -196,6 +196,17 @@ impl State {
         })
     }
 
+    /// Synced paths strictly below the folder `dir`.
+    pub fn paths_below(&self, dir: &RelPath) -> Result<Vec<RelPath>> {
+        // Paths below "d" sort between "d/" and "d0" ('0' follows '/').
+        let (lo, hi) = (format!("{dir}/"), format!("{dir}0"));
+        self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT path FROM base WHERE path >= ?1 AND path < ?2")?;
+            let rows = stmt.query_map([lo, hi], |r| r.get::<_, String>(0))?;
+            rows.filter_map(|r| r.map(|p| RelPath::new(p).ok()).transpose()).collect()
+        })
+    }
+
     /// Whether some synced path holds this content, so the server has it.
     pub fn knows_hash(&self, hash: &ContentHash) -> Result<bool> {
         self.with(|c| {
@@ -237,6 +248,15 @@ mod tests {
             let state = State::open(dir.path()).unwrap();
             assert!(matches!(State::open(dir.path()), Err(Error::Busy(_))));
             state.set_base(&path, &base).unwrap();
+            state.set_base(&RelPath::new("a0").unwrap(), &base).unwrap();
+            state.set_base(&RelPath::new("a/b/c").unwrap(), &base).unwrap();
+            let below: Vec<String> = state
+                .paths_below(&RelPath::new("a").unwrap())
+                .unwrap()
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            assert_eq!(below, ["a/b", "a/b/c"]);
             state.set_cursor(42).unwrap();
             assert!(state.knows_hash(&base.hash).unwrap());
         }

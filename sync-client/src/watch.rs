@@ -11,7 +11,7 @@ use std::{
 
 use notify::{
     EventKind, RecursiveMode, Watcher,
-    event::{AccessKind, AccessMode, CreateKind, ModifyKind},
+    event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode},
 };
 use syncstore::{RelPath, limits::STATE_DIR_NAME};
 use tokio::{sync::mpsc, time::Instant};
@@ -44,23 +44,31 @@ impl Settler {
         if event.need_rescan() {
             return vec![Signal::Rescan];
         }
-        let immediate = match event.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        // A rename's old name waits out the settle time, so that the new
+        // name goes first: its content is still on the server to be reused.
+        let (settle, immediate): (&[PathBuf], &[PathBuf]) = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => (&[], &event.paths),
             EventKind::Access(_) => return Vec::new(),
-            EventKind::Create(CreateKind::Folder) => true,
-            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => true,
-            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => false,
-        };
-        let mut out = Vec::new();
-        for path in &event.paths {
-            if immediate {
-                self.pending.remove(path);
-                out.push(Signal::Path(path.clone()));
-            } else {
-                self.pending.insert(path.clone(), now + SETTLE);
+            EventKind::Create(CreateKind::Folder) => (&[], &event.paths),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => (&event.paths, &[]),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if event.paths.len() == 2 => {
+                (&event.paths[..1], &event.paths[1..])
             }
+            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => (&[], &event.paths),
+            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => {
+                (&event.paths, &[])
+            }
+        };
+        for path in settle {
+            self.pending.insert(path.clone(), now + SETTLE);
         }
-        out
+        immediate
+            .iter()
+            .map(|path| {
+                self.pending.remove(path);
+                Signal::Path(path.clone())
+            })
+            .collect()
     }
 
     /// When the next settle timer runs out.
@@ -145,7 +153,7 @@ fn to_rel(root: &Path, path: &Path) -> Option<RelPath> {
 
 #[cfg(test)]
 mod tests {
-    use notify::event::{DataChange, RemoveKind, RenameMode};
+    use notify::event::{DataChange, RemoveKind};
 
     use super::*;
 
@@ -181,10 +189,14 @@ mod tests {
         let rename = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
             .add_path("/r/old".into())
             .add_path("/r/new".into());
-        assert_eq!(
-            s.on_event(&rename, now),
-            vec![Signal::Path("/r/old".into()), Signal::Path("/r/new".into())]
-        );
+        // The new name at once; the old one after the settle time.
+        assert_eq!(s.on_event(&rename, now), vec![Signal::Path("/r/new".into())]);
+        assert_eq!(s.take_due(now + SETTLE), vec![Signal::Path("/r/old".into())]);
+        let from = ev(EventKind::Modify(ModifyKind::Name(RenameMode::From)), "/r/a");
+        assert!(s.on_event(&from, now).is_empty());
+        let to = ev(EventKind::Modify(ModifyKind::Name(RenameMode::To)), "/r/b");
+        assert_eq!(s.on_event(&to, now), vec![Signal::Path("/r/b".into())]);
+        assert_eq!(s.take_due(now + SETTLE), vec![Signal::Path("/r/a".into())]);
         assert_eq!(
             s.on_event(&ev(EventKind::Remove(RemoveKind::File), "/r/x"), now),
             vec![Signal::Path("/r/x".into())]

@@ -6,8 +6,8 @@
 //!   blobs), sequence numbers, the change log and its broadcast.
 //! - [`service`]: `syncstore.v1.FileSync` over the store.
 //! - [`error`]: the error type and its mapping to gRPC status codes.
-//! - [`run`]: serves everything (plus health and reflection) on a listener
-//!   until a shutdown signal.
+//! - [`Server`] and [`run`]: open the store, then serve everything (plus
+//!   health and reflection) on a listener until a shutdown signal.
 
 pub mod error;
 pub mod service;
@@ -55,13 +55,42 @@ impl Config {
 }
 
 /// Opens the data folder and serves on `listener` until `shutdown` is
-/// cancelled; then stops accepting, ends subscriptions, lets in-flight
-/// requests finish, and returns.
+/// cancelled: [`Server::open`] then [`Server::serve`].
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
-    let store_config = config.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_config.data_dir, store_config.store))
-        .await??;
+    Server::open(config).await?.serve(listener, shutdown).await
+}
 
+/// A server whose data folder is open, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+    store: Store,
+}
+
+impl Server {
+    /// Opens (initializing if new) the data folder and sweeps what a crash
+    /// left behind.
+    pub async fn open(config: Config) -> Result<Self> {
+        let (dir, options) = (config.data_dir.clone(), config.store.clone());
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir, options)).await??;
+        Ok(Self { config, store })
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled; then stops
+    /// accepting, ends subscriptions, lets in-flight requests finish (for
+    /// up to [`SHUTDOWN_GRACE`]), and returns.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+        let Self { config, store } = self;
+        serve(config, store, listener, shutdown).await
+    }
+}
+
+async fn serve(
+    config: Config,
+    store: Store,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let file_sync = FileSyncService::new(store, config.max_file_size, shutdown.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;

@@ -57,12 +57,11 @@ async fn main() -> anyhow::Result<()> {
     let mut config = sync_server::Config::new(args.data);
     config.max_file_size = args.max_file_size;
     config.store.log_retention = args.log_retention;
-    let server = tokio::spawn(sync_server::run(config, listener, shutdown.clone()));
-    // Scripts wait for this line: print it once the listener is bound
-    // (connections queue in the backlog until the store is open).
+    let server = sync_server::Server::open(config).await.context("cannot open the data folder")?;
+    // Scripts wait for this line: the store is open and the socket bound.
     println!("listening on {addr}");
     std::io::stdout().flush()?;
-    server.await?.context("server failed")?;
+    server.serve(listener, shutdown).await.context("server failed")?;
     Ok(())
 }
 

@@ -301,8 +301,9 @@ impl Store {
     }
 
     /// Bookkeeping once a change is durable, still under the writer lock:
-    /// advance the head, drop a blob nothing refers to any more, trim the
-    /// log, and tell subscribers.
+    /// advance the head, tell subscribers, drop a blob nothing refers to any
+    /// more, trim the log. The change is committed whatever happens here, so
+    /// nothing after the broadcast may fail the call.
     fn after_commit(
         &self,
         mut w: MutexGuard<'_, Writer>,
@@ -311,14 +312,23 @@ impl Store {
         previous: Option<Entry>,
     ) -> Result<Change> {
         w.head = entry.version;
+        let change = Change { seq: entry.version, namespace: ns.to_owned(), entry };
+        // No receiver is fine: nobody is subscribed.
+        let _ = self.inner.events.send(change.clone());
+
         let old_hash = previous.and_then(|p| p.content).map(|c| c.hash);
-        let new_hash = entry.content.map(|c| c.hash);
-        if let Some(old) = old_hash.filter(|h| Some(*h) != new_hash)
-            && !blob_referenced(&w.conn, &old)?
-            && let Err(e) = self.inner.blobs.remove(&old)
-        {
-            // Harmless: the start-up sweep removes it next time.
-            tracing::warn!(hash = %old, error = %e, "could not remove an unreferenced blob");
+        let new_hash = change.entry.content.map(|c| c.hash);
+        if let Some(old) = old_hash.filter(|h| Some(*h) != new_hash) {
+            // Harmless if it fails: the start-up sweep removes it next time.
+            match blob_referenced(&w.conn, &old) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(e) = self.inner.blobs.remove(&old) {
+                        tracing::warn!(hash = %old, error = %e, "could not remove an unreferenced blob");
+                    }
+                }
+                Err(e) => tracing::warn!(hash = %old, error = %e, "could not check a blob's references"),
+            }
         }
         w.commits_since_prune += 1;
         let retention = self.inner.options.log_retention.max(1);
@@ -326,17 +336,15 @@ impl Store {
             w.commits_since_prune = 0;
             let keep_from = w.head.saturating_sub(retention);
             // The latest change is always kept, so MAX(seq) stays the head.
-            let removed = w.conn.execute(
+            match w.conn.execute(
                 "DELETE FROM changes WHERE seq <= ?1 AND seq < ?2",
                 params![keep_from as i64, w.head as i64],
-            )?;
-            if removed > 0 {
-                tracing::debug!(removed, keep_from, "trimmed the change log");
+            ) {
+                Ok(0) => {}
+                Ok(removed) => tracing::debug!(removed, keep_from, "trimmed the change log"),
+                Err(e) => tracing::warn!(error = %e, "could not trim the change log"),
             }
         }
-        let change = Change { seq: entry.version, namespace: ns.to_owned(), entry };
-        // No receiver is fine: nobody is subscribed.
-        let _ = self.inner.events.send(change.clone());
         Ok(change)
     }
 
