@@ -8,8 +8,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What can go wrong while syncing.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("server: {}: {}", .0.code(), .0.message())]
-    Rpc(#[from] tonic::Status),
+    #[error("{}", describe_status(.0))]
+    Rpc(tonic::Status),
     #[error("cannot connect to the server: {0}")]
     Connect(#[from] tonic::transport::Error),
     #[error("I/O error: {0}")]
@@ -40,6 +40,21 @@ impl Error {
     /// Whether the server could not be reached (retry once it is back).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Connect(_)) || self.code() == Some(Code::Unavailable)
+    }
+}
+
+// By hand rather than `#[from]`: a status is shown by its code and message;
+// its transport-level source chain would repeat them at length.
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        Error::Rpc(s)
+    }
+}
+
+fn describe_status(s: &tonic::Status) -> String {
+    match s.code() {
+        Code::Unavailable => format!("cannot reach the server ({})", s.message()),
+        code => format!("the server answered {code:?}: {}", s.message()),
     }
 }
 

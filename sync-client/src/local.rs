@@ -160,8 +160,9 @@ impl Ignore {
         for pattern in BUILTIN_IGNORES {
             b.add_line(None, pattern).expect("built-in ignore patterns are valid");
         }
-        if let Some(e) = b.add(root.join(IGNORE_FILE))
-            && !matches!(&e, ignore::Error::Io(io) if io.kind() == io::ErrorKind::NotFound)
+        let file = root.join(IGNORE_FILE);
+        if file.is_file()
+            && let Some(e) = b.add(&file)
         {
             tracing::warn!(error = %e, "problem in {IGNORE_FILE}");
         }
