@@ -7,7 +7,11 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 const PROTO_ROOT: &str = "proto";
-const PROTOS: &[&str] = &["proto/syncstore/v1/sync.proto"];
+const PROTOS: &[&str] = &[
+    "proto/syncstore/v1/sync.proto",
+    "proto/syncstore/v1/replication.proto",
+    "proto/syncstore/v1/admin.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

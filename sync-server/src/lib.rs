@@ -5,23 +5,36 @@
 //! - [`storage`]: the data folder (SQLite metadata + content-addressed
 //!   blobs), sequence numbers, the change log and its broadcast.
 //! - [`service`]: `syncstore.v1.FileSync` over the store.
+//! - [`replication`]: the primary's fan-out to its replica and the
+//!   replica's `syncstore.v1.Replication` service; the write gate.
+//! - [`admin`]: `syncstore.v1.Admin` (status, digest) and `compare`.
+//! - `feed`: following committed changes from a cursor (log, then live).
 //! - [`error`]: the error type and its mapping to gRPC status codes.
 //! - [`Server`] and [`run`]: open the store, then serve everything (plus
 //!   health and reflection) on a listener until a shutdown signal.
 
+pub mod admin;
 pub mod error;
+mod feed;
+pub mod replication;
 pub mod service;
 pub mod storage;
 
 use std::{path::PathBuf, time::Duration};
 
 use syncstore::limits::MAX_MESSAGE;
-use syncstore::pb::{self, file_sync_server::FileSyncServer};
+use syncstore::pb::{
+    self, admin_server::AdminServer, file_sync_server::FileSyncServer, replication_server::ReplicationServer,
+};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::server::TcpIncoming;
 
+pub use admin::{AdminService, Comparison, compare};
 pub use error::{Error, Result};
+pub use replication::{
+    Mode, OnTimeout, ReplicaConfig, WriteGate, primary::ReplicationHandle, replica::ReplicationService,
+};
 pub use service::FileSyncService;
 pub use storage::{Store, StoreOptions};
 
@@ -41,6 +54,31 @@ pub struct Config {
     pub max_file_size: u64,
     /// Store settings.
     pub store: StoreOptions,
+    /// Primary or replica.
+    pub role: Role,
+    /// On a primary: the replica to fan changes out to.
+    pub replica: Option<ReplicaConfig>,
+    /// The URL clients reach this server at, announced to the replica
+    /// (default: `http://` + the listening address).
+    pub advertise: Option<String>,
+}
+
+/// What a server does with writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Takes writes and fans them out.
+    Primary,
+    /// Applies the primary's stream; serves reads only.
+    Replica,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
 }
 
 impl Config {
@@ -50,8 +88,30 @@ impl Config {
             data_dir: data_dir.into(),
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             store: StoreOptions::default(),
+            role: Role::Primary,
+            replica: None,
+            advertise: None,
         }
     }
+
+    /// A replica with default settings on `data_dir`.
+    pub fn replica(data_dir: impl Into<PathBuf>) -> Self {
+        Self { role: Role::Replica, ..Self::new(data_dir) }
+    }
+}
+
+/// Promotes a (stopped) replica's data folder: the next epoch, so that its
+/// old primary is refused from now on. Returns history id, epoch and head.
+/// Blocks.
+pub fn promote(data_dir: &std::path::Path) -> Result<(String, u64, u64)> {
+    if !data_dir.join("meta.db").is_file() {
+        return Err(Error::NotFound(format!("{} holds no syncstore data", data_dir.display())));
+    }
+    let store = Store::open(data_dir, StoreOptions::default())?;
+    let epoch = store.meta_u64("epoch")? + 1;
+    store.set_meta("epoch", &epoch.to_string())?;
+    tracing::warn!(epoch, history = %store.history_id(), head = store.head(), "promoted to primary");
+    Ok((store.history_id(), epoch, store.head()))
 }
 
 /// Opens the data folder and serves on `listener` until `shutdown` is
@@ -91,7 +151,35 @@ async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let file_sync = FileSyncService::new(store, config.max_file_size, shutdown.clone());
+    let addr = listener.local_addr()?;
+    let gate = WriteGate::default();
+    if config.role == Role::Replica {
+        let primary = store.meta_text("primary_url")?.unwrap_or_else(|| "(not connected yet)".into());
+        gate.refuse(format!("this server is a replica: write to the primary at {primary}"));
+    }
+    let replication = config.replica.clone().map(ReplicationHandle::new);
+    let tasks = TaskTracker::new();
+    if let (Role::Primary, Some(handle)) = (config.role, &replication) {
+        let advertised = config.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
+        tasks.spawn(replication::primary::run(
+            store.clone(),
+            handle.clone(),
+            gate.clone(),
+            advertised,
+            shutdown.clone(),
+        ));
+    }
+    let file_sync = FileSyncService::new(
+        store.clone(),
+        config.role.as_str(),
+        config.max_file_size,
+        gate.clone(),
+        replication.clone(),
+        shutdown.clone(),
+    );
+    let replication_service =
+        ReplicationService::new(store.clone(), gate.clone(), config.role == Role::Replica);
+    let admin = AdminService::new(store, config.role.as_str(), gate, replication);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;
 
@@ -106,9 +194,10 @@ async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, data = %config.data_dir.display(), "serving");
-    let incoming = TcpListenerStream::new(listener);
+    tracing::info!(%addr, role = config.role.as_str(), data = %config.data_dir.display(), "serving");
+    // Small messages (a download's entry, then its content) must not wait
+    // for the peer's delayed ACK.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let stopping = {
         let shutdown = shutdown.clone();
         async move {
@@ -123,6 +212,12 @@ async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
+        .add_service(
+            ReplicationServer::new(replication_service)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(AdminServer::new(admin))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -136,6 +231,8 @@ async fn serve(
         r = serve => r.map_err(|e| Error::Internal(format!("transport: {e}")))?,
         () = grace_over => tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them"),
     }
+    tasks.close();
+    tasks.wait().await;
     tracing::info!("stopped");
     Ok(())
 }

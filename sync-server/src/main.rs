@@ -1,21 +1,50 @@
 //! `sync-server`: parses flags, sets up logging and signals, binds, and
-//! hands over to [`sync_server::run`].
+//! hands over to [`sync_server::Server`]; also the offline `promote` and
+//! the `compare` commands.
 
-use std::{io::Write, net::SocketAddr, path::PathBuf};
+use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use sync_server::{Mode, OnTimeout, ReplicaConfig, Role};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// The syncstore server: stores files durably and pushes every change to
-/// every subscribed client.
+/// The syncstore server: stores files durably, pushes every change to every
+/// subscribed client, and fans it out to a replica.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
-    /// The server's role. Only the primary exists so far.
-    #[arg(long, value_enum, default_value_t = Role::Primary)]
-    role: Role,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Turn a (stopped) replica's data folder into a primary's, at the next
+    /// epoch. Then start it with `--role primary`.
+    Promote {
+        /// The replica's data folder.
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Compare the trees held by two servers. Exit 0 when identical, 1 when
+    /// not (the differing paths are listed), like `diff`.
+    Compare {
+        /// First server, e.g. http://127.0.0.1:50051.
+        a: String,
+        /// Second server.
+        b: String,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+struct ServeArgs {
+    /// The server's role.
+    #[arg(long, value_enum, default_value_t = RoleArg::Primary)]
+    role: RoleArg,
     /// Address to serve gRPC on; port 0 picks a free port. The address is
     /// printed as `listening on ADDR` once the server serves.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -26,26 +55,82 @@ struct Args {
     /// Largest file accepted, in bytes.
     #[arg(long, default_value_t = sync_server::DEFAULT_MAX_FILE_SIZE)]
     max_file_size: u64,
-    /// How many changes the log keeps for subscribers that catch up; an
-    /// older cursor gets a RESET and a full listing.
+    /// How many changes the log keeps for subscribers (and a replica) that
+    /// catch up; an older position gets a RESET (a replica, a full resync).
     #[arg(long, default_value_t = sync_server::StoreOptions::default().log_retention)]
     log_retention: u64,
+    /// On a primary: the replica to fan every change out to
+    /// (http://HOST:PORT).
+    #[arg(long)]
+    replica: Option<String>,
+    /// On a primary with a replica: acknowledge writes once the replica has
+    /// them (sync) or once the primary has them (async).
+    #[arg(long, value_enum, default_value_t = ModeArg::Sync)]
+    replication: ModeArg,
+    /// How long a sync-mode write waits for the replica, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    replica_timeout: Duration,
+    /// What a sync-mode write does when the replica does not confirm in
+    /// time: fail with UNAVAILABLE, or degrade to async (loudly).
+    #[arg(long, value_enum, default_value_t = OnTimeoutArg::Fail)]
+    on_replica_timeout: OnTimeoutArg,
+    /// The URL clients reach this server at, announced to the replica (and
+    /// named in its refusals). Default: http:// plus the listening address.
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Role {
+enum RoleArg {
     Primary,
+    Replica,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    Sync,
+    Async,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnTimeoutArg {
+    Fail,
+    Degrade,
+}
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let Role::Primary = args.role;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.command {
+            Some(Command::Promote { data }) => promote(data).await,
+            Some(Command::Compare { a, b }) => compare(&a, &b).await,
+            None => serve(args.serve).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.role == RoleArg::Replica && args.replica.is_some() {
+        anyhow::bail!("--replica is for a primary; a replica is fed by its primary");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -55,14 +140,56 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
     let mut config = sync_server::Config::new(args.data);
+    config.role = match args.role {
+        RoleArg::Primary => Role::Primary,
+        RoleArg::Replica => Role::Replica,
+    };
     config.max_file_size = args.max_file_size;
     config.store.log_retention = args.log_retention;
+    config.advertise = args.advertise;
+    config.replica = args.replica.map(|url| ReplicaConfig {
+        url,
+        mode: match args.replication {
+            ModeArg::Sync => Mode::Sync,
+            ModeArg::Async => Mode::Async,
+        },
+        timeout: args.replica_timeout,
+        on_timeout: match args.on_replica_timeout {
+            OnTimeoutArg::Fail => OnTimeout::Fail,
+            OnTimeoutArg::Degrade => OnTimeout::Degrade,
+        },
+    });
     let server = sync_server::Server::open(config).await.context("cannot open the data folder")?;
     // Scripts wait for this line: the store is open and the socket bound.
     println!("listening on {addr}");
     std::io::stdout().flush()?;
     server.serve(listener, shutdown).await.context("server failed")?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn promote(data: PathBuf) -> anyhow::Result<ExitCode> {
+    let (history, epoch, head) = tokio::task::spawn_blocking(move || sync_server::promote(&data)).await??;
+    println!("promoted: history {history}, epoch {epoch}, head {head}; start it with --role primary");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn compare(a: &str, b: &str) -> anyhow::Result<ExitCode> {
+    let c = sync_server::compare(a, b).await?;
+    if c.identical() {
+        println!(
+            "identical: {} files, {} bytes (heads {} and {})",
+            c.a.file_count, c.a.total_bytes, c.a.head_seq, c.b.head_seq
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "different: A has {} files ({} bytes, head {}), B has {} files ({} bytes, head {})",
+        c.a.file_count, c.a.total_bytes, c.a.head_seq, c.b.file_count, c.b.total_bytes, c.b.head_seq
+    );
+    for (path, what) in &c.differences {
+        println!("{what:<10} {path}");
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -7,13 +7,15 @@ use syncstore::{
     limits::MAX_CHUNK,
     pb::{self, download_response, file_sync_server::FileSync, upload_request},
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     error::{Error, Result},
+    feed::{self, Item},
+    replication::{WriteGate, primary::ReplicationHandle},
     storage::{Change, DEFAULT_NAMESPACE, PAGE_SIZE, Put, Store},
 };
 
@@ -28,12 +30,32 @@ pub struct FileSyncService {
     store: Store,
     role: &'static str,
     max_file_size: u64,
+    gate: WriteGate,
+    replication: Option<ReplicationHandle>,
     shutdown: CancellationToken,
 }
 
 impl FileSyncService {
-    pub fn new(store: Store, max_file_size: u64, shutdown: CancellationToken) -> Self {
-        Self { store, role: "primary", max_file_size, shutdown }
+    pub fn new(
+        store: Store,
+        role: &'static str,
+        max_file_size: u64,
+        gate: WriteGate,
+        replication: Option<ReplicationHandle>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { store, role, max_file_size, gate, replication, shutdown }
+    }
+
+    /// In sync mode, waits until the replica holds `seq` durably.
+    async fn replicated(&self, seq: u64) -> Result<()> {
+        match &self.replication {
+            Some(r) => {
+                r.committed(seq);
+                r.wait_replicated(seq).await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Runs blocking store work off the async workers.
@@ -50,6 +72,7 @@ impl FileSyncService {
             Some(pb::UploadRequest { msg: Some(upload_request::Msg::Header(h)) }) => h,
             _ => return Err(Error::invalid("the first message of an upload must be a header")),
         };
+        self.gate.check()?;
         let path = RelPath::new(header.path)?;
         let hash = ContentHash::try_from(&header.hash[..])?;
         let size = header.size;
@@ -116,7 +139,9 @@ impl FileSyncService {
         } else {
             Some(tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??)
         };
-        self.blocking(move |s| s.commit_put(DEFAULT_NAMESPACE, put, staged)).await
+        let change = self.blocking(move |s| s.commit_put(DEFAULT_NAMESPACE, put, staged)).await?;
+        self.replicated(change.seq).await?;
+        Ok(change)
     }
 }
 
@@ -186,11 +211,13 @@ impl FileSync for FileSyncService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let req = request.into_inner();
+        self.gate.check()?;
         let path = RelPath::new(req.path).map_err(Error::from)?;
         let change = self
             .blocking(move |s| s.commit_delete(DEFAULT_NAMESPACE, path, req.base_version, req.client_id))
             .await
             .inspect_err(|e| tracing::info!(error = %e, "delete refused"))?;
+        self.replicated(change.seq).await?;
         tracing::info!(path = %change.entry.path, seq = change.seq, client = %change.entry.client_id, "deleted");
         Ok(Response::new(pb::DeleteResponse { entry: Some(change.entry.into()) }))
     }
@@ -257,16 +284,29 @@ impl FileSync for FileSyncService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let req = request.into_inner();
-        // Subscribe to live changes before reading the log, so nothing
-        // committed in between is missed; duplicates are skipped by seq.
-        let live = self.store.subscribe();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let this = self.clone();
+        let (store, shutdown) = (self.store.clone(), self.shutdown.clone());
         tokio::spawn(async move {
             tracing::debug!("subscriber connected");
-            if let Err(e) = this.feed_subscriber(req.after_seq, live, &tx).await {
+            // Stop on server shutdown, or as soon as the subscriber leaves.
+            let stop = shutdown.child_token();
+            let gone = {
+                let (tx, stop) = (tx.clone(), stop.clone());
+                async move {
+                    tx.closed().await;
+                    stop.cancel();
+                }
+            };
+            let watcher = tokio::spawn(gone);
+            let result = feed::follow(&store, req.after_seq, Some(DEFAULT_NAMESPACE), &stop, |item| {
+                let tx = tx.clone();
+                async move { tx.send(Ok(event(item))).await.is_ok() }
+            })
+            .await;
+            if let Err(e) = result {
                 let _ = tx.send(Err(e.into())).await;
             }
+            watcher.abort();
             tracing::debug!("subscriber gone");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -278,7 +318,7 @@ impl FileSync for FileSyncService {
     ) -> Result<Response<pb::ServerInfoResponse>, Status> {
         let (head, oldest) = self.blocking(|s| Ok((s.head(), s.oldest_seq()?))).await?;
         Ok(Response::new(pb::ServerInfoResponse {
-            history_id: self.store.history_id().to_owned(),
+            history_id: self.store.history_id(),
             head_seq: head,
             oldest_seq: oldest,
             role: self.role.to_owned(),
@@ -287,75 +327,18 @@ impl FileSync for FileSyncService {
     }
 }
 
-type EventSender = mpsc::Sender<Result<pb::ChangeEvent, Status>>;
-
-impl FileSyncService {
-    /// Sends every change after `cursor` from the log, then live ones, until
-    /// the subscriber leaves or the server shuts down. Returns `Ok` when the
-    /// stream should simply end.
-    async fn feed_subscriber(
-        &self,
-        mut cursor: u64,
-        mut live: broadcast::Receiver<Change>,
-        tx: &EventSender,
-    ) -> Result<()> {
-        let ns = DEFAULT_NAMESPACE;
-        'replay: loop {
-            // Catch up from the log.
-            let (head, oldest) = self.blocking(|s| Ok((s.head(), s.oldest_seq()?))).await?;
-            if cursor > head || (cursor < head && oldest > cursor + 1) {
-                tracing::info!(cursor, oldest, head, "cursor outside the kept log: RESET");
-                let reset = pb::ChangeEvent {
-                    seq: head,
-                    kind: pb::change_event::Kind::Reset.into(),
-                    entry: None,
-                    client_id: String::new(),
-                };
-                if tx.send(Ok(reset)).await.is_err() {
-                    return Ok(());
-                }
-                cursor = head;
-            }
-            loop {
-                let page = self.blocking(move |s| s.changes_after(ns, cursor, PAGE_SIZE)).await?;
-                let done = page.len() < PAGE_SIZE;
-                for change in page {
-                    cursor = change.seq;
-                    if tx.send(Ok(event(change))).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                if done {
-                    break;
-                }
-            }
-            // Then follow live changes.
-            loop {
-                let received = tokio::select! {
-                    r = live.recv() => r,
-                    () = tx.closed() => return Ok(()),
-                    () = self.shutdown.cancelled() => return Ok(()),
-                };
-                match received {
-                    Ok(change) if change.seq > cursor && change.namespace == ns => {
-                        cursor = change.seq;
-                        if tx.send(Ok(event(change))).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(skipped = n, "subscriber lagged; catching up from the log");
-                        continue 'replay;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                }
-            }
+fn event(item: Item) -> pb::ChangeEvent {
+    let change = match item {
+        Item::Reset { head } => {
+            return pb::ChangeEvent {
+                seq: head,
+                kind: pb::change_event::Kind::Reset.into(),
+                entry: None,
+                client_id: String::new(),
+            };
         }
-    }
-}
-
-fn event(change: Change) -> pb::ChangeEvent {
+        Item::Change(change) => change,
+    };
     let kind =
         if change.entry.is_deleted() { pb::change_event::Kind::Delete } else { pb::change_event::Kind::Put };
     pb::ChangeEvent {

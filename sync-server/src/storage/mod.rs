@@ -91,7 +91,7 @@ struct Inner {
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     events: broadcast::Sender<Change>,
-    history_id: String,
+    history: Mutex<String>,
     options: StoreOptions,
 }
 
@@ -112,7 +112,9 @@ impl Store {
         let mut conn = schema::connect(&db_path)?;
         schema::init(&conn)?;
         let history_id = init_meta(&mut conn)?;
-        let head: u64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| r.get(0))?;
+        let logged: u64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| r.get(0))?;
+        // After a full resync the log starts empty at the snapshot's head.
+        let head = logged.max(meta_u64(&conn, "head_floor")?);
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let store = Self {
             inner: Arc::new(Inner {
@@ -121,7 +123,7 @@ impl Store {
                 writer: Mutex::new(Writer { conn, head, commits_since_prune: 0 }),
                 readers: Mutex::new(Vec::new()),
                 events,
-                history_id,
+                history: Mutex::new(history_id),
                 options,
             }),
         };
@@ -130,9 +132,11 @@ impl Store {
         Ok(store)
     }
 
-    /// The random id given to this data folder when it was initialized.
-    pub fn history_id(&self) -> &str {
-        &self.inner.history_id
+    /// The random id given to the history this data folder holds: created
+    /// when a primary's folder is initialized, taken from the primary by a
+    /// new replica.
+    pub fn history_id(&self) -> String {
+        self.inner.history.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The sequence number of the last committed change.
@@ -140,9 +144,185 @@ impl Store {
         self.writer().head
     }
 
-    /// The oldest sequence number still in the change log (0 if empty).
+    /// The lowest sequence number from which on every change is in the log:
+    /// its oldest row, or the head + 1 when the log is empty (0 on a new
+    /// store, where nothing is missing).
     pub fn oldest_seq(&self) -> Result<u64> {
-        self.read(|c| Ok(c.query_row("SELECT COALESCE(MIN(seq), 0) FROM changes", [], |r| r.get(0))?))
+        let head = self.head();
+        let min: Option<u64> =
+            self.read(|c| Ok(c.query_row("SELECT MIN(seq) FROM changes", [], |r| r.get(0))?))?;
+        Ok(match min {
+            Some(m) => m,
+            None if head == 0 => 0,
+            None => head + 1,
+        })
+    }
+
+    /// A number kept in the `meta` table (0 if unset).
+    pub fn meta_u64(&self, key: &str) -> Result<u64> {
+        self.read(|c| meta_u64(c, key))
+    }
+
+    /// A text kept in the `meta` table.
+    pub fn meta_text(&self, key: &str) -> Result<Option<String>> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        })
+    }
+
+    /// Stores a value in the `meta` table, durably.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        let w = self.writer();
+        set_meta(&w.conn, key, value)
+    }
+
+    /// Every change (all namespaces) after `after_seq`, up to `limit`, for
+    /// replication.
+    pub fn all_changes_after(&self, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace
+                 FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after_seq as i64, limit as i64], |r| {
+                let entry = entry_from_row(r, 0)?;
+                let namespace: String = r.get(8)?;
+                Ok(entry.map(|entry| Change { seq: entry.version, namespace, entry }))
+            })?;
+            rows.map(|r| r?).collect()
+        })
+    }
+
+    /// The whole manifest (all namespaces, tombstones included) in
+    /// (namespace, path) order after `after`, up to `limit`: a resync's
+    /// snapshot, and the digest's input.
+    pub fn manifest_page(&self, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<(String, Entry)>> {
+        let (ans, apath) = after.unzip();
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, namespace
+                 FROM files WHERE ?1 IS NULL OR (namespace, path) > (?1, ?2)
+                 ORDER BY namespace, path LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![ans, apath, limit as i64], |r| {
+                let entry = entry_from_row(r, 0)?;
+                let namespace: String = r.get(8)?;
+                Ok(entry.map(|e| (namespace, e)))
+            })?;
+            rows.map(|r| r?).collect()
+        })
+    }
+
+    /// Takes the primary's history id on a replica that holds nothing yet.
+    pub fn adopt_history(&self, history_id: &str) -> Result<()> {
+        let w = self.writer();
+        if w.head != 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "this server holds history {} up to change {}; it cannot adopt another",
+                self.history_id(),
+                w.head
+            )));
+        }
+        set_meta(&w.conn, "history_id", history_id)?;
+        *self.inner.history.lock().unwrap_or_else(|p| p.into_inner()) = history_id.to_owned();
+        Ok(())
+    }
+
+    /// Applies a change replicated from the primary, with its sequence
+    /// number. Returns false for a change already applied (a redelivery).
+    /// `staged` is its content; without it a live entry's content must be
+    /// stored already, unless `content_gone` (the primary no longer kept it
+    /// because a later change, which follows, replaced it).
+    pub(crate) fn apply_replicated(
+        &self,
+        change: Change,
+        staged: Option<StagedBlob>,
+        content_gone: bool,
+    ) -> Result<bool> {
+        let mut w = self.writer();
+        if change.seq <= w.head {
+            return Ok(false);
+        }
+        if change.seq != w.head + 1 {
+            return Err(Error::FailedPrecondition(format!(
+                "replication gap: expected change {}, got {}",
+                w.head + 1,
+                change.seq
+            )));
+        }
+        if change.entry.version != change.seq {
+            return Err(Error::invalid("a replicated entry's version must be its change's seq"));
+        }
+        let tx = w.conn.transaction()?;
+        let current = get_entry(&tx, &change.namespace, &change.entry.path)?;
+        self.place_content(&change.entry, staged, content_gone)?;
+        write_change(&tx, &change.namespace, &change.entry)?;
+        tx.commit()?;
+        let Change { namespace, entry, .. } = change;
+        self.after_commit(w, &namespace, entry, current)?;
+        Ok(true)
+    }
+
+    /// Moves received content into place, or checks it is there.
+    fn place_content(&self, entry: &Entry, staged: Option<StagedBlob>, content_gone: bool) -> Result<()> {
+        match (staged, entry.content) {
+            (Some(s), _) => self.inner.blobs.persist(s),
+            (None, Some(c)) if !content_gone && !self.inner.blobs.contains(&c.hash) => {
+                Err(Error::FailedPrecondition(format!("no content with hash {} for {}", c.hash, entry.path)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts a full resync: the snapshot is collected beside the manifest.
+    pub(crate) fn snapshot_begin(&self) -> Result<()> {
+        let w = self.writer();
+        w.conn.execute_batch(
+            "DROP TABLE IF EXISTS snapshot_files;
+             CREATE TABLE snapshot_files AS SELECT * FROM files WHERE 0;",
+        )?;
+        Ok(())
+    }
+
+    /// Adds one manifest entry to the snapshot being received.
+    pub(crate) fn snapshot_put(
+        &self,
+        ns: &str,
+        entry: &Entry,
+        staged: Option<StagedBlob>,
+        content_gone: bool,
+    ) -> Result<()> {
+        let w = self.writer();
+        self.place_content(entry, staged, content_gone)?;
+        let (size, hash, mtime, exec) = match &entry.content {
+            Some(c) => (c.size as i64, Some(c.hash.as_bytes().to_vec()), c.mtime_ns, c.executable),
+            None => (0, None, 0, false),
+        };
+        w.conn.execute(
+            "INSERT INTO snapshot_files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![ns, entry.path.as_str(), entry.version as i64, entry.is_deleted(), size, hash, mtime, exec, entry.client_id],
+        )?;
+        Ok(())
+    }
+
+    /// Completes a full resync: in one transaction the snapshot becomes the
+    /// manifest, the log restarts empty at `head`; then unreferenced blobs go.
+    pub(crate) fn snapshot_end(&self, head: u64) -> Result<()> {
+        {
+            let mut w = self.writer();
+            let tx = w.conn.transaction()?;
+            tx.execute_batch(
+                "DELETE FROM files;
+                 INSERT INTO files SELECT * FROM snapshot_files;
+                 DROP TABLE snapshot_files;
+                 DELETE FROM changes;",
+            )?;
+            set_meta(&tx, "head_floor", &head.to_string())?;
+            tx.commit()?;
+            w.head = head;
+        }
+        self.sweep_orphan_blobs()
     }
 
     /// A receiver of every change committed from now on.
@@ -417,6 +597,20 @@ fn init_meta(conn: &mut Connection) -> Result<String> {
     };
     tx.commit()?;
     Ok(id)
+}
+
+fn meta_u64(c: &Connection, key: &str) -> Result<u64> {
+    let v: Option<String> =
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+fn set_meta(c: &Connection, key: &str, value: &str) -> Result<()> {
+    c.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )?;
+    Ok(())
 }
 
 fn get_entry(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Entry>> {

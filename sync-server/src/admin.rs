@@ -1,0 +1,164 @@
+//! `syncstore.v1.Admin`: a server's status (role, position, replication)
+//! and a digest of its manifest, and `compare`, which diffs two servers.
+
+use std::collections::BTreeMap;
+
+use syncstore::pb::{self, admin_client::AdminClient, admin_server::Admin, file_sync_client::FileSyncClient};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    error::{Error, Result},
+    replication::{Mode, WriteGate, primary::ReplicationHandle},
+    storage::{PAGE_SIZE, Store},
+};
+
+/// The `Admin` service of one server.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    store: Store,
+    role: &'static str,
+    gate: WriteGate,
+    replication: Option<ReplicationHandle>,
+}
+
+impl AdminService {
+    pub fn new(
+        store: Store,
+        role: &'static str,
+        gate: WriteGate,
+        replication: Option<ReplicationHandle>,
+    ) -> Self {
+        Self { store, role, gate, replication }
+    }
+}
+
+/// BLAKE3 over every live file's (namespace, path, hash, size, executable)
+/// in (namespace, path) order. Blocks.
+pub fn digest(store: &Store) -> Result<pb::DigestResponse> {
+    let head = store.head();
+    let mut hasher = blake3::Hasher::new();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let page = store.manifest_page(after.as_ref().map(|(n, p)| (n.as_str(), p.as_str())), PAGE_SIZE)?;
+        let done = page.len() < PAGE_SIZE;
+        after = page.last().map(|(ns, e)| (ns.clone(), e.path.to_string()));
+        for (ns, e) in page {
+            let Some(c) = e.content else { continue };
+            files += 1;
+            bytes += c.size;
+            for part in [ns.as_bytes(), e.path.as_str().as_bytes()] {
+                hasher.update(&(part.len() as u64).to_le_bytes());
+                hasher.update(part);
+            }
+            hasher.update(c.hash.as_bytes());
+            hasher.update(&c.size.to_le_bytes());
+            hasher.update(&[u8::from(c.executable)]);
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(pb::DigestResponse {
+        file_count: files,
+        total_bytes: bytes,
+        root_hash: hasher.finalize().as_bytes().to_vec(),
+        head_seq: head,
+    })
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.store.clone();
+        let (epoch, primary_url) = tokio::task::spawn_blocking(move || -> Result<_> {
+            Ok((s.meta_u64("epoch")?, s.meta_text("primary_url")?.unwrap_or_default()))
+        })
+        .await
+        .map_err(Error::from)??;
+        let head = self.store.head();
+        let mut out = pb::StatusResponse {
+            role: self.role.to_owned(),
+            epoch,
+            history_id: self.store.history_id(),
+            head_seq: head,
+            replication_mode: "none".into(),
+            writes_refused: self.gate.refusal().unwrap_or_default(),
+            ..Default::default()
+        };
+        if self.role == "replica" {
+            out.primary_url = primary_url;
+        }
+        if let Some(r) = &self.replication {
+            let acked = r.acked();
+            out.replication_mode = match r.config().mode {
+                Mode::Sync => "sync",
+                Mode::Async => "async",
+            }
+            .into();
+            out.replica_url = r.config().url.clone();
+            out.replica_connected = r.connected();
+            out.replica_acked_seq = acked;
+            out.replica_lag_changes = head.saturating_sub(acked);
+            out.replica_lag_seconds = r.lag_seconds(head);
+            out.degraded = r.degraded();
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn digest(&self, _: Request<pb::DigestRequest>) -> Result<Response<pb::DigestResponse>, Status> {
+        let s = self.store.clone();
+        let d = tokio::task::spawn_blocking(move || digest(&s)).await.map_err(Error::from)??;
+        Ok(Response::new(d))
+    }
+}
+
+/// How two servers' trees compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comparison {
+    pub a: pb::DigestResponse,
+    pub b: pb::DigestResponse,
+    /// (path, what): "only in A", "only in B", "differs".
+    pub differences: Vec<(String, &'static str)>,
+}
+
+impl Comparison {
+    pub fn identical(&self) -> bool {
+        self.a.root_hash == self.b.root_hash
+    }
+}
+
+/// Compares the trees of the servers at `a` and `b` (URLs).
+pub async fn compare(a: &str, b: &str) -> anyhow::Result<Comparison> {
+    let da = AdminClient::connect(a.to_owned()).await?.digest(pb::DigestRequest {}).await?.into_inner();
+    let db = AdminClient::connect(b.to_owned()).await?.digest(pb::DigestRequest {}).await?.into_inner();
+    let mut differences = Vec::new();
+    if da.root_hash != db.root_hash {
+        let (ma, mb) = (manifest(a).await?, manifest(b).await?);
+        for (path, ea) in &ma {
+            match mb.get(path) {
+                None => differences.push((path.clone(), "only in A")),
+                Some(eb)
+                    if (eb.hash.as_slice(), eb.size, eb.executable)
+                        != (ea.hash.as_slice(), ea.size, ea.executable) =>
+                {
+                    differences.push((path.clone(), "differs"));
+                }
+                Some(_) => {}
+            }
+        }
+        differences.extend(mb.keys().filter(|p| !ma.contains_key(*p)).map(|p| (p.clone(), "only in B")));
+        differences.sort();
+    }
+    Ok(Comparison { a: da, b: db, differences })
+}
+
+async fn manifest(url: &str) -> anyhow::Result<BTreeMap<String, pb::FileEntry>> {
+    let mut client = FileSyncClient::connect(url.to_owned()).await?;
+    let mut stream = client.list(pb::ListRequest::default()).await?.into_inner();
+    let mut out = BTreeMap::new();
+    while let Some(e) = stream.message().await? {
+        out.insert(e.path.clone(), e);
+    }
+    Ok(out)
+}

@@ -1,0 +1,205 @@
+//! The replica's side of replication: `syncstore.v1.Replication`. It checks
+//! the primary's history and epoch, applies every change durably in
+//! sequence order (content first, then metadata, as the primary does) and
+//! acknowledges the highest seq it holds.
+
+use std::{pin::Pin, sync::Arc};
+
+use syncstore::{
+    ContentHash, Entry,
+    limits::MAX_CHUNK,
+    pb::{self, replicate_request, replicate_response, replication_server::Replication},
+};
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::WriteGate;
+use crate::{
+    error::{Error, Result},
+    storage::{Change, Store},
+};
+
+/// The `Replication` service of a replica (on a primary it refuses).
+#[derive(Debug, Clone)]
+pub struct ReplicationService {
+    store: Store,
+    gate: WriteGate,
+    is_replica: bool,
+    /// One primary stream at a time; a reconnecting primary waits for its
+    /// previous stream to end.
+    active: Arc<Mutex<()>>,
+}
+
+impl ReplicationService {
+    pub fn new(store: Store, gate: WriteGate, is_replica: bool) -> Self {
+        Self { store, gate, is_replica, active: Arc::new(Mutex::new(())) }
+    }
+
+    /// Checks the primary's hello; adopts its history on a fresh replica.
+    fn accept(&self, hello: &pb::ReplicaHello) -> Result<()> {
+        let epoch = self.store.meta_u64("epoch")?;
+        if !self.is_replica {
+            return Err(Error::FailedPrecondition(format!(
+                "this server is a primary (history {}, epoch {epoch}); it does not take a replication stream",
+                self.store.history_id()
+            )));
+        }
+        if hello.epoch < epoch {
+            return Err(Error::FailedPrecondition(format!(
+                "this replica follows epoch {epoch}; a primary of epoch {} is out of date",
+                hello.epoch
+            )));
+        }
+        if hello.history_id != self.store.history_id() {
+            // Only a replica that holds nothing may take another history.
+            self.store.adopt_history(&hello.history_id)?;
+            tracing::info!(history = %hello.history_id, "seeded: adopted the primary's history");
+        }
+        if hello.epoch > epoch {
+            self.store.set_meta("epoch", &hello.epoch.to_string())?;
+        }
+        self.store.set_meta("primary_url", &hello.primary_url)?;
+        Ok(())
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ReplicateResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    type ReplicateStream = ResponseStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn replicate(
+        &self,
+        request: Request<Streaming<pb::ReplicateRequest>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let mut incoming = request.into_inner();
+        let hello = match incoming.message().await? {
+            Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::Hello(h)) }) => h,
+            _ => return Err(Error::invalid("a replication stream starts with a hello").into()),
+        };
+        let guard =
+            tokio::time::timeout(std::time::Duration::from_secs(10), self.active.clone().lock_owned())
+                .await
+                .map_err(|_| Status::aborted("another replication stream is active"))?;
+        let this = self.clone();
+        let h = hello.clone();
+        tokio::task::spawn_blocking(move || this.accept(&h)).await.map_err(Error::from)??;
+        self.gate.refuse(format!("this server is a replica: write to the primary at {}", hello.primary_url));
+
+        let (tx, rx) = mpsc::channel(16);
+        let ready = pb::ReplicaReady {
+            history_id: self.store.history_id(),
+            applied_seq: self.store.head(),
+            epoch: self.store.meta_u64("epoch").map_err(Status::from)?,
+        };
+        tracing::info!(primary = %hello.primary_url, applied = ready.applied_seq, "primary connected");
+        tx.send(Ok(response(replicate_response::Msg::Ready(ready)))).await.expect("receiver alive");
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = apply_stream(&store, &mut incoming, &tx).await {
+                tracing::warn!(error = %e, "replication stream ended");
+                let _ = tx.send(Err(e.into())).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn response(m: replicate_response::Msg) -> pb::ReplicateResponse {
+    pb::ReplicateResponse { msg: Some(m) }
+}
+
+type Acks = mpsc::Sender<Result<pb::ReplicateResponse, Status>>;
+
+/// Applies changes (and snapshots) as they arrive, acknowledging each.
+async fn apply_stream(
+    store: &Store,
+    incoming: &mut Streaming<pb::ReplicateRequest>,
+    acks: &Acks,
+) -> Result<()> {
+    let mut snapshot: Option<u64> = None;
+    while let Some(req) = incoming.message().await.map_err(broken)? {
+        match req.msg {
+            Some(replicate_request::Msg::Change(c)) => {
+                let entry =
+                    Entry::try_from(c.entry.ok_or_else(|| Error::invalid("a change without entry"))?)?;
+                let staged = if c.content_follows {
+                    Some(receive_content(store, &entry, incoming).await?)
+                } else {
+                    None
+                };
+                let change = Change { seq: c.seq, namespace: c.namespace, entry };
+                let content_gone = !c.content_follows;
+                let s = store.clone();
+                if snapshot.is_some() {
+                    tokio::task::spawn_blocking(move || {
+                        s.snapshot_put(&change.namespace, &change.entry, staged, content_gone)
+                    })
+                    .await??;
+                } else {
+                    let seq = change.seq;
+                    tokio::task::spawn_blocking(move || s.apply_replicated(change, staged, content_gone))
+                        .await??;
+                    if acks.send(Ok(response(replicate_response::Msg::AckedSeq(seq)))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Some(replicate_request::Msg::SnapshotStart(s)) => {
+                tracing::warn!(head = s.head_seq, "full resync from the primary");
+                let st = store.clone();
+                tokio::task::spawn_blocking(move || st.snapshot_begin()).await??;
+                snapshot = Some(s.head_seq);
+            }
+            Some(replicate_request::Msg::SnapshotEnd(s)) => {
+                if snapshot != Some(s.head_seq) {
+                    return Err(Error::invalid("a snapshot end without its start"));
+                }
+                let st = store.clone();
+                let head = s.head_seq;
+                tokio::task::spawn_blocking(move || st.snapshot_end(head)).await??;
+                snapshot = None;
+                tracing::info!(head, "full resync complete");
+                if acks.send(Ok(response(replicate_response::Msg::AckedSeq(head)))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            _ => return Err(Error::invalid("unexpected message in a replication stream")),
+        }
+    }
+    Ok(())
+}
+
+/// Receives a change's content (exactly its entry's size, in chunks) into a
+/// verified, durable temp blob.
+async fn receive_content(
+    store: &Store,
+    entry: &Entry,
+    incoming: &mut Streaming<pb::ReplicateRequest>,
+) -> Result<crate::storage::StagedBlob> {
+    let content = entry.content.ok_or_else(|| Error::invalid("content for a tombstone"))?;
+    let mut writer = store.blob_writer()?;
+    let mut received = 0u64;
+    while received < content.size {
+        let chunk = match incoming.message().await.map_err(broken)? {
+            Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::Chunk(c)) })
+                if c.len() <= MAX_CHUNK =>
+            {
+                c
+            }
+            _ => return Err(Error::invalid(format!("the content of {} was cut short", entry.path))),
+        };
+        received += chunk.len() as u64;
+        writer = tokio::task::spawn_blocking(move || writer.write(&chunk).map(|()| writer)).await??;
+    }
+    let hash: ContentHash = content.hash;
+    tokio::task::spawn_blocking(move || writer.finish(hash, content.size)).await?
+}
+
+fn broken(s: Status) -> Error {
+    Error::Unavailable(format!("the replication stream broke: {}", s.message()))
+}
