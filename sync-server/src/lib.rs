@@ -178,7 +178,7 @@ async fn serve(
         shutdown.clone(),
     );
     let replication_service =
-        ReplicationService::new(store.clone(), gate.clone(), config.role == Role::Replica);
+        ReplicationService::new(store.clone(), gate.clone(), config.role == Role::Replica, shutdown.clone());
     let admin = AdminService::new(store, config.role.as_str(), gate, replication);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;

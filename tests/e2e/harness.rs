@@ -107,6 +107,41 @@ impl TestServer {
         Self::spawn(config, Some(data), addr).await
     }
 
+    /// A replica on an ephemeral port with a fresh data folder.
+    pub async fn start_replica() -> Self {
+        Self::start_with(|c| c.role = sync_server::Role::Replica).await
+    }
+
+    /// A primary that fans out to `replica` in `mode`, failing or degrading
+    /// after `timeout`.
+    pub async fn start_primary_of(
+        replica: &TestServer,
+        mode: sync_server::Mode,
+        on_timeout: sync_server::OnTimeout,
+        timeout: Duration,
+        tweak: impl FnOnce(&mut sync_server::Config),
+    ) -> Self {
+        let url = replica.url();
+        Self::start_with(move |c| {
+            c.replica = Some(sync_server::ReplicaConfig { url, mode, timeout, on_timeout });
+            tweak(c);
+        })
+        .await
+    }
+
+    /// Starts a server on `config` (an existing data folder) on `addr`.
+    pub async fn start_on(config: sync_server::Config, addr: SocketAddr) -> Self {
+        Self::spawn(config, None, addr).await
+    }
+
+    pub async fn admin(&self) -> pb::admin_client::AdminClient<Channel> {
+        pb::admin_client::AdminClient::connect(self.url()).await.unwrap()
+    }
+
+    pub async fn status(&self) -> pb::StatusResponse {
+        self.admin().await.status(pb::StatusRequest {}).await.unwrap().into_inner()
+    }
+
     pub async fn rpc(&self) -> FileSyncClient<Channel> {
         FileSyncClient::connect(self.url()).await.unwrap()
     }
@@ -148,7 +183,7 @@ pub async fn download(rpc: &mut FileSyncClient<Channel>, path: &str) -> Result<V
     Ok(out)
 }
 
-/// Uploads `data` to `path` in one chunk, based on `base_version`.
+/// Uploads `data` to `path` in 1 MiB chunks, based on `base_version`.
 pub async fn upload(
     rpc: &mut FileSyncClient<Channel>,
     path: &str,
@@ -157,9 +192,10 @@ pub async fn upload(
 ) -> Result<pb::FileEntry, tonic::Status> {
     let header = upload_header(path, data, base_version);
     let mut msgs = vec![header];
-    if !data.is_empty() {
-        msgs.push(pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(data.to_vec())) });
-    }
+    msgs.extend(
+        data.chunks(syncstore::limits::MAX_CHUNK)
+            .map(|c| pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(c.to_vec())) }),
+    );
     let resp = rpc.upload(tokio_stream::iter(msgs)).await?.into_inner();
     Ok(resp.entry.expect("an upload answers with its entry"))
 }

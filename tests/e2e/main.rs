@@ -7,4 +7,5 @@
 mod api;
 mod grpcurl;
 mod harness;
+mod replication;
 mod sync;

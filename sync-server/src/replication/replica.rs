@@ -12,6 +12,7 @@ use syncstore::{
 };
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::WriteGate;
@@ -29,11 +30,12 @@ pub struct ReplicationService {
     /// One primary stream at a time; a reconnecting primary waits for its
     /// previous stream to end.
     active: Arc<Mutex<()>>,
+    shutdown: CancellationToken,
 }
 
 impl ReplicationService {
-    pub fn new(store: Store, gate: WriteGate, is_replica: bool) -> Self {
-        Self { store, gate, is_replica, active: Arc::new(Mutex::new(())) }
+    pub fn new(store: Store, gate: WriteGate, is_replica: bool, shutdown: CancellationToken) -> Self {
+        Self { store, gate, is_replica, active: Arc::new(Mutex::new(())), shutdown }
     }
 
     /// Checks the primary's hello; adopts its history on a fresh replica.
@@ -97,10 +99,16 @@ impl Replication for ReplicationService {
         };
         tracing::info!(primary = %hello.primary_url, applied = ready.applied_seq, "primary connected");
         tx.send(Ok(response(replicate_response::Msg::Ready(ready)))).await.expect("receiver alive");
-        let store = self.store.clone();
+        let (store, shutdown) = (self.store.clone(), self.shutdown.clone());
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(e) = apply_stream(&store, &mut incoming, &tx).await {
+            let result = tokio::select! {
+                r = apply_stream(&store, &mut incoming, &tx) => r,
+                // Shutting down: end the stream (a change being applied is
+                // on a blocking thread and completes).
+                () = shutdown.cancelled() => Ok(()),
+            };
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "replication stream ended");
                 let _ = tx.send(Err(e.into())).await;
             }

@@ -218,7 +218,8 @@ impl Store {
         let w = self.writer();
         if w.head != 0 {
             return Err(Error::FailedPrecondition(format!(
-                "this server holds history {} up to change {}; it cannot adopt another",
+                "this server holds history {} up to change {}, not the sender's: \
+                 re-seed the sender's data folder from this server (or wipe this one to re-seed it)",
                 self.history_id(),
                 w.head
             )));
