@@ -34,12 +34,22 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 /// Like [`eventually`], for an async check.
-pub async fn eventually_async<F, Fut>(what: &str, mut check: F)
+pub async fn eventually_async<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    eventually_within(DEADLINE, what, check).await;
+}
+
+/// Like [`eventually_async`], with its own deadline (for work whose size
+/// is the point of the test).
+pub async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(POLL).await;

@@ -33,6 +33,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Messages buffered toward the replica.
 const SEND_BUFFER: usize = 16;
+/// Changes sent but not yet handled by the replica. Bounds what waits in
+/// buffers (HTTP/2 servers also refuse a flood of small unread frames).
+const MAX_IN_FLIGHT: u64 = 64;
 
 /// Shared view of the replication link, for writes and `Admin/Status`.
 #[derive(Debug, Clone)]
@@ -160,11 +163,16 @@ pub async fn run(
     };
     let mut backoff = BACKOFF_MIN;
     loop {
+        let connected_before = handle.acked();
         let session = stream_once(&store, &handle, &gate, &advertised, &endpoint, &shutdown);
         let result = tokio::select! {
             r = session => r,
             () = shutdown.cancelled() => return,
         };
+        // A session that got anywhere resets the backoff.
+        if handle.connected() || handle.acked() > connected_before {
+            backoff = BACKOFF_MIN;
+        }
         handle.inner.connected.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => return,
@@ -237,26 +245,29 @@ async fn stream_once(
     tracing::info!(replica = %handle.config().url, applied = ready.applied_seq, head, "replication stream up");
 
     // Acknowledgements come back on their own task.
+    let (processed_tx, processed) = watch::channel(0u64);
     let acks = {
         let (handle, store) = (handle.clone(), store.clone());
         async move {
             while let Some(resp) = responses.message().await.map_err(|s| Error::Unavailable(s.to_string()))? {
-                if let Some(replicate_response::Msg::AckedSeq(seq)) = resp.msg {
-                    handle.ack(seq, store.head());
+                if let Some(replicate_response::Msg::Ack(ack)) = resp.msg {
+                    handle.ack(ack.acked_seq, store.head());
+                    let _ = processed_tx.send(ack.processed);
                 }
             }
             Err::<(), _>(Error::Unavailable("the replica closed the stream".into()))
         }
     };
     let stop = shutdown.child_token();
+    let window = Window { sent: Arc::new(std::sync::atomic::AtomicU64::new(0)), processed };
     let send = async {
         let failed = Arc::new(Mutex::new(None));
         feed::follow(store, ready.applied_seq, None, &stop, |item| {
-            let (tx, store, failed) = (tx.clone(), store.clone(), failed.clone());
+            let (tx, store, failed, window) = (tx.clone(), store.clone(), failed.clone(), window.clone());
             async move {
                 let sent = match item {
-                    Item::Change(change) => send_change(&store, &tx, change).await,
-                    Item::Reset { head } => send_snapshot(&store, &tx, head).await,
+                    Item::Change(change) => send_change(&store, &tx, &window, change).await,
+                    Item::Reset { head } => send_snapshot(&store, &tx, &window, head).await,
                 };
                 match sent {
                     Ok(()) => true,
@@ -285,9 +296,27 @@ fn msg(m: replicate_request::Msg) -> pb::ReplicateRequest {
 
 type Sender = mpsc::Sender<pb::ReplicateRequest>;
 
+/// Counts changes sent on a stream against those the replica handled.
+#[derive(Debug, Clone)]
+struct Window {
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    processed: watch::Receiver<u64>,
+}
+
+impl Window {
+    /// Waits for room for one more change in flight, and takes it.
+    async fn take(&self) -> Result<()> {
+        let sent = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut processed = self.processed.clone();
+        processed.wait_for(|p| sent <= p + MAX_IN_FLIGHT).await.map_err(|_| closed())?;
+        Ok(())
+    }
+}
+
 /// Sends one change and, for a live file whose content is still kept, the
 /// content right after it.
-async fn send_change(store: &Store, tx: &Sender, change: Change) -> Result<()> {
+async fn send_change(store: &Store, tx: &Sender, window: &Window, change: Change) -> Result<()> {
+    window.take().await?;
     let Change { seq, namespace, entry } = change;
     let file = match entry.content {
         Some(c) => match store.open_blob(&c.hash) {
@@ -321,7 +350,7 @@ fn send_content(mut file: std::fs::File, size: u64, tx: &Sender) -> Result<()> {
 
 /// Sends the whole manifest (all namespaces, tombstones included) with the
 /// content of every live file: the replica is behind the kept log.
-async fn send_snapshot(store: &Store, tx: &Sender, head: u64) -> Result<()> {
+async fn send_snapshot(store: &Store, tx: &Sender, window: &Window, head: u64) -> Result<()> {
     tracing::warn!(head, "the replica is behind the kept change log: sending a full snapshot");
     tx.send(msg(replicate_request::Msg::SnapshotStart(pb::SnapshotStart { head_seq: head })))
         .await
@@ -336,7 +365,7 @@ async fn send_snapshot(store: &Store, tx: &Sender, head: u64) -> Result<()> {
         let done = page.len() < PAGE_SIZE;
         after = page.last().map(|(ns, e)| (ns.clone(), e.path.to_string()));
         for (namespace, entry) in page {
-            send_change(store, tx, Change { seq: entry.version, namespace, entry }).await?;
+            send_change(store, tx, window, Change { seq: entry.version, namespace, entry }).await?;
         }
         if done {
             break;

@@ -130,6 +130,7 @@ async fn apply_stream(
     acks: &Acks,
 ) -> Result<()> {
     let mut snapshot: Option<u64> = None;
+    let mut processed = 0u64;
     while let Some(req) = incoming.message().await.map_err(broken)? {
         match req.msg {
             Some(replicate_request::Msg::Change(c)) => {
@@ -149,12 +150,12 @@ async fn apply_stream(
                     })
                     .await??;
                 } else {
-                    let seq = change.seq;
                     tokio::task::spawn_blocking(move || s.apply_replicated(change, staged, content_gone))
                         .await??;
-                    if acks.send(Ok(response(replicate_response::Msg::AckedSeq(seq)))).await.is_err() {
-                        return Ok(());
-                    }
+                }
+                processed += 1;
+                if !send_ack(acks, store.head(), processed).await {
+                    return Ok(());
                 }
             }
             Some(replicate_request::Msg::SnapshotStart(s)) => {
@@ -172,7 +173,7 @@ async fn apply_stream(
                 tokio::task::spawn_blocking(move || st.snapshot_end(head)).await??;
                 snapshot = None;
                 tracing::info!(head, "full resync complete");
-                if acks.send(Ok(response(replicate_response::Msg::AckedSeq(head)))).await.is_err() {
+                if !send_ack(acks, head, processed).await {
                     return Ok(());
                 }
             }
@@ -180,6 +181,12 @@ async fn apply_stream(
         }
     }
     Ok(())
+}
+
+/// Reports progress; false once the primary has gone.
+async fn send_ack(acks: &Acks, acked_seq: u64, processed: u64) -> bool {
+    let ack = pb::ReplicaAck { acked_seq, processed };
+    acks.send(Ok(response(replicate_response::Msg::Ack(ack)))).await.is_ok()
 }
 
 /// Receives a change's content (exactly its entry's size, in chunks) into a
