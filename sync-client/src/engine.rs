@@ -209,6 +209,14 @@ impl Engine {
 
     /// Retries the paths that failed before.
     pub async fn retry_failed(&mut self) {
+        if self.remote.has_fallback() {
+            // The failures may come from a primary that went away, or from a
+            // replica refusing writes: choose the server again first.
+            if let Err(e) = self.check_history().await {
+                tracing::debug!(error = %e, "no server answers yet");
+                return;
+            }
+        }
         let mut paths = std::mem::take(&mut self.failed).into_iter();
         while let Some(path) = paths.next() {
             if let Err(e) = self.sync_path(&path, RemoteView::Fetch).await {

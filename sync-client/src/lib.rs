@@ -49,8 +49,9 @@ const QUEUE: usize = 1024;
 /// What a client needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The server, as `http://host:port`.
-    pub server: String,
+    /// The servers, as `http://host:port`: one, or a primary and its
+    /// replica (reads fall back to the replica while the primary is away).
+    pub servers: Vec<String>,
     /// The synced folder.
     pub dir: PathBuf,
     /// Time between full rescans of the folder.
@@ -59,7 +60,7 @@ pub struct Config {
 
 impl Config {
     pub fn new(server: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
-        Self { server: server.into(), dir: dir.into(), rescan_interval: DEFAULT_RESCAN_INTERVAL }
+        Self { servers: vec![server.into()], dir: dir.into(), rescan_interval: DEFAULT_RESCAN_INTERVAL }
     }
 }
 
@@ -68,7 +69,7 @@ fn open(config: &Config) -> Result<(Engine, State, Remote, PathBuf)> {
     std::fs::create_dir_all(&config.dir)?;
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open(&root)?;
-    let remote = Remote::new(&config.server, state.client_id()?)?;
+    let remote = Remote::new(&config.servers, state.client_id()?)?;
     let engine = Engine::new(root.clone(), state.clone(), remote.clone(), host_name());
     Ok((engine, state, remote, root))
 }
@@ -264,7 +265,7 @@ pub struct Difference {
 pub async fn status(config: Config) -> Result<Vec<Difference>> {
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open_shared(&root)?;
-    let remote = Remote::new(&config.server, state.get_meta("client_id")?.unwrap_or_default())?;
+    let remote = Remote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default())?;
     let mut engine = Engine::planner(root, state, remote, host_name());
     let all = engine.plan_all().await?;
     let mut out: Vec<Difference> = all
@@ -287,8 +288,9 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
 }
 
 /// The server's files (live ones only), in path order.
-pub async fn list(server: &str) -> Result<Vec<Entry>> {
-    let remote = Remote::new(server, String::new())?;
+pub async fn list(servers: &[String]) -> Result<Vec<Entry>> {
+    let remote = Remote::new(servers, String::new())?;
+    remote.info().await?;
     let mut entries: Vec<Entry> =
         remote.manifest().await?.into_values().filter(|e| !e.is_deleted()).collect();
     entries.sort_by(|a, b| a.path.cmp(&b.path));

@@ -12,9 +12,16 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The server to sync with.
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "SYNCSTORE_SERVER")]
-    server: String,
+    /// The server to sync with. Give it twice (primary and replica) to read
+    /// from the replica while the primary is away; changes made meanwhile
+    /// wait until a primary answers.
+    #[arg(
+        long = "server",
+        default_value = "http://127.0.0.1:50051",
+        env = "SYNCSTORE_SERVER",
+        value_delimiter = ','
+    )]
+    servers: Vec<String>,
     /// The folder to sync (created if missing).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -66,14 +73,15 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let command = args.command.clone().unwrap_or(Command::Watch);
     if let Command::Ls = command {
-        for e in sync_client::list(&args.server).await? {
+        for e in sync_client::list(&args.servers).await? {
             let size = e.content.map_or(0, |c| c.size);
             println!("{:>8} {:>12} {}", e.version, size, e.path);
         }
         return Ok(ExitCode::SUCCESS);
     }
     let dir = args.dir.clone().context("--dir is required for this command")?;
-    let mut config = sync_client::Config::new(args.server.clone(), dir);
+    let mut config = sync_client::Config::new(String::new(), dir);
+    config.servers = args.servers.clone();
     config.rescan_interval = args.rescan_interval;
     match command {
         Command::Watch => {

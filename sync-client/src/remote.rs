@@ -1,7 +1,14 @@
 //! The server, as the client sees it: a lazily connecting gRPC channel and
 //! typed calls that return domain values.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use syncstore::{
     Entry, RelPath,
@@ -21,41 +28,92 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client of one server's `FileSync`; cheap to clone.
+/// A client of the servers' `FileSync`: one server, or a primary and its
+/// replica. Calls go to the active server; [`Remote::info`] (re)chooses it:
+/// the primary if one answers, else any server that answers (a replica
+/// serves reads; writes then fail and wait for a primary). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Remote {
-    client: FileSyncClient<Channel>,
+    servers: Arc<Vec<(String, FileSyncClient<Channel>)>>,
+    active: Arc<AtomicUsize>,
     client_id: String,
 }
 
 impl Remote {
-    /// Prepares a connection to `url` (`http://host:port`); it is made on
-    /// the first call and remade after a failure.
-    pub fn new(url: &str, client_id: String) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::Config(format!("bad server address {url:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
-        let client = FileSyncClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        Ok(Self { client, client_id })
+    /// Prepares connections to `urls` (`http://host:port`); each is made on
+    /// its first call and remade after a failure.
+    pub fn new(urls: &[String], client_id: String) -> Result<Self> {
+        if urls.is_empty() {
+            return Err(Error::Config("no server given".into()));
+        }
+        let mut servers = Vec::with_capacity(urls.len());
+        for url in urls {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| Error::Config(format!("bad server address {url:?}: {e}")))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .tcp_nodelay(true);
+            let client = FileSyncClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
+            servers.push((url.clone(), client));
+        }
+        Ok(Self { servers: Arc::new(servers), active: Arc::new(AtomicUsize::new(0)), client_id })
     }
 
     pub fn client_id(&self) -> &str {
         &self.client_id
     }
 
-    /// The raw generated client, for streaming calls.
-    pub fn raw(&self) -> FileSyncClient<Channel> {
-        self.client.clone()
+    /// Whether more than one server was given.
+    pub fn has_fallback(&self) -> bool {
+        self.servers.len() > 1
     }
 
+    /// The raw generated client of the active server, for streaming calls.
+    pub fn raw(&self) -> FileSyncClient<Channel> {
+        self.servers[self.active.load(Ordering::Relaxed)].1.clone()
+    }
+
+    /// Describes the active server's history, after choosing the active
+    /// server: the first primary that answers, else the first server that
+    /// answers at all.
     pub async fn info(&self) -> Result<pb::ServerInfoResponse> {
-        Ok(self.raw().server_info(pb::ServerInfoRequest {}).await?.into_inner())
+        if !self.has_fallback() {
+            return Ok(self.raw().server_info(pb::ServerInfoRequest {}).await?.into_inner());
+        }
+        let mut fallback: Option<(usize, pb::ServerInfoResponse)> = None;
+        let mut last_error = None;
+        for (i, (_, client)) in self.servers.iter().enumerate() {
+            match client.clone().server_info(pb::ServerInfoRequest {}).await {
+                Ok(r) if r.get_ref().role == "primary" => {
+                    self.activate(i);
+                    return Ok(r.into_inner());
+                }
+                Ok(r) => {
+                    if fallback.is_none() {
+                        fallback = Some((i, r.into_inner()));
+                    }
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match fallback {
+            Some((i, info)) => {
+                self.activate(i);
+                Ok(info)
+            }
+            None => Err(last_error.expect("at least one server was asked").into()),
+        }
+    }
+
+    fn activate(&self, i: usize) {
+        let before = self.active.swap(i, Ordering::Relaxed);
+        if before != i {
+            tracing::warn!(server = %self.servers[i].0, previous = %self.servers[before].0, "switched server");
+        }
     }
 
     /// The path's entry, `None` if the server never had it.

@@ -238,8 +238,14 @@ impl TestClient {
 
     /// Starts watching an existing folder.
     pub fn start_in(server: &str, dir: TempDir) -> Self {
+        Self::start_servers(vec![server.to_owned()], dir)
+    }
+
+    /// Starts watching `dir`, given several servers (primary and replica).
+    pub fn start_servers(servers: Vec<String>, dir: TempDir) -> Self {
         let shutdown = CancellationToken::new();
-        let mut config = sync_client::Config::new(server, dir.path());
+        let mut config = sync_client::Config::new("", dir.path());
+        config.servers = servers;
         // The rescan is the safety net; tests exercise the watcher.
         config.rescan_interval = Duration::from_secs(3600);
         let task = tokio::spawn(sync_client::watch(config, shutdown.clone()));

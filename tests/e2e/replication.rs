@@ -266,3 +266,42 @@ async fn promotion_keeps_clients_syncing_and_fences_the_old_primary() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     drop((p_data, r_data));
 }
+
+#[tokio::test]
+async fn a_client_given_both_servers_reads_from_the_replica_while_the_primary_is_away() {
+    let replica = TestServer::start_replica().await;
+    let primary = TestServer::start_primary_of(&replica, Mode::Async, OnTimeout::Fail, TIMEOUT, |_| {}).await;
+    let servers = vec![primary.url(), replica.url()];
+    let a = TestClient::start_servers(servers.clone(), tempfile::tempdir().unwrap());
+    a.write("one.txt", "one");
+    eventually_async("replicated", || async { replica.files().await.len() == 1 }).await;
+
+    let (p_config, p_data, p_addr) = primary.stop().await;
+    // A new client given both servers gets everything from the replica.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sync_client::Config::new("", dir.path());
+    config.servers = servers.clone();
+    assert!(sync_client::sync_once(config).await.unwrap(), "a read-only sync succeeds");
+    assert_eq!(tree(dir.path()).keys().collect::<Vec<_>>(), ["one.txt"]);
+
+    // A change made while only the replica answers waits for a primary...
+    a.write("two.txt", "written while the primary was away");
+    let mut config = sync_client::Config::new("", a.root());
+    config.servers = servers.clone();
+    let pending = || {
+        let config = config.clone();
+        async move {
+            let diffs = sync_client::status(config).await.unwrap();
+            diffs.iter().any(|d| d.path == "two.txt" && d.what == "changed here")
+        }
+    };
+    eventually_async("the change is seen, and waits: the replica refuses it", pending).await;
+    let primary = TestServer::start_on(p_config, p_addr).await;
+    // ...and lands on both once it is back.
+    eventually_async("the change reaches the primary and the replica", || async {
+        primary.files().await.len() == 2 && identical(&primary, &replica).await
+    })
+    .await;
+    assert_eq!(primary.files().await, a.files());
+    drop(p_data);
+}
