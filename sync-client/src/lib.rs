@@ -183,6 +183,8 @@ async fn subscribe(
 ) {
     let mut backoff = Backoff::default();
     let mut connected_before = false;
+    // Say once that the server is away, not at every attempt.
+    let mut reported = false;
     loop {
         let attempt = async {
             let info = remote.info().await?;
@@ -194,6 +196,7 @@ async fn subscribe(
             };
             let mut stream = remote.subscribe(cursor).await?;
             tracing::info!(cursor, "subscribed to server changes");
+            reported = false;
             backoff = Backoff::default();
             if connected_before && tx.send(Subscription::Reconnected).await.is_err() {
                 return Ok(());
@@ -212,7 +215,11 @@ async fn subscribe(
         };
         match result {
             Ok(()) => return,
-            Err(e) => tracing::info!(error = %e, "subscription lost; reconnecting"),
+            Err(e) if !reported => {
+                tracing::warn!(error = %e, "lost the server; reconnecting with backoff");
+                reported = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "server still away"),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -254,7 +261,7 @@ pub async fn sync_once(config: Config) -> Result<bool> {
 }
 
 /// One line of `status`: a path that differs and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Difference {
     pub path: String,
     pub what: &'static str,

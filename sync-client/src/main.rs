@@ -29,8 +29,18 @@ struct Args {
     /// missed), e.g. 30s, 5m.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     rescan_interval: Duration,
+    /// Log lines (on stderr) for people or, as JSON, for machines;
+    /// RUST_LOG filters them.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -41,19 +51,23 @@ enum Command {
     Sync,
     /// Show what differs between the folder and the server; change nothing.
     /// Exit 0 when in sync, 1 when not.
-    Status,
+    Status {
+        /// Print a JSON array of {"path", "what"} objects instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the server's files.
     Ls,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,notify=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,notify=warn"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -99,10 +113,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        Command::Status => {
+        Command::Status { json } => {
             let diffs = sync_client::status(config).await?;
-            for d in &diffs {
-                println!("{:<24} {}", d.what, d.path);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&diffs)?);
+            } else {
+                for d in &diffs {
+                    println!("{:<24} {}", d.what, d.path);
+                }
             }
             Ok(if diffs.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

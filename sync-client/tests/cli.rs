@@ -86,6 +86,10 @@ async fn sync_status_and_ls_behave_like_a_script_expects() {
     let st = client(&server.url, b.path(), &["status"]).await;
     assert_eq!(st.status.code(), Some(1));
     assert!(stdout(&st).contains("changed here") && stdout(&st).contains("todo.txt"), "{}", stdout(&st));
+    let st = client(&server.url, b.path(), &["status", "--json"]).await;
+    assert_eq!(st.status.code(), Some(1));
+    let expected = "[\n  {\n    \"path\": \"todo.txt\",\n    \"what\": \"changed here\"\n  }\n]\n";
+    assert_eq!(stdout(&st), expected);
     let st = client(&server.url, a.path(), &["status"]).await;
     assert_eq!(st.status.code(), Some(0), "status in b must not have uploaded anything");
     assert!(client(&server.url, b.path(), &["sync"]).await.status.success());

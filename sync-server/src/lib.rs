@@ -177,11 +177,16 @@ async fn serve(
         replication.clone(),
         shutdown.clone(),
     );
-    let replication_service =
-        ReplicationService::new(store.clone(), gate.clone(), config.role == Role::Replica, shutdown.clone());
-    let admin = AdminService::new(store, config.role.as_str(), gate, replication);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;
+    let replication_service = ReplicationService::new(
+        store.clone(),
+        gate.clone(),
+        config.role == Role::Replica,
+        health_reporter.clone(),
+        shutdown.clone(),
+    );
+    let admin = AdminService::new(store, config.role.as_str(), gate, replication);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

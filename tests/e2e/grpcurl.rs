@@ -139,6 +139,10 @@ async fn the_readme_grpcurl_commands_work() {
     assert!(out.contains(r#""deleted": true"#), "{out}");
     let out = ok(&["-d", "{}", "syncstore.v1.FileSync/ServerInfo"]).await;
     assert!(out.contains(r#""headSeq": "2""#), "{out}");
+    let out = ok(&["-d", "{}", "syncstore.v1.Admin/Status"]).await;
+    assert!(out.contains(r#""role": "primary""#) && out.contains(r#""replicationMode": "none""#), "{out}");
+    let out = ok(&["-d", "{}", "syncstore.v1.Admin/Digest"]).await;
+    assert!(out.contains("rootHash") && out.contains(r#""headSeq": "2""#), "{out}");
 
     // Errors carry the gRPC code.
     let (success, out) =

@@ -14,6 +14,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::WriteGate;
 use crate::{
@@ -30,12 +31,20 @@ pub struct ReplicationService {
     /// One primary stream at a time; a reconnecting primary waits for its
     /// previous stream to end.
     active: Arc<Mutex<()>>,
+    /// Turned to NOT_SERVING while a full resync is being received.
+    health: HealthReporter,
     shutdown: CancellationToken,
 }
 
 impl ReplicationService {
-    pub fn new(store: Store, gate: WriteGate, is_replica: bool, shutdown: CancellationToken) -> Self {
-        Self { store, gate, is_replica, active: Arc::new(Mutex::new(())), shutdown }
+    pub fn new(
+        store: Store,
+        gate: WriteGate,
+        is_replica: bool,
+        health: HealthReporter,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { store, gate, is_replica, active: Arc::new(Mutex::new(())), health, shutdown }
     }
 
     /// Checks the primary's hello; adopts its history on a fresh replica.
@@ -65,6 +74,9 @@ impl ReplicationService {
         Ok(())
     }
 }
+
+/// The health-checked name of the file service.
+const FILE_SYNC: &str = "syncstore.v1.FileSync";
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ReplicateResponse, Status>> + Send>>;
 
@@ -99,15 +111,18 @@ impl Replication for ReplicationService {
         };
         tracing::info!(primary = %hello.primary_url, applied = ready.applied_seq, "primary connected");
         tx.send(Ok(response(replicate_response::Msg::Ready(ready)))).await.expect("receiver alive");
-        let (store, shutdown) = (self.store.clone(), self.shutdown.clone());
+        let (store, shutdown, health) = (self.store.clone(), self.shutdown.clone(), self.health.clone());
         tokio::spawn(async move {
             let _guard = guard;
             let result = tokio::select! {
-                r = apply_stream(&store, &mut incoming, &tx) => r,
+                r = apply_stream(&store, &mut incoming, &tx, &health) => r,
                 // Shutting down: end the stream (a change being applied is
                 // on a blocking thread and completes).
                 () = shutdown.cancelled() => Ok(()),
             };
+            // An unfinished resync left the manifest as it was: still
+            // consistent, so serving again.
+            set_health(&health, ServingStatus::Serving).await;
             if let Err(e) = result {
                 tracing::warn!(error = %e, "replication stream ended");
                 let _ = tx.send(Err(e.into())).await;
@@ -128,6 +143,7 @@ async fn apply_stream(
     store: &Store,
     incoming: &mut Streaming<pb::ReplicateRequest>,
     acks: &Acks,
+    health: &HealthReporter,
 ) -> Result<()> {
     let mut snapshot: Option<u64> = None;
     let mut processed = 0u64;
@@ -163,6 +179,7 @@ async fn apply_stream(
                 let st = store.clone();
                 tokio::task::spawn_blocking(move || st.snapshot_begin()).await??;
                 snapshot = Some(s.head_seq);
+                set_health(health, ServingStatus::NotServing).await;
             }
             Some(replicate_request::Msg::SnapshotEnd(s)) => {
                 if snapshot != Some(s.head_seq) {
@@ -172,6 +189,7 @@ async fn apply_stream(
                 let head = s.head_seq;
                 tokio::task::spawn_blocking(move || st.snapshot_end(head)).await??;
                 snapshot = None;
+                set_health(health, ServingStatus::Serving).await;
                 tracing::info!(head, "full resync complete");
                 if !send_ack(acks, head, processed).await {
                     return Ok(());
@@ -181,6 +199,12 @@ async fn apply_stream(
         }
     }
     Ok(())
+}
+
+/// Sets the health of the server as a whole ("") and of `FileSync`.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(FILE_SYNC, status).await;
 }
 
 /// Reports progress; false once the primary has gone.
