@@ -9,10 +9,12 @@
 //! - [`entry`]: [`Entry`], one path's state in a manifest, and its conversion
 //!   from and to the wire type.
 //! - [`limits`]: sizes and limits both sides agree on.
+//! - [`metrics`]: the Prometheus endpoint both programs serve.
 
 pub mod entry;
 pub mod hash;
 pub mod limits;
+pub mod metrics;
 pub mod path;
 pub mod pb;
 

@@ -21,6 +21,7 @@ use tonic::Code;
 use crate::{
     error::{Error, Result},
     local::{self, IGNORE_FILE, Ignore, LocalView, Meta},
+    metrics::ClientMetrics,
     plan::{self, Action, Base, Local},
     remote::Remote,
     state::State,
@@ -82,12 +83,28 @@ pub struct Engine {
     acting: bool,
     /// Whether the stored bases belong to the server's current history.
     bases_valid: bool,
+    metrics: ClientMetrics,
 }
 
 impl Engine {
     pub fn new(root: PathBuf, state: State, remote: Remote, host: String) -> Self {
         let ignore = Ignore::load(&root);
-        Self { root, state, remote, ignore, host, failed: BTreeSet::new(), acting: true, bases_valid: true }
+        Self {
+            root,
+            state,
+            remote,
+            ignore,
+            host,
+            failed: BTreeSet::new(),
+            acting: true,
+            bases_valid: true,
+            metrics: ClientMetrics::new(),
+        }
+    }
+
+    /// Counts into `metrics` (shared with a metrics endpoint).
+    pub fn with_metrics(self, metrics: ClientMetrics) -> Self {
+        Self { metrics, ..self }
     }
 
     /// An engine that only plans (for `status`): it never writes the state.
@@ -296,12 +313,18 @@ impl Engine {
     }
 
     fn note_failure(&mut self, path: RelPath, e: &Error) {
+        self.metrics.errors.inc();
         if e.is_unavailable() {
             tracing::debug!(%path, error = %e, "server unavailable; will retry");
         } else {
             tracing::warn!(%path, error = %e, "sync failed; will retry");
         }
         self.failed.insert(path);
+    }
+
+    /// Publishes how many paths wait for a retry.
+    pub fn update_pending(&self) {
+        self.metrics.pending.set(self.failed.len() as i64);
     }
 
     /// Plans one path. `None` when the path is not for syncing (ignored, a
@@ -393,6 +416,8 @@ impl Engine {
                 let reuse = l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?;
                 let entry = transfer::upload(&self.remote, &self.root, path, l, *base_version, reuse).await?;
                 self.state.set_base(path, &base_of(entry.version, l))?;
+                self.metrics.uploads.inc();
+                self.metrics.upload_bytes.inc_by(l.size);
                 tracing::info!(%path, version = entry.version, size = l.size, why, "uploaded");
             }
             Action::Download => {
@@ -405,11 +430,15 @@ impl Engine {
                 let (root, rel) = (self.root.clone(), path.clone());
                 tokio::task::spawn_blocking(move || delete_local(&root, &rel, meta_of(l))).await??;
                 self.state.remove_base(path)?;
+                self.metrics.local_deletes.inc();
                 tracing::info!(%path, why, "deleted locally");
             }
             Action::DeleteRemote { base_version } => {
                 match self.remote.delete(path, *base_version).await {
-                    Ok(tomb) => tracing::info!(%path, version = tomb.version, why, "deleted on the server"),
+                    Ok(tomb) => {
+                        self.metrics.remote_deletes.inc();
+                        tracing::info!(%path, version = tomb.version, why, "deleted on the server");
+                    }
                     Err(e) if e.code() == Some(Code::NotFound) => {}
                     Err(e) => return Err(e),
                 }
@@ -419,6 +448,7 @@ impl Engine {
                 let l = p.local.expect("Conflict is planned for a local file");
                 let remote = p.remote.as_ref().expect("Conflict is planned for a server file");
                 let copy = self.conflict_copy(path, meta_of(l)).await?;
+                self.metrics.conflicts.inc();
                 tracing::warn!(%path, copy = %copy, "conflict: both sides changed; keeping the local version as a copy");
                 self.download(remote, None).await?;
                 // The copy is a new file: upload it like any other.
@@ -432,6 +462,8 @@ impl Engine {
         let meta =
             transfer::download(&self.remote, &self.root, &self.state.tmp_dir(), remote, expected).await?;
         let hash = remote.content.expect("a downloaded entry is live").hash;
+        self.metrics.downloads.inc();
+        self.metrics.download_bytes.inc_by(meta.size);
         let local = Local { hash, size: meta.size, mtime_ns: meta.mtime_ns, executable: meta.executable };
         self.state.set_base(&remote.path, &base_of(remote.version, local))
     }

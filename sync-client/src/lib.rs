@@ -9,12 +9,14 @@
 //! - [`remote`]: the gRPC client of the server.
 //! - [`state`]: the client's SQLite state in `DIR/.syncstore/`.
 //! - [`watch`]: the notify watcher and its settle timers.
+//! - [`metrics`]: the client's Prometheus metrics.
 //! - [`watch()`](fn@crate::watch), [`sync_once`], [`status`], [`list`]:
 //!   what the `sync-client` commands run.
 
 pub mod engine;
 pub mod error;
 pub mod local;
+pub mod metrics;
 pub mod plan;
 pub mod remote;
 pub mod state;
@@ -56,11 +58,18 @@ pub struct Config {
     pub dir: PathBuf,
     /// Time between full rescans of the folder.
     pub rescan_interval: Duration,
+    /// Where the engine counts what it does (served by `--metrics-listen`).
+    pub metrics: metrics::ClientMetrics,
 }
 
 impl Config {
     pub fn new(server: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
-        Self { servers: vec![server.into()], dir: dir.into(), rescan_interval: DEFAULT_RESCAN_INTERVAL }
+        Self {
+            servers: vec![server.into()],
+            dir: dir.into(),
+            rescan_interval: DEFAULT_RESCAN_INTERVAL,
+            metrics: metrics::ClientMetrics::new(),
+        }
     }
 }
 
@@ -70,7 +79,8 @@ fn open(config: &Config) -> Result<(Engine, State, Remote, PathBuf)> {
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open(&root)?;
     let remote = Remote::new(&config.servers, state.client_id()?)?;
-    let engine = Engine::new(root.clone(), state.clone(), remote.clone(), host_name());
+    let engine = Engine::new(root.clone(), state.clone(), remote.clone(), host_name())
+        .with_metrics(config.metrics.clone());
     Ok((engine, state, remote, root))
 }
 
@@ -149,6 +159,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
             _ = rescan.tick() => log_rescan(engine.rescan().await),
             _ = retry.tick(), if engine.has_failures() => engine.retry_failed().await,
         }
+        engine.update_pending();
     }
     stop_tasks.cancel();
     tasks.close();

@@ -33,6 +33,9 @@ struct Args {
     /// RUST_LOG filters them.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// With `watch`: serve Prometheus metrics (GET /metrics) on this address.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -101,6 +104,20 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Watch => {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
+            if let Some(addr) = args.metrics_listen {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                let (registry, stop) = (config.metrics.registry.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    let refresh: syncstore::metrics::Refresh = std::sync::Arc::new(|| {});
+                    if let Err(e) =
+                        syncstore::metrics::serve(listener, registry, refresh, stop.cancelled_owned()).await
+                    {
+                        tracing::error!(error = %e, "metrics endpoint failed");
+                    }
+                });
+            }
             sync_client::watch(config, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -8,6 +8,7 @@
 //! - [`replication`]: the primary's fan-out to its replica and the
 //!   replica's `syncstore.v1.Replication` service; the write gate.
 //! - [`admin`]: `syncstore.v1.Admin` (status, digest) and `compare`.
+//! - [`metrics`]: the Prometheus metrics.
 //! - `feed`: following committed changes from a cursor (log, then live).
 //! - [`error`]: the error type and its mapping to gRPC status codes.
 //! - [`Server`] and [`run`]: open the store, then serve everything (plus
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod error;
 mod feed;
+pub mod metrics;
 pub mod replication;
 pub mod service;
 pub mod storage;
@@ -32,6 +34,7 @@ use tonic::transport::server::TcpIncoming;
 
 pub use admin::{AdminService, Comparison, compare};
 pub use error::{Error, Result};
+pub use metrics::ServerMetrics;
 pub use replication::{
     Mode, OnTimeout, ReplicaConfig, WriteGate, primary::ReplicationHandle, replica::ReplicationService,
 };
@@ -125,6 +128,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 pub struct Server {
     config: Config,
     store: Store,
+    metrics: ServerMetrics,
+    replication: Option<ReplicationHandle>,
 }
 
 impl Server {
@@ -133,31 +138,64 @@ impl Server {
     pub async fn open(config: Config) -> Result<Self> {
         let (dir, options) = (config.data_dir.clone(), config.store.clone());
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, options)).await??;
-        Ok(Self { config, store })
+        let replication = match config.role {
+            Role::Primary => config.replica.clone().map(ReplicationHandle::new),
+            Role::Replica => None,
+        };
+        Ok(Self { config, store, metrics: ServerMetrics::new(), replication })
+    }
+
+    /// The Prometheus endpoint of this server, to run beside [`Server::serve`].
+    pub fn metrics_server(&self) -> MetricsServer {
+        MetricsServer {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            replication: self.replication.clone(),
+        }
     }
 
     /// Serves on `listener` until `shutdown` is cancelled; then stops
     /// accepting, ends subscriptions, lets in-flight requests finish (for
     /// up to [`SHUTDOWN_GRACE`]), and returns.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
-        let Self { config, store } = self;
-        serve(config, store, listener, shutdown).await
+        serve(self, listener, shutdown).await
     }
 }
 
-async fn serve(
-    config: Config,
+/// Serves a server's metrics (see [`Server::metrics_server`]).
+#[derive(Debug)]
+pub struct MetricsServer {
     store: Store,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<()> {
+    metrics: ServerMetrics,
+    replication: Option<ReplicationHandle>,
+}
+
+impl MetricsServer {
+    /// Serves `GET /metrics` on `listener` until `shutdown`.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+        let Self { store, metrics, replication } = self;
+        let registry = metrics.registry.clone();
+        let refresh: syncstore::metrics::Refresh = std::sync::Arc::new(move || {
+            let head = store.head();
+            metrics.head_seq.set(head as i64);
+            if let Some(r) = &replication {
+                metrics.replica_lag_changes.set(head.saturating_sub(r.acked()) as i64);
+                metrics.replica_lag_seconds.set(r.lag_seconds(head));
+            }
+        });
+        syncstore::metrics::serve(listener, registry, refresh, async move { shutdown.cancelled().await })
+            .await
+    }
+}
+
+async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+    let Server { config, store, metrics, replication } = server;
     let addr = listener.local_addr()?;
     let gate = WriteGate::default();
     if config.role == Role::Replica {
         let primary = store.meta_text("primary_url")?.unwrap_or_else(|| "(not connected yet)".into());
         gate.refuse(format!("this server is a replica: write to the primary at {primary}"));
     }
-    let replication = config.replica.clone().map(ReplicationHandle::new);
     let tasks = TaskTracker::new();
     if let (Role::Primary, Some(handle)) = (config.role, &replication) {
         let advertised = config.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
@@ -175,6 +213,7 @@ async fn serve(
         config.max_file_size,
         gate.clone(),
         replication.clone(),
+        metrics,
         shutdown.clone(),
     );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

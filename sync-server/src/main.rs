@@ -82,6 +82,9 @@ struct ServeArgs {
     /// named in its refusals). Default: http:// plus the listening address.
     #[arg(long)]
     advertise: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) on this address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -172,10 +175,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     });
     let server = sync_server::Server::open(config).await.context("cannot open the data folder")?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let metrics_task = metrics.map(|listener| {
+        tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics served");
+        let (server_metrics, stop) = (server.metrics_server(), shutdown.clone());
+        tokio::spawn(async move { server_metrics.serve(listener, stop).await })
+    });
     // Scripts wait for this line: the store is open and the socket bound.
     println!("listening on {addr}");
     std::io::stdout().flush()?;
     server.serve(listener, shutdown).await.context("server failed")?;
+    if let Some(task) = metrics_task {
+        task.await?.context("metrics endpoint failed")?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

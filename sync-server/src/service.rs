@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    ServerMetrics,
     error::{Error, Result},
     feed::{self, Item},
     replication::{WriteGate, primary::ReplicationHandle},
@@ -32,6 +33,7 @@ pub struct FileSyncService {
     max_file_size: u64,
     gate: WriteGate,
     replication: Option<ReplicationHandle>,
+    metrics: ServerMetrics,
     shutdown: CancellationToken,
 }
 
@@ -42,9 +44,18 @@ impl FileSyncService {
         max_file_size: u64,
         gate: WriteGate,
         replication: Option<ReplicationHandle>,
+        metrics: ServerMetrics,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { store, role, max_file_size, gate, replication, shutdown }
+        Self { store, role, max_file_size, gate, replication, metrics, shutdown }
+    }
+
+    /// Counts a failed call by its code.
+    fn counted<T>(&self, r: Result<T, Status>) -> Result<T, Status> {
+        if let Err(s) = &r {
+            self.metrics.error(s);
+        }
+        r
     }
 
     /// In sync mode, waits until the replica holds `seq` durably.
@@ -139,7 +150,9 @@ impl FileSyncService {
         } else {
             Some(tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??)
         };
+        let timer = self.metrics.commit_seconds.start_timer();
         let change = self.blocking(move |s| s.commit_put(DEFAULT_NAMESPACE, put, staged)).await?;
+        timer.observe_duration();
         self.replicated(change.seq).await?;
         Ok(change)
     }
@@ -159,9 +172,12 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::UploadResponse>, Status> {
-        let change = self.receive_upload(request.into_inner()).await.inspect_err(|e| {
+        let result = self.receive_upload(request.into_inner()).await.inspect_err(|e| {
             tracing::info!(error = %e, "upload refused");
-        })?;
+        });
+        let change = self.counted(result.map_err(Status::from))?;
+        self.metrics.uploads.inc();
+        self.metrics.upload_bytes.inc_by(change.entry.content.map_or(0, |c| c.size));
         tracing::info!(path = %change.entry.path, seq = change.seq, client = %change.entry.client_id, "stored");
         Ok(Response::new(pb::UploadResponse { entry: Some(change.entry.into()) }))
     }
@@ -174,8 +190,8 @@ impl FileSync for FileSyncService {
         request: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let req = request.into_inner();
-        let path = RelPath::new(req.path).map_err(Error::from)?;
-        let (entry, file) = self
+        let path = self.counted(RelPath::new(req.path).map_err(|e| Status::from(Error::from(e))))?;
+        let found = self
             .blocking(move |s| {
                 let current = s.stat(DEFAULT_NAMESPACE, &path)?;
                 let entry = match current {
@@ -198,7 +214,10 @@ impl FileSync for FileSyncService {
                 })?;
                 Ok((entry.expect("checked above"), file))
             })
-            .await?;
+            .await;
+        let (entry, file) = self.counted(found.map_err(Status::from))?;
+        self.metrics.downloads.inc();
+        self.metrics.download_bytes.inc_by(entry.content.map_or(0, |c| c.size));
 
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::task::spawn_blocking(move || stream_file(entry, file, tx));
@@ -211,13 +230,19 @@ impl FileSync for FileSyncService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let req = request.into_inner();
-        self.gate.check()?;
-        let path = RelPath::new(req.path).map_err(Error::from)?;
-        let change = self
-            .blocking(move |s| s.commit_delete(DEFAULT_NAMESPACE, path, req.base_version, req.client_id))
-            .await
-            .inspect_err(|e| tracing::info!(error = %e, "delete refused"))?;
-        self.replicated(change.seq).await?;
+        let result = async {
+            self.gate.check()?;
+            let path = RelPath::new(req.path)?;
+            let change = self
+                .blocking(move |s| s.commit_delete(DEFAULT_NAMESPACE, path, req.base_version, req.client_id))
+                .await
+                .inspect_err(|e| tracing::info!(error = %e, "delete refused"))?;
+            self.replicated(change.seq).await?;
+            Ok::<_, Error>(change)
+        }
+        .await;
+        let change = self.counted(result.map_err(Status::from))?;
+        self.metrics.deletes.inc();
         tracing::info!(path = %change.entry.path, seq = change.seq, client = %change.entry.client_id, "deleted");
         Ok(Response::new(pb::DeleteResponse { entry: Some(change.entry.into()) }))
     }
@@ -286,7 +311,9 @@ impl FileSync for FileSyncService {
         let req = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (store, shutdown) = (self.store.clone(), self.shutdown.clone());
+        let subscribers = self.metrics.subscribers.clone();
         tokio::spawn(async move {
+            subscribers.inc();
             tracing::debug!("subscriber connected");
             // Stop on server shutdown, or as soon as the subscriber leaves.
             let stop = shutdown.child_token();
@@ -307,6 +334,7 @@ impl FileSync for FileSyncService {
                 let _ = tx.send(Err(e.into())).await;
             }
             watcher.abort();
+            subscribers.dec();
             tracing::debug!("subscriber gone");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

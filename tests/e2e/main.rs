@@ -7,5 +7,6 @@
 mod api;
 mod grpcurl;
 mod harness;
+mod ops;
 mod replication;
 mod sync;

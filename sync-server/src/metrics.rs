@@ -1,0 +1,76 @@
+//! The server's Prometheus metrics.
+
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric the server exports; cheap to clone (the metrics are shared).
+#[derive(Debug, Clone)]
+pub struct ServerMetrics {
+    pub registry: Registry,
+    pub uploads: IntCounter,
+    pub upload_bytes: IntCounter,
+    pub downloads: IntCounter,
+    pub download_bytes: IntCounter,
+    pub deletes: IntCounter,
+    /// Refused or failed calls, by gRPC code.
+    pub errors: IntCounterVec,
+    pub subscribers: IntGauge,
+    pub head_seq: IntGauge,
+    pub replica_lag_changes: IntGauge,
+    pub replica_lag_seconds: Gauge,
+    /// Time from taking the writer lock to a durable commit.
+    pub commit_seconds: Histogram,
+}
+
+impl ServerMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("syncstore".into()), None).expect("valid prefix");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let errors =
+            IntCounterVec::new(Opts::new("errors_total", "Refused or failed calls by gRPC code"), &["code"])
+                .expect("valid metric");
+        registry.register(Box::new(errors.clone())).expect("unique metric");
+        let lag_seconds = Gauge::new("replica_lag_seconds", "Age of the oldest change the replica lacks")
+            .expect("valid metric");
+        registry.register(Box::new(lag_seconds.clone())).expect("unique metric");
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new("commit_seconds", "Time to commit a change durably")
+                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(commit_seconds.clone())).expect("unique metric");
+        Self {
+            uploads: counter("uploads_total", "Files stored"),
+            upload_bytes: counter("upload_bytes_total", "Bytes of files stored"),
+            downloads: counter("downloads_total", "Files sent"),
+            download_bytes: counter("download_bytes_total", "Bytes of files sent"),
+            deletes: counter("deletes_total", "Files deleted"),
+            subscribers: gauge("subscribers", "Open Subscribe streams"),
+            head_seq: gauge("head_seq", "Sequence number of the last committed change"),
+            replica_lag_changes: gauge("replica_lag_changes", "Changes the replica does not hold yet"),
+            replica_lag_seconds: lag_seconds,
+            errors,
+            commit_seconds,
+            registry,
+        }
+    }
+
+    /// Counts a call that ended with `status`.
+    pub fn error(&self, status: &tonic::Status) {
+        self.errors.with_label_values(&[&format!("{:?}", status.code())]).inc();
+    }
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
