@@ -23,6 +23,7 @@ use crate::{
     local::{self, IGNORE_FILE, Ignore, LocalView, Meta},
     metrics::ClientMetrics,
     plan::{self, Action, Base, Local},
+    progress::Progress,
     remote::Remote,
     state::State,
     transfer,
@@ -56,6 +57,20 @@ pub struct Planned {
     pub local: Option<Local>,
     pub base: Option<Base>,
     pub remote: Option<Entry>,
+}
+
+impl Planned {
+    /// Bytes the action moves over the network (0 for a delete or a record).
+    pub fn transfer_size(&self) -> u64 {
+        let local = self.local.map_or(0, |l| l.size);
+        let remote = self.remote.as_ref().and_then(|r| r.content).map_or(0, |c| c.size);
+        match self.action {
+            Action::Upload { .. } => local,
+            Action::Download => remote,
+            Action::Conflict => local + remote,
+            _ => 0,
+        }
+    }
 }
 
 /// The plans of a whole reconciliation.
@@ -180,17 +195,21 @@ impl Engine {
         // its new name is uploaded.
         let (deletes, others): (Vec<_>, Vec<_>) = plans
             .into_iter()
+            .filter(|p| p.action != Action::Nothing)
             .partition(|p| matches!(p.action, Action::DeleteRemote { .. } | Action::DeleteLocal));
+        let mut progress = Progress::new(
+            (deletes.len() + others.len()) as u64,
+            others.iter().map(Planned::transfer_size).sum(),
+        );
         for planned in others.into_iter().chain(deletes) {
-            if planned.action == Action::Nothing {
-                continue;
-            }
             acted += 1;
-            let path = planned.path.clone();
+            let (path, size) = (planned.path.clone(), planned.transfer_size());
             if let Err(e) = self.execute_and_retry(planned).await {
                 self.note_failure(path, &e);
             }
+            progress.advance(size);
         }
+        progress.finish();
         // Changes after `head` arrive by subscription (again, harmlessly,
         // if the listing already showed them).
         if head > self.state.cursor()? {

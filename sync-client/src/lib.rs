@@ -10,6 +10,7 @@
 //! - [`state`]: the client's SQLite state in `DIR/.syncstore/`.
 //! - [`watch`]: the notify watcher and its settle timers.
 //! - [`metrics`]: the client's Prometheus metrics.
+//! - [`progress`]: a bar (or log lines) while a batch of transfers runs.
 //! - [`watch()`](fn@crate::watch), [`sync_once`], [`status`], [`list`]:
 //!   what the `sync-client` commands run.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod local;
 pub mod metrics;
 pub mod plan;
+pub mod progress;
 pub mod remote;
 pub mod state;
 pub mod transfer;
