@@ -6,11 +6,13 @@
 //!   servers) and the descriptor set served by reflection.
 //! - [`path`]: [`RelPath`], the validated relative path every file is known by.
 //! - [`hash`]: [`ContentHash`], the BLAKE3 hash that names content.
+//! - [`cli`]: options from a TOML config file, under flags and environment.
 //! - [`entry`]: [`Entry`], one path's state in a manifest, and its conversion
 //!   from and to the wire type.
 //! - [`limits`]: sizes and limits both sides agree on.
 //! - [`metrics`]: the Prometheus endpoint both programs serve.
 
+pub mod cli;
 pub mod entry;
 pub mod hash;
 pub mod limits;

@@ -12,6 +12,10 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    /// A TOML file of options (keys are the long option names); flags and
+    /// SYNCSTORE_* environment variables take precedence over it.
+    #[arg(long, env = "SYNCSTORE_CONFIG")]
+    config: Option<PathBuf>,
     /// The server to sync with. Give it twice (primary and replica) to read
     /// from the replica while the primary is away; changes made meanwhile
     /// wait until a primary answers.
@@ -23,18 +27,18 @@ struct Args {
     )]
     servers: Vec<String>,
     /// The folder to sync (created if missing).
-    #[arg(long)]
+    #[arg(long, env = "SYNCSTORE_DIR")]
     dir: Option<PathBuf>,
     /// Time between full rescans of the folder (catches what the watcher
     /// missed), e.g. 30s, 5m.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "SYNCSTORE_RESCAN_INTERVAL")]
     rescan_interval: Duration,
     /// Log lines (on stderr) for people or, as JSON, for machines;
     /// RUST_LOG filters them.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SYNCSTORE_LOG_FORMAT")]
     log_format: LogFormat,
     /// With `watch`: serve Prometheus metrics (GET /metrics) on this address.
-    #[arg(long)]
+    #[arg(long, env = "SYNCSTORE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -64,7 +68,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match syncstore::cli::with_config_file::<Args>(std::env::args_os().collect()) {
+        Ok(argv) => Args::parse_from(argv),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,notify=warn"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match args.log_format {

@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 struct Args {
     /// Log lines (on stderr) for people or, as JSON, for machines;
     /// RUST_LOG filters them.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SYNCSTORE_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -46,44 +46,48 @@ enum Command {
 
 #[derive(Debug, ClapArgs)]
 struct ServeArgs {
+    /// A TOML file of options (keys are the long option names); flags and
+    /// SYNCSTORE_* environment variables take precedence over it.
+    #[arg(long, env = "SYNCSTORE_CONFIG")]
+    config: Option<PathBuf>,
     /// The server's role.
-    #[arg(long, value_enum, default_value_t = RoleArg::Primary)]
+    #[arg(long, value_enum, default_value_t = RoleArg::Primary, env = "SYNCSTORE_ROLE")]
     role: RoleArg,
     /// Address to serve gRPC on; port 0 picks a free port. The address is
     /// printed as `listening on ADDR` once the server serves.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    #[arg(long, default_value = "127.0.0.1:50051", env = "SYNCSTORE_LISTEN")]
     listen: SocketAddr,
     /// Data folder: metadata database and content blobs.
-    #[arg(long, default_value = "./sync-data")]
+    #[arg(long, default_value = "./sync-data", env = "SYNCSTORE_DATA")]
     data: PathBuf,
     /// Largest file accepted, in bytes.
-    #[arg(long, default_value_t = sync_server::DEFAULT_MAX_FILE_SIZE)]
+    #[arg(long, default_value_t = sync_server::DEFAULT_MAX_FILE_SIZE, env = "SYNCSTORE_MAX_FILE_SIZE")]
     max_file_size: u64,
     /// How many changes the log keeps for subscribers (and a replica) that
     /// catch up; an older position gets a RESET (a replica, a full resync).
-    #[arg(long, default_value_t = sync_server::StoreOptions::default().log_retention)]
+    #[arg(long, default_value_t = sync_server::StoreOptions::default().log_retention, env = "SYNCSTORE_LOG_RETENTION")]
     log_retention: u64,
     /// On a primary: the replica to fan every change out to
     /// (http://HOST:PORT).
-    #[arg(long)]
+    #[arg(long, env = "SYNCSTORE_REPLICA")]
     replica: Option<String>,
     /// On a primary with a replica: acknowledge writes once the replica has
     /// them (sync) or once the primary has them (async).
-    #[arg(long, value_enum, default_value_t = ModeArg::Sync)]
+    #[arg(long, value_enum, default_value_t = ModeArg::Sync, env = "SYNCSTORE_REPLICATION")]
     replication: ModeArg,
     /// How long a sync-mode write waits for the replica, e.g. 5s.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "SYNCSTORE_REPLICA_TIMEOUT")]
     replica_timeout: Duration,
     /// What a sync-mode write does when the replica does not confirm in
     /// time: fail with UNAVAILABLE, or degrade to async (loudly).
-    #[arg(long, value_enum, default_value_t = OnTimeoutArg::Fail)]
+    #[arg(long, value_enum, default_value_t = OnTimeoutArg::Fail, env = "SYNCSTORE_ON_REPLICA_TIMEOUT")]
     on_replica_timeout: OnTimeoutArg,
     /// The URL clients reach this server at, announced to the replica (and
     /// named in its refusals). Default: http:// plus the listening address.
-    #[arg(long)]
+    #[arg(long, env = "SYNCSTORE_ADVERTISE")]
     advertise: Option<String>,
     /// Serve Prometheus metrics (GET /metrics) on this address.
-    #[arg(long)]
+    #[arg(long, env = "SYNCSTORE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
 }
 
@@ -112,7 +116,13 @@ enum OnTimeoutArg {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match syncstore::cli::with_config_file::<Args>(std::env::args_os().collect()) {
+        Ok(argv) => Args::parse_from(argv),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match args.log_format {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{signal, start_with, upload, wait_exit};
+use common::{signal, start_cmd, start_with, upload, wait_exit};
 use syncstore::pb::{self, file_sync_client::FileSyncClient};
 
 #[tokio::test]
@@ -58,4 +58,44 @@ async fn acknowledged_uploads_survive_sigkill() {
     assert_eq!(std::fs::read_dir(data.path().join("tmp")).unwrap().count(), 0, "temp debris swept");
     signal(&server.child, "-TERM");
     assert!(wait_exit(&mut server.child).await.success());
+}
+
+#[tokio::test]
+async fn options_come_from_flags_then_environment_then_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:0\"\ndata = \"{}\"\nlog-retention = 7\n", d("from-file")),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 3] = [
+        (&["--config", config], &[], "from-file"),
+        (&["--config", config], &[("SYNCSTORE_DATA", &d("from-env"))], "from-env"),
+        (
+            &["--config", config, "--data", &d("from-flag")],
+            &[("SYNCSTORE_DATA", &d("from-env"))],
+            "from-flag",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let mut server = start_cmd(args, env);
+        assert!(dir.path().join(want).join("meta.db").is_file(), "{want}: {args:?} {env:?}");
+        signal(&server.child, "-TERM");
+        assert!(wait_exit(&mut server.child).await.success());
+    }
+
+    // A config file with an unknown option is refused before anything starts.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listn = \"127.0.0.1:0\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-server"))
+        .args(["--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option \"listn\""), "{out:?}");
 }

@@ -40,10 +40,17 @@ impl Drop for Proc {
 /// `listen` (`127.0.0.1:0` for an ephemeral port), and waits for its
 /// `listening on` line.
 pub fn start_with(data: &Path, listen: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["--listen", listen, "--data", data.to_str().unwrap()];
+    args.extend(extra);
+    start_cmd(&args, &[])
+}
+
+/// Starts the server binary with exactly `args` and `env` added to the
+/// environment, and waits for its `listening on` line.
+pub fn start_cmd(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sync-server"))
-        .args(["--listen", listen, "--data"])
-        .arg(data)
-        .args(extra)
+        .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -1,0 +1,125 @@
+//! Command-line plumbing both programs share: options from a TOML file.
+//!
+//! Precedence, highest first: flags, `SYNCSTORE_*` environment variables,
+//! the `--config` file, built-in defaults. A key of the file is an option's
+//! long name (`listen`, `rescan-interval` or `rescan_interval`); a list gives
+//! a repeatable option several values; `true` sets a switch.
+
+use std::{ffi::OsString, path::Path};
+
+use clap::{CommandFactory, parser::ValueSource};
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not valid TOML: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("{path}: unknown option {key:?}")]
+    Unknown { path: String, key: String },
+    #[error("{path}: option {key:?} takes a string, number, boolean or list of them")]
+    Value { path: String, key: String },
+}
+
+/// Returns `argv` with the options of the `--config` file (if any) that
+/// neither a flag nor an environment variable set, inserted right after
+/// the program name so that they also precede any subcommand.
+pub fn with_config_file<T: CommandFactory>(argv: Vec<OsString>) -> Result<Vec<OsString>, ConfigError> {
+    let command = T::command();
+    // A first pass only learns where each value comes from; errors are left
+    // to the real parse.
+    let Ok(matches) = command.clone().ignore_errors(true).try_get_matches_from(&argv) else {
+        return Ok(argv);
+    };
+    let Some(path) = matches.get_one::<std::path::PathBuf>("config").cloned() else {
+        return Ok(argv);
+    };
+    let table = read(&path)?;
+    let mut extra: Vec<OsString> = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(long.as_str())) else {
+            return Err(ConfigError::Unknown { path: path.display().to_string(), key });
+        };
+        let id = arg.get_id().as_str();
+        if matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+            continue;
+        }
+        let flag = format!("--{}", arg.get_long().expect("checked above"));
+        let values = match value {
+            toml::Value::Array(items) => items,
+            other => vec![other],
+        };
+        for v in values {
+            match v {
+                toml::Value::Boolean(true) => extra.push(flag.clone().into()),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => extra.extend([flag.clone().into(), s.into()]),
+                toml::Value::Integer(i) => extra.extend([flag.clone().into(), i.to_string().into()]),
+                toml::Value::Float(f) => extra.extend([flag.clone().into(), f.to_string().into()]),
+                _ => return Err(ConfigError::Value { path: path.display().to_string(), key: key.clone() }),
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(argv.len() + extra.len());
+    let mut rest = argv.into_iter();
+    out.extend(rest.next());
+    out.extend(extra);
+    out.extend(rest);
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    text.parse::<toml::Table>()
+        .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Demo {
+        #[arg(long, env = "SYNCSTORE_TEST_CONFIG_FILE")]
+        config: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "a", env = "SYNCSTORE_TEST_LISTEN")]
+        listen: String,
+        #[arg(long = "server")]
+        servers: Vec<String>,
+        #[arg(long, default_value = "1s")]
+        rescan_interval: String,
+        #[arg(long)]
+        verbose: bool,
+    }
+
+    fn parse(args: &[&str]) -> Result<Demo, ConfigError> {
+        let argv = args.iter().map(OsString::from).collect();
+        Ok(Demo::parse_from(with_config_file::<Demo>(argv)?))
+    }
+
+    #[test]
+    fn the_file_fills_in_what_flags_leave_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"from-file\"\nserver = [\"s1\", \"s2\"]\nrescan-interval = \"30s\"\nverbose = true\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let d = parse(&["demo", "--config", f]).unwrap();
+        assert_eq!((d.listen.as_str(), d.rescan_interval.as_str(), d.verbose), ("from-file", "30s", true));
+        assert_eq!(d.servers, ["s1", "s2"]);
+        let d = parse(&["demo", "--config", f, "--listen", "from-flag"]).unwrap();
+        assert_eq!(d.listen, "from-flag");
+        std::fs::write(&file, "nonsense = 1\n").unwrap();
+        assert!(matches!(parse(&["demo", "--config", f]), Err(ConfigError::Unknown { .. })));
+        std::fs::write(&file, "listen = [\n").unwrap();
+        assert!(matches!(parse(&["demo", "--config", f]), Err(ConfigError::Parse { .. })));
+    }
+}
