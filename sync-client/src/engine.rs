@@ -346,6 +346,11 @@ impl Engine {
         self.metrics.pending.set(self.failed.len() as i64);
     }
 
+    /// Whether this folder's ignore rules exclude `path`.
+    pub fn is_ignored(&self, path: &RelPath) -> bool {
+        self.ignore.is_ignored(path, false)
+    }
+
     /// Plans one path. `None` when the path is not for syncing (ignored, a
     /// folder, a symlink) or not settled yet.
     pub async fn plan(&self, path: &RelPath, remote: RemoteView) -> Result<Option<Planned>> {

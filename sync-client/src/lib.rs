@@ -110,6 +110,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     });
 
     let mut backoff = Backoff::default();
+    let mut attempts = 0u32;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -119,7 +120,13 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "initial sync failed; retrying");
+                    attempts += 1;
+                    // Say it once, then quietly keep trying.
+                    if attempts == 1 {
+                        tracing::warn!(error = %e, "initial sync failed; retrying with backoff");
+                    } else {
+                        tracing::debug!(error = %e, attempts, "initial sync still failing");
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
                         () = tokio::time::sleep(backoff.next()) => {}
@@ -305,6 +312,52 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
     }));
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// One row of `status --against-replica`: a path on which the folder, the
+/// primary and the replica do not all agree. Each side shows the first 12
+/// hex digits of its content hash, or `None` where it has no file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ThreeWay {
+    pub path: String,
+    pub folder: Option<String>,
+    pub primary: Option<String>,
+    pub replica: Option<String>,
+}
+
+/// Compares the folder, the primary (the configured servers) and the
+/// replica at `replica` by content, changing nothing.
+pub async fn status_against_replica(config: Config, replica: &str) -> Result<Vec<ThreeWay>> {
+    use std::collections::BTreeMap;
+    let root = std::fs::canonicalize(&config.dir)?;
+    let state = State::open_shared(&root)?;
+    let remote = Remote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default())?;
+    let mut engine = Engine::planner(root, state, remote, host_name());
+    let all = engine.plan_all().await?;
+    let replica_files = Remote::new(&[replica.to_owned()], String::new())?.manifest().await?;
+    let short = |h: syncstore::ContentHash| h.to_hex()[..12].to_owned();
+    let mut table: BTreeMap<String, ThreeWay> = BTreeMap::new();
+    let row = |table: &mut BTreeMap<String, ThreeWay>, path: &syncstore::RelPath| {
+        let path = path.to_string();
+        table.entry(path.clone()).or_insert_with(|| ThreeWay {
+            path,
+            folder: None,
+            primary: None,
+            replica: None,
+        });
+    };
+    for p in &all.plans {
+        row(&mut table, &p.path);
+        let r = table.get_mut(p.path.as_str()).expect("just added");
+        r.folder = p.local.map(|l| short(l.hash));
+        r.primary = p.remote.as_ref().and_then(|e| e.content).map(|c| short(c.hash));
+    }
+    // Paths this folder ignores are not compared (`plan_all` skipped them).
+    for (path, e) in replica_files.into_iter().filter(|(p, _)| !engine.is_ignored(p)) {
+        row(&mut table, &path);
+        table.get_mut(path.as_str()).expect("just added").replica = e.content.map(|c| short(c.hash));
+    }
+    Ok(table.into_values().filter(|r| !(r.folder == r.primary && r.primary == r.replica)).collect())
 }
 
 /// The server's files (live ones only), in path order.

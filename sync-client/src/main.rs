@@ -62,6 +62,11 @@ enum Command {
         /// Print a JSON array of {"path", "what"} objects instead of lines.
         #[arg(long)]
         json: bool,
+        /// Also compare with this replica: one row per path on which the
+        /// folder, the primary and the replica do not all agree, with each
+        /// side's content hash ("-" where it has no file).
+        #[arg(long, value_name = "URL")]
+        against_replica: Option<String>,
     },
     /// List the server's files.
     Ls,
@@ -140,7 +145,28 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        Command::Status { json } => {
+        Command::Status { json, against_replica: Some(replica) } => {
+            let rows = sync_client::status_against_replica(config, &replica).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let show = |h: &Option<String>| h.clone().unwrap_or_else(|| "-".into());
+                if !rows.is_empty() {
+                    println!("{:<12} {:<12} {:<12} path", "folder", "primary", "replica");
+                }
+                for r in &rows {
+                    println!(
+                        "{:<12} {:<12} {:<12} {}",
+                        show(&r.folder),
+                        show(&r.primary),
+                        show(&r.replica),
+                        r.path
+                    );
+                }
+            }
+            Ok(if rows.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Status { json, against_replica: None } => {
             let diffs = sync_client::status(config).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&diffs)?);

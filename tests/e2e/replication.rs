@@ -89,6 +89,19 @@ async fn a_replica_refuses_writes_and_serves_reads() {
     let in_sync = sync_client::sync_once(sync_client::Config::new(replica.url(), dir.path())).await.unwrap();
     assert!(in_sync);
     assert_eq!(tree(dir.path()), primary.files().await);
+
+    // Folder, primary and replica side by side: all agree, until the folder
+    // holds something the servers do not.
+    let config = sync_client::Config::new(primary.url(), dir.path());
+    assert_eq!(sync_client::status_against_replica(config.clone(), &replica.url()).await.unwrap(), []);
+    write(dir.path(), "extra.txt", "only here");
+    let rows = sync_client::status_against_replica(config, &replica.url()).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].path.as_str(), rows[0].primary.as_deref(), rows[0].replica.as_deref()),
+        ("extra.txt", None, None)
+    );
+    assert_eq!(rows[0].folder.as_deref(), Some(&syncstore::ContentHash::of(b"only here").to_hex()[..12]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
