@@ -280,11 +280,37 @@ pub async fn sync_once(config: Config) -> Result<bool> {
     Ok(false)
 }
 
-/// One line of `status`: a path that differs and how.
+/// One line of `status`: a path on which the folder and the server differ.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Difference {
     pub path: String,
-    pub what: &'static str,
+    /// Like a directory comparison: `only-here`, `only-there`, `differs`
+    /// (by content hash), `conflict` (both changed since the last sync), or
+    /// `unreadable` / `being-written`.
+    pub state: &'static str,
+    /// What syncing would do about it, in the three-way terms: `changed
+    /// here`, `deleted on the server`, ...
+    pub detail: &'static str,
+}
+
+impl Difference {
+    fn of(p: &engine::Planned) -> Option<Self> {
+        use plan::Action;
+        if matches!(p.action, Action::Nothing | Action::Record { .. } | Action::Forget) {
+            return None;
+        }
+        let remote = p.remote.as_ref().and_then(|e| e.content);
+        let state = match (&p.local, remote, &p.action) {
+            (_, _, Action::Conflict) => "conflict",
+            (Some(_), None, _) => "only-here",
+            (None, Some(_), _) => "only-there",
+            (Some(l), Some(r), _) if l.hash != r.hash => "differs",
+            // Same content, other metadata (the executable bit).
+            (Some(_), Some(_), _) => "differs",
+            (None, None, _) => return None,
+        };
+        Some(Self { path: p.path.to_string(), state, detail: p.action.describe() })
+    }
 }
 
 /// What differs between the folder and the server, changing nothing. It
@@ -295,20 +321,13 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
     let remote = Remote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default())?;
     let mut engine = Engine::planner(root, state, remote, host_name());
     let all = engine.plan_all().await?;
-    let mut out: Vec<Difference> = all
-        .plans
-        .into_iter()
-        .filter(|p| {
-            !matches!(p.action, plan::Action::Nothing | plan::Action::Record { .. } | plan::Action::Forget)
-        })
-        .map(|p| Difference { path: p.path.to_string(), what: p.action.describe() })
-        .collect();
-    out.extend(all.failed.into_iter().map(|(path, e)| Difference {
-        path: path.to_string(),
-        what: match e {
-            Error::ChangedWhileReading => "being written",
+    let mut out: Vec<Difference> = all.plans.iter().filter_map(Difference::of).collect();
+    out.extend(all.failed.into_iter().map(|(path, e)| {
+        let state = match e {
+            Error::ChangedWhileReading => "being-written",
             _ => "unreadable",
-        },
+        };
+        Difference { path: path.to_string(), state, detail: "retried later" }
     }));
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)

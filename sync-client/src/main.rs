@@ -59,7 +59,8 @@ enum Command {
     /// Show what differs between the folder and the server; change nothing.
     /// Exit 0 when in sync, 1 when not.
     Status {
-        /// Print a JSON array of {"path", "what"} objects instead of lines.
+        /// Print a JSON array of {"path", "state", "detail"} objects instead
+        /// of lines.
         #[arg(long)]
         json: bool,
         /// Also compare with this replica: one row per path on which the
@@ -172,7 +173,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&diffs)?);
             } else {
                 for d in &diffs {
-                    println!("{:<24} {}", d.what, d.path);
+                    println!("{:<13} {}  ({})", d.state, d.path, d.detail);
                 }
             }
             Ok(if diffs.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })

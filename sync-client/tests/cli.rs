@@ -63,7 +63,10 @@ async fn sync_status_and_ls_behave_like_a_script_expects() {
     // Before the first sync a's files are only here: status says so, exit 1.
     let st = client(&server.url, a.path(), &["status"]).await;
     assert_eq!(st.status.code(), Some(1), "{st:?}");
-    assert!(stdout(&st).contains("docs/plan.txt"), "{}", stdout(&st));
+    assert_eq!(
+        stdout(&st),
+        "only-here     docs/plan.txt  (changed here)\nonly-here     todo.txt  (changed here)\n"
+    );
 
     let out = client(&server.url, a.path(), &["sync"]).await;
     assert!(out.status.success(), "{out:?}");
@@ -85,17 +88,17 @@ async fn sync_status_and_ls_behave_like_a_script_expects() {
     std::fs::write(b.path().join("todo.txt"), "more things").unwrap();
     let st = client(&server.url, b.path(), &["status"]).await;
     assert_eq!(st.status.code(), Some(1));
-    assert!(stdout(&st).contains("changed here") && stdout(&st).contains("todo.txt"), "{}", stdout(&st));
+    assert_eq!(stdout(&st), "differs       todo.txt  (changed here)\n");
     let st = client(&server.url, b.path(), &["status", "--json"]).await;
     assert_eq!(st.status.code(), Some(1));
-    let expected = "[\n  {\n    \"path\": \"todo.txt\",\n    \"what\": \"changed here\"\n  }\n]\n";
+    let expected = "[\n  {\n    \"path\": \"todo.txt\",\n    \"state\": \"differs\",\n    \"detail\": \"changed here\"\n  }\n]\n";
     assert_eq!(stdout(&st), expected);
     let st = client(&server.url, a.path(), &["status"]).await;
     assert_eq!(st.status.code(), Some(0), "status in b must not have uploaded anything");
     assert!(client(&server.url, b.path(), &["sync"]).await.status.success());
     let st = client(&server.url, a.path(), &["status"]).await;
     assert_eq!(st.status.code(), Some(1));
-    assert!(stdout(&st).contains("changed on the server"), "{}", stdout(&st));
+    assert_eq!(stdout(&st), "differs       todo.txt  (changed on the server)\n");
     assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
     assert_eq!(std::fs::read(a.path().join("todo.txt")).unwrap(), b"more things");
 }

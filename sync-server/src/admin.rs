@@ -118,7 +118,8 @@ impl Admin for AdminService {
 pub struct Comparison {
     pub a: pb::DigestResponse,
     pub b: pb::DigestResponse,
-    /// (path, what): "only in A", "only in B", "differs".
+    /// (path, state): "only-in-A", "only-in-B", "differs" (by content hash
+    /// or executable bit), like `sync-client status`.
     pub differences: Vec<(String, &'static str)>,
 }
 
@@ -137,7 +138,7 @@ pub async fn compare(a: &str, b: &str) -> anyhow::Result<Comparison> {
         let (ma, mb) = (manifest(a).await?, manifest(b).await?);
         for (path, ea) in &ma {
             match mb.get(path) {
-                None => differences.push((path.clone(), "only in A")),
+                None => differences.push((path.clone(), "only-in-A")),
                 Some(eb)
                     if (eb.hash.as_slice(), eb.size, eb.executable)
                         != (ea.hash.as_slice(), ea.size, ea.executable) =>
@@ -147,7 +148,7 @@ pub async fn compare(a: &str, b: &str) -> anyhow::Result<Comparison> {
                 Some(_) => {}
             }
         }
-        differences.extend(mb.keys().filter(|p| !ma.contains_key(*p)).map(|p| (p.clone(), "only in B")));
+        differences.extend(mb.keys().filter(|p| !ma.contains_key(*p)).map(|p| (p.clone(), "only-in-B")));
         differences.sort();
     }
     Ok(Comparison { a: da, b: db, differences })

@@ -305,7 +305,7 @@ async fn a_client_given_both_servers_reads_from_the_replica_while_the_primary_is
         let config = config.clone();
         async move {
             let diffs = sync_client::status(config).await.unwrap();
-            diffs.iter().any(|d| d.path == "two.txt" && d.what == "changed here")
+            diffs.iter().any(|d| d.path == "two.txt" && d.state == "only-here")
         }
     };
     eventually_async("the change is seen, and waits: the replica refuses it", pending).await;
