@@ -1,4 +1,5 @@
-//! Command-line plumbing both programs share: options from a TOML file.
+//! Command-line plumbing both programs share: options from a TOML file,
+//! logging set-up, and the signals that stop them.
 //!
 //! Precedence, highest first: flags, `SYNCSTORE_*` environment variables,
 //! the `--config` file, built-in defaults. A key of the file is an option's
@@ -7,7 +8,65 @@
 
 use std::{ffi::OsString, path::Path};
 
-use clap::{CommandFactory, parser::ValueSource};
+use clap::{CommandFactory, Parser, parser::ValueSource};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for machines.
+    Json,
+}
+
+/// Parses the program's arguments, with its `--config` file under them.
+/// On a bad config file, says why and returns the exit code to use.
+pub fn parse_args<T: Parser>() -> Result<T, std::process::ExitCode> {
+    match with_config_file::<T>(std::env::args_os().collect()) {
+        Ok(argv) => Ok(T::parse_from(argv)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
+
+/// Sends tracing to stderr in `format`, filtered by `RUST_LOG` or else by
+/// `default_filter`.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+    shutdown.cancel();
+}
 
 /// Why a config file could not be used.
 #[derive(Debug, thiserror::Error)]

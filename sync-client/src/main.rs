@@ -5,8 +5,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use syncstore::cli::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// Keeps a local folder in two-way sync with a syncstore server.
 #[derive(Debug, Parser)]
@@ -44,12 +44,6 @@ struct Args {
     command: Option<Command>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Clone, Subcommand)]
 enum Command {
     /// Sync now and keep syncing until interrupted (the default).
@@ -74,19 +68,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = match syncstore::cli::with_config_file::<Args>(std::env::args_os().collect()) {
-        Ok(argv) => Args::parse_from(argv),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let args: Args = match cli::parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,notify=warn"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    cli::init_logging(args.log_format, "info,notify=warn");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -119,7 +105,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match command {
         Command::Watch => {
             let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
+            tokio::spawn(cli::stop_on_signal(shutdown.clone()));
             if let Some(addr) = args.metrics_listen {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
@@ -180,23 +166,4 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Ls => unreachable!("handled above"),
     }
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("stopping");
-    shutdown.cancel();
 }

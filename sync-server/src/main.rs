@@ -7,8 +7,8 @@ use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Du
 use anyhow::Context;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use sync_server::{Mode, OnTimeout, ReplicaConfig, Role};
+use syncstore::cli::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// The syncstore server: stores files durably, pushes every change to every
 /// subscribed client, and fans it out to a replica.
@@ -92,12 +92,6 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RoleArg {
     Primary,
     Replica,
@@ -116,19 +110,11 @@ enum OnTimeoutArg {
 }
 
 fn main() -> ExitCode {
-    let args = match syncstore::cli::with_config_file::<Args>(std::env::args_os().collect()) {
-        Ok(argv) => Args::parse_from(argv),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let args: Args = match cli::parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    cli::init_logging(args.log_format, "info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -162,7 +148,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(cli::stop_on_signal(shutdown.clone()));
 
     let mut config = sync_server::Config::new(args.data);
     config.role = match args.role {
@@ -229,28 +215,4 @@ async fn compare(a: &str, b: &str) -> anyhow::Result<ExitCode> {
         println!("{what:<10} {path}");
     }
     Ok(ExitCode::FAILURE)
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
-    shutdown.cancel();
 }
