@@ -5,6 +5,8 @@
 
 use std::{pin::Pin, sync::Arc};
 
+use futures::FutureExt;
+
 use syncstore::{
     ContentHash, Entry,
     limits::MAX_CHUNK,
@@ -19,8 +21,11 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use super::WriteGate;
 use crate::{
     error::{Error, Result},
-    storage::{Change, Store},
+    storage::{Change, Replicated, Store},
 };
+
+/// Most changes applied in one transaction.
+const MAX_BATCH: usize = 256;
 
 /// The `Replication` service of a replica (on a primary it refuses).
 #[derive(Debug, Clone)]
@@ -147,29 +152,51 @@ async fn apply_stream(
 ) -> Result<()> {
     let mut snapshot: Option<u64> = None;
     let mut processed = 0u64;
-    while let Some(req) = incoming.message().await.map_err(broken)? {
+    // A message read ahead while gathering a batch, handled next.
+    let mut pending: Option<pb::ReplicateRequest> = None;
+    loop {
+        let req = match pending.take() {
+            Some(req) => req,
+            None => match incoming.message().await.map_err(broken)? {
+                Some(req) => req,
+                None => return Ok(()),
+            },
+        };
         match req.msg {
             Some(replicate_request::Msg::Change(c)) => {
-                let entry =
-                    Entry::try_from(c.entry.ok_or_else(|| Error::invalid("a change without entry"))?)?;
-                let staged = if c.content_follows {
-                    Some(receive_content(store, &entry, incoming).await?)
-                } else {
-                    None
-                };
-                let change = Change { seq: c.seq, namespace: c.namespace, entry };
-                let content_gone = !c.content_follows;
+                let first = receive_change(store, c, incoming).await?;
                 let s = store.clone();
-                if snapshot.is_some() {
+                let n = if snapshot.is_some() {
+                    let Replicated { change, staged, content_gone } = first;
                     tokio::task::spawn_blocking(move || {
                         s.snapshot_put(&change.namespace, &change.entry, staged, content_gone)
                     })
                     .await??;
+                    1
                 } else {
-                    tokio::task::spawn_blocking(move || s.apply_replicated(change, staged, content_gone))
-                        .await??;
-                }
-                processed += 1;
+                    // Group commit: the changes that already arrived are
+                    // applied in one transaction.
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match incoming.message().now_or_never() {
+                            Some(Ok(Some(pb::ReplicateRequest {
+                                msg: Some(replicate_request::Msg::Change(c)),
+                            }))) => {
+                                batch.push(receive_change(store, c, incoming).await?);
+                            }
+                            Some(Ok(Some(other))) => {
+                                pending = Some(other);
+                                break;
+                            }
+                            Some(Err(s)) => return Err(broken(s)),
+                            Some(Ok(None)) | None => break,
+                        }
+                    }
+                    let n = batch.len() as u64;
+                    tokio::task::spawn_blocking(move || s.apply_replicated_batch(batch)).await??;
+                    n
+                };
+                processed += n;
                 if !send_ack(acks, store.head(), processed).await {
                     return Ok(());
                 }
@@ -198,7 +225,18 @@ async fn apply_stream(
             _ => return Err(Error::invalid("unexpected message in a replication stream")),
         }
     }
-    Ok(())
+}
+
+/// Receives one change message's entry and, if it follows, its content.
+async fn receive_change(
+    store: &Store,
+    c: pb::ReplicatedChange,
+    incoming: &mut Streaming<pb::ReplicateRequest>,
+) -> Result<Replicated> {
+    let entry = Entry::try_from(c.entry.ok_or_else(|| Error::invalid("a change without entry"))?)?;
+    let staged = if c.content_follows { Some(receive_content(store, &entry, incoming).await?) } else { None };
+    let change = Change { seq: c.seq, namespace: c.namespace, entry };
+    Ok(Replicated { change, staged, content_gone: !c.content_follows })
 }
 
 /// Sets the health of the server as a whole ("") and of `FileSync`.

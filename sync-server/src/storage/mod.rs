@@ -55,6 +55,15 @@ pub struct Change {
     pub entry: Entry,
 }
 
+/// A change received from the primary, with its content if it came along.
+#[derive(Debug)]
+pub(crate) struct Replicated {
+    pub(crate) change: Change,
+    pub(crate) staged: Option<StagedBlob>,
+    /// The primary no longer kept the content (a later change replaced it).
+    pub(crate) content_gone: bool,
+}
+
 /// What an upload wants to become.
 #[derive(Debug, Clone)]
 pub(crate) struct Put {
@@ -229,39 +238,44 @@ impl Store {
         Ok(())
     }
 
-    /// Applies a change replicated from the primary, with its sequence
-    /// number. Returns false for a change already applied (a redelivery).
-    /// `staged` is its content; without it a live entry's content must be
-    /// stored already, unless `content_gone` (the primary no longer kept it
-    /// because a later change, which follows, replaced it).
-    pub(crate) fn apply_replicated(
-        &self,
-        change: Change,
-        staged: Option<StagedBlob>,
-        content_gone: bool,
-    ) -> Result<bool> {
+    /// Applies changes replicated from the primary, with their sequence
+    /// numbers, in one transaction (group commit: one durable commit for
+    /// the lot). A change already applied (a redelivery) is skipped; a gap
+    /// is refused. A change's content is `staged`; without it a live
+    /// entry's content must be stored already, unless `content_gone` (the
+    /// primary no longer kept it because a later change, which follows,
+    /// replaced it). Returns how many changes were new.
+    pub(crate) fn apply_replicated_batch(&self, batch: Vec<Replicated>) -> Result<usize> {
         let mut w = self.writer();
-        if change.seq <= w.head {
-            return Ok(false);
-        }
-        if change.seq != w.head + 1 {
-            return Err(Error::FailedPrecondition(format!(
-                "replication gap: expected change {}, got {}",
-                w.head + 1,
-                change.seq
-            )));
-        }
-        if change.entry.version != change.seq {
-            return Err(Error::invalid("a replicated entry's version must be its change's seq"));
-        }
+        let mut head = w.head;
         let tx = w.conn.transaction()?;
-        let current = get_entry(&tx, &change.namespace, &change.entry.path)?;
-        self.place_content(&change.entry, staged, content_gone)?;
-        write_change(&tx, &change.namespace, &change.entry)?;
+        let mut applied = Vec::with_capacity(batch.len());
+        for Replicated { change, staged, content_gone } in batch {
+            if change.seq <= head {
+                continue;
+            }
+            if change.seq != head + 1 {
+                return Err(Error::FailedPrecondition(format!(
+                    "replication gap: expected change {}, got {}",
+                    head + 1,
+                    change.seq
+                )));
+            }
+            if change.entry.version != change.seq {
+                return Err(Error::invalid("a replicated entry's version must be its change's seq"));
+            }
+            let current = get_entry(&tx, &change.namespace, &change.entry.path)?;
+            self.place_content(&change.entry, staged, content_gone)?;
+            write_change(&tx, &change.namespace, &change.entry)?;
+            head = change.seq;
+            applied.push((change, current));
+        }
         tx.commit()?;
-        let Change { namespace, entry, .. } = change;
-        self.after_commit(w, &namespace, entry, current)?;
-        Ok(true)
+        let n = applied.len();
+        for (Change { namespace, entry, .. }, current) in applied {
+            self.after_commit(&mut w, &namespace, entry, current)?;
+        }
+        Ok(n)
     }
 
     /// Moves received content into place, or checks it is there.
@@ -456,7 +470,7 @@ impl Store {
             Entry { path: put.path, version: seq, content: Some(put.content), client_id: put.client_id };
         write_change(&tx, ns, &entry)?;
         tx.commit()?;
-        self.after_commit(w, ns, entry, current)
+        self.after_commit(&mut w, ns, entry, current)
     }
 
     /// Commits a deletion, leaving a tombstone.
@@ -478,7 +492,7 @@ impl Store {
         let entry = Entry { path, version: seq, content: None, client_id };
         write_change(&tx, ns, &entry)?;
         tx.commit()?;
-        self.after_commit(w, ns, entry, current)
+        self.after_commit(&mut w, ns, entry, current)
     }
 
     /// Bookkeeping once a change is durable, still under the writer lock:
@@ -487,7 +501,7 @@ impl Store {
     /// nothing after the broadcast may fail the call.
     fn after_commit(
         &self,
-        mut w: MutexGuard<'_, Writer>,
+        w: &mut Writer,
         ns: &str,
         entry: Entry,
         previous: Option<Entry>,
