@@ -49,6 +49,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const MAX_SYNC_PASSES: usize = 5;
 /// Events buffered between the watcher or the subscription and the engine.
 const QUEUE: usize = 1024;
+/// Server events buffered for the engine. Large, so that the subscription
+/// is always read promptly: HTTP/2 refuses a peer that leaves a flood of
+/// small frames unread, which would break every call on the connection.
+/// (An event is a few hundred bytes: 64 Ki of them, some 16 MiB at most.)
+const EVENT_QUEUE: usize = 64 * 1024;
 
 /// What a client needs to run.
 #[derive(Debug, Clone)]
@@ -136,7 +141,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
         }
     }
 
-    let (remote_tx, mut remote_rx) = mpsc::channel(QUEUE);
+    let (remote_tx, mut remote_rx) = mpsc::channel(EVENT_QUEUE);
     tasks.spawn(subscribe(remote, state, remote_tx, stop_tasks.clone()));
 
     let mut rescan = tokio::time::interval(config.rescan_interval.max(MIN_RESCAN_INTERVAL));
