@@ -379,6 +379,7 @@ impl Engine {
                     None => local.is_some(),
                 };
                 if !changed {
+                    self.refresh_base(path, local.as_ref(), base.as_ref())?;
                     return Ok(Some(Planned {
                         path: path.clone(),
                         action: Action::Nothing,
@@ -391,7 +392,27 @@ impl Engine {
             }
         };
         let action = plan::decide(local.as_ref(), base.as_ref(), remote.as_ref());
+        if action == Action::Nothing {
+            self.refresh_base(path, local.as_ref(), base.as_ref())?;
+        }
         Ok(Some(Planned { path: path.clone(), action, local, base, remote }))
+    }
+
+    /// A file whose content matches its base but whose size, mtime or stamp
+    /// moved (touched, or recorded while racy) gets its base refreshed, so
+    /// that it is not hashed at every look.
+    fn refresh_base(&self, path: &RelPath, local: Option<&Local>, base: Option<&Base>) -> Result<()> {
+        if let (true, Some(l), Some(b)) = (self.acting, local, base)
+            && l.hash == b.hash
+            && l.executable == b.executable
+            && !meta_of(*l).matches(b)
+        {
+            let fresh = base_of(b.version, *l);
+            if fresh != *b {
+                self.state.set_base(path, &fresh)?;
+            }
+        }
+        Ok(())
     }
 
     /// Plans and executes one path. Returns whether anything was done.
@@ -451,8 +472,8 @@ impl Engine {
             }
             Action::DeleteLocal => {
                 let l = p.local.expect("DeleteLocal is planned for a local file");
-                let (root, rel) = (self.root.clone(), path.clone());
-                tokio::task::spawn_blocking(move || delete_local(&root, &rel, meta_of(l))).await??;
+                let (root, tmp, rel) = (self.root.clone(), self.state.tmp_dir(), path.clone());
+                tokio::task::spawn_blocking(move || delete_local(&root, &tmp, &rel, meta_of(l))).await??;
                 self.state.remove_base(path)?;
                 self.metrics.local_deletes.inc();
                 tracing::info!(%path, why, "deleted locally");
@@ -488,7 +509,13 @@ impl Engine {
         let hash = remote.content.expect("a downloaded entry is live").hash;
         self.metrics.downloads.inc();
         self.metrics.download_bytes.inc_by(meta.size);
-        let local = Local { hash, size: meta.size, mtime_ns: meta.mtime_ns, executable: meta.executable };
+        let local = Local {
+            hash,
+            size: meta.size,
+            mtime_ns: meta.mtime_ns,
+            executable: meta.executable,
+            stamp: meta.stamp,
+        };
         self.state.set_base(&remote.path, &base_of(remote.version, local))
     }
 
@@ -541,22 +568,38 @@ fn is_race(e: &Error) -> bool {
 }
 
 fn base_of(version: u64, l: Local) -> Base {
-    Base { version, hash: l.hash, size: l.size, mtime_ns: l.mtime_ns, executable: l.executable }
+    Base {
+        version,
+        hash: l.hash,
+        size: l.size,
+        mtime_ns: local::base_mtime(l.mtime_ns),
+        executable: l.executable,
+        stamp: l.stamp,
+    }
 }
 
 fn meta_of(l: Local) -> Meta {
-    Meta { size: l.size, mtime_ns: l.mtime_ns, executable: l.executable }
+    Meta { size: l.size, mtime_ns: l.mtime_ns, executable: l.executable, stamp: l.stamp }
 }
 
 /// Deletes a local file if it is still as planned, then its empty folders.
-fn delete_local(root: &Path, path: &RelPath, expected: Meta) -> Result<()> {
+///
+/// The file is moved aside first (atomically) and checked there, so a
+/// write that lands after the check cannot be deleted with it: a changed
+/// file is put back and the path planned again.
+fn delete_local(root: &Path, tmp_dir: &Path, path: &RelPath, expected: Meta) -> Result<()> {
     let full = path.to_local(root);
-    match local::stat(&full)? {
-        local::Kind::Missing => return Ok(()),
-        local::Kind::File(m) if m == expected => {}
-        _ => return Err(Error::ChangedWhileReading),
+    let aside = tmp_dir.join(format!("delete-{:016x}", rand::random::<u64>()));
+    match std::fs::rename(&full, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
     }
-    std::fs::remove_file(&full)?;
+    if !matches!(local::stat(&aside)?, local::Kind::File(m) if m.same_as_moved(&expected)) {
+        transfer::put_back(&aside, &full)?;
+        return Err(Error::ChangedWhileReading);
+    }
+    std::fs::remove_file(&aside)?;
     if let Some(parent) = full.parent() {
         local::prune_empty_dirs(root, parent.to_path_buf());
     }

@@ -42,28 +42,63 @@ pub const BUILTIN_IGNORES: &[&str] = &[
     "desktop.ini",
 ];
 
-/// Size, mtime and mode of a regular file, as `stat` reports them.
+/// Size, mtime, mode and identity of a regular file, as `stat` reports
+/// them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
     pub size: u64,
     pub mtime_ns: i64,
     pub executable: bool,
+    /// The inode and the ctime, folded together: a file renamed over
+    /// another, or written in the same clock tick with the same size, still
+    /// shows a different stamp (as git's index uses them).
+    pub stamp: u64,
 }
+
+/// A base whose mtime was this recent when it was recorded is "racy": the
+/// file could change again within the same timestamp tick without its
+/// size or mtime showing it, so the next look hashes it (git's rule).
+pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+/// The mtime stored for a racy base: it matches no file.
+pub const RACY_MTIME: i64 = i64::MIN;
 
 impl Meta {
     fn of(md: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
         let mtime_ns = md
             .modified()
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as i64);
-        Meta { size: md.len(), mtime_ns, executable: md.permissions().mode() & 0o111 != 0 }
+        let ctime_ns = md.ctime().wrapping_mul(1_000_000_000).wrapping_add(md.ctime_nsec());
+        let stamp = md.ino().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ctime_ns as u64;
+        Meta { size: md.len(), mtime_ns, executable: md.permissions().mode() & 0o111 != 0, stamp }
     }
 
     /// Whether the file still looks as it did when the base was recorded.
     pub fn matches(&self, base: &Base) -> bool {
-        self.size == base.size && self.mtime_ns == base.mtime_ns && self.executable == base.executable
+        self.size == base.size
+            && self.mtime_ns == base.mtime_ns
+            && self.executable == base.executable
+            && self.stamp == base.stamp
     }
+}
+
+impl Meta {
+    /// Whether `self` and `other` look like the same unmodified file, the
+    /// stamp aside (a rename, which moving a file aside is, changes the
+    /// ctime in it).
+    pub fn same_as_moved(&self, other: &Meta) -> bool {
+        (self.size, self.mtime_ns, self.executable) == (other.size, other.mtime_ns, other.executable)
+    }
+}
+
+/// The mtime to record in a base for a file seen with `mtime_ns`: the real
+/// one, or [`RACY_MTIME`] if it is too recent to be trusted later.
+pub fn base_mtime(mtime_ns: i64) -> i64 {
+    let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    if now.saturating_sub(mtime_ns) < RACY_WINDOW_NS { RACY_MTIME } else { mtime_ns }
 }
 
 /// What a path is on disk.
@@ -120,6 +155,7 @@ pub fn local_state(root: &Path, path: &RelPath, base: Option<&Base>) -> io::Resu
                     size: meta.size,
                     mtime_ns: meta.mtime_ns,
                     executable: meta.executable,
+                    stamp: meta.stamp,
                 }));
             }
             match hash_file(&full, meta)? {
@@ -128,6 +164,7 @@ pub fn local_state(root: &Path, path: &RelPath, base: Option<&Base>) -> io::Resu
                     size: meta.size,
                     mtime_ns: meta.mtime_ns,
                     executable: meta.executable,
+                    stamp: meta.stamp,
                 })),
                 None => Ok(LocalView::Unsettled),
             }
@@ -275,16 +312,31 @@ mod tests {
         let path = RelPath::new("f").unwrap();
         let LocalView::File(l) = local_state(root, &path, None).unwrap() else { panic!() };
         assert_eq!(l.hash, ContentHash::of(b"hello"));
-        // A base with the same size/mtime is trusted without reading.
+        // A base with the same size, mtime and stamp is trusted without reading.
         let base = Base {
             version: 1,
             hash: ContentHash::of(b"other"),
             size: l.size,
             mtime_ns: l.mtime_ns,
             executable: false,
+            stamp: l.stamp,
         };
         let LocalView::File(l2) = local_state(root, &path, Some(&base)).unwrap() else { panic!() };
         assert_eq!(l2.hash, base.hash);
         assert_eq!(local_state(root, &RelPath::new("nope").unwrap(), None).unwrap(), LocalView::Missing);
+
+        // A file renamed over it, same size and mtime: the stamp differs.
+        fs::write(root.join("g"), "HELLO").unwrap();
+        let mtime = filetime::FileTime::from_unix_time(
+            l.mtime_ns / 1_000_000_000,
+            (l.mtime_ns % 1_000_000_000) as u32,
+        );
+        filetime::set_file_mtime(root.join("g"), mtime).unwrap();
+        fs::rename(root.join("g"), root.join("f")).unwrap();
+        let LocalView::File(l3) = local_state(root, &path, Some(&base)).unwrap() else { panic!() };
+        assert_eq!(l3.hash, ContentHash::of(b"HELLO"), "rehashed");
+        // A racy base (mtime too recent when recorded) never matches.
+        assert_eq!(base_mtime(l.mtime_ns), RACY_MTIME);
+        assert_eq!(base_mtime(1_000), 1_000);
     }
 }

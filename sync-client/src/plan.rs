@@ -25,6 +25,8 @@ pub struct Local {
     pub size: u64,
     pub mtime_ns: i64,
     pub executable: bool,
+    /// Inode and ctime folded together (see `local::Meta::stamp`).
+    pub stamp: u64,
 }
 
 /// What both sides agreed on at the last sync of a path.
@@ -33,11 +35,12 @@ pub struct Base {
     /// The server's version the local file matched.
     pub version: u64,
     pub hash: ContentHash,
-    /// Size and mtime of the local file when it was synced: an unchanged
-    /// size and mtime mean an unchanged file, without hashing it again.
+    /// Size, mtime and stamp of the local file when it was synced: if they
+    /// are unchanged the file is, without hashing it again.
     pub size: u64,
     pub mtime_ns: i64,
     pub executable: bool,
+    pub stamp: u64,
 }
 
 /// What to do with one path.
@@ -138,11 +141,24 @@ mod tests {
     use super::*;
 
     fn local(data: &[u8]) -> Local {
-        Local { hash: ContentHash::of(data), size: data.len() as u64, mtime_ns: 1, executable: false }
+        Local {
+            hash: ContentHash::of(data),
+            size: data.len() as u64,
+            mtime_ns: 1,
+            executable: false,
+            stamp: 1,
+        }
     }
 
     fn base(version: u64, data: &[u8]) -> Base {
-        Base { version, hash: ContentHash::of(data), size: data.len() as u64, mtime_ns: 1, executable: false }
+        Base {
+            version,
+            hash: ContentHash::of(data),
+            size: data.len() as u64,
+            mtime_ns: 1,
+            executable: false,
+            stamp: 1,
+        }
     }
 
     fn remote(version: u64, data: Option<&[u8]>) -> Entry {

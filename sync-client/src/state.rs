@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS base (
     hash       BLOB    NOT NULL,
     size       INTEGER NOT NULL,
     mtime_ns   INTEGER NOT NULL,
-    executable INTEGER NOT NULL
+    executable INTEGER NOT NULL,
+    stamp      INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS base_by_hash ON base (hash);
 ";
@@ -78,6 +79,14 @@ impl State {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        // State folders from before the stamp column existed.
+        let has_stamp: bool =
+            conn.query_row("SELECT COUNT(*) FROM pragma_table_info('base') WHERE name = 'stamp'", [], |r| {
+                r.get(0)
+            })?;
+        if !has_stamp {
+            conn.execute_batch("ALTER TABLE base ADD COLUMN stamp INTEGER NOT NULL DEFAULT 0")?;
+        }
         Ok(Self { conn: Arc::new(Mutex::new(conn)), dir, _lock: Arc::new(lock) })
     }
 
@@ -144,9 +153,11 @@ impl State {
 
     pub fn base(&self, path: &RelPath) -> Result<Option<Base>> {
         self.with(|c| {
-            c.prepare_cached("SELECT version, hash, size, mtime_ns, executable FROM base WHERE path = ?1")?
-                .query_row([path.as_str()], base_from_row)
-                .optional()
+            c.prepare_cached(
+                "SELECT version, hash, size, mtime_ns, executable, stamp FROM base WHERE path = ?1",
+            )?
+            .query_row([path.as_str()], base_from_row)
+            .optional()
         })
         .map(Option::flatten)
     }
@@ -154,10 +165,11 @@ impl State {
     pub fn set_base(&self, path: &RelPath, b: &Base) -> Result<()> {
         self.with(|c| {
             c.prepare_cached(
-                "INSERT INTO base (path, version, hash, size, mtime_ns, executable)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO base (path, version, hash, size, mtime_ns, executable, stamp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (path) DO UPDATE SET version = excluded.version, hash = excluded.hash,
-                   size = excluded.size, mtime_ns = excluded.mtime_ns, executable = excluded.executable",
+                   size = excluded.size, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
+                   stamp = excluded.stamp",
             )?
             .execute(params![
                 path.as_str(),
@@ -165,7 +177,8 @@ impl State {
                 &b.hash.as_bytes()[..],
                 b.size as i64,
                 b.mtime_ns,
-                b.executable
+                b.executable,
+                b.stamp as i64
             ])
             .map(drop)
         })
@@ -180,7 +193,8 @@ impl State {
     /// Every base, for a full reconciliation.
     pub fn all_bases(&self) -> Result<HashMap<RelPath, Base>> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT path, version, hash, size, mtime_ns, executable FROM base")?;
+            let mut stmt =
+                c.prepare("SELECT path, version, hash, size, mtime_ns, executable, stamp FROM base")?;
             let rows = stmt.query_map([], |r| {
                 let path: String = r.get(0)?;
                 Ok((path, base_from_row_at(r, 1)?))
@@ -220,7 +234,7 @@ fn base_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Base>> {
     base_from_row_at(r, 0)
 }
 
-/// Decodes version, hash, size, mtime_ns, executable from column `at`; a
+/// Decodes version, hash, size, mtime_ns, executable, stamp from column `at`; a
 /// row with a malformed hash reads as no base (the path is then treated as
 /// met for the first time, which never deletes anything).
 fn base_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option<Base>> {
@@ -232,6 +246,7 @@ fn base_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option
         size: r.get::<_, i64>(at + 2)? as u64,
         mtime_ns: r.get(at + 3)?,
         executable: r.get(at + 4)?,
+        stamp: r.get::<_, i64>(at + 5)? as u64,
     }))
 }
 
@@ -243,7 +258,14 @@ mod tests {
     fn bases_and_meta_persist_and_the_folder_is_locked() {
         let dir = tempfile::tempdir().unwrap();
         let path = RelPath::new("a/b").unwrap();
-        let base = Base { version: 3, hash: ContentHash::of(b"x"), size: 1, mtime_ns: 9, executable: true };
+        let base = Base {
+            version: 3,
+            hash: ContentHash::of(b"x"),
+            size: 1,
+            mtime_ns: 9,
+            executable: true,
+            stamp: 7,
+        };
         {
             let state = State::open(dir.path()).unwrap();
             assert!(matches!(State::open(dir.path()), Err(Error::Busy(_))));

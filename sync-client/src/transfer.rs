@@ -176,8 +176,13 @@ pub async fn download(
     tokio::task::spawn_blocking(move || install(tmp, &target, mtime_ns, executable, expected)).await?
 }
 
-/// Gives the temp file its mode and mtime, makes it durable, and renames
-/// it over `target` if `target` is still what the caller planned on.
+/// Gives the temp file its mode and mtime, makes it durable, and puts it
+/// at `target` if `target` is still what the caller planned on.
+///
+/// No check-then-rename window: the current file is first moved aside
+/// (atomically) and checked there; the new file is then linked into place
+/// only if nothing took the name meanwhile (a link never replaces). A file
+/// found changed is put back; the caller plans again.
 fn install(
     tmp: tempfile::NamedTempFile,
     target: &Path,
@@ -195,20 +200,66 @@ fn install(
     filetime::set_file_handle_times(file, None, Some(mtime))?;
     file.sync_all()?;
 
-    let now = match local::stat(target)? {
-        Kind::Missing => None,
-        Kind::File(m) => Some(m),
-        Kind::Dir | Kind::Other => return Err(Error::ChangedWhileReading),
-    };
-    if now != expected {
-        return Err(Error::ChangedWhileReading);
-    }
     let parent: PathBuf = target.parent().expect("a synced path has a parent").to_path_buf();
     fs::create_dir_all(&parent)?;
-    tmp.persist(target).map_err(|e| Error::Io(e.error))?;
+    let aside = match expected {
+        None => None,
+        Some(planned) => {
+            let aside = tmp.path().with_extension("aside");
+            match fs::rename(target, &aside) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::ChangedWhileReading),
+                Err(e) => return Err(e.into()),
+            }
+            if !matches!(local::stat(&aside)?, Kind::File(m) if m.same_as_moved(&planned)) {
+                put_back(&aside, target)?;
+                return Err(Error::ChangedWhileReading);
+            }
+            Some(aside)
+        }
+    };
+    match fs::hard_link(tmp.path(), target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Created meanwhile: it stays. What was moved aside is the
+            // version the plan saw, which the server has.
+            if let Some(aside) = aside {
+                fs::remove_file(aside)?;
+            }
+            return Err(Error::ChangedWhileReading);
+        }
+        Err(e) => {
+            if let Some(aside) = &aside {
+                put_back(aside, target)?;
+            }
+            return Err(e.into());
+        }
+    }
+    drop(tmp); // Removes the temp name; the file stays linked at `target`.
+    if let Some(aside) = aside {
+        fs::remove_file(aside)?;
+    }
     fs::File::open(&parent)?.sync_all()?;
     match local::stat(target)? {
         Kind::File(m) => Ok(m),
         _ => Err(Error::ChangedWhileReading),
     }
+}
+
+/// Returns a file moved aside to `target`, or, if something took that name
+/// meanwhile, next to it under a name that says so: never lost.
+pub(crate) fn put_back(aside: &Path, target: &Path) -> Result<()> {
+    match fs::hard_link(aside, target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let keep = target.with_file_name(format!("{name} (kept {})", std::process::id()));
+            tracing::warn!(path = %keep.display(), "a file changed while it was being replaced; kept beside it");
+            fs::rename(aside, keep)?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    fs::remove_file(aside)?;
+    Ok(())
 }
