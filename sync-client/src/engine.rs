@@ -166,7 +166,7 @@ impl Engine {
         let mut remote = self.remote.manifest().await?;
         let (root, ignore) = (self.root.clone(), self.ignore.clone());
         let local = tokio::task::spawn_blocking(move || local::scan(&root, &root, &ignore)).await??;
-        let bases = if self.bases_valid { self.state.all_bases()? } else { Default::default() };
+        let bases = if self.bases_valid { self.all_bases().await? } else { Default::default() };
         let paths: BTreeSet<RelPath> =
             local.keys().chain(bases.keys()).chain(remote.keys()).cloned().collect();
         let mut all =
@@ -223,7 +223,7 @@ impl Engine {
     pub async fn rescan(&mut self) -> Result<usize> {
         let (root, ignore) = (self.root.clone(), self.ignore.clone());
         let local = tokio::task::spawn_blocking(move || local::scan(&root, &root, &ignore)).await??;
-        let bases = self.state.all_bases()?;
+        let bases = self.all_bases().await?;
         let mut paths: BTreeSet<RelPath> = local.keys().chain(bases.keys()).cloned().collect();
         let retry = std::mem::take(&mut self.failed);
         paths.extend(retry.iter().cloned());
@@ -344,6 +344,12 @@ impl Engine {
     /// Publishes how many paths wait for a retry.
     pub fn update_pending(&self) {
         self.metrics.pending.set(self.failed.len() as i64);
+    }
+
+    /// Every base, read on a blocking thread (it is the whole table).
+    async fn all_bases(&self) -> Result<std::collections::HashMap<RelPath, Base>> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || state.all_bases()).await?
     }
 
     /// Whether this folder's ignore rules exclude `path`.

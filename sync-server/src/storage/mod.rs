@@ -20,7 +20,10 @@ mod schema;
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -98,6 +101,10 @@ struct Inner {
     db_path: PathBuf,
     blobs: BlobStore,
     writer: Mutex<Writer>,
+    /// The head as last committed, published for readers (status, metrics,
+    /// acknowledgements) that must not wait for the writer lock, which a
+    /// commit holds across its fsyncs. `Writer::head` is the authority.
+    head: AtomicU64,
     readers: Mutex<Vec<Connection>>,
     events: broadcast::Sender<Change>,
     history: Mutex<String>,
@@ -130,6 +137,7 @@ impl Store {
                 db_path,
                 blobs,
                 writer: Mutex::new(Writer { conn, head, commits_since_prune: 0 }),
+                head: AtomicU64::new(head),
                 readers: Mutex::new(Vec::new()),
                 events,
                 history: Mutex::new(history_id),
@@ -150,7 +158,7 @@ impl Store {
 
     /// The sequence number of the last committed change.
     pub fn head(&self) -> u64 {
-        self.writer().head
+        self.inner.head.load(Ordering::Acquire)
     }
 
     /// The lowest sequence number from which on every change is in the log:
@@ -336,6 +344,7 @@ impl Store {
             set_meta(&tx, "head_floor", &head.to_string())?;
             tx.commit()?;
             w.head = head;
+            self.inner.head.store(head, Ordering::Release);
         }
         self.sweep_orphan_blobs()
     }
@@ -507,6 +516,7 @@ impl Store {
         previous: Option<Entry>,
     ) -> Result<Change> {
         w.head = entry.version;
+        self.inner.head.store(entry.version, Ordering::Release);
         let change = Change { seq: entry.version, namespace: ns.to_owned(), entry };
         // No receiver is fine: nobody is subscribed.
         let _ = self.inner.events.send(change.clone());
