@@ -9,6 +9,7 @@
 //! - [`cli`]: options from a TOML config file, under flags and environment.
 //! - [`entry`]: [`Entry`], one path's state in a manifest, and its conversion
 //!   from and to the wire type.
+//! - [`lock`]: [`Lock`], a lock on one path, and its wire conversion.
 //! - [`limits`]: sizes and limits both sides agree on.
 //! - [`metrics`]: the Prometheus endpoint both programs serve.
 
@@ -16,10 +17,12 @@ pub mod cli;
 pub mod entry;
 pub mod hash;
 pub mod limits;
+pub mod lock;
 pub mod metrics;
 pub mod path;
 pub mod pb;
 
 pub use entry::{Content, Entry, EntryError};
 pub use hash::{ContentHash, HashError};
+pub use lock::Lock;
 pub use path::{PathError, RelPath};

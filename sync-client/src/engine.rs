@@ -15,18 +15,19 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use syncstore::{Entry, RelPath, pb};
+use syncstore::{Entry, Lock, RelPath, pb};
 use tonic::Code;
 
 use crate::{
     error::{Error, Result},
     local::{self, IGNORE_FILE, Ignore, LocalView, Meta},
+    locks::{self, Locks},
     metrics::ClientMetrics,
     plan::{self, Action, Base, Local},
     progress::Progress,
     remote::Remote,
     state::State,
-    transfer,
+    transfer::{self, UploadBase},
 };
 
 /// Times one path is planned again after a race (a version conflict, or a
@@ -98,15 +99,19 @@ pub struct Engine {
     acting: bool,
     /// Whether the stored bases belong to the server's current history.
     bases_valid: bool,
+    /// The server's live locks.
+    locks: Locks,
     metrics: ClientMetrics,
 }
 
 impl Engine {
     pub fn new(root: PathBuf, state: State, remote: Remote, host: String) -> Self {
         let ignore = Ignore::load(&root);
+        let locks = Locks::new(remote.client_id().to_owned());
         Self {
             root,
             state,
+            locks,
             remote,
             ignore,
             host,
@@ -163,6 +168,7 @@ impl Engine {
     /// time of the listing.
     pub async fn plan_all(&mut self) -> Result<PlanAll> {
         let info = self.check_history().await?;
+        self.load_locks().await?;
         let mut remote = self.remote.manifest().await?;
         let (root, ignore) = (self.root.clone(), self.ignore.clone());
         let local = tokio::task::spawn_blocking(move || local::scan(&root, &root, &ignore)).await??;
@@ -313,6 +319,17 @@ impl Engine {
                     self.note_failure(path, &e);
                 }
             }
+            Ok(Kind::Lock | Kind::Unlock) => {
+                let lock = Lock::try_from(
+                    event.lock.ok_or_else(|| Error::Protocol("lock event without its lock".into()))?,
+                )
+                .map_err(|e| Error::Protocol(format!("a lock event with a bad path: {e}")))?;
+                if event.kind == Kind::Lock as i32 {
+                    self.lock_granted(lock);
+                } else {
+                    self.lock_ended(&lock);
+                }
+            }
             _ => tracing::warn!(kind = event.kind, "ignoring an unknown change event"),
         }
         if event.seq > self.state.cursor()? {
@@ -441,6 +458,11 @@ impl Engine {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < MAX_ATTEMPTS && is_race(&e) => {
                     tracing::debug!(%path, error = %e, attempt, "lost a race; planning again");
+                    if e.is_locked() || e.is_stale_lock() {
+                        // Our view of the path's lock was out of date.
+                        let lock = self.remote.lock_on(&path).await?;
+                        self.locks.set(&path, lock);
+                    }
                     match self.plan(&path, RemoteView::Fetch).await? {
                         Some(p) if p.action != Action::Nothing => planned = p,
                         _ => return Ok(()),
@@ -462,10 +484,17 @@ impl Engine {
                 self.state.set_base(path, &base_of(*version, l))?;
             }
             Action::Forget => self.state.remove_base(path)?,
+            Action::Upload { .. } | Action::DeleteRemote { .. } if self.locks.by_other(path).is_some() => {
+                self.keep_out_of_locked(p).await?;
+            }
             Action::Upload { base_version } => {
                 let l = p.local.expect("Upload is planned for a local file");
-                let reuse = l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?;
-                let entry = transfer::upload(&self.remote, &self.root, path, l, *base_version, reuse).await?;
+                let base = UploadBase {
+                    version: *base_version,
+                    lock_token: self.locks.token(path),
+                    reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
+                };
+                let entry = transfer::upload(&self.remote, &self.root, path, l, base).await?;
                 self.state.set_base(path, &base_of(entry.version, l))?;
                 self.metrics.uploads.inc();
                 self.metrics.upload_bytes.inc_by(l.size);
@@ -474,6 +503,7 @@ impl Engine {
             Action::Download => {
                 let remote = p.remote.as_ref().expect("Download is planned for a server file");
                 self.download(remote, p.local.map(meta_of)).await?;
+                self.locks.protect(&self.root, path);
                 tracing::info!(%path, version = remote.version, why, "downloaded");
             }
             Action::DeleteLocal => {
@@ -485,7 +515,7 @@ impl Engine {
                 tracing::info!(%path, why, "deleted locally");
             }
             Action::DeleteRemote { base_version } => {
-                match self.remote.delete(path, *base_version).await {
+                match self.remote.delete(path, *base_version, self.locks.token(path)).await {
                     Ok(tomb) => {
                         self.metrics.remote_deletes.inc();
                         tracing::info!(%path, version = tomb.version, why, "deleted on the server");
@@ -502,11 +532,109 @@ impl Engine {
                 self.metrics.conflicts.inc();
                 tracing::warn!(%path, copy = %copy, "conflict: both sides changed; keeping the local version as a copy");
                 self.download(remote, None).await?;
+                self.locks.protect(&self.root, path);
                 // The copy is a new file: upload it like any other.
                 Box::pin(self.sync_path(&copy, RemoteView::Fetch)).await?;
             }
         }
         Ok(())
+    }
+
+    /// A local change (edit, new file, deletion) to a path someone else has
+    /// locked: the server would refuse it. An edit is kept as a conflict
+    /// copy (uploaded under that name) and the server's version is put
+    /// back, read-only; a deletion is undone the same way.
+    async fn keep_out_of_locked(&mut self, p: &Planned) -> Result<()> {
+        let path = &p.path;
+        let holder = self.locks.by_other(path).map(Lock::describe).unwrap_or_default();
+        let copy = match p.local {
+            Some(l) => {
+                let copy = self.conflict_copy(path, meta_of(l)).await?;
+                if let Err(e) = locks::set_writable(&copy.to_local(&self.root), true) {
+                    tracing::warn!(%copy, error = %e, "cannot make a conflict copy writable");
+                }
+                self.metrics.conflicts.inc();
+                tracing::warn!(%path, %copy, locked_by = %holder, "the file is locked by someone else: keeping the local edit as a copy");
+                Some(copy)
+            }
+            None => {
+                tracing::warn!(%path, locked_by = %holder, "the file is locked by someone else: restoring it");
+                None
+            }
+        };
+        match p.remote.as_ref().filter(|r| !r.is_deleted()) {
+            Some(remote) => {
+                self.download(remote, None).await?;
+                self.locks.protect(&self.root, path);
+            }
+            None => self.state.remove_base(path)?,
+        }
+        if let Some(copy) = copy {
+            Box::pin(self.sync_path(&copy, RemoteView::Fetch)).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the server's live locks, making files locked by others
+    /// read-only and giving back write permission where a lock went.
+    async fn load_locks(&mut self) -> Result<()> {
+        let listed = self.remote.list_locks("").await?;
+        let released = self.locks.replace_all(listed);
+        if !self.acting {
+            return Ok(());
+        }
+        for path in released {
+            self.locks.unprotect(&self.root, &path);
+        }
+        let others: Vec<RelPath> = self
+            .locks
+            .all()
+            .filter(|l| self.locks.by_other(&l.path).is_some())
+            .map(|l| l.path.clone())
+            .collect();
+        for path in others {
+            self.locks.protect(&self.root, &path);
+        }
+        Ok(())
+    }
+
+    fn lock_granted(&mut self, lock: Lock) {
+        let path = lock.path.clone();
+        if lock.client_id != self.remote.client_id() {
+            tracing::info!(%path, locked_by = %lock.describe(), "locked by someone else: read-only here");
+        }
+        self.locks.granted(lock);
+        self.locks.protect(&self.root, &path);
+    }
+
+    fn lock_ended(&mut self, lock: &Lock) {
+        if self.locks.ended(lock) {
+            tracing::info!(path = %lock.path, "unlocked");
+            self.locks.unprotect(&self.root, &lock.path);
+        }
+    }
+
+    /// The server's live locks as this client knows them.
+    pub fn locks(&self) -> &Locks {
+        &self.locks
+    }
+
+    /// Refreshes the locks this client holds before they expire (a crashed
+    /// client stops refreshing, so its locks expire by themselves).
+    pub async fn refresh_own_locks(&mut self) {
+        for lock in self.locks.due_for_refresh(syncstore::lock::now_ms()) {
+            let ttl = std::time::Duration::from_secs(lock.ttl_seconds.into());
+            match self.remote.refresh_lock(&lock.lock_id, ttl).await {
+                Ok(fresh) => self.locks.granted(fresh),
+                Err(e) if e.code() == Some(Code::NotFound) => {
+                    tracing::warn!(path = %lock.path, "our lock is gone (it expired or was broken)");
+                    self.locks.ended(&lock);
+                }
+                Err(e) => {
+                    tracing::debug!(path = %lock.path, error = %e, "could not refresh a lock; will retry")
+                }
+            }
+        }
     }
 
     async fn download(&self, remote: &Entry, expected: Option<Meta>) -> Result<()> {

@@ -37,6 +37,18 @@ impl Error {
         }
     }
 
+    /// Whether the server refused a write because someone else locked the
+    /// path.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Error::Rpc(s) if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_LOCKED))
+    }
+
+    /// Whether the server refused a write because the lock token it carried
+    /// is not the path's current lock (or the path's lock needs one).
+    pub fn is_stale_lock(&self) -> bool {
+        matches!(self, Error::Rpc(s) if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_STALE_LOCK))
+    }
+
     /// Whether the server could not be reached (retry once it is back).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Connect(_)) || self.code() == Some(Code::Unavailable)

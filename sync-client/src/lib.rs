@@ -5,6 +5,8 @@
 //! - [`engine`]: executes plans one path at a time; full syncs, rescans,
 //!   local and remote events all go through it.
 //! - [`local`]: the folder on disk: stat, hashing, scanning, ignore rules.
+//! - [`locks`]: the server's locks as the client knows them; read-only
+//!   files.
 //! - [`transfer`]: streaming uploads and verified, atomic downloads.
 //! - [`remote`]: the gRPC client of the server.
 //! - [`state`]: the client's SQLite state in `DIR/.syncstore/`.
@@ -17,6 +19,7 @@
 pub mod engine;
 pub mod error;
 pub mod local;
+pub mod locks;
 pub mod metrics;
 pub mod plan;
 pub mod progress;
@@ -27,7 +30,7 @@ pub mod watch;
 
 use std::{path::PathBuf, time::Duration};
 
-use syncstore::{Entry, pb};
+use syncstore::{Entry, Lock, RelPath, pb};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -40,6 +43,9 @@ pub use state::State;
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(300);
 /// Shortest accepted time between rescans.
 pub const MIN_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the client looks for locks of its own to refresh (each is
+/// refreshed once a third of its time-to-live has passed).
+const LOCK_REFRESH_CHECK: Duration = Duration::from_secs(1);
 /// How often paths that failed are retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// First and largest wait before reconnecting to the server.
@@ -147,13 +153,14 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut rescan = tokio::time::interval(config.rescan_interval.max(MIN_RESCAN_INTERVAL));
     rescan.tick().await; // The first tick is immediate; the sync just ran.
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
+    let mut lock_refresh = tokio::time::interval(LOCK_REFRESH_CHECK);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             Some(ev) = remote_rx.recv() => match ev {
                 Subscription::Event(event) => {
-                    if let Err(e) = engine.remote_event(event).await {
+                    if let Err(e) = engine.remote_event(*event).await {
                         tracing::warn!(error = %e, "could not apply a server change");
                     }
                 }
@@ -172,6 +179,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
             },
             _ = rescan.tick() => log_rescan(engine.rescan().await),
             _ = retry.tick(), if engine.has_failures() => engine.retry_failed().await,
+            _ = lock_refresh.tick(), if engine.locks().holds_any() => engine.refresh_own_locks().await,
         }
         engine.update_pending();
     }
@@ -192,7 +200,7 @@ fn log_rescan(r: Result<usize>) {
 /// What the subscription task tells the engine.
 #[derive(Debug)]
 enum Subscription {
-    Event(pb::ChangeEvent),
+    Event(Box<pb::ChangeEvent>),
     /// The subscription came back after a break: local changes made while
     /// the server was away are waiting.
     Reconnected,
@@ -228,7 +236,7 @@ async fn subscribe(
             }
             connected_before = true;
             while let Some(event) = stream.message().await? {
-                if tx.send(Subscription::Event(event)).await.is_err() {
+                if tx.send(Subscription::Event(Box::new(event))).await.is_err() {
                     return Ok(());
                 }
             }
@@ -294,8 +302,9 @@ pub struct Difference {
     /// `unreadable` / `being-written`.
     pub state: &'static str,
     /// What syncing would do about it, in the three-way terms: `changed
-    /// here`, `deleted on the server`, ...
-    pub detail: &'static str,
+    /// here`, `deleted on the server`, ...; for `locked`, who holds the
+    /// lock and until when.
+    pub detail: String,
 }
 
 impl Difference {
@@ -314,12 +323,15 @@ impl Difference {
             (Some(_), Some(_), _) => "differs",
             (None, None, _) => return None,
         };
-        Some(Self { path: p.path.to_string(), state, detail: p.action.describe() })
+        Some(Self { path: p.path.to_string(), state, detail: p.action.describe().to_owned() })
     }
 }
 
-/// What differs between the folder and the server, changing nothing. It
-/// can run beside a `watch` of the same folder.
+/// The `state` of a `status` row that shows a lock (not a difference).
+pub const LOCKED: &str = "locked";
+
+/// What differs between the folder and the server, and the live locks,
+/// changing nothing. It can run beside a `watch` of the same folder.
 pub async fn status(config: Config) -> Result<Vec<Difference>> {
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open_shared(&root)?;
@@ -332,7 +344,13 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
             Error::ChangedWhileReading => "being-written",
             _ => "unreadable",
         };
-        Difference { path: path.to_string(), state, detail: "retried later" }
+        Difference { path: path.to_string(), state, detail: "retried later".into() }
+    }));
+    // Locks are shown whoever holds them; they are not differences.
+    out.extend(engine.locks().all().map(|l| Difference {
+        path: l.path.to_string(),
+        state: LOCKED,
+        detail: format!("locked by {}", l.describe()),
     }));
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
@@ -392,4 +410,76 @@ pub async fn list(servers: &[String]) -> Result<Vec<Entry>> {
         remote.manifest().await?.into_values().filter(|e| !e.is_deleted()).collect();
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(entries)
+}
+
+/// The folder path `arg` names: relative to the synced folder, or an
+/// absolute (or current-folder-relative, if it exists) path inside it.
+fn folder_path(root: &std::path::Path, arg: &str) -> Result<RelPath> {
+    let given = std::path::Path::new(arg);
+    let candidate = if given.is_absolute() {
+        Some(given.to_path_buf())
+    } else {
+        std::env::current_dir().ok().map(|d| d.join(given))
+    };
+    if let Some(full) = candidate.filter(|p| given.is_absolute() || p.exists()) {
+        // Resolve the folder part (the file itself need not exist).
+        let parent = full.parent().map(std::fs::canonicalize).transpose()?;
+        if let (Some(parent), Some(name)) = (parent, full.file_name())
+            && let Ok(p) = RelPath::from_local(root, &parent.join(name))
+        {
+            return Ok(p);
+        }
+        if given.is_absolute() {
+            return Err(Error::Config(format!("{arg} is not inside the synced folder {}", root.display())));
+        }
+    }
+    RelPath::new(arg.trim_end_matches('/')).map_err(|e| Error::Config(format!("{arg}: {e}")))
+}
+
+/// Opens the folder's state beside a possibly running `watch`, for a
+/// one-off call as this folder's client.
+fn one_off(config: &Config) -> Result<(std::path::PathBuf, Remote)> {
+    let root = std::fs::canonicalize(&config.dir)?;
+    let state = State::open_shared(&root)?;
+    let remote = Remote::new(&config.servers, state.client_id()?)?;
+    Ok((root, remote))
+}
+
+/// Locks `path` for this folder's client, for `ttl` (a running `watch` of
+/// the folder keeps refreshing it until `unlock`).
+pub async fn lock(config: Config, path: &str, ttl: Duration, note: &str) -> Result<Lock> {
+    let (root, remote) = one_off(&config)?;
+    let path = folder_path(&root, path)?;
+    remote.info().await?;
+    remote.lock(&path, ttl, note, &holder_name()).await
+}
+
+/// Releases the lock on `path`; with `force`, even someone else's (an
+/// administrator breaking it; the server records who).
+pub async fn unlock(config: Config, path: &str, force: bool) -> Result<Lock> {
+    let (root, remote) = one_off(&config)?;
+    let path = folder_path(&root, path)?;
+    remote.info().await?;
+    let lock = remote.lock_on(&path).await?.ok_or_else(|| Error::Config(format!("{path} is not locked")))?;
+    if lock.client_id != remote.client_id() && !force {
+        return Err(Error::Config(format!(
+            "{path} is locked by {}, not by this folder's client; `unlock --force` breaks it",
+            lock.describe()
+        )));
+    }
+    remote.unlock(&lock.lock_id, force).await
+}
+
+/// The server's live locks, in path order.
+pub async fn locks(servers: &[String]) -> Result<Vec<Lock>> {
+    let remote = Remote::new(servers, String::new())?;
+    remote.info().await?;
+    remote.list_locks("").await
+}
+
+/// "user@host", the readable name locks are taken under.
+fn holder_name() -> String {
+    let user =
+        std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "someone".into());
+    format!("{user}@{}", host_name())
 }

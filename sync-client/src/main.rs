@@ -65,6 +65,30 @@ enum Command {
     },
     /// List the server's files.
     Ls,
+    /// Lock a file so that nobody else's change to it reaches the server
+    /// until `unlock` (or the lock expires; a running `watch` of this folder
+    /// keeps refreshing it). The file need not exist yet.
+    Lock {
+        /// The file, relative to --dir (or a path inside it).
+        path: String,
+        /// How long the lock lasts unless refreshed, e.g. 10m, 2h.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Why, for the others to read.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Release a lock this folder's client holds.
+    Unlock {
+        /// The file, relative to --dir (or a path inside it).
+        path: String,
+        /// Break someone else's lock (an administrator's action; the server
+        /// records who broke it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the server's live locks.
+    Locks,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +119,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         for e in sync_client::list(&args.servers).await? {
             let size = e.content.map_or(0, |c| c.size);
             println!("{:>8} {:>12} {}", e.version, size, e.path);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Locks = command {
+        for l in sync_client::locks(&args.servers).await? {
+            let note = if l.note.is_empty() { String::new() } else { format!("  ({})", l.note) };
+            println!("{}  locked by {}{note}", l.path, l.describe());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -162,8 +193,26 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     println!("{:<13} {}  ({})", d.state, d.path, d.detail);
                 }
             }
-            Ok(if diffs.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            // A lock is shown but is no difference.
+            let in_sync = diffs.iter().all(|d| d.state == sync_client::LOCKED);
+            Ok(if in_sync { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Ls => unreachable!("handled above"),
+        Command::Lock { path, ttl, note } => {
+            let l = sync_client::lock(config, &path, ttl, &note).await?;
+            println!(
+                "locked {} until {} (lock {}, token {})",
+                l.path,
+                syncstore::lock::format_ms(l.expires_ms),
+                l.lock_id,
+                l.token
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unlock { path, force } => {
+            let l = sync_client::unlock(config, &path, force).await?;
+            println!("unlocked {}", l.path);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ls | Command::Locks => unreachable!("handled above"),
     }
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use syncstore::{
-    Entry, RelPath,
+    Entry, Lock, RelPath,
     limits::MAX_MESSAGE,
     pb::{self, file_sync_client::FileSyncClient},
 };
@@ -140,17 +140,60 @@ impl Remote {
         Ok(out)
     }
 
-    pub async fn delete(&self, path: &RelPath, base_version: u64) -> Result<Entry> {
+    /// Deletes `path` at `base_version`, carrying the token of the lock this
+    /// client holds on it (0 for none).
+    pub async fn delete(&self, path: &RelPath, base_version: u64, lock_token: u64) -> Result<Entry> {
         let resp = self
             .raw()
             .delete(pb::DeleteRequest {
                 path: path.to_string(),
                 base_version,
                 client_id: self.client_id.clone(),
+                lock_token,
             })
             .await?
             .into_inner();
         Ok(Entry::try_from(resp.entry.ok_or_else(|| Error::Protocol("delete without entry".into()))?)?)
+    }
+
+    /// Locks `path` for this client (or refreshes its own lock on it).
+    pub async fn lock(&self, path: &RelPath, ttl: Duration, note: &str, holder: &str) -> Result<Lock> {
+        let lock = self
+            .raw()
+            .lock(pb::LockRequest {
+                path: path.to_string(),
+                ttl_seconds: ttl_seconds(ttl)?,
+                note: note.to_owned(),
+                client_id: self.client_id.clone(),
+                holder: holder.to_owned(),
+            })
+            .await?
+            .into_inner();
+        lock_of(lock)
+    }
+
+    /// Pushes the expiry of lock `lock_id` to now + `ttl`.
+    pub async fn refresh_lock(&self, lock_id: &str, ttl: Duration) -> Result<Lock> {
+        let req = pb::RefreshLockRequest { lock_id: lock_id.to_owned(), ttl_seconds: ttl_seconds(ttl)? };
+        lock_of(self.raw().refresh_lock(req).await?.into_inner())
+    }
+
+    /// Releases lock `lock_id`; with `force`, even someone else's.
+    pub async fn unlock(&self, lock_id: &str, force: bool) -> Result<Lock> {
+        let req = pb::UnlockRequest { lock_id: lock_id.to_owned(), client_id: self.client_id.clone(), force };
+        let resp = self.raw().unlock(req).await?.into_inner();
+        lock_of(resp.lock.ok_or_else(|| Error::Protocol("unlock without its lock".into()))?)
+    }
+
+    /// The live locks on `prefix` or below ("" for all), in path order.
+    pub async fn list_locks(&self, prefix: &str) -> Result<Vec<Lock>> {
+        let resp = self.raw().list_locks(pb::ListLocksRequest { prefix: prefix.to_owned() }).await?;
+        resp.into_inner().locks.into_iter().map(lock_of).collect()
+    }
+
+    /// The live lock on exactly `path`, if any.
+    pub async fn lock_on(&self, path: &RelPath) -> Result<Option<Lock>> {
+        Ok(self.list_locks(path.as_str()).await?.into_iter().find(|l| l.path == *path))
     }
 
     pub async fn subscribe(&self, after_seq: u64) -> Result<tonic::Streaming<pb::ChangeEvent>> {
@@ -160,4 +203,13 @@ impl Remote {
             .await?
             .into_inner())
     }
+}
+
+fn lock_of(l: pb::Lock) -> Result<Lock> {
+    Lock::try_from(l).map_err(|e| Error::Protocol(format!("a lock with a bad path: {e}")))
+}
+
+fn ttl_seconds(ttl: Duration) -> Result<u32> {
+    u32::try_from(ttl.as_secs().max(1))
+        .map_err(|_| Error::Config(format!("a lock time of {ttl:?} is too long")))
 }

@@ -28,17 +28,27 @@ use crate::{
 /// Chunks read ahead of the network.
 const PIPELINE: usize = 4;
 
-/// Uploads `path` as `expected` (what it hashed to), based on
-/// `base_version`. With `reuse` the server is first asked to reuse content
-/// it already holds under that hash (a rename or copy), without sending it.
+/// What an upload is based on.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadBase {
+    /// The version the change is based on (0 for a new file).
+    pub version: u64,
+    /// The token of this client's lock on the path (0 for none).
+    pub lock_token: u64,
+    /// First ask the server to reuse content it already holds under the
+    /// file's hash (a rename or copy), without sending it.
+    pub reuse: bool,
+}
+
+/// Uploads `path` as `expected` (what it hashed to), based on `base`.
 pub async fn upload(
     remote: &Remote,
     root: &Path,
     path: &RelPath,
     expected: Local,
-    base_version: u64,
-    reuse: bool,
+    base: UploadBase,
 ) -> Result<Entry> {
+    let UploadBase { version: base_version, lock_token, reuse } = base;
     let header = pb::UploadRequest {
         msg: Some(upload_request::Msg::Header(pb::UploadHeader {
             path: path.to_string(),
@@ -48,13 +58,16 @@ pub async fn upload(
             executable: expected.executable,
             base_version,
             client_id: remote.client_id().to_owned(),
+            lock_token,
         })),
     };
     if reuse && expected.size > 0 {
         let only_header = tokio_stream::iter([header.clone()]);
         match remote.raw().upload(only_header).await {
             Ok(resp) => return entry_of(resp.into_inner().entry),
-            Err(s) if s.code() == Code::FailedPrecondition => {} // Not there: send it.
+            // Not there: send it. (A lock refusal is not that.)
+            Err(s) if s.code() == Code::FailedPrecondition && syncstore::lock::error_reason(&s).is_none() => {
+            }
             Err(s) => return Err(s.into()),
         }
     }

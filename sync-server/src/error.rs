@@ -3,6 +3,11 @@
 use syncstore::{EntryError, HashError, PathError};
 use tonic::{Code, Status};
 
+/// The metadata key of a FAILED_PRECONDITION that says which one it is.
+pub const REASON_KEY: &str = syncstore::lock::ERROR_REASON_KEY;
+const REASON_LOCKED: &str = syncstore::lock::REASON_LOCKED;
+const REASON_STALE_LOCK: &str = syncstore::lock::REASON_STALE_LOCK;
+
 /// Result alias for the server library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -22,6 +27,12 @@ pub enum Error {
     /// The request cannot be served in the server's current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The path is locked by someone else.
+    #[error("{0}")]
+    Locked(String),
+    /// The write carries a lock token that is not the path's current lock.
+    #[error("{0}")]
+    StaleLock(String),
     /// Too big, or the disk is full.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -78,6 +89,12 @@ impl From<Error> for Status {
             Error::NotFound(_) => Code::NotFound,
             Error::VersionConflict { .. } => Code::Aborted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Locked(_) | Error::StaleLock(_) => {
+                let reason = if matches!(e, Error::Locked(_)) { REASON_LOCKED } else { REASON_STALE_LOCK };
+                let mut status = Status::failed_precondition(e.to_string());
+                status.metadata_mut().insert(REASON_KEY, tonic::metadata::MetadataValue::from_static(reason));
+                return status;
+            }
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Io(io) if is_disk_full(io) => {

@@ -22,7 +22,7 @@ pub(crate) enum Item {
     Reset {
         head: u64,
     },
-    Change(Change),
+    Change(Box<Change>),
 }
 
 /// Feeds `on` every change after `cursor` (of namespace `ns`, or of all
@@ -64,7 +64,7 @@ where
             let done = page.len() < PAGE_SIZE;
             for change in page {
                 cursor = change.seq;
-                if !on(Item::Change(change)).await {
+                if !on(Item::Change(Box::new(change))).await {
                     return Ok(());
                 }
             }
@@ -85,7 +85,7 @@ where
                     // changes only when it sees one of its own.
                     if wanted {
                         cursor = change.seq;
-                        if !on(Item::Change(change)).await {
+                        if !on(Item::Change(Box::new(change))).await {
                             return Ok(());
                         }
                     }

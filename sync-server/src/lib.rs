@@ -188,6 +188,36 @@ impl MetricsServer {
     }
 }
 
+/// How often a primary looks for locks past their expiry. An expired lock
+/// stops counting at once; this only bounds how late its unlock change
+/// reaches subscribers.
+const LOCK_SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Ends expired locks with an unlock change, while this server takes writes.
+async fn expire_locks(store: Store, gate: WriteGate, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(LOCK_SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if gate.check().is_err() {
+            continue; // A replica: its primary's unlock changes arrive.
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.expire_locks(syncstore::lock::now_ms())).await {
+            Ok(Ok(ended)) => {
+                for c in ended {
+                    tracing::info!(path = %c.path(), seq = c.seq, "lock expired");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not expire locks"),
+            Err(e) => tracing::warn!(error = %e, "could not expire locks"),
+        }
+    }
+}
+
 async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
     let Server { config, store, metrics, replication } = server;
     let addr = listener.local_addr()?;
@@ -207,6 +237,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             shutdown.clone(),
         ));
     }
+    tasks.spawn(expire_locks(store.clone(), gate.clone(), shutdown.clone()));
     let file_sync = FileSyncService::new(
         store.clone(),
         config.role.as_str(),

@@ -17,7 +17,7 @@ use crate::{
     error::{Error, Result},
     feed::{self, Item},
     replication::{WriteGate, primary::ReplicationHandle},
-    storage::{Change, DEFAULT_NAMESPACE, PAGE_SIZE, Put, Store},
+    storage::{Change, DEFAULT_NAMESPACE, Delete, LockRequest, PAGE_SIZE, Put, Store},
 };
 
 /// Messages buffered per server stream before the producer waits.
@@ -98,12 +98,18 @@ impl FileSyncService {
             content: Content { hash, size, mtime_ns: header.mtime_ns, executable: header.executable },
             base_version: header.base_version,
             client_id: header.client_id,
+            lock_token: header.lock_token,
         };
 
-        // Refuse a stale base before receiving any content; the commit checks
-        // again under the writer lock.
-        let p = path.clone();
-        let current = self.blocking(move |s| s.stat(DEFAULT_NAMESPACE, &p)).await?;
+        // Refuse a stale base or a locked path before receiving any content;
+        // the commit checks again under the writer lock.
+        let (p, client, token) = (path.clone(), put.client_id.clone(), put.lock_token);
+        let current = self
+            .blocking(move |s| {
+                s.check_lock(DEFAULT_NAMESPACE, &p, &client, token)?;
+                s.stat(DEFAULT_NAMESPACE, &p)
+            })
+            .await?;
         Store::check_base(&path, current.as_ref(), put.base_version)?;
 
         // Receive into a temp file on a blocking thread, pipelined with the
@@ -175,11 +181,11 @@ impl FileSync for FileSyncService {
         let result = self.receive_upload(request.into_inner()).await.inspect_err(|e| {
             tracing::info!(error = %e, "upload refused");
         });
-        let change = self.counted(result.map_err(Status::from))?;
+        let entry = self.counted(result.map_err(Status::from))?.into_entry();
         self.metrics.uploads.inc();
-        self.metrics.upload_bytes.inc_by(change.entry.content.map_or(0, |c| c.size));
-        tracing::info!(path = %change.entry.path, seq = change.seq, client = %change.entry.client_id, "stored");
-        Ok(Response::new(pb::UploadResponse { entry: Some(change.entry.into()) }))
+        self.metrics.upload_bytes.inc_by(entry.content.map_or(0, |c| c.size));
+        tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "stored");
+        Ok(Response::new(pb::UploadResponse { entry: Some(entry.into()) }))
     }
 
     type DownloadStream = ServerStream<pb::DownloadResponse>;
@@ -232,19 +238,24 @@ impl FileSync for FileSyncService {
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
-            let path = RelPath::new(req.path)?;
+            let del = Delete {
+                path: RelPath::new(req.path)?,
+                base_version: req.base_version,
+                client_id: req.client_id,
+                lock_token: req.lock_token,
+            };
             let change = self
-                .blocking(move |s| s.commit_delete(DEFAULT_NAMESPACE, path, req.base_version, req.client_id))
+                .blocking(move |s| s.commit_delete(DEFAULT_NAMESPACE, del))
                 .await
                 .inspect_err(|e| tracing::info!(error = %e, "delete refused"))?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
         .await;
-        let change = self.counted(result.map_err(Status::from))?;
+        let entry = self.counted(result.map_err(Status::from))?.into_entry();
         self.metrics.deletes.inc();
-        tracing::info!(path = %change.entry.path, seq = change.seq, client = %change.entry.client_id, "deleted");
-        Ok(Response::new(pb::DeleteResponse { entry: Some(change.entry.into()) }))
+        tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "deleted");
+        Ok(Response::new(pb::DeleteResponse { entry: Some(entry.into()) }))
     }
 
     type ListStream = ServerStream<pb::FileEntry>;
@@ -353,27 +364,91 @@ impl FileSync for FileSyncService {
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
         }))
     }
+
+    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path, client = %request.get_ref().client_id))]
+    async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::Lock>, Status> {
+        let req = request.into_inner();
+        let result = async {
+            self.gate.check()?;
+            let req = LockRequest {
+                path: RelPath::new(req.path)?,
+                ttl_seconds: req.ttl_seconds,
+                note: req.note,
+                client_id: req.client_id,
+                holder: req.holder,
+            };
+            let change = self.blocking(move |s| s.lock(DEFAULT_NAMESPACE, req)).await?;
+            self.replicated(change.seq).await?;
+            Ok::<_, Error>(change)
+        }
+        .await
+        .inspect_err(|e| tracing::info!(error = %e, "lock refused"));
+        let change = self.counted(result.map_err(Status::from))?;
+        let lock = change.to_event().lock.expect("a lock change");
+        tracing::info!(lock_id = %lock.lock_id, token = lock.token, expires = %syncstore::lock::format_ms(lock.expires_ms), "locked");
+        Ok(Response::new(lock))
+    }
+
+    #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id))]
+    async fn refresh_lock(
+        &self,
+        request: Request<pb::RefreshLockRequest>,
+    ) -> Result<Response<pb::Lock>, Status> {
+        let req = request.into_inner();
+        let result = async {
+            self.gate.check()?;
+            let change = self
+                .blocking(move |s| s.refresh_lock(DEFAULT_NAMESPACE, &req.lock_id, req.ttl_seconds))
+                .await?;
+            self.replicated(change.seq).await?;
+            Ok::<_, Error>(change)
+        }
+        .await;
+        let change = self.counted(result.map_err(Status::from))?;
+        Ok(Response::new(change.to_event().lock.expect("a lock change")))
+    }
+
+    #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id, client = %request.get_ref().client_id))]
+    async fn unlock(
+        &self,
+        request: Request<pb::UnlockRequest>,
+    ) -> Result<Response<pb::UnlockResponse>, Status> {
+        let req = request.into_inner();
+        let result = async {
+            self.gate.check()?;
+            let change = self
+                .blocking(move |s| s.unlock(DEFAULT_NAMESPACE, &req.lock_id, &req.client_id, req.force))
+                .await?;
+            self.replicated(change.seq).await?;
+            Ok::<_, Error>(change)
+        }
+        .await
+        .inspect_err(|e| tracing::info!(error = %e, "unlock refused"));
+        let change = self.counted(result.map_err(Status::from))?;
+        let lock = change.to_event().lock.expect("a lock change");
+        tracing::info!(path = %lock.path, ended = ?lock.ended(), "unlocked");
+        Ok(Response::new(pb::UnlockResponse { lock: Some(lock) }))
+    }
+
+    async fn list_locks(
+        &self,
+        request: Request<pb::ListLocksRequest>,
+    ) -> Result<Response<pb::ListLocksResponse>, Status> {
+        let prefix = request.into_inner().prefix.trim_end_matches('/').to_owned();
+        if !prefix.is_empty() {
+            RelPath::new(prefix.as_str()).map_err(Error::from)?;
+        }
+        let locks = self.blocking(move |s| s.list_locks(DEFAULT_NAMESPACE, &prefix)).await?;
+        Ok(Response::new(pb::ListLocksResponse { locks: locks.into_iter().map(Into::into).collect() }))
+    }
 }
 
 fn event(item: Item) -> pb::ChangeEvent {
-    let change = match item {
+    match item {
         Item::Reset { head } => {
-            return pb::ChangeEvent {
-                seq: head,
-                kind: pb::change_event::Kind::Reset.into(),
-                entry: None,
-                client_id: String::new(),
-            };
+            pb::ChangeEvent { seq: head, kind: pb::change_event::Kind::Reset.into(), ..Default::default() }
         }
-        Item::Change(change) => change,
-    };
-    let kind =
-        if change.entry.is_deleted() { pb::change_event::Kind::Delete } else { pb::change_event::Kind::Put };
-    pb::ChangeEvent {
-        seq: change.seq,
-        kind: kind.into(),
-        client_id: change.entry.client_id.clone(),
-        entry: Some(change.entry.into()),
+        Item::Change(change) => change.to_event(),
     }
 }
 

@@ -28,11 +28,22 @@ async fn versions_are_sequence_numbers_and_stale_bases_are_refused() {
     assert_eq!(download(&mut rpc, "a.txt").await.unwrap(), b"two");
 
     // Delete needs the current version too, and leaves a tombstone.
-    let err =
-        rpc.delete(pb::DeleteRequest { path: "a.txt".into(), base_version: 1, client_id: "t".into() }).await;
+    let err = rpc
+        .delete(pb::DeleteRequest {
+            path: "a.txt".into(),
+            base_version: 1,
+            client_id: "t".into(),
+            lock_token: 0,
+        })
+        .await;
     assert_eq!(err.unwrap_err().code(), Code::Aborted);
     let tomb = rpc
-        .delete(pb::DeleteRequest { path: "a.txt".into(), base_version: 3, client_id: "t".into() })
+        .delete(pb::DeleteRequest {
+            path: "a.txt".into(),
+            base_version: 3,
+            client_id: "t".into(),
+            lock_token: 0,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -43,17 +54,28 @@ async fn versions_are_sequence_numbers_and_stale_bases_are_refused() {
     let stat = rpc.stat(pb::StatRequest { path: "a.txt".into() }).await.unwrap().into_inner();
     assert!(stat.deleted);
     assert_eq!(download(&mut rpc, "a.txt").await.unwrap_err().code(), Code::NotFound);
-    let err =
-        rpc.delete(pb::DeleteRequest { path: "a.txt".into(), base_version: 4, client_id: "t".into() }).await;
+    let err = rpc
+        .delete(pb::DeleteRequest {
+            path: "a.txt".into(),
+            base_version: 4,
+            client_id: "t".into(),
+            lock_token: 0,
+        })
+        .await;
     assert_eq!(err.unwrap_err().code(), Code::NotFound);
 
     // Re-creating over a tombstone is a create (base 0).
     assert_eq!(upload(&mut rpc, "a.txt", b"again", 0).await.unwrap().version, 5);
 
     // List hides tombstones unless asked, and filters by folder prefix.
-    rpc.delete(pb::DeleteRequest { path: "dir/b.txt".into(), base_version: 2, client_id: "t".into() })
-        .await
-        .unwrap();
+    rpc.delete(pb::DeleteRequest {
+        path: "dir/b.txt".into(),
+        base_version: 2,
+        client_id: "t".into(),
+        lock_token: 0,
+    })
+    .await
+    .unwrap();
     upload(&mut rpc, "dir2/c.txt", b"c", 0).await.unwrap();
     let list = |prefix: &str, include_deleted: bool| {
         let mut rpc = rpc.clone();
@@ -140,9 +162,14 @@ async fn identical_content_is_stored_once_and_reused_without_resending() {
         versions.push(rpc.stat(pb::StatRequest { path: p.into() }).await.unwrap().into_inner().version);
     }
     for (p, v) in ["one.bin", "two.bin"].iter().zip(&versions) {
-        rpc.delete(pb::DeleteRequest { path: (*p).into(), base_version: *v, client_id: "t".into() })
-            .await
-            .unwrap();
+        rpc.delete(pb::DeleteRequest {
+            path: (*p).into(),
+            base_version: *v,
+            client_id: "t".into(),
+            lock_token: 0,
+        })
+        .await
+        .unwrap();
     }
     assert_eq!(count_files(&server.data_dir().join("blobs")), 1);
     upload(&mut rpc, "three.bin", b"other", versions[2]).await.unwrap();
@@ -247,9 +274,14 @@ async fn subscribe_replays_then_follows_live_without_gap_or_duplicate() {
         assert_eq!(ev.client_id, "test");
     }
     writer.await.unwrap();
-    rpc.delete(pb::DeleteRequest { path: "1.txt".into(), base_version: 1, client_id: "deleter".into() })
-        .await
-        .unwrap();
+    rpc.delete(pb::DeleteRequest {
+        path: "1.txt".into(),
+        base_version: 1,
+        client_id: "deleter".into(),
+        lock_token: 0,
+    })
+    .await
+    .unwrap();
     let ev = next_event(&mut sub).await;
     assert_eq!((ev.seq, ev.kind(), ev.client_id.as_str()), (41, Kind::Delete, "deleter"));
     assert!(ev.entry.unwrap().deleted);

@@ -220,6 +220,7 @@ pub fn upload_header(path: &str, data: &[u8], base_version: u64) -> pb::UploadRe
             executable: false,
             base_version,
             client_id: "test".into(),
+            lock_token: 0,
         })),
     }
 }

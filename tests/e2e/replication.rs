@@ -79,6 +79,7 @@ async fn a_replica_refuses_writes_and_serves_reads() {
             path: "shared/readme.txt".into(),
             base_version: 1,
             client_id: "t".into(),
+            lock_token: 0,
         })
         .await
         .unwrap_err();
@@ -159,9 +160,14 @@ async fn a_replica_behind_the_kept_log_gets_a_full_resync() {
     for i in 0..5u64 {
         upload(&mut p, &format!("old/{i}"), b"edited", i + 1).await.unwrap();
     }
-    p.delete(pb::DeleteRequest { path: "old/0".into(), base_version: 6, client_id: "t".into() })
-        .await
-        .unwrap();
+    p.delete(pb::DeleteRequest {
+        path: "old/0".into(),
+        base_version: 6,
+        client_id: "t".into(),
+        lock_token: 0,
+    })
+    .await
+    .unwrap();
     for i in 0..50 {
         upload(&mut p, &format!("new/{i}"), &random_bytes(1000, i), 0).await.unwrap();
     }

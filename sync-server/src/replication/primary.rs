@@ -25,7 +25,7 @@ use super::{Mode, OnTimeout, ReplicaConfig, WriteGate};
 use crate::{
     error::{Error, Result},
     feed::{self, Item},
-    storage::{Change, PAGE_SIZE, Store},
+    storage::{Change, PAGE_SIZE, Store, What},
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -266,7 +266,7 @@ async fn stream_once(
             let (tx, store, failed, window) = (tx.clone(), store.clone(), failed.clone(), window.clone());
             async move {
                 let sent = match item {
-                    Item::Change(change) => send_change(&store, &tx, &window, change).await,
+                    Item::Change(change) => send_change(&store, &tx, &window, *change).await,
                     Item::Reset { head } => send_snapshot(&store, &tx, &window, head).await,
                 };
                 match sent {
@@ -317,7 +317,28 @@ impl Window {
 /// content right after it.
 async fn send_change(store: &Store, tx: &Sender, window: &Window, change: Change) -> Result<()> {
     window.take().await?;
-    let Change { seq, namespace, entry } = change;
+    let kind = change.to_event().kind;
+    let Change { seq, namespace, what } = change;
+    let entry = match what {
+        What::File(entry) => entry,
+        What::Lock(lock) => {
+            let header = pb::ReplicatedChange {
+                seq,
+                namespace,
+                entry: None,
+                content_follows: false,
+                kind,
+                lock: Some(lock.into()),
+            };
+            return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
+        }
+        What::Unlock { lock, ended, by } => {
+            let lock = Some(crate::storage::ended_to_pb(&lock, ended, &by));
+            let header =
+                pb::ReplicatedChange { seq, namespace, entry: None, content_follows: false, kind, lock };
+            return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
+        }
+    };
     let file = match entry.content {
         Some(c) => match store.open_blob(&c.hash) {
             Ok(f) => Some((f, c.size)),
@@ -327,8 +348,14 @@ async fn send_change(store: &Store, tx: &Sender, window: &Window, change: Change
         },
         None => None,
     };
-    let header =
-        pb::ReplicatedChange { seq, namespace, entry: Some(entry.into()), content_follows: file.is_some() };
+    let header = pb::ReplicatedChange {
+        seq,
+        namespace,
+        entry: Some(entry.into()),
+        content_follows: file.is_some(),
+        kind,
+        lock: None,
+    };
     tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed())?;
     if let Some((file, size)) = file {
         let tx = tx.clone();
@@ -349,7 +376,8 @@ fn send_content(mut file: std::fs::File, size: u64, tx: &Sender) -> Result<()> {
 }
 
 /// Sends the whole manifest (all namespaces, tombstones included) with the
-/// content of every live file: the replica is behind the kept log.
+/// content of every live file, then the locks: the replica is behind the
+/// kept log.
 async fn send_snapshot(store: &Store, tx: &Sender, window: &Window, head: u64) -> Result<()> {
     tracing::warn!(head, "the replica is behind the kept change log: sending a full snapshot");
     tx.send(msg(replicate_request::Msg::SnapshotStart(pb::SnapshotStart { head_seq: head })))
@@ -365,11 +393,17 @@ async fn send_snapshot(store: &Store, tx: &Sender, window: &Window, head: u64) -
         let done = page.len() < PAGE_SIZE;
         after = page.last().map(|(ns, e)| (ns.clone(), e.path.to_string()));
         for (namespace, entry) in page {
-            send_change(store, tx, window, Change { seq: entry.version, namespace, entry }).await?;
+            send_change(store, tx, window, Change { seq: entry.version, namespace, what: What::File(entry) })
+                .await?;
         }
         if done {
             break;
         }
+    }
+    // Then the locks, each as a lock change whose seq is its token.
+    let s = store.clone();
+    for (namespace, lock) in tokio::task::spawn_blocking(move || s.all_locks()).await?? {
+        send_change(store, tx, window, Change { seq: lock.token, namespace, what: What::Lock(lock) }).await?;
     }
     tx.send(msg(replicate_request::Msg::SnapshotEnd(pb::SnapshotEnd { head_seq: head })))
         .await

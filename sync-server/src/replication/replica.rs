@@ -21,7 +21,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use super::WriteGate;
 use crate::{
     error::{Error, Result},
-    storage::{Change, Replicated, Store},
+    storage::{Change, Replicated, Store, What, lock_change_from_pb},
 };
 
 /// Most changes applied in one transaction.
@@ -168,8 +168,10 @@ async fn apply_stream(
                 let s = store.clone();
                 let n = if snapshot.is_some() {
                     let Replicated { change, staged, content_gone } = first;
-                    tokio::task::spawn_blocking(move || {
-                        s.snapshot_put(&change.namespace, &change.entry, staged, content_gone)
+                    tokio::task::spawn_blocking(move || match &change.what {
+                        What::File(entry) => s.snapshot_put(&change.namespace, entry, staged, content_gone),
+                        What::Lock(lock) => s.snapshot_put_lock(&change.namespace, lock),
+                        What::Unlock { .. } => Err(Error::invalid("an unlock in a snapshot")),
                     })
                     .await??;
                     1
@@ -233,9 +235,15 @@ async fn receive_change(
     c: pb::ReplicatedChange,
     incoming: &mut Streaming<pb::ReplicateRequest>,
 ) -> Result<Replicated> {
+    use pb::change_event::Kind;
+    if matches!(Kind::try_from(c.kind), Ok(Kind::Lock | Kind::Unlock)) {
+        let lock = c.lock.ok_or_else(|| Error::invalid("a lock change without its lock"))?;
+        let change = lock_change_from_pb(c.seq, c.namespace, c.kind, lock)?;
+        return Ok(Replicated { change, staged: None, content_gone: false });
+    }
     let entry = Entry::try_from(c.entry.ok_or_else(|| Error::invalid("a change without entry"))?)?;
     let staged = if c.content_follows { Some(receive_content(store, &entry, incoming).await?) } else { None };
-    let change = Change { seq: c.seq, namespace: c.namespace, entry };
+    let change = Change { seq: c.seq, namespace: c.namespace, what: What::File(entry) };
     Ok(Replicated { change, staged, content_gone: !c.content_follows })
 }
 

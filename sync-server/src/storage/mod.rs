@@ -15,6 +15,7 @@
 //! All methods block: call them from `spawn_blocking`.
 
 mod blobs;
+mod locks;
 mod schema;
 
 use std::{
@@ -24,15 +25,15 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use syncstore::{Content, ContentHash, Entry, RelPath};
+use syncstore::{Content, ContentHash, Entry, Lock, RelPath, pb};
 use tokio::sync::broadcast;
 
 use blobs::BlobStore;
 pub(crate) use blobs::{BlobWriter, StagedBlob};
+pub(crate) use locks::{LockRequest, ended_to_pb, lock_change_from_pb};
 
 use crate::error::{Error, Result};
 
@@ -49,13 +50,88 @@ pub(crate) const PAGE_SIZE: usize = 1000;
 /// How often (in commits) the change log is trimmed to its retention.
 const PRUNE_EVERY: u64 = 1000;
 
+pub use locks::LockEnd;
+
 /// One committed change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub seq: u64,
     pub namespace: String,
-    /// The path's state after the change (a tombstone for a deletion).
-    pub entry: Entry,
+    pub what: What,
+}
+
+/// What a change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// A file was written or deleted: the path's new state (a tombstone for
+    /// a deletion).
+    File(Entry),
+    /// A lock was granted or refreshed: its new state.
+    Lock(Lock),
+    /// A lock ended, why, and by whom.
+    Unlock { lock: Lock, ended: LockEnd, by: String },
+}
+
+impl Change {
+    /// The file entry, for a file change.
+    pub fn entry(&self) -> Option<&Entry> {
+        match &self.what {
+            What::File(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The file entry of a change known to be a file change.
+    pub(crate) fn into_entry(self) -> Entry {
+        match self.what {
+            What::File(e) => e,
+            other => unreachable!("not a file change: {other:?}"),
+        }
+    }
+
+    /// The path the change is about.
+    pub fn path(&self) -> &RelPath {
+        match &self.what {
+            What::File(e) => &e.path,
+            What::Lock(l) | What::Unlock { lock: l, .. } => &l.path,
+        }
+    }
+
+    /// The client that made the change.
+    pub fn client_id(&self) -> &str {
+        match &self.what {
+            What::File(e) => &e.client_id,
+            What::Lock(l) => &l.client_id,
+            What::Unlock { by, .. } => by,
+        }
+    }
+
+    /// The change as a `ChangeEvent` of the wire.
+    pub fn to_event(&self) -> pb::ChangeEvent {
+        use pb::change_event::Kind;
+        let mut ev = pb::ChangeEvent {
+            seq: self.seq,
+            kind: Kind::Unspecified.into(),
+            entry: None,
+            client_id: self.client_id().to_owned(),
+            lock: None,
+        };
+        match &self.what {
+            What::File(e) => {
+                ev.kind = if e.is_deleted() { Kind::Delete } else { Kind::Put }.into();
+                ev.entry = Some(e.clone().into());
+            }
+            What::Lock(l) => {
+                ev.kind = Kind::Lock.into();
+                ev.lock = Some(l.clone().into());
+            }
+            What::Unlock { lock, ended, by } => {
+                ev.kind = Kind::Unlock.into();
+                ev.lock = Some(locks::ended_to_pb(lock, *ended, by));
+            }
+        }
+        ev
+    }
 }
 
 /// A change received from the primary, with its content if it came along.
@@ -74,6 +150,18 @@ pub(crate) struct Put {
     pub(crate) content: Content,
     pub(crate) base_version: u64,
     pub(crate) client_id: String,
+    /// The token of the writer's lock on the path (0 for none).
+    pub(crate) lock_token: u64,
+}
+
+/// What a deletion wants.
+#[derive(Debug, Clone)]
+pub(crate) struct Delete {
+    pub(crate) path: RelPath,
+    pub(crate) base_version: u64,
+    pub(crate) client_id: String,
+    /// The token of the writer's lock on the path (0 for none).
+    pub(crate) lock_token: u64,
 }
 
 /// Settings of a store.
@@ -197,15 +285,10 @@ impl Store {
     /// replication.
     pub fn all_changes_after(&self, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace
-                 FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after_seq as i64, limit as i64], |r| {
-                let entry = entry_from_row(r, 0)?;
-                let namespace: String = r.get(8)?;
-                Ok(entry.map(|entry| Change { seq: entry.version, namespace, entry }))
-            })?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {CHANGE_COLUMNS} FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![after_seq as i64, limit as i64], change_from_row)?;
             rows.map(|r| r?).collect()
         })
     }
@@ -269,19 +352,28 @@ impl Store {
                     change.seq
                 )));
             }
-            if change.entry.version != change.seq {
-                return Err(Error::invalid("a replicated entry's version must be its change's seq"));
-            }
-            let current = get_entry(&tx, &change.namespace, &change.entry.path)?;
-            self.place_content(&change.entry, staged, content_gone)?;
-            write_change(&tx, &change.namespace, &change.entry)?;
+            let current = match &change.what {
+                What::File(entry) => {
+                    if entry.version != change.seq {
+                        return Err(Error::invalid("a replicated entry's version must be its change's seq"));
+                    }
+                    let current = get_entry(&tx, &change.namespace, &entry.path)?;
+                    self.place_content(entry, staged, content_gone)?;
+                    write_change(&tx, &change.namespace, entry)?;
+                    current
+                }
+                _ => {
+                    locks::write_lock_change(&tx, &change)?;
+                    None
+                }
+            };
             head = change.seq;
             applied.push((change, current));
         }
         tx.commit()?;
         let n = applied.len();
-        for (Change { namespace, entry, .. }, current) in applied {
-            self.after_commit(&mut w, &namespace, entry, current)?;
+        for (change, current) in applied {
+            self.after_commit(&mut w, change, current);
         }
         Ok(n)
     }
@@ -302,7 +394,9 @@ impl Store {
         let w = self.writer();
         w.conn.execute_batch(
             "DROP TABLE IF EXISTS snapshot_files;
-             CREATE TABLE snapshot_files AS SELECT * FROM files WHERE 0;",
+             CREATE TABLE snapshot_files AS SELECT * FROM files WHERE 0;
+             DROP TABLE IF EXISTS snapshot_locks;
+             CREATE TABLE snapshot_locks AS SELECT * FROM locks WHERE 0;",
         )?;
         Ok(())
     }
@@ -339,6 +433,9 @@ impl Store {
                 "DELETE FROM files;
                  INSERT INTO files SELECT * FROM snapshot_files;
                  DROP TABLE snapshot_files;
+                 DELETE FROM locks;
+                 INSERT INTO locks SELECT * FROM snapshot_locks;
+                 DROP TABLE snapshot_locks;
                  DELETE FROM changes;",
             )?;
             set_meta(&tx, "head_floor", &head.to_string())?;
@@ -392,15 +489,10 @@ impl Store {
     /// Up to `limit` changes of namespace `ns` after `after_seq`, in order.
     pub fn changes_after(&self, ns: &str, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace
-                 FROM changes WHERE namespace = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![ns, after_seq as i64, limit as i64], |r| {
-                let entry = entry_from_row(r, 0)?;
-                let namespace: String = r.get(8)?;
-                Ok(entry.map(|entry| Change { seq: entry.version, namespace, entry }))
-            })?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {CHANGE_COLUMNS} FROM changes WHERE namespace = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![ns, after_seq as i64, limit as i64], change_from_row)?;
             rows.map(|r| r?).collect()
         })
     }
@@ -410,7 +502,7 @@ impl Store {
         self.read(|c| {
             c.query_row(
                 "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id
-                 FROM changes WHERE namespace = ?1 AND path = ?2 AND seq = ?3",
+                 FROM changes WHERE namespace = ?1 AND path = ?2 AND seq = ?3 AND kind = 0",
                 params![ns, path.as_str(), version as i64],
                 |r| entry_from_row(r, 0),
             )
@@ -466,6 +558,7 @@ impl Store {
         let tx = w.conn.transaction()?;
         let current = get_entry(&tx, ns, &put.path)?;
         Self::check_base(&put.path, current.as_ref(), put.base_version)?;
+        locks::check_write(&tx, ns, &put.path, &put.client_id, put.lock_token, now_ms())?;
         match staged {
             Some(staged) => self.inner.blobs.persist(staged)?,
             None if self.inner.blobs.contains(&hash) => {}
@@ -479,17 +572,12 @@ impl Store {
             Entry { path: put.path, version: seq, content: Some(put.content), client_id: put.client_id };
         write_change(&tx, ns, &entry)?;
         tx.commit()?;
-        self.after_commit(&mut w, ns, entry, current)
+        Ok(self.after_commit(&mut w, file_change(ns, entry), current))
     }
 
     /// Commits a deletion, leaving a tombstone.
-    pub(crate) fn commit_delete(
-        &self,
-        ns: &str,
-        path: RelPath,
-        base_version: u64,
-        client_id: String,
-    ) -> Result<Change> {
+    pub(crate) fn commit_delete(&self, ns: &str, del: Delete) -> Result<Change> {
+        let Delete { path, base_version, client_id, lock_token } = del;
         let mut w = self.writer();
         let seq = w.head + 1;
         let tx = w.conn.transaction()?;
@@ -498,31 +586,25 @@ impl Store {
             return Err(Error::NotFound(format!("{path} does not exist")));
         }
         Self::check_base(&path, current.as_ref(), base_version)?;
+        locks::check_write(&tx, ns, &path, &client_id, lock_token, now_ms())?;
         let entry = Entry { path, version: seq, content: None, client_id };
         write_change(&tx, ns, &entry)?;
         tx.commit()?;
-        self.after_commit(&mut w, ns, entry, current)
+        Ok(self.after_commit(&mut w, file_change(ns, entry), current))
     }
 
     /// Bookkeeping once a change is durable, still under the writer lock:
     /// advance the head, tell subscribers, drop a blob nothing refers to any
     /// more, trim the log. The change is committed whatever happens here, so
     /// nothing after the broadcast may fail the call.
-    fn after_commit(
-        &self,
-        w: &mut Writer,
-        ns: &str,
-        entry: Entry,
-        previous: Option<Entry>,
-    ) -> Result<Change> {
-        w.head = entry.version;
-        self.inner.head.store(entry.version, Ordering::Release);
-        let change = Change { seq: entry.version, namespace: ns.to_owned(), entry };
+    fn after_commit(&self, w: &mut Writer, change: Change, previous: Option<Entry>) -> Change {
+        w.head = change.seq;
+        self.inner.head.store(change.seq, Ordering::Release);
         // No receiver is fine: nobody is subscribed.
         let _ = self.inner.events.send(change.clone());
 
         let old_hash = previous.and_then(|p| p.content).map(|c| c.hash);
-        let new_hash = change.entry.content.map(|c| c.hash);
+        let new_hash = change.entry().and_then(|e| e.content).map(|c| c.hash);
         if let Some(old) = old_hash.filter(|h| Some(*h) != new_hash) {
             // Harmless if it fails: the start-up sweep removes it next time.
             match blob_referenced(&w.conn, &old) {
@@ -550,7 +632,7 @@ impl Store {
                 Err(e) => tracing::warn!(error = %e, "could not trim the change log"),
             }
         }
-        Ok(change)
+        change
     }
 
     /// Removes blobs that no manifest row refers to: content of a crash
@@ -682,6 +764,27 @@ fn write_change(c: &Connection, ns: &str, e: &Entry) -> Result<()> {
     Ok(())
 }
 
+fn file_change(ns: &str, entry: Entry) -> Change {
+    Change { seq: entry.version, namespace: ns.to_owned(), what: What::File(entry) }
+}
+
+/// The columns [`change_from_row`] decodes, in order.
+const CHANGE_COLUMNS: &str =
+    "path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace, kind, lock";
+
+/// Decodes a change-log row of [`CHANGE_COLUMNS`].
+fn change_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Change>> {
+    let namespace: String = r.get(8)?;
+    let kind: i64 = r.get(9)?;
+    if kind == 0 {
+        return Ok(entry_from_row(r, 0)?.map(|entry| file_change(&namespace, entry)));
+    }
+    let seq: i64 = r.get(1)?;
+    let client_id: String = r.get(7)?;
+    let lock: Option<Vec<u8>> = r.get(10)?;
+    Ok(locks::decode_lock_change(seq as u64, namespace, kind, client_id, lock.as_deref()))
+}
+
 fn blob_referenced(c: &Connection, hash: &ContentHash) -> Result<bool> {
     Ok(c.prepare_cached("SELECT EXISTS (SELECT 1 FROM files WHERE hash = ?1)")?
         .query_row([&hash.as_bytes()[..]], |r| r.get(0))?)
@@ -715,5 +818,5 @@ fn entry_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Entry>> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    syncstore::lock::now_ms()
 }

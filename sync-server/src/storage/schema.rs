@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::error::Result;
 
 /// Bumped whenever the schema changes; a newer one is refused at open.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -40,9 +40,28 @@ CREATE TABLE IF NOT EXISTS changes (
     mtime_ns     INTEGER NOT NULL,
     executable   INTEGER NOT NULL,
     client_id    TEXT    NOT NULL,
-    committed_ms INTEGER NOT NULL
+    committed_ms INTEGER NOT NULL,
+    kind         INTEGER NOT NULL DEFAULT 0,  -- 0 file change, 4 lock, 5 unlock
+    lock         BLOB                         -- the lock (a syncstore.v1.Lock)
 );
 CREATE INDEX IF NOT EXISTS changes_by_namespace ON changes (namespace, seq);
+
+-- Live locks: at most one per path. A row past its expiry is no longer in
+-- force; the primary's sweeper removes it with an unlock change.
+CREATE TABLE IF NOT EXISTS locks (
+    namespace   TEXT    NOT NULL,
+    path        TEXT    NOT NULL,
+    lock_id     TEXT    NOT NULL UNIQUE,
+    client_id   TEXT    NOT NULL,
+    holder      TEXT    NOT NULL,
+    note        TEXT    NOT NULL,
+    acquired_ms INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    ttl_seconds INTEGER NOT NULL,
+    token       INTEGER NOT NULL,    -- seq of the granting change
+    PRIMARY KEY (namespace, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS locks_by_expiry ON locks (expires_ms);
 ";
 
 /// Opens a connection with the settings every connection uses: WAL so
@@ -56,8 +75,30 @@ pub(crate) fn connect(path: &std::path::Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Creates the tables if needed.
+/// Creates the tables if needed, and brings a version 1 change log up to
+/// date (it lacked the lock columns).
 pub(crate) fn init(conn: &Connection) -> Result<()> {
+    let has_changes: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes')",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_changes {
+        let has_kind: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('changes') WHERE name = 'kind')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_kind {
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE changes ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE changes ADD COLUMN lock BLOB;
+                 UPDATE meta SET value = '2' WHERE key = 'schema_version';
+                 COMMIT;",
+            )?;
+        }
+    }
     conn.execute_batch(SCHEMA)?;
     Ok(())
 }

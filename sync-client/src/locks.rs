@@ -1,0 +1,139 @@
+//! What the client knows of the server's locks: the live locks as last
+//! listed and then updated by change events, which of them this client
+//! holds, and which local files it made read-only because someone else
+//! holds their lock.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::PermissionsExt,
+    path::Path,
+};
+
+use syncstore::{Lock, RelPath};
+
+/// The server's live locks, as this client last heard of them.
+#[derive(Debug, Default)]
+pub struct Locks {
+    /// This client's id: locks with it are ours.
+    own: String,
+    by_path: HashMap<RelPath, Lock>,
+    /// Files this client made read-only (someone else's lock); write
+    /// permission for the owner is given back when the lock goes.
+    read_only: HashSet<RelPath>,
+}
+
+impl Locks {
+    pub fn new(own: String) -> Self {
+        Self { own, ..Self::default() }
+    }
+
+    /// Someone else's lock on `path`.
+    pub fn by_other(&self, path: &RelPath) -> Option<&Lock> {
+        self.by_path.get(path).filter(|l| l.client_id != self.own)
+    }
+
+    /// The token of this client's lock on `path` (0 for none).
+    pub fn token(&self, path: &RelPath) -> u64 {
+        self.by_path.get(path).filter(|l| l.client_id == self.own).map_or(0, |l| l.token)
+    }
+
+    /// Every live lock, in no order.
+    pub fn all(&self) -> impl Iterator<Item = &Lock> {
+        self.by_path.values()
+    }
+
+    /// Whether this client holds any lock (which then needs refreshing).
+    pub fn holds_any(&self) -> bool {
+        self.by_path.values().any(|l| l.client_id == self.own)
+    }
+
+    /// This client's locks that have used up a third of their time.
+    pub fn due_for_refresh(&self, now_ms: i64) -> Vec<Lock> {
+        self.by_path
+            .values()
+            .filter(|l| l.client_id == self.own)
+            .filter(|l| l.expires_ms - now_ms < i64::from(l.ttl_seconds) * 1000 * 2 / 3)
+            .cloned()
+            .collect()
+    }
+
+    /// Records a granted or refreshed lock.
+    pub fn granted(&mut self, lock: Lock) {
+        self.by_path.insert(lock.path.clone(), lock);
+    }
+
+    /// Records a lock that ended; false if another lock had replaced it.
+    pub fn ended(&mut self, lock: &Lock) -> bool {
+        match self.by_path.get(&lock.path) {
+            Some(l) if l.lock_id == lock.lock_id => {
+                self.by_path.remove(&lock.path);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Replaces what is known of `path`'s lock with what the server said.
+    pub fn set(&mut self, path: &RelPath, lock: Option<Lock>) {
+        match lock {
+            Some(l) => self.granted(l),
+            None => {
+                self.by_path.remove(path);
+            }
+        }
+    }
+
+    /// Replaces everything with a fresh listing; returns the paths whose
+    /// lock went meanwhile.
+    pub fn replace_all(&mut self, locks: Vec<Lock>) -> Vec<RelPath> {
+        self.by_path = locks.into_iter().map(|l| (l.path.clone(), l)).collect();
+        self.read_only.iter().filter(|p| self.by_other(p).is_none()).cloned().collect()
+    }
+
+    /// Makes the local file read-only if someone else holds its lock.
+    pub fn protect(&mut self, root: &Path, path: &RelPath) {
+        if self.by_other(path).is_none() {
+            return;
+        }
+        match set_writable(&path.to_local(root), false) {
+            Ok(true) => {
+                self.read_only.insert(path.clone());
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%path, error = %e, "cannot make a locked file read-only"),
+        }
+    }
+
+    /// Gives write permission back to the owner of a file this client made
+    /// read-only, unless someone else (still) holds its lock.
+    pub fn unprotect(&mut self, root: &Path, path: &RelPath) {
+        if self.by_other(path).is_some() || !self.read_only.remove(path) {
+            return;
+        }
+        if let Err(e) = set_writable(&path.to_local(root), true) {
+            tracing::warn!(%path, error = %e, "cannot make an unlocked file writable again");
+        }
+    }
+}
+
+/// Removes every write bit, or adds the owner's. Returns whether a regular
+/// file was there (a missing file, a folder or a link is left alone).
+pub fn set_writable(full: &Path, writable: bool) -> std::io::Result<bool> {
+    let meta = match std::fs::symlink_metadata(full) {
+        Ok(m) if m.file_type().is_file() => m,
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mode = meta.permissions().mode();
+    let new = if writable { mode | 0o200 } else { mode & !0o222 };
+    if new != mode {
+        std::fs::set_permissions(full, std::fs::Permissions::from_mode(new))?;
+    }
+    Ok(true)
+}
+
+/// Whether the owner may write the file.
+pub fn is_writable(full: &Path) -> std::io::Result<bool> {
+    Ok(std::fs::metadata(full)?.permissions().mode() & 0o200 != 0)
+}

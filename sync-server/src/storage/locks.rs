@@ -1,0 +1,550 @@
+//! Locks: granted, refreshed, released and expired as changes in the log
+//! (so that `Subscribe` and replication carry them in order with file
+//! changes), and kept live in the `locks` table, which writes are checked
+//! against in the same transaction as their commit.
+//!
+//! Invariants:
+//! - A path has at most one lock row. A row past its expiry is no longer in
+//!   force for any check, whether or not the sweeper has removed it yet.
+//! - A lock's token is the sequence number of the change that granted it,
+//!   so tokens only grow, on the primary and on a promoted replica alike.
+//! - A write to a locked path passes only with the holder's client id and
+//!   the lock's current token; a write that carries a token when the path
+//!   holds no lock with that token is refused (fencing).
+
+use std::time::Duration;
+
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use syncstore::{
+    Lock, RelPath,
+    lock::{DEFAULT_LOCK_TTL, MAX_LOCK_TTL},
+    pb,
+};
+
+use super::{Change, Store, What, now_ms};
+use crate::error::{Error, Result};
+
+/// Why a lock ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockEnd {
+    Released,
+    Expired,
+    Broken,
+}
+
+impl LockEnd {
+    fn to_pb(self) -> pb::LockEnd {
+        match self {
+            LockEnd::Released => pb::LockEnd::Released,
+            LockEnd::Expired => pb::LockEnd::Expired,
+            LockEnd::Broken => pb::LockEnd::Broken,
+        }
+    }
+
+    fn from_pb(v: i32) -> Result<Self> {
+        match pb::LockEnd::try_from(v) {
+            Ok(pb::LockEnd::Released) => Ok(LockEnd::Released),
+            Ok(pb::LockEnd::Expired) => Ok(LockEnd::Expired),
+            Ok(pb::LockEnd::Broken) => Ok(LockEnd::Broken),
+            _ => Err(Error::invalid(format!("an unlock change with end reason {v}"))),
+        }
+    }
+}
+
+/// The wire form of a lock that ended.
+pub(crate) fn ended_to_pb(lock: &Lock, ended: LockEnd, by: &str) -> pb::Lock {
+    pb::Lock { ended: ended.to_pb().into(), ended_by: by.to_owned(), ..lock.clone().into() }
+}
+
+/// A lock change from the wire (a replicated change, or a resync's lock).
+pub(crate) fn lock_change_from_pb(seq: u64, namespace: String, kind: i32, lock: pb::Lock) -> Result<Change> {
+    let ended = lock.ended;
+    let by = lock.ended_by.clone();
+    let lock = Lock::try_from(lock)?;
+    let what = match pb::change_event::Kind::try_from(kind) {
+        Ok(pb::change_event::Kind::Lock) => What::Lock(lock),
+        Ok(pb::change_event::Kind::Unlock) => What::Unlock { lock, ended: LockEnd::from_pb(ended)?, by },
+        _ => return Err(Error::invalid(format!("a lock change of kind {kind}"))),
+    };
+    Ok(Change { seq, namespace, what })
+}
+
+/// Decodes a lock change stored in the change log.
+pub(super) fn decode_lock_change(
+    seq: u64,
+    namespace: String,
+    kind: i64,
+    _client_id: String,
+    blob: Option<&[u8]>,
+) -> Result<Change> {
+    let lock = pb::Lock::decode(blob.unwrap_or_default())
+        .map_err(|e| Error::Internal(format!("change {seq}: undecodable lock: {e}")))?;
+    lock_change_from_pb(seq, namespace, kind as i32, lock)
+}
+
+/// Appends a lock change to the log and applies it to the `locks` table.
+pub(super) fn write_lock_change(c: &Connection, change: &Change) -> Result<()> {
+    let ev = change.to_event();
+    let lock = ev.lock.as_ref().expect("a lock change has a lock");
+    c.prepare_cached(
+        "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id,
+                              committed_ms, kind, lock)
+         VALUES (?1, ?2, ?3, 0, 0, NULL, 0, 0, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        change.seq as i64,
+        change.namespace,
+        lock.path,
+        ev.client_id,
+        now_ms(),
+        ev.kind,
+        lock.encode_to_vec()
+    ])?;
+    match &change.what {
+        What::Lock(l) => put_lock(c, &change.namespace, l)?,
+        What::Unlock { lock, .. } => {
+            c.prepare_cached("DELETE FROM locks WHERE namespace = ?1 AND lock_id = ?2")?
+                .execute(params![change.namespace, lock.lock_id])?;
+        }
+        What::File(_) => unreachable!("not a lock change"),
+    }
+    Ok(())
+}
+
+fn put_lock(c: &Connection, ns: &str, l: &Lock) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO locks (namespace, path, lock_id, client_id, holder, note, acquired_ms, expires_ms,
+                            ttl_seconds, token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (namespace, path) DO UPDATE SET
+           lock_id = excluded.lock_id, client_id = excluded.client_id, holder = excluded.holder,
+           note = excluded.note, acquired_ms = excluded.acquired_ms, expires_ms = excluded.expires_ms,
+           ttl_seconds = excluded.ttl_seconds, token = excluded.token",
+    )?
+    .execute(params![
+        ns,
+        l.path.as_str(),
+        l.lock_id,
+        l.client_id,
+        l.holder,
+        l.note,
+        l.acquired_ms,
+        l.expires_ms,
+        l.ttl_seconds,
+        l.token as i64
+    ])?;
+    Ok(())
+}
+
+const LOCK_COLUMNS: &str =
+    "path, lock_id, client_id, holder, note, acquired_ms, expires_ms, ttl_seconds, token, namespace";
+
+fn lock_from_row(r: &Row<'_>) -> rusqlite::Result<Result<(String, Lock)>> {
+    let path: String = r.get(0)?;
+    let token: i64 = r.get(8)?;
+    let ns: String = r.get(9)?;
+    let lock = Lock {
+        lock_id: r.get(1)?,
+        path: match RelPath::new(path) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(Error::Internal(format!("a stored lock's path: {e}")))),
+        },
+        client_id: r.get(2)?,
+        holder: r.get(3)?,
+        note: r.get(4)?,
+        acquired_ms: r.get(5)?,
+        expires_ms: r.get(6)?,
+        ttl_seconds: r.get(7)?,
+        token: token as u64,
+    };
+    Ok(Ok((ns, lock)))
+}
+
+/// The lock row of `path` (live or past its expiry), if any.
+fn get_lock(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Lock>> {
+    c.prepare_cached(&format!("SELECT {LOCK_COLUMNS} FROM locks WHERE namespace = ?1 AND path = ?2"))?
+        .query_row(params![ns, path.as_str()], lock_from_row)
+        .optional()?
+        .transpose()
+        .map(|o| o.map(|(_, l)| l))
+}
+
+fn get_lock_by_id(c: &Connection, ns: &str, lock_id: &str) -> Result<Option<Lock>> {
+    c.prepare_cached(&format!("SELECT {LOCK_COLUMNS} FROM locks WHERE namespace = ?1 AND lock_id = ?2"))?
+        .query_row(params![ns, lock_id], lock_from_row)
+        .optional()?
+        .transpose()
+        .map(|o| o.map(|(_, l)| l))
+}
+
+/// Checks that a write of `path` by `client_id` carrying `token` may pass.
+pub(super) fn check_write(
+    c: &Connection,
+    ns: &str,
+    path: &RelPath,
+    client_id: &str,
+    token: u64,
+    now: i64,
+) -> Result<()> {
+    let live = get_lock(c, ns, path)?.filter(|l| !l.expired_at(now));
+    match live {
+        Some(l) if l.client_id == client_id && l.token == token => Ok(()),
+        Some(l) if l.client_id == client_id => Err(Error::StaleLock(format!(
+            "{path} is locked by this client (lock {}), but the write carries token {token}, not the lock's {}",
+            l.lock_id, l.token
+        ))),
+        Some(l) => Err(Error::Locked(locked_message(&l))),
+        None if token != 0 => Err(Error::StaleLock(format!(
+            "the write carries lock token {token}, but {path} holds no lock with it: \
+             the lock expired, was released or was broken"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn locked_message(l: &Lock) -> String {
+    let note = if l.note.is_empty() { String::new() } else { format!(" ({})", l.note) };
+    format!(
+        "{} is locked by {} (client {}) until {}{note}",
+        l.path,
+        l.holder,
+        l.client_id,
+        syncstore::lock::format_ms(l.expires_ms)
+    )
+}
+
+/// What a `Lock` call asks for.
+#[derive(Debug, Clone)]
+pub(crate) struct LockRequest {
+    pub(crate) path: RelPath,
+    pub(crate) ttl_seconds: u32,
+    pub(crate) note: String,
+    pub(crate) client_id: String,
+    pub(crate) holder: String,
+}
+
+/// Checks a requested time-to-live; 0 means the default.
+pub(crate) fn ttl(ttl_seconds: u32) -> Result<u32> {
+    let ttl = match ttl_seconds {
+        0 => DEFAULT_LOCK_TTL,
+        s => Duration::from_secs(s.into()),
+    };
+    if ttl > MAX_LOCK_TTL {
+        return Err(Error::invalid(format!(
+            "a lock lasts at most {} seconds; {ttl_seconds} were asked for",
+            MAX_LOCK_TTL.as_secs()
+        )));
+    }
+    Ok(ttl.as_secs() as u32)
+}
+
+impl Store {
+    /// Grants a lock on a path (or refreshes the caller's own).
+    pub(crate) fn lock(&self, ns: &str, req: LockRequest) -> Result<Change> {
+        let ttl_seconds = ttl(req.ttl_seconds)?;
+        if req.client_id.is_empty() {
+            return Err(Error::invalid("a lock needs the locking client's id"));
+        }
+        let now = now_ms();
+        let expires_ms = now + i64::from(ttl_seconds) * 1000;
+        self.commit_lock_change(|c, seq| {
+            let lock = match get_lock(c, ns, &req.path)?.filter(|l| !l.expired_at(now)) {
+                Some(l) if l.client_id != req.client_id => return Err(Error::Locked(locked_message(&l))),
+                Some(l) => Lock {
+                    expires_ms,
+                    ttl_seconds,
+                    note: if req.note.is_empty() { l.note.clone() } else { req.note },
+                    ..l
+                },
+                None => Lock {
+                    lock_id: format!("{:016x}", rand::random::<u64>()),
+                    holder: if req.holder.is_empty() { req.client_id.clone() } else { req.holder },
+                    path: req.path,
+                    client_id: req.client_id,
+                    note: req.note,
+                    acquired_ms: now,
+                    expires_ms,
+                    ttl_seconds,
+                    token: seq,
+                },
+            };
+            Ok(Change { seq, namespace: ns.to_owned(), what: What::Lock(lock) })
+        })
+    }
+
+    /// Pushes a live lock's expiry to now + ttl.
+    pub(crate) fn refresh_lock(&self, ns: &str, lock_id: &str, ttl_seconds: u32) -> Result<Change> {
+        let ttl_seconds = ttl(ttl_seconds)?;
+        let now = now_ms();
+        self.commit_lock_change(|c, seq| {
+            let l = get_lock_by_id(c, ns, lock_id)?
+                .filter(|l| !l.expired_at(now))
+                .ok_or_else(|| gone(lock_id))?;
+            let lock = Lock { expires_ms: now + i64::from(ttl_seconds) * 1000, ttl_seconds, ..l };
+            Ok(Change { seq, namespace: ns.to_owned(), what: What::Lock(lock) })
+        })
+    }
+
+    /// Releases a lock; someone else's only with `force`.
+    pub(crate) fn unlock(&self, ns: &str, lock_id: &str, client_id: &str, force: bool) -> Result<Change> {
+        let now = now_ms();
+        self.commit_lock_change(|c, seq| {
+            let lock = get_lock_by_id(c, ns, lock_id)?.ok_or_else(|| gone(lock_id))?;
+            let ended = if lock.expired_at(now) {
+                LockEnd::Expired
+            } else if lock.client_id == client_id {
+                LockEnd::Released
+            } else if force {
+                LockEnd::Broken
+            } else {
+                return Err(Error::Locked(format!(
+                    "{}; only its holder may unlock it (or an administrator, with force)",
+                    locked_message(&lock)
+                )));
+            };
+            Ok(Change {
+                seq,
+                namespace: ns.to_owned(),
+                what: What::Unlock { lock, ended, by: client_id.to_owned() },
+            })
+        })
+    }
+
+    /// Ends every lock past its expiry (all namespaces), one unlock change
+    /// each, in one transaction.
+    pub(crate) fn expire_locks(&self, now: i64) -> Result<Vec<Change>> {
+        let mut w = self.writer();
+        let expired: Vec<(String, Lock)> = {
+            let mut stmt =
+                w.conn.prepare_cached(&format!("SELECT {LOCK_COLUMNS} FROM locks WHERE expires_ms <= ?1"))?;
+            let rows = stmt.query_map([now], lock_from_row)?;
+            rows.map(|r| r?).collect::<Result<_>>()?
+        };
+        if expired.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = w.head + 1;
+        let tx = w.conn.transaction()?;
+        let mut changes = Vec::with_capacity(expired.len());
+        for (seq, (namespace, lock)) in (first..).zip(expired) {
+            let change = Change {
+                seq,
+                namespace,
+                what: What::Unlock { lock, ended: LockEnd::Expired, by: String::new() },
+            };
+            write_lock_change(&tx, &change)?;
+            changes.push(change);
+        }
+        tx.commit()?;
+        Ok(changes.into_iter().map(|c| self.after_commit(&mut w, c, None)).collect())
+    }
+
+    /// Commits the lock change `make` builds (from the connection, inside
+    /// the transaction, and the change's seq).
+    fn commit_lock_change(&self, make: impl FnOnce(&Connection, u64) -> Result<Change>) -> Result<Change> {
+        let mut w = self.writer();
+        let seq = w.head + 1;
+        let tx = w.conn.transaction()?;
+        let change = make(&tx, seq)?;
+        write_lock_change(&tx, &change)?;
+        tx.commit()?;
+        Ok(self.after_commit(&mut w, change, None))
+    }
+
+    /// The live locks of namespace `ns` on `prefix` or below, in path order.
+    pub fn list_locks(&self, ns: &str, prefix: &str) -> Result<Vec<Lock>> {
+        let now = now_ms();
+        let all: Vec<(String, Lock)> = self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {LOCK_COLUMNS} FROM locks WHERE namespace = ?1 AND expires_ms > ?2 ORDER BY path"
+            ))?;
+            let rows = stmt.query_map(params![ns, now], lock_from_row)?;
+            rows.map(|r| r?).collect()
+        })?;
+        Ok(all.into_iter().map(|(_, l)| l).filter(|l| l.path.is_under(prefix)).collect())
+    }
+
+    /// The live lock on `path`, if any.
+    pub fn lock_of(&self, ns: &str, path: &RelPath) -> Result<Option<Lock>> {
+        let now = now_ms();
+        Ok(self.read(|c| get_lock(c, ns, path))?.filter(|l| !l.expired_at(now)))
+    }
+
+    /// Checks, before receiving a write's content, that the write could
+    /// pass the path's lock (the commit checks again).
+    pub(crate) fn check_lock(&self, ns: &str, path: &RelPath, client_id: &str, token: u64) -> Result<()> {
+        self.read(|c| check_write(c, ns, path, client_id, token, now_ms()))
+    }
+
+    /// Every lock row (all namespaces), for a resync's snapshot.
+    pub(crate) fn all_locks(&self) -> Result<Vec<(String, Lock)>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {LOCK_COLUMNS} FROM locks ORDER BY namespace, path"))?;
+            let rows = stmt.query_map([], lock_from_row)?;
+            rows.map(|r| r?).collect()
+        })
+    }
+
+    /// Adds one lock to the snapshot being received.
+    pub(crate) fn snapshot_put_lock(&self, ns: &str, lock: &Lock) -> Result<()> {
+        let w = self.writer();
+        w.conn.execute(
+            "INSERT INTO snapshot_locks (namespace, path, lock_id, client_id, holder, note, acquired_ms,
+                                         expires_ms, ttl_seconds, token)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                ns,
+                lock.path.as_str(),
+                lock.lock_id,
+                lock.client_id,
+                lock.holder,
+                lock.note,
+                lock.acquired_ms,
+                lock.expires_ms,
+                lock.ttl_seconds,
+                lock.token as i64
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+fn gone(lock_id: &str) -> Error {
+    Error::NotFound(format!("lock {lock_id} is not held any more: it was released, expired or was broken"))
+}
+
+#[cfg(test)]
+mod tests {
+    use syncstore::{Content, ContentHash};
+
+    use super::*;
+    use crate::storage::{Delete, Put, StoreOptions};
+
+    const NS: &str = "default";
+
+    fn path(p: &str) -> RelPath {
+        RelPath::new(p).unwrap()
+    }
+
+    fn request(p: &str, client: &str, ttl_seconds: u32) -> LockRequest {
+        LockRequest {
+            path: path(p),
+            ttl_seconds,
+            note: "editing".into(),
+            client_id: client.into(),
+            holder: format!("{client}@host"),
+        }
+    }
+
+    /// A header-only put of empty content (which needs no blob).
+    fn put(p: &str, client: &str, base_version: u64, lock_token: u64) -> Put {
+        Put {
+            path: path(p),
+            content: Content { hash: ContentHash::of(b""), size: 0, mtime_ns: 0, executable: false },
+            base_version,
+            client_id: client.into(),
+            lock_token,
+        }
+    }
+
+    fn lock_of(c: &Change) -> Lock {
+        match &c.what {
+            What::Lock(l) => l.clone(),
+            other => panic!("not a lock change: {other:?}"),
+        }
+    }
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(dir, StoreOptions::default()).unwrap()
+    }
+
+    /// Stores the empty content so that header-only puts of it commit.
+    fn with_empty_blob(s: &Store) {
+        let w = s.blob_writer().unwrap();
+        let staged = w.finish(ContentHash::of(b""), 0).unwrap();
+        s.commit_put(NS, put("seed", "x", 0, 0), Some(staged)).unwrap();
+    }
+
+    #[test]
+    fn a_lock_admits_only_its_holder_with_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        with_empty_blob(&s);
+        let a = lock_of(&s.lock(NS, request("f", "A", 60)).unwrap());
+        assert_eq!(a.token, s.head(), "the token is the granting change's seq");
+
+        // B can neither lock nor write nor delete it.
+        assert!(matches!(s.lock(NS, request("f", "B", 60)), Err(Error::Locked(m)) if m.contains("A@host")));
+        assert!(matches!(s.commit_put(NS, put("f", "B", 0, 0), None), Err(Error::Locked(_))));
+        // A without its token, or with a wrong one, is refused too.
+        assert!(matches!(s.commit_put(NS, put("f", "A", 0, 0), None), Err(Error::StaleLock(_))));
+        assert!(matches!(s.commit_put(NS, put("f", "A", 0, a.token + 1), None), Err(Error::StaleLock(_))));
+        // A with its token writes.
+        let v = s.commit_put(NS, put("f", "A", 0, a.token), None).unwrap().seq;
+        let del = |client: &str, token| Delete {
+            path: path("f"),
+            base_version: v,
+            client_id: client.into(),
+            lock_token: token,
+        };
+        assert!(matches!(s.commit_delete(NS, del("B", 0)), Err(Error::Locked(_))));
+
+        // Re-locking refreshes: same id and token.
+        let again = lock_of(&s.lock(NS, request("f", "A", 120)).unwrap());
+        assert_eq!(
+            (again.lock_id.as_str(), again.token, again.ttl_seconds),
+            (a.lock_id.as_str(), a.token, 120)
+        );
+
+        // B cannot unlock it without force; with force it is broken.
+        assert!(matches!(s.unlock(NS, &a.lock_id, "B", false), Err(Error::Locked(_))));
+        let broken = s.unlock(NS, &a.lock_id, "B", true).unwrap();
+        assert!(matches!(broken.what, What::Unlock { ended: LockEnd::Broken, ref by, .. } if by == "B"));
+        assert!(s.list_locks(NS, "").unwrap().is_empty());
+
+        // Fencing: A's old token is refused now that the lock is gone ...
+        assert!(matches!(s.commit_delete(NS, del("A", a.token)), Err(Error::StaleLock(_))));
+        // ... and once B holds a new lock, B's token is larger.
+        let b = lock_of(&s.lock(NS, request("f", "B", 60)).unwrap());
+        assert!(b.token > a.token);
+        assert!(matches!(s.commit_delete(NS, del("A", a.token)), Err(Error::Locked(_))));
+        s.commit_delete(NS, del("B", b.token)).unwrap();
+    }
+
+    #[test]
+    fn locks_expire_survive_a_restart_and_reserve_missing_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, token) = {
+            let s = store(dir.path());
+            let l = lock_of(&s.lock(NS, request("new/name.txt", "A", 60)).unwrap());
+            assert!(s.stat(NS, &path("new/name.txt")).unwrap().is_none(), "a lock writes no file");
+            (l.lock_id, l.token)
+        };
+        let s = store(dir.path());
+        let listed = s.list_locks(NS, "new").unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].lock_id.as_str(), listed[0].token), (id.as_str(), token));
+        assert!(s.list_locks(NS, "ne").unwrap().is_empty(), "prefixes match whole names");
+
+        // Nothing expires before its time; at it, one unlock change.
+        assert!(s.expire_locks(listed[0].expires_ms - 1).unwrap().is_empty());
+        let ended = s.expire_locks(listed[0].expires_ms).unwrap();
+        assert!(matches!(&ended[..], [Change { what: What::Unlock { ended: LockEnd::Expired, .. }, .. }]));
+        assert!(s.list_locks(NS, "").unwrap().is_empty());
+        assert!(matches!(s.refresh_lock(NS, &id, 60), Err(Error::NotFound(_))));
+
+        // The log holds the grant and the expiry, in order.
+        let log = s.changes_after(NS, 0, 10).unwrap();
+        let kinds: Vec<i32> = log.iter().map(|c| c.to_event().kind).collect();
+        assert_eq!(kinds, [pb::change_event::Kind::Lock as i32, pb::change_event::Kind::Unlock as i32]);
+    }
+
+    #[test]
+    fn ttls_are_bounded() {
+        assert_eq!(ttl(0).unwrap(), DEFAULT_LOCK_TTL.as_secs() as u32);
+        assert_eq!(ttl(5).unwrap(), 5);
+        assert!(ttl(MAX_LOCK_TTL.as_secs() as u32 + 1).is_err());
+    }
+}
