@@ -135,3 +135,89 @@ async fn watch_stops_on_sigterm_and_a_bad_server_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad server address"), "{out:?}");
 }
+
+/// Starts `sync-client watch` on `dir` and waits until it holds the
+/// folder's state.
+async fn spawn_watch(server: &str, dir: &Path) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_sync-client"))
+        .args(["--server", server, "--dir"])
+        .arg(dir)
+        .arg("watch")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !dir.join(".syncstore/state.db").exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the client never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_client_on_the_same_folder_refuses_to_start() {
+    let server = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = spawn_watch(&server.url, dir.path()).await;
+    let second = client(&server.url, dir.path(), &["watch"]).await;
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another sync-client is already running on"), "{err}");
+    // The first one was not disturbed.
+    assert!(first.try_wait().unwrap().is_none(), "the first client still runs");
+    first.kill().unwrap();
+    first.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_unlock_and_locks_from_the_command_line_and_a_killed_holder() {
+    let server = server().await;
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    std::fs::write(a.path().join("report.txt"), "draft").unwrap();
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+
+    // lock, locks, status, unlock.
+    let out = client(&server.url, a.path(), &["lock", "report.txt", "--ttl", "10m", "--note", "editing"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).starts_with("locked report.txt until "), "{}", stdout(&out));
+    let out = client(&server.url, b.path(), &["locks"]).await;
+    assert!(stdout(&out).starts_with("report.txt  locked by ") && stdout(&out).contains("(editing)"), "{out:?}");
+    assert!(client(&server.url, b.path(), &["sync"]).await.status.success());
+    let st = client(&server.url, b.path(), &["status"]).await;
+    assert_eq!(st.status.code(), Some(0), "a lock is no difference: {st:?}");
+    assert!(stdout(&st).starts_with("locked        report.txt  (locked by "), "{}", stdout(&st));
+    let out = client(&server.url, b.path(), &["unlock", "report.txt"]).await;
+    assert_eq!(out.status.code(), Some(1), "only the holder unlocks: {out:?}");
+    let out = client(&server.url, a.path(), &["unlock", "report.txt"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&client(&server.url, b.path(), &["locks"]).await), "");
+
+    // A running holder keeps a short lock alive; killed, its lock expires.
+    let mut holder = spawn_watch(&server.url, a.path()).await;
+    let out = client(&server.url, a.path(), &["lock", "report.txt", "--ttl", "2s"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let locked_at = tokio::time::Instant::now();
+    eventually("the lock outlives its first time-to-live", async || {
+        let listed = stdout(&client(&server.url, b.path(), &["locks"]).await);
+        assert!(listed.contains("report.txt"), "the lock was lost while its holder ran: {listed:?}");
+        locked_at.elapsed() > Duration::from_secs(3)
+    })
+    .await;
+    holder.kill().unwrap(); // SIGKILL: no goodbye.
+    holder.wait().unwrap();
+    eventually("the dead holder's lock expires", async || {
+        stdout(&client(&server.url, b.path(), &["locks"]).await).is_empty()
+    })
+    .await;
+}

@@ -228,6 +228,7 @@ pub fn upload_header(path: &str, data: &[u8], base_version: u64) -> pb::UploadRe
 /// A client watching a temp folder, running in this process.
 pub struct TestClient {
     pub dir: TempDir,
+    servers: Vec<String>,
     shutdown: CancellationToken,
     task: JoinHandle<sync_client::Result<()>>,
 }
@@ -246,11 +247,19 @@ impl TestClient {
     pub fn start_servers(servers: Vec<String>, dir: TempDir) -> Self {
         let shutdown = CancellationToken::new();
         let mut config = sync_client::Config::new("", dir.path());
-        config.servers = servers;
+        config.servers = servers.clone();
         // The rescan is the safety net; tests exercise the watcher.
         config.rescan_interval = Duration::from_secs(3600);
         let task = tokio::spawn(sync_client::watch(config, shutdown.clone()));
-        Self { dir, shutdown, task }
+        Self { dir, servers, shutdown, task }
+    }
+
+    /// The configuration of a one-off command (`lock`, `status`, ...) run
+    /// on this client's folder.
+    pub fn config(&self) -> sync_client::Config {
+        let mut config = sync_client::Config::new("", self.dir.path());
+        config.servers = self.servers.clone();
+        config
     }
 
     pub fn root(&self) -> PathBuf {

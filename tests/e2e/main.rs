@@ -7,6 +7,7 @@
 mod api;
 mod grpcurl;
 mod harness;
+mod locks;
 mod model;
 mod ops;
 mod replication;
