@@ -188,11 +188,15 @@ async fn lock_unlock_and_locks_from_the_command_line_and_a_killed_holder() {
     assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
 
     // lock, locks, status, unlock.
-    let out = client(&server.url, a.path(), &["lock", "report.txt", "--ttl", "10m", "--note", "editing"]).await;
+    let out =
+        client(&server.url, a.path(), &["lock", "report.txt", "--ttl", "10m", "--note", "editing"]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(stdout(&out).starts_with("locked report.txt until "), "{}", stdout(&out));
     let out = client(&server.url, b.path(), &["locks"]).await;
-    assert!(stdout(&out).starts_with("report.txt  locked by ") && stdout(&out).contains("(editing)"), "{out:?}");
+    assert!(
+        stdout(&out).starts_with("report.txt  locked by ") && stdout(&out).contains("(editing)"),
+        "{out:?}"
+    );
     assert!(client(&server.url, b.path(), &["sync"]).await.status.success());
     let st = client(&server.url, b.path(), &["status"]).await;
     assert_eq!(st.status.code(), Some(0), "a lock is no difference: {st:?}");

@@ -144,6 +144,49 @@ async fn the_readme_grpcurl_commands_work() {
     let out = ok(&["-d", "{}", "syncstore.v1.Admin/Digest"]).await;
     assert!(out.contains("rootHash") && out.contains(r#""headSeq": "2""#), "{out}");
 
+    // Locks, as the README shows them: placeholders filled from the answers.
+    let lock_req = r#"{"path":"notes/todo.txt","ttl_seconds":600,"note":"editing","client_id":"ops","holder":"ops@console"}"#;
+    let upload_locked = format!(
+        r#"{{"header":{{"path":"notes/todo.txt","size":"6","hash":"{hash}","base_version":"0","client_id":"ops","lock_token":"TOKEN"}}}} {{"chunk":"{}"}}"#,
+        base64(HELLO)
+    );
+    let refresh = r#"{"lock_id":"LOCK_ID","ttl_seconds":600}"#;
+    let unlock = r#"{"lock_id":"LOCK_ID","client_id":"ops"}"#;
+    let force = r#"{"lock_id":"LOCK_ID","client_id":"admin","force":true}"#;
+    for request in [lock_req, r#"{"prefix":"notes"}"#, upload_locked.as_str(), refresh, unlock, force] {
+        assert!(readme.contains(&format!("-d '{request}'")), "the README lacks the request {request}");
+    }
+    let out = ok(&["-d", lock_req, "syncstore.v1.FileSync/Lock"]).await;
+    assert!(out.contains(r#""holder": "ops@console""#), "{out}");
+    let field = |out: &str, name: &str| {
+        let at = out.find(&format!(r#""{name}": ""#)).unwrap_or_else(|| panic!("no {name} in {out}"));
+        out[at + name.len() + 5..].split('"').next().unwrap().to_owned()
+    };
+    let (lock_id, token) = (field(&out, "lockId"), field(&out, "token"));
+    let out = ok(&["-d", r#"{"prefix":"notes"}"#, "syncstore.v1.FileSync/ListLocks"]).await;
+    assert!(out.contains(&lock_id) && out.contains("notes/todo.txt"), "{out}");
+    // Someone else's write is refused; the holder's, with the token, passes.
+    let (success, out) = run([
+        "-d",
+        &upload_locked.replace("\"ops\"", "\"other\"").replace("TOKEN", "0"),
+        "syncstore.v1.FileSync/Upload",
+    ]
+    .map(str::to_owned)
+    .to_vec())
+    .await
+    .unwrap();
+    assert!(!success && out.contains("FailedPrecondition") && out.contains("ops@console"), "{out}");
+    let out = ok(&["-d", &upload_locked.replace("TOKEN", &token), "syncstore.v1.FileSync/Upload"]).await;
+    assert!(out.contains("notes/todo.txt"), "{out}");
+    let out = ok(&["-d", &refresh.replace("LOCK_ID", &lock_id), "syncstore.v1.FileSync/RefreshLock"]).await;
+    assert!(out.contains(&lock_id), "{out}");
+    let out = ok(&["-d", &unlock.replace("LOCK_ID", &lock_id), "syncstore.v1.FileSync/Unlock"]).await;
+    assert!(out.contains("LOCK_END_RELEASED"), "{out}");
+    let out = ok(&["-d", lock_req, "syncstore.v1.FileSync/Lock"]).await;
+    let out =
+        ok(&["-d", &force.replace("LOCK_ID", &field(&out, "lockId")), "syncstore.v1.FileSync/Unlock"]).await;
+    assert!(out.contains("LOCK_END_BROKEN") && out.contains(r#""endedBy": "admin""#), "{out}");
+
     // Errors carry the gRPC code.
     let (success, out) =
         run(["-d", r#"{"path":"../etc/passwd"}"#, "syncstore.v1.FileSync/Stat"].map(str::to_owned).to_vec())
