@@ -107,7 +107,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(root: PathBuf, state: State, remote: Remote, host: String) -> Self {
         let ignore = Ignore::load(&root);
-        let locks = Locks::new(remote.client_id().to_owned());
+        let locks = Locks::new(remote.client_id().to_owned(), state.clone());
         Self {
             root,
             state,
@@ -579,6 +579,9 @@ impl Engine {
     /// read-only and giving back write permission where a lock went.
     async fn load_locks(&mut self) -> Result<()> {
         let listed = self.remote.list_locks("").await?;
+        if self.acting {
+            self.locks.load_read_only()?;
+        }
         let released = self.locks.replace_all(listed);
         if !self.acting {
             return Ok(());

@@ -11,20 +11,30 @@ use std::{
 
 use syncstore::{Lock, RelPath};
 
+use crate::state::State;
+
 /// The server's live locks, as this client last heard of them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Locks {
     /// This client's id: locks with it are ours.
     own: String,
     by_path: HashMap<RelPath, Lock>,
     /// Files this client made read-only (someone else's lock); write
-    /// permission for the owner is given back when the lock goes.
+    /// permission for the owner is given back when the lock goes. Kept in
+    /// the state database too, so a restart still knows them.
     read_only: HashSet<RelPath>,
+    state: State,
 }
 
 impl Locks {
-    pub fn new(own: String) -> Self {
-        Self { own, ..Self::default() }
+    pub fn new(own: String, state: State) -> Self {
+        Self { own, by_path: HashMap::new(), read_only: HashSet::new(), state }
+    }
+
+    /// Takes in the files a previous run made read-only.
+    pub fn load_read_only(&mut self) -> crate::Result<()> {
+        self.read_only.extend(self.state.read_only_paths()?);
+        Ok(())
     }
 
     /// Someone else's lock on `path`.
@@ -97,7 +107,11 @@ impl Locks {
         }
         match set_writable(&path.to_local(root), false) {
             Ok(true) => {
-                self.read_only.insert(path.clone());
+                if self.read_only.insert(path.clone())
+                    && let Err(e) = self.state.set_read_only(path, true)
+                {
+                    tracing::warn!(%path, error = %e, "cannot note a read-only file in the state");
+                }
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(%path, error = %e, "cannot make a locked file read-only"),
@@ -109,6 +123,9 @@ impl Locks {
     pub fn unprotect(&mut self, root: &Path, path: &RelPath) {
         if self.by_other(path).is_some() || !self.read_only.remove(path) {
             return;
+        }
+        if let Err(e) = self.state.set_read_only(path, false) {
+            tracing::warn!(%path, error = %e, "cannot update the state");
         }
         if let Err(e) = set_writable(&path.to_local(root), true) {
             tracing::warn!(%path, error = %e, "cannot make an unlocked file writable again");

@@ -1,6 +1,7 @@
 //! The client's own state in `DIR/.syncstore/state.db` (SQLite): the base
 //! of every synced path, the subscription cursor, the server history it
-//! belongs to, and this client's id. A lock file keeps a second client off
+//! belongs to, this client's id, and the files it made read-only because
+//! someone else locked them. A lock file keeps a second client off
 //! the same folder.
 
 use std::{
@@ -33,6 +34,10 @@ CREATE TABLE IF NOT EXISTS base (
     stamp      INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS base_by_hash ON base (hash);
+-- Files this client made read-only because someone else locked them.
+CREATE TABLE IF NOT EXISTS read_only (
+    path TEXT PRIMARY KEY
+) WITHOUT ROWID;
 ";
 
 /// Handle to the state database; cheap to clone. Calls block briefly
@@ -113,6 +118,30 @@ impl State {
             )
             .map(drop)
         })
+    }
+
+    /// Notes that this client made `path` read-only (or no longer holds it
+    /// so).
+    pub fn set_read_only(&self, path: &RelPath, read_only: bool) -> Result<()> {
+        self.with(|c| {
+            if read_only {
+                c.execute("INSERT OR IGNORE INTO read_only (path) VALUES (?1)", [path.as_str()])
+            } else {
+                c.execute("DELETE FROM read_only WHERE path = ?1", [path.as_str()])
+            }
+            .map(drop)
+        })
+    }
+
+    /// The files this client made read-only.
+    pub fn read_only_paths(&self) -> Result<Vec<RelPath>> {
+        let paths: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT path FROM read_only")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })?;
+        // A stored path that no longer validates is dropped.
+        Ok(paths.into_iter().filter_map(|p| RelPath::new(p).ok()).collect())
     }
 
     /// This client's id, created on first use.

@@ -249,3 +249,20 @@ async fn locks_survive_a_restart_reach_the_replica_and_bind_a_promoted_replica()
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     drop(r_data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_made_read_only_becomes_writable_after_a_restart_if_the_lock_went_meanwhile() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    a.write("plan.txt", "plan");
+    eventually("b has it", || b.read("plan.txt").is_some()).await;
+    sync_client::lock(a.config(), "plan.txt", Duration::from_secs(600), "").await.unwrap();
+    eventually("b's copy is read-only", || writable(&b.path("plan.txt")) == Some(false)).await;
+
+    let b_dir = b.stop().await;
+    sync_client::unlock(a.config(), "plan.txt", false).await.unwrap();
+    let b = TestClient::start_in(&server.url(), b_dir);
+    eventually("b's copy is writable after its restart", || writable(&b.path("plan.txt")) == Some(true))
+        .await;
+}
