@@ -156,13 +156,23 @@ async fn a_replica_behind_the_kept_log_gets_a_full_resync() {
     eventually_async("replicated", || identical(&primary, &replica)).await;
 
     let (config, data, addr) = replica.stop().await;
-    // Far more changes than the log keeps: edits, deletes, new files.
+    // Far more changes than the log keeps: a lock, edits, deletes, new files.
+    let lock = p
+        .lock(pb::LockRequest {
+            path: "reserved.txt".into(),
+            ttl_seconds: 3600,
+            client_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     for i in 0..5u64 {
         upload(&mut p, &format!("old/{i}"), b"edited", i + 1).await.unwrap();
     }
     p.delete(pb::DeleteRequest {
         path: "old/0".into(),
-        base_version: 6,
+        base_version: 7,
         client_id: "t".into(),
         lock_token: 0,
     })
@@ -176,8 +186,36 @@ async fn a_replica_behind_the_kept_log_gets_a_full_resync() {
     );
 
     let replica = TestServer::start_on(config, addr).await;
+    // The replica's health says NOT_SERVING while the snapshot arrives.
+    let channel = tonic::transport::Endpoint::from_shared(replica.url()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut statuses = health
+        .watch(tonic_health::pb::HealthCheckRequest { service: "syncstore.v1.FileSync".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = tokio::spawn(async move {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut seen = Vec::new();
+        while let Ok(Ok(Some(r))) = tokio::time::timeout(DEADLINE, statuses.message()).await {
+            seen.push(r.status());
+            if seen.ends_with(&[ServingStatus::NotServing, ServingStatus::Serving]) {
+                break;
+            }
+        }
+        seen
+    });
     eventually_async("the replica converges by a resync", || identical(&primary, &replica)).await;
     assert_eq!(replica.files().await, primary.files().await);
+    {
+        use tonic_health::pb::health_check_response::ServingStatus::{NotServing, Serving};
+        let seen = seen.await.unwrap();
+        assert!(seen.ends_with(&[NotServing, Serving]), "health during the resync: {seen:?}");
+    }
+    // The lock came with the snapshot.
+    let mut r = replica.rpc().await;
+    let locks = r.list_locks(pb::ListLocksRequest::default()).await.unwrap().into_inner().locks;
+    assert_eq!(locks, vec![lock]);
     let (ps, rs) = (primary.status().await, replica.status().await);
     assert_eq!(rs.head_seq, ps.head_seq);
     // Replication goes on after the resync.
