@@ -348,6 +348,11 @@ impl Engine {
         }
     }
 
+    /// Whether the synced folder itself is gone: the client must stop.
+    pub fn folder_gone(&self) -> bool {
+        self.acting && !self.state.folder_present()
+    }
+
     fn note_failure(&mut self, path: RelPath, e: &Error) {
         self.metrics.errors.inc();
         if e.is_unavailable() {
@@ -515,6 +520,10 @@ impl Engine {
                 tracing::info!(%path, why, "deleted locally");
             }
             Action::DeleteRemote { base_version } => {
+                // A file is gone: is the whole folder?
+                if !self.state.folder_present() {
+                    return Err(Error::FolderGone(self.root.display().to_string()));
+                }
                 match self.remote.delete(path, *base_version, self.locks.token(path)).await {
                     Ok(tomb) => {
                         self.metrics.remote_deletes.inc();

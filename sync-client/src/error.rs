@@ -22,6 +22,10 @@ pub enum Error {
     Protocol(String),
     #[error("{0}")]
     Config(String),
+    #[error(
+        "the synced folder {0} is gone (deleted, moved or unmounted); stopping without propagating any deletion"
+    )]
+    FolderGone(String),
     #[error("the local file changed while it was being read; will retry")]
     ChangedWhileReading,
     #[error("background task failed: {0}")]

@@ -106,6 +106,7 @@ fn host_name() -> String {
 /// full rescan every `rescan_interval`.
 pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     let (mut engine, state, remote, root) = open(&config)?;
+    let root_display = root.display().to_string();
     let tasks = TaskTracker::new();
     let stop_tasks = shutdown.child_token();
 
@@ -179,9 +180,21 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
             },
             _ = rescan.tick() => log_rescan(engine.rescan().await),
             _ = retry.tick(), if engine.has_failures() => engine.retry_failed().await,
-            _ = lock_refresh.tick(), if engine.locks().holds_any() => engine.refresh_own_locks().await,
+            _ = lock_refresh.tick() => {
+                if engine.locks().holds_any() {
+                    engine.refresh_own_locks().await;
+                }
+            }
         }
         engine.update_pending();
+        if engine.folder_gone() {
+            let e = Error::FolderGone(root_display.clone());
+            tracing::error!(error = %e, "stopping");
+            stop_tasks.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Err(e);
+        }
     }
     stop_tasks.cancel();
     tasks.close();
@@ -282,9 +295,12 @@ impl Backoff {
 /// Runs full reconciliations until the folder and the server agree.
 /// Returns whether they do.
 pub async fn sync_once(config: Config) -> Result<bool> {
-    let (mut engine, ..) = open(&config)?;
+    let (mut engine, _, _, root) = open(&config)?;
     for pass in 1..=MAX_SYNC_PASSES {
         let acted = engine.full_sync().await?;
+        if engine.folder_gone() {
+            return Err(Error::FolderGone(root.display().to_string()));
+        }
         tracing::debug!(pass, acted, "sync pass");
         if acted == 0 && !engine.has_failures() {
             return Ok(true);

@@ -48,6 +48,8 @@ pub struct State {
     dir: PathBuf,
     /// Held open for the life of the client: the folder's lock.
     _lock: Arc<File>,
+    /// Device and inode of the state folder when it was opened.
+    marker: (u64, u64),
 }
 
 impl State {
@@ -92,7 +94,15 @@ impl State {
         if !has_stamp {
             conn.execute_batch("ALTER TABLE base ADD COLUMN stamp INTEGER NOT NULL DEFAULT 0")?;
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), dir, _lock: Arc::new(lock) })
+        let marker = dir_id(&dir)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), dir, _lock: Arc::new(lock), marker })
+    }
+
+    /// Whether the synced folder is still there: its state folder is the
+    /// one opened (not gone, as with a deleted folder or an unmounted disk,
+    /// and not a new one).
+    pub fn folder_present(&self) -> bool {
+        dir_id(&self.dir).is_ok_and(|id| id == self.marker)
     }
 
     /// Where downloads are written before they are renamed into place.
@@ -277,6 +287,12 @@ fn base_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option
         executable: r.get(at + 4)?,
         stamp: r.get::<_, i64>(at + 5)? as u64,
     }))
+}
+
+fn dir_id(dir: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(dir)?;
+    Ok((md.dev(), md.ino()))
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
 //! The folder watcher: turns notify's raw events into "look at this path"
-//! signals. A file whose writer closed it, a rename or a deletion is
+//! signals. A file whose writer closed it or a rename's new name is
 //! signalled at once; a file still being written (modified, not closed) is
-//! signalled once it has been quiet for [`SETTLE`].
+//! signalled once it has been quiet for [`SETTLE`]. Deletions wait as a
+//! batch until no deletion has come for [`SETTLE`] (at most
+//! [`MAX_REMOVAL_HOLD`]): a folder being deleted whole, the synced folder
+//! itself included (`rm -rf`), is then seen gone as a whole, and the engine
+//! refuses to propagate it.
 
 use std::{
     collections::HashMap,
@@ -22,6 +26,8 @@ use crate::error::Result;
 /// Quiet time after the last write before a file that was not closed is
 /// looked at.
 pub const SETTLE: Duration = Duration::from_millis(200);
+/// Longest a deletion waits for a stream of further deletions to end.
+pub const MAX_REMOVAL_HOLD: Duration = Duration::from_secs(10);
 
 /// What the watcher asks of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +42,11 @@ pub enum Signal {
 #[derive(Debug, Default)]
 pub struct Settler {
     pending: HashMap<PathBuf, Instant>,
+    /// Deleted paths, signalled together once deletions pause.
+    removals: Vec<PathBuf>,
+    /// When the removals are due (`SETTLE` after the last one), and when
+    /// the first of them came.
+    removals_due: Option<(Instant, Instant)>,
 }
 
 impl Settler {
@@ -54,7 +65,16 @@ impl Settler {
             EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if event.paths.len() == 2 => {
                 (&event.paths[..1], &event.paths[1..])
             }
-            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => (&[], &event.paths),
+            EventKind::Remove(_) => {
+                for path in &event.paths {
+                    self.pending.remove(path);
+                    self.removals.push(path.clone());
+                }
+                let first = self.removals_due.map_or(now, |(_, first)| first);
+                self.removals_due = Some(((now + SETTLE).min(first + MAX_REMOVAL_HOLD), first));
+                return Vec::new();
+            }
+            EventKind::Modify(ModifyKind::Name(_)) => (&[], &event.paths),
             EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => {
                 (&event.paths, &[])
             }
@@ -73,7 +93,8 @@ impl Settler {
 
     /// When the next settle timer runs out.
     pub fn next_due(&self) -> Option<Instant> {
-        self.pending.values().min().copied()
+        let removals = self.removals_due.map(|(due, _)| due);
+        self.pending.values().copied().chain(removals).min()
     }
 
     /// Paths whose settle time has passed at `now`.
@@ -83,7 +104,12 @@ impl Settler {
         for p in &due {
             self.pending.remove(p);
         }
-        due.into_iter().map(Signal::Path).collect()
+        let mut signals: Vec<Signal> = due.into_iter().map(Signal::Path).collect();
+        if self.removals_due.is_some_and(|(due, _)| due <= now) {
+            self.removals_due = None;
+            signals.extend(std::mem::take(&mut self.removals).into_iter().map(Signal::Path));
+        }
+        signals
     }
 }
 
@@ -197,10 +223,22 @@ mod tests {
         let to = ev(EventKind::Modify(ModifyKind::Name(RenameMode::To)), "/r/b");
         assert_eq!(s.on_event(&to, now), vec![Signal::Path("/r/b".into())]);
         assert_eq!(s.take_due(now + SETTLE), vec![Signal::Path("/r/a".into())]);
+        // Deletions wait until they pause, then go together.
+        let remove = |p: &str| ev(EventKind::Remove(RemoveKind::File), p);
+        assert!(s.on_event(&remove("/r/x"), now).is_empty());
+        assert!(s.on_event(&remove("/r/y"), now + SETTLE / 2).is_empty());
+        assert!(s.take_due(now + SETTLE).is_empty(), "the second deletion restarted the wait");
         assert_eq!(
-            s.on_event(&ev(EventKind::Remove(RemoveKind::File), "/r/x"), now),
-            vec![Signal::Path("/r/x".into())]
+            s.take_due(now + SETTLE / 2 + SETTLE),
+            vec![Signal::Path("/r/x".into()), Signal::Path("/r/y".into())]
         );
+        // A stream of deletions that never pauses is let through in time.
+        let mut t = now;
+        while t < now + MAX_REMOVAL_HOLD {
+            assert!(s.on_event(&remove("/r/z"), t).is_empty());
+            t += SETTLE / 2;
+        }
+        assert_eq!(s.next_due(), Some(now + MAX_REMOVAL_HOLD));
         let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
         assert_eq!(s.on_event(&overflow, now), vec![Signal::Rescan]);
         // Reads are not changes.

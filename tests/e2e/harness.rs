@@ -282,6 +282,15 @@ impl TestClient {
         tree(&self.root())
     }
 
+    /// Waits (up to [`DEADLINE`]) for the client to stop by itself, and
+    /// returns how it ended.
+    pub async fn ended(mut self) -> sync_client::Result<()> {
+        tokio::time::timeout(DEADLINE, &mut self.task)
+            .await
+            .expect("the client stops by itself in time")
+            .unwrap()
+    }
+
     /// Stops the client and hands back its folder.
     pub async fn stop(mut self) -> TempDir {
         self.shutdown.cancel();

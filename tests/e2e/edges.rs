@@ -1,0 +1,106 @@
+//! Edge cases real folders bring: the folder vanishing under a running
+//! client, a lost state database, names that differ only by case or
+//! Unicode normalization.
+
+use std::collections::BTreeMap;
+
+use crate::harness::*;
+
+fn seed_files(c: &TestClient) -> BTreeMap<String, Vec<u8>> {
+    for i in 0..20 {
+        c.write(&format!("dir{}/sub/file{i}.txt", i % 3), format!("content {i}"));
+    }
+    c.write("top.txt", "top");
+    c.files()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_folder_stops_the_client_and_deletes_nothing_elsewhere() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    let files = seed_files(&a);
+    eventually("b has everything", || b.files() == files).await;
+
+    // rm -rf of the synced folder itself, under the running client.
+    std::fs::remove_dir_all(a.root()).unwrap();
+    let ended = a.ended().await;
+    assert!(matches!(ended, Err(sync_client::Error::FolderGone(_))), "{ended:?}");
+    assert_eq!(server.files().await, files, "no deletion reached the server");
+    assert_eq!(b.files(), files);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmounted_folder_stops_the_client_and_deletes_nothing() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let files = seed_files(&a);
+    eventually_async("on the server", || async { server.files().await == files }).await;
+
+    // The disk goes away: the path is now an empty folder.
+    let root = a.root();
+    let away = root.with_extension("away");
+    std::fs::rename(&root, &away).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    let ended = a.ended().await;
+    assert!(matches!(ended, Err(sync_client::Error::FolderGone(_))), "{ended:?}");
+    assert_eq!(server.files().await, files, "no deletion reached the server");
+    std::fs::remove_dir_all(&away).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_state_database_deletes_nothing_and_keeps_both_versions() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    a.write("same.txt", "same");
+    a.write("edited.txt", "server version");
+    a.write("removed.txt", "still wanted?");
+    let files = a.files();
+    eventually_async("on the server", || async { server.files().await == files }).await;
+    let dir = a.stop().await;
+
+    // The state is lost; meanwhile a file is edited and one is deleted.
+    std::fs::remove_dir_all(dir.path().join(".syncstore")).unwrap();
+    write(dir.path(), "edited.txt", "local version");
+    std::fs::remove_file(dir.path().join("removed.txt")).unwrap();
+
+    let a = TestClient::start_in(&server.url(), dir);
+    eventually_async("both sides agree", || async {
+        let local = a.files();
+        local.len() == 4 && server.files().await == local
+    })
+    .await;
+    let local = a.files();
+    // Nothing was deleted: the missing file came back, both versions of
+    // the edited one are kept (one as a conflict copy).
+    assert_eq!(local["same.txt"], b"same");
+    assert_eq!(local["removed.txt"], b"still wanted?");
+    assert_eq!(local["edited.txt"], b"server version");
+    let copy: Vec<_> = local.iter().filter(|(p, _)| p.starts_with("edited (conflict from ")).collect();
+    assert_eq!(copy.len(), 1, "{local:?}");
+    assert_eq!(copy[0].1, b"local version");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_differ_by_case_or_normalization_never_overwrite_each_other() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    // Case: two files on a case-sensitive file system, both synced.
+    a.write("Readme.txt", "title case");
+    a.write("README.txt", "upper case");
+    eventually("b has both", || b.read("Readme.txt").is_some() && b.read("README.txt").is_some()).await;
+    assert_eq!(b.read("Readme.txt").unwrap(), b"title case");
+    assert_eq!(b.read("README.txt").unwrap(), b"upper case");
+
+    // Normalization: b holds a decomposed (NFD) "café.txt", which is not
+    // synced; the composed (NFC) one arriving from a is written beside it.
+    let nfd = "cafe\u{301}.txt";
+    let nfc = "caf\u{e9}.txt";
+    b.write(nfd, "b's decomposed file");
+    a.write(nfc, "a's composed file");
+    eventually("b gets the composed name", || b.read(nfc).is_some()).await;
+    assert_eq!(b.read(nfc).unwrap(), b"a's composed file");
+    assert_eq!(b.read(nfd).unwrap(), b"b's decomposed file", "the decomposed file is untouched");
+    assert!(!server.files().await.contains_key(nfd), "a decomposed name is not synced");
+}
