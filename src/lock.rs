@@ -91,12 +91,15 @@ impl From<Lock> for pb::Lock {
 }
 
 /// Metadata key of a FAILED_PRECONDITION status that says which one it is:
-/// [`REASON_LOCKED`] or [`REASON_STALE_LOCK`].
+/// [`REASON_LOCKED`], [`REASON_STALE_LOCK`] or [`REASON_PATH_CLASH`].
 pub const ERROR_REASON_KEY: &str = "syncstore-reason";
 /// The path is locked by someone else.
 pub const REASON_LOCKED: &str = "locked";
 /// The write's lock token is not the path's current lock.
 pub const REASON_STALE_LOCK: &str = "stale-lock";
+/// A file where the server has a folder, or below a file (not a lock
+/// matter, but told the same way).
+pub const REASON_PATH_CLASH: &str = "path-clash";
 
 /// The reason a status carries in [`ERROR_REASON_KEY`], if any.
 pub fn error_reason(status: &tonic::Status) -> Option<&str> {

@@ -468,6 +468,9 @@ impl Engine {
                         let lock = self.remote.lock_on(&path).await?;
                         self.locks.set(&path, lock);
                     }
+                    if e.is_path_clash() {
+                        self.resolve_clash(&path).await?;
+                    }
                     match self.plan(&path, RemoteView::Fetch).await? {
                         Some(p) if p.action != Action::Nothing => planned = p,
                         _ => return Ok(()),
@@ -580,6 +583,40 @@ impl Engine {
         }
         if let Some(copy) = copy {
             Box::pin(self.sync_path(&copy, RemoteView::Fetch)).await?;
+        }
+        Ok(())
+    }
+
+    /// The server refused `path` as a file because it clashes with a folder:
+    /// the server has a file where this folder has a folder (above `path`),
+    /// or a folder where this folder has the file `path`. The server's side
+    /// keeps the name; the local file or folder is renamed to a conflict
+    /// name (and synced under it), so nothing is lost.
+    async fn resolve_clash(&mut self, path: &RelPath) -> Result<()> {
+        let p = path.as_str();
+        let mut clashing = path.clone();
+        for (i, _) in p.match_indices('/') {
+            let folder = RelPath::new(&p[..i]).expect("a prefix of a valid path is valid");
+            if self.remote.stat(&folder).await?.is_some_and(|e| !e.is_deleted()) {
+                clashing = folder;
+                break;
+            }
+        }
+        let (root, host, from) = (self.root.clone(), self.host.clone(), clashing.clone());
+        let copy = tokio::task::spawn_blocking(move || rename_aside(&root, &host, &from)).await??;
+        self.metrics.conflicts.inc();
+        tracing::warn!(path = %clashing, %copy, "a file and a folder of the same name: the server's keeps the name, this one is renamed");
+        if clashing != *path {
+            // A folder moved: what was synced under it goes with it.
+            for below in self.bases_under(&clashing) {
+                self.state.remove_base(&below)?;
+            }
+        }
+        self.state.remove_base(&clashing)?;
+        Box::pin(self.local_event(copy)).await;
+        // The server's file (or folder) can come in now.
+        if clashing != *path {
+            Box::pin(self.sync_path(&clashing, RemoteView::Fetch)).await?;
         }
         Ok(())
     }
@@ -706,6 +743,20 @@ pub fn conflict_name(path: &RelPath, host: &str, stamp: &str, n: usize) -> Resul
         dir => format!("{dir}/{file}"),
     };
     RelPath::new(full).map_err(|e| Error::Config(format!("cannot name a conflict copy of {path}: {e}")))
+}
+
+/// Renames the local file or folder at `path` to a free conflict-copy name.
+fn rename_aside(root: &Path, host: &str, path: &RelPath) -> Result<RelPath> {
+    let stamp = chrono::Local::now().format("%Y-%m-%d %H%M%S").to_string();
+    for n in 1..1000 {
+        let copy = conflict_name(path, host, &stamp, n)?;
+        if !matches!(local::stat(&copy.to_local(root))?, local::Kind::Missing) {
+            continue;
+        }
+        std::fs::rename(path.to_local(root), copy.to_local(root))?;
+        return Ok(copy);
+    }
+    Err(Error::Config(format!("no free conflict-copy name for {path}")))
 }
 
 fn is_race(e: &Error) -> bool {

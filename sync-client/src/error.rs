@@ -53,6 +53,12 @@ impl Error {
         matches!(self, Error::Rpc(s) if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_STALE_LOCK))
     }
 
+    /// Whether the server refused a file where it has a folder (or below a
+    /// file).
+    pub fn is_path_clash(&self) -> bool {
+        matches!(self, Error::Rpc(s) if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_PATH_CLASH))
+    }
+
     /// Whether the server could not be reached (retry once it is back).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Connect(_)) || self.code() == Some(Code::Unavailable)

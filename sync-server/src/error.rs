@@ -7,6 +7,7 @@ use tonic::{Code, Status};
 pub const REASON_KEY: &str = syncstore::lock::ERROR_REASON_KEY;
 const REASON_LOCKED: &str = syncstore::lock::REASON_LOCKED;
 const REASON_STALE_LOCK: &str = syncstore::lock::REASON_STALE_LOCK;
+const REASON_PATH_CLASH: &str = syncstore::lock::REASON_PATH_CLASH;
 
 /// Result alias for the server library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -33,6 +34,9 @@ pub enum Error {
     /// The write carries a lock token that is not the path's current lock.
     #[error("{0}")]
     StaleLock(String),
+    /// A file where a folder is (or below a file).
+    #[error("{0}")]
+    PathClash(String),
     /// Too big, or the disk is full.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -89,8 +93,12 @@ impl From<Error> for Status {
             Error::NotFound(_) => Code::NotFound,
             Error::VersionConflict { .. } => Code::Aborted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::Locked(_) | Error::StaleLock(_) => {
-                let reason = if matches!(e, Error::Locked(_)) { REASON_LOCKED } else { REASON_STALE_LOCK };
+            Error::Locked(_) | Error::StaleLock(_) | Error::PathClash(_) => {
+                let reason = match &e {
+                    Error::Locked(_) => REASON_LOCKED,
+                    Error::StaleLock(_) => REASON_STALE_LOCK,
+                    _ => REASON_PATH_CLASH,
+                };
                 let mut status = Status::failed_precondition(e.to_string());
                 status.metadata_mut().insert(REASON_KEY, tonic::metadata::MetadataValue::from_static(reason));
                 return status;

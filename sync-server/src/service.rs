@@ -107,6 +107,7 @@ impl FileSyncService {
         let current = self
             .blocking(move |s| {
                 s.check_lock(DEFAULT_NAMESPACE, &p, &client, token)?;
+                s.check_path_clash(DEFAULT_NAMESPACE, &p)?;
                 s.stat(DEFAULT_NAMESPACE, &p)
             })
             .await?;

@@ -104,3 +104,64 @@ async fn names_that_differ_by_case_or_normalization_never_overwrite_each_other()
     assert_eq!(b.read(nfd).unwrap(), b"b's decomposed file", "the decomposed file is untouched");
     assert!(!server.files().await.contains_key(nfd), "a decomposed name is not synced");
 }
+
+fn copies_of<'a>(files: &'a BTreeMap<String, Vec<u8>>, name: &str) -> Vec<(&'a String, &'a Vec<u8>)> {
+    let prefix = format!("{name} (conflict from ");
+    files.iter().filter(|(p, _)| p.starts_with(&prefix)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_and_a_folder_of_the_same_name_both_survive() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    a.write("docs/a.txt", "a's doc in a folder");
+    a.write("notes", "a's notes as a file");
+    eventually_async("on the server", || async { server.files().await.len() == 2 }).await;
+
+    // b was offline with the opposite: a file "docs", a folder "notes".
+    let b_dir = tempfile::tempdir().unwrap();
+    write(b_dir.path(), "docs", "b's docs as a file");
+    write(b_dir.path(), "notes/n.txt", "b's note in a folder");
+    let b = TestClient::start_in(&server.url(), b_dir);
+
+    // The server's side keeps each name; b's are renamed and synced too.
+    eventually_async("everyone agrees, with four files", || async {
+        let (fa, fb) = (a.files(), b.files());
+        fa.len() == 4 && fa == fb && server.files().await == fa
+    })
+    .await;
+    let files = a.files();
+    assert_eq!(files["docs/a.txt"], b"a's doc in a folder");
+    assert_eq!(files["notes"], b"a's notes as a file");
+    let docs = copies_of(&files, "docs");
+    assert_eq!(docs.len(), 1, "{files:?}");
+    assert_eq!(docs[0].1, b"b's docs as a file");
+    let notes: Vec<_> = files.iter().filter(|(p, _)| p.starts_with("notes (conflict from ")).collect();
+    assert_eq!(notes.len(), 1, "{files:?}");
+    assert!(notes[0].0.ends_with(")/n.txt") && notes[0].1 == b"b's note in a folder", "{files:?}");
+}
+
+#[tokio::test]
+async fn the_server_never_holds_a_file_where_a_folder_is() {
+    let server = TestServer::start().await;
+    let mut rpc = server.rpc().await;
+    upload(&mut rpc, "x", b"file", 0).await.unwrap();
+    upload(&mut rpc, "dir/sub/y", b"deep", 0).await.unwrap();
+    for (path, why) in [("x/y", "x is a file"), ("dir", "it is a folder"), ("dir/sub", "it is a folder")] {
+        let err = upload(&mut rpc, path, b"clash", 0).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{path}: {err:?}");
+        assert!(err.message().contains(why), "{path}: {}", err.message());
+        assert_eq!(syncstore::lock::error_reason(&err), Some(syncstore::lock::REASON_PATH_CLASH));
+    }
+    // Once the file is gone, the name can be a folder.
+    rpc.delete(syncstore::pb::DeleteRequest {
+        path: "x".into(),
+        base_version: 1,
+        client_id: "t".into(),
+        lock_token: 0,
+    })
+    .await
+    .unwrap();
+    upload(&mut rpc, "x/y", b"now a folder", 0).await.unwrap();
+    assert_eq!(server.files().await.len(), 2);
+}

@@ -526,6 +526,12 @@ impl Store {
         self.inner.blobs.writer()
     }
 
+    /// Checks that `path` can be a file: no live file is a folder of it, and
+    /// no live file lies below it.
+    pub(crate) fn check_path_clash(&self, ns: &str, path: &RelPath) -> Result<()> {
+        self.read(|c| check_clash(c, ns, path))
+    }
+
     /// Checks `base_version` against the path's current entry: 0 means the
     /// path must not exist (or only as a tombstone), anything else must be
     /// the current version.
@@ -559,6 +565,7 @@ impl Store {
         let current = get_entry(&tx, ns, &put.path)?;
         Self::check_base(&put.path, current.as_ref(), put.base_version)?;
         locks::check_write(&tx, ns, &put.path, &put.client_id, put.lock_token, now_ms())?;
+        check_clash(&tx, ns, &put.path)?;
         match staged {
             Some(staged) => self.inner.blobs.persist(staged)?,
             None if self.inner.blobs.contains(&hash) => {}
@@ -761,6 +768,32 @@ fn write_change(c: &Connection, ns: &str, e: &Entry) -> Result<()> {
         exec,
         e.client_id
     ])?;
+    Ok(())
+}
+
+/// Refuses a file at `path` if a live file is one of its folders, or if
+/// live files lie below it (it is a folder): no client could hold both.
+fn check_clash(c: &Connection, ns: &str, path: &RelPath) -> Result<()> {
+    let p = path.as_str();
+    let mut live =
+        c.prepare_cached("SELECT 1 FROM files WHERE namespace = ?1 AND path = ?2 AND deleted = 0")?;
+    for (i, _) in p.match_indices('/') {
+        let folder = &p[..i];
+        if live.exists(params![ns, folder])? {
+            return Err(Error::PathClash(format!(
+                "{path} cannot be a file: {folder} is a file, not a folder"
+            )));
+        }
+    }
+    let below: Option<String> = c
+        .prepare_cached(
+            "SELECT path FROM files WHERE namespace = ?1 AND path > ?2 AND path < ?3 AND deleted = 0 LIMIT 1",
+        )?
+        .query_row(params![ns, format!("{p}/"), format!("{p}0")], |r| r.get(0))
+        .optional()?;
+    if let Some(below) = below {
+        return Err(Error::PathClash(format!("{path} cannot be a file: it is a folder (it holds {below})")));
+    }
     Ok(())
 }
 
