@@ -71,6 +71,9 @@ pub struct Config {
     pub dir: PathBuf,
     /// Time between full rescans of the folder.
     pub rescan_interval: Duration,
+    /// Whether to watch the folder for changes; without it local changes
+    /// are found only by the rescans ("modified since the last check").
+    pub watcher: bool,
     /// Where the engine counts what it does (served by `--metrics-listen`).
     pub metrics: metrics::ClientMetrics,
 }
@@ -81,6 +84,7 @@ impl Config {
             servers: vec![server.into()],
             dir: dir.into(),
             rescan_interval: DEFAULT_RESCAN_INTERVAL,
+            watcher: true,
             metrics: metrics::ClientMetrics::new(),
         }
     }
@@ -112,14 +116,18 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     // Watch before the first sync, so nothing saved meanwhile is missed.
     let (local_tx, mut local_rx) = mpsc::channel(QUEUE);
-    tasks.spawn({
-        let stop = stop_tasks.clone();
-        async move {
-            if let Err(e) = watch::run(root, local_tx, stop).await {
-                tracing::error!(error = %e, "the folder watcher failed; relying on rescans");
+    if config.watcher {
+        tasks.spawn({
+            let stop = stop_tasks.clone();
+            async move {
+                if let Err(e) = watch::run(root, local_tx, stop).await {
+                    tracing::error!(error = %e, "the folder watcher failed; relying on rescans");
+                }
             }
-        }
-    });
+        });
+    } else {
+        tracing::info!(interval = ?config.rescan_interval, "no watcher: finding local changes by rescanning");
+    }
 
     let mut backoff = Backoff::default();
     let mut attempts = 0u32;

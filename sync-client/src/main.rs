@@ -33,6 +33,11 @@ struct Args {
     /// missed), e.g. 30s, 5m.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "SYNCSTORE_RESCAN_INTERVAL")]
     rescan_interval: Duration,
+    /// With `watch`: do not watch the folder; find local changes only by
+    /// rescanning it every --rescan-interval (a file modified since the
+    /// last check is synced). For file systems without change events.
+    #[arg(long, env = "SYNCSTORE_POLL_ONLY")]
+    poll_only: bool,
     /// Log lines (on stderr) for people or, as JSON, for machines;
     /// RUST_LOG filters them.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SYNCSTORE_LOG_FORMAT")]
@@ -133,6 +138,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = sync_client::Config::new(String::new(), dir);
     config.servers = args.servers.clone();
     config.rescan_interval = args.rescan_interval;
+    config.watcher = !args.poll_only;
     match command {
         Command::Watch => {
             let shutdown = CancellationToken::new();

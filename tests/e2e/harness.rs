@@ -245,11 +245,27 @@ impl TestClient {
 
     /// Starts watching `dir`, given several servers (primary and replica).
     pub fn start_servers(servers: Vec<String>, dir: TempDir) -> Self {
+        // The rescan is the safety net; tests exercise the watcher.
+        Self::start_configured(servers, dir, |c| c.rescan_interval = Duration::from_secs(3600))
+    }
+
+    /// Starts a client without a watcher that rescans every second.
+    pub fn start_polling(server: &str) -> Self {
+        Self::start_configured(vec![server.to_owned()], tempfile::tempdir().unwrap(), |c| {
+            c.watcher = false;
+            c.rescan_interval = Duration::from_secs(1);
+        })
+    }
+
+    fn start_configured(
+        servers: Vec<String>,
+        dir: TempDir,
+        tweak: impl FnOnce(&mut sync_client::Config),
+    ) -> Self {
         let shutdown = CancellationToken::new();
         let mut config = sync_client::Config::new("", dir.path());
         config.servers = servers.clone();
-        // The rescan is the safety net; tests exercise the watcher.
-        config.rescan_interval = Duration::from_secs(3600);
+        tweak(&mut config);
         let task = tokio::spawn(sync_client::watch(config, shutdown.clone()));
         Self { dir, servers, shutdown, task }
     }

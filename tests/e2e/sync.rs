@@ -262,3 +262,39 @@ async fn a_moved_file_arrives_under_its_new_name_only() {
     // Content is stored once, whichever way it travelled.
     assert_eq!(count_files(&server.data_dir().join("blobs")), 1);
 }
+
+/// One scripted session of edits on `a`, waiting for `b` after each step;
+/// returns what both folders hold at the end.
+async fn scripted_session(a: &TestClient, b: &TestClient) -> BTreeMap<String, Vec<u8>> {
+    a.write("keep.txt", "kept");
+    a.write("dir/edit.txt", "first");
+    a.write("dir/gone.txt", "to be deleted");
+    a.write("old name.txt", "moved");
+    eventually("b has the new files", || b.files() == a.files()).await;
+    a.write("dir/edit.txt", "second, longer");
+    std::fs::remove_file(a.path("dir/gone.txt")).unwrap();
+    std::fs::rename(a.path("old name.txt"), a.path("dir/new name.txt")).unwrap();
+    b.write("from b.txt", "b's file");
+    eventually("both agree after the edits", || b.files() == a.files() && a.files().len() == 4).await;
+    a.files()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescanning_without_a_watcher_gives_the_same_result_as_the_watcher() {
+    let server = TestServer::start().await;
+    let watched =
+        scripted_session(&TestClient::start(&server.url()), &TestClient::start(&server.url())).await;
+
+    let other = TestServer::start().await;
+    let (a, b) = (TestClient::start_polling(&other.url()), TestClient::start_polling(&other.url()));
+    let polled = scripted_session(&a, &b).await;
+    assert_eq!(polled, watched);
+    assert_eq!(other.files().await, polled);
+
+    // And `sync` alone, without any watcher, converges to it too.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sync_client::Config::new(other.url(), dir.path());
+    config.watcher = false;
+    assert!(sync_client::sync_once(config).await.unwrap());
+    assert_eq!(tree(dir.path()), polled);
+}
