@@ -225,3 +225,122 @@ async fn lock_unlock_and_locks_from_the_command_line_and_a_killed_holder() {
     })
     .await;
 }
+
+/// Files in `dir` (recursively) except the client's state.
+fn folder_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in walk(dir) {
+        let rel = e.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        if !rel.starts_with(".syncstore") {
+            out.push(rel);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn big_data(len: usize) -> Vec<u8> {
+    // Not compressible, not all alike: a cheap xorshift stream.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Waits until `dir/.syncstore/tmp` holds a partly written file.
+async fn wait_for_partial(dir: &Path) {
+    let tmp = dir.join(".syncstore/tmp");
+    eventually("a transfer is under way", async || {
+        std::fs::read_dir(&tmp)
+            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.metadata().is_ok_and(|m| m.len() > 0))))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_mid_download_leaves_no_partial_file_and_converges() {
+    let server = server().await;
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let data = big_data(96 << 20);
+    std::fs::write(a.path().join("big.bin"), &data).unwrap();
+    std::fs::write(b.path().join("small.txt"), "b's").unwrap();
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+
+    // b downloads the big file and is killed in the middle of it.
+    let mut b_client = Command::new(env!("CARGO_BIN_EXE_sync-client"))
+        .args(["--server", &server.url, "--dir"])
+        .arg(b.path())
+        .arg("sync")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_partial(b.path()).await;
+    b_client.kill().unwrap();
+    b_client.wait().unwrap();
+    let present = folder_files(b.path());
+    assert!(
+        !present.contains(&"big.bin".to_owned()) || std::fs::read(b.path().join("big.bin")).unwrap() == data,
+        "no half-written file in the folder: {present:?}"
+    );
+
+    // The next run converges, and leaves nothing in its temp folder.
+    assert!(client(&server.url, b.path(), &["sync"]).await.status.success());
+    assert!(std::fs::read(b.path().join("big.bin")).unwrap() == data);
+    assert_eq!(std::fs::read_dir(b.path().join(".syncstore/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        client(&server.url, a.path(), &["status"]).await.status.code(),
+        Some(1),
+        "small.txt is new for a"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_cannot_be_written_keeps_the_old_file_and_is_retried() {
+    let server = server().await;
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    std::fs::write(a.path().join("doc.bin"), b"old version").unwrap();
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+    assert!(client(&server.url, b.path(), &["sync"]).await.status.success());
+    let new = big_data(4 << 20);
+    std::fs::write(a.path().join("doc.bin"), &new).unwrap();
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+
+    // b's disk is "full": no file may grow past 1 MiB (writes fail with
+    // EFBIG, as they would with ENOSPC).
+    let bin = env!("CARGO_BIN_EXE_sync-client");
+    let script =
+        format!("trap '' XFSZ; ulimit -f 1024; exec '{bin}' --server {} --dir \"$0\" sync", server.url);
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script]).arg(b.path()).stdin(Stdio::null());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "not in sync: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("File too large"), "{out:?}");
+    assert_eq!(std::fs::read(b.path().join("doc.bin")).unwrap(), b"old version", "the old file is intact");
+    assert_eq!(std::fs::read_dir(b.path().join(".syncstore/tmp")).unwrap().count(), 0, "no leftovers");
+
+    // Space again: the next run gets it.
+    assert!(client(&server.url, b.path(), &["sync"]).await.status.success());
+    assert!(std::fs::read(b.path().join("doc.bin")).unwrap() == new);
+}
