@@ -396,7 +396,23 @@ impl Engine {
                 tracing::debug!(%path, "still being written; will look again");
                 return Err(Error::ChangedWhileReading);
             }
-            LocalView::Dir | LocalView::Other => return Ok(None),
+            LocalView::Dir => {
+                // A folder where a file was synced (this side deleted the
+                // file), or where the server has a file: plan the file as
+                // missing here. A download then makes room for it.
+                let remote = match remote {
+                    RemoteView::Known(r) => r,
+                    RemoteView::Fetch => self.remote.stat(path).await?,
+                    RemoteView::IfLocalChanged if base.is_some() => self.remote.stat(path).await?,
+                    RemoteView::IfLocalChanged => return Ok(None),
+                };
+                if base.is_none() && remote.as_ref().is_none_or(Entry::is_deleted) {
+                    return Ok(None);
+                }
+                let action = plan::decide(None, base.as_ref(), remote.as_ref());
+                return Ok(Some(Planned { path: path.clone(), action, local: None, base, remote }));
+            }
+            LocalView::Other => return Ok(None),
         };
         let remote = match remote {
             RemoteView::Known(r) => r,
@@ -510,6 +526,9 @@ impl Engine {
             }
             Action::Download => {
                 let remote = p.remote.as_ref().expect("Download is planned for a server file");
+                if p.local.is_none() {
+                    self.make_room(path).await?;
+                }
                 self.download(remote, p.local.map(meta_of)).await?;
                 self.locks.protect(&self.root, path);
                 tracing::info!(%path, version = remote.version, why, "downloaded");
@@ -587,37 +606,52 @@ impl Engine {
         Ok(())
     }
 
-    /// The server refused `path` as a file because it clashes with a folder:
-    /// the server has a file where this folder has a folder (above `path`),
-    /// or a folder where this folder has the file `path`. The server's side
-    /// keeps the name; the local file or folder is renamed to a conflict
-    /// name (and synced under it), so nothing is lost.
+    /// The server refused `path` as a file because it clashes with a folder.
+    /// Either the server has a file where this folder has a folder above
+    /// `path`: that folder's name is then planned like a file (which deletes
+    /// the server's file if this side deleted it knowingly, or else moves
+    /// the local folder aside for it); or the server has a folder where
+    /// this folder has the file `path`: the file is renamed to a conflict
+    /// name and synced under it. Nothing is lost either way.
     async fn resolve_clash(&mut self, path: &RelPath) -> Result<()> {
         let p = path.as_str();
-        let mut clashing = path.clone();
         for (i, _) in p.match_indices('/') {
             let folder = RelPath::new(&p[..i]).expect("a prefix of a valid path is valid");
             if self.remote.stat(&folder).await?.is_some_and(|e| !e.is_deleted()) {
-                clashing = folder;
-                break;
+                return Box::pin(self.sync_path(&folder, RemoteView::Fetch)).await.map(drop);
             }
         }
-        let (root, host, from) = (self.root.clone(), self.host.clone(), clashing.clone());
+        let copy = self.move_aside(path).await?;
+        self.state.remove_base(path)?;
+        Box::pin(self.sync_path(&copy, RemoteView::Fetch)).await.map(drop)
+    }
+
+    /// Renames the local file or folder at `path` to a free conflict name.
+    async fn move_aside(&mut self, path: &RelPath) -> Result<RelPath> {
+        let (root, host, from) = (self.root.clone(), self.host.clone(), path.clone());
         let copy = tokio::task::spawn_blocking(move || rename_aside(&root, &host, &from)).await??;
         self.metrics.conflicts.inc();
-        tracing::warn!(path = %clashing, %copy, "a file and a folder of the same name: the server's keeps the name, this one is renamed");
-        if clashing != *path {
-            // A folder moved: what was synced under it goes with it.
-            for below in self.bases_under(&clashing) {
-                self.state.remove_base(&below)?;
-            }
+        tracing::warn!(%path, %copy, "a file and a folder of the same name: the server's keeps the name, this one is renamed");
+        Ok(copy)
+    }
+
+    /// Clears the way for a file at `path` where this folder has a folder:
+    /// an empty one is removed, one with content is renamed to a conflict
+    /// name (and synced under it). The bases below it are dropped: the
+    /// server, which has a file at `path`, has no live file below it.
+    async fn make_room(&mut self, path: &RelPath) -> Result<()> {
+        if !matches!(local::stat(&path.to_local(&self.root))?, local::Kind::Dir) {
+            return Ok(());
         }
-        self.state.remove_base(&clashing)?;
+        for below in self.bases_under(path) {
+            self.state.remove_base(&below)?;
+        }
+        if std::fs::remove_dir(path.to_local(&self.root)).is_ok() {
+            tracing::info!(%path, "removed an empty folder to make room for the server's file");
+            return Ok(());
+        }
+        let copy = self.move_aside(path).await?;
         Box::pin(self.local_event(copy)).await;
-        // The server's file (or folder) can come in now.
-        if clashing != *path {
-            Box::pin(self.sync_path(&clashing, RemoteView::Fetch)).await?;
-        }
         Ok(())
     }
 

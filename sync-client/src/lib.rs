@@ -113,6 +113,9 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     let root_display = root.display().to_string();
     let tasks = TaskTracker::new();
     let stop_tasks = shutdown.child_token();
+    // The helper tasks end with this function, even if it is dropped
+    // (aborted) rather than returning.
+    let _stop_on_drop = stop_tasks.clone().drop_guard();
 
     // Watch before the first sync, so nothing saved meanwhile is missed.
     let (local_tx, mut local_rx) = mpsc::channel(QUEUE);

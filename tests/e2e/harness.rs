@@ -24,6 +24,24 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 /// How often conditions are checked.
 const POLL: Duration = Duration::from_millis(20);
 
+/// With `SYNCSTORE_TEST_LOG=FILE`, the servers' and clients' logs (at
+/// `RUST_LOG`, default debug) go to FILE, each client's lines tagged with
+/// its folder: for digging into a failing seed.
+pub fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let Some(file) = std::env::var_os("SYNCSTORE_TEST_LOG") else { return };
+    ONCE.call_once(|| {
+        let file = std::fs::File::create(file).expect("the log file can be created");
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug,h2=info,hyper=info,tower=info"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .init();
+    });
+}
+
 /// Waits until `check` returns true, failing the test after [`DEADLINE`].
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -266,7 +284,9 @@ impl TestClient {
         let mut config = sync_client::Config::new("", dir.path());
         config.servers = servers.clone();
         tweak(&mut config);
-        let task = tokio::spawn(sync_client::watch(config, shutdown.clone()));
+        let span = tracing::info_span!("client", dir = %dir.path().display());
+        let task =
+            tokio::spawn(tracing::Instrument::instrument(sync_client::watch(config, shutdown.clone()), span));
         Self { dir, servers, shutdown, task }
     }
 
@@ -296,6 +316,22 @@ impl TestClient {
 
     pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
         tree(&self.root())
+    }
+
+    /// Kills the client abruptly (its task is aborted wherever it is, in
+    /// the middle of a transfer too) and hands back its folder.
+    pub async fn crash(mut self) -> TempDir {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        // Its helper tasks stop soon after; then the folder's lock is free.
+        let lock = self.dir.path().join(".syncstore/lock");
+        eventually("the crashed client's lock is released", || {
+            // (No lock file: it crashed before it opened its state.)
+            std::fs::File::open(&lock).map_or(true, |f| f.try_lock().is_ok())
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
     }
 
     /// Waits (up to [`DEADLINE`]) for the client to stop by itself, and

@@ -1,20 +1,34 @@
-//! A seeded randomized test: two real clients (one of them sometimes
-//! offline) and a real server, random creates, edits, deletes and renames
-//! racing the watchers; then everything must converge without losing the
-//! last version of any path.
+//! A seeded randomized test of whole systems: three real clients and a
+//! real server; random creates, edits, deletes and renames (files that
+//! clash with folders included) race the watchers while clients go
+//! offline, crash in the middle of whatever they do and come back, and the
+//! server restarts. At the end, with everyone online, it checks:
+//!
+//! - convergence: every folder equals the server's manifest;
+//! - no data loss: the last version written to every path is still there,
+//!   under its name or as a conflict copy (or under a renamed folder);
+//! - no resurrection: a path deleted when every client had caught up on it
+//!   stays deleted;
+//! - every conflict copy is named by the documented scheme and holds, byte
+//!   for byte, a version some client wrote;
+//! - the server's sequence numbers have no gap and every client's cursor
+//!   reached the head.
 //!
 //! `SYNCSTORE_SEEDS=N` runs N seeds (default 4); `SYNCSTORE_SEED=S` runs
 //! only seed S (a failure prints it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use syncstore::pb;
 use tempfile::TempDir;
 
 use crate::harness::*;
 
-const PATHS: &[&str] = &["a.txt", "b.txt", "d/c.txt", "d/e/f.txt", "g"];
-const OPS: usize = 30;
+/// "d" and "g/h" clash with "d/c.txt" and "g": a file where a folder is.
+const PATHS: &[&str] = &["a.txt", "b.txt", "d/c.txt", "d/e/f.txt", "g", "d", "g/h"];
+const OPS: usize = 40;
+const CLIENTS: usize = 3;
 
 enum Side {
     Online(TestClient),
@@ -36,36 +50,108 @@ impl Side {
             (s, _) => s,
         }
     }
+
+    async fn crash(self) -> Side {
+        match self {
+            Side::Online(c) => Side::Offline(c.crash().await),
+            s => s,
+        }
+    }
 }
 
 /// What the user did last to a path, in the test's order.
 #[derive(Debug, Clone)]
 enum Last {
     Wrote(String),
-    Deleted,
+    /// Deleted (or renamed away); `caught_up`: every client then held the
+    /// last written version or nothing at that path.
+    Deleted {
+        caught_up: bool,
+    },
 }
 
-/// Whether `name` is `path` or a conflict copy of it.
-fn is_copy_of(name: &str, path: &str) -> bool {
-    if name == path {
-        return true;
+/// `component` without its conflict-copy marks, each of which must be
+/// ` (conflict from HOST YYYY-MM-DD HHMMSS[ N])` right before the extension
+/// (a copy of a copy has two); `None` if a mark is malformed.
+fn strip_copies(component: &str) -> Option<String> {
+    let mut name = component.to_owned();
+    while let Some(at) = name.rfind(" (conflict from ") {
+        let close = at + name[at..].find(')')?;
+        let inner = &name[at + " (conflict from ".len()..close];
+        // HOST YYYY-MM-DD HHMMSS, then an optional counter of 2 or more.
+        let mut words: Vec<&str> = inner.split(' ').collect();
+        if words.last().is_some_and(|n| n.len() < 6 && n.parse::<u32>().is_ok_and(|n| n >= 2)) {
+            words.pop();
+        }
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let [.., date, time] = words.as_slice() else { return None };
+        if words.len() < 3
+            || date.len() != 10
+            || !digits(&date.replace('-', ""))
+            || time.len() != 6
+            || !digits(time)
+        {
+            return None;
+        }
+        // The mark sits before the extension (or at the end).
+        let rest = &name[close + 1..];
+        if !(rest.is_empty() || (rest.starts_with('.') && !rest[1..].contains(' '))) {
+            return None;
+        }
+        name = format!("{}{rest}", &name[..at]);
     }
-    let (dir, file) = path.rsplit_once('/').map_or(("", path), |(d, f)| (d, f));
-    let stem = file.rsplit_once('.').map_or(file, |(s, _)| s);
-    let prefix = if dir.is_empty() {
-        format!("{stem} (conflict from ")
-    } else {
-        format!("{dir}/{stem} (conflict from ")
-    };
-    name.starts_with(&prefix)
+    Some(name)
+}
+
+/// Whether `name` is `path`, or `path` with components (a file, or folders
+/// that were renamed aside) replaced by conflict copies' names.
+fn is_copy_of(name: &str, path: &str) -> bool {
+    let (n, p): (Vec<&str>, Vec<&str>) = (name.split('/').collect(), path.split('/').collect());
+    n.len() == p.len() && n.iter().zip(&p).all(|(n, p)| strip_copies(n).as_deref() == Some(*p))
+}
+
+/// Whether `name` is a conflict copy of anything (some component is).
+fn is_any_copy(name: &str) -> bool {
+    name.split('/').any(|c| c.contains(" (conflict from "))
+}
+
+/// Records one step of the run (and logs it, for `SYNCSTORE_TEST_LOG`).
+fn note(log: &mut Vec<String>, step: String) {
+    tracing::info!(step = %step, "model step");
+    log.push(step);
+}
+
+fn show(t: &BTreeMap<String, Vec<u8>>) -> String {
+    t.iter().map(|(k, v)| format!("  {k} = {}", String::from_utf8_lossy(v))).collect::<Vec<_>>().join("\n")
+}
+
+/// Every change's seq, from the start, up to `head`.
+async fn all_seqs(server: &TestServer, head: u64) -> Vec<u64> {
+    let mut rpc = server.rpc().await;
+    let mut s = rpc
+        .subscribe(pb::SubscribeRequest { after_seq: 0, client_id: "model".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seqs = Vec::new();
+    while seqs.last().is_none_or(|&l| l < head) {
+        let ev = tokio::time::timeout(DEADLINE, s.message()).await.expect("events in time").unwrap().unwrap();
+        seqs.push(ev.seq);
+    }
+    seqs
 }
 
 async fn run_seed(seed: u64) {
+    init_test_log();
     let mut rng = StdRng::seed_from_u64(seed);
-    let server = TestServer::start().await;
+    let mut server = TestServer::start().await;
     let url = server.url();
-    let mut sides = [Side::Online(TestClient::start(&url)), Side::Online(TestClient::start(&url))];
+    let mut sides: Vec<Side> = (0..CLIENTS).map(|_| Side::Online(TestClient::start(&url))).collect();
+    for (i, s) in sides.iter().enumerate() {
+        tracing::info!(seed, client = i, dir = %s.root().display(), "model client");
+    }
     let mut last: BTreeMap<&str, Last> = BTreeMap::new();
+    let mut written: BTreeSet<String> = BTreeSet::new();
     let mut log = Vec::new();
 
     for i in 0..OPS {
@@ -73,35 +159,87 @@ async fn run_seed(seed: u64) {
         let root = sides[who].root();
         let path = PATHS[rng.random_range(0..PATHS.len())];
         let exists = root.join(path).is_file();
-        match rng.random_range(0..10) {
-            // Client 1 goes offline or comes back.
+        // Whether every client holds the last version of `path`, or nothing.
+        let caught_up = |last: &BTreeMap<&str, Last>, sides: &[Side]| {
+            let want = match last.get(path) {
+                Some(Last::Wrote(c)) => Some(c.clone().into_bytes()),
+                _ => None,
+            };
+            sides.iter().all(|s| {
+                let p = s.root().join(path);
+                !p.exists() || (p.is_file() && std::fs::read(&p).ok() == want)
+            })
+        };
+        match rng.random_range(0..14) {
+            // A client (not the first) goes offline, or comes back.
             0 => {
-                let online = matches!(sides[1], Side::Offline(_));
-                let side = std::mem::replace(&mut sides[1], Side::Offline(tempfile::tempdir().unwrap()));
-                sides[1] = side.set_online(online, &url).await;
-                log.push(format!("{i}: client 1 {}", if online { "online" } else { "offline" }));
+                let c = rng.random_range(1..sides.len());
+                let online = matches!(sides[c], Side::Offline(_));
+                let side = std::mem::replace(&mut sides[c], Side::Offline(tempfile::tempdir().unwrap()));
+                sides[c] = side.set_online(online, &url).await;
+                note(&mut log, format!("{i}: client {c} {}", if online { "online" } else { "offline" }));
             }
-            1..=2 if exists => {
-                std::fs::remove_file(root.join(path)).unwrap();
-                last.insert(path, Last::Deleted);
-                log.push(format!("{i}: client {who} deletes {path}"));
+            // A client crashes wherever it is.
+            1 => {
+                let c = rng.random_range(1..sides.len());
+                let side = std::mem::replace(&mut sides[c], Side::Offline(tempfile::tempdir().unwrap()));
+                sides[c] = side.crash().await;
+                note(&mut log, format!("{i}: client {c} crashes"));
             }
-            3 if exists => {
+            // The server restarts.
+            2 => {
+                server = server.restart().await;
+                note(&mut log, format!("{i}: the server restarts"));
+            }
+            3..=4 if exists => {
+                let caught_up = caught_up(&last, &sides);
+                // The client may have moved the file meanwhile: then the
+                // user's action did not happen.
+                if std::fs::remove_file(root.join(path)).is_ok() {
+                    last.insert(path, Last::Deleted { caught_up });
+                    note(&mut log, format!("{i}: client {who} deletes {path}"));
+                }
+            }
+            5 if exists => {
                 let to = PATHS[rng.random_range(0..PATHS.len())];
-                if to != path {
-                    let content = std::fs::read_to_string(root.join(path)).unwrap();
-                    std::fs::create_dir_all(root.join(to).parent().unwrap()).unwrap();
-                    std::fs::rename(root.join(path), root.join(to)).unwrap();
-                    last.insert(path, Last::Deleted);
-                    last.insert(to, Last::Wrote(content));
-                    log.push(format!("{i}: client {who} renames {path} to {to}"));
+                let target = root.join(to);
+                let parent_ok = target.parent().is_none_or(|p| !p.is_file());
+                if to != path && parent_ok && !target.is_dir() && !to.starts_with(&format!("{path}/")) {
+                    let caught_up = caught_up(&last, &sides);
+                    let moved = (|| {
+                        let content = std::fs::read_to_string(root.join(path))?;
+                        std::fs::create_dir_all(target.parent().unwrap())?;
+                        std::fs::rename(root.join(path), &target)?;
+                        Ok::<_, std::io::Error>(content)
+                    })();
+                    if let Ok(content) = moved {
+                        last.insert(path, Last::Deleted { caught_up });
+                        last.insert(to, Last::Wrote(content));
+                        note(&mut log, format!("{i}: client {who} renames {path} to {to}"));
+                    }
                 }
             }
             _ => {
+                // A file where this client has a folder (or below a file)
+                // cannot be written here; the user would pick another name.
+                let target = root.join(path);
+                let blocked = target.is_dir()
+                    || std::path::Path::new(path)
+                        .ancestors()
+                        .skip(1)
+                        .any(|a| root.join(a).is_file() && !a.as_os_str().is_empty());
                 let content = format!("seed {seed} op {i} by client {who}");
-                write(&root, path, &content);
-                last.insert(path, Last::Wrote(content));
-                log.push(format!("{i}: client {who} writes {path}"));
+                let wrote = !blocked
+                    && (|| {
+                        std::fs::create_dir_all(target.parent().unwrap())?;
+                        std::fs::write(&target, &content)
+                    })()
+                    .is_ok();
+                if wrote {
+                    written.insert(content.clone());
+                    last.insert(path, Last::Wrote(content));
+                    note(&mut log, format!("{i}: client {who} writes {path}"));
+                }
             }
         }
         if rng.random_bool(0.3) {
@@ -110,43 +248,78 @@ async fn run_seed(seed: u64) {
         }
     }
 
-    let side = std::mem::replace(&mut sides[1], Side::Offline(tempfile::tempdir().unwrap()));
-    sides[1] = side.set_online(true, &url).await;
-    let (a, b) = (sides[0].root(), sides[1].root());
+    for side in &mut sides {
+        let s = std::mem::replace(side, Side::Offline(tempfile::tempdir().unwrap()));
+        *side = s.set_online(true, &url).await;
+    }
+    let roots: Vec<_> = sides.iter().map(Side::root).collect();
+    let fail = |what: String, server_files: &BTreeMap<String, Vec<u8>>| -> ! {
+        let folders: Vec<String> =
+            roots.iter().enumerate().map(|(i, r)| format!("client {i}:\n{}", show(&tree(r)))).collect();
+        panic!(
+            "seed {seed}: {what} (rerun: SYNCSTORE_SEED={seed})\n{}\n{}\nserver:\n{}",
+            log.join("\n"),
+            folders.join("\n"),
+            show(server_files)
+        )
+    };
     let converged = || async {
-        let (fa, fb) = (tree(&a), tree(&b));
-        fa == fb && server.files().await == fa
+        let first = tree(&roots[0]);
+        roots.iter().all(|r| tree(r) == first) && server.files().await == first
     };
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !converged().await {
         if tokio::time::Instant::now() >= deadline {
-            let show = |t: BTreeMap<String, Vec<u8>>| {
-                t.into_iter()
-                    .map(|(k, v)| format!("  {k} = {}", String::from_utf8_lossy(&v)))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
-            panic!(
-                "seed {seed} did not converge (rerun: SYNCSTORE_SEED={seed})\n{}\nA:\n{}\nB:\n{}\nserver:\n{}",
-                log.join("\n"),
-                show(tree(&a)),
-                show(tree(&b)),
-                show(server.files().await)
-            );
+            fail("did not converge".into(), &server.files().await);
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let files = server.files().await;
 
-    let files = tree(&a);
+    // No data loss.
     for (path, what) in &last {
         if let Last::Wrote(content) = what {
             let kept = files.iter().any(|(name, data)| is_copy_of(name, path) && data == content.as_bytes());
-            assert!(
-                kept,
-                "seed {seed}: the last version of {path} was lost (rerun: SYNCSTORE_SEED={seed})\n{}\nfinal: {:#?}",
-                log.join("\n"),
-                files.iter().map(|(k, v)| (k, String::from_utf8_lossy(v))).collect::<Vec<_>>()
-            );
+            if !kept {
+                fail(format!("the last version of {path} was lost"), &files);
+            }
+        }
+    }
+    // No resurrection.
+    for (path, what) in &last {
+        if let Last::Deleted { caught_up: true } = what
+            && files.contains_key(*path)
+        {
+            fail(format!("{path} was deleted by a client that had its last version, and came back"), &files);
+        }
+    }
+    // Conflict copies: named by the scheme, holding a written version.
+    for (name, data) in &files {
+        if is_any_copy(name) {
+            let named = PATHS.iter().any(|p| is_copy_of(name, p));
+            let held = written.contains(&String::from_utf8_lossy(data).into_owned());
+            if !named || !held {
+                fail(format!("the conflict copy {name} is misnamed or holds unknown content"), &files);
+            }
+        }
+    }
+    // Gap-free sequence numbers; every cursor at the head.
+    let head = server.status().await.head_seq;
+    let seqs = all_seqs(&server, head).await;
+    if seqs != (1..=head).collect::<Vec<_>>() {
+        fail(format!("the change log has gaps: {seqs:?}"), &files);
+    }
+    for (i, root) in roots.iter().enumerate() {
+        let state = sync_client::State::open_shared(root).unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while state.cursor().unwrap() != head {
+            if tokio::time::Instant::now() >= deadline {
+                fail(
+                    format!("client {i}'s cursor stays at {} (head {head})", state.cursor().unwrap()),
+                    &files,
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 }
@@ -169,5 +342,14 @@ async fn random_operations_converge_without_losing_the_last_version() {
 fn conflict_copies_are_recognised() {
     assert!(is_copy_of("d/c (conflict from h 2026-01-01 000000).txt", "d/c.txt"));
     assert!(is_copy_of("g (conflict from h 2026-01-01 000000 2)", "g"));
+    assert!(is_copy_of("d (conflict from my host 2026-01-01 000000)/c.txt", "d/c.txt"));
     assert!(!is_copy_of("d/x (conflict from h 2026-01-01 000000).txt", "d/c.txt"));
+    assert!(!is_copy_of("g (conflict from h yesterday)", "g"));
+    assert!(!is_copy_of("d (conflict from h 2026-01-01 000000)/x.txt", "d/c.txt"));
+    assert!(is_copy_of(
+        "d (conflict from h 2026-01-01 000000)/c (conflict from h 2026-01-01 000000).txt",
+        "d/c.txt"
+    ));
+    assert!(is_copy_of("d (conflict from h 2026-01-01 000000 2) (conflict from h 2026-01-01 000001)", "d"));
+    assert!(!is_copy_of("d (conflict from h 2026-01-01 000000) x", "d"));
 }
