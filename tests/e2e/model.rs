@@ -14,7 +14,7 @@
 //! - the server's sequence numbers have no gap and every client's cursor
 //!   reached the head.
 //!
-//! `SYNCSTORE_SEEDS=N` runs N seeds (default 4); `SYNCSTORE_SEED=S` runs
+//! `SYNCSTORE_SEEDS=N` runs N seeds (default 25, about 10 s); `SYNCSTORE_SEED=S` runs
 //! only seed S (a failure prints it).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -329,7 +329,7 @@ async fn random_operations_converge_without_losing_the_last_version() {
     let seeds: Vec<u64> = match std::env::var("SYNCSTORE_SEED") {
         Ok(s) => vec![s.parse().expect("SYNCSTORE_SEED is a number")],
         Err(_) => {
-            let n = std::env::var("SYNCSTORE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+            let n = std::env::var("SYNCSTORE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(25);
             (1..=n).collect()
         }
     };
