@@ -165,3 +165,76 @@ async fn the_server_never_holds_a_file_where_a_folder_is() {
     upload(&mut rpc, "x/y", b"now a folder", 0).await.unwrap();
     assert_eq!(server.files().await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtime_and_the_executable_bit_arrive_as_stored() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    let when = std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789);
+    let path = a.path("tool.sh");
+    std::fs::write(&path, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(when).unwrap();
+    eventually("b has it, executable, with a's mtime", || {
+        std::fs::metadata(b.path("tool.sh")).is_ok_and(|m| {
+            m.permissions().mode() & 0o111 != 0 && m.modified().ok() == Some(when)
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_during_its_upload_arrives_as_last_written() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    // Each version is written while the previous one is likely still in
+    // flight; whatever the timing, only whole versions may arrive, and the
+    // last one must.
+    let versions: Vec<Vec<u8>> = (0..4).map(|i| random_bytes(24 << 20, 100 + i)).collect();
+    for v in &versions {
+        a.write("video.bin", v);
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    let last = versions.last().unwrap();
+    eventually("b has the last version", || b.read("video.bin").is_some_and(|d| d == *last)).await;
+    assert!(server.files().await["video.bin"] == *last);
+    assert_eq!(b.files().len(), 1, "no partial or extra file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_edited_here_during_its_download_keeps_both_versions() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    a.write("doc.bin", "v1");
+    eventually("b has v1", || b.read("doc.bin").as_deref() == Some(&b"v1"[..])).await;
+    // a sends a big new version; b edits the file while it comes in.
+    let big = random_bytes(32 << 20, 7);
+    a.write("doc.bin", &big);
+    b.write("doc.bin", "b's edit");
+    eventually("both versions everywhere", || {
+        let files = b.files();
+        files.len() == 2
+            && files.values().any(|d| *d == big)
+            && files.values().any(|d| d.as_slice() == b"b's edit")
+            && a.files() == files
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_deleted_and_recreated_at_once_is_not_lost() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    a.write("notes.txt", "old");
+    eventually("b has it", || b.read("notes.txt").is_some()).await;
+    std::fs::remove_file(a.path("notes.txt")).unwrap();
+    a.write("notes.txt", "new");
+    eventually("b has the new one", || b.read("notes.txt").as_deref() == Some(&b"new"[..])).await;
+    assert_eq!(a.read("notes.txt").as_deref(), Some(&b"new"[..]));
+    assert_eq!(server.files().await["notes.txt"], b"new");
+}
