@@ -22,6 +22,8 @@ pub struct Content {
     pub size: u64,
     pub mtime_ns: i64,
     pub executable: bool,
+    /// A symbolic link; the content is its target.
+    pub symlink: bool,
 }
 
 /// A `FileEntry` from the wire that does not describe a valid entry.
@@ -52,6 +54,7 @@ impl TryFrom<pb::FileEntry> for Entry {
                 size: e.size,
                 mtime_ns: e.mtime_ns,
                 executable: e.executable,
+                symlink: e.symlink,
             })
         };
         Ok(Entry { path: RelPath::new(e.path)?, version: e.version, content, client_id: e.client_id })
@@ -70,6 +73,7 @@ impl From<Entry> for pb::FileEntry {
             mtime_ns: c.map_or(0, |c| c.mtime_ns),
             executable: c.is_some_and(|c| c.executable),
             client_id: e.client_id,
+            symlink: c.is_some_and(|c| c.symlink),
         }
     }
 }
@@ -83,7 +87,13 @@ mod tests {
         let live = Entry {
             path: RelPath::new("a/b").unwrap(),
             version: 7,
-            content: Some(Content { hash: ContentHash::of(b"x"), size: 1, mtime_ns: 42, executable: true }),
+            content: Some(Content {
+                hash: ContentHash::of(b"x"),
+                size: 1,
+                mtime_ns: 42,
+                executable: true,
+                symlink: true,
+            }),
             client_id: "c1".into(),
         };
         let tomb = Entry { content: None, ..live.clone() };

@@ -385,6 +385,12 @@ impl Engine {
         if self.ignore.is_ignored(path, false) {
             return Ok(None);
         }
+        if local::through_symlink(&self.root, path) {
+            // Reading or writing it would follow the link, maybe out of the
+            // folder. The link itself syncs as a file, and a clash with the
+            // server's folder of that name renames it aside.
+            return Err(Error::Config(format!("a folder above {path} is a symbolic link here")));
+        }
         let base = if self.bases_valid { self.state.base(path)? } else { None };
         let (root, p) = (self.root.clone(), path.clone());
         let view =
@@ -731,6 +737,7 @@ impl Engine {
             size: meta.size,
             mtime_ns: meta.mtime_ns,
             executable: meta.executable,
+            symlink: meta.symlink,
             stamp: meta.stamp,
         };
         self.state.set_base(&remote.path, &base_of(remote.version, local))
@@ -805,12 +812,13 @@ fn base_of(version: u64, l: Local) -> Base {
         size: l.size,
         mtime_ns: local::base_mtime(l.mtime_ns),
         executable: l.executable,
+        symlink: l.symlink,
         stamp: l.stamp,
     }
 }
 
 fn meta_of(l: Local) -> Meta {
-    Meta { size: l.size, mtime_ns: l.mtime_ns, executable: l.executable, stamp: l.stamp }
+    Meta { size: l.size, mtime_ns: l.mtime_ns, executable: l.executable, symlink: l.symlink, stamp: l.stamp }
 }
 
 /// Deletes a local file if it is still as planned, then its empty folders.

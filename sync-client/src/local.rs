@@ -49,6 +49,8 @@ pub struct Meta {
     pub size: u64,
     pub mtime_ns: i64,
     pub executable: bool,
+    /// A symbolic link (its size is its target's length).
+    pub symlink: bool,
     /// The inode and the ctime, folded together: a file renamed over
     /// another, or written in the same clock tick with the same size, still
     /// shows a different stamp (as git's index uses them).
@@ -73,7 +75,9 @@ impl Meta {
             .map_or(0, |d| d.as_nanos() as i64);
         let ctime_ns = md.ctime().wrapping_mul(1_000_000_000).wrapping_add(md.ctime_nsec());
         let stamp = md.ino().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ctime_ns as u64;
-        Meta { size: md.len(), mtime_ns, executable: md.permissions().mode() & 0o111 != 0, stamp }
+        let symlink = md.file_type().is_symlink();
+        let executable = !symlink && md.permissions().mode() & 0o111 != 0;
+        Meta { size: md.len(), mtime_ns, executable, symlink, stamp }
     }
 
     /// Whether the file still looks as it did when the base was recorded.
@@ -81,6 +85,7 @@ impl Meta {
         self.size == base.size
             && self.mtime_ns == base.mtime_ns
             && self.executable == base.executable
+            && self.symlink == base.symlink
             && self.stamp == base.stamp
     }
 }
@@ -90,7 +95,8 @@ impl Meta {
     /// stamp aside (a rename, which moving a file aside is, changes the
     /// ctime in it).
     pub fn same_as_moved(&self, other: &Meta) -> bool {
-        (self.size, self.mtime_ns, self.executable) == (other.size, other.mtime_ns, other.executable)
+        (self.size, self.mtime_ns, self.executable, self.symlink)
+            == (other.size, other.mtime_ns, other.executable, other.symlink)
     }
 }
 
@@ -114,7 +120,7 @@ pub enum Kind {
 /// Looks at `path` without following symlinks.
 pub fn stat(path: &Path) -> io::Result<Kind> {
     match fs::symlink_metadata(path) {
-        Ok(md) if md.is_file() => Ok(Kind::File(Meta::of(&md))),
+        Ok(md) if md.is_file() || md.file_type().is_symlink() => Ok(Kind::File(Meta::of(&md))),
         Ok(md) if md.is_dir() => Ok(Kind::Dir),
         Ok(_) => Ok(Kind::Other),
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => Ok(Kind::Missing),
@@ -125,6 +131,11 @@ pub fn stat(path: &Path) -> io::Result<Kind> {
 /// Hashes a file, streaming it. Fails with `None` if the file's size or
 /// mtime moved while it was read (it is still being written).
 pub fn hash_file(path: &Path, before: Meta) -> io::Result<Option<ContentHash>> {
+    if before.symlink {
+        let target = link_target(path)?;
+        let after = Meta::of(&fs::symlink_metadata(path)?);
+        return Ok((after == before).then(|| ContentHash::of(&target)));
+    }
     let mut file = fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; MAX_CHUNK];
@@ -137,6 +148,27 @@ pub fn hash_file(path: &Path, before: Meta) -> io::Result<Option<ContentHash>> {
     }
     let after = Meta::of(&file.metadata()?);
     Ok((after == before).then(|| hasher.finalize().into()))
+}
+
+/// The target of the symbolic link at `path`, as bytes (what is synced).
+pub fn link_target(path: &Path) -> io::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStringExt;
+    Ok(fs::read_link(path)?.into_os_string().into_vec())
+}
+
+/// Whether a folder above `path` (below `root`) is a symbolic link here: a
+/// path through it must not be read or written, as that would follow the
+/// link, possibly out of the synced folder.
+pub fn through_symlink(root: &Path, path: &RelPath) -> bool {
+    let mut dir = root.to_path_buf();
+    let parent = path.parent();
+    if parent.is_empty() {
+        return false;
+    }
+    parent.split('/').any(|name| {
+        dir.push(name);
+        fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink())
+    })
 }
 
 /// Reads a path's local state, hashing only when size or mtime differ
@@ -155,6 +187,7 @@ pub fn local_state(root: &Path, path: &RelPath, base: Option<&Base>) -> io::Resu
                     size: meta.size,
                     mtime_ns: meta.mtime_ns,
                     executable: meta.executable,
+                    symlink: meta.symlink,
                     stamp: meta.stamp,
                 }));
             }
@@ -164,6 +197,7 @@ pub fn local_state(root: &Path, path: &RelPath, base: Option<&Base>) -> io::Resu
                     size: meta.size,
                     mtime_ns: meta.mtime_ns,
                     executable: meta.executable,
+                    symlink: meta.symlink,
                     stamp: meta.stamp,
                 })),
                 None => Ok(LocalView::Unsettled),
@@ -216,9 +250,9 @@ impl Ignore {
     }
 }
 
-/// Every regular file under `dir` (a folder below `root`, or `root`
-/// itself) that is not ignored, with its metadata. Symlinks are not
-/// followed; names that are not valid paths are skipped with a warning.
+/// Every regular file and symbolic link under `dir` (a folder below
+/// `root`, or `root` itself) that is not ignored, with its metadata. Links
+/// are listed, never followed; names that are not valid paths are skipped with a warning.
 pub fn scan(root: &Path, dir: &Path, ignore: &Ignore) -> io::Result<HashMap<RelPath, Meta>> {
     let mut out = HashMap::new();
     let root_buf = root.to_path_buf();
@@ -238,7 +272,7 @@ pub fn scan(root: &Path, dir: &Path, ignore: &Ignore) -> io::Result<HashMap<RelP
                 continue;
             }
         };
-        if !entry.file_type().is_some_and(|t| t.is_file()) {
+        if !entry.file_type().is_some_and(|t| t.is_file() || t.is_symlink()) {
             continue;
         }
         let Ok(path) = RelPath::from_local(root, entry.path()) else { continue };
@@ -285,7 +319,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scan_skips_state_ignored_and_symlinks() {
+    fn scan_skips_state_and_ignored_and_does_not_follow_links() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         fs::create_dir_all(root.join("a/b")).unwrap();
@@ -301,7 +335,9 @@ mod tests {
         let found = scan(root, root, &Ignore::load(root)).unwrap();
         let mut names: Vec<_> = found.keys().map(|p| p.as_str().to_owned()).collect();
         names.sort();
-        assert_eq!(names, vec![IGNORE_FILE, "a/b/keep.txt"]);
+        // The link is listed as itself; what it points to is not walked.
+        assert_eq!(names, vec![IGNORE_FILE, "a/b/keep.txt", "link"]);
+        assert!(found[&RelPath::new("link").unwrap()].symlink);
     }
 
     #[test]
@@ -319,6 +355,7 @@ mod tests {
             size: l.size,
             mtime_ns: l.mtime_ns,
             executable: false,
+            symlink: false,
             stamp: l.stamp,
         };
         let LocalView::File(l2) = local_state(root, &path, Some(&base)).unwrap() else { panic!() };

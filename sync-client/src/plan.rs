@@ -25,8 +25,18 @@ pub struct Local {
     pub size: u64,
     pub mtime_ns: i64,
     pub executable: bool,
+    /// A symbolic link; `hash` and `size` are its target's.
+    pub symlink: bool,
     /// Inode and ctime folded together (see `local::Meta::stamp`).
     pub stamp: u64,
+}
+
+impl Local {
+    /// Whether the server's content is this file's: same bytes, same
+    /// executable bit, same kind (file or link).
+    pub fn same_as(&self, c: &syncstore::Content) -> bool {
+        self.hash == c.hash && self.executable == c.executable && self.symlink == c.symlink
+    }
 }
 
 /// What both sides agreed on at the last sync of a path.
@@ -40,6 +50,7 @@ pub struct Base {
     pub size: u64,
     pub mtime_ns: i64,
     pub executable: bool,
+    pub symlink: bool,
     pub stamp: u64,
 }
 
@@ -83,7 +94,7 @@ impl Action {
 
 /// Whether the local file differs from the base (or is gone).
 pub fn local_changed(local: Option<&Local>, base: &Base) -> bool {
-    local.is_none_or(|l| l.hash != base.hash || l.executable != base.executable)
+    local.is_none_or(|l| l.hash != base.hash || l.executable != base.executable || l.symlink != base.symlink)
 }
 
 /// Decides what reconciles one path.
@@ -96,9 +107,7 @@ pub fn decide(local: Option<&Local>, base: Option<&Base>, remote: Option<&Entry>
             // Creating over a tombstone (or nothing) is based on version 0.
             (Some(_), None) => Action::Upload { base_version: 0 },
             (None, Some(_)) => Action::Download,
-            (Some(l), Some((version, c))) if l.hash == c.hash && l.executable == c.executable => {
-                Action::Record { version }
-            }
+            (Some(l), Some((version, c))) if l.same_as(&c) => Action::Record { version },
             (Some(_), Some(_)) => Action::Conflict,
         };
     };
@@ -125,7 +134,7 @@ pub fn decide(local: Option<&Local>, base: Option<&Base>, remote: Option<&Entry>
         (Some(_), Some(_)) if remote_unchanged => Action::Upload { base_version: base.version },
         (Some(_), None) => Action::Upload { base_version: 0 }, // deleted there: the edit wins
         (Some(l), Some((version, c))) => {
-            if l.hash == c.hash && l.executable == c.executable {
+            if l.same_as(&c) {
                 Action::Record { version }
             } else {
                 Action::Conflict
@@ -146,6 +155,7 @@ mod tests {
             size: data.len() as u64,
             mtime_ns: 1,
             executable: false,
+            symlink: false,
             stamp: 1,
         }
     }
@@ -157,6 +167,7 @@ mod tests {
             size: data.len() as u64,
             mtime_ns: 1,
             executable: false,
+            symlink: false,
             stamp: 1,
         }
     }
@@ -170,6 +181,7 @@ mod tests {
                 size: d.len() as u64,
                 mtime_ns: 1,
                 executable: false,
+                symlink: false,
             }),
             client_id: "other".into(),
         }

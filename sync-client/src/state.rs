@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS base (
     size       INTEGER NOT NULL,
     mtime_ns   INTEGER NOT NULL,
     executable INTEGER NOT NULL,
-    stamp      INTEGER NOT NULL DEFAULT 0
+    stamp      INTEGER NOT NULL DEFAULT 0,
+    symlink    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS base_by_hash ON base (hash);
 -- Files this client made read-only because someone else locked them.
@@ -93,6 +94,15 @@ impl State {
             })?;
         if !has_stamp {
             conn.execute_batch("ALTER TABLE base ADD COLUMN stamp INTEGER NOT NULL DEFAULT 0")?;
+        }
+        // And from before symlinks were synced.
+        let has_symlink: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('base') WHERE name = 'symlink'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_symlink {
+            conn.execute_batch("ALTER TABLE base ADD COLUMN symlink INTEGER NOT NULL DEFAULT 0")?;
         }
         let marker = dir_id(&dir)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), dir, _lock: Arc::new(lock), marker })
@@ -193,7 +203,7 @@ impl State {
     pub fn base(&self, path: &RelPath) -> Result<Option<Base>> {
         self.with(|c| {
             c.prepare_cached(
-                "SELECT version, hash, size, mtime_ns, executable, stamp FROM base WHERE path = ?1",
+                "SELECT version, hash, size, mtime_ns, executable, stamp, symlink FROM base WHERE path = ?1",
             )?
             .query_row([path.as_str()], base_from_row)
             .optional()
@@ -204,11 +214,11 @@ impl State {
     pub fn set_base(&self, path: &RelPath, b: &Base) -> Result<()> {
         self.with(|c| {
             c.prepare_cached(
-                "INSERT INTO base (path, version, hash, size, mtime_ns, executable, stamp)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO base (path, version, hash, size, mtime_ns, executable, stamp, symlink)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (path) DO UPDATE SET version = excluded.version, hash = excluded.hash,
                    size = excluded.size, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
-                   stamp = excluded.stamp",
+                   stamp = excluded.stamp, symlink = excluded.symlink",
             )?
             .execute(params![
                 path.as_str(),
@@ -217,7 +227,8 @@ impl State {
                 b.size as i64,
                 b.mtime_ns,
                 b.executable,
-                b.stamp as i64
+                b.stamp as i64,
+                b.symlink
             ])
             .map(drop)
         })
@@ -232,8 +243,9 @@ impl State {
     /// Every base, for a full reconciliation.
     pub fn all_bases(&self) -> Result<HashMap<RelPath, Base>> {
         self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT path, version, hash, size, mtime_ns, executable, stamp FROM base")?;
+            let mut stmt = c.prepare(
+                "SELECT path, version, hash, size, mtime_ns, executable, stamp, symlink FROM base",
+            )?;
             let rows = stmt.query_map([], |r| {
                 let path: String = r.get(0)?;
                 Ok((path, base_from_row_at(r, 1)?))
@@ -273,7 +285,8 @@ fn base_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Base>> {
     base_from_row_at(r, 0)
 }
 
-/// Decodes version, hash, size, mtime_ns, executable, stamp from column `at`; a
+/// Decodes version, hash, size, mtime_ns, executable, stamp, symlink from
+/// column `at`; a
 /// row with a malformed hash reads as no base (the path is then treated as
 /// met for the first time, which never deletes anything).
 fn base_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option<Base>> {
@@ -286,6 +299,7 @@ fn base_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option
         mtime_ns: r.get(at + 3)?,
         executable: r.get(at + 4)?,
         stamp: r.get::<_, i64>(at + 5)? as u64,
+        symlink: r.get(at + 6)?,
     }))
 }
 
@@ -309,6 +323,7 @@ mod tests {
             size: 1,
             mtime_ns: 9,
             executable: true,
+            symlink: false,
             stamp: 7,
         };
         {

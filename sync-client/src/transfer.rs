@@ -11,7 +11,7 @@ use std::{
 
 use syncstore::{
     ContentHash, Entry, RelPath,
-    limits::MAX_CHUNK,
+    limits::{MAX_CHUNK, MAX_PATH_BYTES},
     pb::{self, download_response, upload_request},
 };
 use tokio::sync::mpsc;
@@ -56,6 +56,7 @@ pub async fn upload(
             hash: expected.hash.as_bytes().to_vec(),
             mtime_ns: expected.mtime_ns,
             executable: expected.executable,
+            symlink: expected.symlink,
             base_version,
             client_id: remote.client_id().to_owned(),
             lock_token,
@@ -91,6 +92,15 @@ fn entry_of(e: Option<pb::FileEntry>) -> Result<Entry> {
 /// the whole file hashed to what the header announced: if it did not, the
 /// stream ends short and the server discards the upload.
 fn send_file(path: &Path, expected: Local, tx: mpsc::Sender<pb::UploadRequest>) -> Result<()> {
+    if expected.symlink {
+        // A link is never followed: its target is the content.
+        let target = local::link_target(path)?;
+        if target.len() as u64 != expected.size || ContentHash::of(&target) != expected.hash {
+            return Err(Error::ChangedWhileReading);
+        }
+        let _ = tx.blocking_send(chunk_msg(target));
+        return Ok(());
+    }
     let mut file = fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
@@ -143,6 +153,15 @@ pub async fn download(
     expected: Option<Meta>,
 ) -> Result<Meta> {
     let content = entry.content.ok_or_else(|| Error::Protocol("download of a tombstone".into()))?;
+    if local::through_symlink(root, &entry.path) {
+        return Err(Error::Config(format!(
+            "a folder above {} is a symbolic link here; not writing through it",
+            entry.path
+        )));
+    }
+    if content.symlink && content.size > MAX_PATH_BYTES as u64 {
+        return Err(Error::Protocol(format!("{} is a link with a {}-byte target", entry.path, content.size)));
+    }
     let mut stream = remote
         .raw()
         .download(pb::DownloadRequest { path: entry.path.to_string(), version: entry.version })
@@ -184,9 +203,71 @@ pub async fn download(
     }
 
     let target = entry.path.to_local(root);
+    if content.symlink {
+        let link = fs::read(tmp.path())?;
+        return tokio::task::spawn_blocking(move || install_symlink(&link, tmp, &target, expected)).await?;
+    }
     let mtime_ns = content.mtime_ns;
     let executable = content.executable;
     tokio::task::spawn_blocking(move || install(tmp, &target, mtime_ns, executable, expected)).await?
+}
+
+/// Creates the symbolic link `link` (a target received from the server) at
+/// `target`, under the same rules as [`install`]. The link is never
+/// followed; a target that is empty or holds a NUL byte is refused.
+fn install_symlink(
+    link: &[u8],
+    tmp: tempfile::NamedTempFile,
+    target: &Path,
+    expected: Option<Meta>,
+) -> Result<Meta> {
+    use std::os::unix::ffi::OsStrExt;
+    if link.is_empty() || link.contains(&0) {
+        return Err(Error::Protocol(format!("{} is a link with an unusable target", target.display())));
+    }
+    let parent: PathBuf = target.parent().expect("a synced path has a parent").to_path_buf();
+    fs::create_dir_all(&parent)?;
+    let aside = move_aside_checked(target, &tmp.path().with_extension("aside"), expected)?;
+    match std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link), target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Some(aside) = aside {
+                fs::remove_file(aside)?;
+            }
+            return Err(Error::ChangedWhileReading);
+        }
+        Err(e) => {
+            if let Some(aside) = &aside {
+                put_back(aside, target)?;
+            }
+            return Err(e.into());
+        }
+    }
+    if let Some(aside) = aside {
+        fs::remove_file(aside)?;
+    }
+    fs::File::open(&parent)?.sync_all()?;
+    match local::stat(target)? {
+        Kind::File(m) if m.symlink => Ok(m),
+        _ => Err(Error::ChangedWhileReading),
+    }
+}
+
+/// Moves the file at `target` to `aside` and checks it is still what the
+/// plan saw (`expected`; `None`: nothing was there). A file that changed is
+/// put back and the error says to plan again.
+fn move_aside_checked(target: &Path, aside: &Path, expected: Option<Meta>) -> Result<Option<PathBuf>> {
+    let Some(planned) = expected else { return Ok(None) };
+    match fs::rename(target, aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::ChangedWhileReading),
+        Err(e) => return Err(e.into()),
+    }
+    if !matches!(local::stat(aside)?, Kind::File(m) if m.same_as_moved(&planned)) {
+        put_back(aside, target)?;
+        return Err(Error::ChangedWhileReading);
+    }
+    Ok(Some(aside.to_path_buf()))
 }
 
 /// Gives the temp file its mode and mtime, makes it durable, and puts it
@@ -215,22 +296,7 @@ fn install(
 
     let parent: PathBuf = target.parent().expect("a synced path has a parent").to_path_buf();
     fs::create_dir_all(&parent)?;
-    let aside = match expected {
-        None => None,
-        Some(planned) => {
-            let aside = tmp.path().with_extension("aside");
-            match fs::rename(target, &aside) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::ChangedWhileReading),
-                Err(e) => return Err(e.into()),
-            }
-            if !matches!(local::stat(&aside)?, Kind::File(m) if m.same_as_moved(&planned)) {
-                put_back(&aside, target)?;
-                return Err(Error::ChangedWhileReading);
-            }
-            Some(aside)
-        }
-    };
+    let aside = move_aside_checked(target, &tmp.path().with_extension("aside"), expected)?;
     match fs::hard_link(tmp.path(), target) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

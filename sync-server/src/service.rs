@@ -4,7 +4,7 @@ use std::{io::Read, pin::Pin};
 
 use syncstore::{
     Content, ContentHash, Entry, RelPath,
-    limits::MAX_CHUNK,
+    limits::{MAX_CHUNK, MAX_PATH_BYTES},
     pb::{self, download_response, file_sync_server::FileSync, upload_request},
 };
 use tokio::sync::mpsc;
@@ -87,6 +87,11 @@ impl FileSyncService {
         let path = RelPath::new(header.path)?;
         let hash = ContentHash::try_from(&header.hash[..])?;
         let size = header.size;
+        if header.symlink && size > MAX_PATH_BYTES as u64 {
+            return Err(Error::invalid(format!(
+                "{path} is a symbolic link with a {size}-byte target; the limit is {MAX_PATH_BYTES}"
+            )));
+        }
         if size > self.max_file_size {
             return Err(Error::ResourceExhausted(format!(
                 "{path} is {size} bytes; this server takes files up to {} bytes",
@@ -95,7 +100,13 @@ impl FileSyncService {
         }
         let put = Put {
             path: path.clone(),
-            content: Content { hash, size, mtime_ns: header.mtime_ns, executable: header.executable },
+            content: Content {
+                hash,
+                size,
+                mtime_ns: header.mtime_ns,
+                executable: header.executable,
+                symlink: header.symlink,
+            },
             base_version: header.base_version,
             client_id: header.client_id,
             lock_token: header.lock_token,

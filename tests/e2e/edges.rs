@@ -178,9 +178,8 @@ async fn mtime_and_the_executable_bit_arrive_as_stored() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::File::options().write(true).open(&path).unwrap().set_modified(when).unwrap();
     eventually("b has it, executable, with a's mtime", || {
-        std::fs::metadata(b.path("tool.sh")).is_ok_and(|m| {
-            m.permissions().mode() & 0o111 != 0 && m.modified().ok() == Some(when)
-        })
+        std::fs::metadata(b.path("tool.sh"))
+            .is_ok_and(|m| m.permissions().mode() & 0o111 != 0 && m.modified().ok() == Some(when))
     })
     .await;
 }
@@ -237,4 +236,52 @@ async fn a_file_deleted_and_recreated_at_once_is_not_lost() {
     eventually("b has the new one", || b.read("notes.txt").as_deref() == Some(&b"new"[..])).await;
     assert_eq!(a.read("notes.txt").as_deref(), Some(&b"new"[..]));
     assert_eq!(server.files().await["notes.txt"], b"new");
+}
+
+fn link_target(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    std::fs::read_link(path).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_sync_as_links_and_are_never_followed() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "outside the folder").unwrap();
+    a.write("v2/readme.txt", "version 2");
+    std::os::unix::fs::symlink("v2/readme.txt", a.path("latest")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), a.path("elsewhere")).unwrap();
+    std::os::unix::fs::symlink("does/not/exist", a.path("dangling")).unwrap();
+
+    eventually("b has the three links", || {
+        link_target(&b.path("latest")).as_deref() == Some(std::path::Path::new("v2/readme.txt"))
+            && link_target(&b.path("elsewhere")).as_deref() == Some(outside.path())
+            && link_target(&b.path("dangling")).as_deref() == Some(std::path::Path::new("does/not/exist"))
+    })
+    .await;
+    // The link's target, not what it points to, is what was synced.
+    assert_eq!(server.files().await["elsewhere"], outside.path().as_os_str().as_encoded_bytes());
+    assert!(!server.files().await.keys().any(|p| p.contains("secret")), "a link is never followed");
+
+    // Retargeting and deleting a link propagate.
+    std::fs::remove_file(a.path("latest")).unwrap();
+    std::os::unix::fs::symlink("v3/readme.txt", a.path("latest")).unwrap();
+    std::fs::remove_file(a.path("dangling")).unwrap();
+    eventually("b follows the changes", || {
+        link_target(&b.path("latest")).as_deref() == Some(std::path::Path::new("v3/readme.txt"))
+            && std::fs::symlink_metadata(b.path("dangling")).is_err()
+    })
+    .await;
+
+    // A server file below a name that is a link here is never written
+    // through the link: the link is renamed aside, the folder created.
+    std::os::unix::fs::symlink(outside.path(), b.path("trap")).unwrap();
+    a.write("trap/payload.txt", "must not land outside");
+    eventually_async("all agree", || async {
+        let (fa, fb) = (a.files(), b.files());
+        fa == fb && server.files().await == fa && fb.contains_key("trap/payload.txt")
+    })
+    .await;
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1, "nothing was written outside");
 }

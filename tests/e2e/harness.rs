@@ -239,6 +239,7 @@ pub fn upload_header(path: &str, data: &[u8], base_version: u64) -> pb::UploadRe
             base_version,
             client_id: "test".into(),
             lock_token: 0,
+            symlink: false,
         })),
     }
 }
@@ -364,7 +365,8 @@ pub fn write(root: &Path, rel: &str, data: impl AsRef<[u8]>) {
     std::fs::write(p, data).unwrap();
 }
 
-/// Every file under `root` except the client's state: path → content.
+/// Every file under `root` except the client's state: path → content (a
+/// symbolic link's content is its target).
 pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -381,6 +383,11 @@ pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
                 && let Ok(data) = std::fs::read(&p)
             {
                 out.insert(rel, data);
+            } else if ft.is_symlink()
+                && let Ok(target) = std::fs::read_link(&p)
+            {
+                // A link is synced as its target, as the server holds it.
+                out.insert(rel, target.into_os_string().into_encoded_bytes());
             }
         }
     }

@@ -442,7 +442,13 @@ mod tests {
     fn put(p: &str, client: &str, base_version: u64, lock_token: u64) -> Put {
         Put {
             path: path(p),
-            content: Content { hash: ContentHash::of(b""), size: 0, mtime_ns: 0, executable: false },
+            content: Content {
+                hash: ContentHash::of(b""),
+                size: 0,
+                mtime_ns: 0,
+                executable: false,
+                symlink: false,
+            },
             base_version,
             client_id: client.into(),
             lock_token,

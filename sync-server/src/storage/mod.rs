@@ -300,7 +300,7 @@ impl Store {
         let (ans, apath) = after.unzip();
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, namespace
+                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, namespace, symlink
                  FROM files WHERE ?1 IS NULL OR (namespace, path) > (?1, ?2)
                  ORDER BY namespace, path LIMIT ?3",
             )?;
@@ -411,14 +411,11 @@ impl Store {
     ) -> Result<()> {
         let w = self.writer();
         self.place_content(entry, staged, content_gone)?;
-        let (size, hash, mtime, exec) = match &entry.content {
-            Some(c) => (c.size as i64, Some(c.hash.as_bytes().to_vec()), c.mtime_ns, c.executable),
-            None => (0, None, 0, false),
-        };
+        let (size, hash, mtime, exec, link) = content_columns(entry);
         w.conn.execute(
-            "INSERT INTO snapshot_files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![ns, entry.path.as_str(), entry.version as i64, entry.is_deleted(), size, hash, mtime, exec, entry.client_id],
+            "INSERT INTO snapshot_files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![ns, entry.path.as_str(), entry.version as i64, entry.is_deleted(), size, hash, mtime, exec, entry.client_id, link],
         )?;
         Ok(())
     }
@@ -470,7 +467,7 @@ impl Store {
         let (lo, hi) = (format!("{prefix}/"), format!("{prefix}0"));
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id
+                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink
                  FROM files
                  WHERE namespace = ?1
                    AND (?2 = '' OR path = ?2 OR (path >= ?3 AND path < ?4))
@@ -501,7 +498,7 @@ impl Store {
     pub fn entry_at(&self, ns: &str, path: &RelPath, version: u64) -> Result<Option<Entry>> {
         self.read(|c| {
             c.query_row(
-                "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id
+                "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id, symlink
                  FROM changes WHERE namespace = ?1 AND path = ?2 AND seq = ?3 AND kind = 0",
                 params![ns, path.as_str(), version as i64],
                 |r| entry_from_row(r, 0),
@@ -729,7 +726,7 @@ fn set_meta(c: &Connection, key: &str, value: &str) -> Result<()> {
 
 fn get_entry(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Entry>> {
     c.prepare_cached(
-        "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id
+        "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink
          FROM files WHERE namespace = ?1 AND path = ?2",
     )?
     .query_row(params![ns, path.as_str()], |r| entry_from_row(r, 0))
@@ -739,23 +736,20 @@ fn get_entry(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Entry>> 
 
 /// Appends the change to the log and makes it the path's current entry.
 fn write_change(c: &Connection, ns: &str, e: &Entry) -> Result<()> {
-    let (size, hash, mtime, exec) = match &e.content {
-        Some(c) => (c.size as i64, Some(c.hash.as_bytes().to_vec()), c.mtime_ns, c.executable),
-        None => (0, None, 0, false),
-    };
+    let (size, hash, mtime, exec, link) = content_columns(e);
     let deleted = e.content.is_none();
     c.prepare_cached(
-        "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id, committed_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id, committed_ms, symlink)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
-    .execute(params![e.version as i64, ns, e.path.as_str(), deleted, size, hash, mtime, exec, e.client_id, now_ms()])?;
+    .execute(params![e.version as i64, ns, e.path.as_str(), deleted, size, hash, mtime, exec, e.client_id, now_ms(), link])?;
     c.prepare_cached(
-        "INSERT INTO files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+        "INSERT INTO files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (namespace, path) DO UPDATE SET
            version = excluded.version, deleted = excluded.deleted, size = excluded.size,
            hash = excluded.hash, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
-           client_id = excluded.client_id",
+           client_id = excluded.client_id, symlink = excluded.symlink",
     )?
     .execute(params![
         ns,
@@ -766,9 +760,19 @@ fn write_change(c: &Connection, ns: &str, e: &Entry) -> Result<()> {
         hash,
         mtime,
         exec,
-        e.client_id
+        e.client_id,
+        link
     ])?;
     Ok(())
+}
+
+/// An entry's content as the columns size, hash, mtime_ns, executable and
+/// symlink (zeros and no hash for a tombstone).
+fn content_columns(e: &Entry) -> (i64, Option<Vec<u8>>, i64, bool, bool) {
+    match &e.content {
+        Some(c) => (c.size as i64, Some(c.hash.as_bytes().to_vec()), c.mtime_ns, c.executable, c.symlink),
+        None => (0, None, 0, false, false),
+    }
 }
 
 /// Refuses a file at `path` if a live file is one of its folders, or if
@@ -803,7 +807,7 @@ fn file_change(ns: &str, entry: Entry) -> Change {
 
 /// The columns [`change_from_row`] decodes, in order.
 const CHANGE_COLUMNS: &str =
-    "path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace, kind, lock";
+    "path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace, kind, lock, symlink";
 
 /// Decodes a change-log row of [`CHANGE_COLUMNS`].
 fn change_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Change>> {
@@ -824,7 +828,7 @@ fn blob_referenced(c: &Connection, hash: &ContentHash) -> Result<bool> {
 }
 
 /// Decodes the columns path, version, deleted, size, hash, mtime_ns,
-/// executable, client_id starting at `at`. The outer result is SQLite's,
+/// executable, client_id starting at `at`, and the column `symlink`. The outer result is SQLite's,
 /// the inner one a row whose stored values no longer validate.
 fn entry_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Entry>> {
     let path: String = r.get(at)?;
@@ -835,6 +839,7 @@ fn entry_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Entry>> {
     let mtime_ns: i64 = r.get(at + 5)?;
     let executable: bool = r.get(at + 6)?;
     let client_id: String = r.get(at + 7)?;
+    let symlink: bool = r.get("symlink")?;
     Ok((|| {
         let content = match (deleted, hash) {
             (true, _) => None,
@@ -843,6 +848,7 @@ fn entry_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Entry>> {
                 size: size as u64,
                 mtime_ns,
                 executable,
+                symlink,
             }),
             (false, None) => return Err(Error::Internal(format!("live entry {path:?} has no hash"))),
         };

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::error::Result;
 
 /// Bumped whenever the schema changes; a newer one is refused at open.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS files (
     mtime_ns   INTEGER NOT NULL,
     executable INTEGER NOT NULL,
     client_id  TEXT    NOT NULL,
+    symlink    INTEGER NOT NULL DEFAULT 0,  -- 1: a symbolic link, its target the content
     PRIMARY KEY (namespace, path)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_by_hash ON files (hash) WHERE hash IS NOT NULL;
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS changes (
     client_id    TEXT    NOT NULL,
     committed_ms INTEGER NOT NULL,
     kind         INTEGER NOT NULL DEFAULT 0,  -- 0 file change, 4 lock, 5 unlock
-    lock         BLOB                         -- the lock (a syncstore.v1.Lock)
+    lock         BLOB,                        -- the lock (a syncstore.v1.Lock)
+    symlink      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS changes_by_namespace ON changes (namespace, seq);
 
@@ -75,8 +77,8 @@ pub(crate) fn connect(path: &std::path::Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Creates the tables if needed, and brings a version 1 change log up to
-/// date (it lacked the lock columns).
+/// Creates the tables if needed, and brings older data folders up to date
+/// (version 1 lacked the lock columns, version 2 the symlink ones).
 pub(crate) fn init(conn: &Connection) -> Result<()> {
     let has_changes: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes')",
@@ -95,6 +97,20 @@ pub(crate) fn init(conn: &Connection) -> Result<()> {
                  ALTER TABLE changes ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE changes ADD COLUMN lock BLOB;
                  UPDATE meta SET value = '2' WHERE key = 'schema_version';
+                 COMMIT;",
+            )?;
+        }
+        let has_symlink: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('files') WHERE name = 'symlink')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_symlink {
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE files ADD COLUMN symlink INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE changes ADD COLUMN symlink INTEGER NOT NULL DEFAULT 0;
+                 UPDATE meta SET value = '3' WHERE key = 'schema_version';
                  COMMIT;",
             )?;
         }
