@@ -15,6 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use futures::StreamExt;
 use syncstore::{Entry, Lock, RelPath, pb};
 use tonic::Code;
 
@@ -33,6 +34,8 @@ use crate::{
 /// Times one path is planned again after a race (a version conflict, or a
 /// file that changed under our feet) before it is left for the next retry.
 const MAX_ATTEMPTS: usize = 4;
+/// Uploads and downloads a full sync runs at once.
+const PARALLEL_TRANSFERS: usize = 8;
 /// Files at least this big are first offered to the server by hash alone,
 /// in case it already holds their content (a move, a copy, another
 /// client's identical file): one round trip instead of the whole file.
@@ -207,7 +210,31 @@ impl Engine {
             (deletes.len() + others.len()) as u64,
             others.iter().map(Planned::transfer_size).sum(),
         );
-        for planned in others.into_iter().chain(deletes) {
+        // Plain transfers of distinct paths run several at a time; what
+        // fails among them, and every other action, goes one at a time
+        // through `execute_and_retry`.
+        let (parallel, serial): (Vec<_>, Vec<_>) =
+            others.into_iter().partition(|p| self.is_plain_transfer(p));
+        let mut again = Vec::new();
+        {
+            let this = &*self;
+            let mut done = futures::stream::iter(parallel)
+                .map(|p| async move {
+                    let r = this.transfer(&p).await;
+                    (p, r)
+                })
+                .buffer_unordered(PARALLEL_TRANSFERS);
+            while let Some((planned, result)) = done.next().await {
+                match result {
+                    Ok(()) => {
+                        acted += 1;
+                        progress.advance(planned.transfer_size());
+                    }
+                    Err(_) => again.push(planned),
+                }
+            }
+        }
+        for planned in again.into_iter().chain(serial).chain(deletes) {
             acted += 1;
             let (path, size) = (planned.path.clone(), planned.transfer_size());
             if let Err(e) = self.execute_and_retry(planned).await {
@@ -222,6 +249,49 @@ impl Engine {
             self.state.set_cursor(head)?;
         }
         Ok(acted)
+    }
+
+    /// Whether a plan is a plain upload or download that [`Engine::transfer`]
+    /// can run beside others: no lock in the way, no folder to move aside.
+    fn is_plain_transfer(&self, p: &Planned) -> bool {
+        let unlocked = self.locks.by_other(&p.path).is_none();
+        match p.action {
+            Action::Upload { .. } => unlocked && p.local.is_some(),
+            Action::Download => {
+                unlocked
+                    && (p.local.is_some()
+                        || !matches!(local::stat(&p.path.to_local(&self.root)), Ok(local::Kind::Dir)))
+            }
+            _ => false,
+        }
+    }
+
+    /// Runs a plain upload or download (see [`Engine::is_plain_transfer`]);
+    /// only shared state is touched, so several can run at once.
+    async fn transfer(&self, p: &Planned) -> Result<()> {
+        let path = &p.path;
+        match p.action {
+            Action::Upload { base_version } => {
+                let l = p.local.expect("Upload is planned for a local file");
+                let base = UploadBase {
+                    version: base_version,
+                    lock_token: self.locks.token(path),
+                    reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
+                };
+                let entry = transfer::upload(&self.remote, &self.root, path, l, base).await?;
+                self.state.set_base(path, &base_of(entry.version, l))?;
+                self.metrics.uploads.inc();
+                self.metrics.upload_bytes.inc_by(l.size);
+                tracing::info!(%path, version = entry.version, size = l.size, why = p.action.describe(), "uploaded");
+            }
+            Action::Download => {
+                let remote = p.remote.as_ref().expect("Download is planned for a server file");
+                self.download(remote, p.local.map(meta_of)).await?;
+                tracing::info!(%path, version = remote.version, why = p.action.describe(), "downloaded");
+            }
+            _ => unreachable!("only plain transfers run here"),
+        }
+        Ok(())
     }
 
     /// Looks again at every local file and every base (the periodic check
