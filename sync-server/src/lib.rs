@@ -48,6 +48,40 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default largest file the server accepts: 1 TiB.
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 40;
 
+/// Most HTTP/2 streams (calls) one connection may have open at once. A sync
+/// client keeps one subscription and runs its transfers one at a time, and a
+/// primary keeps one stream to its replica, so 128 is far above honest use
+/// while bounding what one connection can make the server hold (tonic's own
+/// default is no limit).
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// Largest header list (decoded HTTP/2 headers plus gRPC metadata) a call
+/// may send. syncstore's calls carry a handful of short headers; 8 KiB
+/// leaves room for proxies and tracing while refusing header floods early.
+pub const MAX_HEADER_LIST_SIZE: u32 = 8 * 1024;
+
+/// How often the server pings an HTTP/2 connection, so a peer that vanished
+/// without closing (a laptop that slept, a cut link) is noticed on an idle
+/// subscription and its streams are freed. Clients ping every 10 s
+/// themselves; this is the server's own, slower check.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a ping may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle time before the kernel starts TCP keepalive probes on an accepted
+/// socket: finds dead peers even below HTTP/2 (e.g. before a connection's
+/// first frame) and keeps NAT and firewall state alive.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Time between TCP keepalive probes once they start.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Unanswered TCP keepalive probes before the kernel drops the connection:
+/// with [`TCP_KEEPALIVE`] and [`TCP_KEEPALIVE_INTERVAL`], a dead peer is
+/// dropped about two minutes after it went silent.
+pub const TCP_KEEPALIVE_RETRIES: u32 = 4;
+
 /// Everything a server needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -240,8 +274,13 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
 
     tracing::info!(%addr, role = config.role.as_str(), data = %config.data_dir.display(), "serving");
     // Small messages (a download's entry, then its content) must not wait
-    // for the peer's delayed ACK.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // for the peer's delayed ACK. The builder's TCP options do not apply to
+    // an incoming stream, so keepalive is set here.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE))
+        .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+        .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
     let stopping = {
         let shutdown = shutdown.clone();
         async move {
@@ -251,6 +290,10 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         }
     };
     let serve = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .add_service(
             FileSyncServer::new(file_sync)
                 .max_decoding_message_size(MAX_MESSAGE)
