@@ -28,6 +28,9 @@ pub enum Error {
     /// The server is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// The client took too long (e.g. an upload went silent).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("I/O error: {0}")]
@@ -80,6 +83,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Io(io) if is_disk_full(io) => {
                 return Status::resource_exhausted("the server's disk is full");
             }

@@ -38,7 +38,7 @@ pub use metrics::ServerMetrics;
 pub use replication::{
     Mode, OnTimeout, ReplicaConfig, WriteGate, primary::ReplicationHandle, replica::ReplicationService,
 };
-pub use service::FileSyncService;
+pub use service::{FileSyncService, UPLOAD_SLOT_WAIT, UploadLimits};
 pub use storage::{Store, StoreOptions};
 
 /// How long in-flight requests may take to finish once shutdown starts;
@@ -47,6 +47,21 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Default largest file the server accepts: 1 TiB.
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 40;
+
+/// Default longest silence between two messages of an upload (the header
+/// included) before it is ended with `DEADLINE_EXCEEDED`. A message is at
+/// most a 1 MiB chunk, so this also asks for about 35 KB/s at least; a
+/// client that stalls holds a temp file, a blocking thread and an upload
+/// slot only this long.
+pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default number of uploads received at once. Each running upload holds a
+/// blocking thread (tokio's pool has 512 for everything, SQLite included),
+/// a temp file and up to 5 MiB of buffered chunks; 32 keeps that under
+/// about 160 MiB and leaves the pool to the rest, while clients send one
+/// file at a time, so it is 32 clients uploading at the same moment. More
+/// wait up to [`UPLOAD_SLOT_WAIT`], then get `RESOURCE_EXHAUSTED`.
+pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 32;
 
 /// Most HTTP/2 streams (calls) one connection may have open at once. A sync
 /// client keeps one subscription and runs its transfers one at a time, and a
@@ -89,6 +104,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Largest file accepted, in bytes.
     pub max_file_size: u64,
+    /// Longest silence between two messages of an upload.
+    pub upload_idle_timeout: Duration,
+    /// Uploads received at once; more wait briefly, then are refused.
+    pub max_concurrent_uploads: usize,
     /// Store settings.
     pub store: StoreOptions,
     /// Primary or replica.
@@ -124,6 +143,8 @@ impl Config {
         Self {
             data_dir: data_dir.into(),
             max_file_size: DEFAULT_MAX_FILE_SIZE,
+            upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
+            max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
             store: StoreOptions::default(),
             role: Role::Primary,
             replica: None,
@@ -244,7 +265,11 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     let file_sync = FileSyncService::new(
         store.clone(),
         config.role.as_str(),
-        config.max_file_size,
+        UploadLimits {
+            max_file_size: config.max_file_size,
+            idle_timeout: config.upload_idle_timeout,
+            max_concurrent: config.max_concurrent_uploads,
+        },
         gate.clone(),
         replication.clone(),
         metrics,
