@@ -197,6 +197,89 @@ mod tests {
         assert!(RelPath::from_local(root, Path::new("/elsewhere/a")).is_err());
     }
 
+    /// What every accepted path must be, and that it survives the trips
+    /// to the wire and to a local folder.
+    fn check_accepted(s: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::prelude::*;
+        let Ok(p) = RelPath::new(s) else { return Ok(()) };
+        prop_assert_eq!(p.as_str(), s);
+        prop_assert!(!s.starts_with('/') && !s.contains('\0') && !s.chars().any(char::is_control));
+        prop_assert!(is_nfc(s), "not NFC: {:?}", s);
+        prop_assert!(s.len() <= MAX_PATH_BYTES);
+        for comp in s.split('/') {
+            prop_assert!(!matches!(comp, "" | "." | ".."), "component {:?} in {:?}", comp, s);
+            prop_assert!(comp.len() <= MAX_NAME_BYTES);
+        }
+        prop_assert!(s.split('/').next() != Some(STATE_DIR_NAME));
+        let root = Path::new("/sync/root");
+        let local = p.to_local(root);
+        prop_assert!(local.starts_with(root));
+        prop_assert!(
+            local
+                .strip_prefix(root)
+                .unwrap()
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_))),
+            "{:?} leaves the folder",
+            local
+        );
+        prop_assert_eq!(RelPath::from_local(root, &local), Ok(p.clone()));
+        prop_assert_eq!(RelPath::new(p.to_string()), Ok(p));
+        Ok(())
+    }
+
+    /// Pieces that make paths interesting: escapes, separators, reserved and
+    /// non-NFC names, control characters, long names.
+    fn piece() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("..".to_owned()),
+            Just(".".to_owned()),
+            Just(String::new()),
+            Just("/".to_owned()),
+            Just("\\".to_owned()),
+            Just("\0".to_owned()),
+            Just("\n".to_owned()),
+            Just(STATE_DIR_NAME.to_owned()),
+            Just("cafe\u{301}".to_owned()),
+            Just("caf\u{e9}".to_owned()),
+            Just("x".repeat(MAX_NAME_BYTES)),
+            Just("..a".to_owned()),
+            "[a-c.]{1,3}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 1000,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        #[test]
+        fn arbitrary_strings_never_yield_an_escaping_path(s in proptest::prelude::any::<String>()) {
+            check_accepted(&s)?;
+        }
+
+        #[test]
+        fn path_like_strings_never_yield_an_escaping_path(
+            parts in proptest::collection::vec(piece(), 0..8),
+            sep in proptest::prelude::prop_oneof![proptest::prelude::Just("/"), proptest::prelude::Just("")],
+        ) {
+            check_accepted(&parts.join(sep))?;
+        }
+
+        #[test]
+        fn valid_paths_are_accepted_and_round_trip(
+            names in proptest::collection::vec("[a-zA-Z0-9 ._\\-]{1,12}|[\u{e0}-\u{ff}]{1,4}", 1..6),
+        ) {
+            let s = names.join("/");
+            let valid = names.iter().all(|n| n != "." && n != "..") && names[0] != STATE_DIR_NAME;
+            proptest::prop_assert_eq!(RelPath::new(s.as_str()).is_ok(), valid, "{:?}", s);
+            check_accepted(&s)?;
+        }
+    }
+
     #[test]
     fn prefixes_match_whole_components() {
         let p = RelPath::new("docs/a.txt").unwrap();

@@ -43,6 +43,9 @@ pub enum Error {
     /// The server is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// The client took too long (e.g. an upload went silent).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("I/O error: {0}")]
@@ -105,6 +108,7 @@ impl From<Error> for Status {
             }
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Io(io) if is_disk_full(io) => {
                 return Status::resource_exhausted("the server's disk is full");
             }

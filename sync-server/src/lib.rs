@@ -38,7 +38,7 @@ pub use metrics::ServerMetrics;
 pub use replication::{
     Mode, OnTimeout, ReplicaConfig, WriteGate, primary::ReplicationHandle, replica::ReplicationService,
 };
-pub use service::FileSyncService;
+pub use service::{FileSyncService, UPLOAD_SLOT_WAIT, UploadLimits};
 pub use storage::{Store, StoreOptions};
 
 /// How long in-flight requests may take to finish once shutdown starts;
@@ -48,6 +48,55 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default largest file the server accepts: 1 TiB.
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 40;
 
+/// Default longest silence between two messages of an upload (the header
+/// included) before it is ended with `DEADLINE_EXCEEDED`. A message is at
+/// most a 1 MiB chunk, so this also asks for about 35 KB/s at least; a
+/// client that stalls holds a temp file, a blocking thread and an upload
+/// slot only this long.
+pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default number of uploads received at once. Each running upload holds a
+/// blocking thread (tokio's pool has 512 for everything, SQLite included),
+/// a temp file and up to 5 MiB of buffered chunks; 32 keeps that under
+/// about 160 MiB and leaves the pool to the rest, while clients send one
+/// file at a time, so it is 32 clients uploading at the same moment. More
+/// wait up to [`UPLOAD_SLOT_WAIT`], then get `RESOURCE_EXHAUSTED`.
+pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 32;
+
+/// Most HTTP/2 streams (calls) one connection may have open at once. A sync
+/// client keeps one subscription and runs its transfers one at a time, and a
+/// primary keeps one stream to its replica, so 128 is far above honest use
+/// while bounding what one connection can make the server hold (tonic's own
+/// default is no limit).
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// Largest header list (decoded HTTP/2 headers plus gRPC metadata) a call
+/// may send. syncstore's calls carry a handful of short headers; 8 KiB
+/// leaves room for proxies and tracing while refusing header floods early.
+pub const MAX_HEADER_LIST_SIZE: u32 = 8 * 1024;
+
+/// How often the server pings an HTTP/2 connection, so a peer that vanished
+/// without closing (a laptop that slept, a cut link) is noticed on an idle
+/// subscription and its streams are freed. Clients ping every 10 s
+/// themselves; this is the server's own, slower check.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a ping may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle time before the kernel starts TCP keepalive probes on an accepted
+/// socket: finds dead peers even below HTTP/2 (e.g. before a connection's
+/// first frame) and keeps NAT and firewall state alive.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Time between TCP keepalive probes once they start.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Unanswered TCP keepalive probes before the kernel drops the connection:
+/// with [`TCP_KEEPALIVE`] and [`TCP_KEEPALIVE_INTERVAL`], a dead peer is
+/// dropped about two minutes after it went silent.
+pub const TCP_KEEPALIVE_RETRIES: u32 = 4;
+
 /// Everything a server needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -55,6 +104,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Largest file accepted, in bytes.
     pub max_file_size: u64,
+    /// Longest silence between two messages of an upload.
+    pub upload_idle_timeout: Duration,
+    /// Uploads received at once; more wait briefly, then are refused.
+    pub max_concurrent_uploads: usize,
     /// Store settings.
     pub store: StoreOptions,
     /// Primary or replica.
@@ -90,6 +143,8 @@ impl Config {
         Self {
             data_dir: data_dir.into(),
             max_file_size: DEFAULT_MAX_FILE_SIZE,
+            upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
+            max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
             store: StoreOptions::default(),
             role: Role::Primary,
             replica: None,
@@ -241,7 +296,11 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     let file_sync = FileSyncService::new(
         store.clone(),
         config.role.as_str(),
-        config.max_file_size,
+        UploadLimits {
+            max_file_size: config.max_file_size,
+            idle_timeout: config.upload_idle_timeout,
+            max_concurrent: config.max_concurrent_uploads,
+        },
         gate.clone(),
         replication.clone(),
         metrics,
@@ -271,8 +330,13 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
 
     tracing::info!(%addr, role = config.role.as_str(), data = %config.data_dir.display(), "serving");
     // Small messages (a download's entry, then its content) must not wait
-    // for the peer's delayed ACK.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // for the peer's delayed ACK. The builder's TCP options do not apply to
+    // an incoming stream, so keepalive is set here.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE))
+        .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+        .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
     let stopping = {
         let shutdown = shutdown.clone();
         async move {
@@ -282,6 +346,10 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         }
     };
     let serve = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .add_service(
             FileSyncServer::new(file_sync)
                 .max_decoding_message_size(MAX_MESSAGE)

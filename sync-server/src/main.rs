@@ -63,6 +63,14 @@ struct ServeArgs {
     /// Largest file accepted, in bytes.
     #[arg(long, default_value_t = sync_server::DEFAULT_MAX_FILE_SIZE, env = "SYNCSTORE_MAX_FILE_SIZE")]
     max_file_size: u64,
+    /// Longest silence between two messages of an upload (each at most a
+    /// 1 MiB chunk) before it is refused with DEADLINE_EXCEEDED, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "SYNCSTORE_UPLOAD_IDLE_TIMEOUT")]
+    upload_idle_timeout: Duration,
+    /// Uploads received at once; more wait briefly, then are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = sync_server::DEFAULT_MAX_CONCURRENT_UPLOADS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), env = "SYNCSTORE_MAX_CONCURRENT_UPLOADS")]
+    max_concurrent_uploads: usize,
     /// How many changes the log keeps for subscribers (and a replica) that
     /// catch up; an older position gets a RESET (a replica, a full resync).
     #[arg(long, default_value_t = sync_server::StoreOptions::default().log_retention, env = "SYNCSTORE_LOG_RETENTION")]
@@ -142,6 +150,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.role == RoleArg::Replica && args.replica.is_some() {
         anyhow::bail!("--replica is for a primary; a replica is fed by its primary");
     }
+    if args.upload_idle_timeout.is_zero() {
+        anyhow::bail!("--upload-idle-timeout must be above zero");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -156,6 +167,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         RoleArg::Replica => Role::Replica,
     };
     config.max_file_size = args.max_file_size;
+    config.upload_idle_timeout = args.upload_idle_timeout;
+    config.max_concurrent_uploads = args.max_concurrent_uploads;
     config.store.log_retention = args.log_retention;
     config.advertise = args.advertise;
     config.replica = args.replica.map(|url| ReplicaConfig {

@@ -1,13 +1,13 @@
 //! `syncstore.v1.FileSync`: the gRPC face of the [`Store`].
 
-use std::{io::Read, pin::Pin};
+use std::{io::Read, pin::Pin, sync::Arc, time::Duration};
 
 use syncstore::{
     Content, ContentHash, Entry, RelPath,
     limits::{MAX_CHUNK, MAX_PATH_BYTES},
     pb::{self, download_response, file_sync_server::FileSync, upload_request},
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -24,13 +24,34 @@ use crate::{
 const STREAM_BUFFER: usize = 16;
 /// Chunks buffered between the network and the blob writer of an upload.
 const UPLOAD_PIPELINE: usize = 4;
+/// How long an upload waits for a free slot when [`UploadLimits::max_concurrent`]
+/// uploads are already running, before it is refused with
+/// `RESOURCE_EXHAUSTED`: long enough to ride out a burst of small files,
+/// short enough that a client soon hears the server is saturated (it
+/// retries the path later).
+pub const UPLOAD_SLOT_WAIT: Duration = Duration::from_secs(2);
+
+/// What uploads may take of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    /// Largest file accepted, in bytes.
+    pub max_file_size: u64,
+    /// Longest wait for an upload's next message (the header included);
+    /// a stream silent for longer is ended with `DEADLINE_EXCEEDED` and its
+    /// temp file removed.
+    pub idle_timeout: Duration,
+    /// Uploads received at once. Each holds a temp file, a blocking thread
+    /// and up to [`UPLOAD_PIPELINE`] buffered chunks.
+    pub max_concurrent: usize,
+}
 
 /// The `FileSync` service of one server.
 #[derive(Debug, Clone)]
 pub struct FileSyncService {
     store: Store,
     role: &'static str,
-    max_file_size: u64,
+    limits: UploadLimits,
+    upload_slots: Arc<Semaphore>,
     gate: WriteGate,
     replication: Option<ReplicationHandle>,
     metrics: ServerMetrics,
@@ -41,13 +62,14 @@ impl FileSyncService {
     pub fn new(
         store: Store,
         role: &'static str,
-        max_file_size: u64,
+        limits: UploadLimits,
         gate: WriteGate,
         replication: Option<ReplicationHandle>,
         metrics: ServerMetrics,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { store, role, max_file_size, gate, replication, metrics, shutdown }
+        let upload_slots = Arc::new(Semaphore::new(limits.max_concurrent));
+        Self { store, role, limits, upload_slots, gate, replication, metrics, shutdown }
     }
 
     /// Counts a failed call by its code.
@@ -78,8 +100,40 @@ impl FileSyncService {
         tokio::task::spawn_blocking(move || f(store)).await?
     }
 
+    /// Takes one of the [`UploadLimits::max_concurrent`] upload slots,
+    /// waiting up to [`UPLOAD_SLOT_WAIT`] for one.
+    async fn upload_slot(&self) -> Result<OwnedSemaphorePermit> {
+        let slot = tokio::time::timeout(UPLOAD_SLOT_WAIT, self.upload_slots.clone().acquire_owned()).await;
+        match slot {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(Error::Unavailable("the server is shutting down".into())),
+            Err(_elapsed) => Err(Error::ResourceExhausted(format!(
+                "the server is receiving {} uploads already; try again later",
+                self.limits.max_concurrent
+            ))),
+        }
+    }
+
+    /// The upload's next message, or `DEADLINE_EXCEEDED` once the client
+    /// has been silent for [`UploadLimits::idle_timeout`].
+    async fn next_message(
+        &self,
+        stream: &mut Streaming<pb::UploadRequest>,
+    ) -> Result<Option<pb::UploadRequest>> {
+        let idle = self.limits.idle_timeout;
+        match tokio::time::timeout(idle, stream.message()).await {
+            Ok(msg) => msg.map_err(aborted_by_client),
+            Err(_elapsed) => Err(Error::DeadlineExceeded(format!(
+                "the upload sent nothing for {}; giving up on it",
+                humantime::format_duration(idle)
+            ))),
+        }
+    }
+
     async fn receive_upload(&self, mut stream: Streaming<pb::UploadRequest>) -> Result<Change> {
-        let header = match stream.message().await.map_err(aborted_by_client)? {
+        // Held until the upload is committed or refused and its temp file gone.
+        let _slot = self.upload_slot().await?;
+        let header = match self.next_message(&mut stream).await? {
             Some(pb::UploadRequest { msg: Some(upload_request::Msg::Header(h)) }) => h,
             _ => return Err(Error::invalid("the first message of an upload must be a header")),
         };
@@ -92,10 +146,10 @@ impl FileSyncService {
                 "{path} is a symbolic link with a {size}-byte target; the limit is {MAX_PATH_BYTES}"
             )));
         }
-        if size > self.max_file_size {
+        if size > self.limits.max_file_size {
             return Err(Error::ResourceExhausted(format!(
                 "{path} is {size} bytes; this server takes files up to {} bytes",
-                self.max_file_size
+                self.limits.max_file_size
             )));
         }
         let put = Put {
@@ -134,9 +188,51 @@ impl FileSyncService {
             }
             Ok(writer)
         });
+        let received = self.receive_chunks(&mut stream, size, &tx).await;
+        drop(tx);
+        // On a refused stream too, wait for the writer: the temp file is
+        // gone by the time the client hears why.
+        let writer = write_task.await?;
+        let chunks = received?;
+        let writer = writer?;
+
+        let staged = if chunks == 0 && size > 0 {
+            // Header only: reuse stored content (its presence is checked at
+            // commit). Content is named by its hash, so stored content of a
+            // different size means the header is wrong.
+            drop(writer);
+            if let Ok(file) = self.store.open_blob(&hash) {
+                let stored = file.metadata()?.len();
+                if stored != size {
+                    return Err(Error::invalid(format!(
+                        "the header announced {size} bytes, but the content with hash {hash} is {stored} bytes"
+                    )));
+                }
+            }
+            None
+        } else {
+            Some(tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??)
+        };
+        let timer = self.metrics.commit_seconds.start_timer();
+        let change = self.blocking(move |s| s.commit_put(DEFAULT_NAMESPACE, put, staged)).await?;
+        timer.observe_duration();
+        self.replicated(change.seq).await?;
+        Ok(change)
+    }
+}
+
+impl FileSyncService {
+    /// Receives an upload's chunks into `tx`, checking each against the
+    /// limits and the announced `size`; returns how many chunks came.
+    async fn receive_chunks(
+        &self,
+        stream: &mut Streaming<pb::UploadRequest>,
+        size: u64,
+        tx: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<u64> {
         let mut received = 0u64;
         let mut chunks = 0u64;
-        while let Some(msg) = stream.message().await.map_err(aborted_by_client)? {
+        while let Some(msg) = self.next_message(stream).await? {
             let chunk = match msg.msg {
                 Some(upload_request::Msg::Chunk(c)) => c,
                 _ => return Err(Error::invalid("only the first message of an upload is a header")),
@@ -155,30 +251,22 @@ impl FileSyncService {
                 )));
             }
             if tx.send(chunk).await.is_err() {
-                break; // The writer failed; its error is reported below.
+                break; // The writer failed; its error is reported by the caller.
             }
         }
-        drop(tx);
-        let writer = write_task.await??;
-
-        let staged = if chunks == 0 && size > 0 {
-            // Header only: reuse stored content (checked at commit).
-            drop(writer);
-            None
-        } else {
-            Some(tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??)
-        };
-        let timer = self.metrics.commit_seconds.start_timer();
-        let change = self.blocking(move |s| s.commit_put(DEFAULT_NAMESPACE, put, staged)).await?;
-        timer.observe_duration();
-        self.replicated(change.seq).await?;
-        Ok(change)
+        Ok(chunks)
     }
 }
 
-/// A client that cancels or breaks its stream mid-upload.
+/// An error reading the upload stream: a message over the size limit is the
+/// client's mistake; anything else means it cancelled or its stream broke.
 fn aborted_by_client(status: Status) -> Error {
-    Error::Unavailable(format!("the upload stream broke: {}", status.message()))
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Error::invalid(format!("an upload message was refused: {}", status.message()))
+        }
+        _ => Error::Unavailable(format!("the upload stream broke: {}", status.message())),
+    }
 }
 
 type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod api;
+mod badinput;
 mod edges;
 mod grpcurl;
 mod harness;

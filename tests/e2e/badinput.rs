@@ -1,0 +1,538 @@
+//! Bad input sent straight over gRPC: every case gets its exact status code
+//! and changes nothing, neither the manifest and head of the primary and
+//! its replica nor their blob and temp folders. Also the upload slots, and
+//! a property test of the upload stream against a live server.
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use proptest::prelude::*;
+use sync_server::{Mode, OnTimeout};
+use syncstore::{
+    ContentHash,
+    limits::MAX_CHUNK,
+    pb::{self, file_sync_client::FileSyncClient, upload_request},
+};
+use tokio_stream::StreamExt;
+use tonic::{Code, transport::Channel};
+
+use crate::harness::*;
+
+/// The primary's idle timeout in these tests: a stalled upload is cut off
+/// quickly, while honest ones (all sent at once) never come near it.
+const IDLE: Duration = Duration::from_secs(1);
+/// The primary's file size limit, so that 10 GiB is beyond it.
+const MAX_FILE: u64 = 1 << 30;
+
+fn header(path: &str, size: u64, hash: Vec<u8>, base_version: u64) -> pb::UploadRequest {
+    pb::UploadRequest {
+        msg: Some(upload_request::Msg::Header(pb::UploadHeader {
+            path: path.into(),
+            size,
+            hash,
+            mtime_ns: 1_700_000_000_000_000_000,
+            executable: false,
+            base_version,
+            client_id: "badinput".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn chunk(data: &[u8]) -> pb::UploadRequest {
+    pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(data.to_vec())) }
+}
+
+fn hash(data: &[u8]) -> Vec<u8> {
+    ContentHash::of(data).as_bytes().to_vec()
+}
+
+/// A correct upload of `data` to `path`: header, then 1 MiB chunks.
+fn put(path: &str, data: &[u8], base_version: u64) -> Vec<pb::UploadRequest> {
+    let mut msgs = vec![header(path, data.len() as u64, hash(data), base_version)];
+    msgs.extend(data.chunks(MAX_CHUNK).map(chunk));
+    msgs
+}
+
+/// What a case sends.
+enum Call {
+    /// An upload stream of these messages, then its end.
+    Upload(Vec<pb::UploadRequest>),
+    /// These messages, then silence with the stream left open.
+    Stalled(Vec<pb::UploadRequest>),
+    Delete(&'static str, u64),
+    Download(&'static str, u64),
+    Stat(&'static str),
+    List(&'static str),
+    /// A `Stat` carrying this many bytes of metadata.
+    StatWithMetadata(usize),
+}
+
+/// Which server a case talks to.
+#[derive(Clone, Copy)]
+enum On {
+    Primary,
+    Replica,
+}
+
+struct Case {
+    name: &'static str,
+    on: On,
+    call: Call,
+    want: Code,
+}
+
+fn case(name: &'static str, want: Code, call: Call) -> Case {
+    Case { name, on: On::Primary, call, want }
+}
+
+/// Everything a bad input must leave as it was.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    manifest: Vec<pb::FileEntry>,
+    head: u64,
+    blobs: BTreeSet<PathBuf>,
+    tmp: BTreeSet<PathBuf>,
+}
+
+/// Every file and folder below `dir`, relative to it.
+fn entries(dir: &Path) -> BTreeSet<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            out.insert(p.strip_prefix(root).unwrap().to_owned());
+            if e.file_type().unwrap().is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+async fn manifest(rpc: &mut FileSyncClient<Channel>) -> Vec<pb::FileEntry> {
+    let req = pb::ListRequest { prefix: String::new(), include_deleted: true };
+    let mut list = rpc.list(req).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = list.message().await.unwrap() {
+        out.push(e);
+    }
+    out
+}
+
+async fn snapshot(server: &TestServer) -> Snapshot {
+    let mut rpc = server.rpc().await;
+    let head = rpc.server_info(pb::ServerInfoRequest {}).await.unwrap().into_inner().head_seq;
+    Snapshot {
+        manifest: manifest(&mut rpc).await,
+        head,
+        blobs: entries(&server.data_dir().join("blobs")),
+        tmp: entries(&server.data_dir().join("tmp")),
+    }
+}
+
+/// Runs `call` and returns its status: the call's, or the first error on
+/// its response stream.
+async fn run(rpc: &mut FileSyncClient<Channel>, call: Call) -> Result<(), tonic::Status> {
+    match call {
+        Call::Upload(msgs) => rpc.upload(tokio_stream::iter(msgs)).await.map(drop),
+        Call::Stalled(msgs) => {
+            rpc.upload(tokio_stream::iter(msgs).chain(tokio_stream::pending())).await.map(drop)
+        }
+        Call::Delete(path, base_version) => rpc
+            .delete(pb::DeleteRequest {
+                path: path.into(),
+                base_version,
+                client_id: "badinput".into(),
+                lock_token: 0,
+            })
+            .await
+            .map(drop),
+        Call::Download(path, version) => {
+            let mut s = rpc.download(pb::DownloadRequest { path: path.into(), version }).await?.into_inner();
+            while s.message().await?.is_some() {}
+            Ok(())
+        }
+        Call::Stat(path) => rpc.stat(pb::StatRequest { path: path.into() }).await.map(drop),
+        Call::List(prefix) => {
+            let req = pb::ListRequest { prefix: prefix.into(), include_deleted: true };
+            let mut s = rpc.list(req).await?.into_inner();
+            while s.message().await?.is_some() {}
+            Ok(())
+        }
+        Call::StatWithMetadata(len) => {
+            let mut req = tonic::Request::new(pb::StatRequest { path: "seed.txt".into() });
+            req.metadata_mut().insert("x-padding", "p".repeat(len).parse().unwrap());
+            rpc.stat(req).await.map(drop)
+        }
+    }
+}
+
+fn cases() -> Vec<Case> {
+    use Call::*;
+    let fresh = |seed| random_bytes(1000, seed);
+    let big = random_bytes(3 << 20, 7);
+    let held = random_bytes(100, 2);
+    let mut c = vec![
+        // Paths, each in an upload of content the server does not hold.
+        case("traversal ../x", Code::InvalidArgument, Upload(put("../x", &fresh(10), 0))),
+        case("traversal a/../../x", Code::InvalidArgument, Upload(put("a/../../x", &fresh(11), 0))),
+        case("dot component ./a", Code::InvalidArgument, Upload(put("./a", &fresh(12), 0))),
+        case("absolute path", Code::InvalidArgument, Upload(put("/etc/passwd", &fresh(13), 0))),
+        case("NUL byte", Code::InvalidArgument, Upload(put("a\0b", &fresh(14), 0))),
+        case("newline", Code::InvalidArgument, Upload(put("a\nb", &fresh(15), 0))),
+        case("name over 255 bytes", Code::InvalidArgument, Upload(put(&"n".repeat(256), &fresh(16), 0))),
+        case(
+            "path over 4096 bytes",
+            Code::InvalidArgument,
+            Upload(put(&vec!["d".repeat(200); 21].join("/"), &fresh(17), 0)),
+        ),
+        case("empty path", Code::InvalidArgument, Upload(put("", &fresh(18), 0))),
+        case("trailing slash", Code::InvalidArgument, Upload(put("dir/", &fresh(19), 0))),
+        case("empty component a//b", Code::InvalidArgument, Upload(put("a//b", &fresh(20), 0))),
+        case("state folder", Code::InvalidArgument, Upload(put(".syncstore/state.db", &fresh(21), 0))),
+        case("not NFC", Code::InvalidArgument, Upload(put("cafe\u{301}.txt", &fresh(22), 0))),
+        // The upload stream's shape.
+        case("no message at all", Code::InvalidArgument, Upload(vec![])),
+        case("chunk before header", Code::InvalidArgument, Upload(vec![chunk(b"x"), chunk(b"y")])),
+        case("empty message", Code::InvalidArgument, Upload(vec![pb::UploadRequest { msg: None }])),
+        case("two headers", Code::InvalidArgument, {
+            let d = fresh(23);
+            Upload(vec![
+                header("two.txt", 1000, hash(&d), 0),
+                header("two.txt", 1000, hash(&d), 0),
+                chunk(&d),
+            ])
+        }),
+        case("header after a chunk", Code::InvalidArgument, {
+            let mut m = put("late.txt", &fresh(24), 0);
+            m.push(header("late.txt", 1000, hash(&fresh(24)), 0));
+            Upload(m)
+        }),
+        case("empty message after the header", Code::InvalidArgument, {
+            let mut m = put("none.txt", &fresh(25), 0);
+            m.insert(1, pb::UploadRequest { msg: None });
+            Upload(m)
+        }),
+        // Content against its header.
+        case("more bytes than declared", Code::InvalidArgument, {
+            let d = fresh(26);
+            Upload(vec![header("more.txt", 999, hash(&d[..999]), 0), chunk(&d)])
+        }),
+        case("fewer bytes than declared", Code::InvalidArgument, {
+            let d = fresh(27);
+            Upload(vec![header("fewer.txt", 1001, hash(&d), 0), chunk(&d)])
+        }),
+        case("bytes for an empty file", Code::InvalidArgument, {
+            Upload(vec![header("empty.txt", 0, hash(b""), 0), chunk(b"x")])
+        }),
+        case("wrong hash", Code::InvalidArgument, {
+            let d = fresh(28);
+            Upload(vec![header("hash.txt", 1000, hash(b"other"), 0), chunk(&d)])
+        }),
+        case("hash of 31 bytes", Code::InvalidArgument, {
+            let d = fresh(29);
+            Upload(vec![header("short.txt", 1000, hash(&d)[..31].to_vec(), 0), chunk(&d)])
+        }),
+        case("hash of 33 bytes", Code::InvalidArgument, {
+            let d = fresh(30);
+            let mut h = hash(&d);
+            h.push(0);
+            Upload(vec![header("long.txt", 1000, h, 0), chunk(&d)])
+        }),
+        case("empty hash", Code::InvalidArgument, Upload(vec![header("nohash.txt", 0, vec![], 0)])),
+        case(
+            "10 GiB declared, over the limit",
+            Code::ResourceExhausted,
+            Upload(vec![header("huge.bin", 10 << 30, hash(b"huge"), 0), chunk(&fresh(31))]),
+        ),
+        case("chunk of 1 MiB + 1", Code::InvalidArgument, {
+            let d = random_bytes(MAX_CHUNK + 1, 32);
+            Upload(vec![header("over.bin", d.len() as u64, hash(&d), 0), chunk(&d)])
+        }),
+        case("message over the gRPC limit", Code::InvalidArgument, {
+            let d = random_bytes(2 * MAX_CHUNK, 33);
+            Upload(vec![header("over2.bin", d.len() as u64, hash(&d), 0), chunk(&d)])
+        }),
+        case(
+            "header only, content not held",
+            Code::FailedPrecondition,
+            Upload(vec![header("reuse.bin", 1000, hash(&fresh(34)), 0)]),
+        ),
+        case(
+            "header only, held content with the wrong size",
+            Code::InvalidArgument,
+            Upload(vec![header("reuse.bin", 5000, hash(&held), 0)]),
+        ),
+        // Stalled streams: cut off after the idle timeout, temp file removed.
+        case("stalled before the header", Code::DeadlineExceeded, Stalled(vec![])),
+        case(
+            "stalled after the header",
+            Code::DeadlineExceeded,
+            Stalled(vec![header("stall.bin", big.len() as u64, hash(&big), 0)]),
+        ),
+        case(
+            "stalled after the first chunk",
+            Code::DeadlineExceeded,
+            Stalled(vec![header("stall.bin", big.len() as u64, hash(&big), 0), chunk(&big[..MAX_CHUNK])]),
+        ),
+        // Versions.
+        case("create over a live file", Code::Aborted, Upload(put("seed.txt", &fresh(35), 0))),
+        case("stale base_version", Code::Aborted, Upload(put("seed.txt", &fresh(36), 999))),
+        case("base_version of a missing path", Code::Aborted, Upload(put("nope.txt", &fresh(37), 1))),
+        case("wrong base on a tombstone", Code::Aborted, Upload(put("gone.txt", &fresh(38), 1))),
+        case("delete a missing path", Code::NotFound, Delete("nope.txt", 0)),
+        case("delete a deleted path", Code::NotFound, Delete("gone.txt", 4)),
+        case("delete with a wrong base", Code::Aborted, Delete("seed.txt", 2)),
+        case("delete with base 0", Code::Aborted, Delete("seed.txt", 0)),
+        case("delete a bad path", Code::InvalidArgument, Delete("../seed.txt", 1)),
+        // Reads.
+        case("download a missing path", Code::NotFound, Download("nope.txt", 0)),
+        case("download a deleted path", Code::NotFound, Download("gone.txt", 0)),
+        case("download a version never written", Code::NotFound, Download("seed.txt", 99)),
+        case("download a bad path", Code::InvalidArgument, Download("a/../../etc/passwd", 0)),
+        case("stat a bad path", Code::InvalidArgument, Stat("/etc/passwd")),
+        case("stat a missing path", Code::NotFound, Stat("nope.txt")),
+        case("list a bad prefix", Code::InvalidArgument, List("../")),
+        // Refused by HTTP/2 with status 431, which gRPC maps to UNKNOWN.
+        case("headers over the 8 KiB limit", Code::Unknown, StatWithMetadata(16 * 1024)),
+        case("headers under the limit (control)", Code::Ok, StatWithMetadata(4 * 1024)),
+    ];
+    // Writes to the replica.
+    c.push(Case {
+        name: "upload to the replica",
+        on: On::Replica,
+        call: Upload(put("replica.txt", &fresh(39), 0)),
+        want: Code::FailedPrecondition,
+    });
+    c.push(Case {
+        name: "delete on the replica",
+        on: On::Replica,
+        call: Delete("seed.txt", 1),
+        want: Code::FailedPrecondition,
+    });
+    c
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_its_code_and_changes_nothing() {
+    let replica = TestServer::start_replica().await;
+    let primary = TestServer::start_primary_of(&replica, Mode::Sync, OnTimeout::Fail, DEADLINE, |c| {
+        c.upload_idle_timeout = IDLE;
+        c.max_file_size = MAX_FILE;
+    })
+    .await;
+    // Versions 1 to 4: seed.txt, dir/held.bin (content the cases refer to),
+    // gone.txt, then its deletion.
+    let mut p = primary.rpc().await;
+    upload(&mut p, "seed.txt", b"seed", 0).await.unwrap();
+    upload(&mut p, "dir/held.bin", &random_bytes(100, 2), 0).await.unwrap();
+    upload(&mut p, "gone.txt", b"gone", 0).await.unwrap();
+    let del = pb::DeleteRequest {
+        path: "gone.txt".into(),
+        base_version: 3,
+        client_id: "seed".into(),
+        lock_token: 0,
+    };
+    p.delete(del).await.unwrap();
+
+    let before = (snapshot(&primary).await, snapshot(&replica).await);
+    assert_eq!(before.0.head, 4);
+    assert_eq!((&before.1.manifest, before.1.head), (&before.0.manifest, 4), "the replica has the seed");
+    let cases = cases();
+    assert!(cases.len() >= 25);
+    let mut failures = Vec::new();
+    for Case { name, on, call, want } in cases {
+        let server = match on {
+            On::Primary => &primary,
+            On::Replica => &replica,
+        };
+        let mut rpc = server.rpc().await;
+        let got = tokio::time::timeout(DEADLINE, run(&mut rpc, call)).await;
+        let code = match got {
+            Err(_) => {
+                failures.push(format!("{name}: no answer within {DEADLINE:?}"));
+                continue;
+            }
+            Ok(Ok(())) => Code::Ok,
+            Ok(Err(ref status)) => status.code(),
+        };
+        if code != want {
+            failures.push(format!("{name}: got {code:?}, want {want:?} ({got:?})"));
+        }
+        // The server answers once the temp file is gone: no waiting here.
+        let after = (snapshot(&primary).await, snapshot(&replica).await);
+        if after != before {
+            failures.push(format!("{name}: the servers changed: {before:#?} -> {after:#?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[tokio::test]
+async fn uploads_beyond_the_slots_wait_briefly_then_are_refused() {
+    let server = TestServer::start_with(|c| {
+        c.max_concurrent_uploads = 1;
+        c.upload_idle_timeout = DEADLINE;
+    })
+    .await;
+    let mut rpc = server.rpc().await;
+    let data = random_bytes(3 << 20, 5);
+
+    // One upload holds the only slot: header and a chunk, then it waits.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(header("slow.bin", data.len() as u64, hash(&data), 0)).await.unwrap();
+    tx.send(chunk(&data[..MAX_CHUNK])).await.unwrap();
+    let mut slow_rpc = rpc.clone();
+    let slow =
+        tokio::spawn(async move { slow_rpc.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let tmp = server.data_dir().join("tmp");
+    eventually("the slow upload is being received", || count_files(&tmp) == 1).await;
+
+    let started = tokio::time::Instant::now();
+    let err = upload(&mut rpc, "other.txt", b"other", 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(started.elapsed() >= sync_server::UPLOAD_SLOT_WAIT, "it waited for a slot first");
+
+    // The slow upload finishes; its slot is free again.
+    for c in data[MAX_CHUNK..].chunks(MAX_CHUNK) {
+        tx.send(chunk(c)).await.unwrap();
+    }
+    drop(tx);
+    slow.await.unwrap().unwrap();
+    upload(&mut rpc, "other.txt", b"other", 0).await.unwrap();
+    assert_eq!(count_files(&tmp), 0);
+}
+
+/// One message of a generated upload stream.
+#[derive(Debug, Clone)]
+enum Msg {
+    /// A header for the case's content, `size_delta` off in size, with a
+    /// hash of the content (0), of other bytes (1) or 31 bytes long (2).
+    Header {
+        size_delta: i8,
+        hash_kind: u8,
+    },
+    Chunk(Vec<u8>),
+    Empty,
+}
+
+fn bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b')], 0..4)
+}
+
+/// Content, and a stream that is often the correct one for it.
+fn upload_case() -> impl Strategy<Value = (Vec<u8>, Vec<Msg>)> {
+    let msg = prop_oneof![
+        2 => (-1i8..=1, 0u8..3).prop_map(|(size_delta, hash_kind)| Msg::Header { size_delta, hash_kind }),
+        3 => bytes().prop_map(Msg::Chunk),
+        1 => Just(Msg::Empty),
+    ];
+    let any = (bytes(), proptest::collection::vec(msg, 0..5));
+    let exact = (bytes(), 0usize..4, 0usize..4).prop_map(|(content, a, b)| {
+        let (a, b) = (a.min(content.len()), b.min(content.len()));
+        let (a, b) = (a.min(b), a.max(b));
+        let mut msgs = vec![Msg::Header { size_delta: 0, hash_kind: 0 }];
+        msgs.extend([&content[..a], &content[a..b], &content[b..]].map(|c| Msg::Chunk(c.to_vec())));
+        (content, msgs)
+    });
+    prop_oneof![any, exact]
+}
+
+fn to_requests(path: &str, content: &[u8], msgs: &[Msg]) -> Vec<pb::UploadRequest> {
+    msgs.iter()
+        .map(|m| match m {
+            Msg::Header { size_delta, hash_kind } => {
+                let size = (content.len() as i64 + i64::from(*size_delta)).max(0) as u64;
+                let h = match hash_kind {
+                    0 => hash(content),
+                    1 => hash(&[content, b"!"].concat()),
+                    _ => hash(content)[..31].to_vec(),
+                };
+                header(path, size, h, 0)
+            }
+            Msg::Chunk(c) => chunk(c),
+            Msg::Empty => pb::UploadRequest { msg: None },
+        })
+        .collect()
+}
+
+/// Whether the server must commit `msgs`: exactly one header first, valid,
+/// then chunks that add up to its size and hash; or a header alone for
+/// content the server holds, with that content's size.
+fn must_commit(content: &[u8], msgs: &[Msg], held: &BTreeMap<Vec<u8>, u64>) -> bool {
+    let Some((Msg::Header { size_delta, hash_kind }, rest)) = msgs.split_first() else { return false };
+    if *hash_kind == 2 {
+        return false;
+    }
+    let size = (content.len() as i64 + i64::from(*size_delta)).max(0) as u64;
+    let h = if *hash_kind == 0 { hash(content) } else { hash(&[content, b"!"].concat()) };
+    let mut sent = Vec::new();
+    for m in rest {
+        match m {
+            Msg::Chunk(c) => sent.extend_from_slice(c),
+            _ => return false,
+        }
+    }
+    if rest.is_empty() && size > 0 {
+        return held.get(&h) == Some(&size);
+    }
+    sent.len() as u64 == size && hash(&sent) == h
+}
+
+#[test]
+fn upload_streams_commit_only_when_exactly_right() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(TestServer::start_with(|c| c.upload_idle_timeout = IDLE));
+    let rpc = rt.block_on(server.rpc());
+    let blobs = server.data_dir().join("blobs");
+    // Content the server holds (hash -> size), as the model sees it.
+    let held = RefCell::new(BTreeMap::new());
+    let n = AtomicU64::new(0);
+    let config = ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    runner
+        .run(&upload_case(), |(content, msgs)| {
+            // A fresh path per case: base_version 0 is always right.
+            let path = format!("prop/{}", n.fetch_add(1, Ordering::Relaxed));
+            let want = must_commit(&content, &msgs, &held.borrow());
+            let requests = to_requests(&path, &content, &msgs);
+            let mut rpc = rpc.clone();
+            let (result, head_before, head_after, stat) = rt.block_on(async {
+                let info = |mut r: FileSyncClient<Channel>| async move {
+                    r.server_info(pb::ServerInfoRequest {}).await.unwrap().into_inner().head_seq
+                };
+                let before = info(rpc.clone()).await;
+                let result = rpc.upload(tokio_stream::iter(requests)).await;
+                let after = info(rpc.clone()).await;
+                let stat = rpc.stat(pb::StatRequest { path: path.clone() }).await;
+                (result, before, after, stat)
+            });
+            if want {
+                let entry = result.map_err(|s| TestCaseError::fail(format!("refused: {s:?}")))?.into_inner();
+                prop_assert_eq!(head_after, head_before + 1);
+                prop_assert_eq!(entry.entry.map(|e| e.size), Some(content.len() as u64));
+                prop_assert!(stat.is_ok());
+                held.borrow_mut().insert(hash(&content), content.len() as u64);
+            } else {
+                let err = result.err().ok_or_else(|| TestCaseError::fail("committed a bad stream"))?;
+                prop_assert!(
+                    !matches!(err.code(), Code::Ok | Code::Internal | Code::Unknown),
+                    "unexpected code: {:?}",
+                    err
+                );
+                prop_assert_eq!(head_after, head_before);
+                prop_assert_eq!(stat.map_err(|s| s.code()).err(), Some(Code::NotFound));
+            }
+            prop_assert_eq!(count_files(&server.data_dir().join("tmp")), 0);
+            prop_assert_eq!(count_files(&blobs), held.borrow().len());
+            Ok(())
+        })
+        .unwrap();
+}
