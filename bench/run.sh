@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Measures syncstore on the peers' workloads (see ../shared/bench-peers):
-#   - initial upload: `sync-client sync` of a full folder into an empty server;
+#   - initial upload: `sync-client sync` of a full folder into an empty server,
+#     alone and with a sync-mode replica (every file durable on both servers
+#     before it is acknowledged);
 #   - initial download: `sync-client sync` of an empty folder from that server;
 #   - latency: a 4 KiB file saved in one watched folder until it is identical
 #     in another (latency_probe.py), with both clients and the server idle;
@@ -8,7 +10,7 @@
 # Results go to $BENCH_DATA/syncstore/results.csv (the peers' CSV format) and a
 # markdown summary is printed. Loopback only; every step has a timeout.
 #
-#   bench/run.sh                       # REPEATS=3, WORKLOADS="w1 w3"
+#   bench/run.sh                       # REPEATS=3, WORKLOADS="w1 w2 w3"
 #   REPEATS=1 WORKLOADS=w1 bench/run.sh
 set -euo pipefail
 
@@ -19,7 +21,7 @@ root=${BENCH_DATA:-/tmp/bench-data}
 data=$root/syncstore/$(date +%Y%m%d-%H%M%S)
 csv=$root/syncstore/results.csv
 REPEATS=${REPEATS:-3}
-WORKLOADS=${WORKLOADS:-"w1 w3"}
+WORKLOADS=${WORKLOADS:-"w1 w2 w3"}
 LAT_COUNT=${LAT_COUNT:-20}
 
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
@@ -32,17 +34,19 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# start_server DIR: starts a server on an ephemeral loopback port; sets
-# srv_pid and url.
+# start_server DIR [FLAGS...]: starts a server on an ephemeral loopback
+# port; sets srv_pid and url.
 start_server() {
-  "$bin/sync-server" --listen 127.0.0.1:0 --data "$1" >"$1.out" 2>"$1.log" &
+  local dir=$1
+  shift
+  "$bin/sync-server" --listen 127.0.0.1:0 --data "$dir" "$@" >"$dir.out" 2>"$dir.log" &
   srv_pid=$!
   pids+=("$srv_pid")
   for _ in $(seq 400); do
-    grep -q '^listening on ' "$1.out" 2>/dev/null && break
+    grep -q '^listening on ' "$dir.out" 2>/dev/null && break
     sleep 0.025
   done
-  url="http://$(sed -n 's/^listening on //p' "$1.out")"
+  url="http://$(sed -n 's/^listening on //p' "$dir.out")"
 }
 
 stop_server() {
@@ -77,6 +81,19 @@ for w in $WORKLOADS; do
     python3 "$peers/verify_tree.py" "$src" "$d/down" --ignore .syncstore -q
     hwm=$(stop_server)
     record syncstore server "$w" "$run" server_maxrss_mb "$((hwm / 1024))" MiB
+
+    # The same upload into a primary with a sync-mode replica.
+    cp -a "$src" "$d/up-rep"
+    sync
+    start_server "$d/replica" --role replica
+    rep_pid=$srv_pid
+    start_server "$d/primary" --replica "$url" --replication sync --replica-timeout 60s
+    python3 "$peers/measure.py" --csv "$csv" --suite syncstore --tool upload-sync-replica --workload "$w" \
+      --run "$run" --bytes "$bytes" --files "$files" --timeout 600 --log "$d/up-rep.log" -- \
+      "$bin/sync-client" --server "$url" --dir "$d/up-rep" sync
+    stop_server >/dev/null
+    srv_pid=$rep_pid
+    stop_server >/dev/null
   done
 done
 
