@@ -37,7 +37,12 @@ pub fn parse_args<T: Parser>() -> Result<T, std::process::ExitCode> {
 /// `default_filter`.
 pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written (stderr closed) is dropped, not
+    // reported on that same stderr, which would panic.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -61,11 +66,14 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
+    let signal = tokio::select! {
+        _ = ctrl_c => "SIGINT",
+        () = term => "SIGTERM",
+    };
+    // Stop first: logging can fail (a closed stderr) and must not keep the
+    // program running.
     shutdown.cancel();
+    tracing::info!("{signal} received");
 }
 
 /// Why a config file could not be used.

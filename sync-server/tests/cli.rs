@@ -99,3 +99,26 @@ async fn options_come_from_flags_then_environment_then_config_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option \"listn\""), "{out:?}");
 }
+
+#[tokio::test]
+async fn sigterm_stops_it_even_when_its_log_pipe_is_closed() {
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+    };
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sync-server"))
+        .args(["--listen", "127.0.0.1:0", "--data", data.path().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on "), "{line:?}");
+    // Whoever read its logs went away.
+    drop(child.stderr.take());
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child).await;
+    assert!(status.success(), "{status:?}");
+}
