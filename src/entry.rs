@@ -24,6 +24,8 @@ pub struct Content {
     pub executable: bool,
     /// A symbolic link; the content is its target.
     pub symlink: bool,
+    /// A folder; no content.
+    pub folder: bool,
 }
 
 /// A `FileEntry` from the wire that does not describe a valid entry.
@@ -55,6 +57,7 @@ impl TryFrom<pb::FileEntry> for Entry {
                 mtime_ns: e.mtime_ns,
                 executable: e.executable,
                 symlink: e.symlink,
+                folder: e.folder,
             })
         };
         Ok(Entry { path: RelPath::new(e.path)?, version: e.version, content, client_id: e.client_id })
@@ -74,6 +77,7 @@ impl From<Entry> for pb::FileEntry {
             executable: c.is_some_and(|c| c.executable),
             client_id: e.client_id,
             symlink: c.is_some_and(|c| c.symlink),
+            folder: c.is_some_and(|c| c.folder),
         }
     }
 }
@@ -93,6 +97,7 @@ mod tests {
                 mtime_ns: 42,
                 executable: true,
                 symlink: true,
+                folder: false,
             }),
             client_id: "c1".into(),
         };

@@ -202,10 +202,12 @@ impl Engine {
         }
         // Deletions last, so content that moved is still on the server when
         // its new name is uploaded.
-        let (deletes, others): (Vec<_>, Vec<_>) = plans
+        let (mut deletes, others): (Vec<_>, Vec<_>) = plans
             .into_iter()
             .filter(|p| p.action != Action::Nothing)
             .partition(|p| matches!(p.action, Action::DeleteRemote { .. } | Action::DeleteLocal));
+        // What lies below a folder goes before the folder.
+        deletes.sort_by(|a, b| b.path.cmp(&a.path));
         let mut progress = Progress::new(
             (deletes.len() + others.len()) as u64,
             others.iter().map(Planned::transfer_size).sum(),
@@ -258,7 +260,10 @@ impl Engine {
         match p.action {
             Action::Upload { .. } => unlocked && p.local.is_some(),
             Action::Download => {
+                let remote_folder = p.remote.as_ref().and_then(|r| r.content).is_some_and(|c| c.folder);
+                let same_kind = p.local.is_none_or(|l| l.folder == remote_folder);
                 unlocked
+                    && same_kind
                     && (p.local.is_some()
                         || !matches!(local::stat(&p.path.to_local(&self.root)), Ok(local::Kind::Dir)))
             }
@@ -308,7 +313,7 @@ impl Engine {
         // its old name is deleted there.
         let (present, gone): (Vec<_>, Vec<_>) = paths.into_iter().partition(|p| local.contains_key(p));
         let mut acted = 0;
-        for path in present.into_iter().chain(gone) {
+        for path in present.into_iter().chain(gone.into_iter().rev()) {
             let view = if retry.contains(&path) { RemoteView::Fetch } else { RemoteView::IfLocalChanged };
             match self.sync_path(&path, view).await {
                 Ok(true) => acted += 1,
@@ -362,10 +367,17 @@ impl Engine {
                 }
                 paths.extend(self.bases_under(&path));
             }
-            Ok(local::Kind::Missing) => paths.extend(self.bases_under(&path)),
+            Ok(local::Kind::Missing) => {
+                paths.extend(self.bases_under(&path));
+                // Its folder may now be empty: an entry of its own.
+                if let Ok(parent) = RelPath::new(path.parent()) {
+                    paths.insert(parent);
+                }
+            }
             _ => {}
         }
-        for p in paths {
+        // Below a folder before the folder (deletions must go in that order).
+        for p in paths.into_iter().rev() {
             if let Err(e) = self.sync_path(&p, RemoteView::IfLocalChanged).await {
                 self.note_failure(p, &e);
             }
@@ -472,16 +484,34 @@ impl Engine {
                 tracing::debug!(%path, "still being written; will look again");
                 return Err(Error::ChangedWhileReading);
             }
-            LocalView::Dir => {
-                // A folder where a file was synced (this side deleted the
-                // file), or where the server has a file: plan the file as
-                // missing here. A download then makes room for it.
+            // A folder is an entry of its own when it is empty, or synced
+            // as one already; otherwise it is just where files live.
+            LocalView::Dir(folder)
+                if base.is_some_and(|b| b.folder) || local::is_empty_dir(&path.to_local(&self.root)) =>
+            {
+                Some(folder)
+            }
+            LocalView::Dir(folder) => {
                 let remote = match remote {
                     RemoteView::Known(r) => r,
                     RemoteView::Fetch => self.remote.stat(path).await?,
                     RemoteView::IfLocalChanged if base.is_some() => self.remote.stat(path).await?,
                     RemoteView::IfLocalChanged => return Ok(None),
                 };
+                if remote.as_ref().and_then(|e| e.content).is_some_and(|c| c.folder) {
+                    // The server's folder entry meets this folder.
+                    let action = plan::decide(Some(&folder), base.as_ref(), remote.as_ref());
+                    return Ok(Some(Planned {
+                        path: path.clone(),
+                        action,
+                        local: Some(folder),
+                        base,
+                        remote,
+                    }));
+                }
+                // A folder where a file was synced (this side deleted the
+                // file), or where the server has a file: plan the file as
+                // missing here. A download then makes room for it.
                 if base.is_none() && remote.as_ref().is_none_or(Entry::is_deleted) {
                     return Ok(None);
                 }
@@ -602,17 +632,51 @@ impl Engine {
             }
             Action::Download => {
                 let remote = p.remote.as_ref().expect("Download is planned for a server file");
-                if p.local.is_none() {
-                    self.make_room(path).await?;
+                let remote_folder = remote.content.is_some_and(|c| c.folder);
+                let mut expected = p.local.map(meta_of);
+                match p.local {
+                    // Nothing here, or a folder where the server has a file.
+                    None => self.make_room(path).await?,
+                    Some(l) if l.folder && !remote_folder => {
+                        self.make_room(path).await?;
+                        expected = None;
+                    }
+                    // A file (unchanged here) that the server replaced by a
+                    // folder: it goes, as a deletion would.
+                    Some(l) if !l.folder && remote_folder => {
+                        let (root, tmp, rel, state) =
+                            (self.root.clone(), self.state.tmp_dir(), path.clone(), self.state.clone());
+                        tokio::task::spawn_blocking(move || {
+                            delete_local(&root, &tmp, &rel, meta_of(l), &state)
+                        })
+                        .await??;
+                        expected = None;
+                    }
+                    Some(_) => {}
                 }
-                self.download(remote, p.local.map(meta_of)).await?;
+                self.download(remote, expected).await?;
                 self.locks.protect(&self.root, path);
                 tracing::info!(%path, version = remote.version, why, "downloaded");
             }
+            Action::DeleteLocal if p.local.is_some_and(|l| l.folder) => {
+                // Only an empty folder goes; one that holds something new
+                // stays, no longer an entry of its own.
+                match std::fs::remove_dir(path.to_local(&self.root)) {
+                    Ok(()) => tracing::info!(%path, why, "deleted a folder locally"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                        tracing::info!(%path, "a folder deleted on the server holds new files here: kept");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                self.state.remove_base(path)?;
+            }
             Action::DeleteLocal => {
                 let l = p.local.expect("DeleteLocal is planned for a local file");
-                let (root, tmp, rel) = (self.root.clone(), self.state.tmp_dir(), path.clone());
-                tokio::task::spawn_blocking(move || delete_local(&root, &tmp, &rel, meta_of(l))).await??;
+                let (root, tmp, rel, state) =
+                    (self.root.clone(), self.state.tmp_dir(), path.clone(), self.state.clone());
+                tokio::task::spawn_blocking(move || delete_local(&root, &tmp, &rel, meta_of(l), &state))
+                    .await??;
                 self.state.remove_base(path)?;
                 self.metrics.local_deletes.inc();
                 tracing::info!(%path, why, "deleted locally");
@@ -638,10 +702,11 @@ impl Engine {
                 let copy = self.conflict_copy(path, meta_of(l)).await?;
                 self.metrics.conflicts.inc();
                 tracing::warn!(%path, copy = %copy, "conflict: both sides changed; keeping the local version as a copy");
+                self.state.remove_base(path)?;
                 self.download(remote, None).await?;
                 self.locks.protect(&self.root, path);
-                // The copy is a new file: upload it like any other.
-                Box::pin(self.sync_path(&copy, RemoteView::Fetch)).await?;
+                // The copy is new (a file, or a folder and all in it).
+                Box::pin(self.local_event(copy)).await;
             }
         }
         Ok(())
@@ -797,9 +862,13 @@ impl Engine {
     }
 
     async fn download(&self, remote: &Entry, expected: Option<Meta>) -> Result<()> {
-        let meta =
-            transfer::download(&self.remote, &self.root, &self.state.tmp_dir(), remote, expected).await?;
-        let hash = remote.content.expect("a downloaded entry is live").hash;
+        let content = remote.content.expect("a downloaded entry is live");
+        let meta = if content.folder {
+            make_folder(&self.root, &remote.path)?
+        } else {
+            transfer::download(&self.remote, &self.root, &self.state.tmp_dir(), remote, expected).await?
+        };
+        let hash = content.hash;
         self.metrics.downloads.inc();
         self.metrics.download_bytes.inc_by(meta.size);
         let local = Local {
@@ -808,6 +877,7 @@ impl Engine {
             mtime_ns: meta.mtime_ns,
             executable: meta.executable,
             symlink: meta.symlink,
+            folder: meta.folder,
             stamp: meta.stamp,
         };
         self.state.set_base(&remote.path, &base_of(remote.version, local))
@@ -825,7 +895,12 @@ impl Engine {
                 if !matches!(local::stat(&to)?, local::Kind::Missing) {
                     continue;
                 }
-                if local::stat(&from)? != local::Kind::File(expected) {
+                let still = match local::stat(&from)? {
+                    local::Kind::File(m) => m == expected,
+                    local::Kind::Dir => expected.folder,
+                    _ => false,
+                };
+                if !still {
                     return Err(Error::ChangedWhileReading);
                 }
                 std::fs::rename(&from, &to)?;
@@ -883,12 +958,20 @@ fn base_of(version: u64, l: Local) -> Base {
         mtime_ns: local::base_mtime(l.mtime_ns),
         executable: l.executable,
         symlink: l.symlink,
+        folder: l.folder,
         stamp: l.stamp,
     }
 }
 
 fn meta_of(l: Local) -> Meta {
-    Meta { size: l.size, mtime_ns: l.mtime_ns, executable: l.executable, symlink: l.symlink, stamp: l.stamp }
+    Meta {
+        size: l.size,
+        mtime_ns: l.mtime_ns,
+        executable: l.executable,
+        symlink: l.symlink,
+        folder: l.folder,
+        stamp: l.stamp,
+    }
 }
 
 /// Deletes a local file if it is still as planned, then its empty folders.
@@ -896,7 +979,7 @@ fn meta_of(l: Local) -> Meta {
 /// The file is moved aside first (atomically) and checked there, so a
 /// write that lands after the check cannot be deleted with it: a changed
 /// file is put back and the path planned again.
-fn delete_local(root: &Path, tmp_dir: &Path, path: &RelPath, expected: Meta) -> Result<()> {
+fn delete_local(root: &Path, tmp_dir: &Path, path: &RelPath, expected: Meta, state: &State) -> Result<()> {
     let full = path.to_local(root);
     let aside = tmp_dir.join(format!("delete-{:016x}", rand::random::<u64>()));
     match std::fs::rename(&full, &aside) {
@@ -910,9 +993,28 @@ fn delete_local(root: &Path, tmp_dir: &Path, path: &RelPath, expected: Meta) -> 
     }
     std::fs::remove_file(&aside)?;
     if let Some(parent) = full.parent() {
-        local::prune_empty_dirs(root, parent.to_path_buf());
+        // Folders synced as entries of their own stay, empty or not.
+        let is_entry = |dir: &Path| {
+            RelPath::from_local(root, dir)
+                .is_ok_and(|p| state.base(&p).ok().flatten().is_some_and(|b| b.folder))
+        };
+        local::prune_empty_dirs(root, parent.to_path_buf(), is_entry);
     }
     Ok(())
+}
+
+/// Creates the folder `path` (a folder entry from the server) and returns
+/// its metadata. Never through a folder that is a link here.
+fn make_folder(root: &Path, path: &RelPath) -> Result<Meta> {
+    if local::through_symlink(root, path) {
+        return Err(Error::Config(format!("a folder above {path} is a symbolic link here")));
+    }
+    let full = path.to_local(root);
+    std::fs::create_dir_all(&full)?;
+    match local::stat(&full)? {
+        local::Kind::Dir => Ok(local::Meta::of_dir(&full)?),
+        _ => Err(Error::ChangedWhileReading),
+    }
 }
 
 #[cfg(test)]

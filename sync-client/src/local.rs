@@ -51,6 +51,8 @@ pub struct Meta {
     pub executable: bool,
     /// A symbolic link (its size is its target's length).
     pub symlink: bool,
+    /// A folder (size and mtime 0: what it holds is not its content).
+    pub folder: bool,
     /// The inode and the ctime, folded together: a file renamed over
     /// another, or written in the same clock tick with the same size, still
     /// shows a different stamp (as git's index uses them).
@@ -66,7 +68,7 @@ pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
 pub const RACY_MTIME: i64 = i64::MIN;
 
 impl Meta {
-    fn of(md: &fs::Metadata) -> Self {
+    pub(crate) fn of(md: &fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
         let mtime_ns = md
             .modified()
@@ -75,9 +77,20 @@ impl Meta {
             .map_or(0, |d| d.as_nanos() as i64);
         let ctime_ns = md.ctime().wrapping_mul(1_000_000_000).wrapping_add(md.ctime_nsec());
         let stamp = md.ino().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ctime_ns as u64;
+        if md.is_dir() {
+            // Entries coming and going change a folder's mtime and ctime,
+            // not the folder: only its inode identifies it.
+            let stamp = md.ino().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            return Meta { size: 0, mtime_ns: 0, executable: false, symlink: false, folder: true, stamp };
+        }
         let symlink = md.file_type().is_symlink();
         let executable = !symlink && md.permissions().mode() & 0o111 != 0;
-        Meta { size: md.len(), mtime_ns, executable, symlink, stamp }
+        Meta { size: md.len(), mtime_ns, executable, symlink, folder: false, stamp }
+    }
+
+    /// The metadata of the folder at `path`.
+    pub fn of_dir(path: &Path) -> io::Result<Self> {
+        Ok(Self::of(&fs::symlink_metadata(path)?))
     }
 
     /// Whether the file still looks as it did when the base was recorded.
@@ -86,6 +99,7 @@ impl Meta {
             && self.mtime_ns == base.mtime_ns
             && self.executable == base.executable
             && self.symlink == base.symlink
+            && self.folder == base.folder
             && self.stamp == base.stamp
     }
 }
@@ -95,8 +109,8 @@ impl Meta {
     /// stamp aside (a rename, which moving a file aside is, changes the
     /// ctime in it).
     pub fn same_as_moved(&self, other: &Meta) -> bool {
-        (self.size, self.mtime_ns, self.executable, self.symlink)
-            == (other.size, other.mtime_ns, other.executable, other.symlink)
+        (self.size, self.mtime_ns, self.executable, self.symlink, self.folder)
+            == (other.size, other.mtime_ns, other.executable, other.symlink, other.folder)
     }
 }
 
@@ -150,6 +164,11 @@ pub fn hash_file(path: &Path, before: Meta) -> io::Result<Option<ContentHash>> {
     Ok((after == before).then(|| hasher.finalize().into()))
 }
 
+/// Whether `path` is a folder with nothing in it.
+pub fn is_empty_dir(path: &Path) -> bool {
+    fs::read_dir(path).is_ok_and(|mut d| d.next().is_none())
+}
+
 /// The target of the symbolic link at `path`, as bytes (what is synced).
 pub fn link_target(path: &Path) -> io::Result<Vec<u8>> {
     use std::os::unix::ffi::OsStringExt;
@@ -178,7 +197,18 @@ pub fn local_state(root: &Path, path: &RelPath, base: Option<&Base>) -> io::Resu
     let full = path.to_local(root);
     match stat(&full)? {
         Kind::Missing => Ok(LocalView::Missing),
-        Kind::Dir => Ok(LocalView::Dir),
+        Kind::Dir => {
+            let meta = Meta::of(&fs::symlink_metadata(&full)?);
+            Ok(LocalView::Dir(Local {
+                hash: ContentHash::of(b""),
+                size: 0,
+                mtime_ns: 0,
+                executable: false,
+                symlink: false,
+                folder: true,
+                stamp: meta.stamp,
+            }))
+        }
         Kind::Other => Ok(LocalView::Other),
         Kind::File(meta) => {
             if let Some(b) = base.filter(|b| meta.matches(b)) {
@@ -188,6 +218,7 @@ pub fn local_state(root: &Path, path: &RelPath, base: Option<&Base>) -> io::Resu
                     mtime_ns: meta.mtime_ns,
                     executable: meta.executable,
                     symlink: meta.symlink,
+                    folder: false,
                     stamp: meta.stamp,
                 }));
             }
@@ -198,6 +229,7 @@ pub fn local_state(root: &Path, path: &RelPath, base: Option<&Base>) -> io::Resu
                     mtime_ns: meta.mtime_ns,
                     executable: meta.executable,
                     symlink: meta.symlink,
+                    folder: false,
                     stamp: meta.stamp,
                 })),
                 None => Ok(LocalView::Unsettled),
@@ -211,7 +243,8 @@ pub fn local_state(root: &Path, path: &RelPath, base: Option<&Base>) -> io::Resu
 pub enum LocalView {
     Missing,
     File(Local),
-    Dir,
+    /// A folder, as the entry it is when folders are synced.
+    Dir(Local),
     Other,
     /// A file that changed while it was hashed.
     Unsettled,
@@ -272,7 +305,11 @@ pub fn scan(root: &Path, dir: &Path, ignore: &Ignore) -> io::Result<HashMap<RelP
                 continue;
             }
         };
-        if !entry.file_type().is_some_and(|t| t.is_file() || t.is_symlink()) {
+        let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
+        if is_dir && (entry.path() == root || !is_empty_dir(entry.path())) {
+            continue; // Only empty folders are entries of their own here.
+        }
+        if !is_dir && !entry.file_type().is_some_and(|t| t.is_file() || t.is_symlink()) {
             continue;
         }
         let Ok(path) = RelPath::from_local(root, entry.path()) else { continue };
@@ -303,9 +340,9 @@ fn keep_entry(root: &Path, path: &Path, is_dir: bool, ignore: &Ignore) -> bool {
 }
 
 /// Removes empty folders from `dir` upwards, stopping at `root`.
-pub fn prune_empty_dirs(root: &Path, mut dir: PathBuf) {
+pub fn prune_empty_dirs(root: &Path, mut dir: PathBuf, keep: impl Fn(&Path) -> bool) {
     while dir != root && dir.starts_with(root) {
-        if fs::remove_dir(&dir).is_err() {
+        if keep(&dir) || fs::remove_dir(&dir).is_err() {
             break; // Not empty (or gone): stop.
         }
         if !dir.pop() {
@@ -356,6 +393,7 @@ mod tests {
             mtime_ns: l.mtime_ns,
             executable: false,
             symlink: false,
+            folder: false,
             stamp: l.stamp,
         };
         let LocalView::File(l2) = local_state(root, &path, Some(&base)).unwrap() else { panic!() };

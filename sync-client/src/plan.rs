@@ -27,6 +27,8 @@ pub struct Local {
     pub executable: bool,
     /// A symbolic link; `hash` and `size` are its target's.
     pub symlink: bool,
+    /// A folder (the hash of nothing, size 0).
+    pub folder: bool,
     /// Inode and ctime folded together (see `local::Meta::stamp`).
     pub stamp: u64,
 }
@@ -35,7 +37,10 @@ impl Local {
     /// Whether the server's content is this file's: same bytes, same
     /// executable bit, same kind (file or link).
     pub fn same_as(&self, c: &syncstore::Content) -> bool {
-        self.hash == c.hash && self.executable == c.executable && self.symlink == c.symlink
+        self.hash == c.hash
+            && self.executable == c.executable
+            && self.symlink == c.symlink
+            && self.folder == c.folder
     }
 }
 
@@ -51,6 +56,7 @@ pub struct Base {
     pub mtime_ns: i64,
     pub executable: bool,
     pub symlink: bool,
+    pub folder: bool,
     pub stamp: u64,
 }
 
@@ -94,7 +100,12 @@ impl Action {
 
 /// Whether the local file differs from the base (or is gone).
 pub fn local_changed(local: Option<&Local>, base: &Base) -> bool {
-    local.is_none_or(|l| l.hash != base.hash || l.executable != base.executable || l.symlink != base.symlink)
+    local.is_none_or(|l| {
+        l.hash != base.hash
+            || l.executable != base.executable
+            || l.symlink != base.symlink
+            || l.folder != base.folder
+    })
 }
 
 /// Decides what reconciles one path.
@@ -156,6 +167,7 @@ mod tests {
             mtime_ns: 1,
             executable: false,
             symlink: false,
+            folder: false,
             stamp: 1,
         }
     }
@@ -168,6 +180,7 @@ mod tests {
             mtime_ns: 1,
             executable: false,
             symlink: false,
+            folder: false,
             stamp: 1,
         }
     }
@@ -182,6 +195,7 @@ mod tests {
                 mtime_ns: 1,
                 executable: false,
                 symlink: false,
+                folder: false,
             }),
             client_id: "other".into(),
         }

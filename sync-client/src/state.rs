@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS base (
     mtime_ns   INTEGER NOT NULL,
     executable INTEGER NOT NULL,
     stamp      INTEGER NOT NULL DEFAULT 0,
-    symlink    INTEGER NOT NULL DEFAULT 0
+    symlink    INTEGER NOT NULL DEFAULT 0,
+    folder     INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS base_by_hash ON base (hash);
 -- Files this client made read-only because someone else locked them.
@@ -103,6 +104,14 @@ impl State {
         )?;
         if !has_symlink {
             conn.execute_batch("ALTER TABLE base ADD COLUMN symlink INTEGER NOT NULL DEFAULT 0")?;
+        }
+        let has_folder: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('base') WHERE name = 'folder'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_folder {
+            conn.execute_batch("ALTER TABLE base ADD COLUMN folder INTEGER NOT NULL DEFAULT 0")?;
         }
         let marker = dir_id(&dir)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), dir, _lock: Arc::new(lock), marker })
@@ -203,7 +212,7 @@ impl State {
     pub fn base(&self, path: &RelPath) -> Result<Option<Base>> {
         self.with(|c| {
             c.prepare_cached(
-                "SELECT version, hash, size, mtime_ns, executable, stamp, symlink FROM base WHERE path = ?1",
+                "SELECT version, hash, size, mtime_ns, executable, stamp, symlink, folder FROM base WHERE path = ?1",
             )?
             .query_row([path.as_str()], base_from_row)
             .optional()
@@ -214,11 +223,11 @@ impl State {
     pub fn set_base(&self, path: &RelPath, b: &Base) -> Result<()> {
         self.with(|c| {
             c.prepare_cached(
-                "INSERT INTO base (path, version, hash, size, mtime_ns, executable, stamp, symlink)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "INSERT INTO base (path, version, hash, size, mtime_ns, executable, stamp, symlink, folder)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (path) DO UPDATE SET version = excluded.version, hash = excluded.hash,
                    size = excluded.size, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
-                   stamp = excluded.stamp, symlink = excluded.symlink",
+                   stamp = excluded.stamp, symlink = excluded.symlink, folder = excluded.folder",
             )?
             .execute(params![
                 path.as_str(),
@@ -228,7 +237,8 @@ impl State {
                 b.mtime_ns,
                 b.executable,
                 b.stamp as i64,
-                b.symlink
+                b.symlink,
+                b.folder
             ])
             .map(drop)
         })
@@ -244,7 +254,7 @@ impl State {
     pub fn all_bases(&self) -> Result<HashMap<RelPath, Base>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT path, version, hash, size, mtime_ns, executable, stamp, symlink FROM base",
+                "SELECT path, version, hash, size, mtime_ns, executable, stamp, symlink, folder FROM base",
             )?;
             let rows = stmt.query_map([], |r| {
                 let path: String = r.get(0)?;
@@ -285,8 +295,8 @@ fn base_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Base>> {
     base_from_row_at(r, 0)
 }
 
-/// Decodes version, hash, size, mtime_ns, executable, stamp, symlink from
-/// column `at`; a
+/// Decodes version, hash, size, mtime_ns, executable, stamp, symlink, folder
+/// from column `at`; a
 /// row with a malformed hash reads as no base (the path is then treated as
 /// met for the first time, which never deletes anything).
 fn base_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option<Base>> {
@@ -300,6 +310,7 @@ fn base_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option
         executable: r.get(at + 4)?,
         stamp: r.get::<_, i64>(at + 5)? as u64,
         symlink: r.get(at + 6)?,
+        folder: r.get(at + 7)?,
     }))
 }
 
@@ -324,6 +335,7 @@ mod tests {
             mtime_ns: 9,
             executable: true,
             symlink: false,
+            folder: false,
             stamp: 7,
         };
         {

@@ -57,6 +57,7 @@ pub async fn upload(
             mtime_ns: expected.mtime_ns,
             executable: expected.executable,
             symlink: expected.symlink,
+            folder: expected.folder,
             base_version,
             client_id: remote.client_id().to_owned(),
             lock_token,
@@ -92,6 +93,9 @@ fn entry_of(e: Option<pb::FileEntry>) -> Result<Entry> {
 /// the whole file hashed to what the header announced: if it did not, the
 /// stream ends short and the server discards the upload.
 fn send_file(path: &Path, expected: Local, tx: mpsc::Sender<pb::UploadRequest>) -> Result<()> {
+    if expected.folder {
+        return Ok(()); // A folder has no content.
+    }
     if expected.symlink {
         // A link is never followed: its target is the content.
         let target = local::link_target(path)?;

@@ -60,7 +60,9 @@ impl Settler {
         let (settle, immediate): (&[PathBuf], &[PathBuf]) = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => (&[], &event.paths),
             EventKind::Access(_) => return Vec::new(),
-            EventKind::Create(CreateKind::Folder) => (&[], &event.paths),
+            // A new folder settles too: one filled right away is then seen
+            // with its files, not as an empty folder of its own.
+            EventKind::Create(CreateKind::Folder) => (&event.paths, &[]),
             EventKind::Modify(ModifyKind::Name(RenameMode::From)) => (&event.paths, &[]),
             EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if event.paths.len() == 2 => {
                 (&event.paths[..1], &event.paths[1..])

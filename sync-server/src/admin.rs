@@ -32,7 +32,7 @@ impl AdminService {
     }
 }
 
-/// BLAKE3 over every live file's (namespace, path, hash, size, executable and symlink flags)
+/// BLAKE3 over every live file's (namespace, path, hash, size, executable, symlink and folder flags)
 /// in (namespace, path) order. Blocks.
 pub fn digest(store: &Store) -> Result<pb::DigestResponse> {
     let head = store.head();
@@ -53,7 +53,7 @@ pub fn digest(store: &Store) -> Result<pb::DigestResponse> {
             }
             hasher.update(c.hash.as_bytes());
             hasher.update(&c.size.to_le_bytes());
-            hasher.update(&[u8::from(c.executable) | (u8::from(c.symlink) << 1)]);
+            hasher.update(&[u8::from(c.executable) | (u8::from(c.symlink) << 1) | (u8::from(c.folder) << 2)]);
         }
         if done {
             break;
@@ -140,8 +140,8 @@ pub async fn compare(a: &str, b: &str) -> anyhow::Result<Comparison> {
             match mb.get(path) {
                 None => differences.push((path.clone(), "only-in-A")),
                 Some(eb)
-                    if (eb.hash.as_slice(), eb.size, eb.executable, eb.symlink)
-                        != (ea.hash.as_slice(), ea.size, ea.executable, ea.symlink) =>
+                    if (eb.hash.as_slice(), eb.size, eb.executable, eb.symlink, eb.folder)
+                        != (ea.hash.as_slice(), ea.size, ea.executable, ea.symlink, ea.folder) =>
                 {
                     differences.push((path.clone(), "differs"));
                 }

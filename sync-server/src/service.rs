@@ -141,6 +141,11 @@ impl FileSyncService {
         let path = RelPath::new(header.path)?;
         let hash = ContentHash::try_from(&header.hash[..])?;
         let size = header.size;
+        if header.folder && (size != 0 || header.symlink) {
+            return Err(Error::invalid(format!(
+                "{path} is a folder: it has no content (size 0, not a link)"
+            )));
+        }
         if header.symlink && size > MAX_PATH_BYTES as u64 {
             return Err(Error::invalid(format!(
                 "{path} is a symbolic link with a {size}-byte target; the limit is {MAX_PATH_BYTES}"
@@ -160,6 +165,7 @@ impl FileSyncService {
                 mtime_ns: header.mtime_ns,
                 executable: header.executable,
                 symlink: header.symlink,
+                folder: header.folder,
             },
             base_version: header.base_version,
             client_id: header.client_id,
@@ -168,11 +174,12 @@ impl FileSyncService {
 
         // Refuse a stale base or a locked path before receiving any content;
         // the commit checks again under the writer lock.
-        let (p, client, token) = (path.clone(), put.client_id.clone(), put.lock_token);
+        let (p, client, token, folder) =
+            (path.clone(), put.client_id.clone(), put.lock_token, put.content.folder);
         let current = self
             .blocking(move |s| {
                 s.check_lock(DEFAULT_NAMESPACE, &p, &client, token)?;
-                s.check_path_clash(DEFAULT_NAMESPACE, &p)?;
+                s.check_path_clash(DEFAULT_NAMESPACE, &p, folder)?;
                 s.stat(DEFAULT_NAMESPACE, &p)
             })
             .await?;

@@ -285,3 +285,58 @@ async fn symlinks_sync_as_links_and_are_never_followed() {
     .await;
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1, "nothing was written outside");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_folders_are_created_and_deleted_on_both_sides() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+
+    // Created empty, nested too.
+    std::fs::create_dir_all(a.path("empty")).unwrap();
+    std::fs::create_dir_all(a.path("deep/er/still")).unwrap();
+    eventually("b has the empty folders", || empty_dirs(&b.root()) == ["deep/er/still", "empty"]).await;
+
+    // Deleted on the other side.
+    std::fs::remove_dir(b.path("empty")).unwrap();
+    eventually("a loses it", || empty_dirs(&a.root()) == ["deep/er/still"]).await;
+
+    // A folder whose last file is deleted stays, empty, everywhere.
+    a.write("docs/only.txt", "only");
+    eventually("b has the file", || b.read("docs/only.txt").is_some()).await;
+    std::fs::remove_file(a.path("docs/only.txt")).unwrap();
+    eventually("docs stays, empty, on both", || {
+        empty_dirs(&a.root()) == ["deep/er/still", "docs"]
+            && empty_dirs(&b.root()) == ["deep/er/still", "docs"]
+    })
+    .await;
+
+    // A whole tree deleted goes whole, leaving no empty folder behind.
+    a.write("tree/x/1.txt", "1");
+    a.write("tree/y/2.txt", "2");
+    std::fs::create_dir_all(a.path("tree/z")).unwrap();
+    eventually("b has the tree", || b.read("tree/y/2.txt").is_some() && b.path("tree/z").is_dir()).await;
+    std::fs::remove_dir_all(a.path("tree")).unwrap();
+    eventually("the tree is gone from b", || !b.path("tree").exists()).await;
+
+    // A folder deleted on the server while it gets a new file here stays.
+    std::fs::create_dir_all(b.path("shared")).unwrap();
+    eventually("a has the folder", || a.path("shared").is_dir()).await;
+    std::fs::remove_dir(a.path("shared")).unwrap();
+    b.write("shared/new.txt", "new");
+    eventually_async("the new file and its folder survive everywhere", || async {
+        a.read("shared/new.txt").as_deref() == Some(&b"new"[..])
+            && server.files().await.contains_key("shared/new.txt")
+    })
+    .await;
+    eventually_async("everyone agrees on the folders", || async {
+        let (ea, eb) = (empty_dirs(&a.root()), empty_dirs(&b.root()));
+        ea == eb && ea == ["deep/er/still", "docs"] && a.files() == b.files()
+    })
+    .await;
+    let folders = server.folders().await;
+    assert!(
+        folders.contains(&"docs".to_owned()) && folders.contains(&"deep/er/still".to_owned()),
+        "{folders:?}"
+    );
+}

@@ -180,6 +180,9 @@ impl TestServer {
         let mut list = rpc.list(pb::ListRequest::default()).await.unwrap().into_inner();
         let mut out = BTreeMap::new();
         while let Some(e) = list.message().await.unwrap() {
+            if e.folder {
+                continue; // Folders: see `folders`.
+            }
             match download(&mut rpc, &e.path).await {
                 Ok(data) => {
                     out.insert(e.path.clone(), data);
@@ -187,6 +190,20 @@ impl TestServer {
                 // Deleted between the listing and the download.
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) => panic!("download of {}: {s:?}", e.path),
+            }
+        }
+        out
+    }
+}
+
+impl TestServer {
+    /// The folders the server holds as entries of their own.
+    pub async fn folders(&self) -> Vec<String> {
+        let mut list = self.rpc().await.list(pb::ListRequest::default()).await.unwrap().into_inner();
+        let mut out = Vec::new();
+        while let Some(e) = list.message().await.unwrap() {
+            if e.folder {
+                out.push(e.path);
             }
         }
         out
@@ -240,6 +257,7 @@ pub fn upload_header(path: &str, data: &[u8], base_version: u64) -> pb::UploadRe
             client_id: "test".into(),
             lock_token: 0,
             symlink: false,
+            folder: false,
         })),
     }
 }
@@ -393,6 +411,31 @@ pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     }
     let mut out = BTreeMap::new();
     walk(root, root, &mut out);
+    out
+}
+
+/// Every empty folder under `root` (the client's state aside), sorted.
+pub fn empty_dirs(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let mut any = false;
+        for e in entries.flatten() {
+            any = true;
+            let p = e.path();
+            if p.strip_prefix(root).is_ok_and(|r| r == Path::new(".syncstore")) {
+                continue;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(root, &p, out);
+            }
+        }
+        if !any && dir != root {
+            out.push(dir.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
     out
 }
 

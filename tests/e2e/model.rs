@@ -4,11 +4,12 @@
 //! offline, crash in the middle of whatever they do and come back, and the
 //! server restarts. At the end, with everyone online, it checks:
 //!
-//! - convergence: every folder equals the server's manifest;
+//! - convergence: every folder equals the server's manifest, empty folders
+//!   included;
 //! - no data loss: the last version written to every path is still there,
 //!   under its name or as a conflict copy (or under a renamed folder);
 //! - no resurrection: a path deleted when every client had caught up on it
-//!   stays deleted;
+//!   (and the deleting client had recorded its last version) stays deleted;
 //! - every conflict copy is named by the documented scheme and holds, byte
 //!   for byte, a version some client wrote;
 //! - the server's sequence numbers have no gap and every client's cursor
@@ -64,7 +65,8 @@ impl Side {
 enum Last {
     Wrote(String),
     /// Deleted (or renamed away); `caught_up`: every client then held the
-    /// last written version or nothing at that path.
+    /// last written version or nothing at that path, and the deleting one
+    /// had recorded that version as synced.
     Deleted {
         caught_up: bool,
     },
@@ -151,7 +153,9 @@ async fn run_seed(seed: u64) {
         tracing::info!(seed, client = i, dir = %s.root().display(), "model client");
     }
     let mut last: BTreeMap<&str, Last> = BTreeMap::new();
-    let mut written: BTreeSet<String> = BTreeSet::new();
+    // A write truncates, then writes: a client can catch the file empty in
+    // between, a state it then rightly syncs.
+    let mut written: BTreeSet<String> = BTreeSet::from([String::new()]);
     let mut log = Vec::new();
 
     for i in 0..OPS {
@@ -165,10 +169,21 @@ async fn run_seed(seed: u64) {
                 Some(Last::Wrote(c)) => Some(c.clone().into_bytes()),
                 _ => None,
             };
-            sides.iter().all(|s| {
-                let p = s.root().join(path);
-                !p.exists() || (p.is_file() && std::fs::read(&p).ok() == want)
-            })
+            // The deleting client must also have recorded that version as
+            // synced: a client that crashed after placing a download but
+            // before recording it cannot tell its deletion from never
+            // having had it, and rightly keeps the file.
+            let recorded = want.as_ref().is_some_and(|w| {
+                let rel = syncstore::RelPath::new(path).unwrap();
+                sync_client::State::open_shared(&root)
+                    .and_then(|st| st.base(&rel))
+                    .is_ok_and(|b| b.is_some_and(|b| b.hash == syncstore::ContentHash::of(w)))
+            });
+            recorded
+                && sides.iter().all(|s| {
+                    let p = s.root().join(path);
+                    !p.exists() || (p.is_file() && std::fs::read(&p).ok() == want)
+                })
         };
         match rng.random_range(0..14) {
             // A client (not the first) goes offline, or comes back.
@@ -254,8 +269,11 @@ async fn run_seed(seed: u64) {
     }
     let roots: Vec<_> = sides.iter().map(Side::root).collect();
     let fail = |what: String, server_files: &BTreeMap<String, Vec<u8>>| -> ! {
-        let folders: Vec<String> =
-            roots.iter().enumerate().map(|(i, r)| format!("client {i}:\n{}", show(&tree(r)))).collect();
+        let folders: Vec<String> = roots
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("client {i}:\n{}\n  empty folders: {:?}", show(&tree(r)), empty_dirs(r)))
+            .collect();
         panic!(
             "seed {seed}: {what} (rerun: SYNCSTORE_SEED={seed})\n{}\n{}\nserver:\n{}",
             log.join("\n"),
@@ -264,8 +282,8 @@ async fn run_seed(seed: u64) {
         )
     };
     let converged = || async {
-        let first = tree(&roots[0]);
-        roots.iter().all(|r| tree(r) == first) && server.files().await == first
+        let (first, dirs) = (tree(&roots[0]), empty_dirs(&roots[0]));
+        roots.iter().all(|r| tree(r) == first && empty_dirs(r) == dirs) && server.files().await == first
     };
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !converged().await {

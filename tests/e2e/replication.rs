@@ -287,14 +287,19 @@ async fn promotion_keeps_clients_syncing_and_fences_the_old_primary() {
     let a = TestClient::start(&primary.url());
     a.write("before.txt", "acknowledged before the failover");
     a.write("dir/also.txt", "also");
-    eventually_async("on the primary", || async { primary.files().await.len() == 2 }).await;
+    eventually_async("on the primary, acknowledged by the replica", || async {
+        let s = primary.status().await;
+        primary.files().await.len() == 2 && s.replica_connected && s.replica_acked_seq == s.head_seq
+    })
+    .await;
     let a_dir = a.stop().await;
+    let acknowledged = primary.status().await.head_seq;
 
     // The primary's machine dies; the operator promotes the replica.
     let (p_config, p_data, _) = primary.stop().await;
     let (r_config, r_data, r_addr) = replica.stop().await;
     let (history, epoch, head) = sync_server::promote(&r_config.data_dir).unwrap();
-    assert_eq!((epoch, head), (1, 2));
+    assert_eq!((epoch, head), (1, acknowledged));
     let mut new_config = r_config.clone();
     new_config.role = sync_server::Role::Primary;
     let new_primary = TestServer::start_on(new_config, r_addr).await;

@@ -448,6 +448,7 @@ mod tests {
                 mtime_ns: 0,
                 executable: false,
                 symlink: false,
+                folder: false,
             },
             base_version,
             client_id: client.into(),

@@ -300,7 +300,7 @@ impl Store {
         let (ans, apath) = after.unzip();
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, namespace, symlink
+                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, namespace, symlink, folder
                  FROM files WHERE ?1 IS NULL OR (namespace, path) > (?1, ?2)
                  ORDER BY namespace, path LIMIT ?3",
             )?;
@@ -411,11 +411,11 @@ impl Store {
     ) -> Result<()> {
         let w = self.writer();
         self.place_content(entry, staged, content_gone)?;
-        let (size, hash, mtime, exec, link) = content_columns(entry);
+        let (size, hash, mtime, exec, link, folder) = content_columns(entry);
         w.conn.execute(
-            "INSERT INTO snapshot_files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![ns, entry.path.as_str(), entry.version as i64, entry.is_deleted(), size, hash, mtime, exec, entry.client_id, link],
+            "INSERT INTO snapshot_files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![ns, entry.path.as_str(), entry.version as i64, entry.is_deleted(), size, hash, mtime, exec, entry.client_id, link, folder],
         )?;
         Ok(())
     }
@@ -467,7 +467,7 @@ impl Store {
         let (lo, hi) = (format!("{prefix}/"), format!("{prefix}0"));
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink
+                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
                  FROM files
                  WHERE namespace = ?1
                    AND (?2 = '' OR path = ?2 OR (path >= ?3 AND path < ?4))
@@ -498,7 +498,7 @@ impl Store {
     pub fn entry_at(&self, ns: &str, path: &RelPath, version: u64) -> Result<Option<Entry>> {
         self.read(|c| {
             c.query_row(
-                "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id, symlink
+                "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
                  FROM changes WHERE namespace = ?1 AND path = ?2 AND seq = ?3 AND kind = 0",
                 params![ns, path.as_str(), version as i64],
                 |r| entry_from_row(r, 0),
@@ -523,10 +523,10 @@ impl Store {
         self.inner.blobs.writer()
     }
 
-    /// Checks that `path` can be a file: no live file is a folder of it, and
-    /// no live file lies below it.
-    pub(crate) fn check_path_clash(&self, ns: &str, path: &RelPath) -> Result<()> {
-        self.read(|c| check_clash(c, ns, path))
+    /// Checks that `path` can be a file (or a folder): no live file is a
+    /// folder of it, and (for a file) nothing lies below it.
+    pub(crate) fn check_path_clash(&self, ns: &str, path: &RelPath, folder: bool) -> Result<()> {
+        self.read(|c| check_clash(c, ns, path, folder))
     }
 
     /// Checks `base_version` against the path's current entry: 0 means the
@@ -562,7 +562,7 @@ impl Store {
         let current = get_entry(&tx, ns, &put.path)?;
         Self::check_base(&put.path, current.as_ref(), put.base_version)?;
         locks::check_write(&tx, ns, &put.path, &put.client_id, put.lock_token, now_ms())?;
-        check_clash(&tx, ns, &put.path)?;
+        check_clash(&tx, ns, &put.path, put.content.folder)?;
         match staged {
             Some(staged) => self.inner.blobs.persist(staged)?,
             None if self.inner.blobs.contains(&hash) => {}
@@ -726,7 +726,7 @@ fn set_meta(c: &Connection, key: &str, value: &str) -> Result<()> {
 
 fn get_entry(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Entry>> {
     c.prepare_cached(
-        "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink
+        "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
          FROM files WHERE namespace = ?1 AND path = ?2",
     )?
     .query_row(params![ns, path.as_str()], |r| entry_from_row(r, 0))
@@ -736,20 +736,20 @@ fn get_entry(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Entry>> 
 
 /// Appends the change to the log and makes it the path's current entry.
 fn write_change(c: &Connection, ns: &str, e: &Entry) -> Result<()> {
-    let (size, hash, mtime, exec, link) = content_columns(e);
+    let (size, hash, mtime, exec, link, folder) = content_columns(e);
     let deleted = e.content.is_none();
     c.prepare_cached(
-        "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id, committed_ms, symlink)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id, committed_ms, symlink, folder)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
-    .execute(params![e.version as i64, ns, e.path.as_str(), deleted, size, hash, mtime, exec, e.client_id, now_ms(), link])?;
+    .execute(params![e.version as i64, ns, e.path.as_str(), deleted, size, hash, mtime, exec, e.client_id, now_ms(), link, folder])?;
     c.prepare_cached(
-        "INSERT INTO files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+        "INSERT INTO files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (namespace, path) DO UPDATE SET
            version = excluded.version, deleted = excluded.deleted, size = excluded.size,
            hash = excluded.hash, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
-           client_id = excluded.client_id, symlink = excluded.symlink",
+           client_id = excluded.client_id, symlink = excluded.symlink, folder = excluded.folder",
     )?
     .execute(params![
         ns,
@@ -761,26 +761,31 @@ fn write_change(c: &Connection, ns: &str, e: &Entry) -> Result<()> {
         mtime,
         exec,
         e.client_id,
-        link
+        link,
+        folder
     ])?;
     Ok(())
 }
 
-/// An entry's content as the columns size, hash, mtime_ns, executable and
-/// symlink (zeros and no hash for a tombstone).
-fn content_columns(e: &Entry) -> (i64, Option<Vec<u8>>, i64, bool, bool) {
+/// An entry's content as the columns size, hash, mtime_ns, executable,
+/// symlink and folder (zeros and no hash for a tombstone).
+fn content_columns(e: &Entry) -> (i64, Option<Vec<u8>>, i64, bool, bool, bool) {
     match &e.content {
-        Some(c) => (c.size as i64, Some(c.hash.as_bytes().to_vec()), c.mtime_ns, c.executable, c.symlink),
-        None => (0, None, 0, false, false),
+        Some(c) => {
+            (c.size as i64, Some(c.hash.as_bytes().to_vec()), c.mtime_ns, c.executable, c.symlink, c.folder)
+        }
+        None => (0, None, 0, false, false, false),
     }
 }
 
-/// Refuses a file at `path` if a live file is one of its folders, or if
-/// live files lie below it (it is a folder): no client could hold both.
-fn check_clash(c: &Connection, ns: &str, path: &RelPath) -> Result<()> {
+/// Refuses a file at `path` if a live file (not a folder entry) is one of
+/// its folders, or, unless it is a folder itself, if live entries lie below
+/// it: no client could hold both.
+fn check_clash(c: &Connection, ns: &str, path: &RelPath, folder: bool) -> Result<()> {
     let p = path.as_str();
-    let mut live =
-        c.prepare_cached("SELECT 1 FROM files WHERE namespace = ?1 AND path = ?2 AND deleted = 0")?;
+    let mut live = c.prepare_cached(
+        "SELECT 1 FROM files WHERE namespace = ?1 AND path = ?2 AND deleted = 0 AND folder = 0",
+    )?;
     for (i, _) in p.match_indices('/') {
         let folder = &p[..i];
         if live.exists(params![ns, folder])? {
@@ -788,6 +793,9 @@ fn check_clash(c: &Connection, ns: &str, path: &RelPath) -> Result<()> {
                 "{path} cannot be a file: {folder} is a file, not a folder"
             )));
         }
+    }
+    if folder {
+        return Ok(()); // A folder holds what lies below it.
     }
     let below: Option<String> = c
         .prepare_cached(
@@ -807,7 +815,7 @@ fn file_change(ns: &str, entry: Entry) -> Change {
 
 /// The columns [`change_from_row`] decodes, in order.
 const CHANGE_COLUMNS: &str =
-    "path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace, kind, lock, symlink";
+    "path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace, kind, lock, symlink, folder";
 
 /// Decodes a change-log row of [`CHANGE_COLUMNS`].
 fn change_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Change>> {
@@ -828,7 +836,8 @@ fn blob_referenced(c: &Connection, hash: &ContentHash) -> Result<bool> {
 }
 
 /// Decodes the columns path, version, deleted, size, hash, mtime_ns,
-/// executable, client_id starting at `at`, and the column `symlink`. The outer result is SQLite's,
+/// executable, client_id starting at `at`, and the columns `symlink` and
+/// `folder`. The outer result is SQLite's,
 /// the inner one a row whose stored values no longer validate.
 fn entry_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Entry>> {
     let path: String = r.get(at)?;
@@ -840,6 +849,7 @@ fn entry_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Entry>> {
     let executable: bool = r.get(at + 6)?;
     let client_id: String = r.get(at + 7)?;
     let symlink: bool = r.get("symlink")?;
+    let folder: bool = r.get("folder")?;
     Ok((|| {
         let content = match (deleted, hash) {
             (true, _) => None,
@@ -849,6 +859,7 @@ fn entry_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Entry>> {
                 mtime_ns,
                 executable,
                 symlink,
+                folder,
             }),
             (false, None) => return Err(Error::Internal(format!("live entry {path:?} has no hash"))),
         };

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::error::Result;
 
 /// Bumped whenever the schema changes; a newer one is refused at open.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS files (
     executable INTEGER NOT NULL,
     client_id  TEXT    NOT NULL,
     symlink    INTEGER NOT NULL DEFAULT 0,  -- 1: a symbolic link, its target the content
+    folder     INTEGER NOT NULL DEFAULT 0,  -- 1: a folder (no content)
     PRIMARY KEY (namespace, path)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_by_hash ON files (hash) WHERE hash IS NOT NULL;
@@ -44,7 +45,8 @@ CREATE TABLE IF NOT EXISTS changes (
     committed_ms INTEGER NOT NULL,
     kind         INTEGER NOT NULL DEFAULT 0,  -- 0 file change, 4 lock, 5 unlock
     lock         BLOB,                        -- the lock (a syncstore.v1.Lock)
-    symlink      INTEGER NOT NULL DEFAULT 0
+    symlink      INTEGER NOT NULL DEFAULT 0,
+    folder       INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS changes_by_namespace ON changes (namespace, seq);
 
@@ -78,7 +80,8 @@ pub(crate) fn connect(path: &std::path::Path) -> Result<Connection> {
 }
 
 /// Creates the tables if needed, and brings older data folders up to date
-/// (version 1 lacked the lock columns, version 2 the symlink ones).
+/// (version 1 lacked the lock columns, version 2 the symlink ones, version 3
+/// the folder ones).
 pub(crate) fn init(conn: &Connection) -> Result<()> {
     let has_changes: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes')",
@@ -111,6 +114,20 @@ pub(crate) fn init(conn: &Connection) -> Result<()> {
                  ALTER TABLE files ADD COLUMN symlink INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE changes ADD COLUMN symlink INTEGER NOT NULL DEFAULT 0;
                  UPDATE meta SET value = '3' WHERE key = 'schema_version';
+                 COMMIT;",
+            )?;
+        }
+        let has_folder: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('files') WHERE name = 'folder')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_folder {
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE files ADD COLUMN folder INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE changes ADD COLUMN folder INTEGER NOT NULL DEFAULT 0;
+                 UPDATE meta SET value = '4' WHERE key = 'schema_version';
                  COMMIT;",
             )?;
         }
