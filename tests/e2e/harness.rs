@@ -117,6 +117,13 @@ impl TestServer {
     pub async fn stop(mut self) -> (sync_server::Config, Option<TempDir>, SocketAddr) {
         self.shutdown.cancel();
         (&mut self.task).await.unwrap().unwrap();
+        // A blocking step of a request the shutdown cut off may still hold
+        // the store: the next server on this folder waits for its lock.
+        let lock = self.config.data_dir.join("lock");
+        eventually("the stopped server's data folder is released", || {
+            std::fs::File::open(&lock).map_or(true, |f| f.try_lock().is_ok())
+        })
+        .await;
         (self.config.clone(), self.data.take(), self.addr)
     }
 
@@ -342,13 +349,7 @@ impl TestClient {
     pub async fn crash(mut self) -> TempDir {
         self.task.abort();
         let _ = (&mut self.task).await;
-        // Its helper tasks stop soon after; then the folder's lock is free.
-        let lock = self.dir.path().join(".syncstore/lock");
-        eventually("the crashed client's lock is released", || {
-            // (No lock file: it crashed before it opened its state.)
-            std::fs::File::open(&lock).map_or(true, |f| f.try_lock().is_ok())
-        })
-        .await;
+        self.wait_for_lock_release().await;
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
     }
@@ -362,10 +363,23 @@ impl TestClient {
             .unwrap()
     }
 
+    /// Waits until nothing of a stopped client holds its folder's lock (a
+    /// blocking step it started may still be finishing), so that the next
+    /// client on the folder can start.
+    async fn wait_for_lock_release(&self) {
+        let lock = self.dir.path().join(".syncstore/lock");
+        eventually("the stopped client's lock is released", || {
+            // (No lock file: it stopped before it opened its state.)
+            std::fs::File::open(&lock).map_or(true, |f| f.try_lock().is_ok())
+        })
+        .await;
+    }
+
     /// Stops the client and hands back its folder.
     pub async fn stop(mut self) -> TempDir {
         self.shutdown.cancel();
         (&mut self.task).await.unwrap().unwrap();
+        self.wait_for_lock_release().await;
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
     }

@@ -549,6 +549,16 @@ mod tests {
     }
 
     #[test]
+    fn a_data_folder_takes_one_server_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = store(dir.path());
+        let second = Store::open(dir.path(), StoreOptions::default());
+        assert!(matches!(second, Err(Error::FailedPrecondition(m)) if m.contains("another sync-server")));
+        drop(first);
+        store(dir.path());
+    }
+
+    #[test]
     fn ttls_are_bounded() {
         assert_eq!(ttl(0).unwrap(), DEFAULT_LOCK_TTL.as_secs() as u32);
         assert_eq!(ttl(5).unwrap(), 5);

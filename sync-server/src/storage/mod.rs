@@ -186,6 +186,8 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Inner {
+    /// Held (locked) for the life of the store: one server per data folder.
+    _lock: File,
     db_path: PathBuf,
     blobs: BlobStore,
     writer: Mutex<Writer>,
@@ -211,6 +213,17 @@ impl Store {
     /// id) if it is empty, and sweeps what a crash may have left behind.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let lock = File::options().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "another sync-server is using the data folder {}",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
         let blobs = BlobStore::open(dir)?;
         let db_path = dir.join("meta.db");
         let mut conn = schema::connect(&db_path)?;
@@ -222,6 +235,7 @@ impl Store {
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let store = Self {
             inner: Arc::new(Inner {
+                _lock: lock,
                 db_path,
                 blobs,
                 writer: Mutex::new(Writer { conn, head, commits_since_prune: 0 }),
