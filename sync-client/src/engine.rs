@@ -283,10 +283,12 @@ impl Engine {
                     lock_token: self.locks.token(path),
                     reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
                 };
-                let entry = transfer::upload(&self.remote, &self.root, path, l, base).await?;
+                let (entry, sent) = transfer::upload(&self.remote, &self.root, path, l, base).await?;
                 self.state.set_base(path, &base_of(entry.version, l))?;
                 self.metrics.uploads.inc();
-                self.metrics.upload_bytes.inc_by(l.size);
+                if sent {
+                    self.metrics.upload_bytes.inc_by(l.size);
+                }
                 tracing::info!(%path, version = entry.version, size = l.size, why = p.action.describe(), "uploaded");
             }
             Action::Download => {
@@ -624,10 +626,12 @@ impl Engine {
                     lock_token: self.locks.token(path),
                     reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
                 };
-                let entry = transfer::upload(&self.remote, &self.root, path, l, base).await?;
+                let (entry, sent) = transfer::upload(&self.remote, &self.root, path, l, base).await?;
                 self.state.set_base(path, &base_of(entry.version, l))?;
                 self.metrics.uploads.inc();
-                self.metrics.upload_bytes.inc_by(l.size);
+                if sent {
+                    self.metrics.upload_bytes.inc_by(l.size);
+                }
                 tracing::info!(%path, version = entry.version, size = l.size, why, "uploaded");
             }
             Action::Download => {

@@ -41,13 +41,15 @@ pub struct UploadBase {
 }
 
 /// Uploads `path` as `expected` (what it hashed to), based on `base`.
+/// Returns the new entry, and whether the content was sent (not when the
+/// server reused content it held).
 pub async fn upload(
     remote: &Remote,
     root: &Path,
     path: &RelPath,
     expected: Local,
     base: UploadBase,
-) -> Result<Entry> {
+) -> Result<(Entry, bool)> {
     let UploadBase { version: base_version, lock_token, reuse } = base;
     let header = pb::UploadRequest {
         msg: Some(upload_request::Msg::Header(pb::UploadHeader {
@@ -66,7 +68,7 @@ pub async fn upload(
     if reuse && expected.size > 0 {
         let only_header = tokio_stream::iter([header.clone()]);
         match remote.raw().upload(only_header).await {
-            Ok(resp) => return entry_of(resp.into_inner().entry),
+            Ok(resp) => return Ok((entry_of(resp.into_inner().entry)?, false)),
             // Not there: send it. (A lock refusal is not that.)
             Err(s) if s.code() == Code::FailedPrecondition && syncstore::lock::error_reason(&s).is_none() => {
             }
@@ -82,7 +84,7 @@ pub async fn upload(
     // The reader's verdict comes first: a file that changed while it was
     // sent was cut short on purpose, and the server refused it.
     reader.await??;
-    entry_of(response?.into_inner().entry)
+    Ok((entry_of(response?.into_inner().entry)?, true))
 }
 
 fn entry_of(e: Option<pb::FileEntry>) -> Result<Entry> {

@@ -145,7 +145,14 @@ pub async fn run(root: PathBuf, out: mpsc::Sender<Change>, shutdown: Cancellatio
                 }
                 None => return Ok(()),
             },
-            () = sleep_until(due) => settler.take_due(Instant::now()),
+            () = sleep_until(due) => {
+                // What exists goes first: a moved file's or folder's new
+                // name is uploaded (reusing the content the server holds)
+                // before its old name is deleted there.
+                let mut due = settler.take_due(Instant::now());
+                due.sort_by_key(|s| matches!(s, Signal::Path(p) if std::fs::symlink_metadata(p).is_err()));
+                due
+            }
         };
         for signal in signals {
             let change = match signal {

@@ -273,6 +273,7 @@ pub fn upload_header(path: &str, data: &[u8], base_version: u64) -> pb::UploadRe
 pub struct TestClient {
     pub dir: TempDir,
     servers: Vec<String>,
+    metrics: sync_client::metrics::ClientMetrics,
     shutdown: CancellationToken,
     task: JoinHandle<sync_client::Result<()>>,
 }
@@ -310,10 +311,16 @@ impl TestClient {
         let mut config = sync_client::Config::new("", dir.path());
         config.servers = servers.clone();
         tweak(&mut config);
+        let metrics = config.metrics.clone();
         let span = tracing::info_span!("client", dir = %dir.path().display());
         let task =
             tokio::spawn(tracing::Instrument::instrument(sync_client::watch(config, shutdown.clone()), span));
-        Self { dir, servers, shutdown, task }
+        Self { dir, servers, metrics, shutdown, task }
+    }
+
+    /// Bytes of content this client has uploaded.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.metrics.upload_bytes.get()
     }
 
     /// The configuration of a one-off command (`lock`, `status`, ...) run

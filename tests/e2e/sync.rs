@@ -302,3 +302,31 @@ async fn rescanning_without_a_watcher_gives_the_same_result_as_the_watcher() {
     assert!(sync_client::sync_once(config).await.unwrap());
     assert_eq!(tree(dir.path()), polled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_folder_arrives_whole_without_sending_its_content_again() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    let big = random_bytes(600 << 10, 11);
+    a.write("proj/src/main.rs", "fn main() {}");
+    a.write("proj/assets/big.bin", &big);
+    a.write("proj/README", "readme");
+    eventually("b has the project", || b.files() == a.files()).await;
+    let blobs = server.data_dir().join("blobs");
+    let stored = count_files(&blobs);
+    let sent = a.uploaded_bytes();
+
+    std::fs::create_dir_all(a.path("archive")).unwrap();
+    std::fs::rename(a.path("proj"), a.path("archive/proj")).unwrap();
+    eventually("b has it under its new name only", || {
+        let files = b.files();
+        files.len() == 3 && files.keys().all(|p| p.starts_with("archive/proj/"))
+    })
+    .await;
+    assert!(b.read("archive/proj/assets/big.bin").unwrap() == big);
+    assert!(!b.path("proj").exists(), "the old folder is gone");
+    assert_eq!(count_files(&blobs), stored, "no content was stored twice");
+    // The big file went by hash alone; only the small ones were sent again.
+    assert!(a.uploaded_bytes() - sent < 1024, "sent {} bytes again", a.uploaded_bytes() - sent);
+}
