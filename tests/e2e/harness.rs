@@ -435,6 +435,62 @@ pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// A TCP proxy on loopback in front of a server, whose connections can be
+/// cut at any moment: what was in flight is lost, as on a network that
+/// drops. New connections go through again.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: std::sync::Arc<std::sync::Mutex<CancellationToken>>,
+    stop: CancellationToken,
+}
+
+impl Proxy {
+    /// A proxy to `target` on an ephemeral port.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let stop = CancellationToken::new();
+        let (cuts, stopped) = (cut.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    () = stopped.cancelled() => return,
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                };
+                let token = cuts.lock().unwrap().clone();
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = token.cancelled() => {}
+                        () = stopped.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Drops every connection open now.
+    pub fn cut(&self) {
+        let mut token = self.cut.lock().unwrap();
+        token.cancel();
+        *token = CancellationToken::new();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// Every empty folder under `root` (the client's state aside), sorted.
 pub fn empty_dirs(root: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {

@@ -1,8 +1,10 @@
 //! A seeded randomized test of whole systems: three real clients and a
 //! real server; random creates, edits, deletes and renames (files that
 //! clash with folders included) race the watchers while clients go
-//! offline, crash in the middle of whatever they do and come back, and the
-//! server restarts. At the end, with everyone online, it checks:
+//! offline, crash in the middle of whatever they do and come back, lose
+//! their connections (a proxy per client drops what is in flight), and the
+//! server restarts. (Deliveries cannot be reordered: every stream is
+//! ordered and every change carries its seq.) At the end, with everyone online, it checks:
 //!
 //! - convergence: every folder equals the server's manifest, empty folders
 //!   included;
@@ -147,8 +149,14 @@ async fn run_seed(seed: u64) {
     init_test_log();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut server = TestServer::start().await;
-    let url = server.url();
-    let mut sides: Vec<Side> = (0..CLIENTS).map(|_| Side::Online(TestClient::start(&url))).collect();
+    // Each client reaches the server through its own proxy, whose
+    // connections the run cuts now and then.
+    let mut proxies = Vec::new();
+    for _ in 0..CLIENTS {
+        proxies.push(Proxy::start(server.addr).await);
+    }
+    let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
+    let mut sides: Vec<Side> = urls.iter().map(|u| Side::Online(TestClient::start(u))).collect();
     for (i, s) in sides.iter().enumerate() {
         tracing::info!(seed, client = i, dir = %s.root().display(), "model client");
     }
@@ -185,13 +193,13 @@ async fn run_seed(seed: u64) {
                     !p.exists() || (p.is_file() && std::fs::read(&p).ok() == want)
                 })
         };
-        match rng.random_range(0..14) {
+        match rng.random_range(0..15) {
             // A client (not the first) goes offline, or comes back.
             0 => {
                 let c = rng.random_range(1..sides.len());
                 let online = matches!(sides[c], Side::Offline(_));
                 let side = std::mem::replace(&mut sides[c], Side::Offline(tempfile::tempdir().unwrap()));
-                sides[c] = side.set_online(online, &url).await;
+                sides[c] = side.set_online(online, &urls[c]).await;
                 note(&mut log, format!("{i}: client {c} {}", if online { "online" } else { "offline" }));
             }
             // A client crashes wherever it is.
@@ -205,6 +213,12 @@ async fn run_seed(seed: u64) {
             2 => {
                 server = server.restart().await;
                 note(&mut log, format!("{i}: the server restarts"));
+            }
+            // A client's network drops: whatever was in flight is lost.
+            13 => {
+                let c = rng.random_range(0..sides.len());
+                proxies[c].cut();
+                note(&mut log, format!("{i}: client {c}'s connections drop"));
             }
             3..=4 if exists => {
                 let caught_up = caught_up(&last, &sides);
@@ -263,9 +277,9 @@ async fn run_seed(seed: u64) {
         }
     }
 
-    for side in &mut sides {
+    for (c, side) in sides.iter_mut().enumerate() {
         let s = std::mem::replace(side, Side::Offline(tempfile::tempdir().unwrap()));
-        *side = s.set_online(true, &url).await;
+        *side = s.set_online(true, &urls[c]).await;
     }
     let roots: Vec<_> = sides.iter().map(Side::root).collect();
     let fail = |what: String, server_files: &BTreeMap<String, Vec<u8>>| -> ! {
