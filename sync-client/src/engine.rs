@@ -276,21 +276,7 @@ impl Engine {
     async fn transfer(&self, p: &Planned) -> Result<()> {
         let path = &p.path;
         match p.action {
-            Action::Upload { base_version } => {
-                let l = p.local.expect("Upload is planned for a local file");
-                let base = UploadBase {
-                    version: base_version,
-                    lock_token: self.locks.token(path),
-                    reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
-                };
-                let (entry, sent) = transfer::upload(&self.remote, &self.root, path, l, base).await?;
-                self.state.set_base(path, &base_of(entry.version, l))?;
-                self.metrics.uploads.inc();
-                if sent {
-                    self.metrics.upload_bytes.inc_by(l.size);
-                }
-                tracing::info!(%path, version = entry.version, size = l.size, why = p.action.describe(), "uploaded");
-            }
+            Action::Upload { base_version } => self.upload(p, base_version).await?,
             Action::Download => {
                 let remote = p.remote.as_ref().expect("Download is planned for a server file");
                 self.download(remote, p.local.map(meta_of)).await?;
@@ -298,6 +284,25 @@ impl Engine {
             }
             _ => unreachable!("only plain transfers run here"),
         }
+        Ok(())
+    }
+
+    /// Uploads a planned local file based on `base_version`, carrying this
+    /// client's lock token, and records the new base.
+    async fn upload(&self, p: &Planned, base_version: u64) -> Result<()> {
+        let (path, l) = (&p.path, p.local.expect("Upload is planned for a local file"));
+        let base = UploadBase {
+            version: base_version,
+            lock_token: self.locks.token(path),
+            reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
+        };
+        let (entry, sent) = transfer::upload(&self.remote, &self.root, path, l, base).await?;
+        self.state.set_base(path, &base_of(entry.version, l))?;
+        self.metrics.uploads.inc();
+        if sent {
+            self.metrics.upload_bytes.inc_by(l.size);
+        }
+        tracing::info!(%path, version = entry.version, size = l.size, why = p.action.describe(), "uploaded");
         Ok(())
     }
 
@@ -619,21 +624,7 @@ impl Engine {
             Action::Upload { .. } | Action::DeleteRemote { .. } if self.locks.by_other(path).is_some() => {
                 self.keep_out_of_locked(p).await?;
             }
-            Action::Upload { base_version } => {
-                let l = p.local.expect("Upload is planned for a local file");
-                let base = UploadBase {
-                    version: *base_version,
-                    lock_token: self.locks.token(path),
-                    reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
-                };
-                let (entry, sent) = transfer::upload(&self.remote, &self.root, path, l, base).await?;
-                self.state.set_base(path, &base_of(entry.version, l))?;
-                self.metrics.uploads.inc();
-                if sent {
-                    self.metrics.upload_bytes.inc_by(l.size);
-                }
-                tracing::info!(%path, version = entry.version, size = l.size, why, "uploaded");
-            }
+            Action::Upload { base_version } => self.upload(p, *base_version).await?,
             Action::Download => {
                 let remote = p.remote.as_ref().expect("Download is planned for a server file");
                 let remote_folder = remote.content.is_some_and(|c| c.folder);

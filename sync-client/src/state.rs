@@ -88,30 +88,18 @@ impl State {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        // State folders from before the stamp column existed.
-        let has_stamp: bool =
-            conn.query_row("SELECT COUNT(*) FROM pragma_table_info('base') WHERE name = 'stamp'", [], |r| {
-                r.get(0)
-            })?;
-        if !has_stamp {
-            conn.execute_batch("ALTER TABLE base ADD COLUMN stamp INTEGER NOT NULL DEFAULT 0")?;
-        }
-        // And from before symlinks were synced.
-        let has_symlink: bool = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('base') WHERE name = 'symlink'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_symlink {
-            conn.execute_batch("ALTER TABLE base ADD COLUMN symlink INTEGER NOT NULL DEFAULT 0")?;
-        }
-        let has_folder: bool = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('base') WHERE name = 'folder'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_folder {
-            conn.execute_batch("ALTER TABLE base ADD COLUMN folder INTEGER NOT NULL DEFAULT 0")?;
+        // State folders from before the stamp, symlink and folder columns.
+        for column in ["stamp", "symlink", "folder"] {
+            let present: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('base') WHERE name = ?1)",
+                [column],
+                |r| r.get(0),
+            )?;
+            if !present {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE base ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+                ))?;
+            }
         }
         let marker = dir_id(&dir)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), dir, _lock: Arc::new(lock), marker })

@@ -234,7 +234,25 @@ fn install_symlink(
     let parent: PathBuf = target.parent().expect("a synced path has a parent").to_path_buf();
     fs::create_dir_all(&parent)?;
     let aside = move_aside_checked(target, &tmp.path().with_extension("aside"), expected)?;
-    match std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link), target) {
+    place(target, &parent, aside, || std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link), target))?;
+    match local::stat(target)? {
+        Kind::File(m) if m.symlink => Ok(m),
+        _ => Err(Error::ChangedWhileReading),
+    }
+}
+
+/// Creates the new file at `target` with `create`, which must never replace
+/// anything (a link does not). On success what was moved `aside` goes and
+/// the folder is made durable; if the name was taken meanwhile, the newcomer
+/// stays (what was moved aside is the version the plan saw, which the
+/// server has); on another failure what was moved aside comes back.
+fn place(
+    target: &Path,
+    parent: &Path,
+    aside: Option<PathBuf>,
+    create: impl FnOnce() -> std::io::Result<()>,
+) -> Result<()> {
+    match create() {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             if let Some(aside) = aside {
@@ -252,11 +270,8 @@ fn install_symlink(
     if let Some(aside) = aside {
         fs::remove_file(aside)?;
     }
-    fs::File::open(&parent)?.sync_all()?;
-    match local::stat(target)? {
-        Kind::File(m) if m.symlink => Ok(m),
-        _ => Err(Error::ChangedWhileReading),
-    }
+    fs::File::open(parent)?.sync_all()?;
+    Ok(())
 }
 
 /// Moves the file at `target` to `aside` and checks it is still what the
@@ -303,28 +318,8 @@ fn install(
     let parent: PathBuf = target.parent().expect("a synced path has a parent").to_path_buf();
     fs::create_dir_all(&parent)?;
     let aside = move_aside_checked(target, &tmp.path().with_extension("aside"), expected)?;
-    match fs::hard_link(tmp.path(), target) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Created meanwhile: it stays. What was moved aside is the
-            // version the plan saw, which the server has.
-            if let Some(aside) = aside {
-                fs::remove_file(aside)?;
-            }
-            return Err(Error::ChangedWhileReading);
-        }
-        Err(e) => {
-            if let Some(aside) = &aside {
-                put_back(aside, target)?;
-            }
-            return Err(e.into());
-        }
-    }
+    place(target, &parent, aside, || fs::hard_link(tmp.path(), target))?;
     drop(tmp); // Removes the temp name; the file stays linked at `target`.
-    if let Some(aside) = aside {
-        fs::remove_file(aside)?;
-    }
-    fs::File::open(&parent)?.sync_all()?;
     match local::stat(target)? {
         Kind::File(m) => Ok(m),
         _ => Err(Error::ChangedWhileReading),

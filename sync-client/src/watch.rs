@@ -99,6 +99,16 @@ impl Settler {
         self.pending.values().copied().chain(removals).min()
     }
 
+    /// Pending paths (not deletions) that `keep` selects, whether their
+    /// settle time has passed or not.
+    pub fn take_pending(&mut self, keep: impl Fn(&Path) -> bool) -> Vec<Signal> {
+        let taken: Vec<PathBuf> = self.pending.keys().filter(|p| keep(p)).cloned().collect();
+        for p in &taken {
+            self.pending.remove(p);
+        }
+        taken.into_iter().map(Signal::Path).collect()
+    }
+
     /// Paths whose settle time has passed at `now`.
     pub fn take_due(&mut self, now: Instant) -> Vec<Signal> {
         let due: Vec<PathBuf> =
@@ -148,9 +158,14 @@ pub async fn run(root: PathBuf, out: mpsc::Sender<Change>, shutdown: Cancellatio
             () = sleep_until(due) => {
                 // What exists goes first: a moved file's or folder's new
                 // name is uploaded (reusing the content the server holds)
-                // before its old name is deleted there.
+                // before its old name is deleted there. So when something
+                // due is gone, whatever still settles and exists comes along.
+                let gone = |s: &Signal| matches!(s, Signal::Path(p) if std::fs::symlink_metadata(p).is_err());
                 let mut due = settler.take_due(Instant::now());
-                due.sort_by_key(|s| matches!(s, Signal::Path(p) if std::fs::symlink_metadata(p).is_err()));
+                if due.iter().any(gone) {
+                    due.extend(settler.take_pending(|p| std::fs::symlink_metadata(p).is_ok()));
+                }
+                due.sort_by_key(gone);
                 due
             }
         };
@@ -252,6 +267,17 @@ mod tests {
         assert_eq!(s.on_event(&overflow, now), vec![Signal::Rescan]);
         // Reads are not changes.
         assert!(s.on_event(&ev(EventKind::Access(AccessKind::Read), "/r/a"), now).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_paths_can_be_taken_early() {
+        let mut s = Settler::default();
+        let now = Instant::now();
+        let create = EventKind::Create(CreateKind::Folder);
+        assert!(s.on_event(&ev(create, "/r/new"), now).is_empty());
+        assert!(s.on_event(&ev(create, "/r/other"), now).is_empty());
+        assert_eq!(s.take_pending(|p| p == Path::new("/r/new")), vec![Signal::Path("/r/new".into())]);
+        assert_eq!(s.take_due(now + SETTLE), vec![Signal::Path("/r/other".into())]);
     }
 
     #[test]

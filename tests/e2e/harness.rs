@@ -91,6 +91,7 @@ impl TestServer {
 
     /// A fresh server whose config `tweak` adjusts.
     pub async fn start_with(tweak: impl FnOnce(&mut sync_server::Config)) -> Self {
+        init_test_log();
         let data = tempfile::tempdir().unwrap();
         let mut config = sync_server::Config::new(data.path().join("data"));
         tweak(&mut config);

@@ -315,6 +315,10 @@ async fn a_moved_folder_arrives_whole_without_sending_its_content_again() {
     eventually("b has the project", || b.files() == a.files()).await;
     let blobs = server.data_dir().join("blobs");
     let stored = count_files(&blobs);
+    // (a counts its bytes when the server's answer arrives, which can come
+    // after b already has the file.)
+    let total = (big.len() + "fn main() {}".len() + "readme".len()) as u64;
+    eventually("a has counted its uploads", || a.uploaded_bytes() >= total).await;
     let sent = a.uploaded_bytes();
 
     std::fs::create_dir_all(a.path("archive")).unwrap();

@@ -89,49 +89,46 @@ pub(crate) fn init(conn: &Connection) -> Result<()> {
         |r| r.get(0),
     )?;
     if has_changes {
-        let has_kind: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('changes') WHERE name = 'kind')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_kind {
-            conn.execute_batch(
-                "BEGIN;
-                 ALTER TABLE changes ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+        // Each step: the column whose absence marks the old version, and
+        // what brings it to the next.
+        const STEPS: [(&str, &str, &str); 3] = [
+            (
+                "changes",
+                "kind",
+                "ALTER TABLE changes ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE changes ADD COLUMN lock BLOB;
-                 UPDATE meta SET value = '2' WHERE key = 'schema_version';
-                 COMMIT;",
-            )?;
-        }
-        let has_symlink: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('files') WHERE name = 'symlink')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_symlink {
-            conn.execute_batch(
-                "BEGIN;
-                 ALTER TABLE files ADD COLUMN symlink INTEGER NOT NULL DEFAULT 0;
+                 UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+            ),
+            (
+                "files",
+                "symlink",
+                "ALTER TABLE files ADD COLUMN symlink INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE changes ADD COLUMN symlink INTEGER NOT NULL DEFAULT 0;
-                 UPDATE meta SET value = '3' WHERE key = 'schema_version';
-                 COMMIT;",
-            )?;
-        }
-        let has_folder: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('files') WHERE name = 'folder')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_folder {
-            conn.execute_batch(
-                "BEGIN;
-                 ALTER TABLE files ADD COLUMN folder INTEGER NOT NULL DEFAULT 0;
+                 UPDATE meta SET value = '3' WHERE key = 'schema_version';",
+            ),
+            (
+                "files",
+                "folder",
+                "ALTER TABLE files ADD COLUMN folder INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE changes ADD COLUMN folder INTEGER NOT NULL DEFAULT 0;
-                 UPDATE meta SET value = '4' WHERE key = 'schema_version';
-                 COMMIT;",
-            )?;
+                 UPDATE meta SET value = '4' WHERE key = 'schema_version';",
+            ),
+        ];
+        for (table, column, upgrade) in STEPS {
+            if !has_column(conn, table, column)? {
+                conn.execute_batch(&format!("BEGIN; {upgrade} COMMIT;"))?;
+            }
         }
     }
     conn.execute_batch(SCHEMA)?;
     Ok(())
+}
+
+/// Whether `table` has a column named `column`.
+pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+        [table, column],
+        |r| r.get(0),
+    )?)
 }
