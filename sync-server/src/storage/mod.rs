@@ -8,9 +8,11 @@
 //!   or the new state, never a half.
 //! - Sequence numbers are assigned under the writer lock, so they are
 //!   gap-free and the broadcast of committed changes is in sequence order.
-//! - A blob is removed only under the writer lock, once no manifest row
-//!   refers to it; a concurrent upload of the same content moves its blob in
-//!   under that same lock, so it can never lose a race with the removal.
+//! - A blob is removed only under the writer lock and the `placing` lock,
+//!   once no manifest row refers to it and no upload holds it. An upload
+//!   registers its hold before it moves its blob in (outside the writer
+//!   lock, so commits wait only for each other's database work), so it can
+//!   never lose a race with the removal.
 //!
 //! All methods block: call them from `spawn_blocking`.
 
@@ -196,6 +198,12 @@ struct Inner {
     /// commit holds across its fsyncs. `Writer::head` is the authority.
     head: AtomicU64,
     readers: Mutex<Vec<Connection>>,
+    /// Blobs put in place by uploads that have not committed yet (with how
+    /// many hold each): garbage collection leaves them alone.
+    placing: Mutex<std::collections::HashMap<ContentHash, usize>>,
+    /// Uploads waiting to commit: whoever takes the writer lock next
+    /// commits all of them in one transaction (group commit).
+    queued: Mutex<Vec<QueuedPut>>,
     events: broadcast::Sender<Change>,
     history: Mutex<String>,
     options: StoreOptions,
@@ -241,6 +249,8 @@ impl Store {
                 writer: Mutex::new(Writer { conn, head, commits_since_prune: 0 }),
                 head: AtomicU64::new(head),
                 readers: Mutex::new(Vec::new()),
+                placing: Mutex::new(std::collections::HashMap::new()),
+                queued: Mutex::new(Vec::new()),
                 events,
                 history: Mutex::new(history_id),
                 options,
@@ -570,27 +580,129 @@ impl Store {
         if let Some(s) = &staged {
             debug_assert_eq!(s.hash(), hash);
         }
+        // The content is put in place (renamed, its folder fsynced) before
+        // the writer lock is taken, so that commits wait only for each
+        // other's database work; the hold keeps garbage collection off it
+        // until this commit is done.
+        let placed = match staged {
+            Some(staged) => {
+                let hold = self.hold_blob(hash);
+                self.inner.blobs.persist(staged)?;
+                Some(hold)
+            }
+            None => None,
+        };
+        let result = self.commit_put_placed(ns, put, placed.is_some());
+        drop(placed);
+        if result.is_err() {
+            self.drop_if_unreferenced(&hash);
+        }
+        result
+    }
+
+    /// Queues the put, then takes the writer lock: by then an earlier
+    /// holder may have committed it with its own batch; if not, this thread
+    /// commits every queued put in one transaction. Each put's checks run in
+    /// order inside that transaction, so a refused one writes nothing and
+    /// later ones see the earlier ones.
+    fn commit_put_placed(&self, ns: &str, put: Put, placed: bool) -> Result<Change> {
+        let slot: Slot = Arc::new(Mutex::new(None));
+        self.inner.queued.lock().unwrap_or_else(|p| p.into_inner()).push(QueuedPut {
+            ns: ns.to_owned(),
+            put,
+            placed,
+            slot: slot.clone(),
+        });
         let mut w = self.writer();
-        let seq = w.head + 1;
-        let tx = w.conn.transaction()?;
-        let current = get_entry(&tx, ns, &put.path)?;
-        Self::check_base(&put.path, current.as_ref(), put.base_version)?;
-        locks::check_write(&tx, ns, &put.path, &put.client_id, put.lock_token, now_ms())?;
-        check_clash(&tx, ns, &put.path, put.content.folder)?;
-        match staged {
-            Some(staged) => self.inner.blobs.persist(staged)?,
-            None if self.inner.blobs.contains(&hash) => {}
-            None => {
-                return Err(Error::FailedPrecondition(format!(
-                    "the server holds no content with hash {hash}: send the content"
-                )));
+        if let Some(done) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return done;
+        }
+        let batch = std::mem::take(&mut *self.inner.queued.lock().unwrap_or_else(|p| p.into_inner()));
+        self.commit_batch(&mut w, batch);
+        let done = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        done.expect("this thread's put was in the batch it committed")
+    }
+
+    /// Commits queued puts in one transaction and fills their slots.
+    fn commit_batch(&self, w: &mut Writer, batch: Vec<QueuedPut>) {
+        let slots: Vec<Slot> = batch.iter().map(|j| j.slot.clone()).collect();
+        let mut seq = w.head;
+        let mut committed = Vec::new();
+        let outcome = (|| -> Result<()> {
+            let tx = w.conn.transaction()?;
+            for job in batch {
+                match Self::check_put(&tx, &self.inner.blobs, &job) {
+                    Ok(current) => {
+                        seq += 1;
+                        let QueuedPut { ns, put, slot, .. } = job;
+                        let entry = Entry {
+                            path: put.path,
+                            version: seq,
+                            content: Some(put.content),
+                            client_id: put.client_id,
+                        };
+                        write_change(&tx, &ns, &entry)?;
+                        committed.push((file_change(&ns, entry), current, slot));
+                    }
+                    Err(e) => *job.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(e)),
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => {
+                for (change, current, slot) in committed {
+                    let change = self.after_commit(w, change, current);
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(change));
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch was committed: every put not refused
+                // on its own fails with the batch.
+                tracing::error!(error = %e, "a batch commit failed");
+                drop(committed);
+                for slot in slots {
+                    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                    if !matches!(*slot, Some(Err(_))) {
+                        *slot = Some(Err(Error::Internal(format!("the commit failed: {e}"))));
+                    }
+                }
             }
         }
-        let entry =
-            Entry { path: put.path, version: seq, content: Some(put.content), client_id: put.client_id };
-        write_change(&tx, ns, &entry)?;
-        tx.commit()?;
-        Ok(self.after_commit(&mut w, file_change(ns, entry), current))
+    }
+
+    /// The checks of one queued put, inside the batch's transaction; returns
+    /// the path's current entry.
+    fn check_put(c: &Connection, blobs: &BlobStore, job: &QueuedPut) -> Result<Option<Entry>> {
+        let put = &job.put;
+        let current = get_entry(c, &job.ns, &put.path)?;
+        Self::check_base(&put.path, current.as_ref(), put.base_version)?;
+        locks::check_write(c, &job.ns, &put.path, &put.client_id, put.lock_token, now_ms())?;
+        check_clash(c, &job.ns, &put.path, put.content.folder)?;
+        if !job.placed && !blobs.contains(&put.content.hash) {
+            return Err(Error::FailedPrecondition(format!(
+                "the server holds no content with hash {}: send the content",
+                put.content.hash
+            )));
+        }
+        Ok(current)
+    }
+
+    /// Keeps garbage collection off `hash` while the hold lives.
+    fn hold_blob(&self, hash: ContentHash) -> BlobHold {
+        *self.inner.placing.lock().unwrap_or_else(|p| p.into_inner()).entry(hash).or_insert(0) += 1;
+        BlobHold { store: self.clone(), hash }
+    }
+
+    /// Removes a blob that no entry refers to and no upload holds (content of
+    /// a refused upload). Failing here only leaves it for the start-up sweep.
+    fn drop_if_unreferenced(&self, hash: &ContentHash) {
+        let w = self.writer();
+        let placing = self.inner.placing.lock().unwrap_or_else(|p| p.into_inner());
+        if !placing.contains_key(hash) && matches!(blob_referenced(&w.conn, hash), Ok(false)) {
+            let _ = self.inner.blobs.remove(hash);
+        }
     }
 
     /// Commits a deletion, leaving a tombstone.
@@ -625,7 +737,10 @@ impl Store {
         let new_hash = change.entry().and_then(|e| e.content).map(|c| c.hash);
         if let Some(old) = old_hash.filter(|h| Some(*h) != new_hash) {
             // Harmless if it fails: the start-up sweep removes it next time.
+            // An upload about to commit the same content holds it.
+            let placing = self.inner.placing.lock().unwrap_or_else(|p| p.into_inner());
             match blob_referenced(&w.conn, &old) {
+                Ok(_) if placing.contains_key(&old) => {}
                 Ok(true) => {}
                 Ok(false) => {
                     if let Err(e) = self.inner.blobs.remove(&old) {
@@ -825,6 +940,38 @@ fn check_clash(c: &Connection, ns: &str, path: &RelPath, folder: bool) -> Result
 
 fn file_change(ns: &str, entry: Entry) -> Change {
     Change { seq: entry.version, namespace: ns.to_owned(), what: What::File(entry) }
+}
+
+/// Where a queued put's outcome is left for the thread that queued it.
+type Slot = Arc<Mutex<Option<Result<Change>>>>;
+
+/// A put waiting for the next batch commit.
+#[derive(Debug)]
+struct QueuedPut {
+    ns: String,
+    put: Put,
+    /// Its content is in place already (else it must be stored).
+    placed: bool,
+    slot: Slot,
+}
+
+/// A blob put in place for a commit that has not happened yet.
+#[derive(Debug)]
+struct BlobHold {
+    store: Store,
+    hash: ContentHash,
+}
+
+impl Drop for BlobHold {
+    fn drop(&mut self) {
+        let mut placing = self.store.inner.placing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = placing.get_mut(&self.hash) {
+            *n -= 1;
+            if *n == 0 {
+                placing.remove(&self.hash);
+            }
+        }
+    }
 }
 
 /// The columns [`change_from_row`] decodes, in order.
