@@ -491,7 +491,7 @@ impl FileSync for FileSyncService {
         .await
         .inspect_err(|e| tracing::info!(error = %e, "lock refused"));
         let change = self.counted(result.map_err(Status::from))?;
-        let lock = change.to_event().lock.expect("a lock change");
+        let lock = change.lock_pb().expect("a lock change");
         tracing::info!(lock_id = %lock.lock_id, token = lock.token, expires = %syncstore::lock::format_ms(lock.expires_ms), "locked");
         Ok(Response::new(lock))
     }
@@ -512,7 +512,7 @@ impl FileSync for FileSyncService {
         }
         .await;
         let change = self.counted(result.map_err(Status::from))?;
-        Ok(Response::new(change.to_event().lock.expect("a lock change")))
+        Ok(Response::new(change.lock_pb().expect("a lock change")))
     }
 
     #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id, client = %request.get_ref().client_id))]
@@ -532,7 +532,7 @@ impl FileSync for FileSyncService {
         .await
         .inspect_err(|e| tracing::info!(error = %e, "unlock refused"));
         let change = self.counted(result.map_err(Status::from))?;
-        let lock = change.to_event().lock.expect("a lock change");
+        let lock = change.lock_pb().expect("a lock change");
         tracing::info!(path = %lock.path, ended = ?lock.ended(), "unlocked");
         Ok(Response::new(pb::UnlockResponse { lock: Some(lock) }))
     }

@@ -317,27 +317,12 @@ impl Window {
 /// content right after it.
 async fn send_change(store: &Store, tx: &Sender, window: &Window, change: Change) -> Result<()> {
     window.take().await?;
-    let kind = change.to_event().kind;
+    let (kind, lock) = (change.kind().into(), change.lock_pb());
     let Change { seq, namespace, what } = change;
-    let entry = match what {
-        What::File(entry) => entry,
-        What::Lock(lock) => {
-            let header = pb::ReplicatedChange {
-                seq,
-                namespace,
-                entry: None,
-                content_follows: false,
-                kind,
-                lock: Some(lock.into()),
-            };
-            return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
-        }
-        What::Unlock { lock, ended, by } => {
-            let lock = Some(crate::storage::ended_to_pb(&lock, ended, &by));
-            let header =
-                pb::ReplicatedChange { seq, namespace, entry: None, content_follows: false, kind, lock };
-            return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
-        }
+    let What::File(entry) = what else {
+        // A lock change: no content.
+        let header = pb::ReplicatedChange { seq, namespace, entry: None, content_follows: false, kind, lock };
+        return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
     };
     let file = match entry.content {
         Some(c) => match store.open_blob(&c.hash) {

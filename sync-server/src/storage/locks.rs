@@ -75,7 +75,6 @@ pub(super) fn decode_lock_change(
     seq: u64,
     namespace: String,
     kind: i64,
-    _client_id: String,
     blob: Option<&[u8]>,
 ) -> Result<Change> {
     let lock = pb::Lock::decode(blob.unwrap_or_default())
@@ -85,8 +84,7 @@ pub(super) fn decode_lock_change(
 
 /// Appends a lock change to the log and applies it to the `locks` table.
 pub(super) fn write_lock_change(c: &Connection, change: &Change) -> Result<()> {
-    let ev = change.to_event();
-    let lock = ev.lock.as_ref().expect("a lock change has a lock");
+    let lock = change.lock_pb().expect("a lock change has a lock");
     c.prepare_cached(
         "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id,
                               committed_ms, kind, lock)
@@ -96,9 +94,9 @@ pub(super) fn write_lock_change(c: &Connection, change: &Change) -> Result<()> {
         change.seq as i64,
         change.namespace,
         lock.path,
-        ev.client_id,
+        change.client_id(),
         now_ms(),
-        ev.kind,
+        change.kind() as i32,
         lock.encode_to_vec()
     ])?;
     match &change.what {
@@ -365,12 +363,6 @@ impl Store {
         Ok(all.into_iter().map(|(_, l)| l).filter(|l| l.path.is_under(prefix)).collect())
     }
 
-    /// The live lock on `path`, if any.
-    pub fn lock_of(&self, ns: &str, path: &RelPath) -> Result<Option<Lock>> {
-        let now = now_ms();
-        Ok(self.read(|c| get_lock(c, ns, path))?.filter(|l| !l.expired_at(now)))
-    }
-
     /// Checks, before receiving a write's content, that the write could
     /// pass the path's lock (the commit checks again).
     pub(crate) fn check_lock(&self, ns: &str, path: &RelPath, client_id: &str, token: u64) -> Result<()> {
@@ -544,7 +536,7 @@ mod tests {
 
         // The log holds the grant and the expiry, in order.
         let log = s.changes_after(NS, 0, 10).unwrap();
-        let kinds: Vec<i32> = log.iter().map(|c| c.to_event().kind).collect();
+        let kinds: Vec<i32> = log.iter().map(|c| c.kind() as i32).collect();
         assert_eq!(kinds, [pb::change_event::Kind::Lock as i32, pb::change_event::Kind::Unlock as i32]);
     }
 

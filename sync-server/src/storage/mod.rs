@@ -35,7 +35,7 @@ use tokio::sync::broadcast;
 
 use blobs::BlobStore;
 pub(crate) use blobs::{BlobWriter, StagedBlob};
-pub(crate) use locks::{LockRequest, ended_to_pb, lock_change_from_pb};
+pub(crate) use locks::{LockRequest, lock_change_from_pb};
 
 use crate::error::{Error, Result};
 
@@ -108,31 +108,36 @@ impl Change {
         }
     }
 
+    /// The kind of event the change is on the wire.
+    pub fn kind(&self) -> pb::change_event::Kind {
+        use pb::change_event::Kind;
+        match &self.what {
+            What::File(e) if e.is_deleted() => Kind::Delete,
+            What::File(_) => Kind::Put,
+            What::Lock(_) => Kind::Lock,
+            What::Unlock { .. } => Kind::Unlock,
+        }
+    }
+
+    /// The lock of a lock change, as the wire has it (with why and by whom
+    /// it ended, for an unlock).
+    pub fn lock_pb(&self) -> Option<pb::Lock> {
+        match &self.what {
+            What::File(_) => None,
+            What::Lock(l) => Some(l.clone().into()),
+            What::Unlock { lock, ended, by } => Some(locks::ended_to_pb(lock, *ended, by)),
+        }
+    }
+
     /// The change as a `ChangeEvent` of the wire.
     pub fn to_event(&self) -> pb::ChangeEvent {
-        use pb::change_event::Kind;
-        let mut ev = pb::ChangeEvent {
+        pb::ChangeEvent {
             seq: self.seq,
-            kind: Kind::Unspecified.into(),
-            entry: None,
+            kind: self.kind().into(),
+            entry: self.entry().map(|e| e.clone().into()),
             client_id: self.client_id().to_owned(),
-            lock: None,
-        };
-        match &self.what {
-            What::File(e) => {
-                ev.kind = if e.is_deleted() { Kind::Delete } else { Kind::Put }.into();
-                ev.entry = Some(e.clone().into());
-            }
-            What::Lock(l) => {
-                ev.kind = Kind::Lock.into();
-                ev.lock = Some(l.clone().into());
-            }
-            What::Unlock { lock, ended, by } => {
-                ev.kind = Kind::Unlock.into();
-                ev.lock = Some(locks::ended_to_pb(lock, *ended, by));
-            }
+            lock: self.lock_pb(),
         }
-        ev
     }
 }
 
@@ -986,9 +991,8 @@ fn change_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Change>> {
         return Ok(entry_from_row(r, 0)?.map(|entry| file_change(&namespace, entry)));
     }
     let seq: i64 = r.get(1)?;
-    let client_id: String = r.get(7)?;
     let lock: Option<Vec<u8>> = r.get(10)?;
-    Ok(locks::decode_lock_change(seq as u64, namespace, kind, client_id, lock.as_deref()))
+    Ok(locks::decode_lock_change(seq as u64, namespace, kind, lock.as_deref()))
 }
 
 fn blob_referenced(c: &Connection, hash: &ContentHash) -> Result<bool> {
