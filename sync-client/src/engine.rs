@@ -765,7 +765,7 @@ impl Engine {
     /// Renames the local file or folder at `path` to a free conflict name.
     async fn move_aside(&mut self, path: &RelPath) -> Result<RelPath> {
         let (root, host, from) = (self.root.clone(), self.host.clone(), path.clone());
-        let copy = tokio::task::spawn_blocking(move || rename_aside(&root, &host, &from)).await??;
+        let copy = tokio::task::spawn_blocking(move || rename_aside(&root, &host, &from, None)).await??;
         self.metrics.conflicts.inc();
         tracing::warn!(%path, %copy, "a file and a folder of the same name: the server's keeps the name, this one is renamed");
         Ok(copy)
@@ -805,12 +805,7 @@ impl Engine {
         for path in released {
             self.locks.unprotect(&self.root, &path);
         }
-        let others: Vec<RelPath> = self
-            .locks
-            .all()
-            .filter(|l| self.locks.by_other(&l.path).is_some())
-            .map(|l| l.path.clone())
-            .collect();
+        let others = self.locks.held_by_others();
         for path in others {
             self.locks.protect(&self.root, &path);
         }
@@ -881,29 +876,7 @@ impl Engine {
     /// Renames the local file at `path` to a free conflict-copy name.
     async fn conflict_copy(&self, path: &RelPath, expected: Meta) -> Result<RelPath> {
         let (root, host, path) = (self.root.clone(), self.host.clone(), path.clone());
-        tokio::task::spawn_blocking(move || {
-            let stamp = chrono::Local::now().format("%Y-%m-%d %H%M%S").to_string();
-            let from = path.to_local(&root);
-            for n in 1..1000 {
-                let copy = conflict_name(&path, &host, &stamp, n)?;
-                let to = copy.to_local(&root);
-                if !matches!(local::stat(&to)?, local::Kind::Missing) {
-                    continue;
-                }
-                let still = match local::stat(&from)? {
-                    local::Kind::File(m) => m == expected,
-                    local::Kind::Dir => expected.folder,
-                    _ => false,
-                };
-                if !still {
-                    return Err(Error::ChangedWhileReading);
-                }
-                std::fs::rename(&from, &to)?;
-                return Ok(copy);
-            }
-            Err(Error::Config(format!("no free conflict-copy name for {path}")))
-        })
-        .await?
+        tokio::task::spawn_blocking(move || rename_aside(&root, &host, &path, Some(expected))).await?
     }
 }
 
@@ -926,15 +899,27 @@ pub fn conflict_name(path: &RelPath, host: &str, stamp: &str, n: usize) -> Resul
     RelPath::new(full).map_err(|e| Error::Config(format!("cannot name a conflict copy of {path}: {e}")))
 }
 
-/// Renames the local file or folder at `path` to a free conflict-copy name.
-fn rename_aside(root: &Path, host: &str, path: &RelPath) -> Result<RelPath> {
+/// Renames the local file or folder at `path` to a free conflict-copy name,
+/// provided it still is `expected` (when given; otherwise whatever is there).
+fn rename_aside(root: &Path, host: &str, path: &RelPath, expected: Option<Meta>) -> Result<RelPath> {
     let stamp = chrono::Local::now().format("%Y-%m-%d %H%M%S").to_string();
+    let from = path.to_local(root);
     for n in 1..1000 {
         let copy = conflict_name(path, host, &stamp, n)?;
         if !matches!(local::stat(&copy.to_local(root))?, local::Kind::Missing) {
             continue;
         }
-        std::fs::rename(path.to_local(root), copy.to_local(root))?;
+        if let Some(expected) = expected {
+            let still = match local::stat(&from)? {
+                local::Kind::File(m) => m == expected,
+                local::Kind::Dir => expected.folder,
+                _ => false,
+            };
+            if !still {
+                return Err(Error::ChangedWhileReading);
+            }
+        }
+        std::fs::rename(&from, copy.to_local(root))?;
         return Ok(copy);
     }
     Err(Error::Config(format!("no free conflict-copy name for {path}")))

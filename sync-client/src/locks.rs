@@ -52,6 +52,11 @@ impl Locks {
         self.by_path.values()
     }
 
+    /// The paths someone else holds a lock on.
+    pub fn held_by_others(&self) -> Vec<RelPath> {
+        self.by_path.values().filter(|l| l.client_id != self.own).map(|l| l.path.clone()).collect()
+    }
+
     /// Whether this client holds any lock (which then needs refreshing).
     pub fn holds_any(&self) -> bool {
         self.by_path.values().any(|l| l.client_id == self.own)
