@@ -6,11 +6,47 @@
 //! long name (`listen`, `rescan-interval` or `rescan_interval`); a list gives
 //! a repeatable option several values; `true` sets a switch.
 
-use std::{ffi::OsString, path::Path};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
 
 use clap::{CommandFactory, Parser, parser::ValueSource};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+
+/// How a program's calls reach servers: the token and TLS options every
+/// client command takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnectArgs {
+    /// File whose first line is the bearer token to present. Without it,
+    /// the SYNCSTORE_TOKEN environment variable is used if set. (There is no
+    /// flag for the token itself: `ps` would show it to every user.)
+    #[arg(long, env = "SYNCSTORE_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that https:// servers' certificates are checked
+    /// against, instead of the system's roots.
+    #[arg(long, env = "SYNCSTORE_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that ask for one.
+    #[arg(long, env = "SYNCSTORE_CLIENT_CERT", requires = "client_key", global = true)]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "SYNCSTORE_CLIENT_KEY", requires = "client_cert", global = true)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The token (from the file or the environment) and TLS settings.
+    pub fn security(&self) -> Result<crate::connect::Security, crate::connect::ConnectError> {
+        crate::connect::Security {
+            token: None,
+            ca_cert: self.ca_cert.clone(),
+            identity: self.client_cert.clone().zip(self.client_key.clone()),
+        }
+        .with_token_from(self.token_file.as_deref())
+    }
+}
 
 /// How log lines are written (to stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

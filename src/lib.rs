@@ -7,6 +7,7 @@
 //! - [`path`]: [`RelPath`], the validated relative path every file is known by.
 //! - [`hash`]: [`ContentHash`], the BLAKE3 hash that names content.
 //! - [`cli`]: options from a TOML config file, under flags and environment.
+//! - [`connect`]: reaching a server: TLS endpoint and bearer token.
 //! - [`entry`]: [`Entry`], one path's state in a manifest, and its conversion
 //!   from and to the wire type.
 //! - [`lock`]: [`Lock`], a lock on one path, and its wire conversion.
@@ -14,6 +15,7 @@
 //! - [`metrics`]: the Prometheus endpoint both programs serve.
 
 pub mod cli;
+pub mod connect;
 pub mod entry;
 pub mod hash;
 pub mod limits;

@@ -59,6 +59,13 @@ impl Error {
         matches!(self, Error::Rpc(s) if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_PATH_CLASH))
     }
 
+    /// Whether the server refused this client's credentials: no token, an
+    /// unknown or removed one, or one without the access needed. Retrying
+    /// does not help; a person must act.
+    pub fn is_refused(&self) -> bool {
+        matches!(self.code(), Some(Code::Unauthenticated | Code::PermissionDenied))
+    }
+
     /// Whether the server could not be reached (retry once it is back).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Connect(_)) || self.code() == Some(Code::Unavailable)
@@ -76,6 +83,8 @@ impl From<tonic::Status> for Error {
 fn describe_status(s: &tonic::Status) -> String {
     match s.code() {
         Code::Unavailable => format!("cannot reach the server ({})", s.message()),
+        Code::Unauthenticated => format!("the server refused this client's token: {}", s.message()),
+        Code::PermissionDenied => format!("the server does not allow this: {}", s.message()),
         code => format!("the server answered {code:?}: {}", s.message()),
     }
 }

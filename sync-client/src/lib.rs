@@ -30,7 +30,7 @@ pub mod watch;
 
 use std::{path::PathBuf, time::Duration};
 
-use syncstore::{Entry, Lock, RelPath, pb};
+use syncstore::{Entry, Lock, RelPath, connect::Security, pb};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -76,6 +76,8 @@ pub struct Config {
     pub watcher: bool,
     /// Where the engine counts what it does (served by `--metrics-listen`).
     pub metrics: metrics::ClientMetrics,
+    /// The token and TLS settings presented to the servers.
+    pub security: Security,
 }
 
 impl Config {
@@ -86,6 +88,7 @@ impl Config {
             rescan_interval: DEFAULT_RESCAN_INTERVAL,
             watcher: true,
             metrics: metrics::ClientMetrics::new(),
+            security: Security::none(),
         }
     }
 }
@@ -95,7 +98,7 @@ fn open(config: &Config) -> Result<(Engine, State, Remote, PathBuf)> {
     std::fs::create_dir_all(&config.dir)?;
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open(&root)?;
-    let remote = Remote::new(&config.servers, state.client_id()?)?;
+    let remote = Remote::new(&config.servers, state.client_id()?, &config.security)?;
     let engine = Engine::new(root.clone(), state.clone(), remote.clone(), host_name())
         .with_metrics(config.metrics.clone());
     Ok((engine, state, remote, root))
@@ -142,6 +145,10 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
                     tracing::info!(actions = n, "initial sync done; watching");
                     break;
                 }
+                Err(e) if e.is_refused() => {
+                    tracing::error!(error = %e, "stopping: the server refuses this client");
+                    return Err(e);
+                }
                 Err(e) => {
                     attempts += 1;
                     // Say it once, then quietly keep trying.
@@ -183,6 +190,13 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
                         Ok(_) => log_rescan(engine.rescan().await),
                         Err(e) => tracing::warn!(error = %e, "cannot reach the server after reconnecting"),
                     }
+                }
+                Subscription::Refused(e) => {
+                    tracing::error!(error = %e, "stopping: the server refuses this client");
+                    stop_tasks.cancel();
+                    tasks.close();
+                    tasks.wait().await;
+                    return Err(e);
                 }
             },
             Some(change) = local_rx.recv() => match change {
@@ -228,6 +242,8 @@ enum Subscription {
     /// The subscription came back after a break: local changes made while
     /// the server was away are waiting.
     Reconnected,
+    /// The server refuses this client's token (removed, say): stop.
+    Refused(Error),
 }
 
 /// Follows the server's change stream from the stored cursor, reconnecting
@@ -272,6 +288,10 @@ async fn subscribe(
         };
         match result {
             Ok(()) => return,
+            Err(e) if e.is_refused() => {
+                let _ = tx.send(Subscription::Refused(e)).await;
+                return;
+            }
             Err(e) if !reported => {
                 tracing::warn!(error = %e, "lost the server; reconnecting with backoff");
                 reported = true;
@@ -362,7 +382,8 @@ pub const LOCKED: &str = "locked";
 pub async fn status(config: Config) -> Result<Vec<Difference>> {
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open_shared(&root)?;
-    let remote = Remote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default())?;
+    let remote =
+        Remote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
     let mut engine = Engine::planner(root, state, remote, host_name());
     let all = engine.plan_all().await?;
     let mut out: Vec<Difference> = all.plans.iter().filter_map(Difference::of).collect();
@@ -400,10 +421,12 @@ pub async fn status_against_replica(config: Config, replica: &str) -> Result<Vec
     use std::collections::BTreeMap;
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open_shared(&root)?;
-    let remote = Remote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default())?;
+    let remote =
+        Remote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
     let mut engine = Engine::planner(root, state, remote, host_name());
     let all = engine.plan_all().await?;
-    let replica_files = Remote::new(&[replica.to_owned()], String::new())?.manifest().await?;
+    let replica_files =
+        Remote::new(&[replica.to_owned()], String::new(), &config.security)?.manifest().await?;
     let short = |h: syncstore::ContentHash| h.to_hex()[..12].to_owned();
     let mut table: BTreeMap<String, ThreeWay> = BTreeMap::new();
     let row = |table: &mut BTreeMap<String, ThreeWay>, path: &syncstore::RelPath| {
@@ -430,8 +453,8 @@ pub async fn status_against_replica(config: Config, replica: &str) -> Result<Vec
 }
 
 /// The server's files (live ones only), in path order.
-pub async fn list(servers: &[String]) -> Result<Vec<Entry>> {
-    let remote = Remote::new(servers, String::new())?;
+pub async fn list(servers: &[String], security: &Security) -> Result<Vec<Entry>> {
+    let remote = Remote::new(servers, String::new(), security)?;
     remote.info().await?;
     let mut entries: Vec<Entry> =
         remote.manifest().await?.into_values().filter(|e| !e.is_deleted()).collect();
@@ -468,7 +491,7 @@ fn folder_path(root: &std::path::Path, arg: &str) -> Result<RelPath> {
 fn one_off(config: &Config) -> Result<(std::path::PathBuf, Remote)> {
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open_shared(&root)?;
-    let remote = Remote::new(&config.servers, state.client_id()?)?;
+    let remote = Remote::new(&config.servers, state.client_id()?, &config.security)?;
     Ok((root, remote))
 }
 
@@ -498,8 +521,8 @@ pub async fn unlock(config: Config, path: &str, force: bool) -> Result<Lock> {
 }
 
 /// The server's live locks, in path order.
-pub async fn locks(servers: &[String]) -> Result<Vec<Lock>> {
-    let remote = Remote::new(servers, String::new())?;
+pub async fn locks(servers: &[String], security: &Security) -> Result<Vec<Lock>> {
+    let remote = Remote::new(servers, String::new(), security)?;
     remote.info().await?;
     remote.list_locks("").await
 }

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use syncstore::cli::{self, LogFormat};
+use syncstore::cli::{self, ConnectArgs, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 /// Keeps a local folder in two-way sync with a syncstore server.
@@ -45,6 +45,8 @@ struct Args {
     /// With `watch`: serve Prometheus metrics (GET /metrics) on this address.
     #[arg(long, env = "SYNCSTORE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    connect: ConnectArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -120,15 +122,16 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let command = args.command.clone().unwrap_or(Command::Watch);
+    let security = args.connect.security()?;
     if let Command::Ls = command {
-        for e in sync_client::list(&args.servers).await? {
+        for e in sync_client::list(&args.servers, &security).await? {
             let size = e.content.map_or(0, |c| c.size);
             println!("{:>8} {:>12} {}", e.version, size, e.path);
         }
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Locks = command {
-        for l in sync_client::locks(&args.servers).await? {
+        for l in sync_client::locks(&args.servers, &security).await? {
             let note = if l.note.is_empty() { String::new() } else { format!("  ({})", l.note) };
             println!("{}  locked by {}{note}", l.path, l.describe());
         }
@@ -137,6 +140,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = args.dir.clone().context("--dir is required for this command")?;
     let mut config = sync_client::Config::new(String::new(), dir);
     config.servers = args.servers.clone();
+    config.security = security;
     config.rescan_interval = args.rescan_interval;
     config.watcher = !args.poll_only;
     match command {

@@ -12,13 +12,11 @@ use std::{
 
 use syncstore::{
     Entry, Lock, RelPath,
+    connect::{AuthChannel, Security},
     limits::MAX_MESSAGE,
     pb::{self, file_sync_client::FileSyncClient},
 };
-use tonic::{
-    Code,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, service::interceptor::InterceptedService};
 
 use crate::error::{Error, Result};
 
@@ -34,28 +32,31 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// serves reads; writes then fail and wait for a primary). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Remote {
-    servers: Arc<Vec<(String, FileSyncClient<Channel>)>>,
+    servers: Arc<Vec<(String, FileSyncClient<AuthChannel>)>>,
     active: Arc<AtomicUsize>,
     client_id: String,
 }
 
 impl Remote {
-    /// Prepares connections to `urls` (`http://host:port`); each is made on
-    /// its first call and remade after a failure.
-    pub fn new(urls: &[String], client_id: String) -> Result<Self> {
+    /// Prepares connections to `urls` (`http://host:port` or `https://`),
+    /// presenting `security`'s token and certificates; each is made on its
+    /// first call and remade after a failure.
+    pub fn new(urls: &[String], client_id: String, security: &Security) -> Result<Self> {
         if urls.is_empty() {
             return Err(Error::Config("no server given".into()));
         }
         let mut servers = Vec::with_capacity(urls.len());
         for url in urls {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| Error::Config(format!("bad server address {url:?}: {e}")))?
+            let endpoint = security
+                .endpoint(url)
+                .map_err(|e| Error::Config(e.to_string()))?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true)
                 .tcp_nodelay(true);
-            let client = FileSyncClient::new(endpoint.connect_lazy())
+            let credentials = security.credentials().map_err(|e| Error::Config(e.to_string()))?;
+            let client = FileSyncClient::new(InterceptedService::new(endpoint.connect_lazy(), credentials))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
             servers.push((url.clone(), client));
@@ -73,7 +74,7 @@ impl Remote {
     }
 
     /// The raw generated client of the active server, for streaming calls.
-    pub fn raw(&self) -> FileSyncClient<Channel> {
+    pub fn raw(&self) -> FileSyncClient<AuthChannel> {
         self.servers[self.active.load(Ordering::Relaxed)].1.clone()
     }
 

@@ -344,3 +344,37 @@ async fn a_download_that_cannot_be_written_keeps_the_old_file_and_is_retried() {
     assert!(client(&server.url, b.path(), &["sync"]).await.status.success());
     assert!(std::fs::read(b.path().join("doc.bin")).unwrap() == new);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_comes_from_a_file_or_the_environment() {
+    use sync_server::auth::{Access, TokenFile};
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens = secrets.path().join("tokens.toml");
+    let mut file = TokenFile::default();
+    let token = file.add("laptop", "team", Access::ReadWrite).unwrap();
+    file.save(&tokens).unwrap();
+    let token_file = secrets.path().join("laptop.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let mut config = sync_server::Config::new(data.path().join("data"));
+    config.tokens = Some(tokens);
+    tokio::spawn(sync_server::run(config, listener, shutdown.clone()));
+    let _stop = shutdown.drop_guard();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+    let refused = client(&url, dir.path(), &["sync"]).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("token"), "{refused:?}");
+    let synced = client(&url, dir.path(), &["--token-file", token_file.to_str().unwrap(), "sync"]).await;
+    assert!(synced.status.success(), "{synced:?}");
+
+    let mut ls = Command::new(env!("CARGO_BIN_EXE_sync-client"));
+    ls.args(["--server", &url, "ls"]).env("SYNCSTORE_TOKEN", &token).stdin(Stdio::null());
+    let listed = tokio::task::spawn_blocking(move || ls.output().unwrap()).await.unwrap();
+    assert!(listed.status.success() && stdout(&listed).contains("a.txt"), "{listed:?}");
+}

@@ -1,16 +1,25 @@
 //! `syncstore.v1.Admin`: a server's status (role, position, replication)
 //! and a digest of its manifest, and `compare`, which diffs two servers.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, pin::Pin};
 
-use syncstore::pb::{self, admin_client::AdminClient, admin_server::Admin, file_sync_client::FileSyncClient};
+use syncstore::{
+    connect::Security,
+    pb::{self, admin_client::AdminClient, admin_server::Admin},
+};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth::{Need, caller},
     error::{Error, Result},
     replication::{Mode, WriteGate, primary::ReplicationHandle},
-    storage::{PAGE_SIZE, Store},
+    storage::{DEFAULT_NAMESPACE, PAGE_SIZE, Store},
 };
+
+/// Manifest entries buffered before the producer waits for the caller.
+const MANIFEST_BUFFER: usize = 64;
 
 /// The `Admin` service of one server.
 #[derive(Debug, Clone)]
@@ -69,7 +78,11 @@ pub fn digest(store: &Store) -> Result<pb::DigestResponse> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        caller(&request, Need::Admin)?;
         let s = self.store.clone();
         let (epoch, primary_url) = tokio::task::spawn_blocking(move || -> Result<_> {
             Ok((s.meta_u64("epoch")?, s.meta_text("primary_url")?.unwrap_or_default()))
@@ -106,10 +119,56 @@ impl Admin for AdminService {
         Ok(Response::new(out))
     }
 
-    async fn digest(&self, _: Request<pb::DigestRequest>) -> Result<Response<pb::DigestResponse>, Status> {
+    async fn digest(
+        &self,
+        request: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestResponse>, Status> {
+        caller(&request, Need::Admin)?;
         let s = self.store.clone();
         let d = tokio::task::spawn_blocking(move || digest(&s)).await.map_err(Error::from)??;
         Ok(Response::new(d))
+    }
+
+    type ManifestStream = Pin<Box<dyn Stream<Item = Result<pb::ManifestEntry, Status>> + Send>>;
+
+    async fn manifest(
+        &self,
+        request: Request<pb::ManifestRequest>,
+    ) -> Result<Response<Self::ManifestStream>, Status> {
+        caller(&request, Need::Admin)?;
+        let (tx, rx) = mpsc::channel(MANIFEST_BUFFER);
+        let store = self.store.clone();
+        // Pages are read on a blocking thread and sent as the caller takes
+        // them; a caller that leaves ends the walk.
+        tokio::task::spawn_blocking(move || {
+            let mut after: Option<(String, String)> = None;
+            loop {
+                let page = match store
+                    .manifest_page(after.as_ref().map(|(n, p)| (n.as_str(), p.as_str())), PAGE_SIZE)
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e.into()));
+                        return;
+                    }
+                };
+                let done = page.len() < PAGE_SIZE;
+                after = page.last().map(|(ns, e)| (ns.clone(), e.path.to_string()));
+                for (namespace, entry) in page {
+                    if entry.content.is_none() {
+                        continue;
+                    }
+                    let item = pb::ManifestEntry { namespace, entry: Some(entry.into()) };
+                    if tx.blocking_send(Ok(item)).is_err() {
+                        return;
+                    }
+                }
+                if done {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
@@ -129,13 +188,16 @@ impl Comparison {
     }
 }
 
-/// Compares the trees of the servers at `a` and `b` (URLs).
-pub async fn compare(a: &str, b: &str) -> anyhow::Result<Comparison> {
-    let da = AdminClient::connect(a.to_owned()).await?.digest(pb::DigestRequest {}).await?.into_inner();
-    let db = AdminClient::connect(b.to_owned()).await?.digest(pb::DigestRequest {}).await?.into_inner();
+/// Compares the trees of the servers at `a` and `b` (URLs), every
+/// namespace; on servers with tokens, `security` must carry an admin token.
+/// A path outside the default namespace is shown as `NAMESPACE:PATH`.
+pub async fn compare(a: &str, b: &str, security: &Security) -> anyhow::Result<Comparison> {
+    let (mut ca, mut cb) = (admin_client(a, security)?, admin_client(b, security)?);
+    let da = ca.digest(pb::DigestRequest {}).await?.into_inner();
+    let db = cb.digest(pb::DigestRequest {}).await?.into_inner();
     let mut differences = Vec::new();
     if da.root_hash != db.root_hash {
-        let (ma, mb) = (manifest(a).await?, manifest(b).await?);
+        let (ma, mb) = (manifest(&mut ca).await?, manifest(&mut cb).await?);
         for (path, ea) in &ma {
             match mb.get(path) {
                 None => differences.push((path.clone(), "only-in-A")),
@@ -154,12 +216,23 @@ pub async fn compare(a: &str, b: &str) -> anyhow::Result<Comparison> {
     Ok(Comparison { a: da, b: db, differences })
 }
 
-async fn manifest(url: &str) -> anyhow::Result<BTreeMap<String, pb::FileEntry>> {
-    let mut client = FileSyncClient::connect(url.to_owned()).await?;
-    let mut stream = client.list(pb::ListRequest::default()).await?.into_inner();
+type Client = AdminClient<syncstore::connect::AuthChannel>;
+
+fn admin_client(url: &str, security: &Security) -> anyhow::Result<Client> {
+    Ok(AdminClient::new(security.channel(url)?))
+}
+
+/// Every live file of the server, keyed by its shown name.
+async fn manifest(client: &mut Client) -> anyhow::Result<BTreeMap<String, pb::FileEntry>> {
+    let mut stream = client.manifest(pb::ManifestRequest {}).await?.into_inner();
     let mut out = BTreeMap::new();
-    while let Some(e) = stream.message().await? {
-        out.insert(e.path.clone(), e);
+    while let Some(item) = stream.message().await? {
+        let Some(e) = item.entry else { continue };
+        let shown = match item.namespace.as_str() {
+            DEFAULT_NAMESPACE => e.path.clone(),
+            ns => format!("{ns}:{}", e.path),
+        };
+        out.insert(shown, e);
     }
     Ok(out)
 }

@@ -50,6 +50,9 @@ pub enum Error {
     Sqlite(#[from] rusqlite::Error),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The server's own configuration is wrong (it does not start).
+    #[error("{0}")]
+    Config(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -57,6 +60,14 @@ pub enum Error {
 impl Error {
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         Self::InvalidArgument(msg.into())
+    }
+
+    /// A header-only upload of content the caller's namespace does not
+    /// hold: the client must send it.
+    pub(crate) fn no_content(hash: &syncstore::ContentHash) -> Self {
+        Self::FailedPrecondition(format!(
+            "the server holds no content with hash {hash} here: send the content"
+        ))
     }
 }
 
@@ -112,7 +123,7 @@ impl From<Error> for Status {
             Error::Io(io) if is_disk_full(io) => {
                 return Status::resource_exhausted("the server's disk is full");
             }
-            Error::Sqlite(_) | Error::Io(_) | Error::Internal(_) => {
+            Error::Sqlite(_) | Error::Io(_) | Error::Config(_) | Error::Internal(_) => {
                 // Internals go to the log, not to the caller.
                 tracing::error!(error = %e, "request failed");
                 return Status::internal("internal server error (see the server's log)");

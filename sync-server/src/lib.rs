@@ -7,7 +7,8 @@
 //! - [`service`]: `syncstore.v1.FileSync` over the store.
 //! - [`replication`]: the primary's fan-out to its replica and the
 //!   replica's `syncstore.v1.Replication` service; the write gate.
-//! - [`admin`]: `syncstore.v1.Admin` (status, digest) and `compare`.
+//! - [`admin`]: `syncstore.v1.Admin` (status, digest, manifest) and `compare`.
+//! - [`auth`]: bearer tokens, the token file, and what each token may do.
 //! - [`metrics`]: the Prometheus metrics.
 //! - `feed`: following committed changes from a cursor (log, then live).
 //! - [`error`]: the error type and its mapping to gRPC status codes.
@@ -15,6 +16,7 @@
 //!   health and reflection) on a listener until a shutdown signal.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 mod feed;
 pub mod metrics;
@@ -30,7 +32,10 @@ use syncstore::pb::{
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::server::TcpIncoming;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
+
+pub use auth::Authenticator;
 
 pub use admin::{AdminService, Comparison, compare};
 pub use error::{Error, Result};
@@ -117,6 +122,38 @@ pub struct Config {
     /// The URL clients reach this server at, announced to the replica
     /// (default: `http://` + the listening address).
     pub advertise: Option<String>,
+    /// The token file; without one the server is open (see
+    /// [`Config::insecure_no_auth`]).
+    pub tokens: Option<PathBuf>,
+    /// Serve without tokens on a non-loopback address too.
+    pub insecure_no_auth: bool,
+    /// Serve TLS with this certificate.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The server's TLS settings (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Ask every client for a certificate signed by this CA, and refuse
+    /// those without one.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    fn server_config(&self) -> Result<ServerTlsConfig> {
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p)
+                .map_err(|e| Error::Config(format!("cannot read the TLS {what} {}: {e}", p.display())))
+        };
+        let mut tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&self.cert, "certificate")?, read(&self.key, "key")?));
+        if let Some(ca) = &self.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+        }
+        Ok(tls)
+    }
 }
 
 /// What a server does with writes.
@@ -149,6 +186,9 @@ impl Config {
             role: Role::Primary,
             replica: None,
             advertise: None,
+            tokens: None,
+            insecure_no_auth: false,
+            tls: None,
         }
     }
 
@@ -185,19 +225,32 @@ pub struct Server {
     store: Store,
     metrics: ServerMetrics,
     replication: Option<ReplicationHandle>,
+    auth: Authenticator,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Server {
-    /// Opens (initializing if new) the data folder and sweeps what a crash
-    /// left behind.
+    /// Reads the token file and TLS files, opens (initializing if new) the
+    /// data folder and sweeps what a crash left behind.
     pub async fn open(config: Config) -> Result<Self> {
+        let auth = match &config.tokens {
+            Some(path) => Authenticator::from_file(path)?,
+            None => Authenticator::open(),
+        };
+        let tls = config.tls.as_ref().map(TlsConfig::server_config).transpose()?;
         let (dir, options) = (config.data_dir.clone(), config.store.clone());
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, options)).await??;
         let replication = match config.role {
             Role::Primary => config.replica.clone().map(ReplicationHandle::new),
             Role::Replica => None,
         };
-        Ok(Self { config, store, metrics: ServerMetrics::new(), replication })
+        Ok(Self { config, store, metrics: ServerMetrics::new(), replication, auth, tls })
+    }
+
+    /// Refuses a listener this server must not serve on: beyond loopback
+    /// without tokens, unless [`Config::insecure_no_auth`].
+    pub fn check_listener(&self, listener: &TcpListener) -> Result<()> {
+        check_exposure(&self.config, &self.auth, listener.local_addr()?)
     }
 
     /// The Prometheus endpoint of this server, to run beside [`Server::serve`].
@@ -273,8 +326,29 @@ async fn expire_locks(store: Store, gate: WriteGate, shutdown: CancellationToken
     }
 }
 
+/// Refuses to serve an open server (no tokens) beyond loopback unless told
+/// to, and warns when tokens would cross a network in clear text.
+fn check_exposure(config: &Config, auth: &Authenticator, addr: std::net::SocketAddr) -> Result<()> {
+    let local = addr.ip().is_loopback();
+    if auth.is_open() && !local {
+        if !config.insecure_no_auth {
+            return Err(Error::Config(format!(
+                "refusing to serve {addr} without authentication: anyone who can reach it could read and \
+                 change every file. Give --tokens FILE (see `sync-server token add`), listen on a loopback \
+                 address, or accept the risk with --insecure-no-auth"
+            )));
+        }
+        tracing::warn!(%addr, "serving WITHOUT authentication on a non-loopback address (--insecure-no-auth)");
+    }
+    if !auth.is_open() && config.tls.is_none() && !local {
+        tracing::warn!(%addr, "tokens are checked but travel in clear text: give --tls-cert and --tls-key");
+    }
+    Ok(())
+}
+
 async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
-    let Server { config, store, metrics, replication } = server;
+    server.check_listener(&listener)?;
+    let Server { config, store, metrics, replication, auth, tls } = server;
     let addr = listener.local_addr()?;
     let gate = WriteGate::default();
     if config.role == Role::Replica {
@@ -293,6 +367,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         ));
     }
     tasks.spawn(expire_locks(store.clone(), gate.clone(), shutdown.clone()));
+    tasks.spawn(auth.clone().watch(shutdown.clone()));
     let file_sync = FileSyncService::new(
         store.clone(),
         config.role.as_str(),
@@ -305,7 +380,8 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         replication.clone(),
         metrics,
         shutdown.clone(),
-    );
+    )
+    .with_auth(auth.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;
     let replication_service = ReplicationService::new(
@@ -328,7 +404,14 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
-    tracing::info!(%addr, role = config.role.as_str(), data = %config.data_dir.display(), "serving");
+    tracing::info!(
+        %addr,
+        role = config.role.as_str(),
+        data = %config.data_dir.display(),
+        tokens = config.tokens.is_some(),
+        tls = tls.is_some(),
+        "serving"
+    );
     // Small messages (a download's entry, then its content) must not wait
     // for the peer's delayed ACK. The builder's TCP options do not apply to
     // an incoming stream, so keepalive is set here.
@@ -345,22 +428,29 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             health_reporter.set_not_serving::<FileSyncServer<FileSyncService>>().await;
         }
     };
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|e| Error::Config(format!("TLS: {e}")))?;
+    }
+    // Health and reflection stay open: probes and grpcurl need no token.
+    let serve = builder
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .add_service(
+        .add_service(InterceptedService::new(
             FileSyncServer::new(file_sync)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
             ReplicationServer::new(replication_service)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(AdminServer::new(admin))
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(AdminServer::new(admin), auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

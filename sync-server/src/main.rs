@@ -6,8 +6,11 @@ use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Du
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
-use sync_server::{Mode, OnTimeout, ReplicaConfig, Role};
-use syncstore::cli::{self, LogFormat};
+use sync_server::{
+    Mode, OnTimeout, ReplicaConfig, Role, TlsConfig,
+    auth::{Access, TokenFile},
+};
+use syncstore::cli::{self, ConnectArgs, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 /// The syncstore server: stores files durably, pushes every change to every
@@ -34,14 +37,71 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
-    /// Compare the trees held by two servers. Exit 0 when identical, 1 when
-    /// not (the differing paths are listed), like `diff`.
+    /// Compare the trees held by two servers (every namespace). Exit 0 when
+    /// identical, 1 when not (the differing paths are listed), like `diff`.
+    /// Servers with tokens need an admin token.
     Compare {
         /// First server, e.g. http://127.0.0.1:50051.
         a: String,
         /// Second server.
         b: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
+    /// Manage the token file: add, remove or list tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Add a token and print it (once: only its hash is stored).
+    Add {
+        /// The token file (created if missing, readable by its owner only).
+        #[arg(long, env = "SYNCSTORE_TOKENS")]
+        tokens: PathBuf,
+        /// A unique name for the token, e.g. alice-laptop.
+        name: String,
+        /// The namespace it reads and writes (read-only and read-write
+        /// tokens), e.g. alice or team-a.
+        #[arg(long, default_value = "")]
+        namespace: String,
+        /// What it may do.
+        #[arg(long, value_enum, default_value_t = AccessArg::ReadWrite)]
+        access: AccessArg,
+    },
+    /// Remove a token by name; the server refuses it within a second.
+    Remove {
+        #[arg(long, env = "SYNCSTORE_TOKENS")]
+        tokens: PathBuf,
+        name: String,
+    },
+    /// List the tokens (names, namespaces, access; never the tokens).
+    List {
+        #[arg(long, env = "SYNCSTORE_TOKENS")]
+        tokens: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AccessArg {
+    ReadOnly,
+    ReadWrite,
+    Admin,
+    Replication,
+}
+
+impl From<AccessArg> for Access {
+    fn from(a: AccessArg) -> Self {
+        match a {
+            AccessArg::ReadOnly => Access::ReadOnly,
+            AccessArg::ReadWrite => Access::ReadWrite,
+            AccessArg::Admin => Access::Admin,
+            AccessArg::Replication => Access::Replication,
+        }
+    }
 }
 
 #[derive(Debug, ClapArgs)]
@@ -97,6 +157,33 @@ struct ServeArgs {
     /// Serve Prometheus metrics (GET /metrics) on this address.
     #[arg(long, env = "SYNCSTORE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// The token file (see `sync-server token add`): every call must then
+    /// carry one of its tokens. Without it the server is open, which it
+    /// allows only on a loopback address.
+    #[arg(long, env = "SYNCSTORE_TOKENS")]
+    tokens: Option<PathBuf>,
+    /// Serve without tokens on a non-loopback address too: anyone who can
+    /// reach it can read and change every file.
+    #[arg(long, env = "SYNCSTORE_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// Serve TLS with this certificate (PEM); needs --tls-key.
+    #[arg(long, env = "SYNCSTORE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "SYNCSTORE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM), on top of
+    /// tokens.
+    #[arg(long, env = "SYNCSTORE_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// On a primary: file holding the replication token the replica's
+    /// token file lists (the link's own credential).
+    #[arg(long, env = "SYNCSTORE_REPLICA_TOKEN_FILE")]
+    replica_token_file: Option<PathBuf>,
+    /// On a primary: CA certificate (PEM) to check an https:// replica's
+    /// certificate against.
+    #[arg(long, env = "SYNCSTORE_REPLICA_CA_CERT")]
+    replica_ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -133,7 +220,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match args.command {
             Some(Command::Promote { data }) => promote(data).await,
-            Some(Command::Compare { a, b }) => compare(&a, &b).await,
+            Some(Command::Compare { a, b, connect }) => compare(&a, &b, &connect).await,
+            Some(Command::Token { command }) => token(command),
             None => serve(args.serve).await,
         }
     });
@@ -153,6 +241,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.upload_idle_timeout.is_zero() {
         anyhow::bail!("--upload-idle-timeout must be above zero");
     }
+    let replica_security = syncstore::connect::Security {
+        token: args.replica_token_file.as_deref().map(syncstore::connect::read_token_file).transpose()?,
+        ca_cert: args.replica_ca_cert,
+        identity: None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -171,6 +264,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.max_concurrent_uploads = args.max_concurrent_uploads;
     config.store.log_retention = args.log_retention;
     config.advertise = args.advertise;
+    config.tokens = args.tokens;
+    config.insecure_no_auth = args.insecure_no_auth;
+    config.tls = args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsConfig {
+        cert,
+        key,
+        client_ca: args.tls_client_ca,
+    });
     config.replica = args.replica.map(|url| ReplicaConfig {
         url,
         mode: match args.replication {
@@ -182,8 +282,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             OnTimeoutArg::Fail => OnTimeout::Fail,
             OnTimeoutArg::Degrade => OnTimeout::Degrade,
         },
+        security: replica_security,
     });
-    let server = sync_server::Server::open(config).await.context("cannot open the data folder")?;
+    let server = sync_server::Server::open(config).await.context("cannot start")?;
+    server.check_listener(&listener)?;
     let metrics = match args.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?,
@@ -211,8 +313,37 @@ async fn promote(data: PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn compare(a: &str, b: &str) -> anyhow::Result<ExitCode> {
-    let c = sync_server::compare(a, b).await?;
+fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Add { tokens, name, namespace, access } => {
+            let mut file = TokenFile::load(&tokens)?;
+            let token = file.add(&name, &namespace, access.into())?;
+            file.save(&tokens)?;
+            eprintln!("added {name:?} to {}; the token (shown only now):", tokens.display());
+            println!("{token}");
+        }
+        TokenCommand::Remove { tokens, name } => {
+            let mut file = TokenFile::load(&tokens)?;
+            if !file.remove(&name) {
+                anyhow::bail!("{} has no token named {name:?}", tokens.display());
+            }
+            file.save(&tokens)?;
+            eprintln!("removed {name:?}; a running server refuses it within a second");
+        }
+        TokenCommand::List { tokens } => {
+            let file = TokenFile::load(&tokens)?;
+            println!("{:<24} {:<12} {:<20} CREATED", "NAME", "ACCESS", "NAMESPACE");
+            for t in &file.tokens {
+                let ns = if t.namespace.is_empty() { "*" } else { &t.namespace };
+                println!("{:<24} {:<12} {:<20} {}", t.name, t.access.as_str(), ns, t.created);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn compare(a: &str, b: &str, connect: &ConnectArgs) -> anyhow::Result<ExitCode> {
+    let c = sync_server::compare(a, b, &connect.security()?).await?;
     if c.identical() {
         println!(
             "identical: {} files, {} bytes (heads {} and {})",

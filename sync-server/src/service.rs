@@ -12,12 +12,13 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Authenticator, Need, caller, principal};
 use crate::{
     ServerMetrics,
     error::{Error, Result},
     feed::{self, Item},
     replication::{WriteGate, primary::ReplicationHandle},
-    storage::{Change, DEFAULT_NAMESPACE, Delete, LockRequest, PAGE_SIZE, Put, Store},
+    storage::{Change, Delete, LockRequest, PAGE_SIZE, Put, Store},
 };
 
 /// Messages buffered per server stream before the producer waits.
@@ -56,6 +57,7 @@ pub struct FileSyncService {
     replication: Option<ReplicationHandle>,
     metrics: ServerMetrics,
     shutdown: CancellationToken,
+    auth: Authenticator,
 }
 
 impl FileSyncService {
@@ -69,7 +71,14 @@ impl FileSyncService {
         shutdown: CancellationToken,
     ) -> Self {
         let upload_slots = Arc::new(Semaphore::new(limits.max_concurrent));
-        Self { store, role, limits, upload_slots, gate, replication, metrics, shutdown }
+        let auth = Authenticator::open();
+        Self { store, role, limits, upload_slots, gate, replication, metrics, shutdown, auth }
+    }
+
+    /// Ends subscriptions whose token `auth` stops accepting.
+    pub fn with_auth(mut self, auth: Authenticator) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Counts a failed call by its code.
@@ -130,7 +139,7 @@ impl FileSyncService {
         }
     }
 
-    async fn receive_upload(&self, mut stream: Streaming<pb::UploadRequest>) -> Result<Change> {
+    async fn receive_upload(&self, ns: String, mut stream: Streaming<pb::UploadRequest>) -> Result<Change> {
         // Held until the upload is committed or refused and its temp file gone.
         let _slot = self.upload_slot().await?;
         let header = match self.next_message(&mut stream).await? {
@@ -174,13 +183,13 @@ impl FileSyncService {
 
         // Refuse a stale base or a locked path before receiving any content;
         // the commit checks again under the writer lock.
-        let (p, client, token, folder) =
-            (path.clone(), put.client_id.clone(), put.lock_token, put.content.folder);
+        let (n, p, client, token, folder) =
+            (ns.clone(), path.clone(), put.client_id.clone(), put.lock_token, put.content.folder);
         let current = self
             .blocking(move |s| {
-                s.check_lock(DEFAULT_NAMESPACE, &p, &client, token)?;
-                s.check_path_clash(DEFAULT_NAMESPACE, &p, folder)?;
-                s.stat(DEFAULT_NAMESPACE, &p)
+                s.check_lock(&n, &p, &client, token)?;
+                s.check_path_clash(&n, &p, folder)?;
+                s.stat(&n, &p)
             })
             .await?;
         Store::check_base(&path, current.as_ref(), put.base_version)?;
@@ -204,24 +213,28 @@ impl FileSyncService {
         let writer = writer?;
 
         let staged = if chunks == 0 && size > 0 {
-            // Header only: reuse stored content (its presence is checked at
-            // commit). Content is named by its hash, so stored content of a
+            // Header only: reuse content this namespace already refers to
+            // (checked again at commit). Content of other namespaces is
+            // never offered: reusing it would tell the caller it exists.
+            // Content is named by its hash, so stored content of a
             // different size means the header is wrong.
             drop(writer);
-            if let Ok(file) = self.store.open_blob(&hash) {
-                let stored = file.metadata()?.len();
-                if stored != size {
+            let n = ns.clone();
+            match self.blocking(move |s| s.reusable_size(&n, &hash)).await? {
+                None => return Err(Error::no_content(&hash)),
+                Some(stored) if stored != size => {
                     return Err(Error::invalid(format!(
                         "the header announced {size} bytes, but the content with hash {hash} is {stored} bytes"
                     )));
                 }
+                Some(_) => {}
             }
             None
         } else {
             Some(tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??)
         };
         let timer = self.metrics.commit_seconds.start_timer();
-        let change = self.blocking(move |s| s.commit_put(DEFAULT_NAMESPACE, put, staged)).await?;
+        let change = self.blocking(move |s| s.commit_put(&ns, put, staged)).await?;
         timer.observe_duration();
         self.replicated(change.seq).await?;
         Ok(change)
@@ -285,7 +298,8 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::UploadResponse>, Status> {
-        let result = self.receive_upload(request.into_inner()).await.inspect_err(|e| {
+        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+        let result = self.receive_upload(ns, request.into_inner()).await.inspect_err(|e| {
             tracing::info!(error = %e, "upload refused");
         });
         let entry = self.counted(result.map_err(Status::from))?.into_entry();
@@ -302,14 +316,15 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
+        let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let req = request.into_inner();
         let path = self.counted(RelPath::new(req.path).map_err(|e| Status::from(Error::from(e))))?;
         let found = self
             .blocking(move |s| {
-                let current = s.stat(DEFAULT_NAMESPACE, &path)?;
+                let current = s.stat(&ns, &path)?;
                 let entry = match current {
                     Some(e) if req.version == 0 || e.version == req.version => Some(e),
-                    _ if req.version != 0 => s.entry_at(DEFAULT_NAMESPACE, &path, req.version)?,
+                    _ if req.version != 0 => s.entry_at(&ns, &path, req.version)?,
                     other => other,
                 };
                 let Some(content) = entry.as_ref().and_then(|e| e.content) else {
@@ -342,6 +357,7 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let ns = self.counted(caller(&request, Need::Write))?.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
@@ -352,7 +368,7 @@ impl FileSync for FileSyncService {
                 lock_token: req.lock_token,
             };
             let change = self
-                .blocking(move |s| s.commit_delete(DEFAULT_NAMESPACE, del))
+                .blocking(move |s| s.commit_delete(&ns, del))
                 .await
                 .inspect_err(|e| tracing::info!(error = %e, "delete refused"))?;
             self.replicated(change.seq).await?;
@@ -369,6 +385,7 @@ impl FileSync for FileSyncService {
 
     #[tracing::instrument(skip_all)]
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<Self::ListStream>, Status> {
+        let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let req = request.into_inner();
         let prefix = req.prefix.trim_end_matches('/').to_owned();
         if !prefix.is_empty() {
@@ -379,11 +396,9 @@ impl FileSync for FileSyncService {
         tokio::spawn(async move {
             let mut after: Option<String> = None;
             loop {
-                let (p, a) = (prefix.clone(), after.clone());
+                let (n, p, a) = (ns.clone(), prefix.clone(), after.clone());
                 let page = this
-                    .blocking(move |s| {
-                        s.list_page(DEFAULT_NAMESPACE, &p, a.as_deref(), req.include_deleted, PAGE_SIZE)
-                    })
+                    .blocking(move |s| s.list_page(&n, &p, a.as_deref(), req.include_deleted, PAGE_SIZE))
                     .await;
                 let page = match page {
                     Ok(page) => page,
@@ -409,11 +424,11 @@ impl FileSync for FileSyncService {
 
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
     async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::FileEntry>, Status> {
+        let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let path = RelPath::new(request.into_inner().path).map_err(Error::from)?;
         let entry = self
             .blocking(move |s| {
-                s.stat(DEFAULT_NAMESPACE, &path)?
-                    .ok_or_else(|| Error::NotFound(format!("{path} was never written")))
+                s.stat(&ns, &path)?.ok_or_else(|| Error::NotFound(format!("{path} was never written")))
             })
             .await?;
         Ok(Response::new(entry.into()))
@@ -426,9 +441,10 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = self.counted(caller(&request, Need::Read))?;
         let req = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let (store, shutdown) = (self.store.clone(), self.shutdown.clone());
+        let (store, shutdown, auth) = (self.store.clone(), self.shutdown.clone(), self.auth.clone());
         let subscribers = self.metrics.subscribers.clone();
         tokio::spawn(async move {
             subscribers.inc();
@@ -443,13 +459,19 @@ impl FileSync for FileSyncService {
                 }
             };
             let watcher = tokio::spawn(gone);
-            let result = feed::follow(&store, req.after_seq, Some(DEFAULT_NAMESPACE), &stop, |item| {
+            let follow = feed::follow(&store, req.after_seq, Some(&who.namespace), &stop, |item| {
                 let tx = tx.clone();
                 async move { tx.send(Ok(event(item))).await.is_ok() }
-            })
-            .await;
+            });
+            let result = tokio::select! {
+                r = follow => r.map_err(Status::from),
+                () = auth.revoked(&who) => {
+                    tracing::info!(token = %who.name, "ending a subscription: its token was removed");
+                    Err(Status::unauthenticated("the token was removed"))
+                }
+            };
             if let Err(e) = result {
-                let _ = tx.send(Err(e.into())).await;
+                let _ = tx.send(Err(e)).await;
             }
             watcher.abort();
             subscribers.dec();
@@ -460,8 +482,10 @@ impl FileSync for FileSyncService {
 
     async fn server_info(
         &self,
-        _request: Request<pb::ServerInfoRequest>,
+        request: Request<pb::ServerInfoRequest>,
     ) -> Result<Response<pb::ServerInfoResponse>, Status> {
+        // Any token may ask: a client learns here whom the server takes it for.
+        let who = principal(&request)?;
         let (head, oldest) = self.blocking(|s| Ok((s.head(), s.oldest_seq()?))).await?;
         Ok(Response::new(pb::ServerInfoResponse {
             history_id: self.store.history_id(),
@@ -469,11 +493,15 @@ impl FileSync for FileSyncService {
             oldest_seq: oldest,
             role: self.role.to_owned(),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            namespace: who.namespace,
+            principal: who.name,
+            access: who.access.as_str().to_owned(),
         }))
     }
 
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path, client = %request.get_ref().client_id))]
     async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::Lock>, Status> {
+        let ns = self.counted(caller(&request, Need::Write))?.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
@@ -484,7 +512,7 @@ impl FileSync for FileSyncService {
                 client_id: req.client_id,
                 holder: req.holder,
             };
-            let change = self.blocking(move |s| s.lock(DEFAULT_NAMESPACE, req)).await?;
+            let change = self.blocking(move |s| s.lock(&ns, req)).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
@@ -501,12 +529,11 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::RefreshLockRequest>,
     ) -> Result<Response<pb::Lock>, Status> {
+        let ns = self.counted(caller(&request, Need::Write))?.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
-            let change = self
-                .blocking(move |s| s.refresh_lock(DEFAULT_NAMESPACE, &req.lock_id, req.ttl_seconds))
-                .await?;
+            let change = self.blocking(move |s| s.refresh_lock(&ns, &req.lock_id, req.ttl_seconds)).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
@@ -520,12 +547,12 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
+        let ns = self.counted(caller(&request, Need::Write))?.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
-            let change = self
-                .blocking(move |s| s.unlock(DEFAULT_NAMESPACE, &req.lock_id, &req.client_id, req.force))
-                .await?;
+            let change =
+                self.blocking(move |s| s.unlock(&ns, &req.lock_id, &req.client_id, req.force)).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
@@ -541,11 +568,12 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::ListLocksRequest>,
     ) -> Result<Response<pb::ListLocksResponse>, Status> {
+        let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let prefix = request.into_inner().prefix.trim_end_matches('/').to_owned();
         if !prefix.is_empty() {
             RelPath::new(prefix.as_str()).map_err(Error::from)?;
         }
-        let locks = self.blocking(move |s| s.list_locks(DEFAULT_NAMESPACE, &prefix)).await?;
+        let locks = self.blocking(move |s| s.list_locks(&ns, &prefix)).await?;
         Ok(Response::new(pb::ListLocksResponse { locks: locks.into_iter().map(Into::into).collect() }))
     }
 }

@@ -122,3 +122,72 @@ async fn sigterm_stops_it_even_when_its_log_pipe_is_closed() {
     let status = wait_exit(&mut child).await;
     assert!(status.success(), "{status:?}");
 }
+
+/// Runs `sync-server ARGS` to completion.
+fn run_server_cmd(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sync-server")).args(args).output().unwrap()
+}
+
+#[tokio::test]
+async fn tokens_are_managed_from_the_command_line_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let t = tokens.to_str().unwrap();
+    let add = |name: &str, extra: &[&str]| {
+        let mut args = vec!["token", "add", "--tokens", t, name];
+        args.extend(extra);
+        let out = run_server_cmd(&args);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let alice = add("alice-laptop", &["--namespace", "alice"]);
+    add("ops", &["--access", "admin"]);
+    assert!(alice.starts_with("sst_") && alice.len() > 60, "{alice}");
+    assert!(!std::fs::read_to_string(&tokens).unwrap().contains(&alice), "only the hash is stored");
+    let list = String::from_utf8(run_server_cmd(&["token", "list", "--tokens", t]).stdout).unwrap();
+    assert!(list.contains("alice-laptop") && list.contains("read-write") && list.contains("alice"), "{list}");
+    assert!(list.contains("ops") && list.contains("admin") && !list.contains(&alice), "{list}");
+    // Mistakes are refused and leave the file as it was.
+    let before = std::fs::read(&tokens).unwrap();
+    for bad in [
+        vec!["token", "add", "--tokens", t, "alice-laptop", "--namespace", "x"],
+        vec!["token", "add", "--tokens", t, "x", "--namespace", "../etc"],
+        vec!["token", "add", "--tokens", t, "y"],
+        vec!["token", "remove", "--tokens", t, "nobody"],
+    ] {
+        let out = run_server_cmd(&bad);
+        assert!(!out.status.success(), "{bad:?}");
+    }
+    assert_eq!(std::fs::read(&tokens).unwrap(), before);
+
+    let data = tempfile::tempdir().unwrap();
+    let mut server = start_with(data.path(), "127.0.0.1:0", &["--tokens", t]);
+    let with = |token: Option<&str>| {
+        let security = syncstore::connect::Security { token: token.map(str::to_owned), ..Default::default() };
+        FileSyncClient::new(security.channel(&server.url()).unwrap())
+    };
+    let info = with(Some(&alice)).server_info(pb::ServerInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!((info.namespace.as_str(), info.principal.as_str()), ("alice", "alice-laptop"));
+    let refused = with(None).server_info(pb::ServerInfoRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    assert!(run_server_cmd(&["token", "remove", "--tokens", t, "alice-laptop"]).status.success());
+    common::eventually("the removed token is refused", || {
+        let mut rpc = with(Some(&alice));
+        async move { rpc.server_info(pb::ServerInfoRequest {}).await.is_err() }
+    })
+    .await;
+    signal(&server.child, "-TERM");
+    assert!(wait_exit(&mut server.child).await.success());
+}
+
+#[test]
+fn an_open_server_refuses_a_non_loopback_address() {
+    let data = tempfile::tempdir().unwrap();
+    // It binds (port 0 on every interface) but never serves: it exits first.
+    let out = run_server_cmd(&["--listen", "0.0.0.0:0", "--data", data.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("without authentication") && stderr.contains("--insecure-no-auth"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+}

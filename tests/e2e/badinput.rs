@@ -16,10 +16,10 @@ use sync_server::{Mode, OnTimeout};
 use syncstore::{
     ContentHash,
     limits::MAX_CHUNK,
-    pb::{self, file_sync_client::FileSyncClient, upload_request},
+    pb::{self, upload_request},
 };
 use tokio_stream::StreamExt;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 use crate::harness::*;
 
@@ -116,7 +116,7 @@ fn entries(dir: &Path) -> BTreeSet<PathBuf> {
     out
 }
 
-async fn manifest(rpc: &mut FileSyncClient<Channel>) -> Vec<pb::FileEntry> {
+async fn manifest(rpc: &mut Rpc) -> Vec<pb::FileEntry> {
     let req = pb::ListRequest { prefix: String::new(), include_deleted: true };
     let mut list = rpc.list(req).await.unwrap().into_inner();
     let mut out = Vec::new();
@@ -139,7 +139,7 @@ async fn snapshot(server: &TestServer) -> Snapshot {
 
 /// Runs `call` and returns its status: the call's, or the first error on
 /// its response stream.
-async fn run(rpc: &mut FileSyncClient<Channel>, call: Call) -> Result<(), tonic::Status> {
+async fn run(rpc: &mut Rpc, call: Call) -> Result<(), tonic::Status> {
     match call {
         Call::Upload(msgs) => rpc.upload(tokio_stream::iter(msgs)).await.map(drop),
         Call::Stalled(msgs) => {
@@ -505,7 +505,7 @@ fn upload_streams_commit_only_when_exactly_right() {
             let requests = to_requests(&path, &content, &msgs);
             let mut rpc = rpc.clone();
             let (result, head_before, head_after, stat) = rt.block_on(async {
-                let info = |mut r: FileSyncClient<Channel>| async move {
+                let info = |mut r: Rpc| async move {
                     r.server_info(pb::ServerInfoRequest {}).await.unwrap().into_inner().head_seq
                 };
                 let before = info(rpc.clone()).await;

@@ -12,6 +12,7 @@ use std::{
 
 use syncstore::{
     ContentHash,
+    connect::{AuthChannel, Security},
     pb::{self, file_sync_client::FileSyncClient, upload_request},
 };
 use tempfile::TempDir;
@@ -159,7 +160,13 @@ impl TestServer {
     ) -> Self {
         let url = replica.url();
         Self::start_with(move |c| {
-            c.replica = Some(sync_server::ReplicaConfig { url, mode, timeout, on_timeout });
+            c.replica = Some(sync_server::ReplicaConfig {
+                url,
+                mode,
+                timeout,
+                on_timeout,
+                security: Default::default(),
+            });
             tweak(c);
         })
         .await
@@ -178,8 +185,8 @@ impl TestServer {
         self.admin().await.status(pb::StatusRequest {}).await.unwrap().into_inner()
     }
 
-    pub async fn rpc(&self) -> FileSyncClient<Channel> {
-        FileSyncClient::connect(self.url()).await.unwrap()
+    pub async fn rpc(&self) -> Rpc {
+        rpc_with(&self.url(), &Security::none())
     }
 
     /// The live files on the server: path → content.
@@ -224,8 +231,21 @@ impl Drop for TestServer {
     }
 }
 
+/// A raw `FileSync` client that presents `security`'s token and certificates.
+pub type Rpc = FileSyncClient<AuthChannel>;
+
+/// A raw `FileSync` client of `url` presenting `security`.
+pub fn rpc_with(url: &str, security: &Security) -> Rpc {
+    FileSyncClient::new(security.channel(url).unwrap())
+}
+
+/// A security with just this token.
+pub fn token(token: &str) -> Security {
+    Security { token: Some(token.to_owned()), ..Security::none() }
+}
+
 /// Downloads the current version of `path`.
-pub async fn download(rpc: &mut FileSyncClient<Channel>, path: &str) -> Result<Vec<u8>, tonic::Status> {
+pub async fn download(rpc: &mut Rpc, path: &str) -> Result<Vec<u8>, tonic::Status> {
     let mut s = rpc.download(pb::DownloadRequest { path: path.into(), version: 0 }).await?.into_inner();
     let mut out = Vec::new();
     while let Some(m) = s.message().await? {
@@ -238,7 +258,7 @@ pub async fn download(rpc: &mut FileSyncClient<Channel>, path: &str) -> Result<V
 
 /// Uploads `data` to `path` in 1 MiB chunks, based on `base_version`.
 pub async fn upload(
-    rpc: &mut FileSyncClient<Channel>,
+    rpc: &mut Rpc,
     path: &str,
     data: &[u8],
     base_version: u64,
@@ -274,6 +294,7 @@ pub fn upload_header(path: &str, data: &[u8], base_version: u64) -> pb::UploadRe
 pub struct TestClient {
     pub dir: TempDir,
     servers: Vec<String>,
+    security: Security,
     metrics: sync_client::metrics::ClientMetrics,
     shutdown: CancellationToken,
     task: JoinHandle<sync_client::Result<()>>,
@@ -303,6 +324,14 @@ impl TestClient {
         })
     }
 
+    /// Starts watching a new folder, presenting `security` to `server`.
+    pub fn start_secure(server: &str, security: Security) -> Self {
+        Self::start_configured(vec![server.to_owned()], tempfile::tempdir().unwrap(), |c| {
+            c.rescan_interval = Duration::from_secs(3600);
+            c.security = security;
+        })
+    }
+
     fn start_configured(
         servers: Vec<String>,
         dir: TempDir,
@@ -312,11 +341,11 @@ impl TestClient {
         let mut config = sync_client::Config::new("", dir.path());
         config.servers = servers.clone();
         tweak(&mut config);
-        let metrics = config.metrics.clone();
+        let (metrics, security) = (config.metrics.clone(), config.security.clone());
         let span = tracing::info_span!("client", dir = %dir.path().display());
         let task =
             tokio::spawn(tracing::Instrument::instrument(sync_client::watch(config, shutdown.clone()), span));
-        Self { dir, servers, metrics, shutdown, task }
+        Self { dir, servers, security, metrics, shutdown, task }
     }
 
     /// Bytes of content this client has uploaded.
@@ -329,6 +358,7 @@ impl TestClient {
     pub fn config(&self) -> sync_client::Config {
         let mut config = sync_client::Config::new("", self.dir.path());
         config.servers = self.servers.clone();
+        config.security = self.security.clone();
         config
     }
 

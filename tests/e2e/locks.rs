@@ -101,7 +101,7 @@ async fn a_lock_lives_while_its_holder_runs_and_expires_when_it_is_gone() {
 
     let ttl = Duration::from_secs(2);
     let first = sync_client::lock(a.config(), "shared.txt", ttl, "").await.unwrap();
-    let locks = || async { sync_client::locks(&[server.url()]).await.unwrap() };
+    let locks = || async { sync_client::locks(&[server.url()], &Default::default()).await.unwrap() };
     // The running holder refreshes it past its first expiry.
     eventually_async("the holder refreshed its lock past the first expiry", || async {
         syncstore::lock::now_ms() > first.expires_ms + 500

@@ -13,4 +13,5 @@ mod locks;
 mod model;
 mod ops;
 mod replication;
+mod security;
 mod sync;

@@ -34,7 +34,7 @@ const OPS: usize = 40;
 const CLIENTS: usize = 3;
 
 enum Side {
-    Online(TestClient),
+    Online(Box<TestClient>),
     Offline(TempDir),
 }
 
@@ -48,7 +48,7 @@ impl Side {
 
     async fn set_online(self, online: bool, url: &str) -> Side {
         match (self, online) {
-            (Side::Offline(d), true) => Side::Online(TestClient::start_in(url, d)),
+            (Side::Offline(d), true) => Side::Online(Box::new(TestClient::start_in(url, d))),
             (Side::Online(c), false) => Side::Offline(c.stop().await),
             (s, _) => s,
         }
@@ -156,7 +156,7 @@ async fn run_seed(seed: u64) {
         proxies.push(Proxy::start(server.addr).await);
     }
     let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
-    let mut sides: Vec<Side> = urls.iter().map(|u| Side::Online(TestClient::start(u))).collect();
+    let mut sides: Vec<Side> = urls.iter().map(|u| Side::Online(Box::new(TestClient::start(u)))).collect();
     for (i, s) in sides.iter().enumerate() {
         tracing::info!(seed, client = i, dir = %s.root().display(), "model client");
     }

@@ -31,7 +31,7 @@ async fn metrics_count_what_the_server_does() {
     let metrics = tokio::spawn(server.metrics_server().serve(metrics_listener, shutdown.clone()));
     let serving = tokio::spawn(server.serve(listener, shutdown.clone()));
 
-    let mut rpc = pb::file_sync_client::FileSyncClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut rpc = rpc_with(&format!("http://{addr}"), &Default::default());
     for (i, data) in [&b"one"[..], b"two!", b"three"].iter().enumerate() {
         upload(&mut rpc, &format!("f{i}"), data, 0).await.unwrap();
     }

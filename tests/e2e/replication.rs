@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sync_server::{Mode, OnTimeout};
-use syncstore::pb;
+use syncstore::{connect::Security, pb};
 use tonic::Code;
 
 use crate::harness::*;
@@ -12,7 +12,7 @@ use crate::harness::*;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn identical(a: &TestServer, b: &TestServer) -> bool {
-    sync_server::compare(&a.url(), &b.url()).await.is_ok_and(|c| c.identical())
+    sync_server::compare(&a.url(), &b.url(), &Security::none()).await.is_ok_and(|c| c.identical())
 }
 
 #[tokio::test]
@@ -36,7 +36,7 @@ async fn every_change_made_through_a_client_reaches_the_replica() {
     .await;
 
     // Sync mode: what the primary acknowledged, the replica holds already.
-    let c = sync_server::compare(&primary.url(), &replica.url()).await.unwrap();
+    let c = sync_server::compare(&primary.url(), &replica.url(), &Security::none()).await.unwrap();
     assert!(c.identical(), "{:?}", c.differences);
     assert_eq!(c.a.file_count, 3);
     assert_eq!(c.a.head_seq, c.b.head_seq);
@@ -320,6 +320,7 @@ async fn promotion_keeps_clients_syncing_and_fences_the_old_primary() {
         mode: Mode::Sync,
         timeout: TIMEOUT,
         on_timeout: OnTimeout::Fail,
+        security: Security::none(),
     });
     let old = TestServer::start_on(old_config, "127.0.0.1:0".parse().unwrap()).await;
     eventually_async("the old primary is fenced", || async { !old.status().await.writes_refused.is_empty() })

@@ -52,11 +52,14 @@ pub enum OnTimeout {
 /// A primary's link to its replica.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
-    /// The replica's address, `http://host:port`.
+    /// The replica's address, `http://host:port` (or `https://`).
     pub url: String,
     pub mode: Mode,
     pub timeout: Duration,
     pub on_timeout: OnTimeout,
+    /// The link's own credential (a `replication` token of the replica)
+    /// and TLS settings.
+    pub security: syncstore::connect::Security,
 }
 
 /// Whether this server takes writes, and if not, why: a replica names its

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use syncstore::connect::Credentials;
 use syncstore::{
     limits::{MAX_CHUNK, MAX_MESSAGE},
     pb::{self, replicate_request, replicate_response, replication_client::ReplicationClient},
@@ -154,17 +155,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let url = handle.config().url.clone();
-    let endpoint = match Endpoint::from_shared(url.clone()) {
-        Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
+    let security = &handle.config().security;
+    let link = security.endpoint(&url).and_then(|e| Ok((e, security.credentials()?)));
+    let (endpoint, credentials) = match link {
+        Ok((e, c)) => (e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true), c),
         Err(e) => {
-            tracing::error!(%url, error = %e, "bad replica address; not replicating");
+            tracing::error!(%url, error = %e, "cannot set up the link to the replica; not replicating");
             return;
         }
     };
     let mut backoff = BACKOFF_MIN;
     loop {
         let connected_before = handle.acked();
-        let session = stream_once(&store, &handle, &gate, &advertised, &endpoint, &shutdown);
+        let session = stream_once(&store, &handle, &gate, &advertised, (&endpoint, &credentials), &shutdown);
         let result = tokio::select! {
             r = session => r,
             () = shutdown.cancelled() => return,
@@ -194,11 +197,11 @@ async fn stream_once(
     handle: &ReplicationHandle,
     gate: &WriteGate,
     advertised: &str,
-    endpoint: &Endpoint,
+    (endpoint, credentials): (&Endpoint, &Credentials),
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let channel = endpoint.connect().await.map_err(|e| Error::Unavailable(format!("cannot connect: {e}")))?;
-    let mut client = ReplicationClient::new(channel)
+    let mut client = ReplicationClient::with_interceptor(channel, credentials.clone())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let (tx, rx) = mpsc::channel(SEND_BUFFER);

@@ -94,6 +94,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<Streaming<pb::ReplicateRequest>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
+        crate::auth::caller(&request, crate::auth::Need::Replication)?;
         let mut incoming = request.into_inner();
         let hello = match incoming.message().await? {
             Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::Hello(h)) }) => h,

@@ -542,6 +542,21 @@ impl Store {
         self.inner.blobs.contains(hash)
     }
 
+    /// The size of content `hash` if namespace `ns` may reuse it without
+    /// sending it: it is stored and one of the namespace's entries refers
+    /// to it. Content only other namespaces hold is as good as absent, so
+    /// a caller cannot probe for it.
+    pub fn reusable_size(&self, ns: &str, hash: &ContentHash) -> Result<Option<u64>> {
+        if !self.read(|c| refers_to(c, ns, hash))? {
+            return Ok(None);
+        }
+        match self.open_blob(hash) {
+            Ok(file) => Ok(Some(file.metadata()?.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Opens stored content for reading.
     pub fn open_blob(&self, hash: &ContentHash) -> std::io::Result<File> {
         self.inner.blobs.open_blob(hash)
@@ -685,11 +700,10 @@ impl Store {
         Self::check_base(&put.path, current.as_ref(), put.base_version)?;
         locks::check_write(c, &job.ns, &put.path, &put.client_id, put.lock_token, now_ms())?;
         check_clash(c, &job.ns, &put.path, put.content.folder)?;
-        if !job.placed && !blobs.contains(&put.content.hash) {
-            return Err(Error::FailedPrecondition(format!(
-                "the server holds no content with hash {}: send the content",
-                put.content.hash
-            )));
+        let hash = &put.content.hash;
+        let present = job.placed || (blobs.contains(hash) && refers_to(c, &job.ns, hash)?);
+        if !present {
+            return Err(Error::no_content(&put.content.hash));
         }
         Ok(current)
     }
@@ -856,6 +870,12 @@ fn set_meta(c: &Connection, key: &str, value: &str) -> Result<()> {
         [key, value],
     )?;
     Ok(())
+}
+
+/// Whether a live entry of namespace `ns` refers to content `hash`.
+fn refers_to(c: &Connection, ns: &str, hash: &ContentHash) -> Result<bool> {
+    Ok(c.prepare_cached("SELECT 1 FROM files WHERE hash = ?1 AND namespace = ?2 LIMIT 1")?
+        .exists(params![hash.as_bytes().as_slice(), ns])?)
 }
 
 fn get_entry(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Entry>> {
