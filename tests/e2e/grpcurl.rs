@@ -31,8 +31,14 @@ fn base64(data: &[u8]) -> String {
 /// Runs grpcurl with `args` (plaintext, against `addr`); returns its exit
 /// success and its stdout + stderr.
 fn grpcurl(addr: &str, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["-plaintext"];
+    all.extend(args);
+    grpcurl_raw(addr, &all)
+}
+
+/// Runs grpcurl with exactly `args` against `addr`.
+fn grpcurl_raw(addr: &str, args: &[&str]) -> (bool, String) {
     let mut cmd = Command::new("grpcurl");
-    cmd.arg("-plaintext");
     let mut it = args.iter().peekable();
     // Flags (and a flag's value) go before the address, the rest after it.
     let mut before = Vec::new();
@@ -40,7 +46,7 @@ fn grpcurl(addr: &str, args: &[&str]) -> (bool, String) {
     while let Some(a) = it.next() {
         if a.starts_with('-') {
             before.push(*a);
-            if matches!(*a, "-d" | "-max-time") {
+            if matches!(*a, "-d" | "-max-time" | "-H" | "-cacert") {
                 before.push(it.next().expect("flag value"));
             }
         } else {
@@ -193,4 +199,52 @@ async fn the_readme_grpcurl_commands_work() {
             .await
             .unwrap();
     assert!(!success && out.contains("InvalidArgument"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_with_a_token_over_tls() {
+    if !have_grpcurl() {
+        return;
+    }
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let mut file = sync_server::auth::TokenFile::default();
+    let token = file.add("alice", "alice", sync_server::auth::Access::ReadWrite).unwrap();
+    file.save(&tokens).unwrap();
+    let tls = pki.server_tls(false);
+    let server = TestServer::start_with(|c| {
+        c.tokens = Some(tokens);
+        c.tls = Some(tls);
+    })
+    .await;
+    let (addr, ca) = (server.addr.to_string(), pki.file("ca.pem").to_str().unwrap().to_owned());
+    let bearer = format!("authorization: Bearer {token}");
+    let run = |args: Vec<String>| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            grpcurl_raw(&addr, &args)
+        })
+    };
+    let call = |args: &[&str]| run(args.iter().map(|s| (*s).to_owned()).collect());
+
+    // The README's form: -cacert instead of -plaintext, the token as a header.
+    let readme = include_str!("../../README.md");
+    assert!(readme.contains(r#"-H "authorization: Bearer $(cat"#) && readme.contains("-cacert server.pem"));
+    let (ok, out) =
+        call(&["-cacert", &ca, "-H", &bearer, "-d", "{}", "syncstore.v1.FileSync/ServerInfo"]).await.unwrap();
+    assert!(
+        ok && out.contains(r#""namespace": "alice""#) && out.contains(r#""access": "read-write""#),
+        "{out}"
+    );
+    // Reflection and health need no token; the API does.
+    let (ok, out) = call(&["-cacert", &ca, "list"]).await.unwrap();
+    assert!(ok && out.contains("syncstore.v1.FileSync"), "{out}");
+    let (ok, out) = call(&["-cacert", &ca, "-d", "{}", "syncstore.v1.FileSync/ServerInfo"]).await.unwrap();
+    assert!(!ok && out.contains("Unauthenticated"), "{out}");
+    // Plaintext to a TLS port fails.
+    let (ok, _) =
+        call(&["-plaintext", "-H", &bearer, "-d", "{}", "syncstore.v1.FileSync/ServerInfo"]).await.unwrap();
+    assert!(!ok);
 }

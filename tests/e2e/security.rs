@@ -10,7 +10,7 @@ use std::{
 };
 
 use sync_server::{
-    Mode, OnTimeout, TlsConfig,
+    Mode, OnTimeout,
     auth::{Access, TokenFile},
 };
 use syncstore::{
@@ -349,61 +349,6 @@ async fn an_open_server_serves_loopback_only_unless_told() {
     missing.tokens = Some(dir.path().join("no-such-file"));
     let err = sync_server::Server::open(missing).await.unwrap_err().to_string();
     assert!(err.contains("token add"), "{err}");
-}
-
-/// A CA, a server certificate for 127.0.0.1, a client certificate, and an
-/// unrelated CA, as PEM files.
-struct Pki {
-    dir: TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-            KeyUsagePurpose,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
-        let ca = |name: &str| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-            params.distinguished_name.push(DnType::CommonName, name);
-            write(&format!("{name}.pem"), params.self_signed(&key).unwrap().pem());
-            Issuer::new(params, key)
-        };
-        let issuer = ca("ca");
-        ca("other-ca");
-        let leaf = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(sans).unwrap();
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.extended_key_usages = vec![usage];
-            write(&format!("{name}.pem"), params.signed_by(&key, &issuer).unwrap().pem());
-            write(&format!("{name}.key"), key.serialize_pem());
-        };
-        leaf("server", vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth);
-        leaf("client", vec!["client.example".into()], ExtendedKeyUsagePurpose::ClientAuth);
-        Self { dir }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn server_tls(&self, client_ca: bool) -> TlsConfig {
-        TlsConfig {
-            cert: self.file("server.pem"),
-            key: self.file("server.key"),
-            client_ca: client_ca.then(|| self.file("ca.pem")),
-        }
-    }
-
-    fn trusting(&self, ca: &str) -> Security {
-        Security { ca_cert: Some(self.file(ca)), ..Security::none() }
-    }
 }
 
 fn https(server: &TestServer) -> String {
