@@ -68,6 +68,11 @@ pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// wait up to [`UPLOAD_SLOT_WAIT`], then get `RESOURCE_EXHAUSTED`.
 pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 32;
 
+/// Default number of uploads received at once for one namespace: enough
+/// for three of its clients running a full sync (8 transfers each), while
+/// leaving a quarter of [`DEFAULT_MAX_CONCURRENT_UPLOADS`] to the others.
+pub const DEFAULT_MAX_UPLOADS_PER_NAMESPACE: usize = 24;
+
 /// Most HTTP/2 streams (calls) one connection may have open at once. A sync
 /// client keeps one subscription and runs its transfers one at a time, and a
 /// primary keeps one stream to its replica, so 128 is far above honest use
@@ -113,6 +118,8 @@ pub struct Config {
     pub upload_idle_timeout: Duration,
     /// Uploads received at once; more wait briefly, then are refused.
     pub max_concurrent_uploads: usize,
+    /// Uploads received at once for one namespace.
+    pub max_uploads_per_namespace: usize,
     /// Store settings.
     pub store: StoreOptions,
     /// Primary or replica.
@@ -182,6 +189,7 @@ impl Config {
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
             max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
+            max_uploads_per_namespace: DEFAULT_MAX_UPLOADS_PER_NAMESPACE,
             store: StoreOptions::default(),
             role: Role::Primary,
             replica: None,
@@ -375,6 +383,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             max_file_size: config.max_file_size,
             idle_timeout: config.upload_idle_timeout,
             max_concurrent: config.max_concurrent_uploads,
+            per_namespace: config.max_uploads_per_namespace,
         },
         gate.clone(),
         replication.clone(),

@@ -131,6 +131,10 @@ struct ServeArgs {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = sync_server::DEFAULT_MAX_CONCURRENT_UPLOADS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), env = "SYNCSTORE_MAX_CONCURRENT_UPLOADS")]
     max_concurrent_uploads: usize,
+    /// Uploads received at once for one namespace (token namespace), so
+    /// that one cannot take every slot.
+    #[arg(long, default_value_t = sync_server::DEFAULT_MAX_UPLOADS_PER_NAMESPACE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), env = "SYNCSTORE_MAX_UPLOADS_PER_NAMESPACE")]
+    max_uploads_per_namespace: usize,
     /// How many changes the log keeps for subscribers (and a replica) that
     /// catch up; an older position gets a RESET (a replica, a full resync).
     #[arg(long, default_value_t = sync_server::StoreOptions::default().log_retention, env = "SYNCSTORE_LOG_RETENTION")]
@@ -262,6 +266,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.max_file_size = args.max_file_size;
     config.upload_idle_timeout = args.upload_idle_timeout;
     config.max_concurrent_uploads = args.max_concurrent_uploads;
+    config.max_uploads_per_namespace = args.max_uploads_per_namespace;
     config.store.log_retention = args.log_retention;
     config.advertise = args.advertise;
     config.tokens = args.tokens;

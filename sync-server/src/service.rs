@@ -1,6 +1,12 @@
 //! `syncstore.v1.FileSync`: the gRPC face of the [`Store`].
 
-use std::{io::Read, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    io::Read,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use syncstore::{
     Content, ContentHash, Entry, RelPath,
@@ -44,6 +50,9 @@ pub struct UploadLimits {
     /// Uploads received at once. Each holds a temp file, a blocking thread
     /// and up to [`UPLOAD_PIPELINE`] buffered chunks.
     pub max_concurrent: usize,
+    /// Uploads received at once for one namespace, so that one tenant
+    /// cannot take every slot.
+    pub per_namespace: usize,
 }
 
 /// The `FileSync` service of one server.
@@ -53,6 +62,7 @@ pub struct FileSyncService {
     role: &'static str,
     limits: UploadLimits,
     upload_slots: Arc<Semaphore>,
+    namespace_slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     gate: WriteGate,
     replication: Option<ReplicationHandle>,
     metrics: ServerMetrics,
@@ -72,7 +82,18 @@ impl FileSyncService {
     ) -> Self {
         let upload_slots = Arc::new(Semaphore::new(limits.max_concurrent));
         let auth = Authenticator::open();
-        Self { store, role, limits, upload_slots, gate, replication, metrics, shutdown, auth }
+        Self {
+            store,
+            role,
+            limits,
+            upload_slots,
+            namespace_slots: Arc::default(),
+            gate,
+            replication,
+            metrics,
+            shutdown,
+            auth,
+        }
     }
 
     /// Ends subscriptions whose token `auth` stops accepting.
@@ -109,16 +130,28 @@ impl FileSyncService {
         tokio::task::spawn_blocking(move || f(store)).await?
     }
 
-    /// Takes one of the [`UploadLimits::max_concurrent`] upload slots,
-    /// waiting up to [`UPLOAD_SLOT_WAIT`] for one.
-    async fn upload_slot(&self) -> Result<OwnedSemaphorePermit> {
-        let slot = tokio::time::timeout(UPLOAD_SLOT_WAIT, self.upload_slots.clone().acquire_owned()).await;
-        match slot {
-            Ok(Ok(permit)) => Ok(permit),
+    /// Takes one of namespace `ns`'s [`UploadLimits::per_namespace`] upload
+    /// slots, then one of the server's [`UploadLimits::max_concurrent`],
+    /// waiting up to [`UPLOAD_SLOT_WAIT`] in all.
+    async fn upload_slot(&self, ns: &str) -> Result<[OwnedSemaphorePermit; 2]> {
+        let mine = {
+            let mut slots = self.namespace_slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots
+                .entry(ns.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_namespace)))
+                .clone()
+        };
+        let both = async {
+            let mine = mine.acquire_owned().await?;
+            let server = self.upload_slots.clone().acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>([mine, server])
+        };
+        match tokio::time::timeout(UPLOAD_SLOT_WAIT, both).await {
+            Ok(Ok(permits)) => Ok(permits),
             Ok(Err(_closed)) => Err(Error::Unavailable("the server is shutting down".into())),
             Err(_elapsed) => Err(Error::ResourceExhausted(format!(
-                "the server is receiving {} uploads already; try again later",
-                self.limits.max_concurrent
+                "the server is receiving as many uploads as it takes ({} in all, {} per namespace); try again later",
+                self.limits.max_concurrent, self.limits.per_namespace
             ))),
         }
     }
@@ -141,7 +174,7 @@ impl FileSyncService {
 
     async fn receive_upload(&self, ns: String, mut stream: Streaming<pb::UploadRequest>) -> Result<Change> {
         // Held until the upload is committed or refused and its temp file gone.
-        let _slot = self.upload_slot().await?;
+        let _slot = self.upload_slot(&ns).await?;
         let header = match self.next_message(&mut stream).await? {
             Some(pb::UploadRequest { msg: Some(upload_request::Msg::Header(h)) }) => h,
             _ => return Err(Error::invalid("the first message of an upload must be a header")),

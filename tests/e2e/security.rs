@@ -432,3 +432,39 @@ impl TestServer {
         admin_as(&self.url(), &token(admin)).digest(pb::DigestRequest {}).await.unwrap().into_inner()
     }
 }
+
+#[tokio::test]
+async fn one_namespace_cannot_take_every_upload_slot() {
+    let tokens = Tokens::new();
+    let path = tokens.path.clone();
+    let server = TestServer::start_with(|c| {
+        c.tokens = Some(path);
+        c.max_concurrent_uploads = 4;
+        c.max_uploads_per_namespace = 2;
+        c.upload_idle_timeout = DEADLINE;
+    })
+    .await;
+    let mut alice = rpc_with(&server.url(), &token(&tokens.alice));
+    let mut bob = rpc_with(&server.url(), &token(&tokens.bob));
+
+    // Two of alice's uploads stall after their header: her share is taken.
+    let mut stalled = Vec::new();
+    for i in 0..2 {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(upload_header(&format!("stalled{i}"), b"never sent", 0)).await.unwrap();
+        let mut rpc = alice.clone();
+        let call =
+            tokio::spawn(async move { rpc.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+        stalled.push((tx, call));
+    }
+    let tmp = server.data_dir().join("tmp");
+    eventually("both stalled uploads are being received", || count_files(&tmp) == 2).await;
+    assert_eq!(code(upload(&mut alice, "third.txt", b"3", 0).await), Code::ResourceExhausted);
+    // Bob's namespace still has its slots.
+    upload(&mut bob, "bob.txt", b"b", 0).await.unwrap();
+    for (tx, call) in stalled {
+        drop(tx);
+        assert!(call.await.unwrap().is_err(), "a stream that ends short is refused");
+    }
+    upload(&mut alice, "third.txt", b"3", 0).await.unwrap();
+}
