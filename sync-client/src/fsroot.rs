@@ -63,6 +63,12 @@ fn through_link(name: &str) -> io::Error {
     )
 }
 
+/// Whether `e` is [`through_link`]'s error: the only `NotADirectory` here
+/// without an OS error code (a file on the way gives `ENOTDIR` itself).
+fn is_through_link(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotADirectory && e.raw_os_error().is_none()
+}
+
 /// Refuses anything that is not one plain name.
 fn check_name(name: &str) -> io::Result<&str> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
@@ -141,8 +147,7 @@ impl Root {
 
     /// Whether a folder above `path` is a symbolic link here.
     pub fn through_symlink(&self, path: &RelPath) -> bool {
-        self.parent(path)
-            .is_err_and(|e| e.kind() == io::ErrorKind::NotADirectory && e.raw_os_error().is_none())
+        self.parent(path).is_err_and(|e| is_through_link(&e))
     }
 
     /// Whether `path` is a folder with nothing in it.

@@ -239,7 +239,9 @@ impl Ignore {
             b.add_line(None, pattern).expect("built-in ignore patterns are valid");
         }
         let file = root.join(IGNORE_FILE);
-        if file.is_file()
+        // Not through a link: a `.syncignore` link (which syncs as a link)
+        // could point anywhere.
+        if fs::symlink_metadata(&file).is_ok_and(|m| m.is_file())
             && let Some(e) = b.add(&file)
         {
             tracing::warn!(error = %e, "problem in {IGNORE_FILE}");
