@@ -10,10 +10,7 @@
 //! - Work is done by one task, one path at a time, so a change event about
 //!   a path is never applied while that path is being uploaded.
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeSet, path::PathBuf};
 
 use futures::StreamExt;
 use syncstore::{Entry, Lock, RelPath, pb};
@@ -21,8 +18,9 @@ use tonic::Code;
 
 use crate::{
     error::{Error, Result},
+    fsroot::Root,
     local::{self, IGNORE_FILE, Ignore, LocalView, Meta},
-    locks::{self, Locks},
+    locks::Locks,
     metrics::ClientMetrics,
     plan::{self, Action, Base, Local},
     progress::Progress,
@@ -265,7 +263,7 @@ impl Engine {
                 unlocked
                     && same_kind
                     && (p.local.is_some()
-                        || !matches!(local::stat(&p.path.to_local(&self.root)), Ok(local::Kind::Dir)))
+                        || !matches!(self.state.folder().stat(&p.path), Ok(local::Kind::Dir)))
             }
             _ => false,
         }
@@ -296,7 +294,7 @@ impl Engine {
             lock_token: self.locks.token(path),
             reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
         };
-        let (entry, sent) = transfer::upload(&self.remote, &self.root, path, l, base).await?;
+        let (entry, sent) = transfer::upload(&self.remote, self.state.folder(), path, l, base).await?;
         self.state.set_base(path, &base_of(entry.version, l))?;
         self.metrics.uploads.inc();
         if sent {
@@ -364,7 +362,7 @@ impl Engine {
         }
         let full = path.to_local(&self.root);
         let mut paths = BTreeSet::from([path.clone()]);
-        match local::stat(&full) {
+        match self.state.folder().stat(&path) {
             Ok(local::Kind::Dir) => {
                 let (root, ignore) = (self.root.clone(), self.ignore.clone());
                 match tokio::task::spawn_blocking(move || local::scan(&root, &full, &ignore)).await {
@@ -400,25 +398,22 @@ impl Engine {
                 self.full_sync().await?;
             }
             Ok(Kind::Put | Kind::Delete) => {
-                let entry = Entry::try_from(
-                    event.entry.ok_or_else(|| Error::Protocol("change event without entry".into()))?,
-                )?;
-                let path = entry.path.clone();
-                if let Err(e) = self.sync_path(&path, RemoteView::Known(Some(entry))).await {
-                    self.note_failure(path, &e);
+                // A refused entry is skipped (and logged); the cursor still
+                // moves past it.
+                let entry = event.entry.and_then(accept_entry);
+                if let Some(entry) = entry {
+                    let path = entry.path.clone();
+                    if let Err(e) = self.sync_path(&path, RemoteView::Known(Some(entry))).await {
+                        self.note_failure(path, &e);
+                    }
                 }
             }
-            Ok(Kind::Lock | Kind::Unlock) => {
-                let lock = Lock::try_from(
-                    event.lock.ok_or_else(|| Error::Protocol("lock event without its lock".into()))?,
-                )
-                .map_err(|e| Error::Protocol(format!("a lock event with a bad path: {e}")))?;
-                if event.kind == Kind::Lock as i32 {
-                    self.lock_granted(lock);
-                } else {
-                    self.lock_ended(&lock);
-                }
-            }
+            Ok(Kind::Lock | Kind::Unlock) => match event.lock.map(Lock::try_from) {
+                Some(Ok(lock)) if event.kind == Kind::Lock as i32 => self.lock_granted(lock),
+                Some(Ok(lock)) => self.lock_ended(&lock),
+                Some(Err(e)) => tracing::warn!(error = %e, "refused a lock event with a bad path"),
+                None => tracing::warn!(seq = event.seq, "refused a lock event without its lock"),
+            },
             _ => tracing::warn!(kind = event.kind, "ignoring an unknown change event"),
         }
         if event.seq > self.state.cursor()? {
@@ -474,14 +469,14 @@ impl Engine {
         if self.ignore.is_ignored(path, false) {
             return Ok(None);
         }
-        if local::through_symlink(&self.root, path) {
+        if self.state.folder().through_symlink(path) {
             // Reading or writing it would follow the link, maybe out of the
             // folder. The link itself syncs as a file, and a clash with the
             // server's folder of that name renames it aside.
             return Err(Error::Config(format!("a folder above {path} is a symbolic link here")));
         }
         let base = if self.bases_valid { self.state.base(path)? } else { None };
-        let (root, p) = (self.root.clone(), path.clone());
+        let (root, p) = (self.state.folder().clone(), path.clone());
         let view =
             tokio::task::spawn_blocking(move || local::local_state(&root, &p, base.as_ref())).await??;
         let local = match view {
@@ -494,15 +489,15 @@ impl Engine {
             // A folder is an entry of its own when it is empty, or synced
             // as one already; otherwise it is just where files live.
             LocalView::Dir(folder)
-                if base.is_some_and(|b| b.folder) || local::is_empty_dir(&path.to_local(&self.root)) =>
+                if base.is_some_and(|b| b.folder) || self.state.folder().is_empty_dir(path) =>
             {
                 Some(folder)
             }
             LocalView::Dir(folder) => {
                 let remote = match remote {
                     RemoteView::Known(r) => r,
-                    RemoteView::Fetch => self.remote.stat(path).await?,
-                    RemoteView::IfLocalChanged if base.is_some() => self.remote.stat(path).await?,
+                    RemoteView::Fetch => self.remote_stat(path).await?,
+                    RemoteView::IfLocalChanged if base.is_some() => self.remote_stat(path).await?,
                     RemoteView::IfLocalChanged => return Ok(None),
                 };
                 if remote.as_ref().and_then(|e| e.content).is_some_and(|c| c.folder) {
@@ -529,7 +524,7 @@ impl Engine {
         };
         let remote = match remote {
             RemoteView::Known(r) => r,
-            RemoteView::Fetch => self.remote.stat(path).await?,
+            RemoteView::Fetch => self.remote_stat(path).await?,
             RemoteView::IfLocalChanged => {
                 let changed = match &base {
                     Some(b) => plan::local_changed(local.as_ref(), b),
@@ -545,7 +540,7 @@ impl Engine {
                         remote: None,
                     }));
                 }
-                self.remote.stat(path).await?
+                self.remote_stat(path).await?
             }
         };
         let action = plan::decide(local.as_ref(), base.as_ref(), remote.as_ref());
@@ -553,6 +548,17 @@ impl Engine {
             self.refresh_base(path, local.as_ref(), base.as_ref())?;
         }
         Ok(Some(Planned { path: path.clone(), action, local, base, remote }))
+    }
+
+    /// The server's entry of `path`, which must be about `path`.
+    async fn remote_stat(&self, path: &RelPath) -> Result<Option<Entry>> {
+        match self.remote.stat(path).await? {
+            Some(e) if e.path != *path => Err(Error::Protocol(format!(
+                "asked about {path}, the server answered about {}",
+                e.path.as_str().escape_debug()
+            ))),
+            other => Ok(other),
+        }
     }
 
     /// A file whose content matches its base but whose size, mtime or stamp
@@ -639,24 +645,20 @@ impl Engine {
                     // A file (unchanged here) that the server replaced by a
                     // folder: it goes, as a deletion would.
                     Some(l) if !l.folder && remote_folder => {
-                        let (root, tmp, rel, state) =
-                            (self.root.clone(), self.state.tmp_dir(), path.clone(), self.state.clone());
-                        tokio::task::spawn_blocking(move || {
-                            delete_local(&root, &tmp, &rel, meta_of(l), &state)
-                        })
-                        .await??;
+                        let (rel, state) = (path.clone(), self.state.clone());
+                        tokio::task::spawn_blocking(move || delete_local(&state, &rel, meta_of(l))).await??;
                         expected = None;
                     }
                     Some(_) => {}
                 }
                 self.download(remote, expected).await?;
-                self.locks.protect(&self.root, path);
+                self.locks.protect(path);
                 tracing::info!(%path, version = remote.version, why, "downloaded");
             }
             Action::DeleteLocal if p.local.is_some_and(|l| l.folder) => {
                 // Only an empty folder goes; one that holds something new
                 // stays, no longer an entry of its own.
-                match std::fs::remove_dir(path.to_local(&self.root)) {
+                match self.state.folder().parent(path).and_then(|d| d.rmdir(path.file_name())) {
                     Ok(()) => tracing::info!(%path, why, "deleted a folder locally"),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
@@ -668,10 +670,8 @@ impl Engine {
             }
             Action::DeleteLocal => {
                 let l = p.local.expect("DeleteLocal is planned for a local file");
-                let (root, tmp, rel, state) =
-                    (self.root.clone(), self.state.tmp_dir(), path.clone(), self.state.clone());
-                tokio::task::spawn_blocking(move || delete_local(&root, &tmp, &rel, meta_of(l), &state))
-                    .await??;
+                let (rel, state) = (path.clone(), self.state.clone());
+                tokio::task::spawn_blocking(move || delete_local(&state, &rel, meta_of(l))).await??;
                 self.state.remove_base(path)?;
                 self.metrics.local_deletes.inc();
                 tracing::info!(%path, why, "deleted locally");
@@ -699,7 +699,7 @@ impl Engine {
                 tracing::warn!(%path, copy = %copy, "conflict: both sides changed; keeping the local version as a copy");
                 self.state.remove_base(path)?;
                 self.download(remote, None).await?;
-                self.locks.protect(&self.root, path);
+                self.locks.protect(path);
                 // The copy is new (a file, or a folder and all in it).
                 Box::pin(self.local_event(copy)).await;
             }
@@ -717,7 +717,9 @@ impl Engine {
         let copy = match p.local {
             Some(l) => {
                 let copy = self.conflict_copy(path, meta_of(l)).await?;
-                if let Err(e) = locks::set_writable(&copy.to_local(&self.root), true) {
+                let writable =
+                    self.state.folder().parent(&copy).and_then(|d| d.set_writable(copy.file_name(), true));
+                if let Err(e) = writable {
                     tracing::warn!(%copy, error = %e, "cannot make a conflict copy writable");
                 }
                 self.metrics.conflicts.inc();
@@ -732,7 +734,7 @@ impl Engine {
         match p.remote.as_ref().filter(|r| !r.is_deleted()) {
             Some(remote) => {
                 self.download(remote, None).await?;
-                self.locks.protect(&self.root, path);
+                self.locks.protect(path);
             }
             None => self.state.remove_base(path)?,
         }
@@ -764,7 +766,7 @@ impl Engine {
 
     /// Renames the local file or folder at `path` to a free conflict name.
     async fn move_aside(&mut self, path: &RelPath) -> Result<RelPath> {
-        let (root, host, from) = (self.root.clone(), self.host.clone(), path.clone());
+        let (root, host, from) = (self.state.folder().clone(), self.host.clone(), path.clone());
         let copy = tokio::task::spawn_blocking(move || rename_aside(&root, &host, &from, None)).await??;
         self.metrics.conflicts.inc();
         tracing::warn!(%path, %copy, "a file and a folder of the same name: the server's keeps the name, this one is renamed");
@@ -776,13 +778,13 @@ impl Engine {
     /// name (and synced under it). The bases below it are dropped: the
     /// server, which has a file at `path`, has no live file below it.
     async fn make_room(&mut self, path: &RelPath) -> Result<()> {
-        if !matches!(local::stat(&path.to_local(&self.root))?, local::Kind::Dir) {
+        if !matches!(self.state.folder().stat(path)?, local::Kind::Dir) {
             return Ok(());
         }
         for below in self.bases_under(path) {
             self.state.remove_base(&below)?;
         }
-        if std::fs::remove_dir(path.to_local(&self.root)).is_ok() {
+        if self.state.folder().parent(path).and_then(|d| d.rmdir(path.file_name())).is_ok() {
             tracing::info!(%path, "removed an empty folder to make room for the server's file");
             return Ok(());
         }
@@ -803,11 +805,11 @@ impl Engine {
             return Ok(());
         }
         for path in released {
-            self.locks.unprotect(&self.root, &path);
+            self.locks.unprotect(&path);
         }
         let others = self.locks.held_by_others();
         for path in others {
-            self.locks.protect(&self.root, &path);
+            self.locks.protect(&path);
         }
         Ok(())
     }
@@ -818,13 +820,13 @@ impl Engine {
             tracing::info!(%path, locked_by = %lock.describe(), "locked by someone else: read-only here");
         }
         self.locks.granted(lock);
-        self.locks.protect(&self.root, &path);
+        self.locks.protect(&path);
     }
 
     fn lock_ended(&mut self, lock: &Lock) {
         if self.locks.ended(lock) {
             tracing::info!(path = %lock.path, "unlocked");
-            self.locks.unprotect(&self.root, &lock.path);
+            self.locks.unprotect(&lock.path);
         }
     }
 
@@ -854,9 +856,9 @@ impl Engine {
     async fn download(&self, remote: &Entry, expected: Option<Meta>) -> Result<()> {
         let content = remote.content.expect("a downloaded entry is live");
         let meta = if content.folder {
-            make_folder(&self.root, &remote.path)?
+            make_folder(self.state.folder(), &remote.path)?
         } else {
-            transfer::download(&self.remote, &self.root, &self.state.tmp_dir(), remote, expected).await?
+            transfer::download(&self.remote, self.state.folder(), self.state.tmp(), remote, expected).await?
         };
         let hash = content.hash;
         self.metrics.downloads.inc();
@@ -875,8 +877,24 @@ impl Engine {
 
     /// Renames the local file at `path` to a free conflict-copy name.
     async fn conflict_copy(&self, path: &RelPath, expected: Meta) -> Result<RelPath> {
-        let (root, host, path) = (self.root.clone(), self.host.clone(), path.clone());
+        let (root, host, path) = (self.state.folder().clone(), self.host.clone(), path.clone());
         tokio::task::spawn_blocking(move || rename_aside(&root, &host, &path, Some(expected))).await?
+    }
+}
+
+/// Turns an entry received from the server into an [`Entry`], or refuses
+/// it with a warning (its path escaped) if its path or hash is not valid:
+/// `..`, absolute, empty, NUL or other control characters, not NFC, too
+/// long, inside the client's state folder. A refused entry is skipped;
+/// the rest of the listing or stream goes on.
+pub(crate) fn accept_entry(e: pb::FileEntry) -> Option<Entry> {
+    let path = e.path.escape_debug().to_string();
+    match Entry::try_from(e) {
+        Ok(entry) => Some(entry),
+        Err(err) => {
+            tracing::warn!(path = %path, error = %err, "refused an entry from the server");
+            None
+        }
     }
 }
 
@@ -901,16 +919,18 @@ pub fn conflict_name(path: &RelPath, host: &str, stamp: &str, n: usize) -> Resul
 
 /// Renames the local file or folder at `path` to a free conflict-copy name,
 /// provided it still is `expected` (when given; otherwise whatever is there).
-fn rename_aside(root: &Path, host: &str, path: &RelPath, expected: Option<Meta>) -> Result<RelPath> {
+/// The copy is in the same folder, renamed through that folder's handle.
+fn rename_aside(root: &Root, host: &str, path: &RelPath, expected: Option<Meta>) -> Result<RelPath> {
     let stamp = chrono::Local::now().format("%Y-%m-%d %H%M%S").to_string();
-    let from = path.to_local(root);
+    let dir = root.parent(path)?;
+    let from = path.file_name();
     for n in 1..1000 {
         let copy = conflict_name(path, host, &stamp, n)?;
-        if !matches!(local::stat(&copy.to_local(root))?, local::Kind::Missing) {
+        if !matches!(dir.kind(copy.file_name())?, local::Kind::Missing) {
             continue;
         }
         if let Some(expected) = expected {
-            let still = match local::stat(&from)? {
+            let still = match dir.kind(from)? {
                 local::Kind::File(m) => m == expected,
                 local::Kind::Dir => expected.folder,
                 _ => false,
@@ -919,8 +939,11 @@ fn rename_aside(root: &Path, host: &str, path: &RelPath, expected: Option<Meta>)
                 return Err(Error::ChangedWhileReading);
             }
         }
-        std::fs::rename(&from, copy.to_local(root))?;
-        return Ok(copy);
+        match dir.rename_noreplace(from, &dir, copy.file_name()) {
+            Ok(()) => return Ok(copy),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
     Err(Error::Config(format!("no free conflict-copy name for {path}")))
 }
@@ -956,43 +979,45 @@ fn meta_of(l: Local) -> Meta {
 
 /// Deletes a local file if it is still as planned, then its empty folders.
 ///
-/// The file is moved aside first (atomically) and checked there, so a
-/// write that lands after the check cannot be deleted with it: a changed
-/// file is put back and the path planned again.
-fn delete_local(root: &Path, tmp_dir: &Path, path: &RelPath, expected: Meta, state: &State) -> Result<()> {
-    let full = path.to_local(root);
-    let aside = tmp_dir.join(format!("delete-{:016x}", rand::random::<u64>()));
-    match std::fs::rename(&full, &aside) {
+/// The file is moved aside first (atomically, into the temp folder) and
+/// checked there, so a write that lands after the check cannot be deleted
+/// with it: a changed file is put back and the path planned again.
+fn delete_local(state: &State, path: &RelPath, expected: Meta) -> Result<()> {
+    let (root, tmp) = (state.folder(), state.tmp());
+    let dir = match root.parent(path) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let name = path.file_name();
+    let aside = format!("delete-{:016x}", rand::random::<u64>());
+    match dir.rename(name, tmp, &aside) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e.into()),
     }
-    if !matches!(local::stat(&aside)?, local::Kind::File(m) if m.same_as_moved(&expected)) {
-        transfer::put_back(&aside, &full)?;
+    if !matches!(tmp.kind(&aside)?, local::Kind::File(m) if m.same_as_moved(&expected)) {
+        transfer::put_back(tmp, &aside, &dir, name)?;
         return Err(Error::ChangedWhileReading);
     }
-    std::fs::remove_file(&aside)?;
-    if let Some(parent) = full.parent() {
-        // Folders synced as entries of their own stay, empty or not.
-        let is_entry = |dir: &Path| {
-            RelPath::from_local(root, dir)
-                .is_ok_and(|p| state.base(&p).ok().flatten().is_some_and(|b| b.folder))
-        };
-        local::prune_empty_dirs(root, parent.to_path_buf(), is_entry);
-    }
+    tmp.unlink(&aside)?;
+    // Folders synced as entries of their own stay, empty or not.
+    let is_entry = |dir: &RelPath| state.base(dir).ok().flatten().is_some_and(|b| b.folder);
+    root.prune_empty_dirs(path.parent(), is_entry);
     Ok(())
 }
 
 /// Creates the folder `path` (a folder entry from the server) and returns
 /// its metadata. Never through a folder that is a link here.
-fn make_folder(root: &Path, path: &RelPath) -> Result<Meta> {
-    if local::through_symlink(root, path) {
-        return Err(Error::Config(format!("a folder above {path} is a symbolic link here")));
+fn make_folder(root: &Root, path: &RelPath) -> Result<Meta> {
+    let parent = root.create_parent(path)?;
+    match parent.mkdir(path.file_name()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
     }
-    let full = path.to_local(root);
-    std::fs::create_dir_all(&full)?;
-    match local::stat(&full)? {
-        local::Kind::Dir => Ok(local::Meta::of_dir(&full)?),
+    match parent.kind(path.file_name())? {
+        local::Kind::Dir => Ok(Meta::of(&parent.metadata(path.file_name())?)),
         _ => Err(Error::ChangedWhileReading),
     }
 }

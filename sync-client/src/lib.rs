@@ -5,6 +5,7 @@
 //! - [`engine`]: executes plans one path at a time; full syncs, rescans,
 //!   local and remote events all go through it.
 //! - [`local`]: the folder on disk: stat, hashing, scanning, ignore rules.
+//! - [`fsroot`]: the folder held open; every write to it goes through it.
 //! - [`locks`]: the server's locks as the client knows them; read-only
 //!   files.
 //! - [`transfer`]: streaming uploads and verified, atomic downloads.
@@ -18,6 +19,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod fsroot;
 pub mod local;
 pub mod locks;
 pub mod metrics;

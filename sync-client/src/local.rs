@@ -6,7 +6,7 @@ use std::{
     fs,
     io::{self, Read},
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::UNIX_EPOCH,
 };
@@ -17,7 +17,10 @@ use syncstore::{
     limits::{MAX_CHUNK, STATE_DIR_NAME},
 };
 
-use crate::plan::{Base, Local};
+use crate::{
+    fsroot::{Dir, Root},
+    plan::{Base, Local},
+};
 
 /// File name of the ignore file at the top of a synced folder.
 pub const IGNORE_FILE: &str = ".syncignore";
@@ -88,11 +91,6 @@ impl Meta {
         Meta { size: md.len(), mtime_ns, executable, symlink, folder: false, stamp }
     }
 
-    /// The metadata of the folder at `path`.
-    pub fn of_dir(path: &Path) -> io::Result<Self> {
-        Ok(Self::of(&fs::symlink_metadata(path)?))
-    }
-
     /// Whether the file still looks as it did when the base was recorded.
     pub fn matches(&self, base: &Base) -> bool {
         self.size == base.size
@@ -131,26 +129,16 @@ pub enum Kind {
     Other,
 }
 
-/// Looks at `path` without following symlinks.
-pub fn stat(path: &Path) -> io::Result<Kind> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if md.is_file() || md.file_type().is_symlink() => Ok(Kind::File(Meta::of(&md))),
-        Ok(md) if md.is_dir() => Ok(Kind::Dir),
-        Ok(_) => Ok(Kind::Other),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => Ok(Kind::Missing),
-        Err(e) => Err(e),
-    }
-}
-
-/// Hashes a file, streaming it. Fails with `None` if the file's size or
-/// mtime moved while it was read (it is still being written).
-pub fn hash_file(path: &Path, before: Meta) -> io::Result<Option<ContentHash>> {
+/// Hashes the file `name` in `dir`, streaming it (a link: its target).
+/// Fails with `None` if the file's size or mtime moved while it was read
+/// (it is still being written).
+pub fn hash_file(dir: &Dir, name: &str, before: Meta) -> io::Result<Option<ContentHash>> {
     if before.symlink {
-        let target = link_target(path)?;
-        let after = Meta::of(&fs::symlink_metadata(path)?);
+        let target = dir.read_link(name)?;
+        let after = Meta::of(&dir.metadata(name)?);
         return Ok((after == before).then(|| ContentHash::of(&target)));
     }
-    let mut file = fs::File::open(path)?;
+    let mut file = dir.open_read(name)?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; MAX_CHUNK];
     loop {
@@ -169,36 +157,22 @@ pub fn is_empty_dir(path: &Path) -> bool {
     fs::read_dir(path).is_ok_and(|mut d| d.next().is_none())
 }
 
-/// The target of the symbolic link at `path`, as bytes (what is synced).
-pub fn link_target(path: &Path) -> io::Result<Vec<u8>> {
-    use std::os::unix::ffi::OsStringExt;
-    Ok(fs::read_link(path)?.into_os_string().into_vec())
-}
-
-/// Whether a folder above `path` (below `root`) is a symbolic link here: a
-/// path through it must not be read or written, as that would follow the
-/// link, possibly out of the synced folder.
-pub fn through_symlink(root: &Path, path: &RelPath) -> bool {
-    let mut dir = root.to_path_buf();
-    let parent = path.parent();
-    if parent.is_empty() {
-        return false;
-    }
-    parent.split('/').any(|name| {
-        dir.push(name);
-        fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink())
-    })
-}
-
-/// Reads a path's local state, hashing only when size or mtime differ
-/// from the base. `Ok(None)` means "not a file now" (missing, or a file
-/// being written — the caller retries later).
-pub fn local_state(root: &Path, path: &RelPath, base: Option<&Base>) -> io::Result<LocalView> {
-    let full = path.to_local(root);
-    match stat(&full)? {
+/// Reads a path's local state through the folder's handle (no link above
+/// it or at it is followed), hashing only when size or mtime differ from
+/// the base.
+pub fn local_state(root: &Root, path: &RelPath, base: Option<&Base>) -> io::Result<LocalView> {
+    let dir = match root.parent(path) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
+            return Ok(LocalView::Missing);
+        }
+        Err(e) => return Err(e),
+    };
+    let name = path.file_name();
+    match dir.kind(name)? {
         Kind::Missing => Ok(LocalView::Missing),
         Kind::Dir => {
-            let meta = Meta::of(&fs::symlink_metadata(&full)?);
+            let meta = Meta::of(&dir.metadata(name)?);
             Ok(LocalView::Dir(Local {
                 hash: ContentHash::of(b""),
                 size: 0,
@@ -222,7 +196,7 @@ pub fn local_state(root: &Path, path: &RelPath, base: Option<&Base>) -> io::Resu
                     stamp: meta.stamp,
                 }));
             }
-            match hash_file(&full, meta)? {
+            match hash_file(&dir, name, meta)? {
                 Some(hash) => Ok(LocalView::File(Local {
                     hash,
                     size: meta.size,
@@ -265,7 +239,9 @@ impl Ignore {
             b.add_line(None, pattern).expect("built-in ignore patterns are valid");
         }
         let file = root.join(IGNORE_FILE);
-        if file.is_file()
+        // Not through a link: a `.syncignore` link (which syncs as a link)
+        // could point anywhere.
+        if fs::symlink_metadata(&file).is_ok_and(|m| m.is_file())
             && let Some(e) = b.add(&file)
         {
             tracing::warn!(error = %e, "problem in {IGNORE_FILE}");
@@ -339,18 +315,6 @@ fn keep_entry(root: &Path, path: &Path, is_dir: bool, ignore: &Ignore) -> bool {
     }
 }
 
-/// Removes empty folders from `dir` upwards, stopping at `root`.
-pub fn prune_empty_dirs(root: &Path, mut dir: PathBuf, keep: impl Fn(&Path) -> bool) {
-    while dir != root && dir.starts_with(root) {
-        if keep(&dir) || fs::remove_dir(&dir).is_err() {
-            break; // Not empty (or gone): stop.
-        }
-        if !dir.pop() {
-            break;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,7 +347,8 @@ mod tests {
         let root = dir.path();
         fs::write(root.join("f"), "hello").unwrap();
         let path = RelPath::new("f").unwrap();
-        let LocalView::File(l) = local_state(root, &path, None).unwrap() else { panic!() };
+        let handle = Root::open(root).unwrap();
+        let LocalView::File(l) = local_state(&handle, &path, None).unwrap() else { panic!() };
         assert_eq!(l.hash, ContentHash::of(b"hello"));
         // A base with the same size, mtime and stamp is trusted without reading.
         let base = Base {
@@ -396,9 +361,9 @@ mod tests {
             folder: false,
             stamp: l.stamp,
         };
-        let LocalView::File(l2) = local_state(root, &path, Some(&base)).unwrap() else { panic!() };
+        let LocalView::File(l2) = local_state(&handle, &path, Some(&base)).unwrap() else { panic!() };
         assert_eq!(l2.hash, base.hash);
-        assert_eq!(local_state(root, &RelPath::new("nope").unwrap(), None).unwrap(), LocalView::Missing);
+        assert_eq!(local_state(&handle, &RelPath::new("nope").unwrap(), None).unwrap(), LocalView::Missing);
 
         // A file renamed over it, same size and mtime: the stamp differs.
         fs::write(root.join("g"), "HELLO").unwrap();
@@ -408,7 +373,7 @@ mod tests {
         );
         filetime::set_file_mtime(root.join("g"), mtime).unwrap();
         fs::rename(root.join("g"), root.join("f")).unwrap();
-        let LocalView::File(l3) = local_state(root, &path, Some(&base)).unwrap() else { panic!() };
+        let LocalView::File(l3) = local_state(&handle, &path, Some(&base)).unwrap() else { panic!() };
         assert_eq!(l3.hash, ContentHash::of(b"HELLO"), "rehashed");
         // A racy base (mtime too recent when recorded) never matches.
         assert_eq!(base_mtime(l.mtime_ns), RACY_MTIME);

@@ -11,7 +11,7 @@ use std::{
 
 use syncstore::{Lock, RelPath};
 
-use crate::state::State;
+use crate::{fsroot::Root, state::State};
 
 /// The server's live locks, as this client last heard of them.
 #[derive(Debug)]
@@ -106,11 +106,11 @@ impl Locks {
     }
 
     /// Makes the local file read-only if someone else holds its lock.
-    pub fn protect(&mut self, root: &Path, path: &RelPath) {
+    pub fn protect(&mut self, path: &RelPath) {
         if self.by_other(path).is_none() {
             return;
         }
-        match set_writable(&path.to_local(root), false) {
+        match set_writable(self.state.folder(), path, false) {
             Ok(true) => {
                 if self.read_only.insert(path.clone())
                     && let Err(e) = self.state.set_read_only(path, true)
@@ -125,34 +125,29 @@ impl Locks {
 
     /// Gives write permission back to the owner of a file this client made
     /// read-only, unless someone else (still) holds its lock.
-    pub fn unprotect(&mut self, root: &Path, path: &RelPath) {
+    pub fn unprotect(&mut self, path: &RelPath) {
         if self.by_other(path).is_some() || !self.read_only.remove(path) {
             return;
         }
         if let Err(e) = self.state.set_read_only(path, false) {
             tracing::warn!(%path, error = %e, "cannot update the state");
         }
-        if let Err(e) = set_writable(&path.to_local(root), true) {
+        if let Err(e) = set_writable(self.state.folder(), path, true) {
             tracing::warn!(%path, error = %e, "cannot make an unlocked file writable again");
         }
     }
 }
 
-/// Removes every write bit, or adds the owner's. Returns whether a regular
-/// file was there (a missing file, a folder or a link is left alone).
-pub fn set_writable(full: &Path, writable: bool) -> std::io::Result<bool> {
-    let meta = match std::fs::symlink_metadata(full) {
-        Ok(m) if m.file_type().is_file() => m,
-        Ok(_) => return Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    let mode = meta.permissions().mode();
-    let new = if writable { mode | 0o200 } else { mode & !0o222 };
-    if new != mode {
-        std::fs::set_permissions(full, std::fs::Permissions::from_mode(new))?;
+/// Removes every write bit of the file at `path`, or adds the owner's,
+/// through the folder's handle (no link is followed). Returns whether a
+/// regular file was there (a missing file, a folder or a link is left
+/// alone).
+pub fn set_writable(root: &Root, path: &RelPath, writable: bool) -> std::io::Result<bool> {
+    match root.parent(path) {
+        Ok(dir) => dir.set_writable(path.file_name(), writable),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
-    Ok(true)
 }
 
 /// Whether the owner may write the file.

@@ -135,7 +135,7 @@ impl Remote {
             .into_inner();
         let mut out = HashMap::new();
         while let Some(e) = stream.message().await? {
-            let e = Entry::try_from(e)?;
+            let Some(e) = crate::engine::accept_entry(e) else { continue };
             out.insert(e.path.clone(), e);
         }
         Ok(out)

@@ -2,7 +2,8 @@
 //! of every synced path, the subscription cursor, the server history it
 //! belongs to, this client's id, and the files it made read-only because
 //! someone else locked them. A lock file keeps a second client off
-//! the same folder.
+//! the same folder. It also holds the folder open ([`Root`]) with its temp
+//! folder, through which every write to the folder goes.
 
 use std::{
     collections::HashMap,
@@ -16,6 +17,7 @@ use syncstore::{ContentHash, RelPath, limits::STATE_DIR_NAME};
 
 use crate::{
     error::{Error, Result},
+    fsroot::{Dir, Root},
     plan::Base,
 };
 
@@ -52,13 +54,18 @@ pub struct State {
     _lock: Arc<File>,
     /// Device and inode of the state folder when it was opened.
     marker: (u64, u64),
+    /// The synced folder, held open.
+    root: Root,
+    /// `.syncstore/tmp`, held open: downloads are staged there, and files
+    /// are moved there to be checked before they are replaced or deleted.
+    tmp: Dir,
 }
 
 impl State {
     /// Opens (creating) `root/.syncstore/` for syncing, taking its lock.
     pub fn open(root: &Path) -> Result<Self> {
+        let (folder, tmp) = open_folder(root)?;
         let dir = root.join(STATE_DIR_NAME);
-        std::fs::create_dir_all(dir.join("tmp"))?;
         let lock = File::create(dir.join("lock"))?;
         match lock.try_lock() {
             Ok(()) => {}
@@ -69,21 +76,23 @@ impl State {
         }
         // Downloads that a crash interrupted.
         for entry in std::fs::read_dir(dir.join("tmp"))? {
-            std::fs::remove_file(entry?.path())?;
+            if let Some(name) = entry?.file_name().to_str() {
+                tmp.unlink(name)?;
+            }
         }
-        Self::connect(dir, lock)
+        Self::connect(dir, lock, folder, tmp)
     }
 
     /// Opens the state for reading beside a running client (`status`),
     /// without its lock. The caller must not write through it.
     pub fn open_shared(root: &Path) -> Result<Self> {
+        let (folder, tmp) = open_folder(root)?;
         let dir = root.join(STATE_DIR_NAME);
-        std::fs::create_dir_all(dir.join("tmp"))?;
         let lock = File::options().create(true).truncate(false).write(true).open(dir.join("lock"))?;
-        Self::connect(dir, lock)
+        Self::connect(dir, lock, folder, tmp)
     }
 
-    fn connect(dir: PathBuf, lock: File) -> Result<Self> {
+    fn connect(dir: PathBuf, lock: File, root: Root, tmp: Dir) -> Result<Self> {
         let conn = Connection::open(dir.join("state.db"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -102,7 +111,7 @@ impl State {
             }
         }
         let marker = dir_id(&dir)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), dir, _lock: Arc::new(lock), marker })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), dir, _lock: Arc::new(lock), marker, root, tmp })
     }
 
     /// Whether the synced folder is still there: its state folder is the
@@ -112,9 +121,16 @@ impl State {
         dir_id(&self.dir).is_ok_and(|id| id == self.marker)
     }
 
-    /// Where downloads are written before they are renamed into place.
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.dir.join("tmp")
+    /// The synced folder, held open: every write to it goes through this.
+    pub fn folder(&self) -> &Root {
+        &self.root
+    }
+
+    /// Where downloads are written before they are linked into place, and
+    /// where files are moved to be checked before they are replaced or
+    /// deleted (on the folder's file system, so both are renames).
+    pub fn tmp(&self) -> &Dir {
+        &self.tmp
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -300,6 +316,22 @@ fn base_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option
         symlink: r.get(at + 6)?,
         folder: r.get(at + 7)?,
     }))
+}
+
+/// Opens the synced folder and its `.syncstore/tmp`, creating them, never
+/// through a link.
+fn open_folder(root: &Path) -> Result<(Root, Dir)> {
+    let folder = Root::open(root)?;
+    let mut dir = folder.top().clone();
+    for name in [STATE_DIR_NAME, "tmp"] {
+        match dir.mkdir(name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        dir = dir.open_dir(name)?;
+    }
+    Ok((folder, dir))
 }
 
 fn dir_id(dir: &Path) -> std::io::Result<(u64, u64)> {

@@ -6,7 +6,6 @@ use std::{
     fs,
     io::{Read, Write},
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
 };
 
 use syncstore::{
@@ -20,7 +19,8 @@ use tonic::Code;
 
 use crate::{
     error::{Error, Result},
-    local::{self, Kind, Meta},
+    fsroot::{Dir, Root, TempFile},
+    local::{Kind, Meta},
     plan::Local,
     remote::Remote,
 };
@@ -45,7 +45,7 @@ pub struct UploadBase {
 /// server reused content it held).
 pub async fn upload(
     remote: &Remote,
-    root: &Path,
+    root: &Root,
     path: &RelPath,
     expected: Local,
     base: UploadBase,
@@ -78,8 +78,9 @@ pub async fn upload(
 
     let (tx, rx) = mpsc::channel(PIPELINE);
     tx.send(header).await.expect("the receiver is alive");
-    let full = path.to_local(root);
-    let reader = tokio::task::spawn_blocking(move || send_file(&full, expected, tx));
+    let dir = root.parent(path)?;
+    let name = path.file_name().to_owned();
+    let reader = tokio::task::spawn_blocking(move || send_file(&dir, &name, expected, tx));
     let response = remote.raw().upload(ReceiverStream::new(rx)).await;
     // The reader's verdict comes first: a file that changed while it was
     // sent was cut short on purpose, and the server refused it.
@@ -94,20 +95,22 @@ fn entry_of(e: Option<pb::FileEntry>) -> Result<Entry> {
 /// Reads the file in chunks into `tx`, holding back the last chunk until
 /// the whole file hashed to what the header announced: if it did not, the
 /// stream ends short and the server discards the upload.
-fn send_file(path: &Path, expected: Local, tx: mpsc::Sender<pb::UploadRequest>) -> Result<()> {
+/// The file is opened through its folder's handle, so a link above it or
+/// at it is not followed.
+fn send_file(dir: &Dir, name: &str, expected: Local, tx: mpsc::Sender<pb::UploadRequest>) -> Result<()> {
     if expected.folder {
         return Ok(()); // A folder has no content.
     }
     if expected.symlink {
         // A link is never followed: its target is the content.
-        let target = local::link_target(path)?;
+        let target = dir.read_link(name)?;
         if target.len() as u64 != expected.size || ContentHash::of(&target) != expected.hash {
             return Err(Error::ChangedWhileReading);
         }
         let _ = tx.blocking_send(chunk_msg(target));
         return Ok(());
     }
-    let mut file = fs::File::open(path)?;
+    let mut file = dir.open_read(name)?;
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
     let mut held: Option<Vec<u8>> = None;
@@ -147,19 +150,23 @@ fn read_chunk(file: &mut fs::File) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Downloads `entry` (that exact version) to its path under `root`,
-/// provided the local file still is `expected` (its size and mtime, or
-/// missing) when the download is ready to be renamed into place. Returns
-/// the new local file's metadata.
+/// Downloads `entry` (that exact version) to its path in `root`, staged
+/// in `tmp`, provided the local file still is `expected` (its size and
+/// mtime, or missing) when the download is ready to be put into place.
+/// Returns the new local file's metadata.
+///
+/// What the server sends is checked as it comes: a chunk larger than
+/// [`MAX_CHUNK`] or more bytes than the entry's size end the download at
+/// once; the temp file is then removed and nothing is put in place.
 pub async fn download(
     remote: &Remote,
-    root: &Path,
-    tmp_dir: &Path,
+    root: &Root,
+    tmp: &Dir,
     entry: &Entry,
     expected: Option<Meta>,
 ) -> Result<Meta> {
     let content = entry.content.ok_or_else(|| Error::Protocol("download of a tombstone".into()))?;
-    if local::through_symlink(root, &entry.path) {
+    if root.through_symlink(&entry.path) {
         return Err(Error::Config(format!(
             "a folder above {} is a symbolic link here; not writing through it",
             entry.path
@@ -180,132 +187,177 @@ pub async fn download(
     }
 
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(PIPELINE);
-    let tmp_dir = tmp_dir.to_path_buf();
+    let staging = tmp.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)?;
+        let mut tmp = staging.create_temp("download-")?;
         let mut hasher = blake3::Hasher::new();
-        let mut size = 0u64;
         while let Some(chunk) = rx.blocking_recv() {
             hasher.update(&chunk);
-            size += chunk.len() as u64;
-            tmp.write_all(&chunk)?;
+            tmp.file_mut().write_all(&chunk)?;
         }
-        Ok((tmp, ContentHash::from(hasher.finalize()), size))
+        Ok((tmp, ContentHash::from(hasher.finalize())))
     });
-    while let Some(msg) = stream.message().await? {
-        match msg.msg {
-            Some(download_response::Msg::Chunk(c)) => {
-                if tx.send(c).await.is_err() {
-                    break; // The writer failed; its error is reported below.
-                }
-            }
-            _ => return Err(Error::Protocol("unexpected message in a download".into())),
-        }
-    }
+    let received = receive_chunks(&mut stream, &tx, &entry.path, content.size).await;
     drop(tx);
-    let (tmp, hash, size) = writer.await??;
+    // The writer is awaited even after a refusal, so that its temp file is
+    // gone when this returns.
+    let written = writer.await?;
+    let size = received?;
+    let (tmp, hash) = written?;
     if hash != content.hash || size != content.size {
         return Err(Error::Protocol(format!("the content of {} did not match its hash", entry.path)));
     }
 
-    let target = entry.path.to_local(root);
+    let (root, path) = (root.clone(), entry.path.clone());
     if content.symlink {
-        let link = fs::read(tmp.path())?;
-        return tokio::task::spawn_blocking(move || install_symlink(&link, tmp, &target, expected)).await?;
+        return tokio::task::spawn_blocking(move || install_symlink(tmp, &root, &path, size, expected))
+            .await?;
     }
     let mtime_ns = content.mtime_ns;
     let executable = content.executable;
-    tokio::task::spawn_blocking(move || install(tmp, &target, mtime_ns, executable, expected)).await?
+    tokio::task::spawn_blocking(move || install(tmp, &root, &path, mtime_ns, executable, expected)).await?
 }
 
-/// Creates the symbolic link `link` (a target received from the server) at
-/// `target`, under the same rules as [`install`]. The link is never
-/// followed; a target that is empty or holds a NUL byte is refused.
+/// Passes a download's chunks to the writer; returns how many bytes came.
+/// Refuses a chunk over [`MAX_CHUNK`] and content beyond `declared` bytes.
+async fn receive_chunks(
+    stream: &mut tonic::Streaming<pb::DownloadResponse>,
+    tx: &mpsc::Sender<Vec<u8>>,
+    path: &RelPath,
+    declared: u64,
+) -> Result<u64> {
+    let mut size = 0u64;
+    while let Some(msg) = stream.message().await? {
+        let Some(download_response::Msg::Chunk(c)) = msg.msg else {
+            return Err(Error::Protocol("unexpected message in a download".into()));
+        };
+        if c.len() > MAX_CHUNK {
+            return Err(Error::Protocol(format!(
+                "download of {path}: a chunk of {} bytes (the limit is {MAX_CHUNK})",
+                c.len()
+            )));
+        }
+        size += c.len() as u64;
+        if size > declared {
+            return Err(Error::Protocol(format!(
+                "download of {path}: more than the {declared} bytes its entry declares"
+            )));
+        }
+        if tx.send(c).await.is_err() {
+            break; // The writer failed; its error is reported by the caller.
+        }
+    }
+    Ok(size)
+}
+
+/// Creates the symbolic link whose target is the `size` bytes in `tmp` (a
+/// target received from the server) at `path`, under the same rules as
+/// [`install`]. The link is never followed; a target that is empty or
+/// holds a NUL byte is refused.
 fn install_symlink(
-    link: &[u8],
-    tmp: tempfile::NamedTempFile,
-    target: &Path,
+    tmp: TempFile,
+    root: &Root,
+    path: &RelPath,
+    size: u64,
     expected: Option<Meta>,
 ) -> Result<Meta> {
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileExt;
+    let mut link = vec![0u8; size as usize];
+    tmp.file().read_exact_at(&mut link, 0)?;
     if link.is_empty() || link.contains(&0) {
-        return Err(Error::Protocol(format!("{} is a link with an unusable target", target.display())));
+        return Err(Error::Protocol(format!("{path} is a link with an unusable target")));
     }
-    let parent: PathBuf = target.parent().expect("a synced path has a parent").to_path_buf();
-    fs::create_dir_all(&parent)?;
-    let aside = move_aside_checked(target, &tmp.path().with_extension("aside"), expected)?;
-    place(target, &parent, aside, || std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link), target))?;
-    match local::stat(target)? {
+    let parent = root.create_parent(path)?;
+    let name = path.file_name();
+    let aside = move_aside_checked(&parent, name, &tmp, expected)?;
+    place(&parent, name, aside, || parent.symlink(&link, name))?;
+    match parent.kind(name)? {
         Kind::File(m) if m.symlink => Ok(m),
         _ => Err(Error::ChangedWhileReading),
     }
 }
 
-/// Creates the new file at `target` with `create`, which must never replace
-/// anything (a link does not). On success what was moved `aside` goes and
-/// the folder is made durable; if the name was taken meanwhile, the newcomer
-/// stays (what was moved aside is the version the plan saw, which the
-/// server has); on another failure what was moved aside comes back.
+/// A file moved aside into the temp folder, under `name`.
+#[derive(Debug)]
+struct Aside<'a> {
+    tmp: &'a Dir,
+    name: String,
+}
+
+/// Creates the new file `name` in `parent` with `create`, which must never
+/// replace anything (a link does not). On success what was moved `aside`
+/// goes and the folder is made durable (fsynced through its handle); if
+/// the name was taken meanwhile, the newcomer stays (what was moved aside
+/// is the version the plan saw, which the server has); on another failure
+/// what was moved aside comes back.
 fn place(
-    target: &Path,
-    parent: &Path,
-    aside: Option<PathBuf>,
+    parent: &Dir,
+    name: &str,
+    aside: Option<Aside<'_>>,
     create: impl FnOnce() -> std::io::Result<()>,
 ) -> Result<()> {
     match create() {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             if let Some(aside) = aside {
-                fs::remove_file(aside)?;
+                aside.tmp.unlink(&aside.name)?;
             }
             return Err(Error::ChangedWhileReading);
         }
         Err(e) => {
             if let Some(aside) = &aside {
-                put_back(aside, target)?;
+                put_back(aside.tmp, &aside.name, parent, name)?;
             }
             return Err(e.into());
         }
     }
     if let Some(aside) = aside {
-        fs::remove_file(aside)?;
+        aside.tmp.unlink(&aside.name)?;
     }
-    fs::File::open(parent)?.sync_all()?;
+    parent.sync()?;
     Ok(())
 }
 
-/// Moves the file at `target` to `aside` and checks it is still what the
-/// plan saw (`expected`; `None`: nothing was there). A file that changed is
-/// put back and the error says to plan again.
-fn move_aside_checked(target: &Path, aside: &Path, expected: Option<Meta>) -> Result<Option<PathBuf>> {
+/// Moves the file `name` in `parent` into the temp folder (beside the temp
+/// file `tmp`) and checks it is still what the plan saw (`expected`;
+/// `None`: nothing was there). A file that changed is put back and the
+/// error says to plan again.
+fn move_aside_checked<'a>(
+    parent: &Dir,
+    name: &str,
+    tmp: &'a TempFile,
+    expected: Option<Meta>,
+) -> Result<Option<Aside<'a>>> {
     let Some(planned) = expected else { return Ok(None) };
-    match fs::rename(target, aside) {
+    let aside = Aside { tmp: tmp.dir(), name: format!("{}.aside", tmp.name()) };
+    match parent.rename(name, aside.tmp, &aside.name) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::ChangedWhileReading),
         Err(e) => return Err(e.into()),
     }
-    if !matches!(local::stat(aside)?, Kind::File(m) if m.same_as_moved(&planned)) {
-        put_back(aside, target)?;
+    if !matches!(aside.tmp.kind(&aside.name)?, Kind::File(m) if m.same_as_moved(&planned)) {
+        put_back(aside.tmp, &aside.name, parent, name)?;
         return Err(Error::ChangedWhileReading);
     }
-    Ok(Some(aside.to_path_buf()))
+    Ok(Some(aside))
 }
 
 /// Gives the temp file its mode and mtime, makes it durable, and puts it
-/// at `target` if `target` is still what the caller planned on.
+/// at `path` if what is there is still what the caller planned on.
 ///
 /// No check-then-rename window: the current file is first moved aside
 /// (atomically) and checked there; the new file is then linked into place
 /// only if nothing took the name meanwhile (a link never replaces). A file
 /// found changed is put back; the caller plans again.
 fn install(
-    tmp: tempfile::NamedTempFile,
-    target: &Path,
+    tmp: TempFile,
+    root: &Root,
+    path: &RelPath,
     mtime_ns: i64,
     executable: bool,
     expected: Option<Meta>,
 ) -> Result<Meta> {
-    let file = tmp.as_file();
+    let file = tmp.file();
     let mode = if executable { 0o755 } else { 0o644 };
     file.set_permissions(fs::Permissions::from_mode(mode))?;
     let mtime = filetime::FileTime::from_unix_time(
@@ -315,31 +367,31 @@ fn install(
     filetime::set_file_handle_times(file, None, Some(mtime))?;
     file.sync_all()?;
 
-    let parent: PathBuf = target.parent().expect("a synced path has a parent").to_path_buf();
-    fs::create_dir_all(&parent)?;
-    let aside = move_aside_checked(target, &tmp.path().with_extension("aside"), expected)?;
-    place(target, &parent, aside, || fs::hard_link(tmp.path(), target))?;
-    drop(tmp); // Removes the temp name; the file stays linked at `target`.
-    match local::stat(target)? {
+    let parent = root.create_parent(path)?;
+    let name = path.file_name();
+    let aside = move_aside_checked(&parent, name, &tmp, expected)?;
+    place(&parent, name, aside, || parent.link_from(tmp.dir(), tmp.name(), name))?;
+    drop(tmp); // Removes the temp name; the file stays linked at `path`.
+    match parent.kind(name)? {
         Kind::File(m) => Ok(m),
         _ => Err(Error::ChangedWhileReading),
     }
 }
 
-/// Returns a file moved aside to `target`, or, if something took that name
-/// meanwhile, next to it under a name that says so: never lost.
-pub(crate) fn put_back(aside: &Path, target: &Path) -> Result<()> {
-    match fs::hard_link(aside, target) {
+/// Returns a file moved aside (`aside` in `tmp`) to `name` in `parent`,
+/// or, if something took that name meanwhile, next to it under a name that
+/// says so: never lost.
+pub(crate) fn put_back(tmp: &Dir, aside: &str, parent: &Dir, name: &str) -> Result<()> {
+    match parent.link_from(tmp, aside, name) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let keep = target.with_file_name(format!("{name} (kept {})", std::process::id()));
-            tracing::warn!(path = %keep.display(), "a file changed while it was being replaced; kept beside it");
-            fs::rename(aside, keep)?;
+            let keep = format!("{name} (kept {})", std::process::id());
+            tracing::warn!(path = %keep.escape_debug(), "a file changed while it was being replaced; kept beside it");
+            tmp.rename(aside, parent, &keep)?;
             return Ok(());
         }
         Err(e) => return Err(e.into()),
     }
-    fs::remove_file(aside)?;
+    tmp.unlink(aside)?;
     Ok(())
 }

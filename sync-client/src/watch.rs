@@ -135,9 +135,15 @@ pub enum Change {
 /// Watches `root` recursively and sends changes until `shutdown`.
 pub async fn run(root: PathBuf, out: mpsc::Sender<Change>, shutdown: CancellationToken) -> Result<()> {
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |res| {
-        let _ = raw_tx.send(res);
-    })
+    // A link in the folder is synced as a link: the watcher must not
+    // follow it into what it points at (maybe outside the folder).
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = notify::RecommendedWatcher::new(
+        move |res| {
+            let _ = raw_tx.send(res);
+        },
+        config,
+    )
     .map_err(std::io::Error::other)?;
     watcher.watch(&root, RecursiveMode::Recursive).map_err(std::io::Error::other)?;
     tracing::debug!(root = %root.display(), "watching");

@@ -10,6 +10,7 @@ mod edges;
 mod grpcurl;
 mod harness;
 mod locks;
+mod malicious;
 mod model;
 mod ops;
 mod replication;

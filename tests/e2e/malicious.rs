@@ -1,0 +1,320 @@
+//! A malicious server: a fake `FileSync` that lists, streams and serves
+//! paths meant to escape the synced folder (`..`, absolute, NUL, a path
+//! through a link planted in the folder) and downloads that break the
+//! limits (a chunk over the limit, more data than declared). A real client
+//! must refuse each of them, say so in its log, write nothing outside its
+//! folder, and still sync the good entries of the same listing and stream.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::Path,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
+
+use syncstore::{
+    ContentHash,
+    limits::MAX_CHUNK,
+    pb::{
+        self, change_event, download_response,
+        file_sync_server::{FileSync, FileSyncServer},
+    },
+};
+use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::harness::eventually;
+
+type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// One file the fake server offers: its entry, and the chunks its
+/// download sends (which need not match the entry).
+#[derive(Clone)]
+struct Offer {
+    entry: pb::FileEntry,
+    chunks: Vec<Vec<u8>>,
+}
+
+/// An entry declaring `content`, whose download sends `chunks`.
+fn offer(path: &str, version: u64, content: &[u8], chunks: Vec<Vec<u8>>) -> Offer {
+    let entry = pb::FileEntry {
+        path: path.to_owned(),
+        version,
+        size: content.len() as u64,
+        hash: ContentHash::of(content).as_bytes().to_vec(),
+        mtime_ns: 1_700_000_000_000_000_000,
+        client_id: "evil".into(),
+        ..Default::default()
+    };
+    Offer { entry, chunks }
+}
+
+/// A well-behaved entry: its download sends exactly its content.
+fn honest(path: &str, version: u64, content: &[u8]) -> Offer {
+    offer(path, version, content, vec![content.to_vec()])
+}
+
+struct EvilServer {
+    /// What `List` sends, in order.
+    listed: Vec<Offer>,
+    /// What `Subscribe` sends (then the stream stays open).
+    events: Vec<Offer>,
+}
+
+impl EvilServer {
+    fn find(&self, path: &str) -> Option<&Offer> {
+        self.listed.iter().chain(&self.events).find(|o| o.entry.path == path)
+    }
+}
+
+#[tonic::async_trait]
+impl FileSync for EvilServer {
+    type DownloadStream = ServerStream<pb::DownloadResponse>;
+    type ListStream = ServerStream<pb::FileEntry>;
+    type SubscribeStream = ServerStream<pb::ChangeEvent>;
+
+    async fn server_info(
+        &self,
+        _: Request<pb::ServerInfoRequest>,
+    ) -> Result<Response<pb::ServerInfoResponse>, Status> {
+        Ok(Response::new(pb::ServerInfoResponse {
+            history_id: "evil-history".into(),
+            head_seq: 10,
+            oldest_seq: 1,
+            role: "primary".into(),
+            server_version: "0".into(),
+        }))
+    }
+
+    async fn list(&self, _: Request<pb::ListRequest>) -> Result<Response<Self::ListStream>, Status> {
+        let entries: Vec<_> = self.listed.iter().map(|o| Ok(o.entry.clone())).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(entries))))
+    }
+
+    async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::FileEntry>, Status> {
+        match self.find(&req.get_ref().path) {
+            Some(o) => Ok(Response::new(o.entry.clone())),
+            None => Err(Status::not_found("no such file")),
+        }
+    }
+
+    async fn download(
+        &self,
+        req: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let o = self.find(&req.get_ref().path).ok_or_else(|| Status::not_found("no such file"))?;
+        let first = pb::DownloadResponse { msg: Some(download_response::Msg::Entry(o.entry.clone())) };
+        let chunks = o
+            .chunks
+            .iter()
+            .map(|c| pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(c.clone())) });
+        let all: Vec<_> = std::iter::once(first).chain(chunks).map(Ok).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(all))))
+    }
+
+    async fn subscribe(
+        &self,
+        _: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let events: Vec<_> = self
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                Ok(pb::ChangeEvent {
+                    seq: 11 + i as u64,
+                    kind: change_event::Kind::Put as i32,
+                    entry: Some(o.entry.clone()),
+                    client_id: "evil".into(),
+                    lock: None,
+                })
+            })
+            .collect();
+        // Then nothing more, with the stream left open.
+        Ok(Response::new(Box::pin(tokio_stream::iter(events).chain(tokio_stream::pending()))))
+    }
+
+    async fn list_locks(
+        &self,
+        _: Request<pb::ListLocksRequest>,
+    ) -> Result<Response<pb::ListLocksResponse>, Status> {
+        Ok(Response::new(pb::ListLocksResponse { locks: Vec::new() }))
+    }
+
+    async fn upload(
+        &self,
+        _: Request<tonic::Streaming<pb::UploadRequest>>,
+    ) -> Result<Response<pb::UploadResponse>, Status> {
+        Err(Status::unimplemented("this server takes nothing"))
+    }
+
+    async fn delete(&self, _: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        Err(Status::unimplemented("this server takes nothing"))
+    }
+
+    async fn lock(&self, _: Request<pb::LockRequest>) -> Result<Response<pb::Lock>, Status> {
+        Err(Status::unimplemented("no locks here"))
+    }
+
+    async fn refresh_lock(&self, _: Request<pb::RefreshLockRequest>) -> Result<Response<pb::Lock>, Status> {
+        Err(Status::unimplemented("no locks here"))
+    }
+
+    async fn unlock(&self, _: Request<pb::UnlockRequest>) -> Result<Response<pb::UnlockResponse>, Status> {
+        Err(Status::unimplemented("no locks here"))
+    }
+}
+
+/// Log lines, captured for the assertions.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Every file and folder below `dir` (links listed, not followed).
+fn listing(dir: &Path) -> BTreeMap<String, String> {
+    crate::harness::tree(dir)
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect()
+}
+
+// One thread: the client's tasks log through this test's subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn a_malicious_server_cannot_make_the_client_write_outside_its_folder() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+
+    // base/dir is synced; base/outside must stay empty, and so must
+    // base/target, which a link planted in the folder points at.
+    let base = tempfile::tempdir().unwrap();
+    let base_path = std::fs::canonicalize(base.path()).unwrap();
+    let dir = base_path.join("dir");
+    let outside = base_path.join("outside");
+    let target = base_path.join("target");
+    for d in [&dir, &outside, &target] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::os::unix::fs::symlink(&target, dir.join("link")).unwrap();
+    let absolute = format!("{}/abs.txt", outside.display());
+
+    let big = vec![b'x'; MAX_CHUNK + 100];
+    let listed = vec![
+        honest("good/listed.txt", 1, b"listed"),
+        honest("../escape-list.txt", 2, b"escape"),
+        honest(&absolute, 3, b"absolute"),
+        honest("a/../../escape-dots.txt", 4, b"dots"),
+        honest("nul\0name.txt", 5, b"nul"),
+        honest(".syncstore/state.db", 6, b"state"),
+        honest("link/through-link.txt", 7, b"through a link"),
+        // Declares 5 bytes, sends more.
+        offer("bad/too-long.txt", 8, b"hello", vec![b"hello".to_vec(), b" and more".to_vec()]),
+        // A chunk over the limit (within the gRPC message limit).
+        offer("bad/big-chunk.bin", 9, &big, vec![big.clone()]),
+        honest("good/after.txt", 10, b"after the bad ones"),
+    ];
+    let events = vec![
+        honest("../escape-event.txt", 11, b"escape"),
+        honest(&format!("{}/abs-event.txt", outside.display()), 12, b"absolute"),
+        honest("ev\0nul.txt", 13, b"nul"),
+        honest("link/event-through-link.txt", 14, b"through a link"),
+        honest("good/event.txt", 15, b"from an event"),
+    ];
+    let bad_paths: Vec<String> = listed
+        .iter()
+        .chain(&events)
+        .map(|o| o.entry.path.clone())
+        .filter(|p| !p.starts_with("good/") && !p.starts_with("bad/") && !p.starts_with("link/"))
+        .collect();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop_server = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop_server.clone();
+        tonic::transport::Server::builder()
+            .add_service(FileSyncServer::new(EvilServer { listed, events }))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+    });
+
+    let mut config = sync_client::Config::new(format!("http://{addr}"), &dir);
+    config.rescan_interval = std::time::Duration::from_secs(3600);
+    let metrics = config.metrics.clone();
+    let stop_client = CancellationToken::new();
+    let client = tokio::spawn(sync_client::watch(config, stop_client.clone()));
+
+    // The good entries, listed before and after the bad ones and streamed
+    // after them, arrive.
+    let read = |rel: &str| std::fs::read(dir.join(rel)).ok();
+    eventually("the good entries are synced", || {
+        read("good/listed.txt").as_deref() == Some(b"listed".as_slice())
+            && read("good/after.txt").as_deref() == Some(b"after the bad ones".as_slice())
+            && read("good/event.txt").as_deref() == Some(b"from an event".as_slice())
+    })
+    .await;
+
+    // Each bad entry was refused, and said so (its path escaped).
+    eventually("every bad entry is refused in the log", || {
+        let text = logs.text();
+        let refused = |p: &str| {
+            text.lines().any(|l| {
+                l.contains("refused an entry from the server") && l.contains(&*p.escape_debug().to_string())
+            })
+        };
+        bad_paths.iter().all(|p| refused(p))
+            && text.contains("more than the 5 bytes its entry declares")
+            && text.contains(&format!("a chunk of {} bytes", MAX_CHUNK + 100))
+            && text.lines().any(|l| l.contains("link/through-link.txt") && l.contains("symbolic link"))
+            && text.lines().any(|l| l.contains("link/event-through-link.txt") && l.contains("symbolic link"))
+    })
+    .await;
+    assert!(metrics.errors.get() > 0, "the refused downloads count as failures");
+
+    // Nothing outside the folder, nothing through the link, nothing of the
+    // refused downloads in place, no temp file left behind.
+    eventually("no temp file is left", || listing(&dir.join(".syncstore/tmp")).is_empty()).await;
+    stop_client.cancel();
+    client.await.unwrap().unwrap();
+    stop_server.cancel();
+    server.await.unwrap().unwrap();
+
+    let top: Vec<String> = std::fs::read_dir(&base_path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut top = top;
+    top.sort();
+    assert_eq!(top, ["dir", "outside", "target"], "nothing was created beside the folder");
+    assert!(listing(&outside).is_empty(), "nothing was written outside: {:?}", listing(&outside));
+    assert!(listing(&target).is_empty(), "nothing was written through the link: {:?}", listing(&target));
+    assert_eq!(std::fs::read_link(dir.join("link")).unwrap(), target, "the planted link is untouched");
+    let mut synced: Vec<String> =
+        listing(&dir).into_keys().filter(|p| !p.starts_with(".syncstore/")).collect();
+    synced.sort();
+    assert_eq!(synced, ["good/after.txt", "good/event.txt", "good/listed.txt", "link"]);
+}
