@@ -85,6 +85,7 @@ impl FileSync for EvilServer {
             oldest_seq: 1,
             role: "primary".into(),
             server_version: "0".into(),
+            ..Default::default()
         }))
     }
 
