@@ -33,7 +33,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use syncstore::{Content, ContentHash, Entry, Lock, RelPath, pb};
 use tokio::sync::broadcast;
 
-use blobs::BlobStore;
+use blobs::{BlobStore, Durability};
 pub(crate) use blobs::{BlobWriter, StagedBlob};
 pub(crate) use locks::{LockRequest, lock_change_from_pb};
 
@@ -370,6 +370,7 @@ impl Store {
         let mut head = w.head;
         let tx = w.conn.transaction()?;
         let mut applied = Vec::with_capacity(batch.len());
+        let mut pending = false;
         for Replicated { change, staged, content_gone } in batch {
             if change.seq <= head {
                 continue;
@@ -387,7 +388,9 @@ impl Store {
                         return Err(Error::invalid("a replicated entry's version must be its change's seq"));
                     }
                     let current = get_entry(&tx, &change.namespace, &entry.path)?;
-                    self.place_content(entry, staged, content_gone)?;
+                    if self.place_content(entry, staged, content_gone)? == Durability::Pending {
+                        pending = true;
+                    }
                     write_change(&tx, &change.namespace, entry)?;
                     current
                 }
@@ -399,6 +402,9 @@ impl Store {
             head = change.seq;
             applied.push((change, current));
         }
+        if pending {
+            self.inner.blobs.sync()?;
+        }
         tx.commit()?;
         let n = applied.len();
         for (change, current) in applied {
@@ -408,13 +414,19 @@ impl Store {
     }
 
     /// Moves received content into place, or checks it is there.
-    fn place_content(&self, entry: &Entry, staged: Option<StagedBlob>, content_gone: bool) -> Result<()> {
+    fn place_content(
+        &self,
+        entry: &Entry,
+        staged: Option<StagedBlob>,
+        content_gone: bool,
+    ) -> Result<Durability> {
         match (staged, entry.content) {
             (Some(s), _) => self.inner.blobs.persist(s),
             (None, Some(c)) if !content_gone && !self.inner.blobs.contains(&c.hash) => {
                 Err(Error::FailedPrecondition(format!("no content with hash {} for {}", c.hash, entry.path)))
             }
-            _ => Ok(()),
+            // Stored content is referred to by a committed entry: durable.
+            _ => Ok(Durability::Durable),
         }
     }
 
@@ -439,7 +451,8 @@ impl Store {
         content_gone: bool,
     ) -> Result<()> {
         let w = self.writer();
-        self.place_content(entry, staged, content_gone)?;
+        // Made durable, whatever it is, by `snapshot_end`'s sync.
+        let _ = self.place_content(entry, staged, content_gone)?;
         let (size, hash, mtime, exec, link, folder) = content_columns(entry);
         w.conn.execute(
             "INSERT INTO snapshot_files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder)
@@ -454,6 +467,7 @@ impl Store {
     pub(crate) fn snapshot_end(&self, head: u64) -> Result<()> {
         {
             let mut w = self.writer();
+            self.inner.blobs.sync()?;
             let tx = w.conn.transaction()?;
             tx.execute_batch(
                 "DELETE FROM files;
@@ -600,19 +614,21 @@ impl Store {
         if let Some(s) = &staged {
             debug_assert_eq!(s.hash(), hash);
         }
-        // The content is put in place (renamed, its folder fsynced) before
-        // the writer lock is taken, so that commits wait only for each
-        // other's database work; the hold keeps garbage collection off it
-        // until this commit is done.
-        let placed = match staged {
+        // The content is put in place (renamed; a large blob's folder
+        // fsynced) before the writer lock is taken, so that commits wait
+        // only for each other's database work and one sync of the batch;
+        // the hold keeps garbage collection off it until this commit is
+        // done.
+        let (placed, durability) = match staged {
             Some(staged) => {
                 let hold = self.hold_blob(hash);
-                self.inner.blobs.persist(staged)?;
-                Some(hold)
+                let durability = self.inner.blobs.persist(staged)?;
+                (Some(hold), durability)
             }
-            None => None,
+            None => (None, Durability::Durable),
         };
-        let result = self.commit_put_placed(ns, put, placed.is_some());
+        let needs_sync = durability == Durability::Pending;
+        let result = self.commit_put_placed(ns, put, placed.is_some(), needs_sync);
         drop(placed);
         if result.is_err() {
             self.drop_if_unreferenced(&hash);
@@ -625,12 +641,13 @@ impl Store {
     /// commits every queued put in one transaction. Each put's checks run in
     /// order inside that transaction, so a refused one writes nothing and
     /// later ones see the earlier ones.
-    fn commit_put_placed(&self, ns: &str, put: Put, placed: bool) -> Result<Change> {
+    fn commit_put_placed(&self, ns: &str, put: Put, placed: bool, needs_sync: bool) -> Result<Change> {
         let slot: Slot = Arc::new(Mutex::new(None));
         self.inner.queued.lock().unwrap_or_else(|p| p.into_inner()).push(QueuedPut {
             ns: ns.to_owned(),
             put,
             placed,
+            needs_sync,
             slot: slot.clone(),
         });
         let mut w = self.writer();
@@ -649,6 +666,10 @@ impl Store {
         let mut seq = w.head;
         let mut committed = Vec::new();
         let outcome = (|| -> Result<()> {
+            // Blob before metadata: one sync for the batch's small blobs.
+            if batch.iter().any(|j| j.needs_sync) {
+                self.inner.blobs.sync()?;
+            }
             let tx = w.conn.transaction()?;
             for job in batch {
                 match Self::check_put(&tx, &self.inner.blobs, &job) {
@@ -977,6 +998,8 @@ struct QueuedPut {
     put: Put,
     /// Its content is in place already (else it must be stored).
     placed: bool,
+    /// Its content is not durable yet ([`Durability::Pending`]).
+    needs_sync: bool,
     slot: Slot,
 }
 
