@@ -32,8 +32,16 @@ use crate::{
 /// Times one path is planned again after a race (a version conflict, or a
 /// file that changed under our feet) before it is left for the next retry.
 const MAX_ATTEMPTS: usize = 4;
-/// Uploads and downloads a full sync runs at once.
-const PARALLEL_TRANSFERS: usize = 8;
+/// Uploads and downloads a full sync runs at once. Many small files in
+/// flight let the server commit them in large batches (one sync each);
+/// the server takes 24 uploads per namespace at once, so two clients of a
+/// namespace still rarely wait for a slot.
+const PARALLEL_TRANSFERS: usize = 16;
+/// Of those, transfers of files above [`SMALL_TRANSFER`]: each holds a few
+/// 1 MiB chunks in its pipeline, so this bounds the memory they take.
+const PARALLEL_LARGE_TRANSFERS: usize = 8;
+/// Largest file counted as small for [`PARALLEL_LARGE_TRANSFERS`].
+const SMALL_TRANSFER: u64 = 256 * 1024;
 /// Files at least this big are first offered to the server by hash alone,
 /// in case it already holds their content (a move, a copy, another
 /// client's identical file): one round trip instead of the whole file.
@@ -218,8 +226,12 @@ impl Engine {
         let mut again = Vec::new();
         {
             let this = &*self;
+            let large = tokio::sync::Semaphore::new(PARALLEL_LARGE_TRANSFERS);
+            let large = &large;
             let mut done = futures::stream::iter(parallel)
                 .map(|p| async move {
+                    let big = p.transfer_size() > SMALL_TRANSFER;
+                    let _slot = if big { Some(large.acquire().await.expect("never closed")) } else { None };
                     let r = this.transfer(&p).await;
                     (p, r)
                 })
