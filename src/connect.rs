@@ -131,6 +131,13 @@ pub fn read_token_file(path: &Path) -> Result<String, ConnectError> {
     if token.is_empty() {
         return Err(ConnectError::Token(format!("file {} is empty", path.display())));
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            tracing::warn!(file = %path.display(), "the token file is readable by other users; chmod 600 it");
+        }
+    }
     Ok(token.to_owned())
 }
 
