@@ -94,6 +94,17 @@ pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is closed.
 pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Oldest a connection may get: then the server asks the client to
+/// reconnect (HTTP/2 GOAWAY). Bounds what one long-lived connection can
+/// accumulate, and moves a client to a new connection, which sees the
+/// server's current certificate. A sync client reconnects and rescans, so
+/// once a day costs nothing noticeable.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// How long calls still running on a connection past its age may finish
+/// (a subscription never does; it is cut then, and its client resubscribes).
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(10 * 60);
+
 /// Idle time before the kernel starts TCP keepalive probes on an accepted
 /// socket: finds dead peers even below HTTP/2 (e.g. before a connection's
 /// first frame) and keeps NAT and firewall state alive.
@@ -447,6 +458,8 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .add_service(InterceptedService::new(
             FileSyncServer::new(file_sync)
                 .max_decoding_message_size(MAX_MESSAGE)
