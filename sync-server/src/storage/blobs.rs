@@ -16,7 +16,10 @@ use std::{
     fs::{self, File},
     io::{self, Write},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use syncstore::ContentHash;
@@ -46,6 +49,8 @@ pub(crate) struct BlobStore {
     tmp: PathBuf,
     /// The blob folder, held open for `syncfs`.
     handle: Arc<File>,
+    /// How many times [`BlobStore::sync`] ran.
+    syncs: Arc<AtomicU64>,
 }
 
 impl BlobStore {
@@ -55,7 +60,7 @@ impl BlobStore {
         let (blobs, tmp) = (data.join("blobs"), data.join("tmp"));
         fs::create_dir_all(&blobs)?;
         fs::create_dir_all(&tmp)?;
-        let store = Self { handle: Arc::new(File::open(&blobs)?), blobs, tmp };
+        let store = Self { handle: Arc::new(File::open(&blobs)?), syncs: Arc::default(), blobs, tmp };
         let mut removed = 0usize;
         for entry in fs::read_dir(&store.tmp)? {
             let entry = entry?;
@@ -112,6 +117,7 @@ impl BlobStore {
     /// Makes every blob put in place so far durable, data and names: one
     /// `syncfs` of the data folder's file system.
     pub(crate) fn sync(&self) -> io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         #[cfg(target_os = "linux")]
         {
             rustix::fs::syncfs(&*self.handle)?;
@@ -125,6 +131,12 @@ impl BlobStore {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// How many times [`BlobStore::sync`] ran.
+    #[cfg(test)]
+    pub(crate) fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// Every stored blob's hash, for the start-up sweep of orphans.

@@ -1086,6 +1086,43 @@ mod tests {
     /// Many threads put at once, two per path: group commits give every
     /// path exactly one winner, and the seqs stay gap-free.
     #[test]
+    fn a_small_blob_is_synced_before_its_commit_and_a_large_or_known_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let put = |path: &str, data: &[u8], send: bool| {
+            let hash = ContentHash::of(data);
+            let staged = send.then(|| {
+                let mut w = store.blob_writer().unwrap();
+                w.write(data).unwrap();
+                w.finish(hash, data.len() as u64).unwrap()
+            });
+            let content = Content {
+                hash,
+                size: data.len() as u64,
+                mtime_ns: 0,
+                executable: false,
+                symlink: false,
+                folder: false,
+            };
+            let put = Put {
+                path: RelPath::new(path).unwrap(),
+                content,
+                base_version: 0,
+                client_id: "c".into(),
+                lock_token: 0,
+            };
+            let before = store.inner.blobs.sync_count();
+            store.commit_put(DEFAULT_NAMESPACE, put, staged).unwrap();
+            store.inner.blobs.sync_count() - before
+        };
+        let linux = u64::from(cfg!(target_os = "linux"));
+        assert_eq!(put("small", b"small", true), linux, "one sync before the commit");
+        assert_eq!(put("copy", b"small", false), 0, "reused content is durable already");
+        let large = vec![1u8; blobs::DEFER_SYNC_MAX as usize + 1];
+        assert_eq!(put("large", &large, true), 0, "a large blob was fsynced on its own");
+    }
+
+    #[test]
     fn concurrent_puts_commit_in_groups_without_gaps_or_double_winners() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
@@ -1129,6 +1166,12 @@ mod tests {
         seqs.sort_unstable();
         assert_eq!(seqs, (1..=16).collect::<Vec<_>>());
         assert_eq!(store.head(), 16);
+        // Every small blob was synced before its commit, in as many syncs
+        // as batches at most (at least one).
+        let syncs = store.inner.blobs.sync_count();
+        if cfg!(target_os = "linux") {
+            assert!((1..=32).contains(&syncs), "{syncs} syncs");
+        }
         // The losers' content is not kept.
         let mut kept = store.inner.blobs.all().unwrap();
         kept.sort();
