@@ -862,12 +862,19 @@ def versions():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True, help="folder holding sync-server and sync-client")
+    ap.add_argument("--bin", help="folder holding sync-server and sync-client")
     ap.add_argument("--data", required=True, help="where sources and run folders go")
     ap.add_argument("--out", help="write the markdown table here too")
+    ap.add_argument("--generate", metavar="WORKLOAD", help="only generate WORKLOAD; print its folder")
     args = ap.parse_args()
 
     src_root = os.path.join(args.data, "src" if SCALE == 1 else f"src-scale{SCALE}")
+    if args.generate:
+        os.makedirs(src_root, exist_ok=True)
+        print(generate(src_root, args.generate))
+        return
+    if not args.bin:
+        ap.error("--bin is required")
     work = os.path.join(args.data, "runs", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(src_root, exist_ok=True)
     os.makedirs(work)

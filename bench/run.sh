@@ -39,16 +39,19 @@ as_root() {
 }
 
 # Peers come from Debian packages; one that cannot be installed is skipped.
+# GNU time gives each command's own peak RSS (without it, the figures count
+# the benchmark's own memory too).
 missing=()
 for p in ${PEERS:-rsync syncthing}; do
   command -v "$p" >/dev/null || missing+=("$p")
 done
+[ -x /usr/bin/time ] || missing+=(time)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} from Debian packages"
   if ! { as_root timeout 300 apt-get update -qq &&
     as_root env DEBIAN_FRONTEND=noninteractive timeout 300 \
       apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }; then
-    say "could not install ${missing[*]} (apt needs root); those peers are skipped"
+    say "could not install ${missing[*]} (apt needs root); going on without them"
   fi
 fi
 
