@@ -333,6 +333,7 @@ class Results:
     def __init__(self):
         self.rows = []  # dicts: workload, tool, wall, files, bytes, cpu, rss_client, rss_server
         self.extra = {}
+        self.failures = []
 
     def add(self, **row):
         self.rows.append(row)
@@ -704,7 +705,13 @@ def bench_syncthing(res, work, w, src, files, nbytes, run, lat_count):
             s = b.status()  # localBytes counts 128 bytes per folder too
             return s["localFiles"] == files and s["localBytes"] >= nbytes and s["needTotalItems"] == 0
 
-        wait_for(done, STEP_TIMEOUT, f"Syncthing to sync {w}", step=0.05)
+        try:
+            wait_for(done, STEP_TIMEOUT, f"Syncthing to sync {w}", step=0.05)
+        except RuntimeError:
+            for inst in (a, b):
+                tail = open(os.path.join(inst.home, "syncthing.log"), errors="replace").readlines()[-5:]
+                log(f"  Syncthing {inst.name}: status {inst.status()}; log ends with: {''.join(tail)}")
+            raise
         wall = time.perf_counter() - t0
         res.add(workload=w, tool="Syncthing", wall=wall, files=files, bytes=nbytes,
                 cpu=tree_cpu(a.proc.pid) + tree_cpu(b.proc.pid) - c0,
@@ -770,6 +777,8 @@ def table(res, meta):
     out.append("Peak RSS: syncstore client / server (the larger of primary and replica); rsync "
                "client / daemon; Syncthing A (sender) / B (receiver). CPU: user + system seconds "
                "of all of them during the run.")
+    for f in res.failures:
+        out.append(f"Failed: {f}")
     out.append("")
     out += targets(res)
     out.append("")
@@ -830,6 +839,15 @@ def targets(res):
 
 
 # ---------------------------------------------------------------- main
+
+
+def attempt(res, what, step, *args):
+    """Runs one peer's step; a failure is reported in the table instead of ending the run."""
+    try:
+        step(*args)
+    except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as e:
+        log(f"  {what} FAILED: {e}")
+        res.failures.append(f"{what}: {e}")
 
 
 def quiet_gate():
@@ -898,10 +916,11 @@ def main():
             ss.upload_run(res, w, sources[w], files, nbytes, run)
         for run in range(1, PEER_REPEATS + 1):
             if "rsync" in peers:
-                bench_rsync(res, work, w, sources[w], files, nbytes, run)
+                attempt(res, f"rsync daemon {w}", bench_rsync, res, work, w, sources[w], files, nbytes, run)
             if "syncthing" in peers:
                 lat = ST_LAT_COUNT if w == WORKLOADS[0] and run == 1 else 0
-                bench_syncthing(res, work, w, sources[w], files, nbytes, run, lat)
+                attempt(res, f"Syncthing {w}", bench_syncthing, res, work, w, sources[w], files, nbytes,
+                        run, lat)
     log("latency")
     ss.latency(res)
     if BIG:

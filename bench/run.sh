@@ -59,6 +59,17 @@ say "building syncstore (release)"
 timeout 1800 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p sync-server -p sync-client
 bin=$repo/target/release
 
+# ext4 keeps deleted inodes out of reuse for a minute, and every create
+# scans past them: after the last run's cleanup, let that minute pass.
+stamp=${TMPDIR:-/tmp}/syncstore-bench.cleaned
+if [ -e "$stamp" ]; then
+  wait_s=$((65 - $(date +%s) + $(stat -c %Y "$stamp")))
+  if [ "$wait_s" -gt 0 ]; then
+    say "waiting ${wait_s}s: the last run's files were deleted less than a minute ago"
+    sleep "$wait_s"
+  fi
+fi
+
 mkdir -p "$data"
 out=$data/table-$(date +%Y%m%d-%H%M%S).md
 run=(python3 "$here/bench.py" --bin "$bin" --data "$data" --out "$out")
@@ -77,5 +88,6 @@ if [ -z "${KEEP:-}" ]; then
   cp "$out" "${TMPDIR:-/tmp}/" 2>/dev/null && say "table kept as ${TMPDIR:-/tmp}/$(basename "$out")"
   rm -rf "$data/runs"
   [ -n "${KEEP_SRC:-}" ] || rm -rf "$data"
+  touch "$stamp"
 fi
 exit $status
