@@ -163,6 +163,22 @@ def same_tree(src, dst, deep, ignore=(".syncstore", ".stfolder", ".stversions"))
     return None
 
 
+def reclaim(path):
+    """Frees the disk space (and page cache) of a run's output once it is measured: every
+    file that has no other name is truncated to nothing. Nothing is deleted: the inodes stay
+    in use until the end (see the ext4 note above), and a hard-linked copy of a source is
+    never touched."""
+    for dirpath, _, names in os.walk(path):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            try:
+                st = os.lstat(p)
+                if st.st_nlink == 1 and st.st_size > 0 and os.path.isfile(p) and not os.path.islink(p):
+                    os.truncate(p, 0)
+            except OSError:
+                pass
+
+
 def link_copy(src, dst):
     """A hard-linked copy: new names, no new data (the sources stay warm in the page cache)."""
     subprocess.run(["cp", "-al", src, dst], check=True, timeout=STEP_TIMEOUT)
@@ -405,6 +421,8 @@ class Syncstore:
             if bad:
                 raise RuntimeError(f"syncstore download of {w} is not the source: {bad}")
         srv.stop()
+        reclaim(os.path.join(d, "server"))
+        reclaim(os.path.join(d, "down"))
 
         # The same upload into a primary whose writes are durable on a sync replica too.
         up = os.path.join(d, "up-replica")
@@ -426,6 +444,8 @@ class Syncstore:
             raise RuntimeError(f"primary and replica differ after {w}: {cmp.stdout[:500]}")
         pri.stop()
         rep.stop()
+        reclaim(os.path.join(d, "primary"))
+        reclaim(os.path.join(d, "replica"))
 
     def latency(self, res):
         d = os.path.join(self.work, "syncstore-latency")
@@ -562,6 +582,7 @@ def bench_rsync(res, work, w, src, files, nbytes, run):
     res.add(workload=w, tool="rsync daemon", wall=m["wall"], files=files, bytes=nbytes,
             cpu=m["cpu"] + cpu, rss_client=m["rss"], rss_server=rss)
     bad = same_tree(src, dst, deep=run == 1)
+    reclaim(dst)
     if bad:
         raise RuntimeError(f"rsync of {w}: {bad}")
 
@@ -727,6 +748,7 @@ def bench_syncthing(res, work, w, src, files, nbytes, run, lat_count):
     finally:
         a.stop()
         b.stop()
+        reclaim(b.data)
     pattern = re.compile(r"discover|relay|upnp|nat-pmp|natpmp|stun|usage report|upgrade|crash report", re.I)
     for inst in (a, b):
         lines = [ln for ln in open(os.path.join(inst.home, "syncthing.log"), errors="replace")
@@ -904,6 +926,13 @@ def main():
     sources = {w: generate(src_root, w) for w in WORKLOADS + (["big"] if BIG else [])}
     sizes = {w: tree_size(s) for w, s in sources.items()}
     os.sync()
+    # Outputs are truncated once measured (reclaim), so at most one run's copy of the
+    # largest workload is on disk at a time, next to the sources.
+    need = 2 * max(sizes[w][1] for w in sizes) + (512 << 20)
+    free = shutil.disk_usage(work).free
+    if free < need + (1 << 30):
+        raise SystemExit(f"only {free >> 20} MiB free under {work}; the benchmark needs about "
+                         f"{(need + (1 << 30)) >> 20} MiB")
     quiet_gate()
     busy0 = machine_busy()
     own0 = os.times()
