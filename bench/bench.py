@@ -793,7 +793,8 @@ def table(res, meta):
                 r_st = ratio(metric(m), peers["Syncthing"] and metric(peers["Syncthing"]))
             rss = f"{fmt(m['rss_client'], '.0f')} / {fmt(m['rss_server'], '.0f')}"
             label = tool if m["n"] == 1 else f"{tool} (median of {m['n']})"
-            out.append(f"| {names[w]} | {label} | {m['wall']:.2f} | {fps:,.0f} | {mibps:,.0f} | {rss} | "
+            fps_text = f"{fps:,.0f}" if fps >= 10 else f"{fps:.2f}"
+            out.append(f"| {names[w]} | {label} | {m['wall']:.2f} | {fps_text} | {mibps:,.0f} | {rss} | "
                        f"{m['cpu']:.1f} | {r_rsync} | {r_st} |")
     out.append("")
     out.append("Peak RSS: syncstore client / server (the larger of primary and replica); rsync "
@@ -847,10 +848,11 @@ def targets(res):
         row(f"client peak RSS, {n}-file folder (initial sync / watching)",
             f"{big['initial_client_rss']:.0f} / {big['watch_hwm']:.0f} MiB", "≤ 200 MiB", peak <= 200)
         pct = 100 * (big["idle_cpu_client"] + big["idle_cpu_server"]) / big["idle_s"]
-        row(f"idle CPU, {n} files watched, client + server over {big['idle_s']:.0f} s",
+        row(f"idle CPU (% of one core), {n} files watched, client + server over {big['idle_s']:.0f} s",
             f"{pct:.2f}% ({big['idle_cpu_client']:.2f} + {big['idle_cpu_server']:.2f} CPU s)",
             "≈ 0%", pct < 1.0)
-        row(f"restart rescan, {n} unchanged files (`sync`, median)", f"{big['rescan']:.2f} s",
+        row(f"restart rescan, {n} unchanged files (`sync`, median of {len(big['rescans'])})",
+            f"{big['rescan']:.2f} s",
             "≤ 2 s", big["rescan"] <= 2.0)
     st = res.extra.get("syncthing_latency")
     if st and st["n"]:
