@@ -13,9 +13,9 @@
 #
 # Missing peers are installed from Debian packages (rsync, syncthing) when
 # apt can run as root; otherwise that peer is skipped with a message. Data
-# goes to $BENCH_DATA (default /tmp/syncstore-bench) and is deleted at the
-# end (KEEP_SRC=1 keeps the generated workloads for the next run, KEEP=1
-# keeps everything). The stages run in a private network namespace that has
+# goes to $BENCH_DATA (default /tmp/syncstore-bench) and what the run put
+# there is deleted at the end (KEEP_SRC=1 keeps the generated workloads for
+# the next run, KEEP=1 keeps everything). The stages run in a private network namespace that has
 # only `lo` when the system allows it, and the whole run is bounded by
 # BENCH_TIMEOUT seconds (default 900).
 set -euo pipefail
@@ -86,8 +86,9 @@ fi
 # keeps deleted inodes out of reuse for a minute, which slows every create.
 if [ -z "${KEEP:-}" ]; then
   cp "$out" "${TMPDIR:-/tmp}/" 2>/dev/null && say "table kept as ${TMPDIR:-/tmp}/$(basename "$out")"
-  rm -rf "$data/runs"
-  [ -n "${KEEP_SRC:-}" ] || rm -rf "$data"
+  rm -rf "$data/runs" "$data/results.json" "$data"/table-*.md
+  [ -n "${KEEP_SRC:-}" ] || rm -rf "$data/src" "$data"/src-scale*
+  rmdir "$data" 2>/dev/null || true
   touch "$stamp"
 fi
 exit $status
