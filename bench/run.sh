@@ -1,117 +1,94 @@
 #!/usr/bin/env bash
-# Measures syncstore on the peers' workloads (see ../shared/bench-peers):
-#   - initial upload: `sync-client sync` of a full folder into an empty server,
-#     alone and with a sync-mode replica (every file durable on both servers
-#     before it is acknowledged);
-#   - initial download: `sync-client sync` of an empty folder from that server;
-#   - latency: a 4 KiB file saved in one watched folder until it is identical
-#     in another (latency_probe.py), with both clients and the server idle;
-#   - the server's peak RSS over each run.
-# Results go to $BENCH_DATA/syncstore/results.csv (the peers' CSV format) and a
-# markdown summary is printed. Loopback only; every step has a timeout.
+# syncstore against rsync (daemon on loopback) and Syncthing (two instances,
+# fully offline) on the same generated workloads, in one run; prints one
+# markdown table of wall time, files/s, MiB/s, peak RSS, CPU seconds and the
+# ratio syncstore / peer, then the performance targets (save latency, idle
+# CPU and restart rescan over 100,000 files, memory). See bench/bench.py for
+# what each stage measures.
 #
-#   bench/run.sh                       # REPEATS=3, WORKLOADS="w1 w2 w3"
-#   REPEATS=1 WORKLOADS=w1 bench/run.sh
+#   bench/run.sh                    # the whole benchmark, about 6-8 minutes
+#   BENCH_SCALE=10 bench/run.sh     # a tenth of every workload, to try it out
+#   REPEATS=3 PEER_REPEATS=3 bench/run.sh
+#   PEERS=rsync WORKLOADS=w1 BIG=0 bench/run.sh
+#
+# Missing peers are installed from Debian packages (rsync, syncthing) when
+# apt can run as root; otherwise that peer is skipped with a message. Data
+# goes to $BENCH_DATA (default /tmp/syncstore-bench) and what the run put
+# there is deleted at the end (KEEP_SRC=1 keeps the generated workloads for
+# the next run, KEEP=1 keeps everything). The stages run in a private network namespace that has
+# only `lo` when the system allows it, and the whole run is bounded by
+# BENCH_TIMEOUT seconds (default 900).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-peers=${PEERS:-$repo/../shared/bench-peers}
-root=${BENCH_DATA:-/tmp/bench-data}
-data=$root/syncstore/$(date +%Y%m%d-%H%M%S)
-csv=$root/syncstore/results.csv
-REPEATS=${REPEATS:-3}
-WORKLOADS=${WORKLOADS:-"w1 w2 w3"}
-LAT_COUNT=${LAT_COUNT:-20}
+data=${BENCH_DATA:-/tmp/syncstore-bench}
+limit=${BENCH_TIMEOUT:-900}
+say() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
+# as_root CMD...: runs CMD as root, directly or through passwordless sudo;
+# fails (status 1) when neither is possible.
+as_root() {
+  if [ "$(id -u)" = 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo -n "$@"
+  else
+    return 1
+  fi
+}
+
+# Peers come from Debian packages; one that cannot be installed is skipped.
+# GNU time gives each command's own peak RSS (without it, the figures count
+# the benchmark's own memory too).
+missing=()
+for p in ${PEERS:-rsync syncthing}; do
+  command -v "$p" >/dev/null || missing+=("$p")
+done
+[ -x /usr/bin/time ] || missing+=(time)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} from Debian packages"
+  if ! { as_root timeout 300 apt-get update -qq &&
+    as_root env DEBIAN_FRONTEND=noninteractive timeout 300 \
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }; then
+    say "could not install ${missing[*]} (apt needs root); going on without them"
+  fi
+fi
+
+say "building syncstore (release)"
+timeout 1800 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p sync-server -p sync-client
 bin=$repo/target/release
+
+# ext4 keeps deleted inodes out of reuse for a minute, and every create
+# scans past them: after the last run's cleanup, let that minute pass.
+stamp=${TMPDIR:-/tmp}/syncstore-bench.cleaned
+if [ -e "$stamp" ]; then
+  wait_s=$((65 - $(date +%s) + $(stat -c %Y "$stamp")))
+  if [ "$wait_s" -gt 0 ]; then
+    say "waiting ${wait_s}s: the last run's files were deleted less than a minute ago"
+    sleep "$wait_s"
+  fi
+fi
+
 mkdir -p "$data"
-# shellcheck disable=SC2086
-python3 "$peers/gen_workloads.py" --root "$root/src" $WORKLOADS
+out=$data/table-$(date +%Y%m%d-%H%M%S).md
+run=(python3 "$here/bench.py" --bin "$bin" --data "$data" --out "$out")
+status=0
+if [ -z "${NO_NETNS:-}" ] && unshare -n true 2>/dev/null; then
+  # Nothing in here can reach beyond loopback, whatever a peer's settings say.
+  timeout --kill-after=20 "$limit" unshare -n -- bash -c 'ip link set lo up && exec "$@"' _ "${run[@]}" || status=$?
+else
+  say "no private network namespace here; every tool still listens and dials on 127.0.0.1 only"
+  timeout --kill-after=20 "$limit" "${run[@]}" || status=$?
+fi
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-# start_server DIR [FLAGS...]: starts a server on an ephemeral loopback
-# port; sets srv_pid and url.
-start_server() {
-  local dir=$1
-  shift
-  "$bin/sync-server" --listen 127.0.0.1:0 --data "$dir" "$@" >"$dir.out" 2>"$dir.log" &
-  srv_pid=$!
-  pids+=("$srv_pid")
-  for _ in $(seq 400); do
-    grep -q '^listening on ' "$dir.out" 2>/dev/null && break
-    sleep 0.025
-  done
-  url="http://$(sed -n 's/^listening on //p' "$dir.out")"
-}
-
-stop_server() {
-  local hwm
-  hwm=$(awk '/VmHWM/ {print $2}' "/proc/$srv_pid/status")
-  kill -TERM "$srv_pid"
-  wait "$srv_pid" || true
-  echo "$hwm"
-}
-
-record() { # suite tool workload run metric value unit
-  [ -s "$csv" ] || echo "ts,suite,tool,workload,run,metric,value,unit" >"$csv"
-  echo "$(date +%s),$1,$2,$3,$4,$5,$6,$7" >>"$csv"
-}
-
-for w in $WORKLOADS; do
-  src=$root/src/$w
-  files=$(find "$src" -type f | wc -l)
-  bytes=$(du -sb --apparent-size "$src" | cut -f1)
-  for run in $(seq "$REPEATS"); do
-    d=$data/$w-$run
-    mkdir -p "$d"
-    cp -a "$src" "$d/up" # the uploading client's folder (state goes in up/.syncstore)
-    sync
-    start_server "$d/server"
-    python3 "$peers/measure.py" --csv "$csv" --suite syncstore --tool upload --workload "$w" --run "$run" \
-      --bytes "$bytes" --files "$files" --timeout 600 --log "$d/up.log" -- \
-      "$bin/sync-client" --server "$url" --dir "$d/up" sync
-    python3 "$peers/measure.py" --csv "$csv" --suite syncstore --tool download --workload "$w" --run "$run" \
-      --bytes "$bytes" --files "$files" --timeout 600 --log "$d/down.log" -- \
-      "$bin/sync-client" --server "$url" --dir "$d/down" sync
-    python3 "$peers/verify_tree.py" "$src" "$d/down" --ignore .syncstore -q
-    hwm=$(stop_server)
-    record syncstore server "$w" "$run" server_maxrss_mb "$((hwm / 1024))" MiB
-
-    # The same upload into a primary with a sync-mode replica.
-    cp -a "$src" "$d/up-rep"
-    sync
-    start_server "$d/replica" --role replica
-    rep_pid=$srv_pid
-    start_server "$d/primary" --replica "$url" --replication sync --replica-timeout 60s
-    python3 "$peers/measure.py" --csv "$csv" --suite syncstore --tool upload-sync-replica --workload "$w" \
-      --run "$run" --bytes "$bytes" --files "$files" --timeout 600 --log "$d/up-rep.log" -- \
-      "$bin/sync-client" --server "$url" --dir "$d/up-rep" sync
-    stop_server >/dev/null
-    srv_pid=$rep_pid
-    stop_server >/dev/null
-  done
-done
-
-# Latency: two watching clients, one server, all idle between probes.
-d=$data/latency
-mkdir -p "$d/a" "$d/b"
-start_server "$d/server"
-RUST_LOG=warn "$bin/sync-client" --server "$url" --dir "$d/a" 2>"$d/a.log" &
-pids+=("$!")
-RUST_LOG=warn "$bin/sync-client" --server "$url" --dir "$d/b" 2>"$d/b.log" &
-pids+=("$!")
-for _ in $(seq 400); do
-  [ -e "$d/a/.syncstore/state.db" ] && [ -e "$d/b/.syncstore/state.db" ] && break
-  sleep 0.025
-done
-sleep 1 # let both subscriptions settle (the probe measures from rest)
-python3 "$peers/latency_probe.py" --src "$d/a" --dst "$d/b" --count "$LAT_COUNT" --gap 0.5 \
-  --tool syncstore --workload lat4k --csv "$csv"
-stop_server >/dev/null
-
-python3 "$peers/summarize.py" "$csv"
+# Delete the run's folders only now that nothing is measured any more: ext4
+# keeps deleted inodes out of reuse for a minute, which slows every create.
+if [ -z "${KEEP:-}" ]; then
+  cp "$out" "${TMPDIR:-/tmp}/" 2>/dev/null && say "table kept as ${TMPDIR:-/tmp}/$(basename "$out")"
+  rm -rf "$data/runs" "$data/results.json" "$data"/table-*.md
+  [ -n "${KEEP_SRC:-}" ] || rm -rf "$data/src" "$data"/src-scale*
+  rmdir "$data" 2>/dev/null || true
+  touch "$stamp"
+fi
+exit $status
