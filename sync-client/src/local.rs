@@ -140,7 +140,10 @@ pub fn hash_file(dir: &Dir, name: &str, before: Meta) -> io::Result<Option<Conte
     }
     let mut file = dir.open_read(name)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; MAX_CHUNK];
+    // Sized to the file (one byte more, to see its end in two reads): a
+    // fresh 1 MiB buffer costs more to zero than a small file to hash.
+    let len = usize::try_from(before.size).unwrap_or(MAX_CHUNK).saturating_add(1).min(MAX_CHUNK);
+    let mut buf = vec![0u8; len];
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
