@@ -1,7 +1,10 @@
 //! Bad input sent straight over gRPC: every case gets its exact status code
-//! and changes nothing, neither the manifest and head of the primary and
-//! its replica nor their blob and temp folders. Also the upload slots, and
-//! a property test of the upload stream against a live server.
+//! and changes nothing, neither the manifest, head and digest (every
+//! namespace) of the primary and its replica nor their blob and temp
+//! folders. The servers check tokens, so the cases include missing and
+//! unknown tokens, tokens used beyond their access, and a token of another
+//! namespace reaching for this one's files. Also the upload slots, and a
+//! property test of the upload stream against a live server.
 
 use std::{
     cell::RefCell,
@@ -12,9 +15,13 @@ use std::{
 };
 
 use proptest::prelude::*;
-use sync_server::{Mode, OnTimeout};
+use sync_server::{
+    Mode, OnTimeout,
+    auth::{Access, TokenFile},
+};
 use syncstore::{
     ContentHash,
+    connect::Security,
     limits::MAX_CHUNK,
     pb::{self, upload_request},
 };
@@ -71,6 +78,74 @@ enum Call {
     List(&'static str),
     /// A `Stat` carrying this many bytes of metadata.
     StatWithMetadata(usize),
+    /// A listing that must show nothing (`DATA_LOSS` if it shows anything).
+    ListNothing,
+    /// A subscription from this cursor that must send nothing within
+    /// [`QUIET`] (`DATA_LOSS` if it sends an event).
+    SubscribeNothing(u64),
+    /// A replication stream's hello.
+    Replicate,
+    /// `Admin/Digest`.
+    Digest,
+}
+
+/// How long a subscription that must stay silent is listened to.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Whose token a case presents.
+#[derive(Clone, Copy, Debug)]
+enum Who {
+    /// Read-write, in the namespace the seed files are in.
+    Writer,
+    /// No token at all.
+    Nobody,
+    /// A token the server does not know.
+    Stranger,
+    /// Read-only, same namespace.
+    Viewer,
+    /// Read-write, another namespace.
+    Neighbour,
+    Admin,
+    Replication,
+}
+
+/// The tokens of the servers' token file.
+struct Tokens {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    writer: String,
+    viewer: String,
+    neighbour: String,
+    admin: String,
+    replication: String,
+}
+
+impl Tokens {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let mut f = TokenFile::default();
+        let writer = f.add("writer", "team", Access::ReadWrite).unwrap();
+        let viewer = f.add("viewer", "team", Access::ReadOnly).unwrap();
+        let neighbour = f.add("neighbour", "other", Access::ReadWrite).unwrap();
+        let admin = f.add("ops", "", Access::Admin).unwrap();
+        let replication = f.add("link", "", Access::Replication).unwrap();
+        f.save(&path).unwrap();
+        Self { _dir: dir, path, writer, viewer, neighbour, admin, replication }
+    }
+
+    fn security(&self, who: Who) -> Security {
+        let t = match who {
+            Who::Writer => &self.writer,
+            Who::Nobody => return Security::none(),
+            Who::Stranger => "sst_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            Who::Viewer => &self.viewer,
+            Who::Neighbour => &self.neighbour,
+            Who::Admin => &self.admin,
+            Who::Replication => &self.replication,
+        };
+        token(t)
+    }
 }
 
 /// Which server a case talks to.
@@ -83,12 +158,17 @@ enum On {
 struct Case {
     name: &'static str,
     on: On,
+    who: Who,
     call: Call,
     want: Code,
 }
 
 fn case(name: &'static str, want: Code, call: Call) -> Case {
-    Case { name, on: On::Primary, call, want }
+    Case { name, on: On::Primary, who: Who::Writer, call, want }
+}
+
+fn case_as(who: Who, name: &'static str, want: Code, call: Call) -> Case {
+    Case { who, ..case(name, want, call) }
 }
 
 /// Everything a bad input must leave as it was.
@@ -96,6 +176,8 @@ fn case(name: &'static str, want: Code, call: Call) -> Case {
 struct Snapshot {
     manifest: Vec<pb::FileEntry>,
     head: u64,
+    /// Every namespace's live files, as the admin digest sees them.
+    digest: Vec<u8>,
     blobs: BTreeSet<PathBuf>,
     tmp: BTreeSet<PathBuf>,
 }
@@ -126,20 +208,26 @@ async fn manifest(rpc: &mut Rpc) -> Vec<pb::FileEntry> {
     out
 }
 
-async fn snapshot(server: &TestServer) -> Snapshot {
-    let mut rpc = server.rpc().await;
+async fn snapshot(server: &TestServer, tokens: &Tokens) -> Snapshot {
+    let mut rpc = rpc_with(&server.url(), &tokens.security(Who::Writer));
     let head = rpc.server_info(pb::ServerInfoRequest {}).await.unwrap().into_inner().head_seq;
+    let mut admin =
+        pb::admin_client::AdminClient::new(tokens.security(Who::Admin).channel(&server.url()).unwrap());
+    let digest = admin.digest(pb::DigestRequest {}).await.unwrap().into_inner();
     Snapshot {
         manifest: manifest(&mut rpc).await,
         head,
+        digest: digest.root_hash,
         blobs: entries(&server.data_dir().join("blobs")),
         tmp: entries(&server.data_dir().join("tmp")),
     }
 }
 
-/// Runs `call` and returns its status: the call's, or the first error on
-/// its response stream.
-async fn run(rpc: &mut Rpc, call: Call) -> Result<(), tonic::Status> {
+/// Runs `call` as `security` on `url` and returns its status: the call's,
+/// or the first error on its response stream.
+async fn run(url: &str, security: &Security, call: Call) -> Result<(), tonic::Status> {
+    let mut rpc = rpc_with(url, security);
+    let rpc = &mut rpc;
     match call {
         Call::Upload(msgs) => rpc.upload(tokio_stream::iter(msgs)).await.map(drop),
         Call::Stalled(msgs) => {
@@ -170,6 +258,35 @@ async fn run(rpc: &mut Rpc, call: Call) -> Result<(), tonic::Status> {
             let mut req = tonic::Request::new(pb::StatRequest { path: "seed.txt".into() });
             req.metadata_mut().insert("x-padding", "p".repeat(len).parse().unwrap());
             rpc.stat(req).await.map(drop)
+        }
+        Call::ListNothing => {
+            match rpc.list(pb::ListRequest::default()).await?.into_inner().message().await? {
+                Some(e) => Err(tonic::Status::data_loss(format!("listed {}", e.path))),
+                None => Ok(()),
+            }
+        }
+        Call::SubscribeNothing(after_seq) => {
+            let req = pb::SubscribeRequest { after_seq, client_id: "badinput".into() };
+            let mut events = rpc.subscribe(req).await?.into_inner();
+            match tokio::time::timeout(QUIET, events.message()).await {
+                Ok(Ok(Some(e))) => Err(tonic::Status::data_loss(format!("sent {e:?}"))),
+                Ok(Ok(None)) | Err(_) => Ok(()),
+                Ok(Err(s)) => Err(s),
+            }
+        }
+        Call::Replicate => {
+            let hello = pb::ReplicateRequest {
+                msg: Some(pb::replicate_request::Msg::Hello(pb::ReplicaHello {
+                    history_id: "badinput".into(),
+                    ..Default::default()
+                })),
+            };
+            let mut client = pb::replication_client::ReplicationClient::new(security.channel(url).unwrap());
+            client.replicate(tokio_stream::iter([hello])).await.map(drop)
+        }
+        Call::Digest => {
+            let mut client = pb::admin_client::AdminClient::new(security.channel(url).unwrap());
+            client.digest(pb::DigestRequest {}).await.map(drop)
         }
     }
 }
@@ -304,33 +421,93 @@ fn cases() -> Vec<Case> {
         case("headers over the 8 KiB limit", Code::Unknown, StatWithMetadata(16 * 1024)),
         case("headers under the limit (control)", Code::Ok, StatWithMetadata(4 * 1024)),
     ];
+    // Who calls: no token, an unknown one, one beyond its access, one of
+    // another namespace.
+    use Who::*;
+    c.extend([
+        case_as(Nobody, "no token, stat", Code::Unauthenticated, Stat("seed.txt")),
+        case_as(Nobody, "no token, upload", Code::Unauthenticated, Upload(put("anon.txt", &fresh(40), 0))),
+        case_as(
+            Stranger,
+            "unknown token, upload",
+            Code::Unauthenticated,
+            Upload(put("x.txt", &fresh(41), 0)),
+        ),
+        case_as(Stranger, "unknown token, delete", Code::Unauthenticated, Delete("seed.txt", 1)),
+        case_as(Stranger, "unknown token, admin", Code::Unauthenticated, Digest),
+        case_as(
+            Viewer,
+            "read-only token uploads",
+            Code::PermissionDenied,
+            Upload(put("ro.txt", &fresh(42), 0)),
+        ),
+        case_as(Viewer, "read-only token deletes", Code::PermissionDenied, Delete("seed.txt", 1)),
+        case_as(Neighbour, "other namespace, stat by path", Code::NotFound, Stat("seed.txt")),
+        case_as(Neighbour, "other namespace, download by version", Code::NotFound, Download("seed.txt", 1)),
+        case_as(Neighbour, "other namespace, delete", Code::NotFound, Delete("seed.txt", 1)),
+        case_as(Neighbour, "other namespace, list", Code::Ok, ListNothing),
+        case_as(Neighbour, "other namespace, subscribe from 0", Code::Ok, SubscribeNothing(0)),
+        case_as(
+            Neighbour,
+            "other namespace, reuse of held content by hash",
+            Code::FailedPrecondition,
+            Upload(vec![header("steal.bin", 100, hash(&held), 0)]),
+        ),
+        case_as(Admin, "admin token reads files", Code::PermissionDenied, Stat("seed.txt")),
+        case_as(
+            Replication,
+            "replication token reads files",
+            Code::PermissionDenied,
+            Download("seed.txt", 0),
+        ),
+        case_as(Writer, "client token replicates", Code::PermissionDenied, Replicate),
+        case_as(Writer, "client token asks for the digest", Code::PermissionDenied, Digest),
+    ]);
     // Writes to the replica.
     c.push(Case {
         name: "upload to the replica",
         on: On::Replica,
+        who: Writer,
         call: Upload(put("replica.txt", &fresh(39), 0)),
         want: Code::FailedPrecondition,
     });
     c.push(Case {
         name: "delete on the replica",
         on: On::Replica,
+        who: Writer,
         call: Delete("seed.txt", 1),
         want: Code::FailedPrecondition,
+    });
+    c.push(Case {
+        name: "unknown token on the replica",
+        on: On::Replica,
+        who: Stranger,
+        call: Stat("seed.txt"),
+        want: Code::Unauthenticated,
     });
     c
 }
 
 #[tokio::test]
 async fn every_bad_input_gets_its_code_and_changes_nothing() {
-    let replica = TestServer::start_replica().await;
+    let tokens = Tokens::new();
+    let file = tokens.path.clone();
+    let replica = TestServer::start_with(|c| {
+        c.role = sync_server::Role::Replica;
+        c.tokens = Some(file);
+    })
+    .await;
+    let (file, link) = (tokens.path.clone(), tokens.security(Who::Replication));
     let primary = TestServer::start_primary_of(&replica, Mode::Sync, OnTimeout::Fail, DEADLINE, |c| {
         c.upload_idle_timeout = IDLE;
         c.max_file_size = MAX_FILE;
+        c.tokens = Some(file);
+        c.replica.as_mut().expect("a replica").security = link;
     })
     .await;
     // Versions 1 to 4: seed.txt, dir/held.bin (content the cases refer to),
     // gone.txt, then its deletion.
-    let mut p = primary.rpc().await;
+    let mut p = rpc_with(&primary.url(), &tokens.security(Who::Writer));
     upload(&mut p, "seed.txt", b"seed", 0).await.unwrap();
     upload(&mut p, "dir/held.bin", &random_bytes(100, 2), 0).await.unwrap();
     upload(&mut p, "gone.txt", b"gone", 0).await.unwrap();
@@ -342,19 +519,18 @@ async fn every_bad_input_gets_its_code_and_changes_nothing() {
     };
     p.delete(del).await.unwrap();
 
-    let before = (snapshot(&primary).await, snapshot(&replica).await);
+    let before = (snapshot(&primary, &tokens).await, snapshot(&replica, &tokens).await);
     assert_eq!(before.0.head, 4);
     assert_eq!((&before.1.manifest, before.1.head), (&before.0.manifest, 4), "the replica has the seed");
     let cases = cases();
-    assert!(cases.len() >= 25);
+    assert!(cases.len() >= 30);
     let mut failures = Vec::new();
-    for Case { name, on, call, want } in cases {
+    for Case { name, on, who, call, want } in cases {
         let server = match on {
             On::Primary => &primary,
             On::Replica => &replica,
         };
-        let mut rpc = server.rpc().await;
-        let got = tokio::time::timeout(DEADLINE, run(&mut rpc, call)).await;
+        let got = tokio::time::timeout(DEADLINE, run(&server.url(), &tokens.security(who), call)).await;
         let code = match got {
             Err(_) => {
                 failures.push(format!("{name}: no answer within {DEADLINE:?}"));
@@ -367,7 +543,7 @@ async fn every_bad_input_gets_its_code_and_changes_nothing() {
             failures.push(format!("{name}: got {code:?}, want {want:?} ({got:?})"));
         }
         // The server answers once the temp file is gone: no waiting here.
-        let after = (snapshot(&primary).await, snapshot(&replica).await);
+        let after = (snapshot(&primary, &tokens).await, snapshot(&replica, &tokens).await);
         if after != before {
             failures.push(format!("{name}: the servers changed: {before:#?} -> {after:#?}"));
         }
