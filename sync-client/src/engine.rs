@@ -18,7 +18,7 @@ use tonic::Code;
 
 use crate::{
     error::{Error, Result},
-    fsroot::Root,
+    fsroot::{self, Dir, Root},
     local::{self, IGNORE_FILE, Ignore, LocalView, Meta},
     locks::Locks,
     metrics::ClientMetrics,
@@ -181,14 +181,39 @@ impl Engine {
         let mut remote = self.remote.manifest().await?;
         let (root, ignore) = (self.root.clone(), self.ignore.clone());
         let local = tokio::task::spawn_blocking(move || local::scan(&root, &root, &ignore)).await??;
-        let bases = if self.bases_valid { self.all_bases().await? } else { Default::default() };
+        let mut bases = if self.bases_valid { self.all_bases().await? } else { Default::default() };
         let paths: BTreeSet<RelPath> =
             local.keys().chain(bases.keys()).chain(remote.keys()).cloned().collect();
+        // What the folder says of every path, in one pass off the async
+        // workers (a hand-off per path costs more than its `stat`), with the
+        // bases read once.
+        let (root, ignore) = (self.state.folder().clone(), self.ignore.clone());
+        let gathered = tokio::task::spawn_blocking(move || {
+            // Paths in order: a folder's files follow each other, so its
+            // handle is opened once for all of them.
+            let mut parent = None;
+            paths
+                .into_iter()
+                .filter(|p| !ignore.is_ignored(p, false))
+                .map(|p| {
+                    let base = bases.remove(&p);
+                    let facts = gather(&root, &mut parent, &p, base);
+                    (p, facts)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
         let mut all =
-            PlanAll { plans: Vec::with_capacity(paths.len()), failed: Vec::new(), head: info.head_seq };
-        for path in paths {
+            PlanAll { plans: Vec::with_capacity(gathered.len()), failed: Vec::new(), head: info.head_seq };
+        for (path, facts) in gathered {
             // One unreadable or still-growing file must not hold up the rest.
-            match self.plan(&path, RemoteView::Known(remote.remove(&path))).await {
+            let planned = match facts {
+                Ok((base, view)) => {
+                    self.plan_from(&path, RemoteView::Known(remote.remove(&path)), base, view).await
+                }
+                Err(e) => Err(e),
+            };
+            match planned {
                 Ok(Some(p)) => all.plans.push(p),
                 Ok(None) => {}
                 Err(e) if e.is_unavailable() => return Err(e),
@@ -481,16 +506,20 @@ impl Engine {
         if self.ignore.is_ignored(path, false) {
             return Ok(None);
         }
-        if self.state.folder().through_symlink(path) {
-            // Reading or writing it would follow the link, maybe out of the
-            // folder. The link itself syncs as a file, and a clash with the
-            // server's folder of that name renames it aside.
-            return Err(Error::Config(format!("a folder above {path} is a symbolic link here")));
-        }
         let base = if self.bases_valid { self.state.base(path)? } else { None };
         let (root, p) = (self.state.folder().clone(), path.clone());
-        let view =
-            tokio::task::spawn_blocking(move || local::local_state(&root, &p, base.as_ref())).await??;
+        let (base, view) = tokio::task::spawn_blocking(move || gather(&root, &mut None, &p, base)).await??;
+        self.plan_from(path, remote, base, view).await
+    }
+
+    /// Plans one path from what the folder and the state say of it.
+    async fn plan_from(
+        &self,
+        path: &RelPath,
+        remote: RemoteView,
+        base: Option<Base>,
+        view: LocalView,
+    ) -> Result<Option<Planned>> {
         let local = match view {
             LocalView::File(l) => Some(l),
             LocalView::Missing => None,
@@ -1032,6 +1061,41 @@ fn make_folder(root: &Root, path: &RelPath) -> Result<Meta> {
         local::Kind::Dir => Ok(Meta::of(&parent.metadata(path.file_name())?)),
         _ => Err(Error::ChangedWhileReading),
     }
+}
+
+/// What the folder says of `path` (blocking): its local view, read against
+/// `base`, which is handed back. A path below a folder that is a symbolic
+/// link here is an error: reading or writing it would follow the link,
+/// maybe out of the folder (the link itself syncs as a file, and a clash
+/// with the server's folder of that name renames it aside).
+/// `parent` keeps the last folder opened, reused while paths share it.
+fn gather(
+    root: &Root,
+    parent: &mut Option<(String, Dir)>,
+    path: &RelPath,
+    base: Option<Base>,
+) -> Result<(Option<Base>, LocalView)> {
+    let dir = match parent {
+        Some((p, dir)) if p == path.parent() => dir.clone(),
+        _ => match root.parent(path) {
+            Ok(dir) => {
+                *parent = Some((path.parent().to_owned(), dir.clone()));
+                dir
+            }
+            Err(e) if fsroot::is_through_link(&e) => {
+                return Err(Error::Config(format!("a folder above {path} is a symbolic link here")));
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+            {
+                return Ok((base, LocalView::Missing));
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let view = local::local_state_in(&dir, path.file_name(), base.as_ref())?;
+    Ok((base, view))
 }
 
 #[cfg(test)]

@@ -65,7 +65,8 @@ fn through_link(name: &str) -> io::Error {
 
 /// Whether `e` is [`through_link`]'s error: the only `NotADirectory` here
 /// without an OS error code (a file on the way gives `ENOTDIR` itself).
-fn is_through_link(e: &io::Error) -> bool {
+/// Whether `e` is the error of a walk that met a symbolic link.
+pub fn is_through_link(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotADirectory && e.raw_os_error().is_none()
 }
 

@@ -171,7 +171,11 @@ pub fn local_state(root: &Root, path: &RelPath, base: Option<&Base>) -> io::Resu
         }
         Err(e) => return Err(e),
     };
-    let name = path.file_name();
+    local_state_in(&dir, path.file_name(), base)
+}
+
+/// [`local_state`] of the entry `name` of the (held) folder `dir`.
+pub fn local_state_in(dir: &Dir, name: &str, base: Option<&Base>) -> io::Result<LocalView> {
     match dir.kind(name)? {
         Kind::Missing => Ok(LocalView::Missing),
         Kind::Dir => {
@@ -199,7 +203,7 @@ pub fn local_state(root: &Root, path: &RelPath, base: Option<&Base>) -> io::Resu
                     stamp: meta.stamp,
                 }));
             }
-            match hash_file(&dir, name, meta)? {
+            match hash_file(dir, name, meta)? {
                 Some(hash) => Ok(LocalView::File(Local {
                     hash,
                     size: meta.size,
