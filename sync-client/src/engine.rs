@@ -197,7 +197,13 @@ impl Engine {
                 .filter(|p| !ignore.is_ignored(p, false))
                 .map(|p| {
                     let base = bases.remove(&p);
-                    let facts = gather(&root, &mut parent, &p, base);
+                    // What the scan just saw of an unchanged file is as
+                    // good as another look.
+                    let seen = base.as_ref().zip(local.get(&p)).and_then(|(b, m)| local::unchanged(m, b));
+                    let facts = match seen {
+                        Some(l) => Ok((base, LocalView::File(l))),
+                        None => gather(&root, &mut parent, &p, base),
+                    };
                     (p, facts)
                 })
                 .collect::<Vec<_>>()

@@ -192,16 +192,8 @@ pub fn local_state_in(dir: &Dir, name: &str, base: Option<&Base>) -> io::Result<
         }
         Kind::Other => Ok(LocalView::Other),
         Kind::File(meta) => {
-            if let Some(b) = base.filter(|b| meta.matches(b)) {
-                return Ok(LocalView::File(Local {
-                    hash: b.hash,
-                    size: meta.size,
-                    mtime_ns: meta.mtime_ns,
-                    executable: meta.executable,
-                    symlink: meta.symlink,
-                    folder: false,
-                    stamp: meta.stamp,
-                }));
+            if let Some(unchanged) = base.and_then(|b| unchanged(&meta, b)) {
+                return Ok(LocalView::File(unchanged));
             }
             match hash_file(dir, name, meta)? {
                 Some(hash) => Ok(LocalView::File(Local {
@@ -217,6 +209,21 @@ pub fn local_state_in(dir: &Dir, name: &str, base: Option<&Base>) -> io::Result<
             }
         }
     }
+}
+
+/// The local state of a file (or link) whose metadata `meta` still matches
+/// its `base`: the base's hash, without reading the file. `None` when it
+/// does not match, or is a folder.
+pub fn unchanged(meta: &Meta, base: &Base) -> Option<Local> {
+    (!meta.folder && meta.matches(base)).then_some(Local {
+        hash: base.hash,
+        size: meta.size,
+        mtime_ns: meta.mtime_ns,
+        executable: meta.executable,
+        symlink: meta.symlink,
+        folder: false,
+        stamp: meta.stamp,
+    })
 }
 
 /// A path's local state, ready for the planner.
