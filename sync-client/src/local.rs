@@ -91,6 +91,20 @@ impl Meta {
         Meta { size: md.len(), mtime_ns, executable, symlink, folder: false, stamp }
     }
 
+    /// The state of the file (or link) this is the metadata of, whose
+    /// content hashes to `hash`.
+    pub fn with_hash(&self, hash: ContentHash) -> Local {
+        Local {
+            hash,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            executable: self.executable,
+            symlink: self.symlink,
+            folder: false,
+            stamp: self.stamp,
+        }
+    }
+
     /// Whether the file still looks as it did when the base was recorded.
     pub fn matches(&self, base: &Base) -> bool {
         self.size == base.size
@@ -196,15 +210,7 @@ pub fn local_state_in(dir: &Dir, name: &str, base: Option<&Base>) -> io::Result<
                 return Ok(LocalView::File(unchanged));
             }
             match hash_file(dir, name, meta)? {
-                Some(hash) => Ok(LocalView::File(Local {
-                    hash,
-                    size: meta.size,
-                    mtime_ns: meta.mtime_ns,
-                    executable: meta.executable,
-                    symlink: meta.symlink,
-                    folder: false,
-                    stamp: meta.stamp,
-                })),
+                Some(hash) => Ok(LocalView::File(meta.with_hash(hash))),
                 None => Ok(LocalView::Unsettled),
             }
         }
@@ -215,15 +221,7 @@ pub fn local_state_in(dir: &Dir, name: &str, base: Option<&Base>) -> io::Result<
 /// its `base`: the base's hash, without reading the file. `None` when it
 /// does not match, or is a folder.
 pub fn unchanged(meta: &Meta, base: &Base) -> Option<Local> {
-    (!meta.folder && meta.matches(base)).then_some(Local {
-        hash: base.hash,
-        size: meta.size,
-        mtime_ns: meta.mtime_ns,
-        executable: meta.executable,
-        symlink: meta.symlink,
-        folder: false,
-        stamp: meta.stamp,
-    })
+    (!meta.folder && meta.matches(base)).then(|| meta.with_hash(base.hash))
 }
 
 /// A path's local state, ready for the planner.

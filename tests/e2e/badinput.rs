@@ -15,10 +15,7 @@ use std::{
 };
 
 use proptest::prelude::*;
-use sync_server::{
-    Mode, OnTimeout,
-    auth::{Access, TokenFile},
-};
+use sync_server::{Mode, OnTimeout};
 use syncstore::{
     ContentHash,
     connect::Security,
@@ -109,40 +106,17 @@ enum Who {
     Replication,
 }
 
-/// The tokens of the servers' token file.
-struct Tokens {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    writer: String,
-    viewer: String,
-    neighbour: String,
-    admin: String,
-    replication: String,
-}
-
-impl Tokens {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.toml");
-        let mut f = TokenFile::default();
-        let writer = f.add("writer", "team", Access::ReadWrite).unwrap();
-        let viewer = f.add("viewer", "team", Access::ReadOnly).unwrap();
-        let neighbour = f.add("neighbour", "other", Access::ReadWrite).unwrap();
-        let admin = f.add("ops", "", Access::Admin).unwrap();
-        let replication = f.add("link", "", Access::Replication).unwrap();
-        f.save(&path).unwrap();
-        Self { _dir: dir, path, writer, viewer, neighbour, admin, replication }
-    }
-
-    fn security(&self, who: Who) -> Security {
-        let t = match who {
-            Who::Writer => &self.writer,
+impl Who {
+    /// What this caller presents, with the tokens of `tokens`.
+    fn security(self, tokens: &Tokens) -> Security {
+        let t = match self {
+            Who::Writer => &tokens.alice,
             Who::Nobody => return Security::none(),
             Who::Stranger => "sst_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-            Who::Viewer => &self.viewer,
-            Who::Neighbour => &self.neighbour,
-            Who::Admin => &self.admin,
-            Who::Replication => &self.replication,
+            Who::Viewer => &tokens.alice_ro,
+            Who::Neighbour => &tokens.bob,
+            Who::Admin => &tokens.admin,
+            Who::Replication => &tokens.replication,
         };
         token(t)
     }
@@ -209,10 +183,10 @@ async fn manifest(rpc: &mut Rpc) -> Vec<pb::FileEntry> {
 }
 
 async fn snapshot(server: &TestServer, tokens: &Tokens) -> Snapshot {
-    let mut rpc = rpc_with(&server.url(), &tokens.security(Who::Writer));
+    let mut rpc = rpc_with(&server.url(), &Who::Writer.security(tokens));
     let head = rpc.server_info(pb::ServerInfoRequest {}).await.unwrap().into_inner().head_seq;
     let mut admin =
-        pb::admin_client::AdminClient::new(tokens.security(Who::Admin).channel(&server.url()).unwrap());
+        pb::admin_client::AdminClient::new(Who::Admin.security(tokens).channel(&server.url()).unwrap());
     let digest = admin.digest(pb::DigestRequest {}).await.unwrap().into_inner();
     Snapshot {
         manifest: manifest(&mut rpc).await,
@@ -497,7 +471,7 @@ async fn every_bad_input_gets_its_code_and_changes_nothing() {
         c.tokens = Some(file);
     })
     .await;
-    let (file, link) = (tokens.path.clone(), tokens.security(Who::Replication));
+    let (file, link) = (tokens.path.clone(), Who::Replication.security(&tokens));
     let primary = TestServer::start_primary_of(&replica, Mode::Sync, OnTimeout::Fail, DEADLINE, |c| {
         c.upload_idle_timeout = IDLE;
         c.max_file_size = MAX_FILE;
@@ -507,7 +481,7 @@ async fn every_bad_input_gets_its_code_and_changes_nothing() {
     .await;
     // Versions 1 to 4: seed.txt, dir/held.bin (content the cases refer to),
     // gone.txt, then its deletion.
-    let mut p = rpc_with(&primary.url(), &tokens.security(Who::Writer));
+    let mut p = rpc_with(&primary.url(), &Who::Writer.security(&tokens));
     upload(&mut p, "seed.txt", b"seed", 0).await.unwrap();
     upload(&mut p, "dir/held.bin", &random_bytes(100, 2), 0).await.unwrap();
     upload(&mut p, "gone.txt", b"gone", 0).await.unwrap();
@@ -530,7 +504,7 @@ async fn every_bad_input_gets_its_code_and_changes_nothing() {
             On::Primary => &primary,
             On::Replica => &replica,
         };
-        let got = tokio::time::timeout(DEADLINE, run(&server.url(), &tokens.security(who), call)).await;
+        let got = tokio::time::timeout(DEADLINE, run(&server.url(), &who.security(&tokens), call)).await;
         let code = match got {
             Err(_) => {
                 failures.push(format!("{name}: no answer within {DEADLINE:?}"));

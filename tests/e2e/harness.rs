@@ -617,3 +617,31 @@ impl Pki {
         Security { ca_cert: Some(self.file(ca)), ..Security::none() }
     }
 }
+
+/// A token file with two namespaces and every access level.
+pub struct Tokens {
+    _dir: TempDir,
+    pub path: PathBuf,
+    pub alice: String,
+    pub alice_ro: String,
+    pub alice2: String,
+    pub bob: String,
+    pub admin: String,
+    pub replication: String,
+}
+
+impl Tokens {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let mut file = sync_server::auth::TokenFile::default();
+        let alice = file.add("alice", "alice", sync_server::auth::Access::ReadWrite).unwrap();
+        let alice_ro = file.add("alice-viewer", "alice", sync_server::auth::Access::ReadOnly).unwrap();
+        let alice2 = file.add("alice-desktop", "alice", sync_server::auth::Access::ReadWrite).unwrap();
+        let bob = file.add("bob", "bob", sync_server::auth::Access::ReadWrite).unwrap();
+        let admin = file.add("ops", "", sync_server::auth::Access::Admin).unwrap();
+        let replication = file.add("link", "", sync_server::auth::Access::Replication).unwrap();
+        file.save(&path).unwrap();
+        Self { _dir: dir, path, alice, alice_ro, alice2, bob, admin, replication }
+    }
+}

@@ -5,51 +5,18 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
     time::Duration,
 };
 
-use sync_server::{
-    Mode, OnTimeout,
-    auth::{Access, TokenFile},
-};
+use sync_server::{Mode, OnTimeout, auth::TokenFile};
 use syncstore::{
     ContentHash,
     connect::Security,
     pb::{self, admin_client::AdminClient},
 };
-use tempfile::TempDir;
 use tonic::Code;
 
 use crate::harness::*;
-
-/// A token file with two namespaces and every access level.
-struct Tokens {
-    _dir: TempDir,
-    path: PathBuf,
-    alice: String,
-    alice_ro: String,
-    alice2: String,
-    bob: String,
-    admin: String,
-    replication: String,
-}
-
-impl Tokens {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.toml");
-        let mut file = TokenFile::default();
-        let alice = file.add("alice", "alice", Access::ReadWrite).unwrap();
-        let alice_ro = file.add("alice-viewer", "alice", Access::ReadOnly).unwrap();
-        let alice2 = file.add("alice-desktop", "alice", Access::ReadWrite).unwrap();
-        let bob = file.add("bob", "bob", Access::ReadWrite).unwrap();
-        let admin = file.add("ops", "", Access::Admin).unwrap();
-        let replication = file.add("link", "", Access::Replication).unwrap();
-        file.save(&path).unwrap();
-        Self { _dir: dir, path, alice, alice_ro, alice2, bob, admin, replication }
-    }
-}
 
 async fn server_with(tokens: &Tokens) -> TestServer {
     let path = tokens.path.clone();

@@ -1085,6 +1085,11 @@ mod tests {
 
     /// Many threads put at once, two per path: group commits give every
     /// path exactly one winner, and the seqs stay gap-free.
+    /// A plain file's content of `size` bytes hashing to `hash`.
+    fn file_content(hash: ContentHash, size: u64) -> Content {
+        Content { hash, size, mtime_ns: 0, executable: false, symlink: false, folder: false }
+    }
+
     #[test]
     fn a_small_blob_is_synced_before_its_commit_and_a_large_or_known_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -1096,14 +1101,7 @@ mod tests {
                 w.write(data).unwrap();
                 w.finish(hash, data.len() as u64).unwrap()
             });
-            let content = Content {
-                hash,
-                size: data.len() as u64,
-                mtime_ns: 0,
-                executable: false,
-                symlink: false,
-                folder: false,
-            };
+            let content = file_content(hash, data.len() as u64);
             let put = Put {
                 path: RelPath::new(path).unwrap(),
                 content,
@@ -1137,14 +1135,7 @@ mod tests {
                     let staged = w.finish(hash, data.len() as u64).unwrap();
                     let put = Put {
                         path: RelPath::new(format!("f{}", i / 2)).unwrap(),
-                        content: Content {
-                            hash,
-                            size: data.len() as u64,
-                            mtime_ns: 0,
-                            executable: false,
-                            symlink: false,
-                            folder: false,
-                        },
+                        content: file_content(hash, data.len() as u64),
                         base_version: 0,
                         client_id: format!("c{i}"),
                         lock_token: 0,
