@@ -435,3 +435,18 @@ async fn one_namespace_cannot_take_every_upload_slot() {
     }
     upload(&mut alice, "third.txt", b"3", 0).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_self_signed_certificate_trusted_as_its_own_ca() {
+    // What the README's openssl recipe makes: one certificate, not a CA,
+    // that clients trust directly with --ca-cert.
+    let dir = tempfile::tempdir().unwrap();
+    let pair = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    let tls = sync_server::TlsConfig { cert: cert.clone(), key, client_ca: None };
+    let server = TestServer::start_with(|c| c.tls = Some(tls)).await;
+    let trusting = Security { ca_cert: Some(cert), ..Security::none() };
+    assert_eq!(info(&https(&server), &trusting).await.unwrap().role, "primary");
+}
