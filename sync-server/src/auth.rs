@@ -50,7 +50,7 @@ pub const TOKEN_PREFIX: &str = "sst_";
 const MAX_NAMESPACE_LEN: usize = 64;
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Access {
     /// List, stat, download, subscribe and list locks in its namespace.
@@ -76,19 +76,6 @@ impl Access {
     /// Whether tokens of this access belong to one namespace.
     pub fn has_namespace(self) -> bool {
         matches!(self, Access::ReadOnly | Access::ReadWrite)
-    }
-}
-
-impl std::str::FromStr for Access {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "read-only" => Ok(Access::ReadOnly),
-            "read-write" => Ok(Access::ReadWrite),
-            "admin" => Ok(Access::Admin),
-            "replication" => Ok(Access::Replication),
-            _ => Err(format!("unknown access {s:?} (read-only, read-write, admin, replication)")),
-        }
     }
 }
 
@@ -429,14 +416,16 @@ impl Authenticator {
 
     /// Checks calls against the tokens of `path` (which must parse).
     pub fn from_file(path: &Path) -> Result<Self> {
+        // The stamp is taken first: a change made while the file is read is
+        // seen by the next reload.
         let seen = TokenSource::stamp(path);
-        let file = TokenFile::load(path)?;
         if seen.is_none() {
             return Err(Error::Config(format!(
                 "the token file {} does not exist; create it with `sync-server token add --tokens {0} ...`",
                 path.display()
             )));
         }
+        let file = TokenFile::load(path)?;
         if file.tokens.is_empty() {
             tracing::warn!(file = %path.display(), "the token file lists no token: every call will be refused");
         }

@@ -69,8 +69,8 @@ enum TokenCommand {
         #[arg(long, default_value = "")]
         namespace: String,
         /// What it may do.
-        #[arg(long, value_enum, default_value_t = AccessArg::ReadWrite)]
-        access: AccessArg,
+        #[arg(long, value_enum, default_value_t = Access::ReadWrite)]
+        access: Access,
     },
     /// Remove a token by name; the server refuses it within a second.
     Remove {
@@ -83,25 +83,6 @@ enum TokenCommand {
         #[arg(long, env = "SYNCSTORE_TOKENS")]
         tokens: PathBuf,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum AccessArg {
-    ReadOnly,
-    ReadWrite,
-    Admin,
-    Replication,
-}
-
-impl From<AccessArg> for Access {
-    fn from(a: AccessArg) -> Self {
-        match a {
-            AccessArg::ReadOnly => Access::ReadOnly,
-            AccessArg::ReadWrite => Access::ReadWrite,
-            AccessArg::Admin => Access::Admin,
-            AccessArg::Replication => Access::Replication,
-        }
-    }
 }
 
 #[derive(Debug, ClapArgs)]
@@ -322,7 +303,7 @@ fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
         TokenCommand::Add { tokens, name, namespace, access } => {
             let mut file = TokenFile::load(&tokens)?;
-            let token = file.add(&name, &namespace, access.into())?;
+            let token = file.add(&name, &namespace, access)?;
             file.save(&tokens)?;
             eprintln!("added {name:?} to {}; the token (shown only now):", tokens.display());
             println!("{token}");
