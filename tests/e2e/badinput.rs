@@ -437,28 +437,22 @@ fn cases() -> Vec<Case> {
         case_as(Writer, "client token replicates", Code::PermissionDenied, Replicate),
         case_as(Writer, "client token asks for the digest", Code::PermissionDenied, Digest),
     ]);
-    // Writes to the replica.
-    c.push(Case {
-        name: "upload to the replica",
-        on: On::Replica,
-        who: Writer,
-        call: Upload(put("replica.txt", &fresh(39), 0)),
-        want: Code::FailedPrecondition,
-    });
-    c.push(Case {
-        name: "delete on the replica",
-        on: On::Replica,
-        who: Writer,
-        call: Delete("seed.txt", 1),
-        want: Code::FailedPrecondition,
-    });
-    c.push(Case {
-        name: "unknown token on the replica",
-        on: On::Replica,
-        who: Stranger,
-        call: Stat("seed.txt"),
-        want: Code::Unauthenticated,
-    });
+    // The replica: writes, and who calls.
+    let on_replica = |c: Case| Case { on: On::Replica, ..c };
+    c.extend([
+        on_replica(case(
+            "upload to the replica",
+            Code::FailedPrecondition,
+            Upload(put("replica.txt", &fresh(39), 0)),
+        )),
+        on_replica(case("delete on the replica", Code::FailedPrecondition, Delete("seed.txt", 1))),
+        on_replica(case_as(
+            Stranger,
+            "unknown token on the replica",
+            Code::Unauthenticated,
+            Stat("seed.txt"),
+        )),
+    ]);
     c
 }
 
