@@ -30,7 +30,11 @@ use crate::error::{Error, Result};
 /// Largest blob whose durability is left to the commit's [`BlobStore::sync`]
 /// (where `syncfs` exists); larger ones are fsynced one by one, their cost
 /// being the data itself.
-pub(crate) const DEFER_SYNC_MAX: u64 = if cfg!(target_os = "linux") { 256 * 1024 } else { 0 };
+pub(crate) const DEFER_SYNC_MAX: u64 = 256 * 1024;
+
+/// Whether [`BlobStore::sync`] can make deferred blobs durable (`syncfs`);
+/// elsewhere every blob, empty ones included, is fsynced on its own.
+const CAN_DEFER: bool = cfg!(target_os = "linux");
 
 /// Whether a blob put in place is durable yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,7 +196,7 @@ impl BlobWriter {
                 "content hash mismatch: the header announced {hash}, the content hashes to {got}"
             )));
         }
-        let synced = size > DEFER_SYNC_MAX;
+        let synced = !CAN_DEFER || size > DEFER_SYNC_MAX;
         if synced {
             self.file.as_file().sync_all()?;
         }
