@@ -13,6 +13,7 @@
 //! - [`lock`]: [`Lock`], a lock on one path, and its wire conversion.
 //! - [`limits`]: sizes and limits both sides agree on.
 //! - [`metrics`]: the Prometheus endpoint both programs serve.
+//! - [`replication`]: the metadata of writes refused for the replica's sake.
 
 pub mod cli;
 pub mod connect;
@@ -23,6 +24,7 @@ pub mod lock;
 pub mod metrics;
 pub mod path;
 pub mod pb;
+pub mod replication;
 
 pub use entry::{Content, Entry, EntryError};
 pub use hash::{ContentHash, HashError};

@@ -115,6 +115,12 @@ impl Admin for AdminService {
             out.replica_lag_changes = head.saturating_sub(acked);
             out.replica_lag_seconds = r.lag_seconds(head);
             out.degraded = r.degraded();
+            let link = r.link_status();
+            out.replica_blocked_seq = link.blocked_seq;
+            out.replica_error = link.error;
+            out.replica_lost_changes = link.lost;
+            out.replica_last_lost = link.last_lost;
+            out.replica_connect_attempts = link.connect_attempts;
         }
         Ok(Response::new(out))
     }

@@ -43,6 +43,14 @@ pub enum Error {
     /// The server is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// Sync mode, failing on timeout: the replica is known to be away, so
+    /// the write was refused before anything was written.
+    #[error("{why}")]
+    ReplicaUnavailable { replica: String, why: String },
+    /// Sync mode: the write is committed on the primary as change `seq`,
+    /// but the replica did not confirm it.
+    #[error("{why}")]
+    Unconfirmed { replica: String, seq: u64, why: String },
     /// The client took too long (e.g. an upload went silent).
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -118,6 +126,9 @@ impl From<Error> for Status {
                 return status;
             }
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ReplicaUnavailable { replica, .. } | Error::Unconfirmed { replica, .. } => {
+                return replica_refusal(&e, replica);
+            }
             Error::Unavailable(_) => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Io(io) if is_disk_full(io) => {
@@ -131,4 +142,28 @@ impl From<Error> for Status {
         };
         Status::new(code, e.to_string())
     }
+}
+
+/// `UNAVAILABLE` for a write the replica held up, with its reason, the
+/// replica, and the committed version if there is one, in metadata.
+fn replica_refusal(e: &Error, replica: &str) -> Status {
+    use syncstore::replication::{
+        COMMITTED_VERSION_KEY, REASON_REPLICA_UNAVAILABLE, REASON_REPLICA_UNCONFIRMED, REPLICA_KEY,
+    };
+    use tonic::metadata::MetadataValue;
+    let mut status = Status::unavailable(e.to_string());
+    let meta = status.metadata_mut();
+    let reason = match e {
+        Error::Unconfirmed { seq, .. } => {
+            meta.insert(COMMITTED_VERSION_KEY, MetadataValue::from(*seq));
+            REASON_REPLICA_UNCONFIRMED
+        }
+        _ => REASON_REPLICA_UNAVAILABLE,
+    };
+    meta.insert(REASON_KEY, MetadataValue::from_static(reason));
+    // A URL is plain ASCII; one that is not is left out rather than mangled.
+    if let Ok(v) = MetadataValue::try_from(replica) {
+        meta.insert(REPLICA_KEY, v);
+    }
+    status
 }

@@ -259,11 +259,15 @@ impl Server {
         let tls = config.tls.as_ref().map(TlsConfig::server_config).transpose()?;
         let (dir, options) = (config.data_dir.clone(), config.store.clone());
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, options)).await??;
+        let metrics = ServerMetrics::new();
         let replication = match config.role {
-            Role::Primary => config.replica.clone().map(ReplicationHandle::new),
+            Role::Primary => config
+                .replica
+                .clone()
+                .map(|r| ReplicationHandle::with_metrics(r, metrics.replication.clone())),
             Role::Replica => None,
         };
-        Ok(Self { config, store, metrics: ServerMetrics::new(), replication, auth, tls })
+        Ok(Self { config, store, metrics, replication, auth, tls })
     }
 
     /// Refuses a listener this server must not serve on: beyond loopback

@@ -2,6 +2,8 @@
 
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::replication::primary::ReplicationMetrics;
+
 /// Every metric the server exports; cheap to clone (the metrics are shared).
 #[derive(Debug, Clone)]
 pub struct ServerMetrics {
@@ -19,6 +21,8 @@ pub struct ServerMetrics {
     pub replica_lag_seconds: Gauge,
     /// Time from taking the writer lock to a durable commit.
     pub commit_seconds: Histogram,
+    /// The replication link's counters (a primary's).
+    pub replication: ReplicationMetrics,
 }
 
 impl ServerMetrics {
@@ -47,6 +51,10 @@ impl ServerMetrics {
         )
         .expect("valid metric");
         registry.register(Box::new(commit_seconds.clone())).expect("unique metric");
+        let replication = ReplicationMetrics::default();
+        for c in [&replication.lost, &replication.connect_attempts] {
+            registry.register(Box::new(c.clone())).expect("unique metric");
+        }
         Self {
             uploads: counter("uploads_total", "Files stored"),
             upload_bytes: counter("upload_bytes_total", "Bytes of files stored"),
@@ -59,6 +67,7 @@ impl ServerMetrics {
             replica_lag_seconds: lag_seconds,
             errors,
             commit_seconds,
+            replication,
             registry,
         }
     }

@@ -24,7 +24,7 @@ use crate::{
     error::{Error, Result},
     feed::{self, Item},
     replication::{WriteGate, primary::ReplicationHandle},
-    storage::{Change, Delete, LockRequest, PAGE_SIZE, Put, Store},
+    storage::{Change, Delete, LockRequest, PAGE_SIZE, Put, Store, What},
 };
 
 /// Messages buffered per server stream before the producer waits.
@@ -108,6 +108,34 @@ impl FileSyncService {
             self.metrics.error(s);
         }
         r
+    }
+
+    /// Refuses a write before anything is written while a sync-mode
+    /// replica (failing on timeout) is known to be away.
+    fn admit(&self) -> Result<()> {
+        self.replication.as_ref().map_or(Ok(()), ReplicationHandle::admit)
+    }
+
+    /// An upload sent again that is committed already (see
+    /// `storage/retry.rs`): its entry, once the replica holds it.
+    async fn retried_put(&self, ns: &str, put: &Put) -> Result<Option<Change>> {
+        let (n, p) = (ns.to_owned(), put.clone());
+        let Some(entry) = self.blocking(move |s| s.committed_put(&n, &p)).await? else { return Ok(None) };
+        self.answer_retry(ns, entry).await.map(Some)
+    }
+
+    /// A delete sent again that is committed already: its tombstone, once
+    /// the replica holds it.
+    async fn retried_delete(&self, ns: &str, del: &Delete) -> Result<Option<Change>> {
+        let (n, d) = (ns.to_owned(), del.clone());
+        let Some(entry) = self.blocking(move |s| s.committed_delete(&n, &d)).await? else { return Ok(None) };
+        self.answer_retry(ns, entry).await.map(Some)
+    }
+
+    async fn answer_retry(&self, ns: &str, entry: Entry) -> Result<Change> {
+        tracing::info!(path = %entry.path, version = entry.version, "the same write again: answering with its committed entry");
+        self.replicated(entry.version).await?;
+        Ok(Change { seq: entry.version, namespace: ns.to_owned(), what: What::File(entry) })
     }
 
     /// In sync mode, waits until the replica holds `seq` durably.
@@ -225,7 +253,10 @@ impl FileSyncService {
                 s.stat(&n, &p)
             })
             .await?;
-        Store::check_base(&path, current.as_ref(), put.base_version)?;
+        if let Err(conflict) = Store::check_base(&path, current.as_ref(), put.base_version) {
+            return self.retried_put(&ns, &put).await?.ok_or(conflict);
+        }
+        self.admit()?;
 
         // Receive into a temp file on a blocking thread, pipelined with the
         // network. Dropping the writer (any early return) deletes the temp.
@@ -266,6 +297,8 @@ impl FileSyncService {
         } else {
             Some(tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??)
         };
+        // The replica may have gone while the content came.
+        self.admit()?;
         let timer = self.metrics.commit_seconds.start_timer();
         let change = self.blocking(move |s| s.commit_put(&ns, put, staged)).await?;
         timer.observe_duration();
@@ -400,6 +433,10 @@ impl FileSync for FileSyncService {
                 client_id: req.client_id,
                 lock_token: req.lock_token,
             };
+            if let Some(change) = self.retried_delete(&ns, &del).await? {
+                return Ok(change);
+            }
+            self.admit()?;
             let change = self
                 .blocking(move |s| s.commit_delete(&ns, del))
                 .await
@@ -538,6 +575,7 @@ impl FileSync for FileSyncService {
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
+            self.admit()?;
             let req = LockRequest {
                 path: RelPath::new(req.path)?,
                 ttl_seconds: req.ttl_seconds,
@@ -566,6 +604,7 @@ impl FileSync for FileSyncService {
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
+            self.admit()?;
             let change = self.blocking(move |s| s.refresh_lock(&ns, &req.lock_id, req.ttl_seconds)).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
@@ -584,6 +623,7 @@ impl FileSync for FileSyncService {
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
+            self.admit()?;
             let change =
                 self.blocking(move |s| s.unlock(&ns, &req.lock_id, &req.client_id, req.force)).await?;
             self.replicated(change.seq).await?;

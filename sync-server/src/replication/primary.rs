@@ -6,14 +6,16 @@
 use std::{
     io::Read,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use prometheus::IntCounter;
 use syncstore::connect::Credentials;
 use syncstore::{
+    ContentHash,
     limits::{MAX_CHUNK, MAX_MESSAGE},
     pb::{self, replicate_request, replicate_response, replication_client::ReplicationClient},
 };
@@ -29,9 +31,27 @@ use crate::{
     storage::{Change, PAGE_SIZE, Store, What},
 };
 
+/// How long the TCP connection to the replica may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening a stream may take, from connecting to the replica's
+/// Ready: a replica (or a network) that accepts connections but answers
+/// nothing must not hold the link forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// First wait before reconnecting after a failed session. Each failed
+/// session without progress doubles it, up to [`BACKOFF_MAX`], so that a
+/// change the replica keeps refusing (its disk is full, say) is retried a
+/// few times a minute, not ten times a second.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest wait between reconnection attempts: also the longest a replica
+/// that comes back waits to be reconnected.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A session that stayed up this long was a working link, however it
+/// ended: the backoff starts over.
+const STABLE_SESSION: Duration = BACKOFF_MAX;
+/// Heartbeat intervals a replica may miss before the primary takes it as
+/// gone: with a replica's 1 s heartbeat, a silent network is noticed
+/// within 3 s.
+const MISSED_HEARTBEATS: u32 = 3;
 /// Messages buffered toward the replica.
 const SEND_BUFFER: usize = 16;
 /// Changes sent but not yet handled by the replica. Bounds what waits in
@@ -50,19 +70,80 @@ struct Shared {
     acked: watch::Sender<u64>,
     connected: AtomicBool,
     degraded: AtomicBool,
+    link: Mutex<Link>,
+    metrics: ReplicationMetrics,
+}
+
+/// What the primary knows of its link, beyond the acknowledged seq.
+#[derive(Debug, Default)]
+struct Link {
+    /// Whether a first attempt to open the stream has ended: until then
+    /// the replica is not known to be away (the primary just started).
+    tried: bool,
+    /// When the current session's stream came up.
+    up_since: Option<Instant>,
     /// When the oldest change the replica lacks was committed.
-    behind_since: Mutex<Option<Instant>>,
+    behind_since: Option<Instant>,
+    /// While the replica lacks changes: since when it has confirmed
+    /// nothing (the later of the first missing commit and its last ack).
+    waiting_since: Option<Instant>,
+    /// Why the last session or attempt failed.
+    error: String,
+    /// The change sessions fail on without getting past it (0: none).
+    blocked: u64,
+    /// The last change sent without its content, and how many were.
+    last_lost_seq: u64,
+    last_lost: String,
+    lost: u64,
+}
+
+/// The link's counters, also exported as Prometheus metrics.
+#[derive(Debug, Clone)]
+pub struct ReplicationMetrics {
+    /// Changes sent without their content (missing or corrupt here).
+    pub lost: IntCounter,
+    /// Attempts to open the replication stream.
+    pub connect_attempts: IntCounter,
+}
+
+impl Default for ReplicationMetrics {
+    fn default() -> Self {
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        Self {
+            lost: counter("replication_lost_total", "Changes replicated without their content"),
+            connect_attempts: counter(
+                "replica_connect_attempts_total",
+                "Attempts to open the replication stream",
+            ),
+        }
+    }
+}
+
+/// The replication part of `Admin/Status`.
+#[derive(Debug, Clone, Default)]
+pub struct LinkStatus {
+    pub blocked_seq: u64,
+    pub error: String,
+    pub lost: u64,
+    pub last_lost: String,
+    pub connect_attempts: u64,
 }
 
 impl ReplicationHandle {
     pub fn new(config: ReplicaConfig) -> Self {
+        Self::with_metrics(config, ReplicationMetrics::default())
+    }
+
+    /// A handle counting into `metrics`.
+    pub fn with_metrics(config: ReplicaConfig, metrics: ReplicationMetrics) -> Self {
         Self {
             inner: Arc::new(Shared {
                 config,
                 acked: watch::Sender::new(0),
                 connected: AtomicBool::new(false),
                 degraded: AtomicBool::new(false),
-                behind_since: Mutex::new(None),
+                link: Mutex::default(),
+                metrics,
             }),
         }
     }
@@ -83,66 +164,213 @@ impl ReplicationHandle {
         self.inner.degraded.load(Ordering::Relaxed)
     }
 
+    fn link(&self) -> MutexGuard<'_, Link> {
+        self.inner.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Seconds since the oldest change the replica lacks was committed.
     pub fn lag_seconds(&self, head: u64) -> f64 {
         if self.acked() >= head {
             return 0.0;
         }
-        let since = *self.inner.behind_since.lock().unwrap_or_else(|p| p.into_inner());
-        since.map_or(0.0, |t| t.elapsed().as_secs_f64())
+        self.link().behind_since.map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
+    /// The link's state for `Admin/Status`.
+    pub fn link_status(&self) -> LinkStatus {
+        let link = self.link();
+        LinkStatus {
+            blocked_seq: link.blocked,
+            error: if self.connected() { String::new() } else { link.error.clone() },
+            lost: link.lost,
+            last_lost: link.last_lost.clone(),
+            connect_attempts: self.inner.metrics.connect_attempts.get(),
+        }
     }
 
     /// Notes a commit: starts the lag clock if the replica was current.
     pub fn committed(&self, seq: u64) {
-        let mut since = self.inner.behind_since.lock().unwrap_or_else(|p| p.into_inner());
-        if since.is_none() && self.acked() < seq {
-            *since = Some(Instant::now());
+        let mut link = self.link();
+        if self.acked() < seq {
+            let now = Instant::now();
+            link.behind_since.get_or_insert(now);
+            link.waiting_since.get_or_insert(now);
         }
     }
 
     fn ack(&self, seq: u64, head: u64) {
-        self.inner.acked.send_if_modified(|a| {
+        let moved = self.inner.acked.send_if_modified(|a| {
             let moved = seq > *a;
             *a = (*a).max(seq);
             moved
         });
+        let mut link = self.link();
+        if moved && link.blocked != 0 && seq >= link.blocked {
+            tracing::info!(seq = link.blocked, "replication got past the change it was stuck on");
+            link.blocked = 0;
+        }
         if seq >= head {
-            *self.inner.behind_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            link.behind_since = None;
+            link.waiting_since = None;
             if self.inner.degraded.swap(false, Ordering::Relaxed) {
                 tracing::warn!("replication restored: the replica caught up; writes wait for it again");
             }
+        } else if moved {
+            link.waiting_since = Some(Instant::now());
+        }
+    }
+
+    /// Why the replica is known to be away, if it is: the stream is down
+    /// (after a first attempt), or the replica has confirmed nothing for
+    /// the sync timeout while it lacks changes.
+    fn away(&self) -> Option<String> {
+        let link = self.link();
+        if !self.connected() {
+            return link.tried.then(|| format!("is not connected ({})", link.error));
+        }
+        let timeout = self.inner.config.timeout;
+        match link.waiting_since {
+            Some(t) if t.elapsed() > timeout => Some(format!(
+                "has confirmed nothing for {}",
+                humantime::format_duration(Duration::from_secs(t.elapsed().as_secs()))
+            )),
+            _ => None,
+        }
+    }
+
+    /// Admits a write, or, in sync mode failing on timeout while the
+    /// replica is known to be away, refuses it at once, before anything
+    /// is written.
+    pub fn admit(&self) -> Result<()> {
+        let config = &self.inner.config;
+        if config.mode != Mode::Sync || config.on_timeout != OnTimeout::Fail {
+            return Ok(());
+        }
+        match self.away() {
+            None => Ok(()),
+            Some(why) => Err(Error::ReplicaUnavailable {
+                replica: config.url.clone(),
+                why: format!(
+                    "the replica at {} {why}: this primary takes no writes until it is back \
+                     (nothing was written; try again later)",
+                    config.url
+                ),
+            }),
         }
     }
 
     /// Waits, in sync mode, until the replica has change `seq` durably.
+    /// Gives up at once if the replica is known to be away, else after
+    /// the timeout: with `Fail`, the write (committed here) is answered
+    /// [`Error::Unconfirmed`]; with `Degrade`, it is acknowledged.
     pub async fn wait_replicated(&self, seq: u64) -> Result<()> {
         let config = &self.inner.config;
-        if config.mode == Mode::Async || self.degraded() {
+        if config.mode == Mode::Async || self.degraded() || self.acked() >= seq {
             return Ok(());
+        }
+        if let Some(why) = self.away() {
+            return self.unconfirmed(seq, &why);
         }
         let mut acked = self.inner.acked.subscribe();
         match tokio::time::timeout(config.timeout, acked.wait_for(|a| *a >= seq)).await {
             Ok(_) => Ok(()),
-            Err(_) => match config.on_timeout {
-                OnTimeout::Fail => Err(Error::Unavailable(format!(
-                    "change {seq} is committed on the primary but the replica did not confirm it within {:?}; \
-                     it will be replicated when the replica is back",
-                    config.timeout
-                ))),
-                OnTimeout::Degrade => {
-                    if !self.inner.degraded.swap(true, Ordering::Relaxed) {
-                        tracing::error!(
-                            seq,
-                            replica = %config.url,
-                            "REPLICATION DEGRADED: the replica did not confirm within {:?}; \
-                             acknowledging writes without it until it catches up",
-                            config.timeout
-                        );
-                    }
-                    Ok(())
-                }
-            },
+            Err(_) => self.unconfirmed(
+                seq,
+                &format!("did not confirm it within {}", humantime::format_duration(config.timeout)),
+            ),
         }
+    }
+
+    /// A sync-mode write the replica did not confirm: fail or degrade.
+    fn unconfirmed(&self, seq: u64, why: &str) -> Result<()> {
+        let config = &self.inner.config;
+        match config.on_timeout {
+            OnTimeout::Fail => Err(Error::Unconfirmed {
+                replica: config.url.clone(),
+                seq,
+                why: format!(
+                    "change {seq} is committed on the primary, but the replica at {} {why}; \
+                     it reaches the replica when it is back (sending the same write again \
+                     answers OK once the replica has it)",
+                    config.url
+                ),
+            }),
+            OnTimeout::Degrade => {
+                if !self.inner.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        seq,
+                        replica = %config.url,
+                        "REPLICATION DEGRADED: the replica {why}; acknowledging writes without it \
+                         until it catches up"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The stream is up.
+    fn up(&self, applied: u64, head: u64) {
+        {
+            let mut link = self.link();
+            link.tried = true;
+            link.up_since = Some(Instant::now());
+            link.error.clear();
+        }
+        self.inner.connected.store(true, Ordering::Relaxed);
+        self.ack(applied, head);
+    }
+
+    /// A session (or an attempt to open one) ended with `error`. Returns
+    /// whether it was a working link (up long enough, or it got the replica
+    /// further), which resets the backoff. A session that took the stream
+    /// but got nowhere while changes wait is stuck on the next one: that is
+    /// logged once per change, not at every retry.
+    fn session_ended(&self, error: &Error, acked_before: u64, head: u64) -> bool {
+        let was_connected = self.inner.connected.swap(false, Ordering::Relaxed);
+        let replica = &self.inner.config.url;
+        let acked = self.acked();
+        let progressed = acked > acked_before;
+        let mut link = self.link();
+        let stable = link.up_since.take().is_some_and(|t| t.elapsed() >= STABLE_SESSION);
+        let message = error.to_string();
+        if was_connected && !progressed && acked < head {
+            let seq = acked + 1;
+            if link.blocked != seq {
+                tracing::error!(
+                    seq, %replica, %error,
+                    "replication is stuck: the replica does not get past change {seq}; retrying with backoff"
+                );
+                link.blocked = seq;
+            }
+        } else if was_connected || link.error != message {
+            tracing::warn!(%replica, %error, "replication stream down; reconnecting with backoff");
+        } else {
+            tracing::debug!(%replica, %error, "replica still unreachable");
+        }
+        link.tried = true;
+        link.error = message;
+        progressed || stable
+    }
+
+    /// Reports change `seq` of `path` as replicated without its content,
+    /// once per change.
+    fn lost(&self, seq: u64, namespace: &str, path: &str, why: &str) {
+        let mut link = self.link();
+        if seq <= link.last_lost_seq {
+            return;
+        }
+        tracing::error!(
+            seq,
+            namespace,
+            path,
+            reason = why,
+            "content lost: this primary's copy is {why}; the change is replicated without it"
+        );
+        self.inner.metrics.lost.inc();
+        link.lost += 1;
+        link.last_lost_seq = seq;
+        link.last_lost = format!("change {seq}: {path} (the primary's copy is {why})");
     }
 }
 
@@ -166,22 +394,19 @@ pub async fn run(
     };
     let mut backoff = BACKOFF_MIN;
     loop {
-        let connected_before = handle.acked();
+        handle.inner.metrics.connect_attempts.inc();
+        let acked_before = handle.acked();
         let session = stream_once(&store, &handle, &gate, &advertised, (&endpoint, &credentials), &shutdown);
         let result = tokio::select! {
             r = session => r,
             () = shutdown.cancelled() => return,
         };
-        // A session that got anywhere resets the backoff.
-        if handle.connected() || handle.acked() > connected_before {
-            backoff = BACKOFF_MIN;
-        }
-        handle.inner.connected.store(false, Ordering::Relaxed);
-        match result {
+        let error = match result {
             Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(replica = %url, error = %e, "replication stream down; reconnecting");
-            }
+            Err(e) => e,
+        };
+        if handle.session_ended(&error, acked_before, store.head()) {
+            backoff = BACKOFF_MIN;
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
@@ -197,14 +422,113 @@ async fn stream_once(
     handle: &ReplicationHandle,
     gate: &WriteGate,
     advertised: &str,
-    (endpoint, credentials): (&Endpoint, &Credentials),
+    link: (&Endpoint, &Credentials),
     shutdown: &CancellationToken,
 ) -> Result<()> {
+    let (tx, rx) = mpsc::channel(SEND_BUFFER);
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(store, handle, gate, advertised, link, tx.clone(), rx),
+    );
+    let (mut responses, ready) = handshake.await.map_err(|_| {
+        Error::Unavailable(format!(
+            "the replica did not answer within {}",
+            humantime::format_duration(HANDSHAKE_TIMEOUT)
+        ))
+    })??;
+    let head = store.head();
+    if ready.applied_seq > head {
+        let why = format!(
+            "the replica at {} holds history {} up to change {}, but this primary only up to {head}: \
+             re-seed this data folder from the replica (or start this server as a replica)",
+            handle.config().url,
+            ready.history_id,
+            ready.applied_seq
+        );
+        gate.refuse(why.clone());
+        return Err(Error::FailedPrecondition(why));
+    }
+    gate.allow();
+    handle.up(ready.applied_seq, head);
+    tracing::info!(replica = %handle.config().url, applied = ready.applied_seq, head, "replication stream up");
+
+    // A replica that sends heartbeats and falls silent for a few of them
+    // is gone, even if the connection looks open (a silent network).
+    let silence_limit = (ready.heartbeat_interval_ms > 0)
+        .then(|| Duration::from_millis(ready.heartbeat_interval_ms) * MISSED_HEARTBEATS);
+    // Acknowledgements come back on their own task.
+    let (processed_tx, processed) = watch::channel(0u64);
+    let acks = {
+        let (handle, store) = (handle.clone(), store.clone());
+        async move {
+            loop {
+                let next = responses.message();
+                let resp = match silence_limit {
+                    Some(limit) => tokio::time::timeout(limit, next).await.map_err(|_| {
+                        Error::Unavailable(format!(
+                            "the replica sent nothing for {} (no heartbeat): taking it as gone",
+                            humantime::format_duration(limit)
+                        ))
+                    })?,
+                    None => next.await,
+                };
+                let Some(resp) = resp.map_err(|s| Error::Unavailable(s.to_string()))? else {
+                    return Err::<(), _>(Error::Unavailable("the replica closed the stream".into()));
+                };
+                if let Some(replicate_response::Msg::Ack(ack)) = resp.msg {
+                    handle.ack(ack.acked_seq, store.head());
+                    let _ = processed_tx.send(ack.processed);
+                }
+            }
+        }
+    };
+    let stop = shutdown.child_token();
+    let window = Window { sent: Arc::new(std::sync::atomic::AtomicU64::new(0)), processed };
+    let send = async {
+        let failed = Arc::new(Mutex::new(None));
+        feed::follow(store, ready.applied_seq, None, &stop, |item| {
+            let (tx, store, failed, window, handle) =
+                (tx.clone(), store.clone(), failed.clone(), window.clone(), handle.clone());
+            async move {
+                let sent = match item {
+                    Item::Change(change) => send_change(&store, &handle, &tx, &window, *change).await,
+                    Item::Reset { head } => send_snapshot(&store, &handle, &tx, &window, head).await,
+                };
+                match sent {
+                    Ok(()) => true,
+                    Err(e) => {
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        false
+                    }
+                }
+            }
+        })
+        .await?;
+        let failed = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Err(failed.unwrap_or_else(|| Error::Unavailable("replication stopped".into())))
+    };
+    let result = tokio::select! {
+        r = acks => r,
+        r = send => r,
+    };
+    stop.cancel();
+    result
+}
+
+/// Connects, says hello and waits for the replica's Ready.
+async fn handshake(
+    store: &Store,
+    handle: &ReplicationHandle,
+    gate: &WriteGate,
+    advertised: &str,
+    (endpoint, credentials): (&Endpoint, &Credentials),
+    tx: Sender,
+    rx: mpsc::Receiver<pb::ReplicateRequest>,
+) -> Result<(tonic::Streaming<pb::ReplicateResponse>, pb::ReplicaReady)> {
     let channel = endpoint.connect().await.map_err(|e| Error::Unavailable(format!("cannot connect: {e}")))?;
     let mut client = ReplicationClient::with_interceptor(channel, credentials.clone())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let (tx, rx) = mpsc::channel(SEND_BUFFER);
     let epoch = store.meta_u64("epoch")?;
     let hello = pb::ReplicaHello {
         history_id: store.history_id(),
@@ -226,71 +550,10 @@ async fn stream_once(
         }
         Err(s) => return Err(Error::Unavailable(s.to_string())),
     };
-    let ready = match responses.message().await.map_err(|s| Error::Unavailable(s.to_string()))? {
-        Some(pb::ReplicateResponse { msg: Some(replicate_response::Msg::Ready(r)) }) => r,
-        _ => return Err(Error::Internal("the replica did not answer Ready".into())),
-    };
-    let head = store.head();
-    if ready.applied_seq > head {
-        let why = format!(
-            "the replica at {} holds history {} up to change {}, but this primary only up to {head}: \
-             re-seed this data folder from the replica (or start this server as a replica)",
-            handle.config().url,
-            ready.history_id,
-            ready.applied_seq
-        );
-        gate.refuse(why.clone());
-        return Err(Error::FailedPrecondition(why));
+    match responses.message().await.map_err(|s| Error::Unavailable(s.to_string()))? {
+        Some(pb::ReplicateResponse { msg: Some(replicate_response::Msg::Ready(r)) }) => Ok((responses, r)),
+        _ => Err(Error::Internal("the replica did not answer Ready".into())),
     }
-    gate.allow();
-    handle.inner.connected.store(true, Ordering::Relaxed);
-    handle.ack(ready.applied_seq, head);
-    tracing::info!(replica = %handle.config().url, applied = ready.applied_seq, head, "replication stream up");
-
-    // Acknowledgements come back on their own task.
-    let (processed_tx, processed) = watch::channel(0u64);
-    let acks = {
-        let (handle, store) = (handle.clone(), store.clone());
-        async move {
-            while let Some(resp) = responses.message().await.map_err(|s| Error::Unavailable(s.to_string()))? {
-                if let Some(replicate_response::Msg::Ack(ack)) = resp.msg {
-                    handle.ack(ack.acked_seq, store.head());
-                    let _ = processed_tx.send(ack.processed);
-                }
-            }
-            Err::<(), _>(Error::Unavailable("the replica closed the stream".into()))
-        }
-    };
-    let stop = shutdown.child_token();
-    let window = Window { sent: Arc::new(std::sync::atomic::AtomicU64::new(0)), processed };
-    let send = async {
-        let failed = Arc::new(Mutex::new(None));
-        feed::follow(store, ready.applied_seq, None, &stop, |item| {
-            let (tx, store, failed, window) = (tx.clone(), store.clone(), failed.clone(), window.clone());
-            async move {
-                let sent = match item {
-                    Item::Change(change) => send_change(&store, &tx, &window, *change).await,
-                    Item::Reset { head } => send_snapshot(&store, &tx, &window, head).await,
-                };
-                match sent {
-                    Ok(()) => true,
-                    Err(e) => {
-                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                        false
-                    }
-                }
-            }
-        })
-        .await?;
-        let failed = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
-        Err(failed.unwrap_or_else(|| Error::Unavailable("replication stopped".into())))
-    };
-    let result = tokio::select! {
-        r = acks => r,
-        r = send => r,
-    };
-    stop.cancel();
-    result
 }
 
 fn msg(m: replicate_request::Msg) -> pb::ReplicateRequest {
@@ -316,57 +579,154 @@ impl Window {
     }
 }
 
+/// Where a change's content comes from.
+enum Source {
+    /// No content: a tombstone or a lock.
+    None,
+    /// The blob, of this size and hash.
+    Blob(std::fs::File, u64, ContentHash),
+    /// Replaced by a later change, which follows: the metadata alone.
+    Replaced,
+    /// The entry is current but its content cannot be had here.
+    Lost(String),
+}
+
+/// Opens a change's content. A blob that is gone although the entry is
+/// still current is lost, not replaced. Blocks.
+fn open_content(store: &Store, namespace: &str, entry: &syncstore::Entry) -> Result<Source> {
+    let Some(c) = entry.content else { return Ok(Source::None) };
+    match store.open_blob(&c.hash) {
+        Ok(f) => Ok(Source::Blob(f, c.size, c.hash)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let current = store.stat(namespace, &entry.path)?;
+            Ok(match current {
+                Some(now) if now.version == entry.version => Source::Lost("missing".into()),
+                _ => Source::Replaced,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Sends one change and, for a live file whose content is still kept, the
-/// content right after it.
-async fn send_change(store: &Store, tx: &Sender, window: &Window, change: Change) -> Result<()> {
+/// content right after it. Content this primary has lost (missing, or
+/// found corrupt while sending it) is reported and the change goes without
+/// it, so that it does not hold up the changes behind it.
+async fn send_change(
+    store: &Store,
+    handle: &ReplicationHandle,
+    tx: &Sender,
+    window: &Window,
+    change: Change,
+) -> Result<()> {
     window.take().await?;
     let (kind, lock) = (change.kind().into(), change.lock_pb());
     let Change { seq, namespace, what } = change;
     let What::File(entry) = what else {
         // A lock change: no content.
-        let header = pb::ReplicatedChange { seq, namespace, entry: None, content_follows: false, kind, lock };
+        let header = pb::ReplicatedChange {
+            seq,
+            namespace,
+            entry: None,
+            content_follows: false,
+            kind,
+            lock,
+            content_lost: false,
+        };
         return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
     };
-    let file = match entry.content {
-        Some(c) => match store.open_blob(&c.hash) {
-            Ok(f) => Some((f, c.size)),
-            // Replaced by a later change, which follows: send the metadata.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e.into()),
-        },
-        None => None,
+    let source = {
+        let (store, namespace, entry) = (store.clone(), namespace.clone(), entry.clone());
+        tokio::task::spawn_blocking(move || open_content(&store, &namespace, &entry)).await??
     };
+    let path = entry.path.to_string();
+    if let Source::Lost(why) = &source {
+        handle.lost(seq, &namespace, &path, why);
+    }
     let header = pb::ReplicatedChange {
         seq,
-        namespace,
+        namespace: namespace.clone(),
         entry: Some(entry.into()),
-        content_follows: file.is_some(),
+        content_follows: matches!(source, Source::Blob(..)),
         kind,
         lock: None,
+        content_lost: matches!(source, Source::Lost(_)),
     };
     tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed())?;
-    if let Some((file, size)) = file {
+    if let Source::Blob(file, size, expected) = source {
         let tx = tx.clone();
-        tokio::task::spawn_blocking(move || send_content(file, size, &tx)).await??;
+        let sent = tokio::task::spawn_blocking(move || send_content(file, size, expected, &tx)).await??;
+        if let Sent::Lost(why) = sent {
+            handle.lost(seq, &namespace, &path, &why);
+        }
     }
     Ok(())
 }
 
-fn send_content(mut file: std::fs::File, size: u64, tx: &Sender) -> Result<()> {
+/// How sending a content ended.
+enum Sent {
+    Whole,
+    /// Cut short with `ContentLost`: what was read is not the content.
+    Lost(String),
+}
+
+/// Sends `size` bytes of content, checking them against `hash` as they
+/// are read. The last chunk is held back until the whole content checked
+/// out: content found corrupt (or cut short) is never sent as good; the
+/// replica gets `ContentLost` in place of its end.
+fn send_content(mut file: impl Read, size: u64, hash: ContentHash, tx: &Sender) -> Result<Sent> {
+    let mut hasher = blake3::Hasher::new();
+    let mut held: Option<Vec<u8>> = None;
     let mut left = size;
+    let mut lost = None;
     while left > 0 {
         let mut buf = vec![0u8; left.min(MAX_CHUNK as u64) as usize];
-        file.read_exact(&mut buf)?;
+        match file.read_exact(&mut buf) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                lost = Some(format!("unreadable ({e})"));
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
         left -= buf.len() as u64;
-        tx.blocking_send(msg(replicate_request::Msg::Chunk(buf))).map_err(|_| closed())?;
+        hasher.update(&buf);
+        if let Some(prev) = held.replace(buf) {
+            tx.blocking_send(msg(replicate_request::Msg::Chunk(prev))).map_err(|_| closed())?;
+        }
     }
-    Ok(())
+    if lost.is_none() && ContentHash::from(hasher.finalize()) != hash {
+        lost = Some("corrupt (its bytes do not match its hash)".to_owned());
+    }
+    match (lost, held) {
+        (None, Some(last)) => {
+            tx.blocking_send(msg(replicate_request::Msg::Chunk(last))).map_err(|_| closed())?;
+            Ok(Sent::Whole)
+        }
+        (None, None) => Ok(Sent::Whole),
+        (Some(why), _) => {
+            let lost = pb::ContentLost { reason: why.clone() };
+            tx.blocking_send(msg(replicate_request::Msg::ContentLost(lost))).map_err(|_| closed())?;
+            Ok(Sent::Lost(why))
+        }
+    }
 }
 
 /// Sends the whole manifest (all namespaces, tombstones included) with the
 /// content of every live file, then the locks: the replica is behind the
 /// kept log.
-async fn send_snapshot(store: &Store, tx: &Sender, window: &Window, head: u64) -> Result<()> {
+async fn send_snapshot(
+    store: &Store,
+    handle: &ReplicationHandle,
+    tx: &Sender,
+    window: &Window,
+    head: u64,
+) -> Result<()> {
     tracing::warn!(head, "the replica is behind the kept change log: sending a full snapshot");
     tx.send(msg(replicate_request::Msg::SnapshotStart(pb::SnapshotStart { head_seq: head })))
         .await
@@ -381,8 +741,14 @@ async fn send_snapshot(store: &Store, tx: &Sender, window: &Window, head: u64) -
         let done = page.len() < PAGE_SIZE;
         after = page.last().map(|(ns, e)| (ns.clone(), e.path.to_string()));
         for (namespace, entry) in page {
-            send_change(store, tx, window, Change { seq: entry.version, namespace, what: What::File(entry) })
-                .await?;
+            send_change(
+                store,
+                handle,
+                tx,
+                window,
+                Change { seq: entry.version, namespace, what: What::File(entry) },
+            )
+            .await?;
         }
         if done {
             break;
@@ -391,7 +757,8 @@ async fn send_snapshot(store: &Store, tx: &Sender, window: &Window, head: u64) -
     // Then the locks, each as a lock change whose seq is its token.
     let s = store.clone();
     for (namespace, lock) in tokio::task::spawn_blocking(move || s.all_locks()).await?? {
-        send_change(store, tx, window, Change { seq: lock.token, namespace, what: What::Lock(lock) }).await?;
+        send_change(store, handle, tx, window, Change { seq: lock.token, namespace, what: What::Lock(lock) })
+            .await?;
     }
     tx.send(msg(replicate_request::Msg::SnapshotEnd(pb::SnapshotEnd { head_seq: head })))
         .await

@@ -3,7 +3,7 @@
 //! sequence order (content first, then metadata, as the primary does) and
 //! acknowledges the highest seq it holds.
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::FutureExt;
 
@@ -26,6 +26,12 @@ use crate::{
 
 /// Most changes applied in one transaction.
 const MAX_BATCH: usize = 256;
+/// How often a replica tells its primary it is there (announced in
+/// `ReplicaReady`), whatever it is doing: the primary takes a replica
+/// silent for a few of these as gone.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a new stream waits for the one it replaces to end.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// The `Replication` service of a replica (on a primary it refuses).
 #[derive(Debug, Clone)]
@@ -36,6 +42,9 @@ pub struct ReplicationService {
     /// One primary stream at a time; a reconnecting primary waits for its
     /// previous stream to end.
     active: Arc<Mutex<()>>,
+    /// Ends the current stream: a primary reconnecting (after a network
+    /// that went silent, say) replaces the stream it left behind.
+    current: Arc<std::sync::Mutex<CancellationToken>>,
     /// Turned to NOT_SERVING while a full resync is being received.
     health: HealthReporter,
     shutdown: CancellationToken,
@@ -49,7 +58,24 @@ impl ReplicationService {
         health: HealthReporter,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { store, gate, is_replica, active: Arc::new(Mutex::new(())), health, shutdown }
+        Self {
+            store,
+            gate,
+            is_replica,
+            active: Arc::new(Mutex::new(())),
+            current: Arc::default(),
+            health,
+            shutdown,
+        }
+    }
+
+    /// Whether `hello` comes from the primary this replica follows (its
+    /// history, its epoch or a newer one): only that one may replace the
+    /// current stream.
+    fn follows(&self, hello: &pb::ReplicaHello) -> Result<bool> {
+        Ok(self.is_replica
+            && hello.history_id == self.store.history_id()
+            && hello.epoch >= self.store.meta_u64("epoch")?)
     }
 
     /// Checks the primary's hello; adopts its history on a fresh replica.
@@ -100,10 +126,16 @@ impl Replication for ReplicationService {
             Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::Hello(h)) }) => h,
             _ => return Err(Error::invalid("a replication stream starts with a hello").into()),
         };
-        let guard =
-            tokio::time::timeout(std::time::Duration::from_secs(10), self.active.clone().lock_owned())
-                .await
-                .map_err(|_| Status::aborted("another replication stream is active"))?;
+        let (this, h) = (self.clone(), hello.clone());
+        if tokio::task::spawn_blocking(move || this.follows(&h)).await.map_err(Error::from)?? {
+            // The primary has one stream; one still open here is one it left.
+            self.current.lock().unwrap_or_else(|p| p.into_inner()).cancel();
+        }
+        let guard = tokio::time::timeout(TAKEOVER_WAIT, self.active.clone().lock_owned())
+            .await
+            .map_err(|_| Status::aborted("another replication stream is active"))?;
+        let stop = self.shutdown.child_token();
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = stop.clone();
         let this = self.clone();
         let h = hello.clone();
         tokio::task::spawn_blocking(move || this.accept(&h)).await.map_err(Error::from)??;
@@ -114,17 +146,23 @@ impl Replication for ReplicationService {
             history_id: self.store.history_id(),
             applied_seq: self.store.head(),
             epoch: self.store.meta_u64("epoch").map_err(Status::from)?,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
         };
         tracing::info!(primary = %hello.primary_url, applied = ready.applied_seq, "primary connected");
         tx.send(Ok(response(replicate_response::Msg::Ready(ready)))).await.expect("receiver alive");
-        let (store, shutdown, health) = (self.store.clone(), self.shutdown.clone(), self.health.clone());
+        let (store, health) = (self.store.clone(), self.health.clone());
         tokio::spawn(async move {
             let _guard = guard;
             let result = tokio::select! {
                 r = apply_stream(&store, &mut incoming, &tx, &health) => r,
-                // Shutting down: end the stream (a change being applied is
-                // on a blocking thread and completes).
-                () = shutdown.cancelled() => Ok(()),
+                () = heartbeats(&tx) => Ok(()),
+                // Shutting down, or replaced by a new stream: end this one
+                // (a change being applied is on a blocking thread and
+                // completes).
+                () = stop.cancelled() => {
+                    tracing::info!("the stream was replaced or the server is stopping; ending it");
+                    Ok(())
+                }
             };
             // An unfinished resync left the manifest as it was: still
             // consistent, so serving again.
@@ -135,6 +173,21 @@ impl Replication for ReplicationService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends a heartbeat every [`HEARTBEAT_INTERVAL`] until the primary is
+/// gone. A heartbeat that finds the queue full is dropped: the primary is
+/// not reading, and its own silence check decides.
+async fn heartbeats(tx: &Acks) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let beat = response(replicate_response::Msg::Heartbeat(pb::ReplicaHeartbeat {}));
+        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(beat)) {
+            return;
+        }
     }
 }
 
@@ -243,9 +296,27 @@ async fn receive_change(
         return Ok(Replicated { change, staged: None, content_gone: false });
     }
     let entry = Entry::try_from(c.entry.ok_or_else(|| Error::invalid("a change without entry"))?)?;
-    let staged = if c.content_follows { Some(receive_content(store, &entry, incoming).await?) } else { None };
+    let (staged, lost) = match c.content_follows {
+        true => match receive_content(store, &entry, incoming).await? {
+            Received::Whole(staged) => (Some(staged), None),
+            Received::Lost(why) => (None, Some(why)),
+        },
+        false => (None, c.content_lost.then(|| "missing".to_owned())),
+    };
+    if let (Some(why), Some(content)) = (lost, entry.content) {
+        // The primary cannot supply it; the entry is applied all the same
+        // so that what follows is not held up.
+        let here = store.has_blob(&content.hash);
+        tracing::error!(
+            seq = c.seq, namespace = %c.namespace, path = %entry.path, reason = %why, held_here = here,
+            "content lost on the primary: applying the change without it"
+        );
+    }
     let change = Change { seq: c.seq, namespace: c.namespace, what: What::File(entry) };
-    Ok(Replicated { change, staged, content_gone: !c.content_follows })
+    // Without content (a later change replaced it, or it is lost), the
+    // entry goes in as it is.
+    let content_gone = staged.is_none();
+    Ok(Replicated { change, staged, content_gone })
 }
 
 /// Sets the health of the server as a whole ("") and of `FileSync`.
@@ -260,13 +331,21 @@ async fn send_ack(acks: &Acks, acked_seq: u64, processed: u64) -> bool {
     acks.send(Ok(response(replicate_response::Msg::Ack(ack)))).await.is_ok()
 }
 
+/// A change's content as received.
+enum Received {
+    /// Verified, in a durable temp blob.
+    Whole(crate::storage::StagedBlob),
+    /// The primary cut it short with `ContentLost`: nothing is kept.
+    Lost(String),
+}
+
 /// Receives a change's content (exactly its entry's size, in chunks) into a
 /// verified, durable temp blob.
 async fn receive_content(
     store: &Store,
     entry: &Entry,
     incoming: &mut Streaming<pb::ReplicateRequest>,
-) -> Result<crate::storage::StagedBlob> {
+) -> Result<Received> {
     let content = entry.content.ok_or_else(|| Error::invalid("content for a tombstone"))?;
     let mut writer = store.blob_writer()?;
     let mut received = 0u64;
@@ -277,13 +356,20 @@ async fn receive_content(
             {
                 c
             }
+            // Dropping the writer removes its temp file.
+            Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::ContentLost(l)) }) => {
+                return Ok(Received::Lost(l.reason));
+            }
             _ => return Err(Error::invalid(format!("the content of {} was cut short", entry.path))),
         };
         received += chunk.len() as u64;
         writer = tokio::task::spawn_blocking(move || writer.write(&chunk).map(|()| writer)).await??;
     }
     let hash: ContentHash = content.hash;
-    tokio::task::spawn_blocking(move || writer.finish(hash, content.size)).await?
+    // (The primary holds the last chunk back until its copy checked out; a
+    // copy found corrupt comes with `ContentLost` in its place, above.)
+    let staged = tokio::task::spawn_blocking(move || writer.finish(hash, content.size)).await??;
+    Ok(Received::Whole(staged))
 }
 
 fn broken(s: Status) -> Error {

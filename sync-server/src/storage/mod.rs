@@ -18,6 +18,7 @@
 
 mod blobs;
 mod locks;
+mod retry;
 mod schema;
 
 use std::{
