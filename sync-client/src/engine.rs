@@ -24,6 +24,7 @@ use crate::{
     metrics::ClientMetrics,
     plan::{self, Action, Base, Local},
     progress::Progress,
+    refusal::Refusal,
     remote::Remote,
     state::State,
     transfer::{self, UploadBase},
@@ -111,6 +112,8 @@ pub struct Engine {
     /// The server's live locks.
     locks: Locks,
     metrics: ClientMetrics,
+    /// The server refuses writes for now (its sync replica is away).
+    refusal: Refusal,
 }
 
 impl Engine {
@@ -125,6 +128,7 @@ impl Engine {
             ignore,
             host,
             failed: BTreeSet::new(),
+            refusal: Refusal::default(),
             acting: true,
             bases_valid: true,
             metrics: ClientMetrics::new(),
@@ -482,7 +486,9 @@ impl Engine {
 
     fn note_failure(&mut self, path: RelPath, e: &Error) {
         self.metrics.errors.inc();
-        if e.is_unavailable() {
+        if self.refusal.note(&self.state, e) {
+            // Said once, by `note`.
+        } else if e.is_unavailable() {
             tracing::debug!(%path, error = %e, "server unavailable; will retry");
         } else {
             tracing::warn!(%path, error = %e, "sync failed; will retry");
@@ -490,8 +496,17 @@ impl Engine {
         self.failed.insert(path);
     }
 
-    /// Publishes how many paths wait for a retry.
-    pub fn update_pending(&self) {
+    /// Why the server refused this client's writes, while it still does.
+    pub fn writes_refused(&self) -> Option<&str> {
+        self.refusal.current()
+    }
+
+    /// Publishes how many paths wait for a retry; with none left, a
+    /// refusal met before is over.
+    pub fn update_pending(&mut self) {
+        if self.failed.is_empty() {
+            self.refusal.clear(&self.state);
+        }
         self.metrics.pending.set(self.failed.len() as i64);
     }
 

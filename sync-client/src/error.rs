@@ -30,6 +30,9 @@ pub enum Error {
     ChangedWhileReading,
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The server refuses writes until its replica is back.
+    #[error("not in sync: {0}")]
+    WritesRefused(String),
 }
 
 impl Error {
@@ -66,6 +69,13 @@ impl Error {
         matches!(self.code(), Some(Code::Unauthenticated | Code::PermissionDenied))
     }
 
+    /// Whether the primary refused a write because its sync replica is
+    /// away (nothing written), or did not confirm it (committed on the
+    /// primary only).
+    pub fn is_replica_refusal(&self) -> bool {
+        matches!(self, Error::Rpc(s) if syncstore::replication::is_replica_refusal(s))
+    }
+
     /// Whether the server could not be reached (retry once it is back).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Connect(_)) || self.code() == Some(Code::Unavailable)
@@ -82,6 +92,9 @@ impl From<tonic::Status> for Error {
 
 fn describe_status(s: &tonic::Status) -> String {
     match s.code() {
+        Code::Unavailable if syncstore::replication::is_replica_refusal(s) => {
+            format!("the server refused the write: {}", s.message())
+        }
         Code::Unavailable => format!("cannot reach the server ({})", s.message()),
         Code::Unauthenticated => format!("the server refused this client's token: {}", s.message()),
         Code::PermissionDenied => format!("the server does not allow this: {}", s.message()),

@@ -14,6 +14,7 @@
 //! - [`watch`]: the notify watcher and its settle timers.
 //! - [`metrics`]: the client's Prometheus metrics.
 //! - [`progress`]: a bar (or log lines) while a batch of transfers runs.
+//! - `refusal`: a primary refusing writes while its sync replica is away.
 //! - [`watch()`](fn@crate::watch), [`sync_once`], [`status`], [`list`]:
 //!   what the `sync-client` commands run.
 
@@ -25,6 +26,7 @@ pub mod locks;
 pub mod metrics;
 pub mod plan;
 pub mod progress;
+mod refusal;
 pub mod remote;
 pub mod state;
 pub mod transfer;
@@ -334,12 +336,23 @@ pub async fn sync_once(config: Config) -> Result<bool> {
         if engine.folder_gone() {
             return Err(Error::FolderGone(root.display().to_string()));
         }
+        // Another pass would meet the same refusal.
+        if let Some(why) = engine.writes_refused() {
+            return Err(Error::WritesRefused(why.to_owned()));
+        }
         tracing::debug!(pass, acted, "sync pass");
         if acted == 0 && !engine.has_failures() {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Why the server refused the writes of a `watch` of this folder, if it
+/// still does (its sync replica is away): `status` shows it.
+pub fn writes_refused(config: &Config) -> Result<Option<String>> {
+    let root = std::fs::canonicalize(&config.dir)?;
+    refusal::stored(&State::open_shared(&root)?)
 }
 
 /// One line of `status`: a path on which the folder and the server differ.

@@ -195,6 +195,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(if rows.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Status { json, against_replica: None } => {
+            let refused = sync_client::writes_refused(&config)?;
+            if let Some(why) = &refused {
+                eprintln!("writes refused: {why}");
+            }
             let diffs = sync_client::status(config).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&diffs)?);
@@ -204,7 +208,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
             // A lock is shown but is no difference.
-            let in_sync = diffs.iter().all(|d| d.state == sync_client::LOCKED);
+            let in_sync = refused.is_none() && diffs.iter().all(|d| d.state == sync_client::LOCKED);
             Ok(if in_sync { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Lock { path, ttl, note } => {

@@ -468,10 +468,13 @@ pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// A TCP proxy on loopback in front of a server, whose connections can be
 /// cut at any moment: what was in flight is lost, as on a network that
-/// drops. New connections go through again.
+/// drops. New connections go through again. It can also fall silent
+/// ([`Proxy::pause`]): connections stay open but nothing is forwarded, as
+/// on a network that stops delivering without telling anyone.
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: std::sync::Arc<std::sync::Mutex<CancellationToken>>,
+    paused: tokio::sync::watch::Sender<bool>,
     stop: CancellationToken,
 }
 
@@ -482,26 +485,35 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let cut = std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let stop = CancellationToken::new();
-        let (cuts, stopped) = (cut.clone(), stop.clone());
+        let paused = tokio::sync::watch::Sender::new(false);
+        let (cuts, stopped, pauses) = (cut.clone(), stop.clone(), paused.clone());
         tokio::spawn(async move {
             loop {
-                let (mut inbound, _) = tokio::select! {
+                let (inbound, _) = tokio::select! {
                     () = stopped.cancelled() => return,
                     r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
                 };
                 let token = cuts.lock().unwrap().clone();
-                let stopped = stopped.clone();
+                let (stopped, pauses) = (stopped.clone(), pauses.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
+                    let both = async {
+                        tokio::join!(
+                            pump(in_read, out_write, pauses.subscribe()),
+                            pump(out_read, in_write, pauses.subscribe()),
+                        )
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = both => {}
                         () = token.cancelled() => {}
                         () = stopped.cancelled() => {}
                     }
                 });
             }
         });
-        Self { addr, cut, stop }
+        Self { addr, cut, paused, stop }
     }
 
     pub fn url(&self) -> String {
@@ -513,6 +525,42 @@ impl Proxy {
         let mut token = self.cut.lock().unwrap();
         token.cancel();
         *token = CancellationToken::new();
+    }
+
+    /// Stops forwarding anything, either way, on every connection (new
+    /// ones too), without closing any.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Forwards again what was held and what comes.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+}
+
+/// Copies `from` to `to`, holding whatever it has while `paused`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if paused.wait_for(|p| !*p).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod locks;
 mod malicious;
 mod model;
 mod ops;
+mod replica_link;
 mod replication;
 mod security;
 mod sync;

@@ -1,0 +1,56 @@
+//! A primary that refuses writes for a while because its sync replica is
+//! away: said once in the log (not at every retry), kept in the state so
+//! that `status` shows it, and forgotten once nothing waits for a retry.
+
+use crate::{
+    error::{Error, Result},
+    state::State,
+};
+
+/// The state key holding the refusal ("" when there is none).
+const KEY: &str = "writes_refused";
+
+/// The refusal this client last met, if it still holds.
+#[derive(Debug, Default)]
+pub(crate) struct Refusal {
+    current: Option<String>,
+}
+
+impl Refusal {
+    /// Notes `e` if the server refused a write for its replica's sake;
+    /// returns whether it did.
+    pub(crate) fn note(&mut self, state: &State, e: &Error) -> bool {
+        if !e.is_replica_refusal() {
+            return false;
+        }
+        let why = e.to_string();
+        if self.current.as_deref() != Some(why.as_str()) {
+            tracing::warn!(error = %why, "the server refuses writes for now; retrying quietly");
+            if let Err(e) = state.set_meta(KEY, &why) {
+                tracing::debug!(error = %e, "cannot record the refusal");
+            }
+            self.current = Some(why);
+        }
+        true
+    }
+
+    /// Forgets the refusal: writes go through again.
+    pub(crate) fn clear(&mut self, state: &State) {
+        if self.current.take().is_some() {
+            tracing::info!("the server takes writes again");
+            if let Err(e) = state.set_meta(KEY, "") {
+                tracing::debug!(error = %e, "cannot clear the refusal");
+            }
+        }
+    }
+
+    /// The refusal met, if it still holds.
+    pub(crate) fn current(&self) -> Option<&str> {
+        self.current.as_deref()
+    }
+}
+
+/// The refusal a `watch` of this folder last recorded and still holds.
+pub(crate) fn stored(state: &State) -> Result<Option<String>> {
+    Ok(state.get_meta(KEY)?.filter(|s| !s.is_empty()))
+}
