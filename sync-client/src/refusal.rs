@@ -13,19 +13,29 @@ const KEY: &str = "writes_refused";
 /// The refusal this client last met, if it still holds.
 #[derive(Debug, Default)]
 pub(crate) struct Refusal {
+    /// What the server said.
     current: Option<String>,
+    /// Its reason and replica: a new refusal only when these change (the
+    /// wording, with its times and errors, changes at every retry).
+    key: Option<(String, String)>,
 }
 
 impl Refusal {
     /// Notes `e` if the server refused a write for its replica's sake;
     /// returns whether it did.
     pub(crate) fn note(&mut self, state: &State, e: &Error) -> bool {
+        let Error::Rpc(status) = e else { return false };
         if !e.is_replica_refusal() {
             return false;
         }
+        let meta = |k: &str| status.metadata().get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let key = (meta(syncstore::lock::ERROR_REASON_KEY), meta(syncstore::replication::REPLICA_KEY));
         let why = e.to_string();
-        if self.current.as_deref() != Some(why.as_str()) {
+        if self.key.as_ref() != Some(&key) {
             tracing::warn!(error = %why, "the server refuses writes for now; retrying quietly");
+            self.key = Some(key);
+        }
+        if self.current.as_deref() != Some(why.as_str()) {
             if let Err(e) = state.set_meta(KEY, &why) {
                 tracing::debug!(error = %e, "cannot record the refusal");
             }
@@ -36,6 +46,7 @@ impl Refusal {
 
     /// Forgets the refusal: writes go through again.
     pub(crate) fn clear(&mut self, state: &State) {
+        self.key = None;
         if self.current.take().is_some() {
             tracing::info!("the server takes writes again");
             if let Err(e) = state.set_meta(KEY, "") {

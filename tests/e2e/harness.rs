@@ -212,6 +212,19 @@ impl TestServer {
 }
 
 impl TestServer {
+    /// The paths of the live files the server lists (without downloading
+    /// them).
+    pub async fn files_listed(&self) -> Vec<String> {
+        let mut list = self.rpc().await.list(pb::ListRequest::default()).await.unwrap().into_inner();
+        let mut out = Vec::new();
+        while let Some(e) = list.message().await.unwrap() {
+            if !e.folder {
+                out.push(e.path);
+            }
+        }
+        out
+    }
+
     /// The folders the server holds as entries of their own.
     pub async fn folders(&self) -> Vec<String> {
         let mut list = self.rpc().await.list(pb::ListRequest::default()).await.unwrap().into_inner();

@@ -254,6 +254,41 @@ async fn content_the_primary_lost_does_not_hold_up_the_changes_behind_it() {
 }
 
 #[tokio::test]
+async fn a_change_whose_content_is_missing_on_the_primary_is_reported_lost_and_passed() {
+    let replica = TestServer::start_replica().await;
+    let primary = TestServer::start_primary_of(&replica, Mode::Async, OnTimeout::Fail, TIMEOUT, |_| {}).await;
+    let mut p = primary.rpc().await;
+    upload(&mut p, "before.txt", b"before", 0).await.unwrap();
+    eventually_async("replicated", || async { replica.files().await.len() == 1 }).await;
+
+    // While the replica is away, a file is written, then its blob goes
+    // missing on the primary (a disk fault, a careless cleanup).
+    let (config, data, addr) = replica.stop().await;
+    let content = random_bytes(50_000, 9);
+    let gone = upload(&mut p, "gone.bin", &content, 0).await.unwrap();
+    let hex = ContentHash::of(&content).to_hex();
+    std::fs::remove_file(primary.data_dir().join("blobs").join(&hex[..2]).join(&hex)).unwrap();
+    upload(&mut p, "after.txt", b"after", 0).await.unwrap();
+
+    // The replica catches up past it, and the primary says what was lost.
+    let replica = TestServer::start_on(config, addr).await;
+    eventually_async("the changes behind it reach the replica", || async {
+        replica.files_listed().await.contains(&"after.txt".to_owned())
+    })
+    .await;
+    let status = primary.status().await;
+    assert_eq!(status.replica_lost_changes, 1, "{status:?}");
+    assert!(status.replica_last_lost.contains("gone.bin"), "{status:?}");
+    assert!(status.replica_last_lost.contains(&gone.version.to_string()), "{status:?}");
+    // The replica knows the entry, and has no content to serve for it.
+    let mut r = replica.rpc().await;
+    let entry = r.stat(pb::StatRequest { path: "gone.bin".into() }).await.unwrap().into_inner();
+    assert_eq!(entry.version, gone.version);
+    assert_eq!(download(&mut r, "gone.bin").await.unwrap_err().code(), Code::NotFound);
+    drop(data);
+}
+
+#[tokio::test]
 async fn reconnections_back_off_while_the_replica_cannot_take_a_change() {
     let replica = TestServer::start_replica().await;
     let primary = TestServer::start_primary_of(&replica, Mode::Async, OnTimeout::Fail, TIMEOUT, |_| {}).await;

@@ -89,7 +89,11 @@ struct Link {
     waiting_since: Option<Instant>,
     /// Why the last session or attempt failed.
     error: String,
-    /// The change sessions fail on without getting past it (0: none).
+    /// The change the last session that was up failed on without getting
+    /// past it (0: none): a second such failure makes it `blocked`. (One
+    /// is a replica that restarted, or a network that went silent.)
+    failed_at: u64,
+    /// The change sessions keep failing on (0: none).
     blocked: u64,
     /// The last change sent without its content, and how many were.
     last_lost_seq: u64,
@@ -205,9 +209,12 @@ impl ReplicationHandle {
             moved
         });
         let mut link = self.link();
-        if moved && link.blocked != 0 && seq >= link.blocked {
-            tracing::info!(seq = link.blocked, "replication got past the change it was stuck on");
-            link.blocked = 0;
+        if moved {
+            link.failed_at = 0;
+            if link.blocked != 0 && seq >= link.blocked {
+                tracing::info!(seq = link.blocked, "replication got past the change it was stuck on");
+                link.blocked = 0;
+            }
         }
         if seq >= head {
             link.behind_since = None;
@@ -231,8 +238,8 @@ impl ReplicationHandle {
         let timeout = self.inner.config.timeout;
         match link.waiting_since {
             Some(t) if t.elapsed() > timeout => Some(format!(
-                "has confirmed nothing for {}",
-                humantime::format_duration(Duration::from_secs(t.elapsed().as_secs()))
+                "has confirmed nothing for {} while changes wait for it",
+                humantime::format_duration(Duration::from_millis(t.elapsed().as_millis() as u64))
             )),
             _ => None,
         }
@@ -323,9 +330,9 @@ impl ReplicationHandle {
 
     /// A session (or an attempt to open one) ended with `error`. Returns
     /// whether it was a working link (up long enough, or it got the replica
-    /// further), which resets the backoff. A session that took the stream
-    /// but got nowhere while changes wait is stuck on the next one: that is
-    /// logged once per change, not at every retry.
+    /// further), which resets the backoff. Two sessions in a row that took
+    /// the stream but got nowhere while changes wait are stuck on the next
+    /// one: that is logged once per change, not at every retry.
     fn session_ended(&self, error: &Error, acked_before: u64, head: u64) -> bool {
         let was_connected = self.inner.connected.swap(false, Ordering::Relaxed);
         let replica = &self.inner.config.url;
@@ -334,8 +341,8 @@ impl ReplicationHandle {
         let mut link = self.link();
         let stable = link.up_since.take().is_some_and(|t| t.elapsed() >= STABLE_SESSION);
         let message = error.to_string();
-        if was_connected && !progressed && acked < head {
-            let seq = acked + 1;
+        let stuck_at = (was_connected && !progressed && acked < head).then_some(acked + 1);
+        if let Some(seq) = stuck_at.filter(|seq| link.failed_at == *seq) {
             if link.blocked != seq {
                 tracing::error!(
                     seq, %replica, %error,
@@ -347,6 +354,9 @@ impl ReplicationHandle {
             tracing::warn!(%replica, %error, "replication stream down; reconnecting with backoff");
         } else {
             tracing::debug!(%replica, %error, "replica still unreachable");
+        }
+        if let Some(seq) = stuck_at {
+            link.failed_at = seq;
         }
         link.tried = true;
         link.error = message;
