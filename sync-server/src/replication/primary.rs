@@ -185,7 +185,7 @@ impl ReplicationHandle {
         let link = self.link();
         LinkStatus {
             blocked_seq: link.blocked,
-            error: if self.connected() { String::new() } else { link.error.clone() },
+            error: if self.connected() && link.blocked == 0 { String::new() } else { link.error.clone() },
             lost: link.lost,
             last_lost: link.last_lost.clone(),
             connect_attempts: self.inner.metrics.connect_attempts.get(),
@@ -228,10 +228,14 @@ impl ReplicationHandle {
     }
 
     /// Why the replica is known to be away, if it is: the stream is down
-    /// (after a first attempt), or the replica has confirmed nothing for
-    /// the sync timeout while it lacks changes.
+    /// (after a first attempt), replication is stuck on a change, or the
+    /// replica has confirmed nothing for the sync timeout while it lacks
+    /// changes.
     fn away(&self) -> Option<String> {
         let link = self.link();
+        if link.blocked != 0 {
+            return Some(format!("does not get past change {} ({})", link.blocked, link.error));
+        }
         if !self.connected() {
             return link.tried.then(|| format!("is not connected ({})", link.error));
         }
@@ -320,9 +324,13 @@ impl ReplicationHandle {
     fn up(&self, applied: u64, head: u64) {
         {
             let mut link = self.link();
+            let now = Instant::now();
             link.tried = true;
-            link.up_since = Some(Instant::now());
-            link.error.clear();
+            link.up_since = Some(now);
+            // What it confirms from now on counts, not the time it was away.
+            if applied < head {
+                link.waiting_since = Some(now);
+            }
         }
         self.inner.connected.store(true, Ordering::Relaxed);
         self.ack(applied, head);
