@@ -132,7 +132,8 @@ struct ServeArgs {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "SYNCSTORE_REPLICA_TIMEOUT")]
     replica_timeout: Duration,
     /// What a sync-mode write does when the replica does not confirm in
-    /// time: fail with UNAVAILABLE, or degrade to async (loudly).
+    /// time: fail with UNAVAILABLE (and refuse writes at once while the
+    /// replica is known to be away), or degrade to async (loudly).
     #[arg(long, value_enum, default_value_t = OnTimeoutArg::Fail, env = "SYNCSTORE_ON_REPLICA_TIMEOUT")]
     on_replica_timeout: OnTimeoutArg,
     /// The URL clients reach this server at, announced to the replica (and

@@ -14,7 +14,10 @@
 //!   starting a new history that would shadow the replica's.
 //! - In sync mode a write is acknowledged only once the replica has
 //!   acknowledged its seq (or, past the timeout, it fails with UNAVAILABLE
-//!   or degrades to async, as configured, loudly).
+//!   or degrades to async, as configured, loudly). Failing, a primary that
+//!   knows the replica is away refuses writes before writing anything.
+//! - One change never stops the stream: content the primary has lost goes
+//!   as lost, and a change the replica refuses is retried with backoff.
 
 pub mod primary;
 pub mod replica;
@@ -42,7 +45,8 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnTimeout {
     /// Fail the write with UNAVAILABLE (it is committed on the primary and
-    /// reaches the replica once it is back).
+    /// reaches the replica once it is back); while the replica is known to
+    /// be away, refuse writes at once, before writing anything.
     Fail,
     /// Acknowledge without the replica until it catches up, saying so in the
     /// log and in `Admin/Status`.
