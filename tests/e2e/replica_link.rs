@@ -51,7 +51,7 @@ fn refused_for_replica(err: &tonic::Status, url: &str) {
     assert_eq!(committed_version(err), None, "nothing was committed: {err:?}");
 }
 
-/// An upload of `data` to `path` as client `client_id`, in one chunk.
+/// An upload of `data` to `path` as client `client_id`.
 async fn upload_as(
     rpc: &mut Rpc,
     client_id: &str,
@@ -63,8 +63,11 @@ async fn upload_as(
     if let Some(upload_request::Msg::Header(h)) = &mut header.msg {
         h.client_id = client_id.into();
     }
-    let chunk = pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(data.to_vec())) };
-    let resp = rpc.upload(tokio_stream::iter([header, chunk])).await?.into_inner();
+    let chunks = data
+        .chunks(syncstore::limits::MAX_CHUNK)
+        .map(|c| pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(c.to_vec())) });
+    let msgs: Vec<_> = std::iter::once(header).chain(chunks).collect();
+    let resp = rpc.upload(tokio_stream::iter(msgs)).await?.into_inner();
     Ok(resp.entry.expect("an upload answers with its entry"))
 }
 
@@ -132,11 +135,12 @@ async fn a_write_the_replica_did_not_confirm_names_its_version_and_sending_it_ag
     connected(&primary).await;
     let mut p = primary.rpc().await;
     upload(&mut p, "before.txt", b"before", 0).await.unwrap();
+    let doc = random_bytes(3 << 20, 5);
 
     // The network to the replica goes silent: the write is committed here
     // but not confirmed, and the answer says which version it is.
     proxy.pause();
-    let err = upload(&mut p, "doc.txt", b"v1", 0).await.unwrap_err();
+    let err = upload(&mut p, "doc.txt", &doc, 0).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(error_reason(&err), Some(REASON_REPLICA_UNCONFIRMED), "{err:?}");
     let version = committed_version(&err).expect("the committed version is in the metadata");
@@ -146,12 +150,12 @@ async fn a_write_the_replica_did_not_confirm_names_its_version_and_sending_it_ag
 
     // Sent again while the replica is still silent: the same write, not
     // a new one, and still not confirmed.
-    let again = upload(&mut p, "doc.txt", b"v1", 0).await.unwrap_err();
+    let again = upload(&mut p, "doc.txt", &doc, 0).await.unwrap_err();
     assert_eq!(error_reason(&again), Some(REASON_REPLICA_UNCONFIRMED), "{again:?}");
     assert_eq!(committed_version(&again), Some(version));
     assert_eq!(primary.status().await.head_seq, head, "nothing new was committed");
     // The same bytes from another client are not that write.
-    let other = upload_as(&mut p, "someone-else", "doc.txt", b"v1", 0).await.unwrap_err();
+    let other = upload_as(&mut p, "someone-else", "doc.txt", &doc, 0).await.unwrap_err();
     assert_eq!(other.code(), Code::Aborted, "{other:?}");
 
     // Once the replica has it, sending it again answers OK with that
@@ -161,10 +165,10 @@ async fn a_write_the_replica_did_not_confirm_names_its_version_and_sending_it_ag
         primary.status().await.replica_acked_seq >= version
     })
     .await;
-    let entry = upload(&mut p, "doc.txt", b"v1", 0).await.unwrap();
+    let entry = upload(&mut p, "doc.txt", &doc, 0).await.unwrap();
     assert_eq!(entry.version, version);
     assert_eq!(primary.status().await.head_seq, head);
-    assert_eq!(replica.files().await.get("doc.txt").map(Vec::as_slice), Some(&b"v1"[..]));
+    assert_eq!(replica.files().await.get("doc.txt"), Some(&doc));
 
     // A delete sent twice is one delete.
     let delete = pb::DeleteRequest {
