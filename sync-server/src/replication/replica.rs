@@ -1,7 +1,8 @@
 //! The replica's side of replication: `syncstore.v1.Replication`. It checks
 //! the primary's history and epoch, applies every change durably in
-//! sequence order (content first, then metadata, as the primary does) and
-//! acknowledges the highest seq it holds.
+//! sequence order (content first, then metadata, as the primary does),
+//! acknowledges the highest seq it holds, and sends heartbeats so that the
+//! primary can tell a silent network from an idle link.
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
