@@ -136,8 +136,7 @@ mod tests {
     #[test]
     fn a_creation_whose_history_was_trimmed_is_not_recognised() {
         let dir = tempfile::tempdir().unwrap();
-        let mut options = StoreOptions::default();
-        options.log_retention = 1;
+        let options = StoreOptions { log_retention: 1 };
         let store = Store::open(dir.path(), options).unwrap();
         let old = put("old", b"old", 0, "c1");
         commit(&store, &old, b"old");
