@@ -117,6 +117,7 @@ fn host_name() -> String {
 /// full rescan every `rescan_interval`.
 pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     let (mut engine, state, remote, root) = open(&config)?;
+    refusal::forget(&state)?;
     let root_display = root.display().to_string();
     let tasks = TaskTracker::new();
     let stop_tasks = shutdown.child_token();
@@ -330,7 +331,8 @@ impl Backoff {
 /// Runs full reconciliations until the folder and the server agree.
 /// Returns whether they do.
 pub async fn sync_once(config: Config) -> Result<bool> {
-    let (mut engine, _, _, root) = open(&config)?;
+    let (mut engine, state, _, root) = open(&config)?;
+    refusal::forget(&state)?;
     for pass in 1..=MAX_SYNC_PASSES {
         let acted = engine.full_sync().await?;
         if engine.folder_gone() {

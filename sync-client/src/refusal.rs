@@ -61,6 +61,12 @@ impl Refusal {
     }
 }
 
+/// Forgets a refusal an earlier run left recorded: a new run records it
+/// again when it meets it.
+pub(crate) fn forget(state: &State) -> Result<()> {
+    state.set_meta(KEY, "")
+}
+
 /// The refusal a `watch` of this folder last recorded and still holds.
 pub(crate) fn stored(state: &State) -> Result<Option<String>> {
     Ok(state.get_meta(KEY)?.filter(|s| !s.is_empty()))
