@@ -85,6 +85,11 @@ fn describe_status(s: &tonic::Status) -> String {
         Code::Unavailable => format!("cannot reach the server ({})", s.message()),
         Code::Unauthenticated => format!("the server refused this client's token: {}", s.message()),
         Code::PermissionDenied => format!("the server does not allow this: {}", s.message()),
+        Code::ResourceExhausted if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_DISK_FULL) => {
+            "the server's disk is full: nothing was stored; the change is sent again once space is freed on the server"
+                .into()
+        }
+        Code::DataLoss => format!("the server's copy is damaged: {}", s.message()),
         code => format!("the server answered {code:?}: {}", s.message()),
     }
 }
