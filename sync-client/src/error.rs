@@ -99,3 +99,26 @@ impl From<syncstore::EntryError> for Error {
         Error::Protocol(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_reason(mut status: tonic::Status, reason: &'static str) -> Error {
+        status
+            .metadata_mut()
+            .insert(syncstore::lock::ERROR_REASON_KEY, tonic::metadata::MetadataValue::from_static(reason));
+        Error::Rpc(status)
+    }
+
+    #[test]
+    fn a_full_disk_on_the_server_is_said_plainly() {
+        let e = with_reason(tonic::Status::resource_exhausted("no space"), syncstore::lock::REASON_DISK_FULL);
+        assert!(e.to_string().starts_with("the server's disk is full"), "{e}");
+        let busy = Error::Rpc(tonic::Status::resource_exhausted("too many uploads"));
+        assert!(!busy.to_string().contains("disk is full"), "{busy}");
+        let damaged =
+            with_reason(tonic::Status::data_loss("content x is damaged"), syncstore::lock::REASON_DAMAGED);
+        assert!(damaged.to_string().starts_with("the server's copy is damaged"), "{damaged}");
+    }
+}
