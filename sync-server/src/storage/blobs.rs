@@ -29,7 +29,7 @@ use std::{
     io::{self, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex,
+        Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -91,10 +91,10 @@ pub(crate) struct BlobStore {
     handle: Arc<File>,
     /// How many times [`BlobStore::sync`] ran.
     syncs: Arc<AtomicU64>,
-    /// Held while a blob's name is changed (put in place, replaced or set
-    /// aside), so that setting a damaged copy aside never moves a good one
-    /// that replaced it meanwhile.
-    naming: Arc<Mutex<()>>,
+    /// Taken to set a damaged blob aside (written) and to put one in place
+    /// (read: puts do not wait for each other), so that setting a damaged
+    /// copy aside never moves a good one that replaced it meanwhile.
+    naming: Arc<RwLock<()>>,
     /// Damaged blobs found since the store was opened.
     found_damaged: Arc<AtomicU64>,
 }
@@ -203,7 +203,7 @@ impl BlobStore {
     /// `file` is still the blob under its name (a good copy may have
     /// replaced it since it was opened). Logged once, where it happens.
     fn quarantine(&self, hash: &ContentHash, file: &File, why: &str) -> Result<()> {
-        let _naming = self.naming.lock().unwrap_or_else(|p| p.into_inner());
+        let _naming = self.naming.write().unwrap_or_else(|p| p.into_inner());
         let path = self.path_of(hash);
         let same = match fs::metadata(&path) {
             Ok(now) => same_file(&now, &file.metadata()?),
@@ -246,7 +246,7 @@ impl BlobStore {
     pub(crate) fn persist(&self, staged: StagedBlob) -> Result<Durability> {
         let target = self.path_of(&staged.hash);
         let hash = staged.hash;
-        let _naming = self.naming.lock().unwrap_or_else(|p| p.into_inner());
+        let _naming = self.naming.read().unwrap_or_else(|p| p.into_inner());
         let durability = if target.is_file() && !staged.synced && self.stored_copy_good(&staged)? {
             // Same hash, same content: keep the stored copy, drop the temp.
             // That copy may be another upload's pending one.
