@@ -421,12 +421,15 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         ));
     }
     tasks.spawn(expire_locks(store.clone(), gate.clone(), shutdown.clone()));
+    // A primary heals from its replica; a replica's damage is healed by the
+    // primary's next copy of that content, or `scrub --from`.
+    let peer = replication
+        .as_ref()
+        .map(|r| scrub::Peer { url: r.config().url.clone(), security: r.config().security.clone() });
+    if let Some(peer) = &peer {
+        tasks.spawn(scrub::run_healer(store.clone(), peer.clone(), shutdown.clone()));
+    }
     if let Some(interval) = config.scrub_interval {
-        // A primary heals from its replica; a replica's damage is healed
-        // by the primary's next copy of that content, or `scrub --from`.
-        let peer = replication
-            .as_ref()
-            .map(|r| scrub::Peer { url: r.config().url.clone(), security: r.config().security.clone() });
         tasks.spawn(scrub::run_background(
             store.clone(),
             peer,

@@ -4,7 +4,9 @@
 //!
 //! Used by `sync-server scrub` (offline, on a stopped server's data folder)
 //! and by the server's background scrub (`--scrub-interval`), which paces
-//! its reads (`--scrub-rate`) so that it does not starve clients.
+//! its reads (`--scrub-rate`) so that it does not starve clients. A primary
+//! with a replica also heals at once what any read finds damaged
+//! ([`run_healer`]).
 
 use std::time::{Duration, Instant};
 
@@ -152,6 +154,29 @@ async fn heal(store: &Store, peer: Option<&Peer>, hash: ContentHash, size: u64) 
     tokio::task::spawn_blocking(move || s.restore_blob(writer.finish(hash, size)?)).await??;
     tracing::warn!(%hash, peer = %peer.url, "damaged content healed with the peer's copy");
     Ok(true)
+}
+
+/// Heals damaged content as soon as a read (a download, replication, a
+/// header-only upload) finds it, by fetching it from `peer`, until
+/// `shutdown`: the scrub's pass may be days away.
+pub async fn run_healer(store: Store, peer: Peer, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = store.damage_found() => {}
+            () = shutdown.cancelled() => return,
+        }
+        for (hash, size) in store.take_found_damaged() {
+            match heal(&store, Some(&peer), hash, size).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(%hash, "damaged content is lost: the peer has no good copy either")
+                }
+                Err(e) => {
+                    tracing::warn!(%hash, error = %e, "could not heal damaged content; the next scrub tries again")
+                }
+            }
+        }
+    }
 }
 
 /// Runs a scrub pass every `interval` until `shutdown`, at `rate` bytes/s,

@@ -165,7 +165,8 @@ async fn replicated_pair(files: &[(&str, &[u8])]) -> (TestServer, TestServer) {
 async fn compare_content_sees_damage_the_manifests_hide_and_scrub_heals_it_from_the_replica() {
     let a = random_bytes(300_000, 1);
     let b = random_bytes(5000, 2);
-    let (primary, replica) = replicated_pair(&[("a.bin", &a), ("b.bin", &b)]).await;
+    let c = random_bytes(70_000, 6);
+    let (primary, replica) = replicated_pair(&[("a.bin", &a), ("b.bin", &b), ("c.bin", &c)]).await;
     rot(primary.data_dir(), &a, 100);
     // b is damaged on both servers: nowhere to heal it from.
     rot(primary.data_dir(), &b, 7);
@@ -183,20 +184,30 @@ async fn compare_content_sees_damage_the_manifests_hide_and_scrub_heals_it_from_
     ];
     expected.sort();
     assert_eq!(content.differences, expected);
+    // The primary heals what its reads found from the replica, where it can.
+    eventually_async("the primary healed a.bin from the replica", || async {
+        download(&mut primary.rpc().await, "a.bin").await.is_ok_and(|d| d == a)
+    })
+    .await;
+    assert_eq!(primary.status().await.damaged_blobs, 1, "b.bin is damaged on both");
 
     // Offline scrub of the stopped primary, healing from the replica.
     let (config, data, addr) = primary.stop().await;
+    rot(&config.data_dir, &c, 69_999);
     let peer = Peer { url: replica.url(), security: none.clone() };
     let (report, lost) = sync_server::scrub_offline(&config.data_dir, Some(peer)).await.unwrap();
-    assert_eq!(report.verified, 2);
-    assert_eq!(report.damaged.len(), 2, "{report:?}");
-    assert_eq!(report.healed, vec![ContentHash::of(&a)]);
+    assert_eq!(report.verified, 3);
+    let mut damaged = vec![ContentHash::of(&b), ContentHash::of(&c)];
+    damaged.sort();
+    assert_eq!(report.damaged, damaged, "{report:?}");
+    assert_eq!(report.healed, vec![ContentHash::of(&c)]);
     assert_eq!(lost, vec![("b.bin".to_owned(), ContentHash::of(&b))]);
-    assert_eq!(std::fs::read(blob_path(&config.data_dir, &a)).unwrap(), a);
+    assert_eq!(std::fs::read(blob_path(&config.data_dir, &c)).unwrap(), c);
 
     let primary = TestServer::start_on(config, addr).await;
     let mut rpc = primary.rpc().await;
     assert_eq!(download(&mut rpc, "a.bin").await.unwrap(), a);
+    assert_eq!(download(&mut rpc, "c.bin").await.unwrap(), c);
     assert_data_loss(&download_partial(&mut rpc, "b.bin").await.1);
     let content = sync_server::admin::compare_content(&primary.url(), &replica.url(), &none).await.unwrap();
     let mut expected = vec![("b.bin".to_owned(), "damaged-in-A"), ("b.bin".to_owned(), "damaged-in-B")];
@@ -231,6 +242,34 @@ async fn the_background_scrub_finds_damage_and_heals_it_from_the_replica() {
     })
     .await;
     assert_eq!(download(&mut primary.rpc().await, "a.bin").await.unwrap(), a);
+    primary.stop().await;
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn damage_a_download_finds_on_a_primary_is_healed_from_the_replica_at_once() {
+    let a = random_bytes(1_500_000, 5);
+    let replica = TestServer::start_replica().await;
+    let primary =
+        TestServer::start_primary_of(&replica, Mode::Async, OnTimeout::Fail, Duration::from_secs(5), |c| {
+            c.scrub_interval = None;
+        })
+        .await;
+    upload(&mut primary.rpc().await, "a.bin", &a, 0).await.unwrap();
+    eventually_async("the replica has a.bin", || async {
+        download(&mut replica.rpc().await, "a.bin").await.is_ok_and(|d| d == a)
+    })
+    .await;
+    rot(primary.data_dir(), &a, 1_000_000);
+    let (got, ended) = download_partial(&mut primary.rpc().await, "a.bin").await;
+    assert_data_loss(&ended);
+    assert!(got.len() < a.len());
+    eventually_async("the primary fetched a good copy from the replica", || async {
+        download(&mut primary.rpc().await, "a.bin").await.is_ok_and(|d| d == a)
+    })
+    .await;
+    let status = primary.status().await;
+    assert_eq!((status.damaged_blobs, status.damaged_blobs_found), (0, 1));
     primary.stop().await;
     replica.stop().await;
 }

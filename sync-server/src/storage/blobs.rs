@@ -29,7 +29,7 @@ use std::{
     io::{self, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -55,6 +55,10 @@ const QUARANTINE_DIR: &str = "corrupt";
 /// block is skipped (left a hole) instead of written. The usual file system
 /// block, so that a hole frees a whole block.
 pub(crate) const HOLE_BLOCK: usize = 4096;
+
+/// Damaged blobs waiting for a healer at most; more are left to the next
+/// scrub pass.
+const MAX_HEAL_QUEUE: usize = 1024;
 
 /// Bytes read at a time while verifying a whole blob.
 const VERIFY_BUFFER: usize = 1024 * 1024;
@@ -97,6 +101,11 @@ pub(crate) struct BlobStore {
     naming: Arc<RwLock<()>>,
     /// Damaged blobs found since the store was opened.
     found_damaged: Arc<AtomicU64>,
+    /// Damaged blobs (hash, size) set aside and not yet offered to a
+    /// healer ([`BlobStore::take_found`]); bounded by [`MAX_HEAL_QUEUE`].
+    to_heal: Arc<Mutex<Vec<(ContentHash, u64)>>>,
+    /// Woken when `to_heal` gets one.
+    found: Arc<tokio::sync::Notify>,
 }
 
 impl BlobStore {
@@ -112,6 +121,8 @@ impl BlobStore {
             quarantine: data.join(QUARANTINE_DIR),
             naming: Arc::default(),
             found_damaged: Arc::default(),
+            to_heal: Arc::default(),
+            found: Arc::default(),
             blobs,
             tmp,
         };
@@ -151,6 +162,17 @@ impl BlobStore {
         fs::read_dir(&self.quarantine).map_or(0, |d| d.count() as u64)
     }
 
+    /// Takes the damaged blobs (hash, size) set aside since the last call.
+    pub(crate) fn take_found(&self) -> Vec<(ContentHash, u64)> {
+        std::mem::take(&mut *self.to_heal.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Resolves when a damaged blob was set aside since the last
+    /// [`BlobStore::take_found`] (or will be).
+    pub(crate) async fn found(&self) {
+        self.found.notified().await;
+    }
+
     /// How many damaged blobs were found since the store was opened.
     pub(crate) fn found_damaged(&self) -> u64 {
         self.found_damaged.load(Ordering::Relaxed)
@@ -174,6 +196,7 @@ impl BlobStore {
             store: self.clone(),
             file,
             hash: *hash,
+            size,
             left: size,
             hasher: blake3::Hasher::new(),
         }))
@@ -202,7 +225,7 @@ impl BlobStore {
     /// Sets a damaged blob aside (moves it to the quarantine folder), if
     /// `file` is still the blob under its name (a good copy may have
     /// replaced it since it was opened). Logged once, where it happens.
-    fn quarantine(&self, hash: &ContentHash, file: &File, why: &str) -> Result<()> {
+    fn quarantine(&self, hash: &ContentHash, size: u64, file: &File, why: &str) -> Result<()> {
         let _naming = self.naming.write().unwrap_or_else(|p| p.into_inner());
         let path = self.path_of(hash);
         let same = match fs::metadata(&path) {
@@ -216,6 +239,13 @@ impl BlobStore {
         fs::create_dir_all(&self.quarantine)?;
         fs::rename(&path, self.quarantined_path(hash))?;
         self.found_damaged.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut queue = self.to_heal.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.len() < MAX_HEAL_QUEUE {
+                queue.push((*hash, size));
+            }
+        }
+        self.found.notify_one();
         tracing::error!(
             %hash,
             why,
@@ -386,6 +416,8 @@ pub(crate) struct BlobReader {
     store: BlobStore,
     file: File,
     hash: ContentHash,
+    /// The size its entries give it.
+    size: u64,
     /// Bytes not read yet.
     left: u64,
     hasher: blake3::Hasher,
@@ -421,7 +453,7 @@ impl BlobReader {
 
     /// Sets the blob aside and returns the `DATA_LOSS` to end the read with.
     fn damaged(&self, why: &str) -> Error {
-        if let Err(e) = self.store.quarantine(&self.hash, &self.file, why) {
+        if let Err(e) = self.store.quarantine(&self.hash, self.size, &self.file, why) {
             tracing::error!(hash = %self.hash, error = %e, "could not set a damaged blob aside");
         }
         damaged(&self.hash)

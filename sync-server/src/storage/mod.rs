@@ -612,6 +612,18 @@ impl Store {
         })
     }
 
+    /// Takes the damaged contents (hash, size) found by reads since the
+    /// last call, for a healer.
+    pub(crate) fn take_found_damaged(&self) -> Vec<(ContentHash, u64)> {
+        self.inner.blobs.take_found()
+    }
+
+    /// Resolves when a read found damaged content (see
+    /// [`Store::take_found_damaged`]).
+    pub(crate) async fn damage_found(&self) {
+        self.inner.blobs.found().await;
+    }
+
     /// How many stored contents are set aside as damaged now, and how many
     /// were found since the store was opened.
     pub fn damaged_blobs(&self) -> (u64, u64) {
