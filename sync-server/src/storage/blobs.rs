@@ -192,25 +192,31 @@ impl BlobStore {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Some(BlobReader {
+        let reader = BlobReader {
             store: self.clone(),
             file,
             hash: *hash,
             size,
             left: size,
             hasher: blake3::Hasher::new(),
-        }))
+        };
+        if reader.file.metadata()?.len() != size {
+            return Err(reader.damaged("its length is not its content's"));
+        }
+        Ok(Some(reader))
     }
 
     /// Reads all of blob `hash` and checks it against its name (and the
     /// `size` its entries give it); a damaged blob is set aside.
     pub(crate) fn verify(&self, hash: &ContentHash, size: u64) -> Result<Verdict> {
-        let Some(mut reader) = self.reader(hash, size).or_else(|e| match e {
-            Error::DataLoss(_) => Ok(None),
-            e => Err(e),
-        })?
-        else {
-            return Ok(Verdict::Missing);
+        if !self.contains(hash) {
+            return Ok(Verdict::Missing); // Never stored, or set aside before.
+        }
+        let mut reader = match self.reader(hash, size) {
+            Ok(Some(reader)) => reader,
+            Ok(None) => return Ok(Verdict::Missing),
+            Err(Error::DataLoss(_)) => return Ok(Verdict::Damaged),
+            Err(e) => return Err(e),
         };
         loop {
             match reader.next_chunk(VERIFY_BUFFER) {
@@ -682,6 +688,9 @@ mod tests {
         let path = store.path_of(&hash);
         fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"!").unwrap();
         assert_eq!(store.verify(&hash, 12).unwrap(), Verdict::Damaged);
+        let empty = put(&store, b"");
+        fs::write(store.path_of(&empty), b"x").unwrap();
+        assert_eq!(store.verify(&empty, 0).unwrap(), Verdict::Damaged);
         let hash = put(&store, b"short");
         File::options().write(true).open(store.path_of(&hash)).unwrap().set_len(3).unwrap();
         assert_eq!(store.verify(&hash, 5).unwrap(), Verdict::Damaged);
