@@ -221,7 +221,12 @@ impl BlobStore {
         loop {
             match reader.next_chunk(VERIFY_BUFFER) {
                 Ok(Some(_)) => {}
-                Ok(None) => return Ok(Verdict::Good),
+                Ok(None) => {
+                    // A healed copy's damaged one may be back after a crash
+                    // (its removal is not synced): it is stale.
+                    let _ = fs::remove_file(self.quarantined_path(hash));
+                    return Ok(Verdict::Good);
+                }
                 Err(Error::DataLoss(_)) => return Ok(Verdict::Damaged),
                 Err(e) => return Err(e),
             }
@@ -322,7 +327,12 @@ impl BlobStore {
     /// Whether the stored copy of a small staged blob's content is good
     /// (read and hashed; at most [`DEFER_SYNC_MAX`] bytes).
     fn stored_copy_good(&self, staged: &StagedBlob) -> Result<bool> {
-        let mut file = File::open(self.path_of(&staged.hash))?;
+        let mut file = match File::open(self.path_of(&staged.hash)) {
+            Ok(f) => f,
+            // Removed meanwhile (unreferenced): the staged copy takes its place.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
         let mut hasher = blake3::Hasher::new();
         let copied = io::copy(&mut (&mut file).take(DEFER_SYNC_MAX + 1), &mut hasher)?;
         Ok(copied == staged.size && ContentHash::from(hasher.finalize()) == staged.hash)
