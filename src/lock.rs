@@ -90,8 +90,10 @@ impl From<Lock> for pb::Lock {
     }
 }
 
-/// Metadata key of a FAILED_PRECONDITION status that says which one it is:
-/// [`REASON_LOCKED`], [`REASON_STALE_LOCK`] or [`REASON_PATH_CLASH`].
+/// Metadata key of a status that says which case it is: a
+/// FAILED_PRECONDITION's [`REASON_LOCKED`], [`REASON_STALE_LOCK`] or
+/// [`REASON_PATH_CLASH`], a RESOURCE_EXHAUSTED's [`REASON_DISK_FULL`], a
+/// DATA_LOSS's [`REASON_DAMAGED`].
 pub const ERROR_REASON_KEY: &str = "syncstore-reason";
 /// The path is locked by someone else.
 pub const REASON_LOCKED: &str = "locked";
@@ -100,6 +102,13 @@ pub const REASON_STALE_LOCK: &str = "stale-lock";
 /// A file where the server has a folder, or below a file (not a lock
 /// matter, but told the same way).
 pub const REASON_PATH_CLASH: &str = "path-clash";
+
+/// A RESOURCE_EXHAUSTED: the server's disk (or quota) is full; nothing was
+/// written, and writes work again once space is freed there.
+pub const REASON_DISK_FULL: &str = "disk-full";
+/// A DATA_LOSS: the server's stored copy of the content is damaged (it no
+/// longer matches its hash); it was set aside and is never sent as good.
+pub const REASON_DAMAGED: &str = "damaged-content";
 
 /// The reason a status carries in [`ERROR_REASON_KEY`], if any.
 pub fn error_reason(status: &tonic::Status) -> Option<&str> {

@@ -4,7 +4,6 @@
 //! publishes the replica's acknowledgements for sync-mode writes.
 
 use std::{
-    io::Read,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -15,7 +14,6 @@ use std::{
 use prometheus::IntCounter;
 use syncstore::connect::Credentials;
 use syncstore::{
-    ContentHash,
     limits::{MAX_CHUNK, MAX_MESSAGE},
     pb::{self, replicate_request, replicate_response, replication_client::ReplicationClient},
 };
@@ -28,7 +26,7 @@ use super::{Mode, OnTimeout, ReplicaConfig, WriteGate};
 use crate::{
     error::{Error, Result},
     feed::{self, Item},
-    storage::{Change, PAGE_SIZE, Store, What},
+    storage::{BlobReader, Change, PAGE_SIZE, Store, What},
 };
 
 /// How long the TCP connection to the replica may take.
@@ -601,8 +599,9 @@ impl Window {
 enum Source {
     /// No content: a tombstone or a lock.
     None,
-    /// The blob, of this size and hash.
-    Blob(std::fs::File, u64, ContentHash),
+    /// The stored content, verified as it is read (boxed: a reader holds
+    /// its hasher's state).
+    Blob(Box<BlobReader>),
     /// Replaced by a later change, which follows: the metadata alone.
     Replaced,
     /// The entry is current but its content cannot be had here.
@@ -610,19 +609,21 @@ enum Source {
 }
 
 /// Opens a change's content. A blob that is gone although the entry is
-/// still current is lost, not replaced. Blocks.
+/// still current is lost, not replaced; one found damaged is lost too.
+/// Blocks.
 fn open_content(store: &Store, namespace: &str, entry: &syncstore::Entry) -> Result<Source> {
     let Some(c) = entry.content else { return Ok(Source::None) };
-    match store.open_blob(&c.hash) {
-        Ok(f) => Ok(Source::Blob(f, c.size, c.hash)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    match store.blob_reader(&c.hash, c.size) {
+        Ok(Some(reader)) => Ok(Source::Blob(Box::new(reader))),
+        Ok(None) => {
             let current = store.stat(namespace, &entry.path)?;
             Ok(match current {
                 Some(now) if now.version == entry.version => Source::Lost("missing".into()),
                 _ => Source::Replaced,
             })
         }
-        Err(e) => Err(e.into()),
+        Err(Error::DataLoss(_)) => Ok(Source::Lost("damaged (it no longer matches its hash)".into())),
+        Err(e) => Err(e),
     }
 }
 
@@ -671,9 +672,9 @@ async fn send_change(
         content_lost: matches!(source, Source::Lost(_)),
     };
     tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed())?;
-    if let Source::Blob(file, size, expected) = source {
+    if let Source::Blob(reader) = source {
         let tx = tx.clone();
-        let sent = tokio::task::spawn_blocking(move || send_content(file, size, expected, &tx)).await??;
+        let sent = tokio::task::spawn_blocking(move || send_content(*reader, &tx)).await??;
         if let Sent::Lost(why) = sent {
             handle.lost(seq, &namespace, &path, &why);
         }
@@ -688,49 +689,22 @@ enum Sent {
     Lost(String),
 }
 
-/// Sends `size` bytes of content, checking them against `hash` as they
-/// are read. The last chunk is held back until the whole content checked
-/// out: content found corrupt (or cut short) is never sent as good; the
-/// replica gets `ContentLost` in place of its end.
-fn send_content(mut file: impl Read, size: u64, hash: ContentHash, tx: &Sender) -> Result<Sent> {
-    let mut hasher = blake3::Hasher::new();
-    let mut held: Option<Vec<u8>> = None;
-    let mut left = size;
-    let mut lost = None;
-    while left > 0 {
-        let mut buf = vec![0u8; left.min(MAX_CHUNK as u64) as usize];
-        match file.read_exact(&mut buf) {
-            Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
-                ) =>
-            {
-                lost = Some(format!("unreadable ({e})"));
-                break;
+/// Sends content as it is read and verified: its last chunk goes only once
+/// all of it matched its hash. Content found damaged on the way is never
+/// sent as good: the replica gets `ContentLost` in place of its end.
+fn send_content(mut reader: BlobReader, tx: &Sender) -> Result<Sent> {
+    loop {
+        match reader.next_chunk(MAX_CHUNK) {
+            Ok(Some(chunk)) => {
+                tx.blocking_send(msg(replicate_request::Msg::Chunk(chunk))).map_err(|_| closed())?;
             }
-            Err(e) => return Err(e.into()),
-        }
-        left -= buf.len() as u64;
-        hasher.update(&buf);
-        if let Some(prev) = held.replace(buf) {
-            tx.blocking_send(msg(replicate_request::Msg::Chunk(prev))).map_err(|_| closed())?;
-        }
-    }
-    if lost.is_none() && ContentHash::from(hasher.finalize()) != hash {
-        lost = Some("corrupt (its bytes do not match its hash)".to_owned());
-    }
-    match (lost, held) {
-        (None, Some(last)) => {
-            tx.blocking_send(msg(replicate_request::Msg::Chunk(last))).map_err(|_| closed())?;
-            Ok(Sent::Whole)
-        }
-        (None, None) => Ok(Sent::Whole),
-        (Some(why), _) => {
-            let lost = pb::ContentLost { reason: why.clone() };
-            tx.blocking_send(msg(replicate_request::Msg::ContentLost(lost))).map_err(|_| closed())?;
-            Ok(Sent::Lost(why))
+            Ok(None) => return Ok(Sent::Whole),
+            Err(Error::DataLoss(why)) => {
+                let lost = pb::ContentLost { reason: why };
+                tx.blocking_send(msg(replicate_request::Msg::ContentLost(lost))).map_err(|_| closed())?;
+                return Ok(Sent::Lost("damaged (it no longer matches its hash)".into()));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
