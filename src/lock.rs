@@ -90,8 +90,10 @@ impl From<Lock> for pb::Lock {
     }
 }
 
-/// Metadata key of a FAILED_PRECONDITION status that says which one it is:
-/// [`REASON_LOCKED`], [`REASON_STALE_LOCK`] or [`REASON_PATH_CLASH`].
+/// Metadata key of a status that says which case it is: for
+/// FAILED_PRECONDITION [`REASON_LOCKED`], [`REASON_STALE_LOCK`] or
+/// [`REASON_PATH_CLASH`]; for an upload also [`REASON_UPLOAD_INCOMPLETE`],
+/// [`REASON_UPLOAD_TOO_SLOW`] or [`REASON_UPLOADS_BUSY`].
 pub const ERROR_REASON_KEY: &str = "syncstore-reason";
 /// The path is locked by someone else.
 pub const REASON_LOCKED: &str = "locked";
@@ -100,6 +102,14 @@ pub const REASON_STALE_LOCK: &str = "stale-lock";
 /// A file where the server has a folder, or below a file (not a lock
 /// matter, but told the same way).
 pub const REASON_PATH_CLASH: &str = "path-clash";
+/// An upload stream ended without its end marker (INVALID_ARGUMENT):
+/// nothing was committed.
+pub const REASON_UPLOAD_INCOMPLETE: &str = "upload-incomplete";
+/// An upload went silent or fell below the server's minimum rate
+/// (DEADLINE_EXCEEDED): nothing was committed.
+pub const REASON_UPLOAD_TOO_SLOW: &str = "upload-too-slow";
+/// No upload slot came free in time (RESOURCE_EXHAUSTED): try again later.
+pub const REASON_UPLOADS_BUSY: &str = "uploads-busy";
 
 /// The reason a status carries in [`ERROR_REASON_KEY`], if any.
 pub fn error_reason(status: &tonic::Status) -> Option<&str> {

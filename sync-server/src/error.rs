@@ -8,6 +8,9 @@ pub const REASON_KEY: &str = syncstore::lock::ERROR_REASON_KEY;
 const REASON_LOCKED: &str = syncstore::lock::REASON_LOCKED;
 const REASON_STALE_LOCK: &str = syncstore::lock::REASON_STALE_LOCK;
 const REASON_PATH_CLASH: &str = syncstore::lock::REASON_PATH_CLASH;
+const REASON_UPLOAD_INCOMPLETE: &str = syncstore::lock::REASON_UPLOAD_INCOMPLETE;
+const REASON_UPLOAD_TOO_SLOW: &str = syncstore::lock::REASON_UPLOAD_TOO_SLOW;
+const REASON_UPLOADS_BUSY: &str = syncstore::lock::REASON_UPLOADS_BUSY;
 
 /// Result alias for the server library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -46,6 +49,15 @@ pub enum Error {
     /// The client took too long (e.g. an upload went silent).
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// An upload stream ended without its end marker: nothing is committed.
+    #[error("{0}")]
+    UploadIncomplete(String),
+    /// An upload went silent, or fell below the minimum rate.
+    #[error("{0}")]
+    UploadTooSlow(String),
+    /// No upload slot came free in time.
+    #[error("{0}")]
+    UploadsBusy(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("I/O error: {0}")]
@@ -114,6 +126,16 @@ impl From<Error> for Status {
                     _ => REASON_PATH_CLASH,
                 };
                 let mut status = Status::failed_precondition(e.to_string());
+                status.metadata_mut().insert(REASON_KEY, tonic::metadata::MetadataValue::from_static(reason));
+                return status;
+            }
+            Error::UploadIncomplete(_) | Error::UploadTooSlow(_) | Error::UploadsBusy(_) => {
+                let (code, reason) = match &e {
+                    Error::UploadIncomplete(_) => (Code::InvalidArgument, REASON_UPLOAD_INCOMPLETE),
+                    Error::UploadTooSlow(_) => (Code::DeadlineExceeded, REASON_UPLOAD_TOO_SLOW),
+                    _ => (Code::ResourceExhausted, REASON_UPLOADS_BUSY),
+                };
+                let mut status = Status::new(code, e.to_string());
                 status.metadata_mut().insert(REASON_KEY, tonic::metadata::MetadataValue::from_static(reason));
                 return status;
             }

@@ -16,3 +16,4 @@ mod ops;
 mod replication;
 mod security;
 mod sync;
+mod uploads;
