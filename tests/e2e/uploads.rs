@@ -288,3 +288,44 @@ async fn trickling_uploads_are_ended_and_do_not_refuse_honest_ones() {
         assert_eq!(stat_code(&mut rpc, &format!("t{i}")).await, Code::NotFound);
     }
 }
+
+/// The server stored a client's upload but the answer never arrived (the
+/// connection dropped, the client crashed): the server's version carries
+/// the client's id and content it noted as sent. Meanwhile the file was
+/// saved again here. The client must take that version as its own past
+/// and upload the new save on top of it, not call it a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_answer_was_lost_is_not_a_conflict() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    a.write("doc.txt", "first save");
+    eventually_async("the first save is on the server", || async {
+        server.files().await.get("doc.txt").is_some_and(|d| d == b"first save")
+    })
+    .await;
+    let dir = a.stop().await;
+
+    // What the lost upload did: noted as sent, then stored by the server.
+    let state = sync_client::State::open(dir.path()).unwrap();
+    let path = RelPath::new("doc.txt").unwrap();
+    let base = state.base(&path).unwrap().expect("the first save was recorded");
+    state.note_sent(&path, &ContentHash::of(b"second save")).unwrap();
+    let mut header = upload_header("doc.txt", b"second save", base.version);
+    if let Some(upload_request::Msg::Header(h)) = &mut header.msg {
+        h.client_id = state.client_id().unwrap();
+    }
+    let mut rpc = server.rpc().await;
+    rpc.upload(tokio_stream::iter([header, chunk(b"second save"), upload_end()])).await.unwrap();
+    drop(state);
+    write(dir.path(), "doc.txt", "third save");
+
+    let a = TestClient::start_in(&server.url(), dir);
+    eventually_async("the third save is on the server", || async {
+        server.files().await.get("doc.txt").is_some_and(|d| d == b"third save")
+    })
+    .await;
+    let names: Vec<String> = server.files().await.into_keys().collect();
+    assert_eq!(names, ["doc.txt"], "no conflict copy");
+    assert_eq!(a.files().into_keys().collect::<Vec<_>>(), ["doc.txt"]);
+    a.stop().await;
+}
