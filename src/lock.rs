@@ -90,10 +90,12 @@ impl From<Lock> for pb::Lock {
     }
 }
 
-/// Metadata key of a status that says which case it is: for
-/// FAILED_PRECONDITION [`REASON_LOCKED`], [`REASON_STALE_LOCK`] or
-/// [`REASON_PATH_CLASH`]; for an upload also [`REASON_UPLOAD_INCOMPLETE`],
-/// [`REASON_UPLOAD_TOO_SLOW`] or [`REASON_UPLOADS_BUSY`].
+/// Metadata key of a status that says which case it is: a
+/// FAILED_PRECONDITION's [`REASON_LOCKED`], [`REASON_STALE_LOCK`] or
+/// [`REASON_PATH_CLASH`], a RESOURCE_EXHAUSTED's [`REASON_DISK_FULL`] or
+/// [`REASON_UPLOADS_BUSY`], a DATA_LOSS's [`REASON_DAMAGED`], an upload's
+/// [`REASON_UPLOAD_INCOMPLETE`] (INVALID_ARGUMENT) or
+/// [`REASON_UPLOAD_TOO_SLOW`] (DEADLINE_EXCEEDED).
 pub const ERROR_REASON_KEY: &str = "syncstore-reason";
 /// The path is locked by someone else.
 pub const REASON_LOCKED: &str = "locked";
@@ -110,6 +112,13 @@ pub const REASON_UPLOAD_INCOMPLETE: &str = "upload-incomplete";
 pub const REASON_UPLOAD_TOO_SLOW: &str = "upload-too-slow";
 /// No upload slot came free in time (RESOURCE_EXHAUSTED): try again later.
 pub const REASON_UPLOADS_BUSY: &str = "uploads-busy";
+
+/// A RESOURCE_EXHAUSTED: the server's disk (or quota) is full; nothing was
+/// written, and writes work again once space is freed there.
+pub const REASON_DISK_FULL: &str = "disk-full";
+/// A DATA_LOSS: the server's stored copy of the content is damaged (it no
+/// longer matches its hash); it was set aside and is never sent as good.
+pub const REASON_DAMAGED: &str = "damaged-content";
 
 /// The reason a status carries in [`ERROR_REASON_KEY`], if any.
 pub fn error_reason(status: &tonic::Status) -> Option<&str> {

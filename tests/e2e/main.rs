@@ -6,9 +6,11 @@
 
 mod api;
 mod badinput;
+mod diskfull;
 mod edges;
 mod grpcurl;
 mod harness;
+mod integrity;
 mod locks;
 mod malicious;
 mod model;
