@@ -1,5 +1,6 @@
 //! The client's error type.
 
+use syncstore::Reason;
 use tonic::Code;
 
 /// Result alias for the client library.
@@ -41,22 +42,30 @@ impl Error {
         }
     }
 
+    /// The reason of the server's refusal, if it was one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Error::Rpc(s) => Reason::of(s),
+            _ => None,
+        }
+    }
+
     /// Whether the server refused a write because someone else locked the
     /// path.
     pub fn is_locked(&self) -> bool {
-        matches!(self, Error::Rpc(s) if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_LOCKED))
+        self.reason() == Some(Reason::Locked)
     }
 
     /// Whether the server refused a write because the lock token it carried
     /// is not the path's current lock (or the path's lock needs one).
     pub fn is_stale_lock(&self) -> bool {
-        matches!(self, Error::Rpc(s) if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_STALE_LOCK))
+        self.reason() == Some(Reason::StaleLock)
     }
 
     /// Whether the server refused a file where it has a folder (or below a
     /// file).
     pub fn is_path_clash(&self) -> bool {
-        matches!(self, Error::Rpc(s) if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_PATH_CLASH))
+        self.reason() == Some(Reason::PathClash)
     }
 
     /// Whether the server refused this client's credentials: no token, an

@@ -15,7 +15,6 @@ use syncstore::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Code;
 
 use crate::{
     error::{Error, Result},
@@ -70,8 +69,7 @@ pub async fn upload(
         match remote.raw().upload(only_header).await {
             Ok(resp) => return Ok((entry_of(resp.into_inner().entry)?, false)),
             // Not there: send it. (A lock refusal is not that.)
-            Err(s) if s.code() == Code::FailedPrecondition && syncstore::lock::error_reason(&s).is_none() => {
-            }
+            Err(s) if syncstore::Reason::of(&s) == Some(syncstore::Reason::UnknownContent) => {}
             Err(s) => return Err(s.into()),
         }
     }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use syncstore::{
-    Content, ContentHash, Entry, RelPath,
+    Content, ContentHash, Entry, Reason, RelPath, limits,
     limits::{MAX_CHUNK, MAX_PATH_BYTES},
     pb::{self, download_response, file_sync_server::FileSync, upload_request},
 };
@@ -18,13 +18,13 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Authenticator, Need, caller, principal};
+use crate::auth::{Access, Authenticator, Need, caller, principal};
 use crate::{
     ServerMetrics,
-    error::{Error, Result},
+    error::{Error, Result, refusal},
     feed::{self, Item},
     replication::{WriteGate, primary::ReplicationHandle},
-    storage::{Change, Delete, LockRequest, PAGE_SIZE, Put, Store},
+    storage::{Actor, Change, Delete, LockRequest, PAGE_SIZE, Put, Store},
 };
 
 /// Messages buffered per server stream before the producer waits.
@@ -172,7 +172,12 @@ impl FileSyncService {
         }
     }
 
-    async fn receive_upload(&self, ns: String, mut stream: Streaming<pb::UploadRequest>) -> Result<Change> {
+    async fn receive_upload(
+        &self,
+        ns: String,
+        principal: String,
+        mut stream: Streaming<pb::UploadRequest>,
+    ) -> Result<Change> {
         // Held until the upload is committed or refused and its temp file gone.
         let _slot = self.upload_slot(&ns).await?;
         let header = match self.next_message(&mut stream).await? {
@@ -182,6 +187,7 @@ impl FileSyncService {
         self.gate.check()?;
         let path = RelPath::new(header.path)?;
         let hash = ContentHash::try_from(&header.hash[..])?;
+        field(limits::check_client_id(&header.client_id))?;
         let size = header.size;
         if header.folder && (size != 0 || header.symlink) {
             return Err(Error::invalid(format!(
@@ -189,12 +195,12 @@ impl FileSyncService {
             )));
         }
         if header.symlink && size > MAX_PATH_BYTES as u64 {
-            return Err(Error::invalid(format!(
+            return Err(Error::BadSymlink(format!(
                 "{path} is a symbolic link with a {size}-byte target; the limit is {MAX_PATH_BYTES}"
             )));
         }
         if size > self.limits.max_file_size {
-            return Err(Error::ResourceExhausted(format!(
+            return Err(Error::TooLarge(format!(
                 "{path} is {size} bytes; this server takes files up to {} bytes",
                 self.limits.max_file_size
             )));
@@ -210,17 +216,17 @@ impl FileSyncService {
                 folder: header.folder,
             },
             base_version: header.base_version,
-            client_id: header.client_id,
+            who: Actor::new(principal, header.client_id),
             lock_token: header.lock_token,
         };
 
         // Refuse a stale base or a locked path before receiving any content;
         // the commit checks again under the writer lock.
-        let (n, p, client, token, folder) =
-            (ns.clone(), path.clone(), put.client_id.clone(), put.lock_token, put.content.folder);
+        let (n, p, who, token, folder) =
+            (ns.clone(), path.clone(), put.who.clone(), put.lock_token, put.content.folder);
         let current = self
             .blocking(move |s| {
-                s.check_lock(&n, &p, &client, token)?;
+                s.check_lock(&n, &p, &who, token)?;
                 s.check_path_clash(&n, &p, folder)?;
                 s.stat(&n, &p)
             })
@@ -331,10 +337,11 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::UploadResponse>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
-        let result = self.receive_upload(ns, request.into_inner()).await.inspect_err(|e| {
-            tracing::info!(error = %e, "upload refused");
-        });
+        let who = self.counted(caller(&request, Need::Write))?;
+        let result =
+            self.receive_upload(who.namespace, who.name, request.into_inner()).await.inspect_err(|e| {
+                tracing::info!(error = %e, "upload refused");
+            });
         let entry = self.counted(result.map_err(Status::from))?.into_entry();
         self.metrics.uploads.inc();
         self.metrics.upload_bytes.inc_by(entry.content.map_or(0, |c| c.size));
@@ -390,14 +397,16 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
+            field(limits::check_client_id(&req.client_id))?;
             let del = Delete {
                 path: RelPath::new(req.path)?,
                 base_version: req.base_version,
-                client_id: req.client_id,
+                who: Actor::new(who.name, req.client_id),
                 lock_token: req.lock_token,
             };
             let change = self
@@ -414,7 +423,7 @@ impl FileSync for FileSyncService {
         Ok(Response::new(pb::DeleteResponse { entry: Some(entry.into()) }))
     }
 
-    type ListStream = ServerStream<pb::FileEntry>;
+    type ListStream = ServerStream<pb::ListResponse>;
 
     #[tracing::instrument(skip_all)]
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<Self::ListStream>, Status> {
@@ -426,7 +435,13 @@ impl FileSync for FileSyncService {
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let this = self.clone();
+        // Every page is read after this: the listing reflects every change
+        // up to it (and maybe later ones), the seam with Subscribe.
+        let head_seq = self.store.head();
         tokio::spawn(async move {
+            if tx.send(Ok(pb::ListResponse { entry: None, head_seq })).await.is_err() {
+                return;
+            }
             let mut after: Option<String> = None;
             loop {
                 let (n, p, a) = (ns.clone(), prefix.clone(), after.clone());
@@ -443,7 +458,7 @@ impl FileSync for FileSyncService {
                 let last = page.len() < PAGE_SIZE;
                 after = page.last().map(|e| e.path.as_str().to_owned());
                 for entry in page {
-                    if tx.send(Ok(entry.into())).await.is_err() {
+                    if tx.send(Ok(pb::ListResponse { entry: Some(entry.into()), head_seq })).await.is_err() {
                         return; // The caller went away.
                     }
                 }
@@ -456,7 +471,7 @@ impl FileSync for FileSyncService {
     }
 
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
-    async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::FileEntry>, Status> {
+    async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
         let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let path = RelPath::new(request.into_inner().path).map_err(Error::from)?;
         let entry = self
@@ -464,10 +479,10 @@ impl FileSync for FileSyncService {
                 s.stat(&ns, &path)?.ok_or_else(|| Error::NotFound(format!("{path} was never written")))
             })
             .await?;
-        Ok(Response::new(entry.into()))
+        Ok(Response::new(pb::StatResponse { entry: Some(entry.into()) }))
     }
 
-    type SubscribeStream = ServerStream<pb::ChangeEvent>;
+    type SubscribeStream = ServerStream<pb::SubscribeResponse>;
 
     #[tracing::instrument(skip_all, fields(client = %request.get_ref().client_id, after = request.get_ref().after_seq))]
     async fn subscribe(
@@ -476,6 +491,9 @@ impl FileSync for FileSyncService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let who = self.counted(caller(&request, Need::Read))?;
         let req = request.into_inner();
+        if !req.client_id.is_empty() {
+            self.counted(field(limits::check_client_id(&req.client_id)).map_err(Status::from))?;
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (store, shutdown, auth) = (self.store.clone(), self.shutdown.clone(), self.auth.clone());
         let subscribers = self.metrics.subscribers.clone();
@@ -494,13 +512,13 @@ impl FileSync for FileSyncService {
             let watcher = tokio::spawn(gone);
             let follow = feed::follow(&store, req.after_seq, Some(&who.namespace), &stop, |item| {
                 let tx = tx.clone();
-                async move { tx.send(Ok(event(item))).await.is_ok() }
+                async move { tx.send(Ok(pb::SubscribeResponse { event: Some(event(item)) })).await.is_ok() }
             });
             let result = tokio::select! {
                 r = follow => r.map_err(Status::from),
                 () = auth.revoked(&who) => {
                     tracing::info!(token = %who.name, "ending a subscription: its token was removed");
-                    Err(Status::unauthenticated("the token was removed"))
+                    Err(refusal(tonic::Code::Unauthenticated, Reason::Unauthenticated, "the token was removed"))
                 }
             };
             if let Err(e) = result {
@@ -520,6 +538,12 @@ impl FileSync for FileSyncService {
         // Any token may ask: a client learns here whom the server takes it for.
         let who = principal(&request)?;
         let (head, oldest) = self.blocking(|s| Ok((s.head(), s.oldest_seq()?))).await?;
+        // What the caller may do here: a server that refuses writes (a
+        // replica) takes a read-write token's reads only.
+        let access = match who.access {
+            Access::ReadWrite if self.gate.check().is_err() => Access::ReadOnly,
+            a => a,
+        };
         Ok(Response::new(pb::ServerInfoResponse {
             history_id: self.store.history_id(),
             head_seq: head,
@@ -528,21 +552,25 @@ impl FileSync for FileSyncService {
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             namespace: who.namespace,
             principal: who.name,
-            access: who.access.as_str().to_owned(),
+            access: access.as_str().to_owned(),
         }))
     }
 
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path, client = %request.get_ref().client_id))]
-    async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::Lock>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+    async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
+            field(limits::check_client_id(&req.client_id))?;
+            field(limits::check_holder(&req.holder))?;
+            field(limits::check_note(&req.note))?;
             let req = LockRequest {
                 path: RelPath::new(req.path)?,
                 ttl_seconds: req.ttl_seconds,
                 note: req.note,
-                client_id: req.client_id,
+                who: Actor::new(who.name, req.client_id),
                 holder: req.holder,
             };
             let change = self.blocking(move |s| s.lock(&ns, req)).await?;
@@ -554,25 +582,30 @@ impl FileSync for FileSyncService {
         let change = self.counted(result.map_err(Status::from))?;
         let lock = change.lock_pb().expect("a lock change");
         tracing::info!(lock_id = %lock.lock_id, token = lock.token, expires = %syncstore::lock::format_ms(lock.expires_ms), "locked");
-        Ok(Response::new(lock))
+        Ok(Response::new(pb::LockResponse { lock: Some(lock) }))
     }
 
     #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id))]
     async fn refresh_lock(
         &self,
         request: Request<pb::RefreshLockRequest>,
-    ) -> Result<Response<pb::Lock>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+    ) -> Result<Response<pb::RefreshLockResponse>, Status> {
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
-            let change = self.blocking(move |s| s.refresh_lock(&ns, &req.lock_id, req.ttl_seconds)).await?;
+            field(limits::check_lock_id(&req.lock_id))?;
+            field(limits::check_client_id(&req.client_id))?;
+            let actor = Actor::new(who.name, req.client_id);
+            let change =
+                self.blocking(move |s| s.refresh_lock(&ns, &req.lock_id, &actor, req.ttl_seconds)).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
         .await;
         let change = self.counted(result.map_err(Status::from))?;
-        Ok(Response::new(change.lock_pb().expect("a lock change")))
+        Ok(Response::new(pb::RefreshLockResponse { lock: change.lock_pb() }))
     }
 
     #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id, client = %request.get_ref().client_id))]
@@ -580,12 +613,28 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
+        if req.force && !who.break_locks {
+            let denied = refusal(
+                tonic::Code::PermissionDenied,
+                Reason::PermissionDenied,
+                format!(
+                    "the token {:?} may not break locks (unlock with force): that needs a token with the \
+                     break-locks right (`sync-server token add --break-locks`)",
+                    who.name
+                ),
+            );
+            self.metrics.error(&denied);
+            return Err(denied);
+        }
         let result = async {
             self.gate.check()?;
-            let change =
-                self.blocking(move |s| s.unlock(&ns, &req.lock_id, &req.client_id, req.force)).await?;
+            field(limits::check_lock_id(&req.lock_id))?;
+            field(limits::check_client_id(&req.client_id))?;
+            let actor = Actor::new(who.name, req.client_id);
+            let change = self.blocking(move |s| s.unlock(&ns, &req.lock_id, &actor, req.force)).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
@@ -597,18 +646,52 @@ impl FileSync for FileSyncService {
         Ok(Response::new(pb::UnlockResponse { lock: Some(lock) }))
     }
 
+    type ListLocksStream = ServerStream<pb::ListLocksResponse>;
+
     async fn list_locks(
         &self,
         request: Request<pb::ListLocksRequest>,
-    ) -> Result<Response<pb::ListLocksResponse>, Status> {
+    ) -> Result<Response<Self::ListLocksStream>, Status> {
         let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let prefix = request.into_inner().prefix.trim_end_matches('/').to_owned();
         if !prefix.is_empty() {
             RelPath::new(prefix.as_str()).map_err(Error::from)?;
         }
-        let locks = self.blocking(move |s| s.list_locks(&ns, &prefix)).await?;
-        Ok(Response::new(pb::ListLocksResponse { locks: locks.into_iter().map(Into::into).collect() }))
+        // One lock per message, read a page at a time: no number of locks
+        // makes a message too large or fills the server's memory.
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut after: Option<String> = None;
+            loop {
+                let (n, p, a) = (ns.clone(), prefix.clone(), after.clone());
+                let page =
+                    match this.blocking(move |s| s.list_locks_page(&n, &p, a.as_deref(), PAGE_SIZE)).await {
+                        Ok(page) => page,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    };
+                let last = page.len() < PAGE_SIZE;
+                after = page.last().map(|l| l.path.as_str().to_owned());
+                for lock in page {
+                    if tx.send(Ok(pb::ListLocksResponse { lock: Some(lock.into()) })).await.is_err() {
+                        return; // The caller went away.
+                    }
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// A field out of its bounds (see [`syncstore::limits`]).
+fn field(checked: Result<(), String>) -> Result<()> {
+    checked.map_err(Error::InvalidField)
 }
 
 fn event(item: Item) -> pb::ChangeEvent {

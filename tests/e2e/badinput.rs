@@ -174,12 +174,7 @@ fn entries(dir: &Path) -> BTreeSet<PathBuf> {
 
 async fn manifest(rpc: &mut Rpc) -> Vec<pb::FileEntry> {
     let req = pb::ListRequest { prefix: String::new(), include_deleted: true };
-    let mut list = rpc.list(req).await.unwrap().into_inner();
-    let mut out = Vec::new();
-    while let Some(e) = list.message().await.unwrap() {
-        out.push(e);
-    }
-    out
+    entries_of(rpc.list(req).await.unwrap().into_inner()).await.unwrap()
 }
 
 async fn snapshot(server: &TestServer, tokens: &Tokens) -> Snapshot {
@@ -234,7 +229,7 @@ async fn run(url: &str, security: &Security, call: Call) -> Result<(), tonic::St
             rpc.stat(req).await.map(drop)
         }
         Call::ListNothing => {
-            match rpc.list(pb::ListRequest::default()).await?.into_inner().message().await? {
+            match entries_of(rpc.list(pb::ListRequest::default()).await?.into_inner()).await?.first() {
                 Some(e) => Err(tonic::Status::data_loss(format!("listed {}", e.path))),
                 None => Ok(()),
             }

@@ -217,6 +217,11 @@ impl StagedBlob {
     pub(crate) fn hash(&self) -> ContentHash {
         self.hash
     }
+
+    /// The staged content, read from its start.
+    pub(crate) fn reopen(&self) -> io::Result<File> {
+        self.file.reopen()
+    }
 }
 
 /// fsyncs a directory so that a rename or create inside it is durable.
