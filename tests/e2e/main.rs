@@ -13,6 +13,7 @@ mod locks;
 mod malicious;
 mod model;
 mod ops;
+mod python;
 mod replication;
 mod security;
 mod sync;
