@@ -25,7 +25,9 @@ fn have_python_grpc() -> bool {
             std::env::var_os("SYNCSTORE_REQUIRE_PYTHON").is_none(),
             "Python's grpcio, grpcio-tools and blake3 are required (SYNCSTORE_REQUIRE_PYTHON is set) but missing"
         );
-        eprintln!("skipping: python3 with grpcio, grpcio-tools and blake3 is missing (pip install grpcio grpcio-tools blake3)");
+        eprintln!(
+            "skipping: python3 with grpcio, grpcio-tools and blake3 is missing (pip install grpcio grpcio-tools blake3)"
+        );
     }
     found
 }
@@ -55,7 +57,11 @@ fn protoc(root: &Path, out: &Path) -> Output {
     cmd.args(["-m", "grpc_tools.protoc", "-I", "proto"])
         .arg(format!("--python_out={}", out.display()))
         .arg(format!("--grpc_python_out={}", out.display()))
-        .args(["proto/syncstore/v1/sync.proto", "proto/syncstore/v1/replication.proto", "proto/syncstore/v1/admin.proto"])
+        .args([
+            "proto/syncstore/v1/sync.proto",
+            "proto/syncstore/v1/replication.proto",
+            "proto/syncstore/v1/admin.proto",
+        ])
         .current_dir(root);
     run_bounded(cmd)
 }
