@@ -177,7 +177,10 @@ mod tests {
         assert!(matches!(RelPath::new("a\0b"), Err(PathError::ControlChar(_))));
         assert!(matches!(RelPath::new("a\nb"), Err(PathError::ControlChar(_))));
         // Escaped once in the message: `a\0b`, not `a\\0b`.
-        assert_eq!(RelPath::new("a\0b").unwrap_err().to_string(), r#"path "a\0b" contains a control character"#);
+        assert_eq!(
+            RelPath::new("a\0b").unwrap_err().to_string(),
+            r#"path "a\0b" contains a control character"#
+        );
         // "é" as e + combining acute accent (NFD).
         assert!(matches!(RelPath::new("cafe\u{301}"), Err(PathError::NotNfc(_))));
         assert!(matches!(RelPath::new("x".repeat(256)), Err(PathError::NameTooLong(_))));

@@ -653,6 +653,8 @@ pub struct Tokens {
     pub alice_ro: String,
     pub alice2: String,
     pub bob: String,
+    /// A read-write token of alice's namespace with the break-locks right.
+    pub alice_ops: String,
     pub admin: String,
     pub replication: String,
 }
@@ -666,9 +668,11 @@ impl Tokens {
         let alice_ro = file.add("alice-viewer", "alice", sync_server::auth::Access::ReadOnly).unwrap();
         let alice2 = file.add("alice-desktop", "alice", sync_server::auth::Access::ReadWrite).unwrap();
         let bob = file.add("bob", "bob", sync_server::auth::Access::ReadWrite).unwrap();
+        let alice_ops = file.add("alice-ops", "alice", sync_server::auth::Access::ReadWrite).unwrap();
+        assert!(file.set_break_locks("alice-ops", true).unwrap());
         let admin = file.add("ops", "", sync_server::auth::Access::Admin).unwrap();
         let replication = file.add("link", "", sync_server::auth::Access::Replication).unwrap();
         file.save(&path).unwrap();
-        Self { _dir: dir, path, alice, alice_ro, alice2, bob, admin, replication }
+        Self { _dir: dir, path, alice, alice_ro, alice2, bob, alice_ops, admin, replication }
     }
 }

@@ -6,6 +6,7 @@
 
 mod api;
 mod badinput;
+mod contract;
 mod edges;
 mod grpcurl;
 mod harness;
