@@ -185,9 +185,9 @@ impl FileSyncService {
             _ => return Err(Error::invalid("the first message of an upload must be a header")),
         };
         self.gate.check()?;
+        check_header_fields(&header)?;
         let path = RelPath::new(header.path)?;
         let hash = ContentHash::try_from(&header.hash[..])?;
-        field(limits::check_client_id(&header.client_id))?;
         let size = header.size;
         if header.folder && (size != 0 || header.symlink) {
             return Err(Error::invalid(format!(
@@ -563,9 +563,7 @@ impl FileSync for FileSyncService {
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
-            field(limits::check_client_id(&req.client_id))?;
-            field(limits::check_holder(&req.holder))?;
-            field(limits::check_note(&req.note))?;
+            check_lock_fields(&req)?;
             let req = LockRequest {
                 path: RelPath::new(req.path)?,
                 ttl_seconds: req.ttl_seconds,
@@ -692,6 +690,217 @@ impl FileSync for FileSyncService {
 /// A field out of its bounds (see [`syncstore::limits`]).
 fn field(checked: Result<(), String>) -> Result<()> {
     checked.map_err(Error::InvalidField)
+}
+
+/// The bounded fields of an upload's header (the path, hash and size are
+/// checked on their own; a link's target once it has arrived).
+pub(crate) fn check_header_fields(header: &pb::UploadHeader) -> Result<()> {
+    field(limits::check_client_id(&header.client_id))
+}
+
+/// The bounded fields of a lock request (the path is checked on its own).
+pub(crate) fn check_lock_fields(req: &pb::LockRequest) -> Result<()> {
+    field(limits::check_client_id(&req.client_id))?;
+    field(limits::check_holder(&req.holder))?;
+    field(limits::check_note(&req.note))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Whatever the server accepts fits in every message it sends for it.
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use proptest::{prelude::*, test_runner::TestRunner};
+    use prost::Message;
+    use syncstore::limits::{MAX_ERROR_MESSAGE_BYTES, MAX_MESSAGE};
+
+    use super::*;
+    use crate::storage::{LockEnd, StoreOptions};
+
+    /// Strings of lengths around every bound and far beyond, in 1-, 2- and
+    /// 4-byte characters, sometimes with a control character.
+    fn text() -> impl Strategy<Value = String> {
+        let len = prop_oneof![
+            1 => 0..300usize,
+            1 => 1000..1100usize,
+            1 => 2000..2100usize,
+            1 => 4090..4200usize,
+            3 => Just(MAX_MESSAGE),
+        ];
+        let unit = prop_oneof![Just("a"), Just("é"), Just("😀"), Just("a/"), Just("\n"), Just("\0")];
+        (len, unit).prop_map(|(n, u)| u.repeat(n / u.len() + 1).chars().take(n).collect())
+    }
+
+    #[derive(Debug, Clone)]
+    struct Input {
+        path: String,
+        client_id: String,
+        target: String,
+        holder: String,
+        note: String,
+    }
+
+    /// Valid paths up to the longest, in 2-byte characters.
+    fn long_path() -> impl Strategy<Value = String> {
+        (1..=16usize, 1..=127usize).prop_map(|(k, n)| {
+            let name = "é".repeat(n);
+            let mut p = vec![name.as_str(); k].join("/");
+            p.truncate(p.floor_char_boundary(syncstore::limits::MAX_PATH_BYTES));
+            p.trim_end_matches('/').to_owned()
+        })
+    }
+
+    /// Valid text of up to `max` bytes, in 1-, 2- and 4-byte characters.
+    fn valid(max: usize) -> impl Strategy<Value = String> {
+        (1..=max, prop_oneof![Just('a'), Just('é'), Just('😀')])
+            .prop_map(|(n, c)| std::iter::repeat_n(c, n / c.len_utf8()).collect())
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        use syncstore::limits::{MAX_CLIENT_ID_BYTES, MAX_HOLDER_BYTES, MAX_NOTE_BYTES, MAX_PATH_BYTES};
+        let path = prop_oneof![text(), long_path()];
+        let client_id = prop_oneof![text(), valid(MAX_CLIENT_ID_BYTES)];
+        let target = prop_oneof![text(), valid(MAX_PATH_BYTES)];
+        let holder = prop_oneof![text(), valid(MAX_HOLDER_BYTES)];
+        let note = prop_oneof![text(), valid(MAX_NOTE_BYTES)];
+        (path, client_id, target, holder, note).prop_map(|(path, client_id, target, holder, note)| Input {
+            path,
+            client_id,
+            target,
+            holder,
+            note,
+        })
+    }
+
+    /// The largest a message may be: a bound every peer accepts.
+    fn fits(what: &str, m: &impl Message) -> Result<(), TestCaseError> {
+        let len = m.encoded_len();
+        prop_assert!(len <= MAX_MESSAGE, "{what} is {len} bytes; the limit is {MAX_MESSAGE}");
+        Ok(())
+    }
+
+    fn replicated(change: &Change) -> pb::ReplicateRequest {
+        let header = pb::ReplicatedChange {
+            seq: change.seq,
+            namespace: change.namespace.clone(),
+            entry: change.entry().map(|e| e.clone().into()),
+            content_follows: change.entry().is_some(),
+            kind: change.kind().into(),
+            lock: change.lock_pb(),
+        };
+        pb::ReplicateRequest { msg: Some(pb::replicate_request::Msg::Change(header)) }
+    }
+
+    /// Every message a change goes out in: its event, its replication, and
+    /// (for a file) its listing, stat and admin manifest.
+    fn every_message(change: &Change) -> Result<(), TestCaseError> {
+        let event = pb::SubscribeResponse { event: Some(change.to_event()) };
+        fits("an event", &event)?;
+        fits("a replicated change", &replicated(change))?;
+        if let Some(entry) = change.entry() {
+            let e: pb::FileEntry = entry.clone().into();
+            fits("a listing", &pb::ListResponse { entry: Some(e.clone()), head_seq: u64::MAX })?;
+            fits("a stat", &pb::StatResponse { entry: Some(e.clone()) })?;
+            fits("an upload's answer", &pb::UploadResponse { entry: Some(e.clone()) })?;
+            fits(
+                "a manifest entry",
+                &pb::ManifestResponse { namespace: change.namespace.clone(), entry: Some(e) },
+            )?;
+        }
+        if let Some(lock) = change.lock_pb() {
+            fits("a lock listing", &pb::ListLocksResponse { lock: Some(lock.clone()) })?;
+            fits("a lock's answer", &pb::LockResponse { lock: Some(lock.clone()) })?;
+            fits("an unlock's answer", &pb::UnlockResponse { lock: Some(lock) })?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn whatever_the_server_accepts_fits_in_every_message_it_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let case = AtomicU64::new(0);
+        // The longest token name a principal can have is the operator's
+        // choice, not a client's; a generous one here.
+        let principal = "p".repeat(256);
+        let mut runner = TestRunner::new(ProptestConfig { cases: 256, ..ProptestConfig::default() });
+        runner
+            .run(&input(), |i| {
+                let ns = format!("ns{}", case.fetch_add(1, Ordering::Relaxed));
+                let header = pb::UploadHeader { client_id: i.client_id.clone(), ..Default::default() };
+                let Ok(path) = RelPath::new(i.path.clone()) else { return Ok(()) };
+                if check_header_fields(&header).is_ok() {
+                    // A link whose target is the client's text, when its
+                    // target passes too.
+                    let target = i.target.as_bytes();
+                    let mut writer = store.blob_writer().unwrap();
+                    writer.write(target).unwrap();
+                    let hash = ContentHash::of(target);
+                    let staged = writer.finish(hash, target.len() as u64).unwrap();
+                    let put = Put {
+                        path: path.clone(),
+                        content: Content {
+                            hash,
+                            size: target.len() as u64,
+                            mtime_ns: i64::MIN,
+                            executable: true,
+                            symlink: true,
+                            folder: false,
+                        },
+                        base_version: 0,
+                        who: Actor::new(principal.clone(), i.client_id.clone()),
+                        lock_token: 0,
+                    };
+                    if let Ok(change) = store.commit_put(&ns, put, Some(staged)) {
+                        every_message(&change)?;
+                        let del = Delete {
+                            path: path.clone(),
+                            base_version: change.seq,
+                            who: Actor::new(principal.clone(), i.client_id.clone()),
+                            lock_token: 0,
+                        };
+                        every_message(&store.commit_delete(&ns, del).unwrap())?;
+                    }
+                }
+                let req = pb::LockRequest {
+                    path: path.to_string(),
+                    ttl_seconds: 0,
+                    note: i.note.clone(),
+                    client_id: i.client_id.clone(),
+                    holder: i.holder.clone(),
+                };
+                if check_lock_fields(&req).is_ok() {
+                    let who = Actor::new(principal.clone(), i.client_id.clone());
+                    let lock = LockRequest {
+                        path,
+                        ttl_seconds: 0,
+                        note: i.note,
+                        who: who.clone(),
+                        holder: i.holder,
+                    };
+                    let granted = store.lock(&ns, lock.clone()).unwrap();
+                    every_message(&granted)?;
+                    // Someone else is refused with a message that names the
+                    // holder, short enough for a header.
+                    let other = LockRequest { who: Actor::new(principal.clone(), "other"), ..lock };
+                    let refused = Status::from(store.lock(&ns, other).unwrap_err());
+                    prop_assert!(refused.message().len() <= MAX_ERROR_MESSAGE_BYTES);
+                    let listed = store.list_locks(&ns, "").unwrap();
+                    prop_assert_eq!(listed.len(), 1);
+                    let lock_id = listed[0].lock_id.clone();
+                    let breaker =
+                        Actor::new(principal.clone(), "x".repeat(syncstore::limits::MAX_CLIENT_ID_BYTES));
+                    let broken = store.unlock(&ns, &lock_id, &breaker, true).unwrap();
+                    let is_broken =
+                        matches!(broken.what, crate::storage::What::Unlock { ended: LockEnd::Broken, .. });
+                    prop_assert!(is_broken);
+                    every_message(&broken)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }
 
 fn event(item: Item) -> pb::ChangeEvent {
