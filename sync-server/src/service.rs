@@ -705,6 +705,41 @@ pub(crate) fn check_lock_fields(req: &pb::LockRequest) -> Result<()> {
     field(limits::check_note(&req.note))
 }
 
+fn event(item: Item) -> pb::ChangeEvent {
+    match item {
+        Item::Reset { head } => {
+            pb::ChangeEvent { seq: head, kind: pb::change_event::Kind::Reset.into(), ..Default::default() }
+        }
+        Item::Change(change) => change.to_event(),
+    }
+}
+
+/// Sends a download's entry and then its content, on a blocking thread.
+fn stream_file(
+    entry: Entry,
+    mut file: std::fs::File,
+    tx: mpsc::Sender<Result<pb::DownloadResponse, Status>>,
+) {
+    let size = entry.content.map_or(0, |c| c.size);
+    let first = pb::DownloadResponse { msg: Some(download_response::Msg::Entry(entry.into())) };
+    if tx.blocking_send(Ok(first)).is_err() {
+        return;
+    }
+    let mut left = size;
+    while left > 0 {
+        let mut buf = vec![0u8; left.min(MAX_CHUNK as u64) as usize];
+        if let Err(e) = file.read_exact(&mut buf) {
+            let _ = tx.blocking_send(Err(Error::Io(e).into()));
+            return;
+        }
+        left -= buf.len() as u64;
+        let msg = pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(buf)) };
+        if tx.blocking_send(Ok(msg)).is_err() {
+            return; // The caller went away.
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Whatever the server accepts fits in every message it sends for it.
@@ -900,40 +935,5 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-    }
-}
-
-fn event(item: Item) -> pb::ChangeEvent {
-    match item {
-        Item::Reset { head } => {
-            pb::ChangeEvent { seq: head, kind: pb::change_event::Kind::Reset.into(), ..Default::default() }
-        }
-        Item::Change(change) => change.to_event(),
-    }
-}
-
-/// Sends a download's entry and then its content, on a blocking thread.
-fn stream_file(
-    entry: Entry,
-    mut file: std::fs::File,
-    tx: mpsc::Sender<Result<pb::DownloadResponse, Status>>,
-) {
-    let size = entry.content.map_or(0, |c| c.size);
-    let first = pb::DownloadResponse { msg: Some(download_response::Msg::Entry(entry.into())) };
-    if tx.blocking_send(Ok(first)).is_err() {
-        return;
-    }
-    let mut left = size;
-    while left > 0 {
-        let mut buf = vec![0u8; left.min(MAX_CHUNK as u64) as usize];
-        if let Err(e) = file.read_exact(&mut buf) {
-            let _ = tx.blocking_send(Err(Error::Io(e).into()));
-            return;
-        }
-        left -= buf.len() as u64;
-        let msg = pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(buf)) };
-        if tx.blocking_send(Ok(msg)).is_err() {
-            return; // The caller went away.
-        }
     }
 }
