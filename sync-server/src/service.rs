@@ -262,7 +262,7 @@ impl FileSyncService {
             match self.blocking(move |s| s.reusable_size(&n, &hash)).await? {
                 None => return Err(Error::no_content(&hash)),
                 Some(stored) if stored != size => {
-                    return Err(Error::invalid(format!(
+                    return Err(Error::ContentMismatch(format!(
                         "the header announced {size} bytes, but the content with hash {hash} is {stored} bytes"
                     )));
                 }

@@ -505,6 +505,14 @@ async fn every_bad_input_gets_its_code_and_changes_nothing() {
         if code != want {
             failures.push(format!("{name}: got {code:?}, want {want:?} ({got:?})"));
         }
+        // Every refusal of the server's says why, for a program to act on
+        // (an HTTP-level refusal, before any gRPC service, has no status).
+        if let Ok(Err(ref status)) = got
+            && status.code() != Code::Unknown
+            && syncstore::Reason::of(status).is_none()
+        {
+            failures.push(format!("{name}: no syncstore-reason in {status:?}"));
+        }
         // The server answers once the temp file is gone: no waiting here.
         let after = (snapshot(&primary, &tokens).await, snapshot(&replica, &tokens).await);
         if after != before {

@@ -185,14 +185,14 @@ impl BlobWriter {
     /// mismatch.
     pub(crate) fn finish(self, hash: ContentHash, size: u64) -> Result<StagedBlob> {
         if self.size != size {
-            return Err(Error::invalid(format!(
+            return Err(Error::ContentMismatch(format!(
                 "received {} bytes but the header announced {size}",
                 self.size
             )));
         }
         let got = ContentHash::from(self.hasher.finalize());
         if got != hash {
-            return Err(Error::invalid(format!(
+            return Err(Error::ContentMismatch(format!(
                 "content hash mismatch: the header announced {hash}, the content hashes to {got}"
             )));
         }
@@ -271,10 +271,10 @@ mod tests {
         let store = BlobStore::open(dir.path()).unwrap();
         let mut w = store.writer().unwrap();
         w.write(b"abc").unwrap();
-        assert!(matches!(w.finish(ContentHash::of(b"abd"), 3), Err(Error::InvalidArgument(_))));
+        assert!(matches!(w.finish(ContentHash::of(b"abd"), 3), Err(Error::ContentMismatch(_))));
         let mut w = store.writer().unwrap();
         w.write(b"abc").unwrap();
-        assert!(matches!(w.finish(ContentHash::of(b"abc"), 4), Err(Error::InvalidArgument(_))));
+        assert!(matches!(w.finish(ContentHash::of(b"abc"), 4), Err(Error::ContentMismatch(_))));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(store.all().unwrap().is_empty());
     }
