@@ -68,13 +68,16 @@ pub enum Reason {
     Unauthenticated,
     /// PERMISSION_DENIED: the token may not do this.
     PermissionDenied,
+    /// DATA_LOSS: the server's stored copy of the content is damaged (it no
+    /// longer matches its hash); it was set aside and never sent as good.
+    Damaged,
     /// INTERNAL: the server failed; its log says why.
     Internal,
 }
 
 impl Reason {
     /// Every reason, in the order the proto lists them.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::InvalidPath,
         Reason::InvalidHash,
         Reason::InvalidField,
@@ -98,6 +101,7 @@ impl Reason {
         Reason::DeadlineExceeded,
         Reason::Unauthenticated,
         Reason::PermissionDenied,
+        Reason::Damaged,
         Reason::Internal,
     ];
 
@@ -127,6 +131,7 @@ impl Reason {
             Reason::DeadlineExceeded => "deadline-exceeded",
             Reason::Unauthenticated => "unauthenticated",
             Reason::PermissionDenied => "permission-denied",
+            Reason::Damaged => "damaged-content",
             Reason::Internal => "internal",
         }
     }

@@ -72,6 +72,12 @@ pub enum Error {
     /// The server takes no more of this now (upload slots).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The server's disk (or quota) is full.
+    #[error("{0}")]
+    DiskFull(String),
+    /// Stored content no longer matches its hash (it was set aside).
+    #[error("{0}")]
+    DataLoss(String),
     /// The server is shutting down, or cannot confirm a write in time.
     #[error("{0}")]
     Unavailable(String),
@@ -103,6 +109,9 @@ impl Error {
     /// The code and reason a caller sees; `None` for internals, which are
     /// logged and hidden.
     fn code_and_reason(&self) -> Option<(Code, Reason)> {
+        if self.is_disk_full() {
+            return Some((Code::ResourceExhausted, Reason::DiskFull));
+        }
         Some(match self {
             Error::InvalidArgument(_) => (Code::InvalidArgument, Reason::InvalidArgument),
             Error::InvalidPath(_) => (Code::InvalidArgument, Reason::InvalidPath),
@@ -121,9 +130,10 @@ impl Error {
             Error::PathClash(_) => (Code::FailedPrecondition, Reason::PathClash),
             Error::TooLarge(_) => (Code::ResourceExhausted, Reason::TooLarge),
             Error::ResourceExhausted(_) => (Code::ResourceExhausted, Reason::Busy),
+            Error::DiskFull(_) => (Code::ResourceExhausted, Reason::DiskFull),
+            Error::DataLoss(_) => (Code::DataLoss, Reason::Damaged),
             Error::Unavailable(_) => (Code::Unavailable, Reason::Unavailable),
             Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, Reason::DeadlineExceeded),
-            Error::Io(io) if is_disk_full(io) => (Code::ResourceExhausted, Reason::DiskFull),
             Error::Sqlite(_) | Error::Io(_) | Error::Config(_) | Error::Internal(_) => return None,
         })
     }
@@ -156,10 +166,55 @@ impl From<tokio::task::JoinError> for Error {
     }
 }
 
-/// Out of disk space (ENOSPC) or over quota (EDQUOT).
-fn is_disk_full(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(28 | 122))
+impl Error {
+    /// Whether this is the disk (or a quota) being full, however it was
+    /// wrapped on its way here.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::DiskFull(_) => true,
+            Error::Io(e) => io_disk_full(e),
+            Error::Sqlite(e) => sqlite_disk_full(e),
+            _ => false,
+        }
+    }
 }
+
+/// Out of disk space (ENOSPC) or over quota (EDQUOT), by kind or raw code,
+/// also when wrapped: tempfile's errors carry the path and keep only the
+/// kind, with the original error as their source.
+fn io_disk_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    if matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+        || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
+    {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|inner| inner as _);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return io_disk_full(io);
+        }
+        if let Some(sqlite) = inner.downcast_ref::<rusqlite::Error>() {
+            return sqlite_disk_full(sqlite);
+        }
+        source = inner.source();
+    }
+    false
+}
+
+/// SQLite's "database or disk is full" (`SQLITE_FULL`).
+fn sqlite_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull))
+}
+
+/// ENOSPC (the same number on Linux, the BSDs and macOS).
+const ENOSPC: i32 = 28;
+/// EDQUOT: 122 on Linux, 69 on the BSDs and macOS.
+const EDQUOT: i32 = if cfg!(target_os = "linux") { 122 } else { 69 };
+
+/// What a caller is told when the server's disk (or quota) is full.
+const DISK_FULL_MESSAGE: &str =
+    "the server's disk is full: nothing was written; writes work again once space is freed on the server";
 
 /// A status with `reason` in its metadata.
 pub fn refusal(code: Code, reason: Reason, message: impl Into<String>) -> Status {
@@ -186,13 +241,18 @@ fn cut(mut message: String) -> String {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
+        if e.is_disk_full() {
+            // Logged, once, as a warning: the operator must act, but the
+            // server is fine and reads go on.
+            tracing::warn!(error = %e, "a write failed: the disk is full");
+        }
         let Some((code, reason)) = e.code_and_reason() else {
             // Internals go to the log, not to the caller.
             tracing::error!(error = %e, "request failed");
             return refusal(Code::Internal, Reason::Internal, "internal server error (see the server's log)");
         };
         let message = match (&e, reason) {
-            (_, Reason::DiskFull) => "the server's disk is full".to_owned(),
+            (_, Reason::DiskFull) => DISK_FULL_MESSAGE.to_owned(),
             _ => e.to_string(),
         };
         let mut status = refusal(code, reason, message);
@@ -239,5 +299,47 @@ mod tests {
         assert_eq!(syncstore::reason::primary_of(&replica), Some("http://p:1"));
         let full = Status::from(Error::Io(std::io::Error::from_raw_os_error(28)));
         assert_eq!((full.code(), Reason::of(&full)), (Code::ResourceExhausted, Some(Reason::DiskFull)));
+    }
+
+    fn reason(status: &Status) -> Option<Reason> {
+        Reason::of(status)
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_however_it_is_wrapped() {
+        use std::io;
+        let dir = tempfile::tempdir().unwrap();
+        let raw = io::Error::from_raw_os_error(ENOSPC);
+        let cases: Vec<Error> = vec![
+            Error::Io(io::Error::from_raw_os_error(ENOSPC)),
+            Error::Io(io::Error::from_raw_os_error(EDQUOT)),
+            Error::Io(io::ErrorKind::StorageFull.into()),
+            Error::Io(io::ErrorKind::QuotaExceeded.into()),
+            // A path-wrapped error keeps the kind only, the code in its source.
+            Error::Io(io::Error::other(raw)),
+            Error::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            )),
+            Error::DiskFull("the commit failed".into()),
+        ];
+        for e in cases {
+            let shown = format!("{e:?}");
+            let status = Status::from(e);
+            assert_eq!(status.code(), Code::ResourceExhausted, "{shown}");
+            assert_eq!(reason(&status), Some(Reason::DiskFull), "{shown}");
+        }
+        // tempfile's own wrapping of an error, as the blob writer meets it.
+        let missing = tempfile::NamedTempFile::new_in(dir.path().join("absent")).unwrap_err();
+        assert_eq!(Status::from(Error::Io(missing)).code(), Code::Internal);
+        let other = Status::from(Error::Io(io::ErrorKind::PermissionDenied.into()));
+        assert_eq!((other.code(), reason(&other)), (Code::Internal, Some(Reason::Internal)));
+    }
+
+    #[test]
+    fn damaged_content_is_data_loss_with_its_reason() {
+        let status = Status::from(Error::DataLoss("damaged".into()));
+        assert_eq!(status.code(), Code::DataLoss);
+        assert_eq!(reason(&status), Some(Reason::Damaged));
     }
 }

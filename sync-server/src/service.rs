@@ -2,7 +2,6 @@
 
 use std::{
     collections::HashMap,
-    io::Read,
     pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
@@ -24,7 +23,7 @@ use crate::{
     error::{Error, Result, refusal},
     feed::{self, Item},
     replication::{WriteGate, primary::ReplicationHandle},
-    storage::{Actor, Change, Delete, LockRequest, PAGE_SIZE, Put, Store},
+    storage::{Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, Store},
 };
 
 /// Messages buffered per server stream before the producer waits.
@@ -373,22 +372,22 @@ impl FileSync for FileSyncService {
                         v => format!("{path} has no file at version {v}"),
                     }));
                 };
-                let file = s.open_blob(&content.hash).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::NotFound(format!(
+                let Some(reader) = s.blob_reader(&content.hash, content.size)? else {
+                    return Err(Error::NotFound(format!(
                         "the content of {path} at version {} is no longer kept",
                         entry.as_ref().map_or(0, |e| e.version)
-                    )),
-                    _ => Error::Io(e),
-                })?;
-                Ok((entry.expect("checked above"), file))
+                    )));
+                };
+                Ok((entry.expect("checked above"), reader))
             })
             .await;
-        let (entry, file) = self.counted(found.map_err(Status::from))?;
+        let (entry, reader) = self.counted(found.map_err(Status::from))?;
         self.metrics.downloads.inc();
         self.metrics.download_bytes.inc_by(entry.content.map_or(0, |c| c.size));
 
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::task::spawn_blocking(move || stream_file(entry, file, tx));
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || stream_file(entry, reader, tx, &metrics));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -714,28 +713,32 @@ fn event(item: Item) -> pb::ChangeEvent {
     }
 }
 
-/// Sends a download's entry and then its content, on a blocking thread.
+/// Sends a download's entry and then its content, verified as it is read
+/// (on a blocking thread): damaged content ends the stream with
+/// `DATA_LOSS` before its last chunk, so a client never gets it whole.
 fn stream_file(
     entry: Entry,
-    mut file: std::fs::File,
+    mut reader: BlobReader,
     tx: mpsc::Sender<Result<pb::DownloadResponse, Status>>,
+    metrics: &ServerMetrics,
 ) {
-    let size = entry.content.map_or(0, |c| c.size);
     let first = pb::DownloadResponse { msg: Some(download_response::Msg::Entry(entry.into())) };
     if tx.blocking_send(Ok(first)).is_err() {
         return;
     }
-    let mut left = size;
-    while left > 0 {
-        let mut buf = vec![0u8; left.min(MAX_CHUNK as u64) as usize];
-        if let Err(e) = file.read_exact(&mut buf) {
-            let _ = tx.blocking_send(Err(Error::Io(e).into()));
-            return;
-        }
-        left -= buf.len() as u64;
-        let msg = pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(buf)) };
-        if tx.blocking_send(Ok(msg)).is_err() {
-            return; // The caller went away.
+    loop {
+        let msg = match reader.next_chunk(MAX_CHUNK) {
+            Ok(Some(chunk)) => Ok(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(chunk)) }),
+            Ok(None) => return,
+            Err(e) => {
+                let status = Status::from(e);
+                metrics.error(&status);
+                Err(status)
+            }
+        };
+        let failed = msg.is_err();
+        if tx.blocking_send(msg).is_err() || failed {
+            return; // The caller went away, or was told why not.
         }
     }
 }

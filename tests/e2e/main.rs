@@ -7,9 +7,11 @@
 mod api;
 mod badinput;
 mod contract;
+mod diskfull;
 mod edges;
 mod grpcurl;
 mod harness;
+mod integrity;
 mod locks;
 mod malicious;
 mod model;

@@ -33,8 +33,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use syncstore::{Content, ContentHash, Entry, Lock, RelPath, pb};
 use tokio::sync::broadcast;
 
+pub(crate) use blobs::{BlobReader, BlobWriter, StagedBlob, Verdict};
 use blobs::{BlobStore, Durability};
-pub(crate) use blobs::{BlobWriter, StagedBlob};
 pub use locks::Actor;
 pub(crate) use locks::{LockRequest, lock_change_from_pb};
 
@@ -560,23 +560,102 @@ impl Store {
     }
 
     /// The size of content `hash` if namespace `ns` may reuse it without
-    /// sending it: it is stored and one of the namespace's entries refers
-    /// to it. Content only other namespaces hold is as good as absent, so
-    /// a caller cannot probe for it.
+    /// sending it: it is stored, one of the namespace's entries refers to
+    /// it, and it still matches its hash (it is read and hashed: damaged
+    /// content must not gain new entries, the caller holds a good copy to
+    /// send instead). Content only other namespaces hold is as good as
+    /// absent, so a caller cannot probe for it.
     pub fn reusable_size(&self, ns: &str, hash: &ContentHash) -> Result<Option<u64>> {
         if !self.read(|c| refers_to(c, ns, hash))? {
             return Ok(None);
         }
-        match self.open_blob(hash) {
-            Ok(file) => Ok(Some(file.metadata()?.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let size = match std::fs::metadata(self.inner.blobs.path_of(hash)) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok((self.inner.blobs.verify(hash, size)? == Verdict::Good).then_some(size))
     }
 
-    /// Opens stored content for reading.
-    pub fn open_blob(&self, hash: &ContentHash) -> std::io::Result<File> {
-        self.inner.blobs.open_blob(hash)
+    /// Opens stored content `hash` of `size` bytes for a verified read
+    /// ([`BlobReader`]): `None` when it is no longer kept, `DATA_LOSS` when
+    /// it was found damaged.
+    pub(crate) fn blob_reader(&self, hash: &ContentHash, size: u64) -> Result<Option<BlobReader>> {
+        self.inner.blobs.reader(hash, size)
+    }
+
+    /// Reads stored content `hash` of `size` bytes whole and checks it,
+    /// setting it aside if damaged.
+    pub(crate) fn verify_blob(&self, hash: &ContentHash, size: u64) -> Result<Verdict> {
+        self.inner.blobs.verify(hash, size)
+    }
+
+    /// Puts verified content in place (healing a damaged copy), durably,
+    /// outside any commit: a scrub's repair.
+    pub(crate) fn restore_blob(&self, staged: StagedBlob) -> Result<()> {
+        if self.inner.blobs.persist(staged)? == Durability::Pending {
+            self.inner.blobs.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Whether content `hash` was found damaged and not healed since.
+    pub fn is_damaged(&self, hash: &ContentHash) -> bool {
+        self.inner.blobs.is_damaged(hash)
+    }
+
+    /// The live files (namespace, path) whose content is `hash`.
+    pub fn paths_of(&self, hash: &ContentHash) -> Result<Vec<(String, String)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT namespace, path FROM files WHERE hash = ?1 AND deleted = 0 ORDER BY namespace, path",
+            )?;
+            let rows = stmt.query_map([&hash.as_bytes()[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Takes the damaged contents (hash, size) found by reads since the
+    /// last call, for a healer.
+    pub(crate) fn take_found_damaged(&self) -> Vec<(ContentHash, u64)> {
+        self.inner.blobs.take_found()
+    }
+
+    /// Resolves when a read found damaged content (see
+    /// [`Store::take_found_damaged`]).
+    pub(crate) async fn damage_found(&self) {
+        self.inner.blobs.found().await;
+    }
+
+    /// How many stored contents are set aside as damaged now, and how many
+    /// were found since the store was opened.
+    pub fn damaged_blobs(&self) -> (u64, u64) {
+        (self.inner.blobs.damaged_count(), self.inner.blobs.found_damaged())
+    }
+
+    /// Every distinct content live entries refer to, with its size, after
+    /// `after` in hash order, up to `limit`: what a scrub walks.
+    pub(crate) fn referenced_blobs(
+        &self,
+        after: Option<&ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, u64)>> {
+        let after = after.map(|h| h.as_bytes().to_vec());
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT hash, MAX(size) FROM files WHERE deleted = 0 AND hash IS NOT NULL
+                   AND (?1 IS NULL OR hash > ?1)
+                 GROUP BY hash ORDER BY hash LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            rows.map(|r| {
+                let (hash, size) = r?;
+                Ok((ContentHash::try_from(&hash[..])?, size as u64))
+            })
+            .collect()
+        })
     }
 
     /// Starts receiving new content into a temp file.
@@ -709,10 +788,13 @@ impl Store {
                 // on its own fails with the batch.
                 tracing::error!(error = %e, "a batch commit failed");
                 drop(committed);
+                let full = e.is_disk_full();
                 for slot in slots {
                     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
                     if !matches!(*slot, Some(Err(_))) {
-                        *slot = Some(Err(Error::Internal(format!("the commit failed: {e}"))));
+                        let message = format!("the commit failed: {e}");
+                        *slot =
+                            Some(Err(if full { Error::DiskFull(message) } else { Error::Internal(message) }));
                     }
                 }
             }
@@ -748,18 +830,21 @@ impl Store {
                 syncstore::limits::MAX_PATH_BYTES
             )));
         }
-        let file = match staged {
-            Some(s) => s.reopen(),
-            None => self.inner.blobs.open_blob(&put.content.hash),
-        };
         let mut target = Vec::with_capacity(size as usize);
-        match file {
-            Ok(f) => {
-                f.take(size).read_to_end(&mut target)?;
+        match staged {
+            Some(s) => {
+                s.reopen()?.take(size).read_to_end(&mut target)?;
             }
-            // Unknown content: refused as such by the commit's checks.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && staged.is_none() => return Ok(()),
-            Err(e) => return Err(e.into()),
+            // Stored content, verified as it is read; unknown content is
+            // refused as such by the commit's checks.
+            None => match self.blob_reader(&put.content.hash, size)? {
+                Some(mut reader) => {
+                    while let Some(chunk) = reader.next_chunk(syncstore::limits::MAX_CHUNK)? {
+                        target.extend_from_slice(&chunk);
+                    }
+                }
+                None => return Ok(()),
+            },
         }
         syncstore::limits::check_link_target(&target)
             .map_err(|why| Error::BadSymlink(format!("{} is a symbolic link whose target {why}", put.path)))
@@ -849,7 +934,7 @@ impl Store {
     fn sweep_orphan_blobs(&self) -> Result<()> {
         let w = self.writer();
         let mut removed = 0usize;
-        for hash in self.inner.blobs.all()? {
+        for hash in self.inner.blobs.all()?.into_iter().chain(self.inner.blobs.all_damaged()?) {
             if !blob_referenced(&w.conn, &hash)? {
                 self.inner.blobs.remove(&hash)?;
                 removed += 1;
