@@ -28,10 +28,10 @@ pub mod storage;
 
 use std::{path::PathBuf, time::Duration};
 
-use syncstore::limits::MAX_MESSAGE;
 use syncstore::pb::{
     self, admin_server::AdminServer, file_sync_server::FileSyncServer, replication_server::ReplicationServer,
 };
+use syncstore::{Reason, limits::MAX_MESSAGE};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::interceptor::InterceptedService;
@@ -427,8 +427,13 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     let addr = listener.local_addr()?;
     let gate = WriteGate::default();
     if config.role == Role::Replica {
-        let primary = store.meta_text("primary_url")?.unwrap_or_else(|| "(not connected yet)".into());
-        gate.refuse(format!("this server is a replica: write to the primary at {primary}"));
+        let primary = store.meta_text("primary_url")?;
+        let named = primary.clone().unwrap_or_else(|| "(not connected yet)".into());
+        gate.refuse(
+            Reason::Replica,
+            format!("this server is a replica: write to the primary at {named}"),
+            primary,
+        );
     }
     let tasks = TaskTracker::new();
     if let (Role::Primary, Some(handle)) = (config.role, &replication) {
@@ -479,7 +484,10 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     )
     .with_auth(auth.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // Every service answers health checks by its name ("" is the server).
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;
+    health_reporter.set_serving::<AdminServer<AdminService>>().await;
+    health_reporter.set_serving::<ReplicationServer<ReplicationService>>().await;
     let replication_service = ReplicationService::new(
         store.clone(),
         gate.clone(),
@@ -522,6 +530,8 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             shutdown.cancelled().await;
             tracing::info!("shutting down: finishing in-flight requests");
             health_reporter.set_not_serving::<FileSyncServer<FileSyncService>>().await;
+            health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
+            health_reporter.set_not_serving::<ReplicationServer<ReplicationService>>().await;
         }
     };
     let mut builder = tonic::transport::Server::builder();

@@ -93,6 +93,10 @@ enum TokenCommand {
         /// What it may do.
         #[arg(long, value_enum, default_value_t = Access::ReadWrite)]
         access: Access,
+        /// Also let it break other holders' locks in its namespace
+        /// (`unlock --force`; read-write tokens only).
+        #[arg(long)]
+        break_locks: bool,
     },
     /// Remove a token by name; the server refuses it within a second.
     Remove {
@@ -345,9 +349,10 @@ async fn promote(data: PathBuf) -> anyhow::Result<ExitCode> {
 
 fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TokenCommand::Add { tokens, name, namespace, access } => {
+        TokenCommand::Add { tokens, name, namespace, access, break_locks } => {
             let mut file = TokenFile::load(&tokens)?;
             let token = file.add(&name, &namespace, access)?;
+            file.set_break_locks(&name, break_locks)?;
             file.save(&tokens)?;
             eprintln!("added {name:?} to {}; the token (shown only now):", tokens.display());
             println!("{token}");
@@ -362,10 +367,11 @@ fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::List { tokens } => {
             let file = TokenFile::load(&tokens)?;
-            println!("{:<24} {:<12} {:<20} CREATED", "NAME", "ACCESS", "NAMESPACE");
+            println!("{:<24} {:<12} {:<20} {:<12} CREATED", "NAME", "ACCESS", "NAMESPACE", "RIGHTS");
             for t in &file.tokens {
                 let ns = if t.namespace.is_empty() { "*" } else { &t.namespace };
-                println!("{:<24} {:<12} {:<20} {}", t.name, t.access.as_str(), ns, t.created);
+                let rights = if t.break_locks { "break-locks" } else { "-" };
+                println!("{:<24} {:<12} {:<20} {rights:<12} {}", t.name, t.access.as_str(), ns, t.created);
             }
         }
     }

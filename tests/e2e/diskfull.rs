@@ -10,10 +10,7 @@ use std::{
     process::Command,
 };
 
-use syncstore::{
-    lock::{REASON_DISK_FULL, error_reason},
-    pb,
-};
+use syncstore::{Reason, pb};
 use tonic::Code;
 
 use crate::harness::{
@@ -81,7 +78,7 @@ fn fill(path: &Path) {
 fn refused_full<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>) {
     let status = result.expect_err(what);
     assert_eq!(status.code(), Code::ResourceExhausted, "{what}: {status:?}");
-    assert_eq!(error_reason(&status), Some(REASON_DISK_FULL), "{what}: {status:?}");
+    assert_eq!(Reason::of(&status), Some(Reason::DiskFull), "{what}: {status:?}");
     assert!(status.message().contains("disk is full"), "{what}: {status:?}");
 }
 

@@ -5,9 +5,8 @@ use std::{path::PathBuf, time::Duration};
 
 use sync_server::{Mode, OnTimeout, scrub::Peer};
 use syncstore::{
-    ContentHash,
+    ContentHash, Reason,
     connect::Security,
-    lock::{REASON_DAMAGED, error_reason},
     pb::{self, upload_request},
 };
 use tonic::Code;
@@ -62,7 +61,7 @@ async fn download_partial(rpc: &mut Rpc, path: &str) -> (Vec<u8>, Result<(), ton
 fn assert_data_loss(result: &Result<(), tonic::Status>) {
     let status = result.as_ref().expect_err("damaged content must not be served");
     assert_eq!(status.code(), Code::DataLoss, "{status:?}");
-    assert_eq!(error_reason(status), Some(REASON_DAMAGED));
+    assert_eq!(Reason::of(status), Some(Reason::Damaged));
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 
 mod api;
 mod badinput;
+mod contract;
 mod diskfull;
 mod edges;
 mod grpcurl;
@@ -15,6 +16,7 @@ mod locks;
 mod malicious;
 mod model;
 mod ops;
+mod python;
 mod replication;
 mod security;
 mod sync;

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use syncstore::{
-    ContentHash, RelPath,
-    lock::{REASON_UPLOAD_INCOMPLETE, REASON_UPLOAD_TOO_SLOW, REASON_UPLOADS_BUSY, error_reason},
+    ContentHash, Reason, RelPath,
     pb::{self, upload_request},
 };
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -36,7 +35,7 @@ async fn a_stream_that_ends_after_its_header_commits_nothing() {
     let mut rpc = server.rpc().await;
     let err = rpc.upload(tokio_stream::iter([upload_header("doc.txt", b"", 0)])).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert_eq!(error_reason(&err), Some(REASON_UPLOAD_INCOMPLETE), "{err:?}");
+    assert_eq!(Reason::of(&err), Some(Reason::UploadIncomplete), "{err:?}");
     assert_eq!(stat_code(&mut rpc, "doc.txt").await, Code::NotFound);
     assert_eq!(count_files(&server.data_dir().join("tmp")), 0);
 
@@ -45,7 +44,7 @@ async fn a_stream_that_ends_after_its_header_commits_nothing() {
     let mut msgs = vec![upload_header("doc.txt", &data, 0)];
     msgs.extend(data.chunks(syncstore::limits::MAX_CHUNK).map(chunk));
     let err = rpc.upload(tokio_stream::iter(msgs)).await.unwrap_err();
-    assert_eq!(error_reason(&err), Some(REASON_UPLOAD_INCOMPLETE), "{err:?}");
+    assert_eq!(Reason::of(&err), Some(Reason::UploadIncomplete), "{err:?}");
     assert_eq!(stat_code(&mut rpc, "doc.txt").await, Code::NotFound);
 
     // The control: with the end marker, the empty file is stored.
@@ -245,7 +244,7 @@ async fn one_connection_of_silent_and_trickling_uploads_does_not_keep_others_out
     for call in done {
         let s = call.await.unwrap().unwrap_err();
         assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
-        assert_eq!(error_reason(&s), Some(REASON_UPLOADS_BUSY), "{s:?}");
+        assert_eq!(Reason::of(&s), Some(Reason::Busy), "{s:?}");
     }
     for call in running {
         call.abort();
@@ -280,7 +279,7 @@ async fn trickling_uploads_are_ended_and_do_not_refuse_honest_ones() {
     for t in tricklers {
         let status = tokio::time::timeout(DEADLINE, t).await.expect("ended in time").unwrap().unwrap_err();
         assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-        assert_eq!(error_reason(&status), Some(REASON_UPLOAD_TOO_SLOW), "{status:?}");
+        assert_eq!(Reason::of(&status), Some(Reason::DeadlineExceeded), "{status:?}");
         assert!(status.message().contains("bytes a second"), "{status:?}");
     }
     eventually("the trickling uploads' temp files are removed", || count_files(&tmp) == 0).await;
