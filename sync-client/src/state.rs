@@ -417,4 +417,27 @@ mod tests {
         assert_eq!(state.cursor().unwrap(), 0);
         assert_eq!(state.get_meta("history_id").unwrap().as_deref(), Some("h2"));
     }
+
+    #[test]
+    fn content_sent_is_kept_until_an_upload_is_recorded_or_the_history_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (RelPath::new("a").unwrap(), RelPath::new("b").unwrap());
+        let (one, two) = (ContentHash::of(b"1"), ContentHash::of(b"2"));
+        {
+            let state = State::open(dir.path()).unwrap();
+            state.note_sent(&a, &one).unwrap();
+            state.note_sent(&a, &two).unwrap();
+            state.note_sent(&a, &two).unwrap();
+            state.note_sent(&b, &one).unwrap();
+        }
+        // Across a restart (a crash after the upload went out).
+        let state = State::open(dir.path()).unwrap();
+        assert!(state.was_sent(&a, &one).unwrap() && state.was_sent(&a, &two).unwrap());
+        assert!(!state.was_sent(&b, &two).unwrap(), "per path");
+        state.clear_sent(&a).unwrap();
+        assert!(!state.was_sent(&a, &one).unwrap() && !state.was_sent(&a, &two).unwrap());
+        assert!(state.was_sent(&b, &one).unwrap());
+        state.reset_history("other").unwrap();
+        assert!(!state.was_sent(&b, &one).unwrap());
+    }
 }
