@@ -28,8 +28,9 @@ impl Refusal {
         if !e.is_replica_refusal() {
             return false;
         }
-        let meta = |k: &str| status.metadata().get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        let key = (meta(syncstore::lock::ERROR_REASON_KEY), meta(syncstore::replication::REPLICA_KEY));
+        let reason = syncstore::Reason::of(status).map_or("", syncstore::Reason::as_str);
+        let replica = syncstore::replication::replica_of(status).unwrap_or("");
+        let key = (reason.to_owned(), replica.to_owned());
         let why = e.to_string();
         if self.key.as_ref() != Some(&key) {
             tracing::warn!(error = %why, "the server refuses writes for now; retrying quietly");

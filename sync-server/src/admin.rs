@@ -251,7 +251,7 @@ impl Admin for AdminService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    type ManifestStream = Pin<Box<dyn Stream<Item = Result<pb::ManifestEntry, Status>> + Send>>;
+    type ManifestStream = Pin<Box<dyn Stream<Item = Result<pb::ManifestResponse, Status>> + Send>>;
 
     async fn manifest(
         &self,
@@ -280,7 +280,7 @@ impl Admin for AdminService {
                     if entry.content.is_none() {
                         continue;
                     }
-                    let item = pb::ManifestEntry { namespace, entry: Some(entry.into()) };
+                    let item = pb::ManifestResponse { namespace, entry: Some(entry.into()) };
                     if tx.blocking_send(Ok(item)).is_err() {
                         return;
                     }

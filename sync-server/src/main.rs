@@ -93,6 +93,10 @@ enum TokenCommand {
         /// What it may do.
         #[arg(long, value_enum, default_value_t = Access::ReadWrite)]
         access: Access,
+        /// Also let it break other holders' locks in its namespace
+        /// (`unlock --force`; read-write tokens only).
+        #[arg(long)]
+        break_locks: bool,
     },
     /// Remove a token by name; the server refuses it within a second.
     Remove {
@@ -130,6 +134,11 @@ struct ServeArgs {
     /// 1 MiB chunk) before it is refused with DEADLINE_EXCEEDED, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "SYNCSTORE_UPLOAD_IDLE_TIMEOUT")]
     upload_idle_timeout: Duration,
+    /// Slowest pace of an upload, in bytes a second, once the idle timeout
+    /// has passed since it started; a slower one is refused with
+    /// DEADLINE_EXCEEDED (0: no minimum).
+    #[arg(long, default_value_t = sync_server::DEFAULT_UPLOAD_MIN_RATE, env = "SYNCSTORE_UPLOAD_MIN_RATE")]
+    upload_min_rate: u64,
     /// Uploads received at once; more wait briefly, then are refused with
     /// RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = sync_server::DEFAULT_MAX_CONCURRENT_UPLOADS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), env = "SYNCSTORE_MAX_CONCURRENT_UPLOADS")]
@@ -138,6 +147,10 @@ struct ServeArgs {
     /// that one cannot take every slot.
     #[arg(long, default_value_t = sync_server::DEFAULT_MAX_UPLOADS_PER_NAMESPACE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), env = "SYNCSTORE_MAX_UPLOADS_PER_NAMESPACE")]
     max_uploads_per_namespace: usize,
+    /// Uploads received at once over one connection, so that one client
+    /// cannot take its namespace's every slot.
+    #[arg(long, default_value_t = sync_server::DEFAULT_MAX_UPLOADS_PER_CONNECTION, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), env = "SYNCSTORE_MAX_UPLOADS_PER_CONNECTION")]
+    max_uploads_per_connection: usize,
     /// How many changes the log keeps for subscribers (and a replica) that
     /// catch up; an older position gets a RESET (a replica, a full resync).
     #[arg(long, default_value_t = sync_server::StoreOptions::default().log_retention, env = "SYNCSTORE_LOG_RETENTION")]
@@ -280,6 +293,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.upload_idle_timeout = args.upload_idle_timeout;
     config.max_concurrent_uploads = args.max_concurrent_uploads;
     config.max_uploads_per_namespace = args.max_uploads_per_namespace;
+    config.upload_min_rate = args.upload_min_rate;
+    config.max_uploads_per_connection = args.max_uploads_per_connection;
     config.store.log_retention = args.log_retention;
     config.advertise = args.advertise;
     config.scrub_interval = (!args.scrub_interval.is_zero()).then_some(args.scrub_interval);
@@ -335,9 +350,10 @@ async fn promote(data: PathBuf) -> anyhow::Result<ExitCode> {
 
 fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TokenCommand::Add { tokens, name, namespace, access } => {
+        TokenCommand::Add { tokens, name, namespace, access, break_locks } => {
             let mut file = TokenFile::load(&tokens)?;
             let token = file.add(&name, &namespace, access)?;
+            file.set_break_locks(&name, break_locks)?;
             file.save(&tokens)?;
             eprintln!("added {name:?} to {}; the token (shown only now):", tokens.display());
             println!("{token}");
@@ -352,10 +368,11 @@ fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::List { tokens } => {
             let file = TokenFile::load(&tokens)?;
-            println!("{:<24} {:<12} {:<20} CREATED", "NAME", "ACCESS", "NAMESPACE");
+            println!("{:<24} {:<12} {:<20} {:<12} CREATED", "NAME", "ACCESS", "NAMESPACE", "RIGHTS");
             for t in &file.tokens {
                 let ns = if t.namespace.is_empty() { "*" } else { &t.namespace };
-                println!("{:<24} {:<12} {:<20} {}", t.name, t.access.as_str(), ns, t.created);
+                let rights = if t.break_locks { "break-locks" } else { "-" };
+                println!("{:<24} {:<12} {:<20} {rights:<12} {}", t.name, t.access.as_str(), ns, t.created);
             }
         }
     }

@@ -2,28 +2,33 @@
 
 use std::{
     collections::HashMap,
+    hash::Hash,
+    net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use syncstore::{
-    Content, ContentHash, Entry, RelPath,
+    Content, ContentHash, Entry, Reason, RelPath, limits,
     limits::{MAX_CHUNK, MAX_PATH_BYTES},
     pb::{self, download_response, file_sync_server::FileSync, upload_request},
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    time::Instant,
+};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Authenticator, Need, caller, principal};
+use crate::auth::{Access, Authenticator, Need, caller, principal};
 use crate::{
     ServerMetrics,
-    error::{Error, Result},
+    error::{Error, Result, refusal},
     feed::{self, Item},
     replication::{WriteGate, primary::ReplicationHandle},
-    storage::{BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, Store, What},
+    storage::{Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, Store, What},
 };
 
 /// Messages buffered per server stream before the producer waits.
@@ -46,12 +51,21 @@ pub struct UploadLimits {
     /// a stream silent for longer is ended with `DEADLINE_EXCEEDED` and its
     /// temp file removed.
     pub idle_timeout: Duration,
+    /// Slowest pace an upload may keep, in bytes a second: once
+    /// `idle_timeout` has passed since it took its slot, the content
+    /// received must keep up with this rate, or the upload is ended with
+    /// `DEADLINE_EXCEEDED` (0: no minimum). Without it, a stream that sends
+    /// a byte now and then would hold a slot for as long as it liked.
+    pub min_rate: u64,
     /// Uploads received at once. Each holds a temp file, a blocking thread
     /// and up to [`UPLOAD_PIPELINE`] buffered chunks.
     pub max_concurrent: usize,
     /// Uploads received at once for one namespace, so that one tenant
     /// cannot take every slot.
     pub per_namespace: usize,
+    /// Uploads received at once over one connection, so that one
+    /// connection cannot take all of its namespace's slots.
+    pub per_connection: usize,
 }
 
 /// The `FileSync` service of one server.
@@ -61,7 +75,8 @@ pub struct FileSyncService {
     role: &'static str,
     limits: UploadLimits,
     upload_slots: Arc<Semaphore>,
-    namespace_slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    namespace_slots: Arc<KeyedSlots<String>>,
+    connection_slots: Arc<KeyedSlots<SocketAddr>>,
     gate: WriteGate,
     replication: Option<ReplicationHandle>,
     metrics: ServerMetrics,
@@ -86,7 +101,8 @@ impl FileSyncService {
             role,
             limits,
             upload_slots,
-            namespace_slots: Arc::default(),
+            namespace_slots: KeyedSlots::new(limits.per_namespace),
+            connection_slots: KeyedSlots::new(limits.per_connection),
             gate,
             replication,
             metrics,
@@ -157,56 +173,90 @@ impl FileSyncService {
         tokio::task::spawn_blocking(move || f(store)).await?
     }
 
-    /// Takes one of namespace `ns`'s [`UploadLimits::per_namespace`] upload
-    /// slots, then one of the server's [`UploadLimits::max_concurrent`],
-    /// waiting up to [`UPLOAD_SLOT_WAIT`] in all.
-    async fn upload_slot(&self, ns: &str) -> Result<[OwnedSemaphorePermit; 2]> {
-        let mine = {
-            let mut slots = self.namespace_slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots
-                .entry(ns.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_namespace)))
-                .clone()
+    /// Takes one of connection `peer`'s [`UploadLimits::per_connection`]
+    /// upload slots (when the peer is known), one of namespace `ns`'s
+    /// [`UploadLimits::per_namespace`], then one of the server's
+    /// [`UploadLimits::max_concurrent`], waiting up to [`UPLOAD_SLOT_WAIT`]
+    /// in all.
+    async fn upload_slot(&self, ns: &str, peer: Option<SocketAddr>) -> Result<UploadSlot> {
+        let deadline = Instant::now() + UPLOAD_SLOT_WAIT;
+        let closed = |_| Error::Unavailable("the server is shutting down".into());
+        let connection = match peer {
+            Some(peer) => Some(
+                tokio::time::timeout_at(deadline, self.connection_slots.acquire(peer))
+                    .await
+                    .map_err(|_elapsed| {
+                        Error::ResourceExhausted(format!(
+                            "this connection is already sending {} uploads, the most one connection may; \
+                             try again once one of them is done",
+                            self.limits.per_connection
+                        ))
+                    })?
+                    .map_err(closed)?,
+            ),
+            None => None,
         };
-        let both = async {
-            let mine = mine.acquire_owned().await?;
-            let server = self.upload_slots.clone().acquire_owned().await?;
-            Ok::<_, tokio::sync::AcquireError>([mine, server])
-        };
-        match tokio::time::timeout(UPLOAD_SLOT_WAIT, both).await {
-            Ok(Ok(permits)) => Ok(permits),
-            Ok(Err(_closed)) => Err(Error::Unavailable("the server is shutting down".into())),
-            Err(_elapsed) => Err(Error::ResourceExhausted(format!(
-                "the server is receiving as many uploads as it takes ({} in all, {} per namespace); try again later",
-                self.limits.max_concurrent, self.limits.per_namespace
-            ))),
-        }
+        let namespace = tokio::time::timeout_at(deadline, self.namespace_slots.acquire(ns.to_owned()))
+            .await
+            .map_err(|_elapsed| {
+                Error::ResourceExhausted(format!(
+                    "this namespace is already sending {} uploads, the most it may at once; try again later",
+                    self.limits.per_namespace
+                ))
+            })?
+            .map_err(closed)?;
+        let server = tokio::time::timeout_at(deadline, self.upload_slots.clone().acquire_owned())
+            .await
+            .map_err(|_elapsed| {
+                Error::ResourceExhausted(format!(
+                    "the server is receiving as many uploads as it takes ({} at once); try again later",
+                    self.limits.max_concurrent
+                ))
+            })?
+            .map_err(closed)?;
+        Ok(UploadSlot { _server: server, _namespace: namespace, _connection: connection })
     }
 
     /// The upload's next message, or `DEADLINE_EXCEEDED` once the client
-    /// has been silent for [`UploadLimits::idle_timeout`].
+    /// has been silent for [`UploadLimits::idle_timeout`] or fell behind
+    /// [`UploadLimits::min_rate`] (see [`Pace`]).
     async fn next_message(
         &self,
         stream: &mut Streaming<pb::UploadRequest>,
+        pace: &mut Pace,
     ) -> Result<Option<pb::UploadRequest>> {
-        let idle = self.limits.idle_timeout;
-        match tokio::time::timeout(idle, stream.message()).await {
-            Ok(msg) => msg.map_err(aborted_by_client),
+        let (due, behind) = pace.due();
+        match tokio::time::timeout_at(due, stream.message()).await {
+            Ok(msg) => {
+                pace.last = Instant::now();
+                msg.map_err(aborted_by_client)
+            }
+            Err(_elapsed) if behind => Err(Error::DeadlineExceeded(format!(
+                "the upload sent {} bytes in {}, below the minimum of {} bytes a second; giving up on it",
+                pace.received,
+                humantime::format_duration(Duration::from_millis(pace.started.elapsed().as_millis() as u64)),
+                self.limits.min_rate
+            ))),
             Err(_elapsed) => Err(Error::DeadlineExceeded(format!(
                 "the upload sent nothing for {}; giving up on it",
-                humantime::format_duration(idle)
+                humantime::format_duration(self.limits.idle_timeout)
             ))),
         }
     }
 
-    async fn receive_upload(&self, ns: String, mut stream: Streaming<pb::UploadRequest>) -> Result<Change> {
-        // Held until the upload is committed or refused and its temp file gone.
-        let _slot = self.upload_slot(&ns).await?;
-        let header = match self.next_message(&mut stream).await? {
+    async fn receive_upload(
+        &self,
+        ns: String,
+        principal: String,
+        peer: Option<SocketAddr>,
+        mut stream: Streaming<pb::UploadRequest>,
+    ) -> Result<Change> {
+        let header = match self.next_message(&mut stream, &mut Pace::new(&self.limits)).await? {
             Some(pb::UploadRequest { msg: Some(upload_request::Msg::Header(h)) }) => h,
             _ => return Err(Error::invalid("the first message of an upload must be a header")),
         };
         self.gate.check()?;
+        check_header_fields(&header)?;
         let path = RelPath::new(header.path)?;
         let hash = ContentHash::try_from(&header.hash[..])?;
         let size = header.size;
@@ -216,12 +266,12 @@ impl FileSyncService {
             )));
         }
         if header.symlink && size > MAX_PATH_BYTES as u64 {
-            return Err(Error::invalid(format!(
+            return Err(Error::BadSymlink(format!(
                 "{path} is a symbolic link with a {size}-byte target; the limit is {MAX_PATH_BYTES}"
             )));
         }
         if size > self.limits.max_file_size {
-            return Err(Error::ResourceExhausted(format!(
+            return Err(Error::TooLarge(format!(
                 "{path} is {size} bytes; this server takes files up to {} bytes",
                 self.limits.max_file_size
             )));
@@ -237,17 +287,17 @@ impl FileSyncService {
                 folder: header.folder,
             },
             base_version: header.base_version,
-            client_id: header.client_id,
+            who: Actor::new(principal, header.client_id),
             lock_token: header.lock_token,
         };
 
         // Refuse a stale base or a locked path before receiving any content;
         // the commit checks again under the writer lock.
-        let (n, p, client, token, folder) =
-            (ns.clone(), path.clone(), put.client_id.clone(), put.lock_token, put.content.folder);
+        let (n, p, who, token, folder) =
+            (ns.clone(), path.clone(), put.who.clone(), put.lock_token, put.content.folder);
         let current = self
             .blocking(move |s| {
-                s.check_lock(&n, &p, &client, token)?;
+                s.check_lock(&n, &p, &who, token)?;
                 s.check_path_clash(&n, &p, folder)?;
                 s.stat(&n, &p)
             })
@@ -256,6 +306,12 @@ impl FileSyncService {
             return self.retried_put(&ns, &put).await?.ok_or(conflict);
         }
         self.admit()?;
+
+        // Only a header that passed its checks takes a slot: a stream that
+        // sends none (or a bad one) holds nothing that others wait for.
+        // Held until the upload is committed or refused and its temp file gone.
+        let _slot = self.upload_slot(&ns, peer).await?;
+        let mut pace = Pace::new(&self.limits);
 
         // Receive into a temp file on a blocking thread, pipelined with the
         // network. Dropping the writer (any early return) deletes the temp.
@@ -267,7 +323,7 @@ impl FileSyncService {
             }
             Ok(writer)
         });
-        let received = self.receive_chunks(&mut stream, size, &tx).await;
+        let received = self.receive_chunks(&mut stream, size, &tx, &mut pace).await;
         drop(tx);
         // On a refused stream too, wait for the writer: the temp file is
         // gone by the time the client hears why.
@@ -286,7 +342,7 @@ impl FileSyncService {
             match self.blocking(move |s| s.reusable_size(&n, &hash)).await? {
                 None => return Err(Error::no_content(&hash)),
                 Some(stored) if stored != size => {
-                    return Err(Error::invalid(format!(
+                    return Err(Error::ContentMismatch(format!(
                         "the header announced {size} bytes, but the content with hash {hash} is {stored} bytes"
                     )));
                 }
@@ -307,20 +363,34 @@ impl FileSyncService {
 }
 
 impl FileSyncService {
-    /// Receives an upload's chunks into `tx`, checking each against the
-    /// limits and the announced `size`; returns how many chunks came.
+    /// Receives an upload's chunks into `tx` up to its end marker, checking
+    /// each against the limits and the announced `size`; returns how many
+    /// chunks came. A stream that ends without the end marker is refused:
+    /// the client gave up or broke off, whatever it sent so far.
     async fn receive_chunks(
         &self,
         stream: &mut Streaming<pb::UploadRequest>,
         size: u64,
         tx: &mpsc::Sender<Vec<u8>>,
+        pace: &mut Pace,
     ) -> Result<u64> {
         let mut received = 0u64;
         let mut chunks = 0u64;
-        while let Some(msg) = self.next_message(stream).await? {
+        loop {
+            let Some(msg) = self.next_message(stream, pace).await? else {
+                return Err(Error::UploadIncomplete(format!(
+                    "the upload ended after {received} of {size} bytes without its end marker \
+                     (UploadEnd); nothing was stored"
+                )));
+            };
             let chunk = match msg.msg {
                 Some(upload_request::Msg::Chunk(c)) => c,
-                _ => return Err(Error::invalid("only the first message of an upload is a header")),
+                Some(upload_request::Msg::End(_)) => break,
+                _ => {
+                    return Err(Error::invalid(
+                        "after its header, an upload sends only chunks and then its end marker",
+                    ));
+                }
             };
             if chunk.len() > MAX_CHUNK {
                 return Err(Error::invalid(format!(
@@ -329,6 +399,7 @@ impl FileSyncService {
                 )));
             }
             received += chunk.len() as u64;
+            pace.received = received;
             chunks += 1;
             if received > size {
                 return Err(Error::invalid(format!(
@@ -336,10 +407,118 @@ impl FileSyncService {
                 )));
             }
             if tx.send(chunk).await.is_err() {
-                break; // The writer failed; its error is reported by the caller.
+                // The writer failed; its error is reported by the caller.
+                return Ok(chunks);
             }
         }
-        Ok(chunks)
+        // The client closes its side right after the end marker.
+        match self.next_message(stream, pace).await? {
+            None => Ok(chunks),
+            Some(_) => Err(Error::invalid("nothing may follow an upload's end marker")),
+        }
+    }
+}
+
+/// When an upload's next message is due: within
+/// [`UploadLimits::idle_timeout`] of the last one, and, once that long has
+/// passed since the upload took its slot, soon enough that the content
+/// received keeps up with [`UploadLimits::min_rate`]. A message is only
+/// seen once whole (up to a 1 MiB chunk), hence the idle timeout's grace
+/// before the rate counts.
+#[derive(Debug)]
+struct Pace {
+    started: Instant,
+    last: Instant,
+    received: u64,
+    idle: Duration,
+    min_rate: u64,
+}
+
+impl Pace {
+    fn new(limits: &UploadLimits) -> Self {
+        let now = Instant::now();
+        Self { started: now, last: now, received: 0, idle: limits.idle_timeout, min_rate: limits.min_rate }
+    }
+
+    /// When the next message is due, and whether it is the rate (not the
+    /// silence) that sets that time.
+    fn due(&self) -> (Instant, bool) {
+        let silent = self.last + self.idle;
+        if self.min_rate == 0 {
+            return (silent, false);
+        }
+        let allowed = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        match (self.started + self.idle).checked_add(allowed) {
+            Some(behind) if behind < silent => (behind, true),
+            _ => (silent, false),
+        }
+    }
+}
+
+/// An upload's slots: the server's, its namespace's and its connection's.
+/// Dropping it gives them all back.
+#[derive(Debug)]
+struct UploadSlot {
+    _server: OwnedSemaphorePermit,
+    _namespace: KeyedSlot<String>,
+    _connection: Option<KeyedSlot<SocketAddr>>,
+}
+
+/// Slots by key (a namespace, a connection): `limit` per key, created on
+/// first use and forgotten once nobody holds or waits for one, so that
+/// keys that come and go (connections) do not pile up.
+#[derive(Debug)]
+struct KeyedSlots<K> {
+    limit: usize,
+    by_key: Mutex<HashMap<K, Arc<Semaphore>>>,
+}
+
+impl<K: Hash + Eq + Clone> KeyedSlots<K> {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self { limit, by_key: Mutex::default() })
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<K, Arc<Semaphore>>> {
+        self.by_key.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for one of `key`'s slots. Dropping the future while it waits
+    /// leaves nothing behind.
+    async fn acquire(self: &Arc<Self>, key: K) -> Result<KeyedSlot<K>, tokio::sync::AcquireError> {
+        let semaphore =
+            self.map().entry(key.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.limit))).clone();
+        let mut slot = KeyedSlot { slots: self.clone(), key, semaphore: Some(semaphore), held: false };
+        let semaphore = slot.semaphore.as_ref().expect("set above");
+        // The permit is given back by hand (in `drop`), so that every use
+        // of the semaphore ends under the map's lock.
+        semaphore.acquire().await?.forget();
+        slot.held = true;
+        Ok(slot)
+    }
+}
+
+/// One slot of a [`KeyedSlots`], or a wait for one.
+#[derive(Debug)]
+struct KeyedSlot<K: Hash + Eq> {
+    slots: Arc<KeyedSlots<K>>,
+    key: K,
+    semaphore: Option<Arc<Semaphore>>,
+    held: bool,
+}
+
+impl<K: Hash + Eq> Drop for KeyedSlot<K> {
+    fn drop(&mut self) {
+        let mut map = self.slots.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(semaphore) = self.semaphore.take() {
+            if self.held {
+                semaphore.add_permits(1);
+            }
+            drop(semaphore);
+        }
+        // Only the map's own handle left: nobody holds or waits for a slot.
+        if map.get(&self.key).is_some_and(|s| Arc::strong_count(s) == 1) {
+            map.remove(&self.key);
+        }
     }
 }
 
@@ -363,10 +542,13 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::UploadResponse>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
-        let result = self.receive_upload(ns, request.into_inner()).await.inspect_err(|e| {
-            tracing::info!(error = %e, "upload refused");
-        });
+        let who = self.counted(caller(&request, Need::Write))?;
+        // The peer's address and port name its connection while it is open.
+        let peer = request.remote_addr();
+        let result =
+            self.receive_upload(who.namespace, who.name, peer, request.into_inner()).await.inspect_err(|e| {
+                tracing::info!(error = %e, "upload refused");
+            });
         let entry = self.counted(result.map_err(Status::from))?.into_entry();
         self.metrics.uploads.inc();
         self.metrics.upload_bytes.inc_by(entry.content.map_or(0, |c| c.size));
@@ -422,14 +604,16 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
+            field(limits::check_client_id(&req.client_id))?;
             let del = Delete {
                 path: RelPath::new(req.path)?,
                 base_version: req.base_version,
-                client_id: req.client_id,
+                who: Actor::new(who.name, req.client_id),
                 lock_token: req.lock_token,
             };
             if let Some(change) = self.retried_delete(&ns, &del).await? {
@@ -450,7 +634,7 @@ impl FileSync for FileSyncService {
         Ok(Response::new(pb::DeleteResponse { entry: Some(entry.into()) }))
     }
 
-    type ListStream = ServerStream<pb::FileEntry>;
+    type ListStream = ServerStream<pb::ListResponse>;
 
     #[tracing::instrument(skip_all)]
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<Self::ListStream>, Status> {
@@ -462,7 +646,13 @@ impl FileSync for FileSyncService {
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let this = self.clone();
+        // Every page is read after this: the listing reflects every change
+        // up to it (and maybe later ones), the seam with Subscribe.
+        let head_seq = self.store.head();
         tokio::spawn(async move {
+            if tx.send(Ok(pb::ListResponse { entry: None, head_seq })).await.is_err() {
+                return;
+            }
             let mut after: Option<String> = None;
             loop {
                 let (n, p, a) = (ns.clone(), prefix.clone(), after.clone());
@@ -479,7 +669,7 @@ impl FileSync for FileSyncService {
                 let last = page.len() < PAGE_SIZE;
                 after = page.last().map(|e| e.path.as_str().to_owned());
                 for entry in page {
-                    if tx.send(Ok(entry.into())).await.is_err() {
+                    if tx.send(Ok(pb::ListResponse { entry: Some(entry.into()), head_seq })).await.is_err() {
                         return; // The caller went away.
                     }
                 }
@@ -492,7 +682,7 @@ impl FileSync for FileSyncService {
     }
 
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
-    async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::FileEntry>, Status> {
+    async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
         let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let path = RelPath::new(request.into_inner().path).map_err(Error::from)?;
         let entry = self
@@ -500,10 +690,10 @@ impl FileSync for FileSyncService {
                 s.stat(&ns, &path)?.ok_or_else(|| Error::NotFound(format!("{path} was never written")))
             })
             .await?;
-        Ok(Response::new(entry.into()))
+        Ok(Response::new(pb::StatResponse { entry: Some(entry.into()) }))
     }
 
-    type SubscribeStream = ServerStream<pb::ChangeEvent>;
+    type SubscribeStream = ServerStream<pb::SubscribeResponse>;
 
     #[tracing::instrument(skip_all, fields(client = %request.get_ref().client_id, after = request.get_ref().after_seq))]
     async fn subscribe(
@@ -512,6 +702,9 @@ impl FileSync for FileSyncService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let who = self.counted(caller(&request, Need::Read))?;
         let req = request.into_inner();
+        if !req.client_id.is_empty() {
+            self.counted(field(limits::check_client_id(&req.client_id)).map_err(Status::from))?;
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (store, shutdown, auth) = (self.store.clone(), self.shutdown.clone(), self.auth.clone());
         let subscribers = self.metrics.subscribers.clone();
@@ -530,13 +723,13 @@ impl FileSync for FileSyncService {
             let watcher = tokio::spawn(gone);
             let follow = feed::follow(&store, req.after_seq, Some(&who.namespace), &stop, |item| {
                 let tx = tx.clone();
-                async move { tx.send(Ok(event(item))).await.is_ok() }
+                async move { tx.send(Ok(pb::SubscribeResponse { event: Some(event(item)) })).await.is_ok() }
             });
             let result = tokio::select! {
                 r = follow => r.map_err(Status::from),
                 () = auth.revoked(&who) => {
                     tracing::info!(token = %who.name, "ending a subscription: its token was removed");
-                    Err(Status::unauthenticated("the token was removed"))
+                    Err(refusal(tonic::Code::Unauthenticated, Reason::Unauthenticated, "the token was removed"))
                 }
             };
             if let Err(e) = result {
@@ -556,6 +749,12 @@ impl FileSync for FileSyncService {
         // Any token may ask: a client learns here whom the server takes it for.
         let who = principal(&request)?;
         let (head, oldest) = self.blocking(|s| Ok((s.head(), s.oldest_seq()?))).await?;
+        // What the caller may do here: a server that refuses writes (a
+        // replica) takes a read-write token's reads only.
+        let access = match who.access {
+            Access::ReadWrite if self.gate.check().is_err() => Access::ReadOnly,
+            a => a,
+        };
         Ok(Response::new(pb::ServerInfoResponse {
             history_id: self.store.history_id(),
             head_seq: head,
@@ -564,22 +763,24 @@ impl FileSync for FileSyncService {
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             namespace: who.namespace,
             principal: who.name,
-            access: who.access.as_str().to_owned(),
+            access: access.as_str().to_owned(),
         }))
     }
 
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path, client = %request.get_ref().client_id))]
-    async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::Lock>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+    async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
+            check_lock_fields(&req)?;
             self.admit()?;
             let req = LockRequest {
                 path: RelPath::new(req.path)?,
                 ttl_seconds: req.ttl_seconds,
                 note: req.note,
-                client_id: req.client_id,
+                who: Actor::new(who.name, req.client_id),
                 holder: req.holder,
             };
             let change = self.blocking(move |s| s.lock(&ns, req)).await?;
@@ -591,26 +792,31 @@ impl FileSync for FileSyncService {
         let change = self.counted(result.map_err(Status::from))?;
         let lock = change.lock_pb().expect("a lock change");
         tracing::info!(lock_id = %lock.lock_id, token = lock.token, expires = %syncstore::lock::format_ms(lock.expires_ms), "locked");
-        Ok(Response::new(lock))
+        Ok(Response::new(pb::LockResponse { lock: Some(lock) }))
     }
 
     #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id))]
     async fn refresh_lock(
         &self,
         request: Request<pb::RefreshLockRequest>,
-    ) -> Result<Response<pb::Lock>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+    ) -> Result<Response<pb::RefreshLockResponse>, Status> {
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
+            field(limits::check_lock_id(&req.lock_id))?;
+            field(limits::check_client_id(&req.client_id))?;
             self.admit()?;
-            let change = self.blocking(move |s| s.refresh_lock(&ns, &req.lock_id, req.ttl_seconds)).await?;
+            let actor = Actor::new(who.name, req.client_id);
+            let change =
+                self.blocking(move |s| s.refresh_lock(&ns, &req.lock_id, &actor, req.ttl_seconds)).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
         .await;
         let change = self.counted(result.map_err(Status::from))?;
-        Ok(Response::new(change.lock_pb().expect("a lock change")))
+        Ok(Response::new(pb::RefreshLockResponse { lock: change.lock_pb() }))
     }
 
     #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id, client = %request.get_ref().client_id))]
@@ -618,13 +824,29 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
+        if req.force && !who.break_locks {
+            let denied = refusal(
+                tonic::Code::PermissionDenied,
+                Reason::PermissionDenied,
+                format!(
+                    "the token {:?} may not break locks (unlock with force): that needs a token with the \
+                     break-locks right (`sync-server token add --break-locks`)",
+                    who.name
+                ),
+            );
+            self.metrics.error(&denied);
+            return Err(denied);
+        }
         let result = async {
             self.gate.check()?;
+            field(limits::check_lock_id(&req.lock_id))?;
+            field(limits::check_client_id(&req.client_id))?;
             self.admit()?;
-            let change =
-                self.blocking(move |s| s.unlock(&ns, &req.lock_id, &req.client_id, req.force)).await?;
+            let actor = Actor::new(who.name, req.client_id);
+            let change = self.blocking(move |s| s.unlock(&ns, &req.lock_id, &actor, req.force)).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
@@ -636,18 +858,65 @@ impl FileSync for FileSyncService {
         Ok(Response::new(pb::UnlockResponse { lock: Some(lock) }))
     }
 
+    type ListLocksStream = ServerStream<pb::ListLocksResponse>;
+
     async fn list_locks(
         &self,
         request: Request<pb::ListLocksRequest>,
-    ) -> Result<Response<pb::ListLocksResponse>, Status> {
+    ) -> Result<Response<Self::ListLocksStream>, Status> {
         let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let prefix = request.into_inner().prefix.trim_end_matches('/').to_owned();
         if !prefix.is_empty() {
             RelPath::new(prefix.as_str()).map_err(Error::from)?;
         }
-        let locks = self.blocking(move |s| s.list_locks(&ns, &prefix)).await?;
-        Ok(Response::new(pb::ListLocksResponse { locks: locks.into_iter().map(Into::into).collect() }))
+        // One lock per message, read a page at a time: no number of locks
+        // makes a message too large or fills the server's memory.
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut after: Option<String> = None;
+            loop {
+                let (n, p, a) = (ns.clone(), prefix.clone(), after.clone());
+                let page =
+                    match this.blocking(move |s| s.list_locks_page(&n, &p, a.as_deref(), PAGE_SIZE)).await {
+                        Ok(page) => page,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    };
+                let last = page.len() < PAGE_SIZE;
+                after = page.last().map(|l| l.path.as_str().to_owned());
+                for lock in page {
+                    if tx.send(Ok(pb::ListLocksResponse { lock: Some(lock.into()) })).await.is_err() {
+                        return; // The caller went away.
+                    }
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// A field out of its bounds (see [`syncstore::limits`]).
+fn field(checked: Result<(), String>) -> Result<()> {
+    checked.map_err(Error::InvalidField)
+}
+
+/// The bounded fields of an upload's header (the path, hash and size are
+/// checked on their own; a link's target once it has arrived).
+pub(crate) fn check_header_fields(header: &pb::UploadHeader) -> Result<()> {
+    field(limits::check_client_id(&header.client_id))
+}
+
+/// The bounded fields of a lock request (the path is checked on its own).
+pub(crate) fn check_lock_fields(req: &pb::LockRequest) -> Result<()> {
+    field(limits::check_client_id(&req.client_id))?;
+    field(limits::check_holder(&req.holder))?;
+    field(limits::check_note(&req.note))
 }
 
 fn event(item: Item) -> pb::ChangeEvent {
@@ -686,5 +955,204 @@ fn stream_file(
         if tx.blocking_send(msg).is_err() || failed {
             return; // The caller went away, or was told why not.
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Whatever the server accepts fits in every message it sends for it.
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use proptest::{prelude::*, test_runner::TestRunner};
+    use prost::Message;
+    use syncstore::limits::{MAX_ERROR_MESSAGE_BYTES, MAX_MESSAGE};
+
+    use super::*;
+    use crate::storage::{LockEnd, StoreOptions};
+
+    /// Strings of lengths around every bound and far beyond, in 1-, 2- and
+    /// 4-byte characters, sometimes with a control character.
+    fn text() -> impl Strategy<Value = String> {
+        let len = prop_oneof![
+            1 => 0..300usize,
+            1 => 1000..1100usize,
+            1 => 2000..2100usize,
+            1 => 4090..4200usize,
+            3 => Just(MAX_MESSAGE),
+        ];
+        let unit = prop_oneof![Just("a"), Just("é"), Just("😀"), Just("a/"), Just("\n"), Just("\0")];
+        (len, unit).prop_map(|(n, u)| u.repeat(n / u.len() + 1).chars().take(n).collect())
+    }
+
+    #[derive(Debug, Clone)]
+    struct Input {
+        path: String,
+        client_id: String,
+        target: String,
+        holder: String,
+        note: String,
+    }
+
+    /// Valid paths up to the longest, in 2-byte characters.
+    fn long_path() -> impl Strategy<Value = String> {
+        (1..=16usize, 1..=127usize).prop_map(|(k, n)| {
+            let name = "é".repeat(n);
+            let mut p = vec![name.as_str(); k].join("/");
+            p.truncate(p.floor_char_boundary(syncstore::limits::MAX_PATH_BYTES));
+            p.trim_end_matches('/').to_owned()
+        })
+    }
+
+    /// Valid text of up to `max` bytes, in 1-, 2- and 4-byte characters.
+    fn valid(max: usize) -> impl Strategy<Value = String> {
+        (1..=max, prop_oneof![Just('a'), Just('é'), Just('😀')])
+            .prop_map(|(n, c)| std::iter::repeat_n(c, n / c.len_utf8()).collect())
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        use syncstore::limits::{MAX_CLIENT_ID_BYTES, MAX_HOLDER_BYTES, MAX_NOTE_BYTES, MAX_PATH_BYTES};
+        let path = prop_oneof![text(), long_path()];
+        let client_id = prop_oneof![text(), valid(MAX_CLIENT_ID_BYTES)];
+        let target = prop_oneof![text(), valid(MAX_PATH_BYTES)];
+        let holder = prop_oneof![text(), valid(MAX_HOLDER_BYTES)];
+        let note = prop_oneof![text(), valid(MAX_NOTE_BYTES)];
+        (path, client_id, target, holder, note).prop_map(|(path, client_id, target, holder, note)| Input {
+            path,
+            client_id,
+            target,
+            holder,
+            note,
+        })
+    }
+
+    /// The largest a message may be: a bound every peer accepts.
+    fn fits(what: &str, m: &impl Message) -> Result<(), TestCaseError> {
+        let len = m.encoded_len();
+        prop_assert!(len <= MAX_MESSAGE, "{what} is {len} bytes; the limit is {MAX_MESSAGE}");
+        Ok(())
+    }
+
+    fn replicated(change: &Change) -> pb::ReplicateRequest {
+        let header = pb::ReplicatedChange {
+            seq: change.seq,
+            namespace: change.namespace.clone(),
+            entry: change.entry().map(|e| e.clone().into()),
+            content_follows: change.entry().is_some(),
+            kind: change.kind().into(),
+            lock: change.lock_pb(),
+            content_lost: false,
+        };
+        pb::ReplicateRequest { msg: Some(pb::replicate_request::Msg::Change(header)) }
+    }
+
+    /// Every message a change goes out in: its event, its replication, and
+    /// (for a file) its listing, stat and admin manifest.
+    fn every_message(change: &Change) -> Result<(), TestCaseError> {
+        let event = pb::SubscribeResponse { event: Some(change.to_event()) };
+        fits("an event", &event)?;
+        fits("a replicated change", &replicated(change))?;
+        if let Some(entry) = change.entry() {
+            let e: pb::FileEntry = entry.clone().into();
+            fits("a listing", &pb::ListResponse { entry: Some(e.clone()), head_seq: u64::MAX })?;
+            fits("a stat", &pb::StatResponse { entry: Some(e.clone()) })?;
+            fits("an upload's answer", &pb::UploadResponse { entry: Some(e.clone()) })?;
+            fits(
+                "a manifest entry",
+                &pb::ManifestResponse { namespace: change.namespace.clone(), entry: Some(e) },
+            )?;
+        }
+        if let Some(lock) = change.lock_pb() {
+            fits("a lock listing", &pb::ListLocksResponse { lock: Some(lock.clone()) })?;
+            fits("a lock's answer", &pb::LockResponse { lock: Some(lock.clone()) })?;
+            fits("an unlock's answer", &pb::UnlockResponse { lock: Some(lock) })?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn whatever_the_server_accepts_fits_in_every_message_it_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let case = AtomicU64::new(0);
+        // The longest token name a principal can have is the operator's
+        // choice, not a client's; a generous one here.
+        let principal = "p".repeat(256);
+        let mut runner = TestRunner::new(ProptestConfig { cases: 256, ..ProptestConfig::default() });
+        runner
+            .run(&input(), |i| {
+                let ns = format!("ns{}", case.fetch_add(1, Ordering::Relaxed));
+                let header = pb::UploadHeader { client_id: i.client_id.clone(), ..Default::default() };
+                let Ok(path) = RelPath::new(i.path.clone()) else { return Ok(()) };
+                if check_header_fields(&header).is_ok() {
+                    // A link whose target is the client's text, when its
+                    // target passes too.
+                    let target = i.target.as_bytes();
+                    let mut writer = store.blob_writer().unwrap();
+                    writer.write(target).unwrap();
+                    let hash = ContentHash::of(target);
+                    let staged = writer.finish(hash, target.len() as u64).unwrap();
+                    let put = Put {
+                        path: path.clone(),
+                        content: Content {
+                            hash,
+                            size: target.len() as u64,
+                            mtime_ns: i64::MIN,
+                            executable: true,
+                            symlink: true,
+                            folder: false,
+                        },
+                        base_version: 0,
+                        who: Actor::new(principal.clone(), i.client_id.clone()),
+                        lock_token: 0,
+                    };
+                    if let Ok(change) = store.commit_put(&ns, put, Some(staged)) {
+                        every_message(&change)?;
+                        let del = Delete {
+                            path: path.clone(),
+                            base_version: change.seq,
+                            who: Actor::new(principal.clone(), i.client_id.clone()),
+                            lock_token: 0,
+                        };
+                        every_message(&store.commit_delete(&ns, del).unwrap())?;
+                    }
+                }
+                let req = pb::LockRequest {
+                    path: path.to_string(),
+                    ttl_seconds: 0,
+                    note: i.note.clone(),
+                    client_id: i.client_id.clone(),
+                    holder: i.holder.clone(),
+                };
+                if check_lock_fields(&req).is_ok() {
+                    let who = Actor::new(principal.clone(), i.client_id.clone());
+                    let lock = LockRequest {
+                        path,
+                        ttl_seconds: 0,
+                        note: i.note,
+                        who: who.clone(),
+                        holder: i.holder,
+                    };
+                    let granted = store.lock(&ns, lock.clone()).unwrap();
+                    every_message(&granted)?;
+                    // Someone else is refused with a message that names the
+                    // holder, short enough for a header.
+                    let other = LockRequest { who: Actor::new(principal.clone(), "other"), ..lock };
+                    let refused = Status::from(store.lock(&ns, other).unwrap_err());
+                    prop_assert!(refused.message().len() <= MAX_ERROR_MESSAGE_BYTES);
+                    let listed = store.list_locks(&ns, "").unwrap();
+                    prop_assert_eq!(listed.len(), 1);
+                    let lock_id = listed[0].lock_id.clone();
+                    let breaker =
+                        Actor::new(principal.clone(), "x".repeat(syncstore::limits::MAX_CLIENT_ID_BYTES));
+                    let broken = store.unlock(&ns, &lock_id, &breaker, true).unwrap();
+                    let is_broken =
+                        matches!(broken.what, crate::storage::What::Unlock { ended: LockEnd::Broken, .. });
+                    prop_assert!(is_broken);
+                    every_message(&broken)?;
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 }

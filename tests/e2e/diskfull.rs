@@ -10,13 +10,12 @@ use std::{
     process::Command,
 };
 
-use syncstore::{
-    lock::{REASON_DISK_FULL, error_reason},
-    pb,
-};
+use syncstore::{Reason, pb};
 use tonic::Code;
 
-use crate::harness::{Rpc, TestServer, count_files, download, random_bytes, upload, upload_header};
+use crate::harness::{
+    Rpc, TestServer, count_files, download, random_bytes, upload, upload_end, upload_header,
+};
 
 /// A tmpfs mounted on a temp folder, unmounted when dropped.
 struct Tmpfs {
@@ -79,12 +78,12 @@ fn fill(path: &Path) {
 fn refused_full<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>) {
     let status = result.expect_err(what);
     assert_eq!(status.code(), Code::ResourceExhausted, "{what}: {status:?}");
-    assert_eq!(error_reason(&status), Some(REASON_DISK_FULL), "{what}: {status:?}");
+    assert_eq!(Reason::of(&status), Some(Reason::DiskFull), "{what}: {status:?}");
     assert!(status.message().contains("disk is full"), "{what}: {status:?}");
 }
 
 async fn header_only(rpc: &mut Rpc, path: &str, data: &[u8]) -> Result<pb::FileEntry, tonic::Status> {
-    let msgs = vec![upload_header(path, data, 0)];
+    let msgs = vec![upload_header(path, data, 0), upload_end()];
     Ok(rpc.upload(tokio_stream::iter(msgs)).await?.into_inner().entry.unwrap())
 }
 

@@ -6,6 +6,7 @@
 
 mod api;
 mod badinput;
+mod contract;
 mod diskfull;
 mod edges;
 mod grpcurl;
@@ -15,7 +16,9 @@ mod locks;
 mod malicious;
 mod model;
 mod ops;
+mod python;
 mod replica_link;
 mod replication;
 mod security;
 mod sync;
+mod uploads;

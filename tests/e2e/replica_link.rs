@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use sync_server::{Mode, OnTimeout};
 use syncstore::{
-    ContentHash,
+    ContentHash, Reason,
     connect::Security,
-    lock::error_reason,
     pb::{self, upload_request},
-    replication::{REASON_REPLICA_UNAVAILABLE, REASON_REPLICA_UNCONFIRMED, REPLICA_KEY, committed_version},
+    replication::{REPLICA_KEY, committed_version},
 };
 use tonic::Code;
 
@@ -45,7 +44,7 @@ async fn connected(primary: &TestServer) {
 /// with nothing written.
 fn refused_for_replica(err: &tonic::Status, url: &str) {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_eq!(error_reason(err), Some(REASON_REPLICA_UNAVAILABLE), "{err:?}");
+    assert_eq!(Reason::of(err), Some(Reason::ReplicaUnavailable), "{err:?}");
     assert_eq!(err.metadata().get(REPLICA_KEY).and_then(|v| v.to_str().ok()), Some(url), "{err:?}");
     assert!(err.message().contains(url), "names the replica: {}", err.message());
     assert_eq!(committed_version(err), None, "nothing was committed: {err:?}");
@@ -142,7 +141,7 @@ async fn a_write_the_replica_did_not_confirm_names_its_version_and_sending_it_ag
     proxy.pause();
     let err = upload(&mut p, "doc.txt", &doc, 0).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_eq!(error_reason(&err), Some(REASON_REPLICA_UNCONFIRMED), "{err:?}");
+    assert_eq!(Reason::of(&err), Some(Reason::ReplicaUnconfirmed), "{err:?}");
     let version = committed_version(&err).expect("the committed version is in the metadata");
     let head = primary.status().await.head_seq;
     assert_eq!(version, head);
@@ -151,7 +150,7 @@ async fn a_write_the_replica_did_not_confirm_names_its_version_and_sending_it_ag
     // Sent again while the replica is still silent: the same write, not
     // a new one, and still not confirmed.
     let again = upload(&mut p, "doc.txt", &doc, 0).await.unwrap_err();
-    assert_eq!(error_reason(&again), Some(REASON_REPLICA_UNCONFIRMED), "{again:?}");
+    assert_eq!(Reason::of(&again), Some(Reason::ReplicaUnconfirmed), "{again:?}");
     assert_eq!(committed_version(&again), Some(version));
     assert_eq!(primary.status().await.head_seq, head, "nothing new was committed");
     // The same bytes from another client are not that write.
@@ -269,7 +268,8 @@ async fn content_the_primary_lost_does_not_hold_up_the_changes_behind_it() {
     let mut r = replica.rpc().await;
     assert_eq!(download(&mut r, "a.txt").await.unwrap(), b"fine");
     assert_eq!(download(&mut r, "later.txt").await.unwrap(), b"later");
-    let entry = r.stat(pb::StatRequest { path: "rotten.bin".into() }).await.unwrap().into_inner();
+    let entry =
+        r.stat(pb::StatRequest { path: "rotten.bin".into() }).await.unwrap().into_inner().entry.unwrap();
     assert_eq!(entry.version, rotten.version);
     assert_eq!(download(&mut r, "rotten.bin").await.unwrap_err().code(), Code::NotFound);
     drop(data);
@@ -304,7 +304,8 @@ async fn a_change_whose_content_is_missing_on_the_primary_is_reported_lost_and_p
     assert!(status.replica_last_lost.contains(&gone.version.to_string()), "{status:?}");
     // The replica knows the entry, and has no content to serve for it.
     let mut r = replica.rpc().await;
-    let entry = r.stat(pb::StatRequest { path: "gone.bin".into() }).await.unwrap().into_inner();
+    let entry =
+        r.stat(pb::StatRequest { path: "gone.bin".into() }).await.unwrap().into_inner().entry.unwrap();
     assert_eq!(entry.version, gone.version);
     assert_eq!(download(&mut r, "gone.bin").await.unwrap_err().code(), Code::NotFound);
     drop(data);

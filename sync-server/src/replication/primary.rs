@@ -461,7 +461,7 @@ async fn stream_once(
             ready.history_id,
             ready.applied_seq
         );
-        gate.refuse(why.clone());
+        gate.refuse(syncstore::Reason::Fenced, why.clone(), None);
         return Err(Error::FailedPrecondition(why));
     }
     gate.allow();
@@ -557,11 +557,11 @@ async fn handshake(
         Ok(r) => r.into_inner(),
         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
             // Another primary took over, or the replica holds another history.
-            gate.refuse(format!(
-                "the replica at {} refused this primary: {}",
-                handle.config().url,
-                s.message()
-            ));
+            gate.refuse(
+                syncstore::Reason::Fenced,
+                format!("the replica at {} refused this primary: {}", handle.config().url, s.message()),
+                None,
+            );
             return Err(Error::FailedPrecondition(s.message().to_owned()));
         }
         Err(s) => return Err(Error::Unavailable(s.to_string())),

@@ -533,14 +533,14 @@ impl BlobWriter {
     /// mismatch.
     pub(crate) fn finish(self, hash: ContentHash, size: u64) -> Result<StagedBlob> {
         if self.size != size {
-            return Err(Error::invalid(format!(
+            return Err(Error::ContentMismatch(format!(
                 "received {} bytes but the header announced {size}",
                 self.size
             )));
         }
         let got = ContentHash::from(self.hasher.finalize());
         if got != hash {
-            return Err(Error::invalid(format!(
+            return Err(Error::ContentMismatch(format!(
                 "content hash mismatch: the header announced {hash}, the content hashes to {got}"
             )));
         }
@@ -569,6 +569,11 @@ pub(crate) struct StagedBlob {
 impl StagedBlob {
     pub(crate) fn hash(&self) -> ContentHash {
         self.hash
+    }
+
+    /// The staged content, read from its start.
+    pub(crate) fn reopen(&self) -> io::Result<File> {
+        self.file.reopen()
     }
 }
 
@@ -625,10 +630,10 @@ mod tests {
         let store = BlobStore::open(dir.path()).unwrap();
         let mut w = store.writer().unwrap();
         w.write(b"abc").unwrap();
-        assert!(matches!(w.finish(ContentHash::of(b"abd"), 3), Err(Error::InvalidArgument(_))));
+        assert!(matches!(w.finish(ContentHash::of(b"abd"), 3), Err(Error::ContentMismatch(_))));
         let mut w = store.writer().unwrap();
         w.write(b"abc").unwrap();
-        assert!(matches!(w.finish(ContentHash::of(b"abc"), 4), Err(Error::InvalidArgument(_))));
+        assert!(matches!(w.finish(ContentHash::of(b"abc"), 4), Err(Error::ContentMismatch(_))));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(store.all().unwrap().is_empty());
     }

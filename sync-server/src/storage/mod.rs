@@ -36,6 +36,7 @@ use tokio::sync::broadcast;
 
 pub(crate) use blobs::{BlobReader, BlobWriter, StagedBlob, Verdict};
 use blobs::{BlobStore, Durability};
+pub use locks::Actor;
 pub(crate) use locks::{LockRequest, lock_change_from_pb};
 
 use crate::error::{Error, Result};
@@ -71,8 +72,8 @@ pub enum What {
     File(Entry),
     /// A lock was granted or refreshed: its new state.
     Lock(Lock),
-    /// A lock ended, why, and by whom.
-    Unlock { lock: Lock, ended: LockEnd, by: String },
+    /// A lock ended, why, and by whom (no one for an expiry).
+    Unlock { lock: Lock, ended: LockEnd, by: Actor },
 }
 
 impl Change {
@@ -105,7 +106,7 @@ impl Change {
         match &self.what {
             What::File(e) => &e.client_id,
             What::Lock(l) => &l.client_id,
-            What::Unlock { by, .. } => by,
+            What::Unlock { by, .. } => &by.client_id,
         }
     }
 
@@ -122,7 +123,7 @@ impl Change {
 
     /// The lock of a lock change, as the wire has it (with why and by whom
     /// it ended, for an unlock).
-    pub fn lock_pb(&self) -> Option<pb::Lock> {
+    pub fn lock_pb(&self) -> Option<pb::LockInfo> {
         match &self.what {
             What::File(_) => None,
             What::Lock(l) => Some(l.clone().into()),
@@ -157,7 +158,8 @@ pub(crate) struct Put {
     pub(crate) path: RelPath,
     pub(crate) content: Content,
     pub(crate) base_version: u64,
-    pub(crate) client_id: String,
+    /// Who writes: the entry records its client id.
+    pub(crate) who: Actor,
     /// The token of the writer's lock on the path (0 for none).
     pub(crate) lock_token: u64,
 }
@@ -167,7 +169,8 @@ pub(crate) struct Put {
 pub(crate) struct Delete {
     pub(crate) path: RelPath,
     pub(crate) base_version: u64,
-    pub(crate) client_id: String,
+    /// Who deletes: the tombstone records its client id.
+    pub(crate) who: Actor,
     /// The token of the writer's lock on the path (0 for none).
     pub(crate) lock_token: u64,
 }
@@ -694,6 +697,9 @@ impl Store {
         if let Some(s) = &staged {
             debug_assert_eq!(s.hash(), hash);
         }
+        if put.content.symlink {
+            self.check_link_target(&put, staged.as_ref())?;
+        }
         // The content is put in place (renamed; a large blob's folder
         // fsynced) before the writer lock is taken, so that commits wait
         // only for each other's database work and one sync of the batch;
@@ -760,7 +766,7 @@ impl Store {
                             path: put.path,
                             version: seq,
                             content: Some(put.content),
-                            client_id: put.client_id,
+                            client_id: put.who.client_id,
                         };
                         write_change(&tx, &ns, &entry)?;
                         committed.push((file_change(&ns, entry), current, slot));
@@ -802,7 +808,7 @@ impl Store {
         let put = &job.put;
         let current = get_entry(c, &job.ns, &put.path)?;
         Self::check_base(&put.path, current.as_ref(), put.base_version)?;
-        locks::check_write(c, &job.ns, &put.path, &put.client_id, put.lock_token, now_ms())?;
+        locks::check_write(c, &job.ns, &put.path, &put.who, put.lock_token, now_ms())?;
         check_clash(c, &job.ns, &put.path, put.content.folder)?;
         let hash = &put.content.hash;
         let present = job.placed || (blobs.contains(hash) && refers_to(c, &job.ns, hash)?);
@@ -810,6 +816,39 @@ impl Store {
             return Err(Error::no_content(&put.content.hash));
         }
         Ok(current)
+    }
+
+    /// Checks a link's target (the staged content, or for a header-only
+    /// upload the stored content of that hash) as every client would use
+    /// it: [`syncstore::limits::check_link_target`].
+    fn check_link_target(&self, put: &Put, staged: Option<&StagedBlob>) -> Result<()> {
+        use std::io::Read;
+        let size = put.content.size;
+        if size > syncstore::limits::MAX_PATH_BYTES as u64 {
+            return Err(Error::BadSymlink(format!(
+                "{} is a symbolic link with a {size}-byte target; the limit is {}",
+                put.path,
+                syncstore::limits::MAX_PATH_BYTES
+            )));
+        }
+        let mut target = Vec::with_capacity(size as usize);
+        match staged {
+            Some(s) => {
+                s.reopen()?.take(size).read_to_end(&mut target)?;
+            }
+            // Stored content, verified as it is read; unknown content is
+            // refused as such by the commit's checks.
+            None => match self.blob_reader(&put.content.hash, size)? {
+                Some(mut reader) => {
+                    while let Some(chunk) = reader.next_chunk(syncstore::limits::MAX_CHUNK)? {
+                        target.extend_from_slice(&chunk);
+                    }
+                }
+                None => return Ok(()),
+            },
+        }
+        syncstore::limits::check_link_target(&target)
+            .map_err(|why| Error::BadSymlink(format!("{} is a symbolic link whose target {why}", put.path)))
     }
 
     /// Keeps garbage collection off `hash` while the hold lives.
@@ -830,7 +869,7 @@ impl Store {
 
     /// Commits a deletion, leaving a tombstone.
     pub(crate) fn commit_delete(&self, ns: &str, del: Delete) -> Result<Change> {
-        let Delete { path, base_version, client_id, lock_token } = del;
+        let Delete { path, base_version, who, lock_token } = del;
         let mut w = self.writer();
         let seq = w.head + 1;
         let tx = w.conn.transaction()?;
@@ -839,8 +878,8 @@ impl Store {
             return Err(Error::NotFound(format!("{path} does not exist")));
         }
         Self::check_base(&path, current.as_ref(), base_version)?;
-        locks::check_write(&tx, ns, &path, &client_id, lock_token, now_ms())?;
-        let entry = Entry { path, version: seq, content: None, client_id };
+        locks::check_write(&tx, ns, &path, &who, lock_token, now_ms())?;
+        let entry = Entry { path, version: seq, content: None, client_id: who.client_id };
         write_change(&tx, ns, &entry)?;
         tx.commit()?;
         Ok(self.after_commit(&mut w, file_change(ns, entry), current))
@@ -1189,7 +1228,7 @@ mod tests {
                 path: RelPath::new(path).unwrap(),
                 content,
                 base_version: 0,
-                client_id: "c".into(),
+                who: Actor::new("p", "c"),
                 lock_token: 0,
             };
             let before = store.inner.blobs.sync_count();
@@ -1220,7 +1259,7 @@ mod tests {
                         path: RelPath::new(format!("f{}", i / 2)).unwrap(),
                         content: file_content(hash, data.len() as u64),
                         base_version: 0,
-                        client_id: format!("c{i}"),
+                        who: Actor::new("p", format!("c{i}")),
                         lock_token: 0,
                     };
                     store.commit_put(DEFAULT_NAMESPACE, put, Some(staged))

@@ -20,7 +20,7 @@ impl Store {
     /// The path's current entry, if it is `put` committed already.
     pub(crate) fn committed_put(&self, ns: &str, put: &Put) -> Result<Option<Entry>> {
         let Some(current) = self.stat(ns, &put.path)? else { return Ok(None) };
-        let same = current.client_id == put.client_id
+        let same = current.client_id == put.who.client_id
             && current.content == Some(put.content)
             && current.version != put.base_version;
         Ok((same && self.replaced(ns, &put.path, current.version, put.base_version)?).then_some(current))
@@ -30,7 +30,7 @@ impl Store {
     pub(crate) fn committed_delete(&self, ns: &str, del: &Delete) -> Result<Option<Entry>> {
         let Some(current) = self.stat(ns, &del.path)? else { return Ok(None) };
         let same = current.is_deleted()
-            && current.client_id == del.client_id
+            && current.client_id == del.who.client_id
             && del.base_version != 0
             && current.version != del.base_version;
         Ok((same && self.replaced(ns, &del.path, current.version, del.base_version)?).then_some(current))
@@ -63,7 +63,7 @@ mod tests {
     use syncstore::{Content, ContentHash};
 
     use super::*;
-    use crate::storage::{DEFAULT_NAMESPACE as NS, StoreOptions};
+    use crate::storage::{Actor, DEFAULT_NAMESPACE as NS, StoreOptions};
 
     fn put(path: &str, data: &[u8], base: u64, client: &str) -> Put {
         let content = Content {
@@ -78,7 +78,7 @@ mod tests {
             path: RelPath::new(path).unwrap(),
             content,
             base_version: base,
-            client_id: client.into(),
+            who: Actor::new("t", client),
             lock_token: 0,
         }
     }
@@ -94,7 +94,7 @@ mod tests {
         Delete {
             path: RelPath::new(path).unwrap(),
             base_version: base,
-            client_id: client.into(),
+            who: Actor::new("t", client),
             lock_token: 0,
         }
     }
