@@ -65,7 +65,7 @@ async fn upload_as(
     let chunks = data
         .chunks(syncstore::limits::MAX_CHUNK)
         .map(|c| pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(c.to_vec())) });
-    let msgs: Vec<_> = std::iter::once(header).chain(chunks).collect();
+    let msgs: Vec<_> = std::iter::once(header).chain(chunks).chain([upload_end()]).collect();
     let resp = rpc.upload(tokio_stream::iter(msgs)).await?.into_inner();
     Ok(resp.entry.expect("an upload answers with its entry"))
 }
@@ -89,10 +89,19 @@ async fn with_its_replica_down_a_sync_primary_refuses_writes_at_once_and_writes_
     let err = upload(&mut p, "second.txt", b"2", 0).await.unwrap_err();
     assert!(started.elapsed() < AT_ONCE, "refused after {:?}", started.elapsed());
     refused_for_replica(&err, &replica_url);
-    let delete =
-        pb::DeleteRequest { path: "first.txt".into(), base_version: first.version, ..Default::default() };
+    let delete = pb::DeleteRequest {
+        path: "first.txt".into(),
+        base_version: first.version,
+        client_id: "test".into(),
+        ..Default::default()
+    };
     refused_for_replica(&p.delete(delete).await.unwrap_err(), &replica_url);
-    let lock = pb::LockRequest { path: "first.txt".into(), ttl_seconds: 60, ..Default::default() };
+    let lock = pb::LockRequest {
+        path: "first.txt".into(),
+        ttl_seconds: 60,
+        client_id: "test".into(),
+        ..Default::default()
+    };
     refused_for_replica(&p.lock(lock).await.unwrap_err(), &replica_url);
     assert_eq!(primary.status().await.head_seq, head, "nothing was committed");
     let gone = p.stat(pb::StatRequest { path: "second.txt".into() }).await.unwrap_err();
