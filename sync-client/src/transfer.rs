@@ -175,12 +175,10 @@ pub async fn download(
     if content.symlink && content.size > MAX_PATH_BYTES as u64 {
         return Err(Error::Protocol(format!("{} is a link with a {}-byte target", entry.path, content.size)));
     }
-    let mut stream = remote
-        .raw()
-        .download(pb::DownloadRequest { path: entry.path.to_string(), version: entry.version })
-        .await?
-        .into_inner();
-    match stream.message().await? {
+    let mut client = remote.raw();
+    let call = client.download(pb::DownloadRequest { path: entry.path.to_string(), version: entry.version });
+    let mut stream = remote.answer(call).await?.into_inner();
+    match remote.answer(stream.message()).await? {
         Some(pb::DownloadResponse { msg: Some(download_response::Msg::Entry(e)) })
             if e.version == entry.version && e.hash == content.hash.as_bytes() => {}
         _ => return Err(Error::Protocol(format!("download of {} did not start with its entry", entry.path))),
@@ -197,7 +195,7 @@ pub async fn download(
         }
         Ok((tmp, ContentHash::from(hasher.finalize())))
     });
-    let received = receive_chunks(&mut stream, &tx, &entry.path, content.size).await;
+    let received = receive_chunks(remote, &mut stream, &tx, &entry.path, content.size).await;
     drop(tx);
     // The writer is awaited even after a refusal, so that its temp file is
     // gone when this returns.
@@ -221,13 +219,14 @@ pub async fn download(
 /// Passes a download's chunks to the writer; returns how many bytes came.
 /// Refuses a chunk over [`MAX_CHUNK`] and content beyond `declared` bytes.
 async fn receive_chunks(
+    remote: &Remote,
     stream: &mut tonic::Streaming<pb::DownloadResponse>,
     tx: &mpsc::Sender<Vec<u8>>,
     path: &RelPath,
     declared: u64,
 ) -> Result<u64> {
     let mut size = 0u64;
-    while let Some(msg) = stream.message().await? {
+    while let Some(msg) = remote.answer(stream.message()).await? {
         let Some(download_response::Msg::Chunk(c)) = msg.msg else {
             return Err(Error::Protocol("unexpected message in a download".into()));
         };

@@ -3,8 +3,9 @@
 
 use std::{collections::BTreeMap, pin::Pin};
 
+use anyhow::Context;
 use syncstore::{
-    connect::Security,
+    connect::{self, Security},
     pb::{self, admin_client::AdminClient, admin_server::Admin},
 };
 use tokio::sync::mpsc;
@@ -191,13 +192,15 @@ impl Comparison {
 /// Compares the trees of the servers at `a` and `b` (URLs), every
 /// namespace; on servers with tokens, `security` must carry an admin token.
 /// A path outside the default namespace is shown as `NAMESPACE:PATH`.
+/// Each call waits for its answer at most `security.call_timeout`; a
+/// server that does not answer (or refuses) is named in the error.
 pub async fn compare(a: &str, b: &str, security: &Security) -> anyhow::Result<Comparison> {
-    let (mut ca, mut cb) = (admin_client(a, security)?, admin_client(b, security)?);
-    let da = ca.digest(pb::DigestRequest {}).await?.into_inner();
-    let db = cb.digest(pb::DigestRequest {}).await?.into_inner();
+    let (a, b) = (Compared::new(a, security)?, Compared::new(b, security)?);
+    let da = a.call(a.client.clone().digest(pb::DigestRequest {})).await?.into_inner();
+    let db = b.call(b.client.clone().digest(pb::DigestRequest {})).await?.into_inner();
     let mut differences = Vec::new();
     if da.root_hash != db.root_hash {
-        let (ma, mb) = (manifest(&mut ca).await?, manifest(&mut cb).await?);
+        let (ma, mb) = (manifest(&a).await?, manifest(&b).await?);
         for (path, ea) in &ma {
             match mb.get(path) {
                 None => differences.push((path.clone(), "only-in-A")),
@@ -218,15 +221,31 @@ pub async fn compare(a: &str, b: &str, security: &Security) -> anyhow::Result<Co
 
 type Client = AdminClient<syncstore::connect::AuthChannel>;
 
-fn admin_client(url: &str, security: &Security) -> anyhow::Result<Client> {
-    Ok(AdminClient::new(security.channel(url)?))
+/// One of the servers `compare` reads.
+struct Compared<'a> {
+    url: &'a str,
+    client: Client,
+    timeout: std::time::Duration,
+}
+
+impl<'a> Compared<'a> {
+    fn new(url: &'a str, security: &Security) -> anyhow::Result<Self> {
+        Ok(Self { url, client: AdminClient::new(security.channel(url)?), timeout: security.call_timeout })
+    }
+
+    /// Awaits a call to this server, for at most the call timeout.
+    async fn call<T>(&self, call: impl Future<Output = Result<T, Status>>) -> anyhow::Result<T> {
+        connect::answer(self.url, self.timeout, call)
+            .await?
+            .with_context(|| format!("the server {} refused the call", self.url))
+    }
 }
 
 /// Every live file of the server, keyed by its shown name.
-async fn manifest(client: &mut Client) -> anyhow::Result<BTreeMap<String, pb::FileEntry>> {
-    let mut stream = client.manifest(pb::ManifestRequest {}).await?.into_inner();
+async fn manifest(server: &Compared<'_>) -> anyhow::Result<BTreeMap<String, pb::FileEntry>> {
+    let mut stream = server.call(server.client.clone().manifest(pb::ManifestRequest {})).await?.into_inner();
     let mut out = BTreeMap::new();
-    while let Some(item) = stream.message().await? {
+    while let Some(item) = server.call(stream.message()).await? {
         let Some(e) = item.entry else { continue };
         let shown = match item.namespace.as_str() {
             DEFAULT_NAMESPACE => e.path.clone(),
