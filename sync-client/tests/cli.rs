@@ -486,3 +486,96 @@ async fn every_command_gives_up_on_a_frozen_server_in_time_naming_it() {
     let st = client(&server.url, dir.path(), &["status"]).await;
     assert_eq!(st.status.code(), Some(0), "{st:?}");
 }
+
+/// A child process killed (if still running) when the test ends, passed
+/// or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The server's live paths.
+async fn server_paths(url: &str) -> Vec<String> {
+    let listed = sync_client::list(&[url.to_owned()], &syncstore::connect::Security::none()).await;
+    listed.map(|l| l.into_iter().map(|e| e.path.to_string()).collect()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_folder_does_not_stop_the_watcher() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = server().await;
+    let top = tempfile::tempdir().unwrap();
+    let folder = top.path().join("synced");
+    for d in ["", "open", "locked"] {
+        std::fs::create_dir_all(folder.join(d)).unwrap();
+    }
+    std::fs::write(folder.join("before.txt"), "there at the start").unwrap();
+    std::fs::write(folder.join("locked/secret.txt"), "unreadable").unwrap();
+    // Root reads any folder whatever its mode: as root, the client runs as
+    // `nobody`, who owns the folder but may not read `locked`.
+    let nobody = 65534;
+    // (A folder this process made is owned by its effective user.)
+    let as_root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&folder).unwrap()) == 0;
+    let mut cmd = if as_root {
+        if Command::new("setpriv").arg("--version").output().is_err() {
+            eprintln!(
+                "skipped: running as root without setpriv, a mode-000 folder cannot be made unreadable"
+            );
+            return;
+        }
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for d in ["", "open", "locked"] {
+            std::os::unix::fs::chown(folder.join(d), Some(nobody), Some(nobody)).unwrap();
+        }
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"]);
+        cmd.arg(env!("CARGO_BIN_EXE_sync-client"));
+        cmd
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_sync-client"))
+    };
+    std::fs::set_permissions(folder.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let log = top.path().join("client.log");
+    let child = cmd
+        .args(["--server", &server.url, "--rescan-interval", "1h", "--dir"])
+        .arg(&folder)
+        .arg("watch")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+
+    eventually("the first sync is done", async || {
+        server_paths(&server.url).await.contains(&"before.txt".into())
+    })
+    .await;
+    // Changes elsewhere in the folder are seen at once, not at the next
+    // rescan (an hour away).
+    std::fs::write(folder.join("open/new.txt"), "new").unwrap();
+    std::fs::write(folder.join("top.txt"), "top").unwrap();
+    std::fs::create_dir(folder.join("later")).unwrap();
+    std::fs::write(folder.join("later/inside.txt"), "in a folder made after the start").unwrap();
+    let started = tokio::time::Instant::now();
+    eventually("the changes reach the server", async || {
+        let paths = server_paths(&server.url).await;
+        ["open/new.txt", "top.txt", "later/inside.txt"].iter().all(|p| paths.contains(&(*p).to_owned()))
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(child.0.try_wait().unwrap().is_none(), "the client still runs");
+
+    assert!(Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
+    std::fs::set_permissions(folder.join("locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    let reports: Vec<&str> = log.lines().filter(|l| l.contains("cannot watch some folders")).collect();
+    assert_eq!(reports.len(), 1, "reported once: {log}");
+    assert!(reports[0].contains("locked"), "{log}");
+    assert!(!log.contains("the folder watcher failed"), "{log}");
+}
