@@ -70,14 +70,26 @@ pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
 /// The mtime stored for a racy base: it matches no file.
 pub const RACY_MTIME: i64 = i64::MIN;
 
+/// Earliest and latest modification times kept (nanoseconds since 1970):
+/// what a signed 64-bit count of nanoseconds holds, about 1677-09-21 to
+/// 2262-04-11. [`RACY_MTIME`] (`i64::MIN`) is kept out: it means "matches
+/// no file".
+pub const MTIME_RANGE_NS: std::ops::RangeInclusive<i64> = (i64::MIN + 1)..=i64::MAX;
+
+/// A file's modification time in signed nanoseconds since 1970 (before
+/// 1970 negative), and whether it had to be clamped into
+/// [`MTIME_RANGE_NS`] (never wrapped).
+pub fn mtime_ns(secs: i64, nanos: i64) -> (i64, bool) {
+    let exact = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+    let (lo, hi) = (*MTIME_RANGE_NS.start(), *MTIME_RANGE_NS.end());
+    let kept = exact.clamp(i128::from(lo), i128::from(hi));
+    (kept as i64, kept != exact)
+}
+
 impl Meta {
     pub(crate) fn of(md: &fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
-        let mtime_ns = md
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i64);
+        let (mtime_ns, _) = mtime_ns(md.mtime(), md.mtime_nsec());
         let ctime_ns = md.ctime().wrapping_mul(1_000_000_000).wrapping_add(md.ctime_nsec());
         let stamp = md.ino().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ctime_ns as u64;
         if md.is_dir() {
@@ -303,6 +315,10 @@ pub fn scan(root: &Path, dir: &Path, ignore: &Ignore) -> io::Result<HashMap<RelP
         let Ok(path) = RelPath::from_local(root, entry.path()) else { continue };
         match entry.metadata() {
             Ok(md) => {
+                use std::os::unix::fs::MetadataExt;
+                if !is_dir && mtime_ns(md.mtime(), md.mtime_nsec()).1 {
+                    tracing::warn!(%path, mtime_s = md.mtime(), "a modification time outside 1677-2262: synced as the nearest one that can be kept");
+                }
                 out.insert(path, Meta::of(&md));
             }
             Err(e) => tracing::warn!(%path, error = %e, "cannot stat"),
@@ -330,6 +346,28 @@ fn keep_entry(root: &Path, path: &Path, is_dir: bool, ignore: &Ignore) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mtimes_before_1970_and_after_2262_are_kept_or_clamped_never_wrapped() {
+        // 1960-01-01 and just before 1970: negative, exact.
+        assert_eq!(mtime_ns(-315_619_200, 5), (-315_619_199_999_999_995, false));
+        assert_eq!(mtime_ns(-1, 999_999_999), (-1, false));
+        assert_eq!(mtime_ns(1_700_000_000, 1), (1_700_000_000_000_000_001, false));
+        // 2300-01-01 is past i64 nanoseconds: the latest time kept, not 1901.
+        assert_eq!(mtime_ns(10_413_792_000, 0), (i64::MAX, true));
+        // Before 1677: the earliest kept, which is not the racy marker.
+        let (early, clamped) = mtime_ns(-10_000_000_000, 0);
+        assert!(clamped && early == i64::MIN + 1 && early != RACY_MTIME);
+
+        // What a file's metadata gives, through `Meta::of`.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("old");
+        fs::write(&f, "x").unwrap();
+        for (secs, want) in [(-315_619_200, -315_619_200_000_000_000), (10_413_792_000, i64::MAX)] {
+            filetime::set_file_mtime(&f, filetime::FileTime::from_unix_time(secs, 0)).unwrap();
+            assert_eq!(Meta::of(&fs::symlink_metadata(&f).unwrap()).mtime_ns, want, "{secs}");
+        }
+    }
 
     #[test]
     fn scan_skips_state_and_ignored_and_does_not_follow_links() {

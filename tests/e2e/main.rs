@@ -7,6 +7,7 @@
 mod api;
 mod badinput;
 mod edges;
+mod folder;
 mod grpcurl;
 mod harness;
 mod locks;

@@ -1,0 +1,38 @@
+//! What a client's folder can hold beyond plain files written by name:
+//! modification times outside 1970-2262, unreadable folders, hard links and
+//! sparse files.
+
+use std::{os::unix::fs::MetadataExt, time::Duration};
+
+use crate::harness::*;
+
+/// Writes `data` outside `client`'s folder, gives it `mtime` and moves it
+/// in as `rel`, so that the watcher first sees it with that mtime.
+fn move_in_with_mtime(client: &TestClient, rel: &str, data: &[u8], mtime: filetime::FileTime) {
+    let staging = tempfile::tempdir_in(client.root().parent().unwrap()).unwrap();
+    let f = staging.path().join("f");
+    std::fs::write(&f, data).unwrap();
+    filetime::set_file_mtime(&f, mtime).unwrap();
+    std::fs::rename(&f, client.path(rel)).unwrap();
+}
+
+fn mtime_of(client: &TestClient, rel: &str) -> Option<(i64, i64)> {
+    std::fs::metadata(client.path(rel)).ok().map(|m| (m.mtime(), m.mtime_nsec()))
+}
+
+#[tokio::test]
+async fn mtimes_before_1970_arrive_as_they_are_and_after_2262_clamped_not_wrapped() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    // 1960-01-01 00:00:00.5 and 2300-01-01.
+    move_in_with_mtime(&a, "1960.txt", b"old", filetime::FileTime::from_unix_time(-315_619_200, 500_000_000));
+    move_in_with_mtime(&a, "2300.txt", b"future", filetime::FileTime::from_unix_time(10_413_792_000, 0));
+    eventually("b has both files", || b.read("1960.txt").is_some() && b.read("2300.txt").is_some()).await;
+    assert_eq!(mtime_of(&b, "1960.txt"), Some((-315_619_200, 500_000_000)));
+    // The latest time a signed 64-bit count of nanoseconds holds: 2262-04-11.
+    let latest = (i64::MAX / 1_000_000_000, i64::MAX % 1_000_000_000);
+    assert_eq!(mtime_of(&b, "2300.txt"), Some(latest), "clamped, not wrapped to 1901 or 0");
+    let on_server = server.files().await;
+    assert_eq!(on_server.get("1960.txt").map(Vec::as_slice), Some(&b"old"[..]));
+}
