@@ -2,7 +2,7 @@
 //! modification times outside 1970-2262, unreadable folders, hard links and
 //! sparse files.
 
-use std::{os::unix::fs::MetadataExt, time::Duration};
+use std::os::unix::fs::MetadataExt;
 
 use crate::harness::*;
 
@@ -35,4 +35,32 @@ async fn mtimes_before_1970_arrive_as_they_are_and_after_2262_clamped_not_wrappe
     assert_eq!(mtime_of(&b, "2300.txt"), Some(latest), "clamped, not wrapped to 1901 or 0");
     let on_server = server.files().await;
     assert_eq!(on_server.get("1960.txt").map(Vec::as_slice), Some(&b"old"[..]));
+}
+
+#[tokio::test]
+async fn a_sparse_file_stays_sparse_in_the_receiving_folder() {
+    use std::os::unix::fs::FileExt;
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    let size = 32u64 << 20;
+    // A hole, a little data, and a longer hole to the end.
+    let staging = tempfile::tempdir_in(a.root().parent().unwrap()).unwrap();
+    let f = staging.path().join("disk.img");
+    let file = std::fs::File::create_new(&f).unwrap();
+    file.set_len(size).unwrap();
+    file.write_all_at(b"boot sector", 8 << 20).unwrap();
+    drop(file);
+    std::fs::rename(&f, a.path("disk.img")).unwrap();
+
+    eventually("b has the whole file", || {
+        std::fs::metadata(b.path("disk.img")).is_ok_and(|m| m.len() == size)
+    })
+    .await;
+    let got = b.read("disk.img").unwrap();
+    let mut expected = vec![0u8; size as usize];
+    expected[(8 << 20)..(8 << 20) + 11].copy_from_slice(b"boot sector");
+    assert!(got == expected, "the content arrived as it was");
+    let allocated = std::fs::metadata(b.path("disk.img")).unwrap().blocks() * 512;
+    assert!(allocated < 1 << 20, "{allocated} bytes allocated for a 32 MiB file holding 11 bytes");
 }
