@@ -478,6 +478,17 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy to `target` on an ephemeral port.
     pub async fn start(target: SocketAddr) -> Self {
+        Self::start_with_rate(target, None).await
+    }
+
+    /// A proxy to `target` whose every connection carries at most
+    /// `bytes_per_second` each way: a slow link, on which a large transfer
+    /// takes long.
+    pub async fn start_throttled(target: SocketAddr, bytes_per_second: u64) -> Self {
+        Self::start_with_rate(target, Some(bytes_per_second)).await
+    }
+
+    async fn start_with_rate(target: SocketAddr, rate: Option<u64>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new()));
@@ -493,8 +504,16 @@ impl Proxy {
                 let stopped = stopped.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (from_client, to_client) = inbound.split();
+                    let (from_server, to_server) = outbound.split();
+                    let both_ways = async {
+                        let _ = tokio::join!(
+                            copy_at_rate(from_client, to_server, rate),
+                            copy_at_rate(from_server, to_client, rate)
+                        );
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = both_ways => {}
                         () = token.cancelled() => {}
                         () = stopped.cancelled() => {}
                     }
@@ -513,6 +532,31 @@ impl Proxy {
         let mut token = self.cut.lock().unwrap();
         token.cancel();
         *token = CancellationToken::new();
+    }
+}
+
+/// Copies `from` to `to` until the end, at most `rate` bytes per second
+/// (when given), then ends `to`'s writing side.
+async fn copy_at_rate(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    rate: Option<u64>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    // When the link is free again; idle time earns no burst.
+    let mut free_at = tokio::time::Instant::now();
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        if let Some(rate) = rate {
+            let busy = Duration::from_secs_f64(n as f64 / rate as f64);
+            free_at = free_at.max(tokio::time::Instant::now()) + busy;
+            tokio::time::sleep_until(free_at).await;
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod edges;
 mod folder;
 mod grpcurl;
 mod harness;
+mod lanes;
 mod locks;
 mod malicious;
 mod model;
