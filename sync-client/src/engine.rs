@@ -29,7 +29,7 @@ use tonic::Code;
 use crate::{
     error::{Error, Result},
     fsroot::{self, Dir, Root},
-    local::{self, IGNORE_FILE, Ignore, LocalView, Meta},
+    local::{self, HardLinks, IGNORE_FILE, Ignore, LocalView, Meta},
     locks::Locks,
     metrics::ClientMetrics,
     plan::{self, Action, Base, Local},
@@ -150,6 +150,9 @@ pub struct Engine {
     lane: Option<Lane>,
     /// Paths with a large-lane transfer running.
     in_lane: HashSet<RelPath>,
+    /// The names of files with several links, from the last scan and the
+    /// events since.
+    links: HardLinks,
 }
 
 impl Engine {
@@ -169,6 +172,7 @@ impl Engine {
             metrics: ClientMetrics::new(),
             lane: None,
             in_lane: HashSet::new(),
+            links: HardLinks::default(),
         }
     }
 
@@ -193,6 +197,7 @@ impl Engine {
             metrics: self.metrics.clone(),
             lane: None,
             in_lane: HashSet::new(),
+            links: HardLinks::default(),
         }
     }
 
@@ -245,7 +250,9 @@ impl Engine {
         self.load_locks().await?;
         let mut remote = self.remote.manifest().await?;
         let (root, ignore) = (self.root.clone(), self.ignore.clone());
-        let local = tokio::task::spawn_blocking(move || local::scan(&root, &root, &ignore)).await??;
+        let (local, links) =
+            tokio::task::spawn_blocking(move || local::scan_linked(&root, &root, &ignore)).await??;
+        self.links = links;
         let mut bases = if self.bases_valid { self.all_bases().await? } else { Default::default() };
         let paths: BTreeSet<RelPath> =
             local.keys().chain(bases.keys()).chain(remote.keys()).cloned().collect();
@@ -417,7 +424,9 @@ impl Engine {
     /// that catches what the watcher missed), and retries failed paths.
     pub async fn rescan(&mut self) -> Result<usize> {
         let (root, ignore) = (self.root.clone(), self.ignore.clone());
-        let local = tokio::task::spawn_blocking(move || local::scan(&root, &root, &ignore)).await??;
+        let (local, links) =
+            tokio::task::spawn_blocking(move || local::scan_linked(&root, &root, &ignore)).await??;
+        self.links = links;
         let bases = self.all_bases().await?;
         let mut paths: BTreeSet<RelPath> = local.keys().chain(bases.keys()).cloned().collect();
         let retry = std::mem::take(&mut self.failed);
@@ -474,8 +483,11 @@ impl Engine {
         match self.state.folder().stat(&path) {
             Ok(local::Kind::Dir) => {
                 let (root, ignore) = (self.root.clone(), self.ignore.clone());
-                match tokio::task::spawn_blocking(move || local::scan(&root, &full, &ignore)).await {
-                    Ok(Ok(found)) => paths.extend(found.into_keys()),
+                match tokio::task::spawn_blocking(move || local::scan_linked(&root, &full, &ignore)).await {
+                    Ok(Ok((found, links))) => {
+                        paths.extend(found.into_keys());
+                        self.links.merge(links);
+                    }
                     Ok(Err(e)) => tracing::warn!(%path, error = %e, "cannot scan folder"),
                     Err(e) => tracing::warn!(%path, error = %e, "cannot scan folder"),
                 }
@@ -490,6 +502,12 @@ impl Engine {
             }
             _ => {}
         }
+        // A file with several names, written through this one, changed
+        // under its other names too: the watcher reports only this one.
+        let md = self.state.folder().parent(&path).and_then(|d| d.metadata(path.file_name()));
+        self.links.note(&path, md.as_ref().ok());
+        let others: Vec<RelPath> = paths.iter().flat_map(|p| self.links.others(p)).collect();
+        paths.extend(others);
         // Below a folder before the folder (deletions must go in that order).
         for p in paths.into_iter().rev() {
             if let Err(e) = self.sync_path(&p, RemoteView::IfLocalChanged).await {

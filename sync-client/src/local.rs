@@ -2,7 +2,7 @@
 //! and the ignore rules (`.syncignore` plus built-in patterns).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     fs,
     io::{self, Read},
     os::unix::fs::PermissionsExt,
@@ -283,11 +283,67 @@ impl Ignore {
     }
 }
 
+/// The names of the files that have several (hard) links in the folder,
+/// by inode: a file edited through one name is changed under the others
+/// too, though the watcher reports only the name it was written through.
+#[derive(Debug, Clone, Default)]
+pub struct HardLinks {
+    by_inode: HashMap<(u64, u64), BTreeSet<RelPath>>,
+    inode_of: HashMap<RelPath, (u64, u64)>,
+}
+
+impl HardLinks {
+    /// Notes what `path` is now (`md`: its metadata, `None` if it is gone):
+    /// a regular file with several links joins its inode's names; anything
+    /// else leaves them.
+    pub fn note(&mut self, path: &RelPath, md: Option<&fs::Metadata>) {
+        use std::os::unix::fs::MetadataExt;
+        let inode = md.filter(|m| m.is_file() && m.nlink() > 1).map(|m| (m.dev(), m.ino()));
+        if let Some(old) = self.inode_of.get(path).copied().filter(|old| Some(*old) != inode) {
+            self.inode_of.remove(path);
+            if let Some(names) = self.by_inode.get_mut(&old) {
+                names.remove(path);
+                if names.is_empty() {
+                    self.by_inode.remove(&old);
+                }
+            }
+        }
+        if let Some(inode) = inode {
+            self.inode_of.insert(path.clone(), inode);
+            self.by_inode.entry(inode).or_default().insert(path.clone());
+        }
+    }
+
+    /// The other names known for `path`'s file.
+    pub fn others(&self, path: &RelPath) -> Vec<RelPath> {
+        let names = self.inode_of.get(path).and_then(|inode| self.by_inode.get(inode));
+        names.into_iter().flatten().filter(|p| *p != path).cloned().collect()
+    }
+
+    /// Takes in what a scan of part of the folder found.
+    pub fn merge(&mut self, other: HardLinks) {
+        for (path, inode) in other.inode_of {
+            self.inode_of.insert(path.clone(), inode);
+            self.by_inode.entry(inode).or_default().insert(path);
+        }
+    }
+}
+
 /// Every regular file and symbolic link under `dir` (a folder below
 /// `root`, or `root` itself) that is not ignored, with its metadata. Links
 /// are listed, never followed; names that are not valid paths are skipped with a warning.
 pub fn scan(root: &Path, dir: &Path, ignore: &Ignore) -> io::Result<HashMap<RelPath, Meta>> {
+    scan_linked(root, dir, ignore).map(|(files, _)| files)
+}
+
+/// [`scan`], with the names of the files that have several links.
+pub fn scan_linked(
+    root: &Path,
+    dir: &Path,
+    ignore: &Ignore,
+) -> io::Result<(HashMap<RelPath, Meta>, HardLinks)> {
     let mut out = HashMap::new();
+    let mut links = HardLinks::default();
     let root_buf = root.to_path_buf();
     let ign = ignore.clone();
     let walker = ignore::WalkBuilder::new(dir)
@@ -319,12 +375,13 @@ pub fn scan(root: &Path, dir: &Path, ignore: &Ignore) -> io::Result<HashMap<RelP
                 if !is_dir && mtime_ns(md.mtime(), md.mtime_nsec()).1 {
                     tracing::warn!(%path, mtime_s = md.mtime(), "a modification time outside 1677-2262: synced as the nearest one that can be kept");
                 }
+                links.note(&path, Some(&md));
                 out.insert(path, Meta::of(&md));
             }
             Err(e) => tracing::warn!(%path, error = %e, "cannot stat"),
         }
     }
-    Ok(out)
+    Ok((out, links))
 }
 
 fn keep_entry(root: &Path, path: &Path, is_dir: bool, ignore: &Ignore) -> bool {
@@ -389,6 +446,25 @@ mod tests {
         // The link is listed as itself; what it points to is not walked.
         assert_eq!(names, vec![IGNORE_FILE, "a/b/keep.txt", "link"]);
         assert!(found[&RelPath::new("link").unwrap()].symlink);
+    }
+
+    #[test]
+    fn hard_links_are_grouped_by_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("sub")).unwrap();
+        fs::write(root.join("one"), "x").unwrap();
+        fs::hard_link(root.join("one"), root.join("sub/two")).unwrap();
+        fs::write(root.join("alone"), "y").unwrap();
+        let (_, mut links) = scan_linked(root, root, &Ignore::load(root)).unwrap();
+        let p = |s: &str| RelPath::new(s).unwrap();
+        assert_eq!(links.others(&p("one")), vec![p("sub/two")]);
+        assert_eq!(links.others(&p("sub/two")), vec![p("one")]);
+        assert!(links.others(&p("alone")).is_empty());
+        // One name goes: the other has no others left.
+        fs::remove_file(root.join("sub/two")).unwrap();
+        links.note(&p("sub/two"), None);
+        assert!(links.others(&p("one")).is_empty());
     }
 
     #[test]

@@ -64,3 +64,33 @@ async fn a_sparse_file_stays_sparse_in_the_receiving_folder() {
     let allocated = std::fs::metadata(b.path("disk.img")).unwrap().blocks() * 512;
     assert!(allocated < 1 << 20, "{allocated} bytes allocated for a 32 MiB file holding 11 bytes");
 }
+
+#[tokio::test]
+async fn a_hard_linked_file_edited_through_one_name_syncs_under_every_name() {
+    use std::io::Write;
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    a.write("notes.txt", "first");
+    std::fs::create_dir(a.path("elsewhere")).unwrap();
+    std::fs::hard_link(a.path("notes.txt"), a.path("elsewhere/same-notes.txt")).unwrap();
+    eventually("b has both names", || {
+        b.read("notes.txt").as_deref() == Some(&b"first"[..])
+            && b.read("elsewhere/same-notes.txt").as_deref() == Some(&b"first"[..])
+    })
+    .await;
+
+    // Edited in place through one name (same inode): the watcher hears of
+    // that name only; the other changed too, and is not left for the
+    // rescan (an hour away here).
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(a.path("notes.txt")).unwrap();
+    f.write_all(b"second, longer").unwrap();
+    drop(f);
+    eventually("b has the edit under both names", || {
+        b.read("notes.txt").as_deref() == Some(&b"second, longer"[..])
+            && b.read("elsewhere/same-notes.txt").as_deref() == Some(&b"second, longer"[..])
+    })
+    .await;
+    let on_server = server.files().await;
+    assert_eq!(on_server.get("elsewhere/same-notes.txt").map(Vec::as_slice), Some(&b"second, longer"[..]));
+}
