@@ -90,9 +90,13 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // A log line that cannot be written (stderr closed) is dropped, not
     // reported on that same stderr, which would panic.
+    // Colours only for a person at a terminal: a log file or a journal
+    // gets plain text (and NO_COLOR turns them off anywhere).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .log_internal_errors(false);
     match format {
         LogFormat::Text => logs.init(),

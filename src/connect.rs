@@ -43,6 +43,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// changes it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// HTTP/2 pings on an idle or long-running connection, and how long one
+/// may go unanswered: a server that stopped answering (frozen, gone
+/// without closing the connection) is found within their sum, under calls
+/// that no call timeout bounds (a subscription, a long read-back).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A server did not answer a call in time.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the server {server} did not answer within {}", humantime::format_duration(*.waited))]

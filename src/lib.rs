@@ -11,7 +11,9 @@
 //! - [`entry`]: [`Entry`], one path's state in a manifest, and its conversion
 //!   from and to the wire type.
 //! - [`lock`]: [`Lock`], a lock on one path, and its wire conversion.
-//! - [`limits`]: sizes and limits both sides agree on.
+//! - [`limits`]: sizes and limits both sides agree on, and the checks of
+//!   every bounded field.
+//! - [`reason`]: [`Reason`], the machine-readable reason of a refusal.
 //! - [`metrics`]: the Prometheus endpoint both programs serve.
 
 pub mod cli;
@@ -23,8 +25,10 @@ pub mod lock;
 pub mod metrics;
 pub mod path;
 pub mod pb;
+pub mod reason;
 
 pub use entry::{Content, Entry, EntryError};
 pub use hash::{ContentHash, HashError};
 pub use lock::Lock;
 pub use path::{PathError, RelPath};
+pub use reason::Reason;

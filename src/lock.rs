@@ -1,5 +1,5 @@
 //! [`Lock`]: a lock on one path, and its conversion from and to the wire's
-//! `Lock`.
+//! `LockInfo`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +18,10 @@ pub struct Lock {
     pub path: RelPath,
     /// The holder's client id.
     pub client_id: String,
+    /// The holder's principal: the name of the token that took the lock
+    /// ("anonymous" on a server without tokens). With the client id, it
+    /// names the holder.
+    pub principal: String,
     /// A readable name of the holder ("user@host").
     pub holder: String,
     pub note: String,
@@ -54,14 +58,15 @@ pub fn format_ms(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-impl TryFrom<pb::Lock> for Lock {
+impl TryFrom<pb::LockInfo> for Lock {
     type Error = PathError;
 
-    fn try_from(l: pb::Lock) -> Result<Self, PathError> {
+    fn try_from(l: pb::LockInfo) -> Result<Self, PathError> {
         Ok(Lock {
             lock_id: l.lock_id,
             path: RelPath::new(l.path)?,
             client_id: l.client_id,
+            principal: l.principal,
             holder: l.holder,
             note: l.note,
             acquired_ms: l.acquired_ms,
@@ -72,12 +77,13 @@ impl TryFrom<pb::Lock> for Lock {
     }
 }
 
-impl From<Lock> for pb::Lock {
+impl From<Lock> for pb::LockInfo {
     fn from(l: Lock) -> Self {
-        pb::Lock {
+        pb::LockInfo {
             lock_id: l.lock_id,
             path: l.path.as_str().to_owned(),
             client_id: l.client_id,
+            principal: l.principal,
             holder: l.holder,
             note: l.note,
             acquired_ms: l.acquired_ms,
@@ -86,22 +92,7 @@ impl From<Lock> for pb::Lock {
             token: l.token,
             ended: pb::LockEnd::Unspecified.into(),
             ended_by: String::new(),
+            ended_by_principal: String::new(),
         }
     }
-}
-
-/// Metadata key of a FAILED_PRECONDITION status that says which one it is:
-/// [`REASON_LOCKED`], [`REASON_STALE_LOCK`] or [`REASON_PATH_CLASH`].
-pub const ERROR_REASON_KEY: &str = "syncstore-reason";
-/// The path is locked by someone else.
-pub const REASON_LOCKED: &str = "locked";
-/// The write's lock token is not the path's current lock.
-pub const REASON_STALE_LOCK: &str = "stale-lock";
-/// A file where the server has a folder, or below a file (not a lock
-/// matter, but told the same way).
-pub const REASON_PATH_CLASH: &str = "path-clash";
-
-/// The reason a status carries in [`ERROR_REASON_KEY`], if any.
-pub fn error_reason(status: &tonic::Status) -> Option<&str> {
-    status.metadata().get(ERROR_REASON_KEY).and_then(|v| v.to_str().ok())
 }

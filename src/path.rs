@@ -111,7 +111,8 @@ fn validate(s: &str) -> Result<(), PathError> {
         return Err(PathError::Absolute(s.to_owned()));
     }
     if s.chars().any(char::is_control) {
-        return Err(PathError::ControlChar(s.escape_debug().to_string()));
+        // The message quotes it with `{:?}`, which escapes it once.
+        return Err(PathError::ControlChar(s.to_owned()));
     }
     if !is_nfc(s) {
         return Err(PathError::NotNfc(s.to_owned()));
@@ -175,6 +176,11 @@ mod tests {
         }
         assert!(matches!(RelPath::new("a\0b"), Err(PathError::ControlChar(_))));
         assert!(matches!(RelPath::new("a\nb"), Err(PathError::ControlChar(_))));
+        // Escaped once in the message: `a\0b`, not `a\\0b`.
+        assert_eq!(
+            RelPath::new("a\0b").unwrap_err().to_string(),
+            r#"path "a\0b" contains a control character"#
+        );
         // "é" as e + combining acute accent (NFD).
         assert!(matches!(RelPath::new("cafe\u{301}"), Err(PathError::NotNfc(_))));
         assert!(matches!(RelPath::new("x".repeat(256)), Err(PathError::NameTooLong(_))));

@@ -1,5 +1,6 @@
 //! The client's error type.
 
+use syncstore::Reason;
 use tonic::Code;
 
 /// Result alias for the client library.
@@ -43,22 +44,30 @@ impl Error {
         }
     }
 
+    /// The reason of the server's refusal, if it was one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Error::Rpc(s) => Reason::of(s),
+            _ => None,
+        }
+    }
+
     /// Whether the server refused a write because someone else locked the
     /// path.
     pub fn is_locked(&self) -> bool {
-        matches!(self, Error::Rpc(s) if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_LOCKED))
+        self.reason() == Some(Reason::Locked)
     }
 
     /// Whether the server refused a write because the lock token it carried
     /// is not the path's current lock (or the path's lock needs one).
     pub fn is_stale_lock(&self) -> bool {
-        matches!(self, Error::Rpc(s) if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_STALE_LOCK))
+        self.reason() == Some(Reason::StaleLock)
     }
 
     /// Whether the server refused a file where it has a folder (or below a
     /// file).
     pub fn is_path_clash(&self) -> bool {
-        matches!(self, Error::Rpc(s) if syncstore::lock::error_reason(s) == Some(syncstore::lock::REASON_PATH_CLASH))
+        self.reason() == Some(Reason::PathClash)
     }
 
     /// Whether the server refused this client's credentials: no token, an
@@ -88,6 +97,11 @@ fn describe_status(s: &tonic::Status) -> String {
         Code::Unavailable => format!("cannot reach the server ({})", s.message()),
         Code::Unauthenticated => format!("the server refused this client's token: {}", s.message()),
         Code::PermissionDenied => format!("the server does not allow this: {}", s.message()),
+        Code::ResourceExhausted if Reason::of(s) == Some(Reason::DiskFull) => {
+            "the server's disk is full: nothing was stored; the change is sent again once space is freed on the server"
+                .into()
+        }
+        Code::DataLoss => format!("the server's copy is damaged: {}", s.message()),
         code => format!("the server answered {code:?}: {}", s.message()),
     }
 }
@@ -95,5 +109,25 @@ fn describe_status(s: &tonic::Status) -> String {
 impl From<syncstore::EntryError> for Error {
     fn from(e: syncstore::EntryError) -> Self {
         Error::Protocol(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_reason(mut status: tonic::Status, reason: Reason) -> Error {
+        reason.attach(&mut status);
+        Error::Rpc(status)
+    }
+
+    #[test]
+    fn a_full_disk_on_the_server_is_said_plainly() {
+        let e = with_reason(tonic::Status::resource_exhausted("no space"), Reason::DiskFull);
+        assert!(e.to_string().starts_with("the server's disk is full"), "{e}");
+        let busy = Error::Rpc(tonic::Status::resource_exhausted("too many uploads"));
+        assert!(!busy.to_string().contains("disk is full"), "{busy}");
+        let damaged = with_reason(tonic::Status::data_loss("content x is damaged"), Reason::Damaged);
+        assert!(damaged.to_string().starts_with("the server's copy is damaged"), "{damaged}");
     }
 }

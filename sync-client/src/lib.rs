@@ -282,7 +282,10 @@ async fn subscribe(
                 return Ok(());
             }
             connected_before = true;
-            while let Some(event) = stream.message().await? {
+            while let Some(msg) = stream.message().await? {
+                let event = msg
+                    .event
+                    .ok_or_else(|| Error::Protocol("a subscription message without event".into()))?;
                 if tx.send(Subscription::Event(Box::new(event))).await.is_err() {
                     return Ok(());
                 }

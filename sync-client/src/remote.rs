@@ -22,10 +22,6 @@ use tonic::{Code, service::interceptor::InterceptedService};
 
 use crate::error::{Error, Result};
 
-/// HTTP/2 pings find a dead server on an idle subscription.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// A client of the servers' `FileSync`: one server, or a primary and its
 /// replica. Calls go to the active server; [`Remote::info`] (re)chooses it:
 /// the primary if one answers, else any server that answers (a replica
@@ -52,8 +48,8 @@ impl Remote {
             let endpoint = security
                 .endpoint(url)
                 .map_err(|e| Error::Config(e.to_string()))?
-                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .http2_keep_alive_interval(connect::KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(connect::KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true)
                 .tcp_nodelay(true);
             let credentials = security.credentials().map_err(|e| Error::Config(e.to_string()))?;
@@ -142,7 +138,11 @@ impl Remote {
     /// The path's entry, `None` if the server never had it.
     pub async fn stat(&self, path: &RelPath) -> Result<Option<Entry>> {
         match self.answer(self.raw().stat(pb::StatRequest { path: path.to_string() })).await {
-            Ok(r) => Ok(Some(Entry::try_from(r.into_inner())?)),
+            Ok(r) => {
+                let entry =
+                    r.into_inner().entry.ok_or_else(|| Error::Protocol("stat without entry".into()))?;
+                Ok(Some(Entry::try_from(entry)?))
+            }
             Err(e) if e.code() == Some(Code::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
@@ -155,7 +155,9 @@ impl Remote {
             .await?
             .into_inner();
         let mut out = HashMap::new();
-        while let Some(e) = self.answer(stream.message()).await? {
+        while let Some(msg) = self.answer(stream.message()).await? {
+            // The first message carries only the listing's head.
+            let Some(e) = msg.entry else { continue };
             let Some(e) = crate::engine::accept_entry(e) else { continue };
             out.insert(e.path.clone(), e);
         }
@@ -186,27 +188,36 @@ impl Remote {
             client_id: self.client_id.clone(),
             holder: holder.to_owned(),
         });
-        lock_of(self.answer(call).await?.into_inner())
+        lock_of(self.answer(call).await?.into_inner().lock)
     }
 
-    /// Pushes the expiry of lock `lock_id` to now + `ttl`.
+    /// Pushes the expiry of this client's lock `lock_id` to now + `ttl`.
     pub async fn refresh_lock(&self, lock_id: &str, ttl: Duration) -> Result<Lock> {
-        let req = pb::RefreshLockRequest { lock_id: lock_id.to_owned(), ttl_seconds: ttl_seconds(ttl)? };
-        lock_of(self.answer(self.raw().refresh_lock(req)).await?.into_inner())
+        let req = pb::RefreshLockRequest {
+            lock_id: lock_id.to_owned(),
+            ttl_seconds: ttl_seconds(ttl)?,
+            client_id: self.client_id.clone(),
+        };
+        lock_of(self.answer(self.raw().refresh_lock(req)).await?.into_inner().lock)
     }
 
     /// Releases lock `lock_id`; with `force`, even someone else's.
     pub async fn unlock(&self, lock_id: &str, force: bool) -> Result<Lock> {
         let req = pb::UnlockRequest { lock_id: lock_id.to_owned(), client_id: self.client_id.clone(), force };
         let resp = self.answer(self.raw().unlock(req)).await?.into_inner();
-        lock_of(resp.lock.ok_or_else(|| Error::Protocol("unlock without its lock".into()))?)
+        lock_of(resp.lock)
     }
 
     /// The live locks on `prefix` or below ("" for all), in path order.
     pub async fn list_locks(&self, prefix: &str) -> Result<Vec<Lock>> {
-        let resp =
-            self.answer(self.raw().list_locks(pb::ListLocksRequest { prefix: prefix.to_owned() })).await?;
-        resp.into_inner().locks.into_iter().map(lock_of).collect()
+        let mut client = self.raw();
+        let call = client.list_locks(pb::ListLocksRequest { prefix: prefix.to_owned() });
+        let mut stream = self.answer(call).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(msg) = self.answer(stream.message()).await? {
+            out.push(lock_of(msg.lock)?);
+        }
+        Ok(out)
     }
 
     /// The live lock on exactly `path`, if any.
@@ -214,14 +225,15 @@ impl Remote {
         Ok(self.list_locks(path.as_str()).await?.into_iter().find(|l| l.path == *path))
     }
 
-    pub async fn subscribe(&self, after_seq: u64) -> Result<tonic::Streaming<pb::ChangeEvent>> {
+    pub async fn subscribe(&self, after_seq: u64) -> Result<tonic::Streaming<pb::SubscribeResponse>> {
         let mut client = self.raw();
         let call = client.subscribe(pb::SubscribeRequest { after_seq, client_id: self.client_id.clone() });
         Ok(self.answer(call).await?.into_inner())
     }
 }
 
-fn lock_of(l: pb::Lock) -> Result<Lock> {
+fn lock_of(l: Option<pb::LockInfo>) -> Result<Lock> {
+    let l = l.ok_or_else(|| Error::Protocol("an answer without its lock".into()))?;
     Lock::try_from(l).map_err(|e| Error::Protocol(format!("a lock with a bad path: {e}")))
 }
 

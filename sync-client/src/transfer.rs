@@ -12,7 +12,6 @@ use syncstore::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Code;
 
 use crate::{
     error::{Error, Result},
@@ -71,8 +70,7 @@ pub async fn upload(
         match remote.raw().upload(only_header).await {
             Ok(resp) => return Ok((entry_of(resp.into_inner().entry)?, false)),
             // Not there: send it. (A lock refusal is not that.)
-            Err(s) if s.code() == Code::FailedPrecondition && syncstore::lock::error_reason(&s).is_none() => {
-            }
+            Err(s) if syncstore::Reason::of(&s) == Some(syncstore::Reason::UnknownContent) => {}
             Err(s) => return Err(s.into()),
         }
     }
@@ -276,8 +274,9 @@ async fn receive_chunks(
 
 /// Creates the symbolic link whose target is the `size` bytes in `tmp` (a
 /// target received from the server) at `path`, under the same rules as
-/// [`install`]. The link is never followed; a target that is empty or
-/// holds a NUL byte is refused.
+/// [`install`]. The link is never followed; a target no link can have
+/// (empty, with a NUL, not UTF-8: [`syncstore::limits::check_link_target`],
+/// the server's own check) is refused.
 fn install_symlink(
     tmp: TempFile,
     root: &Root,
@@ -288,8 +287,8 @@ fn install_symlink(
     use std::os::unix::fs::FileExt;
     let mut link = vec![0u8; size as usize];
     tmp.file().read_exact_at(&mut link, 0)?;
-    if link.is_empty() || link.contains(&0) {
-        return Err(Error::Protocol(format!("{path} is a link with an unusable target")));
+    if let Err(why) = syncstore::limits::check_link_target(&link) {
+        return Err(Error::Protocol(format!("{path} is a link whose target {why}")));
     }
     let parent = root.create_parent(path)?;
     let name = path.file_name();

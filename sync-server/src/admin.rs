@@ -1,7 +1,11 @@
-//! `syncstore.v1.Admin`: a server's status (role, position, replication)
-//! and a digest of its manifest, and `compare`, which diffs two servers.
+//! `syncstore.v1.Admin`: a server's status (role, position, replication),
+//! a digest of its manifest (and of its content, read back), its content
+//! for a peer's scrub, and `compare`, which diffs two servers.
 
-use std::{collections::BTreeMap, pin::Pin};
+use std::{
+    collections::{BTreeMap, HashMap},
+    pin::Pin,
+};
 
 use anyhow::Context;
 use syncstore::{
@@ -13,14 +17,18 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::{Need, caller},
+    auth::{Need, caller, principal},
     error::{Error, Result},
     replication::{Mode, WriteGate, primary::ReplicationHandle},
-    storage::{DEFAULT_NAMESPACE, PAGE_SIZE, Store},
+    storage::{DEFAULT_NAMESPACE, PAGE_SIZE, Store, Verdict},
 };
 
 /// Manifest entries buffered before the producer waits for the caller.
 const MANIFEST_BUFFER: usize = 64;
+/// Chunks of a `ReadContent` buffered before the reader waits for the caller.
+const CONTENT_BUFFER: usize = 4;
+/// Most problems a `ContentDigest` lists (all are counted).
+pub const MAX_CONTENT_PROBLEMS: usize = 1000;
 
 /// The `Admin` service of one server.
 #[derive(Debug, Clone)]
@@ -45,9 +53,59 @@ impl AdminService {
 /// BLAKE3 over every live file's (namespace, path, hash, size, executable, symlink and folder flags)
 /// in (namespace, path) order. Blocks.
 pub fn digest(store: &Store) -> Result<pb::DigestResponse> {
+    let (d, _) = digest_with(store, |_| None)?;
+    Ok(d)
+}
+
+/// [`digest`], plus for each live file whether its content read back
+/// whole: every distinct stored content is read and verified first
+/// (damaged content is set aside). Blocks; reads everything stored.
+pub fn content_digest(store: &Store) -> Result<pb::ContentDigestResponse> {
+    let mut bad: HashMap<syncstore::ContentHash, &'static str> = HashMap::new();
+    let mut verified_bytes = 0u64;
+    let mut after = None;
+    loop {
+        let page = store.referenced_blobs(after.as_ref(), PAGE_SIZE)?;
+        let done = page.len() < PAGE_SIZE;
+        after = page.last().map(|(h, _)| *h);
+        for (hash, size) in page {
+            verified_bytes += size;
+            match store.verify_blob(&hash, size)? {
+                Verdict::Good => {}
+                Verdict::Damaged => {
+                    bad.insert(hash, "damaged");
+                }
+                Verdict::Missing => {
+                    bad.insert(hash, if store.is_damaged(&hash) { "damaged" } else { "missing" });
+                }
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    let (d, problems) = digest_with(store, |h| bad.get(h).copied())?;
+    Ok(pb::ContentDigestResponse {
+        file_count: d.file_count,
+        total_bytes: d.total_bytes,
+        root_hash: d.root_hash,
+        head_seq: d.head_seq,
+        verified_bytes,
+        problem_count: problems.len() as u64,
+        problems: problems.into_iter().take(MAX_CONTENT_PROBLEMS).collect(),
+    })
+}
+
+/// The manifest digest; `problem` says which content is not intact (it is
+/// then hashed in too, and the file listed).
+fn digest_with(
+    store: &Store,
+    problem: impl Fn(&syncstore::ContentHash) -> Option<&'static str>,
+) -> Result<(pb::DigestResponse, Vec<pb::ContentProblem>)> {
     let head = store.head();
     let mut hasher = blake3::Hasher::new();
     let (mut files, mut bytes) = (0u64, 0u64);
+    let mut problems = Vec::new();
     let mut after: Option<(String, String)> = None;
     loop {
         let page = store.manifest_page(after.as_ref().map(|(n, p)| (n.as_str(), p.as_str())), PAGE_SIZE)?;
@@ -64,17 +122,27 @@ pub fn digest(store: &Store) -> Result<pb::DigestResponse> {
             hasher.update(c.hash.as_bytes());
             hasher.update(&c.size.to_le_bytes());
             hasher.update(&[u8::from(c.executable) | (u8::from(c.symlink) << 1) | (u8::from(c.folder) << 2)]);
+            if let Some(state) = problem(&c.hash) {
+                hasher.update(state.as_bytes());
+                problems.push(pb::ContentProblem {
+                    namespace: ns,
+                    path: e.path.to_string(),
+                    hash: c.hash.as_bytes().to_vec(),
+                    state: state.to_owned(),
+                });
+            }
         }
         if done {
             break;
         }
     }
-    Ok(pb::DigestResponse {
+    let digest = pb::DigestResponse {
         file_count: files,
         total_bytes: bytes,
         root_hash: hasher.finalize().as_bytes().to_vec(),
         head_seq: head,
-    })
+    };
+    Ok((digest, problems))
 }
 
 #[tonic::async_trait]
@@ -100,6 +168,7 @@ impl Admin for AdminService {
             writes_refused: self.gate.refusal().unwrap_or_default(),
             ..Default::default()
         };
+        (out.damaged_blobs, out.damaged_blobs_found) = self.store.damaged_blobs();
         if self.role == "replica" {
             out.primary_url = primary_url;
         }
@@ -130,7 +199,54 @@ impl Admin for AdminService {
         Ok(Response::new(d))
     }
 
-    type ManifestStream = Pin<Box<dyn Stream<Item = Result<pb::ManifestEntry, Status>> + Send>>;
+    async fn content_digest(
+        &self,
+        request: Request<pb::ContentDigestRequest>,
+    ) -> Result<Response<pb::ContentDigestResponse>, Status> {
+        caller(&request, Need::Admin)?;
+        let s = self.store.clone();
+        let d = tokio::task::spawn_blocking(move || content_digest(&s)).await.map_err(Error::from)??;
+        Ok(Response::new(d))
+    }
+
+    type ReadContentStream = Pin<Box<dyn Stream<Item = Result<pb::ReadContentResponse, Status>> + Send>>;
+
+    async fn read_content(
+        &self,
+        request: Request<pb::ReadContentRequest>,
+    ) -> Result<Response<Self::ReadContentStream>, Status> {
+        // A peer's scrub (an operator's admin token) or the primary's own
+        // (its replication token) asks.
+        let p = principal(&request)?;
+        if !(p.allows(Need::Admin) || p.allows(Need::Replication)) {
+            caller(&request, Need::Admin)?;
+        }
+        let req = request.into_inner();
+        let hash = syncstore::ContentHash::try_from(&req.hash[..]).map_err(Error::from)?;
+        let s = self.store.clone();
+        let reader = tokio::task::spawn_blocking(move || s.blob_reader(&hash, req.size))
+            .await
+            .map_err(Error::from)??
+            .ok_or_else(|| Error::NotFound(format!("no content with hash {hash} is stored here")))?;
+        let (tx, rx) = mpsc::channel(CONTENT_BUFFER);
+        tokio::task::spawn_blocking(move || {
+            let mut reader = reader;
+            loop {
+                let item = match reader.next_chunk(syncstore::limits::MAX_CHUNK) {
+                    Ok(Some(chunk)) => Ok(pb::ReadContentResponse { chunk }),
+                    Ok(None) => return,
+                    Err(e) => Err(Status::from(e)),
+                };
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ManifestStream = Pin<Box<dyn Stream<Item = Result<pb::ManifestResponse, Status>> + Send>>;
 
     async fn manifest(
         &self,
@@ -159,7 +275,7 @@ impl Admin for AdminService {
                     if entry.content.is_none() {
                         continue;
                     }
-                    let item = pb::ManifestEntry { namespace, entry: Some(entry.into()) };
+                    let item = pb::ManifestResponse { namespace, entry: Some(entry.into()) };
                     if tx.blocking_send(Ok(item)).is_err() {
                         return;
                     }
@@ -179,13 +295,61 @@ pub struct Comparison {
     pub a: pb::DigestResponse,
     pub b: pb::DigestResponse,
     /// (path, state): "only-in-A", "only-in-B", "differs" (by content hash
-    /// or executable bit), like `sync-client status`.
+    /// or executable bit), like `sync-client status`; with content compared
+    /// also "damaged-in-A", "missing-in-B" and the like.
     pub differences: Vec<(String, &'static str)>,
+    /// Whether the content was read back and compared (`--content`).
+    pub content: bool,
 }
 
 impl Comparison {
     pub fn identical(&self) -> bool {
-        self.a.root_hash == self.b.root_hash
+        self.a.root_hash == self.b.root_hash && self.differences.is_empty()
+    }
+}
+
+/// Like [`compare`], and reads every stored content back on both servers
+/// (`Admin/ContentDigest`): a file whose content is damaged or missing on
+/// a side is a difference even where the manifests agree.
+pub async fn compare_content(a: &str, b: &str, security: &Security) -> anyhow::Result<Comparison> {
+    // The metadata first: quick, and a server that does not answer is
+    // named within the call timeout.
+    let mut comparison = compare(a, b, security).await?;
+    let (sa, sb) = (Compared::new(a, security)?, Compared::new(b, security)?);
+    let (mut ca, mut cb) = (sa.client.clone(), sb.client.clone());
+    let (da, db) = tokio::try_join!(
+        sa.long_call(ca.content_digest(pb::ContentDigestRequest {})),
+        sb.long_call(cb.content_digest(pb::ContentDigestRequest {}))
+    )?;
+    let (da, db) = (da.into_inner(), db.into_inner());
+    comparison.content = true;
+    for (side, d) in [("A", &da), ("B", &db)] {
+        for p in &d.problems {
+            let state = match (side, p.state.as_str()) {
+                ("A", "damaged") => "damaged-in-A",
+                ("A", _) => "missing-in-A",
+                (_, "damaged") => "damaged-in-B",
+                _ => "missing-in-B",
+            };
+            comparison.differences.push((shown(&p.namespace, &p.path), state));
+        }
+        let unlisted = d.problem_count.saturating_sub(d.problems.len() as u64);
+        if unlisted > 0 {
+            let what = if side == "A" { "more-damaged-in-A" } else { "more-damaged-in-B" };
+            comparison.differences.push((format!("({unlisted} more files)"), what));
+        }
+    }
+    comparison.differences.sort();
+    comparison.differences.dedup();
+    Ok(comparison)
+}
+
+/// A path as `compare` shows it: `NAMESPACE:PATH` outside the default
+/// namespace.
+fn shown(namespace: &str, path: &str) -> String {
+    match namespace {
+        DEFAULT_NAMESPACE => path.to_owned(),
+        ns => format!("{ns}:{path}"),
     }
 }
 
@@ -216,7 +380,7 @@ pub async fn compare(a: &str, b: &str, security: &Security) -> anyhow::Result<Co
         differences.extend(mb.keys().filter(|p| !ma.contains_key(*p)).map(|p| (p.clone(), "only-in-B")));
         differences.sort();
     }
-    Ok(Comparison { a: da, b: db, differences })
+    Ok(Comparison { a: da, b: db, differences, content: false })
 }
 
 type Client = AdminClient<syncstore::connect::AuthChannel>;
@@ -230,14 +394,31 @@ struct Compared<'a> {
 
 impl<'a> Compared<'a> {
     fn new(url: &'a str, security: &Security) -> anyhow::Result<Self> {
-        Ok(Self { url, client: AdminClient::new(security.channel(url)?), timeout: security.call_timeout })
+        // HTTP/2 pings find a server that stops answering during a long call.
+        let channel = security
+            .endpoint(url)?
+            .http2_keep_alive_interval(connect::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(connect::KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let client = AdminClient::new(tonic::service::interceptor::InterceptedService::new(
+            channel,
+            security.credentials()?,
+        ));
+        Ok(Self { url, client, timeout: security.call_timeout })
     }
 
     /// Awaits a call to this server, for at most the call timeout.
     async fn call<T>(&self, call: impl Future<Output = Result<T, Status>>) -> anyhow::Result<T> {
-        connect::answer(self.url, self.timeout, call)
-            .await?
-            .with_context(|| format!("the server {} refused the call", self.url))
+        let answered = connect::answer(self.url, self.timeout, call).await?;
+        answered.with_context(|| format!("the server {} refused the call", self.url))
+    }
+
+    /// Awaits a call that takes as long as the work it asks for (reading
+    /// back everything a server stores): without the call timeout, but the
+    /// connection's keep-alive ends it if the server stops answering.
+    async fn long_call<T>(&self, call: impl Future<Output = Result<T, Status>>) -> anyhow::Result<T> {
+        call.await.with_context(|| format!("the server {} did not complete the call", self.url))
     }
 }
 
@@ -247,11 +428,7 @@ async fn manifest(server: &Compared<'_>) -> anyhow::Result<BTreeMap<String, pb::
     let mut out = BTreeMap::new();
     while let Some(item) = server.call(stream.message()).await? {
         let Some(e) = item.entry else { continue };
-        let shown = match item.namespace.as_str() {
-            DEFAULT_NAMESPACE => e.path.clone(),
-            ns => format!("{ns}:{}", e.path),
-        };
-        out.insert(shown, e);
+        out.insert(shown(&item.namespace, &e.path), e);
     }
     Ok(out)
 }

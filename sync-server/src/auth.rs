@@ -29,8 +29,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, service::Interceptor};
 
+use syncstore::Reason;
+use tonic::Code;
+
 use crate::{
-    error::{Error, Result},
+    error::{Error, Result, refusal},
     storage::DEFAULT_NAMESPACE,
 };
 
@@ -84,7 +87,7 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
     match request.extensions().get::<Principal>() {
         Some(p) => Ok(p.clone()),
         // Every service is wrapped by the authenticator; this is a bug.
-        None => Err(Status::internal("the call was not authenticated")),
+        None => Err(refusal(Code::Internal, Reason::Internal, "the call was not authenticated")),
     }
 }
 
@@ -107,6 +110,8 @@ pub struct Principal {
     pub access: Access,
     /// On an open server: allowed everything, in the default namespace.
     open: bool,
+    /// May break other holders' locks (`Unlock` with `force`).
+    pub break_locks: bool,
     /// The hash of the token it presented (none on an open server), to
     /// tell when that token is removed.
     token: Option<blake3::Hash>,
@@ -119,6 +124,7 @@ impl Principal {
             namespace: DEFAULT_NAMESPACE.into(),
             access: Access::ReadWrite,
             open: true,
+            break_locks: true,
             token: None,
         }
     }
@@ -148,11 +154,11 @@ pub fn caller<T>(request: &Request<T>, need: Need) -> Result<Principal, Status> 
         Need::Admin => "an admin token",
         Need::Replication => "a replication token",
     };
-    Err(Status::permission_denied(format!(
-        "the token {:?} is {}; this call needs {wanted}",
-        p.name,
-        p.access.as_str()
-    )))
+    Err(refusal(
+        Code::PermissionDenied,
+        Reason::PermissionDenied,
+        format!("the token {:?} is {}; this call needs {wanted}", p.name, p.access.as_str()),
+    ))
 }
 
 /// Checks that a namespace name is usable: 1 to 64 of `a-z 0-9 . _ -`,
@@ -202,6 +208,10 @@ pub struct TokenRecord {
     /// When it was added (RFC 3339), for people.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub created: String,
+    /// A read-write token's right to break other holders' locks in its
+    /// namespace (`Unlock` with `force`), an administrator's action.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_locks: bool,
 }
 
 impl fmt::Debug for TokenRecord {
@@ -300,10 +310,26 @@ impl TokenFile {
             access,
             hash: hash_token(&token).to_hex().to_string(),
             created: rfc3339_now(),
+            break_locks: false,
         });
         next.check().map_err(Error::InvalidArgument)?;
         *self = next;
         Ok(token)
+    }
+
+    /// Gives the token named `name` the right to break other holders' locks
+    /// (or takes it away); false if there is no such token. Only read-write
+    /// tokens can hold it.
+    pub fn set_break_locks(&mut self, name: &str, on: bool) -> Result<bool> {
+        let Some(t) = self.tokens.iter_mut().find(|t| t.name == name) else { return Ok(false) };
+        if on && t.access != Access::ReadWrite {
+            return Err(Error::InvalidArgument(format!(
+                "token {name:?} is {}: only read-write tokens may break locks",
+                t.access.as_str()
+            )));
+        }
+        t.break_locks = on;
+        Ok(true)
     }
 
     /// Removes the token named `name`; false if there is none.
@@ -343,6 +369,7 @@ impl Tokens {
                         namespace: t.namespace.clone(),
                         access: t.access,
                         open: false,
+                        break_locks: t.break_locks && t.access == Access::ReadWrite,
                         token: Some(hash),
                     };
                     (hash, principal)
@@ -477,7 +504,9 @@ impl Authenticator {
             return Ok(Principal::open());
         };
         let Some(value) = request.metadata().get(syncstore::connect::AUTHORIZATION) else {
-            return Err(Status::unauthenticated(
+            return Err(refusal(
+                Code::Unauthenticated,
+                Reason::Unauthenticated,
                 "this server needs a token: send the metadata `authorization: Bearer TOKEN` \
                  (sync-client: --token-file or SYNCSTORE_TOKEN)",
             ));
@@ -487,11 +516,21 @@ impl Authenticator {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
-            .ok_or_else(|| Status::unauthenticated("the authorization metadata must be `Bearer TOKEN`"))?;
+            .ok_or_else(|| {
+                refusal(
+                    Code::Unauthenticated,
+                    Reason::Unauthenticated,
+                    "the authorization metadata must be `Bearer TOKEN`",
+                )
+            })?;
         let tokens = source.tokens.borrow().clone();
         tokens.lookup(token).ok_or_else(|| {
             tracing::info!(peer = ?request.remote_addr(), "refused an unknown token");
-            Status::unauthenticated("the token is not valid here (unknown, or removed)")
+            refusal(
+                Code::Unauthenticated,
+                Reason::Unauthenticated,
+                "the token is not valid here (unknown, or removed)",
+            )
         })
     }
 }

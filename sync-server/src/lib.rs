@@ -8,6 +8,7 @@
 //! - [`replication`]: the primary's fan-out to its replica and the
 //!   replica's `syncstore.v1.Replication` service; the write gate.
 //! - [`admin`]: `syncstore.v1.Admin` (status, digest, manifest) and `compare`.
+//! - [`scrub`]: reading stored content back, healing it from a peer.
 //! - [`auth`]: bearer tokens, the token file, and what each token may do.
 //! - [`metrics`]: the Prometheus metrics.
 //! - `feed`: following committed changes from a cursor (log, then live).
@@ -21,15 +22,16 @@ pub mod error;
 mod feed;
 pub mod metrics;
 pub mod replication;
+pub mod scrub;
 pub mod service;
 pub mod storage;
 
 use std::{path::PathBuf, time::Duration};
 
-use syncstore::limits::MAX_MESSAGE;
 use syncstore::pb::{
     self, admin_server::AdminServer, file_sync_server::FileSyncServer, replication_server::ReplicationServer,
 };
+use syncstore::{Reason, limits::MAX_MESSAGE};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::interceptor::InterceptedService;
@@ -147,6 +149,10 @@ pub struct Config {
     pub insecure_no_auth: bool,
     /// Serve TLS with this certificate.
     pub tls: Option<TlsConfig>,
+    /// Time between background scrub passes (`None`: no background scrub).
+    pub scrub_interval: Option<Duration>,
+    /// The background scrub's pace, in bytes per second.
+    pub scrub_rate: u64,
 }
 
 /// The server's TLS settings (PEM files).
@@ -208,6 +214,8 @@ impl Config {
             tokens: None,
             insecure_no_auth: false,
             tls: None,
+            scrub_interval: Some(scrub::DEFAULT_SCRUB_INTERVAL),
+            scrub_rate: scrub::DEFAULT_SCRUB_RATE,
         }
     }
 
@@ -229,6 +237,30 @@ pub fn promote(data_dir: &std::path::Path) -> Result<(String, u64, u64)> {
     store.set_meta("epoch", &epoch.to_string())?;
     tracing::warn!(epoch, history = %store.history_id(), head = store.head(), "promoted to primary");
     Ok((store.history_id(), epoch, store.head()))
+}
+
+/// Scrubs a (stopped) server's data folder (see [`scrub::scrub`]), healing
+/// from `peer` if given; returns the report and the lost files
+/// (`NAMESPACE:PATH` outside the default namespace) with their content
+/// hash.
+pub async fn scrub_offline(
+    data_dir: &std::path::Path,
+    peer: Option<scrub::Peer>,
+) -> Result<(scrub::ScrubReport, Vec<(String, syncstore::ContentHash)>)> {
+    if !data_dir.join("meta.db").is_file() {
+        return Err(Error::NotFound(format!("{} holds no syncstore data", data_dir.display())));
+    }
+    let dir = data_dir.to_owned();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, StoreOptions::default())).await??;
+    let report = scrub::scrub(&store, peer.as_ref(), None, None, &CancellationToken::new()).await?;
+    let mut lost = Vec::new();
+    for hash in &report.lost {
+        for (ns, path) in store.paths_of(hash)? {
+            let shown = if ns == storage::DEFAULT_NAMESPACE { path } else { format!("{ns}:{path}") };
+            lost.push((shown, *hash));
+        }
+    }
+    Ok((report, lost))
 }
 
 /// Opens the data folder and serves on `listener` until `shutdown` is
@@ -305,6 +337,9 @@ impl MetricsServer {
         let refresh: syncstore::metrics::Refresh = std::sync::Arc::new(move || {
             let head = store.head();
             metrics.head_seq.set(head as i64);
+            let (damaged, found) = store.damaged_blobs();
+            metrics.damaged_blobs.set(damaged as i64);
+            metrics.damaged_blobs_found.inc_by(found.saturating_sub(metrics.damaged_blobs_found.get()));
             if let Some(r) = &replication {
                 metrics.replica_lag_changes.set(head.saturating_sub(r.acked()) as i64);
                 metrics.replica_lag_seconds.set(r.lag_seconds(head));
@@ -371,8 +406,13 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     let addr = listener.local_addr()?;
     let gate = WriteGate::default();
     if config.role == Role::Replica {
-        let primary = store.meta_text("primary_url")?.unwrap_or_else(|| "(not connected yet)".into());
-        gate.refuse(format!("this server is a replica: write to the primary at {primary}"));
+        let primary = store.meta_text("primary_url")?;
+        let named = primary.clone().unwrap_or_else(|| "(not connected yet)".into());
+        gate.refuse(
+            Reason::Replica,
+            format!("this server is a replica: write to the primary at {named}"),
+            primary,
+        );
     }
     let tasks = TaskTracker::new();
     if let (Role::Primary, Some(handle)) = (config.role, &replication) {
@@ -386,6 +426,24 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         ));
     }
     tasks.spawn(expire_locks(store.clone(), gate.clone(), shutdown.clone()));
+    // A primary heals from its replica; a replica's damage is healed by the
+    // primary's next copy of that content, or `scrub --from`.
+    let peer = replication
+        .as_ref()
+        .map(|r| scrub::Peer { url: r.config().url.clone(), security: r.config().security.clone() });
+    if let Some(peer) = &peer {
+        tasks.spawn(scrub::run_healer(store.clone(), peer.clone(), shutdown.clone()));
+    }
+    if let Some(interval) = config.scrub_interval {
+        tasks.spawn(scrub::run_background(
+            store.clone(),
+            peer,
+            interval,
+            config.scrub_rate,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(auth.clone().watch(shutdown.clone()));
     let file_sync = FileSyncService::new(
         store.clone(),
@@ -403,7 +461,10 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     )
     .with_auth(auth.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // Every service answers health checks by its name ("" is the server).
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;
+    health_reporter.set_serving::<AdminServer<AdminService>>().await;
+    health_reporter.set_serving::<ReplicationServer<ReplicationService>>().await;
     let replication_service = ReplicationService::new(
         store.clone(),
         gate.clone(),
@@ -446,6 +507,8 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             shutdown.cancelled().await;
             tracing::info!("shutting down: finishing in-flight requests");
             health_reporter.set_not_serving::<FileSyncServer<FileSyncService>>().await;
+            health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
+            health_reporter.set_not_serving::<ReplicationServer<ReplicationService>>().await;
         }
     };
     let mut builder = tonic::transport::Server::builder();

@@ -1,6 +1,6 @@
 //! `sync-server`: parses flags, sets up logging and signals, binds, and
 //! hands over to [`sync_server::Server`]; also the offline `promote` and
-//! the `compare` commands.
+//! `scrub` and the `compare` commands.
 
 use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -45,6 +45,28 @@ enum Command {
         a: String,
         /// Second server.
         b: String,
+        /// Also read every stored content back on both servers and check it
+        /// against its hash (slow: reads everything they store): a damaged
+        /// or missing content is a difference even where metadata agree.
+        #[arg(long)]
+        content: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Read every stored content of a (stopped) server's data folder back
+    /// and check it against its hash. Damaged content is set aside; with
+    /// --from, a good copy is fetched from that server (the replica, or the
+    /// primary) to heal it. Exit 0 when everything is intact or healed, 1
+    /// when files are lost (listed).
+    Scrub {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// A server holding the same history to fetch good copies from,
+        /// e.g. the replica at http://HOST:PORT; on servers with tokens,
+        /// --token-file must give its admin token.
+        #[arg(long)]
+        from: Option<String>,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -71,6 +93,10 @@ enum TokenCommand {
         /// What it may do.
         #[arg(long, value_enum, default_value_t = Access::ReadWrite)]
         access: Access,
+        /// Also let it break other holders' locks in its namespace
+        /// (`unlock --force`; read-write tokens only).
+        #[arg(long)]
+        break_locks: bool,
     },
     /// Remove a token by name; the server refuses it within a second.
     Remove {
@@ -169,6 +195,14 @@ struct ServeArgs {
     /// certificate against.
     #[arg(long, env = "SYNCSTORE_REPLICA_CA_CERT")]
     replica_ca_cert: Option<PathBuf>,
+    /// Time between the starts of two background scrubs, which read every
+    /// stored content back and check it (a primary heals damaged content
+    /// from its replica), e.g. 7d; 0 turns it off.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, env = "SYNCSTORE_SCRUB_INTERVAL")]
+    scrub_interval: Duration,
+    /// The background scrub's pace, in bytes read per second.
+    #[arg(long, default_value_t = sync_server::scrub::DEFAULT_SCRUB_RATE, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..), env = "SYNCSTORE_SCRUB_RATE")]
+    scrub_rate: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -205,7 +239,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match args.command {
             Some(Command::Promote { data }) => promote(data).await,
-            Some(Command::Compare { a, b, connect }) => compare(&a, &b, &connect).await,
+            Some(Command::Compare { a, b, content, connect }) => compare(&a, &b, content, &connect).await,
+            Some(Command::Scrub { data, from, connect }) => scrub(data, from, &connect).await,
             Some(Command::Token { command }) => token(command),
             None => serve(args.serve).await,
         }
@@ -250,6 +285,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.max_uploads_per_namespace = args.max_uploads_per_namespace;
     config.store.log_retention = args.log_retention;
     config.advertise = args.advertise;
+    config.scrub_interval = (!args.scrub_interval.is_zero()).then_some(args.scrub_interval);
+    config.scrub_rate = args.scrub_rate;
     config.tokens = args.tokens;
     config.insecure_no_auth = args.insecure_no_auth;
     config.tls = args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsConfig {
@@ -301,9 +338,10 @@ async fn promote(data: PathBuf) -> anyhow::Result<ExitCode> {
 
 fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TokenCommand::Add { tokens, name, namespace, access } => {
+        TokenCommand::Add { tokens, name, namespace, access, break_locks } => {
             let mut file = TokenFile::load(&tokens)?;
             let token = file.add(&name, &namespace, access)?;
+            file.set_break_locks(&name, break_locks)?;
             file.save(&tokens)?;
             eprintln!("added {name:?} to {}; the token (shown only now):", tokens.display());
             println!("{token}");
@@ -318,21 +356,48 @@ fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::List { tokens } => {
             let file = TokenFile::load(&tokens)?;
-            println!("{:<24} {:<12} {:<20} CREATED", "NAME", "ACCESS", "NAMESPACE");
+            println!("{:<24} {:<12} {:<20} {:<12} CREATED", "NAME", "ACCESS", "NAMESPACE", "RIGHTS");
             for t in &file.tokens {
                 let ns = if t.namespace.is_empty() { "*" } else { &t.namespace };
-                println!("{:<24} {:<12} {:<20} {}", t.name, t.access.as_str(), ns, t.created);
+                let rights = if t.break_locks { "break-locks" } else { "-" };
+                println!("{:<24} {:<12} {:<20} {rights:<12} {}", t.name, t.access.as_str(), ns, t.created);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn compare(a: &str, b: &str, connect: &ConnectArgs) -> anyhow::Result<ExitCode> {
-    let c = sync_server::compare(a, b, &connect.security()?).await?;
+async fn scrub(data: PathBuf, from: Option<String>, connect: &ConnectArgs) -> anyhow::Result<ExitCode> {
+    let peer = from.map(|url| anyhow::Ok(sync_server::scrub::Peer { url, security: connect.security()? }));
+    let (report, lost) = sync_server::scrub_offline(&data, peer.transpose()?).await?;
+    println!(
+        "scrub: {} contents read back ({} bytes): {} damaged, {} healed, {} lost",
+        report.verified,
+        report.bytes,
+        report.damaged.len(),
+        report.healed.len(),
+        report.lost.len()
+    );
+    for hash in &report.healed {
+        println!("healed     {hash}");
+    }
+    for (path, hash) in &lost {
+        println!("lost       {path} (content {hash})");
+    }
+    Ok(if report.lost.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn compare(a: &str, b: &str, content: bool, connect: &ConnectArgs) -> anyhow::Result<ExitCode> {
+    let security = connect.security()?;
+    let c = if content {
+        sync_server::admin::compare_content(a, b, &security).await?
+    } else {
+        sync_server::compare(a, b, &security).await?
+    };
     if c.identical() {
+        let checked = if c.content { ", all content read back intact" } else { "" };
         println!(
-            "identical: {} files, {} bytes (heads {} and {})",
+            "identical: {} files, {} bytes (heads {} and {}){checked}",
             c.a.file_count, c.a.total_bytes, c.a.head_seq, c.b.head_seq
         );
         return Ok(ExitCode::SUCCESS);
@@ -342,7 +407,7 @@ async fn compare(a: &str, b: &str, connect: &ConnectArgs) -> anyhow::Result<Exit
         c.a.file_count, c.a.total_bytes, c.a.head_seq, c.b.file_count, c.b.total_bytes, c.b.head_seq
     );
     for (path, what) in &c.differences {
-        println!("{what:<10} {path}");
+        println!("{what:<12} {path}");
     }
     Ok(ExitCode::FAILURE)
 }

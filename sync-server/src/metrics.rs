@@ -19,6 +19,12 @@ pub struct ServerMetrics {
     pub replica_lag_seconds: Gauge,
     /// Time from taking the writer lock to a durable commit.
     pub commit_seconds: Histogram,
+    /// Stored contents set aside as damaged and not healed yet.
+    pub damaged_blobs: IntGauge,
+    /// Damaged stored contents found (by reads and scrubs) since start.
+    pub damaged_blobs_found: IntCounter,
+    /// Bytes of stored content the scrub read and verified since start.
+    pub scrub_bytes: IntCounter,
 }
 
 impl ServerMetrics {
@@ -57,6 +63,9 @@ impl ServerMetrics {
             head_seq: gauge("head_seq", "Sequence number of the last committed change"),
             replica_lag_changes: gauge("replica_lag_changes", "Changes the replica does not hold yet"),
             replica_lag_seconds: lag_seconds,
+            damaged_blobs: gauge("damaged_blobs", "Stored contents found damaged and not healed yet"),
+            damaged_blobs_found: counter("damaged_blobs_found_total", "Damaged stored contents found"),
+            scrub_bytes: counter("scrub_bytes_total", "Bytes of stored content the scrub verified"),
             errors,
             commit_seconds,
             registry,

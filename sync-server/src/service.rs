@@ -2,14 +2,13 @@
 
 use std::{
     collections::HashMap,
-    io::Read,
     pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use syncstore::{
-    Content, ContentHash, Entry, RelPath,
+    Content, ContentHash, Entry, Reason, RelPath, limits,
     limits::{MAX_CHUNK, MAX_PATH_BYTES},
     pb::{self, download_response, file_sync_server::FileSync, upload_request},
 };
@@ -18,13 +17,13 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Authenticator, Need, caller, principal};
+use crate::auth::{Access, Authenticator, Need, caller, principal};
 use crate::{
     ServerMetrics,
-    error::{Error, Result},
+    error::{Error, Result, refusal},
     feed::{self, Item},
     replication::{WriteGate, primary::ReplicationHandle},
-    storage::{Change, Delete, LockRequest, PAGE_SIZE, Put, Store},
+    storage::{Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, Store},
 };
 
 /// Messages buffered per server stream before the producer waits.
@@ -172,7 +171,12 @@ impl FileSyncService {
         }
     }
 
-    async fn receive_upload(&self, ns: String, mut stream: Streaming<pb::UploadRequest>) -> Result<Change> {
+    async fn receive_upload(
+        &self,
+        ns: String,
+        principal: String,
+        mut stream: Streaming<pb::UploadRequest>,
+    ) -> Result<Change> {
         // Held until the upload is committed or refused and its temp file gone.
         let _slot = self.upload_slot(&ns).await?;
         let header = match self.next_message(&mut stream).await? {
@@ -180,6 +184,7 @@ impl FileSyncService {
             _ => return Err(Error::invalid("the first message of an upload must be a header")),
         };
         self.gate.check()?;
+        check_header_fields(&header)?;
         let path = RelPath::new(header.path)?;
         let hash = ContentHash::try_from(&header.hash[..])?;
         let size = header.size;
@@ -189,12 +194,12 @@ impl FileSyncService {
             )));
         }
         if header.symlink && size > MAX_PATH_BYTES as u64 {
-            return Err(Error::invalid(format!(
+            return Err(Error::BadSymlink(format!(
                 "{path} is a symbolic link with a {size}-byte target; the limit is {MAX_PATH_BYTES}"
             )));
         }
         if size > self.limits.max_file_size {
-            return Err(Error::ResourceExhausted(format!(
+            return Err(Error::TooLarge(format!(
                 "{path} is {size} bytes; this server takes files up to {} bytes",
                 self.limits.max_file_size
             )));
@@ -210,17 +215,17 @@ impl FileSyncService {
                 folder: header.folder,
             },
             base_version: header.base_version,
-            client_id: header.client_id,
+            who: Actor::new(principal, header.client_id),
             lock_token: header.lock_token,
         };
 
         // Refuse a stale base or a locked path before receiving any content;
         // the commit checks again under the writer lock.
-        let (n, p, client, token, folder) =
-            (ns.clone(), path.clone(), put.client_id.clone(), put.lock_token, put.content.folder);
+        let (n, p, who, token, folder) =
+            (ns.clone(), path.clone(), put.who.clone(), put.lock_token, put.content.folder);
         let current = self
             .blocking(move |s| {
-                s.check_lock(&n, &p, &client, token)?;
+                s.check_lock(&n, &p, &who, token)?;
                 s.check_path_clash(&n, &p, folder)?;
                 s.stat(&n, &p)
             })
@@ -256,7 +261,7 @@ impl FileSyncService {
             match self.blocking(move |s| s.reusable_size(&n, &hash)).await? {
                 None => return Err(Error::no_content(&hash)),
                 Some(stored) if stored != size => {
-                    return Err(Error::invalid(format!(
+                    return Err(Error::ContentMismatch(format!(
                         "the header announced {size} bytes, but the content with hash {hash} is {stored} bytes"
                     )));
                 }
@@ -331,10 +336,11 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::UploadResponse>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
-        let result = self.receive_upload(ns, request.into_inner()).await.inspect_err(|e| {
-            tracing::info!(error = %e, "upload refused");
-        });
+        let who = self.counted(caller(&request, Need::Write))?;
+        let result =
+            self.receive_upload(who.namespace, who.name, request.into_inner()).await.inspect_err(|e| {
+                tracing::info!(error = %e, "upload refused");
+            });
         let entry = self.counted(result.map_err(Status::from))?.into_entry();
         self.metrics.uploads.inc();
         self.metrics.upload_bytes.inc_by(entry.content.map_or(0, |c| c.size));
@@ -366,22 +372,22 @@ impl FileSync for FileSyncService {
                         v => format!("{path} has no file at version {v}"),
                     }));
                 };
-                let file = s.open_blob(&content.hash).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::NotFound(format!(
+                let Some(reader) = s.blob_reader(&content.hash, content.size)? else {
+                    return Err(Error::NotFound(format!(
                         "the content of {path} at version {} is no longer kept",
                         entry.as_ref().map_or(0, |e| e.version)
-                    )),
-                    _ => Error::Io(e),
-                })?;
-                Ok((entry.expect("checked above"), file))
+                    )));
+                };
+                Ok((entry.expect("checked above"), reader))
             })
             .await;
-        let (entry, file) = self.counted(found.map_err(Status::from))?;
+        let (entry, reader) = self.counted(found.map_err(Status::from))?;
         self.metrics.downloads.inc();
         self.metrics.download_bytes.inc_by(entry.content.map_or(0, |c| c.size));
 
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::task::spawn_blocking(move || stream_file(entry, file, tx));
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || stream_file(entry, reader, tx, &metrics));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -390,14 +396,16 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
+            field(limits::check_client_id(&req.client_id))?;
             let del = Delete {
                 path: RelPath::new(req.path)?,
                 base_version: req.base_version,
-                client_id: req.client_id,
+                who: Actor::new(who.name, req.client_id),
                 lock_token: req.lock_token,
             };
             let change = self
@@ -414,7 +422,7 @@ impl FileSync for FileSyncService {
         Ok(Response::new(pb::DeleteResponse { entry: Some(entry.into()) }))
     }
 
-    type ListStream = ServerStream<pb::FileEntry>;
+    type ListStream = ServerStream<pb::ListResponse>;
 
     #[tracing::instrument(skip_all)]
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<Self::ListStream>, Status> {
@@ -426,7 +434,13 @@ impl FileSync for FileSyncService {
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let this = self.clone();
+        // Every page is read after this: the listing reflects every change
+        // up to it (and maybe later ones), the seam with Subscribe.
+        let head_seq = self.store.head();
         tokio::spawn(async move {
+            if tx.send(Ok(pb::ListResponse { entry: None, head_seq })).await.is_err() {
+                return;
+            }
             let mut after: Option<String> = None;
             loop {
                 let (n, p, a) = (ns.clone(), prefix.clone(), after.clone());
@@ -443,7 +457,7 @@ impl FileSync for FileSyncService {
                 let last = page.len() < PAGE_SIZE;
                 after = page.last().map(|e| e.path.as_str().to_owned());
                 for entry in page {
-                    if tx.send(Ok(entry.into())).await.is_err() {
+                    if tx.send(Ok(pb::ListResponse { entry: Some(entry.into()), head_seq })).await.is_err() {
                         return; // The caller went away.
                     }
                 }
@@ -456,7 +470,7 @@ impl FileSync for FileSyncService {
     }
 
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
-    async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::FileEntry>, Status> {
+    async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
         let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let path = RelPath::new(request.into_inner().path).map_err(Error::from)?;
         let entry = self
@@ -464,10 +478,10 @@ impl FileSync for FileSyncService {
                 s.stat(&ns, &path)?.ok_or_else(|| Error::NotFound(format!("{path} was never written")))
             })
             .await?;
-        Ok(Response::new(entry.into()))
+        Ok(Response::new(pb::StatResponse { entry: Some(entry.into()) }))
     }
 
-    type SubscribeStream = ServerStream<pb::ChangeEvent>;
+    type SubscribeStream = ServerStream<pb::SubscribeResponse>;
 
     #[tracing::instrument(skip_all, fields(client = %request.get_ref().client_id, after = request.get_ref().after_seq))]
     async fn subscribe(
@@ -476,6 +490,9 @@ impl FileSync for FileSyncService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let who = self.counted(caller(&request, Need::Read))?;
         let req = request.into_inner();
+        if !req.client_id.is_empty() {
+            self.counted(field(limits::check_client_id(&req.client_id)).map_err(Status::from))?;
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (store, shutdown, auth) = (self.store.clone(), self.shutdown.clone(), self.auth.clone());
         let subscribers = self.metrics.subscribers.clone();
@@ -494,13 +511,13 @@ impl FileSync for FileSyncService {
             let watcher = tokio::spawn(gone);
             let follow = feed::follow(&store, req.after_seq, Some(&who.namespace), &stop, |item| {
                 let tx = tx.clone();
-                async move { tx.send(Ok(event(item))).await.is_ok() }
+                async move { tx.send(Ok(pb::SubscribeResponse { event: Some(event(item)) })).await.is_ok() }
             });
             let result = tokio::select! {
                 r = follow => r.map_err(Status::from),
                 () = auth.revoked(&who) => {
                     tracing::info!(token = %who.name, "ending a subscription: its token was removed");
-                    Err(Status::unauthenticated("the token was removed"))
+                    Err(refusal(tonic::Code::Unauthenticated, Reason::Unauthenticated, "the token was removed"))
                 }
             };
             if let Err(e) = result {
@@ -520,6 +537,12 @@ impl FileSync for FileSyncService {
         // Any token may ask: a client learns here whom the server takes it for.
         let who = principal(&request)?;
         let (head, oldest) = self.blocking(|s| Ok((s.head(), s.oldest_seq()?))).await?;
+        // What the caller may do here: a server that refuses writes (a
+        // replica) takes a read-write token's reads only.
+        let access = match who.access {
+            Access::ReadWrite if self.gate.check().is_err() => Access::ReadOnly,
+            a => a,
+        };
         Ok(Response::new(pb::ServerInfoResponse {
             history_id: self.store.history_id(),
             head_seq: head,
@@ -528,21 +551,23 @@ impl FileSync for FileSyncService {
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             namespace: who.namespace,
             principal: who.name,
-            access: who.access.as_str().to_owned(),
+            access: access.as_str().to_owned(),
         }))
     }
 
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path, client = %request.get_ref().client_id))]
-    async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::Lock>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+    async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
+            check_lock_fields(&req)?;
             let req = LockRequest {
                 path: RelPath::new(req.path)?,
                 ttl_seconds: req.ttl_seconds,
                 note: req.note,
-                client_id: req.client_id,
+                who: Actor::new(who.name, req.client_id),
                 holder: req.holder,
             };
             let change = self.blocking(move |s| s.lock(&ns, req)).await?;
@@ -554,25 +579,30 @@ impl FileSync for FileSyncService {
         let change = self.counted(result.map_err(Status::from))?;
         let lock = change.lock_pb().expect("a lock change");
         tracing::info!(lock_id = %lock.lock_id, token = lock.token, expires = %syncstore::lock::format_ms(lock.expires_ms), "locked");
-        Ok(Response::new(lock))
+        Ok(Response::new(pb::LockResponse { lock: Some(lock) }))
     }
 
     #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id))]
     async fn refresh_lock(
         &self,
         request: Request<pb::RefreshLockRequest>,
-    ) -> Result<Response<pb::Lock>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+    ) -> Result<Response<pb::RefreshLockResponse>, Status> {
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
             self.gate.check()?;
-            let change = self.blocking(move |s| s.refresh_lock(&ns, &req.lock_id, req.ttl_seconds)).await?;
+            field(limits::check_lock_id(&req.lock_id))?;
+            field(limits::check_client_id(&req.client_id))?;
+            let actor = Actor::new(who.name, req.client_id);
+            let change =
+                self.blocking(move |s| s.refresh_lock(&ns, &req.lock_id, &actor, req.ttl_seconds)).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
         .await;
         let change = self.counted(result.map_err(Status::from))?;
-        Ok(Response::new(change.lock_pb().expect("a lock change")))
+        Ok(Response::new(pb::RefreshLockResponse { lock: change.lock_pb() }))
     }
 
     #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id, client = %request.get_ref().client_id))]
@@ -580,12 +610,28 @@ impl FileSync for FileSyncService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
-        let ns = self.counted(caller(&request, Need::Write))?.namespace;
+        let who = self.counted(caller(&request, Need::Write))?;
+        let ns = who.namespace;
         let req = request.into_inner();
+        if req.force && !who.break_locks {
+            let denied = refusal(
+                tonic::Code::PermissionDenied,
+                Reason::PermissionDenied,
+                format!(
+                    "the token {:?} may not break locks (unlock with force): that needs a token with the \
+                     break-locks right (`sync-server token add --break-locks`)",
+                    who.name
+                ),
+            );
+            self.metrics.error(&denied);
+            return Err(denied);
+        }
         let result = async {
             self.gate.check()?;
-            let change =
-                self.blocking(move |s| s.unlock(&ns, &req.lock_id, &req.client_id, req.force)).await?;
+            field(limits::check_lock_id(&req.lock_id))?;
+            field(limits::check_client_id(&req.client_id))?;
+            let actor = Actor::new(who.name, req.client_id);
+            let change = self.blocking(move |s| s.unlock(&ns, &req.lock_id, &actor, req.force)).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
@@ -597,18 +643,65 @@ impl FileSync for FileSyncService {
         Ok(Response::new(pb::UnlockResponse { lock: Some(lock) }))
     }
 
+    type ListLocksStream = ServerStream<pb::ListLocksResponse>;
+
     async fn list_locks(
         &self,
         request: Request<pb::ListLocksRequest>,
-    ) -> Result<Response<pb::ListLocksResponse>, Status> {
+    ) -> Result<Response<Self::ListLocksStream>, Status> {
         let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let prefix = request.into_inner().prefix.trim_end_matches('/').to_owned();
         if !prefix.is_empty() {
             RelPath::new(prefix.as_str()).map_err(Error::from)?;
         }
-        let locks = self.blocking(move |s| s.list_locks(&ns, &prefix)).await?;
-        Ok(Response::new(pb::ListLocksResponse { locks: locks.into_iter().map(Into::into).collect() }))
+        // One lock per message, read a page at a time: no number of locks
+        // makes a message too large or fills the server's memory.
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut after: Option<String> = None;
+            loop {
+                let (n, p, a) = (ns.clone(), prefix.clone(), after.clone());
+                let page =
+                    match this.blocking(move |s| s.list_locks_page(&n, &p, a.as_deref(), PAGE_SIZE)).await {
+                        Ok(page) => page,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    };
+                let last = page.len() < PAGE_SIZE;
+                after = page.last().map(|l| l.path.as_str().to_owned());
+                for lock in page {
+                    if tx.send(Ok(pb::ListLocksResponse { lock: Some(lock.into()) })).await.is_err() {
+                        return; // The caller went away.
+                    }
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// A field out of its bounds (see [`syncstore::limits`]).
+fn field(checked: Result<(), String>) -> Result<()> {
+    checked.map_err(Error::InvalidField)
+}
+
+/// The bounded fields of an upload's header (the path, hash and size are
+/// checked on their own; a link's target once it has arrived).
+pub(crate) fn check_header_fields(header: &pb::UploadHeader) -> Result<()> {
+    field(limits::check_client_id(&header.client_id))
+}
+
+/// The bounded fields of a lock request (the path is checked on its own).
+pub(crate) fn check_lock_fields(req: &pb::LockRequest) -> Result<()> {
+    field(limits::check_client_id(&req.client_id))?;
+    field(limits::check_holder(&req.holder))?;
+    field(limits::check_note(&req.note))
 }
 
 fn event(item: Item) -> pb::ChangeEvent {
@@ -620,28 +713,230 @@ fn event(item: Item) -> pb::ChangeEvent {
     }
 }
 
-/// Sends a download's entry and then its content, on a blocking thread.
+/// Sends a download's entry and then its content, verified as it is read
+/// (on a blocking thread): damaged content ends the stream with
+/// `DATA_LOSS` before its last chunk, so a client never gets it whole.
 fn stream_file(
     entry: Entry,
-    mut file: std::fs::File,
+    mut reader: BlobReader,
     tx: mpsc::Sender<Result<pb::DownloadResponse, Status>>,
+    metrics: &ServerMetrics,
 ) {
-    let size = entry.content.map_or(0, |c| c.size);
     let first = pb::DownloadResponse { msg: Some(download_response::Msg::Entry(entry.into())) };
     if tx.blocking_send(Ok(first)).is_err() {
         return;
     }
-    let mut left = size;
-    while left > 0 {
-        let mut buf = vec![0u8; left.min(MAX_CHUNK as u64) as usize];
-        if let Err(e) = file.read_exact(&mut buf) {
-            let _ = tx.blocking_send(Err(Error::Io(e).into()));
-            return;
+    loop {
+        let msg = match reader.next_chunk(MAX_CHUNK) {
+            Ok(Some(chunk)) => Ok(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(chunk)) }),
+            Ok(None) => return,
+            Err(e) => {
+                let status = Status::from(e);
+                metrics.error(&status);
+                Err(status)
+            }
+        };
+        let failed = msg.is_err();
+        if tx.blocking_send(msg).is_err() || failed {
+            return; // The caller went away, or was told why not.
         }
-        left -= buf.len() as u64;
-        let msg = pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(buf)) };
-        if tx.blocking_send(Ok(msg)).is_err() {
-            return; // The caller went away.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Whatever the server accepts fits in every message it sends for it.
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use proptest::{prelude::*, test_runner::TestRunner};
+    use prost::Message;
+    use syncstore::limits::{MAX_ERROR_MESSAGE_BYTES, MAX_MESSAGE};
+
+    use super::*;
+    use crate::storage::{LockEnd, StoreOptions};
+
+    /// Strings of lengths around every bound and far beyond, in 1-, 2- and
+    /// 4-byte characters, sometimes with a control character.
+    fn text() -> impl Strategy<Value = String> {
+        let len = prop_oneof![
+            1 => 0..300usize,
+            1 => 1000..1100usize,
+            1 => 2000..2100usize,
+            1 => 4090..4200usize,
+            3 => Just(MAX_MESSAGE),
+        ];
+        let unit = prop_oneof![Just("a"), Just("é"), Just("😀"), Just("a/"), Just("\n"), Just("\0")];
+        (len, unit).prop_map(|(n, u)| u.repeat(n / u.len() + 1).chars().take(n).collect())
+    }
+
+    #[derive(Debug, Clone)]
+    struct Input {
+        path: String,
+        client_id: String,
+        target: String,
+        holder: String,
+        note: String,
+    }
+
+    /// Valid paths up to the longest, in 2-byte characters.
+    fn long_path() -> impl Strategy<Value = String> {
+        (1..=16usize, 1..=127usize).prop_map(|(k, n)| {
+            let name = "é".repeat(n);
+            let mut p = vec![name.as_str(); k].join("/");
+            p.truncate(p.floor_char_boundary(syncstore::limits::MAX_PATH_BYTES));
+            p.trim_end_matches('/').to_owned()
+        })
+    }
+
+    /// Valid text of up to `max` bytes, in 1-, 2- and 4-byte characters.
+    fn valid(max: usize) -> impl Strategy<Value = String> {
+        (1..=max, prop_oneof![Just('a'), Just('é'), Just('😀')])
+            .prop_map(|(n, c)| std::iter::repeat_n(c, n / c.len_utf8()).collect())
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        use syncstore::limits::{MAX_CLIENT_ID_BYTES, MAX_HOLDER_BYTES, MAX_NOTE_BYTES, MAX_PATH_BYTES};
+        let path = prop_oneof![text(), long_path()];
+        let client_id = prop_oneof![text(), valid(MAX_CLIENT_ID_BYTES)];
+        let target = prop_oneof![text(), valid(MAX_PATH_BYTES)];
+        let holder = prop_oneof![text(), valid(MAX_HOLDER_BYTES)];
+        let note = prop_oneof![text(), valid(MAX_NOTE_BYTES)];
+        (path, client_id, target, holder, note).prop_map(|(path, client_id, target, holder, note)| Input {
+            path,
+            client_id,
+            target,
+            holder,
+            note,
+        })
+    }
+
+    /// The largest a message may be: a bound every peer accepts.
+    fn fits(what: &str, m: &impl Message) -> Result<(), TestCaseError> {
+        let len = m.encoded_len();
+        prop_assert!(len <= MAX_MESSAGE, "{what} is {len} bytes; the limit is {MAX_MESSAGE}");
+        Ok(())
+    }
+
+    fn replicated(change: &Change) -> pb::ReplicateRequest {
+        let header = pb::ReplicatedChange {
+            seq: change.seq,
+            namespace: change.namespace.clone(),
+            entry: change.entry().map(|e| e.clone().into()),
+            content_follows: change.entry().is_some(),
+            kind: change.kind().into(),
+            lock: change.lock_pb(),
+        };
+        pb::ReplicateRequest { msg: Some(pb::replicate_request::Msg::Change(header)) }
+    }
+
+    /// Every message a change goes out in: its event, its replication, and
+    /// (for a file) its listing, stat and admin manifest.
+    fn every_message(change: &Change) -> Result<(), TestCaseError> {
+        let event = pb::SubscribeResponse { event: Some(change.to_event()) };
+        fits("an event", &event)?;
+        fits("a replicated change", &replicated(change))?;
+        if let Some(entry) = change.entry() {
+            let e: pb::FileEntry = entry.clone().into();
+            fits("a listing", &pb::ListResponse { entry: Some(e.clone()), head_seq: u64::MAX })?;
+            fits("a stat", &pb::StatResponse { entry: Some(e.clone()) })?;
+            fits("an upload's answer", &pb::UploadResponse { entry: Some(e.clone()) })?;
+            fits(
+                "a manifest entry",
+                &pb::ManifestResponse { namespace: change.namespace.clone(), entry: Some(e) },
+            )?;
         }
+        if let Some(lock) = change.lock_pb() {
+            fits("a lock listing", &pb::ListLocksResponse { lock: Some(lock.clone()) })?;
+            fits("a lock's answer", &pb::LockResponse { lock: Some(lock.clone()) })?;
+            fits("an unlock's answer", &pb::UnlockResponse { lock: Some(lock) })?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn whatever_the_server_accepts_fits_in_every_message_it_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let case = AtomicU64::new(0);
+        // The longest token name a principal can have is the operator's
+        // choice, not a client's; a generous one here.
+        let principal = "p".repeat(256);
+        let mut runner = TestRunner::new(ProptestConfig { cases: 256, ..ProptestConfig::default() });
+        runner
+            .run(&input(), |i| {
+                let ns = format!("ns{}", case.fetch_add(1, Ordering::Relaxed));
+                let header = pb::UploadHeader { client_id: i.client_id.clone(), ..Default::default() };
+                let Ok(path) = RelPath::new(i.path.clone()) else { return Ok(()) };
+                if check_header_fields(&header).is_ok() {
+                    // A link whose target is the client's text, when its
+                    // target passes too.
+                    let target = i.target.as_bytes();
+                    let mut writer = store.blob_writer().unwrap();
+                    writer.write(target).unwrap();
+                    let hash = ContentHash::of(target);
+                    let staged = writer.finish(hash, target.len() as u64).unwrap();
+                    let put = Put {
+                        path: path.clone(),
+                        content: Content {
+                            hash,
+                            size: target.len() as u64,
+                            mtime_ns: i64::MIN,
+                            executable: true,
+                            symlink: true,
+                            folder: false,
+                        },
+                        base_version: 0,
+                        who: Actor::new(principal.clone(), i.client_id.clone()),
+                        lock_token: 0,
+                    };
+                    if let Ok(change) = store.commit_put(&ns, put, Some(staged)) {
+                        every_message(&change)?;
+                        let del = Delete {
+                            path: path.clone(),
+                            base_version: change.seq,
+                            who: Actor::new(principal.clone(), i.client_id.clone()),
+                            lock_token: 0,
+                        };
+                        every_message(&store.commit_delete(&ns, del).unwrap())?;
+                    }
+                }
+                let req = pb::LockRequest {
+                    path: path.to_string(),
+                    ttl_seconds: 0,
+                    note: i.note.clone(),
+                    client_id: i.client_id.clone(),
+                    holder: i.holder.clone(),
+                };
+                if check_lock_fields(&req).is_ok() {
+                    let who = Actor::new(principal.clone(), i.client_id.clone());
+                    let lock = LockRequest {
+                        path,
+                        ttl_seconds: 0,
+                        note: i.note,
+                        who: who.clone(),
+                        holder: i.holder,
+                    };
+                    let granted = store.lock(&ns, lock.clone()).unwrap();
+                    every_message(&granted)?;
+                    // Someone else is refused with a message that names the
+                    // holder, short enough for a header.
+                    let other = LockRequest { who: Actor::new(principal.clone(), "other"), ..lock };
+                    let refused = Status::from(store.lock(&ns, other).unwrap_err());
+                    prop_assert!(refused.message().len() <= MAX_ERROR_MESSAGE_BYTES);
+                    let listed = store.list_locks(&ns, "").unwrap();
+                    prop_assert_eq!(listed.len(), 1);
+                    let lock_id = listed[0].lock_id.clone();
+                    let breaker =
+                        Actor::new(principal.clone(), "x".repeat(syncstore::limits::MAX_CLIENT_ID_BYTES));
+                    let broken = store.unlock(&ns, &lock_id, &breaker, true).unwrap();
+                    let is_broken =
+                        matches!(broken.what, crate::storage::What::Unlock { ended: LockEnd::Broken, .. });
+                    prop_assert!(is_broken);
+                    every_message(&broken)?;
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 }

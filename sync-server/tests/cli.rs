@@ -193,6 +193,30 @@ fn an_open_server_refuses_a_non_loopback_address() {
 }
 
 #[tokio::test]
+async fn logs_written_to_a_file_carry_no_colour_codes() {
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("server.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sync-server"))
+        .args(["--listen", "127.0.0.1:0", "--data", data.path().join("d").to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut server = common::Proc { child, addr: String::new() };
+    let serving = |text: &str| text.contains("serving");
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while !serving(&std::fs::read_to_string(&log).unwrap()) {
+        assert!(tokio::time::Instant::now() < deadline, "the server never logged that it serves");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    signal(&server.child, "-TERM");
+    assert!(wait_exit(&mut server.child).await.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\x1b'), "colour codes in a log file:\n{text}");
+}
+
+#[tokio::test]
 async fn compare_gives_up_on_a_frozen_server_in_time_naming_it() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = start_with(da.path(), "127.0.0.1:0", &[]);

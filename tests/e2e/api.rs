@@ -51,7 +51,7 @@ async fn versions_are_sequence_numbers_and_stale_bases_are_refused() {
         .unwrap();
     assert!(tomb.deleted);
     assert_eq!(tomb.version, 4);
-    let stat = rpc.stat(pb::StatRequest { path: "a.txt".into() }).await.unwrap().into_inner();
+    let stat = rpc.stat(pb::StatRequest { path: "a.txt".into() }).await.unwrap().into_inner().entry.unwrap();
     assert!(stat.deleted);
     assert_eq!(download(&mut rpc, "a.txt").await.unwrap_err().code(), Code::NotFound);
     let err = rpc
@@ -81,12 +81,8 @@ async fn versions_are_sequence_numbers_and_stale_bases_are_refused() {
         let mut rpc = rpc.clone();
         let req = pb::ListRequest { prefix: prefix.into(), include_deleted };
         async move {
-            let mut s = rpc.list(req).await.unwrap().into_inner();
-            let mut v = Vec::new();
-            while let Some(e) = s.message().await.unwrap() {
-                v.push(e.path);
-            }
-            v
+            let s = rpc.list(req).await.unwrap().into_inner();
+            entries_of(s).await.unwrap().into_iter().map(|e| e.path).collect::<Vec<_>>()
         }
     };
     assert_eq!(list("", false).await, ["a.txt", "dir2/c.txt"]);
@@ -159,7 +155,9 @@ async fn identical_content_is_stored_once_and_reused_without_resending() {
     // The blob goes once nothing refers to it.
     let mut versions = Vec::new();
     for p in ["one.bin", "two.bin", "three.bin"] {
-        versions.push(rpc.stat(pb::StatRequest { path: p.into() }).await.unwrap().into_inner().version);
+        versions.push(
+            rpc.stat(pb::StatRequest { path: p.into() }).await.unwrap().into_inner().entry.unwrap().version,
+        );
     }
     for (p, v) in ["one.bin", "two.bin"].iter().zip(&versions) {
         rpc.delete(pb::DeleteRequest {
@@ -239,10 +237,6 @@ async fn acknowledged_writes_survive_a_restart() {
     assert_eq!(info.head_seq, 20);
     // Sequence numbers continue where they were.
     assert_eq!(upload(&mut rpc, "after.txt", b"x", 0).await.unwrap().version, 21);
-}
-
-async fn next_event(s: &mut tonic::Streaming<pb::ChangeEvent>) -> pb::ChangeEvent {
-    tokio::time::timeout(DEADLINE, s.message()).await.expect("an event in time").unwrap().unwrap()
 }
 
 #[tokio::test]

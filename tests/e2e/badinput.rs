@@ -174,12 +174,7 @@ fn entries(dir: &Path) -> BTreeSet<PathBuf> {
 
 async fn manifest(rpc: &mut Rpc) -> Vec<pb::FileEntry> {
     let req = pb::ListRequest { prefix: String::new(), include_deleted: true };
-    let mut list = rpc.list(req).await.unwrap().into_inner();
-    let mut out = Vec::new();
-    while let Some(e) = list.message().await.unwrap() {
-        out.push(e);
-    }
-    out
+    entries_of(rpc.list(req).await.unwrap().into_inner()).await.unwrap()
 }
 
 async fn snapshot(server: &TestServer, tokens: &Tokens) -> Snapshot {
@@ -234,7 +229,7 @@ async fn run(url: &str, security: &Security, call: Call) -> Result<(), tonic::St
             rpc.stat(req).await.map(drop)
         }
         Call::ListNothing => {
-            match rpc.list(pb::ListRequest::default()).await?.into_inner().message().await? {
+            match entries_of(rpc.list(pb::ListRequest::default()).await?.into_inner()).await?.first() {
                 Some(e) => Err(tonic::Status::data_loss(format!("listed {}", e.path))),
                 None => Ok(()),
             }
@@ -509,6 +504,14 @@ async fn every_bad_input_gets_its_code_and_changes_nothing() {
         };
         if code != want {
             failures.push(format!("{name}: got {code:?}, want {want:?} ({got:?})"));
+        }
+        // Every refusal of the server's says why, for a program to act on
+        // (an HTTP-level refusal, before any gRPC service, has no status).
+        if let Ok(Err(ref status)) = got
+            && status.code() != Code::Unknown
+            && syncstore::Reason::of(status).is_none()
+        {
+            failures.push(format!("{name}: no syncstore-reason in {status:?}"));
         }
         // The server answers once the temp file is gone: no waiting here.
         let after = (snapshot(&primary, &tokens).await, snapshot(&replica, &tokens).await);

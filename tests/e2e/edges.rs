@@ -151,7 +151,7 @@ async fn the_server_never_holds_a_file_where_a_folder_is() {
         let err = upload(&mut rpc, path, b"clash", 0).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{path}: {err:?}");
         assert!(err.message().contains(why), "{path}: {}", err.message());
-        assert_eq!(syncstore::lock::error_reason(&err), Some(syncstore::lock::REASON_PATH_CLASH));
+        assert_eq!(syncstore::Reason::of(&err), Some(syncstore::Reason::PathClash));
     }
     // Once the file is gone, the name can be a folder.
     rpc.delete(syncstore::pb::DeleteRequest {

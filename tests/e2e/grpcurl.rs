@@ -100,14 +100,17 @@ async fn the_readme_grpcurl_commands_work() {
     assert!(out.contains("rpc Upload") && out.contains("rpc Subscribe"), "{out}");
     let out = ok(&["describe", "syncstore.v1.UploadHeader"]).await;
     assert!(out.contains("base_version"), "{out}");
-    let out = ok(&["-d", r#"{"service":"syncstore.v1.FileSync"}"#, "grpc.health.v1.Health/Check"]).await;
-    assert!(out.contains("SERVING"), "{out}");
+    for service in ["syncstore.v1.FileSync", "syncstore.v1.Admin", "syncstore.v1.Replication"] {
+        let request = format!(r#"{{"service":"{service}"}}"#);
+        let out = ok(&["-d", &request, "grpc.health.v1.Health/Check"]).await;
+        assert!(out.contains("SERVING"), "{service}: {out}");
+    }
 
     // Upload of a small file from JSON: a header, then one chunk (bytes are
     // base64 in JSON).
     let hash = base64(ContentHash::of(HELLO).as_bytes());
     let upload = format!(
-        r#"{{"header":{{"path":"notes/hello.txt","size":"6","hash":"{hash}","base_version":"0"}}}} {{"chunk":"{}"}}"#,
+        r#"{{"header":{{"path":"notes/hello.txt","size":"6","hash":"{hash}","base_version":"0","client_id":"ops"}}}} {{"chunk":"{}"}}"#,
         base64(HELLO)
     );
     // The README shows these very requests.
@@ -117,8 +120,9 @@ async fn the_readme_grpcurl_commands_work() {
         r#"{"path":"notes/hello.txt"}"#,
         r#"{"prefix":"notes"}"#,
         r#"{"after_seq":"0"}"#,
-        r#"{"path":"notes/hello.txt","base_version":"1"}"#,
+        r#"{"path":"notes/hello.txt","base_version":"1","client_id":"ops"}"#,
         r#"{"service":"syncstore.v1.FileSync"}"#,
+        r#"{"service":"syncstore.v1.Admin"}"#,
     ] {
         assert!(readme.contains(&format!("-d '{request}'")), "the README lacks the request {request}");
     }
@@ -128,7 +132,7 @@ async fn the_readme_grpcurl_commands_work() {
     let out = ok(&["-d", r#"{"path":"notes/hello.txt"}"#, "syncstore.v1.FileSync/Stat"]).await;
     assert!(out.contains(&hash), "{out}");
     let out = ok(&["-d", r#"{"prefix":"notes"}"#, "syncstore.v1.FileSync/List"]).await;
-    assert!(out.contains("notes/hello.txt"), "{out}");
+    assert!(out.contains("notes/hello.txt") && out.contains(r#""headSeq": "1""#), "{out}");
     let out = ok(&["-d", r#"{"path":"notes/hello.txt"}"#, "syncstore.v1.FileSync/Download"]).await;
     assert!(out.contains(&base64(HELLO)), "the chunk is shown in base64: {out}");
 
@@ -140,8 +144,12 @@ async fn the_readme_grpcurl_commands_work() {
     .unwrap();
     assert!(out.contains("KIND_PUT") && out.contains("notes/hello.txt"), "{out}");
 
-    let out =
-        ok(&["-d", r#"{"path":"notes/hello.txt","base_version":"1"}"#, "syncstore.v1.FileSync/Delete"]).await;
+    let out = ok(&[
+        "-d",
+        r#"{"path":"notes/hello.txt","base_version":"1","client_id":"ops"}"#,
+        "syncstore.v1.FileSync/Delete",
+    ])
+    .await;
     assert!(out.contains(r#""deleted": true"#), "{out}");
     let out = ok(&["-d", "{}", "syncstore.v1.FileSync/ServerInfo"]).await;
     assert!(out.contains(r#""headSeq": "2""#), "{out}");
@@ -156,7 +164,7 @@ async fn the_readme_grpcurl_commands_work() {
         r#"{{"header":{{"path":"notes/todo.txt","size":"6","hash":"{hash}","base_version":"0","client_id":"ops","lock_token":"TOKEN"}}}} {{"chunk":"{}"}}"#,
         base64(HELLO)
     );
-    let refresh = r#"{"lock_id":"LOCK_ID","ttl_seconds":600}"#;
+    let refresh = r#"{"lock_id":"LOCK_ID","ttl_seconds":600,"client_id":"ops"}"#;
     let unlock = r#"{"lock_id":"LOCK_ID","client_id":"ops"}"#;
     let force = r#"{"lock_id":"LOCK_ID","client_id":"admin","force":true}"#;
     for request in [lock_req, r#"{"prefix":"notes"}"#, upload_locked.as_str(), refresh, unlock, force] {

@@ -192,9 +192,9 @@ impl TestServer {
     /// The live files on the server: path → content.
     pub async fn files(&self) -> BTreeMap<String, Vec<u8>> {
         let mut rpc = self.rpc().await;
-        let mut list = rpc.list(pb::ListRequest::default()).await.unwrap().into_inner();
+        let list = rpc.list(pb::ListRequest::default()).await.unwrap().into_inner();
         let mut out = BTreeMap::new();
-        while let Some(e) = list.message().await.unwrap() {
+        for e in entries_of(list).await.unwrap() {
             if e.folder {
                 continue; // Folders: see `folders`.
             }
@@ -214,9 +214,9 @@ impl TestServer {
 impl TestServer {
     /// The folders the server holds as entries of their own.
     pub async fn folders(&self) -> Vec<String> {
-        let mut list = self.rpc().await.list(pb::ListRequest::default()).await.unwrap().into_inner();
+        let list = self.rpc().await.list(pb::ListRequest::default()).await.unwrap().into_inner();
         let mut out = Vec::new();
-        while let Some(e) = list.message().await.unwrap() {
+        for e in entries_of(list).await.unwrap() {
             if e.folder {
                 out.push(e.path);
             }
@@ -254,6 +254,33 @@ pub async fn download(rpc: &mut Rpc, path: &str) -> Result<Vec<u8>, tonic::Statu
         }
     }
     Ok(out)
+}
+
+/// The entries of a `List` stream (its first message carries only the
+/// listing's head).
+pub async fn entries_of(
+    mut s: tonic::Streaming<pb::ListResponse>,
+) -> Result<Vec<pb::FileEntry>, tonic::Status> {
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await? {
+        out.extend(m.entry);
+    }
+    Ok(out)
+}
+
+/// The locks of a `ListLocks` stream.
+pub async fn locks_of(mut s: tonic::Streaming<pb::ListLocksResponse>) -> Vec<pb::LockInfo> {
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await.unwrap() {
+        out.push(m.lock.expect("a listed lock"));
+    }
+    out
+}
+
+/// The next event of a subscription, within [`DEADLINE`].
+pub async fn next_event(s: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::ChangeEvent {
+    let msg = tokio::time::timeout(DEADLINE, s.message()).await.expect("an event in time").unwrap().unwrap();
+    msg.event.expect("a subscription message carries an event")
 }
 
 /// Uploads `data` to `path` in 1 MiB chunks, based on `base_version`.
@@ -670,6 +697,8 @@ pub struct Tokens {
     pub alice_ro: String,
     pub alice2: String,
     pub bob: String,
+    /// A read-write token of alice's namespace with the break-locks right.
+    pub alice_ops: String,
     pub admin: String,
     pub replication: String,
 }
@@ -683,9 +712,11 @@ impl Tokens {
         let alice_ro = file.add("alice-viewer", "alice", sync_server::auth::Access::ReadOnly).unwrap();
         let alice2 = file.add("alice-desktop", "alice", sync_server::auth::Access::ReadWrite).unwrap();
         let bob = file.add("bob", "bob", sync_server::auth::Access::ReadWrite).unwrap();
+        let alice_ops = file.add("alice-ops", "alice", sync_server::auth::Access::ReadWrite).unwrap();
+        assert!(file.set_break_locks("alice-ops", true).unwrap());
         let admin = file.add("ops", "", sync_server::auth::Access::Admin).unwrap();
         let replication = file.add("link", "", sync_server::auth::Access::Replication).unwrap();
         file.save(&path).unwrap();
-        Self { _dir: dir, path, alice, alice_ro, alice2, bob, admin, replication }
+        Self { _dir: dir, path, alice, alice_ro, alice2, bob, alice_ops, admin, replication }
     }
 }

@@ -138,7 +138,7 @@ async fn the_server_refuses_writes_to_a_locked_path_and_fences_stale_tokens() {
         .await
         .unwrap();
     }
-    let listed = rpc.list_locks(pb::ListLocksRequest::default()).await.unwrap().into_inner().locks;
+    let listed = locks_of(rpc.list_locks(pb::ListLocksRequest::default()).await.unwrap().into_inner()).await;
     assert_eq!(listed.iter().map(|l| l.path.as_str()).collect::<Vec<_>>(), ["doc.txt", "reserved.txt"]);
     let lock = listed[0].clone();
 
@@ -178,7 +178,7 @@ async fn the_server_refuses_writes_to_a_locked_path_and_fences_stale_tokens() {
     assert_eq!(broken.ended(), pb::LockEnd::Broken);
     let mut kinds = Vec::new();
     while kinds.len() < 3 {
-        let ev = events.message().await.unwrap().unwrap();
+        let ev = next_event(&mut events).await;
         kinds.push((ev.kind(), ev.lock.map(|l| (l.path, l.ended_by))));
     }
     assert_eq!(kinds[2], (pb::change_event::Kind::Unlock, Some(("doc.txt".into(), "bob-id".into()))));
@@ -192,7 +192,9 @@ async fn the_server_refuses_writes_to_a_locked_path_and_fences_stale_tokens() {
         .lock(pb::LockRequest { path: "doc.txt".into(), client_id: "bob-id".into(), ..Default::default() })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .lock
+        .unwrap();
     assert!(bobs.token > lock.token);
     assert_eq!(rpc.delete(del("alice-id", lock.token)).await.unwrap_err().code(), Code::FailedPrecondition);
     rpc.delete(del("bob-id", bobs.token)).await.unwrap();
@@ -214,15 +216,15 @@ async fn locks_survive_a_restart_reach_the_replica_and_bind_a_promoted_replica()
         holder: "alice@laptop".into(),
         ..Default::default()
     };
-    let kept = rpc.lock(lock_req("plan.txt")).await.unwrap().into_inner();
-    let released = rpc.lock(lock_req("other.txt")).await.unwrap().into_inner();
+    let kept = rpc.lock(lock_req("plan.txt")).await.unwrap().into_inner().lock.unwrap();
+    let released = rpc.lock(lock_req("other.txt")).await.unwrap().into_inner().lock.unwrap();
     rpc.unlock(pb::UnlockRequest { lock_id: released.lock_id, client_id: "alice-id".into(), force: false })
         .await
         .unwrap();
 
     let list = |url: String| async move {
         let mut c = pb::file_sync_client::FileSyncClient::connect(url).await.unwrap();
-        c.list_locks(pb::ListLocksRequest::default()).await.unwrap().into_inner().locks
+        locks_of(c.list_locks(pb::ListLocksRequest::default()).await.unwrap().into_inner()).await
     };
     // Sync replication: acknowledged means on the replica.
     assert_eq!(list(replica.url()).await, vec![kept.clone()]);

@@ -6,15 +6,19 @@
 
 mod api;
 mod badinput;
+mod contract;
+mod diskfull;
 mod edges;
 mod folder;
 mod grpcurl;
 mod harness;
+mod integrity;
 mod lanes;
 mod locks;
 mod malicious;
 mod model;
 mod ops;
+mod python;
 mod replication;
 mod security;
 mod sync;

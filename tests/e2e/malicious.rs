@@ -72,8 +72,9 @@ impl EvilServer {
 #[tonic::async_trait]
 impl FileSync for EvilServer {
     type DownloadStream = ServerStream<pb::DownloadResponse>;
-    type ListStream = ServerStream<pb::FileEntry>;
-    type SubscribeStream = ServerStream<pb::ChangeEvent>;
+    type ListStream = ServerStream<pb::ListResponse>;
+    type SubscribeStream = ServerStream<pb::SubscribeResponse>;
+    type ListLocksStream = ServerStream<pb::ListLocksResponse>;
 
     async fn server_info(
         &self,
@@ -90,13 +91,19 @@ impl FileSync for EvilServer {
     }
 
     async fn list(&self, _: Request<pb::ListRequest>) -> Result<Response<Self::ListStream>, Status> {
-        let entries: Vec<_> = self.listed.iter().map(|o| Ok(o.entry.clone())).collect();
+        let head = pb::ListResponse { entry: None, head_seq: 10 };
+        let entries: Vec<_> = std::iter::once(head)
+            .chain(
+                self.listed.iter().map(|o| pb::ListResponse { entry: Some(o.entry.clone()), head_seq: 10 }),
+            )
+            .map(Ok)
+            .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(entries))))
     }
 
-    async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::FileEntry>, Status> {
+    async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
         match self.find(&req.get_ref().path) {
-            Some(o) => Ok(Response::new(o.entry.clone())),
+            Some(o) => Ok(Response::new(pb::StatResponse { entry: Some(o.entry.clone()) })),
             None => Err(Status::not_found("no such file")),
         }
     }
@@ -124,12 +131,14 @@ impl FileSync for EvilServer {
             .iter()
             .enumerate()
             .map(|(i, o)| {
-                Ok(pb::ChangeEvent {
-                    seq: 11 + i as u64,
-                    kind: change_event::Kind::Put as i32,
-                    entry: Some(o.entry.clone()),
-                    client_id: "evil".into(),
-                    lock: None,
+                Ok(pb::SubscribeResponse {
+                    event: Some(pb::ChangeEvent {
+                        seq: 11 + i as u64,
+                        kind: change_event::Kind::Put as i32,
+                        entry: Some(o.entry.clone()),
+                        client_id: "evil".into(),
+                        lock: None,
+                    }),
                 })
             })
             .collect();
@@ -140,8 +149,8 @@ impl FileSync for EvilServer {
     async fn list_locks(
         &self,
         _: Request<pb::ListLocksRequest>,
-    ) -> Result<Response<pb::ListLocksResponse>, Status> {
-        Ok(Response::new(pb::ListLocksResponse { locks: Vec::new() }))
+    ) -> Result<Response<Self::ListLocksStream>, Status> {
+        Ok(Response::new(Box::pin(tokio_stream::iter(Vec::new()))))
     }
 
     async fn upload(
@@ -155,11 +164,14 @@ impl FileSync for EvilServer {
         Err(Status::unimplemented("this server takes nothing"))
     }
 
-    async fn lock(&self, _: Request<pb::LockRequest>) -> Result<Response<pb::Lock>, Status> {
+    async fn lock(&self, _: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
         Err(Status::unimplemented("no locks here"))
     }
 
-    async fn refresh_lock(&self, _: Request<pb::RefreshLockRequest>) -> Result<Response<pb::Lock>, Status> {
+    async fn refresh_lock(
+        &self,
+        _: Request<pb::RefreshLockRequest>,
+    ) -> Result<Response<pb::RefreshLockResponse>, Status> {
         Err(Status::unimplemented("no locks here"))
     }
 

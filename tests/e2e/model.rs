@@ -139,8 +139,7 @@ async fn all_seqs(server: &TestServer, head: u64) -> Vec<u64> {
         .into_inner();
     let mut seqs = Vec::new();
     while seqs.last().is_none_or(|&l| l < head) {
-        let ev = tokio::time::timeout(DEADLINE, s.message()).await.expect("events in time").unwrap().unwrap();
-        seqs.push(ev.seq);
+        seqs.push(next_event(&mut s).await.seq);
     }
     seqs
 }

@@ -58,7 +58,7 @@ async fn every_change_made_through_a_client_reaches_the_replica() {
         .await
         .unwrap()
         .into_inner();
-    let first = sub.message().await.unwrap().unwrap();
+    let first = next_event(&mut sub).await;
     assert_eq!(first.seq, 1);
 }
 
@@ -166,7 +166,9 @@ async fn a_replica_behind_the_kept_log_gets_a_full_resync() {
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .lock
+        .unwrap();
     for i in 0..5u64 {
         upload(&mut p, &format!("old/{i}"), b"edited", i + 1).await.unwrap();
     }
@@ -214,7 +216,7 @@ async fn a_replica_behind_the_kept_log_gets_a_full_resync() {
     }
     // The lock came with the snapshot.
     let mut r = replica.rpc().await;
-    let locks = r.list_locks(pb::ListLocksRequest::default()).await.unwrap().into_inner().locks;
+    let locks = locks_of(r.list_locks(pb::ListLocksRequest::default()).await.unwrap().into_inner()).await;
     assert_eq!(locks, vec![lock]);
     let (ps, rs) = (primary.status().await, replica.status().await);
     assert_eq!(rs.head_seq, ps.head_seq);

@@ -38,13 +38,9 @@ fn header_only(path: &str, data: &[u8]) -> Vec<pb::UploadRequest> {
 
 /// Everything the caller's namespace shows through `FileSync`.
 async fn visible(rpc: &mut Rpc) -> Vec<String> {
-    let mut list =
+    let list =
         rpc.list(pb::ListRequest { include_deleted: true, ..Default::default() }).await.unwrap().into_inner();
-    let mut out = Vec::new();
-    while let Some(e) = list.message().await.unwrap() {
-        out.push(e.path);
-    }
-    out
+    entries_of(list).await.unwrap().into_iter().map(|e| e.path).collect()
 }
 
 #[tokio::test]
@@ -120,7 +116,7 @@ async fn tokens_are_checked_and_namespaces_are_sealed() {
     let by_version = pb::DownloadRequest { path: path.clone(), version: stored.version };
     assert_eq!(code(bob.download(by_version).await), Code::NotFound);
     assert!(visible(&mut bob).await.is_empty());
-    let locks = bob.list_locks(pb::ListLocksRequest::default()).await.unwrap().into_inner().locks;
+    let locks = locks_of(bob.list_locks(pb::ListLocksRequest::default()).await.unwrap().into_inner()).await;
     assert!(locks.is_empty(), "{locks:?}");
     let probe = bob.upload(tokio_stream::iter(header_only("probe.txt", &secret))).await;
     let unknown = bob.upload(tokio_stream::iter(header_only("probe.txt", b"content nobody has"))).await;
@@ -140,11 +136,11 @@ async fn tokens_are_checked_and_namespaces_are_sealed() {
         .await
         .unwrap()
         .into_inner();
-    let first = events.message().await.unwrap().unwrap();
+    let first = next_event(&mut events).await;
     assert_eq!((first.seq, first.entry.unwrap().path.as_str()), (own.version, "plans/secret.txt"));
     upload(&mut alice, "plans/later.txt", b"later", 0).await.unwrap();
     let bobs = upload(&mut bob, "mine.txt", b"mine", 0).await.unwrap();
-    let next = events.message().await.unwrap().unwrap();
+    let next = next_event(&mut events).await;
     assert_eq!(next.seq, bobs.version, "alice's later change is not sent to bob");
 
     // The caller learns whom the server takes it for.

@@ -24,6 +24,8 @@ use std::{
     time::Duration,
 };
 
+use syncstore::Reason;
+
 use crate::error::{Error, Result};
 
 /// Default time a sync-mode write waits for the replica.
@@ -66,16 +68,29 @@ pub struct ReplicaConfig {
 /// primary; a primary that found a newer epoch or a fuller replica refuses
 /// until an operator steps in. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct WriteGate(Arc<Mutex<Option<String>>>);
+pub struct WriteGate(Arc<Mutex<Option<Refusal>>>);
+
+/// Why writes are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    /// [`Reason::Replica`] or [`Reason::Fenced`].
+    reason: Reason,
+    message: String,
+    /// Where clients write instead, when known.
+    primary: Option<String>,
+}
 
 impl WriteGate {
-    pub fn refuse(&self, why: impl Into<String>) {
-        let why = why.into();
+    /// Refuses writes with `reason` ([`Reason::Replica`] or
+    /// [`Reason::Fenced`]), naming the `primary` clients should write to
+    /// when it is known.
+    pub fn refuse(&self, reason: Reason, why: impl Into<String>, primary: Option<String>) {
+        let refusal = Refusal { reason, message: why.into(), primary };
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if g.as_deref() != Some(why.as_str()) {
-            tracing::warn!(reason = %why, "refusing writes");
+        if g.as_ref() != Some(&refusal) {
+            tracing::warn!(reason = %refusal.message, "refusing writes");
         }
-        *g = Some(why);
+        *g = Some(refusal);
     }
 
     pub fn allow(&self) {
@@ -87,13 +102,16 @@ impl WriteGate {
 
     /// Why writes are refused, if they are.
     pub fn refusal(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|r| r.message.clone())
     }
 
-    /// `FAILED_PRECONDITION` if writes are refused.
+    /// `FAILED_PRECONDITION` with the refusal's reason (and primary) if
+    /// writes are refused.
     pub fn check(&self) -> Result<()> {
-        match self.refusal() {
-            Some(why) => Err(Error::FailedPrecondition(why)),
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            Some(Refusal { reason, message, primary }) => {
+                Err(Error::WritesRefused { reason, message, primary })
+            }
             None => Ok(()),
         }
     }

@@ -4,7 +4,6 @@
 //! publishes the replica's acknowledgements for sync-mode writes.
 
 use std::{
-    io::Read,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -26,7 +25,7 @@ use super::{Mode, OnTimeout, ReplicaConfig, WriteGate};
 use crate::{
     error::{Error, Result},
     feed::{self, Item},
-    storage::{Change, PAGE_SIZE, Store, What},
+    storage::{BlobReader, Change, PAGE_SIZE, Store, What},
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -217,11 +216,11 @@ async fn stream_once(
         Ok(r) => r.into_inner(),
         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
             // Another primary took over, or the replica holds another history.
-            gate.refuse(format!(
-                "the replica at {} refused this primary: {}",
-                handle.config().url,
-                s.message()
-            ));
+            gate.refuse(
+                syncstore::Reason::Fenced,
+                format!("the replica at {} refused this primary: {}", handle.config().url, s.message()),
+                None,
+            );
             return Err(Error::FailedPrecondition(s.message().to_owned()));
         }
         Err(s) => return Err(Error::Unavailable(s.to_string())),
@@ -239,7 +238,7 @@ async fn stream_once(
             ready.history_id,
             ready.applied_seq
         );
-        gate.refuse(why.clone());
+        gate.refuse(syncstore::Reason::Fenced, why.clone(), None);
         return Err(Error::FailedPrecondition(why));
     }
     gate.allow();
@@ -327,13 +326,10 @@ async fn send_change(store: &Store, tx: &Sender, window: &Window, change: Change
         let header = pb::ReplicatedChange { seq, namespace, entry: None, content_follows: false, kind, lock };
         return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
     };
+    // Replaced by a later change, which follows (`None`): send the
+    // metadata. Damaged content is DATA_LOSS, never sent.
     let file = match entry.content {
-        Some(c) => match store.open_blob(&c.hash) {
-            Ok(f) => Some((f, c.size)),
-            // Replaced by a later change, which follows: send the metadata.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e.into()),
-        },
+        Some(c) => store.blob_reader(&c.hash, c.size)?,
         None => None,
     };
     let header = pb::ReplicatedChange {
@@ -345,20 +341,18 @@ async fn send_change(store: &Store, tx: &Sender, window: &Window, change: Change
         lock: None,
     };
     tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed())?;
-    if let Some((file, size)) = file {
+    if let Some(reader) = file {
         let tx = tx.clone();
-        tokio::task::spawn_blocking(move || send_content(file, size, &tx)).await??;
+        tokio::task::spawn_blocking(move || send_content(reader, &tx)).await??;
     }
     Ok(())
 }
 
-fn send_content(mut file: std::fs::File, size: u64, tx: &Sender) -> Result<()> {
-    let mut left = size;
-    while left > 0 {
-        let mut buf = vec![0u8; left.min(MAX_CHUNK as u64) as usize];
-        file.read_exact(&mut buf)?;
-        left -= buf.len() as u64;
-        tx.blocking_send(msg(replicate_request::Msg::Chunk(buf))).map_err(|_| closed())?;
+/// Sends content as it is read and verified: its last chunk goes only
+/// once all of it matched its hash.
+fn send_content(mut reader: BlobReader, tx: &Sender) -> Result<()> {
+    while let Some(chunk) = reader.next_chunk(MAX_CHUNK)? {
+        tx.blocking_send(msg(replicate_request::Msg::Chunk(chunk))).map_err(|_| closed())?;
     }
     Ok(())
 }

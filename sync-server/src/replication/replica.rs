@@ -107,7 +107,11 @@ impl Replication for ReplicationService {
         let this = self.clone();
         let h = hello.clone();
         tokio::task::spawn_blocking(move || this.accept(&h)).await.map_err(Error::from)??;
-        self.gate.refuse(format!("this server is a replica: write to the primary at {}", hello.primary_url));
+        self.gate.refuse(
+            syncstore::Reason::Replica,
+            format!("this server is a replica: write to the primary at {}", hello.primary_url),
+            Some(hello.primary_url.clone()),
+        );
 
         let (tx, rx) = mpsc::channel(16);
         let ready = pb::ReplicaReady {

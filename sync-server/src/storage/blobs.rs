@@ -11,13 +11,25 @@
 //! files/s with two fsyncs each, several times that with one `syncfs` per
 //! batch). A crash before the commit leaves at worst a torn blob that no
 //! entry refers to, which the start-up sweep removes.
+//!
+//! Content is verified as it is read ([`BlobReader`]): a blob whose bytes no
+//! longer hash to its name (bit rot, a damaged disk, a hand edit) is never
+//! handed out as good. Its last chunk is held back until the hash is
+//! checked, and a damaged blob is moved aside to `corrupt/` (see
+//! [`BlobStore::quarantine`]), where it counts as absent: a header-only
+//! upload must send the bytes again, and the next verified copy of that
+//! content (an upload, a replicated change, a scrub's fetch) takes its
+//! place and heals it.
+//!
+//! Runs of zeros are kept as holes ([`HOLE_BLOCK`]): a sparse file costs
+//! the server only the blocks that hold data.
 
 use std::{
     fs::{self, File},
-    io::{self, Write},
+    io::{self, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -36,6 +48,21 @@ pub(crate) const DEFER_SYNC_MAX: u64 = 256 * 1024;
 /// elsewhere every blob, empty ones included, is fsynced on its own.
 const CAN_DEFER: bool = cfg!(target_os = "linux");
 
+/// Name of the folder (beside `blobs/`) where damaged content is set aside.
+const QUARANTINE_DIR: &str = "corrupt";
+
+/// Size of the aligned blocks the blob writer checks for zeros: an all-zero
+/// block is skipped (left a hole) instead of written. The usual file system
+/// block, so that a hole frees a whole block.
+pub(crate) const HOLE_BLOCK: usize = 4096;
+
+/// Damaged blobs waiting for a healer at most; more are left to the next
+/// scrub pass.
+const MAX_HEAL_QUEUE: usize = 1024;
+
+/// Bytes read at a time while verifying a whole blob.
+const VERIFY_BUFFER: usize = 1024 * 1024;
+
 /// Whether a blob put in place is durable yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
@@ -46,15 +73,39 @@ pub(crate) enum Durability {
     Pending,
 }
 
+/// What reading a whole blob found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Its bytes hash to its name.
+    Good,
+    /// It was damaged and is now set aside in the quarantine folder.
+    Damaged,
+    /// No such blob is stored (set aside earlier, or never stored).
+    Missing,
+}
+
 /// The blob folder of a data directory.
 #[derive(Debug, Clone)]
 pub(crate) struct BlobStore {
     blobs: PathBuf,
     tmp: PathBuf,
+    /// Where damaged blobs are set aside, under their names.
+    quarantine: PathBuf,
     /// The blob folder, held open for `syncfs`.
     handle: Arc<File>,
     /// How many times [`BlobStore::sync`] ran.
     syncs: Arc<AtomicU64>,
+    /// Taken to set a damaged blob aside (written) and to put one in place
+    /// (read: puts do not wait for each other), so that setting a damaged
+    /// copy aside never moves a good one that replaced it meanwhile.
+    naming: Arc<RwLock<()>>,
+    /// Damaged blobs found since the store was opened.
+    found_damaged: Arc<AtomicU64>,
+    /// Damaged blobs (hash, size) set aside and not yet offered to a
+    /// healer ([`BlobStore::take_found`]); bounded by [`MAX_HEAL_QUEUE`].
+    to_heal: Arc<Mutex<Vec<(ContentHash, u64)>>>,
+    /// Woken when `to_heal` gets one.
+    found: Arc<tokio::sync::Notify>,
 }
 
 impl BlobStore {
@@ -64,7 +115,17 @@ impl BlobStore {
         let (blobs, tmp) = (data.join("blobs"), data.join("tmp"));
         fs::create_dir_all(&blobs)?;
         fs::create_dir_all(&tmp)?;
-        let store = Self { handle: Arc::new(File::open(&blobs)?), syncs: Arc::default(), blobs, tmp };
+        let store = Self {
+            handle: Arc::new(File::open(&blobs)?),
+            syncs: Arc::default(),
+            quarantine: data.join(QUARANTINE_DIR),
+            naming: Arc::default(),
+            found_damaged: Arc::default(),
+            to_heal: Arc::default(),
+            found: Arc::default(),
+            blobs,
+            tmp,
+        };
         let mut removed = 0usize;
         for entry in fs::read_dir(&store.tmp)? {
             let entry = entry?;
@@ -77,7 +138,7 @@ impl BlobStore {
         Ok(store)
     }
 
-    fn path_of(&self, hash: &ContentHash) -> PathBuf {
+    pub(super) fn path_of(&self, hash: &ContentHash) -> PathBuf {
         let hex = hash.to_hex();
         self.blobs.join(&hex[..2]).join(&hex)
     }
@@ -86,36 +147,195 @@ impl BlobStore {
         self.path_of(hash).is_file()
     }
 
-    pub(crate) fn open_blob(&self, hash: &ContentHash) -> io::Result<File> {
-        File::open(self.path_of(hash))
+    fn quarantined_path(&self, hash: &ContentHash) -> PathBuf {
+        self.quarantine.join(hash.to_hex())
+    }
+
+    /// Whether this content was found damaged and no good copy has come
+    /// since.
+    pub(crate) fn is_damaged(&self, hash: &ContentHash) -> bool {
+        self.quarantined_path(hash).is_file()
+    }
+
+    /// How many blobs are set aside as damaged now.
+    pub(crate) fn damaged_count(&self) -> u64 {
+        fs::read_dir(&self.quarantine).map_or(0, |d| d.count() as u64)
+    }
+
+    /// Takes the damaged blobs (hash, size) set aside since the last call.
+    pub(crate) fn take_found(&self) -> Vec<(ContentHash, u64)> {
+        std::mem::take(&mut *self.to_heal.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Resolves when a damaged blob was set aside since the last
+    /// [`BlobStore::take_found`] (or will be).
+    pub(crate) async fn found(&self) {
+        self.found.notified().await;
+    }
+
+    /// How many damaged blobs were found since the store was opened.
+    pub(crate) fn found_damaged(&self) -> u64 {
+        self.found_damaged.load(Ordering::Relaxed)
+    }
+
+    /// Opens stored content `hash` of `size` bytes for a verified read:
+    /// `None` when it is not stored, `DATA_LOSS` when it was set aside as
+    /// damaged.
+    pub(crate) fn reader(&self, hash: &ContentHash, size: u64) -> Result<Option<BlobReader>> {
+        let file = match File::open(self.path_of(hash)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if self.is_damaged(hash) {
+                    return Err(damaged(hash));
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let reader = BlobReader {
+            store: self.clone(),
+            file,
+            hash: *hash,
+            size,
+            left: size,
+            hasher: blake3::Hasher::new(),
+        };
+        if reader.file.metadata()?.len() != size {
+            return Err(reader.damaged("its length is not its content's"));
+        }
+        Ok(Some(reader))
+    }
+
+    /// Reads all of blob `hash` and checks it against its name (and the
+    /// `size` its entries give it); a damaged blob is set aside.
+    pub(crate) fn verify(&self, hash: &ContentHash, size: u64) -> Result<Verdict> {
+        if !self.contains(hash) {
+            return Ok(Verdict::Missing); // Never stored, or set aside before.
+        }
+        let mut reader = match self.reader(hash, size) {
+            Ok(Some(reader)) => reader,
+            Ok(None) => return Ok(Verdict::Missing),
+            Err(Error::DataLoss(_)) => return Ok(Verdict::Damaged),
+            Err(e) => return Err(e),
+        };
+        loop {
+            match reader.next_chunk(VERIFY_BUFFER) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    // A healed copy's damaged one may be back after a crash
+                    // (its removal is not synced): it is stale.
+                    let _ = fs::remove_file(self.quarantined_path(hash));
+                    return Ok(Verdict::Good);
+                }
+                Err(Error::DataLoss(_)) => return Ok(Verdict::Damaged),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sets a damaged blob aside (moves it to the quarantine folder), if
+    /// `file` is still the blob under its name (a good copy may have
+    /// replaced it since it was opened). Logged once, where it happens.
+    fn quarantine(&self, hash: &ContentHash, size: u64, file: &File, why: &str) -> Result<()> {
+        let _naming = self.naming.write().unwrap_or_else(|p| p.into_inner());
+        let path = self.path_of(hash);
+        let same = match fs::metadata(&path) {
+            Ok(now) => same_file(&now, &file.metadata()?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !same {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.quarantine)?;
+        fs::rename(&path, self.quarantined_path(hash))?;
+        self.found_damaged.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut queue = self.to_heal.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.len() < MAX_HEAL_QUEUE {
+                queue.push((*hash, size));
+            }
+        }
+        self.found.notify_one();
+        tracing::error!(
+            %hash,
+            why,
+            "DAMAGED CONTENT: a stored blob no longer matches its hash; it was moved to {} and is \
+             served as lost until a good copy comes (an upload of the same content, the replica, or a scrub)",
+            self.quarantine.display()
+        );
+        Ok(())
     }
 
     /// Starts writing new content to a temp file.
     pub(crate) fn writer(&self) -> Result<BlobWriter> {
-        Ok(BlobWriter { file: NamedTempFile::new_in(&self.tmp)?, hasher: blake3::Hasher::new(), size: 0 })
+        Ok(BlobWriter {
+            file: NamedTempFile::new_in(&self.tmp)?,
+            hasher: blake3::Hasher::new(),
+            size: 0,
+            at: 0,
+        })
     }
 
-    /// Moves a staged blob into place (a no-op when the same content is
-    /// already stored). The rename of a fsynced blob is made durable here;
-    /// a small blob's is [`Durability::Pending`].
+    /// Moves a staged blob into place. When the same content is stored
+    /// already, a good stored copy is kept and a damaged one replaced: a
+    /// large staged blob (durable already) simply replaces it; a small one
+    /// is checked against it (cheap) and made durable before it replaces a
+    /// damaged one, which committed entries refer to. The rename of a
+    /// fsynced blob is made durable here; a new small blob's is
+    /// [`Durability::Pending`]. A copy set aside as damaged is healed.
     pub(crate) fn persist(&self, staged: StagedBlob) -> Result<Durability> {
         let target = self.path_of(&staged.hash);
-        if target.is_file() {
+        let hash = staged.hash;
+        let _naming = self.naming.read().unwrap_or_else(|p| p.into_inner());
+        let durability = if target.is_file() && !staged.synced && self.stored_copy_good(&staged)? {
             // Same hash, same content: keep the stored copy, drop the temp.
             // That copy may be another upload's pending one.
-            return Ok(if staged.synced { Durability::Durable } else { Durability::Pending });
+            Durability::Pending
+        } else {
+            let replacing = target.is_file();
+            let dir = target.parent().expect("blob paths have a parent");
+            if !dir.is_dir() {
+                fs::create_dir_all(dir)?;
+                sync_dir(&self.blobs)?;
+            }
+            // A replaced copy is referred to by committed entries: its
+            // successor must be durable before it takes the name.
+            let synced = staged.synced || replacing;
+            if !staged.synced && replacing {
+                staged.file.as_file().sync_all()?;
+            }
+            staged.file.persist(&target).map_err(|e| Error::Io(e.error))?;
+            if replacing {
+                tracing::info!(%hash, "replaced a stored copy with a verified one");
+            }
+            if synced {
+                sync_dir(dir)?;
+                Durability::Durable
+            } else {
+                Durability::Pending
+            }
+        };
+        match fs::remove_file(self.quarantined_path(&hash)) {
+            Ok(()) => tracing::warn!(%hash, "damaged content healed: a verified copy took its place"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(%hash, error = %e, "could not remove a healed blob's damaged copy"),
         }
-        let dir = target.parent().expect("blob paths have a parent");
-        if !dir.is_dir() {
-            fs::create_dir_all(dir)?;
-            sync_dir(&self.blobs)?;
-        }
-        staged.file.persist(&target).map_err(|e| Error::Io(e.error))?;
-        if !staged.synced {
-            return Ok(Durability::Pending);
-        }
-        sync_dir(dir)?;
-        Ok(Durability::Durable)
+        Ok(durability)
+    }
+
+    /// Whether the stored copy of a small staged blob's content is good
+    /// (read and hashed; at most [`DEFER_SYNC_MAX`] bytes).
+    fn stored_copy_good(&self, staged: &StagedBlob) -> Result<bool> {
+        let mut file = match File::open(self.path_of(&staged.hash)) {
+            Ok(f) => f,
+            // Removed meanwhile (unreferenced): the staged copy takes its place.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let copied = io::copy(&mut (&mut file).take(DEFER_SYNC_MAX + 1), &mut hasher)?;
+        Ok(copied == staged.size && ContentHash::from(hasher.finalize()) == staged.hash)
     }
 
     /// Makes every blob put in place so far durable, data and names: one
@@ -129,12 +349,31 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Removes a blob nothing refers to any more.
+    /// Removes a blob nothing refers to any more (and its damaged copy).
     pub(crate) fn remove(&self, hash: &ContentHash) -> io::Result<()> {
-        match fs::remove_file(self.path_of(hash)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        for path in [self.path_of(hash), self.quarantined_path(hash)] {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
+        Ok(())
+    }
+
+    /// Every blob set aside as damaged, for the start-up sweep.
+    pub(crate) fn all_damaged(&self) -> Result<Vec<ContentHash>> {
+        let dir = match fs::read_dir(&self.quarantine) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for file in dir {
+            if let Some(Ok(hash)) = file?.file_name().to_str().map(ContentHash::from_hex) {
+                out.push(hash);
+            }
+        }
+        Ok(out)
     }
 
     /// How many times [`BlobStore::sync`] ran.
@@ -163,20 +402,129 @@ impl BlobStore {
     }
 }
 
+/// Content `hash` is stored but damaged.
+fn damaged(hash: &ContentHash) -> Error {
+    Error::DataLoss(format!(
+        "the server's copy of content {hash} is damaged (it no longer matches its hash); \
+         upload the file again or restore it from the replica"
+    ))
+}
+
+/// Whether two metadata describe the same file (not just the same name).
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        (a.dev(), a.ino()) == (b.dev(), b.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        (a.len(), a.modified().ok()) == (b.len(), b.modified().ok())
+    }
+}
+
+/// A verified read of stored content: the bytes are hashed as they are
+/// read, and the last chunk is handed out only once the whole content
+/// hashed to its name. A mismatch (or a blob shorter or longer than its
+/// entries say) sets the blob aside and ends the read with `DATA_LOSS`.
+#[derive(Debug)]
+pub(crate) struct BlobReader {
+    store: BlobStore,
+    file: File,
+    hash: ContentHash,
+    /// The size its entries give it.
+    size: u64,
+    /// Bytes not read yet.
+    left: u64,
+    hasher: blake3::Hasher,
+}
+
+impl BlobReader {
+    /// The next chunk of at most `max` bytes, or `None` once all of it was
+    /// handed out.
+    pub(crate) fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; self.left.min(max as u64) as usize];
+        match self.file.read_exact(&mut buf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(self.damaged("it is too short")),
+            Err(e) => return Err(e.into()),
+        }
+        self.hasher.update(&buf);
+        self.left -= buf.len() as u64;
+        if self.left == 0 {
+            // The last chunk: hand it out only if everything checks.
+            let mut probe = [0u8; 1];
+            if self.file.read(&mut probe)? != 0 {
+                return Err(self.damaged("it is too long"));
+            }
+            if ContentHash::from(self.hasher.finalize()) != self.hash {
+                return Err(self.damaged("its bytes do not hash to its name"));
+            }
+        }
+        Ok(Some(buf))
+    }
+
+    /// Sets the blob aside and returns the `DATA_LOSS` to end the read with.
+    fn damaged(&self, why: &str) -> Error {
+        if let Err(e) = self.store.quarantine(&self.hash, self.size, &self.file, why) {
+            tracing::error!(hash = %self.hash, error = %e, "could not set a damaged blob aside");
+        }
+        damaged(&self.hash)
+    }
+}
+
 /// A blob being received: a temp file plus the running hash and size. It
-/// is deleted if dropped before [`BlobWriter::finish`].
+/// is deleted if dropped before [`BlobWriter::finish`]. Aligned blocks of
+/// zeros are skipped, left as holes.
 #[derive(Debug)]
 pub(crate) struct BlobWriter {
     file: NamedTempFile,
     hasher: blake3::Hasher,
     size: u64,
+    /// The file's write position (behind `size` after skipped zeros).
+    at: u64,
 }
 
 impl BlobWriter {
     pub(crate) fn write(&mut self, chunk: &[u8]) -> Result<()> {
         self.hasher.update(chunk);
-        self.file.write_all(chunk)?;
+        // Cut the chunk at block boundaries of the file; write each run of
+        // blocks that hold data in one go and skip all-zero blocks.
+        let mut offset = self.size;
+        let mut rest = chunk;
+        let mut run: (u64, usize) = (offset, 0);
+        while !rest.is_empty() {
+            let to_boundary = HOLE_BLOCK - (offset % HOLE_BLOCK as u64) as usize;
+            let n = to_boundary.min(rest.len());
+            let consumed = chunk.len() - rest.len();
+            let hole = n == HOLE_BLOCK && is_zero(&rest[..n]);
+            if hole {
+                self.write_run(run.0, &chunk[consumed - run.1..consumed])?;
+                run = (offset + n as u64, 0);
+            } else {
+                run.1 += n;
+            }
+            offset += n as u64;
+            rest = &rest[n..];
+        }
+        self.write_run(run.0, &chunk[chunk.len() - run.1..])?;
         self.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, seeking over a hole first if needed.
+    fn write_run(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if offset != self.at {
+            self.file.seek(SeekFrom::Start(offset))?;
+        }
+        self.file.write_all(data)?;
+        self.at = offset + data.len() as u64;
         Ok(())
     }
 
@@ -185,22 +533,26 @@ impl BlobWriter {
     /// mismatch.
     pub(crate) fn finish(self, hash: ContentHash, size: u64) -> Result<StagedBlob> {
         if self.size != size {
-            return Err(Error::invalid(format!(
+            return Err(Error::ContentMismatch(format!(
                 "received {} bytes but the header announced {size}",
                 self.size
             )));
         }
         let got = ContentHash::from(self.hasher.finalize());
         if got != hash {
-            return Err(Error::invalid(format!(
+            return Err(Error::ContentMismatch(format!(
                 "content hash mismatch: the header announced {hash}, the content hashes to {got}"
             )));
+        }
+        if self.at != size {
+            // Trailing zeros: the file's length without writing them.
+            self.file.as_file().set_len(size)?;
         }
         let synced = !CAN_DEFER || size > DEFER_SYNC_MAX;
         if synced {
             self.file.as_file().sync_all()?;
         }
-        Ok(StagedBlob { file: self.file, hash, synced })
+        Ok(StagedBlob { file: self.file, hash, size, synced })
     }
 }
 
@@ -209,6 +561,7 @@ impl BlobWriter {
 pub(crate) struct StagedBlob {
     file: NamedTempFile,
     hash: ContentHash,
+    size: u64,
     /// Its data is durable already (a large blob).
     synced: bool,
 }
@@ -217,6 +570,17 @@ impl StagedBlob {
     pub(crate) fn hash(&self) -> ContentHash {
         self.hash
     }
+
+    /// The staged content, read from its start.
+    pub(crate) fn reopen(&self) -> io::Result<File> {
+        self.file.reopen()
+    }
+}
+
+/// Whether every byte is zero.
+fn is_zero(block: &[u8]) -> bool {
+    let (words, tail) = block.as_chunks::<16>();
+    words.iter().all(|w| u128::from_ne_bytes(*w) == 0) && tail.iter().all(|&b| b == 0)
 }
 
 /// fsyncs a directory so that a rename or create inside it is durable.
@@ -266,12 +630,126 @@ mod tests {
         let store = BlobStore::open(dir.path()).unwrap();
         let mut w = store.writer().unwrap();
         w.write(b"abc").unwrap();
-        assert!(matches!(w.finish(ContentHash::of(b"abd"), 3), Err(Error::InvalidArgument(_))));
+        assert!(matches!(w.finish(ContentHash::of(b"abd"), 3), Err(Error::ContentMismatch(_))));
         let mut w = store.writer().unwrap();
         w.write(b"abc").unwrap();
-        assert!(matches!(w.finish(ContentHash::of(b"abc"), 4), Err(Error::InvalidArgument(_))));
+        assert!(matches!(w.finish(ContentHash::of(b"abc"), 4), Err(Error::ContentMismatch(_))));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(store.all().unwrap().is_empty());
+    }
+
+    /// Stores `data` and returns its hash.
+    fn put(store: &BlobStore, data: &[u8]) -> ContentHash {
+        let hash = ContentHash::of(data);
+        let mut w = store.writer().unwrap();
+        w.write(data).unwrap();
+        let _ = store.persist(w.finish(hash, data.len() as u64).unwrap()).unwrap();
+        hash
+    }
+
+    /// Flips one byte of a stored blob in place.
+    fn flip(store: &BlobStore, hash: &ContentHash, at: u64) {
+        use std::os::unix::fs::FileExt;
+        let file = File::options().read(true).write(true).open(store.path_of(hash)).unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_blob_is_never_read_whole_and_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| (i % 251) as u8).collect();
+        let hash = put(&store, &data);
+        // A good read hands out everything.
+        let mut reader = store.reader(&hash, data.len() as u64).unwrap().unwrap();
+        let mut read = Vec::new();
+        while let Some(chunk) = reader.next_chunk(1024 * 1024).unwrap() {
+            read.extend_from_slice(&chunk);
+        }
+        assert_eq!(read, data);
+
+        flip(&store, &hash, data.len() as u64 - 5);
+        let mut reader = store.reader(&hash, data.len() as u64).unwrap().unwrap();
+        let mut handed_out = 0usize;
+        let err = loop {
+            match reader.next_chunk(1024 * 1024) {
+                Ok(Some(chunk)) => handed_out += chunk.len(),
+                Ok(None) => panic!("damaged content was read to its end"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::DataLoss(_)), "{err:?}");
+        assert!(handed_out < data.len(), "the last chunk was held back");
+        assert!(!store.contains(&hash) && store.is_damaged(&hash));
+        assert_eq!((store.damaged_count(), store.found_damaged()), (1, 1));
+        // From now on it is DATA_LOSS at once, and a whole-read says so.
+        assert!(matches!(store.reader(&hash, data.len() as u64), Err(Error::DataLoss(_))));
+        assert_eq!(store.verify(&hash, data.len() as u64).unwrap(), Verdict::Missing);
+
+        // A good copy heals it.
+        put(&store, &data);
+        assert!(store.contains(&hash) && !store.is_damaged(&hash));
+        assert_eq!(store.damaged_count(), 0);
+        assert_eq!(store.verify(&hash, data.len() as u64).unwrap(), Verdict::Good);
+    }
+
+    #[test]
+    fn a_blob_of_the_wrong_length_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let hash = put(&store, b"twelve bytes");
+        let path = store.path_of(&hash);
+        fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"!").unwrap();
+        assert_eq!(store.verify(&hash, 12).unwrap(), Verdict::Damaged);
+        let empty = put(&store, b"");
+        fs::write(store.path_of(&empty), b"x").unwrap();
+        assert_eq!(store.verify(&empty, 0).unwrap(), Verdict::Damaged);
+        let hash = put(&store, b"short");
+        File::options().write(true).open(store.path_of(&hash)).unwrap().set_len(3).unwrap();
+        assert_eq!(store.verify(&hash, 5).unwrap(), Verdict::Damaged);
+    }
+
+    #[test]
+    fn a_good_copy_replaces_a_damaged_one_small_or_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        for len in [100usize, DEFER_SYNC_MAX as usize + 100] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 7) as u8 + 1).collect();
+            let hash = put(&store, &data);
+            flip(&store, &hash, 3);
+            // Not found yet (no one read it): the upload of the same
+            // content must still replace it.
+            put(&store, &data);
+            assert_eq!(store.verify(&hash, len as u64).unwrap(), Verdict::Good, "{len} bytes");
+            assert_eq!(fs::read(store.path_of(&hash)).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn runs_of_zeros_are_kept_as_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        // 64 MiB: data at the start, in the middle (unaligned) and zeros
+        // to the end, sent in chunks that do not fall on block boundaries.
+        let len = 64 * 1024 * 1024;
+        let mut data = vec![0u8; len];
+        data[..10].copy_from_slice(b"0123456789");
+        data[len / 2 + 100..len / 2 + 5000].fill(9);
+        let hash = ContentHash::of(&data);
+        let mut w = store.writer().unwrap();
+        for chunk in data.chunks(1_000_003) {
+            w.write(chunk).unwrap();
+        }
+        let _ = store.persist(w.finish(hash, len as u64).unwrap()).unwrap();
+        let meta = fs::metadata(store.path_of(&hash)).unwrap();
+        assert_eq!(meta.len(), len as u64);
+        let allocated = meta.blocks() * 512;
+        assert!(allocated <= 1024 * 1024, "{allocated} bytes allocated for a 64 MiB file of zeros");
+        assert_eq!(fs::read(store.path_of(&hash)).unwrap(), data);
+        assert_eq!(store.verify(&hash, len as u64).unwrap(), Verdict::Good);
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //!   force for any check, whether or not the sweeper has removed it yet.
 //! - A lock's token is the sequence number of the change that granted it,
 //!   so tokens only grow, on the primary and on a promoted replica alike.
-//! - A write to a locked path passes only with the holder's client id and
-//!   the lock's current token; a write that carries a token when the path
+//! - A lock belongs to its holder: the principal (token name) and the
+//!   client id that took it. A write to a locked path passes only from its
+//!   holder with the lock's current token, and only its holder refreshes or
+//!   releases it; a write that carries a token when the path
 //!   holds no lock with that token is refused (fencing).
 
 use std::time::Duration;
@@ -52,15 +54,47 @@ impl LockEnd {
     }
 }
 
+/// Who makes a write or a lock change: the caller's principal (the name of
+/// its token, "anonymous" on a server without tokens) and the client id it
+/// sent. Together they name a lock's holder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub principal: String,
+    pub client_id: String,
+}
+
+impl Actor {
+    pub fn new(principal: impl Into<String>, client_id: impl Into<String>) -> Self {
+        Self { principal: principal.into(), client_id: client_id.into() }
+    }
+
+    /// Whether this is the holder of `lock`. A lock stored before locks
+    /// recorded their principal (an empty one) is held by its client id
+    /// alone, until it ends.
+    pub fn holds(&self, lock: &Lock) -> bool {
+        lock.client_id == self.client_id && (lock.principal.is_empty() || lock.principal == self.principal)
+    }
+}
+
 /// The wire form of a lock that ended.
-pub(crate) fn ended_to_pb(lock: &Lock, ended: LockEnd, by: &str) -> pb::Lock {
-    pb::Lock { ended: ended.to_pb().into(), ended_by: by.to_owned(), ..lock.clone().into() }
+pub(crate) fn ended_to_pb(lock: &Lock, ended: LockEnd, by: &Actor) -> pb::LockInfo {
+    pb::LockInfo {
+        ended: ended.to_pb().into(),
+        ended_by: by.client_id.clone(),
+        ended_by_principal: by.principal.clone(),
+        ..lock.clone().into()
+    }
 }
 
 /// A lock change from the wire (a replicated change, or a resync's lock).
-pub(crate) fn lock_change_from_pb(seq: u64, namespace: String, kind: i32, lock: pb::Lock) -> Result<Change> {
+pub(crate) fn lock_change_from_pb(
+    seq: u64,
+    namespace: String,
+    kind: i32,
+    lock: pb::LockInfo,
+) -> Result<Change> {
     let ended = lock.ended;
-    let by = lock.ended_by.clone();
+    let by = Actor::new(lock.ended_by_principal.clone(), lock.ended_by.clone());
     let lock = Lock::try_from(lock)?;
     let what = match pb::change_event::Kind::try_from(kind) {
         Ok(pb::change_event::Kind::Lock) => What::Lock(lock),
@@ -77,7 +111,7 @@ pub(super) fn decode_lock_change(
     kind: i64,
     blob: Option<&[u8]>,
 ) -> Result<Change> {
-    let lock = pb::Lock::decode(blob.unwrap_or_default())
+    let lock = pb::LockInfo::decode(blob.unwrap_or_default())
         .map_err(|e| Error::Internal(format!("change {seq}: undecodable lock: {e}")))?;
     lock_change_from_pb(seq, namespace, kind as i32, lock)
 }
@@ -113,12 +147,12 @@ pub(super) fn write_lock_change(c: &Connection, change: &Change) -> Result<()> {
 fn put_lock(c: &Connection, ns: &str, l: &Lock) -> Result<()> {
     c.prepare_cached(
         "INSERT INTO locks (namespace, path, lock_id, client_id, holder, note, acquired_ms, expires_ms,
-                            ttl_seconds, token)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                            ttl_seconds, token, principal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (namespace, path) DO UPDATE SET
            lock_id = excluded.lock_id, client_id = excluded.client_id, holder = excluded.holder,
            note = excluded.note, acquired_ms = excluded.acquired_ms, expires_ms = excluded.expires_ms,
-           ttl_seconds = excluded.ttl_seconds, token = excluded.token",
+           ttl_seconds = excluded.ttl_seconds, token = excluded.token, principal = excluded.principal",
     )?
     .execute(params![
         ns,
@@ -130,13 +164,13 @@ fn put_lock(c: &Connection, ns: &str, l: &Lock) -> Result<()> {
         l.acquired_ms,
         l.expires_ms,
         l.ttl_seconds,
-        l.token as i64
+        l.token as i64,
+        l.principal
     ])?;
     Ok(())
 }
 
-const LOCK_COLUMNS: &str =
-    "path, lock_id, client_id, holder, note, acquired_ms, expires_ms, ttl_seconds, token, namespace";
+const LOCK_COLUMNS: &str = "path, lock_id, client_id, holder, note, acquired_ms, expires_ms, ttl_seconds, token, namespace, principal";
 
 fn lock_from_row(r: &Row<'_>) -> rusqlite::Result<Result<(String, Lock)>> {
     let path: String = r.get(0)?;
@@ -149,6 +183,7 @@ fn lock_from_row(r: &Row<'_>) -> rusqlite::Result<Result<(String, Lock)>> {
             Err(e) => return Ok(Err(Error::Internal(format!("a stored lock's path: {e}")))),
         },
         client_id: r.get(2)?,
+        principal: r.get(10)?,
         holder: r.get(3)?,
         note: r.get(4)?,
         acquired_ms: r.get(5)?,
@@ -176,19 +211,19 @@ fn get_lock_by_id(c: &Connection, ns: &str, lock_id: &str) -> Result<Option<Lock
         .map(|o| o.map(|(_, l)| l))
 }
 
-/// Checks that a write of `path` by `client_id` carrying `token` may pass.
+/// Checks that a write of `path` by `who` carrying `token` may pass.
 pub(super) fn check_write(
     c: &Connection,
     ns: &str,
     path: &RelPath,
-    client_id: &str,
+    who: &Actor,
     token: u64,
     now: i64,
 ) -> Result<()> {
     let live = get_lock(c, ns, path)?.filter(|l| !l.expired_at(now));
     match live {
-        Some(l) if l.client_id == client_id && l.token == token => Ok(()),
-        Some(l) if l.client_id == client_id => Err(Error::StaleLock(format!(
+        Some(l) if who.holds(&l) && l.token == token => Ok(()),
+        Some(l) if who.holds(&l) => Err(Error::StaleLock(format!(
             "{path} is locked by this client (lock {}), but the write carries token {token}, not the lock's {}",
             l.lock_id, l.token
         ))),
@@ -203,8 +238,9 @@ pub(super) fn check_write(
 
 fn locked_message(l: &Lock) -> String {
     let note = if l.note.is_empty() { String::new() } else { format!(" ({})", l.note) };
+    let principal = if l.principal.is_empty() { String::new() } else { format!(", token {:?}", l.principal) };
     format!(
-        "{} is locked by {} (client {}) until {}{note}",
+        "{} is locked by {} (client {}{principal}) until {}{note}",
         l.path,
         l.holder,
         l.client_id,
@@ -218,7 +254,7 @@ pub(crate) struct LockRequest {
     pub(crate) path: RelPath,
     pub(crate) ttl_seconds: u32,
     pub(crate) note: String,
-    pub(crate) client_id: String,
+    pub(crate) who: Actor,
     pub(crate) holder: String,
 }
 
@@ -241,14 +277,11 @@ impl Store {
     /// Grants a lock on a path (or refreshes the caller's own).
     pub(crate) fn lock(&self, ns: &str, req: LockRequest) -> Result<Change> {
         let ttl_seconds = ttl(req.ttl_seconds)?;
-        if req.client_id.is_empty() {
-            return Err(Error::invalid("a lock needs the locking client's id"));
-        }
         let now = now_ms();
         let expires_ms = now + i64::from(ttl_seconds) * 1000;
         self.commit_lock_change(|c, seq| {
             let lock = match get_lock(c, ns, &req.path)?.filter(|l| !l.expired_at(now)) {
-                Some(l) if l.client_id != req.client_id => return Err(Error::Locked(locked_message(&l))),
+                Some(l) if !req.who.holds(&l) => return Err(Error::Locked(locked_message(&l))),
                 Some(l) => Lock {
                     expires_ms,
                     ttl_seconds,
@@ -257,9 +290,10 @@ impl Store {
                 },
                 None => Lock {
                     lock_id: format!("{:016x}", rand::random::<u64>()),
-                    holder: if req.holder.is_empty() { req.client_id.clone() } else { req.holder },
+                    holder: if req.holder.is_empty() { req.who.client_id.clone() } else { req.holder },
                     path: req.path,
-                    client_id: req.client_id,
+                    client_id: req.who.client_id,
+                    principal: req.who.principal,
                     note: req.note,
                     acquired_ms: now,
                     expires_ms,
@@ -271,41 +305,47 @@ impl Store {
         })
     }
 
-    /// Pushes a live lock's expiry to now + ttl.
-    pub(crate) fn refresh_lock(&self, ns: &str, lock_id: &str, ttl_seconds: u32) -> Result<Change> {
+    /// Pushes a live lock's expiry to now + ttl; only its holder may.
+    pub(crate) fn refresh_lock(
+        &self,
+        ns: &str,
+        lock_id: &str,
+        who: &Actor,
+        ttl_seconds: u32,
+    ) -> Result<Change> {
         let ttl_seconds = ttl(ttl_seconds)?;
         let now = now_ms();
         self.commit_lock_change(|c, seq| {
             let l = get_lock_by_id(c, ns, lock_id)?
                 .filter(|l| !l.expired_at(now))
                 .ok_or_else(|| gone(lock_id))?;
+            if !who.holds(&l) {
+                return Err(Error::Locked(format!("{}; only its holder may refresh it", locked_message(&l))));
+            }
             let lock = Lock { expires_ms: now + i64::from(ttl_seconds) * 1000, ttl_seconds, ..l };
             Ok(Change { seq, namespace: ns.to_owned(), what: What::Lock(lock) })
         })
     }
 
-    /// Releases a lock; someone else's only with `force`.
-    pub(crate) fn unlock(&self, ns: &str, lock_id: &str, client_id: &str, force: bool) -> Result<Change> {
+    /// Releases a lock; someone else's only with `force` (whether the caller
+    /// may use it is checked before).
+    pub(crate) fn unlock(&self, ns: &str, lock_id: &str, who: &Actor, force: bool) -> Result<Change> {
         let now = now_ms();
         self.commit_lock_change(|c, seq| {
             let lock = get_lock_by_id(c, ns, lock_id)?.ok_or_else(|| gone(lock_id))?;
             let ended = if lock.expired_at(now) {
                 LockEnd::Expired
-            } else if lock.client_id == client_id {
+            } else if who.holds(&lock) {
                 LockEnd::Released
             } else if force {
                 LockEnd::Broken
             } else {
                 return Err(Error::Locked(format!(
-                    "{}; only its holder may unlock it (or an administrator, with force)",
+                    "{}; only its holder may unlock it (or a token with the break-locks right, with force)",
                     locked_message(&lock)
                 )));
             };
-            Ok(Change {
-                seq,
-                namespace: ns.to_owned(),
-                what: What::Unlock { lock, ended, by: client_id.to_owned() },
-            })
+            Ok(Change { seq, namespace: ns.to_owned(), what: What::Unlock { lock, ended, by: who.clone() } })
         })
     }
 
@@ -329,7 +369,7 @@ impl Store {
             let change = Change {
                 seq,
                 namespace,
-                what: What::Unlock { lock, ended: LockEnd::Expired, by: String::new() },
+                what: What::Unlock { lock, ended: LockEnd::Expired, by: Actor::default() },
             };
             write_lock_change(&tx, &change)?;
             changes.push(change);
@@ -352,21 +392,46 @@ impl Store {
 
     /// The live locks of namespace `ns` on `prefix` or below, in path order.
     pub fn list_locks(&self, ns: &str, prefix: &str) -> Result<Vec<Lock>> {
+        let mut out = Vec::new();
+        loop {
+            let after = out.last().map(|l: &Lock| l.path.as_str().to_owned());
+            let page = self.list_locks_page(ns, prefix, after.as_deref(), super::PAGE_SIZE)?;
+            let last = page.len() < super::PAGE_SIZE;
+            out.extend(page);
+            if last {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Up to `limit` live locks of namespace `ns` on `prefix` or below, in
+    /// path order, after the path `after` (from the start if `None`).
+    pub fn list_locks_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Lock>> {
         let now = now_ms();
-        let all: Vec<(String, Lock)> = self.read(|c| {
+        // A folder's paths are those from "prefix/" up to "prefix0" ('/' + 1).
+        let rows: Vec<(String, Lock)> = self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {LOCK_COLUMNS} FROM locks WHERE namespace = ?1 AND expires_ms > ?2 ORDER BY path"
+                "SELECT {LOCK_COLUMNS} FROM locks
+                 WHERE namespace = ?1 AND expires_ms > ?2 AND (?3 IS NULL OR path > ?3)
+                   AND (?4 = '' OR path = ?4 OR (path >= ?4 || '/' AND path < ?4 || '0'))
+                 ORDER BY path LIMIT ?5"
             ))?;
-            let rows = stmt.query_map(params![ns, now], lock_from_row)?;
+            let rows = stmt.query_map(params![ns, now, after, prefix, limit as i64], lock_from_row)?;
             rows.map(|r| r?).collect()
         })?;
-        Ok(all.into_iter().map(|(_, l)| l).filter(|l| l.path.is_under(prefix)).collect())
+        Ok(rows.into_iter().map(|(_, l)| l).collect())
     }
 
     /// Checks, before receiving a write's content, that the write could
     /// pass the path's lock (the commit checks again).
-    pub(crate) fn check_lock(&self, ns: &str, path: &RelPath, client_id: &str, token: u64) -> Result<()> {
-        self.read(|c| check_write(c, ns, path, client_id, token, now_ms()))
+    pub(crate) fn check_lock(&self, ns: &str, path: &RelPath, who: &Actor, token: u64) -> Result<()> {
+        self.read(|c| check_write(c, ns, path, who, token, now_ms()))
     }
 
     /// Every lock row (all namespaces), for a resync's snapshot.
@@ -384,8 +449,8 @@ impl Store {
         let w = self.writer();
         w.conn.execute(
             "INSERT INTO snapshot_locks (namespace, path, lock_id, client_id, holder, note, acquired_ms,
-                                         expires_ms, ttl_seconds, token)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                         expires_ms, ttl_seconds, token, principal)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 ns,
                 lock.path.as_str(),
@@ -396,7 +461,8 @@ impl Store {
                 lock.acquired_ms,
                 lock.expires_ms,
                 lock.ttl_seconds,
-                lock.token as i64
+                lock.token as i64,
+                lock.principal
             ],
         )?;
         Ok(())
@@ -404,7 +470,7 @@ impl Store {
 }
 
 fn gone(lock_id: &str) -> Error {
-    Error::NotFound(format!("lock {lock_id} is not held any more: it was released, expired or was broken"))
+    Error::LockNotHeld(format!("lock {lock_id} is not held any more: it was released, expired or was broken"))
 }
 
 #[cfg(test)]
@@ -416,6 +482,11 @@ mod tests {
 
     const NS: &str = "default";
 
+    /// Client `client` of the principal "alice".
+    fn who(client: &str) -> Actor {
+        Actor::new("alice", client)
+    }
+
     fn path(p: &str) -> RelPath {
         RelPath::new(p).unwrap()
     }
@@ -425,7 +496,7 @@ mod tests {
             path: path(p),
             ttl_seconds,
             note: "editing".into(),
-            client_id: client.into(),
+            who: who(client),
             holder: format!("{client}@host"),
         }
     }
@@ -443,7 +514,7 @@ mod tests {
                 folder: false,
             },
             base_version,
-            client_id: client.into(),
+            who: who(client),
             lock_token,
         }
     }
@@ -485,7 +556,7 @@ mod tests {
         let del = |client: &str, token| Delete {
             path: path("f"),
             base_version: v,
-            client_id: client.into(),
+            who: who(client),
             lock_token: token,
         };
         assert!(matches!(s.commit_delete(NS, del("B", 0)), Err(Error::Locked(_))));
@@ -498,9 +569,11 @@ mod tests {
         );
 
         // B cannot unlock it without force; with force it is broken.
-        assert!(matches!(s.unlock(NS, &a.lock_id, "B", false), Err(Error::Locked(_))));
-        let broken = s.unlock(NS, &a.lock_id, "B", true).unwrap();
-        assert!(matches!(broken.what, What::Unlock { ended: LockEnd::Broken, ref by, .. } if by == "B"));
+        assert!(matches!(s.unlock(NS, &a.lock_id, &who("B"), false), Err(Error::Locked(_))));
+        let broken = s.unlock(NS, &a.lock_id, &who("B"), true).unwrap();
+        assert!(
+            matches!(broken.what, What::Unlock { ended: LockEnd::Broken, ref by, .. } if *by == who("B"))
+        );
         assert!(s.list_locks(NS, "").unwrap().is_empty());
 
         // Fencing: A's old token is refused now that the lock is gone ...
@@ -510,6 +583,49 @@ mod tests {
         assert!(b.token > a.token);
         assert!(matches!(s.commit_delete(NS, del("A", a.token)), Err(Error::Locked(_))));
         s.commit_delete(NS, del("B", b.token)).unwrap();
+    }
+
+    #[test]
+    fn a_lock_is_bound_to_its_principal_and_client_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        with_empty_blob(&s);
+        let a = lock_of(&s.lock(NS, request("f", "A", 60)).unwrap());
+        assert_eq!(a.principal, "alice");
+        // Bob sends alice's client id and the public token: refused for
+        // every operation, and nothing is recorded as hers.
+        let bob = Actor::new("bob", "A");
+        let mut as_bob = put("f", "A", 0, a.token);
+        as_bob.who = bob.clone();
+        assert!(matches!(s.commit_put(NS, as_bob, None), Err(Error::Locked(_))));
+        let relock = LockRequest { who: bob.clone(), ..request("f", "A", 60) };
+        assert!(matches!(s.lock(NS, relock), Err(Error::Locked(_))));
+        assert!(matches!(s.refresh_lock(NS, &a.lock_id, &bob, 60), Err(Error::Locked(_))));
+        assert!(matches!(s.unlock(NS, &a.lock_id, &bob, false), Err(Error::Locked(_))));
+        // With force (the service checks the right), it is broken by bob.
+        let broken = s.unlock(NS, &a.lock_id, &bob, true).unwrap();
+        assert!(matches!(broken.what, What::Unlock { ended: LockEnd::Broken, ref by, .. } if *by == bob));
+        let wire = broken.lock_pb().unwrap();
+        assert_eq!((wire.ended_by.as_str(), wire.ended_by_principal.as_str()), ("A", "bob"));
+        // The holder itself refreshes and releases.
+        let b = lock_of(&s.lock(NS, request("g", "A", 60)).unwrap());
+        s.refresh_lock(NS, &b.lock_id, &who("A"), 120).unwrap();
+        let released = s.unlock(NS, &b.lock_id, &who("A"), false).unwrap();
+        assert!(matches!(released.what, What::Unlock { ended: LockEnd::Released, .. }));
+    }
+
+    #[test]
+    fn lock_listings_page_in_path_order_under_a_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        for p in ["d", "d/a", "d/b", "d-x", "d0", "e", "d/c/d"] {
+            s.lock(NS, request(p, "A", 60)).unwrap();
+        }
+        let paths = |v: Vec<Lock>| v.into_iter().map(|l| l.path.as_str().to_owned()).collect::<Vec<_>>();
+        assert_eq!(paths(s.list_locks(NS, "d").unwrap()), ["d", "d/a", "d/b", "d/c/d"]);
+        assert_eq!(paths(s.list_locks_page(NS, "d", Some("d/a"), 2).unwrap()), ["d/b", "d/c/d"]);
+        assert_eq!(paths(s.list_locks_page(NS, "", None, 3).unwrap()), ["d", "d-x", "d/a"]);
+        assert_eq!(s.list_locks(NS, "").unwrap().len(), 7);
     }
 
     #[test]
@@ -532,7 +648,7 @@ mod tests {
         let ended = s.expire_locks(listed[0].expires_ms).unwrap();
         assert!(matches!(&ended[..], [Change { what: What::Unlock { ended: LockEnd::Expired, .. }, .. }]));
         assert!(s.list_locks(NS, "").unwrap().is_empty());
-        assert!(matches!(s.refresh_lock(NS, &id, 60), Err(Error::NotFound(_))));
+        assert!(matches!(s.refresh_lock(NS, &id, &who("A"), 60), Err(Error::LockNotHeld(_))));
 
         // The log holds the grant and the expiry, in order.
         let log = s.changes_after(NS, 0, 10).unwrap();

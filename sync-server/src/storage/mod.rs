@@ -33,8 +33,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use syncstore::{Content, ContentHash, Entry, Lock, RelPath, pb};
 use tokio::sync::broadcast;
 
+pub(crate) use blobs::{BlobReader, BlobWriter, StagedBlob, Verdict};
 use blobs::{BlobStore, Durability};
-pub(crate) use blobs::{BlobWriter, StagedBlob};
+pub use locks::Actor;
 pub(crate) use locks::{LockRequest, lock_change_from_pb};
 
 use crate::error::{Error, Result};
@@ -70,8 +71,8 @@ pub enum What {
     File(Entry),
     /// A lock was granted or refreshed: its new state.
     Lock(Lock),
-    /// A lock ended, why, and by whom.
-    Unlock { lock: Lock, ended: LockEnd, by: String },
+    /// A lock ended, why, and by whom (no one for an expiry).
+    Unlock { lock: Lock, ended: LockEnd, by: Actor },
 }
 
 impl Change {
@@ -104,7 +105,7 @@ impl Change {
         match &self.what {
             What::File(e) => &e.client_id,
             What::Lock(l) => &l.client_id,
-            What::Unlock { by, .. } => by,
+            What::Unlock { by, .. } => &by.client_id,
         }
     }
 
@@ -121,7 +122,7 @@ impl Change {
 
     /// The lock of a lock change, as the wire has it (with why and by whom
     /// it ended, for an unlock).
-    pub fn lock_pb(&self) -> Option<pb::Lock> {
+    pub fn lock_pb(&self) -> Option<pb::LockInfo> {
         match &self.what {
             What::File(_) => None,
             What::Lock(l) => Some(l.clone().into()),
@@ -156,7 +157,8 @@ pub(crate) struct Put {
     pub(crate) path: RelPath,
     pub(crate) content: Content,
     pub(crate) base_version: u64,
-    pub(crate) client_id: String,
+    /// Who writes: the entry records its client id.
+    pub(crate) who: Actor,
     /// The token of the writer's lock on the path (0 for none).
     pub(crate) lock_token: u64,
 }
@@ -166,7 +168,8 @@ pub(crate) struct Put {
 pub(crate) struct Delete {
     pub(crate) path: RelPath,
     pub(crate) base_version: u64,
-    pub(crate) client_id: String,
+    /// Who deletes: the tombstone records its client id.
+    pub(crate) who: Actor,
     /// The token of the writer's lock on the path (0 for none).
     pub(crate) lock_token: u64,
 }
@@ -557,23 +560,102 @@ impl Store {
     }
 
     /// The size of content `hash` if namespace `ns` may reuse it without
-    /// sending it: it is stored and one of the namespace's entries refers
-    /// to it. Content only other namespaces hold is as good as absent, so
-    /// a caller cannot probe for it.
+    /// sending it: it is stored, one of the namespace's entries refers to
+    /// it, and it still matches its hash (it is read and hashed: damaged
+    /// content must not gain new entries, the caller holds a good copy to
+    /// send instead). Content only other namespaces hold is as good as
+    /// absent, so a caller cannot probe for it.
     pub fn reusable_size(&self, ns: &str, hash: &ContentHash) -> Result<Option<u64>> {
         if !self.read(|c| refers_to(c, ns, hash))? {
             return Ok(None);
         }
-        match self.open_blob(hash) {
-            Ok(file) => Ok(Some(file.metadata()?.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let size = match std::fs::metadata(self.inner.blobs.path_of(hash)) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok((self.inner.blobs.verify(hash, size)? == Verdict::Good).then_some(size))
     }
 
-    /// Opens stored content for reading.
-    pub fn open_blob(&self, hash: &ContentHash) -> std::io::Result<File> {
-        self.inner.blobs.open_blob(hash)
+    /// Opens stored content `hash` of `size` bytes for a verified read
+    /// ([`BlobReader`]): `None` when it is no longer kept, `DATA_LOSS` when
+    /// it was found damaged.
+    pub(crate) fn blob_reader(&self, hash: &ContentHash, size: u64) -> Result<Option<BlobReader>> {
+        self.inner.blobs.reader(hash, size)
+    }
+
+    /// Reads stored content `hash` of `size` bytes whole and checks it,
+    /// setting it aside if damaged.
+    pub(crate) fn verify_blob(&self, hash: &ContentHash, size: u64) -> Result<Verdict> {
+        self.inner.blobs.verify(hash, size)
+    }
+
+    /// Puts verified content in place (healing a damaged copy), durably,
+    /// outside any commit: a scrub's repair.
+    pub(crate) fn restore_blob(&self, staged: StagedBlob) -> Result<()> {
+        if self.inner.blobs.persist(staged)? == Durability::Pending {
+            self.inner.blobs.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Whether content `hash` was found damaged and not healed since.
+    pub fn is_damaged(&self, hash: &ContentHash) -> bool {
+        self.inner.blobs.is_damaged(hash)
+    }
+
+    /// The live files (namespace, path) whose content is `hash`.
+    pub fn paths_of(&self, hash: &ContentHash) -> Result<Vec<(String, String)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT namespace, path FROM files WHERE hash = ?1 AND deleted = 0 ORDER BY namespace, path",
+            )?;
+            let rows = stmt.query_map([&hash.as_bytes()[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Takes the damaged contents (hash, size) found by reads since the
+    /// last call, for a healer.
+    pub(crate) fn take_found_damaged(&self) -> Vec<(ContentHash, u64)> {
+        self.inner.blobs.take_found()
+    }
+
+    /// Resolves when a read found damaged content (see
+    /// [`Store::take_found_damaged`]).
+    pub(crate) async fn damage_found(&self) {
+        self.inner.blobs.found().await;
+    }
+
+    /// How many stored contents are set aside as damaged now, and how many
+    /// were found since the store was opened.
+    pub fn damaged_blobs(&self) -> (u64, u64) {
+        (self.inner.blobs.damaged_count(), self.inner.blobs.found_damaged())
+    }
+
+    /// Every distinct content live entries refer to, with its size, after
+    /// `after` in hash order, up to `limit`: what a scrub walks.
+    pub(crate) fn referenced_blobs(
+        &self,
+        after: Option<&ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, u64)>> {
+        let after = after.map(|h| h.as_bytes().to_vec());
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT hash, MAX(size) FROM files WHERE deleted = 0 AND hash IS NOT NULL
+                   AND (?1 IS NULL OR hash > ?1)
+                 GROUP BY hash ORDER BY hash LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            rows.map(|r| {
+                let (hash, size) = r?;
+                Ok((ContentHash::try_from(&hash[..])?, size as u64))
+            })
+            .collect()
+        })
     }
 
     /// Starts receiving new content into a temp file.
@@ -613,6 +695,9 @@ impl Store {
         let hash = put.content.hash;
         if let Some(s) = &staged {
             debug_assert_eq!(s.hash(), hash);
+        }
+        if put.content.symlink {
+            self.check_link_target(&put, staged.as_ref())?;
         }
         // The content is put in place (renamed; a large blob's folder
         // fsynced) before the writer lock is taken, so that commits wait
@@ -680,7 +765,7 @@ impl Store {
                             path: put.path,
                             version: seq,
                             content: Some(put.content),
-                            client_id: put.client_id,
+                            client_id: put.who.client_id,
                         };
                         write_change(&tx, &ns, &entry)?;
                         committed.push((file_change(&ns, entry), current, slot));
@@ -703,10 +788,13 @@ impl Store {
                 // on its own fails with the batch.
                 tracing::error!(error = %e, "a batch commit failed");
                 drop(committed);
+                let full = e.is_disk_full();
                 for slot in slots {
                     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
                     if !matches!(*slot, Some(Err(_))) {
-                        *slot = Some(Err(Error::Internal(format!("the commit failed: {e}"))));
+                        let message = format!("the commit failed: {e}");
+                        *slot =
+                            Some(Err(if full { Error::DiskFull(message) } else { Error::Internal(message) }));
                     }
                 }
             }
@@ -719,7 +807,7 @@ impl Store {
         let put = &job.put;
         let current = get_entry(c, &job.ns, &put.path)?;
         Self::check_base(&put.path, current.as_ref(), put.base_version)?;
-        locks::check_write(c, &job.ns, &put.path, &put.client_id, put.lock_token, now_ms())?;
+        locks::check_write(c, &job.ns, &put.path, &put.who, put.lock_token, now_ms())?;
         check_clash(c, &job.ns, &put.path, put.content.folder)?;
         let hash = &put.content.hash;
         let present = job.placed || (blobs.contains(hash) && refers_to(c, &job.ns, hash)?);
@@ -727,6 +815,39 @@ impl Store {
             return Err(Error::no_content(&put.content.hash));
         }
         Ok(current)
+    }
+
+    /// Checks a link's target (the staged content, or for a header-only
+    /// upload the stored content of that hash) as every client would use
+    /// it: [`syncstore::limits::check_link_target`].
+    fn check_link_target(&self, put: &Put, staged: Option<&StagedBlob>) -> Result<()> {
+        use std::io::Read;
+        let size = put.content.size;
+        if size > syncstore::limits::MAX_PATH_BYTES as u64 {
+            return Err(Error::BadSymlink(format!(
+                "{} is a symbolic link with a {size}-byte target; the limit is {}",
+                put.path,
+                syncstore::limits::MAX_PATH_BYTES
+            )));
+        }
+        let mut target = Vec::with_capacity(size as usize);
+        match staged {
+            Some(s) => {
+                s.reopen()?.take(size).read_to_end(&mut target)?;
+            }
+            // Stored content, verified as it is read; unknown content is
+            // refused as such by the commit's checks.
+            None => match self.blob_reader(&put.content.hash, size)? {
+                Some(mut reader) => {
+                    while let Some(chunk) = reader.next_chunk(syncstore::limits::MAX_CHUNK)? {
+                        target.extend_from_slice(&chunk);
+                    }
+                }
+                None => return Ok(()),
+            },
+        }
+        syncstore::limits::check_link_target(&target)
+            .map_err(|why| Error::BadSymlink(format!("{} is a symbolic link whose target {why}", put.path)))
     }
 
     /// Keeps garbage collection off `hash` while the hold lives.
@@ -747,7 +868,7 @@ impl Store {
 
     /// Commits a deletion, leaving a tombstone.
     pub(crate) fn commit_delete(&self, ns: &str, del: Delete) -> Result<Change> {
-        let Delete { path, base_version, client_id, lock_token } = del;
+        let Delete { path, base_version, who, lock_token } = del;
         let mut w = self.writer();
         let seq = w.head + 1;
         let tx = w.conn.transaction()?;
@@ -756,8 +877,8 @@ impl Store {
             return Err(Error::NotFound(format!("{path} does not exist")));
         }
         Self::check_base(&path, current.as_ref(), base_version)?;
-        locks::check_write(&tx, ns, &path, &client_id, lock_token, now_ms())?;
-        let entry = Entry { path, version: seq, content: None, client_id };
+        locks::check_write(&tx, ns, &path, &who, lock_token, now_ms())?;
+        let entry = Entry { path, version: seq, content: None, client_id: who.client_id };
         write_change(&tx, ns, &entry)?;
         tx.commit()?;
         Ok(self.after_commit(&mut w, file_change(ns, entry), current))
@@ -813,7 +934,7 @@ impl Store {
     fn sweep_orphan_blobs(&self) -> Result<()> {
         let w = self.writer();
         let mut removed = 0usize;
-        for hash in self.inner.blobs.all()? {
+        for hash in self.inner.blobs.all()?.into_iter().chain(self.inner.blobs.all_damaged()?) {
             if !blob_referenced(&w.conn, &hash)? {
                 self.inner.blobs.remove(&hash)?;
                 removed += 1;
@@ -1106,7 +1227,7 @@ mod tests {
                 path: RelPath::new(path).unwrap(),
                 content,
                 base_version: 0,
-                client_id: "c".into(),
+                who: Actor::new("p", "c"),
                 lock_token: 0,
             };
             let before = store.inner.blobs.sync_count();
@@ -1137,7 +1258,7 @@ mod tests {
                         path: RelPath::new(format!("f{}", i / 2)).unwrap(),
                         content: file_content(hash, data.len() as u64),
                         base_version: 0,
-                        client_id: format!("c{i}"),
+                        who: Actor::new("p", format!("c{i}")),
                         lock_token: 0,
                     };
                     store.commit_put(DEFAULT_NAMESPACE, put, Some(staged))

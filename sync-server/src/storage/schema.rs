@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::error::Result;
 
 /// Bumped whenever the schema changes; a newer one is refused at open.
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS locks (
     expires_ms  INTEGER NOT NULL,
     ttl_seconds INTEGER NOT NULL,
     token       INTEGER NOT NULL,    -- seq of the granting change
+    principal   TEXT    NOT NULL DEFAULT '',  -- the holder's token name ('' before version 5)
     PRIMARY KEY (namespace, path)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS locks_by_expiry ON locks (expires_ms);
@@ -81,7 +82,7 @@ pub(crate) fn connect(path: &std::path::Path) -> Result<Connection> {
 
 /// Creates the tables if needed, and brings older data folders up to date
 /// (version 1 lacked the lock columns, version 2 the symlink ones, version 3
-/// the folder ones).
+/// the folder ones, version 4 a lock's principal).
 pub(crate) fn init(conn: &Connection) -> Result<()> {
     let has_changes: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes')",
@@ -91,7 +92,7 @@ pub(crate) fn init(conn: &Connection) -> Result<()> {
     if has_changes {
         // Each step: the column whose absence marks the old version, and
         // what brings it to the next.
-        const STEPS: [(&str, &str, &str); 3] = [
+        const STEPS: [(&str, &str, &str); 4] = [
             (
                 "changes",
                 "kind",
@@ -113,15 +114,32 @@ pub(crate) fn init(conn: &Connection) -> Result<()> {
                  ALTER TABLE changes ADD COLUMN folder INTEGER NOT NULL DEFAULT 0;
                  UPDATE meta SET value = '4' WHERE key = 'schema_version';",
             ),
+            (
+                "locks",
+                "principal",
+                "ALTER TABLE locks ADD COLUMN principal TEXT NOT NULL DEFAULT '';
+                 UPDATE meta SET value = '5' WHERE key = 'schema_version';",
+            ),
         ];
         for (table, column, upgrade) in STEPS {
-            if !has_column(conn, table, column)? {
+            // A table that does not exist yet (version 1 had no `locks`)
+            // is created whole below.
+            if has_table(conn, table)? && !has_column(conn, table, column)? {
                 conn.execute_batch(&format!("BEGIN; {upgrade} COMMIT;"))?;
             }
         }
     }
     conn.execute_batch(SCHEMA)?;
     Ok(())
+}
+
+/// Whether the table `table` exists.
+fn has_table(conn: &Connection, table: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [table],
+        |r| r.get(0),
+    )?)
 }
 
 /// Whether `table` has a column named `column`.

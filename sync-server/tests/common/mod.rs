@@ -105,6 +105,7 @@ pub fn header(path: &str, data: &[u8]) -> pb::UploadRequest {
             size: data.len() as u64,
             hash: ContentHash::of(data).as_bytes().to_vec(),
             base_version: 0,
+            client_id: "test".into(),
             ..Default::default()
         })),
     }
