@@ -552,6 +552,10 @@ async fn an_unreadable_folder_does_not_stop_the_watcher() {
     let mut child = KillOnDrop(child);
 
     eventually("the first sync is done", async || {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("the client ended ({status}) before its first sync:\n{log}");
+        }
         server_paths(&server.url).await.contains(&"before.txt".into())
     })
     .await;
