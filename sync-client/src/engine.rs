@@ -54,7 +54,8 @@ const PARALLEL_LARGE_TRANSFERS: usize = 8;
 const SMALL_TRANSFER: u64 = 256 * 1024;
 /// In `watch`, a plain upload or download of at least this many bytes runs
 /// in the large lane, beside the engine's loop (at 10 MB/s, under half a
-/// second is spent on a smaller one in the loop).
+/// second is spent on a smaller one in the loop). The default of
+/// [`Lane::min_size`].
 pub const LARGE_LANE_MIN: u64 = 4 * 1024 * 1024;
 /// Large-lane transfers at once (each holds a few 1 MiB chunks); another
 /// large transfer meanwhile runs in the loop.
@@ -126,6 +127,9 @@ pub struct Lane {
     pub tasks: TaskTracker,
     /// Cancels the transfers when the client stops.
     pub stop: CancellationToken,
+    /// Plain transfers of at least this many bytes run in the lane
+    /// ([`LARGE_LANE_MIN`]; 0 sends every plain transfer there).
+    pub min_size: u64,
 }
 
 /// Applies sync decisions to the folder and the server.
@@ -730,7 +734,7 @@ impl Engine {
     /// the lane has room. Returns whether it did.
     fn start_in_lane(&mut self, p: &Planned) -> bool {
         let Some(lane) = &self.lane else { return false };
-        if p.transfer_size() < LARGE_LANE_MIN
+        if p.transfer_size() < lane.min_size
             || self.in_lane.len() >= LARGE_LANE_MAX
             || !self.is_plain_transfer(p)
         {

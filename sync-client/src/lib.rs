@@ -80,6 +80,9 @@ pub struct Config {
     pub metrics: metrics::ClientMetrics,
     /// The token and TLS settings presented to the servers.
     pub security: Security,
+    /// In `watch`, uploads and downloads of at least this many bytes run
+    /// beside the loop (see [`engine::LARGE_LANE_MIN`]).
+    pub large_transfer: u64,
 }
 
 impl Config {
@@ -91,6 +94,7 @@ impl Config {
             watcher: true,
             metrics: metrics::ClientMetrics::new(),
             security: Security::none(),
+            large_transfer: engine::LARGE_LANE_MIN,
         }
     }
 }
@@ -123,7 +127,12 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     let _stop_on_drop = stop_tasks.clone().drop_guard();
     // Large transfers run beside the loop and report here when they end.
     let (lane_tx, mut lane_rx) = mpsc::channel(QUEUE);
-    let lane = engine::Lane { done: lane_tx, tasks: tasks.clone(), stop: stop_tasks.clone() };
+    let lane = engine::Lane {
+        done: lane_tx,
+        tasks: tasks.clone(),
+        stop: stop_tasks.clone(),
+        min_size: config.large_transfer,
+    };
     let mut engine = engine.with_lane(lane);
 
     // Watch before the first sync, so nothing saved meanwhile is missed.

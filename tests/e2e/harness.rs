@@ -351,6 +351,15 @@ impl TestClient {
         })
     }
 
+    /// Starts watching `dir` with every upload and download, small ones
+    /// too, running in the large lane beside the engine's loop.
+    pub fn start_all_in_lane(server: &str, dir: TempDir) -> Self {
+        Self::start_configured(vec![server.to_owned()], dir, |c| {
+            c.rescan_interval = Duration::from_secs(3600);
+            c.large_transfer = 0;
+        })
+    }
+
     /// Starts watching a new folder, presenting `security` to `server`.
     pub fn start_secure(server: &str, security: Security) -> Self {
         Self::start_configured(vec![server.to_owned()], tempfile::tempdir().unwrap(), |c| {
@@ -531,13 +540,20 @@ impl Proxy {
                 let stopped = stopped.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
-                    let (from_client, to_client) = inbound.split();
-                    let (from_server, to_server) = outbound.split();
+                    // Like `copy_bidirectional`: done when both ways end,
+                    // cut (both sockets closed) when either fails.
                     let both_ways = async {
-                        let _ = tokio::join!(
-                            copy_at_rate(from_client, to_server, rate),
-                            copy_at_rate(from_server, to_client, rate)
-                        );
+                        match rate {
+                            None => drop(tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await),
+                            Some(rate) => {
+                                let (from_client, to_client) = inbound.split();
+                                let (from_server, to_server) = outbound.split();
+                                let _ = tokio::try_join!(
+                                    copy_at_rate(from_client, to_server, rate),
+                                    copy_at_rate(from_server, to_client, rate)
+                                );
+                            }
+                        }
                     };
                     tokio::select! {
                         () = both_ways => {}
@@ -562,12 +578,12 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to` until the end, at most `rate` bytes per second
-/// (when given), then ends `to`'s writing side.
+/// Copies `from` to `to` until the end, at most `rate` bytes per second,
+/// then ends `to`'s writing side.
 async fn copy_at_rate(
     mut from: impl tokio::io::AsyncRead + Unpin,
     mut to: impl tokio::io::AsyncWrite + Unpin,
-    rate: Option<u64>,
+    rate: u64,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
@@ -579,11 +595,9 @@ async fn copy_at_rate(
             return to.shutdown().await;
         }
         to.write_all(&buf[..n]).await?;
-        if let Some(rate) = rate {
-            let busy = Duration::from_secs_f64(n as f64 / rate as f64);
-            free_at = free_at.max(tokio::time::Instant::now()) + busy;
-            tokio::time::sleep_until(free_at).await;
-        }
+        let busy = Duration::from_secs_f64(n as f64 / rate as f64);
+        free_at = free_at.max(tokio::time::Instant::now()) + busy;
+        tokio::time::sleep_until(free_at).await;
     }
 }
 
