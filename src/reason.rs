@@ -27,6 +27,9 @@ pub enum Reason {
     /// INVALID_ARGUMENT: the content does not match the header's size or
     /// hash.
     ContentMismatch,
+    /// INVALID_ARGUMENT: an upload stream ended without its end marker
+    /// (the client gave up, or broke off): nothing was stored.
+    UploadIncomplete,
     /// INVALID_ARGUMENT: anything else malformed (message order, a chunk
     /// too big).
     InvalidArgument,
@@ -62,7 +65,8 @@ pub enum Reason {
     /// UNAVAILABLE: try again later (shutting down, the replica did not
     /// confirm in time, a broken stream).
     Unavailable,
-    /// DEADLINE_EXCEEDED: the client went silent.
+    /// DEADLINE_EXCEEDED: the client went silent, or an upload fell below
+    /// the server's minimum rate.
     DeadlineExceeded,
     /// UNAUTHENTICATED: no token, or one the server does not know.
     Unauthenticated,
@@ -77,12 +81,13 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order the proto lists them.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::InvalidPath,
         Reason::InvalidHash,
         Reason::InvalidField,
         Reason::InvalidSymlink,
         Reason::ContentMismatch,
+        Reason::UploadIncomplete,
         Reason::InvalidArgument,
         Reason::NotFound,
         Reason::LockNotHeld,
@@ -113,6 +118,7 @@ impl Reason {
             Reason::InvalidField => "invalid-field",
             Reason::InvalidSymlink => "invalid-symlink",
             Reason::ContentMismatch => "content-mismatch",
+            Reason::UploadIncomplete => "upload-incomplete",
             Reason::InvalidArgument => "invalid-argument",
             Reason::NotFound => "not-found",
             Reason::LockNotHeld => "lock-not-held",

@@ -414,8 +414,10 @@ impl Engine {
             lock_token: self.locks.token(path),
             reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
         };
+        self.state.note_sent(path, &l.hash)?;
         let (entry, sent) = transfer::upload(&self.remote, self.state.folder(), path, l, base).await?;
         self.state.set_base(path, &base_of(entry.version, l))?;
+        self.state.clear_sent(path)?;
         self.metrics.uploads.inc();
         if sent {
             self.metrics.upload_bytes.inc_by(l.size);
@@ -532,7 +534,14 @@ impl Engine {
                 // A refused entry is skipped (and logged); the cursor still
                 // moves past it.
                 let entry = event.entry.and_then(accept_entry);
-                if let Some(entry) = entry {
+                // An event older than the path's base says nothing new (this
+                // client's own earlier upload, say, arriving after a later
+                // one was recorded); acting on it would bring back an old
+                // version.
+                let stale = |e: &Entry| {
+                    self.state.base(&e.path).ok().flatten().is_some_and(|b| e.version < b.version)
+                };
+                if let Some(entry) = entry.filter(|e| !stale(e)) {
                     let path = entry.path.clone();
                     if let Err(e) = self.sync_path(&path, RemoteView::Known(Some(entry))).await {
                         self.note_failure(path, &e);
@@ -678,11 +687,45 @@ impl Engine {
                 self.remote_stat(path).await?
             }
         };
+        let base = self.own_version(path, base, remote.as_ref())?;
         let action = plan::decide(local.as_ref(), base.as_ref(), remote.as_ref());
         if action == Action::Nothing {
             self.refresh_base(path, local.as_ref(), base.as_ref())?;
         }
         Ok(Some(Planned { path: path.clone(), action, local, base, remote }))
+    }
+
+    /// The base of `path`, or the server's version of it if this client
+    /// wrote that version after the base (its id on the entry, content it
+    /// sent for the path): an upload whose answer was lost (a cut
+    /// connection, a crash) is this folder's own past, not a change from
+    /// elsewhere, so it stands in for the base instead of making a
+    /// conflict. Its size, mtime and stamp are unknown here, so the local
+    /// file is compared by hash.
+    fn own_version(
+        &self,
+        path: &RelPath,
+        base: Option<Base>,
+        remote: Option<&Entry>,
+    ) -> Result<Option<Base>> {
+        let Some((entry, c)) = remote.and_then(|r| Some((r, r.content?))) else { return Ok(base) };
+        if entry.client_id != self.remote.client_id()
+            || base.is_some_and(|b| b.version >= entry.version)
+            || !self.state.was_sent(path, &c.hash)?
+        {
+            return Ok(base);
+        }
+        tracing::info!(%path, version = entry.version, "the server holds this client's own upload, whose answer was lost: taking it as synced");
+        Ok(Some(Base {
+            version: entry.version,
+            hash: c.hash,
+            size: c.size,
+            mtime_ns: c.mtime_ns,
+            executable: c.executable,
+            symlink: c.symlink,
+            folder: c.folder,
+            stamp: 0,
+        }))
     }
 
     /// The server's entry of `path`, which must be about `path`.

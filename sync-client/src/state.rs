@@ -42,6 +42,14 @@ CREATE INDEX IF NOT EXISTS base_by_hash ON base (hash);
 CREATE TABLE IF NOT EXISTS read_only (
     path TEXT PRIMARY KEY
 ) WITHOUT ROWID;
+-- Content this client sent for a path since it last recorded an upload of
+-- it: a server version by this client with one of these hashes is its own,
+-- even if the server's OK never arrived.
+CREATE TABLE IF NOT EXISTS sent (
+    path TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (path, hash)
+) WITHOUT ROWID;
 ";
 
 /// Handle to the state database; cheap to clone. Calls block briefly
@@ -203,6 +211,7 @@ impl State {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM base", [])?;
+        tx.execute("DELETE FROM sent", [])?;
         tx.execute("DELETE FROM meta WHERE key = 'cursor'", [])?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('history_id', ?1)
@@ -283,6 +292,32 @@ impl State {
             let mut stmt = c.prepare_cached("SELECT path FROM base WHERE path >= ?1 AND path < ?2")?;
             let rows = stmt.query_map([lo, hi], |r| r.get::<_, String>(0))?;
             rows.filter_map(|r| r.map(|p| RelPath::new(p).ok()).transpose()).collect()
+        })
+    }
+
+    /// Notes that content `hash` is about to be sent for `path` (before the
+    /// upload starts, so that a crash cannot hide it).
+    pub fn note_sent(&self, path: &RelPath, hash: &ContentHash) -> Result<()> {
+        self.with(|c| {
+            c.prepare_cached("INSERT OR IGNORE INTO sent (path, hash) VALUES (?1, ?2)")?
+                .execute(params![path.as_str(), &hash.as_bytes()[..]])
+                .map(drop)
+        })
+    }
+
+    /// Whether this client sent content `hash` for `path` since it last
+    /// recorded an upload of it.
+    pub fn was_sent(&self, path: &RelPath, hash: &ContentHash) -> Result<bool> {
+        self.with(|c| {
+            c.prepare_cached("SELECT EXISTS (SELECT 1 FROM sent WHERE path = ?1 AND hash = ?2)")?
+                .query_row(params![path.as_str(), &hash.as_bytes()[..]], |r| r.get(0))
+        })
+    }
+
+    /// Forgets what was sent for `path` (its upload is recorded).
+    pub fn clear_sent(&self, path: &RelPath) -> Result<()> {
+        self.with(|c| {
+            c.prepare_cached("DELETE FROM sent WHERE path = ?1")?.execute([path.as_str()]).map(drop)
         })
     }
 
@@ -381,5 +416,28 @@ mod tests {
         assert_eq!(state.base(&path).unwrap(), None);
         assert_eq!(state.cursor().unwrap(), 0);
         assert_eq!(state.get_meta("history_id").unwrap().as_deref(), Some("h2"));
+    }
+
+    #[test]
+    fn content_sent_is_kept_until_an_upload_is_recorded_or_the_history_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (RelPath::new("a").unwrap(), RelPath::new("b").unwrap());
+        let (one, two) = (ContentHash::of(b"1"), ContentHash::of(b"2"));
+        {
+            let state = State::open(dir.path()).unwrap();
+            state.note_sent(&a, &one).unwrap();
+            state.note_sent(&a, &two).unwrap();
+            state.note_sent(&a, &two).unwrap();
+            state.note_sent(&b, &one).unwrap();
+        }
+        // Across a restart (a crash after the upload went out).
+        let state = State::open(dir.path()).unwrap();
+        assert!(state.was_sent(&a, &one).unwrap() && state.was_sent(&a, &two).unwrap());
+        assert!(!state.was_sent(&b, &two).unwrap(), "per path");
+        state.clear_sent(&a).unwrap();
+        assert!(!state.was_sent(&a, &one).unwrap() && !state.was_sent(&a, &two).unwrap());
+        assert!(state.was_sent(&b, &one).unwrap());
+        state.reset_history("other").unwrap();
+        assert!(!state.was_sent(&b, &one).unwrap());
     }
 }

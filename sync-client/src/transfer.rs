@@ -11,7 +11,7 @@ use syncstore::{
     pb::{self, download_response, upload_request},
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 
 use crate::{
     error::{Error, Result},
@@ -43,6 +43,12 @@ pub struct UploadBase {
 /// Uploads `path` as `expected` (what it hashed to), based on `base`.
 /// Returns the new entry, and whether the content was sent (not when the
 /// server reused content it held).
+///
+/// The end marker goes out only once the whole file was read and found as
+/// `expected`; a file that changed meanwhile cancels the call, so the
+/// server stores nothing. Once the server answered OK, its entry is
+/// returned whatever the reader found afterwards: the server checked the
+/// content against the header, so what it stored is `expected`.
 pub async fn upload(
     remote: &Remote,
     root: &Root,
@@ -66,7 +72,7 @@ pub async fn upload(
         })),
     };
     if reuse && expected.size > 0 {
-        let only_header = tokio_stream::iter([header.clone()]);
+        let only_header = tokio_stream::iter([header.clone(), end_msg()]);
         match remote.raw().upload(only_header).await {
             Ok(resp) => return Ok((entry_of(resp.into_inner().entry)?, false)),
             // Not there: send it. (A lock refusal is not that.)
@@ -79,26 +85,83 @@ pub async fn upload(
     tx.send(header).await.expect("the receiver is alive");
     let dir = root.parent(path)?;
     let name = path.file_name().to_owned();
-    let reader = tokio::task::spawn_blocking(move || send_file(&dir, &name, expected, tx));
-    let response = remote.raw().upload(ReceiverStream::new(rx)).await;
-    // The reader's verdict comes first: a file that changed while it was
-    // sent was cut short on purpose, and the server refused it.
-    reader.await??;
-    Ok((entry_of(response?.into_inner().entry)?, true))
+    let mut reader = tokio::task::spawn_blocking(move || send_file(&dir, &name, expected, tx));
+    let mut client = remote.raw();
+    let mut call = Box::pin(client.upload(request_stream(rx)));
+    let read = tokio::select! {
+        read = &mut reader => read,
+        // An answer before the reader is done: a refusal (nothing is
+        // committed before the end marker, which the reader sends last),
+        // or an OK that raced the reader's return.
+        response = &mut call => return settle(response, reader.await),
+    };
+    match read {
+        Ok(Ok(())) => settle(call.await, read),
+        failed => {
+            // Cancel the call: the server sees a broken stream and stores
+            // nothing. (The request stream never ends normally without
+            // the end marker, so the cut cannot pass for a complete file.)
+            drop(call);
+            failed??;
+            unreachable!("the reader failed")
+        }
+    }
+}
+
+/// An upload's outcome from the server's answer and the reader's verdict.
+/// The server's OK stands (the content it stored is what the header
+/// announced); a refusal is explained by the reader's error first, since a
+/// file that changed while it was sent was cut short on purpose.
+fn settle(
+    response: std::result::Result<tonic::Response<pb::UploadResponse>, tonic::Status>,
+    read: std::result::Result<Result<()>, tokio::task::JoinError>,
+) -> Result<(Entry, bool)> {
+    match response {
+        Ok(r) => {
+            if let Ok(Err(e)) | Err(e) = read.map_err(Error::from) {
+                tracing::debug!(error = %e, "the reader stopped after the server stored the upload");
+            }
+            Ok((entry_of(r.into_inner().entry)?, true))
+        }
+        Err(status) => {
+            read??;
+            Err(status.into())
+        }
+    }
+}
+
+/// The request stream of an upload: the reader's messages, ending only
+/// after the end marker. A reader that stops without sending it (the file
+/// changed, or could not be read) leaves the stream open, never ended
+/// normally, until the call is cancelled.
+fn request_stream(rx: mpsc::Receiver<pb::UploadRequest>) -> impl Stream<Item = pb::UploadRequest> {
+    futures::stream::unfold((rx, false), |(mut rx, ended)| async move {
+        match rx.recv().await {
+            Some(msg) => {
+                let end = matches!(msg.msg, Some(upload_request::Msg::End(_)));
+                Some((msg, (rx, end)))
+            }
+            None if ended => None,
+            None => std::future::pending().await,
+        }
+    })
 }
 
 fn entry_of(e: Option<pb::FileEntry>) -> Result<Entry> {
     Ok(Entry::try_from(e.ok_or_else(|| Error::Protocol("response without entry".into()))?)?)
 }
 
-/// Reads the file in chunks into `tx`, holding back the last chunk until
-/// the whole file hashed to what the header announced: if it did not, the
-/// stream ends short and the server discards the upload.
+/// Reads the file in chunks into `tx`, then sends the end marker only if
+/// the whole file hashed to what the header announced. If it did not, the
+/// error says so and no end marker goes: the caller cancels the call and
+/// the server discards the upload.
 /// The file is opened through its folder's handle, so a link above it or
 /// at it is not followed.
 fn send_file(dir: &Dir, name: &str, expected: Local, tx: mpsc::Sender<pb::UploadRequest>) -> Result<()> {
     if expected.folder {
-        return Ok(()); // A folder has no content.
+        // A folder has no content.
+        let _ = tx.blocking_send(end_msg());
+        return Ok(());
     }
     if expected.symlink {
         // A link is never followed: its target is the content.
@@ -106,13 +169,14 @@ fn send_file(dir: &Dir, name: &str, expected: Local, tx: mpsc::Sender<pb::Upload
         if target.len() as u64 != expected.size || ContentHash::of(&target) != expected.hash {
             return Err(Error::ChangedWhileReading);
         }
-        let _ = tx.blocking_send(chunk_msg(target));
+        if tx.blocking_send(chunk_msg(target)).is_ok() {
+            let _ = tx.blocking_send(end_msg());
+        }
         return Ok(());
     }
     let mut file = dir.open_read(name)?;
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
-    let mut held: Option<Vec<u8>> = None;
     loop {
         let chunk = read_chunk(&mut file)?;
         if chunk.is_empty() {
@@ -123,23 +187,24 @@ fn send_file(dir: &Dir, name: &str, expected: Local, tx: mpsc::Sender<pb::Upload
         if total > expected.size {
             return Err(Error::ChangedWhileReading);
         }
-        if let Some(prev) = held.replace(chunk)
-            && tx.blocking_send(chunk_msg(prev)).is_err()
-        {
+        if tx.blocking_send(chunk_msg(chunk)).is_err() {
             return Ok(()); // The call failed; its status says why.
         }
     }
     if total != expected.size || ContentHash::from(hasher.finalize()) != expected.hash {
         return Err(Error::ChangedWhileReading);
     }
-    if let Some(last) = held {
-        let _ = tx.blocking_send(chunk_msg(last));
-    }
+    let _ = tx.blocking_send(end_msg());
     Ok(())
 }
 
 fn chunk_msg(data: Vec<u8>) -> pb::UploadRequest {
     pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(data)) }
+}
+
+/// The end marker: the content is complete and as announced.
+fn end_msg() -> pb::UploadRequest {
+    pb::UploadRequest { msg: Some(upload_request::Msg::End(pb::UploadEnd {})) }
 }
 
 /// Reads up to one full chunk (short only at the end of the file).

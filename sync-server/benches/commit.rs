@@ -42,6 +42,7 @@ async fn put(client: &FileSyncClient<Channel>, path: String, content: bool) {
     if content {
         msgs.push(pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(CONTENT.to_vec())) });
     }
+    msgs.push(pb::UploadRequest { msg: Some(upload_request::Msg::End(pb::UploadEnd {})) });
     client.clone().upload(tokio_stream::iter(msgs)).await.expect("upload");
 }
 

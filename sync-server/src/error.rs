@@ -81,9 +81,13 @@ pub enum Error {
     /// The server is shutting down, or cannot confirm a write in time.
     #[error("{0}")]
     Unavailable(String),
-    /// The client took too long (e.g. an upload went silent).
+    /// The client took too long (an upload went silent, or fell below the
+    /// minimum rate).
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// An upload stream ended without its end marker: nothing is committed.
+    #[error("{0}")]
+    UploadIncomplete(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("I/O error: {0}")]
@@ -134,6 +138,7 @@ impl Error {
             Error::DataLoss(_) => (Code::DataLoss, Reason::Damaged),
             Error::Unavailable(_) => (Code::Unavailable, Reason::Unavailable),
             Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, Reason::DeadlineExceeded),
+            Error::UploadIncomplete(_) => (Code::InvalidArgument, Reason::UploadIncomplete),
             Error::Sqlite(_) | Error::Io(_) | Error::Config(_) | Error::Internal(_) => return None,
         })
     }

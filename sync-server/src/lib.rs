@@ -62,6 +62,13 @@ pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 40;
 /// slot only this long.
 pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default slowest pace of an upload, in bytes a second, once
+/// [`DEFAULT_UPLOAD_IDLE_TIMEOUT`] has passed since it took its slot: 32 KiB/s
+/// (about the 35 KB/s the idle timeout asks of full chunks). A slow link
+/// (a phone's upload, a hotel's wifi) still gets through; a stream that
+/// sends a byte now and then to keep its slot is ended after the grace.
+pub const DEFAULT_UPLOAD_MIN_RATE: u64 = 32 * 1024;
+
 /// Default number of uploads received at once. Each running upload holds a
 /// blocking thread (tokio's pool has 512 for everything, SQLite included),
 /// a temp file and up to 5 MiB of buffered chunks; 32 keeps that under
@@ -74,6 +81,13 @@ pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 32;
 /// for three of its clients running a full sync (8 transfers each), while
 /// leaving a quarter of [`DEFAULT_MAX_CONCURRENT_UPLOADS`] to the others.
 pub const DEFAULT_MAX_UPLOADS_PER_NAMESPACE: usize = 24;
+
+/// Default number of uploads received at once over one connection: a sync
+/// client runs up to 16 transfers at once over its one connection, and
+/// 16 leaves a third of [`DEFAULT_MAX_UPLOADS_PER_NAMESPACE`] to the
+/// namespace's other connections, so that one connection (stalled, or
+/// hostile) cannot keep its namespace's other clients from uploading.
+pub const DEFAULT_MAX_UPLOADS_PER_CONNECTION: usize = 16;
 
 /// Most HTTP/2 streams (calls) one connection may have open at once. A sync
 /// client keeps one subscription and runs its transfers one at a time, and a
@@ -129,10 +143,15 @@ pub struct Config {
     pub max_file_size: u64,
     /// Longest silence between two messages of an upload.
     pub upload_idle_timeout: Duration,
+    /// Slowest pace of an upload in bytes a second, after the idle
+    /// timeout's grace (0: no minimum).
+    pub upload_min_rate: u64,
     /// Uploads received at once; more wait briefly, then are refused.
     pub max_concurrent_uploads: usize,
     /// Uploads received at once for one namespace.
     pub max_uploads_per_namespace: usize,
+    /// Uploads received at once over one connection.
+    pub max_uploads_per_connection: usize,
     /// Store settings.
     pub store: StoreOptions,
     /// Primary or replica.
@@ -205,8 +224,10 @@ impl Config {
             data_dir: data_dir.into(),
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
+            upload_min_rate: DEFAULT_UPLOAD_MIN_RATE,
             max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
             max_uploads_per_namespace: DEFAULT_MAX_UPLOADS_PER_NAMESPACE,
+            max_uploads_per_connection: DEFAULT_MAX_UPLOADS_PER_CONNECTION,
             store: StoreOptions::default(),
             role: Role::Primary,
             replica: None,
@@ -451,8 +472,10 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         UploadLimits {
             max_file_size: config.max_file_size,
             idle_timeout: config.upload_idle_timeout,
+            min_rate: config.upload_min_rate,
             max_concurrent: config.max_concurrent_uploads,
             per_namespace: config.max_uploads_per_namespace,
+            per_connection: config.max_uploads_per_connection,
         },
         gate.clone(),
         replication.clone(),

@@ -134,6 +134,11 @@ struct ServeArgs {
     /// 1 MiB chunk) before it is refused with DEADLINE_EXCEEDED, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "SYNCSTORE_UPLOAD_IDLE_TIMEOUT")]
     upload_idle_timeout: Duration,
+    /// Slowest pace of an upload, in bytes a second, once the idle timeout
+    /// has passed since it started; a slower one is refused with
+    /// DEADLINE_EXCEEDED (0: no minimum).
+    #[arg(long, default_value_t = sync_server::DEFAULT_UPLOAD_MIN_RATE, env = "SYNCSTORE_UPLOAD_MIN_RATE")]
+    upload_min_rate: u64,
     /// Uploads received at once; more wait briefly, then are refused with
     /// RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = sync_server::DEFAULT_MAX_CONCURRENT_UPLOADS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), env = "SYNCSTORE_MAX_CONCURRENT_UPLOADS")]
@@ -142,6 +147,10 @@ struct ServeArgs {
     /// that one cannot take every slot.
     #[arg(long, default_value_t = sync_server::DEFAULT_MAX_UPLOADS_PER_NAMESPACE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), env = "SYNCSTORE_MAX_UPLOADS_PER_NAMESPACE")]
     max_uploads_per_namespace: usize,
+    /// Uploads received at once over one connection, so that one client
+    /// cannot take its namespace's every slot.
+    #[arg(long, default_value_t = sync_server::DEFAULT_MAX_UPLOADS_PER_CONNECTION, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), env = "SYNCSTORE_MAX_UPLOADS_PER_CONNECTION")]
+    max_uploads_per_connection: usize,
     /// How many changes the log keeps for subscribers (and a replica) that
     /// catch up; an older position gets a RESET (a replica, a full resync).
     #[arg(long, default_value_t = sync_server::StoreOptions::default().log_retention, env = "SYNCSTORE_LOG_RETENTION")]
@@ -283,6 +292,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.upload_idle_timeout = args.upload_idle_timeout;
     config.max_concurrent_uploads = args.max_concurrent_uploads;
     config.max_uploads_per_namespace = args.max_uploads_per_namespace;
+    config.upload_min_rate = args.upload_min_rate;
+    config.max_uploads_per_connection = args.max_uploads_per_connection;
     config.store.log_retention = args.log_retention;
     config.advertise = args.advertise;
     config.scrub_interval = (!args.scrub_interval.is_zero()).then_some(args.scrub_interval);

@@ -2,6 +2,8 @@
 
 use std::{
     collections::HashMap,
+    hash::Hash,
+    net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
@@ -12,7 +14,10 @@ use syncstore::{
     limits::{MAX_CHUNK, MAX_PATH_BYTES},
     pb::{self, download_response, file_sync_server::FileSync, upload_request},
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    time::Instant,
+};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -46,12 +51,21 @@ pub struct UploadLimits {
     /// a stream silent for longer is ended with `DEADLINE_EXCEEDED` and its
     /// temp file removed.
     pub idle_timeout: Duration,
+    /// Slowest pace an upload may keep, in bytes a second: once
+    /// `idle_timeout` has passed since it took its slot, the content
+    /// received must keep up with this rate, or the upload is ended with
+    /// `DEADLINE_EXCEEDED` (0: no minimum). Without it, a stream that sends
+    /// a byte now and then would hold a slot for as long as it liked.
+    pub min_rate: u64,
     /// Uploads received at once. Each holds a temp file, a blocking thread
     /// and up to [`UPLOAD_PIPELINE`] buffered chunks.
     pub max_concurrent: usize,
     /// Uploads received at once for one namespace, so that one tenant
     /// cannot take every slot.
     pub per_namespace: usize,
+    /// Uploads received at once over one connection, so that one
+    /// connection cannot take all of its namespace's slots.
+    pub per_connection: usize,
 }
 
 /// The `FileSync` service of one server.
@@ -61,7 +75,8 @@ pub struct FileSyncService {
     role: &'static str,
     limits: UploadLimits,
     upload_slots: Arc<Semaphore>,
-    namespace_slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    namespace_slots: Arc<KeyedSlots<String>>,
+    connection_slots: Arc<KeyedSlots<SocketAddr>>,
     gate: WriteGate,
     replication: Option<ReplicationHandle>,
     metrics: ServerMetrics,
@@ -86,7 +101,8 @@ impl FileSyncService {
             role,
             limits,
             upload_slots,
-            namespace_slots: Arc::default(),
+            namespace_slots: KeyedSlots::new(limits.per_namespace),
+            connection_slots: KeyedSlots::new(limits.per_connection),
             gate,
             replication,
             metrics,
@@ -129,44 +145,73 @@ impl FileSyncService {
         tokio::task::spawn_blocking(move || f(store)).await?
     }
 
-    /// Takes one of namespace `ns`'s [`UploadLimits::per_namespace`] upload
-    /// slots, then one of the server's [`UploadLimits::max_concurrent`],
-    /// waiting up to [`UPLOAD_SLOT_WAIT`] in all.
-    async fn upload_slot(&self, ns: &str) -> Result<[OwnedSemaphorePermit; 2]> {
-        let mine = {
-            let mut slots = self.namespace_slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots
-                .entry(ns.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_namespace)))
-                .clone()
+    /// Takes one of connection `peer`'s [`UploadLimits::per_connection`]
+    /// upload slots (when the peer is known), one of namespace `ns`'s
+    /// [`UploadLimits::per_namespace`], then one of the server's
+    /// [`UploadLimits::max_concurrent`], waiting up to [`UPLOAD_SLOT_WAIT`]
+    /// in all.
+    async fn upload_slot(&self, ns: &str, peer: Option<SocketAddr>) -> Result<UploadSlot> {
+        let deadline = Instant::now() + UPLOAD_SLOT_WAIT;
+        let closed = |_| Error::Unavailable("the server is shutting down".into());
+        let connection = match peer {
+            Some(peer) => Some(
+                tokio::time::timeout_at(deadline, self.connection_slots.acquire(peer))
+                    .await
+                    .map_err(|_elapsed| {
+                        Error::ResourceExhausted(format!(
+                            "this connection is already sending {} uploads, the most one connection may; \
+                             try again once one of them is done",
+                            self.limits.per_connection
+                        ))
+                    })?
+                    .map_err(closed)?,
+            ),
+            None => None,
         };
-        let both = async {
-            let mine = mine.acquire_owned().await?;
-            let server = self.upload_slots.clone().acquire_owned().await?;
-            Ok::<_, tokio::sync::AcquireError>([mine, server])
-        };
-        match tokio::time::timeout(UPLOAD_SLOT_WAIT, both).await {
-            Ok(Ok(permits)) => Ok(permits),
-            Ok(Err(_closed)) => Err(Error::Unavailable("the server is shutting down".into())),
-            Err(_elapsed) => Err(Error::ResourceExhausted(format!(
-                "the server is receiving as many uploads as it takes ({} in all, {} per namespace); try again later",
-                self.limits.max_concurrent, self.limits.per_namespace
-            ))),
-        }
+        let namespace = tokio::time::timeout_at(deadline, self.namespace_slots.acquire(ns.to_owned()))
+            .await
+            .map_err(|_elapsed| {
+                Error::ResourceExhausted(format!(
+                    "this namespace is already sending {} uploads, the most it may at once; try again later",
+                    self.limits.per_namespace
+                ))
+            })?
+            .map_err(closed)?;
+        let server = tokio::time::timeout_at(deadline, self.upload_slots.clone().acquire_owned())
+            .await
+            .map_err(|_elapsed| {
+                Error::ResourceExhausted(format!(
+                    "the server is receiving as many uploads as it takes ({} at once); try again later",
+                    self.limits.max_concurrent
+                ))
+            })?
+            .map_err(closed)?;
+        Ok(UploadSlot { _server: server, _namespace: namespace, _connection: connection })
     }
 
     /// The upload's next message, or `DEADLINE_EXCEEDED` once the client
-    /// has been silent for [`UploadLimits::idle_timeout`].
+    /// has been silent for [`UploadLimits::idle_timeout`] or fell behind
+    /// [`UploadLimits::min_rate`] (see [`Pace`]).
     async fn next_message(
         &self,
         stream: &mut Streaming<pb::UploadRequest>,
+        pace: &mut Pace,
     ) -> Result<Option<pb::UploadRequest>> {
-        let idle = self.limits.idle_timeout;
-        match tokio::time::timeout(idle, stream.message()).await {
-            Ok(msg) => msg.map_err(aborted_by_client),
+        let (due, behind) = pace.due();
+        match tokio::time::timeout_at(due, stream.message()).await {
+            Ok(msg) => {
+                pace.last = Instant::now();
+                msg.map_err(aborted_by_client)
+            }
+            Err(_elapsed) if behind => Err(Error::DeadlineExceeded(format!(
+                "the upload sent {} bytes in {}, below the minimum of {} bytes a second; giving up on it",
+                pace.received,
+                humantime::format_duration(Duration::from_millis(pace.started.elapsed().as_millis() as u64)),
+                self.limits.min_rate
+            ))),
             Err(_elapsed) => Err(Error::DeadlineExceeded(format!(
                 "the upload sent nothing for {}; giving up on it",
-                humantime::format_duration(idle)
+                humantime::format_duration(self.limits.idle_timeout)
             ))),
         }
     }
@@ -175,11 +220,10 @@ impl FileSyncService {
         &self,
         ns: String,
         principal: String,
+        peer: Option<SocketAddr>,
         mut stream: Streaming<pb::UploadRequest>,
     ) -> Result<Change> {
-        // Held until the upload is committed or refused and its temp file gone.
-        let _slot = self.upload_slot(&ns).await?;
-        let header = match self.next_message(&mut stream).await? {
+        let header = match self.next_message(&mut stream, &mut Pace::new(&self.limits)).await? {
             Some(pb::UploadRequest { msg: Some(upload_request::Msg::Header(h)) }) => h,
             _ => return Err(Error::invalid("the first message of an upload must be a header")),
         };
@@ -232,6 +276,12 @@ impl FileSyncService {
             .await?;
         Store::check_base(&path, current.as_ref(), put.base_version)?;
 
+        // Only a header that passed its checks takes a slot: a stream that
+        // sends none (or a bad one) holds nothing that others wait for.
+        // Held until the upload is committed or refused and its temp file gone.
+        let _slot = self.upload_slot(&ns, peer).await?;
+        let mut pace = Pace::new(&self.limits);
+
         // Receive into a temp file on a blocking thread, pipelined with the
         // network. Dropping the writer (any early return) deletes the temp.
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(UPLOAD_PIPELINE);
@@ -242,7 +292,7 @@ impl FileSyncService {
             }
             Ok(writer)
         });
-        let received = self.receive_chunks(&mut stream, size, &tx).await;
+        let received = self.receive_chunks(&mut stream, size, &tx, &mut pace).await;
         drop(tx);
         // On a refused stream too, wait for the writer: the temp file is
         // gone by the time the client hears why.
@@ -280,20 +330,34 @@ impl FileSyncService {
 }
 
 impl FileSyncService {
-    /// Receives an upload's chunks into `tx`, checking each against the
-    /// limits and the announced `size`; returns how many chunks came.
+    /// Receives an upload's chunks into `tx` up to its end marker, checking
+    /// each against the limits and the announced `size`; returns how many
+    /// chunks came. A stream that ends without the end marker is refused:
+    /// the client gave up or broke off, whatever it sent so far.
     async fn receive_chunks(
         &self,
         stream: &mut Streaming<pb::UploadRequest>,
         size: u64,
         tx: &mpsc::Sender<Vec<u8>>,
+        pace: &mut Pace,
     ) -> Result<u64> {
         let mut received = 0u64;
         let mut chunks = 0u64;
-        while let Some(msg) = self.next_message(stream).await? {
+        loop {
+            let Some(msg) = self.next_message(stream, pace).await? else {
+                return Err(Error::UploadIncomplete(format!(
+                    "the upload ended after {received} of {size} bytes without its end marker \
+                     (UploadEnd); nothing was stored"
+                )));
+            };
             let chunk = match msg.msg {
                 Some(upload_request::Msg::Chunk(c)) => c,
-                _ => return Err(Error::invalid("only the first message of an upload is a header")),
+                Some(upload_request::Msg::End(_)) => break,
+                _ => {
+                    return Err(Error::invalid(
+                        "after its header, an upload sends only chunks and then its end marker",
+                    ));
+                }
             };
             if chunk.len() > MAX_CHUNK {
                 return Err(Error::invalid(format!(
@@ -302,6 +366,7 @@ impl FileSyncService {
                 )));
             }
             received += chunk.len() as u64;
+            pace.received = received;
             chunks += 1;
             if received > size {
                 return Err(Error::invalid(format!(
@@ -309,10 +374,118 @@ impl FileSyncService {
                 )));
             }
             if tx.send(chunk).await.is_err() {
-                break; // The writer failed; its error is reported by the caller.
+                // The writer failed; its error is reported by the caller.
+                return Ok(chunks);
             }
         }
-        Ok(chunks)
+        // The client closes its side right after the end marker.
+        match self.next_message(stream, pace).await? {
+            None => Ok(chunks),
+            Some(_) => Err(Error::invalid("nothing may follow an upload's end marker")),
+        }
+    }
+}
+
+/// When an upload's next message is due: within
+/// [`UploadLimits::idle_timeout`] of the last one, and, once that long has
+/// passed since the upload took its slot, soon enough that the content
+/// received keeps up with [`UploadLimits::min_rate`]. A message is only
+/// seen once whole (up to a 1 MiB chunk), hence the idle timeout's grace
+/// before the rate counts.
+#[derive(Debug)]
+struct Pace {
+    started: Instant,
+    last: Instant,
+    received: u64,
+    idle: Duration,
+    min_rate: u64,
+}
+
+impl Pace {
+    fn new(limits: &UploadLimits) -> Self {
+        let now = Instant::now();
+        Self { started: now, last: now, received: 0, idle: limits.idle_timeout, min_rate: limits.min_rate }
+    }
+
+    /// When the next message is due, and whether it is the rate (not the
+    /// silence) that sets that time.
+    fn due(&self) -> (Instant, bool) {
+        let silent = self.last + self.idle;
+        if self.min_rate == 0 {
+            return (silent, false);
+        }
+        let allowed = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        match (self.started + self.idle).checked_add(allowed) {
+            Some(behind) if behind < silent => (behind, true),
+            _ => (silent, false),
+        }
+    }
+}
+
+/// An upload's slots: the server's, its namespace's and its connection's.
+/// Dropping it gives them all back.
+#[derive(Debug)]
+struct UploadSlot {
+    _server: OwnedSemaphorePermit,
+    _namespace: KeyedSlot<String>,
+    _connection: Option<KeyedSlot<SocketAddr>>,
+}
+
+/// Slots by key (a namespace, a connection): `limit` per key, created on
+/// first use and forgotten once nobody holds or waits for one, so that
+/// keys that come and go (connections) do not pile up.
+#[derive(Debug)]
+struct KeyedSlots<K> {
+    limit: usize,
+    by_key: Mutex<HashMap<K, Arc<Semaphore>>>,
+}
+
+impl<K: Hash + Eq + Clone> KeyedSlots<K> {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self { limit, by_key: Mutex::default() })
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<K, Arc<Semaphore>>> {
+        self.by_key.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for one of `key`'s slots. Dropping the future while it waits
+    /// leaves nothing behind.
+    async fn acquire(self: &Arc<Self>, key: K) -> Result<KeyedSlot<K>, tokio::sync::AcquireError> {
+        let semaphore =
+            self.map().entry(key.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.limit))).clone();
+        let mut slot = KeyedSlot { slots: self.clone(), key, semaphore: Some(semaphore), held: false };
+        let semaphore = slot.semaphore.as_ref().expect("set above");
+        // The permit is given back by hand (in `drop`), so that every use
+        // of the semaphore ends under the map's lock.
+        semaphore.acquire().await?.forget();
+        slot.held = true;
+        Ok(slot)
+    }
+}
+
+/// One slot of a [`KeyedSlots`], or a wait for one.
+#[derive(Debug)]
+struct KeyedSlot<K: Hash + Eq> {
+    slots: Arc<KeyedSlots<K>>,
+    key: K,
+    semaphore: Option<Arc<Semaphore>>,
+    held: bool,
+}
+
+impl<K: Hash + Eq> Drop for KeyedSlot<K> {
+    fn drop(&mut self) {
+        let mut map = self.slots.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(semaphore) = self.semaphore.take() {
+            if self.held {
+                semaphore.add_permits(1);
+            }
+            drop(semaphore);
+        }
+        // Only the map's own handle left: nobody holds or waits for a slot.
+        if map.get(&self.key).is_some_and(|s| Arc::strong_count(s) == 1) {
+            map.remove(&self.key);
+        }
     }
 }
 
@@ -337,8 +510,10 @@ impl FileSync for FileSyncService {
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::UploadResponse>, Status> {
         let who = self.counted(caller(&request, Need::Write))?;
+        // The peer's address and port name its connection while it is open.
+        let peer = request.remote_addr();
         let result =
-            self.receive_upload(who.namespace, who.name, request.into_inner()).await.inspect_err(|e| {
+            self.receive_upload(who.namespace, who.name, peer, request.into_inner()).await.inspect_err(|e| {
                 tracing::info!(error = %e, "upload refused");
             });
         let entry = self.counted(result.map_err(Status::from))?.into_entry();

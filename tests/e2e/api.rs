@@ -105,25 +105,36 @@ async fn bad_input_gets_the_right_code_and_writes_nothing() {
     // Content that does not match the header's hash or size.
     let mut header = upload_header("h.txt", b"promised", 0);
     let chunk = |d: &[u8]| pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(d.to_vec())) };
-    let err = rpc.upload(tokio_stream::iter([header.clone(), chunk(b"delivered")])).await.unwrap_err();
+    let err = rpc
+        .upload(tokio_stream::iter([header.clone(), chunk(b"delivered"), upload_end()]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    let err = rpc.upload(tokio_stream::iter([header.clone(), chunk(b"promis")])).await.unwrap_err();
+    let err =
+        rpc.upload(tokio_stream::iter([header.clone(), chunk(b"promis"), upload_end()])).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("announced"), "{}", err.message());
-    let err = rpc.upload(tokio_stream::iter([header.clone(), chunk(b"promised!")])).await.unwrap_err();
+    let err = rpc
+        .upload(tokio_stream::iter([header.clone(), chunk(b"promised!"), upload_end()]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     // A second header, a missing header, a short hash.
-    let err = rpc.upload(tokio_stream::iter([header.clone(), header.clone()])).await.unwrap_err();
+    let err =
+        rpc.upload(tokio_stream::iter([header.clone(), header.clone(), upload_end()])).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = rpc.upload(tokio_stream::iter([chunk(b"promised")])).await.unwrap_err();
+    let err = rpc.upload(tokio_stream::iter([chunk(b"promised"), upload_end()])).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     if let Some(upload_request::Msg::Header(h)) = &mut header.msg {
         h.hash.truncate(16);
     }
-    let err = rpc.upload(tokio_stream::iter([header, chunk(b"promised")])).await.unwrap_err();
+    let err = rpc.upload(tokio_stream::iter([header, chunk(b"promised"), upload_end()])).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // Header-only upload of content the server does not have.
-    let err = rpc.upload(tokio_stream::iter([upload_header("h.txt", b"unknown", 0)])).await.unwrap_err();
+    let err = rpc
+        .upload(tokio_stream::iter([upload_header("h.txt", b"unknown", 0), upload_end()]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     assert_eq!(rpc.stat(pb::StatRequest { path: "h.txt".into() }).await.unwrap_err().code(), Code::NotFound);
@@ -142,7 +153,7 @@ async fn identical_content_is_stored_once_and_reused_without_resending() {
     upload(&mut rpc, "two.bin", &data, 0).await.unwrap();
     // A header alone reuses the stored content (a rename or a copy).
     let three = rpc
-        .upload(tokio_stream::iter([upload_header("three.bin", &data, 0)]))
+        .upload(tokio_stream::iter([upload_header("three.bin", &data, 0), upload_end()]))
         .await
         .unwrap()
         .into_inner()
@@ -322,6 +333,7 @@ async fn large_files_stream_in_chunks() {
     msgs.extend(
         data.chunks(1 << 20).map(|c| pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(c.to_vec())) }),
     );
+    msgs.push(upload_end());
     rpc.upload(tokio_stream::iter(msgs)).await.unwrap();
     let mut s =
         rpc.download(pb::DownloadRequest { path: "big.bin".into(), version: 0 }).await.unwrap().into_inner();
@@ -345,6 +357,7 @@ async fn large_files_stream_in_chunks() {
     let msgs = [
         upload_header("over.bin", &over, 0),
         pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(over.clone())) },
+        upload_end(),
     ];
     let err = rpc.upload(tokio_stream::iter(msgs)).await.unwrap_err();
     assert!(matches!(err.code(), Code::InvalidArgument | Code::ResourceExhausted), "{err:?}");

@@ -65,8 +65,12 @@ fn put(path: &str, data: &[u8], base_version: u64) -> Vec<pb::UploadRequest> {
 
 /// What a case sends.
 enum Call {
-    /// An upload stream of these messages, then its end.
+    /// An upload stream of these messages, then the end marker and the
+    /// stream's end.
     Upload(Vec<pb::UploadRequest>),
+    /// An upload stream of these messages, then the stream's end without
+    /// the end marker (a client that gave up, or broke off).
+    Unended(Vec<pb::UploadRequest>),
     /// These messages, then silence with the stream left open.
     Stalled(Vec<pb::UploadRequest>),
     Delete(&'static str, u64),
@@ -198,7 +202,11 @@ async fn run(url: &str, security: &Security, call: Call) -> Result<(), tonic::St
     let mut rpc = rpc_with(url, security);
     let rpc = &mut rpc;
     match call {
-        Call::Upload(msgs) => rpc.upload(tokio_stream::iter(msgs)).await.map(drop),
+        Call::Upload(mut msgs) => {
+            msgs.push(upload_end());
+            rpc.upload(tokio_stream::iter(msgs)).await.map(drop)
+        }
+        Call::Unended(msgs) => rpc.upload(tokio_stream::iter(msgs)).await.map(drop),
         Call::Stalled(msgs) => {
             rpc.upload(tokio_stream::iter(msgs).chain(tokio_stream::pending())).await.map(drop)
         }
@@ -356,6 +364,37 @@ fn cases() -> Vec<Case> {
             Code::InvalidArgument,
             Upload(vec![header("reuse.bin", 5000, hash(&held), 0)]),
         ),
+        // Streams that end without the end marker commit nothing, whatever
+        // came before: an empty file, all of the content, a reuse, a folder.
+        case(
+            "no end marker, empty file",
+            Code::InvalidArgument,
+            Unended(vec![header("e.txt", 0, hash(b""), 0)]),
+        ),
+        case("no end marker, all content", Code::InvalidArgument, {
+            let d = fresh(43);
+            Unended(vec![header("all.txt", 1000, hash(&d), 0), chunk(&d)])
+        }),
+        case(
+            "no end marker, header-only reuse",
+            Code::InvalidArgument,
+            Unended(vec![header("reuse.bin", 100, hash(&held), 0)]),
+        ),
+        case("no end marker, folder", Code::InvalidArgument, {
+            let mut h = header("dir2", 0, hash(b""), 0);
+            if let Some(upload_request::Msg::Header(h)) = &mut h.msg {
+                h.folder = true;
+            }
+            Unended(vec![h])
+        }),
+        case("a message after the end marker", Code::InvalidArgument, {
+            let d = fresh(44);
+            Upload(vec![header("after.txt", 1000, hash(&d), 0), chunk(&d), upload_end()])
+        }),
+        case("two end markers", Code::InvalidArgument, {
+            let d = fresh(45);
+            Upload(vec![header("twice.txt", 1000, hash(&d), 0), chunk(&d), upload_end(), upload_end()])
+        }),
         // Stalled streams: cut off after the idle timeout, temp file removed.
         case("stalled before the header", Code::DeadlineExceeded, Stalled(vec![])),
         case(
@@ -551,6 +590,7 @@ async fn uploads_beyond_the_slots_wait_briefly_then_are_refused() {
     for c in data[MAX_CHUNK..].chunks(MAX_CHUNK) {
         tx.send(chunk(c)).await.unwrap();
     }
+    tx.send(upload_end()).await.unwrap();
     drop(tx);
     slow.await.unwrap().unwrap();
     upload(&mut rpc, "other.txt", b"other", 0).await.unwrap();
@@ -568,6 +608,8 @@ enum Msg {
     },
     Chunk(Vec<u8>),
     Empty,
+    /// The end marker.
+    End,
 }
 
 fn bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -580,13 +622,20 @@ fn upload_case() -> impl Strategy<Value = (Vec<u8>, Vec<Msg>)> {
         2 => (-1i8..=1, 0u8..3).prop_map(|(size_delta, hash_kind)| Msg::Header { size_delta, hash_kind }),
         3 => bytes().prop_map(Msg::Chunk),
         1 => Just(Msg::Empty),
+        1 => Just(Msg::End),
     ];
     let any = (bytes(), proptest::collection::vec(msg, 0..5));
-    let exact = (bytes(), 0usize..4, 0usize..4).prop_map(|(content, a, b)| {
+    // Mostly ended by the end marker; without it, even exact content must
+    // not be committed.
+    let ended = proptest::bool::weighted(0.8);
+    let exact = (bytes(), 0usize..4, 0usize..4, ended).prop_map(|(content, a, b, ended)| {
         let (a, b) = (a.min(content.len()), b.min(content.len()));
         let (a, b) = (a.min(b), a.max(b));
         let mut msgs = vec![Msg::Header { size_delta: 0, hash_kind: 0 }];
         msgs.extend([&content[..a], &content[a..b], &content[b..]].map(|c| Msg::Chunk(c.to_vec())));
+        if ended {
+            msgs.push(Msg::End);
+        }
         (content, msgs)
     });
     prop_oneof![any, exact]
@@ -606,13 +655,15 @@ fn to_requests(path: &str, content: &[u8], msgs: &[Msg]) -> Vec<pb::UploadReques
             }
             Msg::Chunk(c) => chunk(c),
             Msg::Empty => pb::UploadRequest { msg: None },
+            Msg::End => upload_end(),
         })
         .collect()
 }
 
 /// Whether the server must commit `msgs`: exactly one header first, valid,
-/// then chunks that add up to its size and hash; or a header alone for
-/// content the server holds, with that content's size.
+/// then chunks that add up to its size and hash, then the end marker as
+/// the last message; or a header and the end marker alone for content the
+/// server holds, with that content's size.
 fn must_commit(content: &[u8], msgs: &[Msg], held: &BTreeMap<Vec<u8>, u64>) -> bool {
     let Some((Msg::Header { size_delta, hash_kind }, rest)) = msgs.split_first() else { return false };
     if *hash_kind == 2 {
@@ -620,6 +671,7 @@ fn must_commit(content: &[u8], msgs: &[Msg], held: &BTreeMap<Vec<u8>, u64>) -> b
     }
     let size = (content.len() as i64 + i64::from(*size_delta)).max(0) as u64;
     let h = if *hash_kind == 0 { hash(content) } else { hash(&[content, b"!"].concat()) };
+    let Some((Msg::End, rest)) = rest.split_last() else { return false };
     let mut sent = Vec::new();
     for m in rest {
         match m {

@@ -49,6 +49,7 @@ async fn put(rpc: &mut Rpc, path: &str, data: &[u8], how: As<'_>) -> Result<pb::
     if !how.header_only && !data.is_empty() {
         msgs.push(pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(data.to_vec())) });
     }
+    msgs.push(pb::UploadRequest { msg: Some(upload_request::Msg::End(pb::UploadEnd {})) });
     Ok(rpc.upload(tokio_stream::iter(msgs)).await?.into_inner().entry.unwrap())
 }
 

@@ -13,7 +13,9 @@ use std::{
 use syncstore::{Reason, pb};
 use tonic::Code;
 
-use crate::harness::{Rpc, TestServer, count_files, download, random_bytes, upload, upload_header};
+use crate::harness::{
+    Rpc, TestServer, count_files, download, random_bytes, upload, upload_end, upload_header,
+};
 
 /// A tmpfs mounted on a temp folder, unmounted when dropped.
 struct Tmpfs {
@@ -81,7 +83,7 @@ fn refused_full<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>
 }
 
 async fn header_only(rpc: &mut Rpc, path: &str, data: &[u8]) -> Result<pb::FileEntry, tonic::Status> {
-    let msgs = vec![upload_header(path, data, 0)];
+    let msgs = vec![upload_header(path, data, 0), upload_end()];
     Ok(rpc.upload(tokio_stream::iter(msgs)).await?.into_inner().entry.unwrap())
 }
 

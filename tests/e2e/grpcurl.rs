@@ -107,10 +107,10 @@ async fn the_readme_grpcurl_commands_work() {
     }
 
     // Upload of a small file from JSON: a header, then one chunk (bytes are
-    // base64 in JSON).
+    // base64 in JSON), then the end marker.
     let hash = base64(ContentHash::of(HELLO).as_bytes());
     let upload = format!(
-        r#"{{"header":{{"path":"notes/hello.txt","size":"6","hash":"{hash}","base_version":"0","client_id":"ops"}}}} {{"chunk":"{}"}}"#,
+        r#"{{"header":{{"path":"notes/hello.txt","size":"6","hash":"{hash}","base_version":"0","client_id":"ops"}}}} {{"chunk":"{}"}} {{"end":{{}}}}"#,
         base64(HELLO)
     );
     // The README shows these very requests.
@@ -161,7 +161,7 @@ async fn the_readme_grpcurl_commands_work() {
     // Locks, as the README shows them: placeholders filled from the answers.
     let lock_req = r#"{"path":"notes/todo.txt","ttl_seconds":600,"note":"editing","client_id":"ops","holder":"ops@console"}"#;
     let upload_locked = format!(
-        r#"{{"header":{{"path":"notes/todo.txt","size":"6","hash":"{hash}","base_version":"0","client_id":"ops","lock_token":"TOKEN"}}}} {{"chunk":"{}"}}"#,
+        r#"{{"header":{{"path":"notes/todo.txt","size":"6","hash":"{hash}","base_version":"0","client_id":"ops","lock_token":"TOKEN"}}}} {{"chunk":"{}"}} {{"end":{{}}}}"#,
         base64(HELLO)
     );
     let refresh = r#"{"lock_id":"LOCK_ID","ttl_seconds":600,"client_id":"ops"}"#;

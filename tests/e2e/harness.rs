@@ -283,7 +283,8 @@ pub async fn next_event(s: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::
     msg.event.expect("a subscription message carries an event")
 }
 
-/// Uploads `data` to `path` in 1 MiB chunks, based on `base_version`.
+/// Uploads `data` to `path` in 1 MiB chunks and the end marker, based on
+/// `base_version`.
 pub async fn upload(
     rpc: &mut Rpc,
     path: &str,
@@ -296,8 +297,14 @@ pub async fn upload(
         data.chunks(syncstore::limits::MAX_CHUNK)
             .map(|c| pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(c.to_vec())) }),
     );
+    msgs.push(upload_end());
     let resp = rpc.upload(tokio_stream::iter(msgs)).await?.into_inner();
     Ok(resp.entry.expect("an upload answers with its entry"))
+}
+
+/// The end marker, the last message of every complete upload.
+pub fn upload_end() -> pb::UploadRequest {
+    pb::UploadRequest { msg: Some(upload_request::Msg::End(pb::UploadEnd {})) }
 }
 
 pub fn upload_header(path: &str, data: &[u8], base_version: u64) -> pb::UploadRequest {

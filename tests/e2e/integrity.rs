@@ -12,7 +12,8 @@ use syncstore::{
 use tonic::Code;
 
 use crate::harness::{
-    Rpc, TestClient, TestServer, download, eventually, eventually_async, random_bytes, upload, upload_header,
+    Rpc, TestClient, TestServer, download, eventually, eventually_async, random_bytes, upload, upload_end,
+    upload_header,
 };
 
 /// Where server `data` keeps content `data`.
@@ -33,7 +34,7 @@ fn rot(data_dir: &std::path::Path, content: &[u8], at: usize) {
 /// A header-only upload of `data` to `path` (the content is announced, not
 /// sent), as a client's copy or move does.
 async fn upload_header_only(rpc: &mut Rpc, path: &str, data: &[u8]) -> Result<pb::FileEntry, tonic::Status> {
-    let msgs = vec![upload_header(path, data, 0)];
+    let msgs = vec![upload_header(path, data, 0), upload_end()];
     Ok(rpc.upload(tokio_stream::iter(msgs)).await?.into_inner().entry.unwrap())
 }
 
@@ -317,6 +318,7 @@ async fn a_sparse_file_takes_only_its_data_on_the_servers_disk() {
     let chunks = std::iter::once(upload_request::Msg::Header(header))
         .chain(std::iter::once(upload_request::Msg::Chunk(head)))
         .chain((1..len / (1024 * 1024)).map(|_| upload_request::Msg::Chunk(vec![0u8; 1024 * 1024])))
+        .chain(std::iter::once(upload_request::Msg::End(pb::UploadEnd {})))
         .map(|m| pb::UploadRequest { msg: Some(m) });
     server.rpc().await.upload(tokio_stream::iter(chunks)).await.unwrap();
     let hex = hash.to_hex();

@@ -22,3 +22,4 @@ mod python;
 mod replication;
 mod security;
 mod sync;
+mod uploads;

@@ -33,7 +33,7 @@ fn admin_as(url: &str, security: &Security) -> AdminClient<syncstore::connect::A
 
 /// Upload of content by hash alone (no chunks).
 fn header_only(path: &str, data: &[u8]) -> Vec<pb::UploadRequest> {
-    vec![upload_header(path, data, 0)]
+    vec![upload_header(path, data, 0), upload_end()]
 }
 
 /// Everything the caller's namespace shows through `FileSync`.

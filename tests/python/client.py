@@ -57,6 +57,8 @@ def upload(stub, path, data, base_version, lock_token=0, client_id=CLIENT_ID):
         yield pb.UploadRequest(header=header)
         for i in range(0, len(data), CHUNK):
             yield pb.UploadRequest(chunk=data[i : i + CHUNK])
+        # The end marker: without it the server stores nothing.
+        yield pb.UploadRequest(end=pb.UploadEnd())
 
     return stub.Upload(messages(), timeout=DEADLINE).entry
 

@@ -120,5 +120,6 @@ pub fn chunks(data: &[u8]) -> Vec<pb::UploadRequest> {
 pub async fn upload(rpc: &mut FileSyncClient<tonic::transport::Channel>, path: &str, data: &[u8]) -> u64 {
     let mut msgs = vec![header(path, data)];
     msgs.extend(chunks(data));
+    msgs.push(pb::UploadRequest { msg: Some(upload_request::Msg::End(pb::UploadEnd {})) });
     rpc.upload(tokio_stream::iter(msgs)).await.unwrap().into_inner().entry.unwrap().version
 }
