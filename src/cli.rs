@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 
 /// How a program's calls reach servers: the token and TLS options every
 /// client command takes.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
     /// File whose first line is the bearer token to present. Without it,
     /// the SYNCSTORE_TOKEN environment variable is used if set. (There is no
@@ -34,6 +34,20 @@ pub struct ConnectArgs {
     /// The client certificate's private key (PEM).
     #[arg(long, env = "SYNCSTORE_CLIENT_KEY", requires = "client_cert", global = true)]
     pub client_key: Option<PathBuf>,
+    /// How long a call waits for a server's answer (a reply, or the next
+    /// message of a listing or download) before the command fails naming
+    /// the server, e.g. 10s, 2m. (The default is `connect::CALL_TIMEOUT`.)
+    #[arg(long, default_value = "30s", value_parser = parse_timeout, env = "SYNCSTORE_TIMEOUT", global = true)]
+    pub timeout: std::time::Duration,
+}
+
+/// A `--timeout`: a duration above zero.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl ConnectArgs {
@@ -43,6 +57,7 @@ impl ConnectArgs {
             token: None,
             ca_cert: self.ca_cert.clone(),
             identity: self.client_cert.clone().zip(self.client_key.clone()),
+            call_timeout: self.timeout,
         }
         .with_token_from(self.token_file.as_deref())
     }
@@ -207,6 +222,20 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Demo, ConfigError> {
         let argv = args.iter().map(OsString::from).collect();
         Ok(Demo::parse_from(with_config_file::<Demo>(argv)?))
+    }
+
+    #[test]
+    fn the_timeout_defaults_to_the_call_timeout_and_is_never_zero() {
+        #[derive(Debug, Parser)]
+        struct Connect {
+            #[command(flatten)]
+            connect: ConnectArgs,
+        }
+        let parsed = Connect::try_parse_from(["demo"]).unwrap();
+        assert_eq!(parsed.connect.security().unwrap().call_timeout, crate::connect::CALL_TIMEOUT);
+        let parsed = Connect::try_parse_from(["demo", "--timeout", "2s"]).unwrap();
+        assert_eq!(parsed.connect.timeout, std::time::Duration::from_secs(2));
+        assert!(Connect::try_parse_from(["demo", "--timeout", "0s"]).is_err());
     }
 
     #[test]

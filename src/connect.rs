@@ -3,11 +3,17 @@
 //!
 //! The client, the `compare` command and a primary's link to its replica
 //! all connect through [`Security`], so a token or a certificate given once
-//! applies to every call they make.
+//! applies to every call they make. Every connection attempt is bounded by
+//! [`CONNECT_TIMEOUT`], and a call that waits for an answer goes through
+//! [`answer`], so that a server that accepts connections but never answers
+//! (frozen, overloaded, half-partitioned) ends the call with an error naming
+//! it instead of hanging.
 
 use std::{
     fmt,
+    future::Future,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use tonic::{
@@ -23,6 +29,41 @@ pub const AUTHORIZATION: &str = "authorization";
 /// The environment variable a token may come from instead of a file (never
 /// from a flag, which any user could read in `ps`).
 pub const TOKEN_ENV: &str = "SYNCSTORE_TOKEN";
+
+/// How long a new connection to a server (TCP, then TLS) may take to be set
+/// up. Loopback and LAN connections take milliseconds; a server that drops
+/// connection attempts is reported after this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a call waits for an answer by default: a unary call's reply,
+/// or the next message of a listing or a download. A healthy server answers
+/// in milliseconds, and a write in sync replication mode in at most the
+/// replica timeout (5 s by default); a server frozen mid-call (stopped,
+/// swapping, its disk hung) is reported after this, by name. `--timeout`
+/// changes it.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// HTTP/2 pings on an idle or long-running connection, and how long one
+/// may go unanswered: a server that stopped answering (frozen, gone
+/// without closing the connection) is found within their sum, under calls
+/// that no call timeout bounds (a subscription, a long read-back).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A server did not answer a call in time.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the server {server} did not answer within {}", humantime::format_duration(*.waited))]
+pub struct NoAnswer {
+    /// The server's URL.
+    pub server: String,
+    /// How long the call waited.
+    pub waited: Duration,
+}
+
+/// Awaits `call`, made to `server`, for at most `limit`.
+pub async fn answer<T>(server: &str, limit: Duration, call: impl Future<Output = T>) -> Result<T, NoAnswer> {
+    tokio::time::timeout(limit, call).await.map_err(|_| NoAnswer { server: server.to_owned(), waited: limit })
+}
 
 /// A channel that adds the bearer token to every call.
 pub type AuthChannel = InterceptedService<tonic::transport::Channel, Credentials>;
@@ -40,8 +81,9 @@ pub enum ConnectError {
     Tls { url: String, reason: String },
 }
 
-/// What a program presents to servers: its token and its TLS settings.
-#[derive(Clone, Default)]
+/// What a program presents to servers (its token and its TLS settings) and
+/// how long it waits for their answers.
+#[derive(Clone)]
 pub struct Security {
     /// The bearer token (without the `Bearer ` prefix).
     pub token: Option<String>,
@@ -50,6 +92,14 @@ pub struct Security {
     pub ca_cert: Option<PathBuf>,
     /// A client certificate and its key (PEM), for servers that ask for one.
     pub identity: Option<(PathBuf, PathBuf)>,
+    /// How long a call waits for an answer (see [`answer`]).
+    pub call_timeout: Duration,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self { token: None, ca_cert: None, identity: None, call_timeout: CALL_TIMEOUT }
+    }
 }
 
 impl fmt::Debug for Security {
@@ -58,6 +108,7 @@ impl fmt::Debug for Security {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("ca_cert", &self.ca_cert)
             .field("identity", &self.identity)
+            .field("call_timeout", &self.call_timeout)
             .finish()
     }
 }
@@ -82,10 +133,13 @@ impl Security {
     }
 
     /// The endpoint for `url`: TLS when it is `https://` (with the CA and
-    /// client certificate given, else the system's roots).
+    /// client certificate given, else the system's roots), its connection
+    /// attempts bounded by [`CONNECT_TIMEOUT`].
     pub fn endpoint(&self, url: &str) -> Result<Endpoint, ConnectError> {
         let address = |reason: String| ConnectError::Address { url: url.to_owned(), reason };
-        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| address(e.to_string()))?;
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| address(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT);
         let https = url.starts_with("https://");
         if !https {
             if self.ca_cert.is_some() || self.identity.is_some() {
@@ -202,6 +256,14 @@ mod tests {
         let s = Security { ca_cert: Some("ca.pem".into()), ..Security::none() };
         assert!(matches!(s.endpoint("http://127.0.0.1:1"), Err(ConnectError::Address { .. })));
         assert!(Security::none().endpoint("http://127.0.0.1:1").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_call_without_an_answer_names_its_server() {
+        let limit = Duration::from_millis(50);
+        let e = answer("http://frozen:1", limit, std::future::pending::<()>()).await.unwrap_err();
+        assert_eq!(e.to_string(), "the server http://frozen:1 did not answer within 50ms");
+        assert_eq!(answer("http://up:1", limit, async { 7 }).await.unwrap(), 7);
     }
 
     #[test]

@@ -8,18 +8,28 @@
 //! - A local file is replaced or deleted only if it still has the size and
 //!   mtime the plan was made from; otherwise the path is planned again.
 //! - Work is done by one task, one path at a time, so a change event about
-//!   a path is never applied while that path is being uploaded.
+//!   a path is never applied while that path is being uploaded. The one
+//!   exception, in `watch`, is the large lane: a plain transfer of at least
+//!   [`LARGE_LANE_MIN`] bytes runs beside the loop, so that small changes
+//!   either way do not wait behind it; until it ends, nothing else is done
+//!   about its path (events for it are left, and the path is planned again
+//!   from fresh facts when the transfer ends).
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::{BTreeSet, HashSet},
+    path::PathBuf,
+};
 
 use futures::StreamExt;
 use syncstore::{Entry, Lock, RelPath, pb};
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::Code;
 
 use crate::{
     error::{Error, Result},
     fsroot::{self, Dir, Root},
-    local::{self, IGNORE_FILE, Ignore, LocalView, Meta},
+    local::{self, HardLinks, IGNORE_FILE, Ignore, LocalView, Meta},
     locks::Locks,
     metrics::ClientMetrics,
     plan::{self, Action, Base, Local},
@@ -43,6 +53,14 @@ const PARALLEL_TRANSFERS: usize = 16;
 const PARALLEL_LARGE_TRANSFERS: usize = 8;
 /// Largest file counted as small for [`PARALLEL_LARGE_TRANSFERS`].
 const SMALL_TRANSFER: u64 = 256 * 1024;
+/// In `watch`, a plain upload or download of at least this many bytes runs
+/// in the large lane, beside the engine's loop (at 10 MB/s, under half a
+/// second is spent on a smaller one in the loop). The default of
+/// [`Lane::min_size`].
+pub const LARGE_LANE_MIN: u64 = 4 * 1024 * 1024;
+/// Large-lane transfers at once (each holds a few 1 MiB chunks); another
+/// large transfer meanwhile runs in the loop.
+const LARGE_LANE_MAX: usize = 4;
 /// Files at least this big are first offered to the server by hash alone,
 /// in case it already holds their content (a move, a copy, another
 /// client's identical file): one round trip instead of the whole file.
@@ -94,6 +112,27 @@ pub struct PlanAll {
     pub head: u64,
 }
 
+/// A large-lane transfer that ended, for [`Engine::lane_done`].
+#[derive(Debug)]
+pub struct LaneDone {
+    pub path: RelPath,
+    pub result: Result<()>,
+}
+
+/// Where large-lane transfers run (see [`Engine::with_lane`]).
+#[derive(Debug, Clone)]
+pub struct Lane {
+    /// Each transfer says here that it ended.
+    pub done: mpsc::Sender<LaneDone>,
+    /// The transfers' tasks, awaited when the client stops.
+    pub tasks: TaskTracker,
+    /// Cancels the transfers when the client stops.
+    pub stop: CancellationToken,
+    /// Plain transfers of at least this many bytes run in the lane
+    /// ([`LARGE_LANE_MIN`]; 0 sends every plain transfer there).
+    pub min_size: u64,
+}
+
 /// Applies sync decisions to the folder and the server.
 #[derive(Debug)]
 pub struct Engine {
@@ -114,6 +153,13 @@ pub struct Engine {
     metrics: ClientMetrics,
     /// The server refuses writes for now (its sync replica is away).
     refusal: Refusal,
+    /// The large lane, in `watch` (none: every transfer runs in the loop).
+    lane: Option<Lane>,
+    /// Paths with a large-lane transfer running.
+    in_lane: HashSet<RelPath>,
+    /// The names of files with several links, from the last scan and the
+    /// events since.
+    links: HardLinks,
 }
 
 impl Engine {
@@ -132,6 +178,35 @@ impl Engine {
             acting: true,
             bases_valid: true,
             metrics: ClientMetrics::new(),
+            lane: None,
+            in_lane: HashSet::new(),
+            links: HardLinks::default(),
+        }
+    }
+
+    /// Runs large transfers in `lane`, beside the loop (see the module doc).
+    pub fn with_lane(self, lane: Lane) -> Self {
+        Self { lane: Some(lane), ..self }
+    }
+
+    /// An engine for one large-lane transfer: the shared state, and a copy
+    /// of what is known of the locks (for this client's lock token).
+    fn lane_engine(&self) -> Self {
+        Self {
+            root: self.root.clone(),
+            state: self.state.clone(),
+            remote: self.remote.clone(),
+            ignore: self.ignore.clone(),
+            host: self.host.clone(),
+            failed: BTreeSet::new(),
+            refusal: Refusal::default(),
+            acting: self.acting,
+            bases_valid: self.bases_valid,
+            locks: self.locks.clone(),
+            metrics: self.metrics.clone(),
+            lane: None,
+            in_lane: HashSet::new(),
+            links: HardLinks::default(),
         }
     }
 
@@ -184,7 +259,9 @@ impl Engine {
         self.load_locks().await?;
         let mut remote = self.remote.manifest().await?;
         let (root, ignore) = (self.root.clone(), self.ignore.clone());
-        let local = tokio::task::spawn_blocking(move || local::scan(&root, &root, &ignore)).await??;
+        let (local, links) =
+            tokio::task::spawn_blocking(move || local::scan_linked(&root, &root, &ignore)).await??;
+        self.links = links;
         let mut bases = if self.bases_valid { self.all_bases().await? } else { Default::default() };
         let paths: BTreeSet<RelPath> =
             local.keys().chain(bases.keys()).chain(remote.keys()).cloned().collect();
@@ -243,9 +320,10 @@ impl Engine {
         }
         // Deletions last, so content that moved is still on the server when
         // its new name is uploaded.
+        // A path in the large lane is planned again when its transfer ends.
         let (mut deletes, others): (Vec<_>, Vec<_>) = plans
             .into_iter()
-            .filter(|p| p.action != Action::Nothing)
+            .filter(|p| p.action != Action::Nothing && !self.in_lane.contains(&p.path))
             .partition(|p| matches!(p.action, Action::DeleteRemote { .. } | Action::DeleteLocal));
         // What lies below a folder goes before the folder.
         deletes.sort_by(|a, b| b.path.cmp(&a.path));
@@ -357,7 +435,9 @@ impl Engine {
     /// that catches what the watcher missed), and retries failed paths.
     pub async fn rescan(&mut self) -> Result<usize> {
         let (root, ignore) = (self.root.clone(), self.ignore.clone());
-        let local = tokio::task::spawn_blocking(move || local::scan(&root, &root, &ignore)).await??;
+        let (local, links) =
+            tokio::task::spawn_blocking(move || local::scan_linked(&root, &root, &ignore)).await??;
+        self.links = links;
         let bases = self.all_bases().await?;
         let mut paths: BTreeSet<RelPath> = local.keys().chain(bases.keys()).cloned().collect();
         let retry = std::mem::take(&mut self.failed);
@@ -414,8 +494,11 @@ impl Engine {
         match self.state.folder().stat(&path) {
             Ok(local::Kind::Dir) => {
                 let (root, ignore) = (self.root.clone(), self.ignore.clone());
-                match tokio::task::spawn_blocking(move || local::scan(&root, &full, &ignore)).await {
-                    Ok(Ok(found)) => paths.extend(found.into_keys()),
+                match tokio::task::spawn_blocking(move || local::scan_linked(&root, &full, &ignore)).await {
+                    Ok(Ok((found, links))) => {
+                        paths.extend(found.into_keys());
+                        self.links.merge(links);
+                    }
                     Ok(Err(e)) => tracing::warn!(%path, error = %e, "cannot scan folder"),
                     Err(e) => tracing::warn!(%path, error = %e, "cannot scan folder"),
                 }
@@ -430,6 +513,12 @@ impl Engine {
             }
             _ => {}
         }
+        // A file with several names, written through this one, changed
+        // under its other names too: the watcher reports only this one.
+        let md = self.state.folder().parent(&path).and_then(|d| d.metadata(path.file_name()));
+        self.links.note(&path, md.as_ref().ok());
+        let others: Vec<RelPath> = paths.iter().flat_map(|p| self.links.others(p)).collect();
+        paths.extend(others);
         // Below a folder before the folder (deletions must go in that order).
         for p in paths.into_iter().rev() {
             if let Err(e) = self.sync_path(&p, RemoteView::IfLocalChanged).await {
@@ -683,14 +772,70 @@ impl Engine {
         Ok(())
     }
 
-    /// Plans and executes one path. Returns whether anything was done.
+    /// Plans and executes one path (a large transfer in the large lane, if
+    /// there is one). Returns whether anything was done.
     pub async fn sync_path(&mut self, path: &RelPath, remote: RemoteView) -> Result<bool> {
+        if self.in_lane.contains(path) {
+            return Ok(false); // Planned again when its transfer ends.
+        }
         match self.plan(path, remote).await? {
             Some(planned) if planned.action != Action::Nothing => {
-                self.execute_and_retry(planned).await?;
+                if !self.start_in_lane(&planned) {
+                    self.execute_and_retry(planned).await?;
+                }
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+
+    /// Starts `p` in the large lane if it is a plain transfer big enough and
+    /// the lane has room. Returns whether it did.
+    fn start_in_lane(&mut self, p: &Planned) -> bool {
+        let Some(lane) = &self.lane else { return false };
+        if p.transfer_size() < lane.min_size
+            || self.in_lane.len() >= LARGE_LANE_MAX
+            || !self.is_plain_transfer(p)
+        {
+            return false;
+        }
+        let (engine, lane, p) = (self.lane_engine(), lane.clone(), p.clone());
+        self.in_lane.insert(p.path.clone());
+        tracing::debug!(path = %p.path, size = p.transfer_size(), "transfer runs in the large lane");
+        lane.tasks.spawn(async move {
+            let result = tokio::select! {
+                () = lane.stop.cancelled() => return,
+                r = engine.transfer(&p) => r,
+            };
+            let _ = lane.done.send(LaneDone { path: p.path, result }).await;
+        });
+        true
+    }
+
+    /// A large-lane transfer ended: its path is planned again from fresh
+    /// facts (it may have changed on either side meanwhile). One refused for
+    /// a lock or a file/folder clash is dealt with here, in the loop.
+    pub async fn lane_done(&mut self, done: LaneDone) {
+        let LaneDone { path, result } = done;
+        self.in_lane.remove(&path);
+        let again = match result {
+            Ok(()) => self.sync_path(&path, RemoteView::Fetch).await.map(drop),
+            Err(e) if e.is_locked() || e.is_stale_lock() || e.is_path_clash() => {
+                tracing::debug!(%path, error = %e, "a large transfer was refused; dealing with it here");
+                match self.plan(&path, RemoteView::Fetch).await {
+                    Ok(Some(p)) if p.action != Action::Nothing => self.execute_and_retry(p).await,
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) if is_race(&e) => {
+                tracing::debug!(%path, error = %e, "a large transfer lost a race; planning again");
+                self.sync_path(&path, RemoteView::Fetch).await.map(drop)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = again {
+            self.note_failure(path, &e);
         }
     }
 

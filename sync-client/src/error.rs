@@ -13,6 +13,8 @@ pub enum Error {
     Rpc(tonic::Status),
     #[error("cannot connect to the server: {0}")]
     Connect(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    NoAnswer(#[from] syncstore::connect::NoAnswer),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("state database: {0}")]
@@ -85,9 +87,10 @@ impl Error {
         matches!(self, Error::Rpc(s) if syncstore::replication::is_replica_refusal(s))
     }
 
-    /// Whether the server could not be reached (retry once it is back).
+    /// Whether the server could not be reached, or did not answer in time
+    /// (retry once it is back).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Connect(_)) || self.code() == Some(Code::Unavailable)
+        matches!(self, Error::Connect(_) | Error::NoAnswer(_)) || self.code() == Some(Code::Unavailable)
     }
 }
 

@@ -82,6 +82,9 @@ pub struct Config {
     pub metrics: metrics::ClientMetrics,
     /// The token and TLS settings presented to the servers.
     pub security: Security,
+    /// In `watch`, uploads and downloads of at least this many bytes run
+    /// beside the loop (see [`engine::LARGE_LANE_MIN`]).
+    pub large_transfer: u64,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl Config {
             watcher: true,
             metrics: metrics::ClientMetrics::new(),
             security: Security::none(),
+            large_transfer: engine::LARGE_LANE_MIN,
         }
     }
 }
@@ -116,7 +120,7 @@ fn host_name() -> String {
 /// events from the watcher, server events from the subscription, and a
 /// full rescan every `rescan_interval`.
 pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
-    let (mut engine, state, remote, root) = open(&config)?;
+    let (engine, state, remote, root) = open(&config)?;
     refusal::forget(&state)?;
     let root_display = root.display().to_string();
     let tasks = TaskTracker::new();
@@ -124,6 +128,15 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     // The helper tasks end with this function, even if it is dropped
     // (aborted) rather than returning.
     let _stop_on_drop = stop_tasks.clone().drop_guard();
+    // Large transfers run beside the loop and report here when they end.
+    let (lane_tx, mut lane_rx) = mpsc::channel(QUEUE);
+    let lane = engine::Lane {
+        done: lane_tx,
+        tasks: tasks.clone(),
+        stop: stop_tasks.clone(),
+        min_size: config.large_transfer,
+    };
+    let mut engine = engine.with_lane(lane);
 
     // Watch before the first sync, so nothing saved meanwhile is missed.
     let (local_tx, mut local_rx) = mpsc::channel(QUEUE);
@@ -204,6 +217,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
                     return Err(e);
                 }
             },
+            Some(done) = lane_rx.recv() => engine.lane_done(done).await,
             Some(change) = local_rx.recv() => match change {
                 watch::Change::Path(path) => engine.local_event(path).await,
                 watch::Change::Rescan => log_rescan(engine.rescan().await),

@@ -2,7 +2,7 @@
 //! and the ignore rules (`.syncignore` plus built-in patterns).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     fs,
     io::{self, Read},
     os::unix::fs::PermissionsExt,
@@ -70,14 +70,26 @@ pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
 /// The mtime stored for a racy base: it matches no file.
 pub const RACY_MTIME: i64 = i64::MIN;
 
+/// Earliest and latest modification times kept (nanoseconds since 1970):
+/// what a signed 64-bit count of nanoseconds holds, about 1677-09-21 to
+/// 2262-04-11. [`RACY_MTIME`] (`i64::MIN`) is kept out: it means "matches
+/// no file".
+pub const MTIME_RANGE_NS: std::ops::RangeInclusive<i64> = (i64::MIN + 1)..=i64::MAX;
+
+/// A file's modification time in signed nanoseconds since 1970 (before
+/// 1970 negative), and whether it had to be clamped into
+/// [`MTIME_RANGE_NS`] (never wrapped).
+pub fn mtime_ns(secs: i64, nanos: i64) -> (i64, bool) {
+    let exact = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+    let (lo, hi) = (*MTIME_RANGE_NS.start(), *MTIME_RANGE_NS.end());
+    let kept = exact.clamp(i128::from(lo), i128::from(hi));
+    (kept as i64, kept != exact)
+}
+
 impl Meta {
     pub(crate) fn of(md: &fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
-        let mtime_ns = md
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i64);
+        let (mtime_ns, _) = mtime_ns(md.mtime(), md.mtime_nsec());
         let ctime_ns = md.ctime().wrapping_mul(1_000_000_000).wrapping_add(md.ctime_nsec());
         let stamp = md.ino().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ctime_ns as u64;
         if md.is_dir() {
@@ -271,11 +283,67 @@ impl Ignore {
     }
 }
 
+/// The names of the files that have several (hard) links in the folder,
+/// by inode: a file edited through one name is changed under the others
+/// too, though the watcher reports only the name it was written through.
+#[derive(Debug, Clone, Default)]
+pub struct HardLinks {
+    by_inode: HashMap<(u64, u64), BTreeSet<RelPath>>,
+    inode_of: HashMap<RelPath, (u64, u64)>,
+}
+
+impl HardLinks {
+    /// Notes what `path` is now (`md`: its metadata, `None` if it is gone):
+    /// a regular file with several links joins its inode's names; anything
+    /// else leaves them.
+    pub fn note(&mut self, path: &RelPath, md: Option<&fs::Metadata>) {
+        use std::os::unix::fs::MetadataExt;
+        let inode = md.filter(|m| m.is_file() && m.nlink() > 1).map(|m| (m.dev(), m.ino()));
+        if let Some(old) = self.inode_of.get(path).copied().filter(|old| Some(*old) != inode) {
+            self.inode_of.remove(path);
+            if let Some(names) = self.by_inode.get_mut(&old) {
+                names.remove(path);
+                if names.is_empty() {
+                    self.by_inode.remove(&old);
+                }
+            }
+        }
+        if let Some(inode) = inode {
+            self.inode_of.insert(path.clone(), inode);
+            self.by_inode.entry(inode).or_default().insert(path.clone());
+        }
+    }
+
+    /// The other names known for `path`'s file.
+    pub fn others(&self, path: &RelPath) -> Vec<RelPath> {
+        let names = self.inode_of.get(path).and_then(|inode| self.by_inode.get(inode));
+        names.into_iter().flatten().filter(|p| *p != path).cloned().collect()
+    }
+
+    /// Takes in what a scan of part of the folder found.
+    pub fn merge(&mut self, other: HardLinks) {
+        for (path, inode) in other.inode_of {
+            self.inode_of.insert(path.clone(), inode);
+            self.by_inode.entry(inode).or_default().insert(path);
+        }
+    }
+}
+
 /// Every regular file and symbolic link under `dir` (a folder below
 /// `root`, or `root` itself) that is not ignored, with its metadata. Links
 /// are listed, never followed; names that are not valid paths are skipped with a warning.
 pub fn scan(root: &Path, dir: &Path, ignore: &Ignore) -> io::Result<HashMap<RelPath, Meta>> {
+    scan_linked(root, dir, ignore).map(|(files, _)| files)
+}
+
+/// [`scan`], with the names of the files that have several links.
+pub fn scan_linked(
+    root: &Path,
+    dir: &Path,
+    ignore: &Ignore,
+) -> io::Result<(HashMap<RelPath, Meta>, HardLinks)> {
     let mut out = HashMap::new();
+    let mut links = HardLinks::default();
     let root_buf = root.to_path_buf();
     let ign = ignore.clone();
     let walker = ignore::WalkBuilder::new(dir)
@@ -303,12 +371,17 @@ pub fn scan(root: &Path, dir: &Path, ignore: &Ignore) -> io::Result<HashMap<RelP
         let Ok(path) = RelPath::from_local(root, entry.path()) else { continue };
         match entry.metadata() {
             Ok(md) => {
+                use std::os::unix::fs::MetadataExt;
+                if !is_dir && mtime_ns(md.mtime(), md.mtime_nsec()).1 {
+                    tracing::warn!(%path, mtime_s = md.mtime(), "a modification time outside 1677-2262: synced as the nearest one that can be kept");
+                }
+                links.note(&path, Some(&md));
                 out.insert(path, Meta::of(&md));
             }
             Err(e) => tracing::warn!(%path, error = %e, "cannot stat"),
         }
     }
-    Ok(out)
+    Ok((out, links))
 }
 
 fn keep_entry(root: &Path, path: &Path, is_dir: bool, ignore: &Ignore) -> bool {
@@ -332,6 +405,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mtimes_before_1970_and_after_2262_are_kept_or_clamped_never_wrapped() {
+        // 1960-01-01 and just before 1970: negative, exact.
+        assert_eq!(mtime_ns(-315_619_200, 5), (-315_619_199_999_999_995, false));
+        assert_eq!(mtime_ns(-1, 999_999_999), (-1, false));
+        assert_eq!(mtime_ns(1_700_000_000, 1), (1_700_000_000_000_000_001, false));
+        // 2300-01-01 is past i64 nanoseconds: the latest time kept, not 1901.
+        assert_eq!(mtime_ns(10_413_792_000, 0), (i64::MAX, true));
+        // Before 1677: the earliest kept, which is not the racy marker.
+        let (early, clamped) = mtime_ns(-10_000_000_000, 0);
+        assert!(clamped && early == i64::MIN + 1 && early != RACY_MTIME);
+
+        // What a file's metadata gives, through `Meta::of`.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("old");
+        fs::write(&f, "x").unwrap();
+        for (secs, want) in [(-315_619_200, -315_619_200_000_000_000), (10_413_792_000, i64::MAX)] {
+            filetime::set_file_mtime(&f, filetime::FileTime::from_unix_time(secs, 0)).unwrap();
+            assert_eq!(Meta::of(&fs::symlink_metadata(&f).unwrap()).mtime_ns, want, "{secs}");
+        }
+    }
+
+    #[test]
     fn scan_skips_state_and_ignored_and_does_not_follow_links() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -351,6 +446,25 @@ mod tests {
         // The link is listed as itself; what it points to is not walked.
         assert_eq!(names, vec![IGNORE_FILE, "a/b/keep.txt", "link"]);
         assert!(found[&RelPath::new("link").unwrap()].symlink);
+    }
+
+    #[test]
+    fn hard_links_are_grouped_by_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("sub")).unwrap();
+        fs::write(root.join("one"), "x").unwrap();
+        fs::hard_link(root.join("one"), root.join("sub/two")).unwrap();
+        fs::write(root.join("alone"), "y").unwrap();
+        let (_, mut links) = scan_linked(root, root, &Ignore::load(root)).unwrap();
+        let p = |s: &str| RelPath::new(s).unwrap();
+        assert_eq!(links.others(&p("one")), vec![p("sub/two")]);
+        assert_eq!(links.others(&p("sub/two")), vec![p("one")]);
+        assert!(links.others(&p("alone")).is_empty());
+        // One name goes: the other has no others left.
+        fs::remove_file(root.join("sub/two")).unwrap();
+        links.note(&p("sub/two"), None);
+        assert!(links.others(&p("one")).is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use syncstore::{Lock, RelPath};
 use crate::{fsroot::Root, state::State};
 
 /// The server's live locks, as this client last heard of them.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Locks {
     /// This client's id: locks with it are ours.
     own: String,

@@ -1,12 +1,9 @@
 //! Moving whole files: streaming a local file up (`Upload`) and a server
 //! file down (`Download`) into a temp file that is verified, fsynced and
-//! renamed into place. Neither side ever holds a whole file in memory.
+//! renamed into place. Neither side ever holds a whole file in memory. A
+//! download leaves blocks of zeros as holes, so a sparse file stays sparse.
 
-use std::{
-    fs,
-    io::{Read, Write},
-    os::unix::fs::PermissionsExt,
-};
+use std::{fs, io::Read, os::unix::fs::PermissionsExt};
 
 use syncstore::{
     ContentHash, Entry, RelPath,
@@ -26,6 +23,10 @@ use crate::{
 
 /// Chunks read ahead of the network.
 const PIPELINE: usize = 4;
+/// A downloaded block of this many bytes (aligned to it in the file) that
+/// is all zeros is left as a hole rather than written, so a sparse file
+/// stays sparse: a file-system block, the smallest unit a hole saves.
+const HOLE_BLOCK: usize = 4096;
 
 /// What an upload is based on.
 #[derive(Debug, Clone, Copy)]
@@ -238,12 +239,10 @@ pub async fn download(
     if content.symlink && content.size > MAX_PATH_BYTES as u64 {
         return Err(Error::Protocol(format!("{} is a link with a {}-byte target", entry.path, content.size)));
     }
-    let mut stream = remote
-        .raw()
-        .download(pb::DownloadRequest { path: entry.path.to_string(), version: entry.version })
-        .await?
-        .into_inner();
-    match stream.message().await? {
+    let mut client = remote.raw();
+    let call = client.download(pb::DownloadRequest { path: entry.path.to_string(), version: entry.version });
+    let mut stream = remote.answer(call).await?.into_inner();
+    match remote.answer(stream.message()).await? {
         Some(pb::DownloadResponse { msg: Some(download_response::Msg::Entry(e)) })
             if e.version == entry.version && e.hash == content.hash.as_bytes() => {}
         _ => return Err(Error::Protocol(format!("download of {} did not start with its entry", entry.path))),
@@ -252,15 +251,19 @@ pub async fn download(
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(PIPELINE);
     let staging = tmp.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut tmp = staging.create_temp("download-")?;
+        let tmp = staging.create_temp("download-")?;
         let mut hasher = blake3::Hasher::new();
+        let mut offset = 0u64;
         while let Some(chunk) = rx.blocking_recv() {
             hasher.update(&chunk);
-            tmp.file_mut().write_all(&chunk)?;
+            write_sparse(tmp.file(), offset, &chunk)?;
+            offset += chunk.len() as u64;
         }
+        // Trailing zeros were skipped: the length says where the file ends.
+        tmp.file().set_len(offset)?;
         Ok((tmp, ContentHash::from(hasher.finalize())))
     });
-    let received = receive_chunks(&mut stream, &tx, &entry.path, content.size).await;
+    let received = receive_chunks(remote, &mut stream, &tx, &entry.path, content.size).await;
     drop(tx);
     // The writer is awaited even after a refusal, so that its temp file is
     // gone when this returns.
@@ -281,16 +284,37 @@ pub async fn download(
     tokio::task::spawn_blocking(move || install(tmp, &root, &path, mtime_ns, executable, expected)).await?
 }
 
+/// Writes `data` at `offset` of the (new, empty) file `file`, skipping the
+/// [`HOLE_BLOCK`]s that are all zeros: they stay holes, which read as zeros.
+fn write_sparse(file: &fs::File, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut pos = 0;
+    // The start of the run of data blocks not yet written.
+    let mut run = 0;
+    while pos < data.len() {
+        // Blocks are aligned to the file, not to the chunk.
+        let into_block = ((offset + pos as u64) % HOLE_BLOCK as u64) as usize;
+        let end = (pos + HOLE_BLOCK - into_block).min(data.len());
+        if data[pos..end].iter().all(|&b| b == 0) {
+            file.write_all_at(&data[run..pos], offset + run as u64)?;
+            run = end;
+        }
+        pos = end;
+    }
+    file.write_all_at(&data[run..], offset + run as u64)
+}
+
 /// Passes a download's chunks to the writer; returns how many bytes came.
 /// Refuses a chunk over [`MAX_CHUNK`] and content beyond `declared` bytes.
 async fn receive_chunks(
+    remote: &Remote,
     stream: &mut tonic::Streaming<pb::DownloadResponse>,
     tx: &mpsc::Sender<Vec<u8>>,
     path: &RelPath,
     declared: u64,
 ) -> Result<u64> {
     let mut size = 0u64;
-    while let Some(msg) = stream.message().await? {
+    while let Some(msg) = remote.answer(stream.message()).await? {
         let Some(download_response::Msg::Chunk(c)) = msg.msg else {
             return Err(Error::Protocol("unexpected message in a download".into()));
         };
@@ -458,4 +482,31 @@ pub(crate) fn put_back(tmp: &Dir, aside: &str, parent: &Dir, name: &str) -> Resu
     }
     tmp.unlink(aside)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn blocks_of_zeros_become_holes_and_the_content_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = fs::File::create_new(&path).unwrap();
+        let mut data = vec![0u8; 1 << 20];
+        data[5000] = 1;
+        data[(1 << 20) - 1] = 2;
+        // Chunks that do not start on a block boundary, then trailing zeros.
+        write_sparse(&file, 0, &data[..3000]).unwrap();
+        write_sparse(&file, 3000, &data[3000..]).unwrap();
+        write_sparse(&file, 1 << 20, &vec![0u8; 1 << 20]).unwrap();
+        file.set_len(2 << 20).unwrap();
+        data.resize(2 << 20, 0);
+        assert!(fs::read(&path).unwrap() == data, "the content reads back as sent");
+        // Two blocks hold data; the rest are holes.
+        let allocated = fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(allocated <= 64 * 1024, "{allocated} bytes allocated for 2 MiB with 2 non-zero blocks");
+    }
 }

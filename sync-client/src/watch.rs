@@ -6,9 +6,17 @@
 //! [`MAX_REMOVAL_HOLD`]): a folder being deleted whole, the synced folder
 //! itself included (`rm -rf`), is then seen gone as a whole, and the engine
 //! refuses to propagate it.
+//!
+//! On Linux every folder gets a watch of its own (inotify watches one
+//! folder at a time; notify's recursive mode gives up on the whole tree at
+//! the first folder it cannot watch). A folder that cannot be watched
+//! (unreadable, or past the system's watch limit) is skipped and reported
+//! once; changes in it are found by the rescans, and the rest of the tree
+//! is watched as usual. Folders created or moved in later get their watches
+//! as they appear.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -132,20 +140,110 @@ pub enum Change {
     Rescan,
 }
 
-/// Watches `root` recursively and sends changes until `shutdown`.
+/// Whether every folder is watched on its own (see the module doc), rather
+/// than the whole tree with one recursive watch (which FSEvents does well).
+const WATCH_PER_FOLDER: bool = cfg!(target_os = "linux");
+
+/// The watches of a tree: one per folder, skipping those that cannot be
+/// watched.
+struct Watches<W> {
+    watcher: W,
+    root: PathBuf,
+    /// Folders found unwatchable (each reported once).
+    unwatchable: HashSet<PathBuf>,
+}
+
+impl<W: Watcher> Watches<W> {
+    /// Watches `dir` (the root, or a folder below it) and every folder under
+    /// it, never through a link nor into the client's state folder. Folders
+    /// that cannot be watched are skipped (and not descended into); those
+    /// not reported before are returned.
+    fn add_tree(&mut self, dir: &Path) -> Vec<(PathBuf, notify::Error)> {
+        if !WATCH_PER_FOLDER {
+            return match self.watcher.watch(dir, RecursiveMode::Recursive) {
+                Ok(()) => Vec::new(),
+                Err(e) => vec![(dir.to_owned(), e)],
+            };
+        }
+        let mut failed = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(dir) = stack.pop() {
+            if let Err(e) = self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                if self.unwatchable.insert(dir.clone()) {
+                    failed.push((dir, e));
+                }
+                continue;
+            }
+            self.unwatchable.remove(&dir);
+            // Unreadable after all, or gone already: nothing below to watch.
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                let state = dir == self.root && entry.file_name() == STATE_DIR_NAME;
+                if is_dir && !state {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        failed
+    }
+
+    /// Watches a folder that an event shows newly created or moved in, or
+    /// an unwatchable one whose permissions changed.
+    fn add_new(&mut self, event: &notify::Event) -> Vec<(PathBuf, notify::Error)> {
+        let new_path = match event.kind {
+            EventKind::Create(CreateKind::Folder | CreateKind::Any | CreateKind::Other) => event.paths.last(),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both | RenameMode::Any)) => {
+                event.paths.last()
+            }
+            EventKind::Modify(ModifyKind::Metadata(_)) => {
+                event.paths.last().filter(|p| self.unwatchable.contains(*p))
+            }
+            _ => None,
+        };
+        match new_path {
+            Some(p) if WATCH_PER_FOLDER && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) => {
+                self.add_tree(&p.clone())
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Says once which folders cannot be watched.
+fn report_unwatchable(root: &Path, failed: &[(PathBuf, notify::Error)]) {
+    let Some((first, error)) = failed.first() else { return };
+    let shown: Vec<String> =
+        failed.iter().map(|(p, _)| p.strip_prefix(root).unwrap_or(p).display().to_string()).collect();
+    tracing::warn!(
+        count = failed.len(),
+        folders = %shown.join(", "),
+        first = %first.display(),
+        error = %error,
+        "cannot watch some folders; changes in them are found by the rescans, the rest is watched"
+    );
+}
+
+/// Watches `root` and every folder below it, and sends changes until
+/// `shutdown`. Fails only if `root` itself cannot be watched.
 pub async fn run(root: PathBuf, out: mpsc::Sender<Change>, shutdown: CancellationToken) -> Result<()> {
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
     // A link in the folder is synced as a link: the watcher must not
     // follow it into what it points at (maybe outside the folder).
     let config = notify::Config::default().with_follow_symlinks(false);
-    let mut watcher = notify::RecommendedWatcher::new(
+    let watcher = notify::RecommendedWatcher::new(
         move |res| {
             let _ = raw_tx.send(res);
         },
         config,
     )
     .map_err(std::io::Error::other)?;
-    watcher.watch(&root, RecursiveMode::Recursive).map_err(std::io::Error::other)?;
+    let mut watches = Watches { watcher, root: root.clone(), unwatchable: HashSet::new() };
+    let failed = watches.add_tree(&root);
+    if let Some((_, e)) = failed.iter().find(|(p, _)| *p == root) {
+        return Err(std::io::Error::other(e.to_string()).into());
+    }
+    report_unwatchable(&root, &failed);
     tracing::debug!(root = %root.display(), "watching");
 
     let mut settler = Settler::default();
@@ -154,7 +252,10 @@ pub async fn run(root: PathBuf, out: mpsc::Sender<Change>, shutdown: Cancellatio
         let signals = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             raw = raw_rx.recv() => match raw {
-                Some(Ok(event)) => settler.on_event(&event, Instant::now()),
+                Some(Ok(event)) => {
+                    report_unwatchable(&root, &watches.add_new(&event));
+                    settler.on_event(&event, Instant::now())
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "watcher error; rescanning");
                     vec![Signal::Rescan]

@@ -378,3 +378,208 @@ async fn the_token_comes_from_a_file_or_the_environment() {
     let listed = tokio::task::spawn_blocking(move || ls.output().unwrap()).await.unwrap();
     assert!(listed.status.success() && stdout(&listed).contains("a.txt"), "{listed:?}");
 }
+
+/// The environment variable that turns [`serve_as_a_child_process`] into a
+/// server: the data folder to serve.
+const CHILD_SERVER_DATA: &str = "SYNCSTORE_TEST_CHILD_SERVER_DATA";
+
+/// A server running in a process of its own (this test binary, run again
+/// as [`serve_as_a_child_process`]), so that a test can freeze it with
+/// SIGSTOP. Dropping it resumes and kills it.
+struct ServerProcess {
+    child: std::process::Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["serve_as_a_child_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(CHILD_SERVER_DATA, data.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        // The test harness prints its own words first, on the same line too.
+        let addr = stdout
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.split_once("listening on ").map(|(_, addr)| addr.trim().to_owned()))
+            .expect("the server process prints its address");
+        Self { child, url: format!("http://{addr}"), _data: data }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Not a test by itself: the server process of [`ServerProcess`], serving
+/// until it is killed. Without its environment variable it does nothing.
+#[test]
+#[ignore = "run by ServerProcess as a server process of its own"]
+fn serve_as_a_child_process() {
+    let Some(data) = std::env::var_os(CHILD_SERVER_DATA) else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening on {}", listener.local_addr().unwrap());
+        let config = sync_server::Config::new(std::path::PathBuf::from(data));
+        sync_server::run(config, listener, CancellationToken::new()).await.unwrap();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_gives_up_on_a_frozen_server_in_time_naming_it() {
+    let server = ServerProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("report.txt"), "draft").unwrap();
+    let synced = client(&server.url, dir.path(), &["sync"]).await;
+    assert!(synced.status.success(), "{synced:?}");
+    let locked = client(&server.url, dir.path(), &["lock", "report.txt"]).await;
+    assert!(locked.status.success(), "{locked:?}");
+    std::fs::write(dir.path().join("report.txt"), "edited while the server is frozen").unwrap();
+
+    // Frozen: the kernel still accepts its connections, nothing answers.
+    server.signal("-STOP");
+    let timeout = Duration::from_secs(2);
+    let expected = format!("the server {} did not answer within 2s", server.url);
+    let commands: [&[&str]; 7] = [
+        &["sync"],
+        &["status"],
+        &["status", "--against-replica", &server.url],
+        &["ls"],
+        &["lock", "report.txt"],
+        &["unlock", "report.txt"],
+        &["locks"],
+    ];
+    for args in commands {
+        let started = tokio::time::Instant::now();
+        let out = client(&server.url, dir.path(), &[&["--timeout", "2s"], args].concat()).await;
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(stderr.contains(&expected), "{args:?} says which server did not answer: {stderr}");
+        // One call's deadline, plus the program's start and end.
+        assert!(took < timeout * 4, "{args:?} took {took:?}");
+    }
+
+    // Resumed, the server answers again: the edit made meanwhile goes up.
+    server.signal("-CONT");
+    let out = client(&server.url, dir.path(), &["unlock", "report.txt"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(client(&server.url, dir.path(), &["sync"]).await.status.success());
+    let st = client(&server.url, dir.path(), &["status"]).await;
+    assert_eq!(st.status.code(), Some(0), "{st:?}");
+}
+
+/// A child process killed (if still running) when the test ends, passed
+/// or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The server's live paths.
+async fn server_paths(url: &str) -> Vec<String> {
+    let listed = sync_client::list(&[url.to_owned()], &syncstore::connect::Security::none()).await;
+    listed.map(|l| l.into_iter().map(|e| e.path.to_string()).collect()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_folder_does_not_stop_the_watcher() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = server().await;
+    let top = tempfile::tempdir().unwrap();
+    let folder = top.path().join("synced");
+    for d in ["", "open", "locked"] {
+        std::fs::create_dir_all(folder.join(d)).unwrap();
+    }
+    std::fs::write(folder.join("before.txt"), "there at the start").unwrap();
+    std::fs::write(folder.join("locked/secret.txt"), "unreadable").unwrap();
+    // Root reads any folder whatever its mode: as root, the client runs as
+    // `nobody`, who owns the folder but may not read `locked`.
+    let nobody = 65534;
+    // (A folder this process made is owned by its effective user.)
+    let as_root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&folder).unwrap()) == 0;
+    let mut cmd = if as_root {
+        if Command::new("setpriv").arg("--version").output().is_err() {
+            eprintln!(
+                "skipped: running as root without setpriv, a mode-000 folder cannot be made unreadable"
+            );
+            return;
+        }
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for d in ["", "open", "locked"] {
+            std::os::unix::fs::chown(folder.join(d), Some(nobody), Some(nobody)).unwrap();
+        }
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"]);
+        cmd.arg(env!("CARGO_BIN_EXE_sync-client"));
+        cmd
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_sync-client"))
+    };
+    std::fs::set_permissions(folder.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let log = top.path().join("client.log");
+    let child = cmd
+        .args(["--server", &server.url, "--rescan-interval", "1h", "--dir"])
+        .arg(&folder)
+        .arg("watch")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+
+    eventually("the first sync is done", async || {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("the client ended ({status}) before its first sync:\n{log}");
+        }
+        server_paths(&server.url).await.contains(&"before.txt".into())
+    })
+    .await;
+    // Changes elsewhere in the folder are seen at once, not at the next
+    // rescan (an hour away).
+    std::fs::write(folder.join("open/new.txt"), "new").unwrap();
+    std::fs::write(folder.join("top.txt"), "top").unwrap();
+    std::fs::create_dir(folder.join("later")).unwrap();
+    std::fs::write(folder.join("later/inside.txt"), "in a folder made after the start").unwrap();
+    let started = tokio::time::Instant::now();
+    eventually("the changes reach the server", async || {
+        let paths = server_paths(&server.url).await;
+        ["open/new.txt", "top.txt", "later/inside.txt"].iter().all(|p| paths.contains(&(*p).to_owned()))
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(child.0.try_wait().unwrap().is_none(), "the client still runs");
+
+    assert!(Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
+    std::fs::set_permissions(folder.join("locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    let reports: Vec<&str> = log.lines().filter(|l| l.contains("cannot watch some folders")).collect();
+    assert_eq!(reports.len(), 1, "reported once: {log}");
+    assert!(reports[0].contains("locked"), "{log}");
+    assert!(!log.contains("the folder watcher failed"), "{log}");
+}

@@ -7,8 +7,9 @@ use std::{
     pin::Pin,
 };
 
+use anyhow::Context;
 use syncstore::{
-    connect::Security,
+    connect::{self, Security},
     pb::{self, admin_client::AdminClient, admin_server::Admin},
 };
 use tokio::sync::mpsc;
@@ -317,13 +318,16 @@ impl Comparison {
 /// (`Admin/ContentDigest`): a file whose content is damaged or missing on
 /// a side is a difference even where the manifests agree.
 pub async fn compare_content(a: &str, b: &str, security: &Security) -> anyhow::Result<Comparison> {
-    let (mut ca, mut cb) = (admin_client(a, security)?, admin_client(b, security)?);
+    // The metadata first: quick, and a server that does not answer is
+    // named within the call timeout.
+    let mut comparison = compare(a, b, security).await?;
+    let (sa, sb) = (Compared::new(a, security)?, Compared::new(b, security)?);
+    let (mut ca, mut cb) = (sa.client.clone(), sb.client.clone());
     let (da, db) = tokio::try_join!(
-        ca.content_digest(pb::ContentDigestRequest {}),
-        cb.content_digest(pb::ContentDigestRequest {})
+        sa.long_call(ca.content_digest(pb::ContentDigestRequest {})),
+        sb.long_call(cb.content_digest(pb::ContentDigestRequest {}))
     )?;
     let (da, db) = (da.into_inner(), db.into_inner());
-    let mut comparison = compare(a, b, security).await?;
     comparison.content = true;
     for (side, d) in [("A", &da), ("B", &db)] {
         for p in &d.problems {
@@ -358,13 +362,15 @@ fn shown(namespace: &str, path: &str) -> String {
 /// Compares the trees of the servers at `a` and `b` (URLs), every
 /// namespace; on servers with tokens, `security` must carry an admin token.
 /// A path outside the default namespace is shown as `NAMESPACE:PATH`.
+/// Each call waits for its answer at most `security.call_timeout`; a
+/// server that does not answer (or refuses) is named in the error.
 pub async fn compare(a: &str, b: &str, security: &Security) -> anyhow::Result<Comparison> {
-    let (mut ca, mut cb) = (admin_client(a, security)?, admin_client(b, security)?);
-    let da = ca.digest(pb::DigestRequest {}).await?.into_inner();
-    let db = cb.digest(pb::DigestRequest {}).await?.into_inner();
+    let (a, b) = (Compared::new(a, security)?, Compared::new(b, security)?);
+    let da = a.call(a.client.clone().digest(pb::DigestRequest {})).await?.into_inner();
+    let db = b.call(b.client.clone().digest(pb::DigestRequest {})).await?.into_inner();
     let mut differences = Vec::new();
     if da.root_hash != db.root_hash {
-        let (ma, mb) = (manifest(&mut ca).await?, manifest(&mut cb).await?);
+        let (ma, mb) = (manifest(&a).await?, manifest(&b).await?);
         for (path, ea) in &ma {
             match mb.get(path) {
                 None => differences.push((path.clone(), "only-in-A")),
@@ -385,15 +391,48 @@ pub async fn compare(a: &str, b: &str, security: &Security) -> anyhow::Result<Co
 
 type Client = AdminClient<syncstore::connect::AuthChannel>;
 
-fn admin_client(url: &str, security: &Security) -> anyhow::Result<Client> {
-    Ok(AdminClient::new(security.channel(url)?))
+/// One of the servers `compare` reads.
+struct Compared<'a> {
+    url: &'a str,
+    client: Client,
+    timeout: std::time::Duration,
+}
+
+impl<'a> Compared<'a> {
+    fn new(url: &'a str, security: &Security) -> anyhow::Result<Self> {
+        // HTTP/2 pings find a server that stops answering during a long call.
+        let channel = security
+            .endpoint(url)?
+            .http2_keep_alive_interval(connect::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(connect::KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let client = AdminClient::new(tonic::service::interceptor::InterceptedService::new(
+            channel,
+            security.credentials()?,
+        ));
+        Ok(Self { url, client, timeout: security.call_timeout })
+    }
+
+    /// Awaits a call to this server, for at most the call timeout.
+    async fn call<T>(&self, call: impl Future<Output = Result<T, Status>>) -> anyhow::Result<T> {
+        let answered = connect::answer(self.url, self.timeout, call).await?;
+        answered.with_context(|| format!("the server {} refused the call", self.url))
+    }
+
+    /// Awaits a call that takes as long as the work it asks for (reading
+    /// back everything a server stores): without the call timeout, but the
+    /// connection's keep-alive ends it if the server stops answering.
+    async fn long_call<T>(&self, call: impl Future<Output = Result<T, Status>>) -> anyhow::Result<T> {
+        call.await.with_context(|| format!("the server {} did not complete the call", self.url))
+    }
 }
 
 /// Every live file of the server, keyed by its shown name.
-async fn manifest(client: &mut Client) -> anyhow::Result<BTreeMap<String, pb::FileEntry>> {
-    let mut stream = client.manifest(pb::ManifestRequest {}).await?.into_inner();
+async fn manifest(server: &Compared<'_>) -> anyhow::Result<BTreeMap<String, pb::FileEntry>> {
+    let mut stream = server.call(server.client.clone().manifest(pb::ManifestRequest {})).await?.into_inner();
     let mut out = BTreeMap::new();
-    while let Some(item) = stream.message().await? {
+    while let Some(item) = server.call(stream.message()).await? {
         let Some(e) = item.entry else { continue };
         out.insert(shown(&item.namespace, &e.path), e);
     }

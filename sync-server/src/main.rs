@@ -274,7 +274,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let replica_security = syncstore::connect::Security {
         token: args.replica_token_file.as_deref().map(syncstore::connect::read_token_file).transpose()?,
         ca_cert: args.replica_ca_cert,
-        identity: None,
+        ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

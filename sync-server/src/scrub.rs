@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use syncstore::{
     ContentHash,
-    connect::Security,
+    connect::{self, NoAnswer, Security},
     limits::MAX_MESSAGE,
     pb::{self, admin_client::AdminClient},
 };
@@ -132,7 +132,11 @@ async fn heal(store: &Store, peer: Option<&Peer>, hash: ContentHash, size: u64) 
     let mut client =
         AdminClient::with_interceptor(channel, credentials).max_decoding_message_size(MAX_MESSAGE);
     let request = pb::ReadContentRequest { hash: hash.as_bytes().to_vec(), size };
-    let mut stream = match client.read_content(request).await {
+    // Each answer within the call timeout: a frozen peer is named, not waited for.
+    let answer = |e: NoAnswer| Error::Unavailable(e.to_string());
+    let limit = peer.security.call_timeout;
+    let call = client.read_content(request);
+    let mut stream = match connect::answer(&peer.url, limit, call).await.map_err(answer)? {
         Ok(r) => r.into_inner(),
         Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::DataLoss) => {
             tracing::warn!(%hash, peer = %peer.url, reason = s.message(), "the peer has no good copy either");
@@ -142,7 +146,7 @@ async fn heal(store: &Store, peer: Option<&Peer>, hash: ContentHash, size: u64) 
     };
     let mut writer = store.blob_writer()?;
     loop {
-        let chunk = match stream.message().await {
+        let chunk = match connect::answer(&peer.url, limit, stream.message()).await.map_err(answer)? {
             Ok(Some(m)) => m.chunk,
             Ok(None) => break,
             Err(s) if s.code() == tonic::Code::DataLoss => return Ok(false),

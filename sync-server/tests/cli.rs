@@ -215,3 +215,39 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains('\x1b'), "colour codes in a log file:\n{text}");
 }
+
+#[tokio::test]
+async fn compare_gives_up_on_a_frozen_server_in_time_naming_it() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_with(da.path(), "127.0.0.1:0", &[]);
+    let b = start_with(db.path(), "127.0.0.1:0", &[]);
+    let compare = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-server"))
+                .arg("compare")
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            (out, started.elapsed())
+        })
+    };
+    let (out, _) = compare(vec![a.url(), b.url()]).await.unwrap();
+    assert!(out.status.success(), "two empty servers are identical: {out:?}");
+
+    // Frozen, first one side then the other: the kernel still accepts
+    // connections, nothing answers. Each call waits at most --timeout.
+    for frozen in [&a, &b] {
+        signal(&frozen.child, "-STOP");
+        let (out, took) = compare(vec!["--timeout".into(), "2s".into(), a.url(), b.url()]).await.unwrap();
+        signal(&frozen.child, "-CONT");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let expected = format!("the server {} did not answer within 2s", frozen.url());
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
+    }
+    let (out, _) = compare(vec![a.url(), b.url()]).await.unwrap();
+    assert!(out.status.success(), "resumed, both answer: {out:?}");
+}

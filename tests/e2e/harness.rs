@@ -365,6 +365,15 @@ impl TestClient {
         })
     }
 
+    /// Starts watching `dir` with every upload and download, small ones
+    /// too, running in the large lane beside the engine's loop.
+    pub fn start_all_in_lane(server: &str, dir: TempDir) -> Self {
+        Self::start_configured(vec![server.to_owned()], dir, |c| {
+            c.rescan_interval = Duration::from_secs(3600);
+            c.large_transfer = 0;
+        })
+    }
+
     /// Starts watching a new folder, presenting `security` to `server`.
     pub fn start_secure(server: &str, security: Security) -> Self {
         Self::start_configured(vec![server.to_owned()], tempfile::tempdir().unwrap(), |c| {
@@ -522,6 +531,17 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy to `target` on an ephemeral port.
     pub async fn start(target: SocketAddr) -> Self {
+        Self::start_with_rate(target, None).await
+    }
+
+    /// A proxy to `target` whose every connection carries at most
+    /// `bytes_per_second` each way: a slow link, on which a large transfer
+    /// takes long.
+    pub async fn start_throttled(target: SocketAddr, bytes_per_second: u64) -> Self {
+        Self::start_with_rate(target, Some(bytes_per_second)).await
+    }
+
+    async fn start_with_rate(target: SocketAddr, rate: Option<u64>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new()));
@@ -538,16 +558,18 @@ impl Proxy {
                 let (stopped, pauses) = (stopped.clone(), pauses.clone());
                 tokio::spawn(async move {
                     let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
-                    let (in_read, in_write) = inbound.into_split();
-                    let (out_read, out_write) = outbound.into_split();
-                    let both = async {
-                        tokio::join!(
-                            pump(in_read, out_write, pauses.subscribe()),
-                            pump(out_read, in_write, pauses.subscribe()),
-                        )
+                    let (from_client, to_client) = inbound.into_split();
+                    let (from_server, to_server) = outbound.into_split();
+                    // Like `copy_bidirectional`: done when both ways end,
+                    // cut (both sockets closed) when either fails.
+                    let both_ways = async {
+                        let _ = tokio::try_join!(
+                            pump(from_client, to_server, rate, pauses.subscribe()),
+                            pump(from_server, to_client, rate, pauses.subscribe()),
+                        );
                     };
                     tokio::select! {
-                        _ = both => {}
+                        () = both_ways => {}
                         () = token.cancelled() => {}
                         () = stopped.cancelled() => {}
                     }
@@ -580,27 +602,36 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to`, holding whatever it has while `paused`.
+/// Copies `from` to `to` until the end, at most `rate` bytes per second
+/// (if given), holding whatever it has while `paused`; then ends `to`'s
+/// writing side.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
+    rate: Option<u64>,
     mut paused: tokio::sync::watch::Receiver<bool>,
-) {
+) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small reads keep a throttled link smooth.
+    let mut buf = vec![0u8; if rate.is_some() { 16 * 1024 } else { 64 * 1024 }];
+    // When the link is free again; idle time earns no burst.
+    let mut free_at = tokio::time::Instant::now();
     loop {
         if paused.wait_for(|p| !*p).await.is_err() {
-            return;
+            return Ok(()); // The proxy is gone.
         }
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                let _ = to.shutdown().await;
-                return;
-            }
-            Ok(n) => n,
-        };
-        if paused.wait_for(|p| !*p).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
-            return;
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).await?;
+        if let Some(rate) = rate {
+            let busy = Duration::from_secs_f64(n as f64 / rate as f64);
+            free_at = free_at.max(tokio::time::Instant::now()) + busy;
+            tokio::time::sleep_until(free_at).await;
         }
     }
 }

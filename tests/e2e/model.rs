@@ -52,9 +52,9 @@ impl Side {
         }
     }
 
-    async fn set_online(self, online: bool, url: &str) -> Side {
+    async fn set_online(self, online: bool, url: &str, all_in_lane: bool) -> Side {
         match (self, online) {
-            (Side::Offline(d), true) => Side::Online(Box::new(TestClient::start_in(url, d))),
+            (Side::Offline(d), true) => Side::Online(Box::new(start_client(url, d, all_in_lane))),
             (Side::Online(c), false) => Side::Offline(c.stop().await),
             (s, _) => s,
         }
@@ -150,7 +150,13 @@ async fn all_seqs(server: &TestServer, head: u64) -> Vec<u64> {
     seqs
 }
 
-async fn run_seed(seed: u64) {
+/// A client watching `dir`; with `all_in_lane`, every transfer runs in the
+/// large lane, beside its engine's loop.
+fn start_client(url: &str, dir: TempDir, all_in_lane: bool) -> TestClient {
+    if all_in_lane { TestClient::start_all_in_lane(url, dir) } else { TestClient::start_in(url, dir) }
+}
+
+async fn run_seed(seed: u64, all_in_lane: bool) {
     init_test_log();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut server = TestServer::start().await;
@@ -161,7 +167,10 @@ async fn run_seed(seed: u64) {
         proxies.push(Proxy::start(server.addr).await);
     }
     let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
-    let mut sides: Vec<Side> = urls.iter().map(|u| Side::Online(Box::new(TestClient::start(u)))).collect();
+    let mut sides: Vec<Side> = urls
+        .iter()
+        .map(|u| Side::Online(Box::new(start_client(u, tempfile::tempdir().unwrap(), all_in_lane))))
+        .collect();
     for (i, s) in sides.iter().enumerate() {
         tracing::info!(seed, client = i, dir = %s.root().display(), "model client");
     }
@@ -205,7 +214,7 @@ async fn run_seed(seed: u64) {
                 let c = rng.random_range(1..sides.len());
                 let online = matches!(sides[c], Side::Offline(_));
                 let side = std::mem::replace(&mut sides[c], Side::Offline(tempfile::tempdir().unwrap()));
-                sides[c] = side.set_online(online, &urls[c]).await;
+                sides[c] = side.set_online(online, &urls[c], all_in_lane).await;
                 note(&mut log, format!("{i}: client {c} {}", if online { "online" } else { "offline" }));
             }
             // A client crashes wherever it is.
@@ -293,7 +302,7 @@ async fn run_seed(seed: u64) {
 
     for (c, side) in sides.iter_mut().enumerate() {
         let s = std::mem::replace(side, Side::Offline(tempfile::tempdir().unwrap()));
-        *side = s.set_online(true, &urls[c]).await;
+        *side = s.set_online(true, &urls[c], all_in_lane).await;
     }
     let roots: Vec<_> = sides.iter().map(Side::root).collect();
     let fail = |what: String, server_files: &BTreeMap<String, Vec<u8>>| -> ! {
@@ -474,29 +483,37 @@ fn show_sizes(t: &BTreeMap<String, Vec<u8>>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_writer_saving_in_place_in_bursts_makes_no_conflict_copy() {
-    let seeds: Vec<u64> = match std::env::var("SYNCSTORE_SEED") {
+    for seed in seeds(4) {
+        run_single_writer_seed(seed).await;
+    }
+}
+
+/// The seeds to run: `SYNCSTORE_SEED`, or 1 to `SYNCSTORE_SEEDS` (else
+/// `default`).
+fn seeds(default: u64) -> Vec<u64> {
+    match std::env::var("SYNCSTORE_SEED") {
         Ok(s) => vec![s.parse().expect("SYNCSTORE_SEED is a number")],
         Err(_) => {
-            let n = std::env::var("SYNCSTORE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+            let n = std::env::var("SYNCSTORE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
             (1..=n).collect()
         }
-    };
-    for seed in seeds {
-        run_single_writer_seed(seed).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_operations_converge_without_losing_the_last_version() {
-    let seeds: Vec<u64> = match std::env::var("SYNCSTORE_SEED") {
-        Ok(s) => vec![s.parse().expect("SYNCSTORE_SEED is a number")],
-        Err(_) => {
-            let n = std::env::var("SYNCSTORE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(25);
-            (1..=n).collect()
-        }
-    };
-    for seed in seeds {
-        run_seed(seed).await;
+    for seed in seeds(25) {
+        run_seed(seed, false).await;
+    }
+}
+
+/// The same, with every transfer in the large lane: transfers run beside
+/// the engine's loop while it goes on with other paths, as large files do.
+/// (Fewer seeds by default: the two runs share the suite's time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_operations_converge_with_every_transfer_beside_the_loop() {
+    for seed in seeds(10) {
+        run_seed(seed, true).await;
     }
 }
 
