@@ -28,7 +28,7 @@ use crate::{
     error::{Error, Result, refusal},
     feed::{self, Item},
     replication::{WriteGate, primary::ReplicationHandle},
-    storage::{Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, Store, What},
+    storage::{Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, Store, What, check_base},
 };
 
 /// Messages buffered per server stream before the producer waits.
@@ -302,7 +302,7 @@ impl FileSyncService {
                 s.stat(&n, &p)
             })
             .await?;
-        if let Err(conflict) = Store::check_base(&path, current.as_ref(), put.base_version) {
+        if let Err(conflict) = check_base(&path, current.as_ref(), put.base_version) {
             return self.retried_put(&ns, &put).await?.ok_or(conflict);
         }
         self.admit()?;

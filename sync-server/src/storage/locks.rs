@@ -14,17 +14,11 @@
 //!   releases it; a write that carries a token when the path
 //!   holds no lock with that token is refused (fencing).
 
-use std::time::Duration;
-
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use syncstore::{
-    Lock, RelPath,
-    lock::{DEFAULT_LOCK_TTL, MAX_LOCK_TTL},
-    pb,
-};
+use syncstore::{Lock, RelPath, pb};
 
-use super::{Change, Store, What, now_ms};
+use super::{Change, Store, What, now_ms, rules};
 use crate::error::{Error, Result};
 
 /// Why a lock ended.
@@ -211,7 +205,8 @@ fn get_lock_by_id(c: &Connection, ns: &str, lock_id: &str) -> Result<Option<Lock
         .map(|o| o.map(|(_, l)| l))
 }
 
-/// Checks that a write of `path` by `who` carrying `token` may pass.
+/// Checks, against the path's lock row, that a write of `path` by `who`
+/// carrying `token` may pass ([`rules::check_write`]).
 pub(super) fn check_write(
     c: &Connection,
     ns: &str,
@@ -220,32 +215,7 @@ pub(super) fn check_write(
     token: u64,
     now: i64,
 ) -> Result<()> {
-    let live = get_lock(c, ns, path)?.filter(|l| !l.expired_at(now));
-    match live {
-        Some(l) if who.holds(&l) && l.token == token => Ok(()),
-        Some(l) if who.holds(&l) => Err(Error::StaleLock(format!(
-            "{path} is locked by this client (lock {}), but the write carries token {token}, not the lock's {}",
-            l.lock_id, l.token
-        ))),
-        Some(l) => Err(Error::Locked(locked_message(&l))),
-        None if token != 0 => Err(Error::StaleLock(format!(
-            "the write carries lock token {token}, but {path} holds no lock with it: \
-             the lock expired, was released or was broken"
-        ))),
-        None => Ok(()),
-    }
-}
-
-fn locked_message(l: &Lock) -> String {
-    let note = if l.note.is_empty() { String::new() } else { format!(" ({})", l.note) };
-    let principal = if l.principal.is_empty() { String::new() } else { format!(", token {:?}", l.principal) };
-    format!(
-        "{} is locked by {} (client {}{principal}) until {}{note}",
-        l.path,
-        l.holder,
-        l.client_id,
-        syncstore::lock::format_ms(l.expires_ms)
-    )
+    rules::check_write(path, get_lock(c, ns, path)?.as_ref(), who, token, now)
 }
 
 /// What a `Lock` call asks for.
@@ -258,49 +228,16 @@ pub(crate) struct LockRequest {
     pub(crate) holder: String,
 }
 
-/// Checks a requested time-to-live; 0 means the default.
-pub(crate) fn ttl(ttl_seconds: u32) -> Result<u32> {
-    let ttl = match ttl_seconds {
-        0 => DEFAULT_LOCK_TTL,
-        s => Duration::from_secs(s.into()),
-    };
-    if ttl > MAX_LOCK_TTL {
-        return Err(Error::invalid(format!(
-            "a lock lasts at most {} seconds; {ttl_seconds} were asked for",
-            MAX_LOCK_TTL.as_secs()
-        )));
-    }
-    Ok(ttl.as_secs() as u32)
-}
-
 impl Store {
     /// Grants a lock on a path (or refreshes the caller's own).
     pub(crate) fn lock(&self, ns: &str, req: LockRequest) -> Result<Change> {
-        let ttl_seconds = ttl(req.ttl_seconds)?;
+        let ttl_seconds = rules::lock_ttl(req.ttl_seconds)?;
         let now = now_ms();
-        let expires_ms = now + i64::from(ttl_seconds) * 1000;
         self.commit_lock_change(|c, seq| {
-            let lock = match get_lock(c, ns, &req.path)?.filter(|l| !l.expired_at(now)) {
-                Some(l) if !req.who.holds(&l) => return Err(Error::Locked(locked_message(&l))),
-                Some(l) => Lock {
-                    expires_ms,
-                    ttl_seconds,
-                    note: if req.note.is_empty() { l.note.clone() } else { req.note },
-                    ..l
-                },
-                None => Lock {
-                    lock_id: format!("{:016x}", rand::random::<u64>()),
-                    holder: if req.holder.is_empty() { req.who.client_id.clone() } else { req.holder },
-                    path: req.path,
-                    client_id: req.who.client_id,
-                    principal: req.who.principal,
-                    note: req.note,
-                    acquired_ms: now,
-                    expires_ms,
-                    ttl_seconds,
-                    token: seq,
-                },
-            };
+            let current = get_lock(c, ns, &req.path)?;
+            let lock = rules::grant_lock(current, req, ttl_seconds, now, seq, || {
+                format!("{:016x}", rand::random::<u64>())
+            })?;
             Ok(Change { seq, namespace: ns.to_owned(), what: What::Lock(lock) })
         })
     }
@@ -313,16 +250,11 @@ impl Store {
         who: &Actor,
         ttl_seconds: u32,
     ) -> Result<Change> {
-        let ttl_seconds = ttl(ttl_seconds)?;
+        let ttl_seconds = rules::lock_ttl(ttl_seconds)?;
         let now = now_ms();
         self.commit_lock_change(|c, seq| {
-            let l = get_lock_by_id(c, ns, lock_id)?
-                .filter(|l| !l.expired_at(now))
-                .ok_or_else(|| gone(lock_id))?;
-            if !who.holds(&l) {
-                return Err(Error::Locked(format!("{}; only its holder may refresh it", locked_message(&l))));
-            }
-            let lock = Lock { expires_ms: now + i64::from(ttl_seconds) * 1000, ttl_seconds, ..l };
+            let current = get_lock_by_id(c, ns, lock_id)?;
+            let lock = rules::refresh_lock(lock_id, current, who, ttl_seconds, now)?;
             Ok(Change { seq, namespace: ns.to_owned(), what: What::Lock(lock) })
         })
     }
@@ -332,19 +264,9 @@ impl Store {
     pub(crate) fn unlock(&self, ns: &str, lock_id: &str, who: &Actor, force: bool) -> Result<Change> {
         let now = now_ms();
         self.commit_lock_change(|c, seq| {
-            let lock = get_lock_by_id(c, ns, lock_id)?.ok_or_else(|| gone(lock_id))?;
-            let ended = if lock.expired_at(now) {
-                LockEnd::Expired
-            } else if who.holds(&lock) {
-                LockEnd::Released
-            } else if force {
-                LockEnd::Broken
-            } else {
-                return Err(Error::Locked(format!(
-                    "{}; only its holder may unlock it (or a token with the break-locks right, with force)",
-                    locked_message(&lock)
-                )));
-            };
+            let current = get_lock_by_id(c, ns, lock_id)?;
+            let ended = rules::end_lock(lock_id, current.as_ref(), who, force, now)?;
+            let lock = current.expect("a lock that ends exists");
             Ok(Change { seq, namespace: ns.to_owned(), what: What::Unlock { lock, ended, by: who.clone() } })
         })
     }
@@ -467,10 +389,6 @@ impl Store {
         )?;
         Ok(())
     }
-}
-
-fn gone(lock_id: &str) -> Error {
-    Error::LockNotHeld(format!("lock {lock_id} is not held any more: it was released, expired or was broken"))
 }
 
 #[cfg(test)]
@@ -664,12 +582,5 @@ mod tests {
         assert!(matches!(second, Err(Error::FailedPrecondition(m)) if m.contains("another sync-server")));
         drop(first);
         store(dir.path());
-    }
-
-    #[test]
-    fn ttls_are_bounded() {
-        assert_eq!(ttl(0).unwrap(), DEFAULT_LOCK_TTL.as_secs() as u32);
-        assert_eq!(ttl(5).unwrap(), 5);
-        assert!(ttl(MAX_LOCK_TTL.as_secs() as u32 + 1).is_err());
     }
 }

@@ -19,6 +19,7 @@
 mod blobs;
 mod locks;
 mod retry;
+mod rules;
 mod schema;
 
 use std::{
@@ -38,6 +39,7 @@ pub(crate) use blobs::{BlobReader, BlobWriter, StagedBlob, Verdict};
 use blobs::{BlobStore, Durability};
 pub use locks::Actor;
 pub(crate) use locks::{LockRequest, lock_change_from_pb};
+pub(crate) use rules::check_base;
 
 use crate::error::{Error, Result};
 
@@ -670,26 +672,6 @@ impl Store {
         self.read(|c| check_clash(c, ns, path, folder))
     }
 
-    /// Checks `base_version` against the path's current entry: 0 means the
-    /// path must not exist (or only as a tombstone), anything else must be
-    /// the current version.
-    pub(crate) fn check_base(path: &RelPath, current: Option<&Entry>, base: u64) -> Result<()> {
-        let ok = match current {
-            None => base == 0,
-            Some(e) if e.is_deleted() => base == 0 || base == e.version,
-            Some(e) => base == e.version,
-        };
-        if ok {
-            return Ok(());
-        }
-        Err(Error::VersionConflict {
-            path: path.to_string(),
-            current: current.map_or(0, |e| e.version),
-            deleted: current.is_none_or(Entry::is_deleted),
-            base,
-        })
-    }
-
     /// Commits an upload. `staged` is the received content; `None` means the
     /// content must already be stored (a header-only upload).
     pub(crate) fn commit_put(&self, ns: &str, put: Put, staged: Option<StagedBlob>) -> Result<Change> {
@@ -807,7 +789,7 @@ impl Store {
     fn check_put(c: &Connection, blobs: &BlobStore, job: &QueuedPut) -> Result<Option<Entry>> {
         let put = &job.put;
         let current = get_entry(c, &job.ns, &put.path)?;
-        Self::check_base(&put.path, current.as_ref(), put.base_version)?;
+        rules::check_base(&put.path, current.as_ref(), put.base_version)?;
         locks::check_write(c, &job.ns, &put.path, &put.who, put.lock_token, now_ms())?;
         check_clash(c, &job.ns, &put.path, put.content.folder)?;
         let hash = &put.content.hash;
@@ -877,7 +859,7 @@ impl Store {
         if current.as_ref().is_none_or(Entry::is_deleted) {
             return Err(Error::NotFound(format!("{path} does not exist")));
         }
-        Self::check_base(&path, current.as_ref(), base_version)?;
+        rules::check_base(&path, current.as_ref(), base_version)?;
         locks::check_write(&tx, ns, &path, &who, lock_token, now_ms())?;
         let entry = Entry { path, version: seq, content: None, client_id: who.client_id };
         write_change(&tx, ns, &entry)?;
@@ -1075,35 +1057,32 @@ fn content_columns(e: &Entry) -> (i64, Option<Vec<u8>>, i64, bool, bool, bool) {
     }
 }
 
-/// Refuses a file at `path` if a live file (not a folder entry) is one of
-/// its folders, or, unless it is a folder itself, if live entries lie below
-/// it: no client could hold both.
+/// Checks, against the live entries above and below it, that `path` can be
+/// a file (or a folder): [`rules::check_clash`]. The entries below are
+/// looked up only for a file.
 fn check_clash(c: &Connection, ns: &str, path: &RelPath, folder: bool) -> Result<()> {
-    let p = path.as_str();
-    let mut live = c.prepare_cached(
+    let mut live_file = c.prepare_cached(
         "SELECT 1 FROM files WHERE namespace = ?1 AND path = ?2 AND deleted = 0 AND folder = 0",
     )?;
-    for (i, _) in p.match_indices('/') {
-        let folder = &p[..i];
-        if live.exists(params![ns, folder])? {
-            return Err(Error::PathClash(format!(
-                "{path} cannot be a file: {folder} is a file, not a folder"
-            )));
+    let mut file_above = None;
+    for f in rules::folders_of(path) {
+        if live_file.exists(params![ns, f])? {
+            file_above = Some(f);
+            break;
         }
     }
-    if folder {
-        return Ok(()); // A folder holds what lies below it.
-    }
-    let below: Option<String> = c
-        .prepare_cached(
+    let live_below: Option<String> = if folder || file_above.is_some() {
+        None
+    } else {
+        // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
+        let p = path.as_str();
+        c.prepare_cached(
             "SELECT path FROM files WHERE namespace = ?1 AND path > ?2 AND path < ?3 AND deleted = 0 LIMIT 1",
         )?
         .query_row(params![ns, format!("{p}/"), format!("{p}0")], |r| r.get(0))
-        .optional()?;
-    if let Some(below) = below {
-        return Err(Error::PathClash(format!("{path} cannot be a file: it is a folder (it holds {below})")));
-    }
-    Ok(())
+        .optional()?
+    };
+    rules::check_clash(path, folder, file_above, live_below.as_deref())
 }
 
 fn file_change(ns: &str, entry: Entry) -> Change {
