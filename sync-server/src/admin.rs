@@ -152,17 +152,12 @@ impl Admin for AdminService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         caller(&request, Need::Admin)?;
-        let s = self.store.clone();
-        let (epoch, primary_url) = tokio::task::spawn_blocking(move || -> Result<_> {
-            Ok((s.meta_u64("epoch")?, s.meta_text("primary_url")?.unwrap_or_default()))
-        })
-        .await
-        .map_err(Error::from)??;
+        let identity = self.store.identity();
         let head = self.store.head();
         let mut out = pb::StatusResponse {
             role: self.role.to_owned(),
-            epoch,
-            history_id: self.store.history_id(),
+            epoch: identity.epoch,
+            history_id: identity.history_id,
             head_seq: head,
             replication_mode: "none".into(),
             writes_refused: self.gate.refusal().unwrap_or_default(),
@@ -170,7 +165,7 @@ impl Admin for AdminService {
         };
         (out.damaged_blobs, out.damaged_blobs_found) = self.store.damaged_blobs();
         if self.role == "replica" {
-            out.primary_url = primary_url;
+            out.primary_url = identity.primary_url.unwrap_or_default();
         }
         if let Some(r) = &self.replication {
             let acked = r.acked();

@@ -254,8 +254,8 @@ pub fn promote(data_dir: &std::path::Path) -> Result<(String, u64, u64)> {
         return Err(Error::NotFound(format!("{} holds no syncstore data", data_dir.display())));
     }
     let store = Store::open(data_dir, StoreOptions::default())?;
-    let epoch = store.meta_u64("epoch")? + 1;
-    store.set_meta("epoch", &epoch.to_string())?;
+    let epoch = store.epoch() + 1;
+    store.set_epoch(epoch)?;
     tracing::warn!(epoch, history = %store.history_id(), head = store.head(), "promoted to primary");
     Ok((store.history_id(), epoch, store.head()))
 }
@@ -431,7 +431,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     let addr = listener.local_addr()?;
     let gate = WriteGate::default();
     if config.role == Role::Replica {
-        let primary = store.meta_text("primary_url")?;
+        let primary = store.primary_url();
         let named = primary.clone().unwrap_or_else(|| "(not connected yet)".into());
         gate.refuse(
             Reason::Replica,

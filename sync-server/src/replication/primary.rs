@@ -545,7 +545,7 @@ async fn handshake(
     let mut client = ReplicationClient::with_interceptor(channel, credentials.clone())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let epoch = store.meta_u64("epoch")?;
+    let epoch = store.epoch();
     let hello = pb::ReplicaHello {
         history_id: store.history_id(),
         epoch,

@@ -73,15 +73,14 @@ impl ReplicationService {
     /// Whether `hello` comes from the primary this replica follows (its
     /// history, its epoch or a newer one): only that one may replace the
     /// current stream.
-    fn follows(&self, hello: &pb::ReplicaHello) -> Result<bool> {
-        Ok(self.is_replica
-            && hello.history_id == self.store.history_id()
-            && hello.epoch >= self.store.meta_u64("epoch")?)
+    fn follows(&self, hello: &pb::ReplicaHello) -> bool {
+        let id = self.store.identity();
+        self.is_replica && hello.history_id == id.history_id && hello.epoch >= id.epoch
     }
 
     /// Checks the primary's hello; adopts its history on a fresh replica.
     fn accept(&self, hello: &pb::ReplicaHello) -> Result<()> {
-        let epoch = self.store.meta_u64("epoch")?;
+        let epoch = self.store.epoch();
         if !self.is_replica {
             return Err(Error::FailedPrecondition(format!(
                 "this server is a primary (history {}, epoch {epoch}); it does not take a replication stream",
@@ -100,9 +99,9 @@ impl ReplicationService {
             tracing::info!(history = %hello.history_id, "seeded: adopted the primary's history");
         }
         if hello.epoch > epoch {
-            self.store.set_meta("epoch", &hello.epoch.to_string())?;
+            self.store.set_epoch(hello.epoch)?;
         }
-        self.store.set_meta("primary_url", &hello.primary_url)?;
+        self.store.set_primary_url(&hello.primary_url)?;
         Ok(())
     }
 }
@@ -127,8 +126,7 @@ impl Replication for ReplicationService {
             Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::Hello(h)) }) => h,
             _ => return Err(Error::invalid("a replication stream starts with a hello").into()),
         };
-        let (this, h) = (self.clone(), hello.clone());
-        if tokio::task::spawn_blocking(move || this.follows(&h)).await.map_err(Error::from)?? {
+        if self.follows(&hello) {
             // The primary has one stream; one still open here is one it left.
             self.current.lock().unwrap_or_else(|p| p.into_inner()).cancel();
         }
@@ -150,7 +148,7 @@ impl Replication for ReplicationService {
         let ready = pb::ReplicaReady {
             history_id: self.store.history_id(),
             applied_seq: self.store.head(),
-            epoch: self.store.meta_u64("epoch").map_err(Status::from)?,
+            epoch: self.store.epoch(),
             heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
         };
         tracing::info!(primary = %hello.primary_url, applied = ready.applied_seq, "primary connected");

@@ -17,6 +17,7 @@
 //! All methods block: call them from `spawn_blocking`.
 
 mod blobs;
+mod identity;
 mod locks;
 mod retry;
 mod rules;
@@ -37,6 +38,8 @@ use tokio::sync::broadcast;
 
 pub(crate) use blobs::{BlobReader, BlobWriter, StagedBlob, Verdict};
 use blobs::{BlobStore, Durability};
+pub use identity::Identity;
+use identity::MetaKey;
 pub use locks::Actor;
 pub(crate) use locks::{LockRequest, lock_change_from_pb};
 pub(crate) use rules::check_base;
@@ -216,7 +219,8 @@ struct Inner {
     /// commits all of them in one transaction (group commit).
     queued: Mutex<Vec<QueuedPut>>,
     events: broadcast::Sender<Change>,
-    history: Mutex<String>,
+    /// Read at open; changed only through its setters, under the writer lock.
+    identity: Mutex<Identity>,
     options: StoreOptions,
 }
 
@@ -247,10 +251,11 @@ impl Store {
         let db_path = dir.join("meta.db");
         let mut conn = schema::connect(&db_path)?;
         schema::init(&conn)?;
-        let history_id = init_meta(&mut conn)?;
+        identity::init_meta(&mut conn)?;
+        let identity = Identity::load(&conn)?;
         let logged: u64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| r.get(0))?;
         // After a full resync the log starts empty at the snapshot's head.
-        let head = logged.max(meta_u64(&conn, "head_floor")?);
+        let head = logged.max(identity::meta_u64(&conn, MetaKey::HeadFloor)?);
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let store = Self {
             inner: Arc::new(Inner {
@@ -263,20 +268,13 @@ impl Store {
                 placing: Mutex::new(std::collections::HashMap::new()),
                 queued: Mutex::new(Vec::new()),
                 events,
-                history: Mutex::new(history_id),
+                identity: Mutex::new(identity),
                 options,
             }),
         };
         store.sweep_orphan_blobs()?;
         tracing::info!(dir = %dir.display(), head, history_id = %store.history_id(), "store opened");
         Ok(store)
-    }
-
-    /// The random id given to the history this data folder holds: created
-    /// when a primary's folder is initialized, taken from the primary by a
-    /// new replica.
-    pub fn history_id(&self) -> String {
-        self.inner.history.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The sequence number of the last committed change.
@@ -296,24 +294,6 @@ impl Store {
             None if head == 0 => 0,
             None => head + 1,
         })
-    }
-
-    /// A number kept in the `meta` table (0 if unset).
-    pub fn meta_u64(&self, key: &str) -> Result<u64> {
-        self.read(|c| meta_u64(c, key))
-    }
-
-    /// A text kept in the `meta` table.
-    pub fn meta_text(&self, key: &str) -> Result<Option<String>> {
-        self.read(|c| {
-            Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
-        })
-    }
-
-    /// Stores a value in the `meta` table, durably.
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        let w = self.writer();
-        set_meta(&w.conn, key, value)
     }
 
     /// Every change (all namespaces) after `after_seq`, up to `limit`, for
@@ -346,22 +326,6 @@ impl Store {
             })?;
             rows.map(|r| r?).collect()
         })
-    }
-
-    /// Takes the primary's history id on a replica that holds nothing yet.
-    pub fn adopt_history(&self, history_id: &str) -> Result<()> {
-        let w = self.writer();
-        if w.head != 0 {
-            return Err(Error::FailedPrecondition(format!(
-                "this server holds history {} up to change {}, not the sender's: \
-                 re-seed the sender's data folder from this server (or wipe this one to re-seed it)",
-                self.history_id(),
-                w.head
-            )));
-        }
-        set_meta(&w.conn, "history_id", history_id)?;
-        *self.inner.history.lock().unwrap_or_else(|p| p.into_inner()) = history_id.to_owned();
-        Ok(())
     }
 
     /// Applies changes replicated from the primary, with their sequence
@@ -484,7 +448,7 @@ impl Store {
                  DROP TABLE snapshot_locks;
                  DELETE FROM changes;",
             )?;
-            set_meta(&tx, "head_floor", &head.to_string())?;
+            identity::set_meta(&tx, MetaKey::HeadFloor, &head.to_string())?;
             tx.commit()?;
             w.head = head;
             self.inner.head.store(head, Ordering::Release);
@@ -929,6 +893,10 @@ impl Store {
         Ok(())
     }
 
+    fn identity_guard(&self) -> MutexGuard<'_, Identity> {
+        self.inner.identity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn writer(&self) -> MutexGuard<'_, Writer> {
         // A panic while holding the lock cannot leave SQLite half-written
         // (the transaction rolls back), so a poisoned lock is still usable.
@@ -946,55 +914,6 @@ impl Store {
         self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         out
     }
-}
-
-/// Reads the history id, creating it (and the schema version) on a new
-/// data folder; refuses a folder written by a newer schema.
-fn init_meta(conn: &mut Connection) -> Result<String> {
-    let tx = conn.transaction()?;
-    let version: Option<String> =
-        tx.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
-    match version.as_deref().map(str::parse::<i64>) {
-        None => {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-                [schema::SCHEMA_VERSION.to_string()],
-            )?;
-        }
-        Some(Ok(v)) if v <= schema::SCHEMA_VERSION => {}
-        Some(v) => {
-            return Err(Error::FailedPrecondition(format!(
-                "the data folder has schema version {v:?}; this server understands up to {}",
-                schema::SCHEMA_VERSION
-            )));
-        }
-    }
-    let existing: Option<String> =
-        tx.query_row("SELECT value FROM meta WHERE key = 'history_id'", [], |r| r.get(0)).optional()?;
-    let id = match existing {
-        Some(id) => id,
-        None => {
-            let id = format!("{:032x}", rand::random::<u128>());
-            tx.execute("INSERT INTO meta (key, value) VALUES ('history_id', ?1)", [&id])?;
-            id
-        }
-    };
-    tx.commit()?;
-    Ok(id)
-}
-
-fn meta_u64(c: &Connection, key: &str) -> Result<u64> {
-    let v: Option<String> =
-        c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?;
-    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
-}
-
-fn set_meta(c: &Connection, key: &str, value: &str) -> Result<()> {
-    c.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [key, value],
-    )?;
-    Ok(())
 }
 
 /// Whether a live entry of namespace `ns` refers to content `hash`.
