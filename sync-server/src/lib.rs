@@ -12,6 +12,8 @@
 //! - [`auth`]: bearer tokens, the token file, and what each token may do.
 //! - [`metrics`]: the Prometheus metrics.
 //! - `feed`: following committed changes from a cursor (log, then live).
+//! - `wire`: every conversion of storage's changes and locks to and from
+//!   their `pb` messages.
 //! - [`error`]: the error type and its mapping to gRPC status codes.
 //! - [`Server`] and [`run`]: open the store, then serve everything (plus
 //!   health and reflection) on a listener until a shutdown signal.
@@ -25,6 +27,7 @@ pub mod replication;
 pub mod scrub;
 pub mod service;
 pub mod storage;
+mod wire;
 
 use std::{path::PathBuf, time::Duration};
 

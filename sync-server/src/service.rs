@@ -29,6 +29,7 @@ use crate::{
     feed::{self, Item},
     replication::{WriteGate, primary::ReplicationHandle},
     storage::{Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, Store, What, check_base},
+    wire,
 };
 
 /// Messages buffered per server stream before the producer waits.
@@ -790,7 +791,7 @@ impl FileSync for FileSyncService {
         .await
         .inspect_err(|e| tracing::info!(error = %e, "lock refused"));
         let change = self.counted(result.map_err(Status::from))?;
-        let lock = change.lock_pb().expect("a lock change");
+        let lock = wire::lock_info(&change).expect("a lock change");
         tracing::info!(lock_id = %lock.lock_id, token = lock.token, expires = %syncstore::lock::format_ms(lock.expires_ms), "locked");
         Ok(Response::new(pb::LockResponse { lock: Some(lock) }))
     }
@@ -816,7 +817,7 @@ impl FileSync for FileSyncService {
         }
         .await;
         let change = self.counted(result.map_err(Status::from))?;
-        Ok(Response::new(pb::RefreshLockResponse { lock: change.lock_pb() }))
+        Ok(Response::new(pb::RefreshLockResponse { lock: wire::lock_info(&change) }))
     }
 
     #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id, client = %request.get_ref().client_id))]
@@ -853,7 +854,7 @@ impl FileSync for FileSyncService {
         .await
         .inspect_err(|e| tracing::info!(error = %e, "unlock refused"));
         let change = self.counted(result.map_err(Status::from))?;
-        let lock = change.lock_pb().expect("a lock change");
+        let lock = wire::lock_info(&change).expect("a lock change");
         tracing::info!(path = %lock.path, ended = ?lock.ended(), "unlocked");
         Ok(Response::new(pb::UnlockResponse { lock: Some(lock) }))
     }
@@ -924,7 +925,7 @@ fn event(item: Item) -> pb::ChangeEvent {
         Item::Reset { head } => {
             pb::ChangeEvent { seq: head, kind: pb::change_event::Kind::Reset.into(), ..Default::default() }
         }
-        Item::Change(change) => change.to_event(),
+        Item::Change(change) => wire::event(&change),
     }
 }
 
@@ -1039,8 +1040,8 @@ mod tests {
             namespace: change.namespace.clone(),
             entry: change.entry().map(|e| e.clone().into()),
             content_follows: change.entry().is_some(),
-            kind: change.kind().into(),
-            lock: change.lock_pb(),
+            kind: wire::kind(change).into(),
+            lock: wire::lock_info(change),
             content_lost: false,
         };
         pb::ReplicateRequest { msg: Some(pb::replicate_request::Msg::Change(header)) }
@@ -1049,7 +1050,7 @@ mod tests {
     /// Every message a change goes out in: its event, its replication, and
     /// (for a file) its listing, stat and admin manifest.
     fn every_message(change: &Change) -> Result<(), TestCaseError> {
-        let event = pb::SubscribeResponse { event: Some(change.to_event()) };
+        let event = pb::SubscribeResponse { event: Some(wire::event(change)) };
         fits("an event", &event)?;
         fits("a replicated change", &replicated(change))?;
         if let Some(entry) = change.entry() {
@@ -1062,7 +1063,7 @@ mod tests {
                 &pb::ManifestResponse { namespace: change.namespace.clone(), entry: Some(e) },
             )?;
         }
-        if let Some(lock) = change.lock_pb() {
+        if let Some(lock) = wire::lock_info(change) {
             fits("a lock listing", &pb::ListLocksResponse { lock: Some(lock.clone()) })?;
             fits("a lock's answer", &pb::LockResponse { lock: Some(lock.clone()) })?;
             fits("an unlock's answer", &pb::UnlockResponse { lock: Some(lock) })?;

@@ -27,6 +27,7 @@ use crate::{
     error::{Error, Result},
     feed::{self, Item},
     storage::{BlobReader, Change, PAGE_SIZE, Store, What},
+    wire,
 };
 
 /// How long the TCP connection to the replica may take.
@@ -639,7 +640,7 @@ async fn send_change(
     change: Change,
 ) -> Result<()> {
     window.take().await?;
-    let (kind, lock) = (change.kind().into(), change.lock_pb());
+    let (kind, lock) = (wire::kind(&change).into(), wire::lock_info(&change));
     let Change { seq, namespace, what } = change;
     let What::File(entry) = what else {
         // A lock change: no content.

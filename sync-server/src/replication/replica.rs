@@ -22,7 +22,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use super::WriteGate;
 use crate::{
     error::{Error, Result},
-    storage::{Change, Replicated, Store, What, lock_change_from_pb},
+    storage::{Change, Replicated, Store, What},
+    wire,
 };
 
 /// Most changes applied in one transaction.
@@ -295,7 +296,7 @@ async fn receive_change(
     use pb::change_event::Kind;
     if matches!(Kind::try_from(c.kind), Ok(Kind::Lock | Kind::Unlock)) {
         let lock = c.lock.ok_or_else(|| Error::invalid("a lock change without its lock"))?;
-        let change = lock_change_from_pb(c.seq, c.namespace, c.kind, lock)?;
+        let change = wire::lock_change(c.seq, c.namespace, c.kind, lock)?;
         return Ok(Replicated { change, staged: None, content_gone: false });
     }
     let entry = Entry::try_from(c.entry.ok_or_else(|| Error::invalid("a change without entry"))?)?;

@@ -20,6 +20,7 @@ use syncstore::{Lock, RelPath, pb};
 
 use super::{Change, Store, What, now_ms, rules};
 use crate::error::{Error, Result};
+use crate::wire;
 
 /// Why a lock ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,25 +28,6 @@ pub enum LockEnd {
     Released,
     Expired,
     Broken,
-}
-
-impl LockEnd {
-    fn to_pb(self) -> pb::LockEnd {
-        match self {
-            LockEnd::Released => pb::LockEnd::Released,
-            LockEnd::Expired => pb::LockEnd::Expired,
-            LockEnd::Broken => pb::LockEnd::Broken,
-        }
-    }
-
-    fn from_pb(v: i32) -> Result<Self> {
-        match pb::LockEnd::try_from(v) {
-            Ok(pb::LockEnd::Released) => Ok(LockEnd::Released),
-            Ok(pb::LockEnd::Expired) => Ok(LockEnd::Expired),
-            Ok(pb::LockEnd::Broken) => Ok(LockEnd::Broken),
-            _ => Err(Error::invalid(format!("an unlock change with end reason {v}"))),
-        }
-    }
 }
 
 /// Who makes a write or a lock change: the caller's principal (the name of
@@ -70,35 +52,15 @@ impl Actor {
     }
 }
 
-/// The wire form of a lock that ended.
-pub(crate) fn ended_to_pb(lock: &Lock, ended: LockEnd, by: &Actor) -> pb::LockInfo {
-    pb::LockInfo {
-        ended: ended.to_pb().into(),
-        ended_by: by.client_id.clone(),
-        ended_by_principal: by.principal.clone(),
-        ..lock.clone().into()
-    }
-}
+/// The change log's `kind` of a lock grant or refresh: the store's own
+/// code, fixed on disk (a file change is 0).
+const KIND_LOCK: i64 = 4;
+/// The change log's `kind` of a lock's end.
+const KIND_UNLOCK: i64 = 5;
 
-/// A lock change from the wire (a replicated change, or a resync's lock).
-pub(crate) fn lock_change_from_pb(
-    seq: u64,
-    namespace: String,
-    kind: i32,
-    lock: pb::LockInfo,
-) -> Result<Change> {
-    let ended = lock.ended;
-    let by = Actor::new(lock.ended_by_principal.clone(), lock.ended_by.clone());
-    let lock = Lock::try_from(lock)?;
-    let what = match pb::change_event::Kind::try_from(kind) {
-        Ok(pb::change_event::Kind::Lock) => What::Lock(lock),
-        Ok(pb::change_event::Kind::Unlock) => What::Unlock { lock, ended: LockEnd::from_pb(ended)?, by },
-        _ => return Err(Error::invalid(format!("a lock change of kind {kind}"))),
-    };
-    Ok(Change { seq, namespace, what })
-}
-
-/// Decodes a lock change stored in the change log.
+/// Decodes a lock change stored in the change log. Its `lock` column holds
+/// the lock in the wire's encoding (a `LockInfo`, with why and by whom it
+/// ended), as schema version 5 defined it.
 pub(super) fn decode_lock_change(
     seq: u64,
     namespace: String,
@@ -107,12 +69,24 @@ pub(super) fn decode_lock_change(
 ) -> Result<Change> {
     let lock = pb::LockInfo::decode(blob.unwrap_or_default())
         .map_err(|e| Error::Internal(format!("change {seq}: undecodable lock: {e}")))?;
-    lock_change_from_pb(seq, namespace, kind as i32, lock)
+    let unlock = match kind {
+        KIND_LOCK => false,
+        KIND_UNLOCK => true,
+        _ => return Err(Error::Internal(format!("change {seq}: a lock change of kind {kind}"))),
+    };
+    let what = wire::lock_what(unlock, lock)
+        .map_err(|e| Error::Internal(format!("change {seq}: an undecodable lock: {e}")))?;
+    Ok(Change { seq, namespace, what })
 }
 
 /// Appends a lock change to the log and applies it to the `locks` table.
 pub(super) fn write_lock_change(c: &Connection, change: &Change) -> Result<()> {
-    let lock = change.lock_pb().expect("a lock change has a lock");
+    let kind = match change.what {
+        What::Lock(_) => KIND_LOCK,
+        What::Unlock { .. } => KIND_UNLOCK,
+        What::File(_) => unreachable!("not a lock change"),
+    };
+    let lock = wire::lock_info(change).expect("a lock change has a lock");
     c.prepare_cached(
         "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id,
                               committed_ms, kind, lock)
@@ -124,7 +98,7 @@ pub(super) fn write_lock_change(c: &Connection, change: &Change) -> Result<()> {
         lock.path,
         change.client_id(),
         now_ms(),
-        change.kind() as i32,
+        kind,
         lock.encode_to_vec()
     ])?;
     match &change.what {
@@ -523,7 +497,7 @@ mod tests {
         // With force (the service checks the right), it is broken by bob.
         let broken = s.unlock(NS, &a.lock_id, &bob, true).unwrap();
         assert!(matches!(broken.what, What::Unlock { ended: LockEnd::Broken, ref by, .. } if *by == bob));
-        let wire = broken.lock_pb().unwrap();
+        let wire = wire::lock_info(&broken).unwrap();
         assert_eq!((wire.ended_by.as_str(), wire.ended_by_principal.as_str()), ("A", "bob"));
         // The holder itself refreshes and releases.
         let b = lock_of(&s.lock(NS, request("g", "A", 60)).unwrap());
@@ -570,7 +544,7 @@ mod tests {
 
         // The log holds the grant and the expiry, in order.
         let log = s.changes_after(NS, 0, 10).unwrap();
-        let kinds: Vec<i32> = log.iter().map(|c| c.kind() as i32).collect();
+        let kinds: Vec<i32> = log.iter().map(|c| wire::kind(c) as i32).collect();
         assert_eq!(kinds, [pb::change_event::Kind::Lock as i32, pb::change_event::Kind::Unlock as i32]);
     }
 

@@ -33,7 +33,7 @@ use std::{
 };
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use syncstore::{Content, ContentHash, Entry, Lock, RelPath, pb};
+use syncstore::{Content, ContentHash, Entry, Lock, RelPath};
 use tokio::sync::broadcast;
 
 pub(crate) use blobs::{BlobReader, BlobWriter, StagedBlob, Verdict};
@@ -41,7 +41,7 @@ use blobs::{BlobStore, Durability};
 pub use identity::Identity;
 use identity::MetaKey;
 pub use locks::Actor;
-pub(crate) use locks::{LockRequest, lock_change_from_pb};
+pub(crate) use locks::LockRequest;
 pub(crate) use rules::check_base;
 
 use crate::error::{Error, Result};
@@ -112,38 +112,6 @@ impl Change {
             What::File(e) => &e.client_id,
             What::Lock(l) => &l.client_id,
             What::Unlock { by, .. } => &by.client_id,
-        }
-    }
-
-    /// The kind of event the change is on the wire.
-    pub fn kind(&self) -> pb::change_event::Kind {
-        use pb::change_event::Kind;
-        match &self.what {
-            What::File(e) if e.is_deleted() => Kind::Delete,
-            What::File(_) => Kind::Put,
-            What::Lock(_) => Kind::Lock,
-            What::Unlock { .. } => Kind::Unlock,
-        }
-    }
-
-    /// The lock of a lock change, as the wire has it (with why and by whom
-    /// it ended, for an unlock).
-    pub fn lock_pb(&self) -> Option<pb::LockInfo> {
-        match &self.what {
-            What::File(_) => None,
-            What::Lock(l) => Some(l.clone().into()),
-            What::Unlock { lock, ended, by } => Some(locks::ended_to_pb(lock, *ended, by)),
-        }
-    }
-
-    /// The change as a `ChangeEvent` of the wire.
-    pub fn to_event(&self) -> pb::ChangeEvent {
-        pb::ChangeEvent {
-            seq: self.seq,
-            kind: self.kind().into(),
-            entry: self.entry().map(|e| e.clone().into()),
-            client_id: self.client_id().to_owned(),
-            lock: self.lock_pb(),
         }
     }
 }
