@@ -96,8 +96,9 @@ pub enum Error {
     /// An upload stream ended without its end marker: nothing is committed.
     #[error("{0}")]
     UploadIncomplete(String),
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The storage backend failed (its database or its content store).
+    #[error("storage error: {0}")]
+    Storage(#[from] StorageError),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     /// The server's own configuration is wrong (it does not start).
@@ -149,8 +150,44 @@ impl Error {
             Error::Unconfirmed { .. } => (Code::Unavailable, Reason::ReplicaUnconfirmed),
             Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, Reason::DeadlineExceeded),
             Error::UploadIncomplete(_) => (Code::InvalidArgument, Reason::UploadIncomplete),
-            Error::Sqlite(_) | Error::Io(_) | Error::Config(_) | Error::Internal(_) => return None,
+            Error::Storage(_) | Error::Io(_) | Error::Config(_) | Error::Internal(_) => return None,
         })
+    }
+}
+
+/// A failure of the storage backend, in terms every backend shares: what
+/// kind of failure it was (what the caller is told depends on it), and the
+/// backend's own error as its source, for the log.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct StorageError {
+    kind: StorageErrorKind,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// What kind of failure a [`StorageError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    /// The backend's disk (or quota) is full: nothing was written.
+    DiskFull,
+    /// Anything else: an internal error.
+    Other,
+}
+
+impl StorageError {
+    /// Wraps a backend's own error as a failure of `kind`.
+    pub fn new(kind: StorageErrorKind, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self { kind, source: source.into() }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StorageErrorKind {
+        self.kind
+    }
+
+    /// Whether the backend's disk (or quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        self.kind == StorageErrorKind::DiskFull
     }
 }
 
@@ -188,7 +225,7 @@ impl Error {
         match self {
             Error::DiskFull(_) => true,
             Error::Io(e) => io_disk_full(e),
-            Error::Sqlite(e) => sqlite_disk_full(e),
+            Error::Storage(e) => e.is_disk_full(),
             _ => false,
         }
     }
@@ -209,17 +246,12 @@ fn io_disk_full(e: &std::io::Error) -> bool {
         if let Some(io) = inner.downcast_ref::<std::io::Error>() {
             return io_disk_full(io);
         }
-        if let Some(sqlite) = inner.downcast_ref::<rusqlite::Error>() {
-            return sqlite_disk_full(sqlite);
+        if let Some(storage) = inner.downcast_ref::<StorageError>() {
+            return storage.is_disk_full();
         }
         source = inner.source();
     }
     false
-}
-
-/// SQLite's "database or disk is full" (`SQLITE_FULL`).
-fn sqlite_disk_full(e: &rusqlite::Error) -> bool {
-    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull))
 }
 
 /// ENOSPC (the same number on Linux, the BSDs and macOS).
@@ -348,10 +380,9 @@ mod tests {
             Error::Io(io::ErrorKind::QuotaExceeded.into()),
             // A path-wrapped error keeps the kind only, the code in its source.
             Error::Io(io::Error::other(raw)),
-            Error::Sqlite(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-                None,
-            )),
+            Error::Storage(StorageError::new(StorageErrorKind::DiskFull, "database or disk is full")),
+            // A storage failure wrapped in an I/O error on its way up.
+            Error::Io(io::Error::other(StorageError::new(StorageErrorKind::DiskFull, "full"))),
             Error::DiskFull("the commit failed".into()),
         ];
         for e in cases {

@@ -2,7 +2,7 @@
 
 use rusqlite::Connection;
 
-use crate::error::Result;
+use crate::error::{Error, Result, StorageError, StorageErrorKind};
 
 /// Bumped whenever the schema changes; a newer one is refused at open.
 pub(crate) const SCHEMA_VERSION: i64 = 5;
@@ -149,4 +149,41 @@ pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> Result
         [table, column],
         |r| r.get(0),
     )?)
+}
+
+/// SQLite's errors become the backend-neutral [`StorageError`]; its "database
+/// or disk is full" (`SQLITE_FULL`) is the disk being full.
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        let kind = match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StorageErrorKind::DiskFull,
+            _ => StorageErrorKind::Other,
+        };
+        Error::Storage(StorageError::new(kind, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn a_full_database_is_a_full_disk_and_other_failures_are_internal() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = connect(&dir.path().join("meta.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (v BLOB); PRAGMA max_page_count = 16;").unwrap();
+        let full = (0..1000)
+            .find_map(|_| conn.execute("INSERT INTO t VALUES (zeroblob(4096))", []).err())
+            .expect("the database fills up");
+        let full = Error::from(full);
+        assert!(matches!(&full, Error::Storage(e) if e.kind() == StorageErrorKind::DiskFull), "{full:?}");
+        assert_eq!(tonic::Status::from(full).code(), Code::ResourceExhausted);
+
+        let missing = conn.execute("INSERT INTO absent VALUES (1)", []).unwrap_err();
+        let other = Error::from(missing);
+        assert!(matches!(&other, Error::Storage(e) if e.kind() == StorageErrorKind::Other));
+        assert_eq!(tonic::Status::from(other).code(), Code::Internal);
+    }
 }
