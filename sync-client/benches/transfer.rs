@@ -9,7 +9,7 @@ use std::{fs, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sync_client::{
-    Remote,
+    GrpcRemote,
     fsroot::Root,
     local::{self, Kind, Meta},
     plan::Local,
@@ -72,7 +72,7 @@ fn upload(c: &mut Criterion) {
     });
     // The client's channel is built on this runtime.
     let _runtime = rt.enter();
-    let remote = Remote::new(&[url], "bench".to_owned(), &Default::default()).expect("remote");
+    let remote = GrpcRemote::new(&[url], "bench".to_owned(), &Default::default()).expect("remote");
     let folder = Root::open(root.path()).expect("root");
 
     let mut group = c.benchmark_group("upload");

@@ -18,13 +18,13 @@
 use std::{
     collections::{BTreeSet, HashSet},
     path::PathBuf,
+    sync::Arc,
 };
 
 use futures::StreamExt;
-use syncstore::{Entry, Lock, RelPath, pb};
+use syncstore::{Entry, Lock, RelPath};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::Code;
 
 use crate::{
     error::{Error, Result},
@@ -35,7 +35,7 @@ use crate::{
     plan::{self, Action, Base, Local},
     progress::Progress,
     refusal::Refusal,
-    remote::Remote,
+    remote::{Remote, RemoteEvent, ServerInfo},
     state::State,
     transfer::{self, UploadBase},
 };
@@ -138,7 +138,7 @@ pub struct Lane {
 pub struct Engine {
     root: PathBuf,
     state: State,
-    remote: Remote,
+    remote: Arc<dyn Remote>,
     ignore: Ignore,
     host: String,
     /// Paths whose last attempt failed; retried later.
@@ -163,7 +163,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(root: PathBuf, state: State, remote: Remote, host: String) -> Self {
+    pub fn new(root: PathBuf, state: State, remote: Arc<dyn Remote>, host: String) -> Self {
         let ignore = Ignore::load(&root);
         let locks = Locks::new(remote.client_id().to_owned(), state.clone());
         Self {
@@ -216,7 +216,7 @@ impl Engine {
     }
 
     /// An engine that only plans (for `status`): it never writes the state.
-    pub fn planner(root: PathBuf, state: State, remote: Remote, host: String) -> Self {
+    pub fn planner(root: PathBuf, state: State, remote: Arc<dyn Remote>, host: String) -> Self {
         Self { acting: false, ..Self::new(root, state, remote, host) }
     }
 
@@ -231,7 +231,7 @@ impl Engine {
     /// Checks the server's history id. On a server whose history is not
     /// the one the bases came from, forget the bases (and cursor): every
     /// path is then met as for the first time, which deletes nothing.
-    pub async fn check_history(&mut self) -> Result<pb::ServerInfoResponse> {
+    pub async fn check_history(&mut self) -> Result<ServerInfo> {
         let info = self.remote.info().await?;
         let known = self.state.get_meta("history_id")?;
         if known.as_deref() != Some(info.history_id.as_str()) {
@@ -420,7 +420,7 @@ impl Engine {
             reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
         };
         self.state.note_sent(path, &l.hash)?;
-        let (entry, sent) = transfer::upload(&self.remote, self.state.folder(), path, l, base).await?;
+        let (entry, sent) = transfer::upload(&*self.remote, self.state.folder(), path, l, base).await?;
         self.state.set_base(path, &base_of(entry.version, l))?;
         self.state.clear_sent(path)?;
         self.metrics.uploads.inc();
@@ -528,17 +528,16 @@ impl Engine {
     }
 
     /// Applies one change event from the server and advances the cursor.
-    pub async fn remote_event(&mut self, event: pb::ChangeEvent) -> Result<()> {
-        use pb::change_event::Kind;
-        match Kind::try_from(event.kind) {
-            Ok(Kind::Reset) => {
-                tracing::info!(seq = event.seq, "the server asked for a full re-sync");
+    pub async fn remote_event(&mut self, event: RemoteEvent) -> Result<()> {
+        let seq = event.seq();
+        match event {
+            RemoteEvent::Reset { .. } => {
+                tracing::info!(seq, "the server asked for a full re-sync");
                 self.full_sync().await?;
             }
-            Ok(Kind::Put | Kind::Delete) => {
-                // A refused entry is skipped (and logged); the cursor still
-                // moves past it.
-                let entry = event.entry.and_then(accept_entry);
+            // A refused entry is skipped (and logged); the cursor still
+            // moves past it.
+            RemoteEvent::Entry { entry, .. } => {
                 // An event older than the path's base says nothing new (this
                 // client's own earlier upload, say, arriving after a later
                 // one was recorded); acting on it would bring back an old
@@ -553,16 +552,12 @@ impl Engine {
                     }
                 }
             }
-            Ok(Kind::Lock | Kind::Unlock) => match event.lock.map(Lock::try_from) {
-                Some(Ok(lock)) if event.kind == Kind::Lock as i32 => self.lock_granted(lock),
-                Some(Ok(lock)) => self.lock_ended(&lock),
-                Some(Err(e)) => tracing::warn!(error = %e, "refused a lock event with a bad path"),
-                None => tracing::warn!(seq = event.seq, "refused a lock event without its lock"),
-            },
-            _ => tracing::warn!(kind = event.kind, "ignoring an unknown change event"),
+            RemoteEvent::Locked { lock, .. } => self.lock_granted(lock),
+            RemoteEvent::Unlocked { lock, .. } => self.lock_ended(&lock),
+            RemoteEvent::Skipped { .. } => {}
         }
-        if event.seq > self.state.cursor()? {
-            self.state.set_cursor(event.seq)?;
+        if seq > self.state.cursor()? {
+            self.state.set_cursor(seq)?;
         }
         Ok(())
     }
@@ -828,7 +823,7 @@ impl Engine {
                     Err(e) => Err(e),
                 }
             }
-            Err(e) if is_race(&e) => {
+            Err(e) if e.is_race() => {
                 tracing::debug!(%path, error = %e, "a large transfer lost a race; planning again");
                 self.sync_path(&path, RemoteView::Fetch).await.map(drop)
             }
@@ -846,7 +841,7 @@ impl Engine {
         for attempt in 1.. {
             match self.execute(&planned).await {
                 Ok(()) => return Ok(()),
-                Err(e) if attempt < MAX_ATTEMPTS && is_race(&e) => {
+                Err(e) if attempt < MAX_ATTEMPTS && e.is_race() => {
                     tracing::debug!(%path, error = %e, attempt, "lost a race; planning again");
                     if e.is_locked() || e.is_stale_lock() {
                         // Our view of the path's lock was out of date.
@@ -936,7 +931,7 @@ impl Engine {
                         self.metrics.remote_deletes.inc();
                         tracing::info!(%path, version = tomb.version, why, "deleted on the server");
                     }
-                    Err(e) if e.code() == Some(Code::NotFound) => {}
+                    Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
                 }
                 self.state.remove_base(path)?;
@@ -1092,7 +1087,7 @@ impl Engine {
             let ttl = std::time::Duration::from_secs(lock.ttl_seconds.into());
             match self.remote.refresh_lock(&lock.lock_id, ttl).await {
                 Ok(fresh) => self.locks.granted(fresh),
-                Err(e) if e.code() == Some(Code::NotFound) => {
+                Err(e) if e.is_not_found() => {
                     tracing::warn!(path = %lock.path, "our lock is gone (it expired or was broken)");
                     self.locks.ended(&lock);
                 }
@@ -1108,7 +1103,7 @@ impl Engine {
         let meta = if content.folder {
             make_folder(self.state.folder(), &remote.path)?
         } else {
-            transfer::download(&self.remote, self.state.folder(), self.state.tmp(), remote, expected).await?
+            transfer::download(&*self.remote, self.state.folder(), self.state.tmp(), remote, expected).await?
         };
         let hash = content.hash;
         self.metrics.downloads.inc();
@@ -1129,22 +1124,6 @@ impl Engine {
     async fn conflict_copy(&self, path: &RelPath, expected: Meta) -> Result<RelPath> {
         let (root, host, path) = (self.state.folder().clone(), self.host.clone(), path.clone());
         tokio::task::spawn_blocking(move || rename_aside(&root, &host, &path, Some(expected))).await?
-    }
-}
-
-/// Turns an entry received from the server into an [`Entry`], or refuses
-/// it with a warning (its path escaped) if its path or hash is not valid:
-/// `..`, absolute, empty, NUL or other control characters, not NFC, too
-/// long, inside the client's state folder. A refused entry is skipped;
-/// the rest of the listing or stream goes on.
-pub(crate) fn accept_entry(e: pb::FileEntry) -> Option<Entry> {
-    let path = e.path.escape_debug().to_string();
-    match Entry::try_from(e) {
-        Ok(entry) => Some(entry),
-        Err(err) => {
-            tracing::warn!(path = %path, error = %err, "refused an entry from the server");
-            None
-        }
     }
 }
 
@@ -1196,11 +1175,6 @@ fn rename_aside(root: &Root, host: &str, path: &RelPath, expected: Option<Meta>)
         }
     }
     Err(Error::Config(format!("no free conflict-copy name for {path}")))
-}
-
-fn is_race(e: &Error) -> bool {
-    matches!(e, Error::ChangedWhileReading)
-        || matches!(e.code(), Some(Code::Aborted | Code::NotFound | Code::FailedPrecondition))
 }
 
 fn base_of(version: u64, l: Local) -> Base {
