@@ -1298,4 +1298,168 @@ mod tests {
             ".bashrc (conflict from a_b 2026-11-24 210600 2)"
         );
     }
+
+    /// The engine against an in-memory server and a temp folder.
+    mod against_memory {
+        use std::{collections::HashMap, fs, sync::Arc, time::Duration};
+
+        use syncstore::limits::STATE_DIR_NAME;
+
+        use crate::{
+            engine::Engine,
+            remote::{Remote, memory::MemoryRemote},
+            state::State,
+        };
+
+        /// A client folder synced with `server` as client "here".
+        struct Client {
+            _dir: tempfile::TempDir,
+            root: std::path::PathBuf,
+            engine: Engine,
+            server: MemoryRemote,
+        }
+
+        impl Client {
+            fn new(server: &MemoryRemote) -> Self {
+                let dir = tempfile::tempdir().unwrap();
+                let root = fs::canonicalize(dir.path()).unwrap();
+                let state = State::open(&root).unwrap();
+                let server = server.as_client("here");
+                let engine = Engine::new(root.clone(), state, Arc::new(server.clone()), "host".into());
+                Self { _dir: dir, root, engine, server }
+            }
+
+            fn write(&self, path: &str, data: &[u8]) {
+                let full = self.root.join(path);
+                if full.exists() {
+                    // A file locked by someone else is read-only here.
+                    let mut perms = fs::metadata(&full).unwrap().permissions();
+                    #[allow(clippy::permissions_set_readonly_false)]
+                    perms.set_readonly(false);
+                    fs::set_permissions(&full, perms).unwrap();
+                }
+                fs::write(full, data).unwrap();
+            }
+
+            /// Every file in the folder but the client's own state.
+            fn files(&self) -> HashMap<String, Vec<u8>> {
+                let mut out = HashMap::new();
+                for entry in fs::read_dir(&self.root).unwrap() {
+                    let entry = entry.unwrap();
+                    let name = entry.file_name().into_string().unwrap();
+                    if name != STATE_DIR_NAME {
+                        out.insert(name, fs::read(entry.path()).unwrap());
+                    }
+                }
+                out
+            }
+        }
+
+        /// The one file whose name says it is a conflict copy of `stem`.
+        fn copy_of(files: &HashMap<String, Vec<u8>>, stem: &str) -> Vec<u8> {
+            let copies: Vec<_> = files
+                .iter()
+                .filter(|(name, _)| name.starts_with(&format!("{stem} (conflict from host ")))
+                .collect();
+            assert_eq!(copies.len(), 1, "one conflict copy of {stem} in {:?}", files.keys());
+            copies[0].1.clone()
+        }
+
+        fn set(pairs: &[(&str, &[u8])]) -> HashMap<String, Vec<u8>> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())).collect()
+        }
+
+        #[tokio::test]
+        async fn both_sides_edited_keeps_the_local_edit_as_a_copy() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("a.txt", b"first");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+            assert_eq!(c.files(), set(&[("a.txt", b"first")]));
+
+            other.put("a.txt", b"edited on the server");
+            c.write("a.txt", b"edited here, at more length");
+            c.engine.full_sync().await.unwrap();
+
+            let files = c.files();
+            assert_eq!(files["a.txt"], b"edited on the server");
+            assert_eq!(copy_of(&files, "a"), b"edited here, at more length");
+            assert_eq!(files.len(), 2, "{:?}", files.keys());
+            assert_eq!(c.server.files(), files, "the server holds both, as the folder does");
+        }
+
+        #[tokio::test]
+        async fn an_edit_here_beats_a_delete_on_the_server() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("a.txt", b"first");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+
+            other.remove("a.txt");
+            c.write("a.txt", b"edited here while it was deleted there");
+            c.engine.full_sync().await.unwrap();
+
+            let edited = set(&[("a.txt", b"edited here while it was deleted there")]);
+            assert_eq!(c.files(), edited);
+            assert_eq!(c.server.files(), edited, "the edit is back on the server");
+        }
+
+        #[tokio::test]
+        async fn a_local_edit_of_a_file_locked_by_someone_else_is_kept_as_a_copy() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("a.txt", b"first");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+
+            let path = syncstore::RelPath::new("a.txt").unwrap();
+            other.lock(&path, Duration::from_secs(600), "", "other@elsewhere").await.unwrap();
+            c.engine.full_sync().await.unwrap();
+            assert!(
+                fs::metadata(c.root.join("a.txt")).unwrap().permissions().readonly(),
+                "read-only while locked"
+            );
+
+            c.write("a.txt", b"edited here despite the lock");
+            c.engine.local_event(path).await;
+
+            let files = c.files();
+            assert_eq!(files["a.txt"], b"first", "the locked file is restored");
+            assert_eq!(copy_of(&files, "a"), b"edited here despite the lock");
+            assert_eq!(server.content("a.txt").unwrap(), b"first", "the lock holder's file is untouched");
+            assert_eq!(c.server.files(), files, "the copy is on the server");
+            assert!(!c.engine.has_failures());
+        }
+
+        #[tokio::test]
+        async fn a_local_write_during_a_download_is_not_overwritten() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("a.txt", b"first");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+
+            other.put("a.txt", b"second, from the server");
+            let target = c.root.join("a.txt");
+            c.server.before_next_download(move || fs::write(target, b"written here mid-download").unwrap());
+            c.engine.full_sync().await.unwrap();
+
+            let files = c.files();
+            assert_eq!(files["a.txt"], b"second, from the server");
+            assert_eq!(copy_of(&files, "a"), b"written here mid-download", "the local write survives");
+            assert_eq!(c.server.files(), files);
+            assert!(!c.engine.has_failures());
+        }
+
+        #[tokio::test]
+        async fn a_write_is_refused_when_its_base_is_not_current() {
+            // The in-memory server keeps the rule the engine relies on.
+            let server = MemoryRemote::new("server");
+            server.put("a.txt", b"one");
+            let err = server.delete(&syncstore::RelPath::new("a.txt").unwrap(), 7, 0).await.unwrap_err();
+            assert!(err.is_race(), "{err}");
+        }
+    }
 }

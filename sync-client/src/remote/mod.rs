@@ -1,7 +1,8 @@
 //! The server, as the engine sees it: the [`Remote`] trait of typed
 //! operations on domain values (entries, locks, change events, refusals).
-//! [`grpc`] is the one wire module that speaks the protocol; a second
-//! implementation can stand in for it.
+//! [`grpc`] is the one wire module that speaks the protocol; a second,
+//! in-memory implementation ([`memory`]) lets the engine be tested without
+//! a network.
 //!
 //! Every server refusal reaches the engine as a [`Refused`], decoded once
 //! (from the `syncstore-reason` metadata) on the wire side.
@@ -14,6 +15,8 @@ use syncstore::{Entry, Lock, RelPath};
 use crate::{error::Result, plan::Local};
 
 pub mod grpc;
+#[cfg(test)]
+pub(crate) mod memory;
 
 pub use grpc::GrpcRemote;
 
