@@ -10,8 +10,9 @@ use std::{fs, time::Duration};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sync_client::{
     GrpcRemote,
+    fsmeta::{Kind, Meta},
     fsroot::Root,
-    local::{self, Kind, Meta},
+    local,
     plan::Local,
     transfer::{self, UploadBase},
 };

@@ -28,8 +28,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     error::{Error, Result},
+    fsmeta::{Kind, Meta},
     fsroot::{self, Dir, Root},
-    local::{self, HardLinks, IGNORE_FILE, Ignore, LocalView, Meta},
+    local::{self, HardLinks, IGNORE_FILE, Ignore, LocalView},
     locks::Locks,
     metrics::ClientMetrics,
     plan::{self, Action, Base, Local},
@@ -387,8 +388,7 @@ impl Engine {
                 let same_kind = p.local.is_none_or(|l| l.folder == remote_folder);
                 unlocked
                     && same_kind
-                    && (p.local.is_some()
-                        || !matches!(self.state.folder().stat(&p.path), Ok(local::Kind::Dir)))
+                    && (p.local.is_some() || !matches!(self.state.folder().stat(&p.path), Ok(Kind::Dir)))
             }
             _ => false,
         }
@@ -492,7 +492,7 @@ impl Engine {
         let full = path.to_local(&self.root);
         let mut paths = BTreeSet::from([path.clone()]);
         match self.state.folder().stat(&path) {
-            Ok(local::Kind::Dir) => {
+            Ok(Kind::Dir) => {
                 let (root, ignore) = (self.root.clone(), self.ignore.clone());
                 match tokio::task::spawn_blocking(move || local::scan_linked(&root, &full, &ignore)).await {
                     Ok(Ok((found, links))) => {
@@ -504,7 +504,7 @@ impl Engine {
                 }
                 paths.extend(self.bases_under(&path));
             }
-            Ok(local::Kind::Missing) => {
+            Ok(Kind::Missing) => {
                 paths.extend(self.bases_under(&path));
                 // Its folder may now be empty: an entry of its own.
                 if let Ok(parent) = RelPath::new(path.parent()) {
@@ -1023,7 +1023,7 @@ impl Engine {
     /// name (and synced under it). The bases below it are dropped: the
     /// server, which has a file at `path`, has no live file below it.
     async fn make_room(&mut self, path: &RelPath) -> Result<()> {
-        if !matches!(self.state.folder().stat(path)?, local::Kind::Dir) {
+        if !matches!(self.state.folder().stat(path)?, Kind::Dir) {
             return Ok(());
         }
         for below in self.bases_under(path) {
@@ -1155,13 +1155,13 @@ fn rename_aside(root: &Root, host: &str, path: &RelPath, expected: Option<Meta>)
     let from = path.file_name();
     for n in 1..1000 {
         let copy = conflict_name(path, host, &stamp, n)?;
-        if !matches!(dir.kind(copy.file_name())?, local::Kind::Missing) {
+        if !matches!(dir.kind(copy.file_name())?, Kind::Missing) {
             continue;
         }
         if let Some(expected) = expected {
             let still = match dir.kind(from)? {
-                local::Kind::File(m) => m == expected,
-                local::Kind::Dir => expected.folder,
+                Kind::File(m) => m == expected,
+                Kind::Dir => expected.folder,
                 _ => false,
             };
             if !still {
@@ -1220,7 +1220,7 @@ fn delete_local(state: &State, path: &RelPath, expected: Meta) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e.into()),
     }
-    if !matches!(tmp.kind(&aside)?, local::Kind::File(m) if m.same_as_moved(&expected)) {
+    if !matches!(tmp.kind(&aside)?, Kind::File(m) if m.same_as_moved(&expected)) {
         transfer::put_back(tmp, &aside, &dir, name)?;
         return Err(Error::ChangedWhileReading);
     }
@@ -1241,7 +1241,7 @@ fn make_folder(root: &Root, path: &RelPath) -> Result<Meta> {
         Err(e) => return Err(e.into()),
     }
     match parent.kind(path.file_name())? {
-        local::Kind::Dir => Ok(Meta::of(&parent.metadata(path.file_name())?)),
+        Kind::Dir => Ok(Meta::of(&parent.metadata(path.file_name())?)),
         _ => Err(Error::ChangedWhileReading),
     }
 }

@@ -4,12 +4,14 @@
 //! - [`plan`]: the pure three-way planner (local, base, remote → action).
 //! - [`engine`]: executes plans one path at a time; full syncs, rescans,
 //!   local and remote events all go through it.
-//! - [`local`]: the folder on disk: stat, hashing, scanning, ignore rules.
+//! - [`local`]: the folder on disk: hashing, scanning, ignore rules.
 //! - [`fsroot`]: the folder held open; every write to it goes through it.
+//! - [`fsmeta`]: what a path is on disk (`Kind`, a file's `Meta`).
 //! - [`locks`]: the server's locks as the client knows them; read-only
 //!   files.
 //! - [`transfer`]: streaming uploads and verified, atomic downloads.
-//! - [`remote`]: the gRPC client of the server.
+//! - [`remote`]: the server as the engine sees it (the `Remote` trait),
+//!   and its gRPC wire side.
 //! - [`state`]: the client's SQLite state in `DIR/.syncstore/`.
 //! - [`watch`]: the notify watcher and its settle timers.
 //! - [`metrics`]: the client's Prometheus metrics.
@@ -20,6 +22,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod fsmeta;
 pub mod fsroot;
 pub mod local;
 pub mod locks;

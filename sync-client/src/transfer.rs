@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     error::{Error, Result},
+    fsmeta::{Kind, Meta},
     fsroot::{Dir, Root, TempFile},
-    local::{Kind, Meta},
     plan::Local,
     remote::{Body, ByteStream, Remote, Upload},
 };
