@@ -28,6 +28,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     error::{Error, Result},
+    folder::Folder,
     fsmeta::{Kind, Meta},
     fsroot::{self, Dir, Root},
     local::{self, HardLinks, IGNORE_FILE, Ignore, LocalView},
@@ -138,6 +139,9 @@ pub struct Lane {
 #[derive(Debug)]
 pub struct Engine {
     root: PathBuf,
+    /// The folder's handles: every write to it goes through them.
+    folder: Folder,
+    /// The bases, cursor and history (the database only).
     state: State,
     remote: Arc<dyn Remote>,
     ignore: Ignore,
@@ -164,11 +168,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(root: PathBuf, state: State, remote: Arc<dyn Remote>, host: String) -> Self {
+    pub fn new(folder: Folder, state: State, remote: Arc<dyn Remote>, host: String) -> Self {
+        let root = folder.path().to_path_buf();
         let ignore = Ignore::load(&root);
-        let locks = Locks::new(remote.client_id().to_owned(), state.clone());
+        let locks = Locks::new(remote.client_id().to_owned(), state.clone(), folder.root().clone());
         Self {
             root,
+            folder,
             state,
             locks,
             remote,
@@ -195,6 +201,7 @@ impl Engine {
     fn lane_engine(&self) -> Self {
         Self {
             root: self.root.clone(),
+            folder: self.folder.clone(),
             state: self.state.clone(),
             remote: self.remote.clone(),
             ignore: self.ignore.clone(),
@@ -217,8 +224,8 @@ impl Engine {
     }
 
     /// An engine that only plans (for `status`): it never writes the state.
-    pub fn planner(root: PathBuf, state: State, remote: Arc<dyn Remote>, host: String) -> Self {
-        Self { acting: false, ..Self::new(root, state, remote, host) }
+    pub fn planner(folder: Folder, state: State, remote: Arc<dyn Remote>, host: String) -> Self {
+        Self { acting: false, ..Self::new(folder, state, remote, host) }
     }
 
     pub fn state(&self) -> &State {
@@ -269,7 +276,7 @@ impl Engine {
         // What the folder says of every path, in one pass off the async
         // workers (a hand-off per path costs more than its `stat`), with the
         // bases read once.
-        let (root, ignore) = (self.state.folder().clone(), self.ignore.clone());
+        let (root, ignore) = (self.folder.root().clone(), self.ignore.clone());
         let gathered = tokio::task::spawn_blocking(move || {
             // Paths in order: a folder's files follow each other, so its
             // handle is opened once for all of them.
@@ -388,7 +395,7 @@ impl Engine {
                 let same_kind = p.local.is_none_or(|l| l.folder == remote_folder);
                 unlocked
                     && same_kind
-                    && (p.local.is_some() || !matches!(self.state.folder().stat(&p.path), Ok(Kind::Dir)))
+                    && (p.local.is_some() || !matches!(self.folder.root().stat(&p.path), Ok(Kind::Dir)))
             }
             _ => false,
         }
@@ -420,7 +427,7 @@ impl Engine {
             reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
         };
         self.state.note_sent(path, &l.hash)?;
-        let (entry, sent) = transfer::upload(&*self.remote, self.state.folder(), path, l, base).await?;
+        let (entry, sent) = transfer::upload(&*self.remote, self.folder.root(), path, l, base).await?;
         self.state.set_base(path, &base_of(entry.version, l))?;
         self.state.clear_sent(path)?;
         self.metrics.uploads.inc();
@@ -491,7 +498,7 @@ impl Engine {
         }
         let full = path.to_local(&self.root);
         let mut paths = BTreeSet::from([path.clone()]);
-        match self.state.folder().stat(&path) {
+        match self.folder.root().stat(&path) {
             Ok(Kind::Dir) => {
                 let (root, ignore) = (self.root.clone(), self.ignore.clone());
                 match tokio::task::spawn_blocking(move || local::scan_linked(&root, &full, &ignore)).await {
@@ -515,7 +522,7 @@ impl Engine {
         }
         // A file with several names, written through this one, changed
         // under its other names too: the watcher reports only this one.
-        let md = self.state.folder().parent(&path).and_then(|d| d.metadata(path.file_name()));
+        let md = self.folder.root().parent(&path).and_then(|d| d.metadata(path.file_name()));
         self.links.note(&path, md.as_ref().ok());
         let others: Vec<RelPath> = paths.iter().flat_map(|p| self.links.others(p)).collect();
         paths.extend(others);
@@ -574,7 +581,7 @@ impl Engine {
 
     /// Whether the synced folder itself is gone: the client must stop.
     pub fn folder_gone(&self) -> bool {
-        self.acting && !self.state.folder_present()
+        self.acting && !self.folder.present()
     }
 
     fn note_failure(&mut self, path: RelPath, e: &Error) {
@@ -621,7 +628,7 @@ impl Engine {
             return Ok(None);
         }
         let base = if self.bases_valid { self.state.base(path)? } else { None };
-        let (root, p) = (self.state.folder().clone(), path.clone());
+        let (root, p) = (self.folder.root().clone(), path.clone());
         let (base, view) = tokio::task::spawn_blocking(move || gather(&root, &mut None, &p, base)).await??;
         self.plan_from(path, remote, base, view).await
     }
@@ -644,7 +651,7 @@ impl Engine {
             // A folder is an entry of its own when it is empty, or synced
             // as one already; otherwise it is just where files live.
             LocalView::Dir(folder)
-                if base.is_some_and(|b| b.folder) || self.state.folder().is_empty_dir(path) =>
+                if base.is_some_and(|b| b.folder) || self.folder.root().is_empty_dir(path) =>
             {
                 Some(folder)
             }
@@ -890,8 +897,9 @@ impl Engine {
                     // A file (unchanged here) that the server replaced by a
                     // folder: it goes, as a deletion would.
                     Some(l) if !l.folder && remote_folder => {
-                        let (rel, state) = (path.clone(), self.state.clone());
-                        tokio::task::spawn_blocking(move || delete_local(&state, &rel, meta_of(l))).await??;
+                        let (rel, folder, state) = (path.clone(), self.folder.clone(), self.state.clone());
+                        tokio::task::spawn_blocking(move || delete_local(&folder, &state, &rel, meta_of(l)))
+                            .await??;
                         expected = None;
                     }
                     Some(_) => {}
@@ -903,7 +911,7 @@ impl Engine {
             Action::DeleteLocal if p.local.is_some_and(|l| l.folder) => {
                 // Only an empty folder goes; one that holds something new
                 // stays, no longer an entry of its own.
-                match self.state.folder().parent(path).and_then(|d| d.rmdir(path.file_name())) {
+                match self.folder.root().parent(path).and_then(|d| d.rmdir(path.file_name())) {
                     Ok(()) => tracing::info!(%path, why, "deleted a folder locally"),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
@@ -915,15 +923,16 @@ impl Engine {
             }
             Action::DeleteLocal => {
                 let l = p.local.expect("DeleteLocal is planned for a local file");
-                let (rel, state) = (path.clone(), self.state.clone());
-                tokio::task::spawn_blocking(move || delete_local(&state, &rel, meta_of(l))).await??;
+                let (rel, folder, state) = (path.clone(), self.folder.clone(), self.state.clone());
+                tokio::task::spawn_blocking(move || delete_local(&folder, &state, &rel, meta_of(l)))
+                    .await??;
                 self.state.remove_base(path)?;
                 self.metrics.local_deletes.inc();
                 tracing::info!(%path, why, "deleted locally");
             }
             Action::DeleteRemote { base_version } => {
                 // A file is gone: is the whole folder?
-                if !self.state.folder_present() {
+                if !self.folder.present() {
                     return Err(Error::FolderGone(self.root.display().to_string()));
                 }
                 match self.remote.delete(path, *base_version, self.locks.token(path)).await {
@@ -963,7 +972,7 @@ impl Engine {
             Some(l) => {
                 let copy = self.conflict_copy(path, meta_of(l)).await?;
                 let writable =
-                    self.state.folder().parent(&copy).and_then(|d| d.set_writable(copy.file_name(), true));
+                    self.folder.root().parent(&copy).and_then(|d| d.set_writable(copy.file_name(), true));
                 if let Err(e) = writable {
                     tracing::warn!(%copy, error = %e, "cannot make a conflict copy writable");
                 }
@@ -1011,7 +1020,7 @@ impl Engine {
 
     /// Renames the local file or folder at `path` to a free conflict name.
     async fn move_aside(&mut self, path: &RelPath) -> Result<RelPath> {
-        let (root, host, from) = (self.state.folder().clone(), self.host.clone(), path.clone());
+        let (root, host, from) = (self.folder.root().clone(), self.host.clone(), path.clone());
         let copy = tokio::task::spawn_blocking(move || rename_aside(&root, &host, &from, None)).await??;
         self.metrics.conflicts.inc();
         tracing::warn!(%path, %copy, "a file and a folder of the same name: the server's keeps the name, this one is renamed");
@@ -1023,13 +1032,13 @@ impl Engine {
     /// name (and synced under it). The bases below it are dropped: the
     /// server, which has a file at `path`, has no live file below it.
     async fn make_room(&mut self, path: &RelPath) -> Result<()> {
-        if !matches!(self.state.folder().stat(path)?, Kind::Dir) {
+        if !matches!(self.folder.root().stat(path)?, Kind::Dir) {
             return Ok(());
         }
         for below in self.bases_under(path) {
             self.state.remove_base(&below)?;
         }
-        if self.state.folder().parent(path).and_then(|d| d.rmdir(path.file_name())).is_ok() {
+        if self.folder.root().parent(path).and_then(|d| d.rmdir(path.file_name())).is_ok() {
             tracing::info!(%path, "removed an empty folder to make room for the server's file");
             return Ok(());
         }
@@ -1101,9 +1110,9 @@ impl Engine {
     async fn download(&self, remote: &Entry, expected: Option<Meta>) -> Result<()> {
         let content = remote.content.expect("a downloaded entry is live");
         let meta = if content.folder {
-            make_folder(self.state.folder(), &remote.path)?
+            make_folder(self.folder.root(), &remote.path)?
         } else {
-            transfer::download(&*self.remote, self.state.folder(), self.state.tmp(), remote, expected).await?
+            transfer::download(&*self.remote, self.folder.root(), self.folder.tmp(), remote, expected).await?
         };
         let hash = content.hash;
         self.metrics.downloads.inc();
@@ -1122,7 +1131,7 @@ impl Engine {
 
     /// Renames the local file at `path` to a free conflict-copy name.
     async fn conflict_copy(&self, path: &RelPath, expected: Meta) -> Result<RelPath> {
-        let (root, host, path) = (self.state.folder().clone(), self.host.clone(), path.clone());
+        let (root, host, path) = (self.folder.root().clone(), self.host.clone(), path.clone());
         tokio::task::spawn_blocking(move || rename_aside(&root, &host, &path, Some(expected))).await?
     }
 }
@@ -1206,8 +1215,8 @@ fn meta_of(l: Local) -> Meta {
 /// The file is moved aside first (atomically, into the temp folder) and
 /// checked there, so a write that lands after the check cannot be deleted
 /// with it: a changed file is put back and the path planned again.
-fn delete_local(state: &State, path: &RelPath, expected: Meta) -> Result<()> {
-    let (root, tmp) = (state.folder(), state.tmp());
+fn delete_local(folder: &Folder, state: &State, path: &RelPath, expected: Meta) -> Result<()> {
+    let (root, tmp) = (folder.root(), folder.tmp());
     let dir = match root.parent(path) {
         Ok(dir) => dir,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -1307,6 +1316,7 @@ mod tests {
 
         use crate::{
             engine::Engine,
+            folder::Folder,
             remote::{Remote, memory::MemoryRemote},
             state::State,
         };
@@ -1325,7 +1335,8 @@ mod tests {
                 let root = fs::canonicalize(dir.path()).unwrap();
                 let state = State::open(&root).unwrap();
                 let server = server.as_client("here");
-                let engine = Engine::new(root.clone(), state, Arc::new(server.clone()), "host".into());
+                let folder = Folder::open(&root).unwrap();
+                let engine = Engine::new(folder, state, Arc::new(server.clone()), "host".into());
                 Self { _dir: dir, root, engine, server }
             }
 

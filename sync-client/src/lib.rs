@@ -22,6 +22,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod folder;
 pub mod fsmeta;
 pub mod fsroot;
 pub mod local;
@@ -44,6 +45,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use engine::Engine;
 pub use error::{Error, Result};
+pub use folder::Folder;
 pub use remote::{GrpcRemote, Remote};
 pub use state::State;
 
@@ -112,7 +114,7 @@ fn open(config: &Config) -> Result<(Engine, State, Arc<dyn Remote>, PathBuf)> {
     let state = State::open(&root)?;
     let remote: Arc<dyn Remote> =
         Arc::new(GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?);
-    let engine = Engine::new(root.clone(), state.clone(), remote.clone(), host_name())
+    let engine = Engine::new(Folder::open(&root)?, state.clone(), remote.clone(), host_name())
         .with_metrics(config.metrics.clone());
     Ok((engine, state, remote, root))
 }
@@ -420,7 +422,7 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
     let state = State::open_shared(&root)?;
     let remote =
         GrpcRemote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
-    let mut engine = Engine::planner(root, state, Arc::new(remote), host_name());
+    let mut engine = Engine::planner(Folder::open(&root)?, state, Arc::new(remote), host_name());
     let all = engine.plan_all().await?;
     let mut out: Vec<Difference> = all.plans.iter().filter_map(Difference::of).collect();
     out.extend(all.failed.into_iter().map(|(path, e)| {
@@ -459,7 +461,7 @@ pub async fn status_against_replica(config: Config, replica: &str) -> Result<Vec
     let state = State::open_shared(&root)?;
     let remote =
         GrpcRemote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
-    let mut engine = Engine::planner(root, state, Arc::new(remote), host_name());
+    let mut engine = Engine::planner(Folder::open(&root)?, state, Arc::new(remote), host_name());
     let all = engine.plan_all().await?;
     let replica_files =
         GrpcRemote::new(&[replica.to_owned()], String::new(), &config.security)?.manifest().await?;
