@@ -9,9 +9,10 @@ use std::{fs, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sync_client::{
-    Remote,
+    GrpcRemote,
+    fsmeta::{Kind, Meta},
     fsroot::Root,
-    local::{self, Kind, Meta},
+    local,
     plan::Local,
     transfer::{self, UploadBase},
 };
@@ -72,7 +73,7 @@ fn upload(c: &mut Criterion) {
     });
     // The client's channel is built on this runtime.
     let _runtime = rt.enter();
-    let remote = Remote::new(&[url], "bench".to_owned(), &Default::default()).expect("remote");
+    let remote = GrpcRemote::new(&[url], "bench".to_owned(), &Default::default()).expect("remote");
     let folder = Root::open(root.path()).expect("root");
 
     let mut group = c.benchmark_group("upload");

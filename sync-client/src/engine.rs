@@ -18,24 +18,26 @@
 use std::{
     collections::{BTreeSet, HashSet},
     path::PathBuf,
+    sync::Arc,
 };
 
 use futures::StreamExt;
-use syncstore::{Entry, Lock, RelPath, pb};
+use syncstore::{Entry, Lock, RelPath};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::Code;
 
 use crate::{
     error::{Error, Result},
+    folder::Folder,
+    fsmeta::{Kind, Meta},
     fsroot::{self, Dir, Root},
-    local::{self, HardLinks, IGNORE_FILE, Ignore, LocalView, Meta},
+    local::{self, HardLinks, IGNORE_FILE, Ignore, LocalView},
     locks::Locks,
     metrics::ClientMetrics,
     plan::{self, Action, Base, Local},
     progress::Progress,
     refusal::Refusal,
-    remote::Remote,
+    remote::{Remote, RemoteEvent, ServerInfo},
     state::State,
     transfer::{self, UploadBase},
 };
@@ -137,8 +139,11 @@ pub struct Lane {
 #[derive(Debug)]
 pub struct Engine {
     root: PathBuf,
+    /// The folder's handles: every write to it goes through them.
+    folder: Folder,
+    /// The bases, cursor and history (the database only).
     state: State,
-    remote: Remote,
+    remote: Arc<dyn Remote>,
     ignore: Ignore,
     host: String,
     /// Paths whose last attempt failed; retried later.
@@ -163,11 +168,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(root: PathBuf, state: State, remote: Remote, host: String) -> Self {
+    pub fn new(folder: Folder, state: State, remote: Arc<dyn Remote>, host: String) -> Self {
+        let root = folder.path().to_path_buf();
         let ignore = Ignore::load(&root);
-        let locks = Locks::new(remote.client_id().to_owned(), state.clone());
+        let locks = Locks::new(remote.client_id().to_owned(), state.clone(), folder.root().clone());
         Self {
             root,
+            folder,
             state,
             locks,
             remote,
@@ -194,6 +201,7 @@ impl Engine {
     fn lane_engine(&self) -> Self {
         Self {
             root: self.root.clone(),
+            folder: self.folder.clone(),
             state: self.state.clone(),
             remote: self.remote.clone(),
             ignore: self.ignore.clone(),
@@ -216,8 +224,8 @@ impl Engine {
     }
 
     /// An engine that only plans (for `status`): it never writes the state.
-    pub fn planner(root: PathBuf, state: State, remote: Remote, host: String) -> Self {
-        Self { acting: false, ..Self::new(root, state, remote, host) }
+    pub fn planner(folder: Folder, state: State, remote: Arc<dyn Remote>, host: String) -> Self {
+        Self { acting: false, ..Self::new(folder, state, remote, host) }
     }
 
     pub fn state(&self) -> &State {
@@ -231,7 +239,7 @@ impl Engine {
     /// Checks the server's history id. On a server whose history is not
     /// the one the bases came from, forget the bases (and cursor): every
     /// path is then met as for the first time, which deletes nothing.
-    pub async fn check_history(&mut self) -> Result<pb::ServerInfoResponse> {
+    pub async fn check_history(&mut self) -> Result<ServerInfo> {
         let info = self.remote.info().await?;
         let known = self.state.get_meta("history_id")?;
         if known.as_deref() != Some(info.history_id.as_str()) {
@@ -268,7 +276,7 @@ impl Engine {
         // What the folder says of every path, in one pass off the async
         // workers (a hand-off per path costs more than its `stat`), with the
         // bases read once.
-        let (root, ignore) = (self.state.folder().clone(), self.ignore.clone());
+        let (root, ignore) = (self.folder.root().clone(), self.ignore.clone());
         let gathered = tokio::task::spawn_blocking(move || {
             // Paths in order: a folder's files follow each other, so its
             // handle is opened once for all of them.
@@ -387,8 +395,7 @@ impl Engine {
                 let same_kind = p.local.is_none_or(|l| l.folder == remote_folder);
                 unlocked
                     && same_kind
-                    && (p.local.is_some()
-                        || !matches!(self.state.folder().stat(&p.path), Ok(local::Kind::Dir)))
+                    && (p.local.is_some() || !matches!(self.folder.root().stat(&p.path), Ok(Kind::Dir)))
             }
             _ => false,
         }
@@ -420,7 +427,7 @@ impl Engine {
             reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
         };
         self.state.note_sent(path, &l.hash)?;
-        let (entry, sent) = transfer::upload(&self.remote, self.state.folder(), path, l, base).await?;
+        let (entry, sent) = transfer::upload(&*self.remote, self.folder.root(), path, l, base).await?;
         self.state.set_base(path, &base_of(entry.version, l))?;
         self.state.clear_sent(path)?;
         self.metrics.uploads.inc();
@@ -491,8 +498,8 @@ impl Engine {
         }
         let full = path.to_local(&self.root);
         let mut paths = BTreeSet::from([path.clone()]);
-        match self.state.folder().stat(&path) {
-            Ok(local::Kind::Dir) => {
+        match self.folder.root().stat(&path) {
+            Ok(Kind::Dir) => {
                 let (root, ignore) = (self.root.clone(), self.ignore.clone());
                 match tokio::task::spawn_blocking(move || local::scan_linked(&root, &full, &ignore)).await {
                     Ok(Ok((found, links))) => {
@@ -504,7 +511,7 @@ impl Engine {
                 }
                 paths.extend(self.bases_under(&path));
             }
-            Ok(local::Kind::Missing) => {
+            Ok(Kind::Missing) => {
                 paths.extend(self.bases_under(&path));
                 // Its folder may now be empty: an entry of its own.
                 if let Ok(parent) = RelPath::new(path.parent()) {
@@ -515,7 +522,7 @@ impl Engine {
         }
         // A file with several names, written through this one, changed
         // under its other names too: the watcher reports only this one.
-        let md = self.state.folder().parent(&path).and_then(|d| d.metadata(path.file_name()));
+        let md = self.folder.root().parent(&path).and_then(|d| d.metadata(path.file_name()));
         self.links.note(&path, md.as_ref().ok());
         let others: Vec<RelPath> = paths.iter().flat_map(|p| self.links.others(p)).collect();
         paths.extend(others);
@@ -528,17 +535,16 @@ impl Engine {
     }
 
     /// Applies one change event from the server and advances the cursor.
-    pub async fn remote_event(&mut self, event: pb::ChangeEvent) -> Result<()> {
-        use pb::change_event::Kind;
-        match Kind::try_from(event.kind) {
-            Ok(Kind::Reset) => {
-                tracing::info!(seq = event.seq, "the server asked for a full re-sync");
+    pub async fn remote_event(&mut self, event: RemoteEvent) -> Result<()> {
+        let seq = event.seq();
+        match event {
+            RemoteEvent::Reset { .. } => {
+                tracing::info!(seq, "the server asked for a full re-sync");
                 self.full_sync().await?;
             }
-            Ok(Kind::Put | Kind::Delete) => {
-                // A refused entry is skipped (and logged); the cursor still
-                // moves past it.
-                let entry = event.entry.and_then(accept_entry);
+            // A refused entry is skipped (and logged); the cursor still
+            // moves past it.
+            RemoteEvent::Entry { entry, .. } => {
                 // An event older than the path's base says nothing new (this
                 // client's own earlier upload, say, arriving after a later
                 // one was recorded); acting on it would bring back an old
@@ -553,16 +559,12 @@ impl Engine {
                     }
                 }
             }
-            Ok(Kind::Lock | Kind::Unlock) => match event.lock.map(Lock::try_from) {
-                Some(Ok(lock)) if event.kind == Kind::Lock as i32 => self.lock_granted(lock),
-                Some(Ok(lock)) => self.lock_ended(&lock),
-                Some(Err(e)) => tracing::warn!(error = %e, "refused a lock event with a bad path"),
-                None => tracing::warn!(seq = event.seq, "refused a lock event without its lock"),
-            },
-            _ => tracing::warn!(kind = event.kind, "ignoring an unknown change event"),
+            RemoteEvent::Locked { lock, .. } => self.lock_granted(lock),
+            RemoteEvent::Unlocked { lock, .. } => self.lock_ended(&lock),
+            RemoteEvent::Skipped { .. } => {}
         }
-        if event.seq > self.state.cursor()? {
-            self.state.set_cursor(event.seq)?;
+        if seq > self.state.cursor()? {
+            self.state.set_cursor(seq)?;
         }
         Ok(())
     }
@@ -579,7 +581,7 @@ impl Engine {
 
     /// Whether the synced folder itself is gone: the client must stop.
     pub fn folder_gone(&self) -> bool {
-        self.acting && !self.state.folder_present()
+        self.acting && !self.folder.present()
     }
 
     fn note_failure(&mut self, path: RelPath, e: &Error) {
@@ -626,7 +628,7 @@ impl Engine {
             return Ok(None);
         }
         let base = if self.bases_valid { self.state.base(path)? } else { None };
-        let (root, p) = (self.state.folder().clone(), path.clone());
+        let (root, p) = (self.folder.root().clone(), path.clone());
         let (base, view) = tokio::task::spawn_blocking(move || gather(&root, &mut None, &p, base)).await??;
         self.plan_from(path, remote, base, view).await
     }
@@ -649,7 +651,7 @@ impl Engine {
             // A folder is an entry of its own when it is empty, or synced
             // as one already; otherwise it is just where files live.
             LocalView::Dir(folder)
-                if base.is_some_and(|b| b.folder) || self.state.folder().is_empty_dir(path) =>
+                if base.is_some_and(|b| b.folder) || self.folder.root().is_empty_dir(path) =>
             {
                 Some(folder)
             }
@@ -828,7 +830,7 @@ impl Engine {
                     Err(e) => Err(e),
                 }
             }
-            Err(e) if is_race(&e) => {
+            Err(e) if e.is_race() => {
                 tracing::debug!(%path, error = %e, "a large transfer lost a race; planning again");
                 self.sync_path(&path, RemoteView::Fetch).await.map(drop)
             }
@@ -846,7 +848,7 @@ impl Engine {
         for attempt in 1.. {
             match self.execute(&planned).await {
                 Ok(()) => return Ok(()),
-                Err(e) if attempt < MAX_ATTEMPTS && is_race(&e) => {
+                Err(e) if attempt < MAX_ATTEMPTS && e.is_race() => {
                     tracing::debug!(%path, error = %e, attempt, "lost a race; planning again");
                     if e.is_locked() || e.is_stale_lock() {
                         // Our view of the path's lock was out of date.
@@ -895,8 +897,9 @@ impl Engine {
                     // A file (unchanged here) that the server replaced by a
                     // folder: it goes, as a deletion would.
                     Some(l) if !l.folder && remote_folder => {
-                        let (rel, state) = (path.clone(), self.state.clone());
-                        tokio::task::spawn_blocking(move || delete_local(&state, &rel, meta_of(l))).await??;
+                        let (rel, folder, state) = (path.clone(), self.folder.clone(), self.state.clone());
+                        tokio::task::spawn_blocking(move || delete_local(&folder, &state, &rel, meta_of(l)))
+                            .await??;
                         expected = None;
                     }
                     Some(_) => {}
@@ -908,7 +911,7 @@ impl Engine {
             Action::DeleteLocal if p.local.is_some_and(|l| l.folder) => {
                 // Only an empty folder goes; one that holds something new
                 // stays, no longer an entry of its own.
-                match self.state.folder().parent(path).and_then(|d| d.rmdir(path.file_name())) {
+                match self.folder.root().parent(path).and_then(|d| d.rmdir(path.file_name())) {
                     Ok(()) => tracing::info!(%path, why, "deleted a folder locally"),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
@@ -920,15 +923,16 @@ impl Engine {
             }
             Action::DeleteLocal => {
                 let l = p.local.expect("DeleteLocal is planned for a local file");
-                let (rel, state) = (path.clone(), self.state.clone());
-                tokio::task::spawn_blocking(move || delete_local(&state, &rel, meta_of(l))).await??;
+                let (rel, folder, state) = (path.clone(), self.folder.clone(), self.state.clone());
+                tokio::task::spawn_blocking(move || delete_local(&folder, &state, &rel, meta_of(l)))
+                    .await??;
                 self.state.remove_base(path)?;
                 self.metrics.local_deletes.inc();
                 tracing::info!(%path, why, "deleted locally");
             }
             Action::DeleteRemote { base_version } => {
                 // A file is gone: is the whole folder?
-                if !self.state.folder_present() {
+                if !self.folder.present() {
                     return Err(Error::FolderGone(self.root.display().to_string()));
                 }
                 match self.remote.delete(path, *base_version, self.locks.token(path)).await {
@@ -936,7 +940,7 @@ impl Engine {
                         self.metrics.remote_deletes.inc();
                         tracing::info!(%path, version = tomb.version, why, "deleted on the server");
                     }
-                    Err(e) if e.code() == Some(Code::NotFound) => {}
+                    Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
                 }
                 self.state.remove_base(path)?;
@@ -968,7 +972,7 @@ impl Engine {
             Some(l) => {
                 let copy = self.conflict_copy(path, meta_of(l)).await?;
                 let writable =
-                    self.state.folder().parent(&copy).and_then(|d| d.set_writable(copy.file_name(), true));
+                    self.folder.root().parent(&copy).and_then(|d| d.set_writable(copy.file_name(), true));
                 if let Err(e) = writable {
                     tracing::warn!(%copy, error = %e, "cannot make a conflict copy writable");
                 }
@@ -1016,7 +1020,7 @@ impl Engine {
 
     /// Renames the local file or folder at `path` to a free conflict name.
     async fn move_aside(&mut self, path: &RelPath) -> Result<RelPath> {
-        let (root, host, from) = (self.state.folder().clone(), self.host.clone(), path.clone());
+        let (root, host, from) = (self.folder.root().clone(), self.host.clone(), path.clone());
         let copy = tokio::task::spawn_blocking(move || rename_aside(&root, &host, &from, None)).await??;
         self.metrics.conflicts.inc();
         tracing::warn!(%path, %copy, "a file and a folder of the same name: the server's keeps the name, this one is renamed");
@@ -1028,13 +1032,13 @@ impl Engine {
     /// name (and synced under it). The bases below it are dropped: the
     /// server, which has a file at `path`, has no live file below it.
     async fn make_room(&mut self, path: &RelPath) -> Result<()> {
-        if !matches!(self.state.folder().stat(path)?, local::Kind::Dir) {
+        if !matches!(self.folder.root().stat(path)?, Kind::Dir) {
             return Ok(());
         }
         for below in self.bases_under(path) {
             self.state.remove_base(&below)?;
         }
-        if self.state.folder().parent(path).and_then(|d| d.rmdir(path.file_name())).is_ok() {
+        if self.folder.root().parent(path).and_then(|d| d.rmdir(path.file_name())).is_ok() {
             tracing::info!(%path, "removed an empty folder to make room for the server's file");
             return Ok(());
         }
@@ -1092,7 +1096,7 @@ impl Engine {
             let ttl = std::time::Duration::from_secs(lock.ttl_seconds.into());
             match self.remote.refresh_lock(&lock.lock_id, ttl).await {
                 Ok(fresh) => self.locks.granted(fresh),
-                Err(e) if e.code() == Some(Code::NotFound) => {
+                Err(e) if e.is_not_found() => {
                     tracing::warn!(path = %lock.path, "our lock is gone (it expired or was broken)");
                     self.locks.ended(&lock);
                 }
@@ -1106,9 +1110,9 @@ impl Engine {
     async fn download(&self, remote: &Entry, expected: Option<Meta>) -> Result<()> {
         let content = remote.content.expect("a downloaded entry is live");
         let meta = if content.folder {
-            make_folder(self.state.folder(), &remote.path)?
+            make_folder(self.folder.root(), &remote.path)?
         } else {
-            transfer::download(&self.remote, self.state.folder(), self.state.tmp(), remote, expected).await?
+            transfer::download(&*self.remote, self.folder.root(), self.folder.tmp(), remote, expected).await?
         };
         let hash = content.hash;
         self.metrics.downloads.inc();
@@ -1127,24 +1131,8 @@ impl Engine {
 
     /// Renames the local file at `path` to a free conflict-copy name.
     async fn conflict_copy(&self, path: &RelPath, expected: Meta) -> Result<RelPath> {
-        let (root, host, path) = (self.state.folder().clone(), self.host.clone(), path.clone());
+        let (root, host, path) = (self.folder.root().clone(), self.host.clone(), path.clone());
         tokio::task::spawn_blocking(move || rename_aside(&root, &host, &path, Some(expected))).await?
-    }
-}
-
-/// Turns an entry received from the server into an [`Entry`], or refuses
-/// it with a warning (its path escaped) if its path or hash is not valid:
-/// `..`, absolute, empty, NUL or other control characters, not NFC, too
-/// long, inside the client's state folder. A refused entry is skipped;
-/// the rest of the listing or stream goes on.
-pub(crate) fn accept_entry(e: pb::FileEntry) -> Option<Entry> {
-    let path = e.path.escape_debug().to_string();
-    match Entry::try_from(e) {
-        Ok(entry) => Some(entry),
-        Err(err) => {
-            tracing::warn!(path = %path, error = %err, "refused an entry from the server");
-            None
-        }
     }
 }
 
@@ -1176,13 +1164,13 @@ fn rename_aside(root: &Root, host: &str, path: &RelPath, expected: Option<Meta>)
     let from = path.file_name();
     for n in 1..1000 {
         let copy = conflict_name(path, host, &stamp, n)?;
-        if !matches!(dir.kind(copy.file_name())?, local::Kind::Missing) {
+        if !matches!(dir.kind(copy.file_name())?, Kind::Missing) {
             continue;
         }
         if let Some(expected) = expected {
             let still = match dir.kind(from)? {
-                local::Kind::File(m) => m == expected,
-                local::Kind::Dir => expected.folder,
+                Kind::File(m) => m == expected,
+                Kind::Dir => expected.folder,
                 _ => false,
             };
             if !still {
@@ -1196,11 +1184,6 @@ fn rename_aside(root: &Root, host: &str, path: &RelPath, expected: Option<Meta>)
         }
     }
     Err(Error::Config(format!("no free conflict-copy name for {path}")))
-}
-
-fn is_race(e: &Error) -> bool {
-    matches!(e, Error::ChangedWhileReading)
-        || matches!(e.code(), Some(Code::Aborted | Code::NotFound | Code::FailedPrecondition))
 }
 
 fn base_of(version: u64, l: Local) -> Base {
@@ -1232,8 +1215,8 @@ fn meta_of(l: Local) -> Meta {
 /// The file is moved aside first (atomically, into the temp folder) and
 /// checked there, so a write that lands after the check cannot be deleted
 /// with it: a changed file is put back and the path planned again.
-fn delete_local(state: &State, path: &RelPath, expected: Meta) -> Result<()> {
-    let (root, tmp) = (state.folder(), state.tmp());
+fn delete_local(folder: &Folder, state: &State, path: &RelPath, expected: Meta) -> Result<()> {
+    let (root, tmp) = (folder.root(), folder.tmp());
     let dir = match root.parent(path) {
         Ok(dir) => dir,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -1246,7 +1229,7 @@ fn delete_local(state: &State, path: &RelPath, expected: Meta) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e.into()),
     }
-    if !matches!(tmp.kind(&aside)?, local::Kind::File(m) if m.same_as_moved(&expected)) {
+    if !matches!(tmp.kind(&aside)?, Kind::File(m) if m.same_as_moved(&expected)) {
         transfer::put_back(tmp, &aside, &dir, name)?;
         return Err(Error::ChangedWhileReading);
     }
@@ -1267,7 +1250,7 @@ fn make_folder(root: &Root, path: &RelPath) -> Result<Meta> {
         Err(e) => return Err(e.into()),
     }
     match parent.kind(path.file_name())? {
-        local::Kind::Dir => Ok(Meta::of(&parent.metadata(path.file_name())?)),
+        Kind::Dir => Ok(Meta::of(&parent.metadata(path.file_name())?)),
         _ => Err(Error::ChangedWhileReading),
     }
 }
@@ -1323,5 +1306,171 @@ mod tests {
             conflict_name(&p, "a/b", "2026-11-24 210600", 2).unwrap().as_str(),
             ".bashrc (conflict from a_b 2026-11-24 210600 2)"
         );
+    }
+
+    /// The engine against an in-memory server and a temp folder.
+    mod against_memory {
+        use std::{collections::HashMap, fs, sync::Arc, time::Duration};
+
+        use syncstore::limits::STATE_DIR_NAME;
+
+        use crate::{
+            engine::Engine,
+            folder::Folder,
+            remote::{Remote, memory::MemoryRemote},
+            state::State,
+        };
+
+        /// A client folder synced with `server` as client "here".
+        struct Client {
+            _dir: tempfile::TempDir,
+            root: std::path::PathBuf,
+            engine: Engine,
+            server: MemoryRemote,
+        }
+
+        impl Client {
+            fn new(server: &MemoryRemote) -> Self {
+                let dir = tempfile::tempdir().unwrap();
+                let root = fs::canonicalize(dir.path()).unwrap();
+                let state = State::open(&root).unwrap();
+                let server = server.as_client("here");
+                let folder = Folder::open(&root).unwrap();
+                let engine = Engine::new(folder, state, Arc::new(server.clone()), "host".into());
+                Self { _dir: dir, root, engine, server }
+            }
+
+            fn write(&self, path: &str, data: &[u8]) {
+                let full = self.root.join(path);
+                if full.exists() {
+                    // A file locked by someone else is read-only here.
+                    let mut perms = fs::metadata(&full).unwrap().permissions();
+                    #[allow(clippy::permissions_set_readonly_false)]
+                    perms.set_readonly(false);
+                    fs::set_permissions(&full, perms).unwrap();
+                }
+                fs::write(full, data).unwrap();
+            }
+
+            /// Every file in the folder but the client's own state.
+            fn files(&self) -> HashMap<String, Vec<u8>> {
+                let mut out = HashMap::new();
+                for entry in fs::read_dir(&self.root).unwrap() {
+                    let entry = entry.unwrap();
+                    let name = entry.file_name().into_string().unwrap();
+                    if name != STATE_DIR_NAME {
+                        out.insert(name, fs::read(entry.path()).unwrap());
+                    }
+                }
+                out
+            }
+        }
+
+        /// The one file whose name says it is a conflict copy of `stem`.
+        fn copy_of(files: &HashMap<String, Vec<u8>>, stem: &str) -> Vec<u8> {
+            let copies: Vec<_> = files
+                .iter()
+                .filter(|(name, _)| name.starts_with(&format!("{stem} (conflict from host ")))
+                .collect();
+            assert_eq!(copies.len(), 1, "one conflict copy of {stem} in {:?}", files.keys());
+            copies[0].1.clone()
+        }
+
+        fn set(pairs: &[(&str, &[u8])]) -> HashMap<String, Vec<u8>> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())).collect()
+        }
+
+        #[tokio::test]
+        async fn both_sides_edited_keeps_the_local_edit_as_a_copy() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("a.txt", b"first");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+            assert_eq!(c.files(), set(&[("a.txt", b"first")]));
+
+            other.put("a.txt", b"edited on the server");
+            c.write("a.txt", b"edited here, at more length");
+            c.engine.full_sync().await.unwrap();
+
+            let files = c.files();
+            assert_eq!(files["a.txt"], b"edited on the server");
+            assert_eq!(copy_of(&files, "a"), b"edited here, at more length");
+            assert_eq!(files.len(), 2, "{:?}", files.keys());
+            assert_eq!(c.server.files(), files, "the server holds both, as the folder does");
+        }
+
+        #[tokio::test]
+        async fn an_edit_here_beats_a_delete_on_the_server() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("a.txt", b"first");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+
+            other.remove("a.txt");
+            c.write("a.txt", b"edited here while it was deleted there");
+            c.engine.full_sync().await.unwrap();
+
+            let edited = set(&[("a.txt", b"edited here while it was deleted there")]);
+            assert_eq!(c.files(), edited);
+            assert_eq!(c.server.files(), edited, "the edit is back on the server");
+        }
+
+        #[tokio::test]
+        async fn a_local_edit_of_a_file_locked_by_someone_else_is_kept_as_a_copy() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("a.txt", b"first");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+
+            let path = syncstore::RelPath::new("a.txt").unwrap();
+            other.lock(&path, Duration::from_secs(600), "", "other@elsewhere").await.unwrap();
+            c.engine.full_sync().await.unwrap();
+            assert!(
+                fs::metadata(c.root.join("a.txt")).unwrap().permissions().readonly(),
+                "read-only while locked"
+            );
+
+            c.write("a.txt", b"edited here despite the lock");
+            c.engine.local_event(path).await;
+
+            let files = c.files();
+            assert_eq!(files["a.txt"], b"first", "the locked file is restored");
+            assert_eq!(copy_of(&files, "a"), b"edited here despite the lock");
+            assert_eq!(server.content("a.txt").unwrap(), b"first", "the lock holder's file is untouched");
+            assert_eq!(c.server.files(), files, "the copy is on the server");
+            assert!(!c.engine.has_failures());
+        }
+
+        #[tokio::test]
+        async fn a_local_write_during_a_download_is_not_overwritten() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("a.txt", b"first");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+
+            other.put("a.txt", b"second, from the server");
+            let target = c.root.join("a.txt");
+            c.server.before_next_download(move || fs::write(target, b"written here mid-download").unwrap());
+            c.engine.full_sync().await.unwrap();
+
+            let files = c.files();
+            assert_eq!(files["a.txt"], b"second, from the server");
+            assert_eq!(copy_of(&files, "a"), b"written here mid-download", "the local write survives");
+            assert_eq!(c.server.files(), files);
+            assert!(!c.engine.has_failures());
+        }
+
+        #[tokio::test]
+        async fn a_write_is_refused_when_its_base_is_not_current() {
+            // The in-memory server keeps the rule the engine relies on.
+            let server = MemoryRemote::new("server");
+            server.put("a.txt", b"one");
+            let err = server.delete(&syncstore::RelPath::new("a.txt").unwrap(), 7, 0).await.unwrap_err();
+            assert!(err.is_race(), "{err}");
+        }
     }
 }

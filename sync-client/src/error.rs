@@ -1,7 +1,6 @@
 //! The client's error type.
 
-use syncstore::Reason;
-use tonic::Code;
+use crate::remote::Refused;
 
 /// Result alias for the client library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -9,8 +8,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What can go wrong while syncing.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}", describe_status(.0))]
-    Rpc(tonic::Status),
+    /// The server refused the call (decoded by the wire module).
+    #[error("{0}")]
+    Server(ServerError),
     #[error("cannot connect to the server: {0}")]
     Connect(#[from] tonic::transport::Error),
     #[error("{0}")]
@@ -39,18 +39,26 @@ pub enum Error {
 }
 
 impl Error {
-    /// The gRPC code, if the server refused the call.
-    pub fn code(&self) -> Option<Code> {
-        match self {
-            Error::Rpc(s) => Some(s.code()),
-            _ => None,
-        }
+    /// The server is away, or broke the call off, as `message` says.
+    pub fn unavailable(message: &str) -> Self {
+        Self::server(Refused::Unavailable, message)
     }
 
-    /// The reason of the server's refusal, if it was one.
-    pub fn reason(&self) -> Option<Reason> {
+    /// A refusal `refused` of a server that named no reason of its own.
+    pub fn server(refused: Refused, message: &str) -> Self {
+        Error::Server(ServerError {
+            refused,
+            reason: String::new(),
+            replica: String::new(),
+            code: format!("{refused:?}"),
+            message: message.to_owned(),
+        })
+    }
+
+    /// Why the server refused the call, if it did.
+    pub fn refused(&self) -> Option<Refused> {
         match self {
-            Error::Rpc(s) => Reason::of(s),
+            Error::Server(e) => Some(e.refused),
             _ => None,
         }
     }
@@ -58,89 +66,92 @@ impl Error {
     /// Whether the server refused a write because someone else locked the
     /// path.
     pub fn is_locked(&self) -> bool {
-        self.reason() == Some(Reason::Locked)
+        self.refused() == Some(Refused::Locked)
     }
 
     /// Whether the server refused a write because the lock token it carried
     /// is not the path's current lock (or the path's lock needs one).
     pub fn is_stale_lock(&self) -> bool {
-        self.reason() == Some(Reason::StaleLock)
+        self.refused() == Some(Refused::StaleLock)
     }
 
     /// Whether the server refused a file where it has a folder (or below a
     /// file).
     pub fn is_path_clash(&self) -> bool {
-        self.reason() == Some(Reason::PathClash)
+        self.refused() == Some(Refused::PathClash)
+    }
+
+    /// Whether the server said the path, version or lock is not there.
+    pub fn is_not_found(&self) -> bool {
+        self.refused() == Some(Refused::NotFound)
     }
 
     /// Whether the server refused this client's credentials: no token, an
     /// unknown or removed one, or one without the access needed. Retrying
     /// does not help; a person must act.
     pub fn is_refused(&self) -> bool {
-        matches!(self.code(), Some(Code::Unauthenticated | Code::PermissionDenied))
+        self.refused() == Some(Refused::Credentials)
     }
 
     /// Whether the primary refused a write because its sync replica is
     /// away (nothing written), or did not confirm it (committed on the
     /// primary only).
     pub fn is_replica_refusal(&self) -> bool {
-        matches!(self, Error::Rpc(s) if syncstore::replication::is_replica_refusal(s))
+        self.refused() == Some(Refused::ReplicaAway)
     }
 
     /// Whether the server could not be reached, or did not answer in time
     /// (retry once it is back).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Connect(_) | Error::NoAnswer(_)) || self.code() == Some(Code::Unavailable)
+        matches!(self, Error::Connect(_) | Error::NoAnswer(_))
+            || matches!(self.refused(), Some(Refused::Unavailable | Refused::ReplicaAway))
+    }
+
+    /// Whether the plan this error ended was made from facts that changed
+    /// meanwhile (the local file, or the server's version or lock): the
+    /// path is planned again.
+    pub fn is_race(&self) -> bool {
+        matches!(self, Error::ChangedWhileReading) || self.refused().is_some_and(Refused::is_race)
     }
 }
 
-// By hand rather than `#[from]`: a status is shown by its code and message;
-// its transport-level source chain would repeat them at length.
-impl From<tonic::Status> for Error {
-    fn from(s: tonic::Status) -> Self {
-        Error::Rpc(s)
-    }
+/// A refusal from the server: what it means, and how to say it.
+#[derive(Debug, Clone)]
+pub struct ServerError {
+    /// What the refusal means.
+    pub refused: Refused,
+    /// The server's machine-readable reason, as it named it ("" if none).
+    pub reason: String,
+    /// The replica a replication refusal names ("" if none).
+    pub replica: String,
+    /// The gRPC code's name, for a refusal [`Refused::Other`] says nothing
+    /// more of.
+    pub code: String,
+    /// The server's message.
+    pub message: String,
 }
 
-fn describe_status(s: &tonic::Status) -> String {
-    match s.code() {
-        Code::Unavailable if syncstore::replication::is_replica_refusal(s) => {
-            format!("the server refused the write: {}", s.message())
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = &self.message;
+        match self.refused {
+            Refused::ReplicaAway => write!(f, "the server refused the write: {message}"),
+            Refused::Unavailable => write!(f, "cannot reach the server ({message})"),
+            Refused::Credentials if self.code == "Unauthenticated" => {
+                write!(f, "the server refused this client's token: {message}")
+            }
+            Refused::Credentials => write!(f, "the server does not allow this: {message}"),
+            Refused::DiskFull => f.write_str(
+                "the server's disk is full: nothing was stored; the change is sent again once space is freed on the server",
+            ),
+            Refused::Damaged => write!(f, "the server's copy is damaged: {message}"),
+            _ => write!(f, "the server answered {}: {message}", self.code),
         }
-        Code::Unavailable => format!("cannot reach the server ({})", s.message()),
-        Code::Unauthenticated => format!("the server refused this client's token: {}", s.message()),
-        Code::PermissionDenied => format!("the server does not allow this: {}", s.message()),
-        Code::ResourceExhausted if Reason::of(s) == Some(Reason::DiskFull) => {
-            "the server's disk is full: nothing was stored; the change is sent again once space is freed on the server"
-                .into()
-        }
-        Code::DataLoss => format!("the server's copy is damaged: {}", s.message()),
-        code => format!("the server answered {code:?}: {}", s.message()),
     }
 }
 
 impl From<syncstore::EntryError> for Error {
     fn from(e: syncstore::EntryError) -> Self {
         Error::Protocol(e.to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_reason(mut status: tonic::Status, reason: Reason) -> Error {
-        reason.attach(&mut status);
-        Error::Rpc(status)
-    }
-
-    #[test]
-    fn a_full_disk_on_the_server_is_said_plainly() {
-        let e = with_reason(tonic::Status::resource_exhausted("no space"), Reason::DiskFull);
-        assert!(e.to_string().starts_with("the server's disk is full"), "{e}");
-        let busy = Error::Rpc(tonic::Status::resource_exhausted("too many uploads"));
-        assert!(!busy.to_string().contains("disk is full"), "{busy}");
-        let damaged = with_reason(tonic::Status::data_loss("content x is damaged"), Reason::Damaged);
-        assert!(damaged.to_string().starts_with("the server's copy is damaged"), "{damaged}");
     }
 }

@@ -34,7 +34,7 @@ use std::{
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use syncstore::RelPath;
 
-use crate::local::{Kind, Meta};
+use crate::fsmeta::{Kind, Meta};
 
 /// Mode for folders the client creates (the umask applies).
 const DIR_MODE: u32 = 0o777;

@@ -4,12 +4,14 @@
 //! - [`plan`]: the pure three-way planner (local, base, remote → action).
 //! - [`engine`]: executes plans one path at a time; full syncs, rescans,
 //!   local and remote events all go through it.
-//! - [`local`]: the folder on disk: stat, hashing, scanning, ignore rules.
+//! - [`local`]: the folder on disk: hashing, scanning, ignore rules.
 //! - [`fsroot`]: the folder held open; every write to it goes through it.
+//! - [`fsmeta`]: what a path is on disk (`Kind`, a file's `Meta`).
 //! - [`locks`]: the server's locks as the client knows them; read-only
 //!   files.
 //! - [`transfer`]: streaming uploads and verified, atomic downloads.
-//! - [`remote`]: the gRPC client of the server.
+//! - [`remote`]: the server as the engine sees it (the `Remote` trait),
+//!   and its gRPC wire side.
 //! - [`state`]: the client's SQLite state in `DIR/.syncstore/`.
 //! - [`watch`]: the notify watcher and its settle timers.
 //! - [`metrics`]: the client's Prometheus metrics.
@@ -20,6 +22,8 @@
 
 pub mod engine;
 pub mod error;
+pub mod folder;
+pub mod fsmeta;
 pub mod fsroot;
 pub mod local;
 pub mod locks;
@@ -32,15 +36,17 @@ pub mod state;
 pub mod transfer;
 pub mod watch;
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use syncstore::{Entry, Lock, RelPath, connect::Security, pb};
+use futures::StreamExt;
+use syncstore::{Entry, Lock, RelPath, connect::Security};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use engine::Engine;
 pub use error::{Error, Result};
-pub use remote::Remote;
+pub use folder::Folder;
+pub use remote::{GrpcRemote, Remote};
 pub use state::State;
 
 /// Default time between two full rescans of the folder.
@@ -102,12 +108,13 @@ impl Config {
 }
 
 /// Opens the folder and its state, and connects (lazily) to the server.
-fn open(config: &Config) -> Result<(Engine, State, Remote, PathBuf)> {
+fn open(config: &Config) -> Result<(Engine, State, Arc<dyn Remote>, PathBuf)> {
     std::fs::create_dir_all(&config.dir)?;
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open(&root)?;
-    let remote = Remote::new(&config.servers, state.client_id()?, &config.security)?;
-    let engine = Engine::new(root.clone(), state.clone(), remote.clone(), host_name())
+    let remote: Arc<dyn Remote> =
+        Arc::new(GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?);
+    let engine = Engine::new(Folder::open(&root)?, state.clone(), remote.clone(), host_name())
         .with_metrics(config.metrics.clone());
     Ok((engine, state, remote, root))
 }
@@ -197,7 +204,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
             () = shutdown.cancelled() => break,
             Some(ev) = remote_rx.recv() => match ev {
                 Subscription::Event(event) => {
-                    if let Err(e) = engine.remote_event(*event).await {
+                    if let Err(e) = engine.remote_event(event).await {
                         tracing::warn!(error = %e, "could not apply a server change");
                     }
                 }
@@ -257,7 +264,7 @@ fn log_rescan(r: Result<usize>) {
 /// What the subscription task tells the engine.
 #[derive(Debug)]
 enum Subscription {
-    Event(Box<pb::ChangeEvent>),
+    Event(remote::RemoteEvent),
     /// The subscription came back after a break: local changes made while
     /// the server was away are waiting.
     Reconnected,
@@ -268,7 +275,7 @@ enum Subscription {
 /// Follows the server's change stream from the stored cursor, reconnecting
 /// with backoff, until `shutdown`.
 async fn subscribe(
-    remote: Remote,
+    remote: Arc<dyn Remote>,
     state: State,
     tx: mpsc::Sender<Subscription>,
     shutdown: CancellationToken,
@@ -294,15 +301,12 @@ async fn subscribe(
                 return Ok(());
             }
             connected_before = true;
-            while let Some(msg) = stream.message().await? {
-                let event = msg
-                    .event
-                    .ok_or_else(|| Error::Protocol("a subscription message without event".into()))?;
-                if tx.send(Subscription::Event(Box::new(event))).await.is_err() {
+            while let Some(event) = stream.next().await {
+                if tx.send(Subscription::Event(event?)).await.is_err() {
                     return Ok(());
                 }
             }
-            Err(Error::Rpc(tonic::Status::unavailable("the server ended the subscription")))
+            Err(Error::unavailable("the server ended the subscription"))
         };
         let result: Result<()> = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -417,8 +421,8 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open_shared(&root)?;
     let remote =
-        Remote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
-    let mut engine = Engine::planner(root, state, remote, host_name());
+        GrpcRemote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
+    let mut engine = Engine::planner(Folder::open(&root)?, state, Arc::new(remote), host_name());
     let all = engine.plan_all().await?;
     let mut out: Vec<Difference> = all.plans.iter().filter_map(Difference::of).collect();
     out.extend(all.failed.into_iter().map(|(path, e)| {
@@ -456,11 +460,11 @@ pub async fn status_against_replica(config: Config, replica: &str) -> Result<Vec
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open_shared(&root)?;
     let remote =
-        Remote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
-    let mut engine = Engine::planner(root, state, remote, host_name());
+        GrpcRemote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
+    let mut engine = Engine::planner(Folder::open(&root)?, state, Arc::new(remote), host_name());
     let all = engine.plan_all().await?;
     let replica_files =
-        Remote::new(&[replica.to_owned()], String::new(), &config.security)?.manifest().await?;
+        GrpcRemote::new(&[replica.to_owned()], String::new(), &config.security)?.manifest().await?;
     let short = |h: syncstore::ContentHash| h.to_hex()[..12].to_owned();
     let mut table: BTreeMap<String, ThreeWay> = BTreeMap::new();
     let row = |table: &mut BTreeMap<String, ThreeWay>, path: &syncstore::RelPath| {
@@ -488,7 +492,7 @@ pub async fn status_against_replica(config: Config, replica: &str) -> Result<Vec
 
 /// The server's files (live ones only), in path order.
 pub async fn list(servers: &[String], security: &Security) -> Result<Vec<Entry>> {
-    let remote = Remote::new(servers, String::new(), security)?;
+    let remote = GrpcRemote::new(servers, String::new(), security)?;
     remote.info().await?;
     let mut entries: Vec<Entry> =
         remote.manifest().await?.into_values().filter(|e| !e.is_deleted()).collect();
@@ -522,10 +526,10 @@ fn folder_path(root: &std::path::Path, arg: &str) -> Result<RelPath> {
 
 /// Opens the folder's state beside a possibly running `watch`, for a
 /// one-off call as this folder's client.
-fn one_off(config: &Config) -> Result<(std::path::PathBuf, Remote)> {
+fn one_off(config: &Config) -> Result<(std::path::PathBuf, GrpcRemote)> {
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open_shared(&root)?;
-    let remote = Remote::new(&config.servers, state.client_id()?, &config.security)?;
+    let remote = GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?;
     Ok((root, remote))
 }
 
@@ -556,7 +560,7 @@ pub async fn unlock(config: Config, path: &str, force: bool) -> Result<Lock> {
 
 /// The server's live locks, in path order.
 pub async fn locks(servers: &[String], security: &Security) -> Result<Vec<Lock>> {
-    let remote = Remote::new(servers, String::new(), security)?;
+    let remote = GrpcRemote::new(servers, String::new(), security)?;
     remote.info().await?;
     remote.list_locks("").await
 }

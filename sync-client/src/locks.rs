@@ -24,11 +24,13 @@ pub struct Locks {
     /// the state database too, so a restart still knows them.
     read_only: HashSet<RelPath>,
     state: State,
+    /// The synced folder, whose files' modes this changes.
+    root: Root,
 }
 
 impl Locks {
-    pub fn new(own: String, state: State) -> Self {
-        Self { own, by_path: HashMap::new(), read_only: HashSet::new(), state }
+    pub fn new(own: String, state: State, root: Root) -> Self {
+        Self { own, by_path: HashMap::new(), read_only: HashSet::new(), state, root }
     }
 
     /// Takes in the files a previous run made read-only.
@@ -110,7 +112,7 @@ impl Locks {
         if self.by_other(path).is_none() {
             return;
         }
-        match set_writable(self.state.folder(), path, false) {
+        match set_writable(&self.root, path, false) {
             Ok(true) => {
                 if self.read_only.insert(path.clone())
                     && let Err(e) = self.state.set_read_only(path, true)
@@ -132,7 +134,7 @@ impl Locks {
         if let Err(e) = self.state.set_read_only(path, false) {
             tracing::warn!(%path, error = %e, "cannot update the state");
         }
-        if let Err(e) = set_writable(self.state.folder(), path, true) {
+        if let Err(e) = set_writable(&self.root, path, true) {
             tracing::warn!(%path, error = %e, "cannot make an unlocked file writable again");
         }
     }

@@ -24,13 +24,11 @@ impl Refusal {
     /// Notes `e` if the server refused a write for its replica's sake;
     /// returns whether it did.
     pub(crate) fn note(&mut self, state: &State, e: &Error) -> bool {
-        let Error::Rpc(status) = e else { return false };
+        let Error::Server(refused) = e else { return false };
         if !e.is_replica_refusal() {
             return false;
         }
-        let reason = syncstore::Reason::of(status).map_or("", syncstore::Reason::as_str);
-        let replica = syncstore::replication::replica_of(status).unwrap_or("");
-        let key = (reason.to_owned(), replica.to_owned());
+        let key = (refused.reason.clone(), refused.replica.clone());
         let why = e.to_string();
         if self.key.as_ref() != Some(&key) {
             tracing::warn!(error = %why, "the server refuses writes for now; retrying quietly");

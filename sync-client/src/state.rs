@@ -2,13 +2,12 @@
 //! of every synced path, the subscription cursor, the server history it
 //! belongs to, this client's id, and the files it made read-only because
 //! someone else locked them. A lock file keeps a second client off
-//! the same folder. It also holds the folder open ([`Root`]) with its temp
-//! folder, through which every write to the folder goes.
+//! the same folder. The folder's own handles are [`crate::folder::Folder`]'s.
 
 use std::{
     collections::HashMap,
     fs::File,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
 };
 
@@ -17,7 +16,7 @@ use syncstore::{ContentHash, RelPath, limits::STATE_DIR_NAME};
 
 use crate::{
     error::{Error, Result},
-    fsroot::{Dir, Root},
+    folder::Folder,
     plan::Base,
 };
 
@@ -57,22 +56,17 @@ CREATE TABLE IF NOT EXISTS sent (
 #[derive(Debug, Clone)]
 pub struct State {
     conn: Arc<Mutex<Connection>>,
-    dir: PathBuf,
     /// Held open for the life of the client: the folder's lock.
     _lock: Arc<File>,
-    /// Device and inode of the state folder when it was opened.
-    marker: (u64, u64),
-    /// The synced folder, held open.
-    root: Root,
-    /// `.syncstore/tmp`, held open: downloads are staged there, and files
-    /// are moved there to be checked before they are replaced or deleted.
-    tmp: Dir,
 }
 
 impl State {
-    /// Opens (creating) `root/.syncstore/` for syncing, taking its lock.
+    /// Opens (creating) `root/.syncstore/` for syncing, taking its lock,
+    /// and clears what downloads a crash interrupted.
     pub fn open(root: &Path) -> Result<Self> {
-        let (folder, tmp) = open_folder(root)?;
+        // Creates the state folder through the folder's handle, never
+        // through a link.
+        let folder = Folder::open(root)?;
         let dir = root.join(STATE_DIR_NAME);
         let lock = File::create(dir.join("lock"))?;
         match lock.try_lock() {
@@ -82,25 +76,20 @@ impl State {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
         }
-        // Downloads that a crash interrupted.
-        for entry in std::fs::read_dir(dir.join("tmp"))? {
-            if let Some(name) = entry?.file_name().to_str() {
-                tmp.unlink(name)?;
-            }
-        }
-        Self::connect(dir, lock, folder, tmp)
+        folder.clear_interrupted()?;
+        Self::connect(&dir, lock)
     }
 
     /// Opens the state for reading beside a running client (`status`),
     /// without its lock. The caller must not write through it.
     pub fn open_shared(root: &Path) -> Result<Self> {
-        let (folder, tmp) = open_folder(root)?;
+        Folder::open(root)?;
         let dir = root.join(STATE_DIR_NAME);
         let lock = File::options().create(true).truncate(false).write(true).open(dir.join("lock"))?;
-        Self::connect(dir, lock, folder, tmp)
+        Self::connect(&dir, lock)
     }
 
-    fn connect(dir: PathBuf, lock: File, root: Root, tmp: Dir) -> Result<Self> {
+    fn connect(dir: &Path, lock: File) -> Result<Self> {
         let conn = Connection::open(dir.join("state.db"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -118,27 +107,7 @@ impl State {
                 ))?;
             }
         }
-        let marker = dir_id(&dir)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), dir, _lock: Arc::new(lock), marker, root, tmp })
-    }
-
-    /// Whether the synced folder is still there: its state folder is the
-    /// one opened (not gone, as with a deleted folder or an unmounted disk,
-    /// and not a new one).
-    pub fn folder_present(&self) -> bool {
-        dir_id(&self.dir).is_ok_and(|id| id == self.marker)
-    }
-
-    /// The synced folder, held open: every write to it goes through this.
-    pub fn folder(&self) -> &Root {
-        &self.root
-    }
-
-    /// Where downloads are written before they are linked into place, and
-    /// where files are moved to be checked before they are replaced or
-    /// deleted (on the folder's file system, so both are renames).
-    pub fn tmp(&self) -> &Dir {
-        &self.tmp
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), _lock: Arc::new(lock) })
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -351,28 +320,6 @@ fn base_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option
         symlink: r.get(at + 6)?,
         folder: r.get(at + 7)?,
     }))
-}
-
-/// Opens the synced folder and its `.syncstore/tmp`, creating them, never
-/// through a link.
-fn open_folder(root: &Path) -> Result<(Root, Dir)> {
-    let folder = Root::open(root)?;
-    let mut dir = folder.top().clone();
-    for name in [STATE_DIR_NAME, "tmp"] {
-        match dir.mkdir(name) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
-        }
-        dir = dir.open_dir(name)?;
-    }
-    Ok((folder, dir))
-}
-
-fn dir_id(dir: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::symlink_metadata(dir)?;
-    Ok((md.dev(), md.ino()))
 }
 
 #[cfg(test)]

@@ -5,20 +5,19 @@
 
 use std::{fs, io::Read, os::unix::fs::PermissionsExt};
 
+use futures::StreamExt;
 use syncstore::{
     ContentHash, Entry, RelPath,
     limits::{MAX_CHUNK, MAX_PATH_BYTES},
-    pb::{self, download_response, upload_request},
 };
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 
 use crate::{
     error::{Error, Result},
+    fsmeta::{Kind, Meta},
     fsroot::{Dir, Root, TempFile},
-    local::{Kind, Meta},
     plan::Local,
-    remote::Remote,
+    remote::{Body, ByteStream, Remote, Upload},
 };
 
 /// Chunks read ahead of the network.
@@ -50,44 +49,26 @@ pub struct UploadBase {
 /// returned whatever the reader found afterwards: the server checked the
 /// content against the header, so what it stored is `expected`.
 pub async fn upload(
-    remote: &Remote,
+    remote: &dyn Remote,
     root: &Root,
     path: &RelPath,
     expected: Local,
     base: UploadBase,
 ) -> Result<(Entry, bool)> {
     let UploadBase { version: base_version, lock_token, reuse } = base;
-    let header = pb::UploadRequest {
-        msg: Some(upload_request::Msg::Header(pb::UploadHeader {
-            path: path.to_string(),
-            size: expected.size,
-            hash: expected.hash.as_bytes().to_vec(),
-            mtime_ns: expected.mtime_ns,
-            executable: expected.executable,
-            symlink: expected.symlink,
-            folder: expected.folder,
-            base_version,
-            client_id: remote.client_id().to_owned(),
-            lock_token,
-        })),
-    };
-    if reuse && expected.size > 0 {
-        let only_header = tokio_stream::iter([header.clone(), end_msg()]);
-        match remote.raw().upload(only_header).await {
-            Ok(resp) => return Ok((entry_of(resp.into_inner().entry)?, false)),
-            // Not there: send it. (A lock refusal is not that.)
-            Err(s) if syncstore::Reason::of(&s) == Some(syncstore::Reason::UnknownContent) => {}
-            Err(s) => return Err(s.into()),
-        }
+    let upload = Upload { path: path.clone(), content: expected, base_version, lock_token };
+    if reuse
+        && expected.size > 0
+        && let Some(entry) = remote.upload_reusing(&upload).await?
+    {
+        return Ok((entry, false));
     }
 
     let (tx, rx) = mpsc::channel(PIPELINE);
-    tx.send(header).await.expect("the receiver is alive");
     let dir = root.parent(path)?;
     let name = path.file_name().to_owned();
     let mut reader = tokio::task::spawn_blocking(move || send_file(&dir, &name, expected, tx));
-    let mut client = remote.raw();
-    let mut call = Box::pin(client.upload(request_stream(rx)));
+    let mut call = remote.upload(&upload, rx);
     let read = tokio::select! {
         read = &mut reader => read,
         // An answer before the reader is done: a refusal (nothing is
@@ -99,8 +80,8 @@ pub async fn upload(
         Ok(Ok(())) => settle(call.await, read),
         failed => {
             // Cancel the call: the server sees a broken stream and stores
-            // nothing. (The request stream never ends normally without
-            // the end marker, so the cut cannot pass for a complete file.)
+            // nothing. (The body never ends normally without the end
+            // marker, so the cut cannot pass for a complete file.)
             drop(call);
             failed??;
             unreachable!("the reader failed")
@@ -113,42 +94,21 @@ pub async fn upload(
 /// announced); a refusal is explained by the reader's error first, since a
 /// file that changed while it was sent was cut short on purpose.
 fn settle(
-    response: std::result::Result<tonic::Response<pb::UploadResponse>, tonic::Status>,
+    response: Result<Entry>,
     read: std::result::Result<Result<()>, tokio::task::JoinError>,
 ) -> Result<(Entry, bool)> {
     match response {
-        Ok(r) => {
+        Ok(entry) => {
             if let Ok(Err(e)) | Err(e) = read.map_err(Error::from) {
                 tracing::debug!(error = %e, "the reader stopped after the server stored the upload");
             }
-            Ok((entry_of(r.into_inner().entry)?, true))
+            Ok((entry, true))
         }
-        Err(status) => {
+        Err(refused) => {
             read??;
-            Err(status.into())
+            Err(refused)
         }
     }
-}
-
-/// The request stream of an upload: the reader's messages, ending only
-/// after the end marker. A reader that stops without sending it (the file
-/// changed, or could not be read) leaves the stream open, never ended
-/// normally, until the call is cancelled.
-fn request_stream(rx: mpsc::Receiver<pb::UploadRequest>) -> impl Stream<Item = pb::UploadRequest> {
-    futures::stream::unfold((rx, false), |(mut rx, ended)| async move {
-        match rx.recv().await {
-            Some(msg) => {
-                let end = matches!(msg.msg, Some(upload_request::Msg::End(_)));
-                Some((msg, (rx, end)))
-            }
-            None if ended => None,
-            None => std::future::pending().await,
-        }
-    })
-}
-
-fn entry_of(e: Option<pb::FileEntry>) -> Result<Entry> {
-    Ok(Entry::try_from(e.ok_or_else(|| Error::Protocol("response without entry".into()))?)?)
 }
 
 /// Reads the file in chunks into `tx`, then sends the end marker only if
@@ -157,10 +117,10 @@ fn entry_of(e: Option<pb::FileEntry>) -> Result<Entry> {
 /// the server discards the upload.
 /// The file is opened through its folder's handle, so a link above it or
 /// at it is not followed.
-fn send_file(dir: &Dir, name: &str, expected: Local, tx: mpsc::Sender<pb::UploadRequest>) -> Result<()> {
+fn send_file(dir: &Dir, name: &str, expected: Local, tx: mpsc::Sender<Body>) -> Result<()> {
     if expected.folder {
         // A folder has no content.
-        let _ = tx.blocking_send(end_msg());
+        let _ = tx.blocking_send(Body::End);
         return Ok(());
     }
     if expected.symlink {
@@ -169,8 +129,8 @@ fn send_file(dir: &Dir, name: &str, expected: Local, tx: mpsc::Sender<pb::Upload
         if target.len() as u64 != expected.size || ContentHash::of(&target) != expected.hash {
             return Err(Error::ChangedWhileReading);
         }
-        if tx.blocking_send(chunk_msg(target)).is_ok() {
-            let _ = tx.blocking_send(end_msg());
+        if tx.blocking_send(Body::Chunk(target)).is_ok() {
+            let _ = tx.blocking_send(Body::End);
         }
         return Ok(());
     }
@@ -187,24 +147,15 @@ fn send_file(dir: &Dir, name: &str, expected: Local, tx: mpsc::Sender<pb::Upload
         if total > expected.size {
             return Err(Error::ChangedWhileReading);
         }
-        if tx.blocking_send(chunk_msg(chunk)).is_err() {
+        if tx.blocking_send(Body::Chunk(chunk)).is_err() {
             return Ok(()); // The call failed; its status says why.
         }
     }
     if total != expected.size || ContentHash::from(hasher.finalize()) != expected.hash {
         return Err(Error::ChangedWhileReading);
     }
-    let _ = tx.blocking_send(end_msg());
+    let _ = tx.blocking_send(Body::End);
     Ok(())
-}
-
-fn chunk_msg(data: Vec<u8>) -> pb::UploadRequest {
-    pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(data)) }
-}
-
-/// The end marker: the content is complete and as announced.
-fn end_msg() -> pb::UploadRequest {
-    pb::UploadRequest { msg: Some(upload_request::Msg::End(pb::UploadEnd {})) }
 }
 
 /// Reads up to one full chunk (short only at the end of the file).
@@ -223,7 +174,7 @@ fn read_chunk(file: &mut fs::File) -> std::io::Result<Vec<u8>> {
 /// [`MAX_CHUNK`] or more bytes than the entry's size end the download at
 /// once; the temp file is then removed and nothing is put in place.
 pub async fn download(
-    remote: &Remote,
+    remote: &dyn Remote,
     root: &Root,
     tmp: &Dir,
     entry: &Entry,
@@ -239,14 +190,7 @@ pub async fn download(
     if content.symlink && content.size > MAX_PATH_BYTES as u64 {
         return Err(Error::Protocol(format!("{} is a link with a {}-byte target", entry.path, content.size)));
     }
-    let mut client = remote.raw();
-    let call = client.download(pb::DownloadRequest { path: entry.path.to_string(), version: entry.version });
-    let mut stream = remote.answer(call).await?.into_inner();
-    match remote.answer(stream.message()).await? {
-        Some(pb::DownloadResponse { msg: Some(download_response::Msg::Entry(e)) })
-            if e.version == entry.version && e.hash == content.hash.as_bytes() => {}
-        _ => return Err(Error::Protocol(format!("download of {} did not start with its entry", entry.path))),
-    }
+    let mut stream = remote.download(entry).await?;
 
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(PIPELINE);
     let staging = tmp.clone();
@@ -263,7 +207,7 @@ pub async fn download(
         tmp.file().set_len(offset)?;
         Ok((tmp, ContentHash::from(hasher.finalize())))
     });
-    let received = receive_chunks(remote, &mut stream, &tx, &entry.path, content.size).await;
+    let received = receive_chunks(&mut stream, &tx, &entry.path, content.size).await;
     drop(tx);
     // The writer is awaited even after a refusal, so that its temp file is
     // gone when this returns.
@@ -305,25 +249,16 @@ fn write_sparse(file: &fs::File, offset: u64, data: &[u8]) -> std::io::Result<()
 }
 
 /// Passes a download's chunks to the writer; returns how many bytes came.
-/// Refuses a chunk over [`MAX_CHUNK`] and content beyond `declared` bytes.
+/// Refuses content beyond `declared` bytes.
 async fn receive_chunks(
-    remote: &Remote,
-    stream: &mut tonic::Streaming<pb::DownloadResponse>,
+    stream: &mut ByteStream,
     tx: &mpsc::Sender<Vec<u8>>,
     path: &RelPath,
     declared: u64,
 ) -> Result<u64> {
     let mut size = 0u64;
-    while let Some(msg) = remote.answer(stream.message()).await? {
-        let Some(download_response::Msg::Chunk(c)) = msg.msg else {
-            return Err(Error::Protocol("unexpected message in a download".into()));
-        };
-        if c.len() > MAX_CHUNK {
-            return Err(Error::Protocol(format!(
-                "download of {path}: a chunk of {} bytes (the limit is {MAX_CHUNK})",
-                c.len()
-            )));
-        }
+    while let Some(c) = stream.next().await {
+        let c = c?;
         size += c.len() as u64;
         if size > declared {
             return Err(Error::Protocol(format!(

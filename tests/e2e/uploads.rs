@@ -147,7 +147,7 @@ async fn a_client_that_finds_its_file_changed_cancels_the_upload() {
     write(folder.path(), "f.bin", &now);
     let root = sync_client::fsroot::Root::open(folder.path()).unwrap();
     let remote =
-        sync_client::Remote::new(&[format!("http://{proxy}")], "c".into(), &Default::default()).unwrap();
+        sync_client::GrpcRemote::new(&[format!("http://{proxy}")], "c".into(), &Default::default()).unwrap();
     // What the file hashed to a moment ago: same size, other bytes.
     let expected = sync_client::plan::Local {
         hash: ContentHash::of(&hashed),

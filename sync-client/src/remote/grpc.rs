@@ -1,0 +1,540 @@
+//! The wire side of [`Remote`]: a lazily connecting gRPC channel per
+//! server, every `pb` message the client builds or reads, and the one
+//! decoding of a server's refusal into [`Refused`]. Every call waits for
+//! its answer (a reply, or the next message of a stream) at most the
+//! security's `call_timeout`, then fails naming the server.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
+use syncstore::{
+    Entry, Lock, Reason, RelPath,
+    connect::{self, AuthChannel, Security},
+    limits::{MAX_CHUNK, MAX_MESSAGE},
+    pb::{self, download_response, file_sync_client::FileSyncClient, upload_request},
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Code, service::interceptor::InterceptedService};
+
+use super::{Body, ByteStream, Refused, Remote, RemoteEvent, ServerInfo, Upload};
+use crate::error::{Error, Result, ServerError};
+
+/// A client of the servers' `FileSync`: one server, or a primary and its
+/// replica. Calls go to the active server; [`Remote::info`] (re)chooses it:
+/// the primary if one answers, else any server that answers (a replica
+/// serves reads; writes then fail and wait for a primary). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GrpcRemote {
+    servers: Arc<Vec<(String, FileSyncClient<AuthChannel>)>>,
+    active: Arc<AtomicUsize>,
+    client_id: String,
+    /// How long a call waits for an answer.
+    call_timeout: Duration,
+}
+
+impl GrpcRemote {
+    /// Prepares connections to `urls` (`http://host:port` or `https://`),
+    /// presenting `security`'s token and certificates; each is made on its
+    /// first call and remade after a failure.
+    pub fn new(urls: &[String], client_id: String, security: &Security) -> Result<Self> {
+        if urls.is_empty() {
+            return Err(Error::Config("no server given".into()));
+        }
+        let mut servers = Vec::with_capacity(urls.len());
+        for url in urls {
+            let endpoint = security
+                .endpoint(url)
+                .map_err(|e| Error::Config(e.to_string()))?
+                .http2_keep_alive_interval(connect::KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(connect::KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .tcp_nodelay(true);
+            let credentials = security.credentials().map_err(|e| Error::Config(e.to_string()))?;
+            let client = FileSyncClient::new(InterceptedService::new(endpoint.connect_lazy(), credentials))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
+            servers.push((url.clone(), client));
+        }
+        Ok(Self {
+            servers: Arc::new(servers),
+            active: Arc::new(AtomicUsize::new(0)),
+            client_id,
+            call_timeout: security.call_timeout,
+        })
+    }
+
+    /// The generated client of the active server.
+    fn raw(&self) -> FileSyncClient<AuthChannel> {
+        self.servers[self.active.load(Ordering::Relaxed)].1.clone()
+    }
+
+    /// The active server's URL.
+    pub fn server(&self) -> &str {
+        &self.servers[self.active.load(Ordering::Relaxed)].0
+    }
+
+    /// Awaits `call` to the active server for at most the call timeout.
+    async fn answer<T>(&self, call: impl Future<Output = Result<T, tonic::Status>>) -> Result<T> {
+        Ok(connect::answer(self.server(), self.call_timeout, call).await??)
+    }
+
+    async fn info(&self) -> Result<ServerInfo> {
+        if !self.has_fallback() {
+            return Ok(info_of(
+                self.answer(self.raw().server_info(pb::ServerInfoRequest {})).await?.into_inner(),
+            ));
+        }
+        let mut fallback: Option<(usize, pb::ServerInfoResponse)> = None;
+        let mut last_error = None;
+        for (i, (url, client)) in self.servers.iter().enumerate() {
+            let mut client = client.clone();
+            let call = client.server_info(pb::ServerInfoRequest {});
+            let answered = match connect::answer(url, self.call_timeout, call).await {
+                Ok(r) => r.map_err(Error::from),
+                Err(e) => Err(e.into()),
+            };
+            match answered {
+                Ok(r) if r.get_ref().role == "primary" => {
+                    self.activate(i);
+                    return Ok(info_of(r.into_inner()));
+                }
+                Ok(r) => {
+                    if fallback.is_none() {
+                        fallback = Some((i, r.into_inner()));
+                    }
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match fallback {
+            Some((i, info)) => {
+                self.activate(i);
+                Ok(info_of(info))
+            }
+            None => Err(last_error.expect("at least one server was asked")),
+        }
+    }
+
+    fn activate(&self, i: usize) {
+        let before = self.active.swap(i, Ordering::Relaxed);
+        if before != i {
+            tracing::warn!(server = %self.servers[i].0, previous = %self.servers[before].0, "switched server");
+        }
+    }
+
+    async fn stat(&self, path: &RelPath) -> Result<Option<Entry>> {
+        match self.answer(self.raw().stat(pb::StatRequest { path: path.to_string() })).await {
+            Ok(r) => {
+                let entry =
+                    r.into_inner().entry.ok_or_else(|| Error::Protocol("stat without entry".into()))?;
+                Ok(Some(Entry::try_from(entry)?))
+            }
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn manifest(&self) -> Result<HashMap<RelPath, Entry>> {
+        let mut stream = self
+            .answer(self.raw().list(pb::ListRequest { prefix: String::new(), include_deleted: true }))
+            .await?
+            .into_inner();
+        let mut out = HashMap::new();
+        while let Some(msg) = self.answer(stream.message()).await? {
+            // The first message carries only the listing's head.
+            let Some(e) = msg.entry else { continue };
+            let Some(e) = accept_entry(e) else { continue };
+            out.insert(e.path.clone(), e);
+        }
+        Ok(out)
+    }
+
+    fn header(&self, upload: &Upload) -> pb::UploadRequest {
+        let c = &upload.content;
+        pb::UploadRequest {
+            msg: Some(upload_request::Msg::Header(pb::UploadHeader {
+                path: upload.path.to_string(),
+                size: c.size,
+                hash: c.hash.as_bytes().to_vec(),
+                mtime_ns: c.mtime_ns,
+                executable: c.executable,
+                symlink: c.symlink,
+                folder: c.folder,
+                base_version: upload.base_version,
+                client_id: self.client_id.clone(),
+                lock_token: upload.lock_token,
+            })),
+        }
+    }
+
+    async fn upload_reusing(&self, upload: &Upload) -> Result<Option<Entry>> {
+        let only_header = tokio_stream::iter([self.header(upload), body_msg(Body::End)]);
+        match self.raw().upload(only_header).await {
+            Ok(resp) => Ok(Some(entry_of(resp.into_inner().entry)?)),
+            Err(s) => match Error::from(s) {
+                // Not there: send it. (A lock refusal is not that.)
+                e if e.refused() == Some(Refused::UnknownContent) => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    async fn upload(&self, upload: &Upload, body: mpsc::Receiver<Body>) -> Result<Entry> {
+        let header = self.header(upload);
+        let messages = futures::stream::iter([header]).chain(request_stream(body));
+        let resp = self.raw().upload(messages).await?;
+        entry_of(resp.into_inner().entry)
+    }
+
+    async fn download(&self, entry: &Entry) -> Result<ByteStream> {
+        let content = entry.content.ok_or_else(|| Error::Protocol("download of a tombstone".into()))?;
+        let mut client = self.raw();
+        let call =
+            client.download(pb::DownloadRequest { path: entry.path.to_string(), version: entry.version });
+        let mut stream = self.answer(call).await?.into_inner();
+        match self.answer(stream.message()).await? {
+            Some(pb::DownloadResponse { msg: Some(download_response::Msg::Entry(e)) })
+                if e.version == entry.version && e.hash == content.hash.as_bytes() => {}
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "download of {} did not start with its entry",
+                    entry.path
+                )));
+            }
+        }
+        let (this, path) = (self.clone(), entry.path.clone());
+        let chunks = futures::stream::unfold(Some(stream), move |stream| {
+            let (this, path) = (this.clone(), path.clone());
+            async move {
+                let mut stream = stream?;
+                let chunk = match this.answer(stream.message()).await {
+                    Ok(None) => return None,
+                    Ok(Some(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(c)) })) => {
+                        if c.len() > MAX_CHUNK {
+                            Err(Error::Protocol(format!(
+                                "download of {path}: a chunk of {} bytes (the limit is {MAX_CHUNK})",
+                                c.len()
+                            )))
+                        } else {
+                            Ok(c)
+                        }
+                    }
+                    Ok(Some(_)) => Err(Error::Protocol("unexpected message in a download".into())),
+                    Err(e) => Err(e),
+                };
+                // After an error the stream ends.
+                let next = chunk.is_ok().then_some(stream);
+                Some((chunk, next))
+            }
+        });
+        Ok(chunks.boxed())
+    }
+
+    async fn delete(&self, path: &RelPath, base_version: u64, lock_token: u64) -> Result<Entry> {
+        let mut client = self.raw();
+        let call = client.delete(pb::DeleteRequest {
+            path: path.to_string(),
+            base_version,
+            client_id: self.client_id.clone(),
+            lock_token,
+        });
+        let resp = self.answer(call).await?.into_inner();
+        Ok(Entry::try_from(resp.entry.ok_or_else(|| Error::Protocol("delete without entry".into()))?)?)
+    }
+
+    async fn lock(&self, path: &RelPath, ttl: Duration, note: &str, holder: &str) -> Result<Lock> {
+        let mut client = self.raw();
+        let call = client.lock(pb::LockRequest {
+            path: path.to_string(),
+            ttl_seconds: ttl_seconds(ttl)?,
+            note: note.to_owned(),
+            client_id: self.client_id.clone(),
+            holder: holder.to_owned(),
+        });
+        lock_of(self.answer(call).await?.into_inner().lock)
+    }
+
+    async fn refresh_lock(&self, lock_id: &str, ttl: Duration) -> Result<Lock> {
+        let req = pb::RefreshLockRequest {
+            lock_id: lock_id.to_owned(),
+            ttl_seconds: ttl_seconds(ttl)?,
+            client_id: self.client_id.clone(),
+        };
+        lock_of(self.answer(self.raw().refresh_lock(req)).await?.into_inner().lock)
+    }
+
+    async fn unlock(&self, lock_id: &str, force: bool) -> Result<Lock> {
+        let req = pb::UnlockRequest { lock_id: lock_id.to_owned(), client_id: self.client_id.clone(), force };
+        let resp = self.answer(self.raw().unlock(req)).await?.into_inner();
+        lock_of(resp.lock)
+    }
+
+    async fn list_locks(&self, prefix: &str) -> Result<Vec<Lock>> {
+        let mut client = self.raw();
+        let call = client.list_locks(pb::ListLocksRequest { prefix: prefix.to_owned() });
+        let mut stream = self.answer(call).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(msg) = self.answer(stream.message()).await? {
+            out.push(lock_of(msg.lock)?);
+        }
+        Ok(out)
+    }
+
+    async fn subscribe(&self, after_seq: u64) -> Result<BoxStream<'static, Result<RemoteEvent>>> {
+        let mut client = self.raw();
+        let call = client.subscribe(pb::SubscribeRequest { after_seq, client_id: self.client_id.clone() });
+        let stream = self.answer(call).await?.into_inner();
+        // Events come when they happen: no answer timeout between them (the
+        // connection's keep-alive notices a server gone silent).
+        let events = futures::stream::unfold(Some(stream), |stream| async move {
+            let mut stream = stream?;
+            match stream.message().await {
+                Ok(None) => None,
+                Ok(Some(msg)) => match msg.event {
+                    Some(event) => Some((Ok(event_of(event)), Some(stream))),
+                    None => Some((Err(Error::Protocol("a subscription message without event".into())), None)),
+                },
+                Err(s) => Some((Err(s.into()), None)),
+            }
+        });
+        Ok(events.boxed())
+    }
+}
+
+impl Remote for GrpcRemote {
+    fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    fn has_fallback(&self) -> bool {
+        self.servers.len() > 1
+    }
+
+    fn info(&self) -> BoxFuture<'_, Result<ServerInfo>> {
+        Box::pin(GrpcRemote::info(self))
+    }
+
+    fn stat<'a>(&'a self, path: &'a RelPath) -> BoxFuture<'a, Result<Option<Entry>>> {
+        Box::pin(GrpcRemote::stat(self, path))
+    }
+
+    fn manifest(&self) -> BoxFuture<'_, Result<HashMap<RelPath, Entry>>> {
+        Box::pin(GrpcRemote::manifest(self))
+    }
+
+    fn upload_reusing<'a>(&'a self, upload: &'a Upload) -> BoxFuture<'a, Result<Option<Entry>>> {
+        Box::pin(GrpcRemote::upload_reusing(self, upload))
+    }
+
+    fn upload<'a>(&'a self, upload: &'a Upload, body: mpsc::Receiver<Body>) -> BoxFuture<'a, Result<Entry>> {
+        Box::pin(GrpcRemote::upload(self, upload, body))
+    }
+
+    fn download<'a>(&'a self, entry: &'a Entry) -> BoxFuture<'a, Result<ByteStream>> {
+        Box::pin(GrpcRemote::download(self, entry))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        path: &'a RelPath,
+        base_version: u64,
+        lock_token: u64,
+    ) -> BoxFuture<'a, Result<Entry>> {
+        Box::pin(GrpcRemote::delete(self, path, base_version, lock_token))
+    }
+
+    fn lock<'a>(
+        &'a self,
+        path: &'a RelPath,
+        ttl: Duration,
+        note: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<Lock>> {
+        Box::pin(GrpcRemote::lock(self, path, ttl, note, holder))
+    }
+
+    fn refresh_lock<'a>(&'a self, lock_id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Lock>> {
+        Box::pin(GrpcRemote::refresh_lock(self, lock_id, ttl))
+    }
+
+    fn unlock<'a>(&'a self, lock_id: &'a str, force: bool) -> BoxFuture<'a, Result<Lock>> {
+        Box::pin(GrpcRemote::unlock(self, lock_id, force))
+    }
+
+    fn list_locks<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Lock>>> {
+        Box::pin(GrpcRemote::list_locks(self, prefix))
+    }
+
+    fn subscribe(&self, after_seq: u64) -> BoxFuture<'_, Result<BoxStream<'static, Result<RemoteEvent>>>> {
+        Box::pin(GrpcRemote::subscribe(self, after_seq))
+    }
+}
+
+// The one place a gRPC status becomes an error of the client: its reason
+// (the `syncstore-reason` metadata) says what it means; a status without
+// one (from a proxy, or the transport) is read by its code.
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        let reason = Reason::of(&s);
+        let refused = match (reason, s.code()) {
+            (Some(Reason::VersionConflict), _) => Refused::VersionConflict,
+            (Some(Reason::Locked), _) => Refused::Locked,
+            (Some(Reason::StaleLock), _) => Refused::StaleLock,
+            (Some(Reason::PathClash), _) => Refused::PathClash,
+            (Some(Reason::UnknownContent), _) => Refused::UnknownContent,
+            (Some(Reason::Replica | Reason::Fenced), _) => Refused::NotWritable,
+            (Some(Reason::ReplicaUnavailable | Reason::ReplicaUnconfirmed), _) => Refused::ReplicaAway,
+            (Some(Reason::DiskFull), _) => Refused::DiskFull,
+            (_, Code::Aborted) => Refused::VersionConflict,
+            (_, Code::NotFound) => Refused::NotFound,
+            (_, Code::FailedPrecondition) => Refused::Precondition,
+            (_, Code::Unavailable) => Refused::Unavailable,
+            (_, Code::Unauthenticated | Code::PermissionDenied) => Refused::Credentials,
+            (_, Code::DataLoss) => Refused::Damaged,
+            _ => Refused::Other,
+        };
+        Error::Server(ServerError {
+            refused,
+            reason: reason.map_or("", Reason::as_str).to_owned(),
+            replica: syncstore::replication::replica_of(&s).unwrap_or("").to_owned(),
+            code: format!("{:?}", s.code()),
+            message: s.message().to_owned(),
+        })
+    }
+}
+
+fn info_of(r: pb::ServerInfoResponse) -> ServerInfo {
+    ServerInfo { primary: r.role == "primary", history_id: r.history_id, head_seq: r.head_seq }
+}
+
+/// Turns an entry received from the server into an [`Entry`], or refuses
+/// it with a warning (its path escaped) if its path or hash is not valid:
+/// `..`, absolute, empty, NUL or other control characters, not NFC, too
+/// long, inside the client's state folder. A refused entry is skipped;
+/// the rest of the listing or stream goes on.
+fn accept_entry(e: pb::FileEntry) -> Option<Entry> {
+    let path = e.path.escape_debug().to_string();
+    match Entry::try_from(e) {
+        Ok(entry) => Some(entry),
+        Err(err) => {
+            tracing::warn!(path = %path, error = %err, "refused an entry from the server");
+            None
+        }
+    }
+}
+
+/// A change event in the client's terms.
+fn event_of(event: pb::ChangeEvent) -> RemoteEvent {
+    use pb::change_event::Kind;
+    let seq = event.seq;
+    match Kind::try_from(event.kind) {
+        Ok(Kind::Reset) => RemoteEvent::Reset { seq },
+        Ok(Kind::Put | Kind::Delete) => RemoteEvent::Entry { seq, entry: event.entry.and_then(accept_entry) },
+        Ok(kind @ (Kind::Lock | Kind::Unlock)) => match event.lock.map(Lock::try_from) {
+            Some(Ok(lock)) if kind == Kind::Lock => RemoteEvent::Locked { seq, lock },
+            Some(Ok(lock)) => RemoteEvent::Unlocked { seq, lock },
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "refused a lock event with a bad path");
+                RemoteEvent::Skipped { seq }
+            }
+            None => {
+                tracing::warn!(seq, "refused a lock event without its lock");
+                RemoteEvent::Skipped { seq }
+            }
+        },
+        _ => {
+            tracing::warn!(kind = event.kind, "ignoring an unknown change event");
+            RemoteEvent::Skipped { seq }
+        }
+    }
+}
+
+/// The body of an upload: the reader's messages, ending only after the
+/// end marker. A reader that stops without sending it (the file changed,
+/// or could not be read) leaves the stream open, never ended normally,
+/// until the call is cancelled.
+fn request_stream(rx: mpsc::Receiver<Body>) -> impl Stream<Item = pb::UploadRequest> {
+    futures::stream::unfold((rx, false), |(mut rx, ended)| async move {
+        match rx.recv().await {
+            Some(body) => {
+                let end = body == Body::End;
+                Some((body_msg(body), (rx, end)))
+            }
+            None if ended => None,
+            None => std::future::pending().await,
+        }
+    })
+}
+
+fn body_msg(body: Body) -> pb::UploadRequest {
+    let msg = match body {
+        Body::Chunk(data) => upload_request::Msg::Chunk(data),
+        Body::End => upload_request::Msg::End(pb::UploadEnd {}),
+    };
+    pb::UploadRequest { msg: Some(msg) }
+}
+
+fn entry_of(e: Option<pb::FileEntry>) -> Result<Entry> {
+    Ok(Entry::try_from(e.ok_or_else(|| Error::Protocol("response without entry".into()))?)?)
+}
+
+fn lock_of(l: Option<pb::LockInfo>) -> Result<Lock> {
+    let l = l.ok_or_else(|| Error::Protocol("an answer without its lock".into()))?;
+    Lock::try_from(l).map_err(|e| Error::Protocol(format!("a lock with a bad path: {e}")))
+}
+
+fn ttl_seconds(ttl: Duration) -> Result<u32> {
+    u32::try_from(ttl.as_secs().max(1))
+        .map_err(|_| Error::Config(format!("a lock time of {ttl:?} is too long")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_reason(mut status: tonic::Status, reason: Reason) -> Error {
+        reason.attach(&mut status);
+        Error::from(status)
+    }
+
+    #[test]
+    fn a_full_disk_on_the_server_is_said_plainly() {
+        let e = with_reason(tonic::Status::resource_exhausted("no space"), Reason::DiskFull);
+        assert!(e.to_string().starts_with("the server's disk is full"), "{e}");
+        let busy = Error::from(tonic::Status::resource_exhausted("too many uploads"));
+        assert!(!busy.to_string().contains("disk is full"), "{busy}");
+        let damaged = with_reason(tonic::Status::data_loss("content x is damaged"), Reason::Damaged);
+        assert!(damaged.to_string().starts_with("the server's copy is damaged"), "{damaged}");
+    }
+
+    #[test]
+    fn every_reason_decodes_to_what_the_engine_acts_on() {
+        let cases = [
+            (tonic::Status::aborted("x"), Reason::VersionConflict, Refused::VersionConflict),
+            (tonic::Status::failed_precondition("x"), Reason::Locked, Refused::Locked),
+            (tonic::Status::failed_precondition("x"), Reason::StaleLock, Refused::StaleLock),
+            (tonic::Status::failed_precondition("x"), Reason::PathClash, Refused::PathClash),
+            (tonic::Status::failed_precondition("x"), Reason::UnknownContent, Refused::UnknownContent),
+            (tonic::Status::failed_precondition("x"), Reason::Replica, Refused::NotWritable),
+            (tonic::Status::not_found("x"), Reason::LockNotHeld, Refused::NotFound),
+            (tonic::Status::unavailable("x"), Reason::ReplicaUnavailable, Refused::ReplicaAway),
+            (tonic::Status::unavailable("x"), Reason::Unavailable, Refused::Unavailable),
+            (tonic::Status::unauthenticated("x"), Reason::Unauthenticated, Refused::Credentials),
+            (tonic::Status::invalid_argument("x"), Reason::InvalidPath, Refused::Other),
+        ];
+        for (status, reason, refused) in cases {
+            assert_eq!(with_reason(status, reason).refused(), Some(refused), "{reason:?}");
+        }
+        // A status without a reason (from a proxy, say) is read by its code.
+        assert_eq!(Error::from(tonic::Status::aborted("x")).refused(), Some(Refused::VersionConflict));
+        assert!(Error::from(tonic::Status::unavailable("x")).is_unavailable());
+    }
+}
