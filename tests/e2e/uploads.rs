@@ -142,8 +142,12 @@ async fn a_client_that_finds_its_file_changed_cancels_the_upload() {
     let (proxy, seen, proxy_task) = frame_watcher(server.addr).await;
 
     let folder = tempfile::tempdir().unwrap();
-    let now = random_bytes(2 << 20, 2);
-    let hashed = random_bytes(2 << 20, 3);
+    // Larger than the chunks the client reads ahead of the network (4 of
+    // 1 MiB), so its reader can only reach the end, and find the change,
+    // once the call is open and taking content: a reader that finished
+    // first would leave no stream to cancel (nothing sent at all).
+    let now = random_bytes(8 << 20, 2);
+    let hashed = random_bytes(8 << 20, 3);
     write(folder.path(), "f.bin", &now);
     let root = sync_client::fsroot::Root::open(folder.path()).unwrap();
     let remote =
