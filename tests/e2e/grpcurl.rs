@@ -38,7 +38,7 @@ fn grpcurl(addr: &str, args: &[&str]) -> (bool, String) {
 
 /// Runs grpcurl with exactly `args` against `addr`.
 fn grpcurl_raw(addr: &str, args: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new("grpcurl");
+    let mut cmd = Command::new(program());
     let mut it = args.iter().peekable();
     // Flags (and a flag's value) go before the address, the rest after it.
     let mut before = Vec::new();
@@ -58,8 +58,29 @@ fn grpcurl_raw(addr: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// grpcurl on PATH, or where pip put it (Python's scripts folder, which
+/// need not be on PATH).
+fn program() -> std::path::PathBuf {
+    static PROGRAM: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PROGRAM
+        .get_or_init(|| {
+            let on_path = Command::new("grpcurl").arg("-version").output().is_ok_and(|o| o.status.success());
+            let scripts = Command::new("python3")
+                .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("grpcurl"));
+            match scripts {
+                Some(p) if !on_path && p.is_file() => p,
+                _ => "grpcurl".into(),
+            }
+        })
+        .clone()
+}
+
 fn have_grpcurl() -> bool {
-    let found = Command::new("grpcurl").arg("-version").output().is_ok_and(|o| o.status.success());
+    let found = Command::new(program()).arg("-version").output().is_ok_and(|o| o.status.success());
     if !found {
         assert!(
             std::env::var_os("SYNCSTORE_REQUIRE_GRPCURL").is_none(),
