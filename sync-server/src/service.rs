@@ -28,7 +28,7 @@ use crate::{
     error::{Error, Result, refusal},
     feed::{self, Item},
     replication::{WriteGate, primary::ReplicationHandle},
-    storage::{Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, Store, What, check_base},
+    storage::{Actor, Change, ContentReader, Delete, LockRequest, PAGE_SIZE, Put, Store, What, check_base},
     wire,
 };
 
@@ -58,7 +58,7 @@ pub struct UploadLimits {
     /// `DEADLINE_EXCEEDED` (0: no minimum). Without it, a stream that sends
     /// a byte now and then would hold a slot for as long as it liked.
     pub min_rate: u64,
-    /// Uploads received at once. Each holds a temp file, a blocking thread
+    /// Uploads received at once. Each holds a temp file, a writer task
     /// and up to [`UPLOAD_PIPELINE`] buffered chunks.
     pub max_concurrent: usize,
     /// Uploads received at once for one namespace, so that one tenant
@@ -135,16 +135,14 @@ impl FileSyncService {
     /// An upload sent again that is committed already (see
     /// `storage/retry.rs`): its entry, once the replica holds it.
     async fn retried_put(&self, ns: &str, put: &Put) -> Result<Option<Change>> {
-        let (n, p) = (ns.to_owned(), put.clone());
-        let Some(entry) = self.blocking(move |s| s.committed_put(&n, &p)).await? else { return Ok(None) };
+        let Some(entry) = self.store.committed_put(ns, put).await? else { return Ok(None) };
         self.answer_retry(ns, entry).await.map(Some)
     }
 
     /// A delete sent again that is committed already: its tombstone, once
     /// the replica holds it.
     async fn retried_delete(&self, ns: &str, del: &Delete) -> Result<Option<Change>> {
-        let (n, d) = (ns.to_owned(), del.clone());
-        let Some(entry) = self.blocking(move |s| s.committed_delete(&n, &d)).await? else { return Ok(None) };
+        let Some(entry) = self.store.committed_delete(ns, del).await? else { return Ok(None) };
         self.answer_retry(ns, entry).await.map(Some)
     }
 
@@ -163,15 +161,6 @@ impl FileSyncService {
             }
             None => Ok(()),
         }
-    }
-
-    /// Runs blocking store work off the async workers.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(Store) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store)).await?
     }
 
     /// Takes one of connection `peer`'s [`UploadLimits::per_connection`]
@@ -294,15 +283,7 @@ impl FileSyncService {
 
         // Refuse a stale base or a locked path before receiving any content;
         // the commit checks again under the writer lock.
-        let (n, p, who, token, folder) =
-            (ns.clone(), path.clone(), put.who.clone(), put.lock_token, put.content.folder);
-        let current = self
-            .blocking(move |s| {
-                s.check_lock(&n, &p, &who, token)?;
-                s.check_path_clash(&n, &p, folder)?;
-                s.stat(&n, &p)
-            })
-            .await?;
+        let current = self.store.precheck_put(&ns, &put).await?;
         if let Err(conflict) = check_base(&path, current.as_ref(), put.base_version) {
             return self.retried_put(&ns, &put).await?.ok_or(conflict);
         }
@@ -314,15 +295,15 @@ impl FileSyncService {
         let _slot = self.upload_slot(&ns, peer).await?;
         let mut pace = Pace::new(&self.limits);
 
-        // Receive into a temp file on a blocking thread, pipelined with the
-        // network. Dropping the writer (any early return) deletes the temp.
+        // Receive into the content store, pipelined with the network.
+        // Dropping the upload (any early return) discards what it holds.
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(UPLOAD_PIPELINE);
-        let mut writer = self.store.blob_writer()?;
-        let write_task = tokio::task::spawn_blocking(move || -> Result<_> {
-            while let Some(chunk) = rx.blocking_recv() {
-                writer.write(&chunk)?;
+        let mut writer = self.store.upload().await?;
+        let write_task = tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                writer.write(chunk).await?;
             }
-            Ok(writer)
+            Ok::<_, Error>(writer)
         });
         let received = self.receive_chunks(&mut stream, size, &tx, &mut pace).await;
         drop(tx);
@@ -339,8 +320,7 @@ impl FileSyncService {
             // Content is named by its hash, so stored content of a
             // different size means the header is wrong.
             drop(writer);
-            let n = ns.clone();
-            match self.blocking(move |s| s.reusable_size(&n, &hash)).await? {
+            match self.store.reusable_size(&ns, &hash).await? {
                 None => return Err(Error::no_content(&hash)),
                 Some(stored) if stored != size => {
                     return Err(Error::ContentMismatch(format!(
@@ -351,12 +331,12 @@ impl FileSyncService {
             }
             None
         } else {
-            Some(tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??)
+            Some(writer.complete(hash, size).await?)
         };
         // The replica may have gone while the content came.
         self.admit()?;
         let timer = self.metrics.commit_seconds.start_timer();
-        let change = self.blocking(move |s| s.commit_put(&ns, put, staged)).await?;
+        let change = self.store.commit_put(&ns, put, staged).await?;
         timer.observe_duration();
         self.replicated(change.seq).await?;
         Ok(change)
@@ -567,36 +547,36 @@ impl FileSync for FileSyncService {
         let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let req = request.into_inner();
         let path = self.counted(RelPath::new(req.path).map_err(|e| Status::from(Error::from(e))))?;
-        let found = self
-            .blocking(move |s| {
-                let current = s.stat(&ns, &path)?;
-                let entry = match current {
-                    Some(e) if req.version == 0 || e.version == req.version => Some(e),
-                    _ if req.version != 0 => s.entry_at(&ns, &path, req.version)?,
-                    other => other,
-                };
-                let Some(content) = entry.as_ref().and_then(|e| e.content) else {
-                    return Err(Error::NotFound(match req.version {
-                        0 => format!("{path} does not exist"),
-                        v => format!("{path} has no file at version {v}"),
-                    }));
-                };
-                let Some(reader) = s.blob_reader(&content.hash, content.size)? else {
-                    return Err(Error::NotFound(format!(
-                        "the content of {path} at version {} is no longer kept",
-                        entry.as_ref().map_or(0, |e| e.version)
-                    )));
-                };
-                Ok((entry.expect("checked above"), reader))
-            })
-            .await;
+        let s = &self.store;
+        let found = async {
+            let current = s.stat(&ns, &path).await?;
+            let entry = match current {
+                Some(e) if req.version == 0 || e.version == req.version => Some(e),
+                _ if req.version != 0 => s.entry_at(&ns, &path, req.version).await?,
+                other => other,
+            };
+            let Some(content) = entry.as_ref().and_then(|e| e.content) else {
+                return Err(Error::NotFound(match req.version {
+                    0 => format!("{path} does not exist"),
+                    v => format!("{path} has no file at version {v}"),
+                }));
+            };
+            let Some(reader) = s.content_reader(&content.hash, content.size).await? else {
+                return Err(Error::NotFound(format!(
+                    "the content of {path} at version {} is no longer kept",
+                    entry.as_ref().map_or(0, |e| e.version)
+                )));
+            };
+            Ok((entry.expect("checked above"), reader))
+        }
+        .await;
         let (entry, reader) = self.counted(found.map_err(Status::from))?;
         self.metrics.downloads.inc();
         self.metrics.download_bytes.inc_by(entry.content.map_or(0, |c| c.size));
 
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let metrics = self.metrics.clone();
-        tokio::task::spawn_blocking(move || stream_file(entry, reader, tx, &metrics));
+        tokio::spawn(async move { stream_file(entry, reader, tx, &metrics).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -622,7 +602,8 @@ impl FileSync for FileSyncService {
             }
             self.admit()?;
             let change = self
-                .blocking(move |s| s.commit_delete(&ns, del))
+                .store
+                .commit_delete(&ns, del)
                 .await
                 .inspect_err(|e| tracing::info!(error = %e, "delete refused"))?;
             self.replicated(change.seq).await?;
@@ -656,9 +637,9 @@ impl FileSync for FileSyncService {
             }
             let mut after: Option<String> = None;
             loop {
-                let (n, p, a) = (ns.clone(), prefix.clone(), after.clone());
                 let page = this
-                    .blocking(move |s| s.list_page(&n, &p, a.as_deref(), req.include_deleted, PAGE_SIZE))
+                    .store
+                    .list_page(&ns, &prefix, after.as_deref(), req.include_deleted, PAGE_SIZE)
                     .await;
                 let page = match page {
                     Ok(page) => page,
@@ -687,10 +668,10 @@ impl FileSync for FileSyncService {
         let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let path = RelPath::new(request.into_inner().path).map_err(Error::from)?;
         let entry = self
-            .blocking(move |s| {
-                s.stat(&ns, &path)?.ok_or_else(|| Error::NotFound(format!("{path} was never written")))
-            })
-            .await?;
+            .store
+            .stat(&ns, &path)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{path} was never written")))?;
         Ok(Response::new(pb::StatResponse { entry: Some(entry.into()) }))
     }
 
@@ -749,7 +730,7 @@ impl FileSync for FileSyncService {
     ) -> Result<Response<pb::ServerInfoResponse>, Status> {
         // Any token may ask: a client learns here whom the server takes it for.
         let who = principal(&request)?;
-        let (head, oldest) = self.blocking(|s| Ok((s.head(), s.oldest_seq()?))).await?;
+        let (head, oldest) = (self.store.head(), self.store.oldest_seq().await?);
         // What the caller may do here: a server that refuses writes (a
         // replica) takes a read-write token's reads only.
         let access = match who.access {
@@ -784,7 +765,7 @@ impl FileSync for FileSyncService {
                 who: Actor::new(who.name, req.client_id),
                 holder: req.holder,
             };
-            let change = self.blocking(move |s| s.lock(&ns, req)).await?;
+            let change = self.store.lock(&ns, req).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
@@ -810,8 +791,7 @@ impl FileSync for FileSyncService {
             field(limits::check_client_id(&req.client_id))?;
             self.admit()?;
             let actor = Actor::new(who.name, req.client_id);
-            let change =
-                self.blocking(move |s| s.refresh_lock(&ns, &req.lock_id, &actor, req.ttl_seconds)).await?;
+            let change = self.store.refresh_lock(&ns, &req.lock_id, &actor, req.ttl_seconds).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
@@ -847,7 +827,7 @@ impl FileSync for FileSyncService {
             field(limits::check_client_id(&req.client_id))?;
             self.admit()?;
             let actor = Actor::new(who.name, req.client_id);
-            let change = self.blocking(move |s| s.unlock(&ns, &req.lock_id, &actor, req.force)).await?;
+            let change = self.store.unlock(&ns, &req.lock_id, &actor, req.force).await?;
             self.replicated(change.seq).await?;
             Ok::<_, Error>(change)
         }
@@ -877,15 +857,13 @@ impl FileSync for FileSyncService {
         tokio::spawn(async move {
             let mut after: Option<String> = None;
             loop {
-                let (n, p, a) = (ns.clone(), prefix.clone(), after.clone());
-                let page =
-                    match this.blocking(move |s| s.list_locks_page(&n, &p, a.as_deref(), PAGE_SIZE)).await {
-                        Ok(page) => page,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                    };
+                let page = match this.store.list_locks_page(&ns, &prefix, after.as_deref(), PAGE_SIZE).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
                 let last = page.len() < PAGE_SIZE;
                 after = page.last().map(|l| l.path.as_str().to_owned());
                 for lock in page {
@@ -929,21 +907,21 @@ fn event(item: Item) -> pb::ChangeEvent {
     }
 }
 
-/// Sends a download's entry and then its content, verified as it is read
-/// (on a blocking thread): damaged content ends the stream with
-/// `DATA_LOSS` before its last chunk, so a client never gets it whole.
-fn stream_file(
+/// Sends a download's entry and then its content, verified as it is read:
+/// damaged content ends the stream with `DATA_LOSS` before its last chunk,
+/// so a client never gets it whole.
+async fn stream_file(
     entry: Entry,
-    mut reader: BlobReader,
+    mut reader: Box<dyn ContentReader>,
     tx: mpsc::Sender<Result<pb::DownloadResponse, Status>>,
     metrics: &ServerMetrics,
 ) {
     let first = pb::DownloadResponse { msg: Some(download_response::Msg::Entry(entry.into())) };
-    if tx.blocking_send(Ok(first)).is_err() {
+    if tx.send(Ok(first)).await.is_err() {
         return;
     }
     loop {
-        let msg = match reader.next_chunk(MAX_CHUNK) {
+        let msg = match reader.next_chunk(MAX_CHUNK).await {
             Ok(Some(chunk)) => Ok(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(chunk)) }),
             Ok(None) => return,
             Err(e) => {
@@ -953,7 +931,7 @@ fn stream_file(
             }
         };
         let failed = msg.is_err();
-        if tx.blocking_send(msg).is_err() || failed {
+        if tx.send(msg).await.is_err() || failed {
             return; // The caller went away, or was told why not.
         }
     }
@@ -1074,7 +1052,8 @@ mod tests {
     #[test]
     fn whatever_the_server_accepts_fits_in_every_message_it_sends() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store = rt.block_on(Store::open(dir.path(), StoreOptions::default())).unwrap();
         let case = AtomicU64::new(0);
         // The longest token name a principal can have is the operator's
         // choice, not a client's; a generous one here.
@@ -1089,10 +1068,14 @@ mod tests {
                     // A link whose target is the client's text, when its
                     // target passes too.
                     let target = i.target.as_bytes();
-                    let mut writer = store.blob_writer().unwrap();
-                    writer.write(target).unwrap();
                     let hash = ContentHash::of(target);
-                    let staged = writer.finish(hash, target.len() as u64).unwrap();
+                    let staged = rt
+                        .block_on(async {
+                            let mut writer = store.upload().await?;
+                            writer.write(target.to_vec()).await?;
+                            writer.complete(hash, target.len() as u64).await
+                        })
+                        .unwrap();
                     let put = Put {
                         path: path.clone(),
                         content: Content {
@@ -1107,7 +1090,7 @@ mod tests {
                         who: Actor::new(principal.clone(), i.client_id.clone()),
                         lock_token: 0,
                     };
-                    if let Ok(change) = store.commit_put(&ns, put, Some(staged)) {
+                    if let Ok(change) = rt.block_on(store.commit_put(&ns, put, Some(staged))) {
                         every_message(&change)?;
                         let del = Delete {
                             path: path.clone(),
@@ -1115,7 +1098,7 @@ mod tests {
                             who: Actor::new(principal.clone(), i.client_id.clone()),
                             lock_token: 0,
                         };
-                        every_message(&store.commit_delete(&ns, del).unwrap())?;
+                        every_message(&rt.block_on(store.commit_delete(&ns, del)).unwrap())?;
                     }
                 }
                 let req = pb::LockRequest {
@@ -1134,19 +1117,19 @@ mod tests {
                         who: who.clone(),
                         holder: i.holder,
                     };
-                    let granted = store.lock(&ns, lock.clone()).unwrap();
+                    let granted = rt.block_on(store.lock(&ns, lock.clone())).unwrap();
                     every_message(&granted)?;
                     // Someone else is refused with a message that names the
                     // holder, short enough for a header.
                     let other = LockRequest { who: Actor::new(principal.clone(), "other"), ..lock };
-                    let refused = Status::from(store.lock(&ns, other).unwrap_err());
+                    let refused = Status::from(rt.block_on(store.lock(&ns, other)).unwrap_err());
                     prop_assert!(refused.message().len() <= MAX_ERROR_MESSAGE_BYTES);
-                    let listed = store.list_locks(&ns, "").unwrap();
+                    let listed = rt.block_on(store.list_locks(&ns, "")).unwrap();
                     prop_assert_eq!(listed.len(), 1);
                     let lock_id = listed[0].lock_id.clone();
                     let breaker =
                         Actor::new(principal.clone(), "x".repeat(syncstore::limits::MAX_CLIENT_ID_BYTES));
-                    let broken = store.unlock(&ns, &lock_id, &breaker, true).unwrap();
+                    let broken = rt.block_on(store.unlock(&ns, &lock_id, &breaker, true)).unwrap();
                     let is_broken =
                         matches!(broken.what, crate::storage::What::Unlock { ended: LockEnd::Broken, .. });
                     prop_assert!(is_broken);
