@@ -22,20 +22,31 @@
 //!   loses a race with the removal.
 //! - A commit runs to its end even when its caller goes away (it is a task
 //!   of its own): a group's leader commits for the whole group.
+//!
+//! Garbage collection works over a reference set (the live manifest):
+//! content a commit stopped referring to is removed once
+//! [`StoreOptions::gc_grace`] has passed, by a background collector, if
+//! nothing refers to it or holds it by then; with no grace (the embedded
+//! default) the commit removes it before it answers. The start-up sweep
+//! removes whatever a crash left unreferenced.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     future::Future,
     path::Path,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use async_trait::async_trait;
 use syncstore::{ContentHash, Entry, Lock, RelPath};
-use tokio::sync::{Notify, broadcast};
+use tokio::{
+    sync::{Notify, broadcast},
+    time::Instant,
+};
 
 use super::{
     Actor, Change, Delete, Identity, LockEnd, LockRequest, PAGE_SIZE, Put, Replicated, What,
@@ -61,11 +72,18 @@ pub struct StoreOptions {
     /// How many changes the log keeps; older ones are trimmed, and a
     /// subscriber whose cursor is older gets a RESET.
     pub log_retention: u64,
+    /// How long content a commit stopped referring to is kept before the
+    /// background collector removes it (if nothing refers to it or holds it
+    /// by then). Zero, the default: the commit removes it before it
+    /// answers, as a local blob folder can at no cost. Object storage, or
+    /// readers that must finish a download of a replaced version, want
+    /// minutes.
+    pub gc_grace: Duration,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { log_retention: 1_000_000 }
+        Self { log_retention: 1_000_000, gc_grace: Duration::ZERO }
     }
 }
 
@@ -95,7 +113,18 @@ struct Inner {
     events: broadcast::Sender<Change>,
     /// Read at open; changed only through its setters, under the writer lock.
     identity: Mutex<Identity>,
+    /// Content waiting for its grace to pass, in due order.
+    collectable: Mutex<VecDeque<(Instant, ContentHash)>>,
+    /// Wakes the collector: new content to collect, or the store is gone.
+    collector: Arc<Notify>,
     options: StoreOptions,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The collector holds the store weakly: woken, it finds it gone.
+        self.collector.notify_one();
+    }
 }
 
 #[derive(Debug)]
@@ -151,10 +180,15 @@ impl Store {
                 queued: Mutex::new(Vec::new()),
                 events,
                 identity: Mutex::new(identity),
+                collectable: Mutex::default(),
+                collector: Arc::new(Notify::new()),
                 options,
             }),
         };
         store.sweep_unreferenced().await?;
+        if !store.inner.options.gc_grace.is_zero() {
+            store.spawn_collector();
+        }
         Ok(store)
     }
 
@@ -893,8 +927,7 @@ impl Store {
             w.commits_since_prune += 1;
             out.push(change);
         }
-        // An upload about to commit the same content holds it.
-        self.remove_unreferenced(replaced).await;
+        self.collect(replaced).await;
         let retention = self.inner.options.log_retention.max(1);
         if w.commits_since_prune >= PRUNE_EVERY.min(retention) {
             w.commits_since_prune = 0;
@@ -907,6 +940,64 @@ impl Store {
             }
         }
         out
+    }
+
+    /// Content the changes just committed stopped referring to: removed now
+    /// (no grace; the caller holds the writer lock), or queued for the
+    /// collector. An upload about to commit the same content holds it.
+    async fn collect(&self, replaced: Vec<ContentHash>) {
+        if replaced.is_empty() {
+            return;
+        }
+        let grace = self.inner.options.gc_grace;
+        if grace.is_zero() {
+            return self.remove_unreferenced(replaced).await;
+        }
+        let due = Instant::now() + grace;
+        lock(&self.inner.collectable).extend(replaced.into_iter().map(|h| (due, h)));
+        self.inner.collector.notify_one();
+    }
+
+    /// Starts the background collector: it removes queued content once its
+    /// grace has passed, and ends with the store.
+    fn spawn_collector(&self) {
+        let (store, wake) = (Arc::downgrade(&self.inner), self.inner.collector.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = match Weak::upgrade(&store) {
+                    Some(inner) => lock(&inner.collectable).front().map(|(due, _)| *due),
+                    None => return,
+                };
+                match next {
+                    Some(due) => tokio::select! {
+                        () = tokio::time::sleep_until(due) => {}
+                        () = wake.notified() => continue,
+                    },
+                    None => {
+                        wake.notified().await;
+                        continue;
+                    }
+                }
+                let Some(inner) = Weak::upgrade(&store) else { return };
+                Store { inner }.collect_due().await;
+            }
+        });
+    }
+
+    /// Removes the queued content whose grace has passed, under the writer
+    /// lock, if nothing refers to it or holds it now.
+    async fn collect_due(&self) {
+        let now = Instant::now();
+        let due: Vec<ContentHash> = {
+            let mut queue = lock(&self.inner.collectable);
+            let ready = queue.iter().take_while(|(at, _)| *at <= now).count();
+            queue.drain(..ready).map(|(_, h)| h).collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let _w = self.inner.writer.lock().await;
+        self.remove_unreferenced(due).await;
     }
 
     /// Removes content that no live entry refers to: content of a crash

@@ -316,7 +316,7 @@ async fn locks_expire_survive_a_restart_and_reserve_missing_names(b: Backend) {
 /// The feed replays the kept log after a cursor, per namespace or for all,
 /// broadcasts what commits later, and says where the trimmed log starts.
 async fn the_change_feed_replays_after_a_cursor(b: Backend) {
-    let f = b.fixture(StoreOptions { log_retention: 3 }).await;
+    let f = b.fixture(StoreOptions { log_retention: 3, ..StoreOptions::default() }).await;
     let s = f.open().await;
     assert_eq!(s.oldest_seq().await.unwrap(), 0, "nothing is missing from a new store");
     let mut live = s.subscribe();
@@ -417,7 +417,7 @@ async fn only_the_very_same_write_is_recognised_as_a_retry(b: Backend) {
 }
 
 async fn a_creation_whose_history_was_trimmed_is_not_recognised(b: Backend) {
-    let f = b.fixture(StoreOptions { log_retention: 1 }).await;
+    let f = b.fixture(StoreOptions { log_retention: 1, ..StoreOptions::default() }).await;
     let s = f.open().await;
     let old = put("old", b"old", 0, "c1", 0);
     send(&s, old.clone(), b"old").await.unwrap();
@@ -500,6 +500,36 @@ async fn replicated_changes_and_snapshots_apply_in_order(b: Backend) {
     assert_eq!(stored(&s).await, vec![ContentHash::of(b"zed")], "what the snapshot dropped goes");
 }
 
+/// With a grace period, replaced content stays until the grace has passed
+/// and then goes in the background, unless an entry refers to it again by
+/// then.
+async fn replaced_content_goes_once_its_grace_has_passed(b: Backend) {
+    let grace = std::time::Duration::from_millis(300);
+    let f = b.fixture(StoreOptions { gc_grace: grace, ..StoreOptions::default() }).await;
+    let s = f.open().await;
+    let v1 = send(&s, put("a", b"one", 0, "c", 0), b"one").await.unwrap().seq;
+    let v2 = send(&s, put("a", b"two", v1, "c", 0), b"two").await.unwrap().seq;
+    let both = {
+        let mut v = vec![ContentHash::of(b"one"), ContentHash::of(b"two")];
+        v.sort();
+        v
+    };
+    assert_eq!(stored(&s).await, both, "replaced content is kept through its grace");
+    // "one" is referred to again within its grace: it must stay.
+    send(&s, put("b", b"one", 0, "c", 0), b"one").await.unwrap();
+    send(&s, put("a", b"three", v2, "c", 0), b"three").await.unwrap();
+    // "two", replaced after "one" was queued, goes: the collector has been
+    // through "one" by then.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stored(&s).await.contains(&ContentHash::of(b"two")) {
+        assert!(tokio::time::Instant::now() < deadline, "replaced content was never collected");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut want = vec![ContentHash::of(b"one"), ContentHash::of(b"three")];
+    want.sort();
+    assert_eq!(stored(&s).await, want);
+}
+
 /// Instantiates every suite test for each backend.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -537,6 +567,7 @@ suite!(
     the_identity_is_created_once_and_kept_across_a_restart,
     only_a_store_that_holds_nothing_adopts_another_history,
     replicated_changes_and_snapshots_apply_in_order,
+    replaced_content_goes_once_its_grace_has_passed,
 );
 
 /// The embedded backend's own: a small blob is synced (one `syncfs`) before
