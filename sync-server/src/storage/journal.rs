@@ -53,7 +53,7 @@ use super::{
     blobdir::BlobDir,
     content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict},
     feed::ChangeFeed,
-    meta::{Facts, MetaStore, MetaTx, Want},
+    meta::{Decide, Facts, MetaStore, MetaTx, Want},
     rules,
     sqlite::SqliteMeta,
 };
@@ -437,51 +437,75 @@ impl Store {
         done.expect("this task's put was in the group it committed")
     }
 
-    /// Commits queued puts in one transaction and fills their slots.
+    /// Commits queued puts in one transaction and fills their slots: one
+    /// trip decides the whole group (each put's facts fetched after the
+    /// writes of the puts before it, checked here, written if it passes),
+    /// one commits it.
     async fn commit_batch(&self, w: &mut Writer, batch: Vec<QueuedPut>) {
-        let slots: Vec<Slot> = batch.iter().map(|q| q.slot.clone()).collect();
-        let mut committed = Vec::new();
+        let (jobs, slots): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| ((q.ns, q.job), q.slot)).unzip();
+        // Each put's outcome, in order: its change and the entry it
+        // replaced, or why it was refused.
+        let decided: Arc<Mutex<Vec<Decided>>> = Arc::default();
         let outcome = async {
             // Content before metadata: one sync for the group's pending content.
             let pending: Vec<ContentHash> =
-                batch.iter().filter(|q| q.job.needs_sync).map(|q| q.job.put.content.hash).collect();
+                jobs.iter().filter(|(_, j)| j.needs_sync).map(|(_, j)| j.put.content.hash).collect();
             self.inner.content.ensure_durable(&pending).await?;
-            let mut tx = self.inner.meta.begin();
-            let mut seq = w.head;
-            let now = now_ms();
-            for QueuedPut { ns, job, slot } in batch {
-                let put = &job.put;
-                let want = Want {
-                    clash: Some(put.content.folder),
-                    refers: (!job.placed).then_some(put.content.hash),
-                };
-                let facts = tx.facts(&ns, &put.path, want).await?;
-                match check_put(&job, &facts, now) {
+            let items = jobs
+                .iter()
+                .map(|(ns, job)| {
+                    let put = &job.put;
+                    let want = Want {
+                        clash: Some(put.content.folder),
+                        refers: (!job.placed).then_some(put.content.hash),
+                    };
+                    (ns.clone(), put.path.clone(), want)
+                })
+                .collect();
+            let (mut seq, now, out) = (w.head, now_ms(), decided.clone());
+            let decide: Decide = Box::new(move |i, facts| {
+                let (ns, job) = &jobs[i];
+                match check_put(job, &facts, now) {
                     Ok(()) => {
                         seq += 1;
-                        let Job { put, .. } = job;
+                        let put = &job.put;
                         let entry = Entry {
-                            path: put.path,
+                            path: put.path.clone(),
                             version: seq,
                             content: Some(put.content),
-                            client_id: put.who.client_id,
+                            client_id: put.who.client_id.clone(),
                         };
-                        let change = Change::file(&ns, entry);
-                        tx.write(change.clone());
-                        committed.push((change, facts.current, slot));
+                        let change = Change::file(ns, entry);
+                        lock(&out).push(Ok((change.clone(), facts.current)));
+                        Some(change)
                     }
-                    Err(e) => *lock(&slot) = Some(Err(e)),
+                    Err(e) => {
+                        lock(&out).push(Err(e));
+                        None
+                    }
                 }
-            }
+            });
+            let mut tx = self.inner.meta.begin();
+            tx.decide_each(items, decide).await?;
             tx.commit().await
         }
         .await;
+        let decided = std::mem::take(&mut *lock(&decided));
         match outcome {
             Ok(()) => {
-                let (changes, slots): (Vec<_>, Vec<_>) =
-                    committed.into_iter().map(|(change, current, slot)| ((change, current), slot)).unzip();
-                let changes = self.after_commit(w, changes).await;
-                for (change, slot) in changes.into_iter().zip(slots) {
+                let mut committed = Vec::new();
+                let mut committed_slots = Vec::new();
+                for (slot, d) in slots.into_iter().zip(decided) {
+                    match d {
+                        Ok(c) => {
+                            committed.push(c);
+                            committed_slots.push(slot);
+                        }
+                        Err(e) => *lock(&slot) = Some(Err(e)),
+                    }
+                }
+                let changes = self.after_commit(w, committed).await;
+                for (change, slot) in changes.into_iter().zip(committed_slots) {
                     *lock(&slot) = Some(Ok(change));
                 }
             }
@@ -489,15 +513,16 @@ impl Store {
                 // Nothing of the group was committed: every put not refused
                 // on its own fails with the group.
                 tracing::error!(error = %e, "a group commit failed");
-                drop(committed);
                 let full = e.is_disk_full();
+                let mut decided = decided.into_iter();
                 for slot in slots {
-                    let mut slot = lock(&slot);
-                    if !matches!(*slot, Some(Err(_))) {
-                        let message = format!("the commit failed: {e}");
-                        *slot =
-                            Some(Err(if full { Error::DiskFull(message) } else { Error::Internal(message) }));
-                    }
+                    *lock(&slot) = Some(match decided.next() {
+                        Some(Err(refused)) => Err(refused),
+                        _ => {
+                            let message = format!("the commit failed: {e}");
+                            Err(if full { Error::DiskFull(message) } else { Error::Internal(message) })
+                        }
+                    });
                 }
             }
         }
@@ -1089,6 +1114,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) fn now_ms() -> i64 {
     syncstore::lock::now_ms()
 }
+
+/// A put of a group, decided: its change and the entry it replaced, or why
+/// it was refused.
+type Decided = Result<(Change, Option<Entry>)>;
 
 /// Where a queued put's outcome is left for the task that queued it.
 type Slot = Arc<Mutex<Option<Result<Change>>>>;

@@ -15,7 +15,7 @@ use syncstore::{ContentHash, Entry, Lock, RelPath};
 use super::{
     Change, Identity, What,
     content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict},
-    meta::{Facts, MetaStore, MetaTx, SnapshotSink, Want},
+    meta::{Decide, Facts, MetaStore, MetaTx, SnapshotSink, Want},
     rules,
 };
 use crate::error::{Error, Result};
@@ -348,6 +348,17 @@ impl MemoryTx {
 impl MetaTx for MemoryTx {
     async fn facts(&mut self, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
         Ok(self.view().facts(ns, path, want))
+    }
+
+    async fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, mut decide: Decide) -> Result<()> {
+        let mut view = self.view();
+        for (i, (ns, path, want)) in items.into_iter().enumerate() {
+            if let Some(change) = decide(i, view.facts(&ns, &path, want)) {
+                view.apply(&change);
+                self.pending.push(change);
+            }
+        }
+        Ok(())
     }
 
     async fn lock_by_id(&mut self, ns: &str, lock_id: &str) -> Result<Option<Lock>> {

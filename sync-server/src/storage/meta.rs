@@ -5,9 +5,10 @@
 //! transactions itself, so a backend needs no writer lock of its own.
 //!
 //! A transaction ([`MetaTx`]) buffers its writes and sends them with its
-//! next read or its commit, so a group commit of N puts costs N + 1 trips
-//! to a blocking backend, whatever the number of checks; its reads see its
-//! own earlier writes.
+//! next read or its commit; its reads see its own earlier writes.
+//! [`MetaTx::decide_each`] fetches, decides and writes a whole group in one
+//! trip, so a group commit costs two trips to a blocking backend (decide,
+//! commit), whatever the number of puts and checks.
 
 use std::fmt::Debug;
 
@@ -141,6 +142,10 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     fn snapshots(&self) -> Option<&dyn SnapshotSink>;
 }
 
+/// Decides one item of [`MetaTx::decide_each`] (its index, its facts):
+/// the change to write, if any.
+pub(crate) type Decide = Box<dyn FnMut(usize, Facts) -> Option<Change> + Send>;
+
 /// One transaction. Dropped without [`MetaTx::commit`], nothing of it is
 /// kept.
 #[async_trait]
@@ -148,6 +153,12 @@ pub(crate) trait MetaTx: Send + Debug {
     /// The facts of a write to `path` of `ns`, seeing this transaction's
     /// own writes.
     async fn facts(&mut self, ns: &str, path: &RelPath, want: Want) -> Result<Facts>;
+
+    /// For each item in order: fetches its facts (seeing the writes of the
+    /// items before it), asks `decide`, and writes the change it returns.
+    /// The decisions are the caller's (the journal runs the rules); the
+    /// backend only fetches and writes, in one trip for the lot.
+    async fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, decide: Decide) -> Result<()>;
 
     /// The lock row with id `lock_id`, in force or not.
     async fn lock_by_id(&mut self, ns: &str, lock_id: &str) -> Result<Option<Lock>>;

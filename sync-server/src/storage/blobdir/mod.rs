@@ -573,9 +573,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[async_trait]
 impl ContentStore for BlobDir {
     async fn upload(&self) -> Result<Box<dyn ContentUpload>> {
-        let this = self.clone();
-        let writer = tokio::task::spawn_blocking(move || this.writer()).await??;
-        Ok(Box::new(BlobUpload { dir: self.clone(), writer: Some(writer) }))
+        Ok(Box::new(BlobUpload { dir: self.clone(), state: UploadState::Fresh }))
     }
 
     async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>> {
@@ -642,28 +640,53 @@ impl ContentStore for BlobDir {
 }
 
 /// An upload into a temp file of the blob folder, written on blocking
-/// threads.
+/// threads. The temp file is made with the first write (or at `complete`),
+/// so an upload that sends no content (header-only) touches no disk.
 #[derive(Debug)]
 struct BlobUpload {
     dir: BlobDir,
-    /// Out while a write runs (a dropped upload drops it there).
-    writer: Option<BlobWriter>,
+    state: UploadState,
+}
+
+#[derive(Debug)]
+enum UploadState {
+    /// Nothing written yet: no temp file.
+    Fresh,
+    Writing(Box<BlobWriter>),
+    /// A write failed (or is out on a blocking thread): the upload is over.
+    Broken,
+}
+
+impl BlobUpload {
+    /// The writer, made now if this is the first use.
+    fn writer(dir: &BlobDir, state: UploadState) -> Result<BlobWriter> {
+        match state {
+            UploadState::Fresh => dir.writer(),
+            UploadState::Writing(w) => Ok(*w),
+            UploadState::Broken => Err(Error::Internal("an upload whose write failed was used again".into())),
+        }
+    }
 }
 
 #[async_trait]
 impl ContentUpload for BlobUpload {
     async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
-        let mut writer =
-            self.writer.take().ok_or_else(|| Error::Internal("an upload failed before".into()))?;
-        self.writer =
-            Some(tokio::task::spawn_blocking(move || writer.write(&chunk).map(|()| writer)).await??);
+        let (dir, state) = (self.dir.clone(), std::mem::replace(&mut self.state, UploadState::Broken));
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut writer = Self::writer(&dir, state)?;
+            writer.write(&chunk).map(|()| writer)
+        })
+        .await??;
+        self.state = UploadState::Writing(Box::new(writer));
         Ok(())
     }
 
     async fn complete(self: Box<Self>, hash: ContentHash, size: u64) -> Result<Box<dyn StagedContent>> {
-        let writer = self.writer.ok_or_else(|| Error::Internal("an upload failed before".into()))?;
-        let staged = tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??;
-        Ok(Box::new(BlobStaged { dir: self.dir, staged }))
+        let BlobUpload { dir, state } = *self;
+        let d = dir.clone();
+        let staged =
+            tokio::task::spawn_blocking(move || Self::writer(&d, state)?.finish(hash, size)).await??;
+        Ok(Box::new(BlobStaged { dir, staged }))
     }
 }
 

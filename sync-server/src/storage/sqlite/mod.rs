@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use syncstore::{Content, ContentHash, Entry, Lock, RelPath};
 
-use super::meta::{Facts, MetaStore, MetaTx, SnapshotSink, Want};
+use super::meta::{Decide, Facts, MetaStore, MetaTx, SnapshotSink, Want};
 use super::{Change, Identity, What, rules};
 use crate::error::{Error, Result};
 use identity::MetaKey;
@@ -444,6 +444,18 @@ impl MetaTx for SqliteTx {
     async fn facts(&mut self, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
         let (ns, path) = (ns.to_owned(), path.clone());
         self.trip(move |c| facts(c, &ns, &path, want)).await
+    }
+
+    async fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, mut decide: Decide) -> Result<()> {
+        self.trip(move |c| {
+            for (i, (ns, path, want)) in items.into_iter().enumerate() {
+                if let Some(change) = decide(i, facts(c, &ns, &path, want)?) {
+                    write_change(c, &change)?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn lock_by_id(&mut self, ns: &str, lock_id: &str) -> Result<Option<Lock>> {
