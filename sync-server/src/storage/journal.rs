@@ -826,18 +826,22 @@ impl Store {
                 }
             }
             this.inner.content.ensure_durable(&pending).await?;
+            // One trip: each change written in order, with the entry a file
+            // change replaces (for garbage collection).
+            let changes: Vec<Change> = todo.into_iter().map(|r| r.change).collect();
+            let items =
+                changes.iter().map(|c| (c.namespace.clone(), c.path().clone(), Want::default())).collect();
+            let replaced: Arc<Mutex<Vec<Option<Entry>>>> = Arc::default();
+            let (out, to_write) = (replaced.clone(), changes.clone());
+            let decide: Decide = Box::new(move |i, facts| {
+                let change = to_write[i].clone();
+                lock(&out).push(facts.current.filter(|_| change.entry().is_some()));
+                Some(change)
+            });
             let mut tx = this.inner.meta.begin();
-            let mut applied = Vec::with_capacity(todo.len());
-            for Replicated { change, .. } in todo {
-                let current = match &change.what {
-                    What::File(entry) => {
-                        tx.facts(&change.namespace, &entry.path, Want::default()).await?.current
-                    }
-                    _ => None,
-                };
-                tx.write(change.clone());
-                applied.push((change, current));
-            }
+            tx.decide_each(items, decide).await?;
+            let replaced = std::mem::take(&mut *lock(&replaced));
+            let applied: Vec<(Change, Option<Entry>)> = changes.into_iter().zip(replaced).collect();
             tx.commit().await?;
             let n = applied.len();
             this.after_commit(&mut w, applied).await;
