@@ -164,6 +164,11 @@ impl Admin for AdminService {
             ..Default::default()
         };
         (out.damaged_blobs, out.damaged_blobs_found) = self.store.damaged_blobs();
+        if request.get_ref().count_stored {
+            let s = self.store.clone();
+            (out.stored_blobs, out.stored_bytes) =
+                tokio::task::spawn_blocking(move || s.stored_blobs()).await.map_err(Error::from)??;
+        }
         if self.role == "replica" {
             out.primary_url = identity.primary_url.unwrap_or_default();
         }

@@ -568,6 +568,12 @@ impl Store {
         (self.inner.blobs.damaged_count(), self.inner.blobs.found_damaged())
     }
 
+    /// How many contents are stored, and their total size in bytes: what
+    /// `Admin/Status` reports when asked. Lists the whole content store.
+    pub fn stored_blobs(&self) -> Result<(u64, u64)> {
+        self.inner.blobs.usage()
+    }
+
     /// Every distinct content live entries refer to, with its size, after
     /// `after` in hash order, up to `limit`: what a scrub walks.
     pub(crate) fn referenced_blobs(
