@@ -75,14 +75,16 @@ pub const DEFAULT_UPLOAD_MIN_RATE: u64 = 32 * 1024;
 /// Default number of uploads received at once. Each running upload holds a
 /// blocking thread (tokio's pool has 512 for everything, SQLite included),
 /// a temp file and up to 5 MiB of buffered chunks; 32 keeps that under
-/// about 160 MiB and leaves the pool to the rest, while clients send one
-/// file at a time, so it is 32 clients uploading at the same moment. More
-/// wait up to [`UPLOAD_SLOT_WAIT`], then get `RESOURCE_EXHAUSTED`.
+/// about 160 MiB and leaves the pool to the rest. A client's full sync runs
+/// up to 16 transfers at once, so this is two full syncs, or 32 clients
+/// each saving a file, at the same moment. More wait up to
+/// [`UPLOAD_SLOT_WAIT`], then get `RESOURCE_EXHAUSTED`.
 pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 32;
 
-/// Default number of uploads received at once for one namespace: enough
-/// for three of its clients running a full sync (8 transfers each), while
-/// leaving a quarter of [`DEFAULT_MAX_CONCURRENT_UPLOADS`] to the others.
+/// Default number of uploads received at once for one namespace: one of its
+/// clients running a full sync (up to 16 transfers at once) and half as
+/// much again for the others, while leaving a quarter of
+/// [`DEFAULT_MAX_CONCURRENT_UPLOADS`] to the other namespaces.
 pub const DEFAULT_MAX_UPLOADS_PER_NAMESPACE: usize = 24;
 
 /// Default number of uploads received at once over one connection: a sync
@@ -93,8 +95,9 @@ pub const DEFAULT_MAX_UPLOADS_PER_NAMESPACE: usize = 24;
 pub const DEFAULT_MAX_UPLOADS_PER_CONNECTION: usize = 16;
 
 /// Most HTTP/2 streams (calls) one connection may have open at once. A sync
-/// client keeps one subscription and runs its transfers one at a time, and a
-/// primary keeps one stream to its replica, so 128 is far above honest use
+/// client keeps one subscription and runs at most 16 transfers at once
+/// (plus 4 in its large lane), and a primary keeps one stream to its
+/// replica, so 128 is far above honest use
 /// while bounding what one connection can make the server hold (tonic's own
 /// default is no limit).
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;

@@ -46,7 +46,8 @@ pub(crate) use rules::check_base;
 
 use crate::error::{Error, Result};
 
-/// The only namespace until authentication brings one per token.
+/// The namespace of an open server's callers (no token file); with tokens,
+/// each read-only or read-write token names its own, which may be this one.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Committed changes buffered for live subscribers; a subscriber that falls
