@@ -34,6 +34,11 @@ const MAX_BATCH: usize = 256;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a new stream waits for the one it replaces to end.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
+/// Messages (acks, heartbeats) buffered toward the primary. The apply loop
+/// sends one ack per batch and the heartbeats one a second, so this fills
+/// only when the primary stops reading: then acks wait and heartbeats are
+/// dropped.
+const RESPONSE_BUFFER: usize = 16;
 
 /// The `Replication` service of a replica (on a primary it refuses).
 #[derive(Debug, Clone)]
@@ -145,7 +150,7 @@ impl Replication for ReplicationService {
             Some(hello.primary_url.clone()),
         );
 
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let ready = pb::ReplicaReady {
             history_id: self.store.history_id(),
             applied_seq: self.store.head(),
