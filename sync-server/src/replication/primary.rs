@@ -14,6 +14,7 @@ use std::{
 use prometheus::IntCounter;
 use syncstore::connect::Credentials;
 use syncstore::{
+    Backoff,
     limits::{MAX_CHUNK, MAX_MESSAGE},
     pb::{self, replicate_request, replicate_response, replication_client::ReplicationClient},
 };
@@ -409,7 +410,7 @@ pub async fn run(
             return;
         }
     };
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         handle.inner.metrics.connect_attempts.inc();
         let acked_before = handle.acked();
@@ -423,13 +424,12 @@ pub async fn run(
             Err(e) => e,
         };
         if handle.session_ended(&error, acked_before, store.head()) {
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.next_wait()) => {}
             () = shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
