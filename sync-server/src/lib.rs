@@ -5,6 +5,7 @@
 //! - [`storage`]: the data folder (SQLite metadata + content-addressed
 //!   blobs), sequence numbers, the change log and its broadcast.
 //! - [`service`]: `syncstore.v1.FileSync` over the store.
+//! - [`context`]: what the services of one server share.
 //! - [`replication`]: the primary's fan-out to its replica and the
 //!   replica's `syncstore.v1.Replication` service; the write gate.
 //! - [`admin`]: `syncstore.v1.Admin` (status, digest, manifest) and `compare`.
@@ -20,6 +21,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod context;
 pub mod error;
 mod feed;
 pub mod metrics;
@@ -43,6 +45,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncomi
 pub use auth::Authenticator;
 
 pub use admin::{AdminService, Comparison, compare};
+pub use context::ServiceContext;
 pub use error::{Error, Result};
 pub use metrics::ServerMetrics;
 pub use replication::{
@@ -473,9 +476,17 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         ));
     }
     tasks.spawn(auth.clone().watch(shutdown.clone()));
+    let ctx = ServiceContext {
+        store,
+        role: config.role,
+        gate,
+        replication,
+        metrics,
+        auth: auth.clone(),
+        shutdown: shutdown.clone(),
+    };
     let file_sync = FileSyncService::new(
-        store.clone(),
-        config.role.as_str(),
+        ctx.clone(),
         UploadLimits {
             max_file_size: config.max_file_size,
             idle_timeout: config.upload_idle_timeout,
@@ -484,25 +495,14 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             per_namespace: config.max_uploads_per_namespace,
             per_connection: config.max_uploads_per_connection,
         },
-        gate.clone(),
-        replication.clone(),
-        metrics,
-        shutdown.clone(),
-    )
-    .with_auth(auth.clone());
+    );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Every service answers health checks by its name ("" is the server).
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
     health_reporter.set_serving::<ReplicationServer<ReplicationService>>().await;
-    let replication_service = ReplicationService::new(
-        store.clone(),
-        gate.clone(),
-        config.role == Role::Replica,
-        health_reporter.clone(),
-        shutdown.clone(),
-    );
-    let admin = AdminService::new(store, config.role.as_str(), gate, replication);
+    let replication_service = ReplicationService::new(&ctx, health_reporter.clone());
+    let admin = AdminService::new(&ctx);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

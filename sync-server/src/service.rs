@@ -19,15 +19,15 @@ use tokio::{
     time::Instant,
 };
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Access, Authenticator, Need, caller, principal};
+use crate::auth::{Access, Need, caller, principal};
 use crate::{
     ServerMetrics,
+    context::ServiceContext,
     error::{Error, Result, refusal},
     feed::{self, Item},
-    replication::{WriteGate, primary::ReplicationHandle},
+    replication::primary::ReplicationHandle,
     storage::{Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, Store, What, check_base},
     wire,
 };
@@ -72,56 +72,29 @@ pub struct UploadLimits {
 /// The `FileSync` service of one server.
 #[derive(Debug, Clone)]
 pub struct FileSyncService {
-    store: Store,
-    role: &'static str,
+    ctx: ServiceContext,
     limits: UploadLimits,
     upload_slots: Arc<Semaphore>,
     namespace_slots: Arc<KeyedSlots<String>>,
     connection_slots: Arc<KeyedSlots<SocketAddr>>,
-    gate: WriteGate,
-    replication: Option<ReplicationHandle>,
-    metrics: ServerMetrics,
-    shutdown: CancellationToken,
-    auth: Authenticator,
 }
 
 impl FileSyncService {
-    pub fn new(
-        store: Store,
-        role: &'static str,
-        limits: UploadLimits,
-        gate: WriteGate,
-        replication: Option<ReplicationHandle>,
-        metrics: ServerMetrics,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let upload_slots = Arc::new(Semaphore::new(limits.max_concurrent));
-        let auth = Authenticator::open();
+    /// The service over `ctx`, taking uploads within `limits`.
+    pub fn new(ctx: ServiceContext, limits: UploadLimits) -> Self {
         Self {
-            store,
-            role,
+            ctx,
             limits,
-            upload_slots,
+            upload_slots: Arc::new(Semaphore::new(limits.max_concurrent)),
             namespace_slots: KeyedSlots::new(limits.per_namespace),
             connection_slots: KeyedSlots::new(limits.per_connection),
-            gate,
-            replication,
-            metrics,
-            shutdown,
-            auth,
         }
-    }
-
-    /// Ends subscriptions whose token `auth` stops accepting.
-    pub fn with_auth(mut self, auth: Authenticator) -> Self {
-        self.auth = auth;
-        self
     }
 
     /// Counts a failed call by its code.
     fn counted<T>(&self, r: Result<T, Status>) -> Result<T, Status> {
         if let Err(s) = &r {
-            self.metrics.error(s);
+            self.ctx.metrics.error(s);
         }
         r
     }
@@ -129,7 +102,7 @@ impl FileSyncService {
     /// Refuses a write before anything is written while a sync-mode
     /// replica (failing on timeout) is known to be away.
     fn admit(&self) -> Result<()> {
-        self.replication.as_ref().map_or(Ok(()), ReplicationHandle::admit)
+        self.ctx.replication.as_ref().map_or(Ok(()), ReplicationHandle::admit)
     }
 
     /// An upload sent again that is committed already (see
@@ -156,7 +129,7 @@ impl FileSyncService {
 
     /// In sync mode, waits until the replica holds `seq` durably.
     async fn replicated(&self, seq: u64) -> Result<()> {
-        match &self.replication {
+        match &self.ctx.replication {
             Some(r) => {
                 r.committed(seq);
                 r.wait_replicated(seq).await
@@ -170,7 +143,7 @@ impl FileSyncService {
         &self,
         f: impl FnOnce(Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let store = self.store.clone();
+        let store = self.ctx.store.clone();
         tokio::task::spawn_blocking(move || f(store)).await?
     }
 
@@ -256,7 +229,7 @@ impl FileSyncService {
             Some(pb::UploadRequest { msg: Some(upload_request::Msg::Header(h)) }) => h,
             _ => return Err(Error::invalid("the first message of an upload must be a header")),
         };
-        self.gate.check()?;
+        self.ctx.gate.check()?;
         check_header_fields(&header)?;
         let path = RelPath::new(header.path)?;
         let hash = ContentHash::try_from(&header.hash[..])?;
@@ -317,7 +290,7 @@ impl FileSyncService {
         // Receive into a temp file on a blocking thread, pipelined with the
         // network. Dropping the writer (any early return) deletes the temp.
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(UPLOAD_PIPELINE);
-        let mut writer = self.store.blob_writer()?;
+        let mut writer = self.ctx.store.blob_writer()?;
         let write_task = tokio::task::spawn_blocking(move || -> Result<_> {
             while let Some(chunk) = rx.blocking_recv() {
                 writer.write(&chunk)?;
@@ -355,7 +328,7 @@ impl FileSyncService {
         };
         // The replica may have gone while the content came.
         self.admit()?;
-        let timer = self.metrics.commit_seconds.start_timer();
+        let timer = self.ctx.metrics.commit_seconds.start_timer();
         let change = self.blocking(move |s| s.commit_put(&ns, put, staged)).await?;
         timer.observe_duration();
         self.replicated(change.seq).await?;
@@ -551,8 +524,8 @@ impl FileSync for FileSyncService {
                 tracing::info!(error = %e, "upload refused");
             });
         let entry = self.counted(result.map_err(Status::from))?.into_entry();
-        self.metrics.uploads.inc();
-        self.metrics.upload_bytes.inc_by(entry.content.map_or(0, |c| c.size));
+        self.ctx.metrics.uploads.inc();
+        self.ctx.metrics.upload_bytes.inc_by(entry.content.map_or(0, |c| c.size));
         tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "stored");
         Ok(Response::new(pb::UploadResponse { entry: Some(entry.into()) }))
     }
@@ -591,11 +564,11 @@ impl FileSync for FileSyncService {
             })
             .await;
         let (entry, reader) = self.counted(found.map_err(Status::from))?;
-        self.metrics.downloads.inc();
-        self.metrics.download_bytes.inc_by(entry.content.map_or(0, |c| c.size));
+        self.ctx.metrics.downloads.inc();
+        self.ctx.metrics.download_bytes.inc_by(entry.content.map_or(0, |c| c.size));
 
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let metrics = self.metrics.clone();
+        let metrics = self.ctx.metrics.clone();
         tokio::task::spawn_blocking(move || stream_file(entry, reader, tx, &metrics));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -609,7 +582,7 @@ impl FileSync for FileSyncService {
         let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
-            self.gate.check()?;
+            self.ctx.gate.check()?;
             field(limits::check_client_id(&req.client_id))?;
             let del = Delete {
                 path: RelPath::new(req.path)?,
@@ -630,7 +603,7 @@ impl FileSync for FileSyncService {
         }
         .await;
         let entry = self.counted(result.map_err(Status::from))?.into_entry();
-        self.metrics.deletes.inc();
+        self.ctx.metrics.deletes.inc();
         tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "deleted");
         Ok(Response::new(pb::DeleteResponse { entry: Some(entry.into()) }))
     }
@@ -649,7 +622,7 @@ impl FileSync for FileSyncService {
         let this = self.clone();
         // Every page is read after this: the listing reflects every change
         // up to it (and maybe later ones), the seam with Subscribe.
-        let head_seq = self.store.head();
+        let head_seq = self.ctx.store.head();
         tokio::spawn(async move {
             if tx.send(Ok(pb::ListResponse { entry: None, head_seq })).await.is_err() {
                 return;
@@ -707,8 +680,9 @@ impl FileSync for FileSyncService {
             self.counted(field(limits::check_client_id(&req.client_id)).map_err(Status::from))?;
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let (store, shutdown, auth) = (self.store.clone(), self.shutdown.clone(), self.auth.clone());
-        let subscribers = self.metrics.subscribers.clone();
+        let (store, shutdown, auth) =
+            (self.ctx.store.clone(), self.ctx.shutdown.clone(), self.ctx.auth.clone());
+        let subscribers = self.ctx.metrics.subscribers.clone();
         tokio::spawn(async move {
             subscribers.inc();
             tracing::debug!("subscriber connected");
@@ -753,14 +727,14 @@ impl FileSync for FileSyncService {
         // What the caller may do here: a server that refuses writes (a
         // replica) takes a read-write token's reads only.
         let access = match who.access {
-            Access::ReadWrite if self.gate.check().is_err() => Access::ReadOnly,
+            Access::ReadWrite if self.ctx.gate.check().is_err() => Access::ReadOnly,
             a => a,
         };
         Ok(Response::new(pb::ServerInfoResponse {
-            history_id: self.store.history_id(),
+            history_id: self.ctx.store.history_id(),
             head_seq: head,
             oldest_seq: oldest,
-            role: self.role.to_owned(),
+            role: self.ctx.role.as_str().to_owned(),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             namespace: who.namespace,
             principal: who.name,
@@ -774,7 +748,7 @@ impl FileSync for FileSyncService {
         let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
-            self.gate.check()?;
+            self.ctx.gate.check()?;
             check_lock_fields(&req)?;
             self.admit()?;
             let req = LockRequest {
@@ -805,7 +779,7 @@ impl FileSync for FileSyncService {
         let ns = who.namespace;
         let req = request.into_inner();
         let result = async {
-            self.gate.check()?;
+            self.ctx.gate.check()?;
             field(limits::check_lock_id(&req.lock_id))?;
             field(limits::check_client_id(&req.client_id))?;
             self.admit()?;
@@ -838,11 +812,11 @@ impl FileSync for FileSyncService {
                     who.name
                 ),
             );
-            self.metrics.error(&denied);
+            self.ctx.metrics.error(&denied);
             return Err(denied);
         }
         let result = async {
-            self.gate.check()?;
+            self.ctx.gate.check()?;
             field(limits::check_lock_id(&req.lock_id))?;
             field(limits::check_client_id(&req.client_id))?;
             self.admit()?;

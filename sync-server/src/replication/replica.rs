@@ -21,6 +21,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::WriteGate;
 use crate::{
+    Role,
+    context::ServiceContext,
     error::{Error, Result},
     storage::{Change, Replicated, Store, What},
     wire,
@@ -53,21 +55,16 @@ pub struct ReplicationService {
 }
 
 impl ReplicationService {
-    pub fn new(
-        store: Store,
-        gate: WriteGate,
-        is_replica: bool,
-        health: HealthReporter,
-        shutdown: CancellationToken,
-    ) -> Self {
+    /// The service over `ctx`, reporting a full resync through `health`.
+    pub fn new(ctx: &ServiceContext, health: HealthReporter) -> Self {
         Self {
-            store,
-            gate,
-            is_replica,
+            store: ctx.store.clone(),
+            gate: ctx.gate.clone(),
+            is_replica: ctx.role == Role::Replica,
             active: Arc::new(Mutex::new(())),
             current: Arc::default(),
             health,
-            shutdown,
+            shutdown: ctx.shutdown.clone(),
         }
     }
 
