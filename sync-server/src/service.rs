@@ -28,7 +28,9 @@ use crate::{
     error::{Error, Result, refusal},
     feed::{self, Item},
     replication::primary::ReplicationHandle,
-    storage::{Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, Store, What, check_base},
+    storage::{
+        Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, StagedBlob, Store, What, check_base,
+    },
     wire,
 };
 
@@ -218,18 +220,103 @@ impl FileSyncService {
         }
     }
 
-    async fn receive_upload(
+    /// The one write path of Upload, Delete, Lock, RefreshLock and Unlock:
+    /// the write gate, the request's own checks (`decode`), the retry of a
+    /// write committed already, an upload's content, admission, the store
+    /// operation, the replica's acknowledgement (sync mode), and then the
+    /// metrics and the log line of the outcome.
+    async fn write(
         &self,
-        ns: String,
-        principal: String,
-        peer: Option<SocketAddr>,
-        mut stream: Streaming<pb::UploadRequest>,
-    ) -> Result<Change> {
-        let header = match self.next_message(&mut stream, &mut Pace::new(&self.limits)).await? {
-            Some(pb::UploadRequest { msg: Some(upload_request::Msg::Header(h)) }) => h,
-            _ => return Err(Error::invalid("the first message of an upload must be a header")),
-        };
-        self.ctx.gate.check()?;
+        ns: &str,
+        op: Op,
+        decode: impl FnOnce() -> Result<Write>,
+    ) -> Result<Change, Status> {
+        let result = async {
+            self.ctx.gate.check()?;
+            // An upload holds its slot until it is committed (and
+            // replicated) or refused, and its temp file gone.
+            let (commit, _slot) = match decode()? {
+                Write::Upload(upload) => match self.receive_upload(ns, upload).await? {
+                    Received::Again(change) => return Ok(change),
+                    Received::Staged(commit, slot) => (commit, Some(slot)),
+                },
+                Write::Commit(Commit::Delete(del)) => match self.retried_delete(ns, &del).await? {
+                    Some(change) => return Ok(change),
+                    None => (Commit::Delete(del), None),
+                },
+                Write::Commit(commit) => (commit, None),
+            };
+            // For an upload: the replica may have gone while the content came.
+            self.admit()?;
+            let change = self.commit(ns, commit).await?;
+            self.replicated(change.seq).await?;
+            Ok(change)
+        }
+        .await;
+        match result {
+            Ok(change) => {
+                self.written(op, &change);
+                Ok(change)
+            }
+            Err(e) => Err(self.refused(op, e)),
+        }
+    }
+
+    /// Runs a write's store operation.
+    async fn commit(&self, ns: &str, commit: Commit) -> Result<Change> {
+        let ns = ns.to_owned();
+        match commit {
+            Commit::Put(put, staged) => {
+                let timer = self.ctx.metrics.commit_seconds.start_timer();
+                let change = self.blocking(move |s| s.commit_put(&ns, put, staged)).await?;
+                timer.observe_duration();
+                Ok(change)
+            }
+            Commit::Delete(del) => self.blocking(move |s| s.commit_delete(&ns, del)).await,
+            Commit::Lock(req) => self.blocking(move |s| s.lock(&ns, req)).await,
+            Commit::RefreshLock { lock_id, who, ttl_seconds } => {
+                self.blocking(move |s| s.refresh_lock(&ns, &lock_id, &who, ttl_seconds)).await
+            }
+            Commit::Unlock { lock_id, who, force } => {
+                self.blocking(move |s| s.unlock(&ns, &lock_id, &who, force)).await
+            }
+        }
+    }
+
+    /// Counts and logs a write that went through.
+    fn written(&self, op: Op, change: &Change) {
+        let metrics = &self.ctx.metrics;
+        match (op, &change.what) {
+            (Op::Upload, What::File(entry)) => {
+                metrics.uploads.inc();
+                metrics.upload_bytes.inc_by(entry.content.map_or(0, |c| c.size));
+                tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "stored");
+            }
+            (Op::Delete, What::File(entry)) => {
+                metrics.deletes.inc();
+                tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "deleted");
+            }
+            (Op::Lock, What::Lock(lock)) => {
+                tracing::info!(lock_id = %lock.lock_id, token = lock.token, expires = %syncstore::lock::format_ms(lock.expires_ms), "locked");
+            }
+            (Op::Unlock, What::Unlock { lock, ended, .. }) => {
+                tracing::info!(path = %lock.path, ended = ?ended, "unlocked");
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts and logs a write refused (or failed), and says why to the
+    /// caller.
+    fn refused(&self, op: Op, e: Error) -> Status {
+        tracing::info!(error = %e, "{} refused", op.as_str());
+        let status = Status::from(e);
+        self.ctx.metrics.error(&status);
+        status
+    }
+
+    /// An upload's put, from its header: the header's own checks.
+    fn decode_upload(&self, header: pb::UploadHeader, principal: String, content: Incoming) -> Result<Write> {
         check_header_fields(&header)?;
         let path = RelPath::new(header.path)?;
         let hash = ContentHash::try_from(&header.hash[..])?;
@@ -251,7 +338,7 @@ impl FileSyncService {
             )));
         }
         let put = Put {
-            path: path.clone(),
+            path,
             content: Content {
                 hash,
                 size,
@@ -264,11 +351,20 @@ impl FileSyncService {
             who: Actor::new(principal, header.client_id),
             lock_token: header.lock_token,
         };
+        Ok(Write::Upload(Upload { put, content }))
+    }
+
+    /// Receives an upload's content once its pre-check passed: the put
+    /// with its content staged, and the upload slot it holds; or, for the
+    /// same upload sent again, its committed entry.
+    async fn receive_upload(&self, ns: &str, upload: Upload) -> Result<Received> {
+        let Upload { put, content: Incoming { mut stream, peer } } = upload;
+        let (path, hash, size) = (put.path.clone(), put.content.hash, put.content.size);
 
         // Refuse a stale base or a locked path before receiving any content;
         // the commit checks again under the writer lock.
         let (n, p, who, token, folder) =
-            (ns.clone(), path.clone(), put.who.clone(), put.lock_token, put.content.folder);
+            (ns.to_owned(), path.clone(), put.who.clone(), put.lock_token, put.content.folder);
         let current = self
             .blocking(move |s| {
                 s.check_lock(&n, &p, &who, token)?;
@@ -277,14 +373,13 @@ impl FileSyncService {
             })
             .await?;
         if let Err(conflict) = check_base(&path, current.as_ref(), put.base_version) {
-            return self.retried_put(&ns, &put).await?.ok_or(conflict);
+            return self.retried_put(ns, &put).await?.map(Received::Again).ok_or(conflict);
         }
         self.admit()?;
 
         // Only a header that passed its checks takes a slot: a stream that
         // sends none (or a bad one) holds nothing that others wait for.
-        // Held until the upload is committed or refused and its temp file gone.
-        let _slot = self.upload_slot(&ns, peer).await?;
+        let slot = self.upload_slot(ns, peer).await?;
         let mut pace = Pace::new(&self.limits);
 
         // Receive into a temp file on a blocking thread, pipelined with the
@@ -312,7 +407,7 @@ impl FileSyncService {
             // Content is named by its hash, so stored content of a
             // different size means the header is wrong.
             drop(writer);
-            let n = ns.clone();
+            let n = ns.to_owned();
             match self.blocking(move |s| s.reusable_size(&n, &hash)).await? {
                 None => return Err(Error::no_content(&hash)),
                 Some(stored) if stored != size => {
@@ -326,14 +421,78 @@ impl FileSyncService {
         } else {
             Some(tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??)
         };
-        // The replica may have gone while the content came.
-        self.admit()?;
-        let timer = self.ctx.metrics.commit_seconds.start_timer();
-        let change = self.blocking(move |s| s.commit_put(&ns, put, staged)).await?;
-        timer.observe_duration();
-        self.replicated(change.seq).await?;
-        Ok(change)
+        Ok(Received::Staged(Commit::Put(put, staged), slot))
     }
+}
+
+/// Which write call a write came through, as its log lines name it.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Upload,
+    Delete,
+    Lock,
+    RefreshLock,
+    Unlock,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Upload => "upload",
+            Op::Delete => "delete",
+            Op::Lock => "lock",
+            Op::RefreshLock => "lock refresh",
+            Op::Unlock => "unlock",
+        }
+    }
+}
+
+/// A write decoded from its request: an upload whose content is still to
+/// come, or a store operation ready to run.
+enum Write {
+    Upload(Upload),
+    Commit(Commit),
+}
+
+/// An upload whose header passed its own checks.
+struct Upload {
+    put: Put,
+    content: Incoming,
+}
+
+/// Where an upload's content comes from.
+struct Incoming {
+    /// The call's stream, past the header.
+    stream: Streaming<pb::UploadRequest>,
+    /// The peer's address and port: they name its connection while it is open.
+    peer: Option<SocketAddr>,
+}
+
+/// A store operation of the write path.
+enum Commit {
+    /// A put with its received content (`None`: a header-only upload of
+    /// content already stored).
+    Put(Put, Option<StagedBlob>),
+    Delete(Delete),
+    Lock(LockRequest),
+    RefreshLock {
+        lock_id: String,
+        who: Actor,
+        ttl_seconds: u32,
+    },
+    Unlock {
+        lock_id: String,
+        who: Actor,
+        force: bool,
+    },
+}
+
+/// What receiving an upload came to.
+enum Received {
+    /// Its content is staged; the slot is held until the write is done.
+    Staged(Commit, UploadSlot),
+    /// The same upload, committed already: its change.
+    Again(Change),
 }
 
 impl FileSyncService {
@@ -517,17 +676,21 @@ impl FileSync for FileSyncService {
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::UploadResponse>, Status> {
         let who = self.counted(caller(&request, Need::Write))?;
-        // The peer's address and port name its connection while it is open.
         let peer = request.remote_addr();
-        let result =
-            self.receive_upload(who.namespace, who.name, peer, request.into_inner()).await.inspect_err(|e| {
-                tracing::info!(error = %e, "upload refused");
-            });
-        let entry = self.counted(result.map_err(Status::from))?.into_entry();
-        self.ctx.metrics.uploads.inc();
-        self.ctx.metrics.upload_bytes.inc_by(entry.content.map_or(0, |c| c.size));
-        tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "stored");
-        Ok(Response::new(pb::UploadResponse { entry: Some(entry.into()) }))
+        let mut stream = request.into_inner();
+        // An upload's request is its header, read before anything else.
+        let header = match self.next_message(&mut stream, &mut Pace::new(&self.limits)).await {
+            Ok(Some(pb::UploadRequest { msg: Some(upload_request::Msg::Header(h)) })) => h,
+            Ok(_) => {
+                let e = Error::invalid("the first message of an upload must be a header");
+                return Err(self.refused(Op::Upload, e));
+            }
+            Err(e) => return Err(self.refused(Op::Upload, e)),
+        };
+        let content = Incoming { stream, peer };
+        let change =
+            self.write(&who.namespace, Op::Upload, || self.decode_upload(header, who.name, content)).await?;
+        Ok(Response::new(pb::UploadResponse { entry: Some(change.into_entry().into()) }))
     }
 
     type DownloadStream = ServerStream<pb::DownloadResponse>;
@@ -579,33 +742,19 @@ impl FileSync for FileSyncService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let who = self.counted(caller(&request, Need::Write))?;
-        let ns = who.namespace;
         let req = request.into_inner();
-        let result = async {
-            self.ctx.gate.check()?;
-            field(limits::check_client_id(&req.client_id))?;
-            let del = Delete {
-                path: RelPath::new(req.path)?,
-                base_version: req.base_version,
-                who: Actor::new(who.name, req.client_id),
-                lock_token: req.lock_token,
-            };
-            if let Some(change) = self.retried_delete(&ns, &del).await? {
-                return Ok(change);
-            }
-            self.admit()?;
-            let change = self
-                .blocking(move |s| s.commit_delete(&ns, del))
-                .await
-                .inspect_err(|e| tracing::info!(error = %e, "delete refused"))?;
-            self.replicated(change.seq).await?;
-            Ok::<_, Error>(change)
-        }
-        .await;
-        let entry = self.counted(result.map_err(Status::from))?.into_entry();
-        self.ctx.metrics.deletes.inc();
-        tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "deleted");
-        Ok(Response::new(pb::DeleteResponse { entry: Some(entry.into()) }))
+        let change = self
+            .write(&who.namespace, Op::Delete, || {
+                field(limits::check_client_id(&req.client_id))?;
+                Ok(Write::Commit(Commit::Delete(Delete {
+                    path: RelPath::new(req.path)?,
+                    base_version: req.base_version,
+                    who: Actor::new(who.name, req.client_id),
+                    lock_token: req.lock_token,
+                })))
+            })
+            .await?;
+        Ok(Response::new(pb::DeleteResponse { entry: Some(change.into_entry().into()) }))
     }
 
     type ListStream = ServerStream<pb::ListResponse>;
@@ -745,29 +894,20 @@ impl FileSync for FileSyncService {
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path, client = %request.get_ref().client_id))]
     async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
         let who = self.counted(caller(&request, Need::Write))?;
-        let ns = who.namespace;
         let req = request.into_inner();
-        let result = async {
-            self.ctx.gate.check()?;
-            check_lock_fields(&req)?;
-            self.admit()?;
-            let req = LockRequest {
-                path: RelPath::new(req.path)?,
-                ttl_seconds: req.ttl_seconds,
-                note: req.note,
-                who: Actor::new(who.name, req.client_id),
-                holder: req.holder,
-            };
-            let change = self.blocking(move |s| s.lock(&ns, req)).await?;
-            self.replicated(change.seq).await?;
-            Ok::<_, Error>(change)
-        }
-        .await
-        .inspect_err(|e| tracing::info!(error = %e, "lock refused"));
-        let change = self.counted(result.map_err(Status::from))?;
-        let lock = wire::lock_info(&change).expect("a lock change");
-        tracing::info!(lock_id = %lock.lock_id, token = lock.token, expires = %syncstore::lock::format_ms(lock.expires_ms), "locked");
-        Ok(Response::new(pb::LockResponse { lock: Some(lock) }))
+        let change = self
+            .write(&who.namespace, Op::Lock, || {
+                check_lock_fields(&req)?;
+                Ok(Write::Commit(Commit::Lock(LockRequest {
+                    path: RelPath::new(req.path)?,
+                    ttl_seconds: req.ttl_seconds,
+                    note: req.note,
+                    who: Actor::new(who.name, req.client_id),
+                    holder: req.holder,
+                })))
+            })
+            .await?;
+        Ok(Response::new(pb::LockResponse { lock: wire::lock_info(&change) }))
     }
 
     #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id))]
@@ -776,21 +916,18 @@ impl FileSync for FileSyncService {
         request: Request<pb::RefreshLockRequest>,
     ) -> Result<Response<pb::RefreshLockResponse>, Status> {
         let who = self.counted(caller(&request, Need::Write))?;
-        let ns = who.namespace;
         let req = request.into_inner();
-        let result = async {
-            self.ctx.gate.check()?;
-            field(limits::check_lock_id(&req.lock_id))?;
-            field(limits::check_client_id(&req.client_id))?;
-            self.admit()?;
-            let actor = Actor::new(who.name, req.client_id);
-            let change =
-                self.blocking(move |s| s.refresh_lock(&ns, &req.lock_id, &actor, req.ttl_seconds)).await?;
-            self.replicated(change.seq).await?;
-            Ok::<_, Error>(change)
-        }
-        .await;
-        let change = self.counted(result.map_err(Status::from))?;
+        let change = self
+            .write(&who.namespace, Op::RefreshLock, || {
+                field(limits::check_lock_id(&req.lock_id))?;
+                field(limits::check_client_id(&req.client_id))?;
+                Ok(Write::Commit(Commit::RefreshLock {
+                    lock_id: req.lock_id,
+                    who: Actor::new(who.name, req.client_id),
+                    ttl_seconds: req.ttl_seconds,
+                }))
+            })
+            .await?;
         Ok(Response::new(pb::RefreshLockResponse { lock: wire::lock_info(&change) }))
     }
 
@@ -800,7 +937,6 @@ impl FileSync for FileSyncService {
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
         let who = self.counted(caller(&request, Need::Write))?;
-        let ns = who.namespace;
         let req = request.into_inner();
         if req.force && !who.break_locks {
             let denied = refusal(
@@ -815,22 +951,18 @@ impl FileSync for FileSyncService {
             self.ctx.metrics.error(&denied);
             return Err(denied);
         }
-        let result = async {
-            self.ctx.gate.check()?;
-            field(limits::check_lock_id(&req.lock_id))?;
-            field(limits::check_client_id(&req.client_id))?;
-            self.admit()?;
-            let actor = Actor::new(who.name, req.client_id);
-            let change = self.blocking(move |s| s.unlock(&ns, &req.lock_id, &actor, req.force)).await?;
-            self.replicated(change.seq).await?;
-            Ok::<_, Error>(change)
-        }
-        .await
-        .inspect_err(|e| tracing::info!(error = %e, "unlock refused"));
-        let change = self.counted(result.map_err(Status::from))?;
-        let lock = wire::lock_info(&change).expect("a lock change");
-        tracing::info!(path = %lock.path, ended = ?lock.ended(), "unlocked");
-        Ok(Response::new(pb::UnlockResponse { lock: Some(lock) }))
+        let change = self
+            .write(&who.namespace, Op::Unlock, || {
+                field(limits::check_lock_id(&req.lock_id))?;
+                field(limits::check_client_id(&req.client_id))?;
+                Ok(Write::Commit(Commit::Unlock {
+                    lock_id: req.lock_id,
+                    who: Actor::new(who.name, req.client_id),
+                    force: req.force,
+                }))
+            })
+            .await?;
+        Ok(Response::new(pb::UnlockResponse { lock: wire::lock_info(&change) }))
     }
 
     type ListLocksStream = ServerStream<pb::ListLocksResponse>;
