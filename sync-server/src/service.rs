@@ -29,7 +29,7 @@ use crate::{
     feed::{self, Item},
     replication::primary::ReplicationHandle,
     storage::{
-        Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, StagedBlob, Store, What, check_base,
+        Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, StagedBlob, Store, What, rules,
     },
     wire,
 };
@@ -361,18 +361,14 @@ impl FileSyncService {
         let Upload { put, content: Incoming { mut stream, peer } } = upload;
         let (path, hash, size) = (put.path.clone(), put.content.hash, put.content.size);
 
-        // Refuse a stale base or a locked path before receiving any content;
-        // the commit checks again under the writer lock.
-        let (n, p, who, token, folder) =
-            (ns.to_owned(), path.clone(), put.who.clone(), put.lock_token, put.content.folder);
-        let current = self
-            .blocking(move |s| {
-                s.check_lock(&n, &p, &who, token)?;
-                s.check_path_clash(&n, &p, folder)?;
-                s.stat(&n, &p)
-            })
-            .await?;
-        if let Err(conflict) = check_base(&path, current.as_ref(), put.base_version) {
+        // Refuse a locked path, a path clash or a stale base before
+        // receiving any content, from one read of the path; the commit
+        // checks again under the writer lock.
+        let (n, p, folder) = (ns.to_owned(), path.clone(), put.content.folder);
+        let facts = self.blocking(move |s| s.path_facts(&n, &p, folder)).await?;
+        rules::check_write(&path, facts.lock.as_ref(), &put.who, put.lock_token, syncstore::lock::now_ms())?;
+        rules::check_clash(&path, folder, facts.file_above.as_deref(), facts.live_below.as_deref())?;
+        if let Err(conflict) = rules::check_base(&path, facts.entry.as_ref(), put.base_version) {
             return self.retried_put(ns, &put).await?.map(Received::Again).ok_or(conflict);
         }
         self.admit()?;
@@ -1175,6 +1171,81 @@ mod tests {
             fits("an unlock's answer", &pb::UnlockResponse { lock: Some(lock) })?;
         }
         Ok(())
+    }
+
+    /// A file `path` of `data`, written by client "c" over `base`.
+    fn put(store: &Store, path: &str, data: &[u8], base: u64) -> Change {
+        let mut writer = store.blob_writer().unwrap();
+        writer.write(data).unwrap();
+        let hash = ContentHash::of(data);
+        let staged = writer.finish(hash, data.len() as u64).unwrap();
+        let content = Content {
+            hash,
+            size: data.len() as u64,
+            mtime_ns: 0,
+            executable: false,
+            symlink: false,
+            folder: false,
+        };
+        let put = Put {
+            path: RelPath::new(path).unwrap(),
+            content,
+            base_version: base,
+            who: Actor::new("p", "c"),
+            lock_token: 0,
+        };
+        store.commit_put("ns", put, Some(staged)).unwrap()
+    }
+
+    #[test]
+    fn one_read_of_a_path_gives_the_pre_check_every_rule_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let path = |p: &str| RelPath::new(p).unwrap();
+        let now = syncstore::lock::now_ms();
+
+        // Nothing there yet: every rule passes a new file.
+        let facts = store.path_facts("ns", &path("f"), false).unwrap();
+        assert!(facts.entry.is_none() && facts.lock.is_none());
+        assert!(rules::check_base(&path("f"), facts.entry.as_ref(), 0).is_ok());
+
+        // The path's entry, for the base version check.
+        let v = put(&store, "f", b"one", 0).seq;
+        let facts = store.path_facts("ns", &path("f"), false).unwrap();
+        assert_eq!(facts.entry.as_ref().map(|e| e.version), Some(v));
+        assert!(matches!(
+            rules::check_base(&path("f"), facts.entry.as_ref(), 0),
+            Err(Error::VersionConflict { current, .. }) if current == v
+        ));
+
+        // Its lock row, for the write check: someone else's lock refuses.
+        let lock = LockRequest {
+            path: path("f"),
+            ttl_seconds: 0,
+            note: String::new(),
+            who: Actor::new("p", "holder"),
+            holder: String::new(),
+        };
+        store.lock("ns", lock).unwrap();
+        let facts = store.path_facts("ns", &path("f"), false).unwrap();
+        let other = Actor::new("p", "other");
+        assert!(matches!(
+            rules::check_write(&path("f"), facts.lock.as_ref(), &other, 0, now),
+            Err(Error::Locked(_))
+        ));
+
+        // A live file above the path, and a live entry below it.
+        let above = store.path_facts("ns", &path("f/g"), false).unwrap();
+        assert_eq!(above.file_above.as_deref(), Some("f"));
+        assert!(matches!(rules::check_clash(&path("f/g"), false, Some("f"), None), Err(Error::PathClash(_))));
+        put(&store, "d/e", b"two", 0);
+        let below = store.path_facts("ns", &path("d"), false).unwrap();
+        assert_eq!((below.file_above, below.live_below.as_deref()), (None, Some("d/e")));
+        // A folder entry holds what lies below it: not looked up.
+        assert_eq!(store.path_facts("ns", &path("d"), true).unwrap().live_below, None);
+        // Other namespaces are not seen.
+        let elsewhere = store.path_facts("other", &path("f/g"), false).unwrap();
+        assert!(elsewhere.file_above.is_none() && elsewhere.lock.is_none() && elsewhere.entry.is_none());
     }
 
     #[test]
