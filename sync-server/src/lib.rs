@@ -13,6 +13,9 @@
 //! - [`auth`]: bearer tokens, the token file, and what each token may do.
 //! - [`metrics`]: the Prometheus metrics.
 //! - `feed`: following committed changes from a cursor (log, then live).
+//! - `transfer`: content on the wire, both ways: the verified reader that
+//!   Download and the replication sender stream from, and the receiver
+//!   that Upload and the replica write into.
 //! - `wire`: every conversion of storage's changes and locks to and from
 //!   their `pb` messages.
 //! - [`error`]: the error type and its mapping to gRPC status codes.
@@ -29,6 +32,7 @@ pub mod replication;
 pub mod scrub;
 pub mod service;
 pub mod storage;
+mod transfer;
 mod wire;
 
 use std::{path::PathBuf, time::Duration};

@@ -31,13 +31,12 @@ use crate::{
     storage::{
         Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, StagedBlob, Store, What, rules,
     },
+    transfer::{self, ContentReceiver},
     wire,
 };
 
 /// Messages buffered per server stream before the producer waits.
 const STREAM_BUFFER: usize = 16;
-/// Chunks buffered between the network and the blob writer of an upload.
-const UPLOAD_PIPELINE: usize = 4;
 /// How long an upload waits for a free slot when [`UploadLimits::max_concurrent`]
 /// uploads are already running, before it is refused with
 /// `RESOURCE_EXHAUSTED`: long enough to ride out a burst of small files,
@@ -61,7 +60,7 @@ pub struct UploadLimits {
     /// a byte now and then would hold a slot for as long as it liked.
     pub min_rate: u64,
     /// Uploads received at once. Each holds a temp file, a blocking thread
-    /// and up to [`UPLOAD_PIPELINE`] buffered chunks.
+    /// and a few buffered chunks (`transfer::RECEIVE_PIPELINE`).
     pub max_concurrent: usize,
     /// Uploads received at once for one namespace, so that one tenant
     /// cannot take every slot.
@@ -378,31 +377,22 @@ impl FileSyncService {
         let slot = self.upload_slot(ns, peer).await?;
         let mut pace = Pace::new(&self.limits);
 
-        // Receive into a temp file on a blocking thread, pipelined with the
-        // network. Dropping the writer (any early return) deletes the temp.
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(UPLOAD_PIPELINE);
-        let mut writer = self.ctx.store.blob_writer()?;
-        let write_task = tokio::task::spawn_blocking(move || -> Result<_> {
-            while let Some(chunk) = rx.blocking_recv() {
-                writer.write(&chunk)?;
+        let receiver = ContentReceiver::start(&self.ctx.store)?;
+        let chunks = match self.receive_chunks(&mut stream, size, &receiver, &mut pace).await {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                // The temp file is gone by the time the client hears why.
+                receiver.abort().await;
+                return Err(e);
             }
-            Ok(writer)
-        });
-        let received = self.receive_chunks(&mut stream, size, &tx, &mut pace).await;
-        drop(tx);
-        // On a refused stream too, wait for the writer: the temp file is
-        // gone by the time the client hears why.
-        let writer = write_task.await?;
-        let chunks = received?;
-        let writer = writer?;
-
+        };
         let staged = if chunks == 0 && size > 0 {
             // Header only: reuse content this namespace already refers to
             // (checked again at commit). Content of other namespaces is
             // never offered: reusing it would tell the caller it exists.
             // Content is named by its hash, so stored content of a
             // different size means the header is wrong.
-            drop(writer);
+            receiver.abort().await;
             let n = ns.to_owned();
             match self.blocking(move |s| s.reusable_size(&n, &hash)).await? {
                 None => return Err(Error::no_content(&hash)),
@@ -415,7 +405,7 @@ impl FileSyncService {
             }
             None
         } else {
-            Some(tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??)
+            Some(receiver.finish(hash, size).await?)
         };
         Ok(Received::Staged(Commit::Put(put, staged), slot))
     }
@@ -492,7 +482,7 @@ enum Received {
 }
 
 impl FileSyncService {
-    /// Receives an upload's chunks into `tx` up to its end marker, checking
+    /// Receives an upload's chunks into `receiver` up to its end marker, checking
     /// each against the limits and the announced `size`; returns how many
     /// chunks came. A stream that ends without the end marker is refused:
     /// the client gave up or broke off, whatever it sent so far.
@@ -500,7 +490,7 @@ impl FileSyncService {
         &self,
         stream: &mut Streaming<pb::UploadRequest>,
         size: u64,
-        tx: &mpsc::Sender<Vec<u8>>,
+        receiver: &ContentReceiver,
         pace: &mut Pace,
     ) -> Result<u64> {
         let mut received = 0u64;
@@ -535,8 +525,8 @@ impl FileSyncService {
                     "received more than the {size} bytes the header announced"
                 )));
             }
-            if tx.send(chunk).await.is_err() {
-                // The writer failed; its error is reported by the caller.
+            if !receiver.write(chunk).await {
+                // The writer failed; finishing the content says why.
                 return Ok(chunks);
             }
         }
@@ -727,8 +717,7 @@ impl FileSync for FileSyncService {
         self.ctx.metrics.download_bytes.inc_by(entry.content.map_or(0, |c| c.size));
 
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let metrics = self.ctx.metrics.clone();
-        tokio::task::spawn_blocking(move || stream_file(entry, reader, tx, &metrics));
+        tokio::spawn(send_file(entry, reader, tx, self.ctx.metrics.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -1032,32 +1021,23 @@ fn event(item: Item) -> pb::ChangeEvent {
 }
 
 /// Sends a download's entry and then its content, verified as it is read
-/// (on a blocking thread): damaged content ends the stream with
+/// ([`transfer::send_content`]): damaged content ends the stream with
 /// `DATA_LOSS` before its last chunk, so a client never gets it whole.
-fn stream_file(
+async fn send_file(
     entry: Entry,
-    mut reader: BlobReader,
+    reader: BlobReader,
     tx: mpsc::Sender<Result<pb::DownloadResponse, Status>>,
-    metrics: &ServerMetrics,
+    metrics: ServerMetrics,
 ) {
     let first = pb::DownloadResponse { msg: Some(download_response::Msg::Entry(entry.into())) };
-    if tx.blocking_send(Ok(first)).is_err() {
+    if tx.send(Ok(first)).await.is_err() {
         return;
     }
-    loop {
-        let msg = match reader.next_chunk(MAX_CHUNK) {
-            Ok(Some(chunk)) => Ok(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(chunk)) }),
-            Ok(None) => return,
-            Err(e) => {
-                let status = Status::from(e);
-                metrics.error(&status);
-                Err(status)
-            }
-        };
-        let failed = msg.is_err();
-        if tx.blocking_send(msg).is_err() || failed {
-            return; // The caller went away, or was told why not.
-        }
+    let chunk = |c| Ok(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(c)) });
+    if let Err(e) = transfer::send_content(reader, tx.clone(), chunk).await {
+        let status = Status::from(e);
+        metrics.error(&status);
+        let _ = tx.send(Err(status)).await;
     }
 }
 
