@@ -5,6 +5,7 @@
 //! - [`storage`]: the data folder (SQLite metadata + content-addressed
 //!   blobs), sequence numbers, the change log and its broadcast.
 //! - [`service`]: `syncstore.v1.FileSync` over the store.
+//! - [`context`]: what the services of one server share.
 //! - [`replication`]: the primary's fan-out to its replica and the
 //!   replica's `syncstore.v1.Replication` service; the write gate.
 //! - [`admin`]: `syncstore.v1.Admin` (status, digest, manifest) and `compare`.
@@ -12,6 +13,9 @@
 //! - [`auth`]: bearer tokens, the token file, and what each token may do.
 //! - [`metrics`]: the Prometheus metrics.
 //! - `feed`: following committed changes from a cursor (log, then live).
+//! - `transfer`: content on the wire, both ways: the verified reader that
+//!   Download and the replication sender stream from, and the receiver
+//!   that Upload and the replica write into.
 //! - `wire`: every conversion of storage's changes and locks to and from
 //!   their `pb` messages.
 //! - [`error`]: the error type and its mapping to gRPC status codes.
@@ -20,6 +24,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod context;
 pub mod error;
 mod feed;
 pub mod metrics;
@@ -27,6 +32,7 @@ pub mod replication;
 pub mod scrub;
 pub mod service;
 pub mod storage;
+mod transfer;
 mod wire;
 
 use std::{path::PathBuf, time::Duration};
@@ -43,6 +49,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncomi
 pub use auth::Authenticator;
 
 pub use admin::{AdminService, Comparison, compare};
+pub use context::ServiceContext;
 pub use error::{Error, Result};
 pub use metrics::ServerMetrics;
 pub use replication::{
@@ -476,9 +483,17 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         ));
     }
     tasks.spawn(auth.clone().watch(shutdown.clone()));
+    let ctx = ServiceContext {
+        store,
+        role: config.role,
+        gate,
+        replication,
+        metrics,
+        auth: auth.clone(),
+        shutdown: shutdown.clone(),
+    };
     let file_sync = FileSyncService::new(
-        store.clone(),
-        config.role.as_str(),
+        ctx.clone(),
         UploadLimits {
             max_file_size: config.max_file_size,
             idle_timeout: config.upload_idle_timeout,
@@ -487,25 +502,14 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             per_namespace: config.max_uploads_per_namespace,
             per_connection: config.max_uploads_per_connection,
         },
-        gate.clone(),
-        replication.clone(),
-        metrics,
-        shutdown.clone(),
-    )
-    .with_auth(auth.clone());
+    );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Every service answers health checks by its name ("" is the server).
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
     health_reporter.set_serving::<ReplicationServer<ReplicationService>>().await;
-    let replication_service = ReplicationService::new(
-        store.clone(),
-        gate.clone(),
-        config.role == Role::Replica,
-        health_reporter.clone(),
-        shutdown.clone(),
-    );
-    let admin = AdminService::new(store, config.role.as_str(), gate, replication);
+    let replication_service = ReplicationService::new(&ctx, health_reporter.clone());
+    let admin = AdminService::new(&ctx);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

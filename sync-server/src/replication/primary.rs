@@ -15,7 +15,7 @@ use prometheus::IntCounter;
 use syncstore::connect::Credentials;
 use syncstore::{
     Backoff,
-    limits::{MAX_CHUNK, MAX_MESSAGE},
+    limits::MAX_MESSAGE,
     pb::{self, replicate_request, replicate_response, replication_client::ReplicationClient},
 };
 use tokio::sync::{mpsc, watch};
@@ -28,6 +28,7 @@ use crate::{
     error::{Error, Result},
     feed::{self, Item},
     storage::{BlobReader, Change, PAGE_SIZE, Store, What},
+    transfer::{self, Sent},
     wire,
 };
 
@@ -674,40 +675,20 @@ async fn send_change(
     };
     tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed())?;
     if let Source::Blob(reader) = source {
-        let tx = tx.clone();
-        let sent = tokio::task::spawn_blocking(move || send_content(*reader, &tx)).await??;
-        if let Sent::Lost(why) = sent {
-            handle.lost(seq, &namespace, &path, &why);
-        }
-    }
-    Ok(())
-}
-
-/// How sending a content ended.
-enum Sent {
-    Whole,
-    /// Cut short with `ContentLost`: what was read is not the content.
-    Lost(String),
-}
-
-/// Sends content as it is read and verified: its last chunk goes only once
-/// all of it matched its hash. Content found damaged on the way is never
-/// sent as good: the replica gets `ContentLost` in place of its end.
-fn send_content(mut reader: BlobReader, tx: &Sender) -> Result<Sent> {
-    loop {
-        match reader.next_chunk(MAX_CHUNK) {
-            Ok(Some(chunk)) => {
-                tx.blocking_send(msg(replicate_request::Msg::Chunk(chunk))).map_err(|_| closed())?;
-            }
-            Ok(None) => return Ok(Sent::Whole),
+        // Content found damaged on the way is never sent as good: the
+        // replica gets `ContentLost` in place of its last chunk.
+        match transfer::send_content(*reader, tx.clone(), |c| msg(replicate_request::Msg::Chunk(c))).await {
+            Ok(Sent::Whole) => {}
+            Ok(Sent::Closed) => return Err(closed()),
             Err(Error::DataLoss(why)) => {
                 let lost = pb::ContentLost { reason: why };
-                tx.blocking_send(msg(replicate_request::Msg::ContentLost(lost))).map_err(|_| closed())?;
-                return Ok(Sent::Lost("damaged (it no longer matches its hash)".into()));
+                tx.send(msg(replicate_request::Msg::ContentLost(lost))).await.map_err(|_| closed())?;
+                handle.lost(seq, &namespace, &path, "damaged (it no longer matches its hash)");
             }
             Err(e) => return Err(e),
         }
     }
+    Ok(())
 }
 
 /// Sends the whole manifest (all namespaces, tombstones included) with the
