@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth::{Need, caller, principal},
+    context::ServiceContext,
     error::{Error, Result},
     replication::{Mode, WriteGate, primary::ReplicationHandle},
     storage::{DEFAULT_NAMESPACE, PAGE_SIZE, Store, Verdict},
@@ -40,13 +41,14 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    pub fn new(
-        store: Store,
-        role: &'static str,
-        gate: WriteGate,
-        replication: Option<ReplicationHandle>,
-    ) -> Self {
-        Self { store, role, gate, replication }
+    /// The service over `ctx`.
+    pub fn new(ctx: &ServiceContext) -> Self {
+        Self {
+            store: ctx.store.clone(),
+            role: ctx.role.as_str(),
+            gate: ctx.gate.clone(),
+            replication: ctx.replication.clone(),
+        }
     }
 }
 
@@ -165,6 +167,9 @@ impl Admin for AdminService {
             ..Default::default()
         };
         (out.damaged_blobs, out.damaged_blobs_found) = self.store.damaged_blobs();
+        if request.get_ref().count_stored {
+            (out.stored_blobs, out.stored_bytes) = self.store.stored_blobs().await?;
+        }
         if self.role == "replica" {
             out.primary_url = identity.primary_url.unwrap_or_default();
         }

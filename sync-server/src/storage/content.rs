@@ -60,6 +60,10 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
     /// unreferenced content walks.
     async fn list(&self) -> Result<Vec<ContentHash>>;
 
+    /// How many contents are stored, and their total size in bytes (damaged
+    /// copies set aside not included). May walk the whole store.
+    async fn usage(&self) -> Result<(u64, u64)>;
+
     /// Makes content put in place as [`Durability::Pending`] durable.
     async fn ensure_durable(&self, hashes: &[ContentHash]) -> Result<()>;
 

@@ -359,15 +359,24 @@ impl Store {
         self.inner.content.upload().await
     }
 
-    /// Checks, before an upload's content is received, that its lock and
-    /// path pass ([`rules::check_write`], [`rules::check_clash`]), in one
-    /// trip; returns the path's current entry. The commit checks again.
-    pub(crate) async fn precheck_put(&self, ns: &str, put: &Put) -> Result<Option<Entry>> {
-        let want = Want { clash: Some(put.content.folder), refers: None };
-        let facts = self.inner.meta.facts(ns, &put.path, want).await?;
-        rules::check_write(&put.path, facts.lock.as_ref(), &put.who, put.lock_token, now_ms())?;
-        check_clash(&put.path, put.content.folder, &facts)?;
-        Ok(facts.current)
+    /// What a write of `path` (a folder entry with `folder`) is checked
+    /// against before its content is received, read in one trip (the commit
+    /// checks again under the writer lock).
+    pub(crate) async fn path_facts(&self, ns: &str, path: &RelPath, folder: bool) -> Result<PathFacts> {
+        let want = Want { clash: Some(folder), refers: None };
+        let facts = self.inner.meta.facts(ns, path, want).await?;
+        Ok(PathFacts {
+            entry: facts.current,
+            lock: facts.lock,
+            file_above: facts.file_above,
+            live_below: facts.live_below,
+        })
+    }
+
+    /// How many contents are stored, and their total size in bytes: what
+    /// `Admin/Status` reports when asked. Lists the whole content store.
+    pub async fn stored_blobs(&self) -> Result<(u64, u64)> {
+        self.inner.content.usage().await
     }
 
     /// Commits an upload. `staged` is the received content; `None` means the
@@ -1117,6 +1126,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub(super) fn now_ms() -> i64 {
     syncstore::lock::now_ms()
+}
+
+/// What the pre-check of a write reads of its path ([`Store::path_facts`]),
+/// for the rules of `rules.rs`: the base version check, the lock write
+/// check and the path-clash rule.
+#[derive(Debug)]
+pub(crate) struct PathFacts {
+    /// The path's entry (live or tombstone), if it was ever written.
+    pub(crate) entry: Option<Entry>,
+    /// The path's lock row, in force or past its expiry.
+    pub(crate) lock: Option<Lock>,
+    /// The first of the path's folders that is a live file.
+    pub(crate) file_above: Option<String>,
+    /// For a file with no file above it: a live entry below it.
+    pub(crate) live_below: Option<String>,
 }
 
 /// A put of a group, decided: its change and the entry it replaced, or why

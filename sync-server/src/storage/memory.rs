@@ -422,6 +422,11 @@ impl ContentStore for MemoryContent {
         Ok(self.blobs().keys().copied().collect())
     }
 
+    async fn usage(&self) -> Result<(u64, u64)> {
+        let blobs = self.blobs();
+        Ok((blobs.len() as u64, blobs.values().map(|d| d.len() as u64).sum()))
+    }
+
     async fn ensure_durable(&self, _hashes: &[ContentHash]) -> Result<()> {
         Ok(())
     }

@@ -36,20 +36,20 @@ mod journal;
 mod memory;
 mod meta;
 mod retry;
-mod rules;
+pub(crate) mod rules;
 mod sqlite;
 #[cfg(test)]
 mod suite;
 
 pub use change::{Actor, Change, LockEnd, What};
 pub(crate) use change::{Delete, LockRequest, Put, Replicated};
-pub(crate) use content::{ContentReader, StagedContent, Verdict};
+pub(crate) use content::{ContentReader, ContentUpload, StagedContent, Verdict};
 pub(crate) use feed::ChangeFeed;
 pub use identity::Identity;
 pub use journal::{Store, StoreOptions};
-pub(crate) use rules::check_base;
 
-/// The only namespace until authentication brings one per token.
+/// The namespace of an open server's callers (no token file); with tokens,
+/// each read-only or read-write token names its own, which may be this one.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Rows read per page by `List` and by change-log replays.
