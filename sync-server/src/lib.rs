@@ -80,9 +80,10 @@ pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPLOAD_MIN_RATE: u64 = 32 * 1024;
 
 /// Default number of uploads received at once. Each running upload holds a
-/// blocking thread (tokio's pool has 512 for everything, SQLite included),
-/// a temp file and up to 5 MiB of buffered chunks; 32 keeps that under
-/// about 160 MiB and leaves the pool to the rest. A client's full sync runs
+/// writer task (which takes one of tokio's 512 blocking threads, shared
+/// with SQLite, for each chunk it writes), a temp file and up to 5 MiB of
+/// buffered chunks; 32 keeps that under about 160 MiB and leaves the pool
+/// to the rest. A client's full sync runs
 /// up to 16 transfers at once, so this is two full syncs, or 32 clients
 /// each saving a file, at the same moment. More wait up to
 /// [`UPLOAD_SLOT_WAIT`], then get `RESOURCE_EXHAUSTED`.
