@@ -16,6 +16,7 @@
 //! - [`watch`]: the notify watcher and its settle timers.
 //! - [`metrics`]: the client's Prometheus metrics.
 //! - [`progress`]: a bar (or log lines) while a batch of transfers runs.
+//! - [`ratelimit`]: the bandwidth limits, a token bucket per direction.
 //! - `refusal`: a primary refusing writes while its sync replica is away.
 //! - [`watch()`](fn@crate::watch), [`sync_once`], [`status`], [`list`]:
 //!   what the `sync-client` commands run.
@@ -30,6 +31,7 @@ pub mod locks;
 pub mod metrics;
 pub mod plan;
 pub mod progress;
+pub mod ratelimit;
 mod refusal;
 pub mod remote;
 pub mod state;
@@ -91,6 +93,12 @@ pub struct Config {
     /// In `watch`, uploads and downloads of at least this many bytes run
     /// beside the loop (see [`engine::LARGE_LANE_MIN`]).
     pub large_transfer: u64,
+    /// The most content the client sends a second, all uploads together
+    /// (none: no limit).
+    pub max_upload_rate: Option<ratelimit::Rate>,
+    /// The most content the client receives a second, all downloads
+    /// together (none: no limit).
+    pub max_download_rate: Option<ratelimit::Rate>,
 }
 
 impl Config {
@@ -103,6 +111,8 @@ impl Config {
             metrics: metrics::ClientMetrics::new(),
             security: Security::none(),
             large_transfer: engine::LARGE_LANE_MIN,
+            max_upload_rate: None,
+            max_download_rate: None,
         }
     }
 }
@@ -112,8 +122,10 @@ fn open(config: &Config) -> Result<(Engine, State, Arc<dyn Remote>, PathBuf)> {
     std::fs::create_dir_all(&config.dir)?;
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open(&root)?;
+    // One remote, so one pair of buckets, for every transfer of the client.
+    let limits = ratelimit::Limits::new(config.max_upload_rate, config.max_download_rate);
     let remote: Arc<dyn Remote> =
-        Arc::new(GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?);
+        Arc::new(GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?.with_limits(limits));
     let engine = Engine::new(Folder::open(&root)?, state.clone(), remote.clone(), host_name())
         .with_metrics(config.metrics.clone());
     Ok((engine, state, remote, root))

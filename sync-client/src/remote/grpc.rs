@@ -25,7 +25,10 @@ use tokio_stream::Stream;
 use tonic::{Code, service::interceptor::InterceptedService};
 
 use super::{Body, ByteStream, Refused, Remote, RemoteEvent, ServerInfo, Upload};
-use crate::error::{Error, Result, ServerError};
+use crate::{
+    error::{Error, Result, ServerError},
+    ratelimit::Limits,
+};
 
 /// A client of the servers' `FileSync`: one server, or a primary and its
 /// replica. Calls go to the active server; [`Remote::info`] (re)chooses it:
@@ -38,6 +41,8 @@ pub struct GrpcRemote {
     client_id: String,
     /// How long a call waits for an answer.
     call_timeout: Duration,
+    /// The bandwidth limits content goes on and comes off the wire under.
+    limits: Limits,
 }
 
 impl GrpcRemote {
@@ -68,7 +73,13 @@ impl GrpcRemote {
             active: Arc::new(AtomicUsize::new(0)),
             client_id,
             call_timeout: security.call_timeout,
+            limits: Limits::default(),
         })
+    }
+
+    /// Sends and receives content under `limits` (shared with its clones).
+    pub fn with_limits(self, limits: Limits) -> Self {
+        Self { limits, ..self }
     }
 
     /// The generated client of the active server.
@@ -189,6 +200,7 @@ impl GrpcRemote {
 
     async fn upload(&self, upload: &Upload, body: mpsc::Receiver<Body>) -> Result<Entry> {
         let header = self.header(upload);
+        let body = self.limits.pace_upload(tokio_stream::wrappers::ReceiverStream::new(body).boxed());
         let messages = futures::stream::iter([header]).chain(request_stream(body));
         let resp = self.raw().upload(messages).await?;
         entry_of(resp.into_inner().entry)
@@ -235,7 +247,7 @@ impl GrpcRemote {
                 Some((chunk, next))
             }
         });
-        Ok(chunks.boxed())
+        Ok(self.limits.pace_download(chunks.boxed()))
     }
 
     async fn delete(&self, path: &RelPath, base_version: u64, lock_token: u64) -> Result<Entry> {
@@ -461,9 +473,9 @@ fn event_of(event: pb::ChangeEvent) -> RemoteEvent {
 /// end marker. A reader that stops without sending it (the file changed,
 /// or could not be read) leaves the stream open, never ended normally,
 /// until the call is cancelled.
-fn request_stream(rx: mpsc::Receiver<Body>) -> impl Stream<Item = pb::UploadRequest> {
+fn request_stream(rx: BoxStream<'static, Body>) -> impl Stream<Item = pb::UploadRequest> {
     futures::stream::unfold((rx, false), |(mut rx, ended)| async move {
-        match rx.recv().await {
+        match rx.next().await {
             Some(body) => {
                 let end = body == Body::End;
                 Some((body_msg(body), (rx, end)))
