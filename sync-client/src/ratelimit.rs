@@ -40,6 +40,20 @@ pub const MIN_RATE: u64 = 64 * 1024;
 /// faster link needs no limit.
 pub const MAX_RATE: u64 = u32::MAX as u64;
 
+/// The HTTP/2 receive window of each call (a download's chunks the server
+/// may send before the client reads them): 2 MiB, the usual default,
+/// stated here because [`CONNECTION_WINDOW`] is reckoned from it.
+pub const STREAM_WINDOW: u32 = 2 << 20;
+/// The HTTP/2 receive window of a whole connection, shared by its calls:
+/// room for the stream windows of every transfer at once (up to 16 in a
+/// full sync, and 4 in the large lane) and the rest. A download held back
+/// by the limit leaves its stream window full and unread; were these to
+/// fill the connection's window, as they did at the 5 MiB default with
+/// three or four limited downloads, the subscription and every other
+/// answer would stall behind them. Its cost: what the server may have sent
+/// unread, at most 48 MiB.
+pub const CONNECTION_WINDOW: u32 = 48 << 20;
+
 /// A transfer rate in bytes a second, as given to `--max-upload-rate` or
 /// `--max-download-rate`: `5MiB/s`, `500KiB/s`, `2MB/s`, `1048576`
 /// (bytes a second). Binary (`KiB`, `MiB`, `GiB`) and decimal (`kB`, `KB`,

@@ -89,3 +89,39 @@ async fn a_large_transfer_keeps_to_the_limit_while_small_changes_pass() {
     );
     assert!(down.read("big.bin").unwrap() == big, "the content arrived whole");
 }
+
+/// Limited downloads at once: as many as the large lane runs.
+const LIMITED_DOWNLOADS: u64 = 4;
+/// Each big enough for the large lane, and to last the test at the rate.
+const LANE_FILE: usize = 8 << 20;
+const SLOW_DOWNLOAD_RATE: &str = "512KiB/s";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limited_downloads_do_not_hold_back_the_connection() {
+    let server = TestServer::start().await;
+    let other = TestClient::start(&server.url());
+    let down = TestClient::start_tweaked(&server.url(), |c| {
+        c.max_download_rate = Some(SLOW_DOWNLOAD_RATE.parse().unwrap())
+    });
+    other.write("ready.txt", "go");
+    eventually("every client is up", || down.read("ready.txt").is_some()).await;
+    for i in 0..LIMITED_DOWNLOADS {
+        other.write(&format!("big-{i}.bin"), random_bytes(LANE_FILE, i));
+    }
+    // Each download's data the client leaves unread (held back by the
+    // limit) takes room in the connection's receive window.
+    eventually("every big download is under way", || {
+        std::fs::read_dir(down.root().join(".syncstore/tmp")).map_or(0, |d| d.count())
+            >= LIMITED_DOWNLOADS as usize
+    })
+    .await;
+    let started = Instant::now();
+    other.write("small.txt", "saved while the big ones download");
+    eventually_within(SMALL_WITHIN, "the small change reached the limited client", || {
+        std::future::ready(down.read("small.txt").is_some())
+    })
+    .await;
+    let small = started.elapsed();
+    let big_done = (0..LIMITED_DOWNLOADS).filter(|i| down.read(&format!("big-{i}.bin")).is_some()).count();
+    assert_eq!(big_done, 0, "the big downloads were still on their way (small change: {small:?})");
+}

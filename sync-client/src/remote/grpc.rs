@@ -27,7 +27,7 @@ use tonic::{Code, service::interceptor::InterceptedService};
 use super::{Body, ByteStream, Refused, Remote, RemoteEvent, ServerInfo, Upload};
 use crate::{
     error::{Error, Result, ServerError},
-    ratelimit::Limits,
+    ratelimit::{self, Limits},
 };
 
 /// A client of the servers' `FileSync`: one server, or a primary and its
@@ -61,7 +61,9 @@ impl GrpcRemote {
                 .http2_keep_alive_interval(connect::KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(connect::KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true)
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                .initial_stream_window_size(ratelimit::STREAM_WINDOW)
+                .initial_connection_window_size(ratelimit::CONNECTION_WINDOW);
             let credentials = security.credentials().map_err(|e| Error::Config(e.to_string()))?;
             let client = FileSyncClient::new(InterceptedService::new(endpoint.connect_lazy(), credentials))
                 .max_decoding_message_size(MAX_MESSAGE)
