@@ -124,6 +124,14 @@ fn open(config: &Config) -> Result<(Engine, State, Arc<dyn Remote>, PathBuf)> {
     let state = State::open(&root)?;
     // One remote, so one pair of buckets, for every transfer of the client.
     let limits = ratelimit::Limits::new(config.max_upload_rate, config.max_download_rate);
+    if config.max_upload_rate.is_some() || config.max_download_rate.is_some() {
+        let show = |r: Option<ratelimit::Rate>| r.map_or_else(|| "no limit".to_owned(), |r| r.to_string());
+        tracing::info!(
+            upload = %show(config.max_upload_rate),
+            download = %show(config.max_download_rate),
+            "bandwidth limited"
+        );
+    }
     let remote: Arc<dyn Remote> =
         Arc::new(GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?.with_limits(limits));
     let engine = Engine::new(Folder::open(&root)?, state.clone(), remote.clone(), host_name())

@@ -585,7 +585,7 @@ async fn an_unreadable_folder_does_not_stop_the_watcher() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_rate_limit_is_refused_naming_its_option_and_changes_nothing() {
+async fn a_bad_rate_limit_is_refused_naming_its_option_and_a_good_one_is_kept() {
     let server = server().await;
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("folder");
@@ -629,4 +629,19 @@ async fn a_bad_rate_limit_is_refused_naming_its_option_and_changes_nothing() {
     let out = tokio::time::timeout(DEADLINE, run(args, None)).await.unwrap().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(server_paths(&server.url).await, vec!["a.txt".to_owned()]);
+
+    // And the limit is kept: 3 MiB at 1 MiB/s take over 2 s (the bucket
+    // starts full, with a quarter second's worth).
+    let mut big = vec![0u8; 3 << 20];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut big);
+    std::fs::write(folder.join("big.bin"), &big).unwrap();
+    let started = tokio::time::Instant::now();
+    let out = tokio::time::timeout(DEADLINE, run(s(&["--max-upload-rate", "1MiB/s"]), None))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    assert!(server_paths(&server.url).await.contains(&"big.bin".to_owned()));
+    assert!(took >= Duration::from_millis(2400), "3 MiB went up in {took:?} at 1 MiB/s");
 }
