@@ -210,7 +210,7 @@ impl Remote for MemoryRemote {
                 return Ok(None);
             }
             server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
-            Ok(Some(server.commit(&upload.path, Some(content_of(upload)), &self.client_id)))
+            Ok(Some(server.commit(&upload.path, Some(upload.content.content()), &self.client_id)))
         })
     }
 
@@ -243,7 +243,7 @@ impl Remote for MemoryRemote {
             let mut server = self.server();
             server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
             server.contents.insert(c.hash, data);
-            Ok(server.commit(&upload.path, Some(content_of(upload)), &self.client_id))
+            Ok(server.commit(&upload.path, Some(upload.content.content()), &self.client_id))
         })
     }
 
@@ -333,17 +333,5 @@ impl Remote for MemoryRemote {
         let events: Vec<Result<RemoteEvent>> =
             self.server().events.iter().filter(|e| e.seq() > after_seq).cloned().map(Ok).collect();
         Box::pin(async move { Ok(futures::stream::iter(events).boxed()) })
-    }
-}
-
-fn content_of(upload: &Upload) -> Content {
-    let c = &upload.content;
-    Content {
-        hash: c.hash,
-        size: c.size,
-        mtime_ns: c.mtime_ns,
-        executable: c.executable,
-        symlink: c.symlink,
-        folder: c.folder,
     }
 }
