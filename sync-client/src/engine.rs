@@ -617,9 +617,14 @@ mod tests {
 
         use syncstore::limits::STATE_DIR_NAME;
 
+        use syncstore::RelPath;
+
         use crate::{
             engine::Engine,
+            execute::{Executor, FollowUp, FollowUps},
             folder::Folder,
+            plan::Action,
+            planner::{PlanAll, Planner, RemoteView},
             remote::{Remote, memory::MemoryRemote},
             state::State,
         };
@@ -765,6 +770,125 @@ mod tests {
             assert_eq!(copy_of(&files, "a"), b"written here mid-download", "the local write survives");
             assert_eq!(c.server.files(), files);
             assert!(!c.engine.has_failures());
+        }
+
+        /// Everything a look at the folder could change: each file's
+        /// content, mode and mtime.
+        fn snapshot(root: &std::path::Path) -> Vec<(String, Vec<u8>, u32, std::time::SystemTime)> {
+            use std::os::unix::fs::PermissionsExt;
+            let mut out = Vec::new();
+            for entry in fs::read_dir(root).unwrap() {
+                let entry = entry.unwrap();
+                let name = entry.file_name().into_string().unwrap();
+                if name != STATE_DIR_NAME {
+                    let md = entry.metadata().unwrap();
+                    let data = fs::read(entry.path()).unwrap();
+                    out.push((name, data, md.permissions().mode(), md.modified().unwrap()));
+                }
+            }
+            out.sort();
+            out
+        }
+
+        fn plan_of<'a>(all: &'a PlanAll, path: &str) -> &'a Action {
+            &all.plans.iter().find(|p| p.path.as_str() == path).expect("a plan for the path").action
+        }
+
+        #[tokio::test]
+        async fn the_planner_that_status_runs_writes_nothing() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            for name in ["a.txt", "b.txt", "c.txt"] {
+                other.put(name, name.as_bytes());
+            }
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+
+            // Every kind of plan: a conflict, a deletion here, a new file
+            // there, and a file locked by someone else and touched here
+            // (acting on it would make it read-only and refresh its base).
+            let touched = filetime::FileTime::from_unix_time(2_000_000_000, 0);
+            filetime::set_file_mtime(c.root.join("c.txt"), touched).unwrap();
+            other.put("a.txt", b"edited there");
+            c.write("a.txt", b"edited here");
+            fs::remove_file(c.root.join("b.txt")).unwrap();
+            other.put("new.txt", b"new there");
+            other.lock(&RelPath::new("c.txt").unwrap(), Duration::from_secs(600), "", "o@x").await.unwrap();
+            let state = c.engine.state().clone();
+            let (folder_before, bases_before) = (snapshot(&c.root), state.all_bases().unwrap());
+            let (cursor_before, server_before) = (state.cursor().unwrap(), c.server.files());
+
+            let shared = State::open_shared(&c.root).unwrap();
+            let remote: Arc<dyn Remote> = Arc::new(c.server.clone());
+            let mut planner = Planner::new(Folder::open(&c.root).unwrap(), shared, remote);
+            let info = planner.check_history().await.unwrap();
+            let all = planner.plan_all(&info).await.unwrap();
+            assert_eq!(plan_of(&all, "a.txt"), &Action::Conflict);
+            assert!(matches!(plan_of(&all, "b.txt"), Action::DeleteRemote { .. }));
+            assert_eq!(plan_of(&all, "new.txt"), &Action::Download);
+            assert_eq!(plan_of(&all, "c.txt"), &Action::Nothing);
+
+            assert_eq!(snapshot(&c.root), folder_before, "the folder is untouched");
+            assert_eq!(state.all_bases().unwrap(), bases_before, "no base is written");
+            assert_eq!(state.cursor().unwrap(), cursor_before);
+            assert_eq!(c.server.files(), server_before, "the server is untouched");
+        }
+
+        #[tokio::test]
+        async fn the_planner_sets_aside_bases_of_another_history_without_dropping_them() {
+            let server = MemoryRemote::new("server");
+            server.as_client("other").put("a.txt", b"one");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+            fs::remove_file(c.root.join("a.txt")).unwrap();
+            let state = c.engine.state().clone();
+            state.set_meta("history_id", "another server's").unwrap();
+            let bases_before = state.all_bases().unwrap();
+
+            let remote: Arc<dyn Remote> = Arc::new(c.server.clone());
+            let mut planner = Planner::new(Folder::open(&c.root).unwrap(), state.clone(), remote);
+            let info = planner.check_history().await.unwrap();
+            let all = planner.plan_all(&info).await.unwrap();
+            // Without its base, the file missing here is met for the first
+            // time: downloaded, not deleted on the server.
+            assert_eq!(plan_of(&all, "a.txt"), &Action::Download);
+            assert_eq!(state.all_bases().unwrap(), bases_before, "the bases stay");
+            assert_eq!(state.get_meta("history_id").unwrap().as_deref(), Some("another server's"));
+        }
+
+        #[tokio::test]
+        async fn a_conflict_leaves_its_copy_to_the_work_queue() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("a.txt", b"first");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+            other.put("a.txt", b"edited there");
+            c.write("a.txt", b"edited here");
+
+            let path = RelPath::new("a.txt").unwrap();
+            let state = c.engine.state().clone();
+            let remote: Arc<dyn Remote> = Arc::new(c.server.clone());
+            let folder = Folder::open(&c.root).unwrap();
+            let planner = Planner::new(folder.clone(), state.clone(), remote.clone());
+            let planned = planner.plan(&path, RemoteView::Fetch).await.unwrap().unwrap();
+            assert_eq!(planned.action, Action::Conflict);
+            let mut executor = Executor::new(folder, state, remote, "host".into());
+            let mut follow = FollowUps::default();
+            executor.execute(&planned, &mut follow).await.unwrap();
+
+            let Some(FollowUp::Local(copy)) = follow.pop() else { panic!("the copy is a follow-up") };
+            assert!(follow.pop().is_none());
+            let files = c.files();
+            assert_eq!(files["a.txt"], b"edited there");
+            assert_eq!(files[copy.as_str()], b"edited here");
+            assert_eq!(copy_of(&files, "a"), b"edited here");
+            assert_eq!(c.server.content(copy.as_str()), None, "the executor did not sync the copy itself");
+
+            // The engine's queue does.
+            c.engine.local_event(copy.clone()).await;
+            assert_eq!(c.server.content(copy.as_str()).unwrap(), b"edited here");
+            assert_eq!(c.server.files(), c.files());
         }
 
         #[tokio::test]
