@@ -891,6 +891,53 @@ mod tests {
             assert_eq!(c.server.files(), c.files());
         }
 
+        /// Every file below `dir` but the client's own state, by path.
+        fn tree(root: &std::path::Path) -> HashMap<String, Vec<u8>> {
+            let mut out = HashMap::new();
+            let mut dirs = vec![root.to_path_buf()];
+            while let Some(dir) = dirs.pop() {
+                for entry in fs::read_dir(&dir).unwrap() {
+                    let entry = entry.unwrap();
+                    let rel = entry.path().strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+                    if rel == STATE_DIR_NAME {
+                        continue;
+                    }
+                    if entry.file_type().unwrap().is_dir() {
+                        dirs.push(entry.path());
+                    } else {
+                        out.insert(rel, fs::read(entry.path()).unwrap());
+                    }
+                }
+            }
+            out
+        }
+
+        #[tokio::test]
+        async fn a_folder_where_the_server_has_a_file_is_moved_aside_through_the_queue() {
+            let server = MemoryRemote::new("server");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+            server.as_client("other").put("d", b"a file there");
+            fs::create_dir(c.root.join("d")).unwrap();
+            c.write("d/x.txt", b"a file here, below that name");
+
+            // d/x.txt is refused (below a file); the clash plans `d` first,
+            // which moves this folder aside, and the copy's files follow.
+            c.engine.local_event(RelPath::new("d/x.txt").unwrap()).await;
+
+            let files = tree(&c.root);
+            assert_eq!(files["d"], b"a file there");
+            let copies: Vec<_> = files
+                .keys()
+                .filter(|p| p.starts_with("d (conflict from host ") && p.ends_with("/x.txt"))
+                .collect();
+            assert_eq!(copies.len(), 1, "{:?}", files.keys());
+            assert_eq!(files[copies[0]], b"a file here, below that name");
+            assert_eq!(files.len(), 2, "{:?}", files.keys());
+            assert_eq!(c.server.files(), files, "the server holds both");
+            assert!(!c.engine.has_failures());
+        }
+
         #[tokio::test]
         async fn a_write_is_refused_when_its_base_is_not_current() {
             // The in-memory server keeps the rule the engine relies on.

@@ -2,7 +2,8 @@
 //! contents and its locks in a `Mutex`, with the server's rules that the
 //! engine depends on (a write's base version must be current, a path
 //! locked by someone else refuses writes, a stale lock token is refused,
-//! the content must match its header). Other clients' writes and locks are
+//! a file never lies below a file nor where files lie below, the content
+//! must match its header). Other clients' writes and locks are
 //! made through its own methods.
 
 use std::{
@@ -69,6 +70,23 @@ impl Server {
                 Refused::VersionConflict,
                 &format!("{path} is at {current}, not {base}"),
             ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a file (or folder) at `path` below a live file, and a file
+    /// at `path` where live entries lie below it, as the server does.
+    fn check_clash(&self, path: &RelPath, content: &Content) -> Result<()> {
+        let live = |e: &&Entry| !e.is_deleted();
+        let p = path.as_str();
+        let below_a_file = p.match_indices('/').any(|(i, _)| {
+            let above = RelPath::new(&p[..i]).expect("a prefix of a valid path is valid");
+            self.entries.get(&above).filter(live).and_then(|e| e.content).is_some_and(|c| !c.folder)
+        });
+        let above_entries = !content.folder
+            && self.entries.values().filter(live).any(|e| e.path.as_str().starts_with(&format!("{p}/")));
+        if below_a_file || above_entries {
+            return Err(Error::server(Refused::PathClash, &format!("{path} clashes with a file or folder")));
         }
         Ok(())
     }
@@ -210,6 +228,7 @@ impl Remote for MemoryRemote {
                 return Ok(None);
             }
             server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
+            server.check_clash(&upload.path, &upload.content.content())?;
             Ok(Some(server.commit(&upload.path, Some(upload.content.content()), &self.client_id)))
         })
     }
@@ -220,12 +239,11 @@ impl Remote for MemoryRemote {
         mut body: mpsc::Receiver<Body>,
     ) -> BoxFuture<'a, Result<Entry>> {
         Box::pin(async move {
-            self.server().check_write(
-                &upload.path,
-                &self.client_id,
-                upload.lock_token,
-                upload.base_version,
-            )?;
+            {
+                let server = self.server();
+                server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
+                server.check_clash(&upload.path, &upload.content.content())?;
+            }
             let mut data = Vec::new();
             loop {
                 match body.recv().await {
@@ -242,6 +260,7 @@ impl Remote for MemoryRemote {
             }
             let mut server = self.server();
             server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
+            server.check_clash(&upload.path, &upload.content.content())?;
             server.contents.insert(c.hash, data);
             Ok(server.commit(&upload.path, Some(upload.content.content()), &self.client_id))
         })
