@@ -23,4 +23,5 @@ mod replica_link;
 mod replication;
 mod security;
 mod sync;
+mod upgrade;
 mod uploads;

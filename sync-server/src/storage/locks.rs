@@ -14,13 +14,14 @@
 //!   releases it; a write that carries a token when the path
 //!   holds no lock with that token is refused (fencing).
 
-use prost::Message;
-use rusqlite::{Connection, OptionalExtension, Row, params};
-use syncstore::{Lock, RelPath, pb};
+use std::sync::LazyLock;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use syncstore::{Lock, RelPath};
 
 use super::{Change, Store, What, now_ms, rules};
 use crate::error::{Error, Result};
-use crate::wire;
 
 /// Why a lock ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,54 +54,139 @@ impl Actor {
 }
 
 /// The change log's `kind` of a lock grant or refresh: the store's own
-/// code, fixed on disk (a file change is 0).
-const KIND_LOCK: i64 = 4;
+/// code, fixed on disk since schema version 6 (a file change is 0).
+pub(super) const KIND_LOCK: i64 = 1;
 /// The change log's `kind` of a lock's end.
-const KIND_UNLOCK: i64 = 5;
+pub(super) const KIND_UNLOCK: i64 = 2;
 
-/// Decodes a lock change stored in the change log. Its `lock` column holds
-/// the lock in the wire's encoding (a `LockInfo`, with why and by whom it
-/// ended), as schema version 5 defined it.
-pub(super) fn decode_lock_change(
-    seq: u64,
-    namespace: String,
-    kind: i64,
-    blob: Option<&[u8]>,
-) -> Result<Change> {
-    let lock = pb::LockInfo::decode(blob.unwrap_or_default())
-        .map_err(|e| Error::Internal(format!("change {seq}: undecodable lock: {e}")))?;
-    let unlock = match kind {
-        KIND_LOCK => false,
-        KIND_UNLOCK => true,
-        _ => return Err(Error::Internal(format!("change {seq}: a lock change of kind {kind}"))),
+/// The change log's `lock_end` of a lock its holder released.
+const END_RELEASED: i64 = 1;
+/// The change log's `lock_end` of a lock that was not refreshed in time.
+const END_EXPIRED: i64 = 2;
+/// The change log's `lock_end` of a lock someone else broke.
+const END_BROKEN: i64 = 3;
+
+/// The change log's columns that hold a lock change, besides its `kind` and
+/// `path`, in the order of [`lock_change_columns`]'s values. The ended-by
+/// pair is set for an end only (empty for an expiry, which no one made).
+pub(super) const LOCK_CHANGE_COLUMNS: [&str; 12] = [
+    "lock_id",
+    "lock_client_id",
+    "lock_principal",
+    "lock_holder",
+    "lock_note",
+    "lock_acquired_ms",
+    "lock_expires_ms",
+    "lock_ttl_seconds",
+    "lock_token",
+    "lock_end",
+    "lock_ended_by_client_id",
+    "lock_ended_by_principal",
+];
+
+/// How the change log lays out a lock change: its `kind`, and the values of
+/// [`LOCK_CHANGE_COLUMNS`]. The one layout, for writing a change and for
+/// the migration that brought older logs to it.
+pub(super) fn lock_change_columns(what: &What) -> (i64, [Value; LOCK_CHANGE_COLUMNS.len()]) {
+    let (kind, lock, end) = match what {
+        What::Lock(l) => (KIND_LOCK, l, None),
+        What::Unlock { lock, ended, by } => {
+            let code = match ended {
+                LockEnd::Released => END_RELEASED,
+                LockEnd::Expired => END_EXPIRED,
+                LockEnd::Broken => END_BROKEN,
+            };
+            (KIND_UNLOCK, lock, Some((code, by)))
+        }
+        What::File(_) => unreachable!("not a lock change"),
     };
-    let what = wire::lock_what(unlock, lock)
-        .map_err(|e| Error::Internal(format!("change {seq}: an undecodable lock: {e}")))?;
-    Ok(Change { seq, namespace, what })
+    let text = |s: &str| Value::Text(s.to_owned());
+    let values = [
+        text(&lock.lock_id),
+        text(&lock.client_id),
+        text(&lock.principal),
+        text(&lock.holder),
+        text(&lock.note),
+        Value::Integer(lock.acquired_ms),
+        Value::Integer(lock.expires_ms),
+        Value::Integer(lock.ttl_seconds.into()),
+        Value::Integer(lock.token as i64),
+        end.map_or(Value::Null, |(code, _)| Value::Integer(code)),
+        end.map_or(Value::Null, |(_, by)| text(&by.client_id)),
+        end.map_or(Value::Null, |(_, by)| text(&by.principal)),
+    ];
+    (kind, values)
 }
+
+/// Decodes a lock change from a change-log row that has the columns `seq`,
+/// `namespace`, `path`, `kind` and [`LOCK_CHANGE_COLUMNS`] (read by name).
+/// The outer result is SQLite's, the inner one a row whose stored values no
+/// longer make a lock change.
+pub(super) fn lock_change_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Change>> {
+    let seq = r.get::<_, i64>("seq")? as u64;
+    let namespace: String = r.get("namespace")?;
+    let kind: i64 = r.get("kind")?;
+    let path: String = r.get("path")?;
+    let token: i64 = r.get("lock_token")?;
+    let end: Option<i64> = r.get("lock_end")?;
+    let by = Actor::new(
+        r.get::<_, Option<String>>("lock_ended_by_principal")?.unwrap_or_default(),
+        r.get::<_, Option<String>>("lock_ended_by_client_id")?.unwrap_or_default(),
+    );
+    let lock = Lock {
+        lock_id: r.get("lock_id")?,
+        path: match RelPath::new(path) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(Error::Internal(format!("change {seq}: a stored lock's path: {e}")))),
+        },
+        client_id: r.get("lock_client_id")?,
+        principal: r.get("lock_principal")?,
+        holder: r.get("lock_holder")?,
+        note: r.get("lock_note")?,
+        acquired_ms: r.get("lock_acquired_ms")?,
+        expires_ms: r.get("lock_expires_ms")?,
+        ttl_seconds: r.get("lock_ttl_seconds")?,
+        token: token as u64,
+    };
+    let what = match (kind, end) {
+        (KIND_LOCK, None) => What::Lock(lock),
+        (KIND_UNLOCK, Some(END_RELEASED)) => What::Unlock { lock, ended: LockEnd::Released, by },
+        (KIND_UNLOCK, Some(END_EXPIRED)) => What::Unlock { lock, ended: LockEnd::Expired, by },
+        (KIND_UNLOCK, Some(END_BROKEN)) => What::Unlock { lock, ended: LockEnd::Broken, by },
+        _ => {
+            return Ok(Err(Error::Internal(format!(
+                "change {seq}: a lock change of kind {kind} with end {end:?}"
+            ))));
+        }
+    };
+    Ok(Ok(Change { seq, namespace, what }))
+}
+
+/// `INSERT INTO changes` of a lock change: seq, namespace, path, client id
+/// and commit time (?1 to ?5), then `kind` and [`LOCK_CHANGE_COLUMNS`].
+static INSERT_LOCK_CHANGE: LazyLock<String> = LazyLock::new(|| {
+    let columns = LOCK_CHANGE_COLUMNS.join(", ");
+    let values: Vec<String> = (7..7 + LOCK_CHANGE_COLUMNS.len()).map(|i| format!("?{i}")).collect();
+    format!(
+        "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id,
+                              committed_ms, kind, {columns})
+         VALUES (?1, ?2, ?3, 0, 0, NULL, 0, 0, ?4, ?5, ?6, {})",
+        values.join(", ")
+    )
+});
 
 /// Appends a lock change to the log and applies it to the `locks` table.
 pub(super) fn write_lock_change(c: &Connection, change: &Change) -> Result<()> {
-    let kind = match change.what {
-        What::Lock(_) => KIND_LOCK,
-        What::Unlock { .. } => KIND_UNLOCK,
-        What::File(_) => unreachable!("not a lock change"),
-    };
-    let lock = wire::lock_info(change).expect("a lock change has a lock");
-    c.prepare_cached(
-        "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id,
-                              committed_ms, kind, lock)
-         VALUES (?1, ?2, ?3, 0, 0, NULL, 0, 0, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        change.seq as i64,
-        change.namespace,
-        lock.path,
-        change.client_id(),
-        now_ms(),
-        kind,
-        lock.encode_to_vec()
-    ])?;
+    let (kind, values) = lock_change_columns(&change.what);
+    let head = [
+        Value::Integer(change.seq as i64),
+        Value::Text(change.namespace.clone()),
+        Value::Text(change.path().as_str().to_owned()),
+        Value::Text(change.client_id().to_owned()),
+        Value::Integer(now_ms()),
+        Value::Integer(kind),
+    ];
+    c.prepare_cached(&INSERT_LOCK_CHANGE)?.execute(params_from_iter(head.into_iter().chain(values)))?;
     match &change.what {
         What::Lock(l) => put_lock(c, &change.namespace, l)?,
         What::Unlock { lock, .. } => {
@@ -367,10 +453,11 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use syncstore::{Content, ContentHash};
+    use syncstore::{Content, ContentHash, pb};
 
     use super::*;
     use crate::storage::{Delete, Put, StoreOptions};
+    use crate::wire;
 
     const NS: &str = "default";
 

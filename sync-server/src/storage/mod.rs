@@ -1010,9 +1010,11 @@ impl Drop for BlobHold {
     }
 }
 
-/// The columns [`change_from_row`] decodes, in order.
-const CHANGE_COLUMNS: &str =
-    "path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace, kind, lock, symlink, folder";
+/// The columns [`change_from_row`] decodes: a file change's in order, a
+/// lock change's ([`locks::LOCK_CHANGE_COLUMNS`]) by name.
+const CHANGE_COLUMNS: &str = "path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace, kind, \
+     symlink, folder, lock_id, lock_client_id, lock_principal, lock_holder, lock_note, lock_acquired_ms, \
+     lock_expires_ms, lock_ttl_seconds, lock_token, lock_end, lock_ended_by_client_id, lock_ended_by_principal";
 
 /// Decodes a change-log row of [`CHANGE_COLUMNS`].
 fn change_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Change>> {
@@ -1021,9 +1023,7 @@ fn change_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Change>> {
     if kind == 0 {
         return Ok(entry_from_row(r, 0)?.map(|entry| file_change(&namespace, entry)));
     }
-    let seq: i64 = r.get(1)?;
-    let lock: Option<Vec<u8>> = r.get(10)?;
-    Ok(locks::decode_lock_change(seq as u64, namespace, kind, lock.as_deref()))
+    locks::lock_change_from_row(r)
 }
 
 fn blob_referenced(c: &Connection, hash: &ContentHash) -> Result<bool> {

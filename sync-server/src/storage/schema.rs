@@ -1,11 +1,13 @@
 //! The SQLite schema of a data folder and its connection settings.
 
-use rusqlite::Connection;
+use rusqlite::types::Value;
+use rusqlite::{Connection, params, params_from_iter};
 
+use super::locks::{LOCK_CHANGE_COLUMNS, lock_change_columns};
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 
 /// Bumped whenever the schema changes; a newer one is refused at open.
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+pub(crate) const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -43,10 +45,25 @@ CREATE TABLE IF NOT EXISTS changes (
     executable   INTEGER NOT NULL,
     client_id    TEXT    NOT NULL,
     committed_ms INTEGER NOT NULL,
-    kind         INTEGER NOT NULL DEFAULT 0,  -- 0 file change, 4 lock, 5 unlock
-    lock         BLOB,                        -- the lock (a syncstore.v1.Lock)
+    kind         INTEGER NOT NULL DEFAULT 0,  -- 0 file change, 1 lock granted or refreshed, 2 lock ended
     symlink      INTEGER NOT NULL DEFAULT 0,
-    folder       INTEGER NOT NULL DEFAULT 0
+    folder       INTEGER NOT NULL DEFAULT 0,
+    -- A lock change (NULL for a file change): the lock as it is after the
+    -- change, its path in `path` ...
+    lock_id          TEXT,
+    lock_client_id   TEXT,     -- the holder's client id
+    lock_principal   TEXT,     -- the holder's principal ('' before version 5)
+    lock_holder      TEXT,     -- the holder's readable name
+    lock_note        TEXT,
+    lock_acquired_ms INTEGER,
+    lock_expires_ms  INTEGER,
+    lock_ttl_seconds INTEGER,
+    lock_token       INTEGER,  -- seq of the granting change
+    -- ... and, for an end, why (1 released, 2 expired, 3 broken) and who
+    -- ended it ('' for an expiry).
+    lock_end                INTEGER,
+    lock_ended_by_client_id TEXT,
+    lock_ended_by_principal TEXT
 );
 CREATE INDEX IF NOT EXISTS changes_by_namespace ON changes (namespace, seq);
 
@@ -82,7 +99,8 @@ pub(crate) fn connect(path: &std::path::Path) -> Result<Connection> {
 
 /// Creates the tables if needed, and brings older data folders up to date
 /// (version 1 lacked the lock columns, version 2 the symlink ones, version 3
-/// the folder ones, version 4 a lock's principal).
+/// the folder ones, version 4 a lock's principal, and version 5 stored lock
+/// changes in the wire's encoding).
 pub(crate) fn init(conn: &Connection) -> Result<()> {
     let has_changes: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes')",
@@ -128,9 +146,157 @@ pub(crate) fn init(conn: &Connection) -> Result<()> {
                 conn.execute_batch(&format!("BEGIN; {upgrade} COMMIT;"))?;
             }
         }
+        if !has_column(conn, "changes", "lock_id")? {
+            lock_changes_to_columns(conn)?;
+        }
     }
     conn.execute_batch(SCHEMA)?;
     Ok(())
+}
+
+/// How many lock changes the migration to version 6 reads at a time.
+const MIGRATION_PAGE: i64 = 1000;
+
+/// Brings the change log to version 6: each lock change in columns of its
+/// own with the store's kind codes, in place of the wire's encoding and enum
+/// numbers in the `lock` column, which goes. One transaction: every lock
+/// change is converted and the version recorded, or (an unreadable row)
+/// nothing changes and the data folder does not open.
+fn lock_changes_to_columns(conn: &Connection) -> Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(
+        "ALTER TABLE changes ADD COLUMN lock_id TEXT;
+         ALTER TABLE changes ADD COLUMN lock_client_id TEXT;
+         ALTER TABLE changes ADD COLUMN lock_principal TEXT;
+         ALTER TABLE changes ADD COLUMN lock_holder TEXT;
+         ALTER TABLE changes ADD COLUMN lock_note TEXT;
+         ALTER TABLE changes ADD COLUMN lock_acquired_ms INTEGER;
+         ALTER TABLE changes ADD COLUMN lock_expires_ms INTEGER;
+         ALTER TABLE changes ADD COLUMN lock_ttl_seconds INTEGER;
+         ALTER TABLE changes ADD COLUMN lock_token INTEGER;
+         ALTER TABLE changes ADD COLUMN lock_end INTEGER;
+         ALTER TABLE changes ADD COLUMN lock_ended_by_client_id TEXT;
+         ALTER TABLE changes ADD COLUMN lock_ended_by_principal TEXT;",
+    )?;
+    let sets: Vec<String> =
+        LOCK_CHANGE_COLUMNS.iter().enumerate().map(|(i, c)| format!("{c} = ?{}", i + 2)).collect();
+    let mut update = tx.prepare(&format!(
+        "UPDATE changes SET kind = ?1, {} WHERE seq = ?{}",
+        sets.join(", "),
+        LOCK_CHANGE_COLUMNS.len() + 2
+    ))?;
+    let mut page =
+        tx.prepare("SELECT seq, kind, lock FROM changes WHERE seq > ?1 AND kind <> 0 ORDER BY seq LIMIT ?2")?;
+    let (mut after, mut converted) = (0_i64, 0_u64);
+    loop {
+        let rows: Vec<(i64, i64, Option<Vec<u8>>)> = page
+            .query_map(params![after, MIGRATION_PAGE], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(&(last, _, _)) = rows.last() else { break };
+        for (seq, kind, lock) in rows {
+            let what = v5::lock_change(seq, kind, lock.as_deref())?;
+            let (kind, values) = lock_change_columns(&what);
+            let values = std::iter::once(Value::Integer(kind))
+                .chain(values)
+                .chain(std::iter::once(Value::Integer(seq)));
+            update.execute(params_from_iter(values))?;
+            converted += 1;
+        }
+        after = last;
+    }
+    drop((page, update));
+    tx.execute_batch(
+        "ALTER TABLE changes DROP COLUMN lock;
+         UPDATE meta SET value = '6' WHERE key = 'schema_version';",
+    )?;
+    tx.commit()?;
+    tracing::info!(
+        converted,
+        "the change log's lock changes now have columns of their own (schema version 6)"
+    );
+    Ok(())
+}
+
+/// The change log's lock changes as schema versions 2 to 5 stored them, read
+/// only by the migration to version 6: the `kind` was the wire's event kind
+/// (4 a grant or refresh, 5 an end) and the `lock` column held a
+/// `syncstore.v1.LockInfo` in protobuf encoding. The message is copied here
+/// as it was, so that the wire can change without changing how old data
+/// folders read.
+mod v5 {
+    use syncstore::{Lock, RelPath};
+
+    use crate::error::{Error, Result};
+    use crate::storage::{Actor, LockEnd, What};
+
+    /// The `kind` of a lock grant or refresh.
+    const KIND_LOCK: i64 = 4;
+    /// The `kind` of a lock's end.
+    const KIND_UNLOCK: i64 = 5;
+
+    /// `syncstore.v1.LockInfo` as versions 2 to 5 wrote it (the principals
+    /// only since version 5; missing, they read as empty).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct LockInfo {
+        #[prost(string, tag = "1")]
+        lock_id: String,
+        #[prost(string, tag = "2")]
+        path: String,
+        #[prost(string, tag = "3")]
+        client_id: String,
+        #[prost(string, tag = "4")]
+        holder: String,
+        #[prost(string, tag = "5")]
+        note: String,
+        #[prost(int64, tag = "6")]
+        acquired_ms: i64,
+        #[prost(int64, tag = "7")]
+        expires_ms: i64,
+        #[prost(uint32, tag = "8")]
+        ttl_seconds: u32,
+        #[prost(uint64, tag = "9")]
+        token: u64,
+        /// `syncstore.v1.LockEnd`: 1 released, 2 expired, 3 broken.
+        #[prost(int32, tag = "10")]
+        ended: i32,
+        #[prost(string, tag = "11")]
+        ended_by: String,
+        #[prost(string, tag = "12")]
+        principal: String,
+        #[prost(string, tag = "13")]
+        ended_by_principal: String,
+    }
+
+    /// What the lock change `seq` of `kind`, its `lock` column holding
+    /// `blob`, did.
+    pub(super) fn lock_change(seq: i64, kind: i64, blob: Option<&[u8]>) -> Result<What> {
+        use prost::Message;
+
+        let bad = |why: String| Error::Internal(format!("change {seq} of the version 5 log: {why}"));
+        let info =
+            LockInfo::decode(blob.unwrap_or_default()).map_err(|e| bad(format!("undecodable lock: {e}")))?;
+        let lock = Lock {
+            path: RelPath::new(info.path).map_err(|e| bad(format!("the lock's path: {e}")))?,
+            lock_id: info.lock_id,
+            client_id: info.client_id,
+            principal: info.principal,
+            holder: info.holder,
+            note: info.note,
+            acquired_ms: info.acquired_ms,
+            expires_ms: info.expires_ms,
+            ttl_seconds: info.ttl_seconds,
+            token: info.token,
+        };
+        let ended = match (kind, info.ended) {
+            (KIND_LOCK, _) => return Ok(What::Lock(lock)),
+            (KIND_UNLOCK, 1) => LockEnd::Released,
+            (KIND_UNLOCK, 2) => LockEnd::Expired,
+            (KIND_UNLOCK, 3) => LockEnd::Broken,
+            (kind, end) => return Err(bad(format!("a lock change of kind {kind} with end {end}"))),
+        };
+        let by = Actor::new(info.ended_by_principal, info.ended_by);
+        Ok(What::Unlock { lock, ended, by })
+    }
 }
 
 /// Whether the table `table` exists.
@@ -165,9 +331,224 @@ impl From<rusqlite::Error> for Error {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+    use syncstore::{ContentHash, Lock, RelPath};
     use tonic::Code;
 
     use super::*;
+    use crate::storage::{Actor, Change, LockEnd, Store, StoreOptions, What};
+    use crate::wire;
+
+    /// The tables of a version 5 data folder that version 6 changes, as that
+    /// release created them.
+    const SCHEMA_V5: &str = "
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('schema_version', '5'), ('history_id', 'h5');
+        CREATE TABLE changes (
+            seq          INTEGER PRIMARY KEY,
+            namespace    TEXT    NOT NULL,
+            path         TEXT    NOT NULL,
+            deleted      INTEGER NOT NULL,
+            size         INTEGER NOT NULL,
+            hash         BLOB,
+            mtime_ns     INTEGER NOT NULL,
+            executable   INTEGER NOT NULL,
+            client_id    TEXT    NOT NULL,
+            committed_ms INTEGER NOT NULL,
+            kind         INTEGER NOT NULL DEFAULT 0,  -- 0 file change, 4 lock, 5 unlock
+            lock         BLOB,                        -- the lock (a syncstore.v1.Lock)
+            symlink      INTEGER NOT NULL DEFAULT 0,
+            folder       INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX changes_by_namespace ON changes (namespace, seq);";
+
+    /// A version 5 data folder in `dir` whose change log holds `changes`,
+    /// each written as that release wrote it: a file change in its columns,
+    /// a lock change as the wire's `LockInfo` with the wire's event kind.
+    fn version_5(dir: &std::path::Path, changes: &[Change]) {
+        let conn = connect(&dir.join("meta.db")).unwrap();
+        conn.execute_batch(SCHEMA_V5).unwrap();
+        for (i, c) in changes.iter().enumerate() {
+            let committed_ms = 1_000 + i as i64;
+            match &c.what {
+                What::File(e) => conn.execute(
+                    "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable,
+                                          client_id, committed_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 7, 0, ?7, ?8)",
+                    params![
+                        c.seq as i64,
+                        c.namespace,
+                        e.path.as_str(),
+                        e.is_deleted(),
+                        e.content.as_ref().map_or(0, |x| x.size as i64),
+                        e.content.as_ref().map(|x| x.hash.as_bytes().to_vec()),
+                        e.client_id,
+                        committed_ms
+                    ],
+                ),
+                _ => conn.execute(
+                    "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable,
+                                          client_id, committed_ms, kind, lock)
+                     VALUES (?1, ?2, ?3, 0, 0, NULL, 0, 0, ?4, ?5, ?6, ?7)",
+                    params![
+                        c.seq as i64,
+                        c.namespace,
+                        c.path().as_str(),
+                        c.client_id(),
+                        committed_ms,
+                        wire::kind(c) as i32,
+                        wire::lock_info(c).unwrap().encode_to_vec()
+                    ],
+                ),
+            }
+            .unwrap();
+        }
+    }
+
+    fn lock(path: &str, id: &str, client: &str, principal: &str, token: u64) -> Lock {
+        Lock {
+            lock_id: id.into(),
+            path: RelPath::new(path).unwrap(),
+            client_id: client.into(),
+            principal: principal.into(),
+            holder: format!("{client}@host"),
+            note: format!("note of {id}"),
+            acquired_ms: 10 * token as i64,
+            expires_ms: 10 * token as i64 + 60_000,
+            ttl_seconds: 60,
+            token,
+        }
+    }
+
+    /// A log of every kind of change a version 5 server wrote: files, a
+    /// tombstone, and locks granted, refreshed, released, broken, expired
+    /// and (written before locks had principals) held by a client id alone.
+    fn a_version_5_log() -> Vec<Change> {
+        let file = |seq: u64, path: &str, content: Option<&[u8]>| {
+            let content = content.map(|data| syncstore::Content {
+                hash: ContentHash::of(data),
+                size: data.len() as u64,
+                mtime_ns: 7,
+                executable: false,
+                symlink: false,
+                folder: false,
+            });
+            let entry = syncstore::Entry {
+                path: RelPath::new(path).unwrap(),
+                version: seq,
+                content,
+                client_id: "A".into(),
+            };
+            What::File(entry)
+        };
+        let f = lock("docs/f", "L1", "A", "alice", 3);
+        let g = lock("g", "L2", "B", "bob", 6);
+        let old = lock("old", "L3", "A", "", 8);
+        [
+            file(1, "docs/f", Some(b"one")),
+            file(2, "gone", None),
+            What::Lock(f.clone()),
+            What::Lock(Lock { expires_ms: f.expires_ms + 5, ttl_seconds: 120, ..f.clone() }),
+            What::Unlock { lock: f, ended: LockEnd::Released, by: Actor::new("alice", "A") },
+            What::Lock(g.clone()),
+            What::Unlock { lock: g, ended: LockEnd::Broken, by: Actor::new("admin", "C") },
+            What::Lock(old.clone()),
+            What::Unlock { lock: old, ended: LockEnd::Expired, by: Actor::default() },
+        ]
+        .into_iter()
+        .zip(1..)
+        .map(|(what, seq)| Change { seq, namespace: "default".into(), what })
+        .collect()
+    }
+
+    fn meta_version(conn: &Connection) -> String {
+        conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap()
+    }
+
+    /// The `changes` table's columns: name and declared type, by name.
+    fn change_columns(conn: &Connection) -> Vec<(String, String)> {
+        let mut stmt =
+            conn.prepare("SELECT name, type FROM pragma_table_info('changes') ORDER BY name").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect()
+    }
+
+    #[test]
+    fn a_version_5_change_log_upgrades_in_place_to_lock_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = a_version_5_log();
+        version_5(dir.path(), &log);
+
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.all_changes_after(0, 100).unwrap(), log, "every change reads back as it was");
+        assert_eq!(store.history_id(), "h5");
+        let conn = connect(&dir.path().join("meta.db")).unwrap();
+        assert_eq!(meta_version(&conn), SCHEMA_VERSION.to_string());
+        let kinds: Vec<(i64, i64)> = conn
+            .prepare("SELECT kind, committed_ms FROM changes ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        let (kinds, committed): (Vec<i64>, Vec<i64>) = kinds.into_iter().unzip();
+        assert_eq!(kinds, [0, 0, 1, 1, 2, 1, 2, 1, 2], "the store's own kind codes");
+        assert_eq!(committed, (1_000..1_009).collect::<Vec<_>>(), "rows are converted in place");
+
+        // The upgraded table is the one a new data folder has, without the
+        // wire's encoding.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(Store::open(fresh.path(), StoreOptions::default()).unwrap());
+        let fresh_conn = connect(&fresh.path().join("meta.db")).unwrap();
+        assert_eq!(change_columns(&conn), change_columns(&fresh_conn));
+        assert!(!has_column(&conn, "changes", "lock").unwrap());
+        drop(conn);
+
+        // The log goes on from there, and a reopened store reads it all.
+        let next = store.lock(
+            "default",
+            crate::storage::LockRequest {
+                path: RelPath::new("docs/f").unwrap(),
+                ttl_seconds: 60,
+                note: "again".into(),
+                who: Actor::new("alice", "A"),
+                holder: "A@host".into(),
+            },
+        );
+        let next = next.unwrap();
+        assert_eq!(next.seq, 10);
+        drop(store);
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let mut all = log;
+        all.push(next);
+        assert_eq!(store.all_changes_after(0, 100).unwrap(), all);
+    }
+
+    #[test]
+    fn an_unreadable_version_5_lock_change_leaves_the_data_folder_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        version_5(dir.path(), &a_version_5_log());
+        let conn = connect(&dir.path().join("meta.db")).unwrap();
+        conn.execute(
+            "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id,
+                                  committed_ms, kind, lock)
+             VALUES (10, 'default', 'x', 0, 0, NULL, 0, 0, 'A', 0, 4, x'ffff')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+
+        let refused = Store::open(dir.path(), StoreOptions::default());
+        assert!(
+            matches!(&refused, Err(Error::Internal(m)) if m.contains("change 10") && m.contains("undecodable")),
+            "{refused:?}"
+        );
+        let conn = connect(&dir.path().join("meta.db")).unwrap();
+        assert_eq!(meta_version(&conn), "5");
+        assert!(has_column(&conn, "changes", "lock").unwrap());
+        assert!(!has_column(&conn, "changes", "lock_id").unwrap());
+        let kind: i64 = conn.query_row("SELECT kind FROM changes WHERE seq = 3", [], |r| r.get(0)).unwrap();
+        assert_eq!(kind, 4, "no row was converted");
+    }
 
     #[test]
     fn a_full_database_is_a_full_disk_and_other_failures_are_internal() {
