@@ -625,7 +625,7 @@ mod tests {
             folder::Folder,
             plan::Action,
             planner::{PlanAll, Planner, RemoteView},
-            remote::{Remote, memory::MemoryRemote},
+            remote::{Remote, RemoteEvent, memory::MemoryRemote},
             state::State,
         };
 
@@ -935,6 +935,27 @@ mod tests {
             assert_eq!(files[copies[0]], b"a file here, below that name");
             assert_eq!(files.len(), 2, "{:?}", files.keys());
             assert_eq!(c.server.files(), files, "the server holds both");
+            assert!(!c.engine.has_failures());
+        }
+
+        #[tokio::test]
+        async fn a_tree_deleted_on_the_server_leaves_no_empty_folder_whatever_goes_last() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("tree/x/1.txt", b"1");
+            let mut c = Client::new(&server);
+            fs::create_dir_all(c.root.join("tree/z")).unwrap();
+            c.engine.full_sync().await.unwrap();
+            assert!(c.server.entry("tree/z").is_some_and(|e| e.content.is_some_and(|c| c.folder)));
+
+            // The file goes first, then the empty folder beside it: the
+            // last deletion leaves `tree` empty.
+            for path in ["tree/x/1.txt", "tree/z"] {
+                let entry = other.remove(path);
+                let event = RemoteEvent::Entry { seq: entry.version, entry: Some(entry) };
+                c.engine.remote_event(event).await.unwrap();
+            }
+            assert!(!c.root.join("tree").exists(), "no empty folder is left behind");
             assert!(!c.engine.has_failures());
         }
 

@@ -240,8 +240,18 @@ impl Executor {
             Action::DeleteLocal if p.local.is_some_and(|l| l.folder) => {
                 // Only an empty folder goes; one that holds something new
                 // stays, no longer an entry of its own.
-                match self.folder.root().parent(path).and_then(|d| d.rmdir(path.file_name())) {
-                    Ok(()) => tracing::info!(%path, why, "deleted a folder locally"),
+                let root = self.folder.root();
+                match root.parent(path).and_then(|d| d.rmdir(path.file_name())) {
+                    Ok(()) => {
+                        tracing::info!(%path, why, "deleted a folder locally");
+                        // As after a file's deletion: the folders it leaves
+                        // empty go too, unless they are entries of their
+                        // own (otherwise the last folder of a deleted tree
+                        // would stay, and be synced back as a new one).
+                        let is_entry =
+                            |dir: &RelPath| self.state.base(dir).ok().flatten().is_some_and(|b| b.folder);
+                        root.prune_empty_dirs(path.parent(), is_entry);
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
                         tracing::info!(%path, "a folder deleted on the server holds new files here: kept");

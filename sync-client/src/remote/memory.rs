@@ -144,6 +144,11 @@ impl MemoryRemote {
         server.contents.get(&entry.content?.hash).cloned()
     }
 
+    /// The entry at `path` (a tombstone too), if the server has one.
+    pub(crate) fn entry(&self, path: &str) -> Option<Entry> {
+        self.server().entries.get(&RelPath::new(path).ok()?).cloned()
+    }
+
     /// The live files' paths and contents.
     pub(crate) fn files(&self) -> HashMap<String, Vec<u8>> {
         let server = self.server();
