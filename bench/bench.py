@@ -25,6 +25,12 @@ ext4 here does not reuse an inode for 60 s after a delete, and every create scan
 inodes: nothing is deleted while the benchmark runs. Every run gets new folders; at the end
 the run's folder is deleted (and the sources too, unless KEEP_SRC=1).
 
+Old against new (--baseline-bin, which run.sh passes for BASELINE=REV): the syncstore stages
+(each workload's upload, download and upload with a sync replica, and the save latency) run
+with both builds, REPEATS times each, alternating which build goes first; a second table gives
+the median wall times and latency, old / new / new÷old. Everything else (peers, the big
+folder, the first table) is the new build's.
+
 Environment: BENCH_DATA, BENCH_SCALE (divide file counts and sizes, for trying the script
 out), REPEATS (syncstore runs per workload), PEER_REPEATS, WORKLOADS ("w1 w2 w3"),
 PEERS ("rsync syncthing"), DOWNLOAD (1), LAT_COUNT (100), ST_LAT_COUNT (10), IDLE_S (30),
@@ -347,19 +353,22 @@ def listening(port):
 
 class Results:
     def __init__(self):
-        self.rows = []  # dicts: workload, tool, wall, files, bytes, cpu, rss_client, rss_server
+        self.rows = []  # dicts: workload, tool, build, wall, files, bytes, cpu, rss_client, rss_server
         self.extra = {}
         self.failures = []
 
-    def add(self, **row):
+    def add(self, build="new", **row):
+        row["build"] = build
         self.rows.append(row)
         rate = row["files"] / row["wall"]
-        log(f"  {row['tool']} {row['workload']}: {row['wall']:.2f}s, {rate:,.0f} files/s, "
+        tag = "" if build == "new" else f" ({build})"
+        log(f"  {row['tool']}{tag} {row['workload']}: {row['wall']:.2f}s, {rate:,.0f} files/s, "
             f"{row['bytes'] / MIB / row['wall']:.0f} MiB/s, CPU {row['cpu']:.1f}s, peak RSS "
             f"{row.get('rss_client') or 0:.0f} / {row.get('rss_server') or 0:.0f} MiB")
 
-    def median(self, workload, tool):
-        rows = [r for r in self.rows if r["workload"] == workload and r["tool"] == tool]
+    def median(self, workload, tool, build="new"):
+        rows = [r for r in self.rows
+                if r["workload"] == workload and r["tool"] == tool and r["build"] == build]
         if not rows:
             return None
         m = {k: statistics.median(r[k] for r in rows) for k in ("wall", "cpu")}
@@ -374,10 +383,15 @@ class Results:
 
 
 class Syncstore:
-    def __init__(self, bin_dir, work):
+    """One build of syncstore (`build` names it: "new", or "old" for the baseline)."""
+
+    def __init__(self, bin_dir, work, build="new"):
         self.server_bin = os.path.join(bin_dir, "sync-server")
         self.client_bin = os.path.join(bin_dir, "sync-client")
         self.work = work
+        self.build = build
+        # Run folders of the baseline get their own names.
+        self.prefix = "syncstore" if build == "new" else f"syncstore-{build}"
 
     def server(self, data, *flags):
         out = f"{data}.out"
@@ -401,20 +415,20 @@ class Syncstore:
         return Proc(args, logfile, env=env)
 
     def upload_run(self, res, w, src, files, nbytes, run):
-        d = os.path.join(self.work, f"syncstore-{w}-{run}")
+        d = os.path.join(self.work, f"{self.prefix}-{w}-{run}")
         os.makedirs(d)
         up = os.path.join(d, "up")
         link_copy(src, up)
         srv = self.server(os.path.join(d, "server"))
         c0 = srv.cpu()
         m = self.client(srv.url, up, "sync")
-        res.add(workload=w, tool="syncstore", wall=m["wall"], files=files, bytes=nbytes,
+        res.add(self.build, workload=w, tool="syncstore", wall=m["wall"], files=files, bytes=nbytes,
                 cpu=m["cpu"] + srv.cpu() - c0, rss_client=m["rss"], rss_server=srv.hwm_mib())
         if DOWNLOAD:
             down = os.path.join(d, "down")
             c0 = srv.cpu()
             m = self.client(srv.url, down, "sync")
-            res.add(workload=w, tool="syncstore download", wall=m["wall"], files=files,
+            res.add(self.build, workload=w, tool="syncstore download", wall=m["wall"], files=files,
                     bytes=nbytes, cpu=m["cpu"] + srv.cpu() - c0, rss_client=m["rss"],
                     rss_server=srv.hwm_mib())
             bad = same_tree(src, down, deep=run == 1)
@@ -435,7 +449,7 @@ class Syncstore:
         c0 = pri.cpu() + rep.cpu()
         m = self.client(pri.url, up, "sync")
         cpu = m["cpu"] + pri.cpu() + rep.cpu() - c0
-        res.add(workload=w, tool="syncstore + sync replica", wall=m["wall"], files=files,
+        res.add(self.build, workload=w, tool="syncstore + sync replica", wall=m["wall"], files=files,
                 bytes=nbytes, cpu=cpu, rss_client=m["rss"],
                 rss_server=max(pri.hwm_mib(), rep.hwm_mib()))
         cmp = subprocess.run([self.server_bin, "compare", pri.url, rep.url], capture_output=True,
@@ -447,8 +461,8 @@ class Syncstore:
         reclaim(os.path.join(d, "primary"))
         reclaim(os.path.join(d, "replica"))
 
-    def latency(self, res):
-        d = os.path.join(self.work, "syncstore-latency")
+    def latency(self, res, run=1):
+        d = os.path.join(self.work, f"{self.prefix}-latency-{run}")
         os.makedirs(d)
         srv = self.server(os.path.join(d, "server"))
         a, b = os.path.join(d, "a"), os.path.join(d, "b")
@@ -459,8 +473,10 @@ class Syncstore:
                      "a watching client's initial sync")
         time.sleep(1)  # both subscriptions settle: each probe starts from rest
         lat = probe_latency(a, b, LAT_COUNT, gap=0.1)
-        res.extra["latency"] = lat
-        log(f"  syncstore latency: median {lat['median'] * 1e3:.1f} ms, p99 {lat['p99'] * 1e3:.1f} ms "
+        res.extra.setdefault("latencies", {}).setdefault(self.build, []).append(lat)
+        res.extra["latency"] = latency_summary(res.extra["latencies"].get("new", []))
+        tag = "" if self.build == "new" else f" ({self.build})"
+        log(f"  syncstore{tag} latency: median {lat['median'] * 1e3:.1f} ms, p99 {lat['p99'] * 1e3:.1f} ms "
             f"(n = {lat['n']}, {lat['missed']} missed)")
         for p in (ca, cb, srv):
             p.stop()
@@ -545,6 +561,16 @@ def probe_latency(src, dst, count, gap, timeout=10.0, size=4096):
     p99 = times[min(len(times) - 1, max(0, int(round(0.99 * len(times))) - 1))]
     return {"n": len(times), "missed": missed, "median": statistics.median(times), "p99": p99,
             "min": times[0], "max": times[-1]}
+
+
+def latency_summary(runs):
+    """Several latency probes as one: the median of their medians and of their p99s."""
+    runs = [r for r in runs if r["n"]]
+    if not runs:
+        return None
+    return {"n": sum(r["n"] for r in runs), "missed": sum(r["missed"] for r in runs),
+            "median": statistics.median(r["median"] for r in runs),
+            "p99": statistics.median(r["p99"] for r in runs), "runs": len(runs)}
 
 
 # ---------------------------------------------------------------- rsync
@@ -809,6 +835,34 @@ def table(res, meta):
     return "\n".join(out)
 
 
+def compare_table(res, old_name, new_name):
+    """The baseline against the new build: median wall times (and save latency), old / new /
+    new÷old. Every figure is a time, so a ratio below 1.00 means the new build is faster."""
+    out = [f"Old = {old_name}, new = {new_name}: median wall time of each stage "
+           f"(REPEATS = {REPEATS} each, alternating which build ran first).", "",
+           "| workload | stage | old | new | new ÷ old |", "|---|---|---|---|---|"]
+    names = {"w1": "W1 10,000 × 4 KiB", "w2": "W2 1 × 1 GiB", "w3": "W3 1,000 × 1 MiB"}
+    if SCALE != 1:
+        names = {k: f"{k.upper()} (scale 1/{SCALE})" for k in names}
+    stages = {"syncstore": "upload, s", "syncstore download": "download, s",
+              "syncstore + sync replica": "upload with a sync replica, s"}
+    for w in WORKLOADS:
+        for tool, stage in stages.items():
+            old, new = res.median(w, tool, "old"), res.median(w, tool, "new")
+            if old and new:
+                out.append(f"| {names.get(w, w)} | {stage} | {old['wall']:.2f} | {new['wall']:.2f} | "
+                           f"{new['wall'] / old['wall']:.2f} |")
+    lats = res.extra.get("latencies", {})
+    old, new = latency_summary(lats.get("old", [])), latency_summary(lats.get("new", []))
+    if old and new:
+        for key, stage in (("median", "median"), ("p99", "p99")):
+            out.append(f"| save latency (4 KiB, {LAT_COUNT} saves × {new['runs']}) | {stage}, ms | "
+                       f"{old[key] * 1e3:.1f} | {new[key] * 1e3:.1f} | {new[key] / old[key]:.2f} |")
+        if old["missed"] or new["missed"]:
+            out.append(f"Missed saves: old {old['missed']}, new {new['missed']}.")
+    return out
+
+
 def targets(res):
     rows = ["| target | measured | goal | met |", "|---|---|---|---|"]
 
@@ -908,6 +962,10 @@ def main():
     ap.add_argument("--data", required=True, help="where sources and run folders go")
     ap.add_argument("--out", help="write the markdown table here too")
     ap.add_argument("--generate", metavar="WORKLOAD", help="only generate WORKLOAD; print its folder")
+    ap.add_argument("--baseline-bin", help="folder holding a baseline build's sync-server and "
+                    "sync-client: run syncstore's stages with both and compare")
+    ap.add_argument("--baseline-name", default="baseline", help="what the baseline build is")
+    ap.add_argument("--new-name", default="new", help="what the --bin build is")
     args = ap.parse_args()
 
     src_root = os.path.join(args.data, "src" if SCALE == 1 else f"src-scale{SCALE}")
@@ -940,11 +998,19 @@ def main():
     own0 = os.times()
     measured_from = time.perf_counter()
     ss = Syncstore(args.bin, work)
+    # With a baseline, both builds run each stage, the first of them alternating by repeat,
+    # so that a drift of the machine during the run weighs on both alike.
+    builds = [ss] + ([Syncstore(args.baseline_bin, work, "old")] if args.baseline_bin else [])
+
+    def in_turn(run):
+        return builds if run % 2 else builds[::-1]
+
     for w in WORKLOADS:
         files, nbytes = sizes[w]
         log(f"{w}: {files} files, {nbytes / MIB:.0f} MiB")
         for run in range(1, REPEATS + 1):
-            ss.upload_run(res, w, sources[w], files, nbytes, run)
+            for b in in_turn(run):
+                b.upload_run(res, w, sources[w], files, nbytes, run)
         for run in range(1, PEER_REPEATS + 1):
             if "rsync" in peers:
                 attempt(res, f"rsync daemon {w}", bench_rsync, res, work, w, sources[w], files, nbytes, run)
@@ -953,7 +1019,9 @@ def main():
                 attempt(res, f"Syncthing {w}", bench_syncthing, res, work, w, sources[w], files, nbytes,
                         run, lat)
     log("latency")
-    ss.latency(res)
+    for run in range(1, (REPEATS if args.baseline_bin else 1) + 1):
+        for b in in_turn(run):
+            b.latency(res, run)
     if BIG:
         files, nbytes = sizes["big"]
         log(f"big folder: {files} files")
@@ -974,6 +1042,8 @@ def main():
             f"{versions()}. The whole benchmark took {elapsed:.0f} s; other processes used "
             f"{100 * others / (span * os.cpu_count()):.0f}% of the machine meanwhile.")
     text = table(res, meta)
+    if args.baseline_bin:
+        text += "\n\n" + "\n".join(compare_table(res, args.baseline_name, args.new_name))
     print(text)
     if args.out:
         with open(args.out, "w") as f:

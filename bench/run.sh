@@ -11,6 +11,21 @@
 #   REPEATS=3 PEER_REPEATS=3 bench/run.sh
 #   PEERS=rsync WORKLOADS=w1 BIG=0 bench/run.sh
 #
+# Old against new: BASELINE=REV (any git revision) also builds that
+# revision and runs syncstore's stages with both builds side by side in one
+# run, alternating which goes first at each repeat (REPEATS, default 3 in
+# this mode), and then prints a second table: the median wall time of each
+# upload (W1 10,000 x 4 KiB, W2 one 1 GiB file, ...), download and upload
+# to a primary with a sync replica, and the median save latency, old / new /
+# new÷old. The baseline is built in a temporary `git worktree` (removed
+# once built) with its own target folder, $BENCH_DATA/baseline/target
+# (seeded from this checkout's release build), and its binaries are kept in
+# $BENCH_DATA/baseline/SHA/, so a second run with the same BASELINE builds
+# nothing. PEERS= (empty), WORKLOADS= and BIG=0 narrow the run:
+#
+#   BASELINE=main PEERS= WORKLOADS="w1 w2" BIG=0 bench/run.sh
+#   BASELINE=HEAD~3 BENCH_SCALE=50 PEERS= BIG=0 LAT_COUNT=10 bench/run.sh   # a quick try
+#
 # Missing peers are installed from Debian packages (rsync, syncthing) when
 # apt can run as root; otherwise that peer is skipped with a message. Data
 # goes to $BENCH_DATA (default /tmp/syncstore-bench) and what the run put
@@ -42,7 +57,7 @@ as_root() {
 # GNU time gives each command's own peak RSS (without it, the figures count
 # the benchmark's own memory too).
 missing=()
-for p in ${PEERS:-rsync syncthing}; do
+for p in ${PEERS-rsync syncthing}; do
   command -v "$p" >/dev/null || missing+=("$p")
 done
 [ -x /usr/bin/time ] || missing+=(time)
@@ -57,7 +72,39 @@ fi
 
 say "building syncstore (release)"
 timeout 1800 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p sync-server -p sync-client
-bin=$repo/target/release
+bin=${CARGO_TARGET_DIR:-$repo/target}/release
+
+# The baseline's binaries: built once per commit, then reused.
+compare=()
+if [ -n "${BASELINE:-}" ]; then
+  sha=$(git -C "$repo" rev-parse --verify --quiet "$BASELINE^{commit}") ||
+    { say "BASELINE=$BASELINE is not a commit of $repo"; exit 2; }
+  base_bin=$data/baseline/$sha
+  if [ -x "$base_bin/sync-server" ] && [ -x "$base_bin/sync-client" ]; then
+    say "baseline $BASELINE ($sha): using the binaries built by an earlier run"
+  else
+    base_target=$data/baseline/target
+    if [ ! -d "$base_target" ] && [ -d "$bin" ]; then
+      # Only the workspace's own crates then need building.
+      mkdir -p "$base_target" && cp -a "$bin" "$base_target/release"
+    fi
+    tree=$(mktemp -d "${TMPDIR:-/tmp}/syncstore-baseline.XXXXXX")
+    rmdir "$tree"
+    trap 'git -C "$repo" worktree remove --force "$tree" 2>/dev/null || true' EXIT
+    git -C "$repo" worktree add --quiet --detach "$tree" "$sha"
+    say "building the baseline $BASELINE ($sha, release) in a temporary worktree"
+    CARGO_TARGET_DIR=$base_target timeout 1800 cargo build --release --quiet --locked \
+      --manifest-path "$tree/Cargo.toml" -p sync-server -p sync-client
+    mkdir -p "$base_bin"
+    cp "$base_target/release/sync-server" "$base_target/release/sync-client" "$base_bin/"
+    git -C "$repo" worktree remove --force "$tree"
+    trap - EXIT
+  fi
+  new_name=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo "this checkout")
+  compare=(--baseline-bin "$base_bin" --baseline-name "$BASELINE ($(git -C "$repo" rev-parse --short "$sha"))"
+    --new-name "$new_name")
+  export REPEATS=${REPEATS:-3}
+fi
 
 # ext4 keeps deleted inodes out of reuse for a minute, and every create
 # scans past them: after the last run's cleanup, let that minute pass.
@@ -72,7 +119,7 @@ fi
 
 mkdir -p "$data"
 out=$data/table-$(date +%Y%m%d-%H%M%S).md
-run=(python3 "$here/bench.py" --bin "$bin" --data "$data" --out "$out")
+run=(python3 "$here/bench.py" --bin "$bin" --data "$data" --out "$out" "${compare[@]}")
 status=0
 if [ -z "${NO_NETNS:-}" ] && unshare -n true 2>/dev/null; then
   # Nothing in here can reach beyond loopback, whatever a peer's settings say.

@@ -16,7 +16,9 @@
 //! - [`reason`]: [`Reason`], the machine-readable reason of a refusal.
 //! - [`metrics`]: the Prometheus endpoint both programs serve.
 //! - [`replication`]: the metadata of writes refused for the replica's sake.
+//! - [`backoff`]: [`Backoff`], doubling waits between reconnection attempts.
 
+pub mod backoff;
 pub mod cli;
 pub mod connect;
 pub mod entry;
@@ -29,6 +31,7 @@ pub mod pb;
 pub mod reason;
 pub mod replication;
 
+pub use backoff::Backoff;
 pub use entry::{Content, Entry, EntryError};
 pub use hash::{ContentHash, HashError};
 pub use lock::Lock;

@@ -46,7 +46,7 @@ pub mod watch;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use syncstore::{Entry, Lock, RelPath, connect::Security};
+use syncstore::{Backoff, Entry, Lock, RelPath, connect::Security};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -168,7 +168,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(interval = ?config.rescan_interval, "no watcher: finding local changes by rescanning");
     }
 
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut attempts = 0u32;
     loop {
         tokio::select! {
@@ -192,7 +192,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
                     }
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(backoff.next()) => {}
+                        () = tokio::time::sleep(backoff.next_wait()) => {}
                     }
                 }
             }
@@ -288,7 +288,7 @@ async fn subscribe(
     tx: mpsc::Sender<Subscription>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut connected_before = false;
     // Say once that the server is away, not at every attempt.
     let mut reported = false;
@@ -304,7 +304,7 @@ async fn subscribe(
             let mut stream = remote.subscribe(cursor).await?;
             tracing::info!(cursor, "subscribed to server changes");
             reported = false;
-            backoff = Backoff::default();
+            backoff.reset();
             if connected_before && tx.send(Subscription::Reconnected).await.is_err() {
                 return Ok(());
             }
@@ -334,26 +334,8 @@ async fn subscribe(
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff.next()) => {}
+            () = tokio::time::sleep(backoff.next_wait()) => {}
         }
-    }
-}
-
-/// Doubling waits between reconnection attempts.
-#[derive(Debug)]
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self(BACKOFF_MIN)
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
-        now
     }
 }
 

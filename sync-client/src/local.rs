@@ -113,7 +113,10 @@ pub fn is_empty_dir(path: &Path) -> bool {
 pub fn local_state(root: &Root, path: &RelPath, base: Option<&Base>) -> io::Result<LocalView> {
     let dir = match root.parent(path) {
         Ok(dir) => dir,
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+        {
             return Ok(LocalView::Missing);
         }
         Err(e) => return Err(e),

@@ -14,6 +14,11 @@ use syncstore::{Lock, RelPath};
 
 use crate::{error::Result, fsroot::Root, remote::Remote, state::State};
 
+/// A held lock is refreshed once one of this many parts of its time-to-live
+/// has passed (a third), leaving two thirds of it for a refresh that failed
+/// (a server restarting, a dropped connection) to be tried again.
+const REFRESH_PARTS: i64 = 3;
+
 /// The server's live locks, as this client last heard of them.
 #[derive(Debug, Clone)]
 pub struct Locks {
@@ -70,7 +75,9 @@ impl Locks {
         self.by_path
             .values()
             .filter(|l| l.client_id == self.own)
-            .filter(|l| l.expires_ms - now_ms < i64::from(l.ttl_seconds) * 1000 * 2 / 3)
+            .filter(|l| {
+                l.expires_ms - now_ms < i64::from(l.ttl_seconds) * 1000 * (REFRESH_PARTS - 1) / REFRESH_PARTS
+            })
             .cloned()
             .collect()
     }
@@ -218,4 +225,38 @@ pub fn set_writable(root: &Root, path: &RelPath, writable: bool) -> std::io::Res
 /// Whether the owner may write the file.
 pub fn is_writable(full: &Path) -> std::io::Result<bool> {
     Ok(std::fs::metadata(full)?.permissions().mode() & 0o200 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock(path: &str, client_id: &str, expires_ms: i64) -> Lock {
+        Lock {
+            lock_id: format!("{path}-lock"),
+            path: RelPath::new(path).unwrap(),
+            client_id: client_id.into(),
+            principal: String::new(),
+            holder: String::new(),
+            note: String::new(),
+            acquired_ms: 0,
+            expires_ms,
+            ttl_seconds: 90,
+            token: 1,
+        }
+    }
+
+    #[test]
+    fn own_locks_are_due_for_refresh_once_a_third_of_their_ttl_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let mut locks = Locks::new("me".into(), state, Root::open(dir.path()).unwrap());
+        let now = 1_000_000;
+        // 90 s of TTL: due once less than 60 s are left.
+        locks.granted(lock("fresh.txt", "me", now + 60_000));
+        locks.granted(lock("due.txt", "me", now + 59_999));
+        locks.granted(lock("theirs.txt", "other", now + 1));
+        let due: Vec<_> = locks.due_for_refresh(now).into_iter().map(|l| l.path.to_string()).collect();
+        assert_eq!(due, ["due.txt"]);
+    }
 }

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth::{Need, caller, principal},
+    context::ServiceContext,
     error::{Error, Result},
     replication::{Mode, WriteGate, primary::ReplicationHandle},
     storage::{DEFAULT_NAMESPACE, PAGE_SIZE, Store, Verdict},
@@ -40,13 +41,14 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    pub fn new(
-        store: Store,
-        role: &'static str,
-        gate: WriteGate,
-        replication: Option<ReplicationHandle>,
-    ) -> Self {
-        Self { store, role, gate, replication }
+    /// The service over `ctx`.
+    pub fn new(ctx: &ServiceContext) -> Self {
+        Self {
+            store: ctx.store.clone(),
+            role: ctx.role.as_str(),
+            gate: ctx.gate.clone(),
+            replication: ctx.replication.clone(),
+        }
     }
 }
 
@@ -164,6 +166,11 @@ impl Admin for AdminService {
             ..Default::default()
         };
         (out.damaged_blobs, out.damaged_blobs_found) = self.store.damaged_blobs();
+        if request.get_ref().count_stored {
+            let s = self.store.clone();
+            (out.stored_blobs, out.stored_bytes) =
+                tokio::task::spawn_blocking(move || s.stored_blobs()).await.map_err(Error::from)??;
+        }
         if self.role == "replica" {
             out.primary_url = identity.primary_url.unwrap_or_default();
         }

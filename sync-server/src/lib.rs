@@ -5,6 +5,7 @@
 //! - [`storage`]: the data folder (SQLite metadata + content-addressed
 //!   blobs), sequence numbers, the change log and its broadcast.
 //! - [`service`]: `syncstore.v1.FileSync` over the store.
+//! - [`context`]: what the services of one server share.
 //! - [`replication`]: the primary's fan-out to its replica and the
 //!   replica's `syncstore.v1.Replication` service; the write gate.
 //! - [`admin`]: `syncstore.v1.Admin` (status, digest, manifest) and `compare`.
@@ -12,6 +13,9 @@
 //! - [`auth`]: bearer tokens, the token file, and what each token may do.
 //! - [`metrics`]: the Prometheus metrics.
 //! - `feed`: following committed changes from a cursor (log, then live).
+//! - `transfer`: content on the wire, both ways: the verified reader that
+//!   Download and the replication sender stream from, and the receiver
+//!   that Upload and the replica write into.
 //! - `wire`: every conversion of storage's changes and locks to and from
 //!   their `pb` messages.
 //! - [`error`]: the error type and its mapping to gRPC status codes.
@@ -20,6 +24,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod context;
 pub mod error;
 mod feed;
 pub mod metrics;
@@ -27,6 +32,7 @@ pub mod replication;
 pub mod scrub;
 pub mod service;
 pub mod storage;
+mod transfer;
 mod wire;
 
 use std::{path::PathBuf, time::Duration};
@@ -43,6 +49,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncomi
 pub use auth::Authenticator;
 
 pub use admin::{AdminService, Comparison, compare};
+pub use context::ServiceContext;
 pub use error::{Error, Result};
 pub use metrics::ServerMetrics;
 pub use replication::{
@@ -75,14 +82,16 @@ pub const DEFAULT_UPLOAD_MIN_RATE: u64 = 32 * 1024;
 /// Default number of uploads received at once. Each running upload holds a
 /// blocking thread (tokio's pool has 512 for everything, SQLite included),
 /// a temp file and up to 5 MiB of buffered chunks; 32 keeps that under
-/// about 160 MiB and leaves the pool to the rest, while clients send one
-/// file at a time, so it is 32 clients uploading at the same moment. More
-/// wait up to [`UPLOAD_SLOT_WAIT`], then get `RESOURCE_EXHAUSTED`.
+/// about 160 MiB and leaves the pool to the rest. A client's full sync runs
+/// up to 16 transfers at once, so this is two full syncs, or 32 clients
+/// each saving a file, at the same moment. More wait up to
+/// [`UPLOAD_SLOT_WAIT`], then get `RESOURCE_EXHAUSTED`.
 pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 32;
 
-/// Default number of uploads received at once for one namespace: enough
-/// for three of its clients running a full sync (8 transfers each), while
-/// leaving a quarter of [`DEFAULT_MAX_CONCURRENT_UPLOADS`] to the others.
+/// Default number of uploads received at once for one namespace: one of its
+/// clients running a full sync (up to 16 transfers at once) and half as
+/// much again for the others, while leaving a quarter of
+/// [`DEFAULT_MAX_CONCURRENT_UPLOADS`] to the other namespaces.
 pub const DEFAULT_MAX_UPLOADS_PER_NAMESPACE: usize = 24;
 
 /// Default number of uploads received at once over one connection: a sync
@@ -93,8 +102,9 @@ pub const DEFAULT_MAX_UPLOADS_PER_NAMESPACE: usize = 24;
 pub const DEFAULT_MAX_UPLOADS_PER_CONNECTION: usize = 16;
 
 /// Most HTTP/2 streams (calls) one connection may have open at once. A sync
-/// client keeps one subscription and runs its transfers one at a time, and a
-/// primary keeps one stream to its replica, so 128 is far above honest use
+/// client keeps one subscription and runs at most 16 transfers at once
+/// (plus 4 in its large lane), and a primary keeps one stream to its
+/// replica, so 128 is far above honest use
 /// while bounding what one connection can make the server hold (tonic's own
 /// default is no limit).
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
@@ -473,9 +483,17 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         ));
     }
     tasks.spawn(auth.clone().watch(shutdown.clone()));
+    let ctx = ServiceContext {
+        store,
+        role: config.role,
+        gate,
+        replication,
+        metrics,
+        auth: auth.clone(),
+        shutdown: shutdown.clone(),
+    };
     let file_sync = FileSyncService::new(
-        store.clone(),
-        config.role.as_str(),
+        ctx.clone(),
         UploadLimits {
             max_file_size: config.max_file_size,
             idle_timeout: config.upload_idle_timeout,
@@ -484,25 +502,14 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             per_namespace: config.max_uploads_per_namespace,
             per_connection: config.max_uploads_per_connection,
         },
-        gate.clone(),
-        replication.clone(),
-        metrics,
-        shutdown.clone(),
-    )
-    .with_auth(auth.clone());
+    );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Every service answers health checks by its name ("" is the server).
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
     health_reporter.set_serving::<ReplicationServer<ReplicationService>>().await;
-    let replication_service = ReplicationService::new(
-        store.clone(),
-        gate.clone(),
-        config.role == Role::Replica,
-        health_reporter.clone(),
-        shutdown.clone(),
-    );
-    let admin = AdminService::new(store, config.role.as_str(), gate, replication);
+    let replication_service = ReplicationService::new(&ctx, health_reporter.clone());
+    let admin = AdminService::new(&ctx);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -19,23 +19,24 @@ use tokio::{
     time::Instant,
 };
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Access, Authenticator, Need, caller, principal};
+use crate::auth::{Access, Need, caller, principal};
 use crate::{
     ServerMetrics,
+    context::ServiceContext,
     error::{Error, Result, refusal},
     feed::{self, Item},
-    replication::{WriteGate, primary::ReplicationHandle},
-    storage::{Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, Store, What, check_base},
+    replication::primary::ReplicationHandle,
+    storage::{
+        Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, StagedBlob, Store, What, rules,
+    },
+    transfer::{self, ContentReceiver},
     wire,
 };
 
 /// Messages buffered per server stream before the producer waits.
 const STREAM_BUFFER: usize = 16;
-/// Chunks buffered between the network and the blob writer of an upload.
-const UPLOAD_PIPELINE: usize = 4;
 /// How long an upload waits for a free slot when [`UploadLimits::max_concurrent`]
 /// uploads are already running, before it is refused with
 /// `RESOURCE_EXHAUSTED`: long enough to ride out a burst of small files,
@@ -59,7 +60,7 @@ pub struct UploadLimits {
     /// a byte now and then would hold a slot for as long as it liked.
     pub min_rate: u64,
     /// Uploads received at once. Each holds a temp file, a blocking thread
-    /// and up to [`UPLOAD_PIPELINE`] buffered chunks.
+    /// and a few buffered chunks (`transfer::RECEIVE_PIPELINE`).
     pub max_concurrent: usize,
     /// Uploads received at once for one namespace, so that one tenant
     /// cannot take every slot.
@@ -72,56 +73,29 @@ pub struct UploadLimits {
 /// The `FileSync` service of one server.
 #[derive(Debug, Clone)]
 pub struct FileSyncService {
-    store: Store,
-    role: &'static str,
+    ctx: ServiceContext,
     limits: UploadLimits,
     upload_slots: Arc<Semaphore>,
     namespace_slots: Arc<KeyedSlots<String>>,
     connection_slots: Arc<KeyedSlots<SocketAddr>>,
-    gate: WriteGate,
-    replication: Option<ReplicationHandle>,
-    metrics: ServerMetrics,
-    shutdown: CancellationToken,
-    auth: Authenticator,
 }
 
 impl FileSyncService {
-    pub fn new(
-        store: Store,
-        role: &'static str,
-        limits: UploadLimits,
-        gate: WriteGate,
-        replication: Option<ReplicationHandle>,
-        metrics: ServerMetrics,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let upload_slots = Arc::new(Semaphore::new(limits.max_concurrent));
-        let auth = Authenticator::open();
+    /// The service over `ctx`, taking uploads within `limits`.
+    pub fn new(ctx: ServiceContext, limits: UploadLimits) -> Self {
         Self {
-            store,
-            role,
+            ctx,
             limits,
-            upload_slots,
+            upload_slots: Arc::new(Semaphore::new(limits.max_concurrent)),
             namespace_slots: KeyedSlots::new(limits.per_namespace),
             connection_slots: KeyedSlots::new(limits.per_connection),
-            gate,
-            replication,
-            metrics,
-            shutdown,
-            auth,
         }
-    }
-
-    /// Ends subscriptions whose token `auth` stops accepting.
-    pub fn with_auth(mut self, auth: Authenticator) -> Self {
-        self.auth = auth;
-        self
     }
 
     /// Counts a failed call by its code.
     fn counted<T>(&self, r: Result<T, Status>) -> Result<T, Status> {
         if let Err(s) = &r {
-            self.metrics.error(s);
+            self.ctx.metrics.error(s);
         }
         r
     }
@@ -129,7 +103,7 @@ impl FileSyncService {
     /// Refuses a write before anything is written while a sync-mode
     /// replica (failing on timeout) is known to be away.
     fn admit(&self) -> Result<()> {
-        self.replication.as_ref().map_or(Ok(()), ReplicationHandle::admit)
+        self.ctx.replication.as_ref().map_or(Ok(()), ReplicationHandle::admit)
     }
 
     /// An upload sent again that is committed already (see
@@ -156,7 +130,7 @@ impl FileSyncService {
 
     /// In sync mode, waits until the replica holds `seq` durably.
     async fn replicated(&self, seq: u64) -> Result<()> {
-        match &self.replication {
+        match &self.ctx.replication {
             Some(r) => {
                 r.committed(seq);
                 r.wait_replicated(seq).await
@@ -170,7 +144,7 @@ impl FileSyncService {
         &self,
         f: impl FnOnce(Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let store = self.store.clone();
+        let store = self.ctx.store.clone();
         tokio::task::spawn_blocking(move || f(store)).await?
     }
 
@@ -245,18 +219,103 @@ impl FileSyncService {
         }
     }
 
-    async fn receive_upload(
+    /// The one write path of Upload, Delete, Lock, RefreshLock and Unlock:
+    /// the write gate, the request's own checks (`decode`), the retry of a
+    /// write committed already, an upload's content, admission, the store
+    /// operation, the replica's acknowledgement (sync mode), and then the
+    /// metrics and the log line of the outcome.
+    async fn write(
         &self,
-        ns: String,
-        principal: String,
-        peer: Option<SocketAddr>,
-        mut stream: Streaming<pb::UploadRequest>,
-    ) -> Result<Change> {
-        let header = match self.next_message(&mut stream, &mut Pace::new(&self.limits)).await? {
-            Some(pb::UploadRequest { msg: Some(upload_request::Msg::Header(h)) }) => h,
-            _ => return Err(Error::invalid("the first message of an upload must be a header")),
-        };
-        self.gate.check()?;
+        ns: &str,
+        op: Op,
+        decode: impl FnOnce() -> Result<Write>,
+    ) -> Result<Change, Status> {
+        let result = async {
+            self.ctx.gate.check()?;
+            // An upload holds its slot until it is committed (and
+            // replicated) or refused, and its temp file gone.
+            let (commit, _slot) = match decode()? {
+                Write::Upload(upload) => match self.receive_upload(ns, upload).await? {
+                    Received::Again(change) => return Ok(change),
+                    Received::Staged(commit, slot) => (commit, Some(slot)),
+                },
+                Write::Commit(Commit::Delete(del)) => match self.retried_delete(ns, &del).await? {
+                    Some(change) => return Ok(change),
+                    None => (Commit::Delete(del), None),
+                },
+                Write::Commit(commit) => (commit, None),
+            };
+            // For an upload: the replica may have gone while the content came.
+            self.admit()?;
+            let change = self.commit(ns, commit).await?;
+            self.replicated(change.seq).await?;
+            Ok(change)
+        }
+        .await;
+        match result {
+            Ok(change) => {
+                self.written(op, &change);
+                Ok(change)
+            }
+            Err(e) => Err(self.refused(op, e)),
+        }
+    }
+
+    /// Runs a write's store operation.
+    async fn commit(&self, ns: &str, commit: Commit) -> Result<Change> {
+        let ns = ns.to_owned();
+        match commit {
+            Commit::Put(put, staged) => {
+                let timer = self.ctx.metrics.commit_seconds.start_timer();
+                let change = self.blocking(move |s| s.commit_put(&ns, put, staged)).await?;
+                timer.observe_duration();
+                Ok(change)
+            }
+            Commit::Delete(del) => self.blocking(move |s| s.commit_delete(&ns, del)).await,
+            Commit::Lock(req) => self.blocking(move |s| s.lock(&ns, req)).await,
+            Commit::RefreshLock { lock_id, who, ttl_seconds } => {
+                self.blocking(move |s| s.refresh_lock(&ns, &lock_id, &who, ttl_seconds)).await
+            }
+            Commit::Unlock { lock_id, who, force } => {
+                self.blocking(move |s| s.unlock(&ns, &lock_id, &who, force)).await
+            }
+        }
+    }
+
+    /// Counts and logs a write that went through.
+    fn written(&self, op: Op, change: &Change) {
+        let metrics = &self.ctx.metrics;
+        match (op, &change.what) {
+            (Op::Upload, What::File(entry)) => {
+                metrics.uploads.inc();
+                metrics.upload_bytes.inc_by(entry.content.map_or(0, |c| c.size));
+                tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "stored");
+            }
+            (Op::Delete, What::File(entry)) => {
+                metrics.deletes.inc();
+                tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "deleted");
+            }
+            (Op::Lock, What::Lock(lock)) => {
+                tracing::info!(lock_id = %lock.lock_id, token = lock.token, expires = %syncstore::lock::format_ms(lock.expires_ms), "locked");
+            }
+            (Op::Unlock, What::Unlock { lock, ended, .. }) => {
+                tracing::info!(path = %lock.path, ended = ?ended, "unlocked");
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts and logs a write refused (or failed), and says why to the
+    /// caller.
+    fn refused(&self, op: Op, e: Error) -> Status {
+        tracing::info!(error = %e, "{} refused", op.as_str());
+        let status = Status::from(e);
+        self.ctx.metrics.error(&status);
+        status
+    }
+
+    /// An upload's put, from its header: the header's own checks.
+    fn decode_upload(&self, header: pb::UploadHeader, principal: String, content: Incoming) -> Result<Write> {
         check_header_fields(&header)?;
         let path = RelPath::new(header.path)?;
         let hash = ContentHash::try_from(&header.hash[..])?;
@@ -278,7 +337,7 @@ impl FileSyncService {
             )));
         }
         let put = Put {
-            path: path.clone(),
+            path,
             content: Content {
                 hash,
                 size,
@@ -291,55 +350,50 @@ impl FileSyncService {
             who: Actor::new(principal, header.client_id),
             lock_token: header.lock_token,
         };
+        Ok(Write::Upload(Upload { put, content }))
+    }
 
-        // Refuse a stale base or a locked path before receiving any content;
-        // the commit checks again under the writer lock.
-        let (n, p, who, token, folder) =
-            (ns.clone(), path.clone(), put.who.clone(), put.lock_token, put.content.folder);
-        let current = self
-            .blocking(move |s| {
-                s.check_lock(&n, &p, &who, token)?;
-                s.check_path_clash(&n, &p, folder)?;
-                s.stat(&n, &p)
-            })
-            .await?;
-        if let Err(conflict) = check_base(&path, current.as_ref(), put.base_version) {
-            return self.retried_put(&ns, &put).await?.ok_or(conflict);
+    /// Receives an upload's content once its pre-check passed: the put
+    /// with its content staged, and the upload slot it holds; or, for the
+    /// same upload sent again, its committed entry.
+    async fn receive_upload(&self, ns: &str, upload: Upload) -> Result<Received> {
+        let Upload { put, content: Incoming { mut stream, peer } } = upload;
+        let (path, hash, size) = (put.path.clone(), put.content.hash, put.content.size);
+
+        // Refuse a locked path, a path clash or a stale base before
+        // receiving any content, from one read of the path; the commit
+        // checks again under the writer lock.
+        let (n, p, folder) = (ns.to_owned(), path.clone(), put.content.folder);
+        let facts = self.blocking(move |s| s.path_facts(&n, &p, folder)).await?;
+        rules::check_write(&path, facts.lock.as_ref(), &put.who, put.lock_token, syncstore::lock::now_ms())?;
+        rules::check_clash(&path, folder, facts.file_above.as_deref(), facts.live_below.as_deref())?;
+        if let Err(conflict) = rules::check_base(&path, facts.entry.as_ref(), put.base_version) {
+            return self.retried_put(ns, &put).await?.map(Received::Again).ok_or(conflict);
         }
         self.admit()?;
 
         // Only a header that passed its checks takes a slot: a stream that
         // sends none (or a bad one) holds nothing that others wait for.
-        // Held until the upload is committed or refused and its temp file gone.
-        let _slot = self.upload_slot(&ns, peer).await?;
+        let slot = self.upload_slot(ns, peer).await?;
         let mut pace = Pace::new(&self.limits);
 
-        // Receive into a temp file on a blocking thread, pipelined with the
-        // network. Dropping the writer (any early return) deletes the temp.
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(UPLOAD_PIPELINE);
-        let mut writer = self.store.blob_writer()?;
-        let write_task = tokio::task::spawn_blocking(move || -> Result<_> {
-            while let Some(chunk) = rx.blocking_recv() {
-                writer.write(&chunk)?;
+        let receiver = ContentReceiver::start(&self.ctx.store)?;
+        let chunks = match self.receive_chunks(&mut stream, size, &receiver, &mut pace).await {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                // The temp file is gone by the time the client hears why.
+                receiver.abort().await;
+                return Err(e);
             }
-            Ok(writer)
-        });
-        let received = self.receive_chunks(&mut stream, size, &tx, &mut pace).await;
-        drop(tx);
-        // On a refused stream too, wait for the writer: the temp file is
-        // gone by the time the client hears why.
-        let writer = write_task.await?;
-        let chunks = received?;
-        let writer = writer?;
-
+        };
         let staged = if chunks == 0 && size > 0 {
             // Header only: reuse content this namespace already refers to
             // (checked again at commit). Content of other namespaces is
             // never offered: reusing it would tell the caller it exists.
             // Content is named by its hash, so stored content of a
             // different size means the header is wrong.
-            drop(writer);
-            let n = ns.clone();
+            receiver.abort().await;
+            let n = ns.to_owned();
             match self.blocking(move |s| s.reusable_size(&n, &hash)).await? {
                 None => return Err(Error::no_content(&hash)),
                 Some(stored) if stored != size => {
@@ -351,20 +405,84 @@ impl FileSyncService {
             }
             None
         } else {
-            Some(tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??)
+            Some(receiver.finish(hash, size).await?)
         };
-        // The replica may have gone while the content came.
-        self.admit()?;
-        let timer = self.metrics.commit_seconds.start_timer();
-        let change = self.blocking(move |s| s.commit_put(&ns, put, staged)).await?;
-        timer.observe_duration();
-        self.replicated(change.seq).await?;
-        Ok(change)
+        Ok(Received::Staged(Commit::Put(put, staged), slot))
     }
 }
 
+/// Which write call a write came through, as its log lines name it.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Upload,
+    Delete,
+    Lock,
+    RefreshLock,
+    Unlock,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Upload => "upload",
+            Op::Delete => "delete",
+            Op::Lock => "lock",
+            Op::RefreshLock => "lock refresh",
+            Op::Unlock => "unlock",
+        }
+    }
+}
+
+/// A write decoded from its request: an upload whose content is still to
+/// come, or a store operation ready to run.
+enum Write {
+    Upload(Upload),
+    Commit(Commit),
+}
+
+/// An upload whose header passed its own checks.
+struct Upload {
+    put: Put,
+    content: Incoming,
+}
+
+/// Where an upload's content comes from.
+struct Incoming {
+    /// The call's stream, past the header.
+    stream: Streaming<pb::UploadRequest>,
+    /// The peer's address and port: they name its connection while it is open.
+    peer: Option<SocketAddr>,
+}
+
+/// A store operation of the write path.
+enum Commit {
+    /// A put with its received content (`None`: a header-only upload of
+    /// content already stored).
+    Put(Put, Option<StagedBlob>),
+    Delete(Delete),
+    Lock(LockRequest),
+    RefreshLock {
+        lock_id: String,
+        who: Actor,
+        ttl_seconds: u32,
+    },
+    Unlock {
+        lock_id: String,
+        who: Actor,
+        force: bool,
+    },
+}
+
+/// What receiving an upload came to.
+enum Received {
+    /// Its content is staged; the slot is held until the write is done.
+    Staged(Commit, UploadSlot),
+    /// The same upload, committed already: its change.
+    Again(Change),
+}
+
 impl FileSyncService {
-    /// Receives an upload's chunks into `tx` up to its end marker, checking
+    /// Receives an upload's chunks into `receiver` up to its end marker, checking
     /// each against the limits and the announced `size`; returns how many
     /// chunks came. A stream that ends without the end marker is refused:
     /// the client gave up or broke off, whatever it sent so far.
@@ -372,7 +490,7 @@ impl FileSyncService {
         &self,
         stream: &mut Streaming<pb::UploadRequest>,
         size: u64,
-        tx: &mpsc::Sender<Vec<u8>>,
+        receiver: &ContentReceiver,
         pace: &mut Pace,
     ) -> Result<u64> {
         let mut received = 0u64;
@@ -407,8 +525,8 @@ impl FileSyncService {
                     "received more than the {size} bytes the header announced"
                 )));
             }
-            if tx.send(chunk).await.is_err() {
-                // The writer failed; its error is reported by the caller.
+            if !receiver.write(chunk).await {
+                // The writer failed; finishing the content says why.
                 return Ok(chunks);
             }
         }
@@ -544,17 +662,21 @@ impl FileSync for FileSyncService {
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::UploadResponse>, Status> {
         let who = self.counted(caller(&request, Need::Write))?;
-        // The peer's address and port name its connection while it is open.
         let peer = request.remote_addr();
-        let result =
-            self.receive_upload(who.namespace, who.name, peer, request.into_inner()).await.inspect_err(|e| {
-                tracing::info!(error = %e, "upload refused");
-            });
-        let entry = self.counted(result.map_err(Status::from))?.into_entry();
-        self.metrics.uploads.inc();
-        self.metrics.upload_bytes.inc_by(entry.content.map_or(0, |c| c.size));
-        tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "stored");
-        Ok(Response::new(pb::UploadResponse { entry: Some(entry.into()) }))
+        let mut stream = request.into_inner();
+        // An upload's request is its header, read before anything else.
+        let header = match self.next_message(&mut stream, &mut Pace::new(&self.limits)).await {
+            Ok(Some(pb::UploadRequest { msg: Some(upload_request::Msg::Header(h)) })) => h,
+            Ok(_) => {
+                let e = Error::invalid("the first message of an upload must be a header");
+                return Err(self.refused(Op::Upload, e));
+            }
+            Err(e) => return Err(self.refused(Op::Upload, e)),
+        };
+        let content = Incoming { stream, peer };
+        let change =
+            self.write(&who.namespace, Op::Upload, || self.decode_upload(header, who.name, content)).await?;
+        Ok(Response::new(pb::UploadResponse { entry: Some(change.into_entry().into()) }))
     }
 
     type DownloadStream = ServerStream<pb::DownloadResponse>;
@@ -591,12 +713,11 @@ impl FileSync for FileSyncService {
             })
             .await;
         let (entry, reader) = self.counted(found.map_err(Status::from))?;
-        self.metrics.downloads.inc();
-        self.metrics.download_bytes.inc_by(entry.content.map_or(0, |c| c.size));
+        self.ctx.metrics.downloads.inc();
+        self.ctx.metrics.download_bytes.inc_by(entry.content.map_or(0, |c| c.size));
 
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let metrics = self.metrics.clone();
-        tokio::task::spawn_blocking(move || stream_file(entry, reader, tx, &metrics));
+        tokio::spawn(send_file(entry, reader, tx, self.ctx.metrics.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -606,33 +727,19 @@ impl FileSync for FileSyncService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let who = self.counted(caller(&request, Need::Write))?;
-        let ns = who.namespace;
         let req = request.into_inner();
-        let result = async {
-            self.gate.check()?;
-            field(limits::check_client_id(&req.client_id))?;
-            let del = Delete {
-                path: RelPath::new(req.path)?,
-                base_version: req.base_version,
-                who: Actor::new(who.name, req.client_id),
-                lock_token: req.lock_token,
-            };
-            if let Some(change) = self.retried_delete(&ns, &del).await? {
-                return Ok(change);
-            }
-            self.admit()?;
-            let change = self
-                .blocking(move |s| s.commit_delete(&ns, del))
-                .await
-                .inspect_err(|e| tracing::info!(error = %e, "delete refused"))?;
-            self.replicated(change.seq).await?;
-            Ok::<_, Error>(change)
-        }
-        .await;
-        let entry = self.counted(result.map_err(Status::from))?.into_entry();
-        self.metrics.deletes.inc();
-        tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "deleted");
-        Ok(Response::new(pb::DeleteResponse { entry: Some(entry.into()) }))
+        let change = self
+            .write(&who.namespace, Op::Delete, || {
+                field(limits::check_client_id(&req.client_id))?;
+                Ok(Write::Commit(Commit::Delete(Delete {
+                    path: RelPath::new(req.path)?,
+                    base_version: req.base_version,
+                    who: Actor::new(who.name, req.client_id),
+                    lock_token: req.lock_token,
+                })))
+            })
+            .await?;
+        Ok(Response::new(pb::DeleteResponse { entry: Some(change.into_entry().into()) }))
     }
 
     type ListStream = ServerStream<pb::ListResponse>;
@@ -649,7 +756,7 @@ impl FileSync for FileSyncService {
         let this = self.clone();
         // Every page is read after this: the listing reflects every change
         // up to it (and maybe later ones), the seam with Subscribe.
-        let head_seq = self.store.head();
+        let head_seq = self.ctx.store.head();
         tokio::spawn(async move {
             if tx.send(Ok(pb::ListResponse { entry: None, head_seq })).await.is_err() {
                 return;
@@ -707,8 +814,9 @@ impl FileSync for FileSyncService {
             self.counted(field(limits::check_client_id(&req.client_id)).map_err(Status::from))?;
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let (store, shutdown, auth) = (self.store.clone(), self.shutdown.clone(), self.auth.clone());
-        let subscribers = self.metrics.subscribers.clone();
+        let (store, shutdown, auth) =
+            (self.ctx.store.clone(), self.ctx.shutdown.clone(), self.ctx.auth.clone());
+        let subscribers = self.ctx.metrics.subscribers.clone();
         tokio::spawn(async move {
             subscribers.inc();
             tracing::debug!("subscriber connected");
@@ -753,14 +861,14 @@ impl FileSync for FileSyncService {
         // What the caller may do here: a server that refuses writes (a
         // replica) takes a read-write token's reads only.
         let access = match who.access {
-            Access::ReadWrite if self.gate.check().is_err() => Access::ReadOnly,
+            Access::ReadWrite if self.ctx.gate.check().is_err() => Access::ReadOnly,
             a => a,
         };
         Ok(Response::new(pb::ServerInfoResponse {
-            history_id: self.store.history_id(),
+            history_id: self.ctx.store.history_id(),
             head_seq: head,
             oldest_seq: oldest,
-            role: self.role.to_owned(),
+            role: self.ctx.role.as_str().to_owned(),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             namespace: who.namespace,
             principal: who.name,
@@ -771,29 +879,20 @@ impl FileSync for FileSyncService {
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path, client = %request.get_ref().client_id))]
     async fn lock(&self, request: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
         let who = self.counted(caller(&request, Need::Write))?;
-        let ns = who.namespace;
         let req = request.into_inner();
-        let result = async {
-            self.gate.check()?;
-            check_lock_fields(&req)?;
-            self.admit()?;
-            let req = LockRequest {
-                path: RelPath::new(req.path)?,
-                ttl_seconds: req.ttl_seconds,
-                note: req.note,
-                who: Actor::new(who.name, req.client_id),
-                holder: req.holder,
-            };
-            let change = self.blocking(move |s| s.lock(&ns, req)).await?;
-            self.replicated(change.seq).await?;
-            Ok::<_, Error>(change)
-        }
-        .await
-        .inspect_err(|e| tracing::info!(error = %e, "lock refused"));
-        let change = self.counted(result.map_err(Status::from))?;
-        let lock = wire::lock_info(&change).expect("a lock change");
-        tracing::info!(lock_id = %lock.lock_id, token = lock.token, expires = %syncstore::lock::format_ms(lock.expires_ms), "locked");
-        Ok(Response::new(pb::LockResponse { lock: Some(lock) }))
+        let change = self
+            .write(&who.namespace, Op::Lock, || {
+                check_lock_fields(&req)?;
+                Ok(Write::Commit(Commit::Lock(LockRequest {
+                    path: RelPath::new(req.path)?,
+                    ttl_seconds: req.ttl_seconds,
+                    note: req.note,
+                    who: Actor::new(who.name, req.client_id),
+                    holder: req.holder,
+                })))
+            })
+            .await?;
+        Ok(Response::new(pb::LockResponse { lock: wire::lock_info(&change) }))
     }
 
     #[tracing::instrument(skip_all, fields(lock_id = %request.get_ref().lock_id))]
@@ -802,21 +901,18 @@ impl FileSync for FileSyncService {
         request: Request<pb::RefreshLockRequest>,
     ) -> Result<Response<pb::RefreshLockResponse>, Status> {
         let who = self.counted(caller(&request, Need::Write))?;
-        let ns = who.namespace;
         let req = request.into_inner();
-        let result = async {
-            self.gate.check()?;
-            field(limits::check_lock_id(&req.lock_id))?;
-            field(limits::check_client_id(&req.client_id))?;
-            self.admit()?;
-            let actor = Actor::new(who.name, req.client_id);
-            let change =
-                self.blocking(move |s| s.refresh_lock(&ns, &req.lock_id, &actor, req.ttl_seconds)).await?;
-            self.replicated(change.seq).await?;
-            Ok::<_, Error>(change)
-        }
-        .await;
-        let change = self.counted(result.map_err(Status::from))?;
+        let change = self
+            .write(&who.namespace, Op::RefreshLock, || {
+                field(limits::check_lock_id(&req.lock_id))?;
+                field(limits::check_client_id(&req.client_id))?;
+                Ok(Write::Commit(Commit::RefreshLock {
+                    lock_id: req.lock_id,
+                    who: Actor::new(who.name, req.client_id),
+                    ttl_seconds: req.ttl_seconds,
+                }))
+            })
+            .await?;
         Ok(Response::new(pb::RefreshLockResponse { lock: wire::lock_info(&change) }))
     }
 
@@ -826,7 +922,6 @@ impl FileSync for FileSyncService {
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
         let who = self.counted(caller(&request, Need::Write))?;
-        let ns = who.namespace;
         let req = request.into_inner();
         if req.force && !who.break_locks {
             let denied = refusal(
@@ -838,25 +933,21 @@ impl FileSync for FileSyncService {
                     who.name
                 ),
             );
-            self.metrics.error(&denied);
+            self.ctx.metrics.error(&denied);
             return Err(denied);
         }
-        let result = async {
-            self.gate.check()?;
-            field(limits::check_lock_id(&req.lock_id))?;
-            field(limits::check_client_id(&req.client_id))?;
-            self.admit()?;
-            let actor = Actor::new(who.name, req.client_id);
-            let change = self.blocking(move |s| s.unlock(&ns, &req.lock_id, &actor, req.force)).await?;
-            self.replicated(change.seq).await?;
-            Ok::<_, Error>(change)
-        }
-        .await
-        .inspect_err(|e| tracing::info!(error = %e, "unlock refused"));
-        let change = self.counted(result.map_err(Status::from))?;
-        let lock = wire::lock_info(&change).expect("a lock change");
-        tracing::info!(path = %lock.path, ended = ?lock.ended(), "unlocked");
-        Ok(Response::new(pb::UnlockResponse { lock: Some(lock) }))
+        let change = self
+            .write(&who.namespace, Op::Unlock, || {
+                field(limits::check_lock_id(&req.lock_id))?;
+                field(limits::check_client_id(&req.client_id))?;
+                Ok(Write::Commit(Commit::Unlock {
+                    lock_id: req.lock_id,
+                    who: Actor::new(who.name, req.client_id),
+                    force: req.force,
+                }))
+            })
+            .await?;
+        Ok(Response::new(pb::UnlockResponse { lock: wire::lock_info(&change) }))
     }
 
     type ListLocksStream = ServerStream<pb::ListLocksResponse>;
@@ -930,32 +1021,23 @@ fn event(item: Item) -> pb::ChangeEvent {
 }
 
 /// Sends a download's entry and then its content, verified as it is read
-/// (on a blocking thread): damaged content ends the stream with
+/// ([`transfer::send_content`]): damaged content ends the stream with
 /// `DATA_LOSS` before its last chunk, so a client never gets it whole.
-fn stream_file(
+async fn send_file(
     entry: Entry,
-    mut reader: BlobReader,
+    reader: BlobReader,
     tx: mpsc::Sender<Result<pb::DownloadResponse, Status>>,
-    metrics: &ServerMetrics,
+    metrics: ServerMetrics,
 ) {
     let first = pb::DownloadResponse { msg: Some(download_response::Msg::Entry(entry.into())) };
-    if tx.blocking_send(Ok(first)).is_err() {
+    if tx.send(Ok(first)).await.is_err() {
         return;
     }
-    loop {
-        let msg = match reader.next_chunk(MAX_CHUNK) {
-            Ok(Some(chunk)) => Ok(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(chunk)) }),
-            Ok(None) => return,
-            Err(e) => {
-                let status = Status::from(e);
-                metrics.error(&status);
-                Err(status)
-            }
-        };
-        let failed = msg.is_err();
-        if tx.blocking_send(msg).is_err() || failed {
-            return; // The caller went away, or was told why not.
-        }
+    let chunk = |c| Ok(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(c)) });
+    if let Err(e) = transfer::send_content(reader, tx.clone(), chunk).await {
+        let status = Status::from(e);
+        metrics.error(&status);
+        let _ = tx.send(Err(status)).await;
     }
 }
 
@@ -1069,6 +1151,81 @@ mod tests {
             fits("an unlock's answer", &pb::UnlockResponse { lock: Some(lock) })?;
         }
         Ok(())
+    }
+
+    /// A file `path` of `data`, written by client "c" over `base`.
+    fn put(store: &Store, path: &str, data: &[u8], base: u64) -> Change {
+        let mut writer = store.blob_writer().unwrap();
+        writer.write(data).unwrap();
+        let hash = ContentHash::of(data);
+        let staged = writer.finish(hash, data.len() as u64).unwrap();
+        let content = Content {
+            hash,
+            size: data.len() as u64,
+            mtime_ns: 0,
+            executable: false,
+            symlink: false,
+            folder: false,
+        };
+        let put = Put {
+            path: RelPath::new(path).unwrap(),
+            content,
+            base_version: base,
+            who: Actor::new("p", "c"),
+            lock_token: 0,
+        };
+        store.commit_put("ns", put, Some(staged)).unwrap()
+    }
+
+    #[test]
+    fn one_read_of_a_path_gives_the_pre_check_every_rule_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let path = |p: &str| RelPath::new(p).unwrap();
+        let now = syncstore::lock::now_ms();
+
+        // Nothing there yet: every rule passes a new file.
+        let facts = store.path_facts("ns", &path("f"), false).unwrap();
+        assert!(facts.entry.is_none() && facts.lock.is_none());
+        assert!(rules::check_base(&path("f"), facts.entry.as_ref(), 0).is_ok());
+
+        // The path's entry, for the base version check.
+        let v = put(&store, "f", b"one", 0).seq;
+        let facts = store.path_facts("ns", &path("f"), false).unwrap();
+        assert_eq!(facts.entry.as_ref().map(|e| e.version), Some(v));
+        assert!(matches!(
+            rules::check_base(&path("f"), facts.entry.as_ref(), 0),
+            Err(Error::VersionConflict { current, .. }) if current == v
+        ));
+
+        // Its lock row, for the write check: someone else's lock refuses.
+        let lock = LockRequest {
+            path: path("f"),
+            ttl_seconds: 0,
+            note: String::new(),
+            who: Actor::new("p", "holder"),
+            holder: String::new(),
+        };
+        store.lock("ns", lock).unwrap();
+        let facts = store.path_facts("ns", &path("f"), false).unwrap();
+        let other = Actor::new("p", "other");
+        assert!(matches!(
+            rules::check_write(&path("f"), facts.lock.as_ref(), &other, 0, now),
+            Err(Error::Locked(_))
+        ));
+
+        // A live file above the path, and a live entry below it.
+        let above = store.path_facts("ns", &path("f/g"), false).unwrap();
+        assert_eq!(above.file_above.as_deref(), Some("f"));
+        assert!(matches!(rules::check_clash(&path("f/g"), false, Some("f"), None), Err(Error::PathClash(_))));
+        put(&store, "d/e", b"two", 0);
+        let below = store.path_facts("ns", &path("d"), false).unwrap();
+        assert_eq!((below.file_above, below.live_below.as_deref()), (None, Some("d/e")));
+        // A folder entry holds what lies below it: not looked up.
+        assert_eq!(store.path_facts("ns", &path("d"), true).unwrap().live_below, None);
+        // Other namespaces are not seen.
+        let elsewhere = store.path_facts("other", &path("f/g"), false).unwrap();
+        assert!(elsewhere.file_above.is_none() && elsewhere.lock.is_none() && elsewhere.entry.is_none());
     }
 
     #[test]

@@ -49,7 +49,7 @@ async fn a_replica_killed_mid_stream_converges_after_1000_changes() {
         let Ok(mut admin) = pb::admin_client::AdminClient::connect(replica_url.clone()).await else {
             return false;
         };
-        admin.status(pb::StatusRequest {}).await.is_ok_and(|s| s.into_inner().head_seq > 50)
+        admin.status(pb::StatusRequest::default()).await.is_ok_and(|s| s.into_inner().head_seq > 50)
     })
     .await;
     replica.child.kill().unwrap();

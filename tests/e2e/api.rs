@@ -140,7 +140,7 @@ async fn bad_input_gets_the_right_code_and_writes_nothing() {
     assert_eq!(rpc.stat(pb::StatRequest { path: "h.txt".into() }).await.unwrap_err().code(), Code::NotFound);
     let err = rpc.download(pb::DownloadRequest { path: "h.txt".into(), version: 0 }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert_eq!(count_files(&server.data_dir().join("blobs")), 0);
+    assert_eq!(server.stored_blobs().await, 0);
     assert_eq!(count_files(&server.data_dir().join("tmp")), 0);
 }
 
@@ -161,7 +161,7 @@ async fn identical_content_is_stored_once_and_reused_without_resending() {
         .unwrap();
     assert_eq!(three.size, data.len() as u64);
     assert_eq!(download(&mut rpc, "three.bin").await.unwrap(), data);
-    assert_eq!(count_files(&server.data_dir().join("blobs")), 1);
+    assert_eq!(server.stored_blobs().await, 1);
 
     // The blob goes once nothing refers to it.
     let mut versions = Vec::new();
@@ -180,9 +180,9 @@ async fn identical_content_is_stored_once_and_reused_without_resending() {
         .await
         .unwrap();
     }
-    assert_eq!(count_files(&server.data_dir().join("blobs")), 1);
+    assert_eq!(server.stored_blobs().await, 1);
     upload(&mut rpc, "three.bin", b"other", versions[2]).await.unwrap();
-    assert_eq!(count_files(&server.data_dir().join("blobs")), 1, "only the new content is left");
+    assert_eq!(server.stored_blobs().await, 1, "only the new content is left");
 }
 
 #[tokio::test]
@@ -210,7 +210,7 @@ async fn a_cancelled_upload_leaves_nothing() {
         rpc.stat(pb::StatRequest { path: "big.bin".into() }).await.unwrap_err().code(),
         Code::NotFound
     );
-    assert_eq!(count_files(&server.data_dir().join("blobs")), 0);
+    assert_eq!(server.stored_blobs().await, 0);
 
     // The stream ends early (the client stopped sending): refused, nothing kept.
     let short = [
@@ -222,7 +222,7 @@ async fn a_cancelled_upload_leaves_nothing() {
         rpc.stat(pb::StatRequest { path: "big.bin".into() }).await.unwrap_err().code(),
         Code::NotFound
     );
-    assert_eq!(count_files(&server.data_dir().join("blobs")), 0);
+    assert_eq!(server.stored_blobs().await, 0);
     assert_eq!(count_files(&tmp), 0);
     // The head did not move: no sequence number was spent.
     let info = rpc.server_info(pb::ServerInfoRequest {}).await.unwrap().into_inner();

@@ -112,21 +112,21 @@ async fn a_full_disk_refuses_every_write_with_resource_exhausted_and_recovers() 
     upload(&mut rpc, "kept.txt", &kept, 0).await.unwrap();
     let doomed = upload(&mut rpc, "doomed.txt", b"delete me", 0).await.unwrap();
     let head = server.status().await.head_seq;
-    let blobs = count_files(&data_dir.join("blobs"));
+    let stored = server.stored_blobs().await;
 
     let filler = fs.path().join("filler");
     fill(&filler);
     every_write_is_refused(&mut rpc, &kept, doomed.version).await;
 
     // Reads go on; nothing was written, nothing half-written is left.
-    let check_untouched = || {
+    let check_untouched = async |server: &TestServer| {
         assert_eq!(count_files(&data_dir.join("tmp")), 0, "no temp file is left");
-        assert_eq!(count_files(&data_dir.join("blobs")), blobs, "no blob was added");
+        assert_eq!(server.stored_blobs().await, stored, "no blob was added");
     };
     assert_eq!(download(&mut rpc, "kept.txt").await.unwrap(), kept);
     assert_eq!(download(&mut rpc, "doomed.txt").await.unwrap(), b"delete me");
     assert_eq!(server.status().await.head_seq, head);
-    check_untouched();
+    check_untouched(&server).await;
 
     // A restart with 0 bytes free works, and so do reads.
     let server = server.restart().await;
@@ -134,7 +134,7 @@ async fn a_full_disk_refuses_every_write_with_resource_exhausted_and_recovers() 
     assert_eq!(download(&mut rpc, "kept.txt").await.unwrap(), kept);
     assert_eq!(server.status().await.head_seq, head);
     every_write_is_refused(&mut rpc, &kept, doomed.version).await;
-    check_untouched();
+    check_untouched(&server).await;
 
     // Space freed: every write works again.
     std::fs::remove_file(&filler).unwrap();

@@ -144,6 +144,7 @@ async fn the_readme_grpcurl_commands_work() {
         r#"{"path":"notes/hello.txt","base_version":"1","client_id":"ops"}"#,
         r#"{"service":"syncstore.v1.FileSync"}"#,
         r#"{"service":"syncstore.v1.Admin"}"#,
+        r#"{"count_stored":true}"#,
     ] {
         assert!(readme.contains(&format!("-d '{request}'")), "the README lacks the request {request}");
     }
@@ -156,6 +157,8 @@ async fn the_readme_grpcurl_commands_work() {
     assert!(out.contains("notes/hello.txt") && out.contains(r#""headSeq": "1""#), "{out}");
     let out = ok(&["-d", r#"{"path":"notes/hello.txt"}"#, "syncstore.v1.FileSync/Download"]).await;
     assert!(out.contains(&base64(HELLO)), "the chunk is shown in base64: {out}");
+    let out = ok(&["-d", r#"{"count_stored":true}"#, "syncstore.v1.Admin/Status"]).await;
+    assert!(out.contains(r#""storedBlobs": "1""#) && out.contains(r#""storedBytes": "6""#), "{out}");
 
     // Subscribe streams until -max-time ends it (grpcurl then exits non-zero).
     let (_, out) = run(["-max-time", "1", "-d", r#"{"after_seq":"0"}"#, "syncstore.v1.FileSync/Subscribe"]

@@ -182,7 +182,18 @@ impl TestServer {
     }
 
     pub async fn status(&self) -> pb::StatusResponse {
-        self.admin().await.status(pb::StatusRequest {}).await.unwrap().into_inner()
+        self.admin().await.status(pb::StatusRequest::default()).await.unwrap().into_inner()
+    }
+
+    /// How many contents the server stores (each once, however many files
+    /// refer to it), as it counts them.
+    pub async fn stored_blobs(&self) -> u64 {
+        self.stored_content().await.0
+    }
+
+    /// How many contents the server stores and their total size in bytes.
+    pub async fn stored_content(&self) -> (u64, u64) {
+        stored_content_of(&self.url(), &Security::none()).await
     }
 
     pub async fn rpc(&self) -> Rpc {
@@ -676,8 +687,25 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-/// Files under `dir` (recursively), for checking that no temp or blob
-/// file was left behind.
+/// How many contents the server at `url` stores and their total size in
+/// bytes, as its `Admin/Status` counts them; `security` is an admin's.
+pub async fn stored_content_of(url: &str, security: &Security) -> (u64, u64) {
+    let mut admin = pb::admin_client::AdminClient::new(security.channel(url).unwrap());
+    let status = admin.status(pb::StatusRequest { count_stored: true }).await.unwrap().into_inner();
+    (status.stored_blobs, status.stored_bytes)
+}
+
+/// Where a server with data folder `data_dir` keeps content `hash`: the
+/// embedded backend's blob folder layout (`blobs/ab/abcdef…`), for the
+/// tests that damage or remove a stored copy behind the server's back.
+/// Everything else asks the server ([`stored_content_of`]).
+pub fn blob_path(data_dir: &Path, hash: &ContentHash) -> PathBuf {
+    let hex = hash.to_hex();
+    data_dir.join("blobs").join(&hex[..2]).join(&hex)
+}
+
+/// Files under `dir` (recursively), for checking that no temp file was
+/// left behind.
 pub fn count_files(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries.flatten().map(|e| if e.file_type().unwrap().is_dir() { count_files(&e.path()) } else { 1 }).sum()

@@ -1,7 +1,7 @@
 //! Damaged stored content (bit rot): never served or spread as good,
 //! found by reads and scrubs, healed by a good copy; and a full disk.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use sync_server::{Mode, OnTimeout, scrub::Peer};
 use syncstore::{
@@ -12,19 +12,13 @@ use syncstore::{
 use tonic::Code;
 
 use crate::harness::{
-    Rpc, TestClient, TestServer, download, eventually, eventually_async, random_bytes, upload, upload_end,
-    upload_header,
+    Rpc, TestClient, TestServer, blob_path, download, eventually, eventually_async, random_bytes, upload,
+    upload_end, upload_header,
 };
-
-/// Where server `data` keeps content `data`.
-fn blob_path(data_dir: &std::path::Path, content: &[u8]) -> PathBuf {
-    let hex = ContentHash::of(content).to_hex();
-    data_dir.join("blobs").join(&hex[..2]).join(&hex)
-}
 
 /// Flips one bit of the byte at `at` of the stored copy of `content`.
 fn rot(data_dir: &std::path::Path, content: &[u8], at: usize) {
-    let path = blob_path(data_dir, content);
+    let path = blob_path(data_dir, &ContentHash::of(content));
     let mut stored = std::fs::read(&path).unwrap();
     assert_eq!(stored, content, "the stored copy was intact before");
     stored[at] ^= 0x20;
@@ -101,7 +95,7 @@ async fn damaged_content_is_never_served_nor_spread_and_the_good_bytes_heal_it()
     .await;
     let status = server.status().await;
     assert_eq!((status.damaged_blobs, status.damaged_blobs_found), (0, 1));
-    assert_eq!(std::fs::read(blob_path(server.data_dir(), &doc)).unwrap(), doc);
+    assert_eq!(std::fs::read(blob_path(server.data_dir(), &ContentHash::of(&doc))).unwrap(), doc);
 
     // A second client gets both files whole.
     let reader = TestClient::start(&server.url());
@@ -202,7 +196,7 @@ async fn compare_content_sees_damage_the_manifests_hide_and_scrub_heals_it_from_
     assert_eq!(report.damaged, damaged, "{report:?}");
     assert_eq!(report.healed, vec![ContentHash::of(&c)]);
     assert_eq!(lost, vec![("b.bin".to_owned(), ContentHash::of(&b))]);
-    assert_eq!(std::fs::read(blob_path(&config.data_dir, &c)).unwrap(), c);
+    assert_eq!(std::fs::read(blob_path(&config.data_dir, &ContentHash::of(&c))).unwrap(), c);
 
     let primary = TestServer::start_on(config, addr).await;
     let mut rpc = primary.rpc().await;
@@ -238,7 +232,7 @@ async fn the_background_scrub_finds_damage_and_heals_it_from_the_replica() {
         let s = primary.status().await;
         s.damaged_blobs_found >= 1
             && s.damaged_blobs == 0
-            && std::fs::read(blob_path(primary.data_dir(), &a)).is_ok_and(|d| d == a)
+            && std::fs::read(blob_path(primary.data_dir(), &ContentHash::of(&a))).is_ok_and(|d| d == a)
     })
     .await;
     assert_eq!(download(&mut primary.rpc().await, "a.bin").await.unwrap(), a);
@@ -321,8 +315,7 @@ async fn a_sparse_file_takes_only_its_data_on_the_servers_disk() {
         .chain(std::iter::once(upload_request::Msg::End(pb::UploadEnd {})))
         .map(|m| pb::UploadRequest { msg: Some(m) });
     server.rpc().await.upload(tokio_stream::iter(chunks)).await.unwrap();
-    let hex = hash.to_hex();
-    let meta = std::fs::metadata(server.data_dir().join("blobs").join(&hex[..2]).join(&hex)).unwrap();
+    let meta = std::fs::metadata(blob_path(server.data_dir(), &hash)).unwrap();
     assert_eq!(meta.len(), len as u64);
     let allocated = meta.blocks() * 512;
     assert!(allocated < 4 * 1024 * 1024, "{allocated} bytes on disk for 1 MiB of data in a 256 MiB file");

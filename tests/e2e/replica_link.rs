@@ -235,8 +235,7 @@ async fn content_the_primary_lost_does_not_hold_up_the_changes_behind_it() {
     upload(&mut p, "a.txt", b"fine", 0).await.unwrap();
     let content = random_bytes(300_000, 7);
     let rotten = upload(&mut p, "rotten.bin", &content, 0).await.unwrap();
-    let hex = ContentHash::of(&content).to_hex();
-    let blob = primary.data_dir().join("blobs").join(&hex[..2]).join(&hex);
+    let blob = blob_path(primary.data_dir(), &ContentHash::of(&content));
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes[1000] ^= 0x40;
     std::fs::write(&blob, bytes).unwrap();
@@ -297,8 +296,7 @@ async fn a_change_whose_content_is_missing_on_the_primary_is_reported_lost_and_p
     let (config, data, addr) = replica.stop().await;
     let content = random_bytes(50_000, 9);
     let gone = upload(&mut p, "gone.bin", &content, 0).await.unwrap();
-    let hex = ContentHash::of(&content).to_hex();
-    std::fs::remove_file(primary.data_dir().join("blobs").join(&hex[..2]).join(&hex)).unwrap();
+    std::fs::remove_file(blob_path(primary.data_dir(), &ContentHash::of(&content))).unwrap();
     upload(&mut p, "after.txt", b"after", 0).await.unwrap();
 
     // The replica catches up past it, and the primary says what was lost.

@@ -77,7 +77,7 @@ async fn tokens_are_checked_and_namespaces_are_sealed() {
         Code::Unauthenticated
     );
     assert_eq!(code(upload(&mut forged, "x", b"x", 0).await), Code::Unauthenticated);
-    let status = admin_as(&url, &Security::none()).status(pb::StatusRequest {}).await;
+    let status = admin_as(&url, &Security::none()).status(pb::StatusRequest::default()).await;
     assert_eq!(code(status), Code::Unauthenticated);
 
     // What each token may do.
@@ -93,7 +93,7 @@ async fn tokens_are_checked_and_namespaces_are_sealed() {
     assert_eq!(code(viewer.lock(lock).await), Code::PermissionDenied);
     assert_eq!(download(&mut viewer, "plans/secret.txt").await.unwrap(), secret, "a viewer reads");
     assert_eq!(code(admin_token_on_files.list(pb::ListRequest::default()).await), Code::PermissionDenied);
-    let alice_on_admin = admin_as(&url, &token(&tokens.alice)).status(pb::StatusRequest {}).await;
+    let alice_on_admin = admin_as(&url, &token(&tokens.alice)).status(pb::StatusRequest::default()).await;
     assert_eq!(code(alice_on_admin), Code::PermissionDenied);
     let mut alice_on_replication =
         pb::replication_client::ReplicationClient::new(token(&tokens.alice).channel(&url).unwrap());

@@ -259,12 +259,11 @@ async fn a_moved_file_arrives_under_its_new_name_only() {
         b.read("new/name.bin").is_some_and(|d| d == data) && b.read("old/name.bin").is_none()
     })
     .await;
-    // Content is stored once, whichever way it travelled (beside the empty
-    // content of the folders left empty).
-    let blobs = server.data_dir().join("blobs");
-    let empty = syncstore::ContentHash::of(b"").to_hex();
-    let has_empty = blobs.join(&empty[..2]).join(&empty).exists();
-    assert_eq!(count_files(&blobs), 1 + usize::from(has_empty));
+    // Content is stored once, whichever way it travelled (beside, perhaps,
+    // the empty content of the folders left empty).
+    let (blobs, bytes) = server.stored_content().await;
+    assert_eq!(bytes, data.len() as u64, "the file's content is stored once");
+    assert!(blobs <= 2, "{blobs} contents stored for one file");
 }
 
 /// One scripted session of edits on `a`, waiting for `b` after each step;
@@ -313,8 +312,7 @@ async fn a_moved_folder_arrives_whole_without_sending_its_content_again() {
     a.write("proj/assets/big.bin", &big);
     a.write("proj/README", "readme");
     eventually("b has the project", || b.files() == a.files()).await;
-    let blobs = server.data_dir().join("blobs");
-    let stored = count_files(&blobs);
+    let stored = server.stored_blobs().await;
     // (a counts its bytes when the server's answer arrives, which can come
     // after b already has the file.)
     let total = (big.len() + "fn main() {}".len() + "readme".len()) as u64;
@@ -330,7 +328,7 @@ async fn a_moved_folder_arrives_whole_without_sending_its_content_again() {
     .await;
     assert!(b.read("archive/proj/assets/big.bin").unwrap() == big);
     assert!(!b.path("proj").exists(), "the old folder is gone");
-    assert_eq!(count_files(&blobs), stored, "no content was stored twice");
+    assert_eq!(server.stored_blobs().await, stored, "no content was stored twice");
     // The big file went by hash alone; only the small ones were sent again.
     assert!(a.uploaded_bytes() - sent < 1024, "sent {} bytes again", a.uploaded_bytes() - sent);
 }

@@ -14,7 +14,8 @@ use std::{
 use prometheus::IntCounter;
 use syncstore::connect::Credentials;
 use syncstore::{
-    limits::{MAX_CHUNK, MAX_MESSAGE},
+    Backoff,
+    limits::MAX_MESSAGE,
     pb::{self, replicate_request, replicate_response, replication_client::ReplicationClient},
 };
 use tokio::sync::{mpsc, watch};
@@ -27,6 +28,7 @@ use crate::{
     error::{Error, Result},
     feed::{self, Item},
     storage::{BlobReader, Change, PAGE_SIZE, Store, What},
+    transfer::{self, Sent},
     wire,
 };
 
@@ -409,7 +411,7 @@ pub async fn run(
             return;
         }
     };
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         handle.inner.metrics.connect_attempts.inc();
         let acked_before = handle.acked();
@@ -423,13 +425,12 @@ pub async fn run(
             Err(e) => e,
         };
         if handle.session_ended(&error, acked_before, store.head()) {
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.next_wait()) => {}
             () = shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -674,40 +675,20 @@ async fn send_change(
     };
     tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed())?;
     if let Source::Blob(reader) = source {
-        let tx = tx.clone();
-        let sent = tokio::task::spawn_blocking(move || send_content(*reader, &tx)).await??;
-        if let Sent::Lost(why) = sent {
-            handle.lost(seq, &namespace, &path, &why);
-        }
-    }
-    Ok(())
-}
-
-/// How sending a content ended.
-enum Sent {
-    Whole,
-    /// Cut short with `ContentLost`: what was read is not the content.
-    Lost(String),
-}
-
-/// Sends content as it is read and verified: its last chunk goes only once
-/// all of it matched its hash. Content found damaged on the way is never
-/// sent as good: the replica gets `ContentLost` in place of its end.
-fn send_content(mut reader: BlobReader, tx: &Sender) -> Result<Sent> {
-    loop {
-        match reader.next_chunk(MAX_CHUNK) {
-            Ok(Some(chunk)) => {
-                tx.blocking_send(msg(replicate_request::Msg::Chunk(chunk))).map_err(|_| closed())?;
-            }
-            Ok(None) => return Ok(Sent::Whole),
+        // Content found damaged on the way is never sent as good: the
+        // replica gets `ContentLost` in place of its last chunk.
+        match transfer::send_content(*reader, tx.clone(), |c| msg(replicate_request::Msg::Chunk(c))).await {
+            Ok(Sent::Whole) => {}
+            Ok(Sent::Closed) => return Err(closed()),
             Err(Error::DataLoss(why)) => {
                 let lost = pb::ContentLost { reason: why };
-                tx.blocking_send(msg(replicate_request::Msg::ContentLost(lost))).map_err(|_| closed())?;
-                return Ok(Sent::Lost("damaged (it no longer matches its hash)".into()));
+                tx.send(msg(replicate_request::Msg::ContentLost(lost))).await.map_err(|_| closed())?;
+                handle.lost(seq, &namespace, &path, "damaged (it no longer matches its hash)");
             }
             Err(e) => return Err(e),
         }
     }
+    Ok(())
 }
 
 /// Sends the whole manifest (all namespaces, tombstones included) with the

@@ -9,7 +9,7 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 use futures::FutureExt;
 
 use syncstore::{
-    ContentHash, Entry,
+    Entry,
     limits::MAX_CHUNK,
     pb::{self, replicate_request, replicate_response, replication_server::Replication},
 };
@@ -21,8 +21,11 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::WriteGate;
 use crate::{
+    Role,
+    context::ServiceContext,
     error::{Error, Result},
     storage::{Change, Replicated, Store, What},
+    transfer::ContentReceiver,
     wire,
 };
 
@@ -34,6 +37,11 @@ const MAX_BATCH: usize = 256;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a new stream waits for the one it replaces to end.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
+/// Messages (acks, heartbeats) buffered toward the primary. The apply loop
+/// sends one ack per batch and the heartbeats one a second, so this fills
+/// only when the primary stops reading: then acks wait and heartbeats are
+/// dropped.
+const RESPONSE_BUFFER: usize = 16;
 
 /// The `Replication` service of a replica (on a primary it refuses).
 #[derive(Debug, Clone)]
@@ -53,21 +61,16 @@ pub struct ReplicationService {
 }
 
 impl ReplicationService {
-    pub fn new(
-        store: Store,
-        gate: WriteGate,
-        is_replica: bool,
-        health: HealthReporter,
-        shutdown: CancellationToken,
-    ) -> Self {
+    /// The service over `ctx`, reporting a full resync through `health`.
+    pub fn new(ctx: &ServiceContext, health: HealthReporter) -> Self {
         Self {
-            store,
-            gate,
-            is_replica,
+            store: ctx.store.clone(),
+            gate: ctx.gate.clone(),
+            is_replica: ctx.role == Role::Replica,
             active: Arc::new(Mutex::new(())),
             current: Arc::default(),
             health,
-            shutdown,
+            shutdown: ctx.shutdown.clone(),
         }
     }
 
@@ -145,7 +148,7 @@ impl Replication for ReplicationService {
             Some(hello.primary_url.clone()),
         );
 
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let ready = pb::ReplicaReady {
             history_id: self.store.history_id(),
             applied_seq: self.store.head(),
@@ -351,7 +354,8 @@ async fn receive_content(
     incoming: &mut Streaming<pb::ReplicateRequest>,
 ) -> Result<Received> {
     let content = entry.content.ok_or_else(|| Error::invalid("content for a tombstone"))?;
-    let mut writer = store.blob_writer()?;
+    // Dropping the receiver (an early return) removes its temp file.
+    let receiver = ContentReceiver::start(store)?;
     let mut received = 0u64;
     while received < content.size {
         let chunk = match incoming.message().await.map_err(broken)? {
@@ -360,19 +364,20 @@ async fn receive_content(
             {
                 c
             }
-            // Dropping the writer removes its temp file.
             Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::ContentLost(l)) }) => {
+                receiver.abort().await;
                 return Ok(Received::Lost(l.reason));
             }
             _ => return Err(Error::invalid(format!("the content of {} was cut short", entry.path))),
         };
         received += chunk.len() as u64;
-        writer = tokio::task::spawn_blocking(move || writer.write(&chunk).map(|()| writer)).await??;
+        if !receiver.write(chunk).await {
+            break; // The writer failed; finishing says why.
+        }
     }
-    let hash: ContentHash = content.hash;
     // (The primary holds the last chunk back until its copy checked out; a
     // copy found corrupt comes with `ContentLost` in its place, above.)
-    let staged = tokio::task::spawn_blocking(move || writer.finish(hash, content.size)).await??;
+    let staged = receiver.finish(content.hash, content.size).await?;
     Ok(Received::Whole(staged))
 }
 

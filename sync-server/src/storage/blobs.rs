@@ -400,6 +400,26 @@ impl BlobStore {
         }
         Ok(out)
     }
+
+    /// How many blobs are stored, and their total size in bytes (set-aside
+    /// damaged ones not included). Lists the whole blob folder.
+    pub(crate) fn usage(&self) -> Result<(u64, u64)> {
+        let (mut count, mut bytes) = (0, 0);
+        for dir in fs::read_dir(&self.blobs)? {
+            let dir = dir?;
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(dir.path())? {
+                let file = file?;
+                if file.file_name().to_str().is_some_and(|n| ContentHash::from_hex(n).is_ok()) {
+                    count += 1;
+                    bytes += file.metadata()?.len();
+                }
+            }
+        }
+        Ok((count, bytes))
+    }
 }
 
 /// Content `hash` is stored but damaged.

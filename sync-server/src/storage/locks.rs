@@ -249,7 +249,7 @@ fn lock_from_row(r: &Row<'_>) -> rusqlite::Result<Result<(String, Lock)>> {
 }
 
 /// The lock row of `path` (live or past its expiry), if any.
-fn get_lock(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Lock>> {
+pub(super) fn get_lock(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Lock>> {
     c.prepare_cached(&format!("SELECT {LOCK_COLUMNS} FROM locks WHERE namespace = ?1 AND path = ?2"))?
         .query_row(params![ns, path.as_str()], lock_from_row)
         .optional()?
@@ -408,12 +408,6 @@ impl Store {
             rows.map(|r| r?).collect()
         })?;
         Ok(rows.into_iter().map(|(_, l)| l).collect())
-    }
-
-    /// Checks, before receiving a write's content, that the write could
-    /// pass the path's lock (the commit checks again).
-    pub(crate) fn check_lock(&self, ns: &str, path: &RelPath, who: &Actor, token: u64) -> Result<()> {
-        self.read(|c| check_write(c, ns, path, who, token, now_ms()))
     }
 
     /// Every lock row (all namespaces), for a resync's snapshot.

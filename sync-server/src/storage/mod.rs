@@ -20,7 +20,7 @@ mod blobs;
 mod identity;
 mod locks;
 mod retry;
-mod rules;
+pub(crate) mod rules;
 mod schema;
 
 use std::{
@@ -42,11 +42,11 @@ pub use identity::Identity;
 use identity::MetaKey;
 pub use locks::Actor;
 pub(crate) use locks::LockRequest;
-pub(crate) use rules::check_base;
 
 use crate::error::{Error, Result};
 
-/// The only namespace until authentication brings one per token.
+/// The namespace of an open server's callers (no token file); with tokens,
+/// each read-only or read-write token names its own, which may be this one.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Committed changes buffered for live subscribers; a subscriber that falls
@@ -568,6 +568,12 @@ impl Store {
         (self.inner.blobs.damaged_count(), self.inner.blobs.found_damaged())
     }
 
+    /// How many contents are stored, and their total size in bytes: what
+    /// `Admin/Status` reports when asked. Lists the whole content store.
+    pub fn stored_blobs(&self) -> Result<(u64, u64)> {
+        self.inner.blobs.usage()
+    }
+
     /// Every distinct content live entries refer to, with its size, after
     /// `after` in hash order, up to `limit`: what a scrub walks.
     pub(crate) fn referenced_blobs(
@@ -598,10 +604,19 @@ impl Store {
         self.inner.blobs.writer()
     }
 
-    /// Checks that `path` can be a file (or a folder): no live file is a
-    /// folder of it, and (for a file) nothing lies below it.
-    pub(crate) fn check_path_clash(&self, ns: &str, path: &RelPath, folder: bool) -> Result<()> {
-        self.read(|c| check_clash(c, ns, path, folder))
+    /// What a write of `path` (a folder entry with `folder`) is checked
+    /// against before its content is received, read on one connection in
+    /// one go (the commit checks again under the writer lock).
+    pub(crate) fn path_facts(&self, ns: &str, path: &RelPath, folder: bool) -> Result<PathFacts> {
+        self.read(|c| {
+            let (file_above, live_below) = clash_rows(c, ns, path, folder)?;
+            Ok(PathFacts {
+                entry: get_entry(c, ns, path)?,
+                lock: locks::get_lock(c, ns, path)?,
+                file_above,
+                live_below,
+            })
+        })
     }
 
     /// Commits an upload. `staged` is the received content; `None` means the
@@ -945,16 +960,28 @@ fn content_columns(e: &Entry) -> (i64, Option<Vec<u8>>, i64, bool, bool, bool) {
 }
 
 /// Checks, against the live entries above and below it, that `path` can be
-/// a file (or a folder): [`rules::check_clash`]. The entries below are
-/// looked up only for a file.
+/// a file (or a folder): [`rules::check_clash`].
 fn check_clash(c: &Connection, ns: &str, path: &RelPath, folder: bool) -> Result<()> {
+    let (file_above, live_below) = clash_rows(c, ns, path, folder)?;
+    rules::check_clash(path, folder, file_above.as_deref(), live_below.as_deref())
+}
+
+/// What [`rules::check_clash`] needs of `path`: the first of its folders
+/// that is a live file, and (only looked up for a file with none) a live
+/// entry below it.
+fn clash_rows(
+    c: &Connection,
+    ns: &str,
+    path: &RelPath,
+    folder: bool,
+) -> Result<(Option<String>, Option<String>)> {
     let mut live_file = c.prepare_cached(
         "SELECT 1 FROM files WHERE namespace = ?1 AND path = ?2 AND deleted = 0 AND folder = 0",
     )?;
     let mut file_above = None;
     for f in rules::folders_of(path) {
         if live_file.exists(params![ns, f])? {
-            file_above = Some(f);
+            file_above = Some(f.to_owned());
             break;
         }
     }
@@ -969,11 +996,26 @@ fn check_clash(c: &Connection, ns: &str, path: &RelPath, folder: bool) -> Result
         .query_row(params![ns, format!("{p}/"), format!("{p}0")], |r| r.get(0))
         .optional()?
     };
-    rules::check_clash(path, folder, file_above, live_below.as_deref())
+    Ok((file_above, live_below))
 }
 
 fn file_change(ns: &str, entry: Entry) -> Change {
     Change { seq: entry.version, namespace: ns.to_owned(), what: What::File(entry) }
+}
+
+/// What the pre-check of a write reads of its path ([`Store::path_facts`]),
+/// for the rules of `rules.rs`: the base version check, the lock write
+/// check and the path-clash rule.
+#[derive(Debug)]
+pub(crate) struct PathFacts {
+    /// The path's entry (live or tombstone), if it was ever written.
+    pub(crate) entry: Option<Entry>,
+    /// The path's lock row, in force or past its expiry.
+    pub(crate) lock: Option<Lock>,
+    /// The first of the path's folders that is a live file.
+    pub(crate) file_above: Option<String>,
+    /// For a file with no file above it: a live entry below it.
+    pub(crate) live_below: Option<String>,
 }
 
 /// Where a queued put's outcome is left for the thread that queued it.

@@ -86,6 +86,12 @@ CREATE TABLE IF NOT EXISTS locks (
 CREATE INDEX IF NOT EXISTS locks_by_expiry ON locks (expires_ms);
 ";
 
+/// How long a connection waits for another connection's lock on the
+/// database before its statement fails with `SQLITE_BUSY`. In WAL mode
+/// readers and the one writer do not block each other, so a wait is rare
+/// and short; this only bounds one that never ends.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Opens a connection with the settings every connection uses: WAL so
 /// readers never block the writer, and `synchronous = FULL` so that a
 /// commit is on disk before it is acknowledged.
@@ -93,7 +99,7 @@ pub(crate) fn connect(path: &std::path::Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
 

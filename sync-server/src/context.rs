@@ -1,0 +1,26 @@
+//! `ServiceContext`: what the services of one server share (the store, its
+//! role, the write gate, the replication link, the metrics, the tokens and
+//! the shutdown signal), built once when the server starts serving.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{Authenticator, Role, ServerMetrics, Store, WriteGate, replication::primary::ReplicationHandle};
+
+/// What every service of one server shares. Cheap to clone: each part is a
+/// handle.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    /// The data folder.
+    pub store: Store,
+    /// Whether this server was started as a primary or a replica.
+    pub role: Role,
+    /// Whether this server takes writes now, and if not, why.
+    pub gate: WriteGate,
+    /// A primary's link to its replica (`None`: no replica, or a replica).
+    pub replication: Option<ReplicationHandle>,
+    pub metrics: ServerMetrics,
+    /// The tokens: a subscription ends when its token is removed.
+    pub auth: Authenticator,
+    /// Cancelled when the server starts shutting down.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,221 @@
+//! Content on the wire, both ways: [`send_content`] streams stored content
+//! as it is read and verified (Download and the replication sender), and
+//! [`ContentReceiver`] writes received chunks into a new blob and finishes
+//! it verified (Upload and the replica). The file work runs on blocking
+//! threads, pipelined with the network; no content is ever held whole.
+
+use syncstore::{ContentHash, limits::MAX_CHUNK};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::{
+    error::Result,
+    storage::{BlobReader, BlobWriter, StagedBlob, Store},
+};
+
+/// Chunks buffered between the network and the blob writer of a content
+/// being received: the network reads ahead of the disk by at most this
+/// many chunks (4 MiB of full chunks) per transfer.
+pub(crate) const RECEIVE_PIPELINE: usize = 4;
+
+/// How sending a content ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// All of it went; its last chunk once the whole content had matched
+    /// its hash.
+    Whole,
+    /// The receiving side went away before the end.
+    Closed,
+}
+
+/// Sends stored content to `tx` as it is read and verified (on a blocking
+/// thread), in chunks of at most [`MAX_CHUNK`] bytes that `wrap` makes into
+/// messages. The last chunk goes only once all of the content matched its
+/// hash: damaged content ends the read with `DATA_LOSS` before it (the blob
+/// set aside), and the caller tells its peer so, which therefore never
+/// holds damaged content whole.
+pub(crate) async fn send_content<M: Send + 'static>(
+    mut reader: BlobReader,
+    tx: mpsc::Sender<M>,
+    wrap: fn(Vec<u8>) -> M,
+) -> Result<Sent> {
+    tokio::task::spawn_blocking(move || {
+        while let Some(chunk) = reader.next_chunk(MAX_CHUNK)? {
+            if tx.blocking_send(wrap(chunk)).is_err() {
+                return Ok(Sent::Closed);
+            }
+        }
+        Ok(Sent::Whole)
+    })
+    .await?
+}
+
+/// A content being received into a new blob: each chunk goes to a blob
+/// writer on a blocking thread, with up to [`RECEIVE_PIPELINE`] chunks
+/// waiting for it while the next ones come off the network. Nothing is
+/// kept unless it is finished ([`ContentReceiver::finish`]): dropped, its
+/// temp file is deleted once the writer has stopped; [`ContentReceiver::abort`]
+/// waits for that.
+#[derive(Debug)]
+pub(crate) struct ContentReceiver {
+    tx: mpsc::Sender<Vec<u8>>,
+    writer: JoinHandle<Result<BlobWriter>>,
+}
+
+impl ContentReceiver {
+    /// Starts receiving into a new temp file of `store`.
+    pub(crate) fn start(store: &Store) -> Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(RECEIVE_PIPELINE);
+        let mut writer = store.blob_writer()?;
+        let writer = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = rx.blocking_recv() {
+                writer.write(&chunk)?;
+            }
+            Ok(writer)
+        });
+        Ok(Self { tx, writer })
+    }
+
+    /// Hands `chunk` to the writer, waiting while the pipeline is full.
+    /// False once the writer has failed: [`ContentReceiver::finish`] says
+    /// why.
+    pub(crate) async fn write(&self, chunk: Vec<u8>) -> bool {
+        self.tx.send(chunk).await.is_ok()
+    }
+
+    /// Waits until every chunk is written, then checks the content against
+    /// `hash` and `size` and makes it as durable as its size asks
+    /// ([`BlobWriter::finish`]): staged, ready to commit. A failed write or
+    /// a mismatch keeps nothing.
+    pub(crate) async fn finish(self, hash: ContentHash, size: u64) -> Result<StagedBlob> {
+        let writer = self.close().await?;
+        tokio::task::spawn_blocking(move || writer.finish(hash, size)).await?
+    }
+
+    /// Waits until the writer has stopped and deletes the temp file:
+    /// nothing received is kept, and nothing is left behind once this
+    /// returns.
+    pub(crate) async fn abort(self) {
+        // A writer that failed has deleted its temp file already.
+        let _ = self.close().await;
+    }
+
+    async fn close(self) -> Result<BlobWriter> {
+        drop(self.tx);
+        self.writer.await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{error::Error, storage::StoreOptions};
+
+    /// Files in the store's temp folder: what a receiver leaves behind.
+    fn temp_files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir.join("tmp")).unwrap().count()
+    }
+
+    /// `n` bytes that differ from chunk to chunk.
+    fn content(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i / 7 % 251) as u8).collect()
+    }
+
+    /// Receives `data` in chunks of `at_most` bytes and finishes it.
+    async fn receive(store: &Store, data: &[u8], at_most: usize) -> Result<StagedBlob> {
+        let receiver = ContentReceiver::start(store)?;
+        for chunk in data.chunks(at_most) {
+            assert!(receiver.write(chunk.to_vec()).await);
+        }
+        receiver.finish(ContentHash::of(data), data.len() as u64).await
+    }
+
+    #[tokio::test]
+    async fn what_is_received_is_sent_back_whole_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let data = content(2 * MAX_CHUNK + 12345);
+        let staged = receive(&store, &data, 100_000).await.unwrap();
+        store.restore_blob(staged).unwrap();
+
+        let reader = store.blob_reader(&ContentHash::of(&data), data.len() as u64).unwrap().unwrap();
+        let (tx, mut rx) = mpsc::channel(RECEIVE_PIPELINE);
+        let sending = tokio::spawn(send_content(reader, tx, |c| c));
+        let mut back = Vec::new();
+        let mut chunks = 0;
+        while let Some(chunk) = rx.recv().await {
+            assert!(chunk.len() <= MAX_CHUNK);
+            back.extend_from_slice(&chunk);
+            chunks += 1;
+        }
+        assert_eq!(sending.await.unwrap().unwrap(), Sent::Whole);
+        assert_eq!((back == data, chunks), (true, 3));
+        assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn damaged_content_ends_with_data_loss_before_its_last_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let data = content(MAX_CHUNK + 10);
+        let hash = ContentHash::of(&data);
+        store.restore_blob(receive(&store, &data, MAX_CHUNK).await.unwrap()).unwrap();
+        // One byte of the stored copy flipped, past the first chunk.
+        let hex = hash.to_hex();
+        let blob = dir.path().join("blobs").join(&hex[..2]).join(&hex);
+        let mut bytes = std::fs::read(&blob).unwrap();
+        bytes[MAX_CHUNK + 5] ^= 1;
+        std::fs::write(&blob, bytes).unwrap();
+
+        let reader = store.blob_reader(&hash, data.len() as u64).unwrap().unwrap();
+        let (tx, mut rx) = mpsc::channel(RECEIVE_PIPELINE);
+        let sent = send_content(reader, tx, |c| c).await;
+        assert!(matches!(sent, Err(Error::DataLoss(_))), "{sent:?}");
+        let mut got = 0;
+        while let Some(chunk) = rx.recv().await {
+            got += chunk.len();
+        }
+        assert_eq!(got, MAX_CHUNK, "the first chunk went, the last did not");
+        assert!(store.is_damaged(&hash), "the damaged copy is set aside");
+    }
+
+    #[tokio::test]
+    async fn a_receiver_gone_ends_the_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let data = content(3 * MAX_CHUNK);
+        store.restore_blob(receive(&store, &data, MAX_CHUNK).await.unwrap()).unwrap();
+        let reader = store.blob_reader(&ContentHash::of(&data), data.len() as u64).unwrap().unwrap();
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        assert_eq!(send_content(reader, tx, |c| c).await.unwrap(), Sent::Closed);
+    }
+
+    #[tokio::test]
+    async fn content_that_does_not_match_its_header_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let data = content(1000);
+        let receiver = ContentReceiver::start(&store).unwrap();
+        assert!(receiver.write(data.clone()).await);
+        let wrong = receiver.finish(ContentHash::of(b"other"), data.len() as u64).await;
+        assert!(matches!(wrong, Err(Error::ContentMismatch(_))), "{wrong:?}");
+        let receiver = ContentReceiver::start(&store).unwrap();
+        assert!(receiver.write(data.clone()).await);
+        let short = receiver.finish(ContentHash::of(&data), data.len() as u64 + 1).await;
+        assert!(matches!(short, Err(Error::ContentMismatch(_))), "{short:?}");
+        assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn an_aborted_receiver_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let receiver = ContentReceiver::start(&store).unwrap();
+        for _ in 0..3 {
+            assert!(receiver.write(content(MAX_CHUNK)).await);
+        }
+        assert_eq!(temp_files(dir.path()), 1);
+        receiver.abort().await;
+        assert_eq!(temp_files(dir.path()), 0, "gone once abort returns");
+    }
+}
