@@ -1,9 +1,14 @@
 //! The syncstore client: keeps a local folder and a server in two-way sync.
 //!
 //! # Layout
-//! - [`plan`]: the pure three-way planner (local, base, remote → action).
-//! - [`engine`]: executes plans one path at a time; full syncs, rescans,
-//!   local and remote events all go through it.
+//! - [`plan`]: the pure rules (local, base, remote → action), folders
+//!   included.
+//! - [`planner`]: the read-only planner: gathers the facts of a path (or of
+//!   all), then asks [`plan`]; `status` runs it alone.
+//! - [`execute`]: the executor: carries out one planned action, leaving
+//!   follow-up paths (conflict copies, ...) for the engine's work queue.
+//! - [`engine`]: drives planner and executor one path at a time; full
+//!   syncs, rescans, local and remote events all go through it.
 //! - [`local`]: the folder on disk: hashing, scanning, ignore rules.
 //! - [`fsroot`]: the folder held open; every write to it goes through it.
 //! - [`fsmeta`]: what a path is on disk (`Kind`, a file's `Meta`).
@@ -23,6 +28,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod execute;
 pub mod folder;
 pub mod fsmeta;
 pub mod fsroot;
@@ -30,6 +36,7 @@ pub mod local;
 pub mod locks;
 pub mod metrics;
 pub mod plan;
+pub mod planner;
 pub mod progress;
 pub mod ratelimit;
 mod refusal;
@@ -48,6 +55,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use folder::Folder;
+pub use planner::Planner;
 pub use remote::{GrpcRemote, Remote};
 pub use state::State;
 
@@ -395,7 +403,7 @@ pub struct Difference {
 }
 
 impl Difference {
-    fn of(p: &engine::Planned) -> Option<Self> {
+    fn of(p: &planner::Planned) -> Option<Self> {
         use plan::Action;
         if matches!(p.action, Action::Nothing | Action::Record { .. } | Action::Forget) {
             return None;
@@ -424,8 +432,11 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
     let state = State::open_shared(&root)?;
     let remote =
         GrpcRemote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
-    let mut engine = Engine::planner(Folder::open(&root)?, state, Arc::new(remote), host_name());
-    let all = engine.plan_all().await?;
+    let remote: Arc<dyn Remote> = Arc::new(remote);
+    let mut planner = Planner::new(Folder::open(&root)?, state, remote.clone());
+    let info = planner.check_history().await?;
+    let locks = remote.list_locks("").await?;
+    let all = planner.plan_all(&info).await?;
     let mut out: Vec<Difference> = all.plans.iter().filter_map(Difference::of).collect();
     out.extend(all.failed.into_iter().map(|(path, e)| {
         let state = match e {
@@ -435,7 +446,7 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
         Difference { path: path.to_string(), state, detail: "retried later".into() }
     }));
     // Locks are shown whoever holds them; they are not differences.
-    out.extend(engine.locks().all().map(|l| Difference {
+    out.extend(locks.iter().map(|l| Difference {
         path: l.path.to_string(),
         state: LOCKED,
         detail: format!("locked by {}", l.describe()),
@@ -463,8 +474,9 @@ pub async fn status_against_replica(config: Config, replica: &str) -> Result<Vec
     let state = State::open_shared(&root)?;
     let remote =
         GrpcRemote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
-    let mut engine = Engine::planner(Folder::open(&root)?, state, Arc::new(remote), host_name());
-    let all = engine.plan_all().await?;
+    let mut planner = Planner::new(Folder::open(&root)?, state, Arc::new(remote));
+    let info = planner.check_history().await?;
+    let all = planner.plan_all(&info).await?;
     let replica_files =
         GrpcRemote::new(&[replica.to_owned()], String::new(), &config.security)?.manifest().await?;
     let short = |h: syncstore::ContentHash| h.to_hex()[..12].to_owned();
@@ -485,7 +497,7 @@ pub async fn status_against_replica(config: Config, replica: &str) -> Result<Vec
         r.primary = p.remote.as_ref().and_then(|e| e.content).map(|c| short(c.hash));
     }
     // Paths this folder ignores are not compared (`plan_all` skipped them).
-    for (path, e) in replica_files.into_iter().filter(|(p, _)| !engine.is_ignored(p)) {
+    for (path, e) in replica_files.into_iter().filter(|(p, _)| !planner.is_ignored(p)) {
         row(&mut table, &path);
         table.get_mut(path.as_str()).expect("just added").replica = e.content.map(|c| short(c.hash));
     }
