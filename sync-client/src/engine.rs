@@ -1,12 +1,11 @@
-//! The sync engine: applies the planner's decisions to one path at a time,
-//! and runs full reconciliations, local rescans and remote change events
-//! through the same per-path step.
+//! The sync engine: drives the planner (`planner.rs`, read-only) and the
+//! executor (`execute.rs`) one path at a time, for full reconciliations,
+//! local rescans, local events and remote change events alike. What an
+//! action leaves to do about other paths (a conflict copy, a folder moved
+//! aside, a clashing folder) comes back as follow-ups on a work queue,
+//! which [`Engine`] works through in order, bounded, never recursing.
 //!
 //! Invariants:
-//! - A base is written only after the action it records is durable on both
-//!   sides (after the server acknowledged, or after the rename into place).
-//! - A local file is replaced or deleted only if it still has the size and
-//!   mtime the plan was made from; otherwise the path is planned again.
 //! - Work is done by one task, one path at a time, so a change event about
 //!   a path is never applied while that path is being uploaded. The one
 //!   exception, in `watch`, is the large lane: a plain transfer of at least
@@ -14,6 +13,9 @@
 //!   either way do not wait behind it; until it ends, nothing else is done
 //!   about its path (events for it are left, and the path is planned again
 //!   from fresh facts when the transfer ends).
+//! - A plan that lost a race (a version conflict, or a file that changed
+//!   under our feet) is made again from fresh facts, a few times, then the
+//!   path is left for the retry.
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -22,29 +24,34 @@ use std::{
 };
 
 use futures::StreamExt;
-use syncstore::{Entry, Lock, RelPath};
+use syncstore::{Entry, RelPath};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     error::{Error, Result},
+    execute::{self, Clash, Executor, FollowUp, FollowUps},
     folder::Folder,
-    fsmeta::{Kind, Meta},
-    fsroot::{self, Dir, Root},
-    local::{self, HardLinks, IGNORE_FILE, Ignore, LocalView},
+    fsmeta::Kind,
+    local::{self, HardLinks, IGNORE_FILE},
     locks::Locks,
     metrics::ClientMetrics,
-    plan::{self, Action, Base, Local},
+    plan::{Action, Base},
+    planner::{PlanAll, Planned, Planner, RemoteView},
     progress::Progress,
     refusal::Refusal,
     remote::{Remote, RemoteEvent, ServerInfo},
     state::State,
-    transfer::{self, UploadBase},
 };
 
 /// Times one path is planned again after a race (a version conflict, or a
 /// file that changed under our feet) before it is left for the next retry.
 const MAX_ATTEMPTS: usize = 4;
+/// Follow-ups one change may lead to (conflict copies, folders moved aside,
+/// a clashing folder planned first, and theirs in turn) before the rest is
+/// left for the retry: a bound, should actions keep leaving work for each
+/// other. One follow-up is a path, or a folder and all below it.
+const MAX_FOLLOW_UPS: usize = 64;
 /// Uploads and downloads a full sync runs at once. Many small files in
 /// flight let the server commit them in large batches (one sync each);
 /// the server takes 24 uploads per namespace at once, so two clients of a
@@ -63,56 +70,6 @@ pub const LARGE_LANE_MIN: u64 = 4 * 1024 * 1024;
 /// Large-lane transfers at once (each holds a few 1 MiB chunks); another
 /// large transfer meanwhile runs in the loop.
 const LARGE_LANE_MAX: usize = 4;
-/// Files at least this big are first offered to the server by hash alone,
-/// in case it already holds their content (a move, a copy, another
-/// client's identical file): one round trip instead of the whole file.
-const REUSE_PROBE_MIN: u64 = 256 * 1024;
-
-/// What the engine knows of a path's server side.
-#[derive(Debug, Clone)]
-pub enum RemoteView {
-    /// Ask the server only if the local file changed (a local event: a
-    /// server-side change arrives by subscription).
-    IfLocalChanged,
-    /// Ask the server.
-    Fetch,
-    /// Already known (from a listing or a change event).
-    Known(Option<Entry>),
-}
-
-/// One path's plan, with what it was made from.
-#[derive(Debug, Clone)]
-pub struct Planned {
-    pub path: RelPath,
-    pub action: Action,
-    pub local: Option<Local>,
-    pub base: Option<Base>,
-    pub remote: Option<Entry>,
-}
-
-impl Planned {
-    /// Bytes the action moves over the network (0 for a delete or a record).
-    pub fn transfer_size(&self) -> u64 {
-        let local = self.local.map_or(0, |l| l.size);
-        let remote = self.remote.as_ref().and_then(|r| r.content).map_or(0, |c| c.size);
-        match self.action {
-            Action::Upload { .. } => local,
-            Action::Download => remote,
-            Action::Conflict => local + remote,
-            _ => 0,
-        }
-    }
-}
-
-/// The plans of a whole reconciliation.
-#[derive(Debug)]
-pub struct PlanAll {
-    pub plans: Vec<Planned>,
-    /// Paths that could not be planned (unreadable, still being written).
-    pub failed: Vec<(RelPath, Error)>,
-    /// The server's head when the manifest was read.
-    pub head: u64,
-}
 
 /// A large-lane transfer that ended, for [`Engine::lane_done`].
 #[derive(Debug)]
@@ -135,27 +92,39 @@ pub struct Lane {
     pub min_size: u64,
 }
 
-/// Applies sync decisions to the folder and the server.
+/// One item of the engine's work queue.
+#[derive(Debug)]
+enum Work {
+    /// Plan the path and act on the plan (in the large lane, if it fits).
+    Sync(RelPath, RemoteView),
+    /// Act on a plan already made, in the loop.
+    Execute(Planned),
+    /// A local change at the path: it, everything below it, and its other
+    /// names.
+    Local(RelPath),
+}
+
+impl From<FollowUp> for Work {
+    fn from(f: FollowUp) -> Self {
+        match f {
+            FollowUp::Local(path) => Work::Local(path),
+            FollowUp::Fetch(path) => Work::Sync(path, RemoteView::Fetch),
+        }
+    }
+}
+
+/// Keeps a folder in sync: plans with a [`Planner`], acts with an
+/// [`Executor`].
 #[derive(Debug)]
 pub struct Engine {
     root: PathBuf,
-    /// The folder's handles: every write to it goes through them.
-    folder: Folder,
+    planner: Planner,
+    executor: Executor,
     /// The bases, cursor and history (the database only).
     state: State,
     remote: Arc<dyn Remote>,
-    ignore: Ignore,
-    host: String,
     /// Paths whose last attempt failed; retried later.
     failed: BTreeSet<RelPath>,
-    /// False when only planning (`status`): nothing may be written, and
-    /// bases from another server history are ignored rather than dropped.
-    acting: bool,
-    /// Whether the stored bases belong to the server's current history.
-    bases_valid: bool,
-    /// The server's live locks.
-    locks: Locks,
-    metrics: ClientMetrics,
     /// The server refuses writes for now (its sync replica is away).
     refusal: Refusal,
     /// The large lane, in `watch` (none: every transfer runs in the loop).
@@ -169,22 +138,14 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(folder: Folder, state: State, remote: Arc<dyn Remote>, host: String) -> Self {
-        let root = folder.path().to_path_buf();
-        let ignore = Ignore::load(&root);
-        let locks = Locks::new(remote.client_id().to_owned(), state.clone(), folder.root().clone());
         Self {
-            root,
-            folder,
+            root: folder.path().to_path_buf(),
+            planner: Planner::new(folder.clone(), state.clone(), remote.clone()),
+            executor: Executor::new(folder, state.clone(), remote.clone(), host),
             state,
-            locks,
             remote,
-            ignore,
-            host,
             failed: BTreeSet::new(),
             refusal: Refusal::default(),
-            acting: true,
-            bases_valid: true,
-            metrics: ClientMetrics::new(),
             lane: None,
             in_lane: HashSet::new(),
             links: HardLinks::default(),
@@ -196,36 +157,9 @@ impl Engine {
         Self { lane: Some(lane), ..self }
     }
 
-    /// An engine for one large-lane transfer: the shared state, and a copy
-    /// of what is known of the locks (for this client's lock token).
-    fn lane_engine(&self) -> Self {
-        Self {
-            root: self.root.clone(),
-            folder: self.folder.clone(),
-            state: self.state.clone(),
-            remote: self.remote.clone(),
-            ignore: self.ignore.clone(),
-            host: self.host.clone(),
-            failed: BTreeSet::new(),
-            refusal: Refusal::default(),
-            acting: self.acting,
-            bases_valid: self.bases_valid,
-            locks: self.locks.clone(),
-            metrics: self.metrics.clone(),
-            lane: None,
-            in_lane: HashSet::new(),
-            links: HardLinks::default(),
-        }
-    }
-
     /// Counts into `metrics` (shared with a metrics endpoint).
     pub fn with_metrics(self, metrics: ClientMetrics) -> Self {
-        Self { metrics, ..self }
-    }
-
-    /// An engine that only plans (for `status`): it never writes the state.
-    pub fn planner(folder: Folder, state: State, remote: Arc<dyn Remote>, host: String) -> Self {
-        Self { acting: false, ..Self::new(folder, state, remote, host) }
+        Self { executor: self.executor.with_metrics(metrics), ..self }
     }
 
     pub fn state(&self) -> &State {
@@ -243,10 +177,6 @@ impl Engine {
         let info = self.remote.info().await?;
         let known = self.state.get_meta("history_id")?;
         if known.as_deref() != Some(info.history_id.as_str()) {
-            if !self.acting {
-                self.bases_valid = known.is_none();
-                return Ok(info);
-            }
             if known.is_some() {
                 tracing::warn!(
                     old = known.as_deref().unwrap_or(""),
@@ -259,79 +189,32 @@ impl Engine {
         Ok(info)
     }
 
-    /// The plan for every path known here, at the last sync or on the
-    /// server, without acting on it. Also returns the server's head at the
-    /// time of the listing.
-    pub async fn plan_all(&mut self) -> Result<PlanAll> {
-        let info = self.check_history().await?;
-        self.load_locks().await?;
-        let mut remote = self.remote.manifest().await?;
-        let (root, ignore) = (self.root.clone(), self.ignore.clone());
-        let (local, links) =
-            tokio::task::spawn_blocking(move || local::scan_linked(&root, &root, &ignore)).await??;
-        self.links = links;
-        let mut bases = if self.bases_valid { self.all_bases().await? } else { Default::default() };
-        let paths: BTreeSet<RelPath> =
-            local.keys().chain(bases.keys()).chain(remote.keys()).cloned().collect();
-        // What the folder says of every path, in one pass off the async
-        // workers (a hand-off per path costs more than its `stat`), with the
-        // bases read once.
-        let (root, ignore) = (self.folder.root().clone(), self.ignore.clone());
-        let gathered = tokio::task::spawn_blocking(move || {
-            // Paths in order: a folder's files follow each other, so its
-            // handle is opened once for all of them.
-            let mut parent = None;
-            paths
-                .into_iter()
-                .filter(|p| !ignore.is_ignored(p, false))
-                .map(|p| {
-                    let base = bases.remove(&p);
-                    // What the scan just saw of an unchanged file is as
-                    // good as another look.
-                    let seen = base.as_ref().zip(local.get(&p)).and_then(|(b, m)| local::unchanged(m, b));
-                    let facts = match seen {
-                        Some(l) => Ok((base, LocalView::File(l))),
-                        None => gather(&root, &mut parent, &p, base),
-                    };
-                    (p, facts)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await?;
-        let mut all =
-            PlanAll { plans: Vec::with_capacity(gathered.len()), failed: Vec::new(), head: info.head_seq };
-        for (path, facts) in gathered {
-            // One unreadable or still-growing file must not hold up the rest.
-            let planned = match facts {
-                Ok((base, view)) => {
-                    self.plan_from(&path, RemoteView::Known(remote.remove(&path)), base, view).await
-                }
-                Err(e) => Err(e),
-            };
-            match planned {
-                Ok(Some(p)) => all.plans.push(p),
-                Ok(None) => {}
-                Err(e) if e.is_unavailable() => return Err(e),
-                Err(e) => all.failed.push((path, e)),
-            }
-        }
-        Ok(all)
-    }
-
     /// Reconciles everything: the whole folder against the whole manifest.
     /// Returns how many paths needed an action.
     pub async fn full_sync(&mut self) -> Result<usize> {
-        let PlanAll { plans, failed, head } = self.plan_all().await?;
+        let info = self.check_history().await?;
+        self.executor.locks_mut().load(&*self.remote).await?;
+        let PlanAll { plans, failed, head, links } = self.planner.plan_all(&info).await?;
+        self.links = links;
         let mut acted = failed.len();
         for (path, e) in failed {
             self.note_failure(path, &e);
         }
+        // A path in the large lane is planned again when its transfer ends.
+        let (nothing, plans): (Vec<_>, Vec<_>) = plans
+            .into_iter()
+            .filter(|p| !self.in_lane.contains(&p.path))
+            .partition(|p| p.action == Action::Nothing);
+        for p in nothing {
+            if let Err(e) = self.executor.refresh_base(&p) {
+                acted += 1;
+                self.note_failure(p.path, &e);
+            }
+        }
         // Deletions last, so content that moved is still on the server when
         // its new name is uploaded.
-        // A path in the large lane is planned again when its transfer ends.
         let (mut deletes, others): (Vec<_>, Vec<_>) = plans
             .into_iter()
-            .filter(|p| p.action != Action::Nothing && !self.in_lane.contains(&p.path))
             .partition(|p| matches!(p.action, Action::DeleteRemote { .. } | Action::DeleteLocal));
         // What lies below a folder goes before the folder.
         deletes.sort_by(|a, b| b.path.cmp(&a.path));
@@ -341,19 +224,19 @@ impl Engine {
         );
         // Plain transfers of distinct paths run several at a time; what
         // fails among them, and every other action, goes one at a time
-        // through `execute_and_retry`.
+        // through the work queue.
         let (parallel, serial): (Vec<_>, Vec<_>) =
-            others.into_iter().partition(|p| self.is_plain_transfer(p));
+            others.into_iter().partition(|p| self.executor.is_plain_transfer(p));
         let mut again = Vec::new();
         {
-            let this = &*self;
+            let executor = &self.executor;
             let large = tokio::sync::Semaphore::new(PARALLEL_LARGE_TRANSFERS);
             let large = &large;
             let mut done = futures::stream::iter(parallel)
                 .map(|p| async move {
                     let big = p.transfer_size() > SMALL_TRANSFER;
                     let _slot = if big { Some(large.acquire().await.expect("never closed")) } else { None };
-                    let r = this.transfer(&p).await;
+                    let r = executor.transfer(&p).await;
                     (p, r)
                 })
                 .buffer_unordered(PARALLEL_TRANSFERS);
@@ -370,7 +253,7 @@ impl Engine {
         for planned in again.into_iter().chain(serial).chain(deletes) {
             acted += 1;
             let (path, size) = (planned.path.clone(), planned.transfer_size());
-            if let Err(e) = self.execute_and_retry(planned).await {
+            if let Err(e) = self.drive(Work::Execute(planned)).await {
                 self.note_failure(path, &e);
             }
             progress.advance(size);
@@ -384,64 +267,10 @@ impl Engine {
         Ok(acted)
     }
 
-    /// Whether a plan is a plain upload or download that [`Engine::transfer`]
-    /// can run beside others: no lock in the way, no folder to move aside.
-    fn is_plain_transfer(&self, p: &Planned) -> bool {
-        let unlocked = self.locks.by_other(&p.path).is_none();
-        match p.action {
-            Action::Upload { .. } => unlocked && p.local.is_some(),
-            Action::Download => {
-                let remote_folder = p.remote.as_ref().and_then(|r| r.content).is_some_and(|c| c.folder);
-                let same_kind = p.local.is_none_or(|l| l.folder == remote_folder);
-                unlocked
-                    && same_kind
-                    && (p.local.is_some() || !matches!(self.folder.root().stat(&p.path), Ok(Kind::Dir)))
-            }
-            _ => false,
-        }
-    }
-
-    /// Runs a plain upload or download (see [`Engine::is_plain_transfer`]);
-    /// only shared state is touched, so several can run at once.
-    async fn transfer(&self, p: &Planned) -> Result<()> {
-        let path = &p.path;
-        match p.action {
-            Action::Upload { base_version } => self.upload(p, base_version).await?,
-            Action::Download => {
-                let remote = p.remote.as_ref().expect("Download is planned for a server file");
-                self.download(remote, p.local.map(meta_of)).await?;
-                tracing::info!(%path, version = remote.version, why = p.action.describe(), "downloaded");
-            }
-            _ => unreachable!("only plain transfers run here"),
-        }
-        Ok(())
-    }
-
-    /// Uploads a planned local file based on `base_version`, carrying this
-    /// client's lock token, and records the new base.
-    async fn upload(&self, p: &Planned, base_version: u64) -> Result<()> {
-        let (path, l) = (&p.path, p.local.expect("Upload is planned for a local file"));
-        let base = UploadBase {
-            version: base_version,
-            lock_token: self.locks.token(path),
-            reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
-        };
-        self.state.note_sent(path, &l.hash)?;
-        let (entry, sent) = transfer::upload(&*self.remote, self.folder.root(), path, l, base).await?;
-        self.state.set_base(path, &base_of(entry.version, l))?;
-        self.state.clear_sent(path)?;
-        self.metrics.uploads.inc();
-        if sent {
-            self.metrics.upload_bytes.inc_by(l.size);
-        }
-        tracing::info!(%path, version = entry.version, size = l.size, why = p.action.describe(), "uploaded");
-        Ok(())
-    }
-
     /// Looks again at every local file and every base (the periodic check
     /// that catches what the watcher missed), and retries failed paths.
     pub async fn rescan(&mut self) -> Result<usize> {
-        let (root, ignore) = (self.root.clone(), self.ignore.clone());
+        let (root, ignore) = (self.root.clone(), self.planner.ignore().clone());
         let (local, links) =
             tokio::task::spawn_blocking(move || local::scan_linked(&root, &root, &ignore)).await??;
         self.links = links;
@@ -493,45 +322,8 @@ impl Engine {
     /// Handles a local event on `path`: a file, a folder (everything below
     /// it), or something gone (itself and every synced path below it).
     pub async fn local_event(&mut self, path: RelPath) {
-        if path.as_str() == IGNORE_FILE {
-            self.ignore = Ignore::load(&self.root);
-        }
-        let full = path.to_local(&self.root);
-        let mut paths = BTreeSet::from([path.clone()]);
-        match self.folder.root().stat(&path) {
-            Ok(Kind::Dir) => {
-                let (root, ignore) = (self.root.clone(), self.ignore.clone());
-                match tokio::task::spawn_blocking(move || local::scan_linked(&root, &full, &ignore)).await {
-                    Ok(Ok((found, links))) => {
-                        paths.extend(found.into_keys());
-                        self.links.merge(links);
-                    }
-                    Ok(Err(e)) => tracing::warn!(%path, error = %e, "cannot scan folder"),
-                    Err(e) => tracing::warn!(%path, error = %e, "cannot scan folder"),
-                }
-                paths.extend(self.bases_under(&path));
-            }
-            Ok(Kind::Missing) => {
-                paths.extend(self.bases_under(&path));
-                // Its folder may now be empty: an entry of its own.
-                if let Ok(parent) = RelPath::new(path.parent()) {
-                    paths.insert(parent);
-                }
-            }
-            _ => {}
-        }
-        // A file with several names, written through this one, changed
-        // under its other names too: the watcher reports only this one.
-        let md = self.folder.root().parent(&path).and_then(|d| d.metadata(path.file_name()));
-        self.links.note(&path, md.as_ref().ok());
-        let others: Vec<RelPath> = paths.iter().flat_map(|p| self.links.others(p)).collect();
-        paths.extend(others);
-        // Below a folder before the folder (deletions must go in that order).
-        for p in paths.into_iter().rev() {
-            if let Err(e) = self.sync_path(&p, RemoteView::IfLocalChanged).await {
-                self.note_failure(p, &e);
-            }
-        }
+        // A local change's own failures are noted path by path.
+        let _ = self.drive(Work::Local(path)).await;
     }
 
     /// Applies one change event from the server and advances the cursor.
@@ -559,8 +351,8 @@ impl Engine {
                     }
                 }
             }
-            RemoteEvent::Locked { lock, .. } => self.lock_granted(lock),
-            RemoteEvent::Unlocked { lock, .. } => self.lock_ended(&lock),
+            RemoteEvent::Locked { lock, .. } => self.executor.locks_mut().on_locked(lock),
+            RemoteEvent::Unlocked { lock, .. } => self.executor.locks_mut().on_unlocked(&lock),
             RemoteEvent::Skipped { .. } => {}
         }
         if seq > self.state.cursor()? {
@@ -569,23 +361,13 @@ impl Engine {
         Ok(())
     }
 
-    fn bases_under(&self, dir: &RelPath) -> Vec<RelPath> {
-        match self.state.paths_below(dir) {
-            Ok(paths) => paths,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the state database");
-                Vec::new()
-            }
-        }
-    }
-
     /// Whether the synced folder itself is gone: the client must stop.
     pub fn folder_gone(&self) -> bool {
-        self.acting && !self.folder.present()
+        !self.executor.folder().present()
     }
 
     fn note_failure(&mut self, path: RelPath, e: &Error) {
-        self.metrics.errors.inc();
+        self.executor.metrics().errors.inc();
         if self.refusal.note(&self.state, e) {
             // Said once, by `note`.
         } else if e.is_unavailable() {
@@ -607,7 +389,7 @@ impl Engine {
         if self.failed.is_empty() {
             self.refusal.clear(&self.state);
         }
-        self.metrics.pending.set(self.failed.len() as i64);
+        self.executor.metrics().pending.set(self.failed.len() as i64);
     }
 
     /// Every base, read on a blocking thread (it is the whole table).
@@ -616,178 +398,115 @@ impl Engine {
         tokio::task::spawn_blocking(move || state.all_bases()).await?
     }
 
-    /// Whether this folder's ignore rules exclude `path`.
-    pub fn is_ignored(&self, path: &RelPath) -> bool {
-        self.ignore.is_ignored(path, false)
-    }
-
-    /// Plans one path. `None` when the path is not for syncing (ignored, a
-    /// folder, a symlink) or not settled yet.
-    pub async fn plan(&self, path: &RelPath, remote: RemoteView) -> Result<Option<Planned>> {
-        if self.ignore.is_ignored(path, false) {
-            return Ok(None);
+    /// Plans one path, and refreshes the base of a path in sync whose file
+    /// was only touched (the planner writes nothing).
+    async fn plan(&self, path: &RelPath, remote: RemoteView) -> Result<Option<Planned>> {
+        let planned = self.planner.plan(path, remote).await?;
+        if let Some(p) = planned.as_ref().filter(|p| p.action == Action::Nothing) {
+            self.executor.refresh_base(p)?;
         }
-        let base = if self.bases_valid { self.state.base(path)? } else { None };
-        let (root, p) = (self.folder.root().clone(), path.clone());
-        let (base, view) = tokio::task::spawn_blocking(move || gather(&root, &mut None, &p, base)).await??;
-        self.plan_from(path, remote, base, view).await
-    }
-
-    /// Plans one path from what the folder and the state say of it.
-    async fn plan_from(
-        &self,
-        path: &RelPath,
-        remote: RemoteView,
-        base: Option<Base>,
-        view: LocalView,
-    ) -> Result<Option<Planned>> {
-        let local = match view {
-            LocalView::File(l) => Some(l),
-            LocalView::Missing => None,
-            LocalView::Unsettled => {
-                tracing::debug!(%path, "still being written; will look again");
-                return Err(Error::ChangedWhileReading);
-            }
-            // A folder is an entry of its own when it is empty, or synced
-            // as one already; otherwise it is just where files live.
-            LocalView::Dir(folder)
-                if base.is_some_and(|b| b.folder) || self.folder.root().is_empty_dir(path) =>
-            {
-                Some(folder)
-            }
-            LocalView::Dir(folder) => {
-                let remote = match remote {
-                    RemoteView::Known(r) => r,
-                    RemoteView::Fetch => self.remote_stat(path).await?,
-                    RemoteView::IfLocalChanged if base.is_some() => self.remote_stat(path).await?,
-                    RemoteView::IfLocalChanged => return Ok(None),
-                };
-                if remote.as_ref().and_then(|e| e.content).is_some_and(|c| c.folder) {
-                    // The server's folder entry meets this folder.
-                    let action = plan::decide(Some(&folder), base.as_ref(), remote.as_ref());
-                    return Ok(Some(Planned {
-                        path: path.clone(),
-                        action,
-                        local: Some(folder),
-                        base,
-                        remote,
-                    }));
-                }
-                // A folder where a file was synced (this side deleted the
-                // file), or where the server has a file: plan the file as
-                // missing here. A download then makes room for it.
-                if base.is_none() && remote.as_ref().is_none_or(Entry::is_deleted) {
-                    return Ok(None);
-                }
-                let action = plan::decide(None, base.as_ref(), remote.as_ref());
-                return Ok(Some(Planned { path: path.clone(), action, local: None, base, remote }));
-            }
-            LocalView::Other => return Ok(None),
-        };
-        let remote = match remote {
-            RemoteView::Known(r) => r,
-            RemoteView::Fetch => self.remote_stat(path).await?,
-            RemoteView::IfLocalChanged => {
-                let changed = match &base {
-                    Some(b) => plan::local_changed(local.as_ref(), b),
-                    None => local.is_some(),
-                };
-                if !changed {
-                    self.refresh_base(path, local.as_ref(), base.as_ref())?;
-                    return Ok(Some(Planned {
-                        path: path.clone(),
-                        action: Action::Nothing,
-                        local,
-                        base,
-                        remote: None,
-                    }));
-                }
-                self.remote_stat(path).await?
-            }
-        };
-        let base = self.own_version(path, base, remote.as_ref())?;
-        let action = plan::decide(local.as_ref(), base.as_ref(), remote.as_ref());
-        if action == Action::Nothing {
-            self.refresh_base(path, local.as_ref(), base.as_ref())?;
-        }
-        Ok(Some(Planned { path: path.clone(), action, local, base, remote }))
-    }
-
-    /// The base of `path`, or the server's version of it if this client
-    /// wrote that version after the base (its id on the entry, content it
-    /// sent for the path): an upload whose answer was lost (a cut
-    /// connection, a crash) is this folder's own past, not a change from
-    /// elsewhere, so it stands in for the base instead of making a
-    /// conflict. Its size, mtime and stamp are unknown here, so the local
-    /// file is compared by hash.
-    fn own_version(
-        &self,
-        path: &RelPath,
-        base: Option<Base>,
-        remote: Option<&Entry>,
-    ) -> Result<Option<Base>> {
-        let Some((entry, c)) = remote.and_then(|r| Some((r, r.content?))) else { return Ok(base) };
-        if entry.client_id != self.remote.client_id()
-            || base.is_some_and(|b| b.version >= entry.version)
-            || !self.state.was_sent(path, &c.hash)?
-        {
-            return Ok(base);
-        }
-        tracing::info!(%path, version = entry.version, "the server holds this client's own upload, whose answer was lost: taking it as synced");
-        Ok(Some(Base {
-            version: entry.version,
-            hash: c.hash,
-            size: c.size,
-            mtime_ns: c.mtime_ns,
-            executable: c.executable,
-            symlink: c.symlink,
-            folder: c.folder,
-            stamp: 0,
-        }))
-    }
-
-    /// The server's entry of `path`, which must be about `path`.
-    async fn remote_stat(&self, path: &RelPath) -> Result<Option<Entry>> {
-        match self.remote.stat(path).await? {
-            Some(e) if e.path != *path => Err(Error::Protocol(format!(
-                "asked about {path}, the server answered about {}",
-                e.path.as_str().escape_debug()
-            ))),
-            other => Ok(other),
-        }
-    }
-
-    /// A file whose content matches its base but whose size, mtime or stamp
-    /// moved (touched, or recorded while racy) gets its base refreshed, so
-    /// that it is not hashed at every look.
-    fn refresh_base(&self, path: &RelPath, local: Option<&Local>, base: Option<&Base>) -> Result<()> {
-        if let (true, Some(l), Some(b)) = (self.acting, local, base)
-            && l.hash == b.hash
-            && l.executable == b.executable
-            && !meta_of(*l).matches(b)
-        {
-            let fresh = base_of(b.version, *l);
-            if fresh != *b {
-                self.state.set_base(path, &fresh)?;
-            }
-        }
-        Ok(())
+        Ok(planned)
     }
 
     /// Plans and executes one path (a large transfer in the large lane, if
-    /// there is one). Returns whether anything was done.
+    /// there is one), then what that left to do. Returns whether anything
+    /// was done.
     pub async fn sync_path(&mut self, path: &RelPath, remote: RemoteView) -> Result<bool> {
+        self.drive(Work::Sync(path.clone(), remote)).await
+    }
+
+    /// Does `first`, then the follow-ups it leaves (and theirs), in order:
+    /// no action recurses into another. At most [`MAX_FOLLOW_UPS`] are
+    /// done, each at most once; the rest are left for the retry, as is a
+    /// follow-up that fails. Returns what `first` returned.
+    async fn drive(&mut self, first: Work) -> Result<bool> {
+        let mut follow = FollowUps::default();
+        let result = self.work(first, &mut follow).await;
+        let mut done = HashSet::new();
+        while let Some(next) = follow.pop() {
+            let path = next.path().clone();
+            if done.len() >= MAX_FOLLOW_UPS || !done.insert(next.clone()) {
+                tracing::debug!(%path, "one change led to too many follow-ups, or back to this one: left for the retry");
+                self.failed.insert(path);
+                continue;
+            }
+            if let Err(e) = self.work(next.into(), &mut follow).await {
+                self.note_failure(path, &e);
+            }
+        }
+        result
+    }
+
+    /// Does one item of work; what it leaves to do goes to `follow`.
+    async fn work(&mut self, work: Work, follow: &mut FollowUps) -> Result<bool> {
+        match work {
+            Work::Sync(path, remote) => self.sync_one(&path, remote, follow).await,
+            Work::Execute(planned) => self.execute_and_retry(planned, follow).await.map(|()| true),
+            Work::Local(path) => {
+                self.local_change(path, follow).await;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Plans and executes one path (see [`Engine::sync_path`]).
+    async fn sync_one(&mut self, path: &RelPath, remote: RemoteView, follow: &mut FollowUps) -> Result<bool> {
         if self.in_lane.contains(path) {
             return Ok(false); // Planned again when its transfer ends.
         }
         match self.plan(path, remote).await? {
             Some(planned) if planned.action != Action::Nothing => {
                 if !self.start_in_lane(&planned) {
-                    self.execute_and_retry(planned).await?;
+                    self.execute_and_retry(planned, follow).await?;
                 }
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+
+    /// A local change at `path` (see [`Engine::local_event`]): every path
+    /// it touches is planned, below a folder before the folder.
+    async fn local_change(&mut self, path: RelPath, follow: &mut FollowUps) {
+        if path.as_str() == IGNORE_FILE {
+            self.planner.reload_ignore();
+        }
+        let full = path.to_local(&self.root);
+        let mut paths = BTreeSet::from([path.clone()]);
+        let root = self.executor.folder().root().clone();
+        match root.stat(&path) {
+            Ok(Kind::Dir) => {
+                let (top, ignore) = (self.root.clone(), self.planner.ignore().clone());
+                match tokio::task::spawn_blocking(move || local::scan_linked(&top, &full, &ignore)).await {
+                    Ok(Ok((found, links))) => {
+                        paths.extend(found.into_keys());
+                        self.links.merge(links);
+                    }
+                    Ok(Err(e)) => tracing::warn!(%path, error = %e, "cannot scan folder"),
+                    Err(e) => tracing::warn!(%path, error = %e, "cannot scan folder"),
+                }
+                paths.extend(execute::bases_under(&self.state, &path));
+            }
+            Ok(Kind::Missing) => {
+                paths.extend(execute::bases_under(&self.state, &path));
+                // Its folder may now be empty: an entry of its own.
+                if let Ok(parent) = RelPath::new(path.parent()) {
+                    paths.insert(parent);
+                }
+            }
+            _ => {}
+        }
+        // A file with several names, written through this one, changed
+        // under its other names too: the watcher reports only this one.
+        let md = root.parent(&path).and_then(|d| d.metadata(path.file_name()));
+        self.links.note(&path, md.as_ref().ok());
+        let others: Vec<RelPath> = paths.iter().flat_map(|p| self.links.others(p)).collect();
+        paths.extend(others);
+        // Below a folder before the folder (deletions must go in that order).
+        for p in paths.into_iter().rev() {
+            if let Err(e) = self.sync_one(&p, RemoteView::IfLocalChanged, follow).await {
+                self.note_failure(p, &e);
+            }
         }
     }
 
@@ -797,17 +516,19 @@ impl Engine {
         let Some(lane) = &self.lane else { return false };
         if p.transfer_size() < lane.min_size
             || self.in_lane.len() >= LARGE_LANE_MAX
-            || !self.is_plain_transfer(p)
+            || !self.executor.is_plain_transfer(p)
         {
             return false;
         }
-        let (engine, lane, p) = (self.lane_engine(), lane.clone(), p.clone());
+        // A copy of the executor: the shared state, and what is known of
+        // the locks (for this client's lock token).
+        let (executor, lane, p) = (self.executor.clone(), lane.clone(), p.clone());
         self.in_lane.insert(p.path.clone());
         tracing::debug!(path = %p.path, size = p.transfer_size(), "transfer runs in the large lane");
         lane.tasks.spawn(async move {
             let result = tokio::select! {
                 () = lane.stop.cancelled() => return,
-                r = engine.transfer(&p) => r,
+                r = executor.transfer(&p) => r,
             };
             let _ = lane.done.send(LaneDone { path: p.path, result }).await;
         });
@@ -825,7 +546,9 @@ impl Engine {
             Err(e) if e.is_locked() || e.is_stale_lock() || e.is_path_clash() => {
                 tracing::debug!(%path, error = %e, "a large transfer was refused; dealing with it here");
                 match self.plan(&path, RemoteView::Fetch).await {
-                    Ok(Some(p)) if p.action != Action::Nothing => self.execute_and_retry(p).await,
+                    Ok(Some(p)) if p.action != Action::Nothing => {
+                        self.drive(Work::Execute(p)).await.map(drop)
+                    }
                     Ok(_) => Ok(()),
                     Err(e) => Err(e),
                 }
@@ -843,20 +566,25 @@ impl Engine {
 
     /// Executes a plan; when it loses a race (the server moved on, or the
     /// local file changed), plans again from fresh facts, a few times.
-    async fn execute_and_retry(&mut self, mut planned: Planned) -> Result<()> {
+    async fn execute_and_retry(&mut self, mut planned: Planned, follow: &mut FollowUps) -> Result<()> {
         let path = planned.path.clone();
         for attempt in 1.. {
-            match self.execute(&planned).await {
+            match self.executor.execute(&planned, follow).await {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < MAX_ATTEMPTS && e.is_race() => {
                     tracing::debug!(%path, error = %e, attempt, "lost a race; planning again");
                     if e.is_locked() || e.is_stale_lock() {
                         // Our view of the path's lock was out of date.
-                        let lock = self.remote.lock_on(&path).await?;
-                        self.locks.set(&path, lock);
+                        self.executor.locks_mut().reread(&*self.remote, &path).await?;
                     }
-                    if e.is_path_clash() {
-                        self.resolve_clash(&path).await?;
+                    if e.is_path_clash()
+                        && let Clash::FileAbove(folder) = self.executor.resolve_clash(&path, follow).await?
+                    {
+                        // That name is planned like a file first, then
+                        // this path again.
+                        follow.push(FollowUp::Fetch(folder));
+                        follow.push(FollowUp::Fetch(path));
+                        return Ok(());
                     }
                     match self.plan(&path, RemoteView::Fetch).await? {
                         Some(p) if p.action != Action::Nothing => planned = p,
@@ -869,455 +597,35 @@ impl Engine {
         unreachable!("the loop returns")
     }
 
-    async fn execute(&mut self, p: &Planned) -> Result<()> {
-        let path = &p.path;
-        let why = p.action.describe();
-        match &p.action {
-            Action::Nothing => {}
-            Action::Record { version } => {
-                let l = p.local.expect("Record is planned for a local file");
-                self.state.set_base(path, &base_of(*version, l))?;
-            }
-            Action::Forget => self.state.remove_base(path)?,
-            Action::Upload { .. } | Action::DeleteRemote { .. } if self.locks.by_other(path).is_some() => {
-                self.keep_out_of_locked(p).await?;
-            }
-            Action::Upload { base_version } => self.upload(p, *base_version).await?,
-            Action::Download => {
-                let remote = p.remote.as_ref().expect("Download is planned for a server file");
-                let remote_folder = remote.content.is_some_and(|c| c.folder);
-                let mut expected = p.local.map(meta_of);
-                match p.local {
-                    // Nothing here, or a folder where the server has a file.
-                    None => self.make_room(path).await?,
-                    Some(l) if l.folder && !remote_folder => {
-                        self.make_room(path).await?;
-                        expected = None;
-                    }
-                    // A file (unchanged here) that the server replaced by a
-                    // folder: it goes, as a deletion would.
-                    Some(l) if !l.folder && remote_folder => {
-                        let (rel, folder, state) = (path.clone(), self.folder.clone(), self.state.clone());
-                        tokio::task::spawn_blocking(move || delete_local(&folder, &state, &rel, meta_of(l)))
-                            .await??;
-                        expected = None;
-                    }
-                    Some(_) => {}
-                }
-                self.download(remote, expected).await?;
-                self.locks.protect(path);
-                tracing::info!(%path, version = remote.version, why, "downloaded");
-            }
-            Action::DeleteLocal if p.local.is_some_and(|l| l.folder) => {
-                // Only an empty folder goes; one that holds something new
-                // stays, no longer an entry of its own.
-                match self.folder.root().parent(path).and_then(|d| d.rmdir(path.file_name())) {
-                    Ok(()) => tracing::info!(%path, why, "deleted a folder locally"),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
-                        tracing::info!(%path, "a folder deleted on the server holds new files here: kept");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                self.state.remove_base(path)?;
-            }
-            Action::DeleteLocal => {
-                let l = p.local.expect("DeleteLocal is planned for a local file");
-                let (rel, folder, state) = (path.clone(), self.folder.clone(), self.state.clone());
-                tokio::task::spawn_blocking(move || delete_local(&folder, &state, &rel, meta_of(l)))
-                    .await??;
-                self.state.remove_base(path)?;
-                self.metrics.local_deletes.inc();
-                tracing::info!(%path, why, "deleted locally");
-            }
-            Action::DeleteRemote { base_version } => {
-                // A file is gone: is the whole folder?
-                if !self.folder.present() {
-                    return Err(Error::FolderGone(self.root.display().to_string()));
-                }
-                match self.remote.delete(path, *base_version, self.locks.token(path)).await {
-                    Ok(tomb) => {
-                        self.metrics.remote_deletes.inc();
-                        tracing::info!(%path, version = tomb.version, why, "deleted on the server");
-                    }
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e),
-                }
-                self.state.remove_base(path)?;
-            }
-            Action::Conflict => {
-                let l = p.local.expect("Conflict is planned for a local file");
-                let remote = p.remote.as_ref().expect("Conflict is planned for a server file");
-                let copy = self.conflict_copy(path, meta_of(l)).await?;
-                self.metrics.conflicts.inc();
-                tracing::warn!(%path, copy = %copy, "conflict: both sides changed; keeping the local version as a copy");
-                self.state.remove_base(path)?;
-                self.download(remote, None).await?;
-                self.locks.protect(path);
-                // The copy is new (a file, or a folder and all in it).
-                Box::pin(self.local_event(copy)).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// A local change (edit, new file, deletion) to a path someone else has
-    /// locked: the server would refuse it. An edit is kept as a conflict
-    /// copy (uploaded under that name) and the server's version is put
-    /// back, read-only; a deletion is undone the same way.
-    async fn keep_out_of_locked(&mut self, p: &Planned) -> Result<()> {
-        let path = &p.path;
-        let holder = self.locks.by_other(path).map(Lock::describe).unwrap_or_default();
-        let copy = match p.local {
-            Some(l) => {
-                let copy = self.conflict_copy(path, meta_of(l)).await?;
-                let writable =
-                    self.folder.root().parent(&copy).and_then(|d| d.set_writable(copy.file_name(), true));
-                if let Err(e) = writable {
-                    tracing::warn!(%copy, error = %e, "cannot make a conflict copy writable");
-                }
-                self.metrics.conflicts.inc();
-                tracing::warn!(%path, %copy, locked_by = %holder, "the file is locked by someone else: keeping the local edit as a copy");
-                Some(copy)
-            }
-            None => {
-                tracing::warn!(%path, locked_by = %holder, "the file is locked by someone else: restoring it");
-                None
-            }
-        };
-        match p.remote.as_ref().filter(|r| !r.is_deleted()) {
-            Some(remote) => {
-                self.download(remote, None).await?;
-                self.locks.protect(path);
-            }
-            None => self.state.remove_base(path)?,
-        }
-        if let Some(copy) = copy {
-            Box::pin(self.sync_path(&copy, RemoteView::Fetch)).await?;
-        }
-        Ok(())
-    }
-
-    /// The server refused `path` as a file because it clashes with a folder.
-    /// Either the server has a file where this folder has a folder above
-    /// `path`: that folder's name is then planned like a file (which deletes
-    /// the server's file if this side deleted it knowingly, or else moves
-    /// the local folder aside for it); or the server has a folder where
-    /// this folder has the file `path`: the file is renamed to a conflict
-    /// name and synced under it. Nothing is lost either way.
-    async fn resolve_clash(&mut self, path: &RelPath) -> Result<()> {
-        let p = path.as_str();
-        for (i, _) in p.match_indices('/') {
-            let folder = RelPath::new(&p[..i]).expect("a prefix of a valid path is valid");
-            if self.remote.stat(&folder).await?.is_some_and(|e| !e.is_deleted()) {
-                return Box::pin(self.sync_path(&folder, RemoteView::Fetch)).await.map(drop);
-            }
-        }
-        let copy = self.move_aside(path).await?;
-        self.state.remove_base(path)?;
-        Box::pin(self.sync_path(&copy, RemoteView::Fetch)).await.map(drop)
-    }
-
-    /// Renames the local file or folder at `path` to a free conflict name.
-    async fn move_aside(&mut self, path: &RelPath) -> Result<RelPath> {
-        let (root, host, from) = (self.folder.root().clone(), self.host.clone(), path.clone());
-        let copy = tokio::task::spawn_blocking(move || rename_aside(&root, &host, &from, None)).await??;
-        self.metrics.conflicts.inc();
-        tracing::warn!(%path, %copy, "a file and a folder of the same name: the server's keeps the name, this one is renamed");
-        Ok(copy)
-    }
-
-    /// Clears the way for a file at `path` where this folder has a folder:
-    /// an empty one is removed, one with content is renamed to a conflict
-    /// name (and synced under it). The bases below it are dropped: the
-    /// server, which has a file at `path`, has no live file below it.
-    async fn make_room(&mut self, path: &RelPath) -> Result<()> {
-        if !matches!(self.folder.root().stat(path)?, Kind::Dir) {
-            return Ok(());
-        }
-        for below in self.bases_under(path) {
-            self.state.remove_base(&below)?;
-        }
-        if self.folder.root().parent(path).and_then(|d| d.rmdir(path.file_name())).is_ok() {
-            tracing::info!(%path, "removed an empty folder to make room for the server's file");
-            return Ok(());
-        }
-        let copy = self.move_aside(path).await?;
-        Box::pin(self.local_event(copy)).await;
-        Ok(())
-    }
-
-    /// Reads the server's live locks, making files locked by others
-    /// read-only and giving back write permission where a lock went.
-    async fn load_locks(&mut self) -> Result<()> {
-        let listed = self.remote.list_locks("").await?;
-        if self.acting {
-            self.locks.load_read_only()?;
-        }
-        let released = self.locks.replace_all(listed);
-        if !self.acting {
-            return Ok(());
-        }
-        for path in released {
-            self.locks.unprotect(&path);
-        }
-        let others = self.locks.held_by_others();
-        for path in others {
-            self.locks.protect(&path);
-        }
-        Ok(())
-    }
-
-    fn lock_granted(&mut self, lock: Lock) {
-        let path = lock.path.clone();
-        if lock.client_id != self.remote.client_id() {
-            tracing::info!(%path, locked_by = %lock.describe(), "locked by someone else: read-only here");
-        }
-        self.locks.granted(lock);
-        self.locks.protect(&path);
-    }
-
-    fn lock_ended(&mut self, lock: &Lock) {
-        if self.locks.ended(lock) {
-            tracing::info!(path = %lock.path, "unlocked");
-            self.locks.unprotect(&lock.path);
-        }
-    }
-
     /// The server's live locks as this client knows them.
     pub fn locks(&self) -> &Locks {
-        &self.locks
+        self.executor.locks()
     }
 
     /// Refreshes the locks this client holds before they expire (a crashed
     /// client stops refreshing, so its locks expire by themselves).
     pub async fn refresh_own_locks(&mut self) {
-        for lock in self.locks.due_for_refresh(syncstore::lock::now_ms()) {
-            let ttl = std::time::Duration::from_secs(lock.ttl_seconds.into());
-            match self.remote.refresh_lock(&lock.lock_id, ttl).await {
-                Ok(fresh) => self.locks.granted(fresh),
-                Err(e) if e.is_not_found() => {
-                    tracing::warn!(path = %lock.path, "our lock is gone (it expired or was broken)");
-                    self.locks.ended(&lock);
-                }
-                Err(e) => {
-                    tracing::debug!(path = %lock.path, error = %e, "could not refresh a lock; will retry")
-                }
-            }
-        }
+        self.executor.locks_mut().refresh_own(&*self.remote).await;
     }
-
-    async fn download(&self, remote: &Entry, expected: Option<Meta>) -> Result<()> {
-        let content = remote.content.expect("a downloaded entry is live");
-        let meta = if content.folder {
-            make_folder(self.folder.root(), &remote.path)?
-        } else {
-            transfer::download(&*self.remote, self.folder.root(), self.folder.tmp(), remote, expected).await?
-        };
-        let hash = content.hash;
-        self.metrics.downloads.inc();
-        self.metrics.download_bytes.inc_by(meta.size);
-        let local = Local {
-            hash,
-            size: meta.size,
-            mtime_ns: meta.mtime_ns,
-            executable: meta.executable,
-            symlink: meta.symlink,
-            folder: meta.folder,
-            stamp: meta.stamp,
-        };
-        self.state.set_base(&remote.path, &base_of(remote.version, local))
-    }
-
-    /// Renames the local file at `path` to a free conflict-copy name.
-    async fn conflict_copy(&self, path: &RelPath, expected: Meta) -> Result<RelPath> {
-        let (root, host, path) = (self.folder.root().clone(), self.host.clone(), path.clone());
-        tokio::task::spawn_blocking(move || rename_aside(&root, &host, &path, Some(expected))).await?
-    }
-}
-
-/// `dir/name (conflict from HOST YYYY-MM-DD HHMMSS).ext`, with ` N` added
-/// inside the parentheses for the second and later copies of the second.
-pub fn conflict_name(path: &RelPath, host: &str, stamp: &str, n: usize) -> Result<RelPath> {
-    let name = path.file_name();
-    // The extension is the last dot's, unless the name only starts with one.
-    let (stem, ext) = match name.rfind('.') {
-        Some(i) if i > 0 => name.split_at(i),
-        _ => (name, ""),
-    };
-    let host: String = host.chars().map(|c| if c == '/' || c.is_control() { '_' } else { c }).collect();
-    let counter = if n > 1 { format!(" {n}") } else { String::new() };
-    let file = format!("{stem} (conflict from {host} {stamp}{counter}){ext}");
-    let full = match path.parent() {
-        "" => file,
-        dir => format!("{dir}/{file}"),
-    };
-    RelPath::new(full).map_err(|e| Error::Config(format!("cannot name a conflict copy of {path}: {e}")))
-}
-
-/// Renames the local file or folder at `path` to a free conflict-copy name,
-/// provided it still is `expected` (when given; otherwise whatever is there).
-/// The copy is in the same folder, renamed through that folder's handle.
-fn rename_aside(root: &Root, host: &str, path: &RelPath, expected: Option<Meta>) -> Result<RelPath> {
-    let stamp = chrono::Local::now().format("%Y-%m-%d %H%M%S").to_string();
-    let dir = root.parent(path)?;
-    let from = path.file_name();
-    for n in 1..1000 {
-        let copy = conflict_name(path, host, &stamp, n)?;
-        if !matches!(dir.kind(copy.file_name())?, Kind::Missing) {
-            continue;
-        }
-        if let Some(expected) = expected {
-            let still = match dir.kind(from)? {
-                Kind::File(m) => m == expected,
-                Kind::Dir => expected.folder,
-                _ => false,
-            };
-            if !still {
-                return Err(Error::ChangedWhileReading);
-            }
-        }
-        match dir.rename_noreplace(from, &dir, copy.file_name()) {
-            Ok(()) => return Ok(copy),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(Error::Config(format!("no free conflict-copy name for {path}")))
-}
-
-fn base_of(version: u64, l: Local) -> Base {
-    Base {
-        version,
-        hash: l.hash,
-        size: l.size,
-        mtime_ns: local::base_mtime(l.mtime_ns),
-        executable: l.executable,
-        symlink: l.symlink,
-        folder: l.folder,
-        stamp: l.stamp,
-    }
-}
-
-fn meta_of(l: Local) -> Meta {
-    Meta {
-        size: l.size,
-        mtime_ns: l.mtime_ns,
-        executable: l.executable,
-        symlink: l.symlink,
-        folder: l.folder,
-        stamp: l.stamp,
-    }
-}
-
-/// Deletes a local file if it is still as planned, then its empty folders.
-///
-/// The file is moved aside first (atomically, into the temp folder) and
-/// checked there, so a write that lands after the check cannot be deleted
-/// with it: a changed file is put back and the path planned again.
-fn delete_local(folder: &Folder, state: &State, path: &RelPath, expected: Meta) -> Result<()> {
-    let (root, tmp) = (folder.root(), folder.tmp());
-    let dir = match root.parent(path) {
-        Ok(dir) => dir,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    let name = path.file_name();
-    let aside = format!("delete-{:016x}", rand::random::<u64>());
-    match dir.rename(name, tmp, &aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e.into()),
-    }
-    if !matches!(tmp.kind(&aside)?, Kind::File(m) if m.same_as_moved(&expected)) {
-        transfer::put_back(tmp, &aside, &dir, name)?;
-        return Err(Error::ChangedWhileReading);
-    }
-    tmp.unlink(&aside)?;
-    // Folders synced as entries of their own stay, empty or not.
-    let is_entry = |dir: &RelPath| state.base(dir).ok().flatten().is_some_and(|b| b.folder);
-    root.prune_empty_dirs(path.parent(), is_entry);
-    Ok(())
-}
-
-/// Creates the folder `path` (a folder entry from the server) and returns
-/// its metadata. Never through a folder that is a link here.
-fn make_folder(root: &Root, path: &RelPath) -> Result<Meta> {
-    let parent = root.create_parent(path)?;
-    match parent.mkdir(path.file_name()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e.into()),
-    }
-    match parent.kind(path.file_name())? {
-        Kind::Dir => Ok(Meta::of(&parent.metadata(path.file_name())?)),
-        _ => Err(Error::ChangedWhileReading),
-    }
-}
-
-/// What the folder says of `path` (blocking): its local view, read against
-/// `base`, which is handed back. A path below a folder that is a symbolic
-/// link here is an error: reading or writing it would follow the link,
-/// maybe out of the folder (the link itself syncs as a file, and a clash
-/// with the server's folder of that name renames it aside).
-/// `parent` keeps the last folder opened, reused while paths share it.
-fn gather(
-    root: &Root,
-    parent: &mut Option<(String, Dir)>,
-    path: &RelPath,
-    base: Option<Base>,
-) -> Result<(Option<Base>, LocalView)> {
-    let dir = match parent {
-        Some((p, dir)) if p == path.parent() => dir.clone(),
-        _ => match root.parent(path) {
-            Ok(dir) => {
-                *parent = Some((path.parent().to_owned(), dir.clone()));
-                dir
-            }
-            Err(e) if fsroot::is_through_link(&e) => {
-                return Err(Error::Config(format!("a folder above {path} is a symbolic link here")));
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
-            {
-                return Ok((base, LocalView::Missing));
-            }
-            Err(e) => return Err(e.into()),
-        },
-    };
-    let view = local::local_state_in(&dir, path.file_name(), base.as_ref())?;
-    Ok((base, view))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn conflict_names_keep_the_extension() {
-        let p = RelPath::new("docs/report.final.txt").unwrap();
-        assert_eq!(
-            conflict_name(&p, "laptop", "2026-11-24 210600", 1).unwrap().as_str(),
-            "docs/report.final (conflict from laptop 2026-11-24 210600).txt"
-        );
-        let p = RelPath::new(".bashrc").unwrap();
-        assert_eq!(
-            conflict_name(&p, "a/b", "2026-11-24 210600", 2).unwrap().as_str(),
-            ".bashrc (conflict from a_b 2026-11-24 210600 2)"
-        );
-    }
-
     /// The engine against an in-memory server and a temp folder.
     mod against_memory {
         use std::{collections::HashMap, fs, sync::Arc, time::Duration};
 
         use syncstore::limits::STATE_DIR_NAME;
 
+        use syncstore::RelPath;
+
         use crate::{
             engine::Engine,
+            execute::{Executor, FollowUp, FollowUps},
             folder::Folder,
-            remote::{Remote, memory::MemoryRemote},
+            plan::Action,
+            planner::{PlanAll, Planner, RemoteView},
+            remote::{Remote, RemoteEvent, memory::MemoryRemote},
             state::State,
         };
 
@@ -1461,6 +769,193 @@ mod tests {
             assert_eq!(files["a.txt"], b"second, from the server");
             assert_eq!(copy_of(&files, "a"), b"written here mid-download", "the local write survives");
             assert_eq!(c.server.files(), files);
+            assert!(!c.engine.has_failures());
+        }
+
+        /// Everything a look at the folder could change: each file's
+        /// content, mode and mtime.
+        fn snapshot(root: &std::path::Path) -> Vec<(String, Vec<u8>, u32, std::time::SystemTime)> {
+            use std::os::unix::fs::PermissionsExt;
+            let mut out = Vec::new();
+            for entry in fs::read_dir(root).unwrap() {
+                let entry = entry.unwrap();
+                let name = entry.file_name().into_string().unwrap();
+                if name != STATE_DIR_NAME {
+                    let md = entry.metadata().unwrap();
+                    let data = fs::read(entry.path()).unwrap();
+                    out.push((name, data, md.permissions().mode(), md.modified().unwrap()));
+                }
+            }
+            out.sort();
+            out
+        }
+
+        fn plan_of<'a>(all: &'a PlanAll, path: &str) -> &'a Action {
+            &all.plans.iter().find(|p| p.path.as_str() == path).expect("a plan for the path").action
+        }
+
+        #[tokio::test]
+        async fn the_planner_that_status_runs_writes_nothing() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            for name in ["a.txt", "b.txt", "c.txt"] {
+                other.put(name, name.as_bytes());
+            }
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+
+            // Every kind of plan: a conflict, a deletion here, a new file
+            // there, and a file locked by someone else and touched here
+            // (acting on it would make it read-only and refresh its base).
+            let touched = filetime::FileTime::from_unix_time(2_000_000_000, 0);
+            filetime::set_file_mtime(c.root.join("c.txt"), touched).unwrap();
+            other.put("a.txt", b"edited there");
+            c.write("a.txt", b"edited here");
+            fs::remove_file(c.root.join("b.txt")).unwrap();
+            other.put("new.txt", b"new there");
+            other.lock(&RelPath::new("c.txt").unwrap(), Duration::from_secs(600), "", "o@x").await.unwrap();
+            let state = c.engine.state().clone();
+            let (folder_before, bases_before) = (snapshot(&c.root), state.all_bases().unwrap());
+            let (cursor_before, server_before) = (state.cursor().unwrap(), c.server.files());
+
+            let shared = State::open_shared(&c.root).unwrap();
+            let remote: Arc<dyn Remote> = Arc::new(c.server.clone());
+            let mut planner = Planner::new(Folder::open(&c.root).unwrap(), shared, remote);
+            let info = planner.check_history().await.unwrap();
+            let all = planner.plan_all(&info).await.unwrap();
+            assert_eq!(plan_of(&all, "a.txt"), &Action::Conflict);
+            assert!(matches!(plan_of(&all, "b.txt"), Action::DeleteRemote { .. }));
+            assert_eq!(plan_of(&all, "new.txt"), &Action::Download);
+            assert_eq!(plan_of(&all, "c.txt"), &Action::Nothing);
+
+            assert_eq!(snapshot(&c.root), folder_before, "the folder is untouched");
+            assert_eq!(state.all_bases().unwrap(), bases_before, "no base is written");
+            assert_eq!(state.cursor().unwrap(), cursor_before);
+            assert_eq!(c.server.files(), server_before, "the server is untouched");
+        }
+
+        #[tokio::test]
+        async fn the_planner_sets_aside_bases_of_another_history_without_dropping_them() {
+            let server = MemoryRemote::new("server");
+            server.as_client("other").put("a.txt", b"one");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+            fs::remove_file(c.root.join("a.txt")).unwrap();
+            let state = c.engine.state().clone();
+            state.set_meta("history_id", "another server's").unwrap();
+            let bases_before = state.all_bases().unwrap();
+
+            let remote: Arc<dyn Remote> = Arc::new(c.server.clone());
+            let mut planner = Planner::new(Folder::open(&c.root).unwrap(), state.clone(), remote);
+            let info = planner.check_history().await.unwrap();
+            let all = planner.plan_all(&info).await.unwrap();
+            // Without its base, the file missing here is met for the first
+            // time: downloaded, not deleted on the server.
+            assert_eq!(plan_of(&all, "a.txt"), &Action::Download);
+            assert_eq!(state.all_bases().unwrap(), bases_before, "the bases stay");
+            assert_eq!(state.get_meta("history_id").unwrap().as_deref(), Some("another server's"));
+        }
+
+        #[tokio::test]
+        async fn a_conflict_leaves_its_copy_to_the_work_queue() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("a.txt", b"first");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+            other.put("a.txt", b"edited there");
+            c.write("a.txt", b"edited here");
+
+            let path = RelPath::new("a.txt").unwrap();
+            let state = c.engine.state().clone();
+            let remote: Arc<dyn Remote> = Arc::new(c.server.clone());
+            let folder = Folder::open(&c.root).unwrap();
+            let planner = Planner::new(folder.clone(), state.clone(), remote.clone());
+            let planned = planner.plan(&path, RemoteView::Fetch).await.unwrap().unwrap();
+            assert_eq!(planned.action, Action::Conflict);
+            let mut executor = Executor::new(folder, state, remote, "host".into());
+            let mut follow = FollowUps::default();
+            executor.execute(&planned, &mut follow).await.unwrap();
+
+            let Some(FollowUp::Local(copy)) = follow.pop() else { panic!("the copy is a follow-up") };
+            assert!(follow.pop().is_none());
+            let files = c.files();
+            assert_eq!(files["a.txt"], b"edited there");
+            assert_eq!(files[copy.as_str()], b"edited here");
+            assert_eq!(copy_of(&files, "a"), b"edited here");
+            assert_eq!(c.server.content(copy.as_str()), None, "the executor did not sync the copy itself");
+
+            // The engine's queue does.
+            c.engine.local_event(copy.clone()).await;
+            assert_eq!(c.server.content(copy.as_str()).unwrap(), b"edited here");
+            assert_eq!(c.server.files(), c.files());
+        }
+
+        /// Every file below `dir` but the client's own state, by path.
+        fn tree(root: &std::path::Path) -> HashMap<String, Vec<u8>> {
+            let mut out = HashMap::new();
+            let mut dirs = vec![root.to_path_buf()];
+            while let Some(dir) = dirs.pop() {
+                for entry in fs::read_dir(&dir).unwrap() {
+                    let entry = entry.unwrap();
+                    let rel = entry.path().strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+                    if rel == STATE_DIR_NAME {
+                        continue;
+                    }
+                    if entry.file_type().unwrap().is_dir() {
+                        dirs.push(entry.path());
+                    } else {
+                        out.insert(rel, fs::read(entry.path()).unwrap());
+                    }
+                }
+            }
+            out
+        }
+
+        #[tokio::test]
+        async fn a_folder_where_the_server_has_a_file_is_moved_aside_through_the_queue() {
+            let server = MemoryRemote::new("server");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+            server.as_client("other").put("d", b"a file there");
+            fs::create_dir(c.root.join("d")).unwrap();
+            c.write("d/x.txt", b"a file here, below that name");
+
+            // d/x.txt is refused (below a file); the clash plans `d` first,
+            // which moves this folder aside, and the copy's files follow.
+            c.engine.local_event(RelPath::new("d/x.txt").unwrap()).await;
+
+            let files = tree(&c.root);
+            assert_eq!(files["d"], b"a file there");
+            let copies: Vec<_> = files
+                .keys()
+                .filter(|p| p.starts_with("d (conflict from host ") && p.ends_with("/x.txt"))
+                .collect();
+            assert_eq!(copies.len(), 1, "{:?}", files.keys());
+            assert_eq!(files[copies[0]], b"a file here, below that name");
+            assert_eq!(files.len(), 2, "{:?}", files.keys());
+            assert_eq!(c.server.files(), files, "the server holds both");
+            assert!(!c.engine.has_failures());
+        }
+
+        #[tokio::test]
+        async fn a_tree_deleted_on_the_server_leaves_no_empty_folder_whatever_goes_last() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            other.put("tree/x/1.txt", b"1");
+            let mut c = Client::new(&server);
+            fs::create_dir_all(c.root.join("tree/z")).unwrap();
+            c.engine.full_sync().await.unwrap();
+            assert!(c.server.entry("tree/z").is_some_and(|e| e.content.is_some_and(|c| c.folder)));
+
+            // The file goes first, then the empty folder beside it: the
+            // last deletion leaves `tree` empty.
+            for path in ["tree/x/1.txt", "tree/z"] {
+                let entry = other.remove(path);
+                let event = RemoteEvent::Entry { seq: entry.version, entry: Some(entry) };
+                c.engine.remote_event(event).await.unwrap();
+            }
+            assert!(!c.root.join("tree").exists(), "no empty folder is left behind");
             assert!(!c.engine.has_failures());
         }
 

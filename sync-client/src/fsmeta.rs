@@ -58,8 +58,8 @@ impl Meta {
         Meta { size: md.len(), mtime_ns, executable, symlink, folder: false, stamp }
     }
 
-    /// The state of the file (or link) this is the metadata of, whose
-    /// content hashes to `hash`.
+    /// The state of the file, link or folder this is the metadata of, whose
+    /// content hashes to `hash` (a folder's: the hash of nothing).
     pub fn with_hash(&self, hash: ContentHash) -> Local {
         Local {
             hash,
@@ -67,7 +67,7 @@ impl Meta {
             mtime_ns: self.mtime_ns,
             executable: self.executable,
             symlink: self.symlink,
-            folder: false,
+            folder: self.folder,
             stamp: self.stamp,
         }
     }
@@ -90,6 +90,21 @@ impl Meta {
     pub fn same_as_moved(&self, other: &Meta) -> bool {
         (self.size, self.mtime_ns, self.executable, self.symlink, self.folder)
             == (other.size, other.mtime_ns, other.executable, other.symlink, other.folder)
+    }
+}
+
+impl Local {
+    /// The metadata a file in this state has (the inverse of
+    /// [`Meta::with_hash`]).
+    pub fn meta(&self) -> Meta {
+        Meta {
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            executable: self.executable,
+            symlink: self.symlink,
+            folder: self.folder,
+            stamp: self.stamp,
+        }
     }
 }
 

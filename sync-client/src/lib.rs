@@ -1,9 +1,14 @@
 //! The syncstore client: keeps a local folder and a server in two-way sync.
 //!
 //! # Layout
-//! - [`plan`]: the pure three-way planner (local, base, remote → action).
-//! - [`engine`]: executes plans one path at a time; full syncs, rescans,
-//!   local and remote events all go through it.
+//! - [`plan`]: the pure rules (local, base, remote → action), folders
+//!   included.
+//! - [`planner`]: the read-only planner: gathers the facts of a path (or of
+//!   all), then asks [`plan`]; `status` runs it alone.
+//! - [`execute`]: the executor: carries out one planned action, leaving
+//!   follow-up paths (conflict copies, ...) for the engine's work queue.
+//! - [`engine`]: drives planner and executor one path at a time; full
+//!   syncs, rescans, local and remote events all go through it.
 //! - [`local`]: the folder on disk: hashing, scanning, ignore rules.
 //! - [`fsroot`]: the folder held open; every write to it goes through it.
 //! - [`fsmeta`]: what a path is on disk (`Kind`, a file's `Meta`).
@@ -16,12 +21,14 @@
 //! - [`watch`]: the notify watcher and its settle timers.
 //! - [`metrics`]: the client's Prometheus metrics.
 //! - [`progress`]: a bar (or log lines) while a batch of transfers runs.
+//! - [`ratelimit`]: the bandwidth limits, a token bucket per direction.
 //! - `refusal`: a primary refusing writes while its sync replica is away.
 //! - [`watch()`](fn@crate::watch), [`sync_once`], [`status`], [`list`]:
 //!   what the `sync-client` commands run.
 
 pub mod engine;
 pub mod error;
+pub mod execute;
 pub mod folder;
 pub mod fsmeta;
 pub mod fsroot;
@@ -29,7 +36,9 @@ pub mod local;
 pub mod locks;
 pub mod metrics;
 pub mod plan;
+pub mod planner;
 pub mod progress;
+pub mod ratelimit;
 mod refusal;
 pub mod remote;
 pub mod state;
@@ -46,6 +55,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use folder::Folder;
+pub use planner::Planner;
 pub use remote::{GrpcRemote, Remote};
 pub use state::State;
 
@@ -91,6 +101,12 @@ pub struct Config {
     /// In `watch`, uploads and downloads of at least this many bytes run
     /// beside the loop (see [`engine::LARGE_LANE_MIN`]).
     pub large_transfer: u64,
+    /// The most content the client sends a second, all uploads together
+    /// (none: no limit).
+    pub max_upload_rate: Option<ratelimit::Rate>,
+    /// The most content the client receives a second, all downloads
+    /// together (none: no limit).
+    pub max_download_rate: Option<ratelimit::Rate>,
 }
 
 impl Config {
@@ -103,6 +119,8 @@ impl Config {
             metrics: metrics::ClientMetrics::new(),
             security: Security::none(),
             large_transfer: engine::LARGE_LANE_MIN,
+            max_upload_rate: None,
+            max_download_rate: None,
         }
     }
 }
@@ -112,8 +130,18 @@ fn open(config: &Config) -> Result<(Engine, State, Arc<dyn Remote>, PathBuf)> {
     std::fs::create_dir_all(&config.dir)?;
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open(&root)?;
+    // One remote, so one pair of buckets, for every transfer of the client.
+    let limits = ratelimit::Limits::new(config.max_upload_rate, config.max_download_rate);
+    if config.max_upload_rate.is_some() || config.max_download_rate.is_some() {
+        let show = |r: Option<ratelimit::Rate>| r.map_or_else(|| "no limit".to_owned(), |r| r.to_string());
+        tracing::info!(
+            upload = %show(config.max_upload_rate),
+            download = %show(config.max_download_rate),
+            "bandwidth limited"
+        );
+    }
     let remote: Arc<dyn Remote> =
-        Arc::new(GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?);
+        Arc::new(GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?.with_limits(limits));
     let engine = Engine::new(Folder::open(&root)?, state.clone(), remote.clone(), host_name())
         .with_metrics(config.metrics.clone());
     Ok((engine, state, remote, root))
@@ -375,7 +403,7 @@ pub struct Difference {
 }
 
 impl Difference {
-    fn of(p: &engine::Planned) -> Option<Self> {
+    fn of(p: &planner::Planned) -> Option<Self> {
         use plan::Action;
         if matches!(p.action, Action::Nothing | Action::Record { .. } | Action::Forget) {
             return None;
@@ -404,8 +432,11 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
     let state = State::open_shared(&root)?;
     let remote =
         GrpcRemote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
-    let mut engine = Engine::planner(Folder::open(&root)?, state, Arc::new(remote), host_name());
-    let all = engine.plan_all().await?;
+    let remote: Arc<dyn Remote> = Arc::new(remote);
+    let mut planner = Planner::new(Folder::open(&root)?, state, remote.clone());
+    let info = planner.check_history().await?;
+    let locks = remote.list_locks("").await?;
+    let all = planner.plan_all(&info).await?;
     let mut out: Vec<Difference> = all.plans.iter().filter_map(Difference::of).collect();
     out.extend(all.failed.into_iter().map(|(path, e)| {
         let state = match e {
@@ -415,7 +446,7 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
         Difference { path: path.to_string(), state, detail: "retried later".into() }
     }));
     // Locks are shown whoever holds them; they are not differences.
-    out.extend(engine.locks().all().map(|l| Difference {
+    out.extend(locks.iter().map(|l| Difference {
         path: l.path.to_string(),
         state: LOCKED,
         detail: format!("locked by {}", l.describe()),
@@ -443,8 +474,9 @@ pub async fn status_against_replica(config: Config, replica: &str) -> Result<Vec
     let state = State::open_shared(&root)?;
     let remote =
         GrpcRemote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
-    let mut engine = Engine::planner(Folder::open(&root)?, state, Arc::new(remote), host_name());
-    let all = engine.plan_all().await?;
+    let mut planner = Planner::new(Folder::open(&root)?, state, Arc::new(remote));
+    let info = planner.check_history().await?;
+    let all = planner.plan_all(&info).await?;
     let replica_files =
         GrpcRemote::new(&[replica.to_owned()], String::new(), &config.security)?.manifest().await?;
     let short = |h: syncstore::ContentHash| h.to_hex()[..12].to_owned();
@@ -465,7 +497,7 @@ pub async fn status_against_replica(config: Config, replica: &str) -> Result<Vec
         r.primary = p.remote.as_ref().and_then(|e| e.content).map(|c| short(c.hash));
     }
     // Paths this folder ignores are not compared (`plan_all` skipped them).
-    for (path, e) in replica_files.into_iter().filter(|(p, _)| !engine.is_ignored(p)) {
+    for (path, e) in replica_files.into_iter().filter(|(p, _)| !planner.is_ignored(p)) {
         row(&mut table, &path);
         table.get_mut(path.as_str()).expect("just added").replica = e.content.map(|c| short(c.hash));
     }

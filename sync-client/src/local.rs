@@ -61,6 +61,21 @@ pub fn base_mtime(mtime_ns: i64) -> i64 {
     if now.saturating_sub(mtime_ns) < RACY_WINDOW_NS { RACY_MTIME } else { mtime_ns }
 }
 
+/// The base recording that the server's version `version` is the local
+/// file `l` (its mtime kept only if it is not racy).
+pub fn synced_base(version: u64, l: Local) -> Base {
+    Base {
+        version,
+        hash: l.hash,
+        size: l.size,
+        mtime_ns: base_mtime(l.mtime_ns),
+        executable: l.executable,
+        symlink: l.symlink,
+        folder: l.folder,
+        stamp: l.stamp,
+    }
+}
+
 /// Hashes the file `name` in `dir`, streaming it (a link: its target).
 /// Fails with `None` if the file's size or mtime moved while it was read
 /// (it is still being written).
@@ -114,16 +129,8 @@ pub fn local_state_in(dir: &Dir, name: &str, base: Option<&Base>) -> io::Result<
     match dir.kind(name)? {
         Kind::Missing => Ok(LocalView::Missing),
         Kind::Dir => {
-            let meta = Meta::of(&dir.metadata(name)?);
-            Ok(LocalView::Dir(Local {
-                hash: ContentHash::of(b""),
-                size: 0,
-                mtime_ns: 0,
-                executable: false,
-                symlink: false,
-                folder: true,
-                stamp: meta.stamp,
-            }))
+            // A folder's metadata is its identity alone (size and mtime 0).
+            Ok(LocalView::Dir(Meta::of(&dir.metadata(name)?).with_hash(ContentHash::of(b""))))
         }
         Kind::Other => Ok(LocalView::Other),
         Kind::File(meta) => {

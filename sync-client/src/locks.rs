@@ -1,7 +1,8 @@
 //! What the client knows of the server's locks: the live locks as last
 //! listed and then updated by change events, which of them this client
 //! holds, and which local files it made read-only because someone else
-//! holds their lock.
+//! holds their lock; and the engine's bookkeeping of them (loading the
+//! listing, lock events, refreshing this client's own locks).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,7 +12,7 @@ use std::{
 
 use syncstore::{Lock, RelPath};
 
-use crate::{fsroot::Root, state::State};
+use crate::{error::Result, fsroot::Root, remote::Remote, state::State};
 
 /// A held lock is refreshed once one of this many parts of its time-to-live
 /// has passed (a third), leaving two thirds of it for a refresh that failed
@@ -39,7 +40,7 @@ impl Locks {
     }
 
     /// Takes in the files a previous run made read-only.
-    pub fn load_read_only(&mut self) -> crate::Result<()> {
+    pub fn load_read_only(&mut self) -> Result<()> {
         self.read_only.extend(self.state.read_only_paths()?);
         Ok(())
     }
@@ -143,6 +144,68 @@ impl Locks {
         }
         if let Err(e) = set_writable(&self.root, path, true) {
             tracing::warn!(%path, error = %e, "cannot make an unlocked file writable again");
+        }
+    }
+}
+
+impl Locks {
+    /// Reads the server's live locks, making files locked by others
+    /// read-only and giving back write permission where a lock went.
+    pub async fn load(&mut self, remote: &dyn Remote) -> Result<()> {
+        let listed = remote.list_locks("").await?;
+        self.load_read_only()?;
+        for path in self.replace_all(listed) {
+            self.unprotect(&path);
+        }
+        for path in self.held_by_others() {
+            self.protect(&path);
+        }
+        Ok(())
+    }
+
+    /// Asks the server again for the lock on `path` (a write was refused
+    /// for a lock this client did not know of, or for a stale token).
+    pub async fn reread(&mut self, remote: &dyn Remote, path: &RelPath) -> Result<()> {
+        let lock = remote.lock_on(path).await?;
+        self.set(path, lock);
+        Ok(())
+    }
+
+    /// A lock event: `lock` was granted or refreshed. Someone else's makes
+    /// the file read-only here.
+    pub fn on_locked(&mut self, lock: Lock) {
+        let path = lock.path.clone();
+        if lock.client_id != self.own {
+            tracing::info!(%path, locked_by = %lock.describe(), "locked by someone else: read-only here");
+        }
+        self.granted(lock);
+        self.protect(&path);
+    }
+
+    /// An unlock event: the file is writable again (if this client had made
+    /// it read-only and no newer lock replaced this one).
+    pub fn on_unlocked(&mut self, lock: &Lock) {
+        if self.ended(lock) {
+            tracing::info!(path = %lock.path, "unlocked");
+            self.unprotect(&lock.path);
+        }
+    }
+
+    /// Refreshes the locks this client holds before they expire (a crashed
+    /// client stops refreshing, so its locks expire by themselves).
+    pub async fn refresh_own(&mut self, remote: &dyn Remote) {
+        for lock in self.due_for_refresh(syncstore::lock::now_ms()) {
+            let ttl = std::time::Duration::from_secs(lock.ttl_seconds.into());
+            match remote.refresh_lock(&lock.lock_id, ttl).await {
+                Ok(fresh) => self.granted(fresh),
+                Err(e) if e.is_not_found() => {
+                    tracing::warn!(path = %lock.path, "our lock is gone (it expired or was broken)");
+                    self.ended(&lock);
+                }
+                Err(e) => {
+                    tracing::debug!(path = %lock.path, error = %e, "could not refresh a lock; will retry")
+                }
+            }
         }
     }
 }

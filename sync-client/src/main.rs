@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sync_client::ratelimit::Rate;
 use syncstore::cli::{self, ConnectArgs, LogFormat};
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +46,15 @@ struct Args {
     /// With `watch`: serve Prometheus metrics (GET /metrics) on this address.
     #[arg(long, env = "SYNCSTORE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// The most file content sent a second, all uploads together, e.g.
+    /// 5MiB/s, 500KiB/s, 2MB/s or 1048576 (bytes a second). No limit
+    /// without it.
+    #[arg(long, value_name = "RATE", env = "SYNCSTORE_MAX_UPLOAD_RATE")]
+    max_upload_rate: Option<Rate>,
+    /// The most file content received a second, all downloads together
+    /// (same form as --max-upload-rate). No limit without it.
+    #[arg(long, value_name = "RATE", env = "SYNCSTORE_MAX_DOWNLOAD_RATE")]
+    max_download_rate: Option<Rate>,
     #[command(flatten)]
     connect: ConnectArgs,
     #[command(subcommand)]
@@ -143,6 +153,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.security = security;
     config.rescan_interval = args.rescan_interval;
     config.watcher = !args.poll_only;
+    config.max_upload_rate = args.max_upload_rate;
+    config.max_download_rate = args.max_download_rate;
     match command {
         Command::Watch => {
             let shutdown = CancellationToken::new();

@@ -1,7 +1,8 @@
-//! The sync planner: a pure function from what one path looks like here
-//! (the local file), at the last sync (the base) and on the server (the
-//! remote entry) to the one action that reconciles them. No I/O happens
-//! here, so every rule is tested on plain values.
+//! The sync planner's rules: a pure function from what one path looks like
+//! here (the local file or folder), at the last sync (the base) and on the
+//! server (the remote entry) to the one action that reconciles them. No I/O
+//! happens here, so every rule is tested on plain values; the planner
+//! (`planner.rs`) gathers the facts and the executor (`execute.rs`) acts.
 //!
 //! The rules (three-way, like Unison's):
 //! - changed only here → upload; only on the server → download;
@@ -13,10 +14,17 @@
 //! - no base (first meeting): same content is adopted, different content is
 //!   a conflict, and nothing is deleted.
 //!
+//! Folders ([`side`], [`decide`]): a folder is an entry of its own when it
+//! is empty or was synced as one; otherwise it is only where files live. Such
+//! a folder meets a folder on the server as the folder it is; where the base
+//! or the server has a file, it counts as that file missing here (a
+//! download then makes room for the server's file); with neither, there is
+//! nothing to sync.
+//!
 //! Nothing is deleted or overwritten unless the base shows that the side
 //! losing it had already been seen.
 
-use syncstore::{ContentHash, Entry};
+use syncstore::{Content, ContentHash, Entry};
 
 /// A local file as found on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,9 +42,21 @@ pub struct Local {
 }
 
 impl Local {
+    /// The content this file is, as an entry describes it.
+    pub fn content(&self) -> Content {
+        Content {
+            hash: self.hash,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            executable: self.executable,
+            symlink: self.symlink,
+            folder: self.folder,
+        }
+    }
+
     /// Whether the server's content is this file's: same bytes, same
     /// executable bit, same kind (file or link).
-    pub fn same_as(&self, c: &syncstore::Content) -> bool {
+    pub fn same_as(&self, c: &Content) -> bool {
         self.hash == c.hash
             && self.executable == c.executable
             && self.symlink == c.symlink
@@ -58,6 +78,24 @@ pub struct Base {
     pub symlink: bool,
     pub folder: bool,
     pub stamp: u64,
+}
+
+impl Base {
+    /// A base standing for the server's version `version` of `content`, for
+    /// a file whose size, mtime and stamp here are unknown: its stamp of 0
+    /// matches no file, so the local file is compared with it by hash.
+    pub fn of_content(version: u64, c: &Content) -> Self {
+        Base {
+            version,
+            hash: c.hash,
+            size: c.size,
+            mtime_ns: c.mtime_ns,
+            executable: c.executable,
+            symlink: c.symlink,
+            folder: c.folder,
+            stamp: 0,
+        }
+    }
 }
 
 /// What to do with one path.
@@ -108,8 +146,78 @@ pub fn local_changed(local: Option<&Local>, base: &Base) -> bool {
     })
 }
 
-/// Decides what reconciles one path.
-pub fn decide(local: Option<&Local>, base: Option<&Base>, remote: Option<&Entry>) -> Action {
+/// What the folder holds at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Here {
+    /// Nothing.
+    Missing,
+    /// A file or a symbolic link.
+    File(Local),
+    /// A folder (`local` is its entry: the hash of nothing, size 0);
+    /// `empty` when it holds nothing.
+    Folder { local: Local, empty: bool },
+}
+
+/// The local side of a path, as the three-way rules meet it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A file, a link, or a folder that is an entry of its own (`None`:
+    /// nothing here).
+    Entry(Option<Local>),
+    /// A folder that is only where files live.
+    Holder(Local),
+}
+
+/// What [`decide`] chose for a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// The local side the action is about: `None` for a folder that counts
+    /// as a missing file.
+    pub local: Option<Local>,
+}
+
+/// The local side of what is `here`: a folder is an entry of its own when
+/// it is empty, or was synced as one already (its base is a folder).
+pub fn side(here: Here, base: Option<&Base>) -> Side {
+    match here {
+        Here::Missing => Side::Entry(None),
+        Here::File(l) => Side::Entry(Some(l)),
+        Here::Folder { local, empty } if empty || base.is_some_and(|b| b.folder) => Side::Entry(Some(local)),
+        Here::Folder { local, .. } => Side::Holder(local),
+    }
+}
+
+/// Whether the local side may have changed since the base, so that the
+/// server's entry is needed to plan the path (after a local event; without
+/// a change, the path is in sync as far as this side knows). A folder that
+/// only holds files changed if a file was synced at its name.
+pub fn changed_here(side: Side, base: Option<&Base>) -> bool {
+    match (side, base) {
+        (Side::Holder(_), base) => base.is_some(),
+        (Side::Entry(local), Some(b)) => local_changed(local.as_ref(), b),
+        (Side::Entry(local), None) => local.is_some(),
+    }
+}
+
+/// Decides what reconciles one path, folders included (see the module
+/// doc). `None`: nothing is to be synced there.
+pub fn decide(side: Side, base: Option<&Base>, remote: Option<&Entry>) -> Option<Decision> {
+    let local = match side {
+        Side::Entry(local) => local,
+        // The server's folder entry meets this folder.
+        Side::Holder(folder) if remote.and_then(|e| e.content).is_some_and(|c| c.folder) => Some(folder),
+        Side::Holder(_) if base.is_none() && remote.is_none_or(Entry::is_deleted) => return None,
+        // A folder where a file was synced (this side deleted the file), or
+        // where the server has a file: the file is missing here.
+        Side::Holder(_) => None,
+    };
+    Some(Decision { action: three_way(local.as_ref(), base, remote), local })
+}
+
+/// Decides what reconciles one path's file (or folder entry): the
+/// three-way rules of the module doc.
+pub fn three_way(local: Option<&Local>, base: Option<&Base>, remote: Option<&Entry>) -> Action {
     let remote_live = remote.and_then(|r| r.content.map(|c| (r.version, c)));
     let Some(base) = base else {
         // First meeting: adopt equal content, keep both otherwise, never delete.
@@ -156,7 +264,7 @@ pub fn decide(local: Option<&Local>, base: Option<&Base>, remote: Option<&Entry>
 
 #[cfg(test)]
 mod tests {
-    use syncstore::{Content, RelPath};
+    use syncstore::RelPath;
 
     use super::*;
 
@@ -203,42 +311,48 @@ mod tests {
 
     #[test]
     fn first_meeting_adopts_conflicts_and_never_deletes() {
-        assert_eq!(decide(None, None, None), Action::Nothing);
-        assert_eq!(decide(Some(&local(b"a")), None, None), Action::Upload { base_version: 0 });
+        assert_eq!(three_way(None, None, None), Action::Nothing);
+        assert_eq!(three_way(Some(&local(b"a")), None, None), Action::Upload { base_version: 0 });
         assert_eq!(
-            decide(Some(&local(b"a")), None, Some(&remote(4, None))),
+            three_way(Some(&local(b"a")), None, Some(&remote(4, None))),
             Action::Upload { base_version: 0 }
         );
-        assert_eq!(decide(None, None, Some(&remote(3, Some(b"a")))), Action::Download);
-        assert_eq!(decide(None, None, Some(&remote(3, None))), Action::Nothing);
+        assert_eq!(three_way(None, None, Some(&remote(3, Some(b"a")))), Action::Download);
+        assert_eq!(three_way(None, None, Some(&remote(3, None))), Action::Nothing);
         assert_eq!(
-            decide(Some(&local(b"a")), None, Some(&remote(3, Some(b"a")))),
+            three_way(Some(&local(b"a")), None, Some(&remote(3, Some(b"a")))),
             Action::Record { version: 3 }
         );
-        assert_eq!(decide(Some(&local(b"a")), None, Some(&remote(3, Some(b"b")))), Action::Conflict);
+        assert_eq!(three_way(Some(&local(b"a")), None, Some(&remote(3, Some(b"b")))), Action::Conflict);
     }
 
     #[test]
     fn one_sided_changes_flow_to_the_other_side() {
         let b = base(5, b"old");
         let same = remote(5, Some(b"old"));
-        assert_eq!(decide(Some(&local(b"old")), Some(&b), Some(&same)), Action::Nothing);
-        assert_eq!(decide(Some(&local(b"new")), Some(&b), Some(&same)), Action::Upload { base_version: 5 });
-        assert_eq!(decide(Some(&local(b"old")), Some(&b), Some(&remote(9, Some(b"new")))), Action::Download);
-        assert_eq!(decide(None, Some(&b), Some(&same)), Action::DeleteRemote { base_version: 5 });
-        assert_eq!(decide(Some(&local(b"old")), Some(&b), Some(&remote(9, None))), Action::DeleteLocal);
-        assert_eq!(decide(None, Some(&b), Some(&remote(9, None))), Action::Forget);
+        assert_eq!(three_way(Some(&local(b"old")), Some(&b), Some(&same)), Action::Nothing);
+        assert_eq!(
+            three_way(Some(&local(b"new")), Some(&b), Some(&same)),
+            Action::Upload { base_version: 5 }
+        );
+        assert_eq!(
+            three_way(Some(&local(b"old")), Some(&b), Some(&remote(9, Some(b"new")))),
+            Action::Download
+        );
+        assert_eq!(three_way(None, Some(&b), Some(&same)), Action::DeleteRemote { base_version: 5 });
+        assert_eq!(three_way(Some(&local(b"old")), Some(&b), Some(&remote(9, None))), Action::DeleteLocal);
+        assert_eq!(three_way(None, Some(&b), Some(&remote(9, None))), Action::Forget);
     }
 
     #[test]
     fn both_sided_changes_keep_both_or_agree() {
         let b = base(5, b"old");
         assert_eq!(
-            decide(Some(&local(b"mine")), Some(&b), Some(&remote(9, Some(b"theirs")))),
+            three_way(Some(&local(b"mine")), Some(&b), Some(&remote(9, Some(b"theirs")))),
             Action::Conflict
         );
         assert_eq!(
-            decide(Some(&local(b"same")), Some(&b), Some(&remote(9, Some(b"same")))),
+            three_way(Some(&local(b"same")), Some(&b), Some(&remote(9, Some(b"same")))),
             Action::Record { version: 9 }
         );
     }
@@ -248,18 +362,18 @@ mod tests {
         let b = base(5, b"old");
         // Edited here, deleted there.
         assert_eq!(
-            decide(Some(&local(b"edit")), Some(&b), Some(&remote(9, None))),
+            three_way(Some(&local(b"edit")), Some(&b), Some(&remote(9, None))),
             Action::Upload { base_version: 0 }
         );
         // Deleted here, edited there.
-        assert_eq!(decide(None, Some(&b), Some(&remote(9, Some(b"edit")))), Action::Download);
+        assert_eq!(three_way(None, Some(&b), Some(&remote(9, Some(b"edit")))), Action::Download);
     }
 
     #[test]
     fn a_server_that_forgot_a_path_gets_it_back() {
         let b = base(5, b"old");
-        assert_eq!(decide(Some(&local(b"old")), Some(&b), None), Action::Upload { base_version: 0 });
-        assert_eq!(decide(None, Some(&b), None), Action::Forget);
+        assert_eq!(three_way(Some(&local(b"old")), Some(&b), None), Action::Upload { base_version: 0 });
+        assert_eq!(three_way(None, Some(&b), None), Action::Forget);
     }
 
     #[test]
@@ -268,9 +382,96 @@ mod tests {
         let mut l = local(b"x");
         l.executable = true;
         assert_eq!(
-            decide(Some(&l), Some(&b), Some(&remote(5, Some(b"x")))),
+            three_way(Some(&l), Some(&b), Some(&remote(5, Some(b"x")))),
             Action::Upload { base_version: 5 }
         );
+    }
+
+    fn folder() -> Local {
+        Local { folder: true, ..local(b"") }
+    }
+
+    fn folder_base(version: u64) -> Base {
+        Base { folder: true, ..base(version, b"") }
+    }
+
+    fn remote_folder(version: u64) -> Entry {
+        let mut e = remote(version, Some(b""));
+        e.content = e.content.map(|c| syncstore::Content { folder: true, ..c });
+        e
+    }
+
+    #[test]
+    fn a_folder_is_an_entry_when_empty_or_synced_as_one() {
+        let (f, full, empty) = (
+            folder(),
+            Here::Folder { local: folder(), empty: false },
+            Here::Folder { local: folder(), empty: true },
+        );
+        assert_eq!(side(empty, None), Side::Entry(Some(f)));
+        assert_eq!(side(full, Some(&folder_base(3))), Side::Entry(Some(f)));
+        assert_eq!(side(full, None), Side::Holder(f));
+        assert_eq!(side(full, Some(&base(3, b"a file"))), Side::Holder(f));
+        assert_eq!(side(Here::Missing, Some(&folder_base(3))), Side::Entry(None));
+        assert_eq!(side(Here::File(local(b"x")), None), Side::Entry(Some(local(b"x"))));
+    }
+
+    #[test]
+    fn a_new_empty_folder_is_uploaded_and_a_folder_entry_downloaded() {
+        let empty = side(Here::Folder { local: folder(), empty: true }, None);
+        let d = decide(empty, None, None).unwrap();
+        assert_eq!((d.action, d.local), (Action::Upload { base_version: 0 }, Some(folder())));
+        let d = decide(Side::Entry(None), None, Some(&remote_folder(4))).unwrap();
+        assert_eq!((d.action, d.local), (Action::Download, None));
+    }
+
+    #[test]
+    fn a_folder_holding_files_meets_a_server_folder_as_a_folder() {
+        let d = decide(Side::Holder(folder()), None, Some(&remote_folder(4))).unwrap();
+        assert_eq!((d.action, d.local), (Action::Record { version: 4 }, Some(folder())));
+        let d = decide(Side::Holder(folder()), Some(&folder_base(4)), Some(&remote_folder(4))).unwrap();
+        assert_eq!(d.action, Action::Nothing);
+    }
+
+    #[test]
+    fn a_folder_holding_files_with_nothing_to_meet_is_not_synced() {
+        assert_eq!(decide(Side::Holder(folder()), None, None), None);
+        assert_eq!(decide(Side::Holder(folder()), None, Some(&remote(4, None))), None);
+        assert!(!changed_here(Side::Holder(folder()), None));
+    }
+
+    #[test]
+    fn a_folder_where_a_file_is_counts_as_that_file_missing_here() {
+        // This side replaced a synced file by a folder: the file goes.
+        let b = base(5, b"old");
+        let d = decide(Side::Holder(folder()), Some(&b), Some(&remote(5, Some(b"old")))).unwrap();
+        assert_eq!((d.action, d.local), (Action::DeleteRemote { base_version: 5 }, None));
+        assert!(changed_here(Side::Holder(folder()), Some(&b)));
+        // The server has a file where this side has a folder: download it
+        // (the folder is made room for).
+        let d = decide(Side::Holder(folder()), None, Some(&remote(7, Some(b"theirs")))).unwrap();
+        assert_eq!((d.action, d.local), (Action::Download, None));
+        // Edited there since the base: the edit wins.
+        let d = decide(Side::Holder(folder()), Some(&b), Some(&remote(9, Some(b"new")))).unwrap();
+        assert_eq!(d.action, Action::Download);
+    }
+
+    #[test]
+    fn only_a_changed_side_needs_the_server() {
+        let b = base(5, b"old");
+        assert!(!changed_here(Side::Entry(Some(local(b"old"))), Some(&b)));
+        assert!(changed_here(Side::Entry(Some(local(b"new"))), Some(&b)));
+        assert!(changed_here(Side::Entry(None), Some(&b)));
+        assert!(changed_here(Side::Entry(Some(local(b"new"))), None));
+        assert!(!changed_here(Side::Entry(None), None));
+    }
+
+    #[test]
+    fn base_of_content_matches_no_file_but_has_its_hash() {
+        let c = remote(3, Some(b"x")).content.unwrap();
+        let b = Base::of_content(3, &c);
+        assert_eq!((b.version, b.hash, b.stamp), (3, c.hash, 0));
+        assert_eq!(local(b"x").content(), c);
     }
 
     /// Every combination of small states: nothing is ever lost. A side's
@@ -298,7 +499,7 @@ mod tests {
                         continue;
                     }
                     let lo = l.map(local);
-                    let action = decide(lo.as_ref(), b.as_ref(), r.as_ref());
+                    let action = three_way(lo.as_ref(), b.as_ref(), r.as_ref());
                     match action {
                         Action::DeleteLocal => {
                             let (lo, b) = (lo.unwrap(), b.unwrap());

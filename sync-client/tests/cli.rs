@@ -583,3 +583,65 @@ async fn an_unreadable_folder_does_not_stop_the_watcher() {
     assert!(reports[0].contains("locked"), "{log}");
     assert!(!log.contains("the folder watcher failed"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rate_limit_is_refused_naming_its_option_and_a_good_one_is_kept() {
+    let server = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("a.txt"), "not to be sent").unwrap();
+    let config = dir.path().join("client.toml");
+    std::fs::write(&config, "max-download-rate = \"12 parsecs\"\n").unwrap();
+    let run = |args: Vec<String>, env: Option<(&'static str, &'static str)>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-client"));
+        cmd.args(["--server", &server.url, "--dir"]).arg(&folder).args(args).arg("sync");
+        cmd.stdin(Stdio::null())
+            .env_remove("SYNCSTORE_MAX_UPLOAD_RATE")
+            .env_remove("SYNCSTORE_MAX_DOWNLOAD_RATE");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    let cases = [
+        (s(&["--max-upload-rate", "0"]), None, "--max-upload-rate", "above zero"),
+        (s(&["--max-upload-rate=-5MiB/s"]), None, "--max-upload-rate", "not a rate"),
+        (s(&["--max-download-rate", "fast"]), None, "--max-download-rate", "not a rate"),
+        (s(&["--max-download-rate", "10Mb/s"]), None, "--max-download-rate", "unknown unit"),
+        (s(&[]), Some(("SYNCSTORE_MAX_UPLOAD_RATE", "0MiB/s")), "--max-upload-rate", "above zero"),
+        (s(&["--config", config.to_str().unwrap()]), None, "--max-download-rate", "unknown unit"),
+    ];
+    for (args, env, flag, why) in cases {
+        let what = format!("{args:?} {env:?}");
+        let out = tokio::time::timeout(DEADLINE, run(args, env)).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+        assert!(stderr.contains(flag) && stderr.contains(why), "{what}: {stderr}");
+        assert!(!folder.join(".syncstore").exists(), "{what}: the client started");
+    }
+    assert_eq!(server_paths(&server.url).await, Vec::<String>::new(), "nothing reached the server");
+
+    // A good rate, from the config file too, syncs as usual.
+    std::fs::write(&config, "max-download-rate = \"5MiB/s\"\n").unwrap();
+    let args = s(&["--max-upload-rate", "1048576", "--config", config.to_str().unwrap()]);
+    let out = tokio::time::timeout(DEADLINE, run(args, None)).await.unwrap().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(server_paths(&server.url).await, vec!["a.txt".to_owned()]);
+
+    // And the limit is kept: 3 MiB at 1 MiB/s take over 2 s (the bucket
+    // starts full, with a quarter second's worth).
+    let mut big = vec![0u8; 3 << 20];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut big);
+    std::fs::write(folder.join("big.bin"), &big).unwrap();
+    let started = tokio::time::Instant::now();
+    let out = tokio::time::timeout(DEADLINE, run(s(&["--max-upload-rate", "1MiB/s"]), None))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    assert!(server_paths(&server.url).await.contains(&"big.bin".to_owned()));
+    assert!(took >= Duration::from_millis(2400), "3 MiB went up in {took:?} at 1 MiB/s");
+}

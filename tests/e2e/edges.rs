@@ -344,3 +344,29 @@ async fn empty_folders_are_created_and_deleted_on_both_sides() {
         "{folders:?}"
     );
 }
+
+/// A tree whose last deletion to arrive is an empty folder's goes whole:
+/// the folder above it is not left behind, empty (and then synced back as
+/// a new folder).
+#[tokio::test]
+async fn a_tree_whose_last_deletion_is_an_empty_folder_goes_whole() {
+    let server = TestServer::start().await;
+    let a = TestClient::start(&server.url());
+    let b = TestClient::start(&server.url());
+    a.write("tree/x/1.txt", "1");
+    std::fs::create_dir_all(a.path("tree/z")).unwrap();
+    eventually("b has the tree", || b.read("tree/x/1.txt").is_some() && b.path("tree/z").is_dir()).await;
+
+    // The file and its folder first, then the empty folder: the tree's last
+    // entry.
+    std::fs::remove_dir_all(a.path("tree/x")).unwrap();
+    eventually("b loses tree/x", || !b.path("tree/x").exists()).await;
+    std::fs::remove_dir_all(a.path("tree")).unwrap();
+    eventually_async("the tree is gone everywhere", || async {
+        !a.path("tree").exists()
+            && !b.path("tree").exists()
+            && server.folders().await.is_empty()
+            && server.files().await.is_empty()
+    })
+    .await;
+}

@@ -385,6 +385,15 @@ impl TestClient {
         })
     }
 
+    /// Starts watching a new folder with its configuration changed by
+    /// `tweak` (after the defaults of [`TestClient::start`]).
+    pub fn start_tweaked(server: &str, tweak: impl FnOnce(&mut sync_client::Config)) -> Self {
+        Self::start_configured(vec![server.to_owned()], tempfile::tempdir().unwrap(), |c| {
+            c.rescan_interval = Duration::from_secs(3600);
+            tweak(c);
+        })
+    }
+
     /// Starts watching a new folder, presenting `security` to `server`.
     pub fn start_secure(server: &str, security: Security) -> Self {
         Self::start_configured(vec![server.to_owned()], tempfile::tempdir().unwrap(), |c| {

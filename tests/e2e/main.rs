@@ -6,6 +6,7 @@
 
 mod api;
 mod badinput;
+mod bandwidth;
 mod contract;
 mod diskfull;
 mod edges;

@@ -25,7 +25,10 @@ use tokio_stream::Stream;
 use tonic::{Code, service::interceptor::InterceptedService};
 
 use super::{Body, ByteStream, Refused, Remote, RemoteEvent, ServerInfo, Upload};
-use crate::error::{Error, Result, ServerError};
+use crate::{
+    error::{Error, Result, ServerError},
+    ratelimit::{self, Limits},
+};
 
 /// A client of the servers' `FileSync`: one server, or a primary and its
 /// replica. Calls go to the active server; [`Remote::info`] (re)chooses it:
@@ -38,6 +41,8 @@ pub struct GrpcRemote {
     client_id: String,
     /// How long a call waits for an answer.
     call_timeout: Duration,
+    /// The bandwidth limits content goes on and comes off the wire under.
+    limits: Limits,
 }
 
 impl GrpcRemote {
@@ -56,7 +61,9 @@ impl GrpcRemote {
                 .http2_keep_alive_interval(connect::KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(connect::KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true)
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                .initial_stream_window_size(ratelimit::STREAM_WINDOW)
+                .initial_connection_window_size(ratelimit::CONNECTION_WINDOW);
             let credentials = security.credentials().map_err(|e| Error::Config(e.to_string()))?;
             let client = FileSyncClient::new(InterceptedService::new(endpoint.connect_lazy(), credentials))
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -68,7 +75,13 @@ impl GrpcRemote {
             active: Arc::new(AtomicUsize::new(0)),
             client_id,
             call_timeout: security.call_timeout,
+            limits: Limits::default(),
         })
+    }
+
+    /// Sends and receives content under `limits` (shared with its clones).
+    pub fn with_limits(self, limits: Limits) -> Self {
+        Self { limits, ..self }
     }
 
     /// The generated client of the active server.
@@ -86,75 +99,11 @@ impl GrpcRemote {
         Ok(connect::answer(self.server(), self.call_timeout, call).await??)
     }
 
-    async fn info(&self) -> Result<ServerInfo> {
-        if !self.has_fallback() {
-            return Ok(info_of(
-                self.answer(self.raw().server_info(pb::ServerInfoRequest {})).await?.into_inner(),
-            ));
-        }
-        let mut fallback: Option<(usize, pb::ServerInfoResponse)> = None;
-        let mut last_error = None;
-        for (i, (url, client)) in self.servers.iter().enumerate() {
-            let mut client = client.clone();
-            let call = client.server_info(pb::ServerInfoRequest {});
-            let answered = match connect::answer(url, self.call_timeout, call).await {
-                Ok(r) => r.map_err(Error::from),
-                Err(e) => Err(e.into()),
-            };
-            match answered {
-                Ok(r) if r.get_ref().role == "primary" => {
-                    self.activate(i);
-                    return Ok(info_of(r.into_inner()));
-                }
-                Ok(r) => {
-                    if fallback.is_none() {
-                        fallback = Some((i, r.into_inner()));
-                    }
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        match fallback {
-            Some((i, info)) => {
-                self.activate(i);
-                Ok(info_of(info))
-            }
-            None => Err(last_error.expect("at least one server was asked")),
-        }
-    }
-
     fn activate(&self, i: usize) {
         let before = self.active.swap(i, Ordering::Relaxed);
         if before != i {
             tracing::warn!(server = %self.servers[i].0, previous = %self.servers[before].0, "switched server");
         }
-    }
-
-    async fn stat(&self, path: &RelPath) -> Result<Option<Entry>> {
-        match self.answer(self.raw().stat(pb::StatRequest { path: path.to_string() })).await {
-            Ok(r) => {
-                let entry =
-                    r.into_inner().entry.ok_or_else(|| Error::Protocol("stat without entry".into()))?;
-                Ok(Some(Entry::try_from(entry)?))
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn manifest(&self) -> Result<HashMap<RelPath, Entry>> {
-        let mut stream = self
-            .answer(self.raw().list(pb::ListRequest { prefix: String::new(), include_deleted: true }))
-            .await?
-            .into_inner();
-        let mut out = HashMap::new();
-        while let Some(msg) = self.answer(stream.message()).await? {
-            // The first message carries only the listing's head.
-            let Some(e) = msg.entry else { continue };
-            let Some(e) = accept_entry(e) else { continue };
-            out.insert(e.path.clone(), e);
-        }
-        Ok(out)
     }
 
     fn header(&self, upload: &Upload) -> pb::UploadRequest {
@@ -174,139 +123,6 @@ impl GrpcRemote {
             })),
         }
     }
-
-    async fn upload_reusing(&self, upload: &Upload) -> Result<Option<Entry>> {
-        let only_header = tokio_stream::iter([self.header(upload), body_msg(Body::End)]);
-        match self.raw().upload(only_header).await {
-            Ok(resp) => Ok(Some(entry_of(resp.into_inner().entry)?)),
-            Err(s) => match Error::from(s) {
-                // Not there: send it. (A lock refusal is not that.)
-                e if e.refused() == Some(Refused::UnknownContent) => Ok(None),
-                e => Err(e),
-            },
-        }
-    }
-
-    async fn upload(&self, upload: &Upload, body: mpsc::Receiver<Body>) -> Result<Entry> {
-        let header = self.header(upload);
-        let messages = futures::stream::iter([header]).chain(request_stream(body));
-        let resp = self.raw().upload(messages).await?;
-        entry_of(resp.into_inner().entry)
-    }
-
-    async fn download(&self, entry: &Entry) -> Result<ByteStream> {
-        let content = entry.content.ok_or_else(|| Error::Protocol("download of a tombstone".into()))?;
-        let mut client = self.raw();
-        let call =
-            client.download(pb::DownloadRequest { path: entry.path.to_string(), version: entry.version });
-        let mut stream = self.answer(call).await?.into_inner();
-        match self.answer(stream.message()).await? {
-            Some(pb::DownloadResponse { msg: Some(download_response::Msg::Entry(e)) })
-                if e.version == entry.version && e.hash == content.hash.as_bytes() => {}
-            _ => {
-                return Err(Error::Protocol(format!(
-                    "download of {} did not start with its entry",
-                    entry.path
-                )));
-            }
-        }
-        let (this, path) = (self.clone(), entry.path.clone());
-        let chunks = futures::stream::unfold(Some(stream), move |stream| {
-            let (this, path) = (this.clone(), path.clone());
-            async move {
-                let mut stream = stream?;
-                let chunk = match this.answer(stream.message()).await {
-                    Ok(None) => return None,
-                    Ok(Some(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(c)) })) => {
-                        if c.len() > MAX_CHUNK {
-                            Err(Error::Protocol(format!(
-                                "download of {path}: a chunk of {} bytes (the limit is {MAX_CHUNK})",
-                                c.len()
-                            )))
-                        } else {
-                            Ok(c)
-                        }
-                    }
-                    Ok(Some(_)) => Err(Error::Protocol("unexpected message in a download".into())),
-                    Err(e) => Err(e),
-                };
-                // After an error the stream ends.
-                let next = chunk.is_ok().then_some(stream);
-                Some((chunk, next))
-            }
-        });
-        Ok(chunks.boxed())
-    }
-
-    async fn delete(&self, path: &RelPath, base_version: u64, lock_token: u64) -> Result<Entry> {
-        let mut client = self.raw();
-        let call = client.delete(pb::DeleteRequest {
-            path: path.to_string(),
-            base_version,
-            client_id: self.client_id.clone(),
-            lock_token,
-        });
-        let resp = self.answer(call).await?.into_inner();
-        Ok(Entry::try_from(resp.entry.ok_or_else(|| Error::Protocol("delete without entry".into()))?)?)
-    }
-
-    async fn lock(&self, path: &RelPath, ttl: Duration, note: &str, holder: &str) -> Result<Lock> {
-        let mut client = self.raw();
-        let call = client.lock(pb::LockRequest {
-            path: path.to_string(),
-            ttl_seconds: ttl_seconds(ttl)?,
-            note: note.to_owned(),
-            client_id: self.client_id.clone(),
-            holder: holder.to_owned(),
-        });
-        lock_of(self.answer(call).await?.into_inner().lock)
-    }
-
-    async fn refresh_lock(&self, lock_id: &str, ttl: Duration) -> Result<Lock> {
-        let req = pb::RefreshLockRequest {
-            lock_id: lock_id.to_owned(),
-            ttl_seconds: ttl_seconds(ttl)?,
-            client_id: self.client_id.clone(),
-        };
-        lock_of(self.answer(self.raw().refresh_lock(req)).await?.into_inner().lock)
-    }
-
-    async fn unlock(&self, lock_id: &str, force: bool) -> Result<Lock> {
-        let req = pb::UnlockRequest { lock_id: lock_id.to_owned(), client_id: self.client_id.clone(), force };
-        let resp = self.answer(self.raw().unlock(req)).await?.into_inner();
-        lock_of(resp.lock)
-    }
-
-    async fn list_locks(&self, prefix: &str) -> Result<Vec<Lock>> {
-        let mut client = self.raw();
-        let call = client.list_locks(pb::ListLocksRequest { prefix: prefix.to_owned() });
-        let mut stream = self.answer(call).await?.into_inner();
-        let mut out = Vec::new();
-        while let Some(msg) = self.answer(stream.message()).await? {
-            out.push(lock_of(msg.lock)?);
-        }
-        Ok(out)
-    }
-
-    async fn subscribe(&self, after_seq: u64) -> Result<BoxStream<'static, Result<RemoteEvent>>> {
-        let mut client = self.raw();
-        let call = client.subscribe(pb::SubscribeRequest { after_seq, client_id: self.client_id.clone() });
-        let stream = self.answer(call).await?.into_inner();
-        // Events come when they happen: no answer timeout between them (the
-        // connection's keep-alive notices a server gone silent).
-        let events = futures::stream::unfold(Some(stream), |stream| async move {
-            let mut stream = stream?;
-            match stream.message().await {
-                Ok(None) => None,
-                Ok(Some(msg)) => match msg.event {
-                    Some(event) => Some((Ok(event_of(event)), Some(stream))),
-                    None => Some((Err(Error::Protocol("a subscription message without event".into())), None)),
-                },
-                Err(s) => Some((Err(s.into()), None)),
-            }
-        });
-        Ok(events.boxed())
-    }
 }
 
 impl Remote for GrpcRemote {
@@ -319,27 +135,143 @@ impl Remote for GrpcRemote {
     }
 
     fn info(&self) -> BoxFuture<'_, Result<ServerInfo>> {
-        Box::pin(GrpcRemote::info(self))
+        Box::pin(async move {
+            if !self.has_fallback() {
+                return Ok(info_of(
+                    self.answer(self.raw().server_info(pb::ServerInfoRequest {})).await?.into_inner(),
+                ));
+            }
+            let mut fallback: Option<(usize, pb::ServerInfoResponse)> = None;
+            let mut last_error = None;
+            for (i, (url, client)) in self.servers.iter().enumerate() {
+                let mut client = client.clone();
+                let call = client.server_info(pb::ServerInfoRequest {});
+                let answered = match connect::answer(url, self.call_timeout, call).await {
+                    Ok(r) => r.map_err(Error::from),
+                    Err(e) => Err(e.into()),
+                };
+                match answered {
+                    Ok(r) if r.get_ref().role == "primary" => {
+                        self.activate(i);
+                        return Ok(info_of(r.into_inner()));
+                    }
+                    Ok(r) => {
+                        if fallback.is_none() {
+                            fallback = Some((i, r.into_inner()));
+                        }
+                    }
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            match fallback {
+                Some((i, info)) => {
+                    self.activate(i);
+                    Ok(info_of(info))
+                }
+                None => Err(last_error.expect("at least one server was asked")),
+            }
+        })
     }
 
     fn stat<'a>(&'a self, path: &'a RelPath) -> BoxFuture<'a, Result<Option<Entry>>> {
-        Box::pin(GrpcRemote::stat(self, path))
+        Box::pin(async move {
+            match self.answer(self.raw().stat(pb::StatRequest { path: path.to_string() })).await {
+                Ok(r) => {
+                    let entry =
+                        r.into_inner().entry.ok_or_else(|| Error::Protocol("stat without entry".into()))?;
+                    Ok(Some(Entry::try_from(entry)?))
+                }
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn manifest(&self) -> BoxFuture<'_, Result<HashMap<RelPath, Entry>>> {
-        Box::pin(GrpcRemote::manifest(self))
+        Box::pin(async move {
+            let mut stream = self
+                .answer(self.raw().list(pb::ListRequest { prefix: String::new(), include_deleted: true }))
+                .await?
+                .into_inner();
+            let mut out = HashMap::new();
+            while let Some(msg) = self.answer(stream.message()).await? {
+                // The first message carries only the listing's head.
+                let Some(e) = msg.entry else { continue };
+                let Some(e) = accept_entry(e) else { continue };
+                out.insert(e.path.clone(), e);
+            }
+            Ok(out)
+        })
     }
 
     fn upload_reusing<'a>(&'a self, upload: &'a Upload) -> BoxFuture<'a, Result<Option<Entry>>> {
-        Box::pin(GrpcRemote::upload_reusing(self, upload))
+        Box::pin(async move {
+            let only_header = tokio_stream::iter([self.header(upload), body_msg(Body::End)]);
+            match self.raw().upload(only_header).await {
+                Ok(resp) => Ok(Some(entry_of(resp.into_inner().entry)?)),
+                Err(s) => match Error::from(s) {
+                    // Not there: send it. (A lock refusal is not that.)
+                    e if e.refused() == Some(Refused::UnknownContent) => Ok(None),
+                    e => Err(e),
+                },
+            }
+        })
     }
 
     fn upload<'a>(&'a self, upload: &'a Upload, body: mpsc::Receiver<Body>) -> BoxFuture<'a, Result<Entry>> {
-        Box::pin(GrpcRemote::upload(self, upload, body))
+        Box::pin(async move {
+            let header = self.header(upload);
+            let body = self.limits.pace_upload(tokio_stream::wrappers::ReceiverStream::new(body).boxed());
+            let messages = futures::stream::iter([header]).chain(request_stream(body));
+            let resp = self.raw().upload(messages).await?;
+            entry_of(resp.into_inner().entry)
+        })
     }
 
     fn download<'a>(&'a self, entry: &'a Entry) -> BoxFuture<'a, Result<ByteStream>> {
-        Box::pin(GrpcRemote::download(self, entry))
+        Box::pin(async move {
+            let content = entry.content.ok_or_else(|| Error::Protocol("download of a tombstone".into()))?;
+            let mut client = self.raw();
+            let call =
+                client.download(pb::DownloadRequest { path: entry.path.to_string(), version: entry.version });
+            let mut stream = self.answer(call).await?.into_inner();
+            match self.answer(stream.message()).await? {
+                Some(pb::DownloadResponse { msg: Some(download_response::Msg::Entry(e)) })
+                    if e.version == entry.version && e.hash == content.hash.as_bytes() => {}
+                _ => {
+                    return Err(Error::Protocol(format!(
+                        "download of {} did not start with its entry",
+                        entry.path
+                    )));
+                }
+            }
+            let (this, path) = (self.clone(), entry.path.clone());
+            let chunks = futures::stream::unfold(Some(stream), move |stream| {
+                let (this, path) = (this.clone(), path.clone());
+                async move {
+                    let mut stream = stream?;
+                    let chunk = match this.answer(stream.message()).await {
+                        Ok(None) => return None,
+                        Ok(Some(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(c)) })) => {
+                            if c.len() > MAX_CHUNK {
+                                Err(Error::Protocol(format!(
+                                    "download of {path}: a chunk of {} bytes (the limit is {MAX_CHUNK})",
+                                    c.len()
+                                )))
+                            } else {
+                                Ok(c)
+                            }
+                        }
+                        Ok(Some(_)) => Err(Error::Protocol("unexpected message in a download".into())),
+                        Err(e) => Err(e),
+                    };
+                    // After an error the stream ends.
+                    let next = chunk.is_ok().then_some(stream);
+                    Some((chunk, next))
+                }
+            });
+            Ok(self.limits.pace_download(chunks.boxed()))
+        })
     }
 
     fn delete<'a>(
@@ -348,7 +280,17 @@ impl Remote for GrpcRemote {
         base_version: u64,
         lock_token: u64,
     ) -> BoxFuture<'a, Result<Entry>> {
-        Box::pin(GrpcRemote::delete(self, path, base_version, lock_token))
+        Box::pin(async move {
+            let mut client = self.raw();
+            let call = client.delete(pb::DeleteRequest {
+                path: path.to_string(),
+                base_version,
+                client_id: self.client_id.clone(),
+                lock_token,
+            });
+            let resp = self.answer(call).await?.into_inner();
+            Ok(Entry::try_from(resp.entry.ok_or_else(|| Error::Protocol("delete without entry".into()))?)?)
+        })
     }
 
     fn lock<'a>(
@@ -358,23 +300,75 @@ impl Remote for GrpcRemote {
         note: &'a str,
         holder: &'a str,
     ) -> BoxFuture<'a, Result<Lock>> {
-        Box::pin(GrpcRemote::lock(self, path, ttl, note, holder))
+        Box::pin(async move {
+            let mut client = self.raw();
+            let call = client.lock(pb::LockRequest {
+                path: path.to_string(),
+                ttl_seconds: ttl_seconds(ttl)?,
+                note: note.to_owned(),
+                client_id: self.client_id.clone(),
+                holder: holder.to_owned(),
+            });
+            lock_of(self.answer(call).await?.into_inner().lock)
+        })
     }
 
     fn refresh_lock<'a>(&'a self, lock_id: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Lock>> {
-        Box::pin(GrpcRemote::refresh_lock(self, lock_id, ttl))
+        Box::pin(async move {
+            let req = pb::RefreshLockRequest {
+                lock_id: lock_id.to_owned(),
+                ttl_seconds: ttl_seconds(ttl)?,
+                client_id: self.client_id.clone(),
+            };
+            lock_of(self.answer(self.raw().refresh_lock(req)).await?.into_inner().lock)
+        })
     }
 
     fn unlock<'a>(&'a self, lock_id: &'a str, force: bool) -> BoxFuture<'a, Result<Lock>> {
-        Box::pin(GrpcRemote::unlock(self, lock_id, force))
+        Box::pin(async move {
+            let req =
+                pb::UnlockRequest { lock_id: lock_id.to_owned(), client_id: self.client_id.clone(), force };
+            let resp = self.answer(self.raw().unlock(req)).await?.into_inner();
+            lock_of(resp.lock)
+        })
     }
 
     fn list_locks<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Lock>>> {
-        Box::pin(GrpcRemote::list_locks(self, prefix))
+        Box::pin(async move {
+            let mut client = self.raw();
+            let call = client.list_locks(pb::ListLocksRequest { prefix: prefix.to_owned() });
+            let mut stream = self.answer(call).await?.into_inner();
+            let mut out = Vec::new();
+            while let Some(msg) = self.answer(stream.message()).await? {
+                out.push(lock_of(msg.lock)?);
+            }
+            Ok(out)
+        })
     }
 
     fn subscribe(&self, after_seq: u64) -> BoxFuture<'_, Result<BoxStream<'static, Result<RemoteEvent>>>> {
-        Box::pin(GrpcRemote::subscribe(self, after_seq))
+        Box::pin(async move {
+            let mut client = self.raw();
+            let call =
+                client.subscribe(pb::SubscribeRequest { after_seq, client_id: self.client_id.clone() });
+            let stream = self.answer(call).await?.into_inner();
+            // Events come when they happen: no answer timeout between them (the
+            // connection's keep-alive notices a server gone silent).
+            let events = futures::stream::unfold(Some(stream), |stream| async move {
+                let mut stream = stream?;
+                match stream.message().await {
+                    Ok(None) => None,
+                    Ok(Some(msg)) => match msg.event {
+                        Some(event) => Some((Ok(event_of(event)), Some(stream))),
+                        None => {
+                            Some((Err(Error::Protocol("a subscription message without event".into())), None))
+                        }
+                    },
+                    Err(s) => Some((Err(s.into()), None)),
+                }
+            });
+            Ok(events.boxed())
+        })
     }
 }
 
@@ -461,9 +455,9 @@ fn event_of(event: pb::ChangeEvent) -> RemoteEvent {
 /// end marker. A reader that stops without sending it (the file changed,
 /// or could not be read) leaves the stream open, never ended normally,
 /// until the call is cancelled.
-fn request_stream(rx: mpsc::Receiver<Body>) -> impl Stream<Item = pb::UploadRequest> {
+fn request_stream(rx: BoxStream<'static, Body>) -> impl Stream<Item = pb::UploadRequest> {
     futures::stream::unfold((rx, false), |(mut rx, ended)| async move {
-        match rx.recv().await {
+        match rx.next().await {
             Some(body) => {
                 let end = body == Body::End;
                 Some((body_msg(body), (rx, end)))

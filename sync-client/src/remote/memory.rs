@@ -2,7 +2,8 @@
 //! contents and its locks in a `Mutex`, with the server's rules that the
 //! engine depends on (a write's base version must be current, a path
 //! locked by someone else refuses writes, a stale lock token is refused,
-//! the content must match its header). Other clients' writes and locks are
+//! a file never lies below a file nor where files lie below, the content
+//! must match its header). Other clients' writes and locks are
 //! made through its own methods.
 
 use std::{
@@ -73,6 +74,23 @@ impl Server {
         Ok(())
     }
 
+    /// Refuses a file (or folder) at `path` below a live file, and a file
+    /// at `path` where live entries lie below it, as the server does.
+    fn check_clash(&self, path: &RelPath, content: &Content) -> Result<()> {
+        let live = |e: &&Entry| !e.is_deleted();
+        let p = path.as_str();
+        let below_a_file = p.match_indices('/').any(|(i, _)| {
+            let above = RelPath::new(&p[..i]).expect("a prefix of a valid path is valid");
+            self.entries.get(&above).filter(live).and_then(|e| e.content).is_some_and(|c| !c.folder)
+        });
+        let above_entries = !content.folder
+            && self.entries.values().filter(live).any(|e| e.path.as_str().starts_with(&format!("{p}/")));
+        if below_a_file || above_entries {
+            return Err(Error::server(Refused::PathClash, &format!("{path} clashes with a file or folder")));
+        }
+        Ok(())
+    }
+
     fn commit(&mut self, path: &RelPath, content: Option<Content>, client_id: &str) -> Entry {
         self.seq += 1;
         let entry = Entry { path: path.clone(), version: self.seq, content, client_id: client_id.to_owned() };
@@ -124,6 +142,11 @@ impl MemoryRemote {
         let server = self.server();
         let entry = server.entries.get(&RelPath::new(path).ok()?)?;
         server.contents.get(&entry.content?.hash).cloned()
+    }
+
+    /// The entry at `path` (a tombstone too), if the server has one.
+    pub(crate) fn entry(&self, path: &str) -> Option<Entry> {
+        self.server().entries.get(&RelPath::new(path).ok()?).cloned()
     }
 
     /// The live files' paths and contents.
@@ -210,7 +233,8 @@ impl Remote for MemoryRemote {
                 return Ok(None);
             }
             server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
-            Ok(Some(server.commit(&upload.path, Some(content_of(upload)), &self.client_id)))
+            server.check_clash(&upload.path, &upload.content.content())?;
+            Ok(Some(server.commit(&upload.path, Some(upload.content.content()), &self.client_id)))
         })
     }
 
@@ -220,12 +244,11 @@ impl Remote for MemoryRemote {
         mut body: mpsc::Receiver<Body>,
     ) -> BoxFuture<'a, Result<Entry>> {
         Box::pin(async move {
-            self.server().check_write(
-                &upload.path,
-                &self.client_id,
-                upload.lock_token,
-                upload.base_version,
-            )?;
+            {
+                let server = self.server();
+                server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
+                server.check_clash(&upload.path, &upload.content.content())?;
+            }
             let mut data = Vec::new();
             loop {
                 match body.recv().await {
@@ -242,8 +265,9 @@ impl Remote for MemoryRemote {
             }
             let mut server = self.server();
             server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
+            server.check_clash(&upload.path, &upload.content.content())?;
             server.contents.insert(c.hash, data);
-            Ok(server.commit(&upload.path, Some(content_of(upload)), &self.client_id))
+            Ok(server.commit(&upload.path, Some(upload.content.content()), &self.client_id))
         })
     }
 
@@ -333,17 +357,5 @@ impl Remote for MemoryRemote {
         let events: Vec<Result<RemoteEvent>> =
             self.server().events.iter().filter(|e| e.seq() > after_seq).cloned().map(Ok).collect();
         Box::pin(async move { Ok(futures::stream::iter(events).boxed()) })
-    }
-}
-
-fn content_of(upload: &Upload) -> Content {
-    let c = &upload.content;
-    Content {
-        hash: c.hash,
-        size: c.size,
-        mtime_ns: c.mtime_ns,
-        executable: c.executable,
-        symlink: c.symlink,
-        folder: c.folder,
     }
 }
