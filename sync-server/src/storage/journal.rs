@@ -585,12 +585,14 @@ impl Store {
         }
     }
 
-    /// Removes content that no entry refers to and no upload holds (content
-    /// of a refused upload). Failing here only leaves it for the start-up
+    /// Hands content of a refused upload to garbage collection: removed now
+    /// if no entry refers to it and no upload holds it (with no grace), or
+    /// once its grace has passed (the same content may be replaced content
+    /// a reader still needs). Failing here only leaves it for the start-up
     /// sweep.
     async fn drop_if_unreferenced(&self, hash: ContentHash) {
         let _w = self.inner.writer.lock().await;
-        self.remove_unreferenced(vec![hash]).await;
+        self.collect(vec![hash]).await;
     }
 
     /// Removes those of `hashes` that no live entry refers to and no upload

@@ -519,10 +519,14 @@ async fn replaced_content_goes_once_its_grace_has_passed(b: Backend) {
     // "one" is referred to again within its grace: it must stay.
     send(&s, put("b", b"one", 0, "c", 0), b"one").await.unwrap();
     send(&s, put("a", b"three", v2, "c", 0), b"three").await.unwrap();
-    // "two", replaced after "one" was queued, goes: the collector has been
+    // A refused upload's content waits for its grace too.
+    let stale = send(&s, put("a", b"four", v1, "c", 0), b"four").await;
+    assert!(matches!(stale, Err(Error::VersionConflict { .. })), "{stale:?}");
+    assert!(stored(&s).await.contains(&ContentHash::of(b"four")));
+    // "two" and "four", queued after "one", go: the collector has been
     // through "one" by then.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while stored(&s).await.contains(&ContentHash::of(b"two")) {
+    while stored(&s).await.iter().any(|h| [ContentHash::of(b"two"), ContentHash::of(b"four")].contains(h)) {
         assert!(tokio::time::Instant::now() < deadline, "replaced content was never collected");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
