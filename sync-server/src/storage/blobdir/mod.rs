@@ -593,7 +593,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[async_trait]
 impl ContentStore for BlobDir {
     async fn upload(&self) -> Result<Box<dyn ContentUpload>> {
-        Ok(Box::new(BlobUpload { dir: self.clone(), state: UploadState::Fresh }))
+        let this = self.clone();
+        let writer = tokio::task::spawn_blocking(move || this.writer()).await??;
+        Ok(Box::new(BlobUpload { dir: self.clone(), writer: Some(writer) }))
     }
 
     async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>> {
@@ -664,55 +666,35 @@ impl ContentStore for BlobDir {
     }
 }
 
-/// An upload into a temp file of the blob folder, written on blocking
-/// threads. The temp file is made with the first write (or at `complete`),
-/// so an upload that sends no content (header-only) touches no disk.
+/// An upload into a temp file of the blob folder (made when the upload
+/// starts), written on blocking threads.
 #[derive(Debug)]
 struct BlobUpload {
     dir: BlobDir,
-    state: UploadState,
-}
-
-#[derive(Debug)]
-enum UploadState {
-    /// Nothing written yet: no temp file.
-    Fresh,
-    Writing(Box<BlobWriter>),
-    /// A write failed (or is out on a blocking thread): the upload is over.
-    Broken,
-}
-
-impl BlobUpload {
-    /// The writer, made now if this is the first use.
-    fn writer(dir: &BlobDir, state: UploadState) -> Result<BlobWriter> {
-        match state {
-            UploadState::Fresh => dir.writer(),
-            UploadState::Writing(w) => Ok(*w),
-            UploadState::Broken => Err(Error::Internal("an upload whose write failed was used again".into())),
-        }
-    }
+    /// Out while a write runs (a dropped upload drops it there); `None`
+    /// after a failed write.
+    writer: Option<BlobWriter>,
 }
 
 #[async_trait]
 impl ContentUpload for BlobUpload {
     async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
-        let (dir, state) = (self.dir.clone(), std::mem::replace(&mut self.state, UploadState::Broken));
-        let writer = tokio::task::spawn_blocking(move || {
-            let mut writer = Self::writer(&dir, state)?;
-            writer.write(&chunk).map(|()| writer)
-        })
-        .await??;
-        self.state = UploadState::Writing(Box::new(writer));
+        let mut writer = self.writer.take().ok_or_else(failed_before)?;
+        self.writer =
+            Some(tokio::task::spawn_blocking(move || writer.write(&chunk).map(|()| writer)).await??);
         Ok(())
     }
 
     async fn complete(self: Box<Self>, hash: ContentHash, size: u64) -> Result<Box<dyn StagedContent>> {
-        let BlobUpload { dir, state } = *self;
-        let d = dir.clone();
-        let staged =
-            tokio::task::spawn_blocking(move || Self::writer(&d, state)?.finish(hash, size)).await??;
-        Ok(Box::new(BlobStaged { dir, staged }))
+        let writer = self.writer.ok_or_else(failed_before)?;
+        let staged = tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??;
+        Ok(Box::new(BlobStaged { dir: self.dir, staged }))
     }
+}
+
+/// An upload used again after one of its writes failed.
+fn failed_before() -> Error {
+    Error::Internal("an upload whose write failed was used again".into())
 }
 
 /// Checked content in a temp file of the blob folder.
