@@ -71,6 +71,11 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
     /// `size`); damaged content is set aside.
     async fn verify(&self, hash: &ContentHash, size: u64) -> Result<Verdict>;
 
+    /// The size of stored content `hash` once it was read whole and
+    /// matched its name: `None` when it is not stored, or was found damaged
+    /// (and set aside).
+    async fn verified_size(&self, hash: &ContentHash) -> Result<Option<u64>>;
+
     /// Whether content `hash` was found damaged and no good copy has come
     /// since.
     async fn is_damaged(&self, hash: &ContentHash) -> Result<bool>;

@@ -284,8 +284,7 @@ impl Store {
         if !self.inner.meta.refers_to(ns, hash).await? {
             return Ok(None);
         }
-        let Some(size) = self.inner.content.head(hash).await? else { return Ok(None) };
-        Ok((self.inner.content.verify(hash, size).await? == Verdict::Good).then_some(size))
+        self.inner.content.verified_size(hash).await
     }
 
     /// Opens stored content `hash` of `size` bytes for a verified read:
@@ -495,7 +494,7 @@ impl Store {
                 }
             });
             let mut tx = self.inner.meta.begin();
-            tx.decide_each(items, decide).await?;
+            tx.decide_each(items, decide);
             tx.commit().await
         }
         .await;
@@ -850,10 +849,10 @@ impl Store {
                 Some(change)
             });
             let mut tx = this.inner.meta.begin();
-            tx.decide_each(items, decide).await?;
+            tx.decide_each(items, decide);
+            tx.commit().await?;
             let replaced = std::mem::take(&mut *lock(&replaced));
             let applied: Vec<(Change, Option<Entry>)> = changes.into_iter().zip(replaced).collect();
-            tx.commit().await?;
             let n = applied.len();
             this.after_commit(&mut w, applied).await;
             Ok(n)

@@ -350,7 +350,7 @@ impl MetaTx for MemoryTx {
         Ok(self.view().facts(ns, path, want))
     }
 
-    async fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, mut decide: Decide) -> Result<()> {
+    fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, mut decide: Decide) {
         let mut view = self.view();
         for (i, (ns, path, want)) in items.into_iter().enumerate() {
             if let Some(change) = decide(i, view.facts(&ns, &path, want)) {
@@ -358,7 +358,6 @@ impl MetaTx for MemoryTx {
                 self.pending.push(change);
             }
         }
-        Ok(())
     }
 
     async fn lock_by_id(&mut self, ns: &str, lock_id: &str) -> Result<Option<Lock>> {
@@ -437,6 +436,10 @@ impl ContentStore for MemoryContent {
             Some(_) => Verdict::Damaged,
             None => Verdict::Missing,
         })
+    }
+
+    async fn verified_size(&self, hash: &ContentHash) -> Result<Option<u64>> {
+        Ok(self.blobs().get(hash).filter(|d| ContentHash::of(d) == *hash).map(|d| d.len() as u64))
     }
 
     async fn is_damaged(&self, _hash: &ContentHash) -> Result<bool> {

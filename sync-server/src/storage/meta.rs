@@ -6,9 +6,10 @@
 //!
 //! A transaction ([`MetaTx`]) buffers its writes and sends them with its
 //! next read or its commit; its reads see its own earlier writes.
-//! [`MetaTx::decide_each`] fetches, decides and writes a whole group in one
-//! trip, so a group commit costs two trips to a blocking backend (decide,
-//! commit), whatever the number of puts and checks.
+//! [`MetaTx::decide_each`] fetches, decides and writes a whole group with
+//! the transaction's next trip, so a group commit costs one trip to a
+//! blocking backend (decide and commit), whatever the number of puts and
+//! checks.
 
 use std::fmt::Debug;
 
@@ -157,8 +158,10 @@ pub(crate) trait MetaTx: Send + Debug {
     /// For each item in order: fetches its facts (seeing the writes of the
     /// items before it), asks `decide`, and writes the change it returns.
     /// The decisions are the caller's (the journal runs the rules); the
-    /// backend only fetches and writes, in one trip for the lot.
-    async fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, decide: Decide) -> Result<()>;
+    /// backend only fetches and writes. Queued like a write: it runs with
+    /// the transaction's next trip (at the latest its commit), so the
+    /// closure's decisions are known once that has returned.
+    fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, decide: Decide);
 
     /// The lock row with id `lock_id`, in force or not.
     async fn lock_by_id(&mut self, ns: &str, lock_id: &str) -> Result<Option<Lock>>;

@@ -593,9 +593,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[async_trait]
 impl ContentStore for BlobDir {
     async fn upload(&self) -> Result<Box<dyn ContentUpload>> {
-        let this = self.clone();
-        let writer = tokio::task::spawn_blocking(move || this.writer()).await??;
-        Ok(Box::new(BlobUpload { dir: self.clone(), writer: Some(writer) }))
+        // Making the temp file is one quick create, not worth a trip to a
+        // blocking thread; every write and the finish take one.
+        Ok(Box::new(BlobUpload { dir: self.clone(), writer: Some(self.writer()?) }))
     }
 
     async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>> {
@@ -646,6 +646,19 @@ impl ContentStore for BlobDir {
     async fn verify(&self, hash: &ContentHash, size: u64) -> Result<Verdict> {
         let (this, hash) = (self.clone(), *hash);
         tokio::task::spawn_blocking(move || this.verify(&hash, size)).await?
+    }
+
+    async fn verified_size(&self, hash: &ContentHash) -> Result<Option<u64>> {
+        let (this, hash) = (self.clone(), *hash);
+        tokio::task::spawn_blocking(move || {
+            let size = match fs::metadata(this.path_of(&hash)) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok((this.verify(&hash, size)? == Verdict::Good).then_some(size))
+        })
+        .await?
     }
 
     async fn is_damaged(&self, hash: &ContentHash) -> Result<bool> {

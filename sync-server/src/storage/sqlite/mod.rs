@@ -405,19 +405,47 @@ impl SnapshotSink for SqliteMeta {
 }
 
 /// A transaction on the writer connection. `BEGIN` goes with its first
-/// trip; writes wait in `pending` for the next trip. Dropped while open, it
-/// is rolled back.
-#[derive(Debug)]
+/// trip; writes and decisions wait in `pending` for the next trip (at the
+/// latest the commit). Dropped while open, it is rolled back.
 struct SqliteTx {
     writer: Arc<Mutex<Connection>>,
-    pending: Vec<Change>,
+    pending: Vec<Pending>,
     /// `BEGIN` was sent and neither `COMMIT` nor `ROLLBACK` since.
     open: bool,
 }
 
+/// Work a transaction sends with its next trip, in order.
+enum Pending {
+    Write(Box<Change>),
+    /// [`MetaTx::decide_each`]'s items and the closure that decides them.
+    Decide(Vec<(String, RelPath, Want)>, Decide),
+}
+
+impl std::fmt::Debug for SqliteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteTx").field("pending", &self.pending.len()).field("open", &self.open).finish()
+    }
+}
+
+impl Pending {
+    fn run(self, c: &Connection) -> Result<()> {
+        match self {
+            Pending::Write(change) => write_change(c, &change),
+            Pending::Decide(items, mut decide) => {
+                for (i, (ns, path, want)) in items.into_iter().enumerate() {
+                    if let Some(change) = decide(i, facts(c, &ns, &path, want)?) {
+                        write_change(c, &change)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl SqliteTx {
-    /// One trip: opens the transaction if needed, sends the pending writes,
-    /// then runs `f`.
+    /// One trip: opens the transaction if needed, runs the pending work,
+    /// then `f`.
     async fn trip<T: Send + 'static>(
         &mut self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -430,8 +458,8 @@ impl SqliteTx {
             if !open {
                 conn.execute_batch("BEGIN")?;
             }
-            for change in &pending {
-                write_change(&conn, change)?;
+            for work in pending {
+                work.run(&conn)?;
             }
             f(&conn)
         })
@@ -446,16 +474,8 @@ impl MetaTx for SqliteTx {
         self.trip(move |c| facts(c, &ns, &path, want)).await
     }
 
-    async fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, mut decide: Decide) -> Result<()> {
-        self.trip(move |c| {
-            for (i, (ns, path, want)) in items.into_iter().enumerate() {
-                if let Some(change) = decide(i, facts(c, &ns, &path, want)?) {
-                    write_change(c, &change)?;
-                }
-            }
-            Ok(())
-        })
-        .await
+    fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, decide: Decide) {
+        self.pending.push(Pending::Decide(items, decide));
     }
 
     async fn lock_by_id(&mut self, ns: &str, lock_id: &str) -> Result<Option<Lock>> {
@@ -464,7 +484,7 @@ impl MetaTx for SqliteTx {
     }
 
     fn write(&mut self, change: Change) {
-        self.pending.push(change);
+        self.pending.push(Pending::Write(Box::new(change)));
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
