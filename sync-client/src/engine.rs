@@ -18,9 +18,10 @@
 //!   path is left for the retry.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
+    time::Instant,
 };
 
 use futures::StreamExt;
@@ -78,6 +79,16 @@ pub struct LaneDone {
     pub result: Result<()>,
 }
 
+/// A large-lane transfer under way, as the live status shows it.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// An upload (else a download).
+    pub upload: bool,
+    /// The bytes it carries.
+    pub size: u64,
+    pub started: Instant,
+}
+
 /// Where large-lane transfers run (see [`Engine::with_lane`]).
 #[derive(Debug, Clone)]
 pub struct Lane {
@@ -125,12 +136,14 @@ pub struct Engine {
     remote: Arc<dyn Remote>,
     /// Paths whose last attempt failed; retried later.
     failed: BTreeSet<RelPath>,
+    /// The last error of each path in `failed` that had one.
+    last_errors: BTreeMap<RelPath, String>,
     /// The server refuses writes for now (its sync replica is away).
     refusal: Refusal,
     /// The large lane, in `watch` (none: every transfer runs in the loop).
     lane: Option<Lane>,
     /// Paths with a large-lane transfer running.
-    in_lane: HashSet<RelPath>,
+    in_lane: HashMap<RelPath, InFlight>,
     /// The names of files with several links, from the last scan and the
     /// events since.
     links: HardLinks,
@@ -145,9 +158,10 @@ impl Engine {
             state,
             remote,
             failed: BTreeSet::new(),
+            last_errors: BTreeMap::new(),
             refusal: Refusal::default(),
             lane: None,
-            in_lane: HashSet::new(),
+            in_lane: HashMap::new(),
             links: HardLinks::default(),
         }
     }
@@ -203,7 +217,7 @@ impl Engine {
         // A path in the large lane is planned again when its transfer ends.
         let (nothing, plans): (Vec<_>, Vec<_>) = plans
             .into_iter()
-            .filter(|p| !self.in_lane.contains(&p.path))
+            .filter(|p| !self.in_lane.contains_key(&p.path))
             .partition(|p| p.action == Action::Nothing);
         for p in nothing {
             if let Err(e) = self.executor.refresh_base(&p) {
@@ -361,6 +375,22 @@ impl Engine {
         Ok(())
     }
 
+    /// The paths waiting for a retry, with the last error of each (none
+    /// for one left over from too many follow-ups), in path order.
+    pub fn failures(&self) -> impl Iterator<Item = (&RelPath, Option<&str>)> {
+        self.failed.iter().map(|p| (p, self.last_errors.get(p).map(String::as_str)))
+    }
+
+    /// How many paths wait for a retry.
+    pub fn failure_count(&self) -> usize {
+        self.failed.len()
+    }
+
+    /// The large-lane transfers under way.
+    pub fn in_flight(&self) -> impl Iterator<Item = (&RelPath, &InFlight)> {
+        self.in_lane.iter()
+    }
+
     /// Whether the synced folder itself is gone: the client must stop.
     pub fn folder_gone(&self) -> bool {
         !self.executor.folder().present()
@@ -375,6 +405,7 @@ impl Engine {
         } else {
             tracing::warn!(%path, error = %e, "sync failed; will retry");
         }
+        self.last_errors.insert(path.clone(), e.to_string());
         self.failed.insert(path);
     }
 
@@ -389,6 +420,8 @@ impl Engine {
         if self.failed.is_empty() {
             self.refusal.clear(&self.state);
         }
+        let failed = &self.failed;
+        self.last_errors.retain(|p, _| failed.contains(p));
         self.executor.metrics().pending.set(self.failed.len() as i64);
     }
 
@@ -451,7 +484,7 @@ impl Engine {
 
     /// Plans and executes one path (see [`Engine::sync_path`]).
     async fn sync_one(&mut self, path: &RelPath, remote: RemoteView, follow: &mut FollowUps) -> Result<bool> {
-        if self.in_lane.contains(path) {
+        if self.in_lane.contains_key(path) {
             return Ok(false); // Planned again when its transfer ends.
         }
         match self.plan(path, remote).await? {
@@ -523,7 +556,9 @@ impl Engine {
         // A copy of the executor: the shared state, and what is known of
         // the locks (for this client's lock token).
         let (executor, lane, p) = (self.executor.clone(), lane.clone(), p.clone());
-        self.in_lane.insert(p.path.clone());
+        let upload = matches!(p.action, Action::Upload { .. });
+        self.in_lane
+            .insert(p.path.clone(), InFlight { upload, size: p.transfer_size(), started: Instant::now() });
         tracing::debug!(path = %p.path, size = p.transfer_size(), "transfer runs in the large lane");
         lane.tasks.spawn(async move {
             let result = tokio::select! {

@@ -21,6 +21,9 @@ pub enum Error {
     State(#[from] rusqlite::Error),
     #[error("another sync-client is already running on {0}")]
     Busy(String),
+    /// A command for the running client found none on the folder.
+    #[error("no sync-client is running on {0} (`sync-client watch` runs one)")]
+    NotRunning(String),
     #[error("the server sent something invalid: {0}")]
     Protocol(String),
     #[error("{0}")]

@@ -5,7 +5,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sync_client::ratelimit::Rate;
+use sync_client::{
+    control::{self, Live, Request},
+    ratelimit::Rate,
+};
 use syncstore::cli::{self, ConnectArgs, LogFormat};
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +82,17 @@ enum Command {
         /// side's content hash ("-" where it has no file).
         #[arg(long, value_name = "URL")]
         against_replica: Option<String>,
+        /// Show only what the `watch` running on the folder is doing now
+        /// (paused or not, queued paths, transfers, errors, server,
+        /// cursor), without asking the server. Exit 3 if none runs.
+        #[arg(long, conflicts_with = "against_replica")]
+        live: bool,
     },
+    /// Pause the `watch` running on the folder: no transfer starts until
+    /// `resume`; changes either way wait. Remembered across restarts.
+    Pause,
+    /// Resume a paused folder: what changed meanwhile is synced.
+    Resume,
     /// List the server's files.
     Ls,
     /// Lock a file so that nobody else's change to it reaches the server
@@ -107,6 +120,10 @@ enum Command {
     /// List the server's live locks.
     Locks,
 }
+
+/// Exit code of `pause`, `resume` and `status --live` when no client runs
+/// on the folder (1 is "not in sync", 2 a usage error).
+const NOT_RUNNING: u8 = 3;
 
 fn main() -> ExitCode {
     let args: Args = match cli::parse_args() {
@@ -148,6 +165,29 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let dir = args.dir.clone().context("--dir is required for this command")?;
+    if let Some((request, json)) = match command {
+        Command::Pause => Some((Request::Pause, false)),
+        Command::Resume => Some((Request::Resume, false)),
+        Command::Status { live: true, json, .. } => Some((Request::Status, json)),
+        _ => None,
+    } {
+        let live = match control::request(&dir, request).await {
+            Ok(live) => live,
+            Err(e @ sync_client::Error::NotRunning(_)) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(NOT_RUNNING));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if json {
+            println!("{}", serde_json::to_string_pretty(&live)?);
+        } else if request == Request::Status {
+            print!("{}", show_live(&live));
+        } else {
+            println!("{}", if live.paused { "paused" } else { "syncing" });
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut config = sync_client::Config::new(String::new(), dir);
     config.servers = args.servers.clone();
     config.security = security;
@@ -185,7 +225,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        Command::Status { json, against_replica: Some(replica) } => {
+        Command::Status { json, against_replica: Some(replica), .. } => {
             let rows = sync_client::status_against_replica(config, &replica).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -206,10 +246,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(if rows.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Status { json, against_replica: None } => {
+        Command::Status { json, against_replica: None, .. } => {
             let refused = sync_client::writes_refused(&config)?;
             if let Some(why) = &refused {
                 eprintln!("writes refused: {why}");
+            }
+            // The running client's state goes beside the differences, on
+            // stderr, so that stdout stays one line (or object) per path.
+            if !json && let Ok(live) = control::request(&config.dir, Request::Status).await {
+                eprint!("{}", show_live(&live));
             }
             let diffs = sync_client::status(config).await?;
             if json {
@@ -239,6 +284,30 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("unlocked {}", l.path);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ls | Command::Locks => unreachable!("handled above"),
+        Command::Ls | Command::Locks | Command::Pause | Command::Resume => unreachable!("handled above"),
     }
+}
+
+/// The live state for people, one fact a line.
+fn show_live(live: &Live) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let state = if live.paused { "paused" } else { "syncing" };
+    let _ = writeln!(out, "client:     running, {state}");
+    let replica = if live.servers.first().is_some_and(|p| *p != live.server) { " (a replica)" } else { "" };
+    let _ = writeln!(out, "server:     {}{replica}", live.server);
+    let _ = writeln!(out, "cursor:     {} of {}", live.cursor, live.head);
+    let _ = writeln!(out, "queued:     {}", live.queued_total);
+    for path in &live.queued {
+        let _ = writeln!(out, "  {path}");
+    }
+    let _ = writeln!(out, "transfers:  {}", live.transfers.len());
+    for t in &live.transfers {
+        let _ = writeln!(out, "  {} {} ({} bytes, {}s)", t.direction, t.path, t.size, t.seconds);
+    }
+    let _ = writeln!(out, "errors:     {}", live.errors_total);
+    for e in &live.errors {
+        let _ = writeln!(out, "  {}: {}", e.path, e.error);
+    }
+    out
 }

@@ -8,6 +8,7 @@ mod api;
 mod badinput;
 mod bandwidth;
 mod contract;
+mod control;
 mod diskfull;
 mod edges;
 mod folder;
