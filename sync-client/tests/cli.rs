@@ -645,3 +645,61 @@ async fn a_bad_rate_limit_is_refused_naming_its_option_and_a_good_one_is_kept() 
     assert!(server_paths(&server.url).await.contains(&"big.bin".to_owned()));
     assert!(took >= Duration::from_millis(2400), "3 MiB went up in {took:?} at 1 MiB/s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_the_live_status_reach_the_running_watch() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = server().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // No client runs on the folder: a clear error, exit 3.
+    for command in ["pause", "resume"] {
+        let out = client(&server.url, dir.path(), &[command]).await;
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no sync-client is running on"), "{err}");
+    }
+    let out = client(&server.url, dir.path(), &["status", "--live", "--json"]).await;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    let mut watch = spawn_watch(&server.url, dir.path()).await;
+    let mut live = serde_json::Value::Null;
+    eventually("status --live answers", async || {
+        let out = client(&server.url, dir.path(), &["status", "--live", "--json"]).await;
+        if out.status.success() {
+            live = serde_json::from_slice(&out.stdout).expect("status --live --json is JSON");
+        }
+        out.status.success()
+    })
+    .await;
+    assert_eq!(live["paused"], false, "{live}");
+    assert_eq!(live["server"], server.url.as_str(), "{live}");
+    for field in ["cursor", "head", "queued_total", "errors_total"] {
+        assert!(live[field].is_u64(), "{field} in {live}");
+    }
+    for field in ["queued", "transfers", "errors"] {
+        assert!(live[field].is_array(), "{field} in {live}");
+    }
+
+    // Only the owner can reach the socket.
+    let socket = dir.path().join(".syncstore/control/socket");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(socket.parent().unwrap()), 0o700);
+
+    let out = client(&server.url, dir.path(), &["pause"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "paused\n");
+    let out = client(&server.url, dir.path(), &["status", "--live"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).starts_with("client:     running, paused\n"), "{}", stdout(&out));
+    let out = client(&server.url, dir.path(), &["resume"]).await;
+    assert_eq!(stdout(&out), "syncing\n");
+
+    // Killed, it leaves its socket behind: nobody answers on it.
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    assert!(socket.exists());
+    let out = client(&server.url, dir.path(), &["pause"]).await;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
