@@ -105,6 +105,8 @@ pub struct Transfer {
     pub direction: String,
     /// The bytes it carries.
     pub size: u64,
+    /// The bytes it has moved so far.
+    pub done: u64,
     /// Seconds since it started.
     pub seconds: u64,
 }

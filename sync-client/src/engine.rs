@@ -20,7 +20,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicU64},
     time::Instant,
 };
 
@@ -43,6 +43,7 @@ use crate::{
     refusal::Refusal,
     remote::{Remote, RemoteEvent, ServerInfo},
     state::State,
+    transfer,
 };
 
 /// Times one path is planned again after a race (a version conflict, or a
@@ -86,6 +87,8 @@ pub struct InFlight {
     pub upload: bool,
     /// The bytes it carries.
     pub size: u64,
+    /// The bytes it has moved so far.
+    pub done: Arc<AtomicU64>,
     pub started: Instant,
 }
 
@@ -556,14 +559,15 @@ impl Engine {
         // A copy of the executor: the shared state, and what is known of
         // the locks (for this client's lock token).
         let (executor, lane, p) = (self.executor.clone(), lane.clone(), p.clone());
-        let upload = matches!(p.action, Action::Upload { .. });
-        self.in_lane
-            .insert(p.path.clone(), InFlight { upload, size: p.transfer_size(), started: Instant::now() });
+        let (upload, done) = (matches!(p.action, Action::Upload { .. }), Arc::new(AtomicU64::new(0)));
+        let started = Instant::now();
+        let in_flight = InFlight { upload, size: p.transfer_size(), done: done.clone(), started };
+        self.in_lane.insert(p.path.clone(), in_flight);
         tracing::debug!(path = %p.path, size = p.transfer_size(), "transfer runs in the large lane");
         lane.tasks.spawn(async move {
             let result = tokio::select! {
                 () = lane.stop.cancelled() => return,
-                r = executor.transfer(&p) => r,
+                r = transfer::PROGRESS.scope(done, executor.transfer(&p)) => r,
             };
             let _ = lane.done.send(LaneDone { path: p.path, result }).await;
         });

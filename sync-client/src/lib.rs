@@ -423,6 +423,7 @@ fn publish(control: &control::Control, engine: &Engine, held: &Held, grpc: &Grpc
                 path: path.to_string(),
                 direction: if t.upload { "upload" } else { "download" }.to_owned(),
                 size: t.size,
+                done: t.done.load(std::sync::atomic::Ordering::Relaxed),
                 seconds: t.started.elapsed().as_secs(),
             })
             .collect();

@@ -303,7 +303,8 @@ fn show_live(live: &Live) -> String {
     }
     let _ = writeln!(out, "transfers:  {}", live.transfers.len());
     for t in &live.transfers {
-        let _ = writeln!(out, "  {} {} ({} bytes, {}s)", t.direction, t.path, t.size, t.seconds);
+        let _ =
+            writeln!(out, "  {} {} ({} of {} bytes, {}s)", t.direction, t.path, t.done, t.size, t.seconds);
     }
     let _ = writeln!(out, "errors:     {}", live.errors_total);
     for e in &live.errors {

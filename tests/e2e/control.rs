@@ -105,9 +105,16 @@ async fn a_pause_is_remembered_across_a_restart_and_the_live_status_shows_transf
     // beside the loop; a pause lets it finish, and holds what comes after.
     let big = random_bytes(12 << 20, 5);
     a.write("big.bin", &big);
-    eventually_async("the upload is listed in flight", || async {
+    eventually_async("the upload is listed in flight, with its progress", || async {
         let live = ask(a.dir.path(), Request::Status).await;
-        live.transfers.iter().any(|t| t.path == "big.bin" && t.direction == "upload" && t.size == 12 << 20)
+        // Part way: some bytes moved, not all.
+        live.transfers.iter().any(|t| {
+            t.path == "big.bin"
+                && t.direction == "upload"
+                && t.size == 12 << 20
+                && t.done > 0
+                && t.done < t.size
+        })
     })
     .await;
     assert!(ask(a.dir.path(), Request::Pause).await.paused);
