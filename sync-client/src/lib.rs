@@ -417,8 +417,11 @@ fn publish(control: &control::Control, engine: &Engine, held: &Held, grpc: &Grpc
         l.head = head;
         l.queued = held.paths.iter().take(listed).map(ToString::to_string).collect();
         l.queued_total = held.paths.len() + held.more;
+        // One that ended while paused waits in `held` to be planned again.
+        let ended = |p: &RelPath| held.lanes.iter().any(|d| d.path == *p);
         l.transfers = engine
             .in_flight()
+            .filter(|(path, _)| !ended(path))
             .map(|(path, t)| control::Transfer {
                 path: path.to_string(),
                 direction: if t.upload { "upload" } else { "download" }.to_owned(),

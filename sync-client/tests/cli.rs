@@ -687,6 +687,14 @@ async fn pause_resume_and_the_live_status_reach_the_running_watch() {
     assert_eq!(mode(&socket), 0o600);
     assert_eq!(mode(socket.parent().unwrap()), 0o700);
 
+    // A plain `status` adds the summary on stderr; stdout keeps the
+    // differences alone.
+    let out = client(&server.url, dir.path(), &["status"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout(&out), "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("client:     running, syncing\n"), "{err}");
+
     let out = client(&server.url, dir.path(), &["pause"]).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out), "paused\n");
