@@ -278,7 +278,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
                         engine.lane_done(done).await;
                     }
                     held = Held::default();
-                    catch_up = !catch_up_sync(&mut engine).await;
+                    catch_up = !catch_up_sync(&mut engine, true).await;
                 }
                 is_paused = now;
             }
@@ -325,7 +325,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
             _ = rescan.tick(), if !is_paused => log_rescan(engine.rescan().await),
             _ = retry.tick(), if !is_paused && (catch_up || engine.has_failures()) => {
                 if catch_up {
-                    catch_up = !catch_up_sync(&mut engine).await;
+                    catch_up = !catch_up_sync(&mut engine, false).await;
                 } else {
                     engine.retry_failed().await;
                 }
@@ -395,15 +395,20 @@ impl Held {
 }
 
 /// The full sync that follows a pause. Returns whether it succeeded (if
-/// not, it is tried again at the next retry).
-async fn catch_up_sync(engine: &mut Engine) -> bool {
+/// not, it is tried again at the next retry; only the `first` failure is
+/// a warning).
+async fn catch_up_sync(engine: &mut Engine, first: bool) -> bool {
     match engine.full_sync().await {
         Ok(n) => {
             tracing::info!(actions = n, "resumed: synced what changed while paused");
             true
         }
-        Err(e) => {
+        Err(e) if first => {
             tracing::warn!(error = %e, "resumed, but the catch-up sync failed; retrying");
+            false
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "the catch-up sync failed again");
             false
         }
     }
