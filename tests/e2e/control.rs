@@ -135,3 +135,27 @@ async fn a_pause_is_remembered_across_a_restart_and_the_live_status_shows_transf
     .await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn a_path_that_keeps_failing_is_listed_with_its_last_error() {
+    let server = TestServer::start_with(|c| c.max_file_size = 1024).await;
+    let a = TestClient::start(&server.url());
+    live_when_up(a.dir.path()).await;
+    a.write("small.txt", "fits");
+    a.write("too-big.bin", random_bytes(4096, 3));
+    eventually_async("the refused file is listed with the server's refusal", || async {
+        let live = ask(a.dir.path(), Request::Status).await;
+        live.errors_total == 1
+            && live.errors.iter().any(|e| e.path == "too-big.bin" && e.error.contains("1024"))
+    })
+    .await;
+    assert!(server.files().await.contains_key("small.txt"), "the rest syncs");
+    // Made small enough, it goes, and its error is gone.
+    a.write("too-big.bin", "now it fits");
+    eventually_async("the error clears once the file goes", || async {
+        ask(a.dir.path(), Request::Status).await.errors_total == 0
+    })
+    .await;
+    assert_eq!(server.files().await.get("too-big.bin").map(Vec::as_slice), Some(&b"now it fits"[..]));
+    a.stop().await;
+}
