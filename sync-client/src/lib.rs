@@ -454,8 +454,9 @@ pub fn writes_refused(config: &Config) -> Result<Option<String>> {
 pub struct Difference {
     pub path: String,
     /// Like a directory comparison: `only-here`, `only-there`, `differs`
-    /// (by content hash), `conflict` (both changed since the last sync), or
-    /// `unreadable` / `being-written`.
+    /// (by content hash), `conflict` (both changed since the last sync),
+    /// `locally-changed` / `remote-changed` (a change the folder's mode
+    /// holds back), or `unreadable` / `being-written`.
     pub state: &'static str,
     /// What syncing would do about it, in the three-way terms: `changed
     /// here`, `deleted on the server`, ...; for `locked`, who holds the

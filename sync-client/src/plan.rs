@@ -676,6 +676,12 @@ mod tests {
                     }
                     let lo = l.map(local);
                     let action = three_way(lo.as_ref(), b.as_ref(), r.as_ref());
+                    // Receive-only never sends; send-only never changes
+                    // the folder for the server's sake.
+                    let received = with_mode(Mode::ReceiveOnly, action.clone());
+                    assert!(!matches!(received, Action::Upload { .. } | Action::DeleteRemote { .. }));
+                    let sent = with_mode(Mode::SendOnly, action.clone());
+                    assert!(!matches!(sent, Action::Download | Action::DeleteLocal | Action::Conflict));
                     match action {
                         Action::DeleteLocal => {
                             let (lo, b) = (lo.unwrap(), b.unwrap());
