@@ -74,6 +74,8 @@ pub struct Reply {
 pub struct Live {
     /// Whether syncing is paused (`sync-client pause`).
     pub paused: bool,
+    /// The folder's mode: `send-receive`, `send-only` or `receive-only`.
+    pub mode: String,
     /// The server in use now.
     pub server: String,
     /// The servers given, primary first: `server` is a replica when it is

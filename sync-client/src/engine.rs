@@ -37,14 +37,17 @@ use crate::{
     local::{self, HardLinks, IGNORE_FILE},
     locks::Locks,
     metrics::ClientMetrics,
-    plan::{Action, Base},
-    planner::{PlanAll, Planned, Planner, RemoteView},
+    plan::{self, Action, Base, Mode},
+    planner::{self, PlanAll, Planned, Planner, RemoteView},
     progress::Progress,
     refusal::Refusal,
     remote::{Remote, RemoteEvent, ServerInfo},
     state::State,
     transfer,
 };
+
+/// What the client says (once) when it finds its token may only read.
+const READ_ONLY_TOKEN_SAID: &str = "the server refuses writes with this token (read-only): running receive-only; local changes are kept here and not sent";
 
 /// Times one path is planned again after a race (a version conflict, or a
 /// file that changed under our feet) before it is left for the next retry.
@@ -127,6 +130,37 @@ impl From<FollowUp> for Work {
     }
 }
 
+/// Which side [`Engine::resolve_kept`] makes match the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// The folder takes the server's state back (`revert`).
+    Revert,
+    /// The server takes the folder's state (`override`).
+    Override,
+}
+
+impl Resolve {
+    /// The command's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolve::Revert => "revert",
+            Resolve::Override => "override",
+        }
+    }
+}
+
+/// What [`Engine::resolve_kept`] did (or, in a dry run, would do).
+#[derive(Debug)]
+pub struct Resolved {
+    /// The actions taken, in order.
+    pub done: Vec<Planned>,
+    /// Kept items left as they are (a file added here, in a receive-only
+    /// folder: the server has nothing to bring back).
+    pub left: Vec<Planned>,
+    /// Paths whose action failed.
+    pub failed: Vec<(RelPath, Error)>,
+}
+
 /// Keeps a folder in sync: plans with a [`Planner`], acts with an
 /// [`Executor`].
 #[derive(Debug)]
@@ -174,6 +208,17 @@ impl Engine {
         Self { lane: Some(lane), ..self }
     }
 
+    /// Syncs the folder in `mode`.
+    pub fn with_mode(self, mode: Mode) -> Self {
+        Self { planner: self.planner.with_mode(mode), ..self }
+    }
+
+    /// The mode the folder syncs in now (receive-only once the server
+    /// refused a write for the token's sake).
+    pub fn mode(&self) -> Mode {
+        self.planner.mode()
+    }
+
     /// Counts into `metrics` (shared with a metrics endpoint).
     pub fn with_metrics(self, metrics: ClientMetrics) -> Self {
         Self { executor: self.executor.with_metrics(metrics), ..self }
@@ -192,6 +237,16 @@ impl Engine {
     /// path is then met as for the first time, which deletes nothing.
     pub async fn check_history(&mut self) -> Result<ServerInfo> {
         let info = self.remote.info().await?;
+        if info.token_writes {
+            if self.planner.set_read_only_token(false) {
+                tracing::info!("the server takes this client's writes again: the folder's own mode applies");
+            }
+            if planner::read_only_token(&self.state)? {
+                self.state.set_meta(planner::READ_ONLY_TOKEN_KEY, "")?;
+            }
+        } else if planner::read_only_token(&self.state)? && self.planner.set_read_only_token(true) {
+            tracing::warn!("{READ_ONLY_TOKEN_SAID}");
+        }
         let known = self.state.get_meta("history_id")?;
         if known.as_deref() != Some(info.history_id.as_str()) {
             if known.is_some() {
@@ -218,9 +273,10 @@ impl Engine {
             self.note_failure(path, &e);
         }
         // A path in the large lane is planned again when its transfer ends.
+        // What the folder's mode holds back is left as it is.
         let (nothing, plans): (Vec<_>, Vec<_>) = plans
             .into_iter()
-            .filter(|p| !self.in_lane.contains_key(&p.path))
+            .filter(|p| !self.in_lane.contains_key(&p.path) && !p.action.is_kept())
             .partition(|p| p.action == Action::Nothing);
         for p in nothing {
             if let Err(e) = self.executor.refresh_base(&p) {
@@ -244,7 +300,7 @@ impl Engine {
         // through the work queue.
         let (parallel, serial): (Vec<_>, Vec<_>) =
             others.into_iter().partition(|p| self.executor.is_plain_transfer(p));
-        let mut again = Vec::new();
+        let (mut again, mut read_only) = (Vec::new(), None);
         {
             let executor = &self.executor;
             let large = tokio::sync::Semaphore::new(PARALLEL_LARGE_TRANSFERS);
@@ -263,11 +319,21 @@ impl Engine {
                         acted += 1;
                         progress.advance(planned.transfer_size());
                     }
+                    Err(e) if e.is_read_only_token() => read_only = Some((planned.path, e)),
                     Err(_) => again.push(planned),
                 }
             }
         }
-        for planned in again.into_iter().chain(serial).chain(deletes) {
+        if let Some((path, e)) = read_only {
+            self.note_read_only_token(&path, &e);
+        }
+        for mut planned in again.into_iter().chain(serial).chain(deletes) {
+            // The token turned out to be read-only meanwhile: what would be
+            // sent is kept here instead, not tried again.
+            planned.action = plan::with_mode(self.mode(), planned.action);
+            if planned.action.is_kept() {
+                continue;
+            }
             acted += 1;
             let (path, size) = (planned.path.clone(), planned.transfer_size());
             if let Err(e) = self.drive(Work::Execute(planned)).await {
@@ -282,6 +348,56 @@ impl Engine {
             self.state.set_cursor(head)?;
         }
         Ok(acted)
+    }
+
+    /// Makes one side match the other where the folder's mode held a
+    /// change back: `revert` (receive-only) brings back the server's state
+    /// for every locally changed item, each local version kept as a copy
+    /// first; `override` (send-only) sends the folder's state to the server
+    /// as new versions. With `dry_run`, only says what it would do.
+    pub async fn resolve_kept(&mut self, how: Resolve, dry_run: bool) -> Result<Resolved> {
+        let info = self.check_history().await?;
+        let (wanted, kept) = match how {
+            Resolve::Revert => (Mode::ReceiveOnly, Action::KeepLocal),
+            Resolve::Override => (Mode::SendOnly, Action::KeepRemote),
+        };
+        let mode = self.mode();
+        if mode != wanted {
+            return Err(Error::Config(format!(
+                "`{}` is for a {wanted} folder; this one is {mode} (see --mode)",
+                how.as_str()
+            )));
+        }
+        self.executor.locks_mut().load(&*self.remote).await?;
+        let all = self.planner.plan_all(&info).await?;
+        let mut out = Resolved { done: Vec::new(), left: Vec::new(), failed: Vec::new() };
+        for p in all.plans.into_iter().filter(|p| p.action == kept) {
+            let action = match how {
+                Resolve::Revert => plan::revert(p.local.as_ref(), p.remote.as_ref()),
+                Resolve::Override => plan::override_action(p.local.as_ref(), p.remote.as_ref()),
+            };
+            match action {
+                Some(action) => out.done.push(Planned { action, ..p }),
+                None => out.left.push(p),
+            }
+        }
+        // What lies below a folder is deleted before the folder.
+        out.done.sort_by(|a, b| {
+            let delete = |p: &Planned| matches!(p.action, Action::DeleteRemote { .. });
+            delete(a)
+                .cmp(&delete(b))
+                .then_with(|| if delete(a) { b.path.cmp(&a.path) } else { a.path.cmp(&b.path) })
+        });
+        if dry_run {
+            return Ok(out);
+        }
+        for p in &out.done {
+            tracing::info!(path = %p.path, action = ?p.action, "{}", how.as_str());
+            if let Err(e) = self.drive(Work::Execute(p.clone())).await {
+                out.failed.push((p.path.clone(), e));
+            }
+        }
+        Ok(out)
     }
 
     /// Looks again at every local file and every base (the periodic check
@@ -401,6 +517,11 @@ impl Engine {
 
     fn note_failure(&mut self, path: RelPath, e: &Error) {
         self.executor.metrics().errors.inc();
+        if e.is_read_only_token() {
+            // Not retried: planned again, the change is kept here.
+            self.note_read_only_token(&path, e);
+            return;
+        }
         if self.refusal.note(&self.state, e) {
             // Said once, by `note`.
         } else if e.is_unavailable() {
@@ -410,6 +531,19 @@ impl Engine {
         }
         self.last_errors.insert(path.clone(), e.to_string());
         self.failed.insert(path);
+    }
+
+    /// The server refused a write of `path` because the token may only
+    /// read: from now on the folder runs receive-only (said once), and
+    /// nothing local is sent or tried again.
+    fn note_read_only_token(&mut self, path: &RelPath, e: &Error) {
+        if self.planner.set_read_only_token(true) {
+            tracing::warn!(%path, error = %e, "{READ_ONLY_TOKEN_SAID}");
+            // Remembered, so the next run starts receive-only.
+            if let Err(e) = self.state.set_meta(planner::READ_ONLY_TOKEN_KEY, "1") {
+                tracing::debug!(error = %e, "cannot record the read-only token");
+            }
+        }
     }
 
     /// Why the server refused this client's writes, while it still does.
@@ -491,7 +625,7 @@ impl Engine {
             return Ok(false); // Planned again when its transfer ends.
         }
         match self.plan(path, remote).await? {
-            Some(planned) if planned.action != Action::Nothing => {
+            Some(planned) if planned.action != Action::Nothing && !planned.action.is_kept() => {
                 if !self.start_in_lane(&planned) {
                     self.execute_and_retry(planned, follow).await?;
                 }
@@ -585,7 +719,7 @@ impl Engine {
             Err(e) if e.is_locked() || e.is_stale_lock() || e.is_path_clash() => {
                 tracing::debug!(%path, error = %e, "a large transfer was refused; dealing with it here");
                 match self.plan(&path, RemoteView::Fetch).await {
-                    Ok(Some(p)) if p.action != Action::Nothing => {
+                    Ok(Some(p)) if p.action != Action::Nothing && !p.action.is_kept() => {
                         self.drive(Work::Execute(p)).await.map(drop)
                     }
                     Ok(_) => Ok(()),

@@ -96,6 +96,13 @@ impl Error {
         self.refused() == Some(Refused::Credentials)
     }
 
+    /// Whether the server refused a write because the token may only
+    /// read (a read-only token).
+    pub fn is_read_only_token(&self) -> bool {
+        matches!(self, Error::Server(s) if s.refused == Refused::Credentials
+            && s.reason == syncstore::Reason::PermissionDenied.as_str())
+    }
+
     /// Whether the primary refused a write because its sync replica is
     /// away (nothing written), or did not confirm it (committed on the
     /// primary only).

@@ -58,6 +58,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use folder::Folder;
+pub use plan::Mode;
 pub use planner::Planner;
 pub use remote::{GrpcRemote, Remote};
 pub use state::State;
@@ -110,6 +111,9 @@ pub struct Config {
     /// The most content the client receives a second, all downloads
     /// together (none: no limit).
     pub max_download_rate: Option<ratelimit::Rate>,
+    /// The folder's mode, if given (none: the one its state remembers,
+    /// send-receive at first).
+    pub mode: Option<Mode>,
 }
 
 impl Config {
@@ -124,6 +128,7 @@ impl Config {
             large_transfer: engine::LARGE_LANE_MIN,
             max_upload_rate: None,
             max_download_rate: None,
+            mode: None,
         }
     }
 }
@@ -144,9 +149,65 @@ fn open(config: &Config) -> Result<(Engine, State, GrpcRemote, PathBuf)> {
         );
     }
     let remote = GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?.with_limits(limits);
+    let mode = remember_mode(&state, config.mode)?;
     let engine = Engine::new(Folder::open(&root)?, state.clone(), Arc::new(remote.clone()), host_name())
-        .with_metrics(config.metrics.clone());
+        .with_metrics(config.metrics.clone())
+        .with_mode(mode);
     Ok((engine, state, remote, root))
+}
+
+/// The state key holding the folder's mode.
+const MODE_KEY: &str = "mode";
+
+/// The mode the folder's state remembers (send-receive if none).
+fn stored_mode(state: &State) -> Result<Mode> {
+    match state.get_meta(MODE_KEY)?.filter(|m| !m.is_empty()) {
+        None => Ok(Mode::default()),
+        Some(m) => Mode::parse(&m).ok_or_else(|| {
+            Error::Config(format!("the folder's state holds an unknown mode {m:?}; give --mode"))
+        }),
+    }
+}
+
+/// The folder's mode: `given`, remembered in its state (a change is
+/// logged), or else the one remembered.
+fn remember_mode(state: &State, given: Option<Mode>) -> Result<Mode> {
+    let stored = stored_mode(state);
+    let mode = match (given, stored) {
+        (Some(mode), Ok(old)) if mode == old => mode,
+        (Some(mode), old) => {
+            let old = old.map_or_else(|e| e.to_string(), |m| m.to_string());
+            tracing::info!(from = %old, to = %mode, "the folder's mode changes");
+            state.set_meta(MODE_KEY, mode.as_str())?;
+            mode
+        }
+        (None, stored) => stored?,
+    };
+    match mode {
+        Mode::SendReceive => {}
+        Mode::ReceiveOnly => tracing::info!(mode = %mode, "local changes are kept here and never sent"),
+        Mode::SendOnly => tracing::info!(mode = %mode, "the server's changes are not applied here"),
+    }
+    Ok(mode)
+}
+
+/// The mode a one-off look at the folder plans in: `given`, or the one
+/// its state remembers (nothing is written).
+fn mode_of(state: &State, given: Option<Mode>) -> Result<Mode> {
+    given.map_or_else(|| stored_mode(state), Ok)
+}
+
+/// Brings back the server's state for every item a receive-only folder
+/// changed (`revert`), or sends a send-only folder's state to the server
+/// (`override`); see [`Engine::resolve_kept`]. It takes the folder, so a
+/// `watch` of it must be stopped first.
+pub async fn resolve_kept(config: Config, how: engine::Resolve, dry_run: bool) -> Result<engine::Resolved> {
+    let (mut engine, _, _, root) = open(&config)?;
+    let resolved = engine.resolve_kept(how, dry_run).await?;
+    if engine.folder_gone() {
+        return Err(Error::FolderGone(root.display().to_string()));
+    }
+    Ok(resolved)
 }
 
 fn host_name() -> String {
@@ -419,6 +480,7 @@ fn publish(control: &control::Control, engine: &Engine, held: &Held, grpc: &Grpc
     let listed = control::MAX_LISTED;
     control.publish(|l| {
         l.server = grpc.server().to_owned();
+        l.mode = engine.mode().as_str().to_owned();
         l.head = head;
         l.queued = held.paths.iter().take(listed).map(ToString::to_string).collect();
         l.queued_total = held.paths.len() + held.more;
@@ -559,8 +621,9 @@ pub fn writes_refused(config: &Config) -> Result<Option<String>> {
 pub struct Difference {
     pub path: String,
     /// Like a directory comparison: `only-here`, `only-there`, `differs`
-    /// (by content hash), `conflict` (both changed since the last sync), or
-    /// `unreadable` / `being-written`.
+    /// (by content hash), `conflict` (both changed since the last sync),
+    /// `locally-changed` / `remote-changed` (a change the folder's mode
+    /// holds back), or `unreadable` / `being-written`.
     pub state: &'static str,
     /// What syncing would do about it, in the three-way terms: `changed
     /// here`, `deleted on the server`, ...; for `locked`, who holds the
@@ -577,6 +640,8 @@ impl Difference {
         let remote = p.remote.as_ref().and_then(|e| e.content);
         let state = match (&p.local, remote, &p.action) {
             (_, _, Action::Conflict) => "conflict",
+            (_, _, Action::KeepLocal) => LOCALLY_CHANGED,
+            (_, _, Action::KeepRemote) => REMOTE_CHANGED,
             (Some(_), None, _) => "only-here",
             (None, Some(_), _) => "only-there",
             (Some(l), Some(r), _) if l.hash != r.hash => "differs",
@@ -590,6 +655,12 @@ impl Difference {
 
 /// The `state` of a `status` row that shows a lock (not a difference).
 pub const LOCKED: &str = "locked";
+/// The `state` of a `status` row of a receive-only folder's own change,
+/// kept here and not sent (`revert` brings back the server's version).
+pub const LOCALLY_CHANGED: &str = "locally-changed";
+/// The `state` of a `status` row of a send-only folder for a change on
+/// the server not applied here (`override` sends the folder's version).
+pub const REMOTE_CHANGED: &str = "remote-changed";
 
 /// What differs between the folder and the server, and the live locks,
 /// changing nothing. It can run beside a `watch` of the same folder.
@@ -599,7 +670,8 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
     let remote =
         GrpcRemote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
     let remote: Arc<dyn Remote> = Arc::new(remote);
-    let mut planner = Planner::new(Folder::open(&root)?, state, remote.clone());
+    let mode = mode_of(&state, config.mode)?;
+    let mut planner = Planner::new(Folder::open(&root)?, state, remote.clone()).with_mode(mode);
     let info = planner.check_history().await?;
     let locks = remote.list_locks("").await?;
     let all = planner.plan_all(&info).await?;

@@ -58,6 +58,12 @@ struct Args {
     /// (same form as --max-upload-rate). No limit without it.
     #[arg(long, value_name = "RATE", env = "SYNCSTORE_MAX_DOWNLOAD_RATE")]
     max_download_rate: Option<Rate>,
+    /// Which way the folder syncs: send-receive, send-only (the server's
+    /// changes are not applied here) or receive-only (local changes are
+    /// kept here, never sent). Remembered in the folder's state; without
+    /// it, the remembered mode (send-receive at first).
+    #[arg(long, value_enum, env = "SYNCSTORE_MODE")]
+    mode: Option<sync_client::Mode>,
     #[command(flatten)]
     connect: ConnectArgs,
     #[command(subcommand)]
@@ -119,6 +125,21 @@ enum Command {
     },
     /// List the server's live locks.
     Locks,
+    /// In a receive-only folder: bring back the server's version of every
+    /// locally changed item, keeping each local version as a conflict copy
+    /// first (a file added here stays). Stop a `watch` of the folder first.
+    Revert {
+        /// Only list what would be done.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// In a send-only folder: make the server match the folder, as new
+    /// versions. Stop a `watch` of the folder first.
+    Override {
+        /// Only list what would be done.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Exit code of `pause`, `resume` and `status --live` when no client runs
@@ -195,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.watcher = !args.poll_only;
     config.max_upload_rate = args.max_upload_rate;
     config.max_download_rate = args.max_download_rate;
+    config.mode = args.mode;
     match command {
         Command::Watch => {
             let shutdown = CancellationToken::new();
@@ -284,8 +306,41 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("unlocked {}", l.path);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Revert { dry_run } => resolve(config, sync_client::engine::Resolve::Revert, dry_run).await,
+        Command::Override { dry_run } => {
+            resolve(config, sync_client::engine::Resolve::Override, dry_run).await
+        }
         Command::Ls | Command::Locks | Command::Pause | Command::Resume => unreachable!("handled above"),
     }
+}
+
+/// Runs `revert` or `override`: one line per action (and per item left as
+/// it is); exit 1 if any failed.
+async fn resolve(
+    config: sync_client::Config,
+    how: sync_client::engine::Resolve,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let done = sync_client::resolve_kept(config, how, dry_run).await?;
+    let verb = if dry_run { "would" } else { "did" };
+    let failed = |p: &sync_client::planner::Planned| done.failed.iter().any(|(f, _)| *f == p.path);
+    for p in done.done.iter().filter(|p| !failed(p)) {
+        let what = match p.action {
+            sync_client::plan::Action::Conflict => "keep the local version as a copy and fetch the server's",
+            sync_client::plan::Action::Download => "fetch the server's version",
+            sync_client::plan::Action::Upload { .. } => "send the folder's version",
+            sync_client::plan::Action::DeleteRemote { .. } => "delete it on the server",
+            _ => p.action.describe(),
+        };
+        println!("{verb} {what}: {}", p.path);
+    }
+    for p in &done.left {
+        println!("left as it is (nothing on the server to bring back): {}", p.path);
+    }
+    for (path, e) in &done.failed {
+        eprintln!("failed: {path}: {e:#}");
+    }
+    Ok(if done.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The live state for people, one fact a line.
@@ -294,6 +349,7 @@ fn show_live(live: &Live) -> String {
     let mut out = String::new();
     let state = if live.paused { "paused" } else { "syncing" };
     let _ = writeln!(out, "client:     running, {state}");
+    let _ = writeln!(out, "mode:       {}", live.mode);
     let replica = if live.servers.first().is_some_and(|p| *p != live.server) { " (a replica)" } else { "" };
     let _ = writeln!(out, "server:     {}{replica}", live.server);
     let _ = writeln!(out, "cursor:     {} of {}", live.cursor, live.head);

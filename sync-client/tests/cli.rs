@@ -673,6 +673,7 @@ async fn pause_resume_and_the_live_status_reach_the_running_watch() {
     })
     .await;
     assert_eq!(live["paused"], false, "{live}");
+    assert_eq!(live["mode"], "send-receive", "{live}");
     assert_eq!(live["server"], server.url.as_str(), "{live}");
     for field in ["cursor", "head", "queued_total", "errors_total"] {
         assert!(live[field].is_u64(), "{field} in {live}");
@@ -710,4 +711,77 @@ async fn pause_resume_and_the_live_status_reach_the_running_watch() {
     assert!(socket.exists());
     let out = client(&server.url, dir.path(), &["pause"]).await;
     assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_mode_is_refused_and_a_given_one_is_remembered() {
+    let server = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("a.txt"), "kept here").unwrap();
+    let config = dir.path().join("client.toml");
+    std::fs::write(&config, "mode = \"upwards\"\n").unwrap();
+    let run = |args: Vec<String>, env: Option<(&'static str, &'static str)>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-client"));
+        cmd.args(["--server", &server.url, "--dir"]).arg(&folder).args(args);
+        cmd.stdin(Stdio::null()).env_remove("SYNCSTORE_MODE");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        async move {
+            tokio::time::timeout(DEADLINE, tokio::task::spawn_blocking(move || cmd.output().unwrap()))
+                .await
+                .expect("the client finishes in time")
+                .unwrap()
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    let cases = [
+        (s(&["--mode", "both-ways", "sync"]), None, "both-ways"),
+        (s(&["sync"]), Some(("SYNCSTORE_MODE", "sideways")), "sideways"),
+        (s(&["--config", config.to_str().unwrap(), "sync"]), None, "upwards"),
+        (s(&["--mode", "", "status"]), None, "--mode"),
+    ];
+    for (args, env, bad) in cases {
+        let what = format!("{args:?} {env:?}");
+        let out = run(args, env).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+        assert!(
+            stderr.contains(bad) && stderr.contains("--mode") && stderr.contains("receive-only"),
+            "{what}: {stderr}"
+        );
+        assert!(!folder.join(".syncstore").exists(), "{what}: the client started");
+    }
+    assert_eq!(server_paths(&server.url).await, Vec::<String>::new(), "nothing reached the server");
+
+    // A mode given once is remembered: later runs without it keep it.
+    let out = run(s(&["--mode", "receive-only", "sync"]), None).await;
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the folder's mode changes") && err.contains("to=receive-only"), "{err}");
+    let out = run(s(&["sync"]), None).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("mode changes"), "no change, no log: {out:?}");
+    assert_eq!(server_paths(&server.url).await, Vec::<String>::new(), "nothing local is sent");
+    let st = run(s(&["status"]), None).await;
+    assert_eq!(st.status.code(), Some(1), "{st:?}");
+    assert_eq!(stdout(&st), "locally-changed a.txt  (changed here, kept here (receive-only))\n");
+    // `status` with another mode shows the folder in it, storing nothing.
+    let st = run(s(&["--mode", "send-receive", "status"]), None).await;
+    assert_eq!(stdout(&st), "only-here     a.txt  (changed here)\n");
+    // `override` is for a send-only folder: refused, naming the mode.
+    let out = run(s(&["override"]), None).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is receive-only"), "{out:?}");
+    assert_eq!(server_paths(&server.url).await, Vec::<String>::new(), "still nothing sent");
+
+    // Switching to send-receive is explicit and logged; the kept change
+    // is then sent.
+    let out = run(s(&["--mode", "send-receive", "sync"]), None).await;
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("from=receive-only") && err.contains("to=send-receive"), "{err}");
+    assert_eq!(server_paths(&server.url).await, vec!["a.txt".to_owned()]);
 }

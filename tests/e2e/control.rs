@@ -32,6 +32,7 @@ async fn pause_holds_changes_both_ways_until_resume_and_survives_a_status_call()
 
     let live = live_when_up(a.dir.path()).await;
     assert!(!live.paused);
+    assert_eq!(live.mode, "send-receive");
     assert_eq!(live.server, server.url());
     assert_eq!(live.servers, vec![server.url()]);
     assert!(ask(a.dir.path(), Request::Pause).await.paused);

@@ -19,6 +19,7 @@ mod lanes;
 mod locks;
 mod malicious;
 mod model;
+mod modes;
 mod ops;
 mod python;
 mod replica_link;
