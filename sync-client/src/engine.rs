@@ -18,9 +18,10 @@
 //!   path is left for the retry.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicU64},
+    time::Instant,
 };
 
 use futures::StreamExt;
@@ -36,13 +37,17 @@ use crate::{
     local::{self, HardLinks, IGNORE_FILE},
     locks::Locks,
     metrics::ClientMetrics,
-    plan::{Action, Base},
-    planner::{PlanAll, Planned, Planner, RemoteView},
+    plan::{self, Action, Base, Mode},
+    planner::{self, PlanAll, Planned, Planner, RemoteView},
     progress::Progress,
     refusal::Refusal,
     remote::{Remote, RemoteEvent, ServerInfo},
     state::State,
+    transfer,
 };
+
+/// What the client says (once) when it finds its token may only read.
+const READ_ONLY_TOKEN_SAID: &str = "the server refuses writes with this token (read-only): running receive-only; local changes are kept here and not sent";
 
 /// Times one path is planned again after a race (a version conflict, or a
 /// file that changed under our feet) before it is left for the next retry.
@@ -76,6 +81,18 @@ const LARGE_LANE_MAX: usize = 4;
 pub struct LaneDone {
     pub path: RelPath,
     pub result: Result<()>,
+}
+
+/// A large-lane transfer under way, as the live status shows it.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// An upload (else a download).
+    pub upload: bool,
+    /// The bytes it carries.
+    pub size: u64,
+    /// The bytes it has moved so far.
+    pub done: Arc<AtomicU64>,
+    pub started: Instant,
 }
 
 /// Where large-lane transfers run (see [`Engine::with_lane`]).
@@ -113,6 +130,37 @@ impl From<FollowUp> for Work {
     }
 }
 
+/// Which side [`Engine::resolve_kept`] makes match the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// The folder takes the server's state back (`revert`).
+    Revert,
+    /// The server takes the folder's state (`override`).
+    Override,
+}
+
+impl Resolve {
+    /// The command's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolve::Revert => "revert",
+            Resolve::Override => "override",
+        }
+    }
+}
+
+/// What [`Engine::resolve_kept`] did (or, in a dry run, would do).
+#[derive(Debug)]
+pub struct Resolved {
+    /// The actions taken, in order.
+    pub done: Vec<Planned>,
+    /// Kept items left as they are (a file added here, in a receive-only
+    /// folder: the server has nothing to bring back).
+    pub left: Vec<Planned>,
+    /// Paths whose action failed.
+    pub failed: Vec<(RelPath, Error)>,
+}
+
 /// Keeps a folder in sync: plans with a [`Planner`], acts with an
 /// [`Executor`].
 #[derive(Debug)]
@@ -125,12 +173,14 @@ pub struct Engine {
     remote: Arc<dyn Remote>,
     /// Paths whose last attempt failed; retried later.
     failed: BTreeSet<RelPath>,
+    /// The last error of each path in `failed` that had one.
+    last_errors: BTreeMap<RelPath, String>,
     /// The server refuses writes for now (its sync replica is away).
     refusal: Refusal,
     /// The large lane, in `watch` (none: every transfer runs in the loop).
     lane: Option<Lane>,
     /// Paths with a large-lane transfer running.
-    in_lane: HashSet<RelPath>,
+    in_lane: HashMap<RelPath, InFlight>,
     /// The names of files with several links, from the last scan and the
     /// events since.
     links: HardLinks,
@@ -145,9 +195,10 @@ impl Engine {
             state,
             remote,
             failed: BTreeSet::new(),
+            last_errors: BTreeMap::new(),
             refusal: Refusal::default(),
             lane: None,
-            in_lane: HashSet::new(),
+            in_lane: HashMap::new(),
             links: HardLinks::default(),
         }
     }
@@ -155,6 +206,17 @@ impl Engine {
     /// Runs large transfers in `lane`, beside the loop (see the module doc).
     pub fn with_lane(self, lane: Lane) -> Self {
         Self { lane: Some(lane), ..self }
+    }
+
+    /// Syncs the folder in `mode`.
+    pub fn with_mode(self, mode: Mode) -> Self {
+        Self { planner: self.planner.with_mode(mode), ..self }
+    }
+
+    /// The mode the folder syncs in now (receive-only once the server
+    /// refused a write for the token's sake).
+    pub fn mode(&self) -> Mode {
+        self.planner.mode()
     }
 
     /// Counts into `metrics` (shared with a metrics endpoint).
@@ -175,6 +237,16 @@ impl Engine {
     /// path is then met as for the first time, which deletes nothing.
     pub async fn check_history(&mut self) -> Result<ServerInfo> {
         let info = self.remote.info().await?;
+        if info.token_writes {
+            if self.planner.set_read_only_token(false) {
+                tracing::info!("the server takes this client's writes again: the folder's own mode applies");
+            }
+            if planner::read_only_token(&self.state)? {
+                self.state.set_meta(planner::READ_ONLY_TOKEN_KEY, "")?;
+            }
+        } else if planner::read_only_token(&self.state)? && self.planner.set_read_only_token(true) {
+            tracing::warn!("{READ_ONLY_TOKEN_SAID}");
+        }
         let known = self.state.get_meta("history_id")?;
         if known.as_deref() != Some(info.history_id.as_str()) {
             if known.is_some() {
@@ -201,9 +273,10 @@ impl Engine {
             self.note_failure(path, &e);
         }
         // A path in the large lane is planned again when its transfer ends.
+        // What the folder's mode holds back is left as it is.
         let (nothing, plans): (Vec<_>, Vec<_>) = plans
             .into_iter()
-            .filter(|p| !self.in_lane.contains(&p.path))
+            .filter(|p| !self.in_lane.contains_key(&p.path) && !p.action.is_kept())
             .partition(|p| p.action == Action::Nothing);
         for p in nothing {
             if let Err(e) = self.executor.refresh_base(&p) {
@@ -227,7 +300,7 @@ impl Engine {
         // through the work queue.
         let (parallel, serial): (Vec<_>, Vec<_>) =
             others.into_iter().partition(|p| self.executor.is_plain_transfer(p));
-        let mut again = Vec::new();
+        let (mut again, mut read_only) = (Vec::new(), None);
         {
             let executor = &self.executor;
             let large = tokio::sync::Semaphore::new(PARALLEL_LARGE_TRANSFERS);
@@ -246,11 +319,21 @@ impl Engine {
                         acted += 1;
                         progress.advance(planned.transfer_size());
                     }
+                    Err(e) if e.is_read_only_token() => read_only = Some((planned.path, e)),
                     Err(_) => again.push(planned),
                 }
             }
         }
-        for planned in again.into_iter().chain(serial).chain(deletes) {
+        if let Some((path, e)) = read_only {
+            self.note_read_only_token(&path, &e);
+        }
+        for mut planned in again.into_iter().chain(serial).chain(deletes) {
+            // The token turned out to be read-only meanwhile: what would be
+            // sent is kept here instead, not tried again.
+            planned.action = plan::with_mode(self.mode(), planned.action);
+            if planned.action.is_kept() {
+                continue;
+            }
             acted += 1;
             let (path, size) = (planned.path.clone(), planned.transfer_size());
             if let Err(e) = self.drive(Work::Execute(planned)).await {
@@ -265,6 +348,56 @@ impl Engine {
             self.state.set_cursor(head)?;
         }
         Ok(acted)
+    }
+
+    /// Makes one side match the other where the folder's mode held a
+    /// change back: `revert` (receive-only) brings back the server's state
+    /// for every locally changed item, each local version kept as a copy
+    /// first; `override` (send-only) sends the folder's state to the server
+    /// as new versions. With `dry_run`, only says what it would do.
+    pub async fn resolve_kept(&mut self, how: Resolve, dry_run: bool) -> Result<Resolved> {
+        let info = self.check_history().await?;
+        let (wanted, kept) = match how {
+            Resolve::Revert => (Mode::ReceiveOnly, Action::KeepLocal),
+            Resolve::Override => (Mode::SendOnly, Action::KeepRemote),
+        };
+        let mode = self.mode();
+        if mode != wanted {
+            return Err(Error::Config(format!(
+                "`{}` is for a {wanted} folder; this one is {mode} (see --mode)",
+                how.as_str()
+            )));
+        }
+        self.executor.locks_mut().load(&*self.remote).await?;
+        let all = self.planner.plan_all(&info).await?;
+        let mut out = Resolved { done: Vec::new(), left: Vec::new(), failed: Vec::new() };
+        for p in all.plans.into_iter().filter(|p| p.action == kept) {
+            let action = match how {
+                Resolve::Revert => plan::revert(p.local.as_ref(), p.remote.as_ref()),
+                Resolve::Override => plan::override_action(p.local.as_ref(), p.remote.as_ref()),
+            };
+            match action {
+                Some(action) => out.done.push(Planned { action, ..p }),
+                None => out.left.push(p),
+            }
+        }
+        // What lies below a folder is deleted before the folder.
+        out.done.sort_by(|a, b| {
+            let delete = |p: &Planned| matches!(p.action, Action::DeleteRemote { .. });
+            delete(a)
+                .cmp(&delete(b))
+                .then_with(|| if delete(a) { b.path.cmp(&a.path) } else { a.path.cmp(&b.path) })
+        });
+        if dry_run {
+            return Ok(out);
+        }
+        for p in &out.done {
+            tracing::info!(path = %p.path, action = ?p.action, "{}", how.as_str());
+            if let Err(e) = self.drive(Work::Execute(p.clone())).await {
+                out.failed.push((p.path.clone(), e));
+            }
+        }
+        Ok(out)
     }
 
     /// Looks again at every local file and every base (the periodic check
@@ -361,6 +494,22 @@ impl Engine {
         Ok(())
     }
 
+    /// The paths waiting for a retry, with the last error of each (none
+    /// for one left over from too many follow-ups), in path order.
+    pub fn failures(&self) -> impl Iterator<Item = (&RelPath, Option<&str>)> {
+        self.failed.iter().map(|p| (p, self.last_errors.get(p).map(String::as_str)))
+    }
+
+    /// How many paths wait for a retry.
+    pub fn failure_count(&self) -> usize {
+        self.failed.len()
+    }
+
+    /// The large-lane transfers under way.
+    pub fn in_flight(&self) -> impl Iterator<Item = (&RelPath, &InFlight)> {
+        self.in_lane.iter()
+    }
+
     /// Whether the synced folder itself is gone: the client must stop.
     pub fn folder_gone(&self) -> bool {
         !self.executor.folder().present()
@@ -368,6 +517,11 @@ impl Engine {
 
     fn note_failure(&mut self, path: RelPath, e: &Error) {
         self.executor.metrics().errors.inc();
+        if e.is_read_only_token() {
+            // Not retried: planned again, the change is kept here.
+            self.note_read_only_token(&path, e);
+            return;
+        }
         if self.refusal.note(&self.state, e) {
             // Said once, by `note`.
         } else if e.is_unavailable() {
@@ -375,7 +529,21 @@ impl Engine {
         } else {
             tracing::warn!(%path, error = %e, "sync failed; will retry");
         }
+        self.last_errors.insert(path.clone(), e.to_string());
         self.failed.insert(path);
+    }
+
+    /// The server refused a write of `path` because the token may only
+    /// read: from now on the folder runs receive-only (said once), and
+    /// nothing local is sent or tried again.
+    fn note_read_only_token(&mut self, path: &RelPath, e: &Error) {
+        if self.planner.set_read_only_token(true) {
+            tracing::warn!(%path, error = %e, "{READ_ONLY_TOKEN_SAID}");
+            // Remembered, so the next run starts receive-only.
+            if let Err(e) = self.state.set_meta(planner::READ_ONLY_TOKEN_KEY, "1") {
+                tracing::debug!(error = %e, "cannot record the read-only token");
+            }
+        }
     }
 
     /// Why the server refused this client's writes, while it still does.
@@ -389,6 +557,8 @@ impl Engine {
         if self.failed.is_empty() {
             self.refusal.clear(&self.state);
         }
+        let failed = &self.failed;
+        self.last_errors.retain(|p, _| failed.contains(p));
         self.executor.metrics().pending.set(self.failed.len() as i64);
     }
 
@@ -451,11 +621,11 @@ impl Engine {
 
     /// Plans and executes one path (see [`Engine::sync_path`]).
     async fn sync_one(&mut self, path: &RelPath, remote: RemoteView, follow: &mut FollowUps) -> Result<bool> {
-        if self.in_lane.contains(path) {
+        if self.in_lane.contains_key(path) {
             return Ok(false); // Planned again when its transfer ends.
         }
         match self.plan(path, remote).await? {
-            Some(planned) if planned.action != Action::Nothing => {
+            Some(planned) if planned.action != Action::Nothing && !planned.action.is_kept() => {
                 if !self.start_in_lane(&planned) {
                     self.execute_and_retry(planned, follow).await?;
                 }
@@ -523,12 +693,15 @@ impl Engine {
         // A copy of the executor: the shared state, and what is known of
         // the locks (for this client's lock token).
         let (executor, lane, p) = (self.executor.clone(), lane.clone(), p.clone());
-        self.in_lane.insert(p.path.clone());
+        let (upload, done) = (matches!(p.action, Action::Upload { .. }), Arc::new(AtomicU64::new(0)));
+        let started = Instant::now();
+        let in_flight = InFlight { upload, size: p.transfer_size(), done: done.clone(), started };
+        self.in_lane.insert(p.path.clone(), in_flight);
         tracing::debug!(path = %p.path, size = p.transfer_size(), "transfer runs in the large lane");
         lane.tasks.spawn(async move {
             let result = tokio::select! {
                 () = lane.stop.cancelled() => return,
-                r = executor.transfer(&p) => r,
+                r = transfer::PROGRESS.scope(done, executor.transfer(&p)) => r,
             };
             let _ = lane.done.send(LaneDone { path: p.path, result }).await;
         });
@@ -546,7 +719,7 @@ impl Engine {
             Err(e) if e.is_locked() || e.is_stale_lock() || e.is_path_clash() => {
                 tracing::debug!(%path, error = %e, "a large transfer was refused; dealing with it here");
                 match self.plan(&path, RemoteView::Fetch).await {
-                    Ok(Some(p)) if p.action != Action::Nothing => {
+                    Ok(Some(p)) if p.action != Action::Nothing && !p.action.is_kept() => {
                         self.drive(Work::Execute(p)).await.map(drop)
                     }
                     Ok(_) => Ok(()),

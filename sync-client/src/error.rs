@@ -21,6 +21,9 @@ pub enum Error {
     State(#[from] rusqlite::Error),
     #[error("another sync-client is already running on {0}")]
     Busy(String),
+    /// A command for the running client found none on the folder.
+    #[error("no sync-client is running on {0} (`sync-client watch` runs one)")]
+    NotRunning(String),
     #[error("the server sent something invalid: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -91,6 +94,13 @@ impl Error {
     /// does not help; a person must act.
     pub fn is_refused(&self) -> bool {
         self.refused() == Some(Refused::Credentials)
+    }
+
+    /// Whether the server refused a write because the token may only
+    /// read (a read-only token).
+    pub fn is_read_only_token(&self) -> bool {
+        matches!(self, Error::Server(s) if s.refused == Refused::Credentials
+            && s.reason == syncstore::Reason::PermissionDenied.as_str())
     }
 
     /// Whether the primary refused a write because its sync replica is

@@ -203,6 +203,8 @@ impl Executor {
         let why = p.action.describe();
         match &p.action {
             Action::Nothing => self.refresh_base(p)?,
+            // Held back by the folder's mode: nothing to do, the base stays.
+            Action::KeepLocal | Action::KeepRemote => {}
             Action::Record { version } => {
                 let l = p.local.expect("Record is planned for a local file");
                 self.state.set_base(path, &local::synced_base(*version, l))?;

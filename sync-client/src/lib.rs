@@ -22,10 +22,13 @@
 //! - [`metrics`]: the client's Prometheus metrics.
 //! - [`progress`]: a bar (or log lines) while a batch of transfers runs.
 //! - [`ratelimit`]: the bandwidth limits, a token bucket per direction.
+//! - [`control`]: the running client's control socket (pause, resume, live
+//!   status).
 //! - `refusal`: a primary refusing writes while its sync replica is away.
 //! - [`watch()`](fn@crate::watch), [`sync_once`], [`status`], [`list`]:
 //!   what the `sync-client` commands run.
 
+pub mod control;
 pub mod engine;
 pub mod error;
 pub mod execute;
@@ -55,6 +58,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use folder::Folder;
+pub use plan::Mode;
 pub use planner::Planner;
 pub use remote::{GrpcRemote, Remote};
 pub use state::State;
@@ -107,6 +111,9 @@ pub struct Config {
     /// The most content the client receives a second, all downloads
     /// together (none: no limit).
     pub max_download_rate: Option<ratelimit::Rate>,
+    /// The folder's mode, if given (none: the one its state remembers,
+    /// send-receive at first).
+    pub mode: Option<Mode>,
 }
 
 impl Config {
@@ -121,12 +128,13 @@ impl Config {
             large_transfer: engine::LARGE_LANE_MIN,
             max_upload_rate: None,
             max_download_rate: None,
+            mode: None,
         }
     }
 }
 
 /// Opens the folder and its state, and connects (lazily) to the server.
-fn open(config: &Config) -> Result<(Engine, State, Arc<dyn Remote>, PathBuf)> {
+fn open(config: &Config) -> Result<(Engine, State, GrpcRemote, PathBuf)> {
     std::fs::create_dir_all(&config.dir)?;
     let root = std::fs::canonicalize(&config.dir)?;
     let state = State::open(&root)?;
@@ -140,11 +148,66 @@ fn open(config: &Config) -> Result<(Engine, State, Arc<dyn Remote>, PathBuf)> {
             "bandwidth limited"
         );
     }
-    let remote: Arc<dyn Remote> =
-        Arc::new(GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?.with_limits(limits));
-    let engine = Engine::new(Folder::open(&root)?, state.clone(), remote.clone(), host_name())
-        .with_metrics(config.metrics.clone());
+    let remote = GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?.with_limits(limits);
+    let mode = remember_mode(&state, config.mode)?;
+    let engine = Engine::new(Folder::open(&root)?, state.clone(), Arc::new(remote.clone()), host_name())
+        .with_metrics(config.metrics.clone())
+        .with_mode(mode);
     Ok((engine, state, remote, root))
+}
+
+/// The state key holding the folder's mode.
+const MODE_KEY: &str = "mode";
+
+/// The mode the folder's state remembers (send-receive if none).
+fn stored_mode(state: &State) -> Result<Mode> {
+    match state.get_meta(MODE_KEY)?.filter(|m| !m.is_empty()) {
+        None => Ok(Mode::default()),
+        Some(m) => Mode::parse(&m).ok_or_else(|| {
+            Error::Config(format!("the folder's state holds an unknown mode {m:?}; give --mode"))
+        }),
+    }
+}
+
+/// The folder's mode: `given`, remembered in its state (a change is
+/// logged), or else the one remembered.
+fn remember_mode(state: &State, given: Option<Mode>) -> Result<Mode> {
+    let stored = stored_mode(state);
+    let mode = match (given, stored) {
+        (Some(mode), Ok(old)) if mode == old => mode,
+        (Some(mode), old) => {
+            let old = old.map_or_else(|e| e.to_string(), |m| m.to_string());
+            tracing::info!(from = %old, to = %mode, "the folder's mode changes");
+            state.set_meta(MODE_KEY, mode.as_str())?;
+            mode
+        }
+        (None, stored) => stored?,
+    };
+    match mode {
+        Mode::SendReceive => {}
+        Mode::ReceiveOnly => tracing::info!(mode = %mode, "local changes are kept here and never sent"),
+        Mode::SendOnly => tracing::info!(mode = %mode, "the server's changes are not applied here"),
+    }
+    Ok(mode)
+}
+
+/// The mode a one-off look at the folder plans in: `given`, or the one
+/// its state remembers (nothing is written).
+fn mode_of(state: &State, given: Option<Mode>) -> Result<Mode> {
+    given.map_or_else(|| stored_mode(state), Ok)
+}
+
+/// Brings back the server's state for every item a receive-only folder
+/// changed (`revert`), or sends a send-only folder's state to the server
+/// (`override`); see [`Engine::resolve_kept`]. It takes the folder, so a
+/// `watch` of it must be stopped first.
+pub async fn resolve_kept(config: Config, how: engine::Resolve, dry_run: bool) -> Result<engine::Resolved> {
+    let (mut engine, _, _, root) = open(&config)?;
+    let resolved = engine.resolve_kept(how, dry_run).await?;
+    if engine.folder_gone() {
+        return Err(Error::FolderGone(root.display().to_string()));
+    }
+    Ok(resolved)
 }
 
 fn host_name() -> String {
@@ -155,7 +218,8 @@ fn host_name() -> String {
 /// events from the watcher, server events from the subscription, and a
 /// full rescan every `rescan_interval`.
 pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
-    let (engine, state, remote, root) = open(&config)?;
+    let (engine, state, grpc, root) = open(&config)?;
+    let remote: Arc<dyn Remote> = Arc::new(grpc.clone());
     refusal::forget(&state)?;
     let root_display = root.display().to_string();
     let tasks = TaskTracker::new();
@@ -173,13 +237,31 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     };
     let mut engine = engine.with_lane(lane);
 
+    // Pause, resume and the live status, for `sync-client` commands.
+    let control = control::Control::new(state.clone())?;
+    control.publish(|l| {
+        l.servers = config.servers.clone();
+        l.server = grpc.server().to_owned();
+    });
+    match control::bind(&root) {
+        Ok(listener) => {
+            tasks.spawn(control::serve(listener, control.clone(), stop_tasks.clone()));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket: pause, resume and the live status are unavailable")
+        }
+    }
+    let mut paused = control.paused();
+    let mut held = Held::default();
+
     // Watch before the first sync, so nothing saved meanwhile is missed.
     let (local_tx, mut local_rx) = mpsc::channel(QUEUE);
     if config.watcher {
+        let root_path = root.clone();
         tasks.spawn({
             let stop = stop_tasks.clone();
             async move {
-                if let Err(e) = watch::run(root, local_tx, stop).await {
+                if let Err(e) = watch::run(root_path, local_tx, stop).await {
                     tracing::error!(error = %e, "the folder watcher failed; relying on rescans");
                 }
             }
@@ -190,7 +272,20 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut attempts = 0u32;
+    if *paused.borrow() {
+        tracing::info!("paused (remembered from before): `sync-client resume` starts syncing");
+    }
     loop {
+        // While paused, nothing is synced; local changes are only noted.
+        while *paused.borrow_and_update() {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = paused.changed() => {}
+                Some(change) = local_rx.recv() => held.local(change),
+            }
+            publish(&control, &engine, &held, &grpc, 0);
+        }
+        held = Held::default();
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             r = engine.full_sync() => match r {
@@ -220,22 +315,46 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
 
     let (remote_tx, mut remote_rx) = mpsc::channel(EVENT_QUEUE);
-    tasks.spawn(subscribe(remote, state, remote_tx, stop_tasks.clone()));
+    tasks.spawn(subscribe(remote, state.clone(), remote_tx, stop_tasks.clone()));
 
     let mut rescan = tokio::time::interval(config.rescan_interval.max(MIN_RESCAN_INTERVAL));
     rescan.tick().await; // The first tick is immediate; the sync just ran.
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     let mut lock_refresh = tokio::time::interval(LOCK_REFRESH_CHECK);
+    let mut is_paused = *paused.borrow_and_update();
+    // A full sync is owed: after a pause, until one succeeds.
+    let mut catch_up = false;
+    let mut head = state.cursor()?;
+    publish(&control, &engine, &held, &grpc, head);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            Ok(()) = paused.changed() => {
+                let now = *paused.borrow_and_update();
+                if is_paused && !now {
+                    // What finished meanwhile is planned again, then a full
+                    // sync catches up with every change queued.
+                    for done in std::mem::take(&mut held.lanes) {
+                        engine.lane_done(done).await;
+                    }
+                    held = Held::default();
+                    catch_up = !catch_up_sync(&mut engine, true).await;
+                }
+                is_paused = now;
+            }
             Some(ev) = remote_rx.recv() => match ev {
                 Subscription::Event(event) => {
-                    if let Err(e) = engine.remote_event(event).await {
+                    head = head.max(event.seq());
+                    if is_paused {
+                        // The full sync at resume applies it.
+                        held.remote(&event);
+                    } else if let Err(e) = engine.remote_event(event).await {
                         tracing::warn!(error = %e, "could not apply a server change");
                     }
                 }
+                // The full sync at resume compares everything anyway.
+                Subscription::Reconnected if is_paused => {}
                 Subscription::Reconnected => {
                     // The server may have been replaced meanwhile: check its
                     // history before comparing against the stored bases.
@@ -252,13 +371,26 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
                     return Err(e);
                 }
             },
-            Some(done) = lane_rx.recv() => engine.lane_done(done).await,
+            Some(done) = lane_rx.recv() => {
+                if is_paused {
+                    held.lanes.push(done);
+                } else {
+                    engine.lane_done(done).await;
+                }
+            }
             Some(change) = local_rx.recv() => match change {
+                change if is_paused => held.local(change),
                 watch::Change::Path(path) => engine.local_event(path).await,
                 watch::Change::Rescan => log_rescan(engine.rescan().await),
             },
-            _ = rescan.tick() => log_rescan(engine.rescan().await),
-            _ = retry.tick(), if engine.has_failures() => engine.retry_failed().await,
+            _ = rescan.tick(), if !is_paused => log_rescan(engine.rescan().await),
+            _ = retry.tick(), if !is_paused && (catch_up || engine.has_failures()) => {
+                if catch_up {
+                    catch_up = !catch_up_sync(&mut engine, false).await;
+                } else {
+                    engine.retry_failed().await;
+                }
+            }
             _ = lock_refresh.tick() => {
                 if engine.locks().holds_any() {
                     engine.refresh_own_locks().await;
@@ -266,6 +398,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
             }
         }
         engine.update_pending();
+        publish(&control, &engine, &held, &grpc, head);
         if engine.folder_gone() {
             let e = Error::FolderGone(root_display.clone());
             tracing::error!(error = %e, "stopping");
@@ -279,6 +412,101 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// Changes met while paused, for the live status; resuming syncs them all
+/// with a full sync.
+#[derive(Debug, Default)]
+struct Held {
+    /// Distinct paths changed, up to [`MAX_HELD_PATHS`].
+    paths: std::collections::BTreeSet<RelPath>,
+    /// Changes beyond those, and rescans asked for.
+    more: usize,
+    /// Large-lane transfers that ended while paused.
+    lanes: Vec<engine::LaneDone>,
+}
+
+/// Distinct paths [`Held`] keeps for the live status; past it, changes
+/// are only counted (the full sync at resume finds them all).
+const MAX_HELD_PATHS: usize = 10_000;
+
+impl Held {
+    fn note(&mut self, path: &RelPath) {
+        if self.paths.len() < MAX_HELD_PATHS {
+            self.paths.insert(path.clone());
+        } else if !self.paths.contains(path) {
+            self.more += 1;
+        }
+    }
+
+    fn local(&mut self, change: watch::Change) {
+        match change {
+            watch::Change::Path(path) => self.note(&path),
+            watch::Change::Rescan => self.more += 1,
+        }
+    }
+
+    fn remote(&mut self, event: &remote::RemoteEvent) {
+        match event {
+            remote::RemoteEvent::Entry { entry: Some(e), .. } => self.note(&e.path),
+            remote::RemoteEvent::Reset { .. } => self.more += 1,
+            _ => {}
+        }
+    }
+}
+
+/// The full sync that follows a pause. Returns whether it succeeded (if
+/// not, it is tried again at the next retry; only the `first` failure is
+/// a warning).
+async fn catch_up_sync(engine: &mut Engine, first: bool) -> bool {
+    match engine.full_sync().await {
+        Ok(n) => {
+            tracing::info!(actions = n, "resumed: synced what changed while paused");
+            true
+        }
+        Err(e) if first => {
+            tracing::warn!(error = %e, "resumed, but the catch-up sync failed; retrying");
+            false
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "the catch-up sync failed again");
+            false
+        }
+    }
+}
+
+/// Publishes what the loop is doing for `status --live`.
+fn publish(control: &control::Control, engine: &Engine, held: &Held, grpc: &GrpcRemote, head: u64) {
+    let listed = control::MAX_LISTED;
+    control.publish(|l| {
+        l.server = grpc.server().to_owned();
+        l.mode = engine.mode().as_str().to_owned();
+        l.head = head;
+        l.queued = held.paths.iter().take(listed).map(ToString::to_string).collect();
+        l.queued_total = held.paths.len() + held.more;
+        // One that ended while paused waits in `held` to be planned again.
+        let ended = |p: &RelPath| held.lanes.iter().any(|d| d.path == *p);
+        l.transfers = engine
+            .in_flight()
+            .filter(|(path, _)| !ended(path))
+            .map(|(path, t)| control::Transfer {
+                path: path.to_string(),
+                direction: if t.upload { "upload" } else { "download" }.to_owned(),
+                size: t.size,
+                done: t.done.load(std::sync::atomic::Ordering::Relaxed),
+                seconds: t.started.elapsed().as_secs(),
+            })
+            .collect();
+        l.errors = engine
+            .failures()
+            .take(listed)
+            .map(|(path, e)| control::PathError {
+                path: path.to_string(),
+                error: e.unwrap_or_default().to_owned(),
+            })
+            .collect();
+        l.errors_total = engine.failure_count();
+    });
 }
 
 fn log_rescan(r: Result<usize>) {
@@ -393,8 +621,9 @@ pub fn writes_refused(config: &Config) -> Result<Option<String>> {
 pub struct Difference {
     pub path: String,
     /// Like a directory comparison: `only-here`, `only-there`, `differs`
-    /// (by content hash), `conflict` (both changed since the last sync), or
-    /// `unreadable` / `being-written`.
+    /// (by content hash), `conflict` (both changed since the last sync),
+    /// `locally-changed` / `remote-changed` (a change the folder's mode
+    /// holds back), or `unreadable` / `being-written`.
     pub state: &'static str,
     /// What syncing would do about it, in the three-way terms: `changed
     /// here`, `deleted on the server`, ...; for `locked`, who holds the
@@ -411,6 +640,8 @@ impl Difference {
         let remote = p.remote.as_ref().and_then(|e| e.content);
         let state = match (&p.local, remote, &p.action) {
             (_, _, Action::Conflict) => "conflict",
+            (_, _, Action::KeepLocal) => LOCALLY_CHANGED,
+            (_, _, Action::KeepRemote) => REMOTE_CHANGED,
             (Some(_), None, _) => "only-here",
             (None, Some(_), _) => "only-there",
             (Some(l), Some(r), _) if l.hash != r.hash => "differs",
@@ -424,6 +655,12 @@ impl Difference {
 
 /// The `state` of a `status` row that shows a lock (not a difference).
 pub const LOCKED: &str = "locked";
+/// The `state` of a `status` row of a receive-only folder's own change,
+/// kept here and not sent (`revert` brings back the server's version).
+pub const LOCALLY_CHANGED: &str = "locally-changed";
+/// The `state` of a `status` row of a send-only folder for a change on
+/// the server not applied here (`override` sends the folder's version).
+pub const REMOTE_CHANGED: &str = "remote-changed";
 
 /// What differs between the folder and the server, and the live locks,
 /// changing nothing. It can run beside a `watch` of the same folder.
@@ -433,7 +670,8 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
     let remote =
         GrpcRemote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
     let remote: Arc<dyn Remote> = Arc::new(remote);
-    let mut planner = Planner::new(Folder::open(&root)?, state, remote.clone());
+    let mode = mode_of(&state, config.mode)?;
+    let mut planner = Planner::new(Folder::open(&root)?, state, remote.clone()).with_mode(mode);
     let info = planner.check_history().await?;
     let locks = remote.list_locks("").await?;
     let all = planner.plan_all(&info).await?;

@@ -5,7 +5,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sync_client::ratelimit::Rate;
+use sync_client::{
+    control::{self, Live, Request},
+    ratelimit::Rate,
+};
 use syncstore::cli::{self, ConnectArgs, LogFormat};
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +58,12 @@ struct Args {
     /// (same form as --max-upload-rate). No limit without it.
     #[arg(long, value_name = "RATE", env = "SYNCSTORE_MAX_DOWNLOAD_RATE")]
     max_download_rate: Option<Rate>,
+    /// Which way the folder syncs: send-receive, send-only (the server's
+    /// changes are not applied here) or receive-only (local changes are
+    /// kept here, never sent). Remembered in the folder's state; without
+    /// it, the remembered mode (send-receive at first).
+    #[arg(long, value_enum, env = "SYNCSTORE_MODE")]
+    mode: Option<sync_client::Mode>,
     #[command(flatten)]
     connect: ConnectArgs,
     #[command(subcommand)]
@@ -79,7 +88,17 @@ enum Command {
         /// side's content hash ("-" where it has no file).
         #[arg(long, value_name = "URL")]
         against_replica: Option<String>,
+        /// Show only what the `watch` running on the folder is doing now
+        /// (paused or not, queued paths, transfers, errors, server,
+        /// cursor), without asking the server. Exit 3 if none runs.
+        #[arg(long, conflicts_with = "against_replica")]
+        live: bool,
     },
+    /// Pause the `watch` running on the folder: no transfer starts until
+    /// `resume`; changes either way wait. Remembered across restarts.
+    Pause,
+    /// Resume a paused folder: what changed meanwhile is synced.
+    Resume,
     /// List the server's files.
     Ls,
     /// Lock a file so that nobody else's change to it reaches the server
@@ -106,7 +125,26 @@ enum Command {
     },
     /// List the server's live locks.
     Locks,
+    /// In a receive-only folder: bring back the server's version of every
+    /// locally changed item, keeping each local version as a conflict copy
+    /// first (a file added here stays). Stop a `watch` of the folder first.
+    Revert {
+        /// Only list what would be done.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// In a send-only folder: make the server match the folder, as new
+    /// versions. Stop a `watch` of the folder first.
+    Override {
+        /// Only list what would be done.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
+
+/// Exit code of `pause`, `resume` and `status --live` when no client runs
+/// on the folder (1 is "not in sync", 2 a usage error).
+const NOT_RUNNING: u8 = 3;
 
 fn main() -> ExitCode {
     let args: Args = match cli::parse_args() {
@@ -148,6 +186,29 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let dir = args.dir.clone().context("--dir is required for this command")?;
+    if let Some((request, json)) = match command {
+        Command::Pause => Some((Request::Pause, false)),
+        Command::Resume => Some((Request::Resume, false)),
+        Command::Status { live: true, json, .. } => Some((Request::Status, json)),
+        _ => None,
+    } {
+        let live = match control::request(&dir, request).await {
+            Ok(live) => live,
+            Err(e @ sync_client::Error::NotRunning(_)) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(NOT_RUNNING));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if json {
+            println!("{}", serde_json::to_string_pretty(&live)?);
+        } else if request == Request::Status {
+            print!("{}", show_live(&live));
+        } else {
+            println!("{}", if live.paused { "paused" } else { "syncing" });
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut config = sync_client::Config::new(String::new(), dir);
     config.servers = args.servers.clone();
     config.security = security;
@@ -155,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.watcher = !args.poll_only;
     config.max_upload_rate = args.max_upload_rate;
     config.max_download_rate = args.max_download_rate;
+    config.mode = args.mode;
     match command {
         Command::Watch => {
             let shutdown = CancellationToken::new();
@@ -185,7 +247,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        Command::Status { json, against_replica: Some(replica) } => {
+        Command::Status { json, against_replica: Some(replica), .. } => {
             let rows = sync_client::status_against_replica(config, &replica).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -206,10 +268,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(if rows.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Status { json, against_replica: None } => {
+        Command::Status { json, against_replica: None, .. } => {
             let refused = sync_client::writes_refused(&config)?;
             if let Some(why) = &refused {
                 eprintln!("writes refused: {why}");
+            }
+            // The running client's state goes beside the differences, on
+            // stderr, so that stdout stays one line (or object) per path.
+            if !json && let Ok(live) = control::request(&config.dir, Request::Status).await {
+                eprint!("{}", show_live(&live));
             }
             let diffs = sync_client::status(config).await?;
             if json {
@@ -239,6 +306,65 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("unlocked {}", l.path);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ls | Command::Locks => unreachable!("handled above"),
+        Command::Revert { dry_run } => resolve(config, sync_client::engine::Resolve::Revert, dry_run).await,
+        Command::Override { dry_run } => {
+            resolve(config, sync_client::engine::Resolve::Override, dry_run).await
+        }
+        Command::Ls | Command::Locks | Command::Pause | Command::Resume => unreachable!("handled above"),
     }
+}
+
+/// Runs `revert` or `override`: one line per action (and per item left as
+/// it is); exit 1 if any failed.
+async fn resolve(
+    config: sync_client::Config,
+    how: sync_client::engine::Resolve,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let done = sync_client::resolve_kept(config, how, dry_run).await?;
+    let verb = if dry_run { "would" } else { "did" };
+    let failed = |p: &sync_client::planner::Planned| done.failed.iter().any(|(f, _)| *f == p.path);
+    for p in done.done.iter().filter(|p| !failed(p)) {
+        let what = match p.action {
+            sync_client::plan::Action::Conflict => "keep the local version as a copy and fetch the server's",
+            sync_client::plan::Action::Download => "fetch the server's version",
+            sync_client::plan::Action::Upload { .. } => "send the folder's version",
+            sync_client::plan::Action::DeleteRemote { .. } => "delete it on the server",
+            _ => p.action.describe(),
+        };
+        println!("{verb} {what}: {}", p.path);
+    }
+    for p in &done.left {
+        println!("left as it is (nothing on the server to bring back): {}", p.path);
+    }
+    for (path, e) in &done.failed {
+        eprintln!("failed: {path}: {e:#}");
+    }
+    Ok(if done.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The live state for people, one fact a line.
+fn show_live(live: &Live) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let state = if live.paused { "paused" } else { "syncing" };
+    let _ = writeln!(out, "client:     running, {state}");
+    let _ = writeln!(out, "mode:       {}", live.mode);
+    let replica = if live.servers.first().is_some_and(|p| *p != live.server) { " (a replica)" } else { "" };
+    let _ = writeln!(out, "server:     {}{replica}", live.server);
+    let _ = writeln!(out, "cursor:     {} of {}", live.cursor, live.head);
+    let _ = writeln!(out, "queued:     {}", live.queued_total);
+    for path in &live.queued {
+        let _ = writeln!(out, "  {path}");
+    }
+    let _ = writeln!(out, "transfers:  {}", live.transfers.len());
+    for t in &live.transfers {
+        let _ =
+            writeln!(out, "  {} {} ({} of {} bytes, {}s)", t.direction, t.path, t.done, t.size, t.seconds);
+    }
+    let _ = writeln!(out, "errors:     {}", live.errors_total);
+    for e in &live.errors {
+        let _ = writeln!(out, "  {}: {}", e.path, e.error);
+    }
+    out
 }

@@ -23,6 +23,14 @@
 //!
 //! Nothing is deleted or overwritten unless the base shows that the side
 //! losing it had already been seen.
+//!
+//! Folder modes ([`Mode`], [`with_mode`]) then filter the action: a
+//! receive-only folder keeps its own changes ([`Action::KeepLocal`]) and
+//! meets a server change to a locally changed path as a conflict (the
+//! server's version wins, the local one is kept as a copy); a send-only
+//! folder leaves the server's changes unapplied ([`Action::KeepRemote`]).
+//! [`revert`] and [`override_action`] turn those kept items into the
+//! actions that make one side match the other.
 
 use syncstore::{Content, ContentHash, Entry};
 
@@ -118,6 +126,12 @@ pub enum Action {
     /// Both changed differently: move the local file to a conflict copy
     /// (which is then uploaded as a new file) and fetch the server's.
     Conflict,
+    /// Receive-only: this side's change (an edit, an addition or a
+    /// deletion) stays here and is not sent.
+    KeepLocal,
+    /// Send-only: the server's change (or the server's side of a conflict)
+    /// is not applied here.
+    KeepRemote,
 }
 
 impl Action {
@@ -132,7 +146,94 @@ impl Action {
             Action::DeleteLocal => "deleted on the server",
             Action::DeleteRemote { .. } => "deleted here",
             Action::Conflict => "conflict",
+            Action::KeepLocal => "changed here, kept here (receive-only)",
+            Action::KeepRemote => "changed on the server, not applied (send-only)",
         }
+    }
+
+    /// Whether the action is a change a folder mode holds back: nothing
+    /// is done about it, and it is no work left to do.
+    pub fn is_kept(&self) -> bool {
+        matches!(self, Action::KeepLocal | Action::KeepRemote)
+    }
+}
+
+/// Which way a folder syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Mode {
+    /// Changes go both ways.
+    #[default]
+    SendReceive,
+    /// Local changes go to the server; the server's are not applied here.
+    SendOnly,
+    /// The server's changes are applied here; local ones are never sent.
+    ReceiveOnly,
+}
+
+impl Mode {
+    /// The mode's name, as the `--mode` option and the state spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::SendReceive => "send-receive",
+            Mode::SendOnly => "send-only",
+            Mode::ReceiveOnly => "receive-only",
+        }
+    }
+
+    /// The mode named `name` (as [`Mode::as_str`] spells it).
+    pub fn parse(name: &str) -> Option<Mode> {
+        [Mode::SendReceive, Mode::SendOnly, Mode::ReceiveOnly].into_iter().find(|m| m.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The action a folder in `mode` takes where the three-way rules chose
+/// `action`. Receive-only never sends: an upload or a deletion on the
+/// server becomes [`Action::KeepLocal`]; a conflict still keeps the local
+/// version as a copy (which stays here, kept in turn) and fetches the
+/// server's. Send-only never changes the folder for the server's sake: a
+/// download, a deletion here or a conflict becomes [`Action::KeepRemote`].
+pub fn with_mode(mode: Mode, action: Action) -> Action {
+    match (mode, action) {
+        (Mode::ReceiveOnly, Action::Upload { .. } | Action::DeleteRemote { .. }) => Action::KeepLocal,
+        (Mode::SendOnly, Action::Download | Action::DeleteLocal | Action::Conflict) => Action::KeepRemote,
+        (_, action) => action,
+    }
+}
+
+/// What `revert` does about a path kept in a receive-only folder: an
+/// edited file is kept as a copy and the server's version fetched (as a
+/// conflict is); a deleted one is fetched again. A file the server does
+/// not have (an addition here) has nothing to come back to: it stays, as
+/// `None` says.
+pub fn revert(local: Option<&Local>, remote: Option<&Entry>) -> Option<Action> {
+    let remote_live = remote.and_then(|r| r.content);
+    match (local, remote_live) {
+        (Some(l), Some(c)) if l.same_as(&c) => None,
+        (Some(_), Some(_)) => Some(Action::Conflict),
+        (None, Some(_)) => Some(Action::Download),
+        (_, None) => None,
+    }
+}
+
+/// What `override` does about a path kept in a send-only folder: the
+/// folder's file is sent as a new version over whatever the server holds
+/// (a deletion of it, too); a path missing here is deleted on the server.
+/// `None`: the server already matches.
+pub fn override_action(local: Option<&Local>, remote: Option<&Entry>) -> Option<Action> {
+    let live = remote.and_then(|r| r.content.map(|c| (r.version, c)));
+    match (local, live) {
+        (Some(l), Some((_, c))) if l.same_as(&c) => None,
+        (Some(_), Some((version, _))) => Some(Action::Upload { base_version: version }),
+        // Creating over a tombstone (or nothing) is based on version 0.
+        (Some(_), None) => Some(Action::Upload { base_version: 0 }),
+        (None, Some((version, _))) => Some(Action::DeleteRemote { base_version: version }),
+        (None, None) => None,
     }
 }
 
@@ -474,6 +575,81 @@ mod tests {
         assert_eq!(local(b"x").content(), c);
     }
 
+    #[test]
+    fn receive_only_keeps_local_changes_and_lets_the_server_win_a_clash() {
+        let b = base(5, b"old");
+        let same = remote(5, Some(b"old"));
+        let ro = |l: Option<&Local>, b: Option<&Base>, r: Option<&Entry>| {
+            with_mode(Mode::ReceiveOnly, three_way(l, b, r))
+        };
+        // An edit, an addition, a deletion: kept here, never sent.
+        assert_eq!(ro(Some(&local(b"new")), Some(&b), Some(&same)), Action::KeepLocal);
+        assert_eq!(ro(Some(&local(b"new")), None, None), Action::KeepLocal);
+        assert_eq!(ro(None, Some(&b), Some(&same)), Action::KeepLocal);
+        // The server changes a locally changed path: its version wins, the
+        // local one becomes a copy (a conflict); a local deletion yields.
+        assert_eq!(ro(Some(&local(b"new")), Some(&b), Some(&remote(9, Some(b"theirs")))), Action::Conflict);
+        assert_eq!(ro(None, Some(&b), Some(&remote(9, Some(b"theirs")))), Action::Download);
+        // The server's own changes still arrive.
+        assert_eq!(ro(Some(&local(b"old")), Some(&b), Some(&remote(9, Some(b"n")))), Action::Download);
+        assert_eq!(ro(Some(&local(b"old")), Some(&b), Some(&remote(9, None))), Action::DeleteLocal);
+    }
+
+    #[test]
+    fn send_only_leaves_the_server_changes_unapplied() {
+        let b = base(5, b"old");
+        let same = remote(5, Some(b"old"));
+        let so = |l: Option<&Local>, b: Option<&Base>, r: Option<&Entry>| {
+            with_mode(Mode::SendOnly, three_way(l, b, r))
+        };
+        assert_eq!(so(Some(&local(b"old")), Some(&b), Some(&remote(9, Some(b"n")))), Action::KeepRemote);
+        assert_eq!(so(Some(&local(b"old")), Some(&b), Some(&remote(9, None))), Action::KeepRemote);
+        assert_eq!(so(None, None, Some(&remote(9, Some(b"n")))), Action::KeepRemote);
+        assert_eq!(so(Some(&local(b"x")), Some(&b), Some(&remote(9, Some(b"y")))), Action::KeepRemote);
+        // Local changes still go.
+        assert_eq!(so(Some(&local(b"new")), Some(&b), Some(&same)), Action::Upload { base_version: 5 });
+        assert_eq!(so(None, Some(&b), Some(&same)), Action::DeleteRemote { base_version: 5 });
+        // Send-receive changes nothing.
+        for a in [Action::Download, Action::Conflict, Action::Upload { base_version: 5 }] {
+            assert_eq!(with_mode(Mode::SendReceive, a.clone()), a);
+        }
+    }
+
+    #[test]
+    fn revert_fetches_the_server_version_and_keeps_the_local_one() {
+        let there = remote(9, Some(b"theirs"));
+        assert_eq!(revert(Some(&local(b"mine")), Some(&there)), Some(Action::Conflict));
+        assert_eq!(revert(None, Some(&there)), Some(Action::Download));
+        assert_eq!(revert(Some(&local(b"theirs")), Some(&there)), None);
+        // Nothing on the server to come back to: the addition stays.
+        assert_eq!(revert(Some(&local(b"mine")), None), None);
+        assert_eq!(revert(Some(&local(b"mine")), Some(&remote(9, None))), None);
+    }
+
+    #[test]
+    fn override_sends_the_folder_as_new_versions() {
+        let there = remote(9, Some(b"theirs"));
+        assert_eq!(
+            override_action(Some(&local(b"mine")), Some(&there)),
+            Some(Action::Upload { base_version: 9 })
+        );
+        assert_eq!(
+            override_action(Some(&local(b"mine")), Some(&remote(9, None))),
+            Some(Action::Upload { base_version: 0 })
+        );
+        assert_eq!(override_action(None, Some(&there)), Some(Action::DeleteRemote { base_version: 9 }));
+        assert_eq!(override_action(Some(&local(b"theirs")), Some(&there)), None);
+        assert_eq!(override_action(None, Some(&remote(9, None))), None);
+    }
+
+    #[test]
+    fn modes_read_back_as_written() {
+        for m in [Mode::SendReceive, Mode::SendOnly, Mode::ReceiveOnly] {
+            assert_eq!(Mode::parse(m.as_str()), Some(m));
+        }
+        assert_eq!(Mode::parse("receive"), None);
+    }
+
     /// Every combination of small states: nothing is ever lost. A side's
     /// content disappears only by DeleteLocal/DeleteRemote/Download over an
     /// unchanged file, and only when the base shows it was seen.
@@ -500,6 +676,12 @@ mod tests {
                     }
                     let lo = l.map(local);
                     let action = three_way(lo.as_ref(), b.as_ref(), r.as_ref());
+                    // Receive-only never sends; send-only never changes
+                    // the folder for the server's sake.
+                    let received = with_mode(Mode::ReceiveOnly, action.clone());
+                    assert!(!matches!(received, Action::Upload { .. } | Action::DeleteRemote { .. }));
+                    let sent = with_mode(Mode::SendOnly, action.clone());
+                    assert!(!matches!(sent, Action::Download | Action::DeleteLocal | Action::Conflict));
                     match action {
                         Action::DeleteLocal => {
                             let (lo, b) = (lo.unwrap(), b.unwrap());

@@ -13,7 +13,7 @@ use crate::{
     folder::Folder,
     fsroot::{self, Dir, Root},
     local::{self, HardLinks, Ignore, LocalView},
-    plan::{self, Action, Base, Here, Local, Side},
+    plan::{self, Action, Base, Here, Local, Mode, Side},
     remote::{Remote, ServerInfo},
     state::State,
 };
@@ -79,13 +79,44 @@ pub struct Planner {
     /// Whether the stored bases belong to the server's current history
     /// (bases of another history are set aside, not used).
     bases_valid: bool,
+    /// The folder's mode.
+    mode: Mode,
+    /// The server refused a write for the token's sake (a read-only token):
+    /// the folder runs receive-only whatever its mode.
+    read_only_token: bool,
 }
 
 impl Planner {
     pub fn new(folder: Folder, state: State, remote: Arc<dyn Remote>) -> Self {
         let root = folder.path().to_path_buf();
         let ignore = Ignore::load(&root);
-        Self { root, folder, state, remote, ignore, bases_valid: true }
+        Self {
+            root,
+            folder,
+            state,
+            remote,
+            ignore,
+            bases_valid: true,
+            mode: Mode::default(),
+            read_only_token: false,
+        }
+    }
+
+    /// Plans for a folder in `mode`.
+    pub fn with_mode(self, mode: Mode) -> Self {
+        Self { mode, ..self }
+    }
+
+    /// The mode plans are made in: the folder's, or receive-only while the
+    /// server takes the token for reading only.
+    pub fn mode(&self) -> Mode {
+        if self.read_only_token { Mode::ReceiveOnly } else { self.mode }
+    }
+
+    /// Notes whether the token may only read; returns whether that
+    /// changed.
+    pub fn set_read_only_token(&mut self, read_only: bool) -> bool {
+        std::mem::replace(&mut self.read_only_token, read_only) != read_only
     }
 
     /// Reads the folder's ignore rules again (`.syncignore` changed).
@@ -110,6 +141,9 @@ impl Planner {
         let info = self.remote.info().await?;
         let known = self.state.get_meta("history_id")?;
         self.bases_valid = known.is_none() || known.as_deref() == Some(info.history_id.as_str());
+        // A write refused for the token's sake, until the server says the
+        // token writes (see `Engine::check_history`).
+        self.read_only_token = read_only_token(&self.state)? && !info.token_writes;
         Ok(info)
     }
 
@@ -231,7 +265,7 @@ impl Planner {
         };
         Ok(plan::decide(side, base.as_ref(), remote.as_ref()).map(|d| Planned {
             path: path.clone(),
-            action: d.action,
+            action: plan::with_mode(self.mode(), d.action),
             local: d.local,
             base,
             remote,
@@ -278,6 +312,16 @@ impl Planner {
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || state.all_bases()).await?
     }
+}
+
+/// The state key set once the server refused a write because the token
+/// may only read.
+pub const READ_ONLY_TOKEN_KEY: &str = "read_only_token";
+
+/// Whether a write was refused because the token may only read (and the
+/// server has not said since that it writes).
+pub fn read_only_token(state: &State) -> Result<bool> {
+    Ok(state.get_meta(READ_ONLY_TOKEN_KEY)?.is_some_and(|v| v == "1"))
 }
 
 /// What the folder says of `path` (blocking): its local view, read against

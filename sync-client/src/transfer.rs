@@ -3,7 +3,15 @@
 //! renamed into place. Neither side ever holds a whole file in memory. A
 //! download leaves blocks of zeros as holes, so a sparse file stays sparse.
 
-use std::{fs, io::Read, os::unix::fs::PermissionsExt};
+use std::{
+    fs,
+    io::Read,
+    os::unix::fs::PermissionsExt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use futures::StreamExt;
 use syncstore::{
@@ -26,6 +34,21 @@ const PIPELINE: usize = 4;
 /// is all zeros is left as a hole rather than written, so a sparse file
 /// stays sparse: a file-system block, the smallest unit a hole saves.
 const HOLE_BLOCK: usize = 4096;
+
+tokio::task_local! {
+    /// The content bytes the transfer running in this task has moved so
+    /// far (an upload: handed to the wire; a download: received), for a
+    /// caller that shows it (the large lane, for the live status). Set with
+    /// `PROGRESS.scope`; a transfer outside a scope counts nothing.
+    pub static PROGRESS: Arc<AtomicU64>;
+}
+
+/// Adds `n` bytes to `progress`, if the transfer is watched.
+fn count(progress: Option<&Arc<AtomicU64>>, n: usize) {
+    if let Some(p) = progress {
+        p.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
 
 /// What an upload is based on.
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +90,8 @@ pub async fn upload(
     let (tx, rx) = mpsc::channel(PIPELINE);
     let dir = root.parent(path)?;
     let name = path.file_name().to_owned();
-    let mut reader = tokio::task::spawn_blocking(move || send_file(&dir, &name, expected, tx));
+    let progress = PROGRESS.try_with(Arc::clone).ok();
+    let mut reader = tokio::task::spawn_blocking(move || send_file(&dir, &name, expected, tx, progress));
     let mut call = remote.upload(&upload, rx);
     let read = tokio::select! {
         read = &mut reader => read,
@@ -117,7 +141,13 @@ fn settle(
 /// the server discards the upload.
 /// The file is opened through its folder's handle, so a link above it or
 /// at it is not followed.
-fn send_file(dir: &Dir, name: &str, expected: Local, tx: mpsc::Sender<Body>) -> Result<()> {
+fn send_file(
+    dir: &Dir,
+    name: &str,
+    expected: Local,
+    tx: mpsc::Sender<Body>,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<()> {
     if expected.folder {
         // A folder has no content.
         let _ = tx.blocking_send(Body::End);
@@ -147,9 +177,11 @@ fn send_file(dir: &Dir, name: &str, expected: Local, tx: mpsc::Sender<Body>) -> 
         if total > expected.size {
             return Err(Error::ChangedWhileReading);
         }
+        let n = chunk.len();
         if tx.blocking_send(Body::Chunk(chunk)).is_err() {
             return Ok(()); // The call failed; its status says why.
         }
+        count(progress.as_ref(), n);
     }
     if total != expected.size || ContentHash::from(hasher.finalize()) != expected.hash {
         return Err(Error::ChangedWhileReading);
@@ -256,10 +288,12 @@ async fn receive_chunks(
     path: &RelPath,
     declared: u64,
 ) -> Result<u64> {
+    let progress = PROGRESS.try_with(Arc::clone).ok();
     let mut size = 0u64;
     while let Some(c) = stream.next().await {
         let c = c?;
-        size += c.len() as u64;
+        let n = c.len();
+        size += n as u64;
         if size > declared {
             return Err(Error::Protocol(format!(
                 "download of {path}: more than the {declared} bytes its entry declares"
@@ -268,6 +302,7 @@ async fn receive_chunks(
         if tx.send(c).await.is_err() {
             break; // The writer failed; its error is reported by the caller.
         }
+        count(progress.as_ref(), n);
     }
     Ok(size)
 }

@@ -645,3 +645,143 @@ async fn a_bad_rate_limit_is_refused_naming_its_option_and_a_good_one_is_kept() 
     assert!(server_paths(&server.url).await.contains(&"big.bin".to_owned()));
     assert!(took >= Duration::from_millis(2400), "3 MiB went up in {took:?} at 1 MiB/s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_the_live_status_reach_the_running_watch() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = server().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // No client runs on the folder: a clear error, exit 3.
+    for command in ["pause", "resume"] {
+        let out = client(&server.url, dir.path(), &[command]).await;
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no sync-client is running on"), "{err}");
+    }
+    let out = client(&server.url, dir.path(), &["status", "--live", "--json"]).await;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    let mut watch = spawn_watch(&server.url, dir.path()).await;
+    let mut live = serde_json::Value::Null;
+    eventually("status --live answers", async || {
+        let out = client(&server.url, dir.path(), &["status", "--live", "--json"]).await;
+        if out.status.success() {
+            live = serde_json::from_slice(&out.stdout).expect("status --live --json is JSON");
+        }
+        out.status.success()
+    })
+    .await;
+    assert_eq!(live["paused"], false, "{live}");
+    assert_eq!(live["mode"], "send-receive", "{live}");
+    assert_eq!(live["server"], server.url.as_str(), "{live}");
+    for field in ["cursor", "head", "queued_total", "errors_total"] {
+        assert!(live[field].is_u64(), "{field} in {live}");
+    }
+    for field in ["queued", "transfers", "errors"] {
+        assert!(live[field].is_array(), "{field} in {live}");
+    }
+
+    // Only the owner can reach the socket.
+    let socket = dir.path().join(".syncstore/control/socket");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(socket.parent().unwrap()), 0o700);
+
+    // A plain `status` adds the summary on stderr; stdout keeps the
+    // differences alone.
+    let out = client(&server.url, dir.path(), &["status"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout(&out), "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("client:     running, syncing\n"), "{err}");
+
+    let out = client(&server.url, dir.path(), &["pause"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "paused\n");
+    let out = client(&server.url, dir.path(), &["status", "--live"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).starts_with("client:     running, paused\n"), "{}", stdout(&out));
+    let out = client(&server.url, dir.path(), &["resume"]).await;
+    assert_eq!(stdout(&out), "syncing\n");
+
+    // Killed, it leaves its socket behind: nobody answers on it.
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    assert!(socket.exists());
+    let out = client(&server.url, dir.path(), &["pause"]).await;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_mode_is_refused_and_a_given_one_is_remembered() {
+    let server = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("a.txt"), "kept here").unwrap();
+    let config = dir.path().join("client.toml");
+    std::fs::write(&config, "mode = \"upwards\"\n").unwrap();
+    let run = |args: Vec<String>, env: Option<(&'static str, &'static str)>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-client"));
+        cmd.args(["--server", &server.url, "--dir"]).arg(&folder).args(args);
+        cmd.stdin(Stdio::null()).env_remove("SYNCSTORE_MODE");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        async move {
+            tokio::time::timeout(DEADLINE, tokio::task::spawn_blocking(move || cmd.output().unwrap()))
+                .await
+                .expect("the client finishes in time")
+                .unwrap()
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    let cases = [
+        (s(&["--mode", "both-ways", "sync"]), None, "both-ways"),
+        (s(&["sync"]), Some(("SYNCSTORE_MODE", "sideways")), "sideways"),
+        (s(&["--config", config.to_str().unwrap(), "sync"]), None, "upwards"),
+        (s(&["--mode", "", "status"]), None, "--mode"),
+    ];
+    for (args, env, bad) in cases {
+        let what = format!("{args:?} {env:?}");
+        let out = run(args, env).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+        assert!(
+            stderr.contains(bad) && stderr.contains("--mode") && stderr.contains("receive-only"),
+            "{what}: {stderr}"
+        );
+        assert!(!folder.join(".syncstore").exists(), "{what}: the client started");
+    }
+    assert_eq!(server_paths(&server.url).await, Vec::<String>::new(), "nothing reached the server");
+
+    // A mode given once is remembered: later runs without it keep it.
+    let out = run(s(&["--mode", "receive-only", "sync"]), None).await;
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the folder's mode changes") && err.contains("to=receive-only"), "{err}");
+    let out = run(s(&["sync"]), None).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("mode changes"), "no change, no log: {out:?}");
+    assert_eq!(server_paths(&server.url).await, Vec::<String>::new(), "nothing local is sent");
+    let st = run(s(&["status"]), None).await;
+    assert_eq!(st.status.code(), Some(1), "{st:?}");
+    assert_eq!(stdout(&st), "locally-changed a.txt  (changed here, kept here (receive-only))\n");
+    // `status` with another mode shows the folder in it, storing nothing.
+    let st = run(s(&["--mode", "send-receive", "status"]), None).await;
+    assert_eq!(stdout(&st), "only-here     a.txt  (changed here)\n");
+    // `override` is for a send-only folder: refused, naming the mode.
+    let out = run(s(&["override"]), None).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is receive-only"), "{out:?}");
+    assert_eq!(server_paths(&server.url).await, Vec::<String>::new(), "still nothing sent");
+
+    // Switching to send-receive is explicit and logged; the kept change
+    // is then sent.
+    let out = run(s(&["--mode", "send-receive", "sync"]), None).await;
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("from=receive-only") && err.contains("to=send-receive"), "{err}");
+    assert_eq!(server_paths(&server.url).await, vec!["a.txt".to_owned()]);
+}

@@ -402,6 +402,19 @@ impl TestClient {
         })
     }
 
+    /// Starts watching `dir` with its configuration changed by `tweak`
+    /// (after the defaults of [`TestClient::start`]).
+    pub fn start_tweaked_in(
+        server: &str,
+        dir: TempDir,
+        tweak: impl FnOnce(&mut sync_client::Config),
+    ) -> Self {
+        Self::start_configured(vec![server.to_owned()], dir, |c| {
+            c.rescan_interval = Duration::from_secs(3600);
+            tweak(c);
+        })
+    }
+
     fn start_configured(
         servers: Vec<String>,
         dir: TempDir,

@@ -406,7 +406,12 @@ impl From<tonic::Status> for Error {
 }
 
 fn info_of(r: pb::ServerInfoResponse) -> ServerInfo {
-    ServerInfo { primary: r.role == "primary", history_id: r.history_id, head_seq: r.head_seq }
+    ServerInfo {
+        primary: r.role == "primary",
+        token_writes: r.access == "read-write",
+        history_id: r.history_id,
+        head_seq: r.head_seq,
+    }
 }
 
 /// Turns an entry received from the server into an [`Entry`], or refuses

@@ -213,7 +213,9 @@ impl Remote for MemoryRemote {
 
     fn info(&self) -> BoxFuture<'_, Result<ServerInfo>> {
         let head_seq = self.server().seq;
-        Box::pin(async move { Ok(ServerInfo { history_id: HISTORY_ID.into(), head_seq, primary: true }) })
+        Box::pin(async move {
+            Ok(ServerInfo { history_id: HISTORY_ID.into(), head_seq, primary: true, token_writes: true })
+        })
     }
 
     fn stat<'a>(&'a self, path: &'a RelPath) -> BoxFuture<'a, Result<Option<Entry>>> {

@@ -112,6 +112,9 @@ pub struct ServerInfo {
     pub head_seq: u64,
     /// Whether the server takes writes (a replica does not).
     pub primary: bool,
+    /// Whether the server takes writes from this client's token now (a
+    /// read-only token, or a server refusing every write, does not).
+    pub token_writes: bool,
 }
 
 /// One upload's header: what is sent, and what it is based on.
