@@ -256,7 +256,11 @@ impl FileSyncService {
         match commit {
             Commit::Put(put, staged) => {
                 let timer = self.ctx.metrics.commit_seconds.start_timer();
-                let change = store.commit_put(ns, put, staged).await?;
+                let change = match staged {
+                    Some(staged) => store.commit_put(ns, put, Some(staged)).await?,
+                    // Header only: receive_upload found the content good.
+                    None => store.commit_reused(ns, put).await?,
+                };
                 timer.observe_duration();
                 Ok(change)
             }
@@ -351,7 +355,7 @@ impl FileSyncService {
         // receiving any content, from one read of the path; the commit
         // checks again under the writer lock.
         let folder = put.content.folder;
-        let facts = self.ctx.store.path_facts(ns, &path, folder).await?;
+        let facts = self.ctx.store.path_facts(ns, &path, folder, Some(&hash)).await?;
         rules::check_write(&path, facts.lock.as_ref(), &put.who, put.lock_token, syncstore::lock::now_ms())?;
         rules::check_clash(&path, folder, facts.file_above.as_deref(), facts.live_below.as_deref())?;
         if let Err(conflict) = rules::check_base(&path, facts.entry.as_ref(), put.base_version) {
@@ -380,7 +384,10 @@ impl FileSyncService {
             // Content is named by its hash, so stored content of a
             // different size means the header is wrong.
             receiver.abort().await;
-            match self.ctx.store.reusable_size(ns, &hash).await? {
+            if !facts.refers {
+                return Err(Error::no_content(&hash));
+            }
+            match self.ctx.store.verified_size(&hash).await? {
                 None => return Err(Error::no_content(&hash)),
                 Some(stored) if stored != size => {
                     return Err(Error::ContentMismatch(format!(
@@ -1172,13 +1179,13 @@ mod tests {
         let now = syncstore::lock::now_ms();
 
         // Nothing there yet: every rule passes a new file.
-        let facts = store.path_facts("ns", &path("f"), false).await.unwrap();
+        let facts = store.path_facts("ns", &path("f"), false, None).await.unwrap();
         assert!(facts.entry.is_none() && facts.lock.is_none());
         assert!(rules::check_base(&path("f"), facts.entry.as_ref(), 0).is_ok());
 
         // The path's entry, for the base version check.
         let v = put(&store, "f", b"one", 0).await.seq;
-        let facts = store.path_facts("ns", &path("f"), false).await.unwrap();
+        let facts = store.path_facts("ns", &path("f"), false, None).await.unwrap();
         assert_eq!(facts.entry.as_ref().map(|e| e.version), Some(v));
         assert!(matches!(
             rules::check_base(&path("f"), facts.entry.as_ref(), 0),
@@ -1194,7 +1201,7 @@ mod tests {
             holder: String::new(),
         };
         store.lock("ns", lock).await.unwrap();
-        let facts = store.path_facts("ns", &path("f"), false).await.unwrap();
+        let facts = store.path_facts("ns", &path("f"), false, None).await.unwrap();
         let other = Actor::new("p", "other");
         assert!(matches!(
             rules::check_write(&path("f"), facts.lock.as_ref(), &other, 0, now),
@@ -1202,17 +1209,25 @@ mod tests {
         ));
 
         // A live file above the path, and a live entry below it.
-        let above = store.path_facts("ns", &path("f/g"), false).await.unwrap();
+        let above = store.path_facts("ns", &path("f/g"), false, None).await.unwrap();
         assert_eq!(above.file_above.as_deref(), Some("f"));
         assert!(matches!(rules::check_clash(&path("f/g"), false, Some("f"), None), Err(Error::PathClash(_))));
         put(&store, "d/e", b"two", 0).await;
-        let below = store.path_facts("ns", &path("d"), false).await.unwrap();
+        let below = store.path_facts("ns", &path("d"), false, None).await.unwrap();
         assert_eq!((below.file_above, below.live_below.as_deref()), (None, Some("d/e")));
         // A folder entry holds what lies below it: not looked up.
-        assert_eq!(store.path_facts("ns", &path("d"), true).await.unwrap().live_below, None);
+        assert_eq!(store.path_facts("ns", &path("d"), true, None).await.unwrap().live_below, None);
         // Other namespaces are not seen.
-        let elsewhere = store.path_facts("other", &path("f/g"), false).await.unwrap();
+        let elsewhere = store.path_facts("other", &path("f/g"), false, None).await.unwrap();
         assert!(elsewhere.file_above.is_none() && elsewhere.lock.is_none() && elsewhere.entry.is_none());
+
+        // Given an upload's hash, the same read says whether the namespace
+        // refers to that content (a header-only upload may reuse it), and
+        // only for that namespace.
+        let hash = ContentHash::of(b"two");
+        assert!(store.path_facts("ns", &path("x"), false, Some(&hash)).await.unwrap().refers);
+        assert!(!store.path_facts("other", &path("x"), false, Some(&hash)).await.unwrap().refers);
+        assert!(!store.path_facts("ns", &path("x"), false, None).await.unwrap().refers);
     }
 
     #[test]

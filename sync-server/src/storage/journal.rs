@@ -274,19 +274,6 @@ impl Store {
         self.inner.content.list().await
     }
 
-    /// The size of content `hash` if namespace `ns` may reuse it without
-    /// sending it: it is stored, one of the namespace's entries refers to
-    /// it, and it still matches its hash (it is read and hashed: damaged
-    /// content must not gain new entries, the caller holds a good copy to
-    /// send instead). Content only other namespaces hold is as good as
-    /// absent, so a caller cannot probe for it.
-    pub async fn reusable_size(&self, ns: &str, hash: &ContentHash) -> Result<Option<u64>> {
-        if !self.inner.meta.refers_to(ns, hash).await? {
-            return Ok(None);
-        }
-        self.inner.content.verified_size(hash).await
-    }
-
     /// Opens stored content `hash` of `size` bytes for a verified read:
     /// `None` when it is no longer kept, `DATA_LOSS` when it was found
     /// damaged.
@@ -360,16 +347,36 @@ impl Store {
 
     /// What a write of `path` (a folder entry with `folder`) is checked
     /// against before its content is received, read in one trip (the commit
-    /// checks again under the writer lock).
-    pub(crate) async fn path_facts(&self, ns: &str, path: &RelPath, folder: bool) -> Result<PathFacts> {
-        let want = Want { clash: Some(folder), refers: None };
+    /// checks again under the writer lock); for an upload of content
+    /// `hash`, also whether a live entry of the namespace refers to that
+    /// content (whether a header-only upload may reuse it).
+    pub(crate) async fn path_facts(
+        &self,
+        ns: &str,
+        path: &RelPath,
+        folder: bool,
+        hash: Option<&ContentHash>,
+    ) -> Result<PathFacts> {
+        let want = Want { clash: Some(folder), refers: hash.copied() };
         let facts = self.inner.meta.facts(ns, path, want).await?;
         Ok(PathFacts {
             entry: facts.current,
             lock: facts.lock,
             file_above: facts.file_above,
             live_below: facts.live_below,
+            refers: facts.refers,
         })
+    }
+
+    /// The size of stored content `hash` if it still matches its hash. It
+    /// is read and hashed: damaged content must not gain new entries (it is
+    /// set aside, and a header-only upload's caller holds a good copy to
+    /// send instead). A namespace may reuse content without sending it only
+    /// if one of its entries refers to it ([`Store::path_facts`]) and
+    /// this finds it good; content only other namespaces hold is as good as
+    /// absent, so a caller cannot probe for it.
+    pub(crate) async fn verified_size(&self, hash: &ContentHash) -> Result<Option<u64>> {
+        self.inner.content.verified_size(hash).await
     }
 
     /// How many contents are stored, and their total size in bytes: what
@@ -387,7 +394,17 @@ impl Store {
         staged: Option<Box<dyn StagedContent>>,
     ) -> Result<Change> {
         let (this, ns) = (self.clone(), ns.to_owned());
-        detached(async move { this.commit_put_now(&ns, put, staged).await }).await
+        detached(async move { this.commit_put_now(&ns, put, staged, false).await }).await
+    }
+
+    /// Commits a header-only upload whose content the caller found stored
+    /// and good a moment ago ([`Store::verified_size`]): as
+    /// [`Store::commit_put`] without staged content, but without looking
+    /// the content up again. The commit still checks that the namespace
+    /// refers to it, and content a live entry refers to is not removed.
+    pub(crate) async fn commit_reused(&self, ns: &str, put: Put) -> Result<Change> {
+        let (this, ns) = (self.clone(), ns.to_owned());
+        detached(async move { this.commit_put_now(&ns, put, None, true).await }).await
     }
 
     async fn commit_put_now(
@@ -395,6 +412,7 @@ impl Store {
         ns: &str,
         put: Put,
         staged: Option<Box<dyn StagedContent>>,
+        verified: bool,
     ) -> Result<Change> {
         let hash = put.content.hash;
         if let Some(s) = &staged {
@@ -415,6 +433,7 @@ impl Store {
                 let durability = staged.place().await?;
                 (Some(hold), true, durability)
             }
+            None if verified => (None, true, Durability::Durable),
             None => (None, self.inner.content.head(&hash).await?.is_some(), Durability::Durable),
         };
         let job =
@@ -1142,6 +1161,9 @@ pub(crate) struct PathFacts {
     pub(crate) file_above: Option<String>,
     /// For a file with no file above it: a live entry below it.
     pub(crate) live_below: Option<String>,
+    /// Whether a live entry of the namespace refers to the upload's content
+    /// (when [`Store::path_facts`] was given its hash).
+    pub(crate) refers: bool,
 }
 
 /// A put of a group, decided: its change and the entry it replaced, or why

@@ -223,10 +223,6 @@ impl MetaStore for MemoryMeta {
         Ok(before - s.log.len())
     }
 
-    async fn refers_to(&self, ns: &str, hash: &ContentHash) -> Result<bool> {
-        Ok(self.state().files.iter().any(|((n, _), e)| n == ns && e.content.is_some_and(|c| c.hash == *hash)))
-    }
-
     async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
         let s = self.state();
         Ok(hashes.into_iter().filter(|h| !s.referenced(h)).collect())

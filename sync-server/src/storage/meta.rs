@@ -104,9 +104,6 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     /// `head`); returns how many went.
     async fn trim_log(&self, keep_from: u64, head: u64) -> Result<usize>;
 
-    /// Whether a live entry of `ns` refers to content `hash`.
-    async fn refers_to(&self, ns: &str, hash: &ContentHash) -> Result<bool>;
-
     /// Those of `hashes` that no live entry (of any namespace) refers to.
     async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>>;
 

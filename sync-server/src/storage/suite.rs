@@ -357,7 +357,7 @@ async fn the_path_clash_rule_holds(b: Backend) {
     folder.content.folder = true;
     s.commit_put(NS, folder, Some(stage(&s, b"").await)).await.unwrap();
     // The pre-check reads the same rows before any content is received.
-    let facts = s.path_facts(NS, &path("a/b"), false).await.unwrap();
+    let facts = s.path_facts(NS, &path("a/b"), false, None).await.unwrap();
     assert_eq!(facts.file_above.as_deref(), Some("a"));
     // Once "a" is deleted, "a/b" may be a file.
     let v = s.stat(NS, &path("a")).await.unwrap().unwrap().version;

@@ -271,11 +271,6 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
-    async fn refers_to(&self, ns: &str, hash: &ContentHash) -> Result<bool> {
-        let (ns, hash) = (ns.to_owned(), *hash);
-        self.read(move |c| refers_to(c, &ns, &hash)).await
-    }
-
     async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
         self.read(move |c| {
             let mut out = Vec::new();
