@@ -699,7 +699,15 @@ impl Difference {
             (Some(_), Some(_), _) => "differs",
             (None, None, _) => return None,
         };
-        Some(Self { path: p.path.to_string(), state, detail: p.action.describe().to_owned() })
+        let detail = match (&p.action, &p.local, &p.base) {
+            (Action::NotSelected, None, _) => "not selected: on the server only, not downloaded",
+            (Action::NotSelected, Some(_), Some(_)) => {
+                "not selected: changed here since the last sync, kept here and not sent"
+            }
+            (Action::NotSelected, Some(_), None) => "not selected: made here, kept here and not sent",
+            (action, ..) => action.describe(),
+        };
+        Some(Self { path: p.path.to_string(), state, detail: detail.to_owned() })
     }
 }
 

@@ -836,4 +836,28 @@ async fn a_bad_selection_path_is_refused_naming_only_and_changes_nothing() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(server_paths(&server.url).await, vec!["docs/kept.txt".to_owned()]);
     assert!(folder.join("a.txt").exists());
+
+    // Another folder puts a file outside the selection on the server:
+    // `status` lists it and the file made here as not selected (still in
+    // sync: exit 0), and `ls` given the folder marks it.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(other.join("music")).unwrap();
+    std::fs::write(other.join("music/song.mp3"), "song").unwrap();
+    assert!(client(&server.url, &other, &["sync"]).await.status.success());
+    let out = client(&server.url, &folder, &["status"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let rows: Vec<Vec<String>> =
+        stdout(&out).lines().map(|l| l.split_whitespace().take(2).map(str::to_owned).collect()).collect();
+    assert_eq!(
+        rows,
+        [["not-selected", "a.txt"], ["not-selected", "music/song.mp3"]].map(|r| r.map(str::to_owned)),
+        "{out:?}"
+    );
+    assert!(!folder.join("music").exists(), "nothing outside the selection was downloaded");
+    let out = client(&server.url, &folder, &["ls"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let listed = stdout(&out);
+    let line = |path: &str| listed.lines().find(|l| l.contains(path)).unwrap_or_default().to_owned();
+    assert!(line("music/song.mp3").ends_with("music/song.mp3  (not selected)"), "{listed}");
+    assert!(line("docs/kept.txt").ends_with(" docs/kept.txt"), "{listed}");
 }
