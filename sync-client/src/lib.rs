@@ -288,9 +288,12 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     // Pause, resume and the live status, for `sync-client` commands.
     let control = control::Control::new(state.clone())?;
+    // Published before the socket opens: the first answer already names
+    // the mode.
     control.publish(|l| {
         l.servers = config.servers.clone();
         l.server = grpc.server().to_owned();
+        l.mode = engine.mode().as_str().to_owned();
     });
     match control::bind(&root) {
         Ok(listener) => {
