@@ -218,6 +218,11 @@ impl Engine {
         Self { planner: self.planner.with_selection(selection), ..self }
     }
 
+    /// The subtrees kept here.
+    pub fn selection(&self) -> &plan::Selection {
+        self.planner.selection()
+    }
+
     /// The mode the folder syncs in now (receive-only once the server
     /// refused a write for the token's sake).
     pub fn mode(&self) -> Mode {

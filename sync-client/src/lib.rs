@@ -294,6 +294,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
         l.servers = config.servers.clone();
         l.server = grpc.server().to_owned();
         l.mode = engine.mode().as_str().to_owned();
+        l.only = engine.selection().paths().iter().map(ToString::to_string).collect();
     });
     match control::bind(&root) {
         Ok(listener) => {

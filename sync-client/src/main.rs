@@ -391,6 +391,9 @@ fn show_live(live: &Live) -> String {
     let state = if live.paused { "paused" } else { "syncing" };
     let _ = writeln!(out, "client:     running, {state}");
     let _ = writeln!(out, "mode:       {}", live.mode);
+    if !live.only.is_empty() {
+        let _ = writeln!(out, "only:       {}", live.only.join(", "));
+    }
     let replica = if live.servers.first().is_some_and(|p| *p != live.server) { " (a replica)" } else { "" };
     let _ = writeln!(out, "server:     {}{replica}", live.server);
     let _ = writeln!(out, "cursor:     {} of {}", live.cursor, live.head);

@@ -58,6 +58,9 @@ async fn selective_sync_never_downloads_or_deletes_outside_the_selection() {
 
     let laptop = TestClient::start_tweaked(&url, |c| c.only = Some(selection(&["docs", "photos"])));
     eventually("the laptop has the selected files", || laptop.files().len() == 3).await;
+    let live =
+        sync_client::control::request(&laptop.root(), sync_client::control::Request::Status).await.unwrap();
+    assert_eq!(live.only, ["docs", "photos"], "the live status names the selection");
     // A change outside the selection, then one inside it: once the second
     // is here, the first was seen (and not fetched).
     writer.write("music/later.mp3", "later");
