@@ -53,32 +53,32 @@ impl AdminService {
 }
 
 /// BLAKE3 over every live file's (namespace, path, hash, size, executable, symlink and folder flags)
-/// in (namespace, path) order. Blocks.
-pub fn digest(store: &Store) -> Result<pb::DigestResponse> {
-    let (d, _) = digest_with(store, |_| None)?;
+/// in (namespace, path) order.
+pub async fn digest(store: &Store) -> Result<pb::DigestResponse> {
+    let (d, _) = digest_with(store, |_| None).await?;
     Ok(d)
 }
 
 /// [`digest`], plus for each live file whether its content read back
 /// whole: every distinct stored content is read and verified first
-/// (damaged content is set aside). Blocks; reads everything stored.
-pub fn content_digest(store: &Store) -> Result<pb::ContentDigestResponse> {
+/// (damaged content is set aside). Reads everything stored.
+pub async fn content_digest(store: &Store) -> Result<pb::ContentDigestResponse> {
     let mut bad: HashMap<syncstore::ContentHash, &'static str> = HashMap::new();
     let mut verified_bytes = 0u64;
     let mut after = None;
     loop {
-        let page = store.referenced_blobs(after.as_ref(), PAGE_SIZE)?;
+        let page = store.referenced_blobs(after.as_ref(), PAGE_SIZE).await?;
         let done = page.len() < PAGE_SIZE;
         after = page.last().map(|(h, _)| *h);
         for (hash, size) in page {
             verified_bytes += size;
-            match store.verify_blob(&hash, size)? {
+            match store.verify_blob(&hash, size).await? {
                 Verdict::Good => {}
                 Verdict::Damaged => {
                     bad.insert(hash, "damaged");
                 }
                 Verdict::Missing => {
-                    bad.insert(hash, if store.is_damaged(&hash) { "damaged" } else { "missing" });
+                    bad.insert(hash, if store.is_damaged(&hash).await? { "damaged" } else { "missing" });
                 }
             }
         }
@@ -86,7 +86,7 @@ pub fn content_digest(store: &Store) -> Result<pb::ContentDigestResponse> {
             break;
         }
     }
-    let (d, problems) = digest_with(store, |h| bad.get(h).copied())?;
+    let (d, problems) = digest_with(store, |h| bad.get(h).copied()).await?;
     Ok(pb::ContentDigestResponse {
         file_count: d.file_count,
         total_bytes: d.total_bytes,
@@ -100,7 +100,7 @@ pub fn content_digest(store: &Store) -> Result<pb::ContentDigestResponse> {
 
 /// The manifest digest; `problem` says which content is not intact (it is
 /// then hashed in too, and the file listed).
-fn digest_with(
+async fn digest_with(
     store: &Store,
     problem: impl Fn(&syncstore::ContentHash) -> Option<&'static str>,
 ) -> Result<(pb::DigestResponse, Vec<pb::ContentProblem>)> {
@@ -110,7 +110,8 @@ fn digest_with(
     let mut problems = Vec::new();
     let mut after: Option<(String, String)> = None;
     loop {
-        let page = store.manifest_page(after.as_ref().map(|(n, p)| (n.as_str(), p.as_str())), PAGE_SIZE)?;
+        let page =
+            store.manifest_page(after.as_ref().map(|(n, p)| (n.as_str(), p.as_str())), PAGE_SIZE).await?;
         let done = page.len() < PAGE_SIZE;
         after = page.last().map(|(ns, e)| (ns.clone(), e.path.to_string()));
         for (ns, e) in page {
@@ -167,9 +168,7 @@ impl Admin for AdminService {
         };
         (out.damaged_blobs, out.damaged_blobs_found) = self.store.damaged_blobs();
         if request.get_ref().count_stored {
-            let s = self.store.clone();
-            (out.stored_blobs, out.stored_bytes) =
-                tokio::task::spawn_blocking(move || s.stored_blobs()).await.map_err(Error::from)??;
+            (out.stored_blobs, out.stored_bytes) = self.store.stored_blobs().await?;
         }
         if self.role == "replica" {
             out.primary_url = identity.primary_url.unwrap_or_default();
@@ -202,8 +201,7 @@ impl Admin for AdminService {
         request: Request<pb::DigestRequest>,
     ) -> Result<Response<pb::DigestResponse>, Status> {
         caller(&request, Need::Admin)?;
-        let s = self.store.clone();
-        let d = tokio::task::spawn_blocking(move || digest(&s)).await.map_err(Error::from)??;
+        let d = digest(&self.store).await?;
         Ok(Response::new(d))
     }
 
@@ -212,8 +210,7 @@ impl Admin for AdminService {
         request: Request<pb::ContentDigestRequest>,
     ) -> Result<Response<pb::ContentDigestResponse>, Status> {
         caller(&request, Need::Admin)?;
-        let s = self.store.clone();
-        let d = tokio::task::spawn_blocking(move || content_digest(&s)).await.map_err(Error::from)??;
+        let d = content_digest(&self.store).await?;
         Ok(Response::new(d))
     }
 
@@ -231,22 +228,21 @@ impl Admin for AdminService {
         }
         let req = request.into_inner();
         let hash = syncstore::ContentHash::try_from(&req.hash[..]).map_err(Error::from)?;
-        let s = self.store.clone();
-        let reader = tokio::task::spawn_blocking(move || s.blob_reader(&hash, req.size))
-            .await
-            .map_err(Error::from)??
+        let mut reader = self
+            .store
+            .content_reader(&hash, req.size)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("no content with hash {hash} is stored here")))?;
         let (tx, rx) = mpsc::channel(CONTENT_BUFFER);
-        tokio::task::spawn_blocking(move || {
-            let mut reader = reader;
+        tokio::spawn(async move {
             loop {
-                let item = match reader.next_chunk(syncstore::limits::MAX_CHUNK) {
+                let item = match reader.next_chunk(syncstore::limits::MAX_CHUNK).await {
                     Ok(Some(chunk)) => Ok(pb::ReadContentResponse { chunk }),
                     Ok(None) => return,
                     Err(e) => Err(Status::from(e)),
                 };
                 let failed = item.is_err();
-                if tx.blocking_send(item).is_err() || failed {
+                if tx.send(item).await.is_err() || failed {
                     return;
                 }
             }
@@ -263,17 +259,18 @@ impl Admin for AdminService {
         caller(&request, Need::Admin)?;
         let (tx, rx) = mpsc::channel(MANIFEST_BUFFER);
         let store = self.store.clone();
-        // Pages are read on a blocking thread and sent as the caller takes
-        // them; a caller that leaves ends the walk.
-        tokio::task::spawn_blocking(move || {
+        // Pages are read and sent as the caller takes them; a caller that
+        // leaves ends the walk.
+        tokio::spawn(async move {
             let mut after: Option<(String, String)> = None;
             loop {
                 let page = match store
                     .manifest_page(after.as_ref().map(|(n, p)| (n.as_str(), p.as_str())), PAGE_SIZE)
+                    .await
                 {
                     Ok(page) => page,
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(e.into()));
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
@@ -284,7 +281,7 @@ impl Admin for AdminService {
                         continue;
                     }
                     let item = pb::ManifestResponse { namespace, entry: Some(entry.into()) };
-                    if tx.blocking_send(Ok(item)).is_err() {
+                    if tx.send(Ok(item)).await.is_err() {
                         return;
                     }
                 }

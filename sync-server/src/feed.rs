@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::Result,
-    storage::{Change, PAGE_SIZE, Store},
+    storage::{Change, ChangeFeed, PAGE_SIZE},
 };
 
 /// What a follower is handed.
@@ -32,7 +32,7 @@ pub(crate) enum Item {
 /// between arrives twice and is skipped by its seq; a receiver that lags
 /// behind the broadcast goes back to the log.
 pub(crate) async fn follow<F, Fut>(
-    store: &Store,
+    store: &dyn ChangeFeed,
     mut cursor: u64,
     ns: Option<&str>,
     stop: &CancellationToken,
@@ -43,9 +43,8 @@ where
     Fut: Future<Output = bool>,
 {
     let mut live: broadcast::Receiver<Change> = store.subscribe();
-    let ns_owned = ns.map(str::to_owned);
     loop {
-        let (head, oldest) = blocking(store, |s| Ok((s.head(), s.oldest_seq()?))).await?;
+        let (head, oldest) = (store.head(), store.oldest_seq().await?);
         if cursor > head || (cursor < head && oldest > cursor + 1) {
             tracing::info!(cursor, oldest, head, "cursor outside the kept log: reset");
             if !on(Item::Reset { head }).await {
@@ -55,12 +54,7 @@ where
         }
         // Catch up from the log.
         loop {
-            let ns = ns_owned.clone();
-            let page = blocking(store, move |s| match &ns {
-                Some(ns) => s.changes_after(ns, cursor, PAGE_SIZE),
-                None => s.all_changes_after(cursor, PAGE_SIZE),
-            })
-            .await?;
+            let page = store.changes_after(ns, cursor, PAGE_SIZE).await?;
             let done = page.len() < PAGE_SIZE;
             for change in page {
                 cursor = change.seq;
@@ -99,12 +93,4 @@ where
             }
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    store: &Store,
-    f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store)).await?
 }

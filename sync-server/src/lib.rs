@@ -68,7 +68,7 @@ pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 40;
 /// Default longest silence between two messages of an upload (the header
 /// included) before it is ended with `DEADLINE_EXCEEDED`. A message is at
 /// most a 1 MiB chunk, so this also asks for about 35 KB/s at least; a
-/// client that stalls holds a temp file, a blocking thread and an upload
+/// client that stalls holds a temp file, a writer task and an upload
 /// slot only this long.
 pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -80,9 +80,10 @@ pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPLOAD_MIN_RATE: u64 = 32 * 1024;
 
 /// Default number of uploads received at once. Each running upload holds a
-/// blocking thread (tokio's pool has 512 for everything, SQLite included),
-/// a temp file and up to 5 MiB of buffered chunks; 32 keeps that under
-/// about 160 MiB and leaves the pool to the rest. A client's full sync runs
+/// writer task (which takes one of tokio's 512 blocking threads, shared
+/// with SQLite, for each chunk it writes), a temp file and up to 5 MiB of
+/// buffered chunks; 32 keeps that under about 160 MiB and leaves the pool
+/// to the rest. A client's full sync runs
 /// up to 16 transfers at once, so this is two full syncs, or 32 clients
 /// each saving a file, at the same moment. More wait up to
 /// [`UPLOAD_SLOT_WAIT`], then get `RESOURCE_EXHAUSTED`.
@@ -261,14 +262,13 @@ impl Config {
 
 /// Promotes a (stopped) replica's data folder: the next epoch, so that its
 /// old primary is refused from now on. Returns history id, epoch and head.
-/// Blocks.
-pub fn promote(data_dir: &std::path::Path) -> Result<(String, u64, u64)> {
+pub async fn promote(data_dir: &std::path::Path) -> Result<(String, u64, u64)> {
     if !data_dir.join("meta.db").is_file() {
         return Err(Error::NotFound(format!("{} holds no syncstore data", data_dir.display())));
     }
-    let store = Store::open(data_dir, StoreOptions::default())?;
+    let store = Store::open(data_dir, StoreOptions::default()).await?;
     let epoch = store.epoch() + 1;
-    store.set_epoch(epoch)?;
+    store.set_epoch(epoch).await?;
     tracing::warn!(epoch, history = %store.history_id(), head = store.head(), "promoted to primary");
     Ok((store.history_id(), epoch, store.head()))
 }
@@ -284,12 +284,11 @@ pub async fn scrub_offline(
     if !data_dir.join("meta.db").is_file() {
         return Err(Error::NotFound(format!("{} holds no syncstore data", data_dir.display())));
     }
-    let dir = data_dir.to_owned();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir, StoreOptions::default())).await??;
+    let store = Store::open(data_dir, StoreOptions::default()).await?;
     let report = scrub::scrub(&store, peer.as_ref(), None, None, &CancellationToken::new()).await?;
     let mut lost = Vec::new();
     for hash in &report.lost {
-        for (ns, path) in store.paths_of(hash)? {
+        for (ns, path) in store.paths_of(hash).await? {
             let shown = if ns == storage::DEFAULT_NAMESPACE { path } else { format!("{ns}:{path}") };
             lost.push((shown, *hash));
         }
@@ -323,8 +322,7 @@ impl Server {
             None => Authenticator::open(),
         };
         let tls = config.tls.as_ref().map(TlsConfig::server_config).transpose()?;
-        let (dir, options) = (config.data_dir.clone(), config.store.clone());
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir, options)).await??;
+        let store = Store::open(&config.data_dir, config.store.clone()).await?;
         let metrics = ServerMetrics::new();
         let replication = match config.role {
             Role::Primary => config
@@ -405,14 +403,12 @@ async fn expire_locks(store: Store, gate: WriteGate, shutdown: CancellationToken
         if gate.check().is_err() {
             continue; // A replica: its primary's unlock changes arrive.
         }
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.expire_locks(syncstore::lock::now_ms())).await {
-            Ok(Ok(ended)) => {
+        match store.expire_locks(syncstore::lock::now_ms()).await {
+            Ok(ended) => {
                 for c in ended {
                     tracing::info!(path = %c.path(), seq = c.seq, "lock expired");
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not expire locks"),
             Err(e) => tracing::warn!(error = %e, "could not expire locks"),
         }
     }

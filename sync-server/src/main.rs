@@ -343,7 +343,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn promote(data: PathBuf) -> anyhow::Result<ExitCode> {
-    let (history, epoch, head) = tokio::task::spawn_blocking(move || sync_server::promote(&data)).await??;
+    let (history, epoch, head) = sync_server::promote(&data).await?;
     println!("promoted: history {history}, epoch {epoch}, head {head}; start it with --role primary");
     Ok(ExitCode::SUCCESS)
 }

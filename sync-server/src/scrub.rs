@@ -71,24 +71,21 @@ pub async fn scrub(
     let mut after: Option<ContentHash> = None;
     let started = Instant::now();
     loop {
-        let s = store.clone();
-        let page =
-            tokio::task::spawn_blocking(move || s.referenced_blobs(after.as_ref(), PAGE_SIZE)).await??;
+        let page = store.referenced_blobs(after.as_ref(), PAGE_SIZE).await?;
         let done = page.len() < PAGE_SIZE;
         after = page.last().map(|(h, _)| *h);
         for (hash, size) in page {
             if shutdown.is_cancelled() {
                 return Ok(report);
             }
-            let s = store.clone();
-            let verdict = tokio::task::spawn_blocking(move || s.verify_blob(&hash, size)).await??;
+            let verdict = store.verify_blob(&hash, size).await?;
             report.verified += 1;
             report.bytes += size;
             if let Some(m) = metrics {
                 m.scrub_bytes.inc_by(size);
             }
             if verdict != Verdict::Good {
-                if verdict == Verdict::Damaged || store.is_damaged(&hash) {
+                if verdict == Verdict::Damaged || store.is_damaged(&hash).await? {
                     report.damaged.push(hash);
                 }
                 match heal(store, peer, hash, size).await {
@@ -144,7 +141,7 @@ async fn heal(store: &Store, peer: Option<&Peer>, hash: ContentHash, size: u64) 
         }
         Err(s) => return Err(Error::Unavailable(format!("{}: {}", peer.url, s.message()))),
     };
-    let mut writer = store.blob_writer()?;
+    let mut writer = store.upload().await?;
     loop {
         let chunk = match connect::answer(&peer.url, limit, stream.message()).await.map_err(answer)? {
             Ok(Some(m)) => m.chunk,
@@ -152,10 +149,9 @@ async fn heal(store: &Store, peer: Option<&Peer>, hash: ContentHash, size: u64) 
             Err(s) if s.code() == tonic::Code::DataLoss => return Ok(false),
             Err(s) => return Err(Error::Unavailable(format!("{}: {}", peer.url, s.message()))),
         };
-        writer = tokio::task::spawn_blocking(move || writer.write(&chunk).map(|()| writer)).await??;
+        writer.write(chunk).await?;
     }
-    let s = store.clone();
-    tokio::task::spawn_blocking(move || s.restore_blob(writer.finish(hash, size)?)).await??;
+    store.restore_blob(writer.complete(hash, size).await?).await?;
     tracing::warn!(%hash, peer = %peer.url, "damaged content healed with the peer's copy");
     Ok(true)
 }

@@ -1,4 +1,4 @@
-//! `syncstore.v1.FileSync`: the gRPC face of the [`Store`].
+//! `syncstore.v1.FileSync`: the gRPC face of the [`Store`](crate::storage::Store).
 
 use std::{
     collections::HashMap,
@@ -29,7 +29,7 @@ use crate::{
     feed::{self, Item},
     replication::primary::ReplicationHandle,
     storage::{
-        Actor, BlobReader, Change, Delete, LockRequest, PAGE_SIZE, Put, StagedBlob, Store, What, rules,
+        Actor, Change, ContentReader, Delete, LockRequest, PAGE_SIZE, Put, StagedContent, What, rules,
     },
     transfer::{self, ContentReceiver},
     wire,
@@ -59,7 +59,7 @@ pub struct UploadLimits {
     /// `DEADLINE_EXCEEDED` (0: no minimum). Without it, a stream that sends
     /// a byte now and then would hold a slot for as long as it liked.
     pub min_rate: u64,
-    /// Uploads received at once. Each holds a temp file, a blocking thread
+    /// Uploads received at once. Each holds a temp file, a writer task
     /// and a few buffered chunks (`transfer::RECEIVE_PIPELINE`).
     pub max_concurrent: usize,
     /// Uploads received at once for one namespace, so that one tenant
@@ -109,16 +109,14 @@ impl FileSyncService {
     /// An upload sent again that is committed already (see
     /// `storage/retry.rs`): its entry, once the replica holds it.
     async fn retried_put(&self, ns: &str, put: &Put) -> Result<Option<Change>> {
-        let (n, p) = (ns.to_owned(), put.clone());
-        let Some(entry) = self.blocking(move |s| s.committed_put(&n, &p)).await? else { return Ok(None) };
+        let Some(entry) = self.ctx.store.committed_put(ns, put).await? else { return Ok(None) };
         self.answer_retry(ns, entry).await.map(Some)
     }
 
     /// A delete sent again that is committed already: its tombstone, once
     /// the replica holds it.
     async fn retried_delete(&self, ns: &str, del: &Delete) -> Result<Option<Change>> {
-        let (n, d) = (ns.to_owned(), del.clone());
-        let Some(entry) = self.blocking(move |s| s.committed_delete(&n, &d)).await? else { return Ok(None) };
+        let Some(entry) = self.ctx.store.committed_delete(ns, del).await? else { return Ok(None) };
         self.answer_retry(ns, entry).await.map(Some)
     }
 
@@ -137,15 +135,6 @@ impl FileSyncService {
             }
             None => Ok(()),
         }
-    }
-
-    /// Runs blocking store work off the async workers.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(Store) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let store = self.ctx.store.clone();
-        tokio::task::spawn_blocking(move || f(store)).await?
     }
 
     /// Takes one of connection `peer`'s [`UploadLimits::per_connection`]
@@ -235,7 +224,7 @@ impl FileSyncService {
             // An upload holds its slot until it is committed (and
             // replicated) or refused, and its temp file gone.
             let (commit, _slot) = match decode()? {
-                Write::Upload(upload) => match self.receive_upload(ns, upload).await? {
+                Write::Upload(upload) => match self.receive_upload(ns, *upload).await? {
                     Received::Again(change) => return Ok(change),
                     Received::Staged(commit, slot) => (commit, Some(slot)),
                 },
@@ -263,22 +252,20 @@ impl FileSyncService {
 
     /// Runs a write's store operation.
     async fn commit(&self, ns: &str, commit: Commit) -> Result<Change> {
-        let ns = ns.to_owned();
+        let store = &self.ctx.store;
         match commit {
             Commit::Put(put, staged) => {
                 let timer = self.ctx.metrics.commit_seconds.start_timer();
-                let change = self.blocking(move |s| s.commit_put(&ns, put, staged)).await?;
+                let change = store.commit_put(ns, put, staged).await?;
                 timer.observe_duration();
                 Ok(change)
             }
-            Commit::Delete(del) => self.blocking(move |s| s.commit_delete(&ns, del)).await,
-            Commit::Lock(req) => self.blocking(move |s| s.lock(&ns, req)).await,
+            Commit::Delete(del) => store.commit_delete(ns, del).await,
+            Commit::Lock(req) => store.lock(ns, req).await,
             Commit::RefreshLock { lock_id, who, ttl_seconds } => {
-                self.blocking(move |s| s.refresh_lock(&ns, &lock_id, &who, ttl_seconds)).await
+                store.refresh_lock(ns, &lock_id, &who, ttl_seconds).await
             }
-            Commit::Unlock { lock_id, who, force } => {
-                self.blocking(move |s| s.unlock(&ns, &lock_id, &who, force)).await
-            }
+            Commit::Unlock { lock_id, who, force } => store.unlock(ns, &lock_id, &who, force).await,
         }
     }
 
@@ -350,7 +337,7 @@ impl FileSyncService {
             who: Actor::new(principal, header.client_id),
             lock_token: header.lock_token,
         };
-        Ok(Write::Upload(Upload { put, content }))
+        Ok(Write::Upload(Box::new(Upload { put, content })))
     }
 
     /// Receives an upload's content once its pre-check passed: the put
@@ -363,8 +350,8 @@ impl FileSyncService {
         // Refuse a locked path, a path clash or a stale base before
         // receiving any content, from one read of the path; the commit
         // checks again under the writer lock.
-        let (n, p, folder) = (ns.to_owned(), path.clone(), put.content.folder);
-        let facts = self.blocking(move |s| s.path_facts(&n, &p, folder)).await?;
+        let folder = put.content.folder;
+        let facts = self.ctx.store.path_facts(ns, &path, folder).await?;
         rules::check_write(&path, facts.lock.as_ref(), &put.who, put.lock_token, syncstore::lock::now_ms())?;
         rules::check_clash(&path, folder, facts.file_above.as_deref(), facts.live_below.as_deref())?;
         if let Err(conflict) = rules::check_base(&path, facts.entry.as_ref(), put.base_version) {
@@ -393,8 +380,7 @@ impl FileSyncService {
             // Content is named by its hash, so stored content of a
             // different size means the header is wrong.
             receiver.abort().await;
-            let n = ns.to_owned();
-            match self.blocking(move |s| s.reusable_size(&n, &hash)).await? {
+            match self.ctx.store.reusable_size(ns, &hash).await? {
                 None => return Err(Error::no_content(&hash)),
                 Some(stored) if stored != size => {
                     return Err(Error::ContentMismatch(format!(
@@ -436,7 +422,7 @@ impl Op {
 /// A write decoded from its request: an upload whose content is still to
 /// come, or a store operation ready to run.
 enum Write {
-    Upload(Upload),
+    Upload(Box<Upload>),
     Commit(Commit),
 }
 
@@ -458,7 +444,7 @@ struct Incoming {
 enum Commit {
     /// A put with its received content (`None`: a header-only upload of
     /// content already stored).
-    Put(Put, Option<StagedBlob>),
+    Put(Put, Option<Box<dyn StagedContent>>),
     Delete(Delete),
     Lock(LockRequest),
     RefreshLock {
@@ -689,29 +675,29 @@ impl FileSync for FileSyncService {
         let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let req = request.into_inner();
         let path = self.counted(RelPath::new(req.path).map_err(|e| Status::from(Error::from(e))))?;
-        let found = self
-            .blocking(move |s| {
-                let current = s.stat(&ns, &path)?;
-                let entry = match current {
-                    Some(e) if req.version == 0 || e.version == req.version => Some(e),
-                    _ if req.version != 0 => s.entry_at(&ns, &path, req.version)?,
-                    other => other,
-                };
-                let Some(content) = entry.as_ref().and_then(|e| e.content) else {
-                    return Err(Error::NotFound(match req.version {
-                        0 => format!("{path} does not exist"),
-                        v => format!("{path} has no file at version {v}"),
-                    }));
-                };
-                let Some(reader) = s.blob_reader(&content.hash, content.size)? else {
-                    return Err(Error::NotFound(format!(
-                        "the content of {path} at version {} is no longer kept",
-                        entry.as_ref().map_or(0, |e| e.version)
-                    )));
-                };
-                Ok((entry.expect("checked above"), reader))
-            })
-            .await;
+        let s = &self.ctx.store;
+        let found = async {
+            let current = s.stat(&ns, &path).await?;
+            let entry = match current {
+                Some(e) if req.version == 0 || e.version == req.version => Some(e),
+                _ if req.version != 0 => s.entry_at(&ns, &path, req.version).await?,
+                other => other,
+            };
+            let Some(content) = entry.as_ref().and_then(|e| e.content) else {
+                return Err(Error::NotFound(match req.version {
+                    0 => format!("{path} does not exist"),
+                    v => format!("{path} has no file at version {v}"),
+                }));
+            };
+            let Some(reader) = s.content_reader(&content.hash, content.size).await? else {
+                return Err(Error::NotFound(format!(
+                    "the content of {path} at version {} is no longer kept",
+                    entry.as_ref().map_or(0, |e| e.version)
+                )));
+            };
+            Ok((entry.expect("checked above"), reader))
+        }
+        .await;
         let (entry, reader) = self.counted(found.map_err(Status::from))?;
         self.ctx.metrics.downloads.inc();
         self.ctx.metrics.download_bytes.inc_by(entry.content.map_or(0, |c| c.size));
@@ -763,9 +749,10 @@ impl FileSync for FileSyncService {
             }
             let mut after: Option<String> = None;
             loop {
-                let (n, p, a) = (ns.clone(), prefix.clone(), after.clone());
                 let page = this
-                    .blocking(move |s| s.list_page(&n, &p, a.as_deref(), req.include_deleted, PAGE_SIZE))
+                    .ctx
+                    .store
+                    .list_page(&ns, &prefix, after.as_deref(), req.include_deleted, PAGE_SIZE)
                     .await;
                 let page = match page {
                     Ok(page) => page,
@@ -794,10 +781,11 @@ impl FileSync for FileSyncService {
         let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let path = RelPath::new(request.into_inner().path).map_err(Error::from)?;
         let entry = self
-            .blocking(move |s| {
-                s.stat(&ns, &path)?.ok_or_else(|| Error::NotFound(format!("{path} was never written")))
-            })
-            .await?;
+            .ctx
+            .store
+            .stat(&ns, &path)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{path} was never written")))?;
         Ok(Response::new(pb::StatResponse { entry: Some(entry.into()) }))
     }
 
@@ -857,7 +845,7 @@ impl FileSync for FileSyncService {
     ) -> Result<Response<pb::ServerInfoResponse>, Status> {
         // Any token may ask: a client learns here whom the server takes it for.
         let who = principal(&request)?;
-        let (head, oldest) = self.blocking(|s| Ok((s.head(), s.oldest_seq()?))).await?;
+        let (head, oldest) = (self.ctx.store.head(), self.ctx.store.oldest_seq().await?);
         // What the caller may do here: a server that refuses writes (a
         // replica) takes a read-write token's reads only.
         let access = match who.access {
@@ -968,9 +956,8 @@ impl FileSync for FileSyncService {
         tokio::spawn(async move {
             let mut after: Option<String> = None;
             loop {
-                let (n, p, a) = (ns.clone(), prefix.clone(), after.clone());
                 let page =
-                    match this.blocking(move |s| s.list_locks_page(&n, &p, a.as_deref(), PAGE_SIZE)).await {
+                    match this.ctx.store.list_locks_page(&ns, &prefix, after.as_deref(), PAGE_SIZE).await {
                         Ok(page) => page,
                         Err(e) => {
                             let _ = tx.send(Err(e.into())).await;
@@ -1025,7 +1012,7 @@ fn event(item: Item) -> pb::ChangeEvent {
 /// `DATA_LOSS` before its last chunk, so a client never gets it whole.
 async fn send_file(
     entry: Entry,
-    reader: BlobReader,
+    reader: Box<dyn ContentReader>,
     tx: mpsc::Sender<Result<pb::DownloadResponse, Status>>,
     metrics: ServerMetrics,
 ) {
@@ -1052,7 +1039,7 @@ mod tests {
     use syncstore::limits::{MAX_ERROR_MESSAGE_BYTES, MAX_MESSAGE};
 
     use super::*;
-    use crate::storage::{LockEnd, StoreOptions};
+    use crate::storage::{LockEnd, Store, StoreOptions};
 
     /// Strings of lengths around every bound and far beyond, in 1-, 2- and
     /// 4-byte characters, sometimes with a control character.
@@ -1154,11 +1141,11 @@ mod tests {
     }
 
     /// A file `path` of `data`, written by client "c" over `base`.
-    fn put(store: &Store, path: &str, data: &[u8], base: u64) -> Change {
-        let mut writer = store.blob_writer().unwrap();
-        writer.write(data).unwrap();
+    async fn put(store: &Store, path: &str, data: &[u8], base: u64) -> Change {
         let hash = ContentHash::of(data);
-        let staged = writer.finish(hash, data.len() as u64).unwrap();
+        let mut writer = store.upload().await.unwrap();
+        writer.write(data.to_vec()).await.unwrap();
+        let staged = writer.complete(hash, data.len() as u64).await.unwrap();
         let content = Content {
             hash,
             size: data.len() as u64,
@@ -1174,24 +1161,24 @@ mod tests {
             who: Actor::new("p", "c"),
             lock_token: 0,
         };
-        store.commit_put("ns", put, Some(staged)).unwrap()
+        store.commit_put("ns", put, Some(staged)).await.unwrap()
     }
 
-    #[test]
-    fn one_read_of_a_path_gives_the_pre_check_every_rule_needs() {
+    #[tokio::test]
+    async fn one_read_of_a_path_gives_the_pre_check_every_rule_needs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
         let path = |p: &str| RelPath::new(p).unwrap();
         let now = syncstore::lock::now_ms();
 
         // Nothing there yet: every rule passes a new file.
-        let facts = store.path_facts("ns", &path("f"), false).unwrap();
+        let facts = store.path_facts("ns", &path("f"), false).await.unwrap();
         assert!(facts.entry.is_none() && facts.lock.is_none());
         assert!(rules::check_base(&path("f"), facts.entry.as_ref(), 0).is_ok());
 
         // The path's entry, for the base version check.
-        let v = put(&store, "f", b"one", 0).seq;
-        let facts = store.path_facts("ns", &path("f"), false).unwrap();
+        let v = put(&store, "f", b"one", 0).await.seq;
+        let facts = store.path_facts("ns", &path("f"), false).await.unwrap();
         assert_eq!(facts.entry.as_ref().map(|e| e.version), Some(v));
         assert!(matches!(
             rules::check_base(&path("f"), facts.entry.as_ref(), 0),
@@ -1206,8 +1193,8 @@ mod tests {
             who: Actor::new("p", "holder"),
             holder: String::new(),
         };
-        store.lock("ns", lock).unwrap();
-        let facts = store.path_facts("ns", &path("f"), false).unwrap();
+        store.lock("ns", lock).await.unwrap();
+        let facts = store.path_facts("ns", &path("f"), false).await.unwrap();
         let other = Actor::new("p", "other");
         assert!(matches!(
             rules::check_write(&path("f"), facts.lock.as_ref(), &other, 0, now),
@@ -1215,23 +1202,24 @@ mod tests {
         ));
 
         // A live file above the path, and a live entry below it.
-        let above = store.path_facts("ns", &path("f/g"), false).unwrap();
+        let above = store.path_facts("ns", &path("f/g"), false).await.unwrap();
         assert_eq!(above.file_above.as_deref(), Some("f"));
         assert!(matches!(rules::check_clash(&path("f/g"), false, Some("f"), None), Err(Error::PathClash(_))));
-        put(&store, "d/e", b"two", 0);
-        let below = store.path_facts("ns", &path("d"), false).unwrap();
+        put(&store, "d/e", b"two", 0).await;
+        let below = store.path_facts("ns", &path("d"), false).await.unwrap();
         assert_eq!((below.file_above, below.live_below.as_deref()), (None, Some("d/e")));
         // A folder entry holds what lies below it: not looked up.
-        assert_eq!(store.path_facts("ns", &path("d"), true).unwrap().live_below, None);
+        assert_eq!(store.path_facts("ns", &path("d"), true).await.unwrap().live_below, None);
         // Other namespaces are not seen.
-        let elsewhere = store.path_facts("other", &path("f/g"), false).unwrap();
+        let elsewhere = store.path_facts("other", &path("f/g"), false).await.unwrap();
         assert!(elsewhere.file_above.is_none() && elsewhere.lock.is_none() && elsewhere.entry.is_none());
     }
 
     #[test]
     fn whatever_the_server_accepts_fits_in_every_message_it_sends() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store = rt.block_on(Store::open(dir.path(), StoreOptions::default())).unwrap();
         let case = AtomicU64::new(0);
         // The longest token name a principal can have is the operator's
         // choice, not a client's; a generous one here.
@@ -1246,10 +1234,14 @@ mod tests {
                     // A link whose target is the client's text, when its
                     // target passes too.
                     let target = i.target.as_bytes();
-                    let mut writer = store.blob_writer().unwrap();
-                    writer.write(target).unwrap();
                     let hash = ContentHash::of(target);
-                    let staged = writer.finish(hash, target.len() as u64).unwrap();
+                    let staged = rt
+                        .block_on(async {
+                            let mut writer = store.upload().await?;
+                            writer.write(target.to_vec()).await?;
+                            writer.complete(hash, target.len() as u64).await
+                        })
+                        .unwrap();
                     let put = Put {
                         path: path.clone(),
                         content: Content {
@@ -1264,7 +1256,7 @@ mod tests {
                         who: Actor::new(principal.clone(), i.client_id.clone()),
                         lock_token: 0,
                     };
-                    if let Ok(change) = store.commit_put(&ns, put, Some(staged)) {
+                    if let Ok(change) = rt.block_on(store.commit_put(&ns, put, Some(staged))) {
                         every_message(&change)?;
                         let del = Delete {
                             path: path.clone(),
@@ -1272,7 +1264,7 @@ mod tests {
                             who: Actor::new(principal.clone(), i.client_id.clone()),
                             lock_token: 0,
                         };
-                        every_message(&store.commit_delete(&ns, del).unwrap())?;
+                        every_message(&rt.block_on(store.commit_delete(&ns, del)).unwrap())?;
                     }
                 }
                 let req = pb::LockRequest {
@@ -1291,19 +1283,19 @@ mod tests {
                         who: who.clone(),
                         holder: i.holder,
                     };
-                    let granted = store.lock(&ns, lock.clone()).unwrap();
+                    let granted = rt.block_on(store.lock(&ns, lock.clone())).unwrap();
                     every_message(&granted)?;
                     // Someone else is refused with a message that names the
                     // holder, short enough for a header.
                     let other = LockRequest { who: Actor::new(principal.clone(), "other"), ..lock };
-                    let refused = Status::from(store.lock(&ns, other).unwrap_err());
+                    let refused = Status::from(rt.block_on(store.lock(&ns, other)).unwrap_err());
                     prop_assert!(refused.message().len() <= MAX_ERROR_MESSAGE_BYTES);
-                    let listed = store.list_locks(&ns, "").unwrap();
+                    let listed = rt.block_on(store.list_locks(&ns, "")).unwrap();
                     prop_assert_eq!(listed.len(), 1);
                     let lock_id = listed[0].lock_id.clone();
                     let breaker =
                         Actor::new(principal.clone(), "x".repeat(syncstore::limits::MAX_CLIENT_ID_BYTES));
-                    let broken = store.unlock(&ns, &lock_id, &breaker, true).unwrap();
+                    let broken = rt.block_on(store.unlock(&ns, &lock_id, &breaker, true)).unwrap();
                     let is_broken =
                         matches!(broken.what, crate::storage::What::Unlock { ended: LockEnd::Broken, .. });
                     prop_assert!(is_broken);

@@ -1,18 +1,19 @@
 //! Content on the wire, both ways: [`send_content`] streams stored content
 //! as it is read and verified (Download and the replication sender), and
 //! [`ContentReceiver`] writes received chunks into a new blob and finishes
-//! it verified (Upload and the replica). The file work runs on blocking
-//! threads, pipelined with the network; no content is ever held whole.
+//! it verified (Upload and the replica), both through the content store's
+//! traits. The store's work is pipelined with the network; no content is
+//! ever held whole.
 
 use syncstore::{ContentHash, limits::MAX_CHUNK};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     error::Result,
-    storage::{BlobReader, BlobWriter, StagedBlob, Store},
+    storage::{ContentReader, ContentUpload, StagedContent, Store},
 };
 
-/// Chunks buffered between the network and the blob writer of a content
+/// Chunks buffered between the network and the content store's upload of a content
 /// being received: the network reads ahead of the disk by at most this
 /// many chunks (4 MiB of full chunks) per transfer.
 pub(crate) const RECEIVE_PIPELINE: usize = 4;
@@ -27,30 +28,26 @@ pub(crate) enum Sent {
     Closed,
 }
 
-/// Sends stored content to `tx` as it is read and verified (on a blocking
-/// thread), in chunks of at most [`MAX_CHUNK`] bytes that `wrap` makes into
+/// Sends stored content to `tx` as it is read and verified, in chunks of at most [`MAX_CHUNK`] bytes that `wrap` makes into
 /// messages. The last chunk goes only once all of the content matched its
 /// hash: damaged content ends the read with `DATA_LOSS` before it (the blob
 /// set aside), and the caller tells its peer so, which therefore never
 /// holds damaged content whole.
 pub(crate) async fn send_content<M: Send + 'static>(
-    mut reader: BlobReader,
+    mut reader: Box<dyn ContentReader>,
     tx: mpsc::Sender<M>,
     wrap: fn(Vec<u8>) -> M,
 ) -> Result<Sent> {
-    tokio::task::spawn_blocking(move || {
-        while let Some(chunk) = reader.next_chunk(MAX_CHUNK)? {
-            if tx.blocking_send(wrap(chunk)).is_err() {
-                return Ok(Sent::Closed);
-            }
+    while let Some(chunk) = reader.next_chunk(MAX_CHUNK).await? {
+        if tx.send(wrap(chunk)).await.is_err() {
+            return Ok(Sent::Closed);
         }
-        Ok(Sent::Whole)
-    })
-    .await?
+    }
+    Ok(Sent::Whole)
 }
 
-/// A content being received into a new blob: each chunk goes to a blob
-/// writer on a blocking thread, with up to [`RECEIVE_PIPELINE`] chunks
+/// A content being received into the content store: each chunk goes to an
+/// upload ([`Store::upload`]) written by a task of its own, with up to [`RECEIVE_PIPELINE`] chunks
 /// waiting for it while the next ones come off the network. Nothing is
 /// kept unless it is finished ([`ContentReceiver::finish`]): dropped, its
 /// temp file is deleted once the writer has stopped; [`ContentReceiver::abort`]
@@ -58,19 +55,20 @@ pub(crate) async fn send_content<M: Send + 'static>(
 #[derive(Debug)]
 pub(crate) struct ContentReceiver {
     tx: mpsc::Sender<Vec<u8>>,
-    writer: JoinHandle<Result<BlobWriter>>,
+    writer: JoinHandle<Result<Box<dyn ContentUpload>>>,
 }
 
 impl ContentReceiver {
-    /// Starts receiving into a new temp file of `store`.
+    /// Starts receiving into a new upload of `store`.
     pub(crate) fn start(store: &Store) -> Result<Self> {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(RECEIVE_PIPELINE);
-        let mut writer = store.blob_writer()?;
-        let writer = tokio::task::spawn_blocking(move || {
-            while let Some(chunk) = rx.blocking_recv() {
-                writer.write(&chunk)?;
+        let store = store.clone();
+        let writer = tokio::spawn(async move {
+            let mut upload = store.upload().await?;
+            while let Some(chunk) = rx.recv().await {
+                upload.write(chunk).await?;
             }
-            Ok(writer)
+            Ok(upload)
         });
         Ok(Self { tx, writer })
     }
@@ -84,11 +82,10 @@ impl ContentReceiver {
 
     /// Waits until every chunk is written, then checks the content against
     /// `hash` and `size` and makes it as durable as its size asks
-    /// ([`BlobWriter::finish`]): staged, ready to commit. A failed write or
-    /// a mismatch keeps nothing.
-    pub(crate) async fn finish(self, hash: ContentHash, size: u64) -> Result<StagedBlob> {
-        let writer = self.close().await?;
-        tokio::task::spawn_blocking(move || writer.finish(hash, size)).await?
+    /// ([`ContentUpload::complete`]): staged, ready to commit. A failed
+    /// write or a mismatch keeps nothing.
+    pub(crate) async fn finish(self, hash: ContentHash, size: u64) -> Result<Box<dyn StagedContent>> {
+        self.close().await?.complete(hash, size).await
     }
 
     /// Waits until the writer has stopped and deletes the temp file:
@@ -99,7 +96,7 @@ impl ContentReceiver {
         let _ = self.close().await;
     }
 
-    async fn close(self) -> Result<BlobWriter> {
+    async fn close(self) -> Result<Box<dyn ContentUpload>> {
         drop(self.tx);
         self.writer.await?
     }
@@ -121,7 +118,7 @@ mod tests {
     }
 
     /// Receives `data` in chunks of `at_most` bytes and finishes it.
-    async fn receive(store: &Store, data: &[u8], at_most: usize) -> Result<StagedBlob> {
+    async fn receive(store: &Store, data: &[u8], at_most: usize) -> Result<Box<dyn StagedContent>> {
         let receiver = ContentReceiver::start(store)?;
         for chunk in data.chunks(at_most) {
             assert!(receiver.write(chunk.to_vec()).await);
@@ -132,12 +129,12 @@ mod tests {
     #[tokio::test]
     async fn what_is_received_is_sent_back_whole_in_chunks() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
         let data = content(2 * MAX_CHUNK + 12345);
         let staged = receive(&store, &data, 100_000).await.unwrap();
-        store.restore_blob(staged).unwrap();
+        store.restore_blob(staged).await.unwrap();
 
-        let reader = store.blob_reader(&ContentHash::of(&data), data.len() as u64).unwrap().unwrap();
+        let reader = store.content_reader(&ContentHash::of(&data), data.len() as u64).await.unwrap().unwrap();
         let (tx, mut rx) = mpsc::channel(RECEIVE_PIPELINE);
         let sending = tokio::spawn(send_content(reader, tx, |c| c));
         let mut back = Vec::new();
@@ -155,10 +152,10 @@ mod tests {
     #[tokio::test]
     async fn damaged_content_ends_with_data_loss_before_its_last_chunk() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
         let data = content(MAX_CHUNK + 10);
         let hash = ContentHash::of(&data);
-        store.restore_blob(receive(&store, &data, MAX_CHUNK).await.unwrap()).unwrap();
+        store.restore_blob(receive(&store, &data, MAX_CHUNK).await.unwrap()).await.unwrap();
         // One byte of the stored copy flipped, past the first chunk.
         let hex = hash.to_hex();
         let blob = dir.path().join("blobs").join(&hex[..2]).join(&hex);
@@ -166,7 +163,7 @@ mod tests {
         bytes[MAX_CHUNK + 5] ^= 1;
         std::fs::write(&blob, bytes).unwrap();
 
-        let reader = store.blob_reader(&hash, data.len() as u64).unwrap().unwrap();
+        let reader = store.content_reader(&hash, data.len() as u64).await.unwrap().unwrap();
         let (tx, mut rx) = mpsc::channel(RECEIVE_PIPELINE);
         let sent = send_content(reader, tx, |c| c).await;
         assert!(matches!(sent, Err(Error::DataLoss(_))), "{sent:?}");
@@ -175,16 +172,16 @@ mod tests {
             got += chunk.len();
         }
         assert_eq!(got, MAX_CHUNK, "the first chunk went, the last did not");
-        assert!(store.is_damaged(&hash), "the damaged copy is set aside");
+        assert!(store.is_damaged(&hash).await.unwrap(), "the damaged copy is set aside");
     }
 
     #[tokio::test]
     async fn a_receiver_gone_ends_the_send() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
         let data = content(3 * MAX_CHUNK);
-        store.restore_blob(receive(&store, &data, MAX_CHUNK).await.unwrap()).unwrap();
-        let reader = store.blob_reader(&ContentHash::of(&data), data.len() as u64).unwrap().unwrap();
+        store.restore_blob(receive(&store, &data, MAX_CHUNK).await.unwrap()).await.unwrap();
+        let reader = store.content_reader(&ContentHash::of(&data), data.len() as u64).await.unwrap().unwrap();
         let (tx, rx) = mpsc::channel(1);
         drop(rx);
         assert_eq!(send_content(reader, tx, |c| c).await.unwrap(), Sent::Closed);
@@ -193,7 +190,7 @@ mod tests {
     #[tokio::test]
     async fn content_that_does_not_match_its_header_is_not_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
         let data = content(1000);
         let receiver = ContentReceiver::start(&store).unwrap();
         assert!(receiver.write(data.clone()).await);
@@ -209,12 +206,17 @@ mod tests {
     #[tokio::test]
     async fn an_aborted_receiver_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
         let receiver = ContentReceiver::start(&store).unwrap();
         for _ in 0..3 {
             assert!(receiver.write(content(MAX_CHUNK)).await);
         }
-        assert_eq!(temp_files(dir.path()), 1);
+        // The writer task makes its temp file with the chunk it takes first.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while temp_files(dir.path()) != 1 {
+            assert!(std::time::Instant::now() < deadline, "no temp file was made");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         receiver.abort().await;
         assert_eq!(temp_files(dir.path()), 0, "gone once abort returns");
     }

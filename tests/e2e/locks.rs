@@ -242,7 +242,7 @@ async fn locks_survive_a_restart_reach_the_replica_and_bind_a_promoted_replica()
     // The primary is lost; the promoted replica enforces the lock it had.
     drop(primary.stop().await);
     let (r_config, r_data, r_addr) = replica.stop().await;
-    sync_server::promote(&r_config.data_dir).unwrap();
+    sync_server::promote(&r_config.data_dir).await.unwrap();
     let mut config = r_config.clone();
     config.role = sync_server::Role::Primary;
     let promoted = TestServer::start_on(config, r_addr).await;

@@ -302,7 +302,7 @@ async fn promotion_keeps_clients_syncing_and_fences_the_old_primary() {
     // The primary's machine dies; the operator promotes the replica.
     let (p_config, p_data, _) = primary.stop().await;
     let (r_config, r_data, r_addr) = replica.stop().await;
-    let (history, epoch, head) = sync_server::promote(&r_config.data_dir).unwrap();
+    let (history, epoch, head) = sync_server::promote(&r_config.data_dir).await.unwrap();
     assert_eq!((epoch, head), (1, acknowledged));
     let mut new_config = r_config.clone();
     new_config.role = sync_server::Role::Primary;

@@ -27,7 +27,7 @@ use super::{Mode, OnTimeout, ReplicaConfig, WriteGate};
 use crate::{
     error::{Error, Result},
     feed::{self, Item},
-    storage::{BlobReader, Change, PAGE_SIZE, Store, What},
+    storage::{Change, ContentReader, PAGE_SIZE, Store, What},
     transfer::{self, Sent},
     wire,
 };
@@ -603,7 +603,7 @@ enum Source {
     None,
     /// The stored content, verified as it is read (boxed: a reader holds
     /// its hasher's state).
-    Blob(Box<BlobReader>),
+    Blob(Box<dyn ContentReader>),
     /// Replaced by a later change, which follows: the metadata alone.
     Replaced,
     /// The entry is current but its content cannot be had here.
@@ -612,13 +612,12 @@ enum Source {
 
 /// Opens a change's content. A blob that is gone although the entry is
 /// still current is lost, not replaced; one found damaged is lost too.
-/// Blocks.
-fn open_content(store: &Store, namespace: &str, entry: &syncstore::Entry) -> Result<Source> {
+async fn open_content(store: &Store, namespace: &str, entry: &syncstore::Entry) -> Result<Source> {
     let Some(c) = entry.content else { return Ok(Source::None) };
-    match store.blob_reader(&c.hash, c.size) {
-        Ok(Some(reader)) => Ok(Source::Blob(Box::new(reader))),
+    match store.content_reader(&c.hash, c.size).await {
+        Ok(Some(reader)) => Ok(Source::Blob(reader)),
         Ok(None) => {
-            let current = store.stat(namespace, &entry.path)?;
+            let current = store.stat(namespace, &entry.path).await?;
             Ok(match current {
                 Some(now) if now.version == entry.version => Source::Lost("missing".into()),
                 _ => Source::Replaced,
@@ -656,10 +655,7 @@ async fn send_change(
         };
         return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
     };
-    let source = {
-        let (store, namespace, entry) = (store.clone(), namespace.clone(), entry.clone());
-        tokio::task::spawn_blocking(move || open_content(&store, &namespace, &entry)).await??
-    };
+    let source = open_content(store, &namespace, &entry).await?;
     let path = entry.path.to_string();
     if let Source::Lost(why) = &source {
         handle.lost(seq, &namespace, &path, why);
@@ -677,7 +673,7 @@ async fn send_change(
     if let Source::Blob(reader) = source {
         // Content found damaged on the way is never sent as good: the
         // replica gets `ContentLost` in place of its last chunk.
-        match transfer::send_content(*reader, tx.clone(), |c| msg(replicate_request::Msg::Chunk(c))).await {
+        match transfer::send_content(reader, tx.clone(), |c| msg(replicate_request::Msg::Chunk(c))).await {
             Ok(Sent::Whole) => {}
             Ok(Sent::Closed) => return Err(closed()),
             Err(Error::DataLoss(why)) => {
@@ -707,11 +703,8 @@ async fn send_snapshot(
         .map_err(|_| closed())?;
     let mut after: Option<(String, String)> = None;
     loop {
-        let (s, a) = (store.clone(), after.clone());
-        let page = tokio::task::spawn_blocking(move || {
-            s.manifest_page(a.as_ref().map(|(n, p)| (n.as_str(), p.as_str())), PAGE_SIZE)
-        })
-        .await??;
+        let page =
+            store.manifest_page(after.as_ref().map(|(n, p)| (n.as_str(), p.as_str())), PAGE_SIZE).await?;
         let done = page.len() < PAGE_SIZE;
         after = page.last().map(|(ns, e)| (ns.clone(), e.path.to_string()));
         for (namespace, entry) in page {
@@ -729,8 +722,7 @@ async fn send_snapshot(
         }
     }
     // Then the locks, each as a lock change whose seq is its token.
-    let s = store.clone();
-    for (namespace, lock) in tokio::task::spawn_blocking(move || s.all_locks()).await?? {
+    for (namespace, lock) in store.all_locks().await? {
         send_change(store, handle, tx, window, Change { seq: lock.token, namespace, what: What::Lock(lock) })
             .await?;
     }

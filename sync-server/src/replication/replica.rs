@@ -83,7 +83,7 @@ impl ReplicationService {
     }
 
     /// Checks the primary's hello; adopts its history on a fresh replica.
-    fn accept(&self, hello: &pb::ReplicaHello) -> Result<()> {
+    async fn accept(&self, hello: &pb::ReplicaHello) -> Result<()> {
         let epoch = self.store.epoch();
         if !self.is_replica {
             return Err(Error::FailedPrecondition(format!(
@@ -99,13 +99,13 @@ impl ReplicationService {
         }
         if hello.history_id != self.store.history_id() {
             // Only a replica that holds nothing may take another history.
-            self.store.adopt_history(&hello.history_id)?;
+            self.store.adopt_history(&hello.history_id).await?;
             tracing::info!(history = %hello.history_id, "seeded: adopted the primary's history");
         }
         if hello.epoch > epoch {
-            self.store.set_epoch(hello.epoch)?;
+            self.store.set_epoch(hello.epoch).await?;
         }
-        self.store.set_primary_url(&hello.primary_url)?;
+        self.store.set_primary_url(&hello.primary_url).await?;
         Ok(())
     }
 }
@@ -139,9 +139,7 @@ impl Replication for ReplicationService {
             .map_err(|_| Status::aborted("another replication stream is active"))?;
         let stop = self.shutdown.child_token();
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = stop.clone();
-        let this = self.clone();
-        let h = hello.clone();
-        tokio::task::spawn_blocking(move || this.accept(&h)).await.map_err(Error::from)??;
+        self.accept(&hello).await?;
         self.gate.refuse(
             syncstore::Reason::Replica,
             format!("this server is a replica: write to the primary at {}", hello.primary_url),
@@ -164,7 +162,7 @@ impl Replication for ReplicationService {
                 r = apply_stream(&store, &mut incoming, &tx, &health) => r,
                 () = heartbeats(&tx) => Ok(()),
                 // Shutting down, or replaced by a new stream: end this one
-                // (a change being applied is on a blocking thread and
+                // (a change being applied is a task of its own and
                 // completes).
                 () = stop.cancelled() => {
                     tracing::info!("the stream was replaced or the server is stopping; ending it");
@@ -226,15 +224,15 @@ async fn apply_stream(
         match req.msg {
             Some(replicate_request::Msg::Change(c)) => {
                 let first = receive_change(store, c, incoming).await?;
-                let s = store.clone();
                 let n = if snapshot.is_some() {
                     let Replicated { change, staged, content_gone } = first;
-                    tokio::task::spawn_blocking(move || match &change.what {
-                        What::File(entry) => s.snapshot_put(&change.namespace, entry, staged, content_gone),
-                        What::Lock(lock) => s.snapshot_put_lock(&change.namespace, lock),
-                        What::Unlock { .. } => Err(Error::invalid("an unlock in a snapshot")),
-                    })
-                    .await??;
+                    match &change.what {
+                        What::File(entry) => {
+                            store.snapshot_put(&change.namespace, entry, staged, content_gone).await?
+                        }
+                        What::Lock(lock) => store.snapshot_put_lock(&change.namespace, lock).await?,
+                        What::Unlock { .. } => return Err(Error::invalid("an unlock in a snapshot")),
+                    }
                     1
                 } else {
                     // Group commit: the changes that already arrived are
@@ -256,7 +254,7 @@ async fn apply_stream(
                         }
                     }
                     let n = batch.len() as u64;
-                    tokio::task::spawn_blocking(move || s.apply_replicated_batch(batch)).await??;
+                    store.apply_replicated_batch(batch).await?;
                     n
                 };
                 processed += n;
@@ -266,8 +264,7 @@ async fn apply_stream(
             }
             Some(replicate_request::Msg::SnapshotStart(s)) => {
                 tracing::warn!(head = s.head_seq, "full resync from the primary");
-                let st = store.clone();
-                tokio::task::spawn_blocking(move || st.snapshot_begin()).await??;
+                store.snapshot_begin().await?;
                 snapshot = Some(s.head_seq);
                 set_health(health, ServingStatus::NotServing).await;
             }
@@ -275,9 +272,8 @@ async fn apply_stream(
                 if snapshot != Some(s.head_seq) {
                     return Err(Error::invalid("a snapshot end without its start"));
                 }
-                let st = store.clone();
                 let head = s.head_seq;
-                tokio::task::spawn_blocking(move || st.snapshot_end(head)).await??;
+                store.snapshot_end(head).await?;
                 snapshot = None;
                 set_health(health, ServingStatus::Serving).await;
                 tracing::info!(head, "full resync complete");
@@ -313,7 +309,7 @@ async fn receive_change(
     if let (Some(why), Some(content)) = (lost, entry.content) {
         // The primary cannot supply it; the entry is applied all the same
         // so that what follows is not held up.
-        let here = store.has_blob(&content.hash);
+        let here = store.has_blob(&content.hash).await?;
         tracing::error!(
             seq = c.seq, namespace = %c.namespace, path = %entry.path, reason = %why, held_here = here,
             "content lost on the primary: applying the change without it"
@@ -341,7 +337,7 @@ async fn send_ack(acks: &Acks, acked_seq: u64, processed: u64) -> bool {
 /// A change's content as received.
 enum Received {
     /// Verified, in a durable temp blob.
-    Whole(crate::storage::StagedBlob),
+    Whole(Box<dyn crate::storage::StagedContent>),
     /// The primary cut it short with `ContentLost`: nothing is kept.
     Lost(String),
 }

@@ -1,39 +1,9 @@
 //! Who a data folder's server is in its replicated history (history id,
-//! epoch, the primary it follows), kept in the `meta` table under keys that
-//! only this module spells, and read by everyone else through
-//! [`Identity`] and the typed accessors of [`Store`].
+//! epoch, the primary it follows): [`Identity`], read through the typed
+//! accessors of [`Store`] and stored by the metadata backend.
 
-use rusqlite::{Connection, OptionalExtension};
-
-use super::{Store, schema};
+use super::Store;
 use crate::error::{Error, Result};
-
-/// The keys of the `meta` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum MetaKey {
-    /// The schema version the data folder was written with.
-    SchemaVersion,
-    /// [`Identity::history_id`].
-    HistoryId,
-    /// [`Identity::epoch`].
-    Epoch,
-    /// [`Identity::primary_url`].
-    PrimaryUrl,
-    /// After a full resync, the head the (empty) change log starts at.
-    HeadFloor,
-}
-
-impl MetaKey {
-    fn as_str(self) -> &'static str {
-        match self {
-            MetaKey::SchemaVersion => "schema_version",
-            MetaKey::HistoryId => "history_id",
-            MetaKey::Epoch => "epoch",
-            MetaKey::PrimaryUrl => "primary_url",
-            MetaKey::HeadFloor => "head_floor",
-        }
-    }
-}
 
 /// A server's place in its replicated history.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,17 +18,6 @@ pub struct Identity {
     /// The address of the primary a replica last heard from (none on a
     /// primary, or a replica no primary has reached yet).
     pub primary_url: Option<String>,
-}
-
-impl Identity {
-    /// Reads the identity of a data folder whose meta table is initialized.
-    pub(super) fn load(c: &Connection) -> Result<Self> {
-        Ok(Self {
-            history_id: meta_text(c, MetaKey::HistoryId)?.unwrap_or_default(),
-            epoch: meta_u64(c, MetaKey::Epoch)?,
-            primary_url: meta_text(c, MetaKey::PrimaryUrl)?,
-        })
-    }
 }
 
 impl Store {
@@ -78,11 +37,12 @@ impl Store {
     }
 
     /// Records a new epoch, durably.
-    pub fn set_epoch(&self, epoch: u64) -> Result<()> {
-        let w = self.writer();
-        set_meta(&w.conn, MetaKey::Epoch, &epoch.to_string())?;
-        self.identity_guard().epoch = epoch;
-        Ok(())
+    pub async fn set_epoch(&self, epoch: u64) -> Result<()> {
+        self.update_identity(move |id, _| {
+            id.epoch = epoch;
+            Ok(())
+        })
+        .await
     }
 
     /// The primary this replica follows ([`Identity::primary_url`]).
@@ -91,115 +51,29 @@ impl Store {
     }
 
     /// Records the primary this replica follows, durably.
-    pub fn set_primary_url(&self, url: &str) -> Result<()> {
-        let w = self.writer();
-        set_meta(&w.conn, MetaKey::PrimaryUrl, url)?;
-        self.identity_guard().primary_url = Some(url.to_owned());
-        Ok(())
+    pub async fn set_primary_url(&self, url: &str) -> Result<()> {
+        let url = url.to_owned();
+        self.update_identity(move |id, _| {
+            id.primary_url = Some(url);
+            Ok(())
+        })
+        .await
     }
 
     /// Takes the primary's history id on a replica that holds nothing yet.
-    pub fn adopt_history(&self, history_id: &str) -> Result<()> {
-        let w = self.writer();
-        if w.head != 0 {
-            return Err(Error::FailedPrecondition(format!(
-                "this server holds history {} up to change {}, not the sender's: \
-                 re-seed the sender's data folder from this server (or wipe this one to re-seed it)",
-                self.history_id(),
-                w.head
-            )));
-        }
-        set_meta(&w.conn, MetaKey::HistoryId, history_id)?;
-        self.identity_guard().history_id = history_id.to_owned();
-        Ok(())
-    }
-}
-
-/// Creates the history id (and the schema version) on a new data folder;
-/// refuses a folder written by a newer schema.
-pub(super) fn init_meta(conn: &mut Connection) -> Result<()> {
-    let tx = conn.transaction()?;
-    match meta_text(&tx, MetaKey::SchemaVersion)?.as_deref().map(str::parse::<i64>) {
-        None => set_meta(&tx, MetaKey::SchemaVersion, &schema::SCHEMA_VERSION.to_string())?,
-        Some(Ok(v)) if v <= schema::SCHEMA_VERSION => {}
-        Some(v) => {
-            return Err(Error::FailedPrecondition(format!(
-                "the data folder has schema version {v:?}; this server understands up to {}",
-                schema::SCHEMA_VERSION
-            )));
-        }
-    }
-    if meta_text(&tx, MetaKey::HistoryId)?.is_none() {
-        set_meta(&tx, MetaKey::HistoryId, &format!("{:032x}", rand::random::<u128>()))?;
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-/// A text kept in the `meta` table.
-fn meta_text(c: &Connection, key: MetaKey) -> Result<Option<String>> {
-    Ok(c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-        .query_row([key.as_str()], |r| r.get(0))
-        .optional()?)
-}
-
-/// A number kept in the `meta` table (0 if unset).
-pub(super) fn meta_u64(c: &Connection, key: MetaKey) -> Result<u64> {
-    Ok(meta_text(c, key)?.and_then(|v| v.parse().ok()).unwrap_or(0))
-}
-
-/// Stores a value in the `meta` table.
-pub(super) fn set_meta(c: &Connection, key: MetaKey, value: &str) -> Result<()> {
-    c.prepare_cached(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )?
-    .execute([key.as_str(), value])?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::storage::StoreOptions;
-
-    use super::*;
-
-    #[test]
-    fn the_identity_is_created_once_and_kept_across_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = {
-            let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
-            let id = s.identity();
-            assert_eq!(id.history_id.len(), 32);
-            assert_eq!((id.epoch, id.primary_url.as_deref()), (0, None));
-            s.set_epoch(3).unwrap();
-            s.set_primary_url("http://primary:7000").unwrap();
-            s.identity()
-        };
-        assert_eq!((first.epoch, first.primary_url.as_deref()), (3, Some("http://primary:7000")));
-        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!(s.identity(), first);
-    }
-
-    #[test]
-    fn only_a_store_that_holds_nothing_adopts_another_history() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        s.adopt_history("0123").unwrap();
-        assert_eq!(s.history_id(), "0123");
-        s.lock(
-            "default",
-            crate::storage::LockRequest {
-                path: syncstore::RelPath::new("f").unwrap(),
-                ttl_seconds: 0,
-                note: String::new(),
-                who: crate::storage::Actor::new("p", "c"),
-                holder: String::new(),
-            },
-        )
-        .unwrap();
-        assert!(matches!(s.adopt_history("4567"), Err(Error::FailedPrecondition(_))));
-        drop(s);
-        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!(s.history_id(), "0123");
+    pub async fn adopt_history(&self, history_id: &str) -> Result<()> {
+        let history_id = history_id.to_owned();
+        self.update_identity(move |id, head| {
+            if head != 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "this server holds history {} up to change {head}, not the sender's: \
+                     re-seed the sender's data folder from this server (or wipe this one to re-seed it)",
+                    id.history_id
+                )));
+            }
+            id.history_id = history_id;
+            Ok(())
+        })
+        .await
     }
 }

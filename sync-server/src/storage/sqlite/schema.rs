@@ -342,7 +342,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::storage::{Actor, Change, LockEnd, Store, StoreOptions, What};
+    use crate::storage::{Actor, Change, ChangeFeed, LockEnd, Store, StoreOptions, What};
     use crate::wire;
 
     /// The tables of a version 5 data folder that version 6 changes, as that
@@ -467,6 +467,13 @@ mod tests {
         .collect()
     }
 
+    impl Store {
+        /// Every kept change (all namespaces) after `after`, up to `limit`.
+        async fn changes_after_all(&self, after: u64, limit: usize) -> Vec<Change> {
+            ChangeFeed::changes_after(self, None, after, limit).await.unwrap()
+        }
+    }
+
     fn meta_version(conn: &Connection) -> String {
         conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap()
     }
@@ -478,14 +485,14 @@ mod tests {
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect()
     }
 
-    #[test]
-    fn a_version_5_change_log_upgrades_in_place_to_lock_columns() {
+    #[tokio::test]
+    async fn a_version_5_change_log_upgrades_in_place_to_lock_columns() {
         let dir = tempfile::tempdir().unwrap();
         let log = a_version_5_log();
         version_5(dir.path(), &log);
 
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!(store.all_changes_after(0, 100).unwrap(), log, "every change reads back as it was");
+        let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
+        assert_eq!(store.changes_after_all(0, 100).await, log, "every change reads back as it was");
         assert_eq!(store.history_id(), "h5");
         let conn = connect(&dir.path().join("meta.db")).unwrap();
         assert_eq!(meta_version(&conn), SCHEMA_VERSION.to_string());
@@ -503,34 +510,36 @@ mod tests {
         // The upgraded table is the one a new data folder has, without the
         // wire's encoding.
         let fresh = tempfile::tempdir().unwrap();
-        drop(Store::open(fresh.path(), StoreOptions::default()).unwrap());
+        drop(Store::open(fresh.path(), StoreOptions::default()).await.unwrap());
         let fresh_conn = connect(&fresh.path().join("meta.db")).unwrap();
         assert_eq!(change_columns(&conn), change_columns(&fresh_conn));
         assert!(!has_column(&conn, "changes", "lock").unwrap());
         drop(conn);
 
         // The log goes on from there, and a reopened store reads it all.
-        let next = store.lock(
-            "default",
-            crate::storage::LockRequest {
-                path: RelPath::new("docs/f").unwrap(),
-                ttl_seconds: 60,
-                note: "again".into(),
-                who: Actor::new("alice", "A"),
-                holder: "A@host".into(),
-            },
-        );
+        let next = store
+            .lock(
+                "default",
+                crate::storage::LockRequest {
+                    path: RelPath::new("docs/f").unwrap(),
+                    ttl_seconds: 60,
+                    note: "again".into(),
+                    who: Actor::new("alice", "A"),
+                    holder: "A@host".into(),
+                },
+            )
+            .await;
         let next = next.unwrap();
         assert_eq!(next.seq, 10);
         drop(store);
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
         let mut all = log;
         all.push(next);
-        assert_eq!(store.all_changes_after(0, 100).unwrap(), all);
+        assert_eq!(store.changes_after_all(0, 100).await, all);
     }
 
-    #[test]
-    fn an_unreadable_version_5_lock_change_leaves_the_data_folder_as_it_was() {
+    #[tokio::test]
+    async fn an_unreadable_version_5_lock_change_leaves_the_data_folder_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
         version_5(dir.path(), &a_version_5_log());
         let conn = connect(&dir.path().join("meta.db")).unwrap();
@@ -543,7 +552,7 @@ mod tests {
         .unwrap();
         drop(conn);
 
-        let refused = Store::open(dir.path(), StoreOptions::default());
+        let refused = Store::open(dir.path(), StoreOptions::default()).await;
         assert!(
             matches!(&refused, Err(Error::Internal(m)) if m.contains("change 10") && m.contains("undecodable")),
             "{refused:?}"

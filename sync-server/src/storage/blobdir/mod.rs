@@ -1,11 +1,11 @@
-//! Content-addressed blob files: `blobs/ab/abcdef…` named by the BLAKE3 hash
-//! of what they hold, written through a temp file in `tmp/` that is hashed,
+//! The embedded backend's content, a [`ContentStore`]: content-addressed
+//! blob files, `blobs/ab/abcdef…` named by the BLAKE3 hash of what they hold, written through a temp file in `tmp/` that is hashed,
 //! checked, and renamed into place; durable before any commit refers to it.
 //!
 //! A large blob is fsynced before its rename and its folder after. A small
 //! one (up to [`DEFER_SYNC_MAX`]) is renamed without either and comes back
 //! as [`Durability::Pending`]: the commit that refers to it first makes the
-//! whole file system durable with one `syncfs` ([`BlobStore::sync`]), for
+//! whole file system durable with one `syncfs` ([`BlobDir::sync`]), for
 //! every small blob of its batch at once. Per-file fsyncs cost more than
 //! everything else for small files (10,000 files of 4 KiB: about 3,000
 //! files/s with two fsyncs each, several times that with one `syncfs` per
@@ -16,7 +16,7 @@
 //! longer hash to its name (bit rot, a damaged disk, a hand edit) is never
 //! handed out as good. Its last chunk is held back until the hash is
 //! checked, and a damaged blob is moved aside to `corrupt/` (see
-//! [`BlobStore::quarantine`]), where it counts as absent: a header-only
+//! [`BlobDir::quarantine`]), where it counts as absent: a header-only
 //! upload must send the bytes again, and the next verified copy of that
 //! content (an upload, a replicated change, a scrub's fetch) takes its
 //! place and heals it.
@@ -34,17 +34,19 @@ use std::{
     },
 };
 
+use async_trait::async_trait;
 use syncstore::ContentHash;
 use tempfile::NamedTempFile;
 
+use super::content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict};
 use crate::error::{Error, Result};
 
-/// Largest blob whose durability is left to the commit's [`BlobStore::sync`]
+/// Largest blob whose durability is left to the commit's [`BlobDir::sync`]
 /// (where `syncfs` exists); larger ones are fsynced one by one, their cost
 /// being the data itself.
 pub(crate) const DEFER_SYNC_MAX: u64 = 256 * 1024;
 
-/// Whether [`BlobStore::sync`] can make deferred blobs durable (`syncfs`);
+/// Whether [`BlobDir::sync`] can make deferred blobs durable (`syncfs`);
 /// elsewhere every blob, empty ones included, is fsynced on its own.
 const CAN_DEFER: bool = cfg!(target_os = "linux");
 
@@ -63,37 +65,16 @@ const MAX_HEAL_QUEUE: usize = 1024;
 /// Bytes read at a time while verifying a whole blob.
 const VERIFY_BUFFER: usize = 1024 * 1024;
 
-/// Whether a blob put in place is durable yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub(crate) enum Durability {
-    /// Its data and its name are on disk.
-    Durable,
-    /// Call [`BlobStore::sync`] before committing anything that refers to it.
-    Pending,
-}
-
-/// What reading a whole blob found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// Its bytes hash to its name.
-    Good,
-    /// It was damaged and is now set aside in the quarantine folder.
-    Damaged,
-    /// No such blob is stored (set aside earlier, or never stored).
-    Missing,
-}
-
 /// The blob folder of a data directory.
 #[derive(Debug, Clone)]
-pub(crate) struct BlobStore {
+pub(crate) struct BlobDir {
     blobs: PathBuf,
     tmp: PathBuf,
     /// Where damaged blobs are set aside, under their names.
     quarantine: PathBuf,
     /// The blob folder, held open for `syncfs`.
     handle: Arc<File>,
-    /// How many times [`BlobStore::sync`] ran.
+    /// How many times [`BlobDir::sync`] ran.
     syncs: Arc<AtomicU64>,
     /// Taken to set a damaged blob aside (written) and to put one in place
     /// (read: puts do not wait for each other), so that setting a damaged
@@ -102,16 +83,21 @@ pub(crate) struct BlobStore {
     /// Damaged blobs found since the store was opened.
     found_damaged: Arc<AtomicU64>,
     /// Damaged blobs (hash, size) set aside and not yet offered to a
-    /// healer ([`BlobStore::take_found`]); bounded by [`MAX_HEAL_QUEUE`].
+    /// healer ([`BlobDir::take_found`]); bounded by [`MAX_HEAL_QUEUE`].
     to_heal: Arc<Mutex<Vec<(ContentHash, u64)>>>,
     /// Woken when `to_heal` gets one.
     found: Arc<tokio::sync::Notify>,
 }
 
-impl BlobStore {
+impl BlobDir {
     /// Opens (creating if needed) the blob folders under `data`, and removes
     /// temp files that an earlier run left behind when it crashed.
-    pub(crate) fn open(data: &Path) -> Result<Self> {
+    pub(crate) async fn open(data: &Path) -> Result<Self> {
+        let data = data.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&data)).await?
+    }
+
+    fn open_blocking(data: &Path) -> Result<Self> {
         let (blobs, tmp) = (data.join("blobs"), data.join("tmp"));
         fs::create_dir_all(&blobs)?;
         fs::create_dir_all(&tmp)?;
@@ -138,7 +124,7 @@ impl BlobStore {
         Ok(store)
     }
 
-    pub(super) fn path_of(&self, hash: &ContentHash) -> PathBuf {
+    pub(crate) fn path_of(&self, hash: &ContentHash) -> PathBuf {
         let hex = hash.to_hex();
         self.blobs.join(&hex[..2]).join(&hex)
     }
@@ -168,7 +154,7 @@ impl BlobStore {
     }
 
     /// Resolves when a damaged blob was set aside since the last
-    /// [`BlobStore::take_found`] (or will be).
+    /// [`BlobDir::take_found`] (or will be).
     pub(crate) async fn found(&self) {
         self.found.notified().await;
     }
@@ -376,7 +362,7 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// How many times [`BlobStore::sync`] ran.
+    /// How many times [`BlobDir::sync`] ran.
     #[cfg(test)]
     pub(crate) fn sync_count(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
@@ -449,7 +435,7 @@ fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 /// entries say) sets the blob aside and ends the read with `DATA_LOSS`.
 #[derive(Debug)]
 pub(crate) struct BlobReader {
-    store: BlobStore,
+    store: BlobDir,
     file: File,
     hash: ContentHash,
     /// The size its entries give it.
@@ -587,10 +573,6 @@ pub(crate) struct StagedBlob {
 }
 
 impl StagedBlob {
-    pub(crate) fn hash(&self) -> ContentHash {
-        self.hash
-    }
-
     /// The staged content, read from its start.
     pub(crate) fn reopen(&self) -> io::Result<File> {
         self.file.reopen()
@@ -608,6 +590,176 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+#[async_trait]
+impl ContentStore for BlobDir {
+    async fn upload(&self) -> Result<Box<dyn ContentUpload>> {
+        // Making the temp file is one quick create, not worth a trip to a
+        // blocking thread; every write and the finish take one.
+        Ok(Box::new(BlobUpload { dir: self.clone(), writer: Some(self.writer()?) }))
+    }
+
+    async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>> {
+        let (this, hash) = (self.clone(), *hash);
+        let reader = tokio::task::spawn_blocking(move || this.reader(&hash, size)).await??;
+        Ok(reader.map(|r| Box::new(BlobGet { reader: Some(r) }) as Box<dyn ContentReader>))
+    }
+
+    async fn head(&self, hash: &ContentHash) -> Result<Option<u64>> {
+        let path = self.path_of(hash);
+        tokio::task::spawn_blocking(move || match fs::metadata(path) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+        .await?
+    }
+
+    async fn delete(&self, hash: &ContentHash) -> Result<()> {
+        let (this, hash) = (self.clone(), *hash);
+        Ok(tokio::task::spawn_blocking(move || this.remove(&hash)).await??)
+    }
+
+    async fn list(&self) -> Result<Vec<ContentHash>> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all = this.all()?;
+            all.extend(this.all_damaged()?);
+            Ok(all)
+        })
+        .await?
+    }
+
+    async fn usage(&self) -> Result<(u64, u64)> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.usage()).await?
+    }
+
+    async fn ensure_durable(&self, hashes: &[ContentHash]) -> Result<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let this = self.clone();
+        Ok(tokio::task::spawn_blocking(move || this.sync()).await??)
+    }
+
+    async fn verify(&self, hash: &ContentHash, size: u64) -> Result<Verdict> {
+        let (this, hash) = (self.clone(), *hash);
+        tokio::task::spawn_blocking(move || this.verify(&hash, size)).await?
+    }
+
+    async fn verified_size(&self, hash: &ContentHash) -> Result<Option<u64>> {
+        let (this, hash) = (self.clone(), *hash);
+        tokio::task::spawn_blocking(move || {
+            let size = match fs::metadata(this.path_of(&hash)) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok((this.verify(&hash, size)? == Verdict::Good).then_some(size))
+        })
+        .await?
+    }
+
+    async fn is_damaged(&self, hash: &ContentHash) -> Result<bool> {
+        let (this, hash) = (self.clone(), *hash);
+        Ok(tokio::task::spawn_blocking(move || this.is_damaged(&hash)).await?)
+    }
+
+    fn damage_counts(&self) -> (u64, u64) {
+        (self.damaged_count(), self.found_damaged())
+    }
+
+    fn take_found(&self) -> Vec<(ContentHash, u64)> {
+        BlobDir::take_found(self)
+    }
+
+    async fn found(&self) {
+        BlobDir::found(self).await;
+    }
+}
+
+/// An upload into a temp file of the blob folder (made when the upload
+/// starts), written on blocking threads.
+#[derive(Debug)]
+struct BlobUpload {
+    dir: BlobDir,
+    /// Out while a write runs (a dropped upload drops it there); `None`
+    /// after a failed write.
+    writer: Option<BlobWriter>,
+}
+
+#[async_trait]
+impl ContentUpload for BlobUpload {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+        let mut writer = self.writer.take().ok_or_else(failed_before)?;
+        self.writer =
+            Some(tokio::task::spawn_blocking(move || writer.write(&chunk).map(|()| writer)).await??);
+        Ok(())
+    }
+
+    async fn complete(self: Box<Self>, hash: ContentHash, size: u64) -> Result<Box<dyn StagedContent>> {
+        let writer = self.writer.ok_or_else(failed_before)?;
+        let staged = tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??;
+        Ok(Box::new(BlobStaged { dir: self.dir, staged }))
+    }
+}
+
+/// An upload used again after one of its writes failed.
+fn failed_before() -> Error {
+    Error::Internal("an upload whose write failed was used again".into())
+}
+
+/// Checked content in a temp file of the blob folder.
+#[derive(Debug)]
+struct BlobStaged {
+    dir: BlobDir,
+    staged: StagedBlob,
+}
+
+#[async_trait]
+impl StagedContent for BlobStaged {
+    fn hash(&self) -> ContentHash {
+        self.staged.hash
+    }
+
+    async fn read_prefix(&self, max: u64) -> Result<Vec<u8>> {
+        let file = self.staged.reopen()?;
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            file.take(max).read_to_end(&mut out)?;
+            Ok(out)
+        })
+        .await?
+    }
+
+    async fn place(self: Box<Self>) -> Result<Durability> {
+        let BlobStaged { dir, staged } = *self;
+        tokio::task::spawn_blocking(move || dir.persist(staged)).await?
+    }
+}
+
+/// A verified read, a chunk per trip to a blocking thread.
+#[derive(Debug)]
+struct BlobGet {
+    /// Out while a read runs.
+    reader: Option<BlobReader>,
+}
+
+#[async_trait]
+impl ContentReader for BlobGet {
+    async fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
+        let mut reader = self.reader.take().ok_or_else(|| Error::Internal("a read failed before".into()))?;
+        let (reader, chunk) = tokio::task::spawn_blocking(move || {
+            let chunk = reader.next_chunk(max);
+            (reader, chunk)
+        })
+        .await?;
+        self.reader = Some(reader);
+        chunk
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,7 +767,7 @@ mod tests {
     #[test]
     fn write_verify_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobDir::open_blocking(dir.path()).unwrap();
         let mut w = store.writer().unwrap();
         w.write(b"hello ").unwrap();
         w.write(b"world").unwrap();
@@ -647,7 +799,7 @@ mod tests {
     #[test]
     fn mismatches_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobDir::open_blocking(dir.path()).unwrap();
         let mut w = store.writer().unwrap();
         w.write(b"abc").unwrap();
         assert!(matches!(w.finish(ContentHash::of(b"abd"), 3), Err(Error::ContentMismatch(_))));
@@ -659,7 +811,7 @@ mod tests {
     }
 
     /// Stores `data` and returns its hash.
-    fn put(store: &BlobStore, data: &[u8]) -> ContentHash {
+    fn put(store: &BlobDir, data: &[u8]) -> ContentHash {
         let hash = ContentHash::of(data);
         let mut w = store.writer().unwrap();
         w.write(data).unwrap();
@@ -668,7 +820,7 @@ mod tests {
     }
 
     /// Flips one byte of a stored blob in place.
-    fn flip(store: &BlobStore, hash: &ContentHash, at: u64) {
+    fn flip(store: &BlobDir, hash: &ContentHash, at: u64) {
         use std::os::unix::fs::FileExt;
         let file = File::options().read(true).write(true).open(store.path_of(hash)).unwrap();
         let mut byte = [0u8];
@@ -679,7 +831,7 @@ mod tests {
     #[test]
     fn a_damaged_blob_is_never_read_whole_and_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobDir::open_blocking(dir.path()).unwrap();
         let data: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| (i % 251) as u8).collect();
         let hash = put(&store, &data);
         // A good read hands out everything.
@@ -718,7 +870,7 @@ mod tests {
     #[test]
     fn a_blob_of_the_wrong_length_is_damaged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobDir::open_blocking(dir.path()).unwrap();
         let hash = put(&store, b"twelve bytes");
         let path = store.path_of(&hash);
         fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"!").unwrap();
@@ -734,7 +886,7 @@ mod tests {
     #[test]
     fn a_good_copy_replaces_a_damaged_one_small_or_large() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobDir::open_blocking(dir.path()).unwrap();
         for len in [100usize, DEFER_SYNC_MAX as usize + 100] {
             let data: Vec<u8> = (0..len).map(|i| (i % 7) as u8 + 1).collect();
             let hash = put(&store, &data);
@@ -751,7 +903,7 @@ mod tests {
     fn runs_of_zeros_are_kept_as_holes() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobDir::open_blocking(dir.path()).unwrap();
         // 64 MiB: data at the start, in the middle (unaligned) and zeros
         // to the end, sent in chunks that do not fall on block boundaries.
         let len = 64 * 1024 * 1024;
@@ -777,7 +929,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("tmp")).unwrap();
         fs::write(dir.path().join("tmp/.tmpXYZ"), b"half an upload").unwrap();
-        BlobStore::open(dir.path()).unwrap();
+        BlobDir::open_blocking(dir.path()).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

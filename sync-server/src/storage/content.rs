@@ -1,0 +1,130 @@
+//! `ContentStore`: where file content lives, named by its BLAKE3 hash.
+//! Shaped like the `object_store` crate's `ObjectStore`: a staged upload
+//! (write chunks, `complete` with the announced hash and size, or abort), a
+//! verified read, `head`, `delete`, `list`, plus `ensure_durable`, which the
+//! journal calls once per group commit before any metadata refers to new
+//! content (one `syncfs` on a local folder, nothing on object storage).
+//!
+//! A backend never decides whether content may go: the journal does, over
+//! the references the metadata holds and the uploads in flight.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use syncstore::ContentHash;
+
+use crate::error::Result;
+
+/// Whether content put in place is durable yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) enum Durability {
+    /// Its data and its name are durable.
+    Durable,
+    /// Call [`ContentStore::ensure_durable`] before committing anything
+    /// that refers to it.
+    Pending,
+}
+
+/// What reading a whole stored content found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Its bytes hash to its name.
+    Good,
+    /// It was damaged and is now set aside.
+    Damaged,
+    /// No such content is stored (set aside earlier, or never stored).
+    Missing,
+}
+
+/// A content store. Every method may block on I/O; a blocking backend does
+/// its own `spawn_blocking`.
+#[async_trait]
+pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
+    /// Starts receiving new content. Dropping the upload aborts it.
+    async fn upload(&self) -> Result<Box<dyn ContentUpload>>;
+
+    /// Opens stored content `hash` of `size` bytes for a verified read:
+    /// `None` when it is not stored, `DATA_LOSS` when it was set aside as
+    /// damaged.
+    async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>>;
+
+    /// The stored size of content `hash`, if it is stored (and not set
+    /// aside as damaged).
+    async fn head(&self, hash: &ContentHash) -> Result<Option<u64>>;
+
+    /// Removes content (and a damaged copy of it); absent content is fine.
+    async fn delete(&self, hash: &ContentHash) -> Result<()>;
+
+    /// Every stored content, damaged copies included: what a sweep of
+    /// unreferenced content walks.
+    async fn list(&self) -> Result<Vec<ContentHash>>;
+
+    /// How many contents are stored, and their total size in bytes (damaged
+    /// copies set aside not included). May walk the whole store.
+    async fn usage(&self) -> Result<(u64, u64)>;
+
+    /// Makes content put in place as [`Durability::Pending`] durable.
+    async fn ensure_durable(&self, hashes: &[ContentHash]) -> Result<()>;
+
+    /// Reads all of content `hash` and checks it against its name (and
+    /// `size`); damaged content is set aside.
+    async fn verify(&self, hash: &ContentHash, size: u64) -> Result<Verdict>;
+
+    /// The size of stored content `hash` once it was read whole and
+    /// matched its name: `None` when it is not stored, or was found damaged
+    /// (and set aside).
+    async fn verified_size(&self, hash: &ContentHash) -> Result<Option<u64>>;
+
+    /// Whether content `hash` was found damaged and no good copy has come
+    /// since.
+    async fn is_damaged(&self, hash: &ContentHash) -> Result<bool>;
+
+    /// How many contents are set aside as damaged now, and how many were
+    /// found damaged since the store was opened. Cheap: for status and
+    /// metrics.
+    fn damage_counts(&self) -> (u64, u64);
+
+    /// Takes the damaged contents (hash, size) found since the last call,
+    /// for a healer.
+    fn take_found(&self) -> Vec<(ContentHash, u64)>;
+
+    /// Resolves when damaged content was found since the last
+    /// [`ContentStore::take_found`] (or will be).
+    async fn found(&self);
+}
+
+/// Content being received. Dropped before `complete`, it leaves nothing.
+#[async_trait]
+pub(crate) trait ContentUpload: Send + Debug {
+    /// Appends a chunk.
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<()>;
+
+    /// Checks what was written against the announced `hash` and `size`
+    /// (`CONTENT_MISMATCH` otherwise, and nothing is kept): the content is
+    /// staged, not yet visible.
+    async fn complete(self: Box<Self>, hash: ContentHash, size: u64) -> Result<Box<dyn StagedContent>>;
+}
+
+/// Checked content waiting to be put in place. Dropped, it is discarded.
+#[async_trait]
+pub(crate) trait StagedContent: Send + Sync + Debug {
+    /// The content's hash.
+    fn hash(&self) -> ContentHash;
+
+    /// Up to `max` bytes of the content from its start (a link's target).
+    async fn read_prefix(&self, max: u64) -> Result<Vec<u8>>;
+
+    /// Makes the content visible under its hash. Stored content of the same
+    /// hash that is good is kept; a damaged copy is replaced (healed).
+    async fn place(self: Box<Self>) -> Result<Durability>;
+}
+
+/// A verified read of stored content: the last chunk is handed out only
+/// once all of it hashed to its name; a mismatch sets the content aside
+/// and ends the read with `DATA_LOSS`.
+#[async_trait]
+pub(crate) trait ContentReader: Send + Debug {
+    /// The next chunk of at most `max` bytes, or `None` at the end.
+    async fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>>;
+}

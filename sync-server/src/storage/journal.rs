@@ -1,0 +1,1204 @@
+//! The journal: [`Store`], the one handle to a data folder, and the commit
+//! protocol every backend shares. It assigns sequence numbers, groups
+//! concurrent puts into one transaction (group commit), puts content in
+//! place and makes it durable before any metadata refers to it, keeps
+//! garbage collection off content an upload holds, runs the domain rules
+//! (`rules.rs`) on the facts the metadata backend fetches, and broadcasts
+//! committed changes in order. It names no backend type: it talks to a
+//! [`MetaStore`] and a [`ContentStore`].
+//!
+//! Invariants:
+//! - A change is committed in one metadata transaction that updates the
+//!   manifest and appends to the change log, and only after its content is
+//!   durable and in place. A crash at any point leaves either the old or
+//!   the new state, never a half.
+//! - Sequence numbers are assigned under the writer lock, so they are
+//!   gap-free and the broadcast of committed changes is in sequence order.
+//! - Content is removed only under the writer lock, once no live entry
+//!   refers to it and no upload holds it. An upload registers its hold
+//!   before it puts its content in place (outside the writer lock, so
+//!   commits wait only for each other's metadata work), and a hold waits
+//!   for a removal of the same content in progress, so an upload never
+//!   loses a race with the removal.
+//! - A commit runs to its end even when its caller goes away (it is a task
+//!   of its own): a group's leader commits for the whole group.
+//!
+//! Garbage collection works over a reference set (the live manifest):
+//! content a commit stopped referring to is removed once
+//! [`StoreOptions::gc_grace`] has passed, by a background collector, if
+//! nothing refers to it or holds it by then; with no grace (the embedded
+//! default) the commit removes it before it answers. The start-up sweep
+//! removes whatever a crash left unreferenced.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    future::Future,
+    path::Path,
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use syncstore::{ContentHash, Entry, Lock, RelPath};
+use tokio::{
+    sync::{Notify, broadcast},
+    time::Instant,
+};
+
+use super::{
+    Actor, Change, Delete, Identity, LockEnd, LockRequest, PAGE_SIZE, Put, Replicated, What,
+    blobdir::BlobDir,
+    content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict},
+    feed::ChangeFeed,
+    meta::{Decide, Facts, MetaStore, MetaTx, Want},
+    rules,
+    sqlite::SqliteMeta,
+};
+use crate::error::{Error, Result};
+
+/// Committed changes buffered for live subscribers; a subscriber that falls
+/// further behind catches up from the change log.
+const BROADCAST_CAPACITY: usize = 4096;
+
+/// How often (in commits) the change log is trimmed to its retention.
+const PRUNE_EVERY: u64 = 1000;
+
+/// Settings of a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How many changes the log keeps; older ones are trimmed, and a
+    /// subscriber whose cursor is older gets a RESET.
+    pub log_retention: u64,
+    /// How long content a commit stopped referring to is kept before the
+    /// background collector removes it (if nothing refers to it or holds it
+    /// by then). Zero, the default: the commit removes it before it
+    /// answers, as a local blob folder can at no cost. Object storage, or
+    /// readers that must finish a download of a replaced version, want
+    /// minutes.
+    pub gc_grace: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { log_retention: 1_000_000, gc_grace: Duration::ZERO }
+    }
+}
+
+/// A handle to a data folder; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    meta: Arc<dyn MetaStore>,
+    content: Arc<dyn ContentStore>,
+    writer: tokio::sync::Mutex<Writer>,
+    /// The head as last committed, published for readers (status, metrics,
+    /// acknowledgements) that must not wait for the writer lock, which a
+    /// commit holds across its syncs. `Writer::head` is the authority.
+    head: AtomicU64,
+    /// Content put in place by uploads that have not committed yet, and
+    /// content being removed.
+    holds: Mutex<Holds>,
+    /// Woken when a removal of content ends.
+    removed: Notify,
+    /// Uploads waiting to commit: whoever takes the writer lock next
+    /// commits all of them in one transaction (group commit).
+    queued: Mutex<Vec<QueuedPut>>,
+    events: broadcast::Sender<Change>,
+    /// Read at open; changed only through its setters, under the writer lock.
+    identity: Mutex<Identity>,
+    /// Content waiting for its grace to pass, in due order.
+    collectable: Mutex<VecDeque<(Instant, ContentHash)>>,
+    /// Wakes the collector: new content to collect, or the store is gone.
+    collector: Arc<Notify>,
+    options: StoreOptions,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The collector holds the store weakly: woken, it finds it gone.
+        self.collector.notify_one();
+    }
+}
+
+#[derive(Debug)]
+struct Writer {
+    head: u64,
+    commits_since_prune: u64,
+    /// Content a snapshot being received put in place, not yet durable.
+    snapshot_pending: Vec<ContentHash>,
+}
+
+#[derive(Debug, Default)]
+struct Holds {
+    /// Content held by uploads (with how many hold each): garbage
+    /// collection leaves it alone.
+    placing: HashMap<ContentHash, usize>,
+    /// Content being removed: a new hold waits for the removal to end.
+    removing: HashSet<ContentHash>,
+}
+
+impl Store {
+    /// Opens the data folder at `dir` with the embedded backend (SQLite
+    /// metadata, a blob folder), initializing it (with a new history id)
+    /// if it is empty, and sweeps what a crash may have left behind.
+    pub async fn open(dir: &Path, options: StoreOptions) -> Result<Self> {
+        let meta = SqliteMeta::open(dir).await?;
+        let content = BlobDir::open(dir).await?;
+        let store = Self::with_backends(Arc::new(meta), Arc::new(content), options).await?;
+        tracing::info!(dir = %dir.display(), head = store.head(), history_id = %store.history_id(), "store opened");
+        Ok(store)
+    }
+
+    /// A store over the given backends; sweeps content nothing refers to.
+    pub(crate) async fn with_backends(
+        meta: Arc<dyn MetaStore>,
+        content: Arc<dyn ContentStore>,
+        options: StoreOptions,
+    ) -> Result<Self> {
+        let head = meta.head().await?;
+        let identity = meta.load_identity().await?;
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let store = Self {
+            inner: Arc::new(Inner {
+                meta,
+                content,
+                writer: tokio::sync::Mutex::new(Writer {
+                    head,
+                    commits_since_prune: 0,
+                    snapshot_pending: Vec::new(),
+                }),
+                head: AtomicU64::new(head),
+                holds: Mutex::default(),
+                removed: Notify::new(),
+                queued: Mutex::new(Vec::new()),
+                events,
+                identity: Mutex::new(identity),
+                collectable: Mutex::default(),
+                collector: Arc::new(Notify::new()),
+                options,
+            }),
+        };
+        store.sweep_unreferenced().await?;
+        if !store.inner.options.gc_grace.is_zero() {
+            store.spawn_collector();
+        }
+        Ok(store)
+    }
+
+    /// The sequence number of the last committed change.
+    pub fn head(&self) -> u64 {
+        self.inner.head.load(Ordering::Acquire)
+    }
+
+    /// The lowest sequence number from which on every change is in the log:
+    /// its oldest row, or the head + 1 when the log is empty (0 on a new
+    /// store, where nothing is missing).
+    pub async fn oldest_seq(&self) -> Result<u64> {
+        let head = self.head();
+        Ok(match self.inner.meta.oldest_logged().await? {
+            Some(m) => m,
+            None if head == 0 => 0,
+            None => head + 1,
+        })
+    }
+
+    /// A receiver of every change committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.events.subscribe()
+    }
+
+    /// Up to `limit` changes of namespace `ns` after `after_seq`, in order.
+    pub async fn changes_after(&self, ns: &str, after_seq: u64, limit: usize) -> Result<Vec<Change>> {
+        self.inner.meta.changes_after(Some(ns), after_seq, limit).await
+    }
+
+    /// The whole manifest (all namespaces, tombstones included) in
+    /// (namespace, path) order after `after`, up to `limit`: a resync's
+    /// snapshot, and the digest's input.
+    pub async fn manifest_page(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, Entry)>> {
+        self.inner.meta.manifest_page(after, limit).await
+    }
+
+    /// The entry of `path` (live or tombstone), if it was ever written.
+    pub async fn stat(&self, ns: &str, path: &RelPath) -> Result<Option<Entry>> {
+        Ok(self.inner.meta.facts(ns, path, Want::default()).await?.current)
+    }
+
+    /// Up to `limit` entries under `prefix`, in path order, after `after`.
+    pub async fn list_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        include_deleted: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        self.inner.meta.list_page(ns, prefix, after, include_deleted, limit).await
+    }
+
+    /// The entry `path` had at `version` (kept in the change log), if any.
+    pub async fn entry_at(&self, ns: &str, path: &RelPath, version: u64) -> Result<Option<Entry>> {
+        self.inner.meta.entry_at(ns, path, version).await
+    }
+
+    /// The last file change of `path` before `before`: its seq and whether
+    /// it was a deletion.
+    pub(crate) async fn previous_file_change(
+        &self,
+        ns: &str,
+        path: &RelPath,
+        before: u64,
+    ) -> Result<Option<(u64, bool)>> {
+        self.inner.meta.previous_file_change(ns, path, before).await
+    }
+
+    /// Whether content with this hash is stored.
+    pub async fn has_blob(&self, hash: &ContentHash) -> Result<bool> {
+        Ok(self.inner.content.head(hash).await?.is_some())
+    }
+
+    /// Every stored content (damaged copies set aside included).
+    #[cfg(test)]
+    pub(crate) async fn stored_contents(&self) -> Result<Vec<ContentHash>> {
+        self.inner.content.list().await
+    }
+
+    /// The size of content `hash` if namespace `ns` may reuse it without
+    /// sending it: it is stored, one of the namespace's entries refers to
+    /// it, and it still matches its hash (it is read and hashed: damaged
+    /// content must not gain new entries, the caller holds a good copy to
+    /// send instead). Content only other namespaces hold is as good as
+    /// absent, so a caller cannot probe for it.
+    pub async fn reusable_size(&self, ns: &str, hash: &ContentHash) -> Result<Option<u64>> {
+        if !self.inner.meta.refers_to(ns, hash).await? {
+            return Ok(None);
+        }
+        self.inner.content.verified_size(hash).await
+    }
+
+    /// Opens stored content `hash` of `size` bytes for a verified read:
+    /// `None` when it is no longer kept, `DATA_LOSS` when it was found
+    /// damaged.
+    pub(crate) async fn content_reader(
+        &self,
+        hash: &ContentHash,
+        size: u64,
+    ) -> Result<Option<Box<dyn ContentReader>>> {
+        self.inner.content.get(hash, size).await
+    }
+
+    /// Reads stored content `hash` of `size` bytes whole and checks it,
+    /// setting it aside if damaged.
+    pub(crate) async fn verify_blob(&self, hash: &ContentHash, size: u64) -> Result<Verdict> {
+        self.inner.content.verify(hash, size).await
+    }
+
+    /// Puts verified content in place (healing a damaged copy), durably,
+    /// outside any commit: a scrub's repair.
+    pub(crate) async fn restore_blob(&self, staged: Box<dyn StagedContent>) -> Result<()> {
+        let hash = staged.hash();
+        let _hold = self.hold(hash).await;
+        if staged.place().await? == Durability::Pending {
+            self.inner.content.ensure_durable(&[hash]).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether content `hash` was found damaged and not healed since.
+    pub async fn is_damaged(&self, hash: &ContentHash) -> Result<bool> {
+        self.inner.content.is_damaged(hash).await
+    }
+
+    /// The live files (namespace, path) whose content is `hash`.
+    pub async fn paths_of(&self, hash: &ContentHash) -> Result<Vec<(String, String)>> {
+        self.inner.meta.paths_of(hash).await
+    }
+
+    /// Takes the damaged contents (hash, size) found by reads since the
+    /// last call, for a healer.
+    pub(crate) fn take_found_damaged(&self) -> Vec<(ContentHash, u64)> {
+        self.inner.content.take_found()
+    }
+
+    /// Resolves when a read found damaged content (see
+    /// [`Store::take_found_damaged`]).
+    pub(crate) async fn damage_found(&self) {
+        self.inner.content.found().await;
+    }
+
+    /// How many stored contents are set aside as damaged now, and how many
+    /// were found since the store was opened.
+    pub fn damaged_blobs(&self) -> (u64, u64) {
+        self.inner.content.damage_counts()
+    }
+
+    /// Every distinct content live entries refer to, with its size, after
+    /// `after` in hash order, up to `limit`: what a scrub walks.
+    pub(crate) async fn referenced_blobs(
+        &self,
+        after: Option<&ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, u64)>> {
+        self.inner.meta.referenced_contents(after.copied(), limit).await
+    }
+
+    /// Starts receiving new content.
+    pub(crate) async fn upload(&self) -> Result<Box<dyn ContentUpload>> {
+        self.inner.content.upload().await
+    }
+
+    /// What a write of `path` (a folder entry with `folder`) is checked
+    /// against before its content is received, read in one trip (the commit
+    /// checks again under the writer lock).
+    pub(crate) async fn path_facts(&self, ns: &str, path: &RelPath, folder: bool) -> Result<PathFacts> {
+        let want = Want { clash: Some(folder), refers: None };
+        let facts = self.inner.meta.facts(ns, path, want).await?;
+        Ok(PathFacts {
+            entry: facts.current,
+            lock: facts.lock,
+            file_above: facts.file_above,
+            live_below: facts.live_below,
+        })
+    }
+
+    /// How many contents are stored, and their total size in bytes: what
+    /// `Admin/Status` reports when asked. Lists the whole content store.
+    pub async fn stored_blobs(&self) -> Result<(u64, u64)> {
+        self.inner.content.usage().await
+    }
+
+    /// Commits an upload. `staged` is the received content; `None` means the
+    /// content must already be stored (a header-only upload).
+    pub(crate) async fn commit_put(
+        &self,
+        ns: &str,
+        put: Put,
+        staged: Option<Box<dyn StagedContent>>,
+    ) -> Result<Change> {
+        let (this, ns) = (self.clone(), ns.to_owned());
+        detached(async move { this.commit_put_now(&ns, put, staged).await }).await
+    }
+
+    async fn commit_put_now(
+        &self,
+        ns: &str,
+        put: Put,
+        staged: Option<Box<dyn StagedContent>>,
+    ) -> Result<Change> {
+        let hash = put.content.hash;
+        if let Some(s) = &staged {
+            debug_assert_eq!(s.hash(), hash);
+        }
+        if put.content.symlink {
+            self.check_link_target(&put, staged.as_deref()).await?;
+        }
+        // The content is put in place (a large one's folder synced) before
+        // the writer lock is taken, so that commits wait only for each
+        // other's metadata work and one sync of the group; the hold keeps
+        // garbage collection off it until this commit is done. Stored
+        // content is looked up here too, outside the lock; the commit
+        // checks that the namespace refers to it.
+        let (placed, stored, durability) = match staged {
+            Some(staged) => {
+                let hold = self.hold(hash).await;
+                let durability = staged.place().await?;
+                (Some(hold), true, durability)
+            }
+            None => (None, self.inner.content.head(&hash).await?.is_some(), Durability::Durable),
+        };
+        let job =
+            Job { put, placed: placed.is_some(), stored, needs_sync: durability == Durability::Pending };
+        let result = self.commit_put_placed(ns, job).await;
+        drop(placed);
+        if result.is_err() {
+            self.drop_if_unreferenced(hash).await;
+        }
+        result
+    }
+
+    /// Queues the put, then takes the writer lock: by then an earlier
+    /// holder may have committed it with its own group; if not, this task
+    /// commits every queued put in one transaction. Each put's checks run
+    /// in order inside that transaction, so a refused one writes nothing
+    /// and later ones see the earlier ones.
+    async fn commit_put_placed(&self, ns: &str, job: Job) -> Result<Change> {
+        let slot: Slot = Arc::new(Mutex::new(None));
+        lock(&self.inner.queued).push(QueuedPut { ns: ns.to_owned(), job, slot: slot.clone() });
+        let mut w = self.inner.writer.lock().await;
+        if let Some(done) = lock(&slot).take() {
+            return done;
+        }
+        let batch = std::mem::take(&mut *lock(&self.inner.queued));
+        self.commit_batch(&mut w, batch).await;
+        let done = lock(&slot).take();
+        done.expect("this task's put was in the group it committed")
+    }
+
+    /// Commits queued puts in one transaction and fills their slots: one
+    /// trip decides the whole group (each put's facts fetched after the
+    /// writes of the puts before it, checked here, written if it passes),
+    /// one commits it.
+    async fn commit_batch(&self, w: &mut Writer, batch: Vec<QueuedPut>) {
+        let (jobs, slots): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| ((q.ns, q.job), q.slot)).unzip();
+        // Each put's outcome, in order: its change and the entry it
+        // replaced, or why it was refused.
+        let decided: Arc<Mutex<Vec<Decided>>> = Arc::default();
+        let outcome = async {
+            // Content before metadata: one sync for the group's pending content.
+            let pending: Vec<ContentHash> =
+                jobs.iter().filter(|(_, j)| j.needs_sync).map(|(_, j)| j.put.content.hash).collect();
+            self.inner.content.ensure_durable(&pending).await?;
+            let items = jobs
+                .iter()
+                .map(|(ns, job)| {
+                    let put = &job.put;
+                    let want = Want {
+                        clash: Some(put.content.folder),
+                        refers: (!job.placed).then_some(put.content.hash),
+                    };
+                    (ns.clone(), put.path.clone(), want)
+                })
+                .collect();
+            let (mut seq, now, out) = (w.head, now_ms(), decided.clone());
+            let decide: Decide = Box::new(move |i, facts| {
+                let (ns, job) = &jobs[i];
+                match check_put(job, &facts, now) {
+                    Ok(()) => {
+                        seq += 1;
+                        let put = &job.put;
+                        let entry = Entry {
+                            path: put.path.clone(),
+                            version: seq,
+                            content: Some(put.content),
+                            client_id: put.who.client_id.clone(),
+                        };
+                        let change = Change::file(ns, entry);
+                        lock(&out).push(Ok((change.clone(), facts.current)));
+                        Some(change)
+                    }
+                    Err(e) => {
+                        lock(&out).push(Err(e));
+                        None
+                    }
+                }
+            });
+            let mut tx = self.inner.meta.begin();
+            tx.decide_each(items, decide);
+            tx.commit().await
+        }
+        .await;
+        let decided = std::mem::take(&mut *lock(&decided));
+        match outcome {
+            Ok(()) => {
+                let mut committed = Vec::new();
+                let mut committed_slots = Vec::new();
+                for (slot, d) in slots.into_iter().zip(decided) {
+                    match d {
+                        Ok(c) => {
+                            committed.push(c);
+                            committed_slots.push(slot);
+                        }
+                        Err(e) => *lock(&slot) = Some(Err(e)),
+                    }
+                }
+                let changes = self.after_commit(w, committed).await;
+                for (change, slot) in changes.into_iter().zip(committed_slots) {
+                    *lock(&slot) = Some(Ok(change));
+                }
+            }
+            Err(e) => {
+                // Nothing of the group was committed: every put not refused
+                // on its own fails with the group.
+                tracing::error!(error = %e, "a group commit failed");
+                let full = e.is_disk_full();
+                let mut decided = decided.into_iter();
+                for slot in slots {
+                    *lock(&slot) = Some(match decided.next() {
+                        Some(Err(refused)) => Err(refused),
+                        _ => {
+                            let message = format!("the commit failed: {e}");
+                            Err(if full { Error::DiskFull(message) } else { Error::Internal(message) })
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Checks a link's target (the staged content, or for a header-only
+    /// upload the stored content of that hash) as every client would use
+    /// it: [`syncstore::limits::check_link_target`].
+    async fn check_link_target(&self, put: &Put, staged: Option<&dyn StagedContent>) -> Result<()> {
+        let size = put.content.size;
+        if size > syncstore::limits::MAX_PATH_BYTES as u64 {
+            return Err(Error::BadSymlink(format!(
+                "{} is a symbolic link with a {size}-byte target; the limit is {}",
+                put.path,
+                syncstore::limits::MAX_PATH_BYTES
+            )));
+        }
+        let target = match staged {
+            Some(s) => s.read_prefix(size).await?,
+            // Stored content, verified as it is read; unknown content is
+            // refused as such by the commit's checks.
+            None => match self.content_reader(&put.content.hash, size).await? {
+                Some(mut reader) => {
+                    let mut target = Vec::with_capacity(size as usize);
+                    while let Some(chunk) = reader.next_chunk(syncstore::limits::MAX_CHUNK).await? {
+                        target.extend_from_slice(&chunk);
+                    }
+                    target
+                }
+                None => return Ok(()),
+            },
+        };
+        syncstore::limits::check_link_target(&target)
+            .map_err(|why| Error::BadSymlink(format!("{} is a symbolic link whose target {why}", put.path)))
+    }
+
+    /// Keeps garbage collection off `hash` while the hold lives; waits for
+    /// a removal of it in progress to end first.
+    async fn hold(&self, hash: ContentHash) -> ContentHold {
+        loop {
+            // Made before the check: a removal that ends after it wakes it.
+            let removed = self.inner.removed.notified();
+            {
+                let mut holds = lock(&self.inner.holds);
+                if !holds.removing.contains(&hash) {
+                    *holds.placing.entry(hash).or_insert(0) += 1;
+                    return ContentHold { store: self.clone(), hash };
+                }
+            }
+            removed.await;
+        }
+    }
+
+    /// Hands content of a refused upload to garbage collection: removed now
+    /// if no entry refers to it and no upload holds it (with no grace), or
+    /// once its grace has passed (the same content may be replaced content
+    /// a reader still needs). Failing here only leaves it for the start-up
+    /// sweep.
+    async fn drop_if_unreferenced(&self, hash: ContentHash) {
+        let _w = self.inner.writer.lock().await;
+        self.collect(vec![hash]).await;
+    }
+
+    /// Removes those of `hashes` that no live entry refers to and no upload
+    /// holds. Called under the writer lock, so no commit adds a reference
+    /// meanwhile. Harmless if it fails: the start-up sweep removes them.
+    async fn remove_unreferenced(&self, mut hashes: Vec<ContentHash>) {
+        if hashes.is_empty() {
+            return;
+        }
+        hashes.sort_unstable();
+        hashes.dedup();
+        let unreferenced = match self.inner.meta.unreferenced(hashes).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check content's references");
+                return;
+            }
+        };
+        for hash in unreferenced {
+            if let Err(e) = self.remove_content(hash).await {
+                tracing::warn!(%hash, error = %e, "could not remove unreferenced content");
+            }
+        }
+    }
+
+    /// Removes content unless an upload holds it; `Ok(false)` if one does.
+    async fn remove_content(&self, hash: ContentHash) -> Result<bool> {
+        {
+            let mut holds = lock(&self.inner.holds);
+            if holds.placing.contains_key(&hash) {
+                return Ok(false);
+            }
+            holds.removing.insert(hash);
+        }
+        let _removing = Removing { store: self, hash };
+        self.inner.content.delete(&hash).await?;
+        Ok(true)
+    }
+
+    /// Commits a deletion, leaving a tombstone.
+    pub(crate) async fn commit_delete(&self, ns: &str, del: Delete) -> Result<Change> {
+        let (this, ns) = (self.clone(), ns.to_owned());
+        detached(async move {
+            let Delete { path, base_version, who, lock_token } = del;
+            let mut w = this.inner.writer.lock().await;
+            let seq = w.head + 1;
+            let mut tx = this.inner.meta.begin();
+            let facts = tx.facts(&ns, &path, Want::default()).await?;
+            let current = facts.current;
+            if current.as_ref().is_none_or(Entry::is_deleted) {
+                return Err(Error::NotFound(format!("{path} does not exist")));
+            }
+            rules::check_base(&path, current.as_ref(), base_version)?;
+            rules::check_write(&path, facts.lock.as_ref(), &who, lock_token, now_ms())?;
+            let entry = Entry { path, version: seq, content: None, client_id: who.client_id };
+            let change = Change::file(&ns, entry);
+            tx.write(change.clone());
+            tx.commit().await?;
+            Ok(this.after_commit(&mut w, vec![(change, current)]).await.remove(0))
+        })
+        .await
+    }
+
+    /// Grants a lock on a path (or refreshes the caller's own).
+    pub(crate) async fn lock(&self, ns: &str, req: LockRequest) -> Result<Change> {
+        let ttl_seconds = rules::lock_ttl(req.ttl_seconds)?;
+        let now = now_ms();
+        self.commit_lock_change(ns, move |tx, ns, seq| {
+            Box::pin(async move {
+                let current = tx.facts(&ns, &req.path, Want::default()).await?.lock;
+                let lock = rules::grant_lock(current, req, ttl_seconds, now, seq, || {
+                    format!("{:016x}", rand::random::<u64>())
+                })?;
+                Ok(Change { seq, namespace: ns, what: What::Lock(lock) })
+            })
+        })
+        .await
+    }
+
+    /// Pushes a live lock's expiry to now + ttl; only its holder may.
+    pub(crate) async fn refresh_lock(
+        &self,
+        ns: &str,
+        lock_id: &str,
+        who: &Actor,
+        ttl_seconds: u32,
+    ) -> Result<Change> {
+        let ttl_seconds = rules::lock_ttl(ttl_seconds)?;
+        let now = now_ms();
+        let (lock_id, who) = (lock_id.to_owned(), who.clone());
+        self.commit_lock_change(ns, move |tx, ns, seq| {
+            Box::pin(async move {
+                let current = tx.lock_by_id(&ns, &lock_id).await?;
+                let lock = rules::refresh_lock(&lock_id, current, &who, ttl_seconds, now)?;
+                Ok(Change { seq, namespace: ns, what: What::Lock(lock) })
+            })
+        })
+        .await
+    }
+
+    /// Releases a lock; someone else's only with `force` (whether the caller
+    /// may use it is checked before).
+    pub(crate) async fn unlock(&self, ns: &str, lock_id: &str, who: &Actor, force: bool) -> Result<Change> {
+        let now = now_ms();
+        let (lock_id, who) = (lock_id.to_owned(), who.clone());
+        self.commit_lock_change(ns, move |tx, ns, seq| {
+            Box::pin(async move {
+                let current = tx.lock_by_id(&ns, &lock_id).await?;
+                let ended = rules::end_lock(&lock_id, current.as_ref(), &who, force, now)?;
+                let lock = current.expect("a lock that ends exists");
+                Ok(Change { seq, namespace: ns, what: What::Unlock { lock, ended, by: who } })
+            })
+        })
+        .await
+    }
+
+    /// Commits the lock change `make` builds (from the transaction, the
+    /// namespace and the change's seq).
+    async fn commit_lock_change<F>(&self, ns: &str, make: F) -> Result<Change>
+    where
+        F: for<'t> FnOnce(
+                &'t mut dyn MetaTx,
+                String,
+                u64,
+            ) -> std::pin::Pin<Box<dyn Future<Output = Result<Change>> + Send + 't>>
+            + Send
+            + 'static,
+    {
+        let (this, ns) = (self.clone(), ns.to_owned());
+        detached(async move {
+            let mut w = this.inner.writer.lock().await;
+            let seq = w.head + 1;
+            let mut tx = this.inner.meta.begin();
+            let change = make(&mut *tx, ns, seq).await?;
+            tx.write(change.clone());
+            tx.commit().await?;
+            Ok(this.after_commit(&mut w, vec![(change, None)]).await.remove(0))
+        })
+        .await
+    }
+
+    /// Ends every lock past its expiry (all namespaces), one unlock change
+    /// each, in one transaction.
+    pub(crate) async fn expire_locks(&self, now: i64) -> Result<Vec<Change>> {
+        let this = self.clone();
+        detached(async move {
+            let mut w = this.inner.writer.lock().await;
+            let expired = this.inner.meta.expired_locks(now).await?;
+            if expired.is_empty() {
+                return Ok(Vec::new());
+            }
+            let first = w.head + 1;
+            let mut tx = this.inner.meta.begin();
+            let mut changes = Vec::with_capacity(expired.len());
+            for (seq, (namespace, lock)) in (first..).zip(expired) {
+                let change = Change {
+                    seq,
+                    namespace,
+                    what: What::Unlock { lock, ended: LockEnd::Expired, by: Actor::default() },
+                };
+                tx.write(change.clone());
+                changes.push((change, None));
+            }
+            tx.commit().await?;
+            Ok(this.after_commit(&mut w, changes).await)
+        })
+        .await
+    }
+
+    /// The live locks of namespace `ns` on `prefix` or below, in path order.
+    pub async fn list_locks(&self, ns: &str, prefix: &str) -> Result<Vec<Lock>> {
+        let mut out = Vec::new();
+        loop {
+            let after = out.last().map(|l: &Lock| l.path.as_str().to_owned());
+            let page = self.list_locks_page(ns, prefix, after.as_deref(), PAGE_SIZE).await?;
+            let last = page.len() < PAGE_SIZE;
+            out.extend(page);
+            if last {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Up to `limit` live locks of namespace `ns` on `prefix` or below, in
+    /// path order, after the path `after` (from the start if `None`).
+    pub async fn list_locks_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Lock>> {
+        self.inner.meta.list_locks_page(ns, prefix, after, now_ms(), limit).await
+    }
+
+    /// Every lock row (all namespaces), for a resync's snapshot.
+    pub(crate) async fn all_locks(&self) -> Result<Vec<(String, Lock)>> {
+        self.inner.meta.all_locks().await
+    }
+
+    /// Applies changes replicated from the primary, with their sequence
+    /// numbers, in one transaction (group commit: one durable commit for
+    /// the lot). A change already applied (a redelivery) is skipped; a gap
+    /// is refused. A change's content is `staged`; without it a live
+    /// entry's content must be stored already, unless `content_gone` (the
+    /// primary no longer kept it because a later change, which follows,
+    /// replaced it). Returns how many changes were new.
+    pub(crate) async fn apply_replicated_batch(&self, batch: Vec<Replicated>) -> Result<usize> {
+        let this = self.clone();
+        detached(async move {
+            let mut w = this.inner.writer.lock().await;
+            let mut head = w.head;
+            let mut todo = Vec::with_capacity(batch.len());
+            for r in batch {
+                if r.change.seq <= head {
+                    continue;
+                }
+                if r.change.seq != head + 1 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "replication gap: expected change {}, got {}",
+                        head + 1,
+                        r.change.seq
+                    )));
+                }
+                if let What::File(entry) = &r.change.what
+                    && entry.version != r.change.seq
+                {
+                    return Err(Error::invalid("a replicated entry's version must be its change's seq"));
+                }
+                head = r.change.seq;
+                todo.push(r);
+            }
+            // Content first (under the writer lock: no removal runs), made
+            // durable at once; then the metadata.
+            let mut pending = Vec::new();
+            for r in &mut todo {
+                if let What::File(entry) = &r.change.what {
+                    let placed = this.place_content(entry, r.staged.take(), r.content_gone).await?;
+                    if let (Durability::Pending, Some(c)) = (placed, entry.content) {
+                        pending.push(c.hash);
+                    }
+                }
+            }
+            this.inner.content.ensure_durable(&pending).await?;
+            // One trip: each change written in order, with the entry a file
+            // change replaces (for garbage collection).
+            let changes: Vec<Change> = todo.into_iter().map(|r| r.change).collect();
+            let items =
+                changes.iter().map(|c| (c.namespace.clone(), c.path().clone(), Want::default())).collect();
+            let replaced: Arc<Mutex<Vec<Option<Entry>>>> = Arc::default();
+            let (out, to_write) = (replaced.clone(), changes.clone());
+            let decide: Decide = Box::new(move |i, facts| {
+                let change = to_write[i].clone();
+                lock(&out).push(facts.current.filter(|_| change.entry().is_some()));
+                Some(change)
+            });
+            let mut tx = this.inner.meta.begin();
+            tx.decide_each(items, decide);
+            tx.commit().await?;
+            let replaced = std::mem::take(&mut *lock(&replaced));
+            let applied: Vec<(Change, Option<Entry>)> = changes.into_iter().zip(replaced).collect();
+            let n = applied.len();
+            this.after_commit(&mut w, applied).await;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Puts received content in place, or checks it is there.
+    async fn place_content(
+        &self,
+        entry: &Entry,
+        staged: Option<Box<dyn StagedContent>>,
+        content_gone: bool,
+    ) -> Result<Durability> {
+        match (staged, entry.content) {
+            (Some(s), _) => s.place().await,
+            (None, Some(c)) if !content_gone && self.inner.content.head(&c.hash).await?.is_none() => {
+                Err(Error::FailedPrecondition(format!("no content with hash {} for {}", c.hash, entry.path)))
+            }
+            // Stored content is referred to by a committed entry: durable.
+            _ => Ok(Durability::Durable),
+        }
+    }
+
+    /// Starts a full resync: the snapshot is collected beside the manifest.
+    pub(crate) async fn snapshot_begin(&self) -> Result<()> {
+        let this = self.clone();
+        detached(async move {
+            let mut w = this.inner.writer.lock().await;
+            w.snapshot_pending.clear();
+            this.snapshots()?.snapshot_begin().await
+        })
+        .await
+    }
+
+    /// Adds one manifest entry to the snapshot being received.
+    pub(crate) async fn snapshot_put(
+        &self,
+        ns: &str,
+        entry: &Entry,
+        staged: Option<Box<dyn StagedContent>>,
+        content_gone: bool,
+    ) -> Result<()> {
+        let (this, ns, entry) = (self.clone(), ns.to_owned(), entry.clone());
+        detached(async move {
+            let mut w = this.inner.writer.lock().await;
+            // Made durable, whatever it is, by `snapshot_end`.
+            if let Some(c) = entry.content
+                && this.place_content(&entry, staged, content_gone).await? == Durability::Pending
+            {
+                w.snapshot_pending.push(c.hash);
+            }
+            this.snapshots()?.snapshot_put(&ns, &entry).await
+        })
+        .await
+    }
+
+    /// Adds one lock to the snapshot being received.
+    pub(crate) async fn snapshot_put_lock(&self, ns: &str, lock: &Lock) -> Result<()> {
+        let (this, ns, lock) = (self.clone(), ns.to_owned(), lock.clone());
+        detached(async move {
+            let _w = this.inner.writer.lock().await;
+            this.snapshots()?.snapshot_put_lock(&ns, &lock).await
+        })
+        .await
+    }
+
+    /// Completes a full resync: in one transaction the snapshot becomes the
+    /// manifest, the log restarts empty at `head`; then unreferenced
+    /// content goes.
+    pub(crate) async fn snapshot_end(&self, head: u64) -> Result<()> {
+        let this = self.clone();
+        detached(async move {
+            {
+                let mut w = this.inner.writer.lock().await;
+                let pending = std::mem::take(&mut w.snapshot_pending);
+                this.inner.content.ensure_durable(&pending).await?;
+                this.snapshots()?.snapshot_end(head).await?;
+                w.head = head;
+                this.inner.head.store(head, Ordering::Release);
+            }
+            this.sweep_unreferenced().await
+        })
+        .await
+    }
+
+    fn snapshots(&self) -> Result<&dyn super::meta::SnapshotSink> {
+        self.inner
+            .meta
+            .snapshots()
+            .ok_or_else(|| Error::FailedPrecondition("this server's storage does not take snapshots".into()))
+    }
+
+    /// Bookkeeping once changes are durable, still under the writer lock:
+    /// advance the head, tell subscribers, drop content nothing refers to
+    /// any more, trim the log. The changes are committed whatever happens
+    /// here, so nothing after the broadcast may fail the call.
+    async fn after_commit(&self, w: &mut Writer, changes: Vec<(Change, Option<Entry>)>) -> Vec<Change> {
+        let mut replaced = Vec::new();
+        let mut out = Vec::with_capacity(changes.len());
+        for (change, previous) in changes {
+            w.head = change.seq;
+            self.inner.head.store(change.seq, Ordering::Release);
+            // No receiver is fine: nobody is subscribed.
+            let _ = self.inner.events.send(change.clone());
+            let old_hash = previous.and_then(|p| p.content).map(|c| c.hash);
+            let new_hash = change.entry().and_then(|e| e.content).map(|c| c.hash);
+            if let Some(old) = old_hash.filter(|h| Some(*h) != new_hash) {
+                replaced.push(old);
+            }
+            w.commits_since_prune += 1;
+            out.push(change);
+        }
+        self.collect(replaced).await;
+        let retention = self.inner.options.log_retention.max(1);
+        if w.commits_since_prune >= PRUNE_EVERY.min(retention) {
+            w.commits_since_prune = 0;
+            let keep_from = w.head.saturating_sub(retention);
+            // The latest change is always kept, so the log's last seq stays the head.
+            match self.inner.meta.trim_log(keep_from, w.head).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::debug!(removed, keep_from, "trimmed the change log"),
+                Err(e) => tracing::warn!(error = %e, "could not trim the change log"),
+            }
+        }
+        out
+    }
+
+    /// Content the changes just committed stopped referring to: removed now
+    /// (no grace; the caller holds the writer lock), or queued for the
+    /// collector. An upload about to commit the same content holds it.
+    async fn collect(&self, replaced: Vec<ContentHash>) {
+        if replaced.is_empty() {
+            return;
+        }
+        let grace = self.inner.options.gc_grace;
+        if grace.is_zero() {
+            return self.remove_unreferenced(replaced).await;
+        }
+        let due = Instant::now() + grace;
+        lock(&self.inner.collectable).extend(replaced.into_iter().map(|h| (due, h)));
+        self.inner.collector.notify_one();
+    }
+
+    /// Starts the background collector: it removes queued content once its
+    /// grace has passed, and ends with the store.
+    fn spawn_collector(&self) {
+        let (store, wake) = (Arc::downgrade(&self.inner), self.inner.collector.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = match Weak::upgrade(&store) {
+                    Some(inner) => lock(&inner.collectable).front().map(|(due, _)| *due),
+                    None => return,
+                };
+                match next {
+                    Some(due) => tokio::select! {
+                        () = tokio::time::sleep_until(due) => {}
+                        () = wake.notified() => continue,
+                    },
+                    None => {
+                        wake.notified().await;
+                        continue;
+                    }
+                }
+                let Some(inner) = Weak::upgrade(&store) else { return };
+                Store { inner }.collect_due().await;
+            }
+        });
+    }
+
+    /// Removes the queued content whose grace has passed, under the writer
+    /// lock, if nothing refers to it or holds it now.
+    async fn collect_due(&self) {
+        let now = Instant::now();
+        let due: Vec<ContentHash> = {
+            let mut queue = lock(&self.inner.collectable);
+            let ready = queue.iter().take_while(|(at, _)| *at <= now).count();
+            queue.drain(..ready).map(|(_, h)| h).collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let _w = self.inner.writer.lock().await;
+        self.remove_unreferenced(due).await;
+    }
+
+    /// Removes content that no live entry refers to: content of a crash
+    /// between putting it in place and the metadata commit.
+    async fn sweep_unreferenced(&self) -> Result<()> {
+        let _w = self.inner.writer.lock().await;
+        let mut removed = 0usize;
+        let all = self.inner.content.list().await?;
+        for page in all.chunks(PAGE_SIZE) {
+            for hash in self.inner.meta.unreferenced(page.to_vec()).await? {
+                if self.remove_content(hash).await? {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed unreferenced content");
+        }
+        Ok(())
+    }
+
+    pub(super) fn identity_guard(&self) -> MutexGuard<'_, Identity> {
+        lock(&self.inner.identity)
+    }
+
+    /// Changes the identity under the writer lock and stores it durably.
+    /// `change` may refuse, given the head.
+    pub(super) async fn update_identity(
+        &self,
+        change: impl FnOnce(&mut Identity, u64) -> Result<()> + Send,
+    ) -> Result<()> {
+        let w = self.inner.writer.lock().await;
+        let mut identity = self.identity();
+        change(&mut identity, w.head)?;
+        self.inner.meta.save_identity(&identity).await?;
+        *self.identity_guard() = identity;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for Store {
+    fn head(&self) -> u64 {
+        Store::head(self)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        Store::subscribe(self)
+    }
+
+    async fn changes_after(&self, ns: Option<&str>, after: u64, limit: usize) -> Result<Vec<Change>> {
+        self.inner.meta.changes_after(ns, after, limit).await
+    }
+
+    async fn oldest_seq(&self) -> Result<u64> {
+        Store::oldest_seq(self).await
+    }
+}
+
+/// The checks of one queued put, on the facts fetched in its group's
+/// transaction, in the order a caller hears about them.
+fn check_put(job: &Job, facts: &Facts, now: i64) -> Result<()> {
+    let put = &job.put;
+    rules::check_base(&put.path, facts.current.as_ref(), put.base_version)?;
+    rules::check_write(&put.path, facts.lock.as_ref(), &put.who, put.lock_token, now)?;
+    check_clash(&put.path, put.content.folder, facts)?;
+    if !(job.placed || (job.stored && facts.refers)) {
+        return Err(Error::no_content(&put.content.hash));
+    }
+    Ok(())
+}
+
+/// [`rules::check_clash`] on fetched facts.
+fn check_clash(path: &RelPath, folder: bool, facts: &Facts) -> Result<()> {
+    rules::check_clash(path, folder, facts.file_above.as_deref(), facts.live_below.as_deref())
+}
+
+/// Runs `work` as a task of its own, so that it completes even if the
+/// caller goes away (a client that cancels its call mid-commit).
+async fn detached<T: Send + 'static>(work: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    tokio::spawn(work).await?
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing under these locks can be left half-done by a panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn now_ms() -> i64 {
+    syncstore::lock::now_ms()
+}
+
+/// What the pre-check of a write reads of its path ([`Store::path_facts`]),
+/// for the rules of `rules.rs`: the base version check, the lock write
+/// check and the path-clash rule.
+#[derive(Debug)]
+pub(crate) struct PathFacts {
+    /// The path's entry (live or tombstone), if it was ever written.
+    pub(crate) entry: Option<Entry>,
+    /// The path's lock row, in force or past its expiry.
+    pub(crate) lock: Option<Lock>,
+    /// The first of the path's folders that is a live file.
+    pub(crate) file_above: Option<String>,
+    /// For a file with no file above it: a live entry below it.
+    pub(crate) live_below: Option<String>,
+}
+
+/// A put of a group, decided: its change and the entry it replaced, or why
+/// it was refused.
+type Decided = Result<(Change, Option<Entry>)>;
+
+/// Where a queued put's outcome is left for the task that queued it.
+type Slot = Arc<Mutex<Option<Result<Change>>>>;
+
+/// A put ready to commit.
+#[derive(Debug)]
+struct Job {
+    put: Put,
+    /// Its content was put in place for it (else it must be stored).
+    placed: bool,
+    /// Its content was found stored (a header-only put).
+    stored: bool,
+    /// Its content is not durable yet ([`Durability::Pending`]).
+    needs_sync: bool,
+}
+
+/// A put waiting for the next group commit.
+#[derive(Debug)]
+struct QueuedPut {
+    ns: String,
+    job: Job,
+    slot: Slot,
+}
+
+/// Content put in place for a commit that has not happened yet.
+#[derive(Debug)]
+struct ContentHold {
+    store: Store,
+    hash: ContentHash,
+}
+
+impl Drop for ContentHold {
+    fn drop(&mut self) {
+        let mut holds = lock(&self.store.inner.holds);
+        if let Some(n) = holds.placing.get_mut(&self.hash) {
+            *n -= 1;
+            if *n == 0 {
+                holds.placing.remove(&self.hash);
+            }
+        }
+    }
+}
+
+/// A removal in progress; its end (however it ends) lets holds in.
+struct Removing<'a> {
+    store: &'a Store,
+    hash: ContentHash,
+}
+
+impl Drop for Removing<'_> {
+    fn drop(&mut self) {
+        lock(&self.store.inner.holds).removing.remove(&self.hash);
+        self.store.inner.removed.notify_waiters();
+    }
+}

@@ -1,0 +1,538 @@
+//! An in-memory backend, for tests: [`MemoryMeta`] (a [`MetaStore`]) and
+//! [`MemoryContent`] (a [`ContentStore`]). It is the second implementation
+//! that keeps the seams honest: the journal suite runs over it and over the
+//! embedded backend alike. Nothing is durable; a transaction's writes are
+//! applied to a copy for its reads and to the state at its commit.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use async_trait::async_trait;
+use syncstore::{ContentHash, Entry, Lock, RelPath};
+
+use super::{
+    Change, Identity, What,
+    content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict},
+    meta::{Decide, Facts, MetaStore, MetaTx, SnapshotSink, Want},
+    rules,
+};
+use crate::error::{Error, Result};
+
+/// The metadata, in maps.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MemoryMeta {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct State {
+    /// The manifest by (namespace, path).
+    files: BTreeMap<(String, String), Entry>,
+    /// The change log by seq.
+    log: BTreeMap<u64, Change>,
+    /// The lock rows by (namespace, path).
+    locks: BTreeMap<(String, String), Lock>,
+    identity: Identity,
+    /// After a full resync, the head the (empty) log starts at.
+    head_floor: u64,
+    /// A snapshot being received.
+    snapshot: Option<Snapshot>,
+}
+
+impl MemoryMeta {
+    /// Empty metadata with a new history id.
+    pub(crate) fn new() -> Self {
+        let meta = Self::default();
+        meta.state().identity.history_id = format!("{:032x}", rand::random::<u128>());
+        meta
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A snapshot's files and locks, by (namespace, path).
+type Snapshot = (BTreeMap<(String, String), Entry>, BTreeMap<(String, String), Lock>);
+
+fn key(ns: &str, path: &str) -> (String, String) {
+    (ns.to_owned(), path.to_owned())
+}
+
+impl State {
+    fn apply(&mut self, change: &Change) {
+        let ns = &change.namespace;
+        match &change.what {
+            What::File(e) => {
+                self.files.insert(key(ns, e.path.as_str()), e.clone());
+            }
+            What::Lock(l) => {
+                self.locks.insert(key(ns, l.path.as_str()), l.clone());
+            }
+            What::Unlock { lock, .. } => {
+                self.locks.retain(|(n, _), l| !(n == ns && l.lock_id == lock.lock_id));
+            }
+        }
+        self.log.insert(change.seq, change.clone());
+    }
+
+    fn facts(&self, ns: &str, path: &RelPath, want: Want) -> Facts {
+        let live_file =
+            |p: &str| self.files.get(&key(ns, p)).is_some_and(|e| e.content.is_some_and(|c| !c.folder));
+        let mut out = Facts {
+            current: self.files.get(&key(ns, path.as_str())).cloned(),
+            lock: self.locks.get(&key(ns, path.as_str())).cloned(),
+            ..Facts::default()
+        };
+        if let Some(folder) = want.clash {
+            out.file_above = rules::folders_of(path).find(|f| live_file(f)).map(str::to_owned);
+            if !folder && out.file_above.is_none() {
+                let below = format!("{}/", path.as_str());
+                out.live_below = self
+                    .files
+                    .range(key(ns, &below)..)
+                    .take_while(|((n, p), _)| n == ns && p.starts_with(&below))
+                    .find(|(_, e)| !e.is_deleted())
+                    .map(|((_, p), _)| p.clone());
+            }
+        }
+        if let Some(hash) = want.refers {
+            out.refers =
+                self.files.iter().any(|((n, _), e)| n == ns && e.content.is_some_and(|c| c.hash == hash));
+        }
+        out
+    }
+
+    fn referenced(&self, hash: &ContentHash) -> bool {
+        self.files.values().any(|e| e.content.is_some_and(|c| c.hash == *hash))
+    }
+}
+
+/// Whether `path` is `prefix` or lies below it (`prefix` "" holds all).
+fn under(path: &str, prefix: &str) -> bool {
+    prefix.is_empty() || path == prefix || path.strip_prefix(prefix).is_some_and(|r| r.starts_with('/'))
+}
+
+#[async_trait]
+impl MetaStore for MemoryMeta {
+    async fn head(&self) -> Result<u64> {
+        let s = self.state();
+        Ok(s.log.keys().next_back().copied().unwrap_or(0).max(s.head_floor))
+    }
+
+    async fn load_identity(&self) -> Result<Identity> {
+        Ok(self.state().identity.clone())
+    }
+
+    async fn save_identity(&self, identity: &Identity) -> Result<()> {
+        self.state().identity = identity.clone();
+        Ok(())
+    }
+
+    fn begin(&self) -> Box<dyn MetaTx> {
+        Box::new(MemoryTx { meta: self.clone(), pending: Vec::new() })
+    }
+
+    async fn facts(&self, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
+        Ok(self.state().facts(ns, path, want))
+    }
+
+    async fn entry_at(&self, ns: &str, path: &RelPath, version: u64) -> Result<Option<Entry>> {
+        Ok(self
+            .state()
+            .log
+            .get(&version)
+            .filter(|c| c.namespace == ns && c.path() == path)
+            .and_then(|c| c.entry().cloned()))
+    }
+
+    async fn previous_file_change(
+        &self,
+        ns: &str,
+        path: &RelPath,
+        before: u64,
+    ) -> Result<Option<(u64, bool)>> {
+        Ok(self
+            .state()
+            .log
+            .range(..before)
+            .rev()
+            .filter_map(|(_, c)| {
+                c.entry().filter(|e| c.namespace == ns && e.path == *path).map(|e| (c.seq, e.is_deleted()))
+            })
+            .next())
+    }
+
+    async fn list_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        include_deleted: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        let prefix = prefix.trim_end_matches('/');
+        Ok(self
+            .state()
+            .files
+            .iter()
+            .filter(|((n, p), e)| {
+                n == ns
+                    && under(p, prefix)
+                    && after.is_none_or(|a| p.as_str() > a)
+                    && (include_deleted || !e.is_deleted())
+            })
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    async fn manifest_page(&self, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<(String, Entry)>> {
+        Ok(self
+            .state()
+            .files
+            .iter()
+            .filter(|((n, p), _)| after.is_none_or(|(an, ap)| (n.as_str(), p.as_str()) > (an, ap)))
+            .take(limit)
+            .map(|((n, _), e)| (n.clone(), e.clone()))
+            .collect())
+    }
+
+    async fn changes_after(&self, ns: Option<&str>, after: u64, limit: usize) -> Result<Vec<Change>> {
+        Ok(self
+            .state()
+            .log
+            .range(after + 1..)
+            .map(|(_, c)| c)
+            .filter(|c| ns.is_none_or(|ns| c.namespace == ns))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn oldest_logged(&self) -> Result<Option<u64>> {
+        Ok(self.state().log.keys().next().copied())
+    }
+
+    async fn trim_log(&self, keep_from: u64, head: u64) -> Result<usize> {
+        let mut s = self.state();
+        let before = s.log.len();
+        s.log.retain(|&seq, _| seq > keep_from || seq >= head);
+        Ok(before - s.log.len())
+    }
+
+    async fn refers_to(&self, ns: &str, hash: &ContentHash) -> Result<bool> {
+        Ok(self.state().files.iter().any(|((n, _), e)| n == ns && e.content.is_some_and(|c| c.hash == *hash)))
+    }
+
+    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+        let s = self.state();
+        Ok(hashes.into_iter().filter(|h| !s.referenced(h)).collect())
+    }
+
+    async fn paths_of(&self, hash: &ContentHash) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .state()
+            .files
+            .iter()
+            .filter(|(_, e)| e.content.is_some_and(|c| c.hash == *hash))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    async fn referenced_contents(
+        &self,
+        after: Option<ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, u64)>> {
+        let mut all: BTreeMap<ContentHash, u64> = BTreeMap::new();
+        for c in self.state().files.values().filter_map(|e| e.content) {
+            let size = all.entry(c.hash).or_default();
+            *size = (*size).max(c.size);
+        }
+        Ok(all.into_iter().filter(|(h, _)| after.is_none_or(|a| *h > a)).take(limit).collect())
+    }
+
+    async fn list_locks_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Lock>> {
+        Ok(self
+            .state()
+            .locks
+            .iter()
+            .filter(|((n, p), l)| {
+                n == ns && under(p, prefix) && after.is_none_or(|a| p.as_str() > a) && !l.expired_at(now)
+            })
+            .take(limit)
+            .map(|(_, l)| l.clone())
+            .collect())
+    }
+
+    async fn all_locks(&self) -> Result<Vec<(String, Lock)>> {
+        Ok(self.state().locks.iter().map(|((n, _), l)| (n.clone(), l.clone())).collect())
+    }
+
+    async fn expired_locks(&self, now: i64) -> Result<Vec<(String, Lock)>> {
+        Ok(self
+            .state()
+            .locks
+            .iter()
+            .filter(|(_, l)| l.expired_at(now))
+            .map(|((n, _), l)| (n.clone(), l.clone()))
+            .collect())
+    }
+
+    fn snapshots(&self) -> Option<&dyn SnapshotSink> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl SnapshotSink for MemoryMeta {
+    async fn snapshot_begin(&self) -> Result<()> {
+        self.state().snapshot = Some(Default::default());
+        Ok(())
+    }
+
+    async fn snapshot_put(&self, ns: &str, entry: &Entry) -> Result<()> {
+        let mut s = self.state();
+        let snapshot = s.snapshot.as_mut().ok_or_else(|| Error::Internal("no snapshot begun".into()))?;
+        snapshot.0.insert(key(ns, entry.path.as_str()), entry.clone());
+        Ok(())
+    }
+
+    async fn snapshot_put_lock(&self, ns: &str, lock: &Lock) -> Result<()> {
+        let mut s = self.state();
+        let snapshot = s.snapshot.as_mut().ok_or_else(|| Error::Internal("no snapshot begun".into()))?;
+        snapshot.1.insert(key(ns, lock.path.as_str()), lock.clone());
+        Ok(())
+    }
+
+    async fn snapshot_end(&self, head: u64) -> Result<()> {
+        let mut s = self.state();
+        let (files, locks) = s.snapshot.take().ok_or_else(|| Error::Internal("no snapshot begun".into()))?;
+        s.files = files;
+        s.locks = locks;
+        s.log.clear();
+        s.head_floor = head;
+        Ok(())
+    }
+}
+
+/// A transaction: its writes, applied at its commit.
+#[derive(Debug)]
+struct MemoryTx {
+    meta: MemoryMeta,
+    pending: Vec<Change>,
+}
+
+impl MemoryTx {
+    /// The state as this transaction sees it.
+    fn view(&self) -> State {
+        let mut state = self.meta.state().clone();
+        for change in &self.pending {
+            state.apply(change);
+        }
+        state
+    }
+}
+
+#[async_trait]
+impl MetaTx for MemoryTx {
+    async fn facts(&mut self, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
+        Ok(self.view().facts(ns, path, want))
+    }
+
+    fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, mut decide: Decide) {
+        let mut view = self.view();
+        for (i, (ns, path, want)) in items.into_iter().enumerate() {
+            if let Some(change) = decide(i, view.facts(&ns, &path, want)) {
+                view.apply(&change);
+                self.pending.push(change);
+            }
+        }
+    }
+
+    async fn lock_by_id(&mut self, ns: &str, lock_id: &str) -> Result<Option<Lock>> {
+        Ok(self
+            .view()
+            .locks
+            .iter()
+            .find(|((n, _), l)| n == ns && l.lock_id == lock_id)
+            .map(|(_, l)| l.clone()))
+    }
+
+    fn write(&mut self, change: Change) {
+        self.pending.push(change);
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let mut state = self.meta.state();
+        for change in &self.pending {
+            state.apply(change);
+        }
+        Ok(())
+    }
+}
+
+/// Content, in a map by hash.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MemoryContent {
+    blobs: Arc<Mutex<HashMap<ContentHash, Arc<Vec<u8>>>>>,
+}
+
+impl MemoryContent {
+    fn blobs(&self) -> MutexGuard<'_, HashMap<ContentHash, Arc<Vec<u8>>>> {
+        self.blobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl ContentStore for MemoryContent {
+    async fn upload(&self) -> Result<Box<dyn ContentUpload>> {
+        Ok(Box::new(MemoryUpload { store: self.clone(), data: Vec::new() }))
+    }
+
+    async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>> {
+        Ok(self
+            .blobs()
+            .get(hash)
+            .cloned()
+            .map(|data| Box::new(MemoryReader { data, hash: *hash, size, at: 0 }) as Box<dyn ContentReader>))
+    }
+
+    async fn head(&self, hash: &ContentHash) -> Result<Option<u64>> {
+        Ok(self.blobs().get(hash).map(|d| d.len() as u64))
+    }
+
+    async fn delete(&self, hash: &ContentHash) -> Result<()> {
+        self.blobs().remove(hash);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<ContentHash>> {
+        Ok(self.blobs().keys().copied().collect())
+    }
+
+    async fn usage(&self) -> Result<(u64, u64)> {
+        let blobs = self.blobs();
+        Ok((blobs.len() as u64, blobs.values().map(|d| d.len() as u64).sum()))
+    }
+
+    async fn ensure_durable(&self, _hashes: &[ContentHash]) -> Result<()> {
+        Ok(())
+    }
+
+    async fn verify(&self, hash: &ContentHash, size: u64) -> Result<Verdict> {
+        Ok(match self.blobs().get(hash) {
+            Some(d) if d.len() as u64 == size && ContentHash::of(d) == *hash => Verdict::Good,
+            Some(_) => Verdict::Damaged,
+            None => Verdict::Missing,
+        })
+    }
+
+    async fn verified_size(&self, hash: &ContentHash) -> Result<Option<u64>> {
+        Ok(self.blobs().get(hash).filter(|d| ContentHash::of(d) == *hash).map(|d| d.len() as u64))
+    }
+
+    async fn is_damaged(&self, _hash: &ContentHash) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn damage_counts(&self) -> (u64, u64) {
+        (0, 0)
+    }
+
+    fn take_found(&self) -> Vec<(ContentHash, u64)> {
+        Vec::new()
+    }
+
+    async fn found(&self) {
+        std::future::pending().await
+    }
+}
+
+#[derive(Debug)]
+struct MemoryUpload {
+    store: MemoryContent,
+    data: Vec<u8>,
+}
+
+#[async_trait]
+impl ContentUpload for MemoryUpload {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+        self.data.extend_from_slice(&chunk);
+        Ok(())
+    }
+
+    async fn complete(self: Box<Self>, hash: ContentHash, size: u64) -> Result<Box<dyn StagedContent>> {
+        if self.data.len() as u64 != size {
+            return Err(Error::ContentMismatch(format!(
+                "received {} bytes but the header announced {size}",
+                self.data.len()
+            )));
+        }
+        let got = ContentHash::of(&self.data);
+        if got != hash {
+            return Err(Error::ContentMismatch(format!(
+                "content hash mismatch: the header announced {hash}, the content hashes to {got}"
+            )));
+        }
+        Ok(Box::new(MemoryStaged { store: self.store, data: self.data, hash }))
+    }
+}
+
+#[derive(Debug)]
+struct MemoryStaged {
+    store: MemoryContent,
+    data: Vec<u8>,
+    hash: ContentHash,
+}
+
+#[async_trait]
+impl StagedContent for MemoryStaged {
+    fn hash(&self) -> ContentHash {
+        self.hash
+    }
+
+    async fn read_prefix(&self, max: u64) -> Result<Vec<u8>> {
+        Ok(self.data[..self.data.len().min(max as usize)].to_vec())
+    }
+
+    async fn place(self: Box<Self>) -> Result<Durability> {
+        let MemoryStaged { store, data, hash } = *self;
+        store.blobs().entry(hash).or_insert_with(|| Arc::new(data));
+        Ok(Durability::Durable)
+    }
+}
+
+#[derive(Debug)]
+struct MemoryReader {
+    data: Arc<Vec<u8>>,
+    hash: ContentHash,
+    size: u64,
+    at: usize,
+}
+
+#[async_trait]
+impl ContentReader for MemoryReader {
+    async fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
+        if self.data.len() as u64 != self.size || ContentHash::of(&self.data) != self.hash {
+            return Err(Error::DataLoss(format!("content {} is damaged", self.hash)));
+        }
+        if self.at == self.data.len() {
+            return Ok(None);
+        }
+        let end = self.data.len().min(self.at + max);
+        let chunk = self.data[self.at..end].to_vec();
+        self.at = end;
+        Ok(Some(chunk))
+    }
+}

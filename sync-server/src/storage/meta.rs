@@ -1,0 +1,197 @@
+//! `MetaStore`: the metadata of a data folder (the manifest, the change
+//! log, the live locks, the server's identity) behind an async trait. A
+//! backend fetches and writes rows; the journal ([`super::Store`]) decides,
+//! with the pure rules of `rules.rs`, and is the only writer: it serialises
+//! transactions itself, so a backend needs no writer lock of its own.
+//!
+//! A transaction ([`MetaTx`]) buffers its writes and sends them with its
+//! next read or its commit; its reads see its own earlier writes.
+//! [`MetaTx::decide_each`] fetches, decides and writes a whole group with
+//! the transaction's next trip, so a group commit costs one trip to a
+//! blocking backend (decide and commit), whatever the number of puts and
+//! checks.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use syncstore::{ContentHash, Entry, Lock, RelPath};
+
+use super::{Change, Identity};
+use crate::error::Result;
+
+/// What a transaction's [`MetaTx::facts`] should look up besides the
+/// path's entry and lock row.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Want {
+    /// The rows the path-clash rule needs, for a file (`Some(false)`) or a
+    /// folder (`Some(true)`).
+    pub(crate) clash: Option<bool>,
+    /// Whether a live entry of the namespace refers to this content.
+    pub(crate) refers: Option<ContentHash>,
+}
+
+/// The facts a write is decided on, fetched in one trip.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Facts {
+    /// The path's entry (live or tombstone).
+    pub(crate) current: Option<Entry>,
+    /// The path's lock row, in force or not.
+    pub(crate) lock: Option<Lock>,
+    /// The first live file at a folder of the path ([`Want::clash`]).
+    pub(crate) file_above: Option<String>,
+    /// A live entry below the path, looked up for a file when no file is
+    /// above it ([`Want::clash`]).
+    pub(crate) live_below: Option<String>,
+    /// [`Want::refers`]'s answer (false when not asked).
+    pub(crate) refers: bool,
+}
+
+/// The metadata store of one data folder.
+#[async_trait]
+pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
+    /// The sequence number of the last committed change (after a full
+    /// resync with an empty log, the snapshot's head).
+    async fn head(&self) -> Result<u64>;
+
+    /// The server's identity as stored.
+    async fn load_identity(&self) -> Result<Identity>;
+
+    /// Stores the server's identity, durably.
+    async fn save_identity(&self, identity: &Identity) -> Result<()>;
+
+    /// Starts a transaction. The journal runs one at a time.
+    fn begin(&self) -> Box<dyn MetaTx>;
+
+    /// The facts of a write, outside any transaction: a pre-check before
+    /// content is received (the commit checks again).
+    async fn facts(&self, ns: &str, path: &RelPath, want: Want) -> Result<Facts>;
+
+    /// The entry `path` had at `version` (kept in the change log), if any.
+    async fn entry_at(&self, ns: &str, path: &RelPath, version: u64) -> Result<Option<Entry>>;
+
+    /// The last file change of `path` before seq `before`: its seq and
+    /// whether it was a deletion.
+    async fn previous_file_change(
+        &self,
+        ns: &str,
+        path: &RelPath,
+        before: u64,
+    ) -> Result<Option<(u64, bool)>>;
+
+    /// Up to `limit` entries of `ns` at `prefix` or below (a whole
+    /// component), in path order, after `after`.
+    async fn list_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        include_deleted: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>>;
+
+    /// The whole manifest (all namespaces, tombstones included) in
+    /// (namespace, path) order after `after`, up to `limit`.
+    async fn manifest_page(&self, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<(String, Entry)>>;
+
+    /// Up to `limit` logged changes after `after` (of namespace `ns`, or of
+    /// all), in seq order.
+    async fn changes_after(&self, ns: Option<&str>, after: u64, limit: usize) -> Result<Vec<Change>>;
+
+    /// The oldest seq in the change log, if it holds any.
+    async fn oldest_logged(&self) -> Result<Option<u64>>;
+
+    /// Removes the logged changes up to `keep_from` (never the one at
+    /// `head`); returns how many went.
+    async fn trim_log(&self, keep_from: u64, head: u64) -> Result<usize>;
+
+    /// Whether a live entry of `ns` refers to content `hash`.
+    async fn refers_to(&self, ns: &str, hash: &ContentHash) -> Result<bool>;
+
+    /// Those of `hashes` that no live entry (of any namespace) refers to.
+    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>>;
+
+    /// The live files (namespace, path) whose content is `hash`.
+    async fn paths_of(&self, hash: &ContentHash) -> Result<Vec<(String, String)>>;
+
+    /// Every distinct content live entries refer to, with its size, after
+    /// `after` in hash order, up to `limit`.
+    async fn referenced_contents(
+        &self,
+        after: Option<ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, u64)>>;
+
+    /// Up to `limit` locks of `ns` in force at `now` on `prefix` or below,
+    /// in path order, after the path `after`.
+    async fn list_locks_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Lock>>;
+
+    /// Every lock row (all namespaces), in (namespace, path) order.
+    async fn all_locks(&self) -> Result<Vec<(String, Lock)>>;
+
+    /// Every lock row past its expiry at `now` (all namespaces).
+    async fn expired_locks(&self, now: i64) -> Result<Vec<(String, Lock)>>;
+
+    /// Receiving a full snapshot from a primary, if this backend replicates
+    /// through the journal (see [`SnapshotSink`]).
+    fn snapshots(&self) -> Option<&dyn SnapshotSink>;
+}
+
+/// Decides one item of [`MetaTx::decide_each`] (its index, its facts):
+/// the change to write, if any.
+pub(crate) type Decide = Box<dyn FnMut(usize, Facts) -> Option<Change> + Send>;
+
+/// One transaction. Dropped without [`MetaTx::commit`], nothing of it is
+/// kept.
+#[async_trait]
+pub(crate) trait MetaTx: Send + Debug {
+    /// The facts of a write to `path` of `ns`, seeing this transaction's
+    /// own writes.
+    async fn facts(&mut self, ns: &str, path: &RelPath, want: Want) -> Result<Facts>;
+
+    /// For each item in order: fetches its facts (seeing the writes of the
+    /// items before it), asks `decide`, and writes the change it returns.
+    /// The decisions are the caller's (the journal runs the rules); the
+    /// backend only fetches and writes. Queued like a write: it runs with
+    /// the transaction's next trip (at the latest its commit), so the
+    /// closure's decisions are known once that has returned.
+    fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, decide: Decide);
+
+    /// The lock row with id `lock_id`, in force or not.
+    async fn lock_by_id(&mut self, ns: &str, lock_id: &str) -> Result<Option<Lock>>;
+
+    /// Appends the change to the log and applies it (a file entry becomes
+    /// the path's entry; a lock change sets or removes the path's lock).
+    /// Buffered: sent with the next read or the commit.
+    fn write(&mut self, change: Change);
+
+    /// Makes every write durable at once.
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// The replication capability of a backend that a primary feeds through
+/// the journal: a full resync's snapshot is collected beside the live
+/// metadata and replaces it at its end. (Changes with given seqs go
+/// through [`MetaTx`] like any others.) A backend that replicates itself
+/// offers none.
+#[async_trait]
+pub(crate) trait SnapshotSink: Send + Sync {
+    /// Starts collecting a snapshot (dropping an unfinished one).
+    async fn snapshot_begin(&self) -> Result<()>;
+
+    /// Adds one manifest entry to the snapshot.
+    async fn snapshot_put(&self, ns: &str, entry: &Entry) -> Result<()>;
+
+    /// Adds one lock to the snapshot.
+    async fn snapshot_put_lock(&self, ns: &str, lock: &Lock) -> Result<()>;
+
+    /// In one transaction the snapshot becomes the manifest and the locks,
+    /// and the log restarts empty at `head`.
+    async fn snapshot_end(&self, head: u64) -> Result<()>;
+}

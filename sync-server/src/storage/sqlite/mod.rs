@@ -1,0 +1,665 @@
+//! The embedded backend's metadata: SQLite (`meta.db`, WAL) as a
+//! [`MetaStore`]. It does its own `spawn_blocking`: every call is one trip
+//! to a blocking thread, on the one writer connection (transactions, which
+//! the journal runs one at a time) or on a pooled reader (everything else;
+//! WAL readers never wait for the writer).
+//!
+//! Nothing outside this folder names `rusqlite`.
+
+mod identity;
+mod locks;
+mod schema;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use syncstore::{Content, ContentHash, Entry, Lock, RelPath};
+
+use super::meta::{Decide, Facts, MetaStore, MetaTx, SnapshotSink, Want};
+use super::{Change, Identity, What, rules};
+use crate::error::{Error, Result};
+use identity::MetaKey;
+
+/// The SQLite metadata of one data folder.
+#[derive(Debug, Clone)]
+pub(crate) struct SqliteMeta {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Held (locked) for the life of the store: one server per data folder.
+    _lock: File,
+    db_path: PathBuf,
+    /// The one connection that writes.
+    writer: Arc<Mutex<Connection>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl SqliteMeta {
+    /// Opens (creating and upgrading as needed) `meta.db` in `dir`, after
+    /// taking the data folder's lock.
+    pub(crate) async fn open(dir: &Path) -> Result<Self> {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&dir)).await?
+    }
+
+    fn open_blocking(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let lock = File::options().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "another sync-server is using the data folder {}",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        let db_path = dir.join("meta.db");
+        let mut conn = schema::connect(&db_path)?;
+        schema::init(&conn)?;
+        identity::init_meta(&mut conn)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                _lock: lock,
+                db_path,
+                writer: Arc::new(Mutex::new(conn)),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Runs `f` on a pooled read-only connection, on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => schema::connect(&inner.db_path)?,
+            };
+            let out = f(&conn);
+            inner.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            out
+        })
+        .await?
+    }
+
+    /// Runs `f` on the writer connection, on a blocking thread.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let writer = self.inner.writer.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock_writer(&writer))).await?
+    }
+}
+
+/// The writer connection, with any transaction a dropped [`SqliteTx`] left
+/// open rolled back.
+fn lock_writer(writer: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding the lock cannot leave SQLite half-written (the
+    // transaction rolls back below), so a poisoned lock is still usable.
+    let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::warn!(error = %e, "could not roll back an abandoned transaction");
+    }
+    conn
+}
+
+#[async_trait]
+impl MetaStore for SqliteMeta {
+    async fn head(&self) -> Result<u64> {
+        self.read(|c| {
+            let logged: u64 = c.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| r.get(0))?;
+            // After a full resync the log starts empty at the snapshot's head.
+            Ok(logged.max(identity::meta_u64(c, MetaKey::HeadFloor)?))
+        })
+        .await
+    }
+
+    async fn load_identity(&self) -> Result<Identity> {
+        self.read(identity::load).await
+    }
+
+    async fn save_identity(&self, id: &Identity) -> Result<()> {
+        let id = id.clone();
+        self.write(move |c| identity::save(c, &id)).await
+    }
+
+    fn begin(&self) -> Box<dyn MetaTx> {
+        Box::new(SqliteTx { writer: self.inner.writer.clone(), pending: Vec::new(), open: false })
+    }
+
+    async fn facts(&self, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
+        let (ns, path) = (ns.to_owned(), path.clone());
+        self.read(move |c| facts(c, &ns, &path, want)).await
+    }
+
+    async fn entry_at(&self, ns: &str, path: &RelPath, version: u64) -> Result<Option<Entry>> {
+        let (ns, path) = (ns.to_owned(), path.clone());
+        self.read(move |c| {
+            c.query_row(
+                "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
+                 FROM changes WHERE namespace = ?1 AND path = ?2 AND seq = ?3 AND kind = 0",
+                params![ns, path.as_str(), version as i64],
+                |r| entry_from_row(r, 0),
+            )
+            .optional()?
+            .transpose()
+        })
+        .await
+    }
+
+    async fn previous_file_change(
+        &self,
+        ns: &str,
+        path: &RelPath,
+        before: u64,
+    ) -> Result<Option<(u64, bool)>> {
+        let (ns, path) = (ns.to_owned(), path.clone());
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT seq, deleted FROM changes
+                 WHERE namespace = ?1 AND path = ?2 AND seq < ?3 AND kind = 0
+                 ORDER BY seq DESC LIMIT 1",
+                params![ns, path.as_str(), before as i64],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        include_deleted: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        let prefix = prefix.trim_end_matches('/').to_owned();
+        // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
+        let (lo, hi) = (format!("{prefix}/"), format!("{prefix}0"));
+        let (ns, after) = (ns.to_owned(), after.map(str::to_owned));
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
+                 FROM files
+                 WHERE namespace = ?1
+                   AND (?2 = '' OR path = ?2 OR (path >= ?3 AND path < ?4))
+                   AND (?5 IS NULL OR path > ?5)
+                   AND (?6 OR deleted = 0)
+                 ORDER BY path LIMIT ?7",
+            )?;
+            let rows = stmt
+                .query_map(params![ns, prefix, lo, hi, after, include_deleted, limit as i64], |r| {
+                    entry_from_row(r, 0)
+                })?;
+            rows.map(|r| r?).collect()
+        })
+        .await
+    }
+
+    async fn manifest_page(&self, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<(String, Entry)>> {
+        let (ans, apath) = after.map(|(n, p)| (n.to_owned(), p.to_owned())).unzip();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, namespace, symlink, folder
+                 FROM files WHERE ?1 IS NULL OR (namespace, path) > (?1, ?2)
+                 ORDER BY namespace, path LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![ans, apath, limit as i64], |r| {
+                let entry = entry_from_row(r, 0)?;
+                let namespace: String = r.get(8)?;
+                Ok(entry.map(|e| (namespace, e)))
+            })?;
+            rows.map(|r| r?).collect()
+        })
+        .await
+    }
+
+    async fn changes_after(&self, ns: Option<&str>, after: u64, limit: usize) -> Result<Vec<Change>> {
+        let ns = ns.map(str::to_owned);
+        self.read(move |c| {
+            // Two statements: a namespace's follower reads its own index.
+            let rows = match &ns {
+                Some(ns) => {
+                    let mut stmt = c.prepare_cached(&format!(
+                        "SELECT {CHANGE_COLUMNS} FROM changes WHERE namespace = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                    ))?;
+                    let rows = stmt.query_map(params![ns, after as i64, limit as i64], change_from_row)?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()?
+                }
+                None => {
+                    let mut stmt = c.prepare_cached(&format!(
+                        "SELECT {CHANGE_COLUMNS} FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                    ))?;
+                    let rows = stmt.query_map(params![after as i64, limit as i64], change_from_row)?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()?
+                }
+            };
+            rows.into_iter().collect()
+        })
+        .await
+    }
+
+    async fn oldest_logged(&self) -> Result<Option<u64>> {
+        self.read(|c| Ok(c.query_row("SELECT MIN(seq) FROM changes", [], |r| r.get(0))?)).await
+    }
+
+    async fn trim_log(&self, keep_from: u64, head: u64) -> Result<usize> {
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM changes WHERE seq <= ?1 AND seq < ?2",
+                params![keep_from as i64, head as i64],
+            )?)
+        })
+        .await
+    }
+
+    async fn refers_to(&self, ns: &str, hash: &ContentHash) -> Result<bool> {
+        let (ns, hash) = (ns.to_owned(), *hash);
+        self.read(move |c| refers_to(c, &ns, &hash)).await
+    }
+
+    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+        self.read(move |c| {
+            let mut out = Vec::new();
+            for hash in hashes {
+                if !content_referenced(c, &hash)? {
+                    out.push(hash);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn paths_of(&self, hash: &ContentHash) -> Result<Vec<(String, String)>> {
+        let hash = *hash;
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT namespace, path FROM files WHERE hash = ?1 AND deleted = 0 ORDER BY namespace, path",
+            )?;
+            let rows = stmt.query_map([&hash.as_bytes()[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn referenced_contents(
+        &self,
+        after: Option<ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, u64)>> {
+        let after = after.map(|h| h.as_bytes().to_vec());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT hash, MAX(size) FROM files WHERE deleted = 0 AND hash IS NOT NULL
+                   AND (?1 IS NULL OR hash > ?1)
+                 GROUP BY hash ORDER BY hash LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            rows.map(|r| {
+                let (hash, size) = r?;
+                Ok((ContentHash::try_from(&hash[..])?, size as u64))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn list_locks_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Lock>> {
+        let (ns, prefix, after) = (ns.to_owned(), prefix.to_owned(), after.map(str::to_owned));
+        self.read(move |c| locks::list_locks_page(c, &ns, &prefix, after.as_deref(), now, limit)).await
+    }
+
+    async fn all_locks(&self) -> Result<Vec<(String, Lock)>> {
+        self.read(locks::all_locks).await
+    }
+
+    async fn expired_locks(&self, now: i64) -> Result<Vec<(String, Lock)>> {
+        self.read(move |c| locks::expired_locks(c, now)).await
+    }
+
+    fn snapshots(&self) -> Option<&dyn SnapshotSink> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl SnapshotSink for SqliteMeta {
+    async fn snapshot_begin(&self) -> Result<()> {
+        self.write(|c| {
+            c.execute_batch(
+                "DROP TABLE IF EXISTS snapshot_files;
+                 CREATE TABLE snapshot_files AS SELECT * FROM files WHERE 0;
+                 DROP TABLE IF EXISTS snapshot_locks;
+                 CREATE TABLE snapshot_locks AS SELECT * FROM locks WHERE 0;",
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn snapshot_put(&self, ns: &str, entry: &Entry) -> Result<()> {
+        let (ns, entry) = (ns.to_owned(), entry.clone());
+        self.write(move |c| {
+            let (size, hash, mtime, exec, link, folder) = content_columns(&entry);
+            c.execute(
+                "INSERT INTO snapshot_files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![ns, entry.path.as_str(), entry.version as i64, entry.is_deleted(), size, hash, mtime, exec, entry.client_id, link, folder],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn snapshot_put_lock(&self, ns: &str, lock: &Lock) -> Result<()> {
+        let (ns, lock) = (ns.to_owned(), lock.clone());
+        self.write(move |c| locks::snapshot_put_lock(c, &ns, &lock)).await
+    }
+
+    async fn snapshot_end(&self, head: u64) -> Result<()> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            tx.execute_batch(
+                "DELETE FROM files;
+                 INSERT INTO files SELECT * FROM snapshot_files;
+                 DROP TABLE snapshot_files;
+                 DELETE FROM locks;
+                 INSERT INTO locks SELECT * FROM snapshot_locks;
+                 DROP TABLE snapshot_locks;
+                 DELETE FROM changes;",
+            )?;
+            identity::set_meta(&tx, MetaKey::HeadFloor, &head.to_string())?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// A transaction on the writer connection. `BEGIN` goes with its first
+/// trip; writes and decisions wait in `pending` for the next trip (at the
+/// latest the commit). Dropped while open, it is rolled back.
+struct SqliteTx {
+    writer: Arc<Mutex<Connection>>,
+    pending: Vec<Pending>,
+    /// `BEGIN` was sent and neither `COMMIT` nor `ROLLBACK` since.
+    open: bool,
+}
+
+/// Work a transaction sends with its next trip, in order.
+enum Pending {
+    Write(Box<Change>),
+    /// [`MetaTx::decide_each`]'s items and the closure that decides them.
+    Decide(Vec<(String, RelPath, Want)>, Decide),
+}
+
+impl std::fmt::Debug for SqliteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteTx").field("pending", &self.pending.len()).field("open", &self.open).finish()
+    }
+}
+
+impl Pending {
+    fn run(self, c: &Connection) -> Result<()> {
+        match self {
+            Pending::Write(change) => write_change(c, &change),
+            Pending::Decide(items, mut decide) => {
+                for (i, (ns, path, want)) in items.into_iter().enumerate() {
+                    if let Some(change) = decide(i, facts(c, &ns, &path, want)?) {
+                        write_change(c, &change)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl SqliteTx {
+    /// One trip: opens the transaction if needed, runs the pending work,
+    /// then `f`.
+    async fn trip<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (writer, pending, open) = (self.writer.clone(), std::mem::take(&mut self.pending), self.open);
+        self.open = true;
+        tokio::task::spawn_blocking(move || {
+            let conn =
+                if open { writer.lock().unwrap_or_else(|p| p.into_inner()) } else { lock_writer(&writer) };
+            if !open {
+                conn.execute_batch("BEGIN")?;
+            }
+            for work in pending {
+                work.run(&conn)?;
+            }
+            f(&conn)
+        })
+        .await?
+    }
+}
+
+#[async_trait]
+impl MetaTx for SqliteTx {
+    async fn facts(&mut self, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
+        let (ns, path) = (ns.to_owned(), path.clone());
+        self.trip(move |c| facts(c, &ns, &path, want)).await
+    }
+
+    fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, decide: Decide) {
+        self.pending.push(Pending::Decide(items, decide));
+    }
+
+    async fn lock_by_id(&mut self, ns: &str, lock_id: &str) -> Result<Option<Lock>> {
+        let (ns, lock_id) = (ns.to_owned(), lock_id.to_owned());
+        self.trip(move |c| locks::get_lock_by_id(c, &ns, &lock_id)).await
+    }
+
+    fn write(&mut self, change: Change) {
+        self.pending.push(Pending::Write(Box::new(change)));
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        if !self.open && self.pending.is_empty() {
+            return Ok(());
+        }
+        self.trip(|c| Ok(c.execute_batch("COMMIT")?)).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if self.open {
+            // Quick (nothing to sync); the next use of the writer would
+            // roll it back anyway.
+            drop(lock_writer(&self.writer));
+        }
+    }
+}
+
+/// The facts of a write to `path` (see [`Facts`]).
+fn facts(c: &Connection, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
+    let mut out =
+        Facts { current: get_entry(c, ns, path)?, lock: locks::get_lock(c, ns, path)?, ..Facts::default() };
+    if let Some(folder) = want.clash {
+        let mut live_file = c.prepare_cached(
+            "SELECT 1 FROM files WHERE namespace = ?1 AND path = ?2 AND deleted = 0 AND folder = 0",
+        )?;
+        for f in rules::folders_of(path) {
+            if live_file.exists(params![ns, f])? {
+                out.file_above = Some(f.to_owned());
+                break;
+            }
+        }
+        if !folder && out.file_above.is_none() {
+            // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
+            let p = path.as_str();
+            out.live_below = c
+                .prepare_cached(
+                    "SELECT path FROM files WHERE namespace = ?1 AND path > ?2 AND path < ?3 AND deleted = 0 LIMIT 1",
+                )?
+                .query_row(params![ns, format!("{p}/"), format!("{p}0")], |r| r.get(0))
+                .optional()?;
+        }
+    }
+    if let Some(hash) = want.refers {
+        out.refers = refers_to(c, ns, &hash)?;
+    }
+    Ok(out)
+}
+
+/// Whether a live entry of namespace `ns` refers to content `hash`.
+fn refers_to(c: &Connection, ns: &str, hash: &ContentHash) -> Result<bool> {
+    Ok(c.prepare_cached("SELECT 1 FROM files WHERE hash = ?1 AND namespace = ?2 LIMIT 1")?
+        .exists(params![hash.as_bytes().as_slice(), ns])?)
+}
+
+/// Whether any live entry refers to content `hash`.
+fn content_referenced(c: &Connection, hash: &ContentHash) -> Result<bool> {
+    Ok(c.prepare_cached("SELECT EXISTS (SELECT 1 FROM files WHERE hash = ?1)")?
+        .query_row([&hash.as_bytes()[..]], |r| r.get(0))?)
+}
+
+fn get_entry(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Entry>> {
+    c.prepare_cached(
+        "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
+         FROM files WHERE namespace = ?1 AND path = ?2",
+    )?
+    .query_row(params![ns, path.as_str()], |r| entry_from_row(r, 0))
+    .optional()?
+    .transpose()
+}
+
+/// Appends a change to the log and applies it.
+fn write_change(c: &Connection, change: &Change) -> Result<()> {
+    match &change.what {
+        What::File(e) => write_file_change(c, &change.namespace, e),
+        _ => locks::write_lock_change(c, change),
+    }
+}
+
+/// Appends a file change to the log and makes it the path's current entry.
+fn write_file_change(c: &Connection, ns: &str, e: &Entry) -> Result<()> {
+    let (size, hash, mtime, exec, link, folder) = content_columns(e);
+    let deleted = e.content.is_none();
+    c.prepare_cached(
+        "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id, committed_ms, symlink, folder)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![e.version as i64, ns, e.path.as_str(), deleted, size, hash, mtime, exec, e.client_id, now_ms(), link, folder])?;
+    c.prepare_cached(
+        "INSERT INTO files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (namespace, path) DO UPDATE SET
+           version = excluded.version, deleted = excluded.deleted, size = excluded.size,
+           hash = excluded.hash, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
+           client_id = excluded.client_id, symlink = excluded.symlink, folder = excluded.folder",
+    )?
+    .execute(params![
+        ns,
+        e.path.as_str(),
+        e.version as i64,
+        deleted,
+        size,
+        hash,
+        mtime,
+        exec,
+        e.client_id,
+        link,
+        folder
+    ])?;
+    Ok(())
+}
+
+/// An entry's content as the columns size, hash, mtime_ns, executable,
+/// symlink and folder (zeros and no hash for a tombstone).
+fn content_columns(e: &Entry) -> (i64, Option<Vec<u8>>, i64, bool, bool, bool) {
+    match &e.content {
+        Some(c) => {
+            (c.size as i64, Some(c.hash.as_bytes().to_vec()), c.mtime_ns, c.executable, c.symlink, c.folder)
+        }
+        None => (0, None, 0, false, false, false),
+    }
+}
+
+/// The columns [`change_from_row`] decodes: a file change's in order, a
+/// lock change's ([`locks::LOCK_CHANGE_COLUMNS`]) by name.
+const CHANGE_COLUMNS: &str = "path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace, kind, \
+     symlink, folder, lock_id, lock_client_id, lock_principal, lock_holder, lock_note, lock_acquired_ms, \
+     lock_expires_ms, lock_ttl_seconds, lock_token, lock_end, lock_ended_by_client_id, lock_ended_by_principal";
+
+/// Decodes a change-log row of [`CHANGE_COLUMNS`].
+fn change_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Change>> {
+    let namespace: String = r.get(8)?;
+    let kind: i64 = r.get(9)?;
+    if kind == 0 {
+        return Ok(entry_from_row(r, 0)?.map(|entry| Change::file(&namespace, entry)));
+    }
+    locks::lock_change_from_row(r)
+}
+
+/// Decodes the columns path, version, deleted, size, hash, mtime_ns,
+/// executable, client_id starting at `at`, and the columns `symlink` and
+/// `folder`. The outer result is SQLite's,
+/// the inner one a row whose stored values no longer validate.
+fn entry_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Entry>> {
+    let path: String = r.get(at)?;
+    let version: i64 = r.get(at + 1)?;
+    let deleted: bool = r.get(at + 2)?;
+    let size: i64 = r.get(at + 3)?;
+    let hash: Option<Vec<u8>> = r.get(at + 4)?;
+    let mtime_ns: i64 = r.get(at + 5)?;
+    let executable: bool = r.get(at + 6)?;
+    let client_id: String = r.get(at + 7)?;
+    let symlink: bool = r.get("symlink")?;
+    let folder: bool = r.get("folder")?;
+    Ok((|| {
+        let content = match (deleted, hash) {
+            (true, _) => None,
+            (false, Some(h)) => Some(Content {
+                hash: ContentHash::try_from(&h[..])?,
+                size: size as u64,
+                mtime_ns,
+                executable,
+                symlink,
+                folder,
+            }),
+            (false, None) => return Err(Error::Internal(format!("live entry {path:?} has no hash"))),
+        };
+        Ok(Entry { path: RelPath::new(path)?, version: version as u64, content, client_id })
+    })())
+}
+
+fn now_ms() -> i64 {
+    syncstore::lock::now_ms()
+}

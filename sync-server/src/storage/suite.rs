@@ -1,0 +1,614 @@
+//! The journal's test suite: written once against [`Store`] and run over
+//! every backend, the embedded one (SQLite and a blob folder in a temp
+//! folder) and the in-memory one. What it proves holds for any backend
+//! that passes it: racing puts get gap-free seqs and one winner per path,
+//! refused or abandoned uploads leave no content, locks admit only their
+//! holder with its token (fencing), the change feed replays after a
+//! cursor, the path-clash rule, tombstones, retries, and identity.
+
+use std::sync::Arc;
+
+use syncstore::{Content, ContentHash, Lock, RelPath, pb};
+use tempfile::TempDir;
+
+use super::{
+    Actor, Change, ChangeFeed, DEFAULT_NAMESPACE as NS, Delete, LockEnd, LockRequest, Put, StagedContent,
+    Store, StoreOptions, What,
+    blobdir::BlobDir,
+    content::ContentStore,
+    memory::{MemoryContent, MemoryMeta},
+    meta::MetaStore,
+    sqlite::SqliteMeta,
+};
+use crate::{error::Error, wire};
+
+/// Which backend a suite test runs over.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Embedded,
+    Memory,
+}
+
+/// A backend's two halves, kept so that a store can be opened again over
+/// them (a restart).
+struct Fixture {
+    meta: Arc<dyn MetaStore>,
+    content: Arc<dyn ContentStore>,
+    options: StoreOptions,
+    _dir: Option<TempDir>,
+}
+
+impl Backend {
+    async fn fixture(self, options: StoreOptions) -> Fixture {
+        match self {
+            Backend::Embedded => {
+                let dir = tempfile::tempdir().unwrap();
+                Fixture {
+                    meta: Arc::new(SqliteMeta::open(dir.path()).await.unwrap()),
+                    content: Arc::new(BlobDir::open(dir.path()).await.unwrap()),
+                    options,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Memory => Fixture {
+                meta: Arc::new(MemoryMeta::new()),
+                content: Arc::new(MemoryContent::default()),
+                options,
+                _dir: None,
+            },
+        }
+    }
+
+    async fn store(self) -> (Fixture, Store) {
+        let f = self.fixture(StoreOptions::default()).await;
+        let s = f.open().await;
+        (f, s)
+    }
+}
+
+impl Fixture {
+    /// A store over the fixture's backends (again: a restart).
+    async fn open(&self) -> Store {
+        Store::with_backends(self.meta.clone(), self.content.clone(), self.options.clone()).await.unwrap()
+    }
+}
+
+fn path(p: &str) -> RelPath {
+    RelPath::new(p).unwrap()
+}
+
+/// Client `client` of the principal "alice".
+fn who(client: &str) -> Actor {
+    Actor::new("alice", client)
+}
+
+fn content(data: &[u8]) -> Content {
+    Content {
+        hash: ContentHash::of(data),
+        size: data.len() as u64,
+        mtime_ns: 7,
+        executable: false,
+        symlink: false,
+        folder: false,
+    }
+}
+
+fn put(p: &str, data: &[u8], base_version: u64, client: &str, lock_token: u64) -> Put {
+    Put { path: path(p), content: content(data), base_version, who: who(client), lock_token }
+}
+
+fn delete(p: &str, base_version: u64, client: &str, lock_token: u64) -> Delete {
+    Delete { path: path(p), base_version, who: who(client), lock_token }
+}
+
+/// `data` received and checked, not in place yet.
+async fn stage(s: &Store, data: &[u8]) -> Box<dyn StagedContent> {
+    let mut up = s.upload().await.unwrap();
+    up.write(data.to_vec()).await.unwrap();
+    up.complete(ContentHash::of(data), data.len() as u64).await.unwrap()
+}
+
+/// Puts `p` with its content sent along.
+async fn send(s: &Store, p: Put, data: &[u8]) -> crate::Result<Change> {
+    let staged = stage(s, data).await;
+    s.commit_put(NS, p, Some(staged)).await
+}
+
+async fn stored(s: &Store) -> Vec<ContentHash> {
+    let mut all = s.stored_contents().await.unwrap();
+    all.sort();
+    all
+}
+
+fn request(p: &str, client: &str, ttl_seconds: u32) -> LockRequest {
+    LockRequest {
+        path: path(p),
+        ttl_seconds,
+        note: "editing".into(),
+        who: who(client),
+        holder: format!("{client}@host"),
+    }
+}
+
+fn lock_of(c: &Change) -> Lock {
+    match &c.what {
+        What::Lock(l) => l.clone(),
+        other => panic!("not a lock change: {other:?}"),
+    }
+}
+
+/// Many tasks put at once, two per path: group commits give every path
+/// exactly one winner (the second of a group sees the first), the seqs
+/// stay gap-free, and the losers' content is not kept.
+async fn racing_puts_get_gap_free_seqs_and_one_winner_per_path(b: Backend) {
+    let (_f, s) = b.store().await;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let data = format!("content {i}");
+                send(
+                    &s,
+                    put(&format!("f{}", i / 2), data.as_bytes(), 0, &format!("c{i}"), 0),
+                    data.as_bytes(),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let won: Vec<&Change> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 16, "one winner per path");
+    assert!(
+        results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, Error::VersionConflict { .. })),
+        "{results:?}"
+    );
+    let mut seqs: Vec<u64> = won.iter().map(|c| c.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=16).collect::<Vec<_>>());
+    assert_eq!(s.head(), 16);
+    let mut winners: Vec<ContentHash> =
+        won.iter().map(|c| c.entry().unwrap().content.unwrap().hash).collect();
+    winners.sort();
+    assert_eq!(stored(&s).await, winners, "only the winners' content is kept");
+}
+
+/// A refused upload's content goes, an abandoned upload leaves nothing,
+/// and replaced content goes once nothing refers to it.
+async fn refused_and_abandoned_uploads_leave_no_content(b: Backend) {
+    let (_f, s) = b.store().await;
+    let v1 = send(&s, put("a", b"one", 0, "c", 0), b"one").await.unwrap().seq;
+    // A stale base: refused, its content not kept.
+    let stale = send(&s, put("a", b"two", 0, "c", 0), b"two").await;
+    assert!(matches!(stale, Err(Error::VersionConflict { current, .. }) if current == v1));
+    assert_eq!(stored(&s).await, vec![ContentHash::of(b"one")]);
+    // An upload dropped half-way, and one staged but never committed.
+    let mut up = s.upload().await.unwrap();
+    up.write(b"half".to_vec()).await.unwrap();
+    drop(up);
+    drop(stage(&s, b"staged").await);
+    // A wrong hash is refused with nothing kept.
+    let mut up = s.upload().await.unwrap();
+    up.write(b"abc".to_vec()).await.unwrap();
+    assert!(matches!(up.complete(ContentHash::of(b"abd"), 3).await, Err(Error::ContentMismatch(_))));
+    assert_eq!(stored(&s).await, vec![ContentHash::of(b"one")]);
+    // Replacing the file drops the old content; content two paths share stays.
+    send(&s, put("b", b"one", 0, "c", 0), b"one").await.unwrap();
+    send(&s, put("a", b"three", v1, "c", 0), b"three").await.unwrap();
+    let mut want = vec![ContentHash::of(b"one"), ContentHash::of(b"three")];
+    want.sort();
+    assert_eq!(stored(&s).await, want);
+    // A header-only put of content the namespace holds commits; of other
+    // content it is refused as unknown.
+    s.commit_put(NS, put("c", b"three", 0, "c", 0), None).await.unwrap();
+    let unknown = s.commit_put(NS, put("d", b"never sent", 0, "c", 0), None).await;
+    assert!(matches!(unknown, Err(Error::UnknownContent(_))), "{unknown:?}");
+    let other_ns = s.commit_put("other", put("d", b"three", 0, "c", 0), None).await;
+    assert!(matches!(other_ns, Err(Error::UnknownContent(_))), "{other_ns:?}");
+}
+
+async fn a_lock_admits_only_its_holder_with_its_token(b: Backend) {
+    let (_f, s) = b.store().await;
+    send(&s, put("seed", b"", 0, "x", 0), b"").await.unwrap();
+    let a = lock_of(&s.lock(NS, request("f", "A", 60)).await.unwrap());
+    assert_eq!(a.token, s.head(), "the token is the granting change's seq");
+
+    // B can neither lock nor write nor delete it.
+    assert!(matches!(s.lock(NS, request("f", "B", 60)).await, Err(Error::Locked(m)) if m.contains("A@host")));
+    assert!(matches!(s.commit_put(NS, put("f", b"", 0, "B", 0), None).await, Err(Error::Locked(_))));
+    // A without its token, or with a wrong one, is refused too.
+    assert!(matches!(s.commit_put(NS, put("f", b"", 0, "A", 0), None).await, Err(Error::StaleLock(_))));
+    assert!(matches!(
+        s.commit_put(NS, put("f", b"", 0, "A", a.token + 1), None).await,
+        Err(Error::StaleLock(_))
+    ));
+    // A with its token writes.
+    let v = s.commit_put(NS, put("f", b"", 0, "A", a.token), None).await.unwrap().seq;
+    assert!(matches!(s.commit_delete(NS, delete("f", v, "B", 0)).await, Err(Error::Locked(_))));
+
+    // Re-locking refreshes: same id and token.
+    let again = lock_of(&s.lock(NS, request("f", "A", 120)).await.unwrap());
+    assert_eq!((again.lock_id.as_str(), again.token, again.ttl_seconds), (a.lock_id.as_str(), a.token, 120));
+
+    // B cannot unlock it without force; with force it is broken.
+    assert!(matches!(s.unlock(NS, &a.lock_id, &who("B"), false).await, Err(Error::Locked(_))));
+    let broken = s.unlock(NS, &a.lock_id, &who("B"), true).await.unwrap();
+    assert!(matches!(broken.what, What::Unlock { ended: LockEnd::Broken, ref by, .. } if *by == who("B")));
+    assert!(s.list_locks(NS, "").await.unwrap().is_empty());
+
+    // Fencing: A's old token is refused now that the lock is gone ...
+    assert!(matches!(s.commit_delete(NS, delete("f", v, "A", a.token)).await, Err(Error::StaleLock(_))));
+    // ... and once B holds a new lock, B's token is larger.
+    let b_lock = lock_of(&s.lock(NS, request("f", "B", 60)).await.unwrap());
+    assert!(b_lock.token > a.token);
+    assert!(matches!(s.commit_delete(NS, delete("f", v, "A", a.token)).await, Err(Error::Locked(_))));
+    s.commit_delete(NS, delete("f", v, "B", b_lock.token)).await.unwrap();
+}
+
+async fn a_lock_is_bound_to_its_principal_and_client_together(b: Backend) {
+    let (_f, s) = b.store().await;
+    send(&s, put("seed", b"", 0, "x", 0), b"").await.unwrap();
+    let a = lock_of(&s.lock(NS, request("f", "A", 60)).await.unwrap());
+    assert_eq!(a.principal, "alice");
+    // Bob sends alice's client id: refused for every operation.
+    let bob = Actor::new("bob", "A");
+    let mut as_bob = put("f", b"", 0, "A", a.token);
+    as_bob.who = bob.clone();
+    assert!(matches!(s.commit_put(NS, as_bob, None).await, Err(Error::Locked(_))));
+    let relock = LockRequest { who: bob.clone(), ..request("f", "A", 60) };
+    assert!(matches!(s.lock(NS, relock).await, Err(Error::Locked(_))));
+    assert!(matches!(s.refresh_lock(NS, &a.lock_id, &bob, 60).await, Err(Error::Locked(_))));
+    assert!(matches!(s.unlock(NS, &a.lock_id, &bob, false).await, Err(Error::Locked(_))));
+    // With force (the service checks the right), it is broken by bob.
+    let broken = s.unlock(NS, &a.lock_id, &bob, true).await.unwrap();
+    assert!(matches!(broken.what, What::Unlock { ended: LockEnd::Broken, ref by, .. } if *by == bob));
+    let info = wire::lock_info(&broken).unwrap();
+    assert_eq!((info.ended_by.as_str(), info.ended_by_principal.as_str()), ("A", "bob"));
+    // The holder itself refreshes and releases.
+    let g = lock_of(&s.lock(NS, request("g", "A", 60)).await.unwrap());
+    s.refresh_lock(NS, &g.lock_id, &who("A"), 120).await.unwrap();
+    let released = s.unlock(NS, &g.lock_id, &who("A"), false).await.unwrap();
+    assert!(matches!(released.what, What::Unlock { ended: LockEnd::Released, .. }));
+}
+
+async fn lock_listings_page_in_path_order_under_a_prefix(b: Backend) {
+    let (_f, s) = b.store().await;
+    for p in ["d", "d/a", "d/b", "d-x", "d0", "e", "d/c/d"] {
+        s.lock(NS, request(p, "A", 60)).await.unwrap();
+    }
+    let paths = |v: Vec<Lock>| v.into_iter().map(|l| l.path.as_str().to_owned()).collect::<Vec<_>>();
+    assert_eq!(paths(s.list_locks(NS, "d").await.unwrap()), ["d", "d/a", "d/b", "d/c/d"]);
+    assert_eq!(paths(s.list_locks_page(NS, "d", Some("d/a"), 2).await.unwrap()), ["d/b", "d/c/d"]);
+    assert_eq!(paths(s.list_locks_page(NS, "", None, 3).await.unwrap()), ["d", "d-x", "d/a"]);
+    assert_eq!(s.list_locks(NS, "").await.unwrap().len(), 7);
+}
+
+async fn locks_expire_survive_a_restart_and_reserve_missing_names(b: Backend) {
+    let f = b.fixture(StoreOptions::default()).await;
+    let (id, token) = {
+        let s = f.open().await;
+        let l = lock_of(&s.lock(NS, request("new/name.txt", "A", 60)).await.unwrap());
+        assert!(s.stat(NS, &path("new/name.txt")).await.unwrap().is_none(), "a lock writes no file");
+        (l.lock_id, l.token)
+    };
+    let s = f.open().await;
+    let listed = s.list_locks(NS, "new").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].lock_id.as_str(), listed[0].token), (id.as_str(), token));
+    assert!(s.list_locks(NS, "ne").await.unwrap().is_empty(), "prefixes match whole names");
+
+    // Nothing expires before its time; at it, one unlock change.
+    assert!(s.expire_locks(listed[0].expires_ms - 1).await.unwrap().is_empty());
+    let ended = s.expire_locks(listed[0].expires_ms).await.unwrap();
+    assert!(matches!(&ended[..], [Change { what: What::Unlock { ended: LockEnd::Expired, .. }, .. }]));
+    assert!(s.list_locks(NS, "").await.unwrap().is_empty());
+    assert!(matches!(s.refresh_lock(NS, &id, &who("A"), 60).await, Err(Error::LockNotHeld(_))));
+
+    // The log holds the grant and the expiry, in order.
+    let log = s.changes_after(NS, 0, 10).await.unwrap();
+    let kinds: Vec<i32> = log.iter().map(|c| wire::kind(c) as i32).collect();
+    assert_eq!(kinds, [pb::change_event::Kind::Lock as i32, pb::change_event::Kind::Unlock as i32]);
+}
+
+/// The feed replays the kept log after a cursor, per namespace or for all,
+/// broadcasts what commits later, and says where the trimmed log starts.
+async fn the_change_feed_replays_after_a_cursor(b: Backend) {
+    let f = b.fixture(StoreOptions { log_retention: 3, ..StoreOptions::default() }).await;
+    let s = f.open().await;
+    assert_eq!(s.oldest_seq().await.unwrap(), 0, "nothing is missing from a new store");
+    let mut live = s.subscribe();
+    for i in 0..3u8 {
+        send(&s, put(&format!("f{i}"), &[i], 0, "c", 0), &[i]).await.unwrap();
+    }
+    s.commit_put("other", put("g", b"", 0, "c", 0), Some(stage(&s, b"").await)).await.unwrap();
+    for want in 1..=4 {
+        assert_eq!(live.recv().await.unwrap().seq, want, "broadcast in seq order");
+    }
+    let feed: &dyn ChangeFeed = &s;
+    let seqs = |v: Vec<Change>| v.iter().map(|c| c.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(feed.changes_after(Some(NS), 1, 10).await.unwrap()), [2, 3]);
+    assert_eq!(seqs(feed.changes_after(None, 1, 10).await.unwrap()), [2, 3, 4]);
+    assert_eq!(seqs(feed.changes_after(None, 0, 2).await.unwrap()), [1, 2]);
+    assert_eq!(feed.head(), 4);
+    assert_eq!(feed.oldest_seq().await.unwrap(), 1);
+    // Retention 3: once the log is trimmed, it starts later.
+    for i in 0..3u8 {
+        send(&s, put(&format!("h{i}"), &[i, i], 0, "c", 0), &[i, i]).await.unwrap();
+    }
+    let oldest = feed.oldest_seq().await.unwrap();
+    assert!(oldest > 1 && oldest <= 7 - 2, "oldest kept {oldest}");
+    assert_eq!(feed.changes_after(None, 6, 10).await.unwrap().len(), 1, "the head is always kept");
+}
+
+/// A file cannot sit below a file, nor a file where live entries lie below;
+/// a folder can hold what lies below it.
+async fn the_path_clash_rule_holds(b: Backend) {
+    let (_f, s) = b.store().await;
+    send(&s, put("a", b"x", 0, "c", 0), b"x").await.unwrap();
+    let below = s.commit_put(NS, put("a/b", b"x", 0, "c", 0), None).await;
+    assert!(matches!(below, Err(Error::PathClash(m)) if m.contains("a is a file")));
+    s.commit_put(NS, put("d/e", b"x", 0, "c", 0), None).await.unwrap();
+    let over = s.commit_put(NS, put("d", b"x", 0, "c", 0), None).await;
+    assert!(matches!(over, Err(Error::PathClash(m)) if m.contains("holds d/e")));
+    let mut folder = put("d", b"", 0, "c", 0);
+    folder.content.folder = true;
+    s.commit_put(NS, folder, Some(stage(&s, b"").await)).await.unwrap();
+    // The pre-check reads the same rows before any content is received.
+    let facts = s.path_facts(NS, &path("a/b"), false).await.unwrap();
+    assert_eq!(facts.file_above.as_deref(), Some("a"));
+    // Once "a" is deleted, "a/b" may be a file.
+    let v = s.stat(NS, &path("a")).await.unwrap().unwrap().version;
+    s.commit_delete(NS, delete("a", v, "c", 0)).await.unwrap();
+    s.commit_put(NS, put("a/b", b"x", 0, "c", 0), None).await.unwrap();
+}
+
+/// A deletion leaves a tombstone; deleting it again is NOT_FOUND; a new
+/// file over it is based on 0 or on the tombstone.
+async fn deletions_leave_tombstones(b: Backend) {
+    let (_f, s) = b.store().await;
+    let v1 = send(&s, put("a", b"one", 0, "c", 0), b"one").await.unwrap().seq;
+    assert!(matches!(
+        s.commit_delete(NS, delete("a", v1 + 5, "c", 0)).await,
+        Err(Error::VersionConflict { .. })
+    ));
+    let gone = s.commit_delete(NS, delete("a", v1, "c", 0)).await.unwrap();
+    let tomb = s.stat(NS, &path("a")).await.unwrap().unwrap();
+    assert!(tomb.is_deleted());
+    assert_eq!(tomb.version, gone.seq);
+    assert!(stored(&s).await.is_empty(), "content nothing refers to goes");
+    assert!(matches!(s.commit_delete(NS, delete("a", gone.seq, "c", 0)).await, Err(Error::NotFound(_))));
+    assert!(matches!(s.commit_delete(NS, delete("never", 0, "c", 0)).await, Err(Error::NotFound(_))));
+    let listed = s.list_page(NS, "", None, true, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(s.list_page(NS, "", None, false, 10).await.unwrap().is_empty());
+    send(&s, put("a", b"two", gone.seq, "c", 0), b"two").await.unwrap();
+    assert_eq!(s.entry_at(NS, &path("a"), v1).await.unwrap().unwrap().content, Some(content(b"one")));
+}
+
+async fn only_the_very_same_write_is_recognised_as_a_retry(b: Backend) {
+    let (_f, s) = b.store().await;
+    let first = put("a", b"one", 0, "c1", 0);
+    let v1 = send(&s, first.clone(), b"one").await.unwrap().seq;
+    assert_eq!(s.committed_put(NS, &first).await.unwrap().map(|e| e.version), Some(v1));
+    // Another client, other bytes, another mtime, another base: not it.
+    assert_eq!(s.committed_put(NS, &put("a", b"one", 0, "c2", 0)).await.unwrap(), None);
+    assert_eq!(s.committed_put(NS, &put("a", b"two", 0, "c1", 0)).await.unwrap(), None);
+    let mut later = first.clone();
+    later.content.mtime_ns = 8;
+    assert_eq!(s.committed_put(NS, &later).await.unwrap(), None);
+    assert_eq!(s.committed_put(NS, &put("a", b"one", v1, "c1", 0)).await.unwrap(), None);
+
+    let second = put("a", b"two", v1, "c1", 0);
+    let v2 = send(&s, second.clone(), b"two").await.unwrap().seq;
+    assert_eq!(s.committed_put(NS, &second).await.unwrap().map(|e| e.version), Some(v2));
+    assert_eq!(s.committed_put(NS, &put("a", b"two", 0, "c1", 0)).await.unwrap(), None);
+
+    let del = delete("a", v2, "c1", 0);
+    let v3 = s.commit_delete(NS, del.clone()).await.unwrap().seq;
+    assert_eq!(s.committed_delete(NS, &del).await.unwrap().map(|e| e.version), Some(v3));
+    assert_eq!(s.committed_delete(NS, &delete("a", v2, "c2", 0)).await.unwrap(), None);
+    assert_eq!(s.committed_delete(NS, &delete("a", v1, "c1", 0)).await.unwrap(), None);
+    let again = put("a", b"three", 0, "c1", 0);
+    send(&s, again.clone(), b"three").await.unwrap();
+    assert!(s.committed_put(NS, &again).await.unwrap().is_some());
+    assert!(s.committed_put(NS, &put("a", b"three", v3, "c1", 0)).await.unwrap().is_some());
+}
+
+async fn a_creation_whose_history_was_trimmed_is_not_recognised(b: Backend) {
+    let f = b.fixture(StoreOptions { log_retention: 1, ..StoreOptions::default() }).await;
+    let s = f.open().await;
+    let old = put("old", b"old", 0, "c1", 0);
+    send(&s, old.clone(), b"old").await.unwrap();
+    for i in 0..3 {
+        send(&s, put(&format!("other{i}"), b"x", 0, "c1", 0), b"x").await.unwrap();
+    }
+    assert!(s.oldest_seq().await.unwrap() > 1, "the log was trimmed");
+    send(&s, put("new", b"new", 0, "c1", 0), b"new").await.unwrap();
+    assert_eq!(s.committed_put(NS, &old).await.unwrap(), None);
+}
+
+async fn the_identity_is_created_once_and_kept_across_a_restart(b: Backend) {
+    let f = b.fixture(StoreOptions::default()).await;
+    let first = {
+        let s = f.open().await;
+        let id = s.identity();
+        assert_eq!(id.history_id.len(), 32);
+        assert_eq!((id.epoch, id.primary_url.as_deref()), (0, None));
+        s.set_epoch(3).await.unwrap();
+        s.set_primary_url("http://primary:7000").await.unwrap();
+        s.identity()
+    };
+    assert_eq!((first.epoch, first.primary_url.as_deref()), (3, Some("http://primary:7000")));
+    assert_eq!(f.open().await.identity(), first);
+}
+
+async fn only_a_store_that_holds_nothing_adopts_another_history(b: Backend) {
+    let f = b.fixture(StoreOptions::default()).await;
+    let s = f.open().await;
+    s.adopt_history("0123").await.unwrap();
+    assert_eq!(s.history_id(), "0123");
+    s.lock(NS, request("f", "c", 0)).await.unwrap();
+    assert!(matches!(s.adopt_history("4567").await, Err(Error::FailedPrecondition(_))));
+    drop(s);
+    assert_eq!(f.open().await.history_id(), "0123");
+}
+
+/// Replicated changes apply with their seqs; a redelivery is skipped, a gap
+/// refused; a snapshot replaces the manifest and restarts the log.
+async fn replicated_changes_and_snapshots_apply_in_order(b: Backend) {
+    use super::Replicated;
+    let (_f, s) = b.store().await;
+    let file = |seq: u64, p: &str, data: &[u8]| {
+        let entry = syncstore::Entry {
+            path: path(p),
+            version: seq,
+            content: Some(content(data)),
+            client_id: "c".into(),
+        };
+        Change::file(NS, entry)
+    };
+    let batch = vec![
+        Replicated {
+            change: file(1, "a", b"one"),
+            staged: Some(stage(&s, b"one").await),
+            content_gone: false,
+        },
+        Replicated {
+            change: file(2, "b", b"two"),
+            staged: Some(stage(&s, b"two").await),
+            content_gone: false,
+        },
+    ];
+    assert_eq!(s.apply_replicated_batch(batch).await.unwrap(), 2);
+    let again = vec![Replicated { change: file(2, "b", b"two"), staged: None, content_gone: false }];
+    assert_eq!(s.apply_replicated_batch(again).await.unwrap(), 0, "a redelivery is skipped");
+    let gap = vec![Replicated { change: file(4, "c", b"x"), staged: None, content_gone: true }];
+    assert!(matches!(s.apply_replicated_batch(gap).await, Err(Error::FailedPrecondition(_))));
+    let missing = vec![Replicated { change: file(3, "c", b"never"), staged: None, content_gone: false }];
+    assert!(matches!(s.apply_replicated_batch(missing).await, Err(Error::FailedPrecondition(_))));
+    assert_eq!(s.head(), 2);
+
+    s.snapshot_begin().await.unwrap();
+    let entry = file(9, "z", b"zed").into_entry();
+    s.snapshot_put(NS, &entry, Some(stage(&s, b"zed").await), false).await.unwrap();
+    s.snapshot_end(10).await.unwrap();
+    assert_eq!(s.head(), 10);
+    assert_eq!(s.oldest_seq().await.unwrap(), 11, "the log restarts empty at the snapshot's head");
+    assert!(s.stat(NS, &path("a")).await.unwrap().is_none());
+    assert_eq!(stored(&s).await, vec![ContentHash::of(b"zed")], "what the snapshot dropped goes");
+}
+
+/// With a grace period, replaced content stays until the grace has passed
+/// and then goes in the background, unless an entry refers to it again by
+/// then.
+async fn replaced_content_goes_once_its_grace_has_passed(b: Backend) {
+    let grace = std::time::Duration::from_millis(300);
+    let f = b.fixture(StoreOptions { gc_grace: grace, ..StoreOptions::default() }).await;
+    let s = f.open().await;
+    let v1 = send(&s, put("a", b"one", 0, "c", 0), b"one").await.unwrap().seq;
+    let v2 = send(&s, put("a", b"two", v1, "c", 0), b"two").await.unwrap().seq;
+    let both = {
+        let mut v = vec![ContentHash::of(b"one"), ContentHash::of(b"two")];
+        v.sort();
+        v
+    };
+    assert_eq!(stored(&s).await, both, "replaced content is kept through its grace");
+    // "one" is referred to again within its grace: it must stay.
+    send(&s, put("b", b"one", 0, "c", 0), b"one").await.unwrap();
+    send(&s, put("a", b"three", v2, "c", 0), b"three").await.unwrap();
+    // A refused upload's content waits for its grace too.
+    let stale = send(&s, put("a", b"four", v1, "c", 0), b"four").await;
+    assert!(matches!(stale, Err(Error::VersionConflict { .. })), "{stale:?}");
+    assert!(stored(&s).await.contains(&ContentHash::of(b"four")));
+    // "two" and "four", queued after "one", go: the collector has been
+    // through "one" by then.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stored(&s).await.iter().any(|h| [ContentHash::of(b"two"), ContentHash::of(b"four")].contains(h)) {
+        assert!(tokio::time::Instant::now() < deadline, "replaced content was never collected");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut want = vec![ContentHash::of(b"one"), ContentHash::of(b"three")];
+    want.sort();
+    assert_eq!(stored(&s).await, want);
+}
+
+/// Instantiates every suite test for each backend.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Embedded).await
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Memory).await
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    racing_puts_get_gap_free_seqs_and_one_winner_per_path,
+    refused_and_abandoned_uploads_leave_no_content,
+    a_lock_admits_only_its_holder_with_its_token,
+    a_lock_is_bound_to_its_principal_and_client_together,
+    lock_listings_page_in_path_order_under_a_prefix,
+    locks_expire_survive_a_restart_and_reserve_missing_names,
+    the_change_feed_replays_after_a_cursor,
+    the_path_clash_rule_holds,
+    deletions_leave_tombstones,
+    only_the_very_same_write_is_recognised_as_a_retry,
+    a_creation_whose_history_was_trimmed_is_not_recognised,
+    the_identity_is_created_once_and_kept_across_a_restart,
+    only_a_store_that_holds_nothing_adopts_another_history,
+    replicated_changes_and_snapshots_apply_in_order,
+    replaced_content_goes_once_its_grace_has_passed,
+);
+
+/// The embedded backend's own: a small blob is synced (one `syncfs`) before
+/// its commit, a large or known one is not; a data folder takes one server.
+mod embedded_only {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_blob_is_synced_before_its_commit_and_a_large_or_known_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobDir::open(dir.path()).await.unwrap();
+        let meta = Arc::new(SqliteMeta::open(dir.path()).await.unwrap());
+        let s = Store::with_backends(meta, Arc::new(blobs.clone()), StoreOptions::default()).await.unwrap();
+        let syncs_for = |p: &'static str, data: Vec<u8>, send_it: bool| {
+            let (s, blobs) = (s.clone(), blobs.clone());
+            async move {
+                let staged = if send_it { Some(stage(&s, &data).await) } else { None };
+                let before = blobs.sync_count();
+                s.commit_put(NS, put(p, &data, 0, "c", 0), staged).await.unwrap();
+                blobs.sync_count() - before
+            }
+        };
+        let linux = u64::from(cfg!(target_os = "linux"));
+        assert_eq!(syncs_for("small", b"small".to_vec(), true).await, linux, "one sync before the commit");
+        assert_eq!(syncs_for("copy", b"small".to_vec(), false).await, 0, "reused content is durable already");
+        let large = vec![1u8; super::super::blobdir::DEFER_SYNC_MAX as usize + 1];
+        assert_eq!(syncs_for("large", large, true).await, 0, "a large blob was fsynced on its own");
+    }
+
+    #[tokio::test]
+    async fn a_data_folder_takes_one_server_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
+        let second = Store::open(dir.path(), StoreOptions::default()).await;
+        assert!(matches!(second, Err(Error::FailedPrecondition(m)) if m.contains("another sync-server")));
+        drop(first);
+        Store::open(dir.path(), StoreOptions::default()).await.unwrap();
+    }
+}
