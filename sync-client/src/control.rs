@@ -76,6 +76,9 @@ pub struct Live {
     pub paused: bool,
     /// The folder's mode: `send-receive`, `send-only` or `receive-only`.
     pub mode: String,
+    /// The subtrees kept here (selective sync); empty: every path.
+    #[serde(default)]
+    pub only: Vec<String>,
     /// The server in use now.
     pub server: String,
     /// The servers given, primary first: `server` is a replica when it is

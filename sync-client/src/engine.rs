@@ -213,6 +213,16 @@ impl Engine {
         Self { planner: self.planner.with_mode(mode), ..self }
     }
 
+    /// Syncs only the subtrees of `selection`.
+    pub fn with_selection(self, selection: plan::Selection) -> Self {
+        Self { planner: self.planner.with_selection(selection), ..self }
+    }
+
+    /// The subtrees kept here.
+    pub fn selection(&self) -> &plan::Selection {
+        self.planner.selection()
+    }
+
     /// The mode the folder syncs in now (receive-only once the server
     /// refused a write for the token's sake).
     pub fn mode(&self) -> Mode {
@@ -286,9 +296,9 @@ impl Engine {
         }
         // Deletions last, so content that moved is still on the server when
         // its new name is uploaded.
-        let (mut deletes, others): (Vec<_>, Vec<_>) = plans
-            .into_iter()
-            .partition(|p| matches!(p.action, Action::DeleteRemote { .. } | Action::DeleteLocal));
+        let (mut deletes, others): (Vec<_>, Vec<_>) = plans.into_iter().partition(|p| {
+            matches!(p.action, Action::DeleteRemote { .. } | Action::DeleteLocal | Action::Deselect)
+        });
         // What lies below a folder goes before the folder.
         deletes.sort_by(|a, b| b.path.cmp(&a.path));
         let mut progress = Progress::new(

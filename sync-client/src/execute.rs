@@ -204,7 +204,7 @@ impl Executor {
         match &p.action {
             Action::Nothing => self.refresh_base(p)?,
             // Held back by the folder's mode: nothing to do, the base stays.
-            Action::KeepLocal | Action::KeepRemote => {}
+            Action::KeepLocal | Action::KeepRemote | Action::NotSelected => {}
             Action::Record { version } => {
                 let l = p.local.expect("Record is planned for a local file");
                 self.state.set_base(path, &local::synced_base(*version, l))?;
@@ -239,7 +239,7 @@ impl Executor {
                 self.locks.protect(path);
                 tracing::info!(%path, version = remote.version, why, "downloaded");
             }
-            Action::DeleteLocal if p.local.is_some_and(|l| l.folder) => {
+            Action::DeleteLocal | Action::Deselect if p.local.is_some_and(|l| l.folder) => {
                 // Only an empty folder goes; one that holds something new
                 // stays, no longer an entry of its own.
                 let root = self.folder.root();
@@ -269,6 +269,15 @@ impl Executor {
                 self.state.remove_base(path)?;
                 self.metrics.local_deletes.inc();
                 tracing::info!(%path, why, "deleted locally");
+            }
+            Action::Deselect => {
+                // Only the unchanged copy the plan saw goes (a change made
+                // since is put back and planned again, then kept).
+                let l = p.local.expect("Deselect is planned for a local file");
+                let (rel, folder, state) = (path.clone(), self.folder.clone(), self.state.clone());
+                tokio::task::spawn_blocking(move || delete_local(&folder, &state, &rel, l.meta())).await??;
+                self.state.remove_base(path)?;
+                tracing::info!(%path, why, "removed the local copy of a path no longer selected");
             }
             Action::DeleteRemote { base_version } => {
                 // A file is gone: is the whole folder?

@@ -58,7 +58,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use folder::Folder;
-pub use plan::Mode;
+pub use plan::{Mode, Selection};
 pub use planner::Planner;
 pub use remote::{GrpcRemote, Remote};
 pub use state::State;
@@ -114,6 +114,9 @@ pub struct Config {
     /// The folder's mode, if given (none: the one its state remembers,
     /// send-receive at first).
     pub mode: Option<Mode>,
+    /// The subtrees kept here, if given (none: the ones its state
+    /// remembers, every path at first; [`Selection::all`] forgets them).
+    pub only: Option<Selection>,
 }
 
 impl Config {
@@ -129,6 +132,7 @@ impl Config {
             max_upload_rate: None,
             max_download_rate: None,
             mode: None,
+            only: None,
         }
     }
 }
@@ -150,9 +154,11 @@ fn open(config: &Config) -> Result<(Engine, State, GrpcRemote, PathBuf)> {
     }
     let remote = GrpcRemote::new(&config.servers, state.client_id()?, &config.security)?.with_limits(limits);
     let mode = remember_mode(&state, config.mode)?;
+    let selection = remember_selection(&state, config.only.clone())?;
     let engine = Engine::new(Folder::open(&root)?, state.clone(), Arc::new(remote.clone()), host_name())
         .with_metrics(config.metrics.clone())
-        .with_mode(mode);
+        .with_mode(mode)
+        .with_selection(selection);
     Ok((engine, state, remote, root))
 }
 
@@ -197,6 +203,49 @@ fn mode_of(state: &State, given: Option<Mode>) -> Result<Mode> {
     given.map_or_else(|| stored_mode(state), Ok)
 }
 
+/// The state key holding the folder's selection (a JSON list of paths;
+/// missing or empty: every path).
+const SELECTION_KEY: &str = "only";
+
+/// The selection the folder's state remembers (every path if none).
+pub fn stored_selection(state: &State) -> Result<Selection> {
+    let Some(text) = state.get_meta(SELECTION_KEY)?.filter(|t| !t.is_empty()) else {
+        return Ok(Selection::all());
+    };
+    let bad =
+        |why: String| Error::Config(format!("the folder's state holds a bad selection ({why}); give --only"));
+    let names: Vec<String> = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let paths = names.into_iter().map(RelPath::new).collect::<std::result::Result<Vec<_>, _>>();
+    Ok(Selection::of(paths.map_err(|e| bad(e.to_string()))?))
+}
+
+/// The folder's selection: `given`, remembered in its state (a change is
+/// logged), or else the one remembered.
+fn remember_selection(state: &State, given: Option<Selection>) -> Result<Selection> {
+    let stored = stored_selection(state);
+    let selection = match (given, stored) {
+        (Some(selection), Ok(old)) if selection == old => selection,
+        (Some(selection), old) => {
+            let old = old.map_or_else(|e| e.to_string(), |s| s.to_string());
+            tracing::info!(from = %old, to = %selection, "the folder's selection changes");
+            let names: Vec<&str> = selection.paths().iter().map(RelPath::as_str).collect();
+            state.set_meta(SELECTION_KEY, &serde_json::to_string(&names).map_err(std::io::Error::other)?)?;
+            selection
+        }
+        (None, stored) => stored?,
+    };
+    if !selection.is_all() {
+        tracing::info!(only = %selection, "selective sync: only these are kept here");
+    }
+    Ok(selection)
+}
+
+/// The selection a one-off look at the folder plans with: `given`, or the
+/// one its state remembers (nothing is written).
+fn selection_of(state: &State, given: Option<Selection>) -> Result<Selection> {
+    given.map_or_else(|| stored_selection(state), Ok)
+}
+
 /// Brings back the server's state for every item a receive-only folder
 /// changed (`revert`), or sends a send-only folder's state to the server
 /// (`override`); see [`Engine::resolve_kept`]. It takes the folder, so a
@@ -239,9 +288,13 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     // Pause, resume and the live status, for `sync-client` commands.
     let control = control::Control::new(state.clone())?;
+    // Published before the socket opens: the first answer already names
+    // the mode.
     control.publish(|l| {
         l.servers = config.servers.clone();
         l.server = grpc.server().to_owned();
+        l.mode = engine.mode().as_str().to_owned();
+        l.only = engine.selection().paths().iter().map(ToString::to_string).collect();
     });
     match control::bind(&root) {
         Ok(listener) => {
@@ -639,6 +692,7 @@ impl Difference {
         }
         let remote = p.remote.as_ref().and_then(|e| e.content);
         let state = match (&p.local, remote, &p.action) {
+            (_, _, Action::NotSelected | Action::Deselect) => NOT_SELECTED,
             (_, _, Action::Conflict) => "conflict",
             (_, _, Action::KeepLocal) => LOCALLY_CHANGED,
             (_, _, Action::KeepRemote) => REMOTE_CHANGED,
@@ -649,12 +703,24 @@ impl Difference {
             (Some(_), Some(_), _) => "differs",
             (None, None, _) => return None,
         };
-        Some(Self { path: p.path.to_string(), state, detail: p.action.describe().to_owned() })
+        let detail = match (&p.action, &p.local, &p.base) {
+            (Action::NotSelected, None, _) => "not selected: on the server only, not downloaded",
+            (Action::NotSelected, Some(_), Some(_)) => {
+                "not selected: changed here since the last sync, kept here and not sent"
+            }
+            (Action::NotSelected, Some(_), None) => "not selected: made here, kept here and not sent",
+            (action, ..) => action.describe(),
+        };
+        Some(Self { path: p.path.to_string(), state, detail: detail.to_owned() })
     }
 }
 
 /// The `state` of a `status` row that shows a lock (not a difference).
 pub const LOCKED: &str = "locked";
+/// The `state` of a `status` row of a path outside the folder's selection
+/// (the server's file, not fetched; or a local one, kept and not sent).
+/// It is no difference.
+pub const NOT_SELECTED: &str = "not-selected";
 /// The `state` of a `status` row of a receive-only folder's own change,
 /// kept here and not sent (`revert` brings back the server's version).
 pub const LOCALLY_CHANGED: &str = "locally-changed";
@@ -671,7 +737,9 @@ pub async fn status(config: Config) -> Result<Vec<Difference>> {
         GrpcRemote::new(&config.servers, state.get_meta("client_id")?.unwrap_or_default(), &config.security)?;
     let remote: Arc<dyn Remote> = Arc::new(remote);
     let mode = mode_of(&state, config.mode)?;
-    let mut planner = Planner::new(Folder::open(&root)?, state, remote.clone()).with_mode(mode);
+    let selection = selection_of(&state, config.only)?;
+    let mut planner =
+        Planner::new(Folder::open(&root)?, state, remote.clone()).with_mode(mode).with_selection(selection);
     let info = planner.check_history().await?;
     let locks = remote.list_locks("").await?;
     let all = planner.plan_all(&info).await?;
@@ -750,6 +818,16 @@ pub async fn list(servers: &[String], security: &Security) -> Result<Vec<Entry>>
         remote.manifest().await?.into_values().filter(|e| !e.is_deleted()).collect();
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(entries)
+}
+
+/// The selection of the folder `dir` as its state remembers it, for `ls`
+/// (every path where the folder has no state yet; nothing is created).
+pub fn folder_selection(dir: &std::path::Path) -> Result<Selection> {
+    let Ok(root) = std::fs::canonicalize(dir) else { return Ok(Selection::all()) };
+    if !root.join(syncstore::limits::STATE_DIR_NAME).join("state.db").is_file() {
+        return Ok(Selection::all());
+    }
+    stored_selection(&State::open_shared(&root)?)
 }
 
 /// The folder path `arg` names: relative to the synced folder, or an

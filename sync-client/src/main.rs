@@ -64,6 +64,19 @@ struct Args {
     /// it, the remembered mode (send-receive at first).
     #[arg(long, value_enum, env = "SYNCSTORE_MODE")]
     mode: Option<sync_client::Mode>,
+    /// Selective sync: keep only this subtree of the server's files here
+    /// (repeatable; a list in the config file; comma-separated in the
+    /// environment). A path outside the selection is neither downloaded
+    /// nor deleted on the server; a de-selected file unchanged since the
+    /// last sync is removed here, a changed one kept. Remembered in the
+    /// folder's state; without it, the remembered selection (everything
+    /// at first).
+    #[arg(long, value_name = "PATH", value_parser = parse_only, env = "SYNCSTORE_ONLY", value_delimiter = ',')]
+    only: Vec<syncstore::RelPath>,
+    /// Forget the remembered --only selection: keep every path here again
+    /// (what was not selected is downloaded).
+    #[arg(long, conflicts_with = "only")]
+    select_all: bool,
     #[command(flatten)]
     connect: ConnectArgs,
     #[command(subcommand)]
@@ -142,6 +155,13 @@ enum Command {
     },
 }
 
+/// An `--only` path: relative to the folder, without `..`, not empty (a
+/// trailing `/` is allowed).
+fn parse_only(s: &str) -> Result<syncstore::RelPath, String> {
+    let trimmed = s.strip_suffix('/').filter(|t| !t.is_empty()).unwrap_or(s);
+    syncstore::RelPath::new(trimmed).map_err(|e| format!("not a path inside the folder: {e}"))
+}
+
 /// Exit code of `pause`, `resume` and `status --live` when no client runs
 /// on the folder (1 is "not in sync", 2 a usage error).
 const NOT_RUNNING: u8 = 3;
@@ -172,9 +192,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let command = args.command.clone().unwrap_or(Command::Watch);
     let security = args.connect.security()?;
     if let Command::Ls = command {
+        // With a folder (or --only), the paths it does not keep are marked.
+        let selection = match (only(&args), &args.dir) {
+            (Some(selection), _) => selection,
+            (None, Some(dir)) => sync_client::folder_selection(dir)?,
+            (None, None) => sync_client::Selection::all(),
+        };
         for e in sync_client::list(&args.servers, &security).await? {
             let size = e.content.map_or(0, |c| c.size);
-            println!("{:>8} {:>12} {}", e.version, size, e.path);
+            let mark = if selection.selects(&e.path) { "" } else { "  (not selected)" };
+            println!("{:>8} {:>12} {}{mark}", e.version, size, e.path);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -217,6 +244,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.max_upload_rate = args.max_upload_rate;
     config.max_download_rate = args.max_download_rate;
     config.mode = args.mode;
+    config.only = only(&args);
     match command {
         Command::Watch => {
             let shutdown = CancellationToken::new();
@@ -286,8 +314,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     println!("{:<13} {}  ({})", d.state, d.path, d.detail);
                 }
             }
-            // A lock is shown but is no difference.
-            let in_sync = refused.is_none() && diffs.iter().all(|d| d.state == sync_client::LOCKED);
+            // A lock is shown but is no difference; so is a path outside the selection.
+            let shown = [sync_client::LOCKED, sync_client::NOT_SELECTED];
+            let in_sync = refused.is_none() && diffs.iter().all(|d| shown.contains(&d.state));
             Ok(if in_sync { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Lock { path, ttl, note } => {
@@ -311,6 +340,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             resolve(config, sync_client::engine::Resolve::Override, dry_run).await
         }
         Command::Ls | Command::Locks | Command::Pause | Command::Resume => unreachable!("handled above"),
+    }
+}
+
+/// The selection the flags give: `--only`'s subtrees, every path with
+/// `--select-all`, or none (the remembered one).
+fn only(args: &Args) -> Option<sync_client::Selection> {
+    if args.select_all {
+        Some(sync_client::Selection::all())
+    } else if args.only.is_empty() {
+        None
+    } else {
+        Some(sync_client::Selection::of(args.only.clone()))
     }
 }
 
@@ -350,6 +391,9 @@ fn show_live(live: &Live) -> String {
     let state = if live.paused { "paused" } else { "syncing" };
     let _ = writeln!(out, "client:     running, {state}");
     let _ = writeln!(out, "mode:       {}", live.mode);
+    if !live.only.is_empty() {
+        let _ = writeln!(out, "only:       {}", live.only.join(", "));
+    }
     let replica = if live.servers.first().is_some_and(|p| *p != live.server) { " (a replica)" } else { "" };
     let _ = writeln!(out, "server:     {}{replica}", live.server);
     let _ = writeln!(out, "cursor:     {} of {}", live.cursor, live.head);

@@ -31,8 +31,16 @@
 //! folder leaves the server's changes unapplied ([`Action::KeepRemote`]).
 //! [`revert`] and [`override_action`] turn those kept items into the
 //! actions that make one side match the other.
+//!
+//! Selective sync ([`Selection`], [`outside_selection`]) comes before all
+//! of that: a path outside the folder's selection is not synced at all.
+//! Its absence here is no deletion and the server's copy is never
+//! fetched; a local copy unchanged since the last sync is removed here
+//! only ([`Action::Deselect`]); anything else there (changed since the
+//! last sync, or made here) stays as it is and is never sent
+//! ([`Action::NotSelected`]).
 
-use syncstore::{Content, ContentHash, Entry};
+use syncstore::{Content, ContentHash, Entry, RelPath};
 
 /// A local file as found on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +140,12 @@ pub enum Action {
     /// Send-only: the server's change (or the server's side of a conflict)
     /// is not applied here.
     KeepRemote,
+    /// Outside the selection, a local copy unchanged since the last sync:
+    /// removed here only (the server keeps it), and its base dropped.
+    Deselect,
+    /// Outside the selection: neither fetched nor sent; what is here
+    /// (changed since the last sync, or made here) stays as it is.
+    NotSelected,
 }
 
 impl Action {
@@ -148,13 +162,15 @@ impl Action {
             Action::Conflict => "conflict",
             Action::KeepLocal => "changed here, kept here (receive-only)",
             Action::KeepRemote => "changed on the server, not applied (send-only)",
+            Action::Deselect => "not selected: local copy removed (kept on the server)",
+            Action::NotSelected => "not selected",
         }
     }
 
     /// Whether the action is a change a folder mode holds back: nothing
     /// is done about it, and it is no work left to do.
     pub fn is_kept(&self) -> bool {
-        matches!(self, Action::KeepLocal | Action::KeepRemote)
+        matches!(self, Action::KeepLocal | Action::KeepRemote | Action::NotSelected)
     }
 }
 
@@ -189,6 +205,74 @@ impl Mode {
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The subtrees a folder keeps (selective sync): a path is selected when
+/// it is one of them, lies below one, or is a folder above one (the
+/// folders that lead to a selected subtree). No subtree: every path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection(Vec<RelPath>);
+
+impl Selection {
+    /// Every path.
+    pub fn all() -> Self {
+        Self(Vec::new())
+    }
+
+    /// The subtrees `paths` (none: every path), in order, without
+    /// repeats.
+    pub fn of(mut paths: Vec<RelPath>) -> Self {
+        paths.sort();
+        paths.dedup();
+        Self(paths)
+    }
+
+    /// Whether every path is selected.
+    pub fn is_all(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The selected subtrees.
+    pub fn paths(&self) -> &[RelPath] {
+        &self.0
+    }
+
+    /// Whether `path` is synced (see the type's doc).
+    pub fn selects(&self, path: &RelPath) -> bool {
+        self.0.is_empty() || self.0.iter().any(|s| within(path, s) || within(s, path))
+    }
+}
+
+impl std::fmt::Display for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("everything");
+        }
+        let names: Vec<&str> = self.0.iter().map(RelPath::as_str).collect();
+        f.write_str(&names.join(", "))
+    }
+}
+
+/// Whether `path` is `top` or lies below it.
+fn within(path: &RelPath, top: &RelPath) -> bool {
+    path.as_str().strip_prefix(top.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// What is done about a path outside the selection, from what is here and
+/// its base (never the server's side: nothing of it is fetched, nothing is
+/// sent). `remote_live`: the server has a file there (shown as not
+/// selected). `None`: nothing to do or show.
+pub fn outside_selection(local: Option<&Local>, base: Option<&Base>, remote_live: bool) -> Option<Action> {
+    match (local, base) {
+        // Gone here, outside the selection: no deletion, the base goes (so
+        // that selecting the path again fetches it).
+        (None, Some(_)) => Some(Action::Forget),
+        (None, None) if remote_live => Some(Action::NotSelected),
+        (None, None) => None,
+        (Some(l), Some(b)) if !local_changed(Some(l), b) => Some(Action::Deselect),
+        // Changed since the last sync, or made here: kept, never sent.
+        (Some(_), _) => Some(Action::NotSelected),
     }
 }
 
@@ -365,8 +449,6 @@ pub fn three_way(local: Option<&Local>, base: Option<&Base>, remote: Option<&Ent
 
 #[cfg(test)]
 mod tests {
-    use syncstore::RelPath;
-
     use super::*;
 
     fn local(data: &[u8]) -> Local {
@@ -391,6 +473,66 @@ mod tests {
             symlink: false,
             folder: false,
             stamp: 1,
+        }
+    }
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_selection_holds_its_subtrees_and_the_folders_above_them() {
+        let only = Selection::of(vec![rel("docs/work"), rel("photos")]);
+        for path in ["docs/work", "docs/work/a.txt", "docs", "photos", "photos/2024/x.jpg"] {
+            assert!(only.selects(&rel(path)), "{path}");
+        }
+        for path in ["docs/play", "docs/workshop", "docs/workshop/a", "photosets", "music/x.mp3", "a"] {
+            assert!(!only.selects(&rel(path)), "{path}");
+        }
+        assert!(Selection::all().selects(&rel("anything/at/all")));
+        assert_eq!(Selection::of(vec![rel("b"), rel("a"), rel("b")]).paths(), &[rel("a"), rel("b")]);
+    }
+
+    #[test]
+    fn outside_the_selection_nothing_is_fetched_sent_or_deleted_on_the_server() {
+        let (old, new) = (local(b"old"), local(b"new"));
+        let b = base(3, b"old");
+        // Unchanged since the last sync: removed here only.
+        assert_eq!(outside_selection(Some(&old), Some(&b), true), Some(Action::Deselect));
+        assert_eq!(outside_selection(Some(&old), Some(&b), false), Some(Action::Deselect));
+        // Changed here, or made here: kept, never sent.
+        assert_eq!(outside_selection(Some(&new), Some(&b), true), Some(Action::NotSelected));
+        assert_eq!(outside_selection(Some(&new), None, false), Some(Action::NotSelected));
+        assert_eq!(outside_selection(Some(&new), None, true), Some(Action::NotSelected));
+        // Gone here: no deletion, only the base goes.
+        assert_eq!(outside_selection(None, Some(&b), true), Some(Action::Forget));
+        // Only on the server: shown, never fetched.
+        assert_eq!(outside_selection(None, None, true), Some(Action::NotSelected));
+        assert_eq!(outside_selection(None, None, false), None);
+        // Whatever the case, nothing of it reaches the server or comes
+        // from it, and nothing changed here is removed.
+        for l in [None, Some(&old), Some(&new)] {
+            for bs in [None, Some(&b)] {
+                for live in [false, true] {
+                    let action = outside_selection(l, bs, live);
+                    assert!(
+                        !matches!(
+                            action,
+                            Some(
+                                Action::Upload { .. }
+                                    | Action::Download
+                                    | Action::DeleteRemote { .. }
+                                    | Action::DeleteLocal
+                                    | Action::Conflict
+                            )
+                        ),
+                        "{l:?} {bs:?} {live}"
+                    );
+                    if action == Some(Action::Deselect) {
+                        assert!(!local_changed(l, bs.unwrap()));
+                    }
+                }
+            }
         }
     }
 

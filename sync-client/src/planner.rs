@@ -13,7 +13,7 @@ use crate::{
     folder::Folder,
     fsroot::{self, Dir, Root},
     local::{self, HardLinks, Ignore, LocalView},
-    plan::{self, Action, Base, Here, Local, Mode, Side},
+    plan::{self, Action, Base, Here, Local, Mode, Selection, Side},
     remote::{Remote, ServerInfo},
     state::State,
 };
@@ -81,6 +81,8 @@ pub struct Planner {
     bases_valid: bool,
     /// The folder's mode.
     mode: Mode,
+    /// The subtrees kept here (selective sync).
+    selection: Selection,
     /// The server refused a write for the token's sake (a read-only token):
     /// the folder runs receive-only whatever its mode.
     read_only_token: bool,
@@ -98,6 +100,7 @@ impl Planner {
             ignore,
             bases_valid: true,
             mode: Mode::default(),
+            selection: Selection::all(),
             read_only_token: false,
         }
     }
@@ -105,6 +108,16 @@ impl Planner {
     /// Plans for a folder in `mode`.
     pub fn with_mode(self, mode: Mode) -> Self {
         Self { mode, ..self }
+    }
+
+    /// Plans for a folder that keeps only `selection`.
+    pub fn with_selection(self, selection: Selection) -> Self {
+        Self { selection, ..self }
+    }
+
+    /// The subtrees kept here.
+    pub fn selection(&self) -> &Selection {
+        &self.selection
     }
 
     /// The mode plans are made in: the folder's, or receive-only while the
@@ -239,6 +252,26 @@ impl Planner {
             LocalView::Other => return Ok(None),
         };
         let side = plan::side(here, base.as_ref());
+        if !self.selection.selects(path) {
+            // Nothing of the server's side is needed: it is neither fetched
+            // nor changed.
+            let local = match side {
+                Side::Entry(local) => local,
+                Side::Holder(_) => None,
+            };
+            let remote = match remote {
+                RemoteView::Known(r) => r,
+                RemoteView::Fetch | RemoteView::IfLocalChanged => None,
+            };
+            let live = remote.as_ref().is_some_and(|r| !r.is_deleted());
+            return Ok(plan::outside_selection(local.as_ref(), base.as_ref(), live).map(|action| Planned {
+                path: path.clone(),
+                action,
+                local,
+                base,
+                remote,
+            }));
+        }
         let remote = match remote {
             RemoteView::Known(r) => r,
             RemoteView::Fetch => self.remote_stat(path).await?,

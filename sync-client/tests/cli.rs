@@ -785,3 +785,79 @@ async fn an_unknown_mode_is_refused_and_a_given_one_is_remembered() {
     assert!(err.contains("from=receive-only") && err.contains("to=send-receive"), "{err}");
     assert_eq!(server_paths(&server.url).await, vec!["a.txt".to_owned()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_selection_path_is_refused_naming_only_and_changes_nothing() {
+    let server = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("a.txt"), "not to be sent").unwrap();
+    let config = dir.path().join("client.toml");
+    std::fs::write(&config, "only = [\"docs\", \"docs/../..\"]\n").unwrap();
+    let run = |args: Vec<String>, env: Option<(&'static str, &'static str)>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-client"));
+        cmd.args(["--server", &server.url, "--dir"]).arg(&folder).args(args).arg("sync");
+        cmd.stdin(Stdio::null()).env_remove("SYNCSTORE_ONLY");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    let cases = [
+        (s(&["--only", "../elsewhere"]), None),
+        (s(&["--only", "docs", "--only", "docs/../../etc"]), None),
+        (s(&["--only", "/etc"]), None),
+        (s(&["--only", ""]), None),
+        (s(&["--only", "/"]), None),
+        (s(&[]), Some(("SYNCSTORE_ONLY", "docs,.."))),
+        (s(&["--config", config.to_str().unwrap()]), None),
+    ];
+    for (args, env) in cases {
+        let what = format!("{args:?} {env:?}");
+        let out = tokio::time::timeout(DEADLINE, run(args, env)).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+        assert!(stderr.contains("--only"), "{what}: {stderr}");
+        assert!(!folder.join(".syncstore").exists(), "{what}: the client started");
+    }
+    assert_eq!(server_paths(&server.url).await, Vec::<String>::new(), "nothing reached the server");
+
+    // A good selection, from the config file too, is kept: a file outside
+    // it stays here and is not sent; one inside it is.
+    std::fs::create_dir(folder.join("docs")).unwrap();
+    std::fs::write(folder.join("docs/kept.txt"), "sent").unwrap();
+    std::fs::write(&config, "only = [\"docs/\"]\n").unwrap();
+    let out = tokio::time::timeout(DEADLINE, run(s(&["--config", config.to_str().unwrap()]), None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(server_paths(&server.url).await, vec!["docs/kept.txt".to_owned()]);
+    assert!(folder.join("a.txt").exists());
+
+    // Another folder puts a file outside the selection on the server:
+    // `status` lists it and the file made here as not selected (still in
+    // sync: exit 0), and `ls` given the folder marks it.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(other.join("music")).unwrap();
+    std::fs::write(other.join("music/song.mp3"), "song").unwrap();
+    assert!(client(&server.url, &other, &["sync"]).await.status.success());
+    let out = client(&server.url, &folder, &["status"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let rows: Vec<Vec<String>> =
+        stdout(&out).lines().map(|l| l.split_whitespace().take(2).map(str::to_owned).collect()).collect();
+    assert_eq!(
+        rows,
+        [["not-selected", "a.txt"], ["not-selected", "music/song.mp3"]].map(|r| r.map(str::to_owned)),
+        "{out:?}"
+    );
+    assert!(!folder.join("music").exists(), "nothing outside the selection was downloaded");
+    let out = client(&server.url, &folder, &["ls"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let listed = stdout(&out);
+    let line = |path: &str| listed.lines().find(|l| l.contains(path)).unwrap_or_default().to_owned();
+    assert!(line("music/song.mp3").ends_with("music/song.mp3  (not selected)"), "{listed}");
+    assert!(line("docs/kept.txt").ends_with(" docs/kept.txt"), "{listed}");
+}

@@ -25,6 +25,7 @@ mod python;
 mod replica_link;
 mod replication;
 mod security;
+mod selective;
 mod sync;
 mod upgrade;
 mod uploads;
