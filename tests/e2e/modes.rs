@@ -63,6 +63,12 @@ async fn a_receive_only_folder_keeps_its_edits_and_revert_brings_back_the_server
         .await;
     let mirror = TestClient::start_tweaked(&url, |c| c.mode = Some(Mode::ReceiveOnly));
     eventually("the mirror has the server's files", || mirror.files().len() == 3).await;
+    // A downloaded file is in place a moment before its base is recorded:
+    // edits must come after that, or they are not edits of the download.
+    eventually_async("the mirror has recorded its downloads", || async {
+        status_of(mirror.config()).await.is_empty()
+    })
+    .await;
 
     // Two edits, an addition and a deletion here.
     mirror.write("doc.txt", "doc edited here");
@@ -138,6 +144,10 @@ async fn a_send_only_folder_ignores_a_remote_change_and_override_pushes_its_stat
         .await;
     let other = TestClient::start(&url);
     eventually("the other client has them", || other.files().len() == 2).await;
+    eventually_async("the other client has recorded its downloads", || async {
+        status_of(other.config()).await.is_empty()
+    })
+    .await;
 
     // The other side edits, deletes and adds.
     other.write("a.txt", "a from the other");
