@@ -104,6 +104,11 @@ pub struct Lane {
     pub tasks: TaskTracker,
     /// Cancels the transfers when the client stops.
     pub stop: CancellationToken,
+    /// Whether the folder is paused: a pause stops the transfers under way
+    /// (an upload is cancelled, so the server keeps nothing of it; a
+    /// download's temp file goes), and the full sync at resume starts them
+    /// again.
+    pub paused: tokio::sync::watch::Receiver<bool>,
     /// Plain transfers of at least this many bytes run in the lane
     /// ([`LARGE_LANE_MIN`]; 0 sends every plain transfer there).
     pub min_size: u64,
@@ -708,9 +713,11 @@ impl Engine {
         let in_flight = InFlight { upload, size: p.transfer_size(), done: done.clone(), started };
         self.in_lane.insert(p.path.clone(), in_flight);
         tracing::debug!(path = %p.path, size = p.transfer_size(), "transfer runs in the large lane");
+        let mut paused = lane.paused.clone();
         lane.tasks.spawn(async move {
             let result = tokio::select! {
                 () = lane.stop.cancelled() => return,
+                Ok(_) = paused.wait_for(|&p| p) => Err(Error::Paused),
                 r = transfer::PROGRESS.scope(done, executor.transfer(&p)) => r,
             };
             let _ = lane.done.send(LaneDone { path: p.path, result }).await;
@@ -726,6 +733,8 @@ impl Engine {
         self.in_lane.remove(&path);
         let again = match result {
             Ok(()) => self.sync_path(&path, RemoteView::Fetch).await.map(drop),
+            // Stopped by a pause: the full sync at resume plans it again.
+            Err(Error::Paused) => Ok(()),
             Err(e) if e.is_locked() || e.is_stale_lock() || e.is_path_clash() => {
                 tracing::debug!(%path, error = %e, "a large transfer was refused; dealing with it here");
                 match self.plan(&path, RemoteView::Fetch).await {

@@ -34,6 +34,9 @@ pub enum Error {
     FolderGone(String),
     #[error("the local file changed while it was being read; will retry")]
     ChangedWhileReading,
+    /// A large transfer stopped because the folder was paused.
+    #[error("stopped by a pause; resuming starts it again")]
+    Paused,
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     /// The server refuses writes until its replica is back.

@@ -277,17 +277,17 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     // (aborted) rather than returning.
     let _stop_on_drop = stop_tasks.clone().drop_guard();
     // Large transfers run beside the loop and report here when they end.
+    // Pause, resume and the live status, for `sync-client` commands.
+    let control = control::Control::new(state.clone())?;
     let (lane_tx, mut lane_rx) = mpsc::channel(QUEUE);
     let lane = engine::Lane {
         done: lane_tx,
         tasks: tasks.clone(),
         stop: stop_tasks.clone(),
+        paused: control.paused(),
         min_size: config.large_transfer,
     };
     let mut engine = engine.with_lane(lane);
-
-    // Pause, resume and the live status, for `sync-client` commands.
-    let control = control::Control::new(state.clone())?;
     // Published before the socket opens: the first answer already names
     // the mode.
     control.publish(|l| {

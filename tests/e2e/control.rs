@@ -103,7 +103,8 @@ async fn a_pause_is_remembered_across_a_restart_and_the_live_status_shows_transf
     .await;
 
     // A large upload (some 6 s over the slow link) is listed while it runs
-    // beside the loop; a pause lets it finish, and holds what comes after.
+    // beside the loop; a pause stops it (the server keeps nothing of it) and
+    // holds what comes after; resuming sends both.
     let big = random_bytes(12 << 20, 5);
     a.write("big.bin", &big);
     eventually_async("the upload is listed in flight, with its progress", || async {
@@ -120,18 +121,21 @@ async fn a_pause_is_remembered_across_a_restart_and_the_live_status_shows_transf
     .await;
     assert!(ask(a.dir.path(), Request::Pause).await.paused);
     a.write("after.txt", "saved after the pause");
-    eventually_async("the transfer under way finishes", || async {
-        server.files().await.get("big.bin") == Some(&big)
+    eventually_async("the transfer under way stops", || async {
+        ask(a.dir.path(), Request::Status).await.transfers.is_empty()
     })
     .await;
     eventually_async("the later change is queued", || async {
         ask(a.dir.path(), Request::Status).await.queued.iter().any(|p| p == "after.txt")
     })
     .await;
-    assert!(!server.files().await.contains_key("after.txt"), "nothing new starts while paused");
+    let files = server.files().await;
+    assert!(!files.contains_key("big.bin"), "the stopped upload left nothing on the server");
+    assert!(!files.contains_key("after.txt"), "nothing new starts while paused");
     ask(a.dir.path(), Request::Resume).await;
-    eventually_async("resumed, the later change arrives", || async {
-        server.files().await.contains_key("after.txt")
+    eventually_async("resumed, the later change and the large file arrive", || async {
+        let files = server.files().await;
+        files.contains_key("after.txt") && files.get("big.bin") == Some(&big)
     })
     .await;
     a.stop().await;
