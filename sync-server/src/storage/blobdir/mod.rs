@@ -600,8 +600,15 @@ impl ContentStore for BlobDir {
 
     async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>> {
         let (this, hash) = (self.clone(), *hash);
-        let reader = tokio::task::spawn_blocking(move || this.reader(&hash, size)).await??;
-        Ok(reader.map(|r| Box::new(BlobGet { reader: Some(r) }) as Box<dyn ContentReader>))
+        let get = tokio::task::spawn_blocking(move || {
+            let Some(mut reader) = this.reader(&hash, size)? else { return Ok(None) };
+            // A small blob is read (and checked) whole in the same trip.
+            let ahead =
+                if size <= READ_AHEAD_MAX { reader.next_chunk(size as usize).transpose() } else { None };
+            Ok::<_, Error>(Some(BlobGet { reader: Some(reader), ahead }))
+        })
+        .await??;
+        Ok(get.map(|g| Box::new(g) as Box<dyn ContentReader>))
     }
 
     async fn head(&self, hash: &ContentHash) -> Result<Option<u64>> {
@@ -739,17 +746,36 @@ impl StagedContent for BlobStaged {
     }
 }
 
-/// A verified read, a chunk per trip to a blocking thread.
+/// Blobs up to this size are read whole, and checked, in the trip that
+/// opens them: a small file's download is one trip to a blocking thread.
+const READ_AHEAD_MAX: u64 = 64 * 1024;
+
+/// A verified read, a chunk per trip to a blocking thread (a small blob's
+/// whole content read with its opening).
 #[derive(Debug)]
 struct BlobGet {
     /// Out while a read runs.
     reader: Option<BlobReader>,
+    /// What was read ahead and not handed out yet (or why that read failed).
+    ahead: Option<Result<Vec<u8>>>,
 }
 
 #[async_trait]
 impl ContentReader for BlobGet {
     async fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
+        if let Some(ahead) = self.ahead.take() {
+            let mut chunk = ahead?;
+            if chunk.len() > max {
+                self.ahead = Some(Ok(chunk.split_off(max)));
+            }
+            return Ok(Some(chunk));
+        }
         let mut reader = self.reader.take().ok_or_else(|| Error::Internal("a read failed before".into()))?;
+        if reader.left == 0 {
+            // All of it was handed out: nothing to read.
+            self.reader = Some(reader);
+            return Ok(None);
+        }
         let (reader, chunk) = tokio::task::spawn_blocking(move || {
             let chunk = reader.next_chunk(max);
             (reader, chunk)
@@ -826,6 +852,28 @@ mod tests {
         let mut byte = [0u8];
         file.read_exact_at(&mut byte, at).unwrap();
         file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_small_blob_read_with_its_opening_comes_out_in_the_callers_pieces_and_only_if_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobDir::open_blocking(dir.path()).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let hash = put(&store, &data);
+        let mut get = store.get(&hash, data.len() as u64).await.unwrap().unwrap();
+        let mut read = Vec::new();
+        while let Some(chunk) = get.next_chunk(4096).await.unwrap() {
+            assert!(chunk.len() <= 4096, "a piece of {} bytes", chunk.len());
+            read.extend_from_slice(&chunk);
+        }
+        assert_eq!(read, data);
+        assert_eq!(get.next_chunk(4096).await.unwrap(), None, "still the end");
+
+        // Damaged: nothing is handed out, and it is set aside.
+        flip(&store, &hash, 7);
+        let mut get = store.get(&hash, data.len() as u64).await.unwrap().unwrap();
+        assert!(matches!(get.next_chunk(4096).await, Err(Error::DataLoss(_))));
+        assert!(store.is_damaged(&hash));
     }
 
     #[test]
