@@ -595,7 +595,7 @@ impl ContentStore for BlobDir {
     async fn upload(&self) -> Result<Box<dyn ContentUpload>> {
         // Making the temp file is one quick create, not worth a trip to a
         // blocking thread; every write and the finish take one.
-        Ok(Box::new(BlobUpload { dir: self.clone(), writer: Some(self.writer()?) }))
+        Ok(Box::new(BlobUpload { dir: self.clone(), writer: Some(self.writer()?), behind: Vec::new() }))
     }
 
     async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>> {
@@ -686,6 +686,11 @@ impl ContentStore for BlobDir {
     }
 }
 
+/// Received bytes an upload keeps in memory before it writes them out: up
+/// to this many go to the temp file together, in one trip to a blocking
+/// thread (a small file's content in the trip that completes it).
+const WRITE_BEHIND_MAX: usize = 64 * 1024;
+
 /// An upload into a temp file of the blob folder (made when the upload
 /// starts), written on blocking threads.
 #[derive(Debug)]
@@ -694,20 +699,37 @@ struct BlobUpload {
     /// Out while a write runs (a dropped upload drops it there); `None`
     /// after a failed write.
     writer: Option<BlobWriter>,
+    /// Received and not written yet (at most [`WRITE_BEHIND_MAX`] bytes).
+    behind: Vec<u8>,
 }
 
 #[async_trait]
 impl ContentUpload for BlobUpload {
     async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+        if self.behind.len() + chunk.len() <= WRITE_BEHIND_MAX {
+            self.behind.extend_from_slice(&chunk);
+            return Ok(());
+        }
         let mut writer = self.writer.take().ok_or_else(failed_before)?;
-        self.writer =
-            Some(tokio::task::spawn_blocking(move || writer.write(&chunk).map(|()| writer)).await??);
+        let behind = std::mem::take(&mut self.behind);
+        self.writer = Some(
+            tokio::task::spawn_blocking(move || {
+                writer.write(&behind)?;
+                writer.write(&chunk).map(|()| writer)
+            })
+            .await??,
+        );
         Ok(())
     }
 
     async fn complete(self: Box<Self>, hash: ContentHash, size: u64) -> Result<Box<dyn StagedContent>> {
-        let writer = self.writer.ok_or_else(failed_before)?;
-        let staged = tokio::task::spawn_blocking(move || writer.finish(hash, size)).await??;
+        let mut writer = self.writer.ok_or_else(failed_before)?;
+        let behind = self.behind;
+        let staged = tokio::task::spawn_blocking(move || {
+            writer.write(&behind)?;
+            writer.finish(hash, size)
+        })
+        .await??;
         Ok(Box::new(BlobStaged { dir: self.dir, staged }))
     }
 }
@@ -852,6 +874,26 @@ mod tests {
         let mut byte = [0u8];
         file.read_exact_at(&mut byte, at).unwrap();
         file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_upload_kept_behind_in_memory_writes_every_byte_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobDir::open_blocking(dir.path()).unwrap();
+        // Small pieces kept behind, then one that overflows, then more.
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let mut upload = store.upload().await.unwrap();
+        for piece in [&data[..1000], &data[1000..40_000], &data[40_000..150_000], &data[150_000..]] {
+            upload.write(piece.to_vec()).await.unwrap();
+        }
+        let hash = ContentHash::of(&data);
+        let staged = upload.complete(hash, data.len() as u64).await.unwrap();
+        let _ = staged.place().await.unwrap();
+        assert_eq!(std::fs::read(store.path_of(&hash)).unwrap(), data);
+        // A small content kept behind whole still has to match its header.
+        let mut upload = store.upload().await.unwrap();
+        upload.write(b"small".to_vec()).await.unwrap();
+        assert!(upload.complete(ContentHash::of(b"other"), 5).await.is_err());
     }
 
     #[tokio::test]
