@@ -38,9 +38,27 @@ async fn server() -> Server {
 /// Runs the client binary to completion (off the async workers, so the
 /// in-process server keeps serving).
 async fn client(server: &str, dir: &Path, args: &[&str]) -> Output {
+    client_in_env(server, dir, args, &[], None).await
+}
+
+/// [`client`] with the environment variables `unset` removed and `set`
+/// (a name and its value) added.
+async fn client_in_env<S: AsRef<std::ffi::OsStr>>(
+    server: &str,
+    dir: &Path,
+    args: &[S],
+    unset: &[&str],
+    set: Option<(&str, &str)>,
+) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-client"));
     cmd.args(["--server", server, "--dir"]).arg(dir).args(args);
     cmd.stdin(Stdio::null());
+    for name in unset {
+        cmd.env_remove(name);
+    }
+    if let Some((name, value)) = set {
+        cmd.env(name, value);
+    }
     tokio::time::timeout(DEADLINE, tokio::task::spawn_blocking(move || cmd.output().unwrap()))
         .await
         .expect("the client finishes in time")
@@ -593,16 +611,10 @@ async fn a_bad_rate_limit_is_refused_naming_its_option_and_a_good_one_is_kept() 
     std::fs::write(folder.join("a.txt"), "not to be sent").unwrap();
     let config = dir.path().join("client.toml");
     std::fs::write(&config, "max-download-rate = \"12 parsecs\"\n").unwrap();
-    let run = |args: Vec<String>, env: Option<(&'static str, &'static str)>| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-client"));
-        cmd.args(["--server", &server.url, "--dir"]).arg(&folder).args(args).arg("sync");
-        cmd.stdin(Stdio::null())
-            .env_remove("SYNCSTORE_MAX_UPLOAD_RATE")
-            .env_remove("SYNCSTORE_MAX_DOWNLOAD_RATE");
-        if let Some((k, v)) = env {
-            cmd.env(k, v);
-        }
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    let run = async |mut args: Vec<String>, env: Option<(&'static str, &'static str)>| {
+        args.push("sync".into());
+        let unset = ["SYNCSTORE_MAX_UPLOAD_RATE", "SYNCSTORE_MAX_DOWNLOAD_RATE"];
+        client_in_env(&server.url, &folder, &args, &unset, env).await
     };
     let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
     let cases = [
@@ -615,7 +627,7 @@ async fn a_bad_rate_limit_is_refused_naming_its_option_and_a_good_one_is_kept() 
     ];
     for (args, env, flag, why) in cases {
         let what = format!("{args:?} {env:?}");
-        let out = tokio::time::timeout(DEADLINE, run(args, env)).await.unwrap().unwrap();
+        let out = run(args, env).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
         assert!(stderr.contains(flag) && stderr.contains(why), "{what}: {stderr}");
@@ -626,7 +638,7 @@ async fn a_bad_rate_limit_is_refused_naming_its_option_and_a_good_one_is_kept() 
     // A good rate, from the config file too, syncs as usual.
     std::fs::write(&config, "max-download-rate = \"5MiB/s\"\n").unwrap();
     let args = s(&["--max-upload-rate", "1048576", "--config", config.to_str().unwrap()]);
-    let out = tokio::time::timeout(DEADLINE, run(args, None)).await.unwrap().unwrap();
+    let out = run(args, None).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(server_paths(&server.url).await, vec!["a.txt".to_owned()]);
 
@@ -636,10 +648,7 @@ async fn a_bad_rate_limit_is_refused_naming_its_option_and_a_good_one_is_kept() 
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut big);
     std::fs::write(folder.join("big.bin"), &big).unwrap();
     let started = tokio::time::Instant::now();
-    let out = tokio::time::timeout(DEADLINE, run(s(&["--max-upload-rate", "1MiB/s"]), None))
-        .await
-        .unwrap()
-        .unwrap();
+    let out = run(s(&["--max-upload-rate", "1MiB/s"]), None).await;
     let took = started.elapsed();
     assert!(out.status.success(), "{out:?}");
     assert!(server_paths(&server.url).await.contains(&"big.bin".to_owned()));
@@ -722,19 +731,8 @@ async fn an_unknown_mode_is_refused_and_a_given_one_is_remembered() {
     std::fs::write(folder.join("a.txt"), "kept here").unwrap();
     let config = dir.path().join("client.toml");
     std::fs::write(&config, "mode = \"upwards\"\n").unwrap();
-    let run = |args: Vec<String>, env: Option<(&'static str, &'static str)>| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-client"));
-        cmd.args(["--server", &server.url, "--dir"]).arg(&folder).args(args);
-        cmd.stdin(Stdio::null()).env_remove("SYNCSTORE_MODE");
-        if let Some((k, v)) = env {
-            cmd.env(k, v);
-        }
-        async move {
-            tokio::time::timeout(DEADLINE, tokio::task::spawn_blocking(move || cmd.output().unwrap()))
-                .await
-                .expect("the client finishes in time")
-                .unwrap()
-        }
+    let run = async |args: Vec<String>, env: Option<(&'static str, &'static str)>| {
+        client_in_env(&server.url, &folder, &args, &["SYNCSTORE_MODE"], env).await
     };
     let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
     let cases = [
@@ -795,14 +793,9 @@ async fn a_bad_selection_path_is_refused_naming_only_and_changes_nothing() {
     std::fs::write(folder.join("a.txt"), "not to be sent").unwrap();
     let config = dir.path().join("client.toml");
     std::fs::write(&config, "only = [\"docs\", \"docs/../..\"]\n").unwrap();
-    let run = |args: Vec<String>, env: Option<(&'static str, &'static str)>| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-client"));
-        cmd.args(["--server", &server.url, "--dir"]).arg(&folder).args(args).arg("sync");
-        cmd.stdin(Stdio::null()).env_remove("SYNCSTORE_ONLY");
-        if let Some((k, v)) = env {
-            cmd.env(k, v);
-        }
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    let run = async |mut args: Vec<String>, env: Option<(&'static str, &'static str)>| {
+        args.push("sync".into());
+        client_in_env(&server.url, &folder, &args, &["SYNCSTORE_ONLY"], env).await
     };
     let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
     let cases = [
@@ -816,7 +809,7 @@ async fn a_bad_selection_path_is_refused_naming_only_and_changes_nothing() {
     ];
     for (args, env) in cases {
         let what = format!("{args:?} {env:?}");
-        let out = tokio::time::timeout(DEADLINE, run(args, env)).await.unwrap().unwrap();
+        let out = run(args, env).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
         assert!(stderr.contains("--only"), "{what}: {stderr}");
@@ -829,10 +822,7 @@ async fn a_bad_selection_path_is_refused_naming_only_and_changes_nothing() {
     std::fs::create_dir(folder.join("docs")).unwrap();
     std::fs::write(folder.join("docs/kept.txt"), "sent").unwrap();
     std::fs::write(&config, "only = [\"docs/\"]\n").unwrap();
-    let out = tokio::time::timeout(DEADLINE, run(s(&["--config", config.to_str().unwrap()]), None))
-        .await
-        .unwrap()
-        .unwrap();
+    let out = run(s(&["--config", config.to_str().unwrap()]), None).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(server_paths(&server.url).await, vec!["docs/kept.txt".to_owned()]);
     assert!(folder.join("a.txt").exists());

@@ -5,13 +5,7 @@
 //! must refuse each of them, say so in its log, write nothing outside its
 //! folder, and still sync the good entries of the same listing and stream.
 
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    path::Path,
-    pin::Pin,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, path::Path, pin::Pin};
 
 use syncstore::{
     ContentHash,
@@ -25,7 +19,7 @@ use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::harness::eventually;
+use crate::harness::{Captured, eventually};
 
 type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -177,27 +171,6 @@ impl FileSync for EvilServer {
 
     async fn unlock(&self, _: Request<pb::UnlockRequest>) -> Result<Response<pb::UnlockResponse>, Status> {
         Err(Status::unimplemented("no locks here"))
-    }
-}
-
-/// Log lines, captured for the assertions.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
 

@@ -5,12 +5,7 @@
 //! `override` sends its own state; a read-only token runs receive-only and
 //! says so once.
 
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    path::Path,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, path::Path};
 
 use sync_client::{Mode, engine::Resolve};
 use syncstore::pb;
@@ -196,28 +191,6 @@ async fn a_send_only_folder_ignores_a_remote_change_and_override_pushes_its_stat
     let status = status_of(config_of(&url, dir.path())).await;
     assert!(status.is_empty(), "{status:?}");
     other.stop().await;
-}
-
-/// Log lines, captured for counting.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// Lines containing `what`.
-    fn count(&self, what: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).lines().filter(|l| l.contains(what)).count()
-    }
 }
 
 /// The live paths alice's namespace holds.
