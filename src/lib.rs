@@ -6,6 +6,8 @@
 //!   servers) and the descriptor set served by reflection.
 //! - [`path`]: [`RelPath`], the validated relative path every file is known by.
 //! - [`hash`]: [`ContentHash`], the BLAKE3 hash that names content.
+//! - [`chunks`]: the content model: chunk lists cut by FastCDC, and runs
+//!   that send one against a base both sides know.
 //! - [`cli`]: options from a TOML config file, under flags and environment.
 //! - [`connect`]: reaching a server: TLS endpoint and bearer token.
 //! - [`entry`]: [`Entry`], one path's state in a manifest, and its conversion
@@ -19,6 +21,7 @@
 //! - [`backoff`]: [`Backoff`], doubling waits between reconnection attempts.
 
 pub mod backoff;
+pub mod chunks;
 pub mod cli;
 pub mod connect;
 pub mod entry;

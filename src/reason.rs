@@ -47,6 +47,9 @@ pub enum Reason {
     /// FAILED_PRECONDITION: a header-only upload of content the server does
     /// not hold here: send the content.
     UnknownContent,
+    /// FAILED_PRECONDITION: an upload sent against a base content the
+    /// server holds no chunk list for here: send the file plain.
+    UnknownBase,
     /// FAILED_PRECONDITION: the path is locked by someone else.
     Locked,
     /// FAILED_PRECONDITION: the write's lock token is not the path's
@@ -89,7 +92,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order the proto lists them.
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 29] = [
         Reason::InvalidPath,
         Reason::InvalidHash,
         Reason::InvalidField,
@@ -103,6 +106,7 @@ impl Reason {
         Reason::Replica,
         Reason::Fenced,
         Reason::UnknownContent,
+        Reason::UnknownBase,
         Reason::Locked,
         Reason::StaleLock,
         Reason::PathClash,
@@ -136,6 +140,7 @@ impl Reason {
             Reason::Replica => "replica",
             Reason::Fenced => "fenced",
             Reason::UnknownContent => "unknown-content",
+            Reason::UnknownBase => "unknown-base",
             Reason::Locked => "locked",
             Reason::StaleLock => "stale-lock",
             Reason::PathClash => "path-clash",

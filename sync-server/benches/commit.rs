@@ -33,6 +33,7 @@ fn header(path: String) -> pb::UploadRequest {
             base_version: 0,
             client_id: "bench".into(),
             lock_token: 0,
+            base_hash: Vec::new(),
         })),
     }
 }

@@ -42,14 +42,18 @@ async fn acknowledged_uploads_survive_sigkill() {
     let mut server = start_with(data.path(), "127.0.0.1:0", &[]);
     let mut rpc = FileSyncClient::connect(server.url()).await.unwrap();
     for (path, content, version) in &acked {
-        let mut s =
-            rpc.download(pb::DownloadRequest { path: path.clone(), version: 0 }).await.unwrap().into_inner();
+        let mut s = rpc
+            .download(pb::DownloadRequest { path: path.clone(), version: 0, have_hash: Vec::new() })
+            .await
+            .unwrap()
+            .into_inner();
         let mut got = Vec::new();
         let mut entry_version = 0;
         while let Some(m) = s.message().await.unwrap() {
             match m.msg.unwrap() {
                 pb::download_response::Msg::Entry(e) => entry_version = e.version,
                 pb::download_response::Msg::Chunk(c) => got.extend_from_slice(&c),
+                pb::download_response::Msg::Runs(_) => panic!("runs without asking for them"),
             }
         }
         assert_eq!(got, content.as_bytes(), "{path}");

@@ -138,7 +138,10 @@ async fn bad_input_gets_the_right_code_and_writes_nothing() {
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     assert_eq!(rpc.stat(pb::StatRequest { path: "h.txt".into() }).await.unwrap_err().code(), Code::NotFound);
-    let err = rpc.download(pb::DownloadRequest { path: "h.txt".into(), version: 0 }).await.unwrap_err();
+    let err = rpc
+        .download(pb::DownloadRequest { path: "h.txt".into(), version: 0, have_hash: Vec::new() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(server.stored_blobs().await, 0);
     assert_eq!(count_files(&server.data_dir().join("tmp")), 0);
@@ -335,8 +338,11 @@ async fn large_files_stream_in_chunks() {
     );
     msgs.push(upload_end());
     rpc.upload(tokio_stream::iter(msgs)).await.unwrap();
-    let mut s =
-        rpc.download(pb::DownloadRequest { path: "big.bin".into(), version: 0 }).await.unwrap().into_inner();
+    let mut s = rpc
+        .download(pb::DownloadRequest { path: "big.bin".into(), version: 0, have_hash: Vec::new() })
+        .await
+        .unwrap()
+        .into_inner();
     let mut chunks = 0;
     let mut got = Vec::new();
     while let Some(m) = s.message().await.unwrap() {
@@ -347,6 +353,7 @@ async fn large_files_stream_in_chunks() {
                 chunks += 1;
                 got.extend_from_slice(&c);
             }
+            pb::download_response::Msg::Runs(_) => panic!("runs without asking for them"),
         }
     }
     assert_eq!(chunks, 6);

@@ -221,7 +221,10 @@ async fn run(url: &str, security: &Security, call: Call) -> Result<(), tonic::St
             .await
             .map(drop),
         Call::Download(path, version) => {
-            let mut s = rpc.download(pb::DownloadRequest { path: path.into(), version }).await?.into_inner();
+            let mut s = rpc
+                .download(pb::DownloadRequest { path: path.into(), version, have_hash: Vec::new() })
+                .await?
+                .into_inner();
             while s.message().await?.is_some() {}
             Ok(())
         }

@@ -264,7 +264,10 @@ pub fn token(token: &str) -> Security {
 
 /// Downloads the current version of `path`.
 pub async fn download(rpc: &mut Rpc, path: &str) -> Result<Vec<u8>, tonic::Status> {
-    let mut s = rpc.download(pb::DownloadRequest { path: path.into(), version: 0 }).await?.into_inner();
+    let mut s = rpc
+        .download(pb::DownloadRequest { path: path.into(), version: 0, have_hash: Vec::new() })
+        .await?
+        .into_inner();
     let mut out = Vec::new();
     while let Some(m) = s.message().await? {
         if let Some(pb::download_response::Msg::Chunk(c)) = m.msg {
@@ -338,6 +341,7 @@ pub fn upload_header(path: &str, data: &[u8], base_version: u64) -> pb::UploadRe
             lock_token: 0,
             symlink: false,
             folder: false,
+            base_hash: Vec::new(),
         })),
     }
 }

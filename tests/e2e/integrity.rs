@@ -36,7 +36,10 @@ async fn upload_header_only(rpc: &mut Rpc, path: &str, data: &[u8]) -> Result<pb
 /// it ended.
 async fn download_partial(rpc: &mut Rpc, path: &str) -> (Vec<u8>, Result<(), tonic::Status>) {
     let mut got = Vec::new();
-    let mut stream = match rpc.download(pb::DownloadRequest { path: path.into(), version: 0 }).await {
+    let mut stream = match rpc
+        .download(pb::DownloadRequest { path: path.into(), version: 0, have_hash: Vec::new() })
+        .await
+    {
         Ok(s) => s.into_inner(),
         Err(s) => return (got, Err(s)),
     };

@@ -113,7 +113,8 @@ async fn tokens_are_checked_and_namespaces_are_sealed() {
     let path = "plans/secret.txt".to_owned();
     assert_eq!(code(bob.stat(pb::StatRequest { path: path.clone() }).await), Code::NotFound);
     assert_eq!(code(download(&mut bob, &path).await), Code::NotFound);
-    let by_version = pb::DownloadRequest { path: path.clone(), version: stored.version };
+    let by_version =
+        pb::DownloadRequest { path: path.clone(), version: stored.version, have_hash: Vec::new() };
     assert_eq!(code(bob.download(by_version).await), Code::NotFound);
     assert!(visible(&mut bob).await.is_empty());
     let locks = locks_of(bob.list_locks(pb::ListLocksRequest::default()).await.unwrap().into_inner()).await;

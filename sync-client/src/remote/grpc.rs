@@ -120,6 +120,7 @@ impl GrpcRemote {
                 base_version: upload.base_version,
                 client_id: self.client_id.clone(),
                 lock_token: upload.lock_token,
+                base_hash: Vec::new(),
             })),
         }
     }
@@ -232,8 +233,11 @@ impl Remote for GrpcRemote {
         Box::pin(async move {
             let content = entry.content.ok_or_else(|| Error::Protocol("download of a tombstone".into()))?;
             let mut client = self.raw();
-            let call =
-                client.download(pb::DownloadRequest { path: entry.path.to_string(), version: entry.version });
+            let call = client.download(pb::DownloadRequest {
+                path: entry.path.to_string(),
+                version: entry.version,
+                have_hash: Vec::new(),
+            });
             let mut stream = self.answer(call).await?.into_inner();
             match self.answer(stream.message()).await? {
                 Some(pb::DownloadResponse { msg: Some(download_response::Msg::Entry(e)) })
