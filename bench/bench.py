@@ -20,6 +20,11 @@ Stages, each bounded by a timeout, all traffic on 127.0.0.1:
   big        the 100,000-file folder: initial upload; a watching client on it (its RSS, and
              CPU of client + server over IDLE_S seconds of nothing changing); then the restart
              rescan: `sync-client sync` over the unchanged folder whose state is known.
+  wdelta     (W-delta, bench/wdelta.py) a 1 GiB file on a watching client A, a second watching
+             client B, and edits E1-E5 to it: per edit the bytes of each leg through a counting
+             proxy (client -> server, server -> B), the time from the save until B has it, CPU
+             and the server's disk growth, against rsync (delta, to its daemon) on the same
+             edits; then ten copies of one 100 MiB file (dedup). Runs after the file workloads.
 
 ext4 here does not reuse an inode for 60 s after a delete, and every create scans past such
 inodes: nothing is deleted while the benchmark runs. Every run gets new folders; at the end
@@ -32,7 +37,8 @@ the median wall times and latency, old / new / new÷old. Everything else (peers,
 folder, the first table) is the new build's.
 
 Environment: BENCH_DATA, BENCH_SCALE (divide file counts and sizes, for trying the script
-out), REPEATS (syncstore runs per workload), PEER_REPEATS, WORKLOADS ("w1 w2 w3"),
+out), REPEATS (syncstore runs per workload; W-delta runs), PEER_REPEATS, WORKLOADS
+("w1 w2 w3 wdelta"), DELTA_SIZE (W-delta's file, 1G; e.g. 64M), DEDUP_SIZE (100M),
 PEERS ("rsync syncthing"), DOWNLOAD (1), LAT_COUNT (100), ST_LAT_COUNT (10), IDLE_S (30),
 RESCAN_REPEATS (3), BIG (1: run the 100,000-file stage), KEEP_SRC, KEEP.
 """
@@ -59,6 +65,8 @@ CLK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 MIB = 1 << 20
 LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+# wdelta.py imports this file as `bench`: let it find this run's module, not load a second one.
+sys.modules.setdefault("bench", sys.modules[__name__])
 
 
 def env_int(name, default):
@@ -68,7 +76,9 @@ def env_int(name, default):
 SCALE = env_int("BENCH_SCALE", 1)
 REPEATS = env_int("REPEATS", 1)
 PEER_REPEATS = env_int("PEER_REPEATS", 1)
-WORKLOADS = os.environ.get("WORKLOADS", "w1 w2 w3").split()
+WORKLOADS = os.environ.get("WORKLOADS", "w1 w2 w3 wdelta").split()
+# The stages that sync a generated folder (W-delta is a stage of its own: wdelta.py).
+FOLDERS = [w for w in WORKLOADS if w != "wdelta"]
 PEERS = os.environ.get("PEERS", "rsync syncthing").split()
 DOWNLOAD = env_int("DOWNLOAD", 1)
 LAT_COUNT = env_int("LAT_COUNT", 100)
@@ -804,7 +814,7 @@ def table(res, meta):
                "CPU s | syncstore / rsync | syncstore / Syncthing |")
     out.append("|---|---|---|---|---|---|---|---|---|")
     tools = ["syncstore", "syncstore + sync replica", "syncstore download", "rsync daemon", "Syncthing"]
-    for w in WORKLOADS + ["big"]:
+    for w in FOLDERS + ["big"]:
         peers = {t: res.median(w, t) for t in ("rsync daemon", "Syncthing")}
         for tool in tools:
             m = res.median(w, tool)
@@ -822,14 +832,21 @@ def table(res, meta):
             fps_text = f"{fps:,.0f}" if fps >= 10 else f"{fps:.2f}"
             out.append(f"| {names[w]} | {label} | {m['wall']:.2f} | {fps_text} | {mibps:,.0f} | {rss} | "
                        f"{m['cpu']:.1f} | {r_rsync} | {r_st} |")
-    out.append("")
-    out.append("Peak RSS: syncstore client / server (the larger of primary and replica); rsync "
-               "client / daemon; Syncthing A (sender) / B (receiver). CPU: user + system seconds "
-               "of all of them during the run.")
+    if len(out) == 2:
+        out = []  # only W-delta ran: no folder to tabulate
+    else:
+        out.append("")
+        out.append("Peak RSS: syncstore client / server (the larger of primary and replica); rsync "
+                   "client / daemon; Syncthing A (sender) / B (receiver). CPU: user + system seconds "
+                   "of all of them during the run.")
     for f in res.failures:
         out.append(f"Failed: {f}")
     out.append("")
     out += targets(res)
+    if "wdelta" in WORKLOADS:
+        import wdelta
+        out.append("")
+        out += wdelta.report(res)
     out.append("")
     out.append(meta)
     return "\n".join(out)
@@ -846,7 +863,7 @@ def compare_table(res, old_name, new_name):
         names = {k: f"{k.upper()} (scale 1/{SCALE})" for k in names}
     stages = {"syncstore": "upload, s", "syncstore download": "download, s",
               "syncstore + sync replica": "upload with a sync replica, s"}
-    for w in WORKLOADS:
+    for w in FOLDERS:
         for tool, stage in stages.items():
             old, new = res.median(w, tool, "old"), res.median(w, tool, "new")
             if old and new:
@@ -983,12 +1000,15 @@ def main():
     for p in set(PEERS) - set(peers):
         log(f"{p} is not installed: skipped")
     started = time.perf_counter()
-    sources = {w: generate(src_root, w) for w in WORKLOADS + (["big"] if BIG else [])}
+    sources = {w: generate(src_root, w) for w in FOLDERS + (["big"] if BIG else [])}
     sizes = {w: tree_size(s) for w, s in sources.items()}
     os.sync()
     # Outputs are truncated once measured (reclaim), so at most one run's copy of the
     # largest workload is on disk at a time, next to the sources.
-    need = 2 * max(sizes[w][1] for w in sizes) + (512 << 20)
+    need = 2 * max([sizes[w][1] for w in sizes] + [0]) + (512 << 20)
+    if "wdelta" in WORKLOADS:
+        import wdelta
+        need = max(need, sum(s for _, s in sizes.values()) + wdelta.disk_needed())
     free = shutil.disk_usage(work).free
     if free < need + (1 << 30):
         raise SystemExit(f"only {free >> 20} MiB free under {work}; the benchmark needs about "
@@ -1005,7 +1025,7 @@ def main():
     def in_turn(run):
         return builds if run % 2 else builds[::-1]
 
-    for w in WORKLOADS:
+    for w in FOLDERS:
         files, nbytes = sizes[w]
         log(f"{w}: {files} files, {nbytes / MIB:.0f} MiB")
         for run in range(1, REPEATS + 1):
@@ -1015,9 +1035,13 @@ def main():
             if "rsync" in peers:
                 attempt(res, f"rsync daemon {w}", bench_rsync, res, work, w, sources[w], files, nbytes, run)
             if "syncthing" in peers:
-                lat = ST_LAT_COUNT if w == WORKLOADS[0] and run == 1 else 0
+                lat = ST_LAT_COUNT if w == FOLDERS[0] and run == 1 else 0
                 attempt(res, f"Syncthing {w}", bench_syncthing, res, work, w, sources[w], files, nbytes,
                         run, lat)
+    if "wdelta" in WORKLOADS:
+        import wdelta
+        for run in range(1, REPEATS + 1):
+            attempt(res, f"W-delta run {run}", wdelta.stage, res, ss, work, src_root, run)
     log("latency")
     for run in range(1, (REPEATS if args.baseline_bin else 1) + 1):
         for b in in_turn(run):
