@@ -34,7 +34,7 @@ Old against new (--baseline-bin, which run.sh passes for BASELINE=REV): the sync
 (each workload's upload, download and upload with a sync replica, and the save latency) run
 with both builds, REPEATS times each, alternating which build goes first; a second table gives
 the median wall times and latency, old / new / new÷old. Everything else (peers, the big
-folder, the first table) is the new build's.
+folder, W-delta, the first table) is the new build's.
 
 Environment: BENCH_DATA, BENCH_SCALE (divide file counts and sizes, for trying the script
 out), REPEATS (syncstore runs per workload; W-delta runs), PEER_REPEATS, WORKLOADS

@@ -3,13 +3,17 @@
 # fully offline) on the same generated workloads, in one run; prints one
 # markdown table of wall time, files/s, MiB/s, peak RSS, CPU seconds and the
 # ratio syncstore / peer, then the performance targets (save latency, idle
-# CPU and restart rescan over 100,000 files, memory). See bench/bench.py for
-# what each stage measures.
+# CPU and restart rescan over 100,000 files, memory), then stage W-delta: edits
+# to a 1 GiB file, each leg's bytes, time and server disk against rsync's delta
+# transfer of the same edits. See bench/bench.py and bench/wdelta.py for what
+# each stage measures.
 #
-#   bench/run.sh                    # the whole benchmark, about 6-8 minutes
+#   bench/run.sh                    # the whole benchmark, about 8-10 minutes
 #   BENCH_SCALE=10 bench/run.sh     # a tenth of every workload, to try it out
 #   REPEATS=3 PEER_REPEATS=3 bench/run.sh
 #   PEERS=rsync WORKLOADS=w1 BIG=0 bench/run.sh
+#   PEERS=rsync WORKLOADS=wdelta BIG=0 bench/run.sh       # W-delta alone (1 GiB)
+#   PEERS=rsync WORKLOADS=wdelta BIG=0 DELTA_SIZE=64M bench/run.sh   # a quick try
 #
 # Old against new: BASELINE=REV (any git revision) also builds that
 # revision and runs syncstore's stages with both builds side by side in one
@@ -32,13 +36,13 @@
 # there is deleted at the end (KEEP_SRC=1 keeps the generated workloads for
 # the next run, KEEP=1 keeps everything). The stages run in a private network namespace that has
 # only `lo` when the system allows it, and the whole run is bounded by
-# BENCH_TIMEOUT seconds (default 900).
+# BENCH_TIMEOUT seconds (default 1200).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 data=${BENCH_DATA:-/tmp/syncstore-bench}
-limit=${BENCH_TIMEOUT:-900}
+limit=${BENCH_TIMEOUT:-1200}
 say() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 # as_root CMD...: runs CMD as root, directly or through passwordless sudo;
@@ -60,6 +64,10 @@ missing=()
 for p in ${PEERS-rsync syncthing}; do
   command -v "$p" >/dev/null || missing+=("$p")
 done
+# W-delta measures rsync on the same edits, whatever PEERS says.
+if [[ " ${WORKLOADS-wdelta} " == *" wdelta "* && " ${PEERS-rsync} " != *" rsync "* ]]; then
+  command -v rsync >/dev/null || missing+=(rsync)
+fi
 [ -x /usr/bin/time ] || missing+=(time)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} from Debian packages"
