@@ -534,7 +534,21 @@ def human(n):
     return f"{n:.0f} B"
 
 
+def cross_check(name, row):
+    """Where a program counted more content on a leg than crossed it: one of the two counts
+    is wrong. Returns those findings as text."""
+    out = []
+    for key, leg, who in (("srv_received", "a", "server"), ("a_sent", "a", "client A"),
+                          ("srv_sent", "b", "server"), ("b_received", "b", "client B")):
+        if row.get(key) is not None and row[key] > row[f"wire_{leg}"]:
+            out.append(f"{name}: {who} counted {human(row[key])} of content, but "
+                       f"{human(row[f'wire_{leg}'])} crossed its leg")
+    return out
+
+
 def log_row(name, row):
+    for finding in cross_check(name, row):
+        log(f"  W-delta cross-check failed: {finding}")
     extra = ""
     if "rsync_wire" in row:
         extra = f"; rsync {human(row['rsync_wire'])} in {row['rsync_time']:.2f}s"
@@ -572,8 +586,10 @@ def medians(runs):
         rows = [r[step] for r in runs if step in r]
         if not rows:
             continue
-        out[step] = {}
+        out[step] = {"runs": len(rows)}
         for k in rows[0]:
+            if k == "runs":
+                continue
             vals = [r[k] for r in rows if r.get(k) is not None]
             out[step][k] = statistics.median(vals) if vals else None
     return out
@@ -601,6 +617,9 @@ def report(res):
            "|---|---|---|---|---|---|---|---|---|---|"]
     labels = {"initial": "first sync of the whole file"}
     labels.update({name: f"{name} {what}" for name, what, _, _ in EDITS})
+    for step, r in m.items():  # a run that failed before this step has no figure for it
+        if step in labels and r["runs"] != n:
+            labels[step] += f" ({r['runs']} of {n} runs)"
     for step in ["initial"] + [e[0] for e in EDITS]:
         r = m.get(step)
         if not r:
@@ -633,6 +652,16 @@ def report(res):
                "end of the save (close, or the rename over the old file) until B's file is the new "
                "content; CPU is client A + client B + server (rsync: client + daemon); disk growth "
                "is the server's data folder, allocated blocks (written: the server's write_bytes).")
+    findings = [f for run in runs for s, r in run.items() for f in cross_check(s, r)]
+    counted = any(r.get("srv_received") is not None for r in m.values())
+    if findings:
+        out.append("")
+        out.append("Cross-check failed (a program counted more content than crossed the wire): "
+                   + "; ".join(findings) + ".")
+    elif counted:
+        out.append("")
+        out.append("Cross-check: on every leg of every run, the content the programs counted is "
+                   "at most what crossed the wire.")
     chunks = [f"{s}: {r['srv_chunks_stored']:.0f} / {r['srv_chunks_dedup']:.0f} / "
               f"{human(r['srv_base_reused'])}"
               for s, r in m.items() if r.get("srv_chunks_stored") is not None
