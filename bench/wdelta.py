@@ -574,9 +574,10 @@ def stage(res, ss, work, src_root, run):
 
 
 def disk_needed():
-    """Bytes the stage needs at most: A, B, rsync's source and destination, the server (two
-    versions of the file while one replaces the other), a rewrite and a prepared save."""
-    return 9 * (DELTA_SIZE + 2 * MIB) + 3 * DEDUP_COPIES * DEDUP_SIZE
+    """Bytes the stage needs at most: the file in A and B, rsync's source and destination, the
+    server's copy, a temp file on three of them while a new version is written, a prepared
+    save; then the copies in A and B and the server's one."""
+    return 8 * (DELTA_SIZE + 2 * MIB) + (2 * DEDUP_COPIES + 1) * DEDUP_SIZE
 
 
 def medians(runs):
