@@ -130,13 +130,17 @@ def e4(f, size):
         f.write(rng.randbytes(PAGE))
 
 
+def at(offset):
+    return f"{offset // MIB} MiB + {offset % MIB:,}"
+
+
 # name, what it is, how it is saved (in place, or a new file renamed over the old), the edit
 EDITS = [
-    ("E1", "overwrite 1 MiB at the middle + 12,345", "in place", e1),
+    ("E1", f"overwrite 1 MiB at {at(OFF_MIDDLE)}", "in place", e1),
     ("E2", "insert 1 byte at the same offset", "rename", insert(OFF_MIDDLE, b"\x5a")),
     ("E3", "append 1 MiB", "in place", e3),
     ("E4", "1,000 random 4 KiB page writes (seed 42)", "in place", e4),
-    ("E5", "insert 100,003 bytes at 300/1024 of the size + 7", "rename",
+    ("E5", f"insert 100,003 bytes at {at(OFF_E5)}", "rename",
      insert(OFF_E5, random.Random(45).randbytes(100_003))),
 ]
 
