@@ -368,7 +368,7 @@ impl FileSyncService {
         let slot = self.upload_slot(ns, peer).await?;
         let mut pace = Pace::new(&self.limits);
 
-        let receiver = ContentReceiver::start(&self.ctx.store)?;
+        let receiver = ContentReceiver::start(&self.ctx.store, size)?;
         let chunks = match self.receive_chunks(&mut stream, size, &receiver, &mut pace).await {
             Ok(chunks) => chunks,
             Err(e) => {
@@ -387,7 +387,7 @@ impl FileSyncService {
             if !facts.refers {
                 return Err(Error::no_content(&hash));
             }
-            match self.ctx.store.verified_size(&hash).await? {
+            match self.ctx.store.verified_size(&hash, size).await? {
                 None => return Err(Error::no_content(&hash)),
                 Some(stored) if stored != size => {
                     return Err(Error::ContentMismatch(format!(
@@ -1150,7 +1150,7 @@ mod tests {
     /// A file `path` of `data`, written by client "c" over `base`.
     async fn put(store: &Store, path: &str, data: &[u8], base: u64) -> Change {
         let hash = ContentHash::of(data);
-        let mut writer = store.upload().await.unwrap();
+        let mut writer = store.upload(data.len() as u64).await.unwrap();
         writer.write(data.to_vec()).await.unwrap();
         let staged = writer.complete(hash, data.len() as u64).await.unwrap();
         let content = Content {
@@ -1252,7 +1252,7 @@ mod tests {
                     let hash = ContentHash::of(target);
                     let staged = rt
                         .block_on(async {
-                            let mut writer = store.upload().await?;
+                            let mut writer = store.upload(target.len() as u64).await?;
                             writer.write(target.to_vec()).await?;
                             writer.complete(hash, target.len() as u64).await
                         })

@@ -11,7 +11,7 @@
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use syncstore::ContentHash;
+use syncstore::{ContentHash, chunks::ChunkRef};
 
 use crate::error::Result;
 
@@ -111,6 +111,13 @@ pub(crate) trait ContentUpload: Send + Debug {
 pub(crate) trait StagedContent: Send + Sync + Debug {
     /// The content's hash.
     fn hash(&self) -> ContentHash;
+
+    /// Its chunk list, when it was received as chunks (each a content of
+    /// its own, in place already; the journal stores the list with the
+    /// entry that refers to it).
+    fn recipe(&self) -> Option<&[ChunkRef]> {
+        None
+    }
 
     /// Up to `max` bytes of the content from its start (a link's target).
     async fn read_prefix(&self, max: u64) -> Result<Vec<u8>>;
