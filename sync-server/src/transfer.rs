@@ -36,7 +36,7 @@ pub(crate) enum Sent {
 pub(crate) async fn send_content<M: Send + 'static>(
     mut reader: Box<dyn ContentReader>,
     tx: mpsc::Sender<M>,
-    wrap: fn(Vec<u8>) -> M,
+    wrap: impl Fn(Vec<u8>) -> M + Send,
 ) -> Result<Sent> {
     while let Some(chunk) = reader.next_chunk(MAX_CHUNK).await? {
         if tx.send(wrap(chunk)).await.is_err() {
