@@ -138,6 +138,12 @@ impl RunsReceiver {
         Ok(true)
     }
 
+    /// Content bytes rebuilt so far (from the base and the wire): the
+    /// upload's progress.
+    pub(crate) fn rebuilt(&self) -> u64 {
+        self.content
+    }
+
     /// The end marker came: every run must be complete.
     pub(crate) fn end(&self) -> Result<()> {
         match self.queue.front() {
