@@ -747,13 +747,18 @@ impl Store {
         hashes.dedup();
         let unreferenced = self.inner.meta.unreferenced(hashes).await?;
         // A held content keeps its recipe: the upload holding it commits
-        // the same content, and holds its chunks too.
-        let unheld: Vec<ContentHash> = {
+        // the same content, and holds its chunks too. Content stored whole
+        // (every small file) costs no further trip.
+        let with_recipes: Vec<ContentHash> = {
             let holds = lock(&self.inner.holds);
-            unreferenced.iter().filter(|h| !holds.placing.contains_key(h)).copied().collect()
+            let unheld = unreferenced.iter().filter(|(h, _)| !holds.placing.contains_key(h));
+            unheld.filter(|(_, recipe)| *recipe).map(|(h, _)| *h).collect()
         };
-        let chunks = self.inner.meta.drop_recipes(unheld).await?;
-        for hash in unreferenced {
+        let chunks = match with_recipes.is_empty() {
+            true => Vec::new(),
+            false => self.inner.meta.drop_recipes(with_recipes).await?,
+        };
+        for (hash, _) in unreferenced {
             if let Err(e) = self.remove_content(hash).await {
                 tracing::warn!(%hash, error = %e, "could not remove unreferenced content");
             }
@@ -763,7 +768,7 @@ impl Store {
         }
         let mut removed = 0usize;
         for page in chunks.chunks(PAGE_SIZE) {
-            for hash in self.inner.meta.unreferenced(page.to_vec()).await? {
+            for (hash, _) in self.inner.meta.unreferenced(page.to_vec()).await? {
                 if self.remove_content(hash).await? {
                     removed += 1;
                 }
@@ -1229,7 +1234,7 @@ impl Store {
         let mut removed = 0usize;
         let all = self.inner.content.list().await?;
         for page in all.chunks(PAGE_SIZE) {
-            for hash in self.inner.meta.unreferenced(page.to_vec()).await? {
+            for (hash, _) in self.inner.meta.unreferenced(page.to_vec()).await? {
                 if self.remove_content(hash).await? {
                     removed += 1;
                 }

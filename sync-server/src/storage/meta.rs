@@ -131,8 +131,9 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     async fn trim_log(&self, keep_from: u64, head: u64) -> Result<usize>;
 
     /// Those of `hashes` that no live entry (of any namespace) refers to
-    /// and that are no chunk of any recipe.
-    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>>;
+    /// and that are no chunk of any recipe, each with whether it has a
+    /// recipe of its own (looked up in the same trip).
+    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<(ContentHash, bool)>>;
 
     /// The recipe of content `hash`, if one is kept.
     async fn recipe(&self, hash: &ContentHash) -> Result<Option<Recipe>>;
