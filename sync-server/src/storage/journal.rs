@@ -376,6 +376,9 @@ impl Store {
         }
         if let Some(list) = recipe {
             let size = list.iter().map(|c| u64::from(c.size)).sum();
+            // Metadata is written under the writer lock, never beside a
+            // commit's open transaction.
+            let _w = self.inner.writer.lock().await;
             self.inner.meta.put_recipe(Recipe { hash, size, list, prev: None }).await?;
         }
         Ok(())

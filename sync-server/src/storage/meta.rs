@@ -140,15 +140,17 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
 
     /// Removes the recipes of `hashes` (those that have one), in one
     /// transaction; returns the distinct chunks they listed. The journal
-    /// calls it only for content no live entry refers to.
+    /// calls it under its writer lock, only for content no live entry
+    /// refers to.
     async fn drop_recipes(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>>;
 
     /// The contents whose recipe is kept though no live entry refers to
     /// them (what a crash or a full resync can leave).
     async fn orphan_recipes(&self) -> Result<Vec<ContentHash>>;
 
-    /// Stores a recipe outside any commit (a repair's), keeping one that is
-    /// there.
+    /// Stores a recipe outside any commit (a repair's, a snapshot's),
+    /// keeping one that is there. The journal calls it under its writer
+    /// lock, as every write.
     async fn put_recipe(&self, recipe: Recipe) -> Result<()>;
 
     /// The live files (namespace, path) whose content is `hash`.
