@@ -1,13 +1,15 @@
 //! Content larger than one chunk ([`WHOLE_MAX`]) as the journal stores it:
 //! cut by [`Chunker`] as it is received, each chunk an ordinary content of
-//! the [`ContentStore`] named by its own hash (stored once, whoever sends
+//! the [`ContentStore`](super::content::ContentStore) named by its own hash (stored once, whoever sends
 //! it), and the chunk list (the recipe) kept in the metadata with the entry
 //! that first refers to it. The server always cuts what it stores itself,
 //! from the bytes: a client's list is never trusted.
 //!
 //! - [`ChunkedUpload`] cuts, writes each chunk that is not already stored
 //!   good and only holds the others, and checks the whole at `complete`.
-//!   It holds at most one chunk's bytes beyond what it was handed. Every
+//!   It holds at most one chunk's bytes beyond what it was handed, and
+//!   stores each chunk as it is cut (no temp file per chunk waits for the
+//!   commit: a 1 GiB file is 16,000 chunks). Every
 //!   chunk it refers to is held from its check until the commit (or the
 //!   upload's end); when it ends unused, its chunks are handed to garbage
 //!   collection, which removes those nothing refers to.
@@ -36,7 +38,7 @@ pub(crate) fn is_chunked(size: u64) -> bool {
     size > WHOLE_MAX
 }
 
-/// The chunks an upload refers to, and what it wrote.
+/// The chunks an upload refers to, each held.
 #[derive(Debug)]
 struct Chunks {
     store: Store,
