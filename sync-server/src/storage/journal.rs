@@ -292,6 +292,13 @@ impl Store {
         Ok(true)
     }
 
+    /// One chunk of content stored as chunks, read whole and verified in
+    /// one go: `None` when it is not stored, `DATA_LOSS` when it was found
+    /// damaged (and set aside).
+    pub(crate) async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Option<Vec<u8>>> {
+        self.inner.content.read_whole(&chunk.hash, u64::from(chunk.size)).await
+    }
+
     /// The recipe of content `hash`, if it is stored as chunks.
     pub(crate) async fn recipe(&self, hash: &ContentHash) -> Result<Option<Recipe>> {
         self.inner.meta.recipe(hash).await
