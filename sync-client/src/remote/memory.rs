@@ -193,7 +193,7 @@ fn as_runs(base: &[ChunkRef], list: &[ChunkRef], data: &[u8]) -> Vec<Piece> {
 }
 
 /// Makes `pieces` (runs) go wrong as `bad` says.
-fn spoil(pieces: &mut Vec<Piece>, bad: BadRuns, base_len: usize) {
+fn spoil(pieces: &mut [Piece], bad: BadRuns, base_len: usize) {
     match bad {
         BadRuns::WrongChunk => {
             if let Some(Piece::Chunk(c)) = pieces.iter_mut().find(|p| matches!(p, Piece::Chunk(_))) {
