@@ -1072,6 +1072,27 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn runs_against_a_list_the_server_does_not_share_fall_back_to_plain() {
+            let server = MemoryRemote::new("server");
+            let mut c = Client::new(&server);
+            let (data, edited) = large_and_edited(b"edited against a wrong list");
+            c.write("big.bin", &data);
+            c.engine.full_sync().await.unwrap();
+            // A list this client recorded that is not the server's cut.
+            let hash = syncstore::ContentHash::of(&data);
+            let mut wrong = c.engine.state().chunk_list(&hash).unwrap().unwrap();
+            wrong.reverse();
+            c.engine.state().set_chunk_list(&hash, &wrong).unwrap();
+
+            c.write("big.bin", &edited);
+            c.engine.full_sync().await.unwrap();
+            assert!(server.content("big.bin").unwrap() == edited, "the edit arrived");
+            assert!(!c.engine.has_failures());
+            let sent = server.wire_bytes().0 - data.len() as u64;
+            assert!(sent >= edited.len() as u64, "sent whole after the runs were refused: {sent}");
+        }
+
+        #[tokio::test]
         async fn a_local_chunk_that_changes_during_a_download_is_not_kept() {
             let server = MemoryRemote::new("server");
             let other = server.as_client("other");

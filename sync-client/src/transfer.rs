@@ -31,7 +31,7 @@ use std::{
 
 use futures::StreamExt;
 use syncstore::{
-    ContentHash, Entry, Reason, RelPath,
+    ContentHash, Entry, RelPath,
     chunks::{self, Chunk, ChunkRef, Chunker, MAX_RUNS_PER_MESSAGE, Run, WHOLE_MAX},
     limits::{MAX_CHUNK, MAX_PATH_BYTES},
 };
@@ -120,9 +120,10 @@ pub struct Uploaded {
 /// content against the header, so what it stored is `expected`.
 ///
 /// A large file whose base's chunk list is known goes as runs against the
-/// base; if the server cannot use that base (`unknown-base`), or did not
-/// get the announced content from the runs (`content-mismatch`: the list
-/// was not the server's), the file is sent again plain, once.
+/// base. If the server cannot use that base (`unknown-base`), or refuses
+/// the body as invalid (`content-mismatch`: the list was not the server's;
+/// or a server of an earlier release, which knows no runs), the file is
+/// sent again plain, once.
 pub async fn upload(
     remote: &dyn Remote,
     root: &Root,
@@ -146,7 +147,7 @@ pub async fn upload(
     if let Some((hash, list)) = chunks.filter(|_| is_chunked(&expected)) {
         upload.base_hash = Some(hash);
         match send(remote, root, &upload, Some(Arc::new(list)), &wire).await {
-            Err(e) if e.refused() == Some(Refused::UnknownBase) || is_content_mismatch(&e) => {
+            Err(e) if e.refused() == Some(Refused::UnknownBase) || is_invalid(&e) => {
                 tracing::info!(%path, error = %e, "the server did not take the file as runs: sending it whole");
                 upload.base_hash = None;
                 if let Some(p) = &progress {
@@ -164,10 +165,11 @@ pub async fn upload(
     Ok(Uploaded { entry, sent: true, as_runs: false, wire_bytes: wire.load(Ordering::Relaxed), chunks })
 }
 
-/// Whether the server refused an upload's content as not what its header
-/// announced.
-fn is_content_mismatch(e: &Error) -> bool {
-    matches!(e, Error::Server(s) if s.reason == Reason::ContentMismatch.as_str())
+/// Whether the server refused an upload's body as invalid
+/// (INVALID_ARGUMENT: content not what its header announced, or messages
+/// it does not take).
+fn is_invalid(e: &Error) -> bool {
+    matches!(e, Error::Server(s) if s.code == format!("{:?}", tonic::Code::InvalidArgument))
 }
 
 /// Sends `upload`'s content, plain or (with `base`, the chunk list of its

@@ -9,6 +9,7 @@ mod badinput;
 mod bandwidth;
 mod contract;
 mod control;
+mod delta;
 mod diskfull;
 mod edges;
 mod folder;
