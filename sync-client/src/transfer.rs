@@ -1008,6 +1008,55 @@ mod tests {
 
     use super::*;
 
+    /// A chunk of `data`.
+    fn chunk(data: &[u8]) -> Chunk {
+        let chunk = ChunkRef { hash: ContentHash::of(data), size: data.len() as u32 };
+        Chunk { chunk, data: data.to_vec() }
+    }
+
+    #[test]
+    fn runs_go_in_bounded_messages_each_followed_by_its_new_bytes() {
+        // 3,000 distinct chunks; the base has every third one, and the run
+        // of the last 299 in order.
+        let chunks: Vec<Chunk> = (0..3000u32).map(|i| chunk(format!("chunk {i}").as_bytes())).collect();
+        let mut base: Vec<ChunkRef> = chunks.iter().step_by(3).map(|c| c.chunk).collect();
+        base.extend(chunks[2701..].iter().map(|c| c.chunk));
+        let mut runs_out = RunsOut::new(&base);
+        let mut messages = Vec::new();
+        for c in &chunks {
+            runs_out.add(c.clone(), &mut messages);
+        }
+        runs_out.flush(&mut messages);
+
+        let (mut runs, mut bytes) = (Vec::new(), Vec::new());
+        let mut owed = 0usize;
+        for m in messages {
+            match m {
+                Body::Runs(r) => {
+                    assert_eq!(owed, 0, "the bytes of the runs before came first");
+                    assert!(!r.is_empty() && r.len() <= MAX_RUNS_PER_MESSAGE, "{} runs", r.len());
+                    owed = r.iter().map(|r| if let Run::New(c) = r { c.size as usize } else { 0 }).sum();
+                    runs.extend(r);
+                }
+                Body::Chunk(b) => {
+                    assert!(b.len() <= owed && b.len() <= MAX_CHUNK);
+                    owed -= b.len();
+                    bytes.extend(b);
+                }
+                Body::End => unreachable!(),
+            }
+        }
+        assert_eq!(owed, 0);
+        let list: Vec<ChunkRef> = chunks.iter().map(|c| c.chunk).collect();
+        assert_eq!(chunks::apply(&base, &runs).unwrap(), list, "the runs describe the content");
+        let new: Vec<u8> =
+            chunks.iter().filter(|c| !base.contains(&c.chunk)).flat_map(|c| c.data.clone()).collect();
+        assert_eq!(bytes, new, "only the chunks the base lacks travel");
+        // The 299 chunks the base holds in order are one run, though some
+        // of them are in the base twice.
+        assert_eq!(runs.last(), Some(&Run::Base { first: 1000, count: 299 }));
+    }
+
     #[test]
     fn blocks_of_zeros_become_holes_and_the_content_is_unchanged() {
         let dir = tempfile::tempdir().unwrap();
