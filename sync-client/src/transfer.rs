@@ -147,7 +147,7 @@ pub async fn upload(
     if let Some((hash, list)) = chunks.filter(|_| is_chunked(&expected)) {
         upload.base_hash = Some(hash);
         match send(remote, root, &upload, Some(Arc::new(list)), &wire).await {
-            Err(e) if e.refused() == Some(Refused::UnknownBase) || is_invalid(&e) => {
+            Err(e) if matches!(e.refused(), Some(Refused::UnknownBase | Refused::Invalid)) => {
                 tracing::info!(%path, error = %e, "the server did not take the file as runs: sending it whole");
                 upload.base_hash = None;
                 if let Some(p) = &progress {
@@ -163,13 +163,6 @@ pub async fn upload(
     }
     let (entry, chunks) = send(remote, root, &upload, None, &wire).await?;
     Ok(Uploaded { entry, sent: true, as_runs: false, wire_bytes: wire.load(Ordering::Relaxed), chunks })
-}
-
-/// Whether the server refused an upload's body as invalid
-/// (INVALID_ARGUMENT: content not what its header announced, or messages
-/// it does not take).
-fn is_invalid(e: &Error) -> bool {
-    matches!(e, Error::Server(s) if s.code == format!("{:?}", tonic::Code::InvalidArgument))
 }
 
 /// Sends `upload`'s content, plain or (with `base`, the chunk list of its

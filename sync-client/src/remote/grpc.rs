@@ -408,6 +408,7 @@ impl From<tonic::Status> for Error {
             (_, Code::Unavailable) => Refused::Unavailable,
             (_, Code::Unauthenticated | Code::PermissionDenied) => Refused::Credentials,
             (_, Code::DataLoss) => Refused::Damaged,
+            (_, Code::InvalidArgument) => Refused::Invalid,
             _ => Refused::Other,
         };
         Error::Server(ServerError {
@@ -558,7 +559,9 @@ mod tests {
             (tonic::Status::unavailable("x"), Reason::ReplicaUnavailable, Refused::ReplicaAway),
             (tonic::Status::unavailable("x"), Reason::Unavailable, Refused::Unavailable),
             (tonic::Status::unauthenticated("x"), Reason::Unauthenticated, Refused::Credentials),
-            (tonic::Status::invalid_argument("x"), Reason::InvalidPath, Refused::Other),
+            (tonic::Status::invalid_argument("x"), Reason::InvalidPath, Refused::Invalid),
+            (tonic::Status::invalid_argument("x"), Reason::ContentMismatch, Refused::Invalid),
+            (tonic::Status::resource_exhausted("x"), Reason::TooLarge, Refused::Other),
         ];
         for (status, reason, refused) in cases {
             assert_eq!(with_reason(status, reason).refused(), Some(refused), "{reason:?}");

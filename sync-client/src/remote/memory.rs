@@ -158,7 +158,7 @@ fn list_of(data: &[u8]) -> Vec<ChunkRef> {
 /// The refusal of content that is not what its header announced.
 fn mismatch(why: &str) -> Error {
     Error::Server(ServerError {
-        refused: Refused::Other,
+        refused: Refused::Invalid,
         reason: Reason::ContentMismatch.as_str().into(),
         replica: String::new(),
         code: "InvalidArgument".into(),
@@ -408,7 +408,7 @@ impl Remote for MemoryRemote {
                     }
                     Some(Body::Runs(more)) => {
                         if base.is_none() || bytes.len() as u64 != announced {
-                            return Err(Error::server(Refused::Other, "runs out of place"));
+                            return Err(Error::server(Refused::Invalid, "runs out of place"));
                         }
                         for run in &more {
                             if let Run::New(c) = run {
@@ -439,7 +439,7 @@ impl Remote for MemoryRemote {
                         match *run {
                             Run::Base { first, count } => {
                                 let slice = chunks::base_slice(list, first, count)
-                                    .map_err(|e| Error::server(Refused::Other, &e.to_string()))?;
+                                    .map_err(|e| Error::server(Refused::Invalid, &e.to_string()))?;
                                 let at = offsets[first as usize];
                                 let len: usize = slice.iter().map(|c| c.size as usize).sum();
                                 data.extend_from_slice(&base_data[at..at + len]);

@@ -231,7 +231,10 @@ pub enum Refused {
     DiskFull,
     /// The server's copy of the content is damaged.
     Damaged,
-    /// Anything else (bad input, too large, busy, internal).
+    /// The request is invalid (INVALID_ARGUMENT: bad input, content not
+    /// as its header announced, or messages the server does not take).
+    Invalid,
+    /// Anything else (too large, busy, internal).
     Other,
 }
 
