@@ -94,7 +94,10 @@ impl State {
             Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
         }
         folder.clear_interrupted()?;
-        Self::connect(&dir, lock)
+        let state = Self::connect(&dir, lock)?;
+        // Bases removed since the last large transfer may have left lists.
+        state.with(|c| c.execute(PRUNE_CHUNK_LISTS, []).map(drop))?;
+        Ok(state)
     }
 
     /// Opens the state for reading beside a running client (`status`),
@@ -124,8 +127,6 @@ impl State {
                 ))?;
             }
         }
-        // Bases removed since the last large transfer may have left lists.
-        conn.execute(PRUNE_CHUNK_LISTS, [])?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), _lock: Arc::new(lock) })
     }
 
