@@ -1082,7 +1082,7 @@ mod tests {
             let hash = syncstore::ContentHash::of(&data);
             let mut wrong = c.engine.state().chunk_list(&hash).unwrap().unwrap();
             wrong.reverse();
-            c.engine.state().set_chunk_list(&hash, &wrong).unwrap();
+            c.engine.state().set_chunk_list(&hash, &wrong, None).unwrap();
 
             c.write("big.bin", &edited);
             c.engine.full_sync().await.unwrap();

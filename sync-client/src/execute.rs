@@ -184,7 +184,7 @@ impl Executor {
         let up = transfer::upload(&*self.remote, self.folder.root(), path, l, base).await?;
         self.state.set_base(path, &local::synced_base(up.entry.version, l))?;
         if let Some(list) = &up.chunks {
-            self.state.set_chunk_list(&l.hash, list)?;
+            self.state.set_chunk_list(&l.hash, list, p.base.as_ref().map(|b| &b.hash))?;
         }
         self.state.clear_sent(path)?;
         self.metrics.uploads.inc();
@@ -461,7 +461,9 @@ impl Executor {
         let base: Base = local::synced_base(remote.version, meta.with_hash(content.hash));
         self.state.set_base(&remote.path, &base)?;
         if let Some(list) = &chunks {
-            self.state.set_chunk_list(&content.hash, list)?;
+            // The local file's list (usually the version replaced) goes if
+            // no other path holds that content.
+            self.state.set_chunk_list(&content.hash, list, have.as_ref())?;
         }
         Ok(fetched)
     }

@@ -322,9 +322,17 @@ impl State {
         Ok(packed.and_then(|p| chunks::unpack_list(&p)))
     }
 
-    /// Records the chunk list of content `hash`, which a base must already
-    /// refer to, and drops the lists no base refers to any more.
-    pub fn set_chunk_list(&self, hash: &ContentHash, list: &[ChunkRef]) -> Result<()> {
+    /// Records the chunk list of content `hash`, once a base refers to it,
+    /// and drops the list of `replaced` (the content the path held before)
+    /// if no base refers to that any more. (Lists left by other changes,
+    /// deletions say, go when the folder is opened again: pruning them all
+    /// at each transfer would cost a look at every list.)
+    pub fn set_chunk_list(
+        &self,
+        hash: &ContentHash,
+        list: &[ChunkRef],
+        replaced: Option<&ContentHash>,
+    ) -> Result<()> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
         tx.prepare_cached(
@@ -332,7 +340,13 @@ impl State {
              ON CONFLICT (hash) DO UPDATE SET list = excluded.list",
         )?
         .execute(params![&hash.as_bytes()[..], chunks::pack_list(list)])?;
-        tx.execute(PRUNE_CHUNK_LISTS, [])?;
+        if let Some(old) = replaced.filter(|old| *old != hash) {
+            tx.prepare_cached(
+                "DELETE FROM chunk_list WHERE hash = ?1
+                 AND NOT EXISTS (SELECT 1 FROM base WHERE hash = ?1)",
+            )?
+            .execute([&old.as_bytes()[..]])?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -442,14 +456,21 @@ mod tests {
             let state = State::open(dir.path()).unwrap();
             assert_eq!(state.chunk_list(&one.hash).unwrap(), None);
             state.set_base(&a, &one).unwrap();
-            state.set_chunk_list(&one.hash, &list(1)).unwrap();
+            state.set_chunk_list(&one.hash, &list(1), None).unwrap();
             state.set_base(&b, &one).unwrap();
             // `a` moves on to new content: `b` still holds the old one.
             state.set_base(&a, &two).unwrap();
-            state.set_chunk_list(&two.hash, &list(2)).unwrap();
+            state.set_chunk_list(&two.hash, &list(2), Some(&one.hash)).unwrap();
             assert_eq!(state.chunk_list(&one.hash).unwrap(), Some(list(1)));
             assert_eq!(state.chunk_list(&two.hash).unwrap(), Some(list(2)));
+            // `b` moves on too: nothing holds the old content.
+            state.set_base(&b, &two).unwrap();
+            state.set_chunk_list(&two.hash, &list(2), Some(&one.hash)).unwrap();
+            assert_eq!(state.chunk_list(&one.hash).unwrap(), None);
+            state.set_base(&b, &one).unwrap();
+            state.set_chunk_list(&one.hash, &list(1), Some(&two.hash)).unwrap();
             state.remove_base(&b).unwrap();
+            assert_eq!(state.chunk_list(&one.hash).unwrap(), Some(list(1)), "kept until the next open");
         }
         // Pruned when the state is opened again.
         let state = State::open(dir.path()).unwrap();
@@ -457,7 +478,7 @@ mod tests {
         assert_eq!(state.chunk_list(&two.hash).unwrap(), Some(list(2)));
         state.forget_chunk_list(&two.hash).unwrap();
         assert_eq!(state.chunk_list(&two.hash).unwrap(), None);
-        state.set_chunk_list(&two.hash, &list(2)).unwrap();
+        state.set_chunk_list(&two.hash, &list(2), None).unwrap();
         state.reset_history("other").unwrap();
         assert_eq!(state.chunk_list(&two.hash).unwrap(), None);
     }
