@@ -54,6 +54,10 @@ pub enum Error {
     /// A header-only upload of content the caller's namespace does not hold.
     #[error("{0}")]
     UnknownContent(String),
+    /// An upload sent as runs against a base the server cannot use: the
+    /// namespace does not refer to it, or no chunk list is kept for it.
+    #[error("{0}")]
+    UnknownBase(String),
     /// The request cannot be served in the server's current state.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -137,6 +141,7 @@ impl Error {
             Error::VersionConflict { .. } => (Code::Aborted, Reason::VersionConflict),
             Error::WritesRefused { reason, .. } => (Code::FailedPrecondition, *reason),
             Error::UnknownContent(_) => (Code::FailedPrecondition, Reason::UnknownContent),
+            Error::UnknownBase(_) => (Code::FailedPrecondition, Reason::UnknownBase),
             Error::FailedPrecondition(_) => (Code::FailedPrecondition, Reason::FailedPrecondition),
             Error::Locked(_) => (Code::FailedPrecondition, Reason::Locked),
             Error::StaleLock(_) => (Code::FailedPrecondition, Reason::StaleLock),
@@ -188,6 +193,12 @@ impl StorageError {
     /// Whether the backend's disk (or quota) is full.
     pub fn is_disk_full(&self) -> bool {
         self.kind == StorageErrorKind::DiskFull
+    }
+}
+
+impl From<syncstore::chunks::RunsError> for Error {
+    fn from(e: syncstore::chunks::RunsError) -> Self {
+        Self::InvalidArgument(format!("the upload's runs do not fit their base: {e}"))
     }
 }
 

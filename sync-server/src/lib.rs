@@ -16,6 +16,8 @@
 //! - `transfer`: content on the wire, both ways: the verified reader that
 //!   Download and the replication sender stream from, and the receiver
 //!   that Upload and the replica write into.
+//! - `runs`: content as runs against a base both sides know, both ways
+//!   (Upload's `base_hash`, Download's `have_hash`).
 //! - `wire`: every conversion of storage's changes and locks to and from
 //!   their `pb` messages.
 //! - [`error`]: the error type and its mapping to gRPC status codes.
@@ -29,6 +31,7 @@ pub mod error;
 mod feed;
 pub mod metrics;
 pub mod replication;
+mod runs;
 pub mod scrub;
 pub mod service;
 pub mod storage;
@@ -376,6 +379,11 @@ impl MetricsServer {
             let (damaged, found) = store.damaged_blobs();
             metrics.damaged_blobs.set(damaged as i64);
             metrics.damaged_blobs_found.inc_by(found.saturating_sub(metrics.damaged_blobs_found.get()));
+            let (stored, deduplicated) = store.chunk_counts();
+            metrics.chunks_stored.inc_by(stored.saturating_sub(metrics.chunks_stored.get()));
+            metrics
+                .chunks_deduplicated
+                .inc_by(deduplicated.saturating_sub(metrics.chunks_deduplicated.get()));
             if let Some(r) = &replication {
                 metrics.replica_lag_changes.set(head.saturating_sub(r.acked()) as i64);
                 metrics.replica_lag_seconds.set(r.lag_seconds(head));

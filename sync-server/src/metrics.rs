@@ -29,6 +29,17 @@ pub struct ServerMetrics {
     pub damaged_blobs_found: IntCounter,
     /// Bytes of stored content the scrub read and verified since start.
     pub scrub_bytes: IntCounter,
+    /// Content bytes that arrived in Upload `chunk` messages.
+    pub content_received_bytes: IntCounter,
+    /// Content bytes sent in Download `chunk` messages.
+    pub content_sent_bytes: IntCounter,
+    /// New chunk blobs written (mirrors the store's count at each scrape).
+    pub chunks_stored: IntCounter,
+    /// Chunks of received content that were stored already, not written
+    /// again (mirrors the store's count at each scrape).
+    pub chunks_deduplicated: IntCounter,
+    /// Bytes uploads took from their base instead of the wire.
+    pub base_reused_bytes: IntCounter,
 }
 
 impl ServerMetrics {
@@ -74,6 +85,23 @@ impl ServerMetrics {
             damaged_blobs: gauge("damaged_blobs", "Stored contents found damaged and not healed yet"),
             damaged_blobs_found: counter("damaged_blobs_found_total", "Damaged stored contents found"),
             scrub_bytes: counter("scrub_bytes_total", "Bytes of stored content the scrub verified"),
+            content_received_bytes: counter(
+                "content_received_bytes_total",
+                "Content bytes that arrived in upload chunk messages",
+            ),
+            content_sent_bytes: counter(
+                "content_sent_bytes_total",
+                "Content bytes sent in download chunk messages",
+            ),
+            chunks_stored: counter("chunks_stored_total", "New chunk blobs written"),
+            chunks_deduplicated: counter(
+                "chunks_deduplicated_total",
+                "Chunks of received content already stored, not written again",
+            ),
+            base_reused_bytes: counter(
+                "base_reused_bytes_total",
+                "Bytes uploads took from their base instead of the wire",
+            ),
             errors,
             commit_seconds,
             replication,

@@ -141,7 +141,7 @@ async fn heal(store: &Store, peer: Option<&Peer>, hash: ContentHash, size: u64) 
         }
         Err(s) => return Err(Error::Unavailable(format!("{}: {}", peer.url, s.message()))),
     };
-    let mut writer = store.upload().await?;
+    let mut writer = store.upload(size).await?;
     loop {
         let chunk = match connect::answer(&peer.url, limit, stream.message()).await.map_err(answer)? {
             Ok(Some(m)) => m.chunk,

@@ -28,6 +28,7 @@ use crate::{
     error::{Error, Result, refusal},
     feed::{self, Item},
     replication::primary::ReplicationHandle,
+    runs::{self, RunsReceiver},
     storage::{
         Actor, Change, ContentReader, Delete, LockRequest, PAGE_SIZE, Put, StagedContent, What, rules,
     },
@@ -311,6 +312,10 @@ impl FileSyncService {
         let path = RelPath::new(header.path)?;
         let hash = ContentHash::try_from(&header.hash[..])?;
         let size = header.size;
+        let base = match header.base_hash.is_empty() {
+            true => None,
+            false => Some(ContentHash::try_from(&header.base_hash[..])?),
+        };
         if header.folder && (size != 0 || header.symlink) {
             return Err(Error::invalid(format!(
                 "{path} is a folder: it has no content (size 0, not a link)"
@@ -341,14 +346,14 @@ impl FileSyncService {
             who: Actor::new(principal, header.client_id),
             lock_token: header.lock_token,
         };
-        Ok(Write::Upload(Box::new(Upload { put, content })))
+        Ok(Write::Upload(Box::new(Upload { put, base, content })))
     }
 
     /// Receives an upload's content once its pre-check passed: the put
     /// with its content staged, and the upload slot it holds; or, for the
     /// same upload sent again, its committed entry.
     async fn receive_upload(&self, ns: &str, upload: Upload) -> Result<Received> {
-        let Upload { put, content: Incoming { mut stream, peer } } = upload;
+        let Upload { put, base, content: Incoming { mut stream, peer } } = upload;
         let (path, hash, size) = (put.path.clone(), put.content.hash, put.content.size);
 
         // Refuse a locked path, a path clash or a stale base before
@@ -361,6 +366,12 @@ impl FileSyncService {
         if let Err(conflict) = rules::check_base(&path, facts.entry.as_ref(), put.base_version) {
             return self.retried_put(ns, &put).await?.map(Received::Again).ok_or(conflict);
         }
+        // Content sent as runs needs a base this namespace refers to and
+        // whose chunk list the server keeps.
+        let base = match base {
+            Some(base) => Some(runs::upload_base(&self.ctx.store, ns, &path, &base).await?),
+            None => None,
+        };
         self.admit()?;
 
         // Only a header that passed its checks takes a slot: a stream that
@@ -368,16 +379,27 @@ impl FileSyncService {
         let slot = self.upload_slot(ns, peer).await?;
         let mut pace = Pace::new(&self.limits);
 
-        let receiver = ContentReceiver::start(&self.ctx.store)?;
-        let chunks = match self.receive_chunks(&mut stream, size, &receiver, &mut pace).await {
-            Ok(chunks) => chunks,
+        let receiver = ContentReceiver::start(&self.ctx.store, size)?;
+        let received = match base {
+            Some(base) => {
+                let runs = RunsReceiver::new(self.ctx.store.clone(), base, size, self.ctx.metrics.clone());
+                // Never header-only: the runs say what the content is.
+                self.receive_runs(&mut stream, runs, &receiver, &mut pace).await.map(|()| false)
+            }
+            None => {
+                let chunks = self.receive_chunks(&mut stream, size, &receiver, &mut pace).await;
+                chunks.map(|chunks| chunks == 0 && size > 0)
+            }
+        };
+        let header_only = match received {
+            Ok(header_only) => header_only,
             Err(e) => {
-                // The temp file is gone by the time the client hears why.
+                // Nothing received is kept by the time the client hears why.
                 receiver.abort().await;
                 return Err(e);
             }
         };
-        let staged = if chunks == 0 && size > 0 {
+        let staged = if header_only {
             // Header only: reuse content this namespace already refers to
             // (checked again at commit). Content of other namespaces is
             // never offered: reusing it would tell the caller it exists.
@@ -387,7 +409,7 @@ impl FileSyncService {
             if !facts.refers {
                 return Err(Error::no_content(&hash));
             }
-            match self.ctx.store.verified_size(&hash).await? {
+            match self.ctx.store.verified_size(&hash, size).await? {
                 None => return Err(Error::no_content(&hash)),
                 Some(stored) if stored != size => {
                     return Err(Error::ContentMismatch(format!(
@@ -436,6 +458,8 @@ enum Write {
 /// An upload whose header passed its own checks.
 struct Upload {
     put: Put,
+    /// The content it is sent against as runs, if any.
+    base: Option<ContentHash>,
     content: Incoming,
 }
 
@@ -498,6 +522,11 @@ impl FileSyncService {
             let chunk = match msg.msg {
                 Some(upload_request::Msg::Chunk(c)) => c,
                 Some(upload_request::Msg::End(_)) => break,
+                Some(upload_request::Msg::Runs(_)) => {
+                    return Err(Error::invalid(
+                        "an upload sends runs only against the base its header names (base_hash)",
+                    ));
+                }
                 _ => {
                     return Err(Error::invalid(
                         "after its header, an upload sends only chunks and then its end marker",
@@ -513,6 +542,7 @@ impl FileSyncService {
             received += chunk.len() as u64;
             pace.received = received;
             chunks += 1;
+            self.ctx.metrics.content_received_bytes.inc_by(chunk.len() as u64);
             if received > size {
                 return Err(Error::invalid(format!(
                     "received more than the {size} bytes the header announced"
@@ -526,6 +556,63 @@ impl FileSyncService {
         // The client closes its side right after the end marker.
         match self.next_message(stream, pace).await? {
             None => Ok(chunks),
+            Some(_) => Err(Error::invalid("nothing may follow an upload's end marker")),
+        }
+    }
+}
+
+impl FileSyncService {
+    /// Receives an upload sent as runs against its base up to its end
+    /// marker ([`RunsReceiver`]), with the limits of a plain upload.
+    async fn receive_runs(
+        &self,
+        stream: &mut Streaming<pb::UploadRequest>,
+        mut runs: RunsReceiver,
+        receiver: &ContentReceiver,
+        pace: &mut Pace,
+    ) -> Result<()> {
+        let mut received = 0u64;
+        loop {
+            let Some(msg) = self.next_message(stream, pace).await? else {
+                return Err(Error::UploadIncomplete(format!(
+                    "the upload ended after {received} bytes without its end marker (UploadEnd); \
+                     nothing was stored"
+                )));
+            };
+            let written = match msg.msg {
+                Some(upload_request::Msg::Runs(r)) => runs.runs(r, receiver).await?,
+                Some(upload_request::Msg::Chunk(c)) => {
+                    if c.len() > MAX_CHUNK {
+                        return Err(Error::invalid(format!(
+                            "a chunk of {} bytes is over the {MAX_CHUNK}-byte limit",
+                            c.len()
+                        )));
+                    }
+                    received += c.len() as u64;
+                    runs.bytes(c, receiver).await?
+                }
+                Some(upload_request::Msg::End(_)) => {
+                    runs.end()?;
+                    break;
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "after its header, an upload against a base sends runs, their new chunks' bytes \
+                         and then its end marker",
+                    ));
+                }
+            };
+            if !written {
+                // The writer failed; finishing the content says why.
+                return Ok(());
+            }
+            // Copying base chunks is progress too, and its time is not
+            // the client's silence.
+            pace.received = runs.rebuilt();
+            pace.last = Instant::now();
+        }
+        match self.next_message(stream, pace).await? {
+            None => Ok(()),
             Some(_) => Err(Error::invalid("nothing may follow an upload's end marker")),
         }
     }
@@ -682,6 +769,12 @@ impl FileSync for FileSyncService {
         let ns = self.counted(caller(&request, Need::Read))?.namespace;
         let req = request.into_inner();
         let path = self.counted(RelPath::new(req.path).map_err(|e| Status::from(Error::from(e))))?;
+        let have = match req.have_hash.is_empty() {
+            true => None,
+            false => Some(self.counted(
+                ContentHash::try_from(&req.have_hash[..]).map_err(|e| Status::from(Error::from(e))),
+            )?),
+        };
         let s = &self.ctx.store;
         let found = async {
             let current = s.stat(&ns, &path).await?;
@@ -696,21 +789,26 @@ impl FileSync for FileSyncService {
                     v => format!("{path} has no file at version {v}"),
                 }));
             };
+            if let Some(have) = &have
+                && let Some(runs) = runs::download_runs(s, &ns, &path, &content, have).await?
+            {
+                return Ok((entry.expect("checked above"), Body::Runs(runs)));
+            }
             let Some(reader) = s.content_reader(&content.hash, content.size).await? else {
                 return Err(Error::NotFound(format!(
                     "the content of {path} at version {} is no longer kept",
                     entry.as_ref().map_or(0, |e| e.version)
                 )));
             };
-            Ok((entry.expect("checked above"), reader))
+            Ok((entry.expect("checked above"), Body::Plain(reader)))
         }
         .await;
-        let (entry, reader) = self.counted(found.map_err(Status::from))?;
+        let (entry, body) = self.counted(found.map_err(Status::from))?;
         self.ctx.metrics.downloads.inc();
         self.ctx.metrics.download_bytes.inc_by(entry.content.map_or(0, |c| c.size));
 
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(send_file(entry, reader, tx, self.ctx.metrics.clone()));
+        tokio::spawn(send_file(self.ctx.store.clone(), entry, body, tx, self.ctx.metrics.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -1014,12 +1112,21 @@ fn event(item: Item) -> pb::ChangeEvent {
     }
 }
 
+/// What a download sends after its entry.
+enum Body {
+    /// The whole content, read verified.
+    Plain(Box<dyn ContentReader>),
+    /// Runs against the client's copy, with the new chunks' bytes.
+    Runs(Vec<syncstore::chunks::Run>),
+}
+
 /// Sends a download's entry and then its content, verified as it is read
 /// ([`transfer::send_content`]): damaged content ends the stream with
 /// `DATA_LOSS` before its last chunk, so a client never gets it whole.
 async fn send_file(
+    store: crate::storage::Store,
     entry: Entry,
-    reader: Box<dyn ContentReader>,
+    body: Body,
     tx: mpsc::Sender<Result<pb::DownloadResponse, Status>>,
     metrics: ServerMetrics,
 ) {
@@ -1027,8 +1134,18 @@ async fn send_file(
     if tx.send(Ok(first)).await.is_err() {
         return;
     }
-    let chunk = |c| Ok(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(c)) });
-    if let Err(e) = transfer::send_content(reader, tx.clone(), chunk).await {
+    let sent = match body {
+        Body::Plain(reader) => {
+            let counter = metrics.content_sent_bytes.clone();
+            let chunk = move |c: Vec<u8>| {
+                counter.inc_by(c.len() as u64);
+                Ok(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(c)) })
+            };
+            transfer::send_content(reader, tx.clone(), chunk).await
+        }
+        Body::Runs(runs) => runs::send_runs(&store, runs, &tx, &metrics).await,
+    };
+    if let Err(e) = sent {
         let status = Status::from(e);
         metrics.error(&status);
         let _ = tx.send(Err(status)).await;
@@ -1150,7 +1267,7 @@ mod tests {
     /// A file `path` of `data`, written by client "c" over `base`.
     async fn put(store: &Store, path: &str, data: &[u8], base: u64) -> Change {
         let hash = ContentHash::of(data);
-        let mut writer = store.upload().await.unwrap();
+        let mut writer = store.upload(data.len() as u64).await.unwrap();
         writer.write(data.to_vec()).await.unwrap();
         let staged = writer.complete(hash, data.len() as u64).await.unwrap();
         let content = Content {
@@ -1252,7 +1369,7 @@ mod tests {
                     let hash = ContentHash::of(target);
                     let staged = rt
                         .block_on(async {
-                            let mut writer = store.upload().await?;
+                            let mut writer = store.upload(target.len() as u64).await?;
                             writer.write(target.to_vec()).await?;
                             writer.complete(hash, target.len() as u64).await
                         })

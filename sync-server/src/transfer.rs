@@ -1,8 +1,8 @@
 //! Content on the wire, both ways: [`send_content`] streams stored content
 //! as it is read and verified (Download and the replication sender), and
-//! [`ContentReceiver`] writes received chunks into a new blob and finishes
-//! it verified (Upload and the replica), both through the content store's
-//! traits. The store's work is pipelined with the network; no content is
+//! [`ContentReceiver`] writes received chunks into a new upload of the
+//! store (one blob, or chunk blobs for content over 1 MiB) and finishes it
+//! verified (Upload and the replica), both through the storage's traits. The store's work is pipelined with the network; no content is
 //! ever held whole.
 
 use syncstore::{ContentHash, limits::MAX_CHUNK};
@@ -36,7 +36,7 @@ pub(crate) enum Sent {
 pub(crate) async fn send_content<M: Send + 'static>(
     mut reader: Box<dyn ContentReader>,
     tx: mpsc::Sender<M>,
-    wrap: fn(Vec<u8>) -> M,
+    wrap: impl Fn(Vec<u8>) -> M + Send,
 ) -> Result<Sent> {
     while let Some(chunk) = reader.next_chunk(MAX_CHUNK).await? {
         if tx.send(wrap(chunk)).await.is_err() {
@@ -59,12 +59,14 @@ pub(crate) struct ContentReceiver {
 }
 
 impl ContentReceiver {
-    /// Starts receiving into a new upload of `store`.
-    pub(crate) fn start(store: &Store) -> Result<Self> {
+    /// Starts receiving content announced as `size` bytes into a new
+    /// upload of `store` (cut into chunks as it comes when it is larger
+    /// than one).
+    pub(crate) fn start(store: &Store, size: u64) -> Result<Self> {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(RECEIVE_PIPELINE);
         let store = store.clone();
         let writer = tokio::spawn(async move {
-            let mut upload = store.upload().await?;
+            let mut upload = store.upload(size).await?;
             while let Some(chunk) = rx.recv().await {
                 upload.write(chunk).await?;
             }
@@ -93,7 +95,9 @@ impl ContentReceiver {
     /// returns.
     pub(crate) async fn abort(self) {
         // A writer that failed has deleted its temp file already.
-        let _ = self.close().await;
+        if let Ok(upload) = self.close().await {
+            upload.abort().await;
+        }
     }
 
     async fn close(self) -> Result<Box<dyn ContentUpload>> {
@@ -104,6 +108,8 @@ impl ContentReceiver {
 
 #[cfg(test)]
 mod tests {
+    use syncstore::chunks::WHOLE_MAX;
+
     use super::*;
     use crate::{error::Error, storage::StoreOptions};
 
@@ -119,7 +125,7 @@ mod tests {
 
     /// Receives `data` in chunks of `at_most` bytes and finishes it.
     async fn receive(store: &Store, data: &[u8], at_most: usize) -> Result<Box<dyn StagedContent>> {
-        let receiver = ContentReceiver::start(store)?;
+        let receiver = ContentReceiver::start(store, data.len() as u64)?;
         for chunk in data.chunks(at_most) {
             assert!(receiver.write(chunk.to_vec()).await);
         }
@@ -145,34 +151,59 @@ mod tests {
             chunks += 1;
         }
         assert_eq!(sending.await.unwrap().unwrap(), Sent::Whole);
-        assert_eq!((back == data, chunks), (true, 3));
+        assert_eq!((back == data, chunks), (true, 3), "stored as chunks, sent in full pieces");
+        assert!(store.recipe(&ContentHash::of(&data)).await.unwrap().is_some());
         assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    /// Flips one byte of the stored blob `hash` at `at`.
+    fn flip(dir: &std::path::Path, hash: &ContentHash, at: usize) {
+        let hex = hash.to_hex();
+        let blob = dir.join("blobs").join(&hex[..2]).join(&hex);
+        let mut bytes = std::fs::read(&blob).unwrap();
+        bytes[at] ^= 1;
+        std::fs::write(&blob, bytes).unwrap();
+    }
+
+    /// Sends stored content `hash` of `size` bytes: how it ended and how
+    /// many bytes went.
+    async fn send_stored(store: &Store, hash: &ContentHash, size: u64) -> (Result<Sent>, usize) {
+        let reader = store.content_reader(hash, size).await.unwrap().unwrap();
+        let (tx, mut rx) = mpsc::channel(RECEIVE_PIPELINE);
+        let sending = tokio::spawn(send_content(reader, tx, |c: Vec<u8>| c));
+        let mut got = 0;
+        while let Some(chunk) = rx.recv().await {
+            got += chunk.len();
+        }
+        (sending.await.unwrap(), got)
     }
 
     #[tokio::test]
     async fn damaged_content_ends_with_data_loss_before_its_last_chunk() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
-        let data = content(MAX_CHUNK + 10);
+        // A whole blob: one byte of the stored copy flipped, past the first chunk.
+        let data = content(WHOLE_MAX as usize);
         let hash = ContentHash::of(&data);
         store.restore_blob(receive(&store, &data, MAX_CHUNK).await.unwrap()).await.unwrap();
-        // One byte of the stored copy flipped, past the first chunk.
-        let hex = hash.to_hex();
-        let blob = dir.path().join("blobs").join(&hex[..2]).join(&hex);
-        let mut bytes = std::fs::read(&blob).unwrap();
-        bytes[MAX_CHUNK + 5] ^= 1;
-        std::fs::write(&blob, bytes).unwrap();
-
+        flip(dir.path(), &hash, MAX_CHUNK - 5);
         let reader = store.content_reader(&hash, data.len() as u64).await.unwrap().unwrap();
         let (tx, mut rx) = mpsc::channel(RECEIVE_PIPELINE);
         let sent = send_content(reader, tx, |c| c).await;
         assert!(matches!(sent, Err(Error::DataLoss(_))), "{sent:?}");
-        let mut got = 0;
-        while let Some(chunk) = rx.recv().await {
-            got += chunk.len();
-        }
-        assert_eq!(got, MAX_CHUNK, "the first chunk went, the last did not");
+        assert!(rx.recv().await.is_none(), "its one chunk did not go");
         assert!(store.is_damaged(&hash).await.unwrap(), "the damaged copy is set aside");
+
+        // Content stored as chunks: its last chunk damaged.
+        let data = content(2 * MAX_CHUNK + 12345);
+        let hash = ContentHash::of(&data);
+        store.restore_blob(receive(&store, &data, MAX_CHUNK).await.unwrap()).await.unwrap();
+        let last = *store.recipe(&hash).await.unwrap().unwrap().list.last().unwrap();
+        flip(dir.path(), &last.hash, 3);
+        let (sent, got) = send_stored(&store, &hash, data.len() as u64).await;
+        assert!(matches!(sent, Err(Error::DataLoss(_))), "{sent:?}");
+        assert!(got < data.len(), "{got} bytes went");
+        assert!(store.is_damaged(&last.hash).await.unwrap(), "the damaged chunk is set aside");
     }
 
     #[tokio::test]
@@ -192,11 +223,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
         let data = content(1000);
-        let receiver = ContentReceiver::start(&store).unwrap();
+        let receiver = ContentReceiver::start(&store, data.len() as u64).unwrap();
         assert!(receiver.write(data.clone()).await);
         let wrong = receiver.finish(ContentHash::of(b"other"), data.len() as u64).await;
         assert!(matches!(wrong, Err(Error::ContentMismatch(_))), "{wrong:?}");
-        let receiver = ContentReceiver::start(&store).unwrap();
+        let receiver = ContentReceiver::start(&store, data.len() as u64).unwrap();
         assert!(receiver.write(data.clone()).await);
         let short = receiver.finish(ContentHash::of(&data), data.len() as u64 + 1).await;
         assert!(matches!(short, Err(Error::ContentMismatch(_))), "{short:?}");
@@ -207,7 +238,7 @@ mod tests {
     async fn an_aborted_receiver_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
-        let receiver = ContentReceiver::start(&store).unwrap();
+        let receiver = ContentReceiver::start(&store, MAX_CHUNK as u64).unwrap();
         for _ in 0..3 {
             assert!(receiver.write(content(MAX_CHUNK)).await);
         }

@@ -351,7 +351,7 @@ async fn receive_content(
 ) -> Result<Received> {
     let content = entry.content.ok_or_else(|| Error::invalid("content for a tombstone"))?;
     // Dropping the receiver (an early return) removes its temp file.
-    let receiver = ContentReceiver::start(store)?;
+    let receiver = ContentReceiver::start(store, content.size)?;
     let mut received = 0u64;
     while received < content.size {
         let chunk = match incoming.message().await.map_err(broken)? {

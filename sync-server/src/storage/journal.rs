@@ -23,12 +23,16 @@
 //! - A commit runs to its end even when its caller goes away (it is a task
 //!   of its own): a group's leader commits for the whole group.
 //!
-//! Garbage collection works over a reference set (the live manifest):
-//! content a commit stopped referring to is removed once
-//! [`StoreOptions::gc_grace`] has passed, by a background collector, if
-//! nothing refers to it or holds it by then; with no grace (the embedded
-//! default) the commit removes it before it answers. The start-up sweep
-//! removes whatever a crash left unreferenced.
+//! Content larger than one chunk is stored as chunk blobs plus its recipe
+//! (`chunked.rs`), written with the entry that first refers to it.
+//!
+//! Garbage collection works over a reference set (every live entry's
+//! content, and every chunk of their recipes): content a commit stopped
+//! referring to (with its recipe, then its chunks nothing else refers to)
+//! is removed once [`StoreOptions::gc_grace`] has passed, by a background
+//! collector, if nothing refers to it or holds it by then; with no grace
+//! (the embedded default) the commit removes it before it answers. The
+//! start-up sweep removes whatever a crash left unreferenced.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -42,7 +46,10 @@ use std::{
 };
 
 use async_trait::async_trait;
-use syncstore::{ContentHash, Entry, Lock, RelPath};
+use syncstore::{
+    ContentHash, Entry, Lock, RelPath,
+    chunks::{self, ChunkRef},
+};
 use tokio::{
     sync::{Notify, broadcast},
     time::Instant,
@@ -51,9 +58,10 @@ use tokio::{
 use super::{
     Actor, Change, Delete, Identity, LockEnd, LockRequest, PAGE_SIZE, Put, Replicated, What,
     blobdir::BlobDir,
+    chunked::{ChunkedReader, ChunkedUpload, is_chunked},
     content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict},
     feed::ChangeFeed,
-    meta::{Decide, Facts, MetaStore, MetaTx, Want},
+    meta::{Decide, Facts, MetaStore, MetaTx, Recipe, Want},
     rules,
     sqlite::SqliteMeta,
 };
@@ -118,6 +126,10 @@ struct Inner {
     /// Wakes the collector: new content to collect, or the store is gone.
     collector: Arc<Notify>,
     options: StoreOptions,
+    /// Chunk blobs written by uploads since the store was opened.
+    chunks_stored: AtomicU64,
+    /// Chunks of received content that were stored already.
+    chunks_deduplicated: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -183,6 +195,8 @@ impl Store {
                 collectable: Mutex::default(),
                 collector: Arc::new(Notify::new()),
                 options,
+                chunks_stored: AtomicU64::new(0),
+                chunks_deduplicated: AtomicU64::new(0),
             }),
         };
         store.sweep_unreferenced().await?;
@@ -263,9 +277,53 @@ impl Store {
         self.inner.meta.previous_file_change(ns, path, before).await
     }
 
-    /// Whether content with this hash is stored.
+    /// Whether content with this hash is stored: as one blob, or as a
+    /// recipe whose every chunk is stored.
     pub async fn has_blob(&self, hash: &ContentHash) -> Result<bool> {
-        Ok(self.inner.content.head(hash).await?.is_some())
+        if self.inner.content.head(hash).await?.is_some() {
+            return Ok(true);
+        }
+        let Some(recipe) = self.inner.meta.recipe(hash).await? else { return Ok(false) };
+        for c in &recipe.list {
+            if self.inner.content.head(&c.hash).await?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// One chunk of content stored as chunks, read whole and verified in
+    /// one go: `None` when it is not stored, `DATA_LOSS` when it was found
+    /// damaged (and set aside).
+    pub(crate) async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Option<Vec<u8>>> {
+        self.inner.content.read_whole(&chunk.hash, u64::from(chunk.size)).await
+    }
+
+    /// The recipe of content `hash`, if it is stored as chunks.
+    pub(crate) async fn recipe(&self, hash: &ContentHash) -> Result<Option<Recipe>> {
+        self.inner.meta.recipe(hash).await
+    }
+
+    /// How many chunk blobs uploads wrote, and how many chunks of received
+    /// content were stored already, since the store was opened.
+    pub fn chunk_counts(&self) -> (u64, u64) {
+        (
+            self.inner.chunks_stored.load(Ordering::Relaxed),
+            self.inner.chunks_deduplicated.load(Ordering::Relaxed),
+        )
+    }
+
+    pub(super) fn counted_stored(&self) {
+        self.inner.chunks_stored.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn counted_deduplicated(&self) {
+        self.inner.chunks_deduplicated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The content store, for the chunked content's upload and reader.
+    pub(super) fn content_store(&self) -> &Arc<dyn ContentStore> {
+        &self.inner.content
     }
 
     /// Every stored content (damaged copies set aside included).
@@ -277,27 +335,58 @@ impl Store {
     /// Opens stored content `hash` of `size` bytes for a verified read:
     /// `None` when it is no longer kept, `DATA_LOSS` when it was found
     /// damaged.
+    /// Content larger than one chunk is read from its recipe when it has
+    /// one (chunk by chunk, each verified), else from its whole blob.
     pub(crate) async fn content_reader(
         &self,
         hash: &ContentHash,
         size: u64,
     ) -> Result<Option<Box<dyn ContentReader>>> {
+        if is_chunked(size)
+            && let Some(recipe) = self.inner.meta.recipe(hash).await?
+        {
+            return Ok(Some(Box::new(ChunkedReader::new(self.clone(), *hash, recipe.size, recipe.list))));
+        }
         self.inner.content.get(hash, size).await
     }
 
     /// Reads stored content `hash` of `size` bytes whole and checks it,
-    /// setting it aside if damaged.
+    /// setting it aside if damaged (content stored as chunks: each chunk;
+    /// a damaged chunk is set aside and the content is damaged).
     pub(crate) async fn verify_blob(&self, hash: &ContentHash, size: u64) -> Result<Verdict> {
+        if is_chunked(size)
+            && let Some(recipe) = self.inner.meta.recipe(hash).await?
+        {
+            let mut verdict = Verdict::Good;
+            for c in &recipe.list {
+                match self.inner.content.verify(&c.hash, u64::from(c.size)).await? {
+                    Verdict::Good => {}
+                    Verdict::Damaged => verdict = Verdict::Damaged,
+                    Verdict::Missing if verdict == Verdict::Good => verdict = Verdict::Missing,
+                    Verdict::Missing => {}
+                }
+            }
+            return Ok(verdict);
+        }
         self.inner.content.verify(hash, size).await
     }
 
     /// Puts verified content in place (healing a damaged copy), durably,
-    /// outside any commit: a scrub's repair.
+    /// outside any commit: a scrub's repair. Content received as chunks
+    /// gets its recipe stored if it had none.
     pub(crate) async fn restore_blob(&self, staged: Box<dyn StagedContent>) -> Result<()> {
         let hash = staged.hash();
-        let _hold = self.hold(hash).await;
+        let recipe = staged.recipe().map(<[ChunkRef]>::to_vec);
+        let _holds = self.hold_content(hash, recipe.as_deref()).await;
         if staged.place().await? == Durability::Pending {
             self.inner.content.ensure_durable(&[hash]).await?;
+        }
+        if let Some(list) = recipe {
+            let size = list.iter().map(|c| u64::from(c.size)).sum();
+            // Metadata is written under the writer lock, never beside a
+            // commit's open transaction.
+            let _w = self.inner.writer.lock().await;
+            self.inner.meta.put_recipe(Recipe { hash, size, list, prev: None }).await?;
         }
         Ok(())
     }
@@ -340,8 +429,12 @@ impl Store {
         self.inner.meta.referenced_contents(after.copied(), limit).await
     }
 
-    /// Starts receiving new content.
-    pub(crate) async fn upload(&self) -> Result<Box<dyn ContentUpload>> {
+    /// Starts receiving new content announced as `size` bytes: content
+    /// larger than one chunk is cut into chunk blobs as it arrives.
+    pub(crate) async fn upload(&self, size: u64) -> Result<Box<dyn ContentUpload>> {
+        if is_chunked(size) {
+            return Ok(Box::new(ChunkedUpload::new(self.clone(), size)));
+        }
         self.inner.content.upload().await
     }
 
@@ -357,7 +450,7 @@ impl Store {
         folder: bool,
         hash: Option<&ContentHash>,
     ) -> Result<PathFacts> {
-        let want = Want { clash: Some(folder), refers: hash.copied() };
+        let want = Want { clash: Some(folder), refers: hash.copied(), ..Want::default() };
         let facts = self.inner.meta.facts(ns, path, want).await?;
         Ok(PathFacts {
             entry: facts.current,
@@ -375,7 +468,14 @@ impl Store {
     /// if one of its entries refers to it ([`Store::path_facts`]) and
     /// this finds it good; content only other namespaces hold is as good as
     /// absent, so a caller cannot probe for it.
-    pub(crate) async fn verified_size(&self, hash: &ContentHash) -> Result<Option<u64>> {
+    /// `size` is the caller's announced size: larger than one chunk, the
+    /// content's recipe is looked for first (each chunk read and hashed).
+    pub(crate) async fn verified_size(&self, hash: &ContentHash, size: u64) -> Result<Option<u64>> {
+        if is_chunked(size)
+            && let Some(recipe) = self.inner.meta.recipe(hash).await?
+        {
+            return Ok((self.verify_blob(hash, recipe.size).await? == Verdict::Good).then_some(recipe.size));
+        }
         self.inner.content.verified_size(hash).await
     }
 
@@ -427,23 +527,45 @@ impl Store {
         // garbage collection off it until this commit is done. Stored
         // content is looked up here too, outside the lock; the commit
         // checks that the namespace refers to it.
+        let mut recipe = None;
         let (placed, stored, durability) = match staged {
             Some(staged) => {
-                let hold = self.hold(hash).await;
+                recipe = staged.recipe().map(<[ChunkRef]>::to_vec);
+                let holds = self.hold_content(hash, recipe.as_deref()).await;
                 let durability = staged.place().await?;
-                (Some(hold), true, durability)
+                (Some(holds), true, durability)
             }
             None if verified => (None, true, Durability::Durable),
-            None => (None, self.inner.content.head(&hash).await?.is_some(), Durability::Durable),
+            None => (None, self.has_blob(&hash).await?, Durability::Durable),
         };
-        let job =
-            Job { put, placed: placed.is_some(), stored, needs_sync: durability == Durability::Pending };
+        let mut chunks: Vec<ContentHash> = recipe.iter().flatten().map(|c| c.hash).collect();
+        let job = Job {
+            put,
+            placed: placed.is_some(),
+            stored,
+            needs_sync: durability == Durability::Pending,
+            recipe,
+        };
         let result = self.commit_put_placed(ns, job).await;
         drop(placed);
         if result.is_err() {
-            self.drop_if_unreferenced(hash).await;
+            chunks.push(hash);
+            self.drop_if_unreferenced(chunks).await;
         }
         result
+    }
+
+    /// Holds content `hash` and, when it is stored as `chunks`, each of
+    /// them.
+    async fn hold_content(&self, hash: ContentHash, chunks: Option<&[ChunkRef]>) -> Vec<ContentHold> {
+        let mut holds = vec![self.hold(hash).await];
+        let mut seen = HashSet::new();
+        for c in chunks.unwrap_or_default() {
+            if seen.insert(c.hash) {
+                holds.push(self.hold(c.hash).await);
+            }
+        }
+        holds
     }
 
     /// Queues the put, then takes the writer lock: by then an earlier
@@ -485,6 +607,7 @@ impl Store {
                     let want = Want {
                         clash: Some(put.content.folder),
                         refers: (!job.placed).then_some(put.content.hash),
+                        current_recipe: job.recipe.is_some(),
                     };
                     (ns.clone(), put.path.clone(), want)
                 })
@@ -503,8 +626,9 @@ impl Store {
                             client_id: put.who.client_id.clone(),
                         };
                         let change = Change::file(ns, entry);
+                        let recipe = job.recipe.as_ref().map(|list| new_recipe(&put.content, list, &facts));
                         lock(&out).push(Ok((change.clone(), facts.current)));
-                        Some(change)
+                        Some((change, recipe))
                     }
                     Err(e) => {
                         lock(&out).push(Err(e));
@@ -588,7 +712,7 @@ impl Store {
 
     /// Keeps garbage collection off `hash` while the hold lives; waits for
     /// a removal of it in progress to end first.
-    async fn hold(&self, hash: ContentHash) -> ContentHold {
+    pub(super) async fn hold(&self, hash: ContentHash) -> ContentHold {
         loop {
             // Made before the check: a removal that ends after it wakes it.
             let removed = self.inner.removed.notified();
@@ -603,37 +727,65 @@ impl Store {
         }
     }
 
-    /// Hands content of a refused upload to garbage collection: removed now
-    /// if no entry refers to it and no upload holds it (with no grace), or
-    /// once its grace has passed (the same content may be replaced content
-    /// a reader still needs). Failing here only leaves it for the start-up
-    /// sweep.
-    async fn drop_if_unreferenced(&self, hash: ContentHash) {
+    /// Hands content of a refused upload (and chunks an upload wrote) to
+    /// garbage collection: removed now if no entry or recipe refers to it
+    /// and no upload holds it (with no grace), or once its grace has passed
+    /// (the same content may be replaced content a reader still needs).
+    /// Failing here only leaves it for the start-up sweep.
+    pub(super) async fn drop_if_unreferenced(&self, hashes: Vec<ContentHash>) {
         let _w = self.inner.writer.lock().await;
-        self.collect(vec![hash]).await;
+        self.collect(hashes).await;
     }
 
-    /// Removes those of `hashes` that no live entry refers to and no upload
-    /// holds. Called under the writer lock, so no commit adds a reference
-    /// meanwhile. Harmless if it fails: the start-up sweep removes them.
-    async fn remove_unreferenced(&self, mut hashes: Vec<ContentHash>) {
+    /// Removes those of `hashes` that no live entry refers to, that no
+    /// recipe lists and that no upload holds; content stored as chunks
+    /// loses its recipe, then each of its chunks that nothing else refers
+    /// to goes too. Called under the writer lock, so no commit adds a
+    /// reference meanwhile. Harmless if it fails: the start-up sweep
+    /// removes them.
+    async fn remove_unreferenced(&self, hashes: Vec<ContentHash>) {
+        if let Err(e) = self.try_remove_unreferenced(hashes).await {
+            tracing::warn!(error = %e, "could not remove unreferenced content");
+        }
+    }
+
+    async fn try_remove_unreferenced(&self, mut hashes: Vec<ContentHash>) -> Result<()> {
         if hashes.is_empty() {
-            return;
+            return Ok(());
         }
         hashes.sort_unstable();
         hashes.dedup();
-        let unreferenced = match self.inner.meta.unreferenced(hashes).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not check content's references");
-                return;
-            }
+        let unreferenced = self.inner.meta.unreferenced(hashes).await?;
+        // A held content keeps its recipe: the upload holding it commits
+        // the same content, and holds its chunks too. Content stored whole
+        // (every small file) costs no further trip.
+        let with_recipes: Vec<ContentHash> = {
+            let holds = lock(&self.inner.holds);
+            let unheld = unreferenced.iter().filter(|(h, _)| !holds.placing.contains_key(h));
+            unheld.filter(|(_, recipe)| *recipe).map(|(h, _)| *h).collect()
         };
-        for hash in unreferenced {
+        let chunks = match with_recipes.is_empty() {
+            true => Vec::new(),
+            false => self.inner.meta.drop_recipes(with_recipes).await?,
+        };
+        for (hash, _) in unreferenced {
             if let Err(e) = self.remove_content(hash).await {
                 tracing::warn!(%hash, error = %e, "could not remove unreferenced content");
             }
         }
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut removed = 0usize;
+        for page in chunks.chunks(PAGE_SIZE) {
+            for (hash, _) in self.inner.meta.unreferenced(page.to_vec()).await? {
+                if self.remove_content(hash).await? {
+                    removed += 1;
+                }
+            }
+        }
+        tracing::debug!(removed, "removed chunks nothing refers to any more");
+        Ok(())
     }
 
     /// Removes content unless an upload holds it; `Ok(false)` if one does.
@@ -846,26 +998,42 @@ impl Store {
             // Content first (under the writer lock: no removal runs), made
             // durable at once; then the metadata.
             let mut pending = Vec::new();
+            let mut recipes = Vec::with_capacity(todo.len());
             for r in &mut todo {
+                let mut recipe = None;
                 if let What::File(entry) = &r.change.what {
-                    let placed = this.place_content(entry, r.staged.take(), r.content_gone).await?;
+                    let staged = r.staged.take();
+                    recipe = staged.as_ref().and_then(|s| s.recipe().map(<[ChunkRef]>::to_vec));
+                    let placed = this.place_content(entry, staged, r.content_gone).await?;
                     if let (Durability::Pending, Some(c)) = (placed, entry.content) {
                         pending.push(c.hash);
                     }
                 }
+                recipes.push(recipe);
             }
             this.inner.content.ensure_durable(&pending).await?;
-            // One trip: each change written in order, with the entry a file
-            // change replaces (for garbage collection).
+            // One trip: each change written in order (with the recipe of
+            // content received as chunks), with the entry a file change
+            // replaces (for garbage collection).
             let changes: Vec<Change> = todo.into_iter().map(|r| r.change).collect();
-            let items =
-                changes.iter().map(|c| (c.namespace.clone(), c.path().clone(), Want::default())).collect();
+            let items = changes
+                .iter()
+                .zip(&recipes)
+                .map(|(c, r)| {
+                    let want = Want { current_recipe: r.is_some(), ..Want::default() };
+                    (c.namespace.clone(), c.path().clone(), want)
+                })
+                .collect();
             let replaced: Arc<Mutex<Vec<Option<Entry>>>> = Arc::default();
             let (out, to_write) = (replaced.clone(), changes.clone());
             let decide: Decide = Box::new(move |i, facts| {
                 let change = to_write[i].clone();
+                let recipe = match (change.entry().and_then(|e| e.content), &recipes[i]) {
+                    (Some(content), Some(list)) => Some(new_recipe(&content, list, &facts)),
+                    _ => None,
+                };
                 lock(&out).push(facts.current.filter(|_| change.entry().is_some()));
-                Some(change)
+                Some((change, recipe))
             });
             let mut tx = this.inner.meta.begin();
             tx.decide_each(items, decide);
@@ -888,7 +1056,7 @@ impl Store {
     ) -> Result<Durability> {
         match (staged, entry.content) {
             (Some(s), _) => s.place().await,
-            (None, Some(c)) if !content_gone && self.inner.content.head(&c.hash).await?.is_none() => {
+            (None, Some(c)) if !content_gone && !self.has_blob(&c.hash).await? => {
                 Err(Error::FailedPrecondition(format!("no content with hash {} for {}", c.hash, entry.path)))
             }
             // Stored content is referred to by a committed entry: durable.
@@ -918,11 +1086,17 @@ impl Store {
         let (this, ns, entry) = (self.clone(), ns.to_owned(), entry.clone());
         detached(async move {
             let mut w = this.inner.writer.lock().await;
+            let recipe = staged.as_ref().and_then(|s| s.recipe().map(<[ChunkRef]>::to_vec));
             // Made durable, whatever it is, by `snapshot_end`.
             if let Some(c) = entry.content
                 && this.place_content(&entry, staged, content_gone).await? == Durability::Pending
             {
                 w.snapshot_pending.push(c.hash);
+            }
+            // Kept beside the live metadata: a recipe the snapshot does not
+            // come to refer to goes with the sweep at its end.
+            if let (Some(c), Some(list)) = (entry.content, recipe) {
+                this.inner.meta.put_recipe(Recipe { hash: c.hash, size: c.size, list, prev: None }).await?;
             }
             this.snapshots()?.snapshot_put(&ns, &entry).await
         })
@@ -1062,10 +1236,15 @@ impl Store {
     /// between putting it in place and the metadata commit.
     async fn sweep_unreferenced(&self) -> Result<()> {
         let _w = self.inner.writer.lock().await;
+        let orphans = self.inner.meta.orphan_recipes().await?;
+        if !orphans.is_empty() {
+            tracing::info!(recipes = orphans.len(), "removing recipes no entry refers to");
+            self.inner.meta.drop_recipes(orphans).await?;
+        }
         let mut removed = 0usize;
         let all = self.inner.content.list().await?;
         for page in all.chunks(PAGE_SIZE) {
-            for hash in self.inner.meta.unreferenced(page.to_vec()).await? {
+            for (hash, _) in self.inner.meta.unreferenced(page.to_vec()).await? {
                 if self.remove_content(hash).await? {
                     removed += 1;
                 }
@@ -1183,6 +1362,21 @@ struct Job {
     stored: bool,
     /// Its content is not durable yet ([`Durability::Pending`]).
     needs_sync: bool,
+    /// The chunk list of its content, received as chunks (stored with the
+    /// entry).
+    recipe: Option<Vec<ChunkRef>>,
+}
+
+/// The recipe of content received as `list`, committed at a path whose
+/// facts are `facts`: with its runs against the replaced content's list
+/// when that had one.
+fn new_recipe(content: &syncstore::Content, list: &[ChunkRef], facts: &Facts) -> Recipe {
+    let old = facts.current.as_ref().and_then(|e| e.content).map(|c| c.hash);
+    let prev = match (old, &facts.current_recipe) {
+        (Some(old), Some(old_list)) if old != content.hash => Some((old, chunks::diff(old_list, list))),
+        _ => None,
+    };
+    Recipe { hash: content.hash, size: content.size, list: list.to_vec(), prev }
 }
 
 /// A put waiting for the next group commit.
@@ -1195,7 +1389,7 @@ struct QueuedPut {
 
 /// Content put in place for a commit that has not happened yet.
 #[derive(Debug)]
-struct ContentHold {
+pub(super) struct ContentHold {
     store: Store,
     hash: ContentHash,
 }

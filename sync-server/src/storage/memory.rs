@@ -15,7 +15,7 @@ use syncstore::{ContentHash, Entry, Lock, RelPath};
 use super::{
     Change, Identity, What,
     content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict},
-    meta::{Decide, Facts, MetaStore, MetaTx, SnapshotSink, Want},
+    meta::{Decide, Facts, MetaStore, MetaTx, Recipe, SnapshotSink, Want},
     rules,
 };
 use crate::error::{Error, Result};
@@ -39,6 +39,8 @@ struct State {
     head_floor: u64,
     /// A snapshot being received.
     snapshot: Option<Snapshot>,
+    /// The recipes by content hash.
+    recipes: BTreeMap<ContentHash, Recipe>,
 }
 
 impl MemoryMeta {
@@ -102,11 +104,32 @@ impl State {
             out.refers =
                 self.files.iter().any(|((n, _), e)| n == ns && e.content.is_some_and(|c| c.hash == hash));
         }
+        if want.current_recipe
+            && let Some(current) = out.current.as_ref().and_then(|e| e.content)
+        {
+            out.current_recipe = self.recipes.get(&current.hash).map(|r| r.list.clone());
+        }
         out
     }
 
     fn referenced(&self, hash: &ContentHash) -> bool {
         self.files.values().any(|e| e.content.is_some_and(|c| c.hash == *hash))
+            || self.recipes.values().any(|r| r.list.iter().any(|c| c.hash == *hash))
+    }
+
+    /// Stores a recipe, keeping one that is there (its `prev` replaced by
+    /// a new one).
+    fn put_recipe(&mut self, recipe: Recipe) {
+        match self.recipes.get_mut(&recipe.hash) {
+            Some(kept) => {
+                if recipe.prev.is_some() {
+                    kept.prev = recipe.prev;
+                }
+            }
+            None => {
+                self.recipes.insert(recipe.hash, recipe);
+            }
+        }
     }
 }
 
@@ -223,9 +246,35 @@ impl MetaStore for MemoryMeta {
         Ok(before - s.log.len())
     }
 
-    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<(ContentHash, bool)>> {
         let s = self.state();
-        Ok(hashes.into_iter().filter(|h| !s.referenced(h)).collect())
+        Ok(hashes.into_iter().filter(|h| !s.referenced(h)).map(|h| (h, s.recipes.contains_key(&h))).collect())
+    }
+
+    async fn recipe(&self, hash: &ContentHash) -> Result<Option<Recipe>> {
+        Ok(self.state().recipes.get(hash).cloned())
+    }
+
+    async fn drop_recipes(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+        let mut s = self.state();
+        let mut chunks = std::collections::BTreeSet::new();
+        for hash in hashes {
+            if let Some(r) = s.recipes.remove(&hash) {
+                chunks.extend(r.list.iter().map(|c| c.hash));
+            }
+        }
+        Ok(chunks.into_iter().collect())
+    }
+
+    async fn orphan_recipes(&self) -> Result<Vec<ContentHash>> {
+        let s = self.state();
+        let live = |h: &ContentHash| s.files.values().any(|e| e.content.is_some_and(|c| c.hash == *h));
+        Ok(s.recipes.keys().filter(|h| !live(h)).copied().collect())
+    }
+
+    async fn put_recipe(&self, recipe: Recipe) -> Result<()> {
+        self.state().put_recipe(recipe);
+        Ok(())
     }
 
     async fn paths_of(&self, hash: &ContentHash) -> Result<Vec<(String, String)>> {
@@ -326,15 +375,24 @@ impl SnapshotSink for MemoryMeta {
 #[derive(Debug)]
 struct MemoryTx {
     meta: MemoryMeta,
-    pending: Vec<Change>,
+    pending: Vec<(Change, Option<Recipe>)>,
+}
+
+impl State {
+    fn apply_write(&mut self, (change, recipe): &(Change, Option<Recipe>)) {
+        if let Some(recipe) = recipe {
+            self.put_recipe(recipe.clone());
+        }
+        self.apply(change);
+    }
 }
 
 impl MemoryTx {
     /// The state as this transaction sees it.
     fn view(&self) -> State {
         let mut state = self.meta.state().clone();
-        for change in &self.pending {
-            state.apply(change);
+        for write in &self.pending {
+            state.apply_write(write);
         }
         state
     }
@@ -349,9 +407,9 @@ impl MetaTx for MemoryTx {
     fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, mut decide: Decide) {
         let mut view = self.view();
         for (i, (ns, path, want)) in items.into_iter().enumerate() {
-            if let Some(change) = decide(i, view.facts(&ns, &path, want)) {
-                view.apply(&change);
-                self.pending.push(change);
+            if let Some(write) = decide(i, view.facts(&ns, &path, want)) {
+                view.apply_write(&write);
+                self.pending.push(write);
             }
         }
     }
@@ -366,13 +424,13 @@ impl MetaTx for MemoryTx {
     }
 
     fn write(&mut self, change: Change) {
-        self.pending.push(change);
+        self.pending.push((change, None));
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
         let mut state = self.meta.state();
-        for change in &self.pending {
-            state.apply(change);
+        for write in &self.pending {
+            state.apply_write(write);
         }
         Ok(())
     }

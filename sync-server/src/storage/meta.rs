@@ -14,7 +14,10 @@
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use syncstore::{ContentHash, Entry, Lock, RelPath};
+use syncstore::{
+    ContentHash, Entry, Lock, RelPath,
+    chunks::{ChunkRef, Run},
+};
 
 use super::{Change, Identity};
 use crate::error::Result;
@@ -28,6 +31,26 @@ pub(crate) struct Want {
     pub(crate) clash: Option<bool>,
     /// Whether a live entry of the namespace refers to this content.
     pub(crate) refers: Option<ContentHash>,
+    /// The chunk list of the path's current content, if it has one.
+    pub(crate) current_recipe: bool,
+}
+
+/// How content larger than one chunk is stored: its chunk list (each chunk
+/// a content of its own in the content store), keyed by the whole
+/// content's hash. Content without one is stored whole, as one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recipe {
+    /// The whole content's hash.
+    pub(crate) hash: ContentHash,
+    /// The whole content's size.
+    pub(crate) size: u64,
+    /// Its chunks, in order.
+    pub(crate) list: Vec<ChunkRef>,
+    /// The content this one replaced at a path when it was committed, and
+    /// this list as runs against that one's: a client holding the previous
+    /// version gets the new one as a few runs, even once the previous
+    /// version's own recipe is gone.
+    pub(crate) prev: Option<(ContentHash, Vec<Run>)>,
 }
 
 /// The facts a write is decided on, fetched in one trip.
@@ -44,6 +67,9 @@ pub(crate) struct Facts {
     pub(crate) live_below: Option<String>,
     /// [`Want::refers`]'s answer (false when not asked).
     pub(crate) refers: bool,
+    /// [`Want::current_recipe`]'s answer: the current live entry's
+    /// content's chunk list, if it has one.
+    pub(crate) current_recipe: Option<Vec<ChunkRef>>,
 }
 
 /// The metadata store of one data folder.
@@ -104,8 +130,28 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     /// `head`); returns how many went.
     async fn trim_log(&self, keep_from: u64, head: u64) -> Result<usize>;
 
-    /// Those of `hashes` that no live entry (of any namespace) refers to.
-    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>>;
+    /// Those of `hashes` that no live entry (of any namespace) refers to
+    /// and that are no chunk of any recipe, each with whether it has a
+    /// recipe of its own (looked up in the same trip).
+    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<(ContentHash, bool)>>;
+
+    /// The recipe of content `hash`, if one is kept.
+    async fn recipe(&self, hash: &ContentHash) -> Result<Option<Recipe>>;
+
+    /// Removes the recipes of `hashes` (those that have one), in one
+    /// transaction; returns the distinct chunks they listed. The journal
+    /// calls it under its writer lock, only for content no live entry
+    /// refers to.
+    async fn drop_recipes(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>>;
+
+    /// The contents whose recipe is kept though no live entry refers to
+    /// them (what a crash or a full resync can leave).
+    async fn orphan_recipes(&self) -> Result<Vec<ContentHash>>;
+
+    /// Stores a recipe outside any commit (a repair's, a snapshot's),
+    /// keeping one that is there. The journal calls it under its writer
+    /// lock, as every write.
+    async fn put_recipe(&self, recipe: Recipe) -> Result<()>;
 
     /// The live files (namespace, path) whose content is `hash`.
     async fn paths_of(&self, hash: &ContentHash) -> Result<Vec<(String, String)>>;
@@ -141,8 +187,9 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
 }
 
 /// Decides one item of [`MetaTx::decide_each`] (its index, its facts):
-/// the change to write, if any.
-pub(crate) type Decide = Box<dyn FnMut(usize, Facts) -> Option<Change> + Send>;
+/// the change to write, if any, and the recipe of its content to store with
+/// it (a stored recipe is kept, its `prev` replaced if the new one has one).
+pub(crate) type Decide = Box<dyn FnMut(usize, Facts) -> Option<(Change, Option<Recipe>)> + Send>;
 
 /// One transaction. Dropped without [`MetaTx::commit`], nothing of it is
 /// kept.

@@ -23,11 +23,14 @@
 //!   refresh / end, path clash) as pure functions over fetched facts.
 //! - `identity`: the server's place in its replicated history.
 //! - `retry`: recognising a write sent again.
+//! - `chunked`: content larger than one chunk, received as chunk blobs
+//!   and read back from its recipe.
 //! - `memory` (tests only): an in-memory backend; `suite`: the journal's
 //!   tests, run over both backends.
 
 mod blobdir;
 mod change;
+mod chunked;
 mod content;
 mod feed;
 mod identity;

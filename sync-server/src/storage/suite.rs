@@ -103,7 +103,7 @@ fn delete(p: &str, base_version: u64, client: &str, lock_token: u64) -> Delete {
 
 /// `data` received and checked, not in place yet.
 async fn stage(s: &Store, data: &[u8]) -> Box<dyn StagedContent> {
-    let mut up = s.upload().await.unwrap();
+    let mut up = s.upload(data.len() as u64).await.unwrap();
     up.write(data.to_vec()).await.unwrap();
     up.complete(ContentHash::of(data), data.len() as u64).await.unwrap()
 }
@@ -186,12 +186,12 @@ async fn refused_and_abandoned_uploads_leave_no_content(b: Backend) {
     assert!(matches!(stale, Err(Error::VersionConflict { current, .. }) if current == v1));
     assert_eq!(stored(&s).await, vec![ContentHash::of(b"one")]);
     // An upload dropped half-way, and one staged but never committed.
-    let mut up = s.upload().await.unwrap();
+    let mut up = s.upload(4).await.unwrap();
     up.write(b"half".to_vec()).await.unwrap();
     drop(up);
     drop(stage(&s, b"staged").await);
     // A wrong hash is refused with nothing kept.
-    let mut up = s.upload().await.unwrap();
+    let mut up = s.upload(3).await.unwrap();
     up.write(b"abc".to_vec()).await.unwrap();
     assert!(matches!(up.complete(ContentHash::of(b"abd"), 3).await, Err(Error::ContentMismatch(_))));
     assert_eq!(stored(&s).await, vec![ContentHash::of(b"one")]);
@@ -535,6 +535,204 @@ async fn replaced_content_goes_once_its_grace_has_passed(b: Backend) {
     assert_eq!(stored(&s).await, want);
 }
 
+/// `n` bytes that look random, different for each `seed`.
+fn noise(n: usize, seed: &str) -> Vec<u8> {
+    let mut data = vec![0; n];
+    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut data);
+    data
+}
+
+/// The chunk hashes of `data` as both sides cut it.
+fn chunks_of(data: &[u8]) -> Vec<ContentHash> {
+    syncstore::chunks::chunk_list(data, data.len() as u64).unwrap().2.into_iter().map(|c| c.hash).collect()
+}
+
+/// Distinct hashes, sorted.
+fn distinct<'a>(lists: impl IntoIterator<Item = &'a [ContentHash]>) -> Vec<ContentHash> {
+    let mut all: Vec<ContentHash> = lists.into_iter().flatten().copied().collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// Reads stored content back whole.
+async fn read_back(s: &Store, hash: &ContentHash, size: u64) -> Vec<u8> {
+    let mut reader = s.content_reader(hash, size).await.unwrap().expect("stored");
+    let mut out = Vec::new();
+    while let Some(piece) = reader.next_chunk(syncstore::limits::MAX_CHUNK).await.unwrap() {
+        out.extend_from_slice(&piece);
+    }
+    out
+}
+
+/// Waits (bounded) until the stored contents are `want`.
+async fn stored_becomes(s: &Store, want: &[ContentHash]) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stored(s).await != want {
+        let now = stored(s).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stored contents never became {} blobs: {} more, {} missing",
+            want.len(),
+            now.iter().filter(|h| !want.contains(h)).count(),
+            want.iter().filter(|h| !now.contains(h)).count(),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Large content is stored as chunk blobs plus its recipe; chunks two
+/// files share are stored once; replacing one file removes only its own
+/// chunks (and its recipe), and the new recipe keeps runs against the old;
+/// an abandoned large upload leaves none of its chunks.
+async fn large_files_store_shared_chunks_once_and_lose_only_their_own(b: Backend) {
+    let (_f, s) = b.store().await;
+    let a = noise(3 * 1024 * 1024, "a");
+    let mut b2 = a.clone();
+    b2[1_500_000..1_600_000].copy_from_slice(&noise(100_000, "edit"));
+    let (ca, cb) = (chunks_of(&a), chunks_of(&b2));
+    send(&s, put("a", &a, 0, "c", 0), &a).await.unwrap();
+    let vb = send(&s, put("b", &b2, 0, "c", 0), &b2).await.unwrap().seq;
+    let both = distinct([&ca[..], &cb[..]]);
+    assert!(both.len() < ca.len() + cb.len() - 20, "{} of {} chunks shared", both.len(), ca.len() + cb.len());
+    assert_eq!(stored(&s).await, both, "only chunks are stored, each once");
+    assert_eq!(read_back(&s, &ContentHash::of(&b2), b2.len() as u64).await, b2);
+    let (chunks_stored, deduplicated) = s.chunk_counts();
+    assert_eq!((chunks_stored, deduplicated), (both.len() as u64, (ca.len() + cb.len() - both.len()) as u64));
+
+    // Replaced: b's own chunks go, a's stay.
+    let c = noise(2 * 1024 * 1024 + 5, "c");
+    let mut edited = c.clone();
+    edited.extend_from_slice(&noise(50_000, "tail"));
+    let vc = send(&s, put("b", &c, vb, "c", 0), &c).await.unwrap().seq;
+    assert!(s.recipe(&ContentHash::of(&b2)).await.unwrap().is_none(), "the replaced recipe went");
+    assert_eq!(stored(&s).await, distinct([&ca[..], &chunks_of(&c)[..]]));
+    // The next version keeps runs against this one.
+    send(&s, put("b", &edited, vc, "c", 0), &edited).await.unwrap();
+    let recipe = s.recipe(&ContentHash::of(&edited)).await.unwrap().unwrap();
+    let (prev, runs) = recipe.prev.expect("runs against the replaced version");
+    assert_eq!(prev, ContentHash::of(&c));
+    let old = syncstore::chunks::chunk_list(&c[..], c.len() as u64).unwrap().2;
+    assert_eq!(syncstore::chunks::apply(&old, &runs).unwrap(), recipe.list);
+    assert!(runs.len() <= 4, "{runs:?}");
+    let kept = distinct([&ca[..], &chunks_of(&edited)[..]]);
+    assert_eq!(stored(&s).await, kept);
+
+    // Abandoned half-way, or refused at its end: none of its chunks stay.
+    let other = noise(2 * 1024 * 1024, "other");
+    let mut up = s.upload(other.len() as u64).await.unwrap();
+    up.write(other[..1_500_000].to_vec()).await.unwrap();
+    drop(up);
+    let mut up = s.upload(other.len() as u64).await.unwrap();
+    up.write(other.clone()).await.unwrap();
+    assert!(matches!(
+        up.complete(ContentHash::of(b"not it"), other.len() as u64).await,
+        Err(Error::ContentMismatch(_))
+    ));
+    stored_becomes(&s, &kept).await;
+    // Removing the last file that refers to chunks removes them.
+    let va = s.stat(NS, &path("a")).await.unwrap().unwrap().version;
+    s.commit_delete(NS, delete("a", va, "c", 0)).await.unwrap();
+    assert_eq!(stored(&s).await, distinct([&chunks_of(&edited)[..]]));
+}
+
+/// A chunk an upload holds is not removed with the last entry that referred
+/// to it: the upload commits and its content reads back whole.
+async fn a_chunk_an_upload_holds_survives_a_concurrent_removal(b: Backend) {
+    let (_f, s) = b.store().await;
+    let a = noise(2 * 1024 * 1024, "a");
+    let mut b2 = a.clone();
+    b2.extend_from_slice(b"and a little more");
+    let va = send(&s, put("a", &a, 0, "c", 0), &a).await.unwrap().seq;
+    // b is received (sharing most chunks with a), not committed yet ...
+    let mut up = s.upload(b2.len() as u64).await.unwrap();
+    up.write(b2.clone()).await.unwrap();
+    let staged = up.complete(ContentHash::of(&b2), b2.len() as u64).await.unwrap();
+    // ... when a goes, and with it every chunk nothing holds.
+    s.commit_delete(NS, delete("a", va, "c", 0)).await.unwrap();
+    assert!(s.recipe(&ContentHash::of(&a)).await.unwrap().is_none());
+    s.commit_put(NS, put("b", &b2, 0, "c", 0), Some(staged)).await.unwrap();
+    assert_eq!(read_back(&s, &ContentHash::of(&b2), b2.len() as u64).await, b2);
+    assert_eq!(stored(&s).await, distinct([&chunks_of(&b2)[..]]));
+}
+
+/// Content stored as chunks survives a restart's sweep, and reaches a
+/// replica as chunks with its recipe, by replicated changes and by a full
+/// resync's snapshot; what the snapshot drops goes with its recipe.
+async fn chunked_content_survives_restarts_replication_and_snapshots(b: Backend) {
+    use super::Replicated;
+    let (f, s) = b.store().await;
+    let big = noise(3 * 1024 * 1024, "big");
+    send(&s, put("big", &big, 0, "c", 0), &big).await.unwrap();
+    let s = f.open().await;
+    assert_eq!(stored(&s).await, distinct([&chunks_of(&big)[..]]), "the sweep keeps every chunk");
+    assert!(s.has_blob(&ContentHash::of(&big)).await.unwrap());
+    assert_eq!(read_back(&s, &ContentHash::of(&big), big.len() as u64).await, big);
+
+    let (rf, r) = b.store().await;
+    let entry = |seq: u64, p: &str, data: &[u8]| syncstore::Entry {
+        path: path(p),
+        version: seq,
+        content: Some(content(data)),
+        client_id: "c".into(),
+    };
+    let change = Change::file(NS, entry(1, "big", &big));
+    let batch = vec![Replicated { change, staged: Some(stage(&r, &big).await), content_gone: false }];
+    assert_eq!(r.apply_replicated_batch(batch).await.unwrap(), 1);
+    let r = rf.open().await;
+    assert_eq!(read_back(&r, &ContentHash::of(&big), big.len() as u64).await, big);
+
+    let other = noise(2 * 1024 * 1024, "other");
+    r.snapshot_begin().await.unwrap();
+    r.snapshot_put(NS, &entry(5, "other", &other), Some(stage(&r, &other).await), false).await.unwrap();
+    r.snapshot_end(5).await.unwrap();
+    assert!(r.recipe(&ContentHash::of(&big)).await.unwrap().is_none(), "the dropped file's recipe went");
+    assert_eq!(stored(&r).await, distinct([&chunks_of(&other)[..]]));
+    let r = rf.open().await;
+    assert_eq!(read_back(&r, &ContentHash::of(&other), other.len() as u64).await, other);
+}
+
+/// Large content stored whole, as releases before chunk storage did (a
+/// blob named by the file hash, no recipe), keeps working: it reads back
+/// and verifies, a header-only upload may reuse it, it is no base for runs
+/// (it has no recipe), and replacing it removes its blob.
+async fn large_content_stored_whole_by_an_earlier_release_keeps_working(b: Backend) {
+    use super::Replicated;
+    let (f, s) = b.store().await;
+    let old = noise(3 * 1024 * 1024, "old release");
+    let hash = ContentHash::of(&old);
+    // The blob as the earlier release wrote it, and its entry.
+    let mut up = f.content.upload().await.unwrap();
+    up.write(old.clone()).await.unwrap();
+    let _ = up.complete(hash, old.len() as u64).await.unwrap().place().await.unwrap();
+    let entry = syncstore::Entry {
+        path: path("vm.img"),
+        version: 1,
+        content: Some(content(&old)),
+        client_id: "c".into(),
+    };
+    let change = Change::file(NS, entry);
+    s.apply_replicated_batch(vec![Replicated { change, staged: None, content_gone: false }]).await.unwrap();
+    let s = f.open().await;
+    assert_eq!(stored(&s).await, vec![hash], "the whole blob is kept as it is");
+    assert!(s.recipe(&hash).await.unwrap().is_none());
+    assert_eq!(read_back(&s, &hash, old.len() as u64).await, old);
+    assert_eq!(s.verify_blob(&hash, old.len() as u64).await.unwrap(), super::Verdict::Good);
+    assert_eq!(s.verified_size(&hash, old.len() as u64).await.unwrap(), Some(old.len() as u64));
+    assert!(s.has_blob(&hash).await.unwrap());
+    s.commit_reused(NS, put("copy.img", &old, 0, "c", 0)).await.unwrap();
+
+    // Replaced at both paths by new content: stored as chunks, and the
+    // whole blob goes.
+    let new = noise(3 * 1024 * 1024, "new release");
+    let v1 = s.stat(NS, &path("vm.img")).await.unwrap().unwrap().version;
+    let v2 = s.stat(NS, &path("copy.img")).await.unwrap().unwrap().version;
+    send(&s, put("vm.img", &new, v1, "c", 0), &new).await.unwrap();
+    assert!(stored(&s).await.contains(&hash), "still referred to by copy.img");
+    s.commit_delete(NS, delete("copy.img", v2, "c", 0)).await.unwrap();
+    assert_eq!(stored(&s).await, distinct([&chunks_of(&new)[..]]));
+}
+
 /// Instantiates every suite test for each backend.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -573,6 +771,10 @@ suite!(
     only_a_store_that_holds_nothing_adopts_another_history,
     replicated_changes_and_snapshots_apply_in_order,
     replaced_content_goes_once_its_grace_has_passed,
+    large_files_store_shared_chunks_once_and_lose_only_their_own,
+    a_chunk_an_upload_holds_survives_a_concurrent_removal,
+    chunked_content_survives_restarts_replication_and_snapshots,
+    large_content_stored_whole_by_an_earlier_release_keeps_working,
 );
 
 /// The embedded backend's own: a small blob is synced (one `syncfs`) before

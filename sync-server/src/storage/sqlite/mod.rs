@@ -18,9 +18,9 @@ use std::{
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use syncstore::{Content, ContentHash, Entry, Lock, RelPath};
+use syncstore::{Content, ContentHash, Entry, Lock, RelPath, chunks};
 
-use super::meta::{Decide, Facts, MetaStore, MetaTx, SnapshotSink, Want};
+use super::meta::{Decide, Facts, MetaStore, MetaTx, Recipe, SnapshotSink, Want};
 use super::{Change, Identity, What, rules};
 use crate::error::{Error, Result};
 use identity::MetaKey;
@@ -271,15 +271,73 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
-    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<(ContentHash, bool)>> {
         self.read(move |c| {
             let mut out = Vec::new();
+            let mut has_recipe = c.prepare_cached("SELECT 1 FROM recipes WHERE hash = ?1")?;
             for hash in hashes {
                 if !content_referenced(c, &hash)? {
-                    out.push(hash);
+                    out.push((hash, has_recipe.exists([hash.as_bytes().as_slice()])?));
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn recipe(&self, hash: &ContentHash) -> Result<Option<Recipe>> {
+        let hash = *hash;
+        self.read(move |c| get_recipe(c, &hash)).await
+    }
+
+    async fn drop_recipes(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+        self.write(move |c| {
+            // Looked up first, outside a transaction: content stored whole
+            // (every small file) costs no write and no sync.
+            let mut recipes = Vec::new();
+            for hash in hashes {
+                recipes.extend(get_recipe(c, &hash)?);
+            }
+            if recipes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let tx = c.transaction()?;
+            let mut chunks = std::collections::BTreeSet::new();
+            for recipe in recipes {
+                let hash = recipe.hash.as_bytes().as_slice();
+                let mut unlink =
+                    tx.prepare_cached("DELETE FROM recipe_chunks WHERE chunk = ?1 AND recipe = ?2")?;
+                for chunk in &recipe.list {
+                    // A chunk listed twice is unlinked with the first.
+                    unlink.execute(params![chunk.hash.as_bytes().as_slice(), hash])?;
+                    chunks.insert(chunk.hash);
+                }
+                tx.prepare_cached("DELETE FROM recipes WHERE hash = ?1")?.execute([hash])?;
+            }
+            tx.commit()?;
+            Ok(chunks.into_iter().collect())
+        })
+        .await
+    }
+
+    async fn orphan_recipes(&self) -> Result<Vec<ContentHash>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT hash FROM recipes
+                 WHERE NOT EXISTS (SELECT 1 FROM files WHERE files.hash = recipes.hash AND deleted = 0)",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            rows.map(|r| Ok(ContentHash::try_from(&r?[..])?)).collect()
+        })
+        .await
+    }
+
+    async fn put_recipe(&self, recipe: Recipe) -> Result<()> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            write_recipe(&tx, &recipe)?;
+            tx.commit()?;
+            Ok(())
         })
         .await
     }
@@ -428,7 +486,10 @@ impl Pending {
             Pending::Write(change) => write_change(c, &change),
             Pending::Decide(items, mut decide) => {
                 for (i, (ns, path, want)) in items.into_iter().enumerate() {
-                    if let Some(change) = decide(i, facts(c, &ns, &path, want)?) {
+                    if let Some((change, recipe)) = decide(i, facts(c, &ns, &path, want)?) {
+                        if let Some(recipe) = recipe {
+                            write_recipe(c, &recipe)?;
+                        }
                         write_change(c, &change)?;
                     }
                 }
@@ -530,7 +591,58 @@ fn facts(c: &Connection, ns: &str, path: &RelPath, want: Want) -> Result<Facts> 
     if let Some(hash) = want.refers {
         out.refers = refers_to(c, ns, &hash)?;
     }
+    if want.current_recipe
+        && let Some(current) = out.current.as_ref().and_then(|e| e.content)
+    {
+        out.current_recipe = get_recipe(c, &current.hash)?.map(|r| r.list);
+    }
     Ok(out)
+}
+
+/// The recipe of content `hash`, if one is kept.
+fn get_recipe(c: &Connection, hash: &ContentHash) -> Result<Option<Recipe>> {
+    let row = c
+        .prepare_cached("SELECT size, list, prev, prev_runs FROM recipes WHERE hash = ?1")?
+        .query_row([hash.as_bytes().as_slice()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Option<Vec<u8>>>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((size, list, prev, prev_runs)) = row else { return Ok(None) };
+    let bad = || Error::Internal(format!("the stored chunk list of {hash} does not read"));
+    let list = chunks::unpack_list(&list).ok_or_else(bad)?;
+    let prev = match (prev, prev_runs) {
+        (Some(p), Some(runs)) => {
+            Some((ContentHash::try_from(&p[..])?, chunks::unpack_runs(&runs).ok_or_else(bad)?))
+        }
+        _ => None,
+    };
+    Ok(Some(Recipe { hash: *hash, size: size as u64, list, prev }))
+}
+
+/// Stores a recipe and its chunk references; a stored one is kept (the
+/// same content cuts into the same list), its `prev` replaced by a new one.
+fn write_recipe(c: &Connection, r: &Recipe) -> Result<()> {
+    let hash = r.hash.as_bytes().as_slice();
+    let (prev, prev_runs) = match &r.prev {
+        Some((p, runs)) => (Some(p.as_bytes().to_vec()), Some(chunks::pack_runs(runs))),
+        None => (None, None),
+    };
+    c.prepare_cached(
+        "INSERT INTO recipes (hash, size, list, prev, prev_runs) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (hash) DO UPDATE SET
+           prev = COALESCE(excluded.prev, prev), prev_runs = COALESCE(excluded.prev_runs, prev_runs)",
+    )?
+    .execute(params![hash, r.size as i64, chunks::pack_list(&r.list), prev, prev_runs])?;
+    let mut link = c.prepare_cached("INSERT OR IGNORE INTO recipe_chunks (chunk, recipe) VALUES (?1, ?2)")?;
+    for chunk in &r.list {
+        link.execute(params![chunk.hash.as_bytes().as_slice(), hash])?;
+    }
+    Ok(())
 }
 
 /// Whether a live entry of namespace `ns` refers to content `hash`.
@@ -539,10 +651,14 @@ fn refers_to(c: &Connection, ns: &str, hash: &ContentHash) -> Result<bool> {
         .exists(params![hash.as_bytes().as_slice(), ns])?)
 }
 
-/// Whether any live entry refers to content `hash`.
+/// Whether any live entry refers to content `hash`, or any recipe lists it
+/// as a chunk.
 fn content_referenced(c: &Connection, hash: &ContentHash) -> Result<bool> {
-    Ok(c.prepare_cached("SELECT EXISTS (SELECT 1 FROM files WHERE hash = ?1)")?
-        .query_row([&hash.as_bytes()[..]], |r| r.get(0))?)
+    Ok(c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM files WHERE hash = ?1)
+             OR EXISTS (SELECT 1 FROM recipe_chunks WHERE chunk = ?1)",
+    )?
+    .query_row([&hash.as_bytes()[..]], |r| r.get(0))?)
 }
 
 fn get_entry(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Entry>> {

@@ -7,7 +7,7 @@ use super::locks::{LOCK_CHANGE_COLUMNS, lock_change_columns};
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 
 /// Bumped whenever the schema changes; a newer one is refused at open.
-pub(crate) const SCHEMA_VERSION: i64 = 6;
+pub(crate) const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -84,6 +84,24 @@ CREATE TABLE IF NOT EXISTS locks (
     PRIMARY KEY (namespace, path)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS locks_by_expiry ON locks (expires_ms);
+
+-- Content larger than one chunk (since version 7): its chunk list, each
+-- chunk a blob of its own. Content without a row here is one whole blob.
+CREATE TABLE IF NOT EXISTS recipes (
+    hash      BLOB    PRIMARY KEY,  -- the whole content's BLAKE3
+    size      INTEGER NOT NULL,
+    list      BLOB    NOT NULL,     -- the chunks: 32-byte hash + 4-byte LE size each
+    prev      BLOB,                 -- the content it replaced at a path, if that had a recipe
+    prev_runs BLOB                  -- this list as runs against prev's
+) WITHOUT ROWID;
+
+-- Which recipes list which chunk: whether anything still refers to a chunk
+-- is one lookup.
+CREATE TABLE IF NOT EXISTS recipe_chunks (
+    chunk  BLOB NOT NULL,
+    recipe BLOB NOT NULL,
+    PRIMARY KEY (chunk, recipe)
+) WITHOUT ROWID;
 ";
 
 /// How long a connection waits for another connection's lock on the
@@ -105,8 +123,9 @@ pub(crate) fn connect(path: &std::path::Path) -> Result<Connection> {
 
 /// Creates the tables if needed, and brings older data folders up to date
 /// (version 1 lacked the lock columns, version 2 the symlink ones, version 3
-/// the folder ones, version 4 a lock's principal, and version 5 stored lock
-/// changes in the wire's encoding).
+/// the folder ones, version 4 a lock's principal, version 5 stored lock
+/// changes in the wire's encoding, and version 6 had no recipes: its
+/// content is all whole blobs, which version 7 reads as they are).
 pub(crate) fn init(conn: &Connection) -> Result<()> {
     let has_changes: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes')",
@@ -157,6 +176,9 @@ pub(crate) fn init(conn: &Connection) -> Result<()> {
         }
     }
     conn.execute_batch(SCHEMA)?;
+    // Version 7 only adds tables (created above, empty: every content of
+    // an older folder is a whole blob).
+    conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version' AND value = '6'", [])?;
     Ok(())
 }
 

@@ -1,0 +1,332 @@
+//! Content larger than one chunk ([`WHOLE_MAX`]) as the journal stores it:
+//! cut by [`Chunker`] as it is received, each chunk an ordinary content of
+//! the [`ContentStore`](super::content::ContentStore) named by its own hash (stored once, whoever sends
+//! it), and the chunk list (the recipe) kept in the metadata with the entry
+//! that first refers to it. The server always cuts what it stores itself,
+//! from the bytes: a client's list is never trusted.
+//!
+//! - [`ChunkedUpload`] cuts, writes each chunk that is not already stored
+//!   good and only holds the others, and checks the whole at `complete`.
+//!   It holds at most one chunk's bytes beyond what it was handed, and
+//!   stores each chunk as it is cut (no temp file per chunk waits for the
+//!   commit: a 1 GiB file is 16,000 chunks). Every
+//!   chunk it refers to is held from its check until the commit (or the
+//!   upload's end); when it ends unused, its chunks are handed to garbage
+//!   collection, which removes those nothing refers to.
+//! - [`ChunkedReader`] reads a recipe's chunks in order, each verified by
+//!   the content store, and hands out its last piece only once the whole
+//!   content matched its hash.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use syncstore::{
+    ContentHash,
+    chunks::{Chunk, ChunkRef, Chunker, WHOLE_MAX},
+};
+
+use super::{
+    Store,
+    content::{ContentReader, ContentUpload, Durability, StagedContent},
+    journal::ContentHold,
+};
+use crate::error::{Error, Result};
+
+/// Whether content of `size` bytes is stored as chunks (when it is stored
+/// by this release).
+pub(crate) fn is_chunked(size: u64) -> bool {
+    size > WHOLE_MAX
+}
+
+/// The chunks an upload refers to, each held.
+#[derive(Debug)]
+struct Chunks {
+    store: Store,
+    list: Vec<ChunkRef>,
+    /// One hold per distinct chunk of `list`.
+    holds: Vec<ContentHold>,
+    held: HashSet<ContentHash>,
+    /// Some chunk put in place is not durable yet.
+    pending: bool,
+    /// Put in place for a commit: the commit's caller took over the holds
+    /// and the cleanup.
+    kept: bool,
+}
+
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        // Holds first: the collection below must find the chunks unheld.
+        self.holds.clear();
+        // Every chunk it held, not only those it wrote: one it found stored
+        // may have been written by another upload that ended unused while
+        // this one held it.
+        let held: Vec<ContentHash> = self.held.drain().collect();
+        if held.is_empty() {
+            return;
+        }
+        // Without a runtime (shutting down), the start-up sweep removes them.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            runtime.spawn(async move { store.drop_if_unreferenced(held).await });
+        }
+    }
+}
+
+impl Chunks {
+    /// Gives the chunks up: the holds go and the chunks go to garbage
+    /// collection, which has removed those nothing refers to once this
+    /// returns (with no grace).
+    async fn release(&mut self) {
+        self.kept = true;
+        self.holds.clear();
+        let held: Vec<ContentHash> = self.held.drain().collect();
+        if !held.is_empty() {
+            self.store.drop_if_unreferenced(held).await;
+        }
+    }
+
+    /// Adds `chunk` to the list: held, and written unless it is stored good
+    /// already.
+    async fn take(&mut self, chunk: Chunk) -> Result<()> {
+        let c = chunk.chunk;
+        self.list.push(c);
+        if !self.held.insert(c.hash) {
+            self.store.counted_deduplicated();
+            return Ok(());
+        }
+        self.holds.push(self.store.hold(c.hash).await);
+        // A stored copy is read and hashed: a damaged one (set aside by the
+        // check) is written again, which heals it.
+        match self.store.content_store().put_whole(c.hash, chunk.data).await? {
+            None => self.store.counted_deduplicated(),
+            Some(durability) => {
+                self.pending |= durability == Durability::Pending;
+                self.store.counted_stored();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Content larger than one chunk being received.
+#[derive(Debug)]
+pub(crate) struct ChunkedUpload {
+    chunker: Chunker,
+    chunks: Chunks,
+}
+
+impl ChunkedUpload {
+    /// An upload of content announced as `size` bytes into `store`.
+    pub(crate) fn new(store: Store, size: u64) -> Self {
+        let chunks = Chunks {
+            store,
+            list: Vec::new(),
+            holds: Vec::new(),
+            held: HashSet::new(),
+            pending: false,
+            kept: false,
+        };
+        Self { chunker: Chunker::new(size), chunks }
+    }
+}
+
+#[async_trait]
+impl ContentUpload for ChunkedUpload {
+    async fn write(&mut self, data: Vec<u8>) -> Result<()> {
+        self.chunker.push(&data);
+        while let Some(chunk) = self.chunker.next_chunk() {
+            self.chunks.take(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn complete(mut self: Box<Self>, hash: ContentHash, size: u64) -> Result<Box<dyn StagedContent>> {
+        if let Err(e) = self.check(hash, size).await {
+            // Nothing is kept by the time the caller hears why.
+            self.chunks.release().await;
+            return Err(e);
+        }
+        let ChunkedUpload { chunks, .. } = *self;
+        Ok(Box::new(ChunkedStaged { hash, size, chunks }))
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.chunks.release().await;
+    }
+}
+
+impl ChunkedUpload {
+    /// Takes the last chunks and checks the whole against `hash` and
+    /// `size`.
+    async fn check(&mut self, hash: ContentHash, size: u64) -> Result<()> {
+        self.chunker.finish();
+        while let Some(chunk) = self.chunker.next_chunk() {
+            self.chunks.take(chunk).await?;
+        }
+        let (got, len) = self.chunker.content();
+        if len != size {
+            return Err(Error::ContentMismatch(format!(
+                "received {len} bytes but the header announced {size}"
+            )));
+        }
+        if got != hash {
+            return Err(Error::ContentMismatch(format!(
+                "content hash mismatch: the header announced {hash}, the content hashes to {got}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Received content larger than one chunk: its chunks are in place and
+/// held; placing it only hands them over.
+#[derive(Debug)]
+struct ChunkedStaged {
+    hash: ContentHash,
+    size: u64,
+    chunks: Chunks,
+}
+
+#[async_trait]
+impl StagedContent for ChunkedStaged {
+    fn hash(&self) -> ContentHash {
+        self.hash
+    }
+
+    fn recipe(&self) -> Option<&[ChunkRef]> {
+        Some(&self.chunks.list)
+    }
+
+    async fn read_prefix(&self, max: u64) -> Result<Vec<u8>> {
+        let mut reader =
+            ChunkedReader::new(self.chunks.store.clone(), self.hash, self.size, self.chunks.list.clone());
+        let mut out = Vec::new();
+        while (out.len() as u64) < max {
+            let want = usize::try_from(max - out.len() as u64).unwrap_or(usize::MAX);
+            let Some(piece) = reader.read_piece(want).await? else { break };
+            out.extend_from_slice(&piece);
+        }
+        Ok(out)
+    }
+
+    async fn place(mut self: Box<Self>) -> Result<Durability> {
+        // The caller holds every chunk (taken before this) until its commit.
+        self.chunks.kept = true;
+        Ok(if self.chunks.pending { Durability::Pending } else { Durability::Durable })
+    }
+}
+
+/// A verified read of content stored as chunks.
+#[derive(Debug)]
+pub(crate) struct ChunkedReader {
+    store: Store,
+    hash: ContentHash,
+    size: u64,
+    list: Vec<ChunkRef>,
+    /// The next chunk of `list` to read.
+    next: usize,
+    /// The chunk being handed out (read whole and verified), and how much
+    /// of it went.
+    current: Vec<u8>,
+    at: usize,
+    whole: blake3::Hasher,
+    read: u64,
+    /// A piece read and not handed out yet: the last piece waits for the
+    /// whole content's check.
+    held: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl ChunkedReader {
+    /// A read of content `hash` of `size` bytes stored as `list`.
+    pub(crate) fn new(store: Store, hash: ContentHash, size: u64, list: Vec<ChunkRef>) -> Self {
+        Self {
+            store,
+            hash,
+            size,
+            list,
+            next: 0,
+            current: Vec::new(),
+            at: 0,
+            whole: blake3::Hasher::new(),
+            read: 0,
+            held: None,
+            done: false,
+        }
+    }
+
+    /// The next piece of at most `max` bytes, within one chunk; each chunk
+    /// is read whole (at most [`syncstore::chunks::CDC_MAX`] bytes) and
+    /// verified by the content store, in one trip. `None` after the last.
+    async fn read_piece(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
+        while self.at == self.current.len() {
+            let Some(c) = self.list.get(self.next).copied() else { return Ok(None) };
+            self.next += 1;
+            let Some(data) = self.store.content_store().read_whole(&c.hash, u64::from(c.size)).await? else {
+                return Err(Error::DataLoss(format!(
+                    "chunk {} of the content {} is missing from the store",
+                    c.hash, self.hash
+                )));
+            };
+            (self.current, self.at) = (data, 0);
+        }
+        let piece = if self.at == 0 && self.current.len() <= max {
+            std::mem::take(&mut self.current)
+        } else {
+            let end = self.current.len().min(self.at + max);
+            let piece = self.current[self.at..end].to_vec();
+            self.at = end;
+            piece
+        };
+        if self.current.is_empty() {
+            self.at = 0;
+        }
+        self.whole.update(&piece);
+        self.read += piece.len() as u64;
+        Ok(Some(piece))
+    }
+}
+
+#[async_trait]
+impl ContentReader for ChunkedReader {
+    /// Pieces of `max` bytes across chunk boundaries; one piece is read
+    /// ahead, so the last goes only once the whole content matched.
+    async fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(self.held.take());
+        }
+        let mut out = self.held.take().unwrap_or_default();
+        while out.len() < max {
+            match self.read_piece(max - out.len()).await? {
+                Some(piece) if out.is_empty() => out = piece,
+                Some(piece) => out.extend_from_slice(&piece),
+                None => return self.end(out),
+            }
+        }
+        match self.read_piece(max).await? {
+            Some(next) => {
+                self.held = Some(next);
+                Ok(Some(out))
+            }
+            None => self.end(out),
+        }
+    }
+}
+
+impl ChunkedReader {
+    /// Everything was read: `last` goes if the whole matched its hash.
+    fn end(&mut self, last: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        self.done = true;
+        let got = ContentHash::from(self.whole.finalize());
+        if got != self.hash || self.read != self.size {
+            return Err(Error::DataLoss(format!(
+                "the chunks of content {} add up to {} bytes hashing to {got}",
+                self.hash, self.read
+            )));
+        }
+        Ok((!last.is_empty()).then_some(last))
+    }
+}
