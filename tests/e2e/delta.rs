@@ -3,7 +3,8 @@
 //! client, while the content bytes on the wire, each leg counted by the
 //! client on its end, stay far below the file's size when the edit is
 //! small: the upload went as runs against the file's previous version, and
-//! the download was assembled from the other client's copy of it.
+//! the download was assembled from the other client's copy of it. A file
+//! the previous release stored whole goes plain once, then as runs.
 
 use std::path::Path;
 
@@ -120,4 +121,48 @@ async fn edits_of_a_large_file_travel_as_the_chunks_they_touch() {
     assert_eq!((moved.sent, moved.received), (grown.len() as u64, grown.len() as u64));
 
     assert!(server.files().await["big.bin"] == grown, "the server holds the last version");
+}
+
+/// A copy of `from` (a fixture's data folder) at `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_stored_whole_by_the_previous_release_goes_plain_once_then_as_runs() {
+    init_test_log();
+    // The fixture's big.bin (1.5 MiB) is one whole blob with no chunk list.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v6/primary");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&fixture, &data);
+    let server = TestServer::start_on(sync_server::Config::new(data), "127.0.0.1:0".parse().unwrap()).await;
+    let (a, b) = (client(&server), client(&server));
+    let mut big = server.files().await["big.bin"].clone();
+    eventually("both clients have big.bin", || {
+        a.0.read("big.bin").as_deref() == Some(&big[..]) && b.0.read("big.bin").as_deref() == Some(&big[..])
+    })
+    .await;
+
+    // The server has no chunk list of it to take runs against: the edit is
+    // sent whole (after the refused runs, which carried a few chunks).
+    big[700_000..704_096].copy_from_slice(&random_bytes(4096, 7));
+    let moved = edit(&a, &b, "the first edit", &big).await;
+    assert!(moved.sent >= big.len() as u64, "sent whole: {moved:?}");
+
+    // The new version is stored with its list: the next edit goes as runs.
+    big[100_000..100_100].copy_from_slice(&[0xa5; 100]);
+    let moved = edit(&a, &b, "the second edit", &big).await;
+    small("the second edit", &moved, big.len());
+    assert!(moved.sent < big.len() as u64 / 4, "the second edit: {moved:?}");
+    assert!(server.files().await["big.bin"] == big, "the server holds the last version");
 }
