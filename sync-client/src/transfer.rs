@@ -122,8 +122,10 @@ pub struct Uploaded {
 /// A large file whose base's chunk list is known goes as runs against the
 /// base. If the server cannot use that base (`unknown-base`), or refuses
 /// the body as invalid (`content-mismatch`: the list was not the server's;
-/// or a server of an earlier release, which knows no runs), the file is
-/// sent again plain, once.
+/// or a server of an earlier release, which knows no runs), or cannot
+/// rebuild it because a base chunk is damaged on its disk (`DATA_LOSS`:
+/// the whole content stores that chunk again), the file is sent again
+/// plain, once.
 pub async fn upload(
     remote: &dyn Remote,
     root: &Root,
@@ -147,7 +149,14 @@ pub async fn upload(
     if let Some((hash, list)) = chunks.filter(|_| is_chunked(&expected)) {
         upload.base_hash = Some(hash);
         match send(remote, root, &upload, Some(Arc::new(list)), &wire).await {
-            Err(e) if matches!(e.refused(), Some(Refused::UnknownBase | Refused::Invalid)) => {
+            // Damaged: a base chunk the runs need is damaged (or lost) on
+            // the server; the whole content stores it again.
+            Err(e)
+                if matches!(
+                    e.refused(),
+                    Some(Refused::UnknownBase | Refused::Invalid | Refused::Damaged)
+                ) =>
+            {
                 tracing::info!(%path, error = %e, "the server did not take the file as runs: sending it whole");
                 upload.base_hash = None;
                 if let Some(p) = &progress {

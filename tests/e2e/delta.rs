@@ -166,3 +166,29 @@ async fn a_large_file_stored_whole_by_the_previous_release_goes_plain_once_then_
     assert!(moved.sent < big.len() as u64 / 4, "the second edit: {moved:?}");
     assert!(server.files().await["big.bin"] == big, "the server holds the last version");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_against_a_base_chunk_damaged_on_the_server_goes_whole_and_heals_it() {
+    let server = TestServer::start().await;
+    let (a, b) = (client(&server), client(&server));
+    let mut data = random_bytes(SIZE, 30);
+    edit(&a, &b, "a new file", &data).await;
+
+    // A chunk of the stored version that the edit below leaves alone rots
+    // on the server's disk.
+    let first = syncstore::chunks::chunk_list(&data[..], SIZE as u64).unwrap().2[0];
+    let blob = blob_path(server.data_dir(), &first.hash);
+    let mut rotten = std::fs::read(&blob).unwrap();
+    rotten[10] ^= 1;
+    std::fs::write(&blob, rotten).unwrap();
+
+    // The runs cannot be rebuilt from it: the edit goes whole, which also
+    // stores that chunk again.
+    let at = 4 * 1024 * 1024 + 12_345;
+    data[at..at + 4096].copy_from_slice(&random_bytes(4096, 31));
+    let moved = edit(&a, &b, "an edit against a damaged base", &data).await;
+    assert!(moved.sent >= SIZE as u64, "sent whole: {moved:?}");
+    assert!(server.files().await["big.bin"] == data, "the server holds the edit");
+    let healed = std::fs::read(&blob).unwrap();
+    assert_eq!(syncstore::ContentHash::of(&healed), first.hash, "the chunk is stored good again");
+}
