@@ -138,6 +138,13 @@ impl RunsReceiver {
         Ok(true)
     }
 
+    /// Whether the content is rebuilt whole: every run received is
+    /// complete and they add up to the announced size (for a stream with
+    /// no end marker: replication's).
+    pub(crate) fn complete(&self) -> bool {
+        self.queue.is_empty() && self.content == self.size
+    }
+
     /// The end marker came: every run must be complete.
     pub(crate) fn end(&self) -> Result<()> {
         match self.queue.front() {
@@ -217,10 +224,27 @@ pub(crate) async fn send_runs(
     tx: &mpsc::Sender<Result<pb::DownloadResponse, Status>>,
     metrics: &ServerMetrics,
 ) -> Result<Sent> {
-    let send = |msg| async move { tx.send(Ok(pb::DownloadResponse { msg: Some(msg) })).await.is_ok() };
+    let wrap = |msg| Ok(pb::DownloadResponse { msg: Some(msg) });
+    let runs_msg = |r| wrap(download_response::Msg::Runs(r));
+    let chunk_msg = |c| wrap(download_response::Msg::Chunk(c));
+    send_runs_as(store, runs, tx, (runs_msg, chunk_msg), &metrics.content_sent_bytes).await
+}
+
+/// [`send_runs`] on any stream (replication's too): its runs and chunk
+/// messages made by `framing`, the bytes of the new chunks counted in
+/// `sent`.
+pub(crate) async fn send_runs_as<M>(
+    store: &Store,
+    runs: Vec<Run>,
+    tx: &mpsc::Sender<M>,
+    framing: (impl Fn(pb::ChunkRuns) -> M, impl Fn(Vec<u8>) -> M),
+    sent: &prometheus::IntCounter,
+) -> Result<Sent> {
+    let (runs_msg, chunk_msg) = framing;
+    let send = |msg| async move { tx.send(msg).await.is_ok() };
     for batch in runs.chunks(MAX_RUNS_PER_MESSAGE) {
         let message = pb::ChunkRuns { runs: batch.iter().map(|r| pb::ChunkRun::from(*r)).collect() };
-        if !send(download_response::Msg::Runs(message)).await {
+        if !send(runs_msg(message)).await {
             return Ok(Sent::Closed);
         }
         let mut out = Vec::new();
@@ -232,16 +256,16 @@ pub(crate) async fn send_runs(
             while let Some(piece) = reader.next_chunk(MAX_CHUNK - out.len()).await? {
                 out.extend_from_slice(&piece);
                 if out.len() == MAX_CHUNK {
-                    metrics.content_sent_bytes.inc_by(out.len() as u64);
-                    if !send(download_response::Msg::Chunk(std::mem::take(&mut out))).await {
+                    sent.inc_by(out.len() as u64);
+                    if !send(chunk_msg(std::mem::take(&mut out))).await {
                         return Ok(Sent::Closed);
                     }
                 }
             }
         }
         if !out.is_empty() {
-            metrics.content_sent_bytes.inc_by(out.len() as u64);
-            if !send(download_response::Msg::Chunk(out)).await {
+            sent.inc_by(out.len() as u64);
+            if !send(chunk_msg(out)).await {
                 return Ok(Sent::Closed);
             }
         }
