@@ -109,6 +109,9 @@ pub struct ReplicationMetrics {
     pub lost: IntCounter,
     /// Attempts to open the replication stream.
     pub connect_attempts: IntCounter,
+    /// Content bytes sent on the link: whole content, or the new chunks'
+    /// bytes of content sent as runs against the replica's copy.
+    pub content_sent: IntCounter,
 }
 
 impl Default for ReplicationMetrics {
@@ -119,6 +122,11 @@ impl Default for ReplicationMetrics {
             connect_attempts: counter(
                 "replica_connect_attempts_total",
                 "Attempts to open the replication stream",
+            ),
+            content_sent: counter(
+                "replication_content_sent_bytes_total",
+                "Content bytes sent to the replica (whole content, or only the new chunks of content \
+                 sent as runs)",
             ),
         }
     }
