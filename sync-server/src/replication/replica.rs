@@ -3,13 +3,22 @@
 //! sequence order (content first, then metadata, as the primary does),
 //! acknowledges the highest seq it holds, and sends heartbeats so that the
 //! primary can tell a silent network from an idle link.
+//!
+//! Content sent as runs against the path's previous content is rebuilt
+//! from this replica's own stored chunks of that content and the new
+//! chunks' bytes ([`RunsReceiver`], as an Upload against a base), then cut
+//! and checked whole like any received content. A replica that cannot
+//! rebuild it (no chunk list of the base, a base chunk missing or damaged,
+//! a rebuilt whole that does not match) applies nothing of that change and
+//! refuses the stream with `unknown-base`: the primary sends it again
+//! plain.
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::FutureExt;
 
 use syncstore::{
-    Entry,
+    ContentHash, Entry,
     limits::MAX_CHUNK,
     pb::{self, replicate_request, replicate_response, replication_server::Replication},
 };
@@ -21,9 +30,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::WriteGate;
 use crate::{
-    Role,
+    Role, ServerMetrics,
     context::ServiceContext,
     error::{Error, Result},
+    runs::RunsReceiver,
     storage::{Change, Replicated, Store, What},
     transfer::ContentReceiver,
     wire,
@@ -49,6 +59,8 @@ pub struct ReplicationService {
     store: Store,
     gate: WriteGate,
     is_replica: bool,
+    /// Counts the bytes content sent as runs took from its base.
+    metrics: ServerMetrics,
     /// One primary stream at a time; a reconnecting primary waits for its
     /// previous stream to end.
     active: Arc<Mutex<()>>,
@@ -67,6 +79,7 @@ impl ReplicationService {
             store: ctx.store.clone(),
             gate: ctx.gate.clone(),
             is_replica: ctx.role == Role::Replica,
+            metrics: ctx.metrics.clone(),
             active: Arc::new(Mutex::new(())),
             current: Arc::default(),
             health,
@@ -155,11 +168,11 @@ impl Replication for ReplicationService {
         };
         tracing::info!(primary = %hello.primary_url, applied = ready.applied_seq, "primary connected");
         tx.send(Ok(response(replicate_response::Msg::Ready(ready)))).await.expect("receiver alive");
-        let (store, health) = (self.store.clone(), self.health.clone());
+        let (store, health, metrics) = (self.store.clone(), self.health.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let _guard = guard;
             let result = tokio::select! {
-                r = apply_stream(&store, &mut incoming, &tx, &health) => r,
+                r = apply_stream(&store, &metrics, &mut incoming, &tx, &health) => r,
                 () = heartbeats(&tx) => Ok(()),
                 // Shutting down, or replaced by a new stream: end this one
                 // (a change being applied is a task of its own and
@@ -205,6 +218,7 @@ type Acks = mpsc::Sender<Result<pb::ReplicateResponse, Status>>;
 /// Applies changes (and snapshots) as they arrive, acknowledging each.
 async fn apply_stream(
     store: &Store,
+    metrics: &ServerMetrics,
     incoming: &mut Streaming<pb::ReplicateRequest>,
     acks: &Acks,
     health: &HealthReporter,
@@ -223,7 +237,7 @@ async fn apply_stream(
         };
         match req.msg {
             Some(replicate_request::Msg::Change(c)) => {
-                let first = receive_change(store, c, incoming).await?;
+                let first = receive_change(store, metrics, c, incoming).await?;
                 let n = if snapshot.is_some() {
                     let Replicated { change, staged, content_gone } = first;
                     match &change.what {
@@ -242,9 +256,12 @@ async fn apply_stream(
                         match incoming.message().now_or_never() {
                             Some(Ok(Some(pb::ReplicateRequest {
                                 msg: Some(replicate_request::Msg::Change(c)),
-                            }))) => {
-                                batch.push(receive_change(store, c, incoming).await?);
+                            }))) if c.runs_base.is_empty() => {
+                                batch.push(receive_change(store, metrics, c, incoming).await?);
                             }
+                            // Content sent as runs may be against content
+                            // this batch brings: it starts the next batch,
+                            // once this one is applied.
                             Some(Ok(Some(other))) => {
                                 pending = Some(other);
                                 break;
@@ -289,6 +306,7 @@ async fn apply_stream(
 /// Receives one change message's entry and, if it follows, its content.
 async fn receive_change(
     store: &Store,
+    metrics: &ServerMetrics,
     c: pb::ReplicatedChange,
     incoming: &mut Streaming<pb::ReplicateRequest>,
 ) -> Result<Replicated> {
@@ -299,12 +317,20 @@ async fn receive_change(
         return Ok(Replicated { change, staged: None, content_gone: false });
     }
     let entry = Entry::try_from(c.entry.ok_or_else(|| Error::invalid("a change without entry"))?)?;
-    let (staged, lost) = match c.content_follows {
-        true => match receive_content(store, &entry, incoming).await? {
+    let received = match c.runs_base.is_empty() {
+        true if c.content_follows => Some(receive_content(store, &entry, incoming).await?),
+        false if c.content_follows => {
+            let base = ContentHash::try_from(&c.runs_base[..])?;
+            Some(receive_runs(store, metrics, &entry, &base, incoming).await?)
+        }
+        _ => None,
+    };
+    let (staged, lost) = match received {
+        Some(received) => match received {
             Received::Whole(staged) => (Some(staged), None),
             Received::Lost(why) => (None, Some(why)),
         },
-        false => (None, c.content_lost.then(|| "missing".to_owned())),
+        None => (None, c.content_lost.then(|| "missing".to_owned())),
     };
     if let (Some(why), Some(content)) = (lost, entry.content) {
         // The primary cannot supply it; the entry is applied all the same
@@ -374,6 +400,66 @@ async fn receive_content(
     // (The primary holds the last chunk back until its copy checked out; a
     // copy found corrupt comes with `ContentLost` in its place, above.)
     let staged = receiver.finish(content.hash, content.size).await?;
+    Ok(Received::Whole(staged))
+}
+
+/// Receives a change's content sent as runs against `base`, rebuilt from
+/// this replica's stored chunks of it and the new chunks' bytes, into a
+/// verified, durable temp blob. `UNKNOWN_BASE` when it cannot be rebuilt
+/// here; nothing is kept then.
+async fn receive_runs(
+    store: &Store,
+    metrics: &ServerMetrics,
+    entry: &Entry,
+    base: &ContentHash,
+    incoming: &mut Streaming<pb::ReplicateRequest>,
+) -> Result<Received> {
+    let content = entry.content.ok_or_else(|| Error::invalid("content for a tombstone"))?;
+    let unknown = |why: String| {
+        Error::UnknownBase(format!(
+            "cannot rebuild the content of {} against {base}: {why}; send it plain",
+            entry.path
+        ))
+    };
+    let Some(recipe) = store.recipe(base).await? else {
+        return Err(unknown("this replica keeps no chunk list of it".into()));
+    };
+    // Dropping the receiver (an early return) removes its temp file.
+    let receiver = ContentReceiver::start(store, content.size)?;
+    let mut runs = RunsReceiver::new(store.clone(), recipe.list, content.size, metrics.clone());
+    let rebuilt = async {
+        while !runs.complete() {
+            let written = match incoming.message().await.map_err(broken)? {
+                Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::Runs(r)) }) => {
+                    runs.runs(r, &receiver).await?
+                }
+                Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::Chunk(c)) })
+                    if c.len() <= MAX_CHUNK =>
+                {
+                    runs.bytes(c, &receiver).await?
+                }
+                Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::ContentLost(l)) }) => {
+                    return Ok(Some(l.reason));
+                }
+                _ => return Err(Error::invalid(format!("the content of {} was cut short", entry.path))),
+            };
+            if !written {
+                break; // The writer failed; finishing says why.
+            }
+        }
+        Ok(None)
+    };
+    // A base chunk missing or damaged here, or a whole that does not match
+    // (a base cut otherwise), is this replica's lack, not the primary's.
+    let base_failed = |e: Error| match e {
+        Error::UnknownBase(why) | Error::DataLoss(why) | Error::ContentMismatch(why) => unknown(why),
+        e => e,
+    };
+    if let Some(why) = rebuilt.await.map_err(base_failed)? {
+        receiver.abort().await;
+        return Ok(Received::Lost(why));
+    }
+    let staged = receiver.finish(content.hash, content.size).await.map_err(base_failed)?;
     Ok(Received::Whole(staged))
 }
 

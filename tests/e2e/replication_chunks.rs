@@ -1,0 +1,244 @@
+//! Replication by chunks: an edit to a large file reaches the replica as
+//! runs against the replica's copy of the previous version (only the new
+//! chunks' bytes cross the link), also after the replica was away, and a
+//! replica that cannot rebuild it gets the content plain.
+
+use std::{net::SocketAddr, time::Duration};
+
+use sync_server::{Config, Mode, OnTimeout, ReplicaConfig, Role};
+use syncstore::{chunks, connect::Security};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::*;
+
+/// Size of the large files: many chunks (64 KiB on average).
+const SIZE: usize = 8 << 20;
+/// The most content bytes an edit of a few KiB may cost on the link: a few
+/// chunks around it, far below [`SIZE`].
+const DELTA_MAX: u64 = (SIZE / 8) as u64;
+/// The primary's metric of content bytes sent on the link.
+const SENT: &str = "syncstore_replication_content_sent_bytes_total";
+/// The replica's metric of bytes rebuilt from its base's chunks.
+const REUSED: &str = "syncstore_base_reused_bytes_total";
+
+/// A server with its Prometheus endpoint, restartable on its data folder
+/// and address.
+struct Metered {
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    config: Config,
+    shutdown: CancellationToken,
+    serving: JoinHandle<sync_server::Result<()>>,
+    exporting: JoinHandle<std::io::Result<()>>,
+}
+
+impl Metered {
+    /// Serves `config` on `listener`.
+    async fn start(config: Config, listener: TcpListener) -> Self {
+        init_test_log();
+        let server = sync_server::Server::open(config.clone()).await.unwrap();
+        let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, metrics) = (listener.local_addr().unwrap(), metrics_listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let exporting = tokio::spawn(server.metrics_server().serve(metrics_listener, shutdown.clone()));
+        let serving = tokio::spawn(server.serve(listener, shutdown.clone()));
+        Self { addr, metrics, config, shutdown, serving, exporting }
+    }
+
+    /// A replica with a fresh data folder in `dir`.
+    async fn replica(dir: &tempfile::TempDir) -> Self {
+        let mut config = Config::new(dir.path().join("replica"));
+        config.role = Role::Replica;
+        Self::start(config, TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+    }
+
+    /// An async-mode primary of `replica` with a fresh data folder in `dir`.
+    async fn primary_of(replica: &Metered, dir: &tempfile::TempDir) -> Self {
+        let mut config = Config::new(dir.path().join("primary"));
+        config.replica = Some(ReplicaConfig {
+            url: replica.url(),
+            mode: Mode::Async,
+            timeout: Duration::from_secs(5),
+            on_timeout: OnTimeout::Fail,
+            security: Security::none(),
+        });
+        Self::start(config, TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops gracefully; what it needs to start again.
+    async fn stop(mut self) -> (Config, SocketAddr) {
+        self.shutdown.cancel();
+        (&mut self.serving).await.unwrap().unwrap();
+        (&mut self.exporting).await.unwrap().unwrap();
+        let lock = self.config.data_dir.join("lock");
+        eventually("the stopped server's data folder is released", || {
+            std::fs::File::open(&lock).map_or(true, |f| f.try_lock().is_ok())
+        })
+        .await;
+        (self.config.clone(), self.addr)
+    }
+
+    /// Starts again on the same data folder and address.
+    async fn start_again((config, addr): (Config, SocketAddr)) -> Self {
+        Self::start(config, TcpListener::bind(addr).await.unwrap()).await
+    }
+
+    /// The value of counter `name`; the test fails if it is not exported.
+    async fn counter(&self, name: &str) -> u64 {
+        let mut conn = TcpStream::connect(self.metrics).await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.unwrap();
+        let line = response.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
+        line.unwrap_or_else(|| panic!("no metric {name} in:\n{response}")).parse().unwrap()
+    }
+
+    /// The content of `path` as the server sends it (verified on its way).
+    async fn download(&self, path: &str) -> Vec<u8> {
+        download(&mut rpc_with(&self.url(), &Security::none()), path).await.unwrap()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Whether both servers hold the same files, contents and history.
+async fn identical(a: &Metered, b: &Metered) -> bool {
+    sync_server::compare(&a.url(), &b.url(), &Security::none()).await.is_ok_and(|c| c.identical())
+}
+
+/// Uploads `data` to `path` on `server` over `version`; the new version.
+async fn put(server: &Metered, path: &str, data: &[u8], version: u64) -> u64 {
+    let mut rpc = rpc_with(&server.url(), &Security::none());
+    upload(&mut rpc, path, data, version).await.unwrap().version
+}
+
+/// `data` with `len` bytes at `at` overwritten by seed `seed`.
+fn overwritten(data: &[u8], at: usize, len: usize, seed: u64) -> Vec<u8> {
+    let mut out = data.to_vec();
+    out[at..at + len].copy_from_slice(&random_bytes(len, seed));
+    out
+}
+
+/// `data` with `bytes` inserted at `at`.
+fn inserted(data: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
+    [&data[..at], bytes, &data[at..]].concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_in_the_middle_of_a_large_file_reaches_the_replica_as_its_new_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Metered::replica(&dir).await;
+    let primary = Metered::primary_of(&replica, &dir).await;
+    let v1 = random_bytes(SIZE, 1);
+    let version = put(&primary, "vm.img", &v1, 0).await;
+    eventually_async("the first version is replicated", || identical(&primary, &replica)).await;
+    let first = primary.counter(SENT).await;
+    assert!(first >= SIZE as u64, "the first version went whole: {first} bytes");
+
+    let v2 = overwritten(&v1, SIZE / 2 + 12_345, 4096, 2);
+    put(&primary, "vm.img", &v2, version).await;
+    eventually_async("the edit is replicated", || identical(&primary, &replica)).await;
+    assert!(replica.download("vm.img").await == v2, "the replica's copy is byte-identical");
+    let delta = primary.counter(SENT).await - first;
+    assert!(delta > 0 && delta <= DELTA_MAX, "the edit cost {delta} content bytes on the link");
+    let reused = replica.counter(REUSED).await;
+    assert!(reused >= SIZE as u64 - DELTA_MAX, "the replica took {reused} bytes from its copy");
+    primary.stop().await;
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_was_down_catches_up_by_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Metered::replica(&dir).await;
+    let primary = Metered::primary_of(&replica, &dir).await;
+    let names = ["a.img", "b.db", "c.mov"];
+    let mut files = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let data = random_bytes(SIZE, 10 + i as u64);
+        let version = put(&primary, name, &data, 0).await;
+        files.push((data, version));
+    }
+    eventually_async("the first versions are replicated", || identical(&primary, &replica)).await;
+    let replica = replica.stop().await;
+    let before = primary.counter(SENT).await;
+
+    // While the replica is away: an overwrite, an insert and an append.
+    let edited = [
+        overwritten(&files[0].0, SIZE / 3, 10_000, 20),
+        inserted(&files[1].0, SIZE / 2 + 7, b"one inserted line\n"),
+        [&files[2].0[..], &random_bytes(100_003, 22)].concat(),
+    ];
+    for ((name, (_, version)), data) in names.iter().zip(&files).zip(&edited) {
+        put(&primary, name, data, *version).await;
+    }
+    let replica = Metered::start_again(replica).await;
+    eventually_async("the replica catches up", || identical(&primary, &replica)).await;
+    for (name, data) in names.iter().zip(&edited) {
+        assert!(replica.download(name).await == *data, "{name} is byte-identical on the replica");
+    }
+    let delta = primary.counter(SENT).await - before;
+    assert!(delta > 0 && delta <= 3 * DELTA_MAX, "three edits cost {delta} content bytes on the link");
+    let reused = replica.counter(REUSED).await;
+    assert!(reused >= 3 * (SIZE as u64 - DELTA_MAX), "the replica took {reused} bytes from its copies");
+    primary.stop().await;
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_missing_or_holding_a_damaged_chunk_of_the_base_gets_the_content_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Metered::replica(&dir).await;
+    let primary = Metered::primary_of(&replica, &dir).await;
+    let v1 = random_bytes(SIZE, 30);
+    let mut version = put(&primary, "big.bin", &v1, 0).await;
+    eventually_async("the first version is replicated", || identical(&primary, &replica)).await;
+    let mut replica = replica.stop().await;
+
+    // First a chunk of the replica's copy goes missing while it is
+    // stopped, then one is damaged: each time one that the next edit (in
+    // the middle) keeps, the first and then the last.
+    let v2 = overwritten(&v1, SIZE / 2, 4096, 31);
+    let v3 = overwritten(&v2, SIZE / 2 + 300_000, 4096, 32);
+    let (_, _, first) = chunks::chunk_list(&v1[..], v1.len() as u64).unwrap();
+    let (_, _, second) = chunks::chunk_list(&v2[..], v2.len() as u64).unwrap();
+    let steps = [(&v2, first[0], false), (&v3, *second.last().unwrap(), true)];
+    for (data, chunk, damage) in steps {
+        let blob = blob_path(&replica.0.data_dir, &chunk.hash);
+        match damage {
+            false => std::fs::remove_file(&blob).unwrap(),
+            true => {
+                let mut bytes = std::fs::read(&blob).unwrap();
+                bytes[100] ^= 1;
+                std::fs::write(&blob, bytes).unwrap();
+            }
+        }
+        let before = primary.counter(SENT).await;
+        version = put(&primary, "big.bin", data, version).await;
+
+        let restarted = Metered::start_again(replica).await;
+        eventually_async("the replica gets the edit", || identical(&primary, &restarted)).await;
+        assert!(restarted.download("big.bin").await == *data, "the replica's copy is byte-identical");
+        let delta = primary.counter(SENT).await - before;
+        assert!(delta >= SIZE as u64, "refused as runs, the content went whole: {delta} bytes");
+        let stored = std::fs::read(&blob).unwrap();
+        assert_eq!(syncstore::ContentHash::of(&stored), chunk.hash, "the chunk is stored good again");
+        replica = restarted.stop().await;
+    }
+    primary.stop().await;
+}
