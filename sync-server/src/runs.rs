@@ -145,6 +145,12 @@ impl RunsReceiver {
         self.queue.is_empty() && self.content == self.size
     }
 
+    /// Content bytes rebuilt so far (from the base and the wire): the
+    /// upload's progress.
+    pub(crate) fn rebuilt(&self) -> u64 {
+        self.content
+    }
+
     /// The end marker came: every run must be complete.
     pub(crate) fn end(&self) -> Result<()> {
         match self.queue.front() {

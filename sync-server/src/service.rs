@@ -586,7 +586,6 @@ impl FileSyncService {
                         )));
                     }
                     received += c.len() as u64;
-                    pace.received = received;
                     runs.bytes(c, receiver).await?
                 }
                 Some(upload_request::Msg::End(_)) => {
@@ -604,6 +603,10 @@ impl FileSyncService {
                 // The writer failed; finishing the content says why.
                 return Ok(());
             }
+            // Copying base chunks is progress too, and its time is not
+            // the client's silence.
+            pace.received = runs.rebuilt();
+            pace.last = Instant::now();
         }
         match self.next_message(stream, pace).await? {
             None => Ok(()),

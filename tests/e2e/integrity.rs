@@ -16,12 +16,39 @@ use crate::harness::{
     upload_end, upload_header,
 };
 
-/// Flips one bit of the byte at `at` of the stored copy of `content`.
+/// The blobs `content` is stored in, with where each starts in it: its
+/// own, or for content larger than one chunk each chunk's.
+fn stored_pieces(data_dir: &std::path::Path, content: &[u8]) -> Vec<(std::path::PathBuf, usize, usize)> {
+    let list = syncstore::chunks::chunk_list(content, content.len() as u64).unwrap().2;
+    let mut at = 0;
+    list.iter()
+        .map(|c| {
+            let piece = (blob_path(data_dir, &c.hash), at, c.size as usize);
+            at += c.size as usize;
+            piece
+        })
+        .collect()
+}
+
+/// The stored copy of `content`, read from its blobs.
+fn stored_copy(data_dir: &std::path::Path, content: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for (path, _, _) in stored_pieces(data_dir, content) {
+        out.extend_from_slice(&std::fs::read(path)?);
+    }
+    Ok(out)
+}
+
+/// Flips one bit of the byte at `at` of the stored copy of `content` (in
+/// the chunk that holds it, for content larger than one chunk).
 fn rot(data_dir: &std::path::Path, content: &[u8], at: usize) {
-    let path = blob_path(data_dir, &ContentHash::of(content));
+    assert_eq!(stored_copy(data_dir, content).unwrap(), content, "the stored copy was intact before");
+    let (path, start, _) = stored_pieces(data_dir, content)
+        .into_iter()
+        .find(|(_, start, len)| (*start..start + len).contains(&at))
+        .expect("a stored piece holds every byte");
     let mut stored = std::fs::read(&path).unwrap();
-    assert_eq!(stored, content, "the stored copy was intact before");
-    stored[at] ^= 0x20;
+    stored[at - start] ^= 0x20;
     std::fs::write(&path, stored).unwrap();
 }
 
@@ -98,7 +125,7 @@ async fn damaged_content_is_never_served_nor_spread_and_the_good_bytes_heal_it()
     .await;
     let status = server.status().await;
     assert_eq!((status.damaged_blobs, status.damaged_blobs_found), (0, 1));
-    assert_eq!(std::fs::read(blob_path(server.data_dir(), &ContentHash::of(&doc))).unwrap(), doc);
+    assert_eq!(stored_copy(server.data_dir(), &doc).unwrap(), doc);
 
     // A second client gets both files whole.
     let reader = TestClient::start(&server.url());
@@ -199,7 +226,7 @@ async fn compare_content_sees_damage_the_manifests_hide_and_scrub_heals_it_from_
     assert_eq!(report.damaged, damaged, "{report:?}");
     assert_eq!(report.healed, vec![ContentHash::of(&c)]);
     assert_eq!(lost, vec![("b.bin".to_owned(), ContentHash::of(&b))]);
-    assert_eq!(std::fs::read(blob_path(&config.data_dir, &ContentHash::of(&c))).unwrap(), c);
+    assert_eq!(stored_copy(&config.data_dir, &c).unwrap(), c);
 
     let primary = TestServer::start_on(config, addr).await;
     let mut rpc = primary.rpc().await;
@@ -235,7 +262,7 @@ async fn the_background_scrub_finds_damage_and_heals_it_from_the_replica() {
         let s = primary.status().await;
         s.damaged_blobs_found >= 1
             && s.damaged_blobs == 0
-            && std::fs::read(blob_path(primary.data_dir(), &ContentHash::of(&a))).is_ok_and(|d| d == a)
+            && stored_copy(primary.data_dir(), &a).is_ok_and(|d| d == a)
     })
     .await;
     assert_eq!(download(&mut primary.rpc().await, "a.bin").await.unwrap(), a);
@@ -318,9 +345,14 @@ async fn a_sparse_file_takes_only_its_data_on_the_servers_disk() {
         .chain(std::iter::once(upload_request::Msg::End(pb::UploadEnd {})))
         .map(|m| pb::UploadRequest { msg: Some(m) });
     server.rpc().await.upload(tokio_stream::iter(chunks)).await.unwrap();
-    let meta = std::fs::metadata(blob_path(server.data_dir(), &hash)).unwrap();
-    assert_eq!(meta.len(), len as u64);
-    let allocated = meta.blocks() * 512;
+    // Stored as chunks: its runs of zeros are one chunk of zeros, stored
+    // once (as a hole).
+    let mut allocated = 0;
+    for dir in std::fs::read_dir(server.data_dir().join("blobs")).unwrap() {
+        for blob in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            allocated += blob.unwrap().metadata().unwrap().blocks() * 512;
+        }
+    }
     assert!(allocated < 4 * 1024 * 1024, "{allocated} bytes on disk for 1 MiB of data in a 256 MiB file");
     server.stop().await;
 }

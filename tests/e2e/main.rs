@@ -7,6 +7,7 @@
 mod api;
 mod badinput;
 mod bandwidth;
+mod chunked_server;
 mod contract;
 mod control;
 mod diskfull;

@@ -23,12 +23,16 @@
 //! - A commit runs to its end even when its caller goes away (it is a task
 //!   of its own): a group's leader commits for the whole group.
 //!
-//! Garbage collection works over a reference set (the live manifest):
-//! content a commit stopped referring to is removed once
-//! [`StoreOptions::gc_grace`] has passed, by a background collector, if
-//! nothing refers to it or holds it by then; with no grace (the embedded
-//! default) the commit removes it before it answers. The start-up sweep
-//! removes whatever a crash left unreferenced.
+//! Content larger than one chunk is stored as chunk blobs plus its recipe
+//! (`chunked.rs`), written with the entry that first refers to it.
+//!
+//! Garbage collection works over a reference set (every live entry's
+//! content, and every chunk of their recipes): content a commit stopped
+//! referring to (with its recipe, then its chunks nothing else refers to)
+//! is removed once [`StoreOptions::gc_grace`] has passed, by a background
+//! collector, if nothing refers to it or holds it by then; with no grace
+//! (the embedded default) the commit removes it before it answers. The
+//! start-up sweep removes whatever a crash left unreferenced.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},

@@ -654,8 +654,42 @@ async fn a_chunk_an_upload_holds_survives_a_concurrent_removal(b: Backend) {
     s.commit_put(NS, put("b", &b2, 0, "c", 0), Some(staged)).await.unwrap();
     assert_eq!(read_back(&s, &ContentHash::of(&b2), b2.len() as u64).await, b2);
     assert_eq!(stored(&s).await, distinct([&chunks_of(&b2)[..]]));
-    // A restart's sweep keeps them too.
-    assert!(s.has_blob(&ContentHash::of(&b2)).await.unwrap());
+}
+
+/// Content stored as chunks survives a restart's sweep, and reaches a
+/// replica as chunks with its recipe, by replicated changes and by a full
+/// resync's snapshot; what the snapshot drops goes with its recipe.
+async fn chunked_content_survives_restarts_replication_and_snapshots(b: Backend) {
+    use super::Replicated;
+    let (f, s) = b.store().await;
+    let big = noise(3 * 1024 * 1024, "big");
+    send(&s, put("big", &big, 0, "c", 0), &big).await.unwrap();
+    let s = f.open().await;
+    assert_eq!(stored(&s).await, distinct([&chunks_of(&big)[..]]), "the sweep keeps every chunk");
+    assert!(s.has_blob(&ContentHash::of(&big)).await.unwrap());
+    assert_eq!(read_back(&s, &ContentHash::of(&big), big.len() as u64).await, big);
+
+    let (rf, r) = b.store().await;
+    let entry = |seq: u64, p: &str, data: &[u8]| syncstore::Entry {
+        path: path(p),
+        version: seq,
+        content: Some(content(data)),
+        client_id: "c".into(),
+    };
+    let change = Change::file(NS, entry(1, "big", &big));
+    let batch = vec![Replicated { change, staged: Some(stage(&r, &big).await), content_gone: false }];
+    assert_eq!(r.apply_replicated_batch(batch).await.unwrap(), 1);
+    let r = rf.open().await;
+    assert_eq!(read_back(&r, &ContentHash::of(&big), big.len() as u64).await, big);
+
+    let other = noise(2 * 1024 * 1024, "other");
+    r.snapshot_begin().await.unwrap();
+    r.snapshot_put(NS, &entry(5, "other", &other), Some(stage(&r, &other).await), false).await.unwrap();
+    r.snapshot_end(5).await.unwrap();
+    assert!(r.recipe(&ContentHash::of(&big)).await.unwrap().is_none(), "the dropped file's recipe went");
+    assert_eq!(stored(&r).await, distinct([&chunks_of(&other)[..]]));
+    let r = rf.open().await;
+    assert_eq!(read_back(&r, &ContentHash::of(&other), other.len() as u64).await, other);
 }
 
 /// Instantiates every suite test for each backend.
@@ -698,6 +732,7 @@ suite!(
     replaced_content_goes_once_its_grace_has_passed,
     large_files_store_shared_chunks_once_and_lose_only_their_own,
     a_chunk_an_upload_holds_survives_a_concurrent_removal,
+    chunked_content_survives_restarts_replication_and_snapshots,
 );
 
 /// The embedded backend's own: a small blob is synced (one `syncfs`) before

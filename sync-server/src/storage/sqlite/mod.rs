@@ -291,19 +291,27 @@ impl MetaStore for SqliteMeta {
 
     async fn drop_recipes(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
         self.write(move |c| {
+            // Looked up first, outside a transaction: content stored whole
+            // (every small file) costs no write and no sync.
+            let mut recipes = Vec::new();
+            for hash in hashes {
+                recipes.extend(get_recipe(c, &hash)?);
+            }
+            if recipes.is_empty() {
+                return Ok(Vec::new());
+            }
             let tx = c.transaction()?;
             let mut chunks = std::collections::BTreeSet::new();
-            for hash in hashes {
-                let Some(recipe) = get_recipe(&tx, &hash)? else { continue };
+            for recipe in recipes {
+                let hash = recipe.hash.as_bytes().as_slice();
                 let mut unlink =
                     tx.prepare_cached("DELETE FROM recipe_chunks WHERE chunk = ?1 AND recipe = ?2")?;
                 for chunk in &recipe.list {
                     // A chunk listed twice is unlinked with the first.
-                    unlink.execute(params![chunk.hash.as_bytes().as_slice(), hash.as_bytes().as_slice()])?;
+                    unlink.execute(params![chunk.hash.as_bytes().as_slice(), hash])?;
                     chunks.insert(chunk.hash);
                 }
-                tx.prepare_cached("DELETE FROM recipes WHERE hash = ?1")?
-                    .execute([hash.as_bytes().as_slice()])?;
+                tx.prepare_cached("DELETE FROM recipes WHERE hash = ?1")?.execute([hash])?;
             }
             tx.commit()?;
             Ok(chunks.into_iter().collect())
