@@ -201,6 +201,34 @@ async fn a_replica_that_was_down_catches_up_by_chunks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_edited_twice_while_the_replica_was_down_arrives_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Metered::replica(&dir).await;
+    let primary = Metered::primary_of(&replica, &dir).await;
+    let v1 = random_bytes(SIZE, 40);
+    let mut version = put(&primary, "twice.bin", &v1, 0).await;
+    eventually_async("the first version is replicated", || identical(&primary, &replica)).await;
+    let replica = replica.stop().await;
+
+    // The middle version's content is gone from the primary (replaced)
+    // when the replica comes back: it goes without, and the last version,
+    // whose runs are against the middle one, goes whole.
+    let v2 = overwritten(&v1, SIZE / 2, 4096, 41);
+    let v3 = overwritten(&v2, SIZE / 4, 4096, 42);
+    for data in [&v2, &v3] {
+        version = put(&primary, "twice.bin", data, version).await;
+    }
+    let before = primary.counter(SENT).await;
+    let replica = Metered::start_again(replica).await;
+    eventually_async("the replica catches up", || identical(&primary, &replica)).await;
+    assert!(replica.download("twice.bin").await == v3, "the replica's copy is byte-identical");
+    let delta = primary.counter(SENT).await - before;
+    assert_eq!(delta, SIZE as u64, "the last version went whole, once");
+    primary.stop().await;
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_missing_or_holding_a_damaged_chunk_of_the_base_gets_the_content_plain() {
     let dir = tempfile::tempdir().unwrap();
     let replica = Metered::replica(&dir).await;
