@@ -25,6 +25,8 @@ const DELTA_MAX: u64 = (SIZE / 8) as u64;
 const SENT: &str = "syncstore_replication_content_sent_bytes_total";
 /// The replica's metric of bytes rebuilt from its base's chunks.
 const REUSED: &str = "syncstore_base_reused_bytes_total";
+/// The replica's metric of content bytes received.
+const RECEIVED: &str = "syncstore_content_received_bytes_total";
 
 /// A server with its Prometheus endpoint, restartable on its data folder
 /// and address.
@@ -158,6 +160,8 @@ async fn an_edit_in_the_middle_of_a_large_file_reaches_the_replica_as_its_new_ch
     assert!(delta > 0 && delta <= DELTA_MAX, "the edit cost {delta} content bytes on the link");
     let reused = replica.counter(REUSED).await;
     assert!(reused >= SIZE as u64 - DELTA_MAX, "the replica took {reused} bytes from its copy");
+    let received = replica.counter(RECEIVED).await;
+    assert_eq!(received, first + delta, "the replica counts what the primary sent");
     primary.stop().await;
     replica.stop().await;
 }

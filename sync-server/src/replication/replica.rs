@@ -59,7 +59,8 @@ pub struct ReplicationService {
     store: Store,
     gate: WriteGate,
     is_replica: bool,
-    /// Counts the bytes content sent as runs took from its base.
+    /// Counts the content bytes that came on the link, and those content
+    /// sent as runs took from its base instead.
     metrics: ServerMetrics,
     /// One primary stream at a time; a reconnecting primary waits for its
     /// previous stream to end.
@@ -318,7 +319,7 @@ async fn receive_change(
     }
     let entry = Entry::try_from(c.entry.ok_or_else(|| Error::invalid("a change without entry"))?)?;
     let received = match c.runs_base.is_empty() {
-        true if c.content_follows => Some(receive_content(store, &entry, incoming).await?),
+        true if c.content_follows => Some(receive_content(store, metrics, &entry, incoming).await?),
         false if c.content_follows => {
             let base = ContentHash::try_from(&c.runs_base[..])?;
             Some(receive_runs(store, metrics, &entry, &base, incoming).await?)
@@ -372,6 +373,7 @@ enum Received {
 /// verified, durable temp blob.
 async fn receive_content(
     store: &Store,
+    metrics: &ServerMetrics,
     entry: &Entry,
     incoming: &mut Streaming<pb::ReplicateRequest>,
 ) -> Result<Received> {
@@ -393,6 +395,7 @@ async fn receive_content(
             _ => return Err(Error::invalid(format!("the content of {} was cut short", entry.path))),
         };
         received += chunk.len() as u64;
+        metrics.content_received_bytes.inc_by(chunk.len() as u64);
         if !receiver.write(chunk).await {
             break; // The writer failed; finishing says why.
         }
