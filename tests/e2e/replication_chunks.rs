@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use sync_server::{Config, Mode, OnTimeout, ReplicaConfig, Role};
-use syncstore::{chunks, connect::Security};
+use syncstore::{chunks, connect::Security, pb};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -273,4 +273,137 @@ async fn a_replica_missing_or_holding_a_damaged_chunk_of_the_base_gets_the_conte
         replica = restarted.stop().await;
     }
     primary.stop().await;
+}
+
+/// What a hand-made primary sends a replica for change 2: `runs` against
+/// `base`, then `bytes`.
+struct Forged {
+    what: &'static str,
+    base: syncstore::ContentHash,
+    runs: Vec<chunks::Run>,
+    bytes: Vec<u8>,
+}
+
+/// Sends `forged` as change 2 of `path` (content `data`) to `replica`,
+/// speaking for the primary of history `status`; the status it ends the
+/// stream with.
+async fn forge(
+    replica: &Metered,
+    status: &pb::StatusResponse,
+    path: &str,
+    data: &[u8],
+    forged: Forged,
+) -> tonic::Status {
+    use pb::replicate_request::Msg;
+    let hello = pb::ReplicaHello {
+        history_id: status.history_id.clone(),
+        epoch: status.epoch,
+        primary_url: "http://forged.invalid".into(),
+        head_seq: 2,
+    };
+    let entry = pb::FileEntry {
+        path: path.into(),
+        version: 2,
+        size: data.len() as u64,
+        hash: syncstore::ContentHash::of(data).as_bytes().to_vec(),
+        mtime_ns: 1_700_000_000_000_000_000,
+        client_id: "forged".into(),
+        ..Default::default()
+    };
+    let change = pb::ReplicatedChange {
+        seq: 2,
+        namespace: String::new(),
+        entry: Some(entry),
+        content_follows: true,
+        kind: pb::change_event::Kind::Put.into(),
+        runs_base: forged.base.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let runs = pb::ChunkRuns { runs: forged.runs.into_iter().map(pb::ChunkRun::from).collect() };
+    let mut messages = vec![Msg::Hello(hello), Msg::Change(change), Msg::Runs(runs)];
+    messages.extend(forged.bytes.chunks(syncstore::limits::MAX_CHUNK).map(|c| Msg::Chunk(c.to_vec())));
+    let requests = messages.into_iter().map(|m| pb::ReplicateRequest { msg: Some(m) });
+    let mut client =
+        pb::replication_client::ReplicationClient::new(Security::none().channel(&replica.url()).unwrap());
+    // The stream stays open after the last message, as a primary's does.
+    let requests = tokio_stream::StreamExt::chain(tokio_stream::iter(requests), tokio_stream::pending());
+    let mut responses = client.replicate(requests).await.unwrap().into_inner();
+    loop {
+        match tokio::time::timeout(DEADLINE, responses.message()).await.expect("an answer in time") {
+            Ok(Some(_)) => {} // Ready, heartbeats.
+            Ok(None) => panic!("{}: the replica ended the stream without refusing", forged.what),
+            Err(status) => return status,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_sent_as_runs_that_do_not_rebuild_it_is_refused_and_nothing_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Metered::replica(&dir).await;
+    let primary = Metered::primary_of(&replica, &dir).await;
+    let v1 = random_bytes(SIZE, 50);
+    put(&primary, "big.bin", &v1, 0).await;
+    eventually_async("the first version is replicated", || identical(&primary, &replica)).await;
+    primary.stop().await;
+    let status = pb::admin_client::AdminClient::new(Security::none().channel(&replica.url()).unwrap())
+        .status(pb::StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+
+    let v2 = overwritten(&v1, SIZE / 2, 4096, 51);
+    let (_, _, base) = chunks::chunk_list(&v1[..], v1.len() as u64).unwrap();
+    let (_, _, list) = chunks::chunk_list(&v2[..], v2.len() as u64).unwrap();
+    let runs = chunks::diff(&base, &list);
+    // The new chunks' bytes, in the order of the runs.
+    let (mut new, mut at) = (Vec::new(), 0usize);
+    for run in &runs {
+        match *run {
+            chunks::Run::Base { first, count } => {
+                let stretch = &base[first as usize..(first + count) as usize];
+                at += stretch.iter().map(|c| c.size as usize).sum::<usize>();
+            }
+            chunks::Run::New(c) => {
+                new.extend_from_slice(&v2[at..at + c.size as usize]);
+                at += c.size as usize;
+            }
+        }
+    }
+    assert!(!new.is_empty() && new.len() < SIZE / 8, "an edit of a few chunks: {} bytes", new.len());
+    let v1_hash = syncstore::ContentHash::of(&v1);
+    let mut flipped = new.clone();
+    flipped[10] ^= 1;
+    let cases = [
+        Forged {
+            what: "a base the replica does not hold",
+            base: syncstore::ContentHash::of(b"never stored"),
+            runs: runs.clone(),
+            bytes: new.clone(),
+        },
+        Forged {
+            what: "runs past the end of the base",
+            base: v1_hash,
+            runs: vec![chunks::Run::Base { first: 0, count: base.len() as u32 + 5 }],
+            bytes: Vec::new(),
+        },
+        Forged { what: "a new chunk's bytes altered", base: v1_hash, runs: runs.clone(), bytes: flipped },
+        Forged {
+            what: "runs that rebuild other content",
+            base: v1_hash,
+            runs: chunks::diff(&base, &base),
+            bytes: Vec::new(),
+        },
+    ];
+    for forged in cases {
+        let what = forged.what;
+        let refusal = forge(&replica, &status, "big.bin", &v2, forged).await;
+        assert_eq!(refusal.code(), tonic::Code::FailedPrecondition, "{what}: {refusal:?}");
+        assert_eq!(syncstore::Reason::of(&refusal), Some(syncstore::Reason::UnknownBase), "{what}");
+        let mut admin = pb::admin_client::AdminClient::new(Security::none().channel(&replica.url()).unwrap());
+        let head = admin.status(pb::StatusRequest::default()).await.unwrap().into_inner().head_seq;
+        assert_eq!(head, 1, "{what}: nothing of the change is applied");
+        assert!(replica.download("big.bin").await == v1, "{what}: the replica's copy is untouched");
+    }
+    replica.stop().await;
 }

@@ -452,10 +452,15 @@ async fn receive_runs(
         }
         Ok(None)
     };
-    // A base chunk missing or damaged here, or a whole that does not match
-    // (a base cut otherwise), is this replica's lack, not the primary's.
+    // A base chunk missing or damaged here, runs that do not fit this
+    // replica's list of the base, a whole that does not match (a base cut
+    // otherwise): whatever the cause, the content plain settles it, so the
+    // primary is told to send it so rather than retry the same runs.
     let base_failed = |e: Error| match e {
-        Error::UnknownBase(why) | Error::DataLoss(why) | Error::ContentMismatch(why) => unknown(why),
+        Error::UnknownBase(why)
+        | Error::DataLoss(why)
+        | Error::ContentMismatch(why)
+        | Error::InvalidArgument(why) => unknown(why),
         e => e,
     };
     if let Some(why) = rebuilt.await.map_err(base_failed)? {
