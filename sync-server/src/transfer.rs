@@ -95,7 +95,9 @@ impl ContentReceiver {
     /// returns.
     pub(crate) async fn abort(self) {
         // A writer that failed has deleted its temp file already.
-        let _ = self.close().await;
+        if let Ok(upload) = self.close().await {
+            upload.abort().await;
+        }
     }
 
     async fn close(self) -> Result<Box<dyn ContentUpload>> {

@@ -93,11 +93,10 @@ async fn a_primary_killed_during_a_large_sync_upload_leaves_no_partial_file() {
     for c in chunks(&big).into_iter().take(32) {
         tx.send(c).await.unwrap();
     }
-    let tmp = pdata.path().join("tmp");
-    eventually("half the upload is on the primary's disk", || async {
-        std::fs::read_dir(&tmp).unwrap().flatten().any(|e| e.metadata().is_ok_and(|m| m.len() >= 16 << 20))
-    })
-    .await;
+    // A file over 1 MiB is stored as chunks, each written as it is cut:
+    // more blobs than the small files' once part of it has come.
+    let blobs = pdata.path().join("blobs");
+    eventually("part of the upload is on the primary's disk", || async { count_blobs(&blobs) > 20 }).await;
     primary.child.kill().unwrap();
     wait_exit(&mut primary.child).await;
     assert!(upload_call.await.unwrap().is_err(), "the upload was not acknowledged");
@@ -105,6 +104,7 @@ async fn a_primary_killed_during_a_large_sync_upload_leaves_no_partial_file() {
     let addr = primary.addr.clone();
     drop(primary);
     let primary = start_with(pdata.path(), &addr, &flags);
+    assert_eq!(count_blobs(&blobs), 20, "the start-up sweep removed the interrupted upload's chunks");
     for url in [primary.url(), replica.url()] {
         let mut rpc = FileSyncClient::connect(url.clone()).await.unwrap();
         let err = rpc.stat(pb::StatRequest { path: "big.bin".into() }).await.unwrap_err();
@@ -121,4 +121,11 @@ async fn a_primary_killed_during_a_large_sync_upload_leaves_no_partial_file() {
         assert_eq!(n, 20, "{url}: every acknowledged change");
     }
     eventually("compare agrees", || compare(primary.url(), replica.url())).await;
+}
+
+/// Blob files under the blob folder `dir`.
+fn count_blobs(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|sub| std::fs::read_dir(sub.path()).map_or(0, |f| f.count())).sum())
+        .unwrap_or(0)
 }

@@ -204,11 +204,15 @@ async fn a_cancelled_upload_leaves_nothing() {
     let mut call_rpc = rpc.clone();
     let call =
         tokio::spawn(async move { call_rpc.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
-    let tmp = server.data_dir().join("tmp");
-    eventually("the server receives the first chunk", || count_files(&tmp) == 1).await;
+    // A file over 1 MiB is stored as chunks, each written as it is cut.
+    let (tmp, blobs) = (server.data_dir().join("tmp"), server.data_dir().join("blobs"));
+    eventually("the server receives the first chunk", || count_files(&blobs) > 0).await;
     call.abort();
     drop(tx);
-    eventually("the temp file of the cancelled upload is removed", || count_files(&tmp) == 0).await;
+    eventually_async("the cancelled upload's chunks and temp files are removed", || async {
+        count_files(&tmp) == 0 && server.stored_blobs().await == 0
+    })
+    .await;
     assert_eq!(
         rpc.stat(pb::StatRequest { path: "big.bin".into() }).await.unwrap_err().code(),
         Code::NotFound

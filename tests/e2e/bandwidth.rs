@@ -53,8 +53,11 @@ async fn a_large_transfer_keeps_to_the_limit_while_small_changes_pass() {
 
     // The limited upload.
     let big = random_bytes(BIG, 21);
+    // A file over 1 MiB is stored as chunks, each written as it is cut.
+    let blobs = server.data_dir().join("blobs");
+    let before = count_files(&blobs);
     up.write("big.bin", &big);
-    eventually("the big upload is under way", || has_files(&server.data_dir().join("tmp"))).await;
+    eventually("the big upload is under way", || count_files(&blobs) > before).await;
     let started = Instant::now();
     up.write("small-up.txt", "saved while the big one uploads");
     eventually_within(SMALL_WITHIN, "the small file is on the server", || on_server(&rpc, "small-up.txt"))

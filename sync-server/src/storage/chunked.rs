@@ -74,6 +74,18 @@ impl Drop for Chunks {
 }
 
 impl Chunks {
+    /// Gives the chunks up: the holds go and the chunks go to garbage
+    /// collection, which has removed those nothing refers to once this
+    /// returns (with no grace).
+    async fn release(&mut self) {
+        self.kept = true;
+        self.holds.clear();
+        let held: Vec<ContentHash> = self.held.drain().collect();
+        if !held.is_empty() {
+            self.store.drop_if_unreferenced(held).await;
+        }
+    }
+
     /// Adds `chunk` to the list: held, and written unless it is stored good
     /// already.
     async fn take(&mut self, chunk: Chunk) -> Result<()> {
@@ -135,6 +147,24 @@ impl ContentUpload for ChunkedUpload {
     }
 
     async fn complete(mut self: Box<Self>, hash: ContentHash, size: u64) -> Result<Box<dyn StagedContent>> {
+        if let Err(e) = self.check(hash, size).await {
+            // Nothing is kept by the time the caller hears why.
+            self.chunks.release().await;
+            return Err(e);
+        }
+        let ChunkedUpload { chunks, .. } = *self;
+        Ok(Box::new(ChunkedStaged { hash, size, chunks }))
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.chunks.release().await;
+    }
+}
+
+impl ChunkedUpload {
+    /// Takes the last chunks and checks the whole against `hash` and
+    /// `size`.
+    async fn check(&mut self, hash: ContentHash, size: u64) -> Result<()> {
         self.chunker.finish();
         while let Some(chunk) = self.chunker.next_chunk() {
             self.chunks.take(chunk).await?;
@@ -150,8 +180,7 @@ impl ContentUpload for ChunkedUpload {
                 "content hash mismatch: the header announced {hash}, the content hashes to {got}"
             )));
         }
-        let ChunkedUpload { chunks, .. } = *self;
-        Ok(Box::new(ChunkedStaged { hash, size, chunks }))
+        Ok(())
     }
 }
 

@@ -104,6 +104,10 @@ pub(crate) trait ContentUpload: Send + Debug {
     /// (`CONTENT_MISMATCH` otherwise, and nothing is kept): the content is
     /// staged, not yet visible.
     async fn complete(self: Box<Self>, hash: ContentHash, size: u64) -> Result<Box<dyn StagedContent>>;
+
+    /// Gives the upload up, leaving nothing once this returns (dropping it
+    /// leaves nothing too, but may finish the cleanup in the background).
+    async fn abort(self: Box<Self>) {}
 }
 
 /// Checked content waiting to be put in place. Dropped, it is discarded.
