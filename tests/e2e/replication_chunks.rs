@@ -395,6 +395,7 @@ async fn content_sent_as_runs_that_do_not_rebuild_it_is_refused_and_nothing_is_a
             bytes: Vec::new(),
         },
     ];
+    let stored = stored_content_of(&replica.url(), &Security::none()).await;
     for forged in cases {
         let what = forged.what;
         let refusal = forge(&replica, &status, "big.bin", &v2, forged).await;
@@ -404,6 +405,8 @@ async fn content_sent_as_runs_that_do_not_rebuild_it_is_refused_and_nothing_is_a
         let head = admin.status(pb::StatusRequest::default()).await.unwrap().into_inner().head_seq;
         assert_eq!(head, 1, "{what}: nothing of the change is applied");
         assert!(replica.download("big.bin").await == v1, "{what}: the replica's copy is untouched");
+        let now = stored_content_of(&replica.url(), &Security::none()).await;
+        assert_eq!(now, stored, "{what}: no chunk of it is left behind");
     }
     replica.stop().await;
 }

@@ -463,9 +463,18 @@ async fn receive_runs(
         | Error::InvalidArgument(why) => unknown(why),
         e => e,
     };
-    if let Some(why) = rebuilt.await.map_err(base_failed)? {
-        receiver.abort().await;
-        return Ok(Received::Lost(why));
+    // Whatever ends it early, the new chunks it wrote go before the
+    // primary hears why.
+    match rebuilt.await {
+        Ok(None) => {}
+        Ok(Some(why)) => {
+            receiver.abort().await;
+            return Ok(Received::Lost(why));
+        }
+        Err(e) => {
+            receiver.abort().await;
+            return Err(base_failed(e));
+        }
     }
     let staged = receiver.finish(content.hash, content.size).await.map_err(base_failed)?;
     Ok(Received::Whole(staged))
