@@ -247,33 +247,49 @@ pub(crate) async fn send_runs_as<M>(
     sent: &prometheus::IntCounter,
 ) -> Result<Sent> {
     let (runs_msg, chunk_msg) = framing;
-    let send = |msg| async move { tx.send(msg).await.is_ok() };
     for batch in runs.chunks(MAX_RUNS_PER_MESSAGE) {
         let message = pb::ChunkRuns { runs: batch.iter().map(|r| pb::ChunkRun::from(*r)).collect() };
-        if !send(runs_msg(message)).await {
+        if tx.send(runs_msg(message)).await.is_err() {
             return Ok(Sent::Closed);
         }
-        let mut out = Vec::new();
-        for run in batch {
-            let Run::New(c) = run else { continue };
-            let Some(mut reader) = store.content_reader(&c.hash, u64::from(c.size)).await? else {
-                return Err(Error::DataLoss(format!("chunk {} is missing from the store", c.hash)));
-            };
-            while let Some(piece) = reader.next_chunk(MAX_CHUNK - out.len()).await? {
-                out.extend_from_slice(&piece);
-                if out.len() == MAX_CHUNK {
-                    sent.inc_by(out.len() as u64);
-                    if !send(chunk_msg(std::mem::take(&mut out))).await {
-                        return Ok(Sent::Closed);
-                    }
+        let new: Vec<ChunkRef> =
+            batch.iter().filter_map(|r| if let Run::New(c) = r { Some(*c) } else { None }).collect();
+        if send_chunks_as(store, &new, tx, &chunk_msg, sent).await? == Sent::Closed {
+            return Ok(Sent::Closed);
+        }
+    }
+    Ok(Sent::Whole)
+}
+
+/// Sends the bytes of `chunks`, read verified from the store, concatenated
+/// in chunk messages of at most [`MAX_CHUNK`] bytes made by `chunk_msg`,
+/// counted in `sent`.
+pub(crate) async fn send_chunks_as<M>(
+    store: &Store,
+    chunks: &[ChunkRef],
+    tx: &mpsc::Sender<M>,
+    chunk_msg: &impl Fn(Vec<u8>) -> M,
+    sent: &prometheus::IntCounter,
+) -> Result<Sent> {
+    let mut out = Vec::new();
+    for c in chunks {
+        let Some(mut reader) = store.content_reader(&c.hash, u64::from(c.size)).await? else {
+            return Err(Error::DataLoss(format!("chunk {} is missing from the store", c.hash)));
+        };
+        while let Some(piece) = reader.next_chunk(MAX_CHUNK - out.len()).await? {
+            out.extend_from_slice(&piece);
+            if out.len() == MAX_CHUNK {
+                sent.inc_by(out.len() as u64);
+                if tx.send(chunk_msg(std::mem::take(&mut out))).await.is_err() {
+                    return Ok(Sent::Closed);
                 }
             }
         }
-        if !out.is_empty() {
-            sent.inc_by(out.len() as u64);
-            if !send(chunk_msg(out)).await {
-                return Ok(Sent::Closed);
-            }
+    }
+    if !out.is_empty() {
+        sent.inc_by(out.len() as u64);
+        if tx.send(chunk_msg(out)).await.is_err() {
+            return Ok(Sent::Closed);
         }
     }
     Ok(Sent::Whole)
