@@ -1235,6 +1235,7 @@ mod tests {
             content_lost: false,
             // At its largest: a file's content sent against a base.
             runs_base: change.entry().map(|_| vec![0; 32]).unwrap_or_default(),
+            by_list: change.entry().is_some(),
         };
         pb::ReplicateRequest { msg: Some(pb::replicate_request::Msg::Change(header)) }
     }

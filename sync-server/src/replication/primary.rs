@@ -5,9 +5,11 @@
 //!
 //! Content larger than one chunk that replaced the path's previous content
 //! goes as runs against that content when the replica holds it
-//! ([`delta_base`]): only the new chunks' bytes cross the link. A replica
-//! that cannot rebuild it refuses the stream with `unknown-base`; the
-//! changes sent so far as runs then go plain when they are sent again.
+//! ([`delta_base`]); other content larger than one chunk goes by its chunk
+//! list, the replica answering which chunks it lacks ([`by_list`]): either
+//! way only the chunks it lacks cross the link. A replica that cannot
+//! rebuild it refuses the stream with `unknown-base`; the changes sent so
+//! far as runs or lists then go plain when they are sent again.
 
 use std::{
     collections::HashSet,
@@ -22,7 +24,7 @@ use prometheus::IntCounter;
 use syncstore::connect::Credentials;
 use syncstore::{
     Backoff, ContentHash, Reason,
-    chunks::{Run, WHOLE_MAX},
+    chunks::{ChunkRef, MAX_RUNS_PER_MESSAGE, Run, WHOLE_MAX},
     limits::MAX_MESSAGE,
     pb::{self, replicate_request, replicate_response, replication_client::ReplicationClient},
 };
@@ -82,7 +84,7 @@ struct Shared {
     degraded: AtomicBool,
     link: Mutex<Link>,
     metrics: ReplicationMetrics,
-    /// The highest seq whose content went as runs.
+    /// The highest seq whose content went as runs or by its list.
     last_runs: std::sync::atomic::AtomicU64,
 }
 
@@ -112,7 +114,8 @@ struct Link {
     last_lost: String,
     lost: u64,
     /// Changes up to this seq go with plain content: the replica refused a
-    /// change sent as runs at or before it (it lacks the base).
+    /// change sent as runs or by its list at or before it (it could not
+    /// rebuild it from what it holds).
     plain_through: u64,
 }
 
@@ -396,8 +399,8 @@ impl ReplicationHandle {
     }
 
     /// The replica refused the stream with `status`: if because it cannot
-    /// rebuild content sent as runs (`unknown-base`), every change sent as
-    /// runs so far goes plain from the next session on.
+    /// rebuild content sent as runs or by its list (`unknown-base`), every
+    /// change sent so so far goes plain from the next session on.
     fn refused(&self, status: &tonic::Status) -> Error {
         if Reason::of(status) == Some(Reason::UnknownBase) {
             let through = self.inner.last_runs.load(Ordering::Relaxed);
@@ -521,8 +524,10 @@ async fn stream_once(
     // is gone, even if the connection looks open (a silent network).
     let silence_limit = (ready.heartbeat_interval_ms > 0)
         .then(|| Duration::from_millis(ready.heartbeat_interval_ms) * MISSED_HEARTBEATS);
-    // Acknowledgements come back on their own task.
+    // Acknowledgements come back on their own task, and the chunks a
+    // replica wants of a change sent by its list.
     let (processed_tx, processed) = watch::channel(0u64);
+    let (wants_tx, wants) = mpsc::channel(1);
     let acks = {
         let (handle, store) = (handle.clone(), store.clone());
         async move {
@@ -540,16 +545,27 @@ async fn stream_once(
                 let Some(resp) = resp.map_err(|s| handle.refused(&s))? else {
                     return Err::<(), _>(Error::Unavailable("the replica closed the stream".into()));
                 };
-                if let Some(replicate_response::Msg::Ack(ack)) = resp.msg {
-                    handle.ack(ack.acked_seq, store.head());
-                    let _ = processed_tx.send(ack.processed);
+                match resp.msg {
+                    Some(replicate_response::Msg::Ack(ack)) => {
+                        handle.ack(ack.acked_seq, store.head());
+                        let _ = processed_tx.send(ack.processed);
+                    }
+                    // The sender waits for it: one at a time.
+                    Some(replicate_response::Msg::Wants(w)) => wants_tx.try_send(w).map_err(|_| {
+                        Error::Unavailable("the replica named chunks it wants unasked".into())
+                    })?,
+                    _ => {}
                 }
             }
         }
     };
     let stop = shutdown.child_token();
     let window = Window { sent: Arc::new(std::sync::atomic::AtomicU64::new(0)), processed };
-    let copies = Copies { since: Arc::new(ready.applied_seq.into()), hollow: Arc::default() };
+    let copies = Copies {
+        since: Arc::new(ready.applied_seq.into()),
+        hollow: Arc::default(),
+        wants: Arc::new(tokio::sync::Mutex::new(wants)),
+    };
     let send = async {
         let failed = Arc::new(Mutex::new(None));
         feed::follow(store, ready.applied_seq, None, &stop, |item| {
@@ -664,6 +680,8 @@ struct Copies {
     /// went without its content (replaced or lost by then): the replica
     /// holds no copy of it to rebuild from.
     hollow: Arc<Mutex<HashSet<(String, String)>>>,
+    /// The replica's answers to changes sent by their list.
+    wants: Arc<tokio::sync::Mutex<mpsc::Receiver<pb::ChunkWants>>>,
 }
 
 impl Copies {
@@ -691,6 +709,18 @@ impl Copies {
 
     fn hollow(&self) -> MutexGuard<'_, HashSet<(String, String)>> {
         self.hollow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The chunks of `list` (change `seq`'s) the replica wants, once it
+    /// answers.
+    async fn wanted(&self, seq: u64, list: &[ChunkRef]) -> Result<Vec<ChunkRef>> {
+        let wants = self.wants.lock().await.recv().await.ok_or_else(closed)?;
+        let bad =
+            || Error::Unavailable(format!("the replica's answer to change {seq}'s chunk list is malformed"));
+        if wants.seq != seq || !wants.missing.is_sorted_by(|a, b| a < b) {
+            return Err(bad());
+        }
+        wants.missing.iter().map(|&i| list.get(i as usize).copied().ok_or_else(bad)).collect()
     }
 }
 
@@ -755,6 +785,24 @@ async fn delta_base(
     Ok(Some((base, runs)))
 }
 
+/// The chunk list to send a put's content by, if it can go so: content
+/// larger than one chunk, not refused as runs or a list before, stored as
+/// chunks here. The replica then names the chunks it lacks: those of an
+/// earlier version it still holds, or of any other content, do not cross
+/// the link.
+async fn by_list(
+    store: &Store,
+    handle: &ReplicationHandle,
+    entry: &syncstore::Entry,
+    seq: u64,
+) -> Result<Option<Vec<ChunkRef>>> {
+    let Some(content) = entry.content else { return Ok(None) };
+    if content.size <= WHOLE_MAX || handle.plain(seq) {
+        return Ok(None);
+    }
+    Ok(store.recipe(&content.hash).await?.map(|r| r.list))
+}
+
 /// Sends one change and, for a live file whose content is still kept, the
 /// content right after it: as runs against the replica's copy of the
 /// path's previous content when it can ([`delta_base`]; `copies` is `None`
@@ -784,6 +832,7 @@ async fn send_change(
             lock,
             content_lost: false,
             runs_base: Vec::new(),
+            by_list: false,
         };
         return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
     };
@@ -796,6 +845,10 @@ async fn send_change(
         (Source::Blob(_), Some(copies)) => delta_base(store, handle, copies, &namespace, &entry, seq).await?,
         _ => None,
     };
+    let list = match (&source, copies, &delta) {
+        (Source::Blob(_), Some(_), None) => by_list(store, handle, &entry, seq).await?,
+        _ => None,
+    };
     let header = pb::ReplicatedChange {
         seq,
         namespace: namespace.clone(),
@@ -805,19 +858,30 @@ async fn send_change(
         lock: None,
         content_lost: matches!(source, Source::Lost(_)),
         runs_base: delta.as_ref().map(|(base, _)| base.as_bytes().to_vec()).unwrap_or_default(),
+        by_list: list.is_some(),
     };
     tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed())?;
     let with_content = matches!(source, Source::Blob(_));
     if let Source::Blob(reader) = source {
         let counter = &handle.inner.metrics.content_sent;
-        let sent = match delta {
-            Some((_, list)) => {
+        let chunk_msg = |c| msg(replicate_request::Msg::Chunk(c));
+        let sent = match (delta, list, copies) {
+            (Some((_, runs)), _, _) => {
                 handle.inner.last_runs.fetch_max(seq, Ordering::Relaxed);
-                let framing =
-                    (|r| msg(replicate_request::Msg::Runs(r)), |c| msg(replicate_request::Msg::Chunk(c)));
-                runs::send_runs_as(store, list, tx, framing, counter).await
+                let framing = (|r| msg(replicate_request::Msg::Runs(r)), chunk_msg);
+                runs::send_runs_as(store, runs, tx, framing, counter).await
             }
-            None => {
+            (None, Some(list), Some(copies)) => {
+                handle.inner.last_runs.fetch_max(seq, Ordering::Relaxed);
+                for batch in list.chunks(MAX_RUNS_PER_MESSAGE) {
+                    let runs = batch.iter().map(|c| pb::ChunkRun::from(Run::New(*c))).collect();
+                    let runs = msg(replicate_request::Msg::Runs(pb::ChunkRuns { runs }));
+                    tx.send(runs).await.map_err(|_| closed())?;
+                }
+                let wanted = copies.wanted(seq, &list).await?;
+                runs::send_chunks_as(store, &wanted, tx, &chunk_msg, counter).await
+            }
+            _ => {
                 let counter = counter.clone();
                 let chunk = move |c: Vec<u8>| {
                     counter.inc_by(c.len() as u64);
