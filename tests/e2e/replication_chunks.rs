@@ -461,3 +461,100 @@ async fn content_sent_as_runs_that_do_not_rebuild_it_is_refused_and_nothing_is_a
     }
     replica.stop().await;
 }
+
+/// A replica of an older release: it announces no `takes_chunks`, keeps
+/// the change headers it gets and counts the content bytes, and
+/// acknowledges every change at once.
+#[derive(Clone, Default)]
+struct OlderReplica {
+    changes: std::sync::Arc<std::sync::Mutex<Vec<pb::ReplicatedChange>>>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl pb::replication_server::Replication for OlderReplica {
+    type ReplicateStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::ReplicateResponse, tonic::Status>> + Send>,
+    >;
+
+    async fn replicate(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::ReplicateRequest>>,
+    ) -> Result<tonic::Response<Self::ReplicateStream>, tonic::Status> {
+        use pb::{replicate_request::Msg, replicate_response::Msg as Answer};
+        let mut incoming = request.into_inner();
+        let Some(pb::ReplicateRequest { msg: Some(Msg::Hello(hello)) }) = incoming.message().await? else {
+            return Err(tonic::Status::invalid_argument("no hello"));
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let ready = pb::ReplicaReady {
+            history_id: hello.history_id,
+            applied_seq: 0,
+            epoch: hello.epoch,
+            heartbeat_interval_ms: 0,
+            takes_chunks: false,
+        };
+        tx.send(Ok(pb::ReplicateResponse { msg: Some(Answer::Ready(ready)) })).await.unwrap();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut processed = 0;
+            while let Ok(Some(message)) = incoming.message().await {
+                match message.msg {
+                    Some(Msg::Change(c)) => {
+                        processed += 1;
+                        let ack = pb::ReplicaAck { acked_seq: c.seq, processed };
+                        this.changes.lock().unwrap().push(c);
+                        let _ = tx.send(Ok(pb::ReplicateResponse { msg: Some(Answer::Ack(ack)) })).await;
+                    }
+                    Some(Msg::Chunk(c)) => {
+                        this.bytes.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_an_older_release_gets_every_content_plain() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let older = OlderReplica::default();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::replication_server::ReplicationServer::new(older.clone()))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop.clone().cancelled_owned(),
+            ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path().join("primary"));
+    config.replica = Some(ReplicaConfig {
+        url,
+        mode: Mode::Async,
+        timeout: Duration::from_secs(5),
+        on_timeout: OnTimeout::Fail,
+        security: Security::none(),
+    });
+    let primary = Metered::start(config, TcpListener::bind("127.0.0.1:0").await.unwrap()).await;
+
+    let v1 = random_bytes(SIZE, 70);
+    let version = put(&primary, "big.bin", &v1, 0).await;
+    put(&primary, "copy.bin", &v1, 0).await;
+    put(&primary, "big.bin", &overwritten(&v1, SIZE / 2, 4096, 71), version).await;
+    eventually("the three changes reach it", || older.changes.lock().unwrap().len() == 3).await;
+    eventually("their content reaches it", || {
+        older.bytes.load(std::sync::atomic::Ordering::Relaxed) == 3 * SIZE as u64
+    })
+    .await;
+    for c in older.changes.lock().unwrap().iter() {
+        assert!(c.content_follows && c.runs_base.is_empty() && !c.by_list, "sent plain: {c:?}");
+    }
+    primary.stop().await;
+    stop.cancel();
+    serving.await.unwrap().unwrap();
+}

@@ -566,6 +566,7 @@ async fn stream_once(
         hollow: Arc::default(),
         wants: Arc::new(tokio::sync::Mutex::new(wants)),
     };
+    let takes_chunks = ready.takes_chunks;
     let send = async {
         let failed = Arc::new(Mutex::new(None));
         feed::follow(store, ready.applied_seq, None, &stop, |item| {
@@ -574,7 +575,9 @@ async fn stream_once(
             async move {
                 let sent = match item {
                     Item::Change(change) => {
-                        send_change(&store, &handle, &tx, &window, *change, Some(&copies)).await
+                        // An older replica takes every content plain.
+                        let copies = takes_chunks.then_some(&copies);
+                        send_change(&store, &handle, &tx, &window, *change, copies).await
                     }
                     Item::Reset { head } => {
                         let sent = send_snapshot(&store, &handle, &tx, &window, head).await;

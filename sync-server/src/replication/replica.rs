@@ -169,6 +169,7 @@ impl Replication for ReplicationService {
             applied_seq: self.store.head(),
             epoch: self.store.epoch(),
             heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
+            takes_chunks: true,
         };
         tracing::info!(primary = %hello.primary_url, applied = ready.applied_seq, "primary connected");
         tx.send(Ok(response(replicate_response::Msg::Ready(ready)))).await.expect("receiver alive");
