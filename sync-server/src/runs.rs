@@ -165,17 +165,15 @@ impl RunsReceiver {
             self.queue.pop_front();
             let slice = chunks::base_slice(&self.base, first, count)?.to_vec();
             for c in slice {
-                let Some(mut reader) = self.store.content_reader(&c.hash, u64::from(c.size)).await? else {
+                let Some(data) = self.store.read_chunk(&c).await? else {
                     return Err(Error::UnknownBase(format!(
                         "a chunk of the base ({}) is no longer kept here: send the file plain",
                         c.hash
                     )));
                 };
-                while let Some(piece) = reader.next_chunk(MAX_CHUNK).await? {
-                    self.metrics.base_reused_bytes.inc_by(piece.len() as u64);
-                    if !self.write(piece, receiver).await? {
-                        return Ok(false);
-                    }
+                self.metrics.base_reused_bytes.inc_by(data.len() as u64);
+                if !self.write(data, receiver).await? {
+                    return Ok(false);
                 }
             }
         }
@@ -273,11 +271,14 @@ pub(crate) async fn send_chunks_as<M>(
 ) -> Result<Sent> {
     let mut out = Vec::new();
     for c in chunks {
-        let Some(mut reader) = store.content_reader(&c.hash, u64::from(c.size)).await? else {
+        let Some(data) = store.read_chunk(c).await? else {
             return Err(Error::DataLoss(format!("chunk {} is missing from the store", c.hash)));
         };
-        while let Some(piece) = reader.next_chunk(MAX_CHUNK - out.len()).await? {
-            out.extend_from_slice(&piece);
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let (piece, after) = rest.split_at(rest.len().min(MAX_CHUNK - out.len()));
+            out.extend_from_slice(piece);
+            rest = after;
             if out.len() == MAX_CHUNK {
                 sent.inc_by(out.len() as u64);
                 if tx.send(chunk_msg(std::mem::take(&mut out))).await.is_err() {

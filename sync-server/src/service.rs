@@ -384,19 +384,22 @@ impl FileSyncService {
             Some(base) => {
                 let runs = RunsReceiver::new(self.ctx.store.clone(), base, size, self.ctx.metrics.clone());
                 // Never header-only: the runs say what the content is.
-                self.receive_runs(&mut stream, runs, &receiver, &mut pace).await.map(|()| u64::MAX)
+                self.receive_runs(&mut stream, runs, &receiver, &mut pace).await.map(|()| false)
             }
-            None => self.receive_chunks(&mut stream, size, &receiver, &mut pace).await,
+            None => {
+                let chunks = self.receive_chunks(&mut stream, size, &receiver, &mut pace).await;
+                chunks.map(|chunks| chunks == 0 && size > 0)
+            }
         };
-        let chunks = match received {
-            Ok(chunks) => chunks,
+        let header_only = match received {
+            Ok(header_only) => header_only,
             Err(e) => {
-                // The temp file is gone by the time the client hears why.
+                // Nothing received is kept by the time the client hears why.
                 receiver.abort().await;
                 return Err(e);
             }
         };
-        let staged = if chunks == 0 && size > 0 {
+        let staged = if header_only {
             // Header only: reuse content this namespace already refers to
             // (checked again at commit). Content of other namespaces is
             // never offered: reusing it would tell the caller it exists.

@@ -1,8 +1,8 @@
 //! Content on the wire, both ways: [`send_content`] streams stored content
 //! as it is read and verified (Download and the replication sender), and
-//! [`ContentReceiver`] writes received chunks into a new blob and finishes
-//! it verified (Upload and the replica), both through the content store's
-//! traits. The store's work is pipelined with the network; no content is
+//! [`ContentReceiver`] writes received chunks into a new upload of the
+//! store (one blob, or chunk blobs for content over 1 MiB) and finishes it
+//! verified (Upload and the replica), both through the storage's traits. The store's work is pipelined with the network; no content is
 //! ever held whole.
 
 use syncstore::{ContentHash, limits::MAX_CHUNK};

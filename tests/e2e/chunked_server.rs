@@ -255,6 +255,13 @@ async fn an_edit_sent_as_runs_commits_and_comes_back_as_runs() {
     assert!(back == new, "the runs rebuild the new content");
     assert!(wire < 600_000, "{wire} content bytes on the wire");
     assert_eq!(server.metric("content_sent_bytes_total").await - before, wire as u64);
+    // Content the namespace refers to, which the file never replaced: runs
+    // against its chunk list.
+    let sibling = overwritten(&old, 6 * MIB, 50_000, 3);
+    upload(&mut rpc, "sibling.img", &sibling, 0).await.unwrap();
+    let (back, with_runs, wire) = download_against(&mut rpc, "disk.img", &sibling).await;
+    assert!(with_runs && back == new, "runs against a sibling rebuild the new content");
+    assert!(wire < 1_200_000, "{wire} content bytes on the wire");
     // Content the namespace does not refer to gets the plain content.
     let (plain, with_runs, _) = download_against(&mut rpc, "disk.img", b"something else").await;
     assert!(!with_runs && plain == new);

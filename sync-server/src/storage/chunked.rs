@@ -1,13 +1,15 @@
 //! Content larger than one chunk ([`WHOLE_MAX`]) as the journal stores it:
 //! cut by [`Chunker`] as it is received, each chunk an ordinary content of
-//! the [`ContentStore`] named by its own hash (stored once, whoever sends
+//! the [`ContentStore`](super::content::ContentStore) named by its own hash (stored once, whoever sends
 //! it), and the chunk list (the recipe) kept in the metadata with the entry
 //! that first refers to it. The server always cuts what it stores itself,
 //! from the bytes: a client's list is never trusted.
 //!
 //! - [`ChunkedUpload`] cuts, writes each chunk that is not already stored
 //!   good and only holds the others, and checks the whole at `complete`.
-//!   It holds at most one chunk's bytes beyond what it was handed. Every
+//!   It holds at most one chunk's bytes beyond what it was handed, and
+//!   stores each chunk as it is cut (no temp file per chunk waits for the
+//!   commit: a 1 GiB file is 16,000 chunks). Every
 //!   chunk it refers to is held from its check until the commit (or the
 //!   upload's end); when it ends unused, its chunks are handed to garbage
 //!   collection, which removes those nothing refers to.
@@ -36,7 +38,7 @@ pub(crate) fn is_chunked(size: u64) -> bool {
     size > WHOLE_MAX
 }
 
-/// The chunks an upload refers to, and what it wrote.
+/// The chunks an upload refers to, each held.
 #[derive(Debug)]
 struct Chunks {
     store: Store,
@@ -96,20 +98,15 @@ impl Chunks {
             return Ok(());
         }
         self.holds.push(self.store.hold(c.hash).await);
-        let content = self.store.content_store();
-        // Read and hashed: a damaged copy (set aside by the check) is
-        // written again, which heals it.
-        if content.verified_size(&c.hash).await? == Some(u64::from(c.size)) {
-            self.store.counted_deduplicated();
-            return Ok(());
+        // A stored copy is read and hashed: a damaged one (set aside by the
+        // check) is written again, which heals it.
+        match self.store.content_store().put_whole(c.hash, chunk.data).await? {
+            None => self.store.counted_deduplicated(),
+            Some(durability) => {
+                self.pending |= durability == Durability::Pending;
+                self.store.counted_stored();
+            }
         }
-        let mut upload = content.upload().await?;
-        upload.write(chunk.data).await?;
-        let staged = upload.complete(c.hash, u64::from(c.size)).await?;
-        if staged.place().await? == Durability::Pending {
-            self.pending = true;
-        }
-        self.store.counted_stored();
         Ok(())
     }
 }
@@ -229,10 +226,12 @@ pub(crate) struct ChunkedReader {
     hash: ContentHash,
     size: u64,
     list: Vec<ChunkRef>,
-    /// The next chunk of `list` to open.
+    /// The next chunk of `list` to read.
     next: usize,
-    /// The chunk being read.
-    current: Option<Box<dyn ContentReader>>,
+    /// The chunk being handed out (read whole and verified), and how much
+    /// of it went.
+    current: Vec<u8>,
+    at: usize,
     whole: blake3::Hasher,
     read: u64,
     /// A piece read and not handed out yet: the last piece waits for the
@@ -250,7 +249,8 @@ impl ChunkedReader {
             size,
             list,
             next: 0,
-            current: None,
+            current: Vec::new(),
+            at: 0,
             whole: blake3::Hasher::new(),
             read: 0,
             held: None,
@@ -258,33 +258,35 @@ impl ChunkedReader {
         }
     }
 
-    /// The next piece of at most `max` bytes across the chunks, each
-    /// verified by the content store; `None` after the last.
+    /// The next piece of at most `max` bytes, within one chunk; each chunk
+    /// is read whole (at most [`syncstore::chunks::CDC_MAX`] bytes) and
+    /// verified by the content store, in one trip. `None` after the last.
     async fn read_piece(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
-        loop {
-            if let Some(current) = &mut self.current {
-                if let Some(piece) = current.next_chunk(max).await? {
-                    if !piece.is_empty() {
-                        self.whole.update(&piece);
-                        self.read += piece.len() as u64;
-                        return Ok(Some(piece));
-                    }
-                    continue;
-                }
-                self.current = None;
-            }
+        while self.at == self.current.len() {
             let Some(c) = self.list.get(self.next).copied() else { return Ok(None) };
             self.next += 1;
-            match self.store.content_store().get(&c.hash, u64::from(c.size)).await? {
-                Some(reader) => self.current = Some(reader),
-                None => {
-                    return Err(Error::DataLoss(format!(
-                        "chunk {} of the content {} is missing from the store",
-                        c.hash, self.hash
-                    )));
-                }
-            }
+            let Some(data) = self.store.content_store().read_whole(&c.hash, u64::from(c.size)).await? else {
+                return Err(Error::DataLoss(format!(
+                    "chunk {} of the content {} is missing from the store",
+                    c.hash, self.hash
+                )));
+            };
+            (self.current, self.at) = (data, 0);
         }
+        let piece = if self.at == 0 && self.current.len() <= max {
+            std::mem::take(&mut self.current)
+        } else {
+            let end = self.current.len().min(self.at + max);
+            let piece = self.current[self.at..end].to_vec();
+            self.at = end;
+            piece
+        };
+        if self.current.is_empty() {
+            self.at = 0;
+        }
+        self.whole.update(&piece);
+        self.read += piece.len() as u64;
+        Ok(Some(piece))
     }
 }
 

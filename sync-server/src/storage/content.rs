@@ -49,6 +49,33 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
     /// damaged.
     async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>>;
 
+    /// Stores small content given whole (a chunk of larger content) unless
+    /// a good copy is stored already: `None` when one was (nothing is
+    /// written; a damaged copy is set aside and replaced), else how durable
+    /// the new copy is. A blocking backend does it in one trip.
+    async fn put_whole(&self, hash: ContentHash, data: Vec<u8>) -> Result<Option<Durability>> {
+        let size = data.len() as u64;
+        if self.verified_size(&hash).await? == Some(size) {
+            return Ok(None);
+        }
+        let mut upload = self.upload().await?;
+        upload.write(data).await?;
+        Ok(Some(upload.complete(hash, size).await?.place().await?))
+    }
+
+    /// Reads small stored content (a chunk of larger content) whole and
+    /// verified: `None` when it is not stored, `DATA_LOSS` when it was
+    /// found damaged (and set aside). A blocking backend does it in one
+    /// trip.
+    async fn read_whole(&self, hash: &ContentHash, size: u64) -> Result<Option<Vec<u8>>> {
+        let Some(mut reader) = self.get(hash, size).await? else { return Ok(None) };
+        let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        while let Some(piece) = reader.next_chunk(usize::try_from(size).unwrap_or(usize::MAX).max(1)).await? {
+            out.extend_from_slice(&piece);
+        }
+        Ok(Some(out))
+    }
+
     /// The stored size of content `hash`, if it is stored (and not set
     /// aside as damaged).
     async fn head(&self, hash: &ContentHash) -> Result<Option<u64>>;

@@ -292,6 +292,13 @@ impl Store {
         Ok(true)
     }
 
+    /// One chunk of content stored as chunks, read whole and verified in
+    /// one go: `None` when it is not stored, `DATA_LOSS` when it was found
+    /// damaged (and set aside).
+    pub(crate) async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Option<Vec<u8>>> {
+        self.inner.content.read_whole(&chunk.hash, u64::from(chunk.size)).await
+    }
+
     /// The recipe of content `hash`, if it is stored as chunks.
     pub(crate) async fn recipe(&self, hash: &ContentHash) -> Result<Option<Recipe>> {
         self.inner.meta.recipe(hash).await
@@ -376,6 +383,9 @@ impl Store {
         }
         if let Some(list) = recipe {
             let size = list.iter().map(|c| u64::from(c.size)).sum();
+            // Metadata is written under the writer lock, never beside a
+            // commit's open transaction.
+            let _w = self.inner.writer.lock().await;
             self.inner.meta.put_recipe(Recipe { hash, size, list, prev: None }).await?;
         }
         Ok(())
@@ -747,13 +757,18 @@ impl Store {
         hashes.dedup();
         let unreferenced = self.inner.meta.unreferenced(hashes).await?;
         // A held content keeps its recipe: the upload holding it commits
-        // the same content, and holds its chunks too.
-        let unheld: Vec<ContentHash> = {
+        // the same content, and holds its chunks too. Content stored whole
+        // (every small file) costs no further trip.
+        let with_recipes: Vec<ContentHash> = {
             let holds = lock(&self.inner.holds);
-            unreferenced.iter().filter(|h| !holds.placing.contains_key(h)).copied().collect()
+            let unheld = unreferenced.iter().filter(|(h, _)| !holds.placing.contains_key(h));
+            unheld.filter(|(_, recipe)| *recipe).map(|(h, _)| *h).collect()
         };
-        let chunks = self.inner.meta.drop_recipes(unheld).await?;
-        for hash in unreferenced {
+        let chunks = match with_recipes.is_empty() {
+            true => Vec::new(),
+            false => self.inner.meta.drop_recipes(with_recipes).await?,
+        };
+        for (hash, _) in unreferenced {
             if let Err(e) = self.remove_content(hash).await {
                 tracing::warn!(%hash, error = %e, "could not remove unreferenced content");
             }
@@ -763,7 +778,7 @@ impl Store {
         }
         let mut removed = 0usize;
         for page in chunks.chunks(PAGE_SIZE) {
-            for hash in self.inner.meta.unreferenced(page.to_vec()).await? {
+            for (hash, _) in self.inner.meta.unreferenced(page.to_vec()).await? {
                 if self.remove_content(hash).await? {
                     removed += 1;
                 }
@@ -1229,7 +1244,7 @@ impl Store {
         let mut removed = 0usize;
         let all = self.inner.content.list().await?;
         for page in all.chunks(PAGE_SIZE) {
-            for hash in self.inner.meta.unreferenced(page.to_vec()).await? {
+            for (hash, _) in self.inner.meta.unreferenced(page.to_vec()).await? {
                 if self.remove_content(hash).await? {
                     removed += 1;
                 }

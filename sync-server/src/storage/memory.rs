@@ -246,9 +246,9 @@ impl MetaStore for MemoryMeta {
         Ok(before - s.log.len())
     }
 
-    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<(ContentHash, bool)>> {
         let s = self.state();
-        Ok(hashes.into_iter().filter(|h| !s.referenced(h)).collect())
+        Ok(hashes.into_iter().filter(|h| !s.referenced(h)).map(|h| (h, s.recipes.contains_key(&h))).collect())
     }
 
     async fn recipe(&self, hash: &ContentHash) -> Result<Option<Recipe>> {

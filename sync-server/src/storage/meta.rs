@@ -131,23 +131,26 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     async fn trim_log(&self, keep_from: u64, head: u64) -> Result<usize>;
 
     /// Those of `hashes` that no live entry (of any namespace) refers to
-    /// and that are no chunk of any recipe.
-    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>>;
+    /// and that are no chunk of any recipe, each with whether it has a
+    /// recipe of its own (looked up in the same trip).
+    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<(ContentHash, bool)>>;
 
     /// The recipe of content `hash`, if one is kept.
     async fn recipe(&self, hash: &ContentHash) -> Result<Option<Recipe>>;
 
     /// Removes the recipes of `hashes` (those that have one), in one
     /// transaction; returns the distinct chunks they listed. The journal
-    /// calls it only for content no live entry refers to.
+    /// calls it under its writer lock, only for content no live entry
+    /// refers to.
     async fn drop_recipes(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>>;
 
     /// The contents whose recipe is kept though no live entry refers to
     /// them (what a crash or a full resync can leave).
     async fn orphan_recipes(&self) -> Result<Vec<ContentHash>>;
 
-    /// Stores a recipe outside any commit (a repair's), keeping one that is
-    /// there.
+    /// Stores a recipe outside any commit (a repair's, a snapshot's),
+    /// keeping one that is there. The journal calls it under its writer
+    /// lock, as every write.
     async fn put_recipe(&self, recipe: Recipe) -> Result<()>;
 
     /// The live files (namespace, path) whose content is `hash`.

@@ -692,6 +692,47 @@ async fn chunked_content_survives_restarts_replication_and_snapshots(b: Backend)
     assert_eq!(read_back(&r, &ContentHash::of(&other), other.len() as u64).await, other);
 }
 
+/// Large content stored whole, as releases before chunk storage did (a
+/// blob named by the file hash, no recipe), keeps working: it reads back
+/// and verifies, a header-only upload may reuse it, it is no base for runs
+/// (it has no recipe), and replacing it removes its blob.
+async fn large_content_stored_whole_by_an_earlier_release_keeps_working(b: Backend) {
+    use super::Replicated;
+    let (f, s) = b.store().await;
+    let old = noise(3 * 1024 * 1024, "old release");
+    let hash = ContentHash::of(&old);
+    // The blob as the earlier release wrote it, and its entry.
+    let mut up = f.content.upload().await.unwrap();
+    up.write(old.clone()).await.unwrap();
+    let _ = up.complete(hash, old.len() as u64).await.unwrap().place().await.unwrap();
+    let entry = syncstore::Entry {
+        path: path("vm.img"),
+        version: 1,
+        content: Some(content(&old)),
+        client_id: "c".into(),
+    };
+    let change = Change::file(NS, entry);
+    s.apply_replicated_batch(vec![Replicated { change, staged: None, content_gone: false }]).await.unwrap();
+    let s = f.open().await;
+    assert_eq!(stored(&s).await, vec![hash], "the whole blob is kept as it is");
+    assert!(s.recipe(&hash).await.unwrap().is_none());
+    assert_eq!(read_back(&s, &hash, old.len() as u64).await, old);
+    assert_eq!(s.verify_blob(&hash, old.len() as u64).await.unwrap(), super::Verdict::Good);
+    assert_eq!(s.verified_size(&hash, old.len() as u64).await.unwrap(), Some(old.len() as u64));
+    assert!(s.has_blob(&hash).await.unwrap());
+    s.commit_reused(NS, put("copy.img", &old, 0, "c", 0)).await.unwrap();
+
+    // Replaced at both paths by new content: stored as chunks, and the
+    // whole blob goes.
+    let new = noise(3 * 1024 * 1024, "new release");
+    let v1 = s.stat(NS, &path("vm.img")).await.unwrap().unwrap().version;
+    let v2 = s.stat(NS, &path("copy.img")).await.unwrap().unwrap().version;
+    send(&s, put("vm.img", &new, v1, "c", 0), &new).await.unwrap();
+    assert!(stored(&s).await.contains(&hash), "still referred to by copy.img");
+    s.commit_delete(NS, delete("copy.img", v2, "c", 0)).await.unwrap();
+    assert_eq!(stored(&s).await, distinct([&chunks_of(&new)[..]]));
+}
+
 /// Instantiates every suite test for each backend.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -733,6 +774,7 @@ suite!(
     large_files_store_shared_chunks_once_and_lose_only_their_own,
     a_chunk_an_upload_holds_survives_a_concurrent_removal,
     chunked_content_survives_restarts_replication_and_snapshots,
+    large_content_stored_whole_by_an_earlier_release_keeps_working,
 );
 
 /// The embedded backend's own: a small blob is synced (one `syncfs`) before

@@ -271,12 +271,13 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
-    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<(ContentHash, bool)>> {
         self.read(move |c| {
             let mut out = Vec::new();
+            let mut has_recipe = c.prepare_cached("SELECT 1 FROM recipes WHERE hash = ?1")?;
             for hash in hashes {
                 if !content_referenced(c, &hash)? {
-                    out.push(hash);
+                    out.push((hash, has_recipe.exists([hash.as_bytes().as_slice()])?));
                 }
             }
             Ok(out)
