@@ -98,11 +98,11 @@ fn upload(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {
-                let base = UploadBase { version, lock_token: 0, reuse: false };
-                let (entry, sent) =
+                let base = UploadBase { version, lock_token: 0, reuse: false, chunks: None };
+                let up =
                     rt.block_on(transfer::upload(&remote, &folder, &path, expected, base)).expect("upload");
-                assert!(sent);
-                version = entry.version;
+                assert!(up.sent);
+                version = up.entry.version;
             })
         });
     }

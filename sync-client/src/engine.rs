@@ -815,9 +815,13 @@ mod tests {
             engine::Engine,
             execute::{Executor, FollowUp, FollowUps},
             folder::Folder,
+            metrics::ClientMetrics,
             plan::Action,
             planner::{PlanAll, Planner, RemoteView},
-            remote::{Remote, RemoteEvent, memory::MemoryRemote},
+            remote::{
+                Remote, RemoteEvent,
+                memory::{BadRuns, MemoryRemote},
+            },
             state::State,
         };
 
@@ -962,6 +966,204 @@ mod tests {
             assert_eq!(copy_of(&files, "a"), b"written here mid-download", "the local write survives");
             assert_eq!(c.server.files(), files);
             assert!(!c.engine.has_failures());
+        }
+
+        /// `n` bytes of seeded random content.
+        fn random(n: usize, seed: u64) -> Vec<u8> {
+            use rand::{Rng, SeedableRng, rngs::StdRng};
+            let mut data = vec![0; n];
+            StdRng::seed_from_u64(seed).fill(&mut data[..]);
+            data
+        }
+
+        /// A file of several chunks, and the same with `edit` written over
+        /// it at its middle.
+        fn large_and_edited(edit: &[u8]) -> (Vec<u8>, Vec<u8>) {
+            let data = random(4 * 1024 * 1024, 7);
+            let mut edited = data.clone();
+            let mid = data.len() / 2;
+            edited[mid..mid + edit.len()].copy_from_slice(edit);
+            (data, edited)
+        }
+
+        /// At most this many bytes travel for a small edit of a large file:
+        /// the few chunks around it (chunks are at most 256 KiB).
+        const DELTA_BOUND: u64 = 600 * 1024;
+
+        /// A client of `server` whose metrics the test reads.
+        fn client_with_metrics(server: &MemoryRemote) -> (Client, ClientMetrics) {
+            let metrics = ClientMetrics::new();
+            let mut c = Client::new(server);
+            let state = c.engine.state().clone();
+            c.engine =
+                Engine::new(Folder::open(&c.root).unwrap(), state, Arc::new(c.server.clone()), "host".into())
+                    .with_metrics(metrics.clone());
+            (c, metrics)
+        }
+
+        /// The downloads staged and not cleared in the client's temp folder.
+        fn staged(c: &Client) -> Vec<String> {
+            fs::read_dir(c.root.join(STATE_DIR_NAME).join("tmp"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        }
+
+        #[tokio::test]
+        async fn an_edit_of_a_large_file_goes_up_as_runs_and_comes_down_from_local_chunks() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            let (mut c, metrics) = client_with_metrics(&server);
+            let (data, edited) = large_and_edited(b"an edit in the middle of a large file");
+            c.write("big.bin", &data);
+            c.engine.full_sync().await.unwrap();
+            assert_eq!(server.wire_bytes().0, data.len() as u64, "the first upload is plain");
+            let known = |c: &Client, content: &[u8]| {
+                c.engine.state().chunk_list(&syncstore::ContentHash::of(content)).unwrap().is_some()
+            };
+            assert!(known(&c, &data), "the list of what was uploaded is kept");
+
+            c.write("big.bin", &edited);
+            c.engine.full_sync().await.unwrap();
+            let up = server.wire_bytes().0 - data.len() as u64;
+            assert!(up > 0 && up <= DELTA_BOUND, "{up} bytes sent for the edit");
+            assert_eq!(metrics.content_sent_bytes.get(), data.len() as u64 + up);
+            assert!(server.content("big.bin").unwrap() == edited, "the edit arrived");
+            assert!(known(&c, &edited) && !known(&c, &data), "the new list replaces the old");
+
+            // Another client edits it again: it comes down as runs.
+            let mut again = edited.clone();
+            again.splice(1000..1000, b"inserted near the start".iter().copied());
+            other.put("big.bin", &again);
+            c.engine.full_sync().await.unwrap();
+            assert!(c.files()["big.bin"] == again, "the insert arrived");
+            let down = server.wire_bytes().1;
+            assert!(down > 0 && down <= DELTA_BOUND, "{down} bytes received for the insert");
+            assert_eq!(metrics.content_received_bytes.get(), down);
+            assert!(metrics.chunks_reused.get() > 10, "{} chunks reused", metrics.chunks_reused.get());
+            assert_eq!(metrics.reused_bytes.get() + down, again.len() as u64);
+            assert!(known(&c, &again));
+            assert!(!c.engine.has_failures());
+        }
+
+        #[tokio::test]
+        async fn an_upload_against_a_base_the_server_cannot_use_goes_plain() {
+            let server = MemoryRemote::new("server");
+            let mut c = Client::new(&server);
+            let (data, edited) = large_and_edited(b"edited after the server lost its lists");
+            c.write("big.bin", &data);
+            c.engine.full_sync().await.unwrap();
+            // As a data folder of an earlier release: content stored whole.
+            server.forget_lists();
+            c.write("big.bin", &edited);
+            c.engine.full_sync().await.unwrap();
+            assert!(server.content("big.bin").unwrap() == edited, "the edit arrived");
+            assert_eq!(server.wire_bytes().0, (data.len() + edited.len()) as u64, "sent whole");
+            assert!(!c.engine.has_failures());
+
+            // The plain upload recorded its list: the next edit goes as runs.
+            let mut third = edited.clone();
+            third.extend_from_slice(b"appended");
+            c.write("big.bin", &third);
+            c.engine.full_sync().await.unwrap();
+            assert!(server.content("big.bin").unwrap() == third, "the append arrived");
+            let up = server.wire_bytes().0 - (data.len() + edited.len()) as u64;
+            assert!(up <= DELTA_BOUND, "{up} bytes sent for an append");
+        }
+
+        #[tokio::test]
+        async fn runs_against_a_list_the_server_does_not_share_fall_back_to_plain() {
+            let server = MemoryRemote::new("server");
+            let mut c = Client::new(&server);
+            let (data, edited) = large_and_edited(b"edited against a wrong list");
+            c.write("big.bin", &data);
+            c.engine.full_sync().await.unwrap();
+            // A list this client recorded that is not the server's cut.
+            let hash = syncstore::ContentHash::of(&data);
+            let mut wrong = c.engine.state().chunk_list(&hash).unwrap().unwrap();
+            wrong.reverse();
+            c.engine.state().set_chunk_list(&hash, &wrong, None).unwrap();
+
+            c.write("big.bin", &edited);
+            c.engine.full_sync().await.unwrap();
+            assert!(server.content("big.bin").unwrap() == edited, "the edit arrived");
+            assert!(!c.engine.has_failures());
+            let sent = server.wire_bytes().0 - data.len() as u64;
+            assert!(sent >= edited.len() as u64, "sent whole after the runs were refused: {sent}");
+        }
+
+        #[tokio::test]
+        async fn a_local_chunk_that_changes_during_a_download_is_not_kept() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            let (mut c, metrics) = client_with_metrics(&server);
+            let (data, edited) = large_and_edited(b"a new version from elsewhere");
+            other.put("big.bin", &data);
+            c.engine.full_sync().await.unwrap();
+            other.put("big.bin", &edited);
+            // Once the download started, a chunk near the end (unchanged in
+            // the new version) changes here, with the file's size and mtime
+            // as they were: only its hash can tell.
+            let target = c.root.join("big.bin");
+            c.server.before_next_download(move || {
+                let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&target).unwrap());
+                let mut bytes = fs::read(&target).unwrap();
+                let end = bytes.len();
+                bytes[end - 100..].copy_from_slice(&[0xee; 100]);
+                fs::write(&target, &bytes).unwrap();
+                filetime::set_file_mtime(&target, mtime).unwrap();
+            });
+            c.engine.full_sync().await.unwrap();
+            assert!(c.files()["big.bin"] == edited, "the server's version, none of the changed bytes");
+            assert!(!c.engine.has_failures());
+            let received = metrics.content_received_bytes.get() - data.len() as u64;
+            assert!(received >= edited.len() as u64, "downloaded whole after the runs: {received} bytes");
+            assert_eq!(metrics.chunks_reused.get(), 0, "nothing kept from the attempt abandoned");
+            assert!(staged(&c).is_empty(), "{:?}", staged(&c));
+        }
+
+        #[tokio::test]
+        async fn bad_runs_from_the_server_leave_the_file_as_it_was() {
+            for bad in [BadRuns::WrongChunk, BadRuns::Short, BadRuns::OutOfBase] {
+                let server = MemoryRemote::new("server");
+                let other = server.as_client("other");
+                let mut c = Client::new(&server);
+                let (data, edited) = large_and_edited(b"a version sent badly");
+                other.put("big.bin", &data);
+                c.engine.full_sync().await.unwrap();
+                let path = syncstore::RelPath::new("big.bin").unwrap();
+                let base = c.engine.state().base(&path).unwrap();
+
+                other.put("big.bin", &edited);
+                server.spoil_runs(Some(bad));
+                c.engine.full_sync().await.unwrap();
+                assert!(c.engine.has_failures(), "{bad:?}: refused");
+                assert!(c.files()["big.bin"] == data, "{bad:?}: the old file is untouched");
+                assert_eq!(c.engine.state().base(&path).unwrap(), base, "{bad:?}");
+                assert!(staged(&c).is_empty(), "{bad:?}: {:?}", staged(&c));
+
+                // An honest answer then puts the new version in place.
+                server.spoil_runs(None);
+                c.engine.full_sync().await.unwrap();
+                assert!(c.files()["big.bin"] == edited, "{bad:?}");
+            }
+        }
+
+        #[tokio::test]
+        async fn runs_not_asked_for_are_refused() {
+            let server = MemoryRemote::new("server");
+            let other = server.as_client("other");
+            let mut c = Client::new(&server);
+            let (data, _) = large_and_edited(b"");
+            other.put("big.bin", &data);
+            server.spoil_runs(Some(BadRuns::Unasked));
+            c.engine.full_sync().await.unwrap();
+            assert!(c.engine.has_failures());
+            assert!(!c.files().contains_key("big.bin"));
+            assert!(staged(&c).is_empty(), "{:?}", staged(&c));
+            server.spoil_runs(None);
+            c.engine.full_sync().await.unwrap();
+            assert!(c.files()["big.bin"] == data, "downloaded once the server answers plain");
         }
 
         /// Everything a look at the folder could change: each file's

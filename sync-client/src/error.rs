@@ -34,6 +34,10 @@ pub enum Error {
     FolderGone(String),
     #[error("the local file changed while it was being read; will retry")]
     ChangedWhileReading,
+    /// A chunk a download copies from the local file no longer matches its
+    /// hash: the download starts over without the local file.
+    #[error("the local file changed while chunks were copied from it")]
+    LocalChunkChanged,
     /// A large transfer stopped because the folder was paused.
     #[error("stopped by a pause; resuming starts it again")]
     Paused,

@@ -14,7 +14,7 @@
 
 use std::{collections::VecDeque, sync::Arc};
 
-use syncstore::{Entry, Lock, RelPath};
+use syncstore::{ContentHash, Entry, Lock, RelPath};
 
 use crate::{
     error::{Error, Result},
@@ -28,7 +28,7 @@ use crate::{
     planner::Planned,
     remote::Remote,
     state::State,
-    transfer::{self, UploadBase},
+    transfer::{self, Have, UploadBase},
 };
 
 /// Files at least this big are first offered to the server by hash alone,
@@ -149,8 +149,15 @@ impl Executor {
             Action::Upload { base_version } => self.upload(p, base_version).await?,
             Action::Download => {
                 let remote = p.remote.as_ref().expect("Download is planned for a server file");
-                self.download(remote, p.local.map(|l| l.meta())).await?;
-                tracing::info!(%path, version = remote.version, why = p.action.describe(), "downloaded");
+                let got = self.download(remote, p.local.map(|l| l.meta()), held(p)).await?;
+                tracing::info!(
+                    %path,
+                    version = remote.version,
+                    received = got.wire_bytes,
+                    reused = got.reused_bytes,
+                    why = p.action.describe(),
+                    "downloaded"
+                );
             }
             _ => unreachable!("only plain transfers run here"),
         }
@@ -161,20 +168,39 @@ impl Executor {
     /// client's lock token, and records the new base.
     async fn upload(&self, p: &Planned, base_version: u64) -> Result<()> {
         let (path, l) = (&p.path, p.local.expect("Upload is planned for a local file"));
+        // A large file synced before goes as runs against what it was, if
+        // this client knows that content's chunk list.
+        let chunks = match p.base {
+            Some(b) if transfer::is_chunked(&l) => self.state.chunk_list(&b.hash)?.map(|list| (b.hash, list)),
+            _ => None,
+        };
         let base = UploadBase {
             version: base_version,
             lock_token: self.locks.token(path),
             reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
+            chunks,
         };
         self.state.note_sent(path, &l.hash)?;
-        let (entry, sent) = transfer::upload(&*self.remote, self.folder.root(), path, l, base).await?;
-        self.state.set_base(path, &local::synced_base(entry.version, l))?;
+        let up = transfer::upload(&*self.remote, self.folder.root(), path, l, base).await?;
+        self.state.set_base(path, &local::synced_base(up.entry.version, l))?;
+        if let Some(list) = &up.chunks {
+            self.state.set_chunk_list(&l.hash, list, p.base.as_ref().map(|b| &b.hash))?;
+        }
         self.state.clear_sent(path)?;
         self.metrics.uploads.inc();
-        if sent {
+        if up.sent {
             self.metrics.upload_bytes.inc_by(l.size);
         }
-        tracing::info!(%path, version = entry.version, size = l.size, why = p.action.describe(), "uploaded");
+        self.metrics.content_sent_bytes.inc_by(up.wire_bytes);
+        tracing::info!(
+            %path,
+            version = up.entry.version,
+            size = l.size,
+            sent = up.wire_bytes,
+            as_runs = up.as_runs,
+            why = p.action.describe(),
+            "uploaded"
+        );
         Ok(())
     }
 
@@ -218,6 +244,7 @@ impl Executor {
                 let remote = p.remote.as_ref().expect("Download is planned for a server file");
                 let remote_folder = remote.content.is_some_and(|c| c.folder);
                 let mut expected = p.local.map(|l| l.meta());
+                let mut have = held(p);
                 match p.local {
                     // Nothing here, or a folder where the server has a file.
                     None => self.make_room(path, follow).await?,
@@ -232,12 +259,20 @@ impl Executor {
                         tokio::task::spawn_blocking(move || delete_local(&folder, &state, &rel, l.meta()))
                             .await??;
                         expected = None;
+                        have = None;
                     }
                     Some(_) => {}
                 }
-                self.download(remote, expected).await?;
+                let got = self.download(remote, expected, have).await?;
                 self.locks.protect(path);
-                tracing::info!(%path, version = remote.version, why, "downloaded");
+                tracing::info!(
+                    %path,
+                    version = remote.version,
+                    received = got.wire_bytes,
+                    reused = got.reused_bytes,
+                    why,
+                    "downloaded"
+                );
             }
             Action::DeleteLocal | Action::Deselect if p.local.is_some_and(|l| l.folder) => {
                 // Only an empty folder goes; one that holds something new
@@ -303,7 +338,7 @@ impl Executor {
                 // The copy is new (a file, or a folder and all in it).
                 follow.push(FollowUp::Local(copy));
                 self.state.remove_base(path)?;
-                self.download(remote, None).await?;
+                self.download(remote, None, None).await?;
                 self.locks.protect(path);
             }
         }
@@ -335,7 +370,7 @@ impl Executor {
         }
         match p.remote.as_ref().filter(|r| !r.is_deleted()) {
             Some(remote) => {
-                self.download(remote, None).await?;
+                self.download(remote, None, None).await?;
                 self.locks.protect(path);
             }
             None => self.state.remove_base(path)?,
@@ -395,18 +430,42 @@ impl Executor {
 
     /// Downloads the server's `remote` (a folder entry: makes the folder)
     /// over the local file, which must still be `expected`, and records the
-    /// base.
-    async fn download(&self, remote: &Entry, expected: Option<Meta>) -> Result<()> {
+    /// base (and the content's chunk list). `have`: the content of the
+    /// local file, whose chunks a large download may reuse if this client
+    /// knows its chunk list.
+    async fn download(
+        &self,
+        remote: &Entry,
+        expected: Option<Meta>,
+        have: Option<ContentHash>,
+    ) -> Result<Fetched> {
         let content = remote.content.expect("a downloaded entry is live");
-        let meta = if content.folder {
-            make_folder(self.folder.root(), &remote.path)?
+        let (meta, fetched, chunks) = if content.folder {
+            (make_folder(self.folder.root(), &remote.path)?, Fetched::default(), None)
         } else {
-            transfer::download(&*self.remote, self.folder.root(), self.folder.tmp(), remote, expected).await?
+            let have = match have {
+                Some(hash) if content.size > syncstore::chunks::WHOLE_MAX => {
+                    self.state.chunk_list(&hash)?.map(|chunks| Have { hash, chunks })
+                }
+                _ => None,
+            };
+            let (root, tmp) = (self.folder.root(), self.folder.tmp());
+            let got = transfer::download(&*self.remote, root, tmp, remote, expected, have).await?;
+            self.metrics.content_received_bytes.inc_by(got.wire_bytes);
+            self.metrics.chunks_reused.inc_by(got.reused_chunks);
+            self.metrics.reused_bytes.inc_by(got.reused_bytes);
+            (got.meta, Fetched { wire_bytes: got.wire_bytes, reused_bytes: got.reused_bytes }, got.chunks)
         };
         self.metrics.downloads.inc();
         self.metrics.download_bytes.inc_by(meta.size);
         let base: Base = local::synced_base(remote.version, meta.with_hash(content.hash));
-        self.state.set_base(&remote.path, &base)
+        self.state.set_base(&remote.path, &base)?;
+        if let Some(list) = &chunks {
+            // The local file's list (usually the version replaced) goes if
+            // no other path holds that content.
+            self.state.set_chunk_list(&content.hash, list, have.as_ref())?;
+        }
+        Ok(fetched)
     }
 
     /// Renames the local file at `path` to a free conflict-copy name.
@@ -414,6 +473,20 @@ impl Executor {
         let (root, host, path) = (self.folder.root().clone(), self.host.clone(), path.clone());
         tokio::task::spawn_blocking(move || rename_aside(&root, &host, &path, Some(expected))).await?
     }
+}
+
+/// What a download moved, for its log line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Fetched {
+    /// Content bytes that came over the wire.
+    wire_bytes: u64,
+    /// Bytes copied from the local file instead.
+    reused_bytes: u64,
+}
+
+/// The content of the regular file a download replaces, if any.
+fn held(p: &Planned) -> Option<ContentHash> {
+    p.local.filter(|l| !l.folder && !l.symlink).map(|l| l.hash)
 }
 
 /// The synced paths below the folder `dir` (none if the state cannot be

@@ -10,6 +10,15 @@ pub struct ClientMetrics {
     pub upload_bytes: IntCounter,
     pub downloads: IntCounter,
     pub download_bytes: IntCounter,
+    /// Content bytes put on the wire by uploads (new chunks only, for an
+    /// upload sent as runs).
+    pub content_sent_bytes: IntCounter,
+    /// Content bytes that came over the wire in downloads.
+    pub content_received_bytes: IntCounter,
+    /// Chunks downloads copied from a local file instead of the wire.
+    pub chunks_reused: IntCounter,
+    /// Their bytes.
+    pub reused_bytes: IntCounter,
     pub local_deletes: IntCounter,
     pub remote_deletes: IntCounter,
     pub conflicts: IntCounter,
@@ -37,6 +46,22 @@ impl ClientMetrics {
             ),
             downloads: counter("downloads_total", "Files downloaded"),
             download_bytes: counter("download_bytes_total", "Bytes of files downloaded"),
+            content_sent_bytes: counter(
+                "content_sent_bytes_total",
+                "Content bytes uploads put on the wire (for an upload sent as runs, its new chunks only)",
+            ),
+            content_received_bytes: counter(
+                "content_received_bytes_total",
+                "Content bytes downloads received over the wire",
+            ),
+            chunks_reused: counter(
+                "chunks_reused_total",
+                "Chunks downloads copied from a local file instead of the wire",
+            ),
+            reused_bytes: counter(
+                "reused_bytes_total",
+                "Bytes downloads copied from a local file instead of the wire",
+            ),
             local_deletes: counter(
                 "local_deletes_total",
                 "Files deleted here because the server deleted them",

@@ -22,7 +22,7 @@ use std::{fmt, num::NonZeroU32, str::FromStr, sync::Arc, time::Duration};
 use futures::{StreamExt, stream::BoxStream};
 use governor::{DefaultDirectRateLimiter, Quota, clock::Clock};
 
-use crate::{error::Result, remote::Body};
+use crate::remote::{Body, Piece, PieceStream};
 
 /// The largest piece a transfer takes from its bucket at once, and the
 /// bucket's capacity (its burst): 128 KiB, some 6 ms at 20 MiB/s, so the
@@ -156,19 +156,16 @@ impl Limits {
             .boxed()
     }
 
-    /// A download's chunks, each let through once the download bucket
-    /// allows its bytes (the connection's flow control then holds the
-    /// server back). Unchanged without a limit.
-    pub fn pace_download(
-        &self,
-        chunks: BoxStream<'static, Result<Vec<u8>>>,
-    ) -> BoxStream<'static, Result<Vec<u8>>> {
+    /// A download's pieces, each chunk let through once the download
+    /// bucket allows its bytes (the connection's flow control then holds
+    /// the server back). Unchanged without a limit.
+    pub fn pace_download(&self, chunks: PieceStream) -> PieceStream {
         let Some(limiter) = self.download.clone() else { return chunks };
         chunks
             .then(move |c| {
                 let limiter = limiter.clone();
                 async move {
-                    if let Ok(chunk) = &c {
+                    if let Ok(Piece::Chunk(chunk)) = &c {
                         limiter.take(chunk.len()).await;
                     }
                     c

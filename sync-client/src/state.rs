@@ -1,7 +1,8 @@
 //! The client's own state in `DIR/.syncstore/state.db` (SQLite): the base
-//! of every synced path, the subscription cursor, the server history it
-//! belongs to, this client's id, and the files it made read-only because
-//! someone else locked them. A lock file keeps a second client off
+//! of every synced path, the chunk list of the large contents they hold,
+//! the subscription cursor, the server history it belongs to, this
+//! client's id, and the files it made read-only because someone else
+//! locked them. A lock file keeps a second client off
 //! the same folder. The folder's own handles are [`crate::folder::Folder`]'s.
 
 use std::{
@@ -12,7 +13,11 @@ use std::{
 };
 
 use rusqlite::{Connection, OptionalExtension, params};
-use syncstore::{ContentHash, RelPath, limits::STATE_DIR_NAME};
+use syncstore::{
+    ContentHash, RelPath,
+    chunks::{self, ChunkRef},
+    limits::STATE_DIR_NAME,
+};
 
 use crate::{
     error::{Error, Result},
@@ -49,7 +54,19 @@ CREATE TABLE IF NOT EXISTS sent (
     hash BLOB NOT NULL,
     PRIMARY KEY (path, hash)
 ) WITHOUT ROWID;
+-- The chunk list (`chunks::pack_list`) of content larger than one chunk
+-- that some base holds: an edit of it is sent as runs against it, and a
+-- new version of it received as runs. Kept only while a base refers to
+-- the hash; a state from before chunk lists has none (the next transfer
+-- of each file goes plain and records one).
+CREATE TABLE IF NOT EXISTS chunk_list (
+    hash BLOB PRIMARY KEY,
+    list BLOB NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// Drops the chunk lists no base refers to any more.
+const PRUNE_CHUNK_LISTS: &str = "DELETE FROM chunk_list WHERE hash NOT IN (SELECT hash FROM base)";
 
 /// Handle to the state database; cheap to clone. Calls block briefly
 /// (single-row SQLite statements); bulk reads happen on blocking threads.
@@ -77,7 +94,10 @@ impl State {
             Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
         }
         folder.clear_interrupted()?;
-        Self::connect(&dir, lock)
+        let state = Self::connect(&dir, lock)?;
+        // Bases removed since the last large transfer may have left lists.
+        state.with(|c| c.execute(PRUNE_CHUNK_LISTS, []).map(drop))?;
+        Ok(state)
     }
 
     /// Opens the state for reading beside a running client (`status`),
@@ -181,6 +201,7 @@ impl State {
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM base", [])?;
         tx.execute("DELETE FROM sent", [])?;
+        tx.execute("DELETE FROM chunk_list", [])?;
         tx.execute("DELETE FROM meta WHERE key = 'cursor'", [])?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('history_id', ?1)
@@ -290,6 +311,56 @@ impl State {
         })
     }
 
+    /// The chunk list of content `hash`, if this client recorded one (a
+    /// list stored damaged reads as none).
+    pub fn chunk_list(&self, hash: &ContentHash) -> Result<Option<Vec<ChunkRef>>> {
+        let packed: Option<Vec<u8>> = self.with(|c| {
+            c.prepare_cached("SELECT list FROM chunk_list WHERE hash = ?1")?
+                .query_row([&hash.as_bytes()[..]], |r| r.get(0))
+                .optional()
+        })?;
+        Ok(packed.and_then(|p| chunks::unpack_list(&p)))
+    }
+
+    /// Records the chunk list of content `hash`, once a base refers to it,
+    /// and drops the list of `replaced` (the content the path held before)
+    /// if no base refers to that any more. (Lists left by other changes,
+    /// deletions say, go when the folder is opened again: pruning them all
+    /// at each transfer would cost a look at every list.)
+    pub fn set_chunk_list(
+        &self,
+        hash: &ContentHash,
+        list: &[ChunkRef],
+        replaced: Option<&ContentHash>,
+    ) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        tx.prepare_cached(
+            "INSERT INTO chunk_list (hash, list) VALUES (?1, ?2)
+             ON CONFLICT (hash) DO UPDATE SET list = excluded.list",
+        )?
+        .execute(params![&hash.as_bytes()[..], chunks::pack_list(list)])?;
+        if let Some(old) = replaced.filter(|old| *old != hash) {
+            tx.prepare_cached(
+                "DELETE FROM chunk_list WHERE hash = ?1
+                 AND NOT EXISTS (SELECT 1 FROM base WHERE hash = ?1)",
+            )?
+            .execute([&old.as_bytes()[..]])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets the chunk list of content `hash` (the server did not take
+    /// runs made from it).
+    pub fn forget_chunk_list(&self, hash: &ContentHash) -> Result<()> {
+        self.with(|c| {
+            c.prepare_cached("DELETE FROM chunk_list WHERE hash = ?1")?
+                .execute([&hash.as_bytes()[..]])
+                .map(drop)
+        })
+    }
+
     /// Whether some synced path holds this content, so the server has it.
     pub fn knows_hash(&self, hash: &ContentHash) -> Result<bool> {
         self.with(|c| {
@@ -363,6 +434,53 @@ mod tests {
         assert_eq!(state.base(&path).unwrap(), None);
         assert_eq!(state.cursor().unwrap(), 0);
         assert_eq!(state.get_meta("history_id").unwrap().as_deref(), Some("h2"));
+    }
+
+    #[test]
+    fn chunk_lists_are_kept_while_a_base_holds_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (RelPath::new("a").unwrap(), RelPath::new("b").unwrap());
+        let base_of = |data: &[u8]| Base {
+            version: 1,
+            hash: ContentHash::of(data),
+            size: data.len() as u64,
+            mtime_ns: 0,
+            executable: false,
+            symlink: false,
+            folder: false,
+            stamp: 0,
+        };
+        let (one, two) = (base_of(b"1"), base_of(b"2"));
+        let list = |n: u32| vec![ChunkRef { hash: ContentHash::of(&n.to_le_bytes()), size: n }];
+        {
+            let state = State::open(dir.path()).unwrap();
+            assert_eq!(state.chunk_list(&one.hash).unwrap(), None);
+            state.set_base(&a, &one).unwrap();
+            state.set_chunk_list(&one.hash, &list(1), None).unwrap();
+            state.set_base(&b, &one).unwrap();
+            // `a` moves on to new content: `b` still holds the old one.
+            state.set_base(&a, &two).unwrap();
+            state.set_chunk_list(&two.hash, &list(2), Some(&one.hash)).unwrap();
+            assert_eq!(state.chunk_list(&one.hash).unwrap(), Some(list(1)));
+            assert_eq!(state.chunk_list(&two.hash).unwrap(), Some(list(2)));
+            // `b` moves on too: nothing holds the old content.
+            state.set_base(&b, &two).unwrap();
+            state.set_chunk_list(&two.hash, &list(2), Some(&one.hash)).unwrap();
+            assert_eq!(state.chunk_list(&one.hash).unwrap(), None);
+            state.set_base(&b, &one).unwrap();
+            state.set_chunk_list(&one.hash, &list(1), Some(&two.hash)).unwrap();
+            state.remove_base(&b).unwrap();
+            assert_eq!(state.chunk_list(&one.hash).unwrap(), Some(list(1)), "kept until the next open");
+        }
+        // Pruned when the state is opened again.
+        let state = State::open(dir.path()).unwrap();
+        assert_eq!(state.chunk_list(&one.hash).unwrap(), None);
+        assert_eq!(state.chunk_list(&two.hash).unwrap(), Some(list(2)));
+        state.forget_chunk_list(&two.hash).unwrap();
+        assert_eq!(state.chunk_list(&two.hash).unwrap(), None);
+        state.set_chunk_list(&two.hash, &list(2), None).unwrap();
+        state.reset_history("other").unwrap();
+        assert_eq!(state.chunk_list(&two.hash).unwrap(), None);
     }
 
     #[test]

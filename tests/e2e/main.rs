@@ -10,6 +10,7 @@ mod bandwidth;
 mod chunked_server;
 mod contract;
 mod control;
+mod delta;
 mod diskfull;
 mod edges;
 mod folder;

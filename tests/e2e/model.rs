@@ -175,6 +175,7 @@ async fn run_seed(seed: u64, all_in_lane: bool) {
         tracing::info!(seed, client = i, dir = %s.root().display(), "model client");
     }
     let mut last: BTreeMap<&str, Last> = BTreeMap::new();
+    let large_tail: String = random_bytes(768 * 1024, seed).iter().map(|b| format!("{b:02x}")).collect();
     // A write truncates, then writes: a client can catch the file empty in
     // between, a state it then rightly syncs.
     let mut written: BTreeSet<String> = BTreeSet::from([String::new()]);
@@ -279,7 +280,13 @@ async fn run_seed(seed: u64, all_in_lane: bool) {
                     if save > 0 {
                         tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(0..=200))).await;
                     }
-                    let content = format!("seed {seed} op {i}.{save} by client {who}");
+                    // A quarter of the writes are large (over 1 MiB, several
+                    // chunks, sharing all but their first with each other).
+                    let mut content = format!("seed {seed} op {i}.{save} by client {who}");
+                    if rng.random_bool(0.25) {
+                        content.push('\n');
+                        content.push_str(&large_tail);
+                    }
                     let wrote = !blocked
                         && (|| {
                             std::fs::create_dir_all(target.parent().unwrap())?;
@@ -404,11 +411,17 @@ async fn run_single_writer_seed(seed: u64) {
             if save > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(0..=200))).await;
             }
-            // Sizes up to 1 MiB, so that a save takes a moment and a read
-            // can catch the file truncated or half written.
+            // Sizes up to 3 MiB, so that a save takes a moment and a read
+            // can catch the file truncated or half written; half the saves
+            // edit the file's previous content (an overwrite, an insert or
+            // a cut somewhere in it), so large files travel as runs
+            // against their previous version.
             let mut content = format!("seed {seed} burst {burst} save {save}\n").into_bytes();
-            content
-                .extend(random_bytes(rng.random_range(0..1 << 20), seed * 1000 + burst as u64 * 10 + save));
+            let fresh = seed * 1000 + burst as u64 * 10 + save;
+            match last.get(path) {
+                Some(prev) if rng.random_bool(0.5) => content.extend(edited_body(prev, &mut rng, fresh)),
+                _ => content.extend(random_bytes(rng.random_range(0..3 << 20), fresh)),
+            }
             std::fs::create_dir_all(root.join(path).parent().unwrap()).unwrap();
             std::fs::write(root.join(path), &content).unwrap();
             note(
@@ -471,6 +484,22 @@ async fn run_single_writer_seed(seed: u64) {
     for r in readers {
         r.stop().await;
     }
+}
+
+/// The body of `prev` (what follows its first line) with one random edit:
+/// up to 100,000 bytes overwritten, inserted or cut at a random place.
+fn edited_body(prev: &[u8], rng: &mut StdRng, seed: u64) -> Vec<u8> {
+    let start = prev.iter().position(|&b| b == b'\n').map_or(0, |n| n + 1);
+    let mut body = prev[start..].to_vec();
+    let at = rng.random_range(0..=body.len());
+    let n = rng.random_range(1..100_000);
+    let end = (at + n).min(body.len());
+    match rng.random_range(0..3) {
+        0 => drop(body.splice(at..end, random_bytes(end - at, seed))),
+        1 => drop(body.splice(at..at, random_bytes(n, seed))),
+        _ => drop(body.drain(at..end)),
+    }
+    body
 }
 
 /// Paths and sizes (and a short hash) of a folder's files.

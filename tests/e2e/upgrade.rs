@@ -2,7 +2,11 @@
 //! version 5, the committed fixture `tests/fixtures/v5`, made by
 //! `tests/fixtures/make-v5.sh`) open with today's server, which serves
 //! their files, tombstones, lock history and identity as that release did,
-//! goes on from there, and is followed by a new replica.
+//! goes on from there, and is followed by a new replica. A data folder of
+//! schema version 6 (`tests/fixtures/v6`, made by
+//! `tests/fixtures/make-v6.sh`), whose large file is one whole blob as every
+//! release before chunks stored it, is served and edited as it was, and the
+//! file's next version is stored as chunks.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -320,4 +324,56 @@ async fn a_promoted_version_5_replica_keeps_its_identity_and_log() {
 
     primary.stop().await;
     old_primary.stop().await;
+}
+
+/// The v6 fixture's data folder: content stored whole.
+fn fixture_v6() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v6/primary")
+}
+
+#[tokio::test]
+async fn content_stored_whole_by_version_6_is_served_edited_and_then_stored_as_chunks() {
+    init_test_log();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&fixture_v6(), &data);
+    let big = std::fs::read(
+        fixture_v6().join("blobs/28/280bf1689b99a1fa41b7246f007e29d5e0b4dc2b452a2cd263c87d9b9388ff66"),
+    )
+    .unwrap();
+    assert!(big.len() as u64 > syncstore::chunks::WHOLE_MAX, "more than one chunk's worth");
+    let whole_blob = blob_path(&data, &syncstore::ContentHash::of(&big));
+    let server = TestServer::start_on(sync_server::Config::new(data), "127.0.0.1:0".parse().unwrap()).await;
+    assert_eq!(server.stored_blobs().await, 2);
+
+    // Served as that release stored it, to a program and to clients.
+    assert_eq!(server.files().await["big.bin"], big);
+    let alice = TestClient::start(&server.url());
+    let bob = TestClient::start(&server.url());
+    eventually("both clients have big.bin", || {
+        alice.read("big.bin").as_deref() == Some(&big[..]) && bob.read("big.bin").as_deref() == Some(&big[..])
+    })
+    .await;
+
+    // An edit in the middle reaches the other client; the new version is
+    // stored as chunks and the whole blob, referred to no more, goes.
+    let mut edited = big.clone();
+    edited[700_000..704_096].copy_from_slice(&random_bytes(4096, 7));
+    alice.write("big.bin", &edited);
+    eventually("bob has the edit", || bob.read("big.bin").as_deref() == Some(&edited[..])).await;
+    eventually("the whole blob is collected", || !whole_blob.exists()).await;
+    let (blobs, bytes) = server.stored_content().await;
+    assert!(blobs > 3, "big.bin is stored as chunks: {blobs} contents");
+    assert!(bytes < big.len() as u64 + 64 * 1024, "stored once: {bytes} bytes");
+
+    // The next edit goes on from the chunks.
+    let mut again = edited.clone();
+    again.splice(300_000..300_000, random_bytes(10, 8));
+    alice.write("big.bin", &again);
+    eventually("bob has the second edit", || bob.read("big.bin").as_deref() == Some(&again[..])).await;
+    assert_eq!(server.files().await["big.bin"], again);
+
+    alice.stop().await;
+    bob.stop().await;
+    server.stop().await;
 }

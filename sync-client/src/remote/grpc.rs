@@ -15,7 +15,8 @@ use std::{
 
 use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
 use syncstore::{
-    Entry, Lock, Reason, RelPath,
+    ContentHash, Entry, Lock, Reason, RelPath,
+    chunks::{MAX_RUNS_PER_MESSAGE, Run},
     connect::{self, AuthChannel, Security},
     limits::{MAX_CHUNK, MAX_MESSAGE},
     pb::{self, download_response, file_sync_client::FileSyncClient, upload_request},
@@ -24,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Code, service::interceptor::InterceptedService};
 
-use super::{Body, ByteStream, Refused, Remote, RemoteEvent, ServerInfo, Upload};
+use super::{Body, Piece, PieceStream, Refused, Remote, RemoteEvent, ServerInfo, Upload};
 use crate::{
     error::{Error, Result, ServerError},
     ratelimit::{self, Limits},
@@ -120,7 +121,7 @@ impl GrpcRemote {
                 base_version: upload.base_version,
                 client_id: self.client_id.clone(),
                 lock_token: upload.lock_token,
-                base_hash: Vec::new(),
+                base_hash: upload.base_hash.map(|h| h.as_bytes().to_vec()).unwrap_or_default(),
             })),
         }
     }
@@ -229,14 +230,18 @@ impl Remote for GrpcRemote {
         })
     }
 
-    fn download<'a>(&'a self, entry: &'a Entry) -> BoxFuture<'a, Result<ByteStream>> {
+    fn download<'a>(
+        &'a self,
+        entry: &'a Entry,
+        have: Option<ContentHash>,
+    ) -> BoxFuture<'a, Result<PieceStream>> {
         Box::pin(async move {
             let content = entry.content.ok_or_else(|| Error::Protocol("download of a tombstone".into()))?;
             let mut client = self.raw();
             let call = client.download(pb::DownloadRequest {
                 path: entry.path.to_string(),
                 version: entry.version,
-                have_hash: Vec::new(),
+                have_hash: have.map(|h| h.as_bytes().to_vec()).unwrap_or_default(),
             });
             let mut stream = self.answer(call).await?.into_inner();
             match self.answer(stream.message()).await? {
@@ -263,8 +268,13 @@ impl Remote for GrpcRemote {
                                     c.len()
                                 )))
                             } else {
-                                Ok(c)
+                                Ok(Piece::Chunk(c))
                             }
+                        }
+                        Ok(Some(pb::DownloadResponse { msg: Some(download_response::Msg::Runs(r)) })) => {
+                            runs_of(r, have.is_some())
+                                .map(Piece::Runs)
+                                .map_err(|why| Error::Protocol(format!("download of {path}: {why}")))
                         }
                         Ok(Some(_)) => Err(Error::Protocol("unexpected message in a download".into())),
                         Err(e) => Err(e),
@@ -388,6 +398,7 @@ impl From<tonic::Status> for Error {
             (Some(Reason::StaleLock), _) => Refused::StaleLock,
             (Some(Reason::PathClash), _) => Refused::PathClash,
             (Some(Reason::UnknownContent), _) => Refused::UnknownContent,
+            (Some(Reason::UnknownBase), _) => Refused::UnknownBase,
             (Some(Reason::Replica | Reason::Fenced), _) => Refused::NotWritable,
             (Some(Reason::ReplicaUnavailable | Reason::ReplicaUnconfirmed), _) => Refused::ReplicaAway,
             (Some(Reason::DiskFull), _) => Refused::DiskFull,
@@ -397,6 +408,7 @@ impl From<tonic::Status> for Error {
             (_, Code::Unavailable) => Refused::Unavailable,
             (_, Code::Unauthenticated | Code::PermissionDenied) => Refused::Credentials,
             (_, Code::DataLoss) => Refused::Damaged,
+            (_, Code::InvalidArgument) => Refused::Invalid,
             _ => Refused::Other,
         };
         Error::Server(ServerError {
@@ -477,9 +489,24 @@ fn request_stream(rx: BoxStream<'static, Body>) -> impl Stream<Item = pb::Upload
     })
 }
 
+/// A download's runs in the client's terms; refused if the download named
+/// no content held (`asked`), if there are too many or if one is malformed.
+fn runs_of(runs: pb::ChunkRuns, asked: bool) -> std::result::Result<Vec<Run>, String> {
+    if !asked {
+        return Err("runs it did not ask for".into());
+    }
+    if runs.runs.len() > MAX_RUNS_PER_MESSAGE {
+        return Err(format!("{} runs in one message (the limit is {MAX_RUNS_PER_MESSAGE})", runs.runs.len()));
+    }
+    runs.runs.into_iter().map(|r| Run::try_from(r).map_err(|e| e.to_string())).collect()
+}
+
 fn body_msg(body: Body) -> pb::UploadRequest {
     let msg = match body {
         Body::Chunk(data) => upload_request::Msg::Chunk(data),
+        Body::Runs(runs) => {
+            upload_request::Msg::Runs(pb::ChunkRuns { runs: runs.into_iter().map(Into::into).collect() })
+        }
         Body::End => upload_request::Msg::End(pb::UploadEnd {}),
     };
     pb::UploadRequest { msg: Some(msg) }
@@ -526,12 +553,15 @@ mod tests {
             (tonic::Status::failed_precondition("x"), Reason::StaleLock, Refused::StaleLock),
             (tonic::Status::failed_precondition("x"), Reason::PathClash, Refused::PathClash),
             (tonic::Status::failed_precondition("x"), Reason::UnknownContent, Refused::UnknownContent),
+            (tonic::Status::failed_precondition("x"), Reason::UnknownBase, Refused::UnknownBase),
             (tonic::Status::failed_precondition("x"), Reason::Replica, Refused::NotWritable),
             (tonic::Status::not_found("x"), Reason::LockNotHeld, Refused::NotFound),
             (tonic::Status::unavailable("x"), Reason::ReplicaUnavailable, Refused::ReplicaAway),
             (tonic::Status::unavailable("x"), Reason::Unavailable, Refused::Unavailable),
             (tonic::Status::unauthenticated("x"), Reason::Unauthenticated, Refused::Credentials),
-            (tonic::Status::invalid_argument("x"), Reason::InvalidPath, Refused::Other),
+            (tonic::Status::invalid_argument("x"), Reason::InvalidPath, Refused::Invalid),
+            (tonic::Status::invalid_argument("x"), Reason::ContentMismatch, Refused::Invalid),
+            (tonic::Status::resource_exhausted("x"), Reason::TooLarge, Refused::Other),
         ];
         for (status, reason, refused) in cases {
             assert_eq!(with_reason(status, reason).refused(), Some(refused), "{reason:?}");

@@ -3,21 +3,29 @@
 //! engine depends on (a write's base version must be current, a path
 //! locked by someone else refuses writes, a stale lock token is refused,
 //! a file never lies below a file nor where files lie below, the content
-//! must match its header). Other clients' writes and locks are
-//! made through its own methods.
+//! must match its header, a base must be content the server holds and
+//! keeps a chunk list for). Runs go both ways, against lists it computes
+//! with [`chunks::chunk_list`]; it counts the content bytes each way, and
+//! can be told to forget lists or to send bad runs. Other clients' writes
+//! and locks are made through its own methods.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
-use syncstore::{ContentHash, Entry, Lock, RelPath, entry::Content, limits::MAX_CHUNK};
+use syncstore::{
+    ContentHash, Entry, Lock, Reason, RelPath,
+    chunks::{self, ChunkRef, MAX_RUNS_PER_MESSAGE, Run, WHOLE_MAX},
+    entry::Content,
+    limits::MAX_CHUNK,
+};
 use tokio::sync::mpsc;
 
-use super::{Body, ByteStream, Refused, Remote, RemoteEvent, ServerInfo, Upload};
-use crate::error::{Error, Result};
+use super::{Body, Piece, PieceStream, Refused, Remote, RemoteEvent, ServerInfo, Upload};
+use crate::error::{Error, Result, ServerError};
 
 /// The history id the in-memory server reports.
 const HISTORY_ID: &str = "memory";
@@ -40,6 +48,20 @@ impl std::fmt::Debug for MemoryRemote {
     }
 }
 
+/// A way the next download sent as runs goes wrong, as a broken or
+/// malicious server's would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadRuns {
+    /// A new chunk's bytes do not match its hash.
+    WrongChunk,
+    /// The first base run is left out: the runs do not add up to the size.
+    Short,
+    /// A base run names a chunk past the end of the base.
+    OutOfBase,
+    /// Runs, though the download named no content held.
+    Unasked,
+}
+
 #[derive(Debug, Default)]
 struct Server {
     /// The last change's sequence number (a version is one).
@@ -47,11 +69,39 @@ struct Server {
     entries: HashMap<RelPath, Entry>,
     /// Contents by hash.
     contents: HashMap<ContentHash, Vec<u8>>,
+    /// Contents kept whole, with no chunk list (as an earlier release
+    /// stored them): no base for runs.
+    whole: HashSet<ContentHash>,
     locks: HashMap<RelPath, Lock>,
     events: Vec<RemoteEvent>,
+    /// Content bytes received in upload chunks.
+    received: u64,
+    /// Content bytes sent in download chunks.
+    sent: u64,
+    /// How downloads as runs go wrong, if they should.
+    bad_runs: Option<BadRuns>,
 }
 
 impl Server {
+    /// The chunk list and bytes of `hash` as a base for runs: content
+    /// larger than one chunk, with a list kept, that a live entry refers
+    /// to (for an upload; a download may name an earlier version).
+    fn base(&self, hash: &ContentHash, upload: bool) -> Result<(Vec<ChunkRef>, &[u8])> {
+        let referred = !upload || self.entries.values().any(|e| e.content.is_some_and(|c| c.hash == *hash));
+        match self.contents.get(hash) {
+            Some(data) if referred && data.len() as u64 > WHOLE_MAX && !self.whole.contains(hash) => {
+                Ok((list_of(data), data))
+            }
+            _ => Err(Error::Server(ServerError {
+                refused: Refused::UnknownBase,
+                reason: Reason::UnknownBase.as_str().into(),
+                replica: String::new(),
+                code: "FailedPrecondition".into(),
+                message: format!("no chunk list for {hash}"),
+            })),
+        }
+    }
+
     /// Refuses a write to `path` by `client_id` with `token` at `base`,
     /// as the server does.
     fn check_write(&self, path: &RelPath, client_id: &str, token: u64, base: u64) -> Result<()> {
@@ -97,6 +147,74 @@ impl Server {
         self.entries.insert(path.clone(), entry.clone());
         self.events.push(RemoteEvent::Entry { seq: self.seq, entry: Some(entry.clone()) });
         entry
+    }
+}
+
+/// The chunk list of `data`.
+fn list_of(data: &[u8]) -> Vec<ChunkRef> {
+    chunks::chunk_list(data, data.len() as u64).expect("reading memory cannot fail").2
+}
+
+/// The refusal of content that is not what its header announced.
+fn mismatch(why: &str) -> Error {
+    Error::Server(ServerError {
+        refused: Refused::Invalid,
+        reason: Reason::ContentMismatch.as_str().into(),
+        replica: String::new(),
+        code: "InvalidArgument".into(),
+        message: why.into(),
+    })
+}
+
+/// `data` (whose list is `list`) as runs against `base`: each message of
+/// runs followed by the bytes of its new chunks.
+fn as_runs(base: &[ChunkRef], list: &[ChunkRef], data: &[u8]) -> Vec<Piece> {
+    let runs = chunks::diff(base, list);
+    let mut offset = 0usize;
+    let mut pieces = Vec::new();
+    for group in runs.chunks(MAX_RUNS_PER_MESSAGE) {
+        let mut bytes = Vec::new();
+        for run in group {
+            match *run {
+                Run::Base { first, count } => {
+                    let slice = chunks::base_slice(base, first, count).expect("diff names base chunks");
+                    offset += slice.iter().map(|c| c.size as usize).sum::<usize>();
+                }
+                Run::New(c) => {
+                    bytes.extend_from_slice(&data[offset..offset + c.size as usize]);
+                    offset += c.size as usize;
+                }
+            }
+        }
+        pieces.push(Piece::Runs(group.to_vec()));
+        pieces.extend(bytes.chunks(MAX_CHUNK).map(|b| Piece::Chunk(b.to_vec())));
+    }
+    pieces
+}
+
+/// Makes `pieces` (runs) go wrong as `bad` says.
+fn spoil(pieces: &mut [Piece], bad: BadRuns, base_len: usize) {
+    match bad {
+        BadRuns::WrongChunk => {
+            if let Some(Piece::Chunk(c)) = pieces.iter_mut().find(|p| matches!(p, Piece::Chunk(_))) {
+                c[0] ^= 1;
+            }
+        }
+        BadRuns::Short | BadRuns::OutOfBase => {
+            for p in pieces.iter_mut() {
+                if let Piece::Runs(runs) = p
+                    && let Some(i) = runs.iter().position(|r| matches!(r, Run::Base { .. }))
+                {
+                    if bad == BadRuns::Short {
+                        runs.remove(i);
+                    } else {
+                        runs[i] = Run::Base { first: base_len as u32, count: 1 };
+                    }
+                    return;
+                }
+            }
+        }
+        BadRuns::Unasked => {}
     }
 }
 
@@ -157,6 +275,27 @@ impl MemoryRemote {
             .values()
             .filter_map(|e| Some((e.path.to_string(), server.contents.get(&e.content?.hash)?.clone())))
             .collect()
+    }
+
+    /// Forgets the chunk lists of every content held now, as if an
+    /// earlier release had stored it whole.
+    pub(crate) fn forget_lists(&self) {
+        let mut server = self.server();
+        let held: Vec<ContentHash> = server.contents.keys().copied().collect();
+        server.whole.extend(held);
+    }
+
+    /// Content bytes received in upload chunks so far, and sent in
+    /// download chunks.
+    pub(crate) fn wire_bytes(&self) -> (u64, u64) {
+        let server = self.server();
+        (server.received, server.sent)
+    }
+
+    /// Makes every download sent as runs (or, for [`BadRuns::Unasked`],
+    /// every download) go wrong as `bad` says, until called with `None`.
+    pub(crate) fn spoil_runs(&self, bad: Option<BadRuns>) {
+        self.server().bad_runs = bad;
     }
 
     /// Runs `hook` when the next download starts, before its content is sent.
@@ -246,24 +385,83 @@ impl Remote for MemoryRemote {
         mut body: mpsc::Receiver<Body>,
     ) -> BoxFuture<'a, Result<Entry>> {
         Box::pin(async move {
-            {
+            let base = {
                 let server = self.server();
                 server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
                 server.check_clash(&upload.path, &upload.content.content())?;
-            }
-            let mut data = Vec::new();
+                match &upload.base_hash {
+                    Some(hash) => {
+                        let (list, data) = server.base(hash, true)?;
+                        Some((list, data.to_vec()))
+                    }
+                    None => None,
+                }
+            };
+            // Plain bytes, or the runs and the bytes of their new chunks.
+            let (mut bytes, mut runs) = (Vec::new(), Vec::new());
+            let mut announced = 0u64;
             loop {
                 match body.recv().await {
-                    Some(Body::Chunk(c)) => data.extend_from_slice(&c),
+                    Some(Body::Chunk(c)) => {
+                        self.server().received += c.len() as u64;
+                        bytes.extend_from_slice(&c);
+                    }
+                    Some(Body::Runs(more)) => {
+                        if base.is_none() || bytes.len() as u64 != announced {
+                            return Err(Error::server(Refused::Invalid, "runs out of place"));
+                        }
+                        for run in &more {
+                            if let Run::New(c) = run {
+                                announced += u64::from(c.size);
+                            }
+                        }
+                        runs.extend(more);
+                    }
                     Some(Body::End) => break,
                     // Cut off without the end marker: stays open until
                     // dropped, as the wire does.
                     None => std::future::pending().await,
                 }
             }
+            let data = match &base {
+                None => bytes,
+                Some((list, base_data)) => {
+                    let mut data = Vec::new();
+                    let mut new = &bytes[..];
+                    let offsets: Vec<usize> = list
+                        .iter()
+                        .scan(0, |at, c| {
+                            *at += c.size as usize;
+                            Some(*at - c.size as usize)
+                        })
+                        .collect();
+                    for run in &runs {
+                        match *run {
+                            Run::Base { first, count } => {
+                                let slice = chunks::base_slice(list, first, count)
+                                    .map_err(|e| Error::server(Refused::Invalid, &e.to_string()))?;
+                                let at = offsets[first as usize];
+                                let len: usize = slice.iter().map(|c| c.size as usize).sum();
+                                data.extend_from_slice(&base_data[at..at + len]);
+                            }
+                            Run::New(c) => {
+                                let Some((chunk, rest)) = new.split_at_checked(c.size as usize) else {
+                                    return Err(mismatch("the bytes of a new chunk are missing"));
+                                };
+                                if ContentHash::of(chunk) != c.hash {
+                                    return Err(mismatch("a new chunk does not match its hash"));
+                                }
+                                data.extend_from_slice(chunk);
+                                new = rest;
+                            }
+                        }
+                    }
+                    data
+                }
+            };
             let c = &upload.content;
             if data.len() as u64 != c.size || ContentHash::of(&data) != c.hash {
-                return Err(Error::server(Refused::Other, "the content does not match its header"));
+                return Err(mismatch("the content does not match its header"));
             }
             let mut server = self.server();
             server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
@@ -273,20 +471,44 @@ impl Remote for MemoryRemote {
         })
     }
 
-    fn download<'a>(&'a self, entry: &'a Entry) -> BoxFuture<'a, Result<ByteStream>> {
+    fn download<'a>(
+        &'a self,
+        entry: &'a Entry,
+        have: Option<ContentHash>,
+    ) -> BoxFuture<'a, Result<PieceStream>> {
         Box::pin(async move {
             let hook = self.before_download.lock().expect("no panic under the hook").take();
             if let Some(hook) = hook {
                 hook();
             }
-            let server = self.server();
+            let mut server = self.server();
             let current = server.entries.get(&entry.path).filter(|e| e.version == entry.version);
             let data =
                 current.and_then(|e| server.contents.get(&e.content?.hash)).cloned().ok_or_else(|| {
                     Error::server(Refused::NotFound, &format!("{} v{}", entry.path, entry.version))
                 })?;
-            let chunks: Vec<Result<Vec<u8>>> = data.chunks(MAX_CHUNK).map(|c| Ok(c.to_vec())).collect();
-            Ok(futures::stream::iter(chunks).boxed())
+            let base = have.and_then(|h| server.base(&h, false).ok().map(|(list, _)| list));
+            let bad = server.bad_runs;
+            let mut pieces = match (base, bad) {
+                (Some(base), _) if data.len() as u64 > WHOLE_MAX => {
+                    let mut pieces = as_runs(&base, &list_of(&data), &data);
+                    if let Some(bad) = bad {
+                        spoil(&mut pieces, bad, base.len());
+                    }
+                    pieces
+                }
+                (None, Some(BadRuns::Unasked)) => {
+                    let list = list_of(&data);
+                    as_runs(&list, &list, &data)
+                }
+                _ => data.chunks(MAX_CHUNK).map(|c| Piece::Chunk(c.to_vec())).collect(),
+            };
+            for p in &mut pieces {
+                if let Piece::Chunk(c) = p {
+                    server.sent += c.len() as u64;
+                }
+            }
+            Ok(futures::stream::iter(pieces.into_iter().map(Ok)).boxed())
         })
     }
 

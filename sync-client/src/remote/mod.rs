@@ -10,7 +10,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use futures::{future::BoxFuture, stream::BoxStream};
-use syncstore::{Entry, Lock, RelPath};
+use syncstore::{ContentHash, Entry, Lock, RelPath, chunks::Run};
 
 use crate::{error::Result, plan::Local};
 
@@ -55,11 +55,18 @@ pub trait Remote: std::fmt::Debug + Send + Sync {
         body: tokio::sync::mpsc::Receiver<Body>,
     ) -> BoxFuture<'a, Result<Entry>>;
 
-    /// The content of `entry` (that exact version) as a stream of chunks,
+    /// The content of `entry` (that exact version) as a stream of pieces,
     /// after the server confirmed that version and hash. Each chunk is
     /// at most [`syncstore::limits::MAX_CHUNK`] bytes (larger ones are
-    /// refused as errors of the stream).
-    fn download<'a>(&'a self, entry: &'a Entry) -> BoxFuture<'a, Result<ByteStream>>;
+    /// refused as errors of the stream). With `have` (content this client
+    /// holds and knows the chunk list of), the server may send the content
+    /// as runs against that list; runs it was not asked for are refused as
+    /// errors of the stream.
+    fn download<'a>(
+        &'a self,
+        entry: &'a Entry,
+        have: Option<ContentHash>,
+    ) -> BoxFuture<'a, Result<PieceStream>>;
 
     /// Deletes `path` at `base_version`, carrying the token of the lock this
     /// client holds on it (0 for none). Returns the tombstone.
@@ -100,8 +107,20 @@ pub trait Remote: std::fmt::Debug + Send + Sync {
     }
 }
 
-/// A download's content, chunk by chunk.
-pub type ByteStream = BoxStream<'static, Result<Vec<u8>>>;
+/// A download's content, piece by piece.
+pub type PieceStream = BoxStream<'static, Result<Piece>>;
+
+/// A piece of a download's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// The next bytes: of the content, or (after runs) of the new chunks
+    /// the runs named, concatenated.
+    Chunk(Vec<u8>),
+    /// The next stretch of the content as runs against the content the
+    /// download named as held (at most
+    /// [`syncstore::chunks::MAX_RUNS_PER_MESSAGE`]).
+    Runs(Vec<Run>),
+}
 
 /// What the engine needs to know of the active server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,13 +146,22 @@ pub struct Upload {
     pub base_version: u64,
     /// The token of this client's lock on the path (0 for none).
     pub lock_token: u64,
+    /// Content the server holds whose chunk list both sides know: the
+    /// body is then runs against it, with the bytes of new chunks only.
+    pub base_hash: Option<ContentHash>,
 }
 
 /// A message of an upload's body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
-    /// The next bytes of the content.
+    /// The next bytes of the content (of its new chunks, in an upload as
+    /// runs).
     Chunk(Vec<u8>),
+    /// Only in an upload with a base: the next stretch of the content as
+    /// runs against the base; the bytes of its new chunks follow before
+    /// the next runs or the end (at most
+    /// [`syncstore::chunks::MAX_RUNS_PER_MESSAGE`]).
+    Runs(Vec<Run>),
     /// The content is complete and as announced.
     End,
 }
@@ -181,6 +209,9 @@ pub enum Refused {
     PathClash,
     /// A header-only upload of content the server does not hold.
     UnknownContent,
+    /// An upload as runs against a base the server cannot use here: send
+    /// it plain.
+    UnknownBase,
     /// No such path or version, or the lock is no longer held.
     NotFound,
     /// This server is a replica, or a primary fenced off: it takes no
@@ -200,7 +231,10 @@ pub enum Refused {
     DiskFull,
     /// The server's copy of the content is damaged.
     Damaged,
-    /// Anything else (bad input, too large, busy, internal).
+    /// The request is invalid (INVALID_ARGUMENT: bad input, content not
+    /// as its header announced, or messages the server does not take).
+    Invalid,
+    /// Anything else (too large, busy, internal).
     Other,
 }
 
