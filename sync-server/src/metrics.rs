@@ -69,7 +69,7 @@ impl ServerMetrics {
         .expect("valid metric");
         registry.register(Box::new(commit_seconds.clone())).expect("unique metric");
         let replication = ReplicationMetrics::default();
-        for c in [&replication.lost, &replication.connect_attempts] {
+        for c in [&replication.lost, &replication.connect_attempts, &replication.content_sent] {
             registry.register(Box::new(c.clone())).expect("unique metric");
         }
         Self {

@@ -138,6 +138,13 @@ impl RunsReceiver {
         Ok(true)
     }
 
+    /// Whether the content is rebuilt whole: every run received is
+    /// complete and they add up to the announced size (for a stream with
+    /// no end marker: replication's).
+    pub(crate) fn complete(&self) -> bool {
+        self.queue.is_empty() && self.content == self.size
+    }
+
     /// Content bytes rebuilt so far (from the base and the wire): the
     /// upload's progress.
     pub(crate) fn rebuilt(&self) -> u64 {
@@ -221,36 +228,69 @@ pub(crate) async fn send_runs(
     tx: &mpsc::Sender<Result<pb::DownloadResponse, Status>>,
     metrics: &ServerMetrics,
 ) -> Result<Sent> {
-    let send = |msg| async move { tx.send(Ok(pb::DownloadResponse { msg: Some(msg) })).await.is_ok() };
+    let wrap = |msg| Ok(pb::DownloadResponse { msg: Some(msg) });
+    let runs_msg = |r| wrap(download_response::Msg::Runs(r));
+    let chunk_msg = |c| wrap(download_response::Msg::Chunk(c));
+    send_runs_as(store, runs, tx, (runs_msg, chunk_msg), &metrics.content_sent_bytes).await
+}
+
+/// [`send_runs`] on any stream (replication's too): its runs and chunk
+/// messages made by `framing`, the bytes of the new chunks counted in
+/// `sent`.
+pub(crate) async fn send_runs_as<M>(
+    store: &Store,
+    runs: Vec<Run>,
+    tx: &mpsc::Sender<M>,
+    framing: (impl Fn(pb::ChunkRuns) -> M, impl Fn(Vec<u8>) -> M),
+    sent: &prometheus::IntCounter,
+) -> Result<Sent> {
+    let (runs_msg, chunk_msg) = framing;
     for batch in runs.chunks(MAX_RUNS_PER_MESSAGE) {
         let message = pb::ChunkRuns { runs: batch.iter().map(|r| pb::ChunkRun::from(*r)).collect() };
-        if !send(download_response::Msg::Runs(message)).await {
+        if tx.send(runs_msg(message)).await.is_err() {
             return Ok(Sent::Closed);
         }
-        let mut out = Vec::new();
-        for run in batch {
-            let Run::New(c) = run else { continue };
-            let Some(data) = store.read_chunk(c).await? else {
-                return Err(Error::DataLoss(format!("chunk {} is missing from the store", c.hash)));
-            };
-            let mut rest = &data[..];
-            while !rest.is_empty() {
-                let (piece, after) = rest.split_at(rest.len().min(MAX_CHUNK - out.len()));
-                out.extend_from_slice(piece);
-                rest = after;
-                if out.len() == MAX_CHUNK {
-                    metrics.content_sent_bytes.inc_by(out.len() as u64);
-                    if !send(download_response::Msg::Chunk(std::mem::take(&mut out))).await {
-                        return Ok(Sent::Closed);
-                    }
+        let new: Vec<ChunkRef> =
+            batch.iter().filter_map(|r| if let Run::New(c) = r { Some(*c) } else { None }).collect();
+        if send_chunks_as(store, &new, tx, &chunk_msg, sent).await? == Sent::Closed {
+            return Ok(Sent::Closed);
+        }
+    }
+    Ok(Sent::Whole)
+}
+
+/// Sends the bytes of `chunks`, read verified from the store, concatenated
+/// in chunk messages of at most [`MAX_CHUNK`] bytes made by `chunk_msg`,
+/// counted in `sent`.
+pub(crate) async fn send_chunks_as<M>(
+    store: &Store,
+    chunks: &[ChunkRef],
+    tx: &mpsc::Sender<M>,
+    chunk_msg: &impl Fn(Vec<u8>) -> M,
+    sent: &prometheus::IntCounter,
+) -> Result<Sent> {
+    let mut out = Vec::new();
+    for c in chunks {
+        let Some(data) = store.read_chunk(c).await? else {
+            return Err(Error::DataLoss(format!("chunk {} is missing from the store", c.hash)));
+        };
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let (piece, after) = rest.split_at(rest.len().min(MAX_CHUNK - out.len()));
+            out.extend_from_slice(piece);
+            rest = after;
+            if out.len() == MAX_CHUNK {
+                sent.inc_by(out.len() as u64);
+                if tx.send(chunk_msg(std::mem::take(&mut out))).await.is_err() {
+                    return Ok(Sent::Closed);
                 }
             }
         }
-        if !out.is_empty() {
-            metrics.content_sent_bytes.inc_by(out.len() as u64);
-            if !send(download_response::Msg::Chunk(out)).await {
-                return Ok(Sent::Closed);
-            }
+    }
+    if !out.is_empty() {
+        sent.inc_by(out.len() as u64);
+        if tx.send(chunk_msg(out)).await.is_err() {
+            return Ok(Sent::Closed);
         }
     }
     Ok(Sent::Whole)

@@ -1236,6 +1236,9 @@ mod tests {
             kind: wire::kind(change).into(),
             lock: wire::lock_info(change),
             content_lost: false,
+            // At its largest: a file's content sent against a base.
+            runs_base: change.entry().map(|_| vec![0; 32]).unwrap_or_default(),
+            by_list: change.entry().is_some(),
         };
         pb::ReplicateRequest { msg: Some(pb::replicate_request::Msg::Change(header)) }
     }

@@ -26,6 +26,7 @@ mod ops;
 mod python;
 mod replica_link;
 mod replication;
+mod replication_chunks;
 mod security;
 mod selective;
 mod sync;

@@ -4,11 +4,16 @@
 //! limits (a chunk over the limit, more data than declared). A real client
 //! must refuse each of them, say so in its log, write nothing outside its
 //! folder, and still sync the good entries of the same listing and stream.
+//! A second test sends a large file's new version as runs against the
+//! client's copy that lie (a new chunk whose bytes are not its hash, runs
+//! that do not add up to the size): the client keeps its file as it was
+//! and leaves no temp file.
 
 use std::{collections::BTreeMap, path::Path, pin::Pin};
 
 use syncstore::{
     ContentHash,
+    chunks::{self, Run},
     limits::MAX_CHUNK,
     pb::{
         self, change_event, download_response,
@@ -29,6 +34,9 @@ type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 struct Offer {
     entry: pb::FileEntry,
     chunks: Vec<Vec<u8>>,
+    /// What its download sends after the entry when the client names
+    /// content it has (`have_hash`), if anything.
+    runs: Vec<pb::DownloadResponse>,
 }
 
 /// An entry declaring `content`, whose download sends `chunks`.
@@ -42,7 +50,7 @@ fn offer(path: &str, version: u64, content: &[u8], chunks: Vec<Vec<u8>>) -> Offe
         client_id: "evil".into(),
         ..Default::default()
     };
-    Offer { entry, chunks }
+    Offer { entry, chunks, runs: Vec::new() }
 }
 
 /// A well-behaved entry: its download sends exactly its content.
@@ -108,6 +116,10 @@ impl FileSync for EvilServer {
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let o = self.find(&req.get_ref().path).ok_or_else(|| Status::not_found("no such file"))?;
         let first = pb::DownloadResponse { msg: Some(download_response::Msg::Entry(o.entry.clone())) };
+        if !req.get_ref().have_hash.is_empty() && !o.runs.is_empty() {
+            let all: Vec<_> = std::iter::once(first).chain(o.runs.iter().cloned()).map(Ok).collect();
+            return Ok(Response::new(Box::pin(tokio_stream::iter(all))));
+        }
         let chunks = o
             .chunks
             .iter()
@@ -303,4 +315,125 @@ async fn a_malicious_server_cannot_make_the_client_write_outside_its_folder() {
         listing(&dir).into_keys().filter(|p| !p.starts_with(".syncstore/")).collect();
     synced.sort();
     assert_eq!(synced, ["good/after.txt", "good/event.txt", "good/listed.txt", "link"]);
+}
+
+/// A large file's new version, `new`, offered with runs against `old` (the
+/// version the client holds) that `spoil` alters: the runs' messages, the
+/// runs first, then the new chunks' bytes.
+fn offer_runs(
+    path: &str,
+    version: u64,
+    old: &[u8],
+    new: &[u8],
+    spoil: impl FnOnce(&mut Vec<Run>, &mut Vec<u8>),
+) -> Offer {
+    let list = |d: &[u8]| chunks::chunk_list(d, d.len() as u64).unwrap().2;
+    let (old_list, new_list) = (list(old), list(new));
+    let mut runs = chunks::diff(&old_list, &new_list);
+    let mut offset = 0usize;
+    let mut bytes = Vec::new();
+    for (run, c) in runs.iter().zip(runs_sizes(&old_list, &runs)) {
+        if matches!(run, Run::New(_)) {
+            bytes.extend_from_slice(&new[offset..offset + c]);
+        }
+        offset += c;
+    }
+    spoil(&mut runs, &mut bytes);
+    let mut o = whole(path, version, new);
+    let runs_msg = pb::ChunkRuns { runs: runs.into_iter().map(Into::into).collect() };
+    o.runs = vec![pb::DownloadResponse { msg: Some(download_response::Msg::Runs(runs_msg)) }];
+    o.runs.extend(
+        bytes
+            .chunks(MAX_CHUNK)
+            .map(|c| pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(c.to_vec())) }),
+    );
+    o
+}
+
+/// A well-behaved entry of content larger than a message: its download
+/// sends it in chunks of the largest size.
+fn whole(path: &str, version: u64, content: &[u8]) -> Offer {
+    offer(path, version, content, content.chunks(MAX_CHUNK).map(<[u8]>::to_vec).collect())
+}
+
+/// How many content bytes each run stands for.
+fn runs_sizes(base: &[chunks::ChunkRef], runs: &[Run]) -> Vec<usize> {
+    runs.iter()
+        .map(|r| match *r {
+            Run::Base { first, count } => {
+                chunks::base_slice(base, first, count).unwrap().iter().map(|c| c.size as usize).sum()
+            }
+            Run::New(c) => c.size as usize,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn runs_that_lie_leave_the_clients_file_as_it_was() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+
+    // Two large files the client gets whole first, then new versions of as
+    // runs against them.
+    let old = crate::harness::random_bytes(3 << 20, 40);
+    let mut new = old.clone();
+    new[1_500_000..1_504_096].copy_from_slice(&crate::harness::random_bytes(4096, 41));
+    let listed = vec![whole("wrong.bin", 1, &old), whole("short.bin", 2, &old)];
+    let events = vec![
+        // A new chunk's bytes are not its hash.
+        offer_runs("wrong.bin", 11, &old, &new, |_, bytes| bytes[100] ^= 1),
+        // The runs stop before the end of the content.
+        offer_runs("short.bin", 12, &old, &new, |runs, _| {
+            assert!(
+                matches!(runs.pop(), Some(Run::Base { .. })),
+                "an edit in the middle ends with base chunks"
+            );
+        }),
+    ];
+
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop_server = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop_server.clone();
+        tonic::transport::Server::builder()
+            .add_service(FileSyncServer::new(EvilServer { listed, events }))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+    });
+    let mut config = sync_client::Config::new(format!("http://{addr}"), dir.path());
+    config.rescan_interval = std::time::Duration::from_secs(3600);
+    // Every transfer in the loop: the files are local before the
+    // subscription (and its events) starts.
+    config.large_transfer = u64::MAX;
+    let metrics = config.metrics.clone();
+    let stop_client = CancellationToken::new();
+    let client = tokio::spawn(sync_client::watch(config, stop_client.clone()));
+
+    eventually("the client has both files", || {
+        ["wrong.bin", "short.bin"].iter().all(|p| std::fs::read(dir.path().join(p)).is_ok_and(|d| d == old))
+    })
+    .await;
+    eventually("both new versions were refused", || {
+        let text = logs.text();
+        ["wrong.bin", "short.bin"].iter().all(|p| text.lines().any(|l| l.contains(p) && l.contains("WARN")))
+    })
+    .await;
+    assert!(metrics.errors.get() >= 2, "the refused downloads count as failures");
+    eventually("no temp file is left", || listing(&dir.path().join(".syncstore/tmp")).is_empty()).await;
+    stop_client.cancel();
+    client.await.unwrap().unwrap();
+    stop_server.cancel();
+    server.await.unwrap().unwrap();
+    for path in ["wrong.bin", "short.bin"] {
+        assert!(std::fs::read(dir.path().join(path)).unwrap() == old, "{path} is as it was");
+    }
 }

@@ -2,8 +2,17 @@
 //! open to the replica, sends it every change after the replica's position
 //! (a full snapshot when that position is no longer in the log), and
 //! publishes the replica's acknowledgements for sync-mode writes.
+//!
+//! Content larger than one chunk that replaced the path's previous content
+//! goes as runs against that content when the replica holds it
+//! ([`delta_base`]); other content larger than one chunk goes by its chunk
+//! list, the replica answering which chunks it lacks ([`by_list`]): either
+//! way only the chunks it lacks cross the link. A replica that cannot
+//! rebuild it refuses the stream with `unknown-base`; the changes sent so
+//! far as runs or lists then go plain when they are sent again.
 
 use std::{
+    collections::HashSet,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -14,7 +23,8 @@ use std::{
 use prometheus::IntCounter;
 use syncstore::connect::Credentials;
 use syncstore::{
-    Backoff,
+    Backoff, ContentHash, Reason,
+    chunks::{ChunkRef, MAX_RUNS_PER_MESSAGE, Run, WHOLE_MAX},
     limits::MAX_MESSAGE,
     pb::{self, replicate_request, replicate_response, replication_client::ReplicationClient},
 };
@@ -27,6 +37,7 @@ use super::{Mode, OnTimeout, ReplicaConfig, WriteGate};
 use crate::{
     error::{Error, Result},
     feed::{self, Item},
+    runs,
     storage::{Change, ContentReader, PAGE_SIZE, Store, What},
     transfer::{self, Sent},
     wire,
@@ -73,6 +84,8 @@ struct Shared {
     degraded: AtomicBool,
     link: Mutex<Link>,
     metrics: ReplicationMetrics,
+    /// The highest seq whose content went as runs or by its list.
+    last_runs: std::sync::atomic::AtomicU64,
 }
 
 /// What the primary knows of its link, beyond the acknowledged seq.
@@ -100,6 +113,10 @@ struct Link {
     last_lost_seq: u64,
     last_lost: String,
     lost: u64,
+    /// Changes up to this seq go with plain content: the replica refused a
+    /// change sent as runs or by its list at or before it (it could not
+    /// rebuild it from what it holds).
+    plain_through: u64,
 }
 
 /// The link's counters, also exported as Prometheus metrics.
@@ -109,6 +126,9 @@ pub struct ReplicationMetrics {
     pub lost: IntCounter,
     /// Attempts to open the replication stream.
     pub connect_attempts: IntCounter,
+    /// Content bytes sent on the link: whole content, or the new chunks'
+    /// bytes of content sent as runs against the replica's copy.
+    pub content_sent: IntCounter,
 }
 
 impl Default for ReplicationMetrics {
@@ -119,6 +139,11 @@ impl Default for ReplicationMetrics {
             connect_attempts: counter(
                 "replica_connect_attempts_total",
                 "Attempts to open the replication stream",
+            ),
+            content_sent: counter(
+                "replication_content_sent_bytes_total",
+                "Content bytes sent to the replica (whole content, or only the new chunks of content \
+                 sent as runs)",
             ),
         }
     }
@@ -149,6 +174,7 @@ impl ReplicationHandle {
                 degraded: AtomicBool::new(false),
                 link: Mutex::default(),
                 metrics,
+                last_runs: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -372,6 +398,30 @@ impl ReplicationHandle {
         progressed || stable
     }
 
+    /// The replica refused the stream with `status`: if because it cannot
+    /// rebuild content sent as runs or by its list (`unknown-base`), every
+    /// change sent so so far goes plain from the next session on.
+    fn refused(&self, status: &tonic::Status) -> Error {
+        if Reason::of(status) == Some(Reason::UnknownBase) {
+            let through = self.inner.last_runs.load(Ordering::Relaxed);
+            let mut link = self.link();
+            if through > link.plain_through {
+                tracing::info!(
+                    through,
+                    reason = status.message(),
+                    "the replica cannot rebuild content sent as runs; sending it plain"
+                );
+                link.plain_through = through;
+            }
+        }
+        Error::Unavailable(status.to_string())
+    }
+
+    /// Whether change `seq` must go with plain content.
+    fn plain(&self, seq: u64) -> bool {
+        seq <= self.link().plain_through
+    }
+
     /// Reports change `seq` of `path` as replicated without its content,
     /// once per change.
     fn lost(&self, seq: u64, namespace: &str, path: &str, why: &str) {
@@ -474,8 +524,10 @@ async fn stream_once(
     // is gone, even if the connection looks open (a silent network).
     let silence_limit = (ready.heartbeat_interval_ms > 0)
         .then(|| Duration::from_millis(ready.heartbeat_interval_ms) * MISSED_HEARTBEATS);
-    // Acknowledgements come back on their own task.
+    // Acknowledgements come back on their own task, and the chunks a
+    // replica wants of a change sent by its list.
     let (processed_tx, processed) = watch::channel(0u64);
+    let (wants_tx, wants) = mpsc::channel(1);
     let acks = {
         let (handle, store) = (handle.clone(), store.clone());
         async move {
@@ -490,27 +542,48 @@ async fn stream_once(
                     })?,
                     None => next.await,
                 };
-                let Some(resp) = resp.map_err(|s| Error::Unavailable(s.to_string()))? else {
+                let Some(resp) = resp.map_err(|s| handle.refused(&s))? else {
                     return Err::<(), _>(Error::Unavailable("the replica closed the stream".into()));
                 };
-                if let Some(replicate_response::Msg::Ack(ack)) = resp.msg {
-                    handle.ack(ack.acked_seq, store.head());
-                    let _ = processed_tx.send(ack.processed);
+                match resp.msg {
+                    Some(replicate_response::Msg::Ack(ack)) => {
+                        handle.ack(ack.acked_seq, store.head());
+                        let _ = processed_tx.send(ack.processed);
+                    }
+                    // The sender waits for it: one at a time.
+                    Some(replicate_response::Msg::Wants(w)) => wants_tx.try_send(w).map_err(|_| {
+                        Error::Unavailable("the replica named chunks it wants unasked".into())
+                    })?,
+                    _ => {}
                 }
             }
         }
     };
     let stop = shutdown.child_token();
     let window = Window { sent: Arc::new(std::sync::atomic::AtomicU64::new(0)), processed };
+    let copies = Copies {
+        since: Arc::new(ready.applied_seq.into()),
+        hollow: Arc::default(),
+        wants: Arc::new(tokio::sync::Mutex::new(wants)),
+    };
+    let takes_chunks = ready.takes_chunks;
     let send = async {
         let failed = Arc::new(Mutex::new(None));
         feed::follow(store, ready.applied_seq, None, &stop, |item| {
-            let (tx, store, failed, window, handle) =
-                (tx.clone(), store.clone(), failed.clone(), window.clone(), handle.clone());
+            let (tx, store, failed, window, handle, copies) =
+                (tx.clone(), store.clone(), failed.clone(), window.clone(), handle.clone(), copies.clone());
             async move {
                 let sent = match item {
-                    Item::Change(change) => send_change(&store, &handle, &tx, &window, *change).await,
-                    Item::Reset { head } => send_snapshot(&store, &handle, &tx, &window, head).await,
+                    Item::Change(change) => {
+                        // An older replica takes every content plain.
+                        let copies = takes_chunks.then_some(&copies);
+                        send_change(&store, &handle, &tx, &window, *change, copies).await
+                    }
+                    Item::Reset { head } => {
+                        let sent = send_snapshot(&store, &handle, &tx, &window, head).await;
+                        copies.resynced(head);
+                        sent
+                    }
                 };
                 match sent {
                     Ok(()) => true,
@@ -597,6 +670,63 @@ impl Window {
     }
 }
 
+/// What a session knows of the copies the replica holds, to send content
+/// as runs against them. Cheap to clone.
+#[derive(Debug, Clone)]
+struct Copies {
+    /// The replica holds the content of the changes up to this seq (where
+    /// it stood when the session began, or the head of a full resync), as
+    /// far as this primary can tell: one it took without its content
+    /// refuses runs against it, and the change goes plain next time.
+    since: Arc<std::sync::atomic::AtomicU64>,
+    /// The files (namespace, path) whose last put sent in this session
+    /// went without its content (replaced or lost by then): the replica
+    /// holds no copy of it to rebuild from.
+    hollow: Arc<Mutex<HashSet<(String, String)>>>,
+    /// The replica's answers to changes sent by their list.
+    wants: Arc<tokio::sync::Mutex<mpsc::Receiver<pb::ChunkWants>>>,
+}
+
+impl Copies {
+    /// Whether the replica holds the content of change `seq` of `path`,
+    /// the last change of that file before the one being sent.
+    fn held(&self, namespace: &str, path: &str, seq: u64) -> bool {
+        seq <= self.since.load(Ordering::Relaxed)
+            || !self.hollow().contains(&(namespace.to_owned(), path.to_owned()))
+    }
+
+    /// A put of `path` was sent, with its content or not.
+    fn sent(&self, namespace: &str, path: &str, with_content: bool) {
+        let key = (namespace.to_owned(), path.to_owned());
+        match with_content {
+            true => self.hollow().remove(&key),
+            false => self.hollow().insert(key),
+        };
+    }
+
+    /// A full resync up to `head` was sent.
+    fn resynced(&self, head: u64) {
+        self.since.store(head, Ordering::Relaxed);
+        self.hollow().clear();
+    }
+
+    fn hollow(&self) -> MutexGuard<'_, HashSet<(String, String)>> {
+        self.hollow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The chunks of `list` (change `seq`'s) the replica wants, once it
+    /// answers.
+    async fn wanted(&self, seq: u64, list: &[ChunkRef]) -> Result<Vec<ChunkRef>> {
+        let wants = self.wants.lock().await.recv().await.ok_or_else(closed)?;
+        let bad =
+            || Error::Unavailable(format!("the replica's answer to change {seq}'s chunk list is malformed"));
+        if wants.seq != seq || !wants.missing.is_sorted_by(|a, b| a < b) {
+            return Err(bad());
+        }
+        wants.missing.iter().map(|&i| list.get(i as usize).copied().ok_or_else(bad)).collect()
+    }
+}
+
 /// Where a change's content comes from.
 enum Source {
     /// No content: a tombstone or a lock.
@@ -628,16 +758,68 @@ async fn open_content(store: &Store, namespace: &str, entry: &syncstore::Entry) 
     }
 }
 
+/// The base to send a put's content against, and the runs against it, if
+/// it can go so: content larger than one chunk, not refused as runs
+/// before, whose recipe keeps runs against the content it replaced
+/// (`prev`), when that is the content of the path's previous file change
+/// and the replica holds it ([`Copies::held`]).
+async fn delta_base(
+    store: &Store,
+    handle: &ReplicationHandle,
+    copies: &Copies,
+    namespace: &str,
+    entry: &syncstore::Entry,
+    seq: u64,
+) -> Result<Option<(ContentHash, Vec<Run>)>> {
+    let Some(content) = entry.content else { return Ok(None) };
+    if content.size <= WHOLE_MAX || handle.plain(seq) {
+        return Ok(None);
+    }
+    let Some((base, runs)) = store.recipe(&content.hash).await?.and_then(|r| r.prev) else {
+        return Ok(None);
+    };
+    let Some((prev_seq, false)) = store.previous_file_change(namespace, &entry.path, seq).await? else {
+        return Ok(None);
+    };
+    let held = store.entry_at(namespace, &entry.path, prev_seq).await?.and_then(|e| e.content);
+    if held.map(|c| c.hash) != Some(base) || !copies.held(namespace, entry.path.as_str(), prev_seq) {
+        return Ok(None);
+    }
+    Ok(Some((base, runs)))
+}
+
+/// The chunk list to send a put's content by, if it can go so: content
+/// larger than one chunk, not refused as runs or a list before, stored as
+/// chunks here. The replica then names the chunks it lacks: those of an
+/// earlier version it still holds, or of any other content, do not cross
+/// the link.
+async fn by_list(
+    store: &Store,
+    handle: &ReplicationHandle,
+    entry: &syncstore::Entry,
+    seq: u64,
+) -> Result<Option<Vec<ChunkRef>>> {
+    let Some(content) = entry.content else { return Ok(None) };
+    if content.size <= WHOLE_MAX || handle.plain(seq) {
+        return Ok(None);
+    }
+    Ok(store.recipe(&content.hash).await?.map(|r| r.list))
+}
+
 /// Sends one change and, for a live file whose content is still kept, the
-/// content right after it. Content this primary has lost (missing, or
-/// found corrupt while sending it) is reported and the change goes without
-/// it, so that it does not hold up the changes behind it.
+/// content right after it: as runs against the replica's copy of the
+/// path's previous content when it can ([`delta_base`]; `copies` is `None`
+/// during a full resync, which sends everything plain), else whole.
+/// Content this primary has lost (missing, or found corrupt while sending
+/// it) is reported and the change goes without it, so that it does not
+/// hold up the changes behind it.
 async fn send_change(
     store: &Store,
     handle: &ReplicationHandle,
     tx: &Sender,
     window: &Window,
     change: Change,
+    copies: Option<&Copies>,
 ) -> Result<()> {
     window.take().await?;
     let (kind, lock) = (wire::kind(&change).into(), wire::lock_info(&change));
@@ -652,14 +834,24 @@ async fn send_change(
             kind,
             lock,
             content_lost: false,
+            runs_base: Vec::new(),
+            by_list: false,
         };
         return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
     };
     let source = open_content(store, &namespace, &entry).await?;
-    let path = entry.path.to_string();
+    let (path, entry_content) = (entry.path.to_string(), entry.content);
     if let Source::Lost(why) = &source {
         handle.lost(seq, &namespace, &path, why);
     }
+    let delta = match (&source, copies) {
+        (Source::Blob(_), Some(copies)) => delta_base(store, handle, copies, &namespace, &entry, seq).await?,
+        _ => None,
+    };
+    let list = match (&source, copies, &delta) {
+        (Source::Blob(_), Some(_), None) => by_list(store, handle, &entry, seq).await?,
+        _ => None,
+    };
     let header = pb::ReplicatedChange {
         seq,
         namespace: namespace.clone(),
@@ -668,21 +860,58 @@ async fn send_change(
         kind,
         lock: None,
         content_lost: matches!(source, Source::Lost(_)),
+        runs_base: delta.as_ref().map(|(base, _)| base.as_bytes().to_vec()).unwrap_or_default(),
+        by_list: list.is_some(),
     };
     tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed())?;
+    let with_content = matches!(source, Source::Blob(_));
     if let Source::Blob(reader) = source {
+        let counter = &handle.inner.metrics.content_sent;
+        let chunk_msg = |c| msg(replicate_request::Msg::Chunk(c));
+        let sent = match (delta, list, copies) {
+            (Some((_, runs)), _, _) => {
+                handle.inner.last_runs.fetch_max(seq, Ordering::Relaxed);
+                let framing = (|r| msg(replicate_request::Msg::Runs(r)), chunk_msg);
+                runs::send_runs_as(store, runs, tx, framing, counter).await
+            }
+            (None, Some(list), Some(copies)) => {
+                handle.inner.last_runs.fetch_max(seq, Ordering::Relaxed);
+                for batch in list.chunks(MAX_RUNS_PER_MESSAGE) {
+                    let runs = batch.iter().map(|c| pb::ChunkRun::from(Run::New(*c))).collect();
+                    let runs = msg(replicate_request::Msg::Runs(pb::ChunkRuns { runs }));
+                    tx.send(runs).await.map_err(|_| closed())?;
+                }
+                let wanted = copies.wanted(seq, &list).await?;
+                runs::send_chunks_as(store, &wanted, tx, &chunk_msg, counter).await
+            }
+            _ => {
+                let counter = counter.clone();
+                let chunk = move |c: Vec<u8>| {
+                    counter.inc_by(c.len() as u64);
+                    msg(replicate_request::Msg::Chunk(c))
+                };
+                transfer::send_content(reader, tx.clone(), chunk).await
+            }
+        };
         // Content found damaged on the way is never sent as good: the
         // replica gets `ContentLost` in place of its last chunk.
-        match transfer::send_content(reader, tx.clone(), |c| msg(replicate_request::Msg::Chunk(c))).await {
+        match sent {
             Ok(Sent::Whole) => {}
             Ok(Sent::Closed) => return Err(closed()),
             Err(Error::DataLoss(why)) => {
                 let lost = pb::ContentLost { reason: why };
                 tx.send(msg(replicate_request::Msg::ContentLost(lost))).await.map_err(|_| closed())?;
                 handle.lost(seq, &namespace, &path, "damaged (it no longer matches its hash)");
+                if let Some(copies) = copies {
+                    copies.sent(&namespace, &path, false);
+                }
+                return Ok(());
             }
             Err(e) => return Err(e),
         }
+    }
+    if let (Some(copies), Some(_)) = (copies, entry_content) {
+        copies.sent(&namespace, &path, with_content);
     }
     Ok(())
 }
@@ -708,14 +937,8 @@ async fn send_snapshot(
         let done = page.len() < PAGE_SIZE;
         after = page.last().map(|(ns, e)| (ns.clone(), e.path.to_string()));
         for (namespace, entry) in page {
-            send_change(
-                store,
-                handle,
-                tx,
-                window,
-                Change { seq: entry.version, namespace, what: What::File(entry) },
-            )
-            .await?;
+            let change = Change { seq: entry.version, namespace, what: What::File(entry) };
+            send_change(store, handle, tx, window, change, None).await?;
         }
         if done {
             break;
@@ -723,8 +946,8 @@ async fn send_snapshot(
     }
     // Then the locks, each as a lock change whose seq is its token.
     for (namespace, lock) in store.all_locks().await? {
-        send_change(store, handle, tx, window, Change { seq: lock.token, namespace, what: What::Lock(lock) })
-            .await?;
+        let change = Change { seq: lock.token, namespace, what: What::Lock(lock) };
+        send_change(store, handle, tx, window, change, None).await?;
     }
     tx.send(msg(replicate_request::Msg::SnapshotEnd(pb::SnapshotEnd { head_seq: head })))
         .await

@@ -3,13 +3,25 @@
 //! sequence order (content first, then metadata, as the primary does),
 //! acknowledges the highest seq it holds, and sends heartbeats so that the
 //! primary can tell a silent network from an idle link.
+//!
+//! Content sent as runs against the path's previous content is rebuilt
+//! from this replica's own stored chunks of that content and the new
+//! chunks' bytes ([`RunsReceiver`], as an Upload against a base), then cut
+//! and checked whole like any received content. Content sent by its chunk
+//! list is answered with the chunks this replica lacks (`ChunkWants`) and
+//! rebuilt the same way, the chunks it holds as the base. A replica that cannot
+//! rebuild it (no chunk list of the base, a base chunk missing or damaged,
+//! a rebuilt whole that does not match) applies nothing of that change and
+//! refuses the stream with `unknown-base`: the primary sends it again
+//! plain.
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::FutureExt;
 
 use syncstore::{
-    Entry,
+    ContentHash, Entry,
+    chunks::{ChunkRef, MAX_RUNS_PER_MESSAGE, Run},
     limits::MAX_CHUNK,
     pb::{self, replicate_request, replicate_response, replication_server::Replication},
 };
@@ -21,9 +33,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::WriteGate;
 use crate::{
-    Role,
+    Role, ServerMetrics,
     context::ServiceContext,
     error::{Error, Result},
+    runs::RunsReceiver,
     storage::{Change, Replicated, Store, What},
     transfer::ContentReceiver,
     wire,
@@ -49,6 +62,9 @@ pub struct ReplicationService {
     store: Store,
     gate: WriteGate,
     is_replica: bool,
+    /// Counts the content bytes that came on the link, and those content
+    /// sent as runs took from its base instead.
+    metrics: ServerMetrics,
     /// One primary stream at a time; a reconnecting primary waits for its
     /// previous stream to end.
     active: Arc<Mutex<()>>,
@@ -67,6 +83,7 @@ impl ReplicationService {
             store: ctx.store.clone(),
             gate: ctx.gate.clone(),
             is_replica: ctx.role == Role::Replica,
+            metrics: ctx.metrics.clone(),
             active: Arc::new(Mutex::new(())),
             current: Arc::default(),
             health,
@@ -152,14 +169,15 @@ impl Replication for ReplicationService {
             applied_seq: self.store.head(),
             epoch: self.store.epoch(),
             heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
+            takes_chunks: true,
         };
         tracing::info!(primary = %hello.primary_url, applied = ready.applied_seq, "primary connected");
         tx.send(Ok(response(replicate_response::Msg::Ready(ready)))).await.expect("receiver alive");
-        let (store, health) = (self.store.clone(), self.health.clone());
+        let (store, health, metrics) = (self.store.clone(), self.health.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let _guard = guard;
             let result = tokio::select! {
-                r = apply_stream(&store, &mut incoming, &tx, &health) => r,
+                r = apply_stream(&store, &metrics, &mut incoming, &tx, &health) => r,
                 () = heartbeats(&tx) => Ok(()),
                 // Shutting down, or replaced by a new stream: end this one
                 // (a change being applied is a task of its own and
@@ -205,6 +223,7 @@ type Acks = mpsc::Sender<Result<pb::ReplicateResponse, Status>>;
 /// Applies changes (and snapshots) as they arrive, acknowledging each.
 async fn apply_stream(
     store: &Store,
+    metrics: &ServerMetrics,
     incoming: &mut Streaming<pb::ReplicateRequest>,
     acks: &Acks,
     health: &HealthReporter,
@@ -223,7 +242,7 @@ async fn apply_stream(
         };
         match req.msg {
             Some(replicate_request::Msg::Change(c)) => {
-                let first = receive_change(store, c, incoming).await?;
+                let first = receive_change(store, metrics, acks, c, incoming).await?;
                 let n = if snapshot.is_some() {
                     let Replicated { change, staged, content_gone } = first;
                     match &change.what {
@@ -242,9 +261,13 @@ async fn apply_stream(
                         match incoming.message().now_or_never() {
                             Some(Ok(Some(pb::ReplicateRequest {
                                 msg: Some(replicate_request::Msg::Change(c)),
-                            }))) => {
-                                batch.push(receive_change(store, c, incoming).await?);
+                            }))) if c.runs_base.is_empty() && !c.by_list => {
+                                batch.push(receive_change(store, metrics, acks, c, incoming).await?);
                             }
+                            // Content sent as runs or by its list may be
+                            // rebuilt from content this batch brings: it
+                            // starts the next batch, once this one is
+                            // applied.
                             Some(Ok(Some(other))) => {
                                 pending = Some(other);
                                 break;
@@ -289,6 +312,8 @@ async fn apply_stream(
 /// Receives one change message's entry and, if it follows, its content.
 async fn receive_change(
     store: &Store,
+    metrics: &ServerMetrics,
+    acks: &Acks,
     c: pb::ReplicatedChange,
     incoming: &mut Streaming<pb::ReplicateRequest>,
 ) -> Result<Replicated> {
@@ -299,12 +324,29 @@ async fn receive_change(
         return Ok(Replicated { change, staged: None, content_gone: false });
     }
     let entry = Entry::try_from(c.entry.ok_or_else(|| Error::invalid("a change without entry"))?)?;
-    let (staged, lost) = match c.content_follows {
-        true => match receive_content(store, &entry, incoming).await? {
+    let received = match c.runs_base.is_empty() {
+        _ if !c.content_follows => None,
+        true if c.by_list => Some(receive_by_list(store, metrics, acks, c.seq, &entry, incoming).await?),
+        true => Some(receive_content(store, metrics, &entry, incoming).await?),
+        false => {
+            let base = ContentHash::try_from(&c.runs_base[..])?;
+            let Some(recipe) = store.recipe(&base).await? else {
+                return Err(Error::UnknownBase(format!(
+                    "cannot rebuild the content of {} against {base}: this replica keeps no chunk list \
+                     of it; send it plain",
+                    entry.path
+                )));
+            };
+            let runs = Runs::Base(recipe.list);
+            Some(receive_runs(store, metrics, &entry, runs, incoming).await?)
+        }
+    };
+    let (staged, lost) = match received {
+        Some(received) => match received {
             Received::Whole(staged) => (Some(staged), None),
             Received::Lost(why) => (None, Some(why)),
         },
-        false => (None, c.content_lost.then(|| "missing".to_owned())),
+        None => (None, c.content_lost.then(|| "missing".to_owned())),
     };
     if let (Some(why), Some(content)) = (lost, entry.content) {
         // The primary cannot supply it; the entry is applied all the same
@@ -346,6 +388,7 @@ enum Received {
 /// verified, durable temp blob.
 async fn receive_content(
     store: &Store,
+    metrics: &ServerMetrics,
     entry: &Entry,
     incoming: &mut Streaming<pb::ReplicateRequest>,
 ) -> Result<Received> {
@@ -367,6 +410,7 @@ async fn receive_content(
             _ => return Err(Error::invalid(format!("the content of {} was cut short", entry.path))),
         };
         received += chunk.len() as u64;
+        metrics.content_received_bytes.inc_by(chunk.len() as u64);
         if !receiver.write(chunk).await {
             break; // The writer failed; finishing says why.
         }
@@ -375,6 +419,246 @@ async fn receive_content(
     // copy found corrupt comes with `ContentLost` in its place, above.)
     let staged = receiver.finish(content.hash, content.size).await?;
     Ok(Received::Whole(staged))
+}
+
+/// How content sent against what a replica holds comes.
+enum Runs {
+    /// As runs against a base whose chunk list this is; the runs follow.
+    Base(Vec<ChunkRef>),
+    /// By its list: these runs against these chunks this replica holds;
+    /// only the new chunks' bytes follow.
+    Held { held: Vec<ChunkRef>, runs: Vec<Run> },
+}
+
+/// Receives a change's content sent by its chunk list: answers the chunks
+/// this replica lacks, then rebuilds it from the others ([`receive_runs`]).
+async fn receive_by_list(
+    store: &Store,
+    metrics: &ServerMetrics,
+    acks: &Acks,
+    seq: u64,
+    entry: &Entry,
+    incoming: &mut Streaming<pb::ReplicateRequest>,
+) -> Result<Received> {
+    let content = entry.content.ok_or_else(|| Error::invalid("content for a tombstone"))?;
+    let list = match read_list(entry, content.size, incoming).await {
+        Ok(Ok(list)) => list,
+        Ok(Err(why)) => return Ok(Received::Lost(why)),
+        // A list that does not describe the content: the content plain
+        // settles it.
+        Err(Error::Unavailable(why)) => return Err(Error::Unavailable(why)),
+        Err(e) => {
+            return Err(Error::UnknownBase(format!(
+                "cannot rebuild the content of {} from its chunk list: {e}; send it plain",
+                entry.path
+            )));
+        }
+    };
+    // Each chunk held here is read and checked as it is copied: one found
+    // missing or damaged then makes this replica refuse the content.
+    let (mut held, mut runs, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+    let mut index = std::collections::HashMap::new();
+    for (i, c) in list.iter().enumerate() {
+        let at = match index.get(&c.hash) {
+            Some(at) => Some(*at),
+            None if store.has_blob(&c.hash).await? => {
+                let at = held.len() as u32;
+                held.push(*c);
+                index.insert(c.hash, at);
+                Some(at)
+            }
+            None => None,
+        };
+        match (at, runs.last_mut()) {
+            (Some(at), Some(Run::Base { first, count })) if *first + *count == at => *count += 1,
+            (Some(at), _) => runs.push(Run::Base { first: at, count: 1 }),
+            (None, _) => {
+                missing.push(i as u32);
+                runs.push(Run::New(*c));
+            }
+        }
+    }
+    let wants = pb::ChunkWants { seq, missing };
+    if acks.send(Ok(response(replicate_response::Msg::Wants(wants)))).await.is_err() {
+        return Err(Error::Unavailable("the primary has gone".into()));
+    }
+    receive_runs(store, metrics, entry, Runs::Held { held, runs }, incoming).await
+}
+
+/// Reads a chunk list adding up to `size` bytes (of `entry`'s content), or
+/// the reason the primary cut it short (`ContentLost`).
+async fn read_list(
+    entry: &Entry,
+    size: u64,
+    incoming: &mut Streaming<pb::ReplicateRequest>,
+) -> Result<std::result::Result<Vec<ChunkRef>, String>> {
+    let mut list = Vec::new();
+    let mut listed = 0u64;
+    while listed < size {
+        let runs = match incoming.message().await.map_err(broken)? {
+            Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::Runs(r)) })
+                if r.runs.len() <= MAX_RUNS_PER_MESSAGE =>
+            {
+                r.runs
+            }
+            Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::ContentLost(l)) }) => {
+                return Ok(Err(l.reason));
+            }
+            _ => return Err(Error::invalid(format!("the chunk list of {} was cut short", entry.path))),
+        };
+        for run in runs {
+            let Run::New(c) = Run::try_from(run)? else {
+                return Err(Error::invalid("a chunk list names base chunks"));
+            };
+            listed += u64::from(c.size);
+            list.push(c);
+        }
+    }
+    if listed != size {
+        return Err(Error::invalid(format!(
+            "the chunk list of {} adds up to {listed} bytes, not {size}",
+            entry.path
+        )));
+    }
+    Ok(Ok(list))
+}
+
+/// Receives a change's content sent against what this replica holds,
+/// rebuilt from its stored chunks and the new chunks' bytes, into a
+/// verified, durable temp blob. `UNKNOWN_BASE` when it cannot be rebuilt
+/// here; nothing is kept then.
+async fn receive_runs(
+    store: &Store,
+    metrics: &ServerMetrics,
+    entry: &Entry,
+    how: Runs,
+    incoming: &mut Streaming<pb::ReplicateRequest>,
+) -> Result<Received> {
+    let content = entry.content.ok_or_else(|| Error::invalid("content for a tombstone"))?;
+    let unknown = |why: String| {
+        Error::UnknownBase(format!(
+            "cannot rebuild the content of {} from what this replica holds: {why}; send it plain",
+            entry.path
+        ))
+    };
+    let (base, mut known) = match how {
+        Runs::Base(list) => (list, None),
+        Runs::Held { held, runs } => (held, Some(Known::new(runs))),
+    };
+    // Dropping the receiver (an early return) removes its temp file.
+    let receiver = ContentReceiver::start(store, content.size)?;
+    let mut runs = RunsReceiver::new(store.clone(), base, content.size, metrics.clone());
+    let rebuilt = async {
+        if let Some(known) = &mut known
+            && !known.feed(&mut runs, &receiver).await?
+        {
+            return Ok(None);
+        }
+        while !runs.complete() {
+            let written = match incoming.message().await.map_err(broken)? {
+                Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::Runs(r)) })
+                    if known.is_none() =>
+                {
+                    runs.runs(r, &receiver).await?
+                }
+                Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::Chunk(c)) })
+                    if c.len() <= MAX_CHUNK =>
+                {
+                    match &mut known {
+                        Some(known) => known.bytes(c, &mut runs, &receiver).await?,
+                        None => runs.bytes(c, &receiver).await?,
+                    }
+                }
+                Some(pb::ReplicateRequest { msg: Some(replicate_request::Msg::ContentLost(l)) }) => {
+                    return Ok(Some(l.reason));
+                }
+                _ => return Err(Error::invalid(format!("the content of {} was cut short", entry.path))),
+            };
+            if !written {
+                break; // The writer failed; finishing says why.
+            }
+        }
+        Ok(None)
+    };
+    // A base chunk missing or damaged here, runs that do not fit this
+    // replica's list of the base, a whole that does not match (a base cut
+    // otherwise): whatever the cause, the content plain settles it, so the
+    // primary is told to send it so rather than retry the same runs.
+    let base_failed = |e: Error| match e {
+        Error::UnknownBase(why)
+        | Error::DataLoss(why)
+        | Error::ContentMismatch(why)
+        | Error::InvalidArgument(why) => unknown(why),
+        e => e,
+    };
+    // Whatever ends it early, the new chunks it wrote go before the
+    // primary hears why.
+    match rebuilt.await {
+        Ok(None) => {}
+        Ok(Some(why)) => {
+            receiver.abort().await;
+            return Ok(Received::Lost(why));
+        }
+        Err(e) => {
+            receiver.abort().await;
+            return Err(base_failed(e));
+        }
+    }
+    let staged = receiver.finish(content.hash, content.size).await.map_err(base_failed)?;
+    Ok(Received::Whole(staged))
+}
+
+/// Runs this replica made itself (from a chunk list), fed to a
+/// [`RunsReceiver`] a message's worth at a time, the new chunks' bytes cut
+/// at the end of each message's worth.
+struct Known {
+    /// Runs not fed yet, in order.
+    rest: std::collections::VecDeque<Run>,
+    /// Bytes of new chunks the runs fed so far still wait for.
+    due: u64,
+}
+
+impl Known {
+    fn new(runs: Vec<Run>) -> Self {
+        Self { rest: runs.into(), due: 0 }
+    }
+
+    /// Feeds runs until some wait for bytes or none are left. False once
+    /// the receiver's writer has failed.
+    async fn feed(&mut self, runs: &mut RunsReceiver, receiver: &ContentReceiver) -> Result<bool> {
+        while self.due == 0 && !self.rest.is_empty() {
+            let n = self.rest.len().min(MAX_RUNS_PER_MESSAGE);
+            let batch: Vec<Run> = self.rest.drain(..n).collect();
+            self.due = batch.iter().map(|r| if let Run::New(c) = r { u64::from(c.size) } else { 0 }).sum();
+            let message = pb::ChunkRuns { runs: batch.into_iter().map(pb::ChunkRun::from).collect() };
+            if !runs.runs(message, receiver).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Takes new chunks' bytes from the wire. False once the receiver's
+    /// writer has failed.
+    async fn bytes(
+        &mut self,
+        mut data: Vec<u8>,
+        runs: &mut RunsReceiver,
+        receiver: &ContentReceiver,
+    ) -> Result<bool> {
+        while !data.is_empty() {
+            if self.due == 0 {
+                return Err(Error::invalid("more chunk bytes than the chunks this replica asked for"));
+            }
+            let rest = data.split_off(data.len().min(usize::try_from(self.due).unwrap_or(usize::MAX)));
+            self.due -= data.len() as u64;
+            if !runs.bytes(data, receiver).await? || !self.feed(runs, receiver).await? {
+                return Ok(false);
+            }
+            data = rest;
+        }
+        Ok(true)
+    }
 }
 
 fn broken(s: Status) -> Error {
