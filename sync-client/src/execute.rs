@@ -428,6 +428,25 @@ impl Executor {
         Ok(())
     }
 
+    /// The local content a large download of `remote` may take chunks
+    /// from: another synced file of the very same content if there is one
+    /// (nothing then travels but the runs: Syncthing's copier, for a copy
+    /// or a move made elsewhere), else the path's own previous version
+    /// `have`; either only if this client knows its chunk list.
+    fn reusable(&self, remote: &Entry, have: Option<ContentHash>) -> Result<Option<Have>> {
+        let content = remote.content.expect("a downloaded entry is live");
+        if let Some(chunks) = self.state.chunk_list(&content.hash)? {
+            // A few candidates: one whose file changed since fails its
+            // checks and the download starts over plain.
+            let same = self.state.paths_holding(&content.hash, 4)?;
+            if let Some(path) = same.into_iter().find(|p| *p != remote.path) {
+                return Ok(Some(Have { hash: content.hash, chunks, path }));
+            }
+        }
+        let Some(hash) = have else { return Ok(None) };
+        Ok(self.state.chunk_list(&hash)?.map(|chunks| Have { hash, chunks, path: remote.path.clone() }))
+    }
+
     /// Downloads the server's `remote` (a folder entry: makes the folder)
     /// over the local file, which must still be `expected`, and records the
     /// base (and the content's chunk list). `have`: the content of the
@@ -443,14 +462,10 @@ impl Executor {
         let (meta, fetched, chunks) = if content.folder {
             (make_folder(self.folder.root(), &remote.path)?, Fetched::default(), None)
         } else {
-            let have = match have {
-                Some(hash) if content.size > syncstore::chunks::WHOLE_MAX => {
-                    self.state.chunk_list(&hash)?.map(|chunks| Have { hash, chunks })
-                }
-                _ => None,
-            };
+            let reuse =
+                if content.size > syncstore::chunks::WHOLE_MAX { self.reusable(remote, have)? } else { None };
             let (root, tmp) = (self.folder.root(), self.folder.tmp());
-            let got = transfer::download(&*self.remote, root, tmp, remote, expected, have).await?;
+            let got = transfer::download(&*self.remote, root, tmp, remote, expected, reuse).await?;
             self.metrics.content_received_bytes.inc_by(got.wire_bytes);
             self.metrics.chunks_reused.inc_by(got.reused_chunks);
             self.metrics.reused_bytes.inc_by(got.reused_bytes);

@@ -361,6 +361,25 @@ impl State {
         })
     }
 
+    /// Up to `limit` synced paths whose base is content `hash`, in path
+    /// order.
+    pub fn paths_holding(&self, hash: &ContentHash, limit: usize) -> Result<Vec<RelPath>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT path FROM base WHERE hash = ?1 ORDER BY path LIMIT ?2")?;
+            let rows =
+                stmt.query_map(params![&hash.as_bytes()[..], limit as i64], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for path in rows {
+                // A row whose path no longer parses is skipped, not fatal.
+                if let Ok(p) = RelPath::new(&path?) {
+                    out.push(p);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Whether some synced path holds this content, so the server has it.
     pub fn knows_hash(&self, hash: &ContentHash) -> Result<bool> {
         self.with(|c| {

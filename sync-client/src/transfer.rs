@@ -470,6 +470,10 @@ pub struct Have {
     pub hash: ContentHash,
     /// Its chunk list.
     pub chunks: Vec<ChunkRef>,
+    /// The local file that holds it: the downloaded path's own (its
+    /// previous version), or another file of the same content as the
+    /// download's.
+    pub path: RelPath,
 }
 
 /// What a download did.
@@ -520,7 +524,7 @@ pub async fn download(
         return Err(Error::Protocol(format!("{} is a link with a {}-byte target", entry.path, content.size)));
     }
     let chunked = !content.symlink && !content.folder && content.size > WHOLE_MAX;
-    let local = have.filter(|_| chunked).and_then(|have| LocalBase::open(root, &entry.path, have));
+    let local = have.filter(|_| chunked).and_then(|have| LocalBase::open(root, have));
 
     let wire = Arc::new(AtomicU64::new(0));
     let progress = PROGRESS.try_with(Arc::clone).ok();
@@ -616,9 +620,10 @@ struct LocalBase {
 }
 
 impl LocalBase {
-    /// Opens the file at `path` (through its folder's handle, never
+    /// Opens the file at `have.path` (through its folder's handle, never
     /// following a link); `None` if it cannot be opened.
-    fn open(root: &Root, path: &RelPath, have: Have) -> Option<Self> {
+    fn open(root: &Root, have: Have) -> Option<Self> {
+        let path = &have.path;
         let file = root.parent(path).and_then(|d| d.open_read(path.file_name())).ok()?;
         let mut at = 0u64;
         let offsets = have

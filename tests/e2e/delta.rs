@@ -192,3 +192,25 @@ async fn an_edit_against_a_base_chunk_damaged_on_the_server_goes_whole_and_heals
     let healed = std::fs::read(&blob).unwrap();
     assert_eq!(syncstore::ContentHash::of(&healed), first.hash, "the chunk is stored good again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_large_file_comes_down_from_the_local_copy() {
+    let server = TestServer::start().await;
+    let (a, b) = (client(&server), client(&server));
+    let data = random_bytes(SIZE, 50);
+    edit(&a, &b, "a new file", &data).await;
+
+    // A copies the file: the other client already holds that content under
+    // the first name, and takes every chunk from there.
+    let (downloads, received, reused) =
+        (b.1.downloads.get(), b.1.content_received_bytes.get(), b.1.reused_bytes.get());
+    replace(&a.0.path("copy.bin"), &data);
+    eventually("the other client has the copy", || {
+        b.1.downloads.get() > downloads && b.0.read("copy.bin").is_some_and(|d| d == data)
+    })
+    .await;
+    let received = b.1.content_received_bytes.get() - received;
+    assert_eq!(received, 0, "no content travelled for the copy");
+    assert_eq!(b.1.reused_bytes.get() - reused, SIZE as u64, "all of it came from big.bin");
+    assert!(b.0.read("big.bin").unwrap() == data, "the source is untouched");
+}
