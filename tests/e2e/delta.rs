@@ -123,20 +123,6 @@ async fn edits_of_a_large_file_travel_as_the_chunks_they_touch() {
     assert!(server.files().await["big.bin"] == grown, "the server holds the last version");
 }
 
-/// A copy of `from` (a fixture's data folder) at `to`.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_stored_whole_by_the_previous_release_goes_plain_once_then_as_runs() {
     init_test_log();

@@ -730,6 +730,20 @@ pub fn blob_path(data_dir: &Path, hash: &ContentHash) -> PathBuf {
     data_dir.join("blobs").join(&hex[..2]).join(&hex)
 }
 
+/// A copy of the folder `from` (a fixture's data folder) at `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// Files under `dir` (recursively), for checking that no temp file was
 /// left behind.
 pub fn count_files(dir: &Path) -> usize {
@@ -841,6 +855,22 @@ impl std::io::Write for Captured {
 }
 
 impl Captured {
+    /// Captures this thread's log lines up to `level` until the guard is
+    /// dropped: with a current-thread runtime, the client's and server's
+    /// tasks log here too.
+    pub fn this_thread(level: tracing::Level) -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .with_ansi(false)
+            .with_max_level(level)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
     /// Everything captured so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()

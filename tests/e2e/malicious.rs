@@ -197,16 +197,7 @@ fn listing(dir: &Path) -> BTreeMap<String, String> {
 // One thread: the client's tasks log through this test's subscriber.
 #[tokio::test(flavor = "current_thread")]
 async fn a_malicious_server_cannot_make_the_client_write_outside_its_folder() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let logs = logs.clone();
-            move || logs.clone()
-        })
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let _log = tracing::subscriber::set_default(subscriber);
+    let (logs, _log) = Captured::this_thread(tracing::Level::WARN);
 
     // base/dir is synced; base/outside must stay empty, and so must
     // base/target, which a link planted in the folder points at.
@@ -370,16 +361,7 @@ fn runs_sizes(base: &[chunks::ChunkRef], runs: &[Run]) -> Vec<usize> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn runs_that_lie_leave_the_clients_file_as_it_was() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let logs = logs.clone();
-            move || logs.clone()
-        })
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let _log = tracing::subscriber::set_default(subscriber);
+    let (logs, _log) = Captured::this_thread(tracing::Level::WARN);
 
     // Two large files the client gets whole first, then new versions of as
     // runs against them.

@@ -205,16 +205,7 @@ async fn listed(url: &str, security: &syncstore::connect::Security) -> Vec<Strin
 async fn a_read_only_token_client_runs_receive_only_and_says_so_once() {
     const SAID: &str = "running receive-only";
     const RETRY: &str = "will retry";
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let logs = logs.clone();
-            move || logs.clone()
-        })
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _log = tracing::subscriber::set_default(subscriber);
+    let (logs, _log) = Captured::this_thread(tracing::Level::INFO);
 
     let tokens = Tokens::new();
     let path = tokens.path.clone();

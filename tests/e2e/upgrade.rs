@@ -44,19 +44,6 @@ fn recorded() -> HashMap<String, String> {
         .collect()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// A copy of the fixture's folder `name` in a temp dir, and a server of
 /// today on it, configured by `tweak`. The temp dir outlives the server.
 async fn start_on_copy(name: &str, tweak: impl FnOnce(&mut sync_server::Config)) -> (TestServer, TempDir) {
