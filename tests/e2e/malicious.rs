@@ -186,6 +186,21 @@ impl FileSync for EvilServer {
     }
 }
 
+/// Serves `evil` on a loopback port until the token is cancelled.
+async fn serve(
+    evil: EvilServer,
+) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(FileSyncServer::new(evil))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.clone().cancelled_owned()),
+    );
+    (addr, stop, server)
+}
+
 /// Every file and folder below `dir` (links listed, not followed).
 fn listing(dir: &Path) -> BTreeMap<String, String> {
     crate::harness::tree(dir)
@@ -241,15 +256,7 @@ async fn a_malicious_server_cannot_make_the_client_write_outside_its_folder() {
         .filter(|p| !p.starts_with("good/") && !p.starts_with("bad/") && !p.starts_with("link/"))
         .collect();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop_server = CancellationToken::new();
-    let server = tokio::spawn({
-        let stop = stop_server.clone();
-        tonic::transport::Server::builder()
-            .add_service(FileSyncServer::new(EvilServer { listed, events }))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
-    });
+    let (addr, stop_server, server) = serve(EvilServer { listed, events }).await;
 
     let mut config = sync_client::Config::new(format!("http://{addr}"), &dir);
     config.rescan_interval = std::time::Duration::from_secs(3600);
@@ -382,15 +389,7 @@ async fn runs_that_lie_leave_the_clients_file_as_it_was() {
     ];
 
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop_server = CancellationToken::new();
-    let server = tokio::spawn({
-        let stop = stop_server.clone();
-        tonic::transport::Server::builder()
-            .add_service(FileSyncServer::new(EvilServer { listed, events }))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
-    });
+    let (addr, stop_server, server) = serve(EvilServer { listed, events }).await;
     let mut config = sync_client::Config::new(format!("http://{addr}"), dir.path());
     config.rescan_interval = std::time::Duration::from_secs(3600);
     // Every transfer in the loop: the files are local before the
