@@ -136,8 +136,7 @@ impl ChunkedUpload {
 #[async_trait]
 impl ContentUpload for ChunkedUpload {
     async fn write(&mut self, data: Vec<u8>) -> Result<()> {
-        self.chunker.push(&data);
-        while let Some(chunk) = self.chunker.next_chunk() {
+        for chunk in self.cut(Some(data)).await? {
             self.chunks.take(chunk).await?;
         }
         Ok(())
@@ -159,11 +158,29 @@ impl ContentUpload for ChunkedUpload {
 }
 
 impl ChunkedUpload {
+    /// Pushes `data` (or, with `None`, the end of the content) through the
+    /// chunker and returns the chunks it completed. Cutting and hashing a
+    /// message's worth of content takes a millisecond or more of CPU, so it
+    /// runs on a blocking thread, never on an async worker.
+    async fn cut(&mut self, data: Option<Vec<u8>>) -> Result<Vec<Chunk>> {
+        let mut chunker = std::mem::replace(&mut self.chunker, Chunker::new(0));
+        let (chunker, chunks) = tokio::task::spawn_blocking(move || {
+            match data {
+                Some(data) => chunker.push(&data),
+                None => chunker.finish(),
+            }
+            let chunks: Vec<Chunk> = std::iter::from_fn(|| chunker.next_chunk()).collect();
+            (chunker, chunks)
+        })
+        .await?;
+        self.chunker = chunker;
+        Ok(chunks)
+    }
+
     /// Takes the last chunks and checks the whole against `hash` and
     /// `size`.
     async fn check(&mut self, hash: ContentHash, size: u64) -> Result<()> {
-        self.chunker.finish();
-        while let Some(chunk) = self.chunker.next_chunk() {
+        for chunk in self.cut(None).await? {
             self.chunks.take(chunk).await?;
         }
         let (got, len) = self.chunker.content();
