@@ -66,8 +66,13 @@ struct EvilServer {
 }
 
 impl EvilServer {
-    fn find(&self, path: &str) -> Option<&Offer> {
-        self.listed.iter().chain(&self.events).find(|o| o.entry.path == path)
+    /// The offer of `path` at `version`, or its latest with `None`.
+    fn find(&self, path: &str, version: Option<u64>) -> Option<&Offer> {
+        self.listed
+            .iter()
+            .chain(&self.events)
+            .filter(|o| o.entry.path == path && version.is_none_or(|v| o.entry.version == v))
+            .max_by_key(|o| o.entry.version)
     }
 }
 
@@ -104,7 +109,7 @@ impl FileSync for EvilServer {
     }
 
     async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
-        match self.find(&req.get_ref().path) {
+        match self.find(&req.get_ref().path, None) {
             Some(o) => Ok(Response::new(pb::StatResponse { entry: Some(o.entry.clone()) })),
             None => Err(Status::not_found("no such file")),
         }
@@ -114,9 +119,11 @@ impl FileSync for EvilServer {
         &self,
         req: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        let o = self.find(&req.get_ref().path).ok_or_else(|| Status::not_found("no such file"))?;
+        let req = req.get_ref();
+        let version = (req.version != 0).then_some(req.version);
+        let o = self.find(&req.path, version).ok_or_else(|| Status::not_found("no such file"))?;
         let first = pb::DownloadResponse { msg: Some(download_response::Msg::Entry(o.entry.clone())) };
-        if !req.get_ref().have_hash.is_empty() && !o.runs.is_empty() {
+        if !req.have_hash.is_empty() && !o.runs.is_empty() {
             let all: Vec<_> = std::iter::once(first).chain(o.runs.iter().cloned()).map(Ok).collect();
             return Ok(Response::new(Box::pin(tokio_stream::iter(all))));
         }
@@ -403,9 +410,11 @@ async fn runs_that_lie_leave_the_clients_file_as_it_was() {
         ["wrong.bin", "short.bin"].iter().all(|p| std::fs::read(dir.path().join(p)).is_ok_and(|d| d == old))
     })
     .await;
-    eventually("both new versions were refused", || {
+    eventually("both new versions were refused for what they are", || {
         let text = logs.text();
-        ["wrong.bin", "short.bin"].iter().all(|p| text.lines().any(|l| l.contains(p) && l.contains("WARN")))
+        let refused = |path: &str, why: &str| text.lines().any(|l| l.contains(path) && l.contains(why));
+        refused("wrong.bin", "a new chunk did not match its hash")
+            && refused("short.bin", "the content of short.bin did not match its hash")
     })
     .await;
     assert!(metrics.errors.get() >= 2, "the refused downloads count as failures");
