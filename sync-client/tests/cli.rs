@@ -3,7 +3,7 @@
 //! and changes nothing, `ls` lists the server, `watch` stops on SIGTERM.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::Duration,
 };
@@ -39,6 +39,18 @@ async fn server() -> Server {
 /// in-process server keeps serving).
 async fn client(server: &str, dir: &Path, args: &[&str]) -> Output {
     client_in_env(server, dir, args, &[], None).await
+}
+
+/// A temp dir holding `folder/` with one file, `a.txt` (holding `a_txt`),
+/// and the config file `client.toml` (holding `config`).
+fn folder_and_config(a_txt: &str, config: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("a.txt"), a_txt).unwrap();
+    let config_file = dir.path().join("client.toml");
+    std::fs::write(&config_file, config).unwrap();
+    (dir, folder, config_file)
 }
 
 /// [`client`] with the environment variables `unset` removed and `set`
@@ -605,12 +617,7 @@ async fn an_unreadable_folder_does_not_stop_the_watcher() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_rate_limit_is_refused_naming_its_option_and_a_good_one_is_kept() {
     let server = server().await;
-    let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("folder");
-    std::fs::create_dir(&folder).unwrap();
-    std::fs::write(folder.join("a.txt"), "not to be sent").unwrap();
-    let config = dir.path().join("client.toml");
-    std::fs::write(&config, "max-download-rate = \"12 parsecs\"\n").unwrap();
+    let (_dir, folder, config) = folder_and_config("not to be sent", "max-download-rate = \"12 parsecs\"\n");
     let run = async |mut args: Vec<String>, env: Option<(&'static str, &'static str)>| {
         args.push("sync".into());
         let unset = ["SYNCSTORE_MAX_UPLOAD_RATE", "SYNCSTORE_MAX_DOWNLOAD_RATE"];
@@ -725,12 +732,7 @@ async fn pause_resume_and_the_live_status_reach_the_running_watch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_mode_is_refused_and_a_given_one_is_remembered() {
     let server = server().await;
-    let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("folder");
-    std::fs::create_dir(&folder).unwrap();
-    std::fs::write(folder.join("a.txt"), "kept here").unwrap();
-    let config = dir.path().join("client.toml");
-    std::fs::write(&config, "mode = \"upwards\"\n").unwrap();
+    let (_dir, folder, config) = folder_and_config("kept here", "mode = \"upwards\"\n");
     let run = async |args: Vec<String>, env: Option<(&'static str, &'static str)>| {
         client_in_env(&server.url, &folder, &args, &["SYNCSTORE_MODE"], env).await
     };
@@ -787,12 +789,7 @@ async fn an_unknown_mode_is_refused_and_a_given_one_is_remembered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_selection_path_is_refused_naming_only_and_changes_nothing() {
     let server = server().await;
-    let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("folder");
-    std::fs::create_dir(&folder).unwrap();
-    std::fs::write(folder.join("a.txt"), "not to be sent").unwrap();
-    let config = dir.path().join("client.toml");
-    std::fs::write(&config, "only = [\"docs\", \"docs/../..\"]\n").unwrap();
+    let (dir, folder, config) = folder_and_config("not to be sent", "only = [\"docs\", \"docs/../..\"]\n");
     let run = async |mut args: Vec<String>, env: Option<(&'static str, &'static str)>| {
         args.push("sync".into());
         client_in_env(&server.url, &folder, &args, &["SYNCSTORE_ONLY"], env).await
