@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "proto/syncstore/v1/sync.proto",
     "proto/syncstore/v1/replication.proto",
     "proto/syncstore/v1/admin.proto",
+    "proto/syncstore/v1/history.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
