@@ -6,7 +6,7 @@
 use syncstore::{Lock, pb};
 
 use crate::error::{Error, Result};
-use crate::storage::{Actor, Change, LockEnd, What};
+use crate::storage::{Actor, Change, Label, LockEnd, Version, VersionKind, What};
 
 /// The kind of event a change is on the wire.
 pub(crate) fn kind(change: &Change) -> pb::change_event::Kind {
@@ -81,6 +81,51 @@ fn lock_end_from_pb(v: i32) -> Result<LockEnd> {
         Ok(pb::LockEnd::Expired) => Ok(LockEnd::Expired),
         Ok(pb::LockEnd::Broken) => Ok(LockEnd::Broken),
         _ => Err(Error::invalid(format!("an unlock change with end reason {v}"))),
+    }
+}
+
+/// A kept version as the History service sends it.
+pub(crate) fn file_version(v: Version) -> pb::FileVersion {
+    let Version { entry, note, pinned } = v;
+    pb::FileVersion {
+        entry: Some(entry.into()),
+        committed_ms: note.committed_ms,
+        principal: note.principal,
+        kind: version_kind_to_pb(note.kind).into(),
+        moved_from: note.moved_from.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        moved_to: note.moved_to.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        restored_from: note.restored_from.unwrap_or(0),
+        pinned,
+    }
+}
+
+/// The version a file change made (a new version is never pinned); `None`
+/// for a lock change.
+pub(crate) fn change_version(change: &Change) -> Option<pb::FileVersion> {
+    let entry = change.entry()?.clone();
+    let note = change.note()?.clone();
+    Some(file_version(Version { entry, note, pinned: false }))
+}
+
+/// A label as the History service sends it.
+pub(crate) fn label(l: Label) -> pb::Label {
+    pb::Label {
+        name: l.name,
+        version: l.seq,
+        at_ms: l.committed_ms,
+        note: l.note,
+        automatic: l.automatic,
+        principal: l.principal,
+    }
+}
+
+fn version_kind_to_pb(kind: VersionKind) -> pb::VersionKind {
+    match kind {
+        VersionKind::Write => pb::VersionKind::Write,
+        VersionKind::Delete => pb::VersionKind::Delete,
+        VersionKind::Move => pb::VersionKind::Move,
+        VersionKind::MovedAway => pb::VersionKind::MovedAway,
+        VersionKind::Restore => pb::VersionKind::Restore,
     }
 }
 
