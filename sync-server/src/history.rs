@@ -15,7 +15,7 @@
 use std::{collections::VecDeque, pin::Pin};
 
 use syncstore::{
-    Reason, RelPath, limits,
+    RelPath, limits,
     pb::{self, history_server::History, read_version_response, rewind_response},
 };
 use tokio::sync::mpsc;
@@ -26,7 +26,7 @@ use crate::{
     auth::{Need, Principal, caller},
     context::ServiceContext,
     error::{Error, Result},
-    storage::{Actor, HistoryBatch, HistoryWrite, PAGE_SIZE, Point, Store, Version},
+    storage::{Actor, Glob, HistoryBatch, HistoryWrite, PAGE_SIZE, Point, Store, Version},
     transfer, wire,
 };
 
@@ -35,10 +35,6 @@ const STREAM_BUFFER: usize = 16;
 
 /// Longest label name, in bytes.
 pub const MAX_LABEL_BYTES: usize = 128;
-
-/// Longest glob pattern, in bytes: far above any useful pattern, and a
-/// bound on what matching one costs.
-pub const MAX_GLOB_BYTES: usize = 1024;
 
 /// The `History` service of one server.
 #[derive(Debug, Clone)]
@@ -117,7 +113,7 @@ impl History for HistoryService {
         let ns = self.caller(&request, Need::Read)?.namespace;
         let req = request.into_inner();
         let path = self.answer(RelPath::new(req.path).map_err(Error::from))?;
-        let versions = self.answer(self.store().versions(&ns, &path, req.limit as usize).await)?;
+        let versions = self.answer(self.store().versions(&ns, &path, all_if_zero(req.limit)).await)?;
         let (tx, stream) = channel();
         tokio::spawn(async move {
             for v in versions {
@@ -248,8 +244,8 @@ impl History for HistoryService {
         let req = request.into_inner();
         let found = async {
             let under = folder(&req.under)?;
-            let glob = Glob::parse_optional(&req.glob)?;
-            self.store().trash(&ns, &under, req.since_ms, glob.as_ref(), req.limit as usize).await
+            let glob = glob(&req.glob)?;
+            self.store().trash(&ns, &under, req.since_ms, glob.as_ref(), all_if_zero(req.limit)).await
         }
         .await;
         let trash = self.answer(found)?;
@@ -279,11 +275,11 @@ impl History for HistoryService {
         let done = async {
             field(limits::check_client_id(&req.client_id))?;
             let under = folder(&req.under)?;
-            let glob = Glob::parse_optional(&req.glob)?;
+            let glob = glob(&req.glob)?;
             if !req.dry_run {
                 self.admit_write()?;
             }
-            let trash = self.store().trash(&ns, &under, req.since_ms, glob.as_ref(), 0).await?;
+            let trash = self.store().trash(&ns, &under, req.since_ms, glob.as_ref(), usize::MAX).await?;
             if req.dry_run || trash.is_empty() {
                 return Ok(pb::UndeleteResponse { restored: trash.len() as u64, ..Default::default() });
             }
@@ -497,7 +493,7 @@ impl History for HistoryService {
                 None => self.store().head(),
                 Some(at) => self.store().point_seq(&ns, &point(at)?).await?,
             };
-            self.store().set_label(&ns, &req.name, seq, &req.note, &who.name).await
+            self.store().set_label(&ns, &req.name, seq, &req.note, &Actor::new(who.name.clone(), "")).await
         }
         .await;
         let label = self.answer(set)?;
@@ -540,6 +536,14 @@ impl History for HistoryService {
     }
 }
 
+/// A request's limit: 0 for none.
+fn all_if_zero(limit: u32) -> usize {
+    match limit {
+        0 => usize::MAX,
+        n => n as usize,
+    }
+}
+
 /// A field out of its bounds.
 fn field(checked: Result<(), String>) -> Result<()> {
     checked.map_err(Error::InvalidField)
@@ -553,6 +557,15 @@ fn folder(under: &str) -> Result<String> {
         RelPath::new(under)?;
     }
     Ok(under.to_owned())
+}
+
+/// A request's glob ("" for none): `*` within a name, `**` across folders,
+/// `?` one character; without `/` it matches the file name alone.
+fn glob(pattern: &str) -> Result<Option<Glob>> {
+    match pattern.is_empty() {
+        true => Ok(None),
+        false => Glob::new(pattern).map(Some),
+    }
 }
 
 /// A point a request must give.
@@ -741,90 +754,9 @@ impl Pairs {
     }
 }
 
-/// A glob pattern over paths: `*` matches within a name, `**` across
-/// folders, `?` one character; a pattern without `/` matches the file name
-/// alone (its last component).
-#[derive(Debug, Clone)]
-pub struct Glob {
-    matcher: globset::GlobMatcher,
-    name_only: bool,
-}
-
-impl Glob {
-    /// Parses `pattern`; `invalid-field` if it is too long or malformed.
-    pub fn parse(pattern: &str) -> Result<Self> {
-        if pattern.len() > MAX_GLOB_BYTES {
-            return Err(Error::InvalidField(format!(
-                "the glob is {} bytes; the limit is {MAX_GLOB_BYTES}",
-                pattern.len()
-            )));
-        }
-        if pattern.is_empty() {
-            return Err(Error::InvalidField("the glob is empty".into()));
-        }
-        let matcher = globset::GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| Error::InvalidField(format!("bad glob {pattern:?}: {}", e.kind())))?
-            .compile_matcher();
-        Ok(Self { matcher, name_only: !pattern.contains('/') })
-    }
-
-    /// A request's glob: "" for none.
-    pub fn parse_optional(pattern: &str) -> Result<Option<Self>> {
-        match pattern.is_empty() {
-            true => Ok(None),
-            false => Self::parse(pattern).map(Some),
-        }
-    }
-
-    /// Whether `path` matches.
-    pub fn matches(&self, path: &str) -> bool {
-        let subject = match self.name_only {
-            true => path.rsplit('/').next().unwrap_or(path),
-            false => path,
-        };
-        self.matcher.is_match(subject)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn matches(pattern: &str, path: &str) -> bool {
-        Glob::parse(pattern).unwrap().matches(path)
-    }
-
-    #[test]
-    fn a_pattern_without_a_slash_matches_the_file_name_alone() {
-        assert!(matches("*.txt", "a.txt"));
-        assert!(matches("*.txt", "docs/deep/a.txt"));
-        assert!(!matches("*.txt", "docs/a.txt.bak"));
-        assert!(!matches("*.txt", "notes.txt/a.md"));
-        assert!(matches("report-?.pdf", "x/report-1.pdf"));
-        assert!(!matches("report-?.pdf", "x/report-12.pdf"));
-    }
-
-    #[test]
-    fn star_stays_within_a_name_and_double_star_crosses_folders() {
-        assert!(matches("docs/*.txt", "docs/a.txt"));
-        assert!(!matches("docs/*.txt", "docs/sub/a.txt"));
-        assert!(!matches("docs/*.txt", "other/docs/a.txt"));
-        assert!(matches("docs/**/*.txt", "docs/sub/deeper/a.txt"));
-        assert!(matches("docs/**", "docs/sub/a.bin"));
-        assert!(matches("**/cache/*", "a/b/cache/x"));
-        assert!(!matches("d?cs/*", "d/cs/x"), "? is one character of a name, never a slash");
-    }
-
-    #[test]
-    fn a_bad_or_long_glob_is_an_invalid_field() {
-        assert!(matches!(Glob::parse("a[").unwrap_err(), Error::InvalidField(_)));
-        assert!(matches!(Glob::parse(&"*".repeat(MAX_GLOB_BYTES + 1)).unwrap_err(), Error::InvalidField(_)));
-        assert!(Glob::parse(&"a".repeat(MAX_GLOB_BYTES)).is_ok());
-        assert!(Glob::parse_optional("").unwrap().is_none());
-    }
 
     #[test]
     fn label_names_are_short_and_plain() {

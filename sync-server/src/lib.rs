@@ -14,6 +14,10 @@
 //! - [`scrub`]: reading stored content back, healing it from a peer.
 //! - [`auth`]: bearer tokens, the token file, and what each token may do.
 //! - [`metrics`]: the Prometheus metrics.
+//! - `guard`: the mass-change guard (rewrites and deletions en masse
+//!   trip it; it labels the state just before).
+//! - [`clock`]: the one clock commit times and retention read (with a
+//!   test hook that moves it).
 //! - `feed`: following committed changes from a cursor (log, then live).
 //! - `transfer`: content on the wire, both ways: the verified reader that
 //!   Download and the replication sender stream from, and the receiver
@@ -28,9 +32,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod context;
 pub mod error;
 mod feed;
+mod guard;
 pub mod history;
 pub mod metrics;
 pub mod replication;
@@ -194,6 +200,9 @@ pub struct Config {
     pub scrub_interval: Option<Duration>,
     /// The background scrub's pace, in bytes per second.
     pub scrub_rate: u64,
+    /// The retention of history, per namespace, as configured (an admin's
+    /// `SetRetention` overrides it at run time).
+    pub retention: storage::retention::RetentionConfig,
 }
 
 /// The server's TLS settings (PEM files).
@@ -259,6 +268,7 @@ impl Config {
             tls: None,
             scrub_interval: Some(scrub::DEFAULT_SCRUB_INTERVAL),
             scrub_rate: scrub::DEFAULT_SCRUB_RATE,
+            retention: Default::default(),
         }
     }
 
@@ -419,7 +429,7 @@ async fn expire_locks(store: Store, gate: WriteGate, shutdown: CancellationToken
         match store.expire_locks(syncstore::lock::now_ms()).await {
             Ok(ended) => {
                 for c in ended {
-                    tracing::info!(path = %c.path(), seq = c.seq, "lock expired");
+                    tracing::info!(path = c.path().map_or("", |p| p.as_str()), seq = c.seq, "lock expired");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not expire locks"),
