@@ -46,8 +46,10 @@ fn at_label(name: &str) -> Option<pb::Point> {
     Some(pb::Point { at: Some(At::Label(name.into())) })
 }
 
+/// The servers' clock (they run in this process): the system's, moved by
+/// a test clock file if one is set.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    sync_server::clock::now_ms()
 }
 
 /// Every version `ListVersions` gives for `path`, newest first.
