@@ -1083,6 +1083,39 @@ async fn labels_and_pins_round_trip_and_replicate(b: Backend) {
     assert_eq!(r.head(), s.head());
     assert_eq!(r.labels(NS).await.unwrap(), s.labels(NS).await.unwrap());
     assert_eq!(r.versions(NS, &path("a"), 0).await.unwrap(), s.versions(NS, &path("a"), 0).await.unwrap());
+
+    // A full resync brings the same history: the manifest, then every
+    // version (with its content once), the labels and the retention.
+    let retention = super::retention::Retention { keep_last: 3, ..Default::default() };
+    s.set_retention(NS, retention).await.unwrap();
+    let (_nf, n) = b.store().await;
+    send(&n, put("stale", b"stale", 0, "c", 0), b"stale").await.unwrap();
+    n.snapshot_begin().await.unwrap();
+    let mut sent = std::collections::HashSet::new();
+    for (ns, e) in s.manifest_page(None, 100).await.unwrap() {
+        let data = read_back(&s, &e.content.unwrap().hash, e.content.unwrap().size).await;
+        sent.insert(e.content.unwrap().hash);
+        n.snapshot_put(&ns, &e, Some(stage(&n, &data).await), false).await.unwrap();
+    }
+    for v in s.versions_page(NS, None, 100).await.unwrap() {
+        let c = v.entry.content.unwrap();
+        let staged = match sent.insert(c.hash) {
+            true => Some(stage(&n, &read_back(&s, &c.hash, c.size).await).await),
+            false => None,
+        };
+        let content_gone = staged.is_none();
+        n.snapshot_put_version(NS, v, staged, content_gone).await.unwrap();
+    }
+    for l in s.labels(NS).await.unwrap() {
+        n.snapshot_put_history(NS, HistoryChange::LabelSet(l)).await.unwrap();
+    }
+    n.snapshot_put_history(NS, HistoryChange::Retention(retention)).await.unwrap();
+    n.snapshot_end(s.head()).await.unwrap();
+    assert_eq!(n.versions_page(NS, None, 100).await.unwrap(), s.versions_page(NS, None, 100).await.unwrap());
+    assert_eq!(n.labels(NS).await.unwrap(), s.labels(NS).await.unwrap());
+    assert_eq!(n.retentions().await.unwrap(), vec![(NS.to_owned(), retention)]);
+    assert_eq!(read_back(&n, &ContentHash::of(b"a1"), 2).await, b"a1", "an old version's content came along");
+    assert!(!stored(&n).await.contains(&ContentHash::of(b"stale")), "what the snapshot dropped goes");
 }
 
 /// Instantiates every suite test for each backend.

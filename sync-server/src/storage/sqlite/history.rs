@@ -356,12 +356,16 @@ pub(super) fn version(
     c.prepare_cached(&sql)?.query_row(params![ns, path, seq], version_from_row).optional()?.transpose()
 }
 
-/// The oldest kept version's commit time in `ns`, and the highest seq
-/// committed at or before `at_ms`.
+/// The oldest kept version's commit time in `ns` (the lowest seq's), and
+/// the highest seq committed at or before `at_ms`.
 pub(super) fn seq_at_ms(c: &Connection, ns: &str, at_ms: i64) -> Result<(Option<i64>, Option<u64>)> {
+    // Both walk the (namespace, seq) index, from its ends: commit times
+    // grow with seqs, so the oldest version is the lowest seq's and the
+    // search from the newest stops at the first one early enough.
     Ok(c.prepare_cached(
-        "SELECT (SELECT MIN(committed_ms) FROM versions WHERE namespace = ?1),
-                (SELECT MAX(seq) FROM versions WHERE namespace = ?1 AND committed_ms <= ?2)",
+        "SELECT (SELECT committed_ms FROM versions WHERE namespace = ?1 ORDER BY seq LIMIT 1),
+                (SELECT seq FROM versions WHERE namespace = ?1 AND committed_ms <= ?2
+                 ORDER BY seq DESC LIMIT 1)",
     )?
     .query_row(params![ns, at_ms], |r| {
         Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?.map(|s| s as u64)))
@@ -463,4 +467,53 @@ pub(super) fn retentions(c: &Connection) -> Result<Vec<(String, Retention)>> {
         Ok((ns, detail.into()))
     })
     .collect()
+}
+
+/// Adds a kept version to the snapshot being received.
+pub(super) fn snapshot_put_version(c: &Connection, ns: &str, v: &Version) -> Result<()> {
+    let (e, note) = (&v.entry, &v.note);
+    let (size, hash, mtime, exec, link, folder) = content_columns(e);
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO snapshot_versions (namespace, path, seq, deleted, size, hash, mtime_ns, executable,
+             symlink, folder, client_id, principal, committed_ms, kind, moved_from, moved_to, restored_from, pinned)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )?
+    .execute(params![
+        ns,
+        e.path.as_str(),
+        e.version as i64,
+        e.is_deleted(),
+        size,
+        hash,
+        mtime,
+        exec,
+        link,
+        folder,
+        e.client_id,
+        note.principal,
+        note.committed_ms,
+        note.kind.code(),
+        note.moved_from.as_ref().map(RelPath::as_str),
+        note.moved_to.as_ref().map(RelPath::as_str),
+        note.restored_from.map(|v| v as i64),
+        v.pinned,
+    ])?;
+    Ok(())
+}
+
+/// Adds a label to the snapshot being received.
+pub(super) fn snapshot_put_label(c: &Connection, ns: &str, l: &Label) -> Result<()> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO snapshot_labels (namespace, name, seq, committed_ms, note, automatic, principal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![ns, l.name, l.seq as i64, l.committed_ms, l.note, l.automatic, l.principal])?;
+    Ok(())
+}
+
+/// Adds a namespace's run-time retention to the snapshot being received.
+pub(super) fn snapshot_put_retention(c: &Connection, ns: &str, r: &Retention) -> Result<()> {
+    c.prepare_cached("INSERT OR REPLACE INTO snapshot_retention (namespace, policy) VALUES (?1, ?2)")?
+        .execute(params![ns, to_json(&RetentionDetail::from(r))?])?;
+    Ok(())
 }
