@@ -7,7 +7,7 @@
 //! back) by rewriting it. Without the variable nothing is read.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Mutex, OnceLock},
     time::SystemTime,
 };
@@ -29,12 +29,18 @@ type Reading = Option<(SystemTime, u64, i64)>;
 fn offset_ms() -> i64 {
     static FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
     static LAST: Mutex<Reading> = Mutex::new(None);
-    let Some(path) = FILE.get_or_init(|| std::env::var_os(TEST_CLOCK_FILE_VAR).map(PathBuf::from)) else {
-        return 0;
-    };
+    match FILE.get_or_init(|| std::env::var_os(TEST_CLOCK_FILE_VAR).map(PathBuf::from)) {
+        Some(path) => read_offset(path, &LAST),
+        None => 0,
+    }
+}
+
+/// The offset `path` holds, read again only when its modification time or
+/// length changed since `last`.
+fn read_offset(path: &Path, last: &Mutex<Reading>) -> i64 {
     let Ok(meta) = std::fs::metadata(path) else { return 0 };
     let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((modified, len, offset)) = *last
         && (modified, len) == stamp
     {
@@ -49,4 +55,27 @@ fn offset_ms() -> i64 {
     };
     *last = Some((stamp.0, stamp.1, offset));
     offset
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_clock_file_is_read_again_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offset");
+        let last = Mutex::new(None);
+        assert_eq!(read_offset(&path, &last), 0, "no file: no offset");
+        std::fs::write(&path, "3600000\n").unwrap();
+        assert_eq!(read_offset(&path, &last), 3_600_000);
+        std::fs::write(&path, "-86400000").unwrap();
+        assert_eq!(read_offset(&path, &last), -86_400_000, "rewritten: read again");
+        std::fs::write(&path, "soon").unwrap();
+        assert_eq!(read_offset(&path, &last), 0, "not an integer: no offset");
+        // Without the variable (as in these tests), the clock is the
+        // system's.
+        let (before, now) = (syncstore::lock::now_ms(), now_ms());
+        assert!((now - before).abs() < 60_000);
+    }
 }

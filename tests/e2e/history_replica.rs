@@ -137,3 +137,103 @@ async fn a_full_resync_brings_the_whole_history() {
     assert_eq!(history[2], (moved, VersionKind::Move, "docs/b.txt".to_owned()));
     drop(data);
 }
+
+/// A history-only change (here a label) reaches a replica in order with the
+/// file changes and is applied there, and `Subscribe` never sends it to a
+/// client: live or replayed from the log, subscribers see the file changes
+/// around it only.
+#[tokio::test]
+async fn a_history_change_is_replicated_in_order_and_never_sent_to_subscribers() {
+    use pb::replicate_request::Msg;
+    let replica = TestServer::start_replica().await;
+    let status = replica.status().await;
+    let mut r = replica.rpc().await;
+    let mut live = r
+        .subscribe(pb::SubscribeRequest { after_seq: 0, client_id: "live".into() })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A hand-made primary: a put, a label, a put.
+    let put = |seq: u64, path: &str, data: &[u8]| {
+        let entry = pb::FileEntry {
+            path: path.into(),
+            version: seq,
+            size: data.len() as u64,
+            hash: syncstore::ContentHash::of(data).as_bytes().to_vec(),
+            mtime_ns: 1,
+            client_id: "c".into(),
+            ..Default::default()
+        };
+        let change = pb::ReplicatedChange {
+            seq,
+            namespace: "default".into(),
+            entry: Some(entry),
+            content_follows: true,
+            kind: pb::change_event::Kind::Put.into(),
+            principal: "alice".into(),
+            committed_ms: 1_000 + seq as i64,
+            version_kind: pb::VersionKind::Write.into(),
+            ..Default::default()
+        };
+        [Msg::Change(change), Msg::Chunk(data.to_vec())]
+    };
+    let label = pb::Label {
+        name: "before".into(),
+        version: 1,
+        at_ms: 1_001,
+        principal: "alice".into(),
+        ..Default::default()
+    };
+    let history = pb::HistoryChange { what: Some(pb::history_change::What::LabelSet(label)) };
+    let label_change = pb::ReplicatedChange {
+        seq: 2,
+        namespace: "default".into(),
+        history: Some(history),
+        ..Default::default()
+    };
+    let hello = pb::ReplicaHello {
+        history_id: status.history_id.clone(),
+        epoch: status.epoch,
+        primary_url: "http://forged.invalid".into(),
+        head_seq: 3,
+    };
+    let mut messages = vec![Msg::Hello(hello)];
+    messages.extend(put(1, "a.txt", b"one"));
+    messages.push(Msg::Change(label_change));
+    messages.extend(put(3, "b.txt", b"three"));
+    let requests = messages.into_iter().map(|m| pb::ReplicateRequest { msg: Some(m) });
+    // The stream stays open after the last message, as a primary's does.
+    let requests = tokio_stream::StreamExt::chain(tokio_stream::iter(requests), tokio_stream::pending());
+    let mut client = pb::replication_client::ReplicationClient::new(
+        syncstore::connect::Security::none().channel(&replica.url()).unwrap(),
+    );
+    let responses = client.replicate(requests).await.unwrap().into_inner();
+    eventually_async("the replica applied the three changes", || async {
+        replica.status().await.head_seq == 3
+    })
+    .await;
+
+    let first = next_event(&mut live).await;
+    let second = next_event(&mut live).await;
+    assert_eq!((first.seq, second.seq), (1, 3), "the label's change is not sent live");
+    let mut replayed = r
+        .subscribe(pb::SubscribeRequest { after_seq: 0, client_id: "late".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let (first, second) = (next_event(&mut replayed).await, next_event(&mut replayed).await);
+    assert_eq!((first.seq, second.seq), (1, 3), "nor replayed from the log");
+    drop((responses, client));
+
+    let (config, _data, _) = replica.stop().await;
+    let store = Store::open(&config.data_dir, StoreOptions::default()).await.unwrap();
+    let labels = store.labels("default").await.unwrap();
+    assert_eq!(labels.iter().map(|l| (l.name.as_str(), l.seq)).collect::<Vec<_>>(), [("before", 1)]);
+    let a = store.versions("default", &RelPath::new("a.txt").unwrap(), 0).await.unwrap();
+    assert_eq!(
+        (a[0].note.principal.as_str(), a[0].note.committed_ms),
+        ("alice", 1_001),
+        "the primary's note"
+    );
+}

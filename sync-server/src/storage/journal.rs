@@ -445,8 +445,8 @@ impl Store {
     /// What a write of `path` (a folder entry with `folder`) is checked
     /// against before its content is received, read in one trip (the commit
     /// checks again under the writer lock); for an upload of content
-    /// `hash`, also whether a live entry of the namespace refers to that
-    /// content (whether a header-only upload may reuse it).
+    /// `hash`, also whether an entry or a kept version of the namespace
+    /// refers to that content (whether a header-only upload may reuse it).
     pub(crate) async fn path_facts(
         &self,
         ns: &str,
@@ -469,7 +469,7 @@ impl Store {
     /// is read and hashed: damaged content must not gain new entries (it is
     /// set aside, and a header-only upload's caller holds a good copy to
     /// send instead). A namespace may reuse content without sending it only
-    /// if one of its entries refers to it ([`Store::path_facts`]) and
+    /// if one of its entries or versions refers to it ([`Store::path_facts`]) and
     /// this finds it good; content only other namespaces hold is as good as
     /// absent, so a caller cannot probe for it.
     /// `size` is the caller's announced size: larger than one chunk, the
@@ -1635,7 +1635,7 @@ pub(crate) struct PathFacts {
     pub(crate) file_above: Option<String>,
     /// For a file with no file above it: a live entry below it.
     pub(crate) live_below: Option<String>,
-    /// Whether a live entry of the namespace refers to the upload's content
+    /// Whether an entry or kept version of the namespace refers to the upload's content
     /// (when [`Store::path_facts`] was given its hash).
     pub(crate) refers: bool,
 }

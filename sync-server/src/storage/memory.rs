@@ -124,7 +124,11 @@ impl State {
         }
         if let Some(hash) = want.refers {
             out.refers =
-                self.files.iter().any(|((n, _), e)| n == ns && e.content.is_some_and(|c| c.hash == hash));
+                self.files.iter().any(|((n, _), e)| n == ns && e.content.is_some_and(|c| c.hash == hash))
+                    || self
+                        .versions
+                        .iter()
+                        .any(|((n, _, _), v)| n == ns && v.entry.content.is_some_and(|c| c.hash == hash));
         }
         if want.current_recipe
             && let Some(current) = out.current.as_ref().and_then(|e| e.content)
@@ -494,6 +498,35 @@ impl MetaStore for MemoryMeta {
             .take(limit)
             .map(|(_, v)| v.clone())
             .collect())
+    }
+
+    async fn trash(&self, ns: &str, prefix: &str, since_ms: i64) -> Result<Vec<(Version, Option<Version>)>> {
+        let prefix = prefix.trim_end_matches('/');
+        let s = self.state();
+        let mut out = Vec::new();
+        for ((n, p), e) in &s.files {
+            if n != ns || !e.is_deleted() || !under(p, prefix) {
+                continue;
+            }
+            let Some(tomb) = s.versions.get(&(n.clone(), p.clone(), e.version)) else { continue };
+            let moved_since = s.versions.values().any(|m| {
+                m.seq() > e.version
+                    && m.note.kind == super::VersionKind::Move
+                    && m.note.moved_from.as_ref().is_some_and(|f| f.as_str() == p)
+                    && m.entry.path.as_str() != p
+            });
+            if tomb.note.kind != super::VersionKind::Delete
+                || tomb.note.committed_ms < since_ms
+                || moved_since
+            {
+                continue;
+            }
+            let before =
+                s.path_versions(ns, p).rev().find(|v| v.seq() < e.version && !v.is_deleted()).cloned();
+            out.push((tomb.clone(), before));
+        }
+        out.sort_by_key(|(t, _)| std::cmp::Reverse(t.seq()));
+        Ok(out)
     }
 
     async fn labels(&self, ns: &str) -> Result<Vec<Label>> {

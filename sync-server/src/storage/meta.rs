@@ -29,7 +29,8 @@ pub(crate) struct Want {
     /// The rows the path-clash rule needs, for a file (`Some(false)`) or a
     /// folder (`Some(true)`).
     pub(crate) clash: Option<bool>,
-    /// Whether a live entry of the namespace refers to this content.
+    /// Whether an entry or a kept version of the namespace refers to this
+    /// content (a header-only upload may reuse it).
     pub(crate) refers: Option<ContentHash>,
     /// The chunk list of the path's current content, if it has one.
     pub(crate) current_recipe: bool,
@@ -234,6 +235,13 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     /// `limit`: what retention walks.
     async fn versions_page(&self, ns: &str, after: Option<(&str, u64)>, limit: usize)
     -> Result<Vec<Version>>;
+
+    /// The deleted files of `ns` at `prefix` or below whose deletion (a
+    /// plain `Delete` version, not a move away, and no move from the path
+    /// since) was committed at or after `since_ms`, newest deletion first:
+    /// each deletion with the path's last version that had content (none
+    /// if no such version is kept). One trip.
+    async fn trash(&self, ns: &str, prefix: &str, since_ms: i64) -> Result<Vec<(Version, Option<Version>)>>;
 
     /// The labels of `ns`, oldest (lowest seq) first.
     async fn labels(&self, ns: &str) -> Result<Vec<Label>>;

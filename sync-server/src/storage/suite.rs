@@ -851,6 +851,31 @@ async fn history_follows_a_move(b: Backend) {
     let trash = s.trash(NS, "", 0, None, 10).await.unwrap();
     assert_eq!(trash.len(), 1);
     assert_eq!((trash[0].0.seq(), trash[0].1.seq()), (xd.seq, xv), "the deletion and the content before it");
+
+    // Deleted first, then uploaded under its new name with the hint: a
+    // move too, and not in the trash.
+    let pv = send(&s, put("p.txt", b"pee", 0, "c", 0), b"pee").await.unwrap().seq;
+    s.commit_delete(NS, delete("p.txt", pv, "c", 0)).await.unwrap();
+    assert_eq!(s.trash(NS, "", 0, None, 10).await.unwrap().len(), 2);
+    let q = s
+        .commit_put(NS, Put { moved_from: Some(path("p.txt")), ..put("q.txt", b"pee", 0, "c", 0) }, None)
+        .await;
+    assert_eq!(q.unwrap().note().unwrap().kind, VersionKind::Move);
+    let trash = s.trash(NS, "", 0, None, 10).await.unwrap();
+    assert_eq!(trash.iter().map(|(t, _)| t.entry.path.as_str()).collect::<Vec<_>>(), ["x"]);
+
+    // The trash by folder, time and name.
+    let zv = send(&s, put("d/z.txt", b"zed", 0, "c", 0), b"zed").await.unwrap().seq;
+    let zd = s.commit_delete(NS, delete("d/z.txt", zv, "c", 0)).await.unwrap();
+    let since = zd.note().unwrap().committed_ms;
+    let names =
+        |t: Vec<(Version, Version)>| t.iter().map(|(d, _)| d.entry.path.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(s.trash(NS, "", 0, None, 10).await.unwrap()), ["d/z.txt", "x"], "newest deletion first");
+    assert_eq!(names(s.trash(NS, "", 0, None, 1).await.unwrap()), ["d/z.txt"]);
+    assert_eq!(names(s.trash(NS, "d", 0, None, 10).await.unwrap()), ["d/z.txt"]);
+    assert_eq!(names(s.trash(NS, "", since + 1, None, 10).await.unwrap()), Vec::<String>::new());
+    let glob = super::Glob::new("*.txt").unwrap();
+    assert_eq!(names(s.trash(NS, "", 0, Some(&glob), 10).await.unwrap()), ["d/z.txt"]);
 }
 
 /// A folder's state at a seq: each path's newest version at or below it,

@@ -427,6 +427,47 @@ pub(super) fn versions_page(
     rows.map(|r| r?).collect()
 }
 
+/// The deletions of `ns` under `prefix` since `since_ms` that the trash
+/// lists, newest first, each with the last version that had content.
+pub(super) fn trash(
+    c: &Connection,
+    ns: &str,
+    prefix: &str,
+    since_ms: i64,
+) -> Result<Vec<(Version, Option<Version>)>> {
+    let prefix = prefix.trim_end_matches('/');
+    let (lo, hi) = (format!("{prefix}/"), format!("{prefix}0"));
+    let columns: Vec<String> = VERSION_COLUMNS.split(", ").map(|col| format!("v.{col}")).collect();
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {} FROM files f
+         JOIN versions v ON v.namespace = f.namespace AND v.path = f.path AND v.seq = f.version
+         WHERE f.namespace = ?1 AND f.deleted = 1
+           AND (?2 = '' OR f.path = ?2 OR (f.path >= ?3 AND f.path < ?4))
+           AND v.kind = ?5 AND v.committed_ms >= ?6
+           AND NOT EXISTS (SELECT 1 FROM versions m
+                           WHERE m.namespace = f.namespace AND m.moved_from = f.path AND m.kind = ?7
+                             AND m.seq > f.version)
+         ORDER BY v.seq DESC",
+        columns.join(", ")
+    ))?;
+    let params = params![ns, prefix, lo, hi, VersionKind::Delete.code(), since_ms, VersionKind::Move.code()];
+    let tombs: Vec<Version> = stmt.query_map(params, version_from_row)?.map(|r| r?).collect::<Result<_>>()?;
+    let mut last = c.prepare_cached(&format!(
+        "SELECT {VERSION_COLUMNS} FROM versions WHERE namespace = ?1 AND path = ?2 AND seq < ?3 AND deleted = 0
+         ORDER BY seq DESC LIMIT 1"
+    ))?;
+    tombs
+        .into_iter()
+        .map(|t| {
+            let before = last
+                .query_row(params![ns, t.entry.path.as_str(), t.seq() as i64], version_from_row)
+                .optional()?
+                .transpose()?;
+            Ok((t, before))
+        })
+        .collect()
+}
+
 const LABEL_COLUMNS: &str = "name, seq, committed_ms, note, automatic, principal";
 
 fn label_from_row(r: &Row<'_>) -> rusqlite::Result<Label> {

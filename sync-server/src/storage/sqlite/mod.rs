@@ -456,6 +456,11 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
+    async fn trash(&self, ns: &str, prefix: &str, since_ms: i64) -> Result<Vec<(Version, Option<Version>)>> {
+        let (ns, prefix) = (ns.to_owned(), prefix.to_owned());
+        self.read(move |c| history::trash(c, &ns, &prefix, since_ms)).await
+    }
+
     async fn labels(&self, ns: &str) -> Result<Vec<Label>> {
         let ns = ns.to_owned();
         self.read(move |c| history::labels(c, &ns)).await
@@ -768,10 +773,14 @@ fn write_recipe(c: &Connection, r: &Recipe) -> Result<()> {
     Ok(())
 }
 
-/// Whether a live entry of namespace `ns` refers to content `hash`.
+/// Whether an entry or a kept version of namespace `ns` refers to content
+/// `hash` (content its own history keeps is the namespace's to reuse).
 fn refers_to(c: &Connection, ns: &str, hash: &ContentHash) -> Result<bool> {
-    Ok(c.prepare_cached("SELECT 1 FROM files WHERE hash = ?1 AND namespace = ?2 LIMIT 1")?
-        .exists(params![hash.as_bytes().as_slice(), ns])?)
+    Ok(c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM files WHERE hash = ?1 AND namespace = ?2)
+             OR EXISTS (SELECT 1 FROM versions WHERE hash = ?1 AND namespace = ?2)",
+    )?
+    .query_row(params![hash.as_bytes().as_slice(), ns], |r| r.get(0))?)
 }
 
 /// Whether any live entry or kept version refers to content `hash`, or
