@@ -1022,8 +1022,13 @@ impl Store {
             let items = writes
                 .iter()
                 .map(|hw| {
-                    let folder = hw.to.as_ref().and_then(|v| v.entry.content).map(|c| c.folder);
-                    (ns.clone(), hw.path.clone(), Want { clash: folder, ..Want::default() })
+                    let content = hw.to.as_ref().and_then(|v| v.entry.content);
+                    let want = Want {
+                        clash: content.map(|c| c.folder),
+                        refers: content.map(|c| c.hash),
+                        ..Want::default()
+                    };
+                    (ns.clone(), hw.path.clone(), want)
                 })
                 .collect();
             let decided: Arc<Mutex<Vec<Decided>>> = Arc::default();
@@ -1568,9 +1573,9 @@ fn check_put(job: &Job, facts: &Facts, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// The checks of one history write, on its facts: the content it brings
-/// back is stored, its base version (when given), the lock write check,
-/// and for content the path clash; a deletion needs a live file.
+/// The checks of one history write, on its facts: its base version (when
+/// given), the lock write check, for content that the namespace refers to
+/// it and it is stored, and the path clash; a deletion needs a live file.
 fn check_history_write(
     hw: &HistoryWrite,
     facts: &Facts,
@@ -1584,6 +1589,11 @@ fn check_history_write(
     rules::check_write(&hw.path, facts.lock.as_ref(), who, hw.lock_token, now)?;
     match hw.to.as_ref().and_then(|v| v.entry.content) {
         Some(c) => {
+            // Only content this namespace's entries or history refer to:
+            // never another namespace's.
+            if !facts.refers {
+                return Err(Error::no_content(&c.hash));
+            }
             if !present.get(&c.hash).copied().unwrap_or(false) {
                 return Err(Error::NotFound(format!(
                     "the content of {} is no longer stored",

@@ -121,6 +121,12 @@ async fn stage(s: &Store, data: &[u8]) -> Box<dyn StagedContent> {
     up.complete(ContentHash::of(data), data.len() as u64).await.unwrap()
 }
 
+/// Puts `p` in namespace `ns` with its content sent along.
+async fn send_to(s: &Store, ns: &str, p: Put, data: &[u8]) -> Change {
+    let staged = stage(s, data).await;
+    s.commit_put(ns, p, Some(staged)).await.unwrap()
+}
+
 /// Puts `p` with its content sent along.
 async fn send(s: &Store, p: Put, data: &[u8]) -> crate::Result<Change> {
     let staged = stage(s, data).await;
@@ -1052,6 +1058,18 @@ async fn a_refused_write_in_a_skipping_batch_is_skipped_and_counted(b: Backend) 
         .unwrap();
     assert_eq!((none.changes.len(), none.skipped, none.label), (0, 2, None));
     assert_eq!(s.head(), head);
+    // Content only another namespace holds is not this one's to bring back.
+    let theirs = send_to(&s, "other", put("t", b"theirs", 0, "c", 0), b"theirs").await;
+    let stolen = s.version_at("other", &path("t"), &Point::Version(theirs.seq)).await.unwrap();
+    let steal = HistoryWrite { path: path("t"), to: Some(stolen), base_version: None, lock_token: 0 };
+    let refused = s
+        .commit_history(
+            NS,
+            HistoryBatch { who: who("r"), writes: vec![steal], label: None, skip_refused: false },
+        )
+        .await;
+    assert!(matches!(refused, Err(Error::UnknownContent(_))), "{refused:?}");
+    assert!(s.stat(NS, &path("t")).await.unwrap().is_none());
     // Not skipping, the lock refuses the batch.
     let locked = s
         .commit_history(
