@@ -780,7 +780,77 @@ impl Pairs {
 
 #[cfg(test)]
 mod tests {
+    use syncstore::{Content, ContentHash, Entry};
+
     use super::*;
+    use crate::storage::VersionNote;
+
+    /// Version `seq` of `path`: `data`'s content, or a deletion.
+    fn version(path: &str, seq: u64, data: Option<&[u8]>) -> Version {
+        let content = data.map(|d| Content {
+            hash: ContentHash::of(d),
+            size: d.len() as u64,
+            mtime_ns: seq as i64,
+            executable: false,
+            symlink: false,
+            folder: false,
+        });
+        let entry = Entry { path: RelPath::new(path).unwrap(), version: seq, content, client_id: "c".into() };
+        let note = VersionNote::plain(&entry, "p", 0);
+        Version { entry, note, pinned: false }
+    }
+
+    #[test]
+    fn a_state_differs_by_existence_or_content_not_by_time() {
+        let a1 = version("a", 1, Some(b"one"));
+        let a2_same = version("a", 2, Some(b"one"));
+        let a3 = version("a", 3, Some(b"two"));
+        let gone = version("a", 4, None);
+        assert!(same_state(Some(&a1), Some(&a2_same)), "only the modification time and version differ");
+        assert!(!same_state(Some(&a1), Some(&a3)));
+        assert!(!same_state(Some(&a1), None));
+        assert!(same_state(existing(Some(gone.clone())).as_ref(), None), "a deletion is no file");
+        assert!(same_state(None, None));
+    }
+
+    #[test]
+    fn a_rewind_deletes_first_and_bases_every_write_on_the_state_now() {
+        let actions = vec![
+            // A file then, created over since: brought back over its version now.
+            RewindAction {
+                path: RelPath::new("a").unwrap(),
+                now: Some(version("a", 9, Some(b"new"))),
+                then: Some(version("a", 2, Some(b"old"))),
+            },
+            // Created since: deleted.
+            RewindAction {
+                path: RelPath::new("b").unwrap(),
+                now: Some(version("b", 8, Some(b"b"))),
+                then: None,
+            },
+            // Deleted since: back over its tombstone.
+            RewindAction {
+                path: RelPath::new("c").unwrap(),
+                now: Some(version("c", 7, None)),
+                then: Some(version("c", 3, Some(b"c"))),
+            },
+            // A deletion then: the same as not there, deleted.
+            RewindAction {
+                path: RelPath::new("d").unwrap(),
+                now: Some(version("d", 6, Some(b"d"))),
+                then: Some(version("d", 4, None)),
+            },
+        ];
+        let writes = rewind_writes(&actions);
+        let shown: Vec<_> = writes
+            .iter()
+            .map(|w| (w.path.as_str(), w.to.as_ref().map(|v| v.entry.version), w.base_version))
+            .collect();
+        assert_eq!(
+            shown,
+            [("b", None, Some(8)), ("d", None, Some(6)), ("a", Some(2), Some(9)), ("c", Some(3), Some(7))]
+        );
+    }
 
     #[test]
     fn label_names_are_short_and_plain() {
