@@ -673,6 +673,8 @@ async fn namespaces_are_sealed_and_a_read_only_token_cannot_restore() {
         "permission-denied",
     );
     let undelete = pb::UndeleteRequest { client_id: "v".into(), ..Default::default() };
+    let counted = viewer.undelete(pb::UndeleteRequest { dry_run: true, ..undelete.clone() }).await.unwrap();
+    assert_eq!(counted.into_inner().restored, 0, "a dry run is a read");
     refused(viewer.undelete(undelete).await, Code::PermissionDenied, "permission-denied");
     refused(
         rewind(&mut viewer, rewind_req("", at_version(one.version), false)).await,
