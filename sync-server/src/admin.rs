@@ -1,6 +1,7 @@
-//! `syncstore.v1.Admin`: a server's status (role, position, replication),
-//! a digest of its manifest (and of its content, read back), its content
-//! for a peer's scrub, and `compare`, which diffs two servers.
+//! `syncstore.v1.Admin`: a server's status (role, position, replication,
+//! history), a digest of its manifest (and of its content, read back), its
+//! content for a peer's scrub, the retention of history and pruning, and
+//! `compare`, which diffs two servers.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -17,11 +18,14 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::{Need, caller, principal},
+    ServerMetrics,
+    auth::{Need, caller, check_namespace, principal},
     context::ServiceContext,
     error::{Error, Result},
+    pruning::Pruner,
     replication::{Mode, WriteGate, primary::ReplicationHandle},
-    storage::{DEFAULT_NAMESPACE, PAGE_SIZE, Store, Verdict},
+    storage::{DEFAULT_NAMESPACE, PAGE_SIZE, Store, Verdict, Version, VersionKind},
+    wire,
 };
 
 /// Manifest entries buffered before the producer waits for the caller.
@@ -38,6 +42,8 @@ pub struct AdminService {
     role: &'static str,
     gate: WriteGate,
     replication: Option<ReplicationHandle>,
+    pruner: Pruner,
+    metrics: ServerMetrics,
 }
 
 impl AdminService {
@@ -48,8 +54,40 @@ impl AdminService {
             role: ctx.role.as_str(),
             gate: ctx.gate.clone(),
             replication: ctx.replication.clone(),
+            pruner: ctx.pruner.clone(),
+            metrics: ctx.metrics.clone(),
         }
     }
+}
+
+/// A version as `PruneHistory` lists it.
+fn file_version(v: &Version) -> pb::FileVersion {
+    let kind = match v.note.kind {
+        VersionKind::Write => pb::VersionKind::Write,
+        VersionKind::Delete => pb::VersionKind::Delete,
+        VersionKind::Move => pb::VersionKind::Move,
+        VersionKind::MovedAway => pb::VersionKind::MovedAway,
+        VersionKind::Restore => pb::VersionKind::Restore,
+    };
+    pb::FileVersion {
+        entry: Some(v.entry.clone().into()),
+        committed_ms: v.note.committed_ms,
+        principal: v.note.principal.clone(),
+        kind: kind.into(),
+        moved_from: v.note.moved_from.as_ref().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        moved_to: v.note.moved_to.as_ref().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        restored_from: v.note.restored_from.unwrap_or(0),
+        pinned: v.pinned,
+    }
+}
+
+/// The namespace an Admin call names ("" is the default namespace).
+fn namespace_of(ns: &str) -> Result<String> {
+    if ns.is_empty() {
+        return Ok(DEFAULT_NAMESPACE.to_owned());
+    }
+    check_namespace(ns).map_err(Error::InvalidField)?;
+    Ok(ns.to_owned())
 }
 
 /// BLAKE3 over every live file's (namespace, path, hash, size, executable, symlink and folder flags)
@@ -167,6 +205,9 @@ impl Admin for AdminService {
             ..Default::default()
         };
         (out.damaged_blobs, out.damaged_blobs_found) = self.store.damaged_blobs();
+        let history = self.store.history_usage(None).await?;
+        (out.history_versions, out.history_bytes) = (history.versions, history.bytes);
+        out.guard_trips = self.metrics.history_guard_trips.get();
         if request.get_ref().count_stored {
             (out.stored_blobs, out.stored_bytes) = self.store.stored_blobs().await?;
         }
@@ -255,25 +296,64 @@ impl Admin for AdminService {
         request: Request<pb::GetRetentionRequest>,
     ) -> Result<Response<pb::GetRetentionResponse>, Status> {
         caller(&request, Need::Admin)?;
-        Err(Status::unimplemented("GetRetention"))
+        let ns = namespace_of(&request.get_ref().namespace)?;
+        let (retention, set_at_run_time) = self.store.retention(&ns, self.pruner.config()).await?;
+        let usage = self.store.history_usage(Some(&ns)).await?;
+        Ok(Response::new(pb::GetRetentionResponse {
+            retention: Some(wire::retention_to_pb(&retention)),
+            set_at_run_time,
+            history_versions: usage.versions,
+            history_bytes: usage.bytes,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace))]
     async fn set_retention(
         &self,
         request: Request<pb::SetRetentionRequest>,
     ) -> Result<Response<pb::SetRetentionResponse>, Status> {
         caller(&request, Need::Admin)?;
-        Err(Status::unimplemented("SetRetention"))
+        self.gate.check()?;
+        let req = request.into_inner();
+        let ns = namespace_of(&req.namespace)?;
+        let given = req.retention.ok_or_else(|| Error::InvalidField("retention is required".into()))?;
+        let retention = wire::retention_from_pb(&given)?;
+        self.store.set_retention(&ns, retention).await?;
+        tracing::info!(?retention, "retention set");
+        self.pruner.wake();
+        Ok(Response::new(pb::SetRetentionResponse { retention: Some(wire::retention_to_pb(&retention)) }))
     }
 
     type PruneHistoryStream = Pin<Box<dyn Stream<Item = Result<pb::PruneHistoryResponse, Status>> + Send>>;
 
+    #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace))]
     async fn prune_history(
         &self,
         request: Request<pb::PruneHistoryRequest>,
     ) -> Result<Response<Self::PruneHistoryStream>, Status> {
         caller(&request, Need::Admin)?;
-        Err(Status::unimplemented("PruneHistory"))
+        let req = request.into_inner();
+        let ns = namespace_of(&req.namespace)?;
+        if !req.dry_run {
+            self.gate.check()?;
+        }
+        let pruned = self.pruner.prune(&ns, req.dry_run, req.include_immutable).await?;
+        let (tx, rx) = mpsc::channel(MANIFEST_BUFFER);
+        tokio::spawn(async move {
+            for v in &pruned.removed {
+                let msg = pb::prune_history_response::Msg::Version(file_version(v));
+                if tx.send(Ok(pb::PruneHistoryResponse { msg: Some(msg) })).await.is_err() {
+                    return;
+                }
+            }
+            let summary = pb::PruneSummary {
+                versions: pruned.removed.len() as u64,
+                bytes: pruned.before.bytes.saturating_sub(pruned.after.bytes),
+            };
+            let msg = pb::prune_history_response::Msg::Summary(summary);
+            let _ = tx.send(Ok(pb::PruneHistoryResponse { msg: Some(msg) })).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type ManifestStream = Pin<Box<dyn Stream<Item = Result<pb::ManifestResponse, Status>> + Send>>;

@@ -215,6 +215,19 @@ struct ServeArgs {
     /// The background scrub's pace, in bytes read per second.
     #[arg(long, default_value_t = sync_server::scrub::DEFAULT_SCRUB_RATE, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..), env = "SYNCSTORE_SCRUB_RATE")]
     scrub_rate: u64,
+    /// Time between two passes of the history collector, which prunes
+    /// every namespace's history by its retention (on a primary), e.g. 1m.
+    #[arg(long, default_value = "1m", value_parser = parse_interval, env = "SYNCSTORE_HISTORY_PRUNE_INTERVAL")]
+    history_prune_interval: Duration,
+}
+
+/// An interval above zero.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The config file's table of retention settings (see
@@ -315,6 +328,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.advertise = args.advertise;
     config.scrub_interval = (!args.scrub_interval.is_zero()).then_some(args.scrub_interval);
     config.scrub_rate = args.scrub_rate;
+    config.history_prune_interval = args.history_prune_interval;
     config.tokens = args.tokens;
     config.insecure_no_auth = args.insecure_no_auth;
     config.tls = args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsConfig {
