@@ -91,10 +91,73 @@ fn namespace_of(ns: &str) -> Result<String> {
 }
 
 /// BLAKE3 over every live file's (namespace, path, hash, size, executable, symlink and folder flags)
-/// in (namespace, path) order.
+/// in (namespace, path) order, and over the history (see [`history_digest`]).
 pub async fn digest(store: &Store) -> Result<pb::DigestResponse> {
-    let (d, _) = digest_with(store, |_| None).await?;
+    let (mut d, _) = digest_with(store, |_| None).await?;
+    (d.history_hash, d.history_versions) = history_digest(store).await?;
     Ok(d)
+}
+
+/// BLAKE3 over every kept version of every namespace in (namespace, path,
+/// version) order, each with its note and pin, and every label; and how
+/// many versions.
+pub async fn history_digest(store: &Store) -> Result<(Vec<u8>, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut count = 0u64;
+    let field = |h: &mut blake3::Hasher, bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    for ns in store.history_namespaces().await? {
+        field(&mut hasher, ns.as_bytes());
+        let mut after: Option<(String, u64)> = None;
+        loop {
+            let page =
+                store.versions_page(&ns, after.as_ref().map(|(p, s)| (p.as_str(), *s)), PAGE_SIZE).await?;
+            let done = page.len() < PAGE_SIZE;
+            after = page.last().map(|v| (v.entry.path.as_str().to_owned(), v.seq()));
+            for v in page {
+                count += 1;
+                let pb::FileVersion {
+                    entry,
+                    committed_ms,
+                    principal,
+                    kind,
+                    moved_from,
+                    moved_to,
+                    restored_from,
+                    pinned,
+                } = file_version(&v);
+                let e = entry.unwrap_or_default();
+                field(&mut hasher, e.path.as_bytes());
+                field(&mut hasher, &e.hash);
+                for n in [e.version, e.size, restored_from, committed_ms as u64, kind as u64] {
+                    hasher.update(&n.to_le_bytes());
+                }
+                hasher.update(&[
+                    u8::from(e.deleted),
+                    u8::from(e.executable),
+                    u8::from(e.symlink),
+                    u8::from(e.folder),
+                    u8::from(pinned),
+                ]);
+                for text in [&principal, &moved_from, &moved_to, &e.client_id] {
+                    field(&mut hasher, text.as_bytes());
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        for l in store.labels(&ns).await? {
+            field(&mut hasher, l.name.as_bytes());
+            hasher.update(&l.seq.to_le_bytes());
+            field(&mut hasher, l.note.as_bytes());
+            field(&mut hasher, l.principal.as_bytes());
+            hasher.update(&[u8::from(l.automatic)]);
+        }
+    }
+    Ok((hasher.finalize().as_bytes().to_vec(), count))
 }
 
 /// [`digest`], plus for each live file whether its content read back
@@ -182,6 +245,7 @@ async fn digest_with(
         total_bytes: bytes,
         root_hash: hasher.finalize().as_bytes().to_vec(),
         head_seq: head,
+        ..Default::default()
     };
     Ok((digest, problems))
 }
@@ -411,6 +475,10 @@ pub struct Comparison {
     pub differences: Vec<(String, &'static str)>,
     /// Whether the content was read back and compared (`--content`).
     pub content: bool,
+    /// Whether the two keep different history (versions, pins, labels).
+    /// Not part of [`Comparison::identical`]: a replica's history restarts
+    /// at a full resync, so its trees agree while its history is shorter.
+    pub history_differs: bool,
 }
 
 impl Comparison {
@@ -491,7 +559,10 @@ pub async fn compare(a: &str, b: &str, security: &Security) -> anyhow::Result<Co
         differences.extend(mb.keys().filter(|p| !ma.contains_key(*p)).map(|p| (p.clone(), "only-in-B")));
         differences.sort();
     }
-    Ok(Comparison { a: da, b: db, differences, content: false })
+    // A server older than history sends no history digest: nothing to compare.
+    let history_differs =
+        !da.history_hash.is_empty() && !db.history_hash.is_empty() && da.history_hash != db.history_hash;
+    Ok(Comparison { a: da, b: db, differences, content: false, history_differs })
 }
 
 type Client = AdminClient<syncstore::connect::AuthChannel>;

@@ -50,6 +50,11 @@ enum Command {
         /// or missing content is a difference even where metadata agree.
         #[arg(long)]
         content: bool,
+        /// Also count a difference in history (kept versions, pins, labels)
+        /// as a difference. Without it a difference in history is only
+        /// reported: a replica's history restarts at a full resync.
+        #[arg(long)]
+        history: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -269,7 +274,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match args.command {
             Some(Command::Promote { data }) => promote(data).await,
-            Some(Command::Compare { a, b, content, connect }) => compare(&a, &b, content, &connect).await,
+            Some(Command::Compare { a, b, content, history, connect }) => {
+                compare(&a, &b, content, history, &connect).await
+            }
             Some(Command::Scrub { data, from, connect }) => scrub(data, from, &connect).await,
             Some(Command::Token { command }) => token(command),
             None => serve(args.serve).await,
@@ -429,14 +436,26 @@ async fn scrub(data: PathBuf, from: Option<String>, connect: &ConnectArgs) -> an
     Ok(if report.lost.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-async fn compare(a: &str, b: &str, content: bool, connect: &ConnectArgs) -> anyhow::Result<ExitCode> {
+async fn compare(
+    a: &str,
+    b: &str,
+    content: bool,
+    history: bool,
+    connect: &ConnectArgs,
+) -> anyhow::Result<ExitCode> {
     let security = connect.security()?;
     let c = if content {
         sync_server::admin::compare_content(a, b, &security).await?
     } else {
         sync_server::compare(a, b, &security).await?
     };
-    if c.identical() {
+    if c.history_differs {
+        println!(
+            "history differs: A keeps {} versions, B keeps {} (a replica's history restarts at a full resync)",
+            c.a.history_versions, c.b.history_versions
+        );
+    }
+    if c.identical() && !(history && c.history_differs) {
         let checked = if c.content { ", all content read back intact" } else { "" };
         println!(
             "identical: {} files, {} bytes (heads {} and {}){checked}",
