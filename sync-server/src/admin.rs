@@ -24,7 +24,7 @@ use crate::{
     error::{Error, Result},
     pruning::Pruner,
     replication::{Mode, WriteGate, primary::ReplicationHandle},
-    storage::{DEFAULT_NAMESPACE, PAGE_SIZE, Store, Verdict, Version, VersionKind},
+    storage::{DEFAULT_NAMESPACE, PAGE_SIZE, Store, Verdict},
     wire,
 };
 
@@ -57,27 +57,6 @@ impl AdminService {
             pruner: ctx.pruner.clone(),
             metrics: ctx.metrics.clone(),
         }
-    }
-}
-
-/// A version as `PruneHistory` lists it.
-fn file_version(v: &Version) -> pb::FileVersion {
-    let kind = match v.note.kind {
-        VersionKind::Write => pb::VersionKind::Write,
-        VersionKind::Delete => pb::VersionKind::Delete,
-        VersionKind::Move => pb::VersionKind::Move,
-        VersionKind::MovedAway => pb::VersionKind::MovedAway,
-        VersionKind::Restore => pb::VersionKind::Restore,
-    };
-    pb::FileVersion {
-        entry: Some(v.entry.clone().into()),
-        committed_ms: v.note.committed_ms,
-        principal: v.note.principal.clone(),
-        kind: kind.into(),
-        moved_from: v.note.moved_from.as_ref().map(|p| p.as_str().to_owned()).unwrap_or_default(),
-        moved_to: v.note.moved_to.as_ref().map(|p| p.as_str().to_owned()).unwrap_or_default(),
-        restored_from: v.note.restored_from.unwrap_or(0),
-        pinned: v.pinned,
     }
 }
 
@@ -127,7 +106,7 @@ pub async fn history_digest(store: &Store) -> Result<(Vec<u8>, u64)> {
                     moved_to,
                     restored_from,
                     pinned,
-                } = file_version(&v);
+                } = wire::file_version(v);
                 let e = entry.unwrap_or_default();
                 field(&mut hasher, e.path.as_bytes());
                 field(&mut hasher, &e.hash);
@@ -405,7 +384,7 @@ impl Admin for AdminService {
         let (tx, rx) = mpsc::channel(MANIFEST_BUFFER);
         tokio::spawn(async move {
             for v in &pruned.removed {
-                let msg = pb::prune_history_response::Msg::Version(file_version(v));
+                let msg = pb::prune_history_response::Msg::Version(wire::file_version(v.clone()));
                 if tx.send(Ok(pb::PruneHistoryResponse { msg: Some(msg) })).await.is_err() {
                     return;
                 }
