@@ -409,7 +409,9 @@ async fn the_size_cap_removes_the_oldest_unprotected_versions_until_history_fits
 async fn a_retention_set_at_run_time_survives_a_restart_and_the_collector_applies_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut clock = Clock::new(dir.path());
-    let server = Server::start(dir.path(), &clock, &["--history-prune-interval", "200ms"]);
+    let metrics_addr = free_addr();
+    let flags = ["--history-prune-interval", "200ms", "--metrics-listen", &metrics_addr];
+    let server = Server::start(dir.path(), &clock, &flags);
     let mut c = Calls::new(&server.url(), &Security::none());
     // The defaults first (30 days, ...), not set at run time.
     let got = c.retention().await;
@@ -445,6 +447,11 @@ async fn a_retention_set_at_run_time_survives_a_restart_and_the_collector_applie
         versions.push(c.put("doc.txt", &content("doc.txt", i, 200)).await);
     }
     assert_eq!(c.versions("doc.txt").await, versions);
+    eventually("the collector's gauges count the history", || async {
+        metric(&metrics_addr, "syncstore_history_versions") == Some(2.0)
+            && metric(&metrics_addr, "syncstore_history_bytes") == Some(400.0)
+    })
+    .await;
     clock.advance(2 * HOUR);
     eventually("the collector prunes the old versions", || {
         let url = server.url();
@@ -454,13 +461,16 @@ async fn a_retention_set_at_run_time_survives_a_restart_and_the_collector_applie
     assert_eq!(c.versions("doc.txt").await, [versions[2]]);
     assert_eq!(c.read_version("doc.txt", versions[2]).await.unwrap(), content("doc.txt", 2, 200));
     eventually("the metrics and status say no history is kept", || {
-        let url = server.url();
+        let (url, m) = (server.url(), metrics_addr.clone());
         async move {
             let s = Calls::new(&url, &Security::none()).status().await;
             (s.history_versions, s.history_bytes) == (0, 0)
+                && metric(&m, "syncstore_history_versions") == Some(0.0)
+                && metric(&m, "syncstore_history_bytes") == Some(0.0)
         }
     })
     .await;
+    assert_eq!(metric(&metrics_addr, "syncstore_history_pruned_versions_total"), Some(2.0));
 }
 
 #[tokio::test]
@@ -594,6 +604,12 @@ async fn download(rpc: &mut FileSyncClient<AuthChannel>, path: &str) -> Result<V
     Ok(out)
 }
 
+/// A loopback address with a free port, for a server's metrics.
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
 /// The value of the metric `name` the server at `metrics` (host:port)
 /// exports.
 fn metric(metrics: &str, name: &str) -> Option<f64> {
@@ -609,10 +625,7 @@ fn metric(metrics: &str, name: &str) -> Option<f64> {
 async fn the_guard_trips_once_on_a_mass_rewrite_and_labels_the_state_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut clock = Clock::new(dir.path());
-    let metrics_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let metrics_addr = free_addr();
     // The defaults: more than 30 % of the files and at least 100 within 5
     // minutes.
     let server = Server::start(dir.path(), &clock, &["--metrics-listen", &metrics_addr]);
