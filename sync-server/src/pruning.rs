@@ -93,10 +93,13 @@ impl Pruner {
         Ok(Pruned { removed, before: plan.before, after })
     }
 
-    /// One pass: prunes every namespace, then updates the history gauges.
+    /// One pass: prunes every namespace (one that fails is logged and
+    /// left for the next pass), then updates the history gauges.
     async fn pass(&self) -> Result<()> {
         for ns in self.store.history_namespaces().await? {
-            self.prune(&ns, false, false).await?;
+            if let Err(e) = self.prune(&ns, false, false).await {
+                tracing::warn!(namespace = %ns, error = %e, "could not prune history");
+            }
         }
         let usage = self.store.history_usage(None).await?;
         self.metrics.history_versions.set(usage.versions as i64);

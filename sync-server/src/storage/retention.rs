@@ -1,8 +1,9 @@
 //! Retention of history: a namespace's policy ([`Retention`], from the
 //! config file or set at run time) and the planner that decides, from a
 //! path's versions, the labels, the pins, the policy and the time, which
-//! versions pruning removes. Pure: no storage, no clock; the collector
-//! (`crate::prune`) fetches the facts and writes the outcome.
+//! versions pruning removes. Pure: no storage, no clock; `storage::prune`
+//! fetches the facts and writes the outcome for the history collector
+//! (`crate::pruning`).
 //!
 //! The rules, as restic's `forget` (a version is kept if any rule keeps
 //! it):
