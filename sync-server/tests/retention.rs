@@ -759,3 +759,26 @@ async fn prunes_reach_the_replica_and_compare_covers_history() {
     let (same, out) = compare(&primary.url(), &other.url(), true).await;
     assert!(!same && out.contains("history differs"), "{out}");
 }
+
+#[tokio::test]
+async fn a_bad_retention_in_the_config_file_stops_the_server_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (text, expected) in [
+        ("[retention]\nkeep_within = \"soon\"\n", "[retention] keep_within = \"soon\" is not a duration"),
+        ("[retention.team-a]\nguard_percent = 150\n", "[retention.team-a] guard_percent is a percentage"),
+        ("[retention]\nkeep_forever = true\n", "[retention] unknown key \"keep_forever\""),
+        ("[retentions]\nkeep_last = 1\n", "unknown option \"retentions\""),
+    ] {
+        let cfg = config(dir.path(), text);
+        let args = ["--config", &cfg, "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"]
+            .map(str::to_owned);
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_sync-server")).args(args).output().unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{text}: {stderr}");
+    }
+}
