@@ -60,6 +60,32 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// Refuses a write (a retention, a prune) on a server that takes none
+    /// now, or while a sync-mode replica that must confirm it is known to
+    /// be away: before anything is written.
+    fn admit_write(&self) -> Result<()> {
+        self.gate.check()?;
+        match &self.replication {
+            Some(r) => r.admit(),
+            None => Ok(()),
+        }
+    }
+
+    /// In sync mode, waits until the replica holds everything committed so
+    /// far (the write just made included), as an upload does.
+    async fn replicated(&self) -> Result<()> {
+        match &self.replication {
+            Some(r) => {
+                let seq = self.store.head();
+                r.committed(seq);
+                r.wait_replicated(seq).await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 /// The namespace an Admin call names ("" is the default namespace).
 fn namespace_of(ns: &str) -> Result<String> {
     if ns.is_empty() {
@@ -356,12 +382,13 @@ impl Admin for AdminService {
         request: Request<pb::SetRetentionRequest>,
     ) -> Result<Response<pb::SetRetentionResponse>, Status> {
         caller(&request, Need::Admin)?;
-        self.gate.check()?;
         let req = request.into_inner();
         let ns = namespace_of(&req.namespace)?;
         let given = req.retention.ok_or_else(|| Error::InvalidField("retention is required".into()))?;
         let retention = wire::retention_from_pb(&given)?;
+        self.admit_write()?;
         self.store.set_retention(&ns, retention).await?;
+        self.replicated().await?;
         tracing::info!(?retention, "retention set");
         self.pruner.wake();
         Ok(Response::new(pb::SetRetentionResponse { retention: Some(wire::retention_to_pb(&retention)) }))
@@ -378,9 +405,12 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let ns = namespace_of(&req.namespace)?;
         if !req.dry_run {
-            self.gate.check()?;
+            self.admit_write()?;
         }
         let pruned = self.pruner.prune(&ns, req.dry_run, req.include_immutable).await?;
+        if !req.dry_run && !pruned.removed.is_empty() {
+            self.replicated().await?;
+        }
         let (tx, rx) = mpsc::channel(MANIFEST_BUFFER);
         tokio::spawn(async move {
             for v in &pruned.removed {

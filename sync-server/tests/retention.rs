@@ -733,15 +733,16 @@ async fn prunes_reach_the_replica_and_compare_covers_history() {
     let none = pb::Retention { keep_within_seconds: 0, ..Default::default() };
     let req = pb::SetRetentionRequest { namespace: String::new(), retention: Some(none) };
     p.admin.set_retention(req).await.unwrap();
+    // Sync replication: the replica has it once the call is answered.
+    let on_replica = r.retention().await;
+    assert!(on_replica.set_at_run_time, "the retention reached the replica");
+    assert_eq!(on_replica.retention, Some(none));
     eventually("the replica applies the primary's prune", || {
         let url = replica.url();
         async move { Calls::new(&url, &Security::none()).retention().await.history_versions == 0 }
     })
     .await;
     assert_eq!(p.retention().await.history_versions, 0);
-    let on_replica = r.retention().await;
-    assert!(on_replica.set_at_run_time, "the retention reached the replica");
-    assert_eq!(on_replica.retention, Some(none));
     let (same, out) = compare(&primary.url(), &replica.url(), true).await;
     assert!(same, "{out}");
     // A replica prunes nothing itself.
