@@ -17,6 +17,8 @@ mod folder;
 mod grpcurl;
 mod harness;
 mod history;
+mod history_moves;
+mod history_replica;
 mod integrity;
 mod lanes;
 mod locks;

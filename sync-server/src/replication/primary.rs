@@ -12,7 +12,7 @@
 //! far as runs or lists then go plain when they are sent again.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -38,7 +38,7 @@ use crate::{
     error::{Error, Result},
     feed::{self, Item},
     runs,
-    storage::{Change, ContentReader, PAGE_SIZE, Store, VersionNote, What},
+    storage::{Change, ContentReader, HistoryChange, PAGE_SIZE, Store, VersionNote, What},
     transfer::{self, Sent},
     wire,
 };
@@ -577,7 +577,7 @@ async fn stream_once(
                     Item::Change(change) => {
                         // An older replica takes every content plain.
                         let copies = takes_chunks.then_some(&copies);
-                        send_change(&store, &handle, &tx, &window, *change, copies).await
+                        send_change(&store, &handle, &tx, &window, *change, copies, None).await
                     }
                     Item::Reset { head } => {
                         let sent = send_snapshot(&store, &handle, &tx, &window, head).await;
@@ -738,6 +738,16 @@ enum Source {
     Replaced,
     /// The entry is current but its content cannot be had here.
     Lost(String),
+    /// Sent earlier in the same snapshot: the metadata alone.
+    Sent,
+}
+
+/// How a full resync sends one kept version ([`send_change`]).
+#[derive(Debug, Clone, Copy)]
+struct AsVersion {
+    pinned: bool,
+    /// The snapshot sent its content already.
+    content_sent: bool,
 }
 
 /// Opens a change's content. A blob that is gone although the entry is
@@ -820,6 +830,7 @@ async fn send_change(
     window: &Window,
     change: Change,
     copies: Option<&Copies>,
+    as_version: Option<AsVersion>,
 ) -> Result<()> {
     window.take().await?;
     let (kind, lock) = (wire::kind(&change).into(), wire::lock_info(&change));
@@ -836,7 +847,10 @@ async fn send_change(
             return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
         }
     };
-    let source = open_content(store, &namespace, &entry).await?;
+    let source = match as_version {
+        Some(AsVersion { content_sent: true, .. }) => Source::Sent,
+        _ => open_content(store, &namespace, &entry).await?,
+    };
     let (path, entry_content) = (entry.path.to_string(), entry.content);
     if let Source::Lost(why) = &source {
         handle.lost(seq, &namespace, &path, why);
@@ -859,6 +873,8 @@ async fn send_change(
         content_lost: matches!(source, Source::Lost(_)),
         runs_base: delta.as_ref().map(|(base, _)| base.as_bytes().to_vec()).unwrap_or_default(),
         by_list: list.is_some(),
+        history_version: as_version.is_some(),
+        pinned: as_version.is_some_and(|v| v.pinned),
         ..Default::default()
     };
     let header = wire::with_note(header, &note);
@@ -930,17 +946,21 @@ async fn send_snapshot(
         .await
         .map_err(|_| closed())?;
     let mut after: Option<(String, String)> = None;
+    // Content sent so far (each goes once), and the namespaces seen.
+    let mut sent: HashSet<ContentHash> = HashSet::new();
+    let mut namespaces: BTreeSet<String> = BTreeSet::new();
     loop {
         let page =
             store.manifest_page(after.as_ref().map(|(n, p)| (n.as_str(), p.as_str())), PAGE_SIZE).await?;
         let done = page.len() < PAGE_SIZE;
         after = page.last().map(|(ns, e)| (ns.clone(), e.path.to_string()));
         for (namespace, entry) in page {
-            // The replica's history restarts at a full resync: the entry
-            // goes as a plain version.
-            let note = VersionNote::plain(&entry, "", crate::clock::now_ms());
+            sent.extend(entry.content.map(|c| c.hash));
+            namespaces.insert(namespace.clone());
+            // Its note follows with the path's versions.
+            let note = VersionNote::plain(&entry, "", 0);
             let change = Change { seq: entry.version, namespace, what: What::File(entry, note) };
-            send_change(store, handle, tx, window, change, None).await?;
+            send_change(store, handle, tx, window, change, None, None).await?;
         }
         if done {
             break;
@@ -949,7 +969,46 @@ async fn send_snapshot(
     // Then the locks, each as a lock change whose seq is its token.
     for (namespace, lock) in store.all_locks().await? {
         let change = Change { seq: lock.token, namespace, what: What::Lock(lock) };
-        send_change(store, handle, tx, window, change, None).await?;
+        send_change(store, handle, tx, window, change, None, None).await?;
+    }
+    // Then the history: every kept version (with its content, once), the
+    // labels and the retention set at run time.
+    for namespace in &namespaces {
+        let mut after: Option<(String, u64)> = None;
+        loop {
+            let page = store
+                .versions_page(namespace, after.as_ref().map(|(p, s)| (p.as_str(), *s)), PAGE_SIZE)
+                .await?;
+            let done = page.len() < PAGE_SIZE;
+            after = page.last().map(|v| (v.entry.path.to_string(), v.seq()));
+            for v in page {
+                let content_sent = v.entry.content.is_none_or(|c| !sent.insert(c.hash));
+                let as_version = AsVersion { pinned: v.pinned, content_sent };
+                let change =
+                    Change { seq: v.seq(), namespace: namespace.clone(), what: What::File(v.entry, v.note) };
+                send_change(store, handle, tx, window, change, None, Some(as_version)).await?;
+            }
+            if done {
+                break;
+            }
+        }
+        for label in store.labels(namespace).await? {
+            let what = What::History(HistoryChange::LabelSet(label));
+            send_change(
+                store,
+                handle,
+                tx,
+                window,
+                Change { seq: head, namespace: namespace.clone(), what },
+                None,
+                None,
+            )
+            .await?;
+        }
+    }
+    for (namespace, retention) in store.retentions().await? {
+        let what = What::History(HistoryChange::Retention(retention));
+        send_change(store, handle, tx, window, Change { seq: head, namespace, what }, None, None).await?;
     }
     tx.send(msg(replicate_request::Msg::SnapshotEnd(pb::SnapshotEnd { head_seq: head })))
         .await

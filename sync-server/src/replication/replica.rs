@@ -37,7 +37,7 @@ use crate::{
     context::ServiceContext,
     error::{Error, Result},
     runs::RunsReceiver,
-    storage::{Change, Replicated, Store, What},
+    storage::{Change, Replicated, Store, Version, What},
     transfer::ContentReceiver,
     wire,
 };
@@ -242,16 +242,27 @@ async fn apply_stream(
         };
         match req.msg {
             Some(replicate_request::Msg::Change(c)) => {
+                // A kept version (with whether it is pinned): a snapshot's
+                // history, never a change to apply.
+                let as_version = c.history_version.then_some(c.pinned);
+                if as_version.is_some() && snapshot.is_none() {
+                    return Err(Error::invalid("a kept version outside a snapshot"));
+                }
                 let first = receive_change(store, metrics, acks, c, incoming).await?;
                 let n = if snapshot.is_some() {
                     let Replicated { change, staged, content_gone } = first;
-                    match &change.what {
-                        What::File(entry, _) => {
-                            store.snapshot_put(&change.namespace, entry, staged, content_gone).await?
+                    let ns = change.namespace;
+                    match (change.what, as_version) {
+                        (What::File(entry, note), Some(pinned)) => {
+                            let version = Version { entry, note, pinned };
+                            store.snapshot_put_version(&ns, version, staged, content_gone).await?
                         }
-                        What::Lock(lock) => store.snapshot_put_lock(&change.namespace, lock).await?,
-                        What::Unlock { .. } => return Err(Error::invalid("an unlock in a snapshot")),
-                        What::History(_) => return Err(Error::invalid("a history change in a snapshot")),
+                        (What::File(entry, _), None) => {
+                            store.snapshot_put(&ns, &entry, staged, content_gone).await?
+                        }
+                        (What::Lock(lock), None) => store.snapshot_put_lock(&ns, &lock).await?,
+                        (What::History(h), None) => store.snapshot_put_history(&ns, h).await?,
+                        (other, _) => return Err(Error::invalid(format!("{other:?} in a snapshot"))),
                     }
                     1
                 } else {
@@ -262,7 +273,7 @@ async fn apply_stream(
                         match incoming.message().now_or_never() {
                             Some(Ok(Some(pb::ReplicateRequest {
                                 msg: Some(replicate_request::Msg::Change(c)),
-                            }))) if c.runs_base.is_empty() && !c.by_list => {
+                            }))) if c.runs_base.is_empty() && !c.by_list && !c.history_version => {
                                 batch.push(receive_change(store, metrics, acks, c, incoming).await?);
                             }
                             // Content sent as runs or by its list may be

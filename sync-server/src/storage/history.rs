@@ -10,8 +10,8 @@
 use syncstore::RelPath;
 
 use super::{
-    Actor, HistoryBatch, HistoryChange, HistoryOutcome, Label, MAX_PRUNED_PER_CHANGE, PAGE_SIZE, Point,
-    Store, Version, VersionKind, What, meta::Want, retention::Retention, version::Glob,
+    Actor, HistoryBatch, HistoryChange, HistoryOutcome, Label, MAX_PRUNED_PER_CHANGE, Point, Store, Version,
+    VersionKind, What, meta::Want, retention::Retention, version::Glob,
 };
 use crate::error::{Error, Result};
 
@@ -121,7 +121,9 @@ impl Store {
     /// The deleted files at `under` or below whose deletion was committed
     /// at or after `since_ms` (and that match `glob`), newest deletion
     /// first, up to `limit`: each deletion with the last version that had
-    /// content. Files moved away are not in it.
+    /// content (a deletion with none kept is not listed). Files moved away
+    /// (the deletion ended a move, or a move from the path followed it)
+    /// are not in it.
     pub async fn trash(
         &self,
         ns: &str,
@@ -130,32 +132,13 @@ impl Store {
         glob: Option<&Glob>,
         limit: usize,
     ) -> Result<Vec<(Version, Version)>> {
-        let mut found = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.meta().list_page(ns, under, after.as_deref(), true, PAGE_SIZE).await?;
-            let done = page.len() < PAGE_SIZE;
-            after = page.last().map(|e| e.path.as_str().to_owned());
-            for entry in page.into_iter().filter(|e| e.is_deleted()) {
-                if glob.is_some_and(|g| !g.matches(entry.path.as_str())) {
-                    continue;
-                }
-                let Some(tomb) = self.meta().version(ns, &entry.path, entry.version).await? else { continue };
-                if tomb.note.kind == VersionKind::MovedAway || tomb.note.committed_ms < since_ms {
-                    continue;
-                }
-                let before = self.meta().versions(ns, &entry.path, tomb.seq(), usize::MAX).await?;
-                if let Some(last) = before.into_iter().find(|v| !v.is_deleted()) {
-                    found.push((tomb, last));
-                }
-            }
-            if done {
-                break;
-            }
-        }
-        found.sort_by_key(|(tomb, _)| std::cmp::Reverse(tomb.seq()));
-        found.truncate(limit);
-        Ok(found)
+        let all = self.meta().trash(ns, under, since_ms).await?;
+        let found = all
+            .into_iter()
+            .filter(|(tomb, _)| glob.is_none_or(|g| g.matches(tomb.entry.path.as_str())))
+            .filter_map(|(tomb, last)| last.map(|last| (tomb, last)))
+            .take(limit);
+        Ok(found.collect())
     }
 
     /// Commits a history write (restore, undelete, rewind) in one

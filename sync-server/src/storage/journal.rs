@@ -60,7 +60,7 @@ use tokio::{
 
 use super::{
     Actor, Change, Delete, HistoryBatch, HistoryChange, HistoryOutcome, HistoryWrite, Identity, Label,
-    LockEnd, LockRequest, PAGE_SIZE, Put, Replicated, VersionKind, VersionNote, What,
+    LockEnd, LockRequest, PAGE_SIZE, Put, Replicated, Version, VersionKind, VersionNote, What,
     blobdir::BlobDir,
     chunked::{ChunkedReader, ChunkedUpload, is_chunked},
     content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict},
@@ -445,8 +445,8 @@ impl Store {
     /// What a write of `path` (a folder entry with `folder`) is checked
     /// against before its content is received, read in one trip (the commit
     /// checks again under the writer lock); for an upload of content
-    /// `hash`, also whether a live entry of the namespace refers to that
-    /// content (whether a header-only upload may reuse it).
+    /// `hash`, also whether an entry or a kept version of the namespace
+    /// refers to that content (whether a header-only upload may reuse it).
     pub(crate) async fn path_facts(
         &self,
         ns: &str,
@@ -469,7 +469,7 @@ impl Store {
     /// is read and hashed: damaged content must not gain new entries (it is
     /// set aside, and a header-only upload's caller holds a good copy to
     /// send instead). A namespace may reuse content without sending it only
-    /// if one of its entries refers to it ([`Store::path_facts`]) and
+    /// if one of its entries or versions refers to it ([`Store::path_facts`]) and
     /// this finds it good; content only other namespaces hold is as good as
     /// absent, so a caller cannot probe for it.
     /// `size` is the caller's announced size: larger than one chunk, the
@@ -1302,21 +1302,66 @@ impl Store {
         let (this, ns, entry) = (self.clone(), ns.to_owned(), entry.clone());
         detached(async move {
             let mut w = this.inner.writer.lock().await;
-            let recipe = staged.as_ref().and_then(|s| s.recipe().map(<[ChunkRef]>::to_vec));
-            // Made durable, whatever it is, by `snapshot_end`.
-            if let Some(c) = entry.content
-                && this.place_content(&entry, staged, content_gone).await? == Durability::Pending
-            {
-                w.snapshot_pending.push(c.hash);
-            }
-            // Kept beside the live metadata: a recipe the snapshot does not
-            // come to refer to goes with the sweep at its end.
-            if let (Some(c), Some(list)) = (entry.content, recipe) {
-                this.inner.meta.put_recipe(Recipe { hash: c.hash, size: c.size, list, prev: None }).await?;
-            }
+            this.place_snapshot_content(&mut w, &entry, staged, content_gone).await?;
             this.snapshots()?.snapshot_put(&ns, &entry).await
         })
         .await
+    }
+
+    /// Adds one kept version (with its content, unless the snapshot brought
+    /// it already) to the snapshot being received.
+    pub(crate) async fn snapshot_put_version(
+        &self,
+        ns: &str,
+        version: Version,
+        staged: Option<Box<dyn StagedContent>>,
+        content_gone: bool,
+    ) -> Result<()> {
+        let (this, ns) = (self.clone(), ns.to_owned());
+        detached(async move {
+            let mut w = this.inner.writer.lock().await;
+            this.place_snapshot_content(&mut w, &version.entry, staged, content_gone).await?;
+            this.snapshots()?.snapshot_put_version(&ns, &version).await
+        })
+        .await
+    }
+
+    /// Adds a label or the run-time retention of a namespace to the
+    /// snapshot being received (no other history change is one).
+    pub(crate) async fn snapshot_put_history(&self, ns: &str, change: HistoryChange) -> Result<()> {
+        let (this, ns) = (self.clone(), ns.to_owned());
+        detached(async move {
+            let _w = this.inner.writer.lock().await;
+            match change {
+                HistoryChange::LabelSet(l) => this.snapshots()?.snapshot_put_label(&ns, &l).await,
+                HistoryChange::Retention(r) => this.snapshots()?.snapshot_put_retention(&ns, &r).await,
+                other => Err(Error::invalid(format!("a snapshot holds labels and retention, not {other:?}"))),
+            }
+        })
+        .await
+    }
+
+    /// Puts a snapshot entry's content in place (made durable, whatever it
+    /// is, by `snapshot_end`), with its recipe when it came as chunks: kept
+    /// beside the live metadata, a recipe the snapshot does not come to
+    /// refer to goes with the sweep at its end.
+    async fn place_snapshot_content(
+        &self,
+        w: &mut Writer,
+        entry: &Entry,
+        staged: Option<Box<dyn StagedContent>>,
+        content_gone: bool,
+    ) -> Result<()> {
+        let recipe = staged.as_ref().and_then(|s| s.recipe().map(<[ChunkRef]>::to_vec));
+        if let Some(c) = entry.content
+            && self.place_content(entry, staged, content_gone).await? == Durability::Pending
+        {
+            w.snapshot_pending.push(c.hash);
+        }
+        if let (Some(c), Some(list)) = (entry.content, recipe) {
+            self.inner.meta.put_recipe(Recipe { hash: c.hash, size: c.size, list, prev: None }).await?;
+        }
+        Ok(())
     }
 
     /// Adds one lock to the snapshot being received.
@@ -1590,7 +1635,7 @@ pub(crate) struct PathFacts {
     pub(crate) file_above: Option<String>,
     /// For a file with no file above it: a live entry below it.
     pub(crate) live_below: Option<String>,
-    /// Whether a live entry of the namespace refers to the upload's content
+    /// Whether an entry or kept version of the namespace refers to the upload's content
     /// (when [`Store::path_facts`] was given its hash).
     pub(crate) refers: bool,
 }

@@ -63,8 +63,20 @@ impl MemoryMeta {
     }
 }
 
-/// A snapshot's files and locks, by (namespace, path).
-type Snapshot = (BTreeMap<(String, String), Entry>, BTreeMap<(String, String), Lock>);
+/// A snapshot being received.
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    /// The manifest by (namespace, path).
+    files: BTreeMap<(String, String), Entry>,
+    /// The locks by (namespace, path).
+    locks: BTreeMap<(String, String), Lock>,
+    /// The versions by (namespace, path, seq).
+    versions: BTreeMap<(String, String, u64), Version>,
+    /// The labels by (namespace, name).
+    labels: BTreeMap<(String, String), Label>,
+    /// The run-time retention by namespace.
+    retention: BTreeMap<String, Retention>,
+}
 
 fn key(ns: &str, path: &str) -> (String, String) {
     (ns.to_owned(), path.to_owned())
@@ -112,7 +124,11 @@ impl State {
         }
         if let Some(hash) = want.refers {
             out.refers =
-                self.files.iter().any(|((n, _), e)| n == ns && e.content.is_some_and(|c| c.hash == hash));
+                self.files.iter().any(|((n, _), e)| n == ns && e.content.is_some_and(|c| c.hash == hash))
+                    || self
+                        .versions
+                        .iter()
+                        .any(|((n, _, _), v)| n == ns && v.entry.content.is_some_and(|c| c.hash == hash));
         }
         if want.current_recipe
             && let Some(current) = out.current.as_ref().and_then(|e| e.content)
@@ -427,7 +443,7 @@ impl MetaStore for MemoryMeta {
     async fn seq_at_ms(&self, ns: &str, at_ms: i64) -> Result<(Option<i64>, Option<u64>)> {
         let s = self.state();
         let of_ns = || s.versions.iter().filter(|((n, _, _), _)| n == ns).map(|(_, v)| v);
-        let oldest = of_ns().map(|v| v.note.committed_ms).min();
+        let oldest = of_ns().min_by_key(|v| v.seq()).map(|v| v.note.committed_ms);
         let seq = of_ns().filter(|v| v.note.committed_ms <= at_ms).map(Version::seq).max();
         Ok((oldest, seq))
     }
@@ -482,6 +498,35 @@ impl MetaStore for MemoryMeta {
             .take(limit)
             .map(|(_, v)| v.clone())
             .collect())
+    }
+
+    async fn trash(&self, ns: &str, prefix: &str, since_ms: i64) -> Result<Vec<(Version, Option<Version>)>> {
+        let prefix = prefix.trim_end_matches('/');
+        let s = self.state();
+        let mut out = Vec::new();
+        for ((n, p), e) in &s.files {
+            if n != ns || !e.is_deleted() || !under(p, prefix) {
+                continue;
+            }
+            let Some(tomb) = s.versions.get(&(n.clone(), p.clone(), e.version)) else { continue };
+            let moved_since = s.versions.values().any(|m| {
+                m.seq() > e.version
+                    && m.note.kind == super::VersionKind::Move
+                    && m.note.moved_from.as_ref().is_some_and(|f| f.as_str() == p)
+                    && m.entry.path.as_str() != p
+            });
+            if tomb.note.kind != super::VersionKind::Delete
+                || tomb.note.committed_ms < since_ms
+                || moved_since
+            {
+                continue;
+            }
+            let before =
+                s.path_versions(ns, p).rev().find(|v| v.seq() < e.version && !v.is_deleted()).cloned();
+            out.push((tomb.clone(), before));
+        }
+        out.sort_by_key(|(t, _)| std::cmp::Reverse(t.seq()));
+        Ok(out)
     }
 
     async fn labels(&self, ns: &str) -> Result<Vec<Label>> {
@@ -551,31 +596,55 @@ impl SnapshotSink for MemoryMeta {
     async fn snapshot_put(&self, ns: &str, entry: &Entry) -> Result<()> {
         let mut s = self.state();
         let snapshot = s.snapshot.as_mut().ok_or_else(|| Error::Internal("no snapshot begun".into()))?;
-        snapshot.0.insert(key(ns, entry.path.as_str()), entry.clone());
+        snapshot.files.insert(key(ns, entry.path.as_str()), entry.clone());
         Ok(())
     }
 
     async fn snapshot_put_lock(&self, ns: &str, lock: &Lock) -> Result<()> {
         let mut s = self.state();
         let snapshot = s.snapshot.as_mut().ok_or_else(|| Error::Internal("no snapshot begun".into()))?;
-        snapshot.1.insert(key(ns, lock.path.as_str()), lock.clone());
+        snapshot.locks.insert(key(ns, lock.path.as_str()), lock.clone());
+        Ok(())
+    }
+
+    async fn snapshot_put_version(&self, ns: &str, version: &Version) -> Result<()> {
+        let mut s = self.state();
+        let snapshot = s.snapshot.as_mut().ok_or_else(|| Error::Internal("no snapshot begun".into()))?;
+        let k = (ns.to_owned(), version.entry.path.as_str().to_owned(), version.seq());
+        snapshot.versions.insert(k, version.clone());
+        Ok(())
+    }
+
+    async fn snapshot_put_label(&self, ns: &str, label: &Label) -> Result<()> {
+        let mut s = self.state();
+        let snapshot = s.snapshot.as_mut().ok_or_else(|| Error::Internal("no snapshot begun".into()))?;
+        snapshot.labels.insert(key(ns, &label.name), label.clone());
+        Ok(())
+    }
+
+    async fn snapshot_put_retention(&self, ns: &str, retention: &Retention) -> Result<()> {
+        let mut s = self.state();
+        let snapshot = s.snapshot.as_mut().ok_or_else(|| Error::Internal("no snapshot begun".into()))?;
+        snapshot.retention.insert(ns.to_owned(), *retention);
         Ok(())
     }
 
     async fn snapshot_end(&self, head: u64) -> Result<()> {
         let mut s = self.state();
-        let (files, locks) = s.snapshot.take().ok_or_else(|| Error::Internal("no snapshot begun".into()))?;
-        // The history restarts at a full resync: each path's current entry
-        // is its one version.
+        let Snapshot { files, locks, mut versions, labels, retention } =
+            s.snapshot.take().ok_or_else(|| Error::Internal("no snapshot begun".into()))?;
+        // A current entry whose version was not sent is its one version.
         let now = crate::clock::now_ms();
-        s.versions = files
-            .iter()
-            .map(|((n, p), e)| {
-                let note = super::VersionNote::plain(e, "", now);
-                ((n.clone(), p.clone(), e.version), Version { entry: e.clone(), note, pinned: false })
-            })
-            .collect();
-        s.labels.clear();
+        for ((n, p), e) in &files {
+            versions.entry((n.clone(), p.clone(), e.version)).or_insert_with(|| Version {
+                entry: e.clone(),
+                note: super::VersionNote::plain(e, "", now),
+                pinned: false,
+            });
+        }
+        s.versions = versions;
+        s.labels = labels;
+        s.retention = retention;
         s.files = files;
         s.locks = locks;
         s.log.clear();

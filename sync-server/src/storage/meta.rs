@@ -29,7 +29,8 @@ pub(crate) struct Want {
     /// The rows the path-clash rule needs, for a file (`Some(false)`) or a
     /// folder (`Some(true)`).
     pub(crate) clash: Option<bool>,
-    /// Whether a live entry of the namespace refers to this content.
+    /// Whether an entry or a kept version of the namespace refers to this
+    /// content (a header-only upload may reuse it).
     pub(crate) refers: Option<ContentHash>,
     /// The chunk list of the path's current content, if it has one.
     pub(crate) current_recipe: bool,
@@ -209,8 +210,9 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     /// The newest kept version of `path` at or below `seq`.
     async fn version_at(&self, ns: &str, path: &RelPath, seq: u64) -> Result<Option<Version>>;
 
-    /// The commit time of the namespace's oldest kept version, and the
-    /// highest seq of its versions committed at or before `at_ms`.
+    /// The commit time of the namespace's oldest kept version (its lowest
+    /// seq), and the highest seq of its versions committed at or before
+    /// `at_ms`.
     async fn seq_at_ms(&self, ns: &str, at_ms: i64) -> Result<(Option<i64>, Option<u64>)>;
 
     /// When the newest kept version of `ns` at or below `seq` was
@@ -233,6 +235,13 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     /// `limit`: what retention walks.
     async fn versions_page(&self, ns: &str, after: Option<(&str, u64)>, limit: usize)
     -> Result<Vec<Version>>;
+
+    /// The deleted files of `ns` at `prefix` or below whose deletion (a
+    /// plain `Delete` version, not a move away, and no move from the path
+    /// since) was committed at or after `since_ms`, newest deletion first:
+    /// each deletion with the path's last version that had content (none
+    /// if no such version is kept). One trip.
+    async fn trash(&self, ns: &str, prefix: &str, since_ms: i64) -> Result<Vec<(Version, Option<Version>)>>;
 
     /// The labels of `ns`, oldest (lowest seq) first.
     async fn labels(&self, ns: &str) -> Result<Vec<Label>>;
@@ -316,7 +325,18 @@ pub(crate) trait SnapshotSink: Send + Sync {
     /// Adds one lock to the snapshot.
     async fn snapshot_put_lock(&self, ns: &str, lock: &Lock) -> Result<()>;
 
-    /// In one transaction the snapshot becomes the manifest and the locks,
-    /// and the log restarts empty at `head`.
+    /// Adds one kept version to the snapshot (replacing the plain one a
+    /// manifest entry gives its path's current version).
+    async fn snapshot_put_version(&self, ns: &str, version: &Version) -> Result<()>;
+
+    /// Adds one label to the snapshot.
+    async fn snapshot_put_label(&self, ns: &str, label: &Label) -> Result<()>;
+
+    /// Adds a namespace's run-time retention to the snapshot.
+    async fn snapshot_put_retention(&self, ns: &str, retention: &Retention) -> Result<()>;
+
+    /// In one transaction the snapshot becomes the manifest, the locks and
+    /// the history (a path's current entry with no version sent is its one
+    /// version), and the log restarts empty at `head`.
     async fn snapshot_end(&self, head: u64) -> Result<()>;
 }

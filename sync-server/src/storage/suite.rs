@@ -851,6 +851,31 @@ async fn history_follows_a_move(b: Backend) {
     let trash = s.trash(NS, "", 0, None, 10).await.unwrap();
     assert_eq!(trash.len(), 1);
     assert_eq!((trash[0].0.seq(), trash[0].1.seq()), (xd.seq, xv), "the deletion and the content before it");
+
+    // Deleted first, then uploaded under its new name with the hint: a
+    // move too, and not in the trash.
+    let pv = send(&s, put("p.txt", b"pee", 0, "c", 0), b"pee").await.unwrap().seq;
+    s.commit_delete(NS, delete("p.txt", pv, "c", 0)).await.unwrap();
+    assert_eq!(s.trash(NS, "", 0, None, 10).await.unwrap().len(), 2);
+    let q = s
+        .commit_put(NS, Put { moved_from: Some(path("p.txt")), ..put("q.txt", b"pee", 0, "c", 0) }, None)
+        .await;
+    assert_eq!(q.unwrap().note().unwrap().kind, VersionKind::Move);
+    let trash = s.trash(NS, "", 0, None, 10).await.unwrap();
+    assert_eq!(trash.iter().map(|(t, _)| t.entry.path.as_str()).collect::<Vec<_>>(), ["x"]);
+
+    // The trash by folder, time and name.
+    let zv = send(&s, put("d/z.txt", b"zed", 0, "c", 0), b"zed").await.unwrap().seq;
+    let zd = s.commit_delete(NS, delete("d/z.txt", zv, "c", 0)).await.unwrap();
+    let since = zd.note().unwrap().committed_ms;
+    let names =
+        |t: Vec<(Version, Version)>| t.iter().map(|(d, _)| d.entry.path.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(s.trash(NS, "", 0, None, 10).await.unwrap()), ["d/z.txt", "x"], "newest deletion first");
+    assert_eq!(names(s.trash(NS, "", 0, None, 1).await.unwrap()), ["d/z.txt"]);
+    assert_eq!(names(s.trash(NS, "d", 0, None, 10).await.unwrap()), ["d/z.txt"]);
+    assert_eq!(names(s.trash(NS, "", since + 1, None, 10).await.unwrap()), Vec::<String>::new());
+    let glob = super::Glob::new("*.txt").unwrap();
+    assert_eq!(names(s.trash(NS, "", 0, Some(&glob), 10).await.unwrap()), ["d/z.txt"]);
 }
 
 /// A folder's state at a seq: each path's newest version at or below it,
@@ -1083,6 +1108,39 @@ async fn labels_and_pins_round_trip_and_replicate(b: Backend) {
     assert_eq!(r.head(), s.head());
     assert_eq!(r.labels(NS).await.unwrap(), s.labels(NS).await.unwrap());
     assert_eq!(r.versions(NS, &path("a"), 0).await.unwrap(), s.versions(NS, &path("a"), 0).await.unwrap());
+
+    // A full resync brings the same history: the manifest, then every
+    // version (with its content once), the labels and the retention.
+    let retention = super::retention::Retention { keep_last: 3, ..Default::default() };
+    s.set_retention(NS, retention).await.unwrap();
+    let (_nf, n) = b.store().await;
+    send(&n, put("stale", b"stale", 0, "c", 0), b"stale").await.unwrap();
+    n.snapshot_begin().await.unwrap();
+    let mut sent = std::collections::HashSet::new();
+    for (ns, e) in s.manifest_page(None, 100).await.unwrap() {
+        let data = read_back(&s, &e.content.unwrap().hash, e.content.unwrap().size).await;
+        sent.insert(e.content.unwrap().hash);
+        n.snapshot_put(&ns, &e, Some(stage(&n, &data).await), false).await.unwrap();
+    }
+    for v in s.versions_page(NS, None, 100).await.unwrap() {
+        let c = v.entry.content.unwrap();
+        let staged = match sent.insert(c.hash) {
+            true => Some(stage(&n, &read_back(&s, &c.hash, c.size).await).await),
+            false => None,
+        };
+        let content_gone = staged.is_none();
+        n.snapshot_put_version(NS, v, staged, content_gone).await.unwrap();
+    }
+    for l in s.labels(NS).await.unwrap() {
+        n.snapshot_put_history(NS, HistoryChange::LabelSet(l)).await.unwrap();
+    }
+    n.snapshot_put_history(NS, HistoryChange::Retention(retention)).await.unwrap();
+    n.snapshot_end(s.head()).await.unwrap();
+    assert_eq!(n.versions_page(NS, None, 100).await.unwrap(), s.versions_page(NS, None, 100).await.unwrap());
+    assert_eq!(n.labels(NS).await.unwrap(), s.labels(NS).await.unwrap());
+    assert_eq!(n.retentions().await.unwrap(), vec![(NS.to_owned(), retention)]);
+    assert_eq!(read_back(&n, &ContentHash::of(b"a1"), 2).await, b"a1", "an old version's content came along");
+    assert!(!stored(&n).await.contains(&ContentHash::of(b"stale")), "what the snapshot dropped goes");
 }
 
 /// Instantiates every suite test for each backend.

@@ -356,12 +356,16 @@ pub(super) fn version(
     c.prepare_cached(&sql)?.query_row(params![ns, path, seq], version_from_row).optional()?.transpose()
 }
 
-/// The oldest kept version's commit time in `ns`, and the highest seq
-/// committed at or before `at_ms`.
+/// The oldest kept version's commit time in `ns` (the lowest seq's), and
+/// the highest seq committed at or before `at_ms`.
 pub(super) fn seq_at_ms(c: &Connection, ns: &str, at_ms: i64) -> Result<(Option<i64>, Option<u64>)> {
+    // Both walk the (namespace, seq) index, from its ends: commit times
+    // grow with seqs, so the oldest version is the lowest seq's and the
+    // search from the newest stops at the first one early enough.
     Ok(c.prepare_cached(
-        "SELECT (SELECT MIN(committed_ms) FROM versions WHERE namespace = ?1),
-                (SELECT MAX(seq) FROM versions WHERE namespace = ?1 AND committed_ms <= ?2)",
+        "SELECT (SELECT committed_ms FROM versions WHERE namespace = ?1 ORDER BY seq LIMIT 1),
+                (SELECT seq FROM versions WHERE namespace = ?1 AND committed_ms <= ?2
+                 ORDER BY seq DESC LIMIT 1)",
     )?
     .query_row(params![ns, at_ms], |r| {
         Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?.map(|s| s as u64)))
@@ -423,6 +427,47 @@ pub(super) fn versions_page(
     rows.map(|r| r?).collect()
 }
 
+/// The deletions of `ns` under `prefix` since `since_ms` that the trash
+/// lists, newest first, each with the last version that had content.
+pub(super) fn trash(
+    c: &Connection,
+    ns: &str,
+    prefix: &str,
+    since_ms: i64,
+) -> Result<Vec<(Version, Option<Version>)>> {
+    let prefix = prefix.trim_end_matches('/');
+    let (lo, hi) = (format!("{prefix}/"), format!("{prefix}0"));
+    let columns: Vec<String> = VERSION_COLUMNS.split(", ").map(|col| format!("v.{col}")).collect();
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {} FROM files f
+         JOIN versions v ON v.namespace = f.namespace AND v.path = f.path AND v.seq = f.version
+         WHERE f.namespace = ?1 AND f.deleted = 1
+           AND (?2 = '' OR f.path = ?2 OR (f.path >= ?3 AND f.path < ?4))
+           AND v.kind = ?5 AND v.committed_ms >= ?6
+           AND NOT EXISTS (SELECT 1 FROM versions m
+                           WHERE m.namespace = f.namespace AND m.moved_from = f.path AND m.kind = ?7
+                             AND m.seq > f.version)
+         ORDER BY v.seq DESC",
+        columns.join(", ")
+    ))?;
+    let params = params![ns, prefix, lo, hi, VersionKind::Delete.code(), since_ms, VersionKind::Move.code()];
+    let tombs: Vec<Version> = stmt.query_map(params, version_from_row)?.map(|r| r?).collect::<Result<_>>()?;
+    let mut last = c.prepare_cached(&format!(
+        "SELECT {VERSION_COLUMNS} FROM versions WHERE namespace = ?1 AND path = ?2 AND seq < ?3 AND deleted = 0
+         ORDER BY seq DESC LIMIT 1"
+    ))?;
+    tombs
+        .into_iter()
+        .map(|t| {
+            let before = last
+                .query_row(params![ns, t.entry.path.as_str(), t.seq() as i64], version_from_row)
+                .optional()?
+                .transpose()?;
+            Ok((t, before))
+        })
+        .collect()
+}
+
 const LABEL_COLUMNS: &str = "name, seq, committed_ms, note, automatic, principal";
 
 fn label_from_row(r: &Row<'_>) -> rusqlite::Result<Label> {
@@ -463,4 +508,53 @@ pub(super) fn retentions(c: &Connection) -> Result<Vec<(String, Retention)>> {
         Ok((ns, detail.into()))
     })
     .collect()
+}
+
+/// Adds a kept version to the snapshot being received.
+pub(super) fn snapshot_put_version(c: &Connection, ns: &str, v: &Version) -> Result<()> {
+    let (e, note) = (&v.entry, &v.note);
+    let (size, hash, mtime, exec, link, folder) = content_columns(e);
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO snapshot_versions (namespace, path, seq, deleted, size, hash, mtime_ns, executable,
+             symlink, folder, client_id, principal, committed_ms, kind, moved_from, moved_to, restored_from, pinned)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )?
+    .execute(params![
+        ns,
+        e.path.as_str(),
+        e.version as i64,
+        e.is_deleted(),
+        size,
+        hash,
+        mtime,
+        exec,
+        link,
+        folder,
+        e.client_id,
+        note.principal,
+        note.committed_ms,
+        note.kind.code(),
+        note.moved_from.as_ref().map(RelPath::as_str),
+        note.moved_to.as_ref().map(RelPath::as_str),
+        note.restored_from.map(|v| v as i64),
+        v.pinned,
+    ])?;
+    Ok(())
+}
+
+/// Adds a label to the snapshot being received.
+pub(super) fn snapshot_put_label(c: &Connection, ns: &str, l: &Label) -> Result<()> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO snapshot_labels (namespace, name, seq, committed_ms, note, automatic, principal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![ns, l.name, l.seq as i64, l.committed_ms, l.note, l.automatic, l.principal])?;
+    Ok(())
+}
+
+/// Adds a namespace's run-time retention to the snapshot being received.
+pub(super) fn snapshot_put_retention(c: &Connection, ns: &str, r: &Retention) -> Result<()> {
+    c.prepare_cached("INSERT OR REPLACE INTO snapshot_retention (namespace, policy) VALUES (?1, ?2)")?
+        .execute(params![ns, to_json(&RetentionDetail::from(r))?])?;
+    Ok(())
 }

@@ -461,6 +461,11 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
+    async fn trash(&self, ns: &str, prefix: &str, since_ms: i64) -> Result<Vec<(Version, Option<Version>)>> {
+        let (ns, prefix) = (ns.to_owned(), prefix.to_owned());
+        self.read(move |c| history::trash(c, &ns, &prefix, since_ms)).await
+    }
+
     async fn labels(&self, ns: &str) -> Result<Vec<Label>> {
         let ns = ns.to_owned();
         self.read(move |c| history::labels(c, &ns)).await
@@ -502,7 +507,16 @@ impl SnapshotSink for SqliteMeta {
                 "DROP TABLE IF EXISTS snapshot_files;
                  CREATE TABLE snapshot_files AS SELECT * FROM files WHERE 0;
                  DROP TABLE IF EXISTS snapshot_locks;
-                 CREATE TABLE snapshot_locks AS SELECT * FROM locks WHERE 0;",
+                 CREATE TABLE snapshot_locks AS SELECT * FROM locks WHERE 0;
+                 DROP TABLE IF EXISTS snapshot_versions;
+                 CREATE TABLE snapshot_versions AS SELECT * FROM versions WHERE 0;
+                 CREATE UNIQUE INDEX snapshot_versions_key ON snapshot_versions (namespace, path, seq);
+                 DROP TABLE IF EXISTS snapshot_labels;
+                 CREATE TABLE snapshot_labels AS SELECT * FROM labels WHERE 0;
+                 CREATE UNIQUE INDEX snapshot_labels_key ON snapshot_labels (namespace, name);
+                 DROP TABLE IF EXISTS snapshot_retention;
+                 CREATE TABLE snapshot_retention AS SELECT * FROM retention WHERE 0;
+                 CREATE UNIQUE INDEX snapshot_retention_key ON snapshot_retention (namespace);",
             )?;
             Ok(())
         })
@@ -528,6 +542,21 @@ impl SnapshotSink for SqliteMeta {
         self.write(move |c| locks::snapshot_put_lock(c, &ns, &lock)).await
     }
 
+    async fn snapshot_put_version(&self, ns: &str, version: &Version) -> Result<()> {
+        let (ns, version) = (ns.to_owned(), version.clone());
+        self.write(move |c| history::snapshot_put_version(c, &ns, &version)).await
+    }
+
+    async fn snapshot_put_label(&self, ns: &str, label: &Label) -> Result<()> {
+        let (ns, label) = (ns.to_owned(), label.clone());
+        self.write(move |c| history::snapshot_put_label(c, &ns, &label)).await
+    }
+
+    async fn snapshot_put_retention(&self, ns: &str, retention: &Retention) -> Result<()> {
+        let (ns, retention) = (ns.to_owned(), *retention);
+        self.write(move |c| history::snapshot_put_retention(c, &ns, &retention)).await
+    }
+
     async fn snapshot_end(&self, head: u64) -> Result<()> {
         self.write(move |c| {
             let tx = c.transaction()?;
@@ -540,12 +569,19 @@ impl SnapshotSink for SqliteMeta {
                  DROP TABLE snapshot_locks;
                  DELETE FROM changes;
                  DELETE FROM versions;
-                 DELETE FROM labels;",
+                 INSERT INTO versions SELECT * FROM snapshot_versions;
+                 DROP TABLE snapshot_versions;
+                 DELETE FROM labels;
+                 INSERT INTO labels SELECT * FROM snapshot_labels;
+                 DROP TABLE snapshot_labels;
+                 DELETE FROM retention;
+                 INSERT INTO retention SELECT * FROM snapshot_retention;
+                 DROP TABLE snapshot_retention;",
             )?;
-            // The replica's history restarts at a full resync: each path's
-            // current entry is its one version.
+            // A current entry whose version was not sent (a primary older
+            // than history) is its one version.
             tx.execute(
-                "INSERT INTO versions (namespace, path, seq, deleted, size, hash, mtime_ns, executable,
+                "INSERT OR IGNORE INTO versions (namespace, path, seq, deleted, size, hash, mtime_ns, executable,
                                        symlink, folder, client_id, principal, committed_ms, kind)
                  SELECT namespace, path, version, deleted, size, hash, mtime_ns, executable, symlink, folder,
                         client_id, '', ?1, CASE WHEN deleted THEN 2 ELSE 1 END
@@ -760,10 +796,14 @@ fn write_recipe(c: &Connection, r: &Recipe) -> Result<()> {
     Ok(())
 }
 
-/// Whether a live entry of namespace `ns` refers to content `hash`.
+/// Whether an entry or a kept version of namespace `ns` refers to content
+/// `hash` (content its own history keeps is the namespace's to reuse).
 fn refers_to(c: &Connection, ns: &str, hash: &ContentHash) -> Result<bool> {
-    Ok(c.prepare_cached("SELECT 1 FROM files WHERE hash = ?1 AND namespace = ?2 LIMIT 1")?
-        .exists(params![hash.as_bytes().as_slice(), ns])?)
+    Ok(c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM files WHERE hash = ?1 AND namespace = ?2)
+             OR EXISTS (SELECT 1 FROM versions WHERE hash = ?1 AND namespace = ?2)",
+    )?
+    .query_row(params![hash.as_bytes().as_slice(), ns], |r| r.get(0))?)
 }
 
 /// Whether any live entry or kept version refers to content `hash`, or
