@@ -46,8 +46,10 @@ fn at_label(name: &str) -> Option<pb::Point> {
     Some(pb::Point { at: Some(At::Label(name.into())) })
 }
 
+/// The servers' clock (they run in this process): the system's, moved by
+/// a test clock file if one is set.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    sync_server::clock::now_ms()
 }
 
 /// Every version `ListVersions` gives for `path`, newest first.
@@ -775,5 +777,50 @@ async fn a_locked_file_is_left_alone_by_undelete_and_rewind_and_refuses_a_restor
     let undo = pb::UndeleteRequest { under: "d".into(), client_id: "ops".into(), ..Default::default() };
     let done = h.undelete(undo).await.unwrap().into_inner();
     assert_eq!((done.restored, done.skipped), (1, 0));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_follows_a_move_and_the_trash_leaves_the_old_name_out() {
+    let server = TestServer::start().await;
+    let mut rpc = server.rpc().await;
+    let mut h = history_with(&server.url(), &Security::none());
+    let one = upload(&mut rpc, "old/name.txt", b"draft", 0).await.unwrap();
+    let two = upload(&mut rpc, "old/name.txt", b"final", one.version).await.unwrap();
+    // A client moves it: the same content at the new name, with the hint,
+    // then the old name deleted.
+    let mut header = upload_header("new/name.txt", b"final", 0);
+    if let Some(pb::upload_request::Msg::Header(hd)) = &mut header.msg {
+        hd.moved_from = "old/name.txt".into();
+    }
+    let chunk = pb::UploadRequest { msg: Some(pb::upload_request::Msg::Chunk(b"final".to_vec())) };
+    let moved = rpc
+        .upload(tokio_stream::iter(vec![header, chunk, upload_end()]))
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    let away = delete(&mut rpc, "old/name.txt", two.version).await;
+
+    let listed = versions(&mut h, "new/name.txt").await.unwrap();
+    let seen: Vec<_> = listed.iter().map(|v| (entry(v).path.as_str(), entry(v).version, v.kind())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("new/name.txt", moved.version, pb::VersionKind::Move),
+            ("old/name.txt", two.version, pb::VersionKind::Write),
+            ("old/name.txt", one.version, pb::VersionKind::Write),
+        ]
+    );
+    assert_eq!(listed[0].moved_from, "old/name.txt");
+    let old = versions(&mut h, "old/name.txt").await.unwrap();
+    assert_eq!((entry(&old[0]).version, old[0].kind()), (away.version, pb::VersionKind::MovedAway));
+    assert_eq!(old[0].moved_to, "new/name.txt");
+    // The file lives on: nothing is in the trash.
+    assert!(trash(&mut h, pb::ListTrashRequest::default()).await.is_empty());
+    // Its old content is still read under its old name.
+    let (_, data) = read_version(&mut h, "old/name.txt", at_version(one.version)).await.unwrap();
+    assert_eq!(data, b"draft");
     server.stop().await;
 }
