@@ -485,8 +485,9 @@ pub struct Comparison {
     /// Whether the content was read back and compared (`--content`).
     pub content: bool,
     /// Whether the two keep different history (versions, pins, labels).
-    /// Not part of [`Comparison::identical`]: a replica's history restarts
-    /// at a full resync, so its trees agree while its history is shorter.
+    /// Not part of [`Comparison::identical`]: servers upgraded from before
+    /// history each filled it from their own change log, so their pasts
+    /// may differ while their trees agree.
     pub history_differs: bool,
 }
 

@@ -52,7 +52,8 @@ enum Command {
         content: bool,
         /// Also count a difference in history (kept versions, pins, labels)
         /// as a difference. Without it a difference in history is only
-        /// reported: a replica's history restarts at a full resync.
+        /// reported: servers upgraded from before history each filled it
+        /// from their own change log.
         #[arg(long)]
         history: bool,
         #[command(flatten)]
@@ -451,7 +452,7 @@ async fn compare(
     };
     if c.history_differs {
         println!(
-            "history differs: A keeps {} versions, B keeps {} (a replica's history restarts at a full resync)",
+            "history differs: A keeps {} versions, B keeps {} (a difference with --history)",
             c.a.history_versions, c.b.history_versions
         );
     }
