@@ -5,6 +5,8 @@
 //! - [`storage`]: the data folder (SQLite metadata + content-addressed
 //!   blobs), sequence numbers, the change log and its broadcast.
 //! - [`service`]: `syncstore.v1.FileSync` over the store.
+//! - [`history`]: `syncstore.v1.History`: versions, the trash, restores,
+//!   rewinds, labels and pins over the store's history.
 //! - [`context`]: what the services of one server share.
 //! - [`replication`]: the primary's fan-out to its replica and the
 //!   replica's `syncstore.v1.Replication` service; the write gate.
@@ -12,6 +14,8 @@
 //! - [`scrub`]: reading stored content back, healing it from a peer.
 //! - [`auth`]: bearer tokens, the token file, and what each token may do.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`pruning`]: the history collector, which prunes each namespace's
+//!   history by its retention.
 //! - `guard`: the mass-change guard (rewrites and deletions en masse
 //!   trip it; it labels the state just before).
 //! - [`clock`]: the one clock commit times and retention read (with a
@@ -35,7 +39,9 @@ pub mod context;
 pub mod error;
 mod feed;
 mod guard;
+pub mod history;
 pub mod metrics;
+pub mod pruning;
 pub mod replication;
 mod runs;
 pub mod scrub;
@@ -47,7 +53,8 @@ mod wire;
 use std::{path::PathBuf, time::Duration};
 
 use syncstore::pb::{
-    self, admin_server::AdminServer, file_sync_server::FileSyncServer, replication_server::ReplicationServer,
+    self, admin_server::AdminServer, file_sync_server::FileSyncServer, history_server::HistoryServer,
+    replication_server::ReplicationServer,
 };
 use syncstore::{Reason, limits::MAX_MESSAGE};
 use tokio::net::TcpListener;
@@ -60,6 +67,7 @@ pub use auth::Authenticator;
 pub use admin::{AdminService, Comparison, compare};
 pub use context::ServiceContext;
 pub use error::{Error, Result};
+pub use history::HistoryService;
 pub use metrics::ServerMetrics;
 pub use replication::{
     Mode, OnTimeout, ReplicaConfig, WriteGate, primary::ReplicationHandle, replica::ReplicationService,
@@ -198,6 +206,8 @@ pub struct Config {
     /// The retention of history, per namespace, as configured (an admin's
     /// `SetRetention` overrides it at run time).
     pub retention: storage::retention::RetentionConfig,
+    /// Time between two passes of the history collector.
+    pub history_prune_interval: Duration,
 }
 
 /// The server's TLS settings (PEM files).
@@ -264,6 +274,7 @@ impl Config {
             scrub_interval: Some(scrub::DEFAULT_SCRUB_INTERVAL),
             scrub_rate: scrub::DEFAULT_SCRUB_RATE,
             retention: Default::default(),
+            history_prune_interval: pruning::PRUNE_INTERVAL,
         }
     }
 
@@ -497,6 +508,10 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         ));
     }
     tasks.spawn(auth.clone().watch(shutdown.clone()));
+    let retention = std::sync::Arc::new(config.retention.clone());
+    let pruner = pruning::Pruner::new(store.clone(), retention.clone(), metrics.clone());
+    tasks.spawn(pruner.clone().run(config.history_prune_interval, gate.clone(), shutdown.clone()));
+    tasks.spawn(guard::run(store.clone(), retention, gate.clone(), metrics.clone(), shutdown.clone()));
     let ctx = ServiceContext {
         store,
         role: config.role,
@@ -505,6 +520,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         metrics,
         auth: auth.clone(),
         shutdown: shutdown.clone(),
+        pruner,
     };
     let file_sync = FileSyncService::new(
         ctx.clone(),
@@ -521,9 +537,11 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     // Every service answers health checks by its name ("" is the server).
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
+    health_reporter.set_serving::<HistoryServer<HistoryService>>().await;
     health_reporter.set_serving::<ReplicationServer<ReplicationService>>().await;
     let replication_service = ReplicationService::new(&ctx, health_reporter.clone());
     let admin = AdminService::new(&ctx);
+    let history = HistoryService::new(ctx.clone());
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -559,6 +577,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             tracing::info!("shutting down: finishing in-flight requests");
             health_reporter.set_not_serving::<FileSyncServer<FileSyncService>>().await;
             health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
+            health_reporter.set_not_serving::<HistoryServer<HistoryService>>().await;
             health_reporter.set_not_serving::<ReplicationServer<ReplicationService>>().await;
         }
     };
@@ -582,6 +601,12 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         ))
         .add_service(InterceptedService::new(
             ReplicationServer::new(replication_service)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            HistoryServer::new(history)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
             auth.clone(),

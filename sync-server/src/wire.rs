@@ -9,7 +9,8 @@ use syncstore::{Entry, Lock, RelPath, pb};
 
 use crate::error::{Error, Result};
 use crate::storage::{
-    Actor, Change, HistoryChange, Label, LockEnd, VersionKind, VersionNote, What, retention::Retention,
+    Actor, Change, HistoryChange, Label, LockEnd, Version, VersionKind, VersionNote, What,
+    retention::Retention,
 };
 
 /// The kind of event a change is on the wire.
@@ -171,6 +172,29 @@ fn lock_end_from_pb(v: i32) -> Result<LockEnd> {
     }
 }
 
+/// A kept version as the History service sends it.
+pub(crate) fn file_version(v: Version) -> pb::FileVersion {
+    let Version { entry, note, pinned } = v;
+    pb::FileVersion {
+        entry: Some(entry.into()),
+        committed_ms: note.committed_ms,
+        principal: note.principal,
+        kind: version_kind_to_pb(note.kind).into(),
+        moved_from: note.moved_from.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        moved_to: note.moved_to.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        restored_from: note.restored_from.unwrap_or(0),
+        pinned,
+    }
+}
+
+/// The version a file change made (a new version is never pinned); `None`
+/// for a lock change.
+pub(crate) fn change_version(change: &Change) -> Option<pb::FileVersion> {
+    let entry = change.entry()?.clone();
+    let note = change.note()?.clone();
+    Some(file_version(Version { entry, note, pinned: false }))
+}
+
 /// A label as the History service sends it.
 pub(crate) fn label(l: Label) -> pb::Label {
     pb::Label {
@@ -191,6 +215,41 @@ fn version_kind_to_pb(kind: VersionKind) -> pb::VersionKind {
         VersionKind::MovedAway => pb::VersionKind::MovedAway,
         VersionKind::Restore => pb::VersionKind::Restore,
     }
+}
+
+/// A retention policy as the wire has it.
+pub(crate) fn retention_to_pb(r: &Retention) -> pb::Retention {
+    pb::Retention {
+        keep_within_seconds: r.keep_within_seconds,
+        hourly_for_seconds: r.hourly_for_seconds,
+        daily_for_seconds: r.daily_for_seconds,
+        weekly_for_seconds: r.weekly_for_seconds,
+        keep_last: r.keep_last,
+        max_history_bytes: r.max_history_bytes,
+        immutable_seconds: r.immutable_seconds,
+        guard_percent: r.guard_percent,
+        guard_min_files: r.guard_min_files,
+        guard_window_seconds: r.guard_window_seconds,
+    }
+}
+
+/// A retention policy from the wire, checked (`invalid-field` if it
+/// cannot be used).
+pub(crate) fn retention_from_pb(r: &pb::Retention) -> Result<Retention> {
+    let out = Retention {
+        keep_within_seconds: r.keep_within_seconds,
+        hourly_for_seconds: r.hourly_for_seconds,
+        daily_for_seconds: r.daily_for_seconds,
+        weekly_for_seconds: r.weekly_for_seconds,
+        keep_last: r.keep_last,
+        max_history_bytes: r.max_history_bytes,
+        immutable_seconds: r.immutable_seconds,
+        guard_percent: r.guard_percent,
+        guard_min_files: r.guard_min_files,
+        guard_window_seconds: r.guard_window_seconds,
+    };
+    out.check().map_err(Error::InvalidField)?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -321,39 +380,4 @@ mod tests {
         let unlock = pb::change_event::Kind::Unlock as i32;
         assert!(matches!(lock_change(1, "ns".into(), unlock, bad_end), Err(Error::InvalidArgument(_))));
     }
-}
-
-/// A retention policy as the wire has it.
-pub(crate) fn retention_to_pb(r: &Retention) -> pb::Retention {
-    pb::Retention {
-        keep_within_seconds: r.keep_within_seconds,
-        hourly_for_seconds: r.hourly_for_seconds,
-        daily_for_seconds: r.daily_for_seconds,
-        weekly_for_seconds: r.weekly_for_seconds,
-        keep_last: r.keep_last,
-        max_history_bytes: r.max_history_bytes,
-        immutable_seconds: r.immutable_seconds,
-        guard_percent: r.guard_percent,
-        guard_min_files: r.guard_min_files,
-        guard_window_seconds: r.guard_window_seconds,
-    }
-}
-
-/// A retention policy from the wire, checked (`invalid-field` if it
-/// cannot be used).
-pub(crate) fn retention_from_pb(r: &pb::Retention) -> Result<Retention> {
-    let out = Retention {
-        keep_within_seconds: r.keep_within_seconds,
-        hourly_for_seconds: r.hourly_for_seconds,
-        daily_for_seconds: r.daily_for_seconds,
-        weekly_for_seconds: r.weekly_for_seconds,
-        keep_last: r.keep_last,
-        max_history_bytes: r.max_history_bytes,
-        immutable_seconds: r.immutable_seconds,
-        guard_percent: r.guard_percent,
-        guard_min_files: r.guard_min_files,
-        guard_window_seconds: r.guard_window_seconds,
-    };
-    out.check().map_err(Error::InvalidField)?;
-    Ok(out)
 }

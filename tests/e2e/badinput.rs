@@ -20,7 +20,7 @@ use syncstore::{
     ContentHash,
     connect::Security,
     limits::MAX_CHUNK,
-    pb::{self, upload_request},
+    pb::{self, point::At, upload_request},
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -88,6 +88,57 @@ enum Call {
     Replicate,
     /// `Admin/Digest`.
     Digest,
+    /// A `History` call.
+    History(HistoryCall),
+}
+
+/// A `History` call that writes, or could.
+enum HistoryCall {
+    Restore(pb::RestoreRequest),
+    Undelete(pb::UndeleteRequest),
+    Rewind(pb::RewindRequest),
+    SetLabel(pb::SetLabelRequest),
+    Pin(pb::PinRequest),
+}
+
+fn restore(path: &str, point: pb::point::At, to_path: &str, base_version: u64) -> Call {
+    Call::History(HistoryCall::Restore(pb::RestoreRequest {
+        path: path.into(),
+        point: Some(pb::Point { at: Some(point) }),
+        to_path: to_path.into(),
+        client_id: "badinput".into(),
+        base_version,
+        lock_token: 0,
+    }))
+}
+
+fn rewind_to(point: pb::point::At) -> Call {
+    Call::History(HistoryCall::Rewind(pb::RewindRequest {
+        under: String::new(),
+        to: Some(pb::Point { at: Some(point) }),
+        client_id: "badinput".into(),
+        dry_run: false,
+    }))
+}
+
+fn undelete(glob: String) -> Call {
+    Call::History(HistoryCall::Undelete(pb::UndeleteRequest {
+        glob,
+        client_id: "badinput".into(),
+        ..Default::default()
+    }))
+}
+
+fn set_label(name: &str) -> Call {
+    Call::History(HistoryCall::SetLabel(pb::SetLabelRequest {
+        name: name.into(),
+        at: None,
+        note: String::new(),
+    }))
+}
+
+fn pin(path: &str, version: u64) -> Call {
+    Call::History(HistoryCall::Pin(pb::PinRequest { path: path.into(), version, unpin: false }))
 }
 
 /// How long a subscription that must stay silent is listened to.
@@ -269,6 +320,20 @@ async fn run(url: &str, security: &Security, call: Call) -> Result<(), tonic::St
             let mut client = pb::admin_client::AdminClient::new(security.channel(url).unwrap());
             client.digest(pb::DigestRequest {}).await.map(drop)
         }
+        Call::History(call) => {
+            let mut client = pb::history_client::HistoryClient::new(security.channel(url).unwrap());
+            match call {
+                HistoryCall::Restore(req) => client.restore(req).await.map(drop),
+                HistoryCall::Undelete(req) => client.undelete(req).await.map(drop),
+                HistoryCall::Rewind(req) => {
+                    let mut s = client.rewind(req).await?.into_inner();
+                    while s.message().await?.is_some() {}
+                    Ok(())
+                }
+                HistoryCall::SetLabel(req) => client.set_label(req).await.map(drop),
+                HistoryCall::Pin(req) => client.pin(req).await.map(drop),
+            }
+        }
     }
 }
 
@@ -432,6 +497,19 @@ fn cases() -> Vec<Case> {
         // Refused by HTTP/2 with status 431, which gRPC maps to UNKNOWN.
         case("headers over the 8 KiB limit", Code::Unknown, StatWithMetadata(16 * 1024)),
         case("headers under the limit (control)", Code::Ok, StatWithMetadata(4 * 1024)),
+        // History writes: refused before anything is written.
+        case("restore a bad path", Code::InvalidArgument, restore("../seed.txt", At::Version(1), "", 0)),
+        case("restore to a bad path", Code::InvalidArgument, restore("seed.txt", At::Version(1), "a//b", 0)),
+        case("restore a version never written", Code::NotFound, restore("seed.txt", At::Version(99), "", 0)),
+        case("restore a deletion", Code::NotFound, restore("gone.txt", At::Version(4), "", 0)),
+        case("restore over a wrong base", Code::Aborted, restore("seed.txt", At::Version(1), "", 2)),
+        case("restore from before history", Code::OutOfRange, restore("seed.txt", At::AtMs(1), "", 0)),
+        case("restore at version 0", Code::InvalidArgument, restore("seed.txt", At::Version(0), "", 0)),
+        case("undelete with a glob over 1 KiB", Code::InvalidArgument, undelete("*".repeat(1025))),
+        case("rewind to an unknown label", Code::NotFound, rewind_to(At::Label("nope".into()))),
+        case("rewind to before history", Code::OutOfRange, rewind_to(At::AtMs(1))),
+        case("label with a bad name", Code::InvalidArgument, set_label("a b")),
+        case("pin a version never written", Code::NotFound, pin("seed.txt", 99)),
     ];
     // Who calls: no token, an unknown one, one beyond its access, one of
     // another namespace.
@@ -474,6 +552,37 @@ fn cases() -> Vec<Case> {
         ),
         case_as(Writer, "client token replicates", Code::PermissionDenied, Replicate),
         case_as(Writer, "client token asks for the digest", Code::PermissionDenied, Digest),
+        case_as(
+            Nobody,
+            "no token, restore",
+            Code::Unauthenticated,
+            restore("gone.txt", At::Version(3), "", 0),
+        ),
+        case_as(
+            Viewer,
+            "read-only token restores",
+            Code::PermissionDenied,
+            restore("gone.txt", At::Version(3), "", 0),
+        ),
+        case_as(Viewer, "read-only token undeletes", Code::PermissionDenied, undelete(String::new())),
+        case_as(Viewer, "read-only token rewinds", Code::PermissionDenied, rewind_to(At::Version(1))),
+        case_as(Viewer, "read-only token labels", Code::PermissionDenied, set_label("mine")),
+        case_as(Viewer, "read-only token pins", Code::PermissionDenied, pin("seed.txt", 1)),
+        case_as(
+            Admin,
+            "admin token restores",
+            Code::PermissionDenied,
+            restore("gone.txt", At::Version(3), "", 0),
+        ),
+        case_as(
+            Neighbour,
+            "other namespace, restore",
+            Code::NotFound,
+            restore("gone.txt", At::Version(3), "", 0),
+        ),
+        case_as(Neighbour, "other namespace, pin", Code::NotFound, pin("seed.txt", 1)),
+        case_as(Neighbour, "other namespace, undelete finds nothing", Code::Ok, undelete(String::new())),
+        case_as(Neighbour, "other namespace, rewind changes nothing", Code::Ok, rewind_to(At::Version(1))),
     ]);
     // The replica: writes, and who calls.
     let on_replica = |c: Case| Case { on: On::Replica, ..c };
@@ -484,6 +593,12 @@ fn cases() -> Vec<Case> {
             Upload(put("replica.txt", &fresh(39), 0)),
         )),
         on_replica(case("delete on the replica", Code::FailedPrecondition, Delete("seed.txt", 1))),
+        on_replica(case(
+            "restore on the replica",
+            Code::FailedPrecondition,
+            restore("gone.txt", At::Version(3), "", 0),
+        )),
+        on_replica(case("label on the replica", Code::FailedPrecondition, set_label("on-replica"))),
         on_replica(case_as(
             Stranger,
             "unknown token on the replica",

@@ -328,7 +328,13 @@ async fn every_refusal_names_its_reason_and_a_replica_names_its_primary() {
     // Health answers for every service by name.
     let channel = Security::none().channel(&primary.url()).unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    for service in ["", "syncstore.v1.FileSync", "syncstore.v1.Admin", "syncstore.v1.Replication"] {
+    for service in [
+        "",
+        "syncstore.v1.FileSync",
+        "syncstore.v1.History",
+        "syncstore.v1.Admin",
+        "syncstore.v1.Replication",
+    ] {
         let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
         let status = health.check(req).await.unwrap().into_inner().status();
         assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving, "{service:?}");
