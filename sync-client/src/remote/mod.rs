@@ -15,6 +15,7 @@ use syncstore::{ContentHash, Entry, Lock, RelPath, chunks::Run};
 use crate::{error::Result, plan::Local};
 
 pub mod grpc;
+pub mod history;
 #[cfg(test)]
 pub(crate) mod memory;
 
