@@ -4,7 +4,9 @@
 //! Precedence, highest first: flags, `SYNCSTORE_*` environment variables,
 //! the `--config` file, built-in defaults. A key of the file is an option's
 //! long name (`listen`, `rescan-interval` or `rescan_interval`); a list gives
-//! a repeatable option several values; `true` sets a switch.
+//! a repeatable option several values; `true` sets a switch. A program may
+//! also take sections (TOML tables such as the server's `[retention]`) that
+//! are no option: it reads them itself ([`config_section`]).
 
 use std::{
     ffi::OsString,
@@ -75,7 +77,13 @@ pub enum LogFormat {
 /// Parses the program's arguments, with its `--config` file under them.
 /// On a bad config file, says why and returns the exit code to use.
 pub fn parse_args<T: Parser>() -> Result<T, std::process::ExitCode> {
-    match with_config_file::<T>(std::env::args_os().collect()) {
+    parse_args_with_sections::<T>(&[])
+}
+
+/// [`parse_args`] for a program whose config file may also hold the tables
+/// named in `sections` (read with [`config_section`]).
+pub fn parse_args_with_sections<T: Parser>(sections: &[&str]) -> Result<T, std::process::ExitCode> {
+    match with_config_file_sections::<T>(std::env::args_os().collect(), sections) {
         Ok(argv) => Ok(T::parse_from(argv)),
         Err(e) => {
             eprintln!("error: {e}");
@@ -148,6 +156,14 @@ pub enum ConfigError {
 /// neither a flag nor an environment variable set, inserted right after
 /// the program name so that they also precede any subcommand.
 pub fn with_config_file<T: CommandFactory>(argv: Vec<OsString>) -> Result<Vec<OsString>, ConfigError> {
+    with_config_file_sections::<T>(argv, &[])
+}
+
+/// [`with_config_file`], leaving alone the tables named in `sections`.
+pub fn with_config_file_sections<T: CommandFactory>(
+    argv: Vec<OsString>,
+    sections: &[&str],
+) -> Result<Vec<OsString>, ConfigError> {
     let command = T::command();
     // A first pass only learns where each value comes from; errors are left
     // to the real parse.
@@ -160,6 +176,9 @@ pub fn with_config_file<T: CommandFactory>(argv: Vec<OsString>) -> Result<Vec<Os
     let table = read(&path)?;
     let mut extra: Vec<OsString> = Vec::new();
     for (key, value) in table {
+        if value.is_table() && sections.contains(&key.as_str()) {
+            continue;
+        }
         let long = key.replace('_', "-");
         let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(long.as_str())) else {
             return Err(ConfigError::Unknown { path: path.display().to_string(), key });
@@ -190,6 +209,15 @@ pub fn with_config_file<T: CommandFactory>(argv: Vec<OsString>) -> Result<Vec<Os
     out.extend(extra);
     out.extend(rest);
     Ok(out)
+}
+
+/// The table `name` of the config file at `path` (`None` if it has none).
+pub fn config_section(path: &Path, name: &str) -> Result<Option<toml::Table>, ConfigError> {
+    match read(path)?.remove(name) {
+        None => Ok(None),
+        Some(toml::Value::Table(t)) => Ok(Some(t)),
+        Some(_) => Err(ConfigError::Value { path: path.display().to_string(), key: name.to_owned() }),
+    }
 }
 
 fn read(path: &Path) -> Result<toml::Table, ConfigError> {
@@ -257,5 +285,24 @@ mod tests {
         assert!(matches!(parse(&["demo", "--config", f]), Err(ConfigError::Unknown { .. })));
         std::fs::write(&file, "listen = [\n").unwrap();
         assert!(matches!(parse(&["demo", "--config", f]), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn a_section_the_program_reads_itself_is_no_option_and_any_other_table_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"x\"\n[retention]\nkeep_last = 2\n[retention.team]\nkeep_last = 3\n",
+        )
+        .unwrap();
+        let argv = || ["demo", "--config", file.to_str().unwrap()].map(OsString::from).to_vec();
+        let with = with_config_file_sections::<Demo>(argv(), &["retention"]).unwrap();
+        assert_eq!(Demo::parse_from(with).listen, "x");
+        assert!(matches!(with_config_file::<Demo>(argv()), Err(ConfigError::Unknown { .. })));
+        let section = config_section(&file, "retention").unwrap().unwrap();
+        assert_eq!(section["keep_last"].as_integer(), Some(2));
+        assert_eq!(section["team"]["keep_last"].as_integer(), Some(3));
+        assert!(config_section(&file, "other").unwrap().is_none());
     }
 }

@@ -250,6 +250,32 @@ impl Admin for AdminService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn get_retention(
+        &self,
+        request: Request<pb::GetRetentionRequest>,
+    ) -> Result<Response<pb::GetRetentionResponse>, Status> {
+        caller(&request, Need::Admin)?;
+        Err(Status::unimplemented("GetRetention"))
+    }
+
+    async fn set_retention(
+        &self,
+        request: Request<pb::SetRetentionRequest>,
+    ) -> Result<Response<pb::SetRetentionResponse>, Status> {
+        caller(&request, Need::Admin)?;
+        Err(Status::unimplemented("SetRetention"))
+    }
+
+    type PruneHistoryStream = Pin<Box<dyn Stream<Item = Result<pb::PruneHistoryResponse, Status>> + Send>>;
+
+    async fn prune_history(
+        &self,
+        request: Request<pb::PruneHistoryRequest>,
+    ) -> Result<Response<Self::PruneHistoryStream>, Status> {
+        caller(&request, Need::Admin)?;
+        Err(Status::unimplemented("PruneHistory"))
+    }
+
     type ManifestStream = Pin<Box<dyn Stream<Item = Result<pb::ManifestResponse, Status>> + Send>>;
 
     async fn manifest(

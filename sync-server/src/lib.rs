@@ -12,6 +12,8 @@
 //! - [`scrub`]: reading stored content back, healing it from a peer.
 //! - [`auth`]: bearer tokens, the token file, and what each token may do.
 //! - [`metrics`]: the Prometheus metrics.
+//! - `guard`: the mass-change guard (rewrites and deletions en masse
+//!   trip it; it labels the state just before).
 //! - `feed`: following committed changes from a cursor (log, then live).
 //! - `transfer`: content on the wire, both ways: the verified reader that
 //!   Download and the replication sender stream from, and the receiver
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod context;
 pub mod error;
 mod feed;
+mod guard;
 pub mod metrics;
 pub mod replication;
 mod runs;
@@ -189,6 +192,9 @@ pub struct Config {
     pub scrub_interval: Option<Duration>,
     /// The background scrub's pace, in bytes per second.
     pub scrub_rate: u64,
+    /// The retention of history, per namespace, as configured (an admin's
+    /// `SetRetention` overrides it at run time).
+    pub retention: storage::retention::RetentionConfig,
 }
 
 /// The server's TLS settings (PEM files).
@@ -254,6 +260,7 @@ impl Config {
             tls: None,
             scrub_interval: Some(scrub::DEFAULT_SCRUB_INTERVAL),
             scrub_rate: scrub::DEFAULT_SCRUB_RATE,
+            retention: Default::default(),
         }
     }
 

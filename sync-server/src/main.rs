@@ -114,7 +114,9 @@ enum TokenCommand {
 #[derive(Debug, ClapArgs)]
 struct ServeArgs {
     /// A TOML file of options (keys are the long option names); flags and
-    /// SYNCSTORE_* environment variables take precedence over it.
+    /// SYNCSTORE_* environment variables take precedence over it. Its
+    /// `[retention]` table (and `[retention.NAMESPACE]` tables) set how long
+    /// history is kept (see the README).
     #[arg(long, env = "SYNCSTORE_CONFIG")]
     config: Option<PathBuf>,
     /// The server's role.
@@ -215,6 +217,11 @@ struct ServeArgs {
     scrub_rate: u64,
 }
 
+/// The config file's table of retention settings (see
+/// `RetentionConfig::from_toml`): `[retention]` for every namespace,
+/// `[retention.NAMESPACE]` for one.
+const RETENTION_SECTION: &str = "retention";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RoleArg {
     Primary,
@@ -234,7 +241,7 @@ enum OnTimeoutArg {
 }
 
 fn main() -> ExitCode {
-    let args: Args = match cli::parse_args() {
+    let args: Args = match cli::parse_args_with_sections(&[RETENTION_SECTION]) {
         Ok(args) => args,
         Err(code) => return code,
     };
@@ -284,7 +291,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cli::stop_on_signal(shutdown.clone()));
 
+    let retention = match &args.config {
+        Some(path) => match cli::config_section(path, RETENTION_SECTION)? {
+            Some(table) => sync_server::storage::retention::RetentionConfig::from_toml(&table)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            None => Default::default(),
+        },
+        None => Default::default(),
+    };
     let mut config = sync_server::Config::new(args.data);
+    config.retention = retention;
     config.role = match args.role {
         RoleArg::Primary => Role::Primary,
         RoleArg::Replica => Role::Replica,

@@ -40,6 +40,16 @@ pub struct ServerMetrics {
     pub chunks_deduplicated: IntCounter,
     /// Bytes uploads took from their base instead of the wire.
     pub base_reused_bytes: IntCounter,
+    /// Versions kept that are not a file's current one, all namespaces (as
+    /// of the last pruning pass).
+    pub history_versions: IntGauge,
+    /// Bytes of content only those versions refer to (as of the last
+    /// pruning pass).
+    pub history_bytes: IntGauge,
+    /// Versions pruning removed since start.
+    pub history_pruned_versions: IntCounter,
+    /// Times the mass-change guard tripped since start.
+    pub history_guard_trips: IntCounter,
 }
 
 impl ServerMetrics {
@@ -102,6 +112,10 @@ impl ServerMetrics {
                 "base_reused_bytes_total",
                 "Bytes uploads took from their base instead of the wire",
             ),
+            history_versions: gauge("history_versions", "Versions kept that are not a file's current one"),
+            history_bytes: gauge("history_bytes", "Bytes of content only kept versions refer to"),
+            history_pruned_versions: counter("history_pruned_versions_total", "Versions pruning removed"),
+            history_guard_trips: counter("history_guard_trips_total", "Times the mass-change guard tripped"),
             errors,
             commit_seconds,
             replication,

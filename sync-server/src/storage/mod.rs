@@ -22,6 +22,8 @@
 //! - `rules`: the decisions (base version, lock write check, lock grant /
 //!   refresh / end, path clash) as pure functions over fetched facts.
 //! - `identity`: the server's place in its replicated history.
+//! - [`retention`]: the retention policy and the pure planner of what
+//!   pruning removes.
 //! - `retry`: recognising a write sent again.
 //! - `chunked`: content larger than one chunk, received as chunk blobs
 //!   and read back from its recipe.
@@ -38,6 +40,7 @@ mod journal;
 #[cfg(test)]
 mod memory;
 mod meta;
+pub mod retention;
 mod retry;
 pub(crate) mod rules;
 mod sqlite;
