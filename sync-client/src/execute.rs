@@ -36,6 +36,11 @@ use crate::{
 /// client's identical file): one round trip instead of the whole file.
 const REUSE_PROBE_MIN: u64 = 256 * 1024;
 
+/// At most this many paths with a new file's content are looked at for
+/// the one it moved from (many copies of one content are not searched
+/// through at every upload).
+const MOVE_CANDIDATES: usize = 16;
+
 /// A path an action left to look at.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FollowUp {
@@ -179,6 +184,7 @@ impl Executor {
             lock_token: self.locks.token(path),
             reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
             chunks,
+            moved_from: self.moved_from(path, &l)?,
         };
         self.state.note_sent(path, &l.hash)?;
         let up = transfer::upload(&*self.remote, self.folder.root(), path, l, base).await?;
@@ -202,6 +208,24 @@ impl Executor {
             "uploaded"
         );
         Ok(())
+    }
+
+    /// The path `path`'s file was moved from, as far as this folder can
+    /// tell: another path whose base (its last synced state) had the same
+    /// content and that is gone from the folder. Deletions are sent after
+    /// new files, so that path's base is still here when its new name is
+    /// uploaded. Only a hint for the server's history: the server checks
+    /// the content before it records a move.
+    fn moved_from(&self, path: &RelPath, l: &crate::plan::Local) -> Result<Option<RelPath>> {
+        if l.folder || l.symlink {
+            return Ok(None);
+        }
+        for other in self.state.paths_with_hash(&l.hash, MOVE_CANDIDATES)? {
+            if other != *path && matches!(self.folder.root().stat(&other), Ok(Kind::Missing)) {
+                return Ok(Some(other));
+            }
+        }
+        Ok(None)
     }
 
     /// A file whose content matches its base but whose size, mtime or stamp
