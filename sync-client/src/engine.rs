@@ -925,8 +925,15 @@ mod tests {
             c.engine.local_event(RelPath::new("c.txt").unwrap()).await;
             c.engine.local_event(RelPath::new("b.txt").unwrap()).await;
             assert_eq!(server.moves()[1..], [("c.txt".to_owned(), "b.txt".to_owned())]);
+
+            // The old name's event first: its deletion is remembered.
+            fs::rename(c.root.join("c.txt"), c.root.join("a.txt")).unwrap();
+            c.engine.local_event(RelPath::new("c.txt").unwrap()).await;
+            assert_eq!(server.entry("c.txt").map(|e| e.is_deleted()), Some(true));
+            c.engine.local_event(RelPath::new("a.txt").unwrap()).await;
+            assert_eq!(server.moves()[2..], [("a.txt".to_owned(), "c.txt".to_owned())]);
             let expected = set(&[
-                ("c.txt", b"a file that moves"),
+                ("a.txt", b"a file that moves"),
                 ("kept.txt", b"a file that is copied"),
                 ("copy.txt", b"a file that is copied"),
             ]);
