@@ -37,6 +37,16 @@ pub enum Reason {
     NotFound,
     /// NOT_FOUND: the lock is no longer held.
     LockNotHeld,
+    /// NOT_FOUND: no such version of the path is kept (never made, or
+    /// removed by retention).
+    UnknownVersion,
+    /// NOT_FOUND: the namespace has no label of that name.
+    UnknownLabel,
+    /// OUT_OF_RANGE: the time asked for is before the first version the
+    /// server keeps of the namespace.
+    BeforeHistory,
+    /// ALREADY_EXISTS: a label of that name exists.
+    LabelExists,
     /// ABORTED: the write's base version is not the current version.
     VersionConflict,
     /// FAILED_PRECONDITION: this server is a replica; write to the primary.
@@ -92,7 +102,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order the proto lists them.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 33] = [
         Reason::InvalidPath,
         Reason::InvalidHash,
         Reason::InvalidField,
@@ -102,6 +112,10 @@ impl Reason {
         Reason::InvalidArgument,
         Reason::NotFound,
         Reason::LockNotHeld,
+        Reason::UnknownVersion,
+        Reason::UnknownLabel,
+        Reason::BeforeHistory,
+        Reason::LabelExists,
         Reason::VersionConflict,
         Reason::Replica,
         Reason::Fenced,
@@ -136,6 +150,10 @@ impl Reason {
             Reason::InvalidArgument => "invalid-argument",
             Reason::NotFound => "not-found",
             Reason::LockNotHeld => "lock-not-held",
+            Reason::UnknownVersion => "unknown-version",
+            Reason::UnknownLabel => "unknown-label",
+            Reason::BeforeHistory => "before-history",
+            Reason::LabelExists => "label-exists",
             Reason::VersionConflict => "version-conflict",
             Reason::Replica => "replica",
             Reason::Fenced => "fenced",

@@ -34,6 +34,7 @@ fn header(path: String) -> pb::UploadRequest {
             client_id: "bench".into(),
             lock_token: 0,
             base_hash: Vec::new(),
+            moved_from: String::new(),
         })),
     }
 }

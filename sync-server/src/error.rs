@@ -38,6 +38,18 @@ pub enum Error {
     /// The lock named is no longer held.
     #[error("{0}")]
     LockNotHeld(String),
+    /// No such version of the path is kept (never made, or pruned).
+    #[error("{0}")]
+    UnknownVersion(String),
+    /// The namespace has no label of that name.
+    #[error("{0}")]
+    UnknownLabel(String),
+    /// A time before the first version the namespace keeps.
+    #[error("{0}")]
+    BeforeHistory(String),
+    /// A label of that name exists already.
+    #[error("{0}")]
+    LabelExists(String),
     /// The change was based on a version that is no longer current.
     #[error("{path} is at version {current}{}, but the change was based on version {base}",
         if *.deleted { " (deleted)" } else { "" })]
@@ -138,6 +150,10 @@ impl Error {
             Error::ContentMismatch(_) => (Code::InvalidArgument, Reason::ContentMismatch),
             Error::NotFound(_) => (Code::NotFound, Reason::NotFound),
             Error::LockNotHeld(_) => (Code::NotFound, Reason::LockNotHeld),
+            Error::UnknownVersion(_) => (Code::NotFound, Reason::UnknownVersion),
+            Error::UnknownLabel(_) => (Code::NotFound, Reason::UnknownLabel),
+            Error::BeforeHistory(_) => (Code::OutOfRange, Reason::BeforeHistory),
+            Error::LabelExists(_) => (Code::AlreadyExists, Reason::LabelExists),
             Error::VersionConflict { .. } => (Code::Aborted, Reason::VersionConflict),
             Error::WritesRefused { reason, .. } => (Code::FailedPrecondition, *reason),
             Error::UnknownContent(_) => (Code::FailedPrecondition, Reason::UnknownContent),
@@ -350,6 +366,10 @@ mod tests {
         let errors = [
             Error::invalid(long.clone()),
             Error::NotFound("x".into()),
+            Error::UnknownVersion("x".into()),
+            Error::UnknownLabel("x".into()),
+            Error::BeforeHistory("x".into()),
+            Error::LabelExists("x".into()),
             Error::VersionConflict { path: "a".into(), current: 2, deleted: false, base: 1 },
             Error::WritesRefused {
                 reason: Reason::Replica,

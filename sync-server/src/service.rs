@@ -124,7 +124,13 @@ impl FileSyncService {
     async fn answer_retry(&self, ns: &str, entry: Entry) -> Result<Change> {
         tracing::info!(path = %entry.path, version = entry.version, "the same write again: answering with its committed entry");
         self.replicated(entry.version).await?;
-        Ok(Change { seq: entry.version, namespace: ns.to_owned(), what: What::File(entry) })
+        // The note as kept (a plain one if retention removed it since).
+        let point = crate::storage::Point::Version(entry.version);
+        let note = match self.ctx.store.version_at(ns, &entry.path, &point).await {
+            Ok(v) => v.note,
+            Err(_) => crate::storage::VersionNote::plain(&entry, "", 0),
+        };
+        Ok(Change { seq: entry.version, namespace: ns.to_owned(), what: What::File(entry, note) })
     }
 
     /// In sync mode, waits until the replica holds `seq` durably.
@@ -278,12 +284,12 @@ impl FileSyncService {
     fn written(&self, op: Op, change: &Change) {
         let metrics = &self.ctx.metrics;
         match (op, &change.what) {
-            (Op::Upload, What::File(entry)) => {
+            (Op::Upload, What::File(entry, _)) => {
                 metrics.uploads.inc();
                 metrics.upload_bytes.inc_by(entry.content.map_or(0, |c| c.size));
                 tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "stored");
             }
-            (Op::Delete, What::File(entry)) => {
+            (Op::Delete, What::File(entry, _)) => {
                 metrics.deletes.inc();
                 tracing::info!(path = %entry.path, seq = entry.version, client = %entry.client_id, "deleted");
             }
@@ -316,6 +322,11 @@ impl FileSyncService {
             true => None,
             false => Some(ContentHash::try_from(&header.base_hash[..])?),
         };
+        // Only a hint (see `Put::moved_from`), but never an invalid path.
+        let moved_from = match header.moved_from.is_empty() {
+            true => None,
+            false => Some(RelPath::new(header.moved_from)?),
+        };
         if header.folder && (size != 0 || header.symlink) {
             return Err(Error::invalid(format!(
                 "{path} is a folder: it has no content (size 0, not a link)"
@@ -345,6 +356,7 @@ impl FileSyncService {
             base_version: header.base_version,
             who: Actor::new(principal, header.client_id),
             lock_token: header.lock_token,
+            moved_from,
         };
         Ok(Write::Upload(Box::new(Upload { put, base, content })))
     }
@@ -925,7 +937,17 @@ impl FileSync for FileSyncService {
             let watcher = tokio::spawn(gone);
             let follow = feed::follow(&store, req.after_seq, Some(&who.namespace), &stop, |item| {
                 let tx = tx.clone();
-                async move { tx.send(Ok(pb::SubscribeResponse { event: Some(event(item)) })).await.is_ok() }
+                async move {
+                    // Clients see file and lock changes only; history-only
+                    // changes (labels, pins, retention, prunes) are the
+                    // replica's.
+                    if let Item::Change(c) = &item
+                        && !c.for_clients()
+                    {
+                        return true;
+                    }
+                    tx.send(Ok(pb::SubscribeResponse { event: Some(event(item)) })).await.is_ok()
+                }
             });
             let result = tokio::select! {
                 r = follow => r.map_err(Status::from),
@@ -1239,6 +1261,11 @@ mod tests {
             // At its largest: a file's content sent against a base.
             runs_base: change.entry().map(|_| vec![0; 32]).unwrap_or_default(),
             by_list: change.entry().is_some(),
+            ..Default::default()
+        };
+        let header = match change.note() {
+            Some(note) => wire::with_note(header, note),
+            None => header,
         };
         pb::ReplicateRequest { msg: Some(pb::replicate_request::Msg::Change(header)) }
     }
@@ -1287,6 +1314,7 @@ mod tests {
             base_version: base,
             who: Actor::new("p", "c"),
             lock_token: 0,
+            moved_from: None,
         };
         store.commit_put("ns", put, Some(staged)).await.unwrap()
     }
@@ -1390,6 +1418,7 @@ mod tests {
                         base_version: 0,
                         who: Actor::new(principal.clone(), i.client_id.clone()),
                         lock_token: 0,
+                        moved_from: None,
                     };
                     if let Ok(change) = rt.block_on(store.commit_put(&ns, put, Some(staged))) {
                         every_message(&change)?;

@@ -1,21 +1,27 @@
 //! The server's side of the wire: every conversion between storage's types
-//! ([`Change`], [`What`], [`LockEnd`], [`Actor`]) and their `pb` messages,
-//! for `Subscribe`, the lock calls and replication alike. Storage keeps its
-//! own types and never builds a wire message for a caller.
+//! ([`Change`], [`What`], [`LockEnd`], [`Actor`], and history's
+//! [`Version`], [`VersionNote`], [`Label`], [`Retention`],
+//! [`HistoryChange`]) and their `pb` messages, for `Subscribe`, the lock
+//! calls, history and replication alike. Storage keeps its own types and
+//! never builds a wire message for a caller.
 
-use syncstore::{Lock, pb};
+use syncstore::{Entry, Lock, RelPath, pb};
 
 use crate::error::{Error, Result};
-use crate::storage::{Actor, Change, LockEnd, What, retention::Retention};
+use crate::storage::{
+    Actor, Change, HistoryChange, Label, LockEnd, VersionKind, VersionNote, What, retention::Retention,
+};
 
 /// The kind of event a change is on the wire.
 pub(crate) fn kind(change: &Change) -> pb::change_event::Kind {
     use pb::change_event::Kind;
     match &change.what {
-        What::File(e) if e.is_deleted() => Kind::Delete,
-        What::File(_) => Kind::Put,
+        What::File(e, _) if e.is_deleted() => Kind::Delete,
+        What::File(..) => Kind::Put,
         What::Lock(_) => Kind::Lock,
         What::Unlock { .. } => Kind::Unlock,
+        // Never sent to clients; replication tells it by its `history`.
+        What::History(_) => Kind::Unspecified,
     }
 }
 
@@ -23,7 +29,7 @@ pub(crate) fn kind(change: &Change) -> pb::change_event::Kind {
 /// ended, for an unlock); `None` for a file change.
 pub(crate) fn lock_info(change: &Change) -> Option<pb::LockInfo> {
     match &change.what {
-        What::File(_) => None,
+        What::File(..) | What::History(_) => None,
         What::Lock(l) => Some(l.clone().into()),
         What::Unlock { lock, ended, by } => Some(pb::LockInfo {
             ended: lock_end_to_pb(*ended).into(),
@@ -67,6 +73,87 @@ pub(crate) fn lock_what(unlock: bool, lock: pb::LockInfo) -> Result<What> {
     Ok(What::Unlock { lock: Lock::try_from(lock)?, ended, by })
 }
 
+/// A label from the wire (a replicated one).
+pub(crate) fn label_from_pb(l: pb::Label) -> Label {
+    Label {
+        name: l.name,
+        seq: l.version,
+        committed_ms: l.at_ms,
+        note: l.note,
+        automatic: l.automatic,
+        principal: l.principal,
+    }
+}
+
+/// A version note's fields on a `ReplicatedChange` (the rest of the
+/// message the caller's).
+pub(crate) fn with_note(mut c: pb::ReplicatedChange, note: &VersionNote) -> pb::ReplicatedChange {
+    c.principal = note.principal.clone();
+    c.committed_ms = note.committed_ms;
+    c.version_kind = version_kind_to_pb(note.kind).into();
+    c.moved_from = note.moved_from.as_ref().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    c.moved_to = note.moved_to.as_ref().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    c.restored_from = note.restored_from.unwrap_or(0);
+    c
+}
+
+/// The version note a `ReplicatedChange` of `entry` carries. From a
+/// primary older than history (no kind): a plain write or deletion.
+pub(crate) fn note_of(c: &pb::ReplicatedChange, entry: &Entry) -> Result<VersionNote> {
+    let path = |p: &str| if p.is_empty() { Ok(None) } else { RelPath::new(p).map(Some) };
+    let kind = match pb::VersionKind::try_from(c.version_kind) {
+        Ok(pb::VersionKind::Unspecified) => VersionKind::plain(entry),
+        Ok(pb::VersionKind::Write) => VersionKind::Write,
+        Ok(pb::VersionKind::Delete) => VersionKind::Delete,
+        Ok(pb::VersionKind::Move) => VersionKind::Move,
+        Ok(pb::VersionKind::MovedAway) => VersionKind::MovedAway,
+        Ok(pb::VersionKind::Restore) => VersionKind::Restore,
+        Err(_) => return Err(Error::invalid(format!("a change with version kind {}", c.version_kind))),
+    };
+    Ok(VersionNote {
+        principal: c.principal.clone(),
+        committed_ms: c.committed_ms,
+        kind,
+        moved_from: path(&c.moved_from)?,
+        moved_to: path(&c.moved_to)?,
+        restored_from: (c.restored_from != 0).then_some(c.restored_from),
+    })
+}
+
+/// A history-only change as replication sends it.
+pub(crate) fn history_to_pb(h: &HistoryChange) -> pb::HistoryChange {
+    use pb::history_change::What as W;
+    let what = match h {
+        HistoryChange::LabelSet(l) => W::LabelSet(label(l.clone())),
+        HistoryChange::LabelRemoved(name) => W::LabelRemoved(name.clone()),
+        HistoryChange::Pin { path, seq, pinned } => {
+            W::Pin(pb::PinChange { path: path.as_str().to_owned(), version: *seq, pinned: *pinned })
+        }
+        HistoryChange::Retention(r) => W::Retention(retention_to_pb(r)),
+        HistoryChange::Prune(removed) => W::Prune(pb::PruneChange {
+            versions: removed
+                .iter()
+                .map(|(p, seq)| pb::PrunedVersion { path: p.as_str().to_owned(), version: *seq })
+                .collect(),
+        }),
+    };
+    pb::HistoryChange { what: Some(what) }
+}
+
+/// A history-only change received from the primary.
+pub(crate) fn history_from_pb(h: pb::HistoryChange) -> Result<HistoryChange> {
+    use pb::history_change::What as W;
+    Ok(match h.what.ok_or_else(|| Error::invalid("a history change without content"))? {
+        W::LabelSet(l) => HistoryChange::LabelSet(label_from_pb(l)),
+        W::LabelRemoved(name) => HistoryChange::LabelRemoved(name),
+        W::Pin(p) => HistoryChange::Pin { path: RelPath::new(p.path)?, seq: p.version, pinned: p.pinned },
+        W::Retention(r) => HistoryChange::Retention(retention_from_pb(&r)?),
+        W::Prune(p) => HistoryChange::Prune(
+            p.versions.into_iter().map(|v| Ok((RelPath::new(v.path)?, v.version))).collect::<Result<_>>()?,
+        ),
+    })
+}
+
 fn lock_end_to_pb(end: LockEnd) -> pb::LockEnd {
     match end {
         LockEnd::Released => pb::LockEnd::Released,
@@ -81,6 +168,28 @@ fn lock_end_from_pb(v: i32) -> Result<LockEnd> {
         Ok(pb::LockEnd::Expired) => Ok(LockEnd::Expired),
         Ok(pb::LockEnd::Broken) => Ok(LockEnd::Broken),
         _ => Err(Error::invalid(format!("an unlock change with end reason {v}"))),
+    }
+}
+
+/// A label as the History service sends it.
+pub(crate) fn label(l: Label) -> pb::Label {
+    pb::Label {
+        name: l.name,
+        version: l.seq,
+        at_ms: l.committed_ms,
+        note: l.note,
+        automatic: l.automatic,
+        principal: l.principal,
+    }
+}
+
+fn version_kind_to_pb(kind: VersionKind) -> pb::VersionKind {
+    match kind {
+        VersionKind::Write => pb::VersionKind::Write,
+        VersionKind::Delete => pb::VersionKind::Delete,
+        VersionKind::Move => pb::VersionKind::Move,
+        VersionKind::MovedAway => pb::VersionKind::MovedAway,
+        VersionKind::Restore => pb::VersionKind::Restore,
     }
 }
 
@@ -124,6 +233,83 @@ mod tests {
             let back = lock_change(ev.seq, "ns".into(), ev.kind, ev.lock.unwrap()).unwrap();
             assert_eq!(back, change);
         }
+    }
+
+    fn entry(path: &str, version: u64, deleted: bool) -> Entry {
+        let content = (!deleted).then(|| syncstore::Content {
+            hash: syncstore::ContentHash::of(b"x"),
+            size: 1,
+            mtime_ns: 5,
+            executable: false,
+            symlink: false,
+            folder: false,
+        });
+        Entry { path: RelPath::new(path).unwrap(), version, content, client_id: "A".into() }
+    }
+
+    #[test]
+    fn version_notes_cross_the_replication_wire_and_back_unchanged() {
+        let notes = [
+            VersionNote::plain(&entry("a", 1, false), "alice", 10),
+            VersionNote {
+                principal: "bob".into(),
+                committed_ms: 11,
+                kind: VersionKind::Move,
+                moved_from: Some(RelPath::new("old/a").unwrap()),
+                moved_to: None,
+                restored_from: None,
+            },
+            VersionNote {
+                principal: "bob".into(),
+                committed_ms: 12,
+                kind: VersionKind::MovedAway,
+                moved_from: None,
+                moved_to: Some(RelPath::new("new/a").unwrap()),
+                restored_from: None,
+            },
+            VersionNote {
+                principal: "carol".into(),
+                committed_ms: 13,
+                kind: VersionKind::Restore,
+                moved_from: None,
+                moved_to: None,
+                restored_from: Some(3),
+            },
+        ];
+        for note in notes {
+            let e = entry("a", 7, note.kind == VersionKind::MovedAway);
+            let sent = with_note(pb::ReplicatedChange::default(), &note);
+            assert_eq!(note_of(&sent, &e).unwrap(), note);
+            assert_eq!(sent.version_kind, version_kind_to_pb(note.kind) as i32);
+        }
+        // From a primary older than history: a plain write or deletion.
+        let old = pb::ReplicatedChange::default();
+        assert_eq!(note_of(&old, &entry("a", 1, true)).unwrap().kind, VersionKind::Delete);
+        assert_eq!(note_of(&old, &entry("a", 1, false)).unwrap().kind, VersionKind::Write);
+        let bad = pb::ReplicatedChange { version_kind: 99, ..Default::default() };
+        assert!(matches!(note_of(&bad, &entry("a", 1, false)), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn history_changes_cross_the_replication_wire_and_back_unchanged() {
+        let label = Label {
+            name: "before".into(),
+            seq: 4,
+            committed_ms: 40,
+            note: "n".into(),
+            automatic: true,
+            principal: "server".into(),
+        };
+        for h in [
+            HistoryChange::LabelSet(label),
+            HistoryChange::LabelRemoved("before".into()),
+            HistoryChange::Pin { path: RelPath::new("d/f").unwrap(), seq: 3, pinned: true },
+            HistoryChange::Retention(Retention::default()),
+            HistoryChange::Prune(vec![(RelPath::new("d/f").unwrap(), 2), (RelPath::new("g").unwrap(), 1)]),
+        ] {
+            assert_eq!(history_from_pb(history_to_pb(&h)).unwrap(), h);
+        }
+        assert!(history_from_pb(pb::HistoryChange { what: None }).is_err());
     }
 
     #[test]

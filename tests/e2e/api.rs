@@ -166,7 +166,7 @@ async fn identical_content_is_stored_once_and_reused_without_resending() {
     assert_eq!(download(&mut rpc, "three.bin").await.unwrap(), data);
     assert_eq!(server.stored_blobs().await, 1);
 
-    // The blob goes once nothing refers to it.
+    // Deleted and replaced files keep their content in their history.
     let mut versions = Vec::new();
     for p in ["one.bin", "two.bin", "three.bin"] {
         versions.push(
@@ -185,7 +185,7 @@ async fn identical_content_is_stored_once_and_reused_without_resending() {
     }
     assert_eq!(server.stored_blobs().await, 1);
     upload(&mut rpc, "three.bin", b"other", versions[2]).await.unwrap();
-    assert_eq!(server.stored_blobs().await, 1, "only the new content is left");
+    assert_eq!(server.stored_blobs().await, 2, "the replaced content is kept by three.bin's history");
 }
 
 #[tokio::test]

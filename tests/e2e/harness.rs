@@ -342,6 +342,7 @@ pub fn upload_header(path: &str, data: &[u8], base_version: u64) -> pb::UploadRe
             symlink: false,
             folder: false,
             base_hash: Vec::new(),
+            moved_from: String::new(),
         })),
     }
 }

@@ -38,7 +38,7 @@ use crate::{
     error::{Error, Result},
     feed::{self, Item},
     runs,
-    storage::{Change, ContentReader, PAGE_SIZE, Store, What},
+    storage::{Change, ContentReader, PAGE_SIZE, Store, VersionNote, What},
     transfer::{self, Sent},
     wire,
 };
@@ -824,20 +824,17 @@ async fn send_change(
     window.take().await?;
     let (kind, lock) = (wire::kind(&change).into(), wire::lock_info(&change));
     let Change { seq, namespace, what } = change;
-    let What::File(entry) = what else {
-        // A lock change: no content.
-        let header = pb::ReplicatedChange {
-            seq,
-            namespace,
-            entry: None,
-            content_follows: false,
-            kind,
-            lock,
-            content_lost: false,
-            runs_base: Vec::new(),
-            by_list: false,
-        };
-        return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
+    let (entry, note) = match what {
+        What::File(entry, note) => (entry, note),
+        // A lock or history-only change: no content.
+        other => {
+            let history = match &other {
+                What::History(h) => Some(wire::history_to_pb(h)),
+                _ => None,
+            };
+            let header = pb::ReplicatedChange { seq, namespace, kind, lock, history, ..Default::default() };
+            return tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed());
+        }
     };
     let source = open_content(store, &namespace, &entry).await?;
     let (path, entry_content) = (entry.path.to_string(), entry.content);
@@ -862,7 +859,9 @@ async fn send_change(
         content_lost: matches!(source, Source::Lost(_)),
         runs_base: delta.as_ref().map(|(base, _)| base.as_bytes().to_vec()).unwrap_or_default(),
         by_list: list.is_some(),
+        ..Default::default()
     };
+    let header = wire::with_note(header, &note);
     tx.send(msg(replicate_request::Msg::Change(header))).await.map_err(|_| closed())?;
     let with_content = matches!(source, Source::Blob(_));
     if let Source::Blob(reader) = source {
@@ -937,7 +936,10 @@ async fn send_snapshot(
         let done = page.len() < PAGE_SIZE;
         after = page.last().map(|(ns, e)| (ns.clone(), e.path.to_string()));
         for (namespace, entry) in page {
-            let change = Change { seq: entry.version, namespace, what: What::File(entry) };
+            // The replica's history restarts at a full resync: the entry
+            // goes as a plain version.
+            let note = VersionNote::plain(&entry, "", crate::clock::now_ms());
+            let change = Change { seq: entry.version, namespace, what: What::File(entry, note) };
             send_change(store, handle, tx, window, change, None).await?;
         }
         if done {

@@ -246,11 +246,12 @@ async fn apply_stream(
                 let n = if snapshot.is_some() {
                     let Replicated { change, staged, content_gone } = first;
                     match &change.what {
-                        What::File(entry) => {
+                        What::File(entry, _) => {
                             store.snapshot_put(&change.namespace, entry, staged, content_gone).await?
                         }
                         What::Lock(lock) => store.snapshot_put_lock(&change.namespace, lock).await?,
                         What::Unlock { .. } => return Err(Error::invalid("an unlock in a snapshot")),
+                        What::History(_) => return Err(Error::invalid("a history change in a snapshot")),
                     }
                     1
                 } else {
@@ -318,12 +319,18 @@ async fn receive_change(
     incoming: &mut Streaming<pb::ReplicateRequest>,
 ) -> Result<Replicated> {
     use pb::change_event::Kind;
+    if let Some(history) = c.history {
+        let what = What::History(wire::history_from_pb(history)?);
+        let change = Change { seq: c.seq, namespace: c.namespace, what };
+        return Ok(Replicated { change, staged: None, content_gone: false });
+    }
     if matches!(Kind::try_from(c.kind), Ok(Kind::Lock | Kind::Unlock)) {
         let lock = c.lock.ok_or_else(|| Error::invalid("a lock change without its lock"))?;
         let change = wire::lock_change(c.seq, c.namespace, c.kind, lock)?;
         return Ok(Replicated { change, staged: None, content_gone: false });
     }
-    let entry = Entry::try_from(c.entry.ok_or_else(|| Error::invalid("a change without entry"))?)?;
+    let entry = Entry::try_from(c.entry.clone().ok_or_else(|| Error::invalid("a change without entry"))?)?;
+    let note = wire::note_of(&c, &entry)?;
     let received = match c.runs_base.is_empty() {
         _ if !c.content_follows => None,
         true if c.by_list => Some(receive_by_list(store, metrics, acks, c.seq, &entry, incoming).await?),
@@ -357,7 +364,7 @@ async fn receive_change(
             "content lost on the primary: applying the change without it"
         );
     }
-    let change = Change { seq: c.seq, namespace: c.namespace, what: What::File(entry) };
+    let change = Change { seq: c.seq, namespace: c.namespace, what: What::File(entry, note) };
     // Without content (a later change replaced it, or it is lost), the
     // entry goes in as it is.
     let content_gone = staged.is_none();

@@ -2,11 +2,13 @@
 //! what a write or a lock call asks for ([`Put`], [`Delete`],
 //! [`LockRequest`]), who asks ([`Actor`]), and a change received from the
 //! primary ([`Replicated`]). No wire format and no backend here: `wire.rs`
-//! converts them to and from `pb`, the backends store them.
+//! converts them to and from `pb`, the backends store them. The types of
+//! version history are `version.rs`'s.
 
 use syncstore::{Content, Entry, Lock, RelPath};
 
 use super::content::StagedContent;
+use super::version::{HistoryChange, VersionNote};
 
 /// One committed change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,25 +22,36 @@ pub struct Change {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum What {
     /// A file was written or deleted: the path's new state (a tombstone for
-    /// a deletion).
-    File(Entry),
+    /// a deletion), and what its version records beyond it.
+    File(Entry, VersionNote),
     /// A lock was granted or refreshed: its new state.
     Lock(Lock),
     /// A lock ended, why, and by whom (no one for an expiry).
     Unlock { lock: Lock, ended: LockEnd, by: Actor },
+    /// A history-only change (a label, a pin, retention, a prune):
+    /// replicated, never sent to clients.
+    History(HistoryChange),
 }
 
 impl Change {
     /// The change that makes `entry` (whose version is its seq) the path's
-    /// state in namespace `ns`.
-    pub(crate) fn file(ns: &str, entry: Entry) -> Self {
-        Change { seq: entry.version, namespace: ns.to_owned(), what: What::File(entry) }
+    /// state in namespace `ns`, its version recording `note`.
+    pub(crate) fn file(ns: &str, entry: Entry, note: VersionNote) -> Self {
+        Change { seq: entry.version, namespace: ns.to_owned(), what: What::File(entry, note) }
     }
 
     /// The file entry, for a file change.
     pub fn entry(&self) -> Option<&Entry> {
         match &self.what {
-            What::File(e) => Some(e),
+            What::File(e, _) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The version note, for a file change.
+    pub fn note(&self) -> Option<&VersionNote> {
+        match &self.what {
+            What::File(_, n) => Some(n),
             _ => None,
         }
     }
@@ -46,26 +59,35 @@ impl Change {
     /// The file entry of a change known to be a file change.
     pub(crate) fn into_entry(self) -> Entry {
         match self.what {
-            What::File(e) => e,
+            What::File(e, _) => e,
             other => unreachable!("not a file change: {other:?}"),
         }
     }
 
-    /// The path the change is about.
-    pub fn path(&self) -> &RelPath {
+    /// The path the change is about: a file's or a lock's (none for a
+    /// history-only change).
+    pub fn path(&self) -> Option<&RelPath> {
         match &self.what {
-            What::File(e) => &e.path,
-            What::Lock(l) | What::Unlock { lock: l, .. } => &l.path,
+            What::File(e, _) => Some(&e.path),
+            What::Lock(l) | What::Unlock { lock: l, .. } => Some(&l.path),
+            What::History(_) => None,
         }
     }
 
-    /// The client that made the change.
+    /// The client that made the change (empty for a history-only change).
     pub fn client_id(&self) -> &str {
         match &self.what {
-            What::File(e) => &e.client_id,
+            What::File(e, _) => &e.client_id,
             What::Lock(l) => &l.client_id,
             What::Unlock { by, .. } => &by.client_id,
+            What::History(_) => "",
         }
+    }
+
+    /// Whether clients see this change (`Subscribe`): file and lock
+    /// changes do, history-only ones do not.
+    pub fn for_clients(&self) -> bool {
+        !matches!(self.what, What::History(_))
     }
 }
 
@@ -129,6 +151,9 @@ pub(crate) struct Put {
     pub(crate) who: Actor,
     /// The token of the writer's lock on the path (0 for none).
     pub(crate) lock_token: u64,
+    /// The client's hint that this is the file that was at this path,
+    /// moved (same content).
+    pub(crate) moved_from: Option<RelPath>,
 }
 
 /// What a deletion wants.

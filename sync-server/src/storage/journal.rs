@@ -27,12 +27,15 @@
 //! (`chunked.rs`), written with the entry that first refers to it.
 //!
 //! Garbage collection works over a reference set (every live entry's
-//! content, and every chunk of their recipes): content a commit stopped
-//! referring to (with its recipe, then its chunks nothing else refers to)
-//! is removed once [`StoreOptions::gc_grace`] has passed, by a background
-//! collector, if nothing refers to it or holds it by then; with no grace
-//! (the embedded default) the commit removes it before it answers. The
-//! start-up sweep removes whatever a crash left unreferenced.
+//! content, every kept version's, and every chunk of their recipes). Every
+//! file change is kept as a version, so a commit that replaces content
+//! leaves it referenced: only a prune (which removes version rows) makes
+//! content unreferenced. Content that stopped being referred to (with its
+//! recipe, then its chunks nothing else refers to) is removed once
+//! [`StoreOptions::gc_grace`] has passed, by a background collector, if
+//! nothing refers to it or holds it by then; with no grace (the embedded
+//! default) it is removed right away, under the writer lock. The start-up
+//! sweep removes whatever a crash left unreferenced.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -56,7 +59,8 @@ use tokio::{
 };
 
 use super::{
-    Actor, Change, Delete, Identity, LockEnd, LockRequest, PAGE_SIZE, Put, Replicated, What,
+    Actor, Change, Delete, HistoryChange, Identity, LockEnd, LockRequest, PAGE_SIZE, Put, Replicated,
+    VersionKind, VersionNote, What,
     blobdir::BlobDir,
     chunked::{ChunkedReader, ChunkedUpload, is_chunked},
     content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict},
@@ -608,11 +612,14 @@ impl Store {
                         clash: Some(put.content.folder),
                         refers: (!job.placed).then_some(put.content.hash),
                         current_recipe: job.recipe.is_some(),
+                        moved_from: put.moved_from.clone().filter(|from| *from != put.path),
+                        moved_away: false,
                     };
                     (ns.clone(), put.path.clone(), want)
                 })
                 .collect();
             let (mut seq, now, out) = (w.head, now_ms(), decided.clone());
+            let committed_ms = crate::clock::now_ms();
             let decide: Decide = Box::new(move |i, facts| {
                 let (ns, job) = &jobs[i];
                 match check_put(job, &facts, now) {
@@ -625,7 +632,20 @@ impl Store {
                             content: Some(put.content),
                             client_id: put.who.client_id.clone(),
                         };
-                        let change = Change::file(ns, entry);
+                        // A move only when the former path's content is this
+                        // content: the client's hint is never trusted blindly.
+                        let moved_from = put.moved_from.clone().filter(|from| {
+                            *from != put.path && facts.moved_from_hash == Some(put.content.hash)
+                        });
+                        let note = VersionNote {
+                            principal: put.who.principal.clone(),
+                            committed_ms,
+                            kind: if moved_from.is_some() { VersionKind::Move } else { VersionKind::Write },
+                            moved_from,
+                            moved_to: None,
+                            restored_from: None,
+                        };
+                        let change = Change::file(ns, entry, note);
                         let recipe = job.recipe.as_ref().map(|list| new_recipe(&put.content, list, &facts));
                         lock(&out).push(Ok((change.clone(), facts.current)));
                         Some((change, recipe))
@@ -810,7 +830,7 @@ impl Store {
             let mut w = this.inner.writer.lock().await;
             let seq = w.head + 1;
             let mut tx = this.inner.meta.begin();
-            let facts = tx.facts(&ns, &path, Want::default()).await?;
+            let facts = tx.facts(&ns, &path, Want { moved_away: true, ..Want::default() }).await?;
             let current = facts.current;
             if current.as_ref().is_none_or(Entry::is_deleted) {
                 return Err(Error::NotFound(format!("{path} does not exist")));
@@ -818,7 +838,14 @@ impl Store {
             rules::check_base(&path, current.as_ref(), base_version)?;
             rules::check_write(&path, facts.lock.as_ref(), &who, lock_token, now_ms())?;
             let entry = Entry { path, version: seq, content: None, client_id: who.client_id };
-            let change = Change::file(&ns, entry);
+            let mut note = VersionNote::plain(&entry, who.principal, crate::clock::now_ms());
+            // The file lives on where a move since its current version
+            // took it: not a deletion the trash lists.
+            if let Some(to) = facts.moved_to {
+                note.kind = VersionKind::MovedAway;
+                note.moved_to = Some(to);
+            }
+            let change = Change::file(&ns, entry, note);
             tx.write(change.clone());
             tx.commit().await?;
             Ok(this.after_commit(&mut w, vec![(change, current)]).await.remove(0))
@@ -900,6 +927,45 @@ impl Store {
             tx.write(change.clone());
             tx.commit().await?;
             Ok(this.after_commit(&mut w, vec![(change, None)]).await.remove(0))
+        })
+        .await
+    }
+
+    /// The metadata store, for the history reads (`history.rs`).
+    pub(super) fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.inner.meta
+    }
+
+    /// Commits the history-only changes of namespace `ns` that `make`
+    /// decides under the writer lock (given the store and the head; its
+    /// reads see every commit so far and none can happen meanwhile), in one
+    /// transaction; then hands the content `make` names (of versions it
+    /// pruned) to garbage collection, which removes what nothing refers to
+    /// any more. Nothing is written when `make` returns no change.
+    pub(super) async fn commit_history_only<F, Fut>(&self, ns: &str, make: F) -> Result<Vec<Change>>
+    where
+        F: FnOnce(Store, u64) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(Vec<HistoryChange>, Vec<ContentHash>)>> + Send,
+    {
+        let (this, ns) = (self.clone(), ns.to_owned());
+        detached(async move {
+            let mut w = this.inner.writer.lock().await;
+            let (whats, unreferenced) = make(this.clone(), w.head).await?;
+            if whats.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut tx = this.inner.meta.begin();
+            let changes: Vec<(Change, Option<Entry>)> = (w.head + 1..)
+                .zip(whats)
+                .map(|(seq, h)| (Change { seq, namespace: ns.clone(), what: What::History(h) }, None))
+                .collect();
+            for (change, _) in &changes {
+                tx.write(change.clone());
+            }
+            tx.commit().await?;
+            let changes = this.after_commit(&mut w, changes).await;
+            this.collect(unreferenced).await;
+            Ok(changes)
         })
         .await
     }
@@ -987,7 +1053,7 @@ impl Store {
                         r.change.seq
                     )));
                 }
-                if let What::File(entry) = &r.change.what
+                if let What::File(entry, _) = &r.change.what
                     && entry.version != r.change.seq
                 {
                     return Err(Error::invalid("a replicated entry's version must be its change's seq"));
@@ -1001,7 +1067,7 @@ impl Store {
             let mut recipes = Vec::with_capacity(todo.len());
             for r in &mut todo {
                 let mut recipe = None;
-                if let What::File(entry) = &r.change.what {
+                if let What::File(entry, _) = &r.change.what {
                     let staged = r.staged.take();
                     recipe = staged.as_ref().and_then(|s| s.recipe().map(<[ChunkRef]>::to_vec));
                     let placed = this.place_content(entry, staged, r.content_gone).await?;
@@ -1016,27 +1082,41 @@ impl Store {
             // content received as chunks), with the entry a file change
             // replaces (for garbage collection).
             let changes: Vec<Change> = todo.into_iter().map(|r| r.change).collect();
-            let items = changes
-                .iter()
-                .zip(&recipes)
-                .map(|(c, r)| {
-                    let want = Want { current_recipe: r.is_some(), ..Want::default() };
-                    (c.namespace.clone(), c.path().clone(), want)
-                })
-                .collect();
-            let replaced: Arc<Mutex<Vec<Option<Entry>>>> = Arc::default();
-            let (out, to_write) = (replaced.clone(), changes.clone());
-            let decide: Decide = Box::new(move |i, facts| {
-                let change = to_write[i].clone();
-                let recipe = match (change.entry().and_then(|e| e.content), &recipes[i]) {
-                    (Some(content), Some(list)) => Some(new_recipe(&content, list, &facts)),
-                    _ => None,
-                };
-                lock(&out).push(facts.current.filter(|_| change.entry().is_some()));
-                Some((change, recipe))
-            });
+            let replaced: Arc<Mutex<Vec<Option<Entry>>>> = Arc::new(Mutex::new(vec![None; changes.len()]));
+            let recipes = Arc::new(recipes);
             let mut tx = this.inner.meta.begin();
-            tx.decide_each(items, decide);
+            // A history-only change is written as it is; each run of file
+            // and lock changes between them is one `decide_each`.
+            let mut start = 0;
+            while start < changes.len() {
+                if changes[start].path().is_none() {
+                    tx.write(changes[start].clone());
+                    start += 1;
+                    continue;
+                }
+                let end =
+                    (start..changes.len()).find(|&i| changes[i].path().is_none()).unwrap_or(changes.len());
+                let items = (start..end)
+                    .map(|i| {
+                        let c = &changes[i];
+                        let want = Want { current_recipe: recipes[i].is_some(), ..Want::default() };
+                        (c.namespace.clone(), c.path().expect("a file or lock change").clone(), want)
+                    })
+                    .collect();
+                let (out, to_write, recipes) =
+                    (replaced.clone(), changes[start..end].to_vec(), recipes.clone());
+                let decide: Decide = Box::new(move |i, facts| {
+                    let change = to_write[i].clone();
+                    let recipe = match (change.entry().and_then(|e| e.content), &recipes[start + i]) {
+                        (Some(content), Some(list)) => Some(new_recipe(&content, list, &facts)),
+                        _ => None,
+                    };
+                    lock(&out)[start + i] = facts.current.filter(|_| change.entry().is_some());
+                    Some((change, recipe))
+                });
+                tx.decide_each(items, decide);
+                start = end;
+            }
             tx.commit().await?;
             let replaced = std::mem::take(&mut *lock(&replaced));
             let applied: Vec<(Change, Option<Entry>)> = changes.into_iter().zip(replaced).collect();

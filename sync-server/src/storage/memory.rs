@@ -13,9 +13,10 @@ use async_trait::async_trait;
 use syncstore::{ContentHash, Entry, Lock, RelPath};
 
 use super::{
-    Change, Identity, What,
+    Change, HistoryChange, Identity, Label, Version, What,
     content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict},
     meta::{Decide, Facts, MetaStore, MetaTx, Recipe, SnapshotSink, Want},
+    retention::Retention,
     rules,
 };
 use crate::error::{Error, Result};
@@ -41,6 +42,12 @@ struct State {
     snapshot: Option<Snapshot>,
     /// The recipes by content hash.
     recipes: BTreeMap<ContentHash, Recipe>,
+    /// The kept versions by (namespace, path, seq).
+    versions: BTreeMap<(String, String, u64), Version>,
+    /// The labels by (namespace, name).
+    labels: BTreeMap<(String, String), Label>,
+    /// The retention set at run time, by namespace.
+    retention: BTreeMap<String, Retention>,
 }
 
 impl MemoryMeta {
@@ -67,9 +74,12 @@ impl State {
     fn apply(&mut self, change: &Change) {
         let ns = &change.namespace;
         match &change.what {
-            What::File(e) => {
+            What::File(e, note) => {
                 self.files.insert(key(ns, e.path.as_str()), e.clone());
+                let version = Version { entry: e.clone(), note: note.clone(), pinned: false };
+                self.versions.insert((ns.clone(), e.path.as_str().to_owned(), e.version), version);
             }
+            What::History(h) => self.apply_history(ns, h),
             What::Lock(l) => {
                 self.locks.insert(key(ns, l.path.as_str()), l.clone());
             }
@@ -109,11 +119,65 @@ impl State {
         {
             out.current_recipe = self.recipes.get(&current.hash).map(|r| r.list.clone());
         }
+        if let Some(from) = &want.moved_from {
+            out.moved_from_hash =
+                self.path_versions(ns, from.as_str()).rev().find_map(|v| v.entry.content.map(|c| c.hash));
+        }
+        if want.moved_away
+            && let Some(current) = &out.current
+        {
+            out.moved_to = self
+                .versions
+                .iter()
+                .filter(|((n, _, seq), v)| {
+                    n == ns
+                        && *seq > current.version
+                        && v.note.kind == super::VersionKind::Move
+                        && v.note.moved_from.as_ref() == Some(path)
+                })
+                .max_by_key(|((_, _, seq), _)| *seq)
+                .map(|(_, v)| v.entry.path.clone());
+        }
         out
+    }
+
+    fn apply_history(&mut self, ns: &str, h: &HistoryChange) {
+        match h {
+            HistoryChange::LabelSet(l) => {
+                self.labels.insert(key(ns, &l.name), l.clone());
+            }
+            HistoryChange::LabelRemoved(name) => {
+                self.labels.remove(&key(ns, name));
+            }
+            HistoryChange::Pin { path, seq, pinned } => {
+                if let Some(v) = self.versions.get_mut(&(ns.to_owned(), path.as_str().to_owned(), *seq)) {
+                    v.pinned = *pinned;
+                }
+            }
+            HistoryChange::Retention(r) => {
+                self.retention.insert(ns.to_owned(), *r);
+            }
+            HistoryChange::Prune(removed) => {
+                for (path, seq) in removed {
+                    self.versions.remove(&(ns.to_owned(), path.as_str().to_owned(), *seq));
+                }
+            }
+        }
+    }
+
+    /// The versions of `path` of `ns`, oldest first.
+    fn path_versions<'a>(
+        &'a self,
+        ns: &str,
+        path: &str,
+    ) -> impl DoubleEndedIterator<Item = &'a Version> + 'a {
+        let (ns, path) = (ns.to_owned(), path.to_owned());
+        self.versions.range((ns.clone(), path.clone(), 0)..=(ns, path, u64::MAX)).map(|(_, v)| v)
     }
 
     fn referenced(&self, hash: &ContentHash) -> bool {
         self.files.values().any(|e| e.content.is_some_and(|c| c.hash == *hash))
+            || self.versions.values().any(|v| v.entry.content.is_some_and(|c| c.hash == *hash))
             || self.recipes.values().any(|r| r.list.iter().any(|c| c.hash == *hash))
     }
 
@@ -167,7 +231,7 @@ impl MetaStore for MemoryMeta {
             .state()
             .log
             .get(&version)
-            .filter(|c| c.namespace == ns && c.path() == path)
+            .filter(|c| c.namespace == ns && c.path() == Some(path))
             .and_then(|c| c.entry().cloned()))
     }
 
@@ -268,7 +332,10 @@ impl MetaStore for MemoryMeta {
 
     async fn orphan_recipes(&self) -> Result<Vec<ContentHash>> {
         let s = self.state();
-        let live = |h: &ContentHash| s.files.values().any(|e| e.content.is_some_and(|c| c.hash == *h));
+        let live = |h: &ContentHash| {
+            s.files.values().any(|e| e.content.is_some_and(|c| c.hash == *h))
+                || s.versions.values().any(|v| v.entry.content.is_some_and(|c| c.hash == *h))
+        };
         Ok(s.recipes.keys().filter(|h| !live(h)).copied().collect())
     }
 
@@ -293,7 +360,7 @@ impl MetaStore for MemoryMeta {
         limit: usize,
     ) -> Result<Vec<(ContentHash, u64)>> {
         let mut all: BTreeMap<ContentHash, u64> = BTreeMap::new();
-        for c in self.state().files.values().filter_map(|e| e.content) {
+        for c in self.state().versions.values().filter_map(|v| v.entry.content) {
             let size = all.entry(c.hash).or_default();
             *size = (*size).max(c.size);
         }
@@ -337,6 +404,100 @@ impl MetaStore for MemoryMeta {
     fn snapshots(&self) -> Option<&dyn SnapshotSink> {
         Some(self)
     }
+
+    async fn versions(&self, ns: &str, path: &RelPath, below: u64, limit: usize) -> Result<Vec<Version>> {
+        let s = self.state();
+        Ok(s.path_versions(ns, path.as_str())
+            .rev()
+            .filter(|v| v.seq() < below)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn version(&self, ns: &str, path: &RelPath, seq: u64) -> Result<Option<Version>> {
+        Ok(self.state().versions.get(&(ns.to_owned(), path.as_str().to_owned(), seq)).cloned())
+    }
+
+    async fn version_at(&self, ns: &str, path: &RelPath, seq: u64) -> Result<Option<Version>> {
+        let s = self.state();
+        Ok(s.path_versions(ns, path.as_str()).rev().find(|v| v.seq() <= seq).cloned())
+    }
+
+    async fn seq_at_ms(&self, ns: &str, at_ms: i64) -> Result<(Option<i64>, Option<u64>)> {
+        let s = self.state();
+        let of_ns = || s.versions.iter().filter(|((n, _, _), _)| n == ns).map(|(_, v)| v);
+        let oldest = of_ns().map(|v| v.note.committed_ms).min();
+        let seq = of_ns().filter(|v| v.note.committed_ms <= at_ms).map(Version::seq).max();
+        Ok((oldest, seq))
+    }
+
+    async fn committed_ms_at(&self, ns: &str, seq: u64) -> Result<Option<i64>> {
+        let s = self.state();
+        let of_ns = s.versions.iter().filter(|((n, _, _), v)| n == ns && v.seq() <= seq).map(|(_, v)| v);
+        Ok(of_ns.max_by_key(|v| v.seq()).map(|v| v.note.committed_ms))
+    }
+
+    async fn state_at(
+        &self,
+        ns: &str,
+        prefix: &str,
+        seq: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Version>> {
+        let prefix = prefix.trim_end_matches('/');
+        let s = self.state();
+        let mut out: Vec<Version> = Vec::new();
+        for ((n, p, _), v) in &s.versions {
+            if n != ns || !under(p, prefix) || after.is_some_and(|a| p.as_str() <= a) || v.seq() > seq {
+                continue;
+            }
+            // Versions of a path come in seq order: the last one wins.
+            let same = out.last().is_some_and(|last| last.entry.path.as_str() == p);
+            if same {
+                *out.last_mut().expect("checked") = v.clone();
+            } else if out.len() == limit {
+                break;
+            } else {
+                out.push(v.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn versions_page(
+        &self,
+        ns: &str,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<Version>> {
+        Ok(self
+            .state()
+            .versions
+            .iter()
+            .filter(|((n, p, seq), _)| {
+                n == ns && after.is_none_or(|(ap, aseq)| (p.as_str(), *seq) > (ap, aseq))
+            })
+            .take(limit)
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    async fn labels(&self, ns: &str) -> Result<Vec<Label>> {
+        let mut out: Vec<Label> =
+            self.state().labels.iter().filter(|((n, _), _)| n == ns).map(|(_, l)| l.clone()).collect();
+        out.sort_by(|a, b| (a.seq, &a.name).cmp(&(b.seq, &b.name)));
+        Ok(out)
+    }
+
+    async fn label(&self, ns: &str, name: &str) -> Result<Option<Label>> {
+        Ok(self.state().labels.get(&key(ns, name)).cloned())
+    }
+
+    async fn retentions(&self) -> Result<Vec<(String, Retention)>> {
+        Ok(self.state().retention.iter().map(|(n, r)| (n.clone(), *r)).collect())
+    }
 }
 
 #[async_trait]
@@ -363,6 +524,17 @@ impl SnapshotSink for MemoryMeta {
     async fn snapshot_end(&self, head: u64) -> Result<()> {
         let mut s = self.state();
         let (files, locks) = s.snapshot.take().ok_or_else(|| Error::Internal("no snapshot begun".into()))?;
+        // The history restarts at a full resync: each path's current entry
+        // is its one version.
+        let now = crate::clock::now_ms();
+        s.versions = files
+            .iter()
+            .map(|((n, p), e)| {
+                let note = super::VersionNote::plain(e, "", now);
+                ((n.clone(), p.clone(), e.version), Version { entry: e.clone(), note, pinned: false })
+            })
+            .collect();
+        s.labels.clear();
         s.files = files;
         s.locks = locks;
         s.log.clear();

@@ -19,12 +19,12 @@ use syncstore::{
     chunks::{ChunkRef, Run},
 };
 
-use super::{Change, Identity};
+use super::{Change, Identity, Label, Version, retention::Retention};
 use crate::error::Result;
 
 /// What a transaction's [`MetaTx::facts`] should look up besides the
 /// path's entry and lock row.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Want {
     /// The rows the path-clash rule needs, for a file (`Some(false)`) or a
     /// folder (`Some(true)`).
@@ -33,6 +33,13 @@ pub(crate) struct Want {
     pub(crate) refers: Option<ContentHash>,
     /// The chunk list of the path's current content, if it has one.
     pub(crate) current_recipe: bool,
+    /// For a put that says it is the file moved from this path: the
+    /// newest content that path had (its live entry's, or, deleted, the
+    /// one before its deletion).
+    pub(crate) moved_from: Option<RelPath>,
+    /// For a deletion: where a move committed after the path's current
+    /// version took the file.
+    pub(crate) moved_away: bool,
 }
 
 /// How content larger than one chunk is stored: its chunk list (each chunk
@@ -70,6 +77,10 @@ pub(crate) struct Facts {
     /// [`Want::current_recipe`]'s answer: the current live entry's
     /// content's chunk list, if it has one.
     pub(crate) current_recipe: Option<Vec<ChunkRef>>,
+    /// [`Want::moved_from`]'s answer.
+    pub(crate) moved_from_hash: Option<ContentHash>,
+    /// [`Want::moved_away`]'s answer: the path the file moved to.
+    pub(crate) moved_to: Option<RelPath>,
 }
 
 /// The metadata store of one data folder.
@@ -130,8 +141,8 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     /// `head`); returns how many went.
     async fn trim_log(&self, keep_from: u64, head: u64) -> Result<usize>;
 
-    /// Those of `hashes` that no live entry (of any namespace) refers to
-    /// and that are no chunk of any recipe, each with whether it has a
+    /// Those of `hashes` that no live entry and no kept version (of any
+    /// namespace) refers to and that are no chunk of any recipe, each with whether it has a
     /// recipe of its own (looked up in the same trip).
     async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<(ContentHash, bool)>>;
 
@@ -144,8 +155,8 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     /// refers to.
     async fn drop_recipes(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>>;
 
-    /// The contents whose recipe is kept though no live entry refers to
-    /// them (what a crash or a full resync can leave).
+    /// The contents whose recipe is kept though no live entry or kept
+    /// version refers to them (what a crash or a full resync can leave).
     async fn orphan_recipes(&self) -> Result<Vec<ContentHash>>;
 
     /// Stores a recipe outside any commit (a repair's, a snapshot's),
@@ -184,6 +195,53 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     /// Receiving a full snapshot from a primary, if this backend replicates
     /// through the journal (see [`SnapshotSink`]).
     fn snapshots(&self) -> Option<&dyn SnapshotSink>;
+
+    // Version history: every file change writes its version (see
+    // [`MetaTx::write`]); these read them.
+
+    /// Up to `limit` kept versions of `path` with a seq below `below`,
+    /// newest first (moves not followed).
+    async fn versions(&self, ns: &str, path: &RelPath, below: u64, limit: usize) -> Result<Vec<Version>>;
+
+    /// The version of `path` with seq `seq`, if kept.
+    async fn version(&self, ns: &str, path: &RelPath, seq: u64) -> Result<Option<Version>>;
+
+    /// The newest kept version of `path` at or below `seq`.
+    async fn version_at(&self, ns: &str, path: &RelPath, seq: u64) -> Result<Option<Version>>;
+
+    /// The commit time of the namespace's oldest kept version, and the
+    /// highest seq of its versions committed at or before `at_ms`.
+    async fn seq_at_ms(&self, ns: &str, at_ms: i64) -> Result<(Option<i64>, Option<u64>)>;
+
+    /// When the newest kept version of `ns` at or below `seq` was
+    /// committed.
+    async fn committed_ms_at(&self, ns: &str, seq: u64) -> Result<Option<i64>>;
+
+    /// Each path's newest kept version at or below `seq` (tombstones
+    /// included), for the paths of `ns` at `prefix` or below (a whole
+    /// component), in path order after `after`, up to `limit`.
+    async fn state_at(
+        &self,
+        ns: &str,
+        prefix: &str,
+        seq: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Version>>;
+
+    /// The kept versions of `ns` in (path, seq) order after `after`, up to
+    /// `limit`: what retention walks.
+    async fn versions_page(&self, ns: &str, after: Option<(&str, u64)>, limit: usize)
+    -> Result<Vec<Version>>;
+
+    /// The labels of `ns`, oldest (lowest seq) first.
+    async fn labels(&self, ns: &str) -> Result<Vec<Label>>;
+
+    /// The label `name` of `ns`.
+    async fn label(&self, ns: &str, name: &str) -> Result<Option<Label>>;
+
+    /// The retention set at run time, per namespace.
+    async fn retentions(&self) -> Result<Vec<(String, Retention)>>;
 }
 
 /// Decides one item of [`MetaTx::decide_each`] (its index, its facts):
@@ -211,7 +269,9 @@ pub(crate) trait MetaTx: Send + Debug {
     async fn lock_by_id(&mut self, ns: &str, lock_id: &str) -> Result<Option<Lock>>;
 
     /// Appends the change to the log and applies it (a file entry becomes
-    /// the path's entry; a lock change sets or removes the path's lock).
+    /// the path's entry and a new version of it; a lock change sets or
+    /// removes the path's lock; a history-only change sets or removes a
+    /// label, a pin, a namespace's retention, or pruned versions).
     /// Buffered: sent with the next read or the commit.
     fn write(&mut self, change: Change);
 

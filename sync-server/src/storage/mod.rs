@@ -25,6 +25,8 @@
 //! - [`retention`]: the retention policy and the pure planner of what
 //!   pruning removes.
 //! - `retry`: recognising a write sent again.
+//! - `version`: the types of version history; `history`: the history
+//!   reads and writes of [`Store`].
 //! - `chunked`: content larger than one chunk, received as chunk blobs
 //!   and read back from its recipe.
 //! - `memory` (tests only): an in-memory backend; `suite`: the journal's
@@ -35,6 +37,7 @@ mod change;
 mod chunked;
 mod content;
 mod feed;
+mod history;
 mod identity;
 mod journal;
 #[cfg(test)]
@@ -46,13 +49,19 @@ pub(crate) mod rules;
 mod sqlite;
 #[cfg(test)]
 mod suite;
+mod version;
 
 pub use change::{Actor, Change, LockEnd, What};
 pub(crate) use change::{Delete, LockRequest, Put, Replicated};
 pub(crate) use content::{ContentReader, ContentUpload, StagedContent, Verdict};
 pub(crate) use feed::ChangeFeed;
+pub use history::{MAX_LABEL_BYTES, MAX_MOVE_HOPS, SERVER_PRINCIPAL, check_label_name};
 pub use identity::Identity;
 pub use journal::{Store, StoreOptions};
+pub use version::{
+    Glob, HistoryBatch, HistoryChange, HistoryOutcome, HistoryWrite, Label, MAX_GLOB_BYTES,
+    MAX_PRUNED_PER_CHANGE, Point, Version, VersionKind, VersionNote,
+};
 
 /// The namespace of an open server's callers (no token file); with tokens,
 /// each read-only or read-write token names its own, which may be this one.

@@ -93,8 +93,21 @@ fn content(data: &[u8]) -> Content {
     }
 }
 
+/// A file change as a primary replicates it: a plain version by "p".
+fn replicated_file(entry: syncstore::Entry) -> Change {
+    let note = super::VersionNote::plain(&entry, "p", 1_000 + entry.version as i64);
+    Change::file(NS, entry, note)
+}
+
 fn put(p: &str, data: &[u8], base_version: u64, client: &str, lock_token: u64) -> Put {
-    Put { path: path(p), content: content(data), base_version, who: who(client), lock_token }
+    Put {
+        path: path(p),
+        content: content(data),
+        base_version,
+        who: who(client),
+        lock_token,
+        moved_from: None,
+    }
 }
 
 fn delete(p: &str, base_version: u64, client: &str, lock_token: u64) -> Delete {
@@ -378,7 +391,9 @@ async fn deletions_leave_tombstones(b: Backend) {
     let tomb = s.stat(NS, &path("a")).await.unwrap().unwrap();
     assert!(tomb.is_deleted());
     assert_eq!(tomb.version, gone.seq);
-    assert!(stored(&s).await.is_empty(), "content nothing refers to goes");
+    assert_eq!(stored(&s).await, vec![ContentHash::of(b"one")], "the deleted file's last version keeps it");
+    s.prune(NS, vec![(path("a"), v1)]).await.unwrap();
+    assert!(stored(&s).await.is_empty(), "content nothing refers to goes with its last version");
     assert!(matches!(s.commit_delete(NS, delete("a", gone.seq, "c", 0)).await, Err(Error::NotFound(_))));
     assert!(matches!(s.commit_delete(NS, delete("never", 0, "c", 0)).await, Err(Error::NotFound(_))));
     let listed = s.list_page(NS, "", None, true, 10).await.unwrap();
@@ -468,7 +483,7 @@ async fn replicated_changes_and_snapshots_apply_in_order(b: Backend) {
             content: Some(content(data)),
             client_id: "c".into(),
         };
-        Change::file(NS, entry)
+        replicated_file(entry)
     };
     let batch = vec![
         Replicated {
@@ -501,9 +516,9 @@ async fn replicated_changes_and_snapshots_apply_in_order(b: Backend) {
     assert_eq!(stored(&s).await, vec![ContentHash::of(b"zed")], "what the snapshot dropped goes");
 }
 
-/// With a grace period, replaced content stays until the grace has passed
-/// and then goes in the background, unless an entry refers to it again by
-/// then.
+/// With a grace period, content a prune stopped referring to stays until
+/// the grace has passed and then goes in the background, unless an entry
+/// refers to it again by then.
 async fn replaced_content_goes_once_its_grace_has_passed(b: Backend) {
     let grace = std::time::Duration::from_millis(300);
     let f = b.fixture(StoreOptions { gc_grace: grace, ..StoreOptions::default() }).await;
@@ -523,6 +538,8 @@ async fn replaced_content_goes_once_its_grace_has_passed(b: Backend) {
     let stale = send(&s, put("a", b"four", v1, "c", 0), b"four").await;
     assert!(matches!(stale, Err(Error::VersionConflict { .. })), "{stale:?}");
     assert!(stored(&s).await.contains(&ContentHash::of(b"four")));
+    // Replaced content is kept by its version until a prune.
+    s.prune(NS, vec![(path("a"), v1), (path("a"), v2)]).await.unwrap();
     // "two" and "four", queued after "one", go: the collector has been
     // through "one" by then.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -582,8 +599,8 @@ async fn stored_becomes(s: &Store, want: &[ContentHash]) {
 }
 
 /// Large content is stored as chunk blobs plus its recipe; chunks two
-/// files share are stored once; replacing one file removes only its own
-/// chunks (and its recipe), and the new recipe keeps runs against the old;
+/// files share are stored once; pruning one file's replaced version
+/// removes only its own chunks (and its recipe), and the new recipe keeps runs against the old;
 /// an abandoned large upload leaves none of its chunks.
 async fn large_files_store_shared_chunks_once_and_lose_only_their_own(b: Backend) {
     let (_f, s) = b.store().await;
@@ -600,12 +617,19 @@ async fn large_files_store_shared_chunks_once_and_lose_only_their_own(b: Backend
     let (chunks_stored, deduplicated) = s.chunk_counts();
     assert_eq!((chunks_stored, deduplicated), (both.len() as u64, (ca.len() + cb.len() - both.len()) as u64));
 
-    // Replaced: b's own chunks go, a's stay.
+    // Replaced, b's content is kept by its version; pruned, b's own chunks
+    // go, a's stay.
     let c = noise(2 * 1024 * 1024 + 5, "c");
     let mut edited = c.clone();
     edited.extend_from_slice(&noise(50_000, "tail"));
     let vc = send(&s, put("b", &c, vb, "c", 0), &c).await.unwrap().seq;
-    assert!(s.recipe(&ContentHash::of(&b2)).await.unwrap().is_none(), "the replaced recipe went");
+    assert!(
+        s.recipe(&ContentHash::of(&b2)).await.unwrap().is_some(),
+        "the replaced version keeps its recipe"
+    );
+    assert_eq!(stored(&s).await, distinct([&ca[..], &cb[..], &chunks_of(&c)[..]]));
+    s.prune(NS, vec![(path("b"), vb)]).await.unwrap();
+    assert!(s.recipe(&ContentHash::of(&b2)).await.unwrap().is_none(), "the pruned version's recipe went");
     assert_eq!(stored(&s).await, distinct([&ca[..], &chunks_of(&c)[..]]));
     // The next version keeps runs against this one.
     send(&s, put("b", &edited, vc, "c", 0), &edited).await.unwrap();
@@ -615,7 +639,8 @@ async fn large_files_store_shared_chunks_once_and_lose_only_their_own(b: Backend
     let old = syncstore::chunks::chunk_list(&c[..], c.len() as u64).unwrap().2;
     assert_eq!(syncstore::chunks::apply(&old, &runs).unwrap(), recipe.list);
     assert!(runs.len() <= 4, "{runs:?}");
-    let kept = distinct([&ca[..], &chunks_of(&edited)[..]]);
+    // c's version keeps c's chunks until it is pruned.
+    let kept = distinct([&ca[..], &chunks_of(&c)[..], &chunks_of(&edited)[..]]);
     assert_eq!(stored(&s).await, kept);
 
     // Abandoned half-way, or refused at its end: none of its chunks stay.
@@ -633,6 +658,7 @@ async fn large_files_store_shared_chunks_once_and_lose_only_their_own(b: Backend
     // Removing the last file that refers to chunks removes them.
     let va = s.stat(NS, &path("a")).await.unwrap().unwrap().version;
     s.commit_delete(NS, delete("a", va, "c", 0)).await.unwrap();
+    s.prune(NS, vec![(path("a"), va), (path("b"), vc)]).await.unwrap();
     assert_eq!(stored(&s).await, distinct([&chunks_of(&edited)[..]]));
 }
 
@@ -648,8 +674,10 @@ async fn a_chunk_an_upload_holds_survives_a_concurrent_removal(b: Backend) {
     let mut up = s.upload(b2.len() as u64).await.unwrap();
     up.write(b2.clone()).await.unwrap();
     let staged = up.complete(ContentHash::of(&b2), b2.len() as u64).await.unwrap();
-    // ... when a goes, and with it every chunk nothing holds.
+    // ... when a goes (deleted, its version pruned), and with it every
+    // chunk nothing holds.
     s.commit_delete(NS, delete("a", va, "c", 0)).await.unwrap();
+    s.prune(NS, vec![(path("a"), va)]).await.unwrap();
     assert!(s.recipe(&ContentHash::of(&a)).await.unwrap().is_none());
     s.commit_put(NS, put("b", &b2, 0, "c", 0), Some(staged)).await.unwrap();
     assert_eq!(read_back(&s, &ContentHash::of(&b2), b2.len() as u64).await, b2);
@@ -676,7 +704,7 @@ async fn chunked_content_survives_restarts_replication_and_snapshots(b: Backend)
         content: Some(content(data)),
         client_id: "c".into(),
     };
-    let change = Change::file(NS, entry(1, "big", &big));
+    let change = replicated_file(entry(1, "big", &big));
     let batch = vec![Replicated { change, staged: Some(stage(&r, &big).await), content_gone: false }];
     assert_eq!(r.apply_replicated_batch(batch).await.unwrap(), 1);
     let r = rf.open().await;
@@ -695,7 +723,7 @@ async fn chunked_content_survives_restarts_replication_and_snapshots(b: Backend)
 /// Large content stored whole, as releases before chunk storage did (a
 /// blob named by the file hash, no recipe), keeps working: it reads back
 /// and verifies, a header-only upload may reuse it, it is no base for runs
-/// (it has no recipe), and replacing it removes its blob.
+/// (it has no recipe), and once replaced and pruned its blob goes.
 async fn large_content_stored_whole_by_an_earlier_release_keeps_working(b: Backend) {
     use super::Replicated;
     let (f, s) = b.store().await;
@@ -711,7 +739,7 @@ async fn large_content_stored_whole_by_an_earlier_release_keeps_working(b: Backe
         content: Some(content(&old)),
         client_id: "c".into(),
     };
-    let change = Change::file(NS, entry);
+    let change = replicated_file(entry);
     s.apply_replicated_batch(vec![Replicated { change, staged: None, content_gone: false }]).await.unwrap();
     let s = f.open().await;
     assert_eq!(stored(&s).await, vec![hash], "the whole blob is kept as it is");
@@ -730,6 +758,8 @@ async fn large_content_stored_whole_by_an_earlier_release_keeps_working(b: Backe
     send(&s, put("vm.img", &new, v1, "c", 0), &new).await.unwrap();
     assert!(stored(&s).await.contains(&hash), "still referred to by copy.img");
     s.commit_delete(NS, delete("copy.img", v2, "c", 0)).await.unwrap();
+    assert!(stored(&s).await.contains(&hash), "still referred to by both paths' history");
+    s.prune(NS, vec![(path("vm.img"), v1), (path("copy.img"), v2)]).await.unwrap();
     assert_eq!(stored(&s).await, distinct([&chunks_of(&new)[..]]));
 }
 

@@ -69,7 +69,7 @@ pub(super) fn lock_change_columns(what: &What) -> (i64, [Value; LOCK_CHANGE_COLU
             };
             (KIND_UNLOCK, lock, Some((code, by)))
         }
-        What::File(_) => unreachable!("not a lock change"),
+        What::File(..) | What::History(_) => unreachable!("not a lock change"),
     };
     let text = |s: &str| Value::Text(s.to_owned());
     let values = [
@@ -152,7 +152,7 @@ pub(super) fn write_lock_change(c: &Connection, change: &Change) -> Result<()> {
     let head = [
         Value::Integer(change.seq as i64),
         Value::Text(change.namespace.clone()),
-        Value::Text(change.path().as_str().to_owned()),
+        Value::Text(change.path().map(RelPath::as_str).unwrap_or_default().to_owned()),
         Value::Text(change.client_id().to_owned()),
         Value::Integer(now_ms()),
         Value::Integer(kind),
@@ -164,7 +164,7 @@ pub(super) fn write_lock_change(c: &Connection, change: &Change) -> Result<()> {
             c.prepare_cached("DELETE FROM locks WHERE namespace = ?1 AND lock_id = ?2")?
                 .execute(params![change.namespace, lock.lock_id])?;
         }
-        What::File(_) => unreachable!("not a lock change"),
+        What::File(..) | What::History(_) => unreachable!("not a lock change"),
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //!
 //! Nothing outside this folder names `rusqlite`.
 
+mod history;
 mod identity;
 mod locks;
 mod schema;
@@ -21,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use syncstore::{Content, ContentHash, Entry, Lock, RelPath, chunks};
 
 use super::meta::{Decide, Facts, MetaStore, MetaTx, Recipe, SnapshotSink, Want};
-use super::{Change, Identity, What, rules};
+use super::{Change, Identity, Label, Version, VersionNote, What, retention::Retention, rules};
 use crate::error::{Error, Result};
 use identity::MetaKey;
 
@@ -324,7 +325,8 @@ impl MetaStore for SqliteMeta {
         self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT hash FROM recipes
-                 WHERE NOT EXISTS (SELECT 1 FROM files WHERE files.hash = recipes.hash AND deleted = 0)",
+                 WHERE NOT EXISTS (SELECT 1 FROM files WHERE files.hash = recipes.hash AND deleted = 0)
+                   AND NOT EXISTS (SELECT 1 FROM versions WHERE versions.hash = recipes.hash)",
             )?;
             let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
             rows.map(|r| Ok(ContentHash::try_from(&r?[..])?)).collect()
@@ -362,7 +364,9 @@ impl MetaStore for SqliteMeta {
         let after = after.map(|h| h.as_bytes().to_vec());
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT hash, MAX(size) FROM files WHERE deleted = 0 AND hash IS NOT NULL
+                // Every live entry is a kept version of its path, so the
+                // versions hold every referenced content.
+                "SELECT hash, MAX(size) FROM versions WHERE hash IS NOT NULL
                    AND (?1 IS NULL OR hash > ?1)
                  GROUP BY hash ORDER BY hash LIMIT ?2",
             )?;
@@ -400,6 +404,70 @@ impl MetaStore for SqliteMeta {
 
     fn snapshots(&self) -> Option<&dyn SnapshotSink> {
         Some(self)
+    }
+
+    async fn versions(&self, ns: &str, path: &RelPath, below: u64, limit: usize) -> Result<Vec<Version>> {
+        let (ns, path) = (ns.to_owned(), path.clone());
+        self.read(move |c| history::versions(c, &ns, path.as_str(), below, limit)).await
+    }
+
+    async fn version(&self, ns: &str, path: &RelPath, seq: u64) -> Result<Option<Version>> {
+        let (ns, path) = (ns.to_owned(), path.clone());
+        self.read(move |c| history::version(c, &ns, path.as_str(), seq, true)).await
+    }
+
+    async fn version_at(&self, ns: &str, path: &RelPath, seq: u64) -> Result<Option<Version>> {
+        let (ns, path) = (ns.to_owned(), path.clone());
+        self.read(move |c| history::version(c, &ns, path.as_str(), seq, false)).await
+    }
+
+    async fn seq_at_ms(&self, ns: &str, at_ms: i64) -> Result<(Option<i64>, Option<u64>)> {
+        let ns = ns.to_owned();
+        self.read(move |c| history::seq_at_ms(c, &ns, at_ms)).await
+    }
+
+    async fn committed_ms_at(&self, ns: &str, seq: u64) -> Result<Option<i64>> {
+        let ns = ns.to_owned();
+        self.read(move |c| history::committed_ms_at(c, &ns, seq)).await
+    }
+
+    async fn state_at(
+        &self,
+        ns: &str,
+        prefix: &str,
+        seq: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Version>> {
+        let (ns, prefix, after) = (ns.to_owned(), prefix.to_owned(), after.map(str::to_owned));
+        self.read(move |c| history::state_at(c, &ns, &prefix, seq, after.as_deref(), limit)).await
+    }
+
+    async fn versions_page(
+        &self,
+        ns: &str,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<Version>> {
+        let (ns, after) = (ns.to_owned(), after.map(|(p, s)| (p.to_owned(), s)));
+        self.read(move |c| {
+            history::versions_page(c, &ns, after.as_ref().map(|(p, s)| (p.as_str(), *s)), limit)
+        })
+        .await
+    }
+
+    async fn labels(&self, ns: &str) -> Result<Vec<Label>> {
+        let ns = ns.to_owned();
+        self.read(move |c| history::labels(c, &ns)).await
+    }
+
+    async fn label(&self, ns: &str, name: &str) -> Result<Option<Label>> {
+        let (ns, name) = (ns.to_owned(), name.to_owned());
+        self.read(move |c| history::label(c, &ns, &name)).await
+    }
+
+    async fn retentions(&self) -> Result<Vec<(String, Retention)>> {
+        self.read(history::retentions).await
     }
 }
 
@@ -447,7 +515,19 @@ impl SnapshotSink for SqliteMeta {
                  DELETE FROM locks;
                  INSERT INTO locks SELECT * FROM snapshot_locks;
                  DROP TABLE snapshot_locks;
-                 DELETE FROM changes;",
+                 DELETE FROM changes;
+                 DELETE FROM versions;
+                 DELETE FROM labels;",
+            )?;
+            // The replica's history restarts at a full resync: each path's
+            // current entry is its one version.
+            tx.execute(
+                "INSERT INTO versions (namespace, path, seq, deleted, size, hash, mtime_ns, executable,
+                                       symlink, folder, client_id, principal, committed_ms, kind)
+                 SELECT namespace, path, version, deleted, size, hash, mtime_ns, executable, symlink, folder,
+                        client_id, '', ?1, CASE WHEN deleted THEN 2 ELSE 1 END
+                 FROM files",
+                [crate::clock::now_ms()],
             )?;
             identity::set_meta(&tx, MetaKey::HeadFloor, &head.to_string())?;
             tx.commit()?;
@@ -596,6 +676,14 @@ fn facts(c: &Connection, ns: &str, path: &RelPath, want: Want) -> Result<Facts> 
     {
         out.current_recipe = get_recipe(c, &current.hash)?.map(|r| r.list);
     }
+    if let Some(from) = &want.moved_from {
+        out.moved_from_hash = history::newest_content(c, ns, from.as_str())?;
+    }
+    if want.moved_away
+        && let Some(current) = &out.current
+    {
+        out.moved_to = history::moved_to(c, ns, path.as_str(), current.version)?;
+    }
     Ok(out)
 }
 
@@ -651,11 +739,12 @@ fn refers_to(c: &Connection, ns: &str, hash: &ContentHash) -> Result<bool> {
         .exists(params![hash.as_bytes().as_slice(), ns])?)
 }
 
-/// Whether any live entry refers to content `hash`, or any recipe lists it
-/// as a chunk.
+/// Whether any live entry or kept version refers to content `hash`, or
+/// any recipe lists it as a chunk.
 fn content_referenced(c: &Connection, hash: &ContentHash) -> Result<bool> {
     Ok(c.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM files WHERE hash = ?1)
+             OR EXISTS (SELECT 1 FROM versions WHERE hash = ?1)
              OR EXISTS (SELECT 1 FROM recipe_chunks WHERE chunk = ?1)",
     )?
     .query_row([&hash.as_bytes()[..]], |r| r.get(0))?)
@@ -674,20 +763,42 @@ fn get_entry(c: &Connection, ns: &str, path: &RelPath) -> Result<Option<Entry>> 
 /// Appends a change to the log and applies it.
 fn write_change(c: &Connection, change: &Change) -> Result<()> {
     match &change.what {
-        What::File(e) => write_file_change(c, &change.namespace, e),
-        _ => locks::write_lock_change(c, change),
+        What::File(e, note) => write_file_change(c, &change.namespace, e, note),
+        What::History(h) => history::write_history_change(c, change, h),
+        What::Lock(_) | What::Unlock { .. } => locks::write_lock_change(c, change),
     }
 }
 
-/// Appends a file change to the log and makes it the path's current entry.
-fn write_file_change(c: &Connection, ns: &str, e: &Entry) -> Result<()> {
+/// Appends a file change to the log, makes it the path's current entry and
+/// keeps it as a version of the path.
+fn write_file_change(c: &Connection, ns: &str, e: &Entry, note: &VersionNote) -> Result<()> {
     let (size, hash, mtime, exec, link, folder) = content_columns(e);
     let deleted = e.content.is_none();
     c.prepare_cached(
-        "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id, committed_ms, symlink, folder)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id, committed_ms,
+                              symlink, folder, principal, version_kind, moved_from, moved_to, restored_from)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
-    .execute(params![e.version as i64, ns, e.path.as_str(), deleted, size, hash, mtime, exec, e.client_id, now_ms(), link, folder])?;
+    .execute(params![
+        e.version as i64,
+        ns,
+        e.path.as_str(),
+        deleted,
+        size,
+        &hash,
+        mtime,
+        exec,
+        e.client_id,
+        note.committed_ms,
+        link,
+        folder,
+        note.principal,
+        note.kind.code(),
+        note.moved_from.as_ref().map(RelPath::as_str),
+        note.moved_to.as_ref().map(RelPath::as_str),
+        note.restored_from.map(|v| v as i64),
+    ])?;
+    history::write_version(c, ns, e, note)?;
     c.prepare_cached(
         "INSERT INTO files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -727,14 +838,20 @@ fn content_columns(e: &Entry) -> (i64, Option<Vec<u8>>, i64, bool, bool, bool) {
 /// lock change's ([`locks::LOCK_CHANGE_COLUMNS`]) by name.
 const CHANGE_COLUMNS: &str = "path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace, kind, \
      symlink, folder, lock_id, lock_client_id, lock_principal, lock_holder, lock_note, lock_acquired_ms, \
-     lock_expires_ms, lock_ttl_seconds, lock_token, lock_end, lock_ended_by_client_id, lock_ended_by_principal";
+     lock_expires_ms, lock_ttl_seconds, lock_token, lock_end, lock_ended_by_client_id, lock_ended_by_principal, \
+     principal, committed_ms, version_kind, moved_from, moved_to, restored_from, detail";
 
 /// Decodes a change-log row of [`CHANGE_COLUMNS`].
 fn change_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Change>> {
     let namespace: String = r.get(8)?;
     let kind: i64 = r.get(9)?;
     if kind == 0 {
-        return Ok(entry_from_row(r, 0)?.map(|entry| Change::file(&namespace, entry)));
+        let entry = entry_from_row(r, 0)?;
+        let note = history::note_from_row(r)?;
+        return Ok(entry.and_then(|entry| Ok(Change::file(&namespace, entry, note?))));
+    }
+    if history::is_history_kind(kind) {
+        return history::history_change_from_row(r);
     }
     locks::lock_change_from_row(r)
 }

@@ -1,13 +1,13 @@
 //! The SQLite schema of a data folder and its connection settings.
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::locks::{LOCK_CHANGE_COLUMNS, lock_change_columns};
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 
 /// Bumped whenever the schema changes; a newer one is refused at open.
-pub(crate) const SCHEMA_VERSION: i64 = 7;
+pub(crate) const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -63,9 +63,66 @@ CREATE TABLE IF NOT EXISTS changes (
     -- ended it ('' for an expiry).
     lock_end                INTEGER,
     lock_ended_by_client_id TEXT,
-    lock_ended_by_principal TEXT
+    lock_ended_by_principal TEXT,
+    -- Since version 8, a file change's version note (see `versions`) ...
+    principal     TEXT    NOT NULL DEFAULT '',
+    version_kind  INTEGER NOT NULL DEFAULT 0,
+    moved_from    TEXT,
+    moved_to      TEXT,
+    restored_from INTEGER,
+    -- ... and a history-only change's content (kind 3 to 6, see
+    -- `history.rs`), as JSON.
+    detail        TEXT
 );
 CREATE INDEX IF NOT EXISTS changes_by_namespace ON changes (namespace, seq);
+
+-- Version history (since version 8): every file change still kept by
+-- retention, written with the change. A path's current entry is always
+-- one of its versions.
+CREATE TABLE IF NOT EXISTS versions (
+    namespace     TEXT    NOT NULL,
+    path          TEXT    NOT NULL,
+    seq           INTEGER NOT NULL,   -- the version number
+    deleted       INTEGER NOT NULL,
+    size          INTEGER NOT NULL,
+    hash          BLOB,               -- NULL for a deletion
+    mtime_ns      INTEGER NOT NULL,
+    executable    INTEGER NOT NULL,
+    symlink       INTEGER NOT NULL DEFAULT 0,
+    folder        INTEGER NOT NULL DEFAULT 0,
+    client_id     TEXT    NOT NULL,
+    principal     TEXT    NOT NULL,   -- '' for a version older than history
+    committed_ms  INTEGER NOT NULL,   -- the primary's clock
+    kind          INTEGER NOT NULL,   -- 1 write, 2 delete, 3 move, 4 moved away, 5 restore
+    moved_from    TEXT,
+    moved_to      TEXT,
+    restored_from INTEGER,
+    pinned        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (namespace, path, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS versions_by_seq ON versions (namespace, seq);
+CREATE INDEX IF NOT EXISTS versions_by_hash ON versions (hash) WHERE hash IS NOT NULL;
+CREATE INDEX IF NOT EXISTS versions_by_moved_from ON versions (namespace, moved_from)
+    WHERE moved_from IS NOT NULL;
+
+-- Named states of a namespace (since version 8).
+CREATE TABLE IF NOT EXISTS labels (
+    namespace    TEXT    NOT NULL,
+    name         TEXT    NOT NULL,
+    seq          INTEGER NOT NULL,   -- the state after this change
+    committed_ms INTEGER NOT NULL,
+    note         TEXT    NOT NULL,
+    automatic    INTEGER NOT NULL,
+    principal    TEXT    NOT NULL,
+    PRIMARY KEY (namespace, name)
+) WITHOUT ROWID;
+
+-- Retention set at run time (since version 8), as JSON; a namespace
+-- without a row has the config file's.
+CREATE TABLE IF NOT EXISTS retention (
+    namespace TEXT PRIMARY KEY,
+    policy    TEXT NOT NULL
+) WITHOUT ROWID;
 
 -- Live locks: at most one per path. A row past its expiry is no longer in
 -- force; the primary's sweeper removes it with an unlock change.
@@ -124,8 +181,9 @@ pub(crate) fn connect(path: &std::path::Path) -> Result<Connection> {
 /// Creates the tables if needed, and brings older data folders up to date
 /// (version 1 lacked the lock columns, version 2 the symlink ones, version 3
 /// the folder ones, version 4 a lock's principal, version 5 stored lock
-/// changes in the wire's encoding, and version 6 had no recipes: its
-/// content is all whole blobs, which version 7 reads as they are).
+/// changes in the wire's encoding, version 6 had no recipes: its
+/// content is all whole blobs, which version 7 reads as they are, and
+/// version 7 kept no version history).
 pub(crate) fn init(conn: &Connection) -> Result<()> {
     let has_changes: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes')",
@@ -174,11 +232,61 @@ pub(crate) fn init(conn: &Connection) -> Result<()> {
         if !has_column(conn, "changes", "lock_id")? {
             lock_changes_to_columns(conn)?;
         }
+        if !has_column(conn, "changes", "version_kind")? {
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE changes ADD COLUMN principal TEXT NOT NULL DEFAULT '';
+                 ALTER TABLE changes ADD COLUMN version_kind INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE changes ADD COLUMN moved_from TEXT;
+                 ALTER TABLE changes ADD COLUMN moved_to TEXT;
+                 ALTER TABLE changes ADD COLUMN restored_from INTEGER;
+                 ALTER TABLE changes ADD COLUMN detail TEXT;
+                 COMMIT;",
+            )?;
+        }
     }
     conn.execute_batch(SCHEMA)?;
     // Version 7 only adds tables (created above, empty: every content of
     // an older folder is a whole blob).
     conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version' AND value = '6'", [])?;
+    versions_from_log(conn)?;
+    Ok(())
+}
+
+/// Brings a version 7 data folder to version 8: its history starts with
+/// the file changes still in the log and, for a path whose current entry
+/// the log no longer holds, that entry; each a plain write or deletion
+/// with no principal, committed when the log says (or now). One
+/// transaction, and it may run again (a crash before its commit).
+fn versions_from_log(conn: &Connection) -> Result<()> {
+    let version: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
+    if version.as_deref() != Some("7") {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    let from_log = tx.execute(
+        "INSERT OR IGNORE INTO versions (namespace, path, seq, deleted, size, hash, mtime_ns, executable,
+                                         symlink, folder, client_id, principal, committed_ms, kind)
+         SELECT namespace, path, seq, deleted, size, hash, mtime_ns, executable, symlink, folder, client_id,
+                '', committed_ms, CASE WHEN deleted THEN 2 ELSE 1 END
+         FROM changes WHERE kind = 0",
+        [],
+    )?;
+    let from_files = tx.execute(
+        "INSERT OR IGNORE INTO versions (namespace, path, seq, deleted, size, hash, mtime_ns, executable,
+                                         symlink, folder, client_id, principal, committed_ms, kind)
+         SELECT namespace, path, version, deleted, size, hash, mtime_ns, executable, symlink, folder,
+                client_id, '', ?1, CASE WHEN deleted THEN 2 ELSE 1 END
+         FROM files",
+        [crate::clock::now_ms()],
+    )?;
+    tx.execute_batch(
+        "UPDATE changes SET version_kind = CASE WHEN deleted THEN 2 ELSE 1 END WHERE kind = 0;
+         UPDATE meta SET value = '8' WHERE key = 'schema_version';",
+    )?;
+    tx.commit()?;
+    tracing::info!(from_log, from_files, "version history starts with the kept log (schema version 8)");
     Ok(())
 }
 
@@ -399,7 +507,7 @@ mod tests {
         for (i, c) in changes.iter().enumerate() {
             let committed_ms = 1_000 + i as i64;
             match &c.what {
-                What::File(e) => conn.execute(
+                What::File(e, _) => conn.execute(
                     "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable,
                                           client_id, committed_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 7, 0, ?7, ?8)",
@@ -421,7 +529,7 @@ mod tests {
                     params![
                         c.seq as i64,
                         c.namespace,
-                        c.path().as_str(),
+                        c.path().unwrap().as_str(),
                         c.client_id(),
                         committed_ms,
                         wire::kind(c) as i32,
@@ -467,7 +575,10 @@ mod tests {
                 content,
                 client_id: "A".into(),
             };
-            What::File(entry)
+            // As the upgrade to version 8 reads it: a plain version with no
+            // principal, committed when the log says (`version_5`).
+            let note = crate::storage::VersionNote::plain(&entry, "", 999 + seq as i64);
+            What::File(entry, note)
         };
         let f = lock("docs/f", "L1", "A", "alice", 3);
         let g = lock("g", "L2", "B", "bob", 6);
