@@ -132,7 +132,7 @@ impl GrpcRemote {
                 client_id: self.client_id.clone(),
                 lock_token: upload.lock_token,
                 base_hash: upload.base_hash.map(|h| h.as_bytes().to_vec()).unwrap_or_default(),
-                moved_from: String::new(),
+                moved_from: upload.moved_from.as_ref().map(RelPath::to_string).unwrap_or_default(),
             })),
         }
     }
