@@ -397,9 +397,18 @@ impl Context {
     /// The file `arg` names: relative to the folder (or an absolute path
     /// inside it) with one, the server's path without.
     fn file(&self, arg: &str) -> Result<RelPath> {
-        match &self.root {
-            Some(root) => crate::folder_path(root, arg),
-            None => RelPath::new(arg.trim_end_matches('/')).map_err(|e| Error::Config(format!("{arg}: {e}"))),
+        let Some(root) = &self.root else {
+            return RelPath::new(arg.trim_end_matches('/')).map_err(|e| Error::Config(format!("{arg}: {e}")));
+        };
+        match crate::folder_path(root, arg) {
+            // A deleted file's folder may be gone too: an absolute path is
+            // then read as it is written.
+            Err(Error::Io(e)) if Path::new(arg).is_absolute() => match Path::new(arg).strip_prefix(root) {
+                Ok(rest) => RelPath::new(rest.to_string_lossy().into_owned())
+                    .map_err(|e| Error::Config(format!("{arg}: {e}"))),
+                Err(_) => Err(Error::Io(e)),
+            },
+            other => other,
         }
     }
 

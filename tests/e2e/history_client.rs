@@ -128,6 +128,11 @@ async fn an_undelete_brings_back_a_deleted_folder_of_500_files_everywhere() {
 
     let trash = json(&a, &["trash", "album", "--json"]).await;
     assert_eq!(trash.len(), 500, "every deleted file is in the trash");
+    // A deleted file named by its absolute path, its folder gone too.
+    let gone = a.path("album/photo-042.jpg");
+    let versions = json(&a, &["history", gone.to_str().unwrap(), "--json"]).await;
+    let kinds: Vec<&str> = versions.iter().map(|v| text(v, "kind")).collect();
+    assert_eq!(kinds, ["delete", "write"], "{versions:?}");
     let dry = ok(&a, &["undelete", "--under", "album", "--dry-run"]).await;
     assert!(dry.contains("would bring back 500 file(s)"), "{dry}");
     assert!(server.files().await.is_empty(), "a dry run changes nothing");
