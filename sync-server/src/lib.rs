@@ -5,6 +5,8 @@
 //! - [`storage`]: the data folder (SQLite metadata + content-addressed
 //!   blobs), sequence numbers, the change log and its broadcast.
 //! - [`service`]: `syncstore.v1.FileSync` over the store.
+//! - [`history`]: `syncstore.v1.History`: versions, the trash, restores,
+//!   rewinds, labels and pins over the store's history.
 //! - [`context`]: what the services of one server share.
 //! - [`replication`]: the primary's fan-out to its replica and the
 //!   replica's `syncstore.v1.Replication` service; the write gate.
@@ -35,6 +37,7 @@ pub mod context;
 pub mod error;
 mod feed;
 mod guard;
+pub mod history;
 pub mod metrics;
 pub mod replication;
 mod runs;
@@ -47,7 +50,8 @@ mod wire;
 use std::{path::PathBuf, time::Duration};
 
 use syncstore::pb::{
-    self, admin_server::AdminServer, file_sync_server::FileSyncServer, replication_server::ReplicationServer,
+    self, admin_server::AdminServer, file_sync_server::FileSyncServer, history_server::HistoryServer,
+    replication_server::ReplicationServer,
 };
 use syncstore::{Reason, limits::MAX_MESSAGE};
 use tokio::net::TcpListener;
@@ -60,6 +64,7 @@ pub use auth::Authenticator;
 pub use admin::{AdminService, Comparison, compare};
 pub use context::ServiceContext;
 pub use error::{Error, Result};
+pub use history::HistoryService;
 pub use metrics::ServerMetrics;
 pub use replication::{
     Mode, OnTimeout, ReplicaConfig, WriteGate, primary::ReplicationHandle, replica::ReplicationService,
@@ -521,9 +526,11 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     // Every service answers health checks by its name ("" is the server).
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
+    health_reporter.set_serving::<HistoryServer<HistoryService>>().await;
     health_reporter.set_serving::<ReplicationServer<ReplicationService>>().await;
     let replication_service = ReplicationService::new(&ctx, health_reporter.clone());
     let admin = AdminService::new(&ctx);
+    let history = HistoryService::new(ctx.clone());
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -559,6 +566,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             tracing::info!("shutting down: finishing in-flight requests");
             health_reporter.set_not_serving::<FileSyncServer<FileSyncService>>().await;
             health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
+            health_reporter.set_not_serving::<HistoryServer<HistoryService>>().await;
             health_reporter.set_not_serving::<ReplicationServer<ReplicationService>>().await;
         }
     };
@@ -582,6 +590,12 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         ))
         .add_service(InterceptedService::new(
             ReplicationServer::new(replication_service)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            HistoryServer::new(history)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
             auth.clone(),

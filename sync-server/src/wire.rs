@@ -9,7 +9,8 @@ use syncstore::{Entry, Lock, RelPath, pb};
 
 use crate::error::{Error, Result};
 use crate::storage::{
-    Actor, Change, HistoryChange, Label, LockEnd, VersionKind, VersionNote, What, retention::Retention,
+    Actor, Change, HistoryChange, Label, LockEnd, Version, VersionKind, VersionNote, What,
+    retention::Retention,
 };
 
 /// The kind of event a change is on the wire.
@@ -169,6 +170,29 @@ fn lock_end_from_pb(v: i32) -> Result<LockEnd> {
         Ok(pb::LockEnd::Broken) => Ok(LockEnd::Broken),
         _ => Err(Error::invalid(format!("an unlock change with end reason {v}"))),
     }
+}
+
+/// A kept version as the History service sends it.
+pub(crate) fn file_version(v: Version) -> pb::FileVersion {
+    let Version { entry, note, pinned } = v;
+    pb::FileVersion {
+        entry: Some(entry.into()),
+        committed_ms: note.committed_ms,
+        principal: note.principal,
+        kind: version_kind_to_pb(note.kind).into(),
+        moved_from: note.moved_from.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        moved_to: note.moved_to.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        restored_from: note.restored_from.unwrap_or(0),
+        pinned,
+    }
+}
+
+/// The version a file change made (a new version is never pinned); `None`
+/// for a lock change.
+pub(crate) fn change_version(change: &Change) -> Option<pb::FileVersion> {
+    let entry = change.entry()?.clone();
+    let note = change.note()?.clone();
+    Some(file_version(Version { entry, note, pinned: false }))
 }
 
 /// A label as the History service sends it.

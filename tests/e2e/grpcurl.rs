@@ -280,3 +280,89 @@ async fn grpcurl_with_a_token_over_tls() {
         call(&["-plaintext", "-H", &bearer, "-d", "{}", "syncstore.v1.FileSync/ServerInfo"]).await.unwrap();
     assert!(!ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_history_commands_work() {
+    if !have_grpcurl() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let addr = server.addr.to_string();
+    let run = |args: Vec<String>| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            grpcurl(&addr, &args)
+        })
+    };
+    let ok = |args: &[&str]| {
+        let fut = run(args.iter().map(|s| (*s).to_owned()).collect());
+        let shown = args.join(" ");
+        async move {
+            let (success, out) = fut.await.unwrap();
+            assert!(success, "grpcurl {shown} failed:\n{out}");
+            out
+        }
+    };
+    // Version 1 is "hello\n", version 2 something else.
+    let mut rpc = server.rpc().await;
+    let one = upload(&mut rpc, "notes/hello.txt", HELLO, 0).await.unwrap();
+    upload(&mut rpc, "notes/hello.txt", b"changed\n", one.version).await.unwrap();
+
+    let out = ok(&["list"]).await;
+    assert!(out.contains("syncstore.v1.History"), "reflection lists the service: {out}");
+    let out = ok(&["-d", r#"{"service":"syncstore.v1.History"}"#, "grpc.health.v1.Health/Check"]).await;
+    assert!(out.contains("SERVING"), "{out}");
+
+    let list = r#"{"path":"notes/hello.txt"}"#;
+    let read = r#"{"path":"notes/hello.txt","point":{"version":"1"}}"#;
+    let restore = r#"{"path":"notes/hello.txt","point":{"version":"1"},"client_id":"ops"}"#;
+    let delete = r#"{"path":"notes/hello.txt","base_version":"3","client_id":"ops"}"#;
+    let trash = r#"{"under":"notes","glob":"*.txt"}"#;
+    let undelete = r#"{"under":"notes","client_id":"ops"}"#;
+    let rewind = r#"{"under":"notes","to":{"version":"1"},"client_id":"ops","dry_run":true}"#;
+    let label = r#"{"name":"before-cleanup","note":"tidy"}"#;
+    let readme = include_str!("../../README.md");
+    for request in [list, read, restore, trash, undelete, rewind, label] {
+        assert!(readme.contains(&format!("-d '{request}'")), "the README lacks the request {request}");
+    }
+
+    let out = ok(&["-d", list, "syncstore.v1.History/ListVersions"]).await;
+    assert_eq!(out.matches("VERSION_KIND_WRITE").count(), 2, "{out}");
+    assert!(out.contains(r#""principal": "anonymous""#) && out.contains("committedMs"), "{out}");
+    let out = ok(&["-d", read, "syncstore.v1.History/ReadVersion"]).await;
+    assert!(out.contains(&base64(HELLO)), "version 1's content in base64: {out}");
+    let out = ok(&["-d", restore, "syncstore.v1.History/Restore"]).await;
+    assert!(
+        out.contains("VERSION_KIND_RESTORE")
+            && out.contains(r#""restoredFrom": "1""#)
+            && out.contains(r#""version": "3""#),
+        "{out}"
+    );
+    assert_eq!(download(&mut rpc, "notes/hello.txt").await.unwrap(), HELLO);
+
+    ok(&["-d", delete, "syncstore.v1.FileSync/Delete"]).await;
+    let out = ok(&["-d", trash, "syncstore.v1.History/ListTrash"]).await;
+    assert!(out.contains("VERSION_KIND_DELETE") && out.contains(r#""version": "4""#), "{out}");
+    let out = ok(&["-d", undelete, "syncstore.v1.History/Undelete"]).await;
+    assert!(out.contains(r#""restored": "1""#), "{out}");
+    assert_eq!(download(&mut rpc, "notes/hello.txt").await.unwrap(), HELLO);
+    let out = ok(&["-d", rewind, "syncstore.v1.History/Rewind"]).await;
+    // Zero fields are not shown: the summary of a rewind that changes nothing is empty.
+    assert!(out.contains(r#""summary": {}"#) && !out.contains("action"), "same content as version 1: {out}");
+    let out = ok(&["-d", label, "syncstore.v1.History/SetLabel"]).await;
+    assert!(out.contains(r#""name": "before-cleanup""#), "{out}");
+
+    // A refusal names its reason.
+    let (success, out) = run([
+        "-d",
+        r#"{"path":"notes/hello.txt","point":{"version":"99"}}"#,
+        "syncstore.v1.History/ReadVersion",
+    ]
+    .map(str::to_owned)
+    .to_vec())
+    .await
+    .unwrap();
+    assert!(!success && out.contains("NotFound"), "{out}");
+    server.stop().await;
+}

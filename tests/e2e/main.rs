@@ -16,6 +16,7 @@ mod edges;
 mod folder;
 mod grpcurl;
 mod harness;
+mod history;
 mod history_client;
 mod integrity;
 mod lanes;

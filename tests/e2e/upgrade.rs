@@ -6,7 +6,9 @@
 //! schema version 6 (`tests/fixtures/v6`, made by
 //! `tests/fixtures/make-v6.sh`), whose large file is one whole blob as every
 //! release before chunks stored it, is served and edited as it was, and the
-//! file's next version is stored as chunks.
+//! file's next version is stored as chunks. A data folder of schema
+//! version 7 (`tests/fixtures/v7`) gets the version history it still
+//! holds.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -363,4 +365,54 @@ async fn content_stored_whole_by_version_6_is_served_edited_and_then_stored_as_c
     alice.stop().await;
     bob.stop().await;
     server.stop().await;
+}
+
+fn fixture_v7() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v7/primary")
+}
+
+/// A data folder of schema version 7 (`tests/fixtures/v7`, made by
+/// `tests/fixtures/make-v7.sh`) keeps serving its files, and its files get
+/// a history: each starts with the versions the folder still holds (the
+/// writes whose content is still stored, the deletions), then goes on
+/// with every new write.
+#[tokio::test]
+async fn a_version_7_folder_upgrades_with_the_history_it_still_holds() {
+    use sync_server::storage::{Store, StoreOptions, VersionKind};
+    init_test_log();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&fixture_v7(), &data);
+    let server =
+        TestServer::start_on(sync_server::Config::new(data.clone()), "127.0.0.1:0".parse().unwrap()).await;
+    let files = server.files().await;
+    assert_eq!(files.keys().collect::<Vec<_>>(), ["keep.txt", "notes.txt"]);
+    assert_eq!(files["notes.txt"], b"third draft, longer\n");
+    let mut rpc = server.rpc().await;
+    let current = rpc.stat(pb::StatRequest { path: "notes.txt".into() }).await.unwrap().into_inner();
+    let v5 = current.entry.unwrap().version;
+    let v7 = upload(&mut rpc, "notes.txt", b"fourth, after the upgrade\n", v5).await.unwrap().version;
+    server.stop().await;
+
+    let store = Store::open(&data, StoreOptions::default()).await.unwrap();
+    let path = |p: &str| syncstore::RelPath::new(p).unwrap();
+    let notes = store.versions("default", &path("notes.txt"), 0).await.unwrap();
+    let seen: Vec<(u64, VersionKind, &str)> =
+        notes.iter().map(|v| (v.seq(), v.note.kind, v.note.principal.as_str())).collect();
+    // Seq 4 ("second draft") was removed by version 7 when seq 5 replaced
+    // it: it is not a version. Seq 1 ("kept") is still stored: keep.txt
+    // holds it.
+    assert_eq!(
+        seen,
+        [(v7, VersionKind::Write, "anonymous"), (v5, VersionKind::Write, ""), (1, VersionKind::Write, "")]
+    );
+    for v in &notes {
+        let hash = v.entry.content.unwrap().hash;
+        assert!(store.has_blob(&hash).await.unwrap(), "version {} keeps its content", v.seq());
+    }
+    assert_eq!(notes[2].entry.content.unwrap().hash, syncstore::ContentHash::of(b"kept\n"));
+    let gone = store.versions("default", &path("gone.txt"), 0).await.unwrap();
+    assert_eq!(gone.iter().map(|v| (v.seq(), v.note.kind)).collect::<Vec<_>>(), [(6, VersionKind::Delete)]);
+    let keep = store.versions("default", &path("keep.txt"), 0).await.unwrap();
+    assert_eq!(keep.iter().map(|v| v.seq()).collect::<Vec<_>>(), [2]);
 }

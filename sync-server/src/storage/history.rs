@@ -160,8 +160,22 @@ impl Store {
 
     /// Commits a history write (restore, undelete, rewind) in one
     /// transaction through the writer.
-    pub async fn commit_history(&self, _ns: &str, _batch: HistoryBatch) -> Result<HistoryOutcome> {
-        Err(Error::FailedPrecondition("history writes are not served yet".into()))
+    ///
+    /// Each write with `to` brings back that version's content (a
+    /// `Restore` version recording `restored_from`), each without deletes
+    /// the path. Content is held during the commit; the checks are a
+    /// put's (base version when given, lock, path clash) and a deletion
+    /// needs a live file. A refused write fails the batch (nothing
+    /// written) unless `skip_refused`, which skips and counts it. With
+    /// `label`, the automatic label of the state just before (the head) is
+    /// written first, in the same transaction, if anything is written.
+    /// The changes are broadcast like any; waiting for a sync replica is
+    /// the caller's, as for a put.
+    pub async fn commit_history(&self, ns: &str, batch: HistoryBatch) -> Result<HistoryOutcome> {
+        if let Some(name) = &batch.label {
+            check_label_name(name)?;
+        }
+        self.commit_history_batch(ns, batch).await
     }
 
     /// Names the state after change `seq` of `ns`: a logged change, so the

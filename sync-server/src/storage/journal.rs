@@ -59,8 +59,8 @@ use tokio::{
 };
 
 use super::{
-    Actor, Change, Delete, HistoryChange, Identity, LockEnd, LockRequest, PAGE_SIZE, Put, Replicated,
-    VersionKind, VersionNote, What,
+    Actor, Change, Delete, HistoryBatch, HistoryChange, HistoryOutcome, HistoryWrite, Identity, Label,
+    LockEnd, LockRequest, PAGE_SIZE, Put, Replicated, VersionKind, VersionNote, What,
     blobdir::BlobDir,
     chunked::{ChunkedReader, ChunkedUpload, is_chunked},
     content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict},
@@ -970,6 +970,142 @@ impl Store {
         .await
     }
 
+    /// Commits a history write (restore, undelete, rewind): every write in
+    /// one metadata transaction through the writer lock, after holding
+    /// the content each brings back (it is stored already: no upload) so
+    /// that no removal takes it meanwhile. Each write is checked like a
+    /// put or a delete (base version when given, the lock write check, the
+    /// path clash for content); one refused fails the whole batch unless
+    /// `skip_refused`, which skips and counts it. With `label`, the
+    /// automatic label of the state before (the head) is written first, in
+    /// the same transaction, when anything is written.
+    pub(super) async fn commit_history_batch(&self, ns: &str, batch: HistoryBatch) -> Result<HistoryOutcome> {
+        let HistoryBatch { who, writes, label, skip_refused } = batch;
+        // Holds first, then the check that the content is there: a removal
+        // that ran before the hold shows as missing content, none can
+        // after it.
+        let mut holds = Vec::new();
+        let mut present: HashMap<ContentHash, bool> = HashMap::new();
+        for c in writes.iter().filter_map(|w| w.to.as_ref().and_then(|v| v.entry.content)) {
+            if present.contains_key(&c.hash) {
+                continue;
+            }
+            let list = self.inner.meta.recipe(&c.hash).await?.map(|r| r.list);
+            holds.extend(self.hold_content(c.hash, list.as_deref()).await);
+            present.insert(c.hash, self.has_blob(&c.hash).await?);
+        }
+        let (this, ns) = (self.clone(), ns.to_owned());
+        let outcome = detached(async move {
+            let mut w = this.inner.writer.lock().await;
+            let head = w.head;
+            let mut tx = this.inner.meta.begin();
+            let label = match label {
+                Some(name) => {
+                    if this.inner.meta.label(&ns, &name).await?.is_some_and(|l| l.seq != head) {
+                        return Err(Error::LabelExists(format!("a label {name:?} exists")));
+                    }
+                    let committed_ms = this.inner.meta.committed_ms_at(&ns, head).await?.unwrap_or(0);
+                    let principal = super::SERVER_PRINCIPAL.to_owned();
+                    let note = "the state before a rewind".to_owned();
+                    Some(Label { name, seq: head, committed_ms, note, automatic: true, principal })
+                }
+                None => None,
+            };
+            let first = head + 1 + u64::from(label.is_some());
+            if let Some(l) = &label {
+                tx.write(Change {
+                    seq: head + 1,
+                    namespace: ns.clone(),
+                    what: What::History(HistoryChange::LabelSet(l.clone())),
+                });
+            }
+            let items = writes
+                .iter()
+                .map(|hw| {
+                    let folder = hw.to.as_ref().and_then(|v| v.entry.content).map(|c| c.folder);
+                    (ns.clone(), hw.path.clone(), Want { clash: folder, ..Want::default() })
+                })
+                .collect();
+            let decided: Arc<Mutex<Vec<Decided>>> = Arc::default();
+            let (out, now, committed_ms) = (decided.clone(), now_ms(), crate::clock::now_ms());
+            let (ns_c, who_c) = (ns.clone(), who.clone());
+            let mut seq = first - 1;
+            let decide: Decide = Box::new(move |i, facts| {
+                let hw = &writes[i];
+                let checked = check_history_write(hw, &facts, &who_c, now, &present);
+                match checked {
+                    Ok(()) => {
+                        seq += 1;
+                        let entry = Entry {
+                            path: hw.path.clone(),
+                            version: seq,
+                            content: hw.to.as_ref().and_then(|v| v.entry.content),
+                            client_id: who_c.client_id.clone(),
+                        };
+                        let note = match &hw.to {
+                            Some(v) => VersionNote {
+                                principal: who_c.principal.clone(),
+                                committed_ms,
+                                kind: VersionKind::Restore,
+                                moved_from: None,
+                                moved_to: None,
+                                restored_from: Some(v.seq()),
+                            },
+                            None => VersionNote::plain(&entry, who_c.principal.clone(), committed_ms),
+                        };
+                        let change = Change::file(&ns_c, entry, note);
+                        lock(&out).push(Ok((change.clone(), facts.current)));
+                        Some((change, None))
+                    }
+                    Err(e) => {
+                        lock(&out).push(Err(e));
+                        None
+                    }
+                }
+            });
+            tx.decide_each(items, decide);
+            // One trip runs the decisions (the commit would too): whether
+            // anything passed decides whether to commit at all.
+            tx.flush().await?;
+            let decided = std::mem::take(&mut *lock(&decided));
+            let mut applied = Vec::new();
+            let mut skipped = 0;
+            for d in decided {
+                match d {
+                    Ok(c) => applied.push(c),
+                    Err(e) if skip_refused => {
+                        tracing::info!(error = %e, "a history write was refused; skipped");
+                        skipped += 1;
+                    }
+                    // Dropped uncommitted: nothing of the batch is kept.
+                    Err(e) => return Err(e),
+                }
+            }
+            if applied.is_empty() {
+                return Ok(HistoryOutcome { changes: Vec::new(), skipped, label: None });
+            }
+            tx.commit().await?;
+            let mut all = Vec::with_capacity(applied.len() + 1);
+            if let Some(l) = &label {
+                let change = Change {
+                    seq: head + 1,
+                    namespace: ns.clone(),
+                    what: What::History(HistoryChange::LabelSet(l.clone())),
+                };
+                all.push((change, None));
+            }
+            all.extend(applied);
+            let mut changes = this.after_commit(&mut w, all).await;
+            if label.is_some() {
+                changes.remove(0);
+            }
+            Ok(HistoryOutcome { changes, skipped, label })
+        })
+        .await;
+        drop(holds);
+        outcome
+    }
+
     /// Ends every lock past its expiry (all namespaces), one unlock change
     /// each, in one transaction.
     pub(crate) async fn expire_locks(&self, now: i64) -> Result<Vec<Change>> {
@@ -1385,6 +1521,40 @@ fn check_put(job: &Job, facts: &Facts, now: i64) -> Result<()> {
         return Err(Error::no_content(&put.content.hash));
     }
     Ok(())
+}
+
+/// The checks of one history write, on its facts: the content it brings
+/// back is stored, its base version (when given), the lock write check,
+/// and for content the path clash; a deletion needs a live file.
+fn check_history_write(
+    hw: &HistoryWrite,
+    facts: &Facts,
+    who: &Actor,
+    now: i64,
+    present: &HashMap<ContentHash, bool>,
+) -> Result<()> {
+    if let Some(base) = hw.base_version {
+        rules::check_base(&hw.path, facts.current.as_ref(), base)?;
+    }
+    rules::check_write(&hw.path, facts.lock.as_ref(), who, hw.lock_token, now)?;
+    match hw.to.as_ref().and_then(|v| v.entry.content) {
+        Some(c) => {
+            if !present.get(&c.hash).copied().unwrap_or(false) {
+                return Err(Error::NotFound(format!(
+                    "the content of {} is no longer stored",
+                    hw.to.as_ref().map_or(0, |v| v.seq())
+                )));
+            }
+            check_clash(&hw.path, c.folder, facts)
+        }
+        None if hw.to.is_some() => {
+            Err(Error::NotFound(format!("{} is a deletion: it has no content", hw.path)))
+        }
+        None if facts.current.as_ref().is_none_or(Entry::is_deleted) => {
+            Err(Error::NotFound(format!("{} does not exist", hw.path)))
+        }
+        None => Ok(()),
+    }
 }
 
 /// [`rules::check_clash`] on fetched facts.

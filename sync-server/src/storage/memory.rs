@@ -599,6 +599,11 @@ impl MetaTx for MemoryTx {
         self.pending.push((change, None));
     }
 
+    async fn flush(&mut self) -> Result<()> {
+        // Decisions run when queued; writes wait for the commit.
+        Ok(())
+    }
+
     async fn commit(self: Box<Self>) -> Result<()> {
         let mut state = self.meta.state();
         for write in &self.pending {

@@ -275,6 +275,11 @@ pub(crate) trait MetaTx: Send + Debug {
     /// Buffered: sent with the next read or the commit.
     fn write(&mut self, change: Change);
 
+    /// Runs the queued writes and decisions now (in the transaction, not
+    /// committed), so that the caller knows the decisions before it
+    /// commits or drops the transaction.
+    async fn flush(&mut self) -> Result<()>;
+
     /// Makes every write durable at once.
     async fn commit(self: Box<Self>) -> Result<()>;
 }

@@ -12,8 +12,8 @@ use syncstore::{Content, ContentHash, Lock, RelPath, pb};
 use tempfile::TempDir;
 
 use super::{
-    Actor, Change, ChangeFeed, DEFAULT_NAMESPACE as NS, Delete, LockEnd, LockRequest, Put, StagedContent,
-    Store, StoreOptions, What,
+    Actor, Change, ChangeFeed, DEFAULT_NAMESPACE as NS, Delete, HistoryBatch, HistoryChange, HistoryWrite,
+    Label, LockEnd, LockRequest, Point, Put, StagedContent, Store, StoreOptions, Version, VersionKind, What,
     blobdir::BlobDir,
     content::ContentStore,
     memory::{MemoryContent, MemoryMeta},
@@ -763,6 +763,328 @@ async fn large_content_stored_whole_by_an_earlier_release_keeps_working(b: Backe
     assert_eq!(stored(&s).await, distinct([&chunks_of(&new)[..]]));
 }
 
+// Version history.
+
+/// The kinds of a path's versions, newest first.
+fn kinds(versions: &[Version]) -> Vec<VersionKind> {
+    versions.iter().map(|v| v.note.kind).collect()
+}
+
+/// The seqs of versions, in their order.
+fn seqs_of(versions: &[Version]) -> Vec<u64> {
+    versions.iter().map(Version::seq).collect()
+}
+
+/// Every write, the writer's own included, is kept as a version with who
+/// made it and when; replaced and deleted content stays stored (and reads
+/// back) until its version is pruned, and a pruned version is unknown.
+async fn every_write_keeps_a_version_and_its_content_until_a_prune(b: Backend) {
+    let (f, s) = b.store().await;
+    let v1 = send(&s, put("a", b"one", 0, "c", 0), b"one").await.unwrap().seq;
+    let v2 = send(&s, put("a", b"two", v1, "d", 0), b"two").await.unwrap().seq;
+    let v3 = s.commit_delete(NS, delete("a", v2, "c", 0)).await.unwrap().seq;
+    let v4 = send(&s, put("a", b"four", v3, "c", 0), b"four").await.unwrap().seq;
+    let s = f.open().await;
+    let all = s.versions(NS, &path("a"), 0).await.unwrap();
+    assert_eq!(seqs_of(&all), [v4, v3, v2, v1], "newest first, kept across a restart");
+    use VersionKind::{Delete as Del, Write};
+    assert_eq!(kinds(&all), [Write, Del, Write, Write]);
+    assert!(all.iter().all(|v| v.note.principal == "alice" && v.note.committed_ms > 0 && !v.pinned));
+    assert_eq!(all[2].entry.client_id, "d");
+    assert!(all.windows(2).all(|w| w[0].note.committed_ms >= w[1].note.committed_ms));
+    assert_eq!(seqs_of(&s.versions(NS, &path("a"), 2).await.unwrap()), [v4, v3], "a limit");
+    // Replaced content is kept, and reads back.
+    assert_eq!(read_back(&s, &ContentHash::of(b"one"), 3).await, b"one");
+    assert_eq!(read_back(&s, &ContentHash::of(b"two"), 3).await, b"two");
+    // The log says the same as the versions.
+    let logged = s.changes_after(NS, 0, 10).await.unwrap();
+    assert_eq!(
+        logged.iter().map(|c| c.note().unwrap().clone()).collect::<Vec<_>>(),
+        all.iter().rev().map(|v| v.note.clone()).collect::<Vec<_>>()
+    );
+
+    let removed = s.prune(NS, vec![(path("a"), v1), (path("a"), v4), (path("a"), 999)]).await.unwrap();
+    assert_eq!(seqs_of(&removed), [v1], "never the current version, nor one not kept");
+    assert!(!stored(&s).await.contains(&ContentHash::of(b"one")), "its content went with it");
+    assert!(stored(&s).await.contains(&ContentHash::of(b"two")));
+    assert!(matches!(s.version_at(NS, &path("a"), &Point::Version(v1)).await, Err(Error::UnknownVersion(_))));
+    assert_eq!(s.version_at(NS, &path("a"), &Point::Version(v2)).await.unwrap().seq(), v2);
+    assert_eq!(seqs_of(&s.versions(NS, &path("a"), 0).await.unwrap()), [v4, v3, v2]);
+    // A prune is a logged change of its own.
+    let last = s.changes_after(NS, v4, 10).await.unwrap();
+    assert!(
+        matches!(&last[..], [Change { what: What::History(HistoryChange::Prune(p)), .. }] if p == &vec![(path("a"), v1)])
+    );
+    assert!(!last[0].for_clients());
+}
+
+/// A put that says it is the file moved from another path is a move when
+/// that path's content is the same (else a plain write); the former path's
+/// deletion after it is a move away, not in the trash; the new path's
+/// history continues with the former one's below the move.
+async fn history_follows_a_move(b: Backend) {
+    let (_f, s) = b.store().await;
+    let o1 = send(&s, put("old", b"first", 0, "c", 0), b"first").await.unwrap().seq;
+    let o2 = send(&s, put("old", b"second", o1, "c", 0), b"second").await.unwrap().seq;
+    let moved = Put { moved_from: Some(path("old")), ..put("dir/new", b"second", 0, "c", 0) };
+    let m = s.commit_put(NS, moved, None).await.unwrap();
+    assert_eq!(m.note().unwrap().kind, VersionKind::Move);
+    assert_eq!(m.note().unwrap().moved_from, Some(path("old")));
+    let gone = s.commit_delete(NS, delete("old", o2, "c", 0)).await.unwrap();
+    assert_eq!(gone.note().unwrap().kind, VersionKind::MovedAway);
+    assert_eq!(gone.note().unwrap().moved_to, Some(path("dir/new")));
+    let history = s.versions(NS, &path("dir/new"), 0).await.unwrap();
+    assert_eq!(seqs_of(&history), [m.seq, o2, o1], "the move, then the former path's versions below it");
+    assert_eq!(history[1].entry.path, path("old"));
+    assert_eq!(seqs_of(&s.versions(NS, &path("dir/new"), 2).await.unwrap()), [m.seq, o2]);
+    assert!(s.trash(NS, "", 0, None, 10).await.unwrap().is_empty(), "a file moved away is not deleted");
+
+    // A wrong hint (other content) is a plain write; the hinted path's
+    // later deletion is a deletion, in the trash.
+    send(&s, put("x", b"x", 0, "c", 0), b"x").await.unwrap();
+    let lie = Put { moved_from: Some(path("x")), ..put("y", b"not x", 0, "c", 0) };
+    let y = s.commit_put(NS, lie, Some(stage(&s, b"not x").await)).await.unwrap();
+    assert_eq!((y.note().unwrap().kind, y.note().unwrap().moved_from.clone()), (VersionKind::Write, None));
+    let xv = s.stat(NS, &path("x")).await.unwrap().unwrap().version;
+    let xd = s.commit_delete(NS, delete("x", xv, "c", 0)).await.unwrap();
+    assert_eq!(xd.note().unwrap().kind, VersionKind::Delete);
+    let trash = s.trash(NS, "", 0, None, 10).await.unwrap();
+    assert_eq!(trash.len(), 1);
+    assert_eq!((trash[0].0.seq(), trash[0].1.seq()), (xd.seq, xv), "the deletion and the content before it");
+}
+
+/// A folder's state at a seq: each path's newest version at or below it,
+/// deletions included; points by time, version and label resolve to seqs,
+/// and a time before the oldest kept version is refused.
+async fn state_at_a_point_is_each_paths_newest_version_then(b: Backend) {
+    let (_f, s) = b.store().await;
+    let a1 = send(&s, put("d/a", b"a1", 0, "c", 0), b"a1").await.unwrap();
+    let b1 = send(&s, put("d/b", b"b1", 0, "c", 0), b"b1").await.unwrap().seq;
+    send(&s, put("e", b"e", 0, "c", 0), b"e").await.unwrap();
+    let mid = s.head();
+    let a2 = send(&s, put("d/a", b"a2", a1.seq, "c", 0), b"a2").await.unwrap().seq;
+    let bd = s.commit_delete(NS, delete("d/b", b1, "c", 0)).await.unwrap().seq;
+    send(&s, put("d/c", b"c", 0, "c", 0), b"c").await.unwrap();
+
+    let at_mid = s.state_at(NS, "d", mid, None, 10).await.unwrap();
+    assert_eq!(seqs_of(&at_mid), [a1.seq, b1], "d/c did not exist then, e is not below d");
+    let now = s.state_at(NS, "d/", s.head(), None, 10).await.unwrap();
+    assert_eq!(now.iter().map(|v| v.entry.path.as_str()).collect::<Vec<_>>(), ["d/a", "d/b", "d/c"]);
+    assert_eq!(now[0].seq(), a2);
+    assert!(now[1].is_deleted() && now[1].seq() == bd, "a deletion is listed as such");
+    let paged = s.state_at(NS, "", s.head(), Some("d/a"), 2).await.unwrap();
+    assert_eq!(paged.iter().map(|v| v.entry.path.as_str()).collect::<Vec<_>>(), ["d/b", "d/c"]);
+
+    // Points.
+    let t1 = a1.note().unwrap().committed_ms;
+    assert!(matches!(s.point_seq(NS, &Point::AtMs(t1 - 1)).await, Err(Error::BeforeHistory(_))));
+    assert!(s.point_seq(NS, &Point::AtMs(t1)).await.unwrap() >= a1.seq);
+    assert_eq!(s.point_seq(NS, &Point::AtMs(i64::MAX)).await.unwrap(), s.head());
+    assert_eq!(s.point_seq(NS, &Point::Version(mid)).await.unwrap(), mid);
+    assert!(matches!(s.point_seq(NS, &Point::Label("none".into())).await, Err(Error::UnknownLabel(_))));
+    s.set_label(NS, "mid", mid, "before the edits", &who("c")).await.unwrap();
+    assert_eq!(s.point_seq(NS, &Point::Label("mid".into())).await.unwrap(), mid);
+    let a_then = s.version_at(NS, &path("d/a"), &Point::Label("mid".into())).await.unwrap();
+    assert_eq!(a_then.entry.content, a1.entry().unwrap().content);
+    assert!(matches!(
+        s.version_at(NS, &path("d/c"), &Point::Version(mid)).await,
+        Err(Error::UnknownVersion(_))
+    ));
+    assert!(matches!(
+        s.version_at(NS, &path("d/c"), &Point::Label("mid".into())).await,
+        Err(Error::NotFound(_))
+    ));
+    // Another namespace's history is its own.
+    assert!(s.state_at("other", "", s.head(), None, 10).await.unwrap().is_empty());
+    assert!(matches!(
+        s.version_at("other", &path("d/a"), &Point::Version(a2)).await,
+        Err(Error::UnknownVersion(_))
+    ));
+}
+
+/// A batch of 1,000 restores is one transaction: its changes take
+/// consecutive seqs with one commit time, every one is broadcast, and one
+/// refused write (not skipped) leaves everything as it was.
+async fn a_thousand_restores_commit_as_one_transaction_and_are_all_broadcast(b: Backend) {
+    let (_f, s) = b.store().await;
+    let n = 1000;
+    let mut deleted = Vec::new();
+    for i in 0..n {
+        let data = format!("content {i}");
+        let p = format!("d/f{i:04}");
+        let v = send(&s, put(&p, data.as_bytes(), 0, "c", 0), data.as_bytes()).await.unwrap().seq;
+        s.commit_delete(NS, delete(&p, v, "c", 0)).await.unwrap();
+        deleted.push((path(&p), v));
+    }
+    let restore = |(p, v): &(RelPath, u64)| {
+        let s = s.clone();
+        let (p, v) = (p.clone(), *v);
+        async move {
+            let to = s.version_at(NS, &p, &Point::Version(v)).await.unwrap();
+            HistoryWrite { path: p, to: Some(to), base_version: None, lock_token: 0 }
+        }
+    };
+    let mut writes = Vec::new();
+    for d in &deleted {
+        writes.push(restore(d).await);
+    }
+    // One write that cannot pass (a deletion of a path that never was):
+    // without skipping, nothing of the batch is written.
+    let head = s.head();
+    let mut bad = writes.clone();
+    bad.push(HistoryWrite { path: path("never"), to: None, base_version: None, lock_token: 0 });
+    let batch = |writes, label: Option<&str>, skip_refused| HistoryBatch {
+        who: who("r"),
+        writes,
+        label: label.map(str::to_owned),
+        skip_refused,
+    };
+    let refused = s.commit_history(NS, batch(bad, Some("before-rewind"), false)).await;
+    assert!(matches!(refused, Err(Error::NotFound(_))), "{refused:?}");
+    assert_eq!(s.head(), head, "nothing was written");
+    assert!(s.labels(NS).await.unwrap().is_empty(), "not even the label");
+
+    let mut live = s.subscribe();
+    let out = s.commit_history(NS, batch(writes, Some("before-rewind"), false)).await.unwrap();
+    assert_eq!((out.changes.len(), out.skipped), (n, 0));
+    let label = out.label.expect("the label is written first");
+    assert_eq!((label.seq, label.automatic), (head, true));
+    assert_eq!(s.head(), head + 1 + n as u64);
+    let first = out.changes[0].seq;
+    assert_eq!(first, head + 2, "the label's change comes first");
+    let when = out.changes[0].note().unwrap().committed_ms;
+    for (i, c) in out.changes.iter().enumerate() {
+        assert_eq!(c.seq, first + i as u64, "consecutive seqs");
+        let note = c.note().unwrap();
+        assert_eq!(
+            (note.kind, note.restored_from, note.committed_ms),
+            (VersionKind::Restore, Some(deleted[i].1), when)
+        );
+    }
+    // Every change is broadcast, the label's first.
+    let label_change = live.recv().await.unwrap();
+    assert!(!label_change.for_clients());
+    for (i, (p, _)) in deleted.iter().enumerate() {
+        let c = live.recv().await.unwrap();
+        assert_eq!((c.seq, c.path()), (first + i as u64, Some(p)));
+    }
+    // Each file is back with its content, and its history tells how.
+    let p = &deleted[7].0;
+    let back = s.stat(NS, p).await.unwrap().unwrap();
+    assert_eq!(back.content.unwrap().hash, ContentHash::of(b"content 7"));
+    assert_eq!(
+        kinds(&s.versions(NS, p, 0).await.unwrap()),
+        [VersionKind::Restore, VersionKind::Delete, VersionKind::Write]
+    );
+    assert!(s.trash(NS, "d", 0, None, 10).await.unwrap().is_empty());
+}
+
+/// In a batch that skips refusals, a locked path and a stale base version
+/// are skipped and counted; the rest is written. A batch of which nothing
+/// passes writes nothing, not even its label.
+async fn a_refused_write_in_a_skipping_batch_is_skipped_and_counted(b: Backend) {
+    let (_f, s) = b.store().await;
+    let a1 = send(&s, put("a", b"a1", 0, "c", 0), b"a1").await.unwrap().seq;
+    let a2 = send(&s, put("a", b"a2", a1, "c", 0), b"a2").await.unwrap().seq;
+    let b1 = send(&s, put("b", b"b1", 0, "c", 0), b"b1").await.unwrap().seq;
+    send(&s, put("b", b"b2", b1, "c", 0), b"b2").await.unwrap();
+    let c1 = send(&s, put("c", b"c1", 0, "c", 0), b"c1").await.unwrap().seq;
+    send(&s, put("c", b"c2", c1, "c", 0), b"c2").await.unwrap();
+    s.lock(NS, LockRequest { who: Actor::new("bob", "B"), ..request("b", "B", 60) }).await.unwrap();
+    let old = |p: &str, v: u64| {
+        let s = s.clone();
+        let p = path(p);
+        async move { s.version_at(NS, &p, &Point::Version(v)).await.unwrap() }
+    };
+    let writes = vec![
+        HistoryWrite { path: path("a"), to: Some(old("a", a1).await), base_version: Some(a2), lock_token: 0 },
+        HistoryWrite { path: path("b"), to: Some(old("b", b1).await), base_version: None, lock_token: 0 },
+        HistoryWrite { path: path("c"), to: Some(old("c", c1).await), base_version: Some(c1), lock_token: 0 },
+    ];
+    let out = s
+        .commit_history(
+            NS,
+            HistoryBatch { who: who("r"), writes: writes.clone(), label: None, skip_refused: true },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.skipped, 2, "b is locked by bob, c's base is stale");
+    assert_eq!(out.changes.iter().map(|c| c.path().unwrap().as_str()).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(s.stat(NS, &path("a")).await.unwrap().unwrap().content.unwrap().hash, ContentHash::of(b"a1"));
+    assert_eq!(s.stat(NS, &path("b")).await.unwrap().unwrap().content.unwrap().hash, ContentHash::of(b"b2"));
+    let head = s.head();
+    let none = s
+        .commit_history(
+            NS,
+            HistoryBatch {
+                who: who("r"),
+                writes: writes[1..].to_vec(),
+                label: Some("l".into()),
+                skip_refused: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((none.changes.len(), none.skipped, none.label), (0, 2, None));
+    assert_eq!(s.head(), head);
+    // Not skipping, the lock refuses the batch.
+    let locked = s
+        .commit_history(
+            NS,
+            HistoryBatch { who: who("r"), writes: writes[1..2].to_vec(), label: None, skip_refused: false },
+        )
+        .await;
+    assert!(matches!(locked, Err(Error::Locked(_))), "{locked:?}");
+}
+
+/// Labels and pins are logged changes: they round-trip, survive a restart,
+/// and reach a replica through the replicated batch; a label's name is
+/// taken once.
+async fn labels_and_pins_round_trip_and_replicate(b: Backend) {
+    let (f, s) = b.store().await;
+    let v1 = send(&s, put("a", b"a1", 0, "c", 0), b"a1").await.unwrap();
+    let v2 = send(&s, put("a", b"a2", v1.seq, "c", 0), b"a2").await.unwrap().seq;
+    let l = s.set_label(NS, "first", v1.seq, "n", &who("c")).await.unwrap();
+    assert_eq!(
+        (l.seq, l.committed_ms, l.principal.as_str(), l.automatic),
+        (v1.seq, v1.note().unwrap().committed_ms, "alice", false)
+    );
+    assert!(matches!(s.set_label(NS, "first", v2, "", &who("c")).await, Err(Error::LabelExists(_))));
+    assert!(matches!(s.set_label(NS, "", v2, "", &who("c")).await, Err(Error::InvalidField(_))));
+    s.set_label(NS, "second", v2, "", &who("c")).await.unwrap();
+    let pinned = s.pin(NS, &path("a"), v1.seq, true).await.unwrap();
+    assert!(pinned.pinned);
+    assert!(matches!(s.pin(NS, &path("a"), 999, true).await, Err(Error::UnknownVersion(_))));
+    let s = f.open().await;
+    let names = |ls: Vec<Label>| ls.into_iter().map(|l| l.name).collect::<Vec<_>>();
+    assert_eq!(names(s.labels(NS).await.unwrap()), ["first", "second"]);
+    assert!(s.versions(NS, &path("a"), 0).await.unwrap()[1].pinned);
+    s.delete_label(NS, "first").await.unwrap();
+    assert!(matches!(s.delete_label(NS, "first").await, Err(Error::UnknownLabel(_))));
+    assert_eq!(names(s.labels(NS).await.unwrap()), ["second"]);
+    s.pin(NS, &path("a"), v1.seq, false).await.unwrap();
+
+    // The whole log, replayed on a replica, gives it the same history.
+    let (_rf, r) = b.store().await;
+    let log = s.changes_after(NS, 0, 100).await.unwrap();
+    let batch = log.into_iter().map(|change| {
+        let content_gone = change.entry().is_none_or(|e| e.content.is_none());
+        super::Replicated { change, staged: None, content_gone }
+    });
+    let mut staged_batch = Vec::new();
+    for mut r_change in batch {
+        if let Some(c) = r_change.change.entry().and_then(|e| e.content) {
+            let data = read_back(&s, &c.hash, c.size).await;
+            r_change.staged = Some(stage(&r, &data).await);
+        }
+        staged_batch.push(r_change);
+    }
+    r.apply_replicated_batch(staged_batch).await.unwrap();
+    assert_eq!(r.head(), s.head());
+    assert_eq!(r.labels(NS).await.unwrap(), s.labels(NS).await.unwrap());
+    assert_eq!(r.versions(NS, &path("a"), 0).await.unwrap(), s.versions(NS, &path("a"), 0).await.unwrap());
+}
+
 /// Instantiates every suite test for each backend.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -805,6 +1127,12 @@ suite!(
     a_chunk_an_upload_holds_survives_a_concurrent_removal,
     chunked_content_survives_restarts_replication_and_snapshots,
     large_content_stored_whole_by_an_earlier_release_keeps_working,
+    every_write_keeps_a_version_and_its_content_until_a_prune,
+    history_follows_a_move,
+    state_at_a_point_is_each_paths_newest_version_then,
+    a_thousand_restores_commit_as_one_transaction_and_are_all_broadcast,
+    a_refused_write_in_a_skipping_batch_is_skipped_and_counted,
+    labels_and_pins_round_trip_and_replicate,
 );
 
 /// The embedded backend's own: a small blob is synced (one `syncfs`) before

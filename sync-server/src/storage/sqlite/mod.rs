@@ -623,6 +623,10 @@ impl MetaTx for SqliteTx {
         self.pending.push(Pending::Write(Box::new(change)));
     }
 
+    async fn flush(&mut self) -> Result<()> {
+        self.trip(|_| Ok(())).await
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<()> {
         if !self.open && self.pending.is_empty() {
             return Ok(());

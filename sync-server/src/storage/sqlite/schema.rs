@@ -256,7 +256,10 @@ pub(crate) fn init(conn: &Connection) -> Result<()> {
 /// Brings a version 7 data folder to version 8: its history starts with
 /// the file changes still in the log and, for a path whose current entry
 /// the log no longer holds, that entry; each a plain write or deletion
-/// with no principal, committed when the log says (or now). One
+/// with no principal, committed when the log says (or now). Version 7
+/// removed replaced content at once, so a logged write whose content no
+/// live entry refers to any more has nothing left to keep: it is not a
+/// version (a version always has its content, unless lost). One
 /// transaction, and it may run again (a crash before its commit).
 fn versions_from_log(conn: &Connection) -> Result<()> {
     let version: Option<String> =
@@ -270,7 +273,9 @@ fn versions_from_log(conn: &Connection) -> Result<()> {
                                          symlink, folder, client_id, principal, committed_ms, kind)
          SELECT namespace, path, seq, deleted, size, hash, mtime_ns, executable, symlink, folder, client_id,
                 '', committed_ms, CASE WHEN deleted THEN 2 ELSE 1 END
-         FROM changes WHERE kind = 0",
+         FROM changes
+         WHERE kind = 0
+           AND (deleted OR EXISTS (SELECT 1 FROM files WHERE files.hash = changes.hash AND files.deleted = 0))",
         [],
     )?;
     let from_files = tx.execute(
@@ -669,6 +674,81 @@ mod tests {
         let mut all = log;
         all.push(next);
         assert_eq!(store.changes_after_all(0, 100).await, all);
+    }
+
+    /// Makes the data folder in `dir` look as version 7 left it: no
+    /// versions, and the version 7 schema number.
+    fn back_to_version_7(dir: &std::path::Path) {
+        let conn = connect(&dir.join("meta.db")).unwrap();
+        conn.execute_batch(
+            "DELETE FROM versions; UPDATE changes SET version_kind = 0, principal = '';
+             UPDATE meta SET value = '7' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_version_7_data_folder_gets_the_history_its_log_and_manifest_hold() {
+        use crate::storage::{Delete, Put, VersionKind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
+        let who = Actor::new("alice", "A");
+        let content = |data: &[u8]| syncstore::Content {
+            hash: ContentHash::of(data),
+            size: data.len() as u64,
+            mtime_ns: 1,
+            executable: false,
+            symlink: false,
+            folder: false,
+        };
+        let mut seq = 0;
+        for (p, data) in [("a", &b"one"[..]), ("a", b"two"), ("b", b"bee")] {
+            let mut up = store.upload(data.len() as u64).await.unwrap();
+            up.write(data.to_vec()).await.unwrap();
+            let staged = up.complete(ContentHash::of(data), data.len() as u64).await.unwrap();
+            let base = if p == "a" { seq } else { 0 };
+            let put = Put {
+                path: RelPath::new(p).unwrap(),
+                content: content(data),
+                base_version: base,
+                who: who.clone(),
+                lock_token: 0,
+                moved_from: None,
+            };
+            seq = store.commit_put("default", put, Some(staged)).await.unwrap().seq;
+        }
+        let b = RelPath::new("b").unwrap();
+        let del = Delete { path: b.clone(), base_version: 3, who: who.clone(), lock_token: 0 };
+        store.commit_delete("default", del).await.unwrap();
+        drop(store);
+        back_to_version_7(dir.path());
+        // "two" (seq 2) is in the manifest only: the log lost it.
+        let conn = connect(&dir.path().join("meta.db")).unwrap();
+        conn.execute("DELETE FROM changes WHERE seq = 2", []).unwrap();
+        drop(conn);
+
+        for round in 0..2 {
+            let store = Store::open(dir.path(), StoreOptions::default()).await.unwrap();
+            let a = store.versions("default", &RelPath::new("a").unwrap(), 0).await.unwrap();
+            // Seq 1's content ("one") no live entry refers to: gone in
+            // version 7, not a version.
+            assert_eq!(a.iter().map(|v| v.seq()).collect::<Vec<_>>(), [2], "round {round}");
+            assert_eq!((a[0].note.kind, a[0].note.principal.as_str()), (VersionKind::Write, ""));
+            assert!(a[0].note.committed_ms > 0, "the manifest's entry: the upgrade's time");
+            let b = store.versions("default", &b, 0).await.unwrap();
+            assert_eq!(
+                b.iter().map(|v| (v.seq(), v.note.kind)).collect::<Vec<_>>(),
+                [(4, VersionKind::Delete)]
+            );
+            let logged = store.changes_after("default", 0, 10).await.unwrap();
+            assert!(logged.iter().all(|c| c.note().is_some_and(|n| n.kind != VersionKind::Restore)));
+            drop(store);
+            let conn = connect(&dir.path().join("meta.db")).unwrap();
+            assert_eq!(meta_version(&conn), "8");
+            // Again from version 7 (a crash before the upgrade's commit, or
+            // a second run): the same history.
+            conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'", []).unwrap();
+        }
     }
 
     #[tokio::test]
