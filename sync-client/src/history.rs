@@ -6,10 +6,11 @@
 //! one JSON object a line.
 //!
 //! A restore, undelete or rewind is a change on the server, made under a
-//! client id of its own (the folder's id with [`CLIENT_ID_SUFFIX`]): were
-//! it the folder's own id, the folder's `watch` would take the restored
-//! content it once sent for its own lost upload and send its local file
-//! again over the restore.
+//! client id of its own (the folder's id with [`CLIENT_ID_SUFFIX`]), so
+//! that history tells it from the folder's own writes, and so that the
+//! folder's `watch` never takes it for one of its own uploads whose answer
+//! it lost (`Planner::own_version`: the restored content may be content
+//! this folder sent and has not seen recorded).
 
 use std::{
     io::{IsTerminal, Write},
