@@ -210,7 +210,13 @@ pub async fn run(verb: Verb, target: &Target, out: &mut (dyn Write + Send)) -> R
         }
         Verb::Cat { spec } => {
             let (path, point) = cx.spec(&spec, now)?;
-            let (version, mut pieces) = cx.history.read(path.as_str(), &point).await?;
+            let (version, mut pieces) = match cx.history.read(path.as_str(), &point).await {
+                Err(e) if is_unknown_version(&e) => match cx.former_name(&path, &point).await? {
+                    Some(former) => cx.history.read(&former, &point).await?,
+                    None => return Err(e),
+                },
+                read => read?,
+            };
             let mut check = ContentCheck::new(&version)?;
             while let Some(piece) = pieces.next().await {
                 let piece = piece?;
@@ -222,7 +228,13 @@ pub async fn run(verb: Verb, target: &Target, out: &mut (dyn Write + Send)) -> R
         }
         Verb::Get { spec, output } => {
             let (path, point) = cx.spec(&spec, now)?;
-            let version = get(&cx.history, path.as_str(), &point, &output).await?;
+            let version = match get(&cx.history, path.as_str(), &point, &output).await {
+                Err(e) if is_unknown_version(&e) => match cx.former_name(&path, &point).await? {
+                    Some(former) => get(&cx.history, &former, &point, &output).await?,
+                    None => return Err(e),
+                },
+                got => got?,
+            };
             writeln!(out, "wrote {} ({})", output.display(), show_version(&version))?;
         }
         Verb::Restore { path, version, at, to } => {
@@ -234,7 +246,17 @@ pub async fn run(verb: Verb, target: &Target, out: &mut (dyn Write + Send)) -> R
             };
             let to = to.map(|t| cx.file(&t)).transpose()?;
             let to_path = to.as_ref().map_or("", RelPath::as_str);
-            let v = cx.history.restore(path.as_str(), &point, to_path, &cx.client_id, 0).await?;
+            let v = match cx.history.restore(path.as_str(), &point, to_path, &cx.client_id, 0).await {
+                // A version of a former name comes back under the name now.
+                Err(e) if is_unknown_version(&e) => match cx.former_name(&path, &point).await? {
+                    Some(former) => {
+                        let to_path = if to_path.is_empty() { path.as_str() } else { to_path };
+                        cx.history.restore(&former, &point, to_path, &cx.client_id, 0).await?
+                    }
+                    None => return Err(e),
+                },
+                restored => restored?,
+            };
             writeln!(out, "restored {}", show_version(&v))?;
         }
         Verb::Trash { dir, since, glob, json } => {
@@ -363,7 +385,13 @@ pub async fn run(verb: Verb, target: &Target, out: &mut (dyn Write + Send)) -> R
             let Point::Version(version) = point else {
                 return Err(Error::Config(format!("{spec}: pin takes PATH@VERSION (a version number)")));
             };
-            let v = cx.history.pin(path.as_str(), version, unpin).await?;
+            let v = match cx.history.pin(path.as_str(), version, unpin).await {
+                Err(e) if is_unknown_version(&e) => match cx.former_name(&path, &point).await? {
+                    Some(former) => cx.history.pin(&former, version, unpin).await?,
+                    None => return Err(e),
+                },
+                pinned => pinned?,
+            };
             writeln!(out, "{} {}", if v.pinned { "pinned" } else { "unpinned" }, show_version(&v))?;
         }
     }
@@ -439,6 +467,17 @@ impl Context {
         Ok(self.file(arg)?.to_string())
     }
 
+    /// The former name of the file now at `path` under which it had
+    /// version `point` (history follows moves, and lists those versions
+    /// with the file's; the server reads a version of one path), if
+    /// `point` is a version number of one.
+    async fn former_name(&self, path: &RelPath, point: &Point) -> Result<Option<String>> {
+        let Point::Version(number) = point else { return Ok(None) };
+        let versions = self.history.versions(path.as_str(), 0).await?;
+        let had = versions.into_iter().find(|v| v.entry.version == *number);
+        Ok(had.map(|v| v.entry.path.to_string()).filter(|p| p != path.as_str()))
+    }
+
     /// A `PATH@POINT` argument.
     fn spec(&self, spec: &str, now: i64) -> Result<(RelPath, Point)> {
         let (path, point) = split_spec(spec)?;
@@ -498,6 +537,11 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64> {
     Err(Error::Config(format!(
         "{s}: not a time (2026-12-01T10:00:00Z, \"2026-12-01 10:00\" local, or 15m, 2h, 3d ago)"
     )))
+}
+
+/// Whether the server said the path has no such version.
+fn is_unknown_version(e: &Error) -> bool {
+    matches!(e, Error::Server(s) if s.reason == syncstore::Reason::UnknownVersion.as_str())
 }
 
 fn now_ms() -> i64 {

@@ -221,8 +221,19 @@ async fn history_follows_a_move() {
     // The old name's deletion ended the move: it is no file in the trash.
     let trash = json(&a, &["trash", "--json"]).await;
     assert!(trash.is_empty(), "{trash:?}");
-    let old = ok(&a, &["cat", &format!("draft.txt@{}", number(&versions[2], "version"))]).await;
+    let first = number(&versions[2], "version");
+    let old = ok(&a, &["cat", &format!("draft.txt@{first}")]).await;
     assert_eq!(old, "first draft");
+    // A version `history final.txt` lists reads back by that name too, and
+    // comes back under it.
+    assert_eq!(ok(&a, &["cat", &format!("final.txt@{first}")]).await, "first draft");
+    ok(&a, &["restore", "final.txt", "--version", &first.to_string()]).await;
+    for (name, c) in [("a", &a), ("b", &b)] {
+        eventually(&format!("{name} has the first draft as final.txt"), || {
+            c.read("final.txt").as_deref() == Some(&b"first draft"[..]) && c.read("draft.txt").is_none()
+        })
+        .await;
+    }
 }
 
 #[tokio::test]
