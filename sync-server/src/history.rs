@@ -26,7 +26,7 @@ use crate::{
     auth::{Need, Principal, caller},
     context::ServiceContext,
     error::{Error, Result},
-    storage::{Actor, Glob, HistoryBatch, HistoryWrite, PAGE_SIZE, Point, Store, Version},
+    storage::{Actor, Glob, HistoryBatch, HistoryOutcome, HistoryWrite, PAGE_SIZE, Point, Store, Version},
     transfer, wire,
 };
 
@@ -82,10 +82,26 @@ impl HistoryService {
     }
 
     /// Commits `batch` through the store's writer (one transaction),
-    /// after the write gate.
-    async fn commit(&self, ns: &str, batch: HistoryBatch) -> Result<crate::storage::HistoryOutcome> {
+    /// after the write gate; in sync mode, answers once the replica holds
+    /// it, as an upload does.
+    async fn commit(&self, ns: &str, batch: HistoryBatch) -> Result<HistoryOutcome> {
         self.admit_write()?;
-        self.store().commit_history(ns, batch).await
+        let outcome = self.store().commit_history(ns, batch).await?;
+        if let Some(last) = outcome.changes.last() {
+            self.replicated(last.seq).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// In sync mode, waits until the replica holds `seq` durably.
+    async fn replicated(&self, seq: u64) -> Result<()> {
+        match &self.ctx.replication {
+            Some(r) => {
+                r.committed(seq);
+                r.wait_replicated(seq).await
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -493,7 +509,13 @@ impl History for HistoryService {
                 None => self.store().head(),
                 Some(at) => self.store().point_seq(&ns, &point(at)?).await?,
             };
-            self.store().set_label(&ns, &req.name, seq, &req.note, &Actor::new(who.name.clone(), "")).await
+            let label = self
+                .store()
+                .set_label(&ns, &req.name, seq, &req.note, &Actor::new(who.name.clone(), ""))
+                .await?;
+            // The label's own change is at or below the head now.
+            self.replicated(self.store().head()).await?;
+            Ok(label)
         }
         .await;
         let label = self.answer(set)?;
@@ -527,7 +549,9 @@ impl History for HistoryService {
         let pinned = async {
             let path = RelPath::new(req.path)?;
             self.admit_write()?;
-            self.store().pin(&ns, &path, req.version, !req.unpin).await
+            let version = self.store().pin(&ns, &path, req.version, !req.unpin).await?;
+            self.replicated(self.store().head()).await?;
+            Ok(version)
         }
         .await;
         let version = self.answer(pinned)?;

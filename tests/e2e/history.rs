@@ -46,8 +46,10 @@ fn at_label(name: &str) -> Option<pb::Point> {
     Some(pb::Point { at: Some(At::Label(name.into())) })
 }
 
+/// The servers' clock (they run in this process): the system's, moved by
+/// a test clock file if one is set.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    sync_server::clock::now_ms()
 }
 
 /// Every version `ListVersions` gives for `path`, newest first.
@@ -684,5 +686,141 @@ async fn namespaces_are_sealed_and_a_read_only_token_cannot_restore() {
     assert_eq!(head(&mut alice).await, two.version, "nothing changed");
     assert_eq!(download(&mut alice, "plans.txt").await.unwrap(), b"plan B");
     assert!(versions(&mut alice_h, "plans.txt").await.unwrap().iter().all(|v| !v.pinned));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_answers_once_a_sync_replica_holds_it() {
+    let replica = TestServer::start_replica().await;
+    let proxy = Proxy::start(replica.addr).await;
+    let url = proxy.url();
+    let primary = TestServer::start_with(move |c| {
+        c.replica = Some(sync_server::ReplicaConfig {
+            url,
+            mode: sync_server::Mode::Sync,
+            timeout: std::time::Duration::from_millis(300),
+            on_timeout: sync_server::OnTimeout::Fail,
+            security: Security::none(),
+        });
+    })
+    .await;
+    eventually_async("the replication stream is up", || async { primary.status().await.replica_connected })
+        .await;
+    let mut p = primary.rpc().await;
+    let mut h = history_with(&primary.url(), &Security::none());
+    let one = upload(&mut p, "doc.txt", b"one", 0).await.unwrap();
+    upload(&mut p, "doc.txt", b"two", one.version).await.unwrap();
+
+    // The link goes silent: the restore is committed here but the replica
+    // does not confirm it, and the answer says so.
+    proxy.pause();
+    let err = h.restore(restore_req("doc.txt", at_version(one.version))).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err)), (Code::Unavailable, "replica-unconfirmed"), "{err:?}");
+    let head = primary.status().await.head_seq;
+
+    // Once the link is back, the replica gets the restore.
+    proxy.resume();
+    let mut r = replica.rpc().await;
+    eventually_async("the replica holds the restore", || {
+        let mut h = history_with(&replica.url(), &Security::none());
+        async move {
+            versions(&mut h, "doc.txt").await.is_ok_and(|v| {
+                v.iter().any(|v| v.kind() == pb::VersionKind::Restore && entry(v).version == head)
+            })
+        }
+    })
+    .await;
+    let listed = versions(&mut history_with(&replica.url(), &Security::none()), "doc.txt").await.unwrap();
+    assert_eq!(listed[0].restored_from, one.version);
+    assert_eq!(download(&mut r, "doc.txt").await.unwrap(), b"one");
+    primary.stop().await;
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_file_is_left_alone_by_undelete_and_rewind_and_refuses_a_restore() {
+    let server = TestServer::start().await;
+    let mut rpc = server.rpc().await;
+    let mut h = history_with(&server.url(), &Security::none());
+    let a = upload(&mut rpc, "d/a.txt", b"a one", 0).await.unwrap();
+    let b = upload(&mut rpc, "d/b.txt", b"b one", 0).await.unwrap();
+    let point = b.version;
+    let a2 = upload(&mut rpc, "d/a.txt", b"a two", a.version).await.unwrap();
+    let b_gone = delete(&mut rpc, "d/b.txt", b.version).await;
+    // Someone else locks a.txt: it is theirs to change.
+    let lock = pb::LockRequest {
+        path: "d/a.txt".into(),
+        ttl_seconds: 600,
+        note: String::new(),
+        client_id: "editor".into(),
+        holder: String::new(),
+    };
+    rpc.lock(lock).await.unwrap();
+
+    refused(
+        h.restore(restore_req("d/a.txt", at_version(a.version))).await,
+        Code::FailedPrecondition,
+        "locked",
+    );
+    let (actions, summary) = rewind(&mut h, rewind_req("d", at_version(point), false)).await.unwrap();
+    assert_eq!(actions.len(), 2);
+    assert_eq!((summary.changed, summary.skipped), (1, 1), "b comes back, a is skipped");
+    assert_eq!(download(&mut rpc, "d/a.txt").await.unwrap(), b"a two");
+    assert_eq!(download(&mut rpc, "d/b.txt").await.unwrap(), b"b one");
+    let listed = versions(&mut h, "d/a.txt").await.unwrap();
+    assert_eq!(entry(&listed[0]).version, a2.version, "a.txt unchanged");
+
+    // The trash: b is back, so only what is deleted now counts.
+    let b_back = versions(&mut h, "d/b.txt").await.unwrap()[0].entry.clone().unwrap();
+    assert!(b_back.version > b_gone.version);
+    delete(&mut rpc, "d/b.txt", b_back.version).await;
+    let undo = pb::UndeleteRequest { under: "d".into(), client_id: "ops".into(), ..Default::default() };
+    let done = h.undelete(undo).await.unwrap().into_inner();
+    assert_eq!((done.restored, done.skipped), (1, 0));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_follows_a_move_and_the_trash_leaves_the_old_name_out() {
+    let server = TestServer::start().await;
+    let mut rpc = server.rpc().await;
+    let mut h = history_with(&server.url(), &Security::none());
+    let one = upload(&mut rpc, "old/name.txt", b"draft", 0).await.unwrap();
+    let two = upload(&mut rpc, "old/name.txt", b"final", one.version).await.unwrap();
+    // A client moves it: the same content at the new name, with the hint,
+    // then the old name deleted.
+    let mut header = upload_header("new/name.txt", b"final", 0);
+    if let Some(pb::upload_request::Msg::Header(hd)) = &mut header.msg {
+        hd.moved_from = "old/name.txt".into();
+    }
+    let chunk = pb::UploadRequest { msg: Some(pb::upload_request::Msg::Chunk(b"final".to_vec())) };
+    let moved = rpc
+        .upload(tokio_stream::iter(vec![header, chunk, upload_end()]))
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    let away = delete(&mut rpc, "old/name.txt", two.version).await;
+
+    let listed = versions(&mut h, "new/name.txt").await.unwrap();
+    let seen: Vec<_> = listed.iter().map(|v| (entry(v).path.as_str(), entry(v).version, v.kind())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("new/name.txt", moved.version, pb::VersionKind::Move),
+            ("old/name.txt", two.version, pb::VersionKind::Write),
+            ("old/name.txt", one.version, pb::VersionKind::Write),
+        ]
+    );
+    assert_eq!(listed[0].moved_from, "old/name.txt");
+    let old = versions(&mut h, "old/name.txt").await.unwrap();
+    assert_eq!((entry(&old[0]).version, old[0].kind()), (away.version, pb::VersionKind::MovedAway));
+    assert_eq!(old[0].moved_to, "new/name.txt");
+    // The file lives on: nothing is in the trash.
+    assert!(trash(&mut h, pb::ListTrashRequest::default()).await.is_empty());
+    // Its old content is still read under its old name.
+    let (_, data) = read_version(&mut h, "old/name.txt", at_version(one.version)).await.unwrap();
+    assert_eq!(data, b"draft");
     server.stop().await;
 }
