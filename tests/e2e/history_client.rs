@@ -176,7 +176,16 @@ async fn a_rewind_undoes_a_ransomware_run_in_every_folder() {
     assert!(dry.contains("changes 300 file(s)"), "{dry}");
     assert_eq!(b.files(), garbage, "a dry run changes nothing");
 
-    let said = ok(&a, &["rewind", ".", "--to", &clean, "--yes"]).await;
+    // The burst tripped the server's guard, which labelled the state just
+    // before it: rewinding to that label undoes it.
+    eventually_async("the guard labelled the state before the burst", || async {
+        guard_label(&a).await.is_some()
+    })
+    .await;
+    let guard = guard_label(&a).await.unwrap();
+    let dry = ok(&a, &["rewind", ".", "--to", &format!("label:{guard}"), "--dry-run"]).await;
+    assert!(dry.contains("changes 300 file(s)"), "{dry}");
+    let said = ok(&a, &["rewind", ".", "--to", &format!("label:{guard}"), "--yes"]).await;
     assert!(said.contains("rewound: 300 file(s) changed"), "{said}");
     eventually("a is as before", || a.files() == before).await;
     eventually("b is as before", || b.files() == before).await;
@@ -193,6 +202,13 @@ async fn a_rewind_undoes_a_ransomware_run_in_every_folder() {
     let name = text(label, "name");
     let then = cli(&a, &["cat", &format!("work/doc-007.txt@label:{name}")]).await.unwrap();
     assert_eq!(then, garbage["work/doc-007.txt"]);
+}
+
+/// The name of the label the mass-change guard set, if it did.
+async fn guard_label(client: &TestClient) -> Option<String> {
+    let labels = json(client, &["labels", "--json"]).await;
+    let trip = labels.iter().find(|l| text(l, "name").starts_with("guard-") && l["automatic"] == true);
+    trip.map(|l| text(l, "name").to_owned())
 }
 
 #[tokio::test]
