@@ -445,24 +445,29 @@ impl Context {
     /// or the synced folder itself).
     fn dir(&self, arg: &str) -> Result<String> {
         let trimmed = arg.trim_end_matches('/');
-        if trimmed.is_empty() || trimmed == "." && self.root.is_none() {
+        if trimmed.is_empty() {
             return Ok(String::new());
         }
-        if let Some(root) = &self.root {
-            let given = Path::new(arg);
-            let full = if given.is_absolute() {
-                Some(given.to_path_buf())
-            } else {
-                std::env::current_dir().ok().map(|d| d.join(given))
-            };
-            if full.and_then(|f| std::fs::canonicalize(f).ok()).is_some_and(|f| f == *root) {
+        let Some(root) = &self.root else {
+            return if trimmed == "." { Ok(String::new()) } else { Ok(self.file(arg)?.to_string()) };
+        };
+        let given = Path::new(trimmed);
+        let full = match given.is_absolute() {
+            true => Some(given.to_path_buf()),
+            false => std::env::current_dir().ok().map(|d| d.join(given)),
+        };
+        // A folder that exists here, named from where the command runs.
+        if let Some(found) = full.and_then(|f| std::fs::canonicalize(f).ok()) {
+            if found == *root {
                 return Ok(String::new());
             }
-            if trimmed == "." {
-                // The current folder is outside the synced one: "." means
-                // the synced folder itself.
-                return Ok(String::new());
+            if let Ok(p) = RelPath::from_local(root, &found) {
+                return Ok(p.to_string());
             }
+        }
+        if trimmed == "." {
+            // Run from outside the synced folder: "." is the folder itself.
+            return Ok(String::new());
         }
         Ok(self.file(arg)?.to_string())
     }

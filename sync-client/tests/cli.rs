@@ -887,4 +887,30 @@ async fn history_commands_exit_as_a_script_expects() {
     assert!(rewind.status.success(), "{rewind:?}");
     assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
     assert_eq!(std::fs::read(a.path().join("a.txt")).unwrap(), b"first");
+
+    // A folder argument names a folder from where the command runs: "."
+    // in a subfolder is that subfolder.
+    std::fs::create_dir(a.path().join("docs")).unwrap();
+    std::fs::write(a.path().join("docs/gone.txt"), "deleted in docs").unwrap();
+    std::fs::write(a.path().join("gone-too.txt"), "deleted at the top").unwrap();
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+    std::fs::remove_file(a.path().join("docs/gone.txt")).unwrap();
+    std::fs::remove_file(a.path().join("gone-too.txt")).unwrap();
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+    let trash_from = |cwd: PathBuf| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-client"));
+        cmd.args(["--server", &server.url, "--dir"]).arg(a.path()).args(["trash", "."]).current_dir(cwd);
+        cmd.stdin(Stdio::null());
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let trash = tokio::time::timeout(DEADLINE, trash_from(a.path().join("docs"))).await.unwrap().unwrap();
+    assert!(trash.status.success(), "{trash:?}");
+    let listed: Vec<String> =
+        stdout(&trash).lines().map(|l| l.split("  ").next().unwrap().to_owned()).collect();
+    assert_eq!(listed, ["docs/gone.txt"]);
+    let everywhere = tokio::time::timeout(DEADLINE, trash_from(std::env::temp_dir())).await.unwrap().unwrap();
+    let mut listed: Vec<String> =
+        stdout(&everywhere).lines().map(|l| l.split("  ").next().unwrap().to_owned()).collect();
+    listed.sort();
+    assert_eq!(listed, ["docs/gone.txt", "gone-too.txt"], "{everywhere:?}");
 }
