@@ -98,7 +98,8 @@ fn upload(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {
-                let base = UploadBase { version, lock_token: 0, reuse: false, chunks: None };
+                let base =
+                    UploadBase { version, lock_token: 0, reuse: false, chunks: None, moved_from: None };
                 let up =
                     rt.block_on(transfer::upload(&remote, &folder, &path, expected, base)).expect("upload");
                 assert!(up.sent);

@@ -905,6 +905,44 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn a_rename_uploads_the_new_name_as_moved_from_the_old() {
+            let server = MemoryRemote::new("server");
+            let mut c = Client::new(&server);
+            c.write("a.txt", b"a file that moves");
+            c.write("kept.txt", b"a file that is copied");
+            c.engine.full_sync().await.unwrap();
+
+            // Found by a full sync: the new name goes first, naming the old.
+            fs::rename(c.root.join("a.txt"), c.root.join("b.txt")).unwrap();
+            // A copy is no move: its original is still here.
+            fs::copy(c.root.join("kept.txt"), c.root.join("copy.txt")).unwrap();
+            c.engine.full_sync().await.unwrap();
+            assert_eq!(server.moves(), [("b.txt".to_owned(), "a.txt".to_owned())]);
+            assert_eq!(server.entry("a.txt").map(|e| e.is_deleted()), Some(true));
+
+            // Found by the watcher's events, the new name's first.
+            fs::rename(c.root.join("b.txt"), c.root.join("c.txt")).unwrap();
+            c.engine.local_event(RelPath::new("c.txt").unwrap()).await;
+            c.engine.local_event(RelPath::new("b.txt").unwrap()).await;
+            assert_eq!(server.moves()[1..], [("c.txt".to_owned(), "b.txt".to_owned())]);
+
+            // The old name's event first: its deletion is remembered.
+            fs::rename(c.root.join("c.txt"), c.root.join("a.txt")).unwrap();
+            c.engine.local_event(RelPath::new("c.txt").unwrap()).await;
+            assert_eq!(server.entry("c.txt").map(|e| e.is_deleted()), Some(true));
+            c.engine.local_event(RelPath::new("a.txt").unwrap()).await;
+            assert_eq!(server.moves()[2..], [("a.txt".to_owned(), "c.txt".to_owned())]);
+            let expected = set(&[
+                ("a.txt", b"a file that moves"),
+                ("kept.txt", b"a file that is copied"),
+                ("copy.txt", b"a file that is copied"),
+            ]);
+            assert_eq!(server.files(), expected);
+            assert_eq!(c.files(), expected);
+            assert!(!c.engine.has_failures());
+        }
+
+        #[tokio::test]
         async fn an_edit_here_beats_a_delete_on_the_server() {
             let server = MemoryRemote::new("server");
             let other = server.as_client("other");

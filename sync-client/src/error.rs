@@ -43,6 +43,10 @@ pub enum Error {
     Paused,
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A command that changes many files asked for a confirmation it
+    /// could not get (no terminal to ask on, and no `--yes`).
+    #[error("{0}")]
+    NotConfirmed(String),
     /// The server refuses writes until its replica is back.
     #[error("not in sync: {0}")]
     WritesRefused(String),
@@ -162,7 +166,8 @@ impl std::fmt::Display for ServerError {
                 "the server's disk is full: nothing was stored; the change is sent again once space is freed on the server",
             ),
             Refused::Damaged => write!(f, "the server's copy is damaged: {message}"),
-            _ => write!(f, "the server answered {}: {message}", self.code),
+            _ if self.reason.is_empty() => write!(f, "the server answered {}: {message}", self.code),
+            _ => write!(f, "the server answered {}: {message} ({})", self.code, self.reason),
         }
     }
 }

@@ -36,6 +36,17 @@ use crate::{
 /// client's identical file): one round trip instead of the whole file.
 const REUSE_PROBE_MIN: u64 = 256 * 1024;
 
+/// At most this many paths with a new file's content are looked at for
+/// the one it moved from (many copies of one content are not searched
+/// through at every upload), and at most this many deletions sent lately
+/// are remembered for it.
+const MOVE_CANDIDATES: usize = 16;
+
+/// How long a deletion this client sent may be taken for the old name of
+/// a file uploaded after it with the same content: the two events of a
+/// rename reach the engine within the watcher's settle time, far less.
+const MOVE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A path an action left to look at.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FollowUp {
@@ -94,12 +105,25 @@ pub struct Executor {
     /// The server's live locks.
     locks: Locks,
     metrics: ClientMetrics,
+    /// Files whose deletion this client sent lately, newest last: a file
+    /// uploaded just after with the same content moved from one of them
+    /// (a rename whose old name was seen first).
+    deleted: Arc<std::sync::Mutex<VecDeque<Deleted>>>,
+}
+
+/// A file whose deletion this client sent.
+#[derive(Debug)]
+struct Deleted {
+    path: RelPath,
+    hash: ContentHash,
+    at: std::time::Instant,
 }
 
 impl Executor {
     pub fn new(folder: Folder, state: State, remote: Arc<dyn Remote>, host: String) -> Self {
         let locks = Locks::new(remote.client_id().to_owned(), state.clone(), folder.root().clone());
-        Self { folder, state, remote, host, locks, metrics: ClientMetrics::new() }
+        let deleted = Arc::default();
+        Self { folder, state, remote, host, locks, metrics: ClientMetrics::new(), deleted }
     }
 
     /// Counts into `metrics` (shared with a metrics endpoint).
@@ -179,6 +203,7 @@ impl Executor {
             lock_token: self.locks.token(path),
             reuse: l.size >= REUSE_PROBE_MIN || self.state.knows_hash(&l.hash)?,
             chunks,
+            moved_from: self.moved_from(path, &l)?,
         };
         self.state.note_sent(path, &l.hash)?;
         let up = transfer::upload(&*self.remote, self.folder.root(), path, l, base).await?;
@@ -202,6 +227,39 @@ impl Executor {
             "uploaded"
         );
         Ok(())
+    }
+
+    /// The path `path`'s file was moved from, as far as this folder can
+    /// tell: another path whose base (its last synced state) had the same
+    /// content and that is gone from the folder. Deletions are sent after
+    /// new files, so that path's base is still here when its new name is
+    /// uploaded. Only a hint for the server's history: the server checks
+    /// the content before it records a move.
+    /// A path whose deletion this client sent within [`MOVE_WINDOW`] with
+    /// the same content counts too (the old name's event came first).
+    fn moved_from(&self, path: &RelPath, l: &crate::plan::Local) -> Result<Option<RelPath>> {
+        if l.folder || l.symlink {
+            return Ok(None);
+        }
+        let gone = |p: &RelPath| *p != *path && matches!(self.folder.root().stat(p), Ok(Kind::Missing));
+        for other in self.state.paths_with_hash(&l.hash, MOVE_CANDIDATES)? {
+            if gone(&other) {
+                return Ok(Some(other));
+            }
+        }
+        let deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = deleted.iter().rev().take_while(|d| d.at.elapsed() < MOVE_WINDOW);
+        Ok(recent.filter(|d| d.hash == l.hash).map(|d| d.path.clone()).find(gone))
+    }
+
+    /// Remembers that this client sent the deletion of `path`, which held
+    /// `hash` (the last [`MOVE_CANDIDATES`] at most).
+    fn note_deleted(&self, path: &RelPath, hash: ContentHash) {
+        let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        if deleted.len() >= MOVE_CANDIDATES {
+            deleted.pop_front();
+        }
+        deleted.push_back(Deleted { path: path.clone(), hash, at: std::time::Instant::now() });
     }
 
     /// A file whose content matches its base but whose size, mtime or stamp
@@ -326,6 +384,9 @@ impl Executor {
                     }
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
+                }
+                if let Some(base) = &p.base {
+                    self.note_deleted(path, base.hash);
                 }
                 self.state.remove_base(path)?;
             }

@@ -35,6 +35,7 @@ pub mod execute;
 pub mod folder;
 pub mod fsmeta;
 pub mod fsroot;
+pub mod history;
 pub mod local;
 pub mod locks;
 pub mod metrics;
@@ -832,7 +833,7 @@ pub fn folder_selection(dir: &std::path::Path) -> Result<Selection> {
 
 /// The folder path `arg` names: relative to the synced folder, or an
 /// absolute (or current-folder-relative, if it exists) path inside it.
-fn folder_path(root: &std::path::Path, arg: &str) -> Result<RelPath> {
+pub(crate) fn folder_path(root: &std::path::Path, arg: &str) -> Result<RelPath> {
     let given = std::path::Path::new(arg);
     let candidate = if given.is_absolute() {
         Some(given.to_path_buf())

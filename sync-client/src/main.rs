@@ -1,7 +1,7 @@
 //! `sync-client`: parses flags, sets up logging and signals, and runs one
 //! of the library's commands.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -153,6 +153,10 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The server's version history (paths relative to --dir if given,
+    /// else the server's own).
+    #[command(flatten)]
+    History(sync_client::history::Verb),
 }
 
 /// An `--only` path: relative to the folder, without `..`, not empty (a
@@ -165,6 +169,10 @@ fn parse_only(s: &str) -> Result<syncstore::RelPath, String> {
 /// Exit code of `pause`, `resume` and `status --live` when no client runs
 /// on the folder (1 is "not in sync", 2 a usage error).
 const NOT_RUNNING: u8 = 3;
+
+/// Exit code of `rewind` when it may not ask for a confirmation and was
+/// not given `--yes` (as a usage error).
+const NOT_CONFIRMED: u8 = 2;
 
 fn main() -> ExitCode {
     let args: Args = match cli::parse_args() {
@@ -211,6 +219,21 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("{}  locked by {}{note}", l.path, l.describe());
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::History(verb) = command {
+        let target =
+            sync_client::history::Target { servers: args.servers.clone(), security, dir: args.dir.clone() };
+        let mut stdout = std::io::BufWriter::new(std::io::stdout());
+        let done = sync_client::history::run(verb, &target, &mut stdout).await;
+        stdout.flush().context("cannot write to stdout")?;
+        return match done {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e @ sync_client::Error::NotConfirmed(_)) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(NOT_CONFIRMED))
+            }
+            Err(e) => Err(e.into()),
+        };
     }
     let dir = args.dir.clone().context("--dir is required for this command")?;
     if let Some((request, json)) = match command {
@@ -339,7 +362,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Override { dry_run } => {
             resolve(config, sync_client::engine::Resolve::Override, dry_run).await
         }
-        Command::Ls | Command::Locks | Command::Pause | Command::Resume => unreachable!("handled above"),
+        Command::Ls | Command::Locks | Command::Pause | Command::Resume | Command::History(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

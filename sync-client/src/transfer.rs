@@ -91,6 +91,8 @@ pub struct UploadBase {
     /// The content the path was synced at and its chunk list, when this
     /// client knows it: a large file is then sent as runs against it.
     pub chunks: Option<(ContentHash, Vec<ChunkRef>)>,
+    /// The path the file moved from, if it did (see [`Upload::moved_from`]).
+    pub moved_from: Option<RelPath>,
 }
 
 /// What an upload did.
@@ -133,9 +135,15 @@ pub async fn upload(
     expected: Local,
     base: UploadBase,
 ) -> Result<Uploaded> {
-    let UploadBase { version: base_version, lock_token, reuse, chunks } = base;
-    let mut upload =
-        Upload { path: path.clone(), content: expected, base_version, lock_token, base_hash: None };
+    let UploadBase { version: base_version, lock_token, reuse, chunks, moved_from } = base;
+    let mut upload = Upload {
+        path: path.clone(),
+        content: expected,
+        base_version,
+        lock_token,
+        base_hash: None,
+        moved_from,
+    };
     if reuse
         && expected.size > 0
         && let Some(entry) = remote.upload_reusing(&upload).await?

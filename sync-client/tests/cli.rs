@@ -848,3 +848,69 @@ async fn a_bad_selection_path_is_refused_naming_only_and_changes_nothing() {
     assert!(line("music/song.mp3").ends_with("music/song.mp3  (not selected)"), "{listed}");
     assert!(line("docs/kept.txt").ends_with(" docs/kept.txt"), "{listed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_commands_exit_as_a_script_expects() {
+    let server = server().await;
+    let a = tempfile::tempdir().unwrap();
+    std::fs::write(a.path().join("a.txt"), "first").unwrap();
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+    std::fs::write(a.path().join("a.txt"), "second").unwrap();
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+
+    let history = client(&server.url, a.path(), &["history", "a.txt", "--json"]).await;
+    assert!(history.status.success(), "{history:?}");
+    let lines: Vec<serde_json::Value> =
+        stdout(&history).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let first = lines[1]["version"].as_u64().unwrap();
+    let cat = client(&server.url, a.path(), &["cat", &format!("a.txt@{first}")]).await;
+    assert!(cat.status.success(), "{cat:?}");
+    assert_eq!(cat.stdout, b"first");
+
+    // An unknown version: exit 1, the server's reason on stderr.
+    let bad = client(&server.url, a.path(), &["cat", "a.txt@99999"]).await;
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("unknown-version"), "{said}");
+    assert!(bad.stdout.is_empty());
+
+    // A rewind with no terminal to ask on and no --yes: it says what it
+    // would do, refuses with exit 2, and changes nothing.
+    let rewind = client(&server.url, a.path(), &["rewind", ".", "--to", &first.to_string()]).await;
+    assert_eq!(rewind.status.code(), Some(2), "{rewind:?}");
+    assert!(stdout(&rewind).contains("a.txt"), "{rewind:?}");
+    assert!(String::from_utf8_lossy(&rewind.stderr).contains("--yes"), "{rewind:?}");
+    let st = client(&server.url, a.path(), &["status"]).await;
+    assert_eq!(st.status.code(), Some(0), "nothing changed on the server: {st:?}");
+    let rewind = client(&server.url, a.path(), &["rewind", ".", "--to", &first.to_string(), "--yes"]).await;
+    assert!(rewind.status.success(), "{rewind:?}");
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+    assert_eq!(std::fs::read(a.path().join("a.txt")).unwrap(), b"first");
+
+    // A folder argument names a folder from where the command runs: "."
+    // in a subfolder is that subfolder.
+    std::fs::create_dir(a.path().join("docs")).unwrap();
+    std::fs::write(a.path().join("docs/gone.txt"), "deleted in docs").unwrap();
+    std::fs::write(a.path().join("gone-too.txt"), "deleted at the top").unwrap();
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+    std::fs::remove_file(a.path().join("docs/gone.txt")).unwrap();
+    std::fs::remove_file(a.path().join("gone-too.txt")).unwrap();
+    assert!(client(&server.url, a.path(), &["sync"]).await.status.success());
+    let trash_from = |cwd: PathBuf| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-client"));
+        cmd.args(["--server", &server.url, "--dir"]).arg(a.path()).args(["trash", "."]).current_dir(cwd);
+        cmd.stdin(Stdio::null());
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let trash = tokio::time::timeout(DEADLINE, trash_from(a.path().join("docs"))).await.unwrap().unwrap();
+    assert!(trash.status.success(), "{trash:?}");
+    let listed: Vec<String> =
+        stdout(&trash).lines().map(|l| l.split("  ").next().unwrap().to_owned()).collect();
+    assert_eq!(listed, ["docs/gone.txt"]);
+    let everywhere = tokio::time::timeout(DEADLINE, trash_from(std::env::temp_dir())).await.unwrap().unwrap();
+    let mut listed: Vec<String> =
+        stdout(&everywhere).lines().map(|l| l.split("  ").next().unwrap().to_owned()).collect();
+    listed.sort();
+    assert_eq!(listed, ["docs/gone.txt", "gone-too.txt"], "{everywhere:?}");
+}

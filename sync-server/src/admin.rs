@@ -1,6 +1,7 @@
-//! `syncstore.v1.Admin`: a server's status (role, position, replication),
-//! a digest of its manifest (and of its content, read back), its content
-//! for a peer's scrub, and `compare`, which diffs two servers.
+//! `syncstore.v1.Admin`: a server's status (role, position, replication,
+//! history), a digest of its manifest (and of its content, read back), its
+//! content for a peer's scrub, the retention of history and pruning, and
+//! `compare`, which diffs two servers.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -17,11 +18,14 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::{Need, caller, principal},
+    ServerMetrics,
+    auth::{Need, caller, check_namespace, principal},
     context::ServiceContext,
     error::{Error, Result},
+    pruning::Pruner,
     replication::{Mode, WriteGate, primary::ReplicationHandle},
     storage::{DEFAULT_NAMESPACE, PAGE_SIZE, Store, Verdict},
+    wire,
 };
 
 /// Manifest entries buffered before the producer waits for the caller.
@@ -38,6 +42,8 @@ pub struct AdminService {
     role: &'static str,
     gate: WriteGate,
     replication: Option<ReplicationHandle>,
+    pruner: Pruner,
+    metrics: ServerMetrics,
 }
 
 impl AdminService {
@@ -48,15 +54,115 @@ impl AdminService {
             role: ctx.role.as_str(),
             gate: ctx.gate.clone(),
             replication: ctx.replication.clone(),
+            pruner: ctx.pruner.clone(),
+            metrics: ctx.metrics.clone(),
         }
     }
 }
 
+impl AdminService {
+    /// Refuses a write (a retention, a prune) on a server that takes none
+    /// now, or while a sync-mode replica that must confirm it is known to
+    /// be away: before anything is written.
+    fn admit_write(&self) -> Result<()> {
+        self.gate.check()?;
+        match &self.replication {
+            Some(r) => r.admit(),
+            None => Ok(()),
+        }
+    }
+
+    /// In sync mode, waits until the replica holds everything committed so
+    /// far (the write just made included), as an upload does.
+    async fn replicated(&self) -> Result<()> {
+        match &self.replication {
+            Some(r) => {
+                let seq = self.store.head();
+                r.committed(seq);
+                r.wait_replicated(seq).await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The namespace an Admin call names ("" is the default namespace).
+fn namespace_of(ns: &str) -> Result<String> {
+    if ns.is_empty() {
+        return Ok(DEFAULT_NAMESPACE.to_owned());
+    }
+    check_namespace(ns).map_err(Error::InvalidField)?;
+    Ok(ns.to_owned())
+}
+
 /// BLAKE3 over every live file's (namespace, path, hash, size, executable, symlink and folder flags)
-/// in (namespace, path) order.
+/// in (namespace, path) order, and over the history (see [`history_digest`]).
 pub async fn digest(store: &Store) -> Result<pb::DigestResponse> {
-    let (d, _) = digest_with(store, |_| None).await?;
+    let (mut d, _) = digest_with(store, |_| None).await?;
+    (d.history_hash, d.history_versions) = history_digest(store).await?;
     Ok(d)
+}
+
+/// BLAKE3 over every kept version of every namespace in (namespace, path,
+/// version) order, each with its note and pin, and every label; and how
+/// many versions.
+pub async fn history_digest(store: &Store) -> Result<(Vec<u8>, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut count = 0u64;
+    let field = |h: &mut blake3::Hasher, bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    for ns in store.history_namespaces().await? {
+        field(&mut hasher, ns.as_bytes());
+        let mut after: Option<(String, u64)> = None;
+        loop {
+            let page =
+                store.versions_page(&ns, after.as_ref().map(|(p, s)| (p.as_str(), *s)), PAGE_SIZE).await?;
+            let done = page.len() < PAGE_SIZE;
+            after = page.last().map(|v| (v.entry.path.as_str().to_owned(), v.seq()));
+            for v in page {
+                count += 1;
+                let pb::FileVersion {
+                    entry,
+                    committed_ms,
+                    principal,
+                    kind,
+                    moved_from,
+                    moved_to,
+                    restored_from,
+                    pinned,
+                } = wire::file_version(v);
+                let e = entry.unwrap_or_default();
+                field(&mut hasher, e.path.as_bytes());
+                field(&mut hasher, &e.hash);
+                for n in [e.version, e.size, restored_from, committed_ms as u64, kind as u64] {
+                    hasher.update(&n.to_le_bytes());
+                }
+                hasher.update(&[
+                    u8::from(e.deleted),
+                    u8::from(e.executable),
+                    u8::from(e.symlink),
+                    u8::from(e.folder),
+                    u8::from(pinned),
+                ]);
+                for text in [&principal, &moved_from, &moved_to, &e.client_id] {
+                    field(&mut hasher, text.as_bytes());
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        for l in store.labels(&ns).await? {
+            field(&mut hasher, l.name.as_bytes());
+            hasher.update(&l.seq.to_le_bytes());
+            field(&mut hasher, l.note.as_bytes());
+            field(&mut hasher, l.principal.as_bytes());
+            hasher.update(&[u8::from(l.automatic)]);
+        }
+    }
+    Ok((hasher.finalize().as_bytes().to_vec(), count))
 }
 
 /// [`digest`], plus for each live file whether its content read back
@@ -144,6 +250,7 @@ async fn digest_with(
         total_bytes: bytes,
         root_hash: hasher.finalize().as_bytes().to_vec(),
         head_seq: head,
+        ..Default::default()
     };
     Ok((digest, problems))
 }
@@ -167,6 +274,9 @@ impl Admin for AdminService {
             ..Default::default()
         };
         (out.damaged_blobs, out.damaged_blobs_found) = self.store.damaged_blobs();
+        let history = self.store.history_usage(None).await?;
+        (out.history_versions, out.history_bytes) = (history.versions, history.bytes);
+        out.guard_trips = self.metrics.history_guard_trips.get();
         if request.get_ref().count_stored {
             (out.stored_blobs, out.stored_bytes) = self.store.stored_blobs().await?;
         }
@@ -255,25 +365,68 @@ impl Admin for AdminService {
         request: Request<pb::GetRetentionRequest>,
     ) -> Result<Response<pb::GetRetentionResponse>, Status> {
         caller(&request, Need::Admin)?;
-        Err(Status::unimplemented("GetRetention"))
+        let ns = namespace_of(&request.get_ref().namespace)?;
+        let (retention, set_at_run_time) = self.store.retention(&ns, self.pruner.config()).await?;
+        let usage = self.store.history_usage(Some(&ns)).await?;
+        Ok(Response::new(pb::GetRetentionResponse {
+            retention: Some(wire::retention_to_pb(&retention)),
+            set_at_run_time,
+            history_versions: usage.versions,
+            history_bytes: usage.bytes,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace))]
     async fn set_retention(
         &self,
         request: Request<pb::SetRetentionRequest>,
     ) -> Result<Response<pb::SetRetentionResponse>, Status> {
         caller(&request, Need::Admin)?;
-        Err(Status::unimplemented("SetRetention"))
+        let req = request.into_inner();
+        let ns = namespace_of(&req.namespace)?;
+        let given = req.retention.ok_or_else(|| Error::InvalidField("retention is required".into()))?;
+        let retention = wire::retention_from_pb(&given)?;
+        self.admit_write()?;
+        self.store.set_retention(&ns, retention).await?;
+        self.replicated().await?;
+        tracing::info!(?retention, "retention set");
+        self.pruner.wake();
+        Ok(Response::new(pb::SetRetentionResponse { retention: Some(wire::retention_to_pb(&retention)) }))
     }
 
     type PruneHistoryStream = Pin<Box<dyn Stream<Item = Result<pb::PruneHistoryResponse, Status>> + Send>>;
 
+    #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace))]
     async fn prune_history(
         &self,
         request: Request<pb::PruneHistoryRequest>,
     ) -> Result<Response<Self::PruneHistoryStream>, Status> {
         caller(&request, Need::Admin)?;
-        Err(Status::unimplemented("PruneHistory"))
+        let req = request.into_inner();
+        let ns = namespace_of(&req.namespace)?;
+        if !req.dry_run {
+            self.admit_write()?;
+        }
+        let pruned = self.pruner.prune(&ns, req.dry_run, req.include_immutable).await?;
+        if !req.dry_run && !pruned.removed.is_empty() {
+            self.replicated().await?;
+        }
+        let (tx, rx) = mpsc::channel(MANIFEST_BUFFER);
+        tokio::spawn(async move {
+            for v in &pruned.removed {
+                let msg = pb::prune_history_response::Msg::Version(wire::file_version(v.clone()));
+                if tx.send(Ok(pb::PruneHistoryResponse { msg: Some(msg) })).await.is_err() {
+                    return;
+                }
+            }
+            let summary = pb::PruneSummary {
+                versions: pruned.removed.len() as u64,
+                bytes: pruned.before.bytes.saturating_sub(pruned.after.bytes),
+            };
+            let msg = pb::prune_history_response::Msg::Summary(summary);
+            let _ = tx.send(Ok(pb::PruneHistoryResponse { msg: Some(msg) })).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type ManifestStream = Pin<Box<dyn Stream<Item = Result<pb::ManifestResponse, Status>> + Send>>;
@@ -331,6 +484,11 @@ pub struct Comparison {
     pub differences: Vec<(String, &'static str)>,
     /// Whether the content was read back and compared (`--content`).
     pub content: bool,
+    /// Whether the two keep different history (versions, pins, labels).
+    /// Not part of [`Comparison::identical`]: servers upgraded from before
+    /// history each filled it from their own change log, so their pasts
+    /// may differ while their trees agree.
+    pub history_differs: bool,
 }
 
 impl Comparison {
@@ -411,7 +569,10 @@ pub async fn compare(a: &str, b: &str, security: &Security) -> anyhow::Result<Co
         differences.extend(mb.keys().filter(|p| !ma.contains_key(*p)).map(|p| (p.clone(), "only-in-B")));
         differences.sort();
     }
-    Ok(Comparison { a: da, b: db, differences, content: false })
+    // A server older than history sends no history digest: nothing to compare.
+    let history_differs =
+        !da.history_hash.is_empty() && !db.history_hash.is_empty() && da.history_hash != db.history_hash;
+    Ok(Comparison { a: da, b: db, differences, content: false, history_differs })
 }
 
 type Client = AdminClient<syncstore::connect::AuthChannel>;

@@ -1,10 +1,13 @@
 //! `ServiceContext`: what the services of one server share (the store, its
 //! role, the write gate, the replication link, the metrics, the tokens and
-//! the shutdown signal), built once when the server starts serving.
+//! the shutdown signal, the history pruner), built once when the server starts serving.
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{Authenticator, Role, ServerMetrics, Store, WriteGate, replication::primary::ReplicationHandle};
+use crate::{
+    Authenticator, Role, ServerMetrics, Store, WriteGate, pruning::Pruner,
+    replication::primary::ReplicationHandle,
+};
 
 /// What every service of one server shares. Cheap to clone: each part is a
 /// handle.
@@ -23,4 +26,6 @@ pub struct ServiceContext {
     pub auth: Authenticator,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
+    /// Prunes history (the collector and `Admin/PruneHistory`).
+    pub pruner: Pruner,
 }

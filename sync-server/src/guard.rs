@@ -22,7 +22,16 @@ use std::{
     sync::Arc,
 };
 
-use crate::storage::retention::Retention;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    ServerMetrics, WriteGate,
+    feed::{self, Item},
+    storage::{
+        Change, Store,
+        retention::{Retention, RetentionConfig},
+    },
+};
 
 /// A trip of the guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +127,79 @@ pub(crate) fn label_name(trip: &Trip) -> String {
     format!("guard-{}", trip.before_seq)
 }
 
+/// Follows the committed changes (on a primary: a replica gets the
+/// primary's labels) and labels each trip of the guard, until `shutdown`.
+pub(crate) async fn run(
+    store: Store,
+    config: Arc<RetentionConfig>,
+    gate: WriteGate,
+    metrics: ServerMetrics,
+    shutdown: CancellationToken,
+) {
+    // Only the follower's one callback at a time takes it.
+    let detector = Arc::new(tokio::sync::Mutex::new(Detector::default()));
+    let start = store.head();
+    let result = feed::follow(&store, start, None, &shutdown, |item| {
+        let (store, config, gate, metrics) = (store.clone(), config.clone(), gate.clone(), metrics.clone());
+        let detector = detector.clone();
+        async move {
+            let Item::Change(change) = item else { return true };
+            if gate.check().is_err() {
+                return true;
+            }
+            let mut detector = detector.lock().await;
+            if let Err(e) = observe(&store, &config, &mut detector, &metrics, &change).await {
+                tracing::warn!(error = %e, seq = change.seq, "the mass-change guard could not look at a change");
+            }
+            true
+        }
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "the mass-change guard stopped");
+    }
+}
+
+/// Feeds one committed change to the detector, and labels a trip.
+async fn observe(
+    store: &Store,
+    config: &RetentionConfig,
+    detector: &mut Detector,
+    metrics: &ServerMetrics,
+    change: &Change,
+) -> crate::Result<()> {
+    let Some((counted, at_ms)) = store.guard_counts(change).await? else { return Ok(()) };
+    let Some(path) = change.path() else { return Ok(()) };
+    let ns = change.namespace.as_str();
+    let (policy, _) = store.retention(ns, config).await?;
+    let empty = detector.slide(ns, at_ms, &policy);
+    if !counted || policy.guard_window_seconds == 0 {
+        return Ok(());
+    }
+    let base = if empty { store.live_files_before(change).await? } else { 0 };
+    let Some(trip) = detector.record(ns, at_ms, change.seq, path.as_str(), base, &policy) else {
+        return Ok(());
+    };
+    metrics.history_guard_trips.inc();
+    let name = label_name(&trip);
+    tracing::warn!(
+        namespace = ns,
+        files = trip.files,
+        of = trip.base,
+        window_seconds = policy.guard_window_seconds,
+        label = %name,
+        "mass change: many files rewritten or deleted at once; a rewind to the label undoes it"
+    );
+    let note = format!(
+        "{} of {} files rewritten or deleted within {} s",
+        trip.files, trip.base, policy.guard_window_seconds
+    );
+    match store.set_automatic_label(ns, &name, trip.before_seq, &note).await {
+        Ok(_) | Err(crate::Error::LabelExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,7 +269,7 @@ mod tests {
             for ns in ["a", "b"] {
                 d.slide(ns, i as i64, &p);
                 let trip = d.record(ns, i as i64, i, &format!("f{i}"), 100, &p);
-                assert_eq!(trip.is_some(), false, "{ns} {i}");
+                assert!(trip.is_none(), "{ns} {i}");
             }
         }
         let off = Retention { guard_window_seconds: 0, ..p };

@@ -14,6 +14,8 @@
 //! - [`scrub`]: reading stored content back, healing it from a peer.
 //! - [`auth`]: bearer tokens, the token file, and what each token may do.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`pruning`]: the history collector, which prunes each namespace's
+//!   history by its retention.
 //! - `guard`: the mass-change guard (rewrites and deletions en masse
 //!   trip it; it labels the state just before).
 //! - [`clock`]: the one clock commit times and retention read (with a
@@ -39,6 +41,7 @@ mod feed;
 mod guard;
 pub mod history;
 pub mod metrics;
+pub mod pruning;
 pub mod replication;
 mod runs;
 pub mod scrub;
@@ -203,6 +206,8 @@ pub struct Config {
     /// The retention of history, per namespace, as configured (an admin's
     /// `SetRetention` overrides it at run time).
     pub retention: storage::retention::RetentionConfig,
+    /// Time between two passes of the history collector.
+    pub history_prune_interval: Duration,
 }
 
 /// The server's TLS settings (PEM files).
@@ -269,6 +274,7 @@ impl Config {
             scrub_interval: Some(scrub::DEFAULT_SCRUB_INTERVAL),
             scrub_rate: scrub::DEFAULT_SCRUB_RATE,
             retention: Default::default(),
+            history_prune_interval: pruning::PRUNE_INTERVAL,
         }
     }
 
@@ -502,6 +508,10 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         ));
     }
     tasks.spawn(auth.clone().watch(shutdown.clone()));
+    let retention = std::sync::Arc::new(config.retention.clone());
+    let pruner = pruning::Pruner::new(store.clone(), retention.clone(), metrics.clone());
+    tasks.spawn(pruner.clone().run(config.history_prune_interval, gate.clone(), shutdown.clone()));
+    tasks.spawn(guard::run(store.clone(), retention, gate.clone(), metrics.clone(), shutdown.clone()));
     let ctx = ServiceContext {
         store,
         role: config.role,
@@ -510,6 +520,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         metrics,
         auth: auth.clone(),
         shutdown: shutdown.clone(),
+        pruner,
     };
     let file_sync = FileSyncService::new(
         ctx.clone(),

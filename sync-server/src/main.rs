@@ -50,6 +50,12 @@ enum Command {
         /// or missing content is a difference even where metadata agree.
         #[arg(long)]
         content: bool,
+        /// Also count a difference in history (kept versions, pins, labels)
+        /// as a difference. Without it a difference in history is only
+        /// reported: servers upgraded from before history each filled it
+        /// from their own change log.
+        #[arg(long)]
+        history: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -215,6 +221,19 @@ struct ServeArgs {
     /// The background scrub's pace, in bytes read per second.
     #[arg(long, default_value_t = sync_server::scrub::DEFAULT_SCRUB_RATE, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..), env = "SYNCSTORE_SCRUB_RATE")]
     scrub_rate: u64,
+    /// Time between two passes of the history collector, which prunes
+    /// every namespace's history by its retention (on a primary), e.g. 1m.
+    #[arg(long, default_value = "1m", value_parser = parse_interval, env = "SYNCSTORE_HISTORY_PRUNE_INTERVAL")]
+    history_prune_interval: Duration,
+}
+
+/// An interval above zero.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The config file's table of retention settings (see
@@ -256,7 +275,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match args.command {
             Some(Command::Promote { data }) => promote(data).await,
-            Some(Command::Compare { a, b, content, connect }) => compare(&a, &b, content, &connect).await,
+            Some(Command::Compare { a, b, content, history, connect }) => {
+                compare(&a, &b, content, history, &connect).await
+            }
             Some(Command::Scrub { data, from, connect }) => scrub(data, from, &connect).await,
             Some(Command::Token { command }) => token(command),
             None => serve(args.serve).await,
@@ -315,6 +336,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.advertise = args.advertise;
     config.scrub_interval = (!args.scrub_interval.is_zero()).then_some(args.scrub_interval);
     config.scrub_rate = args.scrub_rate;
+    config.history_prune_interval = args.history_prune_interval;
     config.tokens = args.tokens;
     config.insecure_no_auth = args.insecure_no_auth;
     config.tls = args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsConfig {
@@ -415,14 +437,26 @@ async fn scrub(data: PathBuf, from: Option<String>, connect: &ConnectArgs) -> an
     Ok(if report.lost.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-async fn compare(a: &str, b: &str, content: bool, connect: &ConnectArgs) -> anyhow::Result<ExitCode> {
+async fn compare(
+    a: &str,
+    b: &str,
+    content: bool,
+    history: bool,
+    connect: &ConnectArgs,
+) -> anyhow::Result<ExitCode> {
     let security = connect.security()?;
     let c = if content {
         sync_server::admin::compare_content(a, b, &security).await?
     } else {
         sync_server::compare(a, b, &security).await?
     };
-    if c.identical() {
+    if c.history_differs {
+        println!(
+            "history differs: A keeps {} versions, B keeps {} (a difference with --history)",
+            c.a.history_versions, c.b.history_versions
+        );
+    }
+    if c.identical() && !(history && c.history_differs) {
         let checked = if c.content { ", all content read back intact" } else { "" };
         println!(
             "identical: {} files, {} bytes (heads {} and {}){checked}",

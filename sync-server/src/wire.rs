@@ -217,6 +217,41 @@ fn version_kind_to_pb(kind: VersionKind) -> pb::VersionKind {
     }
 }
 
+/// A retention policy as the wire has it.
+pub(crate) fn retention_to_pb(r: &Retention) -> pb::Retention {
+    pb::Retention {
+        keep_within_seconds: r.keep_within_seconds,
+        hourly_for_seconds: r.hourly_for_seconds,
+        daily_for_seconds: r.daily_for_seconds,
+        weekly_for_seconds: r.weekly_for_seconds,
+        keep_last: r.keep_last,
+        max_history_bytes: r.max_history_bytes,
+        immutable_seconds: r.immutable_seconds,
+        guard_percent: r.guard_percent,
+        guard_min_files: r.guard_min_files,
+        guard_window_seconds: r.guard_window_seconds,
+    }
+}
+
+/// A retention policy from the wire, checked (`invalid-field` if it
+/// cannot be used).
+pub(crate) fn retention_from_pb(r: &pb::Retention) -> Result<Retention> {
+    let out = Retention {
+        keep_within_seconds: r.keep_within_seconds,
+        hourly_for_seconds: r.hourly_for_seconds,
+        daily_for_seconds: r.daily_for_seconds,
+        weekly_for_seconds: r.weekly_for_seconds,
+        keep_last: r.keep_last,
+        max_history_bytes: r.max_history_bytes,
+        immutable_seconds: r.immutable_seconds,
+        guard_percent: r.guard_percent,
+        guard_min_files: r.guard_min_files,
+        guard_window_seconds: r.guard_window_seconds,
+    };
+    out.check().map_err(Error::InvalidField)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use syncstore::RelPath;
@@ -345,39 +380,4 @@ mod tests {
         let unlock = pb::change_event::Kind::Unlock as i32;
         assert!(matches!(lock_change(1, "ns".into(), unlock, bad_end), Err(Error::InvalidArgument(_))));
     }
-}
-
-/// A retention policy as the wire has it.
-pub(crate) fn retention_to_pb(r: &Retention) -> pb::Retention {
-    pb::Retention {
-        keep_within_seconds: r.keep_within_seconds,
-        hourly_for_seconds: r.hourly_for_seconds,
-        daily_for_seconds: r.daily_for_seconds,
-        weekly_for_seconds: r.weekly_for_seconds,
-        keep_last: r.keep_last,
-        max_history_bytes: r.max_history_bytes,
-        immutable_seconds: r.immutable_seconds,
-        guard_percent: r.guard_percent,
-        guard_min_files: r.guard_min_files,
-        guard_window_seconds: r.guard_window_seconds,
-    }
-}
-
-/// A retention policy from the wire, checked (`invalid-field` if it
-/// cannot be used).
-pub(crate) fn retention_from_pb(r: &pb::Retention) -> Result<Retention> {
-    let out = Retention {
-        keep_within_seconds: r.keep_within_seconds,
-        hourly_for_seconds: r.hourly_for_seconds,
-        daily_for_seconds: r.daily_for_seconds,
-        weekly_for_seconds: r.weekly_for_seconds,
-        keep_last: r.keep_last,
-        max_history_bytes: r.max_history_bytes,
-        immutable_seconds: r.immutable_seconds,
-        guard_percent: r.guard_percent,
-        guard_min_files: r.guard_min_files,
-        guard_window_seconds: r.guard_window_seconds,
-    };
-    out.check().map_err(Error::InvalidField)?;
-    Ok(out)
 }

@@ -376,3 +376,47 @@ async fn the_readme_history_commands_work() {
     assert!(!success && out.contains("NotFound"), "{out}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_retention_commands_work() {
+    if !have_grpcurl() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let addr = server.addr.to_string();
+    let ok = |args: &[&str]| {
+        let (addr, args) = (addr.clone(), args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        let shown = args.join(" ");
+        async move {
+            let (success, out) = tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                grpcurl(&addr, &args)
+            })
+            .await
+            .unwrap();
+            assert!(success, "grpcurl {shown} failed:\n{out}");
+            out
+        }
+    };
+    let get = r#"{"namespace":"team-a"}"#;
+    let set =
+        r#"{"namespace":"team-a","retention":{"keep_within_seconds":"604800","immutable_seconds":"86400"}}"#;
+    let dry = r#"{"namespace":"team-a","dry_run":true}"#;
+    let readme = include_str!("../../README.md");
+    for request in [get, set, dry] {
+        assert!(readme.contains(&format!("-d '{request}'")), "the README lacks the request {request}");
+    }
+    // The defaults: 30 days, not set at run time.
+    let out = ok(&["-d", get, "syncstore.v1.Admin/GetRetention"]).await;
+    assert!(out.contains(r#""keepWithinSeconds": "2592000""#) && !out.contains("setAtRunTime"), "{out}");
+    let out = ok(&["-d", set, "syncstore.v1.Admin/SetRetention"]).await;
+    assert!(out.contains(r#""keepWithinSeconds": "604800""#), "{out}");
+    let out = ok(&["-d", get, "syncstore.v1.Admin/GetRetention"]).await;
+    assert!(
+        out.contains(r#""setAtRunTime": true"#) && out.contains(r#""immutableSeconds": "86400""#),
+        "{out}"
+    );
+    let out = ok(&["-d", dry, "syncstore.v1.Admin/PruneHistory"]).await;
+    assert!(out.contains(r#""summary""#), "{out}");
+    server.stop().await;
+}

@@ -17,6 +17,7 @@ mod folder;
 mod grpcurl;
 mod harness;
 mod history;
+mod history_client;
 mod history_moves;
 mod history_replica;
 mod integrity;

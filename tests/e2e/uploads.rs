@@ -162,7 +162,13 @@ async fn a_client_that_finds_its_file_changed_cancels_the_upload() {
         folder: false,
         stamp: 0,
     };
-    let base = sync_client::transfer::UploadBase { version: 0, lock_token: 0, reuse: false, chunks: None };
+    let base = sync_client::transfer::UploadBase {
+        version: 0,
+        lock_token: 0,
+        reuse: false,
+        chunks: None,
+        moved_from: None,
+    };
     let path = RelPath::new("f.bin").unwrap();
     let result = sync_client::transfer::upload(&remote, &root, &path, expected, base).await;
     assert!(matches!(result, Err(sync_client::Error::ChangedWhileReading)), "{result:?}");

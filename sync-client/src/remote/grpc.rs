@@ -37,7 +37,9 @@ use crate::{
 /// serves reads; writes then fail and wait for a primary). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct GrpcRemote {
-    servers: Arc<Vec<(String, FileSyncClient<AuthChannel>)>>,
+    /// Each server's URL, its `FileSync` client and the channel under it
+    /// (which [`GrpcRemote::history`] shares).
+    servers: Arc<Vec<(String, FileSyncClient<AuthChannel>, AuthChannel)>>,
     active: Arc<AtomicUsize>,
     client_id: String,
     /// How long a call waits for an answer.
@@ -66,10 +68,11 @@ impl GrpcRemote {
                 .initial_stream_window_size(ratelimit::STREAM_WINDOW)
                 .initial_connection_window_size(ratelimit::CONNECTION_WINDOW);
             let credentials = security.credentials().map_err(|e| Error::Config(e.to_string()))?;
-            let client = FileSyncClient::new(InterceptedService::new(endpoint.connect_lazy(), credentials))
+            let channel = InterceptedService::new(endpoint.connect_lazy(), credentials);
+            let client = FileSyncClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
-            servers.push((url.clone(), client));
+            servers.push((url.clone(), client, channel));
         }
         Ok(Self {
             servers: Arc::new(servers),
@@ -88,6 +91,13 @@ impl GrpcRemote {
     /// The generated client of the active server.
     fn raw(&self) -> FileSyncClient<AuthChannel> {
         self.servers[self.active.load(Ordering::Relaxed)].1.clone()
+    }
+
+    /// A client of the active server's `History` service, on the same
+    /// connection and under the same call timeout.
+    pub fn history(&self) -> super::history::HistoryRemote {
+        let (url, _, channel) = &self.servers[self.active.load(Ordering::Relaxed)];
+        super::history::HistoryRemote::new(url.clone(), channel.clone(), self.call_timeout)
     }
 
     /// The active server's URL.
@@ -122,7 +132,7 @@ impl GrpcRemote {
                 client_id: self.client_id.clone(),
                 lock_token: upload.lock_token,
                 base_hash: upload.base_hash.map(|h| h.as_bytes().to_vec()).unwrap_or_default(),
-                moved_from: String::new(),
+                moved_from: upload.moved_from.as_ref().map(RelPath::to_string).unwrap_or_default(),
             })),
         }
     }
@@ -146,7 +156,7 @@ impl Remote for GrpcRemote {
             }
             let mut fallback: Option<(usize, pb::ServerInfoResponse)> = None;
             let mut last_error = None;
-            for (i, (url, client)) in self.servers.iter().enumerate() {
+            for (i, (url, client, _)) in self.servers.iter().enumerate() {
                 let mut client = client.clone();
                 let call = client.server_info(pb::ServerInfoRequest {});
                 let answered = match connect::answer(url, self.call_timeout, call).await {
@@ -414,7 +424,14 @@ impl From<tonic::Status> for Error {
         };
         Error::Server(ServerError {
             refused,
-            reason: reason.map_or("", Reason::as_str).to_owned(),
+            // A reason this release does not know (of a newer server) is
+            // still shown as the server named it.
+            reason: s
+                .metadata()
+                .get(syncstore::reason::REASON_KEY)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
             replica: syncstore::replication::replica_of(&s).unwrap_or("").to_owned(),
             code: format!("{:?}", s.code()),
             message: s.message().to_owned(),

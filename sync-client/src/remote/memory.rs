@@ -80,6 +80,9 @@ struct Server {
     sent: u64,
     /// How downloads as runs go wrong, if they should.
     bad_runs: Option<BadRuns>,
+    /// Each committed upload that named the path it moved from: (the
+    /// upload's path, `moved_from`).
+    moves: Vec<(RelPath, RelPath)>,
 }
 
 impl Server {
@@ -99,6 +102,13 @@ impl Server {
                 code: "FailedPrecondition".into(),
                 message: format!("no chunk list for {hash}"),
             })),
+        }
+    }
+
+    /// Records the move an upload names, if any.
+    fn note_move(&mut self, upload: &Upload) {
+        if let Some(from) = &upload.moved_from {
+            self.moves.push((upload.path.clone(), from.clone()));
         }
     }
 
@@ -287,6 +297,11 @@ impl MemoryRemote {
 
     /// Content bytes received in upload chunks so far, and sent in
     /// download chunks.
+    pub(crate) fn moves(&self) -> Vec<(String, String)> {
+        self.server().moves.iter().map(|(to, from)| (to.to_string(), from.to_string())).collect()
+    }
+
+    /// Content bytes (received, sent) in upload and download chunks.
     pub(crate) fn wire_bytes(&self) -> (u64, u64) {
         let server = self.server();
         (server.received, server.sent)
@@ -375,6 +390,7 @@ impl Remote for MemoryRemote {
             }
             server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
             server.check_clash(&upload.path, &upload.content.content())?;
+            server.note_move(upload);
             Ok(Some(server.commit(&upload.path, Some(upload.content.content()), &self.client_id)))
         })
     }
@@ -467,6 +483,7 @@ impl Remote for MemoryRemote {
             server.check_write(&upload.path, &self.client_id, upload.lock_token, upload.base_version)?;
             server.check_clash(&upload.path, &upload.content.content())?;
             server.contents.insert(c.hash, data);
+            server.note_move(upload);
             Ok(server.commit(&upload.path, Some(upload.content.content()), &self.client_id))
         })
     }

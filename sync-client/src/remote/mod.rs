@@ -15,6 +15,7 @@ use syncstore::{ContentHash, Entry, Lock, RelPath, chunks::Run};
 use crate::{error::Result, plan::Local};
 
 pub mod grpc;
+pub mod history;
 #[cfg(test)]
 pub(crate) mod memory;
 
@@ -149,6 +150,10 @@ pub struct Upload {
     /// Content the server holds whose chunk list both sides know: the
     /// body is then runs against it, with the bytes of new chunks only.
     pub base_hash: Option<ContentHash>,
+    /// The path this file was at before a move here (same content, its
+    /// old name deleted in the folder), for the server's history to
+    /// follow the file. A hint: the server checks it.
+    pub moved_from: Option<RelPath>,
 }
 
 /// A message of an upload's body.

@@ -543,6 +543,47 @@ impl MetaStore for MemoryMeta {
     async fn retentions(&self) -> Result<Vec<(String, Retention)>> {
         Ok(self.state().retention.iter().map(|(n, r)| (n.clone(), *r)).collect())
     }
+
+    async fn history_namespaces(&self) -> Result<Vec<String>> {
+        let s = self.state();
+        let names: std::collections::BTreeSet<String> =
+            s.versions.keys().map(|(n, _, _)| n.clone()).collect();
+        Ok(names.into_iter().collect())
+    }
+
+    async fn live_contents(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+        let s = self.state();
+        let live = |h: &ContentHash| s.files.values().any(|e| e.content.is_some_and(|c| c.hash == *h));
+        Ok(hashes.into_iter().filter(|h| live(h)).collect())
+    }
+
+    async fn live_files(&self, ns: &str) -> Result<u64> {
+        let s = self.state();
+        let of_ns = s.files.iter().filter(|((n, _), e)| n == ns && e.content.is_some_and(|c| !c.folder));
+        Ok(of_ns.count() as u64)
+    }
+
+    async fn history_usage(&self, ns: Option<&str>) -> Result<super::retention::Usage> {
+        let s = self.state();
+        let live = |h: &ContentHash| s.files.values().any(|e| e.content.is_some_and(|c| c.hash == *h));
+        let mut usage = super::retention::Usage::default();
+        let mut bytes: BTreeMap<ContentHash, u64> = BTreeMap::new();
+        let mut versions = s.versions.iter().filter(|((n, _, _), _)| ns.is_none_or(|ns| n == ns)).peekable();
+        while let Some(((n, p, _), v)) = versions.next() {
+            // Versions are in (namespace, path, seq) order: the last of a
+            // path is its current one.
+            let newer = versions.peek().is_some_and(|((n2, p2, _), _)| n2 == n && p2 == p);
+            if !newer {
+                continue;
+            }
+            usage.versions += 1;
+            if let Some(c) = v.entry.content.filter(|c| !live(&c.hash)) {
+                bytes.insert(c.hash, c.size);
+            }
+        }
+        usage.bytes = bytes.values().sum();
+        Ok(usage)
+    }
 }
 
 #[async_trait]

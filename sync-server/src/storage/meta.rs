@@ -251,6 +251,22 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
 
     /// The retention set at run time, per namespace.
     async fn retentions(&self) -> Result<Vec<(String, Retention)>>;
+
+    // Pruning and the mass-change guard (`storage/prune.rs`).
+
+    /// The namespaces that keep versions.
+    async fn history_namespaces(&self) -> Result<Vec<String>>;
+
+    /// Those of `hashes` a live entry (of any namespace) refers to.
+    async fn live_contents(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>>;
+
+    /// How many live files (not folders) `ns` has.
+    async fn live_files(&self, ns: &str) -> Result<u64>;
+
+    /// The history `ns` keeps (every namespace's with `None`): the versions
+    /// that are not their path's newest, and the bytes of the distinct
+    /// content they refer to that no live entry refers to.
+    async fn history_usage(&self, ns: Option<&str>) -> Result<super::retention::Usage>;
 }
 
 /// Decides one item of [`MetaTx::decide_each`] (its index, its facts):

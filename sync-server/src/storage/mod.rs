@@ -23,7 +23,7 @@
 //!   refresh / end, path clash) as pure functions over fetched facts.
 //! - `identity`: the server's place in its replicated history.
 //! - [`retention`]: the retention policy and the pure planner of what
-//!   pruning removes.
+//!   pruning removes; `prune`: the store's side of pruning.
 //! - `retry`: recognising a write sent again.
 //! - `version`: the types of version history; `history`: the history
 //!   reads and writes of [`Store`].
@@ -43,6 +43,7 @@ mod journal;
 #[cfg(test)]
 mod memory;
 mod meta;
+mod prune;
 pub mod retention;
 mod retry;
 pub(crate) mod rules;

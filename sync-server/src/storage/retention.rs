@@ -1,8 +1,9 @@
 //! Retention of history: a namespace's policy ([`Retention`], from the
 //! config file or set at run time) and the planner that decides, from a
 //! path's versions, the labels, the pins, the policy and the time, which
-//! versions pruning removes. Pure: no storage, no clock; the collector
-//! (`crate::prune`) fetches the facts and writes the outcome.
+//! versions pruning removes. Pure: no storage, no clock; `storage::prune`
+//! fetches the facts and writes the outcome for the history collector
+//! (`crate::pruning`).
 //!
 //! The rules, as restic's `forget` (a version is kept if any rule keeps
 //! it):
@@ -324,11 +325,16 @@ fn week_start(ms: i64) -> i64 {
     (ms - WEEK_START_MS).div_euclid(WEEK_MS) * WEEK_MS + WEEK_START_MS
 }
 
-/// A version the planner removes (or would).
+/// A version the planner removes (or would), with what the caller gave
+/// with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Removal {
+pub(crate) struct Removal<T> {
     pub(crate) path: RelPath,
     pub(crate) version: VersionFacts,
+    /// The path's next newer version when planned: a label at or above
+    /// this version's seq and below this one needs it.
+    pub(crate) next_seq: u64,
+    pub(crate) item: T,
 }
 
 /// How much history a namespace keeps: versions that are not a file's
@@ -343,10 +349,10 @@ pub struct Usage {
 }
 
 /// The outcome of planning a namespace.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Plan {
+#[derive(Debug, Clone)]
+pub(crate) struct Plan<T> {
     /// What goes, in (path, seq) order.
-    pub(crate) remove: Vec<Removal>,
+    pub(crate) remove: Vec<Removal<T>>,
     /// History before.
     pub(crate) before: Usage,
     /// History after.
@@ -356,12 +362,12 @@ pub(crate) struct Plan {
 /// Plans a namespace's prune path by path ([`Planner::add_path`]), then as
 /// a whole ([`Planner::finish`]: the size cap).
 #[derive(Debug)]
-pub(crate) struct Planner {
+pub(crate) struct Planner<T> {
     opts: PlanOptions,
     labels: Vec<u64>,
-    remove: Vec<Removal>,
+    remove: Vec<Removal<T>>,
     /// Kept versions the size cap may remove.
-    cappable: Vec<Removal>,
+    cappable: Vec<Removal<T>>,
     /// Content history refers to: its size, and how many kept non-current
     /// versions refer to it.
     refs: HashMap<ContentHash, (u64, u64)>,
@@ -370,7 +376,7 @@ pub(crate) struct Planner {
     versions_before: u64,
 }
 
-impl Planner {
+impl<T> Planner<T> {
     /// A planner for one namespace with these labels' seqs.
     pub(crate) fn new(opts: PlanOptions, labels: Vec<u64>) -> Self {
         Self {
@@ -384,19 +390,22 @@ impl Planner {
         }
     }
 
-    /// Plans one path: its versions, newest first.
-    pub(crate) fn add_path(&mut self, path: &RelPath, versions: &[VersionFacts]) {
+    /// Plans one path: its versions, newest first, each with its item.
+    pub(crate) fn add_path(&mut self, path: &RelPath, versions: &[VersionFacts], items: Vec<T>) {
         let fates = plan_path(versions, &self.labels, &self.opts);
         let current = versions.iter().map(|v| v.seq).max();
-        for (v, fate) in versions.iter().zip(fates) {
+        let mut seqs: Vec<u64> = versions.iter().map(|v| v.seq).collect();
+        seqs.sort_unstable();
+        for ((v, fate), item) in versions.iter().zip(fates).zip(items) {
             if Some(v.seq) == current {
                 continue; // Not history: the file's state.
             }
+            let next_seq = seqs.iter().copied().find(|s| *s > v.seq).unwrap_or(u64::MAX);
             self.versions_before += 1;
             if let Some((hash, size)) = v.content {
                 self.refs_before.insert(hash, size);
             }
-            let removal = Removal { path: path.clone(), version: *v };
+            let removal = Removal { path: path.clone(), version: *v, next_seq, item };
             match fate {
                 Fate::Remove => self.remove.push(removal),
                 Fate::Keep | Fate::Protect => {
@@ -419,7 +428,7 @@ impl Planner {
 
     /// Applies the size cap and returns the plan; `live` is the content a
     /// live entry refers to (it costs history nothing).
-    pub(crate) fn finish(mut self, live: &HashSet<ContentHash>) -> Plan {
+    pub(crate) fn finish(mut self, live: &HashSet<ContentHash>) -> Plan<T> {
         let bytes_of = |m: &mut dyn Iterator<Item = (&ContentHash, u64)>| {
             m.filter(|(h, _)| !live.contains(*h)).map(|(_, s)| s).sum()
         };
@@ -591,9 +600,9 @@ mod tests {
         let mut a: Vec<_> = (1..=4).map(|s| v(s, (10 - s as i64) * DAY_MS)).collect();
         a[0].pinned = true; // 1: never removed
         a.reverse();
-        planner.add_path(&path("a"), &a);
+        planner.add_path(&path("a"), &a, vec![(); 4]);
         let b: Vec<_> = [v(6, 8 * DAY_MS + 1), v(5, 9 * DAY_MS + 1)].into_iter().collect();
-        planner.add_path(&path("b"), &b);
+        planner.add_path(&path("b"), &b, vec![(); 2]);
         let seen: HashSet<_> = planner.history_content().copied().collect();
         assert_eq!(seen.len(), 4); // 1, 2, 3 of a, 5 of b
         let plan = planner.finish(&HashSet::new());
@@ -601,6 +610,8 @@ mod tests {
         // Oldest first: 5 (b), then 2 (a): 20 bytes left, at most 25.
         let gone: Vec<_> = plan.remove.iter().map(|r| (r.path.as_str().to_owned(), r.version.seq)).collect();
         assert_eq!(gone, vec![("a".into(), 2), ("b".into(), 5)]);
+        assert_eq!(plan.remove[0].next_seq, 3);
+        assert_eq!(plan.remove[1].next_seq, 6);
         assert_eq!(plan.after, Usage { versions: 2, bytes: 20 });
     }
 
@@ -611,7 +622,7 @@ mod tests {
         let mut versions: Vec<_> = (1..=4).map(|s| v(s, (10 - s as i64) * DAY_MS)).collect();
         versions[1].content = versions[2].content; // 2 and 3 share content
         versions.reverse();
-        planner.add_path(&path("a"), &versions);
+        planner.add_path(&path("a"), &versions, vec![(); 4]);
         // 1's content is live elsewhere.
         let live: HashSet<_> = [hash(1)].into();
         let plan = planner.finish(&live);

@@ -7,6 +7,7 @@
 //! Nothing outside this folder names `rusqlite`.
 
 mod history;
+mod history_prune;
 mod identity;
 mod locks;
 mod schema;
@@ -22,7 +23,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use syncstore::{Content, ContentHash, Entry, Lock, RelPath, chunks};
 
 use super::meta::{Decide, Facts, MetaStore, MetaTx, Recipe, SnapshotSink, Want};
-use super::{Change, Identity, Label, Version, VersionNote, What, retention::Retention, rules};
+use super::{
+    Change, Identity, Label, Version, VersionNote, What,
+    retention::{Retention, Usage},
+    rules,
+};
 use crate::error::{Error, Result};
 use identity::MetaKey;
 
@@ -473,6 +478,24 @@ impl MetaStore for SqliteMeta {
 
     async fn retentions(&self) -> Result<Vec<(String, Retention)>> {
         self.read(history::retentions).await
+    }
+
+    async fn history_namespaces(&self) -> Result<Vec<String>> {
+        self.read(history_prune::history_namespaces).await
+    }
+
+    async fn live_contents(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+        self.read(move |c| history_prune::live_contents(c, &hashes)).await
+    }
+
+    async fn live_files(&self, ns: &str) -> Result<u64> {
+        let ns = ns.to_owned();
+        self.read(move |c| history_prune::live_files(c, &ns)).await
+    }
+
+    async fn history_usage(&self, ns: Option<&str>) -> Result<Usage> {
+        let ns = ns.map(str::to_owned);
+        self.read(move |c| history_prune::history_usage(c, ns.as_deref())).await
     }
 }
 
