@@ -310,7 +310,10 @@ pub(super) fn newest_content(c: &Connection, ns: &str, path: &str) -> Result<Opt
 pub(super) fn moved_to(c: &Connection, ns: &str, path: &str, after: u64) -> Result<Option<RelPath>> {
     let to: Option<String> = c
         .prepare_cached(
-            "SELECT path FROM versions WHERE namespace = ?1 AND moved_from = ?2 AND kind = ?3 AND seq > ?4
+            // By the moves index: the planner would rather walk every
+            // version after `after` (the seq index), once per deletion.
+            "SELECT path FROM versions INDEXED BY versions_by_moved_from
+             WHERE namespace = ?1 AND moved_from = ?2 AND moved_from IS NOT NULL AND kind = ?3 AND seq > ?4
              ORDER BY seq DESC LIMIT 1",
         )?
         .query_row(params![ns, path, VersionKind::Move.code(), after as i64], |r| r.get(0))
@@ -392,22 +395,39 @@ pub(super) fn state_at(
     limit: usize,
 ) -> Result<Vec<Version>> {
     let prefix = prefix.trim_end_matches('/');
-    // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
-    let (lo, hi) = (format!("{prefix}/"), format!("{prefix}0"));
     // SQLite's bare-column rule: with MAX(seq), the other columns are the
     // row that holds the maximum.
     let columns = VERSION_COLUMNS.replacen("seq", "MAX(seq) AS seq", 1);
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {columns} FROM versions
-         WHERE namespace = ?1
-           AND (?2 = '' OR path = ?2 OR (path >= ?3 AND path < ?4))
-           AND (?5 IS NULL OR path > ?5)
-           AND seq <= ?6
-         GROUP BY path ORDER BY path LIMIT ?7"
-    ))?;
+    // Every bound is a plain range on the (namespace, path, seq) key, so a
+    // page starts where the last one ended: a bound behind an `OR` (or an
+    // `IS NULL`) would make each page scan the namespace from its start.
+    // A path holds no control character, so `after` + NUL is the smallest
+    // string above `after`.
+    let after = after.map(|a| format!("{a}\0"));
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-    let rows = stmt.query_map(params![ns, prefix, lo, hi, after, seq, limit as i64], version_from_row)?;
-    rows.map(|r| r?).collect()
+    if prefix.is_empty() {
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {columns} FROM versions
+             WHERE namespace = ?1 AND path >= ?2 AND seq <= ?3
+             GROUP BY path ORDER BY path LIMIT ?4"
+        ))?;
+        let lo = after.unwrap_or_default();
+        stmt.query_map(params![ns, lo, seq, limit as i64], version_from_row)?.map(|r| r?).collect()
+    } else {
+        // The path itself, and the paths below it: those sort between
+        // "p/" and "p0" ('0' follows '/'); "p-x" sorts between "p" and
+        // "p/" and is not below it.
+        let (below, hi) = (format!("{prefix}/"), format!("{prefix}0"));
+        let lo = after.filter(|a| a.as_str() > prefix).unwrap_or_else(|| prefix.to_owned());
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {columns} FROM versions
+             WHERE namespace = ?1 AND path >= ?2 AND path < ?3 AND (path = ?4 OR path >= ?5) AND seq <= ?6
+             GROUP BY path ORDER BY path LIMIT ?7"
+        ))?;
+        stmt.query_map(params![ns, lo, hi, prefix, below, seq, limit as i64], version_from_row)?
+            .map(|r| r?)
+            .collect()
+    }
 }
 
 /// The versions of `ns` in (path, seq) order after `after`.
@@ -417,14 +437,26 @@ pub(super) fn versions_page(
     after: Option<(&str, u64)>,
     limit: usize,
 ) -> Result<Vec<Version>> {
-    let (apath, aseq) = after.map(|(p, s)| (p, s as i64)).unzip();
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {VERSION_COLUMNS} FROM versions
-         WHERE namespace = ?1 AND (?2 IS NULL OR (path, seq) > (?2, ?3))
-         ORDER BY path, seq LIMIT ?4"
-    ))?;
-    let rows = stmt.query_map(params![ns, apath, aseq, limit as i64], version_from_row)?;
-    rows.map(|r| r?).collect()
+    // Two statements, so that a page starts at its bound in the key
+    // instead of scanning from the namespace's start (see `state_at`).
+    match after {
+        None => {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE namespace = ?1 ORDER BY path, seq LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![ns, limit as i64], version_from_row)?;
+            rows.map(|r| r?).collect()
+        }
+        Some((path, seq)) => {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions
+                 WHERE namespace = ?1 AND (path, seq) > (?2, ?3)
+                 ORDER BY path, seq LIMIT ?4"
+            ))?;
+            let rows = stmt.query_map(params![ns, path, seq as i64, limit as i64], version_from_row)?;
+            rows.map(|r| r?).collect()
+        }
+    }
 }
 
 /// The deletions of `ns` under `prefix` since `since_ms` that the trash
@@ -444,9 +476,9 @@ pub(super) fn trash(
          WHERE f.namespace = ?1 AND f.deleted = 1
            AND (?2 = '' OR f.path = ?2 OR (f.path >= ?3 AND f.path < ?4))
            AND v.kind = ?5 AND v.committed_ms >= ?6
-           AND NOT EXISTS (SELECT 1 FROM versions m
-                           WHERE m.namespace = f.namespace AND m.moved_from = f.path AND m.kind = ?7
-                             AND m.seq > f.version)
+           AND NOT EXISTS (SELECT 1 FROM versions m INDEXED BY versions_by_moved_from
+                           WHERE m.namespace = f.namespace AND m.moved_from = f.path
+                             AND m.moved_from IS NOT NULL AND m.kind = ?7 AND m.seq > f.version)
          ORDER BY v.seq DESC",
         columns.join(", ")
     ))?;
