@@ -28,7 +28,7 @@ use crate::{
     ServerMetrics, WriteGate,
     feed::{self, Item},
     storage::{
-        Change, Store,
+        Change, HistoryChange, Store, What,
         retention::{Retention, RetentionConfig},
     },
 };
@@ -136,8 +136,10 @@ pub(crate) async fn run(
     metrics: ServerMetrics,
     shutdown: CancellationToken,
 ) {
-    // Only the follower's one callback at a time takes it.
-    let detector = Arc::new(tokio::sync::Mutex::new(Detector::default()));
+    // Only the follower's one callback at a time takes it. Beside the
+    // detector, each namespace's policy as last read: read once, not once
+    // per change, and forgotten when a retention change passes.
+    let detector = Arc::new(tokio::sync::Mutex::new((Detector::default(), HashMap::new())));
     let start = store.head();
     let result = feed::follow(&store, start, None, &shutdown, |item| {
         let (store, config, gate, metrics) = (store.clone(), config.clone(), gate.clone(), metrics.clone());
@@ -147,8 +149,13 @@ pub(crate) async fn run(
             if gate.check().is_err() {
                 return true;
             }
-            let mut detector = detector.lock().await;
-            if let Err(e) = observe(&store, &config, &mut detector, &metrics, &change).await {
+            let mut guard = detector.lock().await;
+            let (detector, policies) = &mut *guard;
+            if let What::History(HistoryChange::Retention(_)) = &change.what {
+                policies.remove(&change.namespace);
+                return true;
+            }
+            if let Err(e) = observe(&store, &config, detector, policies, &metrics, &change).await {
                 tracing::warn!(error = %e, seq = change.seq, "the mass-change guard could not look at a change");
             }
             true
@@ -165,13 +172,21 @@ async fn observe(
     store: &Store,
     config: &RetentionConfig,
     detector: &mut Detector,
+    policies: &mut HashMap<String, Retention>,
     metrics: &ServerMetrics,
     change: &Change,
 ) -> crate::Result<()> {
     let Some((counted, at_ms)) = store.guard_counts(change).await? else { return Ok(()) };
     let Some(path) = change.path() else { return Ok(()) };
     let ns = change.namespace.as_str();
-    let (policy, _) = store.retention(ns, config).await?;
+    let policy = match policies.get(ns) {
+        Some(p) => p.clone(),
+        None => {
+            let (p, _) = store.retention(ns, config).await?;
+            policies.insert(ns.to_owned(), p.clone());
+            p
+        }
+    };
     let empty = detector.slide(ns, at_ms, &policy);
     if !counted || policy.guard_window_seconds == 0 {
         return Ok(());

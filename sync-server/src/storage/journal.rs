@@ -134,7 +134,15 @@ struct Inner {
     chunks_stored: AtomicU64,
     /// Chunks of received content that were stored already.
     chunks_deduplicated: AtomicU64,
+    /// For the last [`RECENT_WRITES`] file changes committed here, in seq
+    /// order: whether each replaced a live file. The guard asks it for
+    /// every change it follows, so that a write costs it no metadata trip
+    /// (it falls back to one for an older change).
+    recent_writes: Mutex<VecDeque<(u64, bool)>>,
 }
+
+/// How many committed file changes [`Store::replaced_live`] remembers.
+const RECENT_WRITES: usize = 1 << 16;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -201,6 +209,7 @@ impl Store {
                 options,
                 chunks_stored: AtomicU64::new(0),
                 chunks_deduplicated: AtomicU64::new(0),
+                recent_writes: Mutex::default(),
             }),
         };
         store.sweep_unreferenced().await?;
@@ -208,6 +217,13 @@ impl Store {
             store.spawn_collector();
         }
         Ok(store)
+    }
+
+    /// Whether the file change `seq`, committed here recently, replaced a
+    /// live file (`None`: not remembered, or not a file change).
+    pub(crate) fn replaced_live(&self, seq: u64) -> Option<bool> {
+        let recent = lock(&self.inner.recent_writes);
+        recent.binary_search_by_key(&seq, |(s, _)| *s).ok().map(|i| recent[i].1)
     }
 
     /// The sequence number of the last committed change.
@@ -1412,6 +1428,14 @@ impl Store {
     async fn after_commit(&self, w: &mut Writer, changes: Vec<(Change, Option<Entry>)>) -> Vec<Change> {
         let mut replaced = Vec::new();
         let mut out = Vec::with_capacity(changes.len());
+        {
+            let mut recent = lock(&self.inner.recent_writes);
+            for (change, previous) in changes.iter().filter(|(c, _)| c.entry().is_some()) {
+                recent.push_back((change.seq, previous.as_ref().is_some_and(|p| !p.is_deleted())));
+            }
+            let over = recent.len().saturating_sub(RECENT_WRITES);
+            recent.drain(..over);
+        }
         for (change, previous) in changes {
             w.head = change.seq;
             self.inner.head.store(change.seq, Ordering::Release);

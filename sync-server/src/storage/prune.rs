@@ -133,6 +133,7 @@ impl Store {
         let (Some(entry), Some(note)) = (change.entry(), change.note()) else { return Ok(None) };
         let counted = match note.kind {
             VersionKind::Delete => true,
+            VersionKind::Write if let Some(live) = self.replaced_live(change.seq) => live,
             VersionKind::Write => {
                 let before = self
                     .meta()

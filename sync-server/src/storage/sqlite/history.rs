@@ -118,12 +118,25 @@ fn from_json<T: for<'de> Deserialize<'de>>(seq: u64, s: &str) -> Result<T> {
 /// Writes the version a file change makes (in the same transaction as its
 /// log row and manifest row).
 pub(super) fn write_version(c: &Connection, ns: &str, e: &Entry, note: &VersionNote) -> Result<()> {
+    insert_version(c, "INSERT INTO versions", ns, e, note, false)
+}
+
+/// Inserts one version row with `insert` ("INSERT ... INTO table"): the
+/// live table and the snapshot's have the same columns.
+fn insert_version(
+    c: &Connection,
+    insert: &str,
+    ns: &str,
+    e: &Entry,
+    note: &VersionNote,
+    pinned: bool,
+) -> Result<()> {
     let (size, hash, mtime, exec, link, folder) = content_columns(e);
-    c.prepare_cached(
-        "INSERT INTO versions (namespace, path, seq, deleted, size, hash, mtime_ns, executable, symlink, folder,
-                               client_id, principal, committed_ms, kind, moved_from, moved_to, restored_from)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-    )?
+    c.prepare_cached(&format!(
+        "{insert} (namespace, path, seq, deleted, size, hash, mtime_ns, executable, symlink, folder,
+                   client_id, principal, committed_ms, kind, moved_from, moved_to, restored_from, pinned)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+    ))?
     .execute(params![
         ns,
         e.path.as_str(),
@@ -142,6 +155,7 @@ pub(super) fn write_version(c: &Connection, ns: &str, e: &Entry, note: &VersionN
         note.moved_from.as_ref().map(RelPath::as_str),
         note.moved_to.as_ref().map(RelPath::as_str),
         note.restored_from.map(|v| v as i64),
+        pinned,
     ])?;
     Ok(())
 }
@@ -544,34 +558,7 @@ pub(super) fn retentions(c: &Connection) -> Result<Vec<(String, Retention)>> {
 
 /// Adds a kept version to the snapshot being received.
 pub(super) fn snapshot_put_version(c: &Connection, ns: &str, v: &Version) -> Result<()> {
-    let (e, note) = (&v.entry, &v.note);
-    let (size, hash, mtime, exec, link, folder) = content_columns(e);
-    c.prepare_cached(
-        "INSERT OR REPLACE INTO snapshot_versions (namespace, path, seq, deleted, size, hash, mtime_ns, executable,
-             symlink, folder, client_id, principal, committed_ms, kind, moved_from, moved_to, restored_from, pinned)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-    )?
-    .execute(params![
-        ns,
-        e.path.as_str(),
-        e.version as i64,
-        e.is_deleted(),
-        size,
-        hash,
-        mtime,
-        exec,
-        link,
-        folder,
-        e.client_id,
-        note.principal,
-        note.committed_ms,
-        note.kind.code(),
-        note.moved_from.as_ref().map(RelPath::as_str),
-        note.moved_to.as_ref().map(RelPath::as_str),
-        note.restored_from.map(|v| v as i64),
-        v.pinned,
-    ])?;
-    Ok(())
+    insert_version(c, "INSERT OR REPLACE INTO snapshot_versions", ns, &v.entry, &v.note, v.pinned)
 }
 
 /// Adds a label to the snapshot being received.
