@@ -180,10 +180,10 @@ async fn observe(
     let Some(path) = change.path() else { return Ok(()) };
     let ns = change.namespace.as_str();
     let policy = match policies.get(ns) {
-        Some(p) => p.clone(),
+        Some(p) => *p,
         None => {
             let (p, _) = store.retention(ns, config).await?;
-            policies.insert(ns.to_owned(), p.clone());
+            policies.insert(ns.to_owned(), p);
             p
         }
     };
