@@ -54,8 +54,10 @@ pub const DEFAULT_GUARD_MIN_FILES: u64 = 100;
 pub const DEFAULT_GUARD_WINDOW: u64 = 300;
 
 /// How long a namespace keeps the versions of its files, and its
-/// mass-change guard (the proto's `Retention`; 0 turns a rule off).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// mass-change guard (the proto's `Retention`; 0 turns a rule off). Stored
+/// as JSON (a logged retention change, the `retention` table) by its field
+/// names: renaming a field changes the stored form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Retention {
     /// Every version younger than this is kept.
     pub keep_within_seconds: u64,

@@ -57,55 +57,6 @@ struct PinDetail {
     pinned: bool,
 }
 
-/// A retention policy as `detail` and the `retention` table store it.
-#[derive(Serialize, Deserialize)]
-struct RetentionDetail {
-    keep_within_seconds: u64,
-    hourly_for_seconds: u64,
-    daily_for_seconds: u64,
-    weekly_for_seconds: u64,
-    keep_last: u32,
-    max_history_bytes: u64,
-    immutable_seconds: u64,
-    guard_percent: u32,
-    guard_min_files: u64,
-    guard_window_seconds: u64,
-}
-
-impl From<&Retention> for RetentionDetail {
-    fn from(r: &Retention) -> Self {
-        Self {
-            keep_within_seconds: r.keep_within_seconds,
-            hourly_for_seconds: r.hourly_for_seconds,
-            daily_for_seconds: r.daily_for_seconds,
-            weekly_for_seconds: r.weekly_for_seconds,
-            keep_last: r.keep_last,
-            max_history_bytes: r.max_history_bytes,
-            immutable_seconds: r.immutable_seconds,
-            guard_percent: r.guard_percent,
-            guard_min_files: r.guard_min_files,
-            guard_window_seconds: r.guard_window_seconds,
-        }
-    }
-}
-
-impl From<RetentionDetail> for Retention {
-    fn from(r: RetentionDetail) -> Self {
-        Self {
-            keep_within_seconds: r.keep_within_seconds,
-            hourly_for_seconds: r.hourly_for_seconds,
-            daily_for_seconds: r.daily_for_seconds,
-            weekly_for_seconds: r.weekly_for_seconds,
-            keep_last: r.keep_last,
-            max_history_bytes: r.max_history_bytes,
-            immutable_seconds: r.immutable_seconds,
-            guard_percent: r.guard_percent,
-            guard_min_files: r.guard_min_files,
-            guard_window_seconds: r.guard_window_seconds,
-        }
-    }
-}
-
 fn to_json<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::Internal(format!("encoding a history change: {e}")))
 }
@@ -241,7 +192,7 @@ pub(super) fn write_history_change(c: &Connection, change: &Change, h: &HistoryC
             (KIND_PIN, path.as_str().to_owned(), to_json(&detail)?)
         }
         HistoryChange::Retention(r) => {
-            let policy = to_json(&RetentionDetail::from(r))?;
+            let policy = to_json(r)?;
             c.prepare_cached(
                 "INSERT INTO retention (namespace, policy) VALUES (?1, ?2)
                  ON CONFLICT (namespace) DO UPDATE SET policy = excluded.policy",
@@ -295,7 +246,7 @@ pub(super) fn history_change_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Ch
                 let p: PinDetail = from_json(seq, &detail)?;
                 HistoryChange::Pin { path: RelPath::new(p.path)?, seq: p.seq, pinned: p.pinned }
             }
-            KIND_RETENTION => HistoryChange::Retention(from_json::<RetentionDetail>(seq, &detail)?.into()),
+            KIND_RETENTION => HistoryChange::Retention(from_json::<Retention>(seq, &detail)?),
             KIND_PRUNE => {
                 let removed: Vec<(String, u64)> = from_json(seq, &detail)?;
                 let removed =
@@ -564,9 +515,9 @@ pub(super) fn retentions(c: &Connection) -> Result<Vec<(String, Retention)>> {
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     rows.map(|r| {
         let (ns, policy) = r?;
-        let detail: RetentionDetail = serde_json::from_str(&policy)
+        let detail: Retention = serde_json::from_str(&policy)
             .map_err(|e| Error::Internal(format!("the stored retention of {ns}: {e}")))?;
-        Ok((ns, detail.into()))
+        Ok((ns, detail))
     })
     .collect()
 }
@@ -589,7 +540,7 @@ pub(super) fn snapshot_put_label(c: &Connection, ns: &str, l: &Label) -> Result<
 /// Adds a namespace's run-time retention to the snapshot being received.
 pub(super) fn snapshot_put_retention(c: &Connection, ns: &str, r: &Retention) -> Result<()> {
     c.prepare_cached("INSERT OR REPLACE INTO snapshot_retention (namespace, policy) VALUES (?1, ?2)")?
-        .execute(params![ns, to_json(&RetentionDetail::from(r))?])?;
+        .execute(params![ns, to_json(r)?])?;
     Ok(())
 }
 
