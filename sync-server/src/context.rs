@@ -5,7 +5,7 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Authenticator, Role, ServerMetrics, Store, WriteGate, pruning::Pruner,
+    Authenticator, Result, Role, ServerMetrics, Store, WriteGate, pruning::Pruner,
     replication::primary::ReplicationHandle,
 };
 
@@ -28,4 +28,25 @@ pub struct ServiceContext {
     pub shutdown: CancellationToken,
     /// Prunes history (the collector and `Admin/PruneHistory`).
     pub pruner: Pruner,
+}
+
+impl ServiceContext {
+    /// Refuses a write on a server that takes none now (a replica, a
+    /// fenced primary), or while a sync-mode replica that must confirm it
+    /// is known to be away: before anything is written.
+    pub(crate) fn admit_write(&self) -> Result<()> {
+        self.gate.check()?;
+        self.replication.as_ref().map_or(Ok(()), ReplicationHandle::admit)
+    }
+
+    /// In sync mode, waits until the replica holds `seq` durably.
+    pub(crate) async fn replicated(&self, seq: u64) -> Result<()> {
+        match &self.replication {
+            Some(r) => {
+                r.committed(seq);
+                r.wait_replicated(seq).await
+            }
+            None => Ok(()),
+        }
+    }
 }

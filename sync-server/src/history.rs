@@ -71,15 +71,9 @@ impl HistoryService {
         self.counted(r.map_err(Status::from))
     }
 
-    /// Refuses a write on a server that takes none now (a replica, a
-    /// fenced primary), or while a sync-mode replica that must confirm it
-    /// is known to be away: before anything is written.
+    /// See [`ServiceContext::admit_write`].
     fn admit_write(&self) -> Result<()> {
-        self.ctx.gate.check()?;
-        match &self.ctx.replication {
-            Some(r) => r.admit(),
-            None => Ok(()),
-        }
+        self.ctx.admit_write()
     }
 
     /// Commits `batch` through the store's writer (one transaction),
@@ -94,15 +88,9 @@ impl HistoryService {
         Ok(outcome)
     }
 
-    /// In sync mode, waits until the replica holds `seq` durably.
+    /// See [`ServiceContext::replicated`].
     async fn replicated(&self, seq: u64) -> Result<()> {
-        match &self.ctx.replication {
-            Some(r) => {
-                r.committed(seq);
-                r.wait_replicated(seq).await
-            }
-            None => Ok(()),
-        }
+        self.ctx.replicated(seq).await
     }
 }
 

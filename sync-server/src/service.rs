@@ -133,15 +133,9 @@ impl FileSyncService {
         Ok(Change { seq: entry.version, namespace: ns.to_owned(), what: What::File(entry, note) })
     }
 
-    /// In sync mode, waits until the replica holds `seq` durably.
+    /// See [`ServiceContext::replicated`].
     async fn replicated(&self, seq: u64) -> Result<()> {
-        match &self.ctx.replication {
-            Some(r) => {
-                r.committed(seq);
-                r.wait_replicated(seq).await
-            }
-            None => Ok(()),
-        }
+        self.ctx.replicated(seq).await
     }
 
     /// Takes one of connection `peer`'s [`UploadLimits::per_connection`]
