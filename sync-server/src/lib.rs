@@ -47,6 +47,8 @@ mod runs;
 pub mod scrub;
 pub mod service;
 pub mod storage;
+#[doc(hidden)]
+pub mod testing;
 mod transfer;
 mod wire;
 

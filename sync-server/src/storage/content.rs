@@ -119,6 +119,12 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
     /// Resolves when damaged content was found since the last
     /// [`ContentStore::take_found`] (or will be).
     async fn found(&self);
+
+    /// One round trip to where the content lives: `UNAVAILABLE` when it
+    /// cannot be reached (a local folder always can).
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Content being received. Dropped before `complete`, it leaves nothing.

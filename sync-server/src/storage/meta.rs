@@ -197,6 +197,12 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     /// through the journal (see [`SnapshotSink`]).
     fn snapshots(&self) -> Option<&dyn SnapshotSink>;
 
+    /// What several processes writing this metadata need, if it is shared
+    /// (see [`SharedMeta`]); `None` for a backend one process owns.
+    fn shared(&self) -> Option<&dyn SharedMeta> {
+        None
+    }
+
     // Version history: every file change writes its version (see
     // [`MetaTx::write`]); these read them.
 
@@ -307,6 +313,54 @@ pub(crate) trait MetaTx: Send + Debug {
 
     /// Makes every write durable at once.
     async fn commit(self: Box<Self>) -> Result<()>;
+
+    /// Takes the right to append to the change log, before anything else of
+    /// the transaction: `None` for a backend one process owns (the journal's
+    /// head is the authority); for a shared backend, the head as committed
+    /// by any process, under a lock held until the commit or the drop of
+    /// this transaction, so that writers of every process append one after
+    /// the other and seqs become visible in seq order (never a later seq
+    /// committed before an earlier one).
+    async fn claim_head(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+}
+
+/// A process seen by a shared backend (see [`SharedMeta::processes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ProcessSeen {
+    /// The process's id (random, chosen at start).
+    pub(crate) id: String,
+    /// The address it advertises (its gRPC URL), may be empty.
+    pub(crate) address: String,
+    /// The head it had published (broadcast to its subscribers) when it
+    /// was last seen.
+    pub(crate) head: u64,
+    /// When it was last seen (ms since the epoch, the database's clock).
+    pub(crate) seen_ms: i64,
+}
+
+/// What the journal of one of several processes over the same metadata
+/// needs beyond [`MetaStore`]: a wake-up when another process committed,
+/// liveness, and a health probe.
+#[async_trait]
+pub(crate) trait SharedMeta: Send + Sync {
+    /// Resolves when another process may have committed since the last
+    /// call (at most one announcement per committed transaction), or after
+    /// `poll` at the latest: the log (`seq > cursor`) stays the source of
+    /// truth, the wake-up only makes it fast.
+    async fn changed(&self, poll: std::time::Duration);
+
+    /// Records that process `id` (advertising `address`) is alive and has
+    /// published `head`.
+    async fn heartbeat(&self, id: &str, address: &str, head: u64) -> Result<()>;
+
+    /// The processes seen within the last `within`, this one included.
+    async fn processes(&self, within: std::time::Duration) -> Result<Vec<ProcessSeen>>;
+
+    /// One round trip to the database: `UNAVAILABLE` when it cannot be
+    /// reached.
+    async fn ping(&self) -> Result<()>;
 }
 
 /// The replication capability of a backend that a primary feeds through

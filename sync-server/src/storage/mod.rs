@@ -33,6 +33,7 @@
 //!   tests, run over both backends.
 
 mod blobdir;
+mod bucket;
 mod change;
 mod chunked;
 mod content;
@@ -43,6 +44,7 @@ mod journal;
 #[cfg(test)]
 mod memory;
 mod meta;
+mod postgres;
 mod prune;
 pub mod retention;
 mod retry;

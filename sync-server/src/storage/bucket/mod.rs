@@ -1,0 +1,2 @@
+//! The shared content backend: an S3-compatible bucket, with small content
+//! inline in PostgreSQL.

@@ -1,0 +1,1 @@
+//! PostgreSQL for tests: `initdb` + `pg_ctl` as the `postgres` user.
