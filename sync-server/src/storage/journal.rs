@@ -154,6 +154,13 @@ const RECENT_WRITES: usize = 1 << 16;
 /// lost one).
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
 
+/// How often a process of a shared backend sweeps content nothing refers
+/// to: what a process that died between putting content in place and
+/// committing left, and content the bucket kept because an upload touched
+/// it within its grace (the bucket removes only content untouched for its
+/// grace, so a sweep never takes what an upload in any process placed).
+const SHARED_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// How often a process of a shared backend records that it is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -1501,8 +1508,9 @@ impl Store {
     }
 
     /// On a shared backend: publishes what other processes committed
-    /// (woken by them, or polling every [`FOLLOW_POLL`]) and tells the
-    /// others this process is alive, until the store is dropped.
+    /// (woken by them, or polling every [`FOLLOW_POLL`]), tells the others
+    /// this process is alive, and sweeps unreferenced content now and
+    /// then, until the store is dropped.
     fn spawn_follower(&self) {
         let meta = self.inner.meta.clone();
         let weak = Arc::downgrade(&self.inner);
@@ -1510,6 +1518,7 @@ impl Store {
         tokio::spawn(async move {
             let Some(shared) = meta.shared() else { return };
             let mut last_beat: Option<Instant> = None;
+            let mut last_sweep = Instant::now();
             loop {
                 shared.changed(FOLLOW_POLL).await;
                 let Some(inner) = weak.upgrade() else { return };
@@ -1522,6 +1531,12 @@ impl Store {
                     match shared.heartbeat(&id, &address, store.head()).await {
                         Ok(()) => last_beat = Some(Instant::now()),
                         Err(e) => tracing::warn!(error = %e, "could not record this process's heartbeat"),
+                    }
+                }
+                if last_sweep.elapsed() >= SHARED_SWEEP_INTERVAL {
+                    last_sweep = Instant::now();
+                    if let Err(e) = store.sweep_unreferenced().await {
+                        tracing::warn!(error = %e, "could not sweep unreferenced content");
                     }
                 }
             }
