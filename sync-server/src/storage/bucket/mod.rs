@@ -264,6 +264,13 @@ impl BucketContent {
         client.query_opt(&statement, params).await.map_err(pg_error)
     }
 
+    /// Runs `sql` and returns how many rows it changed.
+    async fn execute(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<u64> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+        client.execute(&statement, params).await.map_err(pg_error)
+    }
+
     /// The row of content `hash`.
     async fn row(&self, hash: &ContentHash) -> Result<Option<Row>> {
         let row = self
@@ -383,14 +390,11 @@ impl BucketContent {
                 .await
                 .map_err(|e| self.bucket_error(e))?;
             let updated = self
-                .client()
-                .await?
                 .execute(
                     "UPDATE contents SET stored = true, damaged = false, touched = now() WHERE hash = $1",
                     &[&key],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             if updated == 1 {
                 if damaged {
                     self.healed(&hash, true).await;
@@ -649,14 +653,15 @@ impl ContentStore for BucketContent {
         let key = hash.as_bytes().as_slice();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
-        let Some(row) = tx
-            .query_opt(
+        let select = tx
+            .prepare_cached(
                 "SELECT data IS NULL, damaged, touched > now() - make_interval(secs => $2) FROM contents
                  WHERE hash = $1 FOR UPDATE",
-                &[&key, &self.inner.grace.as_secs_f64()],
             )
             .await
-            .map_err(pg_error)?
+            .map_err(pg_error)?;
+        let Some(row) =
+            tx.query_opt(&select, &[&key, &self.inner.grace.as_secs_f64()]).await.map_err(pg_error)?
         else {
             // No row, no object: a placing inserts the row before its PUT.
             return Ok(());
@@ -675,7 +680,8 @@ impl ContentStore for BucketContent {
                 Err(e) => return Err(self.bucket_error(e)),
             }
         }
-        tx.execute("DELETE FROM contents WHERE hash = $1", &[&key]).await.map_err(pg_error)?;
+        let remove = tx.prepare_cached("DELETE FROM contents WHERE hash = $1").await.map_err(pg_error)?;
+        tx.execute(&remove, &[&key]).await.map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         if damaged {
             let _ = self

@@ -60,11 +60,11 @@ impl Fixture {
 
     /// The file s3s-fs keeps content `hash`'s object in.
     fn object_file(&self, hash: &ContentHash) -> std::path::PathBuf {
-        self.s3.object_file(BUCKET, &object(hash).to_string())
+        self.s3.object_file(BUCKET, object(hash).as_ref())
     }
 
     fn damaged_file(&self, hash: &ContentHash) -> std::path::PathBuf {
-        self.s3.object_file(BUCKET, &damaged_object(hash).to_string())
+        self.s3.object_file(BUCKET, damaged_object(hash).as_ref())
     }
 
     async fn sql(&self, sql: &str, hash: &ContentHash) -> u64 {
