@@ -80,6 +80,8 @@ CREATE TABLE contents (
     touched timestamptz NOT NULL,          -- last placed; removal waits a grace after it
     damaged boolean     NOT NULL DEFAULT false  -- found damaged and set aside
 );
+-- What a store counts when it opens (few rows, if any).
+CREATE INDEX contents_damaged ON contents (hash) WHERE damaged;
 ";
 
 /// Content of at most this many bytes is kept in its row, not in the
@@ -146,9 +148,10 @@ struct Inner {
     pool: Pool,
     /// See [`DEFAULT_GRACE`].
     grace: Duration,
-    /// Contents set aside as damaged: counted at open and by
+    /// Contents set aside as damaged: counted at open (by an index) and by
     /// [`ContentStore::usage`], kept up to date with what this process
-    /// sets aside, heals and removes.
+    /// sets aside, heals and removes (another process's show at the next
+    /// count).
     damaged_now: AtomicU64,
     /// Damaged contents found by this process since it opened the store.
     found_damaged: AtomicU64,
@@ -239,7 +242,11 @@ impl BucketContent {
                 found: tokio::sync::Notify::new(),
             }),
         };
-        store.usage().await?;
+        let damaged = store
+            .query_opt("SELECT count(*) FROM contents WHERE damaged", &[])
+            .await?
+            .map_or(0, |r| r.get::<_, i64>(0));
+        store.inner.damaged_now.store(u64::try_from(damaged).unwrap_or(0), Ordering::Relaxed);
         Ok(store)
     }
 

@@ -178,6 +178,7 @@ async fn a_damaged_object_is_never_read_whole_is_set_aside_and_healed_by_a_good_
     assert!(store.is_damaged(&hash).await.unwrap());
     assert!(!f.object_file(&hash).exists() && f.damaged_file(&hash).exists(), "the object was moved aside");
     assert_eq!(store.damage_counts(), (1, 1));
+    assert_eq!(f.open().await.damage_counts(), (1, 0), "another process counts it at open");
     assert_eq!(store.take_found(), vec![(hash, data.len() as u64)]);
     // From now on DATA_LOSS at once; a whole-read finds nothing stored.
     assert!(matches!(store.get(&hash, data.len() as u64).await, Err(Error::DataLoss(_))));
