@@ -267,6 +267,29 @@ async fn removal_waits_for_the_grace_after_the_last_placing() {
     assert_eq!(read(&store, &hash, large.len() as u64, 64 * 1024).await.0, large);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_placing_the_same_content_at_once_all_succeed_and_it_reads_back() {
+    let f = Fixture::new().await;
+    let stores = [f.open().await, f.open().await, f.open().await];
+    for data in [noise(300 * 1024, "together"), noise(1000, "small together")] {
+        let placings: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                let (store, data) = (store.clone(), data.clone());
+                tokio::spawn(async move { put(&store, &data).await })
+            })
+            .collect();
+        for placing in placings {
+            placing.await.unwrap();
+        }
+        let hash = ContentHash::of(&data);
+        for store in &stores {
+            assert_eq!(read(store, &hash, data.len() as u64, 64 * 1024).await.0, data);
+        }
+    }
+    assert_eq!(stores[0].list().await.unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn an_upload_dropped_or_refused_leaves_nothing() {
     let f = Fixture::new().await;
