@@ -162,7 +162,7 @@ const FOLLOW_POLL: Duration = Duration::from_millis(500);
 const SHARED_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// How often a process of a shared backend records that it is alive.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Drop for Inner {
     fn drop(&mut self) {

@@ -25,7 +25,15 @@ use rusqlite::types::Value;
 use syncstore::ContentHash;
 use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::ToSql, types::Type};
 
-use super::{Store, StoreOptions, bucket::BucketContent, content::ContentStore, postgres::PgMeta};
+use syncstore::chunks::{Chunker, WHOLE_MAX};
+
+use super::{
+    Store, StoreOptions,
+    bucket::BucketContent,
+    content::ContentStore,
+    meta::{MetaStore, Recipe},
+    postgres::PgMeta,
+};
 use crate::error::{Error, Result};
 
 /// The tables copied, in an order that satisfies every reference.
@@ -80,7 +88,7 @@ pub async fn migrate(from: &Path, meta_url: &str, content_url: &str) -> Result<M
     drop(client);
 
     let mut summary = MigrationSummary { history_id: history_id.clone(), head, ..Default::default() };
-    copy_content(source_content, &bucket, &mut summary).await?;
+    let recipes = copy_content(source_content, &bucket, &mut summary).await?;
 
     let mut client =
         pool.get().await.map_err(|e| Error::Unavailable(format!("the metadata database: {e}")))?;
@@ -108,6 +116,11 @@ pub async fn migrate(from: &Path, meta_url: &str, content_url: &str) -> Result<M
     let head_i64 = i64::try_from(head).map_err(|_| Error::Internal(format!("head {head} out of range")))?;
     tx.execute("UPDATE feed_head SET head = $1", &[&head_i64]).await?;
     tx.commit().await?;
+    // Content stored whole by a release before chunking, now cut into
+    // chunks: its recipe (a run that stops here is run again).
+    for recipe in recipes {
+        pg.put_recipe(recipe).await?;
+    }
     Ok(summary)
 }
 
@@ -139,16 +152,25 @@ async fn claim_target(c: &tokio_postgres::Client, history_id: &str) -> Result<()
 }
 
 /// Copies every stored content the bucket lacks, each read verified and
-/// streamed (never whole in memory beyond one piece).
+/// streamed (never whole in memory beyond one piece). Content larger than
+/// one chunk (stored whole by a release before chunking; a bucket keeps no
+/// content that large) goes as its chunks: their recipes are returned, for
+/// the metadata once it is copied.
 async fn copy_content(
     source: &Arc<dyn ContentStore>,
     target: &BucketContent,
     summary: &mut MigrationSummary,
-) -> Result<()> {
+) -> Result<Vec<Recipe>> {
     let all: Vec<ContentHash> = source.list().await?;
     let total = all.len();
+    let mut recipes = Vec::new();
     for (i, hash) in all.into_iter().enumerate() {
         let Some(size) = source.head(&hash).await? else { continue };
+        if size > WHOLE_MAX {
+            let Some(reader) = source.get(&hash, size).await? else { continue };
+            recipes.push(copy_chunked(reader, hash, size, target, summary).await?);
+            continue;
+        }
         if target.head(&hash).await? == Some(size) {
             summary.contents_present += 1;
             continue;
@@ -166,7 +188,43 @@ async fn copy_content(
             tracing::info!(done = i + 1, total, "content copied");
         }
     }
-    Ok(())
+    Ok(recipes)
+}
+
+/// Cuts content stored whole into chunks as it is read (the same cut a
+/// client makes) and stores each chunk the bucket lacks; returns its recipe.
+async fn copy_chunked(
+    mut reader: Box<dyn super::ContentReader>,
+    hash: ContentHash,
+    size: u64,
+    target: &BucketContent,
+    summary: &mut MigrationSummary,
+) -> Result<Recipe> {
+    let mut chunker = Chunker::new(size);
+    let mut list = Vec::new();
+    let mut done = false;
+    while !done {
+        match reader.next_chunk(syncstore::limits::MAX_CHUNK).await? {
+            Some(piece) => chunker.push(&piece),
+            None => {
+                chunker.finish();
+                done = true;
+            }
+        }
+        while let Some(chunk) = chunker.next_chunk() {
+            list.push(chunk.chunk);
+            match target.put_whole(chunk.chunk.hash, chunk.data).await? {
+                Some(_) => {
+                    summary.contents_copied += 1;
+                    summary.bytes_copied += u64::from(chunk.chunk.size);
+                }
+                None => summary.contents_present += 1,
+            }
+        }
+    }
+    // The reader checked the whole against its name before its last piece.
+    debug_assert_eq!(chunker.content(), (hash, size));
+    Ok(Recipe { hash, size, list, prev: None })
 }
 
 /// Copies one table from the SQLite file `db` into the transaction's

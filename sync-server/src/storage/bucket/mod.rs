@@ -39,7 +39,6 @@
 
 // Wired into the server by `Store::open_shared`; until then only the tests
 // reach it.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::{
     sync::{
@@ -251,6 +250,7 @@ impl BucketContent {
     }
 
     /// The same store with another grace (tests: one that passes at once).
+    #[cfg(test)]
     pub(crate) fn with_grace(self, grace: Duration) -> BucketContent {
         let inner = Arc::into_inner(self.inner).expect("the grace is set before the store is shared");
         BucketContent { inner: Arc::new(Inner { grace, ..inner }) }

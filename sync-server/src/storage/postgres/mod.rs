@@ -22,7 +22,6 @@
 
 // Reached from the server through `Store::open_shared`, which the server's
 // configuration wires; until then only the tests use it.
-#![cfg_attr(not(test), allow(dead_code))]
 
 mod history;
 mod history_prune;
