@@ -781,33 +781,16 @@ mod tests {
     use super::*;
     use crate::testing::postgres::Postgres;
 
-    /// The manifest and the change log as the metadata schema makes them
-    /// (the columns these functions read or write).
-    const META_TABLES: &str = r#"
-        CREATE TABLE files (
-            namespace text NOT NULL, path text COLLATE "C" NOT NULL, version bigint NOT NULL,
-            deleted boolean NOT NULL, size bigint NOT NULL, hash bytea, mtime_ns bigint NOT NULL,
-            executable boolean NOT NULL, client_id text NOT NULL,
-            symlink boolean NOT NULL DEFAULT false, folder boolean NOT NULL DEFAULT false,
-            PRIMARY KEY (namespace, path));
-        CREATE INDEX files_by_hash ON files (hash) WHERE hash IS NOT NULL;
-        CREATE TABLE changes (
-            seq bigint PRIMARY KEY, namespace text NOT NULL, path text COLLATE "C" NOT NULL,
-            deleted boolean NOT NULL, size bigint NOT NULL, hash bytea, mtime_ns bigint NOT NULL,
-            executable boolean NOT NULL, client_id text NOT NULL, committed_ms bigint NOT NULL,
-            kind bigint NOT NULL DEFAULT 0, detail text);"#;
-
     /// One cluster for this test process (its watcher stops it when the
-    /// process ends), a fresh database per test.
+    /// process ends), a fresh database per test, with the metadata schema.
     async fn database() -> Client {
         static CLUSTER: OnceLock<Postgres> = OnceLock::new();
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let pg = CLUSTER.get_or_init(Postgres::start);
         let url = pg.create_database(&format!("history_{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
-        client.batch_execute(META_TABLES).await.unwrap();
-        client.batch_execute(SCHEMA).await.unwrap();
+        super::super::schema::migrate(&mut client).await.unwrap();
         client
     }
 
