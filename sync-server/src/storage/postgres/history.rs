@@ -8,8 +8,8 @@
 //!
 //! Every statement is one round trip (`query_typed`: the parameters' types
 //! are given, so nothing is prepared first), and each seeks to its bounds
-//! in an index (the tests check PostgreSQL's plans on a namespace of
-//! 200,000 versions): a page of a 100,000-file browse, a deletion's
+//! in an index (a test checks PostgreSQL's plans on a namespace of
+//! 100,000 files): a page of a 100,000-file browse, a deletion's
 //! "moved since?" or a trash listing never walks a namespace's history
 //! from its start.
 //!
