@@ -8,8 +8,8 @@
 //!
 //! Every statement is one round trip (`query_typed`: the parameters' types
 //! are given, so nothing is prepared first), and each seeks to its bounds
-//! in an index (the tests check PostgreSQL's plans on a namespace of
-//! 200,000 versions): a page of a 100,000-file browse, a deletion's
+//! in an index (a test checks PostgreSQL's plans on a namespace of
+//! 100,000 files): a page of a 100,000-file browse, a deletion's
 //! "moved since?" or a trash listing never walks a namespace's history
 //! from its start.
 //!
@@ -106,7 +106,7 @@ pub(super) fn is_history_kind(kind: i64) -> bool {
     (KIND_LABEL_SET..=KIND_PRUNE).contains(&kind)
 }
 
-/// The columns a version is read from, in [`version_at`]'s order.
+/// The columns a version is read from, in [`version_from_columns`]'s order.
 pub(super) const VERSION_COLUMNS: &str = "path, seq, deleted, size, hash, mtime_ns, executable, client_id, \
      symlink, folder, principal, committed_ms, kind, moved_from, moved_to, restored_from, pinned";
 
@@ -199,7 +199,7 @@ pub(super) async fn write_version(c: &Client, ns: &str, e: &Entry, note: &Versio
 }
 
 /// Decodes a version of [`VERSION_COLUMNS`] starting at column `at`.
-fn version_at(r: &Row, at: usize) -> Result<Version> {
+fn version_from_columns(r: &Row, at: usize) -> Result<Version> {
     let path: String = r.try_get(at)?;
     let version: i64 = r.try_get(at + 1)?;
     let deleted: bool = r.try_get(at + 2)?;
@@ -231,7 +231,7 @@ fn version_at(r: &Row, at: usize) -> Result<Version> {
 
 /// Decodes a version of [`VERSION_COLUMNS`].
 fn version_from_row(r: &Row) -> Result<Version> {
-    version_at(r, 0)
+    version_from_columns(r, 0)
 }
 
 /// Decodes a version note from the columns principal, committed_ms, the
@@ -466,18 +466,16 @@ pub(super) async fn moved_to(c: &Client, ns: &str, path: &str, after: u64) -> Re
     Ok(row.map(|r| r.try_get::<_, String>(0)).transpose()?.map(RelPath::new).transpose()?)
 }
 
+/// [`refers_to`]'s query: by the hash indexes.
+const REFERS_TO_SQL: &str = "SELECT EXISTS (SELECT 1 FROM files WHERE hash = $1 AND namespace = $2)
+         OR EXISTS (SELECT 1 FROM versions WHERE hash = $1 AND namespace = $2)";
+
 /// Whether an entry or a kept version of namespace `ns` refers to content
 /// `hash` ([`crate::storage::meta::Want::refers`]: content its own history
 /// keeps is the namespace's to reuse). Reads `files (namespace, hash)`.
 pub(super) async fn refers_to(c: &Client, ns: &str, hash: &ContentHash) -> Result<bool> {
     let hash = hash.as_bytes().as_slice();
-    let row = c
-        .query_typed_one(
-            "SELECT EXISTS (SELECT 1 FROM files WHERE hash = $1 AND namespace = $2)
-                 OR EXISTS (SELECT 1 FROM versions WHERE hash = $1 AND namespace = $2)",
-            &[(&hash, Type::BYTEA), (&ns, Type::TEXT)],
-        )
-        .await?;
+    let row = c.query_typed_one(REFERS_TO_SQL, &[(&hash, Type::BYTEA), (&ns, Type::TEXT)]).await?;
     Ok(row.try_get(0)?)
 }
 
@@ -528,20 +526,18 @@ pub(super) async fn version(
     row.as_ref().map(version_from_row).transpose()
 }
 
+/// [`seq_at_ms`]'s query.
+const SEQ_AT_MS_SQL: &str =
+    "SELECT (SELECT committed_ms FROM versions WHERE namespace = $1 ORDER BY seq LIMIT 1),
+            (SELECT seq FROM versions WHERE namespace = $1 AND committed_ms <= $2 ORDER BY seq DESC LIMIT 1)";
+
 /// The oldest kept version's commit time in `ns` (the lowest seq's), and
 /// the highest seq committed at or before `at_ms`.
 pub(super) async fn seq_at_ms(c: &Client, ns: &str, at_ms: i64) -> Result<(Option<i64>, Option<u64>)> {
     // Both walk the (namespace, seq) index, from its ends: commit times
     // grow with seqs, so the oldest version is the lowest seq's and the
     // search from the newest stops at the first one early enough.
-    let row = c
-        .query_typed_one(
-            "SELECT (SELECT committed_ms FROM versions WHERE namespace = $1 ORDER BY seq LIMIT 1),
-                    (SELECT seq FROM versions WHERE namespace = $1 AND committed_ms <= $2
-                     ORDER BY seq DESC LIMIT 1)",
-            &[(&ns, Type::TEXT), (&at_ms, Type::INT8)],
-        )
-        .await?;
+    let row = c.query_typed_one(SEQ_AT_MS_SQL, &[(&ns, Type::TEXT), (&at_ms, Type::INT8)]).await?;
     Ok((row.try_get(0)?, row.try_get::<_, Option<i64>>(1)?.map(|s| s as u64)))
 }
 
@@ -715,10 +711,10 @@ pub(super) async fn trash(
     rows.iter()
         .map(|r| {
             let before = match r.try_get::<_, Option<String>>(VERSION_WIDTH)? {
-                Some(_) => Some(version_at(r, VERSION_WIDTH)?),
+                Some(_) => Some(version_from_columns(r, VERSION_WIDTH)?),
                 None => None,
             };
-            Ok((version_at(r, 0)?, before))
+            Ok((version_from_columns(r, 0)?, before))
         })
         .collect()
 }
@@ -781,33 +777,16 @@ mod tests {
     use super::*;
     use crate::testing::postgres::Postgres;
 
-    /// The manifest and the change log as the metadata schema makes them
-    /// (the columns these functions read or write).
-    const META_TABLES: &str = r#"
-        CREATE TABLE files (
-            namespace text NOT NULL, path text COLLATE "C" NOT NULL, version bigint NOT NULL,
-            deleted boolean NOT NULL, size bigint NOT NULL, hash bytea, mtime_ns bigint NOT NULL,
-            executable boolean NOT NULL, client_id text NOT NULL,
-            symlink boolean NOT NULL DEFAULT false, folder boolean NOT NULL DEFAULT false,
-            PRIMARY KEY (namespace, path));
-        CREATE INDEX files_by_hash ON files (hash) WHERE hash IS NOT NULL;
-        CREATE TABLE changes (
-            seq bigint PRIMARY KEY, namespace text NOT NULL, path text COLLATE "C" NOT NULL,
-            deleted boolean NOT NULL, size bigint NOT NULL, hash bytea, mtime_ns bigint NOT NULL,
-            executable boolean NOT NULL, client_id text NOT NULL, committed_ms bigint NOT NULL,
-            kind bigint NOT NULL DEFAULT 0, detail text);"#;
-
     /// One cluster for this test process (its watcher stops it when the
-    /// process ends), a fresh database per test.
+    /// process ends), a fresh database per test, with the metadata schema.
     async fn database() -> Client {
         static CLUSTER: OnceLock<Postgres> = OnceLock::new();
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let pg = CLUSTER.get_or_init(Postgres::start);
         let url = pg.create_database(&format!("history_{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
-        client.batch_execute(META_TABLES).await.unwrap();
-        client.batch_execute(SCHEMA).await.unwrap();
+        super::super::schema::migrate(&mut client).await.unwrap();
         client
     }
 
@@ -1074,6 +1053,22 @@ mod tests {
         let anti = p.lines().skip_while(|l| !l.contains("Anti Join")).collect::<Vec<_>>().join("\n");
         assert!(anti.contains("Index Scan using versions_by_moved_from on versions m"), "trash: {p}");
         assert!(p.contains("Index Scan Backward using versions_pkey on versions b"), "trash: {p}");
+
+        // The facts of a write and the pruning reads: by their indexes.
+        let h: Vec<u8> = c.query_one("SELECT hash FROM versions WHERE seq = 154", &[]).await.unwrap().get(0);
+        let p = plan(&c, REFERS_TO_SQL, &[(&h.as_slice(), Type::BYTEA), (&"ns", Type::TEXT)]).await;
+        assert!(
+            p.contains("files_by_hash") && p.contains("versions_by_hash") && !scans(&p),
+            "refers_to: {p}"
+        );
+        let list = vec![h.as_slice()];
+        let p = plan(&c, super::super::history_prune::LIVE_CONTENTS_SQL, &[(&list, Type::BYTEA_ARRAY)]).await;
+        assert!(p.contains("files_by_hash") && !scans(&p), "live_contents: {p}");
+        let p = plan(&c, super::super::history_prune::HISTORY_NAMESPACES_SQL, &[]).await;
+        assert!(!scans(&p), "history_namespaces: {p}");
+        let at = 1000i64;
+        let p = plan(&c, SEQ_AT_MS_SQL, &[(&"ns", Type::TEXT), (&at, Type::INT8)]).await;
+        assert!(p.contains("versions_by_seq") && !scans(&p), "seq_at_ms: {p}");
     }
 
     fn seqs(versions: &[Version]) -> Vec<u64> {

@@ -12,35 +12,30 @@ use tokio_postgres::{Client, types::Type};
 use crate::error::Result;
 use crate::storage::retention::Usage;
 
+/// [`history_namespaces`]'s query: a skip scan of the (namespace, seq)
+/// index, one seek per namespace, not a read of every version.
+pub(super) const HISTORY_NAMESPACES_SQL: &str = "WITH RECURSIVE ns (namespace) AS (
+         (SELECT namespace FROM versions ORDER BY namespace LIMIT 1)
+         UNION ALL
+         SELECT (SELECT v.namespace FROM versions v WHERE v.namespace > ns.namespace ORDER BY v.namespace LIMIT 1)
+         FROM ns WHERE ns.namespace IS NOT NULL)
+     SELECT namespace FROM ns WHERE namespace IS NOT NULL";
+
 /// The namespaces that keep versions.
 pub(super) async fn history_namespaces(c: &Client) -> Result<Vec<String>> {
-    // A skip scan of the (namespace, seq) index: one seek per namespace,
-    // not a read of every version.
-    let rows = c
-        .query_typed(
-            "WITH RECURSIVE ns (namespace) AS (
-                 (SELECT namespace FROM versions ORDER BY namespace LIMIT 1)
-                 UNION ALL
-                 SELECT (SELECT v.namespace FROM versions v WHERE v.namespace > ns.namespace
-                         ORDER BY v.namespace LIMIT 1)
-                 FROM ns WHERE ns.namespace IS NOT NULL)
-             SELECT namespace FROM ns WHERE namespace IS NOT NULL",
-            &[],
-        )
-        .await?;
+    let rows = c.query_typed(HISTORY_NAMESPACES_SQL, &[]).await?;
     Ok(rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>()?)
 }
+
+/// [`live_contents`]'s query: by the manifest's hash index.
+pub(super) const LIVE_CONTENTS_SQL: &str =
+    "SELECT DISTINCT hash FROM files WHERE hash = ANY($1) AND NOT deleted";
 
 /// Those of `hashes` a live entry (of any namespace) refers to, in their
 /// order: one statement for the whole list.
 pub(super) async fn live_contents(c: &Client, hashes: &[ContentHash]) -> Result<Vec<ContentHash>> {
     let list: Vec<&[u8]> = hashes.iter().map(|h| h.as_bytes().as_slice()).collect();
-    let rows = c
-        .query_typed(
-            "SELECT DISTINCT hash FROM files WHERE hash = ANY($1) AND NOT deleted",
-            &[(&list, Type::BYTEA_ARRAY)],
-        )
-        .await?;
+    let rows = c.query_typed(LIVE_CONTENTS_SQL, &[(&list, Type::BYTEA_ARRAY)]).await?;
     let live: HashSet<Vec<u8>> = rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<_, _>>()?;
     Ok(hashes.iter().filter(|h| live.contains(h.as_bytes().as_slice())).copied().collect())
 }
