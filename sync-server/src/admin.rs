@@ -35,6 +35,10 @@ const CONTENT_BUFFER: usize = 4;
 /// Most problems a `ContentDigest` lists (all are counted).
 pub const MAX_CONTENT_PROBLEMS: usize = 1000;
 
+/// How recently a process of a shared backend must have reported itself to
+/// count among the processes status shows.
+const PROCESSES_SEEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The `Admin` service of one server.
 #[derive(Debug, Clone)]
 pub struct AdminService {
@@ -277,6 +281,23 @@ impl Admin for AdminService {
         let history = self.store.history_usage(None).await?;
         (out.history_versions, out.history_bytes) = (history.versions, history.bytes);
         out.guard_trips = self.metrics.history_guard_trips.get();
+        out.backend = if self.store.is_shared() { "postgres+s3" } else { "embedded" }.into();
+        if self.store.is_shared() {
+            out.process_id = self.store.process_id().to_owned();
+            out.processes = self
+                .store
+                .processes(PROCESSES_SEEN_WITHIN)
+                .await?
+                .into_iter()
+                .map(|p| pb::ServerProcess {
+                    id: p.id,
+                    address: p.address,
+                    head_seq: p.head,
+                    lag_changes: head.saturating_sub(p.head),
+                    seen_unix_ms: p.seen_ms,
+                })
+                .collect();
+        }
         if request.get_ref().count_stored {
             (out.stored_blobs, out.stored_bytes) = self.store.stored_blobs().await?;
         }

@@ -210,6 +210,32 @@ pub struct Config {
     pub retention: storage::retention::RetentionConfig,
     /// Time between two passes of the history collector.
     pub history_prune_interval: Duration,
+    /// Where the metadata and the content live.
+    pub backend: Backend,
+}
+
+/// Where a server keeps its metadata and its content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite and a blob folder in the data folder: one process owns them
+    /// (the default; nothing else to run).
+    #[default]
+    Embedded,
+    /// PostgreSQL (`postgres://…`) and an S3-compatible bucket
+    /// (`s3://BUCKET?endpoint=…&region=…`), shared by any number of server
+    /// processes. Credentials come from the environment (`PGPASSWORD` or a
+    /// password file; `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    Shared { meta: String, content: String },
+}
+
+impl Backend {
+    /// The backend's name, as status shows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Shared { .. } => "postgres+s3",
+        }
+    }
 }
 
 /// The server's TLS settings (PEM files).
@@ -277,6 +303,7 @@ impl Config {
             scrub_rate: scrub::DEFAULT_SCRUB_RATE,
             retention: Default::default(),
             history_prune_interval: pruning::PRUNE_INTERVAL,
+            backend: Backend::Embedded,
         }
     }
 
@@ -285,6 +312,11 @@ impl Config {
         Self { role: Role::Replica, ..Self::new(data_dir) }
     }
 }
+
+/// Why a shared backend takes no replica (`--replica`, or a replica role).
+pub const SHARED_REPLICA_REFUSED: &str = "a server over PostgreSQL and a bucket takes no --replica: \
+    PostgreSQL's own replication (a streaming standby) and the object store's durability keep the \
+    copies, and every server process takes writes; see the README's \"Scaling out\"";
 
 /// Promotes a (stopped) replica's data folder: the next epoch, so that its
 /// old primary is refused from now on. Returns history id, epoch and head.
@@ -348,7 +380,17 @@ impl Server {
             None => Authenticator::open(),
         };
         let tls = config.tls.as_ref().map(TlsConfig::server_config).transpose()?;
-        let store = Store::open(&config.data_dir, config.store.clone()).await?;
+        let store = match &config.backend {
+            Backend::Embedded => Store::open(&config.data_dir, config.store.clone()).await?,
+            Backend::Shared { meta, content } => {
+                if config.role == Role::Replica || config.replica.is_some() {
+                    return Err(Error::Config(SHARED_REPLICA_REFUSED.into()));
+                }
+                let mut options = config.store.clone();
+                options.process_address = options.process_address.or_else(|| config.advertise.clone());
+                Store::open_shared(meta, content, options).await?
+            }
+        };
         let metrics = ServerMetrics::new();
         let replication = match config.role {
             Role::Primary => config
@@ -441,6 +483,65 @@ async fn expire_locks(store: Store, gate: WriteGate, shutdown: CancellationToken
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not expire locks"),
+        }
+    }
+}
+
+/// How often a server over a shared backend checks that it reaches the
+/// database and the bucket.
+const BACKEND_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reports every service NOT_SERVING while the database or the bucket
+/// cannot be reached (writes fail with UNAVAILABLE meanwhile), and SERVING
+/// again once both answer.
+async fn probe_backend(
+    store: Store,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(BACKEND_PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let probe = tokio::time::timeout(BACKEND_PROBE_INTERVAL * 3, store.ping()).await;
+        let now = match probe {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                if serving {
+                    tracing::error!(error = %e, "the backend cannot be reached: not serving");
+                }
+                false
+            }
+            Err(_) => {
+                if serving {
+                    tracing::error!("the backend does not answer: not serving");
+                }
+                false
+            }
+        };
+        if now == serving {
+            continue;
+        }
+        serving = now;
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        if serving {
+            tracing::info!("the backend answers again: serving");
+        }
+        for name in [
+            "",
+            <FileSyncServer<FileSyncService> as tonic::server::NamedService>::NAME,
+            <AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+            <HistoryServer<HistoryService> as tonic::server::NamedService>::NAME,
+        ] {
+            health.set_service_status(name, status).await;
         }
     }
 }
@@ -542,6 +643,9 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     health_reporter.set_serving::<HistoryServer<HistoryService>>().await;
     health_reporter.set_serving::<ReplicationServer<ReplicationService>>().await;
     let replication_service = ReplicationService::new(&ctx, health_reporter.clone());
+    if ctx.store.is_shared() {
+        tasks.spawn(probe_backend(ctx.store.clone(), health_reporter.clone(), shutdown.clone()));
+    }
     let admin = AdminService::new(&ctx);
     let history = HistoryService::new(ctx.clone());
 

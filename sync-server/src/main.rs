@@ -132,9 +132,21 @@ struct ServeArgs {
     /// printed as `listening on ADDR` once the server serves.
     #[arg(long, default_value = "127.0.0.1:50051", env = "SYNCSTORE_LISTEN")]
     listen: SocketAddr,
-    /// Data folder: metadata database and content blobs.
+    /// Data folder: metadata database and content blobs (the embedded
+    /// backend; unused with --meta/--content).
     #[arg(long, default_value = "./sync-data", env = "SYNCSTORE_DATA")]
     data: PathBuf,
+    /// Keep the metadata in PostgreSQL (postgres://USER@HOST:PORT/DB), shared
+    /// with any number of server processes; needs --content. The password
+    /// comes from PGPASSWORD or a password file, never from the URL.
+    #[arg(long, env = "SYNCSTORE_META", requires = "content")]
+    meta: Option<String>,
+    /// Keep the content in an S3-compatible bucket
+    /// (s3://BUCKET?endpoint=http://HOST:PORT&region=REGION, path-style);
+    /// needs --meta. Credentials come from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "SYNCSTORE_CONTENT", requires = "meta")]
+    content: Option<String>,
     /// Largest file accepted, in bytes.
     #[arg(long, default_value_t = sync_server::DEFAULT_MAX_FILE_SIZE, env = "SYNCSTORE_MAX_FILE_SIZE")]
     max_file_size: u64,
@@ -292,9 +304,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Refuses a database URL that carries a password: a flag shows in the
+/// process list and the shell history.
+fn check_no_password(url: &str) -> anyhow::Result<()> {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let userinfo = authority.split(['/', '?']).next().unwrap_or("");
+    if userinfo.rsplit_once('@').is_some_and(|(user, _)| user.contains(':')) || url.contains("password=") {
+        anyhow::bail!("--meta must not carry a password: set PGPASSWORD or use a password file (PGPASSFILE)");
+    }
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.role == RoleArg::Replica && args.replica.is_some() {
         anyhow::bail!("--replica is for a primary; a replica is fed by its primary");
+    }
+    if let Some(meta) = &args.meta {
+        check_no_password(meta)?;
+        if args.replica.is_some() || args.role == RoleArg::Replica {
+            anyhow::bail!("{}", sync_server::SHARED_REPLICA_REFUSED);
+        }
     }
     if args.upload_idle_timeout.is_zero() {
         anyhow::bail!("--upload-idle-timeout must be above zero");
@@ -333,7 +362,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.upload_min_rate = args.upload_min_rate;
     config.max_uploads_per_connection = args.max_uploads_per_connection;
     config.store.log_retention = args.log_retention;
+    config.store.process_address = Some(args.advertise.clone().unwrap_or_else(|| format!("http://{addr}")));
     config.advertise = args.advertise;
+    if let (Some(meta), Some(content)) = (args.meta, args.content) {
+        config.backend = sync_server::Backend::Shared { meta, content };
+    }
     config.scrub_interval = (!args.scrub_interval.is_zero()).then_some(args.scrub_interval);
     config.scrub_rate = args.scrub_rate;
     config.history_prune_interval = args.history_prune_interval;

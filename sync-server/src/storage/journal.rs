@@ -91,11 +91,14 @@ pub struct StoreOptions {
     /// readers that must finish a download of a replaced version, want
     /// minutes.
     pub gc_grace: Duration,
+    /// The address (gRPC URL) this process advertises to the others of a
+    /// shared backend, shown in their status.
+    pub process_address: Option<String>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { log_retention: 1_000_000, gc_grace: Duration::ZERO }
+        Self { log_retention: 1_000_000, gc_grace: Duration::ZERO, process_address: None }
     }
 }
 
@@ -139,10 +142,27 @@ struct Inner {
     /// every change it follows, so that a write costs it no metadata trip
     /// (it falls back to one for an older change).
     recent_writes: Mutex<VecDeque<(u64, bool)>>,
+    /// This process's id among the processes of a shared backend.
+    process_id: String,
 }
 
 /// How many committed file changes [`Store::replaced_live`] remembers.
 const RECENT_WRITES: usize = 1 << 16;
+
+/// How often a process of a shared backend looks for other processes'
+/// commits when no wake-up came (the wake-up makes it fast; this bounds a
+/// lost one).
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+
+/// How often a process of a shared backend sweeps content nothing refers
+/// to: what a process that died between putting content in place and
+/// committing left, and content the bucket kept because an upload touched
+/// it within its grace (the bucket removes only content untouched for its
+/// grace, so a sweep never takes what an upload in any process placed).
+const SHARED_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How often a process of a shared backend records that it is alive.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -180,6 +200,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the shared backend: metadata in PostgreSQL at `meta_url`,
+    /// content in the S3-compatible bucket at `content_url` (small content
+    /// inline in the database), written by any number of processes.
+    pub async fn open_shared(meta_url: &str, content_url: &str, options: StoreOptions) -> Result<Self> {
+        let _ = (meta_url, content_url, options);
+        Err(Error::Config("the shared backend is not built into this server yet".into()))
+    }
+
     /// A store over the given backends; sweeps content nothing refers to.
     pub(crate) async fn with_backends(
         meta: Arc<dyn MetaStore>,
@@ -210,11 +238,15 @@ impl Store {
                 chunks_stored: AtomicU64::new(0),
                 chunks_deduplicated: AtomicU64::new(0),
                 recent_writes: Mutex::default(),
+                process_id: format!("{:016x}", rand::random::<u64>()),
             }),
         };
         store.sweep_unreferenced().await?;
         if !store.inner.options.gc_grace.is_zero() {
             store.spawn_collector();
+        }
+        if store.is_shared() {
+            store.spawn_follower();
         }
         Ok(store)
     }
@@ -620,6 +652,7 @@ impl Store {
             let pending: Vec<ContentHash> =
                 jobs.iter().filter(|(_, j)| j.needs_sync).map(|(_, j)| j.put.content.hash).collect();
             self.inner.content.ensure_durable(&pending).await?;
+            let mut tx = self.begin_write(w).await?;
             let items = jobs
                 .iter()
                 .map(|(ns, job)| {
@@ -672,7 +705,6 @@ impl Store {
                     }
                 }
             });
-            let mut tx = self.inner.meta.begin();
             tx.decide_each(items, decide);
             tx.commit().await
         }
@@ -701,13 +733,20 @@ impl Store {
                 // on its own fails with the group.
                 tracing::error!(error = %e, "a group commit failed");
                 let full = e.is_disk_full();
+                let unavailable = matches!(e, Error::Unavailable(_));
                 let mut decided = decided.into_iter();
                 for slot in slots {
                     *lock(&slot) = Some(match decided.next() {
                         Some(Err(refused)) => Err(refused),
                         _ => {
                             let message = format!("the commit failed: {e}");
-                            Err(if full { Error::DiskFull(message) } else { Error::Internal(message) })
+                            Err(if full {
+                                Error::DiskFull(message)
+                            } else if unavailable {
+                                Error::Unavailable(message)
+                            } else {
+                                Error::Internal(message)
+                            })
                         }
                     });
                 }
@@ -844,8 +883,8 @@ impl Store {
         detached(async move {
             let Delete { path, base_version, who, lock_token } = del;
             let mut w = this.inner.writer.lock().await;
+            let mut tx = this.begin_write(&mut w).await?;
             let seq = w.head + 1;
-            let mut tx = this.inner.meta.begin();
             let facts = tx.facts(&ns, &path, Want { moved_away: true, ..Want::default() }).await?;
             let current = facts.current;
             if current.as_ref().is_none_or(Entry::is_deleted) {
@@ -937,8 +976,8 @@ impl Store {
         let (this, ns) = (self.clone(), ns.to_owned());
         detached(async move {
             let mut w = this.inner.writer.lock().await;
+            let mut tx = this.begin_write(&mut w).await?;
             let seq = w.head + 1;
-            let mut tx = this.inner.meta.begin();
             let change = make(&mut *tx, ns, seq).await?;
             tx.write(change.clone());
             tx.commit().await?;
@@ -966,11 +1005,11 @@ impl Store {
         let (this, ns) = (self.clone(), ns.to_owned());
         detached(async move {
             let mut w = this.inner.writer.lock().await;
+            let mut tx = this.begin_write(&mut w).await?;
             let (whats, unreferenced) = make(this.clone(), w.head).await?;
             if whats.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut tx = this.inner.meta.begin();
             let changes: Vec<(Change, Option<Entry>)> = (w.head + 1..)
                 .zip(whats)
                 .map(|(seq, h)| (Change { seq, namespace: ns.clone(), what: What::History(h) }, None))
@@ -1013,8 +1052,8 @@ impl Store {
         let (this, ns) = (self.clone(), ns.to_owned());
         let outcome = detached(async move {
             let mut w = this.inner.writer.lock().await;
+            let mut tx = this.begin_write(&mut w).await?;
             let head = w.head;
-            let mut tx = this.inner.meta.begin();
             let label = match label {
                 Some(name) => {
                     if this.inner.meta.label(&ns, &name).await?.is_some_and(|l| l.seq != head) {
@@ -1132,13 +1171,19 @@ impl Store {
     pub(crate) async fn expire_locks(&self, now: i64) -> Result<Vec<Change>> {
         let this = self.clone();
         detached(async move {
+            // Looked up before the log is claimed (most sweeps find
+            // nothing), and again after: another process may have ended
+            // them meanwhile.
+            if this.inner.meta.expired_locks(now).await?.is_empty() {
+                return Ok(Vec::new());
+            }
             let mut w = this.inner.writer.lock().await;
+            let mut tx = this.begin_write(&mut w).await?;
             let expired = this.inner.meta.expired_locks(now).await?;
             if expired.is_empty() {
                 return Ok(Vec::new());
             }
             let first = w.head + 1;
-            let mut tx = this.inner.meta.begin();
             let mut changes = Vec::with_capacity(expired.len());
             for (seq, (namespace, lock)) in (first..).zip(expired) {
                 let change = Change {
@@ -1419,6 +1464,121 @@ impl Store {
             .meta
             .snapshots()
             .ok_or_else(|| Error::FailedPrecondition("this server's storage does not take snapshots".into()))
+    }
+
+    /// Begins a write transaction under the writer lock `w`. On a shared
+    /// backend it first claims the log ([`MetaTx::claim_head`]: writers of
+    /// every process append one after the other) and publishes, in order,
+    /// what other processes committed since this one last looked, so that
+    /// the seqs this transaction assigns from `w.head` follow the log's
+    /// head and this process's broadcast stays gap-free.
+    async fn begin_write(&self, w: &mut Writer) -> Result<Box<dyn MetaTx>> {
+        let mut tx = self.inner.meta.begin();
+        if let Some(head) = tx.claim_head().await? {
+            self.catch_up(w, head).await?;
+        }
+        Ok(tx)
+    }
+
+    /// Publishes the changes other processes committed after `w.head`, up
+    /// to `to`: the head advances and subscribers hear of them, in order.
+    /// Content they stopped referring to is their committers' to collect.
+    async fn catch_up(&self, w: &mut Writer, to: u64) -> Result<()> {
+        while w.head < to {
+            let page = self.inner.meta.changes_after(None, w.head, PAGE_SIZE).await?;
+            let Some(first) = page.first().map(|c| c.seq) else {
+                return Err(Error::Internal(format!(
+                    "the change log holds nothing after {} though its head is {to}",
+                    w.head
+                )));
+            };
+            if first != w.head + 1 {
+                // Trimmed by another process past this one's head: a
+                // follower whose cursor is that old starts over (RESET).
+                tracing::warn!(head = w.head, first, "the change log was trimmed past this process's head");
+            }
+            for change in page {
+                w.head = change.seq;
+                self.inner.head.store(change.seq, Ordering::Release);
+                // No receiver is fine: nobody is subscribed.
+                let _ = self.inner.events.send(change);
+            }
+        }
+        Ok(())
+    }
+
+    /// On a shared backend: publishes what other processes committed
+    /// (woken by them, or polling every [`FOLLOW_POLL`]), tells the others
+    /// this process is alive, and sweeps unreferenced content now and
+    /// then, until the store is dropped.
+    fn spawn_follower(&self) {
+        let meta = self.inner.meta.clone();
+        let weak = Arc::downgrade(&self.inner);
+        let id = self.inner.process_id.clone();
+        tokio::spawn(async move {
+            let Some(shared) = meta.shared() else { return };
+            let mut last_beat: Option<Instant> = None;
+            let mut last_sweep = Instant::now();
+            loop {
+                shared.changed(FOLLOW_POLL).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let store = Store { inner };
+                if let Err(e) = store.follow_others().await {
+                    tracing::warn!(error = %e, "could not read other processes' commits");
+                }
+                if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT_INTERVAL) {
+                    let address = store.inner.options.process_address.clone().unwrap_or_default();
+                    match shared.heartbeat(&id, &address, store.head()).await {
+                        Ok(()) => last_beat = Some(Instant::now()),
+                        Err(e) => tracing::warn!(error = %e, "could not record this process's heartbeat"),
+                    }
+                }
+                if last_sweep.elapsed() >= SHARED_SWEEP_INTERVAL {
+                    last_sweep = Instant::now();
+                    if let Err(e) = store.sweep_unreferenced().await {
+                        tracing::warn!(error = %e, "could not sweep unreferenced content");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Publishes the changes other processes committed, if any.
+    async fn follow_others(&self) -> Result<()> {
+        let head = self.inner.meta.head().await?;
+        if head <= self.head() {
+            return Ok(());
+        }
+        let mut w = self.inner.writer.lock().await;
+        self.catch_up(&mut w, head).await
+    }
+
+    /// This process's id among the processes of a shared backend.
+    pub(crate) fn process_id(&self) -> &str {
+        &self.inner.process_id
+    }
+
+    /// The processes of a shared backend seen within the last `within`
+    /// (empty on a backend one process owns).
+    pub(crate) async fn processes(&self, within: Duration) -> Result<Vec<super::meta::ProcessSeen>> {
+        match self.inner.meta.shared() {
+            Some(shared) => shared.processes(within).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Whether other processes write the same metadata.
+    pub fn is_shared(&self) -> bool {
+        self.inner.meta.shared().is_some()
+    }
+
+    /// One round trip to the metadata and to the content: `UNAVAILABLE`
+    /// naming the one that cannot be reached.
+    pub async fn ping(&self) -> Result<()> {
+        if let Some(shared) = self.inner.meta.shared() {
+            shared.ping().await?;
+        }
+        self.inner.content.ping().await
     }
 
     /// Bookkeeping once changes are durable, still under the writer lock:
