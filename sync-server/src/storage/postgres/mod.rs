@@ -1,2 +1,1064 @@
 //! The shared metadata backend: PostgreSQL, written by any number of
 //! server processes at once (see [`super::meta::SharedMeta`]).
+//!
+//! The rows each write touches are the embedded backend's
+//! (`storage/sqlite/`), table for table; what differs is what sharing
+//! needs:
+//! - Seq order is commit order: every write transaction first locks the one
+//!   `feed_head` row ([`MetaTx::claim_head`]) and its commit sets it, so the
+//!   writers of all processes append one after the other and a reader
+//!   following the log by `seq > cursor` never sees a later seq before an
+//!   earlier one.
+//! - A commit that wrote changes sends one `NOTIFY syncstore_feed`; each
+//!   process LISTENs on a connection of its own ([`SharedMeta::changed`]).
+//! - Liveness: each process upserts its row of `processes`.
+//!
+//! Calls run on pooled connections (deadpool); statements are prepared once
+//! per connection. A lost or refused connection, or no pooled connection in
+//! time, is [`Error::Unavailable`]; nothing is retried here.
+//!
+//! Nothing outside this folder names `tokio_postgres`, except the test
+//! cluster of `testing::postgres`.
+
+// Reached from the server through `Store::open_shared`, which the server's
+// configuration wires; until then only the tests use it.
+#![cfg_attr(not(test), allow(dead_code))]
+
+mod history;
+mod identity;
+mod locks;
+mod schema;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use futures::StreamExt;
+use syncstore::{Content, ContentHash, Entry, Lock, RelPath, chunks};
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_util::sync::CancellationToken;
+
+use super::meta::{Decide, Facts, MetaStore, MetaTx, ProcessSeen, Recipe, SharedMeta, SnapshotSink, Want};
+use super::{
+    Change, Identity, Label, Version, VersionNote, What,
+    retention::{Retention, Usage},
+    rules,
+};
+use crate::error::{Error, Result, StorageError, StorageErrorKind};
+
+/// A pooled connection (statements prepared on it are cached).
+pub(super) type Conn = ClientWrapper;
+
+/// The most connections one process holds in its pool.
+const POOL_SIZE: usize = 16;
+
+/// How long a call waits for a pooled connection before it is refused as
+/// unavailable.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// How long connecting to PostgreSQL may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The channel a commit that wrote changes notifies.
+const FEED_CHANNEL: &str = "syncstore_feed";
+
+/// The first and the longest wait before the LISTEN connection is made
+/// again after it dropped (doubling in between).
+const LISTEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// The shared metadata of a scaled-out server.
+#[derive(Debug, Clone)]
+pub(crate) struct PgMeta {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Pool,
+    /// Woken by each notification the LISTEN connection receives (and
+    /// after it reconnected: something may have been missed).
+    feed: Arc<Notify>,
+    /// Stops the LISTEN task when the store goes.
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl PgMeta {
+    /// Connects to the database at `url` (`postgres://user@host:port/db`;
+    /// a password from the URL, `PGPASSWORD`, or the password file
+    /// `PGPASSFILE` / `~/.pgpass`), brings its schema up to date and starts
+    /// listening for other processes' commits.
+    pub(crate) async fn connect(url: &str) -> Result<PgMeta> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| Error::Config(format!("the metadata URL {url:?}: {e}")))?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        if config.get_password().is_none()
+            && let Some(password) = password_from_env(&config)
+        {
+            config.password(password);
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| Error::Config(format!("the metadata connection pool: {e}")))?;
+        let mut conn = pool.get().await?;
+        schema::migrate(&mut conn).await?;
+        identity::init(&conn).await?;
+        drop(conn);
+        let feed = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        tokio::spawn(listen(config, feed.clone(), stop.clone()));
+        Ok(PgMeta { inner: Arc::new(Inner { pool, feed, stop }) })
+    }
+
+    /// The connection pool (the bucket keeps its inline content in the same
+    /// database).
+    pub(crate) fn pool(&self) -> Pool {
+        self.inner.pool.clone()
+    }
+
+    async fn conn(&self) -> Result<Object> {
+        Ok(self.inner.pool.get().await?)
+    }
+
+    fn tx(&self) -> PgTx {
+        PgTx { pool: self.inner.pool.clone(), conn: None, pending: Vec::new(), open: false, last_seq: None }
+    }
+}
+
+/// The password for `config` from `PGPASSWORD`, else from the password file
+/// (`PGPASSFILE`, else `~/.pgpass`): its first line
+/// `host:port:database:user:password` that matches (`*` matches anything).
+fn password_from_env(config: &tokio_postgres::Config) -> Option<String> {
+    if let Ok(p) = std::env::var("PGPASSWORD") {
+        return Some(p);
+    }
+    let file = std::env::var_os("PGPASSFILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(file).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let db = config.get_dbname().unwrap_or_default().to_owned();
+    let user = config.get_user().unwrap_or_default().to_owned();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let fields: Vec<&str> = line.splitn(5, ':').collect();
+        let [h, p, d, u, password] = fields[..] else { return None };
+        let fits = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+        (fits(h, &host) && fits(p, &port) && fits(d, &db) && fits(u, &user)).then(|| password.to_owned())
+    })
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let code = e.code().map(|c| c.code().to_owned());
+        let lost = e.is_closed()
+            || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
+            // Connection exceptions, operator intervention (a shutdown),
+            // too many connections.
+            || code.as_deref().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300");
+        if lost {
+            return Error::Unavailable(format!("the metadata database (PostgreSQL) cannot be reached: {e}"));
+        }
+        let kind = if code.as_deref() == Some("53100") {
+            StorageErrorKind::DiskFull
+        } else {
+            StorageErrorKind::Other
+        };
+        let detail = e.as_db_error().map(|d| d.to_string()).unwrap_or_else(|| e.to_string());
+        Error::Storage(StorageError::new(kind, format!("PostgreSQL: {detail}")))
+    }
+}
+
+impl From<PoolError> for Error {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Backend(e) => e.into(),
+            PoolError::Timeout(_) => Error::Unavailable(format!(
+                "the metadata database (PostgreSQL): no connection within {POOL_WAIT:?}"
+            )),
+            other => Error::Unavailable(format!("the metadata database (PostgreSQL): {other}")),
+        }
+    }
+}
+
+/// Keeps a connection LISTENing on [`FEED_CHANNEL`] until `stop`, waking
+/// `feed` on each notification; connects again with backoff when it drops.
+async fn listen(config: tokio_postgres::Config, feed: Arc<Notify>, stop: CancellationToken) {
+    let mut backoff = LISTEN_BACKOFF.0;
+    loop {
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listen_once(&config, &feed) => r,
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "the metadata database's notification connection dropped; connecting again");
+        }
+        // Something may have been committed while it was down.
+        feed.notify_one();
+        if started.elapsed() > LISTEN_BACKOFF.1 {
+            backoff = LISTEN_BACKOFF.0;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(LISTEN_BACKOFF.1);
+    }
+}
+
+/// One LISTEN connection, until it fails.
+async fn listen_once(config: &tokio_postgres::Config, feed: &Notify) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let listen = format!("LISTEN {FEED_CHANNEL}");
+    let listening = client.batch_execute(&listen);
+    tokio::pin!(listening);
+    // The connection only makes progress while its messages are polled.
+    loop {
+        tokio::select! {
+            r = &mut listening => { r?; break; }
+            m = messages.next() => match m {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+        }
+    }
+    feed.notify_one();
+    while let Some(m) = messages.next().await {
+        if let AsyncMessage::Notification(_) = m? {
+            feed.notify_one();
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl MetaStore for PgMeta {
+    async fn head(&self) -> Result<u64> {
+        let c = self.conn().await?;
+        let stmt = c.prepare_cached("SELECT head FROM feed_head").await?;
+        Ok(c.query_one(&stmt, &[]).await?.get::<_, i64>(0) as u64)
+    }
+
+    async fn load_identity(&self) -> Result<Identity> {
+        identity::load(&*self.conn().await?).await
+    }
+
+    async fn save_identity(&self, id: &Identity) -> Result<()> {
+        let mut tx = Box::new(self.tx());
+        identity::save(tx.trip().await?, id).await?;
+        tx.commit().await
+    }
+
+    fn begin(&self) -> Box<dyn MetaTx> {
+        Box::new(self.tx())
+    }
+
+    async fn facts(&self, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
+        facts(&*self.conn().await?, ns, path, want).await
+    }
+
+    async fn entry_at(&self, ns: &str, path: &RelPath, version: u64) -> Result<Option<Entry>> {
+        let c = self.conn().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT path, seq, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
+                 FROM changes WHERE namespace = $1 AND path = $2 AND seq = $3 AND kind = 0",
+            )
+            .await?;
+        c.query_opt(&stmt, &[&ns, &path.as_str(), &(version as i64)])
+            .await?
+            .map(|r| entry_from_row(&r, 0))
+            .transpose()
+    }
+
+    async fn previous_file_change(
+        &self,
+        ns: &str,
+        path: &RelPath,
+        before: u64,
+    ) -> Result<Option<(u64, bool)>> {
+        let c = self.conn().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT seq, deleted FROM changes
+                 WHERE namespace = $1 AND path = $2 AND seq < $3 AND kind = 0
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .await?;
+        let row = c.query_opt(&stmt, &[&ns, &path.as_str(), &(before as i64)]).await?;
+        Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
+    }
+
+    async fn list_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        include_deleted: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        let prefix = prefix.trim_end_matches('/');
+        // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
+        let (lo, hi) = (format!("{prefix}/"), format!("{prefix}0"));
+        let c = self.conn().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
+                 FROM files
+                 WHERE namespace = $1
+                   AND ($2 = '' OR path = $2 OR (path >= $3 AND path < $4))
+                   AND ($5::text IS NULL OR path > $5)
+                   AND ($6 OR NOT deleted)
+                 ORDER BY path LIMIT $7",
+            )
+            .await?;
+        let rows =
+            c.query(&stmt, &[&ns, &prefix, &lo, &hi, &after, &include_deleted, &(limit as i64)]).await?;
+        rows.iter().map(|r| entry_from_row(r, 0)).collect()
+    }
+
+    async fn manifest_page(&self, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<(String, Entry)>> {
+        let (ans, apath) = after.unzip();
+        let c = self.conn().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, namespace, symlink, folder
+                 FROM files WHERE $1::text IS NULL OR (namespace, path) > ($1, $2::text COLLATE \"C\")
+                 ORDER BY namespace, path LIMIT $3",
+            )
+            .await?;
+        let rows = c.query(&stmt, &[&ans, &apath, &(limit as i64)]).await?;
+        rows.iter().map(|r| Ok((r.try_get(8)?, entry_from_row(r, 0)?))).collect()
+    }
+
+    async fn changes_after(&self, ns: Option<&str>, after: u64, limit: usize) -> Result<Vec<Change>> {
+        let c = self.conn().await?;
+        // Two statements: a namespace's follower reads its own index.
+        let rows = match ns {
+            Some(ns) => {
+                let stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT {CHANGE_COLUMNS} FROM changes WHERE namespace = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                    ))
+                    .await?;
+                c.query(&stmt, &[&ns, &(after as i64), &(limit as i64)]).await?
+            }
+            None => {
+                let stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT {CHANGE_COLUMNS} FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2"
+                    ))
+                    .await?;
+                c.query(&stmt, &[&(after as i64), &(limit as i64)]).await?
+            }
+        };
+        rows.iter().map(change_from_row).collect()
+    }
+
+    async fn oldest_logged(&self) -> Result<Option<u64>> {
+        let c = self.conn().await?;
+        let row = c.query_one("SELECT MIN(seq) FROM changes", &[]).await?;
+        Ok(row.get::<_, Option<i64>>(0).map(|s| s as u64))
+    }
+
+    async fn trim_log(&self, keep_from: u64, head: u64) -> Result<usize> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "DELETE FROM changes WHERE seq <= $1 AND seq < $2",
+                &[&(keep_from as i64), &(head as i64)],
+            )
+            .await?;
+        Ok(n as usize)
+    }
+
+    async fn unreferenced(&self, hashes: Vec<ContentHash>) -> Result<Vec<(ContentHash, bool)>> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.conn().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT h, EXISTS (SELECT 1 FROM recipes WHERE recipes.hash = h)
+                 FROM unnest($1::bytea[]) WITH ORDINALITY AS t (h, i)
+                 WHERE NOT EXISTS (SELECT 1 FROM files WHERE files.hash = h)
+                   AND NOT EXISTS (SELECT 1 FROM versions WHERE versions.hash = h)
+                   AND NOT EXISTS (SELECT 1 FROM recipe_chunks WHERE chunk = h)
+                 ORDER BY i",
+            )
+            .await?;
+        let rows = c.query(&stmt, &[&hash_params(&hashes)]).await?;
+        rows.iter().map(|r| Ok((hash_of(&r.try_get::<_, Vec<u8>>(0)?)?, r.try_get(1)?))).collect()
+    }
+
+    async fn recipe(&self, hash: &ContentHash) -> Result<Option<Recipe>> {
+        get_recipe(&*self.conn().await?, hash).await
+    }
+
+    async fn drop_recipes(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+        // Looked up first, outside a transaction: content stored whole
+        // (every small file) costs no write.
+        let mut recipes = Vec::new();
+        {
+            let c = self.conn().await?;
+            for hash in &hashes {
+                recipes.extend(get_recipe(&c, hash).await?);
+            }
+        }
+        if recipes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = Box::new(self.tx());
+        let c = tx.trip().await?;
+        let mut chunks = std::collections::BTreeSet::new();
+        let unlink = c.prepare_cached("DELETE FROM recipe_chunks WHERE recipe = $1").await?;
+        let delete = c.prepare_cached("DELETE FROM recipes WHERE hash = $1").await?;
+        for recipe in recipes {
+            let hash = recipe.hash.as_bytes().as_slice();
+            c.execute(&unlink, &[&hash]).await?;
+            c.execute(&delete, &[&hash]).await?;
+            chunks.extend(recipe.list.iter().map(|chunk| chunk.hash));
+        }
+        tx.commit().await?;
+        Ok(chunks.into_iter().collect())
+    }
+
+    async fn orphan_recipes(&self) -> Result<Vec<ContentHash>> {
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT hash FROM recipes
+                 WHERE NOT EXISTS (SELECT 1 FROM files WHERE files.hash = recipes.hash AND NOT deleted)
+                   AND NOT EXISTS (SELECT 1 FROM versions WHERE versions.hash = recipes.hash)",
+                &[],
+            )
+            .await?;
+        rows.iter().map(|r| hash_of(&r.try_get::<_, Vec<u8>>(0)?)).collect()
+    }
+
+    async fn put_recipe(&self, recipe: Recipe) -> Result<()> {
+        let mut tx = Box::new(self.tx());
+        write_recipe(tx.trip().await?, &recipe).await?;
+        tx.commit().await
+    }
+
+    async fn paths_of(&self, hash: &ContentHash) -> Result<Vec<(String, String)>> {
+        let c = self.conn().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT namespace, path FROM files WHERE hash = $1 AND NOT deleted ORDER BY namespace, path",
+            )
+            .await?;
+        let rows = c.query(&stmt, &[&hash.as_bytes().as_slice()]).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    async fn referenced_contents(
+        &self,
+        after: Option<ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, u64)>> {
+        let after = after.map(|h| h.as_bytes().to_vec());
+        let c = self.conn().await?;
+        // Every live entry is a kept version of its path, so the versions
+        // hold every referenced content.
+        let stmt = c
+            .prepare_cached(
+                "SELECT hash, MAX(size) FROM versions WHERE hash IS NOT NULL AND ($1::bytea IS NULL OR hash > $1)
+                 GROUP BY hash ORDER BY hash LIMIT $2",
+            )
+            .await?;
+        let rows = c.query(&stmt, &[&after, &(limit as i64)]).await?;
+        rows.iter()
+            .map(|r| Ok((hash_of(&r.try_get::<_, Vec<u8>>(0)?)?, r.try_get::<_, i64>(1)? as u64)))
+            .collect()
+    }
+
+    async fn list_locks_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Lock>> {
+        locks::list_locks_page(&*self.conn().await?, ns, prefix, after, now, limit).await
+    }
+
+    async fn all_locks(&self) -> Result<Vec<(String, Lock)>> {
+        locks::all_locks(&*self.conn().await?).await
+    }
+
+    async fn expired_locks(&self, now: i64) -> Result<Vec<(String, Lock)>> {
+        locks::expired_locks(&*self.conn().await?, now).await
+    }
+
+    fn snapshots(&self) -> Option<&dyn SnapshotSink> {
+        // Every process shares the one database: nothing replicates into it
+        // through the journal.
+        None
+    }
+
+    fn shared(&self) -> Option<&dyn SharedMeta> {
+        Some(self)
+    }
+
+    async fn versions(&self, ns: &str, path: &RelPath, below: u64, limit: usize) -> Result<Vec<Version>> {
+        history::versions(&*self.conn().await?, ns, path.as_str(), below, limit).await
+    }
+
+    async fn version(&self, ns: &str, path: &RelPath, seq: u64) -> Result<Option<Version>> {
+        history::version(&*self.conn().await?, ns, path.as_str(), seq, true).await
+    }
+
+    async fn version_at(&self, ns: &str, path: &RelPath, seq: u64) -> Result<Option<Version>> {
+        history::version(&*self.conn().await?, ns, path.as_str(), seq, false).await
+    }
+
+    async fn seq_at_ms(&self, ns: &str, at_ms: i64) -> Result<(Option<i64>, Option<u64>)> {
+        history::seq_at_ms(&*self.conn().await?, ns, at_ms).await
+    }
+
+    async fn committed_ms_at(&self, ns: &str, seq: u64) -> Result<Option<i64>> {
+        history::committed_ms_at(&*self.conn().await?, ns, seq).await
+    }
+
+    async fn state_at(
+        &self,
+        ns: &str,
+        prefix: &str,
+        seq: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Version>> {
+        history::state_at(&*self.conn().await?, ns, prefix, seq, after, limit).await
+    }
+
+    async fn versions_page(
+        &self,
+        ns: &str,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<Version>> {
+        history::versions_page(&*self.conn().await?, ns, after, limit).await
+    }
+
+    async fn trash(&self, ns: &str, prefix: &str, since_ms: i64) -> Result<Vec<(Version, Option<Version>)>> {
+        history::trash(&*self.conn().await?, ns, prefix, since_ms).await
+    }
+
+    async fn labels(&self, ns: &str) -> Result<Vec<Label>> {
+        history::labels(&*self.conn().await?, ns).await
+    }
+
+    async fn label(&self, ns: &str, name: &str) -> Result<Option<Label>> {
+        history::label(&*self.conn().await?, ns, name).await
+    }
+
+    async fn retentions(&self) -> Result<Vec<(String, Retention)>> {
+        history::retentions(&*self.conn().await?).await
+    }
+
+    async fn history_namespaces(&self) -> Result<Vec<String>> {
+        history::history_namespaces(&*self.conn().await?).await
+    }
+
+    async fn live_contents(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
+        history::live_contents(&*self.conn().await?, &hashes).await
+    }
+
+    async fn live_files(&self, ns: &str) -> Result<u64> {
+        history::live_files(&*self.conn().await?, ns).await
+    }
+
+    async fn history_usage(&self, ns: Option<&str>) -> Result<Usage> {
+        history::history_usage(&*self.conn().await?, ns).await
+    }
+}
+
+#[async_trait]
+impl SharedMeta for PgMeta {
+    async fn changed(&self, poll: Duration) {
+        let _ = tokio::time::timeout(poll, self.inner.feed.notified()).await;
+    }
+
+    async fn heartbeat(&self, id: &str, address: &str, head: u64) -> Result<()> {
+        let c = self.conn().await?;
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO processes (id, address, head, seen) VALUES ($1, $2, $3, now())
+                 ON CONFLICT (id) DO UPDATE SET address = excluded.address, head = excluded.head, seen = now()",
+            )
+            .await?;
+        c.execute(&stmt, &[&id, &address, &(head as i64)]).await?;
+        Ok(())
+    }
+
+    async fn processes(&self, within: Duration) -> Result<Vec<ProcessSeen>> {
+        let c = self.conn().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT id, address, head, (extract(epoch FROM seen) * 1000)::bigint FROM processes
+                 WHERE seen > now() - make_interval(secs => $1) ORDER BY id",
+            )
+            .await?;
+        let rows = c.query(&stmt, &[&within.as_secs_f64()]).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ProcessSeen {
+                    id: r.try_get(0)?,
+                    address: r.try_get(1)?,
+                    head: r.try_get::<_, i64>(2)? as u64,
+                    seen_ms: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.conn().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+/// A transaction on a pooled connection, taken at its first trip with
+/// `BEGIN`; writes and decisions wait in `pending` for the next trip (at
+/// the latest the commit). Dropped while open, it is rolled back before its
+/// connection goes back to the pool (or the connection is discarded).
+pub(super) struct PgTx {
+    pool: Pool,
+    conn: Option<Object>,
+    pending: Vec<Pending>,
+    /// `BEGIN` was sent and neither `COMMIT` nor `ROLLBACK` since.
+    open: bool,
+    /// The highest seq this transaction wrote, if it wrote a change.
+    last_seq: Option<u64>,
+}
+
+/// Work a transaction sends with its next trip, in order.
+enum Pending {
+    Write(Box<Change>),
+    /// [`MetaTx::decide_each`]'s items and the closure that decides them.
+    Decide(Vec<(String, RelPath, Want)>, Decide),
+}
+
+impl std::fmt::Debug for PgTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTx").field("pending", &self.pending.len()).field("open", &self.open).finish()
+    }
+}
+
+impl Pending {
+    /// Runs the work; returns the highest seq it wrote.
+    async fn run(self, c: &Conn) -> Result<Option<u64>> {
+        match self {
+            Pending::Write(change) => {
+                write_change(c, &change).await?;
+                Ok(Some(change.seq))
+            }
+            Pending::Decide(items, mut decide) => {
+                let mut last = None;
+                for (i, (ns, path, want)) in items.into_iter().enumerate() {
+                    let facts = facts(c, &ns, &path, want).await?;
+                    if let Some((change, recipe)) = decide(i, facts) {
+                        if let Some(recipe) = recipe {
+                            write_recipe(c, &recipe).await?;
+                        }
+                        write_change(c, &change).await?;
+                        last = last.max(Some(change.seq));
+                    }
+                }
+                Ok(last)
+            }
+        }
+    }
+}
+
+impl PgTx {
+    /// One trip: takes a connection and opens the transaction if needed,
+    /// then runs the pending work; returns the connection for what follows.
+    async fn trip(&mut self) -> Result<&Conn> {
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.get().await?);
+        }
+        let Some(c) = self.conn.as_deref() else { unreachable!("taken above") };
+        if !self.open {
+            c.batch_execute("BEGIN").await?;
+            self.open = true;
+        }
+        for work in std::mem::take(&mut self.pending) {
+            let wrote = work.run(c).await?;
+            self.last_seq = self.last_seq.max(wrote);
+        }
+        Ok(c)
+    }
+}
+
+#[async_trait]
+impl MetaTx for PgTx {
+    async fn facts(&mut self, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
+        let c = self.trip().await?;
+        facts(c, ns, path, want).await
+    }
+
+    fn decide_each(&mut self, items: Vec<(String, RelPath, Want)>, decide: Decide) {
+        self.pending.push(Pending::Decide(items, decide));
+    }
+
+    async fn lock_by_id(&mut self, ns: &str, lock_id: &str) -> Result<Option<Lock>> {
+        let c = self.trip().await?;
+        locks::get_lock_by_id(c, ns, lock_id).await
+    }
+
+    fn write(&mut self, change: Change) {
+        self.pending.push(Pending::Write(Box::new(change)));
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.trip().await.map(|_| ())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        if self.conn.is_none() && self.pending.is_empty() {
+            return Ok(());
+        }
+        self.trip().await?;
+        let finish = match self.last_seq {
+            // One trip: the head moves to the last seq written, and the
+            // other processes hear of it once the commit is visible.
+            Some(seq) => format!(
+                "UPDATE feed_head SET head = GREATEST(head, {}); NOTIFY {FEED_CHANNEL}; COMMIT",
+                seq as i64
+            ),
+            None => "COMMIT".to_owned(),
+        };
+        let Some(c) = self.conn.as_deref() else { unreachable!("taken by the trip") };
+        c.batch_execute(&finish).await?;
+        self.open = false;
+        Ok(())
+    }
+
+    async fn claim_head(&mut self) -> Result<Option<u64>> {
+        let c = self.trip().await?;
+        let stmt = c.prepare_cached("SELECT head FROM feed_head FOR UPDATE").await?;
+        Ok(Some(c.query_one(&stmt, &[]).await?.get::<_, i64>(0) as u64))
+    }
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if !self.open {
+            return; // back to the pool
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = conn.batch_execute("ROLLBACK").await {
+                        tracing::warn!(error = %e, "could not roll back an abandoned transaction");
+                        drop(Object::take(conn));
+                    }
+                });
+            }
+            // No runtime to roll back on: the connection is closed instead
+            // (which rolls back), never pooled with the transaction open.
+            Err(_) => drop(Object::take(conn)),
+        }
+    }
+}
+
+/// The facts of a write to `path` (see [`Facts`]).
+async fn facts(c: &Conn, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
+    let (current, lock) = futures::try_join!(get_entry(c, ns, path), locks::get_lock(c, ns, path))?;
+    let mut out = Facts { current, lock, ..Facts::default() };
+    if let Some(folder) = want.clash {
+        let folders: Vec<&str> = rules::folders_of(path).collect();
+        if !folders.is_empty() {
+            // The first of the path's folders (shortest first) that is a
+            // live file.
+            let stmt = c
+                .prepare_cached(
+                    "SELECT path FROM files WHERE namespace = $1 AND path = ANY($2) AND NOT deleted AND NOT folder
+                     ORDER BY length(path) LIMIT 1",
+                )
+                .await?;
+            out.file_above = c.query_opt(&stmt, &[&ns, &folders]).await?.map(|r| r.get(0));
+        }
+        if !folder && out.file_above.is_none() {
+            // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
+            let p = path.as_str();
+            let stmt = c
+                .prepare_cached(
+                    "SELECT path FROM files WHERE namespace = $1 AND path > $2 AND path < $3 AND NOT deleted LIMIT 1",
+                )
+                .await?;
+            out.live_below =
+                c.query_opt(&stmt, &[&ns, &format!("{p}/"), &format!("{p}0")]).await?.map(|r| r.get(0));
+        }
+    }
+    if let Some(hash) = want.refers {
+        out.refers = refers_to(c, ns, &hash).await?;
+    }
+    if want.current_recipe
+        && let Some(current) = out.current.as_ref().and_then(|e| e.content)
+    {
+        out.current_recipe = get_recipe(c, &current.hash).await?.map(|r| r.list);
+    }
+    if let Some(from) = &want.moved_from {
+        out.moved_from_hash = history::newest_content(c, ns, from.as_str()).await?;
+    }
+    if want.moved_away
+        && let Some(current) = &out.current
+    {
+        out.moved_to = history::moved_to(c, ns, path.as_str(), current.version).await?;
+    }
+    Ok(out)
+}
+
+/// The hashes as `bytea[]` parameter values.
+fn hash_params(hashes: &[ContentHash]) -> Vec<&[u8]> {
+    hashes.iter().map(|h| h.as_bytes().as_slice()).collect()
+}
+
+fn hash_of(bytes: &[u8]) -> Result<ContentHash> {
+    Ok(ContentHash::try_from(bytes)?)
+}
+
+/// The recipe of content `hash`, if one is kept.
+async fn get_recipe(c: &Conn, hash: &ContentHash) -> Result<Option<Recipe>> {
+    let stmt = c.prepare_cached("SELECT size, list, prev, prev_runs FROM recipes WHERE hash = $1").await?;
+    let Some(row) = c.query_opt(&stmt, &[&hash.as_bytes().as_slice()]).await? else { return Ok(None) };
+    let size: i64 = row.try_get(0)?;
+    let list: Vec<u8> = row.try_get(1)?;
+    let prev: Option<Vec<u8>> = row.try_get(2)?;
+    let prev_runs: Option<Vec<u8>> = row.try_get(3)?;
+    let bad = || Error::Internal(format!("the stored chunk list of {hash} does not read"));
+    let list = chunks::unpack_list(&list).ok_or_else(bad)?;
+    let prev = match (prev, prev_runs) {
+        (Some(p), Some(runs)) => Some((hash_of(&p)?, chunks::unpack_runs(&runs).ok_or_else(bad)?)),
+        _ => None,
+    };
+    Ok(Some(Recipe { hash: *hash, size: size as u64, list, prev }))
+}
+
+/// Stores a recipe and its chunk references; a stored one is kept (the
+/// same content cuts into the same list), its `prev` replaced by a new one.
+async fn write_recipe(c: &Conn, r: &Recipe) -> Result<()> {
+    let hash = r.hash.as_bytes().as_slice();
+    let (prev, prev_runs) = match &r.prev {
+        Some((p, runs)) => (Some(p.as_bytes().to_vec()), Some(chunks::pack_runs(runs))),
+        None => (None, None),
+    };
+    let upsert = c
+        .prepare_cached(
+            "INSERT INTO recipes (hash, size, list, prev, prev_runs) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (hash) DO UPDATE SET
+               prev = COALESCE(excluded.prev, recipes.prev),
+               prev_runs = COALESCE(excluded.prev_runs, recipes.prev_runs)",
+        )
+        .await?;
+    c.execute(&upsert, &[&hash, &(r.size as i64), &chunks::pack_list(&r.list), &prev, &prev_runs]).await?;
+    // One statement for the whole list (a chunk listed twice is linked once).
+    let chunks: Vec<&[u8]> = r.list.iter().map(|chunk| chunk.hash.as_bytes().as_slice()).collect();
+    let link = c
+        .prepare_cached(
+            "INSERT INTO recipe_chunks (chunk, recipe) SELECT DISTINCT chunk, $2::bytea FROM unnest($1::bytea[]) AS chunk
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    c.execute(&link, &[&chunks, &hash]).await?;
+    Ok(())
+}
+
+/// Whether an entry or a kept version of namespace `ns` refers to content
+/// `hash` (content its own history keeps is the namespace's to reuse).
+async fn refers_to(c: &Conn, ns: &str, hash: &ContentHash) -> Result<bool> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM files WHERE hash = $1 AND namespace = $2)
+                 OR EXISTS (SELECT 1 FROM versions WHERE hash = $1 AND namespace = $2)",
+        )
+        .await?;
+    Ok(c.query_one(&stmt, &[&hash.as_bytes().as_slice(), &ns]).await?.try_get(0)?)
+}
+
+async fn get_entry(c: &Conn, ns: &str, path: &RelPath) -> Result<Option<Entry>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
+             FROM files WHERE namespace = $1 AND path = $2",
+        )
+        .await?;
+    c.query_opt(&stmt, &[&ns, &path.as_str()]).await?.map(|r| entry_from_row(&r, 0)).transpose()
+}
+
+/// Appends a change to the log and applies it.
+async fn write_change(c: &Conn, change: &Change) -> Result<()> {
+    match &change.what {
+        What::File(e, note) => write_file_change(c, &change.namespace, e, note).await,
+        What::History(h) => history::write_history_change(c, change, h).await,
+        What::Lock(_) | What::Unlock { .. } => locks::write_lock_change(c, change).await,
+    }
+}
+
+/// Appends a file change to the log, makes it the path's current entry and
+/// keeps it as a version of the path.
+async fn write_file_change(c: &Conn, ns: &str, e: &Entry, note: &VersionNote) -> Result<()> {
+    let (size, hash, mtime, exec, link, folder) = content_columns(e);
+    let deleted = e.content.is_none();
+    let log = c
+        .prepare_cached(
+            "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id,
+                                  committed_ms, symlink, folder, principal, version_kind, moved_from, moved_to,
+                                  restored_from)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .await?;
+    c.execute(
+        &log,
+        &[
+            &(e.version as i64),
+            &ns,
+            &e.path.as_str(),
+            &deleted,
+            &size,
+            &hash,
+            &mtime,
+            &exec,
+            &e.client_id,
+            &note.committed_ms,
+            &link,
+            &folder,
+            &note.principal,
+            &note.kind.code(),
+            &note.moved_from.as_ref().map(RelPath::as_str),
+            &note.moved_to.as_ref().map(RelPath::as_str),
+            &note.restored_from.map(|v| v as i64),
+        ],
+    )
+    .await?;
+    history::write_version(c, ns, e, note).await?;
+    let manifest = c
+        .prepare_cached(
+            "INSERT INTO files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id,
+                                symlink, folder)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (namespace, path) DO UPDATE SET
+               version = excluded.version, deleted = excluded.deleted, size = excluded.size,
+               hash = excluded.hash, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
+               client_id = excluded.client_id, symlink = excluded.symlink, folder = excluded.folder",
+        )
+        .await?;
+    c.execute(
+        &manifest,
+        &[
+            &ns,
+            &e.path.as_str(),
+            &(e.version as i64),
+            &deleted,
+            &size,
+            &hash,
+            &mtime,
+            &exec,
+            &e.client_id,
+            &link,
+            &folder,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// An entry's content as the columns size, hash, mtime_ns, executable,
+/// symlink and folder (zeros and no hash for a tombstone).
+pub(super) fn content_columns(e: &Entry) -> (i64, Option<Vec<u8>>, i64, bool, bool, bool) {
+    match &e.content {
+        Some(c) => {
+            (c.size as i64, Some(c.hash.as_bytes().to_vec()), c.mtime_ns, c.executable, c.symlink, c.folder)
+        }
+        None => (0, None, 0, false, false, false),
+    }
+}
+
+/// The columns [`change_from_row`] decodes: a file change's in order, the
+/// rest by name.
+const CHANGE_COLUMNS: &str = "path, seq, deleted, size, hash, mtime_ns, executable, client_id, namespace, kind, \
+     symlink, folder, lock_id, lock_client_id, lock_principal, lock_holder, lock_note, lock_acquired_ms, \
+     lock_expires_ms, lock_ttl_seconds, lock_token, lock_end, lock_ended_by_client_id, lock_ended_by_principal, \
+     principal, committed_ms, version_kind, moved_from, moved_to, restored_from, detail";
+
+/// Decodes a change-log row of [`CHANGE_COLUMNS`].
+fn change_from_row(r: &Row) -> Result<Change> {
+    let namespace: String = r.try_get(8)?;
+    let kind: i64 = r.try_get(9)?;
+    if kind == 0 {
+        let entry = entry_from_row(r, 0)?;
+        let note = history::note_from_row(r)?;
+        return Ok(Change::file(&namespace, entry, note));
+    }
+    if history::is_history_kind(kind) {
+        return history::history_change_from_row(r);
+    }
+    if locks::is_lock_kind(kind) {
+        return locks::lock_change_from_row(r);
+    }
+    let seq: i64 = r.try_get(1)?;
+    Err(Error::Internal(format!("change {seq}: a change of kind {kind}")))
+}
+
+/// Decodes the columns path, version, deleted, size, hash, mtime_ns,
+/// executable, client_id starting at `at`, and the columns `symlink` and
+/// `folder` by name.
+pub(super) fn entry_from_row(r: &Row, at: usize) -> Result<Entry> {
+    let path: String = r.try_get(at)?;
+    let version: i64 = r.try_get(at + 1)?;
+    let deleted: bool = r.try_get(at + 2)?;
+    let size: i64 = r.try_get(at + 3)?;
+    let hash: Option<Vec<u8>> = r.try_get(at + 4)?;
+    let mtime_ns: i64 = r.try_get(at + 5)?;
+    let executable: bool = r.try_get(at + 6)?;
+    let client_id: String = r.try_get(at + 7)?;
+    let symlink: bool = r.try_get("symlink")?;
+    let folder: bool = r.try_get("folder")?;
+    let content = match (deleted, hash) {
+        (true, _) => None,
+        (false, Some(h)) => {
+            Some(Content { hash: hash_of(&h)?, size: size as u64, mtime_ns, executable, symlink, folder })
+        }
+        (false, None) => return Err(Error::Internal(format!("live entry {path:?} has no hash"))),
+    };
+    Ok(Entry { path: RelPath::new(path)?, version: version as u64, content, client_id })
+}
+
+fn now_ms() -> i64 {
+    syncstore::lock::now_ms()
+}
+
+#[cfg(test)]
+mod tests;
