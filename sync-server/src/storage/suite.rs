@@ -1,6 +1,7 @@
 //! The journal's test suite: written once against [`Store`] and run over
 //! every backend, the embedded one (SQLite and a blob folder in a temp
-//! folder) and the in-memory one. What it proves holds for any backend
+//! folder), the in-memory one, and the shared metadata (PostgreSQL, one
+//! database per test, with in-memory content) for what it offers. What it proves holds for any backend
 //! that passes it: racing puts get gap-free seqs and one winner per path,
 //! refused or abandoned uploads leave no content, locks admit only their
 //! holder with its token (fencing), the change feed replays after a
@@ -18,6 +19,7 @@ use super::{
     content::ContentStore,
     memory::{MemoryContent, MemoryMeta},
     meta::MetaStore,
+    postgres::PgMeta,
     sqlite::SqliteMeta,
 };
 use crate::{error::Error, wire};
@@ -27,6 +29,9 @@ use crate::{error::Error, wire};
 enum Backend {
     Embedded,
     Memory,
+    /// PostgreSQL metadata (a fresh database of the test process's
+    /// cluster) over in-memory content.
+    Postgres,
 }
 
 /// A backend's two halves, kept so that a store can be opened again over
@@ -52,6 +57,12 @@ impl Backend {
             }
             Backend::Memory => Fixture {
                 meta: Arc::new(MemoryMeta::new()),
+                content: Arc::new(MemoryContent::default()),
+                options,
+                _dir: None,
+            },
+            Backend::Postgres => Fixture {
+                meta: Arc::new(PgMeta::connect(&super::postgres::tests::fresh_database()).await.unwrap()),
                 content: Arc::new(MemoryContent::default()),
                 options,
                 _dir: None,
@@ -1183,6 +1194,20 @@ macro_rules! suite {
     };
 }
 
+/// Instantiates suite tests over the shared metadata (PostgreSQL).
+macro_rules! suite_postgres {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
 suite!(
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
     refused_and_abandoned_uploads_leave_no_content,
@@ -1209,6 +1234,34 @@ suite!(
     a_thousand_restores_commit_as_one_transaction_and_are_all_broadcast,
     a_refused_write_in_a_skipping_batch_is_skipped_and_counted,
     labels_and_pins_round_trip_and_replicate,
+);
+
+// The whole suite but the snapshot parts of replication: processes over
+// one shared database never receive a full resync through the journal
+// (`snapshots()` is `None`).
+suite_postgres!(
+    racing_puts_get_gap_free_seqs_and_one_winner_per_path,
+    refused_and_abandoned_uploads_leave_no_content,
+    a_lock_admits_only_its_holder_with_its_token,
+    a_lock_is_bound_to_its_principal_and_client_together,
+    lock_listings_page_in_path_order_under_a_prefix,
+    locks_expire_survive_a_restart_and_reserve_missing_names,
+    the_change_feed_replays_after_a_cursor,
+    the_path_clash_rule_holds,
+    deletions_leave_tombstones,
+    only_the_very_same_write_is_recognised_as_a_retry,
+    a_creation_whose_history_was_trimmed_is_not_recognised,
+    the_identity_is_created_once_and_kept_across_a_restart,
+    only_a_store_that_holds_nothing_adopts_another_history,
+    replaced_content_goes_once_its_grace_has_passed,
+    large_files_store_shared_chunks_once_and_lose_only_their_own,
+    a_chunk_an_upload_holds_survives_a_concurrent_removal,
+    large_content_stored_whole_by_an_earlier_release_keeps_working,
+    every_write_keeps_a_version_and_its_content_until_a_prune,
+    history_follows_a_move,
+    state_at_a_point_is_each_paths_newest_version_then,
+    a_thousand_restores_commit_as_one_transaction_and_are_all_broadcast,
+    a_refused_write_in_a_skipping_batch_is_skipped_and_counted,
 );
 
 /// The embedded backend's own: a small blob is synced (one `syncfs`) before

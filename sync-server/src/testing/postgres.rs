@@ -72,7 +72,7 @@ impl Postgres {
         );
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = on\n\
-             max_connections = 200\nshared_buffers = 32MB\n",
+             max_connections = 300\nshared_buffers = 32MB\n",
             pg.port,
             pg.dir.path().display()
         );

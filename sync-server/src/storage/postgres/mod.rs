@@ -1061,4 +1061,4 @@ fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

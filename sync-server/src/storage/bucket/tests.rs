@@ -1,0 +1,337 @@
+//! The bucket content store against a real s3s-fs and a real PostgreSQL.
+
+use std::time::Duration;
+
+use super::*;
+use crate::testing::{postgres::Postgres, s3::S3};
+
+/// The bucket every test uses.
+const BUCKET: &str = "content";
+
+/// A PostgreSQL cluster and an s3s-fs of one test, with the `contents`
+/// table and a bucket.
+struct Fixture {
+    pg: Postgres,
+    s3: S3,
+    pool: Pool,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let pg = Postgres::start();
+        let url = pg.create_database("syncstore");
+        let pool = deadpool_postgres::Config { url: Some(url), ..Default::default() }
+            .create_pool(Some(deadpool_postgres::Runtime::Tokio1), tokio_postgres::NoTls)
+            .unwrap();
+        pool.get().await.unwrap().batch_execute(SCHEMA).await.unwrap();
+        let s3 = S3::start();
+        s3.create_bucket(BUCKET);
+        Fixture { pg, s3, pool }
+    }
+
+    /// A store over the fixture's bucket and database (another process's,
+    /// when opened twice).
+    async fn open(&self) -> BucketContent {
+        let (key, secret) = self.s3.credentials();
+        let builder = AmazonS3Builder::new().with_access_key_id(key).with_secret_access_key(secret);
+        BucketContent::open_with(builder, &self.s3.url(BUCKET), self.pool.clone()).await.unwrap()
+    }
+
+    /// The file s3s-fs keeps content `hash`'s object in.
+    fn object_file(&self, hash: &ContentHash) -> std::path::PathBuf {
+        self.s3.object_file(BUCKET, &object(hash).to_string())
+    }
+
+    fn damaged_file(&self, hash: &ContentHash) -> std::path::PathBuf {
+        self.s3.object_file(BUCKET, &damaged_object(hash).to_string())
+    }
+
+    async fn sql(&self, sql: &str, hash: &ContentHash) -> u64 {
+        self.pool.get().await.unwrap().execute(sql, &[&hash.as_bytes().as_slice()]).await.unwrap()
+    }
+}
+
+/// `n` bytes that look random, different for each `seed`.
+fn noise(n: usize, seed: &str) -> Vec<u8> {
+    let mut data = vec![0; n];
+    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut data);
+    data
+}
+
+/// Uploads `data` in pieces and places it.
+async fn put(store: &BucketContent, data: &[u8]) -> ContentHash {
+    let hash = ContentHash::of(data);
+    let mut upload = store.upload().await.unwrap();
+    for piece in data.chunks(7000) {
+        upload.write(piece.to_vec()).await.unwrap();
+    }
+    let staged = upload.complete(hash, data.len() as u64).await.unwrap();
+    assert_eq!(staged.place().await.unwrap(), Durability::Durable);
+    hash
+}
+
+/// Reads content back in pieces of at most `max` bytes: what was handed
+/// out, and how the read ended.
+async fn read(store: &BucketContent, hash: &ContentHash, size: u64, max: usize) -> (Vec<u8>, Result<()>) {
+    let mut reader = match store.get(hash, size).await {
+        Ok(Some(reader)) => reader,
+        Ok(None) => return (Vec::new(), Err(Error::NotFound("not stored".into()))),
+        Err(e) => return (Vec::new(), Err(e)),
+    };
+    let mut out = Vec::new();
+    loop {
+        match reader.next_chunk(max).await {
+            Ok(Some(piece)) => {
+                assert!(piece.len() <= max, "a piece of {} bytes", piece.len());
+                out.extend_from_slice(&piece);
+            }
+            Ok(None) => return (out, Ok(())),
+            Err(e) => return (out, Err(e)),
+        }
+    }
+}
+
+/// Flips one byte of a file in place.
+fn flip(file: &std::path::Path, at: usize) {
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[at] ^= 0x40;
+    std::fs::write(file, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn small_content_is_inline_and_larger_content_one_object_both_read_back_whole() {
+    let f = Fixture::new().await;
+    let store = f.open().await;
+    let small = noise(INLINE_MAX as usize, "small");
+    let large = noise(INLINE_MAX as usize + 1, "large");
+    let chunk = noise(300 * 1024, "chunk");
+    let (s, l) = (put(&store, &small).await, put(&store, &large).await);
+    assert_eq!(
+        store.put_whole(ContentHash::of(&chunk), chunk.clone()).await.unwrap(),
+        Some(Durability::Durable)
+    );
+    let c = ContentHash::of(&chunk);
+
+    assert!(!f.object_file(&s).exists(), "inline content costs no object");
+    assert_eq!(std::fs::read(f.object_file(&l)).unwrap(), large);
+    assert_eq!(std::fs::read(f.object_file(&c)).unwrap(), chunk);
+    for (hash, data) in [(s, &small), (l, &large), (c, &chunk)] {
+        let (got, end) = read(&store, &hash, data.len() as u64, 4096).await;
+        end.unwrap();
+        assert_eq!(&got, data);
+        assert_eq!(store.head(&hash).await.unwrap(), Some(data.len() as u64));
+        assert_eq!(store.verify(&hash, data.len() as u64).await.unwrap(), Verdict::Good);
+        assert_eq!(store.verified_size(&hash).await.unwrap(), Some(data.len() as u64));
+        assert_eq!(store.read_whole(&hash, data.len() as u64).await.unwrap().as_ref(), Some(data));
+    }
+    let mut listed = store.list().await.unwrap();
+    listed.sort();
+    let mut want = vec![s, l, c];
+    want.sort();
+    assert_eq!(listed, want);
+    assert_eq!(store.usage().await.unwrap(), (3, (small.len() + large.len() + chunk.len()) as u64));
+
+    // Stored good already: nothing is written again.
+    assert_eq!(store.put_whole(c, chunk.clone()).await.unwrap(), None);
+    assert_eq!(store.put_whole(s, small.clone()).await.unwrap(), None);
+    // Not stored: nothing to read.
+    let absent = ContentHash::of(b"absent");
+    assert!(store.get(&absent, 6).await.unwrap().is_none());
+    assert_eq!(store.head(&absent).await.unwrap(), None);
+    assert_eq!(store.verify(&absent, 6).await.unwrap(), Verdict::Missing);
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_damaged_object_is_never_read_whole_is_set_aside_and_healed_by_a_good_copy() {
+    let f = Fixture::new().await;
+    let store = f.open().await;
+    let data = noise(200 * 1024, "damaged");
+    let hash = put(&store, &data).await;
+    flip(&f.object_file(&hash), data.len() - 5);
+
+    let (got, end) = read(&store, &hash, data.len() as u64, 64 * 1024).await;
+    assert!(matches!(end, Err(Error::DataLoss(_))), "{end:?}");
+    assert!(got.len() < data.len(), "the last piece was held back");
+    assert_eq!(got, data[..got.len()], "what was handed out is the good start");
+    assert!(store.is_damaged(&hash).await.unwrap());
+    assert!(!f.object_file(&hash).exists() && f.damaged_file(&hash).exists(), "the object was moved aside");
+    assert_eq!(store.damage_counts(), (1, 1));
+    assert_eq!(store.take_found(), vec![(hash, data.len() as u64)]);
+    // From now on DATA_LOSS at once; a whole-read finds nothing stored.
+    assert!(matches!(store.get(&hash, data.len() as u64).await, Err(Error::DataLoss(_))));
+    assert_eq!(store.verify(&hash, data.len() as u64).await.unwrap(), Verdict::Missing);
+    assert_eq!(store.head(&hash).await.unwrap(), None);
+    assert_eq!(store.verified_size(&hash).await.unwrap(), None);
+    assert!(store.list().await.unwrap().contains(&hash), "a sweep still sees it");
+
+    // A good copy heals it.
+    put(&store, &data).await;
+    assert!(!store.is_damaged(&hash).await.unwrap());
+    assert!(!f.damaged_file(&hash).exists());
+    assert_eq!(store.damage_counts(), (0, 1));
+    assert_eq!(read(&store, &hash, data.len() as u64, 64 * 1024).await.0, data);
+
+    // Damage nobody has read yet is found by a verify, and an upload of
+    // the same content replaces it.
+    flip(&f.object_file(&hash), 3);
+    assert_eq!(store.verify(&hash, data.len() as u64).await.unwrap(), Verdict::Damaged);
+    put(&store, &data).await;
+    flip(&f.object_file(&hash), 3);
+    assert_eq!(store.put_whole(hash, data.clone()).await.unwrap(), Some(Durability::Durable));
+    assert_eq!(store.verify(&hash, data.len() as u64).await.unwrap(), Verdict::Good);
+
+    // An object of the wrong length is damaged too.
+    std::fs::write(f.object_file(&hash), &data[1..]).unwrap();
+    assert!(matches!(store.get(&hash, data.len() as u64).await, Err(Error::DataLoss(_))));
+
+    // So is an inline copy whose bytes changed in the database.
+    let small = put(&store, b"inline and then damaged").await;
+    f.sql("UPDATE contents SET data = 'x' || data WHERE hash = $1", &small).await;
+    assert!(matches!(store.get(&small, 23).await, Err(Error::DataLoss(_))));
+    assert!(store.is_damaged(&small).await.unwrap());
+    put(&store, b"inline and then damaged").await;
+    assert_eq!(read(&store, &small, 23, 10).await.0, b"inline and then damaged");
+}
+
+#[tokio::test]
+async fn removal_waits_for_the_grace_after_the_last_placing() {
+    let f = Fixture::new().await;
+    let store = f.open().await;
+    let (large, small) = (noise(100 * 1024, "grace"), b"small".to_vec());
+    let hashes = [put(&store, &large).await, put(&store, &small).await];
+    let age = "UPDATE contents SET touched = now() - interval '61 minutes' WHERE hash = $1";
+    for hash in &hashes {
+        // Placed a moment ago (by this or any process): kept.
+        store.delete(hash).await.unwrap();
+        assert!(store.head(hash).await.unwrap().is_some(), "content placed within the grace was removed");
+        // Older than the grace: removed, object and row.
+        f.sql(age, hash).await;
+        // Another process places it again before the removal runs.
+        let other = f.open().await;
+        put(&other, if *hash == hashes[0] { &large } else { &small }).await;
+        store.delete(hash).await.unwrap();
+        assert!(store.head(hash).await.unwrap().is_some(), "content placed again was removed");
+        f.sql(age, hash).await;
+        store.delete(hash).await.unwrap();
+        assert_eq!(store.head(hash).await.unwrap(), None);
+        assert!(!store.list().await.unwrap().contains(hash));
+    }
+    assert!(!f.object_file(&hashes[0]).exists(), "the object went with its row");
+    // Absent content is fine.
+    store.delete(&ContentHash::of(b"never")).await.unwrap();
+
+    // A placing waits for a removal that holds the row, and then puts the
+    // content back.
+    let hash = put(&store, &large).await;
+    f.sql(age, &hash).await;
+    let mut holder = f.pool.get().await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM contents WHERE hash = $1 FOR UPDATE", &[&hash.as_bytes().as_slice()])
+        .await
+        .unwrap();
+    let placing = tokio::spawn({
+        let (store, large) = (store.clone(), large.clone());
+        async move { put(&store, &large).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!placing.is_finished(), "the placing did not wait for the row lock");
+    // The removal (here by hand, as delete does under the lock) ...
+    std::fs::remove_file(f.object_file(&hash)).unwrap();
+    tx.execute("DELETE FROM contents WHERE hash = $1", &[&hash.as_bytes().as_slice()]).await.unwrap();
+    tx.commit().await.unwrap();
+    // ... is followed by the placing's own copy.
+    tokio::time::timeout(Duration::from_secs(20), placing).await.unwrap().unwrap();
+    assert_eq!(read(&store, &hash, large.len() as u64, 64 * 1024).await.0, large);
+}
+
+#[tokio::test]
+async fn an_upload_dropped_or_refused_leaves_nothing() {
+    let f = Fixture::new().await;
+    let store = f.open().await;
+    let data = noise(100 * 1024, "dropped");
+    let mut upload = store.upload().await.unwrap();
+    upload.write(data.clone()).await.unwrap();
+    drop(upload);
+    let mut upload = store.upload().await.unwrap();
+    upload.write(data.clone()).await.unwrap();
+    let refused = upload.complete(ContentHash::of(b"other"), data.len() as u64).await;
+    assert!(matches!(refused, Err(Error::ContentMismatch(_))), "{refused:?}");
+    let mut upload = store.upload().await.unwrap();
+    upload.write(data.clone()).await.unwrap();
+    assert!(matches!(upload.complete(ContentHash::of(&data), 5).await, Err(Error::ContentMismatch(_))));
+    // Staged and dropped before it was placed.
+    let mut upload = store.upload().await.unwrap();
+    upload.write(data.clone()).await.unwrap();
+    drop(upload.complete(ContentHash::of(&data), data.len() as u64).await.unwrap());
+    // More than one chunk's worth is refused as it comes.
+    let mut upload = store.upload().await.unwrap();
+    upload.write(vec![1; UPLOAD_MAX as usize]).await.unwrap();
+    assert!(matches!(upload.write(vec![1]).await, Err(Error::ContentMismatch(_))));
+
+    assert!(store.list().await.unwrap().is_empty());
+    let bucket = f.s3.object_file(BUCKET, "");
+    let objects: Vec<_> = walk(&bucket);
+    assert!(objects.is_empty(), "objects left in the bucket: {objects:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_unreachable_bucket_or_database_is_unavailable_and_never_damage() {
+    let mut f = Fixture::new().await;
+    let store = f.open().await;
+    let data = noise(100 * 1024, "reach");
+    let hash = put(&store, &data).await;
+    store.ping().await.unwrap();
+
+    f.s3.stop();
+    let ping = store.ping().await;
+    assert!(
+        matches!(&ping, Err(Error::Unavailable(m)) if m.contains(&format!("the bucket {BUCKET} cannot be reached"))),
+        "{ping:?}"
+    );
+    let got = store.get(&hash, data.len() as u64).await;
+    assert!(matches!(got, Err(Error::Unavailable(_))), "{got:?}");
+    assert!(matches!(store.verify(&hash, data.len() as u64).await, Err(Error::Unavailable(_))));
+    let other = noise(50 * 1024, "while away");
+    let put_away = store.put_whole(ContentHash::of(&other), other.clone()).await;
+    assert!(matches!(put_away, Err(Error::Unavailable(_))), "{put_away:?}");
+    assert!(!store.is_damaged(&hash).await.unwrap(), "an unreachable bucket is not damage");
+
+    // The same store works again once the bucket is back.
+    f.s3.start_again();
+    store.ping().await.unwrap();
+    assert_eq!(read(&store, &hash, data.len() as u64, 64 * 1024).await.0, data);
+    assert_eq!(store.head(&ContentHash::of(&other)).await.unwrap(), None, "a failed PUT is not stored");
+
+    f.pg.stop();
+    let head = store.head(&hash).await;
+    assert!(matches!(&head, Err(Error::Unavailable(m)) if m.contains("database")), "{head:?}");
+    f.pg.start_again();
+    assert_eq!(store.head(&hash).await.unwrap(), Some(data.len() as u64));
+}
+
+#[test]
+fn content_urls_name_a_bucket_an_endpoint_and_a_region() {
+    assert_eq!(
+        parse_url("s3://b?endpoint=http://127.0.0.1:9000&region=garage").unwrap(),
+        Target {
+            bucket: "b".into(),
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            region: Some("garage".into())
+        }
+    );
+    assert_eq!(parse_url("s3://b").unwrap(), Target { bucket: "b".into(), endpoint: None, region: None });
+    for bad in ["b", "s3://", "s3://b/key", "s3://b?x=1", "s3://b?region", "s3://b?region=a&region=b"] {
+        assert!(matches!(parse_url(bad), Err(Error::Config(_))), "{bad}");
+    }
+}
