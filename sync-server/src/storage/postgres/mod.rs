@@ -25,6 +25,7 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 mod history;
+mod history_prune;
 mod identity;
 mod locks;
 mod schema;
@@ -586,19 +587,19 @@ impl MetaStore for PgMeta {
     }
 
     async fn history_namespaces(&self) -> Result<Vec<String>> {
-        history::history_namespaces(&*self.conn().await?).await
+        history_prune::history_namespaces(&*self.conn().await?).await
     }
 
     async fn live_contents(&self, hashes: Vec<ContentHash>) -> Result<Vec<ContentHash>> {
-        history::live_contents(&*self.conn().await?, &hashes).await
+        history_prune::live_contents(&*self.conn().await?, &hashes).await
     }
 
     async fn live_files(&self, ns: &str) -> Result<u64> {
-        history::live_files(&*self.conn().await?, ns).await
+        history_prune::live_files(&*self.conn().await?, ns).await
     }
 
     async fn history_usage(&self, ns: Option<&str>) -> Result<Usage> {
-        history::history_usage(&*self.conn().await?, ns).await
+        history_prune::history_usage(&*self.conn().await?, ns).await
     }
 }
 
@@ -823,7 +824,7 @@ async fn facts(c: &Conn, ns: &str, path: &RelPath, want: Want) -> Result<Facts> 
         }
     }
     if let Some(hash) = want.refers {
-        out.refers = refers_to(c, ns, &hash).await?;
+        out.refers = history::refers_to(c, ns, &hash).await?;
     }
     if want.current_recipe
         && let Some(current) = out.current.as_ref().and_then(|e| e.content)
@@ -894,18 +895,6 @@ async fn write_recipe(c: &Conn, r: &Recipe) -> Result<()> {
         .await?;
     c.execute(&link, &[&chunks, &hash]).await?;
     Ok(())
-}
-
-/// Whether an entry or a kept version of namespace `ns` refers to content
-/// `hash` (content its own history keeps is the namespace's to reuse).
-async fn refers_to(c: &Conn, ns: &str, hash: &ContentHash) -> Result<bool> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM files WHERE hash = $1 AND namespace = $2)
-                 OR EXISTS (SELECT 1 FROM versions WHERE hash = $1 AND namespace = $2)",
-        )
-        .await?;
-    Ok(c.query_one(&stmt, &[&hash.as_bytes().as_slice(), &ns]).await?.try_get(0)?)
 }
 
 async fn get_entry(c: &Conn, ns: &str, path: &RelPath) -> Result<Option<Entry>> {

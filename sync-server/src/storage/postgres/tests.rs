@@ -129,3 +129,111 @@ async fn seqs_become_visible_in_order_across_processes() {
         assert_eq!(r.await.unwrap(), total);
     }
 }
+
+/// How long the tests below wait for what must happen promptly.
+const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// A transaction dropped while it holds the head (a request cancelled
+/// mid-write) is rolled back: the next writer takes the head at once, and
+/// nothing it wrote is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_transaction_releases_the_head_and_keeps_nothing() {
+    let meta = PgMeta::connect(&fresh_database()).await.unwrap();
+    let mut tx = meta.begin();
+    assert_eq!(tx.claim_head().await.unwrap(), Some(0));
+    tx.write(lock_change(1));
+    tx.flush().await.unwrap();
+    drop(tx);
+    let mut next = meta.begin();
+    let head = tokio::time::timeout(PROMPTLY, next.claim_head()).await.expect("the head was released");
+    assert_eq!(head.unwrap(), Some(0));
+    next.write(lock_change(1));
+    next.commit().await.unwrap();
+    assert_eq!(meta.head().await.unwrap(), 1);
+    assert_eq!(meta.changes_after(None, 0, 10).await.unwrap().len(), 1);
+}
+
+/// A lock grant with seq `seq`.
+fn lock_change(seq: u64) -> Change {
+    let lock = Lock {
+        lock_id: format!("l{seq}"),
+        path: RelPath::new("doc").unwrap(),
+        client_id: "c".into(),
+        principal: "alice".into(),
+        holder: "alice".into(),
+        note: String::new(),
+        acquired_ms: 1,
+        expires_ms: i64::MAX,
+        ttl_seconds: 60,
+        token: seq,
+    };
+    Change { seq, namespace: "ns".into(), what: What::Lock(lock) }
+}
+
+/// With the database down, calls fail as UNAVAILABLE (not as internal
+/// errors); once it is back, the pool and the LISTEN connection reconnect:
+/// another process's commit wakes a waiter long before its poll interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_is_unavailable_until_it_is_back() {
+    let mut pg = Postgres::start();
+    let url = pg.create_database("outage");
+    let (meta, other) = (PgMeta::connect(&url).await.unwrap(), PgMeta::connect(&url).await.unwrap());
+    meta.ping().await.unwrap();
+    pg.stop();
+    assert!(matches!(meta.ping().await, Err(Error::Unavailable(_))), "ping while down");
+    assert!(matches!(meta.head().await, Err(Error::Unavailable(_))), "a read while down");
+    let mut tx = meta.begin();
+    tx.write(lock_change(1));
+    assert!(matches!(tx.commit().await, Err(Error::Unavailable(_))), "a commit while down");
+    pg.start_again();
+    let deadline = Instant::now() + PROMPTLY;
+    while meta.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "the pool did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Drain the wake-ups of the reconnection, then wait for one commit.
+    let deadline = Instant::now() + PROMPTLY;
+    let shared = meta.shared().unwrap();
+    let long_poll = Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the LISTEN connection did not come back");
+        let mut tx = other.begin();
+        let head = tx.claim_head().await.unwrap().unwrap();
+        tx.write(lock_change(head + 1));
+        let waiter = async {
+            let started = Instant::now();
+            shared.changed(long_poll).await;
+            started.elapsed()
+        };
+        let (waited, committed) = tokio::join!(waiter, tx.commit());
+        committed.unwrap();
+        if waited < Duration::from_secs(5) && meta.head().await.unwrap() == head + 1 {
+            break;
+        }
+    }
+}
+
+/// A process's heartbeat makes it one of the processes seen, with its
+/// address and head; one not seen within the window is not listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_list_the_processes_seen() {
+    let meta = PgMeta::connect(&fresh_database()).await.unwrap();
+    meta.heartbeat("a", "http://a:1", 5).await.unwrap();
+    meta.heartbeat("b", "", 7).await.unwrap();
+    meta.heartbeat("a", "http://a:1", 6).await.unwrap();
+    let seen = meta.processes(Duration::from_secs(60)).await.unwrap();
+    let summary: Vec<(&str, &str, u64)> =
+        seen.iter().map(|p| (p.id.as_str(), p.address.as_str(), p.head)).collect();
+    assert_eq!(summary, [("a", "http://a:1", 6), ("b", "", 7)]);
+    assert!(seen.iter().all(|p| (now_ms() - p.seen_ms).abs() < 60_000));
+    meta.pool()
+        .get()
+        .await
+        .unwrap()
+        .execute("UPDATE processes SET seen = now() - interval '1 hour' WHERE id = 'b'", &[])
+        .await
+        .unwrap();
+    let ids: Vec<String> =
+        meta.processes(Duration::from_secs(60)).await.unwrap().into_iter().map(|p| p.id).collect();
+    assert_eq!(ids, ["a"]);
+}
