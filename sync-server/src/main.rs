@@ -76,6 +76,26 @@ enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Copy a (stopped) server's data folder into PostgreSQL and a bucket,
+    /// so that servers started with the same --meta and --content continue
+    /// its history (history id, seqs, versions, locks, tombstones): clients
+    /// go on without a RESET. Stopped half-way, run it again: the content
+    /// already copied is not copied twice, and the metadata goes in one
+    /// transaction. The database must be empty or hold an earlier run of
+    /// the same migration.
+    Migrate {
+        /// The data folder to copy (no server may run on it).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database, postgres://USER@HOST:PORT/DB (password
+        /// from PGPASSWORD or a password file).
+        #[arg(long, env = "SYNCSTORE_META")]
+        meta: String,
+        /// The bucket, s3://BUCKET?endpoint=URL&region=REGION (credentials
+        /// from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
+        #[arg(long, env = "SYNCSTORE_CONTENT")]
+        content: String,
+    },
     /// Manage the token file: add, remove or list tokens.
     Token {
         #[command(subcommand)]
@@ -292,6 +312,7 @@ fn main() -> ExitCode {
             }
             Some(Command::Scrub { data, from, connect }) => scrub(data, from, &connect).await,
             Some(Command::Token { command }) => token(command),
+            Some(Command::Migrate { from, meta, content }) => migrate(from, meta, content).await,
             None => serve(args.serve).await,
         }
     });
@@ -416,6 +437,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 async fn promote(data: PathBuf) -> anyhow::Result<ExitCode> {
     let (history, epoch, head) = sync_server::promote(&data).await?;
     println!("promoted: history {history}, epoch {epoch}, head {head}; start it with --role primary");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(from: PathBuf, meta: String, content: String) -> anyhow::Result<ExitCode> {
+    check_no_password(&meta)?;
+    let s = sync_server::storage::migrate(&from, &meta, &content).await?;
+    for (table, rows) in &s.rows {
+        println!("{table}: {rows} rows");
+    }
+    println!(
+        "migrated: history {}, head {}; content: {} copied ({} bytes), {} there already",
+        s.history_id, s.head, s.contents_copied, s.bytes_copied, s.contents_present
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -204,8 +204,11 @@ impl Store {
     /// content in the S3-compatible bucket at `content_url` (small content
     /// inline in the database), written by any number of processes.
     pub async fn open_shared(meta_url: &str, content_url: &str, options: StoreOptions) -> Result<Self> {
-        let _ = (meta_url, content_url, options);
-        Err(Error::Config("the shared backend is not built into this server yet".into()))
+        let meta = super::postgres::PgMeta::connect(meta_url).await?;
+        let content = super::bucket::BucketContent::open(content_url, meta.pool()).await?;
+        let store = Self::with_backends(Arc::new(meta), Arc::new(content), options).await?;
+        tracing::info!(head = store.head(), history_id = %store.history_id(), process = store.process_id(), "shared store opened");
+        Ok(store)
     }
 
     /// A store over the given backends; sweeps content nothing refers to.

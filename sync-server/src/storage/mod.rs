@@ -44,6 +44,7 @@ mod journal;
 #[cfg(test)]
 mod memory;
 mod meta;
+mod migrate;
 mod postgres;
 mod prune;
 pub mod retention;
@@ -61,6 +62,7 @@ pub(crate) use feed::ChangeFeed;
 pub use history::{MAX_LABEL_BYTES, MAX_MOVE_HOPS, SERVER_PRINCIPAL, check_label_name};
 pub use identity::Identity;
 pub use journal::{Store, StoreOptions};
+pub use migrate::{MigrationSummary, migrate};
 pub use version::{
     Glob, HistoryBatch, HistoryChange, HistoryOutcome, HistoryWrite, Label, MAX_GLOB_BYTES,
     MAX_PRUNED_PER_CHANGE, Point, Version, VersionKind, VersionNote,

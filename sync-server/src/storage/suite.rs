@@ -1,7 +1,8 @@
 //! The journal's test suite: written once against [`Store`] and run over
 //! every backend, the embedded one (SQLite and a blob folder in a temp
 //! folder), the in-memory one, and the shared metadata (PostgreSQL, one
-//! database per test, with in-memory content) for what it offers. What it proves holds for any backend
+//! database per test) for what it offers, with in-memory content and with
+//! the bucket (a fresh s3s-fs bucket per test). What it proves holds for any backend
 //! that passes it: racing puts get gap-free seqs and one winner per path,
 //! refused or abandoned uploads leave no content, locks admit only their
 //! holder with its token (fencing), the change feed replays after a
@@ -32,6 +33,10 @@ enum Backend {
     /// PostgreSQL metadata (a fresh database of the test process's
     /// cluster) over in-memory content.
     Postgres,
+    /// The whole shared backend: PostgreSQL metadata and a fresh bucket of
+    /// the test process's s3s-fs, small content inline in the database;
+    /// the bucket's own grace off (the journal's is what the suite tests).
+    Shared,
 }
 
 /// A backend's two halves, kept so that a store can be opened again over
@@ -67,6 +72,16 @@ impl Backend {
                 options,
                 _dir: None,
             },
+            Backend::Shared => {
+                let meta = PgMeta::connect(&super::postgres::tests::fresh_database()).await.unwrap();
+                let content = super::bucket::tests::open_fresh_bucket(meta.pool()).await;
+                Fixture {
+                    meta: Arc::new(meta),
+                    content: Arc::new(content.with_grace(std::time::Duration::ZERO)),
+                    options,
+                    _dir: None,
+                }
+            }
         }
     }
 
@@ -1208,6 +1223,21 @@ macro_rules! suite_postgres {
     };
 }
 
+/// Instantiates suite tests over the whole shared backend (PostgreSQL and
+/// the bucket).
+macro_rules! suite_shared {
+    ($($name:ident),* $(,)?) => {
+        mod shared {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Shared).await
+                }
+            )*
+        }
+    };
+}
+
 suite!(
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
     refused_and_abandoned_uploads_leave_no_content,
@@ -1257,6 +1287,33 @@ suite_postgres!(
     large_files_store_shared_chunks_once_and_lose_only_their_own,
     a_chunk_an_upload_holds_survives_a_concurrent_removal,
     large_content_stored_whole_by_an_earlier_release_keeps_working,
+    every_write_keeps_a_version_and_its_content_until_a_prune,
+    history_follows_a_move,
+    state_at_a_point_is_each_paths_newest_version_then,
+    a_thousand_restores_commit_as_one_transaction_and_are_all_broadcast,
+    a_refused_write_in_a_skipping_batch_is_skipped_and_counted,
+);
+
+// As over the shared metadata alone, and without large content stored
+// whole: no earlier release wrote to a bucket, and the bucket takes at most
+// one chunk's worth of content whole.
+suite_shared!(
+    racing_puts_get_gap_free_seqs_and_one_winner_per_path,
+    refused_and_abandoned_uploads_leave_no_content,
+    a_lock_admits_only_its_holder_with_its_token,
+    a_lock_is_bound_to_its_principal_and_client_together,
+    lock_listings_page_in_path_order_under_a_prefix,
+    locks_expire_survive_a_restart_and_reserve_missing_names,
+    the_change_feed_replays_after_a_cursor,
+    the_path_clash_rule_holds,
+    deletions_leave_tombstones,
+    only_the_very_same_write_is_recognised_as_a_retry,
+    a_creation_whose_history_was_trimmed_is_not_recognised,
+    the_identity_is_created_once_and_kept_across_a_restart,
+    only_a_store_that_holds_nothing_adopts_another_history,
+    replaced_content_goes_once_its_grace_has_passed,
+    large_files_store_shared_chunks_once_and_lose_only_their_own,
+    a_chunk_an_upload_holds_survives_a_concurrent_removal,
     every_write_keeps_a_version_and_its_content_until_a_prune,
     history_follows_a_move,
     state_at_a_point_is_each_paths_newest_version_then,

@@ -65,7 +65,7 @@ use super::content::{ContentReader, ContentStore, ContentUpload, Durability, Sta
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 
 /// The `contents` table, created by the shared database's first migration
 /// (with the metadata's tables, so there is one schema version).

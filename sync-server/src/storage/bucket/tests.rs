@@ -1,9 +1,30 @@
 //! The bucket content store against a real s3s-fs and a real PostgreSQL.
 
-use std::time::Duration;
+use std::{
+    sync::{OnceLock, atomic::AtomicUsize},
+    time::Duration,
+};
 
 use super::*;
 use crate::testing::{postgres::Postgres, s3::S3};
+
+/// The s3s-fs of this test process, for tests that need no server of
+/// their own (the watcher stops it when the process ends).
+fn server() -> &'static S3 {
+    static SERVER: OnceLock<S3> = OnceLock::new();
+    SERVER.get_or_init(S3::start)
+}
+
+/// A store over a fresh bucket of this process's s3s-fs, with its inline
+/// content in `pool`'s database (which has the `contents` table).
+pub(crate) async fn open_fresh_bucket(pool: Pool) -> BucketContent {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let s3 = server();
+    let url = s3.create_bucket(&format!("bucket-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let (key, secret) = s3.credentials();
+    let builder = AmazonS3Builder::new().with_access_key_id(key).with_secret_access_key(secret);
+    BucketContent::open_with(builder, &url, pool).await.unwrap()
+}
 
 /// The bucket every test uses.
 const BUCKET: &str = "content";
