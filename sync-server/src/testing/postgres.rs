@@ -196,7 +196,7 @@ impl Postgres {
             dir = self.dir.path().display(),
             stop = self.stop_command_line(),
         );
-        Command::new("sh")
+        let mut watcher = Command::new("sh")
             .arg("-c")
             .arg(script)
             .stdin(Stdio::null())
@@ -204,6 +204,8 @@ impl Postgres {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the PostgreSQL watcher");
+        // Reaped if it ends first (it outlives this process otherwise).
+        std::thread::spawn(move || watcher.wait());
     }
 
     fn stop_command_line(&self) -> String {

@@ -170,14 +170,14 @@ impl S3 {
             pid = std::process::id(),
             dir = self.dir.path().display(),
         );
-        Command::new("sh")
+        // Started in the background by a shell that ends at once (and is
+        // waited for): the watcher is nobody's child to reap.
+        let started = Command::new("sh")
             .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+            .arg(format!("({script}) </dev/null >/dev/null 2>&1 &"))
+            .status()
             .expect("start the s3s-fs watcher");
+        assert!(started.success(), "start the s3s-fs watcher: {started}");
     }
 }
 

@@ -80,6 +80,8 @@ CREATE TABLE contents (
     touched timestamptz NOT NULL,          -- last placed; removal waits a grace after it
     damaged boolean     NOT NULL DEFAULT false  -- found damaged and set aside
 );
+-- What a store counts when it opens (few rows, if any).
+CREATE INDEX contents_damaged ON contents (hash) WHERE damaged;
 ";
 
 /// Content of at most this many bytes is kept in its row, not in the
@@ -146,9 +148,10 @@ struct Inner {
     pool: Pool,
     /// See [`DEFAULT_GRACE`].
     grace: Duration,
-    /// Contents set aside as damaged: counted at open and by
+    /// Contents set aside as damaged: counted at open (by an index) and by
     /// [`ContentStore::usage`], kept up to date with what this process
-    /// sets aside, heals and removes.
+    /// sets aside, heals and removes (another process's show at the next
+    /// count).
     damaged_now: AtomicU64,
     /// Damaged contents found by this process since it opened the store.
     found_damaged: AtomicU64,
@@ -239,7 +242,11 @@ impl BucketContent {
                 found: tokio::sync::Notify::new(),
             }),
         };
-        store.usage().await?;
+        let damaged = store
+            .query_opt("SELECT count(*) FROM contents WHERE damaged", &[])
+            .await?
+            .map_or(0, |r| r.get::<_, i64>(0));
+        store.inner.damaged_now.store(u64::try_from(damaged).unwrap_or(0), Ordering::Relaxed);
         Ok(store)
     }
 
@@ -262,6 +269,13 @@ impl BucketContent {
         let client = self.client().await?;
         let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
         client.query_opt(&statement, params).await.map_err(pg_error)
+    }
+
+    /// Runs `sql` and returns how many rows it changed.
+    async fn execute(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<u64> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+        client.execute(&statement, params).await.map_err(pg_error)
     }
 
     /// The row of content `hash`.
@@ -383,14 +397,11 @@ impl BucketContent {
                 .await
                 .map_err(|e| self.bucket_error(e))?;
             let updated = self
-                .client()
-                .await?
                 .execute(
                     "UPDATE contents SET stored = true, damaged = false, touched = now() WHERE hash = $1",
                     &[&key],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             if updated == 1 {
                 if damaged {
                     self.healed(&hash, true).await;
@@ -649,14 +660,15 @@ impl ContentStore for BucketContent {
         let key = hash.as_bytes().as_slice();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
-        let Some(row) = tx
-            .query_opt(
+        let select = tx
+            .prepare_cached(
                 "SELECT data IS NULL, damaged, touched > now() - make_interval(secs => $2) FROM contents
                  WHERE hash = $1 FOR UPDATE",
-                &[&key, &self.inner.grace.as_secs_f64()],
             )
             .await
-            .map_err(pg_error)?
+            .map_err(pg_error)?;
+        let Some(row) =
+            tx.query_opt(&select, &[&key, &self.inner.grace.as_secs_f64()]).await.map_err(pg_error)?
         else {
             // No row, no object: a placing inserts the row before its PUT.
             return Ok(());
@@ -675,7 +687,8 @@ impl ContentStore for BucketContent {
                 Err(e) => return Err(self.bucket_error(e)),
             }
         }
-        tx.execute("DELETE FROM contents WHERE hash = $1", &[&key]).await.map_err(pg_error)?;
+        let remove = tx.prepare_cached("DELETE FROM contents WHERE hash = $1").await.map_err(pg_error)?;
+        tx.execute(&remove, &[&key]).await.map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         if damaged {
             let _ = self

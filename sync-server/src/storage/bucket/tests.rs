@@ -60,11 +60,11 @@ impl Fixture {
 
     /// The file s3s-fs keeps content `hash`'s object in.
     fn object_file(&self, hash: &ContentHash) -> std::path::PathBuf {
-        self.s3.object_file(BUCKET, &object(hash).to_string())
+        self.s3.object_file(BUCKET, object(hash).as_ref())
     }
 
     fn damaged_file(&self, hash: &ContentHash) -> std::path::PathBuf {
-        self.s3.object_file(BUCKET, &damaged_object(hash).to_string())
+        self.s3.object_file(BUCKET, damaged_object(hash).as_ref())
     }
 
     async fn sql(&self, sql: &str, hash: &ContentHash) -> u64 {
@@ -178,6 +178,7 @@ async fn a_damaged_object_is_never_read_whole_is_set_aside_and_healed_by_a_good_
     assert!(store.is_damaged(&hash).await.unwrap());
     assert!(!f.object_file(&hash).exists() && f.damaged_file(&hash).exists(), "the object was moved aside");
     assert_eq!(store.damage_counts(), (1, 1));
+    assert_eq!(f.open().await.damage_counts(), (1, 0), "another process counts it at open");
     assert_eq!(store.take_found(), vec![(hash, data.len() as u64)]);
     // From now on DATA_LOSS at once; a whole-read finds nothing stored.
     assert!(matches!(store.get(&hash, data.len() as u64).await, Err(Error::DataLoss(_))));
@@ -264,6 +265,29 @@ async fn removal_waits_for_the_grace_after_the_last_placing() {
     // ... is followed by the placing's own copy.
     tokio::time::timeout(Duration::from_secs(20), placing).await.unwrap().unwrap();
     assert_eq!(read(&store, &hash, large.len() as u64, 64 * 1024).await.0, large);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_placing_the_same_content_at_once_all_succeed_and_it_reads_back() {
+    let f = Fixture::new().await;
+    let stores = [f.open().await, f.open().await, f.open().await];
+    for data in [noise(300 * 1024, "together"), noise(1000, "small together")] {
+        let placings: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                let (store, data) = (store.clone(), data.clone());
+                tokio::spawn(async move { put(&store, &data).await })
+            })
+            .collect();
+        for placing in placings {
+            placing.await.unwrap();
+        }
+        let hash = ContentHash::of(&data);
+        for store in &stores {
+            assert_eq!(read(store, &hash, data.len() as u64, 64 * 1024).await.0, data);
+        }
+    }
+    assert_eq!(stores[0].list().await.unwrap().len(), 2);
 }
 
 #[tokio::test]

@@ -39,10 +39,10 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use futures::StreamExt;
+use futures::{StreamExt, TryFutureExt};
 use syncstore::{Content, ContentHash, Entry, Lock, RelPath, chunks};
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, NoTls, Row, types::ToSql};
 use tokio_util::sync::CancellationToken;
 
 use super::meta::{Decide, Facts, MetaStore, MetaTx, ProcessSeen, Recipe, SharedMeta, SnapshotSink, Want};
@@ -929,30 +929,6 @@ async fn write_file_change(c: &Conn, ns: &str, e: &Entry, note: &VersionNote) ->
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .await?;
-    c.execute(
-        &log,
-        &[
-            &(e.version as i64),
-            &ns,
-            &e.path.as_str(),
-            &deleted,
-            &size,
-            &hash,
-            &mtime,
-            &exec,
-            &e.client_id,
-            &note.committed_ms,
-            &link,
-            &folder,
-            &note.principal,
-            &note.kind.code(),
-            &note.moved_from.as_ref().map(RelPath::as_str),
-            &note.moved_to.as_ref().map(RelPath::as_str),
-            &note.restored_from.map(|v| v as i64),
-        ],
-    )
-    .await?;
-    history::write_version(c, ns, e, note).await?;
     let manifest = c
         .prepare_cached(
             "INSERT INTO files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id,
@@ -964,23 +940,41 @@ async fn write_file_change(c: &Conn, ns: &str, e: &Entry, note: &VersionNote) ->
                client_id = excluded.client_id, symlink = excluded.symlink, folder = excluded.folder",
         )
         .await?;
-    c.execute(
-        &manifest,
-        &[
-            &ns,
-            &e.path.as_str(),
-            &(e.version as i64),
-            &deleted,
-            &size,
-            &hash,
-            &mtime,
-            &exec,
-            &e.client_id,
-            &link,
-            &folder,
-        ],
-    )
-    .await?;
+    let (seq, path) = (e.version as i64, e.path.as_str());
+    let (moved_from, moved_to) =
+        (note.moved_from.as_ref().map(RelPath::as_str), note.moved_to.as_ref().map(RelPath::as_str));
+    let restored_from = note.restored_from.map(|v| v as i64);
+    let kind = note.kind.code();
+    let log_params: [&(dyn ToSql + Sync); 17] = [
+        &seq,
+        &ns,
+        &path,
+        &deleted,
+        &size,
+        &hash,
+        &mtime,
+        &exec,
+        &e.client_id,
+        &note.committed_ms,
+        &link,
+        &folder,
+        &note.principal,
+        &kind,
+        &moved_from,
+        &moved_to,
+        &restored_from,
+    ];
+    let manifest_params: [&(dyn ToSql + Sync); 11] =
+        [&ns, &path, &seq, &deleted, &size, &hash, &mtime, &exec, &e.client_id, &link, &folder];
+    let log_row = c.execute(&log, &log_params);
+    let manifest_row = c.execute(&manifest, &manifest_params);
+    // Pipelined on the connection: the log row, the version and the
+    // manifest row cost one round trip together.
+    futures::try_join!(
+        log_row.map_err(Error::from),
+        history::write_version(c, ns, e, note),
+        manifest_row.map_err(Error::from),
+    )?;
     Ok(())
 }
 
