@@ -1,15 +1,36 @@
 //! A cluster of real servers and clients for end-to-end tests: servers on
 //! `127.0.0.1:0` with temp data folders, clients watching temp folders, and
 //! `eventually`, which waits on a condition with a deadline.
+//!
+//! Servers run on the embedded backend unless `SYNCSTORE_TEST_BACKEND=postgres`
+//! is set: then every [`TestServer::start`] (and its variants) runs on the
+//! shared backend, a fresh PostgreSQL database and S3 bucket per server on
+//! one PostgreSQL cluster and one s3s-fs of the test process ([`Services`]).
+//! [`TestServer::start_group`] starts several servers over one database and
+//! bucket whatever the variable says, and [`ServerProcess`] runs the real
+//! `sync-server` binary, for the tests that kill one.
 
 use std::{
     collections::BTreeMap,
     future::Future,
+    io::BufRead,
     net::SocketAddr,
     path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
+use sync_server::{
+    Backend,
+    testing::{
+        postgres::Postgres,
+        s3::{self, S3},
+    },
+};
 use syncstore::{
     ContentHash,
     connect::{AuthChannel, Security},
@@ -90,20 +111,61 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    /// A fresh server whose config `tweak` adjusts.
+    /// A fresh server whose config `tweak` adjusts (on the backend this
+    /// test process runs on, see [`on_shared_backend`]).
     pub async fn start_with(tweak: impl FnOnce(&mut sync_server::Config)) -> Self {
         init_test_log();
         let data = tempfile::tempdir().unwrap();
         let mut config = sync_server::Config::new(data.path().join("data"));
+        if on_shared_backend() {
+            config.backend = Services::of_process().fresh_backend();
+        }
         tweak(&mut config);
         Self::spawn(config, Some(data), "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// `n` servers over one fresh PostgreSQL database and S3 bucket (of
+    /// this process's [`Services`]), each on its own port with its own
+    /// data folder, whatever backend the other tests run on.
+    pub async fn start_group(n: usize) -> Vec<Self> {
+        Self::start_group_over(&Services::of_process().fresh_backend(), n, |_| {}).await
+    }
+
+    /// `n` servers over `backend` (a shared one), each on its own port and
+    /// data folder, their configs adjusted by `tweak`; they open the
+    /// backend at the same time (as processes of a deployment starting
+    /// together do).
+    pub async fn start_group_over(
+        backend: &Backend,
+        n: usize,
+        tweak: impl Fn(&mut sync_server::Config),
+    ) -> Vec<Self> {
+        init_test_log();
+        let mut servers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let data = tempfile::tempdir().unwrap();
+            let mut config = sync_server::Config::new(data.path().join("data"));
+            config.backend = backend.clone();
+            tweak(&mut config);
+            servers.push(Self::spawn(config, Some(data), "127.0.0.1:0".parse().unwrap()).await);
+        }
+        servers
     }
 
     async fn spawn(config: sync_server::Config, data: Option<TempDir>, addr: SocketAddr) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(sync_server::run(config.clone(), listener, shutdown.clone()));
+        let served = sync_server::run(config.clone(), listener, shutdown.clone());
+        let task = tokio::spawn(async move {
+            let served = served.await;
+            // A server that cannot start shows only as refused connections
+            // otherwise.
+            if let Err(e) = &served {
+                eprintln!("the server on {addr} ended: {e}");
+            }
+            served
+        });
         Self { addr, config, data, shutdown, task }
     }
 
@@ -135,12 +197,16 @@ impl TestServer {
         Self::spawn(config, data, addr).await
     }
 
-    /// A new server with an empty data folder on the same port (a replaced
-    /// or wiped server).
+    /// A new server with an empty data folder (on the shared backend: an
+    /// empty database and bucket) on the same port (a replaced or wiped
+    /// server).
     pub async fn replace_with_empty(self) -> Self {
-        let (_, _old_data, addr) = self.stop().await;
+        let (old, _old_data, addr) = self.stop().await;
         let data = tempfile::tempdir().unwrap();
-        let config = sync_server::Config::new(data.path().join("data"));
+        let mut config = sync_server::Config::new(data.path().join("data"));
+        if matches!(old.backend, Backend::Shared { .. }) {
+            config.backend = Services::of_process().fresh_backend();
+        }
         Self::spawn(config, Some(data), addr).await
     }
 
@@ -247,6 +313,217 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// The variable that puts every [`TestServer`] of the test process on the
+/// shared backend: `postgres` (PostgreSQL + S3), or `embedded` (the
+/// default).
+pub const BACKEND_VAR: &str = "SYNCSTORE_TEST_BACKEND";
+
+/// Whether this test process runs its servers on the shared backend
+/// ([`BACKEND_VAR`]).
+pub fn on_shared_backend() -> bool {
+    static SHARED: OnceLock<bool> = OnceLock::new();
+    *SHARED.get_or_init(|| match std::env::var(BACKEND_VAR).as_deref() {
+        Ok("postgres") => true,
+        Ok("embedded" | "") | Err(_) => false,
+        Ok(other) => panic!("{BACKEND_VAR}={other}: expected postgres or embedded"),
+    })
+}
+
+/// A PostgreSQL cluster and an s3s-fs server (each stopped on drop, or by
+/// its watcher when the test process dies), on which each shared-backend
+/// server gets a fresh database and bucket.
+pub struct Services {
+    pub postgres: Postgres,
+    pub s3: S3,
+}
+
+impl Services {
+    /// Starts a cluster and an s3s-fs of their own: for a test that stops
+    /// them (the other tests share [`Services::of_process`]).
+    pub fn start() -> Self {
+        let services = Self { postgres: Postgres::start(), s3: S3::start() };
+        services.export_credentials();
+        services
+    }
+
+    /// The test process's services, started on first use and stopped by
+    /// their watchers when the process ends.
+    pub fn of_process() -> &'static Self {
+        static SERVICES: OnceLock<Services> = OnceLock::new();
+        SERVICES.get_or_init(Self::start)
+    }
+
+    /// A fresh database and bucket, as a server's backend.
+    pub fn fresh_backend(&self) -> Backend {
+        // Unique in the cluster and the s3s-fs (which outlive no process
+        // but may serve several tests at once), and a valid bucket name.
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let name = format!("t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let meta = self.postgres.create_database(&name);
+        self.s3.create_bucket(&name);
+        Backend::Shared { meta, content: self.s3.url(&name) }
+    }
+
+    /// The in-process servers read the bucket's credentials from the
+    /// environment (as a deployed server does); every s3s-fs of the tests
+    /// has the same ones, so they are set once, before the first server on
+    /// a shared backend starts.
+    fn export_credentials(&self) {
+        static EXPORTED: std::sync::Once = std::sync::Once::new();
+        let (key, secret) = self.s3.credentials();
+        EXPORTED.call_once(|| {
+            // SAFETY: set once per process, before any server that reads
+            // them starts; std's own readers of the environment (the only
+            // ones in these tests) take the lock `set_var` takes.
+            unsafe {
+                std::env::set_var("AWS_ACCESS_KEY_ID", key);
+                std::env::set_var("AWS_SECRET_ACCESS_KEY", secret);
+            }
+        });
+    }
+}
+
+/// The real `sync-server` binary running as a child process over a shared
+/// backend, on a free loopback port with a temp data folder; killed
+/// (SIGKILL) on drop. Its output is kept for a failing test's message.
+pub struct ServerProcess {
+    pub addr: SocketAddr,
+    child: Child,
+    output: Arc<Mutex<String>>,
+    _data: TempDir,
+}
+
+impl ServerProcess {
+    /// The `sync-server` binary of this build: cargo puts it beside the
+    /// folder of this test binary (`cargo test --workspace` builds it).
+    pub fn binary() -> PathBuf {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary is in target/*/deps")
+            .join("sync-server");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it first (cargo build -p sync-server; cargo test --workspace does)",
+            bin.display()
+        );
+        bin
+    }
+
+    /// A `sync-server` command over `backend`, with the bucket's
+    /// credentials in its environment.
+    pub fn command(backend: &Backend, data: &Path) -> Command {
+        let Backend::Shared { meta, content } = backend else {
+            panic!("a server process runs on a shared backend")
+        };
+        let mut cmd = Command::new(Self::binary());
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(data)
+            .arg("--meta")
+            .arg(meta)
+            .arg("--content")
+            .arg(content)
+            .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
+            .env_remove("SYNCSTORE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Starts a server over `backend` and waits (up to [`DEADLINE`]) until
+    /// it prints the address it serves on.
+    pub async fn start(backend: &Backend) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut child =
+            Self::command(backend, &data.path().join("data")).spawn().expect("sync-server starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Both pipes are drained to the end, so the server never blocks on
+        // a full one.
+        let stdout = child.stdout.take().unwrap();
+        let out = output.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("the address it listens on"));
+                }
+                out.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let out = output.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                out.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let addr = match tokio::time::timeout(DEADLINE, rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("sync-server did not start serving:\n{}", output.lock().unwrap());
+            }
+        };
+        Self { addr, child, output, _data: data }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the process with SIGKILL (nothing of it runs after this) and
+    /// reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every live file `url` lists, downloaded and checked against the size
+/// and hash its entry announces: path → content. Panics on a file that
+/// does not match (a half-written file made visible).
+pub async fn complete_files(url: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut rpc = rpc_with(url, &Security::none());
+    let list = rpc.list(pb::ListRequest::default()).await.unwrap().into_inner();
+    let mut out = BTreeMap::new();
+    for e in entries_of(list).await.unwrap() {
+        if e.folder || e.deleted {
+            continue;
+        }
+        let data =
+            download(&mut rpc, &e.path).await.unwrap_or_else(|s| panic!("download of {}: {s:?}", e.path));
+        assert_eq!(data.len() as u64, e.size, "{} is listed with the size of what it holds", e.path);
+        assert_eq!(
+            ContentHash::of(&data).as_bytes().as_slice(),
+            e.hash.as_slice(),
+            "{} matches its hash",
+            e.path
+        );
+        out.insert(e.path, data);
+    }
+    out
 }
 
 /// A raw `FileSync` client that presents `security`'s token and certificates.
@@ -561,6 +838,8 @@ pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
 /// on a network that stops delivering without telling anyone.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Bytes forwarded from clients to the target so far.
+    sent: Arc<AtomicU64>,
     cut: std::sync::Arc<std::sync::Mutex<CancellationToken>>,
     paused: tokio::sync::watch::Sender<bool>,
     stop: CancellationToken,
@@ -585,7 +864,8 @@ impl Proxy {
         let cut = std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let stop = CancellationToken::new();
         let paused = tokio::sync::watch::Sender::new(false);
-        let (cuts, stopped, pauses) = (cut.clone(), stop.clone(), paused.clone());
+        let sent = Arc::new(AtomicU64::new(0));
+        let (cuts, stopped, pauses, sent_total) = (cut.clone(), stop.clone(), paused.clone(), sent.clone());
         tokio::spawn(async move {
             loop {
                 let (inbound, _) = tokio::select! {
@@ -593,7 +873,7 @@ impl Proxy {
                     r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
                 };
                 let token = cuts.lock().unwrap().clone();
-                let (stopped, pauses) = (stopped.clone(), pauses.clone());
+                let (stopped, pauses, sent) = (stopped.clone(), pauses.clone(), sent_total.clone());
                 tokio::spawn(async move {
                     let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
                     let (from_client, to_client) = inbound.into_split();
@@ -602,8 +882,8 @@ impl Proxy {
                     // cut (both sockets closed) when either fails.
                     let both_ways = async {
                         let _ = tokio::try_join!(
-                            pump(from_client, to_server, rate, pauses.subscribe()),
-                            pump(from_server, to_client, rate, pauses.subscribe()),
+                            pump(from_client, to_server, rate, pauses.subscribe(), Some(&sent)),
+                            pump(from_server, to_client, rate, pauses.subscribe(), None),
                         );
                     };
                     tokio::select! {
@@ -614,11 +894,17 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, cut, paused, stop }
+        Self { addr, sent, cut, paused, stop }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Bytes forwarded from clients to the target so far (what the target
+    /// was sent, give or take the socket buffers).
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Drops every connection open now.
@@ -641,13 +927,14 @@ impl Proxy {
 }
 
 /// Copies `from` to `to` until the end, at most `rate` bytes per second
-/// (if given), holding whatever it has while `paused`; then ends `to`'s
-/// writing side.
+/// (if given), holding whatever it has while `paused`, adding what it
+/// forwards to `counted` (if given); then ends `to`'s writing side.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     rate: Option<u64>,
     mut paused: tokio::sync::watch::Receiver<bool>,
+    counted: Option<&AtomicU64>,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Small reads keep a throttled link smooth.
@@ -666,6 +953,9 @@ async fn pump(
             return Ok(());
         }
         to.write_all(&buf[..n]).await?;
+        if let Some(counted) = counted {
+            counted.fetch_add(n as u64, Ordering::Relaxed);
+        }
         if let Some(rate) = rate {
             let busy = Duration::from_secs_f64(n as f64 / rate as f64);
             free_at = free_at.max(tokio::time::Instant::now()) + busy;

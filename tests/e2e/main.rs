@@ -31,6 +31,7 @@ mod python;
 mod replica_link;
 mod replication;
 mod replication_chunks;
+mod scaleout;
 mod security;
 mod selective;
 mod sync;
