@@ -24,6 +24,7 @@ mod integrity;
 mod lanes;
 mod locks;
 mod malicious;
+mod migrate;
 mod model;
 mod modes;
 mod ops;

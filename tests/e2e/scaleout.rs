@@ -232,6 +232,32 @@ async fn next_event_of(sub: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_on_three_servers_give_every_subscriber_every_seq_once_in_order() {
     let servers = TestServer::start_group(3).await;
+    // The mass-change guard would label the burst: a history-only change
+    // that takes a seq and is never sent to clients. Off, every seq of the
+    // run is a file's and every follower must see each one.
+    let mut admin = servers[0].admin().await;
+    let mut retention = admin
+        .get_retention(pb::GetRetentionRequest { namespace: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .retention
+        .unwrap();
+    retention.guard_window_seconds = 0;
+    admin
+        .set_retention(pb::SetRetentionRequest { namespace: String::new(), retention: Some(retention) })
+        .await
+        .unwrap();
+    let set_at = head(&servers[0]).await;
+    eventually_async("every server has the retention change", || async {
+        for s in &servers {
+            if head(s).await < set_at {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     let (target_tx, target) = tokio::sync::watch::channel(None);
     let start = head(&servers[0]).await;
     let mut followers =

@@ -235,7 +235,7 @@ async fn copy_table(tx: &tokio_postgres::Transaction<'_>, db: &Path, table: &str
         let rows = tx
             .query(
                 "SELECT a.attname::text, a.atttypid FROM pg_attribute a \
-                 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                 WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
                 &[&table],
             )
             .await?;

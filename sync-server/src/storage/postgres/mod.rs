@@ -187,7 +187,12 @@ impl From<tokio_postgres::Error> for Error {
         } else {
             StorageErrorKind::Other
         };
-        let detail = e.as_db_error().map(|d| d.to_string()).unwrap_or_else(|| e.to_string());
+        // The driver's own errors name their cause only as their source.
+        let detail = match (e.as_db_error(), std::error::Error::source(&e)) {
+            (Some(db), _) => db.to_string(),
+            (None, Some(cause)) => format!("{e}: {cause}"),
+            (None, None) => e.to_string(),
+        };
         Error::Storage(StorageError::new(kind, format!("PostgreSQL: {detail}")))
     }
 }
