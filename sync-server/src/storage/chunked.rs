@@ -17,9 +17,10 @@
 //!   the content store, and hands out its last piece only once the whole
 //!   content matched its hash.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, future::Future, pin::Pin};
 
 use async_trait::async_trait;
+use futures::stream::{FuturesOrdered, StreamExt};
 use syncstore::{
     ContentHash,
     chunks::{Chunk, ChunkRef, Chunker, WHOLE_MAX},
@@ -236,15 +237,23 @@ impl StagedContent for ChunkedStaged {
     }
 }
 
-/// A verified read of content stored as chunks.
-#[derive(Debug)]
+/// One chunk's read, running ahead of the pieces handed out.
+type ChunkRead = Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>>;
+
+/// A verified read of content stored as chunks, with up to the content
+/// store's [`read_ahead`](super::content::ContentStore::read_ahead) chunk
+/// reads in flight (in order; at most that many chunks of
+/// [`syncstore::chunks::CDC_MAX`] bytes held).
 pub(crate) struct ChunkedReader {
     store: Store,
     hash: ContentHash,
     size: u64,
     list: Vec<ChunkRef>,
-    /// The next chunk of `list` to read.
+    /// The next chunk of `list` to ask for.
     next: usize,
+    /// The reads asked for and not taken yet: `list[taken..next]`.
+    reads: FuturesOrdered<ChunkRead>,
+    taken: usize,
     /// The chunk being handed out (read whole and verified), and how much
     /// of it went.
     current: Vec<u8>,
@@ -266,6 +275,8 @@ impl ChunkedReader {
             size,
             list,
             next: 0,
+            reads: FuturesOrdered::new(),
+            taken: 0,
             current: Vec::new(),
             at: 0,
             whole: blake3::Hasher::new(),
@@ -280,9 +291,11 @@ impl ChunkedReader {
     /// verified by the content store, in one trip. `None` after the last.
     async fn read_piece(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
         while self.at == self.current.len() {
-            let Some(c) = self.list.get(self.next).copied() else { return Ok(None) };
-            self.next += 1;
-            let Some(data) = self.store.content_store().read_whole(&c.hash, u64::from(c.size)).await? else {
+            self.ask_ahead();
+            let Some(read) = self.reads.next().await else { return Ok(None) };
+            let c = self.list[self.taken];
+            self.taken += 1;
+            let Some(data) = read? else {
                 return Err(Error::DataLoss(format!(
                     "chunk {} of the content {} is missing from the store",
                     c.hash, self.hash
@@ -304,6 +317,34 @@ impl ChunkedReader {
         self.whole.update(&piece);
         self.read += piece.len() as u64;
         Ok(Some(piece))
+    }
+}
+
+impl ChunkedReader {
+    /// Asks for the next chunks, up to the store's read-ahead in flight.
+    fn ask_ahead(&mut self) {
+        let content = self.store.content_store();
+        let depth = content.read_ahead().max(1);
+        while self.reads.len() < depth
+            && let Some(c) = self.list.get(self.next).copied()
+        {
+            self.next += 1;
+            let content = content.clone();
+            self.reads
+                .push_back(Box::pin(async move { content.read_whole(&c.hash, u64::from(c.size)).await }));
+        }
+    }
+}
+
+impl std::fmt::Debug for ChunkedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkedReader")
+            .field("hash", &self.hash)
+            .field("size", &self.size)
+            .field("chunks", &self.list.len())
+            .field("taken", &self.taken)
+            .field("in_flight", &self.reads.len())
+            .finish_non_exhaustive()
     }
 }
 

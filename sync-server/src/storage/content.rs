@@ -63,6 +63,14 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
         Ok(Some(upload.complete(hash, size).await?.place().await?))
     }
 
+    /// How many chunks of one content a read asks for at once: 1 where a
+    /// read is a local file's, more where each is a request with its own
+    /// round trip (an object store), so that a large file streams at the
+    /// store's throughput rather than one latency per chunk.
+    fn read_ahead(&self) -> usize {
+        1
+    }
+
     /// Reads small stored content (a chunk of larger content) whole and
     /// verified: `None` when it is not stored, `DATA_LOSS` when it was
     /// found damaged (and set aside). A blocking backend does it in one

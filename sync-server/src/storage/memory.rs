@@ -727,11 +727,32 @@ impl MetaTx for MemoryTx {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MemoryContent {
     blobs: Arc<Mutex<HashMap<ContentHash, Arc<Vec<u8>>>>>,
+    reads: Arc<Reads>,
+}
+
+/// The read-ahead a [`MemoryContent`] asks for, and how many of its reads
+/// were in flight at once at most.
+#[derive(Debug, Default)]
+struct Reads {
+    ahead: usize,
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryContent {
     fn blobs(&self) -> MutexGuard<'_, HashMap<ContentHash, Arc<Vec<u8>>>> {
         self.blobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Empty content whose readers read `ahead` chunks at once, as an
+    /// object store's do.
+    pub(crate) fn reading_ahead(ahead: usize) -> Self {
+        Self { reads: Arc::new(Reads { ahead, ..Reads::default() }), ..Self::default() }
+    }
+
+    /// The most reads that were in flight at once.
+    pub(crate) fn most_reads_at_once(&self) -> usize {
+        self.reads.most.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -741,7 +762,17 @@ impl ContentStore for MemoryContent {
         Ok(Box::new(MemoryUpload { store: self.clone(), data: Vec::new() }))
     }
 
+    fn read_ahead(&self) -> usize {
+        self.reads.ahead.max(1)
+    }
+
     async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>> {
+        // A read is in flight across one yield, as a request would be.
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.reads.now.fetch_add(1, Relaxed) + 1;
+        self.reads.most.fetch_max(now, Relaxed);
+        tokio::task::yield_now().await;
+        self.reads.now.fetch_sub(1, Relaxed);
         Ok(self
             .blobs()
             .get(hash)

@@ -1321,6 +1321,22 @@ suite_shared!(
     a_refused_write_in_a_skipping_batch_is_skipped_and_counted,
 );
 
+/// A large content's read asks for as many chunks at once as its content
+/// store reads ahead (an object store's GET costs a round trip per chunk),
+/// and still hands out exactly the content, in order.
+#[tokio::test]
+async fn a_chunked_read_keeps_the_stores_read_ahead_in_flight() {
+    for ahead in [1, 8] {
+        let content = MemoryContent::reading_ahead(ahead);
+        let meta = Arc::new(MemoryMeta::new());
+        let s = Store::with_backends(meta, Arc::new(content.clone()), StoreOptions::default()).await.unwrap();
+        let data = noise(3 * 1024 * 1024, "ahead");
+        send(&s, put("big", &data, 0, "c", 0), &data).await.unwrap();
+        assert_eq!(read_back(&s, &ContentHash::of(&data), data.len() as u64).await, data);
+        assert_eq!(content.most_reads_at_once(), ahead, "reads in flight at once, reading {ahead} ahead");
+    }
+}
+
 /// The embedded backend's own: a small blob is synced (one `syncfs`) before
 /// its commit, a large or known one is not; a data folder takes one server.
 mod embedded_only {
