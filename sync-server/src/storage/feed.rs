@@ -11,8 +11,16 @@ use crate::error::Result;
 /// A source of committed changes, in seq order.
 #[async_trait]
 pub(crate) trait ChangeFeed: Send + Sync {
-    /// The seq of the last committed change.
+    /// The seq of the last committed change this process has published.
     fn head(&self) -> u64;
+
+    /// The head once every change committed so far is published: on a
+    /// shared backend other processes may have committed past
+    /// [`head`](Self::head), and a client failing over brings a cursor from
+    /// one of them. Where one process owns the store it is `head`.
+    async fn current_head(&self) -> Result<u64> {
+        Ok(self.head())
+    }
 
     /// A receiver of every change committed from now on.
     fn subscribe(&self) -> broadcast::Receiver<Change>;

@@ -1738,6 +1738,13 @@ impl ChangeFeed for Store {
         Store::subscribe(self)
     }
 
+    async fn current_head(&self) -> Result<u64> {
+        if self.is_shared() {
+            self.follow_others().await?;
+        }
+        Ok(self.head())
+    }
+
     async fn changes_after(&self, ns: Option<&str>, after: u64, limit: usize) -> Result<Vec<Change>> {
         self.inner.meta.changes_after(ns, after, limit).await
     }
