@@ -7,9 +7,11 @@
 //!
 //! - [`ChunkedUpload`] cuts, writes each chunk that is not already stored
 //!   good and only holds the others, and checks the whole at `complete`.
-//!   It holds at most one chunk's bytes beyond what it was handed, and
-//!   stores each chunk as it is cut (no temp file per chunk waits for the
-//!   commit: a 1 GiB file is 16,000 chunks). Every
+//!   It stores each chunk as it is cut (no temp file per chunk waits for
+//!   the commit: a 1 GiB file is 16,000 chunks), with as many writes
+//!   running at once as the content store asks for (one on a local disk,
+//!   16 on an object store, where each is a request), so it holds at most
+//!   that many chunks' bytes beyond what it was handed. Every
 //!   chunk it refers to is held from its check until the commit (or the
 //!   upload's end); when it ends unused, its chunks are handed to garbage
 //!   collection, which removes those nothing refers to.
@@ -17,7 +19,11 @@
 //!   the content store, and hands out its last piece only once the whole
 //!   content matched its hash.
 
-use std::{collections::HashSet, future::Future, pin::Pin};
+use std::{
+    collections::{HashSet, VecDeque},
+    future::Future,
+    pin::Pin,
+};
 
 use async_trait::async_trait;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -47,6 +53,10 @@ struct Chunks {
     /// One hold per distinct chunk of `list`.
     holds: Vec<ContentHold>,
     held: HashSet<ContentHash>,
+    /// Chunk writes running, oldest first: up to the content store's
+    /// [`chunks_in_flight`](super::content::ContentStore::chunks_in_flight)
+    /// (each holds its chunk, at most [`syncstore::chunks::CDC_MAX`] bytes).
+    writes: VecDeque<tokio::task::JoinHandle<Result<Option<Durability>>>>,
     /// Some chunk put in place is not durable yet.
     pending: bool,
     /// Put in place for a commit: the commit's caller took over the holds
@@ -56,6 +66,9 @@ struct Chunks {
 
 impl Drop for Chunks {
     fn drop(&mut self) {
+        for write in &self.writes {
+            write.abort();
+        }
         if self.kept {
             return;
         }
@@ -82,6 +95,11 @@ impl Chunks {
     /// returns (with no grace).
     async fn release(&mut self) {
         self.kept = true;
+        // Every write has stopped before the collection looks at its chunk.
+        for write in self.writes.drain(..) {
+            write.abort();
+            let _ = write.await;
+        }
         self.holds.clear();
         let held: Vec<ContentHash> = self.held.drain().collect();
         if !held.is_empty() {
@@ -101,14 +119,43 @@ impl Chunks {
         self.holds.push(self.store.hold(c.hash).await);
         // A stored copy is read and hashed: a damaged one (set aside by the
         // check) is written again, which heals it.
-        match self.store.content_store().put_whole(c.hash, chunk.data).await? {
+        let content = self.store.content_store().clone();
+        if content.chunks_in_flight() <= 1 {
+            let written = content.put_whole(c.hash, chunk.data).await?;
+            self.count(written);
+            return Ok(());
+        }
+        while self.writes.len() >= content.chunks_in_flight() {
+            self.finish_oldest().await?;
+        }
+        self.writes.push_back(tokio::spawn(async move { content.put_whole(c.hash, chunk.data).await }));
+        Ok(())
+    }
+
+    /// Waits for every chunk write still running.
+    async fn finish_writes(&mut self) -> Result<()> {
+        while !self.writes.is_empty() {
+            self.finish_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_oldest(&mut self) -> Result<()> {
+        let Some(write) = self.writes.pop_front() else { return Ok(()) };
+        let written = write.await??;
+        self.count(written);
+        Ok(())
+    }
+
+    /// Counts one chunk's write: `None` when a good copy was there.
+    fn count(&mut self, written: Option<Durability>) {
+        match written {
             None => self.store.counted_deduplicated(),
             Some(durability) => {
                 self.pending |= durability == Durability::Pending;
                 self.store.counted_stored();
             }
         }
-        Ok(())
     }
 }
 
@@ -127,6 +174,7 @@ impl ChunkedUpload {
             list: Vec::new(),
             holds: Vec::new(),
             held: HashSet::new(),
+            writes: VecDeque::new(),
             pending: false,
             kept: false,
         };
@@ -184,6 +232,7 @@ impl ChunkedUpload {
         for chunk in self.cut(None).await? {
             self.chunks.take(chunk).await?;
         }
+        self.chunks.finish_writes().await?;
         let (got, len) = self.chunker.content();
         if len != size {
             return Err(Error::ContentMismatch(format!(
@@ -241,7 +290,7 @@ impl StagedContent for ChunkedStaged {
 type ChunkRead = Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>>;
 
 /// A verified read of content stored as chunks, with up to the content
-/// store's [`read_ahead`](super::content::ContentStore::read_ahead) chunk
+/// store's [`chunks_in_flight`](super::content::ContentStore::chunks_in_flight) chunk
 /// reads in flight (in order; at most that many chunks of
 /// [`syncstore::chunks::CDC_MAX`] bytes held).
 pub(crate) struct ChunkedReader {
@@ -324,7 +373,7 @@ impl ChunkedReader {
     /// Asks for the next chunks, up to the store's read-ahead in flight.
     fn ask_ahead(&mut self) {
         let content = self.store.content_store();
-        let depth = content.read_ahead().max(1);
+        let depth = content.chunks_in_flight().max(1);
         while self.reads.len() < depth
             && let Some(c) = self.list.get(self.next).copied()
         {

@@ -63,11 +63,11 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
         Ok(Some(upload.complete(hash, size).await?.place().await?))
     }
 
-    /// How many chunks of one content a read asks for at once: 1 where a
-    /// read is a local file's, more where each is a request with its own
-    /// round trip (an object store), so that a large file streams at the
-    /// store's throughput rather than one latency per chunk.
-    fn read_ahead(&self) -> usize {
+    /// How many chunks of one content are read, or written, at once: 1
+    /// where each is a local file's, more where each is a request with its
+    /// own round trip (an object store), so that a large file streams at
+    /// the store's throughput rather than one latency per chunk.
+    fn chunks_in_flight(&self) -> usize {
         1
     }
 

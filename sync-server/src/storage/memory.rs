@@ -727,16 +727,38 @@ impl MetaTx for MemoryTx {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MemoryContent {
     blobs: Arc<Mutex<HashMap<ContentHash, Arc<Vec<u8>>>>>,
-    reads: Arc<Reads>,
+    flight: Arc<Flight>,
 }
 
-/// The read-ahead a [`MemoryContent`] asks for, and how many of its reads
-/// were in flight at once at most.
+/// The chunks in flight a [`MemoryContent`] asks for, and how many of its
+/// reads and of its whole writes were in flight at once at most.
 #[derive(Debug, Default)]
-struct Reads {
-    ahead: usize,
+struct Flight {
+    depth: usize,
+    reads: InFlight,
+    writes: InFlight,
+}
+
+/// Requests in flight now, and the most at once.
+#[derive(Debug, Default)]
+struct InFlight {
     now: std::sync::atomic::AtomicUsize,
     most: std::sync::atomic::AtomicUsize,
+}
+
+impl InFlight {
+    /// One request, in flight across one yield as a real one would be.
+    async fn request(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.now.fetch_add(1, Relaxed) + 1;
+        self.most.fetch_max(now, Relaxed);
+        tokio::task::yield_now().await;
+        self.now.fetch_sub(1, Relaxed);
+    }
+
+    fn most(&self) -> usize {
+        self.most.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl MemoryContent {
@@ -744,15 +766,20 @@ impl MemoryContent {
         self.blobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Empty content whose readers read `ahead` chunks at once, as an
-    /// object store's do.
-    pub(crate) fn reading_ahead(ahead: usize) -> Self {
-        Self { reads: Arc::new(Reads { ahead, ..Reads::default() }), ..Self::default() }
+    /// Empty content that asks for `depth` chunks read or written at once,
+    /// as an object store does.
+    pub(crate) fn with_chunks_in_flight(depth: usize) -> Self {
+        Self { flight: Arc::new(Flight { depth, ..Flight::default() }), ..Self::default() }
     }
 
     /// The most reads that were in flight at once.
     pub(crate) fn most_reads_at_once(&self) -> usize {
-        self.reads.most.load(std::sync::atomic::Ordering::Relaxed)
+        self.flight.reads.most()
+    }
+
+    /// The most whole writes (chunks) that were in flight at once.
+    pub(crate) fn most_writes_at_once(&self) -> usize {
+        self.flight.writes.most()
     }
 }
 
@@ -762,17 +789,23 @@ impl ContentStore for MemoryContent {
         Ok(Box::new(MemoryUpload { store: self.clone(), data: Vec::new() }))
     }
 
-    fn read_ahead(&self) -> usize {
-        self.reads.ahead.max(1)
+    fn chunks_in_flight(&self) -> usize {
+        self.flight.depth.max(1)
+    }
+
+    async fn put_whole(&self, hash: ContentHash, data: Vec<u8>) -> Result<Option<Durability>> {
+        self.flight.writes.request().await;
+        let size = data.len() as u64;
+        if self.verified_size(&hash).await? == Some(size) {
+            return Ok(None);
+        }
+        let mut upload = self.upload().await?;
+        upload.write(data).await?;
+        Ok(Some(upload.complete(hash, size).await?.place().await?))
     }
 
     async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>> {
-        // A read is in flight across one yield, as a request would be.
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = self.reads.now.fetch_add(1, Relaxed) + 1;
-        self.reads.most.fetch_max(now, Relaxed);
-        tokio::task::yield_now().await;
-        self.reads.now.fetch_sub(1, Relaxed);
+        self.flight.reads.request().await;
         Ok(self
             .blobs()
             .get(hash)

@@ -1321,19 +1321,25 @@ suite_shared!(
     a_refused_write_in_a_skipping_batch_is_skipped_and_counted,
 );
 
-/// A large content's read asks for as many chunks at once as its content
-/// store reads ahead (an object store's GET costs a round trip per chunk),
-/// and still hands out exactly the content, in order.
+/// A large content's upload and read ask for as many chunks at once as
+/// the content store wants in flight (an object store's PUT and GET cost a
+/// round trip per chunk), and the content still reads back exactly, in
+/// order.
 #[tokio::test]
-async fn a_chunked_read_keeps_the_stores_read_ahead_in_flight() {
-    for ahead in [1, 8] {
-        let content = MemoryContent::reading_ahead(ahead);
+async fn chunked_writes_and_reads_keep_the_stores_chunks_in_flight() {
+    for depth in [1, 8] {
+        let content = MemoryContent::with_chunks_in_flight(depth);
         let meta = Arc::new(MemoryMeta::new());
         let s = Store::with_backends(meta, Arc::new(content.clone()), StoreOptions::default()).await.unwrap();
         let data = noise(3 * 1024 * 1024, "ahead");
         send(&s, put("big", &data, 0, "c", 0), &data).await.unwrap();
+        // Every chunk the recipe names was written by the commit.
+        let recipe = s.recipe(&ContentHash::of(&data)).await.unwrap().unwrap();
+        let have = stored(&s).await;
+        assert!(recipe.list.iter().all(|c| have.contains(&c.hash)), "every chunk of the recipe is stored");
+        assert_eq!(content.most_writes_at_once(), depth, "writes in flight at once, {depth} wanted");
         assert_eq!(read_back(&s, &ContentHash::of(&data), data.len() as u64).await, data);
-        assert_eq!(content.most_reads_at_once(), ahead, "reads in flight at once, reading {ahead} ahead");
+        assert_eq!(content.most_reads_at_once(), depth, "reads in flight at once, {depth} wanted");
     }
 }
 

@@ -87,10 +87,11 @@ CREATE INDEX contents_damaged ON contents (hash) WHERE damaged;
 /// bucket: 10,000 small files cost 10,000 row writes, not 10,000 PUTs.
 pub(crate) const INLINE_MAX: u64 = 16 * 1024;
 
-/// Chunks of one content read at once: each GET costs a round trip (tens
-/// of milliseconds on a real store), so a large file's read keeps this
-/// many in flight (at most 16 × 256 KiB held, 1 MiB on average).
-const READ_AHEAD: usize = 16;
+/// Chunks of one content read or written at once: each GET or PUT costs a
+/// round trip (tens of milliseconds on a real store), so a large file's
+/// read or upload keeps this many in flight (at most 16 × 256 KiB held,
+/// 1 MiB on average).
+const IN_FLIGHT: usize = 16;
 
 /// The most one upload takes: content given to a content store is at most
 /// one chunk (the journal cuts larger files), so an upload is held in
@@ -646,8 +647,8 @@ impl ContentStore for BucketContent {
         }
     }
 
-    fn read_ahead(&self) -> usize {
-        READ_AHEAD
+    fn chunks_in_flight(&self) -> usize {
+        IN_FLIGHT
     }
 
     async fn put_whole(&self, hash: ContentHash, data: Vec<u8>) -> Result<Option<Durability>> {
