@@ -1187,6 +1187,70 @@ async fn labels_and_pins_round_trip_and_replicate(b: Backend) {
     assert!(!stored(&n).await.contains(&ContentHash::of(b"stale")), "what the snapshot dropped goes");
 }
 
+/// A transaction's `decide_each` decides every item on facts that see the
+/// writes of the items before it, also when a backend fetches many items'
+/// facts at once: a file above, a file below, the same path again, a move's
+/// source, content the namespace came to refer to, across more items than
+/// one fetch takes.
+async fn each_decision_sees_the_writes_decided_before_it(b: Backend) {
+    use super::meta::{Decide, Facts, Want};
+    let f = b.fixture(StoreOptions::default()).await;
+    let file = |p: &str, seq: u64, data: &str| {
+        let entry = syncstore::Entry {
+            path: path(p),
+            version: seq,
+            content: Some(Content { mtime_ns: 1, ..content(data.as_bytes()) }),
+            client_id: "c".into(),
+        };
+        let note = super::VersionNote::plain(&entry, "p", 1_000);
+        Change::file(NS, entry, note)
+    };
+    // (path, what the item asks for, whether it is written, its content)
+    let clash = || Want { clash: Some(false), ..Want::default() };
+    let mut plan: Vec<(String, Want, bool, String)> = vec![
+        ("a".into(), clash(), true, "a".into()),
+        ("a/b".into(), clash(), false, String::new()),
+        ("c".into(), clash(), true, "c1".into()),
+        ("c".into(), clash(), true, "c2".into()),
+        ("d/e".into(), clash(), true, "e".into()),
+        ("d".into(), clash(), false, String::new()),
+        ("m".into(), Want { moved_from: Some(path("c")), ..clash() }, false, String::new()),
+        ("r".into(), Want { refers: Some(ContentHash::of(b"e")), ..clash() }, false, String::new()),
+    ];
+    // Past the first fetch of many: fillers, then "c" once more.
+    for i in 0..100 {
+        plan.push((format!("filler/{i}"), clash(), true, format!("x{i}")));
+    }
+    plan.push(("c".into(), clash(), true, "c3".into()));
+    let seen: Arc<std::sync::Mutex<Vec<Facts>>> = Arc::default();
+    let (out, todo) = (seen.clone(), plan.clone());
+    let mut seq = 0;
+    let decide: Decide = Box::new(move |i, facts| {
+        out.lock().unwrap().push(facts);
+        let (p, _, write, data) = &todo[i];
+        write.then(|| {
+            seq += 1;
+            (file(p, seq, data), None)
+        })
+    });
+    let mut tx = f.meta.begin();
+    let _ = tx.claim_head().await.unwrap();
+    tx.decide_each(plan.iter().map(|(p, want, _, _)| (NS.to_owned(), path(p), want.clone())).collect(), decide);
+    tx.commit().await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), plan.len(), "every item was decided");
+    let version = |i: usize| seen[i].current.as_ref().map(|e| e.version);
+    assert_eq!(seen[1].file_above.as_deref(), Some("a"), "the file written above");
+    assert_eq!(version(3), Some(2), "the same path, written just before");
+    assert_eq!(seen[5].live_below.as_deref(), Some("d/e"), "the file written below");
+    assert_eq!(seen[6].moved_from_hash, Some(ContentHash::of(b"c2")), "a move's source as written");
+    assert!(seen[7].refers, "content the namespace came to refer to");
+    let last = plan.len() - 1;
+    assert_eq!(version(last), Some(3), "the same path after a full fetch of others");
+    assert_eq!(seen[last].current.as_ref().unwrap().content.unwrap().hash, ContentHash::of(b"c2"));
+}
+
 /// Instantiates every suite test for each backend.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -1239,6 +1303,7 @@ macro_rules! suite_shared {
 }
 
 suite!(
+    each_decision_sees_the_writes_decided_before_it,
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
     refused_and_abandoned_uploads_leave_no_content,
     a_lock_admits_only_its_holder_with_its_token,
@@ -1270,6 +1335,7 @@ suite!(
 // one shared database never receive a full resync through the journal
 // (`snapshots()` is `None`).
 suite_postgres!(
+    each_decision_sees_the_writes_decided_before_it,
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
     refused_and_abandoned_uploads_leave_no_content,
     a_lock_admits_only_its_holder_with_its_token,

@@ -58,6 +58,13 @@ pub(super) type Conn = ClientWrapper;
 /// The most connections one process holds in its pool.
 const POOL_SIZE: usize = 16;
 
+/// The most connections of the pool kept for write transactions. A process
+/// runs them one at a time (under the journal's writer lock), and with
+/// their own connections they never wait for one behind the reads and
+/// content placings of the uploads they commit: a write transaction holds
+/// the feed's lock, which the writers of every process wait for.
+const WRITER_POOL_SIZE: usize = 2;
+
 /// How long a call waits for a pooled connection before it is refused as
 /// unavailable.
 const POOL_WAIT: Duration = Duration::from_secs(10);
@@ -81,6 +88,8 @@ pub(crate) struct PgMeta {
 #[derive(Debug)]
 struct Inner {
     pool: Pool,
+    /// Write transactions' own connections.
+    writers: Pool,
     /// Woken by each notification the LISTEN connection receives (and
     /// after it reconnected: something may have been missed).
     feed: Arc<Notify>,
@@ -108,18 +117,21 @@ impl PgMeta {
         {
             config.password(password);
         }
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| Error::Config(format!("the metadata connection pool: {e}")))?;
+        let build = |size: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(POOL_WAIT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+                .map_err(|e| Error::Config(format!("the metadata connection pool: {e}")))
+        };
+        let (pool, writers) = (build(POOL_SIZE)?, build(WRITER_POOL_SIZE)?);
         let mut conn = pool.get().await?;
         schema::migrate(&mut conn).await?;
         identity::init(&conn).await?;
@@ -127,7 +139,7 @@ impl PgMeta {
         let feed = Arc::new(Notify::new());
         let stop = CancellationToken::new();
         tokio::spawn(listen(config, feed.clone(), stop.clone()));
-        Ok(PgMeta { inner: Arc::new(Inner { pool, feed, stop }) })
+        Ok(PgMeta { inner: Arc::new(Inner { pool, writers, feed, stop }) })
     }
 
     /// The connection pool (the bucket keeps its inline content in the same
@@ -141,7 +153,7 @@ impl PgMeta {
     }
 
     fn tx(&self) -> PgTx {
-        PgTx { pool: self.inner.pool.clone(), conn: None, pending: Vec::new(), open: false, last_seq: None }
+        PgTx { pool: self.inner.writers.clone(), conn: None, pending: Vec::new(), open: false, last_seq: None }
     }
 }
 
@@ -687,21 +699,92 @@ impl Pending {
                 write_change(c, &change).await?;
                 Ok(Some(change.seq))
             }
-            Pending::Decide(items, mut decide) => {
-                let mut last = None;
-                for (i, (ns, path, want)) in items.into_iter().enumerate() {
-                    let facts = facts(c, &ns, &path, want).await?;
-                    if let Some((change, recipe)) = decide(i, facts) {
-                        if let Some(recipe) = recipe {
-                            write_recipe(c, &recipe).await?;
-                        }
-                        write_change(c, &change).await?;
-                        last = last.max(Some(change.seq));
-                    }
-                }
-                Ok(last)
+            Pending::Decide(items, decide) => decide_in_windows(c, items, decide).await,
+        }
+    }
+}
+
+/// How many items of a [`MetaTx::decide_each`] have their facts fetched at
+/// once.
+const DECIDE_WINDOW: usize = 64;
+
+/// Runs a [`MetaTx::decide_each`] in few round trips: the facts of a window
+/// of items are fetched at once, the items are decided in order, and their
+/// writes are sent together (pipelined on the connection; each statement
+/// runs in the order sent). An item whose facts an earlier decision of its
+/// window may have changed (see [`affects`]) first has the writes before
+/// it run and its facts fetched again, so every item is decided on facts
+/// that see the writes of the items before it, as one at a time would.
+/// Returns the highest seq written.
+async fn decide_in_windows(
+    c: &Conn,
+    items: Vec<(String, RelPath, Want)>,
+    mut decide: Decide,
+) -> Result<Option<u64>> {
+    let mut last = None;
+    for (w, window) in items.chunks(DECIDE_WINDOW).enumerate() {
+        let fetched = futures::future::try_join_all(
+            window.iter().map(|(ns, path, want)| facts(c, ns, path, want.clone())),
+        )
+        .await?;
+        // This window's decisions, and those of them not written yet.
+        let mut decided: Vec<Change> = Vec::new();
+        let mut unwritten: Vec<(Change, Option<Recipe>)> = Vec::new();
+        for (k, ((ns, path, want), mut item_facts)) in window.iter().zip(fetched).enumerate() {
+            if decided.iter().any(|earlier| affects(earlier, ns, path, want)) {
+                write_all(c, std::mem::take(&mut unwritten)).await?;
+                item_facts = facts(c, ns, path, want.clone()).await?;
+            }
+            if let Some((change, recipe)) = decide(w * DECIDE_WINDOW + k, item_facts) {
+                last = last.max(Some(change.seq));
+                decided.push(change.clone());
+                unwritten.push((change, recipe));
             }
         }
+        write_all(c, unwritten).await?;
+    }
+    Ok(last)
+}
+
+/// Writes decided changes (each with its recipe first), pipelined.
+async fn write_all(c: &Conn, changes: Vec<(Change, Option<Recipe>)>) -> Result<()> {
+    futures::future::try_join_all(changes.iter().map(|(change, recipe)| async move {
+        if let Some(recipe) = recipe {
+            write_recipe(c, recipe).await?;
+        }
+        write_change(c, change).await
+    }))
+    .await?;
+    Ok(())
+}
+
+/// Whether writing `earlier` may change the facts of a later item for
+/// `path` of `ns` wanting `want` (conservatively: when in doubt, yes). A
+/// change is about one path of one namespace; it changes that path's entry
+/// and lock, what lies above and below it, what a move from it finds, and
+/// whether the namespace refers to its content. A history-only change (a
+/// prune) may change any of that.
+fn affects(earlier: &Change, ns: &str, path: &RelPath, want: &Want) -> bool {
+    if earlier.namespace != ns {
+        return false;
+    }
+    let Some(at) = earlier.path() else { return true };
+    let (at, p) = (at.as_str(), path.as_str());
+    let nested = |outer: &str, inner: &str| {
+        inner.len() > outer.len() && inner.starts_with(outer) && inner.as_bytes()[outer.len()] == b'/'
+    };
+    if at == p || nested(at, p) || nested(p, at) {
+        return true;
+    }
+    if want.moved_from.as_ref().is_some_and(|from| from.as_str() == at) {
+        return true;
+    }
+    match &earlier.what {
+        What::File(e, note) => {
+            note.moved_from.as_ref().is_some_and(|from| from == path)
+                || want.refers.is_some_and(|h| e.content.is_some_and(|c| c.hash == h))
+        }
+        _ => false,
     }
 }
 
@@ -798,45 +881,70 @@ impl Drop for PgTx {
     }
 }
 
-/// The facts of a write to `path` (see [`Facts`]).
+/// The facts of a write to `path` (see [`Facts`]). Every read that does
+/// not depend on another is sent at once (pipelined on the connection), so
+/// a put's facts cost one round trip, two when its current content's
+/// recipe or a later move is wanted: a group commit runs them one put
+/// after another under the feed's lock.
 async fn facts(c: &Conn, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
-    let (current, lock) = futures::try_join!(get_entry(c, ns, path), locks::get_lock(c, ns, path))?;
-    let mut out = Facts { current, lock, ..Facts::default() };
-    if let Some(folder) = want.clash {
-        let folders: Vec<&str> = rules::folders_of(path).collect();
-        if !folders.is_empty() {
-            // The first of the path's folders (shortest first) that is a
-            // live file.
-            let stmt = c
-                .prepare_cached(
-                    "SELECT path FROM files WHERE namespace = $1 AND path = ANY($2) AND NOT deleted AND NOT folder
-                     ORDER BY length(path) LIMIT 1",
-                )
-                .await?;
-            out.file_above = c.query_opt(&stmt, &[&ns, &folders]).await?.map(|r| r.get(0));
+    let folders: Vec<&str> = rules::folders_of(path).collect();
+    let file_above = async {
+        if want.clash.is_none() || folders.is_empty() {
+            return Ok(None);
         }
-        if !folder && out.file_above.is_none() {
-            // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
-            let p = path.as_str();
-            let stmt = c
-                .prepare_cached(
-                    "SELECT path FROM files WHERE namespace = $1 AND path > $2 AND path < $3 AND NOT deleted LIMIT 1",
-                )
-                .await?;
-            out.live_below =
-                c.query_opt(&stmt, &[&ns, &format!("{p}/"), &format!("{p}0")]).await?.map(|r| r.get(0));
+        // The first of the path's folders (shortest first) that is a live
+        // file.
+        let stmt = c
+            .prepare_cached(
+                "SELECT path FROM files WHERE namespace = $1 AND path = ANY($2) AND NOT deleted AND NOT folder
+                 ORDER BY length(path) LIMIT 1",
+            )
+            .await?;
+        Ok::<_, Error>(c.query_opt(&stmt, &[&ns, &folders]).await?.map(|r| r.get(0)))
+    };
+    let live_below = async {
+        if want.clash != Some(false) {
+            return Ok(None);
         }
-    }
-    if let Some(hash) = want.refers {
-        out.refers = history::refers_to(c, ns, &hash).await?;
-    }
+        // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
+        let p = path.as_str();
+        let stmt = c
+            .prepare_cached(
+                "SELECT path FROM files WHERE namespace = $1 AND path > $2 AND path < $3 AND NOT deleted LIMIT 1",
+            )
+            .await?;
+        Ok::<_, Error>(
+            c.query_opt(&stmt, &[&ns, &format!("{p}/"), &format!("{p}0")]).await?.map(|r| r.get(0)),
+        )
+    };
+    let refers = async {
+        match &want.refers {
+            Some(hash) => history::refers_to(c, ns, hash).await,
+            None => Ok(false),
+        }
+    };
+    let moved_from_hash = async {
+        match &want.moved_from {
+            Some(from) => history::newest_content(c, ns, from.as_str()).await,
+            None => Ok(None),
+        }
+    };
+    let (current, lock, file_above, live_below, refers, moved_from_hash) = futures::try_join!(
+        get_entry(c, ns, path),
+        locks::get_lock(c, ns, path),
+        file_above,
+        live_below,
+        refers,
+        moved_from_hash,
+    )?;
+    // What lies below matters only when no folder above is a file.
+    let live_below = if file_above.is_none() { live_below } else { None };
+    let mut out =
+        Facts { current, lock, file_above, live_below, refers, moved_from_hash, ..Facts::default() };
     if want.current_recipe
         && let Some(current) = out.current.as_ref().and_then(|e| e.content)
     {
         out.current_recipe = get_recipe(c, &current.hash).await?.map(|r| r.list);
-    }
-    if let Some(from) = &want.moved_from {
-        out.moved_from_hash = history::newest_content(c, ns, from.as_str()).await?;
     }
     if want.moved_away
         && let Some(current) = &out.current
