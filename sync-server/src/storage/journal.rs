@@ -164,6 +164,10 @@ const SHARED_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 /// How often a process of a shared backend records that it is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often a process of a shared backend refreshes the statistics of the
+/// tables that changed much ([`SharedMeta::refresh_statistics`]).
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // The collector holds the store weakly: woken, it finds it gone.
@@ -1522,6 +1526,7 @@ impl Store {
             let Some(shared) = meta.shared() else { return };
             let mut last_beat: Option<Instant> = None;
             let mut last_sweep = Instant::now();
+            let mut last_statistics = Instant::now();
             loop {
                 shared.changed(FOLLOW_POLL).await;
                 let Some(inner) = weak.upgrade() else { return };
@@ -1534,6 +1539,12 @@ impl Store {
                     match shared.heartbeat(&id, &address, store.head()).await {
                         Ok(()) => last_beat = Some(Instant::now()),
                         Err(e) => tracing::warn!(error = %e, "could not record this process's heartbeat"),
+                    }
+                }
+                if last_statistics.elapsed() >= STATISTICS_INTERVAL {
+                    last_statistics = Instant::now();
+                    if let Err(e) = shared.refresh_statistics().await {
+                        tracing::warn!(error = %e, "could not refresh the database's statistics");
                     }
                 }
                 if last_sweep.elapsed() >= SHARED_SWEEP_INTERVAL {

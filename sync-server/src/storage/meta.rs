@@ -361,6 +361,14 @@ pub(crate) trait SharedMeta: Send + Sync {
     /// One round trip to the database: `UNAVAILABLE` when it cannot be
     /// reached.
     async fn ping(&self) -> Result<()>;
+
+    /// Refreshes the query planner's statistics of the tables that changed
+    /// much since they were last analyzed, and returns their names. Tables
+    /// start empty, and until the database's own autovacuum analyzes them
+    /// (a minute or more later) their plans assume they still are: a first
+    /// upload of many files would scan what it already wrote for every
+    /// file it adds.
+    async fn refresh_statistics(&self) -> Result<Vec<String>>;
 }
 
 /// The replication capability of a backend that a primary feeds through

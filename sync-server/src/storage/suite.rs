@@ -1235,7 +1235,10 @@ async fn each_decision_sees_the_writes_decided_before_it(b: Backend) {
     });
     let mut tx = f.meta.begin();
     let _ = tx.claim_head().await.unwrap();
-    tx.decide_each(plan.iter().map(|(p, want, _, _)| (NS.to_owned(), path(p), want.clone())).collect(), decide);
+    tx.decide_each(
+        plan.iter().map(|(p, want, _, _)| (NS.to_owned(), path(p), want.clone())).collect(),
+        decide,
+    );
     tx.commit().await.unwrap();
 
     let seen = seen.lock().unwrap().clone();

@@ -69,6 +69,17 @@ const WRITER_POOL_SIZE: usize = 2;
 /// unavailable.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
+/// The tables whose plans depend on how many rows they hold, and when
+/// [`SharedMeta::refresh_statistics`] analyzes one: after more than
+/// `ANALYZE_THRESHOLD + ANALYZE_SCALE × its rows` inserted, updated or
+/// deleted rows since it was last analyzed.
+const ANALYZED_TABLES: &[&str] =
+    &["files", "versions", "changes", "contents", "recipes", "recipe_chunks", "locks"];
+const ANALYZE_THRESHOLD: f64 = 500.0;
+const ANALYZE_SCALE: f64 = 0.2;
+/// The advisory lock key one process at a time refreshes statistics under.
+const ANALYZE_LOCK: i64 = 0x7379_6e63_616e_6c7a;
+
 /// How long connecting to PostgreSQL may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -153,7 +164,13 @@ impl PgMeta {
     }
 
     fn tx(&self) -> PgTx {
-        PgTx { pool: self.inner.writers.clone(), conn: None, pending: Vec::new(), open: false, last_seq: None }
+        PgTx {
+            pool: self.inner.writers.clone(),
+            conn: None,
+            pending: Vec::new(),
+            open: false,
+            last_seq: None,
+        }
     }
 }
 
@@ -621,6 +638,33 @@ impl MetaStore for PgMeta {
 
 #[async_trait]
 impl SharedMeta for PgMeta {
+    async fn refresh_statistics(&self) -> Result<Vec<String>> {
+        let mut c = self.conn().await?;
+        // As autovacuum decides, with a lower threshold; one process at a
+        // time (another one's ANALYZE is as good), in one transaction.
+        let tx = c.transaction().await?;
+        let stmt = tx
+            .prepare_cached(
+                "SELECT s.relid::regclass::text FROM pg_stat_user_tables s
+                 WHERE s.schemaname = current_schema() AND s.relname::text = ANY($1::text[])
+                   AND s.n_mod_since_analyze > $2::float8 + s.n_live_tup * $3::float8
+                   AND pg_try_advisory_xact_lock($4)",
+            )
+            .await?;
+        let tables: Vec<String> = tx
+            .query(&stmt, &[&ANALYZED_TABLES, &ANALYZE_THRESHOLD, &ANALYZE_SCALE, &ANALYZE_LOCK])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for table in &tables {
+            tracing::debug!(table, "analyzing");
+            tx.batch_execute(&format!("ANALYZE {table}")).await?;
+        }
+        tx.commit().await?;
+        Ok(tables)
+    }
+
     async fn changed(&self, poll: Duration) {
         let _ = tokio::time::timeout(poll, self.inner.feed.notified()).await;
     }

@@ -237,3 +237,60 @@ async fn heartbeats_list_the_processes_seen() {
         meta.processes(Duration::from_secs(60)).await.unwrap().into_iter().map(|p| p.id).collect();
     assert_eq!(ids, ["a"]);
 }
+
+/// A young database's tables are analyzed once they grew (which also
+/// replaces the plans each connection cached while they were nearly empty:
+/// a put's facts read by scanning what was written before); tables that
+/// did not change much are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_that_grew_are_analyzed_and_read_by_index() {
+    let meta = PgMeta::connect(&fresh_database()).await.unwrap();
+    assert_eq!(meta.refresh_statistics().await.unwrap(), Vec::<String>::new(), "nothing changed yet");
+    let mut tx = meta.begin();
+    for i in 0..2_000u64 {
+        let data = format!("{i}");
+        let entry = Entry {
+            path: RelPath::new(format!("d{}/f{i}", i % 10)).unwrap(),
+            version: i + 1,
+            content: Some(Content {
+                hash: ContentHash::of(data.as_bytes()),
+                size: data.len() as u64,
+                mtime_ns: 1,
+                executable: false,
+                symlink: false,
+                folder: false,
+            }),
+            client_id: "c".into(),
+        };
+        let note = VersionNote::plain(&entry, "p", now_ms());
+        tx.write(Change::file("ns", entry, note));
+    }
+    tx.commit().await.unwrap();
+    let c = meta.pool().get().await.unwrap();
+    // The statistics the server's connections see arrive within a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let analyzed = loop {
+        let analyzed = meta.refresh_statistics().await.unwrap();
+        if !analyzed.is_empty() || Instant::now() > deadline {
+            break analyzed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for table in ["files", "versions", "changes"] {
+        assert!(analyzed.iter().any(|t| t == table), "{table} analyzed: {analyzed:?}");
+    }
+    assert!(!analyzed.iter().any(|t| t == "locks"), "locks did not change: {analyzed:?}");
+    assert_eq!(meta.refresh_statistics().await.unwrap(), Vec::<String>::new(), "analyzed once");
+    // The database says so too.
+    let analyzed_at: Vec<String> = c
+        .query(
+            "SELECT relname::text FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL ORDER BY relname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(analyzed_at.iter().any(|t| t == "files"), "{analyzed_at:?}");
+}
