@@ -23,6 +23,13 @@ SYNCSTORE_PG_BIN), started with initdb + pg_ctl as the `postgres` user in a fold
 --data on a free loopback port, fsync on; s3s-fs is the binary `bash tests/setup`
 installs (SYNCSTORE_S3S_FS or ~/.cache/syncstore/s3s-fs-0.14.1/bin/s3s-fs). Both are
 stopped at the end. Everything listens on 127.0.0.1 only.
+
+With S3=garage the bucket is Garage 2.5 (a production S3 store) instead of s3s-fs: a
+single-node Garage with data and metadata fsync on, one bucket per set-up. Its build
+takes about 20 minutes on 2 cores, so it is built on demand, once, into the same cache:
+
+    cargo install garage --version 2.5.0 --locked --root ~/.cache/syncstore/garage-2.5.0
+    S3=garage python3 bench/scaleout.py --bin target/release --data /tmp/syncstore-scaleout
 """
 
 import argparse
@@ -44,9 +51,12 @@ WORKLOADS = os.environ.get("WORKLOADS", "w1 w2 w3").split()
 SETUPS = os.environ.get("SETUPS", "embedded shared1 shared3").split()
 KEY, SECRET = "syncstore-bench", "syncstore-bench-secret"
 PG_BIN = os.environ.get("SYNCSTORE_PG_BIN", "/usr/lib/postgresql/15/bin")
-S3S_FS = os.environ.get("SYNCSTORE_S3S_FS") or os.path.join(
-    os.environ.get("SYNCSTORE_CACHE", os.path.expanduser("~/.cache/syncstore")),
-    "s3s-fs-0.14.1", "bin", "s3s-fs")
+CACHE = os.environ.get("SYNCSTORE_CACHE", os.path.expanduser("~/.cache/syncstore"))
+S3S_FS = os.environ.get("SYNCSTORE_S3S_FS") or os.path.join(CACHE, "s3s-fs-0.14.1", "bin", "s3s-fs")
+S3_KIND = os.environ.get("S3", "s3s-fs")
+GARAGE = os.environ.get("SYNCSTORE_GARAGE") or os.path.join(CACHE, "garage-2.5.0", "bin", "garage")
+# Garage's key format: "GK" and 24 hex digits; a secret of 64 hex digits.
+GARAGE_KEY, GARAGE_SECRET = "GK" + "5eb0c4" * 4, "5eb0c4a7" * 8
 NAMES = {"embedded": "embedded", "shared1": "shared x1", "shared3": "shared x3"}
 
 
@@ -108,6 +118,56 @@ class S3:
         self.proc.stop()
 
 
+class Garage:
+    """A single-node Garage on loopback, durable (data and metadata fsync on); its
+    command-line tool creates a bucket for each set-up and allows the bench's key."""
+
+    def __init__(self, root):
+        self.root = os.path.join(root, "garage")
+        os.makedirs(self.root)
+        self.port, rpc, admin = free_port(), free_port(), free_port()
+        self.config = os.path.join(self.root, "garage.toml")
+        with open(self.config, "w") as f:
+            f.write(f"""metadata_dir = "{self.root}/meta"
+data_dir = "{self.root}/data"
+db_engine = "lmdb"
+replication_factor = 1
+metadata_fsync = true
+data_fsync = true
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{os.urandom(32).hex()}"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{self.port}"
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+""")
+        env = dict(os.environ, GARAGE_DEFAULT_ACCESS_KEY=GARAGE_KEY,
+                   GARAGE_DEFAULT_SECRET_KEY=GARAGE_SECRET, GARAGE_DEFAULT_BUCKET="bench0")
+        self.proc = Proc([GARAGE, "-c", self.config, "server", "--single-node", "--default-bucket"],
+                         os.path.join(root, "garage.log"), env=env)
+        wait_for(lambda: bench.listening(self.port), bench.START_TIMEOUT, "Garage to listen")
+        self.count = 0
+
+    def garage(self, *args):
+        subprocess.run([GARAGE, "-c", self.config, *args], check=True, capture_output=True,
+                       timeout=60)
+
+    def bucket(self):
+        self.count += 1
+        name = f"bench{self.count}"
+        # The layout is applied a moment after the server listens: retry until it is.
+        wait_for(lambda: subprocess.run([GARAGE, "-c", self.config, "bucket", "create", name],
+                                        capture_output=True, timeout=60).returncode == 0,
+                 bench.START_TIMEOUT, "Garage to create a bucket")
+        self.garage("bucket", "allow", "--read", "--write", "--owner", name, "--key", GARAGE_KEY)
+        return f"s3://{name}?endpoint=http://127.0.0.1:{self.port}&region=garage"
+
+    def stop(self):
+        self.proc.stop()
+
+
 class Setup:
     """The servers of one set-up for one run; `urls[i]` is server i's address."""
 
@@ -142,7 +202,7 @@ def transfer(res, store, kind, w, src, files, nbytes, run, work, pg, s3):
     os.makedirs(d)
     up = os.path.join(d, "up")
     bench.link_copy(src, up)
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
+    env = dict(os.environ)
     setup = Setup(kind, store, d, pg, s3)
     try:
         c0 = setup.cpu()
@@ -189,7 +249,7 @@ def latency(res, store, kind, run, work, pg, s3):
 
 
 def table(res):
-    out = ["| workload | set-up | upload | download | files/s up | MiB/s up | CPU s up | "
+    out = [f"Shared backend: PostgreSQL 15 and {S3_KIND} on this machine.", "","| workload | set-up | upload | download | files/s up | MiB/s up | CPU s up | "
            "upload / embedded | download / embedded |", "|---|---|---|---|---|---|---|---|---|"]
     ratios = {}
     for w in WORKLOADS:
@@ -242,22 +302,30 @@ def main():
     ap.add_argument("--bin", required=True, help="folder holding sync-server and sync-client")
     ap.add_argument("--data", required=True, help="where sources and run folders go")
     args = ap.parse_args()
+    if S3_KIND not in ("s3s-fs", "garage"):
+        sys.exit(f"S3={S3_KIND}: s3s-fs or garage")
     for tool in (f"{PG_BIN}/initdb", S3S_FS):
         if not os.access(tool, os.X_OK):
             sys.exit(f"missing {tool}: run `bash tests/setup` (it installs PostgreSQL 15 and s3s-fs)")
+    if S3_KIND == "garage" and not os.access(GARAGE, os.X_OK):
+        sys.exit(f"missing {GARAGE}: build it as this script's help says")
     os.makedirs(args.data, exist_ok=True)
     work = os.path.join(args.data, "runs")
     os.makedirs(work, exist_ok=True)
     services = os.path.join(args.data, "services")
     shutil.rmtree(services, ignore_errors=True)
     os.makedirs(services)
-    os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
+    if S3_KIND == "garage":
+        os.environ.update(AWS_ACCESS_KEY_ID=GARAGE_KEY, AWS_SECRET_ACCESS_KEY=GARAGE_SECRET)
+    else:
+        os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
     store = bench.Syncstore(args.bin, work)
     res = bench.Results()
     pg = s3 = None
     try:
         pg = Postgres(services)
-        s3 = S3(services)
+        s3 = Garage(services) if S3_KIND == "garage" else S3(services)
+        log(f"bucket server: {S3_KIND}")
         for w in WORKLOADS:
             src = bench.generate(os.path.join(args.data, "src"), w)
             (_, _), files, size, _ = bench.shape(w)
