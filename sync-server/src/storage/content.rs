@@ -54,13 +54,7 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
     /// written; a damaged copy is set aside and replaced), else how durable
     /// the new copy is. A blocking backend does it in one trip.
     async fn put_whole(&self, hash: ContentHash, data: Vec<u8>) -> Result<Option<Durability>> {
-        let size = data.len() as u64;
-        if self.verified_size(&hash).await? == Some(size) {
-            return Ok(None);
-        }
-        let mut upload = self.upload().await?;
-        upload.write(data).await?;
-        Ok(Some(upload.complete(hash, size).await?.place().await?))
+        put_whole_by_upload(self, hash, data).await
     }
 
     /// How many chunks of one content are read, or written, at once: 1
@@ -133,6 +127,22 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// [`ContentStore::put_whole`] as an upload of one piece, unless a good
+/// copy is stored already.
+pub(crate) async fn put_whole_by_upload<S: ContentStore + ?Sized>(
+    store: &S,
+    hash: ContentHash,
+    data: Vec<u8>,
+) -> Result<Option<Durability>> {
+    let size = data.len() as u64;
+    if store.verified_size(&hash).await? == Some(size) {
+        return Ok(None);
+    }
+    let mut upload = store.upload().await?;
+    upload.write(data).await?;
+    Ok(Some(upload.complete(hash, size).await?.place().await?))
 }
 
 /// Content being received. Dropped before `complete`, it leaves nothing.

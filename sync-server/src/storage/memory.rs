@@ -795,13 +795,7 @@ impl ContentStore for MemoryContent {
 
     async fn put_whole(&self, hash: ContentHash, data: Vec<u8>) -> Result<Option<Durability>> {
         self.flight.writes.request().await;
-        let size = data.len() as u64;
-        if self.verified_size(&hash).await? == Some(size) {
-            return Ok(None);
-        }
-        let mut upload = self.upload().await?;
-        upload.write(data).await?;
-        Ok(Some(upload.complete(hash, size).await?.place().await?))
+        super::content::put_whole_by_upload(self, hash, data).await
     }
 
     async fn get(&self, hash: &ContentHash, size: u64) -> Result<Option<Box<dyn ContentReader>>> {

@@ -15,6 +15,26 @@ fn cluster() -> &'static Postgres {
     CLUSTER.get_or_init(Postgres::start)
 }
 
+/// The change that writes `data` to `path` of namespace "ns" as version
+/// `seq`, by client `client`.
+fn file_change(path: &str, seq: u64, data: &str, client: &str) -> Change {
+    let entry = Entry {
+        path: RelPath::new(path).unwrap(),
+        version: seq,
+        content: Some(Content {
+            hash: ContentHash::of(data.as_bytes()),
+            size: data.len() as u64,
+            mtime_ns: 1,
+            executable: false,
+            symlink: false,
+            folder: false,
+        }),
+        client_id: client.to_owned(),
+    };
+    let note = VersionNote::plain(&entry, "p", now_ms());
+    Change::file("ns", entry, note)
+}
+
 /// A fresh database of this process's cluster, its URL.
 pub(crate) fn fresh_database() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -100,22 +120,8 @@ async fn seqs_become_visible_in_order_across_processes() {
                 for i in 0..WRITES_EACH {
                     let mut tx = meta.begin();
                     let head = tx.claim_head().await.unwrap().expect("a shared backend has a head");
-                    let data = format!("{p}/{w}/{i}");
-                    let entry = Entry {
-                        path: RelPath::new(format!("p{p}/w{w}/f{i}")).unwrap(),
-                        version: head + 1,
-                        content: Some(Content {
-                            hash: ContentHash::of(data.as_bytes()),
-                            size: data.len() as u64,
-                            mtime_ns: 1,
-                            executable: false,
-                            symlink: false,
-                            folder: false,
-                        }),
-                        client_id: format!("w{w}"),
-                    };
-                    let note = VersionNote::plain(&entry, "p", now_ms());
-                    tx.write(Change::file("ns", entry, note));
+                    let path = format!("p{p}/w{w}/f{i}");
+                    tx.write(file_change(&path, head + 1, &format!("{p}/{w}/{i}"), &format!("w{w}")));
                     tx.commit().await.unwrap();
                 }
             }));
@@ -248,22 +254,7 @@ async fn tables_that_grew_are_analyzed_and_read_by_index() {
     assert_eq!(meta.refresh_statistics().await.unwrap(), Vec::<String>::new(), "nothing changed yet");
     let mut tx = meta.begin();
     for i in 0..2_000u64 {
-        let data = format!("{i}");
-        let entry = Entry {
-            path: RelPath::new(format!("d{}/f{i}", i % 10)).unwrap(),
-            version: i + 1,
-            content: Some(Content {
-                hash: ContentHash::of(data.as_bytes()),
-                size: data.len() as u64,
-                mtime_ns: 1,
-                executable: false,
-                symlink: false,
-                folder: false,
-            }),
-            client_id: "c".into(),
-        };
-        let note = VersionNote::plain(&entry, "p", now_ms());
-        tx.write(Change::file("ns", entry, note));
+        tx.write(file_change(&format!("d{}/f{i}", i % 10), i + 1, &format!("{i}"), "c"));
     }
     tx.commit().await.unwrap();
     let c = meta.pool().get().await.unwrap();
