@@ -813,14 +813,11 @@ fn affects(earlier: &Change, ns: &str, path: &RelPath, want: &Want) -> bool {
         return false;
     }
     let Some(at) = earlier.path() else { return true };
-    let (at, p) = (at.as_str(), path.as_str());
-    let nested = |outer: &str, inner: &str| {
-        inner.len() > outer.len() && inner.starts_with(outer) && inner.as_bytes()[outer.len()] == b'/'
-    };
-    if at == p || nested(at, p) || nested(p, at) {
+    // The same path, or one of them a folder the other lies under.
+    if path.is_under(at.as_str()) || at.is_under(path.as_str()) {
         return true;
     }
-    if want.moved_from.as_ref().is_some_and(|from| from.as_str() == at) {
+    if want.moved_from.as_ref() == Some(at) {
         return true;
     }
     match &earlier.what {
