@@ -54,7 +54,7 @@ struct Chunks {
     holds: Vec<ContentHold>,
     held: HashSet<ContentHash>,
     /// Chunk writes running, oldest first: up to the content store's
-    /// [`chunks_in_flight`](super::content::ContentStore::chunks_in_flight)
+    /// [`chunk_writes_in_flight`](super::content::ContentStore::chunk_writes_in_flight)
     /// (each holds its chunk, at most [`syncstore::chunks::CDC_MAX`] bytes).
     writes: VecDeque<tokio::task::JoinHandle<Result<Option<Durability>>>>,
     /// Some chunk put in place is not durable yet.
@@ -120,12 +120,12 @@ impl Chunks {
         // A stored copy is read and hashed: a damaged one (set aside by the
         // check) is written again, which heals it.
         let content = self.store.content_store().clone();
-        if content.chunks_in_flight() <= 1 {
+        if content.chunk_writes_in_flight() <= 1 {
             let written = content.put_whole(c.hash, chunk.data).await?;
             self.count(written);
             return Ok(());
         }
-        while self.writes.len() >= content.chunks_in_flight() {
+        while self.writes.len() >= content.chunk_writes_in_flight() {
             self.finish_oldest().await?;
         }
         self.writes.push_back(tokio::spawn(async move { content.put_whole(c.hash, chunk.data).await }));
@@ -290,7 +290,7 @@ impl StagedContent for ChunkedStaged {
 type ChunkRead = Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>>;
 
 /// A verified read of content stored as chunks, with up to the content
-/// store's [`chunks_in_flight`](super::content::ContentStore::chunks_in_flight) chunk
+/// store's [`chunk_reads_in_flight`](super::content::ContentStore::chunk_reads_in_flight) chunk
 /// reads in flight (in order; at most that many chunks of
 /// [`syncstore::chunks::CDC_MAX`] bytes held).
 pub(crate) struct ChunkedReader {
@@ -373,7 +373,7 @@ impl ChunkedReader {
     /// Asks for the next chunks, up to the store's read-ahead in flight.
     fn ask_ahead(&mut self) {
         let content = self.store.content_store();
-        let depth = content.chunks_in_flight().max(1);
+        let depth = content.chunk_reads_in_flight().max(1);
         while self.reads.len() < depth
             && let Some(c) = self.list.get(self.next).copied()
         {

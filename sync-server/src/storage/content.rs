@@ -57,11 +57,17 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
         put_whole_by_upload(self, hash, data).await
     }
 
-    /// How many chunks of one content are read, or written, at once: 1
-    /// where each is a local file's, more where each is a request with its
-    /// own round trip (an object store), so that a large file streams at
-    /// the store's throughput rather than one latency per chunk.
-    fn chunks_in_flight(&self) -> usize {
+    /// How many chunks of one content are written at once: 1 where each is
+    /// a local file's, more where each is a request with its own round trip
+    /// (an object store), so that a large file streams at the store's
+    /// throughput rather than one latency per chunk.
+    fn chunk_writes_in_flight(&self) -> usize {
+        1
+    }
+
+    /// How many chunks of one content are read ahead at once (as
+    /// [`chunk_writes_in_flight`](Self::chunk_writes_in_flight), for reads).
+    fn chunk_reads_in_flight(&self) -> usize {
         1
     }
 

@@ -734,7 +734,8 @@ pub(crate) struct MemoryContent {
 /// reads and of its whole writes were in flight at once at most.
 #[derive(Debug, Default)]
 struct Flight {
-    depth: usize,
+    write_depth: usize,
+    read_depth: usize,
     reads: InFlight,
     writes: InFlight,
 }
@@ -766,10 +767,11 @@ impl MemoryContent {
         self.blobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Empty content that asks for `depth` chunks read or written at once,
-    /// as an object store does.
-    pub(crate) fn with_chunks_in_flight(depth: usize) -> Self {
-        Self { flight: Arc::new(Flight { depth, ..Flight::default() }), ..Self::default() }
+    /// Empty content that asks for `writes` chunks written and `reads`
+    /// read at once, as an object store does.
+    pub(crate) fn with_chunks_in_flight(writes: usize, reads: usize) -> Self {
+        let flight = Flight { write_depth: writes, read_depth: reads, ..Flight::default() };
+        Self { flight: Arc::new(flight), ..Self::default() }
     }
 
     /// The most reads that were in flight at once.
@@ -789,8 +791,12 @@ impl ContentStore for MemoryContent {
         Ok(Box::new(MemoryUpload { store: self.clone(), data: Vec::new() }))
     }
 
-    fn chunks_in_flight(&self) -> usize {
-        self.flight.depth.max(1)
+    fn chunk_writes_in_flight(&self) -> usize {
+        self.flight.write_depth.max(1)
+    }
+
+    fn chunk_reads_in_flight(&self) -> usize {
+        self.flight.read_depth.max(1)
     }
 
     async fn put_whole(&self, hash: ContentHash, data: Vec<u8>) -> Result<Option<Durability>> {

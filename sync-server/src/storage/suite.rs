@@ -1391,13 +1391,13 @@ suite_shared!(
 );
 
 /// A large content's upload and read ask for as many chunks at once as
-/// the content store wants in flight (an object store's PUT and GET cost a
-/// round trip per chunk), and the content still reads back exactly, in
-/// order.
+/// the content store wants written and read in flight (an object store's
+/// PUT and GET cost a round trip per chunk), and the content still reads
+/// back exactly, in order.
 #[tokio::test]
 async fn chunked_writes_and_reads_keep_the_stores_chunks_in_flight() {
-    for depth in [1, 8] {
-        let content = MemoryContent::with_chunks_in_flight(depth);
+    for (writes, reads) in [(1, 1), (8, 12), (6, 3)] {
+        let content = MemoryContent::with_chunks_in_flight(writes, reads);
         let meta = Arc::new(MemoryMeta::new());
         let s = Store::with_backends(meta, Arc::new(content.clone()), StoreOptions::default()).await.unwrap();
         let data = noise(3 * 1024 * 1024, "ahead");
@@ -1406,9 +1406,9 @@ async fn chunked_writes_and_reads_keep_the_stores_chunks_in_flight() {
         let recipe = s.recipe(&ContentHash::of(&data)).await.unwrap().unwrap();
         let have = stored(&s).await;
         assert!(recipe.list.iter().all(|c| have.contains(&c.hash)), "every chunk of the recipe is stored");
-        assert_eq!(content.most_writes_at_once(), depth, "writes in flight at once, {depth} wanted");
+        assert_eq!(content.most_writes_at_once(), writes, "writes in flight at once, {writes} wanted");
         assert_eq!(read_back(&s, &ContentHash::of(&data), data.len() as u64).await, data);
-        assert_eq!(content.most_reads_at_once(), depth, "reads in flight at once, {depth} wanted");
+        assert_eq!(content.most_reads_at_once(), reads, "reads in flight at once, {reads} wanted");
     }
 }
 
