@@ -316,6 +316,15 @@ impl Engine {
         let (parallel, serial): (Vec<_>, Vec<_>) =
             others.into_iter().partition(|p| self.executor.is_plain_transfer(p));
         let (mut again, mut read_only) = (Vec::new(), None);
+        // What goes up is noted as sent in one transaction, not one each.
+        let uploads: Vec<_> = parallel
+            .iter()
+            .filter(|p| matches!(p.action, Action::Upload { .. }))
+            .filter_map(|p| Some((p.path.clone(), p.local?.hash)))
+            .collect();
+        if let Err(e) = self.state.note_sent_all(&uploads) {
+            tracing::warn!(error = %e, "could not note what this sync sends; each upload notes its own");
+        }
         {
             let executor = &self.executor;
             let large = tokio::sync::Semaphore::new(PARALLEL_LARGE_TRANSFERS);

@@ -207,11 +207,9 @@ impl Executor {
         };
         self.state.note_sent(path, &l.hash)?;
         let up = transfer::upload(&*self.remote, self.folder.root(), path, l, base).await?;
-        self.state.set_base(path, &local::synced_base(up.entry.version, l))?;
-        if let Some(list) = &up.chunks {
-            self.state.set_chunk_list(&l.hash, list, p.base.as_ref().map(|b| &b.hash))?;
-        }
-        self.state.clear_sent(path)?;
+        let replaced = p.base.as_ref().map(|b| &b.hash);
+        let new_base = local::synced_base(up.entry.version, l);
+        self.state.record_upload(path, &new_base, up.chunks.as_deref(), replaced)?;
         self.metrics.uploads.inc();
         if up.sent {
             self.metrics.upload_bytes.inc_by(l.size);

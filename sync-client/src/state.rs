@@ -6,10 +6,10 @@
 //! the same folder. The folder's own handles are [`crate::folder::Folder`]'s.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -73,6 +73,9 @@ const PRUNE_CHUNK_LISTS: &str = "DELETE FROM chunk_list WHERE hash NOT IN (SELEC
 #[derive(Debug, Clone)]
 pub struct State {
     conn: Arc<Mutex<Connection>>,
+    /// What this process noted as sent and has not cleared: noting it
+    /// again costs no write.
+    noted: Arc<Mutex<HashSet<(RelPath, ContentHash)>>>,
     /// Held open for the life of the client: the folder's lock.
     _lock: Arc<File>,
 }
@@ -127,7 +130,7 @@ impl State {
                 ))?;
             }
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), _lock: Arc::new(lock) })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), noted: Arc::default(), _lock: Arc::new(lock) })
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -201,6 +204,7 @@ impl State {
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM base", [])?;
         tx.execute("DELETE FROM sent", [])?;
+        self.noted().clear();
         tx.execute("DELETE FROM chunk_list", [])?;
         tx.execute("DELETE FROM meta WHERE key = 'cursor'", [])?;
         tx.execute(
@@ -224,27 +228,7 @@ impl State {
     }
 
     pub fn set_base(&self, path: &RelPath, b: &Base) -> Result<()> {
-        self.with(|c| {
-            c.prepare_cached(
-                "INSERT INTO base (path, version, hash, size, mtime_ns, executable, stamp, symlink, folder)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (path) DO UPDATE SET version = excluded.version, hash = excluded.hash,
-                   size = excluded.size, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
-                   stamp = excluded.stamp, symlink = excluded.symlink, folder = excluded.folder",
-            )?
-            .execute(params![
-                path.as_str(),
-                b.version as i64,
-                &b.hash.as_bytes()[..],
-                b.size as i64,
-                b.mtime_ns,
-                b.executable,
-                b.stamp as i64,
-                b.symlink,
-                b.folder
-            ])
-            .map(drop)
-        })
+        self.with(|c| write_base(c, path, b))
     }
 
     pub fn remove_base(&self, path: &RelPath) -> Result<()> {
@@ -286,13 +270,39 @@ impl State {
     }
 
     /// Notes that content `hash` is about to be sent for `path` (before the
-    /// upload starts, so that a crash cannot hide it).
+    /// upload starts, so that a crash cannot hide it). Free when it was
+    /// noted already (see [`State::note_sent_all`]).
     pub fn note_sent(&self, path: &RelPath, hash: &ContentHash) -> Result<()> {
-        self.with(|c| {
-            c.prepare_cached("INSERT OR IGNORE INTO sent (path, hash) VALUES (?1, ?2)")?
-                .execute(params![path.as_str(), &hash.as_bytes()[..]])
-                .map(drop)
-        })
+        self.note_sent_all(&[(path.clone(), *hash)])
+    }
+
+    /// [`State::note_sent`] of many in one transaction: what a sync is about
+    /// to upload, before the first upload starts. Noting content that is
+    /// then not sent is harmless: a server entry counts as this client's
+    /// own upload only if it also carries this client's id.
+    pub fn note_sent_all(&self, items: &[(RelPath, ContentHash)]) -> Result<()> {
+        let new: Vec<_> = {
+            let noted = self.noted();
+            items.iter().filter(|item| !noted.contains(item)).cloned().collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO sent (path, hash) VALUES (?1, ?2)")?;
+            for (path, hash) in &new {
+                insert.execute(params![path.as_str(), &hash.as_bytes()[..]])?;
+            }
+        }
+        tx.commit()?;
+        self.noted().extend(new);
+        Ok(())
+    }
+
+    fn noted(&self) -> MutexGuard<'_, HashSet<(RelPath, ContentHash)>> {
+        self.noted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether this client sent content `hash` for `path` since it last
@@ -304,11 +314,28 @@ impl State {
         })
     }
 
-    /// Forgets what was sent for `path` (its upload is recorded).
-    pub fn clear_sent(&self, path: &RelPath) -> Result<()> {
-        self.with(|c| {
-            c.prepare_cached("DELETE FROM sent WHERE path = ?1")?.execute([path.as_str()]).map(drop)
-        })
+    /// Records an upload of `path` in one transaction: its new base, the
+    /// chunk list of its content if one was made (dropping `replaced`'s as
+    /// [`State::set_chunk_list`] does), and that nothing sent for it is
+    /// pending any more.
+    pub fn record_upload(
+        &self,
+        path: &RelPath,
+        base: &Base,
+        list: Option<&[ChunkRef]>,
+        replaced: Option<&ContentHash>,
+    ) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        write_base(&tx, path, base)?;
+        if let Some(list) = list {
+            write_chunk_list(&tx, &base.hash, list, replaced)?;
+        }
+        tx.prepare_cached("DELETE FROM sent WHERE path = ?1")?.execute([path.as_str()])?;
+        tx.commit()?;
+        drop(conn);
+        self.noted().retain(|(p, _)| p != path);
+        Ok(())
     }
 
     /// The chunk list of content `hash`, if this client recorded one (a
@@ -335,18 +362,7 @@ impl State {
     ) -> Result<()> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
-        tx.prepare_cached(
-            "INSERT INTO chunk_list (hash, list) VALUES (?1, ?2)
-             ON CONFLICT (hash) DO UPDATE SET list = excluded.list",
-        )?
-        .execute(params![&hash.as_bytes()[..], chunks::pack_list(list)])?;
-        if let Some(old) = replaced.filter(|old| *old != hash) {
-            tx.prepare_cached(
-                "DELETE FROM chunk_list WHERE hash = ?1
-                 AND NOT EXISTS (SELECT 1 FROM base WHERE hash = ?1)",
-            )?
-            .execute([&old.as_bytes()[..]])?;
-        }
+        write_chunk_list(&tx, hash, list, replaced)?;
         tx.commit()?;
         Ok(())
     }
@@ -398,6 +414,52 @@ impl State {
                 .query_row([&hash.as_bytes()[..]], |r| r.get(0))
         })
     }
+}
+
+/// Writes `path`'s base.
+fn write_base(c: &Connection, path: &RelPath, b: &Base) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO base (path, version, hash, size, mtime_ns, executable, stamp, symlink, folder)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (path) DO UPDATE SET version = excluded.version, hash = excluded.hash,
+           size = excluded.size, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
+           stamp = excluded.stamp, symlink = excluded.symlink, folder = excluded.folder",
+    )?
+    .execute(params![
+        path.as_str(),
+        b.version as i64,
+        &b.hash.as_bytes()[..],
+        b.size as i64,
+        b.mtime_ns,
+        b.executable,
+        b.stamp as i64,
+        b.symlink,
+        b.folder
+    ])
+    .map(drop)
+}
+
+/// Writes the chunk list of content `hash`, and drops `replaced`'s if no
+/// base refers to it (see [`State::set_chunk_list`]).
+fn write_chunk_list(
+    c: &Connection,
+    hash: &ContentHash,
+    list: &[ChunkRef],
+    replaced: Option<&ContentHash>,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO chunk_list (hash, list) VALUES (?1, ?2)
+         ON CONFLICT (hash) DO UPDATE SET list = excluded.list",
+    )?
+    .execute(params![&hash.as_bytes()[..], chunks::pack_list(list)])?;
+    if let Some(old) = replaced.filter(|old| *old != hash) {
+        c.prepare_cached(
+            "DELETE FROM chunk_list WHERE hash = ?1
+             AND NOT EXISTS (SELECT 1 FROM base WHERE hash = ?1)",
+        )?
+        .execute([&old.as_bytes()[..]])?;
+    }
+    Ok(())
 }
 
 fn base_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Base>> {
@@ -521,18 +583,34 @@ mod tests {
         {
             let state = State::open(dir.path()).unwrap();
             state.note_sent(&a, &one).unwrap();
+            state.note_sent_all(&[(a.clone(), two), (b.clone(), one)]).unwrap();
             state.note_sent(&a, &two).unwrap();
-            state.note_sent(&a, &two).unwrap();
-            state.note_sent(&b, &one).unwrap();
         }
         // Across a restart (a crash after the upload went out).
         let state = State::open(dir.path()).unwrap();
         assert!(state.was_sent(&a, &one).unwrap() && state.was_sent(&a, &two).unwrap());
         assert!(!state.was_sent(&b, &two).unwrap(), "per path");
-        state.clear_sent(&a).unwrap();
+        let base = Base {
+            version: 7,
+            hash: two,
+            size: 1,
+            mtime_ns: 0,
+            executable: false,
+            symlink: false,
+            folder: false,
+            stamp: 0,
+        };
+        state.record_upload(&a, &base, None, None).unwrap();
         assert!(!state.was_sent(&a, &one).unwrap() && !state.was_sent(&a, &two).unwrap());
+        assert_eq!(state.base(&a).unwrap(), Some(base));
         assert!(state.was_sent(&b, &one).unwrap());
+        // Noted again after it was recorded: written again, not taken as
+        // noted already.
+        state.note_sent(&a, &two).unwrap();
+        assert!(state.was_sent(&a, &two).unwrap());
         state.reset_history("other").unwrap();
         assert!(!state.was_sent(&b, &one).unwrap());
+        state.note_sent(&b, &one).unwrap();
+        assert!(state.was_sent(&b, &one).unwrap(), "noted again after the history changed");
     }
 }
