@@ -240,7 +240,7 @@ impl Executor {
             return Ok(None);
         }
         let gone = |p: &RelPath| *p != *path && matches!(self.folder.root().stat(p), Ok(Kind::Missing));
-        for other in self.state.paths_with_hash(&l.hash, MOVE_CANDIDATES)? {
+        for other in self.state.paths_holding(&l.hash, MOVE_CANDIDATES)? {
             if gone(&other) {
                 return Ok(Some(other));
             }

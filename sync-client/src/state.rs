@@ -397,17 +397,6 @@ impl State {
     }
 
     /// Whether some synced path holds this content, so the server has it.
-    /// Up to `limit` paths whose base has content `hash`, in path order.
-    pub fn paths_with_hash(&self, hash: &ContentHash, limit: usize) -> Result<Vec<RelPath>> {
-        let rows: Vec<String> = self.with(|c| {
-            c.prepare_cached("SELECT path FROM base WHERE hash = ?1 ORDER BY path LIMIT ?2")?
-                .query_map(rusqlite::params![&hash.as_bytes()[..], limit as i64], |r| r.get(0))?
-                .collect()
-        })?;
-        // A row with a path this release refuses names no file here.
-        Ok(rows.into_iter().filter_map(|p| RelPath::new(&p).ok()).collect())
-    }
-
     pub fn knows_hash(&self, hash: &ContentHash) -> Result<bool> {
         self.with(|c| {
             c.prepare_cached("SELECT EXISTS (SELECT 1 FROM base WHERE hash = ?1)")?
