@@ -316,13 +316,15 @@ impl Engine {
         let (parallel, serial): (Vec<_>, Vec<_>) =
             others.into_iter().partition(|p| self.executor.is_plain_transfer(p));
         let (mut again, mut read_only) = (Vec::new(), None);
-        // What goes up is noted as sent in one transaction, not one each.
+        // What goes up is noted as sent in one transaction (on a blocking
+        // thread: it may be thousands of rows), not one each.
         let uploads: Vec<_> = parallel
             .iter()
             .filter(|p| matches!(p.action, Action::Upload { .. }))
             .filter_map(|p| Some((p.path.clone(), p.local?.hash)))
             .collect();
-        if let Err(e) = self.state.note_sent_all(&uploads) {
+        let state = self.state.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || state.note_sent_all(&uploads)).await? {
             tracing::warn!(error = %e, "could not note what this sync sends; each upload notes its own");
         }
         {

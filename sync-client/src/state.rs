@@ -204,7 +204,6 @@ impl State {
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM base", [])?;
         tx.execute("DELETE FROM sent", [])?;
-        self.noted().clear();
         tx.execute("DELETE FROM chunk_list", [])?;
         tx.execute("DELETE FROM meta WHERE key = 'cursor'", [])?;
         tx.execute(
@@ -213,6 +212,7 @@ impl State {
             [history_id],
         )?;
         tx.commit()?;
+        self.noted().clear();
         Ok(())
     }
 
@@ -579,6 +579,9 @@ mod tests {
         let state = State::open(dir.path()).unwrap();
         assert!(state.was_sent(&a, &one).unwrap() && state.was_sent(&a, &two).unwrap());
         assert!(!state.was_sent(&b, &two).unwrap(), "per path");
+        // Noted by this process too (as a sync does before its uploads), so
+        // that recording the upload has to forget what this process noted.
+        state.note_sent_all(&[(a.clone(), two), (b.clone(), one)]).unwrap();
         let base = Base {
             version: 7,
             hash: two,
