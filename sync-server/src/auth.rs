@@ -500,9 +500,9 @@ impl Authenticator {
     }
 
     fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        let Some(source) = &self.0 else {
+        if self.is_open() {
             return Ok(Principal::open());
-        };
+        }
         let Some(value) = request.metadata().get(syncstore::connect::AUTHORIZATION) else {
             return Err(refusal(
                 Code::Unauthenticated,
@@ -523,15 +523,28 @@ impl Authenticator {
                     "the authorization metadata must be `Bearer TOKEN`",
                 )
             })?;
-        let tokens = source.tokens.borrow().clone();
-        tokens.lookup(token).ok_or_else(|| {
+        self.check(Some(token)).inspect_err(|_| {
             tracing::info!(peer = ?request.remote_addr(), "refused an unknown token");
+        })
+    }
+
+    /// Whom `token` stands for here (`None`: no token), as a call that
+    /// presents it is taken: the web dashboard's login, and its check on
+    /// every page that a session's token was not removed since.
+    pub(crate) fn check(&self, token: Option<&str>) -> Result<Principal, Status> {
+        let Some(source) = &self.0 else {
+            return Ok(Principal::open());
+        };
+        let unknown = || {
             refusal(
                 Code::Unauthenticated,
                 Reason::Unauthenticated,
                 "the token is not valid here (unknown, or removed)",
             )
-        })
+        };
+        let token = token.ok_or_else(unknown)?;
+        let tokens = source.tokens.borrow().clone();
+        tokens.lookup(token).ok_or_else(unknown)
     }
 }
 

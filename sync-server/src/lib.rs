@@ -29,6 +29,8 @@
 //! - `wire`: every conversion of storage's changes and locks to and from
 //!   their `pb` messages.
 //! - [`error`]: the error type and its mapping to gRPC status codes.
+//! - `web`: the web dashboard, a client of the services above called in
+//!   process.
 //! - [`Server`] and [`run`]: open the store, then serve everything (plus
 //!   health and reflection) on a listener until a shutdown signal.
 
@@ -50,6 +52,7 @@ pub mod storage;
 #[doc(hidden)]
 pub mod testing;
 mod transfer;
+mod web;
 mod wire;
 
 use std::{path::PathBuf, time::Duration};
@@ -76,6 +79,7 @@ pub use replication::{
 };
 pub use service::{FileSyncService, UPLOAD_SLOT_WAIT, UploadLimits};
 pub use storage::{Store, StoreOptions};
+pub use web::DEFAULT_WEB_LISTEN;
 
 /// How long in-flight requests may take to finish once shutdown starts;
 /// connections still open after that are dropped.
@@ -369,6 +373,8 @@ pub struct Server {
     replication: Option<ReplicationHandle>,
     auth: Authenticator,
     tls: Option<ServerTlsConfig>,
+    /// Where the web dashboard serves (`None`: no dashboard).
+    web: Option<TcpListener>,
 }
 
 impl Server {
@@ -399,7 +405,15 @@ impl Server {
                 .map(|r| ReplicationHandle::with_metrics(r, metrics.replication.clone())),
             Role::Replica => None,
         };
-        Ok(Self { config, store, metrics, replication, auth, tls })
+        Ok(Self { config, store, metrics, replication, auth, tls, web: None })
+    }
+
+    /// Also serves the web dashboard on `listener`; refused beyond loopback
+    /// on a server without tokens (as for the gRPC listener).
+    pub fn with_web(mut self, listener: TcpListener) -> Result<Self> {
+        web::check_address(listener.local_addr()?, &self.auth, self.config.insecure_no_auth)?;
+        self.web = Some(listener);
+        Ok(self)
     }
 
     /// Refuses a listener this server must not serve on: beyond loopback
@@ -568,7 +582,7 @@ fn check_exposure(config: &Config, auth: &Authenticator, addr: std::net::SocketA
 
 async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
     server.check_listener(&listener)?;
-    let Server { config, store, metrics, replication, auth, tls } = server;
+    let Server { config, store, metrics, replication, auth, tls, web } = server;
     let addr = listener.local_addr()?;
     let gate = WriteGate::default();
     if config.role == Role::Replica {
@@ -646,8 +660,39 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     if ctx.store.is_shared() {
         tasks.spawn(probe_backend(ctx.store.clone(), health_reporter.clone(), shutdown.clone()));
     }
-    let admin = AdminService::new(&ctx);
-    let history = HistoryService::new(ctx.clone());
+    // One instance of each service, behind the authenticator, for the
+    // gRPC listener and the dashboard alike: limits and counters are shared.
+    let services = web::Services {
+        files: InterceptedService::new(
+            FileSyncServer::new(file_sync)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            auth.clone(),
+        ),
+        history: InterceptedService::new(
+            HistoryServer::new(HistoryService::new(ctx.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            auth.clone(),
+        ),
+        admin: InterceptedService::new(AdminServer::new(AdminService::new(&ctx)), auth.clone()),
+    };
+    if let Some(listener) = web {
+        let spool = config.data_dir.join("web-uploads");
+        let dashboard = web::Dashboard::new(
+            services.clone(),
+            auth.clone(),
+            spool,
+            config.max_file_size,
+            shutdown.clone(),
+        )
+        .map_err(|e| Error::Config(format!("the web dashboard's upload folder: {e}")))?;
+        tasks.spawn(async move {
+            if let Err(e) = dashboard.serve(listener).await {
+                tracing::error!(error = %e, "the web dashboard stopped");
+            }
+        });
+    }
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -699,25 +744,15 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_connection_age(MAX_CONNECTION_AGE)
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
-        .add_service(InterceptedService::new(
-            FileSyncServer::new(file_sync)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-            auth.clone(),
-        ))
+        .add_service(services.files)
         .add_service(InterceptedService::new(
             ReplicationServer::new(replication_service)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-            auth.clone(),
+            auth,
         ))
-        .add_service(InterceptedService::new(
-            HistoryServer::new(history)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(AdminServer::new(admin), auth))
+        .add_service(services.history)
+        .add_service(services.admin)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -218,6 +218,15 @@ struct ServeArgs {
     /// Serve Prometheus metrics (GET /metrics) on this address.
     #[arg(long, env = "SYNCSTORE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the web dashboard on this address (port 0 picks a free port);
+    /// its URL is printed as `web dashboard on URL`. Without this flag it
+    /// serves on 127.0.0.1:8385 when that port is free. Beyond loopback
+    /// it needs --tokens (its logins are the tokens).
+    #[arg(long, env = "SYNCSTORE_WEB_LISTEN", conflicts_with = "no_web")]
+    web_listen: Option<SocketAddr>,
+    /// Serve no web dashboard.
+    #[arg(long, env = "SYNCSTORE_NO_WEB")]
+    no_web: bool,
     /// The token file (see `sync-server token add`): every call must then
     /// carry one of its tokens. Without it the server is open, which it
     /// allows only on a loopback address.
@@ -411,8 +420,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         security: replica_security,
     });
-    let server = sync_server::Server::open(config).await.context("cannot start")?;
+    let mut server = sync_server::Server::open(config).await.context("cannot start")?;
     server.check_listener(&listener)?;
+    let web = match (args.no_web, args.web_listen) {
+        (true, _) => None,
+        (false, Some(addr)) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        // The default address is a convenience: a second server on this
+        // machine (a replica, a test) goes without.
+        (false, None) => match tokio::net::TcpListener::bind(sync_server::DEFAULT_WEB_LISTEN).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(addr = sync_server::DEFAULT_WEB_LISTEN, error = %e, "no web dashboard: its default address is taken (give --web-listen)");
+                None
+            }
+        },
+    };
+    let web_addr = web.as_ref().map(|l| l.local_addr()).transpose()?;
+    if let Some(listener) = web {
+        server = server.with_web(listener)?;
+    }
     let metrics = match args.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?,
@@ -426,6 +454,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     // Scripts wait for this line: the store is open and the socket bound.
     println!("listening on {addr}");
+    if let Some(web) = web_addr {
+        println!("web dashboard on http://{web}/");
+    }
     std::io::stdout().flush()?;
     server.serve(listener, shutdown).await.context("server failed")?;
     if let Some(task) = metrics_task {

@@ -99,6 +99,8 @@ where
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The web dashboard's address, when it serves one.
+    pub web: Option<SocketAddr>,
     pub config: sync_server::Config,
     data: Option<TempDir>,
     shutdown: CancellationToken,
@@ -152,11 +154,46 @@ impl TestServer {
         servers
     }
 
+    /// A fresh server that also serves the web dashboard, on an ephemeral
+    /// port of its own.
+    pub async fn start_with_web(tweak: impl FnOnce(&mut sync_server::Config)) -> Self {
+        init_test_log();
+        let data = tempfile::tempdir().unwrap();
+        let mut config = sync_server::Config::new(data.path().join("data"));
+        tweak(&mut config);
+        let web = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::spawn_with(config, Some(data), "127.0.0.1:0".parse().unwrap(), Some(web)).await
+    }
+
+    /// The dashboard's URL (the server must serve one).
+    pub fn web_url(&self) -> String {
+        format!("http://{}", self.web.expect("this server serves no dashboard"))
+    }
+
     async fn spawn(config: sync_server::Config, data: Option<TempDir>, addr: SocketAddr) -> Self {
+        Self::spawn_with(config, data, addr, None).await
+    }
+
+    async fn spawn_with(
+        config: sync_server::Config,
+        data: Option<TempDir>,
+        addr: SocketAddr,
+        web: Option<TcpListener>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let served = sync_server::run(config.clone(), listener, shutdown.clone());
+        let web_addr = web.as_ref().map(|l| l.local_addr().unwrap());
+        let served = {
+            let (config, shutdown) = (config.clone(), shutdown.clone());
+            async move {
+                let mut server = sync_server::Server::open(config).await?;
+                if let Some(web) = web {
+                    server = server.with_web(web)?;
+                }
+                server.serve(listener, shutdown).await
+            }
+        };
         let task = tokio::spawn(async move {
             let served = served.await;
             // A server that cannot start shows only as refused connections
@@ -166,7 +203,7 @@ impl TestServer {
             }
             served
         });
-        Self { addr, config, data, shutdown, task }
+        Self { addr, web: web_addr, config, data, shutdown, task }
     }
 
     pub fn url(&self) -> String {

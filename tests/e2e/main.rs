@@ -7,6 +7,7 @@
 mod api;
 mod badinput;
 mod bandwidth;
+mod browser;
 mod chunked_server;
 mod contract;
 mod control;
@@ -38,3 +39,4 @@ mod selective;
 mod sync;
 mod upgrade;
 mod uploads;
+mod web;

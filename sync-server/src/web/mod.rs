@@ -1,0 +1,248 @@
+//! The web dashboard: browse, upload, download and delete files, locks,
+//! the change feed live, and the service's state, in a browser.
+//!
+//! The dashboard is a client of the server's own gRPC services, called in
+//! process (the tonic clients drive the services' tower stacks directly,
+//! with no socket in between). So every page goes through the same
+//! authentication, permission checks, write path and refusals as any other
+//! client: a read-only token's forged form post is refused by the service,
+//! not only hidden by the page.
+//!
+//! - [`session`]: logins (a token, then a cookie) and form tokens (CSRF).
+//! - `pages`: the handlers and their templates (`templates/`, compiled in
+//!   by askama, which escapes every value).
+//! - Scripts and styles are files of this crate, compiled in: the pages
+//!   load nothing from elsewhere, and the Content-Security-Policy allows no
+//!   inline script.
+
+// A refusal is the whole page that says so, returned as soon as it is
+// known (`Result<_, Response>`, as axum's extractors do).
+#![allow(clippy::result_large_err)]
+
+mod pages;
+mod session;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+};
+
+use axum::{
+    Router,
+    extract::{FromRequestParts, Request},
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    middleware::{self, Next},
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use syncstore::pb::{
+    admin_client::AdminClient, admin_server::AdminServer, file_sync_client::FileSyncClient,
+    file_sync_server::FileSyncServer, history_client::HistoryClient, history_server::HistoryServer,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::{AdminService, Authenticator, FileSyncService, HistoryService, auth::Principal};
+use session::{Session, Sessions};
+
+/// The default address of the dashboard: loopback only, like Syncthing's
+/// GUI on 127.0.0.1:8384 (one port up, so both can run on one machine).
+pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:8385";
+
+/// A service as the server serves it: behind the authenticator.
+type Authed<S> = InterceptedService<S, Authenticator>;
+
+/// The server's services the dashboard calls.
+#[derive(Debug, Clone)]
+pub(crate) struct Services {
+    pub(crate) files: Authed<FileSyncServer<FileSyncService>>,
+    pub(crate) history: Authed<HistoryServer<HistoryService>>,
+    pub(crate) admin: Authed<AdminServer<AdminService>>,
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+struct Web {
+    services: Services,
+    auth: Authenticator,
+    sessions: Sessions,
+    /// Where uploads through the page are spooled (to learn their hash
+    /// before the upload's header) on their way to the write path.
+    spool: PathBuf,
+    /// Whether the browser reaches the dashboard over TLS (cookies are
+    /// then Secure).
+    secure: bool,
+    /// Largest file the server accepts.
+    max_file_size: u64,
+    shutdown: CancellationToken,
+}
+
+/// The dashboard of one server, ready to serve.
+#[derive(Debug)]
+pub(crate) struct Dashboard(Arc<Web>);
+
+impl Dashboard {
+    pub(crate) fn new(
+        services: Services,
+        auth: Authenticator,
+        spool: PathBuf,
+        max_file_size: u64,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        // Spooled uploads that a crash left behind are of no use to anyone.
+        if spool.exists() {
+            std::fs::remove_dir_all(&spool)?;
+        }
+        std::fs::create_dir_all(&spool)?;
+        Ok(Self(Arc::new(Web {
+            services,
+            auth,
+            sessions: Sessions::default(),
+            spool,
+            secure: false,
+            max_file_size,
+            shutdown,
+        })))
+    }
+
+    /// Serves the dashboard on `listener` until shutdown.
+    pub(crate) async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let addr = listener.local_addr()?;
+        let shutdown = self.0.shutdown.clone();
+        tracing::info!(url = %format!("http://{addr}/"), "web dashboard");
+        axum::serve(listener, router(self.0)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    }
+}
+
+fn router(web: Arc<Web>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/files") }))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/files", get(pages::files))
+        .route("/file", get(pages::file))
+        .route("/download", get(pages::download))
+        .route("/upload", post(pages::upload))
+        .route("/mkdir", post(pages::mkdir))
+        .route("/delete", post(pages::delete))
+        .route("/locks", get(pages::locks))
+        .route("/lock", post(pages::lock))
+        .route("/unlock", post(pages::unlock))
+        .route("/status", get(pages::status))
+        .route("/events", get(pages::events))
+        .route("/static/app.js", get(|| asset("text/javascript", include_str!("static/app.js"))))
+        .route("/static/style.css", get(|| asset("text/css", include_str!("static/style.css"))))
+        // Uploads stream to the spool; the multipart parser's own limit
+        // would cut files at 2 MB.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(security_headers))
+        .with_state(web)
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// The Content-Security-Policy of every page: nothing but this server's
+/// own scripts, styles and forms; no inline script, no framing.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+    connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    response
+}
+
+/// The logged-in person behind a request: their session and whom its token
+/// stands for now. A request without a live session is sent to the login
+/// page (a JSON-less redirect: every page is a document).
+struct Viewer {
+    session: Arc<Session>,
+    principal: Principal,
+}
+
+impl Viewer {
+    /// A gRPC request carrying this session's token.
+    fn call<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.session.token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            request.metadata_mut().insert(syncstore::connect::AUTHORIZATION, value);
+        }
+        request
+    }
+
+    fn files(&self, web: &Web) -> FileSyncClient<Authed<FileSyncServer<FileSyncService>>> {
+        FileSyncClient::new(web.services.files.clone())
+    }
+
+    fn history(&self, web: &Web) -> HistoryClient<Authed<HistoryServer<HistoryService>>> {
+        HistoryClient::new(web.services.history.clone())
+    }
+
+    fn admin(&self, web: &Web) -> AdminClient<Authed<AdminServer<AdminService>>> {
+        AdminClient::new(web.services.admin.clone())
+    }
+
+    /// Refuses a form post that does not carry this session's form token.
+    fn check_csrf(&self, sent: &str) -> Result<(), Response> {
+        if self.session.csrf_matches(sent) {
+            return Ok(());
+        }
+        Err(pages::refused(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "this form did not come from this dashboard (its form token is missing or stale): \
+             reload the page and try again",
+        ))
+    }
+}
+
+impl FromRequestParts<Arc<Web>> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Arc<Web>) -> Result<Self, Self::Rejection> {
+        let Some(id) = session::cookie_of(&parts.headers) else {
+            return Err(Redirect::to("/login").into_response());
+        };
+        let Some(session) = web.sessions.get(id) else {
+            return Err(Redirect::to("/login").into_response());
+        };
+        let ended = &session.ended;
+        match web.auth.check(session.token.as_deref()) {
+            Ok(principal) if !ended.load(Ordering::Relaxed) => Ok(Self { session, principal }),
+            // The token was removed: so is every session it opened.
+            _ => {
+                ended.store(true, Ordering::Relaxed);
+                Err(Redirect::to("/login?ended=1").into_response())
+            }
+        }
+    }
+}
+
+/// Refuses a dashboard address that would expose an open server (one
+/// without tokens) beyond loopback, as for the gRPC address.
+pub(crate) fn check_address(
+    addr: SocketAddr,
+    auth: &Authenticator,
+    insecure_no_auth: bool,
+) -> crate::Result<()> {
+    if auth.is_open() && !addr.ip().is_loopback() && !insecure_no_auth {
+        return Err(crate::Error::Config(format!(
+            "refusing to serve the web dashboard on {addr} without authentication: give --tokens FILE, \
+             keep --web-listen on a loopback address, or accept the risk with --insecure-no-auth"
+        )));
+    }
+    if !auth.is_open() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the web dashboard has no TLS yet: logins travel in clear text beyond this machine");
+    }
+    Ok(())
+}

@@ -1,0 +1,937 @@
+//! The dashboard's pages and forms. Each handler turns a request into
+//! calls of the server's own services (see the module above) and renders
+//! the answer, or the refusal, as a page.
+
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
+
+use askama::Template;
+use axum::{
+    Form,
+    body::{Body, Bytes},
+    extract::{Multipart, Query, State, multipart::Field},
+    http::{HeaderValue, StatusCode, header},
+    response::{
+        Html, IntoResponse, Redirect, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use syncstore::{
+    ContentHash, Reason, RelPath, limits::MAX_CHUNK, pb, pb::download_response, pb::upload_request,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+use super::{Viewer, Web, session};
+use crate::auth::Need;
+
+/// The client id of the dashboard's writes and locks: what clients and the
+/// activity view show as where a change came from.
+const WEB_CLIENT_ID: &str = "web-dashboard";
+
+/// Rows of a folder listing per page.
+const PAGE_ROWS: usize = 200;
+
+/// Versions shown on a file's page.
+const VERSIONS_SHOWN: u32 = 50;
+
+type WebState = State<Arc<Web>>;
+
+// ---------------------------------------------------------------------------
+// Refusals
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    nav: Option<Nav>,
+    code: u16,
+    reason: &'a str,
+    message: &'a str,
+}
+
+/// A page saying why a request was refused, with `reason` for programs
+/// (also in the `syncstore-reason` header).
+pub(super) fn refused(code: StatusCode, reason: &str, message: &str) -> Response {
+    let page = ErrorPage { nav: None, code: code.as_u16(), reason, message };
+    let mut response = (code, render(&page)).into_response();
+    if let Ok(v) = HeaderValue::from_str(reason) {
+        response.headers_mut().insert(syncstore::reason::REASON_KEY, v);
+    }
+    response
+}
+
+/// A service's refusal as a page: the HTTP status nearest its gRPC code,
+/// its reason and its message.
+fn refusal(status: &tonic::Status) -> Response {
+    let code = match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::REQUEST_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let reason = Reason::of(status).map_or("internal", Reason::as_str);
+    let code = match (code, reason) {
+        (_, "too-large") => StatusCode::PAYLOAD_TOO_LARGE,
+        (_, "busy") => StatusCode::TOO_MANY_REQUESTS,
+        (c, _) => c,
+    };
+    refused(code, reason, status.message())
+}
+
+fn render(page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "a dashboard page did not render");
+            (StatusCode::INTERNAL_SERVER_ERROR, "the page did not render; the server's log says more")
+                .into_response()
+        }
+    }
+}
+
+/// A refusal by the dashboard itself, before any service was asked.
+fn bad_request(message: impl std::fmt::Display) -> Response {
+    refused(StatusCode::BAD_REQUEST, "invalid-argument", &message.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// Shared page parts
+
+/// The navigation bar: who is logged in, and the form token.
+pub(super) struct Nav {
+    user: String,
+    access: String,
+    csrf: String,
+    can_write: bool,
+    /// A server without tokens: nobody logs in or out.
+    open: bool,
+}
+
+fn nav(web: &Web, v: &Viewer) -> Nav {
+    Nav {
+        user: v.principal.name.clone(),
+        access: v.principal.access.as_str().to_owned(),
+        csrf: v.session.csrf.clone(),
+        can_write: v.principal.allows(Need::Write),
+        open: web.auth.is_open(),
+    }
+}
+
+/// A path's parent folder ("" at the top).
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+/// `name` inside folder `dir`.
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() { name.to_owned() } else { format!("{dir}/{name}") }
+}
+
+/// A folder named in a query or form: "" or a valid path.
+fn folder(dir: Option<&str>) -> Result<String, Response> {
+    let dir = dir.unwrap_or("").trim_matches('/');
+    if !dir.is_empty() {
+        RelPath::new(dir).map_err(|e| bad_request(format!("bad folder: {e}")))?;
+    }
+    Ok(dir.to_owned())
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+fn time_of_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| "?".into(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+}
+
+fn time_of_ns(ns: i64) -> String {
+    time_of_ms(ns.div_euclid(1_000_000))
+}
+
+/// The folders from the top down to `dir`, as (name, folder) links.
+fn crumbs(dir: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut at = String::new();
+    for part in dir.split('/').filter(|p| !p.is_empty()) {
+        at = join(&at, part);
+        out.push((part.to_owned(), at.clone()));
+    }
+    out
+}
+
+/// The token of the lock the dashboard holds on `path` for this viewer (0:
+/// none), so that its own writes pass its own lock.
+async fn own_lock_token(web: &Web, v: &Viewer, path: &str) -> u64 {
+    let Ok(locks) = v.files(web).list_locks(v.call(pb::ListLocksRequest { prefix: path.into() })).await
+    else {
+        return 0;
+    };
+    let mut locks = locks.into_inner();
+    while let Some(Ok(m)) = locks.next().await {
+        if let Some(l) = m.lock
+            && l.path == path
+            && l.client_id == WEB_CLIENT_ID
+            && l.holder == v.principal.name
+        {
+            return l.token;
+        }
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------
+// Login
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    nav: Option<Nav>,
+    message: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginQuery {
+    ended: Option<String>,
+}
+
+pub(super) async fn login_form(State(web): WebState, Query(q): Query<LoginQuery>) -> Response {
+    if web.auth.is_open() {
+        // Nothing to log in with: a session (for the form tokens) at once.
+        return logged_in(&web, None, "/files");
+    }
+    let message = match q.ended {
+        Some(_) => "Your session ended: its token was removed, or the server restarted. Log in again.",
+        None => "",
+    };
+    render(&LoginPage { nav: None, message: message.into() })
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginForm {
+    token: String,
+}
+
+pub(super) async fn login(State(web): WebState, Form(form): Form<LoginForm>) -> Response {
+    let token = form.token.trim();
+    match web.auth.check(Some(token)) {
+        Ok(p) => {
+            let home = if p.allows(Need::Read) { "/files" } else { "/status" };
+            logged_in(&web, Some(token.to_owned()), home)
+        }
+        Err(_) => {
+            let page = LoginPage { nav: None, message: "That token is not valid here.".into() };
+            (StatusCode::UNAUTHORIZED, render(&page)).into_response()
+        }
+    }
+}
+
+fn logged_in(web: &Web, token: Option<String>, home: &str) -> Response {
+    let (id, _) = web.sessions.create(token);
+    let mut response = Redirect::to(home).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, session::set_cookie(Some(&id), web.secure));
+    response
+}
+
+#[derive(Deserialize)]
+pub(super) struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub(super) async fn logout(
+    State(web): WebState,
+    headers: axum::http::HeaderMap,
+    v: Viewer,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = v.check_csrf(&form.csrf) {
+        return r;
+    }
+    if let Some(id) = session::cookie_of(&headers) {
+        web.sessions.remove(id);
+    }
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().insert(header::SET_COOKIE, session::set_cookie(None, web.secure));
+    response
+}
+
+// ---------------------------------------------------------------------------
+// Files
+
+/// One row of a folder listing.
+struct Row {
+    name: String,
+    path: String,
+    folder: bool,
+    size: String,
+    modified: String,
+    version: u64,
+    bytes: u64,
+    mtime_ns: i64,
+}
+
+#[derive(Template)]
+#[template(path = "files.html")]
+struct FilesPage {
+    nav: Option<Nav>,
+    dir: String,
+    crumbs: Vec<(String, String)>,
+    query: String,
+    sort: String,
+    rows: Vec<Row>,
+    total: usize,
+    page: usize,
+    pages: usize,
+    head_seq: u64,
+}
+
+#[derive(Deserialize)]
+pub(super) struct FilesQuery {
+    dir: Option<String>,
+    q: Option<String>,
+    sort: Option<String>,
+    page: Option<usize>,
+}
+
+pub(super) async fn files(State(web): WebState, v: Viewer, Query(q): Query<FilesQuery>) -> Response {
+    let dir = match folder(q.dir.as_deref()) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let query = q.q.unwrap_or_default().trim().to_owned();
+    let needle = query.to_lowercase();
+    let listing =
+        v.files(&web).list(v.call(pb::ListRequest { prefix: dir.clone(), include_deleted: false })).await;
+    let mut stream = match listing {
+        Ok(s) => s.into_inner(),
+        Err(s) => return refusal(&s),
+    };
+    let mut head_seq = 0;
+    let mut children: BTreeMap<String, Row> = BTreeMap::new();
+    let mut found = Vec::new();
+    let below = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+    while let Some(message) = stream.next().await {
+        let message = match message {
+            Ok(m) => m,
+            Err(s) => return refusal(&s),
+        };
+        head_seq = message.head_seq;
+        let Some(e) = message.entry else { continue };
+        let Some(rel) = e.path.strip_prefix(below.as_str()) else { continue };
+        let row = |name: &str, path: &str, folder: bool| Row {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            folder,
+            size: if folder { String::new() } else { human_size(e.size) },
+            modified: if folder { String::new() } else { time_of_ns(e.mtime_ns) },
+            version: e.version,
+            bytes: e.size,
+            mtime_ns: e.mtime_ns,
+        };
+        if !needle.is_empty() {
+            if rel.to_lowercase().contains(&needle) {
+                found.push(row(rel, &e.path, e.folder));
+            }
+            continue;
+        }
+        match rel.split_once('/') {
+            Some((first, _)) => {
+                children.entry(first.to_owned()).or_insert_with(|| row(first, &join(&dir, first), true));
+            }
+            None => {
+                children.insert(rel.to_owned(), row(rel, &e.path, e.folder));
+            }
+        }
+    }
+    let mut rows = if needle.is_empty() { children.into_values().collect() } else { found };
+    let sort = q.sort.unwrap_or_else(|| "name".into());
+    match sort.as_str() {
+        "size" => rows.sort_by_key(|r| std::cmp::Reverse(r.bytes)),
+        "modified" => rows.sort_by_key(|r| std::cmp::Reverse(r.mtime_ns)),
+        _ => rows.sort_by(|a, b| b.folder.cmp(&a.folder).then_with(|| a.name.cmp(&b.name))),
+    }
+    let total = rows.len();
+    let pages = total.div_ceil(PAGE_ROWS).max(1);
+    let page = q.page.unwrap_or(1).clamp(1, pages);
+    let rows = rows.into_iter().skip((page - 1) * PAGE_ROWS).take(PAGE_ROWS).collect();
+    render(&FilesPage {
+        nav: Some(nav(&web, &v)),
+        crumbs: crumbs(&dir),
+        dir,
+        query,
+        sort,
+        rows,
+        total,
+        page,
+        pages,
+        head_seq,
+    })
+}
+
+/// One version on a file's page.
+struct VersionRow {
+    version: u64,
+    size: String,
+    committed: String,
+    who: String,
+    kind: String,
+    deleted: bool,
+}
+
+/// A lock as the pages show it.
+struct LockRow {
+    lock_id: String,
+    path: String,
+    holder: String,
+    client_id: String,
+    note: String,
+    expires: String,
+}
+
+impl From<pb::LockInfo> for LockRow {
+    fn from(l: pb::LockInfo) -> Self {
+        Self {
+            lock_id: l.lock_id,
+            path: l.path,
+            holder: l.holder,
+            client_id: l.client_id,
+            note: l.note,
+            expires: time_of_ms(l.expires_ms),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "file.html")]
+struct FilePage {
+    nav: Option<Nav>,
+    path: String,
+    name: String,
+    dir: String,
+    deleted: bool,
+    folder: bool,
+    size: String,
+    modified: String,
+    version: u64,
+    client_id: String,
+    hash: String,
+    versions: Vec<VersionRow>,
+    lock: Option<LockRow>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct PathQuery {
+    path: String,
+    version: Option<u64>,
+}
+
+pub(super) async fn file(State(web): WebState, v: Viewer, Query(q): Query<PathQuery>) -> Response {
+    let entry = match v.files(&web).stat(v.call(pb::StatRequest { path: q.path.clone() })).await {
+        Ok(r) => r.into_inner().entry.unwrap_or_default(),
+        Err(s) => return refusal(&s),
+    };
+    let mut versions = Vec::new();
+    let listed = v
+        .history(&web)
+        .list_versions(v.call(pb::ListVersionsRequest { path: q.path.clone(), limit: VERSIONS_SHOWN }))
+        .await;
+    if let Ok(stream) = listed {
+        let mut stream = stream.into_inner();
+        while let Some(Ok(m)) = stream.next().await {
+            let Some(fv) = m.version else { continue };
+            let e = fv.entry.unwrap_or_default();
+            versions.push(VersionRow {
+                version: e.version,
+                size: human_size(e.size),
+                committed: time_of_ms(fv.committed_ms),
+                who: format!("{} ({})", fv.principal, e.client_id),
+                kind: pb::VersionKind::try_from(fv.kind)
+                    .map_or("?", |k| k.as_str_name().trim_start_matches("VERSION_KIND_"))
+                    .to_lowercase(),
+                deleted: e.deleted,
+            });
+        }
+    }
+    let mut lock = None;
+    if let Ok(locks) = v.files(&web).list_locks(v.call(pb::ListLocksRequest { prefix: q.path.clone() })).await
+    {
+        let mut locks = locks.into_inner();
+        while let Some(Ok(m)) = locks.next().await {
+            if let Some(l) = m.lock.filter(|l| l.path == q.path) {
+                lock = Some(l.into());
+            }
+        }
+    }
+    let hash = ContentHash::try_from(&entry.hash[..]).map(|h| h.to_hex()).unwrap_or_default();
+    render(&FilePage {
+        nav: Some(nav(&web, &v)),
+        name: entry.path.rsplit('/').next().unwrap_or_default().to_owned(),
+        dir: parent_of(&entry.path).to_owned(),
+        path: entry.path,
+        deleted: entry.deleted,
+        folder: entry.folder,
+        size: human_size(entry.size),
+        modified: time_of_ns(entry.mtime_ns),
+        version: entry.version,
+        client_id: entry.client_id,
+        hash,
+        versions,
+        lock,
+    })
+}
+
+/// `attachment; filename*=UTF-8''…`: the file's own name, whatever its
+/// characters.
+fn attachment(path: &str) -> HeaderValue {
+    let name = path.rsplit('/').next().unwrap_or("download");
+    let encoded: String = name
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    HeaderValue::from_str(&format!("attachment; filename*=UTF-8''{encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+pub(super) async fn download(State(web): WebState, v: Viewer, Query(q): Query<PathQuery>) -> Response {
+    let request =
+        pb::DownloadRequest { path: q.path.clone(), version: q.version.unwrap_or(0), have_hash: vec![] };
+    let mut stream = match v.files(&web).download(v.call(request)).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return refusal(&s),
+    };
+    let entry = match stream.next().await {
+        Some(Ok(pb::DownloadResponse { msg: Some(download_response::Msg::Entry(e)) })) => e,
+        Some(Err(s)) => return refusal(&s),
+        _ => {
+            return refused(StatusCode::BAD_GATEWAY, "internal", "the download did not start with its entry");
+        }
+    };
+    let body = stream.filter_map(|m| async move {
+        match m {
+            Ok(pb::DownloadResponse { msg: Some(download_response::Msg::Chunk(c)) }) => {
+                Some(Ok(Bytes::from(c)))
+            }
+            Ok(_) => None,
+            // The body breaks off: the browser reports a failed download
+            // rather than keeping a short file.
+            Err(s) => Some(Err(std::io::Error::other(s.message().to_owned()))),
+        }
+    });
+    let mut response = Body::from_stream(body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.size));
+    h.insert(header::CONTENT_DISPOSITION, attachment(&entry.path));
+    response
+}
+
+// ---------------------------------------------------------------------------
+// Writes
+
+/// Where a form sends the browser back to.
+fn back_to_folder(dir: &str) -> Response {
+    let mut url = String::from("/files");
+    if !dir.is_empty() {
+        url.push_str("?dir=");
+        url.push_str(&urlencode(dir));
+    }
+    Redirect::to(&url).into_response()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'/' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Uploads through the page: a form of `csrf`, `dir`, then one or more
+/// `file` parts. Each file is spooled to disk while its hash is computed
+/// (an upload's header names its hash before its content), then streamed
+/// into the same `Upload` call every client uses. A file already there is
+/// replaced by a new version (the old one stays in its history).
+pub(super) async fn upload(State(web): WebState, v: Viewer, mut form: Multipart) -> Response {
+    let mut csrf_checked = false;
+    let mut dir = String::new();
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return bad_request(format!("the upload form broke off: {e}")),
+        };
+        match field.name() {
+            Some("csrf") => {
+                let sent = field.text().await.unwrap_or_default();
+                if let Err(r) = v.check_csrf(&sent) {
+                    return r;
+                }
+                csrf_checked = true;
+            }
+            Some("dir") => match folder(Some(&field.text().await.unwrap_or_default())) {
+                Ok(d) => dir = d,
+                Err(r) => return r,
+            },
+            Some("file") => {
+                if !csrf_checked {
+                    return v.check_csrf("").expect_err("an empty form token never matches");
+                }
+                let Some(name) = field.file_name().map(str::to_owned).filter(|n| !n.is_empty()) else {
+                    continue; // No file chosen.
+                };
+                let path = match RelPath::new(join(&dir, &name)) {
+                    Ok(p) => p.as_str().to_owned(),
+                    Err(e) => return bad_request(format!("{name:?} cannot be stored: {e}")),
+                };
+                if let Err(r) = upload_one(&web, &v, &path, field).await {
+                    return r;
+                }
+            }
+            _ => {}
+        }
+    }
+    if !csrf_checked {
+        return v.check_csrf("").expect_err("an empty form token never matches");
+    }
+    back_to_folder(&dir)
+}
+
+async fn upload_one(web: &Web, v: &Viewer, path: &str, field: Field<'_>) -> Result<(), Response> {
+    let (spooled, size, hash) = spool(web, field).await?;
+    let base_version = match v.files(web).stat(v.call(pb::StatRequest { path: path.into() })).await {
+        Ok(r) => r.into_inner().entry.map_or(0, |e| e.version),
+        Err(s) if s.code() == Code::NotFound => 0,
+        Err(s) => return Err(refusal(&s)),
+    };
+    let header = pb::UploadHeader {
+        path: path.into(),
+        size,
+        hash: hash.as_bytes().to_vec(),
+        mtime_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        base_version,
+        client_id: WEB_CLIENT_ID.into(),
+        lock_token: own_lock_token(web, v, path).await,
+        ..Default::default()
+    };
+    let file = tokio::fs::File::open(spooled.path())
+        .await
+        .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, "internal", &format!("spool: {e}")))?;
+    let messages =
+        futures::stream::iter([pb::UploadRequest { msg: Some(upload_request::Msg::Header(header)) }])
+            .chain(content_of(file));
+    match v.files(web).upload(v.call(messages)).await {
+        Ok(_) => Ok(()),
+        Err(s) => Err(refusal(&s)),
+    }
+}
+
+/// A spooled file's content as upload messages, then the end marker. A read
+/// that fails ends the stream without the marker: nothing is committed.
+fn content_of(file: tokio::fs::File) -> impl Stream<Item = pb::UploadRequest> + Send + 'static {
+    futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut chunk = Vec::with_capacity(MAX_CHUNK);
+        match (&mut file).take(MAX_CHUNK as u64).read_to_end(&mut chunk).await {
+            Ok(0) => {
+                Some((pb::UploadRequest { msg: Some(upload_request::Msg::End(pb::UploadEnd {})) }, None))
+            }
+            Ok(_) => Some((pb::UploadRequest { msg: Some(upload_request::Msg::Chunk(chunk)) }, Some(file))),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read a spooled upload back");
+                None
+            }
+        }
+    })
+}
+
+/// Writes an uploaded part to a temp file in the spool, hashing it on the
+/// way; refuses it once it passes the server's largest file.
+async fn spool(
+    web: &Web,
+    mut field: Field<'_>,
+) -> Result<(tempfile::NamedTempFile, u64, ContentHash), Response> {
+    let failed = |e: std::io::Error| {
+        refused(StatusCode::INSUFFICIENT_STORAGE, "disk-full", &format!("could not spool the upload: {e}"))
+    };
+    let spooled = tempfile::Builder::new().prefix("upload-").tempfile_in(&web.spool).map_err(failed)?;
+    let mut out = tokio::fs::File::from_std(spooled.reopen().map_err(failed)?);
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    loop {
+        let piece = match field.chunk().await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => return Err(bad_request(format!("the upload broke off: {e}"))),
+        };
+        size += piece.len() as u64;
+        if size > web.max_file_size {
+            return Err(refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                &format!("the file is larger than this server's limit of {} bytes", web.max_file_size),
+            ));
+        }
+        hasher.update(&piece);
+        out.write_all(&piece).await.map_err(failed)?;
+    }
+    out.flush().await.map_err(failed)?;
+    let hash = ContentHash::from(hasher.finalize());
+    Ok((spooled, size, hash))
+}
+
+#[derive(Deserialize)]
+pub(super) struct MkdirForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    dir: String,
+    name: String,
+}
+
+pub(super) async fn mkdir(State(web): WebState, v: Viewer, Form(form): Form<MkdirForm>) -> Response {
+    if let Err(r) = v.check_csrf(&form.csrf) {
+        return r;
+    }
+    let dir = match folder(Some(&form.dir)) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let path = match RelPath::new(join(&dir, form.name.trim())) {
+        Ok(p) => p.as_str().to_owned(),
+        Err(e) => return bad_request(format!("bad folder name: {e}")),
+    };
+    let header = pb::UploadHeader {
+        path,
+        hash: ContentHash::empty().as_bytes().to_vec(),
+        mtime_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        client_id: WEB_CLIENT_ID.into(),
+        folder: true,
+        ..Default::default()
+    };
+    let messages = futures::stream::iter([
+        pb::UploadRequest { msg: Some(upload_request::Msg::Header(header)) },
+        pb::UploadRequest { msg: Some(upload_request::Msg::End(pb::UploadEnd {})) },
+    ]);
+    match v.files(&web).upload(v.call(messages)).await {
+        Ok(_) => back_to_folder(&dir),
+        Err(s) => refusal(&s),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
+    path: String,
+    version: u64,
+}
+
+pub(super) async fn delete(State(web): WebState, v: Viewer, Form(form): Form<DeleteForm>) -> Response {
+    if let Err(r) = v.check_csrf(&form.csrf) {
+        return r;
+    }
+    let request = pb::DeleteRequest {
+        path: form.path.clone(),
+        base_version: form.version,
+        client_id: WEB_CLIENT_ID.into(),
+        lock_token: own_lock_token(&web, &v, &form.path).await,
+    };
+    match v.files(&web).delete(v.call(request)).await {
+        Ok(_) => back_to_folder(parent_of(&form.path)),
+        Err(s) => refusal(&s),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Locks
+
+#[derive(Template)]
+#[template(path = "locks.html")]
+struct LocksPage {
+    nav: Option<Nav>,
+    locks: Vec<LockRow>,
+    break_locks: bool,
+}
+
+pub(super) async fn locks(State(web): WebState, v: Viewer) -> Response {
+    let mut stream = match v.files(&web).list_locks(v.call(pb::ListLocksRequest::default())).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return refusal(&s),
+    };
+    let mut locks = Vec::new();
+    while let Some(m) = stream.next().await {
+        match m {
+            Ok(m) => locks.extend(m.lock.map(LockRow::from)),
+            Err(s) => return refusal(&s),
+        }
+    }
+    render(&LocksPage { nav: Some(nav(&web, &v)), locks, break_locks: v.principal.break_locks })
+}
+
+#[derive(Deserialize)]
+pub(super) struct LockForm {
+    #[serde(default)]
+    csrf: String,
+    path: String,
+    #[serde(default)]
+    note: String,
+    ttl_seconds: Option<u32>,
+}
+
+pub(super) async fn lock(State(web): WebState, v: Viewer, Form(form): Form<LockForm>) -> Response {
+    if let Err(r) = v.check_csrf(&form.csrf) {
+        return r;
+    }
+    let request = pb::LockRequest {
+        path: form.path.clone(),
+        ttl_seconds: form.ttl_seconds.unwrap_or(0),
+        note: form.note,
+        client_id: WEB_CLIENT_ID.into(),
+        holder: v.principal.name.clone(),
+    };
+    match v.files(&web).lock(v.call(request)).await {
+        Ok(_) => Redirect::to(&format!("/file?path={}", urlencode(&form.path))).into_response(),
+        Err(s) => refusal(&s),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct UnlockForm {
+    #[serde(default)]
+    csrf: String,
+    lock_id: String,
+    force: Option<String>,
+}
+
+pub(super) async fn unlock(State(web): WebState, v: Viewer, Form(form): Form<UnlockForm>) -> Response {
+    if let Err(r) = v.check_csrf(&form.csrf) {
+        return r;
+    }
+    let request = pb::UnlockRequest {
+        lock_id: form.lock_id,
+        client_id: WEB_CLIENT_ID.into(),
+        force: form.force.is_some(),
+    };
+    match v.files(&web).unlock(v.call(request)).await {
+        Ok(_) => Redirect::to("/locks").into_response(),
+        Err(s) => refusal(&s),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The service's state
+
+#[derive(Template)]
+#[template(path = "status.html")]
+struct StatusPage {
+    nav: Option<Nav>,
+    rows: Vec<(&'static str, String)>,
+    admin: Vec<(&'static str, String)>,
+    admin_error: String,
+}
+
+pub(super) async fn status(State(web): WebState, v: Viewer) -> Response {
+    let info = match v.files(&web).server_info(v.call(pb::ServerInfoRequest {})).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return refusal(&s),
+    };
+    let rows = vec![
+        ("Role", info.role.clone()),
+        ("History id", info.history_id.clone()),
+        ("Head seq", info.head_seq.to_string()),
+        ("Oldest kept seq", info.oldest_seq.to_string()),
+        ("Version", info.server_version.clone()),
+        ("Logged in as", format!("{} ({}, namespace {:?})", info.principal, info.access, info.namespace)),
+    ];
+    let (mut admin, mut admin_error) = (Vec::new(), String::new());
+    if v.principal.allows(Need::Admin) {
+        match v.admin(&web).status(v.call(pb::StatusRequest { count_stored: false })).await {
+            Ok(r) => {
+                let s = r.into_inner();
+                admin = vec![
+                    ("Epoch", s.epoch.to_string()),
+                    (
+                        "Writes refused",
+                        if s.writes_refused.is_empty() { "no".into() } else { s.writes_refused },
+                    ),
+                    ("Degraded", if s.degraded { "yes".into() } else { "no".into() }),
+                    ("Replication mode", s.replication_mode),
+                    ("Replica", s.replica_url),
+                    ("Replica connected", if s.replica_connected { "yes".into() } else { "no".into() }),
+                    ("Replica acked seq", s.replica_acked_seq.to_string()),
+                    (
+                        "Replica lag",
+                        format!("{} changes, {:.1} s", s.replica_lag_changes, s.replica_lag_seconds),
+                    ),
+                    ("Replica error", s.replica_error),
+                    ("Primary", s.primary_url),
+                    ("History", format!("{} versions, {}", s.history_versions, human_size(s.history_bytes))),
+                    (
+                        "Damaged content",
+                        format!("{} now, {} found ever", s.damaged_blobs, s.damaged_blobs_found),
+                    ),
+                ];
+            }
+            Err(s) => admin_error = s.message().to_owned(),
+        }
+    }
+    render(&StatusPage { nav: Some(nav(&web, &v)), rows, admin, admin_error })
+}
+
+// ---------------------------------------------------------------------------
+// Live
+
+#[derive(Deserialize)]
+pub(super) struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+/// The change feed as server-sent events (`change`, with the seq, kind,
+/// path and client of each file change), from `after` on; the files page
+/// follows it to show changes without a reload.
+pub(super) async fn events(State(web): WebState, v: Viewer, Query(q): Query<EventsQuery>) -> Response {
+    let request = pb::SubscribeRequest { after_seq: q.after, client_id: String::new() };
+    let stream = match v.files(&web).subscribe(v.call(request)).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return refusal(&s),
+    };
+    let stop = web.shutdown.clone().cancelled_owned();
+    let events = stream
+        .take_while(|m| std::future::ready(m.is_ok()))
+        .filter_map(|m| async move {
+            let e = m.ok()?.event?;
+            let kind = pb::change_event::Kind::try_from(e.kind).ok()?;
+            let path =
+                e.entry.as_ref().map(|x| x.path.clone()).or_else(|| e.lock.as_ref().map(|l| l.path.clone()));
+            let data = serde_json::json!({
+                "seq": e.seq,
+                "kind": kind.as_str_name().trim_start_matches("KIND_").to_lowercase(),
+                "path": path.unwrap_or_default(),
+                "client": e.client_id,
+            });
+            Some(Ok::<_, Infallible>(Event::default().event("change").data(data.to_string())))
+        })
+        .take_until(stop);
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}

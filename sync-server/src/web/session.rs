@@ -1,0 +1,144 @@
+//! The dashboard's sessions: who a browser is logged in as, and the token
+//! that guards its forms against cross-site requests.
+//!
+//! A session holds the token the person logged in with (never shown
+//! again, never sent to the browser) and stands for it on every page. The
+//! token is checked again on every request, so removing it from the token
+//! file ends its sessions within the authenticator's reload interval.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use rand::Rng;
+
+/// The session cookie's name.
+pub(super) const COOKIE: &str = "syncstore_session";
+
+/// How long a session lasts after its last request.
+const IDLE_LIMIT: Duration = Duration::from_secs(12 * 3600);
+
+/// Most sessions kept at once; past it, the least recently used goes.
+const MAX_SESSIONS: usize = 10_000;
+
+/// A logged-in browser.
+#[derive(Debug)]
+pub(super) struct Session {
+    /// The token it logged in with (`None` on a server without tokens).
+    pub(super) token: Option<String>,
+    /// What every form of this session carries back (`csrf` field), so
+    /// that another site cannot make the browser post to the dashboard.
+    pub(super) csrf: String,
+    /// Its token was removed: every request is sent to the login, saying
+    /// so (the session is kept, so that a page's background requests do
+    /// not take that message from the next page load).
+    pub(super) ended: std::sync::atomic::AtomicBool,
+}
+
+impl Session {
+    /// Whether `sent` is this session's form token (in time independent of
+    /// where they differ).
+    pub(super) fn csrf_matches(&self, sent: &str) -> bool {
+        let (a, b) = (self.csrf.as_bytes(), sent.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// The sessions of one server, in memory: a restart logs everyone out.
+#[derive(Debug, Default)]
+pub(super) struct Sessions(Mutex<HashMap<String, (Arc<Session>, Instant)>>);
+
+impl Sessions {
+    /// A new session for `token`; returns its id (the cookie's value).
+    pub(super) fn create(&self, token: Option<String>) -> (String, Arc<Session>) {
+        let id = random_hex();
+        let session = Arc::new(Session { token, csrf: random_hex(), ended: Default::default() });
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, (_, used)| now.duration_since(*used) < IDLE_LIMIT);
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(id.clone(), (session.clone(), now));
+        (id, session)
+    }
+
+    /// The live session `id` names, marked as used now.
+    pub(super) fn get(&self, id: &str) -> Option<Arc<Session>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (session, used) = map.get_mut(id)?;
+        if now.duration_since(*used) >= IDLE_LIMIT {
+            map.remove(id);
+            return None;
+        }
+        *used = now;
+        Some(session.clone())
+    }
+
+    pub(super) fn remove(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+/// The session id a request's cookies carry.
+pub(super) fn cookie_of(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// The `Set-Cookie` value that gives the browser session `id` (`None`:
+/// ends it). HttpOnly (no script reads it), SameSite=Strict (no other site
+/// sends it), Secure when the dashboard is served over TLS.
+pub(super) fn set_cookie(id: Option<&str>, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let value = match id {
+        Some(id) => format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict{secure}"),
+        None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+    };
+    HeaderValue::from_str(&value).expect("a cookie of hex digits is a valid header")
+}
+
+/// 32 random bytes in hex.
+fn random_hex() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; syncstore_session=abc; b=2"));
+        assert_eq!(cookie_of(&h), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("syncstore_sessionx=abc"));
+        assert_eq!(cookie_of(&h), None);
+    }
+
+    #[test]
+    fn a_form_token_must_match_exactly() {
+        let sessions = Sessions::default();
+        let (id, s) = sessions.create(None);
+        assert!(s.csrf_matches(&s.csrf.clone()));
+        assert!(!s.csrf_matches(""));
+        assert!(!s.csrf_matches(&s.csrf[1..]));
+        assert!(sessions.get(&id).is_some());
+        sessions.remove(&id);
+        assert!(sessions.get(&id).is_none());
+    }
+}

@@ -1,0 +1,211 @@
+//! The web dashboard in a real browser (headless Chromium over WebDriver,
+//! see `browser.rs`), against a real server and watching clients on
+//! loopback: log in, browse, upload through the page into a client's
+//! folder, a client's save appearing on the open page, names shown as
+//! text, forms refused without their form token, a read-only token's page
+//! and forged writes, a removed token's session. Each page is saved as a
+//! screenshot under `target/web-screenshots/`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use thirtyfour::prelude::*;
+
+use crate::browser::Browser;
+use crate::harness::*;
+
+const XSS_NAME: &str = "<img src=x onerror=alert(1)>.txt";
+
+/// Runs `script` (which returns a promise) in the page and returns its
+/// result.
+async fn run(browser: &Browser, script: &str, args: Vec<Value>) -> Value {
+    browser.driver().execute(script, args).await.unwrap_or_else(|e| panic!("{script}: {e}")).json().clone()
+}
+
+/// A same-origin form post from the page (with the session's cookie), as a
+/// forged request would be: its HTTP status and `syncstore-reason`.
+async fn post_from_page(browser: &Browser, url: &str, form: Value) -> (u64, String) {
+    let answer = run(
+        browser,
+        "return fetch(arguments[0], { method: 'POST', body: new URLSearchParams(arguments[1]), redirect: 'manual' })
+            .then(r => [r.status, r.headers.get('syncstore-reason') || '']);",
+        vec![Value::from(url), form],
+    )
+    .await;
+    (answer[0].as_u64().unwrap(), answer[1].as_str().unwrap().to_owned())
+}
+
+async fn log_in(browser: &Browser, web: &str, token: &str) {
+    browser.driver().goto(format!("{web}/files")).await.unwrap();
+    browser.wait_for_text("h1", "Log in").await;
+    browser.driver().find(By::Id("token")).await.unwrap().send_keys(token).await.unwrap();
+    browser.driver().find(By::Id("login")).await.unwrap().click().await.unwrap();
+    browser.wait_for_text("#who", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_browses_uploads_and_follows_changes_in_a_browser() {
+    let tokens = Tokens::new();
+    let path = tokens.path.clone();
+    let server = TestServer::start_with_web(|c| c.tokens = Some(path)).await;
+    let web = server.web_url();
+    let client = TestClient::start_secure(&server.url(), token(&tokens.alice));
+    client.write("docs/readme.txt", "read me");
+    eventually("the client's first file reached the server", || {
+        server_has(&server, &tokens.alice, "docs/readme.txt")
+    })
+    .await;
+    let browser = Browser::start().await;
+
+    // Without a session every page leads to the login; a wrong token is
+    // refused there.
+    browser.driver().goto(format!("{web}/files")).await.unwrap();
+    browser.wait_for_text("h1", "Log in").await;
+    browser.screenshot("login").await;
+    browser.driver().find(By::Id("token")).await.unwrap().send_keys("sst_wrong").await.unwrap();
+    browser.driver().find(By::Id("login")).await.unwrap().click().await.unwrap();
+    browser.wait_for_text("#error", "not valid").await;
+    log_in(&browser, &web, &tokens.alice).await;
+    browser.wait_for_text("#who", "alice").await;
+    browser.wait_for_text("#listing a.name", "docs/").await;
+
+    // A file saved in a client's folder appears on the open page, without
+    // a reload (the marker set on this page's window survives).
+    run(&browser, "window.stillThisPage = 'yes'; return 1;", vec![]).await;
+    client.write("from-client.txt", "saved in a folder");
+    browser.wait_for_text("#listing a.name", "from-client.txt").await;
+    browser.wait_for_text("#activity li", "from-client.txt").await;
+    assert_eq!(run(&browser, "return window.stillThisPage || 'reloaded';", vec![]).await, "yes");
+
+    // A name that is markup shows as text; nothing of it runs.
+    client.write(XSS_NAME, "just a name");
+    browser.wait_for_text("#listing a.name", XSS_NAME).await;
+    assert!(!browser.exists("#listing img").await, "a file name became an element");
+    assert!(browser.driver().get_alert_text().await.is_err(), "a file name ran a script");
+
+    // An upload through the page reaches the watching client's folder.
+    let local = tempfile::tempdir().unwrap();
+    let picked = local.path().join("from-browser.txt");
+    let content = "uploaded through the page\n".repeat(1000);
+    std::fs::write(&picked, &content).unwrap();
+    let input = browser.driver().find(By::Id("upload-file")).await.unwrap();
+    input.send_keys(picked.to_str().unwrap()).await.unwrap();
+    browser.driver().find(By::Id("upload")).await.unwrap().click().await.unwrap();
+    eventually("the upload reached the client's folder", || {
+        client.read("from-browser.txt").as_deref() == Some(content.as_bytes())
+    })
+    .await;
+    browser.wait_for_text("#listing a.name", "from-browser.txt").await;
+    browser.screenshot("files").await;
+
+    // A new folder, then the file's page: details, versions, download.
+    browser.driver().find(By::Id("folder-name")).await.unwrap().send_keys("made-on-the-web").await.unwrap();
+    browser.driver().find(By::Id("mkdir")).await.unwrap().click().await.unwrap();
+    eventually("the new folder reached the client", || client.path("made-on-the-web").is_dir()).await;
+    browser.driver().find(By::LinkText("from-browser.txt")).await.unwrap().click().await.unwrap();
+    browser.wait_for_text("#file-path", "from-browser.txt").await;
+    browser.wait_for_text("#versions td", "web-dashboard").await;
+    browser.screenshot("file-details").await;
+    let downloaded =
+        run(&browser, "return fetch(document.getElementById('download').href).then(r => r.text());", vec![])
+            .await;
+    assert_eq!(downloaded, Value::from(content.clone()));
+
+    // A form without its form token is refused, and changes nothing.
+    let version = browser.text_of("#file-version").await;
+    let (status, reason) = post_from_page(
+        &browser,
+        "/delete",
+        serde_json::json!({ "path": "from-browser.txt", "version": version }),
+    )
+    .await;
+    assert_eq!((status, reason.as_str()), (403, "csrf"));
+    assert!(server_has(&server, &tokens.alice, "from-browser.txt"));
+
+    // A lock taken on the page shows on the locks page and to clients.
+    browser.driver().find(By::Id("lock-note")).await.unwrap().send_keys("editing on the web").await.unwrap();
+    browser.driver().find(By::Id("lock")).await.unwrap().click().await.unwrap();
+    browser.wait_for_text("#file-lock", "editing on the web").await;
+    browser.driver().goto(format!("{web}/locks")).await.unwrap();
+    browser.wait_for_text("#locks td", "from-browser.txt").await;
+    browser.screenshot("locks").await;
+    browser.driver().goto(format!("{web}/status")).await.unwrap();
+    browser.wait_for_text("#status th", "Head seq").await;
+    browser.screenshot("status").await;
+
+    // Deleting through the page removes the file from the client's folder.
+    browser.driver().goto(format!("{web}/file?path=from-client.txt")).await.unwrap();
+    browser.driver().find(By::Id("delete")).await.unwrap().click().await.unwrap();
+    eventually("the deletion reached the client", || client.read("from-client.txt").is_none()).await;
+
+    browser.quit().await;
+    client.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_token_gets_no_write_controls_and_its_forged_writes_are_refused() {
+    let tokens = Tokens::new();
+    let path = tokens.path.clone();
+    let server = TestServer::start_with_web(|c| c.tokens = Some(path)).await;
+    let web = server.web_url();
+    let mut alice = rpc_with(&server.url(), &token(&tokens.alice));
+    let stored = upload(&mut alice, "plans.txt", b"alice's plans", 0).await.unwrap();
+    let browser = Browser::start().await;
+
+    log_in(&browser, &web, &tokens.alice_ro).await;
+    browser.wait_for_text("#who", "read-only").await;
+    browser.wait_for_text("#listing a.name", "plans.txt").await;
+    assert!(!browser.exists("#upload-form").await, "a read-only page offers uploads");
+    assert!(!browser.exists("#mkdir").await, "a read-only page offers new folders");
+    browser.screenshot("read-only-files").await;
+    browser.driver().goto(format!("{web}/file?path=plans.txt")).await.unwrap();
+    browser.wait_for_text("#file-path", "plans.txt").await;
+    assert!(!browser.exists("#delete").await, "a read-only page offers deletion");
+    assert!(!browser.exists("#lock").await, "a read-only page offers locks");
+
+    // A forged delete with the session's own form token: the service
+    // refuses it, not only the page.
+    let csrf = run(&browser, "return document.querySelector('input[name=csrf]').value;", vec![]).await;
+    let (status, reason) = post_from_page(
+        &browser,
+        "/delete",
+        serde_json::json!({ "csrf": csrf, "path": "plans.txt", "version": stored.version.to_string() }),
+    )
+    .await;
+    assert_eq!((status, reason.as_str()), (403, "permission-denied"));
+    assert!(server_has(&server, &tokens.alice, "plans.txt"));
+
+    // Removing the token ends its session: the next page is the login.
+    let mut file = sync_server::auth::TokenFile::load(&tokens.path).unwrap();
+    assert!(file.remove("alice-viewer"));
+    file.save(&tokens.path).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        browser.driver().goto(format!("{web}/files")).await.unwrap();
+        let url = browser.driver().current_url().await.unwrap();
+        if url.path() == "/login" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the removed token's session went on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.wait_for_text("#error", "session ended").await;
+    browser.quit().await;
+}
+
+/// Whether `path` is a live file on the server, as `token` sees it.
+fn server_has(server: &TestServer, token_value: &str, path: &str) -> bool {
+    let (url, security, path) = (server.url(), token(token_value), path.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut rpc = rpc_with(&url, &security);
+            matches!(
+                rpc.stat(syncstore::pb::StatRequest { path }).await,
+                Ok(r) if r.get_ref().entry.as_ref().is_some_and(|e| !e.deleted)
+            )
+        })
+    })
+    .join()
+    .unwrap()
+}
