@@ -209,3 +209,108 @@ fn server_has(server: &TestServer, token_value: &str, path: &str) -> bool {
     .join()
     .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_restores_undeletes_and_rewinds_through_the_page() {
+    let server = TestServer::start_with_web(|_| {}).await;
+    let web = server.web_url();
+    let (a, b) = (TestClient::start(&server.url()), TestClient::start(&server.url()));
+    let both_have = |rel: &str, data: Option<&str>| {
+        let want = data.map(|d| d.as_bytes().to_vec());
+        a.read(rel) == want && b.read(rel) == want
+    };
+    a.write("notes.txt", "first draft");
+    eventually("the first draft reached b", || both_have("notes.txt", Some("first draft"))).await;
+    a.write("notes.txt", "second draft");
+    eventually("the second draft reached b", || both_have("notes.txt", Some("second draft"))).await;
+    let browser = Browser::start().await;
+    // A server without tokens: the login opens a session at once.
+    browser.driver().goto(format!("{web}/files")).await.unwrap();
+    browser.wait_for_text("#who", "anonymous").await;
+
+    // Restore the first draft from the file's page: every client gets it.
+    browser.driver().goto(format!("{web}/file?path=notes.txt")).await.unwrap();
+    browser.wait_for_text("#versions td", "write").await;
+    let restores = browser.driver().find_all(By::Css("button.restore")).await.unwrap();
+    assert_eq!(restores.len(), 1, "only the first draft is not the current version");
+    restores[0].click().await.unwrap();
+    eventually("the restored draft reached both clients", || both_have("notes.txt", Some("first draft")))
+        .await;
+    browser.wait_for_text("#versions td", "restore").await;
+    browser.screenshot("file-history").await;
+
+    // Undelete one chosen file from the trash, then every match of a search.
+    a.write("keep/a.txt", "a");
+    a.write("keep/b.txt", "b");
+    eventually("a and b reached b", || {
+        both_have("keep/a.txt", Some("a")) && both_have("keep/b.txt", Some("b"))
+    })
+    .await;
+    std::fs::remove_file(a.path("keep/a.txt")).unwrap();
+    std::fs::remove_file(a.path("keep/b.txt")).unwrap();
+    eventually("the deletions reached b", || both_have("keep/a.txt", None) && both_have("keep/b.txt", None))
+        .await;
+    browser.driver().goto(format!("{web}/trash")).await.unwrap();
+    browser.wait_for_text("#trash td", "keep/b.txt").await;
+    browser.wait_for_text("#trash td", "keep/a.txt").await;
+    browser.screenshot("trash").await;
+    browser
+        .driver()
+        .find(By::Css("input[aria-label='Undelete keep/a.txt']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.driver().find(By::Id("undelete")).await.unwrap().click().await.unwrap();
+    browser.wait_for_text("#trash-message", "1 file(s) brought back").await;
+    eventually("a.txt came back to both clients", || both_have("keep/a.txt", Some("a"))).await;
+    assert!(both_have("keep/b.txt", None), "an unchosen file came back");
+    browser.driver().find(By::Id("glob")).await.unwrap().send_keys("b.*").await.unwrap();
+    browser.driver().find(By::Id("trash-search")).await.unwrap().click().await.unwrap();
+    browser.wait_gone("#trash td", "keep/a.txt").await;
+    browser.driver().find(By::Id("undelete-all")).await.unwrap().click().await.unwrap();
+    eventually("b.txt came back to both clients", || both_have("keep/b.txt", Some("b"))).await;
+
+    // Rewind: the preview lists exactly what the rewind then does.
+    let point = server.rpc().await.server_info(syncstore::pb::ServerInfoRequest {}).await.unwrap();
+    let point = point.into_inner().head_seq;
+    a.write("new.txt", "created after the point");
+    a.write("notes.txt", "third draft");
+    std::fs::remove_file(a.path("keep/a.txt")).unwrap();
+    eventually("the later changes reached b", || {
+        both_have("new.txt", Some("created after the point"))
+            && both_have("notes.txt", Some("third draft"))
+            && both_have("keep/a.txt", None)
+    })
+    .await;
+    browser.driver().goto(format!("{web}/rewind?under=&to={point}")).await.unwrap();
+    browser.wait_for_text("#rewind-summary", "would change").await;
+    let preview = paths_listed(&browser).await;
+    assert_eq!(preview, ["keep/a.txt", "new.txt", "notes.txt"]);
+    browser.screenshot("rewind-preview").await;
+    eventually("nothing changed with the preview", || both_have("new.txt", Some("created after the point")))
+        .await;
+    browser.driver().find(By::Id("rewind")).await.unwrap().click().await.unwrap();
+    browser.wait_for_text("#rewind-summary", "changed").await;
+    assert_eq!(paths_listed(&browser).await, preview, "the rewind did other than its preview");
+    eventually("the rewind reached both clients", || {
+        both_have("new.txt", None)
+            && both_have("notes.txt", Some("first draft"))
+            && both_have("keep/a.txt", Some("a"))
+    })
+    .await;
+
+    browser.quit().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The paths of a rewind page's table.
+async fn paths_listed(browser: &Browser) -> Vec<String> {
+    let mut paths = Vec::new();
+    for cell in browser.driver().find_all(By::Css("#rewind-actions td.path")).await.unwrap() {
+        paths.push(cell.text().await.unwrap());
+    }
+    paths
+}
