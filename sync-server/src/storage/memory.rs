@@ -48,6 +48,8 @@ struct State {
     labels: BTreeMap<(String, String), Label>,
     /// The retention set at run time, by namespace.
     retention: BTreeMap<String, Retention>,
+    /// The share links by id.
+    shares: BTreeMap<String, super::Share>,
 }
 
 impl MemoryMeta {
@@ -583,6 +585,34 @@ impl MetaStore for MemoryMeta {
         }
         usage.bytes = bytes.values().sum();
         Ok(usage)
+    }
+
+    async fn put_share(&self, share: super::Share) -> Result<()> {
+        self.state().shares.insert(share.id.clone(), share);
+        Ok(())
+    }
+
+    async fn share(&self, id: &str) -> Result<Option<super::Share>> {
+        Ok(self.state().shares.get(id).cloned())
+    }
+
+    async fn shares(&self, ns: &str) -> Result<Vec<super::Share>> {
+        let mut out: Vec<_> = self.state().shares.values().filter(|s| s.namespace == ns).cloned().collect();
+        out.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
+        Ok(out)
+    }
+
+    async fn revoke_share(&self, ns: &str, id: &str, at_ms: i64) -> Result<bool> {
+        let mut s = self.state();
+        match s.shares.get_mut(id).filter(|s| s.namespace == ns) {
+            Some(share) => {
+                if share.revoked_ms == 0 {
+                    share.revoked_ms = at_ms;
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 

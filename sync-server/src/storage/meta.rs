@@ -273,6 +273,19 @@ pub(crate) trait MetaStore: Send + Sync + Debug + 'static {
     /// that are not their path's newest, and the bytes of the distinct
     /// content they refer to that no live entry refers to.
     async fn history_usage(&self, ns: Option<&str>) -> Result<super::retention::Usage>;
+
+    /// Records a share link (see [`super::Share`]).
+    async fn put_share(&self, share: super::Share) -> Result<()>;
+
+    /// The share link `id`.
+    async fn share(&self, id: &str) -> Result<Option<super::Share>>;
+
+    /// The share links of `ns`, newest first.
+    async fn shares(&self, ns: &str) -> Result<Vec<super::Share>>;
+
+    /// Marks the share link `id` of `ns` revoked at `at_ms` (unless it was
+    /// already); false if `ns` has no link `id`.
+    async fn revoke_share(&self, ns: &str, id: &str, at_ms: i64) -> Result<bool>;
 }
 
 /// Decides one item of [`MetaTx::decide_each`] (its index, its facts):

@@ -50,6 +50,7 @@ mod prune;
 pub mod retention;
 mod retry;
 pub(crate) mod rules;
+mod share;
 mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -63,6 +64,7 @@ pub use history::{MAX_LABEL_BYTES, MAX_MOVE_HOPS, SERVER_PRINCIPAL, check_label_
 pub use identity::Identity;
 pub use journal::{Store, StoreOptions};
 pub use migrate::{MigrationSummary, migrate};
+pub use share::Share;
 pub use version::{
     Glob, HistoryBatch, HistoryChange, HistoryOutcome, HistoryWrite, Label, MAX_GLOB_BYTES,
     MAX_PRUNED_PER_CHANGE, Point, Version, VersionKind, VersionNote,

@@ -1192,6 +1192,49 @@ async fn labels_and_pins_round_trip_and_replicate(b: Backend) {
 /// facts at once: a file above, a file below, the same path again, a move's
 /// source, content the namespace came to refer to, across more items than
 /// one fetch takes.
+async fn share_links_are_kept_listed_per_namespace_and_revoked_in_place(b: Backend) {
+    let f = b.fixture(StoreOptions::default()).await;
+    let link = |id: &str, ns: &str, created_ms: i64| super::Share {
+        id: id.into(),
+        namespace: ns.into(),
+        path: "docs/report.txt".into(),
+        folder: false,
+        created_by: "alice".into(),
+        created_ms,
+        expires_ms: 5_000,
+        password: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        revoked_ms: 0,
+    };
+    {
+        let s = f.open().await;
+        s.put_share(link("a1", NS, 1_000)).await.unwrap();
+        s.put_share(link("a2", NS, 2_000)).await.unwrap();
+        s.put_share(super::Share { folder: true, path: "docs".into(), ..link("b1", "other", 3_000) })
+            .await
+            .unwrap();
+    }
+    // Kept across a restart, newest first, each namespace its own.
+    let s = f.open().await;
+    let ids = |v: Vec<super::Share>| v.into_iter().map(|l| l.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.shares(NS).await.unwrap()), ["a2", "a1"]);
+    assert_eq!(s.share("a1").await.unwrap(), Some(link("a1", NS, 1_000)));
+    assert!(s.share("b1").await.unwrap().is_some_and(|l| l.folder && l.namespace == "other"));
+    assert_eq!(s.share("nope").await.unwrap(), None);
+    // Another namespace cannot revoke a link; revoking twice keeps the
+    // first time.
+    assert!(!s.revoke_share("other", "a1", 4_000).await.unwrap());
+    assert!(s.share("a1").await.unwrap().unwrap().live_at(4_000));
+    assert!(s.revoke_share(NS, "a1", 4_000).await.unwrap());
+    assert!(s.revoke_share(NS, "a1", 4_500).await.unwrap());
+    let revoked = s.share("a1").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_ms, 4_000);
+    assert!(!revoked.live_at(4_001));
+    assert!(!s.revoke_share(NS, "nope", 4_000).await.unwrap());
+    // Expiry: live before it, not at it.
+    let a2 = s.share("a2").await.unwrap().unwrap();
+    assert!(a2.live_at(4_999) && !a2.live_at(5_000));
+}
+
 async fn each_decision_sees_the_writes_decided_before_it(b: Backend) {
     use super::meta::{Decide, Facts, Want};
     let f = b.fixture(StoreOptions::default()).await;
@@ -1306,6 +1349,7 @@ macro_rules! suite_shared {
 }
 
 suite!(
+    share_links_are_kept_listed_per_namespace_and_revoked_in_place,
     each_decision_sees_the_writes_decided_before_it,
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
     refused_and_abandoned_uploads_leave_no_content,
@@ -1338,6 +1382,7 @@ suite!(
 // one shared database never receive a full resync through the journal
 // (`snapshots()` is `None`).
 suite_postgres!(
+    share_links_are_kept_listed_per_namespace_and_revoked_in_place,
     each_decision_sees_the_writes_decided_before_it,
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
     refused_and_abandoned_uploads_leave_no_content,
@@ -1367,6 +1412,7 @@ suite_postgres!(
 // whole: no earlier release wrote to a bucket, and the bucket takes at most
 // one chunk's worth of content whole.
 suite_shared!(
+    share_links_are_kept_listed_per_namespace_and_revoked_in_place,
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
     refused_and_abandoned_uploads_leave_no_content,
     a_lock_admits_only_its_holder_with_its_token,

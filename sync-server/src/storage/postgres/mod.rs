@@ -28,6 +28,7 @@ mod history_prune;
 mod identity;
 mod locks;
 mod schema;
+mod shares;
 
 use std::{
     sync::Arc,
@@ -633,6 +634,22 @@ impl MetaStore for PgMeta {
 
     async fn history_usage(&self, ns: Option<&str>) -> Result<Usage> {
         history_prune::history_usage(&*self.conn().await?, ns).await
+    }
+
+    async fn put_share(&self, share: crate::storage::Share) -> Result<()> {
+        shares::put(&*self.conn().await?, &share).await
+    }
+
+    async fn share(&self, id: &str) -> Result<Option<crate::storage::Share>> {
+        shares::get(&*self.conn().await?, id).await
+    }
+
+    async fn shares(&self, ns: &str) -> Result<Vec<crate::storage::Share>> {
+        shares::of_namespace(&*self.conn().await?, ns).await
+    }
+
+    async fn revoke_share(&self, ns: &str, id: &str, at_ms: i64) -> Result<bool> {
+        shares::revoke(&*self.conn().await?, ns, id, at_ms).await
     }
 }
 

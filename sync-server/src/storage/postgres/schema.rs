@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 
 /// The schema version this server writes; a database with a newer one is
 /// refused.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// The advisory lock key migrations hold (any constant no other user of
 /// the database takes; "syncstor" in ASCII).
@@ -136,6 +136,22 @@ CREATE TABLE processes (
 );
 ";
 
+/// Migration 2: share links (`storage/share.rs`), as SQLite's `shares`.
+const SHARES_SCHEMA: &str = "
+CREATE TABLE shares (
+    id         text    PRIMARY KEY,
+    namespace  text    NOT NULL,
+    path       text    NOT NULL,
+    folder     boolean NOT NULL,
+    created_by text    NOT NULL,
+    created_ms bigint  NOT NULL,
+    expires_ms bigint  NOT NULL,
+    password   text    NOT NULL,
+    revoked_ms bigint  NOT NULL
+);
+CREATE INDEX shares_by_namespace ON shares (namespace, created_ms);
+";
+
 /// Brings the database to [`SCHEMA_VERSION`]: in one transaction under
 /// [`MIGRATION_LOCK`], applies every migration it lacks; refuses a
 /// database of a newer schema.
@@ -155,6 +171,10 @@ pub(super) async fn migrate(c: &mut Client) -> Result<()> {
         tx.batch_execute(super::history::SCHEMA).await?;
         tx.batch_execute(crate::storage::bucket::SCHEMA).await?;
         tracing::info!(version = 1, "created the metadata schema");
+    }
+    if current < 2 {
+        tx.batch_execute(SHARES_SCHEMA).await?;
+        tracing::info!(version = 2, "added share links to the metadata schema");
     }
     if current < SCHEMA_VERSION {
         tx.execute("DELETE FROM schema_version", &[]).await?;

@@ -11,6 +11,7 @@ mod history_prune;
 mod identity;
 mod locks;
 mod schema;
+mod shares;
 
 use std::{
     fs::File,
@@ -496,6 +497,25 @@ impl MetaStore for SqliteMeta {
     async fn history_usage(&self, ns: Option<&str>) -> Result<Usage> {
         let ns = ns.map(str::to_owned);
         self.read(move |c| history_prune::history_usage(c, ns.as_deref())).await
+    }
+
+    async fn put_share(&self, share: crate::storage::Share) -> Result<()> {
+        self.write(move |c| shares::put(c, &share)).await
+    }
+
+    async fn share(&self, id: &str) -> Result<Option<crate::storage::Share>> {
+        let id = id.to_owned();
+        self.read(move |c| shares::get(c, &id)).await
+    }
+
+    async fn shares(&self, ns: &str) -> Result<Vec<crate::storage::Share>> {
+        let ns = ns.to_owned();
+        self.read(move |c| shares::of_namespace(c, &ns)).await
+    }
+
+    async fn revoke_share(&self, ns: &str, id: &str, at_ms: i64) -> Result<bool> {
+        let (ns, id) = (ns.to_owned(), id.to_owned());
+        self.write(move |c| shares::revoke(c, &ns, &id, at_ms)).await
     }
 }
 

@@ -159,6 +159,20 @@ CREATE TABLE IF NOT EXISTS recipe_chunks (
     recipe BLOB NOT NULL,
     PRIMARY KEY (chunk, recipe)
 ) WITHOUT ROWID;
+
+-- Share links (see storage/share.rs); a table an older server ignores.
+CREATE TABLE IF NOT EXISTS shares (
+    id         TEXT    PRIMARY KEY,
+    namespace  TEXT    NOT NULL,
+    path       TEXT    NOT NULL,
+    folder     INTEGER NOT NULL,
+    created_by TEXT    NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,  -- 0: never
+    password   TEXT    NOT NULL,  -- Argon2id PHC string, '' for none
+    revoked_ms INTEGER NOT NULL   -- 0: not revoked
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS shares_by_namespace ON shares (namespace, created_ms);
 ";
 
 /// How long a connection waits for another connection's lock on the
