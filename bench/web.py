@@ -46,6 +46,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -322,13 +323,14 @@ class Events:
             return self.arrived[path][0]
 
     def close(self):
+        """Ends the feed: the socket is shut down under the reading thread, which then ends."""
         try:
             if self.conn.sock:
-                self.conn.sock.shutdown(2)
+                self.conn.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self.conn.close()
         self.thread.join(5)
+        self.conn.close()
 
 
 # ---------------------------------------------------------------- measuring
@@ -633,6 +635,10 @@ def table(res, elapsed):
             if o["commit"]:
                 out.append(f"| live via {how}: commit → event min / max | {ms(min(o['commit']))} / "
                            f"{ms(max(o['commit']))} |")
+    if live:
+        out += ["", "Commit → event is negative when the `change` event arrived before the uploading call "
+                "returned: the server sends it as the upload commits, before its 303 (web) or before the "
+                "client process has recorded its state and exited (CLI)."]
     stages = (("listing", res.get("listing_noise")), ("upload", up and up["noise"]),
               ("live", live and live["noise"]))
     noise = [f"{name} {v:.0f}%" for name, v in stages if v is not None]

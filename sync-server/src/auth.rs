@@ -129,6 +129,20 @@ impl Principal {
         }
     }
 
+    /// The reader behind a share link (`share:ID`): read-only, in the
+    /// link's namespace, with no token to be removed (the link's own
+    /// record is checked on every request instead).
+    pub(crate) fn share(link_id: &str, namespace: &str) -> Self {
+        Self {
+            name: format!("share:{link_id}"),
+            namespace: namespace.to_owned(),
+            access: Access::ReadOnly,
+            open: false,
+            break_locks: false,
+            token: None,
+        }
+    }
+
     /// Whether this caller may do what `need` asks.
     pub fn allows(&self, need: Need) -> bool {
         self.open

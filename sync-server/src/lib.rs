@@ -639,7 +639,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         shutdown: shutdown.clone(),
         pruner,
     };
-    let file_sync = FileSyncService::new(
+    let file_sync = std::sync::Arc::new(FileSyncService::new(
         ctx.clone(),
         UploadLimits {
             max_file_size: config.max_file_size,
@@ -649,7 +649,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             per_namespace: config.max_uploads_per_namespace,
             per_connection: config.max_uploads_per_connection,
         },
-    );
+    ));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Every service answers health checks by its name ("" is the server).
     health_reporter.set_serving::<FileSyncServer<FileSyncService>>().await;
@@ -664,11 +664,14 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
     // gRPC listener and the dashboard alike: limits and counters are shared.
     let services = web::Services {
         files: InterceptedService::new(
-            FileSyncServer::new(file_sync)
+            FileSyncServer::from_arc(file_sync.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
             auth.clone(),
         ),
+        shared_files: FileSyncServer::from_arc(file_sync)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
         history: InterceptedService::new(
             HistoryServer::new(HistoryService::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -681,6 +684,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         let spool = config.data_dir.join("web-uploads");
         let dashboard = web::Dashboard::new(
             services.clone(),
+            ctx.store.clone(),
             auth.clone(),
             spool,
             config.max_file_size,

@@ -465,6 +465,7 @@ impl ServerProcess {
             .arg(meta)
             .arg("--content")
             .arg(content)
+            .arg("--no-web")
             .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
             .env_remove("SYNCSTORE_CONFIG")

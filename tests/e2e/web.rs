@@ -314,3 +314,179 @@ async fn paths_listed(browser: &Browser) -> Vec<String> {
     }
     paths
 }
+
+/// An HTTP/1.1 answer: status, headers (lower-cased names), body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One request from outside any browser (no session, no cookie unless
+/// given), as someone who only has a link would make it.
+async fn http(web: &str, method: &str, target: &str, cookie: Option<&str>, form: Option<&str>) -> Answer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = web.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(c) = cookie {
+        request.push_str(&format!("Cookie: {c}\r\n"));
+    }
+    let body = form.unwrap_or("");
+    if form.is_some() {
+        request.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw)).await.expect("an answer in time").unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")) {
+        let (mut plain, mut rest) = (Vec::new(), &body[..]);
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..end]).unwrap().trim(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            plain.extend_from_slice(&rest[end + 2..end + 2 + size]);
+            rest = &rest[end + 2 + size + 2..];
+        }
+        body = plain;
+    }
+    Answer { status, headers, body }
+}
+
+/// The share links listed on the shares page, newest first.
+async fn links_listed(browser: &Browser, web: &str) -> Vec<String> {
+    browser.driver().goto(format!("{web}/shares")).await.unwrap();
+    browser.wait_for_text("h1", "Share links").await;
+    let mut links = Vec::new();
+    for a in browser.driver().find_all(By::Css("#shares a.link")).await.unwrap() {
+        links.push(a.text().await.unwrap());
+    }
+    links
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn share_links_work_without_a_login_within_their_file_or_folder_until_revoked_or_expired() {
+    let tokens = Tokens::new();
+    let path = tokens.path.clone();
+    let server = TestServer::start_with_web(|c| c.tokens = Some(path)).await;
+    let web = server.web_url();
+    let mut alice = rpc_with(&server.url(), &token(&tokens.alice));
+    upload(&mut alice, "docs/report.txt", b"the report", 0).await.unwrap();
+    upload(&mut alice, "docs/sub/deep.txt", b"deep inside", 0).await.unwrap();
+    upload(&mut alice, "secret.txt", b"not shared", 0).await.unwrap();
+    let browser = Browser::start().await;
+    log_in(&browser, &web, &tokens.alice).await;
+
+    // A file's link: its page and its content, with no login at all.
+    browser.driver().goto(format!("{web}/file?path=docs/report.txt")).await.unwrap();
+    browser.driver().find(By::Id("share")).await.unwrap().click().await.unwrap();
+    let file_link = links_listed(&browser, &web).await.remove(0);
+    let page = http(&web, "GET", &file_link, None, None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("report.txt"));
+    let got = http(&web, "GET", &format!("{file_link}/download"), None, None).await;
+    assert_eq!((got.status, got.body.as_slice()), (200, &b"the report"[..]));
+    // Its own file only: a path given to a file's link is ignored.
+    let got = http(&web, "GET", &format!("{file_link}/download?path=secret.txt"), None, None).await;
+    assert_eq!(got.body, b"the report");
+
+    // A folder's link with a password: asked for, refused when wrong.
+    browser.driver().goto(format!("{web}/files?dir=docs")).await.unwrap();
+    browser.driver().find(By::Id("share-password")).await.unwrap().send_keys("hunter2").await.unwrap();
+    browser.driver().find(By::Id("share")).await.unwrap().click().await.unwrap();
+    let folder_link = links_listed(&browser, &web).await.remove(0);
+    assert_ne!(folder_link, file_link);
+    browser.screenshot("share-links").await;
+    let asked = http(&web, "GET", &folder_link, None, None).await;
+    assert_eq!(asked.status, 401);
+    assert!(asked.text().contains("id=\"share-password\""), "no password form: {}", asked.text());
+    let denied = http(&web, "GET", &format!("{folder_link}/download?path=report.txt"), None, None).await;
+    assert_eq!(denied.status, 401);
+    let wrong = http(&web, "POST", &folder_link, None, Some("password=hunter3")).await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("set-cookie").is_none());
+    let right = http(&web, "POST", &folder_link, None, Some("password=hunter2")).await;
+    assert_eq!(right.status, 303);
+    let grant = right.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
+    let listing = http(&web, "GET", &folder_link, Some(&grant), None).await;
+    assert_eq!(listing.status, 200);
+    assert!(listing.text().contains("report.txt") && listing.text().contains("sub/"));
+    assert!(!listing.text().contains("secret.txt"));
+    let deep =
+        http(&web, "GET", &format!("{folder_link}/download?path=sub/deep.txt"), Some(&grant), None).await;
+    assert_eq!((deep.status, deep.body.as_slice()), (200, &b"deep inside"[..]));
+    // Nothing outside its folder.
+    for outside in ["../secret.txt", "%2E%2E/secret.txt", "sub/../../secret.txt", "/secret.txt/.."] {
+        let got =
+            http(&web, "GET", &format!("{folder_link}/download?path={outside}"), Some(&grant), None).await;
+        assert!(got.status == 400 || got.status == 404, "{outside}: {} {}", got.status, got.text());
+        assert!(!got.text().contains("not shared"));
+    }
+    // The grant opens its own link only.
+    let other = http(&web, "GET", &format!("{folder_link}x"), Some(&grant), None).await;
+    assert_eq!(other.status, 404);
+    browser.driver().goto(format!("{web}{file_link}")).await.unwrap();
+    browser.wait_for_text("#share-name", "report.txt").await;
+    browser.screenshot("share-page").await;
+
+    // Revoked: the very next request is refused (its record is read each
+    // time); the other link goes on.
+    browser.driver().goto(format!("{web}/shares")).await.unwrap();
+    browser.driver().find(By::Css("#shares button.revoke")).await.unwrap().click().await.unwrap();
+    browser.wait_for_text("#shares td.state", "revoked").await;
+    let gone =
+        http(&web, "GET", &format!("{folder_link}/download?path=report.txt"), Some(&grant), None).await;
+    assert_eq!(gone.status, 404);
+    assert_eq!(http(&web, "GET", &file_link, None, None).await.status, 200);
+
+    // Expired: works until its time, then not.
+    // Whole seconds, as the form takes them.
+    let expiry = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 8, 0).unwrap();
+    browser.driver().goto(format!("{web}/file?path=docs/report.txt")).await.unwrap();
+    let field = browser.driver().find(By::Id("share-expires")).await.unwrap();
+    field.send_keys(expiry.format("%Y-%m-%dT%H:%M:%S").to_string()).await.unwrap();
+    browser.driver().find(By::Id("share")).await.unwrap().click().await.unwrap();
+    let brief = links_listed(&browser, &web).await.remove(0);
+    assert_eq!(http(&web, "GET", &brief, None, None).await.status, 200);
+    eventually_within(Duration::from_secs(20), "the link expired", || {
+        let (web, brief) = (web.clone(), brief.clone());
+        async move { http(&web, "GET", &brief, None, None).await.status == 404 }
+    })
+    .await;
+    assert!(chrono::Utc::now() >= expiry, "the link stopped before its expiry");
+
+    // A read-only token can make no link, even by a forged form.
+    browser.driver().goto(format!("{web}/shares")).await.unwrap();
+    let csrf = run(&browser, "return document.querySelector('input[name=csrf]').value;", vec![]).await;
+    browser.driver().delete_all_cookies().await.unwrap();
+    log_in(&browser, &web, &tokens.alice_ro).await;
+    let csrf_ro = run(&browser, "return document.querySelector('input[name=csrf]').value;", vec![]).await;
+    assert_ne!(csrf, csrf_ro);
+    let (status, reason) =
+        post_from_page(&browser, "/share", serde_json::json!({ "csrf": csrf_ro, "path": "secret.txt" }))
+            .await;
+    assert_eq!((status, reason.as_str()), (403, "permission-denied"));
+    browser.quit().await;
+}

@@ -12,7 +12,7 @@ use crate::Result;
 /// One share link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
-    /// The link's id: the secret part of its URL (random, 32 hex digits).
+    /// The link's id: the secret part of its URL (random, 64 hex digits).
     pub id: String,
     pub namespace: String,
     /// The file or folder shared.

@@ -60,12 +60,21 @@ pub(crate) struct Services {
     pub(crate) files: Authed<FileSyncServer<FileSyncService>>,
     pub(crate) history: Authed<HistoryServer<HistoryService>>,
     pub(crate) admin: Authed<AdminServer<AdminService>>,
+    /// `FileSync` without the authenticator, for share links only: their
+    /// requests carry the link's read-only principal (`Principal::share`),
+    /// put there by `pages`' share handlers after checking the link.
+    pub(crate) shared_files: FileSyncServer<FileSyncService>,
 }
 
 /// What every handler shares.
 #[derive(Debug)]
 struct Web {
     services: Services,
+    /// The share links' records.
+    store: crate::Store,
+    /// Share links unlocked with their password: grant (a cookie) to link
+    /// id.
+    grants: session::Grants,
     auth: Authenticator,
     sessions: Sessions,
     /// Where uploads through the page are spooled (to learn their hash
@@ -86,6 +95,7 @@ pub(crate) struct Dashboard(Arc<Web>);
 impl Dashboard {
     pub(crate) fn new(
         services: Services,
+        store: crate::Store,
         auth: Authenticator,
         spool: PathBuf,
         max_file_size: u64,
@@ -98,6 +108,8 @@ impl Dashboard {
         std::fs::create_dir_all(&spool)?;
         Ok(Self(Arc::new(Web {
             services,
+            store,
+            grants: Default::default(),
             auth,
             sessions: Sessions::default(),
             spool,
@@ -131,6 +143,11 @@ fn router(web: Arc<Web>) -> Router {
         .route("/trash", get(pages::trash))
         .route("/undelete", post(pages::undelete))
         .route("/rewind", get(pages::rewind_preview).post(pages::rewind))
+        .route("/shares", get(pages::shares))
+        .route("/share", post(pages::share))
+        .route("/unshare", post(pages::unshare))
+        .route("/s/{id}", get(pages::shared).post(pages::unlock_share))
+        .route("/s/{id}/download", get(pages::shared_download))
         .route("/locks", get(pages::locks))
         .route("/lock", post(pages::lock))
         .route("/unlock", post(pages::unlock))

@@ -86,16 +86,53 @@ impl Sessions {
     }
 }
 
-/// The session id a request's cookies carry.
-pub(super) fn cookie_of(headers: &HeaderMap) -> Option<&str> {
+/// Share links unlocked with their password, in memory: a grant id (the
+/// cookie [`GRANT_COOKIE`], valid for its link's pages only) to the link's
+/// id. A restart asks for the password again.
+#[derive(Debug, Default)]
+pub(super) struct Grants(Mutex<HashMap<String, (String, Instant)>>);
+
+/// The cookie that carries a share link's grant.
+pub(super) const GRANT_COOKIE: &str = "syncstore_share";
+
+impl Grants {
+    /// A new grant for link `link_id`; returns its id.
+    pub(super) fn create(&self, link_id: &str) -> String {
+        let id = random_hex();
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, (_, made)| now.duration_since(*made) < IDLE_LIMIT);
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map.iter().min_by_key(|(_, (_, made))| *made).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(id.clone(), (link_id.to_owned(), now));
+        id
+    }
+
+    /// Whether grant `id` unlocks link `link_id`.
+    pub(super) fn unlocks(&self, id: &str, link_id: &str) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id).is_some_and(|(link, made)| link == link_id && made.elapsed() < IDLE_LIMIT)
+    }
+}
+
+/// The value of cookie `name` among a request's cookies.
+pub(super) fn named_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value)
+}
+
+/// The session id a request's cookies carry.
+pub(super) fn cookie_of(headers: &HeaderMap) -> Option<&str> {
+    named_cookie(headers, COOKIE)
 }
 
 /// The `Set-Cookie` value that gives the browser session `id` (`None`:
@@ -111,7 +148,7 @@ pub(super) fn set_cookie(id: Option<&str>, secure: bool) -> HeaderValue {
 }
 
 /// 32 random bytes in hex.
-fn random_hex() -> String {
+pub(super) fn random_hex() -> String {
     let bytes: [u8; 32] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
