@@ -138,6 +138,20 @@ async fn the_dashboard_browses_uploads_and_follows_changes_in_a_browser() {
     browser.driver().find(By::Id("delete")).await.unwrap().click().await.unwrap();
     eventually("the deletion reached the client", || client.read("from-client.txt").is_none()).await;
 
+    // A rename through the page moves the client's file (past the page's
+    // own lock on it).
+    browser.driver().goto(format!("{web}/file?path=from-browser.txt")).await.unwrap();
+    let to = browser.driver().find(By::Id("move-to")).await.unwrap();
+    to.clear().await.unwrap();
+    to.send_keys("moved/renamed.txt").await.unwrap();
+    browser.driver().find(By::Id("move")).await.unwrap().click().await.unwrap();
+    eventually("the move reached the client", || {
+        client.read("moved/renamed.txt").as_deref() == Some(content.as_bytes())
+            && client.read("from-browser.txt").is_none()
+    })
+    .await;
+    browser.wait_for_text("#versions td", "move").await;
+
     browser.quit().await;
     client.stop().await;
 }
@@ -300,6 +314,14 @@ async fn history_restores_undeletes_and_rewinds_through_the_page() {
             && both_have("keep/a.txt", Some("a"))
     })
     .await;
+
+    // The rewind labelled the state before it; a label set on the page joins it.
+    browser.driver().goto(format!("{web}/labels")).await.unwrap();
+    browser.wait_for_text("#labels td", "before-rewind-").await;
+    browser.driver().find(By::Id("label-name")).await.unwrap().send_keys("after-rewind").await.unwrap();
+    browser.driver().find(By::Id("set-label")).await.unwrap().click().await.unwrap();
+    browser.wait_for_text("#labels td", "after-rewind").await;
+    browser.screenshot("labels").await;
 
     browser.quit().await;
     a.stop().await;

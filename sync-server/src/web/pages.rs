@@ -1617,3 +1617,130 @@ pub(super) async fn shared_download(
         Err(s) => refusal(&s),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Rename or move, and labels
+
+#[derive(Deserialize)]
+pub(super) struct MoveForm {
+    #[serde(default)]
+    csrf: String,
+    path: String,
+    version: u64,
+    to: String,
+}
+
+/// Renames or moves a file as clients do: the content written at the new
+/// path (by hash: nothing travels), recorded as a move so that its history
+/// follows it, then the old path deleted, each checked against the version
+/// the page showed.
+pub(super) async fn move_file(State(web): WebState, v: Viewer, Form(form): Form<MoveForm>) -> Response {
+    if let Err(r) = v.check_csrf(&form.csrf) {
+        return r;
+    }
+    let to = match RelPath::new(form.to.trim().trim_matches('/')) {
+        Ok(p) => p.as_str().to_owned(),
+        Err(e) => return bad_request(format!("bad new name: {e}")),
+    };
+    let entry = match v.files(&web).stat(v.call(pb::StatRequest { path: form.path.clone() })).await {
+        Ok(r) => r.into_inner().entry.unwrap_or_default(),
+        Err(s) => return refusal(&s),
+    };
+    if entry.deleted || entry.folder || entry.version != form.version {
+        return refused(
+            StatusCode::CONFLICT,
+            "version-conflict",
+            &format!("{} changed since the page showed it: reload and try again", form.path),
+        );
+    }
+    let header = pb::UploadHeader {
+        path: to.clone(),
+        size: entry.size,
+        hash: entry.hash.clone(),
+        mtime_ns: entry.mtime_ns,
+        executable: entry.executable,
+        symlink: entry.symlink,
+        client_id: WEB_CLIENT_ID.into(),
+        lock_token: own_lock_token(&web, &v, &to).await,
+        moved_from: form.path.clone(),
+        ..Default::default()
+    };
+    let messages = futures::stream::iter([
+        pb::UploadRequest { msg: Some(upload_request::Msg::Header(header)) },
+        pb::UploadRequest { msg: Some(upload_request::Msg::End(pb::UploadEnd {})) },
+    ]);
+    if let Err(s) = v.files(&web).upload(v.call(messages)).await {
+        return refusal(&s);
+    }
+    let request = pb::DeleteRequest {
+        path: form.path.clone(),
+        base_version: form.version,
+        client_id: WEB_CLIENT_ID.into(),
+        lock_token: own_lock_token(&web, &v, &form.path).await,
+    };
+    match v.files(&web).delete(v.call(request)).await {
+        Ok(_) => Redirect::to(&format!("/file?path={}", urlencode(&to))).into_response(),
+        // The copy stays: nothing is lost, and the page says why the old
+        // name does too.
+        Err(s) => refusal(&s),
+    }
+}
+
+/// One label on the labels page.
+struct LabelRow {
+    name: String,
+    version: u64,
+    at: String,
+    note: String,
+    by: String,
+}
+
+#[derive(Template)]
+#[template(path = "labels.html")]
+struct LabelsPage {
+    nav: Option<Nav>,
+    labels: Vec<LabelRow>,
+}
+
+pub(super) async fn labels(State(web): WebState, v: Viewer) -> Response {
+    let mut stream = match v.history(&web).list_labels(v.call(pb::ListLabelsRequest {})).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return refusal(&s),
+    };
+    let mut labels = Vec::new();
+    while let Some(m) = stream.next().await {
+        match m {
+            Ok(m) => labels.extend(m.label.map(|l| LabelRow {
+                at: time_of_ms(l.at_ms),
+                by: if l.automatic { format!("{} (automatic)", l.principal) } else { l.principal },
+                name: l.name,
+                version: l.version,
+                note: l.note,
+            })),
+            Err(s) => return refusal(&s),
+        }
+    }
+    labels.reverse();
+    render(&LabelsPage { nav: Some(nav(&web, &v)), labels })
+}
+
+#[derive(Deserialize)]
+pub(super) struct LabelForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    note: String,
+}
+
+/// Labels the namespace's state now.
+pub(super) async fn label(State(web): WebState, v: Viewer, Form(form): Form<LabelForm>) -> Response {
+    if let Err(r) = v.check_csrf(&form.csrf) {
+        return r;
+    }
+    let request = pb::SetLabelRequest { name: form.name.trim().to_owned(), at: None, note: form.note };
+    match v.history(&web).set_label(v.call(request)).await {
+        Ok(_) => Redirect::to("/labels").into_response(),
+        Err(s) => refusal(&s),
+    }
+}
