@@ -415,3 +415,47 @@ pub(crate) trait SnapshotSink: Send + Sync {
     /// version), and the log restarts empty at `head`.
     async fn snapshot_end(&self, head: u64) -> Result<()>;
 }
+
+/// Where one page of a listing starts and ends in path order, as bounds an
+/// index on (namespace, path) seeks to: a page after `after` starts right
+/// after it (not at the prefix, which would walk every earlier page's rows
+/// again), and a listing under a prefix ends before `prefix0` ('0' follows
+/// '/'). Paths between the prefix and `prefix/` (`prefix.txt`) are in the
+/// range but not below the prefix: the query keeps the prefix itself and
+/// paths from `prefix/` on ([`ListBounds::below`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ListBounds {
+    /// The first path that may be listed.
+    pub(crate) from: String,
+    /// Whether `from` itself may be listed (not when it is `after`).
+    pub(crate) inclusive: bool,
+    /// The end of the range (exclusive), under a prefix.
+    pub(crate) until: Option<String>,
+    /// The prefix, and the start of the paths below it (`prefix/`); `None`
+    /// for the whole namespace.
+    pub(crate) below: Option<(String, String)>,
+}
+
+impl ListBounds {
+    pub(crate) fn new(prefix: &str, after: Option<&str>) -> Self {
+        let prefix = prefix.trim_end_matches('/');
+        let (from, inclusive) = match after {
+            Some(a) if a >= prefix => (a.to_owned(), false),
+            _ => (prefix.to_owned(), true),
+        };
+        if prefix.is_empty() {
+            return Self { from, inclusive, until: None, below: None };
+        }
+        Self {
+            from,
+            inclusive,
+            until: Some(format!("{prefix}0")),
+            below: Some((prefix.to_owned(), format!("{prefix}/"))),
+        }
+    }
+
+    /// The range's comparison on its first path, `>=` or `>`.
+    pub(crate) fn start_op(&self) -> &'static str {
+        if self.inclusive { ">=" } else { ">" }
+    }
+}

@@ -1192,6 +1192,36 @@ async fn labels_and_pins_round_trip_and_replicate(b: Backend) {
 /// facts at once: a file above, a file below, the same path again, a move's
 /// source, content the namespace came to refer to, across more items than
 /// one fetch takes.
+async fn listings_page_under_a_prefix_without_its_look_alikes(b: Backend) {
+    let (_f, s) = b.store().await;
+    for p in ["a", "a.txt", "a-b/x", "a/1", "a/2", "a/3", "a0", "b"] {
+        // "a" is a file and a folder's name at once only across namespaces;
+        // here "a" is written in another namespace's stead.
+        let ns = if p == "a" { "other" } else { NS };
+        send_to(&s, ns, put(p, p.as_bytes(), 0, "c", 0), p.as_bytes()).await;
+    }
+    let page = |prefix: &'static str, after: Option<&'static str>| {
+        let s = s.clone();
+        async move {
+            s.list_page(NS, prefix, after, false, 2)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.path.as_str().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page("a", None).await, ["a/1", "a/2"]);
+    assert_eq!(page("a", Some("a/2")).await, ["a/3"]);
+    assert!(page("a", Some("a/3")).await.is_empty());
+    // A cursor before the folder's paths (its own name, a look-alike).
+    assert_eq!(page("a", Some("a")).await, ["a/1", "a/2"]);
+    assert_eq!(page("a", Some("a.txt")).await, ["a/1", "a/2"]);
+    assert_eq!(page("a.txt", None).await, ["a.txt"]);
+    assert_eq!(page("", Some("a/3")).await, ["a0", "b"]);
+    assert_eq!(page("", None).await, ["a-b/x", "a.txt"]);
+}
+
 async fn share_links_are_kept_listed_per_namespace_and_revoked_in_place(b: Backend) {
     let f = b.fixture(StoreOptions::default()).await;
     let link = |id: &str, ns: &str, created_ms: i64| super::Share {
@@ -1349,6 +1379,7 @@ macro_rules! suite_shared {
 }
 
 suite!(
+    listings_page_under_a_prefix_without_its_look_alikes,
     share_links_are_kept_listed_per_namespace_and_revoked_in_place,
     each_decision_sees_the_writes_decided_before_it,
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
@@ -1382,6 +1413,7 @@ suite!(
 // one shared database never receive a full resync through the journal
 // (`snapshots()` is `None`).
 suite_postgres!(
+    listings_page_under_a_prefix_without_its_look_alikes,
     share_links_are_kept_listed_per_namespace_and_revoked_in_place,
     each_decision_sees_the_writes_decided_before_it,
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
@@ -1412,6 +1444,7 @@ suite_postgres!(
 // whole: no earlier release wrote to a bucket, and the bucket takes at most
 // one chunk's worth of content whole.
 suite_shared!(
+    listings_page_under_a_prefix_without_its_look_alikes,
     share_links_are_kept_listed_per_namespace_and_revoked_in_place,
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
     refused_and_abandoned_uploads_leave_no_content,

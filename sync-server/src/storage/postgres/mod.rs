@@ -358,23 +358,29 @@ impl MetaStore for PgMeta {
         include_deleted: bool,
         limit: usize,
     ) -> Result<Vec<Entry>> {
-        let prefix = prefix.trim_end_matches('/');
-        // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
-        let (lo, hi) = (format!("{prefix}/"), format!("{prefix}0"));
+        let bounds = super::meta::ListBounds::new(prefix, after);
+        let sql = format!(
+            "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
+             FROM files
+             WHERE namespace = $1 AND path {} $2{}
+               AND ($5 OR NOT deleted)
+             ORDER BY path LIMIT $6",
+            bounds.start_op(),
+            // Every parameter is named, so that each variant prepares.
+            match bounds.below {
+                Some(_) => " AND path < $3 AND (path = $4 OR path >= $7)",
+                None => " AND $3::text IS NULL AND $4::text IS NULL AND $7::text IS NULL",
+            },
+        );
         let c = self.conn().await?;
-        let stmt = c
-            .prepare_cached(
-                "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
-                 FROM files
-                 WHERE namespace = $1
-                   AND ($2 = '' OR path = $2 OR (path >= $3 AND path < $4))
-                   AND ($5::text IS NULL OR path > $5)
-                   AND ($6 OR NOT deleted)
-                 ORDER BY path LIMIT $7",
+        let stmt = c.prepare_cached(&sql).await?;
+        let (prefix, below) = bounds.below.clone().unzip();
+        let rows = c
+            .query(
+                &stmt,
+                &[&ns, &bounds.from, &bounds.until, &prefix, &include_deleted, &(limit as i64), &below],
             )
             .await?;
-        let rows =
-            c.query(&stmt, &[&ns, &prefix, &lo, &hi, &after, &include_deleted, &(limit as i64)]).await?;
         rows.iter().map(|r| entry_from_row(r, 0)).collect()
     }
 

@@ -198,24 +198,35 @@ impl MetaStore for SqliteMeta {
         include_deleted: bool,
         limit: usize,
     ) -> Result<Vec<Entry>> {
-        let prefix = prefix.trim_end_matches('/').to_owned();
-        // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
-        let (lo, hi) = (format!("{prefix}/"), format!("{prefix}0"));
-        let (ns, after) = (ns.to_owned(), after.map(str::to_owned));
+        let bounds = super::meta::ListBounds::new(prefix, after);
+        let ns = ns.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
+            let sql = format!(
                 "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
                  FROM files
-                 WHERE namespace = ?1
-                   AND (?2 = '' OR path = ?2 OR (path >= ?3 AND path < ?4))
-                   AND (?5 IS NULL OR path > ?5)
-                   AND (?6 OR deleted = 0)
-                 ORDER BY path LIMIT ?7",
-            )?;
-            let rows = stmt
-                .query_map(params![ns, prefix, lo, hi, after, include_deleted, limit as i64], |r| {
-                    entry_from_row(r, 0)
-                })?;
+                 WHERE namespace = ?1 AND path {} ?2{}{}
+                   AND (?5 OR deleted = 0)
+                 ORDER BY path LIMIT ?6",
+                bounds.start_op(),
+                if bounds.until.is_some() { " AND path < ?3" } else { "" },
+                if bounds.below.is_some() { " AND (path = ?4 OR path >= ?7)" } else { "" },
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            use rusqlite::types::Value;
+            let text = |s: Option<String>| s.map_or(Value::Null, Value::Text);
+            let (prefix, below) = bounds.below.clone().unzip();
+            let mut values = vec![
+                Value::Text(ns.clone()),
+                Value::Text(bounds.from.clone()),
+                text(bounds.until.clone()),
+                text(prefix),
+                Value::Integer(include_deleted as i64),
+                Value::Integer(limit as i64),
+                text(below),
+            ];
+            // The parameters this variant names (up to the highest).
+            values.truncate(stmt.parameter_count());
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| entry_from_row(r, 0))?;
             rows.map(|r| r?).collect()
         })
         .await
