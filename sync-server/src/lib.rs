@@ -411,7 +411,12 @@ impl Server {
     /// Also serves the web dashboard on `listener`; refused beyond loopback
     /// on a server without tokens (as for the gRPC listener).
     pub fn with_web(mut self, listener: TcpListener) -> Result<Self> {
-        web::check_address(listener.local_addr()?, &self.auth, self.config.insecure_no_auth)?;
+        web::check_address(
+            listener.local_addr()?,
+            &self.auth,
+            self.config.insecure_no_auth,
+            self.config.tls.is_some(),
+        )?;
         self.web = Some(listener);
         Ok(self)
     }
@@ -686,11 +691,11 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             services.clone(),
             ctx.store.clone(),
             auth.clone(),
+            config.tls.as_ref(),
             spool,
             config.max_file_size,
             shutdown.clone(),
-        )
-        .map_err(|e| Error::Config(format!("the web dashboard's upload folder: {e}")))?;
+        )?;
         tasks.spawn(async move {
             if let Err(e) = dashboard.serve(listener).await {
                 tracing::error!(error = %e, "the web dashboard stopped");

@@ -420,6 +420,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         security: replica_security,
     });
+    let tls_configured = config.tls.is_some();
     let mut server = sync_server::Server::open(config).await.context("cannot start")?;
     server.check_listener(&listener)?;
     let web = match (args.no_web, args.web_listen) {
@@ -455,7 +456,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Scripts wait for this line: the store is open and the socket bound.
     println!("listening on {addr}");
     if let Some(web) = web_addr {
-        println!("web dashboard on http://{web}/");
+        let scheme = if tls_configured { "https" } else { "http" };
+        println!("web dashboard on {scheme}://{web}/");
     }
     std::io::stdout().flush()?;
     server.serve(listener, shutdown).await.context("server failed")?;

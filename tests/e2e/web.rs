@@ -357,10 +357,14 @@ impl Answer {
 /// One request from outside any browser (no session, no cookie unless
 /// given), as someone who only has a link would make it.
 async fn http(web: &str, method: &str, target: &str, cookie: Option<&str>, form: Option<&str>) -> Answer {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = web.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let raw = exchange(stream, &request_text(addr, method, target, cookie, form)).await;
+    parse_answer(&raw)
+}
+
+fn request_text(host: &str, method: &str, target: &str, cookie: Option<&str>, form: Option<&str>) -> String {
+    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     if let Some(c) = cookie {
         request.push_str(&format!("Cookie: {c}\r\n"));
     }
@@ -369,9 +373,26 @@ async fn http(web: &str, method: &str, target: &str, cookie: Option<&str>, form:
         request.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
     }
     request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    request
+}
+
+/// Sends `request` and reads until the server closes.
+async fn exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    request: &str,
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw)).await.expect("an answer in time").unwrap();
+    let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw)).await.expect("an answer in time");
+    // A TLS peer may end without close_notify; what came is the answer.
+    if let Err(e) = read {
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    }
+    raw
+}
+
+fn parse_answer(raw: &[u8]) -> Answer {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
@@ -511,4 +532,43 @@ async fn share_links_work_without_a_login_within_their_file_or_folder_until_revo
             .await;
     assert_eq!((status, reason.as_str()), (403, "permission-denied"));
     browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_certificate_the_dashboard_serves_tls_only_and_its_cookies_are_secure() {
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+    let pki = Pki::new();
+    let tls = pki.server_tls(false);
+    let server = TestServer::start_with_web(|c| c.tls = Some(tls)).await;
+    let addr = server.web.unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(pki.file("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let stream = connector.connect(name, tcp).await.expect("a TLS handshake with the server's certificate");
+    let answer =
+        parse_answer(&exchange(stream, &request_text(&addr.to_string(), "GET", "/login", None, None)).await);
+    // An open server: the login opens a session at once, in a Secure cookie.
+    assert_eq!(answer.status, 303);
+    let cookie = answer.header("set-cookie").unwrap();
+    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
+
+    // Plain HTTP on the same port gets no page.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let raw = exchange(tcp, &request_text(&addr.to_string(), "GET", "/login", None, None)).await;
+    assert!(
+        !raw.starts_with(b"HTTP/1.1 3") && !raw.starts_with(b"HTTP/1.1 2"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
 }

@@ -21,6 +21,7 @@
 
 mod pages;
 mod session;
+mod tls;
 
 use std::{
     net::SocketAddr,
@@ -83,6 +84,8 @@ struct Web {
     /// Whether the browser reaches the dashboard over TLS (cookies are
     /// then Secure).
     secure: bool,
+    /// The TLS acceptor, when the server has a certificate.
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Largest file the server accepts.
     max_file_size: u64,
     shutdown: CancellationToken,
@@ -97,15 +100,19 @@ impl Dashboard {
         services: Services,
         store: crate::Store,
         auth: Authenticator,
+        tls: Option<&crate::TlsConfig>,
         spool: PathBuf,
         max_file_size: u64,
         shutdown: CancellationToken,
-    ) -> std::io::Result<Self> {
+    ) -> crate::Result<Self> {
+        let tls = tls.map(tls::acceptor).transpose()?;
         // Spooled uploads that a crash left behind are of no use to anyone.
+        let spooled =
+            |e: std::io::Error| crate::Error::Config(format!("the web dashboard's upload folder: {e}"));
         if spool.exists() {
-            std::fs::remove_dir_all(&spool)?;
+            std::fs::remove_dir_all(&spool).map_err(spooled)?;
         }
-        std::fs::create_dir_all(&spool)?;
+        std::fs::create_dir_all(&spool).map_err(spooled)?;
         Ok(Self(Arc::new(Web {
             services,
             store,
@@ -113,7 +120,8 @@ impl Dashboard {
             auth,
             sessions: Sessions::default(),
             spool,
-            secure: false,
+            secure: tls.is_some(),
+            tls,
             max_file_size,
             shutdown,
         })))
@@ -123,8 +131,17 @@ impl Dashboard {
     pub(crate) async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let addr = listener.local_addr()?;
         let shutdown = self.0.shutdown.clone();
-        tracing::info!(url = %format!("http://{addr}/"), "web dashboard");
-        axum::serve(listener, router(self.0)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        let scheme = if self.0.tls.is_some() { "https" } else { "http" };
+        tracing::info!(url = %format!("{scheme}://{addr}/"), "web dashboard");
+        match self.0.tls.clone() {
+            Some(config) => {
+                let listener = tls::TlsListener::new(listener, config.into())?;
+                axum::serve(listener, router(self.0)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+            }
+            None => {
+                axum::serve(listener, router(self.0)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+            }
+        }
     }
 }
 
@@ -258,6 +275,7 @@ pub(crate) fn check_address(
     addr: SocketAddr,
     auth: &Authenticator,
     insecure_no_auth: bool,
+    with_tls: bool,
 ) -> crate::Result<()> {
     if auth.is_open() && !addr.ip().is_loopback() && !insecure_no_auth {
         return Err(crate::Error::Config(format!(
@@ -265,8 +283,8 @@ pub(crate) fn check_address(
              keep --web-listen on a loopback address, or accept the risk with --insecure-no-auth"
         )));
     }
-    if !auth.is_open() && !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "the web dashboard has no TLS yet: logins travel in clear text beyond this machine");
+    if !auth.is_open() && !addr.ip().is_loopback() && !with_tls {
+        tracing::warn!(%addr, "the web dashboard serves without TLS: logins travel in clear text (give --tls-cert and --tls-key)");
     }
     Ok(())
 }
