@@ -333,12 +333,13 @@ pub(super) async fn files(State(web): WebState, v: Viewer, Query(q): Query<Files
         head_seq = message.head_seq;
         let Some(e) = message.entry else { continue };
         let Some(rel) = e.path.strip_prefix(below.as_str()) else { continue };
+        // Sizes and times are formatted for the rows shown only.
         let row = |name: &str, path: &str, folder: bool| Row {
             name: name.to_owned(),
             path: path.to_owned(),
             folder,
-            size: if folder { String::new() } else { human_size(e.size) },
-            modified: if folder { String::new() } else { time_of_ns(e.mtime_ns) },
+            size: String::new(),
+            modified: String::new(),
             version: e.version,
             bytes: e.size,
             mtime_ns: e.mtime_ns,
@@ -368,7 +369,15 @@ pub(super) async fn files(State(web): WebState, v: Viewer, Query(q): Query<Files
     let total = rows.len();
     let pages = total.div_ceil(PAGE_ROWS).max(1);
     let page = q.page.unwrap_or(1).clamp(1, pages);
-    let rows = rows.into_iter().skip((page - 1) * PAGE_ROWS).take(PAGE_ROWS).collect();
+    let rows = rows
+        .into_iter()
+        .skip((page - 1) * PAGE_ROWS)
+        .take(PAGE_ROWS)
+        .map(|r| match r.folder {
+            true => r,
+            false => Row { size: human_size(r.bytes), modified: time_of_ns(r.mtime_ns), ..r },
+        })
+        .collect();
     render(&FilesPage {
         nav: Some(nav(&web, &v)),
         crumbs: crumbs(&dir),
