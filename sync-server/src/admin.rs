@@ -48,6 +48,7 @@ pub struct AdminService {
     replication: Option<ReplicationHandle>,
     pruner: Pruner,
     metrics: ServerMetrics,
+    subscribers: crate::context::Subscribers,
 }
 
 impl AdminService {
@@ -60,6 +61,7 @@ impl AdminService {
             replication: ctx.replication.clone(),
             pruner: ctx.pruner.clone(),
             metrics: ctx.metrics.clone(),
+            subscribers: ctx.subscribers.clone(),
         }
     }
 }
@@ -298,6 +300,19 @@ impl Admin for AdminService {
                 })
                 .collect();
         }
+        out.subscribers = self
+            .subscribers
+            .list()
+            .into_iter()
+            .map(|(s, cursor)| pb::Subscriber {
+                client_id: s.client_id,
+                principal: s.principal,
+                namespace: s.namespace,
+                cursor_seq: cursor,
+                connected_unix_ms: s.connected_ms,
+                peer: s.peer,
+            })
+            .collect();
         if request.get_ref().count_stored {
             (out.stored_blobs, out.stored_bytes) = self.store.stored_blobs().await?;
         }

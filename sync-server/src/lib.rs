@@ -643,6 +643,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
         auth: auth.clone(),
         shutdown: shutdown.clone(),
         pruner,
+        subscribers: Default::default(),
     };
     let file_sync = std::sync::Arc::new(FileSyncService::new(
         ctx.clone(),

@@ -908,6 +908,7 @@ impl FileSync for FileSyncService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let who = self.counted(caller(&request, Need::Read))?;
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let req = request.into_inner();
         if !req.client_id.is_empty() {
             self.counted(field(limits::check_client_id(&req.client_id)).map_err(Status::from))?;
@@ -916,8 +917,20 @@ impl FileSync for FileSyncService {
         let (store, shutdown, auth) =
             (self.ctx.store.clone(), self.ctx.shutdown.clone(), self.ctx.auth.clone());
         let subscribers = self.ctx.metrics.subscribers.clone();
+        let listed = self.ctx.subscribers.clone();
         tokio::spawn(async move {
             subscribers.inc();
+            let entry = listed.add(
+                crate::context::Subscriber {
+                    client_id: req.client_id.clone(),
+                    principal: who.name.clone(),
+                    namespace: who.namespace.clone(),
+                    connected_ms: crate::clock::now_ms(),
+                    peer,
+                },
+                req.after_seq,
+            );
+            let cursor = entry.cursor.clone();
             tracing::debug!("subscriber connected");
             // Stop on server shutdown, or as soon as the subscriber leaves.
             let stop = shutdown.child_token();
@@ -931,6 +944,13 @@ impl FileSync for FileSyncService {
             let watcher = tokio::spawn(gone);
             let follow = feed::follow(&store, req.after_seq, Some(&who.namespace), &stop, |item| {
                 let tx = tx.clone();
+                cursor.store(
+                    match &item {
+                        Item::Reset { head } => *head,
+                        Item::Change(c) => c.seq,
+                    },
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 async move {
                     // Clients see file and lock changes only; history-only
                     // changes (labels, pins, retention, prunes) are the
@@ -954,6 +974,7 @@ impl FileSync for FileSyncService {
                 let _ = tx.send(Err(e)).await;
             }
             watcher.abort();
+            drop(entry);
             subscribers.dec();
             tracing::debug!("subscriber gone");
         });

@@ -378,3 +378,43 @@ async fn large_files_stream_in_chunks() {
     let err = upload(&mut small.rpc().await, "f", b"eleven bytes", 0).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
 }
+
+#[tokio::test]
+async fn admin_status_lists_each_subscription_with_its_cursor() {
+    let server = TestServer::start().await;
+    let mut rpc = server.rpc().await;
+    let subscribers = |s: pb::StatusResponse| {
+        s.subscribers.into_iter().map(|c| (c.client_id, c.principal, c.cursor_seq)).collect::<Vec<_>>()
+    };
+    assert!(subscribers(server.status().await).is_empty());
+    let mut events = rpc
+        .subscribe(pb::SubscribeRequest { after_seq: 0, client_id: "watcher-1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = upload(&mut rpc, "a.txt", b"a", 0).await.unwrap();
+    assert_eq!(next_event(&mut events).await.seq, first.version);
+    // The cursor is the last change sent; it moves with the next one.
+    eventually_async("the status shows the subscription at its cursor", || {
+        let server = &server;
+        async move {
+            subscribers(server.status().await)
+                == [("watcher-1".to_owned(), "anonymous".to_owned(), first.version)]
+        }
+    })
+    .await;
+    let second = upload(&mut rpc, "b.txt", b"b", 0).await.unwrap();
+    assert_eq!(next_event(&mut events).await.seq, second.version);
+    eventually_async("the cursor moved", || {
+        let server = &server;
+        async move { subscribers(server.status().await).first().map(|s| s.2) == Some(second.version) }
+    })
+    .await;
+    // A subscription that ends leaves the list.
+    drop(events);
+    eventually_async("the ended subscription left the list", || {
+        let server = &server;
+        async move { subscribers(server.status().await).is_empty() }
+    })
+    .await;
+}

@@ -323,6 +323,15 @@ async fn history_restores_undeletes_and_rewinds_through_the_page() {
     browser.wait_for_text("#labels td", "after-rewind").await;
     browser.screenshot("labels").await;
 
+    // The service page (an open server's caller may see it all) lists the
+    // two watching clients at their cursors.
+    browser.driver().goto(format!("{web}/status")).await.unwrap();
+    browser.wait_for_text("#status th", "Backend").await;
+    let rows = browser.driver().find_all(By::Css("#clients tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 2, "the two clients follow the feed");
+    browser.wait_for_text("#clients td", "anonymous").await;
+    browser.screenshot("service-state").await;
+
     browser.quit().await;
     a.stop().await;
     b.stop().await;

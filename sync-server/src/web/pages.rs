@@ -863,6 +863,19 @@ struct StatusPage {
     rows: Vec<(&'static str, String)>,
     admin: Vec<(&'static str, String)>,
     admin_error: String,
+    /// The subscriptions this process feeds (admins only).
+    clients: Vec<ClientRow>,
+}
+
+/// One subscription on the service page.
+struct ClientRow {
+    client_id: String,
+    principal: String,
+    namespace: String,
+    cursor: u64,
+    behind: u64,
+    since: String,
+    peer: String,
 }
 
 pub(super) async fn status(State(web): WebState, v: Viewer) -> Response {
@@ -878,12 +891,30 @@ pub(super) async fn status(State(web): WebState, v: Viewer) -> Response {
         ("Version", info.server_version.clone()),
         ("Logged in as", format!("{} ({}, namespace {:?})", info.principal, info.access, info.namespace)),
     ];
-    let (mut admin, mut admin_error) = (Vec::new(), String::new());
+    let (mut admin, mut admin_error, mut clients) = (Vec::new(), String::new(), Vec::new());
     if v.principal.allows(Need::Admin) {
         match v.admin(&web).status(v.call(pb::StatusRequest { count_stored: false })).await {
             Ok(r) => {
                 let s = r.into_inner();
+                clients = s
+                    .subscribers
+                    .iter()
+                    .map(|c| ClientRow {
+                        client_id: if c.client_id.is_empty() {
+                            "(a live page)".into()
+                        } else {
+                            c.client_id.clone()
+                        },
+                        principal: c.principal.clone(),
+                        namespace: c.namespace.clone(),
+                        cursor: c.cursor_seq,
+                        behind: s.head_seq.saturating_sub(c.cursor_seq),
+                        since: time_of_ms(c.connected_unix_ms),
+                        peer: c.peer.clone(),
+                    })
+                    .collect();
                 admin = vec![
+                    ("Backend", s.backend.clone()),
                     ("Epoch", s.epoch.to_string()),
                     (
                         "Writes refused",
@@ -910,7 +941,7 @@ pub(super) async fn status(State(web): WebState, v: Viewer) -> Response {
             Err(s) => admin_error = s.message().to_owned(),
         }
     }
-    render(&StatusPage { nav: Some(nav(&web, &v)), rows, admin, admin_error })
+    render(&StatusPage { nav: Some(nav(&web, &v)), rows, admin, admin_error, clients })
 }
 
 // ---------------------------------------------------------------------------
