@@ -152,6 +152,15 @@ async fn the_dashboard_browses_uploads_and_follows_changes_in_a_browser() {
     .await;
     browser.wait_for_text("#versions td", "move").await;
 
+    // On a phone-sized screen the files page needs no sideways scrolling.
+    browser.driver().set_window_rect(0, 0, 390, 844).await.unwrap();
+    browser.driver().goto(format!("{web}/files")).await.unwrap();
+    browser.wait_for_text("#listing a.name", "moved/").await;
+    let overflow =
+        run(&browser, "return document.documentElement.scrollWidth - window.innerWidth;", vec![]).await;
+    assert!(overflow.as_i64().unwrap() <= 0, "the page is {overflow} px wider than a phone's screen");
+    browser.screenshot("files-phone").await;
+
     browser.quit().await;
     client.stop().await;
 }
