@@ -753,15 +753,16 @@ pub(super) async fn mkdir(State(web): WebState, v: Viewer, Form(form): Form<Mkdi
     }
 }
 
+/// A form about one version of one file: delete it, or restore it.
 #[derive(Deserialize)]
-pub(super) struct DeleteForm {
+pub(super) struct VersionForm {
     #[serde(default)]
     csrf: String,
     path: String,
     version: u64,
 }
 
-pub(super) async fn delete(State(web): WebState, v: Viewer, Form(form): Form<DeleteForm>) -> Response {
+pub(super) async fn delete(State(web): WebState, v: Viewer, Form(form): Form<VersionForm>) -> Response {
     if let Err(r) = v.check_csrf(&form.csrf) {
         return r;
     }
@@ -990,16 +991,8 @@ fn at_version(version: u64) -> Option<pb::Point> {
     Some(pb::Point { at: Some(pb::point::At::Version(version)) })
 }
 
-#[derive(Deserialize)]
-pub(super) struct RestoreForm {
-    #[serde(default)]
-    csrf: String,
-    path: String,
-    version: u64,
-}
-
 /// Makes a kept version the file's current content again, as a new change.
-pub(super) async fn restore(State(web): WebState, v: Viewer, Form(form): Form<RestoreForm>) -> Response {
+pub(super) async fn restore(State(web): WebState, v: Viewer, Form(form): Form<VersionForm>) -> Response {
     if let Err(r) = v.check_csrf(&form.csrf) {
         return r;
     }

@@ -54,18 +54,8 @@ pub(super) struct Sessions(Mutex<HashMap<String, (Arc<Session>, Instant)>>);
 impl Sessions {
     /// A new session for `token`; returns its id (the cookie's value).
     pub(super) fn create(&self, token: Option<String>) -> (String, Arc<Session>) {
-        let id = random_hex();
         let session = Arc::new(Session { token, csrf: random_hex(), ended: Default::default() });
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.retain(|_, (_, used)| now.duration_since(*used) < IDLE_LIMIT);
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        map.insert(id.clone(), (session.clone(), now));
-        (id, session)
+        (insert_bounded(&self.0, session.clone()), session)
     }
 
     /// The live session `id` names, marked as used now.
@@ -98,17 +88,7 @@ pub(super) const GRANT_COOKIE: &str = "syncstore_share";
 impl Grants {
     /// A new grant for link `link_id`; returns its id.
     pub(super) fn create(&self, link_id: &str) -> String {
-        let id = random_hex();
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.retain(|_, (_, made)| now.duration_since(*made) < IDLE_LIMIT);
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, (_, made))| *made).map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        map.insert(id.clone(), (link_id.to_owned(), now));
-        id
+        insert_bounded(&self.0, link_id.to_owned())
     }
 
     /// Whether grant `id` unlocks link `link_id`.
@@ -116,6 +96,23 @@ impl Grants {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.get(id).is_some_and(|(link, made)| link == link_id && made.elapsed() < IDLE_LIMIT)
     }
+}
+
+/// Adds `value` under a new random id, after dropping the entries idle for
+/// [`IDLE_LIMIT`] and, at [`MAX_SESSIONS`], the least recently used one;
+/// returns the id.
+fn insert_bounded<V>(map: &Mutex<HashMap<String, (V, Instant)>>, value: V) -> String {
+    let id = random_hex();
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    map.retain(|_, (_, used)| now.duration_since(*used) < IDLE_LIMIT);
+    if map.len() >= MAX_SESSIONS
+        && let Some(oldest) = map.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone())
+    {
+        map.remove(&oldest);
+    }
+    map.insert(id.clone(), (value, now));
+    id
 }
 
 /// The value of cookie `name` among a request's cookies.
