@@ -121,6 +121,15 @@ async fn the_dashboard_browses_uploads_and_follows_changes_in_a_browser() {
     .await;
     assert_eq!((status, reason.as_str()), (403, "csrf"));
     assert!(server_has(&server, &tokens.alice, "from-browser.txt"));
+    // A form far larger than any the pages make is refused unread.
+    let huge = run(
+        &browser,
+        "return fetch('/login', { method: 'POST', body: new URLSearchParams({ token: 'x'.repeat(9 << 20) }) })
+            .then(r => r.status);",
+        vec![],
+    )
+    .await;
+    assert_eq!(huge, 413);
 
     // A lock taken on the page shows on the locks page and to clients.
     browser.driver().find(By::Id("lock-note")).await.unwrap().send_keys("editing on the web").await.unwrap();

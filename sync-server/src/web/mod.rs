@@ -52,6 +52,9 @@ use session::{Session, Sessions};
 /// GUI on 127.0.0.1:8384 (one port up, so both can run on one machine).
 pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:8385";
 
+/// Largest body of a form post (uploads excepted).
+const FORM_LIMIT: usize = 8 << 20;
+
 /// A service as the server serves it: behind the authenticator.
 type Authed<S> = InterceptedService<S, Authenticator>;
 
@@ -153,7 +156,9 @@ fn router(web: Arc<Web>) -> Router {
         .route("/files", get(pages::files))
         .route("/file", get(pages::file))
         .route("/download", get(pages::download))
-        .route("/upload", post(pages::upload))
+        // Uploads stream to the spool, whatever their size (the server's
+        // largest file is checked as they come).
+        .route("/upload", post(pages::upload).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/mkdir", post(pages::mkdir))
         .route("/delete", post(pages::delete))
         .route("/move", post(pages::move_file))
@@ -175,9 +180,10 @@ fn router(web: Arc<Web>) -> Router {
         .route("/events", get(pages::events))
         .route("/static/app.js", get(|| asset("text/javascript", include_str!("static/app.js"))))
         .route("/static/style.css", get(|| asset("text/css", include_str!("static/style.css"))))
-        // Uploads stream to the spool; the multipart parser's own limit
-        // would cut files at 2 MB.
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        // Every other form is read whole: a bound keeps a huge post from
+        // taking the server's memory (a trash form of a thousand long paths
+        // is far below it).
+        .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
         .layer(middleware::from_fn(security_headers))
         .with_state(web)
 }
