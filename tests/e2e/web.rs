@@ -514,6 +514,16 @@ async fn share_links_work_without_a_login_within_their_file_or_folder_until_revo
         assert!(got.status == 400 || got.status == 404, "{outside}: {} {}", got.status, got.text());
         assert!(!got.text().contains("not shared"));
     }
+    // Guessing: ten wrong passwords in a minute, and the link takes no
+    // more tries for now (the right one neither); a grant given before
+    // still works.
+    for _ in 0..9 {
+        assert_eq!(http(&web, "POST", &folder_link, None, Some("password=guess")).await.status, 401);
+    }
+    let locked = http(&web, "POST", &folder_link, None, Some("password=hunter2")).await;
+    assert_eq!(locked.status, 429);
+    assert!(locked.header("set-cookie").is_none());
+    assert_eq!(http(&web, "GET", &folder_link, Some(&grant), None).await.status, 200);
     // The grant opens its own link only.
     let other = http(&web, "GET", &format!("{folder_link}x"), Some(&grant), None).await;
     assert_eq!(other.status, 404);

@@ -1614,7 +1614,16 @@ pub(super) async fn unlock_share(
         Ok(_) => return no_such_link(),
         Err(e) => return refusal(&e.into()),
     };
+    if !web.grants.may_try(&id) {
+        let page = SharePasswordPage {
+            nav: None,
+            id,
+            message: "Too many wrong passwords for this link: try again in a minute.".into(),
+        };
+        return (StatusCode::TOO_MANY_REQUESTS, render(&page)).into_response();
+    }
     if link.password.is_empty() || !password_matches(link.password.clone(), form.password).await {
+        web.grants.failed(&id);
         let page = SharePasswordPage { nav: None, id, message: "That is not the link's password.".into() };
         return (StatusCode::UNAUTHORIZED, render(&page)).into_response();
     }

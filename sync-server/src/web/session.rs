@@ -80,7 +80,15 @@ impl Sessions {
 /// cookie [`GRANT_COOKIE`], valid for its link's pages only) to the link's
 /// id. A restart asks for the password again.
 #[derive(Debug, Default)]
-pub(super) struct Grants(Mutex<HashMap<String, (String, Instant)>>);
+pub(super) struct Grants(Mutex<HashMap<String, (String, Instant)>>, Mutex<HashMap<String, (Instant, u32)>>);
+
+/// Wrong passwords a link takes in [`GUESS_WINDOW`] before it refuses
+/// every try (the right password too) until the window has passed: a
+/// guesser gets a handful of tries a minute, whatever Argon2 costs.
+const GUESSES: u32 = 10;
+
+/// See [`GUESSES`].
+const GUESS_WINDOW: Duration = Duration::from_secs(60);
 
 /// The cookie that carries a share link's grant.
 pub(super) const GRANT_COOKIE: &str = "syncstore_share";
@@ -89,6 +97,27 @@ impl Grants {
     /// A new grant for link `link_id`; returns its id.
     pub(super) fn create(&self, link_id: &str) -> String {
         insert_bounded(&self.0, link_id.to_owned())
+    }
+
+    /// Whether link `link_id` takes a password try now.
+    pub(super) fn may_try(&self, link_id: &str) -> bool {
+        let mut tries = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        match tries.get(link_id) {
+            Some((since, _)) if since.elapsed() >= GUESS_WINDOW => {
+                tries.remove(link_id);
+                true
+            }
+            Some((_, failed)) => *failed < GUESSES,
+            None => true,
+        }
+    }
+
+    /// Counts a wrong password for link `link_id`.
+    pub(super) fn failed(&self, link_id: &str) {
+        let mut tries = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        tries.retain(|_, (since, _)| now.duration_since(*since) < GUESS_WINDOW);
+        tries.entry(link_id.to_owned()).or_insert((now, 0)).1 += 1;
     }
 
     /// Whether grant `id` unlocks link `link_id`.
