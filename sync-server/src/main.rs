@@ -457,9 +457,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     println!("listening on {addr}");
     if let Some(web) = web_addr {
         let scheme = if tls_configured { "https" } else { "http" };
-        println!("web dashboard on {scheme}://{web}/");
+        // Whoever waited for the line above may have stopped reading: a
+        // closed stdout must not stop the server.
+        let _ = writeln!(std::io::stdout(), "web dashboard on {scheme}://{web}/");
     }
-    std::io::stdout().flush()?;
+    let _ = std::io::stdout().flush();
     server.serve(listener, shutdown).await.context("server failed")?;
     if let Some(task) = metrics_task {
         task.await?.context("metrics endpoint failed")?;

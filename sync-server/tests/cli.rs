@@ -111,8 +111,16 @@ async fn sigterm_stops_it_even_when_its_log_pipe_is_closed() {
         process::{Command, Stdio},
     };
     let data = tempfile::tempdir().unwrap();
+    // With a dashboard, which prints a second line after the one read here.
     let mut child = Command::new(env!("CARGO_BIN_EXE_sync-server"))
-        .args(["--listen", "127.0.0.1:0", "--data", data.path().to_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--web-listen",
+            "127.0.0.1:0",
+            "--data",
+            data.path().to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
