@@ -99,8 +99,17 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
     /// copies set aside not included). May walk the whole store.
     async fn usage(&self) -> Result<(u64, u64)>;
 
-    /// Makes content put in place as [`Durability::Pending`] durable.
+    /// Makes content put in place as [`Durability::Pending`] durable:
+    /// `hashes` names each such content (for content received as chunks,
+    /// its chunks too), though a store may make more durable.
     async fn ensure_durable(&self, hashes: &[ContentHash]) -> Result<()>;
+
+    /// Removes what the store keeps beside its contents that no content
+    /// needs any more (the bucket's packs no content points into); the
+    /// journal's sweep calls it after removing unreferenced content.
+    async fn collect_garbage(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Reads all of content `hash` and checks it against its name (and
     /// `size`); damaged content is set aside.

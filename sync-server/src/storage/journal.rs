@@ -438,7 +438,8 @@ impl Store {
         let recipe = staged.recipe().map(<[ChunkRef]>::to_vec);
         let _holds = self.hold_content(hash, recipe.as_deref()).await;
         if staged.place().await? == Durability::Pending {
-            self.inner.content.ensure_durable(&[hash]).await?;
+            let pending: Vec<ContentHash> = pending_names(hash, recipe.as_deref()).collect();
+            self.inner.content.ensure_durable(&pending).await?;
         }
         if let Some(list) = recipe {
             let size = list.iter().map(|c| u64::from(c.size)).sum();
@@ -656,8 +657,11 @@ impl Store {
         let decided: Arc<Mutex<Vec<Decided>>> = Arc::default();
         let outcome = async {
             // Content before metadata: one sync for the group's pending content.
-            let pending: Vec<ContentHash> =
-                jobs.iter().filter(|(_, j)| j.needs_sync).map(|(_, j)| j.put.content.hash).collect();
+            let pending: Vec<ContentHash> = jobs
+                .iter()
+                .filter(|(_, j)| j.needs_sync)
+                .flat_map(|(_, j)| pending_names(j.put.content.hash, j.recipe.as_deref()))
+                .collect();
             self.inner.content.ensure_durable(&pending).await?;
             let mut tx = self.begin_write(w).await?;
             let items = jobs
@@ -1281,7 +1285,7 @@ impl Store {
                     recipe = staged.as_ref().and_then(|s| s.recipe().map(<[ChunkRef]>::to_vec));
                     let placed = this.place_content(entry, staged, r.content_gone).await?;
                     if let (Durability::Pending, Some(c)) = (placed, entry.content) {
-                        pending.push(c.hash);
+                        pending.extend(pending_names(c.hash, recipe.as_deref()));
                     }
                 }
                 recipes.push(recipe);
@@ -1429,7 +1433,7 @@ impl Store {
         if let Some(c) = entry.content
             && self.place_content(entry, staged, content_gone).await? == Durability::Pending
         {
-            w.snapshot_pending.push(c.hash);
+            w.snapshot_pending.extend(pending_names(c.hash, recipe.as_deref()));
         }
         if let (Some(c), Some(list)) = (entry.content, recipe) {
             self.inner.meta.put_recipe(Recipe { hash: c.hash, size: c.size, list, prev: None }).await?;
@@ -1717,7 +1721,7 @@ impl Store {
         if removed > 0 {
             tracing::info!(removed, "removed unreferenced content");
         }
-        Ok(())
+        self.inner.content.collect_garbage().await
     }
 
     pub(super) fn identity_guard(&self) -> MutexGuard<'_, Identity> {
@@ -1863,6 +1867,13 @@ type Decided = Result<(Change, Option<Entry>)>;
 type Slot = Arc<Mutex<Option<Result<Change>>>>;
 
 /// A put ready to commit.
+/// What [`ContentStore::ensure_durable`](super::content::ContentStore::ensure_durable)
+/// names for content `hash` put in place as pending: it, and its chunks
+/// when it was received as `recipe`.
+fn pending_names(hash: ContentHash, recipe: Option<&[ChunkRef]>) -> impl Iterator<Item = ContentHash> + '_ {
+    std::iter::once(hash).chain(recipe.unwrap_or_default().iter().map(|c| c.hash))
+}
+
 #[derive(Debug)]
 struct Job {
     put: Put,

@@ -30,7 +30,7 @@ use syncstore::chunks::{Chunker, WHOLE_MAX};
 use super::{
     Store, StoreOptions,
     bucket::BucketContent,
-    content::ContentStore,
+    content::{ContentStore, Durability},
     meta::{MetaStore, Recipe},
     postgres::PgMeta,
 };
@@ -164,11 +164,17 @@ async fn copy_content(
     let all: Vec<ContentHash> = source.list().await?;
     let total = all.len();
     let mut recipes = Vec::new();
+    // Content appended to packs and not durable yet: made durable every
+    // so often, and before any metadata is copied.
+    let mut pending = Vec::new();
     for (i, hash) in all.into_iter().enumerate() {
+        if pending.len() >= 1000 {
+            target.ensure_durable(&std::mem::take(&mut pending)).await?;
+        }
         let Some(size) = source.head(&hash).await? else { continue };
         if size > WHOLE_MAX {
             let Some(reader) = source.get(&hash, size).await? else { continue };
-            recipes.push(copy_chunked(reader, hash, size, target, summary).await?);
+            recipes.push(copy_chunked(reader, hash, size, target, summary, &mut pending).await?);
             continue;
         }
         if target.head(&hash).await? == Some(size) {
@@ -180,14 +186,16 @@ async fn copy_content(
         while let Some(piece) = reader.next_chunk(syncstore::limits::MAX_CHUNK).await? {
             upload.write(piece).await?;
         }
-        // Durable when placed: a PUT acknowledged, or an inline row committed.
-        let _ = upload.complete(hash, size).await?.place().await?;
+        if upload.complete(hash, size).await?.place().await? == Durability::Pending {
+            pending.push(hash);
+        }
         summary.contents_copied += 1;
         summary.bytes_copied += size;
         if (i + 1) % 1000 == 0 {
             tracing::info!(done = i + 1, total, "content copied");
         }
     }
+    target.ensure_durable(&pending).await?;
     Ok(recipes)
 }
 
@@ -199,6 +207,7 @@ async fn copy_chunked(
     size: u64,
     target: &BucketContent,
     summary: &mut MigrationSummary,
+    pending: &mut Vec<ContentHash>,
 ) -> Result<Recipe> {
     let mut chunker = Chunker::new(size);
     let mut list = Vec::new();
@@ -214,7 +223,10 @@ async fn copy_chunked(
         while let Some(chunk) = chunker.next_chunk() {
             list.push(chunk.chunk);
             match target.put_whole(chunk.chunk.hash, chunk.data).await? {
-                Some(_) => {
+                Some(durability) => {
+                    if durability == Durability::Pending {
+                        pending.push(chunk.chunk.hash);
+                    }
                     summary.contents_copied += 1;
                     summary.bytes_copied += u64::from(chunk.chunk.size);
                 }

@@ -5,40 +5,42 @@
 //! Every content has a row in the `contents` table ([`SCHEMA`]), in the
 //! database the metadata lives in. Content of at most [`INLINE_MAX`] bytes
 //! is kept in its row (a burst of small files costs no object requests);
-//! larger content is one object, `content/<hex hash>`, in the bucket.
+//! larger content is a byte range of a pack, an object of about 16 MiB
+//! holding many contents ([`pack`]). Content stored by earlier releases as
+//! one object, `content/<hex hash>`, is still read, checked and removed.
 //!
 //! Placing content (one protocol for every process):
 //! 1. upsert its row with `touched = now()` (committed at once);
 //! 2. unless the row says a copy is `stored` and that copy reads back
-//!    good, PUT the object (never a conditional PUT: not every
-//!    S3-compatible store has one, and the same key always gets the same
-//!    bytes);
-//! 3. set `stored`.
+//!    good, append it to this process's open pack; the pack's PUT and the
+//!    rows' update follow ([`pack`]; never a conditional PUT: not every
+//!    S3-compatible store has one, and a pack's key is never reused).
 //!
 //! Removing it ([`ContentStore::delete`], called by the journal for content
 //! nothing refers to) takes the row `FOR UPDATE` and gives up if it was
 //! touched within the grace ([`DEFAULT_GRACE`]): another process that
 //! placed the same content meanwhile, for an upload not committed yet,
-//! keeps it. Only then are the object and the row removed, in that order,
-//! under the row lock. The database's clock times both sides.
+//! keeps it. Only then is the row removed (with the object of a content
+//! stored whole, first); a pack goes once no row points into it
+//! ([`ContentStore::collect_garbage`]). The database's clock times both
+//! sides.
 //!
 //! Reads are verified as [`ContentStore`] documents: bytes are hashed as
 //! they arrive and the last piece is handed out only once all of it matched
 //! its name. Damaged content is set aside: its row is marked `damaged` and
-//! its object moved to `damaged/<hex hash>` (an inline copy stays in its
-//! row), checked under the row lock so that a good copy that replaced it
-//! meanwhile stays. The next verified copy placed heals it.
+//! no longer points into its pack (an object stored whole is moved to
+//! `damaged/<hex hash>`; an inline copy stays in its row), checked under
+//! the row lock so that a good copy that replaced it meanwhile stays. The
+//! next verified copy placed heals it.
 //!
-//! A PUT the bucket acknowledged is durable and an inline row is committed
-//! when it is placed, so [`ContentStore::ensure_durable`] has nothing to
-//! do. A bucket that cannot be reached, and a database connection that is
+//! An inline row is committed when it is placed; content appended to a
+//! pack is durable once [`ContentStore::ensure_durable`] returned for it
+//! (the pack's PUT was acknowledged and the rows point into it). A bucket
+//! that cannot be reached, and a database connection that is
 //! refused or lost, are [`Error::Unavailable`]; the object client's own
 //! retries are bounded ([`MAX_RETRIES`], [`RETRY_TIMEOUT`]) and only repeat
 //! requests that are safe to repeat (every write here is idempotent: a key
 //! is named by its bytes' hash).
-
-// Wired into the server by `Store::open_shared`; until then only the tests
-// reach it.
 
 use std::{
     sync::{
@@ -63,6 +65,7 @@ use tokio_postgres::error::SqlState;
 use super::content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict};
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 
+mod pack;
 #[cfg(test)]
 pub(super) mod tests;
 
@@ -83,14 +86,28 @@ CREATE TABLE contents (
 CREATE INDEX contents_damaged ON contents (hash) WHERE damaged;
 ";
 
+/// Packs ([`pack`]), added by the shared database's third migration:
+/// where in which pack a content is, and every pack written.
+pub(crate) const PACKS_SCHEMA: &str = "
+ALTER TABLE contents ADD COLUMN pack text, ADD COLUMN pack_offset bigint;
+-- What the collector asks of each pack: does any content point into it?
+CREATE INDEX contents_by_pack ON contents (pack) WHERE pack IS NOT NULL;
+-- Every pack, recorded before its PUT: one whose writer died is known too.
+CREATE TABLE packs (
+    id      text        PRIMARY KEY,
+    size    bigint      NOT NULL,
+    created timestamptz NOT NULL           -- removal waits a grace after it
+);
+";
+
 /// Content of at most this many bytes is kept in its row, not in the
 /// bucket: 10,000 small files cost 10,000 row writes, not 10,000 PUTs.
 pub(crate) const INLINE_MAX: u64 = 16 * 1024;
 
-/// Chunks of one content written at once: each PUT costs a round trip
-/// (tens of milliseconds on a real store, 160 ms on Garage with fsync on),
-/// so a large file's upload keeps this many in flight (at most 16 × 256
-/// KiB held, 1 MiB on average). More did not upload faster to s3s-fs.
+/// Chunks of one content placed at once: placing costs a database round
+/// trip (the row's upsert) before the chunk is appended to a pack, so a
+/// large file's upload keeps this many in flight (at most 16 × 256 KiB
+/// held beyond the packs, 1 MiB on average).
 const WRITES_IN_FLIGHT: usize = 16;
 
 /// Chunks of one content read ahead at once: a GET costs about 40 ms where
@@ -102,7 +119,7 @@ const READS_IN_FLIGHT: usize = 64;
 
 /// The most one upload takes: content given to a content store is at most
 /// one chunk (the journal cuts larger files), so an upload is held in
-/// memory until its PUT.
+/// memory until it is appended to a pack.
 const UPLOAD_MAX: u64 = syncstore::chunks::WHOLE_MAX;
 
 /// How long after content was last placed it cannot be removed: longer
@@ -110,7 +127,12 @@ const UPLOAD_MAX: u64 = syncstore::chunks::WHOLE_MAX;
 /// that refers to it, in any process.
 pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(60 * 60);
 
-/// Where content objects live in the bucket.
+/// The sweep writes the open pack out when it was opened this long ago
+/// (content appended for an upload that was given up).
+const OPEN_PACK_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Where content objects live in the bucket (stored whole by earlier
+/// releases).
 const CONTENT_PREFIX: &str = "content";
 
 /// Where damaged objects are set aside.
@@ -123,8 +145,8 @@ const PING_PREFIX: &str = "ping";
 /// How long connecting to the bucket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long one bucket request may take (an object is at most
-/// [`UPLOAD_MAX`]).
+/// How long one bucket request may take (an object is at most a pack,
+/// about 17 MiB).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How many times the object client repeats a request that failed on the
@@ -134,10 +156,6 @@ const MAX_RETRIES: usize = 3;
 
 /// No request is repeated once this long has passed since its first try.
 const RETRY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How many times placing content starts over when its row was removed
-/// under it (its grace passed between the touch and the PUT).
-const PLACE_ATTEMPTS: usize = 3;
 
 /// Damaged contents waiting for a healer at most; more are left to the
 /// next scrub pass.
@@ -172,6 +190,8 @@ struct Inner {
     to_heal: Mutex<Vec<(ContentHash, u64)>>,
     /// Woken when `to_heal` gets one.
     found: tokio::sync::Notify,
+    /// This process's open pack and the content on its way.
+    packer: pack::Packer,
 }
 
 /// Where a content URL points: `s3://BUCKET?endpoint=URL&region=REGION`.
@@ -252,6 +272,7 @@ impl BucketContent {
                 found_damaged: AtomicU64::new(0),
                 to_heal: Mutex::default(),
                 found: tokio::sync::Notify::new(),
+                packer: pack::Packer::default(),
             }),
         };
         let damaged = store
@@ -295,7 +316,7 @@ impl BucketContent {
     async fn row(&self, hash: &ContentHash) -> Result<Option<Row>> {
         let row = self
             .query_opt(
-                "SELECT data, stored, damaged FROM contents WHERE hash = $1",
+                "SELECT data, stored, damaged, pack, pack_offset FROM contents WHERE hash = $1",
                 &[&hash.as_bytes().as_slice()],
             )
             .await?;
@@ -303,6 +324,9 @@ impl BucketContent {
             data: r.get::<_, Option<Vec<u8>>>(0).map(Bytes::from),
             stored: r.get(1),
             damaged: r.get(2),
+            pack: r
+                .get::<_, Option<String>>(3)
+                .map(|p| (p, u64::try_from(r.get::<_, i64>(4)).unwrap_or(u64::MAX))),
         }))
     }
 
@@ -327,6 +351,9 @@ impl BucketContent {
                 return Ok(Some(Opened::FoundDamaged));
             }
             return Ok(Some(Opened::Reader(Box::new(InlineReader { data }))));
+        }
+        if let Some((pack, offset)) = row.pack {
+            return self.open_packed(hash, size, pack, offset).await;
         }
         let got = match self.inner.bucket.get(&object(hash)).await {
             Ok(got) => got,
@@ -356,9 +383,44 @@ impl BucketContent {
         }))))
     }
 
+    /// Reads content `hash` of `size` bytes from its range of `pack`
+    /// whole (at most a chunk, [`UPLOAD_MAX`]), and checks it.
+    async fn open_packed(
+        &self,
+        hash: &ContentHash,
+        size: u64,
+        pack: String,
+        offset: u64,
+    ) -> Result<Option<Opened>> {
+        let Some(end) = offset.checked_add(size) else {
+            self.set_aside(hash, size, Seen::Packed(pack, offset), "its place in its pack is out of range")
+                .await;
+            return Ok(Some(Opened::FoundDamaged));
+        };
+        let data = match self.inner.bucket.get_range(&pack::pack_object(&pack), offset..end).await {
+            Ok(data) => data,
+            Err(object_store::Error::NotFound { .. }) => {
+                self.forget_missing_pack(hash, &pack).await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(self.bucket_error(e)),
+        };
+        if data.len() as u64 != size || ContentHash::of(&data) != *hash {
+            let why = if data.len() as u64 == size {
+                "its bytes do not hash to its name"
+            } else {
+                "its pack ends before it does"
+            };
+            self.set_aside(hash, size, Seen::Packed(pack, offset), why).await;
+            return Ok(Some(Opened::FoundDamaged));
+        }
+        Ok(Some(Opened::Reader(Box::new(InlineReader { data }))))
+    }
+
     /// Puts verified content `data` of `hash` in place (see the module's
-    /// protocol): `false` when a good copy was stored already and was kept.
-    async fn place(&self, hash: ContentHash, data: Bytes) -> Result<bool> {
+    /// protocol): `None` when a good copy was stored already and was kept,
+    /// else how durable it is (content appended to a pack is pending).
+    async fn place(&self, hash: ContentHash, data: Bytes) -> Result<Option<Durability>> {
         let size = data.len() as u64;
         let key = hash.as_bytes().as_slice();
         let size_param = i64::try_from(size).map_err(|_| Error::Internal("content beyond i64".into()))?;
@@ -381,51 +443,30 @@ impl BucketContent {
             if row.get::<_, Option<bool>>(1) == Some(true) {
                 self.healed(&hash, false).await;
             }
-            return Ok(row.get::<_, Option<bool>>(0) != Some(true));
+            let kept = row.get::<_, Option<bool>>(0) == Some(true);
+            return Ok((!kept).then_some(Durability::Durable));
         }
-        for _ in 0..PLACE_ATTEMPTS {
-            // Touched first and committed: from now on no process removes
-            // it for a grace.
-            let row = self
-                .query_opt(
-                    "INSERT INTO contents (hash, size, data, stored, touched, damaged)
-                     VALUES ($1, $2, NULL, false, now(), false)
-                     ON CONFLICT (hash) DO UPDATE SET touched = now()
-                     RETURNING stored, damaged",
-                    &[&key, &size_param],
-                )
-                .await?
-                .ok_or_else(|| Error::Internal("an upsert returned no row".into()))?;
-            let (stored, mut damaged): (bool, bool) = (row.get(0), row.get(1));
-            if stored && !damaged {
-                match self.verify(&hash, size).await? {
-                    Verdict::Good => return Ok(false),
-                    Verdict::Damaged => damaged = true,
-                    Verdict::Missing => {}
-                }
-            }
-            self.inner
-                .bucket
-                .put(&object(&hash), data.clone().into())
-                .await
-                .map_err(|e| self.bucket_error(e))?;
-            let updated = self
-                .execute(
-                    "UPDATE contents SET stored = true, damaged = false, touched = now() WHERE hash = $1",
-                    &[&key],
-                )
-                .await?;
-            if updated == 1 {
-                if damaged {
-                    self.healed(&hash, true).await;
-                }
-                return Ok(true);
-            }
-            // Removed between the touch and now (a grace shorter than this
-            // placing): the object may be gone with it; start over.
-            tracing::warn!(%hash, "content was removed while it was placed; placing it again");
+        if self.inner.packer.is_on_its_way(&hash) {
+            return Ok(Some(Durability::Pending));
         }
-        Err(Error::Internal(format!("content {hash} was removed each time it was placed")))
+        // Touched first and committed: from now on no process removes it
+        // for a grace.
+        let row = self
+            .query_opt(
+                "INSERT INTO contents (hash, size, data, stored, touched, damaged)
+                 VALUES ($1, $2, NULL, false, now(), false)
+                 ON CONFLICT (hash) DO UPDATE SET touched = now()
+                 RETURNING stored, damaged",
+                &[&key, &size_param],
+            )
+            .await?
+            .ok_or_else(|| Error::Internal("an upsert returned no row".into()))?;
+        let (stored, damaged): (bool, bool) = (row.get(0), row.get(1));
+        if stored && !damaged && self.verify(&hash, size).await? == Verdict::Good {
+            return Ok(None);
+        }
+        self.append(hash, &data).await?;
+        Ok(Some(Durability::Pending))
     }
 
     /// A verified copy took a damaged one's place.
@@ -440,8 +481,9 @@ impl BucketContent {
 
     /// Sets damaged content aside, unless a good copy replaced what was
     /// read meanwhile: under its row lock, an object is moved to
-    /// [`DAMAGED_PREFIX`] only if it is still the one read (same ETag), and
-    /// an inline copy is checked again. Logged once, where it happens;
+    /// [`DAMAGED_PREFIX`] only if it is still the one read (same ETag), a
+    /// packed copy only if the row still points at the range read, and an
+    /// inline copy is checked again. Logged once, where it happens;
     /// failing to set it aside is logged too (the read still fails).
     async fn set_aside(&self, hash: &ContentHash, size: u64, seen: Seen, why: &str) {
         match self.try_set_aside(hash, &seen).await {
@@ -475,7 +517,7 @@ impl BucketContent {
         let tx = client.transaction().await.map_err(pg_error)?;
         let Some(row) = tx
             .query_opt(
-                "SELECT data FROM contents WHERE hash = $1 AND stored AND NOT damaged FOR UPDATE",
+                "SELECT data, pack, pack_offset FROM contents WHERE hash = $1 AND stored AND NOT damaged FOR UPDATE",
                 &[&key],
             )
             .await
@@ -486,6 +528,12 @@ impl BucketContent {
         match (seen, row.get::<_, Option<Vec<u8>>>(0)) {
             (Seen::Inline, Some(data)) if ContentHash::of(&data) == *hash => return Ok(false),
             (Seen::Inline, _) => {}
+            (Seen::Packed(pack, offset), _) => {
+                let now: (Option<String>, Option<i64>) = (row.get(1), row.get(2));
+                if now.0.as_deref() != Some(pack.as_str()) || now.1 != i64::try_from(*offset).ok() {
+                    return Ok(false); // A new copy replaced it.
+                }
+            }
             (Seen::Object(e_tag), _) => {
                 let from = object(hash);
                 match self.inner.bucket.head(&from).await {
@@ -502,7 +550,10 @@ impl BucketContent {
                 self.inner.bucket.delete(&from).await.map_err(|e| self.bucket_error(e))?;
             }
         }
-        tx.execute("UPDATE contents SET stored = false, damaged = true WHERE hash = $1", &[&key])
+        tx.execute(
+            "UPDATE contents SET stored = false, damaged = true, pack = NULL, pack_offset = NULL WHERE hash = $1",
+            &[&key],
+        )
             .await
             .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
@@ -535,6 +586,22 @@ impl BucketContent {
         tx.execute("UPDATE contents SET stored = false WHERE hash = $1", &[&key]).await.map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         tracing::warn!(%hash, bucket = %self.inner.name, "stored content has no object in the bucket");
+        Ok(())
+    }
+
+    /// Content whose row points into a pack that is not in the bucket: the
+    /// row says it is not stored from now on (unless a placing pointed it
+    /// elsewhere meanwhile).
+    async fn forget_missing_pack(&self, hash: &ContentHash, pack: &str) -> Result<()> {
+        let forgotten = self
+            .execute(
+                "UPDATE contents SET stored = false, pack = NULL, pack_offset = NULL WHERE hash = $1 AND pack = $2",
+                &[&hash.as_bytes().as_slice(), &pack],
+            )
+            .await?;
+        if forgotten > 0 {
+            tracing::warn!(%hash, pack, bucket = %self.inner.name, "stored content's pack is not in the bucket");
+        }
         Ok(())
     }
 
@@ -571,6 +638,8 @@ struct Row {
     data: Option<Bytes>,
     stored: bool,
     damaged: bool,
+    /// The pack it is in, and where in it.
+    pack: Option<(String, u64)>,
 }
 
 /// Which copy a read found damaged.
@@ -580,6 +649,8 @@ enum Seen {
     Inline,
     /// The object with this ETag.
     Object(Option<String>),
+    /// The range of this pack starting at this offset.
+    Packed(String, u64),
 }
 
 /// The object of content `hash`.
@@ -664,7 +735,7 @@ impl ContentStore for BucketContent {
 
     async fn put_whole(&self, hash: ContentHash, data: Vec<u8>) -> Result<Option<Durability>> {
         check(&hash, data.len() as u64, &data)?;
-        Ok(self.place(hash, Bytes::from(data)).await?.then_some(Durability::Durable))
+        self.place(hash, Bytes::from(data)).await
     }
 
     async fn head(&self, hash: &ContentHash) -> Result<Option<u64>> {
@@ -683,7 +754,7 @@ impl ContentStore for BucketContent {
         let tx = client.transaction().await.map_err(pg_error)?;
         let select = tx
             .prepare_cached(
-                "SELECT data IS NULL, damaged, touched > now() - make_interval(secs => $2) FROM contents
+                "SELECT data IS NULL AND pack IS NULL, damaged, touched > now() - make_interval(secs => $2) FROM contents
                  WHERE hash = $1 FOR UPDATE",
             )
             .await
@@ -752,9 +823,16 @@ impl ContentStore for BucketContent {
         Ok((count(0), count(1)))
     }
 
-    async fn ensure_durable(&self, _hashes: &[ContentHash]) -> Result<()> {
-        // An acknowledged PUT is durable; an inline row was committed.
-        Ok(())
+    async fn ensure_durable(&self, hashes: &[ContentHash]) -> Result<()> {
+        // An inline row was committed; appended content waits for its pack.
+        self.wait_for_packs(hashes).await
+    }
+
+    async fn collect_garbage(&self) -> Result<()> {
+        // Content appended a while ago that nobody asked to be durable
+        // (an upload given up) is not kept in memory for ever.
+        self.seal_open_pack(OPEN_PACK_MAX_AGE).await;
+        self.collect_packs().await.map(|_| ())
     }
 
     async fn verify(&self, hash: &ContentHash, size: u64) -> Result<Verdict> {
@@ -871,8 +949,7 @@ impl StagedContent for BucketStaged {
     }
 
     async fn place(self: Box<Self>) -> Result<Durability> {
-        self.store.place(self.hash, self.data).await?;
-        Ok(Durability::Durable)
+        Ok(self.store.place(self.hash, self.data).await?.unwrap_or(Durability::Durable))
     }
 }
 

@@ -45,6 +45,7 @@ impl Fixture {
             .create_pool(Some(deadpool_postgres::Runtime::Tokio1), tokio_postgres::NoTls)
             .unwrap();
         pool.get().await.unwrap().batch_execute(SCHEMA).await.unwrap();
+        pool.get().await.unwrap().batch_execute(PACKS_SCHEMA).await.unwrap();
         let s3 = S3::start();
         s3.create_bucket(BUCKET);
         Fixture { pg, s3, pool }
@@ -58,9 +59,33 @@ impl Fixture {
         BucketContent::open_with(builder, &self.s3.url(BUCKET), self.pool.clone()).await.unwrap()
     }
 
-    /// The file s3s-fs keeps content `hash`'s object in.
+    /// The file s3s-fs keeps content `hash`'s object in (stored whole, as
+    /// earlier releases did).
     fn object_file(&self, hash: &ContentHash) -> std::path::PathBuf {
         self.s3.object_file(BUCKET, object(hash).as_ref())
+    }
+
+    /// The file s3s-fs keeps the pack of content `hash` in, and where in
+    /// it the content starts.
+    async fn packed_at(&self, hash: &ContentHash) -> (std::path::PathBuf, usize) {
+        let row = self
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT pack, pack_offset FROM contents WHERE hash = $1",
+                &[&hash.as_bytes().as_slice()],
+            )
+            .await
+            .unwrap();
+        let (pack, offset): (String, i64) = (row.get(0), row.get(1));
+        (self.s3.object_file(BUCKET, pack::pack_object(&pack).as_ref()), usize::try_from(offset).unwrap())
+    }
+
+    /// Every pack in the bucket.
+    fn packs(&self) -> Vec<std::path::PathBuf> {
+        walk(&self.s3.object_file(BUCKET, "packs"))
     }
 
     fn damaged_file(&self, hash: &ContentHash) -> std::path::PathBuf {
@@ -79,7 +104,7 @@ fn noise(n: usize, seed: &str) -> Vec<u8> {
     data
 }
 
-/// Uploads `data` in pieces and places it.
+/// Uploads `data` in pieces, places it and makes it durable.
 async fn put(store: &BucketContent, data: &[u8]) -> ContentHash {
     let hash = ContentHash::of(data);
     let mut upload = store.upload().await.unwrap();
@@ -87,7 +112,9 @@ async fn put(store: &BucketContent, data: &[u8]) -> ContentHash {
         upload.write(piece.to_vec()).await.unwrap();
     }
     let staged = upload.complete(hash, data.len() as u64).await.unwrap();
-    assert_eq!(staged.place().await.unwrap(), Durability::Durable);
+    if staged.place().await.unwrap() == Durability::Pending {
+        store.ensure_durable(&[hash]).await.unwrap();
+    }
     hash
 }
 
@@ -120,22 +147,28 @@ fn flip(file: &std::path::Path, at: usize) {
 }
 
 #[tokio::test]
-async fn small_content_is_inline_and_larger_content_one_object_both_read_back_whole() {
+async fn small_content_is_inline_and_larger_content_packed_all_read_back_whole() {
     let f = Fixture::new().await;
     let store = f.open().await;
     let small = noise(INLINE_MAX as usize, "small");
     let large = noise(INLINE_MAX as usize + 1, "large");
     let chunk = noise(300 * 1024, "chunk");
-    let (s, l) = (put(&store, &small).await, put(&store, &large).await);
-    assert_eq!(
-        store.put_whole(ContentHash::of(&chunk), chunk.clone()).await.unwrap(),
-        Some(Durability::Durable)
-    );
+    let s = put(&store, &small).await;
     let c = ContentHash::of(&chunk);
-
-    assert!(!f.object_file(&s).exists(), "inline content costs no object");
-    assert_eq!(std::fs::read(f.object_file(&l)).unwrap(), large);
-    assert_eq!(std::fs::read(f.object_file(&c)).unwrap(), chunk);
+    let l = ContentHash::of(&large);
+    // Appended to the open pack: pending, and not stored until it is made
+    // durable; then both are in the same pack, one after the other.
+    assert_eq!(store.put_whole(l, large.clone()).await.unwrap(), Some(Durability::Pending));
+    assert_eq!(store.put_whole(c, chunk.clone()).await.unwrap(), Some(Durability::Pending));
+    assert_eq!(store.head(&c).await.unwrap(), None, "stored before its pack was written");
+    assert!(f.packs().is_empty());
+    store.ensure_durable(&[c]).await.unwrap();
+    assert_eq!(f.packs().len(), 1, "one pack for both");
+    let ((pack, at_l), (pack_c, at_c)) = (f.packed_at(&l).await, f.packed_at(&c).await);
+    assert_eq!(pack, pack_c);
+    assert_eq!((at_l, at_c), (0, large.len()));
+    assert_eq!(std::fs::read(&pack).unwrap(), [large.as_slice(), chunk.as_slice()].concat());
+    assert!(!f.object_file(&s).exists() && !f.object_file(&l).exists(), "no object per content");
     for (hash, data) in [(s, &small), (l, &large), (c, &chunk)] {
         let (got, end) = read(&store, &hash, data.len() as u64, 4096).await;
         end.unwrap();
@@ -164,19 +197,26 @@ async fn small_content_is_inline_and_larger_content_one_object_both_read_back_wh
 }
 
 #[tokio::test]
-async fn a_damaged_object_is_never_read_whole_is_set_aside_and_healed_by_a_good_copy() {
+async fn damaged_packed_content_is_never_read_is_set_aside_and_healed_by_a_good_copy() {
     let f = Fixture::new().await;
     let store = f.open().await;
     let data = noise(200 * 1024, "damaged");
-    let hash = put(&store, &data).await;
-    flip(&f.object_file(&hash), data.len() - 5);
+    let neighbour = noise(100 * 1024, "neighbour");
+    let hash = ContentHash::of(&data);
+    let _ = store.put_whole(hash, data.clone()).await.unwrap();
+    let n = put(&store, &neighbour).await;
+    let (pack, at) = f.packed_at(&hash).await;
+    flip(&pack, at + data.len() - 5);
 
     let (got, end) = read(&store, &hash, data.len() as u64, 64 * 1024).await;
     assert!(matches!(end, Err(Error::DataLoss(_))), "{end:?}");
-    assert!(got.len() < data.len(), "the last piece was held back");
-    assert_eq!(got, data[..got.len()], "what was handed out is the good start");
+    assert!(got.is_empty(), "nothing of damaged content was handed out");
     assert!(store.is_damaged(&hash).await.unwrap());
-    assert!(!f.object_file(&hash).exists() && f.damaged_file(&hash).exists(), "the object was moved aside");
+    assert_eq!(
+        read(&store, &n, neighbour.len() as u64, 64 * 1024).await.0,
+        neighbour,
+        "its neighbour is fine"
+    );
     assert_eq!(store.damage_counts(), (1, 1));
     assert_eq!(f.open().await.damage_counts(), (1, 0), "another process counts it at open");
     assert_eq!(store.take_found(), vec![(hash, data.len() as u64)]);
@@ -187,24 +227,28 @@ async fn a_damaged_object_is_never_read_whole_is_set_aside_and_healed_by_a_good_
     assert_eq!(store.verified_size(&hash).await.unwrap(), None);
     assert!(store.list().await.unwrap().contains(&hash), "a sweep still sees it");
 
-    // A good copy heals it.
+    // A good copy heals it, in another pack.
     put(&store, &data).await;
     assert!(!store.is_damaged(&hash).await.unwrap());
-    assert!(!f.damaged_file(&hash).exists());
     assert_eq!(store.damage_counts(), (0, 1));
     assert_eq!(read(&store, &hash, data.len() as u64, 64 * 1024).await.0, data);
+    assert_ne!(f.packed_at(&hash).await.0, pack);
 
     // Damage nobody has read yet is found by a verify, and an upload of
     // the same content replaces it.
-    flip(&f.object_file(&hash), 3);
+    let (pack, at) = f.packed_at(&hash).await;
+    flip(&pack, at + 3);
     assert_eq!(store.verify(&hash, data.len() as u64).await.unwrap(), Verdict::Damaged);
     put(&store, &data).await;
-    flip(&f.object_file(&hash), 3);
-    assert_eq!(store.put_whole(hash, data.clone()).await.unwrap(), Some(Durability::Durable));
+    let (pack, at) = f.packed_at(&hash).await;
+    flip(&pack, at + 3);
+    assert_eq!(store.put_whole(hash, data.clone()).await.unwrap(), Some(Durability::Pending));
+    store.ensure_durable(&[hash]).await.unwrap();
     assert_eq!(store.verify(&hash, data.len() as u64).await.unwrap(), Verdict::Good);
 
-    // An object of the wrong length is damaged too.
-    std::fs::write(f.object_file(&hash), &data[1..]).unwrap();
+    // A pack that ends early damages what it no longer holds.
+    let (pack, at) = f.packed_at(&hash).await;
+    std::fs::write(&pack, &std::fs::read(&pack).unwrap()[..at + data.len() - 1]).unwrap();
     assert!(matches!(store.get(&hash, data.len() as u64).await, Err(Error::DataLoss(_))));
 
     // So is an inline copy whose bytes changed in the database.
@@ -239,7 +283,20 @@ async fn removal_waits_for_the_grace_after_the_last_placing() {
         assert_eq!(store.head(hash).await.unwrap(), None);
         assert!(!store.list().await.unwrap().contains(hash));
     }
-    assert!(!f.object_file(&hashes[0]).exists(), "the object went with its row");
+    // Its packs go once nothing points into them and they are older than
+    // the grace; a young one stays.
+    let (young, _) = f.packed_at(&put(&store, &noise(50 * 1024, "young")).await).await;
+    assert_eq!(f.packs().len(), 2, "the large content's and the young one's");
+    assert_eq!(store.collect_packs().await.unwrap(), 0, "packs within their grace were removed");
+    f.pool
+        .get()
+        .await
+        .unwrap()
+        .execute("UPDATE packs SET created = now() - interval '61 minutes'", &[])
+        .await
+        .unwrap();
+    assert_eq!(store.collect_packs().await.unwrap(), 1);
+    assert_eq!(f.packs(), vec![young], "a pack something points into was removed");
     // Absent content is fine.
     store.delete(&ContentHash::of(b"never")).await.unwrap();
 
@@ -259,12 +316,82 @@ async fn removal_waits_for_the_grace_after_the_last_placing() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!placing.is_finished(), "the placing did not wait for the row lock");
     // The removal (here by hand, as delete does under the lock) ...
-    std::fs::remove_file(f.object_file(&hash)).unwrap();
     tx.execute("DELETE FROM contents WHERE hash = $1", &[&hash.as_bytes().as_slice()]).await.unwrap();
     tx.commit().await.unwrap();
     // ... is followed by the placing's own copy.
     tokio::time::timeout(Duration::from_secs(20), placing).await.unwrap().unwrap();
     assert_eq!(read(&store, &hash, large.len() as u64, 64 * 1024).await.0, large);
+}
+
+#[tokio::test]
+async fn content_stored_whole_by_an_earlier_release_is_read_checked_and_removed() {
+    let f = Fixture::new().await;
+    let store = f.open().await.with_grace(Duration::ZERO);
+    let data = noise(100 * 1024, "stored whole");
+    let hash = ContentHash::of(&data);
+    store.inner.bucket.put(&object(&hash), data.clone().into()).await.unwrap();
+    f.pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO contents (hash, size, data, stored, touched) VALUES ($1, $2, NULL, true, now())",
+            &[&hash.as_bytes().as_slice(), &(data.len() as i64)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(read(&store, &hash, data.len() as u64, 64 * 1024).await.0, data);
+    assert_eq!(store.put_whole(hash, data.clone()).await.unwrap(), None, "a good copy is kept");
+
+    flip(&f.object_file(&hash), 7);
+    assert!(matches!(read(&store, &hash, data.len() as u64, 64 * 1024).await.1, Err(Error::DataLoss(_))));
+    assert!(!f.object_file(&hash).exists() && f.damaged_file(&hash).exists(), "the object was moved aside");
+    // Healed into a pack; the damaged copy goes.
+    put(&store, &data).await;
+    assert!(!f.damaged_file(&hash).exists());
+    assert_eq!(read(&store, &hash, data.len() as u64, 64 * 1024).await.0, data);
+
+    // Removed: the row, then (with no grace) its pack.
+    let other = noise(100 * 1024, "whole, then removed");
+    let old = ContentHash::of(&other);
+    store.inner.bucket.put(&object(&old), other.clone().into()).await.unwrap();
+    f.pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO contents (hash, size, data, stored, touched) VALUES ($1, $2, NULL, true, now())",
+            &[&old.as_bytes().as_slice(), &(other.len() as i64)],
+        )
+        .await
+        .unwrap();
+    store.delete(&old).await.unwrap();
+    assert!(!f.object_file(&old).exists(), "the object went with its row");
+    store.delete(&hash).await.unwrap();
+    store.collect_garbage().await.unwrap();
+    assert!(f.packs().is_empty(), "{:?}", f.packs());
+}
+
+#[tokio::test]
+async fn a_burst_of_chunks_is_a_few_packs_each_written_once_full() {
+    let f = Fixture::new().await;
+    let store = f.open().await;
+    // 40 MiB of 256 KiB chunks: two full packs are written as they fill,
+    // the rest when it is made durable.
+    let chunks: Vec<Vec<u8>> = (0..160).map(|i| noise(256 * 1024, &format!("burst {i}"))).collect();
+    let hashes: Vec<ContentHash> = chunks.iter().map(|c| ContentHash::of(c)).collect();
+    for (hash, chunk) in hashes.iter().zip(&chunks) {
+        assert_eq!(store.put_whole(*hash, chunk.clone()).await.unwrap(), Some(Durability::Pending));
+    }
+    store.ensure_durable(&hashes).await.unwrap();
+    assert_eq!(f.packs().len(), 3, "{} chunks", chunks.len());
+    for (hash, chunk) in hashes.iter().zip(&chunks).step_by(17) {
+        assert_eq!(store.read_whole(hash, chunk.len() as u64).await.unwrap().as_ref(), Some(chunk));
+    }
+    // Placed again while on its way or stored: nothing more is written.
+    assert_eq!(store.put_whole(hashes[0], chunks[0].clone()).await.unwrap(), None);
+    assert_eq!(f.packs().len(), 3);
+    assert_eq!(store.usage().await.unwrap(), (160, 160 * 256 * 1024));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -348,15 +475,23 @@ async fn an_unreachable_bucket_or_database_is_unavailable_and_never_damage() {
     assert!(matches!(got, Err(Error::Unavailable(_))), "{got:?}");
     assert!(matches!(store.verify(&hash, data.len() as u64).await, Err(Error::Unavailable(_))));
     let other = noise(50 * 1024, "while away");
-    let put_away = store.put_whole(ContentHash::of(&other), other.clone()).await;
+    let o = ContentHash::of(&other);
+    assert_eq!(store.put_whole(o, other.clone()).await.unwrap(), Some(Durability::Pending));
+    let put_away = store.ensure_durable(&[o]).await;
     assert!(matches!(put_away, Err(Error::Unavailable(_))), "{put_away:?}");
+    // Whoever else counted on it hears so too, and placing it again tries
+    // anew.
+    assert!(matches!(store.ensure_durable(&[o]).await, Err(Error::Unavailable(_))));
     assert!(!store.is_damaged(&hash).await.unwrap(), "an unreachable bucket is not damage");
 
     // The same store works again once the bucket is back.
     f.s3.start_again();
     store.ping().await.unwrap();
     assert_eq!(read(&store, &hash, data.len() as u64, 64 * 1024).await.0, data);
-    assert_eq!(store.head(&ContentHash::of(&other)).await.unwrap(), None, "a failed PUT is not stored");
+    assert_eq!(store.head(&o).await.unwrap(), None, "a failed PUT is not stored");
+    assert_eq!(store.put_whole(o, other.clone()).await.unwrap(), Some(Durability::Pending));
+    store.ensure_durable(&[o]).await.unwrap();
+    assert_eq!(read(&store, &o, other.len() as u64, 64 * 1024).await.0, other);
 
     f.pg.stop();
     let head = store.head(&hash).await;

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 
 /// The schema version this server writes; a database with a newer one is
 /// refused.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// The advisory lock key migrations hold (any constant no other user of
 /// the database takes; "syncstor" in ASCII).
@@ -175,6 +175,10 @@ pub(super) async fn migrate(c: &mut Client) -> Result<()> {
     if current < 2 {
         tx.batch_execute(SHARES_SCHEMA).await?;
         tracing::info!(version = 2, "added share links to the metadata schema");
+    }
+    if current < 3 {
+        tx.batch_execute(crate::storage::bucket::PACKS_SCHEMA).await?;
+        tracing::info!(version = 3, "added content packs to the metadata schema");
     }
     if current < SCHEMA_VERSION {
         tx.execute("DELETE FROM schema_version", &[]).await?;
