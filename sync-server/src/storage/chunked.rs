@@ -286,13 +286,15 @@ impl StagedContent for ChunkedStaged {
     }
 }
 
-/// One chunk's read, running ahead of the pieces handed out.
-type ChunkRead = Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>>;
+/// A read of one or more chunks, one after another, running ahead of the
+/// pieces handed out.
+type ChunkRead = Pin<Box<dyn Future<Output = Result<Vec<Option<Vec<u8>>>>> + Send>>;
 
 /// A verified read of content stored as chunks, with up to the content
-/// store's [`chunk_reads_in_flight`](super::content::ContentStore::chunk_reads_in_flight) chunk
-/// reads in flight (in order; at most that many chunks of
-/// [`syncstore::chunks::CDC_MAX`] bytes held).
+/// store's [`chunk_reads_in_flight`](super::content::ContentStore::chunk_reads_in_flight)
+/// reads in flight, each of up to its
+/// [`chunk_read_batch`](super::content::ContentStore::chunk_read_batch) chunks (in order; at most
+/// that many chunks of [`syncstore::chunks::CDC_MAX`] bytes held).
 pub(crate) struct ChunkedReader {
     store: Store,
     hash: ContentHash,
@@ -300,8 +302,11 @@ pub(crate) struct ChunkedReader {
     list: Vec<ChunkRef>,
     /// The next chunk of `list` to ask for.
     next: usize,
-    /// The reads asked for and not taken yet: `list[taken..next]`.
+    /// The reads asked for and not taken yet: with `ready`,
+    /// `list[taken..next]`.
     reads: FuturesOrdered<ChunkRead>,
+    /// Chunks read and not taken yet, in order.
+    ready: VecDeque<Option<Vec<u8>>>,
     taken: usize,
     /// The chunk being handed out (read whole and verified), and how much
     /// of it went.
@@ -325,6 +330,7 @@ impl ChunkedReader {
             list,
             next: 0,
             reads: FuturesOrdered::new(),
+            ready: VecDeque::new(),
             taken: 0,
             current: Vec::new(),
             at: 0,
@@ -341,10 +347,15 @@ impl ChunkedReader {
     async fn read_piece(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
         while self.at == self.current.len() {
             self.ask_ahead();
-            let Some(read) = self.reads.next().await else { return Ok(None) };
+            if self.ready.is_empty() {
+                let Some(read) = self.reads.next().await else { return Ok(None) };
+                self.ready.extend(read?);
+                continue;
+            }
+            let read = self.ready.pop_front().flatten();
             let c = self.list[self.taken];
             self.taken += 1;
-            let Some(data) = read? else {
+            let Some(data) = read else {
                 return Err(Error::DataLoss(format!(
                     "chunk {} of the content {} is missing from the store",
                     c.hash, self.hash
@@ -373,14 +384,18 @@ impl ChunkedReader {
     /// Asks for the next chunks, up to the store's read-ahead in flight.
     fn ask_ahead(&mut self) {
         let content = self.store.content_store();
-        let depth = content.chunk_reads_in_flight().max(1);
-        while self.reads.len() < depth
-            && let Some(c) = self.list.get(self.next).copied()
-        {
-            self.next += 1;
+        let (depth, batch) = (content.chunk_reads_in_flight().max(1), content.chunk_read_batch().max(1));
+        while self.reads.len() < depth && self.next < self.list.len() {
+            let end = self.list.len().min(self.next + batch);
+            let chunks = self.list[self.next..end].to_vec();
+            self.next = end;
             let content = content.clone();
-            self.reads
-                .push_back(Box::pin(async move { content.read_whole(&c.hash, u64::from(c.size)).await }));
+            self.reads.push_back(Box::pin(async move {
+                match chunks.as_slice() {
+                    [c] => Ok(vec![content.read_whole(&c.hash, u64::from(c.size)).await?]),
+                    _ => content.read_chunks(&chunks).await,
+                }
+            }));
         }
     }
 }

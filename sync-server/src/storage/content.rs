@@ -65,10 +65,30 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
         1
     }
 
-    /// How many chunks of one content are read ahead at once (as
-    /// [`chunk_writes_in_flight`](Self::chunk_writes_in_flight), for reads).
+    /// How many reads of chunks of one content run ahead at once (as
+    /// [`chunk_writes_in_flight`](Self::chunk_writes_in_flight), for
+    /// reads), each of up to [`chunk_read_batch`](Self::chunk_read_batch)
+    /// chunks.
     fn chunk_reads_in_flight(&self) -> usize {
         1
+    }
+
+    /// How many chunks, one after another in a content, one read asks for
+    /// ([`read_chunks`](Self::read_chunks)): 1 where each is a file of its
+    /// own, more where neighbours are stored side by side and one request
+    /// can fetch them together.
+    fn chunk_read_batch(&self) -> usize {
+        1
+    }
+
+    /// Reads chunks (small stored contents) whole and verified, as
+    /// [`read_whole`](Self::read_whole) each: `None` for one not stored.
+    async fn read_chunks(&self, chunks: &[ChunkRef]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            out.push(self.read_whole(&c.hash, u64::from(c.size)).await?);
+        }
+        Ok(out)
     }
 
     /// Reads small stored content (a chunk of larger content) whole and

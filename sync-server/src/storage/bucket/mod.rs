@@ -110,12 +110,15 @@ pub(crate) const INLINE_MAX: u64 = 16 * 1024;
 /// held beyond the packs, 1 MiB on average).
 const WRITES_IN_FLIGHT: usize = 16;
 
-/// Chunks of one content read ahead at once: a GET costs about 40 ms where
-/// the store leaves Nagle's algorithm on and the ACK is delayed, so a read
-/// keeps this many in flight (at most 64 × 256 KiB held, 4 MiB on
-/// average). Measured on a 512 MiB download from s3s-fs: 16 in flight
-/// 21 s, 32 14 s, 64 10 s (the store's own CPU is the limit there).
-const READS_IN_FLIGHT: usize = 64;
+/// Reads of one content's chunks running ahead at once, each of up to
+/// [`READ_BATCH`] chunks (neighbours in a pack are one ranged GET): a GET
+/// costs about 40 ms where the store leaves Nagle's algorithm on and the
+/// ACK is delayed, so several are in flight (at most 8 × 16 × 256 KiB
+/// held, 8 MiB on average).
+const READS_IN_FLIGHT: usize = 8;
+
+/// Chunks one read of a content asks for (see [`READS_IN_FLIGHT`]).
+const READ_BATCH: usize = 16;
 
 /// The most one upload takes: content given to a content store is at most
 /// one chunk (the journal cuts larger files), so an upload is held in
@@ -731,6 +734,14 @@ impl ContentStore for BucketContent {
 
     fn chunk_reads_in_flight(&self) -> usize {
         READS_IN_FLIGHT
+    }
+
+    fn chunk_read_batch(&self) -> usize {
+        READ_BATCH
+    }
+
+    async fn read_chunks(&self, chunks: &[syncstore::chunks::ChunkRef]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read_packed(chunks).await
     }
 
     async fn put_whole(&self, hash: ContentHash, data: Vec<u8>) -> Result<Option<Durability>> {

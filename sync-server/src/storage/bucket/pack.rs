@@ -28,16 +28,17 @@
 
 use std::{
     collections::HashMap,
+    ops::Range,
     sync::{Arc, Mutex, MutexGuard},
     time::Instant,
 };
 
 use bytes::{Bytes, BytesMut};
 use object_store::{ObjectStoreExt, path::Path};
-use syncstore::ContentHash;
+use syncstore::{ContentHash, chunks::ChunkRef};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use super::{BucketContent, pg_error};
+use super::{BucketContent, ContentStore, pg_error};
 use crate::error::{Error, Result};
 
 /// A pack is sealed and written once it holds this many bytes: 64 PUTs
@@ -321,5 +322,91 @@ impl BucketContent {
             tracing::info!(packs = dead.len(), "removed packs no content refers to");
         }
         Ok(dead.len())
+    }
+}
+
+/// One request of [`BucketContent::read_packed`]: chunks `members` (their
+/// indexes in the batch) side by side in `pack` over `range`, or one
+/// chunk read on its own.
+enum Fetch {
+    Run { pack: String, range: Range<u64>, members: Range<usize> },
+    One(usize),
+}
+
+impl BucketContent {
+    /// Reads chunks whole and verified, neighbours side by side in a pack
+    /// with one ranged GET; a chunk stored otherwise, or whose bytes do not
+    /// match, is read on its own (which sets damage aside).
+    pub(super) async fn read_packed(&self, chunks: &[ChunkRef]) -> Result<Vec<Option<Vec<u8>>>> {
+        let hashes: Vec<&[u8]> = chunks.iter().map(|c| c.hash.as_bytes().as_slice()).collect();
+        let rows = {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT hash, pack, pack_offset FROM contents
+                     WHERE hash = ANY($1) AND stored AND NOT damaged AND pack IS NOT NULL",
+                )
+                .await
+                .map_err(pg_error)?;
+            client.query(&statement, &[&hashes]).await.map_err(pg_error)?
+        };
+        let mut at: HashMap<ContentHash, (String, u64)> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            if let Ok(hash) = ContentHash::try_from(row.get::<_, &[u8]>(0)) {
+                at.insert(hash, (row.get(1), u64::try_from(row.get::<_, i64>(2)).unwrap_or(u64::MAX)));
+            }
+        }
+        let mut fetches = Vec::new();
+        let mut i = 0;
+        while i < chunks.len() {
+            let Some((pack, start)) = at.get(&chunks[i].hash) else {
+                fetches.push(Fetch::One(i));
+                i += 1;
+                continue;
+            };
+            let (mut j, mut end) = (i + 1, start.saturating_add(u64::from(chunks[i].size)));
+            while j < chunks.len() && at.get(&chunks[j].hash).is_some_and(|(p, s)| p == pack && *s == end) {
+                end = end.saturating_add(u64::from(chunks[j].size));
+                j += 1;
+            }
+            fetches.push(if j == i + 1 {
+                Fetch::One(i)
+            } else {
+                Fetch::Run { pack: pack.clone(), range: *start..end, members: i..j }
+            });
+            i = j;
+        }
+        let read = futures::future::try_join_all(fetches.into_iter().map(|f| self.fetch(chunks, f))).await?;
+        Ok(read.into_iter().flatten().collect())
+    }
+
+    /// One [`Fetch`]: its chunks, in order.
+    async fn fetch(&self, chunks: &[ChunkRef], fetch: Fetch) -> Result<Vec<Option<Vec<u8>>>> {
+        let (pack, range, members) = match fetch {
+            Fetch::One(i) => {
+                let c = chunks[i];
+                return Ok(vec![self.read_whole(&c.hash, u64::from(c.size)).await?]);
+            }
+            Fetch::Run { pack, range, members } => (pack, range, members),
+        };
+        let len = range.end - range.start;
+        let data = match self.inner.bucket.get_range(&pack_object(&pack), range).await {
+            Ok(data) if data.len() as u64 == len => Some(data),
+            // Gone or short: each chunk on its own says what it is.
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(self.bucket_error(e)),
+        };
+        let mut out = Vec::with_capacity(members.len());
+        let mut from = 0usize;
+        for c in &chunks[members] {
+            let size = c.size as usize;
+            let piece = data.as_ref().map(|d| d.slice(from..from + size));
+            from += size;
+            match piece {
+                Some(piece) if ContentHash::of(&piece) == c.hash => out.push(Some(piece.to_vec())),
+                _ => out.push(self.read_whole(&c.hash, u64::from(c.size)).await?),
+            }
+        }
+        Ok(out)
     }
 }

@@ -7,6 +7,7 @@ use std::{
 
 use super::*;
 use crate::testing::{postgres::Postgres, s3::S3};
+use syncstore::chunks::ChunkRef;
 
 /// The s3s-fs of this test process, for tests that need no server of
 /// their own (the watcher stops it when the process ends).
@@ -392,6 +393,29 @@ async fn a_burst_of_chunks_is_a_few_packs_each_written_once_full() {
     assert_eq!(store.put_whole(hashes[0], chunks[0].clone()).await.unwrap(), None);
     assert_eq!(f.packs().len(), 3);
     assert_eq!(store.usage().await.unwrap(), (160, 160 * 256 * 1024));
+
+    // Read back as runs of neighbours (across a pack's end too), with a
+    // chunk that is not stored in the middle.
+    let refs = |range: std::ops::Range<usize>| -> Vec<ChunkRef> {
+        range.map(|i| ChunkRef { hash: hashes[i], size: chunks[i].len() as u32 }).collect()
+    };
+    let mut asked = refs(50..80);
+    asked.insert(7, ChunkRef { hash: ContentHash::of(b"absent"), size: 6 });
+    let got = store.read_chunks(&asked).await.unwrap();
+    assert_eq!(got.len(), asked.len());
+    assert_eq!(got[7], None);
+    for (c, got) in asked.iter().zip(&got).filter(|(c, _)| c.size > 6) {
+        assert_eq!(got.as_deref().map(ContentHash::of), Some(c.hash));
+    }
+    // A damaged chunk inside a run is never handed out: it is set aside
+    // and the read fails; its neighbours still read.
+    let (pack, at) = f.packed_at(&hashes[60]).await;
+    flip(&pack, at + 10);
+    let read = store.read_chunks(&refs(55..65)).await;
+    assert!(matches!(read, Err(Error::DataLoss(_))), "{read:?}");
+    assert!(store.is_damaged(&hashes[60]).await.unwrap());
+    let got = store.read_chunks(&refs(61..70)).await.unwrap();
+    assert!(got.iter().zip(61..70).all(|(g, i)| g.as_ref() == Some(&chunks[i])));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
