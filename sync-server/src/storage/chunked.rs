@@ -390,12 +390,16 @@ impl ChunkedReader {
             let chunks = self.list[self.next..end].to_vec();
             self.next = end;
             let content = content.clone();
-            self.reads.push_back(Box::pin(async move {
+            // A task of its own: it goes on while the reader hands out
+            // pieces (a future in `reads` moves only while it is polled),
+            // and stops when the reader is dropped.
+            let read = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
                 match chunks.as_slice() {
                     [c] => Ok(vec![content.read_whole(&c.hash, u64::from(c.size)).await?]),
                     _ => content.read_chunks(&chunks).await,
                 }
             }));
+            self.reads.push_back(Box::pin(async move { read.await? }));
         }
     }
 }
