@@ -79,7 +79,7 @@ async fn versions_are_sequence_numbers_and_stale_bases_are_refused() {
     upload(&mut rpc, "dir2/c.txt", b"c", 0).await.unwrap();
     let list = |prefix: &str, include_deleted: bool| {
         let mut rpc = rpc.clone();
-        let req = pb::ListRequest { prefix: prefix.into(), include_deleted };
+        let req = pb::ListRequest { prefix: prefix.into(), include_deleted, ..Default::default() };
         async move {
             let s = rpc.list(req).await.unwrap().into_inner();
             entries_of(s).await.unwrap().into_iter().map(|e| e.path).collect::<Vec<_>>()

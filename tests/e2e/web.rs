@@ -609,3 +609,75 @@ async fn with_a_certificate_the_dashboard_serves_tls_only_and_its_cookies_are_se
         String::from_utf8_lossy(&raw)
     );
 }
+
+/// An HTML attribute's text: `&amp;` and numeric references decoded.
+fn unescape(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        let (entity, after) = rest[at + 1..].split_once(';').expect("an entity ends with ';'");
+        let code = match entity.strip_prefix("#x").or_else(|| entity.strip_prefix("#X")) {
+            Some(hex) => u32::from_str_radix(hex, 16).ok(),
+            None => entity.strip_prefix('#').and_then(|d| d.parse().ok()),
+        };
+        match (entity, code.and_then(char::from_u32)) {
+            ("amp", _) => out.push('&'),
+            ("quot", _) => out.push('"'),
+            (_, Some(c)) => out.push(c),
+            _ => panic!("an unknown entity &{entity};"),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The session cookie (`name=value`) an answer sets.
+fn cookie_of(answer: &Answer) -> String {
+    let set = answer.header("set-cookie").expect("a cookie");
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_folder_pages_by_name_one_level_at_a_time() {
+    let server = TestServer::start_with_web(|_| {}).await;
+    let web = server.web_url();
+    let mut rpc = server.rpc().await;
+    // Two pages and a bit of files, a look-alike of a subfolder, and a
+    // subfolder with no entry of its own whose paths sort among them.
+    let mut want: Vec<String> = (0..410).map(|i| format!("f{i:03}.txt")).collect();
+    want.extend(["sub.txt".to_owned(), "sub/".to_owned()]);
+    for name in &want {
+        let path = match name.strip_suffix('/') {
+            Some(folder) => format!("big/{folder}/deep/x"),
+            None => format!("big/{name}"),
+        };
+        upload(&mut rpc, &path, name.as_bytes(), 0).await.unwrap();
+    }
+    // An open server: the login opens a session at once.
+    let cookie = cookie_of(&http(&web, "GET", "/login", None, None).await);
+
+    let (mut seen, mut target, mut pages) = (Vec::new(), Some("/files?dir=big".to_owned()), 0);
+    while let Some(at) = target.take() {
+        let page = http(&web, "GET", &at, Some(&cookie), None).await;
+        assert_eq!(page.status, 200, "{at}");
+        let text = page.text();
+        let names: Vec<String> = text
+            .split("<a class=\"name\" href=\"")
+            .skip(1)
+            .map(|a| a.split_once('>').unwrap().1.split_once('<').unwrap().0.to_owned())
+            .collect();
+        assert!(names.len() <= 200, "a page of {} rows", names.len());
+        seen.extend(names);
+        target = text
+            .split_once("<a rel=\"next\" href=\"")
+            .map(|(_, rest)| unescape(rest.split_once('"').unwrap().0));
+        pages += 1;
+        assert!(pages <= 3, "a fourth page, at {target:?}");
+    }
+    assert_eq!(pages, 3);
+    // Each row once, in name order (the made-up "sub/" where its first
+    // path is, after "sub.txt"); nothing from below "sub".
+    assert_eq!(seen, want);
+}

@@ -100,8 +100,11 @@ pub(in crate::web) async fn share(State(web): WebState, v: Viewer, Form(form): F
         },
         Err(s) if s.code() == Code::NotFound => {
             let mut files = v.files(&web);
-            let listing =
-                files.list(v.call(pb::ListRequest { prefix: path.clone(), include_deleted: false }));
+            let listing = files.list(v.call(pb::ListRequest {
+                prefix: path.clone(),
+                include_deleted: false,
+                ..Default::default()
+            }));
             let mut stream = match listing.await {
                 Ok(s) => s.into_inner(),
                 Err(s) => return refusal(&s),
@@ -312,7 +315,10 @@ pub(in crate::web) async fn shared(
     };
     let dir = if at == link.path { String::new() } else { q.dir.trim_matches('/').to_owned() };
     let mut stream = match files
-        .list(as_link(&link, pb::ListRequest { prefix: at.clone(), include_deleted: false }))
+        .list(as_link(
+            &link,
+            pb::ListRequest { prefix: at.clone(), include_deleted: false, ..Default::default() },
+        ))
         .await
     {
         Ok(s) => s.into_inner(),
