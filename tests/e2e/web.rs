@@ -681,3 +681,41 @@ async fn a_large_folder_pages_by_name_one_level_at_a_time() {
     // path is, after "sub.txt"); nothing from below "sub".
     assert_eq!(seen, want);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_without_its_form_token_is_refused() {
+    let tokens = Tokens::new();
+    let path = tokens.path.clone();
+    let server = TestServer::start_with_web(|c| c.tokens = Some(path)).await;
+    let web = server.web_url();
+    let form = |csrf: &str| format!("token={}&csrf={csrf}", tokens.alice);
+    let refused = |answer: &Answer| {
+        assert_eq!(
+            (answer.status, answer.header("syncstore-reason")),
+            (403, Some("csrf")),
+            "{}",
+            answer.text()
+        );
+        assert!(answer.header("set-cookie").is_none(), "a refused login opened a session");
+    };
+
+    // The login page puts its form token in its form and in a cookie.
+    let page = http(&web, "GET", "/login", None, None).await;
+    assert_eq!(page.status, 200);
+    let cookie = cookie_of(&page);
+    let (name, csrf) = cookie.split_once('=').unwrap();
+    assert_eq!(name, "syncstore_login");
+    assert!(page.text().contains(&format!("name=\"csrf\" value=\"{csrf}\"")), "{}", page.text());
+
+    // A right token posted from elsewhere (no cookie, no field, or one of
+    // them only, or another page's) opens no session.
+    refused(&http(&web, "POST", "/login", None, Some(&format!("token={}", tokens.alice))).await);
+    refused(&http(&web, "POST", "/login", None, Some(&form(csrf))).await);
+    refused(&http(&web, "POST", "/login", Some(&cookie), Some(&form(""))).await);
+    refused(&http(&web, "POST", "/login", Some(&cookie), Some(&form(&"0".repeat(64)))).await);
+
+    // With both it logs in.
+    let answer = http(&web, "POST", "/login", Some(&cookie), Some(&form(csrf))).await;
+    assert_eq!(answer.status, 303, "{}", answer.text());
+    assert!(cookie_of(&answer).starts_with("syncstore_session="));
+}
