@@ -719,3 +719,46 @@ async fn a_login_without_its_form_token_is_refused() {
     assert_eq!(answer.status, 303, "{}", answer.text());
     assert!(cookie_of(&answer).starts_with("syncstore_session="));
 }
+
+/// Logs in through the login form over plain HTTP; the session cookie.
+async fn log_in_http(web: &str, token: &str) -> String {
+    let page = http(web, "GET", "/login", None, None).await;
+    let login_cookie = cookie_of(&page);
+    let csrf = login_cookie.split_once('=').unwrap().1;
+    let form = format!("token={token}&csrf={csrf}");
+    let answer = http(web, "POST", "/login", Some(&login_cookie), Some(&form)).await;
+    assert_eq!(answer.status, 303, "{}", answer.text());
+    cookie_of(&answer)
+}
+
+/// The value of the row `name` of the service page's counters, if shown.
+fn counter(page: &str, name: &str) -> Option<String> {
+    let table = page.split_once("<table id=\"counters\">")?.1.split_once("</table>")?.0;
+    let row = table.split_once(&format!("<th scope=\"row\">{name}</th><td>"))?.1;
+    Some(row.split_once("</td>").unwrap().0.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_page_shows_an_admin_the_servers_counters() {
+    let tokens = Tokens::new();
+    let path = tokens.path.clone();
+    let server = TestServer::start_with_web(|c| c.tokens = Some(path)).await;
+    let web = server.web_url();
+    let admin = log_in_http(&web, &tokens.admin).await;
+    let status = || async { http(&web, "GET", "/status", Some(&admin), None).await.text() };
+    assert_eq!(counter(&status().await, "Uploads").as_deref(), Some("0 (0 B)"));
+
+    let mut rpc = rpc_with(&server.url(), &token(&tokens.alice));
+    upload(&mut rpc, "counted.txt", b"12345", 0).await.unwrap();
+    let page = status().await;
+    assert_eq!(counter(&page, "Uploads").as_deref(), Some("1 (5 B)"), "{page}");
+    assert!(counter(&page, "Commits").unwrap().starts_with("1 ("), "{page}");
+    // A refused call counts: a second creation of the same path.
+    upload(&mut rpc, "counted.txt", b"other", 0).await.unwrap_err();
+    assert_eq!(counter(&status().await, "Refused or failed calls").as_deref(), Some("1"));
+
+    // Not an admin: no counters.
+    let alice = log_in_http(&web, &tokens.alice).await;
+    let page = http(&web, "GET", "/status", Some(&alice), None).await.text();
+    assert_eq!(counter(&page, "Uploads"), None, "{page}");
+}

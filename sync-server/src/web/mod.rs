@@ -68,6 +68,9 @@ pub(crate) struct Services {
     /// requests carry the link's read-only principal (`Principal::share`),
     /// put there by `pages`' share handlers after checking the link.
     pub(crate) shared_files: FileSyncServer<FileSyncService>,
+    /// The server's counters, shown on the service page to whoever the
+    /// `Admin` service's `Status` answers (an admin token).
+    pub(crate) metrics: crate::ServerMetrics,
 }
 
 /// What every handler shares.
