@@ -365,8 +365,8 @@ async fn paths_listed(browser: &Browser) -> Vec<String> {
 }
 
 /// An HTTP/1.1 answer: status, headers (lower-cased names), body.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -376,14 +376,20 @@ impl Answer {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// One request from outside any browser (no session, no cookie unless
 /// given), as someone who only has a link would make it.
-async fn http(web: &str, method: &str, target: &str, cookie: Option<&str>, form: Option<&str>) -> Answer {
+pub(crate) async fn http(
+    web: &str,
+    method: &str,
+    target: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> Answer {
     let addr = web.trim_start_matches("http://");
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let raw = exchange(stream, &request_text(addr, method, target, cookie, form)).await;
