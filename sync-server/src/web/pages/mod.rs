@@ -6,7 +6,7 @@
 //! navigation bar, formatting, the login); `files`, `history`, `locks`,
 //! `shares` and `status` the pages of each part.
 
-use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use askama::Template;
 use axum::{

@@ -211,18 +211,25 @@ fn no_such_link() -> Response {
     refused(StatusCode::NOT_FOUND, "not-found", "this link does not exist or no longer works")
 }
 
-/// The link `id` if it works now, read again on every request; `Err` is
+/// The link `id` if it exists and works now (not revoked, not expired),
+/// its record read again for this request; `Err` is the page to answer
+/// instead.
+async fn live_link(web: &Web, id: &str) -> Result<crate::storage::Share, Response> {
+    match web.store.share(id).await {
+        Ok(Some(l)) if l.live_at(crate::clock::now_ms()) => Ok(l),
+        Ok(_) => Err(no_such_link()),
+        Err(e) => Err(refusal(&e.into())),
+    }
+}
+
+/// The link `id` if it works now and this browser may use it; `Err` is
 /// the page to answer instead (no link, or its password form).
 async fn open_link(
     web: &Web,
     id: &str,
     headers: &axum::http::HeaderMap,
 ) -> Result<crate::storage::Share, Response> {
-    let link = match web.store.share(id).await {
-        Ok(Some(l)) if l.live_at(crate::clock::now_ms()) => l,
-        Ok(_) => return Err(no_such_link()),
-        Err(e) => return Err(refusal(&e.into())),
-    };
+    let link = live_link(web, id).await?;
     if !link.password.is_empty()
         && !session::named_cookie(headers, session::GRANT_COOKIE).is_some_and(|g| web.grants.unlocks(g, id))
     {
@@ -317,15 +324,22 @@ pub(in crate::web) async fn shared(
     let mut stream = match files
         .list(as_link(
             &link,
-            pb::ListRequest { prefix: at.clone(), include_deleted: false, ..Default::default() },
+            pb::ListRequest {
+                prefix: at.clone(),
+                include_deleted: false,
+                one_level: true,
+                ..Default::default()
+            },
         ))
         .await
     {
         Ok(s) => s.into_inner(),
         Err(s) => return refusal(&s),
     };
+    // One level: each entry is a file or folder of this folder, never one
+    // further below.
     let below = format!("{at}/");
-    let mut children: BTreeMap<String, Row> = BTreeMap::new();
+    let mut rows = Vec::new();
     while let Some(m) = stream.next().await {
         let Some(e) = (match m {
             Ok(m) => m.entry,
@@ -333,12 +347,9 @@ pub(in crate::web) async fn shared(
         }) else {
             continue;
         };
-        let Some(rel) = e.path.strip_prefix(below.as_str()) else { continue };
-        let (name, folder) = match rel.split_once('/') {
-            Some((first, _)) => (first, true),
-            None => (rel, e.folder),
-        };
-        children.entry(name.to_owned()).or_insert_with(|| Row {
+        let Some(name) = e.path.strip_prefix(below.as_str()) else { continue };
+        let folder = e.folder;
+        rows.push(Row {
             name: name.to_owned(),
             path: join(&dir, name),
             folder,
@@ -349,7 +360,6 @@ pub(in crate::web) async fn shared(
             mtime_ns: e.mtime_ns,
         });
     }
-    let mut rows: Vec<Row> = children.into_values().collect();
     rows.sort_by(|a, b| b.folder.cmp(&a.folder).then_with(|| a.name.cmp(&b.name)));
     render(&SharePage { nav: None, id, name, folder: true, dir, size: String::new(), rows })
 }
@@ -366,10 +376,9 @@ pub(in crate::web) async fn unlock_share(
     axum::extract::Path(id): axum::extract::Path<String>,
     Form(form): Form<SharePasswordForm>,
 ) -> Response {
-    let link = match web.store.share(&id).await {
-        Ok(Some(l)) if l.live_at(crate::clock::now_ms()) => l,
-        Ok(_) => return no_such_link(),
-        Err(e) => return refusal(&e.into()),
+    let link = match live_link(&web, &id).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     if !web.grants.may_try(&id) {
         let page = SharePasswordPage {
