@@ -452,16 +452,13 @@ async fn spool(
 #[derive(Deserialize)]
 pub(in crate::web) struct MkdirForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     #[serde(default)]
     dir: String,
     name: String,
 }
 
-pub(in crate::web) async fn mkdir(State(web): WebState, v: Viewer, Form(form): Form<MkdirForm>) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
+pub(in crate::web) async fn mkdir(State(web): WebState, Checked(v, form): Checked<MkdirForm>) -> Response {
     let dir = match folder(Some(&form.dir)) {
         Ok(d) => d,
         Err(r) => return r,
@@ -488,14 +485,7 @@ pub(in crate::web) async fn mkdir(State(web): WebState, v: Viewer, Form(form): F
     }
 }
 
-pub(in crate::web) async fn delete(
-    State(web): WebState,
-    v: Viewer,
-    Form(form): Form<VersionForm>,
-) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
+pub(in crate::web) async fn delete(State(web): WebState, Checked(v, form): Checked<VersionForm>) -> Response {
     let request = pb::DeleteRequest {
         path: form.path.clone(),
         base_version: form.version,
@@ -514,7 +504,7 @@ pub(in crate::web) async fn delete(
 #[derive(Deserialize)]
 pub(in crate::web) struct MoveForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     path: String,
     version: u64,
     to: String,
@@ -524,14 +514,7 @@ pub(in crate::web) struct MoveForm {
 /// path (by hash: nothing travels), recorded as a move so that its history
 /// follows it, then the old path deleted, each checked against the version
 /// the page showed.
-pub(in crate::web) async fn move_file(
-    State(web): WebState,
-    v: Viewer,
-    Form(form): Form<MoveForm>,
-) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
+pub(in crate::web) async fn move_file(State(web): WebState, Checked(v, form): Checked<MoveForm>) -> Response {
     let to = match RelPath::new(form.to.trim().trim_matches('/')) {
         Ok(p) => p.as_str().to_owned(),
         Err(e) => return bad_request(format!("bad new name: {e}")),

@@ -27,7 +27,7 @@ use syncstore::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-use super::{Viewer, Web, session};
+use super::{Checked, CsrfField, Viewer, Web, session};
 
 mod files;
 mod history;
@@ -47,6 +47,30 @@ const WEB_CLIENT_ID: &str = "web-dashboard";
 
 /// Rows of a folder listing per page.
 const PAGE_ROWS: usize = 200;
+
+/// The forms that carry the session's form token (see [`Checked`]).
+macro_rules! csrf_field {
+    ($($form:ty),* $(,)?) => {
+        $(impl CsrfField for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        })*
+    };
+}
+
+csrf_field!(
+    CsrfForm,
+    VersionForm,
+    files::MkdirForm,
+    files::MoveForm,
+    history::RewindQuery,
+    history::LabelForm,
+    locks::LockForm,
+    locks::UnlockForm,
+    shares::ShareForm,
+    shares::UnshareForm,
+);
 
 /// Versions shown on a file's page.
 const VERSIONS_SHOWN: u32 = 50;
@@ -303,15 +327,13 @@ pub(super) struct CsrfForm {
     csrf: String,
 }
 
+/// Ends the session (its form token checked first: another site cannot
+/// log a browser out).
 pub(super) async fn logout(
     State(web): WebState,
     headers: axum::http::HeaderMap,
-    v: Viewer,
-    Form(form): Form<CsrfForm>,
+    _checked: Checked<CsrfForm>,
 ) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
     if let Some(id) = session::cookie_of(&headers) {
         web.sessions.remove(id);
     }

@@ -55,7 +55,7 @@ pub(in crate::web) async fn shares(State(web): WebState, v: Viewer) -> Response 
 #[derive(Deserialize)]
 pub(in crate::web) struct ShareForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     path: String,
     /// When it stops working (UTC, as [`point_of`] reads times); empty:
     /// never.
@@ -83,8 +83,8 @@ fn must_write(v: &Viewer) -> Result<(), Response> {
 }
 
 /// Makes a link to a live file or folder of the viewer's namespace.
-pub(in crate::web) async fn share(State(web): WebState, v: Viewer, Form(form): Form<ShareForm>) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf).and_then(|()| must_write(&v)) {
+pub(in crate::web) async fn share(State(web): WebState, Checked(v, form): Checked<ShareForm>) -> Response {
+    if let Err(r) = must_write(&v) {
         return r;
     }
     let path = match RelPath::new(form.path.trim_matches('/')) {
@@ -186,16 +186,15 @@ async fn password_matches(hash: String, password: String) -> bool {
 #[derive(Deserialize)]
 pub(in crate::web) struct UnshareForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     id: String,
 }
 
 pub(in crate::web) async fn unshare(
     State(web): WebState,
-    v: Viewer,
-    Form(form): Form<UnshareForm>,
+    Checked(v, form): Checked<UnshareForm>,
 ) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf).and_then(|()| must_write(&v)) {
+    if let Err(r) = must_write(&v) {
         return r;
     }
     match web.store.revoke_share(&v.principal.namespace, &form.id, crate::clock::now_ms()).await {
