@@ -15,7 +15,8 @@ Stages, each on a server of its own (`sync-server --listen 127.0.0.1:0 --web-lis
            warm-up, time to the response's headers and to its last byte, server CPU per
            page, and the HTML's size; the sizes of /static/app.js and /static/style.css
            added for a full first load. For comparison: the same for /files (the top,
-           two rows), /files?dir=few, the last page of `many`, and `sync-client ls` (the
+           two rows), /files?dir=few, the last page of `many` (by its Next link's cursor),
+           `many` sorted by size (its whole level read), and `sync-client ls` (the
            gRPC listing of every file, in a process of its own).
   upload   one 1 GiB file of random bytes: POST /upload (multipart/form-data: csrf, dir,
            file; the body streamed from the file in 1 MiB pieces) against `sync-client
@@ -416,8 +417,11 @@ def stage_listing(res, bin_dir, work):
         dash = Dashboard(server)
         noise = Noise(server)
         pages = {}
+        # The last page by name starts after the cursor its Next link carries: the path of
+        # the row before it.
+        last = f"/files?dir=many&after=many/f{max(MANY - 201, 0):06d}.txt&from={max(MANY - 199, 1)}"
         for key, path in (("many", "/files?dir=many"), ("top", "/files"), ("few", "/files?dir=few"),
-                          ("last", f"/files?dir=many&page={(MANY + 199) // 200}")):
+                          ("last", last), ("size", "/files?dir=many&sort=size")):
             pages[key] = page_times(dash, path, server, PAGE_REPEATS)
             p = pages[key]
             log(f"  GET {path}: median {p['total'] * 1e3:.1f} ms (headers after {p['ttfb'] * 1e3:.1f} ms), "
@@ -611,9 +615,10 @@ def table(res, elapsed):
         out.append(f"| initial upload of the {MANY + FEW:,} small files (one `sync-client sync`) | "
                    f"{res['initial_sync']:.1f} s |")
         names = {"many": "first page of `many`", "last": "last page of `many`",
-                 "top": "/files (the top: 2 rows, every file below it listed)",
-                 "few": f"/files?dir=few ({FEW} files)"}
-        for key in ("many", "last", "top", "few"):
+                 "top": "/files (the top: 2 rows, one level)",
+                 "few": f"/files?dir=few ({FEW} files)",
+                 "size": "`many` by size (its whole level read and sorted)"}
+        for key in ("many", "last", "top", "few", "size"):
             p = pages[key]
             out.append(f"| GET {p['path']} — {names[key]}: to last byte / to headers / server CPU a page "
                        f"| {ms(p['total'])} / {ms(p['ttfb'])} / {ms(p['server_cpu'])} ({p['bytes']:,} B) |")

@@ -685,6 +685,7 @@ async fn serve(server: Server, listener: TcpListener, shutdown: CancellationToke
             auth.clone(),
         ),
         admin: InterceptedService::new(AdminServer::new(AdminService::new(&ctx)), auth.clone()),
+        metrics: ctx.metrics.clone(),
     };
     if let Some(listener) = web {
         let spool = config.data_dir.join("web-uploads");

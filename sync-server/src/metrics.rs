@@ -123,6 +123,17 @@ impl ServerMetrics {
         }
     }
 
+    /// Refused or failed calls since start, every code together.
+    pub fn errors_total(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.errors
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
     /// Counts a call that ended with `status`.
     pub fn error(&self, status: &tonic::Status) {
         self.errors.with_label_values(&[&format!("{:?}", status.code())]).inc();

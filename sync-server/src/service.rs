@@ -855,16 +855,31 @@ impl FileSync for FileSyncService {
         // up to it (and maybe later ones), the seam with Subscribe.
         let head_seq = self.ctx.store.head();
         tokio::spawn(async move {
-            if tx.send(Ok(pb::ListResponse { entry: None, head_seq })).await.is_err() {
+            if tx.send(Ok(pb::ListResponse { entry: None, head_seq, cursor: String::new() })).await.is_err() {
                 return;
             }
-            let mut after: Option<String> = None;
+            let mut after = Some(req.after).filter(|a| !a.is_empty());
+            let mut left = match req.limit {
+                0 => usize::MAX,
+                n => n as usize,
+            };
             loop {
-                let page = this
-                    .ctx
-                    .store
-                    .list_page(&ns, &prefix, after.as_deref(), req.include_deleted, PAGE_SIZE)
-                    .await;
+                let want = PAGE_SIZE.min(left);
+                let store = &this.ctx.store;
+                let page = if req.one_level {
+                    store.list_level(&ns, &prefix, after.as_deref(), req.include_deleted, want).await
+                } else {
+                    store.list_page(&ns, &prefix, after.as_deref(), req.include_deleted, want).await.map(
+                        |page| {
+                            page.into_iter()
+                                .map(|e| {
+                                    let cursor = e.path.as_str().to_owned();
+                                    (e, cursor)
+                                })
+                                .collect()
+                        },
+                    )
+                };
                 let page = match page {
                     Ok(page) => page,
                     Err(e) => {
@@ -872,14 +887,16 @@ impl FileSync for FileSyncService {
                         return;
                     }
                 };
-                let last = page.len() < PAGE_SIZE;
-                after = page.last().map(|e| e.path.as_str().to_owned());
-                for entry in page {
-                    if tx.send(Ok(pb::ListResponse { entry: Some(entry.into()), head_seq })).await.is_err() {
+                let last = page.len() < want;
+                left -= page.len();
+                after = page.last().map(|(_, cursor)| cursor.clone());
+                for (entry, cursor) in page {
+                    let message = pb::ListResponse { entry: Some(entry.into()), head_seq, cursor };
+                    if tx.send(Ok(message)).await.is_err() {
                         return; // The caller went away.
                     }
                 }
-                if last {
+                if last || left == 0 {
                     return;
                 }
             }
@@ -1293,7 +1310,10 @@ mod tests {
         fits("a replicated change", &replicated(change))?;
         if let Some(entry) = change.entry() {
             let e: pb::FileEntry = entry.clone().into();
-            fits("a listing", &pb::ListResponse { entry: Some(e.clone()), head_seq: u64::MAX })?;
+            fits(
+                "a listing",
+                &pb::ListResponse { entry: Some(e.clone()), head_seq: u64::MAX, cursor: e.path.clone() },
+            )?;
             fits("a stat", &pb::StatResponse { entry: Some(e.clone()) })?;
             fits("an upload's answer", &pb::UploadResponse { entry: Some(e.clone()) })?;
             fits(

@@ -79,7 +79,7 @@ async fn versions_are_sequence_numbers_and_stale_bases_are_refused() {
     upload(&mut rpc, "dir2/c.txt", b"c", 0).await.unwrap();
     let list = |prefix: &str, include_deleted: bool| {
         let mut rpc = rpc.clone();
-        let req = pb::ListRequest { prefix: prefix.into(), include_deleted };
+        let req = pb::ListRequest { prefix: prefix.into(), include_deleted, ..Default::default() };
         async move {
             let s = rpc.list(req).await.unwrap().into_inner();
             entries_of(s).await.unwrap().into_iter().map(|e| e.path).collect::<Vec<_>>()
@@ -417,4 +417,49 @@ async fn admin_status_lists_each_subscription_with_its_cursor() {
         async move { subscribers(server.status().await).is_empty() }
     })
     .await;
+}
+
+/// `List` by pages (`limit`, continued with the last message's `cursor`
+/// as `after`), of a whole prefix or of one folder level (`one_level`):
+/// each entry once, in order; a subfolder without an entry of its own
+/// comes as a folder entry at version 0.
+#[tokio::test]
+async fn list_pages_by_cursor_and_lists_one_folder_level() {
+    let server = TestServer::start().await;
+    let mut rpc = server.rpc().await;
+    for p in ["d/a.txt", "d/b.txt", "d/sub/x", "d/sub/y/z", "d/sub.txt", "d/z.txt", "e.txt"] {
+        upload(&mut rpc, p, p.as_bytes(), 0).await.unwrap();
+    }
+    let walk = |prefix: &'static str, one_level: bool, limit: u32| {
+        let mut rpc = rpc.clone();
+        async move {
+            let (mut seen, mut after) = (Vec::new(), String::new());
+            loop {
+                let req = pb::ListRequest {
+                    prefix: prefix.into(),
+                    one_level,
+                    after: after.clone(),
+                    limit,
+                    ..Default::default()
+                };
+                let mut stream = rpc.list(req).await.unwrap().into_inner();
+                let mut got = 0;
+                while let Some(m) = stream.message().await.unwrap() {
+                    let Some(e) = m.entry else { continue };
+                    got += 1;
+                    after = m.cursor;
+                    seen.push(if e.folder { format!("{}/ v{}", e.path, e.version) } else { e.path });
+                }
+                assert!(got <= limit as usize, "{got} entries past a limit of {limit}");
+                if got < limit as usize {
+                    return seen;
+                }
+            }
+        }
+    };
+    let all = ["d/a.txt", "d/b.txt", "d/sub.txt", "d/sub/x", "d/sub/y/z", "d/z.txt"];
+    assert_eq!(walk("d", false, 2).await, all);
+    assert_eq!(walk("d", true, 2).await, ["d/a.txt", "d/b.txt", "d/sub.txt", "d/sub/ v0", "d/z.txt"]);
+    assert_eq!(walk("d", true, 1000).await.len(), 5);
+    assert_eq!(walk("", true, 1).await, ["d/ v0", "e.txt"]);
 }

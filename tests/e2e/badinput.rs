@@ -229,7 +229,7 @@ fn entries(dir: &Path) -> BTreeSet<PathBuf> {
 }
 
 async fn manifest(rpc: &mut Rpc) -> Vec<pb::FileEntry> {
-    let req = pb::ListRequest { prefix: String::new(), include_deleted: true };
+    let req = pb::ListRequest { prefix: String::new(), include_deleted: true, ..Default::default() };
     entries_of(rpc.list(req).await.unwrap().into_inner()).await.unwrap()
 }
 
@@ -281,7 +281,7 @@ async fn run(url: &str, security: &Security, call: Call) -> Result<(), tonic::St
         }
         Call::Stat(path) => rpc.stat(pb::StatRequest { path: path.into() }).await.map(drop),
         Call::List(prefix) => {
-            let req = pb::ListRequest { prefix: prefix.into(), include_deleted: true };
+            let req = pb::ListRequest { prefix: prefix.into(), include_deleted: true, ..Default::default() };
             let mut s = rpc.list(req).await?.into_inner();
             while s.message().await?.is_some() {}
             Ok(())

@@ -98,11 +98,13 @@ impl FileSync for EvilServer {
     }
 
     async fn list(&self, _: Request<pb::ListRequest>) -> Result<Response<Self::ListStream>, Status> {
-        let head = pb::ListResponse { entry: None, head_seq: 10 };
+        let head = pb::ListResponse { entry: None, head_seq: 10, ..Default::default() };
         let entries: Vec<_> = std::iter::once(head)
-            .chain(
-                self.listed.iter().map(|o| pb::ListResponse { entry: Some(o.entry.clone()), head_seq: 10 }),
-            )
+            .chain(self.listed.iter().map(|o| pb::ListResponse {
+                entry: Some(o.entry.clone()),
+                head_seq: 10,
+                ..Default::default()
+            }))
             .map(Ok)
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(entries))))

@@ -3,9 +3,13 @@
 //! a real S3 server (s3s-fs); the new server is identical to the old one
 //! (`compare`, history included), a subscriber resumes at its cursor
 //! without a RESET, a watching client goes on against it, and a second run
-//! resumes without copying content twice.
+//! resumes without copying content twice; a share link works on the new
+//! server.
 
-use sync_server::Backend;
+use sync_server::{
+    Backend,
+    storage::{Share, Store, StoreOptions},
+};
 use syncstore::{
     connect::Security,
     pb::{self, change_event::Kind, history_client::HistoryClient},
@@ -59,6 +63,23 @@ async fn a_migrated_data_folder_continues_on_postgres_and_a_bucket_without_a_res
     let head = old.status().await.head_seq;
     let folder = alice.stop().await;
     let (config, data, _) = old.stop().await;
+    // A share link (the dashboard's records, beside the history).
+    let link = "5a".repeat(32);
+    {
+        let store = Store::open(&config.data_dir, StoreOptions::default()).await.unwrap();
+        let share = Share {
+            id: link.clone(),
+            namespace: "default".into(),
+            path: "notes.txt".into(),
+            folder: false,
+            created_by: "anonymous".into(),
+            created_ms: 1_700_000_000_000,
+            expires_ms: 0,
+            password: String::new(),
+            revoked_ms: 0,
+        };
+        store.put_share(share).await.unwrap();
+    }
 
     // Migrate, then run it again: the second run finds every content there.
     let Backend::Shared { meta, content } = Services::of_process().fresh_backend() else { unreachable!() };
@@ -73,7 +94,7 @@ async fn a_migrated_data_folder_continues_on_postgres_and_a_bucket_without_a_res
     assert_eq!(again.rows, first.rows);
 
     let backend = Backend::Shared { meta: meta.clone(), content: content.clone() };
-    let new = TestServer::start_with(|c| c.backend = backend.clone()).await;
+    let new = TestServer::start_with_web(|c| c.backend = backend.clone()).await;
     let old = TestServer::start_on(config.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let compared = sync_server::compare(&old.url(), &new.url(), &Security::none()).await.unwrap();
     assert!(compared.identical(), "{:?}", compared.differences);
@@ -112,6 +133,9 @@ async fn a_migrated_data_folder_continues_on_postgres_and_a_bucket_without_a_res
         locks.iter().map(|l| (l.path.as_str(), l.holder.as_str())).collect::<Vec<_>>(),
         [("notes.txt", "alice@laptop")]
     );
+    // The share link came along: it serves the file without a login.
+    let shared = crate::web::http(&new.web_url(), "GET", &format!("/s/{link}/download"), None, None).await;
+    assert_eq!((shared.status, shared.text().as_str()), (200, "second, longer"));
     // The lock is enforced: another client's write is refused.
     let refused = upload(&mut rpc, "notes.txt", b"not yours", head).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);

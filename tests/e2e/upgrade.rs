@@ -79,7 +79,11 @@ fn lock_of(e: &pb::ChangeEvent) -> &pb::LockInfo {
 }
 
 async fn list(server: &TestServer, include_deleted: bool) -> BTreeMap<String, pb::FileEntry> {
-    let s = server.rpc().await.list(pb::ListRequest { prefix: String::new(), include_deleted }).await;
+    let s = server
+        .rpc()
+        .await
+        .list(pb::ListRequest { prefix: String::new(), include_deleted, ..Default::default() })
+        .await;
     entries_of(s.unwrap().into_inner()).await.unwrap().into_iter().map(|e| (e.path.clone(), e)).collect()
 }
 

@@ -77,12 +77,6 @@ async fn the_dashboard_browses_uploads_and_follows_changes_in_a_browser() {
     browser.wait_for_text("#activity li", "from-client.txt").await;
     assert_eq!(run(&browser, "return window.stillThisPage || 'reloaded';", vec![]).await, "yes");
 
-    // A name that is markup shows as text; nothing of it runs.
-    client.write(XSS_NAME, "just a name");
-    browser.wait_for_text("#listing a.name", XSS_NAME).await;
-    assert!(!browser.exists("#listing img").await, "a file name became an element");
-    assert!(browser.driver().get_alert_text().await.is_err(), "a file name ran a script");
-
     // An upload through the page reaches the watching client's folder.
     let local = tempfile::tempdir().unwrap();
     let picked = local.path().join("from-browser.txt");
@@ -97,6 +91,12 @@ async fn the_dashboard_browses_uploads_and_follows_changes_in_a_browser() {
     .await;
     browser.wait_for_text("#listing a.name", "from-browser.txt").await;
     browser.screenshot("files").await;
+
+    // A name that is markup shows as text; nothing of it runs.
+    client.write(XSS_NAME, "just a name");
+    browser.wait_for_text("#listing a.name", XSS_NAME).await;
+    assert!(!browser.exists("#listing img").await, "a file name became an element");
+    assert!(browser.driver().get_alert_text().await.is_err(), "a file name ran a script");
 
     // A new folder, then the file's page: details, versions, download.
     browser.driver().find(By::Id("folder-name")).await.unwrap().send_keys("made-on-the-web").await.unwrap();
@@ -365,8 +365,8 @@ async fn paths_listed(browser: &Browser) -> Vec<String> {
 }
 
 /// An HTTP/1.1 answer: status, headers (lower-cased names), body.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -376,14 +376,20 @@ impl Answer {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// One request from outside any browser (no session, no cookie unless
 /// given), as someone who only has a link would make it.
-async fn http(web: &str, method: &str, target: &str, cookie: Option<&str>, form: Option<&str>) -> Answer {
+pub(crate) async fn http(
+    web: &str,
+    method: &str,
+    target: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> Answer {
     let addr = web.trim_start_matches("http://");
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let raw = exchange(stream, &request_text(addr, method, target, cookie, form)).await;
@@ -608,4 +614,157 @@ async fn with_a_certificate_the_dashboard_serves_tls_only_and_its_cookies_are_se
         "{}",
         String::from_utf8_lossy(&raw)
     );
+}
+
+/// An HTML attribute's text: `&amp;` and numeric references decoded.
+fn unescape(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        let (entity, after) = rest[at + 1..].split_once(';').expect("an entity ends with ';'");
+        let code = match entity.strip_prefix("#x").or_else(|| entity.strip_prefix("#X")) {
+            Some(hex) => u32::from_str_radix(hex, 16).ok(),
+            None => entity.strip_prefix('#').and_then(|d| d.parse().ok()),
+        };
+        match (entity, code.and_then(char::from_u32)) {
+            ("amp", _) => out.push('&'),
+            ("quot", _) => out.push('"'),
+            (_, Some(c)) => out.push(c),
+            _ => panic!("an unknown entity &{entity};"),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The session cookie (`name=value`) an answer sets.
+fn cookie_of(answer: &Answer) -> String {
+    let set = answer.header("set-cookie").expect("a cookie");
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_folder_pages_by_name_one_level_at_a_time() {
+    let server = TestServer::start_with_web(|_| {}).await;
+    let web = server.web_url();
+    let mut rpc = server.rpc().await;
+    // Two pages and a bit of files, a look-alike of a subfolder, and a
+    // subfolder with no entry of its own whose paths sort among them.
+    let mut want: Vec<String> = (0..410).map(|i| format!("f{i:03}.txt")).collect();
+    want.extend(["sub.txt".to_owned(), "sub/".to_owned()]);
+    for name in &want {
+        let path = match name.strip_suffix('/') {
+            Some(folder) => format!("big/{folder}/deep/x"),
+            None => format!("big/{name}"),
+        };
+        upload(&mut rpc, &path, name.as_bytes(), 0).await.unwrap();
+    }
+    // An open server: the login opens a session at once.
+    let cookie = cookie_of(&http(&web, "GET", "/login", None, None).await);
+
+    let (mut seen, mut target, mut pages) = (Vec::new(), Some("/files?dir=big".to_owned()), 0);
+    while let Some(at) = target.take() {
+        let page = http(&web, "GET", &at, Some(&cookie), None).await;
+        assert_eq!(page.status, 200, "{at}");
+        let text = page.text();
+        let names: Vec<String> = text
+            .split("<a class=\"name\" href=\"")
+            .skip(1)
+            .map(|a| a.split_once('>').unwrap().1.split_once('<').unwrap().0.to_owned())
+            .collect();
+        assert!(names.len() <= 200, "a page of {} rows", names.len());
+        seen.extend(names);
+        target = text
+            .split_once("<a rel=\"next\" href=\"")
+            .map(|(_, rest)| unescape(rest.split_once('"').unwrap().0));
+        pages += 1;
+        assert!(pages <= 3, "a fourth page, at {target:?}");
+    }
+    assert_eq!(pages, 3);
+    // Each row once, in name order (the made-up "sub/" where its first
+    // path is, after "sub.txt"); nothing from below "sub".
+    assert_eq!(seen, want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_without_its_form_token_is_refused() {
+    let tokens = Tokens::new();
+    let path = tokens.path.clone();
+    let server = TestServer::start_with_web(|c| c.tokens = Some(path)).await;
+    let web = server.web_url();
+    let form = |csrf: &str| format!("token={}&csrf={csrf}", tokens.alice);
+    let refused = |answer: &Answer| {
+        assert_eq!(
+            (answer.status, answer.header("syncstore-reason")),
+            (403, Some("csrf")),
+            "{}",
+            answer.text()
+        );
+        assert!(answer.header("set-cookie").is_none(), "a refused login opened a session");
+    };
+
+    // The login page puts its form token in its form and in a cookie.
+    let page = http(&web, "GET", "/login", None, None).await;
+    assert_eq!(page.status, 200);
+    let cookie = cookie_of(&page);
+    let (name, csrf) = cookie.split_once('=').unwrap();
+    assert_eq!(name, "syncstore_login");
+    assert!(page.text().contains(&format!("name=\"csrf\" value=\"{csrf}\"")), "{}", page.text());
+
+    // A right token posted from elsewhere (no cookie, no field, or one of
+    // them only, or another page's) opens no session.
+    refused(&http(&web, "POST", "/login", None, Some(&format!("token={}", tokens.alice))).await);
+    refused(&http(&web, "POST", "/login", None, Some(&form(csrf))).await);
+    refused(&http(&web, "POST", "/login", Some(&cookie), Some(&form(""))).await);
+    refused(&http(&web, "POST", "/login", Some(&cookie), Some(&form(&"0".repeat(64)))).await);
+
+    // With both it logs in.
+    let answer = http(&web, "POST", "/login", Some(&cookie), Some(&form(csrf))).await;
+    assert_eq!(answer.status, 303, "{}", answer.text());
+    assert!(cookie_of(&answer).starts_with("syncstore_session="));
+}
+
+/// Logs in through the login form over plain HTTP; the session cookie.
+async fn log_in_http(web: &str, token: &str) -> String {
+    let page = http(web, "GET", "/login", None, None).await;
+    let login_cookie = cookie_of(&page);
+    let csrf = login_cookie.split_once('=').unwrap().1;
+    let form = format!("token={token}&csrf={csrf}");
+    let answer = http(web, "POST", "/login", Some(&login_cookie), Some(&form)).await;
+    assert_eq!(answer.status, 303, "{}", answer.text());
+    cookie_of(&answer)
+}
+
+/// The value of the row `name` of the service page's counters, if shown.
+fn counter(page: &str, name: &str) -> Option<String> {
+    let table = page.split_once("<table id=\"counters\">")?.1.split_once("</table>")?.0;
+    let row = table.split_once(&format!("<th scope=\"row\">{name}</th><td>"))?.1;
+    Some(row.split_once("</td>").unwrap().0.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_page_shows_an_admin_the_servers_counters() {
+    let tokens = Tokens::new();
+    let path = tokens.path.clone();
+    let server = TestServer::start_with_web(|c| c.tokens = Some(path)).await;
+    let web = server.web_url();
+    let admin = log_in_http(&web, &tokens.admin).await;
+    let status = || async { http(&web, "GET", "/status", Some(&admin), None).await.text() };
+    assert_eq!(counter(&status().await, "Uploads").as_deref(), Some("0 (0 B)"));
+
+    let mut rpc = rpc_with(&server.url(), &token(&tokens.alice));
+    upload(&mut rpc, "counted.txt", b"12345", 0).await.unwrap();
+    let page = status().await;
+    assert_eq!(counter(&page, "Uploads").as_deref(), Some("1 (5 B)"), "{page}");
+    assert!(counter(&page, "Commits").unwrap().starts_with("1 ("), "{page}");
+    // A refused call counts: a second creation of the same path.
+    upload(&mut rpc, "counted.txt", b"other", 0).await.unwrap_err();
+    assert_eq!(counter(&status().await, "Refused or failed calls").as_deref(), Some("1"));
+
+    // Not an admin: no counters.
+    let alice = log_in_http(&web, &tokens.alice).await;
+    let page = http(&web, "GET", "/status", Some(&alice), None).await.text();
+    assert_eq!(counter(&page, "Uploads"), None, "{page}");
 }

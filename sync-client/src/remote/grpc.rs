@@ -203,7 +203,11 @@ impl Remote for GrpcRemote {
     fn manifest(&self) -> BoxFuture<'_, Result<HashMap<RelPath, Entry>>> {
         Box::pin(async move {
             let mut stream = self
-                .answer(self.raw().list(pb::ListRequest { prefix: String::new(), include_deleted: true }))
+                .answer(self.raw().list(pb::ListRequest {
+                    prefix: String::new(),
+                    include_deleted: true,
+                    ..Default::default()
+                }))
                 .await?
                 .into_inner();
             let mut out = HashMap::new();

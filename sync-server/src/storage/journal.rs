@@ -59,8 +59,8 @@ use tokio::{
 };
 
 use super::{
-    Actor, Change, Delete, HistoryBatch, HistoryChange, HistoryOutcome, HistoryWrite, Identity, Label,
-    LockEnd, LockRequest, PAGE_SIZE, Put, Replicated, Version, VersionKind, VersionNote, What,
+    Actor, Change, Delete, HistoryBatch, HistoryChange, HistoryOutcome, HistoryWrite, Identity, LEVEL_PROBE,
+    Label, LockEnd, LockRequest, PAGE_SIZE, Put, Replicated, Version, VersionKind, VersionNote, What,
     blobdir::BlobDir,
     chunked::{ChunkedReader, ChunkedUpload, is_chunked},
     content::{ContentReader, ContentStore, ContentUpload, Durability, StagedContent, Verdict},
@@ -318,6 +318,106 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Entry>> {
         self.inner.meta.list_page(ns, prefix, after, include_deleted, limit).await
+    }
+
+    /// Up to `limit` entries one level below the folder `dir` ("" for the
+    /// top), in path order after the cursor `after`, each with the cursor
+    /// to pass to continue after it. A subfolder with no entry of its own
+    /// (only paths below it) is listed as a made-up entry (a folder,
+    /// version 0) where its first path below is, that is after a
+    /// look-alike such as `dir/sub.txt`; a subfolder with an entry is that
+    /// entry, where it is.
+    ///
+    /// It skip-scans the index: on the first path below a subfolder it
+    /// seeks past the whole subfolder, so a page reads about `limit` rows
+    /// and one seek per subfolder, however many paths are below them.
+    pub async fn list_level(
+        &self,
+        ns: &str,
+        dir: &str,
+        after: Option<&str>,
+        include_deleted: bool,
+        limit: usize,
+    ) -> Result<Vec<(Entry, String)>> {
+        let dir = dir.trim_end_matches('/');
+        let below = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let mut out: Vec<(Entry, String)> = Vec::new();
+        let mut cursor = after.map(str::to_owned);
+        let mut batch = limit;
+        while out.len() < limit {
+            let want = batch.min(limit - out.len()).max(1);
+            let rows = self.list_page(ns, dir, cursor.as_deref(), include_deleted, want).await?;
+            let read = rows.len();
+            let mut sought = false;
+            for e in rows {
+                let path = e.path.as_str().to_owned();
+                cursor = Some(path.clone());
+                let Some(rel) = path.strip_prefix(below.as_str()).filter(|r| !r.is_empty()) else {
+                    continue; // The folder's own entry.
+                };
+                let Some((name, _)) = rel.split_once('/') else {
+                    out.push((e, path));
+                    if out.len() == limit {
+                        break;
+                    }
+                    continue;
+                };
+                let folder = format!("{below}{name}");
+                // Past every path below the folder: none sorts after this.
+                let past = format!("{folder}/{}", char::MAX);
+                if !self.level_listed(ns, &folder, after, &out).await? {
+                    let made_up = Entry {
+                        path: RelPath::new(folder.as_str())?,
+                        version: 0,
+                        content: Some(syncstore::Content {
+                            hash: ContentHash::empty(),
+                            size: 0,
+                            mtime_ns: 0,
+                            executable: false,
+                            symlink: false,
+                            folder: true,
+                        }),
+                        client_id: String::new(),
+                    };
+                    out.push((made_up, past.clone()));
+                }
+                cursor = Some(past);
+                sought = true;
+                break;
+            }
+            if sought {
+                batch = LEVEL_PROBE;
+            } else if read < want {
+                break; // The end of the folder.
+            } else {
+                batch = batch.saturating_mul(2);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a one-level listing that started after `after` has listed
+    /// the subfolder `folder` already (its own entry, or a made-up one).
+    async fn level_listed(
+        &self,
+        ns: &str,
+        folder: &str,
+        after: Option<&str>,
+        out: &[(Entry, String)],
+    ) -> Result<bool> {
+        if out.iter().any(|(e, _)| e.path.as_str() == folder && !e.is_deleted()) {
+            return Ok(true);
+        }
+        let Some(after) = after else { return Ok(false) };
+        if after.strip_prefix(folder).is_some_and(|rest| rest.starts_with('/')) {
+            return Ok(true); // An earlier page sought past it.
+        }
+        if folder > after {
+            return Ok(false); // This page read its place and found no entry.
+        }
+        // An earlier page passed its place: listed if it has a live entry.
+        let entry = self.stat(ns, &RelPath::new(folder)?).await?;
+        Ok(entry.is_some_and(|e| !e.is_deleted()))
     }
 
     /// The entry `path` had at `version` (kept in the change log), if any.

@@ -1,7 +1,7 @@
 //! `sync-server migrate`: copies an embedded data folder (SQLite and a blob
 //! folder) into the shared backend (PostgreSQL and a bucket), so that the
 //! new servers continue the same history: the same history id, seqs, change
-//! log, versions, labels, locks and tombstones. Clients that synced with the
+//! log, versions, labels, locks and tombstones, and the share links. Clients that synced with the
 //! old server go on against the new one without a RESET.
 //!
 //! Content first, then metadata:
@@ -37,8 +37,18 @@ use super::{
 use crate::error::{Error, Result};
 
 /// The tables copied, in an order that satisfies every reference.
-const TABLES: &[&str] =
-    &["meta", "files", "changes", "locks", "recipes", "recipe_chunks", "versions", "labels", "retention"];
+const TABLES: &[&str] = &[
+    "meta",
+    "files",
+    "changes",
+    "locks",
+    "recipes",
+    "recipe_chunks",
+    "versions",
+    "labels",
+    "retention",
+    "shares",
+];
 
 /// `meta` keys that belong to one database and are not copied.
 const LOCAL_META_KEYS: &[&str] = &["schema_version", "head_floor"];

@@ -76,3 +76,8 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Rows read per page by `List` and by change-log replays.
 pub(crate) const PAGE_SIZE: usize = 1000;
+
+/// Rows a one-level listing reads after it has sought past a subfolder
+/// (doubling while no other subfolder follows): the next rows may well be
+/// that subfolder's neighbours' contents, which it would read for nothing.
+pub(crate) const LEVEL_PROBE: usize = 16;

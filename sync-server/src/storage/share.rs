@@ -4,7 +4,8 @@
 //! effect at once, in every process over the same metadata.
 //!
 //! Links are not changes: they are not in the change log, so they are not
-//! replicated to a replica nor copied by `migrate`.
+//! replicated to a replica. `migrate` copies them with the rest of the
+//! metadata.
 
 use super::Store;
 use crate::Result;

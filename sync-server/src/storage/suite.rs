@@ -1222,6 +1222,68 @@ async fn listings_page_under_a_prefix_without_its_look_alikes(b: Backend) {
     assert_eq!(page("", None).await, ["a-b/x", "a.txt"]);
 }
 
+/// A one-level listing: a folder's own entries and its subfolders (with an
+/// entry or made up), in path order, paged by its cursors without a gap or
+/// a repeat, whatever the page size; nothing below a subfolder, of another
+/// namespace, or deleted (unless asked).
+async fn a_folder_lists_one_level_paged_by_its_cursors(b: Backend) {
+    let (_f, s) = b.store().await;
+    let mkdir = |p: &'static str| {
+        let s = s.clone();
+        async move {
+            let mut folder = put(p, b"", 0, "c", 0);
+            folder.content.folder = true;
+            s.commit_put(NS, folder, Some(stage(&s, b"").await)).await.unwrap();
+        }
+    };
+    mkdir("d").await;
+    mkdir("d/sub").await;
+    let mut files: Vec<String> =
+        ["d/a", "d/big.zip", "d/gone", "d/sub.txt", "d/sub/1", "d/sub/2", "d/z", "e"]
+            .map(String::from)
+            .to_vec();
+    files.extend((0..40).map(|i| format!("d/big/{i:02}")));
+    files.push("d/big/deep/x".into());
+    for p in &files {
+        send(&s, put(p, p.as_bytes(), 0, "c", 0), p.as_bytes()).await.unwrap();
+    }
+    send_to(&s, "other", put("d/q", b"q", 0, "c", 0), b"q").await;
+    let v = s.stat(NS, &path("d/gone")).await.unwrap().unwrap().version;
+    s.commit_delete(NS, delete("d/gone", v, "c", 0)).await.unwrap();
+
+    let walk = |dir: &'static str, deleted: bool, limit: usize| {
+        let s = s.clone();
+        async move {
+            let (mut seen, mut after) = (Vec::new(), None::<String>);
+            loop {
+                let page = s.list_level(NS, dir, after.as_deref(), deleted, limit).await.unwrap();
+                assert!(page.len() <= limit);
+                let Some((_, last)) = page.last() else { break };
+                after = Some(last.clone());
+                seen.extend(page.into_iter().map(|(e, _)| {
+                    let folder = e.content.is_some_and(|c| c.folder);
+                    format!("{}{}", e.path.as_str(), if folder { "/" } else { "" })
+                }));
+            }
+            seen
+        }
+    };
+    // "d/big" has no entry: made up where its first path is, after
+    // "d/big.zip"; "d/sub" has one, and is listed there.
+    let level = ["d/a", "d/big.zip", "d/big/", "d/sub/", "d/sub.txt", "d/z"];
+    for limit in [1, 2, 3, 100] {
+        assert_eq!(walk("d", false, limit).await, level, "pages of {limit}");
+    }
+    let with_deleted = ["d/a", "d/big.zip", "d/big/", "d/gone", "d/sub/", "d/sub.txt", "d/z"];
+    assert_eq!(walk("d", true, 2).await, with_deleted);
+    assert_eq!(walk("", false, 1).await, ["d/", "e"]);
+    assert_eq!(walk("d/big", false, 100).await.len(), 41);
+    assert_eq!(walk("d/big/deep", false, 100).await, ["d/big/deep/x"]);
+    assert!(walk("d/nothing", false, 10).await.is_empty());
+    let made_up = s.list_level(NS, "d", Some("d/big.zip"), false, 1).await.unwrap();
+    assert_eq!((made_up[0].0.path.as_str(), made_up[0].0.version), ("d/big", 0));
+}
+
 async fn share_links_are_kept_listed_per_namespace_and_revoked_in_place(b: Backend) {
     let f = b.fixture(StoreOptions::default()).await;
     let link = |id: &str, ns: &str, created_ms: i64| super::Share {
@@ -1380,6 +1442,7 @@ macro_rules! suite_shared {
 
 suite!(
     listings_page_under_a_prefix_without_its_look_alikes,
+    a_folder_lists_one_level_paged_by_its_cursors,
     share_links_are_kept_listed_per_namespace_and_revoked_in_place,
     each_decision_sees_the_writes_decided_before_it,
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
@@ -1414,6 +1477,7 @@ suite!(
 // (`snapshots()` is `None`).
 suite_postgres!(
     listings_page_under_a_prefix_without_its_look_alikes,
+    a_folder_lists_one_level_paged_by_its_cursors,
     share_links_are_kept_listed_per_namespace_and_revoked_in_place,
     each_decision_sees_the_writes_decided_before_it,
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
@@ -1445,6 +1509,7 @@ suite_postgres!(
 // one chunk's worth of content whole.
 suite_shared!(
     listings_page_under_a_prefix_without_its_look_alikes,
+    a_folder_lists_one_level_paged_by_its_cursors,
     share_links_are_kept_listed_per_namespace_and_revoked_in_place,
     racing_puts_get_gap_free_seqs_and_one_winner_per_path,
     refused_and_abandoned_uploads_leave_no_content,

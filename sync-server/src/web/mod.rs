@@ -30,8 +30,8 @@ use std::{
 };
 
 use axum::{
-    Router,
-    extract::{FromRequestParts, Request},
+    Form, Router,
+    extract::{FromRequest, FromRequestParts, Request},
     http::{HeaderValue, StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Redirect, Response},
@@ -68,6 +68,9 @@ pub(crate) struct Services {
     /// requests carry the link's read-only principal (`Principal::share`),
     /// put there by `pages`' share handlers after checking the link.
     pub(crate) shared_files: FileSyncServer<FileSyncService>,
+    /// The server's counters, shown on the service page to whoever the
+    /// `Admin` service's `Status` answers (an admin token).
+    pub(crate) metrics: crate::ServerMetrics,
 }
 
 /// What every handler shares.
@@ -250,6 +253,33 @@ impl Viewer {
             "this form did not come from this dashboard (its form token is missing or stale): \
              reload the page and try again",
         ))
+    }
+}
+
+/// A form with the session's form token in its `csrf` field.
+trait CsrfField {
+    fn csrf(&self) -> &str;
+}
+
+/// A form post of a logged-in viewer that carried the session's form
+/// token: the viewer and the form. A post without it is refused (403,
+/// `csrf`) before its handler runs, whatever else it holds.
+struct Checked<T>(Viewer, T);
+
+impl<T> FromRequest<Arc<Web>> for Checked<T>
+where
+    T: serde::de::DeserializeOwned + CsrfField + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, web: &Arc<Web>) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let viewer = Viewer::from_request_parts(&mut parts, web).await?;
+        let Form(form) = Form::<T>::from_request(Request::from_parts(parts, body), web)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        viewer.check_csrf(form.csrf())?;
+        Ok(Self(viewer, form))
     }
 }
 

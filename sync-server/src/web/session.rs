@@ -18,6 +18,15 @@ use rand::Rng;
 /// The session cookie's name.
 pub(super) const COOKIE: &str = "syncstore_session";
 
+/// The login form's cookie: a random value the login page also puts in
+/// its form, which the login's POST must carry in both (before there is a
+/// session, whose form token guards every later form). Another site can
+/// neither read the page's value nor make the browser send this cookie.
+pub(super) const LOGIN_COOKIE: &str = "syncstore_login";
+
+/// How long a login page's form token stays good.
+const LOGIN_FORM_LIMIT: Duration = Duration::from_secs(3600);
+
 /// How long a session lasts after its last request.
 const IDLE_LIMIT: Duration = Duration::from_secs(12 * 3600);
 
@@ -42,9 +51,25 @@ impl Session {
     /// Whether `sent` is this session's form token (in time independent of
     /// where they differ).
     pub(super) fn csrf_matches(&self, sent: &str) -> bool {
-        let (a, b) = (self.csrf.as_bytes(), sent.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        same_secret(&self.csrf, sent)
     }
+}
+
+/// Whether `sent` is `secret` (in time independent of where they differ);
+/// never for an empty secret.
+pub(super) fn same_secret(secret: &str, sent: &str) -> bool {
+    let (a, b) = (secret.as_bytes(), sent.as_bytes());
+    !a.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The `Set-Cookie` value of the login form's token `value` (see
+/// [`LOGIN_COOKIE`]): sent to the login only.
+pub(super) fn set_login_cookie(value: &str, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let limit = LOGIN_FORM_LIMIT.as_secs();
+    let value =
+        format!("{LOGIN_COOKIE}={value}; Path=/login; HttpOnly; SameSite=Strict; Max-Age={limit}{secure}");
+    HeaderValue::from_str(&value).expect("a cookie of hex digits is a valid header")
 }
 
 /// The sessions of one server, in memory: a restart logs everyone out.

@@ -10,11 +10,14 @@ struct FilesPage {
     dir: String,
     crumbs: Vec<(String, String)>,
     query: String,
-    sort: String,
     rows: Vec<Row>,
-    total: usize,
-    page: usize,
-    pages: usize,
+    /// What the rows are ("200 item(s)", "items 201–400").
+    summary: String,
+    /// Paged by name: the link back goes to the first page.
+    by_name: bool,
+    /// The query strings of the previous and next pages, if any.
+    prev: Option<String>,
+    next: Option<String>,
     head_seq: u64,
 }
 
@@ -23,9 +26,20 @@ pub(in crate::web) struct FilesQuery {
     dir: Option<String>,
     q: Option<String>,
     sort: Option<String>,
+    /// A page by number (sorted by size or time, and search results).
     page: Option<usize>,
+    /// A page by name: the listing's cursor after the previous page's last
+    /// row, and that page's first row's number.
+    after: Option<String>,
+    from: Option<usize>,
 }
 
+/// A folder's listing. By name (the default) it reads one page of the
+/// folder's own level through `List`'s `one_level`, continued by its
+/// cursor: the server seeks past each subfolder, so the page's cost does
+/// not grow with what lies below the folder. Sorted by size or time it
+/// reads the whole level (still nothing below it) and sorts; a search
+/// reads every entry below the folder and matches each.
 pub(in crate::web) async fn files(State(web): WebState, v: Viewer, Query(q): Query<FilesQuery>) -> Response {
     let dir = match folder(q.dir.as_deref()) {
         Ok(d) => d,
@@ -33,15 +47,24 @@ pub(in crate::web) async fn files(State(web): WebState, v: Viewer, Query(q): Que
     };
     let query = q.q.unwrap_or_default().trim().to_owned();
     let needle = query.to_lowercase();
-    let listing =
-        v.files(&web).list(v.call(pb::ListRequest { prefix: dir.clone(), include_deleted: false })).await;
-    let mut stream = match listing {
+    let sort = q.sort.unwrap_or_else(|| "name".into());
+    let by_name = needle.is_empty() && sort != "size" && sort != "modified";
+    let after = q.after.unwrap_or_default();
+    let request = pb::ListRequest {
+        prefix: dir.clone(),
+        include_deleted: false,
+        one_level: needle.is_empty(),
+        after: if by_name { after.clone() } else { String::new() },
+        // One more than a page: whether a next page exists.
+        limit: if by_name { PAGE_ROWS as u32 + 1 } else { 0 },
+    };
+    let mut stream = match v.files(&web).list(v.call(request)).await {
         Ok(s) => s.into_inner(),
         Err(s) => return refusal(&s),
     };
     let mut head_seq = 0;
-    let mut children: BTreeMap<String, Row> = BTreeMap::new();
-    let mut found = Vec::new();
+    let mut rows = Vec::new();
+    let mut cursors = Vec::new();
     let below = if dir.is_empty() { String::new() } else { format!("{dir}/") };
     while let Some(message) = stream.next().await {
         let message = match message {
@@ -51,46 +74,59 @@ pub(in crate::web) async fn files(State(web): WebState, v: Viewer, Query(q): Que
         head_seq = message.head_seq;
         let Some(e) = message.entry else { continue };
         let Some(rel) = e.path.strip_prefix(below.as_str()) else { continue };
+        if !needle.is_empty() && !rel.to_lowercase().contains(&needle) {
+            continue;
+        }
         // Sizes and times are formatted for the rows shown only.
-        let row = |name: &str, path: &str, folder: bool| Row {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            folder,
+        rows.push(Row {
+            name: rel.to_owned(),
+            path: e.path.clone(),
+            folder: e.folder,
             size: String::new(),
             modified: String::new(),
             version: e.version,
             bytes: e.size,
             mtime_ns: e.mtime_ns,
+        });
+        cursors.push(message.cursor);
+    }
+    let link = |extra: String| {
+        format!("dir={}&q={}&sort={}&{extra}", urlencode(&dir), urlencode(&query), urlencode(&sort))
+    };
+    let (rows, summary, prev, next) = if by_name {
+        // Only the first page and the next are linked: a page by name
+        // knows where it starts, not where the one before it did.
+        let from = q.from.unwrap_or(1).max(1);
+        let next = (rows.len() > PAGE_ROWS)
+            .then(|| link(format!("after={}&from={}", urlencode(&cursors[PAGE_ROWS - 1]), from + PAGE_ROWS)));
+        rows.truncate(PAGE_ROWS);
+        let summary = match (after.is_empty() && next.is_none(), rows.len()) {
+            (true, n) => format!("{n} item(s)"),
+            (false, 0) => "no more items".to_owned(),
+            (false, n) => format!("items {from}–{}", from + n - 1),
         };
-        if !needle.is_empty() {
-            if rel.to_lowercase().contains(&needle) {
-                found.push(row(rel, &e.path, e.folder));
-            }
-            continue;
+        let prev = (!after.is_empty()).then(|| link(String::new()));
+        (rows, summary, prev, next)
+    } else {
+        match sort.as_str() {
+            "size" => rows.sort_by_key(|r| std::cmp::Reverse(r.bytes)),
+            "modified" => rows.sort_by_key(|r| std::cmp::Reverse(r.mtime_ns)),
+            _ => {}
         }
-        match rel.split_once('/') {
-            Some((first, _)) => {
-                children.entry(first.to_owned()).or_insert_with(|| row(first, &join(&dir, first), true));
-            }
-            None => {
-                children.insert(rel.to_owned(), row(rel, &e.path, e.folder));
-            }
-        }
-    }
-    let mut rows = if needle.is_empty() { children.into_values().collect() } else { found };
-    let sort = q.sort.unwrap_or_else(|| "name".into());
-    match sort.as_str() {
-        "size" => rows.sort_by_key(|r| std::cmp::Reverse(r.bytes)),
-        "modified" => rows.sort_by_key(|r| std::cmp::Reverse(r.mtime_ns)),
-        _ => rows.sort_by(|a, b| b.folder.cmp(&a.folder).then_with(|| a.name.cmp(&b.name))),
-    }
-    let total = rows.len();
-    let pages = total.div_ceil(PAGE_ROWS).max(1);
-    let page = q.page.unwrap_or(1).clamp(1, pages);
+        let total = rows.len();
+        let pages = total.div_ceil(PAGE_ROWS).max(1);
+        let page = q.page.unwrap_or(1).clamp(1, pages);
+        let rows: Vec<Row> = rows.into_iter().skip((page - 1) * PAGE_ROWS).take(PAGE_ROWS).collect();
+        let summary = match pages {
+            1 => format!("{total} item(s)"),
+            _ => format!("{total} item(s), page {page} of {pages}"),
+        };
+        let prev = (page > 1).then(|| link(format!("page={}", page - 1)));
+        let next = (page < pages).then(|| link(format!("page={}", page + 1)));
+        (rows, summary, prev, next)
+    };
     let rows = rows
         .into_iter()
-        .skip((page - 1) * PAGE_ROWS)
-        .take(PAGE_ROWS)
         .map(|r| match r.folder {
             true => r,
             false => Row { size: human_size(r.bytes), modified: time_of_ns(r.mtime_ns), ..r },
@@ -101,11 +137,11 @@ pub(in crate::web) async fn files(State(web): WebState, v: Viewer, Query(q): Que
         crumbs: crumbs(&dir),
         dir,
         query,
-        sort,
         rows,
-        total,
-        page,
-        pages,
+        summary,
+        by_name,
+        prev,
+        next,
         head_seq,
     })
 }
@@ -416,16 +452,13 @@ async fn spool(
 #[derive(Deserialize)]
 pub(in crate::web) struct MkdirForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     #[serde(default)]
     dir: String,
     name: String,
 }
 
-pub(in crate::web) async fn mkdir(State(web): WebState, v: Viewer, Form(form): Form<MkdirForm>) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
+pub(in crate::web) async fn mkdir(State(web): WebState, Checked(v, form): Checked<MkdirForm>) -> Response {
     let dir = match folder(Some(&form.dir)) {
         Ok(d) => d,
         Err(r) => return r,
@@ -452,14 +485,7 @@ pub(in crate::web) async fn mkdir(State(web): WebState, v: Viewer, Form(form): F
     }
 }
 
-pub(in crate::web) async fn delete(
-    State(web): WebState,
-    v: Viewer,
-    Form(form): Form<VersionForm>,
-) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
+pub(in crate::web) async fn delete(State(web): WebState, Checked(v, form): Checked<VersionForm>) -> Response {
     let request = pb::DeleteRequest {
         path: form.path.clone(),
         base_version: form.version,
@@ -478,7 +504,7 @@ pub(in crate::web) async fn delete(
 #[derive(Deserialize)]
 pub(in crate::web) struct MoveForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     path: String,
     version: u64,
     to: String,
@@ -488,14 +514,7 @@ pub(in crate::web) struct MoveForm {
 /// path (by hash: nothing travels), recorded as a move so that its history
 /// follows it, then the old path deleted, each checked against the version
 /// the page showed.
-pub(in crate::web) async fn move_file(
-    State(web): WebState,
-    v: Viewer,
-    Form(form): Form<MoveForm>,
-) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
+pub(in crate::web) async fn move_file(State(web): WebState, Checked(v, form): Checked<MoveForm>) -> Response {
     let to = match RelPath::new(form.to.trim().trim_matches('/')) {
         Ok(p) => p.as_str().to_owned(),
         Err(e) => return bad_request(format!("bad new name: {e}")),

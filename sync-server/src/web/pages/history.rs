@@ -11,12 +11,8 @@ fn at_version(version: u64) -> Option<pb::Point> {
 /// Makes a kept version the file's current content again, as a new change.
 pub(in crate::web) async fn restore(
     State(web): WebState,
-    v: Viewer,
-    Form(form): Form<VersionForm>,
+    Checked(v, form): Checked<VersionForm>,
 ) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
     let request = pb::RestoreRequest {
         path: form.path.clone(),
         point: at_version(form.version),
@@ -172,7 +168,7 @@ struct RewindPage {
 #[derive(Deserialize)]
 pub(in crate::web) struct RewindQuery {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     under: Option<String>,
     to: Option<String>,
 }
@@ -267,10 +263,7 @@ pub(in crate::web) async fn rewind_preview(
     rewind_run(&web, &v, q, true).await
 }
 
-pub(in crate::web) async fn rewind(State(web): WebState, v: Viewer, Form(q): Form<RewindQuery>) -> Response {
-    if let Err(r) = v.check_csrf(&q.csrf) {
-        return r;
-    }
+pub(in crate::web) async fn rewind(State(web): WebState, Checked(v, q): Checked<RewindQuery>) -> Response {
     rewind_run(&web, &v, q, false).await
 }
 
@@ -318,17 +311,14 @@ pub(in crate::web) async fn labels(State(web): WebState, v: Viewer) -> Response 
 #[derive(Deserialize)]
 pub(in crate::web) struct LabelForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     name: String,
     #[serde(default)]
     note: String,
 }
 
 /// Labels the namespace's state now.
-pub(in crate::web) async fn label(State(web): WebState, v: Viewer, Form(form): Form<LabelForm>) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
+pub(in crate::web) async fn label(State(web): WebState, Checked(v, form): Checked<LabelForm>) -> Response {
     let request = pb::SetLabelRequest { name: form.name.trim().to_owned(), at: None, note: form.note };
     match v.history(&web).set_label(v.call(request)).await {
         Ok(_) => Redirect::to("/labels").into_response(),

@@ -28,17 +28,14 @@ pub(in crate::web) async fn locks(State(web): WebState, v: Viewer) -> Response {
 #[derive(Deserialize)]
 pub(in crate::web) struct LockForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     path: String,
     #[serde(default)]
     note: String,
     ttl_seconds: Option<u32>,
 }
 
-pub(in crate::web) async fn lock(State(web): WebState, v: Viewer, Form(form): Form<LockForm>) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
+pub(in crate::web) async fn lock(State(web): WebState, Checked(v, form): Checked<LockForm>) -> Response {
     let request = pb::LockRequest {
         path: form.path.clone(),
         ttl_seconds: form.ttl_seconds.unwrap_or(0),
@@ -55,19 +52,12 @@ pub(in crate::web) async fn lock(State(web): WebState, v: Viewer, Form(form): Fo
 #[derive(Deserialize)]
 pub(in crate::web) struct UnlockForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     lock_id: String,
     force: Option<String>,
 }
 
-pub(in crate::web) async fn unlock(
-    State(web): WebState,
-    v: Viewer,
-    Form(form): Form<UnlockForm>,
-) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
+pub(in crate::web) async fn unlock(State(web): WebState, Checked(v, form): Checked<UnlockForm>) -> Response {
     let request = pb::UnlockRequest {
         lock_id: form.lock_id,
         client_id: WEB_CLIENT_ID.into(),

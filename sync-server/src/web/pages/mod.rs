@@ -6,7 +6,7 @@
 //! navigation bar, formatting, the login); `files`, `history`, `locks`,
 //! `shares` and `status` the pages of each part.
 
-use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use askama::Template;
 use axum::{
@@ -27,7 +27,7 @@ use syncstore::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-use super::{Viewer, Web, session};
+use super::{Checked, CsrfField, Viewer, Web, session};
 
 mod files;
 mod history;
@@ -47,6 +47,30 @@ const WEB_CLIENT_ID: &str = "web-dashboard";
 
 /// Rows of a folder listing per page.
 const PAGE_ROWS: usize = 200;
+
+/// The forms that carry the session's form token (see [`Checked`]).
+macro_rules! csrf_field {
+    ($($form:ty),* $(,)?) => {
+        $(impl CsrfField for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        })*
+    };
+}
+
+csrf_field!(
+    CsrfForm,
+    VersionForm,
+    files::MkdirForm,
+    files::MoveForm,
+    history::RewindQuery,
+    history::LabelForm,
+    locks::LockForm,
+    locks::UnlockForm,
+    shares::ShareForm,
+    shares::UnshareForm,
+);
 
 /// Versions shown on a file's page.
 const VERSIONS_SHOWN: u32 = 50;
@@ -216,6 +240,19 @@ async fn own_lock_token(web: &Web, v: &Viewer, path: &str) -> u64 {
 struct LoginPage {
     nav: Option<Nav>,
     message: String,
+    /// The form's token, also in the [`session::LOGIN_COOKIE`] cookie.
+    csrf: String,
+}
+
+impl LoginPage {
+    /// The page with `message`, its form token in the form and a cookie.
+    fn answer(web: &Web, code: StatusCode, message: &str, csrf: String) -> Response {
+        let cookie = session::set_login_cookie(&csrf, web.secure);
+        let mut response =
+            (code, render(&LoginPage { nav: None, message: message.into(), csrf })).into_response();
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+        response
+    }
 }
 
 #[derive(Deserialize)]
@@ -223,7 +260,11 @@ pub(super) struct LoginQuery {
     ended: Option<String>,
 }
 
-pub(super) async fn login_form(State(web): WebState, Query(q): Query<LoginQuery>) -> Response {
+pub(super) async fn login_form(
+    State(web): WebState,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
     if web.auth.is_open() {
         // Nothing to log in with: a session (for the form tokens) at once.
         return logged_in(&web, None, "/files");
@@ -232,15 +273,35 @@ pub(super) async fn login_form(State(web): WebState, Query(q): Query<LoginQuery>
         Some(_) => "Your session ended: its token was removed, or the server restarted. Log in again.",
         None => "",
     };
-    render(&LoginPage { nav: None, message: message.into() })
+    // A login page open in another tab keeps working: the cookie's token
+    // is kept while it is one of ours in shape.
+    let csrf = session::named_cookie(&headers, session::LOGIN_COOKIE)
+        .filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(session::random_hex, str::to_owned);
+    LoginPage::answer(&web, StatusCode::OK, message, csrf)
 }
 
 #[derive(Deserialize)]
 pub(super) struct LoginForm {
     token: String,
+    #[serde(default)]
+    csrf: String,
 }
 
-pub(super) async fn login(State(web): WebState, Form(form): Form<LoginForm>) -> Response {
+pub(super) async fn login(
+    State(web): WebState,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let cookie = session::named_cookie(&headers, session::LOGIN_COOKIE).unwrap_or_default();
+    if !session::same_secret(cookie, &form.csrf) {
+        return refused(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "this login did not come from this dashboard's login page (its form token is missing \
+             or stale): open the login page again",
+        );
+    }
     let token = form.token.trim();
     match web.auth.check(Some(token)) {
         Ok(p) => {
@@ -248,8 +309,7 @@ pub(super) async fn login(State(web): WebState, Form(form): Form<LoginForm>) -> 
             logged_in(&web, Some(token.to_owned()), home)
         }
         Err(_) => {
-            let page = LoginPage { nav: None, message: "That token is not valid here.".into() };
-            (StatusCode::UNAUTHORIZED, render(&page)).into_response()
+            LoginPage::answer(&web, StatusCode::UNAUTHORIZED, "That token is not valid here.", form.csrf)
         }
     }
 }
@@ -267,15 +327,13 @@ pub(super) struct CsrfForm {
     csrf: String,
 }
 
+/// Ends the session (its form token checked first: another site cannot
+/// log a browser out).
 pub(super) async fn logout(
     State(web): WebState,
     headers: axum::http::HeaderMap,
-    v: Viewer,
-    Form(form): Form<CsrfForm>,
+    _checked: Checked<CsrfForm>,
 ) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf) {
-        return r;
-    }
     if let Some(id) = session::cookie_of(&headers) {
         web.sessions.remove(id);
     }

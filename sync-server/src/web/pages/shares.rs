@@ -55,7 +55,7 @@ pub(in crate::web) async fn shares(State(web): WebState, v: Viewer) -> Response 
 #[derive(Deserialize)]
 pub(in crate::web) struct ShareForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     path: String,
     /// When it stops working (UTC, as [`point_of`] reads times); empty:
     /// never.
@@ -83,8 +83,8 @@ fn must_write(v: &Viewer) -> Result<(), Response> {
 }
 
 /// Makes a link to a live file or folder of the viewer's namespace.
-pub(in crate::web) async fn share(State(web): WebState, v: Viewer, Form(form): Form<ShareForm>) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf).and_then(|()| must_write(&v)) {
+pub(in crate::web) async fn share(State(web): WebState, Checked(v, form): Checked<ShareForm>) -> Response {
+    if let Err(r) = must_write(&v) {
         return r;
     }
     let path = match RelPath::new(form.path.trim_matches('/')) {
@@ -100,8 +100,11 @@ pub(in crate::web) async fn share(State(web): WebState, v: Viewer, Form(form): F
         },
         Err(s) if s.code() == Code::NotFound => {
             let mut files = v.files(&web);
-            let listing =
-                files.list(v.call(pb::ListRequest { prefix: path.clone(), include_deleted: false }));
+            let listing = files.list(v.call(pb::ListRequest {
+                prefix: path.clone(),
+                include_deleted: false,
+                ..Default::default()
+            }));
             let mut stream = match listing.await {
                 Ok(s) => s.into_inner(),
                 Err(s) => return refusal(&s),
@@ -183,16 +186,15 @@ async fn password_matches(hash: String, password: String) -> bool {
 #[derive(Deserialize)]
 pub(in crate::web) struct UnshareForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     id: String,
 }
 
 pub(in crate::web) async fn unshare(
     State(web): WebState,
-    v: Viewer,
-    Form(form): Form<UnshareForm>,
+    Checked(v, form): Checked<UnshareForm>,
 ) -> Response {
-    if let Err(r) = v.check_csrf(&form.csrf).and_then(|()| must_write(&v)) {
+    if let Err(r) = must_write(&v) {
         return r;
     }
     match web.store.revoke_share(&v.principal.namespace, &form.id, crate::clock::now_ms()).await {
@@ -208,18 +210,25 @@ fn no_such_link() -> Response {
     refused(StatusCode::NOT_FOUND, "not-found", "this link does not exist or no longer works")
 }
 
-/// The link `id` if it works now, read again on every request; `Err` is
+/// The link `id` if it exists and works now (not revoked, not expired),
+/// its record read again for this request; `Err` is the page to answer
+/// instead.
+async fn live_link(web: &Web, id: &str) -> Result<crate::storage::Share, Response> {
+    match web.store.share(id).await {
+        Ok(Some(l)) if l.live_at(crate::clock::now_ms()) => Ok(l),
+        Ok(_) => Err(no_such_link()),
+        Err(e) => Err(refusal(&e.into())),
+    }
+}
+
+/// The link `id` if it works now and this browser may use it; `Err` is
 /// the page to answer instead (no link, or its password form).
 async fn open_link(
     web: &Web,
     id: &str,
     headers: &axum::http::HeaderMap,
 ) -> Result<crate::storage::Share, Response> {
-    let link = match web.store.share(id).await {
-        Ok(Some(l)) if l.live_at(crate::clock::now_ms()) => l,
-        Ok(_) => return Err(no_such_link()),
-        Err(e) => return Err(refusal(&e.into())),
-    };
+    let link = live_link(web, id).await?;
     if !link.password.is_empty()
         && !session::named_cookie(headers, session::GRANT_COOKIE).is_some_and(|g| web.grants.unlocks(g, id))
     {
@@ -312,14 +321,24 @@ pub(in crate::web) async fn shared(
     };
     let dir = if at == link.path { String::new() } else { q.dir.trim_matches('/').to_owned() };
     let mut stream = match files
-        .list(as_link(&link, pb::ListRequest { prefix: at.clone(), include_deleted: false }))
+        .list(as_link(
+            &link,
+            pb::ListRequest {
+                prefix: at.clone(),
+                include_deleted: false,
+                one_level: true,
+                ..Default::default()
+            },
+        ))
         .await
     {
         Ok(s) => s.into_inner(),
         Err(s) => return refusal(&s),
     };
+    // One level: each entry is a file or folder of this folder, never one
+    // further below.
     let below = format!("{at}/");
-    let mut children: BTreeMap<String, Row> = BTreeMap::new();
+    let mut rows = Vec::new();
     while let Some(m) = stream.next().await {
         let Some(e) = (match m {
             Ok(m) => m.entry,
@@ -327,12 +346,9 @@ pub(in crate::web) async fn shared(
         }) else {
             continue;
         };
-        let Some(rel) = e.path.strip_prefix(below.as_str()) else { continue };
-        let (name, folder) = match rel.split_once('/') {
-            Some((first, _)) => (first, true),
-            None => (rel, e.folder),
-        };
-        children.entry(name.to_owned()).or_insert_with(|| Row {
+        let Some(name) = e.path.strip_prefix(below.as_str()) else { continue };
+        let folder = e.folder;
+        rows.push(Row {
             name: name.to_owned(),
             path: join(&dir, name),
             folder,
@@ -343,7 +359,6 @@ pub(in crate::web) async fn shared(
             mtime_ns: e.mtime_ns,
         });
     }
-    let mut rows: Vec<Row> = children.into_values().collect();
     rows.sort_by(|a, b| b.folder.cmp(&a.folder).then_with(|| a.name.cmp(&b.name)));
     render(&SharePage { nav: None, id, name, folder: true, dir, size: String::new(), rows })
 }
@@ -360,10 +375,9 @@ pub(in crate::web) async fn unlock_share(
     axum::extract::Path(id): axum::extract::Path<String>,
     Form(form): Form<SharePasswordForm>,
 ) -> Response {
-    let link = match web.store.share(&id).await {
-        Ok(Some(l)) if l.live_at(crate::clock::now_ms()) => l,
-        Ok(_) => return no_such_link(),
-        Err(e) => return refusal(&e.into()),
+    let link = match live_link(&web, &id).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     if !web.grants.may_try(&id) {
         let page = SharePasswordPage {

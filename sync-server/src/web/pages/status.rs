@@ -9,6 +9,8 @@ struct StatusPage {
     rows: Vec<(&'static str, String)>,
     admin: Vec<(&'static str, String)>,
     admin_error: String,
+    /// The server's counters since it started (admins only).
+    counters: Vec<(&'static str, String)>,
     /// The subscriptions this process feeds (admins only).
     clients: Vec<ClientRow>,
 }
@@ -38,6 +40,7 @@ pub(in crate::web) async fn status(State(web): WebState, v: Viewer) -> Response 
         ("Logged in as", format!("{} ({}, namespace {:?})", info.principal, info.access, info.namespace)),
     ];
     let (mut admin, mut admin_error, mut clients) = (Vec::new(), String::new(), Vec::new());
+    let mut counters = Vec::new();
     if v.principal.allows(Need::Admin) {
         match v.admin(&web).status(v.call(pb::StatusRequest { count_stored: false })).await {
             Ok(r) => {
@@ -59,6 +62,7 @@ pub(in crate::web) async fn status(State(web): WebState, v: Viewer) -> Response 
                         peer: c.peer.clone(),
                     })
                     .collect();
+                counters = counters_of(&web.services.metrics);
                 admin = vec![
                     ("Backend", s.backend.clone()),
                     ("Epoch", s.epoch.to_string()),
@@ -87,7 +91,25 @@ pub(in crate::web) async fn status(State(web): WebState, v: Viewer) -> Response 
             Err(s) => admin_error = s.message().to_owned(),
         }
     }
-    render(&StatusPage { nav: Some(nav(&web, &v)), rows, admin, admin_error, clients })
+    render(&StatusPage { nav: Some(nav(&web, &v)), rows, admin, admin_error, counters, clients })
+}
+
+/// The key counters of the server's metrics (all of them at `/metrics`
+/// with `--metrics-listen`), as the service page shows them.
+fn counters_of(m: &crate::ServerMetrics) -> Vec<(&'static str, String)> {
+    let commits = m.commit_seconds.get_sample_count();
+    let mean_ms = match commits {
+        0 => 0.0,
+        n => m.commit_seconds.get_sample_sum() * 1000.0 / n as f64,
+    };
+    vec![
+        ("Uploads", format!("{} ({})", m.uploads.get(), human_size(m.upload_bytes.get()))),
+        ("Downloads", format!("{} ({})", m.downloads.get(), human_size(m.download_bytes.get()))),
+        ("Deletions", m.deletes.get().to_string()),
+        ("Commits", format!("{commits} ({mean_ms:.1} ms each on average)")),
+        ("Refused or failed calls", m.errors_total().to_string()),
+        ("Live subscriptions", m.subscribers.get().to_string()),
+    ]
 }
 
 // ---------------------------------------------------------------------------
