@@ -84,6 +84,24 @@ impl Fixture {
         (self.s3.object_file(BUCKET, pack::pack_object(&pack).as_ref()), usize::try_from(offset).unwrap())
     }
 
+    /// Stores `data` as earlier releases did: one object, and a row that
+    /// points into no pack.
+    async fn store_whole(&self, store: &BucketContent, data: &[u8]) -> ContentHash {
+        let hash = ContentHash::of(data);
+        store.inner.bucket.put(&object(&hash), data.to_vec().into()).await.unwrap();
+        self.pool
+            .get()
+            .await
+            .unwrap()
+            .execute(
+                "INSERT INTO contents (hash, size, data, stored, touched) VALUES ($1, $2, NULL, true, now())",
+                &[&hash.as_bytes().as_slice(), &(data.len() as i64)],
+            )
+            .await
+            .unwrap();
+        hash
+    }
+
     /// Every pack in the bucket.
     fn packs(&self) -> Vec<std::path::PathBuf> {
         walk(&self.s3.object_file(BUCKET, "packs"))
@@ -329,18 +347,7 @@ async fn content_stored_whole_by_an_earlier_release_is_read_checked_and_removed(
     let f = Fixture::new().await;
     let store = f.open().await.with_grace(Duration::ZERO);
     let data = noise(100 * 1024, "stored whole");
-    let hash = ContentHash::of(&data);
-    store.inner.bucket.put(&object(&hash), data.clone().into()).await.unwrap();
-    f.pool
-        .get()
-        .await
-        .unwrap()
-        .execute(
-            "INSERT INTO contents (hash, size, data, stored, touched) VALUES ($1, $2, NULL, true, now())",
-            &[&hash.as_bytes().as_slice(), &(data.len() as i64)],
-        )
-        .await
-        .unwrap();
+    let hash = f.store_whole(&store, &data).await;
     assert_eq!(read(&store, &hash, data.len() as u64, 64 * 1024).await.0, data);
     assert_eq!(store.put_whole(hash, data.clone()).await.unwrap(), None, "a good copy is kept");
 
@@ -354,18 +361,7 @@ async fn content_stored_whole_by_an_earlier_release_is_read_checked_and_removed(
 
     // Removed: the row, then (with no grace) its pack.
     let other = noise(100 * 1024, "whole, then removed");
-    let old = ContentHash::of(&other);
-    store.inner.bucket.put(&object(&old), other.clone().into()).await.unwrap();
-    f.pool
-        .get()
-        .await
-        .unwrap()
-        .execute(
-            "INSERT INTO contents (hash, size, data, stored, touched) VALUES ($1, $2, NULL, true, now())",
-            &[&old.as_bytes().as_slice(), &(other.len() as i64)],
-        )
-        .await
-        .unwrap();
+    let old = f.store_whole(&store, &other).await;
     store.delete(&old).await.unwrap();
     assert!(!f.object_file(&old).exists(), "the object went with its row");
     store.delete(&hash).await.unwrap();
