@@ -485,15 +485,21 @@ pub(in crate::web) async fn mkdir(State(web): WebState, Checked(v, form): Checke
     }
 }
 
-pub(in crate::web) async fn delete(State(web): WebState, Checked(v, form): Checked<VersionForm>) -> Response {
+/// Deletes `path` as the viewer, if it is still at `version` (with the
+/// viewer's own lock on it, if any).
+async fn delete_version(web: &Web, v: &Viewer, path: &str, version: u64) -> Result<(), tonic::Status> {
     let request = pb::DeleteRequest {
-        path: form.path.clone(),
-        base_version: form.version,
+        path: path.to_owned(),
+        base_version: version,
         client_id: WEB_CLIENT_ID.into(),
-        lock_token: own_lock_token(&web, &v, &form.path).await,
+        lock_token: own_lock_token(web, v, path).await,
     };
-    match v.files(&web).delete(v.call(request)).await {
-        Ok(_) => back_to_folder(parent_of(&form.path)),
+    v.files(web).delete(v.call(request)).await.map(|_| ())
+}
+
+pub(in crate::web) async fn delete(State(web): WebState, Checked(v, form): Checked<VersionForm>) -> Response {
+    match delete_version(&web, &v, &form.path, form.version).await {
+        Ok(()) => back_to_folder(parent_of(&form.path)),
         Err(s) => refusal(&s),
     }
 }
@@ -549,14 +555,8 @@ pub(in crate::web) async fn move_file(State(web): WebState, Checked(v, form): Ch
     if let Err(s) = v.files(&web).upload(v.call(messages)).await {
         return refusal(&s);
     }
-    let request = pb::DeleteRequest {
-        path: form.path.clone(),
-        base_version: form.version,
-        client_id: WEB_CLIENT_ID.into(),
-        lock_token: own_lock_token(&web, &v, &form.path).await,
-    };
-    match v.files(&web).delete(v.call(request)).await {
-        Ok(_) => Redirect::to(&format!("/file?path={}", urlencode(&to))).into_response(),
+    match delete_version(&web, &v, &form.path, form.version).await {
+        Ok(()) => Redirect::to(&format!("/file?path={}", urlencode(&to))).into_response(),
         // The copy stays: nothing is lost, and the page says why the old
         // name does too.
         Err(s) => refusal(&s),
