@@ -466,19 +466,6 @@ pub(super) async fn moved_to(c: &Client, ns: &str, path: &str, after: u64) -> Re
     Ok(row.map(|r| r.try_get::<_, String>(0)).transpose()?.map(RelPath::new).transpose()?)
 }
 
-/// [`refers_to`]'s query: by the hash indexes.
-const REFERS_TO_SQL: &str = "SELECT EXISTS (SELECT 1 FROM files WHERE hash = $1 AND namespace = $2)
-         OR EXISTS (SELECT 1 FROM versions WHERE hash = $1 AND namespace = $2)";
-
-/// Whether an entry or a kept version of namespace `ns` refers to content
-/// `hash` ([`crate::storage::meta::Want::refers`]: content its own history
-/// keeps is the namespace's to reuse). Reads `files (namespace, hash)`.
-pub(super) async fn refers_to(c: &Client, ns: &str, hash: &ContentHash) -> Result<bool> {
-    let hash = hash.as_bytes().as_slice();
-    let row = c.query_typed_one(REFERS_TO_SQL, &[(&hash, Type::BYTEA), (&ns, Type::TEXT)]).await?;
-    Ok(row.try_get(0)?)
-}
-
 /// Runs a query whose rows are versions of [`VERSION_COLUMNS`].
 async fn versions_of(c: &Client, sql: &str, params: &[Param<'_>]) -> Result<Vec<Version>> {
     c.query_typed(sql, params).await?.iter().map(version_from_row).collect()
@@ -984,6 +971,29 @@ mod tests {
         rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
     }
 
+    /// Whether an entry or a kept version of namespace `ns` refers to
+    /// `hash`, as the facts of a write read it.
+    async fn refers_to(c: &Client, ns: &str, hash: &ContentHash) -> Result<bool> {
+        let h = hash.as_bytes().as_slice();
+        let row = c.query_typed_one(super::super::FACTS_SQL, &facts_params(&ns, &h)).await?;
+        Ok(row.try_get(super::super::FACTS_LOCK_AT + super::super::locks::LOCK_WIDTH + 2)?)
+    }
+
+    /// [`super::super::FACTS_SQL`]'s parameters when only whether `ns`
+    /// refers to `hash` is wanted.
+    fn facts_params<'a>(ns: &'a &'a str, hash: &'a &'a [u8]) -> Vec<Param<'a>> {
+        const NONE: Option<&str> = None;
+        const NO_FOLDERS: &[&str] = &[];
+        vec![
+            (ns, Type::TEXT),
+            (&"a-path-never-written", Type::TEXT),
+            (&NO_FOLDERS, Type::TEXT_ARRAY),
+            (&NONE, Type::TEXT),
+            (&NONE, Type::TEXT),
+            (hash, Type::BYTEA),
+        ]
+    }
+
     /// Whether a plan sorts rows it read (an incremental sort of each
     /// path's few versions, already in path order, is no such sort) or
     /// reads a table whole.
@@ -1056,9 +1066,14 @@ mod tests {
 
         // The facts of a write and the pruning reads: by their indexes.
         let h: Vec<u8> = c.query_one("SELECT hash FROM versions WHERE seq = 154", &[]).await.unwrap().get(0);
-        let p = plan(&c, REFERS_TO_SQL, &[(&h.as_slice(), Type::BYTEA), (&"ns", Type::TEXT)]).await;
+        // (The facts' one sort is of the path's own folders' rows; the
+        // empty locks table is read whole.)
+        let p = plan(&c, super::super::FACTS_SQL, &facts_params(&"ns", &h.as_slice())).await;
         assert!(
-            p.contains("files_by_hash") && p.contains("versions_by_hash") && !scans(&p),
+            p.contains("files_by_hash")
+                && p.contains("versions_by_hash")
+                && !p.contains("Seq Scan on files")
+                && !p.contains("Seq Scan on versions"),
             "refers_to: {p}"
         );
         let list = vec![h.as_slice()];

@@ -162,31 +162,32 @@ async fn put_lock(c: &Conn, ns: &str, l: &Lock) -> Result<()> {
 
 const LOCK_COLUMNS: &str = "path, lock_id, client_id, holder, note, acquired_ms, expires_ms, ttl_seconds, token, namespace, principal";
 
+/// How many columns [`LOCK_COLUMNS`] has.
+pub(super) const LOCK_WIDTH: usize = 11;
+
 fn lock_from_row(r: &Row) -> Result<(String, Lock)> {
-    let path: String = r.try_get(0)?;
-    let ns: String = r.try_get(9)?;
-    let lock = Lock {
-        lock_id: r.try_get(1)?,
-        path: RelPath::new(path).map_err(|e| Error::Internal(format!("a stored lock's path: {e}")))?,
-        client_id: r.try_get(2)?,
-        principal: r.try_get(10)?,
-        holder: r.try_get(3)?,
-        note: r.try_get(4)?,
-        acquired_ms: r.try_get(5)?,
-        expires_ms: r.try_get(6)?,
-        ttl_seconds: u32::try_from(r.try_get::<_, i64>(7)?)
-            .map_err(|_| Error::Internal("a stored lock's ttl is out of range".into()))?,
-        token: r.try_get::<_, i64>(8)? as u64,
-    };
-    Ok((ns, lock))
+    lock_from_row_at(r, 0)
 }
 
-/// The lock row of `path` (live or past its expiry), if any.
-pub(super) async fn get_lock(c: &Conn, ns: &str, path: &RelPath) -> Result<Option<Lock>> {
-    let stmt = c
-        .prepare_cached(&format!("SELECT {LOCK_COLUMNS} FROM locks WHERE namespace = $1 AND path = $2"))
-        .await?;
-    c.query_opt(&stmt, &[&ns, &path.as_str()]).await?.map(|r| lock_from_row(&r).map(|(_, l)| l)).transpose()
+/// Decodes a lock of [`LOCK_COLUMNS`] starting at column `at`, and its
+/// namespace.
+pub(super) fn lock_from_row_at(r: &Row, at: usize) -> Result<(String, Lock)> {
+    let path: String = r.try_get(at)?;
+    let ns: String = r.try_get(at + 9)?;
+    let lock = Lock {
+        lock_id: r.try_get(at + 1)?,
+        path: RelPath::new(path).map_err(|e| Error::Internal(format!("a stored lock's path: {e}")))?,
+        client_id: r.try_get(at + 2)?,
+        principal: r.try_get(at + 10)?,
+        holder: r.try_get(at + 3)?,
+        note: r.try_get(at + 4)?,
+        acquired_ms: r.try_get(at + 5)?,
+        expires_ms: r.try_get(at + 6)?,
+        ttl_seconds: u32::try_from(r.try_get::<_, i64>(at + 7)?)
+            .map_err(|_| Error::Internal("a stored lock's ttl is out of range".into()))?,
+        token: r.try_get::<_, i64>(at + 8)? as u64,
+    };
+    Ok((ns, lock))
 }
 
 /// The lock row with id `lock_id`, if any.

@@ -129,6 +129,16 @@ impl PgMeta {
         {
             config.password(password);
         }
+        // Every statement is prepared once per connection and run many
+        // times: planned once (a generic plan), not again at each run,
+        // which cost more than running it (the facts of a write took a
+        // millisecond of planning). ANALYZE ([`SharedMeta::refresh_statistics`])
+        // has them planned again as the tables grow.
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c plan_cache_mode=force_generic_plan"),
+            None => "-c plan_cache_mode=force_generic_plan".to_owned(),
+        };
+        config.options(&options);
         let build = |size: usize| {
             let manager = Manager::from_config(
                 config.clone(),
@@ -945,47 +955,28 @@ impl Drop for PgTx {
     }
 }
 
-/// The facts of a write to `path` (see [`Facts`]). Every read that does
-/// not depend on another is sent at once (pipelined on the connection), so
-/// a put's facts cost one round trip, two when its current content's
-/// recipe or a later move is wanted: a group commit runs them one put
-/// after another under the feed's lock.
+/// The facts of a write to `path` (see [`Facts`]): the path's entry, its
+/// lock, a file above it, a live entry below it and whether the namespace
+/// refers to the content come from one statement ([`FACTS_SQL`]; a group
+/// commit runs it once per put, under the feed's lock), a move's source
+/// with it; the current content's recipe or a later move, when wanted,
+/// take a second trip.
 async fn facts(c: &Conn, ns: &str, path: &RelPath, want: Want) -> Result<Facts> {
-    let folders: Vec<&str> = rules::folders_of(path).collect();
-    let file_above = async {
-        if want.clash.is_none() || folders.is_empty() {
-            return Ok(None);
-        }
-        // The first of the path's folders (shortest first) that is a live
-        // file.
-        let stmt = c
-            .prepare_cached(
-                "SELECT path FROM files WHERE namespace = $1 AND path = ANY($2) AND NOT deleted AND NOT folder
-                 ORDER BY length(path) LIMIT 1",
-            )
-            .await?;
-        Ok::<_, Error>(c.query_opt(&stmt, &[&ns, &folders]).await?.map(|r| r.get(0)))
+    let folders: Vec<&str> = match want.clash {
+        Some(_) => rules::folders_of(path).collect(),
+        None => Vec::new(),
     };
-    let live_below = async {
-        if want.clash != Some(false) {
-            return Ok(None);
-        }
-        // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
-        let p = path.as_str();
-        let stmt = c
-            .prepare_cached(
-                "SELECT path FROM files WHERE namespace = $1 AND path > $2 AND path < $3 AND NOT deleted LIMIT 1",
-            )
-            .await?;
-        Ok::<_, Error>(
-            c.query_opt(&stmt, &[&ns, &format!("{p}/"), &format!("{p}0")]).await?.map(|r| r.get(0)),
-        )
+    // Paths below "p" sort between "p/" and "p0" ('0' follows '/').
+    let p = path.as_str();
+    let below = (want.clash == Some(false)).then(|| (format!("{p}/"), format!("{p}0")));
+    let (below_from, below_to) = match &below {
+        Some((from, to)) => (Some(from.as_str()), Some(to.as_str())),
+        None => (None, None),
     };
-    let refers = async {
-        match &want.refers {
-            Some(hash) => history::refers_to(c, ns, hash).await,
-            None => Ok(false),
-        }
+    let refers = want.refers.as_ref().map(|h| h.as_bytes().as_slice());
+    let row = async {
+        let stmt = c.prepare_cached(FACTS_SQL).await?;
+        Ok::<_, Error>(c.query_one(&stmt, &[&ns, &p, &folders, &below_from, &below_to, &refers]).await?)
     };
     let moved_from_hash = async {
         match &want.moved_from {
@@ -993,14 +984,18 @@ async fn facts(c: &Conn, ns: &str, path: &RelPath, want: Want) -> Result<Facts> 
             None => Ok(None),
         }
     };
-    let (current, lock, file_above, live_below, refers, moved_from_hash) = futures::try_join!(
-        get_entry(c, ns, path),
-        locks::get_lock(c, ns, path),
-        file_above,
-        live_below,
-        refers,
-        moved_from_hash,
-    )?;
+    let (row, moved_from_hash) = futures::try_join!(row, moved_from_hash)?;
+    let current = match row.try_get::<_, Option<&str>>(0)? {
+        Some(_) => Some(entry_from_row(&row, 0)?),
+        None => None,
+    };
+    let lock = match row.try_get::<_, Option<&str>>(FACTS_LOCK_AT)? {
+        Some(_) => Some(locks::lock_from_row_at(&row, FACTS_LOCK_AT)?.1),
+        None => None,
+    };
+    let file_above: Option<String> = row.try_get(FACTS_LOCK_AT + locks::LOCK_WIDTH)?;
+    let live_below: Option<String> = row.try_get(FACTS_LOCK_AT + locks::LOCK_WIDTH + 1)?;
+    let refers: bool = row.try_get(FACTS_LOCK_AT + locks::LOCK_WIDTH + 2)?;
     // What lies below matters only when no folder above is a file.
     let live_below = if file_above.is_none() { live_below } else { None };
     let mut out =
@@ -1017,6 +1012,34 @@ async fn facts(c: &Conn, ns: &str, path: &RelPath, want: Want) -> Result<Facts> 
     }
     Ok(out)
 }
+
+/// [`facts`]'s statement: $1 the namespace, $2 the path, $3 its folders
+/// (empty: no file above is wanted), $4 and $5 the bounds of the paths
+/// below it (NULL: not wanted), $6 the content whose references are
+/// wanted (NULL: not wanted). One row: the entry's columns (NULL: none),
+/// the lock's from [`FACTS_LOCK_AT`] (NULL: none), then the file above,
+/// the live entry below and whether the namespace refers to the content.
+const FACTS_SQL: &str = "
+SELECT f.path, f.version, f.deleted, f.size, f.hash, f.mtime_ns, f.executable, f.client_id, f.symlink, f.folder,
+       l.path, l.lock_id, l.client_id, l.holder, l.note, l.acquired_ms, l.expires_ms, l.ttl_seconds, l.token,
+       l.namespace, l.principal,
+       (SELECT a.path FROM files a
+         WHERE a.namespace = $1 AND a.path = ANY($3::text[]) AND NOT a.deleted AND NOT a.folder
+         ORDER BY length(a.path) LIMIT 1),
+       CASE WHEN $4::text IS NOT NULL THEN
+           (SELECT b.path FROM files b
+             WHERE b.namespace = $1 AND b.path > $4::text AND b.path < $5::text AND NOT b.deleted LIMIT 1)
+       END,
+       CASE WHEN $6::bytea IS NOT NULL THEN
+           EXISTS (SELECT 1 FROM files r WHERE r.hash = $6::bytea AND r.namespace = $1)
+           OR EXISTS (SELECT 1 FROM versions v WHERE v.hash = $6::bytea AND v.namespace = $1)
+       ELSE false END
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN files f ON f.namespace = $1 AND f.path = $2
+LEFT JOIN locks l ON l.namespace = $1 AND l.path = $2";
+
+/// Where the lock's columns start in [`FACTS_SQL`]'s row.
+const FACTS_LOCK_AT: usize = 10;
 
 /// The hashes as `bytea[]` parameter values.
 fn hash_params(hashes: &[ContentHash]) -> Vec<&[u8]> {
@@ -1071,16 +1094,6 @@ async fn write_recipe(c: &Conn, r: &Recipe) -> Result<()> {
         .await?;
     c.execute(&link, &[&chunks, &hash]).await?;
     Ok(())
-}
-
-async fn get_entry(c: &Conn, ns: &str, path: &RelPath) -> Result<Option<Entry>> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT path, version, deleted, size, hash, mtime_ns, executable, client_id, symlink, folder
-             FROM files WHERE namespace = $1 AND path = $2",
-        )
-        .await?;
-    c.query_opt(&stmt, &[&ns, &path.as_str()]).await?.map(|r| entry_from_row(&r, 0)).transpose()
 }
 
 /// Appends a change to the log and applies it.
