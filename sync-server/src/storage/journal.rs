@@ -733,7 +733,17 @@ impl Store {
     /// commits every queued put in one transaction. Each put's checks run
     /// in order inside that transaction, so a refused one writes nothing
     /// and later ones see the earlier ones.
-    async fn commit_put_placed(&self, ns: &str, job: Job) -> Result<Change> {
+    async fn commit_put_placed(&self, ns: &str, mut job: Job) -> Result<Change> {
+        if job.needs_sync && self.is_shared() {
+            // A shared backend's content is made durable by requests of
+            // its own, which run side by side: each put waits for its own
+            // before it queues, not the group under the writer lock (where
+            // the embedded backend's one sync for the group belongs).
+            let names: Vec<ContentHash> =
+                pending_names(job.put.content.hash, job.recipe.as_deref()).collect();
+            self.inner.content.ensure_durable(&names).await?;
+            job.needs_sync = false;
+        }
         let slot: Slot = Arc::new(Mutex::new(None));
         lock(&self.inner.queued).push(QueuedPut { ns: ns.to_owned(), job, slot: slot.clone() });
         let mut w = self.inner.writer.lock().await;

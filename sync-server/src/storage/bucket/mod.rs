@@ -10,6 +10,10 @@
 //! one object, `content/<hex hash>`, is still read, checked and removed.
 //!
 //! Placing content (one protocol for every process):
+//! 0. content of at most [`INLINE_MAX`] bytes joins this process's open
+//!    batch of rows; the batch is upserted with `touched = now()`, the
+//!    bytes in each row, in one statement, when a commit needs one of them
+//!    ([`pack`]). Larger content:
 //! 1. upsert its row with `touched = now()` (committed at once);
 //! 2. unless the row says a copy is `stored` and that copy reads back
 //!    good, append it to this process's open pack; the pack's PUT and the
@@ -33,9 +37,9 @@
 //! the row lock so that a good copy that replaced it meanwhile stays. The
 //! next verified copy placed heals it.
 //!
-//! An inline row is committed when it is placed; content appended to a
-//! pack is durable once [`ContentStore::ensure_durable`] returned for it
-//! (the pack's PUT was acknowledged and the rows point into it). A bucket
+//! Content placed is durable once [`ContentStore::ensure_durable`]
+//! returned for it: its batch of rows was committed, or its pack's PUT was
+//! acknowledged and the rows point into it. A bucket
 //! that cannot be reached, and a database connection that is
 //! refused or lost, are [`Error::Unavailable`]; the object client's own
 //! retries are bounded ([`MAX_RETRIES`], [`RETRY_TIMEOUT`]) and only repeat
@@ -428,26 +432,9 @@ impl BucketContent {
         let key = hash.as_bytes().as_slice();
         let size_param = i64::try_from(size).map_err(|_| Error::Internal("content beyond i64".into()))?;
         if size <= INLINE_MAX {
-            // One statement: the row is the copy. A copy there already is
-            // written again with the same (verified) bytes, which heals one
-            // that went bad.
-            let row = self
-                .query_opt(
-                    "WITH old AS (SELECT stored AND NOT damaged AND data = $3 AS good, damaged FROM contents WHERE hash = $1)
-                     INSERT INTO contents (hash, size, data, stored, touched, damaged)
-                     VALUES ($1, $2, $3, true, now(), false)
-                     ON CONFLICT (hash) DO UPDATE
-                         SET size = excluded.size, data = excluded.data, stored = true, damaged = false, touched = now()
-                     RETURNING (SELECT good FROM old), (SELECT damaged FROM old)",
-                    &[&key, &size_param, &data.as_ref()],
-                )
-                .await?
-                .ok_or_else(|| Error::Internal("an upsert returned no row".into()))?;
-            if row.get::<_, Option<bool>>(1) == Some(true) {
-                self.healed(&hash, false).await;
-            }
-            let kept = row.get::<_, Option<bool>>(0) == Some(true);
-            return Ok((!kept).then_some(Durability::Durable));
+            // Into its row with the rest of its batch, when a commit needs it.
+            self.append_row(hash, data);
+            return Ok(Some(Durability::Pending));
         }
         if self.inner.packer.is_on_its_way(&hash) {
             return Ok(Some(Durability::Pending));
@@ -746,6 +733,20 @@ impl ContentStore for BucketContent {
 
     async fn put_whole(&self, hash: ContentHash, data: Vec<u8>) -> Result<Option<Durability>> {
         check(&hash, data.len() as u64, &data)?;
+        if data.len() as u64 <= INLINE_MAX {
+            // A good copy in its row is kept, touched (no process removes
+            // it for a grace), and nothing is written.
+            let kept = self
+                .query_opt(
+                    "UPDATE contents SET touched = now()
+                     WHERE hash = $1 AND stored AND NOT damaged AND data = $2 RETURNING 1",
+                    &[&hash.as_bytes().as_slice(), &data.as_slice()],
+                )
+                .await?;
+            if kept.is_some() {
+                return Ok(None);
+            }
+        }
         self.place(hash, Bytes::from(data)).await
     }
 
@@ -835,7 +836,7 @@ impl ContentStore for BucketContent {
     }
 
     async fn ensure_durable(&self, hashes: &[ContentHash]) -> Result<()> {
-        // An inline row was committed; appended content waits for its pack.
+        // Content waits for its batch of rows or its pack.
         self.wait_for_packs(hashes).await
     }
 

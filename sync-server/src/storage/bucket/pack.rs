@@ -20,6 +20,14 @@
 //! content failed: such content is remembered as failed (for a grace) so
 //! that every upload that counted on it hears so.
 //!
+//! Content of at most [`INLINE_MAX`](super::INLINE_MAX) bytes goes into its
+//! row instead, by group commit: one task writes the open batch of rows
+//! with one upsert (one transaction) while the next batch gathers what
+//! arrives meanwhile; `ensure_durable` waits for the batch of each named
+//! content. A burst of small files then costs the database a commit per
+//! batch for their content, not one each, and nobody waits for a batch
+//! to fill.
+//!
 //! A pack is removed ([`BucketContent::collect_packs`]) once no row points
 //! into it and it is older than the grace: nothing points into a pack
 //! after its own step 4, so a pack that old with no rows never gains one.
@@ -71,7 +79,8 @@ enum Outcome {
     Failed(String),
 }
 
-/// One pack, as the content appended to it waits for it.
+/// One pack, or one batch of inline rows, as the content appended to it
+/// waits for it.
 #[derive(Debug)]
 struct Pack {
     id: String,
@@ -99,6 +108,13 @@ struct OpenPack {
     opened: Instant,
 }
 
+/// The batch of inline rows content is appended to, not written yet.
+#[derive(Debug)]
+struct OpenRows {
+    batch: Arc<Pack>,
+    rows: Vec<(ContentHash, Bytes)>,
+}
+
 /// Content appended to a pack that is not written yet, or whose writing
 /// failed (kept for a grace, so that whoever counted on it hears so).
 #[derive(Debug)]
@@ -118,6 +134,9 @@ pub(super) struct Packer {
 #[derive(Debug, Default)]
 struct State {
     open: Option<OpenPack>,
+    open_rows: Option<OpenRows>,
+    /// Whether the task writing batches of rows runs.
+    writing_rows: bool,
     members: HashMap<ContentHash, Member>,
 }
 
@@ -167,9 +186,51 @@ impl BucketContent {
         Ok(())
     }
 
+    /// Appends verified small content to this process's open batch of
+    /// inline rows, and starts the task writing batches unless it runs.
+    /// The content is [`Durability::Pending`](super::Durability::Pending)
+    /// until its batch is written.
+    pub(super) fn append_row(&self, hash: ContentHash, data: Bytes) {
+        {
+            let mut state = self.inner.packer.lock();
+            if state.members.get(&hash).is_some_and(|m| !m.pack.failed()) {
+                return; // On its way already.
+            }
+            let open =
+                state.open_rows.get_or_insert_with(|| OpenRows { batch: Pack::new(), rows: Vec::new() });
+            open.rows.push((hash, data));
+            let member = Member { pack: open.batch.clone(), since: Instant::now() };
+            state.members.insert(hash, member);
+            if std::mem::replace(&mut state.writing_rows, true) {
+                return; // The running task takes this batch next.
+            }
+        }
+        let store = self.clone();
+        tokio::spawn(async move { store.write_rows().await });
+    }
+
+    /// Writes batches of rows, one after the other, until none is open.
+    async fn write_rows(&self) {
+        loop {
+            let OpenRows { batch, rows } = {
+                let mut state = self.inner.packer.lock();
+                match state.open_rows.take() {
+                    Some(open) => open,
+                    None => {
+                        state.writing_rows = false;
+                        return;
+                    }
+                }
+            };
+            batch.outcome.send_replace(Outcome::Writing);
+            let result = self.put_rows(&rows).await;
+            self.written(&batch, rows.iter().map(|(h, _)| h), result, "a batch of inline rows");
+        }
+    }
+
     /// Waits until the content `hashes` names that is on its way in a pack
-    /// is durable (sealing the open pack if it holds any): `UNAVAILABLE`
-    /// when a pack of one of them failed.
+    /// or a batch of rows is durable (sealing the open pack if it holds
+    /// any): `UNAVAILABLE` when the pack or batch of one of them failed.
     pub(super) async fn wait_for_packs(&self, hashes: &[ContentHash]) -> Result<()> {
         let (packs, open) = {
             let mut state = self.inner.packer.lock();
@@ -232,24 +293,77 @@ impl BucketContent {
     async fn write_pack(&self, open: OpenPack, _permit: Option<OwnedSemaphorePermit>) {
         let OpenPack { pack, data, members, .. } = open;
         let result = self.put_pack(&pack.id, data.freeze(), &members).await;
+        self.written(&pack, members.iter().map(|(h, _)| h), result, "a pack");
+    }
+
+    /// Tells those waiting for `pack` (of `members`) how writing it went.
+    fn written<'a>(
+        &self,
+        pack: &Arc<Pack>,
+        members: impl ExactSizeIterator<Item = &'a ContentHash>,
+        result: Result<()>,
+        what: &str,
+    ) {
         let mut state = self.inner.packer.lock();
         match &result {
             Ok(()) => {
-                for (hash, _) in &members {
-                    if state.members.get(hash).is_some_and(|m| Arc::ptr_eq(&m.pack, &pack)) {
+                for hash in members {
+                    if state.members.get(hash).is_some_and(|m| Arc::ptr_eq(&m.pack, pack)) {
                         state.members.remove(hash);
                     }
                 }
                 pack.outcome.send_replace(Outcome::Durable);
             }
             Err(e) => {
-                tracing::warn!(pack = %pack.id, contents = members.len(), error = %e, "could not write a pack");
+                tracing::warn!(id = %pack.id, contents = members.len(), error = %e, "could not write {what}");
                 pack.outcome.send_replace(Outcome::Failed(e.to_string()));
             }
         }
         // Failures are remembered for a grace, no longer.
         let grace = self.inner.grace;
         state.members.retain(|_, m| !m.pack.failed() || m.since.elapsed() < grace);
+    }
+
+    /// Writes small contents into their rows with one statement: each row
+    /// is the copy (a copy there already is written again with the same
+    /// verified bytes, which heals one that went bad), touched now.
+    async fn put_rows(&self, rows: &[(ContentHash, Bytes)]) -> Result<()> {
+        let mut sorted: Vec<(&[u8], i64, &[u8])> =
+            rows.iter().map(|(h, d)| (h.as_bytes().as_slice(), d.len() as i64, d.as_ref())).collect();
+        // In hash order, as every writer of many rows locks them.
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        let mut hashes = Vec::with_capacity(sorted.len());
+        let mut sizes = Vec::with_capacity(sorted.len());
+        let mut data = Vec::with_capacity(sorted.len());
+        for (h, s, d) in sorted {
+            hashes.push(h);
+            sizes.push(s);
+            data.push(d);
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "WITH m AS (SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[]) AS m(h, s, d)),
+                      was AS (SELECT c.hash FROM contents c JOIN m ON c.hash = m.h WHERE c.damaged),
+                      up AS (INSERT INTO contents (hash, size, data, stored, touched, damaged)
+                             SELECT h, s, d, true, now(), false FROM m ORDER BY h
+                             ON CONFLICT (hash) DO UPDATE
+                                 SET size = excluded.size, data = excluded.data, stored = true,
+                                     damaged = false, touched = now()
+                             RETURNING 1)
+                 SELECT hash FROM was",
+            )
+            .await
+            .map_err(pg_error)?;
+        let healed = client.query(&statement, &[&hashes, &sizes, &data]).await.map_err(pg_error)?;
+        drop(client);
+        for row in &healed {
+            if let Ok(hash) = ContentHash::try_from(row.get::<_, &[u8]>(0)) {
+                self.healed(&hash, false).await;
+            }
+        }
+        Ok(())
     }
 
     /// Steps 2 to 4 of the module's protocol.

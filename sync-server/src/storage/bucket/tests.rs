@@ -520,6 +520,106 @@ async fn an_unreachable_bucket_or_database_is_unavailable_and_never_damage() {
     assert_eq!(store.head(&hash).await.unwrap(), Some(data.len() as u64));
 }
 
+/// Waits until a statement of this database waits for a lock (a batch of
+/// rows behind the test's `LOCK TABLE`).
+async fn until_a_write_waits(pool: &Pool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let db = pool.get().await.unwrap();
+    loop {
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no batch of rows started its write");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Uploads and places small content, as an upload does: pending, into
+/// the open batch of rows, with no statement of its own.
+async fn place_small(store: &BucketContent, data: &[u8]) -> ContentHash {
+    let hash = ContentHash::of(data);
+    let mut upload = store.upload().await.unwrap();
+    upload.write(data.to_vec()).await.unwrap();
+    let staged = upload.complete(hash, data.len() as u64).await.unwrap();
+    assert_eq!(staged.place().await.unwrap(), Durability::Pending);
+    hash
+}
+
+#[tokio::test]
+async fn small_contents_placed_while_a_batch_is_written_gather_into_the_next_one() {
+    let f = Fixture::new().await;
+    let store = f.open().await;
+    // Inserts into `contents` wait while another transaction holds this
+    // lock: the first batch's write waits, and what is placed meanwhile
+    // gathers.
+    let mut blocker = f.pool.get().await.unwrap();
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE contents IN SHARE ROW EXCLUSIVE MODE").await.unwrap();
+    let first = place_small(&store, b"the first small content").await;
+    until_a_write_waits(&f.pool).await;
+    let mut all = vec![first];
+    for i in 0..50 {
+        all.push(place_small(&store, format!("small content {i}").as_bytes()).await);
+    }
+    let count = |sql: &'static str| {
+        let pool = f.pool.clone();
+        async move { pool.get().await.unwrap().query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM contents").await, 0, "pending content is in no row yet");
+    let durable = tokio::spawn({
+        let (store, all) = (store.clone(), all.clone());
+        async move { store.ensure_durable(&all).await }
+    });
+    lock.commit().await.unwrap();
+    durable.await.unwrap().unwrap();
+    // Rows written by one transaction share its id (xmin): the first
+    // content's batch, then one for the fifty gathered meanwhile.
+    assert_eq!(count("SELECT count(*) FROM contents WHERE stored AND data IS NOT NULL").await, 51);
+    assert_eq!(count("SELECT count(DISTINCT xmin::text) FROM contents").await, 2);
+    for (i, hash) in all.iter().enumerate().skip(1).step_by(7) {
+        let data = format!("small content {}", i - 1);
+        assert_eq!(read(&store, hash, data.len() as u64, 4096).await.0, data.as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_rows_that_failed_fails_everyone_in_it_and_placing_again_works() {
+    let f = Fixture::new().await;
+    let store = f.open().await;
+    let db = f.pool.get().await.unwrap();
+    // A constraint the database checks at the batch's write: content of
+    // 13 bytes cannot be written, and with it the rest of its batch.
+    db.batch_execute("ALTER TABLE contents ADD CONSTRAINT refuse_13 CHECK (size <> 13)").await.unwrap();
+    let mut blocker = f.pool.get().await.unwrap();
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE contents IN SHARE ROW EXCLUSIVE MODE").await.unwrap();
+    let first = place_small(&store, b"goes alone").await;
+    until_a_write_waits(&f.pool).await;
+    let refused = place_small(&store, b"thirteen byte").await;
+    let beside = place_small(&store, b"placed beside it").await;
+    lock.commit().await.unwrap();
+    store.ensure_durable(&[first]).await.unwrap();
+    for hash in [refused, beside] {
+        assert!(store.ensure_durable(&[hash]).await.is_err(), "its batch was not written");
+        assert_eq!(store.head(&hash).await.unwrap(), None);
+    }
+    // Placed again, each goes into a new batch.
+    db.batch_execute("ALTER TABLE contents DROP CONSTRAINT refuse_13").await.unwrap();
+    for (hash, data) in [(refused, &b"thirteen byte"[..]), (beside, &b"placed beside it"[..])] {
+        assert_eq!(place_small(&store, data).await, hash);
+        store.ensure_durable(&[hash]).await.unwrap();
+        assert_eq!(read(&store, &hash, data.len() as u64, 4096).await.0, data);
+    }
+}
+
 #[test]
 fn content_urls_name_a_bucket_an_endpoint_and_a_region() {
     assert_eq!(
