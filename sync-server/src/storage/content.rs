@@ -124,6 +124,15 @@ pub(crate) trait ContentStore: Send + Sync + Debug + 'static {
     /// its chunks too), though a store may make more durable.
     async fn ensure_durable(&self, hashes: &[ContentHash]) -> Result<()>;
 
+    /// Whether [`ContentStore::ensure_durable`] costs each content requests
+    /// of its own, which run side by side (a bucket), rather than one sync
+    /// for everything pending (a local folder). Then each put waits for its
+    /// own content before it queues for the group commit, instead of the
+    /// group waiting for all of it under the writer lock.
+    fn durable_each(&self) -> bool {
+        false
+    }
+
     /// Removes what the store keeps beside its contents that no content
     /// needs any more (the bucket's packs no content points into); the
     /// journal's sweep calls it after removing unreferenced content.

@@ -734,11 +734,9 @@ impl Store {
     /// in order inside that transaction, so a refused one writes nothing
     /// and later ones see the earlier ones.
     async fn commit_put_placed(&self, ns: &str, mut job: Job) -> Result<Change> {
-        if job.needs_sync && self.is_shared() {
-            // A shared backend's content is made durable by requests of
-            // its own, which run side by side: each put waits for its own
-            // before it queues, not the group under the writer lock (where
-            // the embedded backend's one sync for the group belongs).
+        if job.needs_sync && self.inner.content.durable_each() {
+            // Its own content's requests, side by side with other puts',
+            // not the group's under the writer lock.
             let names: Vec<ContentHash> =
                 pending_names(job.put.content.hash, job.recipe.as_deref()).collect();
             self.inner.content.ensure_durable(&names).await?;

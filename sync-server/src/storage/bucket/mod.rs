@@ -11,9 +11,9 @@
 //!
 //! Placing content (one protocol for every process):
 //! 0. content of at most [`INLINE_MAX`] bytes joins this process's open
-//!    batch of rows; the batch is upserted with `touched = now()`, the
-//!    bytes in each row, in one statement, when a commit needs one of them
-//!    ([`pack`]). Larger content:
+//!    batch of rows; batch after batch is upserted, each in one statement
+//!    (`touched = now()`, the bytes in each row), as soon as the one
+//!    before is written ([`pack`]). Larger content:
 //! 1. upsert its row with `touched = now()` (committed at once);
 //! 2. unless the row says a copy is `stored` and that copy reads back
 //!    good, append it to this process's open pack; the pack's PUT and the
@@ -838,6 +838,10 @@ impl ContentStore for BucketContent {
     async fn ensure_durable(&self, hashes: &[ContentHash]) -> Result<()> {
         // Content waits for its batch of rows or its pack.
         self.wait_for_packs(hashes).await
+    }
+
+    fn durable_each(&self) -> bool {
+        true
     }
 
     async fn collect_garbage(&self) -> Result<()> {
