@@ -189,6 +189,11 @@ pub struct Engine {
     /// The names of files with several links, from the last scan and the
     /// events since.
     links: HardLinks,
+    /// Files a scan found modified just now, and when to look at them
+    /// again (see [`Engine::with_settle`]).
+    settling: BTreeSet<RelPath>,
+    settling_due: Option<Instant>,
+    settle: std::time::Duration,
 }
 
 impl Engine {
@@ -205,6 +210,9 @@ impl Engine {
             lane: None,
             in_lane: HashMap::new(),
             links: HardLinks::default(),
+            settling: BTreeSet::new(),
+            settling_due: None,
+            settle: std::time::Duration::ZERO,
         }
     }
 
@@ -221,6 +229,31 @@ impl Engine {
     /// Syncs only the subtrees of `selection`.
     pub fn with_selection(self, selection: plan::Selection) -> Self {
         Self { planner: self.planner.with_selection(selection), ..self }
+    }
+
+    /// Leaves files a scan finds modified within `settle` to a look a
+    /// moment later (see [`Planner::with_settle`]).
+    pub fn with_settle(self, settle: std::time::Duration) -> Self {
+        Self { planner: self.planner.with_settle(settle), settle, ..self }
+    }
+
+    /// When the files a scan left to settle are due for another look.
+    pub fn settling_due(&self) -> Option<Instant> {
+        self.settling_due
+    }
+
+    /// Looks again at the files a scan left to settle: each one still
+    /// there is a local change now. One gone meanwhile is left to the
+    /// watcher, whose removals come batched (a folder deleted whole is
+    /// seen whole and never propagated), or to the next rescan.
+    pub async fn look_again(&mut self) {
+        self.settling_due = None;
+        let root = self.executor.folder().root().clone();
+        for path in std::mem::take(&mut self.settling) {
+            if matches!(root.stat(&path), Ok(Kind::File(_))) {
+                self.local_event(path).await;
+            }
+        }
     }
 
     /// The subtrees kept here.
@@ -281,9 +314,13 @@ impl Engine {
     pub async fn full_sync(&mut self) -> Result<usize> {
         let info = self.check_history().await?;
         self.executor.locks_mut().load(&*self.remote).await?;
-        let PlanAll { plans, failed, head, links } = self.planner.plan_all(&info).await?;
+        let PlanAll { plans, failed, settling, head, links } = self.planner.plan_all(&info).await?;
         self.links = links;
-        let mut acted = failed.len();
+        let mut acted = failed.len() + settling.len();
+        if !settling.is_empty() {
+            self.settling.extend(settling);
+            self.settling_due = Some(Instant::now() + self.settle);
+        }
         for (path, e) in failed {
             self.note_failure(path, &e);
         }
@@ -855,6 +892,12 @@ mod tests {
                 Self { _dir: dir, root, engine, server }
             }
 
+            /// The client of a watching engine, which leaves files a scan
+            /// finds modified within `settle` for a later look.
+            fn settling(self, settle: Duration) -> Self {
+                Self { engine: self.engine.with_settle(settle), ..self }
+            }
+
             fn write(&self, path: &str, data: &[u8]) {
                 let full = self.root.join(path);
                 if full.exists() {
@@ -1275,6 +1318,54 @@ mod tests {
             assert_eq!(state.all_bases().unwrap(), bases_before, "no base is written");
             assert_eq!(state.cursor().unwrap(), cursor_before);
             assert_eq!(c.server.files(), server_before, "the server is untouched");
+        }
+
+        #[tokio::test]
+        async fn a_watching_scan_leaves_a_file_still_being_written_for_a_later_look() {
+            let server = MemoryRemote::new("server");
+            let c = Client::new(&server);
+            c.write("saved.txt", b"saved an hour ago");
+            let hour_ago = filetime::FileTime::from_system_time(
+                std::time::SystemTime::now() - Duration::from_secs(3600),
+            );
+            filetime::set_file_mtime(c.root.join("saved.txt"), hour_ago).unwrap();
+            c.write("writing.txt", b"half of it");
+
+            let planner = |settle: Option<Duration>| {
+                let remote: Arc<dyn Remote> = Arc::new(c.server.clone());
+                let planner = Planner::new(Folder::open(&c.root).unwrap(), c.engine.state().clone(), remote);
+                match settle {
+                    Some(s) => planner.with_settle(s),
+                    None => planner,
+                }
+            };
+            // Watching: the file written just now is left for later, the
+            // other one is sent.
+            let mut watching = planner(Some(Duration::from_secs(60)));
+            let info = watching.check_history().await.unwrap();
+            let all = watching.plan_all(&info).await.unwrap();
+            assert!(matches!(plan_of(&all, "saved.txt"), Action::Upload { .. }));
+            assert!(all.plans.iter().all(|p| p.path.as_str() != "writing.txt"), "{:?}", all.plans);
+            let settling: Vec<_> = all.settling.iter().map(RelPath::as_str).collect();
+            assert_eq!(settling, ["writing.txt"]);
+            assert!(all.failed.is_empty());
+
+            // A one-shot sync takes it as it is.
+            let once = planner(None);
+            let all = once.plan_all(&info).await.unwrap();
+            assert!(matches!(plan_of(&all, "writing.txt"), Action::Upload { .. }));
+            assert!(all.failed.is_empty() && all.settling.is_empty());
+
+            // The watching engine sends the other file and looks at this
+            // one again when it is due, whole by then.
+            let mut c = c.settling(Duration::from_secs(60));
+            c.write("writing.txt", b"all of it");
+            c.engine.full_sync().await.unwrap();
+            assert_eq!(c.server.files().keys().map(String::as_str).collect::<Vec<_>>(), ["saved.txt"]);
+            assert!(c.engine.settling_due().is_some());
+            c.engine.look_again().await;
+            assert_eq!(c.server.files().get("writing.txt").map(Vec::as_slice), Some(&b"all of it"[..]));
+            assert!(c.engine.settling_due().is_none());
         }
 
         #[tokio::test]

@@ -288,7 +288,9 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
         paused: control.paused(),
         min_size: config.large_transfer,
     };
-    let mut engine = engine.with_lane(lane);
+    // The watcher signals a file once its writer is done; a scan that
+    // meets one still being written leaves it for a moment.
+    let mut engine = engine.with_lane(lane).with_settle(watch::SETTLE);
     // Published before the socket opens: the first answer already names
     // the mode.
     control.publish(|l| {
@@ -381,6 +383,7 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut head = state.cursor()?;
     publish(&control, &engine, &held, &grpc, head);
     loop {
+        let settled = engine.settling_due().map(tokio::time::Instant::from_std);
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -438,6 +441,9 @@ pub async fn watch(config: Config, shutdown: CancellationToken) -> Result<()> {
                 watch::Change::Rescan => log_rescan(engine.rescan().await),
             },
             _ = rescan.tick(), if !is_paused => log_rescan(engine.rescan().await),
+            // Files a scan found being written, once they have settled.
+            () = tokio::time::sleep_until(settled.unwrap_or_else(tokio::time::Instant::now)),
+                if !is_paused && settled.is_some() => engine.look_again().await,
             _ = retry.tick(), if !is_paused && (catch_up || engine.has_failures()) => {
                 if catch_up {
                     catch_up = !catch_up_sync(&mut engine, false).await;

@@ -54,6 +54,15 @@ pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
 /// of [`crate::fsmeta::MTIME_RANGE_NS`]).
 pub const RACY_MTIME: i64 = i64::MIN;
 
+/// Whether a file last modified at `mtime_ns` may still be being written:
+/// it was modified less than `window` ago. A modification time in the
+/// future (another clock, an unpacked archive) is not taken as fresh.
+pub fn is_fresh(mtime_ns: i64, window: std::time::Duration) -> bool {
+    let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    let age = now.saturating_sub(mtime_ns);
+    (0..i64::try_from(window.as_nanos()).unwrap_or(i64::MAX)).contains(&age)
+}
+
 /// The mtime to record in a base for a file seen with `mtime_ns`: the real
 /// one, or [`RACY_MTIME`] if it is too recent to be trusted later.
 pub fn base_mtime(mtime_ns: i64) -> i64 {
@@ -419,6 +428,11 @@ mod tests {
         assert_eq!(l3.hash, ContentHash::of(b"HELLO"), "rehashed");
         // A racy base (mtime too recent when recorded) never matches.
         assert_eq!(base_mtime(l.mtime_ns), RACY_MTIME);
+        // Just written: fresh for a while; an hour ago or in the future: not.
+        assert!(is_fresh(l.mtime_ns, std::time::Duration::from_secs(60)));
+        let hour = 3_600_000_000_000;
+        assert!(!is_fresh(l.mtime_ns - hour, std::time::Duration::from_secs(60)));
+        assert!(!is_fresh(l.mtime_ns + hour, std::time::Duration::from_secs(60)));
         assert_eq!(base_mtime(1_000), 1_000);
     }
 }

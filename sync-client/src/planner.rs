@@ -4,7 +4,7 @@
 //! state or the server, so `status` runs it beside a `watch` of the same
 //! folder; the engine runs its plans through the executor (`execute.rs`).
 
-use std::{collections::BTreeSet, path::PathBuf, sync::Arc};
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 use syncstore::{Entry, RelPath};
 
@@ -60,6 +60,9 @@ pub struct PlanAll {
     pub plans: Vec<Planned>,
     /// Paths that could not be planned (unreadable, still being written).
     pub failed: Vec<(RelPath, Error)>,
+    /// Files modified within the planner's settle time, left unplanned
+    /// (see [`Planner::with_settle`]).
+    pub settling: Vec<RelPath>,
     /// The server's head when the manifest was read.
     pub head: u64,
     /// The names of files with several links, as the scan found them.
@@ -86,6 +89,12 @@ pub struct Planner {
     /// The server refused a write for the token's sake (a read-only token):
     /// the folder runs receive-only whatever its mode.
     read_only_token: bool,
+    /// A scan leaves a file modified within this window unplanned, for a
+    /// look once it has settled (the watching client): found half-written
+    /// (just created, not yet filled), it would be sent half-written and
+    /// kept in the history. `None` (a one-shot sync, `status`) takes it as
+    /// it is.
+    settle: Option<Duration>,
 }
 
 impl Planner {
@@ -102,7 +111,13 @@ impl Planner {
             mode: Mode::default(),
             selection: Selection::all(),
             read_only_token: false,
+            settle: None,
         }
+    }
+
+    /// Plans scans that leave files modified within `settle` for later.
+    pub fn with_settle(self, settle: Duration) -> Self {
+        Self { settle: Some(settle), ..self }
     }
 
     /// Plans for a folder in `mode`.
@@ -174,7 +189,7 @@ impl Planner {
         // What the folder says of every path, in one pass off the async
         // workers (a hand-off per path costs more than its `stat`), with the
         // bases read once.
-        let (root, ignore) = (self.folder.root().clone(), self.ignore.clone());
+        let (root, ignore, settle) = (self.folder.root().clone(), self.ignore.clone(), self.settle);
         let gathered = tokio::task::spawn_blocking(move || {
             // Paths in order: a folder's files follow each other, so its
             // handle is opened once for all of them.
@@ -191,7 +206,10 @@ impl Planner {
                         Some(l) => Ok((base, LocalView::File(l))),
                         None => gather(&root, &mut parent, &p, base),
                     };
-                    (p, facts)
+                    let fresh = settle.is_some_and(|s| {
+                        matches!(&facts, Ok((_, LocalView::File(l))) if seen.is_none() && local::is_fresh(l.mtime_ns, s))
+                    });
+                    (p, facts, fresh)
                 })
                 .collect::<Vec<_>>()
         })
@@ -199,10 +217,16 @@ impl Planner {
         let mut all = PlanAll {
             plans: Vec::with_capacity(gathered.len()),
             failed: Vec::new(),
+            settling: Vec::new(),
             head: info.head_seq,
             links,
         };
-        for (path, facts) in gathered {
+        for (path, facts, fresh) in gathered {
+            if fresh {
+                tracing::debug!(%path, "modified just now; will look again once it settles");
+                all.settling.push(path);
+                continue;
+            }
             // One unreadable or still-growing file must not hold up the rest.
             let planned = match facts {
                 Ok((base, view)) => {
