@@ -1640,10 +1640,10 @@ impl Store {
             let mut last_sweep = Instant::now();
             let mut last_statistics = Instant::now();
             loop {
-                shared.changed(FOLLOW_POLL).await;
+                let announced = shared.changed(FOLLOW_POLL).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let store = Store { inner };
-                if let Err(e) = store.follow_others().await {
+                if let Err(e) = store.follow_others(announced).await {
                     tracing::warn!(error = %e, "could not read other processes' commits");
                 }
                 if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT_INTERVAL) {
@@ -1669,9 +1669,13 @@ impl Store {
         });
     }
 
-    /// Publishes the changes other processes committed, if any.
-    async fn follow_others(&self) -> Result<()> {
-        let head = self.inner.meta.head().await?;
+    /// Publishes the changes other processes committed, if any, up to
+    /// `announced` (a head a commit announced) or else the log's head.
+    async fn follow_others(&self, announced: Option<u64>) -> Result<()> {
+        let head = match announced {
+            Some(head) => head,
+            None => self.inner.meta.head().await?,
+        };
         if head <= self.head() {
             return Ok(());
         }
@@ -1863,7 +1867,7 @@ impl ChangeFeed for Store {
 
     async fn current_head(&self) -> Result<u64> {
         if self.is_shared() {
-            self.follow_others().await?;
+            self.follow_others(None).await?;
         }
         Ok(self.head())
     }

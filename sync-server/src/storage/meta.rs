@@ -361,8 +361,10 @@ pub(crate) trait SharedMeta: Send + Sync {
     /// Resolves when another process may have committed since the last
     /// call (at most one announcement per committed transaction), or after
     /// `poll` at the latest: the log (`seq > cursor`) stays the source of
-    /// truth, the wake-up only makes it fast.
-    async fn changed(&self, poll: std::time::Duration);
+    /// truth, the wake-up only makes it fast. Returns the highest head the
+    /// announcements carried, or `None` when the head must be read (woken
+    /// by the poll, or something may have been missed).
+    async fn changed(&self, poll: std::time::Duration) -> Option<u64>;
 
     /// Records that process `id` (advertising `address`) is alive and has
     /// published `head`.

@@ -9,8 +9,10 @@
 //!   writers of all processes append one after the other and a reader
 //!   following the log by `seq > cursor` never sees a later seq before an
 //!   earlier one.
-//! - A commit that wrote changes sends one `NOTIFY syncstore_feed`; each
-//!   process LISTENs on a connection of its own ([`SharedMeta::changed`]).
+//! - A commit that wrote changes sends one `NOTIFY syncstore_feed` carrying
+//!   the head it set; each process LISTENs on a connection of its own
+//!   ([`SharedMeta::changed`]) and reads the log up to that head without
+//!   asking for it.
 //! - Liveness: each process upserts its row of `processes`.
 //!
 //! Calls run on pooled connections (deadpool); statements are prepared once
@@ -31,7 +33,10 @@ mod schema;
 mod shares;
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -102,9 +107,8 @@ struct Inner {
     pool: Pool,
     /// Write transactions' own connections.
     writers: Pool,
-    /// Woken by each notification the LISTEN connection receives (and
-    /// after it reconnected: something may have been missed).
-    feed: Arc<Notify>,
+    /// What the LISTEN connection heard.
+    feed: Arc<Feed>,
     /// Stops the LISTEN task when the store goes.
     stop: CancellationToken,
 }
@@ -158,7 +162,7 @@ impl PgMeta {
         schema::migrate(&mut conn).await?;
         identity::init(&conn).await?;
         drop(conn);
-        let feed = Arc::new(Notify::new());
+        let feed = Arc::new(Feed::default());
         let stop = CancellationToken::new();
         tokio::spawn(listen(config, feed.clone(), stop.clone()));
         Ok(PgMeta { inner: Arc::new(Inner { pool, writers, feed, stop }) })
@@ -249,9 +253,40 @@ impl From<PoolError> for Error {
     }
 }
 
+/// What the LISTEN connection heard since the follower last looked: each
+/// commit's notification carries the head it set, so the process that
+/// wakes needs no query to learn it.
+#[derive(Debug, Default)]
+struct Feed {
+    /// Woken by each notification (and after a reconnect).
+    wake: Notify,
+    /// The highest head a notification announced.
+    head: AtomicU64,
+    /// Something may have been missed (a reconnect, a notification without
+    /// a head): the head must be read from the database.
+    unknown: AtomicBool,
+}
+
+impl Feed {
+    fn heard(&self, payload: &str) {
+        match payload.parse::<u64>() {
+            Ok(head) => {
+                self.head.fetch_max(head, Ordering::AcqRel);
+            }
+            Err(_) => self.unknown.store(true, Ordering::Release),
+        }
+        self.wake.notify_one();
+    }
+
+    fn missed(&self) {
+        self.unknown.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
 /// Keeps a connection LISTENing on [`FEED_CHANNEL`] until `stop`, waking
 /// `feed` on each notification; connects again with backoff when it drops.
-async fn listen(config: tokio_postgres::Config, feed: Arc<Notify>, stop: CancellationToken) {
+async fn listen(config: tokio_postgres::Config, feed: Arc<Feed>, stop: CancellationToken) {
     let mut backoff = LISTEN_BACKOFF.0;
     loop {
         let started = Instant::now();
@@ -263,7 +298,7 @@ async fn listen(config: tokio_postgres::Config, feed: Arc<Notify>, stop: Cancell
             tracing::warn!(error = %e, "the metadata database's notification connection dropped; connecting again");
         }
         // Something may have been committed while it was down.
-        feed.notify_one();
+        feed.missed();
         if started.elapsed() > LISTEN_BACKOFF.1 {
             backoff = LISTEN_BACKOFF.0;
         }
@@ -276,7 +311,7 @@ async fn listen(config: tokio_postgres::Config, feed: Arc<Notify>, stop: Cancell
 }
 
 /// One LISTEN connection, until it fails.
-async fn listen_once(config: &tokio_postgres::Config, feed: &Notify) -> Result<(), tokio_postgres::Error> {
+async fn listen_once(config: &tokio_postgres::Config, feed: &Feed) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let listen = format!("LISTEN {FEED_CHANNEL}");
@@ -293,10 +328,10 @@ async fn listen_once(config: &tokio_postgres::Config, feed: &Notify) -> Result<(
             },
         }
     }
-    feed.notify_one();
+    feed.missed();
     while let Some(m) = messages.next().await {
-        if let AsyncMessage::Notification(_) = m? {
-            feed.notify_one();
+        if let AsyncMessage::Notification(n) = m? {
+            feed.heard(n.payload());
         }
     }
     Ok(())
@@ -698,8 +733,13 @@ impl SharedMeta for PgMeta {
         Ok(tables)
     }
 
-    async fn changed(&self, poll: Duration) {
-        let _ = tokio::time::timeout(poll, self.inner.feed.notified()).await;
+    async fn changed(&self, poll: Duration) -> Option<u64> {
+        let feed = &self.inner.feed;
+        tokio::time::timeout(poll, feed.wake.notified()).await.ok()?;
+        if feed.unknown.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(feed.head.load(Ordering::Acquire))
     }
 
     async fn heartbeat(&self, id: &str, address: &str, head: u64) -> Result<()> {
@@ -915,8 +955,8 @@ impl MetaTx for PgTx {
             // One trip: the head moves to the last seq written, and the
             // other processes hear of it once the commit is visible.
             Some(seq) => format!(
-                "UPDATE feed_head SET head = GREATEST(head, {}); NOTIFY {FEED_CHANNEL}; COMMIT",
-                seq as i64
+                "UPDATE feed_head SET head = GREATEST(head, {seq}); NOTIFY {FEED_CHANNEL}, '{seq}'; COMMIT",
+                seq = seq as i64
             ),
             None => "COMMIT".to_owned(),
         };

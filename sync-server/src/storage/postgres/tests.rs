@@ -159,6 +159,27 @@ async fn a_dropped_transaction_releases_the_head_and_keeps_nothing() {
     assert_eq!(meta.changes_after(None, 0, 10).await.unwrap().len(), 1);
 }
 
+/// A commit's notification carries the head it set, so the process it
+/// wakes learns it without asking; the wake-up of a (re)connected LISTEN
+/// says to ask, since something may have been missed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commits_notification_carries_the_head_it_set() {
+    let url = fresh_database();
+    let (meta, other) = (PgMeta::connect(&url).await.unwrap(), PgMeta::connect(&url).await.unwrap());
+    let shared = meta.shared().unwrap();
+    let long_poll = Duration::from_secs(60);
+    let heard = tokio::time::timeout(PROMPTLY, shared.changed(long_poll)).await;
+    assert_eq!(heard.expect("the LISTEN connection came up"), None, "after connecting, the head is read");
+    for _ in 0..2 {
+        let mut tx = other.begin();
+        let head = tx.claim_head().await.unwrap().unwrap();
+        tx.write(lock_change(head + 1));
+        tx.commit().await.unwrap();
+        let heard = tokio::time::timeout(PROMPTLY, shared.changed(long_poll)).await;
+        assert_eq!(heard.expect("the commit was announced"), Some(head + 1));
+    }
+}
+
 /// A lock grant with seq `seq`.
 fn lock_change(seq: u64) -> Change {
     let lock = Lock {
