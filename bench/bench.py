@@ -213,6 +213,33 @@ def proc_cpu(pid):
         return 0.0
 
 
+def tree_cpu(pid):
+    """CPU seconds of a live process and its descendants, the reaped ones included (a
+    server with worker processes, like PostgreSQL's postmaster and its backends)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append((int(entry), fields))
+    total, todo = 0.0, [pid]
+    while todo:
+        parent = todo.pop()
+        for child, fields in children.get(parent, []):
+            total += sum(int(x) for x in fields[11:15]) / CLK
+            todo.append(child)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15]) / CLK
+    except OSError:
+        pass
+    return total
+
+
 def proc_kb(pid, key):
     try:
         with open(f"/proc/{pid}/status") as f:

@@ -49,6 +49,8 @@ REPEATS = bench.env_int("REPEATS", 3)
 LAT_COUNT = bench.env_int("LAT_COUNT", 100)
 WORKLOADS = os.environ.get("WORKLOADS", "w1 w2 w3").split()
 SETUPS = os.environ.get("SETUPS", "embedded shared1 shared3").split()
+# PG_STATEMENTS=1: PostgreSQL keeps pg_stat_statements, printed after each shared upload.
+PG_STATEMENTS = os.environ.get("PG_STATEMENTS") == "1"
 KEY, SECRET = "syncstore-bench", "syncstore-bench-secret"
 PG_BIN = os.environ.get("SYNCSTORE_PG_BIN", "/usr/lib/postgresql/15/bin")
 CACHE = os.environ.get("SYNCSTORE_CACHE", os.path.expanduser("~/.cache/syncstore"))
@@ -80,18 +82,42 @@ class Postgres:
                                     "--no-instructions"]), check=True, capture_output=True)
         self.port = free_port()
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if PG_STATEMENTS:
+            opts += " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
         subprocess.run(as_postgres([f"{PG_BIN}/pg_ctl", "-D", data, "-o", opts, "-l",
                                     os.path.join(self.dir, "log"), "-w", "start"]),
                        check=True, capture_output=True)
         self.data = data
         self.count = 0
+        with open(os.path.join(data, "postmaster.pid")) as f:
+            self.pid = int(f.readline())
+
+    def cpu(self):
+        """CPU seconds of the postmaster and its backends so far."""
+        return bench.tree_cpu(self.pid)
 
     def database(self):
         self.count += 1
         name = f"bench{self.count}"
         subprocess.run([f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
                         "-q", "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+        if PG_STATEMENTS:
+            self.sql("CREATE EXTENSION pg_stat_statements", name)
+        self.last = name
         return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def sql(self, statement, database="postgres"):
+        return subprocess.run([f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                               "-d", database, "-q", "-c", statement], check=True, capture_output=True,
+                              text=True).stdout
+
+    def statements(self):
+        """The statements that took the most time since the last call (PG_STATEMENTS=1)."""
+        top = self.sql("SELECT calls, round(total_exec_time) AS ms, rows, "
+                       "left(regexp_replace(query, '\\s+', ' ', 'g'), 400) AS query "
+                       "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15", self.last)
+        self.sql("SELECT pg_stat_statements_reset()", self.last)
+        return top
 
     def stop(self):
         subprocess.run(as_postgres([f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", "fast", "stop"]),
@@ -113,6 +139,9 @@ class S3:
         name = f"bench{self.count}"
         os.makedirs(os.path.join(self.root, name))
         return f"s3://{name}?endpoint=http://127.0.0.1:{self.port}&region=us-east-1"
+
+    def cpu(self):
+        return self.proc.cpu()
 
     def stop(self):
         self.proc.stop()
@@ -164,6 +193,9 @@ api_bind_addr = "127.0.0.1:{admin}"
         self.garage("bucket", "allow", "--read", "--write", "--owner", name, "--key", GARAGE_KEY)
         return f"s3://{name}?endpoint=http://127.0.0.1:{self.port}&region=garage"
 
+    def cpu(self):
+        return self.proc.cpu()
+
     def stop(self):
         self.proc.stop()
 
@@ -197,6 +229,11 @@ class Setup:
             bench.reclaim(d)
 
 
+def services_cpu(kind, pg, s3):
+    """CPU seconds so far of the database and the bucket (zero for the embedded set-up)."""
+    return (0.0, 0.0) if kind == "embedded" else (pg.cpu(), s3.cpu())
+
+
 def transfer(res, store, kind, w, src, files, nbytes, run, work, pg, s3):
     d = os.path.join(work, f"{kind}-{w}-{run}")
     os.makedirs(d)
@@ -205,10 +242,18 @@ def transfer(res, store, kind, w, src, files, nbytes, run, work, pg, s3):
     env = dict(os.environ)
     setup = Setup(kind, store, d, pg, s3)
     try:
-        c0 = setup.cpu()
+        if PG_STATEMENTS and kind != "embedded":
+            pg.statements()
+        c0, services0 = setup.cpu(), services_cpu(kind, pg, s3)
         m = store.client(setup.urls[0], up, "sync", env=env)
         res.add(workload=w, tool=f"{NAMES[kind]} upload", wall=m["wall"], files=files, bytes=nbytes,
                 cpu=m["cpu"] + setup.cpu() - c0, rss_client=m["rss"], rss_server=setup.hwm())
+        if kind != "embedded":
+            db, bucket = (after - before for after, before in zip(services_cpu(kind, pg, s3), services0))
+            log(f"    CPU of the upload: client {m['cpu']:.1f} s, servers {setup.cpu() - c0:.1f} s, "
+                f"PostgreSQL {db:.1f} s, {S3_KIND} {bucket:.1f} s")
+            if PG_STATEMENTS:
+                log("    statements of the upload, most time first:\n" + pg.statements())
         down = os.path.join(d, "down")
         c0 = setup.cpu()
         m = store.client(setup.urls[-1 if kind == "shared3" else 0], down, "sync", env=env)
