@@ -155,43 +155,34 @@ fn from_json<T: for<'de> Deserialize<'de>>(seq: u64, s: &str) -> Result<T> {
         .map_err(|e| Error::Internal(format!("change {seq}: a stored history change: {e}")))
 }
 
-/// Writes the version a file change makes (in the same transaction as its
-/// log row and manifest row).
-pub(super) async fn write_version(c: &Client, ns: &str, e: &Entry, note: &VersionNote) -> Result<()> {
-    let content = e.content.as_ref();
-    let hash = content.map(|c| c.hash.as_bytes().as_slice());
-    let size = content.map_or(0, |c| c.size as i64);
-    let mtime = content.map_or(0, |c| c.mtime_ns);
-    let flag = |f: fn(&Content) -> bool| content.is_some_and(f);
-    let (exec, link, folder) = (flag(|c| c.executable), flag(|c| c.symlink), flag(|c| c.folder));
-    let (seq, deleted, kind) = (big(e.version), e.is_deleted(), note.kind.code());
-    let moved_from = note.moved_from.as_ref().map(RelPath::as_str);
-    let moved_to = note.moved_to.as_ref().map(RelPath::as_str);
-    let restored_from = note.restored_from.map(big);
+/// Writes the versions file changes make (in the same transaction as their
+/// log rows and manifest rows): one statement.
+pub(super) async fn write_versions(c: &Client, rows: &super::FileRows<'_>) -> Result<()> {
+    let (text, int, flag) = (Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::BOOL_ARRAY);
     let params: [Param<'_>; 17] = [
-        (&ns, Type::TEXT),
-        (&e.path.as_str(), Type::TEXT),
-        (&seq, Type::INT8),
-        (&deleted, Type::BOOL),
-        (&size, Type::INT8),
-        (&hash, Type::BYTEA),
-        (&mtime, Type::INT8),
-        (&exec, Type::BOOL),
-        (&link, Type::BOOL),
-        (&folder, Type::BOOL),
-        (&e.client_id, Type::TEXT),
-        (&note.principal, Type::TEXT),
-        (&note.committed_ms, Type::INT8),
-        (&kind, Type::INT8),
-        (&moved_from, Type::TEXT),
-        (&moved_to, Type::TEXT),
-        (&restored_from, Type::INT8),
+        (&rows.namespace, text.clone()),
+        (&rows.path, text.clone()),
+        (&rows.seq, int.clone()),
+        (&rows.deleted, flag.clone()),
+        (&rows.size, int.clone()),
+        (&rows.hash, Type::BYTEA_ARRAY),
+        (&rows.mtime_ns, int.clone()),
+        (&rows.executable, flag.clone()),
+        (&rows.symlink, flag.clone()),
+        (&rows.folder, flag),
+        (&rows.client_id, text.clone()),
+        (&rows.principal, text.clone()),
+        (&rows.committed_ms, int.clone()),
+        (&rows.kind, int.clone()),
+        (&rows.moved_from, text.clone()),
+        (&rows.moved_to, text),
+        (&rows.restored_from, int),
     ];
     c.execute_typed(
         "INSERT INTO versions (namespace, path, seq, deleted, size, hash, mtime_ns, executable, symlink,
                                folder, client_id, principal, committed_ms, kind, moved_from, moved_to,
                                restored_from)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+         SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         &params,
     )
     .await?;
@@ -800,7 +791,9 @@ mod tests {
     /// Commits a file change the way the metadata backend does: its
     /// version, and the path's manifest row.
     async fn commit(c: &Client, e: &Entry, note: VersionNote) -> Version {
-        write_version(c, "ns", e, &note).await.unwrap();
+        let mut rows = crate::storage::postgres::FileRows::default();
+        rows.push("ns", e, &note);
+        write_versions(c, &rows).await.unwrap();
         let hash = e.content.map(|c| c.hash.as_bytes().to_vec());
         let (seq, deleted) = (big(e.version), e.is_deleted());
         c.execute_typed(

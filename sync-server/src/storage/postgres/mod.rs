@@ -865,13 +865,37 @@ async fn decide_in_windows(
 
 /// Writes decided changes (each with its recipe first), pipelined.
 async fn write_all(c: &Conn, changes: Vec<(Change, Option<Recipe>)>) -> Result<()> {
-    futures::future::try_join_all(changes.iter().map(|(change, recipe)| async move {
-        if let Some(recipe) = recipe {
-            write_recipe(c, recipe).await?;
+    let recipes = futures::future::try_join_all(
+        changes.iter().filter_map(|(_, r)| r.as_ref()).map(|r| write_recipe(c, r)),
+    );
+    // In order: each run of file changes as one set of rows (a path written
+    // again starts a new run, so that no statement touches a row twice),
+    // each run of other changes pipelined.
+    let in_order = async {
+        let mut rows = FileRows::default();
+        let mut others = Vec::new();
+        for (change, _) in &changes {
+            match &change.what {
+                What::File(e, note) => {
+                    if !others.is_empty() {
+                        futures::future::try_join_all(others.drain(..).map(|o| write_change(c, o))).await?;
+                    }
+                    if rows.holds(&change.namespace, &e.path) {
+                        std::mem::take(&mut rows).write(c).await?;
+                    }
+                    rows.push(&change.namespace, e, note);
+                }
+                _ => {
+                    std::mem::take(&mut rows).write(c).await?;
+                    others.push(change);
+                }
+            }
         }
-        write_change(c, change).await
-    }))
-    .await?;
+        rows.write(c).await?;
+        futures::future::try_join_all(others.into_iter().map(|o| write_change(c, o))).await?;
+        Ok::<_, Error>(())
+    };
+    futures::try_join!(recipes, in_order)?;
     Ok(())
 }
 
@@ -1139,82 +1163,139 @@ async fn write_recipe(c: &Conn, r: &Recipe) -> Result<()> {
 /// Appends a change to the log and applies it.
 async fn write_change(c: &Conn, change: &Change) -> Result<()> {
     match &change.what {
-        What::File(e, note) => write_file_change(c, &change.namespace, e, note).await,
+        What::File(e, note) => {
+            let mut rows = FileRows::default();
+            rows.push(&change.namespace, e, note);
+            rows.write(c).await
+        }
         What::History(h) => history::write_history_change(c, change, h).await,
         What::Lock(_) | What::Unlock { .. } => locks::write_lock_change(c, change).await,
     }
 }
 
-/// Appends a file change to the log, makes it the path's current entry and
-/// keeps it as a version of the path.
-async fn write_file_change(c: &Conn, ns: &str, e: &Entry, note: &VersionNote) -> Result<()> {
-    let (size, hash, mtime, exec, link, folder) = content_columns(e);
-    let deleted = e.content.is_none();
-    let log = c
-        .prepare_cached(
-            "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id,
-                                  committed_ms, symlink, folder, principal, version_kind, moved_from, moved_to,
-                                  restored_from)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-        )
-        .await?;
-    let manifest = c
-        .prepare_cached(
-            "INSERT INTO files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id,
-                                symlink, folder)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (namespace, path) DO UPDATE SET
-               version = excluded.version, deleted = excluded.deleted, size = excluded.size,
-               hash = excluded.hash, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
-               client_id = excluded.client_id, symlink = excluded.symlink, folder = excluded.folder",
-        )
-        .await?;
-    let (seq, path) = (e.version as i64, e.path.as_str());
-    let (moved_from, moved_to) =
-        (note.moved_from.as_ref().map(RelPath::as_str), note.moved_to.as_ref().map(RelPath::as_str));
-    let restored_from = note.restored_from.map(|v| v as i64);
-    let kind = note.kind.code();
-    let log_params: [&(dyn ToSql + Sync); 17] = [
-        &seq,
-        &ns,
-        &path,
-        &deleted,
-        &size,
-        &hash,
-        &mtime,
-        &exec,
-        &e.client_id,
-        &note.committed_ms,
-        &link,
-        &folder,
-        &note.principal,
-        &kind,
-        &moved_from,
-        &moved_to,
-        &restored_from,
-    ];
-    let manifest_params: [&(dyn ToSql + Sync); 11] =
-        [&ns, &path, &seq, &deleted, &size, &hash, &mtime, &exec, &e.client_id, &link, &folder];
-    let log_row = c.execute(&log, &log_params);
-    let manifest_row = c.execute(&manifest, &manifest_params);
-    // Pipelined on the connection: the log row, the version and the
-    // manifest row cost one round trip together.
-    futures::try_join!(
-        log_row.map_err(Error::from),
-        history::write_version(c, ns, e, note),
-        manifest_row.map_err(Error::from),
-    )?;
-    Ok(())
+/// File changes of one write as columns, each path at most once, so that
+/// their log rows, versions and manifest rows cost one statement each
+/// however many there are.
+#[derive(Default)]
+pub(super) struct FileRows<'a> {
+    paths: std::collections::HashSet<(&'a str, &'a str)>,
+    pub(super) namespace: Vec<&'a str>,
+    pub(super) path: Vec<&'a str>,
+    pub(super) seq: Vec<i64>,
+    pub(super) deleted: Vec<bool>,
+    pub(super) size: Vec<i64>,
+    pub(super) hash: Vec<Option<&'a [u8]>>,
+    pub(super) mtime_ns: Vec<i64>,
+    pub(super) executable: Vec<bool>,
+    pub(super) symlink: Vec<bool>,
+    pub(super) folder: Vec<bool>,
+    pub(super) client_id: Vec<&'a str>,
+    pub(super) principal: Vec<&'a str>,
+    pub(super) committed_ms: Vec<i64>,
+    pub(super) kind: Vec<i64>,
+    pub(super) moved_from: Vec<Option<&'a str>>,
+    pub(super) moved_to: Vec<Option<&'a str>>,
+    pub(super) restored_from: Vec<Option<i64>>,
 }
 
-/// An entry's content as the columns size, hash, mtime_ns, executable,
-/// symlink and folder (zeros and no hash for a tombstone).
-pub(super) fn content_columns(e: &Entry) -> (i64, Option<Vec<u8>>, i64, bool, bool, bool) {
-    match &e.content {
-        Some(c) => {
-            (c.size as i64, Some(c.hash.as_bytes().to_vec()), c.mtime_ns, c.executable, c.symlink, c.folder)
+impl<'a> FileRows<'a> {
+    /// Whether a change of `path` of `ns` is among the rows.
+    fn holds(&self, ns: &str, path: &RelPath) -> bool {
+        self.paths.contains(&(ns, path.as_str()))
+    }
+
+    fn push(&mut self, ns: &'a str, e: &'a Entry, note: &'a VersionNote) {
+        let content = e.content.as_ref();
+        let flag = |f: fn(&Content) -> bool| content.is_some_and(f);
+        self.paths.insert((ns, e.path.as_str()));
+        self.namespace.push(ns);
+        self.path.push(e.path.as_str());
+        self.seq.push(e.version as i64);
+        self.deleted.push(content.is_none());
+        self.size.push(content.map_or(0, |c| c.size as i64));
+        self.hash.push(content.map(|c| c.hash.as_bytes().as_slice()));
+        self.mtime_ns.push(content.map_or(0, |c| c.mtime_ns));
+        self.executable.push(flag(|c| c.executable));
+        self.symlink.push(flag(|c| c.symlink));
+        self.folder.push(flag(|c| c.folder));
+        self.client_id.push(&e.client_id);
+        self.principal.push(&note.principal);
+        self.committed_ms.push(note.committed_ms);
+        self.kind.push(note.kind.code());
+        self.moved_from.push(note.moved_from.as_ref().map(RelPath::as_str));
+        self.moved_to.push(note.moved_to.as_ref().map(RelPath::as_str));
+        self.restored_from.push(note.restored_from.map(|v| v as i64));
+    }
+
+    /// Appends the changes to the log, makes each its path's current entry
+    /// and keeps it as a version of the path: three statements, pipelined
+    /// on the connection (one round trip).
+    async fn write(&self, c: &Conn) -> Result<()> {
+        if self.seq.is_empty() {
+            return Ok(());
         }
-        None => (0, None, 0, false, false, false),
+        let log = c
+            .prepare_cached(
+                "INSERT INTO changes (seq, namespace, path, deleted, size, hash, mtime_ns, executable, client_id,
+                                      committed_ms, symlink, folder, principal, version_kind, moved_from, moved_to,
+                                      restored_from)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::boolean[], $5::bigint[],
+                                      $6::bytea[], $7::bigint[], $8::boolean[], $9::text[], $10::bigint[],
+                                      $11::boolean[], $12::boolean[], $13::text[], $14::bigint[], $15::text[],
+                                      $16::text[], $17::bigint[])",
+            )
+            .await?;
+        let manifest = c
+            .prepare_cached(
+                "INSERT INTO files (namespace, path, version, deleted, size, hash, mtime_ns, executable, client_id,
+                                    symlink, folder)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::bigint[],
+                                      $6::bytea[], $7::bigint[], $8::boolean[], $9::text[], $10::boolean[],
+                                      $11::boolean[])
+                 ON CONFLICT (namespace, path) DO UPDATE SET
+                   version = excluded.version, deleted = excluded.deleted, size = excluded.size,
+                   hash = excluded.hash, mtime_ns = excluded.mtime_ns, executable = excluded.executable,
+                   client_id = excluded.client_id, symlink = excluded.symlink, folder = excluded.folder",
+            )
+            .await?;
+        let log_params: [&(dyn ToSql + Sync); 17] = [
+            &self.seq,
+            &self.namespace,
+            &self.path,
+            &self.deleted,
+            &self.size,
+            &self.hash,
+            &self.mtime_ns,
+            &self.executable,
+            &self.client_id,
+            &self.committed_ms,
+            &self.symlink,
+            &self.folder,
+            &self.principal,
+            &self.kind,
+            &self.moved_from,
+            &self.moved_to,
+            &self.restored_from,
+        ];
+        let manifest_params: [&(dyn ToSql + Sync); 11] = [
+            &self.namespace,
+            &self.path,
+            &self.seq,
+            &self.deleted,
+            &self.size,
+            &self.hash,
+            &self.mtime_ns,
+            &self.executable,
+            &self.client_id,
+            &self.symlink,
+            &self.folder,
+        ];
+        futures::try_join!(
+            c.execute(&log, &log_params).map_err(Error::from),
+            history::write_versions(c, self),
+            c.execute(&manifest, &manifest_params).map_err(Error::from),
+        )?;
+        Ok(())
     }
 }
 

@@ -180,6 +180,40 @@ async fn a_commits_notification_carries_the_head_it_set() {
     }
 }
 
+/// A window's writes go in as runs of rows (one statement per table each):
+/// a path written again starts a new run, another kind of change is
+/// written in its place, and every row reads back as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_writes_go_in_as_runs_of_rows_in_order() {
+    let meta = PgMeta::connect(&fresh_database()).await.unwrap();
+    let mut gone = file_change("c", 6, "", "laptop");
+    if let What::File(e, note) = &mut gone.what {
+        e.content = None;
+        *note = VersionNote::plain(e, "p", now_ms());
+    }
+    let changes = vec![
+        file_change("a", 1, "one", "laptop"),
+        file_change("b", 2, "two", "phone"),
+        lock_change(3),
+        file_change("a", 4, "three", "laptop"),
+        file_change("c", 5, "four", "laptop"),
+        gone,
+    ];
+    write_all(&meta.conn().await.unwrap(), changes.iter().map(|c| (c.clone(), None)).collect())
+        .await
+        .unwrap();
+    assert_eq!(meta.changes_after(None, 0, 10).await.unwrap(), changes);
+    let listed = meta.list_page("ns", "", None, true, 10).await.unwrap();
+    let current: Vec<(&str, u64, bool)> =
+        listed.iter().map(|e| (e.path.as_str(), e.version, e.is_deleted())).collect();
+    assert_eq!(current, [("a", 4, false), ("b", 2, false), ("c", 6, true)]);
+    let a = RelPath::new("a").unwrap();
+    let versions: Vec<u64> =
+        meta.versions("ns", &a, u64::MAX, 10).await.unwrap().iter().map(Version::seq).collect();
+    assert_eq!(versions, [4, 1]);
+    assert_eq!(meta.entry_at("ns", &a, 1).await.unwrap().unwrap(), changes[0].entry().unwrap().clone());
+}
+
 /// A lock grant with seq `seq`.
 fn lock_change(seq: u64) -> Change {
     let lock = Lock {
