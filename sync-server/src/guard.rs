@@ -20,6 +20,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
+    time::Duration,
 };
 
 use tokio_util::sync::CancellationToken;
@@ -28,7 +29,7 @@ use crate::{
     ServerMetrics, WriteGate,
     feed::{self, Item},
     storage::{
-        Change, HistoryChange, Store, What,
+        Change, Duty, HistoryChange, Store, What,
         retention::{Retention, RetentionConfig},
     },
 };
@@ -127,9 +128,50 @@ pub(crate) fn label_name(trip: &Trip) -> String {
     format!("guard-{}", trip.before_seq)
 }
 
+/// How long a process of a shared backend that does not watch for mass
+/// changes waits before it tries to take that duty again (the watching
+/// one may have gone).
+const DUTY_RETRY: Duration = Duration::from_secs(5);
+
 /// Follows the committed changes (on a primary: a replica gets the
 /// primary's labels) and labels each trip of the guard, until `shutdown`.
+/// Of the processes of a shared backend, one at a time does it (the one
+/// holding [`Duty::MassChangeGuard`]; when it goes, another takes over
+/// within [`DUTY_RETRY`], starting from its head).
 pub(crate) async fn run(
+    store: Store,
+    config: Arc<RetentionConfig>,
+    gate: WriteGate,
+    metrics: ServerMetrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match store.take_duty(Duty::MassChangeGuard).await {
+            Ok(Some(duty)) => {
+                if store.is_shared() {
+                    tracing::info!("this process watches for mass changes");
+                }
+                let watching =
+                    watch(store.clone(), config.clone(), gate.clone(), metrics.clone(), shutdown.clone());
+                tokio::select! {
+                    () = watching => return,
+                    () = duty.lost() => tracing::warn!("no longer watching for mass changes"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not ask whether this process watches for mass changes")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(DUTY_RETRY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// [`run`] while this process holds the duty.
+async fn watch(
     store: Store,
     config: Arc<RetentionConfig>,
     gate: WriteGate,

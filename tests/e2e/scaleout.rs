@@ -327,6 +327,54 @@ async fn concurrent_writers_on_three_servers_give_every_subscriber_every_seq_onc
     assert_eq!(seen[2], seen[0][from..], "the follower that joined saw the rest of the same feed");
 }
 
+/// Files of the mass-change test, and how many of them it rewrites (the
+/// guard's defaults trip at more than 30 % and at least 100 files).
+const MASS_FILES: usize = 130;
+const MASS_REWRITES: usize = 110;
+/// How long the guard's trip count must stay at one: the other processes
+/// have published the burst by then and would have tripped within it.
+const ONE_TRIP_HOLDS: Duration = Duration::from_secs(3);
+
+async fn guard_trips(servers: &[TestServer]) -> u64 {
+    let mut trips = 0;
+    for s in servers {
+        trips += s.status().await.guard_trips;
+    }
+    trips
+}
+
+/// One process at a time watches the feed for mass changes: a burst
+/// written through one server trips the guard once among all of them (and
+/// the others do not each read every change's previous version back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_change_trips_the_guard_of_one_process_only() {
+    let servers = TestServer::start_group(3).await;
+    let mut rpc = servers[1].rpc().await;
+    let mut versions = Vec::new();
+    for i in 0..MASS_FILES {
+        versions.push(upload(&mut rpc, &format!("docs/f{i:03}"), b"plain", 0).await.unwrap().version);
+    }
+    for (i, base) in versions.iter().enumerate().take(MASS_REWRITES) {
+        upload(&mut rpc, &format!("docs/f{i:03}"), format!("encrypted {i}").as_bytes(), *base).await.unwrap();
+    }
+    let last = head(&servers[1]).await;
+    eventually_async("the guard trips", || async { guard_trips(&servers).await >= 1 }).await;
+    eventually_async("every server published the burst", || async {
+        for s in &servers {
+            if head(s).await < last {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let until = Instant::now() + ONE_TRIP_HOLDS;
+    while Instant::now() < until {
+        assert_eq!(guard_trips(&servers).await, 1, "one process watches for mass changes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_loses_nothing_acknowledged_and_shows_nothing_half_written() {
     let backend = Services::of_process().fresh_backend();

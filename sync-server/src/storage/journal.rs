@@ -1688,6 +1688,16 @@ impl Store {
         &self.inner.process_id
     }
 
+    /// Takes `duty` for this process (see [`super::meta::SharedMeta::take_duty`]);
+    /// on a backend one process owns, that process always holds it, and
+    /// never loses it.
+    pub(crate) async fn take_duty(&self, duty: super::Duty) -> Result<Option<Box<dyn super::HeldDuty>>> {
+        match self.inner.meta.shared() {
+            Some(shared) => shared.take_duty(duty).await,
+            None => Ok(Some(Box::new(Owned))),
+        }
+    }
+
     /// The processes of a shared backend seen within the last `within`
     /// (empty on a backend one process owns).
     pub(crate) async fn processes(&self, within: Duration) -> Result<Vec<super::meta::ProcessSeen>> {
@@ -2049,5 +2059,15 @@ impl Drop for Removing<'_> {
     fn drop(&mut self) {
         lock(&self.store.inner.holds).removing.remove(&self.hash);
         self.store.inner.removed.notify_waiters();
+    }
+}
+
+/// A duty of the one process that owns its backend: never lost.
+struct Owned;
+
+#[async_trait::async_trait]
+impl super::HeldDuty for Owned {
+    async fn lost(&self) {
+        std::future::pending().await
     }
 }

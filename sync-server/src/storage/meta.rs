@@ -384,6 +384,30 @@ pub(crate) trait SharedMeta: Send + Sync {
     /// upload of many files would scan what it already wrote for every
     /// file it adds.
     async fn refresh_statistics(&self) -> Result<Vec<String>>;
+
+    /// Takes `duty` for this process if no other process holds it: `None`
+    /// when one does. A duty is held until the [`HeldDuty`] is dropped or
+    /// its [`HeldDuty::lost`] resolves (this process's hold on it ended,
+    /// and another one may take it).
+    async fn take_duty(&self, duty: Duty) -> Result<Option<Box<dyn HeldDuty>>>;
+}
+
+/// Work that one process at a time does for all the processes of a shared
+/// backend (see [`SharedMeta::take_duty`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Duty {
+    /// Watching the whole change feed for mass changes (`crate::guard`):
+    /// one process labels each burst once, and the others do not each
+    /// read back every change's previous version.
+    MassChangeGuard,
+}
+
+/// A [`Duty`] this process holds.
+#[async_trait]
+pub(crate) trait HeldDuty: Send + Sync {
+    /// Resolves when this process no longer holds the duty (its hold was
+    /// lost with the database connection that kept it).
+    async fn lost(&self);
 }
 
 /// The replication capability of a backend that a primary feeds through

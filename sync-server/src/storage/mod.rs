@@ -63,6 +63,7 @@ pub(crate) use feed::ChangeFeed;
 pub use history::{MAX_LABEL_BYTES, MAX_MOVE_HOPS, SERVER_PRINCIPAL, check_label_name};
 pub use identity::Identity;
 pub use journal::{Store, StoreOptions};
+pub(crate) use meta::{Duty, HeldDuty};
 pub use migrate::{MigrationSummary, migrate};
 pub use share::Share;
 pub use version::{

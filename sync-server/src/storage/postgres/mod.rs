@@ -50,7 +50,9 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls, Row, types::ToSql};
 use tokio_util::sync::CancellationToken;
 
-use super::meta::{Decide, Facts, MetaStore, MetaTx, ProcessSeen, Recipe, SharedMeta, SnapshotSink, Want};
+use super::meta::{
+    Decide, Duty, Facts, HeldDuty, MetaStore, MetaTx, ProcessSeen, Recipe, SharedMeta, SnapshotSink, Want,
+};
 use super::{
     Change, Identity, Label, Version, VersionNote, What,
     retention::{Retention, Usage},
@@ -85,6 +87,31 @@ const ANALYZE_THRESHOLD: f64 = 500.0;
 const ANALYZE_SCALE: f64 = 0.2;
 /// The advisory lock key one process at a time refreshes statistics under.
 const ANALYZE_LOCK: i64 = 0x7379_6e63_616e_6c7a;
+
+/// The advisory lock key the process watching for mass changes holds
+/// (a session lock: see [`SharedMeta::take_duty`]).
+const GUARD_DUTY_LOCK: i64 = 0x7379_6e63_6775_6172;
+
+/// How often a held duty's connection is checked.
+const DUTY_CHECK: Duration = Duration::from_secs(2);
+
+/// A duty held by a session advisory lock on a connection of its own.
+struct PgDuty {
+    client: Conn,
+}
+
+#[async_trait]
+impl HeldDuty for PgDuty {
+    async fn lost(&self) {
+        loop {
+            tokio::time::sleep(DUTY_CHECK).await;
+            if self.client.is_closed() || self.client.simple_query("SELECT 1").await.is_err() {
+                tracing::warn!("lost the database connection that held a duty");
+                return;
+            }
+        }
+    }
+}
 
 /// How long connecting to PostgreSQL may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -706,6 +733,20 @@ impl MetaStore for PgMeta {
 
 #[async_trait]
 impl SharedMeta for PgMeta {
+    async fn take_duty(&self, duty: Duty) -> Result<Option<Box<dyn HeldDuty>>> {
+        let conn = self.conn().await?;
+        let key = match duty {
+            Duty::MassChangeGuard => GUARD_DUTY_LOCK,
+        };
+        let held: bool = conn.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get(0);
+        if !held {
+            return Ok(None);
+        }
+        // A session's advisory lock lasts as long as its connection: this
+        // one leaves the pool, and closes when the duty is dropped.
+        Ok(Some(Box::new(PgDuty { client: Object::take(conn) })))
+    }
+
     async fn refresh_statistics(&self) -> Result<Vec<String>> {
         let mut c = self.conn().await?;
         // As autovacuum decides, with a lower threshold; one process at a

@@ -214,6 +214,30 @@ async fn a_windows_writes_go_in_as_runs_of_rows_in_order() {
     assert_eq!(meta.entry_at("ns", &a, 1).await.unwrap().unwrap(), changes[0].entry().unwrap().clone());
 }
 
+/// One process at a time holds a duty; when its holder goes, another
+/// process takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_at_a_time_holds_a_duty() {
+    let url = fresh_database();
+    let (a, b) = (PgMeta::connect(&url).await.unwrap(), PgMeta::connect(&url).await.unwrap());
+    let held = a.take_duty(Duty::MassChangeGuard).await.unwrap().expect("nobody held it");
+    assert!(b.take_duty(Duty::MassChangeGuard).await.unwrap().is_none(), "a holds it");
+    assert!(a.take_duty(Duty::MassChangeGuard).await.unwrap().is_none(), "held once, even by its holder");
+    assert!(
+        tokio::time::timeout(DUTY_CHECK * 2, held.lost()).await.is_err(),
+        "a holder whose connection is up keeps it"
+    );
+    drop(held);
+    let deadline = Instant::now() + PROMPTLY;
+    loop {
+        if b.take_duty(Duty::MassChangeGuard).await.unwrap().is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never took the duty a gave up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A lock grant with seq `seq`.
 fn lock_change(seq: u64) -> Change {
     let lock = Lock {
