@@ -18,6 +18,10 @@ the issue's targets.
     python3 bench/scaleout.py --bin target/release --data /tmp/syncstore-scaleout
     BENCH_SCALE=10 REPEATS=1 LAT_COUNT=20 python3 bench/scaleout.py --bin ... --data ...
 
+Each shared transfer also logs where its CPU went (client, servers, PostgreSQL's postmaster
+and backends, the bucket); PG_STATEMENTS=1 loads pg_stat_statements and logs the statements
+that took the most time in each.
+
 PostgreSQL comes from Debian (`postgresql-15`, /usr/lib/postgresql/15/bin or
 SYNCSTORE_PG_BIN), started with initdb + pg_ctl as the `postgres` user in a folder under
 --data on a free loopback port, fsync on; s3s-fs is the binary `bash tests/setup`
@@ -114,7 +118,7 @@ class Postgres:
     def statements(self):
         """The statements that took the most time since the last call (PG_STATEMENTS=1)."""
         top = self.sql("SELECT calls, round(total_exec_time) AS ms, rows, "
-                       "left(regexp_replace(query, '\\s+', ' ', 'g'), 400) AS query "
+                       "left(regexp_replace(query, '\\s+', ' ', 'g'), 200) AS query "
                        "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15", self.last)
         self.sql("SELECT pg_stat_statements_reset()", self.last)
         return top
@@ -234,6 +238,18 @@ def services_cpu(kind, pg, s3):
     return (0.0, 0.0) if kind == "embedded" else (pg.cpu(), s3.cpu())
 
 
+def breakdown(what, kind, m, setup, c0, services0, pg, s3):
+    """Logs where the CPU of a shared set-up's transfer went (and with PG_STATEMENTS=1 the
+    statements that took the most time)."""
+    if kind == "embedded":
+        return
+    db, bucket = (after - before for after, before in zip(services_cpu(kind, pg, s3), services0))
+    log(f"    CPU of the {what}: client {m['cpu']:.1f} s, servers {setup.cpu() - c0:.1f} s, "
+        f"PostgreSQL {db:.1f} s, {S3_KIND} {bucket:.1f} s")
+    if PG_STATEMENTS:
+        log(f"    statements of the {what}, most time first:\n" + pg.statements())
+
+
 def transfer(res, store, kind, w, src, files, nbytes, run, work, pg, s3):
     d = os.path.join(work, f"{kind}-{w}-{run}")
     os.makedirs(d)
@@ -248,18 +264,14 @@ def transfer(res, store, kind, w, src, files, nbytes, run, work, pg, s3):
         m = store.client(setup.urls[0], up, "sync", env=env)
         res.add(workload=w, tool=f"{NAMES[kind]} upload", wall=m["wall"], files=files, bytes=nbytes,
                 cpu=m["cpu"] + setup.cpu() - c0, rss_client=m["rss"], rss_server=setup.hwm())
-        if kind != "embedded":
-            db, bucket = (after - before for after, before in zip(services_cpu(kind, pg, s3), services0))
-            log(f"    CPU of the upload: client {m['cpu']:.1f} s, servers {setup.cpu() - c0:.1f} s, "
-                f"PostgreSQL {db:.1f} s, {S3_KIND} {bucket:.1f} s")
-            if PG_STATEMENTS:
-                log("    statements of the upload, most time first:\n" + pg.statements())
+        breakdown("upload", kind, m, setup, c0, services0, pg, s3)
         down = os.path.join(d, "down")
-        c0 = setup.cpu()
+        c0, services0 = setup.cpu(), services_cpu(kind, pg, s3)
         m = store.client(setup.urls[-1 if kind == "shared3" else 0], down, "sync", env=env)
         res.add(workload=w, tool=f"{NAMES[kind]} download", wall=m["wall"], files=files,
                 bytes=nbytes, cpu=m["cpu"] + setup.cpu() - c0, rss_client=m["rss"],
                 rss_server=setup.hwm())
+        breakdown("download", kind, m, setup, c0, services0, pg, s3)
         bad = bench.same_tree(src, down, deep=run == 1)
         if bad:
             raise RuntimeError(f"{kind} download of {w} is not the source: {bad}")
