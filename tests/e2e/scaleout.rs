@@ -65,6 +65,16 @@ async fn head(server: &TestServer) -> u64 {
     server.rpc().await.server_info(pb::ServerInfoRequest {}).await.unwrap().into_inner().head_seq
 }
 
+/// Whether every server has published the log up to `seq`.
+async fn lowest_head_reaches(servers: &[TestServer], seq: u64) -> bool {
+    for s in servers {
+        if head(s).await < seq {
+            return false;
+        }
+    }
+    true
+}
+
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
@@ -249,15 +259,7 @@ async fn concurrent_writers_on_three_servers_give_every_subscriber_every_seq_onc
         .await
         .unwrap();
     let set_at = head(&servers[0]).await;
-    eventually_async("every server has the retention change", || async {
-        for s in &servers {
-            if head(s).await < set_at {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    eventually_async("every server has the retention change", || lowest_head_reaches(&servers, set_at)).await;
     let (target_tx, target) = tokio::sync::watch::channel(None);
     let start = head(&servers[0]).await;
     let mut followers =
@@ -295,15 +297,11 @@ async fn concurrent_writers_on_three_servers_give_every_subscriber_every_seq_onc
     // Each process learns of the others' last commits by LISTEN or its poll,
     // so their heads agree a moment after the last acknowledgement.
     let last = start + total;
-    eventually_async("every server's head reaches the last write", || async {
-        for s in &servers {
-            if head(s).await != last {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    eventually_async("every server's head reaches the last write", || lowest_head_reaches(&servers, last))
+        .await;
+    for s in &servers {
+        assert_eq!(head(s).await, last, "no server's head is past the last write");
+    }
     let heads = vec![last; servers.len()];
     target_tx.send_replace(Some(heads[0]));
     let mut seen = Vec::new();
@@ -359,15 +357,7 @@ async fn a_mass_change_trips_the_guard_of_one_process_only() {
     }
     let last = head(&servers[1]).await;
     eventually_async("the guard trips", || async { guard_trips(&servers).await >= 1 }).await;
-    eventually_async("every server published the burst", || async {
-        for s in &servers {
-            if head(s).await < last {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    eventually_async("every server published the burst", || lowest_head_reaches(&servers, last)).await;
     let until = Instant::now() + ONE_TRIP_HOLDS;
     while Instant::now() < until {
         assert_eq!(guard_trips(&servers).await, 1, "one process watches for mass changes");
