@@ -34,6 +34,8 @@ takes about 20 minutes on 2 cores, so it is built on demand, once, into the same
 
     cargo install garage --version 2.5.0 --locked --root ~/.cache/syncstore/garage-2.5.0
     S3=garage python3 bench/scaleout.py --bin target/release --data /tmp/syncstore-scaleout
+
+GARAGE_COMPRESSION=none (or a zstd level) sets Garage's compression_level.
 """
 
 import argparse
@@ -63,6 +65,9 @@ S3_KIND = os.environ.get("S3", "s3s-fs")
 GARAGE = os.environ.get("SYNCSTORE_GARAGE") or os.path.join(CACHE, "garage-2.5.0", "bin", "garage")
 # Garage's key format: "GK" and 24 hex digits; a secret of 64 hex digits.
 GARAGE_KEY, GARAGE_SECRET = "GK" + "5eb0c4" * 4, "5eb0c4a7" * 8
+# GARAGE_COMPRESSION=none (or a zstd level): Garage's compression_level; unset, its default.
+GARAGE_COMPRESSION = (f'compression_level = "{os.environ["GARAGE_COMPRESSION"]}"\n'
+                      if os.environ.get("GARAGE_COMPRESSION") else "")
 NAMES = {"embedded": "embedded", "shared1": "shared x1", "shared3": "shared x3"}
 
 
@@ -167,7 +172,7 @@ db_engine = "lmdb"
 replication_factor = 1
 metadata_fsync = true
 data_fsync = true
-rpc_bind_addr = "127.0.0.1:{rpc}"
+{GARAGE_COMPRESSION}rpc_bind_addr = "127.0.0.1:{rpc}"
 rpc_public_addr = "127.0.0.1:{rpc}"
 rpc_secret = "{os.urandom(32).hex()}"
 [s3_api]
