@@ -290,11 +290,16 @@ impl StagedContent for ChunkedStaged {
 /// pieces handed out.
 type ChunkRead = Pin<Box<dyn Future<Output = Result<Vec<Option<Vec<u8>>>>> + Send>>;
 
+/// The most bytes of chunks one read of [`ChunkedReader`] asks for (one
+/// chunk at least), whatever the content store's batch: a batch of the
+/// largest chunks holds no more than one of average chunks.
+pub(crate) const CHUNK_READ_BYTES: u64 = 4 * 1024 * 1024;
+
 /// A verified read of content stored as chunks, with up to the content
 /// store's [`chunk_reads_in_flight`](super::content::ContentStore::chunk_reads_in_flight)
 /// reads in flight, each of up to its
-/// [`chunk_read_batch`](super::content::ContentStore::chunk_read_batch) chunks (in order; at most
-/// that many chunks of [`syncstore::chunks::CDC_MAX`] bytes held).
+/// [`chunk_read_batch`](super::content::ContentStore::chunk_read_batch) chunks and
+/// [`CHUNK_READ_BYTES`] (in order).
 pub(crate) struct ChunkedReader {
     store: Store,
     hash: ContentHash,
@@ -386,7 +391,14 @@ impl ChunkedReader {
         let content = self.store.content_store();
         let (depth, batch) = (content.chunk_reads_in_flight().max(1), content.chunk_read_batch().max(1));
         while self.reads.len() < depth && self.next < self.list.len() {
-            let end = self.list.len().min(self.next + batch);
+            let (mut end, mut bytes) = (self.next, 0u64);
+            while end < self.list.len().min(self.next + batch) {
+                bytes += u64::from(self.list[end].size);
+                if end > self.next && bytes > CHUNK_READ_BYTES {
+                    break;
+                }
+                end += 1;
+            }
             let chunks = self.list[self.next..end].to_vec();
             self.next = end;
             let content = content.clone();

@@ -414,6 +414,51 @@ async fn a_burst_of_chunks_is_a_few_packs_each_written_once_full() {
     assert!(got.iter().zip(61..70).all(|(g, i)| g.as_ref() == Some(&chunks[i])));
 }
 
+#[tokio::test]
+async fn chunks_close_together_in_a_pack_are_read_with_one_get_in_any_order() {
+    let f = Fixture::new().await;
+    let store = f.open().await;
+    // A content's chunks appended as their placings finished: each pair
+    // swapped, a small content of another upload in between, then a large
+    // one (more than a read drops) before the last four.
+    let chunks: Vec<Vec<u8>> = (0..32).map(|i| noise(20 * 1024 + i * 1000, &format!("order {i}"))).collect();
+    let hashes: Vec<ContentHash> = chunks.iter().map(|c| ContentHash::of(c)).collect();
+    for pair in (0..32).collect::<Vec<usize>>().chunks(2) {
+        for &i in pair.iter().rev() {
+            assert_eq!(
+                store.put_whole(hashes[i], chunks[i].clone()).await.unwrap(),
+                Some(Durability::Pending)
+            );
+        }
+        let between = match pair[0] {
+            10 => noise(30 * 1024, "small between"),
+            26 => noise(200 * 1024, "large between"),
+            _ => continue,
+        };
+        store.put_whole(ContentHash::of(&between), between).await.unwrap();
+    }
+    store.ensure_durable(&hashes).await.unwrap();
+    assert_eq!(f.packs().len(), 1);
+    let refs: Vec<ChunkRef> =
+        hashes.iter().zip(&chunks).map(|(hash, c)| ChunkRef { hash: *hash, size: c.len() as u32 }).collect();
+
+    let gets = || store.inner.pack_reads.load(Ordering::Relaxed);
+    let before = gets();
+    let got = store.read_chunks(&refs).await.unwrap();
+    assert_eq!(got.len(), chunks.len());
+    assert!(got.iter().zip(&chunks).all(|(g, c)| g.as_ref() == Some(c)), "read back other bytes");
+    assert_eq!(gets() - before, 2, "one GET for the chunks before the large content, one after it");
+
+    // Asked for twice, and out of order: each copy is handed out.
+    let mut asked = vec![refs[5], refs[3], refs[5], refs[4]];
+    asked.push(refs[31]);
+    let before = gets();
+    let got = store.read_chunks(&asked).await.unwrap();
+    let want = [&chunks[5], &chunks[3], &chunks[5], &chunks[4], &chunks[31]];
+    assert!(got.iter().zip(want).all(|(g, c)| g.as_ref() == Some(c)), "read back other bytes");
+    assert_eq!(gets() - before, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn processes_placing_the_same_content_at_once_all_succeed_and_it_reads_back() {
     let f = Fixture::new().await;
