@@ -503,6 +503,11 @@ impl Engine {
         let mut paths = std::mem::take(&mut self.failed).into_iter();
         while let Some(path) = paths.next() {
             if let Err(e) = self.sync_path(&path, RemoteView::Fetch).await {
+                if e.is_read_only_token() {
+                    // Not retried again: planned again, the change is kept here.
+                    self.note_read_only_token(&path, &e);
+                    continue;
+                }
                 let down = e.is_unavailable();
                 self.failed.insert(path);
                 if down {
@@ -864,10 +869,10 @@ mod tests {
             execute::{Executor, FollowUp, FollowUps},
             folder::Folder,
             metrics::ClientMetrics,
-            plan::Action,
+            plan::{Action, Mode},
             planner::{PlanAll, Planner, RemoteView},
             remote::{
-                Remote, RemoteEvent,
+                Refused, Remote, RemoteEvent,
                 memory::{BadRuns, MemoryRemote},
             },
             state::State,
@@ -936,6 +941,40 @@ mod tests {
 
         fn set(pairs: &[(&str, &[u8])]) -> HashMap<String, Vec<u8>> {
             pairs.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())).collect()
+        }
+
+        #[tokio::test]
+        async fn a_read_only_token_met_first_by_a_retry_turns_the_folder_receive_only() {
+            let server = MemoryRemote::new("server");
+            let mut c = Client::new(&server);
+            c.engine.full_sync().await.unwrap();
+            let refusal = |refused: Refused, reason: &str, code: &str| crate::error::ServerError {
+                refused,
+                reason: reason.into(),
+                replica: String::new(),
+                code: code.into(),
+                message: "refused".into(),
+            };
+
+            // Written while the server is away: waits for a retry.
+            c.server.refuse_writes(Some(refusal(Refused::Unavailable, "", "Unavailable")));
+            c.write("mine.txt", b"written here");
+            c.engine.local_event(RelPath::new("mine.txt").unwrap()).await;
+            assert_eq!(c.engine.failure_count(), 1);
+
+            // Back, with the token now read-only: the retry is refused.
+            let read_only = refusal(
+                Refused::Credentials,
+                syncstore::Reason::PermissionDenied.as_str(),
+                "PermissionDenied",
+            );
+            c.server.refuse_writes(Some(read_only));
+            c.engine.retry_failed().await;
+            assert_eq!(c.engine.mode(), Mode::ReceiveOnly, "the refusal was not taken for what it says");
+            assert_eq!(c.engine.failure_count(), 0, "a refusal for the token's sake is tried again");
+            c.engine.retry_failed().await;
+            assert!(c.server.files().is_empty());
+            assert_eq!(c.files(), set(&[("mine.txt", b"written here")]), "the change is kept here");
         }
 
         #[tokio::test]

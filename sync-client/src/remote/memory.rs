@@ -83,6 +83,8 @@ struct Server {
     /// Each committed upload that named the path it moved from: (the
     /// upload's path, `moved_from`).
     moves: Vec<(RelPath, RelPath)>,
+    /// The refusal every write meets, while set.
+    refuse_writes: Option<ServerError>,
 }
 
 impl Server {
@@ -115,6 +117,9 @@ impl Server {
     /// Refuses a write to `path` by `client_id` with `token` at `base`,
     /// as the server does.
     fn check_write(&self, path: &RelPath, client_id: &str, token: u64, base: u64) -> Result<()> {
+        if let Some(refusal) = &self.refuse_writes {
+            return Err(Error::Server(refusal.clone()));
+        }
         if let Some(lock) = self.locks.get(path) {
             if lock.client_id != client_id {
                 return Err(Error::server(Refused::Locked, &format!("{path} is locked")));
@@ -311,6 +316,12 @@ impl MemoryRemote {
     /// every download) go wrong as `bad` says, until called with `None`.
     pub(crate) fn spoil_runs(&self, bad: Option<BadRuns>) {
         self.server().bad_runs = bad;
+    }
+
+    /// Refuses every write with `refusal` from now on (`None`: writes
+    /// go through again).
+    pub(crate) fn refuse_writes(&self, refusal: Option<ServerError>) {
+        self.server().refuse_writes = refusal;
     }
 
     /// Runs `hook` when the next download starts, before its content is sent.
