@@ -295,6 +295,20 @@ type ChunkRead = Pin<Box<dyn Future<Output = Result<Vec<Option<Vec<u8>>>>> + Sen
 /// largest chunks holds no more than one of average chunks.
 pub(crate) const CHUNK_READ_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Where the read of `list` from `next` ends: after at most `batch`
+/// chunks and [`CHUNK_READ_BYTES`], one chunk at least.
+fn batch_end(list: &[ChunkRef], next: usize, batch: usize) -> usize {
+    let (mut end, mut bytes) = (next, 0u64);
+    while end < list.len().min(next + batch) {
+        bytes += u64::from(list[end].size);
+        if end > next && bytes > CHUNK_READ_BYTES {
+            break;
+        }
+        end += 1;
+    }
+    end
+}
+
 /// A verified read of content stored as chunks, with up to the content
 /// store's [`chunk_reads_in_flight`](super::content::ContentStore::chunk_reads_in_flight)
 /// reads in flight, each of up to its
@@ -391,14 +405,7 @@ impl ChunkedReader {
         let content = self.store.content_store();
         let (depth, batch) = (content.chunk_reads_in_flight().max(1), content.chunk_read_batch().max(1));
         while self.reads.len() < depth && self.next < self.list.len() {
-            let (mut end, mut bytes) = (self.next, 0u64);
-            while end < self.list.len().min(self.next + batch) {
-                bytes += u64::from(self.list[end].size);
-                if end > self.next && bytes > CHUNK_READ_BYTES {
-                    break;
-                }
-                end += 1;
-            }
+            let end = batch_end(&self.list, self.next, batch);
             let chunks = self.list[self.next..end].to_vec();
             self.next = end;
             let content = content.clone();
@@ -466,5 +473,33 @@ impl ChunkedReader {
             )));
         }
         Ok((!last.is_empty()).then_some(last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use syncstore::{ContentHash, chunks::ChunkRef};
+
+    use super::{CHUNK_READ_BYTES, batch_end};
+
+    fn list(sizes: &[u32]) -> Vec<ChunkRef> {
+        sizes.iter().map(|&size| ChunkRef { hash: ContentHash::of(&size.to_le_bytes()), size }).collect()
+    }
+
+    #[test]
+    fn a_read_of_chunks_stops_at_the_batch_or_the_byte_cap_whichever_comes_first() {
+        const KIB: u32 = 1024;
+        // Average chunks: the batch ends it.
+        let average = list(&[64 * KIB; 100]);
+        assert_eq!(batch_end(&average, 0, 64), 64);
+        assert_eq!(batch_end(&average, 64, 64), 100, "the rest of the list");
+        // The largest chunks: 4 MiB ends it, not 64 of them (16 MiB).
+        let largest = list(&[256 * KIB; 100]);
+        let end = batch_end(&largest, 10, 64);
+        assert_eq!(end, 26);
+        assert_eq!(largest[10..end].iter().map(|c| u64::from(c.size)).sum::<u64>(), CHUNK_READ_BYTES);
+        // One chunk at least, whatever its size; a batch of one is one.
+        assert_eq!(batch_end(&list(&[8 * 1024 * KIB, 1]), 0, 64), 1);
+        assert_eq!(batch_end(&average, 3, 1), 4);
     }
 }
